@@ -1,0 +1,5 @@
+import sys
+
+from minipanda.cli import main
+
+sys.exit(main())

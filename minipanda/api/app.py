@@ -1,0 +1,120 @@
+"""The bottle application: one plugin for connection, auth and error replies; routes live in sibling modules.
+
+A route declares ``family`` ("legacy" or "v1": how errors are written) and ``role`` (None = open read,
+"any" = any valid token, or a set of roles). The plugin parses the body, authenticates, calls the route with
+``(params, identity)`` and turns RequestError/AuthError into a 4xx reply in the route's family shape.
+"""
+import dataclasses
+import ipaddress
+import json
+import logging
+
+import bottle
+
+from minipanda import auth
+from minipanda.api import wire
+from minipanda.db import database
+from minipanda.jobs import SC_PERMISSION, SC_ROLE, RequestError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ServerContext:
+    """What routes need from the running server."""
+
+    home: str
+    secret: bytes
+    auth_mode: str = "token"  # or "none" (loopback only)
+    max_body: int = 64 * 1024 * 1024
+
+
+def is_loopback(host):
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiPlugin:
+    """Connect, read params, authenticate, and write errors; see the module docstring."""
+
+    name = "minipanda"
+    api = 2
+
+    def __init__(self, context):
+        self.context = context
+
+    def identify(self, request, role):
+        header = request.headers.get("Authorization", "")
+        if self.context.auth_mode == "none":
+            return auth.ANONYMOUS_ADMIN
+        if not header:
+            if role is None:
+                return None
+            raise auth.AuthError("missing 'Authorization: Bearer <token>' header; create one with "
+                                 "'minipanda token create --role ROLE --name NAME'")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise auth.AuthError("Authorization header must be 'Bearer <token>'")
+        identity = auth.verify_token(self.context.secret, token.strip())
+        if role not in (None, "any"):
+            auth.require_role(identity, role)
+        return identity
+
+    def apply(self, callback, route):
+        family = route.config.get("family", "v1")
+        role = route.config.get("role")
+        context = self.context
+
+        def wrapper(*args, **kwargs):
+            request, response = bottle.request, bottle.response
+            database.connect(reuse_if_open=True)
+            try:
+                params = wire.read_params(request, context.max_body) if route.config.get("params", True) else {}
+                identity = self.identify(request, role)
+                return callback(params, identity, *args, **kwargs)
+            except auth.AuthError as exc:
+                code = SC_ROLE if exc.http == 403 else SC_PERMISSION
+                return error_reply(family, exc.http, str(exc), code, request, response)
+            except RequestError as exc:
+                return error_reply(family, exc.http, str(exc), exc.code, request, response)
+
+        return wrapper
+
+
+def error_reply(family, http, message, code, request, response):
+    response.status = http
+    if family == "legacy":
+        ctype, body = wire.legacy_body({"StatusCode": code, "ErrorDiag": message}, wire.wants_json(request))
+    else:
+        ctype, body = "application/json", wire.envelope(None, message, success=False)
+    response.content_type = ctype
+    log.info("refused %s %s: %s", request.method, request.path, message)
+    return body
+
+
+def make_app(context):
+    """Build the WSGI application with every route registered."""
+    from minipanda.api import cache, legacy, v1
+
+    app = bottle.Bottle(catchall=True)
+    app.config["minipanda.context"] = context
+    app.install(ApiPlugin(context))
+    legacy.register(app)
+    v1.register(app)
+    cache.register(app)
+
+    def json_error(error):
+        bottle.response.content_type = "application/json"
+        if error.status_code >= 500:
+            log.error("internal error on %s %s: %s\n%s", bottle.request.method, bottle.request.path,
+                      error.exception, error.traceback)
+            return json.dumps({"success": False, "message": "internal server error; the server log has details"})
+        return json.dumps({"success": False, "message": f"{error.status_line}: {bottle.request.path}"})
+
+    for status in (400, 404, 405, 413, 500):
+        app.error_handler[status] = json_error
+    return app

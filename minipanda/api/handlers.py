@@ -1,0 +1,191 @@
+"""Family-agnostic handlers: a params dict and the caller in, plain data out. Both URL families call these."""
+import json
+import logging
+
+from minipanda import dispatch, jobs, jobspec, models, queues, states
+from minipanda.auth import PILOT_ROLES, AuthError, require_role
+from minipanda.db import database
+from minipanda.jobs import SC_MISSING_KEY, RequestError
+
+log = logging.getLogger(__name__)
+
+# v1 (snake_case) parameter names -> the legacy names the handlers read.
+V1_ALIASES = {
+    "site_name": "siteName", "computing_element": "computingElement", "prod_source_label": "prodSourceLabel",
+    "memory": "mem", "disk_space": "diskSpace", "n_jobs": "nJobs", "core_count": "coreCount",
+    "remaining_time": "remainingTime", "pilot_id": "pilotID", "batch_id": "batchID", "job_id": "jobId",
+    "job_status": "state", "attempt_nr": "attemptNr", "trans_exit_code": "transExitCode",
+    "pilot_error_code": "pilotErrorCode", "pilot_error_diag": "pilotErrorDiag", "exe_error_code": "exeErrorCode",
+    "exe_error_diag": "exeErrorDiag", "cpu_consumption_time": "cpuConsumptionTime",
+    "cpu_consumption_unit": "cpuConsumptionUnit", "n_events": "nEvents", "meta_data": "metaData",
+    "job_metrics": "jobMetrics", "pilot_timing": "pilotTiming", "worker_id": "worker_id",
+    "harvester_id": "harvester_id", "max_rss": "maxRSS", "max_pss": "maxPSS", "max_vmem": "maxVMEM",
+}
+PRODUCTION_LABELS = {"managed", "prod_test", "rc_test"}
+USER_LABELS = {"user", "panda", "test", "ptest"}
+RESOURCE_TYPES = [
+    {"resource_name": "SCORE", "mincore": 1, "maxcore": 1, "minrampercore": 0, "maxrampercore": 2000},
+    {"resource_name": "SCORE_HIMEM", "mincore": 1, "maxcore": 1, "minrampercore": 2001, "maxrampercore": None},
+    {"resource_name": "MCORE", "mincore": 2, "maxcore": None, "minrampercore": 0, "maxrampercore": 2000},
+    {"resource_name": "MCORE_HIMEM", "mincore": 2, "maxcore": None, "minrampercore": 2001, "maxrampercore": None},
+]
+
+
+def from_v1(params):
+    """Rename v1 parameters to their legacy names; legacy names pass through."""
+    return {V1_ALIASES.get(k, k): v for k, v in params.items()}
+
+
+def _int_param(params, name, errors, minimum=None):
+    value = jobspec.to_int(params.get(name), name, errors)
+    if value is not None and minimum is not None and value < minimum:
+        errors.append(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def acquire_jobs(params, identity):
+    """getJob / pilot/acquire_jobs: claim up to nJobs matching jobs; return (definitions, bulk?)."""
+    require_role(identity, PILOT_ROLES)
+    queue = params.get("computingElement") or params.get("siteName")
+    if not queue or not isinstance(queue, str):
+        raise RequestError("computingElement or siteName: required (the queue the pilot serves)", SC_MISSING_KEY)
+    errors = []
+    cores = _int_param(params, "coreCount", errors, 1)
+    offer = dispatch.Offer(
+        queue=queue, prod_source_label=str(params.get("prodSourceLabel") or "managed"),
+        cores=cores if cores is not None else queues.queue_corecount(queue),
+        memory_mb=_int_param(params, "mem", errors, 0), disk_mb=_int_param(params, "diskSpace", errors, 0),
+        walltime_s=_int_param(params, "remainingTime", errors, 0),
+        n_jobs=_int_param(params, "nJobs", errors, 1) or 1,
+        node=_text(params.get("node"), 256), pilot_id=_text(params.get("pilotID"), 256),
+        batch_id=_text(params.get("batchID"), 128), harvester_id=_text(params.get("harvester_id"), 128),
+        worker_id=_int_param(params, "worker_id", errors, 0))
+    if errors:
+        raise RequestError("; ".join(errors))
+    return dispatch.claim_jobs(offer), params.get("nJobs") not in (None, "")
+
+
+def _text(value, limit):
+    return None if jobspec.is_null(value) else str(value)[:limit]
+
+
+def update_job(params, identity):
+    require_role(identity, PILOT_ROLES)
+    return jobs.update_job(params)
+
+
+def update_jobs_bulk(job_list, identity):
+    """Apply each update on its own; one bad entry does not stop the others."""
+    require_role(identity, PILOT_ROLES)
+    if isinstance(job_list, str):
+        try:
+            job_list = json.loads(job_list)
+        except ValueError:
+            raise RequestError("jobList: expected a JSON list of updateJob parameter objects") from None
+    if not isinstance(job_list, list):
+        raise RequestError("jobList: expected a list of updateJob parameter objects", SC_MISSING_KEY)
+    replies = []
+    for index, entry in enumerate(job_list):
+        try:
+            if not isinstance(entry, dict):
+                raise RequestError(f"jobList[{index}]: expected an object")
+            replies.append(jobs.update_job(from_v1(entry)))
+        except RequestError as exc:
+            replies.append({"StatusCode": exc.code, "ErrorDiag": f"jobList[{index}]: {exc}", "command": "NULL"})
+    return replies
+
+
+def worker_pilot_status(params, identity):
+    """updateWorkerPilotStatus: a pilot says it started or finished inside a harvester worker."""
+    require_role(identity, PILOT_ROLES)
+    errors = []
+    worker_id = _int_param(params, "workerID", errors, 0)
+    harvester_id = _text(params.get("harvesterID"), 128)
+    status = params.get("status")
+    if worker_id is None:
+        errors.append("workerID: required")
+    if not harvester_id:
+        errors.append("harvesterID: required")
+    if status not in ("started", "finished"):
+        errors.append(f"status: expected 'started' or 'finished', got {status!r}")
+    if errors:
+        raise RequestError("; ".join(errors), SC_MISSING_KEY)
+    now = states.utcnow()
+    times = {"start_time": now} if status == "started" else {"end_time": now}
+    with database.atomic():
+        row = {"harvester_id": harvester_id, "worker_id": worker_id, "pilot_status": status,
+               "computing_site": _text(params.get("site"), 128) or "", "node": _text(params.get("node_id"), 256),
+               "modification_time": now, **times}
+        updated = models.Worker.update({k: v for k, v in row.items() if v is not None and k not in
+                                        ("harvester_id", "worker_id")}).where(
+            models.Worker.harvester_id == harvester_id, models.Worker.worker_id == worker_id).execute()
+        if not updated:
+            models.Worker.insert(row).on_conflict_ignore().execute()
+    return {"StatusCode": 0}
+
+
+def submit(jobs_param, identity):
+    """job/submit: the jobs may be a JSON string (panda-client) or a list; labels are checked against the role."""
+    if isinstance(jobs_param, str):
+        try:
+            jobs_param = json.loads(jobs_param)
+        except ValueError as exc:
+            raise RequestError(f"jobs: not valid JSON ({exc})") from None
+    if isinstance(jobs_param, list) and identity.role == "user":
+        for index, spec in enumerate(jobs_param):
+            label = spec.get("prodSourceLabel") if isinstance(spec, dict) else (
+                spec[jobspec.JOBSPEC_ATTRIBUTES.index("prodSourceLabel")] if isinstance(spec, list) and
+                len(spec) > len(jobspec.JOBSPEC_ATTRIBUTES) else None)
+            if label in PRODUCTION_LABELS:
+                raise AuthError(f"jobs[{index}].prodSourceLabel: {label!r} jobs need the production or admin role",
+                                403)
+    return jobs.submit_jobs(jobs_param, identity.name, queue_ensurer=queues.ensure_queues)
+
+
+def job_ids(params, *names):
+    """The job id list from whichever of ``names`` is present."""
+    for name in names:
+        if params.get(name) not in (None, ""):
+            value = params[name]
+            if isinstance(value, str) and value.lstrip().startswith("["):
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    raise RequestError(f"{name}: not a valid JSON list") from None
+            return jobs.parse_job_ids(value, name)
+    raise RequestError(f"{names[0]}: required (a list of PandaIDs)", SC_MISSING_KEY)
+
+
+def kill(params, identity):
+    ids = job_ids(params, "job_ids", "ids")
+    errors = []
+    code = _int_param(params, "code", errors)
+    if errors:
+        raise RequestError("; ".join(errors))
+    is_admin = identity.role in ("admin", "production")
+    return jobs.kill_jobs(ids, identity.name, is_admin, code)
+
+
+def list_jobs(params):
+    """Our own job listing (no PanDA equivalent): newest first, filtered by status, queue, user, task."""
+    errors = []
+    limit = _int_param(params, "limit", errors, 1) or 100
+    if errors:
+        raise RequestError("; ".join(errors))
+    Job = models.Job
+    query = Job.select().order_by(Job.panda_id.desc()).limit(min(limit, 10000))
+    for name, column in (("status", Job.status), ("queue", Job.computing_site), ("user", Job.prod_user_name)):
+        if params.get(name):
+            query = query.where(column == str(params[name]))
+    if params.get("task_id"):
+        query = query.where(Job.task_id == jobs.parse_job_id(params["task_id"], "task_id"))
+    return [{"PandaID": j.panda_id, "jobName": j.job_name, "jobStatus": j.status, "computingSite": j.computing_site,
+             "prodUserName": j.prod_user_name, "attemptNr": j.attempt_nr, "currentPriority": j.current_priority,
+             "taskID": j.task_id, "creationTime": j.creation_time, "stateChangeTime": j.state_changed_time,
+             "pilotErrorCode": j.pilot_error_code, "transExitCode": j.trans_exit_code} for j in query]
+
+
+def status_log(panda_id):
+    """The transitions of one job, oldest first."""
+    rows = models.StatusLog.select().where(models.StatusLog.panda_id == panda_id).order_by(models.StatusLog.id)
+    return [{"time": r.time, "from": r.old_status, "to": r.new_status, "reason": r.reason} for r in rows]

@@ -1,0 +1,126 @@
+"""Database selection by URL, connection settings, and schema versioning.
+
+``sqlite:///path/to/file.db`` (the default, under the minipanda home) or ``postgresql://user:pw@host:port/name``.
+The models bind to :data:`database`, a proxy initialised once by :func:`open_database`.
+"""
+import logging
+import os
+import urllib.parse
+
+import peewee
+from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
+
+log = logging.getLogger(__name__)
+
+database = peewee.DatabaseProxy()
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "synchronous": "normal",
+    "foreign_keys": 1,
+    "busy_timeout": 30000,
+    "cache_size": -32000,
+}
+
+
+class DatabaseConfigError(ValueError):
+    """The database URL or the database found there cannot be used."""
+
+
+def default_url(home):
+    """The embedded SQLite database under the minipanda home directory."""
+    return "sqlite:///" + os.path.join(os.path.abspath(home), "minipanda.db")
+
+
+def make_database(url):
+    """Build (but do not connect) a peewee database for ``url``; raise DatabaseConfigError naming the problem."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+        if not path:
+            raise DatabaseConfigError(f"database URL {url!r}: expected sqlite:///PATH with a file path")
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # IMMEDIATE: a write transaction takes the write lock at BEGIN, so two writers never deadlock on upgrade.
+        return peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=30, check_same_thread=False,
+                                     lock_type="IMMEDIATE")
+    if parsed.scheme in ("postgres", "postgresql"):
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError as exc:
+            raise DatabaseConfigError(
+                f"database URL {url!r} needs psycopg2: pip install 'minipanda[postgres]'") from exc
+        if not parsed.path.strip("/"):
+            raise DatabaseConfigError(f"database URL {url!r}: no database name after the host")
+        return peewee.PostgresqlDatabase(
+            parsed.path.lstrip("/"), user=urllib.parse.unquote(parsed.username or "") or None,
+            password=urllib.parse.unquote(parsed.password or "") or None,
+            host=parsed.hostname or None, port=parsed.port or None, autorollback=True)
+    raise DatabaseConfigError(f"database URL {url!r}: unknown scheme {parsed.scheme!r}; use sqlite:/// or postgresql://")
+
+
+def is_postgres():
+    """True when the bound database is PostgreSQL (dispatch then adds FOR UPDATE SKIP LOCKED)."""
+    return isinstance(database.obj, peewee.PostgresqlDatabase)
+
+
+def open_database(url):
+    """Bind the models to ``url``, create or upgrade the schema, and return the database."""
+    db = make_database(url)
+    database.initialize(db)
+    db.connect(reuse_if_open=True)
+    try:
+        upgrade_schema(db)
+    finally:
+        db.close()
+    return db
+
+
+# ---- schema versions -------------------------------------------------------------------------------------------
+# A new database gets the current tables and SCHEMA_VERSION. An older one is brought forward one step at a time by
+# MIGRATIONS[n] (n = the version it produces); each step is written with playhouse.migrate so it runs on SQLite
+# and PostgreSQL alike, and never drops data.
+
+def _migration_2(db, migrator):
+    from minipanda import models
+
+    migrate(
+        migrator.add_column("job", "harvester_id", models.Job.harvester_id),
+        migrator.add_column("job", "worker_id", models.Job.worker_id),
+    )
+
+
+MIGRATIONS = {2: _migration_2}
+SCHEMA_VERSION = 2
+
+
+def schema_version(db):
+    """The version recorded in the config table, or None for an empty database."""
+    if "config" not in db.get_tables():
+        return None
+    row = db.execute_sql("SELECT value FROM config WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else None
+
+
+def upgrade_schema(db):
+    """Create a fresh schema or upgrade an older one to :data:`SCHEMA_VERSION`, one transaction per step."""
+    from minipanda import models
+
+    version = schema_version(db)
+    if version is None:
+        with db.atomic():
+            db.create_tables(models.ALL_MODELS)
+            models.Config.replace(key="schema_version", value=str(SCHEMA_VERSION)).execute()
+        log.info("created database schema version %d", SCHEMA_VERSION)
+        return
+    if version > SCHEMA_VERSION:
+        raise DatabaseConfigError(
+            f"database schema version {version} is newer than this minipanda ({SCHEMA_VERSION}); upgrade minipanda")
+    migrator = PostgresqlMigrator(db) if isinstance(db, peewee.PostgresqlDatabase) else SqliteMigrator(db)
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        with db.atomic():
+            MIGRATIONS[target](db, migrator)
+            models.Config.update(value=str(target)).where(models.Config.key == "schema_version").execute()
+        log.info("upgraded database schema from version %d to %d", target - 1, target)
+    # Tables added in later versions that an older database never had are created here (no-op when present).
+    db.create_tables(models.ALL_MODELS, safe=True)

@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="minipanda",
+    version="0.1.0",
+    description="A harvester-first, PanDA-compatible workload management system for one VM or a small site",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["minipanda", "minipanda.*", "harvester", "harvester.*", "pilot", "pilot.*",
+                                    "queueconfig", "queueconfig.*"]),
+    install_requires=[
+        "peewee>=3.17",
+        "bottle>=0.13",
+        "waitress>=3.0",
+        "psutil>=5.9",
+        "paramiko>=3.4",
+        "htcondor>=24.0",
+        "PyJWT>=2.8",
+        "requests>=2.31",
+    ],
+    extras_require={
+        "postgres": ["psycopg2-binary>=2.9"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "psycopg2-binary>=2.9", "panda-client==2.2.0"],
+    },
+    entry_points={
+        "console_scripts": [
+            "minipanda=minipanda.cli:main",
+        ],
+    },
+)
