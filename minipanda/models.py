@@ -76,7 +76,11 @@ class Job(BaseModel):
 
     class Meta:
         table_name = "job"
-        indexes = ((("status", "computing_site", "current_priority", "panda_id"), False),)
+
+
+# Dispatch reads activated jobs of one queue in (priority desc, id) order: this index serves that ORDER BY directly.
+Job.add_index(Job.index(Job.status, Job.computing_site, Job.current_priority.desc(), Job.panda_id,
+                        name="job_dispatch_order"))
 
 
 class JobFile(BaseModel):

@@ -82,14 +82,16 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
     if auth_mode == "token":
         ensure_admin_token(home, context.secret)
     server = waitress.server.create_server(app, host=host, port=port, threads=threads,
-                                           max_request_body_size=context.max_body + 1024,
+                                           max_request_body_size=context.max_body + 1024 * 1024,
                                            connection_limit=1000, channel_timeout=120, ident="minipanda")
     stop = threading.Event()
 
     def on_signal(signum, frame):
         log.info("received %s; stopping", signal.Signals(signum).name)
         stop.set()
-        server.close()
+        # Closing only the listener would leave run() looping while keep-alive clients stay connected.
+        for channel in list(server._map.values()):
+            channel.close()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)

@@ -1,0 +1,91 @@
+"""Database selection by URL, connection settings, and schema upgrade without loss."""
+import os
+import sqlite3
+
+import peewee
+import pytest
+
+from minipanda import db, models
+from conftest import LiveServer, make_job
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def test_sqlite_pragmas(tmp_path):
+    database = db.open_database("sqlite:///" + str(tmp_path / "x.db"))
+    database.connect(reuse_if_open=True)
+    assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert database.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert database.execute_sql("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert database.execute_sql("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    database.close()
+
+
+@pytest.mark.parametrize("url, message", [
+    ("mysql://x/y", "unknown scheme 'mysql'"),
+    ("sqlite://relative.db", "expected sqlite:///PATH"),
+    ("postgresql://localhost", "no database name"),
+])
+def test_bad_urls_are_named(url, message):
+    with pytest.raises(db.DatabaseConfigError, match=message):
+        db.make_database(url)
+
+
+def test_fresh_database_gets_current_version(database):
+    assert db.schema_version(database) == db.SCHEMA_VERSION
+
+
+def test_newer_database_is_refused(tmp_path):
+    url = "sqlite:///" + str(tmp_path / "x.db")
+    database = db.open_database(url)
+    database.connect(reuse_if_open=True)
+    models.Config.update(value="999").where(models.Config.key == "schema_version").execute()
+    database.close()
+    with pytest.raises(db.DatabaseConfigError, match="version 999 is newer"):
+        db.open_database(url)
+
+
+def make_v1_database(path):
+    """A database as minipanda schema version 1 left it, holding one activated job with a file."""
+    conn = sqlite3.connect(path)
+    with open(os.path.join(DATA, "schema_v1.sqlite.sql")) as handle:
+        conn.executescript(handle.read())
+    now = "2026-01-01 00:00:00"
+    conn.execute(
+        "INSERT INTO job (panda_id, job_definition_id, jobset_id, job_name, status, computing_site, prod_source_label,"
+        " prod_user_name, transformation, job_pars, attempt_nr, max_attempt, current_priority, assigned_priority,"
+        " core_count, min_ram_count, max_walltime, max_cpu_count, max_disk_count, creation_time, modification_time,"
+        " state_changed_time, attributes) VALUES (41, 0, 0, 'old.job', 'activated', 'OLD_Q', 'managed', 'bob',"
+        " '/bin/true', '', 0, 3, 900, 900, 1, 0, 0, 0, 0, ?, ?, ?, '{\"cloud\": \"WORLD\"}')", (now, now, now))
+    conn.execute("INSERT INTO job_file (panda_id, type, lfn, status) VALUES (41, 'log', 'old.log.tgz', 'defined')")
+    conn.commit()
+    conn.close()
+
+
+def test_v1_database_is_upgraded_without_loss(tmp_path):
+    path = str(tmp_path / "old.db")
+    make_v1_database(path)
+    database = db.open_database("sqlite:///" + path)
+    database.connect(reuse_if_open=True)
+    assert db.schema_version(database) == db.SCHEMA_VERSION
+    job = models.Job.get_by_id(41)
+    assert (job.job_name, job.prod_user_name, job.current_priority, job.harvester_id) == ("old.job", "bob", 900, None)
+    assert [f.lfn for f in job.files] == ["old.log.tgz"]
+    assert "worker" in database.get_tables()
+    database.close()
+
+
+def test_server_starts_on_v1_database_and_dispatches_old_job(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    make_v1_database(str(home / "minipanda.db"))
+    server = LiveServer(home, "sqlite:///" + str(home / "minipanda.db"))
+    try:
+        import requests
+
+        reply = requests.post(server.url + "/server/panda/getJob", data={"computingElement": "OLD_Q", "node": "n"},
+                              headers=server.headers()).json()
+        assert reply["PandaID"] == 41 and reply["jobName"] == "old.job"
+        assert "upgraded database schema from version 1 to 2" in server.read_log()
+    finally:
+        server.stop()

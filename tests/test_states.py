@@ -1,0 +1,67 @@
+"""The transition table and the one function that changes job states."""
+import pytest
+
+from minipanda import jobs, models, states
+from minipanda.states import JOB_TRANSITIONS, FINAL_JOB_STATES, InvalidTransition, JobStatus
+from conftest import make_job
+
+
+def submit(n=1, **overrides):
+    return [row[0] for row in jobs.submit_jobs([make_job(**overrides) for _ in range(n)], "alice")]
+
+
+def test_final_states_have_no_exits():
+    for final in FINAL_JOB_STATES:
+        assert JOB_TRANSITIONS[final] == set()
+    for target in JobStatus:
+        for final in FINAL_JOB_STATES:
+            with pytest.raises(InvalidTransition):
+                states.check_job_transition(final, target)
+
+
+def test_no_regression_from_transferring_to_running():
+    with pytest.raises(InvalidTransition, match="transferring -> running"):
+        states.check_job_transition("transferring", "running")
+
+
+def test_every_state_is_in_the_table():
+    assert set(JOB_TRANSITIONS) == set(JobStatus)
+    assert set(states.TASK_TRANSITIONS) == set(states.TaskStatus)
+
+
+def test_change_stamps_time_and_logs_reason(database):
+    (pid,) = submit()
+    with database.atomic():
+        changed = states.change_job_status([pid], "sent", "test dispatch")
+    assert changed == [(pid, "activated")]
+    job = models.Job.get_by_id(pid)
+    assert job.status == "sent" and job.start_time is not None and job.state_changed_time >= job.creation_time
+    log = list(models.StatusLog.select().where(models.StatusLog.panda_id == pid).order_by(models.StatusLog.id))
+    assert [(r.old_status, r.new_status) for r in log] == [(None, "activated"), ("activated", "sent")]
+    assert log[-1].reason == "test dispatch"
+
+
+def test_disallowed_change_writes_nothing(database):
+    (pid,) = submit()
+    with database.atomic():
+        assert states.change_job_status([pid], "running", "skip sent") == []
+    assert models.Job.get_by_id(pid).status == "activated"
+    assert models.StatusLog.select().where(models.StatusLog.panda_id == pid).count() == 1
+
+
+def test_final_state_never_changes(database):
+    (pid,) = submit()
+    with database.atomic():
+        states.change_job_status([pid], "cancelled", "user kill")
+    for target in ("activated", "sent", "running", "finished", "failed", "closed"):
+        with database.atomic():
+            assert states.change_job_status([pid], target, "try") == []
+    job = models.Job.get_by_id(pid)
+    assert job.status == "cancelled" and job.end_time is not None
+
+
+def test_from_states_restricts_sources(database):
+    (pid,) = submit()
+    with database.atomic():
+        assert states.change_job_status([pid], "failed", "only from sent", from_states=["sent"]) == []
+        assert states.change_job_status([pid], "failed", "any", from_states=["activated"]) == [(pid, "activated")]
