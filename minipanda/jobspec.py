@@ -146,6 +146,8 @@ def parse_submitted(spec, where):
     for name, value in spec.items():
         if name in ("Files", "files") or name in SERVER_OWNED or is_null(value):
             continue
+        if isinstance(value, dict) and set(value) == {"_datetime_object"}:  # panda-client's datetime encoding
+            value = str(value["_datetime_object"])
         if name not in COLUMNS:
             if not isinstance(value, (str, int, float, bool)):
                 errors.append(f"{where}.{name}: expected a plain value")

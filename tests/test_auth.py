@@ -1,0 +1,95 @@
+"""Bearer tokens with roles over real HTTP: refusals, revocation, expiry, and auth none only on loopback."""
+import datetime
+
+import jwt
+import pytest
+import requests
+
+from minipanda import auth, server
+from conftest import make_job
+
+
+def post(srv, path, token=None, **kwargs):
+    headers = {"Accept": "application/json"}
+    if token is not None:
+        headers["Authorization"] = token if token.startswith(("Bearer", "Basic")) else f"Bearer {token}"
+    return requests.post(srv.url + path, headers=headers, **kwargs)
+
+
+def test_write_endpoints_need_a_token(sqlite_server):
+    for path in ("/server/panda/getJob", "/server/panda/updateJob", "/api/v1/pilot/acquire_jobs",
+                 "/api/v1/job/submit", "/api/v1/job/kill", "/server/panda/updateJobsInBulk"):
+        reply = post(sqlite_server, path, data={"computingElement": "Q"})
+        assert reply.status_code == 401, path
+        assert "Authorization" in reply.text
+
+
+def test_reads_are_open(sqlite_server):
+    assert post(sqlite_server, "/server/panda/getStatus", data={"ids": "1"}).status_code == 200
+    assert requests.get(sqlite_server.url + "/api/v1/system/is_alive").status_code == 200
+
+
+def test_roles(sqlite_server):
+    user = sqlite_server.token("user", "carol")
+    pilot = sqlite_server.token("pilot", "pilotfactory")
+    reply = post(sqlite_server, "/server/panda/getJob", user, data={"computingElement": "Q"})
+    assert reply.status_code == 403 and reply.json()["StatusCode"] == 60 and "role 'user'" in reply.json()["ErrorDiag"]
+    assert post(sqlite_server, "/server/panda/getJob", pilot, data={"computingElement": "Q"}).json()["StatusCode"] == 20
+    reply = post(sqlite_server, "/api/v1/job/submit", user, json={"jobs": [make_job(prodSourceLabel="managed")]})
+    assert reply.status_code == 403 and "production or admin role" in reply.json()["message"]
+    assert post(sqlite_server, "/api/v1/job/submit", user,
+                json={"jobs": [make_job(prodSourceLabel="user")]}).status_code == 200
+
+
+def test_bad_tokens(sqlite_server):
+    assert post(sqlite_server, "/api/v1/job/submit", "Basic abc", json={}).status_code == 401
+    assert "invalid token" in post(sqlite_server, "/api/v1/job/submit", "not.a.jwt", json={}).text
+    forged = jwt.encode({"iss": "minipanda", "sub": "eve", "role": "admin", "jti": "x", "exp": 9999999999},
+                        "wrong-secret-" * 4, algorithm="HS256")
+    reply = post(sqlite_server, "/api/v1/job/submit", forged, json={})
+    assert reply.status_code == 401 and "Signature" in reply.json()["message"]
+
+
+def test_revoked_and_expired(sqlite_server, tmp_path):
+    token = sqlite_server.token("admin", "dave")
+    assert post(sqlite_server, "/api/v1/job/submit", token, json={"jobs": [make_job()]}).status_code == 200
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "minipanda", "token", "revoke", jti, "--home", sqlite_server.home,
+                    "--db", sqlite_server.db_url], check=True, capture_output=True)
+    reply = post(sqlite_server, "/api/v1/job/submit", token, json={"jobs": [make_job()]})
+    assert reply.status_code == 401 and "revoked" in reply.json()["message"]
+    secret = open(auth.secret_path(sqlite_server.home), "rb").read().strip()
+    expired = jwt.encode({"iss": "minipanda", "sub": "old", "role": "admin", "jti": jti,
+                          "exp": datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)}, secret, algorithm="HS256")
+    assert "expired" in post(sqlite_server, "/api/v1/job/submit", expired, json={}).json()["message"]
+
+
+def test_token_claims_panda_client_reads(database, tmp_path):
+    secret = auth.load_secret(str(tmp_path))
+    token, jti = auth.create_token(secret, "erin", "user")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert (claims["name"], claims["preferred_username"], claims["groups"], claims["jti"]) == ("erin", "erin",
+                                                                                               ["user"], jti)
+    assert auth.verify_token(secret, token) == auth.Identity("erin", "user")
+    with pytest.raises(ValueError, match="role"):
+        auth.create_token(secret, "x", "superuser")
+    with pytest.raises(ValueError, match="name"):
+        auth.create_token(secret, "x; rm -rf", "user")
+
+
+def test_auth_none_only_on_loopback(tmp_path):
+    with pytest.raises(server.ConfigError, match="only on a loopback bind"):
+        server.build(str(tmp_path), "sqlite:///" + str(tmp_path / "m.db"), auth_mode="none", host="0.0.0.0")
+    with pytest.raises(server.ConfigError, match="auth"):
+        server.build(str(tmp_path), "sqlite:///" + str(tmp_path / "m.db"), auth_mode="maybe")
+
+
+def test_secret_file_is_private(tmp_path):
+    import os
+    import stat
+
+    auth.load_secret(str(tmp_path))
+    assert stat.S_IMODE(os.stat(auth.secret_path(str(tmp_path))).st_mode) == 0o600
