@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=["minipanda", "minipanda.*", "harvester", "harvester.*", "pilot", "pilot.*",
                                     "queueconfig", "queueconfig.*"]),
     install_requires=[
-        "peewee>=3.17",
+        "peewee>=4.0",
         "bottle>=0.13",
         "waitress>=3.0",
         "psutil>=5.9",
@@ -18,6 +18,8 @@ setup(
         "htcondor>=24.0",
         "PyJWT>=2.8",
         "requests>=2.31",
+        "pydantic>=2.7,<3",
+        "PyYAML>=6.0",
     ],
     extras_require={
         "postgres": ["psycopg2-binary>=2.9"],
@@ -26,6 +28,8 @@ setup(
     entry_points={
         "console_scripts": [
             "minipanda=minipanda.cli:main",
+            "pilot=pilot.cli:main",
+            "queueconfig=queueconfig.cli:main",
         ],
     },
 )

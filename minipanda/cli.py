@@ -12,6 +12,7 @@ EPILOG = """environment:
   MINIPANDA_HOME   home directory (database, signing secret, trf/); default ~/.minipanda
   MINIPANDA_URL    server URL for the job commands; default http://127.0.0.1:25080
   MINIPANDA_TOKEN  bearer token for the job commands (else <home>/admin.token when readable)
+  MINIPANDA_QUEUES queue configuration file for 'serve' (see docs/queue-config.md)
 """
 
 
@@ -45,6 +46,12 @@ def build_parser():
                        help="'token' (default): bearer tokens with roles; 'none': everyone is admin, loopback only")
     serve.add_argument("--threads", type=int, default=16, help="request threads (default 16)")
     serve.add_argument("--max-body-mb", type=float, default=64, help="largest request body accepted (default 64)")
+    serve.add_argument("--queues", default=os.environ.get("MINIPANDA_QUEUES"), metavar="FILE",
+                       help="queue configuration (YAML/JSON, ours or Harvester's panda_queueconfig.json); default "
+                            "$MINIPANDA_QUEUES. Re-read when it changes or on SIGHUP; without it, queues are "
+                            "registered with default queuedata when a job first names them")
+    serve.add_argument("--reload-period", type=float, default=10.0, metavar="S",
+                       help="how often to check the queue configuration file for changes (default 10 s)")
     serve.add_argument("--debug", action="store_true", help="debug logging")
     serve.set_defaults(func=cmd_serve)
 
@@ -91,7 +98,7 @@ def build_parser():
 def cmd_serve(args):
     home = server.home_dir(args.home)
     server.serve(home, host=args.host, port=args.port, db_url=args.db, auth_mode=args.auth, threads=args.threads,
-                 max_body_mb=args.max_body_mb)
+                 max_body_mb=args.max_body_mb, queues_file=args.queues, reload_period=args.reload_period)
 
 
 def _open_db(args):

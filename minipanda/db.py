@@ -55,7 +55,7 @@ def make_database(url):
         return peewee.PostgresqlDatabase(
             parsed.path.lstrip("/"), user=urllib.parse.unquote(parsed.username or "") or None,
             password=urllib.parse.unquote(parsed.password or "") or None,
-            host=parsed.hostname or None, port=parsed.port or None, autorollback=True)
+            host=parsed.hostname or None, port=parsed.port or None)
     raise DatabaseConfigError(f"database URL {url!r}: unknown scheme {parsed.scheme!r}; use sqlite:/// or postgresql://")
 
 
@@ -110,7 +110,7 @@ def upgrade_schema(db):
     if version is None:
         with db.atomic():
             db.create_tables(models.ALL_MODELS)
-            models.Config.replace(key="schema_version", value=str(SCHEMA_VERSION)).execute()
+            models.Config.insert(key="schema_version", value=str(SCHEMA_VERSION)).execute()
         log.info("created database schema version %d", SCHEMA_VERSION)
         return
     if version > SCHEMA_VERSION:

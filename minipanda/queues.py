@@ -1,11 +1,23 @@
 """The server's queue table and the queuedata (PanDA schedconfig shape) it serves to pilots.
 
-Until a queue configuration file is loaded, a queue is registered with default queuedata the first time a job
-names it, so a one-VM testbed works without any configuration.
+Without a queue configuration file, a queue is registered with default queuedata the first time a job names it,
+so a one-VM testbed works without any configuration. Once a file is loaded (``minipanda serve --queues FILE``),
+the file is the only source of queues: the table mirrors it, and jobs naming any other queue are refused.
 """
 import json
+import logging
 
 from minipanda import models, states
+from minipanda.db import database
+from minipanda.jobs import RequestError
+
+log = logging.getLogger(__name__)
+CONFIG_VERSION_KEY = "queue_config_version"
+CONFIG_SOURCE_KEY = "queue_config_source"
+
+
+class UnknownQueue(RequestError):
+    """A job names a queue that the loaded queue configuration does not have."""
 
 
 def default_queuedata(name):
@@ -21,9 +33,28 @@ def default_queuedata(name):
     }
 
 
+def config_in_force():
+    """(version id, source file) of the loaded queue configuration, or None when queues are registered on demand."""
+    rows = {r.key: r.value for r in models.Config.select().where(
+        models.Config.key.in_([CONFIG_VERSION_KEY, CONFIG_SOURCE_KEY]))}
+    return (rows[CONFIG_VERSION_KEY], rows.get(CONFIG_SOURCE_KEY, "")) if CONFIG_VERSION_KEY in rows else None
+
+
 def ensure_queues(names):
-    """Register each named queue that the server does not know yet, with default queuedata."""
+    """Register each named queue that the server does not know yet, with default queuedata.
+
+    With a queue configuration in force, nothing is registered: an unknown queue raises UnknownQueue instead.
+    """
     known = {q.name for q in models.Queue.select(models.Queue.name).where(models.Queue.name.in_(list(names)))}
+    configured = config_in_force()
+    if configured:
+        unknown = sorted(set(names) - known)
+        if unknown:
+            available = ", ".join(q.name for q in models.Queue.select(models.Queue.name)
+                                  .where(models.Queue.status != "offline").order_by(models.Queue.name))
+            raise UnknownQueue(f"computingSite: queue {', '.join(unknown)} is not in the queue configuration "
+                               f"{configured[1]} (version {configured[0]}); known queues: {available or 'none'}")
+        return
     now = states.utcnow()
     for name in sorted(set(names) - known):
         models.Queue.insert(name=name, site=name, status="online", queuedata=json.dumps(default_queuedata(name)),
@@ -48,3 +79,51 @@ def queue_corecount(name):
         return int(data.get("corecount") or 1) if data else None
     except (TypeError, ValueError):
         return None
+
+
+def apply_config(config, queuedata_of, now=None):
+    """Mirror a loaded queue configuration into the queue table, in one transaction.
+
+    Queues in the file are inserted or updated; queues no longer in it are set offline (their jobs stay, and are
+    dispatched again if the queue comes back). Returns (added, updated, removed) queue names.
+    """
+    now = now or states.utcnow()
+    with database.atomic():
+        existing = {q.name: q for q in models.Queue.select()}
+        added, updated = [], []
+        for name, queue in config.queues.items():
+            row = {"site": queue.site or name, "status": queue.status, "modification_time": now,
+                   "queuedata": json.dumps(queuedata_of(queue), sort_keys=True)}
+            if name in existing:
+                models.Queue.update(row).where(models.Queue.name == name).execute()
+                updated.append(name)
+            else:
+                models.Queue.insert(name=name, **row).execute()
+                added.append(name)
+        removed = sorted(set(existing) - set(config.queues))
+        for name in removed:
+            data = json.loads(existing[name].queuedata or "{}")
+            data.update(status="offline", state="OFFLINE")
+            models.Queue.update(status="offline", queuedata=json.dumps(data, sort_keys=True),
+                                modification_time=now).where(models.Queue.name == name).execute()
+        for key, value in ((CONFIG_VERSION_KEY, config.version_id), (CONFIG_SOURCE_KEY, str(config.source))):
+            if models.Config.update(value=value).where(models.Config.key == key).execute() == 0:
+                models.Config.insert(key=key, value=value).execute()
+    if removed:
+        log.warning("queues %s are no longer in %s: set offline", ", ".join(removed), config.source)
+    return added, updated, removed
+
+
+def queue_list():
+    """Every known queue with its status and queuedata, for /api/v1/queues."""
+    return [{"name": q.name, "site": q.site, "status": q.status, "modificationTime": q.modification_time,
+             "queuedata": json.loads(q.queuedata)} for q in models.Queue.select().order_by(models.Queue.name)]
+
+
+def dispatch_rules(name):
+    """(status, allowed labels or None) of a queue, or None when the queue is unknown."""
+    row = models.Queue.get_or_none(models.Queue.name == name)
+    if row is None:
+        return None
+    labels = json.loads(row.queuedata or "{}").get("prodsourcelabels")
+    return row.status, (tuple(labels) if labels else None)

@@ -5,7 +5,8 @@ import signal
 import threading
 import time
 
-from minipanda import auth, db
+from minipanda import auth, db, queues
+from minipanda.daemon import DutyRunner
 from minipanda.api.app import ServerContext, is_loopback, make_app
 
 log = logging.getLogger("minipanda.server")
@@ -72,12 +73,53 @@ def ensure_admin_token(home, secret):
     log.info("wrote an admin token (id %s) to %s; revoke with 'minipanda token revoke %s'", jti, path, jti)
 
 
+def load_queue_config(path):
+    """Load and validate the queue configuration file, or raise ConfigError listing every problem in it."""
+    import queueconfig
+
+    try:
+        return queueconfig.load(path)
+    except queueconfig.ConfigError as exc:
+        raise ConfigError(f"queue configuration {path} is invalid ({len(exc.errors)} errors):\n  "
+                          + "\n  ".join(exc.errors)) from None
+    except OSError as exc:
+        raise ConfigError(f"queue configuration {path}: {exc.strerror}") from None
+
+
+def apply_queue_config(config, old=None):
+    """Mirror a (new) queue configuration into the queue table and say what changed."""
+    import queueconfig
+
+    for warning in config.warnings:
+        log.warning("queue configuration %s: %s", config.source, warning)
+    added, updated, removed = queues.apply_config(config, queueconfig.queuedata)
+    log.info("queue configuration %s version %s in force: %d queues (%d added, %d updated, %d set offline)%s",
+             config.source, config.version_id, len(config.queues), len(added), len(updated), len(removed),
+             f", replacing version {old.version_id}" if old is not None else "")
+
+
+def watch_queue_config(runner, config, period):
+    """Reload the queue file when it changes (checked every ``period`` s, or at once on SIGHUP)."""
+    import queueconfig
+
+    reloader = queueconfig.ConfigReloader(config.source, on_change=apply_queue_config, initial=config, logger=log)
+    runner.add("queue-config", period, lambda now: reloader.check())
+    return reloader
+
+
 def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="token", threads=16, max_body_mb=64,
-          ready=None):
+          queues_file=None, reload_period=10.0, ready=None):
     """Run until SIGTERM/SIGINT (or ``ready``'s server is closed); returns when the server has stopped."""
     import waitress.server
 
+    queue_config = load_queue_config(queues_file) if queues_file else None
     app, context = build(home, db_url, auth_mode, host, max_body_mb)
+    runner = DutyRunner()
+    reloader = None
+    if queue_config is not None:
+        db.database.connect(reuse_if_open=True)
+        apply_queue_config(queue_config)
+        reloader = watch_queue_config(runner, queue_config, reload_period)
     os.makedirs(os.path.join(home, "trf"), exist_ok=True)
     if auth_mode == "token":
         ensure_admin_token(home, context.secret)
@@ -93,18 +135,29 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
         for channel in list(server._map.values()):
             channel.close()
 
+    def on_hangup(signum, frame):
+        if reloader is not None:
+            log.info("received SIGHUP; re-reading the queue configuration")
+            reloader.request()
+            runner.wake("queue-config")
+        else:
+            log.info("received SIGHUP; no queue configuration file to re-read (start with --queues FILE)")
+
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
     log.info("minipanda serving on http://%s:%s (home %s, auth %s, %d threads)", host, server.effective_port, home,
              auth_mode, threads)
     if ready is not None:
         ready(server)
+    runner.start()
     try:
         server.run()
     except (OSError, ValueError):
         if not stop.is_set():  # closing the socket from the signal handler ends run() with an error
             raise
     finally:
+        runner.stop()
         server.task_dispatcher.shutdown(timeout=5)
         log.info("minipanda stopped")

@@ -7,6 +7,9 @@ changes of the same job can never both succeed: the row count says who won.
 """
 import datetime
 import enum
+import functools
+
+import peewee
 
 from minipanda import models
 
@@ -165,18 +168,103 @@ def change_job_status(panda_ids, target, reason, from_states=None, fields=None, 
     changed = []
     # One conditional UPDATE per source state: the WHERE on the current status makes each change exact even if
     # another writer got there first, and RETURNING tells which rows this call won.
+    plain = isinstance(panda_ids, (list, tuple, set, frozenset)) and not any(
+        isinstance(value, peewee.Node) for value in values.values())
     for status in sorted(s.value for s in allowed):
+        if plain:  # the common case (every pilot update): a cached statement instead of peewee's rendering
+            changed.extend((pid, status) for pid in _update_listed(values, list(panda_ids), status))
+            continue
         rows = Job.update(values).where(Job.panda_id.in_(panda_ids), Job.status == status).returning(Job.panda_id)
         changed.extend((row.panda_id, status) for row in rows.execute())
     log_transitions(changed, target, reason, now)
     return changed
 
 
+@functools.lru_cache(maxsize=256)
+def _update_listed_sql(param, columns, n_ids):
+    # ``status || ''`` keeps the status test off the (status, ...) index: with more than one id SQLite otherwise
+    # walked every job in that status instead of looking the ids up by primary key.
+    assignments = ", ".join(f'"{column}" = {param}' for column in columns)
+    return (f'UPDATE "{models.Job._meta.table_name}" SET {assignments} WHERE "panda_id" IN '
+            f'({", ".join([param] * n_ids)}) AND ("status" || \'\') = {param} RETURNING "panda_id"')
+
+
+def _update_listed(values, panda_ids, status):
+    """UPDATE the listed jobs that are in ``status`` with plain ``values``; return the ids changed."""
+    database = models.Job._meta.database
+    columns = tuple(field.column_name for field in values)
+    assigned = [field.db_value(value) for field, value in values.items()]
+    changed = []
+    for start in range(0, len(panda_ids), 500):  # bounded statement size, however many ids a kill names
+        chunk = panda_ids[start:start + 500]
+        cursor = database.execute_sql(_update_listed_sql(database.param, columns, len(chunk)),
+                                      assigned + chunk + [status])
+        changed.extend(row[0] for row in cursor.fetchall())
+    return changed
+
+
 def log_transitions(changed, target, reason, now):
-    """Write one status_log row per (panda_id, previous status) pair."""
+    """Write one status_log row per (panda_id, previous status) pair.
+
+    One multi-row INSERT written out directly: every dispatch and every submitted job comes through here, and
+    peewee's insert_many spent ~0.2 ms per call plus ~20 us per row building it.
+    """
+    if not changed:
+        return
+    log, database = models.StatusLog, models.StatusLog._meta.database
+    new_status, when, reason = JobStatus(target).value, log.time.db_value(now), reason[:500]
+    columns = ", ".join('"%s"' % f.column_name for f in (log.panda_id, log.old_status, log.new_status, log.time,
+                                                           log.reason))
+    row = "(%s)" % ", ".join([database.param] * 5)
+    for start in range(0, len(changed), 500):  # 2,500 parameters per statement at most
+        chunk = changed[start:start + 500]
+        params = []
+        for pid, old in chunk:
+            params += (pid, old, new_status, when, reason)
+        database.execute_sql(f'INSERT INTO "{log._meta.table_name}" ({columns}) VALUES '
+                             + ", ".join([row] * len(chunk)), params)
+
+
+FINAL_TASK_VALUES = frozenset(s.value for s in FINAL_TASK_STATES)
+
+
+def task_sources(target):
+    """All task states from which ``target`` may be reached."""
+    target = TaskStatus(target)
+    return [src for src, dests in TASK_TRANSITIONS.items() if target in dests]
+
+
+def change_task_status(task_ids, target, reason, from_states=None, fields=None, now=None):
+    """Move the given tasks to ``target``, conditionally on their current state (the task twin of
+    :func:`change_job_status`).
+
+    Args:
+        task_ids: jediTaskIDs to change; a task not in an allowed source state is left alone.
+        target: the new :class:`TaskStatus`.
+        reason: stored in task_log (and, for broken and failed tasks, in the task's error dialog by the caller).
+        from_states: restrict the allowed sources further.
+        fields: extra column values {Task.field: value} written in the same UPDATE.
+        now: the time to stamp.
+
+    Returns:
+        The list of (task_id, previous status) pairs that were changed. Must run inside a transaction.
+    """
+    target = TaskStatus(target)
+    now = now or utcnow()
+    allowed = set(task_sources(target))
+    if from_states is not None:
+        allowed &= {TaskStatus(s) for s in from_states}
+    Task, TaskLog = models.Task, models.TaskLog
+    values = {Task.status: target.value, Task.state_changed_time: now, Task.modification_time: now}
+    if target in FINAL_TASK_STATES:
+        values[Task.end_time] = now
+    values.update(fields or {})
+    changed = []
+    for status in sorted(s.value for s in allowed):
+        rows = Task.update(values).where(Task.jedi_task_id.in_(list(task_ids)), Task.status == status) \
+            .returning(Task.jedi_task_id)
+        changed.extend((row.jedi_task_id, status) for row in rows.execute())
     if changed:
-        rows = [
-            {"panda_id": pid, "old_status": old, "new_status": JobStatus(target).value, "time": now, "reason": reason[:500]}
-            for pid, old in changed
-        ]
-        models.StatusLog.insert_many(rows).execute()
+        TaskLog.insert_many([{"task_id": tid, "old_status": old, "new_status": target.value, "time": now,
+                              "reason": reason[:500]} for tid, old in changed]).execute()
+    return changed

@@ -70,10 +70,9 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(self.home, "server.log")
         os.makedirs(self.home, exist_ok=True)
-        argv = [sys.executable, "-m", "minipanda", "serve", "--home", self.home, "--port", str(self.port),
-                "--db", db_url, "--auth", auth, "--threads", str(threads)]
+        self.auth, self.threads = auth, threads
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.argv(), stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -87,6 +86,11 @@ class LiveServer:
             raise RuntimeError("server did not answer within 30 s: " + self.read_log())
         token_path = os.path.join(self.home, "admin.token")
         self.admin_token = open(token_path).read().strip() if auth == "token" else None
+
+    def argv(self):
+        """The serve command line; subclasses add options."""
+        return [sys.executable, "-m", "minipanda", "serve", "--home", self.home, "--port", str(self.port),
+                "--db", self.db_url, "--auth", self.auth, "--threads", str(self.threads)]
 
     def read_log(self):
         with open(self.log_path, encoding="utf-8", errors="replace") as handle:

@@ -14,7 +14,8 @@ from pilot3.harness import start_pilot3, unshare_available
 
 IN_CI = os.environ.get("CI") == "true"
 TRF_URL = "http://pandaserver-doma.cern.ch:25080/trf/user/runme.sh"
-RUNME = "#!/bin/sh\necho \"payload args: $*\"\necho 'a line on stderr' >&2\nexit \"$1\"\n"
+RUNME = ("#!/bin/sh\necho \"payload args: $*\"\necho 'a line on stderr' >&2\necho result > out.txt\n"
+         "exit \"$1\"\n")
 
 
 def unavailable(reason):
@@ -33,11 +34,12 @@ def pilot3():
         unavailable(f"cannot fetch panda-pilot 3.7.0.36: {exc}")
 
 
-def prepare(server, job_pars):
+def prepare(server, job_pars, queue="TEST_PQ", files=()):
     with open(os.path.join(server.home, "trf", "runme.sh"), "w") as handle:
         handle.write(RUNME)
-    job = {"jobName": "pilot3.probe", "computingSite": "TEST_PQ", "prodSourceLabel": "managed",
-           "transformation": TRF_URL, "jobParameters": job_pars, "coreCount": 1, "minRamCount": 100}
+    job = {"jobName": "pilot3.probe", "computingSite": queue, "prodSourceLabel": "managed",
+           "transformation": TRF_URL, "jobParameters": job_pars, "coreCount": 1, "minRamCount": 100,
+           "Files": list(files)}
     reply = requests.post(server.url + "/api/v1/job/submit", json={"jobs": [job]}, headers=server.headers())
     return reply.json()["data"][0][0]
 
@@ -108,3 +110,34 @@ def test_pilot3_without_token_is_refused(sqlite_server, pilot3, tmp_path):
         run.kill()
     assert "POST /server/panda/getJob 401" in sqlite_server.read_log()
     assert describe(sqlite_server, pid)["jobStatus"] == "activated"
+
+
+def test_pilot3_stages_out_to_a_configured_queue(tmp_path, pilot3):
+    """Queuedata from a queue configuration file is what pilot3 needs to stage a log and an output out."""
+    from conftest import LiveServer
+
+    outdir = tmp_path / "storage"
+    outdir.mkdir()
+    queues = tmp_path / "queues.yaml"
+    queues.write_text("queues:\n  SHARED_Q:\n    storage:\n      output: {type: shared, path: %s}\n" % outdir)
+
+    class Server(LiveServer):
+        def argv(self):
+            return super().argv() + ["--queues", str(queues)]
+
+    server = Server(tmp_path / "home", "sqlite:///" + str(tmp_path / "home" / "minipanda.db"))
+    try:
+        files = [{"type": "output", "lfn": "out.txt", "scope": "test"},
+                 {"type": "log", "lfn": "probe.log.tgz", "scope": "test"}]
+        pid = prepare(server, "0", queue="SHARED_Q", files=files)
+        with start_pilot3(pilot3, server.url, "SHARED_Q", tmp_path / "pilot", extra_args=["--output-dir", str(outdir)],
+                          extra_env=pilot_env(server, tmp_path)) as run:
+            assert wait_final(server, pid, run) == "finished"
+        stored = {f["lfn"]: f for f in describe(server, pid)["Files"]}
+        for lfn in ("out.txt", "probe.log.tgz"):
+            assert stored[lfn]["status"] == "finished" and stored[lfn]["fsize"] > 0
+            assert stored[lfn]["checksum"].startswith("ad:")
+        landed = {path.name for path in outdir.rglob("*") if path.is_file()}
+        assert {"out.txt", "probe.log.tgz"} <= landed
+    finally:
+        server.stop()

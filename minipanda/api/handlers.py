@@ -22,6 +22,7 @@ V1_ALIASES = {
     "harvester_id": "harvester_id", "max_rss": "maxRSS", "max_pss": "maxPSS", "max_vmem": "maxVMEM",
 }
 PRODUCTION_LABELS = {"managed", "prod_test", "rc_test"}
+TEST_LABELS = ("test", "ptest", "prod_test", "rc_test")
 USER_LABELS = {"user", "panda", "test", "ptest"}
 RESOURCE_TYPES = [
     {"resource_name": "SCORE", "mincore": 1, "maxcore": 1, "minrampercore": 0, "maxrampercore": 2000},
@@ -44,14 +45,20 @@ def _int_param(params, name, errors, minimum=None):
 
 
 def acquire_jobs(params, identity):
-    """getJob / pilot/acquire_jobs: claim up to nJobs matching jobs; return (definitions, bulk?)."""
+    """getJob / pilot/acquire_jobs: claim up to nJobs matching jobs; return (definitions, bulk?, why none)."""
     require_role(identity, PILOT_ROLES)
     queue = params.get("computingElement") or params.get("siteName")
     if not queue or not isinstance(queue, str):
         raise RequestError("computingElement or siteName: required (the queue the pilot serves)", SC_MISSING_KEY)
     errors = []
     cores = _int_param(params, "coreCount", errors, 1)
-    offer = dispatch.Offer(
+    rules = queues.dispatch_rules(queue)
+    status, queue_labels = rules if rules else ("online", None)
+    if status == "offline":
+        return [], params.get("nJobs") not in (None, ""), f"queue {queue} is offline"
+    if status == "test":  # a queue under test runs test jobs only, whatever labels it normally takes
+        queue_labels = TEST_LABELS
+    offer = dispatch.Offer(queue_labels=queue_labels,
         queue=queue, prod_source_label=str(params.get("prodSourceLabel") or "managed"),
         cores=cores if cores is not None else queues.queue_corecount(queue),
         memory_mb=_int_param(params, "mem", errors, 0), disk_mb=_int_param(params, "diskSpace", errors, 0),
@@ -62,7 +69,9 @@ def acquire_jobs(params, identity):
         worker_id=_int_param(params, "worker_id", errors, 0))
     if errors:
         raise RequestError("; ".join(errors))
-    return dispatch.claim_jobs(offer), params.get("nJobs") not in (None, "")
+    definitions = dispatch.claim_jobs(offer)
+    why = "" if definitions else f"no jobs available for queue {queue} and this offer"
+    return definitions, params.get("nJobs") not in (None, ""), why
 
 
 def _text(value, limit):

@@ -19,12 +19,12 @@ def reply(data):
 
 
 def get_job(params, identity):
-    definitions, bulk = handlers.acquire_jobs(params, identity)
+    definitions, bulk, why = handlers.acquire_jobs(params, identity)
     if bulk:
-        return reply({"StatusCode": SC_OK if definitions else SC_NO_JOBS, "jobs": definitions,
-                      "nSent": len(definitions)})
+        reply_data = {"StatusCode": SC_OK if definitions else SC_NO_JOBS, "jobs": definitions, "nSent": len(definitions)}
+        return reply(dict(reply_data, errorDialog=why) if why else reply_data)
     if not definitions:
-        return reply({"StatusCode": SC_NO_JOBS, "errorDialog": "no jobs available for this queue and offer"})
+        return reply({"StatusCode": SC_NO_JOBS, "errorDialog": why})
     return reply(dict(definitions[0], StatusCode=SC_OK))
 
 

@@ -1,7 +1,7 @@
 """The ``/api/v1/<module>/<method>`` family (panda-client 2.x, Harvester): replies ``{success, message, data}``."""
 import bottle
 
-from minipanda import jobs
+from minipanda import jobs, queues
 from minipanda.api import handlers, wire
 from minipanda.auth import PILOT_ROLES
 
@@ -18,8 +18,8 @@ def is_alive(params, identity):
 
 
 def acquire_jobs(params, identity):
-    definitions, _ = handlers.acquire_jobs(handlers.from_v1(params), identity)
-    return ok(definitions, f"{len(definitions)} jobs" if definitions else "no jobs available")
+    definitions, _, why = handlers.acquire_jobs(handlers.from_v1(params), identity)
+    return ok(definitions, f"{len(definitions)} jobs" if definitions else why)
 
 
 def update_job(params, identity):
@@ -61,6 +61,10 @@ def list_jobs(params, identity):
     return ok(handlers.list_jobs(params))
 
 
+def list_queues(params, identity):
+    return ok(queues.queue_list())
+
+
 def job_log(params, identity):
     panda_id = jobs.parse_job_id(params.get("job_id"), "job_id")
     return ok(handlers.status_log(panda_id))
@@ -76,6 +80,7 @@ def register(app):
         ("job/get_status", get_status, None), ("job/submit", submit, "any"),
         ("job/get_description", get_description, None), ("job/get_description_incl_archive", get_description, None),
         ("job/kill", kill, "any"), ("job/list", list_jobs, None), ("job/get_status_log", job_log, None),
+        ("queues", list_queues, None),
     ]
     for path, callback, role in routes:
         app.route(f"{BASE}/{path}", ["GET", "POST"], callback, family="v1", role=role)

@@ -1,0 +1,111 @@
+"""The ``pilot`` command: options close to pilot3's, plus ``build-zipapp``, ``replay-outbox`` and ``queuedata-keys``.
+
+    pilot -q QUEUE [--url URL] [-p PORT] [-a WORKDIR] [-l LIFETIME] [--token-file F] [--queuedata F] ...
+    pilot build-zipapp OUT.pyz
+    pilot replay-outbox -a WORKDIR [--url URL] [-p PORT] [--token-file F]
+    pilot queuedata-keys
+"""
+import argparse
+import os
+import sys
+
+from pilot import __version__, comm
+
+EPILOG = """exit codes (pilot3's): 0 ok, 64 queue offline, 65 general error, 66 mkdir, 68 token refused,
+69 no local space, 70 pilot exception, 71 no queuedata, 72 bad queuedata, 78 queue not active,
+79 server communication (a final update may be in the outbox), 81 reached the time limit, 82 no jobs,
+128+N killed by signal N (143 SIGTERM, 130 SIGINT, ...). See docs/pilot.md."""
+
+
+def run_parser():
+    parser = argparse.ArgumentParser(prog="pilot", description="minipanda pilot: run PanDA jobs on this node",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--version", action="version", version=f"minipanda pilot {__version__}")
+    add("-q", "--queue", required=True, help="the PanDA queue this pilot serves (computingElement)")
+    add("--url", default=os.environ.get("MINIPANDA_URL", "http://127.0.0.1"), help="server URL (default "
+        "$MINIPANDA_URL or http://127.0.0.1)")
+    add("-p", "--port", type=int, default=25080, help="server port when --url has none (default 25080)")
+    add("-j", "--job-label", default="managed", help="prodSourceLabel asked for (default managed)")
+    add("-a", "--workdir", default=os.getcwd(), help="work area: pilot directories, outbox (default: cwd)")
+    add("-l", "--lifetime", type=int, help="seconds this pilot may live (default: queuedata pilot_lifetime, "
+                                           "324000)")
+    add("-d", "--debug", action="store_true", help="debug logging")
+    add("--quiet", action="store_true", help="log only to the pilot log file, not to stderr")
+    add("--token-file", help="file holding the bearer token (role pilot); re-read at each request")
+    add("--queuedata", help="queuedata JSON file instead of the server's /cache/schedconfig/<queue>.all.json")
+    add("--harvester-workdir", help="the worker's directory shared with harvester (job file, reports)")
+    add("--harvester-submit-mode", choices=["PULL", "PUSH"], default="PULL", type=str.upper,
+        help="PUSH: the job is in the harvester work dir; PULL (default): ask the server")
+    add("-z", "--no-server-updates", action="store_true",
+        help="file mode: no HTTP at all; jobs and reports go through the harvester work dir")
+    add("--input-dir", help="where copy/mv/symlink find input files (overrides queuedata input_dir)")
+    add("--output-dir", help="where outputs and the log tarball go (overrides queuedata output_dir)")
+    add("--batch-id", help="batch job id reported to the server (default: from SLURM_JOB_ID, PBS_JOBID, ...)")
+    add("--no-cleanup", action="store_true", help="keep job directories after the job")
+    add("--no-subreaper", action="store_true", help="do not adopt the payload's orphans (PR_SET_CHILD_SUBREAPER)")
+    add("-w", "--workflow", default="generic", help="accepted for pilot3 compatibility; only generic exists")
+    add("--pilot-user", default="generic", help="accepted for pilot3 compatibility; ignored")
+    return parser
+
+
+def main(argv=None):
+    """Entry point of ``pilot``; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = {"build-zipapp": build_zipapp, "replay-outbox": replay_outbox, "queuedata-keys": queuedata_keys}
+    if argv and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
+    options = run_parser().parse_args(argv)
+    options.url = comm.base_url(options.url, options.port)
+    options.workdir = os.path.abspath(options.workdir)
+    for name in ("harvester_workdir", "queuedata", "input_dir", "output_dir", "token_file"):
+        if getattr(options, name):
+            setattr(options, name, os.path.abspath(getattr(options, name)))
+    os.makedirs(options.workdir, exist_ok=True)
+    from pilot.worker import Pilot
+
+    return Pilot(options).work()
+
+
+def build_zipapp(argv):
+    parser = argparse.ArgumentParser(prog="pilot build-zipapp", description="write the pilot as one .pyz file")
+    parser.add_argument("output", help="the file to write, e.g. pilot.pyz")
+    parser.add_argument("--python", default="/usr/bin/env python3", help="interpreter line (default: "
+                                                                         "/usr/bin/env python3)")
+    args = parser.parse_args(argv)
+    from pilot import zipapp
+
+    zipapp.build(args.output, args.python)
+    print(args.output)
+    return 0
+
+
+def replay_outbox(argv):
+    parser = argparse.ArgumentParser(prog="pilot replay-outbox", description="send the spooled final updates")
+    parser.add_argument("-a", "--workdir", default=os.getcwd(), help="the pilot work area holding outbox/")
+    parser.add_argument("--url", default=os.environ.get("MINIPANDA_URL", "http://127.0.0.1"))
+    parser.add_argument("-p", "--port", type=int, default=25080)
+    parser.add_argument("--token-file")
+    args = parser.parse_args(argv)
+    import logging
+
+    from pilot.outbox import Outbox
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    client = comm.ServerClient(comm.base_url(args.url, args.port), args.token_file, 30)
+    delivered, left = Outbox(os.path.join(os.path.abspath(args.workdir), "outbox")).replay(client)
+    print(f"delivered {delivered}, left {left}")
+    return 0 if not left else 79
+
+
+def queuedata_keys(argv):
+    from pilot import queuedata
+
+    for name, default, doc in queuedata.documented_keys():
+        print(f"{name:32} {default!r:28} {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""HTTP to the minipanda (PanDA) server: getJob, updateJob, queuedata and downloads. Standard library only.
+
+Bodies are JSON, replies are asked for as JSON (``Accept: application/json``), the bearer token is re-read from
+``--token-file`` for every request (harvester may renew it). A failure is a CommError that says whether trying
+again later can help (``transient``): network errors, 5xx, 401/403 and "changed concurrently" are transient; any
+other refusal is permanent and retrying it would only repeat the refusal.
+"""
+import json
+import logging
+import os
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from pilot import __version__
+
+log = logging.getLogger(__name__)
+SC_OK, SC_NO_JOBS, SC_FAILED = 0, 20, 30
+
+
+class CommError(Exception):
+    """A request that did not get an accepted answer."""
+
+    def __init__(self, message, transient=True, status=None, reply=None):
+        super().__init__(message)
+        self.transient, self.status, self.reply = transient, status, reply or {}
+
+    @property
+    def auth(self):
+        return self.status in (401, 403)
+
+
+def base_url(url, port=None):
+    """The server's base URL from pilot3-style ``--url`` and ``-p``: the port is added when the URL has none."""
+    url = url.rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    parsed = urllib.parse.urlparse(url)
+    if port and not parsed.port:
+        url = f"{parsed.scheme}://{parsed.hostname}:{port}{parsed.path}"
+    return url
+
+
+class ServerClient:
+    """Requests to one server.
+
+    Args:
+        url: base URL, e.g. ``http://127.0.0.1:25080``.
+        token_file: file holding the bearer token (re-read at each request); None sends no token.
+        timeout: seconds for one request.
+    """
+
+    def __init__(self, url, token_file=None, timeout=60.0):
+        self.url, self.token_file, self.timeout = url.rstrip("/"), token_file, timeout
+        self.opener = urllib.request.build_opener()
+
+    def _headers(self, json_body):
+        headers = {"Accept": "application/json", "User-Agent": f"minipanda-pilot/{__version__}"}
+        if json_body:
+            headers["Content-Type"] = "application/json"
+        if self.token_file:
+            try:
+                with open(self.token_file, encoding="utf-8") as handle:
+                    token = handle.read().strip()
+                if token:
+                    headers["Authorization"] = f"Bearer {token}"
+            except OSError as exc:
+                log.warning("cannot read the token file %s: %s", self.token_file, exc)
+        return headers
+
+    def _open(self, url, body=None, timeout=None):
+        request = urllib.request.Request(url, data=body, headers=self._headers(body is not None),
+                                         method="POST" if body is not None else "GET")
+        return self.opener.open(request, timeout=timeout or self.timeout)
+
+    def call(self, path, params, timeout=None):
+        """POST ``params`` as JSON to ``path``; return the reply dict (raise CommError when not accepted)."""
+        body = json.dumps(params, default=str).encode("utf-8")
+        try:
+            with self._open(self.url + path, body, timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            reply = _json_or_empty(raw)
+            diag = reply.get("ErrorDiag") or reply.get("message") or raw[:200].decode("utf-8", "replace")
+            transient = exc.code >= 500 or exc.code in (401, 403, 408, 429) or (
+                exc.code == 409 and reply.get("StatusCode") == SC_FAILED)
+            raise CommError(f"{path}: HTTP {exc.code}: {diag}", transient, exc.code, reply) from None
+        except (urllib.error.URLError, OSError, socket.timeout) as exc:
+            raise CommError(f"{path}: {getattr(exc, 'reason', exc)}") from None
+        reply = _json_or_empty(raw)
+        if not reply and raw.strip():
+            raise CommError(f"{path}: reply is not JSON: {raw[:120]!r}", transient=True, status=200)
+        return reply
+
+    def get_job(self, params):
+        """getJob: the job definition dict, or None when the server has no job for this offer."""
+        reply = self.call("/server/panda/getJob", params)
+        code = _status_code(reply)
+        if code == SC_OK and reply.get("PandaID") not in (None, "", "NULL"):
+            return reply
+        if code in (SC_OK, SC_NO_JOBS):
+            return None
+        raise CommError(f"getJob: StatusCode {code}: {reply.get('errorDialog') or reply.get('ErrorDiag')}",
+                        transient=True, status=200, reply=reply)
+
+    def update_job(self, params, timeout=None):
+        """updateJob; the reply dict (StatusCode 0, command). A refusal raises CommError."""
+        reply = self.call("/server/panda/updateJob", params, timeout)
+        if _status_code(reply) != SC_OK:
+            raise CommError(f"updateJob: StatusCode {reply.get('StatusCode')}: {reply.get('ErrorDiag')}",
+                            transient=False, status=200, reply=reply)
+        return reply
+
+    def update_job_reliably(self, params, tries, backoff, sleep=time.sleep, give_up=lambda: False):
+        """updateJob with up to ``tries`` attempts, waiting backoff, 2x backoff, ... (at most 60 s) between.
+
+        Returns:
+            (reply, None) once accepted, or (None, CommError) with the last error; a permanent error ends the
+            tries at once, and so does ``give_up()`` returning True.
+        """
+        wait, error = backoff, None
+        for attempt in range(max(1, tries)):
+            try:
+                return self.update_job(params), None
+            except CommError as exc:
+                error = exc
+                log.warning("update of job %s (%s) failed, try %d of %d: %s", params.get("jobId"),
+                            params.get("state"), attempt + 1, tries, exc)
+                if not exc.transient or give_up() or attempt + 1 >= tries:
+                    break
+                sleep(wait)
+                wait = min(wait * 2, 60.0)
+        return None, error
+
+    def worker_status(self, harvester_id, worker_id, status, site, node):
+        """updateWorkerPilotStatus(started|finished), sent when harvester ids are in the environment."""
+        try:
+            self.call("/server/panda/updateWorkerPilotStatus", {
+                "harvesterID": harvester_id, "workerID": worker_id, "status": status, "site": site,
+                "node_id": node}, timeout=min(self.timeout, 10))
+        except CommError as exc:
+            log.warning("updateWorkerPilotStatus(%s) failed: %s", status, exc)
+
+    def get_text(self, path):
+        """GET ``path`` (relative to the server) and return the body as text."""
+        try:
+            with self._open(self.url + path) as response:
+                return response.read().decode("utf-8")
+        except urllib.error.HTTPError as exc:
+            raise CommError(f"GET {path}: HTTP {exc.code}", exc.code >= 500, exc.code) from None
+        except (urllib.error.URLError, OSError, socket.timeout) as exc:
+            raise CommError(f"GET {path}: {getattr(exc, 'reason', exc)}") from None
+
+    def download(self, source, dest, deadline=None):
+        """Fetch ``source`` (a server path starting with '/' or a full URL) into ``dest``; return its size.
+
+        Written to a temporary name and renamed, so ``dest`` is either complete or absent. Raises
+        FileNotFoundError for HTTP 404, TimeoutError past ``deadline`` (monotonic), OSError otherwise.
+        """
+        url = self.url + source if source.startswith("/") else source
+        tmp = dest + ".part"
+        size = 0
+        try:
+            timeout = self.timeout if deadline is None else max(1.0, min(self.timeout, deadline - time.monotonic()))
+            with self._open(url, timeout=timeout) as response, open(tmp, "wb") as out:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    size += len(block)
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"download of {url} exceeded its time limit")
+            os.replace(tmp, dest)
+            return size
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise FileNotFoundError(f"{url}: HTTP 404") from None
+            raise OSError(f"{url}: HTTP {exc.code}") from None
+        except socket.timeout:
+            raise TimeoutError(f"download of {url} timed out") from None
+        except urllib.error.URLError as exc:
+            raise OSError(f"{url}: {exc.reason}") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _json_or_empty(raw):
+    try:
+        data = json.loads(raw.decode("utf-8")) if raw else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _status_code(reply):
+    try:
+        return int(reply.get("StatusCode", SC_OK))
+    except (TypeError, ValueError):
+        return -1

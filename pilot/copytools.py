@@ -1,0 +1,182 @@
+"""Copytools and staging: inputs into the job directory, outputs and the log out of it, each checked.
+
+Tools (queuedata ``copytool``, else ``acopytools`` per activity pr/pw/pl):
+
+======== ==================================== ==========================================
+tool     stage-in (from input_dir / URL)      stage-out (to output_dir)
+======== ==================================== ==========================================
+copy     copy                                 copy
+mv       copy (the source is never moved)     move (rename, or copy + delete across FS)
+symlink  symbolic link to the source          -- (refused: 1323)
+http     download from queuedata input_url    -- (refused: the server has no file store)
+======== ==================================== ==========================================
+
+Stage-in checks the size (1099) and the checksum (adler32 or md5: 1145); a missing file is 1331, a transfer past
+its time limit 1151. Stage-out checks the copy's adler32 against the original (1172).
+"""
+import logging
+import os
+import shutil
+import tarfile
+import time
+
+from pilot import errors
+from pilot.errors import PilotError
+from pilot.fileutil import adler32, checksum
+
+log = logging.getLogger(__name__)
+READ_TOOLS = ("copy", "mv", "symlink", "http")
+WRITE_TOOLS = ("copy", "mv")
+
+
+def _copy(src, dest, deadline, timeout_code):
+    tmp = dest + ".part"
+    try:
+        with open(src, "rb") as inp, open(tmp, "wb") as out:
+            for block in iter(lambda: inp.read(1 << 20), b""):
+                out.write(block)
+                if time.monotonic() > deadline:
+                    raise PilotError(timeout_code, f"copy of {os.path.basename(src)} exceeded its time limit")
+        shutil.copystat(src, tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def find_input(spec, input_dir):
+    """The source path of an input in a shared directory: <dir>/<scope>/<lfn>, else <dir>/<lfn>; or None."""
+    for candidate in ([os.path.join(input_dir, spec.scope, spec.lfn)] if spec.scope else []) + \
+            [os.path.join(input_dir, spec.lfn)]:
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def input_url(template, spec):
+    """The download URL (or server path) of an input from queuedata ``input_url``."""
+    url = template
+    for name, value in (("lfn", spec.lfn), ("scope", spec.scope), ("dataset", spec.dataset)):
+        url = url.replace("{" + name + "}", value)
+    return url
+
+
+def stage_in(job, job_dir, tool, input_dir, url_template, client, timeout, max_input_mb=0):
+    """Bring every input of ``job`` into ``job_dir`` with ``tool`` and verify it.
+
+    Args:
+        job: the Job (inputs' ``path`` is set).
+        job_dir: the job directory.
+        tool: copytool name (see the module table).
+        input_dir: shared directory for copy/mv/symlink.
+        url_template: queuedata input_url for http.
+        client: a comm.ServerClient for http (None without network).
+        timeout: seconds allowed per file (plus 1 s per 10 MB of its size).
+        max_input_mb: queuedata maxinputsize; 0 = no limit.
+    """
+    if tool not in READ_TOOLS:
+        raise PilotError(errors.UNKNOWNCOPYTOOL, f"copytool {tool!r} cannot stage in; known: {READ_TOOLS}")
+    total = sum(spec.fsize for spec in job.inputs)
+    if max_input_mb and total > max_input_mb * 1e6:
+        raise PilotError(errors.SIZETOOLARGE, f"inputs hold {total / 1e6:.0f} MB, queue maxinputsize is "
+                                              f"{max_input_mb} MB")
+    for spec in job.inputs:
+        dest = os.path.join(job_dir, spec.lfn)
+        deadline = time.monotonic() + timeout + spec.fsize / 1e7
+        if tool == "http":
+            _download(spec, dest, url_template, client, deadline)
+        else:
+            source = find_input(spec, input_dir)
+            if source is None:
+                raise PilotError(errors.MISSINGINPUTFILE, f"input {spec.lfn} not found in {input_dir}")
+            if tool == "symlink":
+                os.symlink(os.path.abspath(source), dest)
+            else:
+                _copy(source, dest, deadline, errors.STAGEINTIMEOUT)
+        spec.path = dest
+        _verify_input(spec)
+        log.info("staged in %s with %s (%d bytes)", spec.lfn, tool, os.path.getsize(dest))
+
+
+def _download(spec, dest, template, client, deadline):
+    if client is None or not template:
+        raise PilotError(errors.UNKNOWNCOPYTOOL, "copytool http needs network and queuedata input_url")
+    url = input_url(template, spec)
+    try:
+        client.download(url, dest, deadline)
+    except FileNotFoundError:
+        raise PilotError(errors.MISSINGINPUTFILE, f"input {spec.lfn} not found at {url}") from None
+    except TimeoutError as exc:
+        raise PilotError(errors.STAGEINTIMEOUT, str(exc)) from None
+    except OSError as exc:
+        raise PilotError(errors.STAGEINFAILED, f"download of {spec.lfn} failed: {exc}") from None
+
+
+def _verify_input(spec):
+    size = os.path.getsize(spec.path)
+    if spec.fsize and size != spec.fsize:
+        raise PilotError(errors.STAGEINFAILED, f"input {spec.lfn}: {size} bytes staged, {spec.fsize} expected")
+    if spec.checksum_type:
+        found = checksum(spec.path, spec.checksum_type)
+        if found != spec.checksum:
+            raise PilotError(errors.GETMD5MISMATCH, f"input {spec.lfn}: {spec.checksum_type} {found}, "
+                                                    f"{spec.checksum} expected")
+
+
+def destination(spec, output_dir):
+    """Where stage-out puts a file: <output_dir>/<scope>/<lfn>, or <output_dir>/<lfn> without a scope."""
+    return os.path.join(output_dir, spec.scope, spec.lfn) if spec.scope else os.path.join(output_dir, spec.lfn)
+
+
+def stage_out(spec, tool, output_dir, timeout):
+    """Copy or move one produced file (``spec.path``) to the output directory; fill surl, fsize, adler32."""
+    if tool not in WRITE_TOOLS:
+        raise PilotError(errors.UNKNOWNCOPYTOOL, f"copytool {tool!r} cannot stage out; use one of {WRITE_TOOLS}"
+                                                 + (" (the server has no file store for http)" if tool == "http"
+                                                    else ""))
+    spec.fsize, spec.adler32 = os.path.getsize(spec.path), adler32(spec.path)
+    dest = destination(spec, output_dir)
+    try:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if tool == "mv":
+            try:
+                os.replace(spec.path, dest)
+            except OSError:
+                _copy(spec.path, dest, time.monotonic() + timeout, errors.STAGEOUTTIMEOUT)
+                os.unlink(spec.path)
+        else:
+            _copy(spec.path, dest, time.monotonic() + timeout + spec.fsize / 1e7, errors.STAGEOUTTIMEOUT)
+    except OSError as exc:
+        raise PilotError(errors.STAGEOUTFAILED, f"stage-out of {spec.lfn} to {dest} failed: {exc}") from None
+    if adler32(dest) != spec.adler32:
+        raise PilotError(errors.PUTADMISMATCH, f"{spec.lfn}: adler32 of the copy differs from the original")
+    spec.surl = os.path.abspath(dest)
+    log.info("staged out %s with %s to %s (%d bytes, adler32 %s)", spec.lfn, tool, dest, spec.fsize, spec.adler32)
+
+
+def log_tarball(job, job_dir, dest, extra_files=()):
+    """Write the log tarball: the job directory without its inputs, plus ``extra_files`` (the pilot log).
+
+    Args:
+        job: the Job (its inputs are left out).
+        job_dir: the job directory.
+        dest: path of the tarball (outside the job directory).
+        extra_files: paths added next to the job directory's files.
+    """
+    top = f"PandaJob_{job.panda_id}"
+    skip = {spec.lfn for spec in job.inputs}
+
+    def keep(info):
+        first = info.name.split("/")[1] if info.name.count("/") >= 1 else ""
+        return None if first in skip or info.name.endswith(".part") else info
+
+    try:
+        with tarfile.open(dest + ".part", "w:gz") as tar:
+            tar.add(job_dir, arcname=top, filter=keep)
+            for path in extra_files:
+                if os.path.isfile(path):
+                    tar.add(path, arcname=f"{top}/{os.path.basename(path)}")
+        os.replace(dest + ".part", dest)
+    except (OSError, tarfile.TarError) as exc:
+        raise PilotError(errors.LOGFILECREATIONFAILURE, f"log tarball {os.path.basename(dest)}: {exc}") from None
+    return dest

@@ -1,0 +1,126 @@
+"""Small file helpers: atomic writes, checksums, name validation, sizes and free space."""
+import hashlib
+import json
+import os
+import re
+import tempfile
+import zlib
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=:,@-]{0,254}$")
+CHUNK = 1 << 20
+
+
+def safe_name(name):
+    """True when ``name`` (an LFN, a log name, a scope) can be used as one path component.
+
+    Names come from the network: only a plain name is accepted, never '', '.', '..', a '/' or a leading dash.
+    """
+    return isinstance(name, str) and bool(SAFE_NAME.match(name)) and name not in (".", "..") and ".." not in name
+
+
+def atomic_write_bytes(path, data, mode=0o644):
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_json(path, data):
+    """Write ``data`` as JSON to ``path`` atomically (temporary name + rename)."""
+    atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True, default=str).encode("utf-8"))
+
+
+def atomic_touch(path):
+    """Create an empty ``path`` atomically (an existing file is replaced)."""
+    atomic_write_bytes(path, b"")
+
+
+def read_json(path):
+    """The JSON content of ``path``, or None when it is missing or not valid JSON."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def adler32(path):
+    """The adler32 checksum of a file as PanDA writes it: 8 lowercase hex digits."""
+    value = 1
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            value = zlib.adler32(block, value)
+    return f"{value & 0xFFFFFFFF:08x}"
+
+
+def md5(path):
+    """The md5 hex digest of a file."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_checksum(value):
+    """('adler32'|'md5', hex) from PanDA's 'ad:xxxxxxxx' / 'md5:...' forms; (None, None) when absent."""
+    if not value or str(value) in ("NULL", "None"):
+        return None, None
+    kind, _, digest = str(value).partition(":")
+    if not digest:
+        kind, digest = ("adler32" if len(kind) <= 8 else "md5"), kind
+    kind = {"ad": "adler32", "adler32": "adler32", "md5": "md5"}.get(kind.lower())
+    return (kind, digest.lower().zfill(8) if kind == "adler32" else digest.lower()) if kind else (None, None)
+
+
+def checksum(path, kind):
+    """The checksum of ``path`` of the given kind ('adler32' or 'md5')."""
+    return adler32(path) if kind == "adler32" else md5(path)
+
+
+def tree_size(path):
+    """Bytes held by the regular files under ``path`` (symlinks not followed)."""
+    total = 0
+    for root, dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if not os.path.islink(os.path.join(root, name)):
+                total += st.st_size
+    return total
+
+
+def newest_mtime(path):
+    """The newest modification time of ``path`` and everything under it (0 when unreadable)."""
+    newest = 0.0
+    try:
+        newest = os.lstat(path).st_mtime
+    except OSError:
+        return newest
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                continue
+    return newest
+
+
+def free_mb(path):
+    """MB available to this user on the file system holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / 1e6

@@ -1,0 +1,130 @@
+"""File mode: the files exchanged with harvester in the worker's directory (names as pilot3 and Harvester use).
+
+Harvester -> pilot: ``pandaJobData.out`` (``{PandaID: job}``), ``pilot_kill_payload`` (kill the running job).
+Pilot -> harvester: ``worker_requestjob.json`` (``{"nJobs": 1}``), ``worker_attributes.json`` (each update),
+``jobReport.json`` and ``event_status.dump.json`` (the end of a job), ``worker_pandaids.json`` (the PandaIDs run),
+``worker_heartbeat.json`` (touched at each update: its mtime says the pilot is alive), ``kill_worker`` (the
+pilot is done). Every write is a temporary file renamed into place. Names can be changed with
+queuedata ``handoff_files``.
+"""
+import json
+import logging
+import os
+import time
+import urllib.parse
+
+from pilot.fileutil import atomic_touch, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+
+class Handoff:
+    """The harvester work directory of one worker.
+
+    Args:
+        directory: the access point (``--harvester-workdir``).
+        names: queuedata ``handoff_files``.
+    """
+
+    def __init__(self, directory, names):
+        self.directory, self.names = directory, names
+
+    def path(self, key):
+        return os.path.join(self.directory, self.names[key])
+
+    def take_job(self):
+        """The next job definition from the job file, or None when there is none (yet).
+
+        The file holds ``{PandaID: job}`` (several allowed: one is taken, the rest written back), a plain job dict,
+        or a URL-encoded query string. It is consumed: removed, or rewritten without the job taken.
+        """
+        path = self.path("job")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            return None
+        jobs = _parse_jobs(text)
+        if not jobs:
+            log.error("job file %s holds no job definition; moved aside", path)
+            os.replace(path, path + ".bad")
+            return None
+        key = sorted(jobs)[0]
+        rest = {k: v for k, v in jobs.items() if k != key}
+        if rest:
+            atomic_write_json(path, rest)
+        else:
+            os.unlink(path)
+        job = dict(jobs[key])
+        job.setdefault("PandaID", key)
+        return job
+
+    def request_job(self, n_jobs=1):
+        """Ask harvester for another job."""
+        atomic_write_json(self.path("request"), {"nJobs": n_jobs})
+
+    def cancel_request(self):
+        try:
+            os.unlink(self.path("request"))
+        except FileNotFoundError:
+            pass
+
+    def wait_for_job(self, wait, poll, sleep, stop):
+        """Request a job and wait up to ``wait`` s for the job file; None on timeout or when ``stop()``."""
+        self.request_job()
+        deadline = time.monotonic() + wait
+        while not stop():
+            job = self.take_job()
+            if job is not None:
+                self.cancel_request()
+                return job
+            if time.monotonic() >= deadline:
+                break
+            sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        self.cancel_request()
+        return None
+
+    def write_attributes(self, update):
+        """The job's latest state for harvester: the update without its file info, plus jobStatus."""
+        data = {k: v for k, v in update.items() if k != "xml"}
+        data["jobStatus"] = update.get("state")
+        atomic_write_json(self.path("attributes"), data)
+
+    def touch_heartbeat(self):
+        """Harvester's liveness file: its modification time is the pilot's last sign of life."""
+        atomic_touch(self.path("heartbeat"))
+
+    def write_final(self, panda_id, update, report, outputs):
+        """The end of a job: attributes, job report and the outputs' locations (event_status.dump.json)."""
+        self.write_attributes(update)
+        atomic_write_json(self.path("report"), report)
+        status = read_json(self.path("event_status")) or {}
+        status[str(panda_id)] = outputs
+        atomic_write_json(self.path("event_status"), status)
+
+    def add_panda_id(self, panda_id):
+        ids = read_json(self.path("pandaids"))
+        ids = ids if isinstance(ids, list) else []
+        if panda_id not in ids:
+            atomic_write_json(self.path("pandaids"), ids + [panda_id])
+
+    def kill_requested(self):
+        """True when harvester asks the running job to be killed."""
+        return os.path.exists(self.path("kill_payload"))
+
+    def touch_kill_worker(self):
+        """Tell harvester the pilot is done."""
+        atomic_touch(self.path("kill"))
+
+
+def _parse_jobs(text):
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = dict(urllib.parse.parse_qsl(text.strip(), keep_blank_values=True))
+        return {str(data["PandaID"]): data} if data.get("PandaID") else {}
+    if not isinstance(data, dict):
+        return {}
+    if "PandaID" in data:
+        return {str(data["PandaID"]): data}
+    return {str(k): v for k, v in data.items() if isinstance(v, dict)}

@@ -1,0 +1,328 @@
+"""One job on the worker node, from its definition to the acknowledged final update.
+
+``JobRun.execute()`` reads like the protocol: prepare the job directory, report ``starting``, stage in, start the
+payload and report ``running``, watch it (limits, heartbeats, server commands, signals) until it exits or is
+killed, check its outputs, stage out outputs and the log, send the final update (or spool it). The first error
+raised anywhere is the one reported (pilot3's rule); later steps still run so the log always goes out.
+"""
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import time
+from typing import Any, Optional
+
+from pilot import copytools, errors, payload, report
+from pilot.errors import ColdShutdown, PilotError
+from pilot.fileutil import atomic_write_json, safe_name
+from pilot.monitor import Monitor
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Context:
+    """What a job run needs from its pilot."""
+
+    queue: str
+    qd: Any
+    identity: dict
+    pilot_dir: str
+    input_dir: str
+    output_dir: str
+    stop: Any
+    waker: Any
+    timing: Any
+    client: Any = None  # comm.ServerClient; None in file mode
+    handoff: Any = None  # handoff.Handoff with --harvester-workdir
+    file_mode: bool = False  # no server updates: report through the handoff files
+    outbox: Any = None
+    pilot_deadline: Optional[float] = None  # monotonic
+    adopter_pid: Optional[int] = None
+    pilot_log: str = ""
+    cleanup: bool = True
+
+
+class JobRun:
+    """The lifecycle of one job; ``execute()`` returns the final state ('finished' or 'failed')."""
+
+    def __init__(self, job, ctx):
+        self.job, self.ctx, self.qd = job, ctx, ctx.qd
+        self.job_dir = os.path.join(ctx.pilot_dir, f"PandaJob_{job.panda_id}")
+        self.error = None
+        self.payload = None
+        self.monitor = None
+        self.exit_code = None
+        self.job_report = None
+        self.start_time = time.time()
+        self.last_heartbeat = time.monotonic()
+        self.delivered = False
+
+    # ---- the protocol -------------------------------------------------------------------------------------------
+    def execute(self):
+        """Run the job through every step; return its final state."""
+        log.info("job %s", self.job.summary())
+        try:
+            self.prepare()
+            self.send_update("starting")
+            for step in (self.stage_in, self.run_payload, self.check_outputs):
+                if self.error is None and self.ctx.stop.requested:
+                    self.fail(PilotError(errors.signal_code(self.ctx.stop.signum), f"pilot got {self.ctx.stop.name}"))
+                if self.error is None:
+                    step()
+        except PilotError as exc:
+            self.fail(exc)
+        except ColdShutdown:
+            self.cold_stop()
+            raise
+        except Exception as exc:  # a pilot bug must still end in a report
+            log.exception("unexpected error in job %s", self.job.panda_id)
+            self.fail(PilotError(errors.UNKNOWNEXCEPTION, f"{type(exc).__name__}: {exc}"))
+        try:
+            self.ensure_payload_gone()
+            self.stage_out()
+            self.final_update()
+        except ColdShutdown:
+            self.cold_stop()
+            raise
+        self.remove_job_dir()
+        return self.state
+
+    @property
+    def state(self):
+        return "finished" if self.error is None else "failed"
+
+    def fail(self, exc):
+        """Record an error; only the first one is reported."""
+        if self.error is None:
+            self.error = exc
+            log.error("job %s failed: %s", self.job.panda_id, exc)
+        else:
+            log.warning("job %s: further error (not reported): %s", self.job.panda_id, exc)
+
+    # ---- steps --------------------------------------------------------------------------------------------------
+    def prepare(self):
+        try:
+            os.makedirs(self.job_dir, mode=0o770)
+        except OSError as exc:
+            raise PilotError(errors.MKDIR, f"cannot create {self.job_dir}: {exc}") from None
+        atomic_write_json(os.path.join(self.job_dir, "job_definition.json"), self.job.raw)
+        self.job.validate()
+
+    def stage_in(self):
+        if not self.job.inputs:
+            return
+        self.ctx.timing.mark(self.job.panda_id, "PILOT_PRE_STAGEIN")
+        tool = self.qd.copytool("pr")
+        try:
+            copytools.stage_in(self.job, self.job_dir, tool, self.ctx.input_dir, self.qd["input_url"],
+                               self.ctx.client, self.qd["pilot_stagein_timeout"], self.qd["maxinputsize"])
+        except OSError as exc:
+            raise PilotError(errors.STAGEINFAILED, f"stage-in with {tool}: {exc}") from None
+        finally:
+            self.ctx.timing.mark(self.job.panda_id, "PILOT_POST_STAGEIN")
+
+    def run_payload(self):
+        ctx = self.ctx
+        local_dirs = ([ctx.handoff.directory] if ctx.handoff else []) + ([ctx.input_dir] if not ctx.client else [])
+        executable = payload.transformation(self.job, self.job_dir, ctx.client.download if ctx.client else None,
+                                            local_dirs, self.qd["trf_url_prefixes"])
+        argv = payload.command(executable, self.job.job_pars)
+        env = payload.environment(self.job, ctx.queue, self.job_dir, self.job.core_count)
+        self.payload = payload.Payload(argv, self.job_dir, env, ctx.adopter_pid)
+        ctx.timing.mark(self.job.panda_id, "PILOT_PRE_PAYLOAD")
+        self.payload.start()
+        self.monitor = Monitor(self.job, self.qd, self.job_dir, self.payload, ctx.pilot_deadline, ctx.handoff)
+        breach = self.command_breach(self.send_update("running"))
+        if breach is None:
+            breach = self.watch()
+        if breach is not None:
+            self.fail(breach)
+            self.payload.kill(self.qd["pilot_kill_grace"])
+        ctx.timing.mark(self.job.panda_id, "PILOT_POST_PAYLOAD")
+        self.payload.poll()
+        if self.payload.tree.alive():
+            log.warning("payload left processes behind: %s; killing them", self.payload.tree.alive())
+            self.payload.kill(self.qd["pilot_kill_grace"])
+        self.after_payload()
+
+    def ensure_payload_gone(self):
+        """Whatever happened above, no process of the payload outlives this point."""
+        if self.payload is not None and self.payload.tree is not None and (
+                self.payload.poll() is None or self.payload.tree.alive()):
+            log.warning("payload of job %s still running after an error; killing it", self.job.panda_id)
+            self.payload.kill(self.qd["pilot_kill_grace"])
+
+    def watch(self):
+        """Wait for the payload to exit, checking limits and sending heartbeats; the breach to kill it for."""
+        interval, beat = self.qd["pilot_monitor_interval"], self.qd["pilot_heartbeat_interval"]
+        now = time.monotonic()
+        next_check, next_beat = now + min(interval, 1.0), now + beat
+        while self.payload.poll() is None:
+            now = time.monotonic()
+            if self.ctx.stop.requested:
+                return PilotError(errors.signal_code(self.ctx.stop.signum), f"pilot got {self.ctx.stop.name}")
+            if now >= next_check:
+                next_check = now + interval
+                breach = self.monitor.check()
+                if breach:
+                    return breach
+            if now >= next_beat:
+                next_beat = now + beat
+                breach = self.heartbeat()
+                if breach:
+                    return breach
+            wait = min(next_check, next_beat) - time.monotonic()
+            self.ctx.waker.sleep(wait if self.ctx.waker.installed else min(wait, 0.1))
+        return None
+
+    def heartbeat(self):
+        """A running update with the current metrics; the breach when the server says kill or is lost."""
+        command = self.send_update("running")
+        breach = self.command_breach(command)
+        lost_after = self.qd["pilot_lost_heartbeat_timeout"]
+        if breach is None and lost_after and time.monotonic() - self.last_heartbeat > lost_after:
+            breach = PilotError(errors.COMMUNICATIONFAILURE, f"no heartbeat reached the server for {lost_after:.0f} s")
+        return breach
+
+    def command_breach(self, command):
+        if command in ("tobekilled", "softkill"):
+            return PilotError(errors.PANDAKILL, f"the server asked to kill the job ({command})")
+        if command not in (None, "NULL", ""):
+            log.info("server command %r ignored (not supported by this pilot)", command)
+        return None
+
+    def after_payload(self):
+        code = self.payload.returncode
+        self.exit_code = 128 - code if code is not None and code < 0 else code
+        self.job_report = report.read_job_report(self.job_dir)
+        log.info("payload exited with %s", self.exit_code)
+        if self.error is None and code != 0:
+            what = f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else \
+                f"exited with {code}"
+            self.fail(PilotError(errors.PAYLOADEXECUTIONFAILURE, f"payload {what}"))
+
+    def check_outputs(self):
+        guids = report.report_outputs(self.job_report)
+        for spec in self.job.outputs:
+            path = os.path.join(self.job_dir, spec.lfn)
+            if not os.path.isfile(path):
+                if spec.lfn in self.job.allow_no_output:
+                    log.info("output %s not produced, allowed by allowNoOutput", spec.lfn)
+                    continue
+                self.fail(PilotError(errors.MISSINGOUTPUTFILE, f"output {spec.lfn} was not produced"))
+            elif os.path.getsize(path) == 0:
+                self.fail(PilotError(errors.EMPTYOUTPUTFILE, f"output {spec.lfn} is empty"))
+            else:
+                spec.path = path
+                spec.guid = guids.get(spec.lfn, spec.guid)
+
+    def stage_out(self):
+        ctx = self.ctx
+        ctx.timing.mark(self.job.panda_id, "PILOT_PRE_STAGEOUT")
+        timeout = self.qd["pilot_stagein_timeout"]
+        if self.error is None:
+            for spec in self.job.outputs:
+                if spec.path:
+                    try:
+                        copytools.stage_out(spec, self.qd.copytool("pw"), ctx.output_dir, timeout)
+                    except PilotError as exc:
+                        self.fail(exc)
+        spec = self.job.log
+        if spec and not (safe_name(spec.lfn) and (not spec.scope or safe_name(spec.scope))):
+            log.error("log file name %r / scope %r is not a plain name: no log tarball", spec.lfn, spec.scope)
+        elif spec and os.path.isdir(self.job_dir):
+            try:
+                spec.path = copytools.log_tarball(self.job, self.job_dir, os.path.join(ctx.pilot_dir, spec.lfn),
+                                                  [ctx.pilot_log])
+                copytools.stage_out(spec, self.qd.copytool("pl"), ctx.output_dir, timeout)
+            except PilotError as exc:
+                self.fail(exc)
+        ctx.timing.mark(self.job.panda_id, "PILOT_POST_STAGEOUT")
+
+    # ---- reporting ----------------------------------------------------------------------------------------------
+    def send_update(self, state):
+        """A starting/running update (server or attributes file); returns the server's command or None."""
+        params = report.update(self.job, state, self.ctx.identity)
+        if self.monitor:
+            params.update(self.monitor.metrics())
+        if self.ctx.handoff is not None:
+            self.ctx.handoff.touch_heartbeat()
+        if self.ctx.file_mode:
+            self.ctx.handoff.write_attributes(params)
+            self.last_heartbeat = time.monotonic()
+            return None
+        # one try: the next heartbeat is the retry, and the payload's watch must not stall on a slow server
+        reply, error = self.ctx.client.update_job_reliably(params, 1, 0.0, self.ctx.waker.sleep)
+        if reply is None:
+            if error is not None and not error.transient and error.reply.get("command") == "tobekilled":
+                return "tobekilled"
+            return None
+        self.last_heartbeat = time.monotonic()
+        return reply.get("command")
+
+    def final_params(self):
+        params = report.update(self.job, self.state, self.ctx.identity)
+        if self.monitor:
+            params.update(self.monitor.metrics())
+        exe_code, exe_diag = report.exit_info(self.job_report)
+        params.update({
+            "transExitCode": self.exit_code if self.exit_code is not None else 0,
+            "pilotErrorCode": self.error.code if self.error else 0,
+            "pilotErrorDiag": self.error.diag[:500] if self.error else "",
+            "exeErrorCode": exe_code if exe_code is not None else (self.exit_code or 0),
+            "exeErrorDiag": exe_diag or "",
+            "startTime": report.utc(self.start_time), "endTime": report.utc(time.time()),
+            "pilotTiming": self.ctx.timing.pilot_timing(self.job.panda_id),
+        })
+        files = self.job.outputs + ([self.job.log] if self.job.log else [])
+        if any(spec.surl for spec in files):
+            params["xml"] = report.fileinfo(files)
+        if self.job_report:
+            params["metaData"] = report.metadata(self.job_report)
+        return params
+
+    def final_update(self):
+        """The final update: over HTTP with retries and backoff, else into the outbox; or the handoff files."""
+        ctx, params = self.ctx, self.final_params()
+        ctx.timing.mark(self.job.panda_id, "PILOT_PRE_FINAL_UPDATE")
+        if ctx.file_mode:
+            self.write_handoff_final(params)
+            self.delivered = True
+        else:
+            tries = 1 if ctx.stop.requested else self.qd["pilot_update_tries"]
+            reply, error = ctx.client.update_job_reliably(params, tries, self.qd["pilot_update_backoff"],
+                                                          ctx.waker.sleep, lambda: ctx.stop.requested)
+            if reply is not None:
+                self.delivered = True
+                log.info("final update of job %s (%s) acknowledged%s", self.job.panda_id, self.state,
+                         " (already done)" if reply.get("alreadyDone") else "")
+            elif error is not None and not error.transient:
+                log.error("server refused the final update of job %s: %s", self.job.panda_id, error)
+            else:
+                ctx.outbox.put(params)
+        ctx.timing.mark(self.job.panda_id, "PILOT_POST_FINAL_UPDATE")
+
+    def write_handoff_final(self, params):
+        files = self.job.outputs + ([self.job.log] if self.job.log else [])
+        job_report = report.shrink(self.job_report) if self.job_report else {
+            "exitCode": params["transExitCode"], "exitMsg": params["pilotErrorDiag"] or "OK",
+            "pilotErrorCode": params["pilotErrorCode"]}
+        self.ctx.handoff.write_final(self.job.panda_id, params, job_report, report.event_status(files))
+
+    def cold_stop(self):
+        """Second signal: kill everything now, spool the final update without network, no stage-out."""
+        if self.payload and self.payload.tree:
+            self.payload.tree.signal(signal.SIGKILL)
+            self.payload.poll()
+        self.fail(PilotError(errors.signal_code(self.ctx.stop.signum), f"pilot got {self.ctx.stop.name} twice"))
+        params = self.final_params()
+        if self.ctx.file_mode:
+            self.write_handoff_final(params)
+        elif not self.delivered:
+            self.ctx.outbox.put(params)
+
+    def remove_job_dir(self):
+        if self.ctx.cleanup and os.path.isdir(self.job_dir):
+            shutil.rmtree(self.job_dir, ignore_errors=True)

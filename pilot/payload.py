@@ -1,0 +1,164 @@
+"""The payload: its command line, its environment, and its process group.
+
+The command is an argv list, never a shell string: ``[transformation] + shlex.split(jobPars)``, exec'd directly
+in the job directory. jobPars keeps the POSIX word syntax PanDA users already write (``--name 'a b'``), but no
+shell ever sees it, so ``;``, ``$(...)`` and redirections in a job definition are plain characters. A job that
+needs a shell says so itself (transformation ``/bin/sh``, jobPars ``-c '...'``) or ships a script. A script
+without a ``#!`` line is run by /bin/sh, as a shell would do.
+"""
+import errno
+import logging
+import os
+import re
+import shlex
+import subprocess
+import urllib.parse
+
+from pilot import errors
+from pilot.errors import PilotError
+from pilot.fileutil import safe_name
+from pilot.proctree import ProcessTree
+
+log = logging.getLogger(__name__)
+TRF_PATH = re.compile(r"^/trf/user/([^/]+)$")
+
+
+def command(executable, job_pars):
+    """The payload's argv: the executable, then jobPars split like a POSIX shell would split words."""
+    try:
+        args = shlex.split(job_pars or "")
+    except ValueError as exc:
+        raise PilotError(errors.UNRECOGNIZEDTRFARGUMENTS, f"jobPars cannot be split into arguments: {exc}") from None
+    return [executable] + args
+
+
+def environment(job, queue, job_dir, cores, base=None):
+    """The payload's environment: the pilot's, plus the job's identity and resources (pilot3's names)."""
+    env = dict(os.environ if base is None else base)
+    env.update({
+        "PandaID": str(job.panda_id), "PanDA_TaskID": str(job.task_id), "PanDA_AttemptNr": str(job.attempt_nr),
+        "PANDA_RESOURCE": queue, "PILOT_HOME": job_dir, "PILOT_JOB_DIR": job_dir,
+        "ATHENA_CORE_NUMBER": str(cores), "ATHENA_PROC_NUMBER": str(cores), "PANDA_CORE_COUNT": str(cores),
+    })
+    return env
+
+
+def transformation(job, job_dir, download, local_dirs, url_prefixes):
+    """The executable to run: a downloaded script's path, or the job's command as given.
+
+    Args:
+        job: the Job; its ``transformation`` is a URL or a command (absolute path or a name on PATH).
+        job_dir: where a downloaded script is written.
+        download: callable(url_or_server_path, dest) fetching over HTTP, or None when there is no network.
+        local_dirs: directories searched for ``<name>`` instead of downloading (file mode, as pilot3 does with
+            HARVESTER_WORKDIR).
+        url_prefixes: URL prefixes (queuedata trf_url_prefixes) allowed besides the server's ``/trf/user/``.
+    """
+    trf = job.transformation
+    if not re.match(r"^https?://", trf):
+        return trf
+    parsed = urllib.parse.urlparse(trf)
+    name = os.path.basename(parsed.path)
+    if not safe_name(name):
+        raise PilotError(errors.TRFDOWNLOADFAILURE, f"transformation URL {trf!r} does not end in a plain file name")
+    dest = os.path.join(job_dir, name)
+    for directory in local_dirs:
+        if directory and os.path.isfile(os.path.join(directory, name)):
+            with open(os.path.join(directory, name), "rb") as src, open(dest, "wb") as out:
+                out.write(src.read())
+            break
+    else:
+        if download is None:
+            raise PilotError(errors.TRFDOWNLOADFAILURE, f"transformation {name} is not in {local_dirs} and "
+                                                        "this pilot has no network")
+        if TRF_PATH.match(parsed.path):
+            source = parsed.path  # PanDA's trf URL: served by the pilot's own server, whatever the host says
+        elif any(trf.startswith(prefix) for prefix in url_prefixes if prefix):
+            source = trf
+        else:
+            raise PilotError(errors.TRFDOWNLOADFAILURE, f"transformation URL {trf!r} is not allowed: only the "
+                                                        "server's /trf/user/ and queuedata trf_url_prefixes")
+        try:
+            download(source, dest)
+        except (OSError, ValueError) as exc:
+            raise PilotError(errors.TRFDOWNLOADFAILURE, f"cannot download {trf}: {exc}") from None
+    os.chmod(dest, 0o755)
+    return dest
+
+
+class Payload:
+    """One payload process, leader of its own session and process group.
+
+    Args:
+        argv: the command.
+        cwd: the job directory; stdout and stderr go to ``payload.stdout`` / ``payload.stderr`` in it.
+        env: the environment.
+        adopter_pid: the pilot's pid when it is a child subreaper (see proctree.ProcessTree).
+    """
+
+    def __init__(self, argv, cwd, env, adopter_pid=None):
+        self.argv, self.cwd, self.env, self.adopter = argv, cwd, env, adopter_pid
+        self.stdout = os.path.join(cwd, "payload.stdout")
+        self.stderr = os.path.join(cwd, "payload.stderr")
+        self.proc = None
+        self.tree = None
+        self.returncode = None
+        self.rusage = None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def start(self):
+        """Start the payload; raise PilotError when it cannot be executed."""
+        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+            try:
+                self.proc = self._spawn(self.argv, out, err)
+            except OSError as exc:
+                if exc.errno != errno.ENOEXEC:
+                    code = errors.TRANSFORMNOTFOUND if isinstance(exc, FileNotFoundError) else \
+                        errors.PAYLOADEXECUTIONFAILURE
+                    raise PilotError(code, f"cannot execute {self.argv[0]}: {exc.strerror or exc}") from None
+                self.proc = self._spawn(["/bin/sh"] + self.argv, out, err)  # a script without '#!'
+        self.tree = ProcessTree(self.proc.pid, self.adopter)
+        log.info("payload started: pid %d, argv %s", self.proc.pid, self.argv)
+        return self.proc.pid
+
+    def _spawn(self, argv, out, err):
+        return subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=err, start_new_session=True, close_fds=True)
+
+    def poll(self):
+        """The exit code once the payload has exited (negative: killed by that signal), else None."""
+        if self.returncode is None and self.proc is not None:
+            try:
+                pid, status, rusage = os.wait4(self.proc.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status, rusage = self.proc.pid, 255 << 8, None
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                self.rusage = rusage
+                self.proc.returncode = self.returncode  # reaped here, so Popen must not wait again
+        self.reap_orphans()
+        return self.returncode
+
+    def reap_orphans(self):
+        """Collect orphans re-parented to the pilot (subreaper mode) once they exit."""
+        if not self.tree or not self.adopter:
+            return
+        for pid in list(self.tree.seen - {self.tree.root}):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    self.tree.seen.discard(pid)
+            except ChildProcessError:
+                self.tree.seen.discard(pid)
+
+    def kill(self, grace):
+        """Kill the whole process tree (TERM, then KILL after ``grace`` s) and reap the payload."""
+        if self.tree:
+            self.tree.kill(grace, reap=self.poll)
+        self.poll()
+
+    def cpu_time(self):
+        """CPU seconds of the payload and the descendants it reaped (from wait4), 0 before it exits."""
+        return (self.rusage.ru_utime + self.rusage.ru_stime) if self.rusage else 0.0

@@ -1,0 +1,178 @@
+"""The payload's process tree: which processes belong to it, what they use, and killing every one of them.
+
+A process belongs to the job when it descends from the payload, or shares the payload's process group or
+session (it was orphaned to init but did not call setsid), or - when the pilot made itself a child subreaper -
+when it was re-parented to the pilot. psutil is used when it can be imported, /proc otherwise.
+"""
+import collections
+import os
+import signal
+import time
+
+try:
+    if os.environ.get("PILOT_NO_PSUTIL"):
+        raise ImportError("disabled by PILOT_NO_PSUTIL")
+    import psutil
+except ImportError:
+    psutil = None
+
+Usage = collections.namedtuple("Usage", "nprocs rss_kb pss_kb vmem_kb cpu_s")
+ProcInfo = collections.namedtuple("ProcInfo", "pid ppid pgid sid zombie")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PAGE_KB = (os.sysconf("SC_PAGE_SIZE") // 1024) if hasattr(os, "sysconf") else 4
+
+
+def _stat_fields(pid):
+    """Fields 3.. of /proc/<pid>/stat (index 0 = state), parsed after the command name."""
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        data = handle.read()
+    return data[data.rindex(b")") + 2:].split()
+
+
+def _table_proc():
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            f = _stat_fields(entry)
+            table[int(entry)] = ProcInfo(int(entry), int(f[1]), int(f[2]), int(f[3]), f[0] == b"Z")
+        except (OSError, ValueError, IndexError):
+            continue
+    return table
+
+
+def _table_psutil():
+    table = {}
+    for proc in psutil.process_iter(["pid", "ppid", "status"]):
+        try:
+            pid = proc.info["pid"]
+            table[pid] = ProcInfo(pid, proc.info["ppid"], os.getpgid(pid), os.getsid(pid),
+                                  proc.info["status"] == psutil.STATUS_ZOMBIE)
+        except (OSError, psutil.Error):
+            continue
+    return table
+
+
+def process_table():
+    """{pid: ProcInfo} for every process visible to this user."""
+    return _table_psutil() if psutil else _table_proc()
+
+
+def _usage_proc(pid):
+    f = _stat_fields(pid)
+    cpu = sum(int(x) for x in f[11:15]) / CLOCK_TICKS
+    rss_kb, vmem_kb = int(f[21]) * PAGE_KB, int(f[20]) // 1024
+    pss_kb = rss_kb
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Pss:"):
+                    pss_kb = int(line.split()[1])
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss_kb, pss_kb, vmem_kb, cpu
+
+
+def _usage_psutil(pid):
+    proc = psutil.Process(pid)
+    with proc.oneshot():
+        times = proc.cpu_times()
+        try:
+            mem = proc.memory_full_info()
+            pss = getattr(mem, "pss", mem.rss)
+        except (psutil.AccessDenied, OSError):
+            mem = proc.memory_info()
+            pss = mem.rss
+    cpu = times.user + times.system + getattr(times, "children_user", 0) + getattr(times, "children_system", 0)
+    return mem.rss // 1024, pss // 1024, mem.vms // 1024, cpu
+
+
+class ProcessTree:
+    """The processes of one payload.
+
+    Args:
+        root_pid: the payload's pid; it leads its own session and process group.
+        adopter_pid: the pilot's pid when the pilot is a child subreaper: its other children are orphans of the
+            payload. None in any process that has unrelated children (a test runner).
+    """
+
+    def __init__(self, root_pid, adopter_pid=None):
+        self.root = root_pid
+        self.adopter = adopter_pid
+        self.seen = set()
+
+    def members(self, table=None):
+        """Pids of the job's processes (zombies included), the payload first."""
+        table = process_table() if table is None else table
+        children = collections.defaultdict(list)
+        for info in table.values():
+            children[info.ppid].append(info.pid)
+        found = [self.root] if self.root in table else []
+        found += [p for p, i in table.items() if p != self.root and (i.pgid == self.root or i.sid == self.root)]
+        if self.adopter:
+            found += [p for p in children[self.adopter] if p != self.root]
+        queue, members = list(found), set(found)
+        while queue:
+            for child in children[queue.pop()]:
+                if child not in members and child != self.adopter:
+                    members.add(child)
+                    queue.append(child)
+        members.discard(self.adopter)
+        self.seen |= members
+        return [self.root] + sorted(members - {self.root}) if self.root in members else sorted(members)
+
+    def usage(self):
+        """Usage summed over the live processes of the tree (CPU includes reaped children's time)."""
+        rss = pss = vmem = 0
+        cpu = 0.0
+        table = process_table()
+        pids = [p for p in self.members(table) if not table[p].zombie]
+        for pid in pids:
+            try:
+                r, p, v, c = _usage_psutil(pid) if psutil else _usage_proc(pid)
+            except (OSError, ValueError, IndexError) if psutil is None else (OSError, psutil.Error):
+                continue
+            rss, pss, vmem, cpu = rss + r, pss + p, vmem + v, cpu + c
+        return Usage(len(pids), rss, pss, vmem, cpu)
+
+    def alive(self):
+        """Pids of the tree that are still running (not zombies)."""
+        table = process_table()
+        return [p for p in self.members(table) if not table[p].zombie]
+
+    def signal(self, signum):
+        """Send ``signum`` to the payload's process group and to every member found."""
+        try:
+            os.killpg(self.root, signum)
+        except OSError:
+            pass
+        for pid in self.members():
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                pass
+
+    def kill(self, grace, reap=None):
+        """SIGTERM to all, SIGKILL after ``grace`` s to whatever is left; return when none is running.
+
+        Args:
+            grace: seconds between SIGTERM and SIGKILL.
+            reap: called between looks, so the caller can collect its own exited children.
+        """
+        self.signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+        self.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while self.alive() and time.monotonic() < deadline:
+            if reap:
+                reap()
+            time.sleep(0.05)
+        for _ in range(100):
+            if reap:
+                reap()
+            if not self.alive():
+                return True
+            self.signal(signal.SIGKILL)
+            time.sleep(0.05)
+        return not self.alive()

@@ -1,0 +1,135 @@
+"""What the pilot reports: updateJob parameters (PanDA's names), the payload's job report, and timing.
+
+The same dicts go over HTTP, into the outbox, and (without ``xml``) into ``worker_attributes.json``.
+"""
+import datetime
+import json
+import logging
+import os
+import time
+
+from pilot.fileutil import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+METADATA_LIMIT = 4000  # the server keeps 4000 characters of metaData: send a job report that fits, as JSON
+TIMING_STEPS = ("getjob", "stagein", "payload", "stageout", "initsetup", "setup")
+
+
+def utc(epoch):
+    """PanDA's timestamp form."""
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def update(job, state, identity):
+    """The updateJob parameters every update carries.
+
+    Args:
+        job: the Job.
+        state: starting | running | finished | failed.
+        identity: dict with pilotID, batchID, node, siteName (the pilot's fixed facts).
+    """
+    params = {"jobId": job.panda_id, "state": state, "attemptNr": job.attempt_nr, "coreCount": job.core_count,
+              "timestamp": utc(time.time())}
+    params.update({k: v for k, v in identity.items() if v})
+    return params
+
+
+def fileinfo(files):
+    """The final update's ``xml``: JSON text ``{lfn: {guid, fsize, adler32, surl}}`` of the staged-out files."""
+    return json.dumps({spec.lfn: spec.fileinfo() for spec in files if spec.surl})
+
+
+def event_status(files):
+    """The handoff ``event_status.dump.json`` entries of the staged-out files."""
+    return [{"type": spec.kind if spec.kind == "log" else "output", "path": spec.surl, "guid": spec.guid,
+             "fsize": spec.fsize, "chksum": spec.adler32} for spec in files if spec.surl]
+
+
+def read_job_report(job_dir):
+    """The payload's ``jobReport.json`` when it wrote a valid one, else None."""
+    report = read_json(os.path.join(job_dir, "jobReport.json"))
+    if report is not None and not isinstance(report, dict):
+        log.warning("jobReport.json is not a JSON object; ignored")
+        return None
+    return report
+
+
+def shrink(report):
+    """The job report without the bulky per-executor log reports (pilot3 does the same)."""
+    report = dict(report)
+    executors = report.get("executor")
+    if isinstance(executors, list):
+        report["executor"] = [dict(e, logfileReport={}) if isinstance(e, dict) else e for e in executors]
+    return report
+
+
+def metadata(report):
+    """The metaData text: the shrunk report if it fits the server's column, else its essential keys."""
+    text = json.dumps(shrink(report), sort_keys=True)
+    if len(text) <= METADATA_LIMIT:
+        return text
+    essential = {k: report[k] for k in ("exitCode", "exitMsg", "exitAcronym") if k in report}
+    essential["truncated"] = f"the job report held {len(text)} characters; see the log tarball"
+    return json.dumps(essential)
+
+
+def exit_info(report):
+    """(exeErrorCode, exeErrorDiag) from a job report; (None, None) when it has none."""
+    if not report:
+        return None, None
+    code = report.get("exitCode")
+    try:
+        code = int(code) if code is not None else None
+    except (TypeError, ValueError):
+        code = None
+    return code, str(report.get("exitMsg") or "")[:500] or None
+
+
+def report_outputs(report):
+    """{lfn: guid} the payload declared in its job report (files.output[].subFiles[])."""
+    found = {}
+    try:
+        for entry in (report or {}).get("files", {}).get("output", []):
+            for sub in entry.get("subFiles", []):
+                if sub.get("name") and sub.get("file_guid"):
+                    found[sub["name"]] = sub["file_guid"]
+    except (AttributeError, TypeError):
+        pass
+    return found
+
+
+class Timing:
+    """Epoch times of the pilot's steps per job, kept in ``pilot_timing.json`` (pilot3's timing file shape).
+
+    ``{"0": {"PILOT_START_TIME": t, ...}, "<PandaID>": {"PILOT_PRE_GETJOB": t, ...}}``
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.data = {}
+
+    def mark(self, panda_id, name, when=None):
+        self.data.setdefault(str(panda_id), {})[name] = time.time() if when is None else when
+        self.save()
+
+    def get(self, panda_id, name):
+        return self.data.get(str(panda_id), {}).get(name)
+
+    def save(self):
+        try:
+            atomic_write_json(self.path, self.data)
+        except OSError as exc:
+            log.warning("cannot write the timing file %s: %s", self.path, exc)
+
+    def pilot_timing(self, panda_id):
+        """updateJob's pilotTiming: seconds of getjob|stagein|payload|stageout|initsetup|setup."""
+        t = self.data.get(str(panda_id), {})
+        start = self.data.get("0", {}).get("PILOT_START_TIME")
+
+        def span(a, b):
+            return int(round(t[b] - t[a])) if a in t and b in t else 0
+
+        values = [span("PILOT_PRE_GETJOB", "PILOT_POST_GETJOB"), span("PILOT_PRE_STAGEIN", "PILOT_POST_STAGEIN"),
+                  span("PILOT_PRE_PAYLOAD", "PILOT_POST_PAYLOAD"), span("PILOT_PRE_STAGEOUT", "PILOT_POST_STAGEOUT"),
+                  int(round(t.get("PILOT_PRE_GETJOB", start or 0) - start)) if start else 0, 0]
+        return "|".join(str(max(0, v)) for v in values)

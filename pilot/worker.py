@@ -1,0 +1,267 @@
+"""The pilot: start up, take jobs one after the other while time and disk allow, then shut down cleanly.
+
+``Pilot.work()`` is the whole protocol of a pilot's life (PanDA's multi-job loop)::
+
+    startup          work area, pilot log, signals, old-directory cleanup, queuedata, outbox replay
+    loop             while another job may start (timefloor, lifetime, remaining walltime, disk, signals):
+                         get a job (getJob over HTTP, or the harvester job file), run it (jobrun.JobRun)
+    shutdown         outbox replay, harvester files, the exit code (pilot3's shell exit codes)
+"""
+import logging
+import os
+import time
+
+from pilot import comm, errors, housekeeping, node, queuedata
+from pilot.errors import ColdShutdown, PilotError
+from pilot.handoff import Handoff
+from pilot.jobdata import Job
+from pilot.jobrun import Context, JobRun
+from pilot.outbox import Outbox
+from pilot.report import Timing
+from pilot.signals import StopState, Waker
+
+log = logging.getLogger("pilot")
+
+
+class Pilot:
+    """One pilot process.
+
+    Args:
+        options: the parsed command line (see pilot.cli).
+    """
+
+    def __init__(self, options):
+        self.opts = options
+        self.started, self.started_wall = time.monotonic(), time.time()
+        self.stop, self.waker = StopState(), Waker()
+        self.jobs_run = 0
+        self.exit_error = None
+        self.ctx = None
+        self.client = self.handoff = self.outbox = None
+        self.deadline = self.pilot_dir = self.timing = self.qd = None
+        self.file_mode = self.push_mode = self.subreaper = False
+        self.harvester_ids = None
+        self.pilot_log = ""
+
+    # ---- the protocol -------------------------------------------------------------------------------------------
+    def work(self):
+        """Run the pilot; return its shell exit code."""
+        try:
+            self.startup()
+            while self.may_take_job():
+                job = self.get_job()
+                if job is None:
+                    break
+                self.run(job)
+        except PilotError as exc:
+            log.error("pilot stops: %s", exc)
+            self.exit_error = self.exit_error or exc.code
+        except ColdShutdown:
+            log.error("cold shutdown")
+        except Exception:
+            log.exception("unexpected pilot error")
+            self.exit_error = errors.UNKNOWNEXCEPTION
+        finally:
+            self.shutdown()
+        return self.exit_code()
+
+    def startup(self):
+        opts = self.opts
+        self.pilot_dir = os.path.join(opts.workdir, f"PanDA_Pilot-{os.getpid()}_{int(self.started_wall)}")
+        try:
+            os.makedirs(self.pilot_dir, mode=0o770)
+        except OSError as exc:
+            raise PilotError(errors.MKDIR, f"cannot create the pilot directory: {exc}") from None
+        self.pilot_log = housekeeping.setup_logging(self.pilot_dir, opts.debug, opts.quiet)
+        log.info("pilot %s starting on %s: queue %s, work area %s", node.pilot_id(self.started_wall),
+                 node.hostname(), opts.queue, opts.workdir)
+        self.timing = Timing(os.path.join(self.pilot_dir, "pilot_timing.json"))
+        self.timing.mark(0, "PILOT_START_TIME", self.started_wall)
+        if self.waker.install(self.stop) and not opts.no_subreaper:
+            self.subreaper = node.become_subreaper()
+        self.load_queuedata()
+        housekeeping.clean_old_pilot_dirs(opts.workdir, self.pilot_dir, self.qd["pilot_cleanup_age"])
+        self.connect()
+        self.ctx = self.make_context()
+
+    def may_take_job(self):
+        """Whether another job may start now; also sets the exit code when the reason is an error."""
+        now = time.monotonic()
+        qd = self.ctx.qd
+        if self.stop.requested:
+            return False
+        if self.jobs_run and now - self.started >= qd["timefloor"] * 60:
+            log.info("timefloor of %s min used up after %d jobs", qd["timefloor"], self.jobs_run)
+            return False
+        if self.remaining_time() <= 0:
+            log.info("no time left for another job")
+            return False
+        free = housekeeping.free_space_mb(self.opts.workdir)
+        if free < qd["pilot_min_disk_getjob_mb"]:
+            log.error("only %.0f MB free in %s, %s MB needed for a job", free, self.opts.workdir,
+                      qd["pilot_min_disk_getjob_mb"])
+            self.exit_error = self.exit_error or (errors.NOLOCALSPACE if not self.jobs_run else None)
+            return False
+        return True
+
+    def get_job(self):
+        """The next job (a Job), or None when there is none; the getJob time is recorded."""
+        self.timing.mark("next", "PILOT_PRE_GETJOB")
+        data = self.job_from_file() if self.handoff is not None and self.push_mode else self.job_from_server()
+        if data is None:
+            if not self.jobs_run:
+                self.exit_error = self.exit_error or errors.NOJOBSINPANDA
+            return None
+        try:
+            job = Job(data)
+        except ValueError as exc:
+            log.error("unusable job definition: %s", exc)
+            return None
+        pre = self.timing.data.pop("next", {}).get("PILOT_PRE_GETJOB")
+        self.timing.mark(job.panda_id, "PILOT_PRE_GETJOB", pre)
+        self.timing.mark(job.panda_id, "PILOT_POST_GETJOB")
+        return job
+
+    def run(self, job):
+        """Run one job to its final report, then account for it."""
+        if self.handoff is not None:
+            self.handoff.add_panda_id(job.panda_id)
+        run = JobRun(job, self.ctx)
+        state = run.execute()
+        self.jobs_run += 1
+        log.info("job %s done: %s", job.panda_id, state)
+        if run.error and run.error.code == errors.REACHEDMAXTIME and self.remaining_time() <= 0:
+            self.exit_error = errors.REACHEDMAXTIME
+        if self.client is not None and not self.file_mode:
+            self.outbox.replay(self.client)
+
+    def shutdown(self):
+        """Replay what is left in the outbox, tell harvester the pilot is done, record the pilot's figures."""
+        if self.timing is None:
+            return
+        if self.client is not None and not self.file_mode and not self.stop.cold and self.outbox is not None:
+            delivered, left = self.outbox.replay(self.client)
+            if left:
+                log.warning("%d final updates are still in the outbox %s", left, self.outbox.directory)
+        if self.client is not None and self.harvester_ids and not self.file_mode:
+            self.client.worker_status(*self.harvester_ids, "finished", self.opts.queue, node.hostname())
+        if self.handoff is not None:
+            self.handoff.touch_kill_worker()
+        self.timing.mark(0, "PILOT_END_TIME")
+        self.timing.mark(0, "PILOT_PEAK_RSS_KB", node.peak_rss_kb())
+        log.info("pilot done after %d jobs, exit code %d, peak RSS %d kB", self.jobs_run, self.exit_code(),
+                 node.peak_rss_kb())
+
+    # ---- helpers ------------------------------------------------------------------------------------------------
+    def load_queuedata(self):
+        opts = self.opts
+        try:
+            if opts.queuedata:
+                qd = queuedata.load_file(opts.queuedata, opts.queue)
+            elif opts.no_server_updates:
+                qd = queuedata.from_environment_dir(opts.harvester_workdir, opts.queue) or queuedata.QueueData(
+                    {}, opts.queue)
+            else:
+                client = comm.ServerClient(opts.url, opts.token_file, 60)
+                text = client.get_text(f"/cache/schedconfig/{opts.queue}.all.json")
+                qd = queuedata.parse(text, opts.queue, opts.url)
+        except queuedata.QueueDataError as exc:
+            raise PilotError(exc.code, str(exc)) from None
+        except comm.CommError as exc:
+            raise PilotError(errors.QUEUEDATA, f"cannot get queuedata: {exc}") from None
+        queuedata.save(qd, os.path.join(self.pilot_dir, "queuedata.json"))
+        if qd["status"].lower() == "offline":
+            raise PilotError(errors.SITEOFFLINE, f"queue {opts.queue} is offline")
+        if qd["state"] and qd["state"].upper() != "ACTIVE":
+            raise PilotError(errors.PANDAQUEUENOTACTIVE, f"queue {opts.queue} state is {qd['state']}")
+        self.qd = qd
+        lifetime = opts.lifetime or qd["pilot_lifetime"]
+        lifetime = min(lifetime, qd["maxtime"]) if qd["maxtime"] else lifetime
+        self.deadline = self.started + lifetime
+
+    def connect(self):
+        opts, qd = self.opts, self.qd
+        self.file_mode = bool(opts.no_server_updates or qd.offline_network)
+        self.push_mode = self.file_mode or opts.harvester_submit_mode == "PUSH"
+        if opts.harvester_workdir:
+            self.handoff = Handoff(opts.harvester_workdir, qd["handoff_files"])
+        elif self.file_mode:
+            raise PilotError(errors.GENERALERROR, "file mode (--no-server-updates) needs --harvester-workdir")
+        self.outbox = Outbox(os.path.join(opts.workdir, "outbox"))
+        if not self.file_mode:
+            self.client = comm.ServerClient(opts.url, opts.token_file, qd["pilot_http_timeout"])
+            if os.environ.get("HARVESTER_ID") and os.environ.get("HARVESTER_WORKER_ID"):
+                self.harvester_ids = (os.environ["HARVESTER_ID"], os.environ["HARVESTER_WORKER_ID"])
+                self.client.worker_status(*self.harvester_ids, "started", opts.queue, node.hostname())
+            self.outbox.replay(self.client)
+
+    def make_context(self):
+        opts, qd = self.opts, self.qd
+        harvester_dir = opts.harvester_workdir or ""
+        input_dir = opts.input_dir or qd["input_dir"] or harvester_dir or opts.workdir
+        output_dir = opts.output_dir or qd["output_dir"] or harvester_dir or os.path.join(opts.workdir, "outputs")
+        identity = {"pilotID": node.pilot_id(self.started_wall), "batchID": opts.batch_id or node.batch_id(),
+                    "node": node.hostname(), "siteName": opts.queue}
+        return Context(queue=opts.queue, qd=qd, identity=identity, pilot_dir=self.pilot_dir, input_dir=input_dir,
+                       output_dir=output_dir, stop=self.stop, waker=self.waker, timing=self.timing,
+                       client=self.client if not self.file_mode else None, handoff=self.handoff,
+                       file_mode=self.file_mode, outbox=self.outbox,
+                       pilot_deadline=self.deadline - qd["pilot_stageout_reserve"],
+                       adopter_pid=os.getpid() if self.subreaper else None, pilot_log=self.pilot_log,
+                       cleanup=not opts.no_cleanup)
+
+    def remaining_time(self):
+        """Seconds a new job may run: the pilot's end minus the stage-out reserve."""
+        return self.deadline - time.monotonic() - self.qd["pilot_stageout_reserve"]
+
+    def offer(self):
+        """The getJob parameters: who the pilot is and what room it has."""
+        qd, ids = self.qd, self.ctx.identity
+        disk = housekeeping.free_space_mb(self.opts.workdir)
+        params = {"siteName": self.opts.queue, "computingElement": self.opts.queue,
+                  "prodSourceLabel": self.opts.job_label, "node": ids["node"], "pilotID": ids["pilotID"],
+                  "batchID": ids["batchID"], "coreCount": qd["corecount"] or node.cores(),
+                  "mem": qd["maxrss"] or node.memory_mb(),
+                  "diskSpace": int(min(disk, qd["maxwdir"]) if qd["maxwdir"] else disk),
+                  "remainingTime": max(0, int(self.remaining_time()))}
+        if self.harvester_ids:
+            params.update(harvester_id=self.harvester_ids[0], worker_id=self.harvester_ids[1])
+        return params
+
+    def job_from_server(self):
+        tries, failures = self.qd["pilot_getjob_tries"], []
+        for attempt in range(max(1, tries)):
+            if self.stop.requested:
+                return None
+            try:
+                job = self.client.get_job(self.offer())
+                if job is not None:
+                    return job
+                log.info("no job for this pilot (getJob %d of %d)", attempt + 1, tries)
+            except comm.CommError as exc:
+                log.warning("getJob failed (%d of %d): %s", attempt + 1, tries, exc)
+                if exc.auth:
+                    raise PilotError(errors.NOPROXY, f"the server refused the token: {exc}") from None
+                failures.append(exc)
+            if attempt + 1 < tries:
+                self.waker.sleep(self.qd["pilot_getjob_interval"])
+        if len(failures) == max(1, tries) and not self.jobs_run:
+            self.exit_error = errors.COMMUNICATIONFAILURE
+        return None
+
+    def job_from_file(self):
+        job = self.handoff.take_job()
+        if job is None:
+            job = self.handoff.wait_for_job(self.qd["pilot_handoff_wait"], self.qd["pilot_handoff_poll"],
+                                            self.waker.sleep, lambda: self.stop.requested)
+        return job
+
+    def exit_code(self):
+        """pilot3's shell exit code for how the pilot ended."""
+        if self.stop.requested:
+            return errors.shell_exit_code(errors.signal_code(self.stop.signum))
+        if self.exit_error:
+            return errors.shell_exit_code(self.exit_error)
+        if self.outbox is not None and not self.file_mode and self.outbox.entries():
+            return errors.shell_exit_code(errors.COMMUNICATIONFAILURE)
+        return 0

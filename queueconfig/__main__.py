@@ -1,0 +1,6 @@
+"""``python -m queueconfig``: the same as the ``queueconfig`` command."""
+import sys
+
+from queueconfig.cli import main
+
+sys.exit(main())

@@ -1,0 +1,169 @@
+"""Rules that involve more than one key of a queue: conflicting settings (errors) and doubtful ones (warnings).
+
+Each rule yields a :class:`Problem`: level ``"error"`` or ``"warning"``, ``loc`` the key the problem is reported on
+(a tuple of keys from the queue), a text that names the other key involved and says why, and ``related``, the other
+keys the rule read (so that the loader can leave out a conflict whose other side is itself invalid).
+"""
+from typing import NamedTuple
+
+ERROR, WARNING = "error", "warning"
+
+
+class Problem(NamedTuple):
+    """One cross-key problem of a queue."""
+
+    level: str
+    loc: tuple
+    text: str
+    related: tuple = ()
+
+_SSH_ONLY = ("host", "user", "key_file", "known_hosts", "jump_host", "jump_port", "jump_user", "port")
+_MIN_MAX = ("nQueueLimitWorker", "nQueueLimitJob")
+
+
+def problems(queue):
+    """All cross-key problems of a validated queue.
+
+    Args:
+        queue: a :class:`queueconfig.schema.Queue`.
+
+    Returns:
+        A list of :class:`Problem`, errors and warnings mixed, in a stable order.
+    """
+    found = []
+    for rule in (_mode, _limits, _resources, _batch, _transport, _pilot, _storage):
+        found.extend(Problem(*problem) for problem in rule(queue))
+    return found
+
+
+def _mode(q):
+    if q.mode == "push" and q.mapType == "NoJob":
+        yield ERROR, ("mapType",), ("NoJob means empty pilots that fetch their own jobs, but mode is push "
+                                    "(harvester fetches jobs and binds them to workers): use mapType OneToOne or "
+                                    "ManyToOne, or mode pull"), (("mode",),)
+    if q.mode == "pull" and q.mapType != "NoJob":
+        yield ERROR, ("mapType",), (f"{q.mapType} binds jobs to workers, which needs mode push; in mode pull "
+                                    "pilots fetch their own jobs (mapType NoJob)"), (("mode",),)
+    if q.jobsPerWorker > 1 and q.mapType != "ManyToOne":
+        yield ERROR, ("jobsPerWorker",), (f"{q.jobsPerWorker} jobs per worker needs mapType ManyToOne "
+                                          f"(mapType is {q.mapType})"), (("mapType",),)
+    if q.mapType == "ManyToOne" and q.jobsPerWorker == 1:
+        yield WARNING, ("jobsPerWorker",), "mapType ManyToOne with jobsPerWorker 1 works like OneToOne", (("mapType",),)
+    if q.wnconnectivity == "none" and q.mode == "pull":
+        yield ERROR, ("wnconnectivity",), ("none means the pilot has no network, so it cannot fetch a job itself: "
+                                           "use mode push (harvester fetches jobs and hands them over in files)"), \
+            (("mode",),)
+
+
+def _limits(q):
+    lim, cap = q.limits, ("limits", "maxWorkers")
+    for key in ("nQueueLimitWorker", "maxNewWorkersPerCycle"):
+        value = getattr(lim, key)
+        if value is not None and value > lim.maxWorkers:
+            yield ERROR, ("limits", key), (f"{value} is above limits.maxWorkers ({lim.maxWorkers}): no more than "
+                                           "maxWorkers workers ever exist, so this limit could never take effect"), \
+                (cap,)
+    for base in _MIN_MAX:
+        low, high = getattr(lim, base + "Min"), getattr(lim, base + "Max")
+        if low is not None and high is not None and low > high:
+            yield ERROR, ("limits", base + "Min"), f"{low} is above limits.{base}Max ({high})", \
+                (("limits", base + "Max"),)
+    if q.mode == "pull" and "nQueueLimitJob" in lim.model_fields_set:
+        yield WARNING, ("limits", "nQueueLimitJob"), "ignored in mode pull: pilots fetch their own jobs", (("mode",),)
+    if q.mode == "push":
+        for key in ("extraPilots", "extraPilotFraction"):
+            if key in lim.model_fields_set and getattr(lim, key):
+                yield WARNING, ("limits", key), "ignored in mode push: workers are sized by the jobs fetched", \
+                    (("mode",),)
+        if lim.nQueueLimitJob == 0:
+            yield ERROR, ("limits", "nQueueLimitJob"), "0 in mode push: harvester would never fetch a job", (("mode",),)
+
+
+def _resources(q):
+    res = q.resources
+    if res.minrss > res.maxrss:
+        yield ERROR, ("resources", "minrss"), (f"{res.minrss} MB is above resources.maxrss ({res.maxrss} MB): "
+                                               "no job could fit"), (("resources", "maxrss"),)
+    if res.maxinputsize > res.maxwdir:
+        yield WARNING, ("resources", "maxinputsize"), (f"{res.maxinputsize} MB of input would not fit in "
+                                                       f"resources.maxwdir ({res.maxwdir} MB)"), \
+            (("resources", "maxwdir"),)
+    if res.maxtime > q.pilot.lifetime:
+        yield WARNING, ("resources", "maxtime"), (f"jobs may run {res.maxtime} s but pilot.lifetime is "
+                                                  f"{q.pilot.lifetime} s: the longest jobs would be cut off"), \
+            (("pilot", "lifetime"),)
+
+
+def _batch(q):
+    batch, system = q.batch, q.batch.system
+    related = (("batch", "system"),)
+    if system != "htcondor":
+        for key in ("schedd", "pool"):
+            if getattr(batch, key) is not None:
+                yield ERROR, ("batch", key), f"only meaningful with batch.system htcondor (system is {system})", related
+    unsupported = {"local": ("partition", "account", "qos"), "htcondor": ("partition", "qos"),
+                   "pbs": ("qos",), "lsf": ("qos",)}.get(system, ())
+    for key in unsupported:
+        if getattr(batch, key) is not None:
+            yield ERROR, ("batch", key), f"batch.system {system} has no {key}", related
+    if system == "local" and batch.extra_directives:
+        yield ERROR, ("batch", "extra_directives"), "batch.system local has no scheduler to pass directives to", related
+    if batch.walltime is not None and batch.walltime < q.pilot.lifetime:
+        yield ERROR, ("batch", "walltime"), (f"{batch.walltime} s is shorter than pilot.lifetime "
+                                             f"({q.pilot.lifetime} s): the batch system would kill pilots early"), \
+            (("pilot", "lifetime"),)
+
+
+def _transport(q):
+    tr, related = q.transport, (("transport", "type"),)
+    if tr.type == "ssh" and tr.host is None:
+        yield ERROR, ("transport", "host"), "missing: transport type ssh needs the host to connect to", related
+    if tr.type == "local":
+        for key in _SSH_ONLY:
+            if key in tr.model_fields_set:
+                yield ERROR, ("transport", key), "only meaningful with transport type ssh (type is local)", related
+    if tr.type == "ssh" and tr.jump_host is None:
+        for key in ("jump_port", "jump_user"):
+            if key in tr.model_fields_set:
+                yield ERROR, ("transport", key), "set without transport.jump_host", (("transport", "jump_host"),)
+
+
+def _pilot(q):
+    pilot = q.pilot
+    if pilot.timefloor * 60 > pilot.lifetime:
+        yield ERROR, ("pilot", "timefloor"), (f"{pilot.timefloor} min is longer than pilot.lifetime "
+                                              f"({pilot.lifetime} s)"), (("pilot", "lifetime"),)
+    if pilot.lost_heartbeat < 2 * pilot.heartbeat:
+        yield ERROR, ("pilot", "lost_heartbeat"), (f"{pilot.lost_heartbeat} s is less than twice pilot.heartbeat "
+                                                   f"({pilot.heartbeat} s): one late heartbeat would mark a "
+                                                   "healthy job as lost"), (("pilot", "heartbeat"),)
+    if pilot.copytool == "http" and q.wnconnectivity == "none":
+        yield ERROR, ("pilot", "copytool"), ("http needs network on the worker node, but wnconnectivity is none: "
+                                             "use copy, symlink or mv with shared storage"), (("wnconnectivity",),)
+
+
+def _storage(q):
+    sides = {"input": q.storage.input, "output": q.storage.output}
+    for side, end in sides.items():
+        related = (("storage", side, "type"),)
+        if end.type == "shared" and end.path is None:
+            yield ERROR, ("storage", side, "path"), "missing: type shared needs the directory", related
+        if end.type != "shared" and end.path is not None:
+            yield ERROR, ("storage", side, "path"), f"only meaningful with type shared (type is {end.type})", related
+        if end.type != "server" and end.url is not None:
+            yield ERROR, ("storage", side, "url"), f"only meaningful with type server (type is {end.type})", related
+        if end.type == "server" and q.wnconnectivity == "none":
+            yield ERROR, ("storage", side, "type"), ("server means the pilot moves files over HTTP, but "
+                                                     "wnconnectivity is none: use type shared or local"), \
+                (("wnconnectivity",),)
+    tool, source = q.pilot.copytool, q.storage.input.type
+    if tool == "http" and source != "server":
+        yield ERROR, ("pilot", "copytool"), (f"http downloads inputs from the server's file store, but "
+                                             f"storage.input is type {source}: use copy, symlink or mv, or "
+                                             "storage.input type server"), (("storage", "input", "type"),)
+    if source == "server" and tool != "http":
+        yield ERROR, ("pilot", "copytool"), (f"{tool} works on files the worker node can see, but storage.input "
+                                             "is type server: use copytool http"), (("storage", "input", "type"),)
+    if q.storage.output.type == "server":
+        yield WARNING, ("storage", "output", "type"), ("server: the minipanda pilot cannot upload outputs to the "
+                                                       "server yet; they stay in the worker's directory")

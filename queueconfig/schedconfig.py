@@ -1,0 +1,83 @@
+"""The PanDA schedconfig ("queuedata") dict of a queue: what PanDA pilot3 and the minipanda pilot read.
+
+pilot3 needs ``nickname``, ``state`` = ``"ACTIVE"`` (any other state makes it stop), ``atlas_site`` (it crashes
+without one), ``panda_resource`` (sent as siteName in getJob), ``maxwdir`` (sent as diskSpace) and, to stage out,
+``copytools``/``acopytools``/``astorages``; of our copytools pilot3 knows only ``mv``. The minipanda pilot reads
+the same PanDA keys plus the extras below (names as in ``pilot/queuedata.py``).
+"""
+
+
+def state_of(status):
+    """pilot3's ``state`` for our status: pilots run for every status except offline.
+
+    brokeroff only keeps new tasks away and test only limits dispatch to test jobs, so pilots there must still
+    work; an offline queue should make a pilot that starts anyway stop at once.
+    """
+    return "OFFLINE" if status == "offline" else "ACTIVE"
+
+
+def queue_type(labels):
+    """PanDA's queue type from the served labels: unified, analysis or production."""
+    if "user" in labels:
+        return "unified" if set(labels) - {"user", "panda"} else "analysis"
+    return "production"
+
+
+def queuedata(queue):
+    """The schedconfig-shaped dict of one queue.
+
+    Args:
+        queue: a :class:`queueconfig.schema.Queue`.
+
+    Returns:
+        A JSON-ready dict: PanDA keys first (as ``/cache/schedconfig/<queue>.all.json`` serves them), then the
+        minipanda pilot's keys.
+    """
+    res, pilot, storage = queue.resources, queue.pilot, queue.storage
+    tools = copytools(pilot.copytool)
+    data = {
+        "name": queue.name, "nickname": queue.name, "siteid": queue.name, "panda_resource": queue.name,
+        "atlas_site": queue.site, "site": queue.site, "gstat": queue.site,
+        "status": queue.status, "state": state_of(queue.status), "type": queue_type(queue.prodSourceLabels),
+        "pilot_manager": "minipanda", "description": queue.description,
+        "corecount": res.corecount, "maxrss": res.maxrss, "minrss": res.minrss, "maxtime": res.maxtime,
+        "maxwdir": res.maxwdir, "maxwdir_unit": "MB", "maxinputsize": res.maxinputsize,
+        "timefloor": pilot.timefloor,
+        "catchall": "mv_final_destination" if storage.output.type == "shared" else "",
+        "container_type": "", "container_options": "",
+        "copytools": {tool: {} for tool in dict.fromkeys(tools.values())},
+        "acopytools": {activity: [tool] for activity, tool in tools.items()},
+        "copytool": pilot.copytool if len(set(tools.values())) == 1 else "",  # else the pilot uses acopytools
+        "astorages": {}, "direct_access_lan": False, "direct_access_wan": False, "allow_lan": True,
+        "allow_wan": False, "is_cvmfs": False, "wnconnectivity": queue.wnconnectivity, "params": {},
+    }
+    data.update(_minipanda_keys(queue))
+    return data
+
+
+def copytools(copytool):
+    """The tool per pilot activity (pr stage-in, pw outputs, pl log) for our ``copytool``.
+
+    ``copytool`` names the stage-in tool; outputs and the log are moved for mv and copied otherwise (a symlink or
+    a download cannot write an output).
+    """
+    out = "mv" if copytool == "mv" else "copy"
+    return {"pr": copytool, "pw": out, "pl": out}
+
+
+def _minipanda_keys(queue):
+    pilot, storage = queue.pilot, queue.storage
+    return {
+        "prodsourcelabels": list(queue.prodSourceLabels), "mode": queue.mode, "maptype": queue.mapType,
+        "jobs_per_worker": queue.jobsPerWorker,
+        "input_dir": storage.input.path or "", "output_dir": storage.output.path or "",
+        "input_url": storage.input.url or "", "storage": storage.model_dump(),
+        "handoff_files": pilot.handoff.model_dump(), "pilot_lifetime": pilot.lifetime,
+        "pilot_heartbeat_interval": pilot.heartbeat, "pilot_lost_heartbeat_timeout": pilot.lost_heartbeat,
+        "pilot_looping_limit": pilot.looping_limit, "pilot_extra_args": list(pilot.extra_args),
+    }
+
+
+def schedconfig(config):
+    """``{queue name: queuedata}`` for every queue of a :class:`queueconfig.QueueConfig` (PanDA's full shape)."""
+    return {name: queuedata(queue) for name, queue in sorted(config.queues.items())}

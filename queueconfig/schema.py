@@ -1,0 +1,319 @@
+"""The queue schema: frozen pydantic models, one per section of a queue.
+
+Keys that PanDA or Harvester already have keep their PanDA spelling (``maxWorkers``, ``corecount``,
+``prodSourceLabels``, ``mapType``); keys new to minipanda are snake_case. Every field has a default, so ``{}`` is a
+valid queue (one core, local fork, pull mode). Defaults that depend on other keys (``site``, ``mapType``, the
+worker limits) are filled in before validation, so a loaded queue always holds effective values.
+Cross-key rules live in :mod:`queueconfig.checks`.
+"""
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from queueconfig import fields
+from queueconfig.checks import problems
+from queueconfig.fields import (Count, Environment, FileName, Flag, Fraction, Host, HostPort, Name, OneLine, Path,
+                                Port, Positive, Token, Url, User)
+
+Label = Literal["managed", "user", "test", "ptest", "rc_test", "rc_test2", "rc_alrb", "prod_test", "install", "panda"]
+
+
+class Section(BaseModel):
+    """Base of every section: immutable, unknown keys refused, attribute docstrings become descriptions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True,
+                              use_attribute_docstrings=True)
+
+
+class Resources(Section):
+    """What one worker (one pilot) offers; the PanDA schedconfig names and units."""
+
+    corecount: Positive = 1
+    """Cores of one worker."""
+    maxrss: Positive = 2000
+    """Memory of one worker, MB (a job may use up to this)."""
+    minrss: Count = 0
+    """Smallest memory request of a job this queue accepts, MB."""
+    maxtime: Positive = 86400
+    """Longest walltime of a job, s."""
+    maxwdir: Positive = 10000
+    """Scratch space of a job's working directory, MB."""
+    maxinputsize: Count = 10000
+    """Largest total size of a job's input files, MB."""
+
+
+class Limits(Section):
+    """How many workers and jobs harvester keeps for the queue (Harvester's names and meaning)."""
+
+    maxWorkers: Count = 10
+    """Most workers at once (queued + running); 0 stops submission."""
+    nQueueLimitWorker: Optional[Count] = None
+    """Most queued (not yet running) workers; default maxWorkers."""
+    maxNewWorkersPerCycle: Optional[Count] = None
+    """Most workers submitted in one submitter cycle; default maxWorkers."""
+    nQueueLimitJob: Optional[Count] = None
+    """Push mode: most jobs fetched ahead of workers; default maxWorkers x jobsPerWorker. Ignored in pull mode."""
+    nQueueLimitWorkerRatio: Optional[Count] = None
+    """Queued-worker limit as a percentage of running workers."""
+    nQueueLimitWorkerMin: Optional[Count] = None
+    """Floor of the ratio-based queued-worker limit."""
+    nQueueLimitWorkerMax: Optional[Count] = None
+    """Ceiling of the ratio-based queued-worker limit."""
+    nQueueLimitWorkerCores: Optional[Count] = None
+    """Most cores held by queued workers."""
+    nQueueLimitWorkerCoresRatio: Optional[Count] = None
+    """Queued-core limit as a percentage of running cores."""
+    nQueueLimitWorkerCoresMin: Optional[Count] = None
+    """Floor of the ratio-based queued-core limit."""
+    nQueueLimitWorkerMemory: Optional[Count] = None
+    """Most memory held by queued workers, MB."""
+    nQueueLimitWorkerMemoryRatio: Optional[Count] = None
+    """Queued-memory limit as a percentage of running memory."""
+    nQueueLimitWorkerMemoryMin: Optional[Count] = None
+    """Floor of the ratio-based queued-memory limit, MB."""
+    nQueueLimitJobRatio: Optional[Count] = None
+    """Prefetched-job limit as a percentage of running jobs."""
+    nQueueLimitJobMin: Optional[Count] = None
+    """Floor of the ratio-based prefetched-job limit."""
+    nQueueLimitJobMax: Optional[Count] = None
+    """Ceiling of the ratio-based prefetched-job limit."""
+    nQueueLimitJobCores: Optional[Count] = None
+    """Most cores requested by prefetched jobs."""
+    nQueueLimitJobCoresRatio: Optional[Count] = None
+    """Prefetched-core limit as a percentage of running cores."""
+    nQueueLimitJobCoresMin: Optional[Count] = None
+    """Floor of the ratio-based prefetched-core limit."""
+    extraPilotFraction: Fraction = 0.0
+    """Pull mode: submit activated jobs x (1 + this) pilots, to cover pilots that find no job."""
+    extraPilots: Count = 0
+    """Pull mode: pilots submitted beyond the activated jobs."""
+    maxSubmissionAttempts: Positive = 3
+    """Submission attempts of one worker before it is given up."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_from_max_workers(cls, data):
+        if isinstance(data, dict):
+            cap = data.get("maxWorkers", cls.model_fields["maxWorkers"].default)
+            if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
+                data = {"nQueueLimitWorker": cap, "maxNewWorkersPerCycle": cap, **data}
+        return data
+
+
+class Batch(Section):
+    """The batch system that runs the workers, and what goes into each job script."""
+
+    system: Literal["local", "slurm", "pbs", "lsf", "htcondor"] = "local"
+    """local (fork on the submit host), slurm, pbs, lsf or htcondor."""
+    partition: Optional[Token] = None
+    """Slurm partition, or PBS/LSF queue."""
+    account: Optional[Token] = None
+    """Account (Slurm/PBS/LSF) or accounting group (HTCondor) charged."""
+    qos: Optional[Token] = None
+    """Slurm quality of service."""
+    walltime: Optional[Positive] = None
+    """Walltime requested for a worker, s; default pilot.lifetime plus 10 minutes."""
+    schedd: Optional[Host] = None
+    """HTCondor schedd name; default the local schedd."""
+    pool: Optional[HostPort] = None
+    """HTCondor central manager host[:port]; default the local pool."""
+    extra_directives: tuple[str, ...] = ()
+    """Extra scheduler options, one per entry (Slurm/PBS/LSF: '--exclusive'; HTCondor: 'key = value')."""
+    skip_directives: tuple[OneLine, ...] = ()
+    """Prefixes of generated directives to leave out (e.g. '--mem' where a site forbids it)."""
+    environment: Environment = Field(default_factory=dict, validate_default=True)
+    """Environment variables set in the job script, NAME: value (values are quoted, not expanded)."""
+    setup: tuple[OneLine, ...] = ()
+    """Shell lines run in the job script before the pilot starts (e.g. 'module load python/3.11')."""
+
+    @field_validator("extra_directives")
+    @classmethod
+    def _check_directives(cls, value, info: ValidationInfo):
+        check = fields.condor_directive if info.data.get("system") == "htcondor" else fields.directive
+        problems = []
+        for index, line in enumerate(value):
+            try:
+                check(line)
+            except ValueError as exc:
+                problems.append(f"entry {index} {line!r} {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+
+class Transport(Section):
+    """How harvester reaches the batch system: on this host, or over SSH (host keys always verified)."""
+
+    type: Literal["local", "ssh"] = "local"
+    """local or ssh."""
+    host: Optional[Host] = None
+    """SSH: the login/submit host."""
+    port: Port = 22
+    """SSH: port of the host."""
+    user: Optional[User] = None
+    """SSH: login name; default the harvester's user."""
+    key_file: Optional[Path] = None
+    """SSH: private key file; default the SSH agent and ~/.ssh keys."""
+    known_hosts: Optional[Path] = None
+    """SSH: known_hosts file used to verify host keys; default ~/.ssh/known_hosts."""
+    jump_host: Optional[Host] = None
+    """SSH: optional jump (bastion) host."""
+    jump_port: Port = 22
+    """SSH: port of the jump host."""
+    jump_user: Optional[User] = None
+    """SSH: login name on the jump host; default user."""
+    workdir: Optional[Path] = None
+    """Base directory of worker directories, on the submit host; default under harvester's home (~ when ssh)."""
+    connect_timeout: Positive = 30
+    """SSH: seconds to wait for a connection."""
+    command_timeout: Positive = 300
+    """Seconds a batch command (submit, status, cancel) may take."""
+
+
+class Handoff(Section):
+    """File names of the handoff protocol in the worker's directory (as pilot3, Harvester and our pilot use them)."""
+
+    job: FileName = "pandaJobData.out"
+    """Job definitions, harvester -> pilot."""
+    request: FileName = "worker_requestjob.json"
+    """A job request, pilot -> harvester."""
+    attributes: FileName = "worker_attributes.json"
+    """The pilot's report at each update, pilot -> harvester."""
+    report: FileName = "jobReport.json"
+    """The payload's job report, pilot -> harvester."""
+    event_status: FileName = "event_status.dump.json"
+    """Outputs of a finished job, pilot -> harvester."""
+    pandaids: FileName = "worker_pandaids.json"
+    """PandaIDs of the worker."""
+    kill: FileName = "kill_worker"
+    """Touched by the pilot when it is done (or asked to stop)."""
+    kill_payload: FileName = "pilot_kill_payload"
+    """Touched by harvester to make the pilot kill its payload."""
+    heartbeat: FileName = "worker_heartbeat.json"
+    """Touched by the pilot at each heartbeat."""
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        seen = {}
+        for key, value in self:
+            if value in seen:
+                raise ValueError(f"{key} and {seen[value]} are both {value!r}: each handoff file needs its own name")
+            seen[value] = key
+        return self
+
+
+class Pilot(Section):
+    """What the pilot does on the worker node."""
+
+    timefloor: Count = 0
+    """Minutes during which a pilot keeps asking for new jobs; 0 = one job per pilot."""
+    lifetime: Positive = 86400
+    """Seconds a pilot may live."""
+    heartbeat: Positive = 300
+    """Seconds between job heartbeats."""
+    lost_heartbeat: Positive = 1800
+    """Seconds without a heartbeat after which the server declares the job lost."""
+    looping_limit: Positive = 7200
+    """Seconds without any file in the job directory changing before the job counts as looping."""
+    copytool: Literal["copy", "symlink", "mv", "http"] = "mv"
+    """Stage-in tool: copy, symlink, mv (copy in, move out) or http (storage.input type server)."""
+    handoff: Handoff = Field(default_factory=Handoff)
+    """Names of the handoff files."""
+    extra_args: tuple[OneLine, ...] = ()
+    """Extra pilot arguments, one argv element per entry."""
+
+
+class Endpoint(Section):
+    """Where files are read from or written to."""
+
+    type: Literal["local", "shared", "server"] = "local"
+    """local (the worker's own directory), shared (a directory on a shared file system) or server (the minipanda
+    server's file store, over HTTP)."""
+    path: Optional[Path] = None
+    """shared: the directory."""
+    url: Optional[Url] = None
+    """server: URL template of a file, with {lfn} {scope} {dataset}; a leading '/' is relative to the server."""
+
+
+class Storage(Section):
+    """Input and output storage of jobs (pilots and harvester must see the same paths)."""
+
+    input: Endpoint = Field(default_factory=Endpoint)
+    output: Endpoint = Field(default_factory=Endpoint)
+
+
+class Queue(Section):
+    """One computing queue (a PanDA queue): identity, mode, resources, limits, batch, transport, pilot, storage."""
+
+    name: Name
+    """The queue's name (its key in the file)."""
+    template: Optional[Name] = None
+    """Queue whose values this one inherits (Harvester's templateQueueName)."""
+    is_template: Flag = False
+    """Only a template: not a real queue (Harvester's isTemplateQueue)."""
+    description: OneLine = ""
+    """Free text."""
+    site: Optional[Name] = None
+    """Site the queue belongs to; default the queue name."""
+    status: Literal["online", "offline", "test", "brokeroff"] = "online"
+    """online, offline (nothing dispatched or submitted), test (test jobs only), brokeroff (no new tasks)."""
+    prodSourceLabels: tuple[Label, ...] = Field(("managed",), min_length=1)
+    """Job labels served (managed, user, test, ptest, ...)."""
+    mode: Literal["pull", "push"] = "pull"
+    """pull: pilots fetch their jobs; push: harvester fetches jobs and hands them to workers."""
+    mapType: Optional[Literal["NoJob", "OneToOne", "ManyToOne"]] = None
+    """Jobs per worker: NoJob (pull), OneToOne or ManyToOne (push); default from mode."""
+    jobsPerWorker: Positive = 1
+    """ManyToOne: jobs given to one worker."""
+    wnconnectivity: Literal["full", "http", "none"] = "full"
+    """Network of worker nodes: full, http (to the server only) or none (files only, harvester relays)."""
+    resources: Resources = Field(default_factory=Resources)
+    limits: Limits = Field(default_factory=Limits)
+    batch: Batch = Field(default_factory=Batch)
+    transport: Transport = Field(default_factory=Transport)
+    pilot: Pilot = Field(default_factory=Pilot)
+    storage: Storage = Field(default_factory=Storage)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_defaults(cls, data):
+        return derived_defaults(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo):
+        if (info.context or {}).get("checks", True) and not self.is_template:
+            errors = [f"{'.'.join(p.loc)}: {p.text}" for p in problems(self) if p.level == "error"]
+            if errors:
+                raise ValueError("; ".join(errors))
+        return self
+
+
+def derived_defaults(data):
+    """Fill the defaults that depend on other keys into a raw queue dict (a new dict; the input is not changed)."""
+    data = dict(data)
+    if isinstance(data.get("name"), str):
+        data.setdefault("site", data["name"])
+    mode = data.get("mode", "pull")
+    if mode in ("pull", "push"):
+        data.setdefault("mapType", "NoJob" if mode == "pull" else "OneToOne")
+    limits, per_worker = data.get("limits", {}), data.get("jobsPerWorker", 1)
+    if mode == "push" and isinstance(limits, dict) and "nQueueLimitJob" not in limits:
+        cap = limits.get("maxWorkers", Limits.model_fields["maxWorkers"].default)
+        if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (cap, per_worker)):
+            data["limits"] = {**limits, "nQueueLimitJob": cap * per_worker}
+    return data
+
+
+def ordered(raw, model=Queue):
+    """A copy of a raw queue dict with its keys in schema order (unknown keys last), for readable output."""
+    rank = {key: index for index, key in enumerate(model.model_fields)}
+    result = {}
+    for key in sorted(raw, key=lambda k: rank.get(k, len(rank))):
+        value, field = raw[key], model.model_fields.get(key)
+        sub = _section_model(field.annotation) if field else None
+        result[key] = ordered(value, sub) if sub and isinstance(value, dict) else value
+    return result
+
+
+def _section_model(annotation):
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None

@@ -1,0 +1,122 @@
+"""Stage-in and stage-out with each copytool, with their checks and error codes."""
+import os
+import tarfile
+import zlib
+
+import pytest
+
+from pilot import copytools, errors
+from pilot.comm import ServerClient
+from pilot.errors import PilotError
+from pilot.jobdata import Job
+
+pytest_plugins = ["test_pilot_harness"]  # the site and zipapp_path fixtures
+
+DATA = b"some input data\n"
+ADLER = f"ad:{zlib.adler32(DATA):08x}"
+
+
+def make_job(**files):
+    base = {"PandaID": 1, "transformation": "/bin/true", "inFiles": "in.dat", "scopeIn": "sc",
+            "fsize": str(len(DATA)), "checksum": ADLER}
+    base.update(files)
+    return Job(base)
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    source, job_dir = tmp_path / "source", tmp_path / "job"
+    (source / "sc").mkdir(parents=True)
+    job_dir.mkdir()
+    (source / "sc" / "in.dat").write_bytes(DATA)
+    return str(source), str(job_dir)
+
+
+@pytest.mark.parametrize("tool", ["copy", "mv", "symlink"])
+def test_stage_in_local_tools(dirs, tool):
+    source, job_dir = dirs
+    job = make_job()
+    copytools.stage_in(job, job_dir, tool, source, "", None, 10)
+    staged = os.path.join(job_dir, "in.dat")
+    assert open(staged, "rb").read() == DATA and os.path.islink(staged) == (tool == "symlink")
+    assert os.path.exists(os.path.join(source, "sc", "in.dat"))  # never moved away from the shared area
+
+
+@pytest.mark.parametrize("change,code", [
+    ({"checksum": "ad:deadbeef"}, errors.GETMD5MISMATCH), ({"checksum": "md5:00"}, errors.GETMD5MISMATCH),
+    ({"fsize": "3"}, errors.STAGEINFAILED), ({"inFiles": "other.dat"}, errors.MISSINGINPUTFILE)])
+def test_stage_in_checks(dirs, change, code):
+    source, job_dir = dirs
+    with pytest.raises(PilotError) as exc:
+        copytools.stage_in(make_job(**change), job_dir, "copy", source, "", None, 10)
+    assert exc.value.code == code
+
+
+def test_stage_in_limits_and_unknown_tool(dirs):
+    source, job_dir = dirs
+    with pytest.raises(PilotError) as big:
+        copytools.stage_in(make_job(fsize="5000000"), job_dir, "copy", source, "", None, 10, max_input_mb=1)
+    assert big.value.code == errors.SIZETOOLARGE
+    with pytest.raises(PilotError) as unknown:
+        copytools.stage_in(make_job(), job_dir, "rucio", source, "", None, 10)
+    assert unknown.value.code == errors.UNKNOWNCOPYTOOL
+    with pytest.raises(PilotError) as timeout:
+        copytools.stage_in(make_job(), job_dir, "copy", source, "", None, -1)
+    assert timeout.value.code == errors.STAGEINTIMEOUT
+
+
+def test_stage_in_over_http_from_the_server(site, tmp_path):
+    with open(os.path.join(site.server.home, "trf", "in.dat"), "wb") as handle:
+        handle.write(DATA)
+    client = ServerClient(site.server.url, site.token_file, 10)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    copytools.stage_in(make_job(), str(job_dir), "http", "", "/trf/user/{lfn}", client, 10)
+    assert (job_dir / "in.dat").read_bytes() == DATA
+    with pytest.raises(PilotError) as missing:
+        copytools.stage_in(make_job(inFiles="nothere.dat"), str(job_dir), "http", "", "/trf/user/{lfn}", client, 10)
+    assert missing.value.code == errors.MISSINGINPUTFILE
+    with pytest.raises(PilotError) as bad_sum:
+        copytools.stage_in(make_job(checksum="ad:00000000"), str(job_dir), "http", "", "/trf/user/{lfn}", client, 10)
+    assert bad_sum.value.code == errors.GETMD5MISMATCH
+    with pytest.raises(PilotError) as no_url:
+        copytools.stage_in(make_job(), str(job_dir), "http", "", "", client, 10)
+    assert no_url.value.code == errors.UNKNOWNCOPYTOOL
+
+
+@pytest.mark.parametrize("tool", ["copy", "mv"])
+def test_stage_out(tmp_path, tool):
+    job = Job({"PandaID": 1, "transformation": "x", "outFiles": "out.dat,log.tgz", "scopeOut": "o",
+               "logFile": "log.tgz"})
+    spec = job.outputs[0]
+    spec.path = str(tmp_path / "out.dat")
+    (tmp_path / "out.dat").write_bytes(DATA)
+    copytools.stage_out(spec, tool, str(tmp_path / "se"), 10)
+    assert spec.surl == str(tmp_path / "se" / "o" / "out.dat") and open(spec.surl, "rb").read() == DATA
+    assert (spec.fsize, spec.adler32) == (len(DATA), ADLER[3:])
+    assert os.path.exists(tmp_path / "out.dat") == (tool == "copy")
+
+
+@pytest.mark.parametrize("tool", ["symlink", "http"])
+def test_stage_out_refused_by_read_only_tools(tmp_path, tool):
+    job = Job({"PandaID": 1, "transformation": "x", "outFiles": "out.dat"})
+    job.outputs[0].path = str(tmp_path)
+    with pytest.raises(PilotError) as exc:
+        copytools.stage_out(job.outputs[0], tool, str(tmp_path / "se"), 10)
+    assert exc.value.code == errors.UNKNOWNCOPYTOOL
+
+
+def test_log_tarball_leaves_inputs_out(dirs, tmp_path):
+    source, job_dir = dirs
+    job = make_job()
+    copytools.stage_in(job, job_dir, "copy", source, "", None, 10)
+    open(os.path.join(job_dir, "payload.stdout"), "w").write("out\n")
+    os.makedirs(os.path.join(job_dir, "sub"))
+    open(os.path.join(job_dir, "sub", "in.dat"), "w").write("not an input: a file the payload made\n")
+    pilot_log = tmp_path / "pilotlog.txt"
+    pilot_log.write_text("log\n")
+    path = copytools.log_tarball(job, job_dir, str(tmp_path / "log.tgz"), [str(pilot_log)])
+    with tarfile.open(path) as tar:
+        names = sorted(tar.getnames())
+    assert names == ["PandaJob_1", "PandaJob_1/payload.stdout", "PandaJob_1/pilotlog.txt", "PandaJob_1/sub",
+                     "PandaJob_1/sub/in.dat"]

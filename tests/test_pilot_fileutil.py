@@ -1,0 +1,42 @@
+"""File helpers: name validation (names come from the network), atomic writes, checksums."""
+import os
+import zlib
+
+from pilot import fileutil
+
+
+def test_safe_names():
+    for good in ("out.dat", "EVNT.01._000001.pool.root.1", "log.tgz", "a-b_c+d=e", "user:file"):
+        assert fileutil.safe_name(good), good
+    for bad in ("", ".", "..", "../x", "a/b", "/etc/passwd", "-rf", "x..y", "a\nb", "a b", "x" * 256, None, 3):
+        assert not fileutil.safe_name(bad), bad
+
+
+def test_atomic_write_leaves_no_temporary(tmp_path):
+    path = tmp_path / "data.json"
+    fileutil.atomic_write_json(str(path), {"a": 1})
+    fileutil.atomic_write_json(str(path), {"a": 2})
+    assert fileutil.read_json(str(path)) == {"a": 2}
+    assert os.listdir(tmp_path) == ["data.json"]
+    assert fileutil.read_json(str(tmp_path / "missing")) is None
+
+
+def test_checksums(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"hello world\n" * 100000)
+    assert fileutil.adler32(str(path)) == f"{zlib.adler32(path.read_bytes()) & 0xffffffff:08x}"
+    assert fileutil.parse_checksum("ad:0ABCDEF1") == ("adler32", "0abcdef1")
+    assert fileutil.parse_checksum("ad:1") == ("adler32", "00000001")
+    assert fileutil.parse_checksum("md5:ABC") == ("md5", "abc")
+    assert fileutil.parse_checksum("") == (None, None)
+    assert fileutil.parse_checksum("sha9:x") == (None, None)
+
+
+def test_sizes_and_mtimes(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"x" * 1000)
+    os.symlink("/etc/hostname", tmp_path / "d" / "link")
+    assert fileutil.tree_size(str(tmp_path)) == 1000
+    os.utime(tmp_path / "d" / "f", (5000, 5000))
+    assert fileutil.newest_mtime(str(tmp_path)) > 5000
+    assert fileutil.free_mb(str(tmp_path)) > 0

@@ -1,0 +1,61 @@
+"""Harvester files: job file shapes, the job request, and atomic reports."""
+import json
+import os
+import threading
+
+from pilot.handoff import Handoff
+from pilot.queuedata import HANDOFF_FILES
+
+
+def test_take_job_shapes(tmp_path):
+    h = Handoff(str(tmp_path), HANDOFF_FILES)
+    assert h.take_job() is None
+    (tmp_path / "pandaJobData.out").write_text(json.dumps({"2": {"PandaID": 2}, "1": {"PandaID": 1}}))
+    assert h.take_job()["PandaID"] == 1
+    assert json.loads((tmp_path / "pandaJobData.out").read_text()) == {"2": {"PandaID": 2}}
+    assert h.take_job()["PandaID"] == 2 and not (tmp_path / "pandaJobData.out").exists()
+    (tmp_path / "pandaJobData.out").write_text(json.dumps({"PandaID": 3, "jobPars": "x"}))
+    assert h.take_job()["PandaID"] == 3
+    (tmp_path / "pandaJobData.out").write_text("PandaID=4&jobPars=a+b")
+    assert h.take_job() == {"PandaID": "4", "jobPars": "a b"}
+    (tmp_path / "pandaJobData.out").write_text("[]")
+    assert h.take_job() is None and (tmp_path / "pandaJobData.out.bad").exists()
+
+
+def test_wait_for_job_requests_and_cleans_up(tmp_path):
+    h = Handoff(str(tmp_path), dict(HANDOFF_FILES, job="HPCJobs.json"))
+    request = tmp_path / "worker_requestjob.json"
+
+    def harvester():
+        while not request.exists():
+            threading.Event().wait(0.01)
+        (tmp_path / "HPCJobs.json").write_text(json.dumps({"5": {"PandaID": 5}}))
+
+    thread = threading.Thread(target=harvester)
+    thread.start()
+    job = h.wait_for_job(30, 0.02, lambda s: threading.Event().wait(s), lambda: False)
+    thread.join()
+    assert job["PandaID"] == 5 and not request.exists()
+    assert h.wait_for_job(0.1, 0.02, lambda s: threading.Event().wait(s), lambda: False) is None
+    assert not request.exists()
+
+
+def test_reports(tmp_path):
+    h = Handoff(str(tmp_path), HANDOFF_FILES)
+    update = {"jobId": 1, "state": "finished", "xml": "{}"}
+    h.write_final(1, update, {"exitCode": 0}, [{"type": "log", "path": "/x"}])
+    h.write_final(2, dict(update, jobId=2), {"exitCode": 0}, [])
+    assert json.loads((tmp_path / "worker_attributes.json").read_text()) == {
+        "jobId": 2, "state": "finished", "jobStatus": "finished"}
+    assert json.loads((tmp_path / "event_status.dump.json").read_text()) == {"1": [{"type": "log", "path": "/x"}],
+                                                                            "2": []}
+    h.add_panda_id(1)
+    h.add_panda_id(2)
+    h.add_panda_id(2)
+    assert json.loads((tmp_path / "worker_pandaids.json").read_text()) == [1, 2]
+    assert not h.kill_requested()
+    (tmp_path / "pilot_kill_payload").touch()
+    assert h.kill_requested()
+    h.touch_kill_worker()
+    assert (tmp_path / "kill_worker").exists()
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]

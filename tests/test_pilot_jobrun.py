@@ -1,0 +1,207 @@
+"""One job through the zipapp pilot against a live server: each outcome and its error code."""
+import glob
+import json
+import os
+import shutil
+import tarfile
+import zlib
+
+from test_pilot_harness import marked_sleep, processes_with
+
+pytest_plugins = ["test_pilot_harness"]  # the site and zipapp_path fixtures
+
+WRITE_OUTPUT = """#!/bin/sh
+echo "args: $*"
+printf 'result %s\\n' "$PandaID" > out.dat
+"""
+
+
+def adler(path):
+    with open(path, "rb") as handle:
+        return f"{zlib.adler32(handle.read()) & 0xffffffff:08x}"
+
+
+def test_success_with_outputs_and_checksums(site):
+    trf = site.script("produce.sh", WRITE_OUTPUT)
+    pid = site.submit(transformation=trf, jobParameters="--n 3 'two words' ';' '$(touch pwned)'",
+                      Files=[{"type": "output", "lfn": "out.dat", "scope": "user"},
+                             {"type": "log", "lfn": "job.log.tgz", "scope": "user"}])
+    code, log = site.run()
+    assert code == 0, log
+    job = site.job(pid)
+    assert job["jobStatus"] == "finished" and job["pilotErrorCode"] == 0 and job["transExitCode"] == 0
+    out = os.path.join(site.outputs(), "user", "out.dat")
+    with open(out) as handle:
+        assert handle.read() == f"result {pid}\n"
+    files = {f["lfn"]: f for f in job["Files"]}
+    assert files["out.dat"]["checksum"] == "ad:" + adler(out)
+    assert files["out.dat"]["fsize"] == os.path.getsize(out)
+    assert files["out.dat"]["status"] == "finished"
+    tarball = os.path.join(site.outputs(), "user", "job.log.tgz")
+    assert files["job.log.tgz"]["checksum"] == "ad:" + adler(tarball)
+    with tarfile.open(tarball) as tar:
+        names = {os.path.basename(n): n for n in tar.getnames()}
+        stdout = tar.extractfile(names["payload.stdout"]).read().decode()
+    assert "pilotlog.txt" in names and "job_definition.json" in names
+    # jobPars is split into words and exec'd: no shell ever interprets ';' or '$(...)'
+    assert stdout == "args: --n 3 two words ; $(touch pwned)\n"
+    assert not [p for p in os.listdir(site.base) if p == "pwned"]
+    states = [h["to"] for h in site.history(pid)]
+    assert states == ["activated", "sent", "starting", "running", "finished"]
+
+
+def test_nonzero_exit_fails_with_1305(site):
+    pid = site.submit(transformation="/bin/sh", jobParameters="-c 'echo failing >&2; exit 3'")
+    code, log = site.run()
+    assert code == 0, log  # the pilot itself worked
+    job = site.job(pid)
+    assert (job["jobStatus"], job["pilotErrorCode"], job["transExitCode"]) == ("failed", 1305, 3)
+    assert "exited with 3" in job["pilotErrorDiag"]
+
+
+def test_job_report_is_read(site):
+    report = json.dumps({"exitCode": 0, "exitMsg": "OK", "executor": [{"name": "x", "logfileReport": {"a": 1}}]})
+    pid = site.submit(transformation="/bin/sh", jobParameters=f"-c 'printf %s \"$1\" > jobReport.json' sh '{report}'")
+    code, log = site.run()
+    assert code == 0, log
+    job = site.job(pid)
+    assert job["jobStatus"] == "finished"
+    meta = json.loads(job["metadata"])
+    assert meta["exitMsg"] == "OK" and meta["executor"][0]["logfileReport"] == {}
+
+
+def test_memory_blowup_killed_with_1235(site):
+    hog = "import time; x = b'x' * (300 << 20); print('allocated', flush=True); time.sleep(120)"
+    pid = site.submit(transformation="python3", jobParameters=f'-c "{hog}"', minRamCount=50)
+    code, log = site.run(qd=site.queuedata(pilot_memory_grace=1.0))
+    assert code == 0, log
+    job = site.job(pid)
+    assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1235), job["pilotErrorDiag"]
+    assert job["maxPSS"] > 50 * 1024
+
+
+def test_looping_job_killed_with_1150(site):
+    pid = site.submit(transformation="/bin/sleep", jobParameters="120")
+    code, log = site.run(qd=site.queuedata(pilot_looping_limit=1))
+    assert code == 0, log
+    job = site.job(pid)
+    assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1150), job["pilotErrorDiag"]
+
+
+def test_walltime_exceeded_killed_with_1213(site):
+    busy = "-c 'while true; do date > tick; sleep 0.1; done'"
+    pid = site.submit(transformation="/bin/sh", jobParameters=busy, maxWalltime=1)
+    code, log = site.run(qd=site.queuedata(pilot_walltime_grace=1.0))
+    assert code == 0, log
+    job = site.job(pid)
+    assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1213), job["pilotErrorDiag"]
+
+
+def test_missing_output_fails_with_1165_and_log_still_staged(site):
+    pid = site.submit(transformation="/bin/true", jobParameters="",
+                      Files=[{"type": "output", "lfn": "never.dat", "scope": "u"},
+                             {"type": "log", "lfn": "l.tgz", "scope": "u"}])
+    code, log = site.run()
+    assert code == 0, log
+    job = site.job(pid)
+    assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1165)
+    files = {f["lfn"]: f for f in job["Files"]}
+    assert files["l.tgz"]["checksum"] and os.path.exists(os.path.join(site.outputs(), "u", "l.tgz"))
+
+
+def test_allow_no_output_and_empty_output(site):
+    pid = site.submit(transformation="/bin/sh", jobParameters="-c ': > empty.dat'", allowNoOutput="skipped.dat",
+                      Files=[{"type": "output", "lfn": "skipped.dat"}, {"type": "output", "lfn": "empty.dat"},
+                             {"type": "log", "lfn": "l.tgz"}])
+    code, log = site.run()
+    job = site.job(pid)
+    assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1350), log
+
+
+def test_stagein_checksum_mismatch_fails_with_1145(site):
+    inputs = os.path.join(site.base, "inputs")
+    os.makedirs(os.path.join(inputs, "data"))
+    with open(os.path.join(inputs, "data", "in.dat"), "wb") as handle:
+        handle.write(b"payload input\n")
+    marker = os.path.join(site.base, "payload-ran")
+    pid = site.submit(transformation="/bin/touch", jobParameters=marker,
+                      Files=[{"type": "input", "lfn": "in.dat", "scope": "data", "fsize": 14,
+                              "checksum": "ad:00000001"}, {"type": "log", "lfn": "l.tgz"}])
+    code, log = site.run("--input-dir", inputs)
+    job = site.job(pid)
+    assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1145), log
+    assert not os.path.exists(marker)  # the payload never started
+    assert os.path.exists(os.path.join(inputs, "data", "in.dat"))  # the source is never moved
+
+
+def test_stagein_good_input_and_missing_input(site):
+    inputs = os.path.join(site.base, "inputs")
+    os.makedirs(inputs)
+    data = b"abc\n"
+    with open(os.path.join(inputs, "in.dat"), "wb") as handle:
+        handle.write(data)
+    good = site.submit(transformation="/bin/sh", jobParameters="-c 'cat in.dat > out.dat'",
+                       Files=[{"type": "input", "lfn": "in.dat", "fsize": 4,
+                               "checksum": f"ad:{zlib.adler32(data):08x}"},
+                              {"type": "output", "lfn": "out.dat"}, {"type": "log", "lfn": "l.tgz"}])
+    code, log = site.run("--input-dir", inputs)
+    assert site.job(good)["jobStatus"] == "finished", log
+    with tarfile.open(os.path.join(site.outputs(), "l.tgz")) as tar:
+        assert not [n for n in tar.getnames() if n.endswith("in.dat")]  # inputs stay out of the log
+    missing = site.submit(transformation="/bin/true", jobParameters="",
+                          Files=[{"type": "input", "lfn": "gone.dat"}, {"type": "log", "lfn": "l2.tgz"}])
+    site.run("--input-dir", inputs)
+    assert site.job(missing)["pilotErrorCode"] == 1331
+
+
+def test_unsafe_file_names_are_refused(site):
+    pid = site.submit(transformation="/bin/true", jobParameters="", Files=[{"type": "log", "lfn": "..tgz"}])
+    code, log = site.run()
+    job = site.job(pid)
+    assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1371), log
+    # a name that would climb out of the work area is never used as a path, not even for the log
+    pid = site.submit(transformation="/bin/true", jobParameters="", Files=[{"type": "log", "lfn": "x.tgz",
+                                                                            "scope": ".."}])
+    code, log = site.run()
+    assert site.job(pid)["pilotErrorCode"] == 1371, log
+    assert not os.path.exists(os.path.join(site.workdir, "x.tgz"))
+
+
+def test_server_kill_reaches_the_pilot_as_1144(site):
+    marker = f"killme-{os.getpid()}-{id(site)}"
+    sleep = marked_sleep(site.base, marker)
+    pid = site.submit(transformation="/bin/sh",
+                      jobParameters=f"-c '{sleep} 300 & while true; do date > tick; sleep 0.1; done'")
+    proc = site.start(qd=site.queuedata(pilot_heartbeat_interval=0.3))
+    site.wait_for(lambda: site.status(pid) == "running" and processes_with(marker), "job running")
+    assert site.v1("job/kill", job_ids=[pid]) == [True]
+    assert proc.wait(60) == 0, site.log()
+    job = site.job(pid)
+    assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1144), site.log()
+    assert processes_with(marker) == []
+
+
+def test_job_directory_removed_under_the_pilot_still_kills_the_payload(site):
+    marker = f"vanish-{os.getpid()}-{id(site)}"
+    sleep = marked_sleep(site.base, marker)
+    pid = site.submit(transformation="/bin/sh", jobParameters=f"-c '{sleep} 300 & wait'")
+    proc = site.start()
+    site.wait_for(lambda: site.status(pid) == "running" and processes_with(marker), "job running")
+    for job_dir in glob.glob(os.path.join(site.workdir, "PanDA_Pilot-*", f"PandaJob_{pid}")):
+        shutil.rmtree(job_dir)
+    assert proc.wait(60) == 0, site.log()
+    assert site.job(pid)["jobStatus"] == "failed"
+    assert processes_with(marker) == []
+
+
+def test_lost_heartbeat_kills_the_job_with_1318(site):
+    marker = f"lost-{os.getpid()}-{id(site)}"
+    sleep = marked_sleep(site.base, marker)
+    pid = site.submit(transformation="/bin/sh", jobParameters=f"-c '{sleep} 300 & wait'")
+    proc = site.start(qd=site.queuedata(pilot_heartbeat_interval=0.2, pilot_lost_heartbeat_timeout=1))
+    site.wait_for(lambda: site.status(pid) == "running" and processes_with(marker), "job running")
+    site.server.stop()
+    assert proc.wait(60) == 79, site.log()  # the final update is in the outbox
+    entry = json.load(open(os.path.join(site.workdir, "outbox", f"final-{pid}-0.json")))
+    assert (entry["params"]["state"], entry["params"]["pilotErrorCode"]) == ("failed", 1318)
+    assert processes_with(marker) == []

@@ -1,0 +1,92 @@
+"""The payload process: argv without a shell, its environment, its process group, the transformation."""
+import os
+import time
+
+import pytest
+
+from pilot import errors, payload
+from pilot.errors import PilotError
+from pilot.jobdata import Job
+from test_pilot_harness import marked_sleep, processes_with
+
+
+def run(argv, cwd, timeout=30):
+    p = payload.Payload(argv, str(cwd), dict(os.environ))
+    p.start()
+    deadline = time.monotonic() + timeout
+    while p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return p
+
+
+def test_command_is_split_never_interpreted(tmp_path):
+    argv = payload.command("/bin/echo", "a 'b c' ; $(touch pwned) `id` > x")
+    assert argv == ["/bin/echo", "a", "b c", ";", "$(touch", "pwned)", "`id`", ">", "x"]
+    p = run(argv, tmp_path)
+    assert p.returncode == 0 and sorted(os.listdir(tmp_path)) == ["payload.stderr", "payload.stdout"]
+    with pytest.raises(PilotError) as exc:
+        payload.command("/bin/echo", "unbalanced 'quote")
+    assert exc.value.code == errors.UNRECOGNIZEDTRFARGUMENTS
+
+
+def test_exit_codes_script_without_shebang_and_missing_program(tmp_path):
+    assert run(["/bin/sh", "-c", "exit 7"], tmp_path).returncode == 7
+    assert run(["/bin/sh", "-c", "kill -9 $$"], tmp_path).returncode == -9
+    script = tmp_path / "noshebang"
+    script.write_text("echo from-sh\n")
+    script.chmod(0o755)
+    p = run([str(script)], tmp_path)
+    assert p.returncode == 0 and open(p.stdout).read() == "from-sh\n"
+    with pytest.raises(PilotError) as exc:
+        payload.Payload(["/no/such/program"], str(tmp_path), {}).start()
+    assert exc.value.code == errors.TRANSFORMNOTFOUND
+
+
+def test_own_process_group_and_kill_of_the_whole_tree(tmp_path):
+    marker = f"tree-{os.getpid()}-{time.time_ns()}"
+    sleep = marked_sleep(tmp_path, marker)
+    p = payload.Payload(["/bin/sh", "-c", f"{sleep} 300 & sh -c '{sleep} 301' & wait"],
+                        str(tmp_path), dict(os.environ))
+    p.start()
+    assert os.getpgid(p.pid) == p.pid and os.getsid(p.pid) == p.pid
+    deadline = time.monotonic() + 30
+    while len(processes_with(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    p.kill(5)
+    assert p.returncode is not None and processes_with(marker) == []
+
+
+def test_environment():
+    job = Job({"PandaID": 9, "taskID": 4, "attemptNr": 2, "transformation": "x"})
+    env = payload.environment(job, "Q", "/jd", 8, base={"PATH": "/bin"})
+    assert (env["PandaID"], env["PanDA_TaskID"], env["PanDA_AttemptNr"], env["PANDA_RESOURCE"]) == ("9", "4", "2", "Q")
+    assert env["ATHENA_CORE_NUMBER"] == "8" and env["PILOT_HOME"] == "/jd" and env["PATH"] == "/bin"
+
+
+def test_transformation_sources(tmp_path):
+    job = Job({"PandaID": 1, "transformation": "/bin/true"})
+    assert payload.transformation(job, str(tmp_path), None, [], []) == "/bin/true"
+    fetched = []
+
+    def download(source, dest):
+        fetched.append(source)
+        open(dest, "w").write("#!/bin/sh\n")
+
+    job = Job({"PandaID": 1, "transformation": "http://pandaserver-doma.cern.ch:25080/trf/user/run.sh"})
+    path = payload.transformation(job, str(tmp_path), download, [], [])
+    assert fetched == ["/trf/user/run.sh"] and os.access(path, os.X_OK)
+    other = Job({"PandaID": 1, "transformation": "https://example.org/tools/run2.sh"})
+    with pytest.raises(PilotError) as refused:
+        payload.transformation(other, str(tmp_path), download, [], [])
+    assert refused.value.code == errors.TRFDOWNLOADFAILURE
+    payload.transformation(other, str(tmp_path), download, [], ["https://example.org/tools/"])
+    assert fetched[-1] == "https://example.org/tools/run2.sh"
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "run.sh").write_text("#!/bin/sh\necho local\n")
+    jd = tmp_path / "jd"
+    jd.mkdir()
+    assert open(payload.transformation(job, str(jd), None, [str(local)], [])).read().endswith("local\n")
+    for bad in ("http://h/trf/user/", "http://h/trf/user/..", "http://h/x/-rf"):
+        with pytest.raises(PilotError):
+            payload.transformation(Job({"PandaID": 1, "transformation": bad}), str(jd), download, [], [])

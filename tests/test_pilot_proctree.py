@@ -1,0 +1,61 @@
+"""Process-tree membership and usage, with /proc and (when importable) psutil."""
+import subprocess
+import time
+
+import pytest
+
+from pilot import proctree
+from test_pilot_harness import marked_sleep, processes_with
+
+
+@pytest.fixture(params=["proc", "psutil"])
+def backend(request, monkeypatch):
+    if request.param == "psutil":
+        psutil = pytest.importorskip("psutil")
+        monkeypatch.setattr(proctree, "psutil", psutil)
+    else:
+        monkeypatch.setattr(proctree, "psutil", None)
+    return request.param
+
+
+def test_members_include_descendants_and_group_orphans(backend, tmp_path):
+    marker = f"pt-{backend}-{time.time_ns()}"
+    sleep = marked_sleep(tmp_path, marker)
+    script = f"({sleep} 300 &) ; {sleep} 301 & wait"
+    proc = subprocess.Popen(["/bin/sh", "-c", script], start_new_session=True, stdout=subprocess.DEVNULL)
+    tree = proctree.ProcessTree(proc.pid)
+    deadline = time.monotonic() + 30
+    while len(processes_with(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    members = tree.members()
+    assert members[0] == proc.pid
+    assert set(processes_with(marker)) <= set(members)  # the orphan re-parented to init shares the group
+    usage = tree.usage()
+    assert usage.nprocs >= 3 and usage.rss_kb > 0 and usage.pss_kb > 0 and usage.vmem_kb > 0
+    assert tree.kill(5, reap=proc.poll)
+    proc.wait()
+    assert processes_with(marker) == []
+
+
+def test_usage_sees_memory(backend):
+    proc = subprocess.Popen(["python3", "-c", "import time; x = b'x' * (80 << 20); print(1, flush=True); "
+                                              "time.sleep(60)"], start_new_session=True, stdout=subprocess.PIPE)
+    proc.stdout.readline()
+    try:
+        usage = proctree.ProcessTree(proc.pid).usage()
+        assert usage.rss_kb > 80 * 1024 and usage.pss_kb > 70 * 1024
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_cpu_time_is_counted(backend):
+    proc = subprocess.Popen(["python3", "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t "
+                                              "< 0.3: pass\nprint(1, flush=True)\ntime.sleep(60)"],
+                            start_new_session=True, stdout=subprocess.PIPE)
+    proc.stdout.readline()
+    try:
+        assert proctree.ProcessTree(proc.pid).usage().cpu_s >= 0.25
+    finally:
+        proc.kill()
+        proc.wait()

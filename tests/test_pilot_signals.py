@@ -1,0 +1,38 @@
+"""Warm then cold stop, and sleeps that a signal cuts short."""
+import os
+import signal
+import time
+
+import pytest
+
+from pilot.errors import ColdShutdown
+from pilot.signals import StopState, Waker
+
+
+def test_first_signal_warm_second_cold():
+    stop = StopState()
+    assert not stop.requested
+    stop.handle(signal.SIGTERM)
+    assert stop.requested and stop.name == "SIGTERM"
+    with pytest.raises(ColdShutdown) as exc:
+        stop.handle(signal.SIGINT)
+    assert exc.value.signum == signal.SIGTERM and stop.cold
+    stop.handle(signal.SIGINT)  # a third signal changes nothing
+
+
+def test_waker_returns_early_on_a_signal():
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1,
+                                              signal.SIGQUIT, signal.SIGXCPU, signal.SIGBUS, signal.SIGSEGV)}
+    stop, waker = StopState(), Waker()
+    try:
+        assert waker.install(stop) and waker.installed
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        signal.signal(signal.SIGALRM, lambda *a: os.kill(os.getpid(), signal.SIGUSR1))
+        start = time.monotonic()
+        waker.sleep(30)
+        assert time.monotonic() - start < 25 and stop.signum == signal.SIGUSR1
+    finally:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,224 @@
+"""The pilot's life through the zipapp: signals, the outbox, file mode, the multi-job loop and exit codes."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import requests
+
+from test_pilot_harness import QUEUE, marked_sleep, processes_with
+
+pytest_plugins = ["test_pilot_harness"]  # the site and zipapp_path fixtures
+
+WAIT_FOR_GO = "-c 'while [ ! -e \"$1\" ]; do sleep 0.05; done; echo done > out.dat' sh {go}"
+
+
+def test_sigterm_kills_payload_tree_and_reports_1201(site):
+    marker = f"orphan-{os.getpid()}-{id(site)}"
+    sleep = marked_sleep(site.base, marker)
+    loop = f"(setsid {sleep} 300 &); {sleep} 301 & while true; do date > tick; sleep 0.1; done"
+    pid = site.submit(transformation="/bin/sh", jobParameters=f"-c '{loop}'")
+    proc = site.start()
+    site.wait_for(lambda: site.status(pid) == "running" and len(processes_with(marker)) == 2, "payload running")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143, site.log()
+    job = site.job(pid)
+    assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1201), site.log()
+    assert processes_with(marker) == []
+
+
+def test_second_signal_is_a_cold_shutdown_into_the_outbox(site):
+    marker = f"stubborn-{os.getpid()}-{id(site)}"
+    sleep = marked_sleep(site.base, marker)
+    pid = site.submit(transformation="/bin/sh",
+                      jobParameters=f"-c 'trap \"\" TERM; {sleep} 300 & while true; do date > tick; sleep 0.1; done'")
+    proc = site.start(qd=site.queuedata(pilot_kill_grace=60))
+    site.wait_for(lambda: site.status(pid) == "running", "job running")
+    proc.send_signal(signal.SIGTERM)
+    site.wait_for(lambda: "got SIGTERM" in site.log(), "warm stop")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143, site.log()
+    assert processes_with(marker) == []
+    assert site.status(pid) == "running"  # cold: nothing was sent, the report is in the outbox
+    outbox = os.path.join(site.workdir, "outbox")
+    assert len(os.listdir(outbox)) == 1
+    replay = subprocess.run([sys.executable, site.zipapp, "replay-outbox", "-a", site.workdir, "--url",
+                             site.server.url, "--token-file", site.token_file], capture_output=True, text=True)
+    assert replay.returncode == 0 and "delivered 1, left 0" in replay.stdout, replay.stderr
+    job = site.job(pid)
+    assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1201)
+
+
+def test_server_down_at_final_update_goes_to_outbox_and_is_replayed_once(site, tmp_path):
+    from conftest import LiveServer
+
+    go = tmp_path / "GO"
+    pid = site.submit(transformation="/bin/sh", jobParameters=WAIT_FOR_GO.format(go=go),
+                      Files=[{"type": "output", "lfn": "out.dat"}, {"type": "log", "lfn": "l.tgz"}])
+    proc = site.start()
+    site.wait_for(lambda: site.status(pid) == "running", "job running")
+    site.server.stop()
+    go.write_text("go")
+    assert proc.wait(60) == 79, site.log()  # the report is safe in the outbox, the server was not reached
+    outbox = os.path.join(site.workdir, "outbox")
+    entries = os.listdir(outbox)
+    assert entries == [f"final-{pid}-0.json"]
+    spooled = json.load(open(os.path.join(outbox, entries[0])))
+    assert spooled["params"]["state"] == "finished" and "out.dat" in json.loads(spooled["params"]["xml"])
+    shutil.copy(os.path.join(outbox, entries[0]), tmp_path / "copy.json")
+
+    again = LiveServer(site.server.home, site.server.db_url)
+    try:
+        site.server = again
+        code, log = site.run()  # the next pilot on the node replays the outbox first
+        assert code == 82, log  # ... then finds no job
+        assert os.listdir(outbox) == []
+        assert site.status(pid) == "finished"
+        shutil.copy(tmp_path / "copy.json", os.path.join(outbox, entries[0]))  # harvester forwards it again
+        replay = subprocess.run([sys.executable, site.zipapp, "replay-outbox", "-a", site.workdir, "--url",
+                                 again.url, "--token-file", site.token_file], capture_output=True, text=True)
+        assert replay.returncode == 0, replay.stderr
+        assert "already done" in replay.stderr
+        assert [h["to"] for h in site.history(pid)].count("finished") == 1
+        files = {f["lfn"]: f for f in site.job(pid)["Files"]}
+        assert files["out.dat"]["status"] == "finished" and files["out.dat"]["checksum"].startswith("ad:")
+    finally:
+        again.stop()
+
+
+class ConnectionCounter:
+    """A listener that only counts connections: proof that file mode makes no HTTP call."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.count, self.running = 0, True
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self):
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+                self.count += 1
+                conn.close()
+            except OSError:
+                continue
+
+    def close(self):
+        self.running = False
+        self.thread.join()
+        self.sock.close()
+
+
+def dispatch(site, n_jobs=1):
+    """What harvester does for a no-network node: getJob on the pilot's behalf."""
+    reply = requests.post(site.server.url + "/server/panda/getJob",
+                          json={"computingElement": QUEUE, "nJobs": n_jobs, "remainingTime": 100000},
+                          headers=site.server.headers(open(site.token_file).read().strip()), timeout=30)
+    return {str(j["PandaID"]): j for j in reply.json()["jobs"]}
+
+
+def test_file_mode_round_trip_without_any_http(site, tmp_path):
+    trf = site.script("make.sh", "#!/bin/sh\necho \"$PandaID\" > out.dat\n")
+    ids = [site.submit(transformation=trf, jobParameters="", Files=[
+        {"type": "output", "lfn": "out.dat", "scope": f"s{i}"}, {"type": "log", "lfn": f"l{i}.tgz"}])
+        for i in range(2)]
+    jobs = dispatch(site, 2)
+    hwd = tmp_path / "access_point"
+    hwd.mkdir()
+    shutil.copy(os.path.join(site.server.home, "trf", "make.sh"), hwd / "make.sh")  # harvester stages the trf
+    (hwd / "pandaJobData.out").write_text(json.dumps({str(ids[0]): jobs[str(ids[0])]}))
+    counter = ConnectionCounter()
+
+    def harvester():  # answers the pilot's first job request with the second job
+        request = hwd / "worker_requestjob.json"
+        site.wait_for(request.exists, "job request")
+        assert json.loads(request.read_text()) == {"nJobs": 1}
+        (hwd / "pandaJobData.out").write_text(json.dumps({str(ids[1]): jobs[str(ids[1])]}))
+
+    helper = threading.Thread(target=harvester)
+    helper.start()
+    try:
+        code, log = site.run("-z", "--harvester-workdir", str(hwd), "--harvester-submit-mode", "PUSH",
+                             url=counter.url, qd=site.queuedata(timefloor=10, pilot_handoff_wait=1))
+    finally:
+        helper.join(30)
+        counter.close()
+    assert code == 0, log
+    assert counter.count == 0
+    assert not (hwd / "pandaJobData.out").exists() and not (hwd / "worker_requestjob.json").exists()
+    attributes = json.loads((hwd / "worker_attributes.json").read_text())
+    assert attributes["jobStatus"] == "finished" and attributes["jobId"] == ids[1] and "xml" not in attributes
+    assert json.loads((hwd / "jobReport.json").read_text())["exitCode"] == 0
+    status = json.loads((hwd / "event_status.dump.json").read_text())
+    assert sorted(status) == sorted(str(i) for i in ids)
+    for i, panda_id in enumerate(ids):
+        entries = {e["type"]: e for e in status[str(panda_id)]}
+        assert open(entries["output"]["path"]).read() == f"{panda_id}\n"
+        assert entries["output"]["path"] == str(hwd / f"s{i}" / "out.dat")
+        assert os.path.getsize(entries["log"]["path"]) == entries["log"]["fsize"]
+    assert json.loads((hwd / "worker_pandaids.json").read_text()) == ids
+    assert (hwd / "kill_worker").exists() and (hwd / "worker_heartbeat.json").exists()
+    assert [n for n in os.listdir(hwd) if n.endswith(".tmp")] == []
+
+
+def test_multi_job_loop_stops_at_timefloor(site):
+    ids = [site.submit(transformation="/bin/sleep", jobParameters="1") for _ in range(3)]
+    code, log = site.run(qd=site.queuedata(timefloor=0.5 / 60))  # 0.5 s: used up by the first 1 s job
+    assert code == 0, log
+    assert [site.status(i) for i in ids] == ["finished", "activated", "activated"]
+    code, log = site.run(qd=site.queuedata(timefloor=10))
+    assert code == 0, log
+    assert [site.status(i) for i in ids] == ["finished", "finished", "finished"]
+
+
+def test_job_that_does_not_fit_the_remaining_walltime_is_not_taken(site):
+    big = site.submit(transformation="/bin/true", jobParameters="", maxWalltime=3600)
+    small = site.submit(transformation="/bin/true", jobParameters="", maxWalltime=30)
+    code, log = site.run(lifetime=100, qd=site.queuedata(timefloor=10))
+    assert code == 0, log
+    assert (site.status(small), site.status(big)) == ("finished", "activated")
+    code, log = site.run(lifetime=100)
+    assert code == 82, log  # no job fits: pilot3's "no jobs" exit code
+    assert site.status(big) == "activated"
+
+
+def test_exit_codes_for_queue_problems(site):
+    assert site.run(qd=site.queuedata(status="offline", state="OFFLINE"))[0] == 64
+    assert site.run(qd=site.queuedata(state="BROKEN"))[0] == 78
+    bad = os.path.join(site.base, "bad.json")
+    open(bad, "w").write("{not json")
+    assert site.run(qd=bad)[0] == 72
+    assert site.run(qd=os.path.join(site.base, "missing.json"))[0] == 71
+
+
+def test_exit_codes_for_server_problems(site):
+    counter = ConnectionCounter()
+    counter.close()  # nothing listens on that port any more
+    assert site.run(url=counter.url)[0] == 79
+    open(site.token_file, "w").write("not-a-token")
+    assert site.run()[0] == 68
+
+
+def test_queuedata_from_the_server_and_old_pilot_dirs_cleaned(site):
+    site.submit(transformation="/bin/true", jobParameters="")
+    old = os.path.join(site.workdir, "PanDA_Pilot-1_1000")
+    os.makedirs(os.path.join(old, "PandaJob_1"))
+    for path in (os.path.join(old, "PandaJob_1"), old):
+        os.utime(path, (1000, 1000))
+    argv = site.argv()
+    del argv[argv.index("--queuedata"):argv.index("--queuedata") + 2]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr  # default queuedata: one job, then done
+    assert not os.path.exists(old)
+    pilot_dirs = [d for d in os.listdir(site.workdir) if d.startswith("PanDA_Pilot-")]
+    qd = json.load(open(os.path.join(site.workdir, pilot_dirs[0], "queuedata.json")))
+    assert qd["raw"]["maxrss"] == 2000 and qd["effective"]["pilot_looping_limit"] == 7200

@@ -1,0 +1,83 @@
+"""queueconfig.checks: conflicting settings are errors, doubtful ones warnings, and defaults conflict with nothing."""
+from pathlib import Path
+
+import pytest
+
+import queueconfig
+from queueconfig import Queue
+from queueconfig.checks import ERROR, WARNING, problems
+
+EXAMPLES = Path(__file__).parent / "data" / "queueconfig"
+
+
+def found(**keys):
+    queue = Queue.model_validate({"name": "Q", **keys}, context={"checks": False})
+    return {(p.level, ".".join(p.loc)) for p in problems(queue)}
+
+
+SHARED = {"input": {"type": "shared", "path": "/in"}, "output": {"type": "shared", "path": "/out"}}
+PUSH_NONET = {"mode": "push", "wnconnectivity": "none", "storage": SHARED}
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ({"limits": {"maxWorkers": 5, "maxNewWorkersPerCycle": 6}}, (ERROR, "limits.maxNewWorkersPerCycle")),
+    ({"limits": {"maxWorkers": 5, "nQueueLimitWorker": 6}}, (ERROR, "limits.nQueueLimitWorker")),
+    ({"limits": {"nQueueLimitWorkerMin": 6, "nQueueLimitWorkerMax": 5}}, (ERROR, "limits.nQueueLimitWorkerMin")),
+    ({"mode": "push", "limits": {"nQueueLimitJobMin": 6, "nQueueLimitJobMax": 5}}, (ERROR, "limits.nQueueLimitJobMin")),
+    ({"mode": "push", "limits": {"nQueueLimitJob": 0}}, (ERROR, "limits.nQueueLimitJob")),
+    ({"limits": {"nQueueLimitJob": 4}}, (WARNING, "limits.nQueueLimitJob")),
+    ({"mode": "push", "limits": {"extraPilots": 2}}, (WARNING, "limits.extraPilots")),
+    ({"resources": {"minrss": 4000, "maxrss": 2000}}, (ERROR, "resources.minrss")),
+    ({"resources": {"maxinputsize": 900, "maxwdir": 800}}, (WARNING, "resources.maxinputsize")),
+    ({"resources": {"maxtime": 7200}, "pilot": {"lifetime": 3600}}, (WARNING, "resources.maxtime")),
+    ({"mode": "push", "mapType": "NoJob"}, (ERROR, "mapType")),
+    ({"mode": "pull", "mapType": "OneToOne"}, (ERROR, "mapType")),
+    ({"mode": "push", "mapType": "OneToOne", "jobsPerWorker": 2}, (ERROR, "jobsPerWorker")),
+    ({"mode": "push", "mapType": "ManyToOne"}, (WARNING, "jobsPerWorker")),
+    ({"wnconnectivity": "none", "storage": SHARED}, (ERROR, "wnconnectivity")),
+    ({**PUSH_NONET, "pilot": {"copytool": "http"}}, (ERROR, "pilot.copytool")),
+    ({"mode": "push", "wnconnectivity": "none", "storage": {"input": {"type": "server"}}},
+     (ERROR, "storage.input.type")),
+    ({"storage": {"input": {"type": "server"}}}, (ERROR, "pilot.copytool")),
+    ({"pilot": {"copytool": "http"}}, (ERROR, "pilot.copytool")),
+    ({"storage": {"output": {"type": "server"}}}, (WARNING, "storage.output.type")),
+    ({"storage": {"input": {"type": "shared"}}}, (ERROR, "storage.input.path")),
+    ({"storage": {"output": {"path": "/x"}}}, (ERROR, "storage.output.path")),
+    ({"storage": {"input": {"url": "/f/{lfn}"}}}, (ERROR, "storage.input.url")),
+    ({"transport": {"type": "ssh"}}, (ERROR, "transport.host")),
+    ({"transport": {"user": "panda"}}, (ERROR, "transport.user")),
+    ({"transport": {"type": "ssh", "host": "h", "jump_user": "u"}}, (ERROR, "transport.jump_user")),
+    ({"batch": {"system": "slurm", "schedd": "s"}}, (ERROR, "batch.schedd")),
+    ({"batch": {"partition": "p"}}, (ERROR, "batch.partition")),
+    ({"batch": {"system": "htcondor", "qos": "q"}}, (ERROR, "batch.qos")),
+    ({"batch": {"extra_directives": ["--exclusive"]}}, (ERROR, "batch.extra_directives")),
+    ({"batch": {"system": "slurm", "walltime": 600}, "pilot": {"lifetime": 3600}}, (ERROR, "batch.walltime")),
+    ({"pilot": {"timefloor": 120, "lifetime": 3600}}, (ERROR, "pilot.timefloor")),
+    ({"pilot": {"heartbeat": 600, "lost_heartbeat": 900}}, (ERROR, "pilot.lost_heartbeat")),
+])
+def test_conflicts(keys, expected):
+    assert expected in found(**keys)
+
+
+def test_defaults_conflict_with_nothing():
+    assert found() == set()
+    assert found(mode="push") == set()
+    assert found(mode="push", wnconnectivity="none") == set()
+    assert found(mode="push", mapType="ManyToOne", jobsPerWorker=4) == set()
+    assert found(**PUSH_NONET, pilot={"copytool": "symlink"}) == set()
+    assert found(storage={"input": {"type": "server", "url": "/f/{lfn}"}}, pilot={"copytool": "http"}) == set()
+    assert found(transport={"type": "ssh", "host": "h", "jump_host": "j", "jump_user": "u", "port": 2222}) == set()
+
+
+def test_every_example_queue_is_free_of_errors():
+    for name in ("queues.yaml", "panda_queueconfig.json"):
+        config = queueconfig.load(EXAMPLES / name)
+        for queue in config.queues.values():
+            assert all(p.level == WARNING for p in problems(queue)), (name, queue.name)
+
+
+def test_each_problem_names_the_other_key_it_read():
+    queue = Queue.model_validate({"name": "Q", "limits": {"maxWorkers": 1, "nQueueLimitWorker": 2}},
+                                 context={"checks": False})
+    (problem,) = problems(queue)
+    assert problem.related == (("limits", "maxWorkers"),) and "limits.maxWorkers (1)" in problem.text

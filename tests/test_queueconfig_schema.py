@@ -1,0 +1,157 @@
+"""queueconfig.schema and queueconfig.fields: defaults, immutability, and the strict checks of values that reach a
+shell or a job script."""
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from queueconfig import Queue
+from queueconfig.errors import describe
+
+
+def make(**keys):
+    """A queue validated without the cross-key rules (those are tested in test_queueconfig_checks.py)."""
+    return Queue.model_validate({"name": "Q", **keys}, context={"checks": False})
+
+
+def errors_of(**keys):
+    with pytest.raises(ValidationError) as info:
+        make(**keys)
+    return [describe(error) for error in info.value.errors()]
+
+
+def test_an_empty_queue_is_valid_and_gets_every_default():
+    queue = make()
+    assert (queue.site, queue.status, queue.mode, queue.mapType, queue.wnconnectivity) == \
+        ("Q", "online", "pull", "NoJob", "full")
+    assert queue.prodSourceLabels == ("managed",)
+    assert queue.resources.corecount == 1 and queue.resources.maxrss == 2000
+    assert queue.batch.system == "local" and queue.transport.type == "local"
+    assert queue.pilot.copytool == "mv" and queue.pilot.handoff.job == "pandaJobData.out"
+    assert queue.storage.input.type == queue.storage.output.type == "local"
+
+
+def test_limits_default_to_max_workers():
+    limits = make(limits={"maxWorkers": 7}).limits
+    assert (limits.nQueueLimitWorker, limits.maxNewWorkersPerCycle, limits.nQueueLimitJob) == (7, 7, None)
+
+
+def test_push_mode_defaults():
+    queue = make(mode="push", mapType="ManyToOne", jobsPerWorker=3, limits={"maxWorkers": 4})
+    assert queue.limits.nQueueLimitJob == 12
+    assert make(mode="push").mapType == "OneToOne"
+
+
+def test_explicit_values_win_over_derived_defaults():
+    queue = make(site="S", mode="push", limits={"maxWorkers": 4, "nQueueLimitWorker": 1, "nQueueLimitJob": 2})
+    assert (queue.site, queue.limits.nQueueLimitWorker, queue.limits.nQueueLimitJob) == ("S", 1, 2)
+
+
+def test_a_loaded_queue_cannot_be_changed():
+    queue = make(batch={"system": "slurm", "environment": {"A": "1"}, "extra_directives": ["--exclusive"]})
+    with pytest.raises(ValidationError):
+        queue.status = "offline"
+    with pytest.raises(ValidationError):
+        queue.batch.partition = "other"
+    with pytest.raises(TypeError):
+        queue.batch.environment["A"] = "2"
+    assert isinstance(queue.batch.extra_directives, tuple)
+    assert queue == make(batch={"system": "slurm", "environment": {"A": "1"}, "extra_directives": ["--exclusive"]})
+
+
+def test_dump_is_plain_json_data():
+    dump = make(batch={"environment": {"A": "1"}}).model_dump(mode="json")
+    assert dump["batch"]["environment"] == {"A": "1"} and dump["prodSourceLabels"] == ["managed"]
+
+
+def test_unknown_keys_are_refused_in_every_section():
+    for section in ("resources", "limits", "batch", "transport", "pilot", "storage"):
+        assert any("unknown key" in text for text in errors_of(**{section: {"bogus": 1}}))
+    assert any("unknown key" in text for text in errors_of(pilot={"handoff": {"bogus": "x"}}))
+
+
+@pytest.mark.parametrize("keys, fragment", [
+    ({"resources": {"corecount": "8"}}, "expected a whole number, got string '8'"),
+    ({"resources": {"corecount": True}}, "expected a whole number, got boolean True"),
+    ({"resources": {"maxrss": 1.5}}, "expected a whole number, got number 1.5"),
+    ({"limits": {"maxWorkers": -1}}, "must be at least 0, got -1 (a negative value has no meaning here)"),
+    ({"limits": {"extraPilotFraction": -0.5}}, "must be at least 0.0"),
+    ({"transport": {"port": 70000}}, "must be at most 65535"),
+    ({"batch": {"system": "sge"}}, "'sge' is not allowed; expected one of local, slurm, pbs, lsf, htcondor"),
+    ({"batch": {"system": "SLURM"}}, "did you mean 'slurm'? (values are case-sensitive)"),
+    ({"status": "onlin"}, "did you mean 'online'?"),
+    ({"prodSourceLabels": []}, "must be at least 1 entries"),
+    ({"prodSourceLabels": "managed"}, "expected a list"),
+    ({"batch": "slurm"}, "expected a mapping of keys (a section), got string 'slurm'"),
+    ({"site": False}, "put the value in quotes"),
+    ({"is_template": "yes"}, "expected a boolean, got string 'yes'"),
+])
+def test_wrong_types_and_values_say_what_was_expected(keys, fragment):
+    assert any(fragment in text for text in errors_of(**keys)), errors_of(**keys)
+
+
+@pytest.mark.parametrize("keys, fragment", [
+    ({"batch": {"system": "slurm", "partition": "a b"}}, "no spaces, quotes or shell characters"),
+    ({"batch": {"system": "slurm", "partition": "$(reboot)"}}, "passed to the batch system's command line"),
+    ({"batch": {"system": "slurm", "account": "x;y"}}, "no spaces, quotes or shell characters"),
+    ({"batch": {"system": "slurm", "qos": "-o"}}, "must not start with '-'"),
+    ({"batch": {"system": "slurm", "extra_directives": ["--x\n#SBATCH --y"]}}, "a newline would start a new line"),
+    ({"batch": {"system": "slurm", "extra_directives": ["--comment=$(id)"]}}, "must not contain $"),
+    ({"batch": {"system": "slurm", "extra_directives": ["exclusive"]}}, "starting with '-'"),
+    ({"batch": {"system": "htcondor", "extra_directives": ["x = `id`"]}}, "without backticks"),
+    ({"batch": {"system": "htcondor", "extra_directives": ["--exclusive"]}}, "one HTCondor submit command"),
+    ({"batch": {"environment": {"1X": "a"}}}, "must be an environment variable name"),
+    ({"batch": {"environment": {"X": "a\nb"}}}, "must be a single line"),
+    ({"batch": {"setup": ["module load x\nrm -rf ~"]}}, "must be a single line"),
+    ({"transport": {"host": "-oProxyCommand=x"}}, "could be read as an option"),
+    ({"transport": {"host": "a b"}}, "must be a DNS host name"),
+    ({"transport": {"user": "root;id"}}, "must be a login name"),
+    ({"transport": {"workdir": "relative/dir"}}, "must be an absolute path"),
+    ({"transport": {"key_file": "/home/x/my key"}}, "no spaces"),
+    ({"transport": {"workdir": "$HOME/x"}}, "must be an absolute path"),
+    ({"storage": {"input": {"path": "/data/`id`"}}}, "no spaces, quotes or shell characters"),
+    ({"storage": {"input": {"url": "http://x/a b"}}}, "without spaces, quotes or backslashes"),
+    ({"pilot": {"handoff": {"job": "../job.json"}}}, "must be a plain file name"),
+    ({"pilot": {"handoff": {"job": "same", "kill": "same"}}}, "each handoff file needs its own name"),
+    ({"pilot": {"extra_args": ["--a\n--b"]}}, "must be a single line"),
+    ({"batch": {"pool": "cm:99999"}}, "port from 1 to 65535"),
+    ({"description": "two\nlines"}, "must be a single line"),
+])
+def test_values_that_reach_a_shell_are_checked_and_the_reason_given(keys, fragment):
+    assert any(fragment in text for text in errors_of(**keys)), errors_of(**keys)
+
+
+@pytest.mark.parametrize("keys", [
+    {"transport": {"host": "::1"}}, {"transport": {"host": "192.0.2.7"}},
+    {"transport": {"host": "login-1.example.org"}},
+    {"transport": {"workdir": "~/panda"}}, {"transport": {"key_file": "~/.ssh/id_ed25519"}},
+    {"batch": {"system": "slurm", "partition": "short,long", "account": "atlas-prod"}},
+    {"batch": {"system": "lsf", "extra_directives": ['-R "span[hosts=1]"']}},
+    {"batch": {"system": "htcondor", "extra_directives": ['requirements = (OpSys == "LINUX")'],
+               "pool": "cm.example.org:9618"}},
+    {"batch": {"setup": ["source /opt/env.sh && export X=$HOME"]}},
+    {"storage": {"input": {"type": "server", "url": "/files/{scope}/{lfn}"}}},
+])
+def test_legitimate_values_are_accepted(keys):
+    make(**keys)
+
+
+def test_cross_key_rules_run_when_validating_directly():
+    with pytest.raises(ValidationError, match="transport.host: missing"):
+        Queue.model_validate({"name": "Q", "transport": {"type": "ssh"}})
+    Queue.model_validate({"name": "T", "is_template": True, "transport": {"type": "ssh"}})  # templates may be partial
+
+
+def test_json_schema_describes_keys():
+    schema = Queue.model_json_schema()
+    assert "Most workers at once" in schema["$defs"]["Limits"]["properties"]["maxWorkers"]["description"]
+    assert schema["additionalProperties"] is False
+
+
+def test_every_key_is_documented():
+    from queueconfig.errors import all_keys
+
+    text = (Path(__file__).parents[1] / "docs" / "queue-config.md").read_text()
+    missing = [path for path in all_keys() if path != "name" and f"`{path}`" not in text
+               and f"`.{path.rsplit('.', 1)[-1]}`" not in text and f"`{path}." not in text]
+    assert missing == []
