@@ -187,6 +187,8 @@ INT_FIELDS = {"transExitCode": "trans_exit_code", "pilotErrorCode": "pilot_error
               "exeErrorCode": "exe_error_code", "cpuConsumptionTime": "cpu_consumption_time",
               "nEvents": "n_events", "maxRSS": "max_rss", "maxPSS": "max_pss", "maxVMEM": "max_vmem",
               "avgRSS": "avg_rss", "avgPSS": "avg_pss", "coreCount": "actual_core_count"}
+METADATA_LIMIT = 1024 * 1024
+WHOLE_TEXT_FIELDS = {"metaData", "jobMetrics"}
 TEXT_FIELDS = {"pilotErrorDiag": "pilot_error_diag", "exeErrorDiag": "exe_error_diag",
                "cpuConsumptionUnit": "cpu_consumption_unit", "jobMetrics": "job_metrics",
                "pilotTiming": "pilot_timing", "metaData": "metadata", "node": "node"}
@@ -203,7 +205,14 @@ def _update_fields(params):
         if not jobspec.is_null(value):
             if not isinstance(value, str):
                 value = json.dumps(value)
-            fields[getattr(models.Job, column)] = value[: models.TEXT_LIMIT]
+            if name in WHOLE_TEXT_FIELDS:
+                # A job report is JSON: cutting it would corrupt it, so it is kept whole or refused.
+                if len(value) > METADATA_LIMIT:
+                    errors.append(f"{name}: {len(value)} characters; at most {METADATA_LIMIT} are kept")
+                    continue
+                fields[getattr(models.Job, column)] = value
+            else:
+                fields[getattr(models.Job, column)] = value[: models.TEXT_LIMIT]
     fileinfo = None
     xml = params.get("xml")
     if not jobspec.is_null(xml):

@@ -6,6 +6,7 @@ Three shapes cross the wire:
 - a *description*: what job/get_description returns, keyed by JobSpec names plus "Files".
 """
 import json
+import re
 import uuid
 
 from minipanda import models
@@ -39,6 +40,7 @@ FILESPEC_ATTRIBUTES = (
     "fsize", "md5sum", "checksum", "scope",
 )
 MAX_JOBS_PER_SUBMIT = 5000
+SAFE_SCOPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 # JobSpec name -> (column, kind). Everything else a client sends is kept verbatim in Job.attributes.
 COLUMNS = {
@@ -126,6 +128,10 @@ def parse_file(entry, where, errors):
         errors.append(f"{where}.lfn: expected a plain file name, got {lfn!r}")
     if ftype not in FILE_TYPES:
         errors.append(f"{where}.type: expected one of {sorted(FILE_TYPES)}, got {ftype!r}")
+    scope = entry.get("scope")
+    if not is_null(scope) and not (isinstance(scope, str) and SAFE_SCOPE.match(scope)):
+        errors.append(f"{where}.scope: expected letters, digits, '.', '_' or '-' (it becomes a directory name), "
+                      f"got {scope!r}")
     guid = entry.get("GUID", entry.get("guid"))
     return {
         "type": ftype, "lfn": lfn, "guid": None if is_null(guid) else str(guid),

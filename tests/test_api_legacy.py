@@ -139,6 +139,16 @@ def test_full_lifecycle_with_metrics_and_files(sqlite_server):
     assert [h["to"] for h in history(sqlite_server, pid)] == ["activated", "sent", "starting", "running", "finished"]
 
 
+def test_job_report_kept_whole_or_refused(sqlite_server):
+    (pid,) = submit(sqlite_server, [make_job()])
+    get_job(sqlite_server)
+    report = json.dumps({"exitCode": 0, "blob": "x" * 10000})
+    assert update(sqlite_server, jobId=str(pid), state="running", pilotID="p", metaData=report).json()["StatusCode"] == 0
+    assert json.loads(describe(sqlite_server, pid)["metadata"]) == json.loads(report)
+    huge = update(sqlite_server, jobId=str(pid), state="running", pilotID="p", metaData="y" * (1024 * 1024 + 1))
+    assert huge.status_code == 400 and "metaData" in huge.json()["ErrorDiag"]
+
+
 def test_failed_with_diagnostics(sqlite_server):
     (pid,) = submit(sqlite_server, [make_job()])
     get_job(sqlite_server)
@@ -321,7 +331,9 @@ def test_queuedata_and_trf(sqlite_server):
     data = requests.get(sqlite_server.url + "/cache/schedconfig/TEST_PQ.all.json").json()
     assert data["nickname"] == "TEST_PQ" and data["state"] == "ACTIVE" and data["atlas_site"]
     assert "TEST_PQ" in requests.get(sqlite_server.url + "/cache/schedconfig.json").json()
-    assert requests.get(sqlite_server.url + "/cache/schedconfig/NOPE.all.json").status_code == 404
+    fresh = requests.get(sqlite_server.url + "/cache/schedconfig/NEW_Q.all.json")  # no queue file: defaults
+    assert fresh.status_code == 200 and fresh.json()["nickname"] == "NEW_Q"
+    assert requests.get(sqlite_server.url + "/cache/schedconfig/bad%20name.all.json").status_code == 400
     import os
 
     with open(os.path.join(sqlite_server.home, "trf", "runme.sh"), "w") as handle:

@@ -91,6 +91,8 @@ def test_submit_panda_client_positional_layout(live_server):
      "jobs[0].Files[0].lfn: expected a plain file name"),
     ({"computingSite": "Q", "transformation": "x", "Files": [{"type": "weird", "lfn": "a"}]},
      "jobs[0].Files[0].type"),
+    ({"computingSite": "Q", "transformation": "x", "Files": [{"type": "log", "lfn": "a", "scope": ".."}]},
+     "jobs[0].Files[0].scope"),
 ])
 def test_bad_specs_refused_whole_batch(live_server, spec, message):
     reply = call(live_server, "job/submit", {"jobs": [make_job(), spec]})

@@ -25,8 +25,11 @@ def schedconfig_queue(params, identity, queue):
     if not QUEUE_NAME.match(queue):
         raise jobs.RequestError(f"queue name {queue[:60]!r} is not valid", http=400)
     data = queues.queuedata(queue)
+    if data is None and queues.config_in_force() is None:
+        # No queue file: every queue exists with defaults, so a pilot can start before the first job names it.
+        data = queues.default_queuedata(queue)
     if data is None:
-        raise jobs.RequestError(f"queue {queue!r} is not known to this server", http=404)
+        raise jobs.RequestError(f"queue {queue!r} is not in the server's queue configuration", http=404)
     return _json(data)
 
 
