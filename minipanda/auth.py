@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import os
 import secrets
+import time
 import uuid
 
 import jwt
@@ -91,20 +92,34 @@ def revoke_token(jti):
     return models.Token.update(revoked=states.utcnow()).where(models.Token.jti == jti).execute() == 1
 
 
+_decoded = {}  # (secret, token) -> claims of a token whose signature was checked; its expiry is re-checked
+
+
 def verify_token(secret, token):
-    """Return the caller's Identity, or raise AuthError(401) saying what is wrong with the token."""
-    try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], issuer=ISSUER,
-                            options={"require": ["exp", "jti", "role", "sub"]})
-    except jwt.ExpiredSignatureError:
-        raise AuthError("token expired; create a new one with 'minipanda token create'") from None
-    except jwt.InvalidTokenError as exc:
-        raise AuthError(f"invalid token: {exc}") from None
-    row = models.Token.get_or_none(models.Token.jti == claims["jti"])
+    """Return the caller's Identity, or raise AuthError(401) saying what is wrong with the token.
+
+    Every pilot request comes through here, so the signature check is remembered per token (expiry is still checked
+    each time) and the revocation check is one hand-written primary-key query: a revocation by any process, the
+    CLI included, takes effect on the next request.
+    """
+    claims = _decoded.get((secret, token))
+    if claims is None or claims["exp"] <= time.time():
+        try:
+            claims = jwt.decode(token, secret, algorithms=[ALGORITHM], issuer=ISSUER,
+                                options={"require": ["exp", "jti", "role", "sub"]})
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired; create a new one with 'minipanda token create'") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {exc}") from None
+        if len(_decoded) > 10000:
+            _decoded.clear()
+        _decoded[(secret, token)] = claims
+    db = models.Token._meta.database
+    row = db.execute_sql('SELECT "revoked" FROM "token" WHERE "jti" = %s' % db.param, (claims["jti"],)).fetchone()
     if row is None:
         raise AuthError("token unknown to this server (issued by another minipanda home?)")
-    if row.revoked is not None:
-        raise AuthError(f"token {row.jti} was revoked")
+    if row[0] is not None:
+        raise AuthError(f"token {claims['jti']} was revoked")
     return Identity(claims["sub"], claims["role"])
 
 

@@ -5,6 +5,7 @@ The models bind to :data:`database`, a proxy initialised once by :func:`open_dat
 """
 import logging
 import os
+import threading
 import urllib.parse
 
 import peewee
@@ -27,6 +28,47 @@ class DatabaseConfigError(ValueError):
     """The database URL or the database found there cannot be used."""
 
 
+class SqliteDatabase(peewee.SqliteDatabase):
+    """SQLite with one write transaction at a time per process, queued on a Python lock.
+
+    SQLite allows one writer. A second BEGIN IMMEDIATE waits in SQLite's busy handler, which sleeps in growing
+    steps (up to 100 ms) instead of waking when the lock is free: under 16 concurrent pilots that put getJob's p99
+    near one second. Queued here, the next writer starts the moment the last one commits. Other processes (the
+    CLI) still meet busy_timeout as before.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._writer = threading.Lock()
+        self._holds = threading.local()
+
+    def begin(self, lock_type=None):
+        self._writer.acquire()
+        self._holds.writer = True
+        try:
+            super().begin(lock_type)
+        except BaseException:
+            self._release_writer()
+            raise
+
+    def _release_writer(self):
+        if getattr(self._holds, "writer", False):
+            self._holds.writer = False
+            self._writer.release()
+
+    def commit(self):
+        try:
+            super().commit()
+        finally:
+            self._release_writer()
+
+    def rollback(self):
+        try:
+            super().rollback()
+        finally:
+            self._release_writer()
+
+
 def default_url(home):
     """The embedded SQLite database under the minipanda home directory."""
     return "sqlite:///" + os.path.join(os.path.abspath(home), "minipanda.db")
@@ -42,7 +84,7 @@ def make_database(url):
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         # IMMEDIATE: a write transaction takes the write lock at BEGIN, so two writers never deadlock on upgrade.
-        return peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=30, check_same_thread=False,
+        return SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=30, check_same_thread=False,
                                      lock_type="IMMEDIATE")
     if parsed.scheme in ("postgres", "postgresql"):
         try:

@@ -141,7 +141,7 @@ def update_job(params):
         raise RequestError(f"state: expected one of {sorted(PILOT_STATES)}, got {state!r}")
     fields, fileinfo = _update_fields(params)
     with database.atomic():
-        job = models.Job.get_or_none(models.Job.panda_id == panda_id)
+        job = _job_for_update(panda_id)
         if job is None:
             log.warning("update for unknown job %s from %s", panda_id, params.get("node"))
             return _reply(TOBEKILLED, SC_FAILED, f"job {panda_id} is unknown")
@@ -176,6 +176,22 @@ def update_job(params):
             _register_files(panda_id, fileinfo, state)
     command = job.command_to_pilot if job.command_to_pilot == TOBEKILLED else None
     return _reply(command)
+
+
+_UPDATE_COLUMNS = ("panda_id", "status", "command_to_pilot", "attempt_nr", "pilot_id", "batch_id")
+
+
+def _job_for_update(panda_id):
+    """The few columns a pilot update reads, by one hand-written primary-key query (peewee took ~0.7 ms to render
+    the SELECT of all ~70 job columns that get_or_none asked for)."""
+    db = models.Job._meta.database
+    row = db.execute_sql('SELECT %s FROM "job" WHERE "panda_id" = %s'
+                         % (", ".join('"%s"' % c for c in _UPDATE_COLUMNS), db.param), (panda_id,)).fetchone()
+    if row is None:
+        return None
+    job = models.Job(__no_default__=1)
+    job.__data__ = dict(zip(_UPDATE_COLUMNS, row))
+    return job
 
 
 def _foreign(job, params):

@@ -61,6 +61,24 @@ def ensure_queues(names):
                             modification_time=now).on_conflict_ignore().execute()
 
 
+_parsed = {}  # queuedata JSON text -> dict: parsed once, not on every getJob
+
+
+def _queue_row(name):
+    """(status, queuedata dict) of a queue, or None: one hand-written primary-key query (every getJob asks)."""
+    db = models.Queue._meta.database
+    row = db.execute_sql('SELECT "status", "queuedata" FROM "queue" WHERE "name" = %s' % db.param,
+                         (name,)).fetchone()
+    if row is None:
+        return None
+    data = _parsed.get(row[1])
+    if data is None:
+        if len(_parsed) > 1000:
+            _parsed.clear()
+        data = _parsed[row[1]] = json.loads(row[1] or "{}")
+    return row[0], data
+
+
 def queuedata(name):
     """The queuedata dict of one queue, or None when the server does not know it."""
     row = models.Queue.get_or_none(models.Queue.name == name)
@@ -74,7 +92,8 @@ def all_queuedata():
 
 def queue_corecount(name):
     """The cores a pilot of this queue offers, used when the pilot does not say."""
-    data = queuedata(name)
+    row = _queue_row(name)
+    data = row[1] if row else None
     try:
         return int(data.get("corecount") or 1) if data else None
     except (TypeError, ValueError):
@@ -122,8 +141,8 @@ def queue_list():
 
 def dispatch_rules(name):
     """(status, allowed labels or None) of a queue, or None when the queue is unknown."""
-    row = models.Queue.get_or_none(models.Queue.name == name)
+    row = _queue_row(name)
     if row is None:
         return None
-    labels = json.loads(row.queuedata or "{}").get("prodsourcelabels")
-    return row.status, (tuple(labels) if labels else None)
+    labels = row[1].get("prodsourcelabels")
+    return row[0], (tuple(labels) if labels else None)

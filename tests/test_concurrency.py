@@ -1,0 +1,236 @@
+"""Concurrent dispatch: many pilots asking at once must each get different jobs, and every job must go out once.
+
+Over real HTTP against a ``minipanda serve`` subprocess (SQLite, and PostgreSQL when MINIPANDA_TEST_PG_URL is
+set), and in-process with ``dispatch.claim_jobs`` called from many threads. Nothing here asserts on timing: every
+loop is bounded in calls and in time only so that a broken server fails the test instead of hanging it.
+"""
+import collections
+import threading
+import time
+
+import requests
+
+from conftest import make_job
+
+DEADLINE_S = 240  # per test, generous: a correct run on 2 cores takes a fraction of it
+EMPTY_REPLIES_TO_STOP = 3  # a thread stops after this many "no jobs" replies in a row
+
+
+def submit(server, queue, n_jobs):
+    """Submit ``n_jobs`` activated jobs to ``queue`` (the server takes up to 5000 per call); return their ids."""
+    ids = []
+    for start in range(0, n_jobs, 5000):
+        specs = [make_job(queue, jobName=f"conc.{queue}.{i}") for i in range(start, min(n_jobs, start + 5000))]
+        reply = requests.post(server.url + "/api/v1/job/submit", json={"jobs": specs}, headers=server.headers(),
+                              timeout=120)
+        assert reply.status_code == 200, reply.text
+        ids.extend(row[0] for row in reply.json()["data"])
+    assert len(set(ids)) == n_jobs
+    return ids
+
+
+def pilot_form(queue, index, call, n_jobs=None):
+    form = {"computingElement": queue, "prodSourceLabel": "managed", "mem": "2000", "node": f"wn{index:02d}",
+            "pilotID": f"pilot-{index}-{call}"}
+    if n_jobs is not None:
+        form["nJobs"] = str(n_jobs)
+    return form
+
+
+def run_pilots(server, queue, n_threads, max_calls, n_jobs_of=lambda index: None, finish_of=lambda index: False):
+    """``n_threads`` pilots, each on its own requests.Session, call getJob until the queue stays empty.
+
+    ``n_jobs_of(index)`` is the nJobs a thread asks for (None: a single-job getJob); ``finish_of(index)`` says
+    whether it also reports each job finished with updateJob. Returns (dispatched ids with repeats, per-thread
+    {index: [ids]}, replies that broke the protocol, errors).
+    """
+    lock = threading.Lock()
+    got, by_thread, bad_replies, errors = [], {}, [], []
+    gate = threading.Barrier(n_threads)
+    deadline = time.monotonic() + DEADLINE_S
+
+    def pilot(index):
+        mine, bad = [], []
+        n_jobs, finish = n_jobs_of(index), finish_of(index)
+        try:
+            with requests.Session() as session:
+                session.headers.update(server.headers())
+                gate.wait(timeout=60)
+                empty = 0
+                for call in range(max_calls):
+                    if time.monotonic() > deadline:
+                        errors.append(f"thread {index}: deadline reached after {call} calls")
+                        break
+                    form = pilot_form(queue, index, call, n_jobs)
+                    reply = session.post(server.url + "/server/panda/getJob", data=form, timeout=60)
+                    if reply.status_code != 200:
+                        bad.append(f"HTTP {reply.status_code}: {reply.text[:200]}")
+                        break
+                    data = reply.json()
+                    if data["StatusCode"] == 20:
+                        if n_jobs is not None and data.get("jobs"):
+                            bad.append(f"StatusCode 20 with jobs: {data}")
+                        empty += 1
+                        if empty >= EMPTY_REPLIES_TO_STOP:
+                            break
+                        continue
+                    empty = 0
+                    if data["StatusCode"] != 0:
+                        bad.append(f"StatusCode {data['StatusCode']}: {data}")
+                        break
+                    if n_jobs is None:
+                        ids = [data["PandaID"]]
+                    else:
+                        ids = [job["PandaID"] for job in data["jobs"]]
+                        if not 1 <= len(ids) <= n_jobs or data.get("nSent", len(ids)) != len(ids):
+                            bad.append(f"bulk reply with {len(ids)} jobs for nJobs={n_jobs}")
+                    mine.extend(ids)
+                    for pid in ids if finish else ():
+                        answer = session.post(server.url + "/server/panda/updateJob", timeout=60, data={
+                            "jobId": pid, "state": "finished", "pilotID": form["pilotID"], "transExitCode": "0"})
+                        if answer.status_code != 200 or answer.json().get("StatusCode") != 0:
+                            bad.append(f"updateJob {pid}: HTTP {answer.status_code} {answer.text[:200]}")
+                else:
+                    errors.append(f"thread {index}: still getting jobs after {max_calls} calls")
+        except Exception as exc:  # noqa: BLE001 - collected and asserted on below
+            errors.append(f"thread {index}: {type(exc).__name__}: {exc}")
+        finally:
+            with lock:
+                got.extend(mine)
+                by_thread[index] = mine
+                bad_replies.extend(bad)
+
+    threads = [threading.Thread(target=pilot, args=(i,), name=f"pilot-{i}", daemon=True) for i in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE_S + 120)
+    assert not any(thread.is_alive() for thread in threads), "pilot threads did not stop"
+    return got, by_thread, bad_replies, errors
+
+
+def assert_each_once(got, submitted):
+    counts = collections.Counter(got)
+    twice = {pid: n for pid, n in counts.items() if n > 1}
+    assert not twice, f"{len(twice)} jobs dispatched more than once, e.g. {sorted(twice.items())[:10]}"
+    missed = set(submitted) - set(counts)
+    assert not missed, f"{len(missed)} jobs never dispatched, e.g. {sorted(missed)[:10]}"
+    foreign = set(counts) - set(submitted)
+    assert not foreign, f"dispatched jobs that were not submitted here: {sorted(foreign)[:10]}"
+
+
+def server_states(server, queue):
+    """{PandaID: status} of every job of ``queue``, from the server's job list."""
+    reply = requests.get(server.url + "/api/v1/job/list", params={"queue": queue, "limit": 10000}, timeout=120)
+    assert reply.status_code == 200, reply.text
+    return {row["PandaID"]: row["jobStatus"] for row in reply.json()["data"]}
+
+
+def test_32_pilots_take_5000_jobs_each_exactly_once(live_server):
+    queue = "CONC_SINGLE"
+    submitted = submit(live_server, queue, 5000)
+    got, by_thread, bad, errors = run_pilots(live_server, queue, n_threads=32, max_calls=5000 + 50)
+    assert not errors and not bad, (errors[:5], bad[:5])
+    assert_each_once(got, submitted)
+    assert sum(1 for ids in by_thread.values() if ids) > 1, "one pilot took every job: nothing ran concurrently"
+
+    states = server_states(live_server, queue)
+    assert set(states) == set(submitted)
+    assert collections.Counter(states.values()) == {"sent": 5000}
+    # The pilot's own status query agrees, for every job.
+    reply = requests.post(live_server.url + "/api/v1/job/get_status", json={"job_ids": submitted}, timeout=120)
+    assert {row["status"] for row in reply.json()["data"]} == {"sent"}
+    # One more pilot finds nothing left.
+    reply = requests.post(live_server.url + "/server/panda/getJob", data=pilot_form(queue, 99, 0),
+                          headers=live_server.headers(), timeout=60)
+    assert reply.json()["StatusCode"] == 20
+
+
+def test_single_and_bulk_pilots_mixed_with_final_updates(live_server):
+    """Half the pilots take one job per call and report it finished at once; the others take nJobs=7 per call."""
+    queue = "CONC_MIXED"
+    submitted = submit(live_server, queue, 3000)
+    single = set(range(0, 16, 2))
+    got, by_thread, bad, errors = run_pilots(
+        live_server, queue, n_threads=16, max_calls=3000 + 50,
+        n_jobs_of=lambda index: None if index in single else 7, finish_of=lambda index: index in single)
+    assert not errors and not bad, (errors[:5], bad[:5])
+    assert_each_once(got, submitted)
+    by_single = {pid for index in single for pid in by_thread[index]}
+    by_bulk = set(got) - by_single
+    assert by_single and by_bulk, "both kinds of pilot should have got jobs"
+
+    states = server_states(live_server, queue)
+    assert set(states) == set(submitted)
+    assert {states[pid] for pid in by_single} == {"finished"}
+    assert {states[pid] for pid in by_bulk} == {"sent"}
+
+
+def test_claim_jobs_from_16_threads_in_process(database):
+    """dispatch.claim_jobs itself, each thread on its own connection: no job twice, each written by its claimer."""
+    from minipanda import dispatch, jobs, models, queues
+
+    queue, n_total = "CONC_INPROC", 2000
+    # Mixed priorities, so the pick's ORDER BY has work to do while the threads race.
+    specs = [make_job(queue, jobName=f"inproc.{i}", currentPriority=1000 + (i % 7) * 10) for i in range(n_total)]
+    submitted = [row[0] for row in jobs.submit_jobs(specs, "tester", queue_ensurer=queues.ensure_queues)]
+    lock = threading.Lock()
+    got, claimer, errors = [], {}, []
+    gate = threading.Barrier(16)
+    deadline = time.monotonic() + DEADLINE_S
+
+    def worker(index):
+        offer = dispatch.Offer(queue=queue, prod_source_label="managed", memory_mb=2000, cores=1,
+                               n_jobs=1 if index % 2 else 5, node=f"thread-{index}", pilot_id=f"pilot-{index}")
+        mine = []
+        try:
+            database.connect(reuse_if_open=True)
+            gate.wait(timeout=60)
+            empty = 0
+            for _ in range(n_total + 50):
+                if time.monotonic() > deadline:
+                    errors.append(f"thread {index}: deadline reached")
+                    break
+                claimed = dispatch.claim_jobs(offer)
+                if not claimed:
+                    empty += 1
+                    if empty >= EMPTY_REPLIES_TO_STOP:
+                        break
+                    continue
+                empty = 0
+                if len(claimed) > offer.n_jobs:
+                    errors.append(f"thread {index}: {len(claimed)} jobs for n_jobs={offer.n_jobs}")
+                priorities = [d["currentPriority"] for d in claimed]
+                if priorities != sorted(priorities, reverse=True):
+                    errors.append(f"thread {index}: a claim not in priority order: {priorities}")
+                mine.extend(d["PandaID"] for d in claimed)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted on below
+            errors.append(f"thread {index}: {type(exc).__name__}: {exc}")
+        finally:
+            database.close()
+            with lock:
+                got.extend(mine)
+                claimer.update({pid: f"thread-{index}" for pid in mine})
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE_S + 60)
+    assert not any(thread.is_alive() for thread in threads), "claim threads did not stop"
+    assert not errors, errors[:5]
+    assert_each_once(got, submitted)
+
+    database.connect(reuse_if_open=True)
+    Job, StatusLog = models.Job, models.StatusLog
+    rows = {job.panda_id: job for job in Job.select(Job.panda_id, Job.status, Job.node, Job.pilot_id)
+            .where(Job.computing_site == queue)}
+    assert set(rows) == set(submitted)
+    assert {job.status for job in rows.values()} == {"sent"}
+    wrong_owner = [pid for pid, job in rows.items() if job.node != claimer[pid]]
+    assert not wrong_owner, f"jobs whose node is not the thread that got them: {wrong_owner[:10]}"
+    # Exactly one activated -> sent transition was logged per job.
+    logged = collections.Counter(
+        row.panda_id for row in StatusLog.select(StatusLog.panda_id).where(
+            StatusLog.panda_id.in_(submitted), StatusLog.new_status == "sent", StatusLog.old_status == "activated"))
+    assert set(logged) == set(submitted) and set(logged.values()) == {1}
