@@ -52,6 +52,9 @@ def build_parser():
                             "registered with default queuedata when a job first names them")
     serve.add_argument("--reload-period", type=float, default=10.0, metavar="S",
                        help="how often to check the queue configuration file for changes (default 10 s)")
+    serve.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                       help="task-side tuning, repeatable: duty periods, watchdog timeouts, brokerage and scout "
+                            "knobs (e.g. watchdog.sent_timeout=600); see docs/tasks.md")
     serve.add_argument("--debug", action="store_true", help="debug logging")
     serve.set_defaults(func=cmd_serve)
 
@@ -80,6 +83,7 @@ def build_parser():
     jlist.add_argument("--status")
     jlist.add_argument("--queue")
     jlist.add_argument("--user")
+    jlist.add_argument("--task", type=int, help="jobs of one task (jediTaskID)")
     jlist.add_argument("--limit", type=int, default=50)
     jshow = job.add_parser("show", help="show one job in full, with its state history")
     jshow.add_argument("panda_id", type=int)
@@ -92,13 +96,19 @@ def build_parser():
         command.add_argument("--home")
         command.add_argument("--json", action="store_true", help="machine-readable output")
         command.set_defaults(func=func)
+    from minipanda import cli_tasks
+
+    cli_tasks.add_parsers(sub)
     return parser
 
 
 def cmd_serve(args):
+    from minipanda import settings as task_settings
+
     home = server.home_dir(args.home)
     server.serve(home, host=args.host, port=args.port, db_url=args.db, auth_mode=args.auth, threads=args.threads,
-                 max_body_mb=args.max_body_mb, queues_file=args.queues, reload_period=args.reload_period)
+                 max_body_mb=args.max_body_mb, queues_file=args.queues, reload_period=args.reload_period,
+                 settings=task_settings.Settings(task_settings.parse_overrides(args.setting)))
 
 
 def _open_db(args):
@@ -156,7 +166,8 @@ def cmd_job_submit(args):
 
 
 def cmd_job_list(args):
-    rows = _client(args).list_jobs(status=args.status, queue=args.queue, user=args.user, limit=args.limit)
+    rows = _client(args).list_jobs(status=args.status, queue=args.queue, user=args.user, limit=args.limit,
+                                   task_id=args.task)
     if args.json:
         print(json.dumps(rows, indent=1))
         return

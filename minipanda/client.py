@@ -1,4 +1,5 @@
 """A small HTTP client for the v1 API, used by the ``minipanda`` job commands (and by tests and benchmarks)."""
+import json
 import os
 
 import requests
@@ -69,3 +70,74 @@ class Client:
         if code is not None:
             payload["code"] = code
         return self.call("job/kill", payload)
+
+    # ---- tasks, datasets, retry rules (the task half of the API) ------------------------------------------------
+
+    def envelope(self, path, payload=None, method="POST"):
+        """One v1 call; returns the whole reply ``{success, message, data}`` (task calls answer refusals with
+        success false and PanDA's code in data, not with an HTTP error)."""
+        url = f"{self.url}/api/v1/{path}"
+        try:
+            if method == "GET":
+                reply = self.session.get(url, params=payload, timeout=self.timeout)
+            else:
+                reply = self.session.post(url, json=payload or {}, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise ClientError(f"cannot reach {self.url}: {exc}") from None
+        try:
+            body = reply.json()
+        except ValueError:
+            raise ClientError(f"{path}: HTTP {reply.status_code} with a non-JSON reply") from None
+        if reply.status_code != 200:
+            raise ClientError(f"{path}: HTTP {reply.status_code}: {body.get('message')}")
+        return body
+
+    def submit_task(self, params):
+        """Returns the new jediTaskID; raises ClientError with the server's reasons."""
+        return self.call("task/submit", {"task_parameters": params})
+
+    def task_command(self, action, task_id, soft=False, new_params=None):
+        """kill, finish, retry, pause or resume; returns (PanDA code, message)."""
+        payload = {"task_id": task_id}
+        if soft:
+            payload["soft"] = True
+        if new_params:
+            payload["new_parameters"] = new_params
+        body = self.envelope(f"task/{action}", payload)
+        return body.get("data"), body.get("message", "")
+
+    def find_tasks(self, since=None, filters=None, limit=1000):
+        payload = {"n_tasks": limit}
+        if since:
+            payload["since"] = since
+        if filters:
+            payload["filters"] = json.dumps(filters)
+        return self.call("task/get_tasks_detailed_info_since", payload, method="GET")
+
+    def task_details(self, task_id):
+        return self.call("task/get_details", {"task_id": task_id, "include_parameters": True}, method="GET")
+
+    def task_log(self, task_id):
+        return self.call("task/get_status_log", {"task_id": task_id}, method="GET")
+
+    def add_dataset_files(self, name, files):
+        return self.call("dataset/add", {"name": name, "files": files})
+
+    def list_datasets(self, user=None, pattern=None):
+        return self.call("dataset/list", {k: v for k, v in (("user", user), ("pattern", pattern)) if v},
+                         method="GET")
+
+    def show_dataset(self, name):
+        return self.call("dataset/show", {"name": name}, method="GET")
+
+    def why(self, panda_id):
+        return self.call("job/why", {"job_id": panda_id}, method="GET")
+
+    def retry_rules(self):
+        return self.call("retry_rule/list", method="GET")
+
+    def add_retry_rule(self, **rule):
+        return self.call("retry_rule/add", {k: v for k, v in rule.items() if v is not None})
+
+    def remove_retry_rule(self, rule_id):
+        return self.call("retry_rule/remove", {"id": rule_id})

@@ -132,8 +132,34 @@ def _migration_2(db, migrator):
     )
 
 
-MIGRATIONS = {2: _migration_2}
-SCHEMA_VERSION = 2
+def _migration_3(db, migrator):
+    """Tasks: the task, dataset, file, task_input, brokerage and retry_rule tables, three job columns."""
+    from minipanda import models
+
+    db.create_tables(models.TASK_MODELS, safe=True)
+    migrate(
+        migrator.add_column("job", "scout", models.Job.scout),
+        migrator.add_column("job", "settled", models.Job.settled),
+        migrator.add_column("job", "brokerage_id", models.Job.brokerage_id),
+    )
+    # Jobs that existed before tasks belong to no task: nothing to settle.
+    db.execute_sql('UPDATE "job" SET "scout" = %s, "settled" = %s' % ((db.param,) * 2), (False, True))
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "job_settled_status" ON "job" ("settled", "status")')
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "job_task_status" ON "job" ("task_id", "status")')
+    start_task_ids(db)
+
+
+def start_task_ids(db):
+    """Make PostgreSQL's task id sequence start at FIRST_TASK_ID (SQLite tasks pick their id on insert)."""
+    from minipanda import models
+
+    if isinstance(db, peewee.PostgresqlDatabase):
+        db.execute_sql("SELECT setval(pg_get_serial_sequence('task', 'jedi_task_id'), GREATEST(%s, "
+                       "COALESCE((SELECT MAX(jedi_task_id) FROM task), 0)))", (models.FIRST_TASK_ID - 1,))
+
+
+MIGRATIONS = {2: _migration_2, 3: _migration_3}
+SCHEMA_VERSION = 3
 
 
 def schema_version(db):
@@ -152,6 +178,7 @@ def upgrade_schema(db):
     if version is None:
         with db.atomic():
             db.create_tables(models.ALL_MODELS)
+            start_task_ids(db)
             models.Config.insert(key="schema_version", value=str(SCHEMA_VERSION)).execute()
         log.info("created database schema version %d", SCHEMA_VERSION)
         return

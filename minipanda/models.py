@@ -73,6 +73,11 @@ class Job(BaseModel):
     pilot_timing = peewee.TextField(null=True)
     metadata = peewee.TextField(null=True)
     attributes = peewee.TextField(default="{}")
+    # Schema 3 (tasks): scout jobs, the brokerage decision that placed the job, and whether the task side has
+    # taken note of the job's final state (False only for task jobs not yet settled; NULL on older rows).
+    scout = peewee.BooleanField(null=True, default=False)
+    settled = peewee.BooleanField(null=True, default=True)
+    brokerage_id = peewee.BigIntegerField(null=True)
 
     class Meta:
         table_name = "job"
@@ -81,6 +86,8 @@ class Job(BaseModel):
 # Dispatch reads activated jobs of one queue in (priority desc, id) order: this index serves that ORDER BY directly.
 Job.add_index(Job.index(Job.status, Job.computing_site, Job.current_priority.desc(), Job.panda_id,
                         name="job_dispatch_order"))
+Job.add_index(Job.index(Job.settled, Job.status, name="job_settled_status"))
+Job.add_index(Job.index(Job.task_id, Job.status, name="job_task_status"))
 
 
 class JobFile(BaseModel):
@@ -162,4 +169,153 @@ class Config(BaseModel):
         table_name = "config"
 
 
-ALL_MODELS = [Job, JobFile, StatusLog, Queue, Worker, Token, Config]
+# ---- tasks (schema 3) ---------------------------------------------------------------------------------------------
+
+FIRST_TASK_ID = 10_000_000  # pbook treats smaller numbers as request ids
+
+
+class Task(BaseModel):
+    """A JEDI task: one command over one input (or none), split into jobs by the generator."""
+
+    jedi_task_id = peewee.BigAutoField()
+    req_id = peewee.BigIntegerField(null=True)
+    parent_tid = peewee.BigIntegerField(null=True)
+    task_name = peewee.CharField(max_length=256)
+    user_name = peewee.CharField(max_length=128, index=True)
+    vo = peewee.CharField(max_length=32, default="")
+    working_group = peewee.CharField(max_length=128, null=True)
+    prod_source_label = peewee.CharField(max_length=32, default="user")
+    status = peewee.CharField(max_length=32, index=True)
+    old_status = peewee.CharField(max_length=32, null=True)  # the status a paused task resumes to
+    params = peewee.TextField()  # the parameters as submitted (JSON)
+    spec = peewee.TextField()  # the normalised parameters the generator works from (JSON)
+    in_ds = peewee.CharField(max_length=256, null=True)
+    site = peewee.TextField(default="")  # comma-separated queues the user allowed, empty = any
+    excluded_site = peewee.TextField(default="")
+    core_count = peewee.IntegerField(default=1)
+    ram_count = peewee.IntegerField(default=0)  # MB per job
+    walltime = peewee.IntegerField(default=0)  # seconds
+    max_attempt = peewee.IntegerField(default=3)
+    task_priority = peewee.IntegerField(null=True)
+    n_scouts = peewee.IntegerField(default=0)
+    n_chunks = peewee.IntegerField(default=0)  # jobs the split plans (first attempts)
+    serial = peewee.IntegerField(default=0)  # last output serial number used
+    error_dialog = peewee.TextField(default="")
+    creation_time = peewee.DateTimeField()
+    modification_time = peewee.DateTimeField(index=True)
+    state_changed_time = peewee.DateTimeField()
+    start_time = peewee.DateTimeField(null=True)
+    end_time = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "task"
+
+
+class TaskLog(BaseModel):
+    task_id = peewee.BigIntegerField(index=True)
+    old_status = peewee.CharField(max_length=32, null=True)
+    new_status = peewee.CharField(max_length=32)
+    time = peewee.DateTimeField()
+    reason = peewee.CharField(max_length=512, default="")
+
+    class Meta:
+        table_name = "task_log"
+
+
+class Dataset(BaseModel):
+    """A named collection of files: registered input, or a task's output or log."""
+
+    name = peewee.CharField(max_length=256, unique=True)
+    type = peewee.CharField(max_length=16, default="input")  # input, output, log
+    user_name = peewee.CharField(max_length=128)
+    task_id = peewee.BigIntegerField(null=True, index=True)
+    creation_time = peewee.DateTimeField()
+    modification_time = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "dataset"
+
+
+class DatasetFile(BaseModel):
+    """One file of a dataset (JEDI_DATASET_CONTENTS for registered data): where it is and what it holds."""
+
+    file_id = peewee.BigAutoField()
+    dataset = peewee.ForeignKeyField(Dataset, backref="files", on_delete="CASCADE")
+    lfn = peewee.CharField(max_length=256)
+    guid = peewee.CharField(max_length=64)
+    fsize = peewee.BigIntegerField(default=0)
+    checksum = peewee.CharField(max_length=64, default="")
+    location = peewee.TextField(default="")  # directory (or URL) holding the file
+    n_events = peewee.BigIntegerField(null=True)
+    status = peewee.CharField(max_length=32, default="ready")
+    panda_id = peewee.BigIntegerField(null=True)  # the job that produced an output
+    creation_time = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "file"
+        indexes = ((("dataset", "lfn"), True),)
+
+
+class TaskInput(BaseModel):
+    """One piece of a task's input: a file, an event range of a file, or pseudo input. ``chunk`` is the job it
+    belongs to in the split; ``status`` follows PanDA's input file states (ready, picked, running, finished,
+    failed); ``panda_id`` is the latest job that processes it."""
+
+    row_id = peewee.BigAutoField()
+    task_id = peewee.BigIntegerField()
+    chunk = peewee.IntegerField()
+    file_id = peewee.BigIntegerField(null=True)
+    lfn = peewee.CharField(max_length=256, null=True)
+    dataset = peewee.CharField(max_length=256, null=True)
+    guid = peewee.CharField(max_length=64, null=True)
+    fsize = peewee.BigIntegerField(default=0)
+    checksum = peewee.CharField(max_length=64, null=True)
+    location = peewee.TextField(null=True)
+    first_event = peewee.BigIntegerField(null=True)
+    n_events = peewee.BigIntegerField(null=True)
+    status = peewee.CharField(max_length=32, default="ready")
+    attempt_nr = peewee.IntegerField(default=0)  # attempts made so far; the next job is attempt_nr + 1
+    max_attempt = peewee.IntegerField(null=True)  # None: the task's maxAttempt (a task retry raises it)
+    ram_count = peewee.IntegerField(null=True)  # None: the task's; set by increase_memory retries
+    walltime = peewee.IntegerField(null=True)  # None: the task's; set by increase_walltime retries
+    panda_id = peewee.BigIntegerField(null=True, index=True)
+
+    class Meta:
+        table_name = "task_input"
+        # (task_id, status, chunk) serves the generator's "next ready chunks in order" without a sort.
+        indexes = ((("task_id", "chunk"), False), (("task_id", "status", "chunk"), False))
+
+
+class Brokerage(BaseModel):
+    """One brokerage decision for a batch of jobs with the same needs: every candidate queue and why it was kept
+    or skipped."""
+
+    id = peewee.BigAutoField()
+    task_id = peewee.BigIntegerField(null=True, index=True)
+    time = peewee.DateTimeField()
+    requirements = peewee.TextField()  # JSON
+    candidates = peewee.TextField()  # JSON list of {queue, kept, reason, running, queued, weight}
+    outcome = peewee.TextField(default="")
+
+    class Meta:
+        table_name = "brokerage"
+
+
+class RetryRule(BaseModel):
+    """Retry module rule: a failure matching (source, code, diag regex) gets ``action``."""
+
+    error_source = peewee.CharField(max_length=16, default="any")  # pilot, exe, sup, any
+    error_code = peewee.IntegerField(null=True)  # None matches any code
+    diag_pattern = peewee.CharField(max_length=256, default="")
+    action = peewee.CharField(max_length=32)  # no_retry, limit_retry, increase_memory, increase_walltime
+    parameter = peewee.FloatField(null=True)
+    active = peewee.BooleanField(default=True)
+    description = peewee.CharField(max_length=256, default="")
+    created = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "retry_rule"
+
+
+TASK_MODELS = [Task, TaskLog, Dataset, DatasetFile, TaskInput, Brokerage, RetryRule]
+ALL_MODELS = [Job, JobFile, StatusLog, Queue, Worker, Token, Config] + TASK_MODELS

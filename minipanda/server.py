@@ -108,7 +108,7 @@ def watch_queue_config(runner, config, period):
 
 
 def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="token", threads=16, max_body_mb=64,
-          queues_file=None, reload_period=10.0, ready=None):
+          queues_file=None, reload_period=10.0, ready=None, settings=None):
     """Run until SIGTERM/SIGINT (or ``ready``'s server is closed); returns when the server has stopped."""
     import waitress.server
 
@@ -151,6 +151,9 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
              auth_mode, threads)
     if ready is not None:
         ready(server)
+    from minipanda import duties, settings as task_settings
+
+    duties.attach(runner, settings or task_settings.Settings())
     runner.start()
     try:
         server.run()
@@ -159,5 +162,6 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
             raise
     finally:
         runner.stop()
+        duties.detach(runner)
         server.task_dispatcher.shutdown(timeout=5)
         log.info("minipanda stopped")
