@@ -187,7 +187,7 @@ def parse_submitted(spec, where):
 
 def csv(values):
     """PanDA's comma-joined list form; missing entries become empty strings."""
-    return ",".join("" if v is None else str(v) for v in values)
+    return ",".join(["" if v is None else str(v) for v in values])
 
 
 def job_definition(job, files):
