@@ -15,9 +15,9 @@ time stamps and status_log rows as :func:`states.change_job_status`.
 import dataclasses
 import functools
 import logging
+from typing import Optional
 
 import peewee
-from typing import Optional
 
 from minipanda import db, jobspec, models, states
 from minipanda.db import database

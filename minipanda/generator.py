@@ -24,6 +24,15 @@ INPUT_COLUMNS = ("task_id", "chunk", "file_id", "lfn", "dataset", "guid", "fsize
                  "first_event", "n_events", "status", "attempt_nr")
 
 
+GENERATING_STATES = (T.SCOUTING.value, T.RUNNING.value)
+MAX_FAILED_CYCLES = 3
+_failed_cycles = {}  # jediTaskID -> consecutive cycles that raised
+
+
+class TaskChanged(Exception):
+    """The task left a generating state (killed, paused, finished) while the generator worked on it."""
+
+
 def run(settings, now=None):
     """One generator cycle over every task with work; returns the number of jobs made."""
     made = 0
@@ -31,8 +40,16 @@ def run(settings, now=None):
     for task in list(tasks):
         try:
             made += step(task, settings, now or states.utcnow())
-        except Exception:  # one broken task must not stop the others
+            _failed_cycles.pop(task.jedi_task_id, None)
+        except TaskChanged as exc:
+            log.info("generator: jediTaskID=%s: %s; stopped making its jobs", task.jedi_task_id, exc)
+        except Exception as exc:  # one broken task must not stop the others; a task failing every cycle is broken
             log.exception("generator: jediTaskID=%s failed this cycle", task.jedi_task_id)
+            failures = _failed_cycles[task.jedi_task_id] = _failed_cycles.get(task.jedi_task_id, 0) + 1
+            if failures >= MAX_FAILED_CYCLES:
+                _failed_cycles.pop(task.jedi_task_id, None)
+                _broken(task, f"job generation failed {failures} times: {type(exc).__name__}: {exc}"[:1000],
+                        now or states.utcnow())
     return made
 
 
@@ -184,6 +201,12 @@ def _make_batch(task, spec, chunks, bootstrap, settings, now, scout):
 
 
 def _insert(task, spec, placed, status, decision, settings, now, scout):
+    # Guard in the same transaction as the insert: a kill, pause or finish that committed first stops us here; one
+    # that comes after sees (and cancels) these jobs, because task commands change the task row before its jobs.
+    guard = models.Task.update(modification_time=now).where(
+        models.Task.jedi_task_id == task.jedi_task_id, models.Task.status.in_(GENERATING_STATES)).execute()
+    if not guard:
+        raise TaskChanged("the task is no longer scouting or running")
     active = priority.active_jobs(task.user_name)
     prios = priority.for_new_jobs(task.task_priority, active, len(placed), scout,
                                   settings.get("priority.scout_boost"))

@@ -27,13 +27,33 @@ class RequestError(ValueError):
         self.code, self.http = code, http
 
 
-def submit_jobs(specs, user, queue_ensurer=None):
+PRODUCTION_LABELS = frozenset({"managed", "prod_test", "rc_test"})
+MAX_USER_PRIORITY = 1000
+
+
+def _user_limits(columns, where):
+    """What a plain user may not ask of a job; fills in the user label. Returns the refusals."""
+    refusals = []
+    label = columns.setdefault("prod_source_label", "user")
+    if label in PRODUCTION_LABELS:
+        refusals.append(f"{where}.prodSourceLabel: {label!r} jobs need the production or admin role")
+    if columns.get("task_id") is not None:
+        refusals.append(f"{where}.jediTaskID: jobs of a task are made by the server; submit the task instead")
+    for name, column in (("currentPriority", "current_priority"), ("assignedPriority", "assigned_priority")):
+        if (columns.get(column) or 0) > MAX_USER_PRIORITY:
+            refusals.append(f"{where}.{name}: user jobs may not exceed priority {MAX_USER_PRIORITY}")
+    return refusals
+
+
+def submit_jobs(specs, user, queue_ensurer=None, role="admin"):
     """Validate every spec first, then insert all jobs as ``activated`` in one transaction.
 
     Args:
         specs: list of dicts (JobSpec names) or panda-client positional lists.
         user: submitting user's name, stored as prodUserName.
         queue_ensurer: callable(queue names) registering queues that are new to the server.
+        role: the caller's role; a plain "user" gets user jobs only (the default label), no task ids, and
+            priorities up to 1000.
 
     Returns:
         [[PandaID, jobDefinitionID, jobName], ...] in submission order, as PanDA answers.
@@ -54,6 +74,10 @@ def submit_jobs(specs, user, queue_ensurer=None):
     if errors:
         shown = errors[:20] + ([f"... and {len(errors) - 20} more"] if len(errors) > 20 else [])
         raise RequestError("invalid job specs: " + "; ".join(shown))
+    if role == "user":
+        refusals = [r for index, (columns, _, _) in enumerate(parsed) for r in _user_limits(columns, f"jobs[{index}]")]
+        if refusals:
+            raise RequestError("; ".join(refusals[:20]), SC_ROLE, 403)
     now = states.utcnow()
     results = []
     with database.atomic():

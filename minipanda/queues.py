@@ -9,6 +9,7 @@ import logging
 
 from minipanda import models, states
 from minipanda.db import database
+from minipanda.dispatch import LABELS_FOR_PILOT
 from minipanda.jobs import RequestError
 
 log = logging.getLogger(__name__)
@@ -145,4 +146,7 @@ def dispatch_rules(name):
     if row is None:
         return None
     labels = row[1].get("prodsourcelabels")
-    return row[0], (tuple(labels) if labels else None)
+    if not labels:
+        return row[0], None
+    # A queue label names a group of job labels ("user" takes user and panda jobs), as brokerage reads it.
+    return row[0], tuple(sorted({job_label for label in labels for job_label in LABELS_FOR_PILOT.get(label, [label])}))

@@ -59,7 +59,8 @@ def settle_jobs(jobs, now):
         if job.status == JobStatus.FINISHED.value:
             _inputs(job, "finished")
             register_outputs(job, now)
-        elif job.status == JobStatus.CANCELLED.value or task is None or task.status not in RETRYABLE_TASK_STATES:
+        elif (job.status == JobStatus.CANCELLED.value or job.command_to_pilot == "tobekilled" or task is None
+              or task.status not in RETRYABLE_TASK_STATES):  # a job someone killed is not retried
             _inputs(job, "failed")
         else:
             verdict = retry.decide(job, rules)

@@ -3,7 +3,7 @@
 A plan is a list of chunks, one per job, in order; a chunk is a list of slices ``(file index or None, first event
 or None, number of events or None)``. ``None`` as file index is pseudo input (a task without input data).
 """
-import re
+import fnmatch
 
 GB = 1_000_000_000
 
@@ -83,12 +83,16 @@ def _by_events(events, per_job):
 
 
 def select_files(files, filters):
-    """Apply a JEDI input item's include/exclude regexes, explicit file list and offset to ``files`` (objects
-    with ``lfn``), keeping their order."""
+    """Apply a JEDI input item's include/exclude wildcard lists, explicit file list and offset to ``files``
+    (objects with ``lfn``), keeping their order.
+
+    Patterns are shell-style wildcards matched against the whole name: user regular expressions could backtrack
+    for minutes in the one generator thread that serves every task.
+    """
     include, exclude = filters.get("include"), filters.get("exclude")
     wanted = set(filters["files"]) if filters.get("files") is not None else None
     out = [f for f in files
-           if (not include or any(re.search(p, f.lfn) for p in include))
-           and not (exclude and any(re.search(p, f.lfn) for p in exclude))
+           if (not include or any(fnmatch.fnmatchcase(f.lfn, p) for p in include))
+           and not (exclude and any(fnmatch.fnmatchcase(f.lfn, p) for p in exclude))
            and (wanted is None or f.lfn in wanted)]
     return out[filters.get("offset") or 0:]

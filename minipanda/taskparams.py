@@ -12,6 +12,7 @@
 import re
 
 from minipanda import models
+from minipanda.datasets import DATASET_NAME
 from minipanda.jobspec import is_null
 
 FLAT_KEYS = ("taskName", "exec", "inDS", "nFilesPerJob", "nEventsPerJob", "nGBPerJob", "nJobs", "outputs", "site",
@@ -42,6 +43,7 @@ MAX_COMMAND = 4000  # characters of exec / assembled jobParameters
 MAX_JOBS = 1_000_000
 DEFAULT_SCOUTS = 3
 DEFAULT_TRANSFORMATION = "http://pandaserver.cern.ch:25080/trf/user/runGen-00-00-02"
+REGEX_ONLY = re.compile(r"[\\^$()+{}|]")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,199}$")
 PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}$")
 FLAT_PLACEHOLDER = re.compile(r"%([A-Z][A-Z0-9]*)(?::([A-Za-z0-9_.+-]+))?")
@@ -246,6 +248,17 @@ def _split(check, in_ds, n_events_total):
 
 def _common(spec, check, role):
     """Checks shared by both forms: the input dataset, queues, labels, output dataset names."""
+    names = [("outputs", o.get("dataset")) for o in spec.get("outputs") or []]
+    names.append(("log.dataset", (spec.get("log") or {}).get("dataset")))
+    seen = set()
+    for field, name in names:
+        if not isinstance(name, str) or not DATASET_NAME.match(name):
+            check.errors.append(f"{field}: dataset name {name!r} is not valid (letters, digits, '._:/-', "
+                                "starting with a letter or digit)")
+        elif name in seen:
+            check.errors.append(f"{field}: dataset {name!r} is named twice in this task; each output and the log "
+                                "need their own dataset")
+        seen.add(name if isinstance(name, str) else None)
     label = spec["prodSourceLabel"]
     if label in PRODUCTION_LABELS and role not in ("admin", "production"):
         check.errors.append(f"prodSourceLabel: {label!r} tasks need the production or admin role")
@@ -388,10 +401,9 @@ def _jedi_input(check, spec, item, where):
         if item.get(key):
             patterns = [p for p in str(item[key]).split(",") if p]
             for pattern in patterns:
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    check.errors.append(f"{where}.{key}: {pattern!r} is not a valid regular expression ({exc})")
+                if REGEX_ONLY.search(pattern) or len(pattern) > 255:
+                    check.errors.append(f"{where}.{key}: {pattern!r}: minipanda takes shell-style wildcards "
+                                        "(such as '*.root' or 'data_?.txt'), not regular expressions")
             filters[key] = patterns
     if item.get("offset") is not None:
         if not isinstance(item["offset"], int) or item["offset"] < 0:

@@ -41,6 +41,26 @@ def test_roles(sqlite_server):
                 json={"jobs": [make_job(prodSourceLabel="user")]}).status_code == 200
 
 
+def test_user_jobs_are_user_jobs(sqlite_server):
+    """A plain user cannot reach production, another task, or a priority above 1000 by omission or by asking."""
+    user = sqlite_server.token("user", "mallory")
+    spec = make_job()
+    del spec["prodSourceLabel"]
+    reply = post(sqlite_server, "/api/v1/job/submit", user, json={"jobs": [spec, make_job(prodSourceLabel="NULL")]})
+    assert reply.status_code == 200
+    ids = [row[0] for row in reply.json()["data"]]
+    described = requests.post(sqlite_server.url + "/api/v1/job/get_description", json={"job_ids": ids}).json()["data"]
+    assert [d["prodSourceLabel"] for d in described] == ["user", "user"]
+    for extra, field in (({"jediTaskID": 10000000}, "jediTaskID"), ({"currentPriority": 99999}, "currentPriority"),
+                         ({"assignedPriority": 5000}, "assignedPriority")):
+        reply = post(sqlite_server, "/api/v1/job/submit", user, json={"jobs": [make_job(prodSourceLabel="user",
+                                                                                       **extra)]})
+        assert reply.status_code == 403 and f"jobs[0].{field}" in reply.json()["message"]
+    admin_job = make_job(currentPriority=5000)
+    assert post(sqlite_server, "/api/v1/job/submit", sqlite_server.admin_token,
+                json={"jobs": [admin_job]}).status_code == 200
+
+
 def test_bad_tokens(sqlite_server):
     assert post(sqlite_server, "/api/v1/job/submit", "Basic abc", json={}).status_code == 401
     assert "invalid token" in post(sqlite_server, "/api/v1/job/submit", "not.a.jwt", json={}).text

@@ -3,7 +3,7 @@ import json
 import logging
 
 from minipanda import dispatch, jobs, jobspec, models, queues, states
-from minipanda.auth import PILOT_ROLES, AuthError, require_role
+from minipanda.auth import PILOT_ROLES, require_role
 from minipanda.db import database
 from minipanda.jobs import SC_MISSING_KEY, RequestError
 
@@ -21,7 +21,6 @@ V1_ALIASES = {
     "job_metrics": "jobMetrics", "pilot_timing": "pilotTiming", "worker_id": "worker_id",
     "harvester_id": "harvester_id", "max_rss": "maxRSS", "max_pss": "maxPSS", "max_vmem": "maxVMEM",
 }
-PRODUCTION_LABELS = {"managed", "prod_test", "rc_test"}
 TEST_LABELS = ("test", "ptest", "prod_test", "rc_test")
 USER_LABELS = {"user", "panda", "test", "ptest"}
 RESOURCE_TYPES = [
@@ -134,21 +133,13 @@ def worker_pilot_status(params, identity):
 
 
 def submit(jobs_param, identity):
-    """job/submit: the jobs may be a JSON string (panda-client) or a list; labels are checked against the role."""
+    """job/submit: the jobs may be a JSON string (panda-client) or a list; the role limits what they may ask."""
     if isinstance(jobs_param, str):
         try:
             jobs_param = json.loads(jobs_param)
         except ValueError as exc:
             raise RequestError(f"jobs: not valid JSON ({exc})") from None
-    if isinstance(jobs_param, list) and identity.role == "user":
-        for index, spec in enumerate(jobs_param):
-            label = spec.get("prodSourceLabel") if isinstance(spec, dict) else (
-                spec[jobspec.JOBSPEC_ATTRIBUTES.index("prodSourceLabel")] if isinstance(spec, list) and
-                len(spec) > len(jobspec.JOBSPEC_ATTRIBUTES) else None)
-            if label in PRODUCTION_LABELS:
-                raise AuthError(f"jobs[{index}].prodSourceLabel: {label!r} jobs need the production or admin role",
-                                403)
-    return jobs.submit_jobs(jobs_param, identity.name, queue_ensurer=queues.ensure_queues)
+    return jobs.submit_jobs(jobs_param, identity.name, queue_ensurer=queues.ensure_queues, role=identity.role)
 
 
 def job_ids(params, *names):
