@@ -238,7 +238,7 @@ def describe(job, files):
     out["Files"] = [
         {"rowID": f.row_id, "PandaID": job.panda_id, "GUID": f.guid, "lfn": f.lfn, "type": f.type,
          "dataset": f.dataset, "status": f.status, "destinationDBlock": f.destination_dblock, "fsize": f.fsize,
-         "checksum": f.checksum, "scope": f.scope}
+         "checksum": f.checksum, "scope": f.scope, "surl": f.surl}
         for f in files
     ]
     return out

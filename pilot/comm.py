@@ -1,4 +1,4 @@
-"""HTTP to the minipanda (PanDA) server: getJob, updateJob, queuedata and downloads. Standard library only.
+"""HTTP to the minipanda (PanDA) server: getJob, updateJob, queuedata, downloads and uploads. Standard library only.
 
 Bodies are JSON, replies are asked for as JSON (``Accept: application/json``), the bearer token is re-read from
 ``--token-file`` for every request (harvester may renew it). A failure is a CommError that says whether trying
@@ -184,6 +184,53 @@ class ServerClient:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    def upload(self, path, target, adler32, deadline=None):
+        """PUT the file ``path`` to ``target`` (a server path starting with '/' or a full URL), streamed.
+
+        Sends ``Content-Length`` and ``X-Checksum: ad:<adler32>`` so the server verifies what it received. Returns
+        the reply's data dict ({scope, lfn, fsize, adler32, url}; an identical file already stored is a success).
+        Raises CommError (``transient`` as for :meth:`call`), or TimeoutError past ``deadline`` (monotonic).
+        """
+        url = self.url + target if target.startswith("/") else target
+        headers = self._headers(False)
+        headers.update({"Content-Type": "application/octet-stream", "Content-Length": str(os.path.getsize(path)),
+                        "X-Checksum": f"ad:{adler32}"})
+        timeout = self.timeout if deadline is None else max(1.0, min(self.timeout, deadline - time.monotonic()))
+        with open(path, "rb") as handle:
+            body = _DeadlineReader(handle, deadline)
+            request = urllib.request.Request(url, data=body, headers=headers, method="PUT")
+            try:
+                with self.opener.open(request, timeout=timeout) as response:
+                    raw = response.read()
+            except (urllib.error.URLError, OSError) as exc:
+                if body.expired:
+                    raise TimeoutError(f"upload to {url} exceeded its time limit") from None
+                _raise_upload_error(url, exc)
+        data = _json_or_empty(raw).get("data")
+        return data if isinstance(data, dict) else {}
+
+
+def _raise_upload_error(url, exc):
+    if isinstance(exc, urllib.error.HTTPError):
+        reply = _json_or_empty(exc.read())
+        transient = exc.code >= 500 or exc.code in (401, 403, 408, 429)
+        raise CommError(f"PUT {url}: HTTP {exc.code}: {reply.get('message', '')}", transient, exc.code,
+                        reply) from None
+    raise CommError(f"PUT {url}: {getattr(exc, 'reason', exc)}") from None
+
+
+class _DeadlineReader:
+    """A file object for a request body that stops the transfer past ``deadline``."""
+
+    def __init__(self, handle, deadline):
+        self.handle, self.deadline, self.expired = handle, deadline, False
+
+    def read(self, size=-1):
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.expired = True
+            raise TimeoutError("time limit reached")
+        return self.handle.read(size)
 
 
 def _json_or_empty(raw):

@@ -8,11 +8,13 @@ tool     stage-in (from input_dir / URL)      stage-out (to output_dir)
 copy     copy                                 copy
 mv       copy (the source is never moved)     move (rename, or copy + delete across FS)
 symlink  symbolic link to the source          -- (refused: 1323)
-http     download from queuedata input_url    -- (refused: the server has no file store)
+http     download from queuedata input_url    PUT to queuedata output_url (the server's store)
 ======== ==================================== ==========================================
 
 Stage-in checks the size (1099) and the checksum (adler32 or md5: 1145); a missing file is 1331, a transfer past
-its time limit 1151. Stage-out checks the copy's adler32 against the original (1172).
+its time limit 1151. Stage-out checks the copy's adler32 against the original (1172); over http the server checks
+it (``X-Checksum``) and a refusal is 1172, any other failure after the retries 1137, its time limit 1152. An http
+output's surl is its URL.
 """
 import logging
 import os
@@ -20,13 +22,13 @@ import shutil
 import tarfile
 import time
 
-from pilot import errors
+from pilot import comm, errors
 from pilot.errors import PilotError
 from pilot.fileutil import adler32, checksum
 
 log = logging.getLogger(__name__)
 READ_TOOLS = ("copy", "mv", "symlink", "http")
-WRITE_TOOLS = ("copy", "mv")
+WRITE_TOOLS = ("copy", "mv", "http")
 
 
 def _copy(src, dest, deadline, timeout_code):
@@ -54,7 +56,7 @@ def find_input(spec, input_dir):
 
 
 def input_url(template, spec):
-    """The download URL (or server path) of an input from queuedata ``input_url``."""
+    """The URL (or server path) of a file from queuedata ``input_url`` or ``output_url``."""
     url = template
     for name, value in (("lfn", spec.lfn), ("scope", spec.scope), ("dataset", spec.dataset)):
         url = url.replace("{" + name + "}", value)
@@ -128,13 +130,27 @@ def destination(spec, output_dir):
     return os.path.join(output_dir, spec.scope, spec.lfn) if spec.scope else os.path.join(output_dir, spec.lfn)
 
 
-def stage_out(spec, tool, output_dir, timeout):
-    """Copy or move one produced file (``spec.path``) to the output directory; fill surl, fsize, adler32."""
+def stage_out(spec, tool, output_dir, timeout, url_template="", client=None, tries=1, backoff=1.0,
+              sleep=time.sleep):
+    """Copy, move or upload one produced file (``spec.path``); fill surl, fsize, adler32.
+
+    Args:
+        spec: the output's FileSpec.
+        tool: copytool name (see the module table).
+        output_dir: destination directory for copy/mv.
+        timeout: seconds allowed (plus 1 s per 10 MB).
+        url_template: queuedata output_url for http.
+        client: a comm.ServerClient for http (None without network).
+        tries, backoff, sleep: http retries of transient failures, waiting backoff, 2x backoff, ... (at most 60 s).
+    """
     if tool not in WRITE_TOOLS:
-        raise PilotError(errors.UNKNOWNCOPYTOOL, f"copytool {tool!r} cannot stage out; use one of {WRITE_TOOLS}"
-                                                 + (" (the server has no file store for http)" if tool == "http"
-                                                    else ""))
+        raise PilotError(errors.UNKNOWNCOPYTOOL, f"copytool {tool!r} cannot stage out; use one of {WRITE_TOOLS}")
+    if tool == "http" and (client is None or not url_template):
+        raise PilotError(errors.UNKNOWNCOPYTOOL, "copytool http needs network and queuedata output_url")
     spec.fsize, spec.adler32 = os.path.getsize(spec.path), adler32(spec.path)
+    if tool == "http":
+        _upload(spec, url_template, client, time.monotonic() + timeout + spec.fsize / 1e7, tries, backoff, sleep)
+        return
     dest = destination(spec, output_dir)
     try:
         os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -152,6 +168,34 @@ def stage_out(spec, tool, output_dir, timeout):
         raise PilotError(errors.PUTADMISMATCH, f"{spec.lfn}: adler32 of the copy differs from the original")
     spec.surl = os.path.abspath(dest)
     log.info("staged out %s with %s to %s (%d bytes, adler32 %s)", spec.lfn, tool, dest, spec.fsize, spec.adler32)
+
+
+def _upload(spec, template, client, deadline, tries, backoff, sleep):
+    if "{scope}" in template and not spec.scope:
+        raise PilotError(errors.STAGEOUTFAILED, f"{spec.lfn} has no scope for output_url {template}")
+    target = input_url(template, spec)
+    url = client.url + target if target.startswith("/") else target
+    wait = backoff
+    for attempt in range(max(1, tries)):
+        try:
+            reply = client.upload(spec.path, url, spec.adler32, deadline)
+            break
+        except TimeoutError as exc:
+            raise PilotError(errors.STAGEOUTTIMEOUT, f"stage-out of {spec.lfn}: {exc}") from None
+        except OSError as exc:
+            raise PilotError(errors.STAGEOUTFAILED, f"stage-out of {spec.lfn}: {exc}") from None
+        except comm.CommError as exc:
+            log.warning("upload of %s failed, try %d of %d: %s", spec.lfn, attempt + 1, tries, exc)
+            if exc.status == 400 and "X-Checksum" in str(exc):
+                raise PilotError(errors.PUTADMISMATCH, f"{spec.lfn}: the server refused its adler32: {exc}") from None
+            if not exc.transient or attempt + 1 >= tries or time.monotonic() + wait > deadline:
+                raise PilotError(errors.STAGEOUTFAILED, f"stage-out of {spec.lfn}: {exc}") from None
+            sleep(wait)
+            wait = min(wait * 2, 60.0)
+    if reply.get("adler32") not in (None, spec.adler32):
+        raise PilotError(errors.PUTADMISMATCH, f"{spec.lfn}: the server stored adler32 {reply['adler32']}")
+    spec.surl = url
+    log.info("staged out %s with http to %s (%d bytes, adler32 %s)", spec.lfn, url, spec.fsize, spec.adler32)
 
 
 def log_tarball(job, job_dir, dest, extra_files=()):

@@ -222,11 +222,13 @@ class JobRun:
         ctx = self.ctx
         ctx.timing.mark(self.job.panda_id, "PILOT_PRE_STAGEOUT")
         timeout = self.qd["pilot_stagein_timeout"]
+        http = {"url_template": self.qd["output_url"], "client": ctx.client, "tries": self.qd["pilot_update_tries"],
+                "backoff": self.qd["pilot_update_backoff"], "sleep": ctx.waker.sleep}
         if self.error is None:
             for spec in self.job.outputs:
                 if spec.path:
                     try:
-                        copytools.stage_out(spec, self.qd.copytool("pw"), ctx.output_dir, timeout)
+                        copytools.stage_out(spec, self.qd.copytool("pw"), ctx.output_dir, timeout, **http)
                     except PilotError as exc:
                         self.fail(exc)
         spec = self.job.log
@@ -236,7 +238,7 @@ class JobRun:
             try:
                 spec.path = copytools.log_tarball(self.job, self.job_dir, os.path.join(ctx.pilot_dir, spec.lfn),
                                                   [ctx.pilot_log])
-                copytools.stage_out(spec, self.qd.copytool("pl"), ctx.output_dir, timeout)
+                copytools.stage_out(spec, self.qd.copytool("pl"), ctx.output_dir, timeout, **http)
             except PilotError as exc:
                 self.fail(exc)
         ctx.timing.mark(self.job.panda_id, "PILOT_POST_STAGEOUT")

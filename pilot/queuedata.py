@@ -46,6 +46,8 @@ KEYS = (
                                "work dir, else <pilot work area>/outputs"),
     Key("input_url", str, "", "http stage-in URL template with {lfn} {scope} {dataset}; a leading '/' is "
                               "relative to the server URL"),
+    Key("output_url", str, "", "http stage-out URL template with {lfn} {scope} {dataset} (each file is PUT "
+                               "there, e.g. /files/{scope}/{lfn}); a leading '/' is relative to the server"),
     Key("trf_url_prefixes", list, [], "URL prefixes a transformation may be downloaded from, besides the "
                                       "server's own /trf/user/"),
     Key("handoff_files", dict, HANDOFF_FILES, "file names exchanged with harvester (partial override allowed)"),

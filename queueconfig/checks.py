@@ -164,6 +164,3 @@ def _storage(q):
     if source == "server" and tool != "http":
         yield ERROR, ("pilot", "copytool"), (f"{tool} works on files the worker node can see, but storage.input "
                                              "is type server: use copytool http"), (("storage", "input", "type"),)
-    if q.storage.output.type == "server":
-        yield WARNING, ("storage", "output", "type"), ("server: the minipanda pilot cannot upload outputs to the "
-                                                       "server yet; they stay in the worker's directory")

@@ -6,6 +6,8 @@ without one), ``panda_resource`` (sent as siteName in getJob), ``maxwdir`` (sent
 the same PanDA keys plus the extras below (names as in ``pilot/queuedata.py``).
 """
 
+DEFAULT_FILE_URL = "/files/{scope}/{lfn}"  # the server's file store (minipanda/filestore.py)
+
 
 def state_of(status):
     """pilot3's ``state`` for our status: pilots run for every status except offline.
@@ -34,7 +36,7 @@ def queuedata(queue):
         minipanda pilot's keys.
     """
     res, pilot, storage = queue.resources, queue.pilot, queue.storage
-    tools = copytools(pilot.copytool)
+    tools = copytools(pilot.copytool, storage.output.type)
     data = {
         "name": queue.name, "nickname": queue.name, "siteid": queue.name, "panda_resource": queue.name,
         "atlas_site": queue.site, "site": queue.site, "gstat": queue.site,
@@ -55,13 +57,13 @@ def queuedata(queue):
     return data
 
 
-def copytools(copytool):
+def copytools(copytool, output_type="local"):
     """The tool per pilot activity (pr stage-in, pw outputs, pl log) for our ``copytool``.
 
-    ``copytool`` names the stage-in tool; outputs and the log are moved for mv and copied otherwise (a symlink or
-    a download cannot write an output).
+    ``copytool`` names the stage-in tool; outputs and the log are uploaded with http when ``output_type`` is
+    server, else moved for mv and copied otherwise (a symlink or a download cannot write an output).
     """
-    out = "mv" if copytool == "mv" else "copy"
+    out = "http" if output_type == "server" else "mv" if copytool == "mv" else "copy"
     return {"pr": copytool, "pw": out, "pl": out}
 
 
@@ -71,11 +73,19 @@ def _minipanda_keys(queue):
         "prodsourcelabels": list(queue.prodSourceLabels), "mode": queue.mode, "maptype": queue.mapType,
         "jobs_per_worker": queue.jobsPerWorker,
         "input_dir": storage.input.path or "", "output_dir": storage.output.path or "",
-        "input_url": storage.input.url or "", "storage": storage.model_dump(),
+        "input_url": server_url(storage.input), "output_url": server_url(storage.output),
+        "storage": storage.model_dump(),
         "handoff_files": pilot.handoff.model_dump(), "pilot_lifetime": pilot.lifetime,
         "pilot_heartbeat_interval": pilot.heartbeat, "pilot_lost_heartbeat_timeout": pilot.lost_heartbeat,
         "pilot_looping_limit": pilot.looping_limit, "pilot_extra_args": list(pilot.extra_args),
     }
+
+
+def server_url(end):
+    """The pilot's http template for one storage end of type server: its url, else the server's file store."""
+    if end.type != "server":
+        return ""
+    return end.url or DEFAULT_FILE_URL
 
 
 def schedconfig(config):

@@ -120,3 +120,26 @@ def test_log_tarball_leaves_inputs_out(dirs, tmp_path):
         names = sorted(tar.getnames())
     assert names == ["PandaJob_1", "PandaJob_1/payload.stdout", "PandaJob_1/pilotlog.txt", "PandaJob_1/sub",
                      "PandaJob_1/sub/in.dat"]
+
+
+def test_stage_out_over_http_to_the_server_file_store(site, tmp_path):
+    client = ServerClient(site.server.url, site.token_file, 10)
+    job = Job({"PandaID": 1, "transformation": "x", "outFiles": "out.dat", "scopeOut": "o"})
+    spec = job.outputs[0]
+    spec.path = str(tmp_path / "out.dat")
+    (tmp_path / "out.dat").write_bytes(DATA)
+    copytools.stage_out(spec, "http", "", 10, "/files/{scope}/{lfn}", client)
+    assert spec.surl == site.server.url + "/files/o/out.dat"
+    assert (spec.fsize, spec.adler32) == (len(DATA), ADLER[3:])
+    with open(os.path.join(site.server.home, "files", "o", "out.dat"), "rb") as handle:
+        assert handle.read() == DATA
+    copytools.stage_out(spec, "http", "", 10, "/files/{scope}/{lfn}", client)  # same content again: fine
+    (tmp_path / "out.dat").write_bytes(b"changed\n")
+    with pytest.raises(PilotError) as conflict:
+        copytools.stage_out(spec, "http", "", 10, "/files/{scope}/{lfn}", client)
+    assert conflict.value.code == errors.STAGEOUTFAILED and "409" in str(conflict.value)
+    unauthorized = ServerClient(site.server.url, None, 10)
+    spec.lfn = "other.dat"
+    with pytest.raises(PilotError) as refused:
+        copytools.stage_out(spec, "http", "", 10, "/files/{scope}/{lfn}", unauthorized, tries=2, backoff=0.01)
+    assert refused.value.code == errors.STAGEOUTFAILED and "401" in str(refused.value)

@@ -207,3 +207,34 @@ def test_lost_heartbeat_kills_the_job_with_1318(site):
     entry = json.load(open(os.path.join(site.workdir, "outbox", f"final-{pid}-0.json")))
     assert (entry["params"]["state"], entry["params"]["pilotErrorCode"]) == ("failed", 1318)
     assert processes_with(marker) == []
+
+
+def test_http_stage_in_and_stage_out_through_the_server_file_store(site):
+    server = site.server
+    data = b"input from the file store\n"
+    with open(site.token_file) as handle:
+        token = handle.read().strip()
+    put = requests.put(server.url + "/files/data/in.dat", data=data, timeout=30,
+                       headers={"Authorization": f"Bearer {token}", "X-Checksum": f"ad:{zlib.adler32(data):08x}"})
+    assert put.status_code == 201, put.text
+    pid = site.submit(transformation="/bin/sh", jobParameters="-c 'cat in.dat in.dat > out.dat'",
+                      Files=[{"type": "input", "lfn": "in.dat", "scope": "data", "fsize": len(data),
+                              "checksum": f"ad:{zlib.adler32(data):08x}"},
+                             {"type": "output", "lfn": "out.dat", "scope": "user"},
+                             {"type": "log", "lfn": "job.log.tgz", "scope": "user"}])
+    qd = site.queuedata(copytool="http", input_url="/files/{scope}/{lfn}", output_url="/files/{scope}/{lfn}")
+    code, log = site.run(qd=qd)
+    assert code == 0, log
+    job = site.job(pid)
+    assert (job["jobStatus"], job["pilotErrorCode"]) == ("finished", 0), log
+    stored = os.path.join(server.home, "files", "user", "out.dat")
+    with open(stored, "rb") as handle:
+        assert handle.read() == data * 2
+    files = {f["lfn"]: f for f in job["Files"]}
+    assert files["out.dat"]["checksum"] == "ad:" + adler(stored)
+    assert files["out.dat"]["surl"] == server.url + "/files/user/out.dat"
+    assert files["job.log.tgz"]["surl"] == server.url + "/files/user/job.log.tgz"
+    tarball = os.path.join(server.home, "files", "user", "job.log.tgz")
+    assert files["job.log.tgz"]["checksum"] == "ad:" + adler(tarball)
+    assert requests.get(files["out.dat"]["surl"], timeout=30).content == data * 2
+    assert not os.path.exists(os.path.join(site.outputs(), "user", "out.dat"))  # nothing went to a directory

@@ -40,7 +40,6 @@ PUSH_NONET = {"mode": "push", "wnconnectivity": "none", "storage": SHARED}
      (ERROR, "storage.input.type")),
     ({"storage": {"input": {"type": "server"}}}, (ERROR, "pilot.copytool")),
     ({"pilot": {"copytool": "http"}}, (ERROR, "pilot.copytool")),
-    ({"storage": {"output": {"type": "server"}}}, (WARNING, "storage.output.type")),
     ({"storage": {"input": {"type": "shared"}}}, (ERROR, "storage.input.path")),
     ({"storage": {"output": {"path": "/x"}}}, (ERROR, "storage.output.path")),
     ({"storage": {"input": {"url": "/f/{lfn}"}}}, (ERROR, "storage.input.url")),
@@ -66,6 +65,7 @@ def test_defaults_conflict_with_nothing():
     assert found(mode="push", mapType="ManyToOne", jobsPerWorker=4) == set()
     assert found(**PUSH_NONET, pilot={"copytool": "symlink"}) == set()
     assert found(storage={"input": {"type": "server", "url": "/f/{lfn}"}}, pilot={"copytool": "http"}) == set()
+    assert found(storage={"output": {"type": "server"}}) == set()  # the pilot uploads with http
     assert found(transport={"type": "ssh", "host": "h", "jump_host": "j", "jump_user": "u", "port": 2222}) == set()
 
 

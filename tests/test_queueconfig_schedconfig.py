@@ -58,6 +58,17 @@ def test_http_stage_in_and_shared_storage():
     assert data_of()["catchall"] == ""
 
 
+def test_server_output_storage_uploads_with_http():
+    data = data_of(storage={"output": {"type": "server"}})
+    assert data["acopytools"] == {"pr": ["mv"], "pw": ["http"], "pl": ["http"]} and data["copytool"] == ""
+    assert (data["output_url"], data["output_dir"], data["input_url"]) == ("/files/{scope}/{lfn}", "", "")
+    data = data_of(pilot={"copytool": "http"}, storage={"input": {"type": "server"},
+                                                        "output": {"type": "server", "url": "http://se/{lfn}"}})
+    assert (data["copytool"], data["input_url"], data["output_url"]) == ("http", "/files/{scope}/{lfn}",
+                                                                         "http://se/{lfn}")
+    assert data_of()["output_url"] == ""
+
+
 def test_labels_give_the_queue_type():
     assert data_of()["type"] == "production"
     assert data_of(prodSourceLabels=["user"])["type"] == "analysis"

@@ -98,7 +98,7 @@ def error_reply(family, http, message, code, request, response):
 
 def make_app(context):
     """Build the WSGI application with every route registered."""
-    from minipanda.api import cache, legacy, v1
+    from minipanda.api import cache, files, legacy, v1
 
     app = bottle.Bottle(catchall=True)
     app.config["minipanda.context"] = context
@@ -106,6 +106,7 @@ def make_app(context):
     legacy.register(app)
     v1.register(app)
     cache.register(app)
+    files.register(app)
 
     def json_error(error):
         bottle.response.content_type = "application/json"

@@ -1,0 +1,55 @@
+"""``/files/<scope>/<lfn>``: the file store over HTTP (see minipanda/filestore.py).
+
+PUT (pilot, production, admin) streams the body into the store, checked against ``Content-Length`` and
+``X-Checksum: ad:<adler32>``; GET (and HEAD) are open reads, like /trf/user/. Replies are v1 envelopes with
+``data = {scope, lfn, fsize, adler32, url}``.
+"""
+import os
+
+import bottle
+
+from minipanda import filestore
+from minipanda.api import wire
+from minipanda.auth import PILOT_ROLES
+from minipanda.jobs import RequestError
+
+
+def _store():
+    return filestore.FileStore(os.path.join(bottle.request.app.config["minipanda.context"].home, "files"))
+
+
+def _url(scope, lfn):
+    parts = bottle.request.urlparts
+    return f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}/files/{scope}/{lfn}"
+
+
+def put_file(params, identity, scope, lfn):
+    request = bottle.request
+    context = request.app.config["minipanda.context"]
+    declared = request.environ.get("CONTENT_LENGTH", "").strip()
+    try:
+        length = int(declared) if declared else None
+    except ValueError:
+        raise RequestError(f"Content-Length: {declared[:30]!r} is not a number") from None
+    if length is not None and length < 0:
+        raise RequestError(f"Content-Length: {length} is negative")
+    if request.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+        raise RequestError("Content-Encoding: files are stored as sent; send them unencoded")
+    adler = filestore.parse_checksum(request.headers.get("X-Checksum", ""))
+    created, info = _store().put(scope, lfn, request.environ["wsgi.input"], length, context.max_body, adler)
+    info["url"] = _url(scope, lfn)
+    bottle.response.status = 201 if created else 200
+    bottle.response.content_type = "application/json"
+    return wire.envelope(info, "stored" if created else "already stored with the same content")
+
+
+def get_file(params, identity, scope, lfn):
+    relative, path = _store().locate(scope, lfn)
+    if not os.path.isfile(path):
+        raise RequestError(f"{scope}/{lfn} is not in the server's file store", http=404)
+    return bottle.static_file(relative, root=_store().root, mimetype="application/octet-stream")
+
+
+def register(app):
+    app.route("/files/<scope>/<lfn:path>", "PUT", put_file, family="v1", role=PILOT_ROLES, params=False)
+    app.route("/files/<scope>/<lfn:path>", ["GET", "HEAD"], get_file, family="v1", role=None, params=False)
