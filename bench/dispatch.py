@@ -302,7 +302,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=5000, help="jobs per phase (default 5000)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients (default 16)")
-    parser.add_argument("--threads", type=int, default=16, help="server request threads (default 16)")
+    parser.add_argument("--threads", type=int, default=8, help="server request threads (default 8, as minipanda serve)")
     parser.add_argument("--bulk", type=int, default=100, help="nJobs per bulk getJob (default 100)")
     parser.add_argument("--db", help="database URL (default: SQLite in a temporary home); the bench adds its own "
                                      "queues and leaves other rows alone")

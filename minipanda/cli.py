@@ -44,7 +44,8 @@ def build_parser():
     serve.add_argument("--home", help="home directory (default $MINIPANDA_HOME or ~/.minipanda)")
     serve.add_argument("--auth", choices=["token", "none"], default="token",
                        help="'token' (default): bearer tokens with roles; 'none': everyone is admin, loopback only")
-    serve.add_argument("--threads", type=int, default=16, help="request threads (default 16)")
+    serve.add_argument("--threads", type=int, default=8,
+                       help="request threads (default 8; more only adds GIL contention on a small machine)")
     serve.add_argument("--max-body-mb", type=float, default=64, help="largest request body accepted (default 64)")
     serve.add_argument("--queues", default=os.environ.get("MINIPANDA_QUEUES"), metavar="FILE",
                        help="queue configuration (YAML/JSON, ours or Harvester's panda_queueconfig.json); default "

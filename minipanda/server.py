@@ -107,7 +107,7 @@ def watch_queue_config(runner, config, period):
     return reloader
 
 
-def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="token", threads=16, max_body_mb=64,
+def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="token", threads=8, max_body_mb=64,
           queues_file=None, reload_period=10.0, ready=None, settings=None):
     """Run until SIGTERM/SIGINT (or ``ready``'s server is closed); returns when the server has stopped."""
     import waitress.server
