@@ -37,20 +37,9 @@ class Client:
 
     def call(self, path, payload=None, method="POST"):
         """One v1 call; returns ``data`` or raises ClientError with the server's message."""
-        url = f"{self.url}/api/v1/{path}"
-        try:
-            if method == "GET":
-                reply = self.session.get(url, params=payload, timeout=self.timeout)
-            else:
-                reply = self.session.post(url, json=payload or {}, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise ClientError(f"cannot reach {self.url}: {exc}") from None
-        try:
-            body = reply.json()
-        except ValueError:
-            raise ClientError(f"{path}: HTTP {reply.status_code} with a non-JSON reply") from None
-        if reply.status_code != 200 or not body.get("success"):
-            raise ClientError(f"{path}: HTTP {reply.status_code}: {body.get('message')}")
+        body = self.envelope(path, payload, method)
+        if not body.get("success"):
+            raise ClientError(f"{path}: HTTP 200: {body.get('message')}")
         return body.get("data")
 
     def submit_jobs(self, specs):

@@ -142,3 +142,18 @@ def make_job(queue="TEST_PQ", **overrides):
            "Files": [{"type": "log", "lfn": "log.tgz", "scope": "test"}]}
     job.update(overrides)
     return job
+
+
+def run_panda_client(server, token, tmp_path, script, timeout=180):
+    """Run ``script`` with PanDA's panda-client against ``server`` (oidc token auth, plain http); return the JSON
+    it printed on a line starting with ``RESULT ``."""
+    import json
+
+    base = server.url + "/server/panda"
+    env = dict(os.environ, PANDA_URL_SSL=base, PANDA_URL=base, PANDACACHE_URL=base, PANDA_BEHIND_REAL_LB="1",
+               PANDA_CONFIG_ROOT=str(tmp_path / "pandacfg"), PANDA_AUTH="oidc", PANDA_AUTH_VO="minipanda",
+               PANDA_AUTH_ID_TOKEN=token, PANDA_VERIFY_HOST="off")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"panda-client printed no result: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(lines[-1][len("RESULT "):])

@@ -1,12 +1,8 @@
 """PanDA's own panda-client 2.2 against ``minipanda serve``: task submit, status, details, job ids, commands,
 and pbook's task listing (panda_api.get_tasks), all through pandaclient's code in a subprocess."""
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
+from conftest import run_panda_client
 from taskhelp import TaskServer, open_db, set_queue
 
 pytest.importorskip("pandaclient", reason="panda-client is a test dependency: pip install -e '.[test]'")
@@ -55,14 +51,7 @@ print("RESULT " + json.dumps(out, default=str))
 
 
 def run_client(server, token, tmp_path):
-    env = dict(os.environ, PANDA_URL_SSL=server.url + "/server/panda", PANDA_URL=server.url + "/server/panda",
-               PANDACACHE_URL=server.url + "/server/panda", PANDA_BEHIND_REAL_LB="1",
-               PANDA_CONFIG_ROOT=str(tmp_path / "pandacfg"), PANDA_AUTH="oidc", PANDA_AUTH_VO="minipanda",
-               PANDA_AUTH_ID_TOKEN=token, PANDA_VERIFY_HOST="off")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=180)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"panda-client printed no result: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_panda_client(server, token, tmp_path, SCRIPT, timeout=180)
 
 
 def test_panda_client_task_calls(tmp_path, db_url):
