@@ -15,10 +15,12 @@ import jwt
 
 from minipanda import models, states
 
-ROLES = ("admin", "production", "pilot", "user")
+ROLES = ("admin", "production", "pilot", "harvester", "user")
 ISSUER = "minipanda"
 ALGORITHM = "HS256"
-PILOT_ROLES = frozenset({"admin", "production", "pilot"})
+# harvester fetches jobs for pilots it starts in push mode and relays reports of pilots with no network.
+PILOT_ROLES = frozenset({"admin", "production", "pilot", "harvester"})
+HARVESTER_ROLES = frozenset({"admin", "harvester"})
 
 
 class AuthError(Exception):

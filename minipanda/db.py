@@ -158,8 +158,23 @@ def start_task_ids(db):
                        "COALESCE((SELECT MAX(jedi_task_id) FROM task), 0)))", (models.FIRST_TASK_ID - 1,))
 
 
-MIGRATIONS = {2: _migration_2, 3: _migration_3}
-SCHEMA_VERSION = 3
+def _migration_4(db, migrator):
+    """Harvester: the worker as harvester reports it; harvester instances, commands and worker statistics."""
+    from minipanda import models
+
+    W = models.Worker
+    db.create_tables(models.HARVESTER_MODELS, safe=True)
+    if "worker" not in db.get_tables():  # a version 1 database never had one: it is made whole, as it is now
+        db.create_tables([W])
+        return
+    migrate(*[migrator.add_column("worker", field.column_name, field) for field in
+              (W.status, W.batch_id, W.n_core, W.n_memory, W.walltime, W.submit_time, W.diag, W.access_point,
+               W.pandaid_list)])
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "worker_site_status" ON "worker" ("computing_site", "status")')
+
+
+MIGRATIONS = {2: _migration_2, 3: _migration_3, 4: _migration_4}
+SCHEMA_VERSION = 4
 
 
 def schema_version(db):

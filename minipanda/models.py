@@ -133,7 +133,8 @@ class Queue(BaseModel):
 
 
 class Worker(BaseModel):
-    """A pilot's batch job as reported by harvester or by the pilot itself (updateWorkerPilotStatus)."""
+    """A pilot's batch job as reported by harvester (harvester/update_workers) or by the pilot itself
+    (updateWorkerPilotStatus, which sets only ``pilot_status`` and the times)."""
 
     harvester_id = peewee.CharField(max_length=128)
     worker_id = peewee.BigIntegerField()
@@ -143,10 +144,24 @@ class Worker(BaseModel):
     start_time = peewee.DateTimeField(null=True)
     end_time = peewee.DateTimeField(null=True)
     modification_time = peewee.DateTimeField()
+    # Schema 4 (harvester): the worker as harvester reports it. NULL on rows only a pilot has written.
+    status = peewee.CharField(max_length=32, null=True)
+    batch_id = peewee.CharField(max_length=128, null=True)
+    n_core = peewee.IntegerField(null=True)
+    n_memory = peewee.IntegerField(null=True)  # MB
+    walltime = peewee.IntegerField(null=True)  # seconds
+    submit_time = peewee.DateTimeField(null=True)
+    diag = peewee.TextField(null=True)
+    access_point = peewee.TextField(null=True)
+    pandaid_list = peewee.TextField(null=True)  # JSON list of PandaIDs
 
     class Meta:
         table_name = "worker"
         indexes = ((("harvester_id", "worker_id"), True),)
+
+
+# `minipanda worker list --queue Q --status S` reads workers of one queue, newest first.
+Worker.add_index(Worker.index(Worker.computing_site, Worker.status, name="worker_site_status"))
 
 
 class Token(BaseModel):
@@ -317,5 +332,54 @@ class RetryRule(BaseModel):
         table_name = "retry_rule"
 
 
+# ---- harvester (schema 4) ------------------------------------------------------------------------------------------
+
+
+class HarvesterInstance(BaseModel):
+    """A harvester process as its last heartbeat described it."""
+
+    harvester_id = peewee.CharField(max_length=128, primary_key=True)
+    host = peewee.CharField(max_length=256, default="")
+    version = peewee.CharField(max_length=64, default="")
+    start_time = peewee.DateTimeField(null=True)
+    last_heartbeat = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "harvester_instance"
+
+
+class HarvesterCommand(BaseModel):
+    """A command to harvester (KILL_WORKERS, SET_N_WORKERS, REPORT_WORKER_STATS). ``harvester_id`` NULL means
+    any harvester: the first to acquire it takes it (``acquired_by``), the others never see it."""
+
+    id = peewee.BigAutoField()
+    harvester_id = peewee.CharField(max_length=128, null=True)
+    command = peewee.CharField(max_length=64)
+    params = peewee.TextField(default="{}")  # JSON
+    ack_requested = peewee.BooleanField(default=True)
+    status = peewee.CharField(max_length=16, default="queued")  # queued, sent, acknowledged
+    acquired_by = peewee.CharField(max_length=128, null=True)
+    creation_time = peewee.DateTimeField()
+    status_time = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "harvester_command"
+        indexes = ((("status", "harvester_id", "id"), False),)
+
+
+class WorkerStatistics(BaseModel):
+    """The latest worker counts one harvester reported for one queue: {jobType: {resourceType: {status: n}}}."""
+
+    harvester_id = peewee.CharField(max_length=128)
+    queue = peewee.CharField(max_length=128)
+    statistics = peewee.TextField()  # JSON
+    modification_time = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "worker_statistics"
+        indexes = ((("harvester_id", "queue"), True),)
+
+
 TASK_MODELS = [Task, TaskLog, Dataset, DatasetFile, TaskInput, Brokerage, RetryRule]
-ALL_MODELS = [Job, JobFile, StatusLog, Queue, Worker, Token, Config] + TASK_MODELS
+HARVESTER_MODELS = [HarvesterInstance, HarvesterCommand, WorkerStatistics]
+ALL_MODELS = [Job, JobFile, StatusLog, Queue, Worker, Token, Config] + TASK_MODELS + HARVESTER_MODELS

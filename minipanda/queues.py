@@ -15,6 +15,7 @@ from minipanda.jobs import RequestError
 log = logging.getLogger(__name__)
 CONFIG_VERSION_KEY = "queue_config_version"
 CONFIG_SOURCE_KEY = "queue_config_source"
+TEST_LABELS = ("test", "ptest", "prod_test", "rc_test")
 
 
 class UnknownQueue(RequestError):
@@ -150,3 +151,16 @@ def dispatch_rules(name):
         return row[0], None
     # A queue label names a group of job labels ("user" takes user and panda jobs), as brokerage reads it.
     return row[0], tuple(sorted({job_label for label in labels for job_label in LABELS_FOR_PILOT.get(label, [label])}))
+
+
+def served_labels(name):
+    """(status, job labels its pilots may get, or None for any) of a queue, as dispatch applies them.
+
+    An unknown queue is online and takes any label (queues are registered on demand); a queue under test runs
+    test jobs only, whatever labels it normally takes. getJob and harvester's queue demand both read this.
+    """
+    rules = dispatch_rules(name)
+    status, labels = rules if rules else ("online", None)
+    if status == "test":
+        labels = TEST_LABELS
+    return status, labels

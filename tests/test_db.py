@@ -89,3 +89,35 @@ def test_server_starts_on_v1_database_and_dispatches_old_job(tmp_path):
         assert "upgraded database schema from version 1 to 2" in server.read_log()
     finally:
         server.stop()
+
+
+def make_v3_database(path):
+    """A database as minipanda schema version 3 left it, with a worker a pilot reported (updateWorkerPilotStatus)."""
+    conn = sqlite3.connect(path)
+    with open(os.path.join(DATA, "schema_v3.sqlite.sql")) as handle:
+        conn.executescript(handle.read())
+    conn.execute("INSERT INTO worker (harvester_id, worker_id, computing_site, pilot_status, node, start_time,"
+                 " modification_time) VALUES ('h1', 9, 'OLD_Q', 'started', 'wn9', '2026-01-01 00:00:00',"
+                 " '2026-01-01 00:00:00')")
+    conn.commit()
+    conn.close()
+
+
+def test_v3_database_gets_the_harvester_tables_and_keeps_its_workers(tmp_path):
+    path = str(tmp_path / "v3.db")
+    make_v3_database(path)
+    database = db.open_database("sqlite:///" + path)
+    database.connect(reuse_if_open=True)
+    assert db.schema_version(database) == db.SCHEMA_VERSION == 4
+    tables = database.get_tables()
+    assert {"harvester_instance", "harvester_command", "worker_statistics"} <= set(tables)
+    old = models.Worker.get(models.Worker.worker_id == 9)
+    assert (old.harvester_id, old.pilot_status, old.node, old.status, old.pandaid_list) == (
+        "h1", "started", "wn9", None, None)
+    from minipanda import harvesters
+
+    assert harvesters.update_workers("h1", [{"workerID": 9, "computingSite": "OLD_Q", "status": "running",
+                                             "batchID": "42"}]) == [True]
+    new = models.Worker.get(models.Worker.worker_id == 9)
+    assert (new.status, new.batch_id, new.pilot_status, new.node) == ("running", "42", "started", "wn9")
+    database.close()

@@ -5,7 +5,7 @@ import logging
 from minipanda import dispatch, jobs, jobspec, models, queues, states
 from minipanda.auth import PILOT_ROLES, require_role
 from minipanda.db import database
-from minipanda.jobs import SC_MISSING_KEY, RequestError
+from minipanda.jobs import SC_MISSING_KEY, SC_ROLE, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,6 @@ V1_ALIASES = {
     "job_metrics": "jobMetrics", "pilot_timing": "pilotTiming", "worker_id": "worker_id",
     "harvester_id": "harvester_id", "max_rss": "maxRSS", "max_pss": "maxPSS", "max_vmem": "maxVMEM",
 }
-TEST_LABELS = ("test", "ptest", "prod_test", "rc_test")
 USER_LABELS = {"user", "panda", "test", "ptest"}
 RESOURCE_TYPES = [
     {"resource_name": "SCORE", "mincore": 1, "maxcore": 1, "minrampercore": 0, "maxrampercore": 2000},
@@ -51,12 +50,9 @@ def acquire_jobs(params, identity):
         raise RequestError("computingElement or siteName: required (the queue the pilot serves)", SC_MISSING_KEY)
     errors = []
     cores = _int_param(params, "coreCount", errors, 1)
-    rules = queues.dispatch_rules(queue)
-    status, queue_labels = rules if rules else ("online", None)
+    status, queue_labels = queues.served_labels(queue)
     if status == "offline":
         return [], params.get("nJobs") not in (None, ""), f"queue {queue} is offline"
-    if status == "test":  # a queue under test runs test jobs only, whatever labels it normally takes
-        queue_labels = TEST_LABELS
     offer = dispatch.Offer(queue_labels=queue_labels,
         queue=queue, prod_source_label=str(params.get("prodSourceLabel") or "managed"),
         cores=cores if cores is not None else queues.queue_corecount(queue),
@@ -134,6 +130,8 @@ def worker_pilot_status(params, identity):
 
 def submit(jobs_param, identity):
     """job/submit: the jobs may be a JSON string (panda-client) or a list; the role limits what they may ask."""
+    if identity.role == "harvester":  # a harvester runs jobs for pilots; it has no business making them
+        raise RequestError("role 'harvester' may not submit jobs", SC_ROLE, 403)
     if isinstance(jobs_param, str):
         try:
             jobs_param = json.loads(jobs_param)

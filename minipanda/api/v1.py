@@ -84,6 +84,7 @@ def register(app):
     ]
     for path, callback, role in routes:
         app.route(f"{BASE}/{path}", ["GET", "POST"], callback, family="v1", role=role)
-    from minipanda.api import tasks as task_routes
+    from minipanda.api import harvester as harvester_routes, tasks as task_routes
 
     task_routes.register(app)
+    harvester_routes.register(app)

@@ -1,0 +1,113 @@
+"""The ``/api/v1/harvester/*`` routes: what harvester calls (role harvester or admin), and the admin routes behind
+``minipanda worker list`` and ``minipanda harvester ...``. Routes parse and authorise; minipanda/harvesters.py
+does the work. Refusals are HTTP 4xx with the field named in ``message``; see docs/harvester.md."""
+import bottle
+
+from minipanda import harvesters
+from minipanda.api import wire
+from minipanda.auth import HARVESTER_ROLES
+
+BASE = "/api/v1/harvester"
+ADMIN = frozenset({"admin"})
+
+
+def ok(data=None, message=""):
+    bottle.response.content_type = "application/json"
+    return wire.envelope(data, message)
+
+
+def _harvester(params):
+    return harvesters.harvester_id_of(params.get("harvester_id"))
+
+
+def heartbeat(params, identity):
+    return ok(harvesters.heartbeat(_harvester(params), params.get("version"), params.get("start_time"),
+                                   params.get("host")))
+
+
+def update_workers(params, identity):
+    harvester_id = _harvester(params)
+    results = harvesters.update_workers(harvester_id, params.get("workers"))
+    refused = results.count(False)
+    return ok(results, f"{len(results) - refused} stored, {refused} refused (the server log says why)"
+              if refused else f"{len(results)} stored")
+
+
+def report_worker_statistics(params, identity):
+    harvesters.report_worker_statistics(_harvester(params), params.get("panda_queue"), params.get("statistics"))
+    return ok(None, "statistics stored")
+
+
+def acquire_commands(params, identity):
+    harvester_id = _harvester(params)
+    n_commands = harvesters.integer(params.get("n_commands", 1), "n_commands", minimum=1, maximum=1000)
+    return ok(harvesters.acquire_commands(harvester_id, n_commands))
+
+
+def acknowledge_commands(params, identity):
+    harvester_id = _harvester(params)
+    ids = harvesters.id_list(params.get("command_ids"), "command_ids")
+    return ok(None, f"{harvesters.acknowledge_commands(harvester_id, ids)} commands acknowledged")
+
+
+def get_queue_demand(params, identity):
+    _harvester(params)
+    names = harvesters.json_value(params.get("queues"), "queues")
+    if not isinstance(names, list):
+        raise harvesters.RequestError("queues: expected a list of queue names")
+    return ok(harvesters.queue_demand(names))
+
+
+def mint_pilot_token(params, identity):
+    secret = bottle.request.app.config["minipanda.context"].secret
+    return ok(harvesters.mint_pilot_token(secret, _harvester(params), params.get("worker_id"), params.get("queue"),
+                                          params.get("lifetime")))
+
+
+def revoke_pilot_token(params, identity):
+    return ok({"revoked": harvesters.revoke_pilot_tokens(_harvester(params), params.get("jtis"))})
+
+
+# ---- admin: the CLI's view and control -------------------------------------------------------------------------
+
+def _optional_harvester(params):
+    value = params.get("harvester_id")
+    return None if value in (None, "") else harvesters.harvester_id_of(value)
+
+
+def list_workers(params, identity):
+    limit = harvesters.integer(params.get("limit", 100), "limit", minimum=1, maximum=10000)
+    return ok(harvesters.list_workers(
+        queue=harvesters.text(params.get("queue"), "queue", 128), status=harvesters.text(params.get("status"),
+                                                                                          "status", 32),
+        harvester_id=_optional_harvester(params), limit=limit))
+
+
+def list_instances(params, identity):
+    return ok(harvesters.list_instances())
+
+
+def add_command(params, identity):
+    command_id = harvesters.add_command(params.get("command"), params.get("params"), _optional_harvester(params))
+    return ok({"command_id": command_id}, f"command {command_id} queued")
+
+
+def list_commands(params, identity):
+    limit = harvesters.integer(params.get("limit", 100), "limit", minimum=1, maximum=10000)
+    return ok(harvesters.list_commands(limit))
+
+
+def register(app):
+    routes = [
+        ("heartbeat", heartbeat, HARVESTER_ROLES), ("update_workers", update_workers, HARVESTER_ROLES),
+        ("report_worker_statistics", report_worker_statistics, HARVESTER_ROLES),
+        ("acquire_commands", acquire_commands, HARVESTER_ROLES),
+        ("acknowledge_commands", acknowledge_commands, HARVESTER_ROLES),
+        ("get_queue_demand", get_queue_demand, HARVESTER_ROLES),
+        ("mint_pilot_token", mint_pilot_token, HARVESTER_ROLES),
+        ("revoke_pilot_token", revoke_pilot_token, HARVESTER_ROLES),
+        ("list_workers", list_workers, ADMIN), ("list_instances", list_instances, ADMIN),
+        ("add_command", add_command, ADMIN), ("list_commands", list_commands, ADMIN),
+    ]
+    for path, callback, role in routes:
+        app.route(f"{BASE}/{path}", ["GET", "POST"], callback, family="v1", role=role)
