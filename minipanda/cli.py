@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 
-from minipanda import __version__, server
+from minipanda import __version__, auth, server
 from minipanda.client import Client, ClientError
 
 EPILOG = """environment:
@@ -61,7 +61,8 @@ def build_parser():
 
     token = sub.add_parser("token", help="create, list and revoke bearer tokens").add_subparsers(title="token")
     create = token.add_parser("create", help="print a new signed token")
-    create.add_argument("--role", required=True, choices=["admin", "production", "pilot", "user"])
+    create.add_argument("--role", required=True, choices=list(auth.ROLES),
+                        help="admin, production, pilot, harvester (runs pilots and relays for them) or user")
     create.add_argument("--name", required=True, help="user name carried by the token")
     create.add_argument("--days", type=float, default=30, help="validity in days (default 30)")
     create.add_argument("--home")
@@ -97,9 +98,10 @@ def build_parser():
         command.add_argument("--home")
         command.add_argument("--json", action="store_true", help="machine-readable output")
         command.set_defaults(func=func)
-    from minipanda import cli_tasks
+    from minipanda import cli_harvester, cli_tasks
 
     cli_tasks.add_parsers(sub)
+    cli_harvester.add_parsers(sub)
     return parser
 
 

@@ -130,3 +130,18 @@ class Client:
 
     def remove_retry_rule(self, rule_id):
         return self.call("retry_rule/remove", {"id": rule_id})
+
+    # ---- workers and harvesters (admin) -------------------------------------------------------------------------
+
+    def list_workers(self, **filters):
+        return self.call("harvester/list_workers", {k: v for k, v in filters.items() if v is not None})
+
+    def list_harvesters(self):
+        return self.call("harvester/list_instances")
+
+    def harvester_command(self, command, params, harvester_id=None):
+        """Queue a command for harvester ``harvester_id`` (None: whichever harvester asks first); returns its id."""
+        payload = {"command": command, "params": params}
+        if harvester_id:
+            payload["harvester_id"] = harvester_id
+        return self.call("harvester/add_command", payload)["command_id"]
