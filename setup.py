@@ -28,6 +28,7 @@ setup(
     entry_points={
         "console_scripts": [
             "minipanda=minipanda.cli:main",
+            "harvester=harvester.cli:main",
             "pilot=pilot.cli:main",
             "queueconfig=queueconfig.cli:main",
         ],

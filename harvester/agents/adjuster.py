@@ -1,0 +1,145 @@
+"""The adjuster: how many new workers each queue gets this cycle, and why.
+
+Per queue (Harvester's rules, DIRAC's cap in pull mode)::
+
+    new = min(nQueueLimitWorker - queued,            # room for more queued workers
+              maxWorkers - (queued + running),       # room under the total
+              maxNewWorkersPerCycle,
+              pull: (1 + extraPilotFraction) x activated + extraPilots - queued     (pilots for waiting jobs)
+              push: ceil(jobs fetched and not yet bound / jobsPerWorker))
+    never below 0; 0 for an offline queue, a paused (invalid) queue or one backing off after failures.
+
+Every limit, its value and the winner are recorded on the queue, so ``harvester explain QUEUE`` prints them.
+"""
+import json
+import logging
+import math
+
+from harvester import db, models
+from harvester.agents.base import Agent
+from harvester.errors import ServerError
+from harvester.states import ACTIVE, QUEUED
+
+log = logging.getLogger(__name__)
+
+
+def counts(queue_name):
+    """(queued, running, queued cores, queued memory MB) of a queue's live workers."""
+    queued = running = cores = memory = 0
+    rows = (models.Worker.select(models.Worker.status, models.Worker.cores, models.Worker.memory_mb)
+            .where(models.Worker.queue == queue_name, models.Worker.status.in_([s.value for s in QUEUED | ACTIVE]))
+            .tuples())
+    for status, n_cores, mem in rows:
+        if status in {s.value for s in QUEUED}:
+            queued += 1
+            cores += n_cores
+            memory += mem
+        else:
+            running += 1
+    return queued, running, cores, memory
+
+
+def unbound_jobs(queue_name):
+    return (models.HeldJob.select().where(models.HeldJob.queue == queue_name, models.HeldJob.worker_id.is_null())
+            .count())
+
+
+def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=None, unbound=0, override=None,
+           blocked=None):
+    """The number of new workers and the record of why: a pure function of the situation (tested on tables).
+
+    Args:
+        queue: a queueconfig Queue.
+        queued, running: its workers now (queued = submitted + ready; running = running + idle).
+        activated: pull mode: jobs waiting for this queue on the server (None: unknown, then no pilots).
+        unbound: push mode: jobs fetched and not yet given to a worker.
+        override: SET_N_WORKERS from the server: replaces maxWorkers.
+        blocked: a reason that forces 0 (offline, paused, backing off, server unreachable), or None.
+
+    Returns:
+        dict with ``n``, ``limits`` ([(name, value)]), ``winner`` and the inputs.
+    """
+    lim = queue.limits
+    max_workers = lim.maxWorkers if override is None else override
+    limits = []
+    if blocked:
+        limits.append((blocked, 0))
+    queue_limit = lim.nQueueLimitWorker
+    if lim.nQueueLimitWorkerRatio is not None:
+        queue_limit = running * lim.nQueueLimitWorkerRatio // 100
+        queue_limit = max(queue_limit, lim.nQueueLimitWorkerMin or 0)
+        if lim.nQueueLimitWorkerMax is not None:
+            queue_limit = min(queue_limit, lim.nQueueLimitWorkerMax)
+    limits.append(("nQueueLimitWorker - queued", queue_limit - queued))
+    limits.append(("maxWorkers - (queued + running)" + (" [SET_N_WORKERS]" if override is not None else ""),
+                   max_workers - (queued + running)))
+    limits.append(("maxNewWorkersPerCycle", lim.maxNewWorkersPerCycle))
+    per_core, per_mem = max(1, queue.resources.corecount), max(1, queue.resources.maxrss)
+    if lim.nQueueLimitWorkerCores is not None:
+        limits.append(("(nQueueLimitWorkerCores - queued cores) / corecount",
+                       (lim.nQueueLimitWorkerCores - queued_cores) // per_core))
+    if lim.nQueueLimitWorkerMemory is not None:
+        limits.append(("(nQueueLimitWorkerMemory - queued memory) / maxrss",
+                       (lim.nQueueLimitWorkerMemory - queued_memory) // per_mem))
+    if queue.mapType == "NoJob":
+        if activated is None:
+            limits.append(("activated jobs unknown (server unreachable)", 0))
+        else:
+            cap = math.floor((1 + lim.extraPilotFraction) * activated) + lim.extraPilots - queued
+            limits.append(("(1 + extraPilotFraction) x activated + extraPilots - queued", cap))
+    else:
+        limits.append(("ceil(fetched jobs not yet in a worker / jobsPerWorker)",
+                       math.ceil(unbound / (queue.jobsPerWorker if queue.mapType == "ManyToOne" else 1))))
+    winner, value = min(limits, key=lambda item: item[1])
+    return {"n": max(0, value), "winner": winner, "limits": limits,
+            "inputs": {"queued": queued, "running": running, "queued_cores": queued_cores,
+                       "queued_memory": queued_memory, "activated": activated, "unbound_jobs": unbound,
+                       "maxWorkers": max_workers, "mapType": queue.mapType, "status": queue.status}}
+
+
+class Adjuster(Agent):
+    name = "adjuster"
+
+    def run_once(self, now):
+        queues = self.ctx.live_queues()
+        pull = [name for name, q in queues.items() if q.mapType == "NoJob" and q.status != "offline"]
+        demand, demand_error = {}, None
+        if pull:
+            try:
+                demand = self.ctx.server.queue_demand(pull)
+            except ServerError as exc:
+                demand_error = str(exc)
+                log.warning("adjuster: no demand from the server this cycle: %s", exc)
+        decided = 0
+        for name in sorted(set(queues) | set(self.ctx.queue_errors)):
+            queue = queues.get(name)
+            state = db.queue_state(name)
+            if queue is None:  # paused: its configuration is invalid
+                errors = self.ctx.queue_errors.get(name, [])
+                decision = {"n": 0, "winner": "queue paused: configuration invalid",
+                            "limits": [["queue paused: configuration invalid", 0]], "inputs": {"errors": errors}}
+                models.QueueState.update(to_submit=0, decision=json.dumps(decision), decision_time=now) \
+                    .where(models.QueueState.queue == name).execute()
+                continue
+            queued, running, q_cores, q_mem = counts(name)
+            blocked = None
+            if queue.status == "offline":
+                blocked = "queue offline"
+            elif state.backoff_until is not None and state.backoff_until > now:
+                blocked = f"backing off after failures until {state.backoff_until:%H:%M:%S} UTC ({state.last_error})"
+            activated = None
+            if queue.mapType == "NoJob" and name in demand:
+                activated = int((demand.get(name) or {}).get("activated", 0))
+            elif queue.mapType == "NoJob" and demand_error:
+                blocked = blocked or "server unreachable: demand unknown"
+            decision = decide(queue, queued, running, q_cores, q_mem, activated, unbound_jobs(name),
+                              state.n_workers_override, blocked)
+            models.QueueState.update(to_submit=decision["n"], decision=json.dumps(decision),
+                                     decision_time=now).where(models.QueueState.queue == name).execute()
+            if decision["n"]:
+                decided += decision["n"]
+                log.info("queue %s: %d new workers (limit %s; queued %d, running %d)", name, decision["n"],
+                         decision["winner"], queued, running)
+        if decided:
+            self.ctx.wake("submitter")
+        return decided

@@ -1,0 +1,91 @@
+"""The command agent: heartbeat to the server, then take its commands, execute them, acknowledge them.
+
+KILL_WORKERS ``{"queue": Q}`` and/or ``{"worker_ids": [...]}`` marks live workers for the sweeper;
+SET_N_WORKERS ``{"queue": Q, "n_workers": N or null}`` replaces the queue's maxWorkers (null clears it);
+REPORT_WORKER_STATS ``{"queue": Q}`` (or none: all) makes the propagator report now. A command is stored before
+it is executed and acknowledged only once executed, so a crash in between executes it again (each is idempotent)
+rather than losing it.
+"""
+import json
+import logging
+
+from harvester import db, models
+from harvester.agents.base import Agent
+from harvester.agents.propagator import iso
+from harvester.states import ACTIVE, QUEUED
+
+log = logging.getLogger(__name__)
+LIVE = [s.value for s in QUEUED | ACTIVE]
+
+
+class Commands(Agent):
+    name = "commands"
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.started = None
+        self.last_heartbeat = None
+
+    def run_once(self, now):
+        self.started = self.started or now
+        due = self.last_heartbeat is None or \
+            (now - self.last_heartbeat).total_seconds() >= self.ctx.settings.heartbeat_period
+        if due:
+            self.ctx.server.heartbeat(iso(self.started))
+            self.last_heartbeat = now
+        with models.database.atomic():
+            for command in self.ctx.server.acquire_commands():
+                models.Command.insert(command_id=int(command["command_id"]), command=str(command["command"]),
+                                      params=json.dumps(command.get("params") or {}), received=now) \
+                    .on_conflict_ignore().execute()
+        done = []
+        for command in models.Command.select().where(models.Command.status != "acknowledged"):
+            if command.status == "received":
+                result = self.execute(command.command, json.loads(command.params or "{}"), now)
+                models.Command.update(status="done", result=result[:2000]).where(
+                    models.Command.command_id == command.command_id).execute()
+            done.append(command.command_id)
+        if done:
+            self.ctx.server.acknowledge_commands(done)
+            models.Command.update(status="acknowledged").where(models.Command.command_id.in_(done)).execute()
+        return len(done)
+
+    def execute(self, name, params, now):
+        if name == "KILL_WORKERS":
+            return kill_workers(params.get("queue"), params.get("worker_ids"), "KILL_WORKERS from the server",
+                                self.ctx)
+        if name == "SET_N_WORKERS":
+            queue, value = params.get("queue"), params.get("n_workers")
+            if not queue:
+                return "refused: no queue"
+            db.queue_state(queue)
+            models.QueueState.update(n_workers_override=None if value is None else int(value)) \
+                .where(models.QueueState.queue == queue).execute()
+            log.info("queue %s: maxWorkers set to %s by the server", queue, value)
+            self.ctx.wake("adjuster")
+            return f"queue {queue}: n_workers {value}"
+        if name == "REPORT_WORKER_STATS":
+            queues = [params["queue"]] if params.get("queue") else list(self.ctx.live_queues())
+            for queue in queues:
+                db.queue_state(queue)
+            models.QueueState.update(stats_requested=True).where(models.QueueState.queue.in_(queues)).execute()
+            return f"statistics requested for {len(queues)} queues"
+        log.error("unknown command %s %s from the server: ignored", name, params)
+        return f"unknown command {name}: ignored"
+
+
+def kill_workers(queue, worker_ids, reason, context=None):
+    """Mark live workers (of a queue and/or by id) for the sweeper; returns what was done, in words."""
+    query = models.Worker.update(kill_reason=reason).where(models.Worker.status.in_(LIVE),
+                                                           models.Worker.kill_reason.is_null())
+    if queue:
+        query = query.where(models.Worker.queue == queue)
+    if worker_ids:
+        query = query.where(models.Worker.worker_id.in_([int(i) for i in worker_ids]))
+    if not queue and not worker_ids:
+        return "refused: neither queue nor worker_ids given"
+    marked = query.execute()
+    if context is not None and marked:
+        context.wake("sweeper")
+    log.info("%d workers marked to be killed (%s)", marked, reason)
+    return f"{marked} workers marked to be killed"

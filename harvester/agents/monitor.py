@@ -1,0 +1,152 @@
+"""The monitor: ONE status query per queue per cycle through the batch plugin, plus what pilots left in their
+access points, turned into worker state changes and reports for the server.
+
+Per worker, the pilot's files are read BEFORE its state changes, so a final report a pilot left (its outbox, or
+the handoff files of a file-mode pilot) is queued for the server ahead of the worker's end: the server never
+fails a job whose pilot did report.
+"""
+import datetime
+import json
+import logging
+
+from harvester import db, models, pilots
+from harvester.agents.base import Agent
+from harvester.batch.base import OK
+from harvester.errors import MessengerError
+from harvester.messenger import Messenger
+from harvester.states import ACTIVE, FINAL, QUEUED, S, change_worker_status
+
+log = logging.getLogger(__name__)
+LIVE = [s.value for s in QUEUED | ACTIVE]
+
+
+class Monitor(Agent):
+    name = "monitor"
+
+    def run_once(self, now):
+        self.checked = 0
+        self.each_queue(now, lambda queue: self.check_queue(queue, now), skip_backoff=False)
+        return self.checked
+
+    def check_queue(self, queue, now):
+        condition = ((models.Worker.queue == queue.name) & models.Worker.status.in_(LIVE)
+                     & (models.Worker.submit_phase == "done"))
+        workers = db.claim_workers(self.owner, condition, self.ctx.settings.lease_s, now)
+        if not workers:
+            return
+        try:
+            batch_ids = [w.batch_id for w in workers if w.batch_id]
+            try:
+                result = self.ctx.plugin(queue).status(batch_ids)
+            except Exception as exc:  # the plugin's fault: follow the files anyway, change no state this cycle
+                log.exception("queue %s: batch status query raised", queue.name)
+                result = None
+                self.queue_failed(queue.name, f"status query raised {type(exc).__name__}: {exc}", now)
+            if result is not None and result.status != OK:
+                self.queue_failed(queue.name, f"status query: {result.status}: {result.message}", now)
+                result = None
+            for worker in workers:
+                try:
+                    self.follow(queue, worker, result, now)
+                except Exception as exc:  # one worker's fault never stops the others
+                    log.exception("queue %s worker %s: monitoring failed", queue.name, worker.worker_id)
+                    models.Worker.update(diag=f"monitor: {type(exc).__name__}: {exc}"[:2000]) \
+                        .where(models.Worker.worker_id == worker.worker_id).execute()
+                self.checked += 1
+        finally:
+            db.release_workers(self.owner, [w.worker_id for w in workers])
+
+    def follow(self, queue, worker, result, now):
+        messenger = Messenger(worker.access_point, queue.pilot.handoff)
+        try:
+            self.read_files(queue, worker, messenger, now)
+        except MessengerError as exc:
+            log.error("queue %s worker %s: %s", queue.name, worker.worker_id, exc)
+            models.Worker.update(diag=str(exc)[:2000]).where(models.Worker.worker_id == worker.worker_id).execute()
+        if result is None or not worker.batch_id:
+            return
+        native = result.states.get(worker.batch_id)
+        if native is None:
+            change_worker_status(worker, S.FAILED, f"the batch system no longer knows batch job {worker.batch_id}",
+                                 now, diag=f"batch job {worker.batch_id} vanished")
+            return
+        if native.diag and native.diag != worker.last_plugin_output:
+            models.Worker.update(last_plugin_output=native.diag[:4000]).where(
+                models.Worker.worker_id == worker.worker_id).execute()
+        target = S(native.state)
+        if target == worker.status or target in (S.SUBMITTED, S.READY) and worker.status != S.SUBMITTED.value:
+            return
+        reason = f"batch system: {native.diag}" if native.diag else f"batch system says {target}"
+        if target in FINAL and worker.kill_reason and target != S.FINISHED:
+            target, reason = S.CANCELLED, f"killed: {worker.kill_reason} ({reason})"
+        change_worker_status(worker, target, reason, now, diag=native.diag if target in FINAL else None)
+
+    # ---- the pilot's files --------------------------------------------------------------------------------------
+    def read_files(self, queue, worker, messenger, now):
+        seen = messenger.last_heartbeat()
+        if seen is not None:
+            seen = datetime.datetime.fromtimestamp(seen, datetime.timezone.utc).replace(tzinfo=None)
+            if worker.last_seen is None or seen > worker.last_seen:
+                models.Worker.update(last_seen=seen).where(models.Worker.worker_id == worker.worker_id).execute()
+                worker.last_seen = seen
+        for panda_id in messenger.panda_ids():
+            models.JobWorker.insert(panda_id=panda_id, worker_id=worker.worker_id, time=now) \
+                .on_conflict_ignore().execute()
+        if pilots.file_mode(queue):
+            self.relay_file_mode(queue, worker, messenger, now)
+        else:
+            self.take_outbox(worker, messenger, now)
+
+    def take_outbox(self, worker, messenger, now):
+        """A pilot that could not reach the server spooled its reports in the access point: forward them."""
+        for path, entry in messenger.claim_outbox(self.owner):
+            params = entry.get("params") or {}
+            heartbeat = entry.get("kind") == "heartbeat"
+            if not enqueue(params, "job_heartbeat" if heartbeat else "job_final", worker.worker_id, now,
+                           source_path=path):
+                messenger.done(path)  # the same report is already queued (a claim repeated after a crash)
+
+    def relay_file_mode(self, queue, worker, messenger, now):
+        """A pilot with no network: heartbeats on its behalf while its job runs, its final report when it ends."""
+        for report in messenger.final_reports():
+            panda_id = int(report["jobId"])
+            held = models.HeldJob.get_or_none(models.HeldJob.panda_id == panda_id)
+            if held is None or held.status == "done":
+                continue
+            messenger.stage_out(report, queue.storage)
+            with models.database.atomic():
+                enqueue(report, "job_final", worker.worker_id, now)
+                models.HeldJob.update(status="done", last_report=json.dumps(report)[:100000]) \
+                    .where(models.HeldJob.panda_id == panda_id).execute()
+        attributes = messenger.read_attributes()
+        if not attributes or "jobId" not in attributes:
+            return
+        panda_id = int(attributes["jobId"])
+        held = models.HeldJob.get_or_none(models.HeldJob.panda_id == panda_id)
+        state = attributes.get("state") or attributes.get("jobStatus")
+        if held is None or held.status == "done" or state not in ("starting", "running"):
+            return
+        due = held.last_heartbeat is None or (now - held.last_heartbeat).total_seconds() >= queue.pilot.heartbeat
+        changed = held.last_report != json.dumps({"state": state})
+        if due or changed:
+            params = {k: v for k, v in attributes.items() if k not in ("jobStatus", "xml")}
+            params["state"] = state
+            enqueue(params, "job_heartbeat", worker.worker_id, now)
+            models.HeldJob.update(status="running", last_heartbeat=now, last_report=json.dumps({"state": state})) \
+                .where(models.HeldJob.panda_id == panda_id).execute()
+
+
+def enqueue(params, kind, worker_id, now, source_path=None):
+    """Put a job report in harvester's outbox. A final report is kept once per (job, attempt); a heartbeat
+    replaces an older unsent heartbeat of the same job."""
+    panda_id, attempt = int(params["jobId"]), int(params.get("attemptNr") or 0)
+    if kind == "job_final":
+        key = f"job:{panda_id}:{attempt}:final"
+        if models.Outbox.select().where(models.Outbox.key == key).exists():
+            return False
+    else:
+        key = f"job:{panda_id}:heartbeat"
+        models.Outbox.delete().where(models.Outbox.key == key, models.Outbox.rejected == False).execute()  # noqa: E712
+    models.Outbox.create(kind=kind, key=key, payload=json.dumps(params), worker_id=worker_id,
+                         source_path=source_path, created=now)
+    return True

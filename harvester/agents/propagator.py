@@ -1,0 +1,146 @@
+"""The propagator: tell the server what harvester knows, exactly once and in order, whatever the network does.
+
+Each cycle::
+
+    job reports     the outbox in id order, in bulk (pilot/update_jobs_bulk): acknowledged -> deleted (and the
+                    pilot's spooled file removed); `tobekilled` -> the worker is marked for the sweeper; refused for
+                    good -> kept as rejected, never resent; server unreachable -> stop, everything stays for later
+    workers         every worker whose status changed since the last report (harvester/update_workers)
+    statistics      workers by state per queue, every stats_period or when the server asked
+
+Job reports go first, so a pilot's final report always reaches the server before its worker's end does.
+"""
+import collections
+import json
+import logging
+import os
+
+import peewee
+
+from harvester import models
+from harvester.agents.base import Agent
+from harvester.errors import ServerError
+from harvester.states import FINAL
+
+log = logging.getLogger(__name__)
+BATCH = 200
+
+
+def iso(value):
+    return value.strftime("%Y-%m-%dT%H:%M:%S") if value else None
+
+
+def worker_dict(worker, panda_ids):
+    return {"workerID": worker.worker_id, "batchID": worker.batch_id, "computingSite": worker.queue,
+            "status": worker.status, "nCore": worker.cores, "nMemory": worker.memory_mb,
+            "walltime": worker.walltime_s, "submitTime": iso(worker.submit_time), "startTime": iso(worker.start_time),
+            "endTime": iso(worker.end_time), "diagMessage": (worker.diag or "")[:500], "pandaid_list": panda_ids,
+            "node": worker.node, "accessPoint": worker.access_point}
+
+
+class Propagator(Agent):
+    name = "propagator"
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.last_stats = None
+
+    def run_once(self, now):
+        sent = self.send_job_reports(now)
+        sent += self.send_workers(now)
+        self.send_statistics(now)
+        return sent
+
+    # ---- job reports -----------------------------------------------------------------------------------------
+    def send_job_reports(self, now):
+        delivered = 0
+        while True:
+            rows = list(models.Outbox.select().where(models.Outbox.rejected == False)  # noqa: E712
+                        .order_by(models.Outbox.id).limit(BATCH))
+            if not rows:
+                return delivered
+            try:
+                replies = self.ctx.server.update_jobs([json.loads(row.payload) for row in rows])
+            except ServerError as exc:
+                models.Outbox.update(tries=models.Outbox.tries + 1, last_error=str(exc)[:2000]) \
+                    .where(models.Outbox.id.in_([row.id for row in rows])).execute()
+                if exc.transient:
+                    raise  # the runner logs it; everything stays queued, in order, for the next cycle
+                for row in rows:  # the whole call was refused: keep each entry for inspection
+                    self.reject(row, str(exc))
+                return delivered
+            for row, reply in zip(rows, replies):
+                delivered += self.settle(row, reply or {})
+
+    def settle(self, row, reply):
+        code = reply.get("StatusCode")
+        if str(code) == "0":
+            if reply.get("command") == "tobekilled" and row.worker_id:
+                models.Worker.update(kill_reason="the server answered tobekilled for job "
+                                                 f"{json.loads(row.payload).get('jobId')}") \
+                    .where(models.Worker.worker_id == row.worker_id, models.Worker.kill_reason.is_null()).execute()
+                self.ctx.wake("sweeper")
+            self.remove_source(row)
+            row.delete_instance()
+            return 1
+        if reply.get("command") == "tobekilled" and row.worker_id:
+            models.Worker.update(kill_reason=f"the server refused the job's report: {reply.get('ErrorDiag', '')}") \
+                .where(models.Worker.worker_id == row.worker_id, models.Worker.kill_reason.is_null()).execute()
+        if row.kind == "job_heartbeat":  # a refused heartbeat is stale news (the job ended or moved): drop it
+            self.remove_source(row)
+            row.delete_instance()
+            return 0
+        self.reject(row, f"StatusCode {code}: {reply.get('ErrorDiag', '')}")
+        return 0
+
+    def reject(self, row, message):
+        log.error("the server refused %s (%s) for good; kept in the outbox as rejected: %s", row.kind, row.key,
+                  message)
+        models.Outbox.update(rejected=True, last_error=message[:2000]).where(models.Outbox.id == row.id).execute()
+
+    def remove_source(self, row):
+        if row.source_path:
+            try:
+                os.unlink(row.source_path)
+            except FileNotFoundError:
+                pass
+
+    # ---- workers ---------------------------------------------------------------------------------------------
+    def send_workers(self, now):
+        sent = 0
+        while True:
+            workers = list(models.Worker.select().where(models.Worker.reported == False,  # noqa: E712
+                                                        models.Worker.submit_phase == "done")
+                           .order_by(models.Worker.worker_id).limit(BATCH))
+            if not workers:
+                return sent
+            ids = [w.worker_id for w in workers]
+            jobs = collections.defaultdict(list)
+            for panda_id, worker_id in (models.JobWorker.select(models.JobWorker.panda_id, models.JobWorker.worker_id)
+                                        .where(models.JobWorker.worker_id.in_(ids)).tuples()):
+                jobs[worker_id].append(panda_id)
+            replies = self.ctx.server.update_workers([worker_dict(w, jobs[w.worker_id]) for w in workers])
+            for worker, accepted in zip(workers, replies or []):
+                if not accepted:
+                    log.error("the server refused the update of worker %s", worker.worker_id)
+                # conditional on the time sent: a change made meanwhile is reported next cycle
+                models.Worker.update(reported=True).where(
+                    models.Worker.worker_id == worker.worker_id,
+                    models.Worker.modification_time == worker.modification_time).execute()
+                sent += 1
+
+    # ---- statistics ------------------------------------------------------------------------------------------
+    def send_statistics(self, now):
+        requested = [row.queue for row in models.QueueState.select().where(models.QueueState.stats_requested)]
+        due = self.last_stats is None or (now - self.last_stats).total_seconds() >= self.ctx.settings.stats_period
+        queues = list(self.ctx.live_queues()) if due else requested
+        if not queues:
+            return
+        for name in queues:
+            by_status = dict(models.Worker.select(models.Worker.status, peewee.fn.COUNT(models.Worker.worker_id))
+                             .where(models.Worker.queue == name, models.Worker.status.not_in([s.value for s in FINAL]))
+                             .group_by(models.Worker.status).tuples())
+            self.ctx.server.report_worker_statistics(name, {"managed": {"SCORE": by_status}})
+        models.QueueState.update(stats_requested=False).where(models.QueueState.queue.in_(queues)).execute()
+        if due:
+            self.last_stats = now

@@ -1,0 +1,242 @@
+"""The submitter: make the workers the adjuster decided on, prepare their access points, hand them to the batch
+system, and record what it said.
+
+Per queue, in this order (each step committed before the next, so a crash at any point is recoverable)::
+
+    create     to_submit worker rows (push mode: each bound to its jobs), status submitted, phase pending
+    prepare    access point, pilot zipapp, a pilot token minted for this one worker, queuedata, the job script
+               (push: job file, transformation, inputs through the messenger)
+    submit     phase submitting + attempt counted, then ONE plugin.submit() for the queue's workers
+    record     ok -> batch id, phase done; retry -> pending again after a backoff, missed after
+               maxSubmissionAttempts; fatal -> missed
+
+A worker left in phase ``submitting`` by a crash is never submitted again: :func:`recover_interrupted` asks the
+plugin whether the batch system has it, and otherwise gives it up as missed.
+"""
+import datetime
+import json
+import logging
+import os
+
+from harvester import db, models, pilots
+from harvester.agents.base import Agent
+from harvester.batch.base import FATAL, OK, WorkerSpec
+from harvester.errors import ServerError
+from harvester.messenger import Messenger
+from harvester.states import S, change_worker_status
+from queueconfig.schedconfig import queuedata
+
+log = logging.getLogger(__name__)
+RETRY_WAIT_S = 30
+TOKEN_MARGIN_S = 3600  # a pilot token outlives its worker's walltime by this much
+
+
+class Submitter(Agent):
+    name = "submitter"
+
+    def run_once(self, now):
+        self.submitted = 0
+        self.each_queue(now, lambda queue: self.submit_queue(queue, now))
+        return self.submitted
+
+    # ---- create -------------------------------------------------------------------------------------------------
+    def create_workers(self, queue, now):
+        """Turn the adjuster's number into worker rows (push: bound to fetched jobs), in one transaction."""
+        with models.database.atomic():
+            state = db.queue_state(queue.name)
+            wanted = state.to_submit
+            if wanted <= 0 or queue.status == "offline":
+                return 0
+            models.QueueState.update(to_submit=0).where(models.QueueState.queue == queue.name).execute()
+            chunks = [[]] * wanted
+            if queue.mapType != "NoJob":
+                per_worker = queue.jobsPerWorker if queue.mapType == "ManyToOne" else 1
+                held = list(models.HeldJob.select().where(models.HeldJob.queue == queue.name,
+                                                          models.HeldJob.worker_id.is_null())
+                            .order_by(models.HeldJob.panda_id).limit(wanted * per_worker))
+                chunks = [held[i:i + per_worker] for i in range(0, len(held), per_worker)][:wanted]
+            walltime = pilots.worker_walltime(queue)
+            for jobs in chunks:
+                worker = models.Worker.create(
+                    queue=queue.name, status=S.SUBMITTED.value, map_type=queue.mapType, submit_phase="pending",
+                    cores=queue.resources.corecount, memory_mb=queue.resources.maxrss, walltime_s=walltime,
+                    modification_time=now, status_changed=now)
+                models.WorkerStatusLog.create(worker_id=worker.worker_id, old_status=None, new_status="submitted",
+                                              time=now, reason=f"created: adjuster decided {wanted} new workers")
+                for job in jobs:
+                    models.HeldJob.update(worker_id=worker.worker_id).where(
+                        models.HeldJob.panda_id == job.panda_id).execute()
+                    models.JobWorker.insert(panda_id=job.panda_id, worker_id=worker.worker_id, time=now) \
+                        .on_conflict_ignore().execute()
+        return len(chunks)
+
+    # ---- prepare and submit -------------------------------------------------------------------------------------
+    def submit_queue(self, queue, now):
+        self.create_workers(queue, now)
+        due = ((models.Worker.queue == queue.name) & (models.Worker.submit_phase == "pending")
+               & (models.Worker.status == S.SUBMITTED.value)
+               & (models.Worker.next_attempt.is_null() | (models.Worker.next_attempt <= now)))
+        workers = db.claim_workers(self.owner, due, self.ctx.settings.lease_s, now)
+        if not workers:
+            return
+        try:
+            plugin = self.ctx.plugin(queue)
+            ready = []
+            for worker in workers:
+                spec = self.prepare(queue, worker, plugin, now)
+                if spec is not None:
+                    ready.append((worker, spec))
+            if not ready:
+                return
+            with models.database.atomic():
+                for worker, _ in ready:
+                    models.Worker.update(submit_phase="submitting",
+                                         submission_attempts=models.Worker.submission_attempts + 1,
+                                         submit_time=now, modification_time=now) \
+                        .where(models.Worker.worker_id == worker.worker_id).execute()
+            try:
+                results = {r.worker_id: r for r in plugin.submit([spec for _, spec in ready])}
+            except Exception as exc:  # a plugin fault is that queue's problem, recorded on each worker
+                log.exception("queue %s: batch plugin submit raised", queue.name)
+                results = {}
+                failure = f"plugin raised {type(exc).__name__}: {exc}"
+            else:
+                failure = "the plugin returned no result for this worker"
+            bad = 0
+            for worker, _ in ready:
+                result = results.get(worker.worker_id)
+                bad += not self.record(queue, worker, result, failure, now)
+            if bad:
+                self.queue_failed(queue.name, f"{bad} of {len(ready)} submissions failed", now)
+            else:
+                self.queue_succeeded(queue.name)
+        finally:
+            db.release_workers(self.owner, [w.worker_id for w in workers])
+
+    def prepare(self, queue, worker, plugin, now):
+        """Everything the worker needs before the batch system sees it; None when it must wait or was given up."""
+        transport = self.ctx.transport(queue)
+        access_point = self.ctx.access_point(queue, worker.worker_id)
+        try:
+            transport.makedirs(access_point, 0o750)
+            messenger = Messenger(access_point, queue.pilot.handoff)
+            messenger.setup(queuedata(queue))
+            if not queue.pilot.command:
+                transport.put_file(pilots.zipapp_path(self.ctx.home),
+                                   os.path.join(access_point, pilots.ZIPAPP_FILE), 0o644)
+            if not pilots.file_mode(queue):
+                self.mint_token(queue, worker, transport, access_point)
+            if queue.mapType != "NoJob":
+                self.feed(queue, worker, messenger)
+            spec = WorkerSpec(
+                worker_id=worker.worker_id, queue=queue, access_point=access_point,
+                argv=pilots.command(queue, access_point, self.ctx.server.url, worker.walltime_s,
+                                    self.ctx.settings.pilot_python or None),
+                environment=pilots.environment(queue, access_point, self.ctx.server.url, worker.walltime_s,
+                                               self.ctx.harvester_id, worker.worker_id),
+                cores=worker.cores, memory_mb=worker.memory_mb, walltime_s=worker.walltime_s)
+            transport.write_file(os.path.join(access_point, "worker.sh"), plugin.render(spec), 0o750)
+        except ServerError as exc:
+            self.retry_later(queue, worker, f"preparing the worker: {exc}", now, fatal=not exc.transient)
+            return None
+        except Exception as exc:  # a broken access point or script is this worker's problem, not harvester's
+            log.exception("queue %s worker %s: preparation failed", queue.name, worker.worker_id)
+            self.retry_later(queue, worker, f"preparing the worker: {type(exc).__name__}: {exc}", now)
+            return None
+        models.Worker.update(access_point=access_point).where(models.Worker.worker_id == worker.worker_id).execute()
+        return spec
+
+    def mint_token(self, queue, worker, transport, access_point):
+        if worker.pilot_token_jti:  # a retry keeps the token already minted
+            return
+        reply = self.ctx.server.mint_pilot_token(worker.worker_id, queue.name, worker.walltime_s + TOKEN_MARGIN_S)
+        transport.write_file(os.path.join(access_point, pilots.TOKEN_FILE), reply["token"], 0o600)
+        models.Worker.update(pilot_token_jti=reply["jti"]).where(
+            models.Worker.worker_id == worker.worker_id).execute()
+        worker.pilot_token_jti = reply["jti"]
+
+    def feed(self, queue, worker, messenger):
+        """Push mode: the worker's jobs, their transformations and inputs go into the access point."""
+        held = list(models.HeldJob.select().where(models.HeldJob.worker_id == worker.worker_id)
+                    .order_by(models.HeldJob.panda_id))
+        if not held or all(job.status != "fetched" for job in held):
+            return
+        jobs = [json.loads(job.definition) for job in held]
+        if pilots.file_mode(queue):
+            for job in jobs:
+                messenger.put_transformation(job, self.ctx.server.fetch)
+                messenger.stage_in(job, queue.storage)
+        messenger.feed_jobs(jobs)
+        models.HeldJob.update(status="fed").where(models.HeldJob.worker_id == worker.worker_id).execute()
+
+    # ---- record -------------------------------------------------------------------------------------------------
+    def record(self, queue, worker, result, failure, now):
+        if result is not None and result.status == OK and result.batch_id:
+            models.Worker.update(batch_id=result.batch_id, submit_phase="done", next_attempt=None,
+                                 last_plugin_output=(result.message or "")[:4000], reported=False,
+                                 modification_time=now).where(models.Worker.worker_id == worker.worker_id).execute()
+            models.WorkerStatusLog.create(worker_id=worker.worker_id, old_status="submitted",
+                                          new_status="submitted", time=now, kind="note",
+                                          reason=f"accepted by {queue.batch.system} as batch job {result.batch_id}")
+            log.info("queue %s: worker %s submitted as batch job %s", queue.name, worker.worker_id,
+                     result.batch_id)
+            self.submitted += 1
+            return True
+        message = result.message if result is not None else failure
+        models.Worker.update(last_plugin_output=(message or "")[:4000]).where(
+            models.Worker.worker_id == worker.worker_id).execute()
+        self.retry_later(queue, worker, f"submission failed: {message}", now,
+                         fatal=result is not None and result.status == FATAL, counted=True)
+        return False
+
+    def retry_later(self, queue, worker, message, now, fatal=False, counted=False):
+        """Pending again after a wait, or missed when it cannot succeed or used up its attempts."""
+        attempts = models.Worker.get_by_id(worker.worker_id).submission_attempts
+        limit = queue.limits.maxSubmissionAttempts
+        if fatal or (counted and attempts >= limit):
+            why = "fatal" if fatal else f"{attempts} of {limit} attempts used"
+            worker.status = S.SUBMITTED.value
+            change_worker_status(worker, S.MISSED, f"{message} ({why})", now, diag=message)
+            models.Worker.update(submit_phase="done").where(models.Worker.worker_id == worker.worker_id).execute()
+            release_jobs(worker.worker_id)
+            return
+        wait = datetime.timedelta(seconds=RETRY_WAIT_S * max(1, attempts))
+        models.Worker.update(submit_phase="pending", next_attempt=now + wait, diag=message[:2000]) \
+            .where(models.Worker.worker_id == worker.worker_id).execute()
+        log.warning("queue %s worker %s: %s; retrying after %s", queue.name, worker.worker_id, message, wait)
+
+
+def release_jobs(worker_id):
+    """Jobs bound to a worker that never ran go back to the queue's unbound jobs, for the next worker."""
+    models.HeldJob.update(worker_id=None, status="fetched").where(
+        models.HeldJob.worker_id == worker_id, models.HeldJob.status.in_(["fetched", "fed"])).execute()
+    models.JobWorker.delete().where(models.JobWorker.worker_id == worker_id).execute()
+
+
+def recover_interrupted(context, now):
+    """Workers a killed harvester left between 'plugin called' and 'answer recorded': ask the plugin (never
+    resubmit); what it cannot find is given up as missed, so a worker is never submitted twice."""
+    rows = list(models.Worker.select().where(models.Worker.submit_phase == "submitting"))
+    for worker in rows:
+        queue = context.queues.get(worker.queue)
+        batch_id = None
+        if queue is not None:
+            plugin = context.plugin(queue)
+            find = getattr(plugin, "find", None)
+            if find is not None:
+                batch_id = find(worker.access_point or context.access_point(queue, worker.worker_id))
+        if batch_id:
+            models.Worker.update(batch_id=batch_id, submit_phase="done", modification_time=now, reported=False) \
+                .where(models.Worker.worker_id == worker.worker_id).execute()
+            models.WorkerStatusLog.create(worker_id=worker.worker_id, old_status="submitted",
+                                          new_status="submitted", time=now, kind="note",
+                                          reason=f"submission interrupted by a harvester stop; found as batch job "
+                                                 f"{batch_id}")
+            log.warning("worker %s: interrupted submission recovered as batch job %s", worker.worker_id, batch_id)
+        else:
+            change_worker_status(worker, S.MISSED, "harvester stopped while submitting and the batch system has no "
+                                                   "such job: given up, not resubmitted", now,
+                                 diag="submission interrupted")
+            models.Worker.update(submit_phase="done").where(models.Worker.worker_id == worker.worker_id).execute()
+            release_jobs(worker.worker_id)
+    return len(rows)

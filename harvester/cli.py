@@ -1,0 +1,200 @@
+"""The ``harvester`` command: run the agents, and look at what they did.
+
+    harvester run --queues queues.yaml --server URL --token-file FILE [--home DIR] [--once]
+    harvester status | workers | explain QUEUE | explain --worker ID | kill --queue Q | --worker ID
+"""
+import argparse
+import dataclasses
+import functools
+import datetime
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+
+from harvester import __version__, db, models
+from harvester.errors import AlreadyRunning, HarvesterError
+
+log = logging.getLogger("harvester")
+DEFAULT_SERVER = "http://127.0.0.1:25080"
+
+
+def default_home():
+    return os.environ.get("HARVESTER_HOME") or os.path.join(os.path.expanduser("~"), ".harvester")
+
+
+def parser():
+    top = argparse.ArgumentParser(prog="harvester", description="minipanda harvester: provisions pilots on batch "
+                                  "systems and relays for pilots whose node has no network. See docs/harvester.md.")
+    top.add_argument("--version", action="version", version=f"harvester {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", default=default_home(), help="state directory: harvester.db, pilot zipapp, "
+                        "worker directories (default $HARVESTER_HOME or ~/.harvester)")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add = functools.partial(sub.add_parser, parents=[common])
+
+    run = add("run", help="run the agents (until SIGTERM/Ctrl-C, or one cycle with --once)",
+                         description="Keep every online queue supplied with pilots.")
+    run.add_argument("--queues", default=os.environ.get("HARVESTER_QUEUES"), required=not
+                     os.environ.get("HARVESTER_QUEUES"), help="queue file (YAML/JSON, ours or Harvester's "
+                     "panda_queueconfig.json); reloaded when it changes and on SIGHUP (default $HARVESTER_QUEUES)")
+    run.add_argument("--server", default=os.environ.get("MINIPANDA_URL", DEFAULT_SERVER),
+                     help=f"the minipanda server (default $MINIPANDA_URL or {DEFAULT_SERVER})")
+    run.add_argument("--token-file", default=os.environ.get("HARVESTER_TOKEN_FILE"),
+                     help="file with a token of role harvester ('minipanda token create --role harvester --name "
+                          "NAME'); default $HARVESTER_TOKEN_FILE; none for a server run with --auth none")
+    run.add_argument("--harvester-id", help="this harvester's name on the server (default: host name plus a "
+                                            "digest of --home, kept in the database)")
+    run.add_argument("--once", action="store_true", help="run every agent exactly once, in cycle order, and exit "
+                                                         "(cron, tests); exit code 1 when an agent failed")
+    run.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a setting, e.g. monitor_period=5 (see 'harvester settings')")
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING, ERROR")
+
+    add("settings", help="list the settings of 'run --setting' with their defaults")
+    status = add("status", help="per queue: workers by state, held jobs, decisions, errors; agents")
+    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    workers = add("workers", help="list workers")
+    workers.add_argument("--queue", help="only this queue")
+    workers.add_argument("--state", help="only this state (submitted, ready, running, idle, finished, failed, "
+                                         "cancelled, missed)")
+    workers.add_argument("--limit", type=int, default=100, help="at most this many, newest first (default 100)")
+    workers.add_argument("--json", action="store_true", help="a JSON list of worker objects")
+    explain = add("explain", help="why a queue got N workers this cycle, or why a worker is where it is")
+    explain.add_argument("queue", nargs="?", help="the queue")
+    explain.add_argument("--worker", type=int, help="a worker id instead of a queue")
+    explain.add_argument("--json", action="store_true", help="print JSON")
+    kill = add("kill", help="ask the running harvester to kill workers (the sweeper does it)")
+    kill.add_argument("--queue", help="every live worker of this queue")
+    kill.add_argument("--worker", type=int, action="append", help="this worker (repeatable)")
+    return top
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    home = os.path.abspath(os.path.expanduser(args.home))
+    try:
+        if args.command == "run":
+            return run(args, home)
+        if args.command == "settings":
+            return show_settings()
+        path = os.path.join(home, "harvester.db")
+        if not os.path.exists(path):
+            print(f"harvester: no harvester database at {path} (has 'harvester run --home {home}' run?)",
+                  file=sys.stderr)
+            return 2
+        db.open_database(path)
+        from harvester import report
+
+        return getattr(report, args.command)(args)
+    except HarvesterError as exc:
+        print(f"harvester: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        sys.stderr.close()  # `harvester workers | head`: the reader left; nothing to report
+        return 0
+
+
+def show_settings():
+    from harvester.context import Settings
+
+    for field in dataclasses.fields(Settings):
+        print(f"{field.name:20} {field.default!r}")
+    return 0
+
+
+def parse_settings(pairs):
+    from harvester.context import Settings
+
+    settings = Settings()
+    known = {f.name: f for f in dataclasses.fields(Settings)}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in known:
+            raise HarvesterError(f"--setting {pair!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        kind = type(known[key].default)
+        try:
+            setattr(settings, key, kind(value))
+        except ValueError:
+            raise HarvesterError(f"--setting {key}: expected a {kind.__name__}, got {value!r}") from None
+    return settings
+
+
+def harvester_id(option, home):
+    row = models.Setting.get_or_none(models.Setting.key == "harvester_id")
+    if option:
+        if row is None or row.value != option:
+            models.Setting.insert(key="harvester_id", value=option).on_conflict_replace().execute()
+        return option
+    if row is not None:
+        return row.value
+    value = f"{socket.gethostname()}-{hashlib.sha256(home.encode()).hexdigest()[:6]}"
+    models.Setting.create(key="harvester_id", value=value)
+    return value
+
+
+def run(args, home):
+    from harvester.context import Context
+    from harvester.queues import QueueFile
+    from harvester.runner import Runner
+    from harvester.server import ServerClient
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    settings = parse_settings(args.setting)
+    queue_file = QueueFile(args.queues)
+    queue_file.load()  # a file that cannot be read at all stops us here, before anything changes
+    if args.token_file and not os.path.isfile(args.token_file):
+        raise HarvesterError(f"--token-file {args.token_file}: no such file")
+    os.makedirs(home, exist_ok=True)
+    db.open_database(os.path.join(home, "harvester.db"))
+    try:
+        previous = db.acquire_instance()
+    except AlreadyRunning as exc:
+        raise HarvesterError(str(exc)) from None
+    ident = harvester_id(args.harvester_id, home)
+    server = ServerClient(args.server, args.token_file and os.path.abspath(args.token_file), ident,
+                          settings.server_timeout)
+    context = Context(home, server, settings, ident)
+    queue_file.context = context
+    queue_file.apply()
+    runner = Runner(context, queue_file.check)
+    log.info("harvester %s (%s) started on %s: home %s, server %s, %d queues%s", ident, __version__,
+             socket.gethostname(), home, args.server, len(context.queues),
+             f" (took over from {previous})" if previous else "")
+    try:
+        runner.recover()
+        if args.once:
+            errors = runner.run_cycle()
+            failed = {name: error for name, error in errors.items() if error}
+            for name, error in failed.items():
+                print(f"harvester: agent {name} failed: {error}", file=sys.stderr)
+            return 1 if failed else 0
+        signal.signal(signal.SIGTERM, lambda *_: runner.stop(0))
+        signal.signal(signal.SIGHUP, lambda *_: queue_file.request())
+        runner.start()
+        try:
+            runner.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        stuck = runner.stop()
+        if stuck:
+            log.warning("agents still busy at exit: %s (their leases expire by themselves)", ", ".join(stuck))
+        log.info("harvester %s stopped", ident)
+        return 0
+    finally:
+        context.close()
+        server.close()
+        db.release_instance()
+        db.close_database()
+
+
+def utc_text(value):
+    return value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime.datetime) else (value or "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

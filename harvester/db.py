@@ -1,0 +1,177 @@
+"""harvester's SQLite file: open it, create the tables, hold the instance lease, and lease rows to agents.
+
+One harvester process owns a home. It says so with the ``instance`` lease (owner, pid, host, expiry), refreshed
+every cycle: a second ``harvester run`` refuses to start while that lease is live and its pid still runs, and takes
+over when the first is dead, releasing every row lease the dead process held (it cannot finish that work).
+
+Row leases (``lease_owner``/``lease_expires`` on workers) are claimed with one conditional UPDATE whose rowcount
+says who won, the way Harvester pairs a time column with an owner column, so two agents (or two processes after a
+takeover) never work on one row at once.
+"""
+import datetime
+import logging
+import os
+import socket
+import threading
+
+import peewee
+
+from harvester import models
+from harvester.errors import AlreadyRunning
+from harvester.states import utcnow
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+INSTANCE_LEASE_S = 120
+PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1, "busy_timeout": 30000}
+
+
+class Database(peewee.SqliteDatabase):
+    """SQLite with write transactions queued on a Python lock: agent threads take turns at once instead of
+    sleeping in SQLite's busy handler (the file lock still guards against other processes)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._writer = threading.RLock()
+
+    def begin(self, lock_type="IMMEDIATE"):
+        self._writer.acquire()
+        try:
+            super().begin(lock_type)
+        except BaseException:
+            self._writer.release()
+            raise
+
+    def commit(self):
+        try:
+            super().commit()
+        finally:
+            self._writer.release()
+
+    def rollback(self):
+        try:
+            super().rollback()
+        finally:
+            self._writer.release()
+
+
+def open_database(path):
+    """Open (creating if needed) the database file and its tables; return the database."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    database = Database(path, pragmas=PRAGMAS, check_same_thread=False)
+    models.database.initialize(database)
+    database.connect(reuse_if_open=True)
+    database.create_tables(models.ALL_MODELS, safe=True)
+    with database.atomic():
+        row = models.Setting.get_or_none(models.Setting.key == "schema_version")
+        if row is None:
+            models.Setting.create(key="schema_version", value=str(SCHEMA_VERSION))
+        elif int(row.value) > SCHEMA_VERSION:
+            raise RuntimeError(f"{path}: schema version {row.value} is newer than this harvester "
+                               f"({SCHEMA_VERSION}); upgrade harvester")
+    return database
+
+
+def close_database():
+    if not models.database.is_closed():
+        models.database.close()
+
+
+# ---- the instance lease ----------------------------------------------------------------------------------------
+def owner_id():
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_instance(now=None, owner=None):
+    """Take the ``instance`` lease for this process.
+
+    Raises:
+        AlreadyRunning: a live harvester (lease not expired and, on this host, its pid still running) holds it.
+
+    Returns:
+        The previous owner when it was taken over from a dead process (its row leases are released), else None.
+    """
+    now, owner = now or utcnow(), owner or owner_id()
+    host, pid = socket.gethostname(), os.getpid()
+    with models.database.atomic():
+        row = models.Lease.get_or_none(models.Lease.name == "instance")
+        previous = None
+        if row is not None and row.owner != owner:
+            dead = (row.host == host and not _pid_alive(row.pid)) or row.expires < now
+            if not dead:
+                raise AlreadyRunning(
+                    f"another harvester (pid {row.pid} on {row.host}, started {row.started:%Y-%m-%d %H:%M:%S} UTC)"
+                    f" uses this home; its lease runs until {row.expires:%H:%M:%S} UTC. Stop it first, or use "
+                    f"another --home")
+            previous = row.owner
+            release_leases_of(previous)
+            log.warning("took over from harvester %s, which is no longer running; its row leases are released",
+                        previous)
+        expires = now + datetime.timedelta(seconds=INSTANCE_LEASE_S)
+        models.Lease.insert(name="instance", owner=owner, pid=pid, host=host, expires=expires, started=now) \
+            .on_conflict_replace().execute()
+    return previous
+
+
+def refresh_instance(now=None, owner=None):
+    """Extend this process's instance lease; False when someone else holds it now (then stop)."""
+    now, owner = now or utcnow(), owner or owner_id()
+    expires = now + datetime.timedelta(seconds=INSTANCE_LEASE_S)
+    return bool(models.Lease.update(expires=expires).where(models.Lease.name == "instance",
+                                                           models.Lease.owner == owner).execute())
+
+
+def release_instance(owner=None):
+    models.Lease.delete().where(models.Lease.name == "instance",
+                                models.Lease.owner == (owner or owner_id())).execute()
+
+
+def release_leases_of(owner):
+    """Release the row leases of ``owner`` and of its agents (``owner/agent``)."""
+    return (models.Worker.update(lease_owner=None, lease_expires=None)
+            .where((models.Worker.lease_owner == owner) | models.Worker.lease_owner.startswith(owner + "/"))
+            .execute())
+
+
+# ---- row leases ------------------------------------------------------------------------------------------------
+def claim_workers(owner, condition, seconds, now=None, limit=None):
+    """Lease the workers matching ``condition`` that nobody holds (or whose lease expired) to ``owner``.
+
+    One conditional UPDATE decides; the claimed rows are then read back by owner. Returns the claimed rows.
+    """
+    now = now or utcnow()
+    free = models.Worker.lease_owner.is_null() | (models.Worker.lease_expires < now)
+    expires = now + datetime.timedelta(seconds=seconds)
+    ids = models.Worker.select(models.Worker.worker_id).where(condition, free).order_by(models.Worker.worker_id)
+    if limit:
+        ids = ids.limit(limit)
+    with models.database.atomic():
+        (models.Worker.update(lease_owner=owner, lease_expires=expires)
+         .where(models.Worker.worker_id.in_(ids), free).execute())
+    return list(models.Worker.select().where(models.Worker.lease_owner == owner, condition,
+                                             models.Worker.lease_expires == expires)
+                .order_by(models.Worker.worker_id))
+
+
+def release_workers(owner, worker_ids=None):
+    query = models.Worker.update(lease_owner=None, lease_expires=None).where(models.Worker.lease_owner == owner)
+    if worker_ids is not None:
+        query = query.where(models.Worker.worker_id.in_(list(worker_ids)))
+    return query.execute()
+
+
+def queue_state(name):
+    """The :class:`QueueState` row of ``name``, created on first use."""
+    row, _ = models.QueueState.get_or_create(queue=name)
+    return row

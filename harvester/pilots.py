@@ -1,0 +1,105 @@
+"""What a worker runs: the pilot zipapp (built once per version) and the pilot's command line and environment.
+
+A queue runs our pilot by default. ``pilot.command`` (an argv list) replaces it with any program, e.g. PanDA's
+pilot3; its placeholders and those of ``pilot.environment`` are filled by :func:`queueconfig.placeholders.expand`,
+which substitutes the known names and nothing else. The values harvester fills in are its own (paths it made, the
+queue's validated name, numbers), never text from a job.
+"""
+import hashlib
+import logging
+import os
+import sys
+import threading
+
+import pilot
+from pilot import zipapp
+
+log = logging.getLogger(__name__)
+_build_lock = threading.Lock()
+TOKEN_FILE = "pilot.token"
+QUEUEDATA_FILE = "queuedata.json"
+ZIPAPP_FILE = "pilot.pyz"
+WALLTIME_MARGIN_S = 60  # the pilot stops asking for jobs this long before the batch system would kill it
+
+
+def _source_digest():
+    """A short digest of the pilot's sources: an edited checkout gets a new zipapp without a version bump."""
+    digest = hashlib.sha256()
+    root = zipapp.package_dir()
+    if not os.path.isdir(root):  # running from a zipapp: the version says it all
+        return "z"
+    for name in sorted(os.listdir(root)):
+        if name.endswith(".py"):
+            with open(os.path.join(root, name), "rb") as handle:
+                digest.update(name.encode() + b"\0" + handle.read())
+    return digest.hexdigest()[:10]
+
+
+def zipapp_path(home):
+    """The pilot zipapp of this version under ``home``, built on first use (once per version, not per worker)."""
+    path = os.path.join(home, "pilot", f"pilot-{pilot.__version__}-{_source_digest()}.pyz")
+    with _build_lock:
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            zipapp.build(path)
+            log.info("built the pilot zipapp %s", path)
+    return path
+
+
+def job_label(queue):
+    """The prodSourceLabel our pilot asks for: what its queue serves (unified when both production and user)."""
+    labels = set(queue.prodSourceLabels)
+    if {"managed", "user"} <= labels:
+        return "unified"
+    for label in ("managed", "user"):
+        if label in labels:
+            return label
+    return queue.prodSourceLabels[0]
+
+
+def file_mode(queue):
+    """True when the pilot must not talk to the server at all: a push queue whose nodes have no network."""
+    return queue.mode == "push" and queue.wnconnectivity == "none"
+
+
+def worker_walltime(queue):
+    """Walltime asked of the batch system for one worker, s."""
+    return queue.batch.walltime or queue.pilot.lifetime + 600
+
+
+def placeholders(queue, access_point, server_url, walltime):
+    return {"access_point": access_point, "queue": queue.name,
+            "queuedata": os.path.join(access_point, QUEUEDATA_FILE), "walltime": str(walltime),
+            "server": "" if file_mode(queue) else server_url,
+            "token_file": "" if file_mode(queue) else os.path.join(access_point, TOKEN_FILE)}
+
+
+def command(queue, access_point, server_url, walltime, python=None):
+    """The argv the worker's job script runs."""
+    values = placeholders(queue, access_point, server_url, walltime)
+    if queue.pilot.command:
+        from queueconfig.placeholders import expand
+
+        return tuple(expand(part, values) for part in queue.pilot.command)
+    lifetime = max(60, walltime - WALLTIME_MARGIN_S)
+    argv = [python or sys.executable, os.path.join(access_point, ZIPAPP_FILE), "-q", queue.name,
+            "-a", access_point, "--harvester-workdir", access_point, "--queuedata", values["queuedata"],
+            "-l", str(lifetime), "-j", job_label(queue), "--quiet"]
+    if file_mode(queue):
+        argv += ["-z", "--harvester-submit-mode", "PUSH"]
+    else:
+        argv += ["--url", server_url, "--token-file", values["token_file"],
+                 "--harvester-submit-mode", "PUSH" if queue.mode == "push" else "PULL"]
+    return tuple(argv) + tuple(queue.pilot.extra_args)
+
+
+def environment(queue, access_point, server_url, walltime, harvester_id, worker_id):
+    """Environment variables of the job script: harvester's ids for the pilot, then the queue's own."""
+    values = placeholders(queue, access_point, server_url, walltime)
+    env = {"HARVESTER_ID": harvester_id, "HARVESTER_WORKER_ID": str(worker_id),
+           "HARVESTER_WORKDIR": access_point}
+    if queue.pilot.environment:
+        from queueconfig.placeholders import expand
+
+        env.update({name: expand(value, values) for name, value in queue.pilot.environment.items()})
+    return env

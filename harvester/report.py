@@ -1,0 +1,161 @@
+"""What `harvester status|workers|explain|kill` print: tables for people, ``--json`` for scripts."""
+import datetime
+import json
+
+import peewee
+
+from harvester import models
+from harvester.agents.commands import kill_workers
+from harvester.errors import HarvesterError
+from harvester.states import FINAL, WorkerStatus
+
+
+def text(value):
+    if isinstance(value, datetime.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return "" if value is None else str(value)
+
+
+def table(rows, headers):
+    widths = [max(len(h), *(len(text(r[i])) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(text(v).ljust(w) for v, w in zip(row, widths)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def worker_object(w):
+    return {"workerID": w.worker_id, "batchID": w.batch_id, "queue": w.queue, "status": w.status,
+            "diag": w.diag, "mapType": w.map_type, "accessPoint": w.access_point, "cores": w.cores,
+            "memory": w.memory_mb, "walltime": w.walltime_s, "submissionAttempts": w.submission_attempts,
+            "submitTime": text(w.submit_time) or None, "startTime": text(w.start_time) or None,
+            "endTime": text(w.end_time) or None, "lastSeen": text(w.last_seen) or None,
+            "killReason": w.kill_reason, "reported": w.reported}
+
+
+def status(args):
+    queues = {}
+    for queue, state, count in (models.Worker.select(models.Worker.queue, models.Worker.status,
+                                                     peewee.fn.COUNT(models.Worker.worker_id))
+                                .group_by(models.Worker.queue, models.Worker.status).tuples()):
+        queues.setdefault(queue, {})[state] = count
+    held = dict(models.HeldJob.select(models.HeldJob.queue, peewee.fn.COUNT(models.HeldJob.panda_id))
+                .where(models.HeldJob.status != "done").group_by(models.HeldJob.queue).tuples())
+    states = {row.queue: row for row in models.QueueState.select()}
+    data = {"queues": {}, "agents": {}, "outbox": {
+        "pending": models.Outbox.select().where(models.Outbox.rejected == False).count(),  # noqa: E712
+        "rejected": models.Outbox.select().where(models.Outbox.rejected == True).count()}}  # noqa: E712
+    for name in sorted(set(queues) | set(states)):
+        state = states.get(name)
+        decision = json.loads(state.decision) if state and state.decision else {}
+        data["queues"][name] = {
+            "workers": queues.get(name, {}), "held_jobs": held.get(name, 0),
+            "paused": bool(state and state.config_error), "config_error": state.config_error if state else "",
+            "last_decision": decision.get("n"), "decision_winner": decision.get("winner"),
+            "backoff_until": text(state.backoff_until) if state and state.backoff_until else None,
+            "last_error": state.last_error if state else ""}
+    for run in models.AgentRun.select().order_by(models.AgentRun.agent):
+        data["agents"][run.agent] = {"last_start": text(run.last_start), "duration_s": round(run.last_duration, 3),
+                                     "runs": run.runs, "errors": run.errors, "last_error": run.last_error,
+                                     "last_error_time": text(run.last_error_time) or None}
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    states_order = [s.value for s in WorkerStatus]
+    rows = []
+    for name, q in data["queues"].items():
+        workers = " ".join(f"{s}={q['workers'][s]}" for s in states_order if q["workers"].get(s))
+        note = f"PAUSED: {q['config_error']}" if q["paused"] else (
+            f"backing off until {q['backoff_until']}: {q['last_error']}" if q["backoff_until"] else q["last_error"])
+        rows.append((name, workers or "-", q["held_jobs"], q["last_decision"], q["decision_winner"] or "", note))
+    print(table(rows, ["QUEUE", "WORKERS", "HELD JOBS", "LAST N", "LIMITED BY", "ERRORS"]))
+    print()
+    rows = [(name, a["last_start"], a["duration_s"], a["runs"], a["errors"], a["last_error"][:80])
+            for name, a in data["agents"].items()]
+    print(table(rows, ["AGENT", "LAST CYCLE (UTC)", "SECONDS", "RUNS", "ERRORS", "LAST ERROR"]))
+    print(f"\noutbox: {data['outbox']['pending']} reports waiting for the server, "
+          f"{data['outbox']['rejected']} refused for good")
+    return 0
+
+
+def workers(args):
+    query = models.Worker.select().order_by(models.Worker.worker_id.desc()).limit(max(1, args.limit))
+    if args.queue:
+        query = query.where(models.Worker.queue == args.queue)
+    if args.state:
+        try:
+            query = query.where(models.Worker.status == WorkerStatus(args.state).value)
+        except ValueError:
+            raise HarvesterError(f"--state {args.state!r}: expected one of "
+                                 f"{', '.join(s.value for s in WorkerStatus)}") from None
+    rows = list(query)
+    if args.json:
+        print(json.dumps([worker_object(w) for w in rows], indent=2))
+        return 0
+    print(table([(w.worker_id, w.queue, w.status, w.batch_id, w.submit_time, w.end_time, (w.diag or "")[:60])
+                 for w in rows], ["WORKER", "QUEUE", "STATUS", "BATCH ID", "SUBMITTED", "ENDED", "DIAG"]))
+    return 0
+
+
+def explain(args):
+    if args.worker is not None:
+        return explain_worker(args)
+    if not args.queue:
+        raise HarvesterError("explain: name a QUEUE or give --worker ID")
+    state = models.QueueState.get_or_none(models.QueueState.queue == args.queue)
+    if state is None:
+        raise HarvesterError(f"queue {args.queue!r}: harvester has no record of it (known: " + ", ".join(
+            q.queue for q in models.QueueState.select()) + ")")
+    decision = json.loads(state.decision) if state.decision else None
+    if args.json:
+        print(json.dumps({"queue": args.queue, "decision": decision, "decision_time": text(state.decision_time),
+                          "config_error": state.config_error, "last_error": state.last_error}, indent=2))
+        return 0
+    if state.config_error:
+        print(f"queue {args.queue} is PAUSED: its configuration is invalid:\n  {state.config_error}")
+    if not decision:
+        print(f"queue {args.queue}: no decision yet")
+        return 0
+    print(f"queue {args.queue}: {decision['n']} new workers at {text(state.decision_time)} UTC")
+    print("  limits (the smallest wins):")
+    for name, value in decision["limits"]:
+        mark = "  <- winner" if name == decision["winner"] else ""
+        print(f"    {name:64} {value}{mark}")
+    print("  inputs: " + ", ".join(f"{k}={v}" for k, v in decision["inputs"].items()))
+    if state.last_error:
+        print(f"  last error: {state.last_error}")
+    return 0
+
+
+def explain_worker(args):
+    worker = models.Worker.get_or_none(models.Worker.worker_id == args.worker)
+    if worker is None:
+        raise HarvesterError(f"worker {args.worker}: no such worker")
+    history = list(models.WorkerStatusLog.select().where(models.WorkerStatusLog.worker_id == worker.worker_id)
+                   .order_by(models.WorkerStatusLog.id))
+    jobs = [row.panda_id for row in models.JobWorker.select().where(models.JobWorker.worker_id == worker.worker_id)]
+    if args.json:
+        print(json.dumps({"worker": worker_object(worker), "jobs": jobs, "last_plugin_output": worker.last_plugin_output,
+                          "history": [{"time": text(h.time), "from": h.old_status, "to": h.new_status,
+                                       "kind": h.kind, "reason": h.reason} for h in history]}, indent=2))
+        return 0
+    print(f"worker {worker.worker_id} of queue {worker.queue}: {worker.status}"
+          + (f" (final)" if worker.status in {s.value for s in FINAL} else ""))
+    print(f"  batch id {worker.batch_id or '-'}, access point {worker.access_point or '-'}, "
+          f"{worker.submission_attempts} submission attempts, jobs {jobs or '-'}")
+    if worker.diag:
+        print(f"  diag: {worker.diag}")
+    if worker.kill_reason:
+        print(f"  kill requested: {worker.kill_reason}")
+    print("  history:")
+    for h in history:
+        arrow = f"{h.old_status or '(new)'} -> {h.new_status}" if h.kind == "transition" else "note"
+        print(f"    {text(h.time)}  {arrow:24} {h.reason}")
+    print(f"  last batch system output: {worker.last_plugin_output or '-'}")
+    return 0
+
+
+def kill(args):
+    if not args.queue and not args.worker:
+        raise HarvesterError("kill: give --queue QUEUE or --worker ID")
+    print(kill_workers(args.queue, args.worker, "harvester kill (command line)"))
+    return 0

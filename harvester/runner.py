@@ -1,0 +1,128 @@
+"""The one runner: every agent's ``run_once(now)`` on its period, early wake-ups, no overlapping runs, every
+error caught and recorded, the instance lease kept, and the queue file reloaded when it changes.
+
+``run_cycle()`` runs each agent once in cycle order (``harvester run --once``). ``start()``/``stop()`` run each
+agent on its own thread: an agent sleeps on its wake event for its period, so ``wake(name)`` (the adjuster
+waking the submitter, a kill waking the sweeper) starts its next cycle at once, and one agent's slow batch
+command never delays another agent.
+"""
+import logging
+import threading
+import time
+
+from harvester import db, models
+from harvester.agents.adjuster import Adjuster
+from harvester.agents.commands import Commands
+from harvester.agents.fetcher import Fetcher
+from harvester.agents.monitor import Monitor
+from harvester.agents.propagator import Propagator
+from harvester.agents.submitter import Submitter, recover_interrupted
+from harvester.agents.sweeper import Sweeper
+from harvester.states import utcnow
+
+log = logging.getLogger(__name__)
+AGENT_CLASSES = (Commands, Fetcher, Adjuster, Submitter, Monitor, Propagator, Sweeper)
+RELOAD_PERIOD_S = 10.0
+
+
+class Runner:
+    """Drives the agents of one harvester.
+
+    Args:
+        context: the shared :class:`harvester.context.Context`.
+        reload_queues: called with no argument to reload the queue file (True when a new version took effect), or
+            None.
+    """
+
+    def __init__(self, context, reload_queues=None):
+        self.ctx = context
+        self.agents = {cls.name: cls(context) for cls in AGENT_CLASSES}
+        self.reload_queues = reload_queues
+        self._wake = {name: threading.Event() for name in self.agents}
+        self._busy = {name: threading.Lock() for name in self.agents}
+        self._stop = threading.Event()
+        self._threads = []
+        context.wake = self.wake
+
+    def wake(self, name):
+        if name in self._wake:
+            self._wake[name].set()
+
+    def recover(self, now=None):
+        """After a start: resolve submissions a killed harvester left half done."""
+        count = recover_interrupted(self.ctx, now or utcnow())
+        if count:
+            log.warning("%d interrupted submissions resolved", count)
+
+    def run_agent(self, name, now=None):
+        """One cycle of one agent, never two at once; errors logged and recorded, never raised."""
+        agent = self.agents[name]
+        with self._busy[name]:
+            now = now or utcnow()
+            started = time.monotonic()
+            error = None
+            try:
+                agent.run_once(now)
+            except Exception as exc:  # the runner keeps every agent alive; the error is logged and kept
+                error = f"{type(exc).__name__}: {exc}"
+                log.error("agent %s: cycle failed: %s", name, error, exc_info=not _expected(exc))
+            duration = time.monotonic() - started
+            values = {"last_start": now, "last_duration": duration, "runs": models.AgentRun.runs + 1}
+            if error:
+                values.update(last_error=error[:2000], last_error_time=now, errors=models.AgentRun.errors + 1)
+            models.AgentRun.insert(agent=name).on_conflict_ignore().execute()
+            models.AgentRun.update(values).where(models.AgentRun.agent == name).execute()
+            return error
+
+    def run_cycle(self, now=None):
+        """Each agent once, in cycle order; returns {agent: error or None}."""
+        if self.reload_queues:
+            self.reload_queues()
+        return {name: self.run_agent(name, now) for name in self.agents}
+
+    # ---- threads ---------------------------------------------------------------------------------------------
+    def start(self):
+        for name in self.agents:
+            thread = threading.Thread(target=self._loop, args=(name,), name=f"agent-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _loop(self, name):
+        period = self.agents[name].period
+        while not self._stop.is_set():
+            self._wake[name].clear()
+            self.run_agent(name)
+            self._wake[name].wait(period)
+
+    def serve_forever(self):
+        """Keep the instance lease and the queue file fresh until :meth:`stop`."""
+        next_reload = 0.0
+        while not self._stop.is_set():
+            if not db.refresh_instance(owner=self.ctx.owner):
+                log.error("another harvester took over this home's lease: stopping")
+                self._stop.set()
+                break
+            if self.reload_queues and time.monotonic() >= next_reload:
+                try:
+                    if self.reload_queues():
+                        for name in ("adjuster", "fetcher"):
+                            self.wake(name)
+                except Exception:  # a reload problem must not stop harvester; the old queues stay in force
+                    log.exception("reloading the queue file failed")
+                next_reload = time.monotonic() + RELOAD_PERIOD_S
+            self._stop.wait(5.0)
+
+    def stop(self, timeout=30.0):
+        self._stop.set()
+        for event in self._wake.values():
+            event.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        return [t.name for t in self._threads if t.is_alive()]
+
+
+def _expected(exc):
+    from harvester.errors import ServerError
+
+    return isinstance(exc, ServerError)

@@ -1,0 +1,132 @@
+"""The adjuster's numbers for a table of situations: decide() directly, and Adjuster.run_once(now) on a real
+harvester database with a fixed now."""
+import datetime
+import json
+
+import pytest
+
+from harvester import db, models
+from harvester.agents.adjuster import Adjuster, decide
+from harvester.context import Context, Settings
+from queueconfig.loader import loads
+
+NOW = datetime.datetime(2026, 11, 30, 12, 0, 0)
+
+
+def queue(**over):
+    raw = {"mode": "pull", "limits": {"maxWorkers": 10, "nQueueLimitWorker": 4, "maxNewWorkersPerCycle": 3}}
+    for key, value in over.items():
+        if key == "limits":
+            raw["limits"] = {**raw["limits"], **value}
+        else:
+            raw[key] = value
+    return loads(json.dumps({"queues": {"Q": raw}}), "q.json").queues["Q"]
+
+
+# (description, queue overrides, queued, running, activated, unbound, override, blocked, expected n, winner prefix)
+TABLE = [
+    ("empty queue, many jobs: per-cycle cap", {}, 0, 0, 100, 0, None, None, 3, "maxNewWorkersPerCycle"),
+    ("queued limit nearly reached", {}, 3, 0, 100, 0, None, None, 1, "nQueueLimitWorker"),
+    ("queued limit reached", {}, 4, 0, 100, 0, None, None, 0, "nQueueLimitWorker"),
+    ("total limit", {}, 1, 8, 100, 0, None, None, 1, "maxWorkers"),
+    ("over every limit never negative", {}, 6, 8, 100, 0, None, None, 0, "maxWorkers"),
+    ("no activated jobs: no pilots", {}, 0, 0, 0, 0, None, None, 0, "(1 + extraPilotFraction)"),
+    ("pilots already waiting for the jobs", {}, 2, 0, 2, 0, None, None, 0, "(1 + extraPilotFraction)"),
+    ("extra pilots", {"limits": {"extraPilots": 1}}, 0, 0, 1, 0, None, None, 2, "(1 + extraPilotFraction)"),
+    ("extra fraction", {"limits": {"extraPilotFraction": 0.5, "maxNewWorkersPerCycle": 10}}, 0, 0, 2, 0, None,
+     None, 3, "(1 + extraPilotFraction)"),
+    ("demand unknown", {}, 0, 0, None, 0, None, None, 0, "activated jobs unknown"),
+    ("SET_N_WORKERS caps the total", {}, 0, 2, 100, 0, 3, None, 1, "maxWorkers"),
+    ("blocked (offline)", {}, 0, 0, 100, 0, None, "queue offline", 0, "queue offline"),
+    ("maxWorkers 0 stops submission", {"limits": {"maxWorkers": 0, "nQueueLimitWorker": 0,
+     "maxNewWorkersPerCycle": 0}}, 0, 0, 100, 0, None, None, 0, "nQueueLimitWorker"),
+    ("push: one worker per fetched job", {"mode": "push", "limits": {"maxNewWorkersPerCycle": 10}}, 0, 0, None,
+     2, None, None, 2, "ceil("),
+    ("push many-to-one: ceil(jobs / jobsPerWorker)", {"mode": "push", "mapType": "ManyToOne", "jobsPerWorker": 3,
+     "limits": {"maxNewWorkersPerCycle": 10}}, 0, 0, None, 7, None, None, 3, "ceil("),
+    ("push: no fetched jobs", {"mode": "push"}, 0, 0, None, 0, None, None, 0, "ceil("),
+    ("queued-worker ratio", {"limits": {"nQueueLimitWorkerRatio": 50, "nQueueLimitWorkerMin": 1}}, 0, 4, 100, 0,
+     None, None, 2, "nQueueLimitWorker"),
+    ("queued cores", {"resources": {"corecount": 4}, "limits": {"nQueueLimitWorkerCores": 8}}, 1, 0, 100, 0, None,
+     None, 1, "(nQueueLimitWorkerCores"),
+]
+
+
+@pytest.mark.parametrize("title,over,queued,running,activated,unbound,override,blocked,expected,winner", TABLE,
+                         ids=[row[0] for row in TABLE])
+def test_decide(title, over, queued, running, activated, unbound, override, blocked, expected, winner):
+    q = queue(**over)
+    decision = decide(q, queued, running, queued * q.resources.corecount, 0, activated, unbound, override, blocked)
+    assert decision["n"] == expected
+    assert decision["winner"].startswith(winner), decision
+    assert dict((name, value) for name, value in decision["limits"])[decision["winner"]] == min(
+        value for _, value in decision["limits"])
+
+
+class DemandOnly:
+    """The one server call the adjuster makes (the HTTP boundary; the real client is tested end to end)."""
+
+    url = "http://127.0.0.1:9"
+
+    def __init__(self, demand=None, error=None):
+        self.demand, self.error, self.calls = demand or {}, error, []
+
+    def queue_demand(self, queues):
+        self.calls.append(list(queues))
+        if self.error:
+            raise self.error
+        return {name: self.demand[name] for name in queues if name in self.demand}
+
+
+@pytest.fixture
+def home(tmp_path):
+    db.open_database(str(tmp_path / "harvester.db"))
+    yield tmp_path
+    db.close_database()
+
+
+def context(home, server, queues, errors=None):
+    ctx = Context(str(home), server, Settings(), "test-harvester")
+    ctx.set_queues(queues, errors or {})
+    woken = []
+    ctx.wake = woken.append
+    return ctx, woken
+
+
+def add_workers(name, status, n):
+    for _ in range(n):
+        models.Worker.create(queue=name, status=status, submit_phase="done", modification_time=NOW)
+
+
+def test_run_once_counts_workers_and_records_the_decision(home):
+    q = queue()
+    add_workers("Q", "submitted", 1)
+    add_workers("Q", "running", 7)
+    add_workers("Q", "finished", 30)  # ended workers count for nothing
+    server = DemandOnly({"Q": {"activated": 50}})
+    ctx, woken = context(home, server, {"Q": q})
+    assert Adjuster(ctx).run_once(NOW) == 2  # maxWorkers 10 - (1 + 7)
+    state = models.QueueState.get_by_id("Q")
+    assert state.to_submit == 2 and state.decision_time == NOW
+    decision = json.loads(state.decision)
+    assert decision["winner"].startswith("maxWorkers") and decision["inputs"]["running"] == 7
+    assert woken == ["submitter"]
+    assert server.calls == [["Q"]]  # one demand call for all pull queues
+
+
+def test_run_once_offline_backoff_paused_and_server_down(home):
+    online, offline = queue(), queue(status="offline")
+    models.QueueState.create(queue="B", backoff_until=NOW + datetime.timedelta(seconds=60), last_error="boom")
+    ctx, woken = context(home, DemandOnly({"A": {"activated": 5}, "B": {"activated": 5}, "O": {"activated": 5}}),
+                         {"A": online, "B": online, "O": offline}, {"P": ["limits.maxWorkers: bad"]})
+    assert Adjuster(ctx).run_once(NOW) == 3
+    decisions = {row.queue: json.loads(row.decision) for row in models.QueueState.select()}
+    assert decisions["A"]["n"] == 3
+    assert decisions["B"]["n"] == 0 and decisions["B"]["winner"].startswith("backing off")
+    assert decisions["O"]["n"] == 0 and decisions["O"]["winner"] == "queue offline"
+    assert decisions["P"]["n"] == 0 and "paused" in decisions["P"]["winner"]
+    from harvester.errors import ServerError
+
+    ctx.server = DemandOnly(error=ServerError("unreachable"))
+    assert Adjuster(ctx).run_once(NOW) == 0
+    assert json.loads(models.QueueState.get_by_id("A").decision)["winner"].startswith("server unreachable")

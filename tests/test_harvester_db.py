@@ -1,0 +1,71 @@
+"""harvester's database: the instance lease (one live harvester per home) and row leases (one owner per row)."""
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from harvester import db, models
+from harvester.errors import AlreadyRunning
+
+
+@pytest.fixture
+def database(tmp_path):
+    path = str(tmp_path / "harvester.db")
+    db.open_database(path)
+    yield path
+    db.close_database()
+
+
+def test_second_live_harvester_refused_dead_one_taken_over(database):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        db.acquire_instance(owner=f"host:{sleeper.pid}")
+        models.Lease.update(pid=sleeper.pid).execute()
+        models.Worker.create(queue="Q", lease_owner=f"host:{sleeper.pid}/monitor",
+                             lease_expires=db.utcnow().replace(year=2100))
+        with pytest.raises(AlreadyRunning, match=f"pid {sleeper.pid}"):
+            db.acquire_instance()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    previous = db.acquire_instance()  # its pid is gone now: taken over at once, its row leases released
+    assert previous == f"host:{sleeper.pid}"
+    assert models.Worker.get().lease_owner is None
+    assert models.Lease.get().pid == os.getpid()
+    assert db.refresh_instance()
+    assert not db.refresh_instance(owner="someone-else")
+
+
+def test_row_leases_one_owner_per_row_under_concurrency(database):
+    for _ in range(300):
+        models.Worker.create(queue="Q", status="running")
+    claimed, barrier = {}, threading.Barrier(6)
+
+    def claimer(name):
+        barrier.wait()
+        while True:
+            rows = db.claim_workers(name, models.Worker.queue == "Q", 60, limit=7)
+            if not rows:
+                return
+            claimed.setdefault(name, []).extend(r.worker_id for r in rows)
+
+    threads = [threading.Thread(target=claimer, args=(f"owner{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [worker_id for ids in claimed.values() for worker_id in ids]
+    assert len(every) == len(set(every)) == 300  # each row to exactly one owner
+
+
+def test_expired_lease_is_taken_released_lease_is_free(database):
+    worker = models.Worker.create(queue="Q", status="running")
+    assert [w.worker_id for w in db.claim_workers("a", models.Worker.queue == "Q", 60)] == [worker.worker_id]
+    assert db.claim_workers("b", models.Worker.queue == "Q", 60) == []
+    later = db.utcnow().replace(year=2100)
+    assert [w.worker_id for w in db.claim_workers("b", models.Worker.queue == "Q", 60, now=later)] == [
+        worker.worker_id]
+    db.release_workers("b")
+    assert len(db.claim_workers("c", models.Worker.queue == "Q", 60)) == 1
