@@ -133,7 +133,9 @@ class ServerClient:
         return replies
 
     def fetch(self, url):
-        """GET a URL under this server (a transformation for a node without network); bytes."""
+        """GET a path (``/trf/user/x``) or a URL under this server (a transformation for a node without network)."""
+        if url.startswith("/"):
+            url = self.url + url
         if not url.startswith(self.url + "/"):
             raise ServerError(f"refusing to fetch {url}: not under the server {self.url}", transient=False)
         try:

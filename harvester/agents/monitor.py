@@ -8,6 +8,7 @@ fails a job whose pilot did report.
 import datetime
 import json
 import logging
+import re
 
 from harvester import db, models, pilots
 from harvester.agents.base import Agent
@@ -22,6 +23,11 @@ LIVE = [s.value for s in QUEUED | ACTIVE]
 
 class Monitor(Agent):
     name = "monitor"
+
+    @property
+    def outbox_owner(self):
+        """This harvester's name as a plain file-name part: the same after a restart, so it finds its claims."""
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", self.ctx.harvester_id)[:64]
 
     def run_once(self, now):
         self.checked = 0
@@ -99,7 +105,7 @@ class Monitor(Agent):
 
     def take_outbox(self, worker, messenger, now):
         """A pilot that could not reach the server spooled its reports in the access point: forward them."""
-        for path, entry in messenger.claim_outbox(self.owner):
+        for path, entry in messenger.claim_outbox(self.outbox_owner):
             params = entry.get("params") or {}
             heartbeat = entry.get("kind") == "heartbeat"
             if not enqueue(params, "job_heartbeat" if heartbeat else "job_final", worker.worker_id, now,
@@ -108,12 +114,11 @@ class Monitor(Agent):
 
     def relay_file_mode(self, queue, worker, messenger, now):
         """A pilot with no network: heartbeats on its behalf while its job runs, its final report when it ends."""
-        for report in messenger.final_reports():
+        for report in messenger.final_reports(queue.storage):  # outputs staged out on the way
             panda_id = int(report["jobId"])
             held = models.HeldJob.get_or_none(models.HeldJob.panda_id == panda_id)
             if held is None or held.status == "done":
                 continue
-            messenger.stage_out(report, queue.storage)
             with models.database.atomic():
                 enqueue(report, "job_final", worker.worker_id, now)
                 models.HeldJob.update(status="done", last_report=json.dumps(report)[:100000]) \

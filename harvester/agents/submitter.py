@@ -135,7 +135,7 @@ class Submitter(Agent):
                 environment=pilots.environment(queue, access_point, self.ctx.server.url, worker.walltime_s,
                                                self.ctx.harvester_id, worker.worker_id),
                 cores=worker.cores, memory_mb=worker.memory_mb, walltime_s=worker.walltime_s)
-            transport.write_file(os.path.join(access_point, "worker.sh"), plugin.render(spec), 0o750)
+            plugin.write_script(spec)
         except ServerError as exc:
             self.retry_later(queue, worker, f"preparing the worker: {exc}", now, fatal=not exc.transient)
             return None

@@ -1,0 +1,87 @@
+"""End to end with real processes: `minipanda serve` + `harvester run` + the local batch system + the pilot zipapp.
+
+Pull mode (pilots fetch their jobs over HTTP), push mode where the pilot is given NO server URL (harvester fetches
+the jobs, hands them over in files and reports for the pilot), and ManyToOne (one pilot, several jobs).
+"""
+import os
+
+import pytest
+
+from harvesterhelp import QUEUE, Testbed, queue_config
+
+ECHO = '#!/bin/sh\necho "payload ran with: $*"\n'
+
+
+@pytest.fixture
+def testbed_factory(tmp_path):
+    beds = []
+
+    def make(**queue_over):
+        bed = Testbed(tmp_path / f"bed{len(beds)}", {QUEUE: queue_config(**queue_over)})
+        beds.append(bed)
+        return bed
+
+    yield make
+    for bed in beds:
+        bed.close()
+
+
+def test_pull_mode_runs_jobs_and_explains(testbed_factory):
+    bed = testbed_factory()
+    trf = bed.script("echo.sh", ECHO)
+    ids = bed.submit(3, transformation=trf)
+    bed.start()
+    bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "3 jobs finished")
+    bed.wait_for(lambda: all(w["status"] == "finished" for w in bed.workers()), "every worker finished")
+    workers = bed.workers()
+    assert 1 <= len(workers) <= 4  # maxWorkers; pilots only for activated jobs
+    assert all(w["batchID"] for w in workers)
+    # the server knows the workers harvester reported, with their final state
+    reported = bed.wait_for(lambda: (lambda rows: rows if rows and all(r["status"] == "finished" for r in rows)
+                                     else None)(bed.v1("harvester/list_workers", queue=QUEUE)),
+                            "the server to know every worker finished")
+    assert {r["workerID"] for r in reported} == {w["workerID"] for w in workers}
+    bed.stop()
+    explain = bed.cli("explain", QUEUE)
+    assert explain.returncode == 0 and "<- winner" in explain.stdout, explain.stdout + explain.stderr
+    status = bed.cli("status")
+    assert status.returncode == 0 and QUEUE in status.stdout and "monitor" in status.stdout
+    one = bed.cli("explain", "--worker", str(workers[0]["workerID"]))
+    assert "submitted -> running" in one.stdout or "submitted -> finished" in one.stdout, one.stdout
+    # every pilot token minted for a worker is revoked once the worker ended
+    with bed.db() as conn:
+        rows = conn.execute("SELECT pilot_token_jti, token_revoked FROM worker").fetchall()
+    assert rows and all(jti and revoked for jti, revoked in rows)
+
+
+def test_push_mode_pilot_without_server_url(testbed_factory):
+    bed = testbed_factory(mode="push", wnconnectivity="none")
+    trf = bed.script("echo.sh", ECHO)
+    ids = bed.submit(2, transformation=trf)
+    bed.start()
+    bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "2 jobs finished")
+    workers = bed.wait_for(lambda: (lambda ws: ws if ws and all(w["status"] == "finished" for w in ws) else None)(
+        bed.workers()), "workers finished")
+    assert len(workers) == 2
+    for worker in workers:  # the pilot had no URL and no token: it only ever wrote files
+        with open(os.path.join(worker["accessPoint"], "job.sh")) as handle:
+            script = handle.read()
+        assert "--url" not in script and "pilot.token" not in script and " -z " in script
+        assert not os.path.exists(os.path.join(worker["accessPoint"], "pilot.token"))
+    assert bed.db().execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0  # every report delivered
+
+
+def test_many_to_one(testbed_factory):
+    bed = testbed_factory(mode="push", mapType="ManyToOne", jobsPerWorker=3, wnconnectivity="none",
+                          pilot={"timefloor": 10, "handoff_wait": 2})
+    trf = bed.script("echo.sh", ECHO)
+    ids = bed.submit(3, transformation=trf)
+    bed.start()
+    bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "3 jobs finished")
+    workers = bed.wait_for(lambda: (lambda ws: ws if ws and all(w["status"] == "finished" for w in ws) else None)(
+        bed.workers()), "the worker finished")
+    assert len(workers) == 1
+    with bed.db() as conn:
+        bound = {row[0] for row in conn.execute("SELECT panda_id FROM job_worker WHERE worker_id = ?",
+                                                (workers[0]["workerID"],))}
+    assert bound == set(ids)
