@@ -4,8 +4,8 @@ Harvester -> pilot: ``pandaJobData.out`` (``{PandaID: job}``), ``pilot_kill_payl
 Pilot -> harvester: ``worker_requestjob.json`` (``{"nJobs": 1}``), ``worker_attributes.json`` (each update),
 ``jobReport.json`` and ``event_status.dump.json`` (the end of a job), ``worker_pandaids.json`` (the PandaIDs run),
 ``worker_heartbeat.json`` (touched at each update: its mtime says the pilot is alive), ``kill_worker`` (the
-pilot is done). Every write is a temporary file renamed into place. Names can be changed with
-queuedata ``handoff_files``.
+pilot is done), ``worker_attributes-<PandaID>.json`` (a job's final attributes, kept per job). Every write is a
+temporary file renamed into place. Names can be changed with queuedata ``handoff_files``.
 """
 import json
 import logging
@@ -95,8 +95,15 @@ class Handoff:
         atomic_touch(self.path("heartbeat"))
 
     def write_final(self, panda_id, update, report, outputs):
-        """The end of a job: attributes, job report and the outputs' locations (event_status.dump.json)."""
+        """The end of a job: attributes, job report and the outputs' locations (event_status.dump.json).
+
+        The final attributes are also kept per job (``final_attributes_name``): the next job of a multi-job pilot
+        overwrites ``worker_attributes.json`` before harvester may have read it.
+        """
         self.write_attributes(update)
+        data = {k: v for k, v in update.items() if k != "xml"}
+        data["jobStatus"] = update.get("state")
+        atomic_write_json(os.path.join(self.directory, final_attributes_name(self.names, panda_id)), data)
         atomic_write_json(self.path("report"), report)
         status = read_json(self.path("event_status")) or {}
         status[str(panda_id)] = outputs
@@ -115,6 +122,21 @@ class Handoff:
     def touch_kill_worker(self):
         """Tell harvester the pilot is done."""
         atomic_touch(self.path("kill"))
+
+
+def final_attributes_name(names, panda_id):
+    """The per-job copy of a job's final attributes: ``worker_attributes.json`` -> ``worker_attributes-<id>.json``."""
+    root, ext = os.path.splitext(names["attributes"])
+    return f"{root}-{int(panda_id)}{ext}"
+
+
+def final_attributes_id(names, filename):
+    """The PandaID of a ``final_attributes_name`` file name, else None."""
+    root, ext = os.path.splitext(names["attributes"])
+    head, tail = root + "-", filename[len(root) + 1:len(filename) - len(ext) if ext else None]
+    if filename.startswith(head) and filename.endswith(ext) and tail.isdigit() and tail.isascii():
+        return int(tail)
+    return None
 
 
 def _parse_jobs(text):

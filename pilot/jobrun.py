@@ -249,10 +249,11 @@ class JobRun:
         params = report.update(self.job, state, self.ctx.identity)
         if self.monitor:
             params.update(self.monitor.metrics())
-        if self.ctx.handoff is not None:
-            self.ctx.handoff.touch_heartbeat()
+        handoff = self.ctx.handoff
+        if handoff is not None:  # harvester follows the job from these files in pull mode too
+            handoff.touch_heartbeat()
+            handoff.write_attributes(params)
         if self.ctx.file_mode:
-            self.ctx.handoff.write_attributes(params)
             self.last_heartbeat = time.monotonic()
             return None
         # one try: the next heartbeat is the retry, and the payload's watch must not stall on a slow server
@@ -260,7 +261,11 @@ class JobRun:
         if reply is None:
             if error is not None and not error.transient and error.reply.get("command") == "tobekilled":
                 return "tobekilled"
+            if handoff is not None and (error is None or error.transient):
+                self.ctx.outbox.put_heartbeat(params)  # harvester may forward it while the node is cut off
             return None
+        if handoff is not None:
+            self.ctx.outbox.drop_heartbeat(self.job.panda_id)
         self.last_heartbeat = time.monotonic()
         return reply.get("command")
 
@@ -293,6 +298,9 @@ class JobRun:
             self.write_handoff_final(params)
             self.delivered = True
         else:
+            if ctx.handoff is not None:
+                ctx.handoff.write_attributes(params)
+                ctx.outbox.drop_heartbeat(self.job.panda_id)  # the final update (or its entry) supersedes it
             tries = 1 if ctx.stop.requested else self.qd["pilot_update_tries"]
             reply, error = ctx.client.update_job_reliably(params, tries, self.qd["pilot_update_backoff"],
                                                           ctx.waker.sleep, lambda: ctx.stop.requested)
@@ -324,6 +332,9 @@ class JobRun:
             self.write_handoff_final(params)
         elif not self.delivered:
             self.ctx.outbox.put(params)
+            if self.ctx.handoff is not None:
+                self.ctx.handoff.write_attributes(params)
+                self.ctx.outbox.drop_heartbeat(self.job.panda_id)
 
     def remove_job_dir(self):
         if self.ctx.cleanup and os.path.isdir(self.job_dir):

@@ -3,7 +3,7 @@ import json
 import os
 import threading
 
-from pilot.handoff import Handoff
+from pilot.handoff import Handoff, final_attributes_id
 from pilot.queuedata import HANDOFF_FILES
 
 
@@ -49,6 +49,10 @@ def test_reports(tmp_path):
         "jobId": 2, "state": "finished", "jobStatus": "finished"}
     assert json.loads((tmp_path / "event_status.dump.json").read_text()) == {"1": [{"type": "log", "path": "/x"}],
                                                                             "2": []}
+    # each job's final attributes are kept: a multi-job pilot overwrites worker_attributes.json
+    assert json.loads((tmp_path / "worker_attributes-1.json").read_text())["jobId"] == 1
+    assert final_attributes_id(HANDOFF_FILES, "worker_attributes-2.json") == 2
+    assert final_attributes_id(HANDOFF_FILES, "worker_attributes.json") is None
     h.add_panda_id(1)
     h.add_panda_id(2)
     h.add_panda_id(2)

@@ -48,3 +48,43 @@ def test_refused_entries_move_aside(site, tmp_path):
     (tmp_path / "outbox" / "final-1-0.json").write_text("{broken")
     assert outbox.replay(client) == (0, 0)
     assert sorted(os.listdir(tmp_path / "outbox" / "rejected")) == ["final-1-0.json", "final-424242-0.json"]
+
+
+def test_claimed_entries_and_heartbeats_are_not_replayed(site, tmp_path):
+    from pilot.outbox import claim, release_stale
+
+    client, pid = dispatched_job(site)
+    outbox = Outbox(str(tmp_path / "outbox"))
+    path = outbox.put({"jobId": pid, "state": "finished", "pilotID": "p1", "attemptNr": 0})
+    outbox.put_heartbeat({"jobId": pid, "state": "running", "pilotID": "p1"})
+    claimed = claim(path, "harvester-1")  # harvester is forwarding it right now
+    assert outbox.entries() == []
+    assert outbox.replay(client) == (0, 0)
+    assert site.status(pid) == "sent"  # not sent by the pilot
+    assert sorted(os.listdir(tmp_path / "outbox")) == [f"final-{pid}-0.json.harvester-1.claimed",
+                                                       f"heartbeat-{pid}.json"]
+    # harvester died with it: a claim older than the limit is given back, and the pilot sends it
+    release_stale(str(tmp_path / "outbox"), max_age=3600)
+    assert os.path.exists(claimed)
+    release_stale(str(tmp_path / "outbox"), max_age=-1)
+    assert not os.path.exists(claimed)
+    assert outbox.replay(client) == (1, 0)
+    assert site.status(pid) == "finished"
+    outbox.drop_heartbeat(pid)
+    assert os.listdir(tmp_path / "outbox") == []
+
+
+def test_a_claim_fails_for_the_second_claimer(tmp_path):
+    from pilot.outbox import claim, unclaim
+
+    outbox = Outbox(str(tmp_path))
+    path = outbox.put({"jobId": 5, "state": "failed", "attemptNr": 2})
+    first = claim(path, "pilot-1")
+    assert first and claim(path, "harvester-1") is None
+    assert unclaim(first) == path and json.load(open(path))["kind"] == "final"
+    newer = outbox.put_heartbeat({"jobId": 5, "state": "running"})
+    stale = claim(newer, "h")
+    outbox.put_heartbeat({"jobId": 5, "state": "running", "cpuConsumptionTime": 9})
+    unclaim(stale)  # the newer heartbeat is kept, the claimed older one dropped
+    assert json.load(open(newer))["params"]["cpuConsumptionTime"] == 9
+    assert sorted(os.listdir(tmp_path)) == ["final-5-2.json", "heartbeat-5.json"]
