@@ -32,6 +32,7 @@ COMMANDS = ("KILL_WORKERS", "SET_N_WORKERS", "REPORT_WORKER_STATS")
 MAX_WORKERS_PER_CALL = 2000
 MAX_IDS = 10000
 MAX_PILOT_TOKEN_LIFETIME = 7 * 24 * 3600
+BIGINT_MAX, INT_MAX = 2 ** 63 - 1, 2 ** 31 - 1  # the column limits: PostgreSQL refuses larger numbers with an error
 HARVESTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 
 
@@ -44,7 +45,7 @@ def harvester_id_of(value, name="harvester_id"):
     return value
 
 
-def integer(value, name, minimum=0, maximum=None, required=True):
+def integer(value, name, minimum=0, maximum=BIGINT_MAX, required=True):
     if value is None or value == "":
         if required:
             raise RequestError(f"{name}: required")
@@ -55,9 +56,10 @@ def integer(value, name, minimum=0, maximum=None, required=True):
         number = int(value)
     except ValueError:
         raise RequestError(f"{name}: expected an integer, got {value[:40]!r}") from None
-    if number < minimum or (maximum is not None and number > maximum):
-        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise RequestError(f"{name}: must be {bounds}, got {number}")
+    if number < minimum:
+        raise RequestError(f"{name}: must be at least {minimum}, got {number}")
+    if number > maximum:
+        raise RequestError(f"{name}: must be at most {maximum}, got {number}")
     return number
 
 
@@ -160,9 +162,9 @@ def parse_worker(entry, where):
         "status": status,
         "batch_id": text(entry.get("batchID"), f"{where}.batchID", 128),
         "computing_site": text(entry.get("computingSite"), f"{where}.computingSite", 128, required=True),
-        "n_core": integer(entry.get("nCore"), f"{where}.nCore", required=False),
-        "n_memory": integer(entry.get("nMemory"), f"{where}.nMemory", required=False),
-        "walltime": integer(entry.get("walltime"), f"{where}.walltime", required=False),
+        "n_core": integer(entry.get("nCore"), f"{where}.nCore", maximum=INT_MAX, required=False),
+        "n_memory": integer(entry.get("nMemory"), f"{where}.nMemory", maximum=INT_MAX, required=False),
+        "walltime": integer(entry.get("walltime"), f"{where}.walltime", maximum=INT_MAX, required=False),
         "submit_time": utc_time(entry.get("submitTime"), f"{where}.submitTime"),
         "start_time": utc_time(entry.get("startTime"), f"{where}.startTime"),
         "end_time": utc_time(entry.get("endTime"), f"{where}.endTime"),
@@ -312,7 +314,7 @@ def add_command(command, params, harvester_id=None, now=None):
             raise RequestError("params.queue: required for SET_N_WORKERS")
         if "n_workers" not in params:
             raise RequestError("params.n_workers: required (a number, or null to lift the cap)")
-        clean["n_workers"] = integer(params["n_workers"], "params.n_workers", required=False)
+        clean["n_workers"] = integer(params["n_workers"], "params.n_workers", maximum=INT_MAX, required=False)
     now = now or states.utcnow()
     with database.atomic():
         row = models.HarvesterCommand.create(harvester_id=harvester_id, command=command, params=json.dumps(clean),
@@ -381,18 +383,23 @@ def mint_pilot_token(secret, harvester_id, worker_id, queue, lifetime, now=None)
 
 
 def revoke_pilot_tokens(harvester_id, jtis, now=None):
-    """Revoke pilot tokens this harvester minted; any other jti refuses the whole call (403), nothing revoked."""
+    """Revoke pilot tokens this harvester minted; returns how many were newly revoked.
+
+    A token of anyone else refuses the whole call (403), nothing revoked. An unknown jti is skipped: it can do no
+    harm, and refusing it would leave a harvester whose server lost its tokens retrying the same call forever."""
     jtis = id_list(jtis, "jtis", parse=lambda v, n: text(v, n, 64, required=True))
     Token = models.Token
     with database.atomic():
         tokens = {t.jti: t for t in Token.select().where(Token.jti.in_(jtis))} if jtis else {}
         for index, jti in enumerate(jtis):
             token = tokens.get(jti)
-            if token is None or token.role != "pilot" or not minted_by(token.name, harvester_id):
-                # One message for unknown and foreign tokens: a harvester learns nothing about others' tokens.
+            if token is not None and (token.role != "pilot" or not minted_by(token.name, harvester_id)):
                 raise RequestError(f"jtis[{index}]: {jti} is not a pilot token minted by harvester {harvester_id}",
                                    http=403)
-        if not jtis:
+        unknown = sorted(set(jtis) - set(tokens))
+        if unknown:
+            log.info("harvester %s asked to revoke unknown tokens %s", harvester_id, unknown[:10])
+        if not tokens:
             return 0
-        return Token.update(revoked=now or states.utcnow()).where(Token.jti.in_(jtis),
+        return Token.update(revoked=now or states.utcnow()).where(Token.jti.in_(list(tokens)),
                                                                    Token.revoked.is_null()).execute()

@@ -72,9 +72,9 @@ def test_heartbeat_and_instance_list(harvester):
 def test_update_workers_upserts_and_refuses_bad_entries(harvester):
     server, token = harvester
     reply = ok(server, "harvester/update_workers", {"harvester_id": "h1", "workers": [
-        worker(1), worker(2, status="flying"), worker(3, nCore="many"), "not a worker", worker(4, computingSite="")]},
-        token)
-    assert reply == [True, False, False, False, False]
+        worker(1), worker(2, status="flying"), worker(3, nCore="many"), "not a worker", worker(4, computingSite=""),
+        worker(5, nMemory=2 ** 40), worker(6, submitTime="soon"), worker(7, pandaid_list=["x"])]}, token)
+    assert reply == [True, False, False, False, False, False, False, False]
     assert ok(server, "harvester/update_workers", {"harvester_id": "h1", "workers": [
         worker(1, status="finished", endTime="2026-01-01T01:00:00Z", diagMessage="done")]}, token) == [True]
     # a late 'running' does not bring a finished worker back
@@ -85,6 +85,8 @@ def test_update_workers_upserts_and_refuses_bad_entries(harvester):
     log = server.read_log()
     assert "workers[1].status: expected one of" in log and "workers[2].nCore: expected an integer" in log
     assert "workers[4].computingSite: required" in log
+    assert "workers[5].nMemory: must be at most 2147483647" in log and "workers[6].submitTime: expected an ISO" in log
+    assert "workers[7].pandaid_list[0]: expected an integer" in log
 
 
 def test_failed_worker_fails_its_running_plain_job(harvester):
@@ -211,7 +213,7 @@ def test_minted_pilot_token_works_until_revoked(harvester):
     assert ok(server, "harvester/revoke_pilot_token", {"harvester_id": "h1", "jtis": [minted["jti"]]},
               token) == {"revoked": 1}
     assert call(server, "pilot/acquire_jobs", {"computing_element": "TEST_PQ"}, minted["token"]).status_code == 401
-    assert ok(server, "harvester/revoke_pilot_token", {"harvester_id": "h1", "jtis": [minted["jti"]]},
+    assert ok(server, "harvester/revoke_pilot_token", {"harvester_id": "h1", "jtis": [minted["jti"], "unknown-jti"]},
               token) == {"revoked": 0}
 
 
