@@ -18,6 +18,7 @@ import stat
 import tempfile
 import urllib.parse
 
+from harvester.errors import MessengerError
 from pilot import outbox as pilot_outbox
 from pilot.copytools import find_input
 from pilot.fileutil import adler32, atomic_touch, atomic_write_bytes, atomic_write_json, safe_name
@@ -34,10 +35,6 @@ SCHEDCONFIG_FILE = "schedconfig.json"  # {queue: dict}: pilot3 LOCAL_AGIS_SCHEDC
 # <workdir>/<name> instead, but the base is checked first. Our pilot accepts any host for /trf/user/.
 PILOT3_TRF_BASE = "http://pandaserver-doma.cern.ch:25080/trf/user/"
 FINAL_STATES = ("finished", "failed")
-
-
-class MessengerError(Exception):
-    """A handoff file is unreadable, or a name from a job or a pilot is not a plain file name."""
 
 
 class Messenger:
