@@ -7,6 +7,7 @@ import sys
 
 from minipanda import __version__, auth, server
 from minipanda.client import Client, ClientError
+from minipanda.tables import print_table
 
 EPILOG = """environment:
   MINIPANDA_HOME   home directory (database, signing secret, trf/); default ~/.minipanda
@@ -203,16 +204,6 @@ def cmd_job_kill(args):
     for pid, done in zip(args.panda_ids, results):
         print(f"{pid}: {'kill registered' if done else 'not killed (unknown, already final, or not yours)'}")
     return 0 if all(results) else 1
-
-
-def print_table(headers, rows):
-    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-    if not rows:
-        print("(none)")
 
 
 if __name__ == "__main__":

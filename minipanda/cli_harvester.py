@@ -8,6 +8,7 @@ import json
 
 from minipanda import server
 from minipanda.client import Client
+from minipanda.tables import print_table
 
 WORKER_COLUMNS = ["workerID", "harvester", "queue", "status", "batchID", "nCore", "submitTime", "endTime",
                   "pandaid_list", "diag"]
@@ -105,9 +106,3 @@ def cmd_kill_workers(args):
 
 def cmd_set_n_workers(args):
     _queued(args, "SET_N_WORKERS", {"queue": args.queue, "n_workers": args.n})
-
-
-def print_table(headers, rows):
-    from minipanda.cli import print_table as table
-
-    table(headers, rows)

@@ -8,6 +8,7 @@ import time
 
 from minipanda import datasets, server
 from minipanda.client import Client
+from minipanda.tables import print_table
 
 FLAT_INT_OPTIONS = ("nFilesPerJob", "nEventsPerJob", "nJobs", "coreCount", "ramCount", "walltime", "maxAttempt",
                     "taskPriority", "nScouts")
@@ -218,9 +219,3 @@ def cmd_rule_add(args):
 def cmd_rule_remove(args):
     _client(args).remove_retry_rule(args.rule_id)
     print(f"removed retry rule {args.rule_id}")
-
-
-def print_table(headers, rows):
-    from minipanda.cli import print_table as table
-
-    table(headers, rows)
