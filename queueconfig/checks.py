@@ -31,7 +31,7 @@ def problems(queue):
         A list of :class:`Problem`, errors and warnings mixed, in a stable order.
     """
     found = []
-    for rule in (_mode, _limits, _resources, _batch, _transport, _pilot, _storage):
+    for rule in (_mode, _limits, _resources, _batch, _transport, _pilot, _storage, _sweeper):
         found.extend(Problem(*problem) for problem in rule(queue))
     return found
 
@@ -137,6 +137,10 @@ def _pilot(q):
         yield ERROR, ("pilot", "lost_heartbeat"), (f"{pilot.lost_heartbeat} s is less than twice pilot.heartbeat "
                                                    f"({pilot.heartbeat} s): one late heartbeat would mark a "
                                                    "healthy job as lost"), (("pilot", "heartbeat"),)
+    if pilot.command is not None and pilot.extra_args:
+        yield ERROR, ("pilot", "extra_args"), ("set with pilot.command, which replaces the whole pilot command "
+                                               "line: put these arguments into pilot.command"), \
+            (("pilot", "command"),)
     if pilot.copytool == "http" and q.wnconnectivity == "none":
         yield ERROR, ("pilot", "copytool"), ("http needs network on the worker node, but wnconnectivity is none: "
                                              "use copy, symlink or mv with shared storage"), (("wnconnectivity",),)
@@ -164,3 +168,12 @@ def _storage(q):
     if source == "server" and tool != "http":
         yield ERROR, ("pilot", "copytool"), (f"{tool} works on files the worker node can see, but storage.input "
                                              "is type server: use copytool http"), (("storage", "input", "type"),)
+
+
+def _sweeper(q):
+    stale, heartbeat = q.sweeper.stale_time, q.pilot.heartbeat
+    # equal to lost_heartbeat (its default): the pilot rule above already reports a too short one
+    if stale is not None and stale < 2 * heartbeat and stale != q.pilot.lost_heartbeat:
+        yield ERROR, ("sweeper", "stale_time"), (f"{stale} s is less than twice pilot.heartbeat ({heartbeat} s): "
+                                                 "one late heartbeat would get a healthy pilot killed"), \
+            (("pilot", "heartbeat"),)

@@ -39,18 +39,19 @@ def to_entries(document, source):
         source: the file name, for messages.
 
     Returns:
-        ``(entries, errors, warnings)``; entries are :class:`queueconfig.parsing.Entry` in our format.
+        ``(entries, errors, warnings)``; entries are :class:`queueconfig.parsing.Entry` in our format, errors
+        ``(queue name, message)`` pairs.
     """
     entries, errors, warnings = [], [], []
     for name, attributes in document.items():
         try:
             check_name(name)
         except ValueError as exc:
-            errors.append(f"{source}: queue {name!r}: invalid queue name: {exc}")
+            errors.append((str(name), f"{source}: queue {name!r}: invalid queue name: {exc}"))
             continue
         mapper = _EntryMapper(name, attributes)
         entries.append(mapper.entry)
-        errors.extend(f"{source}: queue {name}: {text}" for text in mapper.errors)
+        errors.extend((name, f"{source}: queue {name}: {text}") for text in mapper.errors)
         warnings.extend(f"{source}: queue {name}: {text}" for text in mapper.summary())
     _default_map_type(entries, document, source, warnings)
     return entries, errors, warnings

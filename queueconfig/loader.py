@@ -3,9 +3,13 @@
 The pipeline is: :func:`queueconfig.parsing.parse` -> entries in our format (our file as it is, or a Harvester file
 through :mod:`queueconfig.harvester`) -> for each entry, its template chain merged key by key -> pydantic
 validation -> the cross-key rules of :mod:`queueconfig.checks`. Nothing stops at the first problem: every error of
-every queue is collected, and a :class:`ConfigError` carries them all.
+every queue is collected, and a :class:`ConfigError` carries them all. :func:`load_partial` instead returns the
+valid queues with the errors of the others by queue name, so that one broken queue stops only itself.
+
+Internally an error is a ``(queue name or None, message)`` pair; None is an error of the file as a whole.
 """
 import copy
+import dataclasses
 import difflib
 import hashlib
 import os
@@ -94,18 +98,63 @@ def loads(content, source="<string>", syntax=None):
         source: a name for messages (the file name).
         syntax: "yaml" or "json"; guessed from ``source`` and the content by default.
     """
+    config, issues = _load(content, source, syntax)
+    errors = list(dict.fromkeys(message for _, message in issues))
+    if errors:
+        raise ConfigError(errors, source)
+    return config
+
+
+def load_partial(path):
+    """Load a queue file keeping every valid queue, for a daemon that must not stop all queues for one typo.
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``(config, queue_errors, file_errors)``: a :class:`QueueConfig` with only the valid queues; queue name ->
+        its error messages, for each queue (or template) that failed (a queue whose template failed is listed
+        too); and the errors of the file as a whole (unreadable, not YAML/JSON, unknown top-level keys). A file
+        that cannot be read or parsed gives an empty config and only file errors.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read()
+    except OSError as exc:
+        return _empty(path), {}, [f"{path}: cannot read the file: {exc.strerror}"]
+    return loads_partial(content, source=path)
+
+
+def loads_partial(content, source="<string>", syntax=None):
+    """:func:`load_partial` on content; arguments as for :func:`loads`."""
+    try:
+        config, issues = _load(content, source, syntax)
+    except ConfigError as exc:
+        return _empty(source), {}, list(exc.errors)
+    by_queue, file_errors = {}, []
+    for name, message in dict.fromkeys(issues):
+        (file_errors if name is None else by_queue.setdefault(name, [])).append(message)
+    good = {name: queue for name, queue in config.queues.items() if name not in by_queue}
+    return dataclasses.replace(config, queues=MappingProxyType(good)), by_queue, file_errors
+
+
+def _load(content, source, syntax):
+    """Parse and build: ``(config with the queues that validated, issues)``; raises ConfigError if unparsable."""
     data = content.encode("utf-8") if isinstance(content, str) else content
     version_id = hashlib.sha256(data).hexdigest()[:12]
     document, lines = parse(data, source, syntax)
-    fmt, entries, errors, warnings = _entries(document, source)
-    queues, more_errors, more_warnings = _build(entries, source, lines)
-    errors = list(dict.fromkeys(errors + more_errors))
-    if errors:
-        raise ConfigError(errors, source)
+    fmt, entries, issues, warnings = _entries(document, source)
+    queues, more_issues, more_warnings = _build(entries, source, lines)
     ours = {"version": FORMAT_VERSION, "queues": {entry.name: entry.raw for entry in entries}}
-    return QueueConfig(queues=MappingProxyType(queues), version_id=version_id,
-                       warnings=tuple(dict.fromkeys(warnings + more_warnings)), source=source, format=fmt,
-                       _document=MappingProxyType(ours))
+    config = QueueConfig(queues=MappingProxyType(queues), version_id=version_id,
+                         warnings=tuple(dict.fromkeys(warnings + more_warnings)), source=source, format=fmt,
+                         _document=MappingProxyType(ours))
+    return config, issues + more_issues
+
+
+def _empty(source):
+    return QueueConfig(queues=MappingProxyType({}), version_id="", source=source)
 
 
 def _entries(document, source):
@@ -116,8 +165,9 @@ def _entries(document, source):
     if isinstance(document, dict) and document and all(isinstance(v, dict) for v in document.values()):
         entries, errors, warnings = harvester.to_entries(document, source)
         return "harvester", entries, errors, warnings
-    return "minipanda", [], [f"{source}: expected a mapping with 'version: 1' and 'queues' (minipanda format), or "
-                             "a Harvester panda_queueconfig.json mapping of queue names to attributes"], []
+    return "minipanda", [], [(None, f"{source}: expected a mapping with 'version: 1' and 'queues' (minipanda "
+                                    "format), or a Harvester panda_queueconfig.json mapping of queue names to "
+                                    "attributes")], []
 
 
 def _our_entries(document, source):
@@ -126,13 +176,14 @@ def _our_entries(document, source):
         if key not in _TOP_KEYS:
             close = difflib.get_close_matches(str(key), _TOP_KEYS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; expected only {' and '.join(_TOP_KEYS)}"
-            errors.append(f"{source}: top level: unknown key {key!r}{hint}")
+            errors.append((None, f"{source}: top level: unknown key {key!r}{hint}"))
     if document.get("version", FORMAT_VERSION) != FORMAT_VERSION:
-        errors.append(f"{source}: top level: version: {document['version']!r} is not supported; expected 1")
+        errors.append((None, f"{source}: top level: version: {document['version']!r} is not supported; "
+                             "expected 1"))
     queues = document.get("queues")
     if not isinstance(queues, dict):
-        errors.append(f"{source}: top level: queues: expected a mapping of queue name to settings, got "
-                      f"{type(queues).__name__}")
+        errors.append((None, f"{source}: top level: queues: expected a mapping of queue name to settings, got "
+                             f"{type(queues).__name__}"))
         return [], errors
     entries = []
     for name, raw in queues.items():
@@ -140,33 +191,35 @@ def _our_entries(document, source):
         try:
             check_name(name if isinstance(name, str) else "")
         except ValueError as exc:
-            errors.append(f"{where}: invalid queue name: {exc}")
+            errors.append((str(name), f"{where}: invalid queue name: {exc}"))
             continue
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            errors.append(f"{where}: expected a mapping of settings, got {type(raw).__name__} {raw!r}")
+            errors.append((name, f"{where}: expected a mapping of settings, got {type(raw).__name__} {raw!r}"))
             continue
         if "name" in raw:
-            errors.append(f"{where}: name: remove this key; a queue's name is its key under 'queues'")
+            errors.append((name, f"{where}: name: remove this key; a queue's name is its key under 'queues'"))
             raw = {k: v for k, v in raw.items() if k != "name"}
         entries.append(Entry(name, raw, line_prefix=("queues", name)))
     return entries, errors
 
 
 def _build(entries, source, lines):
-    """Resolve templates, validate and check every entry: ``(queues, errors, warnings)``."""
+    """Resolve templates, validate and check every entry: ``(queues, errors, warnings)``, errors by entry name."""
     by_name = {entry.name: entry for entry in entries}
     queues, errors, warnings, used = {}, [], [], set()
     for entry in entries:
         chain, problem = _chain(entry, by_name)
         if problem:
             owner, text = problem
-            errors.append(_message(source, lines, owner, ("template",), text))
+            errors.append((entry.name, _message(source, lines, owner, ("template",), text)))
             continue
         used.update(e.name for e in chain[1:])
         merged = {**_merge(chain), "name": entry.name}
-        queue, invalid = _validate(merged, chain, source, lines, errors)
+        found = []
+        queue, invalid = _validate(merged, chain, source, lines, found)
+        errors.extend((entry.name, message) for message in found)
         if queue is None or queue.is_template:
             continue
         for problem in checks.problems(queue):
@@ -175,8 +228,11 @@ def _build(entries, source, lines):
             owner, text = _owner(chain, problem.loc), problem.text
             if owner is not entry:
                 text += f" (value from template {owner.name})"
-            target = errors if problem.level == checks.ERROR else warnings
-            target.append(_message(source, lines, entry, problem.loc, text))
+            message = _message(source, lines, entry, problem.loc, text)
+            if problem.level == checks.ERROR:
+                errors.append((entry.name, message))
+            else:
+                warnings.append(message)
         if not invalid:
             queues[entry.name] = queue
     for entry in entries:

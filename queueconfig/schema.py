@@ -6,11 +6,11 @@ valid queue (one core, local fork, pull mode). Defaults that depend on other key
 worker limits) are filled in before validation, so a loaded queue always holds effective values.
 Cross-key rules live in :mod:`queueconfig.checks`.
 """
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from queueconfig import fields
+from queueconfig import fields, placeholders
 from queueconfig.checks import problems
 from queueconfig.fields import (Count, Environment, FileName, Flag, Fraction, Host, HostPort, Name, OneLine, Path,
                                 Port, Positive, Token, Url, User)
@@ -221,6 +221,49 @@ class Pilot(Section):
     """Names of the handoff files."""
     extra_args: tuple[OneLine, ...] = ()
     """Extra pilot arguments, one argv element per entry."""
+    command: Optional[Annotated[tuple[OneLine, ...], Field(min_length=1)]] = None
+    """The pilot's whole command line, one argv element per entry, instead of minipanda's pilot zipapp; may use
+    the placeholders {access_point} {queue} {queuedata} {walltime} {server} {token_file}."""
+    environment: Environment = Field(default_factory=dict, validate_default=True)
+    """Environment variables of the pilot, NAME: value; values may use the placeholders of command."""
+
+    @field_validator("command")
+    @classmethod
+    def _check_command(cls, value):
+        _check_placeholders(enumerate(value or ()), "entry {key} {text!r}")
+        return value
+
+    @field_validator("environment")
+    @classmethod
+    def _check_environment(cls, value):
+        _check_placeholders(value.items(), "{key}: {text!r}")
+        return value
+
+
+def _check_placeholders(items, label):
+    """Raise one ValueError naming every entry whose placeholders are wrong."""
+    problems = []
+    for key, text in items:
+        try:
+            placeholders.check(text)
+        except ValueError as exc:
+            problems.append(f"{label.format(key=key, text=text)} {exc}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+class Sweeper(Section):
+    """When harvester gives up on a worker and how long it keeps a worker's directory."""
+
+    max_queued_time: Positive = 172800
+    """Seconds a worker may stay queued (submitted, not yet running) before it is killed."""
+    stale_time: Optional[Positive] = None
+    """Seconds without any sign of life from a running pilot before its worker is killed; default
+    pilot.lost_heartbeat."""
+    keep_finished: Count = 86400
+    """Seconds the directory of a finished worker is kept (0: removed at once)."""
+    keep_failed: Count = 259200
+    """Seconds the directory of a failed, cancelled or missed worker is kept, for a look at its logs."""
 
 
 class Endpoint(Section):
@@ -243,7 +286,8 @@ class Storage(Section):
 
 
 class Queue(Section):
-    """One computing queue (a PanDA queue): identity, mode, resources, limits, batch, transport, pilot, storage."""
+    """One computing queue (a PanDA queue): identity, mode, resources, limits, batch, transport, pilot, storage,
+    sweeper."""
 
     name: Name
     """The queue's name (its key in the file)."""
@@ -273,6 +317,7 @@ class Queue(Section):
     transport: Transport = Field(default_factory=Transport)
     pilot: Pilot = Field(default_factory=Pilot)
     storage: Storage = Field(default_factory=Storage)
+    sweeper: Sweeper = Field(default_factory=Sweeper)
 
     @model_validator(mode="before")
     @classmethod
@@ -301,6 +346,11 @@ def derived_defaults(data):
         cap = limits.get("maxWorkers", Limits.model_fields["maxWorkers"].default)
         if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (cap, per_worker)):
             data["limits"] = {**limits, "nQueueLimitJob": cap * per_worker}
+    pilot, sweeper = data.get("pilot", {}), data.get("sweeper", {})
+    if isinstance(pilot, dict) and isinstance(sweeper, dict) and "stale_time" not in sweeper:
+        lost = pilot.get("lost_heartbeat", Pilot.model_fields["lost_heartbeat"].default)
+        if isinstance(lost, int) and not isinstance(lost, bool) and lost >= 1:
+            data["sweeper"] = {**sweeper, "stale_time": lost}
     return data
 
 

@@ -53,6 +53,8 @@ PUSH_NONET = {"mode": "push", "wnconnectivity": "none", "storage": SHARED}
     ({"batch": {"system": "slurm", "walltime": 600}, "pilot": {"lifetime": 3600}}, (ERROR, "batch.walltime")),
     ({"pilot": {"timefloor": 120, "lifetime": 3600}}, (ERROR, "pilot.timefloor")),
     ({"pilot": {"heartbeat": 600, "lost_heartbeat": 900}}, (ERROR, "pilot.lost_heartbeat")),
+    ({"pilot": {"command": ["p"], "extra_args": ["-x"]}}, (ERROR, "pilot.extra_args")),
+    ({"sweeper": {"stale_time": 500}}, (ERROR, "sweeper.stale_time")),
 ])
 def test_conflicts(keys, expected):
     assert expected in found(**keys)
@@ -67,6 +69,12 @@ def test_defaults_conflict_with_nothing():
     assert found(storage={"input": {"type": "server", "url": "/f/{lfn}"}}, pilot={"copytool": "http"}) == set()
     assert found(storage={"output": {"type": "server"}}) == set()  # the pilot uploads with http
     assert found(transport={"type": "ssh", "host": "h", "jump_host": "j", "jump_user": "u", "port": 2222}) == set()
+    assert found(pilot={"command": ["p", "{queue}"], "environment": {"A": "{walltime}"}}) == set()
+    assert found(sweeper={"stale_time": 600, "max_queued_time": 1, "keep_finished": 0, "keep_failed": 0}) == set()
+
+
+def test_a_short_lost_heartbeat_is_reported_once_not_again_as_stale_time():
+    assert {loc for _, loc in found(pilot={"heartbeat": 600, "lost_heartbeat": 900})} == {"pilot.lost_heartbeat"}
 
 
 def test_every_example_queue_is_free_of_errors():

@@ -211,3 +211,66 @@ def test_config_error_text_lists_everything(tmp_path):
     with pytest.raises(ConfigError) as info:
         queueconfig.load(write(tmp_path, {"A": {"status": "x"}, "B": {"mode": "y"}}))
     assert "2 error(s)" in str(info.value) and info.value.source.endswith("queues.yaml")
+
+
+def test_load_partial_keeps_the_valid_queues_and_names_the_broken_ones(tmp_path):
+    path = write(tmp_path, {
+        "GOOD": {"limits": {"maxWorkers": 3}},
+        "TYPO": {"limits": {"maxWorker": 3}},
+        "T": {"is_template": True, "batch": {"system": "slurm", "partition": "a b"}},
+        "FROM_T": {"template": "T"},
+        "ORPHAN": {"template": "MISSING"},
+        "CONFLICT": {"mode": "push", "mapType": "NoJob"},
+        "WARNED": {"limits": {"nQueueLimitJob": 3}},
+    })
+    config, queue_errors, file_errors = queueconfig.load_partial(path)
+    assert sorted(config.queues) == ["GOOD", "WARNED"] and config["GOOD"].limits.maxWorkers == 3
+    assert sorted(queue_errors) == ["CONFLICT", "FROM_T", "ORPHAN", "T", "TYPO"] and file_errors == []
+    assert queue_errors["FROM_T"] == queue_errors["T"] and "template T: batch.partition:" in queue_errors["T"][0]
+    assert "did you mean 'maxWorkers'?" in queue_errors["TYPO"][0]
+    assert "template 'MISSING' is not defined" in queue_errors["ORPHAN"][0]
+    assert any("nQueueLimitJob" in warning for warning in config.warnings)
+    # load() keeps refusing the file, with the same errors, once each
+    everything = errors(path)
+    assert set(everything) == {text for texts in queue_errors.values() for text in texts}
+    assert len(everything) == 4
+
+
+def test_load_partial_of_a_fully_valid_file_equals_load():
+    config, queue_errors, file_errors = queueconfig.load_partial(EXAMPLES / "queues.yaml")
+    assert (queue_errors, file_errors) == ({}, [])
+    assert config.queues == queueconfig.load(EXAMPLES / "queues.yaml").queues
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("version: 1\nqueues:\n  Q: {limits: {maxWorkers: 1\n", "q.yaml:4:1: not valid YAML"),
+    ("version: 1\nqueues:\n  Q: {}\n  Q: {}\n", "key 'Q' appears twice"),
+    ("", "the file is empty"),
+    ("- a\n", "expected a mapping with 'version: 1' and 'queues'"),
+])
+def test_load_partial_of_an_unparsable_file_gives_only_file_errors(tmp_path, text, fragment):
+    path = tmp_path / "q.yaml"
+    path.write_text(text)
+    config, queue_errors, file_errors = queueconfig.load_partial(path)
+    assert len(config) == 0 and queue_errors == {}
+    assert any(fragment in error for error in file_errors), file_errors
+
+
+def test_load_partial_file_errors_beside_valid_queues(tmp_path):
+    path = tmp_path / "q.yaml"
+    path.write_text("version: 1\nqueus: {}\nqueues:\n  Q: {}\n  'bad name': {}\n  R: 5\n")
+    config, queue_errors, file_errors = queueconfig.load_partial(path)
+    assert list(config.queues) == ["Q"]
+    assert len(file_errors) == 1 and "top level: unknown key 'queus'" in file_errors[0]
+    assert sorted(queue_errors) == ["R", "bad name"]
+    _, _, missing = queueconfig.load_partial(tmp_path / "absent.yaml")
+    assert len(missing) == 1 and "cannot read the file" in missing[0]
+
+
+def test_load_partial_of_a_harvester_file(tmp_path):
+    path = tmp_path / "panda_queueconfig.json"
+    path.write_text(json.dumps({"OK_Q": {"mapType": "NoJob", "maxWorkers": 2},
+                                "BAD_Q": {"mapType": "NoJob", "maxWorkers": "many"}}))
+    config, queue_errors, file_errors = queueconfig.load_partial(path)
+    assert list(config.queues) == ["OK_Q"] and list(queue_errors) == ["BAD_Q"] and file_errors == []
+    assert "maxWorkers (minipanda key limits.maxWorkers)" in queue_errors["BAD_Q"][0]

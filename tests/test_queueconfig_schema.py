@@ -65,7 +65,7 @@ def test_dump_is_plain_json_data():
 
 
 def test_unknown_keys_are_refused_in_every_section():
-    for section in ("resources", "limits", "batch", "transport", "pilot", "storage"):
+    for section in ("resources", "limits", "batch", "transport", "pilot", "storage", "sweeper"):
         assert any("unknown key" in text for text in errors_of(**{section: {"bogus": 1}}))
     assert any("unknown key" in text for text in errors_of(pilot={"handoff": {"bogus": "x"}}))
 
@@ -116,6 +116,18 @@ def test_wrong_types_and_values_say_what_was_expected(keys, fragment):
     ({"pilot": {"extra_args": ["--a\n--b"]}}, "must be a single line"),
     ({"batch": {"pool": "cm:99999"}}, "port from 1 to 65535"),
     ({"description": "two\nlines"}, "must be a single line"),
+    ({"pilot": {"command": ["pilot", "--x\ny"]}}, "must be a single line"),
+    ({"pilot": {"command": []}}, "must be at least 1 entries"),
+    ({"pilot": {"command": "python3 pilot.py"}}, "expected a list"),
+    ({"pilot": {"command": ["p", "-q", "{qeue}"]}}, "entry 2 '{qeue}' has an unknown placeholder {qeue}"),
+    ({"pilot": {"command": ["p", "{queue.__class__}"]}}, "entry 1 '{queue.__class__}' has an unknown placeholder"),
+    ({"pilot": {"command": ["p", "{queue"]}}, "entry 1 '{queue' has a lone '{'"),
+    ({"pilot": {"environment": {"HOME_DIR": "{home}"}}}, "HOME_DIR: '{home}' has an unknown placeholder {home}"),
+    ({"pilot": {"environment": {"X": "a}"}}}, "X: 'a}' has a lone '}'"),
+    ({"pilot": {"environment": {"1X": "a"}}}, "must be an environment variable name"),
+    ({"sweeper": {"max_queued_time": 0}}, "must be at least 1"),
+    ({"sweeper": {"keep_failed": -1}}, "must be at least 0"),
+    ({"sweeper": {"stale_time": "1h"}}, "expected a whole number"),
 ])
 def test_values_that_reach_a_shell_are_checked_and_the_reason_given(keys, fragment):
     assert any(fragment in text for text in errors_of(**keys)), errors_of(**keys)
@@ -134,6 +146,28 @@ def test_values_that_reach_a_shell_are_checked_and_the_reason_given(keys, fragme
 ])
 def test_legitimate_values_are_accepted(keys):
     make(**keys)
+
+
+def test_pilot_command_and_environment_with_placeholders():
+    queue = make(pilot={"command": ["python3", "/opt/pilot3/pilot.py", "-q", "{queue}", "--url", "{server}",
+                                    "--json={{}}"],
+                        "environment": {"PILOT_HOME": "{access_point}", "X_TOKEN": "{token_file}"}})
+    assert queue.pilot.command == ("python3", "/opt/pilot3/pilot.py", "-q", "{queue}", "--url", "{server}",
+                                   "--json={{}}")
+    assert dict(queue.pilot.environment) == {"PILOT_HOME": "{access_point}", "X_TOKEN": "{token_file}"}
+    assert make().pilot.command is None and dict(make().pilot.environment) == {}
+
+
+def test_sweeper_defaults_and_stale_time_from_lost_heartbeat():
+    sweeper = make().sweeper
+    assert (sweeper.max_queued_time, sweeper.stale_time, sweeper.keep_finished, sweeper.keep_failed) == \
+        (172800, 1800, 86400, 259200)
+    assert make(pilot={"lost_heartbeat": 900}).sweeper.stale_time == 900
+    assert make(pilot={"lost_heartbeat": 900}, sweeper={"stale_time": 1200}).sweeper.stale_time == 1200
+    assert make(sweeper={"keep_finished": 0}).sweeper.keep_finished == 0
+    schema = Queue.model_json_schema()  # what `queueconfig schema` prints
+    assert "sign of life" in schema["$defs"]["Sweeper"]["properties"]["stale_time"]["description"]
+    assert "{access_point}" in schema["$defs"]["Pilot"]["properties"]["command"]["description"]
 
 
 def test_cross_key_rules_run_when_validating_directly():

@@ -121,3 +121,6 @@ class BatchSystem:
     def cancel(self, batch_ids) -> CancelResult:
         """Cancel batch jobs (one call where the scheduler allows it)."""
         raise NotImplementedError
+
+    def forget(self, batch_ids):
+        """Drop what the plugin keeps of ended batch jobs (the sweeper calls it once a worker is cleaned up)."""
