@@ -45,6 +45,10 @@ class LocalBatch(BatchSystem):
     cancel_grace = 10  # s between SIGTERM (the pilot's warm stop) and SIGKILL of a cancelled worker's group
     timeout = 60  # s a launch or signal command may take
 
+    def __init__(self, transport, spool=None):
+        super().__init__(transport, spool)
+        self._known = {}  # batch id -> its spool record, read once (a record never changes once written)
+
     def render(self, worker):
         env = {name: str(value) for name, value in worker.environment.items()}
         bad = [name for name, value in env.items() if not _ENV_NAME.fullmatch(name) or "\0" in value]
@@ -110,17 +114,17 @@ class LocalBatch(BatchSystem):
 
     def _state(self, batch_id, record, boot_id):
         exit_text = self.transport.read_file(_join(record["access_point"], self.exit_name))
-        cancelled = self.transport.exists(self._spool_file(batch_id, ".cancelled"))
         if exit_text is not None and exit_text.strip().isdigit():
             code = int(exit_text)
             if code == 0:
                 return BatchStatus("finished", "pilot exit code 0", 0)
             signum = code - 128 if 128 < code <= 128 + 64 else None
             diag = f"pilot killed by signal {signum}" if signum else f"pilot exit code {code}"
+            cancelled = self.transport.exists(self._spool_file(batch_id, ".cancelled"))
             return BatchStatus("cancelled" if cancelled else "failed", diag, code)
         if self._alive(record, boot_id):
             return BatchStatus("running", f"pid {record['pid']} running")
-        if cancelled:
+        if self.transport.exists(self._spool_file(batch_id, ".cancelled")):
             return BatchStatus("cancelled", "cancelled by harvester")
         return BatchStatus("failed", f"process {record['pid']} is gone and left no exit code (killed with its job "
                                      "script, or the host rebooted)")
@@ -155,15 +159,21 @@ class LocalBatch(BatchSystem):
 
     def forget(self, batch_ids):
         for batch_id in batch_ids:
+            self._known.pop(batch_id, None)
             if _BATCH_ID.fullmatch(str(batch_id)):
                 for suffix in (".json", ".cancelled"):
                     self.transport.remove_tree(self._spool_file(batch_id, suffix))
 
     def _records(self, batch_ids):
-        """Spool records of the well-formed known ids (an unknown id is simply absent)."""
-        found = {b: self.transport.read_file(self._spool_file(b, ".json")) for b in dict.fromkeys(batch_ids)
-                 if _BATCH_ID.fullmatch(str(b))}
-        return {batch_id: json.loads(data) for batch_id, data in found.items() if data is not None}
+        """Spool records of the well-formed known ids (an unknown id is simply absent); each file is read once
+        per plugin instance, forget() drops it."""
+        known = self._known
+        missing = [b for b in dict.fromkeys(batch_ids) if b not in known and _BATCH_ID.fullmatch(str(b))]
+        for batch_id in missing:
+            data = self.transport.read_file(self._spool_file(batch_id, ".json"))
+            if data is not None:
+                known[batch_id] = json.loads(data)
+        return {b: known[b] for b in dict.fromkeys(batch_ids) if b in known}
 
     def _alive(self, record, boot_id):
         if record["boot_id"] != boot_id or not record["start"]:
