@@ -78,6 +78,8 @@ def _minipanda_keys(queue):
         "handoff_files": pilot.handoff.model_dump(), "pilot_lifetime": pilot.lifetime,
         "pilot_heartbeat_interval": pilot.heartbeat, "pilot_lost_heartbeat_timeout": pilot.lost_heartbeat,
         "pilot_looping_limit": pilot.looping_limit, "pilot_extra_args": list(pilot.extra_args),
+        "pilot_getjob_tries": pilot.getjob_tries, "pilot_getjob_interval": pilot.getjob_interval,
+        "pilot_handoff_wait": pilot.handoff_wait,
     }
 
 

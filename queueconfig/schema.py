@@ -215,6 +215,12 @@ class Pilot(Section):
     """Seconds without a heartbeat after which the server declares the job lost."""
     looping_limit: Positive = 7200
     """Seconds without any file in the job directory changing before the job counts as looping."""
+    getjob_tries: Positive = 2
+    """Job requests a pilot makes before it gives up when the server has no job for it."""
+    getjob_interval: Positive = 60
+    """Seconds between a pilot's job requests that found no job."""
+    handoff_wait: Positive = 300
+    """File mode: seconds a pilot waits for harvester to answer its request for another job."""
     copytool: Literal["copy", "symlink", "mv", "http"] = "mv"
     """Stage-in tool: copy, symlink, mv (copy in, move out) or http (storage.input type server)."""
     handoff: Handoff = Field(default_factory=Handoff)

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 
 import requests
 import yaml
@@ -25,7 +26,7 @@ def queue_config(**over):
     """One local queue with limits fit for a test; overrides are merged one level deep."""
     queue = {"mode": "pull", "prodSourceLabels": ["managed"], "resources": {"corecount": 1, "maxrss": 2000},
              "limits": {"maxWorkers": 4, "nQueueLimitWorker": 4, "maxNewWorkersPerCycle": 4},
-             "pilot": {"lifetime": 600, "heartbeat": 5},
+             "pilot": {"lifetime": 600, "heartbeat": 5, "getjob_tries": 1, "getjob_interval": 1},
              "sweeper": {"keep_finished": 86400, "keep_failed": 86400}}
     for key, value in over.items():
         queue[key] = {**queue.get(key, {}), **value} if isinstance(value, dict) else value
@@ -85,7 +86,12 @@ class Testbed:
     def submit(self, n=1, queue=QUEUE, **overrides):
         from conftest import make_job
 
-        specs = [make_job(queue, **overrides) for _ in range(n)]
+        specs = []
+        for _ in range(n):  # each job its own log file name, as real jobs have
+            spec = make_job(queue, **overrides)
+            if "Files" not in overrides:
+                spec["Files"] = [{"type": "log", "lfn": f"log.{uuid.uuid4().hex[:12]}.tgz", "scope": "test"}]
+            specs.append(spec)
         return [row[0] for row in self.v1("job/submit", jobs=specs)]
 
     def statuses(self, panda_ids):

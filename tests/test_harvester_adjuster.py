@@ -33,6 +33,7 @@ TABLE = [
     ("no activated jobs: no pilots", {}, 0, 0, 0, 0, None, None, 0, "(1 + extraPilotFraction)"),
     ("pilots already waiting for the jobs", {}, 2, 0, 2, 0, None, None, 0, "(1 + extraPilotFraction)"),
     ("extra pilots", {"limits": {"extraPilots": 1}}, 0, 0, 1, 0, None, None, 2, "(1 + extraPilotFraction)"),
+    ("running pilots without a job yet count as waiting", {}, 0, 3, 3, 0, None, None, 0, "(1 + extraPilotFraction)"),
     ("extra fraction", {"limits": {"extraPilotFraction": 0.5, "maxNewWorkersPerCycle": 10}}, 0, 0, 2, 0, None,
      None, 3, "(1 + extraPilotFraction)"),
     ("demand unknown", {}, 0, 0, None, 0, None, None, 0, "activated jobs unknown"),
@@ -56,7 +57,9 @@ TABLE = [
                          ids=[row[0] for row in TABLE])
 def test_decide(title, over, queued, running, activated, unbound, override, blocked, expected, winner):
     q = queue(**over)
-    decision = decide(q, queued, running, queued * q.resources.corecount, 0, activated, unbound, override, blocked)
+    jobless = running if title.startswith("running pilots without a job") else 0
+    decision = decide(q, queued, running, queued * q.resources.corecount, 0, activated, unbound, override, blocked,
+                      jobless)
     assert decision["n"] == expected
     assert decision["winner"].startswith(winner), decision
     assert dict((name, value) for name, value in decision["limits"])[decision["winner"]] == min(

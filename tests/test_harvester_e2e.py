@@ -41,6 +41,13 @@ def test_pull_mode_runs_jobs_and_explains(testbed_factory):
                                      else None)(bed.v1("harvester/list_workers", queue=QUEUE)),
                             "the server to know every worker finished")
     assert {r["workerID"] for r in reported} == {w["workerID"] for w in workers}
+    # every pilot token minted for a worker is revoked once the worker ended
+    def revoked():
+        with bed.db() as conn:
+            rows = conn.execute("SELECT pilot_token_jti, token_revoked FROM worker").fetchall()
+        return rows and all(jti and done for jti, done in rows)
+
+    bed.wait_for(revoked, "the pilot tokens of ended workers revoked")
     bed.stop()
     explain = bed.cli("explain", QUEUE)
     assert explain.returncode == 0 and "<- winner" in explain.stdout, explain.stdout + explain.stderr
@@ -48,10 +55,6 @@ def test_pull_mode_runs_jobs_and_explains(testbed_factory):
     assert status.returncode == 0 and QUEUE in status.stdout and "monitor" in status.stdout
     one = bed.cli("explain", "--worker", str(workers[0]["workerID"]))
     assert "submitted -> running" in one.stdout or "submitted -> finished" in one.stdout, one.stdout
-    # every pilot token minted for a worker is revoked once the worker ended
-    with bed.db() as conn:
-        rows = conn.execute("SELECT pilot_token_jti, token_revoked FROM worker").fetchall()
-    assert rows and all(jti and revoked for jti, revoked in rows)
 
 
 def test_push_mode_pilot_without_server_url(testbed_factory):

@@ -113,7 +113,7 @@ def test_template_cycles_are_reported_once(tmp_path, queues, cycle):
     ({"prodSourceLabel": ["managed"]}, "did you mean 'prodSourceLabels'?"),
     ({"batch": {"queue": "short"}}, "did you mean 'batch.partition'? (queue is what other tools call it)"),
     ({"transport": {"hostname": "h"}}, "did you mean 'host'?"),
-    ({"pilot": {"heartbeat_interval": 60}}, "did you mean 'heartbeat'?"),
+    ({"pilot": {"heartbeet": 60}}, "did you mean 'heartbeat'?"),
     ({"batch": {"xyzzy": 1}}, "known keys here: system, partition"),
 ])
 def test_typos_get_a_suggestion(tmp_path, queue, expected):

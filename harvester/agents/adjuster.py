@@ -5,7 +5,8 @@ Per queue (Harvester's rules, DIRAC's cap in pull mode)::
     new = min(nQueueLimitWorker - queued,            # room for more queued workers
               maxWorkers - (queued + running),       # room under the total
               maxNewWorkersPerCycle,
-              pull: (1 + extraPilotFraction) x activated + extraPilots - queued     (pilots for waiting jobs)
+              pull: (1 + extraPilotFraction) x activated + extraPilots - waiting pilots
+                    (waiting pilots: queued workers, and running ones that have not taken a job yet)
               push: ceil(jobs fetched and not yet bound / jobsPerWorker))
     never below 0; 0 for an offline queue, a paused (invalid) queue or one backing off after failures.
 
@@ -14,6 +15,8 @@ Every limit, its value and the winner are recorded on the queue, so ``harvester 
 import json
 import logging
 import math
+
+import peewee
 
 from harvester import db, models
 from harvester.agents.base import Agent
@@ -24,19 +27,23 @@ log = logging.getLogger(__name__)
 
 
 def counts(queue_name):
-    """(queued, running, queued cores, queued memory MB) of a queue's live workers."""
-    queued = running = cores = memory = 0
-    rows = (models.Worker.select(models.Worker.status, models.Worker.cores, models.Worker.memory_mb)
+    """(queued, running, queued cores, queued memory MB, running pilots with no job yet) of a queue's live
+    workers."""
+    queued = running = cores = memory = jobless = 0
+    has_job = models.JobWorker.select().where(models.JobWorker.worker_id == models.Worker.worker_id)
+    rows = (models.Worker.select(models.Worker.status, models.Worker.cores, models.Worker.memory_mb,
+                                 peewee.fn.EXISTS(has_job))
             .where(models.Worker.queue == queue_name, models.Worker.status.in_([s.value for s in QUEUED | ACTIVE]))
             .tuples())
-    for status, n_cores, mem in rows:
+    for status, n_cores, mem, with_job in rows:
         if status in {s.value for s in QUEUED}:
             queued += 1
             cores += n_cores
             memory += mem
         else:
             running += 1
-    return queued, running, cores, memory
+            jobless += not with_job
+    return queued, running, cores, memory, jobless
 
 
 def unbound_jobs(queue_name):
@@ -45,13 +52,14 @@ def unbound_jobs(queue_name):
 
 
 def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=None, unbound=0, override=None,
-           blocked=None):
+           blocked=None, jobless=0):
     """The number of new workers and the record of why: a pure function of the situation (tested on tables).
 
     Args:
         queue: a queueconfig Queue.
         queued, running: its workers now (queued = submitted + ready; running = running + idle).
         activated: pull mode: jobs waiting for this queue on the server (None: unknown, then no pilots).
+        jobless: pull mode: running pilots that have not taken a job yet (they will take waiting jobs too).
         unbound: push mode: jobs fetched and not yet given to a worker.
         override: SET_N_WORKERS from the server: replaces maxWorkers.
         blocked: a reason that forces 0 (offline, paused, backing off, server unreachable), or None.
@@ -85,15 +93,15 @@ def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=No
         if activated is None:
             limits.append(("activated jobs unknown (server unreachable)", 0))
         else:
-            cap = math.floor((1 + lim.extraPilotFraction) * activated) + lim.extraPilots - queued
-            limits.append(("(1 + extraPilotFraction) x activated + extraPilots - queued", cap))
+            cap = math.floor((1 + lim.extraPilotFraction) * activated) + lim.extraPilots - queued - jobless
+            limits.append(("(1 + extraPilotFraction) x activated + extraPilots - waiting pilots", cap))
     else:
         limits.append(("ceil(fetched jobs not yet in a worker / jobsPerWorker)",
                        math.ceil(unbound / (queue.jobsPerWorker if queue.mapType == "ManyToOne" else 1))))
     winner, value = min(limits, key=lambda item: item[1])
     return {"n": max(0, value), "winner": winner, "limits": limits,
             "inputs": {"queued": queued, "running": running, "queued_cores": queued_cores,
-                       "queued_memory": queued_memory, "activated": activated, "unbound_jobs": unbound,
+                       "queued_memory": queued_memory, "jobless_pilots": jobless, "activated": activated, "unbound_jobs": unbound,
                        "maxWorkers": max_workers, "mapType": queue.mapType, "status": queue.status}}
 
 
@@ -121,7 +129,7 @@ class Adjuster(Agent):
                 models.QueueState.update(to_submit=0, decision=json.dumps(decision), decision_time=now) \
                     .where(models.QueueState.queue == name).execute()
                 continue
-            queued, running, q_cores, q_mem = counts(name)
+            queued, running, q_cores, q_mem, jobless = counts(name)
             blocked = None
             if queue.status == "offline":
                 blocked = "queue offline"
@@ -133,7 +141,7 @@ class Adjuster(Agent):
             elif queue.mapType == "NoJob" and demand_error:
                 blocked = blocked or "server unreachable: demand unknown"
             decision = decide(queue, queued, running, q_cores, q_mem, activated, unbound_jobs(name),
-                              state.n_workers_override, blocked)
+                              state.n_workers_override, blocked, jobless)
             models.QueueState.update(to_submit=decision["n"], decision=json.dumps(decision),
                                      decision_time=now).where(models.QueueState.queue == name).execute()
             if decision["n"]:

@@ -8,6 +8,7 @@ fails a job whose pilot did report.
 import datetime
 import json
 import logging
+import os
 import re
 
 from harvester import db, models, pilots
@@ -19,6 +20,7 @@ from harvester.states import ACTIVE, FINAL, QUEUED, S, change_worker_status
 
 log = logging.getLogger(__name__)
 LIVE = [s.value for s in QUEUED | ACTIVE]
+PILOT_NO_JOB = 82  # pilot3's and our pilot's exit code when the server had no job for it
 
 
 class Monitor(Agent):
@@ -83,6 +85,8 @@ class Monitor(Agent):
         if target == worker.status or target in (S.SUBMITTED, S.READY) and worker.status != S.SUBMITTED.value:
             return
         reason = f"batch system: {native.diag}" if native.diag else f"batch system says {target}"
+        if target == S.FAILED and native.exit_code == PILOT_NO_JOB:  # a pilot that found no job did no harm
+            target, reason = S.FINISHED, f"{reason} (the pilot found no job)"
         if target in FINAL and worker.kill_reason and target != S.FINISHED:
             target, reason = S.CANCELLED, f"killed: {worker.kill_reason} ({reason})"
         change_worker_status(worker, target, reason, now, diag=native.diag if target in FINAL else None)
@@ -102,6 +106,37 @@ class Monitor(Agent):
             self.relay_file_mode(queue, worker, messenger, now)
         else:
             self.take_outbox(worker, messenger, now)
+        if queue.mapType != "NoJob" and worker.status not in {s.value for s in FINAL}:
+            self.answer_request(queue, worker, messenger, now)
+
+    def answer_request(self, queue, worker, messenger, now):
+        """Late binding: a pilot that asks for another job (worker_requestjob.json) gets the queue's next held job."""
+        wanted = messenger.job_requested()
+        if wanted <= 0 or os.path.exists(messenger.path("job")):
+            return
+        with models.database.atomic():
+            free = (models.HeldJob.select(models.HeldJob.panda_id)
+                    .where(models.HeldJob.queue == queue.name, models.HeldJob.worker_id.is_null())
+                    .order_by(models.HeldJob.panda_id).limit(wanted))
+            models.HeldJob.update(worker_id=worker.worker_id).where(
+                models.HeldJob.panda_id.in_(free), models.HeldJob.worker_id.is_null()).execute()
+            held = list(models.HeldJob.select().where(models.HeldJob.worker_id == worker.worker_id,
+                                                      models.HeldJob.status == "fetched"))
+            for job in held:
+                models.JobWorker.insert(panda_id=job.panda_id, worker_id=worker.worker_id, time=now) \
+                    .on_conflict_ignore().execute()
+        if not held:
+            return
+        jobs = [json.loads(job.definition) for job in held]
+        if pilots.file_mode(queue):
+            for job in jobs:
+                messenger.put_transformation(job, self.ctx.server.fetch)
+                messenger.stage_in(job, queue.storage)
+        if messenger.feed_jobs(jobs):
+            models.HeldJob.update(status="fed").where(
+                models.HeldJob.panda_id.in_([job.panda_id for job in held])).execute()
+            log.info("queue %s worker %s asked for a job: given %s", queue.name, worker.worker_id,
+                     ", ".join(str(job.panda_id) for job in held))
 
     def take_outbox(self, worker, messenger, now):
         """A pilot that could not reach the server spooled its reports in the access point: forward them."""

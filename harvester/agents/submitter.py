@@ -120,7 +120,10 @@ class Submitter(Agent):
         try:
             transport.makedirs(access_point, 0o750)
             messenger = Messenger(access_point, queue.pilot.handoff)
-            messenger.setup(queuedata(queue))
+            data = queuedata(queue)
+            if pilots.file_mode(queue):  # harvester stages in and out: the pilot works in its access point only
+                data.update(input_dir="", output_dir="")
+            messenger.setup(data)
             if not queue.pilot.command:
                 transport.put_file(pilots.zipapp_path(self.ctx.home),
                                    os.path.join(access_point, pilots.ZIPAPP_FILE), 0o644)
