@@ -264,3 +264,35 @@ def test_plugin_for_a_queue(tmp_path):
     with pytest.raises(BatchError, match="queue SLURMQ: batch.system slurm is not built yet") as info:
         plugin_for(slurm, LocalTransport(), str(tmp_path))
     assert info.value.status == FATAL
+
+
+def test_find_recovers_the_batch_id_of_an_unrecorded_submission(tmp_path):
+    """A harvester killed after the launch but before it recorded the batch id finds the pilot again by its
+    access point, so the worker is not submitted a second time."""
+    from harvester.batch.local import LocalBatch
+    from harvester.transport import LocalTransport
+
+    plugin = LocalBatch(LocalTransport(), str(tmp_path / "spool"))
+    spec = _find_spec(tmp_path, plugin)
+    (result,) = plugin.submit([spec])
+    try:
+        fresh = LocalBatch(LocalTransport(), str(tmp_path / "spool"))  # a restarted harvester
+        assert fresh.find(spec.access_point) == result.batch_id
+        assert fresh.find(str(tmp_path / "never-submitted")) is None
+    finally:
+        plugin.cancel([result.batch_id])
+
+
+def _find_spec(tmp_path, plugin):
+    import json as _json
+    import sys as _sys
+
+    from harvester.batch.base import WorkerSpec
+    from queueconfig.loader import loads
+
+    queue = loads(_json.dumps({"queues": {"Q": {}}}), "q.json").queues["Q"]
+    spec = WorkerSpec(worker_id=1, queue=queue, access_point=str(tmp_path / "ap1"),
+                      argv=(_sys.executable, "-c", "import time; time.sleep(30)"), environment={}, cores=1,
+                      memory_mb=100, walltime_s=60)
+    plugin.write_script(spec)
+    return spec

@@ -7,6 +7,7 @@ from a later process that got the same pid. The script runs the pilot in a child
 ``job.exit`` in the access point, 128+N when signal N ended it (a shell outlives a SIGKILL of its child).
 """
 import json
+import os
 import re
 import shlex
 import time
@@ -163,6 +164,19 @@ class LocalBatch(BatchSystem):
             if _BATCH_ID.fullmatch(str(batch_id)):
                 for suffix in (".json", ".cancelled"):
                     self.transport.remove_tree(self._spool_file(batch_id, suffix))
+
+    def find(self, access_point):
+        """The batch id of the pilot started for ``access_point`` (a submission a crash left unrecorded), or None.
+        Reads the local spool directly: this plugin's spool is on the harvester's own host."""
+        if not self.spool or not os.path.isdir(self.spool):
+            return None
+        for name in sorted(os.listdir(self.spool)):
+            batch_id = name[:-len(".json")]
+            if name.endswith(".json") and _BATCH_ID.fullmatch(batch_id):
+                record = self._records([batch_id]).get(batch_id)
+                if record and record.get("access_point") == access_point:
+                    return batch_id
+        return None
 
     def _records(self, batch_ids):
         """Spool records of the well-formed known ids (an unknown id is simply absent); each file is read once
