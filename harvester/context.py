@@ -13,9 +13,9 @@ log = logging.getLogger(__name__)
 class Settings:
     """Harvester-wide settings (periods in seconds). Every value has a `harvester run` option."""
 
-    adjuster_period: float = 30.0
-    submitter_period: float = 30.0
-    fetcher_period: float = 30.0
+    adjuster_period: float = 10.0
+    submitter_period: float = 10.0
+    fetcher_period: float = 10.0
     monitor_period: float = 10.0
     propagator_period: float = 10.0
     sweeper_period: float = 60.0

@@ -119,7 +119,7 @@ def explain(args):
     print("  limits (the smallest wins):")
     for name, value in decision["limits"]:
         mark = "  <- winner" if name == decision["winner"] else ""
-        print(f"    {name:64} {value}{mark}")
+        print(f"    {name:70} {value}{mark}")
     print("  inputs: " + ", ".join(f"{k}={v}" for k, v in decision["inputs"].items()))
     if state.last_error:
         print(f"  last error: {state.last_error}")
