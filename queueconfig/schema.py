@@ -83,6 +83,8 @@ class Limits(Section):
     """Prefetched-core limit as a percentage of running cores."""
     nQueueLimitJobCoresMin: Optional[Count] = None
     """Floor of the ratio-based prefetched-core limit."""
+    maxNewWorkersPerMinute: Optional[Count] = None
+    """Most workers submitted in any minute (politeness towards the batch system); default no cap."""
     extraPilotFraction: Fraction = 0.0
     """Pull mode: submit activated jobs x (1 + this) pilots, to cover pilots that find no job."""
     extraPilots: Count = 0

@@ -48,6 +48,8 @@ TABLE = [
     ("push: no fetched jobs", {"mode": "push"}, 0, 0, None, 0, None, None, 0, "ceil("),
     ("queued-worker ratio", {"limits": {"nQueueLimitWorkerRatio": 50, "nQueueLimitWorkerMin": 1}}, 0, 4, 100, 0,
      None, None, 2, "nQueueLimitWorker"),
+    ("per-minute cap", {"limits": {"maxNewWorkersPerMinute": 5}}, 0, 0, 100, 0, None, None, 1,
+     "maxNewWorkersPerMinute"),
     ("queued cores", {"resources": {"corecount": 4}, "limits": {"nQueueLimitWorkerCores": 8}}, 1, 0, 100, 0, None,
      None, 1, "(nQueueLimitWorkerCores"),
 ]
@@ -58,8 +60,9 @@ TABLE = [
 def test_decide(title, over, queued, running, activated, unbound, override, blocked, expected, winner):
     q = queue(**over)
     jobless = running if title.startswith("running pilots without a job") else 0
+    recent = 4 if title == "per-minute cap" else 0
     decision = decide(q, queued, running, queued * q.resources.corecount, 0, activated, unbound, override, blocked,
-                      jobless)
+                      jobless, recent)
     assert decision["n"] == expected
     assert decision["winner"].startswith(winner), decision
     assert dict((name, value) for name, value in decision["limits"])[decision["winner"]] == min(
@@ -133,3 +136,15 @@ def test_run_once_offline_backoff_paused_and_server_down(home):
     ctx.server = DemandOnly(error=ServerError("unreachable"))
     assert Adjuster(ctx).run_once(NOW) == 0
     assert json.loads(models.QueueState.get_by_id("A").decision)["winner"].startswith("server unreachable")
+
+
+def test_run_once_counts_workers_made_in_the_last_minute(home):
+    q = queue(limits={"maxNewWorkersPerMinute": 3, "maxWorkers": 20, "nQueueLimitWorker": 20,
+                      "maxNewWorkersPerCycle": 20})
+    for age in (30, 50, 120):  # two inside the minute, one outside
+        worker = models.Worker.create(queue="Q", status="finished", submit_phase="done")
+        models.WorkerStatusLog.create(worker_id=worker.worker_id, old_status=None, new_status="submitted",
+                                      time=NOW - datetime.timedelta(seconds=age), reason="created")
+    ctx, _ = context(home, DemandOnly({"Q": {"activated": 50}}), {"Q": q})
+    assert Adjuster(ctx).run_once(NOW) == 1
+    assert json.loads(models.QueueState.get_by_id("Q").decision)["winner"].startswith("maxNewWorkersPerMinute")

@@ -12,6 +12,7 @@ Per queue (Harvester's rules, DIRAC's cap in pull mode)::
 
 Every limit, its value and the winner are recorded on the queue, so ``harvester explain QUEUE`` prints them.
 """
+import datetime
 import json
 import logging
 import math
@@ -46,13 +47,22 @@ def counts(queue_name):
     return queued, running, cores, memory, jobless
 
 
+def made_since(queue_name, now, seconds=60):
+    """Workers of the queue created in the last ``seconds`` (their first status-log row)."""
+    since = now - datetime.timedelta(seconds=seconds)
+    return (models.WorkerStatusLog.select()
+            .join(models.Worker, on=(models.Worker.worker_id == models.WorkerStatusLog.worker_id))
+            .where(models.Worker.queue == queue_name, models.WorkerStatusLog.old_status.is_null(),
+                   models.WorkerStatusLog.time > since).count())
+
+
 def unbound_jobs(queue_name):
     return (models.HeldJob.select().where(models.HeldJob.queue == queue_name, models.HeldJob.worker_id.is_null())
             .count())
 
 
 def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=None, unbound=0, override=None,
-           blocked=None, jobless=0):
+           blocked=None, jobless=0, recent=0):
     """The number of new workers and the record of why: a pure function of the situation (tested on tables).
 
     Args:
@@ -60,6 +70,7 @@ def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=No
         queued, running: its workers now (queued = submitted + ready; running = running + idle).
         activated: pull mode: jobs waiting for this queue on the server (None: unknown, then no pilots).
         jobless: pull mode: running pilots that have not taken a job yet (they will take waiting jobs too).
+        recent: workers made in the last 60 s (for maxNewWorkersPerMinute).
         unbound: push mode: jobs fetched and not yet given to a worker.
         override: SET_N_WORKERS from the server: replaces maxWorkers.
         blocked: a reason that forces 0 (offline, paused, backing off, server unreachable), or None.
@@ -82,6 +93,9 @@ def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=No
     limits.append(("maxWorkers - (queued + running)" + (" [SET_N_WORKERS]" if override is not None else ""),
                    max_workers - (queued + running)))
     limits.append(("maxNewWorkersPerCycle", lim.maxNewWorkersPerCycle))
+    if lim.maxNewWorkersPerMinute is not None:
+        limits.append(("maxNewWorkersPerMinute - workers made in the last minute",
+                       lim.maxNewWorkersPerMinute - recent))
     per_core, per_mem = max(1, queue.resources.corecount), max(1, queue.resources.maxrss)
     if lim.nQueueLimitWorkerCores is not None:
         limits.append(("(nQueueLimitWorkerCores - queued cores) / corecount",
@@ -101,7 +115,7 @@ def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=No
     winner, value = min(limits, key=lambda item: item[1])
     return {"n": max(0, value), "winner": winner, "limits": limits,
             "inputs": {"queued": queued, "running": running, "queued_cores": queued_cores,
-                       "queued_memory": queued_memory, "jobless_pilots": jobless, "activated": activated, "unbound_jobs": unbound,
+                       "queued_memory": queued_memory, "jobless_pilots": jobless, "made_last_minute": recent, "activated": activated, "unbound_jobs": unbound,
                        "maxWorkers": max_workers, "mapType": queue.mapType, "status": queue.status}}
 
 
@@ -141,7 +155,7 @@ class Adjuster(Agent):
             elif queue.mapType == "NoJob" and demand_error:
                 blocked = blocked or "server unreachable: demand unknown"
             decision = decide(queue, queued, running, q_cores, q_mem, activated, unbound_jobs(name),
-                              state.n_workers_override, blocked, jobless)
+                              state.n_workers_override, blocked, jobless, made_since(name, now))
             models.QueueState.update(to_submit=decision["n"], decision=json.dumps(decision),
                                      decision_time=now).where(models.QueueState.queue == name).execute()
             if decision["n"]:
