@@ -9,6 +9,7 @@ Nothing a job or a pilot names is used as a path: file names must be plain names
 are joined to a directory harvester chose; anything else raises MessengerError naming the field. This module
 keeps no state of its own (harvester's database does): every method reads the files as they are now.
 """
+import functools
 import json
 import logging
 import os
@@ -48,10 +49,7 @@ class Messenger:
     def __init__(self, access_point, names=None):
         self.access_point = os.path.abspath(access_point)
         given = names.model_dump() if hasattr(names, "model_dump") else dict(names or {})
-        self.names = dict(HANDOFF_FILES, **{k: v for k, v in given.items() if k in HANDOFF_FILES and v})
-        for key, name in self.names.items():
-            if not safe_name(name):
-                raise MessengerError(f"handoff file name {key}={name!r} is not a plain file name")
+        self.names = _checked_names(tuple(sorted(given.items())))
         self.outbox_dir = os.path.join(self.access_point, "outbox")
 
     def path(self, key):
@@ -409,6 +407,17 @@ class Messenger:
                 pilot_outbox.ENTRY.match(n) or pilot_outbox.CLAIMED.match(n) for n in os.listdir(self.outbox_dir)):
             raise MessengerError(f"{self.outbox_dir} still holds updates to forward; not removed")
         shutil.rmtree(self.access_point)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_names(given):
+    """The handoff names (defaults filled in), each checked once per distinct set: the monitor makes a Messenger
+    for every worker of every cycle. The dict returned is shared: never change it."""
+    names = dict(HANDOFF_FILES, **{k: v for k, v in given if k in HANDOFF_FILES and v})
+    for key, name in names.items():
+        if not safe_name(name):
+            raise MessengerError(f"handoff file name {key}={name!r} is not a plain file name")
+    return names
 
 
 def _is_url(value):

@@ -5,6 +5,7 @@ pilot3; its placeholders and those of ``pilot.environment`` are filled by :func:
 which substitutes the known names and nothing else. The values harvester fills in are its own (paths it made, the
 queue's validated name, numbers), never text from a job.
 """
+import functools
 import hashlib
 import logging
 import os
@@ -22,6 +23,7 @@ ZIPAPP_FILE = "pilot.pyz"
 WALLTIME_MARGIN_S = 60  # the pilot stops asking for jobs this long before the batch system would kill it
 
 
+@functools.lru_cache(maxsize=1)
 def _source_digest():
     """A short digest of the pilot's sources: an edited checkout gets a new zipapp without a version bump."""
     digest = hashlib.sha256()

@@ -53,9 +53,10 @@ class Monitor(Agent):
             if result is not None and result.status != OK:
                 self.queue_failed(queue.name, f"status query: {result.status}: {result.message}", now)
                 result = None
+            names = queue.pilot.handoff.model_dump()  # once per queue, not per worker
             for worker in workers:
                 try:
-                    self.follow(queue, worker, result, now)
+                    self.follow(queue, worker, result, now, names)
                 except Exception as exc:  # one worker's fault never stops the others
                     log.exception("queue %s worker %s: monitoring failed", queue.name, worker.worker_id)
                     models.Worker.update(diag=f"monitor: {type(exc).__name__}: {exc}"[:2000]) \
@@ -64,8 +65,8 @@ class Monitor(Agent):
         finally:
             db.release_workers(self.owner, [w.worker_id for w in workers])
 
-    def follow(self, queue, worker, result, now):
-        messenger = Messenger(worker.access_point, queue.pilot.handoff)
+    def follow(self, queue, worker, result, now, names):
+        messenger = Messenger(worker.access_point, names)
         try:
             self.read_files(queue, worker, messenger, now)
         except MessengerError as exc:
