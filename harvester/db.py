@@ -145,10 +145,11 @@ def release_leases_of(owner):
 
 
 # ---- row leases ------------------------------------------------------------------------------------------------
-def claim_workers(owner, condition, seconds, now=None, limit=None):
+def claim_workers(owner, condition, seconds, now=None, limit=None, columns=None):
     """Lease the workers matching ``condition`` that nobody holds (or whose lease expired) to ``owner``.
 
-    One conditional UPDATE decides; the claimed rows are then read back by owner. Returns the claimed rows.
+    One conditional UPDATE decides; the claimed rows are then read back by owner. Returns the claimed rows, with
+    only ``columns`` (Worker fields) filled when given: the monitor reads 10,000 rows a cycle.
     """
     now = now or utcnow()
     free = models.Worker.lease_owner.is_null() | (models.Worker.lease_expires < now)
@@ -159,7 +160,8 @@ def claim_workers(owner, condition, seconds, now=None, limit=None):
     with models.database.atomic():
         (models.Worker.update(lease_owner=owner, lease_expires=expires)
          .where(models.Worker.worker_id.in_(ids), free).execute())
-    return list(models.Worker.select().where(models.Worker.lease_owner == owner, condition,
+    fields = columns or ()
+    return list(models.Worker.select(*fields).where(models.Worker.lease_owner == owner, condition,
                                              models.Worker.lease_expires == expires)
                 .order_by(models.Worker.worker_id))
 

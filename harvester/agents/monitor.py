@@ -20,6 +20,9 @@ from harvester.states import ACTIVE, FINAL, QUEUED, S, change_worker_status
 
 log = logging.getLogger(__name__)
 LIVE = [s.value for s in QUEUED | ACTIVE]
+W = models.Worker
+MONITOR_COLUMNS = (W.worker_id, W.queue, W.status, W.batch_id, W.access_point, W.start_time, W.last_seen,
+                   W.last_plugin_output, W.kill_reason, W.diag)  # what follow() and change_worker_status read
 PILOT_NO_JOB = 82  # pilot3's and our pilot's exit code when the server had no job for it
 
 
@@ -39,7 +42,7 @@ class Monitor(Agent):
     def check_queue(self, queue, now):
         condition = ((models.Worker.queue == queue.name) & models.Worker.status.in_(LIVE)
                      & (models.Worker.submit_phase == "done"))
-        workers = db.claim_workers(self.owner, condition, self.ctx.settings.lease_s, now)
+        workers = db.claim_workers(self.owner, condition, self.ctx.settings.lease_s, now, columns=MONITOR_COLUMNS)
         if not workers:
             return
         try:
