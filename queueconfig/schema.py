@@ -119,6 +119,8 @@ class Batch(Section):
     """HTCondor schedd name; default the local schedd."""
     pool: Optional[HostPort] = None
     """HTCondor central manager host[:port]; default the local pool."""
+    held_timeout: Positive = 3600
+    """HTCondor: seconds a job may stay held before harvester removes it (the hold reason becomes the diag)."""
     extra_directives: tuple[str, ...] = ()
     """Extra scheduler options, one per entry (Slurm/PBS/LSF: '--exclusive'; HTCondor: 'key = value')."""
     skip_directives: tuple[OneLine, ...] = ()

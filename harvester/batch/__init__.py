@@ -3,9 +3,12 @@
 ``plugin_for(queue, transport, spool)`` picks the class named by the queue's ``batch.system``.
 """
 from harvester.batch.base import FATAL, BatchError, BatchSystem
+from harvester.batch.htcondor import HTCondorBatch
 from harvester.batch.local import LocalBatch
+from harvester.batch.lsf import LSFBatch
+from harvester.batch.pbs import PBSBatch
 
-PLUGINS = {"local": LocalBatch}
+PLUGINS = {"local": LocalBatch, "pbs": PBSBatch, "lsf": LSFBatch, "htcondor": HTCondorBatch}
 
 
 def plugin_for(queue, transport, spool) -> BatchSystem:
@@ -23,4 +26,6 @@ def plugin_for(queue, transport, spool) -> BatchSystem:
     if system not in PLUGINS:
         raise BatchError(f"queue {queue.name}: batch.system {system} is not built yet; available: "
                          f"{', '.join(sorted(PLUGINS))}", FATAL)
-    return PLUGINS[system](transport, spool)
+    plugin = PLUGINS[system](transport, spool)
+    plugin.queue = queue  # status() and cancel() get no worker to read the queue's settings from
+    return plugin
