@@ -1,0 +1,510 @@
+"""Faults, with real processes: `minipanda serve`, `harvester run` (daemon or --once), the local batch system and
+the pilot zipapp. Nothing of ours is mocked; each fault is made for real (a signal, a stopped server, a file
+overwritten, a spool directory that cannot be made, an invalid queue file).
+
+Nothing here asserts on timing: every wait is a safety net with a generous limit.
+"""
+import collections
+import glob
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+import yaml
+
+from conftest import free_port
+from harvesterhelp import QUEUE, QueueServer, Testbed, queue_config
+
+ECHO = '#!/bin/sh\necho "payload ran with: $*"\n'
+# waits (at most 2 min) until the file named by its first argument exists
+WAIT_FOR_FILE = '#!/bin/sh\ni=0\nwhile [ ! -e "$1" ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done\necho "go"\n'
+SERVER_FAST = {"period.generator": 0.5, "period.settle": 0.5, "period.watchdog": 1}
+FINAL = {"finished", "failed", "cancelled", "missed"}
+
+
+class SettingsServer(QueueServer):
+    """The testbed's server with task-side settings (short duty periods), restartable on its port and database."""
+
+    def __init__(self, home, db_url, queues_path, settings):
+        self.settings = dict(settings)
+        super().__init__(home, db_url, queues_path)
+
+    def argv(self):
+        return super().argv() + [arg for key, value in self.settings.items()
+                                 for arg in ("--setting", f"{key}={value}")]
+
+    def restart(self):
+        """Start again after stop(): same port, home and database."""
+        assert self.proc.poll() is not None, "stop the server first"
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv(), stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.read_log()[-3000:]}")
+            try:
+                requests.get(self.url + "/api/v1/system/is_alive", timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        raise RuntimeError("restarted server did not answer within 60 s")
+
+
+class FaultBed(Testbed):
+    """A :class:`Testbed` whose server runs duties fast, and whose harvester may read its own queue file."""
+
+    def __init__(self, base, queues, harvester_queues=None):  # noqa: super().__init__ would start another server
+        self.base = str(base)
+        os.makedirs(self.base, exist_ok=True)
+        self.queues_path = os.path.join(self.base, "queues.yaml")
+        self.write_queues(queues)
+        self.harvester_queues_path = self.queues_path
+        if harvester_queues is not None:
+            self.harvester_queues_path = os.path.join(self.base, "harvester-queues.yaml")
+            self.write_harvester_queues(harvester_queues)
+        self.server = SettingsServer(os.path.join(self.base, "server"), "sqlite:///" + os.path.join(
+            self.base, "server", "minipanda.db"), self.queues_path, SERVER_FAST)
+        self.home = os.path.join(self.base, "harvester")
+        os.makedirs(self.home, exist_ok=True)
+        self.token_file = os.path.join(self.base, "harvester.token")
+        with open(self.token_file, "w") as handle:
+            handle.write(self.server.token("harvester", "h1"))
+        os.makedirs(os.path.join(self.server.home, "trf"), exist_ok=True)
+        self.daemon = None
+        self.daemon_log = os.path.join(self.base, "harvester.log")
+        self.strays = []  # (pid, start ticks) of processes a test orphaned on purpose
+
+    def write_harvester_queues(self, queues):
+        with open(self.harvester_queues_path, "w") as handle:
+            yaml.safe_dump({"queues": queues}, handle)
+
+    def argv(self, *extra, server=None):
+        argv = super().argv(*extra)
+        argv[argv.index("--queues") + 1] = self.harvester_queues_path
+        if server:
+            argv[argv.index("--server") + 1] = server
+        return argv
+
+    def workers(self):
+        if not os.path.exists(os.path.join(self.home, "harvester.db")):
+            return []  # not started yet
+        return super().workers()
+
+    def status(self):
+        proc = self.cli("status", "--json")
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    def worker(self, worker_id):
+        return next(w for w in self.workers() if w["workerID"] == worker_id)
+
+    def all_finished(self, ids):
+        return set(self.statuses(ids).values()) == {"finished"}
+
+    def settled(self):
+        """Every worker final and reported, nothing left in the outbox: the state to inspect after a run."""
+        workers = self.workers()
+        with self.db() as conn:
+            pending = conn.execute("SELECT COUNT(*) FROM outbox WHERE rejected = 0").fetchone()[0]
+        return workers if workers and all(w["status"] in FINAL and w["reported"] for w in workers) and not pending \
+            else None
+
+    def status_log(self, panda_id):
+        return self.v1("job/get_status_log", job_id=panda_id)
+
+    def close(self):
+        super().close()
+        for pid, start in self.strays:
+            if start_ticks(pid) == start:
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def testbed_factory(tmp_path):
+    beds = []
+
+    def make(queues=None, harvester_queues=None, **queue_over):
+        bed = FaultBed(tmp_path / f"bed{len(beds)}", queues or {QUEUE: queue_config(**queue_over)}, harvester_queues)
+        beds.append(bed)
+        return bed
+
+    yield make
+    for bed in beds:
+        bed.close()
+
+
+# ---- processes, from /proc ------------------------------------------------------------------------------------
+def start_ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rpartition(")")[2].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(x) for x in handle.read().split()]
+    except OSError:
+        return []
+
+
+def descendants(pid):
+    found = []
+    for child in children(pid):
+        found += [child] + descendants(child)
+    return found
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def spool_records(bed, queue=QUEUE):
+    """Every pilot the local batch system started for ``queue``: its spool records, {batch id: record}."""
+    records = {}
+    for path in glob.glob(os.path.join(bed.home, "workers", queue, ".batch", "*.json")):
+        with open(path) as handle:
+            records[os.path.basename(path)[:-len(".json")]] = json.load(handle)
+    return records
+
+
+def count_workers(bed):
+    if not os.path.exists(os.path.join(bed.home, "harvester.db")):
+        return 0
+    conn = bed.db()
+    try:
+        return conn.execute("SELECT COUNT(*) FROM worker").fetchone()[0]
+    except sqlite3.OperationalError:  # the tables are not made yet
+        return 0
+    finally:
+        conn.close()
+
+
+def sent_count(bed, panda_id):
+    return sum(1 for row in bed.status_log(panda_id) if row["to"] == "sent")
+
+
+# ---- 1. kill -9 of the harvester ------------------------------------------------------------------------------
+def test_kill_9_mid_run_then_restart_reconciles_every_worker(testbed_factory):
+    bed = testbed_factory()
+    trf = bed.script("wait.sh", WAIT_FOR_FILE)
+    go = os.path.join(bed.base, "go")
+    ids = bed.submit(4, transformation=trf, jobParameters=go)
+    at_kill = []
+    # killed twice: as soon as the first worker exists (being submitted), then while pilots run (being monitored)
+    for moment, what in ((lambda: count_workers(bed) > 0, "the first worker"),
+                         (lambda: set(bed.statuses(ids).values()) <= {"starting", "running"}, "every payload running")):
+        daemon = bed.start()
+        bed.wait_for(moment, what)
+        bed.stop(signal.SIGKILL)
+        assert daemon.returncode == -signal.SIGKILL
+        conn = bed.db()
+        at_kill += [dict(row) for row in conn.execute("SELECT worker_id, status, submit_phase, batch_id FROM worker")]
+        conn.close()
+    bed.start()
+    open(go, "w").close()  # the payloads end while the restarted harvester follows their workers
+    bed.wait_for(lambda: bed.all_finished(ids), "every job finished after the restart")
+    workers = bed.wait_for(bed.settled, "every worker final and reported")
+    bed.stop()
+    assert "took over from" in bed.log(), bed.log()[-3000:]
+    # every worker reconciled: final; a worker the kill caught while submitting is missed, never resubmitted
+    by_id = {w["workerID"]: w for w in workers}
+    for row in at_kill:
+        assert by_id[row["worker_id"]]["status"] in FINAL, (row, by_id[row["worker_id"]])
+    # none submitted twice: one spool record per pilot started, one per worker, and the worker's batch id is it
+    records = spool_records(bed)
+    launches = collections.Counter(record["worker_id"] for record in records.values())
+    assert launches and max(launches.values()) == 1, launches
+    for worker in workers:
+        if worker["batchID"]:
+            assert records[worker["batchID"]]["worker_id"] == worker["workerID"]
+            assert worker["submissionAttempts"] == 1
+        else:  # only a worker the kill caught between the launch and its record may have no batch id
+            assert worker["status"] == "missed", (worker, at_kill)
+    assert {w["batchID"] for w in workers if w["batchID"]} <= set(records)
+    # each pilot ran once in its access point (one exit status written by its job script)
+    for worker in workers:
+        if worker["batchID"]:
+            with open(os.path.join(worker["accessPoint"], "job.exit")) as handle:
+                assert handle.read().strip() == "0"
+    # no job dispatched twice, no update lost
+    for panda_id in ids:
+        assert sent_count(bed, panda_id) == 1, bed.status_log(panda_id)
+        assert bed.job(panda_id)["attemptNr"] in (0, 1)
+    server_workers = {r["workerID"]: r["status"] for r in bed.v1("harvester/list_workers", queue=QUEUE)}
+    assert server_workers == {w["workerID"]: w["status"] for w in workers}
+
+
+def test_recover_interrupted_never_resubmits(tmp_path):
+    """Two workers a killed harvester left in submit_phase 'submitting': one whose batch job really runs (the plugin
+    launched it, the kill came before its answer was recorded) and one the plugin never launched. The local plugin's
+    find() gives the first back (adopted with its batch id); the second is given up as missed, its job released.
+    Neither is ever launched again."""
+    from harvester import db, models
+    from harvester.agents.submitter import Submitter, recover_interrupted
+    from harvester.batch.base import OK, WorkerSpec
+    from harvester.context import Context, Settings
+    from harvester.server import ServerClient
+    from harvester.states import utcnow
+    from queueconfig.loader import load_partial
+
+    queues_path = tmp_path / "queues.yaml"
+    queues_path.write_text(yaml.safe_dump({"queues": {QUEUE: queue_config(mode="push", mapType="OneToOne")}}))
+    config, errors, file_errors = load_partial(str(queues_path))
+    assert not errors and not file_errors, (errors, file_errors)
+    home = str(tmp_path / "home")
+    db.open_database(os.path.join(home, "harvester.db"))
+    server = ServerClient(f"http://127.0.0.1:{free_port()}", None, "faults-test", timeout=2)
+    ctx = Context(home, server, Settings(), "faults-test")
+    launched = None
+    try:
+        ctx.set_queues(dict(config.queues), {})
+        queue = ctx.queues[QUEUE]
+        plugin = ctx.plugin(queue)
+        assert getattr(plugin, "find", None) is not None, "the local plugin is expected to have find()"
+        now = utcnow()
+        rows = []
+        for panda_id in (4241, 4242):
+            worker = models.Worker.create(queue=QUEUE, status="submitted", submit_phase="pending",
+                                          map_type="OneToOne", modification_time=now, status_changed=now)
+            models.HeldJob.create(panda_id=panda_id, queue=QUEUE, definition="{}", status="fed",
+                                  worker_id=worker.worker_id, fetched_time=now)
+            models.JobWorker.create(panda_id=panda_id, worker_id=worker.worker_id, time=now)
+            rows.append(worker)
+        specs = []
+        for worker in rows:  # the submitter's steps up to the plugin call, for real: script, phase submitting
+            ap = ctx.access_point(queue, worker.worker_id)
+            spec = WorkerSpec(worker_id=worker.worker_id, queue=queue, access_point=ap, argv=("sleep", "60"),
+                              environment={}, cores=1, memory_mb=0, walltime_s=60)
+            plugin.write_script(spec)
+            models.Worker.update(submit_phase="submitting", submission_attempts=1, access_point=ap,
+                                 submit_time=now).where(models.Worker.worker_id == worker.worker_id).execute()
+            specs.append(spec)
+        [result] = plugin.submit(specs[:1])  # the first is launched; harvester dies before recording either
+        assert result.status == OK, result
+        with open(os.path.join(ctx.spool_dir(queue), result.batch_id + ".json")) as handle:
+            launched = json.load(handle)
+        assert recover_interrupted(ctx, utcnow()) == 2
+        adopted, given_up = (models.Worker.get_by_id(w.worker_id) for w in rows)
+        assert adopted.status == "submitted" and adopted.batch_id == result.batch_id
+        assert adopted.submit_phase == "done" and adopted.submission_attempts == 1
+        assert models.HeldJob.get_by_id(4241).worker_id == adopted.worker_id
+        assert given_up.status == "missed" and given_up.batch_id is None and given_up.submit_phase == "done"
+        reason = models.WorkerStatusLog.select().where(models.WorkerStatusLog.worker_id == given_up.worker_id) \
+            .order_by(models.WorkerStatusLog.id.desc()).first().reason
+        assert "not resubmitted" in reason, reason
+        held = models.HeldJob.get_by_id(4242)
+        assert held.worker_id is None and held.status == "fetched"  # back to the queue, for another worker
+        # later cycles never launch either of them again
+        Submitter(ctx).run_once(utcnow())
+        assert recover_interrupted(ctx, utcnow()) == 0
+        assert [os.path.basename(p) for p in glob.glob(os.path.join(ctx.spool_dir(queue), "*.json"))] == \
+            [result.batch_id + ".json"]
+        assert [models.Worker.get_by_id(w.worker_id).submission_attempts for w in rows] == [1, 1]
+    finally:
+        if launched and start_ticks(launched["pid"]) == launched["start"]:
+            os.killpg(launched["pid"], signal.SIGKILL)
+        ctx.close()
+        server.close()
+        db.close_database()
+
+# ---- 2. the server stops mid-run ------------------------------------------------------------------------------
+def test_server_stopped_mid_run_and_restarted(testbed_factory):
+    bed = testbed_factory()
+    trf = bed.script("wait.sh", WAIT_FOR_FILE)
+    go = os.path.join(bed.base, "go")
+    ids = bed.submit(2, transformation=trf, jobParameters=go)
+    bed.start()
+    bed.wait_for(lambda: set(bed.statuses(ids).values()) <= {"starting", "running"}, "both jobs dispatched")
+    bed.server.stop()
+    # down: harvester keeps running, says so, and keeps the pilots' reports (their heartbeats, then final updates)
+    bed.wait_for(lambda: bed.status()["outbox"]["pending"] > 0, "reports held in harvester's outbox")
+    open(go, "w").close()  # the payloads end while the server is down
+    status = bed.wait_for(lambda: (lambda s: s if any("unreachable" in a["last_error"] for a in s["agents"].values())
+                                   else None)(bed.status()), "an agent error naming the unreachable server")
+    assert status["outbox"]["pending"] > 0
+    text = bed.cli("status").stdout
+    assert "unreachable" in text and "reports waiting for the server" in text, text
+    assert bed.daemon.poll() is None
+    bed.server.restart()
+    bed.wait_for(lambda: bed.all_finished(ids), "every job finished after the server came back")
+    workers = bed.wait_for(bed.settled, "every worker final and reported")
+    assert all(w["status"] == "finished" for w in workers), workers
+    with bed.db() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    for panda_id in ids:
+        assert sent_count(bed, panda_id) == 1
+
+
+# ---- 3. a pilot killed while its payload runs -----------------------------------------------------------------
+def test_pilot_sigkill_fails_worker_and_task_job_is_retried(testbed_factory, tmp_path):
+    bed = testbed_factory()
+    marker = str(tmp_path / "first-attempt-ran")
+    command = f"test -e {marker} || {{ touch {marker}; exec sleep 300; }}"  # only the first attempt hangs
+    out = subprocess.run([sys.executable, "-m", "minipanda", "task", "submit", "--exec", command, "--nJobs", "1",
+                          "--nScouts", "0", "--maxAttempt", "3", "--site", QUEUE, "--prodSourceLabel", "managed",
+                          "--ramCount", "500", "--coreCount", "1", "--taskName", "faults.sigkill",
+                          "--url", bed.server.url, "--home", bed.server.home],
+                         check=True, capture_output=True, text=True, timeout=60).stdout
+    task_id = int(out.split("jediTaskID=")[1].split()[0])
+    bed.start()
+    bed.wait_for(lambda: os.path.exists(marker), "the first attempt's payload to start")
+    # the worker whose pilot runs the hanging payload, and that pilot (the job script's child)
+    [(worker, pilot)] = [(w, pid) for w in bed.workers() if w["batchID"]
+                         for pid in children(int(w["batchID"].split("-")[0])) if "pilot.pyz" in cmdline(pid)
+                         and any("sleep 300" in cmdline(p) for p in descendants(pid))]
+    payload = descendants(pilot)
+    bed.strays += [(pid, start_ticks(pid)) for pid in payload]  # orphaned by the kill: stopped at the end
+    os.kill(pilot, signal.SIGKILL)
+    failed = bed.wait_for(lambda: (lambda w: w if w["status"] in FINAL else None)(bed.worker(worker["workerID"])),
+                          "the killed pilot's worker to end")
+    assert failed["status"] == "failed" and "signal 9" in failed["diag"], failed
+    # the server failed the job (1008), made a new attempt, and another pilot finished it
+    jobs = bed.wait_for(lambda: (lambda js: js if any(j["jobStatus"] == "finished" for j in js) else None)(
+        task_jobs(bed, task_id)), "a retried job of the task to finish", timeout=240)
+    first = min(jobs, key=lambda j: j["PandaID"])
+    assert first["jobStatus"] == "failed" and int(first["pilotErrorCode"]) == 1008, first
+    assert str(worker["workerID"]) in first["pilotErrorDiag"], first["pilotErrorDiag"]
+    retry = [j for j in jobs if j["jobStatus"] == "finished"]
+    assert len(retry) == 1 and retry[0]["attemptNr"] > first["attemptNr"]
+    bed.wait_for(lambda: bed.v1("task/get_status", task_id=task_id) in ("done", "finished"), "the task done")
+    workers = bed.wait_for(bed.settled, "every worker final and reported")
+    assert sorted(w["status"] for w in workers).count("finished") >= 1
+
+
+def task_jobs(bed, task_id):
+    ids = bed.v1("task/get_job_ids", task_id=task_id)
+    return bed.v1("job/get_description", job_ids=ids) if ids else []
+
+
+# ---- 4. malformed pilot files ---------------------------------------------------------------------------------
+def test_malformed_pilot_attributes_file(testbed_factory):
+    bed = testbed_factory(mode="push", wnconnectivity="none")
+    trf = bed.script("wait.sh", WAIT_FOR_FILE)
+    go = [os.path.join(bed.base, f"go{i}") for i in range(2)]
+    ids = [bed.submit(1, transformation=trf, jobParameters=path)[0] for path in go]
+    bed.start()
+    bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"running"}, "both payloads running")
+    ap_of = {}
+    for worker in bed.workers():
+        with open(os.path.join(worker["accessPoint"], "worker_pandaids.json")) as handle:
+            ap_of[json.load(handle)[0]] = worker
+    bad, good = ap_of[ids[0]], ap_of[ids[1]]
+    path = os.path.join(bad["accessPoint"], "worker_attributes.json")
+
+    def corrupted():  # the pilot rewrites the file at each heartbeat: write the garbage again until it is seen
+        with open(path, "w") as handle:
+            handle.write("{this is not json")
+        return path in (bed.worker(bad["workerID"])["diag"] or "")
+
+    bed.wait_for(corrupted, "the garbage noticed on the worker")
+    assert path in bed.log() and "not valid JSON" in bed.log()
+    open(go[1], "w").close()  # the other worker goes on to its end
+    bed.wait_for(lambda: bed.statuses([ids[1]])[ids[1]] == "finished", "the other job finished")
+    bed.wait_for(lambda: bed.worker(good["workerID"])["status"] == "finished", "the other worker finished")
+    assert bed.daemon.poll() is None and bed.worker(bad["workerID"])["status"] not in FINAL
+    open(go[0], "w").close()  # the pilot's final attributes replace the garbage
+    bed.wait_for(lambda: bed.all_finished(ids), "the job of the worker with the bad file finished too")
+    workers = bed.wait_for(bed.settled, "every worker final and reported")
+    assert all(w["status"] == "finished" for w in workers), workers
+
+
+# ---- 5. the batch plugin fails --------------------------------------------------------------------------------
+def test_batch_plugin_failure_recorded_and_queue_backs_off(testbed_factory):
+    queues = {QUEUE: queue_config(), "BAD_PQ": queue_config()}
+    bed = testbed_factory(queues=queues)
+    spool = os.path.join(bed.home, "workers", "BAD_PQ", ".batch")
+    os.makedirs(os.path.dirname(spool))
+    open(spool, "w").close()  # a file where the local plugin keeps its pid records: every launch fails
+    trf = bed.script("echo.sh", ECHO)
+    bad_ids = bed.submit(1, queue="BAD_PQ", transformation=trf)
+    good_ids = bed.submit(2, transformation=trf)
+    bed.start("backoff_base_s=60", "backoff_max_s=120")
+    worker = bed.wait_for(lambda: next((w for w in bed.workers() if w["queue"] == "BAD_PQ"
+                                        and "submission failed" in (w["diag"] or "")), None), "a failed submission")
+    assert spool in worker["diag"] and worker["batchID"] is None, worker
+    explain = bed.cli("explain", "--worker", str(worker["workerID"]))
+    assert explain.returncode == 0 and "submission failed" in explain.stdout and spool in explain.stdout, \
+        explain.stdout
+    queue = bed.status()["queues"]["BAD_PQ"]
+    assert queue["backoff_until"] and "submi" in queue["last_error"], queue
+    assert "backing off until" in bed.cli("status").stdout
+    decision = bed.wait_for(lambda: "backing off" in bed.cli("explain", "BAD_PQ").stdout and
+                            bed.cli("explain", "BAD_PQ").stdout, "the adjuster to hold the queue back")
+    assert "backing off" in decision
+    # the other queue goes on
+    bed.wait_for(lambda: bed.all_finished(good_ids), "the good queue's jobs finished")
+    assert bed.statuses(bad_ids)[bad_ids[0]] == "activated"
+    assert not spool_records(bed, "BAD_PQ") and os.path.isfile(spool)
+
+
+# ---- 6. a queue config error ----------------------------------------------------------------------------------
+def test_queue_config_error_pauses_one_queue_until_fixed(testbed_factory):
+    good = {QUEUE: queue_config(), "OTHER_PQ": queue_config()}
+    broken = {QUEUE: queue_config(), "OTHER_PQ": queue_config(limits={"maxWorkers": "lots"})}
+    bed = testbed_factory(queues=good, harvester_queues=broken)
+    trf = bed.script("echo.sh", ECHO)
+    other_ids = bed.submit(1, queue="OTHER_PQ", transformation=trf)
+    ids = bed.submit(2, transformation=trf)
+    bed.start()
+    bed.wait_for(lambda: bed.all_finished(ids), "the valid queue's jobs finished")
+    queue = bed.status()["queues"]["OTHER_PQ"]
+    assert queue["paused"] and "maxWorkers" in queue["config_error"], queue
+    status = bed.cli("status").stdout
+    assert "PAUSED" in status and "maxWorkers" in status, status
+    explain = bed.cli("explain", "OTHER_PQ").stdout
+    assert "PAUSED" in explain and "maxWorkers" in explain, explain
+    assert bed.statuses(other_ids)[other_ids[0]] == "activated"
+    assert not [w for w in bed.workers() if w["queue"] == "OTHER_PQ"]
+    bed.write_harvester_queues(good)  # fixed: reloaded on change, the queue works again
+    bed.wait_for(lambda: bed.all_finished(other_ids), "the fixed queue's job finished")
+    assert not bed.status()["queues"]["OTHER_PQ"]["paused"]
+    assert "PAUSED" not in bed.cli("explain", "OTHER_PQ").stdout
+    assert bed.daemon.poll() is None
+
+
+# ---- 7. a second harvester on the same home -------------------------------------------------------------------
+def test_second_harvester_on_same_home_refused_unless_first_dead(testbed_factory):
+    bed = testbed_factory()
+    first = bed.start()
+    bed.wait_for(lambda: "started on" in bed.log(), "the first harvester to start")
+    for extra in ([], ["--once"]):
+        proc = subprocess.run(bed.argv(*extra), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert f"another harvester (pid {first.pid}" in proc.stderr and "uses this home" in proc.stderr, proc.stderr
+    assert first.poll() is None
+    bed.stop(signal.SIGKILL)
+    proc = bed.once(check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f":{first.pid}" in proc.stderr and "took over from" in proc.stderr, proc.stderr[-3000:]
+
+
+# ---- 8. the server unreachable from the start -----------------------------------------------------------------
+def test_server_unreachable_from_the_start(testbed_factory):
+    bed = testbed_factory()
+    trf = bed.script("echo.sh", ECHO)
+    ids = bed.submit(2, transformation=trf)
+    dead = f"http://127.0.0.1:{free_port()}"
+    proc = subprocess.run(bed.argv("--once", server=dead), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert "unreachable" in proc.stderr and dead in proc.stderr, proc.stderr[-3000:]
+    # nothing was given up: no worker made (demand unknown), none missed, the jobs still wait on the server
+    assert bed.workers() == []
+    assert set(bed.statuses(ids).values()) == {"activated"}
+    assert any("unreachable" in a["last_error"] for a in bed.status()["agents"].values())
+    bed.start()
+    bed.wait_for(lambda: bed.all_finished(ids), "the jobs finished once the server was reachable")
+    workers = bed.wait_for(bed.settled, "every worker final and reported")
+    assert all(w["status"] == "finished" for w in workers), workers
