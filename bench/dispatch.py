@@ -236,9 +236,9 @@ def check(result, expected_ids):
 
 def in_process(db_url, n_jobs, with_update):
     """claim_jobs (and, optionally, update_job) in a loop in this process: no HTTP, no auth, no JSON."""
-    from minipanda import db, dispatch, jobs
+    from minipanda.core import dispatch, jobs, schema
 
-    database = db.open_database(db_url)
+    database = schema.open_database(db_url)
     database.connect(reuse_if_open=True)
     try:
         queue = "BENCH_INPROC_" + uuid.uuid4().hex[:8]

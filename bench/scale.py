@@ -27,14 +27,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minipanda import auth, db, dispatch, generator, jobbuild, models, queues, settings, states, tasks  # noqa: E402
+from minipanda.core import auth, db, dispatch, models, queues, schema, states  # noqa: E402
+from minipanda.tasks import generator, jobbuild, service, settings  # noqa: E402
 
 QUEUE = "BENCH"
 SETTINGS = {"brokerage.bootstrap_queued": 1e12, "generator.batch": 2000, "generator.max_jobs_per_cycle": 1e9}
 
 
 def open_db(path):
-    database = db.open_database("sqlite:///" + path)
+    database = schema.open_database("sqlite:///" + path)
     database.connect(reuse_if_open=True)
     queues.ensure_queues([QUEUE])
     return database
@@ -61,7 +62,7 @@ def generate(n_jobs, name):
     """Submit a task of ``n_jobs`` jobs and run the generator until all exist; returns seconds."""
     config = settings.Settings(SETTINGS)
     started = time.perf_counter()
-    task_id = tasks.submit_task({"taskName": name, "exec": "echo %RNDM:1", "nJobs": n_jobs, "nScouts": 0},
+    task_id = service.submit_task({"taskName": name, "exec": "echo %RNDM:1", "nJobs": n_jobs, "nScouts": 0},
                                 auth.Identity("bench", "user"))
     made = 0
     while made < n_jobs:

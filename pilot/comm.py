@@ -15,9 +15,9 @@ import urllib.parse
 import urllib.request
 
 from pilot import __version__
+from pilot.wire import SC_FAILED, SC_NO_JOBS, SC_OK
 
 log = logging.getLogger(__name__)
-SC_OK, SC_NO_JOBS, SC_FAILED = 0, 20, 30
 
 
 class CommError(Exception):

@@ -13,7 +13,7 @@ import signal
 import time
 from typing import Any, Optional
 
-from pilot import copytools, errors, payload, report
+from pilot import copytools, errors, payload, report, wire
 from pilot.errors import ColdShutdown, PilotError
 from pilot.fileutil import atomic_write_json, safe_name
 from pilot.monitor import Monitor
@@ -187,7 +187,7 @@ class JobRun:
         return breach
 
     def command_breach(self, command):
-        if command in ("tobekilled", "softkill"):
+        if command in (wire.TOBEKILLED, wire.SOFTKILL):
             return PilotError(errors.PANDAKILL, f"the server asked to kill the job ({command})")
         if command not in (None, "NULL", ""):
             log.info("server command %r ignored (not supported by this pilot)", command)
@@ -259,8 +259,8 @@ class JobRun:
         # one try: the next heartbeat is the retry, and the payload's watch must not stall on a slow server
         reply, error = self.ctx.client.update_job_reliably(params, 1, 0.0, self.ctx.waker.sleep)
         if reply is None:
-            if error is not None and not error.transient and error.reply.get("command") == "tobekilled":
-                return "tobekilled"
+            if error is not None and not error.transient and error.reply.get("command") == wire.TOBEKILLED:
+                return wire.TOBEKILLED
             if handoff is not None and (error is None or error.transient):
                 self.ctx.outbox.put_heartbeat(params)  # harvester may forward it while the node is cut off
             return None

@@ -26,7 +26,7 @@ def backends():
 def reset_postgres(url):
     """Empty the test database so each test starts from nothing."""
     import peewee
-    from minipanda.db import make_database
+    from minipanda.core.db import make_database
 
     db = make_database(url)
     assert isinstance(db, peewee.PostgresqlDatabase)
@@ -48,9 +48,9 @@ def db_url(request, tmp_path):
 @pytest.fixture
 def database(db_url):
     """The server's models bound in-process to a fresh database."""
-    from minipanda import db
+    from minipanda.core import schema
 
-    database = db.open_database(db_url)
+    database = schema.open_database(db_url)
     database.connect(reuse_if_open=True)
     yield database
     database.close()

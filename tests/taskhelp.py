@@ -4,7 +4,6 @@ import time
 
 import pytest
 import requests
-
 from conftest import LiveServer
 
 FAST = {"period.generator": 0.2, "period.settle": 0.2, "period.watchdog": 0.3, "period.priority": 3600,
@@ -37,9 +36,9 @@ class TaskServer(LiveServer):
 
 def open_db(server):
     """Bind this test process's models to the server's database (for setup and inspection)."""
-    from minipanda import db
+    from minipanda.core import schema
 
-    database = db.open_database(server.db_url)
+    database = schema.open_database(server.db_url)
     database.connect(reuse_if_open=True)
     return database
 
@@ -54,7 +53,7 @@ def task_server(tmp_path, db_url):
 
 def set_queue(name, status="online", **data):
     """Create or replace a queue with default queuedata plus ``data``."""
-    from minipanda import models, queues, states
+    from minipanda.core import models, queues, states
 
     queuedata = dict(queues.default_queuedata(name), status=status, **data)
     models.Queue.delete().where(models.Queue.name == name).execute()

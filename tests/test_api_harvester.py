@@ -2,12 +2,10 @@
 that die with their jobs (and the retry that follows), commands, queue demand and pilot tokens."""
 import pytest
 import requests
-
 from conftest import make_job
-from minipanda import models
-from taskhelp import (acquire, add_dataset, jobs_of, open_db, run_job, set_queue, submit, update, wait_for,
-                      wait_status)
+from minipanda.core import models
 from taskhelp import task_server  # noqa: F401 (a fixture)
+from taskhelp import acquire, add_dataset, jobs_of, open_db, run_job, set_queue, submit, update, wait_for, wait_status
 
 
 def call(server, path, payload=None, token=None):

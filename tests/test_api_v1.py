@@ -3,9 +3,8 @@ import json
 
 import pytest
 import requests
-
-from minipanda import jobspec
 from conftest import make_job
+from minipanda.core import jobspec
 
 
 def call(server, path, payload=None, token=None, method="POST"):

@@ -4,9 +4,10 @@ import datetime
 import jwt
 import pytest
 import requests
-
-from minipanda import auth, server
 from conftest import make_job
+from minipanda import errors
+from minipanda.core import auth
+from minipanda.server import process
 
 
 def post(srv, path, token=None, **kwargs):
@@ -101,10 +102,10 @@ def test_token_claims_panda_client_reads(database, tmp_path):
 
 
 def test_auth_none_only_on_loopback(tmp_path):
-    with pytest.raises(server.ConfigError, match="only on a loopback bind"):
-        server.build(str(tmp_path), "sqlite:///" + str(tmp_path / "m.db"), auth_mode="none", host="0.0.0.0")
-    with pytest.raises(server.ConfigError, match="auth"):
-        server.build(str(tmp_path), "sqlite:///" + str(tmp_path / "m.db"), auth_mode="maybe")
+    with pytest.raises(errors.ConfigError, match="only on a loopback bind"):
+        process.build(str(tmp_path), "sqlite:///" + str(tmp_path / "m.db"), auth_mode="none", host="0.0.0.0")
+    with pytest.raises(errors.ConfigError, match="auth"):
+        process.build(str(tmp_path), "sqlite:///" + str(tmp_path / "m.db"), auth_mode="maybe")
 
 
 def test_secret_file_is_private(tmp_path):

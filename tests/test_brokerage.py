@@ -2,10 +2,11 @@
 import subprocess
 import sys
 
-from minipanda import brokerage, models
 from conftest import make_job
-from taskhelp import TaskServer, acquire, jobs_of, open_db, set_queue, submit, update, wait_for, wait_jobs
+from minipanda.core import models
+from minipanda.tasks import brokerage
 from taskhelp import task_server  # noqa: F401 (a fixture)
+from taskhelp import TaskServer, acquire, jobs_of, open_db, set_queue, submit, update, wait_for, wait_jobs
 
 
 def why(server, panda_id):

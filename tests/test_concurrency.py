@@ -9,7 +9,6 @@ import threading
 import time
 
 import requests
-
 from conftest import make_job
 
 DEADLINE_S = 240  # per test, generous: a correct run on 2 cores takes a fraction of it
@@ -168,7 +167,7 @@ def test_single_and_bulk_pilots_mixed_with_final_updates(live_server):
 
 def test_claim_jobs_from_16_threads_in_process(database):
     """dispatch.claim_jobs itself, each thread on its own connection: no job twice, each written by its claimer."""
-    from minipanda import dispatch, jobs, models, queues
+    from minipanda.core import dispatch, jobs, models, queues
 
     queue, n_total = "CONC_INPROC", 2000
     # Mixed priorities, so the pick's ORDER BY has work to do while the threads race.

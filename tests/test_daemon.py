@@ -2,7 +2,7 @@
 import threading
 import time
 
-from minipanda.daemon import DutyRunner
+from minipanda.server.daemon import DutyRunner
 
 
 def test_duty_runs_and_survives_errors(database):

@@ -3,11 +3,10 @@ import zlib
 
 import pytest
 import requests
-
-from minipanda import datasets
-from minipanda.jobs import RequestError
-from taskhelp import acquire, add_dataset, run_job, set_queue, submit, wait_for, wait_jobs
+from minipanda.errors import RequestError
+from minipanda.tasks import datasets
 from taskhelp import task_server  # noqa: F401 (a fixture)
+from taskhelp import acquire, add_dataset, run_job, set_queue, submit, wait_for, wait_jobs
 
 
 def test_scan_paths_measures_files(tmp_path):
@@ -53,7 +52,7 @@ def test_add_is_idempotent_and_owned(database):
         datasets.add_files("ds", [entry("a", fsize=6)], "alice")
     with pytest.raises(RequestError, match="belongs to alice"):
         datasets.add_files("ds", [entry("d")], "bob")
-    assert datasets.add_files("ds", [entry("d")], "root", is_admin=True)["added"] == 1
+    assert datasets.add_files("ds", [entry("d")], "root", manages_all=True)["added"] == 1
     (listed,) = datasets.list_datasets(pattern="d*")
     assert (listed["name"], listed["nFiles"], listed["bytes"]) == ("ds", 4, 20)
 

@@ -4,15 +4,15 @@ import sqlite3
 
 import peewee
 import pytest
-
-from minipanda import db, models
 from conftest import LiveServer, make_job
+from minipanda import errors
+from minipanda.core import db, models, schema
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
 def test_sqlite_pragmas(tmp_path):
-    database = db.open_database("sqlite:///" + str(tmp_path / "x.db"))
+    database = schema.open_database("sqlite:///" + str(tmp_path / "x.db"))
     database.connect(reuse_if_open=True)
     assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert database.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -27,22 +27,22 @@ def test_sqlite_pragmas(tmp_path):
     ("postgresql://localhost", "no database name"),
 ])
 def test_bad_urls_are_named(url, message):
-    with pytest.raises(db.DatabaseConfigError, match=message):
+    with pytest.raises(errors.DatabaseConfigError, match=message):
         db.make_database(url)
 
 
 def test_fresh_database_gets_current_version(database):
-    assert db.schema_version(database) == db.SCHEMA_VERSION
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION
 
 
 def test_newer_database_is_refused(tmp_path):
     url = "sqlite:///" + str(tmp_path / "x.db")
-    database = db.open_database(url)
+    database = schema.open_database(url)
     database.connect(reuse_if_open=True)
     models.Config.update(value="999").where(models.Config.key == "schema_version").execute()
     database.close()
-    with pytest.raises(db.DatabaseConfigError, match="version 999 is newer"):
-        db.open_database(url)
+    with pytest.raises(errors.DatabaseConfigError, match="version 999 is newer"):
+        schema.open_database(url)
 
 
 def make_v1_database(path):
@@ -65,9 +65,9 @@ def make_v1_database(path):
 def test_v1_database_is_upgraded_without_loss(tmp_path):
     path = str(tmp_path / "old.db")
     make_v1_database(path)
-    database = db.open_database("sqlite:///" + path)
+    database = schema.open_database("sqlite:///" + path)
     database.connect(reuse_if_open=True)
-    assert db.schema_version(database) == db.SCHEMA_VERSION
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION
     job = models.Job.get_by_id(41)
     assert (job.job_name, job.prod_user_name, job.current_priority, job.harvester_id) == ("old.job", "bob", 900, None)
     assert [f.lfn for f in job.files] == ["old.log.tgz"]
@@ -106,15 +106,15 @@ def make_v3_database(path):
 def test_v3_database_gets_the_harvester_tables_and_keeps_its_workers(tmp_path):
     path = str(tmp_path / "v3.db")
     make_v3_database(path)
-    database = db.open_database("sqlite:///" + path)
+    database = schema.open_database("sqlite:///" + path)
     database.connect(reuse_if_open=True)
-    assert db.schema_version(database) == db.SCHEMA_VERSION == 4
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 4
     tables = database.get_tables()
     assert {"harvester_instance", "harvester_command", "worker_statistics"} <= set(tables)
     old = models.Worker.get(models.Worker.worker_id == 9)
     assert (old.harvester_id, old.pilot_status, old.node, old.status, old.pandaid_list) == (
         "h1", "started", "wn9", None, None)
-    from minipanda import harvesters
+    from minipanda.workers import harvesters
 
     assert harvesters.update_workers("h1", [{"workerID": 9, "computingSite": "OLD_Q", "status": "running",
                                              "batchID": "42"}]) == [True]

@@ -53,7 +53,7 @@ def test_load_both_shapes_and_errors(tmp_path):
 
 
 def test_server_default_queuedata_is_understood():
-    from minipanda.queues import default_queuedata
+    from minipanda.core.queues import default_queuedata
 
     qd = QueueData(default_queuedata("Q"), "Q")
     assert qd.name == "Q" and qd["maxrss"] == 2000 and qd.copytool("pl") == "mv" and qd["state"] == "ACTIVE"

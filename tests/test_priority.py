@@ -1,7 +1,7 @@
 """Priorities: PanDA's per-user formula at generation, task priority override, and the periodic recompute."""
-from minipanda import priority
-from taskhelp import TaskServer, acquire, open_db, run_job, set_queue, submit, wait_for, wait_jobs, jobs_of
+from minipanda.tasks import priority
 from taskhelp import task_server  # noqa: F401 (a fixture)
+from taskhelp import TaskServer, acquire, jobs_of, open_db, run_job, set_queue, submit, wait_for, wait_jobs
 
 
 def test_formula():

@@ -6,10 +6,9 @@ import types
 
 import pytest
 import requests
-
-from minipanda import retry
-from taskhelp import acquire, jobs_of, run_job, set_queue, submit, wait_for, wait_jobs, wait_status
+from minipanda.tasks import retry
 from taskhelp import task_server  # noqa: F401 (a fixture)
+from taskhelp import acquire, jobs_of, run_job, set_queue, submit, wait_for, wait_jobs, wait_status
 
 
 def attempts(server, task_id, n):

@@ -3,11 +3,12 @@ import json
 
 import pytest
 import requests
-
-from minipanda import generator, models, states, tasks
-from minipanda.auth import Identity
-from minipanda.settings import Settings
-from minipanda.taskparams import TaskParamError
+from minipanda import errors
+from minipanda.core import models, states
+from minipanda.core.auth import Identity
+from minipanda.errors import TaskParamError
+from minipanda.tasks import generator, service
+from minipanda.tasks.settings import Settings
 from taskhelp import TaskServer, open_db, set_queue, submit, wait_for
 
 ALICE = Identity("alice", "user")
@@ -15,7 +16,7 @@ ALICE = Identity("alice", "user")
 
 def test_generator_stops_when_the_task_is_paused_mid_cycle(database):
     set_queue("Q1")
-    tasks.submit_task({"taskName": "guard", "exec": "x", "nJobs": 4, "nScouts": 0}, ALICE)
+    service.submit_task({"taskName": "guard", "exec": "x", "nJobs": 4, "nScouts": 0}, ALICE)
     tid = models.Task.select().where(models.Task.task_name == "guard").get().jedi_task_id
     task = models.Task.get_by_id(tid)
     spec, now = json.loads(task.spec), states.utcnow()
@@ -23,8 +24,8 @@ def test_generator_stops_when_the_task_is_paused_mid_cycle(database):
     with database.atomic():
         states.change_task_status([tid], states.TaskStatus.RUNNING, "test", from_states=["ready"])
     stale = models.Task.get_by_id(tid)  # what a generator cycle read before the pause
-    assert tasks.command(tid, ALICE, "pause")[0] == 0
-    with pytest.raises(generator.TaskChanged):
+    assert service.command(tid, ALICE, "pause")[0] == 0
+    with pytest.raises(errors.TaskChanged):
         generator.generate(stale, spec, Settings(), now)
     assert models.Job.select().where(models.Job.task_id == tid).count() == 0
 
@@ -79,7 +80,7 @@ def test_bad_task_dataset_names_are_refused(database, log, outputs, message):
               "nEvents": 1, "nEventsPerJob": 1, "log": log,
               "jobParameters": [{"type": "constant", "value": "run"}] + outputs}
     with pytest.raises(TaskParamError, match=message):
-        tasks.submit_task(params, ALICE)
+        service.submit_task(params, ALICE)
     assert models.Task.select().count() == 0
 
 
@@ -90,4 +91,4 @@ def test_include_patterns_are_wildcards_not_regexes(database):
               "jobParameters": [{"type": "template", "param_type": "input", "value": "${IN}", "dataset": "in",
                                  "include": "(a+)+$"}]}
     with pytest.raises(TaskParamError, match="shell-style wildcards"):
-        tasks.submit_task(params, ALICE)
+        service.submit_task(params, ALICE)

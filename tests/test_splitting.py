@@ -2,8 +2,7 @@
 import types
 
 import pytest
-
-from minipanda import splitting
+from minipanda.tasks import splitting
 
 GB = splitting.GB
 

@@ -1,9 +1,9 @@
 """The transition table and the one function that changes job states."""
 import pytest
-
-from minipanda import jobs, models, states
-from minipanda.states import JOB_TRANSITIONS, FINAL_JOB_STATES, InvalidTransition, JobStatus
 from conftest import make_job
+from minipanda.core import jobs, models, states
+from minipanda.core.states import FINAL_JOB_STATES, JOB_TRANSITIONS, JobStatus
+from minipanda.errors import InvalidTransition
 
 
 def submit(n=1, **overrides):

@@ -1,10 +1,9 @@
 """Task submission and task commands over real HTTP: ids, replies, validation, permissions, completion states."""
 import pytest
-
-from minipanda import models
-from taskhelp import (acquire, add_dataset, jobs_of, run_job, set_queue, submit, task_status, update, wait_for,
-                     wait_jobs, wait_status)
+from minipanda.core import models
 from taskhelp import task_server  # noqa: F401 (a fixture)
+from taskhelp import (acquire, add_dataset, jobs_of, run_job, set_queue, submit, task_status, update, wait_for,
+                      wait_jobs, wait_status)
 
 
 def flat(**overrides):

@@ -2,9 +2,9 @@
 import datetime
 
 import pytest
-
-from minipanda import jobs, models, settings, states, watchdog
 from conftest import make_job
+from minipanda.core import jobs, models, states
+from minipanda.tasks import settings, watchdog
 from taskhelp import (TaskServer, acquire, jobs_of, open_db, set_queue, submit, update, wait_for,  # noqa: F401
                       wait_jobs, wait_status)
 

@@ -8,13 +8,14 @@ import dataclasses
 import ipaddress
 import json
 import logging
+from typing import Callable
 
 import bottle
-
-from minipanda import auth
+from minipanda import errors
 from minipanda.api import wire
-from minipanda.db import database
-from minipanda.jobs import SC_PERMISSION, SC_ROLE, RequestError
+from minipanda.core import auth
+from minipanda.core.db import database
+from minipanda.errors import SC_PERMISSION, SC_ROLE, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ class ServerContext:
     secret: bytes
     auth_mode: str = "token"  # or "none" (loopback only)
     max_body: int = 64 * 1024 * 1024
+    # wake(duty name): run a duty soon (the server's DutyRunner.wake); a no-op when no duties run
+    wake: Callable[[str], None] = lambda name: None
 
 
 def is_loopback(host):
@@ -54,11 +57,11 @@ class ApiPlugin:
         if not header:
             if role is None:
                 return None
-            raise auth.AuthError("missing 'Authorization: Bearer <token>' header; create one with "
+            raise errors.AuthError("missing 'Authorization: Bearer <token>' header; create one with "
                                  "'minipanda token create --role ROLE --name NAME'")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise auth.AuthError("Authorization header must be 'Bearer <token>'")
+            raise errors.AuthError("Authorization header must be 'Bearer <token>'")
         identity = auth.verify_token(self.context.secret, token.strip())
         if role not in (None, "any"):
             auth.require_role(identity, role)
@@ -76,7 +79,7 @@ class ApiPlugin:
                 params = wire.read_params(request, context.max_body) if route.config.get("params", True) else {}
                 identity = self.identify(request, role)
                 return callback(params, identity, *args, **kwargs)
-            except auth.AuthError as exc:
+            except errors.AuthError as exc:
                 code = SC_ROLE if exc.http == 403 else SC_PERMISSION
                 return error_reply(family, exc.http, str(exc), code, request, response)
             except RequestError as exc:

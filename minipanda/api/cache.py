@@ -9,8 +9,8 @@ import os
 import re
 
 import bottle
-
-from minipanda import jobs, queues
+from minipanda import errors
+from minipanda.core import queues
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -23,13 +23,13 @@ def _json(data):
 
 def schedconfig_queue(params, identity, queue):
     if not QUEUE_NAME.match(queue):
-        raise jobs.RequestError(f"queue name {queue[:60]!r} is not valid", http=400)
+        raise errors.RequestError(f"queue name {queue[:60]!r} is not valid", http=400)
     data = queues.queuedata(queue)
     if data is None and queues.config_in_force() is None:
         # No queue file: every queue exists with defaults, so a pilot can start before the first job names it.
         data = queues.default_queuedata(queue)
     if data is None:
-        raise jobs.RequestError(f"queue {queue!r} is not in the server's queue configuration", http=404)
+        raise errors.RequestError(f"queue {queue!r} is not in the server's queue configuration", http=404)
     return _json(data)
 
 
@@ -44,11 +44,11 @@ def ddm_endpoints(params, identity):
 
 def transformation(params, identity, name):
     if not SAFE_NAME.match(name):
-        raise jobs.RequestError(f"transformation name {name[:60]!r} is not a plain file name", http=400)
+        raise errors.RequestError(f"transformation name {name[:60]!r} is not a plain file name", http=400)
     root = os.path.realpath(os.path.join(bottle.request.app.config["minipanda.context"].home, "trf"))
     path = os.path.realpath(os.path.join(root, name))
     if os.path.dirname(path) != root or not os.path.isfile(path):
-        raise jobs.RequestError(f"transformation {name!r} not found in the server's trf directory", http=404)
+        raise errors.RequestError(f"transformation {name!r} not found in the server's trf directory", http=404)
     return bottle.static_file(name, root=root, mimetype="text/x-shellscript")
 
 

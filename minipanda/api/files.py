@@ -7,11 +7,10 @@ PUT (pilot, production, admin) streams the body into the store, checked against 
 import os
 
 import bottle
-
-from minipanda import filestore
 from minipanda.api import wire
-from minipanda.auth import PILOT_ROLES
-from minipanda.jobs import RequestError
+from minipanda.core import filestore
+from minipanda.core.auth import PILOT_ROLES
+from minipanda.errors import RequestError
 
 
 def _store():

@@ -1,11 +1,13 @@
-"""Family-agnostic handlers: a params dict and the caller in, plain data out. Both URL families call these."""
+"""Family-agnostic handlers: a params dict and the caller in, plain data out. Both URL families call these.
+
+Handlers parse and authorise, then call a service; they never write to the database themselves."""
 import json
 import logging
 
-from minipanda import dispatch, jobs, jobspec, models, queues, states
-from minipanda.auth import PILOT_ROLES, require_role
-from minipanda.db import database
-from minipanda.jobs import SC_MISSING_KEY, SC_ROLE, RequestError
+from minipanda.core import dispatch, jobs, jobspec, policy, queues
+from minipanda.core.auth import PILOT_ROLES, require_role
+from minipanda.errors import SC_MISSING_KEY, SC_ROLE, RequestError
+from minipanda.workers import pilot_status
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,6 @@ V1_ALIASES = {
     "job_metrics": "jobMetrics", "pilot_timing": "pilotTiming", "worker_id": "worker_id",
     "harvester_id": "harvester_id", "max_rss": "maxRSS", "max_pss": "maxPSS", "max_vmem": "maxVMEM",
 }
-USER_LABELS = {"user", "panda", "test", "ptest"}
 RESOURCE_TYPES = [
     {"resource_name": "SCORE", "mincore": 1, "maxcore": 1, "minrampercore": 0, "maxrampercore": 2000},
     {"resource_name": "SCORE_HIMEM", "mincore": 1, "maxcore": 1, "minrampercore": 2001, "maxrampercore": None},
@@ -50,11 +51,13 @@ def acquire_jobs(params, identity):
         raise RequestError("computingElement or siteName: required (the queue the pilot serves)", SC_MISSING_KEY)
     errors = []
     cores = _int_param(params, "coreCount", errors, 1)
-    status, queue_labels = queues.served_labels(queue)
-    if status == "offline":
-        return [], params.get("nJobs") not in (None, ""), f"queue {queue} is offline"
-    offer = dispatch.Offer(queue_labels=queue_labels,
-        queue=queue, prod_source_label=str(params.get("prodSourceLabel") or "managed"),
+    pilot_label = str(params.get("prodSourceLabel") or "managed")
+    labels, why_none = policy.claimable_labels(pilot_label, *queues.served_labels(queue))
+    if not labels:
+        return [], params.get("nJobs") not in (None, ""), f"queue {queue} is {why_none}" if why_none == "offline" \
+            else f"no jobs for this pilot on queue {queue}: {why_none}"
+    offer = dispatch.Offer(labels=tuple(labels),
+        queue=queue, prod_source_label=pilot_label,
         cores=cores if cores is not None else queues.queue_corecount(queue),
         memory_mb=_int_param(params, "mem", errors, 0), disk_mb=_int_param(params, "diskSpace", errors, 0),
         walltime_s=_int_param(params, "remainingTime", errors, 0),
@@ -110,21 +113,12 @@ def worker_pilot_status(params, identity):
         errors.append("workerID: required")
     if not harvester_id:
         errors.append("harvesterID: required")
-    if status not in ("started", "finished"):
+    if status not in pilot_status.PILOT_STATUSES:
         errors.append(f"status: expected 'started' or 'finished', got {status!r}")
     if errors:
         raise RequestError("; ".join(errors), SC_MISSING_KEY)
-    now = states.utcnow()
-    times = {"start_time": now} if status == "started" else {"end_time": now}
-    with database.atomic():
-        row = {"harvester_id": harvester_id, "worker_id": worker_id, "pilot_status": status,
-               "computing_site": _text(params.get("site"), 128) or "", "node": _text(params.get("node_id"), 256),
-               "modification_time": now, **times}
-        updated = models.Worker.update({k: v for k, v in row.items() if v is not None and k not in
-                                        ("harvester_id", "worker_id")}).where(
-            models.Worker.harvester_id == harvester_id, models.Worker.worker_id == worker_id).execute()
-        if not updated:
-            models.Worker.insert(row).on_conflict_ignore().execute()
+    pilot_status.record(harvester_id, worker_id, status, _text(params.get("site"), 128) or "",
+                        _text(params.get("node_id"), 256))
     return {"StatusCode": 0}
 
 
@@ -160,8 +154,7 @@ def kill(params, identity):
     code = _int_param(params, "code", errors)
     if errors:
         raise RequestError("; ".join(errors))
-    is_admin = identity.role in ("admin", "production")
-    return jobs.kill_jobs(ids, identity.name, is_admin, code)
+    return jobs.kill_jobs(ids, identity.name, policy.manages_all(identity), code)
 
 
 def list_jobs(params):
@@ -170,20 +163,6 @@ def list_jobs(params):
     limit = _int_param(params, "limit", errors, 1) or 100
     if errors:
         raise RequestError("; ".join(errors))
-    Job = models.Job
-    query = Job.select().order_by(Job.panda_id.desc()).limit(min(limit, 10000))
-    for name, column in (("status", Job.status), ("queue", Job.computing_site), ("user", Job.prod_user_name)):
-        if params.get(name):
-            query = query.where(column == str(params[name]))
-    if params.get("task_id"):
-        query = query.where(Job.task_id == jobs.parse_job_id(params["task_id"], "task_id"))
-    return [{"PandaID": j.panda_id, "jobName": j.job_name, "jobStatus": j.status, "computingSite": j.computing_site,
-             "prodUserName": j.prod_user_name, "attemptNr": j.attempt_nr, "currentPriority": j.current_priority,
-             "taskID": j.task_id, "creationTime": j.creation_time, "stateChangeTime": j.state_changed_time,
-             "pilotErrorCode": j.pilot_error_code, "transExitCode": j.trans_exit_code} for j in query]
-
-
-def status_log(panda_id):
-    """The transitions of one job, oldest first."""
-    rows = models.StatusLog.select().where(models.StatusLog.panda_id == panda_id).order_by(models.StatusLog.id)
-    return [{"time": r.time, "from": r.old_status, "to": r.new_status, "reason": r.reason} for r in rows]
+    task_id = jobs.parse_job_id(params["task_id"], "task_id") if params.get("task_id") else None
+    return jobs.list_jobs(limit, task_id, **{name: str(params[name]) for name in ("status", "queue", "user")
+                                             if params.get(name)})

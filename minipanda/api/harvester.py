@@ -2,10 +2,10 @@
 ``minipanda worker list`` and ``minipanda harvester ...``. Routes parse and authorise; minipanda/harvesters.py
 does the work. Refusals are HTTP 4xx with the field named in ``message``; see docs/harvester.md."""
 import bottle
-
-from minipanda import harvesters
+from minipanda import errors
 from minipanda.api import wire
-from minipanda.auth import HARVESTER_ROLES
+from minipanda.core.auth import HARVESTER_ROLES
+from minipanda.workers import harvesters
 
 BASE = "/api/v1/harvester"
 ADMIN = frozenset({"admin"})
@@ -27,7 +27,8 @@ def heartbeat(params, identity):
 
 def update_workers(params, identity):
     harvester_id = _harvester(params)
-    results = harvesters.update_workers(harvester_id, params.get("workers"))
+    results = harvesters.update_workers(harvester_id, params.get("workers"),
+                                        wake=bottle.request.app.config["minipanda.context"].wake)
     refused = results.count(False)
     return ok(results, f"{len(results) - refused} stored, {refused} refused (the server log says why)"
               if refused else f"{len(results)} stored")
@@ -54,7 +55,7 @@ def get_queue_demand(params, identity):
     _harvester(params)
     names = harvesters.json_value(params.get("queues"), "queues")
     if not isinstance(names, list):
-        raise harvesters.RequestError("queues: expected a list of queue names")
+        raise errors.RequestError("queues: expected a list of queue names")
     return ok(harvesters.queue_demand(names))
 
 

@@ -4,10 +4,9 @@ Replies are JSON when the client sends ``Accept: application/json`` (pilot3 alwa
 URL-encoded ``StatusCode=0&...`` form.
 """
 import bottle
-
-from minipanda import jobs
 from minipanda.api import handlers, wire
-from minipanda.jobs import SC_NO_JOBS, SC_OK
+from minipanda.core import jobs
+from minipanda.errors import SC_NO_JOBS, SC_OK
 
 BASE = "/server/panda"
 

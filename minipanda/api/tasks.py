@@ -7,11 +7,11 @@ bad parameters) still answers 200 with ``success: false``, PanDA's return code i
 import json
 
 import bottle
-
-from minipanda import datasets, retry, tasks, why
 from minipanda.api import wire
-from minipanda.jobs import RequestError, parse_job_id
-from minipanda.taskparams import TaskParamError
+from minipanda.core import policy
+from minipanda.core.jobs import parse_job_id
+from minipanda.errors import RequestError, TaskParamError
+from minipanda.tasks import datasets, retry, service, why
 
 BASE = "/api/v1"
 
@@ -19,6 +19,10 @@ BASE = "/api/v1"
 def reply(data=None, message="", success=True):
     bottle.response.content_type = "application/json"
     return wire.envelope(data, message, success)
+
+
+def _context():
+    return bottle.request.app.config["minipanda.context"]
 
 
 def _flag(value):
@@ -40,29 +44,27 @@ def submit(params, identity):
     try:
         parent = params.get("parent_tid")
         parent = int(parent) if parent not in (None, "", "None") else None
-        task_id = tasks.submit_task(task_params, identity, parent)
+        task_id = service.submit_task(task_params, identity, parent)
     except TaskParamError as exc:
         return reply(exc.code, f"task parameters refused: {exc}", success=False)
     except (TypeError, ValueError):
         return reply(4, "parent_tid: expected an integer jediTaskID", success=False)
-    from minipanda import duties
-
-    duties.wake("generator")
+    _context().wake("generator")
     return reply(task_id, f"succeeded. new jediTaskID={task_id}")
 
 
 def _command(action):
     def route(params, identity):
-        code, message = tasks.command(params.get("task_id"), identity, action, soft=_flag(params.get("soft")),
-                                      new_params=_json_param(params, "new_parameters"))
+        code, message = service.command(params.get("task_id"), identity, action, soft=_flag(params.get("soft")),
+                                        new_params=_json_param(params, "new_parameters"), wake=_context().wake)
         if action == "retry":  # the real server answers retries with success and the code in data
             return reply(code, message)
-        return reply(code, message, success=code == tasks.OK)
+        return reply(code, message, success=code == service.OK)
     return route
 
 
 def _task(params):
-    task = tasks.get_task(params.get("task_id"))
+    task = service.get_task(params.get("task_id"))
     if task is None:
         raise LookupError
     return task
@@ -80,12 +82,12 @@ def get_details(params, identity):
         task = _task(params)
     except LookupError:
         return reply(None, "Task not found", success=False)
-    return reply(tasks.details(task, _flag(params.get("include_parameters"))))
+    return reply(service.details(task, _flag(params.get("include_parameters"))))
 
 
 def get_job_ids(params, identity):
     try:
-        return reply(tasks.job_ids(_task(params).jedi_task_id))
+        return reply(service.job_ids(_task(params).jedi_task_id))
     except LookupError:
         return reply(None, "Task not found", success=False)
 
@@ -99,21 +101,21 @@ def get_task_parameters(params, identity):
 
 def get_task_log(params, identity):
     try:
-        return reply(tasks.task_log(_task(params).jedi_task_id))
+        return reply(service.task_log(_task(params).jedi_task_id))
     except LookupError:
         return reply(None, "Task not found", success=False)
 
 
 def modified_since(params, identity):
-    since = tasks.parse_time(params.get("since"))
+    since = service.parse_time(params.get("since"))
     min_id = params.get("min_task_id")
     min_id = int(min_id) if min_id not in (None, "", "None") and str(min_id).isdigit() else None
     label = params.get("prod_source_label")
-    return reply(tasks.modified_since(identity, since, min_id, None if label in (None, "", "None") else label))
+    return reply(service.modified_since(identity, since, min_id, None if label in (None, "", "None") else label))
 
 
 def detailed_info_since(params, identity):
-    since = tasks.parse_time(params.get("since"))
+    since = service.parse_time(params.get("since"))
     filters = _json_param(params, "filters") or {}
     if not isinstance(filters, dict):
         raise RequestError("filters: expected a JSON object of {attribute: value}")
@@ -122,12 +124,12 @@ def detailed_info_since(params, identity):
         limit = int(limit)
     except (TypeError, ValueError):
         raise RequestError(f"n_tasks: expected an integer, got {str(limit)[:20]!r}") from None
-    return reply(tasks.find_tasks(identity, since, filters, limit))
+    return reply(service.find_tasks(identity, since, filters, limit))
 
 
 def dataset_add(params, identity):
     return reply(datasets.add_files(params.get("name"), _json_param(params, "files"), identity.name,
-                                    identity.is_admin))
+                                    policy.manages_all(identity)))
 
 
 def dataset_list(params, identity):

@@ -1,9 +1,9 @@
 """The ``/api/v1/<module>/<method>`` family (panda-client 2.x, Harvester): replies ``{success, message, data}``."""
 import bottle
-
-from minipanda import jobs, queues
+from minipanda import errors
 from minipanda.api import handlers, wire
-from minipanda.auth import PILOT_ROLES
+from minipanda.core import jobs, queues
+from minipanda.core.auth import PILOT_ROLES
 
 BASE = "/api/v1"
 
@@ -44,8 +44,8 @@ def get_status(params, identity):
 
 def submit(params, identity):
     if "jobs" not in params:
-        raise jobs.RequestError("jobs: required (a list of job specs, or that list as a JSON string)",
-                                jobs.SC_MISSING_KEY)
+        raise errors.RequestError("jobs: required (a list of job specs, or that list as a JSON string)",
+                                errors.SC_MISSING_KEY)
     return ok(handlers.submit(params["jobs"], identity), "succeeded")
 
 
@@ -67,7 +67,7 @@ def list_queues(params, identity):
 
 def job_log(params, identity):
     panda_id = jobs.parse_job_id(params.get("job_id"), "job_id")
-    return ok(handlers.status_log(panda_id))
+    return ok(jobs.status_log(panda_id))
 
 
 def register(app):

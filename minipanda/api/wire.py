@@ -7,12 +7,7 @@ import json
 import urllib.parse
 import zlib
 
-from minipanda.jobs import SC_INVALID, RequestError
-
-
-class BodyTooLarge(RequestError):
-    def __init__(self, limit):
-        super().__init__(f"request body larger than the server's limit of {limit} bytes", SC_INVALID, 413)
+from minipanda.errors import BodyTooLarge, RequestError
 
 
 def read_body(request, limit):

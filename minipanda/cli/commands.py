@@ -1,0 +1,213 @@
+"""The ``minipanda`` command: run the server, manage tokens, submit and inspect jobs."""
+import argparse
+import json
+import logging
+import os
+import sys
+
+from minipanda import __version__, errors
+from minipanda.cli.client import Client
+from minipanda.cli.tables import print_table
+from minipanda.core import auth
+from minipanda.errors import ClientError
+from minipanda.server import process
+
+EPILOG = """environment:
+  MINIPANDA_HOME   home directory (database, signing secret, trf/); default ~/.minipanda
+  MINIPANDA_URL    server URL for the job commands; default http://127.0.0.1:25080
+  MINIPANDA_TOKEN  bearer token for the job commands (else <home>/admin.token when readable)
+  MINIPANDA_QUEUES queue configuration file for 'serve' (see docs/queue-config.md)
+"""
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args) or 0
+    except (ClientError, errors.ConfigError, ValueError, OSError) as exc:
+        print(f"minipanda: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="minipanda", description="A small PanDA server: dispatch jobs to pilots.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"minipanda {__version__}")
+    sub = parser.add_subparsers(title="commands")
+
+    serve = sub.add_parser("serve", help="run the server (PanDA protocol on /server/panda and /api/v1)")
+    serve.add_argument("--host", default=process.DEFAULT_HOST, help="address to bind (default 127.0.0.1, loopback)")
+    serve.add_argument("--port", type=int, default=process.DEFAULT_PORT, help="port (default 25080)")
+    serve.add_argument("--db", help="database URL: sqlite:///PATH (default <home>/minipanda.db) or postgresql://...")
+    serve.add_argument("--home", help="home directory (default $MINIPANDA_HOME or ~/.minipanda)")
+    serve.add_argument("--auth", choices=["token", "none"], default="token",
+                       help="'token' (default): bearer tokens with roles; 'none': everyone is admin, loopback only")
+    serve.add_argument("--threads", type=int, default=8,
+                       help="request threads (default 8; more only adds GIL contention on a small machine)")
+    serve.add_argument("--max-body-mb", type=float, default=64, help="largest request body accepted (default 64)")
+    serve.add_argument("--queues", default=os.environ.get("MINIPANDA_QUEUES"), metavar="FILE",
+                       help="queue configuration (YAML/JSON, ours or Harvester's panda_queueconfig.json); default "
+                            "$MINIPANDA_QUEUES. Re-read when it changes or on SIGHUP; without it, queues are "
+                            "registered with default queuedata when a job first names them")
+    serve.add_argument("--reload-period", type=float, default=10.0, metavar="S",
+                       help="how often to check the queue configuration file for changes (default 10 s)")
+    serve.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                       help="task-side tuning, repeatable: duty periods, watchdog timeouts, brokerage and scout "
+                            "knobs (e.g. watchdog.sent_timeout=600); see docs/tasks.md")
+    serve.add_argument("--debug", action="store_true", help="debug logging")
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="create, list and revoke bearer tokens").add_subparsers(title="token")
+    create = token.add_parser("create", help="print a new signed token")
+    create.add_argument("--role", required=True, choices=list(auth.ROLES),
+                        help="admin, production, pilot, harvester (runs pilots and relays for them) or user")
+    create.add_argument("--name", required=True, help="user name carried by the token")
+    create.add_argument("--days", type=float, default=30, help="validity in days (default 30)")
+    create.add_argument("--home")
+    create.add_argument("--db")
+    create.set_defaults(func=cmd_token_create)
+    tlist = token.add_parser("list", help="list tokens and whether they are revoked")
+    tlist.add_argument("--home")
+    tlist.add_argument("--db")
+    tlist.set_defaults(func=cmd_token_list)
+    revoke = token.add_parser("revoke", help="revoke a token by its id (jti)")
+    revoke.add_argument("jti")
+    revoke.add_argument("--home")
+    revoke.add_argument("--db")
+    revoke.set_defaults(func=cmd_token_revoke)
+
+    job = sub.add_parser("job", help="submit, list, show and kill jobs").add_subparsers(title="job")
+    jsubmit = job.add_parser("submit", help="submit jobs from a JSON file (a job object or a list of them)")
+    jsubmit.add_argument("file")
+    jlist = job.add_parser("list", help="list jobs, newest first")
+    jlist.add_argument("--status")
+    jlist.add_argument("--queue")
+    jlist.add_argument("--user")
+    jlist.add_argument("--task", type=int, help="jobs of one task (jediTaskID)")
+    jlist.add_argument("--limit", type=int, default=50)
+    jshow = job.add_parser("show", help="show one job in full, with its state history")
+    jshow.add_argument("panda_id", type=int)
+    jkill = job.add_parser("kill", help="kill jobs: queued ones are cancelled, running ones told to stop")
+    jkill.add_argument("panda_ids", type=int, nargs="+")
+    for command, func in ((jsubmit, cmd_job_submit), (jlist, cmd_job_list), (jshow, cmd_job_show),
+                          (jkill, cmd_job_kill)):
+        command.add_argument("--url", help="server URL (default $MINIPANDA_URL or http://127.0.0.1:25080)")
+        command.add_argument("--token-file", help="file holding a bearer token")
+        command.add_argument("--home")
+        command.add_argument("--json", action="store_true", help="machine-readable output")
+        command.set_defaults(func=func)
+    from minipanda.cli import harvester as cli_harvester, tasks as cli_tasks
+
+    cli_tasks.add_parsers(sub)
+    cli_harvester.add_parsers(sub)
+    return parser
+
+
+def cmd_serve(args):
+    from minipanda.tasks import settings as task_settings
+
+    home = process.home_dir(args.home)
+    process.serve(home, host=args.host, port=args.port, db_url=args.db, auth_mode=args.auth, threads=args.threads,
+                 max_body_mb=args.max_body_mb, queues_file=args.queues, reload_period=args.reload_period,
+                 settings=task_settings.Settings(task_settings.parse_overrides(args.setting)))
+
+
+def _open_db(args):
+    from minipanda.core import db, schema
+
+    home = process.home_dir(args.home)
+    schema.open_database(args.db or db.default_url(home))
+    return home
+
+
+def cmd_token_create(args):
+    from minipanda.core import auth
+
+    home = _open_db(args)
+    token, jti = auth.create_token(auth.load_secret(home), args.name, args.role, days=args.days)
+    print(token)
+    print(f"token id {jti} for {args.name} ({args.role}); revoke with: minipanda token revoke {jti}", file=sys.stderr)
+
+
+def cmd_token_list(args):
+    from minipanda.core import models
+
+    _open_db(args)
+    rows = [[t.jti, t.name, t.role, str(t.created)[:19], str(t.expires)[:19], "revoked" if t.revoked else "valid"]
+            for t in models.Token.select().order_by(models.Token.created)]
+    print_table(["jti", "name", "role", "created", "expires", "state"], rows)
+
+
+def cmd_token_revoke(args):
+    from minipanda.core import auth
+
+    _open_db(args)
+    if not auth.revoke_token(args.jti):
+        raise ValueError(f"no token with id {args.jti}")
+    print(f"revoked {args.jti}")
+
+
+def _client(args):
+    return Client.from_settings(url=args.url, token_file=args.token_file, home=process.home_dir(args.home))
+
+
+def cmd_job_submit(args):
+    try:
+        with open(args.file, encoding="utf-8") as handle:
+            specs = json.load(handle)
+    except ValueError as exc:
+        raise ValueError(f"{args.file}: not valid JSON ({exc})") from None
+    if isinstance(specs, dict):
+        specs = [specs]
+    results = _client(args).submit_jobs(specs)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print_table(["PandaID", "jobDefinitionID", "jobName"], results)
+
+
+def cmd_job_list(args):
+    rows = _client(args).list_jobs(status=args.status, queue=args.queue, user=args.user, limit=args.limit,
+                                   task_id=args.task)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    cols = ["PandaID", "jobStatus", "computingSite", "prodUserName", "attemptNr", "currentPriority", "stateChangeTime",
+            "pilotErrorCode", "jobName"]
+    print_table(cols, [[row.get(c) for c in cols] for row in rows])
+
+
+def cmd_job_show(args):
+    client = _client(args)
+    (desc,) = client.describe_jobs([args.panda_id])
+    if desc is None:
+        raise ValueError(f"job {args.panda_id} not found")
+    history = client.status_log(args.panda_id)
+    if args.json:
+        print(json.dumps({"job": desc, "history": history}, indent=1))
+        return
+    for key in sorted(k for k, v in desc.items() if v not in (None, "", "NULL") and k != "Files"):
+        print(f"{key:24} {desc[key]}")
+    if desc["Files"]:
+        print("\nfiles:")
+        print_table(["type", "lfn", "fsize", "checksum", "status"],
+                    [[f["type"], f["lfn"], f["fsize"], f["checksum"], f["status"]] for f in desc["Files"]])
+    print("\nhistory:")
+    print_table(["time", "from", "to", "reason"], [[h["time"], h["from"], h["to"], h["reason"]] for h in history])
+
+
+def cmd_job_kill(args):
+    results = _client(args).kill_jobs(args.panda_ids)
+    for pid, done in zip(args.panda_ids, results):
+        print(f"{pid}: {'kill registered' if done else 'not killed (unknown, already final, or not yours)'}")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Bearer tokens: signed JWTs with a role, revocable through the token table.
+
+The claims carry what panda-client reads from a token (``name``, ``preferred_username``, ``groups``) plus
+minipanda's ``role`` and a ``jti`` that the token table records, so a token can be revoked before it expires.
+The signing key is a random secret in ``<home>/secret.key`` (mode 0600), made on first use.
+"""
+import dataclasses
+import datetime
+import os
+import secrets
+import time
+import uuid
+
+import jwt
+from minipanda.core import models, states
+from minipanda.errors import AuthError
+
+ROLES = ("admin", "production", "pilot", "harvester", "user")
+ISSUER = "minipanda"
+ALGORITHM = "HS256"
+# harvester fetches jobs for pilots it starts in push mode and relays reports of pilots with no network.
+PILOT_ROLES = frozenset({"admin", "production", "pilot", "harvester"})
+HARVESTER_ROLES = frozenset({"admin", "harvester"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who is calling: a user name and a role."""
+
+    name: str
+    role: str
+
+
+ANONYMOUS_ADMIN = Identity("anonymous", "admin")  # used only with auth: none on a loopback bind
+
+
+def secret_path(home):
+    return os.path.join(home, "secret.key")
+
+
+def load_secret(home):
+    """The signing secret, created (0600) when missing."""
+    path = secret_path(home)
+    os.makedirs(home, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path, "rb") as handle:
+            key = handle.read().strip()
+        if len(key) < 32:
+            raise AuthError(f"{path}: signing secret is shorter than 32 bytes; delete it to make a new one") from None
+        return key
+    key = secrets.token_hex(32).encode()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    return key
+
+
+def create_token(secret, name, role, days=30, groups=None, now=None):
+    """Record and sign a new token; return (token string, jti)."""
+    if role not in ROLES:
+        raise ValueError(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
+    if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        raise ValueError(f"name: expected letters, digits, '.', '_' or '-', got {name!r}")
+    if days <= 0:
+        raise ValueError(f"days: must be positive, got {days}")
+    now = now or states.utcnow()
+    expires = now + datetime.timedelta(days=days)
+    jti = uuid.uuid4().hex
+    models.Token.create(jti=jti, name=name, role=role, created=now, expires=expires)
+    claims = {
+        "iss": ISSUER, "sub": name, "jti": jti, "role": role,
+        "name": name, "preferred_username": name, "groups": list(groups or [role]),
+        "iat": int(now.replace(tzinfo=datetime.timezone.utc).timestamp()),
+        "exp": int(expires.replace(tzinfo=datetime.timezone.utc).timestamp()),
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM), jti
+
+
+def revoke_token(jti):
+    """Mark a token revoked; return False when no such token exists."""
+    return models.Token.update(revoked=states.utcnow()).where(models.Token.jti == jti).execute() == 1
+
+
+_decoded = {}  # (secret, token) -> claims of a token whose signature was checked; its expiry is re-checked
+
+
+def verify_token(secret, token):
+    """Return the caller's Identity, or raise AuthError(401) saying what is wrong with the token.
+
+    Every pilot request comes through here, so the signature check is remembered per token (expiry is still checked
+    each time) and the revocation check is one hand-written primary-key query: a revocation by any process, the
+    CLI included, takes effect on the next request.
+    """
+    claims = _decoded.get((secret, token))
+    if claims is None or claims["exp"] <= time.time():
+        try:
+            claims = jwt.decode(token, secret, algorithms=[ALGORITHM], issuer=ISSUER,
+                                options={"require": ["exp", "jti", "role", "sub"]})
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired; create a new one with 'minipanda token create'") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {exc}") from None
+        if len(_decoded) > 10000:
+            _decoded.clear()
+        _decoded[(secret, token)] = claims
+    db = models.Token._meta.database
+    row = db.execute_sql('SELECT "revoked" FROM "token" WHERE "jti" = %s' % db.param, (claims["jti"],)).fetchone()
+    if row is None:
+        raise AuthError("token unknown to this server (issued by another minipanda home?)")
+    if row[0] is not None:
+        raise AuthError(f"token {claims['jti']} was revoked")
+    return Identity(claims["sub"], claims["role"])
+
+
+def require_role(identity, allowed):
+    """Raise AuthError(403) unless the identity's role is one of ``allowed``."""
+    if identity.role not in allowed:
+        raise AuthError(f"role {identity.role!r} may not do this; needs one of {', '.join(sorted(allowed))}", 403)

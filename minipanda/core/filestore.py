@@ -1,0 +1,120 @@
+"""The server's file store: ``<home>/files/<scope>/<lfn>``, written by pilots (http stage-out), read by anyone.
+
+Names come from the network, so each is checked against a strict pattern and the joined path is resolved and
+required to stay inside the store; neither is ever used as a path as given. An upload is streamed into a hidden
+temporary file next to its target (a leading dot: no valid name can address it), verified (size, adler32), then
+linked into place, which fails rather than overwrites when another upload won the race. A stored file never
+changes: the same content again is an idempotent success, different content a conflict.
+"""
+import os
+import re
+import tempfile
+import zlib
+
+from minipanda.errors import SC_INVALID, RequestError
+
+NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$")
+CHECKSUM = re.compile(r"^(?:ad|adler32):([0-9a-fA-F]{1,8})$")
+BLOCK = 1 << 20
+
+
+def check_name(field, value):
+    """``value`` when it is a plain file name (letters, digits, ``._-``, no leading dot, at most 255); else 400."""
+    if not isinstance(value, str) or not NAME.match(value) or value.strip(".") == "":
+        raise RequestError(f"{field}: {str(value)[:60]!r} is not a plain name (letters, digits, '._-', no leading "
+                           "dot, at most 255 characters)", SC_INVALID, 400)
+    return value
+
+
+def parse_checksum(header):
+    """The 8-hex-digit adler32 of an ``X-Checksum: ad:xxxxxxxx`` header; None without one; 400 when malformed."""
+    if not header:
+        return None
+    match = CHECKSUM.match(header.strip())
+    if not match:
+        raise RequestError(f"X-Checksum: expected 'ad:<8 hex digits>' (adler32), got {header[:60]!r}", SC_INVALID, 400)
+    return match.group(1).lower().zfill(8)
+
+
+def file_adler32(path):
+    value = 1
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(BLOCK), b""):
+            value = zlib.adler32(block, value)
+    return f"{value & 0xffffffff:08x}"
+
+
+class FileStore:
+    """The store under ``root`` (``<home>/files``)."""
+
+    def __init__(self, root):
+        self.root = os.path.realpath(root)
+
+    def locate(self, scope, lfn):
+        """(relative path for static_file, absolute path) of a valid name; 400 for anything else."""
+        check_name("scope", scope)
+        check_name("lfn", lfn)
+        path = os.path.realpath(os.path.join(self.root, scope, lfn))
+        inside = os.path.commonpath([path, self.root]) == self.root
+        if not inside or os.path.dirname(path) != os.path.join(self.root, scope):
+            raise RequestError(f"lfn: {scope}/{lfn} resolves outside the file store", SC_INVALID, 400)
+        return f"{scope}/{lfn}", path
+
+    def info(self, scope, lfn):
+        """{scope, lfn, fsize, adler32} of a stored file, or None."""
+        _, path = self.locate(scope, lfn)
+        if not os.path.isfile(path):
+            return None
+        return {"scope": scope, "lfn": lfn, "fsize": os.path.getsize(path), "adler32": file_adler32(path)}
+
+    def put(self, scope, lfn, stream, length, limit, adler=None):
+        """Store ``stream`` as scope/lfn.
+
+        Args:
+            stream: file-like body (wsgi.input).
+            length: declared Content-Length, or None to read until end of stream.
+            limit: most bytes accepted (413 beyond).
+            adler: expected adler32 (8 hex digits) or None.
+
+        Returns:
+            (created, info): created False when the same content was stored already. A size or checksum mismatch
+            is 400 and a different stored content 409; in every refusal nothing is kept.
+        """
+        _, path = self.locate(scope, lfn)
+        if length is not None and length > limit:
+            raise RequestError(f"body: {length} bytes is larger than the server's limit of {limit} bytes",
+                               SC_INVALID, 413)
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".part", dir=directory)
+        try:
+            size, value = 0, 1
+            with os.fdopen(fd, "wb") as out:
+                while length is None or size < length:
+                    block = stream.read(BLOCK if length is None else min(BLOCK, length - size))
+                    if not block:
+                        break
+                    size += len(block)
+                    if size > limit:
+                        raise RequestError(f"body: larger than the server's limit of {limit} bytes", SC_INVALID, 413)
+                    value = zlib.adler32(block, value)
+                    out.write(block)
+            found = f"{value & 0xffffffff:08x}"
+            if length is not None and size != length:
+                raise RequestError(f"Content-Length: {length} declared, {size} bytes received; nothing stored")
+            if adler is not None and adler != found:
+                raise RequestError(f"X-Checksum: adler32 of the received data is {found}, ad:{adler} was declared; "
+                                   "nothing stored")
+            info = {"scope": scope, "lfn": lfn, "fsize": size, "adler32": found}
+            try:
+                os.link(tmp, path)  # never replaces: a concurrent upload that got there first wins
+            except FileExistsError:
+                stored = self.info(scope, lfn)
+                if stored and stored["adler32"] == found and stored["fsize"] == size:
+                    return False, info
+                raise RequestError(f"{scope}/{lfn} is already stored with different content (adler32 "
+                                   f"{stored and stored['adler32']}, this upload {found}); stored files never "
+                                   "change", SC_INVALID, 409) from None
+            return True, info
+        finally:
+            os.unlink(tmp)

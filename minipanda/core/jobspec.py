@@ -1,0 +1,251 @@
+"""PanDA's job field names on the wire, and their mapping to minipanda's columns.
+
+Three shapes cross the wire:
+- a *submitted spec*: a dict keyed by PanDA JobSpec names (ours, or panda-client's list of positional values);
+- a *job definition*: what getJob hands a pilot (PanDA's dispatcher keys: jobPars, inFiles, outFiles, ...);
+- a *description*: what job/get_description returns, keyed by JobSpec names plus "Files".
+"""
+import json
+import re
+import uuid
+
+from minipanda.core import models
+from minipanda.errors import SpecError
+
+# panda-client 2.2 serialises a JobSpec as its attribute values in this order (JobSpec._attributes), followed by
+# the list of its files, each FileSpec._attributes values followed by one trailing null.
+JOBSPEC_ATTRIBUTES = (
+    "PandaID", "jobDefinitionID", "schedulerID", "pilotID", "creationTime", "creationHost", "modificationTime",
+    "modificationHost", "AtlasRelease", "transformation", "homepackage", "prodSeriesLabel", "prodSourceLabel",
+    "prodUserID", "assignedPriority", "currentPriority", "attemptNr", "maxAttempt", "jobStatus", "jobName",
+    "maxCpuCount", "maxCpuUnit", "maxDiskCount", "maxDiskUnit", "ipConnectivity", "minRamCount", "minRamUnit",
+    "startTime", "endTime", "cpuConsumptionTime", "cpuConsumptionUnit", "commandToPilot", "transExitCode",
+    "pilotErrorCode", "pilotErrorDiag", "exeErrorCode", "exeErrorDiag", "supErrorCode", "supErrorDiag",
+    "ddmErrorCode", "ddmErrorDiag", "brokerageErrorCode", "brokerageErrorDiag", "jobDispatcherErrorCode",
+    "jobDispatcherErrorDiag", "taskBufferErrorCode", "taskBufferErrorDiag", "computingSite", "computingElement",
+    "jobParameters", "metadata", "prodDBlock", "dispatchDBlock", "destinationDBlock", "destinationSE", "nEvents",
+    "grid", "cloud", "cpuConversion", "sourceSite", "destinationSite", "transferType", "taskID", "cmtConfig",
+    "stateChangeTime", "prodDBUpdateTime", "lockedby", "relocationFlag", "jobExecutionID", "VO", "pilotTiming",
+    "workingGroup", "processingType", "prodUserName", "nInputFiles", "countryGroup", "batchID", "parentID",
+    "specialHandling", "jobsetID", "coreCount", "nInputDataFiles", "inputFileType", "inputFileProject",
+    "inputFileBytes", "nOutputDataFiles", "outputFileBytes", "jobMetrics", "workQueue_ID", "jediTaskID",
+    "jobSubStatus", "actualCoreCount", "reqID", "maxRSS", "maxVMEM", "maxSWAP", "maxPSS", "avgRSS", "avgVMEM",
+    "avgSWAP", "avgPSS", "maxWalltime", "nucleus", "eventService", "failedAttempt", "hs06sec", "gshare", "hs06",
+    "totRCHAR", "totWCHAR", "totRBYTES", "totWBYTES", "rateRCHAR", "rateWCHAR", "rateRBYTES", "rateWBYTES",
+    "resource_type", "diskIO", "memory_leak", "memory_leak_x2", "container_name", "job_label", "gco2_regional",
+    "gco2_global", "cpu_architecture_level", "outputFileType",
+)
+FILESPEC_ATTRIBUTES = (
+    "rowID", "PandaID", "GUID", "lfn", "type", "dataset", "status", "prodDBlock", "prodDBlockToken",
+    "dispatchDBlock", "dispatchDBlockToken", "destinationDBlock", "destinationDBlockToken", "destinationSE",
+    "fsize", "md5sum", "checksum", "scope",
+)
+MAX_JOBS_PER_SUBMIT = 5000
+SAFE_SCOPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+# JobSpec name -> (column, kind). Everything else a client sends is kept verbatim in Job.attributes.
+COLUMNS = {
+    "PandaID": ("panda_id", int), "jobDefinitionID": ("job_definition_id", int), "jobsetID": ("jobset_id", int),
+    "jediTaskID": ("task_id", int), "taskID": ("task_id", int), "jobName": ("job_name", str),
+    "jobStatus": ("status", str), "computingSite": ("computing_site", str),
+    "prodSourceLabel": ("prod_source_label", str), "prodUserName": ("prod_user_name", str),
+    "workingGroup": ("working_group", str), "VO": ("vo", str), "transformation": ("transformation", str),
+    "jobParameters": ("job_pars", str), "attemptNr": ("attempt_nr", int), "maxAttempt": ("max_attempt", int),
+    "currentPriority": ("current_priority", int), "assignedPriority": ("assigned_priority", int),
+    "coreCount": ("core_count", int), "minRamCount": ("min_ram_count", int), "maxWalltime": ("max_walltime", int),
+    "maxCpuCount": ("max_cpu_count", int), "maxDiskCount": ("max_disk_count", int),
+    "resource_type": ("resource_type", str), "creationTime": ("creation_time", "time"),
+    "modificationTime": ("modification_time", "time"), "stateChangeTime": ("state_changed_time", "time"),
+    "startTime": ("start_time", "time"), "endTime": ("end_time", "time"), "pilotID": ("pilot_id", str),
+    "batchID": ("batch_id", str), "modificationHost": ("node", str), "commandToPilot": ("command_to_pilot", str),
+    "transExitCode": ("trans_exit_code", int), "pilotErrorCode": ("pilot_error_code", int),
+    "pilotErrorDiag": ("pilot_error_diag", str), "exeErrorCode": ("exe_error_code", int),
+    "exeErrorDiag": ("exe_error_diag", str), "supErrorCode": ("sup_error_code", int),
+    "supErrorDiag": ("sup_error_diag", str), "cpuConsumptionTime": ("cpu_consumption_time", int),
+    "cpuConsumptionUnit": ("cpu_consumption_unit", str), "nEvents": ("n_events", int), "maxRSS": ("max_rss", int),
+    "maxPSS": ("max_pss", int), "maxVMEM": ("max_vmem", int), "avgRSS": ("avg_rss", int), "avgPSS": ("avg_pss", int),
+    "actualCoreCount": ("actual_core_count", int), "jobMetrics": ("job_metrics", str),
+    "pilotTiming": ("pilot_timing", str), "metadata": ("metadata", str),
+}
+# Set by the server, never taken from a submission.
+SERVER_OWNED = {"PandaID", "jobStatus", "creationTime", "modificationTime", "stateChangeTime", "startTime", "endTime",
+                "pilotID", "batchID", "modificationHost", "commandToPilot", "prodUserName", "attemptNr"}
+FILE_TYPES = {"input", "output", "log", "pseudo_input"}
+
+
+def is_null(value):
+    """PanDA's ways of saying "no value": None, "", and panda-client's string "NULL"."""
+    return value is None or value == "" or value == "NULL"
+
+
+def to_int(value, name, errors):
+    """Parse an integer leniently (pilots send "2500.004" and "3"), recording an error naming ``name``."""
+    if is_null(value):
+        return None
+    if isinstance(value, bool):
+        errors.append(f"{name}: expected an integer, got {value!r}")
+        return None
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        errors.append(f"{name}: expected an integer, got {str(value)[:40]!r}")
+        return None
+
+
+def positional_to_dict(values, where):
+    """Turn panda-client's positional JobSpec list into a dict keyed by JobSpec names."""
+    errors = []
+    if len(values) != len(JOBSPEC_ATTRIBUTES) + 1 or not isinstance(values[-1], list):
+        raise SpecError([f"{where}: a positional job must hold {len(JOBSPEC_ATTRIBUTES)} JobSpec values and a "
+                         f"list of files (panda-client 2.2 layout); got {len(values)} items"])
+    spec = {name: value for name, value in zip(JOBSPEC_ATTRIBUTES, values) if not is_null(value)}
+    files = []
+    for index, fvalues in enumerate(values[-1]):
+        if not isinstance(fvalues, list) or len(fvalues) < len(FILESPEC_ATTRIBUTES):
+            errors.append(f"{where}.Files[{index}]: expected {len(FILESPEC_ATTRIBUTES)} FileSpec values")
+            continue
+        files.append({n: v for n, v in zip(FILESPEC_ATTRIBUTES, fvalues) if not is_null(v)})
+    if errors:
+        raise SpecError(errors)
+    spec["Files"] = files
+    return spec
+
+
+def parse_file(entry, where, errors):
+    """Validate one file of a submitted spec; return JobFile column values."""
+    if not isinstance(entry, dict):
+        errors.append(f"{where}: expected an object with lfn and type")
+        return None
+    lfn, ftype = entry.get("lfn"), entry.get("type")
+    if not isinstance(lfn, str) or not lfn or "/" in lfn or lfn in (".", ".."):
+        errors.append(f"{where}.lfn: expected a plain file name, got {lfn!r}")
+    if ftype not in FILE_TYPES:
+        errors.append(f"{where}.type: expected one of {sorted(FILE_TYPES)}, got {ftype!r}")
+    scope = entry.get("scope")
+    if not is_null(scope) and not (isinstance(scope, str) and SAFE_SCOPE.match(scope)):
+        errors.append(f"{where}.scope: expected letters, digits, '.', '_' or '-' (it becomes a directory name), "
+                      f"got {scope!r}")
+    guid = entry.get("GUID", entry.get("guid"))
+    return {
+        "type": ftype, "lfn": lfn, "guid": None if is_null(guid) else str(guid),
+        "scope": None if is_null(entry.get("scope")) else str(entry["scope"]),
+        "dataset": None if is_null(entry.get("dataset")) else str(entry["dataset"]),
+        "destination_dblock": None if is_null(entry.get("destinationDBlock")) else str(entry["destinationDBlock"]),
+        "fsize": to_int(entry.get("fsize"), f"{where}.fsize", errors),
+        "checksum": None if is_null(entry.get("checksum")) else str(entry["checksum"]),
+    }
+
+
+def parse_submitted(spec, where):
+    """Validate one submitted job dict; return (column values, attributes dict, file rows). Raises SpecError."""
+    errors = []
+    if not isinstance(spec, dict):
+        raise SpecError([f"{where}: expected a job object or a panda-client positional list"])
+    columns, attributes = {}, {}
+    for name, value in spec.items():
+        if name in ("Files", "files") or name in SERVER_OWNED or is_null(value):
+            continue
+        if isinstance(value, dict) and set(value) == {"_datetime_object"}:  # panda-client's datetime encoding
+            value = str(value["_datetime_object"])
+        if name not in COLUMNS:
+            if not isinstance(value, (str, int, float, bool)):
+                errors.append(f"{where}.{name}: expected a plain value")
+            attributes[name] = value
+            continue
+        column, kind = COLUMNS[name]
+        if kind is int:
+            columns[column] = to_int(value, f"{where}.{name}", errors)
+        elif kind is str:
+            columns[column] = str(value)
+    if "jobPars" in spec and "job_pars" not in columns and not is_null(spec["jobPars"]):
+        columns["job_pars"] = str(spec["jobPars"])
+    attributes.pop("jobPars", None)
+    if not columns.get("computing_site"):
+        errors.append(f"{where}.computingSite: required; name the queue the job must run on")
+    if not columns.get("transformation"):
+        errors.append(f"{where}.transformation: required; the program or script URL the pilot runs")
+    for name in ("coreCount", "minRamCount", "maxWalltime", "maxDiskCount", "maxCpuCount", "maxAttempt"):
+        col = COLUMNS[name][0]
+        if columns.get(col) is not None and columns[col] < 0:
+            errors.append(f"{where}.{name}: must not be negative, got {columns[col]}")
+    raw_files = spec.get("Files", spec.get("files", []))
+    if not isinstance(raw_files, list):
+        errors.append(f"{where}.Files: expected a list")
+        raw_files = []
+    files = [parse_file(f, f"{where}.Files[{i}]", errors) for i, f in enumerate(raw_files)]
+    if errors:
+        raise SpecError(errors)
+    return {k: v for k, v in columns.items() if v is not None}, attributes, files
+
+
+def csv(values):
+    """PanDA's comma-joined list form; missing entries become empty strings."""
+    return ",".join(["" if v is None else str(v) for v in values])
+
+
+def job_definition(job, files):
+    """The getJob reply for one job: PanDA dispatcher keys, comma-separated file lists."""
+    attrs = json.loads(job.attributes or "{}")
+    inputs = [f for f in files if f.type == "input"]
+    outputs = [f for f in files if f.type == "output"]
+    logs = [f for f in files if f.type == "log"]
+    out_all = outputs + logs
+    definition = {
+        "PandaID": job.panda_id, "jobsetID": job.jobset_id, "taskID": job.task_id or 0,
+        "jobDefinitionID": job.job_definition_id, "jobName": job.job_name, "attemptNr": job.attempt_nr,
+        "maxAttempt": job.max_attempt, "prodSourceLabel": job.prod_source_label, "prodUserID": attrs.get("prodUserID", job.prod_user_name),
+        "transformation": job.transformation, "jobPars": job.job_pars, "coreCount": job.core_count,
+        "minRamCount": job.min_ram_count, "maxWalltime": job.max_walltime, "maxCpuCount": job.max_cpu_count,
+        "maxDiskCount": job.max_disk_count, "currentPriority": job.current_priority,
+        "resource_type": job.resource_type or "", "swRelease": attrs.get("AtlasRelease", ""),
+        "homepackage": attrs.get("homepackage", ""), "cmtConfig": attrs.get("cmtConfig", ""),
+        "container_name": attrs.get("container_name", ""), "processingType": attrs.get("processingType", ""),
+        "transferType": attrs.get("transferType", ""), "eventService": str(attrs.get("eventService", "False")),
+        "allowNoOutput": attrs.get("allowNoOutput", ""), "destinationSE": attrs.get("destinationSE", ""),
+        "cloud": attrs.get("cloud", ""), "prodDBlocks": csv(f.dataset for f in inputs),
+        "inFiles": csv(f.lfn for f in inputs), "GUID": csv(f.guid for f in inputs),
+        "fsize": csv(f.fsize for f in inputs), "checksum": csv(f.checksum for f in inputs),
+        "scopeIn": csv(f.scope for f in inputs), "realDatasetsIn": csv(f.dataset for f in inputs),
+        "dispatchDblock": csv(f.dataset for f in inputs), "ddmEndPointIn": csv("" for _ in inputs),
+        "outFiles": csv(f.lfn for f in out_all), "scopeOut": csv(f.scope for f in outputs),
+        "realDatasets": csv(f.dataset for f in out_all), "destinationDblock": csv(f.destination_dblock or f.dataset for f in out_all),
+        "ddmEndPointOut": csv("" for _ in out_all), "fileDestinationSE": csv("" for _ in out_all),
+        "logFile": logs[0].lfn if logs else "", "logGUID": (logs[0].guid or "") if logs else "",
+        "scopeLog": (logs[0].scope or "") if logs else "",
+    }
+    return definition
+
+
+def _wire_time(value):
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else None
+
+
+def describe(job, files):
+    """job/get_description's entry: every JobSpec name (None when unset) plus Files keyed by FileSpec names."""
+    attrs = json.loads(job.attributes or "{}")
+    out = {name: attrs.get(name) for name in JOBSPEC_ATTRIBUTES}
+    for name, (column, kind) in COLUMNS.items():
+        value = getattr(job, column)
+        out[name] = _wire_time(value) if kind == "time" else value
+    out["jobParameters"] = job.job_pars
+    out["Files"] = [
+        {"rowID": f.row_id, "PandaID": job.panda_id, "GUID": f.guid, "lfn": f.lfn, "type": f.type,
+         "dataset": f.dataset, "status": f.status, "destinationDBlock": f.destination_dblock, "fsize": f.fsize,
+         "checksum": f.checksum, "scope": f.scope, "surl": f.surl}
+        for f in files
+    ]
+    return out
+
+
+def new_guid():
+    """A GUID for a file the submitter did not name one for (logs, outputs)."""
+    return str(uuid.uuid4())
+
+
+def load_files(panda_ids):
+    """{panda_id: [JobFile, ...]} for the given jobs, in one query."""
+    by_job = {pid: [] for pid in panda_ids}
+    if panda_ids:
+        for f in models.JobFile.select().where(models.JobFile.job.in_(list(panda_ids))).order_by(models.JobFile.row_id):
+            by_job[f.panda_id].append(f)
+    return by_job

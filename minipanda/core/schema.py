@@ -1,0 +1,108 @@
+"""Schema versions: a new database gets the current tables and :data:`SCHEMA_VERSION`; an older one is brought
+forward one step at a time, each step in its own transaction, and never loses data.
+
+:func:`open_database` is where a process binds the models (:mod:`minipanda.core.models`) to a database URL.
+"""
+import logging
+
+import peewee
+from minipanda.core import models
+from minipanda.core.db import database, make_database
+from minipanda.errors import DatabaseConfigError
+from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
+
+log = logging.getLogger(__name__)
+
+
+def open_database(url):
+    """Bind the models to ``url``, create or upgrade the schema, and return the database."""
+    db = make_database(url)
+    database.initialize(db)
+    db.connect(reuse_if_open=True)
+    try:
+        upgrade_schema(db)
+    finally:
+        db.close()
+    return db
+
+
+# ---- versions -------------------------------------------------------------------------------------------
+# A new database gets the current tables and SCHEMA_VERSION. An older one is brought forward one step at a time by
+# MIGRATIONS[n] (n = the version it produces); each step is written with playhouse.migrate so it runs on SQLite
+# and PostgreSQL alike, and never drops data.
+
+def _migration_2(db, migrator):
+    migrate(
+        migrator.add_column("job", "harvester_id", models.Job.harvester_id),
+        migrator.add_column("job", "worker_id", models.Job.worker_id),
+    )
+
+
+def _migration_3(db, migrator):
+    """Tasks: the task, dataset, file, task_input, brokerage and retry_rule tables, three job columns."""
+    db.create_tables(models.TASK_MODELS, safe=True)
+    migrate(
+        migrator.add_column("job", "scout", models.Job.scout),
+        migrator.add_column("job", "settled", models.Job.settled),
+        migrator.add_column("job", "brokerage_id", models.Job.brokerage_id),
+    )
+    # Jobs that existed before tasks belong to no task: nothing to settle.
+    db.execute_sql('UPDATE "job" SET "scout" = %s, "settled" = %s' % ((db.param,) * 2), (False, True))
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "job_settled_status" ON "job" ("settled", "status")')
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "job_task_status" ON "job" ("task_id", "status")')
+    start_task_ids(db)
+
+
+def start_task_ids(db):
+    """Make PostgreSQL's task id sequence start at FIRST_TASK_ID (SQLite tasks pick their id on insert)."""
+    if isinstance(db, peewee.PostgresqlDatabase):
+        db.execute_sql("SELECT setval(pg_get_serial_sequence('task', 'jedi_task_id'), GREATEST(%s, "
+                       "COALESCE((SELECT MAX(jedi_task_id) FROM task), 0)))", (models.FIRST_TASK_ID - 1,))
+
+
+def _migration_4(db, migrator):
+    """Harvester: the worker as harvester reports it; harvester instances, commands and worker statistics."""
+    W = models.Worker
+    db.create_tables(models.HARVESTER_MODELS, safe=True)
+    if "worker" not in db.get_tables():  # a version 1 database never had one: it is made whole, as it is now
+        db.create_tables([W])
+        return
+    migrate(*[migrator.add_column("worker", field.column_name, field) for field in
+              (W.status, W.batch_id, W.n_core, W.n_memory, W.walltime, W.submit_time, W.diag, W.access_point,
+               W.pandaid_list)])
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "worker_site_status" ON "worker" ("computing_site", "status")')
+
+
+MIGRATIONS = {2: _migration_2, 3: _migration_3, 4: _migration_4}
+SCHEMA_VERSION = 4
+
+
+def schema_version(db):
+    """The version recorded in the config table, or None for an empty database."""
+    if "config" not in db.get_tables():
+        return None
+    row = db.execute_sql("SELECT value FROM config WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else None
+
+
+def upgrade_schema(db):
+    """Create a fresh schema or upgrade an older one to :data:`SCHEMA_VERSION`, one transaction per step."""
+    version = schema_version(db)
+    if version is None:
+        with db.atomic():
+            db.create_tables(models.ALL_MODELS)
+            start_task_ids(db)
+            models.Config.insert(key="schema_version", value=str(SCHEMA_VERSION)).execute()
+        log.info("created database schema version %d", SCHEMA_VERSION)
+        return
+    if version > SCHEMA_VERSION:
+        raise DatabaseConfigError(
+            f"database schema version {version} is newer than this minipanda ({SCHEMA_VERSION}); upgrade minipanda")
+    migrator = PostgresqlMigrator(db) if isinstance(db, peewee.PostgresqlDatabase) else SqliteMigrator(db)
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        with db.atomic():
+            MIGRATIONS[target](db, migrator)
+            models.Config.update(value=str(target)).where(models.Config.key == "schema_version").execute()
+        log.info("upgraded database schema from version %d to %d", target - 1, target)
+    # Tables added in later versions that an older database never had are created here (no-op when present).
+    db.create_tables(models.ALL_MODELS, safe=True)

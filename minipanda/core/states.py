@@ -1,0 +1,314 @@
+"""Job and task state machines: the one table of allowed transitions, and the one function that changes a state.
+
+Every job status change in the server goes through :func:`change_job_status`. It refuses a transition the table
+does not allow, stamps ``state_changed_time`` (and the per-state times), and writes one ``status_log`` row with the
+reason, all in the caller's transaction. The update is conditional on the current status, so two concurrent
+changes of the same job can never both succeed: the row count says who won.
+"""
+import datetime
+import enum
+import functools
+
+import peewee
+from minipanda.core import models
+from minipanda.errors import InvalidTransition
+
+
+class JobStatus(str, enum.Enum):
+    """PanDA job states; the values are the strings stored in the database and sent on the wire."""
+
+    PENDING = "pending"
+    DEFINED = "defined"
+    ASSIGNED = "assigned"
+    ACTIVATED = "activated"
+    SENT = "sent"
+    STARTING = "starting"
+    RUNNING = "running"
+    HOLDING = "holding"
+    MERGING = "merging"
+    TRANSFERRING = "transferring"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CLOSED = "closed"
+    CANCELLED = "cancelled"
+
+
+class TaskStatus(str, enum.Enum):
+    """The subset of JEDI task states that minipanda keeps."""
+
+    REGISTERED = "registered"
+    DEFINED = "defined"
+    READY = "ready"
+    SCOUTING = "scouting"
+    SCOUTED = "scouted"
+    RUNNING = "running"
+    PREPARED = "prepared"
+    DONE = "done"
+    FINISHED = "finished"
+    FAILED = "failed"
+    PENDING = "pending"
+    PAUSED = "paused"
+    FINISHING = "finishing"
+    ABORTING = "aborting"
+    ABORTED = "aborted"
+    TORETRY = "toretry"
+    BROKEN = "broken"
+
+
+J = JobStatus
+FINAL_JOB_STATES = frozenset({J.FINISHED, J.FAILED, J.CLOSED, J.CANCELLED})
+QUEUED_JOB_STATES = frozenset({J.PENDING, J.DEFINED, J.ASSIGNED, J.ACTIVATED})
+ACTIVE_JOB_STATES = frozenset({J.SENT, J.STARTING, J.RUNNING, J.HOLDING, J.MERGING, J.TRANSFERRING})
+
+# Allowed job transitions. A pilot may skip intermediate states (a short job can go sent -> finished),
+# but never go back (transferring -> running was a real PanDA bug, panda-server#687), and final states never change.
+JOB_TRANSITIONS = {
+    J.PENDING: {J.DEFINED, J.ASSIGNED, J.ACTIVATED, J.CANCELLED, J.CLOSED, J.FAILED},
+    J.DEFINED: {J.ASSIGNED, J.ACTIVATED, J.CANCELLED, J.CLOSED, J.FAILED},
+    J.ASSIGNED: {J.ACTIVATED, J.CANCELLED, J.CLOSED, J.FAILED},
+    J.ACTIVATED: {J.SENT, J.CANCELLED, J.CLOSED, J.FAILED},
+    J.SENT: {J.STARTING, J.RUNNING, J.HOLDING, J.TRANSFERRING, J.FINISHED, J.FAILED, J.CANCELLED, J.CLOSED},
+    J.STARTING: {J.RUNNING, J.HOLDING, J.TRANSFERRING, J.FINISHED, J.FAILED, J.CANCELLED, J.CLOSED},
+    J.RUNNING: {J.HOLDING, J.TRANSFERRING, J.FINISHED, J.FAILED, J.CANCELLED, J.CLOSED},
+    J.HOLDING: {J.MERGING, J.TRANSFERRING, J.FINISHED, J.FAILED, J.CANCELLED, J.CLOSED},
+    J.MERGING: {J.TRANSFERRING, J.FINISHED, J.FAILED, J.CANCELLED, J.CLOSED},
+    J.TRANSFERRING: {J.FINISHED, J.FAILED, J.CANCELLED, J.CLOSED},
+    J.FINISHED: set(),
+    J.FAILED: set(),
+    J.CLOSED: set(),
+    J.CANCELLED: set(),
+}
+
+T = TaskStatus
+FINAL_TASK_STATES = frozenset({T.DONE, T.FINISHED, T.FAILED, T.ABORTED, T.BROKEN})
+TASK_TRANSITIONS = {
+    T.REGISTERED: {T.DEFINED, T.BROKEN, T.ABORTING},
+    T.DEFINED: {T.READY, T.BROKEN, T.ABORTING, T.PENDING},
+    T.READY: {T.SCOUTING, T.RUNNING, T.PAUSED, T.FINISHING, T.ABORTING, T.PENDING, T.BROKEN},
+    T.SCOUTING: {T.SCOUTED, T.RUNNING, T.PAUSED, T.FINISHING, T.ABORTING, T.BROKEN, T.FAILED},
+    T.SCOUTED: {T.RUNNING, T.PAUSED, T.FINISHING, T.ABORTING, T.BROKEN},
+    T.RUNNING: {T.PREPARED, T.PAUSED, T.FINISHING, T.ABORTING, T.PENDING, T.BROKEN},
+    T.PENDING: {T.READY, T.RUNNING, T.PAUSED, T.ABORTING, T.BROKEN},
+    T.PAUSED: {T.READY, T.SCOUTING, T.RUNNING, T.ABORTING, T.FINISHING},
+    T.FINISHING: {T.PREPARED, T.ABORTING},
+    T.PREPARED: {T.DONE, T.FINISHED, T.FAILED},
+    T.ABORTING: {T.ABORTED},
+    T.DONE: set(),
+    T.FINISHED: {T.TORETRY},
+    T.FAILED: set(),
+    T.TORETRY: {T.READY, T.RUNNING, T.BROKEN},
+    T.ABORTED: set(),
+    T.BROKEN: set(),
+}
+
+
+def utcnow():
+    """The server's clock: naive UTC, as PanDA stores times."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def job_sources(target):
+    """All job states from which ``target`` may be reached."""
+    target = JobStatus(target)
+    return [src for src, dests in JOB_TRANSITIONS.items() if target in dests]
+
+
+def check_job_transition(current, target):
+    """Raise :class:`InvalidTransition` unless ``current`` -> ``target`` is in the table."""
+    current, target = JobStatus(current), JobStatus(target)
+    if target not in JOB_TRANSITIONS[current]:
+        raise InvalidTransition(f"job state change {current.value} -> {target.value} is not allowed")
+
+
+def check_task_transition(current, target):
+    """Raise :class:`InvalidTransition` unless task ``current`` -> ``target`` is in the table."""
+    current, target = TaskStatus(current), TaskStatus(target)
+    if target not in TASK_TRANSITIONS[current]:
+        raise InvalidTransition(f"task state change {current.value} -> {target.value} is not allowed")
+
+
+def _time_fields(target, now):
+    fields = {models.Job.status: target.value, models.Job.state_changed_time: now, models.Job.modification_time: now}
+    if target == J.SENT:
+        fields[models.Job.start_time] = now
+    if target in FINAL_JOB_STATES:
+        fields[models.Job.end_time] = now
+    return fields
+
+
+def change_job_status(panda_ids, target, reason, from_states=None, fields=None, now=None):
+    """Move the given jobs to ``target``, conditionally on their current state.
+
+    Args:
+        panda_ids: ids to change, or a peewee sub-select of ids (dispatch passes its ordered, limited pick);
+            a job not in an allowed source state is left alone.
+        target: the new :class:`JobStatus`.
+        reason: stored in status_log; says why, in words.
+        from_states: restrict the allowed sources further (e.g. only ``activated`` for a dispatch).
+        fields: extra column values {Job.field: value} written in the same UPDATE.
+        now: the time to stamp (tests pass a fixed clock).
+
+    Returns:
+        The list of (panda_id, previous status) pairs that were changed. Must run inside a transaction.
+    """
+    target = JobStatus(target)
+    now = now or utcnow()
+    allowed = set(job_sources(target))
+    if from_states is not None:
+        allowed &= {JobStatus(s) for s in from_states}
+    if not allowed:
+        return []
+    Job = models.Job
+    values = _time_fields(target, now)
+    values.update(fields or {})
+    changed = []
+    # One conditional UPDATE per source state: the WHERE on the current status makes each change exact even if
+    # another writer got there first, and RETURNING tells which rows this call won.
+    plain = isinstance(panda_ids, (list, tuple, set, frozenset)) and not any(
+        isinstance(value, peewee.Node) for value in values.values())
+    for status in sorted(s.value for s in allowed):
+        if plain:  # the common case (every pilot update): a cached statement instead of peewee's rendering
+            changed.extend((pid, status) for pid in _update_listed(values, list(panda_ids), status))
+            continue
+        rows = Job.update(values).where(Job.panda_id.in_(panda_ids), Job.status == status).returning(Job.panda_id)
+        changed.extend((row.panda_id, status) for row in rows.execute())
+    log_transitions(changed, target, reason, now)
+    return changed
+
+
+@functools.lru_cache(maxsize=256)
+def _update_listed_sql(param, table, key, columns, n_ids):
+    # ``status || ''`` keeps the status test off the (status, ...) index: with more than one id SQLite otherwise
+    # walked every row in that status instead of looking the ids up by primary key.
+    assignments = ", ".join(f'"{column}" = {param}' for column in columns)
+    return (f'UPDATE "{table}" SET {assignments} WHERE "{key}" IN ({", ".join([param] * n_ids)}) '
+            f'AND ("status" || \'\') = {param} RETURNING "{key}"')
+
+
+def _update_listed(values, ids, status, model=None):
+    """UPDATE the listed rows (jobs, or tasks) that are in ``status`` with plain ``values``; return the ids
+    changed. A cached statement: peewee's rendering cost more than the UPDATE on every pilot update."""
+    model = model or models.Job
+    database, key = model._meta.database, model._meta.primary_key.column_name
+    columns = tuple(field.column_name for field in values)
+    assigned = [field.db_value(value) for field, value in values.items()]
+    changed = []
+    for start in range(0, len(ids), 500):  # bounded statement size, however many ids a kill names
+        chunk = ids[start:start + 500]
+        sql = _update_listed_sql(database.param, model._meta.table_name, key, columns, len(chunk))
+        cursor = database.execute_sql(sql, assigned + chunk + [status])
+        changed.extend(row[0] for row in cursor.fetchall())
+    return changed
+
+
+def change_picked_jobs(pick, pick_params, source, target, reason, fields=None, now=None):
+    """Move the jobs a sub-select picks from ``source`` to ``target`` in one statement; return their full rows.
+
+    The bulk twin of :func:`change_job_status`, for dispatch: ``pick`` is the caller's SELECT of panda_ids (with
+    its ``pick_params``), best first and limited; the UPDATE re-checks ``source`` on each picked row, so a job
+    another writer changed first is skipped. Same table check, time stamps and status_log rows.
+
+    Returns:
+        (column names, row tuples) of the changed jobs, as RETURNING gives them. Must run inside a transaction.
+    """
+    source, target = JobStatus(source), JobStatus(target)
+    check_job_transition(source, target)
+    now = now or utcnow()
+    values = _time_fields(target, now)
+    values.update(fields or {})
+    database = models.Job._meta.database
+    columns = tuple(field.column_name for field in values)
+    sql = _picked_update_sql(database.param, isinstance(database.obj, peewee.PostgresqlDatabase), pick, columns)
+    cursor = database.execute_sql(sql, [field.db_value(value) for field, value in values.items()] + list(pick_params)
+                                  + [source.value])
+    names = [description[0] for description in cursor.description]
+    rows = cursor.fetchall()
+    log_transitions([(row[0], source.value) for row in rows], target, reason, now)
+    return names, rows
+
+
+@functools.lru_cache(maxsize=256)
+def _picked_update_sql(param, postgres, pick, columns):
+    Job = models.Job
+    returning = ", ".join('"%s"' % field.column_name for field in Job._meta.sorted_fields)  # panda_id first
+    assignments = ", ".join(f'"{column}" = {param}' for column in columns)
+    # The re-check of the status must not drive the UPDATE: SQLite and PostgreSQL both chose to walk the
+    # (status, ...) index, i.e. every activated job of every queue, per claim, filtering it against the picked ids
+    # (claims got slower the fuller the queues). As an expression, ``status || ''`` cannot use an index, so the
+    # picked ids drive the UPDATE through the primary key and the status is checked on those rows only.
+    # PostgreSQL would plan "IN (pick)" as a semi-join and re-run a locking pick per row, claiming more than
+    # LIMIT rows; "= ANY(ARRAY(pick))" evaluates the pick exactly once.
+    chosen = f"= ANY(ARRAY({pick}))" if postgres else f"IN ({pick})"
+    return (f'UPDATE "{Job._meta.table_name}" SET {assignments} WHERE "panda_id" {chosen} '
+            f"AND (\"status\" || '') = {param} RETURNING {returning}")
+
+
+def log_transitions(changed, target, reason, now):
+    """Write one status_log row per (panda_id, previous status) pair.
+
+    One multi-row INSERT written out directly: every dispatch and every submitted job comes through here, and
+    peewee's insert_many spent ~0.2 ms per call plus ~20 us per row building it.
+    """
+    if not changed:
+        return
+    log, database = models.StatusLog, models.StatusLog._meta.database
+    new_status, when, reason = JobStatus(target).value, log.time.db_value(now), reason[:500]
+    columns = ", ".join('"%s"' % f.column_name for f in (log.panda_id, log.old_status, log.new_status, log.time,
+                                                           log.reason))
+    row = "(%s)" % ", ".join([database.param] * 5)
+    for start in range(0, len(changed), 500):  # 2,500 parameters per statement at most
+        chunk = changed[start:start + 500]
+        params = []
+        for pid, old in chunk:
+            params += (pid, old, new_status, when, reason)
+        database.execute_sql(f'INSERT INTO "{log._meta.table_name}" ({columns}) VALUES '
+                             + ", ".join([row] * len(chunk)), params)
+
+
+FINAL_TASK_VALUES = frozenset(s.value for s in FINAL_TASK_STATES)
+
+
+def task_sources(target):
+    """All task states from which ``target`` may be reached."""
+    target = TaskStatus(target)
+    return [src for src, dests in TASK_TRANSITIONS.items() if target in dests]
+
+
+def change_task_status(task_ids, target, reason, from_states=None, fields=None, now=None):
+    """Move the given tasks to ``target``, conditionally on their current state (the task twin of
+    :func:`change_job_status`).
+
+    Args:
+        task_ids: jediTaskIDs to change; a task not in an allowed source state is left alone.
+        target: the new :class:`TaskStatus`.
+        reason: stored in task_log (and, for broken and failed tasks, in the task's error dialog by the caller).
+        from_states: restrict the allowed sources further.
+        fields: extra column values {Task.field: value} written in the same UPDATE.
+        now: the time to stamp.
+
+    Returns:
+        The list of (task_id, previous status) pairs that were changed. Must run inside a transaction.
+    """
+    target = TaskStatus(target)
+    now = now or utcnow()
+    allowed = set(task_sources(target))
+    if from_states is not None:
+        allowed &= {TaskStatus(s) for s in from_states}
+    Task, TaskLog = models.Task, models.TaskLog
+    values = {Task.status: target.value, Task.state_changed_time: now, Task.modification_time: now}
+    if target in FINAL_TASK_STATES:
+        values[Task.end_time] = now
+    values.update(fields or {})
+    changed = []
+    plain = not any(isinstance(value, peewee.Node) for value in values.values())
+    for status in sorted(s.value for s in allowed):
+        if plain:  # the same cached statement as a job's: commands and the settle duty change tasks one by one
+            changed.extend((tid, status) for tid in _update_listed(values, list(task_ids), status, Task))
+            continue
+        rows = Task.update(values).where(Task.jedi_task_id.in_(list(task_ids)), Task.status == status) \
+            .returning(Task.jedi_task_id)
+        changed.extend((row.jedi_task_id, status) for row in rows.execute())
+    if changed:
+        TaskLog.insert_many([{"task_id": tid, "old_status": old, "new_status": target.value, "time": now,
+                              "reason": reason[:500]} for tid, old in changed]).execute()
+    return changed

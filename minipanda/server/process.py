@@ -1,0 +1,164 @@
+"""``minipanda serve``: the WSGI app on waitress (multi-threaded), one access-log line per request, clean stop."""
+import logging
+import os
+import signal
+import threading
+import time
+
+from minipanda.api.app import ServerContext, is_loopback, make_app
+from minipanda.core import auth, db, queues, schema
+from minipanda.errors import ConfigError
+from minipanda.server.daemon import DutyRunner
+
+log = logging.getLogger("minipanda.server")
+access_log = logging.getLogger("minipanda.access")
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 25080
+
+
+def home_dir(explicit=None):
+    """--home, else $MINIPANDA_HOME, else ~/.minipanda."""
+    return os.path.abspath(explicit or os.environ.get("MINIPANDA_HOME") or os.path.expanduser("~/.minipanda"))
+
+
+class AccessLog:
+    """WSGI middleware: method, path, status and duration of every request, after it is answered."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        seen = {}
+
+        def recording_start_response(status, headers, exc_info=None):
+            seen["status"] = status.split(" ", 1)[0]
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.app(environ, recording_start_response)
+        finally:
+            access_log.info("%s %s %s %.1fms %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
+                            seen.get("status", "-"), (time.perf_counter() - started) * 1000,
+                            environ.get("REMOTE_ADDR", "-"))
+
+
+def build(home, db_url=None, auth_mode="token", host=DEFAULT_HOST, max_body_mb=64):
+    """Open the database and return (wsgi app, context). Refuses auth 'none' off loopback."""
+    if auth_mode not in ("token", "none"):
+        raise ConfigError(f"auth: expected 'token' or 'none', got {auth_mode!r}")
+    if auth_mode == "none" and not is_loopback(host):
+        raise ConfigError(f"auth 'none' is allowed only on a loopback bind, not on host {host!r}")
+    if max_body_mb <= 0:
+        raise ConfigError(f"max-body-mb: must be positive, got {max_body_mb}")
+    schema.open_database(db_url or db.default_url(home))
+    context = ServerContext(home=home, secret=auth.load_secret(home), auth_mode=auth_mode,
+                            max_body=int(max_body_mb * 1024 * 1024))
+    return AccessLog(make_app(context)), context
+
+
+def ensure_admin_token(home, secret):
+    """Write <home>/admin.token (0600) on first start, so the local CLI works without further setup."""
+    path = os.path.join(home, "admin.token")
+    if os.path.exists(path):
+        return
+    db.database.connect(reuse_if_open=True)
+    token, jti = auth.create_token(secret, "admin", "admin", days=365)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token)
+    log.info("wrote an admin token (id %s) to %s; revoke with 'minipanda token revoke %s'", jti, path, jti)
+
+
+def load_queue_config(path):
+    """Load and validate the queue configuration file, or raise ConfigError listing every problem in it."""
+    import queueconfig
+
+    try:
+        return queueconfig.load(path)
+    except queueconfig.ConfigError as exc:
+        raise ConfigError(f"queue configuration {path} is invalid ({len(exc.errors)} errors):\n  "
+                          + "\n  ".join(exc.errors)) from None
+    except OSError as exc:
+        raise ConfigError(f"queue configuration {path}: {exc.strerror}") from None
+
+
+def apply_queue_config(config, old=None):
+    """Mirror a (new) queue configuration into the queue table and say what changed."""
+    import queueconfig
+
+    for warning in config.warnings:
+        log.warning("queue configuration %s: %s", config.source, warning)
+    added, updated, removed = queues.apply_config(config, queueconfig.queuedata)
+    log.info("queue configuration %s version %s in force: %d queues (%d added, %d updated, %d set offline)%s",
+             config.source, config.version_id, len(config.queues), len(added), len(updated), len(removed),
+             f", replacing version {old.version_id}" if old is not None else "")
+
+
+def watch_queue_config(runner, config, period):
+    """Reload the queue file when it changes (checked every ``period`` s, or at once on SIGHUP)."""
+    import queueconfig
+
+    reloader = queueconfig.ConfigReloader(config.source, on_change=apply_queue_config, initial=config, logger=log)
+    runner.add("queue-config", period, lambda now: reloader.check())
+    return reloader
+
+
+def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="token", threads=8, max_body_mb=64,
+          queues_file=None, reload_period=10.0, ready=None, settings=None):
+    """Run until SIGTERM/SIGINT (or ``ready``'s server is closed); returns when the server has stopped."""
+    import waitress.server
+
+    queue_config = load_queue_config(queues_file) if queues_file else None
+    app, context = build(home, db_url, auth_mode, host, max_body_mb)
+    runner = DutyRunner()
+    context.wake = runner.wake
+    reloader = None
+    if queue_config is not None:
+        db.database.connect(reuse_if_open=True)
+        apply_queue_config(queue_config)
+        reloader = watch_queue_config(runner, queue_config, reload_period)
+    os.makedirs(os.path.join(home, "trf"), exist_ok=True)
+    if auth_mode == "token":
+        ensure_admin_token(home, context.secret)
+    server = waitress.server.create_server(app, host=host, port=port, threads=threads,
+                                           max_request_body_size=context.max_body + 1024 * 1024,
+                                           connection_limit=1000, channel_timeout=120, ident="minipanda")
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+        # Closing only the listener would leave run() looping while keep-alive clients stay connected.
+        for channel in list(server._map.values()):
+            channel.close()
+
+    def on_hangup(signum, frame):
+        if reloader is not None:
+            log.info("received SIGHUP; re-reading the queue configuration")
+            reloader.request()
+            runner.wake("queue-config")
+        else:
+            log.info("received SIGHUP; no queue configuration file to re-read (start with --queues FILE)")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
+    log.info("minipanda serving on http://%s:%s (home %s, auth %s, %d threads)", host, server.effective_port, home,
+             auth_mode, threads)
+    if ready is not None:
+        ready(server)
+    from minipanda.tasks import duties, settings as task_settings
+
+    duties.attach(runner, settings or task_settings.Settings())
+    runner.start()
+    try:
+        server.run()
+    except (OSError, ValueError):
+        if not stop.is_set():  # closing the socket from the signal handler ends run() with an error
+            raise
+    finally:
+        runner.stop()
+        server.task_dispatcher.shutdown(timeout=5)
+        log.info("minipanda stopped")

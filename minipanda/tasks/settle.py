@@ -1,0 +1,146 @@
+"""The settle duty: the task side of a job's end.
+
+For every task job that reached a final state and is not settled yet: a finished job's inputs become finished
+and its outputs and log are registered in the task's datasets (size, checksum, location as the pilot reported
+them); a failed job goes to the retry module (its inputs become ready again for a new attempt, or failed); a
+cancelled job's inputs fail. Then tasks whose work is over complete: running or finishing -> prepared ->
+done (every input finished) | finished (some) | failed (none); aborting -> aborted.
+"""
+import logging
+import os
+
+from minipanda.core import models, states
+from minipanda.core.db import database
+from minipanda.core.states import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobStatus, TaskStatus
+from minipanda.tasks import retry
+from peewee import fn
+
+log = logging.getLogger(__name__)
+T = TaskStatus
+FINAL = [s.value for s in FINAL_JOB_STATES]
+BATCH = 2000
+RETRYABLE_TASK_STATES = {T.READY.value, T.SCOUTING.value, T.SCOUTED.value, T.RUNNING.value, T.PAUSED.value,
+                         T.PENDING.value, T.TORETRY.value}
+
+
+def run(settings, now=None, wake=None):
+    """Settle final jobs, mark running inputs, complete tasks; returns {"settled", "retries", "completed"}.
+
+    ``wake(duty name)`` runs another duty early: the generator, when retries or scout results are waiting.
+    """
+    now = now or states.utcnow()
+    out = {"settled": 0, "retries": 0, "completed": 0}
+    while True:
+        Job = models.Job
+        jobs = list(Job.select().where(Job.settled == False, Job.status.in_(FINAL))  # noqa: E712
+                    .order_by(Job.panda_id).limit(BATCH))
+        if not jobs:
+            break
+        with database.atomic():
+            retries = settle_jobs(jobs, now)
+        out["settled"] += len(jobs)
+        out["retries"] += retries
+        if len(jobs) < BATCH:
+            break
+    mark_running()
+    out["completed"] = complete_tasks(now)
+    if (out["retries"] or out["settled"]) and wake:
+        wake("generator")
+    return out
+
+
+def settle_jobs(jobs, now):
+    """Apply the outcome of each final job to its task's inputs; returns how many inputs go back for retry."""
+    rules = retry.active_rules()
+    tasks = {t.jedi_task_id: t for t in models.Task.select().where(
+        models.Task.jedi_task_id.in_(list({j.task_id for j in jobs})))}
+    retries = 0
+    for job in jobs:
+        task = tasks.get(job.task_id)
+        if job.status == JobStatus.FINISHED.value:
+            _inputs(job, "finished")
+            register_outputs(job, now)
+        elif (job.status == JobStatus.CANCELLED.value or job.command_to_pilot == "tobekilled" or task is None
+              or task.status not in RETRYABLE_TASK_STATES):  # a job someone killed is not retried
+            _inputs(job, "failed")
+        else:
+            verdict = retry.decide(job, rules)
+            states.log_transitions([(job.panda_id, job.status)], job.status, verdict.reason, now)
+            if verdict.retry:
+                _inputs(job, "ready", ram=verdict.ram, walltime=verdict.walltime)
+                retries += 1
+            else:
+                _inputs(job, "failed")
+    models.Job.update(settled=True).where(models.Job.panda_id.in_([j.panda_id for j in jobs])).execute()
+    return retries
+
+
+def _inputs(job, status, ram=None, walltime=None):
+    TI = models.TaskInput
+    values = {TI.status: status}
+    if ram:
+        values[TI.ram_count] = ram
+    if walltime:
+        values[TI.walltime] = walltime
+    TI.update(values).where(TI.panda_id == job.panda_id).execute()
+
+
+def register_outputs(job, now):
+    """Add a finished job's outputs and log to the task's datasets."""
+    JF, D = models.JobFile, models.Dataset
+    files = list(JF.select().where(JF.job == job.panda_id, JF.type.in_(["output", "log"])))
+    names = {f.dataset for f in files if f.dataset}
+    ids = {d.name: d.id for d in D.select().where(D.name.in_(list(names)))} if names else {}
+    rows = [{"dataset": ids[f.dataset], "lfn": f.lfn, "guid": f.guid or "", "fsize": f.fsize or 0,
+             "checksum": f.checksum or "", "location": os.path.dirname(f.surl) if f.surl else "",
+             "status": "ready" if f.surl else "unknown", "panda_id": job.panda_id, "creation_time": now}
+            for f in files if f.dataset in ids]
+    if rows:
+        models.DatasetFile.insert_many(rows).on_conflict_ignore().execute()
+
+
+def mark_running():
+    """Inputs whose job is running say so (PanDA's ``running`` input state)."""
+    Job, TI = models.Job, models.TaskInput
+    running = Job.select(Job.panda_id).where(Job.settled == False,  # noqa: E712
+                                             Job.status.in_([s.value for s in ACTIVE_JOB_STATES]))
+    with database.atomic():
+        TI.update(status="running").where(TI.status == "picked", TI.panda_id.in_(running)).execute()
+
+
+def complete_tasks(now):
+    """Finish tasks whose work is over; returns how many changed."""
+    Task = models.Task
+    candidates = Task.select().where(Task.status.in_([T.RUNNING.value, T.FINISHING.value, T.ABORTING.value]))
+    changed = 0
+    for task in list(candidates):
+        with database.atomic():
+            changed += _complete(task, now)
+    return changed
+
+
+def _open_jobs(task_id):
+    Job = models.Job
+    unsettled = Job.settled == False  # noqa: E712 (an SQL comparison)
+    return Job.select().where(Job.task_id == task_id, Job.status.not_in(FINAL) | unsettled).exists()
+
+
+def _complete(task, now):
+    if _open_jobs(task.jedi_task_id):
+        return 0
+    TI = models.TaskInput
+    counts = dict(TI.select(TI.status, fn.COUNT(TI.row_id)).where(TI.task_id == task.jedi_task_id)
+                  .group_by(TI.status).tuples())
+    if task.status == T.ABORTING.value:
+        return len(states.change_task_status([task.jedi_task_id], T.ABORTED, "all jobs ended after the kill",
+                                             from_states=[T.ABORTING], now=now))
+    if task.status == T.RUNNING.value and any(counts.get(s) for s in ("ready", "picked", "running")):
+        return 0  # inputs still to process (or waiting for the generator)
+    done, total = counts.get("finished", 0), sum(counts.values())
+    final = T.DONE if done == total else T.FINISHED if done else T.FAILED
+    words = f"{done} of {total} inputs finished"
+    states.change_task_status([task.jedi_task_id], T.PREPARED, words, from_states=[task.status], now=now)
+    fields = {models.Task.error_dialog: words} if final == T.FAILED else {}
+    states.change_task_status([task.jedi_task_id], final, words, from_states=[T.PREPARED], fields=fields, now=now)
+    log.info("jediTaskID=%s %s: %s", task.jedi_task_id, final.value, words)
+    return 1

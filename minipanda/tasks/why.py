@@ -1,0 +1,119 @@
+"""``minipanda why PANDAID``: why a job is where it is, in plain words.
+
+Reads what the server already knows: the job's state and errors, its task, the brokerage decision that placed it
+(every queue's verdict), its queue's status, the jobs ahead of it, and the retry verdict in its state history.
+"""
+import json
+
+from minipanda.core import models, states
+from minipanda.core.states import JobStatus
+from minipanda.errors import RequestError
+from peewee import fn
+
+J = JobStatus
+
+
+def explain(panda_id, now=None):
+    """{"PandaID", "status", "lines": [sentences], "brokerage": [candidate verdicts] or None}."""
+    job = models.Job.get_or_none(models.Job.panda_id == panda_id)
+    if job is None:
+        raise RequestError(f"job {panda_id} not found", http=404)
+    now = now or states.utcnow()
+    task = models.Task.get_or_none(models.Task.jedi_task_id == job.task_id) if job.task_id else None
+    lines = [_headline(job, task)]
+    if task is not None and task.status in ("paused", "finishing", "aborting"):
+        lines.append(f"its task {task.jedi_task_id} is {task.status}: no new jobs or retries are made for it")
+    status = JobStatus(job.status)
+    if status in (J.FINISHED, J.FAILED, J.CLOSED, J.CANCELLED):
+        lines += _final(job)
+    elif status in (J.PENDING, J.DEFINED, J.ASSIGNED) and not job.computing_site:
+        lines += _unplaced(job)
+    elif status in (J.PENDING, J.DEFINED, J.ASSIGNED, J.ACTIVATED):
+        lines += _queued(job)
+    else:
+        lines += _running(job, now)
+    decision = models.Brokerage.get_or_none(models.Brokerage.id == job.brokerage_id) if job.brokerage_id else None
+    candidates = json.loads(decision.candidates) if decision else None
+    if candidates:
+        lines.append(f"brokerage at {decision.time:%Y-%m-%d %H:%M:%S} ({decision.outcome}):")
+        for c in candidates:
+            verdict = "kept" if c["kept"] else "skipped: " + "; ".join(c["reasons"])
+            chosen = " <- this job" if c["queue"] == job.computing_site else ""
+            lines.append(f"  {c['queue']}: {verdict} (running {c['running']}, queued {c['queued']}, "
+                         f"weight {c['weight']}){chosen}")
+    return {"PandaID": job.panda_id, "status": job.status, "lines": lines, "brokerage": candidates}
+
+
+def _headline(job, task):
+    where = f" on queue {job.computing_site}" if job.computing_site else ", not placed on any queue"
+    owner = f" of task {task.jedi_task_id} ({task.task_name}, {task.status})" if task else ""
+    scout = " scout" if job.scout else ""
+    return (f"job {job.panda_id} (attempt {job.attempt_nr}{scout}{owner}) is {job.status}{where}, priority "
+            f"{job.current_priority}")
+
+
+def _final(job):
+    lines = []
+    for source, code, diag in (("pilot", job.pilot_error_code, job.pilot_error_diag),
+                               ("payload", job.exe_error_code, job.exe_error_diag),
+                               ("server", job.sup_error_code, job.sup_error_diag)):
+        if code or diag:
+            lines.append(f"{source} error {code if code is not None else ''}: {diag or '(no message)'}")
+    if job.status == J.FAILED.value and job.trans_exit_code:
+        lines.append(f"the payload exited with code {job.trans_exit_code}")
+    log = (models.StatusLog.select().where(models.StatusLog.panda_id == job.panda_id,
+                                           models.StatusLog.old_status == models.StatusLog.new_status)
+           .order_by(models.StatusLog.id.desc()).first())
+    if log is not None:
+        lines.append(f"retry module: {log.reason}")
+    child = models.Job.select(models.Job.panda_id).where(models.Job.task_id == job.task_id,
+                                                         models.Job.attempt_nr == job.attempt_nr + 1,
+                                                         models.Job.attributes.contains(f'"parentID": {job.panda_id}'))
+    retried = child.first() if job.task_id else None
+    if retried is not None:
+        lines.append(f"its input is being processed again by job {retried.panda_id}")
+    return lines
+
+
+def _unplaced(job):
+    decision = models.Brokerage.get_or_none(models.Brokerage.id == job.brokerage_id) if job.brokerage_id else None
+    if decision is None:
+        return ["no queue has been chosen for it yet"]
+    return [f"it is not running because {decision.outcome}; the generator tries again every cycle"]
+
+
+def _queued(job):
+    Job = models.Job
+    lines = []
+    queue = models.Queue.get_or_none(models.Queue.name == job.computing_site)
+    if queue is None:
+        lines.append(f"queue {job.computing_site} is not known to the server")
+    elif queue.status != "online":
+        lines.append(f"queue {job.computing_site} is {queue.status}: pilots get no jobs from it")
+    ahead = (Job.select(fn.COUNT(Job.panda_id))
+             .where(Job.status == J.ACTIVATED.value, Job.computing_site == job.computing_site,
+                    (Job.current_priority > job.current_priority) |
+                    ((Job.current_priority == job.current_priority) & (Job.panda_id < job.panda_id))).scalar())
+    if ahead:
+        lines.append(f"waiting behind {ahead} higher-priority jobs on queue {job.computing_site}")
+    else:
+        lines.append(f"first in line on queue {job.computing_site}: waiting for a pilot to ask for a job")
+    last = Job.select(fn.MAX(Job.start_time)).where(Job.computing_site == job.computing_site).scalar()
+    lines.append(f"the last job a pilot took from {job.computing_site} was sent at {last:%Y-%m-%d %H:%M:%S}"
+                 if last else f"no pilot has taken a job from {job.computing_site} yet")
+    lines.append(f"a pilot must offer at least {job.core_count} cores, {job.min_ram_count} MB memory, "
+                 f"{job.max_walltime} s walltime and {job.max_disk_count} MB disk, and run "
+                 f"{job.prod_source_label} jobs")
+    return lines
+
+
+def _running(job, now):
+    lines = [f"dispatched at {job.start_time:%Y-%m-%d %H:%M:%S} to {job.node or 'an unnamed node'}"
+             + (f" (pilot {job.pilot_id})" if job.pilot_id else "")]
+    if job.heartbeat_time:
+        age = (now - job.heartbeat_time).total_seconds()
+        lines.append(f"last word from its pilot {age:.0f} s ago; the watchdog fails it when the pilot stays silent "
+                     "past the queue's lost-heartbeat timeout")
+    if job.command_to_pilot == "tobekilled":
+        lines.append(f"it was told to stop: {job.sup_error_diag or 'killed'}")
+    return lines

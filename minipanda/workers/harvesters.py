@@ -1,0 +1,404 @@
+"""Harvester services: heartbeats, workers, worker statistics, commands, queue demand, pilot tokens.
+
+Every database write made for harvester happens here; ``minipanda/api/harvester.py`` only parses, authorises and
+encodes. Input is checked field by field before anything is written: a refusal raises RequestError naming the
+field, except in :func:`update_workers`, where one bad worker gets ``False`` and the others are still stored.
+
+A worker reported in a final state takes its unfinished jobs with it: they fail with pilot error 1008 (pilot3's
+GENERALERROR, "consult the batch log") and a diag naming the worker, so the settle duty's retry rules decide on a
+new attempt exactly as for any other failed job.
+"""
+import datetime
+import json
+import logging
+import re
+
+from minipanda.core import auth, models, queues, states
+from minipanda.core.db import database
+from minipanda.core.states import JobStatus
+from minipanda.errors import RequestError
+from peewee import fn
+
+log = logging.getLogger(__name__)
+
+WORKER_STATES = ("submitted", "ready", "running", "idle", "finished", "failed", "cancelled", "missed")
+FINAL_WORKER_STATES = frozenset({"finished", "failed", "cancelled", "missed"})
+# The jobs a dead worker can still hold: the pilot took them but never sent a final update.
+ORPHAN_JOB_STATES = (JobStatus.SENT.value, JobStatus.STARTING.value, JobStatus.RUNNING.value)
+DEMAND_STATES = (JobStatus.ACTIVATED.value,) + ORPHAN_JOB_STATES
+WORKER_DIED_CODE = 1008
+COMMANDS = ("KILL_WORKERS", "SET_N_WORKERS", "REPORT_WORKER_STATS")
+MAX_WORKERS_PER_CALL = 2000
+MAX_IDS = 10000
+MAX_PILOT_TOKEN_LIFETIME = 7 * 24 * 3600
+BIGINT_MAX, INT_MAX = 2 ** 63 - 1, 2 ** 31 - 1  # the column limits: PostgreSQL refuses larger numbers with an error
+HARVESTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+
+
+# ---- field parsing -----------------------------------------------------------------------------------------------
+
+def harvester_id_of(value, name="harvester_id"):
+    if not isinstance(value, str) or not HARVESTER_ID.match(value):
+        raise RequestError(f"{name}: expected 1-100 letters, digits, '.', '_' or '-' starting with a letter or "
+                           f"digit, got {str(value)[:40]!r}")
+    return value
+
+
+def integer(value, name, minimum=0, maximum=BIGINT_MAX, required=True):
+    if value is None or value == "":
+        if required:
+            raise RequestError(f"{name}: required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise RequestError(f"{name}: expected an integer, got {str(value)[:40]!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise RequestError(f"{name}: expected an integer, got {value[:40]!r}") from None
+    if number < minimum:
+        raise RequestError(f"{name}: must be at least {minimum}, got {number}")
+    if number > maximum:
+        raise RequestError(f"{name}: must be at most {maximum}, got {number}")
+    return number
+
+
+def text(value, name, limit, required=False):
+    if value is None or value == "":
+        if required:
+            raise RequestError(f"{name}: required")
+        return None
+    if isinstance(value, (dict, list, bool)):
+        raise RequestError(f"{name}: expected a string, got {type(value).__name__}")
+    return str(value)[:limit]
+
+
+def utc_time(value, name):
+    """Naive UTC from an ISO 8601 string (``Z``, an offset, or none = UTC), or None."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"{name}: expected an ISO 8601 UTC time, got {str(value)[:40]!r}")
+    try:
+        when = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise RequestError(f"{name}: expected an ISO 8601 UTC time, got {value[:40]!r}") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return when
+
+
+def json_value(value, name):
+    """A list or object sent as such or as a JSON string (PanDA's harvester sends both)."""
+    if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise RequestError(f"{name}: not valid JSON") from None
+    return value
+
+
+def id_list(value, name, parse=None):
+    value = json_value(value, name)
+    if not isinstance(value, list):
+        raise RequestError(f"{name}: expected a list")
+    if len(value) > MAX_IDS:
+        raise RequestError(f"{name}: at most {MAX_IDS} entries per call, got {len(value)}")
+    return [(parse or (lambda v, n: integer(v, n)))(v, f"{name}[{i}]") for i, v in enumerate(value)]
+
+
+def iso(when):
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+
+
+# ---- heartbeat, statistics ---------------------------------------------------------------------------------------
+
+def heartbeat(harvester_id, version, start_time, host, now=None):
+    """Record that a harvester is alive; returns {"server_time"}."""
+    now = now or states.utcnow()
+    row = {"host": text(host, "host", 256) or "", "version": text(version, "version", 64) or "",
+           "start_time": utc_time(start_time, "start_time"), "last_heartbeat": now}
+    HI = models.HarvesterInstance
+    with database.atomic():
+        HI.insert(harvester_id=harvester_id, **row).on_conflict(
+            conflict_target=[HI.harvester_id], update=row).execute()
+    return {"server_time": iso(now)}
+
+
+def report_worker_statistics(harvester_id, queue, statistics, now=None):
+    """Keep the latest {jobType: {resourceType: {status: n}}} of one harvester for one queue."""
+    queue = text(queue, "panda_queue", 128, required=True)
+    statistics = json_value(statistics, "statistics")
+    if not isinstance(statistics, dict):
+        raise RequestError("statistics: expected {jobType: {resourceType: {status: n}}}")
+    for job_type, by_resource in statistics.items():
+        if not isinstance(by_resource, dict):
+            raise RequestError(f"statistics.{job_type}: expected {{resourceType: {{status: n}}}}")
+        for resource, by_status in by_resource.items():
+            if not isinstance(by_status, dict):
+                raise RequestError(f"statistics.{job_type}.{resource}: expected {{status: n}}")
+            for status, count in by_status.items():
+                integer(count, f"statistics.{job_type}.{resource}.{status}")
+    WS = models.WorkerStatistics
+    row = {"statistics": json.dumps(statistics, sort_keys=True), "modification_time": now or states.utcnow()}
+    with database.atomic():
+        WS.insert(harvester_id=harvester_id, queue=queue, **row).on_conflict(
+            conflict_target=[WS.harvester_id, WS.queue], update=row).execute()
+
+
+# ---- workers -----------------------------------------------------------------------------------------------------
+
+def parse_worker(entry, where):
+    """The worker table columns of one reported worker dict; RequestError names the bad field."""
+    if not isinstance(entry, dict):
+        raise RequestError(f"{where}: expected a worker object")
+    status = entry.get("status")
+    if status not in WORKER_STATES:
+        raise RequestError(f"{where}.status: expected one of {', '.join(WORKER_STATES)}, got {str(status)[:40]!r}")
+    pandaids = entry.get("pandaid_list")
+    pandaids = [] if pandaids in (None, "") else id_list(pandaids, f"{where}.pandaid_list")
+    return {
+        "worker_id": integer(entry.get("workerID"), f"{where}.workerID"),
+        "status": status,
+        "batch_id": text(entry.get("batchID"), f"{where}.batchID", 128),
+        "computing_site": text(entry.get("computingSite"), f"{where}.computingSite", 128, required=True),
+        "n_core": integer(entry.get("nCore"), f"{where}.nCore", maximum=INT_MAX, required=False),
+        "n_memory": integer(entry.get("nMemory"), f"{where}.nMemory", maximum=INT_MAX, required=False),
+        "walltime": integer(entry.get("walltime"), f"{where}.walltime", maximum=INT_MAX, required=False),
+        "submit_time": utc_time(entry.get("submitTime"), f"{where}.submitTime"),
+        "start_time": utc_time(entry.get("startTime"), f"{where}.startTime"),
+        "end_time": utc_time(entry.get("endTime"), f"{where}.endTime"),
+        "diag": text(entry.get("diagMessage"), f"{where}.diagMessage", models.TEXT_LIMIT),
+        "node": text(entry.get("node"), f"{where}.node", 256),
+        "access_point": text(entry.get("accessPoint"), f"{where}.accessPoint", 1024),
+        "pandaid_list": pandaids,
+    }
+
+
+def update_workers(harvester_id, workers, now=None, wake=None):
+    """Upsert each worker by (harvester_id, workerID); one bool per worker, a bad one does not stop the others.
+    ``wake(duty name)`` runs the settle duty early when a final worker failed its orphaned jobs."""
+    workers = json_value(workers, "workers")
+    if not isinstance(workers, list):
+        raise RequestError("workers: expected a list of worker objects")
+    if len(workers) > MAX_WORKERS_PER_CALL:
+        raise RequestError(f"workers: at most {MAX_WORKERS_PER_CALL} per call, got {len(workers)}")
+    now = now or states.utcnow()
+    results, orphans = [], 0
+    for index, entry in enumerate(workers):
+        try:
+            row = parse_worker(entry, f"workers[{index}]")
+        except RequestError as exc:
+            log.warning("harvester %s: worker refused: %s", harvester_id, exc)
+            results.append(False)
+            continue
+        with database.atomic():
+            status, pandaids = _store_worker(harvester_id, row, now)
+            if status in FINAL_WORKER_STATES:
+                orphans += len(_fail_orphaned_jobs(harvester_id, dict(row, pandaid_list=pandaids), status, now))
+        results.append(True)
+    if orphans and wake:
+        wake("settle")
+    return results
+
+
+def _store_worker(harvester_id, row, now):
+    """Write the worker; returns (the status it has now, all PandaIDs it ever reported). A worker already final
+    stays final (reports may arrive out of order: a late 'running' must not bring a finished worker back); its job
+    list only grows (a multi-job pilot's worker reports each job, and a report may leave the list out)."""
+    W = models.Worker
+    current = W.get_or_none(W.harvester_id == harvester_id, W.worker_id == row["worker_id"])
+    known = json.loads(current.pandaid_list or "[]") if current is not None else []
+    pandaids = sorted(set(known) | set(row["pandaid_list"]))
+    values = {k: v for k, v in row.items() if k != "worker_id"}
+    values.update(modification_time=now, pandaid_list=json.dumps(pandaids))
+    if current is not None and current.status in FINAL_WORKER_STATES and row["status"] != current.status:
+        log.info("harvester %s: worker %s is already %s; %s report ignored", harvester_id, row["worker_id"],
+                 current.status, row["status"])
+        return current.status, pandaids
+    if current is None:
+        W.insert(harvester_id=harvester_id, worker_id=row["worker_id"], **values).on_conflict(
+            conflict_target=[W.harvester_id, W.worker_id], update=values).execute()
+    else:
+        # Fields harvester did not send keep what the pilot (updateWorkerPilotStatus) or an earlier report wrote.
+        W.update({k: v for k, v in values.items() if v is not None}).where(W.id == current.id).execute()
+    return row["status"], pandaids
+
+
+def _fail_orphaned_jobs(harvester_id, worker, status, now):
+    """Fail the jobs of a final worker that never got their final update, so they can be retried."""
+    Job = models.Job
+    worker_id = worker["worker_id"]
+    listed = worker["pandaid_list"]
+    mine = (Job.harvester_id == harvester_id) & (Job.worker_id == worker_id)
+    # A listed job that was dispatched to another harvester or worker is not this worker's to fail.
+    listed_free = (Job.panda_id.in_(listed) & (Job.harvester_id.is_null() | (Job.harvester_id == harvester_id))
+                   & (Job.worker_id.is_null() | (Job.worker_id == worker_id)))
+    query = Job.select(Job.panda_id).where(Job.status.in_(ORPHAN_JOB_STATES), mine | listed_free if listed else mine)
+    ids = [row.panda_id for row in query]
+    if not ids:
+        return []
+    diag = (f"worker {worker_id} of harvester {harvester_id} on {worker['computing_site']} is {status} "
+            f"without the pilot's final update: {worker['diag'] or 'no diag'}")[:models.TEXT_LIMIT]
+    changed = states.change_job_status(ids, JobStatus.FAILED, diag[:500], from_states=ORPHAN_JOB_STATES, now=now,
+                                       fields={Job.pilot_error_code: WORKER_DIED_CODE, Job.pilot_error_diag: diag})
+    if changed:
+        log.warning("harvester %s: worker %s %s: failed jobs %s", harvester_id, worker_id, status,
+                    [pid for pid, _ in changed])
+    return changed
+
+
+def list_workers(queue=None, status=None, harvester_id=None, limit=100):
+    """Workers, most recently changed first, as ``minipanda worker list`` shows them."""
+    W = models.Worker
+    query = W.select().order_by(W.modification_time.desc(), W.id.desc()).limit(limit)
+    for value, column in ((queue, W.computing_site), (status, W.status), (harvester_id, W.harvester_id)):
+        if value:
+            query = query.where(column == value)
+    return [{"workerID": w.worker_id, "harvester": w.harvester_id, "batchID": w.batch_id, "queue": w.computing_site,
+             "status": w.status, "pilotStatus": w.pilot_status, "diag": w.diag, "nCore": w.n_core,
+             "nMemory": w.n_memory, "walltime": w.walltime, "submitTime": iso(w.submit_time),
+             "startTime": iso(w.start_time), "endTime": iso(w.end_time), "node": w.node, "accessPoint": w.access_point,
+             "pandaid_list": json.loads(w.pandaid_list or "[]"), "modificationTime": iso(w.modification_time)}
+            for w in query]
+
+
+def list_instances():
+    HI = models.HarvesterInstance
+    return [{"harvester_id": h.harvester_id, "host": h.host, "version": h.version, "start_time": iso(h.start_time),
+             "last_heartbeat": iso(h.last_heartbeat)} for h in HI.select().order_by(HI.harvester_id)]
+
+
+# ---- queue demand ------------------------------------------------------------------------------------------------
+
+def queue_demand(queue_names):
+    """{queue: {activated, sent, starting, running}}: jobs of the queue that its pilots may get (dispatch's label
+    rules); an offline queue dispatches nothing, so its activated jobs are no demand."""
+    names = [text(name, f"queues[{i}]", 128, required=True) for i, name in enumerate(queue_names)]
+    Job = models.Job
+    counts = {name: dict.fromkeys(DEMAND_STATES, 0) for name in names}
+    if not names:
+        return counts
+    rules = {name: queues.served_labels(name) for name in counts}
+    rows = (Job.select(Job.computing_site, Job.status, Job.prod_source_label, fn.COUNT(Job.panda_id))
+            .where(Job.computing_site.in_(list(counts)), Job.status.in_(DEMAND_STATES))
+            .group_by(Job.computing_site, Job.status, Job.prod_source_label).tuples())
+    for site, status, label, n in rows:
+        queue_status, labels = rules[site]
+        if labels is not None and label not in labels:
+            continue
+        if queue_status == "offline" and status == JobStatus.ACTIVATED.value:
+            continue
+        counts[site][status] += n
+    return counts
+
+
+# ---- commands ----------------------------------------------------------------------------------------------------
+
+def add_command(command, params, harvester_id=None, now=None):
+    """Queue a command for one harvester (or any, when ``harvester_id`` is None); returns its id."""
+    if command not in COMMANDS:
+        raise RequestError(f"command: expected one of {', '.join(COMMANDS)}, got {str(command)[:40]!r}")
+    params = json_value(params if params is not None else {}, "params")
+    if not isinstance(params, dict):
+        raise RequestError("params: expected an object")
+    queue = text(params.get("queue"), "params.queue", 128)
+    clean = {"queue": queue} if queue else {}
+    if command == "KILL_WORKERS":
+        if params.get("worker_ids") not in (None, []):
+            clean["worker_ids"] = id_list(params["worker_ids"], "params.worker_ids")
+        if not clean:
+            raise RequestError("params: KILL_WORKERS needs queue and/or worker_ids")
+    elif command == "SET_N_WORKERS":
+        if not queue:
+            raise RequestError("params.queue: required for SET_N_WORKERS")
+        if "n_workers" not in params:
+            raise RequestError("params.n_workers: required (a number, or null to lift the cap)")
+        clean["n_workers"] = integer(params["n_workers"], "params.n_workers", maximum=INT_MAX, required=False)
+    now = now or states.utcnow()
+    with database.atomic():
+        row = models.HarvesterCommand.create(harvester_id=harvester_id, command=command, params=json.dumps(clean),
+                                             status="queued", creation_time=now, status_time=now)
+    return row.id
+
+
+def acquire_commands(harvester_id, n_commands, now=None):
+    """Hand queued commands for this harvester (or for any) to it, each command to one harvester only."""
+    HC = models.HarvesterCommand
+    now = now or states.utcnow()
+    taken = []
+    with database.atomic():
+        candidates = list(HC.select().where(HC.status == "queued", HC.harvester_id.is_null()
+                                            | (HC.harvester_id == harvester_id)).order_by(HC.id).limit(n_commands))
+        for command in candidates:
+            # Conditional on still being queued: another harvester's concurrent acquire takes it or we do, not both.
+            won = HC.update(status="sent", acquired_by=harvester_id, status_time=now).where(
+                HC.id == command.id, HC.status == "queued").execute()
+            if won:
+                taken.append({"command_id": command.id, "command": command.command,
+                              "params": json.loads(command.params), "ack_requested": command.ack_requested})
+    return taken
+
+
+def acknowledge_commands(harvester_id, command_ids, now=None):
+    """Mark the commands this harvester acquired as acknowledged; returns how many changed."""
+    HC = models.HarvesterCommand
+    if not command_ids:
+        return 0
+    with database.atomic():
+        return HC.update(status="acknowledged", status_time=now or states.utcnow()).where(
+            HC.id.in_(command_ids), HC.acquired_by == harvester_id, HC.status == "sent").execute()
+
+
+def list_commands(limit=100):
+    HC = models.HarvesterCommand
+    return [{"command_id": c.id, "harvester_id": c.harvester_id, "command": c.command, "params": json.loads(c.params),
+             "status": c.status, "acquired_by": c.acquired_by, "creation_time": iso(c.creation_time),
+             "status_time": iso(c.status_time)} for c in HC.select().order_by(HC.id.desc()).limit(limit)]
+
+
+# ---- pilot tokens ------------------------------------------------------------------------------------------------
+
+def _pilot_token_prefix(harvester_id):
+    return f"pilot.{harvester_id}."
+
+
+def minted_by(token_name, harvester_id):
+    """True when ``token_name`` is ``pilot.<harvester_id>.<workerID>`` exactly (so harvester "h1" cannot match
+    the tokens of harvester "h1.x": what follows the prefix must be the worker id alone)."""
+    prefix = _pilot_token_prefix(harvester_id)
+    return token_name.startswith(prefix) and token_name[len(prefix):].isdigit()
+
+
+def mint_pilot_token(secret, harvester_id, worker_id, queue, lifetime, now=None):
+    """A pilot-role token for one worker, recorded (revocable); returns {"token", "jti", "expires"}."""
+    worker_id = integer(worker_id, "worker_id")
+    text(queue, "queue", 128, required=True)
+    lifetime = integer(lifetime, "lifetime", minimum=60, maximum=MAX_PILOT_TOKEN_LIFETIME)
+    now = now or states.utcnow()
+    with database.atomic():
+        token, jti = auth.create_token(secret, f"{_pilot_token_prefix(harvester_id)}{worker_id}", "pilot",
+                                       days=lifetime / 86400, now=now)
+    return {"token": token, "jti": jti, "expires": iso(now + datetime.timedelta(seconds=lifetime))}
+
+
+def revoke_pilot_tokens(harvester_id, jtis, now=None):
+    """Revoke pilot tokens this harvester minted; returns how many were newly revoked.
+
+    A token of anyone else refuses the whole call (403), nothing revoked. An unknown jti is skipped: it can do no
+    harm, and refusing it would leave a harvester whose server lost its tokens retrying the same call forever."""
+    jtis = id_list(jtis, "jtis", parse=lambda v, n: text(v, n, 64, required=True))
+    Token = models.Token
+    with database.atomic():
+        tokens = {t.jti: t for t in Token.select().where(Token.jti.in_(jtis))} if jtis else {}
+        for index, jti in enumerate(jtis):
+            token = tokens.get(jti)
+            if token is not None and (token.role != "pilot" or not minted_by(token.name, harvester_id)):
+                raise RequestError(f"jtis[{index}]: {jti} is not a pilot token minted by harvester {harvester_id}",
+                                   http=403)
+        unknown = sorted(set(jtis) - set(tokens))
+        if unknown:
+            log.info("harvester %s asked to revoke unknown tokens %s", harvester_id, unknown[:10])
+        if not tokens:
+            return 0
+        return Token.update(revoked=now or states.utcnow()).where(Token.jti.in_(list(tokens)),
+                                                                   Token.revoked.is_null()).execute()
