@@ -1,8 +1,8 @@
-"""Where batch commands run and worker files are written: the submit host, reached locally (or, later, over SSH).
+"""Where batch commands run and worker files are written: the submit host, reached locally or over SSH.
 
 A :class:`Transport` runs commands given as argv lists (never a shell line) and moves files. Batch plugins get one
-injected and never know whether it is local or remote, so an SSH implementation (exec channel + SFTP, one kept
-connection per host) slots in behind the same methods:
+injected and never know whether it is local or remote; the SSH implementation (:mod:`harvester.ssh`: exec channel
++ SFTP, one kept connection per host) maps the same methods:
 
 - ``run`` maps to an exec channel: argv is quoted into one command line there, ``env`` becomes ``NAME=value``
   prefixes (additions to the login environment, never a replacement), ``cwd`` a quoted ``cd``;
@@ -213,13 +213,16 @@ def transport_for(queue):
     """The transport that reaches ``queue``'s submit host.
 
     Raises:
-        TransportError: the queue's transport type is not built yet (ssh).
+        TransportError: the queue's transport type is unknown.
     """
     kind = queue.transport.type
     if kind == "local":
         return LocalTransport()
-    raise TransportError(f"queue {queue.name}: transport.type {kind} is not built yet; only local is available "
-                         "for now (set transport.type: local or leave the queue offline)")
+    if kind == "ssh":
+        from harvester.ssh import SshTransport  # the one module that imports paramiko
+
+        return SshTransport.for_queue(queue)
+    raise TransportError(f"queue {queue.name}: transport.type {kind} is unknown (local or ssh)")
 
 
 def _check_argv(argv):

@@ -17,7 +17,8 @@ class Problem(NamedTuple):
     text: str
     related: tuple = ()
 
-_SSH_ONLY = ("host", "user", "key_file", "known_hosts", "jump_host", "jump_port", "jump_user", "port")
+_SSH_ONLY = ("host", "user", "key_file", "known_hosts", "jump_host", "jump_port", "jump_user", "port",
+             "accept_unknown_host")
 _MIN_MAX = ("nQueueLimitWorker", "nQueueLimitJob")
 
 

@@ -160,6 +160,9 @@ class Transport(Section):
     """SSH: private key file; default the SSH agent and ~/.ssh keys."""
     known_hosts: Optional[Path] = None
     """SSH: known_hosts file used to verify host keys; default ~/.ssh/known_hosts."""
+    accept_unknown_host: Flag = False
+    """SSH: trust a host whose key is not yet in known_hosts on first connection, and record its key there (a
+    changed key is always refused); default false: an unknown host is refused."""
     jump_host: Optional[Host] = None
     """SSH: optional jump (bastion) host."""
     jump_port: Port = 22

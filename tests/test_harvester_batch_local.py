@@ -260,10 +260,10 @@ def test_one_status_call_for_200_workers(batch, tmp_path):
 
 def test_plugin_for_a_queue(tmp_path):
     assert isinstance(plugin_for(QUEUE, LocalTransport(), str(tmp_path)), LocalBatch)
+    from harvester.batch.slurm import SlurmBatch
+
     slurm = Queue.model_validate({"name": "SLURMQ", "batch": {"system": "slurm"}})
-    with pytest.raises(BatchError, match="queue SLURMQ: batch.system slurm is not built yet") as info:
-        plugin_for(slurm, LocalTransport(), str(tmp_path))
-    assert info.value.status == FATAL
+    assert isinstance(plugin_for(slurm, LocalTransport(), str(tmp_path)), SlurmBatch)
 
 
 def test_find_recovers_the_batch_id_of_an_unrecorded_submission(tmp_path):

@@ -5,10 +5,12 @@
 from harvester.batch.base import FATAL, BatchError, BatchSystem
 from harvester.batch.htcondor import HTCondorBatch
 from harvester.batch.local import LocalBatch
+from harvester.batch.slurm import SlurmBatch
 from harvester.batch.lsf import LSFBatch
 from harvester.batch.pbs import PBSBatch
 
 PLUGINS = {"local": LocalBatch, "pbs": PBSBatch, "lsf": LSFBatch, "htcondor": HTCondorBatch}
+PLUGINS["slurm"] = SlurmBatch
 
 
 def plugin_for(queue, transport, spool) -> BatchSystem:
