@@ -50,3 +50,4 @@ def test_a_stale_row_loses_the_conditional_update(database):
     assert not change_worker_status(stale, S.CANCELLED, "second, from an old read")  # expected submitted: lost
     assert models.Worker.get_by_id(worker.worker_id).status == "running"
     assert models.WorkerStatusLog.select().count() == 1
+

@@ -13,6 +13,7 @@ import re
 
 from harvester import db, models, pilots
 from harvester.agents.base import Agent
+from harvester.agents.submitter import hand_over
 from harvester.batch.base import OK
 from harvester.errors import MessengerError
 from harvester.messenger import Messenger
@@ -129,16 +130,7 @@ class Monitor(Agent):
             for job in held:
                 models.JobWorker.insert(panda_id=job.panda_id, worker_id=worker.worker_id, time=now) \
                     .on_conflict_ignore().execute()
-        if not held:
-            return
-        jobs = [json.loads(job.definition) for job in held]
-        if pilots.file_mode(queue):
-            for job in jobs:
-                messenger.put_transformation(job, self.ctx.server.fetch)
-                messenger.stage_in(job, queue.storage)
-        if messenger.feed_jobs(jobs):
-            models.HeldJob.update(status="fed").where(
-                models.HeldJob.panda_id.in_([job.panda_id for job in held])).execute()
+        if hand_over(queue, messenger, held, self.ctx.server.fetch):
             log.info("queue %s worker %s asked for a job: given %s", queue.name, worker.worker_id,
                      ", ".join(str(job.panda_id) for job in held))
 

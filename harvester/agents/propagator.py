@@ -8,7 +8,9 @@ Each cycle::
     workers         every worker whose status changed since the last report (harvester/update_workers)
     statistics      workers by state per queue, every stats_period or when the server asked
 
-Job reports go first, so a pilot's final report always reaches the server before its worker's end does.
+Job reports go first, and a worker with reports still waiting is held back, so a pilot's final report always
+reaches the server before its worker's end does (the monitor runs on its own thread and may queue reports at any
+moment).
 """
 import collections
 import json
@@ -109,8 +111,13 @@ class Propagator(Agent):
     def send_workers(self, now):
         sent = 0
         while True:
+            # A worker whose job reports still wait in the outbox is not reported yet: the monitor may have queued
+            # them after this cycle's job reports went out, and the server must see them before the worker's end.
+            waiting = (models.Outbox.select(models.Outbox.worker_id)
+                       .where(models.Outbox.rejected == False, models.Outbox.worker_id.is_null(False)))  # noqa: E712
             workers = list(models.Worker.select().where(models.Worker.reported == False,  # noqa: E712
-                                                        models.Worker.submit_phase == "done")
+                                                        models.Worker.submit_phase == "done",
+                                                        models.Worker.worker_id.not_in(waiting))
                            .order_by(models.Worker.worker_id).limit(BATCH))
             if not workers:
                 return sent

@@ -160,17 +160,11 @@ class Submitter(Agent):
 
     def feed(self, queue, worker, messenger):
         """Push mode: the worker's jobs, their transformations and inputs go into the access point."""
-        held = list(models.HeldJob.select().where(models.HeldJob.worker_id == worker.worker_id)
+        held = list(models.HeldJob.select().where(models.HeldJob.worker_id == worker.worker_id,
+                                                  models.HeldJob.status == "fetched")
                     .order_by(models.HeldJob.panda_id))
-        if not held or all(job.status != "fetched" for job in held):
-            return
-        jobs = [json.loads(job.definition) for job in held]
-        if pilots.file_mode(queue):
-            for job in jobs:
-                messenger.put_transformation(job, self.ctx.server.fetch)
-                messenger.stage_in(job, queue.storage)
-        messenger.feed_jobs(jobs)
-        models.HeldJob.update(status="fed").where(models.HeldJob.worker_id == worker.worker_id).execute()
+        hand_over(queue, messenger, held, self.ctx.server.fetch)
+
 
     # ---- record -------------------------------------------------------------------------------------------------
     def record(self, queue, worker, result, failure, now):
@@ -207,6 +201,22 @@ class Submitter(Agent):
         models.Worker.update(submit_phase="pending", next_attempt=now + wait, diag=message[:2000]) \
             .where(models.Worker.worker_id == worker.worker_id).execute()
         log.warning("queue %s worker %s: %s; retrying after %s", queue.name, worker.worker_id, message, wait)
+
+
+def hand_over(queue, messenger, held, fetch):
+    """Put held jobs in a worker's access point (file mode: with their transformations and inputs, since the node
+    cannot download them); True when the pilot's job file was written (it is never overwritten unconsumed)."""
+    if not held:
+        return False
+    jobs = [json.loads(job.definition) for job in held]
+    if pilots.file_mode(queue):
+        for job in jobs:
+            messenger.put_transformation(job, fetch)
+            messenger.stage_in(job, queue.storage)
+    if not messenger.feed_jobs(jobs):
+        return False
+    models.HeldJob.update(status="fed").where(models.HeldJob.panda_id.in_([job.panda_id for job in held])).execute()
+    return True
 
 
 def release_jobs(worker_id):
