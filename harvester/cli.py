@@ -2,11 +2,13 @@
 
     harvester run --queues queues.yaml --server URL --token-file FILE [--home DIR] [--once]
     harvester status | workers | explain QUEUE | explain --worker ID | kill --queue Q | --worker ID
+    harvester discover --ssh USER@HOST [--port P --key F --known-hosts F] | --local
 """
 import argparse
 import dataclasses
 import functools
 import datetime
+import getpass
 import hashlib
 import json
 import logging
@@ -67,6 +69,19 @@ def parser():
     explain.add_argument("queue", nargs="?", help="the queue")
     explain.add_argument("--worker", type=int, help="a worker id instead of a queue")
     explain.add_argument("--json", action="store_true", help="print JSON")
+    discover = add("discover", help="read a Slurm login node's partitions and print a queue file for them",
+                   description="Read partitions and nodes (sinfo, scontrol) over SSH or locally and print a queue "
+                               "configuration that passes 'queueconfig lint' (queues start offline).")
+    where = discover.add_mutually_exclusive_group(required=True)
+    where.add_argument("--ssh", metavar="USER@HOST", help="the login node, over SSH")
+    where.add_argument("--local", action="store_true", help="the Slurm this host is a client of")
+    discover.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    discover.add_argument("--key", help="SSH private key file (default: the SSH agent and ~/.ssh keys)")
+    discover.add_argument("--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)")
+    discover.add_argument("--accept-unknown-host", action="store_true", help="trust a host key not yet in "
+                          "known_hosts, record it there, and write transport.accept_unknown_host into the queues")
+    discover.add_argument("--prefix", default="", help="prefix of the queue names (default: none)")
+    discover.add_argument("--workdir", help="base directory of worker directories on that host")
     kill = add("kill", help="ask the running harvester to kill workers (the sweeper does it)")
     kill.add_argument("--queue", help="every live worker of this queue")
     kill.add_argument("--worker", type=int, action="append", help="this worker (repeatable)")
@@ -81,6 +96,8 @@ def main(argv=None):
             return run(args, home)
         if args.command == "settings":
             return show_settings()
+        if args.command == "discover":
+            return discover(args)
         path = os.path.join(home, "harvester.db")
         if not os.path.exists(path):
             print(f"harvester: no harvester database at {path} (has 'harvester run --home {home}' run?)",
@@ -103,6 +120,37 @@ def show_settings():
 
     for field in dataclasses.fields(Settings):
         print(f"{field.name:20} {field.default!r}")
+    return 0
+
+
+def discover(args):
+    """``harvester discover``: print the queue file, or say on stderr why it cannot be made."""
+    from harvester.discover import DiscoveryError, discover as read_slurm
+    from harvester.transport import LocalTransport
+
+    if args.local:
+        section, transport = {"type": "local"}, LocalTransport()
+    else:
+        from harvester.ssh import SshSettings, SshTransport
+
+        user, _, host = args.ssh.rpartition("@")
+        section = {"type": "ssh", "host": host, **({"port": args.port} if args.port != 22 else {}),
+                   **({"user": user} if user else {}),
+                   **({"key_file": os.path.abspath(args.key)} if args.key else {}),
+                   **({"known_hosts": os.path.abspath(args.known_hosts)} if args.known_hosts else {}),
+                   **({"accept_unknown_host": True} if args.accept_unknown_host else {})}
+        transport = SshTransport(SshSettings(
+            host=host, port=args.port, user=user or getpass.getuser(), key_file=section.get("key_file", ""),
+            known_hosts=section.get("known_hosts") or os.path.expanduser("~/.ssh/known_hosts"),
+            accept_unknown_host=args.accept_unknown_host))
+    with transport:
+        try:
+            if not args.local:
+                transport.connect()  # the connection's own error (unreachable, key, host key) is the clearest
+            print(read_slurm(transport, section, args.prefix, args.workdir), end="")
+        except DiscoveryError as exc:
+            print(f"harvester discover: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -167,6 +167,14 @@ def test_an_sbatch_error_reaches_the_diag(rc, err, status):
     assert err.splitlines()[-1][:60] in result.message and "sbatch failed" in result.message
 
 
+def test_a_lost_sbatch_answer_is_looked_up_before_a_retry():
+    lost = (255, "", "ssh root@login:22: connection lost while the command ran")
+    [result] = plugin(lost, (0, "77|/w/7|/w/7|\n", "")).submit([make_worker(access_point="/w/7")])
+    assert (result.status, result.batch_id) == (OK, "77") and "found by its comment" in result.message
+    [result] = plugin(lost, (0, "", "")).submit([make_worker(access_point="/w/7")])
+    assert result.status == RETRY and "connection lost" in result.message
+
+
 def test_squeue_states_reasons_and_exit_codes():
     states = parse_squeue(SQUEUE)
     assert {k: v.state for k, v in states.items()} == {
@@ -251,3 +259,44 @@ def test_commands_are_argv_lists_quoted_once_for_ssh():
     words = shlex.split(line)
     assert words[:3] == ["exec", "sh", "-c"] and words[4:] == ["sh", "/w/a b", "X=$(no)", "sbatch", "--parsable",
                                                                "/w/a b/job.sh"]
+
+
+# scontrol show partition --oneliner / scontrol show node --oneliner (Slurm 22.05; a third partition set DOWN)
+PARTITIONS = """\
+PartitionName=debug AllowGroups=ALL AllowAccounts=ALL AllowQos=ALL AllocNodes=ALL Default=YES QoS=N/A DefaultTime=NONE DisableRootJobs=NO ExclusiveUser=NO GraceTime=0 Hidden=NO MaxNodes=UNLIMITED MaxTime=UNLIMITED MinNodes=0 LLN=NO MaxCPUsPerNode=UNLIMITED Nodes=n[1-2] PriorityJobFactor=1 PriorityTier=1 RootOnly=NO ReqResv=NO OverSubscribe=NO OverTimeLimit=NONE PreemptMode=OFF State=UP TotalCPUs=16 TotalNodes=2 SelectTypeParameters=NONE JobDefaults=(null) DefMemPerNode=UNLIMITED MaxMemPerNode=UNLIMITED TRES=cpu=16,mem=32000M,node=2,billing=16
+PartitionName=short AllowGroups=ALL AllowAccounts=ALL AllowQos=ALL AllocNodes=ALL Default=NO QoS=N/A DefaultTime=NONE DisableRootJobs=NO ExclusiveUser=NO GraceTime=0 Hidden=NO MaxNodes=UNLIMITED MaxTime=00:30:00 MinNodes=0 LLN=NO MaxCPUsPerNode=UNLIMITED Nodes=n1 PriorityJobFactor=1 PriorityTier=1 RootOnly=NO ReqResv=NO OverSubscribe=NO OverTimeLimit=NONE PreemptMode=OFF State=UP TotalCPUs=8 TotalNodes=1 SelectTypeParameters=NONE JobDefaults=(null) DefMemPerNode=UNLIMITED MaxMemPerNode=UNLIMITED TRES=cpu=8,mem=16000M,node=1,billing=8
+PartitionName=gpu AllowGroups=ALL AllowAccounts=ALL AllowQos=ALL AllocNodes=ALL Default=NO QoS=N/A DefaultTime=NONE DisableRootJobs=NO ExclusiveUser=NO GraceTime=0 Hidden=NO MaxNodes=UNLIMITED MaxTime=2-00:00:00 MinNodes=0 LLN=NO MaxCPUsPerNode=UNLIMITED Nodes=n2 PriorityJobFactor=1 PriorityTier=1 RootOnly=NO ReqResv=NO OverSubscribe=NO OverTimeLimit=NONE PreemptMode=OFF State=DOWN TotalCPUs=8 TotalNodes=1
+"""
+NODES = """\
+NodeName=n1 Arch=x86_64 CoresPerSocket=1  CPUAlloc=0 CPUEfctv=8 CPUTot=8 CPULoad=2.70 AvailableFeatures=(null) ActiveFeatures=(null) Gres=(null) NodeAddr=10.0.0.1 NodeHostName=n1 Version=22.05.8 OS=Linux 6.1.0 #1 SMP PREEMPT_DYNAMIC @0  RealMemory=16000 AllocMem=0 FreeMem=22392 Sockets=8 Boards=1 State=IDLE ThreadsPerCore=1 TmpDisk=0 Weight=1 Owner=N/A MCS_label=N/A Partitions=debug,short  BootTime=2026-11-30T10:10:50 SlurmdStartTime=2026-11-30T10:54:34 LastBusyTime=2026-11-30T10:54:34 CfgTRES=cpu=8,mem=16000M,billing=8 AllocTRES= CapWatts=n/a CurrentWatts=0 AveWatts=0 ExtSensorsJoules=n/s ExtSensorsWatts=0 ExtSensorsTemp=n/s
+NodeName=n2 Arch=x86_64 CoresPerSocket=1  CPUAlloc=0 CPUEfctv=4 CPUTot=4 CPULoad=0.10 AvailableFeatures=(null) ActiveFeatures=(null) Gres=(null) NodeAddr=10.0.0.2 NodeHostName=n2 Version=22.05.8 OS=Linux 6.1.0 #1 SMP PREEMPT_DYNAMIC @0  RealMemory=8000 AllocMem=0 FreeMem=7000 Sockets=4 Boards=1 State=IDLE ThreadsPerCore=1 TmpDisk=0 Weight=1 Owner=N/A MCS_label=N/A Partitions=debug,gpu  BootTime=2026-11-30T10:10:50 SlurmdStartTime=2026-11-30T10:54:34 LastBusyTime=2026-11-30T10:54:34 CfgTRES=cpu=4,mem=8000M,billing=4 AllocTRES= CapWatts=n/a CurrentWatts=0 AveWatts=0 ExtSensorsJoules=n/s ExtSensorsWatts=0 ExtSensorsTemp=n/s
+"""
+
+
+def test_slurm_time_limits():
+    from harvester.discover import seconds
+
+    assert [seconds(t) for t in ("UNLIMITED", "30", "00:30:00", "2-00:00:00", "1-02:03:04", "05:00")] == \
+        [None, 1800, 1800, 172800, 93784, 300]
+
+
+def test_discover_turns_partitions_into_queues():
+    from harvester.discover import discover
+    from queueconfig import loads
+    import yaml
+
+    transport = FakeTransport((0, "slurm-wlm 22.05.8\n", ""), (0, PARTITIONS, ""), (0, NODES, ""))
+    section = {"type": "ssh", "host": "login.example.org", "user": "panda"}
+    text = discover(transport, section, prefix="HPC_", workdir="/scratch/panda")
+    assert [c[:3] for c in transport.calls] == [["sinfo", "--version"], ["scontrol", "show", "partition"],
+                                                ["scontrol", "show", "node"]]
+    queues = yaml.safe_load(text)["queues"]
+    assert sorted(queues) == ["HPC_debug", "HPC_short"]  # gpu is DOWN
+    debug, short = queues["HPC_debug"], queues["HPC_short"]
+    assert debug["resources"]["corecount"] == 4 and debug["resources"]["maxrss"] == 8000  # the smallest node
+    assert debug["limits"]["maxWorkers"] == 2 and "walltime" not in debug["batch"]
+    assert short["batch"] == {"system": "slurm", "partition": "short", "walltime": 1800}
+    assert short["pilot"]["lifetime"] == 1620 and short["resources"]["corecount"] == 8
+    assert short["transport"] == {**section, "workdir": "/scratch/panda"} and short["status"] == "offline"
+    config = loads(text, "discovered.yaml")
+    assert not config.warnings and config.queues["HPC_short"].batch.partition == "short"

@@ -103,6 +103,11 @@ class SlurmBatch(BatchSystem):
         match = self.job_id_regexp.fullmatch(lines[-1].strip()) if result.ok and lines else None
         if match:
             return SubmitResult(worker.worker_id, OK, match["job_id"], f"Slurm job {match['job_id']}")
+        if result.timed_out or result.returncode == 255:  # the answer was lost, perhaps not the submission
+            found = self._find_quietly(worker.access_point)
+            if found:
+                return SubmitResult(worker.worker_id, OK, found, f"Slurm job {found}, found by its comment after "
+                                                                 f"sbatch's answer was lost: {result.describe()}")
         fatal = not result.timed_out and result.returncode != 255 and (
             FATAL_ERRORS.search(result.stderr) or result.returncode in (126, 127))
         what = "sbatch printed no job id" if result.ok else "sbatch failed"
@@ -155,6 +160,13 @@ class SlurmBatch(BatchSystem):
         found = [int(f[0]) for f in (line.split("|") for line in result.stdout.splitlines())
                  if len(f) >= 3 and f[0].isdigit() and access_point in (f[1], "|".join(f[2:-1]))]
         return str(max(found)) if found else None
+
+
+    def _find_quietly(self, access_point):
+        try:
+            return self.find(access_point)
+        except BatchError:
+            return None
 
 
 def parse_squeue(text):
