@@ -450,6 +450,25 @@ def test_batch_plugin_failure_recorded_and_queue_backs_off(testbed_factory):
     assert not spool_records(bed, "BAD_PQ") and os.path.isfile(spool)
 
 
+def test_pilots_that_keep_failing_back_their_queue_off(testbed_factory):
+    """A pilot that dies at once (here: a broken pilot command) is not replaced every cycle: after 3 failed workers
+    in a row the queue backs off, with the reason in `harvester status`."""
+    bed = testbed_factory(pilot={"command": ["/bin/sh", "-c", "exit 3"]},
+                          limits={"maxWorkers": 1, "nQueueLimitWorker": 1, "maxNewWorkersPerCycle": 1})
+    bed.submit(3, transformation=bed.script("echo.sh", ECHO))
+    bed.start("backoff_base_s=120", "backoff_max_s=240")
+    bed.wait_for(lambda: os.path.exists(os.path.join(bed.home, "harvester.db")) and "workers in a row failed" in (
+        bed.status()["queues"].get(QUEUE, {}).get("last_error") or ""), "the queue to back off after failed workers")
+    queue = bed.status()["queues"][QUEUE]
+    assert queue["backoff_until"], queue
+    failed = [w for w in bed.workers() if w["status"] == "failed"]
+    assert len(failed) >= 3 and all(w["diag"] == "pilot exit code 3" for w in failed)
+    made = len(bed.workers())
+    bed.wait_for(lambda: bed.status()["agents"]["adjuster"]["runs"] >= 10, "ten more adjuster cycles")
+    assert len(bed.workers()) == made  # backing off: no replacements
+    assert "backing off" in bed.cli("explain", QUEUE).stdout
+
+
 # ---- 6. a queue config error ----------------------------------------------------------------------------------
 def test_queue_config_error_pauses_one_queue_until_fixed(testbed_factory):
     good = {QUEUE: queue_config(), "OTHER_PQ": queue_config()}

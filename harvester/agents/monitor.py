@@ -24,6 +24,7 @@ LIVE = [s.value for s in QUEUED | ACTIVE]
 W = models.Worker
 MONITOR_COLUMNS = (W.worker_id, W.queue, W.status, W.batch_id, W.access_point, W.start_time, W.last_seen,
                    W.last_plugin_output, W.kill_reason, W.diag)  # what follow() and change_worker_status read
+FAILED_IN_A_ROW = 3  # this many failed workers back the queue off (it doubles with each further failure)
 PILOT_NO_JOB = 82  # pilot3's and our pilot's exit code when the server had no job for it
 
 
@@ -94,7 +95,22 @@ class Monitor(Agent):
             target, reason = S.FINISHED, f"{reason} (the pilot found no job)"
         if target in FINAL and worker.kill_reason and target != S.FINISHED:
             target, reason = S.CANCELLED, f"killed: {worker.kill_reason} ({reason})"
-        change_worker_status(worker, target, reason, now, diag=native.diag if target in FINAL else None)
+        if change_worker_status(worker, target, reason, now, diag=native.diag if target in FINAL else None):
+            self.note_end(queue, target, native.diag, now)
+
+    def note_end(self, queue, target, diag, now):
+        """Pilots that keep failing (a broken pilot, an unreachable server) back their queue off instead of being
+        replaced every cycle; a worker that finishes clears it."""
+        if target == S.FINISHED:
+            self.queue_succeeded(queue.name)
+        elif target == S.FAILED:
+            last = [status for (status,) in models.Worker.select(models.Worker.status)
+                    .where(models.Worker.queue == queue.name,
+                           models.Worker.status.in_([S.FINISHED.value, S.FAILED.value]))
+                    .order_by(models.Worker.end_time.desc(), models.Worker.worker_id.desc())
+                    .limit(FAILED_IN_A_ROW).tuples()]
+            if len(last) == FAILED_IN_A_ROW and set(last) == {S.FAILED.value}:
+                self.queue_failed(queue.name, f"{FAILED_IN_A_ROW} workers in a row failed (last: {diag})", now)
 
     # ---- the pilot's files --------------------------------------------------------------------------------------
     def read_files(self, queue, worker, messenger, now):

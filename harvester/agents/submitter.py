@@ -36,6 +36,7 @@ class Submitter(Agent):
 
     def run_once(self, now):
         self.submitted = 0
+        recover_interrupted(self.ctx, now)
         self.each_queue(now, lambda queue: self.submit_queue(queue, now))
         return self.submitted
 
@@ -107,7 +108,8 @@ class Submitter(Agent):
                 result = results.get(worker.worker_id)
                 bad += not self.record(queue, worker, result, failure, now)
             if bad:
-                self.queue_failed(queue.name, f"{bad} of {len(ready)} submissions failed", now)
+                first = next((w.diag for w, _ in ready if w.diag), "") or failure
+                self.queue_failed(queue.name, f"{bad} of {len(ready)} submissions failed: {first}", now)
             else:
                 self.queue_succeeded(queue.name)
         finally:
@@ -200,6 +202,10 @@ class Submitter(Agent):
         wait = datetime.timedelta(seconds=RETRY_WAIT_S * max(1, attempts))
         models.Worker.update(submit_phase="pending", next_attempt=now + wait, diag=message[:2000]) \
             .where(models.Worker.worker_id == worker.worker_id).execute()
+        worker.diag = message
+        models.WorkerStatusLog.create(worker_id=worker.worker_id, old_status=worker.status, new_status=worker.status,
+                                      time=now, kind="note", reason=f"attempt {attempts} of {limit}: {message}; "
+                                                                    f"retrying after {wait.seconds} s"[:2000])
         log.warning("queue %s worker %s: %s; retrying after %s", queue.name, worker.worker_id, message, wait)
 
 
@@ -227,17 +233,23 @@ def release_jobs(worker_id):
 
 
 def recover_interrupted(context, now):
-    """Workers a killed harvester left between 'plugin called' and 'answer recorded': ask the plugin (never
-    resubmit); what it cannot find is given up as missed, so a worker is never submitted twice."""
-    rows = list(models.Worker.select().where(models.Worker.submit_phase == "submitting"))
+    """Workers a killed (or failed) submission left between 'plugin called' and 'answer recorded', and nobody
+    holds: ask the plugin (never resubmit); what it cannot find is given up as missed, so a worker is never
+    submitted twice. A plugin that cannot answer now (scheduler down) is asked again next cycle."""
+    free = models.Worker.lease_owner.is_null() | (models.Worker.lease_expires < now)
+    rows = list(models.Worker.select().where(models.Worker.submit_phase == "submitting", free))
     for worker in rows:
         queue = context.queues.get(worker.queue)
         batch_id = None
         if queue is not None:
-            plugin = context.plugin(queue)
-            find = getattr(plugin, "find", None)
+            find = getattr(context.plugin(queue), "find", None)
             if find is not None:
-                batch_id = find(worker.access_point or context.access_point(queue, worker.worker_id))
+                try:
+                    batch_id = find(worker.access_point or context.access_point(queue, worker.worker_id))
+                except Exception as exc:  # "cannot tell" is not "not there": giving up now could run it twice
+                    log.warning("worker %s: cannot look up its interrupted submission yet: %s", worker.worker_id,
+                                exc)
+                    continue
         if batch_id:
             models.Worker.update(batch_id=batch_id, submit_phase="done", modification_time=now, reported=False) \
                 .where(models.Worker.worker_id == worker.worker_id).execute()
