@@ -9,6 +9,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["minipanda", "minipanda.*", "harvester", "harvester.*", "pilot", "pilot.*",
                                     "queueconfig", "queueconfig.*"]),
+    package_data={"minipanda.monitor": ["templates/*.html", "templates/*.css"]},
     install_requires=[
         "peewee>=4.0",
         "bottle>=0.13",
@@ -20,10 +21,13 @@ setup(
         "requests>=2.31",
         "pydantic>=2.7,<3",
         "PyYAML>=6.0",
+        "Jinja2>=3.1",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "postgres": ["psycopg2-binary>=2.9"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "psycopg2-binary>=2.9", "panda-client==2.2.0"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "psycopg2-binary>=2.9", "panda-client==2.2.0",
+                 "hypothesis>=6.100", "selenium>=4.15"],
     },
     entry_points={
         "console_scripts": [

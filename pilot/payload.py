@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import subprocess
 import urllib.parse
 
@@ -21,6 +22,30 @@ from pilot.proctree import ProcessTree
 
 log = logging.getLogger(__name__)
 TRF_PATH = re.compile(r"^/trf/user/([^/]+)$")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_pilot():
+    """A function for the payload to run between fork and exec: the kernel sends it SIGKILL when the pilot dies,
+    even by ``kill -9``, so no payload runs on unseen. None where prctl is missing (not Linux).
+
+    It covers the payload's leader only: processes the payload starts are in its process group (and session),
+    whose id is the payload's pid in the pilot's log; harvester's sweeper kills that group (docs/pilot.md).
+    """
+    try:
+        import ctypes  # only when a payload starts: a pilot that gets no job never loads it
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pilot_pid = os.getpid()
+
+    def in_child():
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != pilot_pid:  # the pilot died between fork and prctl: nobody would send the signal
+            os._exit(128 + signal.SIGKILL)
+
+    return in_child
 
 
 def command(executable, job_pars):
@@ -126,7 +151,7 @@ class Payload:
 
     def _spawn(self, argv, out, err):
         return subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=err, start_new_session=True, close_fds=True)
+                                stderr=err, start_new_session=True, close_fds=True, preexec_fn=die_with_pilot())
 
     def poll(self):
         """The exit code once the payload has exited (negative: killed by that signal), else None."""

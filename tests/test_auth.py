@@ -1,12 +1,13 @@
 """Bearer tokens with roles over real HTTP: refusals, revocation, expiry, and auth none only on loopback."""
 import datetime
+import time
 
 import jwt
 import pytest
 import requests
 from conftest import make_job
 from minipanda import errors
-from minipanda.core import auth
+from minipanda.core import auth, states
 from minipanda.server import process
 
 
@@ -114,3 +115,34 @@ def test_secret_file_is_private(tmp_path):
 
     auth.load_secret(str(tmp_path))
     assert stat.S_IMODE(os.stat(auth.secret_path(str(tmp_path))).st_mode) == 0o600
+
+
+def test_a_forged_token_naming_a_valid_jti_is_refused_for_its_signature(database, tmp_path):
+    secret = auth.load_secret(str(tmp_path))
+    _, jti = auth.create_token(secret, "erin", "user")
+    forged = jwt.encode({"iss": "minipanda", "sub": "eve", "role": "admin", "jti": jti, "exp": 9999999999},
+                        b"wrong-secret-" * 4, algorithm="HS256")
+    with pytest.raises(errors.AuthError, match="Signature"):
+        auth.verify_token(secret, forged)
+
+
+def test_an_expired_token_naming_a_valid_jti_is_refused_for_its_expiry(database, tmp_path):
+    secret = auth.load_secret(str(tmp_path))
+    _, jti = auth.create_token(secret, "erin", "user")
+    expired = jwt.encode({"iss": "minipanda", "sub": "erin", "role": "user", "jti": jti,
+                          "exp": datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)}, secret,
+                         algorithm="HS256")
+    with pytest.raises(errors.AuthError, match="expired"):
+        auth.verify_token(secret, expired)
+
+
+def test_a_token_remembered_as_valid_is_refused_once_it_expires(database, tmp_path):
+    secret = auth.load_secret(str(tmp_path))
+    soon = states.utcnow() - datetime.timedelta(days=1) + datetime.timedelta(seconds=5)
+    token, _ = auth.create_token(secret, "fay", "user", days=1, now=soon)
+    assert auth.verify_token(secret, token) == auth.Identity("fay", "user")  # checked once, then remembered
+    expiry = jwt.decode(token, options={"verify_signature": False})["exp"]
+    while time.time() <= expiry + 0.5:  # wait for the clock to pass the expiry; nothing is measured
+        time.sleep(0.2)
+    with pytest.raises(errors.AuthError, match="expired"):
+        auth.verify_token(secret, token)

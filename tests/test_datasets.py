@@ -65,12 +65,12 @@ def test_outputs_registered_when_jobs_finish(task_server):
     wait_jobs(task_server, tid, 2)
     job = acquire(task_server, "Q1")[0]
     run_job(task_server, job)
-    out = wait_for(lambda: task_server.call("dataset/show", {"name": "reg_o.txt"}, method="GET")["data"]["files"],
-                   "the output to be registered")
+    out = wait_for(lambda: task_server.call("dataset/show", {"name": "user.admin.reg_o.txt"},  # the user's scope
+                                            method="GET")["data"]["files"], "the output to be registered")
     assert out == [{"lfn": f"{tid}._000001.o.txt", "guid": f"g-{tid}._000001.o.txt", "fsize": 10,
                     "checksum": "ad:0000abcd", "location": "/out", "nEvents": None, "status": "ready",
                     "PandaID": job["PandaID"]}]
-    logs = task_server.call("dataset/show", {"name": "reg.log"}, method="GET")["data"]
+    logs = task_server.call("dataset/show", {"name": "user.admin.reg.log"}, method="GET")["data"]
     assert logs["type"] == "log" and logs["jediTaskID"] == tid
     missing = requests.get(task_server.url + "/api/v1/dataset/show", params={"name": "nope"},
                            headers=task_server.headers())

@@ -108,7 +108,7 @@ def test_v3_database_gets_the_harvester_tables_and_keeps_its_workers(tmp_path):
     make_v3_database(path)
     database = schema.open_database("sqlite:///" + path)
     database.connect(reuse_if_open=True)
-    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 4
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 5
     tables = database.get_tables()
     assert {"harvester_instance", "harvester_command", "worker_statistics"} <= set(tables)
     old = models.Worker.get(models.Worker.worker_id == 9)
@@ -120,4 +120,22 @@ def test_v3_database_gets_the_harvester_tables_and_keeps_its_workers(tmp_path):
                                              "batchID": "42"}]) == [True]
     new = models.Worker.get(models.Worker.worker_id == 9)
     assert (new.status, new.batch_id, new.pilot_status, new.node) == ("running", "42", "started", "wn9")
+    database.close()
+
+
+def test_v4_database_tells_retry_notes_apart_from_transitions(tmp_path):
+    path = str(tmp_path / "v4.db")
+    database = schema.open_database("sqlite:///" + path)
+    database.connect(reuse_if_open=True)
+    database.execute_sql('ALTER TABLE "status_log" DROP COLUMN "kind"')
+    database.execute_sql("UPDATE config SET value = '4' WHERE key = 'schema_version'")
+    database.execute_sql("INSERT INTO status_log (panda_id, old_status, new_status, time, reason) VALUES "
+                         "(1, 'sent', 'failed', '2026-01-01 00:00:00', 'pilot reported failed'), "
+                         "(1, 'failed', 'failed', '2026-01-01 00:00:01', 'retry: new attempt')")
+    database.close()
+    database = schema.open_database("sqlite:///" + path)
+    database.connect(reuse_if_open=True)
+    assert schema.schema_version(database) == 5
+    kinds = [(r.old_status, r.new_status, r.kind) for r in models.StatusLog.select().order_by(models.StatusLog.id)]
+    assert kinds == [("sent", "failed", "transition"), ("failed", "failed", "note")]
     database.close()

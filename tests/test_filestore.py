@@ -38,11 +38,12 @@ def test_upload_then_download(sqlite_server):
                             "url": server.url + "/files/user.me/out-1.dat"}
     with open(stored(server, "user.me", "out-1.dat"), "rb") as handle:
         assert handle.read() == DATA
-    got = requests.get(server.url + "/files/user.me/out-1.dat", timeout=30)  # open read: no token
+    auth = server.headers(token)
+    got = requests.get(server.url + "/files/user.me/out-1.dat", headers=auth, timeout=30)
     assert got.status_code == 200 and got.content == DATA
-    head = requests.head(server.url + "/files/user.me/out-1.dat", timeout=30)
+    head = requests.head(server.url + "/files/user.me/out-1.dat", headers=auth, timeout=30)
     assert head.status_code == 200 and int(head.headers["Content-Length"]) == len(DATA)
-    missing = requests.get(server.url + "/files/user.me/nothere.dat", timeout=30)
+    missing = requests.get(server.url + "/files/user.me/nothere.dat", headers=auth, timeout=30)
     assert missing.status_code == 404 and "nothere.dat" in missing.json()["message"]
     assert leftovers(server) == ["user.me/out-1.dat"]
 
@@ -130,3 +131,36 @@ def test_body_limit(tmp_path):
         assert leftovers(server) == []
     finally:
         server.stop()
+
+
+def test_reads_need_a_token_and_users_read_only_their_own_and_shared_scopes(sqlite_server):
+    server = sqlite_server
+    pilot = server.token("pilot", "p1")
+    for path in ("/files/user.user2/secret.dat", "/files/user.me/mine.dat", "/files/mc23/shared.dat"):
+        assert put(server, path, token=pilot).status_code == 201
+    assert requests.get(server.url + "/files/user.user2/secret.dat", timeout=30).status_code == 401
+    me = server.headers(server.token("user", "me"))
+    refused = requests.get(server.url + "/files/user.user2/secret.dat", headers=me, timeout=30)
+    assert refused.status_code == 403 and "scope" in refused.json()["message"] and DATA not in refused.content
+    for path in ("/files/user.me/mine.dat", "/files/mc23/shared.dat"):
+        assert requests.get(server.url + path, headers=me, timeout=30).content == DATA
+    assert requests.get(server.url + "/files/user.user2/secret.dat", headers=server.headers(pilot),
+                        timeout=30).content == DATA
+
+
+def test_a_symlink_inside_the_store_pointing_outside_is_refused_for_get_and_put(sqlite_server, tmp_path):
+    server = sqlite_server
+    token = server.token("pilot", "p1")
+    assert put(server, "/files/sc/real.dat", token=token).status_code == 201
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.dat").write_bytes(b"not for pilots")
+    scope_dir = os.path.join(server.home, "files", "sc")
+    os.symlink(str(outside / "secret.dat"), os.path.join(scope_dir, "link.dat"))
+    os.symlink(str(outside), os.path.join(server.home, "files", "escape"))
+    got = requests.get(server.url + "/files/sc/link.dat", headers=server.headers(token), timeout=30)
+    assert got.status_code == 400 and "outside the file store" in got.json()["message"]
+    assert b"not for pilots" not in got.content
+    stored = put(server, "/files/escape/new.dat", token=token)
+    assert stored.status_code == 400 and "outside the file store" in stored.json()["message"]
+    assert sorted(os.listdir(outside)) == ["secret.dat"]

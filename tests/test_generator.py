@@ -33,7 +33,8 @@ def test_files_split_names_and_placeholders(task_server):
                               f"{tid}._000001.out.txt,{tid}._000001.h.root")
     assert "--seed 102" in command(jobs[2]) and f"{tid}._000003.log.tgz" in {f["lfn"] for f in jobs[2]["Files"]}
     assert {j["jediTaskID"] for j in jobs} == {tid} and {j["attemptNr"] for j in jobs} == {1}
-    assert {f["dataset"] for f in first["Files"] if f["type"] == "output"} == {"split_out.txt", "split_h.root"}
+    assert {f["dataset"] for f in first["Files"] if f["type"] == "output"} == {"user.admin.split_out.txt",
+                                                                                  "user.admin.split_h.root"}
 
 
 def test_outputs_renamed_when_exec_writes_plain_names(task_server, tmp_path):

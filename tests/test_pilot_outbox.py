@@ -88,3 +88,24 @@ def test_a_claim_fails_for_the_second_claimer(tmp_path):
     unclaim(stale)  # the newer heartbeat is kept, the claimed older one dropped
     assert json.load(open(newer))["params"]["cpuConsumptionTime"] == 9
     assert sorted(os.listdir(tmp_path)) == ["final-5-2.json", "heartbeat-5.json"]
+
+
+class CountingClient(ServerClient):
+    """The real client, counting the updates it sends."""
+
+    sent = 0
+
+    def update_job(self, params):
+        self.sent += 1
+        return super().update_job(params)
+
+
+def test_replay_sends_each_entry_exactly_once(site, tmp_path):
+    _, first = dispatched_job(site)
+    _, second = dispatched_job(site)
+    client = CountingClient(site.server.url, site.token_file, 10)
+    outbox = Outbox(str(tmp_path / "outbox"))
+    for pid in (first, second):
+        outbox.put({"jobId": pid, "state": "finished", "pilotID": "p1", "attemptNr": 0})
+    assert outbox.replay(client) == (2, 0)
+    assert client.sent == 2  # a repeat would be answered alreadyDone by the server and go unseen otherwise

@@ -1,5 +1,7 @@
 """The payload process: argv without a shell, its environment, its process group, the transformation."""
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -54,6 +56,27 @@ def test_own_process_group_and_kill_of_the_whole_tree(tmp_path):
         time.sleep(0.02)
     p.kill(5)
     assert p.returncode is not None and processes_with(marker) == []
+
+
+def test_the_payload_dies_with_a_pilot_killed_by_sigkill(tmp_path):
+    marker = f"orphan-{os.getpid()}-{time.time_ns()}"
+    sleep = marked_sleep(tmp_path, marker)
+    # A stand-in pilot: a process that starts the payload through pilot.payload and then waits.
+    pilot = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time; from pilot import payload\n"
+        f"p = payload.Payload([{sleep!r}, '600'], {str(tmp_path)!r}, dict(os.environ)); p.start()\n"
+        "print(p.pid, flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        payload_pid = int(pilot.stdout.readline())
+        assert processes_with(marker) == [payload_pid]
+    finally:
+        pilot.kill()
+        pilot.wait()
+    deadline = time.monotonic() + 30  # the kernel's signal is prompt; the bound only keeps a failure from hanging
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with(marker) == []
 
 
 def test_environment():

@@ -65,3 +65,41 @@ def test_from_states_restricts_sources(database):
     with database.atomic():
         assert states.change_job_status([pid], "failed", "only from sent", from_states=["sent"]) == []
         assert states.change_job_status([pid], "failed", "any", from_states=["activated"]) == [(pid, "activated")]
+
+
+def test_every_status_log_transition_of_a_full_task_run_is_in_the_table(database):
+    """A task with a retried failure, run to its end in-process: every transition row is allowed by the table,
+    and the retry module's verdict on the failed job is a note, not a failed -> failed transition."""
+    from minipanda.core import dispatch
+    from minipanda.core.auth import Identity
+    from minipanda.tasks import generator, retry, service, settle
+    from minipanda.tasks.settings import Settings
+    from taskhelp import set_queue
+
+    set_queue("Q1")
+    retry.ensure_defaults()
+    config = Settings()
+    task_id = service.submit_task({"taskName": "whole.run", "exec": "x", "nJobs": 3, "nScouts": 0,
+                                   "maxAttempt": 3}, Identity("alice", "user"))
+    failed_once = False
+    for _ in range(20):
+        generator.run(config)
+        for job in dispatch.claim_jobs(dispatch.Offer(queue="Q1", prod_source_label="user", n_jobs=10)):
+            jobs.update_job({"jobId": job["PandaID"], "state": "running"})
+            if not failed_once:
+                failed_once = True
+                jobs.update_job({"jobId": job["PandaID"], "state": "failed", "pilotErrorCode": 1099,
+                                 "pilotErrorDiag": "stage-in failed"})
+            else:
+                jobs.update_job({"jobId": job["PandaID"], "state": "finished"})
+        settle.run(config)
+        if models.Task.get_by_id(task_id).status in ("done", "finished", "failed"):
+            break
+    assert models.Task.get_by_id(task_id).status == "done"
+    rows = list(models.StatusLog.select())
+    transitions = [r for r in rows if r.kind == "transition"]
+    assert transitions and all(r.old_status is None or JobStatus(r.new_status) in JOB_TRANSITIONS[JobStatus(
+        r.old_status)] for r in transitions), [(r.old_status, r.new_status) for r in transitions]
+    notes = [r for r in rows if r.kind == "note"]
+    assert [(r.old_status, r.new_status) for r in notes] == [("failed", "failed")]
+    assert models.Job.select().where(models.Job.task_id == task_id).count() == 4

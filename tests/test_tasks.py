@@ -1,6 +1,6 @@
 """Task submission and task commands over real HTTP: ids, replies, validation, permissions, completion states."""
 import pytest
-from minipanda.core import models
+from minipanda.core import models, states
 from taskhelp import task_server  # noqa: F401 (a fixture)
 from taskhelp import (acquire, add_dataset, jobs_of, run_job, set_queue, submit, task_status, update, wait_for,
                       wait_jobs, wait_status)
@@ -161,3 +161,26 @@ def test_completion_failed_refuses_retry(task_server):
     wait_status(task_server, task_id, "failed")
     body = task_server.call("task/retry", {"task_id": task_id})
     assert body["data"] == 4 and "a failed task cannot be retried" in body["message"]
+
+
+def test_two_users_may_use_the_same_task_name_and_errors_name_no_other_users_task(database):
+    from minipanda.core.auth import Identity
+    from minipanda.errors import TaskParamError
+    from minipanda.tasks import service
+    from taskhelp import set_queue
+
+    set_queue("Q1")
+    params = {"taskName": "same.name", "exec": "echo %RNDM:1 > %OUT:out.txt", "nJobs": 1, "outputs": ["out.txt"]}
+    first = service.submit_task(dict(params), Identity("user1", "user"))
+    second = service.submit_task(dict(params), Identity("user2", "user"))
+    names = {d.name: d.task_id for d in models.Dataset.select()}
+    assert names == {"user.user1.same.name_out.txt": first, "user.user1.same.name.log": first,
+                     "user.user2.same.name_out.txt": second, "user.user2.same.name.log": second}
+    with pytest.raises(TaskParamError) as again:
+        service.submit_task(dict(params), Identity("user1", "user"))
+    assert again.value.code == 2 and f"jediTaskID={first}" in str(again.value)
+    models.Dataset.create(name="user.user3.same.name.log", user_name="user2", task_id=second, creation_time=states
+                          .utcnow(), modification_time=states.utcnow())
+    with pytest.raises(TaskParamError) as clash:
+        service.submit_task(dict(params), Identity("user3", "user"))
+    assert "another user" in str(clash.value) and str(second) not in str(clash.value)

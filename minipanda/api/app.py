@@ -8,11 +8,14 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import urllib.parse
 from typing import Callable
 
 import bottle
+import pydantic
+
 from minipanda import errors
-from minipanda.api import wire
+from minipanda.api import params as route_params, wire
 from minipanda.core import auth
 from minipanda.core.db import database
 from minipanda.errors import SC_PERMISSION, SC_ROLE, RequestError
@@ -72,12 +75,17 @@ class ApiPlugin:
         role = route.config.get("role")
         context = self.context
 
+        params_model = route.config.get("params_model")
+
         def wrapper(*args, **kwargs):
             request, response = bottle.request, bottle.response
             database.connect(reuse_if_open=True)
             try:
+                refuse_cross_site(request)
                 params = wire.read_params(request, context.max_body) if route.config.get("params", True) else {}
                 identity = self.identify(request, role)
+                if params_model is not None:
+                    params = checked(params_model, params)
                 return callback(params, identity, *args, **kwargs)
             except errors.AuthError as exc:
                 code = SC_ROLE if exc.http == 403 else SC_PERMISSION
@@ -86,6 +94,32 @@ class ApiPlugin:
                 return error_reply(family, exc.http, str(exc), exc.code, request, response)
 
         return wrapper
+
+
+def checked(params_model, params):
+    """The route's declared parameters parsed (minipanda.api.params), or a 400 naming every bad field."""
+    try:
+        return route_params.check(params_model, params)
+    except pydantic.ValidationError as exc:
+        raise RequestError("; ".join(route_params.problems(exc)[:20])) from None
+
+
+def refuse_cross_site(request):
+    """Refuse a state-changing request that a web page on another site made a browser send.
+
+    Browsers add ``Origin`` (and ``Sec-Fetch-Site``) to such requests, and may send them without any token
+    (``--auth none``) or with a form or text/plain body: a page must never submit jobs through a local browser.
+    Pilots, harvester and the CLI send no Origin. Reads (GET, HEAD) change nothing and stay open.
+    """
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    origin = request.headers.get("Origin") or ""
+    # panda-client sends its VO name as Origin (PanDA's token auth reads it); a browser sends a URL or "null".
+    from_browser = origin == "null" or urllib.parse.urlsplit(origin).scheme in ("http", "https")
+    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site" or (
+            from_browser and urllib.parse.urlsplit(origin).netloc != request.headers.get("Host")):
+        raise RequestError(f"Origin: requests from {str(origin)[:80]!r} may not change this server; use the "
+                           "API from its own host or a client without a browser", SC_PERMISSION, 403)
 
 
 def error_reply(family, http, message, code, request, response):
@@ -101,7 +135,7 @@ def error_reply(family, http, message, code, request, response):
 
 def make_app(context):
     """Build the WSGI application with every route registered."""
-    from minipanda.api import cache, files, legacy, v1
+    from minipanda.api import cache, files, legacy, monitor, openapi, v1
 
     app = bottle.Bottle(catchall=True)
     app.config["minipanda.context"] = context
@@ -110,6 +144,8 @@ def make_app(context):
     v1.register(app)
     cache.register(app)
     files.register(app)
+    openapi.register(app)
+    monitor.register(app)
 
     def json_error(error):
         bottle.response.content_type = "application/json"

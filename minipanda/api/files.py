@@ -1,16 +1,18 @@
 """``/files/<scope>/<lfn>``: the file store over HTTP (see minipanda/filestore.py).
 
 PUT (pilot, production, admin) streams the body into the store, checked against ``Content-Length`` and
-``X-Checksum: ad:<adler32>``; GET (and HEAD) are open reads, like /trf/user/. Replies are v1 envelopes with
+``X-Checksum: ad:<adler32>``; GET (and HEAD) need a token too: a user reads their own ``user.<name>`` scope and
+shared scopes, pilots and managers every scope (minipanda.core.policy.may_read_scope). Replies are v1 envelopes with
 ``data = {scope, lfn, fsize, adler32, url}``.
 """
 import os
 
 import bottle
+
 from minipanda.api import wire
-from minipanda.core import filestore
+from minipanda.core import filestore, policy
 from minipanda.core.auth import PILOT_ROLES
-from minipanda.errors import RequestError
+from minipanda.errors import AuthError, RequestError
 
 
 def _store():
@@ -44,6 +46,8 @@ def put_file(params, identity, scope, lfn):
 
 def get_file(params, identity, scope, lfn):
     relative, path = _store().locate(scope, lfn)
+    if not policy.may_read_scope(identity, scope):
+        raise AuthError(f"scope: {scope} is another user's; a user reads their own and shared scopes", 403)
     if not os.path.isfile(path):
         raise RequestError(f"{scope}/{lfn} is not in the server's file store", http=404)
     return bottle.static_file(relative, root=_store().root, mimetype="application/octet-stream")
@@ -51,4 +55,4 @@ def get_file(params, identity, scope, lfn):
 
 def register(app):
     app.route("/files/<scope>/<lfn:path>", "PUT", put_file, family="v1", role=PILOT_ROLES, params=False)
-    app.route("/files/<scope>/<lfn:path>", ["GET", "HEAD"], get_file, family="v1", role=None, params=False)
+    app.route("/files/<scope>/<lfn:path>", ["GET", "HEAD"], get_file, family="v1", role="any", params=False)

@@ -3,10 +3,12 @@
 Handlers parse and authorise, then call a service; they never write to the database themselves."""
 import json
 import logging
+import time
 
 from minipanda.core import dispatch, jobs, jobspec, policy, queues
 from minipanda.core.auth import PILOT_ROLES, require_role
 from minipanda.errors import SC_MISSING_KEY, SC_ROLE, RequestError
+from minipanda.monitor import metrics
 from minipanda.workers import pilot_status
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,9 @@ def acquire_jobs(params, identity):
         worker_id=_int_param(params, "worker_id", errors, 0))
     if errors:
         raise RequestError("; ".join(errors))
+    started = time.perf_counter()
     definitions = dispatch.claim_jobs(offer)
+    metrics.observe_dispatch(time.perf_counter() - started, bool(definitions))
     why = "" if definitions else f"no jobs available for queue {queue} and this offer"
     return definitions, params.get("nJobs") not in (None, ""), why
 

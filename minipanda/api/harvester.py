@@ -3,7 +3,7 @@
 does the work. Refusals are HTTP 4xx with the field named in ``message``; see docs/harvester.md."""
 import bottle
 from minipanda import errors
-from minipanda.api import wire
+from minipanda.api import params as route_params, wire
 from minipanda.core.auth import HARVESTER_ROLES
 from minipanda.workers import harvesters
 
@@ -111,4 +111,5 @@ def register(app):
         ("add_command", add_command, ADMIN), ("list_commands", list_commands, ADMIN),
     ]
     for path, callback, role in routes:
-        app.route(f"{BASE}/{path}", ["GET", "POST"], callback, family="v1", role=role)
+        app.route(f"{BASE}/{path}", ["GET", "POST"], callback, family="v1", role=role,
+                  params_model=route_params.HARVESTER[path])

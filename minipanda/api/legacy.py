@@ -4,7 +4,7 @@ Replies are JSON when the client sends ``Accept: application/json`` (pilot3 alwa
 URL-encoded ``StatusCode=0&...`` form.
 """
 import bottle
-from minipanda.api import handlers, wire
+from minipanda.api import handlers, params as route_params, wire
 from minipanda.core import jobs
 from minipanda.errors import SC_NO_JOBS, SC_OK
 
@@ -62,4 +62,5 @@ def register(app):
         ("getResourceTypes", get_resource_types, None), ("isAlive", is_alive, None),
     ]
     for name, callback, role in routes:
-        app.route(f"{BASE}/{name}", ["GET", "POST"], callback, family="legacy", role=role)
+        app.route(f"{BASE}/{name}", ["GET", "POST"], callback, family="legacy", role=role,
+                  params_model=route_params.LEGACY[name])

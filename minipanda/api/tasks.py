@@ -7,7 +7,7 @@ bad parameters) still answers 200 with ``success: false``, PanDA's return code i
 import json
 
 import bottle
-from minipanda.api import wire
+from minipanda.api import params as route_params, wire
 from minipanda.core import policy
 from minipanda.core.jobs import parse_job_id
 from minipanda.errors import RequestError, TaskParamError
@@ -182,4 +182,5 @@ def register(app):
         ("retry_rule/remove", rule_remove, {"admin"}), ("job/why", job_why, "any"),
     ]
     for path, callback, role in routes:
-        app.route(f"{BASE}/{path}", ["GET", "POST"], callback, family="v1", role=role)
+        app.route(f"{BASE}/{path}", ["GET", "POST"], callback, family="v1", role=role,
+                  params_model=route_params.TASKS[path])

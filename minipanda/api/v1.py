@@ -1,7 +1,7 @@
 """The ``/api/v1/<module>/<method>`` family (panda-client 2.x, Harvester): replies ``{success, message, data}``."""
 import bottle
 from minipanda import errors
-from minipanda.api import handlers, wire
+from minipanda.api import handlers, params as route_params, wire
 from minipanda.core import jobs, queues
 from minipanda.core.auth import PILOT_ROLES
 
@@ -83,7 +83,8 @@ def register(app):
         ("queues", list_queues, None),
     ]
     for path, callback, role in routes:
-        app.route(f"{BASE}/{path}", ["GET", "POST"], callback, family="v1", role=role)
+        app.route(f"{BASE}/{path}", ["GET", "POST"], callback, family="v1", role=role,
+                  params_model=route_params.V1[path])
     from minipanda.api import harvester as harvester_routes, tasks as task_routes
 
     task_routes.register(app)

@@ -9,6 +9,9 @@ import zlib
 
 from minipanda.errors import BodyTooLarge, RequestError
 
+SIMPLE_TYPES = ("text/plain", "multipart/form-data")
+MAX_DEPTH = 64  # no route reads parameters nested deeper; deeper JSON is refused before anything uses it
+
 
 def read_body(request, limit):
     """The raw request body, gunzipped when needed, never more than ``limit`` bytes."""
@@ -38,14 +41,22 @@ def parse_body(raw, content_type):
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise RequestError("body: not valid UTF-8") from None
-    if "json" in (content_type or "") or text.lstrip()[:1] in ("{", "["):
+    content_type = (content_type or "").lower()
+    looks_json = text.lstrip()[:1] in ("{", "[")
+    if looks_json and content_type.startswith(SIMPLE_TYPES):
+        # A browser sends these types cross-site without asking first: JSON must say it is JSON.
+        raise RequestError(f"Content-Type: a JSON body must be sent as application/json, not {content_type!r}",
+                           http=415)
+    if "json" in content_type or looks_json:
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise RequestError("body: JSON nested deeper than the server reads") from None
         except ValueError as exc:
             raise RequestError(f"body: not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise RequestError("body: expected a JSON object of named parameters")
-        return data
+        return clean_text(data)
     params = {}
     for key, value in urllib.parse.parse_qsl(text, keep_blank_values=True):
         if key in params:
@@ -53,6 +64,24 @@ def parse_body(raw, content_type):
         else:
             params[key] = value
     return params
+
+
+def clean_text(value, depth=0):
+    """``value`` with every lone surrogate (``"\\ud800"``, valid JSON but not UTF-8) replaced by U+FFFD, so the
+    text can be stored; a pilot's report must not be lost over one bad character in a diagnostic."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in value)
+    if depth > MAX_DEPTH:
+        raise RequestError(f"body: JSON nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, list):
+        return [clean_text(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {clean_text(key, depth + 1): clean_text(item, depth + 1) for key, item in value.items()}
+    return value
 
 
 def read_params(request, limit):

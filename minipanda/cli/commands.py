@@ -21,6 +21,17 @@ EPILOG = """environment:
 
 
 def main(argv=None):
+    """Run the ``minipanda`` command; returns its exit status."""
+    try:
+        return run(argv)
+    except BrokenPipeError:
+        # The reader went away (`minipanda job list | head`): stop quietly, and keep Python from complaining
+        # again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def run(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -31,6 +42,8 @@ def main(argv=None):
     try:
         return args.func(args) or 0
     except (ClientError, errors.ConfigError, ValueError, OSError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
         print(f"minipanda: error: {exc}", file=sys.stderr)
         return 1
 
@@ -102,10 +115,14 @@ def build_parser():
         command.add_argument("--home")
         command.add_argument("--json", action="store_true", help="machine-readable output")
         command.set_defaults(func=func)
-    from minipanda.cli import harvester as cli_harvester, tasks as cli_tasks
+    from minipanda.cli import harvester as cli_harvester, queues as cli_queues, tasks as cli_tasks
 
     cli_tasks.add_parsers(sub)
+    cli_queues.add_parsers(sub)
     cli_harvester.add_parsers(sub)
+    from minipanda.cli import testbed as cli_testbed
+
+    cli_testbed.add_parsers(sub)
     return parser
 
 

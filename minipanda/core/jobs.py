@@ -45,7 +45,8 @@ def submit_jobs(specs, user, queue_ensurer=None, role="admin"):
         shown = errors[:20] + ([f"... and {len(errors) - 20} more"] if len(errors) > 20 else [])
         raise RequestError("invalid job specs: " + "; ".join(shown))
     if role == "user":  # see policy.user_job_refusals
-        refusals = [r for index, (columns, _, _) in enumerate(parsed) for r in policy.user_job_refusals(columns, f"jobs[{index}]")]
+        refusals = [r for index, (columns, _, _) in enumerate(parsed)
+                    for r in policy.user_job_refusals(columns, f"jobs[{index}]")]
         if refusals:
             raise RequestError("; ".join(refusals[:20]), SC_ROLE, 403)
     now = states.utcnow()
@@ -87,9 +88,12 @@ def parse_job_id(value, name="jobId"):
     if value is None or value == "":
         raise RequestError(f"{name}: required", code=SC_MISSING_KEY)
     try:
-        return int(str(value).strip())
+        number = int(str(value).strip())
     except ValueError:
         raise RequestError(f"{name}: expected an integer PandaID, got {str(value)[:40]!r}") from None
+    if not 0 <= number <= jobspec.INT64_MAX:
+        raise RequestError(f"{name}: no job has id {str(value)[:40]}")
+    return number
 
 
 def parse_job_ids(value, name="ids"):
@@ -207,7 +211,7 @@ TEXT_FIELDS = {"pilotErrorDiag": "pilot_error_diag", "exeErrorDiag": "exe_error_
 def _update_fields(params):
     errors, fields = [], {}
     for name, column in INT_FIELDS.items():
-        value = jobspec.to_int(params.get(name), name, errors)
+        value = jobspec.to_int(params.get(name), name, errors, jobspec.column_maximum(column))
         if value is not None:
             fields[getattr(models.Job, column)] = value
     for name, column in TEXT_FIELDS.items():
@@ -318,6 +322,7 @@ def list_jobs(limit=100, task_id=None, status=None, queue=None, user=None):
 
 
 def status_log(panda_id):
-    """The transitions of one job, oldest first."""
+    """The transitions of one job and the notes about it, oldest first."""
     rows = models.StatusLog.select().where(models.StatusLog.panda_id == panda_id).order_by(models.StatusLog.id)
-    return [{"time": r.time, "from": r.old_status, "to": r.new_status, "reason": r.reason} for r in rows]
+    return [{"time": r.time, "from": r.old_status, "to": r.new_status, "reason": r.reason, "kind": r.kind}
+            for r in rows]

@@ -9,6 +9,8 @@ import json
 import re
 import uuid
 
+import peewee
+
 from minipanda.core import models
 from minipanda.errors import SpecError
 
@@ -41,7 +43,11 @@ FILESPEC_ATTRIBUTES = (
     "fsize", "md5sum", "checksum", "scope",
 )
 MAX_JOBS_PER_SUBMIT = 5000
+INT64_MAX, INT32_MAX = 2 ** 63 - 1, 2 ** 31 - 1
 SAFE_SCOPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+# A file name pilots use as a path and find in comma-joined lists (inFiles, outFiles): no separators (',', '/'),
+# no control characters, no '%' (a URL-quoted '..' is '..' to the file store), no leading dot.
+LFN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}\Z")  # the file store's names too
 
 # JobSpec name -> (column, kind). Everything else a client sends is kept verbatim in Job.attributes.
 COLUMNS = {
@@ -69,7 +75,7 @@ COLUMNS = {
 }
 # Set by the server, never taken from a submission.
 SERVER_OWNED = {"PandaID", "jobStatus", "creationTime", "modificationTime", "stateChangeTime", "startTime", "endTime",
-                "pilotID", "batchID", "modificationHost", "commandToPilot", "prodUserName", "attemptNr"}
+                "pilotID", "batchID", "modificationHost", "commandToPilot", "prodUserName"}
 FILE_TYPES = {"input", "output", "log", "pseudo_input"}
 
 
@@ -78,18 +84,30 @@ def is_null(value):
     return value is None or value == "" or value == "NULL"
 
 
-def to_int(value, name, errors):
-    """Parse an integer leniently (pilots send "2500.004" and "3"), recording an error naming ``name``."""
+def to_int(value, name, errors, maximum=INT64_MAX):
+    """Parse an integer leniently (pilots send "2500.004" and "3"), recording an error naming ``name``; a number
+    beyond ``maximum`` either way (the column's range) is an error too, never a database failure."""
     if is_null(value):
         return None
     if isinstance(value, bool):
         errors.append(f"{name}: expected an integer, got {value!r}")
         return None
     try:
-        return int(float(value))
+        number = value if isinstance(value, int) else int(value) if str(value).strip().lstrip("-").isdigit() \
+            else int(float(value))
     except (TypeError, ValueError, OverflowError):
         errors.append(f"{name}: expected an integer, got {str(value)[:40]!r}")
         return None
+    if abs(number) > maximum:
+        errors.append(f"{name}: must be between {-maximum} and {maximum}, got {str(value)[:40]}")
+        return None
+    return number
+
+
+def column_maximum(column):
+    """The largest number a Job column holds: INTEGER columns are 32-bit on PostgreSQL."""
+    field = models.Job._meta.columns.get(column)
+    return INT64_MAX if field is None or isinstance(field, peewee.BigIntegerField) else INT32_MAX
 
 
 def positional_to_dict(values, where):
@@ -117,8 +135,9 @@ def parse_file(entry, where, errors):
         errors.append(f"{where}: expected an object with lfn and type")
         return None
     lfn, ftype = entry.get("lfn"), entry.get("type")
-    if not isinstance(lfn, str) or not lfn or "/" in lfn or lfn in (".", ".."):
-        errors.append(f"{where}.lfn: expected a plain file name, got {lfn!r}")
+    if not isinstance(lfn, str) or not LFN.match(lfn) or lfn.strip(".") == "":
+        errors.append(f"{where}.lfn: expected a plain file name (letters, digits, '._-', no leading dot, at "
+                      f"most 255 characters), got {str(lfn)[:80]!r}")
     if ftype not in FILE_TYPES:
         errors.append(f"{where}.type: expected one of {sorted(FILE_TYPES)}, got {ftype!r}")
     scope = entry.get("scope")
@@ -154,7 +173,7 @@ def parse_submitted(spec, where):
             continue
         column, kind = COLUMNS[name]
         if kind is int:
-            columns[column] = to_int(value, f"{where}.{name}", errors)
+            columns[column] = to_int(value, f"{where}.{name}", errors, column_maximum(column))
         elif kind is str:
             columns[column] = str(value)
     if "jobPars" in spec and "job_pars" not in columns and not is_null(spec["jobPars"]):
@@ -164,7 +183,8 @@ def parse_submitted(spec, where):
         errors.append(f"{where}.computingSite: required; name the queue the job must run on")
     if not columns.get("transformation"):
         errors.append(f"{where}.transformation: required; the program or script URL the pilot runs")
-    for name in ("coreCount", "minRamCount", "maxWalltime", "maxDiskCount", "maxCpuCount", "maxAttempt"):
+    # attemptNr is kept as submitted: a client that resubmits a job echoes it in its updates.
+    for name in ("coreCount", "minRamCount", "maxWalltime", "maxDiskCount", "maxCpuCount", "maxAttempt", "attemptNr"):
         col = COLUMNS[name][0]
         if columns.get(col) is not None and columns[col] < 0:
             errors.append(f"{where}.{name}: must not be negative, got {columns[col]}")

@@ -115,6 +115,9 @@ class StatusLog(BaseModel):
     new_status = peewee.CharField(max_length=32)
     time = peewee.DateTimeField()
     reason = peewee.CharField(max_length=512, default="")
+    # Schema 5: "transition" rows are state changes (each one in the transition table); "note" rows record a
+    # decision about a job that stays in its state (the retry module's verdict on a failed job).
+    kind = peewee.CharField(max_length=16, default="transition")
 
     class Meta:
         table_name = "status_log"

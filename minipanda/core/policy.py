@@ -64,6 +64,15 @@ def manages_all(identity):
     return identity.role in MANAGER_ROLES
 
 
+def may_read_scope(identity, scope):
+    """Whether ``identity`` may read files of ``scope`` from the file store: a user reads shared and production
+    scopes and their own ``user.<name>`` scope; pilots (for their jobs' inputs), harvester and managers read all."""
+    if identity.role != "user":
+        return True
+    parts = scope.split(".")
+    return parts[0] != "user" or parts[1:2] == [identity.name]
+
+
 def may_submit_label(role, label):
     """Whether a caller of ``role`` may submit jobs or tasks labelled ``label``."""
     return label not in PRODUCTION_LABELS or role in MANAGER_ROLES

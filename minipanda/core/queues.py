@@ -7,6 +7,8 @@ the file is the only source of queues: the table mirrors it, and jobs naming any
 import json
 import logging
 
+from peewee import fn
+
 from minipanda.core import models, policy, states
 from minipanda.core.db import database
 from minipanda.errors import UnknownQueue
@@ -118,7 +120,7 @@ def apply_config(config, queuedata_of, now=None):
         removed = sorted(set(existing) - set(config.queues))
         for name in removed:
             data = json.loads(existing[name].queuedata or "{}")
-            data.update(status="offline", state="OFFLINE")
+            data.update(status="offline", state="OFFLINE", removed_from_config=True)
             models.Queue.update(status="offline", queuedata=json.dumps(data, sort_keys=True),
                                 modification_time=now).where(models.Queue.name == name).execute()
         for key, value in ((CONFIG_VERSION_KEY, config.version_id), (CONFIG_SOURCE_KEY, str(config.source))):
@@ -130,9 +132,32 @@ def apply_config(config, queuedata_of, now=None):
 
 
 def queue_list():
-    """Every known queue with its status and queuedata, for /api/v1/queues."""
-    return [{"name": q.name, "site": q.site, "status": q.status, "modificationTime": q.modification_time,
-             "queuedata": json.loads(q.queuedata)} for q in models.Queue.select().order_by(models.Queue.name)]
+    """Every known queue with its status, queuedata, waiting and running jobs and, when it is not online, why."""
+    Job = models.Job
+    counts = {}
+    for site, status, n in (Job.select(Job.computing_site, Job.status, fn.COUNT(Job.panda_id))
+                            .where(Job.status.in_(["activated", "defined", "sent", "starting", "running"]))
+                            .group_by(Job.computing_site, Job.status).tuples()):
+        kind = "waiting" if status in ("activated", "defined") else "running"
+        counts.setdefault(site, {"waiting": 0, "running": 0})[kind] += n
+    configured = config_in_force()
+    out = []
+    for q in models.Queue.select().order_by(models.Queue.name):
+        data = json.loads(q.queuedata)
+        out.append({"name": q.name, "site": q.site, "status": q.status, "modificationTime": q.modification_time,
+                    "queuedata": data, **counts.get(q.name, {"waiting": 0, "running": 0}),
+                    "why": _why_not_online(q.status, data, configured)})
+    return out
+
+
+def _why_not_online(status, data, configured):
+    if status == "online":
+        return ""
+    if data.get("removed_from_config"):
+        return f"no longer in the queue configuration {configured[1] if configured else ''}".rstrip()
+    if status == "test":
+        return "status test in the queue configuration: only test jobs are dispatched"
+    return f"status {status} in the queue configuration" if configured else f"status {status}"
 
 
 def dispatch_rules(name):

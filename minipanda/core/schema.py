@@ -73,8 +73,14 @@ def _migration_4(db, migrator):
     db.execute_sql('CREATE INDEX IF NOT EXISTS "worker_site_status" ON "worker" ("computing_site", "status")')
 
 
-MIGRATIONS = {2: _migration_2, 3: _migration_3, 4: _migration_4}
-SCHEMA_VERSION = 4
+def _migration_5(db, migrator):
+    """status_log.kind: notes about a job that keeps its state are told apart from transitions."""
+    migrate(migrator.add_column("status_log", "kind", models.StatusLog.kind))
+    db.execute_sql('UPDATE "status_log" SET "kind" = %s WHERE "old_status" = "new_status"' % db.param, ("note",))
+
+
+MIGRATIONS = {2: _migration_2, 3: _migration_3, 4: _migration_4, 5: _migration_5}
+SCHEMA_VERSION = 5
 
 
 def schema_version(db):

@@ -243,6 +243,15 @@ def _picked_update_sql(param, postgres, pick, columns):
             f"AND (\"status\" || '') = {param} RETURNING {returning}")
 
 
+def note_jobs(jobs, reason, now=None):
+    """Write a ``note`` row (not a transition) for each (panda_id, status) pair: a decision about a job that keeps
+    its state, such as the retry module's verdict on a failed job. Must run inside a transaction."""
+    if jobs:
+        now = now or utcnow()
+        models.StatusLog.insert_many([{"panda_id": pid, "old_status": status, "new_status": status, "time": now,
+                                       "reason": reason[:500], "kind": "note"} for pid, status in jobs]).execute()
+
+
 def log_transitions(changed, target, reason, now):
     """Write one status_log row per (panda_id, previous status) pair.
 
@@ -254,13 +263,13 @@ def log_transitions(changed, target, reason, now):
     log, database = models.StatusLog, models.StatusLog._meta.database
     new_status, when, reason = JobStatus(target).value, log.time.db_value(now), reason[:500]
     columns = ", ".join('"%s"' % f.column_name for f in (log.panda_id, log.old_status, log.new_status, log.time,
-                                                           log.reason))
-    row = "(%s)" % ", ".join([database.param] * 5)
-    for start in range(0, len(changed), 500):  # 2,500 parameters per statement at most
+                                                           log.reason, log.kind))
+    row = "(%s)" % ", ".join([database.param] * 6)
+    for start in range(0, len(changed), 500):  # 3,000 parameters per statement at most
         chunk = changed[start:start + 500]
         params = []
         for pid, old in chunk:
-            params += (pid, old, new_status, when, reason)
+            params += (pid, old, new_status, when, reason, "transition")
         database.execute_sql(f'INSERT INTO "{log._meta.table_name}" ({columns}) VALUES '
                              + ", ".join([row] * len(chunk)), params)
 

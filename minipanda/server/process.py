@@ -1,4 +1,5 @@
 """``minipanda serve``: the WSGI app on waitress (multi-threaded), one access-log line per request, clean stop."""
+import fcntl
 import logging
 import os
 import signal
@@ -7,7 +8,7 @@ import time
 
 from minipanda.api.app import ServerContext, is_loopback, make_app
 from minipanda.core import auth, db, queues, schema
-from minipanda.errors import ConfigError
+from minipanda.errors import ConfigError, ServerLocked
 from minipanda.server.daemon import DutyRunner
 
 log = logging.getLogger("minipanda.server")
@@ -43,18 +44,55 @@ class AccessLog:
                             environ.get("REMOTE_ADDR", "-"))
 
 
+class LateApp:
+    """The WSGI app, set once the database is open: the socket is bound first, and no request is read before
+    ``run()``, which starts after the app is in place."""
+
+    app = None
+
+    def __call__(self, environ, start_response):
+        return self.app(environ, start_response)
+
+
+def lock_database(db_url):
+    """Hold an exclusive lock for this server's SQLite database (``<file>.lock``), or raise ServerLocked naming
+    the server that has it. PostgreSQL takes several servers; its URL takes no lock. Close the file to release."""
+    if not db_url.startswith("sqlite:///") or db_url.endswith(":memory:"):
+        return open(os.devnull)
+    path = db_url[len("sqlite:///"):] + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ServerLocked(f"database {db_url[len('sqlite:///'):]} is in use by a running minipanda server "
+                           f"({holder}); stop it first, or give this one its own --home or --db") from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
+
+
 def build(home, db_url=None, auth_mode="token", host=DEFAULT_HOST, max_body_mb=64):
     """Open the database and return (wsgi app, context). Refuses auth 'none' off loopback."""
+    check_options(auth_mode, host, max_body_mb)
+    schema.open_database(db_url or db.default_url(home))
+    context = ServerContext(home=home, secret=auth.load_secret(home), auth_mode=auth_mode,
+                            max_body=int(max_body_mb * 1024 * 1024))
+    return AccessLog(make_app(context)), context
+
+
+def check_options(auth_mode, host, max_body_mb):
+    """Raise ConfigError naming the first option that cannot work."""
     if auth_mode not in ("token", "none"):
         raise ConfigError(f"auth: expected 'token' or 'none', got {auth_mode!r}")
     if auth_mode == "none" and not is_loopback(host):
         raise ConfigError(f"auth 'none' is allowed only on a loopback bind, not on host {host!r}")
     if max_body_mb <= 0:
         raise ConfigError(f"max-body-mb: must be positive, got {max_body_mb}")
-    schema.open_database(db_url or db.default_url(home))
-    context = ServerContext(home=home, secret=auth.load_secret(home), auth_mode=auth_mode,
-                            max_body=int(max_body_mb * 1024 * 1024))
-    return AccessLog(make_app(context)), context
 
 
 def ensure_admin_token(home, secret):
@@ -109,8 +147,23 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
     """Run until SIGTERM/SIGINT (or ``ready``'s server is closed); returns when the server has stopped."""
     import waitress.server
 
+    check_options(auth_mode, host, max_body_mb)
     queue_config = load_queue_config(queues_file) if queues_file else None
+    db_url = db_url or db.default_url(home)
+    # Nothing touches the database before this server holds the database's lock and its port: a second server
+    # started by mistake must leave the running one's queues and tokens as they are.
+    lock = lock_database(db_url)
+    late_app = LateApp()
+    try:
+        server = waitress.server.create_server(late_app, host=host, port=port, threads=threads,
+                                               max_request_body_size=int(max_body_mb * 1024 * 1024) + 1024 * 1024,
+                                               connection_limit=1000, channel_timeout=120, ident="minipanda")
+    except OSError as exc:
+        lock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; is another server running there?") \
+            from None
     app, context = build(home, db_url, auth_mode, host, max_body_mb)
+    late_app.app = app
     runner = DutyRunner()
     context.wake = runner.wake
     reloader = None
@@ -121,9 +174,6 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
     os.makedirs(os.path.join(home, "trf"), exist_ok=True)
     if auth_mode == "token":
         ensure_admin_token(home, context.secret)
-    server = waitress.server.create_server(app, host=host, port=port, threads=threads,
-                                           max_request_body_size=context.max_body + 1024 * 1024,
-                                           connection_limit=1000, channel_timeout=120, ident="minipanda")
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -161,4 +211,5 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
     finally:
         runner.stop()
         server.task_dispatcher.shutdown(timeout=5)
+        lock.close()
         log.info("minipanda stopped")

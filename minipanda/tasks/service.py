@@ -46,9 +46,12 @@ def submit_task(params, identity, parent_tid=None):
     with database.atomic():
         duplicates = taskparams.duplicate_datasets(spec)
         if duplicates:
-            owners = {d.name: d.task_id for d in models.Dataset.select().where(models.Dataset.name.in_(duplicates))}
-            raise TaskParamError([f"taskName: output dataset {name} already exists (jediTaskID={owners[name]}); "
-                                  "choose another taskName" for name in duplicates], code=2)
+            owners = {d.name: d for d in models.Dataset.select().where(models.Dataset.name.in_(duplicates))}
+            # Another user's dataset is named, never its task: errors show nobody else's work.
+            raise TaskParamError([f"taskName: output dataset {name} already exists"
+                                  + (f" (jediTaskID={owners[name].task_id})" if owners[name].user_name ==
+                                     identity.name else ", made by another user") + "; choose another taskName"
+                                  for name in duplicates], code=2)
         row = {"task_name": spec["taskName"], "user_name": identity.name, "vo": spec["vo"],
                "working_group": spec["workingGroup"], "prod_source_label": spec["prodSourceLabel"],
                "status": T.REGISTERED.value, "params": json.dumps(params), "spec": json.dumps(spec),

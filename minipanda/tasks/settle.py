@@ -65,7 +65,7 @@ def settle_jobs(jobs, now):
             _inputs(job, "failed")
         else:
             verdict = retry.decide(job, rules)
-            states.log_transitions([(job.panda_id, job.status)], job.status, verdict.reason, now)
+            states.note_jobs([(job.panda_id, job.status)], verdict.reason, now)
             if verdict.retry:
                 _inputs(job, "ready", ram=verdict.ram, walltime=verdict.walltime)
                 retries += 1

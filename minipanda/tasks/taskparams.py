@@ -130,12 +130,27 @@ def normalise(params, user, role="user"):
         spec, check = _jedi(params, user)
     elif "exec" in params:
         spec, check = _flat(params)
+        _in_user_scope(spec, user, role)
     else:
         raise TaskParamError(["exec: required (or jobParameters, for PanDA's taskParamMap form)"])
     _common(spec, check, role)
     if check.errors:
         raise TaskParamError(check.errors)
     return spec
+
+
+def _in_user_scope(spec, user, role):
+    """Put a user task's output and log datasets in the user's scope (``user.<name>.``), as PanDA names them, so
+    two users' tasks of the same name never clash. A manager (admin, production) may name any user scope."""
+    if spec["prodSourceLabel"] in policy.PRODUCTION_LABELS:
+        return
+    scope = f"user.{user}."
+    for entry in spec["outputs"] + [spec["log"]]:
+        name = entry.get("dataset")
+        if not isinstance(name, str) or name.startswith(scope):
+            continue
+        if not (name.startswith("user.") and role in policy.MANAGER_ROLES):
+            entry["dataset"] = scope + name
 
 
 def _flat(params):

@@ -1,0 +1,50 @@
+"""``/api/v1/openapi.json``: the OpenAPI description of every route, made from the routes' declared parameters
+(:mod:`minipanda.api.params`), for clients and for schema-driven test tools."""
+import json
+
+import bottle
+
+from minipanda import __version__
+
+
+def _operation(route, schema):
+    operation = {"summary": (route.callback.__doc__ or route.rule).strip().splitlines()[0],
+                 "responses": {"200": {"description": "a v1 envelope {success, message, data}, or a legacy "
+                                                      "StatusCode reply"},
+                               "4XX": {"description": "refused: the message names the field"}}}
+    if route.config.get("role") is not None:
+        operation["security"] = [{"bearer": []}]
+    if "<" in route.rule:
+        operation["parameters"] = [{"name": piece.strip("<>").split(":")[0], "in": "path", "required": True,
+                                    "schema": {"type": "string"}}
+                                   for piece in route.rule.replace(".", "/").split("/") if piece.startswith("<")]
+    if schema is not None:
+        operation["requestBody"] = {"content": {
+            "application/json": {"schema": schema}, "application/x-www-form-urlencoded": {"schema": schema}}}
+    return operation
+
+
+def describe(app):
+    """The OpenAPI 3.1 document of ``app``'s routes."""
+    paths = {}
+    for route in app.routes:
+        model = route.config.get("params_model")
+        schema = model.model_json_schema() if model is not None else None
+        path = route.rule.replace("<lfn:path>", "{lfn}").replace("<", "{").replace(">", "}")
+        methods = route.method if isinstance(route.method, list) else [route.method]
+        for method in methods:
+            paths.setdefault(path, {})[method.lower()] = _operation(route, schema)
+    return {"openapi": "3.1.0", "info": {"title": "minipanda", "version": __version__},
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}, "paths": paths}
+
+
+def register(app):
+    document = {}
+
+    def openapi(params, identity):
+        if not document:  # the routes are all registered by the first request
+            document.update(describe(app))
+        bottle.response.content_type = "application/json"
+        return json.dumps(document)
+
+    app.route("/api/v1/openapi.json", "GET", openapi, family="v1", role=None, params=False)

@@ -1,0 +1,223 @@
+"""Route parameters, declared: one pydantic model per route, checked before the route runs.
+
+Every route names its parameters and their kinds here; the plugin in :mod:`minipanda.api.app` validates a
+request's parameters against its route's model, so a wrong type, a number out of range or an unusable string is a
+400 that names the field, and nothing is written. Parameters a route does not declare pass through unchanged
+(PanDA clients send many the server ignores). Numbers are parsed leniently, as PanDA clients send them: ``"3"``,
+``3.0`` and ``"2500.004"`` are integers; booleans are not. The same models make the OpenAPI description served
+at ``/api/v1/openapi.json``.
+"""
+import json
+import math
+from typing import Annotated, Any, Optional
+
+import pydantic
+
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
+INT32_MAX = 2 ** 31 - 1
+MAX_IDS = 10000
+NULLS = (None, "", "NULL", "None")
+
+
+def _integer(value, minimum, maximum):
+    if value in NULLS:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected an integer, got {type(value).__name__}")
+    try:
+        number = value if isinstance(value, int) else int(value.strip()) if isinstance(value, str) and \
+            value.strip().lstrip("-").isdigit() else float(value)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {str(value)[:40]!r}") from None
+    if isinstance(number, float):
+        if not math.isfinite(number):
+            raise ValueError(f"expected an integer, got {str(value)[:40]!r}")
+        number = int(number)
+    if not minimum <= number <= maximum:
+        raise ValueError(f"must be between {minimum} and {maximum}, got {str(value)[:40]}")
+    return number
+
+
+def integer(minimum=INT64_MIN, maximum=INT64_MAX):
+    """An optional integer within [minimum, maximum] (the column's range by default), leniently parsed."""
+    return Annotated[Optional[int], pydantic.BeforeValidator(lambda v: _integer(v, minimum, maximum)),
+                     pydantic.WithJsonSchema({"type": ["integer", "string", "null"], "minimum": minimum,
+                                              "maximum": maximum})]
+
+
+def _number(value):
+    if value in NULLS:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise ValueError(f"expected a number, got {str(value)[:40]!r}") from None
+    if not math.isfinite(number) or abs(number) > 1e15:
+        raise ValueError(f"expected a finite number of at most 1e15, got {str(value)[:40]}")
+    return number
+
+
+def _text(value, limit):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    value = str(value)
+    if len(value) > limit:
+        raise ValueError(f"at most {limit} characters, got {len(value)}")
+    return value
+
+
+def text(limit=256):
+    """An optional string of at most ``limit`` characters; numbers are taken as their text, lists and objects not."""
+    return Annotated[Optional[str], pydantic.BeforeValidator(lambda v: _text(v, limit))]
+
+
+def _id_list(value):
+    if value in NULLS:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except (ValueError, RecursionError):
+                raise ValueError("not a valid JSON list") from None
+        else:
+            value = [part for part in text.split(",") if part.strip()]
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of ids, got {type(value).__name__}")
+    if len(value) > MAX_IDS:
+        raise ValueError(f"at most {MAX_IDS} ids per call, got {len(value)}")
+    out = []
+    for index, item in enumerate(value):
+        try:
+            out.append(_integer(item, 0, INT64_MAX))
+        except ValueError as exc:
+            raise ValueError(f"[{index}]: {exc}") from None
+    return out
+
+
+def _number_or_word(value):
+    # A task id that is no number at all is left to the task service, which answers it with PanDA's return code
+    # (panda-client reads only HTTP 200 replies), and a retry rule's code may be "any"; a number out of range can
+    # match nothing and is refused here.
+    if isinstance(value, str) and not value.strip().lstrip("-").replace(".", "", 1).isdigit():
+        return value[:100]
+    return _integer(value, INT64_MIN, INT64_MAX)
+
+
+Int = integer()
+Int32 = integer(-INT32_MAX - 1, INT32_MAX)
+Count = integer(0, INT32_MAX)
+Number = Annotated[Optional[float], pydantic.BeforeValidator(_number)]
+Name = text(256)
+Diag = text(1024 * 1024)  # long texts are cut (or refused) by the service, which knows each column's size
+NumberOrWord = Annotated[Any, pydantic.BeforeValidator(_number_or_word),
+                   pydantic.WithJsonSchema({"type": ["integer", "string", "null"]})]
+Flag = Annotated[Any, pydantic.WithJsonSchema({"type": ["boolean", "string"]})]
+Json = Annotated[Any, pydantic.WithJsonSchema({"description": "a JSON value, or its JSON text"})]
+IdList = Annotated[Optional[list], pydantic.BeforeValidator(_id_list),
+                   pydantic.WithJsonSchema({"description": "a list of integers, its JSON text, or comma-separated "
+                                                           "integers"})]
+
+
+class Params(pydantic.BaseModel):
+    """Base of every route's parameters: undeclared parameters are kept as sent."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+
+
+def model(model_name, **fields):
+    """A route's parameter model: ``fields`` maps each parameter to its kind (all optional)."""
+    return pydantic.create_model(model_name, __base__=Params, **{key: (kind, None) for key, kind in fields.items()})
+
+
+def problems(error):
+    """The ValidationError's problems as 'field: what is wrong' texts."""
+    out = []
+    for problem in error.errors(include_url=False):
+        field = ".".join(str(part) for part in problem["loc"]) or "body"
+        message = problem["msg"].removeprefix("Value error, ")
+        out.append(f"{field}: {message}")
+    return out
+
+
+def check(params_model, params):
+    """``params`` with the declared ones parsed; raises pydantic.ValidationError naming each bad field."""
+    parsed = params_model.model_validate(params)
+    declared = {key: getattr(parsed, key) for key in params_model.model_fields if key in params}
+    return {**params, **declared}
+
+
+# ---- the routes' parameters -----------------------------------------------------------------------------------
+
+OFFER_LEGACY = model("GetJob", siteName=Name, computingElement=Name, prodSourceLabel=Name, coreCount=Count,
+                     mem=Int, diskSpace=Int, remainingTime=Int, nJobs=Count, node=Name, pilotID=Name,
+                     batchID=Name, harvester_id=Name, worker_id=Int)
+OFFER_V1 = model("AcquireJobs", site_name=Name, computing_element=Name, prod_source_label=Name,
+                 core_count=Count, memory=Int, disk_space=Int, remaining_time=Int, n_jobs=Count, node=Name,
+                 pilot_id=Name, batch_id=Name, harvester_id=Name, worker_id=Int)
+_UPDATE_INTS = ("transExitCode", "pilotErrorCode", "exeErrorCode", "cpuConsumptionTime", "nEvents", "maxRSS",
+                "maxPSS", "maxVMEM", "avgRSS", "avgPSS")
+UPDATE_LEGACY = model("UpdateJob", jobId=Int, state=Name, attemptNr=Int32, pilotID=Name, batchID=Name, node=Name,
+                      pilotErrorDiag=Diag, exeErrorDiag=Diag, cpuConsumptionUnit=Name, pilotTiming=Diag,
+                      metaData=Json, jobMetrics=Json, xml=Json, coreCount=Int32,
+                      **{name: (Int32 if name.endswith("Code") else Int) for name in _UPDATE_INTS})
+UPDATE_V1 = model("UpdateJobV1", job_id=Int, job_status=Name, attempt_nr=Int32, pilot_id=Name, batch_id=Name,
+                  node=Name, pilot_error_diag=Diag, exe_error_diag=Diag, cpu_consumption_unit=Name,
+                  pilot_timing=Diag, meta_data=Json, job_metrics=Json, xml=Json, core_count=Int32,
+                  trans_exit_code=Int32, pilot_error_code=Int32, exe_error_code=Int32, cpu_consumption_time=Int,
+                  n_events=Int, max_rss=Int, max_pss=Int, max_vmem=Int)
+WORKER_PILOT_STATUS = model("UpdateWorkerPilotStatus", workerID=Int, harvesterID=Name, status=Name, site=Name,
+                            node_id=Name)
+NONE = model("NoParams")
+LEGACY = {"getJob": OFFER_LEGACY, "updateJob": UPDATE_LEGACY, "updateJobsInBulk": model("UpdateJobsInBulk",
+          jobList=Json), "getStatus": model("GetStatus", ids=IdList, job_ids=IdList),
+          "updateWorkerPilotStatus": WORKER_PILOT_STATUS, "getResourceTypes": NONE, "isAlive": NONE}
+
+JOB_IDS = model("JobIds", job_ids=IdList, ids=IdList)
+V1 = {
+    "system/is_alive": NONE, "pilot/acquire_jobs": OFFER_V1, "pilot/update_job": UPDATE_V1,
+    "pilot/update_jobs_bulk": model("UpdateJobsBulk", job_list=Json, jobList=Json),
+    "pilot/update_worker_node": NONE, "pilot/update_worker_node_gpu": NONE,
+    "job/get_status": JOB_IDS, "job/submit": model("SubmitJobs", jobs=Json), "job/get_description": JOB_IDS,
+    "job/get_description_incl_archive": JOB_IDS, "job/kill": model("KillJobs", job_ids=IdList, ids=IdList,
+                                                                     code=Int32),
+    "job/list": model("ListJobs", limit=Count, status=Name, queue=Name, user=Name, task_id=Int),
+    "job/get_status_log": model("JobStatusLog", job_id=Int), "queues": NONE,
+}
+TASK_ID = model("TaskId", task_id=NumberOrWord)
+TASK_COMMAND = model("TaskCommand", task_id=NumberOrWord, soft=Flag, new_parameters=Json)
+TASKS = {
+    "task/submit": model("SubmitTask", task_parameters=Json, parent_tid=Int),
+    "task/kill": TASK_COMMAND, "task/finish": TASK_COMMAND, "task/retry": TASK_COMMAND,
+    "task/pause": TASK_COMMAND, "task/resume": TASK_COMMAND, "task/get_status": TASK_ID,
+    "task/get_details": model("TaskDetails", task_id=NumberOrWord, include_parameters=Flag),
+    "task/get_job_ids": TASK_ID, "task/get_task_parameters": TASK_ID, "task/get_status_log": TASK_ID,
+    "task/get_tasks_modified_since": model("TasksModifiedSince", since=Name, min_task_id=Int,
+                                           prod_source_label=Name),
+    "task/get_tasks_detailed_info_since": model("TasksDetailedInfoSince", since=Name, filters=Json,
+                                                n_tasks=Count),
+    "dataset/add": model("AddDataset", name=Name, files=Json), "dataset/list": model("ListDatasets", user=Name,
+                                                                                    pattern=Name),
+    "dataset/show": model("ShowDataset", name=Name), "retry_rule/list": NONE,
+    "retry_rule/add": model("AddRetryRule", source=Name, code=NumberOrWord, diag=Name, action=Name, parameter=Number,
+                            description=Name),
+    "retry_rule/remove": model("RemoveRetryRule", id=Int), "job/why": model("JobWhy", job_id=Int),
+}
+# harvester's routes check each field themselves (minipanda.workers.harvesters); declared here for the description.
+HARVESTER = {name: model("Harvester_" + name, **{key: Json for key in keys}) for name, keys in {
+    "heartbeat": ("harvester_id", "version", "start_time", "host"),
+    "update_workers": ("harvester_id", "workers"),
+    "report_worker_statistics": ("harvester_id", "panda_queue", "statistics"),
+    "acquire_commands": ("harvester_id", "n_commands"),
+    "acknowledge_commands": ("harvester_id", "command_ids"),
+    "get_queue_demand": ("harvester_id", "queues"),
+    "mint_pilot_token": ("harvester_id", "worker_id", "queue", "lifetime"),
+    "revoke_pilot_token": ("harvester_id", "jtis"),
+    "list_workers": ("harvester_id", "queue", "status", "limit"),
+    "list_instances": (), "add_command": ("harvester_id", "command", "params"), "list_commands": ("limit",),
+}.items()}

@@ -1,0 +1,733 @@
+"""``minipanda testbed``: a whole PanDA-style system on this machine, in one command, with a demo task.
+
+One process runs the server (waitress on a thread, embedded SQLite) and harvester (its agents on threads); pilots
+are local batch workers that harvester starts as detached processes. The home is fresh: a queue configuration
+written for this machine (cores, memory), a demo dataset whose files are put in the server's file store, and a
+demo task whose jobs read their input over HTTP and upload their output there. A progress bar (rich) runs until
+every job has ended, then a summary, the outputs' place and the monitor URL are printed.
+
+Stopping: Ctrl-C or SIGTERM stops harvester, then every pilot it started (SIGTERM to the process group named in the
+local batch plugin's spool records, SIGKILL after a grace), then the server, then any process still below this one:
+this process is a child subreaper (Linux), so pilots, payloads and helpers that lost their parent are re-parented
+here and cannot outlive it. Exit code 0 only when every job of the demo task finished; 1 otherwise; 130 after
+Ctrl-C/SIGTERM.
+
+``minipanda`` never imports ``harvester`` elsewhere; the testbed is the one place that runs both in one process.
+"""
+import argparse
+import contextlib
+import datetime
+import io
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import zlib
+
+log = logging.getLogger("minipanda.testbed")
+
+QUEUE = "TESTBED"
+DATASET = "testbed.demo.in"
+TASK_NAME = "testbed.demo"
+OUTPUT = "out.txt"
+OUT_SCOPE = "testbed.demo.out"  # file store directory of the outputs and logs
+PREFERRED_PORT = 25080
+PILOT_OVERHEAD_S = 0.06  # our pilot's own work per job (getJob, setup, log tarball, stage-out, final update)
+PR_SET_CHILD_SUBREAPER = 36
+
+DESCRIPTION = """Run a complete minipanda system on this machine: the server and harvester in this process, pilots
+as local batch workers, SQLite in a fresh home, and a demo task of --jobs jobs; each job reads one input file from
+the server's file store and uploads its output there. A progress bar shows the jobs (plain lines when the output
+is not a terminal); a summary follows. Exit code 0 only when every job finished."""
+
+EPILOG = """examples:
+  minipanda testbed                          # 100 jobs on every core of this machine
+  minipanda testbed --jobs 1000 --cores 2    # the benchmark size (bench/testbed.py)
+  minipanda testbed --keep-running --port 25080   # keep the server and harvester up to look around; Ctrl-C stops
+  minipanda testbed --fail-some              # every 10th payload fails once: its retry finishes
+
+Ctrl-C (or SIGTERM) stops harvester, every pilot it started and the server; nothing is left running."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM."""
+
+
+def add_parsers(sub):
+    p = sub.add_parser("testbed", help="run server + harvester + pilots here with a demo task (one command)",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=_positive_int, default=100, metavar="N",
+                   help="jobs in the demo task, one input file each (default 100)")
+    p.add_argument("--cores", type=_positive_int, default=None, metavar="C",
+                   help="cores the queue may use (default: all of this machine's, %d here)" % (os.cpu_count() or 1))
+    p.add_argument("--pilots", type=_positive_int, default=None, metavar="P",
+                   help="pilots at a time (default 2 x cores: the demo payload sleeps, and each job also costs our "
+                        "pilot ~60 ms of its own work, so more pilots than cores keep the cores busy)")
+    p.add_argument("--job-seconds", type=float, default=0.1, metavar="S",
+                   help="how long each demo payload runs (a sleep, then it reads and writes its files; default 0.1)")
+    p.add_argument("--home", metavar="DIR",
+                   help="where everything is kept: database, file store, logs, pilots' directories; it must be "
+                        "new or empty (default: a new directory under %s, printed at the start)" % tempfile.gettempdir())
+    p.add_argument("--port", type=int, default=None, metavar="P",
+                   help=f"the server's port on 127.0.0.1 (default {PREFERRED_PORT} when free, else any free port)")
+    p.add_argument("--keep-running", action="store_true",
+                   help="when the task is over, keep the server and harvester up (monitor, CLI, more jobs) until "
+                        "Ctrl-C or SIGTERM")
+    p.add_argument("--fail-some", action="store_true",
+                   help="make every 10th payload fail once (exit code 3): the server retries it, and the retry "
+                        "finishes")
+    p.add_argument("--auth", choices=["none", "token"], default="none",
+                   help="'none' (default; loopback only): the monitor opens without a token; 'token': every "
+                        "request needs a bearer token (the admin one is <home>/server/admin.token)")
+    p.add_argument("--lost-heartbeat", type=int, default=600, metavar="S",
+                   help="a running job whose pilot sent no heartbeat for S seconds is failed as lost and retried; "
+                        "pilots send one every S/4 (default 600)")
+    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="server setting, as 'minipanda serve --setting' (e.g. period.watchdog=1); repeatable")
+    p.add_argument("--harvester-setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="harvester setting, as 'harvester run --setting' (e.g. monitor_period=2); repeatable")
+    p.add_argument("--debug", action="store_true", help="debug logging in <home>/testbed.log")
+    p.set_defaults(func=cmd_testbed)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def cmd_testbed(args):
+    if args.job_seconds < 0:
+        raise ValueError(f"--job-seconds: must not be negative, got {args.job_seconds}")
+    if args.lost_heartbeat < 4:
+        raise ValueError(f"--lost-heartbeat: at least 4 s (pilots beat every quarter of it), got {args.lost_heartbeat}")
+    return Testbed(args).run()
+
+
+# ---- processes ------------------------------------------------------------------------------------------------
+def become_subreaper():
+    """Orphans below this process are re-parented here instead of to init (Linux); False elsewhere."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def proc_stat(pid):
+    """(state, process group, start ticks) of ``pid`` from /proc, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rpartition(")")[2].split()
+        return fields[0], int(fields[2]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def children(pid):
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as handle:
+                found += [int(x) for x in handle.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def descendants(pid):
+    found, todo = [], children(pid)
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children(child)
+    return found
+
+
+def reap(pid):
+    """Collect ``pid`` if it is an exited child of ours (a re-parented orphan); never blocks."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def free_port(preferred):
+    """``preferred`` when nothing listens there on 127.0.0.1, else 0 (the server picks a free port)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return 0
+
+
+def adler32(data):
+    return f"{zlib.adler32(data) & 0xffffffff:08x}"
+
+
+def process_start_time():
+    """When this process started (epoch seconds), so 'time to first job' counts the command's own start-up."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # psutil is a dependency; this is only a fallback
+        return time.time()
+
+
+def _count(directory, suffix):
+    try:
+        return sum(name.endswith(suffix) for name in os.listdir(directory))
+    except OSError:
+        return 0
+
+
+def utc_epoch(value):
+    if value is None:
+        return None
+    return value.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+# ---- the testbed ----------------------------------------------------------------------------------------------
+class Testbed:
+    def __init__(self, args):
+        self.args = args
+        self.started = process_start_time()
+        self.cores = args.cores or os.cpu_count() or 1
+        self.pilots = args.pilots or 2 * self.cores
+        self.home = None
+        self.server_thread = self.waitress = None
+        self.server_error = []
+        self.runner = self.harvester_context = self.harvester_client = None
+        self.harvester_thread = None
+        self.url = None
+        self.task_id = None
+        self.submitted_at = None
+        self.out = sys.stdout
+        self.interrupted = False
+        self.subreaper = False
+        self._pilot_records = {}
+
+    # -- run --------------------------------------------------------------------------------------------------
+    def run(self):
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        code = 1
+        try:
+            self.subreaper = become_subreaper()
+            self._make_home()
+            self._logging()
+            self.say(f"minipanda testbed: home {self.home} (log: {os.path.join(self.home, 'testbed.log')})")
+            self._write_queues()
+            self._start_server()
+            self._start_harvester()
+            self.say(f"server {self.url} (auth {self.args.auth}), harvester with up to {self.pilots} pilots on "
+                     f"{self.cores} cores, queue {QUEUE}")
+            self._submit_demo()
+            state = self._follow()
+            summary = self._summary(state)
+            self._print_summary(summary)
+            code = 0 if summary["complete"] else 1
+            if self.args.keep_running:
+                self.say(f"\nkeeping the services up (--keep-running): monitor {self.monitor_url()}, "
+                         f"MINIPANDA_URL={self.url}; Ctrl-C or SIGTERM stops everything")
+                while True:
+                    time.sleep(1)
+                    self._reap_orphans()
+        except Interrupted:
+            self.say("\nstopping (Ctrl-C/SIGTERM): harvester, pilots, server ...")
+            code = 130
+        except Exception as exc:  # noqa: BLE001 - say what failed, stop everything, exit 1
+            log.exception("testbed failed")
+            print(f"minipanda testbed: error: {exc}", file=sys.stderr)
+            code = 1
+        finally:
+            # a second Ctrl-C must not cut the clean-up short: it is noted, not raised
+            signal.signal(signal.SIGINT, lambda *_: log.warning("stopping already"))
+            signal.signal(signal.SIGTERM, lambda *_: log.warning("stopping already"))
+            try:
+                self.stop()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+        if code == 130:
+            self.say("stopped; nothing left running")
+        return code
+
+    def _on_signal(self, signum, frame):
+        self.interrupted = True
+        raise Interrupted(signal.Signals(signum).name)
+
+    def say(self, text):
+        print(text, file=self.out, flush=True)
+
+    def monitor_url(self):
+        return f"{self.url}/monitor/"
+
+    # -- home and configuration -----------------------------------------------------------------------------------
+    def _make_home(self):
+        if self.args.home:
+            home = os.path.abspath(os.path.expanduser(self.args.home))
+            if os.path.isdir(home) and os.listdir(home):
+                raise ValueError(f"--home {home}: not empty; the testbed starts from a fresh home (give a new "
+                                 "directory, or leave --home out for a new temporary one)")
+            os.makedirs(home, exist_ok=True)
+        else:
+            home = tempfile.mkdtemp(prefix="minipanda-testbed-")
+        self.home = home
+        self.server_home = os.path.join(home, "server")
+        self.harvester_home = os.path.join(home, "harvester")
+        self.queues_path = os.path.join(home, "queues.yaml")
+        self.data_dir = os.path.join(home, "data")
+        self.fail_dir = os.path.join(home, "fail-once")
+        for path in (self.server_home, self.harvester_home, self.data_dir):
+            os.makedirs(path, exist_ok=True)
+
+    def _logging(self):
+        root = logging.getLogger()
+        for handler in list(root.handlers):  # the minipanda command's console handler: the progress bar owns it
+            root.removeHandler(handler)
+        handler = logging.FileHandler(os.path.join(self.home, "testbed.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG if self.args.debug else logging.INFO)
+        logging.getLogger("minipanda.access").setLevel(logging.DEBUG if self.args.debug else logging.WARNING)
+
+    def queue_config(self):
+        """The one queue, sized for this machine: ``pilots`` single-core pilots, memory shared among them."""
+        import psutil
+
+        memory_mb = psutil.virtual_memory().total // (1024 * 1024)
+        per_pilot = max(500, min(4000, int(memory_mb * 0.8 / self.pilots)))
+        heartbeat = max(1, self.args.lost_heartbeat // 4)
+        return {
+            "description": f"minipanda testbed on {socket.gethostname()}: {self.cores} cores, {memory_mb} MB",
+            "mode": "pull",
+            "prodSourceLabels": ["managed"],
+            "resources": {"corecount": 1, "maxrss": per_pilot, "maxtime": 3600},
+            "limits": {"maxWorkers": self.pilots, "nQueueLimitWorker": self.pilots,
+                       "maxNewWorkersPerCycle": self.pilots},
+            "pilot": {"lifetime": 7200, "timefloor": 60, "getjob_tries": 3, "getjob_interval": 1,
+                      "heartbeat": heartbeat, "lost_heartbeat": self.args.lost_heartbeat, "copytool": "http"},
+            "storage": {"input": {"type": "server", "url": "/files/{dataset}/{lfn}"},
+                        # one directory for outputs and logs: our pilot knows no dataset for a job's log file
+                        "output": {"type": "server", "url": f"/files/{OUT_SCOPE}/{{lfn}}"}},
+            "sweeper": {"keep_finished": 86400, "keep_failed": 86400},
+        }
+
+    def _write_queues(self):
+        import yaml
+
+        with open(self.queues_path, "w") as handle:
+            handle.write("# written by 'minipanda testbed' for this machine\n")
+            yaml.safe_dump({"queues": {QUEUE: self.queue_config()}}, handle, sort_keys=False)
+
+    # -- server ---------------------------------------------------------------------------------------------------
+    def server_settings(self):
+        from minipanda.tasks import settings as task_settings
+
+        values = {"period.generator": 1, "period.settle": 0.5, "period.watchdog": 2,
+                  # one queue takes every job at once: the brokerage's bootstrap cap would hold most of them back
+                  "brokerage.bootstrap_queued": max(100, 2 * self.args.jobs)}
+        values.update(task_settings.parse_overrides(self.args.setting))
+        return task_settings.Settings(values)
+
+    def _start_server(self):
+        from minipanda.server import process
+
+        port = self.args.port if self.args.port is not None else free_port(PREFERRED_PORT)
+        ready = threading.Event()
+        settings = self.server_settings()
+
+        def on_ready(server):
+            self.waitress = server
+            ready.set()
+
+        def serve():
+            try:
+                process.serve(self.server_home, host="127.0.0.1", port=port, auth_mode=self.args.auth,
+                              queues_file=self.queues_path, reload_period=10.0, ready=on_ready, settings=settings)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                self.server_error.append(exc)
+                log.exception("the server stopped with an error")
+            finally:
+                ready.set()
+
+        self.server_thread = threading.Thread(target=serve, name="server", daemon=True)
+        self.server_thread.start()
+        ready.wait()
+        if self.server_error:
+            raise self.server_error[0]
+        self.url = f"http://127.0.0.1:{self.waitress.effective_port}"
+        from minipanda.core import auth, db
+
+        db.database.connect(reuse_if_open=True)
+        secret = auth.load_secret(self.server_home)
+        self.admin_token, _ = auth.create_token(secret, "testbed", "admin", days=30)
+        token, _ = auth.create_token(secret, "testbed-harvester", "harvester", days=30)
+        self.harvester_token_file = os.path.join(self.home, "harvester.token")
+        fd = os.open(self.harvester_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token)
+        import requests
+
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {self.admin_token}"
+
+    def v1(self, path, **params):
+        reply = self.http.post(f"{self.url}/api/v1/{path}", json=params, timeout=60)
+        body = reply.json() if reply.headers.get("Content-Type", "").startswith("application/json") else {}
+        if reply.status_code != 200 or not body.get("success"):
+            raise RuntimeError(f"{path}: HTTP {reply.status_code}: {body.get('message') or reply.text[:300]}")
+        return body["data"]
+
+    def _stop_server(self):
+        if self.waitress is not None and self.server_thread.is_alive():
+            server = self.waitress
+
+            def close_all():  # runs in the server's own loop: every channel closed, so run() returns
+                for channel in list(server._map.values()):
+                    channel.close()
+
+            server.trigger.pull_trigger(close_all)
+            self.server_thread.join(30)
+            if self.server_thread.is_alive():
+                log.warning("the server thread did not stop within 30 s")
+
+    # -- harvester ------------------------------------------------------------------------------------------------
+    def harvester_settings(self):
+        from harvester.cli import parse_settings
+
+        defaults = [f"{name}_period=0.5" for name in ("adjuster", "submitter", "fetcher", "monitor", "propagator")]
+        defaults += ["sweeper_period=5", "commands_period=5", "backoff_base_s=1", "backoff_max_s=10"]
+        return parse_settings(defaults + list(self.args.harvester_setting))
+
+    def _start_harvester(self):
+        from harvester import db as hdb
+        from harvester.cli import harvester_id
+        from harvester.context import Context
+        from harvester.queues import QueueFile
+        from harvester.runner import Runner
+        from harvester.server import ServerClient
+
+        settings = self.harvester_settings()
+        queue_file = QueueFile(self.queues_path)
+        queue_file.load()
+        hdb.open_database(os.path.join(self.harvester_home, "harvester.db"))
+        hdb.acquire_instance()
+        ident = harvester_id(None, self.harvester_home)
+        self.harvester_client = ServerClient(self.url, self.harvester_token_file, ident, settings.server_timeout)
+        self.harvester_context = Context(self.harvester_home, self.harvester_client, settings, ident)
+        queue_file.context = self.harvester_context
+        queue_file.apply()
+        self.runner = Runner(self.harvester_context, queue_file.check)
+        self.runner.recover()
+        self.runner.start()
+        self.harvester_thread = threading.Thread(target=self.runner.serve_forever, name="harvester", daemon=True)
+        self.harvester_thread.start()
+
+    def _stop_harvester(self):
+        from harvester import db as hdb
+
+        if self.runner is None:
+            return
+        stuck = self.runner.stop(timeout=15)
+        if stuck:
+            log.warning("harvester agents still busy at exit: %s", ", ".join(stuck))
+        if self.harvester_thread is not None:
+            self.harvester_thread.join(10)
+        self.harvester_context.close()
+        self.harvester_client.close()
+        with contextlib.suppress(Exception):
+            hdb.release_instance()
+        hdb.close_database()
+        self.runner = None
+
+    # -- pilots -----------------------------------------------------------------------------------------------
+    def pilot_records(self):
+        """{pid: start ticks} of every pilot harvester started (the local batch plugin's spool records)."""
+        root = os.path.join(self.harvester_home, "workers") if self.home else None
+        if not root or not os.path.isdir(root):
+            return {}
+        for queue in os.listdir(root):
+            spool = os.path.join(root, queue, ".batch")
+            if not os.path.isdir(spool):
+                continue
+            for name in os.listdir(spool):
+                if not name.endswith(".json") or name in self._pilot_records:
+                    continue
+                try:
+                    with open(os.path.join(spool, name)) as handle:
+                        record = json.load(handle)
+                    self._pilot_records[name] = (int(record["pid"]), int(record["start"]))
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # being written: read at the next look
+        return dict(self._pilot_records.values())
+
+    def live_pilots(self):
+        """The pilots' process groups still running: {pid: start ticks}."""
+        live = {}
+        for pid, start in self.pilot_records().items():
+            stat = proc_stat(pid)
+            if stat and stat[2] == start and stat[0] not in ("Z", "X"):
+                live[pid] = start
+        return live
+
+    def _reap_orphans(self):
+        """Pilots' job scripts are re-parented here (subreaper): collect the ended ones."""
+        if not self.subreaper:
+            return
+        for pid, start in self.pilot_records().items():
+            stat = proc_stat(pid)
+            if stat and stat[0] == "Z" and stat[2] == start:
+                reap(pid)
+
+    def _stop_pilots(self, grace=10.0):
+        """SIGTERM to every live pilot's process group (the pilot kills its payload and reports), SIGKILL to what
+        is left after ``grace`` s."""
+        live = self.live_pilots()
+        if not live:
+            return 0
+        for pid in live:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            self._reap_orphans()
+            live = {pid: start for pid, start in live.items() if self._alive(pid, start)}
+            if not live:
+                break
+            time.sleep(0.1)
+        for pid, start in live.items():
+            if self._alive(pid, start):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        self._reap_orphans()
+        return len(live)
+
+    def _alive(self, pid, start):
+        stat = proc_stat(pid)
+        return bool(stat and stat[2] == start and stat[0] not in ("Z", "X"))
+
+    def _stop_descendants(self):
+        """Anything still below this process (orphaned payloads, a cancel helper): killed and collected."""
+        me = os.getpid()
+        for _ in range(3):
+            left = [pid for pid in descendants(me) if proc_stat(pid) and proc_stat(pid)[0] not in ("Z", "X")]
+            if not left:
+                break
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        for pid in children(me):
+            stat = proc_stat(pid)
+            if stat and stat[0] == "Z":
+                reap(pid)
+
+    def stop(self):
+        """Harvester, pilots, server, then any process left below this one; each step survives the others."""
+        for step in (self._stop_harvester, self._stop_pilots, self._stop_server, self._stop_descendants):
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - the next steps must run
+                log.exception("stopping: %s failed", step.__name__)
+
+    # -- the demo -----------------------------------------------------------------------------------------------
+    def payload_command(self):
+        """The demo payload: (fail once,) sleep, then the input upper-cased into out.txt."""
+        parts = []
+        if self.args.fail_some:
+            marks = shlex.quote(self.fail_dir)
+            parts.append(f'if rm {marks}/%IN 2>/dev/null; then echo "testbed: failing once on purpose" >&2; '
+                         "exit 3; fi")
+        if self.args.job_seconds > 0:
+            parts.append(f"sleep {self.args.job_seconds:g}")
+        parts.append(f"tr a-z A-Z < %IN > {OUTPUT}")
+        return "; ".join(parts)
+
+    def input_files(self):
+        """(lfn, content) of the demo dataset: one small text file per job."""
+        for i in range(self.args.jobs):
+            lfn = f"in.{i:06d}.txt"
+            yield lfn, (f"minipanda testbed input {i} of {self.args.jobs}\n"
+                        f"the payload upper-cases this file into its output\n").encode()
+
+    def _submit_demo(self):
+        from minipanda.core import filestore
+
+        store = filestore.FileStore(os.path.join(self.server_home, "files"))
+        if self.args.fail_some:
+            os.makedirs(self.fail_dir, exist_ok=True)
+        files = []
+        for i, (lfn, content) in enumerate(self.input_files()):
+            with open(os.path.join(self.data_dir, lfn), "wb") as handle:
+                handle.write(content)
+            store.put(DATASET, lfn, io.BytesIO(content), len(content), len(content))
+            files.append({"lfn": lfn, "fsize": len(content), "checksum": "ad:" + adler32(content),
+                          "guid": str(uuid.uuid4()), "location": self.data_dir})
+            if self.args.fail_some and i % 10 == 0:
+                open(os.path.join(self.fail_dir, lfn), "w").close()
+        self.v1("dataset/add", name=DATASET, files=files)
+        params = {"taskName": TASK_NAME, "exec": self.payload_command(), "inDS": DATASET, "nFilesPerJob": 1,
+                  "outputs": [OUTPUT], "site": [QUEUE], "nScouts": 0, "maxAttempt": 3, "prodSourceLabel": "managed",
+                  "coreCount": 1, "ramCount": 500, "walltime": 600}
+        self.submitted_at = time.time()
+        self.task_id = self.v1("task/submit", task_parameters=params, parent_tid=None)
+        self.say(f"demo task {self.task_id}: {self.args.jobs} jobs, each reads {DATASET}/<file> from the file "
+                 f"store, runs `{self.payload_command()}` and uploads {OUTPUT}")
+
+    # -- following it ---------------------------------------------------------------------------------------------
+    def state(self):
+        """The task's status and its jobs by status (in-process read of the server's database)."""
+        import peewee
+        from minipanda.core import models
+
+        task = models.Task.get_by_id(self.task_id)
+        counts = dict(models.Job.select(models.Job.status, peewee.fn.COUNT(models.Job.panda_id))
+                      .where(models.Job.task_id == self.task_id).group_by(models.Job.status).tuples())
+        return {"task": task.status, "jobs": counts}
+
+    def _follow(self):
+        from minipanda.core import states
+
+        final = set(states.FINAL_TASK_VALUES)
+        bar = Progress(self.args.jobs, self.out)
+        try:
+            while True:
+                self._check_threads()
+                state = self.state()
+                self._reap_orphans()
+                bar.update(state, len(self.live_pilots()))
+                if state["task"] in final:
+                    return state
+                time.sleep(0.25)
+        finally:
+            bar.close()
+
+    def _check_threads(self):
+        if not self.server_thread.is_alive():
+            raise RuntimeError("the server stopped: " + (repr(self.server_error[0]) if self.server_error else
+                                                         "see testbed.log"))
+        if self.harvester_thread is not None and not self.harvester_thread.is_alive():
+            raise RuntimeError("harvester stopped (see testbed.log)")
+
+    def _summary(self, state):
+        import peewee
+        from minipanda.core import models
+
+        job = models.Job
+        rows = list(job.select(job.panda_id, job.status, job.attempt_nr, job.start_time, job.end_time)
+                    .where(job.task_id == self.task_id).tuples())
+        finished = [r for r in rows if r[1] == "finished"]
+        first_running = models.StatusLog.select(peewee.fn.MIN(models.StatusLog.time)).where(
+            models.StatusLog.panda_id.in_([r[0] for r in rows]),
+            models.StatusLog.new_status.in_(["starting", "running"])).scalar() if rows else None
+        last_end = max((r[4] for r in rows if r[4] is not None), default=None)
+        makespan = utc_epoch(last_end) - self.submitted_at if last_end else None
+        ideal = self.args.jobs * self.args.job_seconds / self.cores
+        out_dir = os.path.join(self.server_home, "files", OUT_SCOPE)
+        by_state = {}
+        for row in rows:
+            by_state[row[1]] = by_state.get(row[1], 0) + 1
+        return {
+            "home": self.home, "url": self.url, "monitor": self.monitor_url(), "task_id": self.task_id,
+            "task_status": state["task"], "jobs": self.args.jobs, "jobs_by_state": by_state,
+            "attempts": len(rows), "retries": max(0, len(rows) - self.args.jobs),
+            "finished_inputs": len(finished), "complete": state["task"] == "done" and len(finished) == self.args.jobs,
+            "cores": self.cores, "pilots": self.pilots, "job_seconds": self.args.job_seconds,
+            "makespan_s": makespan, "ideal_s": ideal, "ratio": (makespan / ideal) if makespan and ideal else None,
+            "jobs_per_s": (len(finished) / makespan) if makespan else None,
+            "first_job_running_s": (utc_epoch(first_running) - self.started) if first_running else None,
+            "outputs_dir": out_dir, "outputs": _count(out_dir, "." + OUTPUT), "logs": _count(out_dir, ".log.tgz"),
+            "pilots_started": len(self.pilot_records()),
+        }
+
+    def _print_summary(self, s):
+        with open(os.path.join(self.home, "summary.json"), "w") as handle:
+            json.dump(s, handle, indent=1)
+        states_text = ", ".join(f"{k} {v}" for k, v in sorted(s["jobs_by_state"].items(), key=lambda kv: -kv[1]))
+        lines = [
+            "",
+            f"task {s['task_id']} {s['task_status']}: {s['finished_inputs']} of {s['jobs']} jobs finished"
+            f" ({'all' if s['complete'] else 'NOT all'})",
+            f"  job attempts by final state: {states_text}; retries {s['retries']}",
+        ]
+        if s["makespan_s"]:
+            lines.append(f"  makespan {s['makespan_s']:.1f} s (task submitted -> last job ended), "
+                         f"{s['jobs_per_s']:.1f} jobs/s; ideal {s['ideal_s']:.1f} s = {s['jobs']} x "
+                         f"{s['job_seconds']:g} s / {s['cores']} cores, ratio {s['ratio']:.2f}"
+                         if s["ideal_s"] else f"  makespan {s['makespan_s']:.1f} s, {s['jobs_per_s']:.1f} jobs/s")
+        if s["first_job_running_s"] is not None:
+            lines.append(f"  first job running {s['first_job_running_s']:.1f} s after the command started")
+        lines.append(f"  {s['pilots']} pilots at a time on {s['cores']} cores ({s['pilots_started']} started): the "
+                     f"payload sleeps, and each job also costs the pilot ~{PILOT_OVERHEAD_S * 1000:.0f} ms of its "
+                     "own work, so more pilots than cores keep the cores busy")
+        lines.append(f"  outputs and logs: {s['outputs_dir']}/ ({s['outputs']} *.{OUTPUT}, {s['logs']} *.log.tgz)")
+        lines.append(f"  inputs: {self.data_dir}/ (also in the file store under {DATASET}/)")
+        lines.append(f"  everything else: {self.home} (summary.json, testbed.log, queues.yaml, server/, harvester/)")
+        lines.append(f"monitor: {s['monitor']}")
+        self.say("\n".join(lines))
+
+
+# ---- progress -----------------------------------------------------------------------------------------------------
+class Progress:
+    """A rich progress bar on a terminal; elsewhere one plain line every few seconds and when a tenth is done."""
+
+    ACTIVE = ("sent", "starting", "running", "holding", "transferring", "merging")
+
+    def __init__(self, total, out):
+        self.total, self.out = total, out
+        self.started = time.monotonic()
+        self.bar = None
+        self._last_line, self._last_done = 0.0, -1
+        if out.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
+                TimeElapsedColumn
+
+            self.bar = RichProgress(TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(),
+                                    TimeElapsedColumn(), TextColumn("{task.description}"),
+                                    console=Console(file=out), transient=False)
+            self.task = self.bar.add_task("", total=total)
+            self.bar.start()
+
+    def text(self, state, pilots):
+        jobs = state["jobs"]
+        active = sum(jobs.get(s, 0) for s in self.ACTIVE)
+        waiting = sum(jobs.get(s, 0) for s in ("defined", "activated", "pending", "assigned"))
+        failed = jobs.get("failed", 0)
+        return (f"{active} running, {waiting} waiting, {failed} failed (retried), {pilots} pilots; "
+                f"task {state['task']}")
+
+    def update(self, state, pilots):
+        done = state["jobs"].get("finished", 0)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, description=self.text(state, pilots))
+            return
+        now = time.monotonic()
+        tenth = done * 10 // max(1, self.total)
+        if now - self._last_line >= 5 or tenth != self._last_done:
+            self._last_line, self._last_done = now, tenth
+            print(f"[{now - self.started:6.1f} s] {done}/{self.total} jobs finished; {self.text(state, pilots)}",
+                  file=self.out, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.stop()

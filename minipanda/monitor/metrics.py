@@ -1,0 +1,153 @@
+"""Prometheus metrics (``/metrics``): one CollectorRegistry per server app, never prometheus_client's global one.
+
+Database counts are read when Prometheus scrapes (:class:`DatabaseCollector`: a handful of GROUP BY queries),
+never on each request. The one metric observed on the request path is the dispatch latency: the time a job
+request spends claiming jobs, measured around ``dispatch.claim_jobs`` (one ``perf_counter`` pair and one
+histogram observation).
+
+==============================================  =====================  =============================================
+metric                                          labels                 what
+==============================================  =====================  =============================================
+minipanda_jobs                                  queue, state           jobs in the job table (every attempt)
+minipanda_tasks                                 state                  tasks in the task table
+minipanda_job_heartbeat_age_seconds             queue                  oldest pilot heartbeat of the queue's active
+                                                                       jobs (sent ... transferring)
+minipanda_active_jobs_without_heartbeat         queue                  active jobs that never had a heartbeat
+minipanda_workers                               queue, state           workers as harvester reported them
+minipanda_harvester_worker_statistics           harvester, queue,      harvester's latest worker counts
+                                                job_type,
+                                                resource_type, state
+minipanda_harvester_heartbeat_age_seconds       harvester              seconds since the harvester's heartbeat
+minipanda_harvester_info                        harvester, host,       1 per harvester instance
+                                                version
+minipanda_dispatch_seconds                      outcome (jobs, none)   histogram: time to claim jobs for a request
+minipanda_scrape_database_seconds               (none)                 time the scrape's queries took
+==============================================  =====================  =============================================
+"""
+import time
+
+from peewee import fn
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from minipanda.core import models, states
+from minipanda.core.db import database
+from minipanda.monitor import queries
+
+# Observed in the dispatch path: registered in every app's registry, never in the global one.
+DISPATCH_SECONDS = Histogram(
+    "minipanda_dispatch_seconds", "Time a job request spent claiming jobs (getJob, pilot/acquire_jobs)",
+    ["outcome"], registry=None,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+_WITH_JOBS = DISPATCH_SECONDS.labels("jobs")
+_NO_JOBS = DISPATCH_SECONDS.labels("none")
+
+
+def observe_dispatch(seconds, got_jobs):
+    """Record one claim's duration (called by the dispatch handler)."""
+    (_WITH_JOBS if got_jobs else _NO_JOBS).observe(seconds)
+
+
+class DatabaseCollector(Collector):
+    """Counts read from the database at scrape time."""
+
+    def describe(self):
+        return []  # the label values come from the database; nothing to check at registration
+
+    def collect(self):
+        started = time.perf_counter()
+        database.connect(reuse_if_open=True)
+        now = states.utcnow()
+        families = list(self._jobs(now)) + list(self._tasks()) + list(self._workers()) + list(self._harvesters(now))
+        elapsed = GaugeMetricFamily("minipanda_scrape_database_seconds",
+                                    "Time this scrape's database queries took", value=time.perf_counter() - started)
+        return families + [elapsed]
+
+    def _jobs(self, now):
+        Job = models.Job
+        jobs = GaugeMetricFamily("minipanda_jobs", "Jobs by queue and state (every attempt)", labels=["queue", "state"])
+        for queue, state, n in (Job.select(Job.computing_site, Job.status, fn.COUNT(Job.panda_id))
+                                .group_by(Job.computing_site, Job.status).tuples()):
+            jobs.add_metric([queue or "", state], n)
+        yield jobs
+        age = GaugeMetricFamily("minipanda_job_heartbeat_age_seconds",
+                                "Seconds since the oldest pilot heartbeat among the queue's active jobs",
+                                labels=["queue"])
+        silent = GaugeMetricFamily("minipanda_active_jobs_without_heartbeat",
+                                   "Active jobs of the queue that never had a heartbeat", labels=["queue"])
+        rows = (Job.select(Job.computing_site, fn.MIN(Job.heartbeat_time),
+                           fn.COUNT(Job.panda_id) - fn.COUNT(Job.heartbeat_time))
+                .where(Job.status.in_(queries.ACTIVE_STATES)).group_by(Job.computing_site).tuples())
+        for queue, oldest, never in rows:
+            oldest = _datetime(oldest)
+            if oldest is not None:
+                age.add_metric([queue or ""], max(0.0, (now - oldest).total_seconds()))
+            silent.add_metric([queue or ""], int(never or 0))
+        yield age
+        yield silent
+
+    def _tasks(self):
+        T = models.Task
+        tasks = GaugeMetricFamily("minipanda_tasks", "Tasks by state", labels=["state"])
+        for state, n in T.select(T.status, fn.COUNT(T.jedi_task_id)).group_by(T.status).tuples():
+            tasks.add_metric([state], n)
+        yield tasks
+
+    def _workers(self):
+        W = models.Worker
+        workers = GaugeMetricFamily("minipanda_workers", "Workers by queue and state, as harvester reported them",
+                                    labels=["queue", "state"])
+        for queue, state, n in (W.select(W.computing_site, W.status, fn.COUNT(W.id)).where(W.status.is_null(False))
+                                .group_by(W.computing_site, W.status).tuples()):
+            workers.add_metric([queue or "", state], n)
+        yield workers
+        stats = GaugeMetricFamily("minipanda_harvester_worker_statistics",
+                                  "Worker counts in harvester's latest statistics report",
+                                  labels=["harvester", "queue", "job_type", "resource_type", "state"])
+        for row in queries.worker_statistics():
+            for count in row["counts"]:
+                stats.add_metric([row["harvester"], row["queue"], str(count["jobType"]), str(count["resourceType"]),
+                                  str(count["status"])], _number(count["n"]))
+        yield stats
+
+    def _harvesters(self, now):
+        age = GaugeMetricFamily("minipanda_harvester_heartbeat_age_seconds",
+                                "Seconds since the harvester's last heartbeat", labels=["harvester"])
+        info = GaugeMetricFamily("minipanda_harvester_info", "Harvester instances (value 1)",
+                                 labels=["harvester", "host", "version"])
+        for h in models.HarvesterInstance.select():
+            age.add_metric([h.harvester_id], max(0.0, (now - h.last_heartbeat).total_seconds()))
+            info.add_metric([h.harvester_id, h.host or "", h.version or ""], 1)
+        yield age
+        yield info
+
+
+def _datetime(value):
+    """MIN() of a datetime column comes back as text on SQLite."""
+    if value is None or hasattr(value, "year"):
+        return value
+    import datetime
+
+    return datetime.datetime.fromisoformat(str(value))
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def make_registry():
+    """The server's registry: database counts, the dispatch histogram and this process's CPU and memory."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector())
+    registry.register(DISPATCH_SECONDS)
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def exposition(registry):
+    """(body, content type) of the text exposition format."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,31 @@
+"""Submitted job specs (minipanda/core/jobspec.py through jobs.submit_jobs): what is kept, what is refused."""
+import pytest
+from conftest import make_job
+from minipanda.core import jobs, models
+from minipanda.errors import RequestError
+
+
+def test_a_submitted_attempt_number_is_kept(database):
+    (panda_id, _, _), = jobs.submit_jobs([make_job(attemptNr=1)], "alice")
+    assert models.Job.get_by_id(panda_id).attempt_nr == 1
+    (again, _, _), = jobs.submit_jobs([make_job()], "alice")
+    assert models.Job.get_by_id(again).attempt_nr == 0
+
+
+def test_a_negative_attempt_number_is_refused_by_name(database):
+    with pytest.raises(RequestError, match=r"jobs\[0\]\.attemptNr: must not be negative"):
+        jobs.submit_jobs([make_job(attemptNr=-1)], "alice")
+
+
+@pytest.mark.parametrize("lfn", ["a,..", "a\x00b", "%2e%2e", "..", ".hidden", "a/b", "x" * 256, "a b", ""])
+def test_unsafe_file_names_are_refused_at_submit_and_nothing_is_written(database, lfn):
+    spec = make_job(Files=[{"lfn": lfn, "type": "input", "scope": "user.alice"}])
+    with pytest.raises(RequestError, match=r"jobs\[0\]\.Files\[0\]\.lfn"):
+        jobs.submit_jobs([spec], "alice")
+    assert models.Job.select().count() == 0 and models.JobFile.select().count() == 0
+
+
+@pytest.mark.parametrize("name, value", [("coreCount", 2 ** 31), ("maxWalltime", "1e30"), ("jobsetID", 2 ** 63)])
+def test_numbers_beyond_their_column_are_refused_by_name(database, name, value):
+    with pytest.raises(RequestError, match=rf"jobs\[0\]\.{name}: must be between"):
+        jobs.submit_jobs([make_job(**{name: value})], "alice")

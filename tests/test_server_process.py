@@ -1,0 +1,66 @@
+"""``minipanda serve`` (minipanda/server/process.py): a server that cannot start changes nothing. It holds its
+SQLite database's lock and its port before it touches the database, so a second server started by mistake, on
+the same database or the same port, exits with a clear message and the running one's queues stay as they are."""
+import os
+import subprocess
+import sys
+
+import requests
+from conftest import LiveServer
+
+
+class QueueServer(LiveServer):
+    def __init__(self, home, queues_file):
+        self.queues_file = str(queues_file)
+        super().__init__(home, "sqlite:///" + os.path.join(str(home), "minipanda.db"))
+
+    def argv(self):
+        return super().argv() + ["--queues", self.queues_file]
+
+
+def serve(home, port, queues_file):
+    return subprocess.run([sys.executable, "-m", "minipanda", "serve", "--home", str(home), "--port", str(port),
+                           "--queues", str(queues_file)], capture_output=True, text=True, timeout=60)
+
+
+def queue_states(server):
+    queues = requests.get(server.url + "/api/v1/queues", timeout=10).json()["data"]
+    return {q["name"]: q["status"] for q in queues}
+
+
+def test_a_second_server_on_the_same_database_refuses_and_leaves_the_first_ones_queues(tmp_path):
+    (tmp_path / "q.yaml").write_text("queues:\n  TEST_PQ: {}\n")
+    (tmp_path / "other.yaml").write_text("queues:\n  OTHER_PQ: {}\n")
+    server = QueueServer(tmp_path / "home", tmp_path / "q.yaml")
+    try:
+        for port in (server.port, 1):  # the same port as the running server, and one it could not bind anyway
+            proc = serve(server.home, port, tmp_path / "other.yaml")
+            assert proc.returncode == 1
+            assert "is in use by a running minipanda server" in proc.stderr and f"pid {server.proc.pid}" in \
+                proc.stderr
+        assert queue_states(server) == {"TEST_PQ": "online"}
+    finally:
+        server.stop()
+
+
+def test_a_server_whose_port_is_taken_exits_before_creating_its_database(tmp_path):
+    (tmp_path / "q.yaml").write_text("queues:\n  TEST_PQ: {}\n")
+    server = QueueServer(tmp_path / "home", tmp_path / "q.yaml")
+    try:
+        proc = serve(tmp_path / "second", server.port, tmp_path / "q.yaml")
+        assert proc.returncode == 1 and "cannot listen on" in proc.stderr
+        assert not os.path.exists(tmp_path / "second" / "minipanda.db")
+        assert queue_states(server) == {"TEST_PQ": "online"}
+    finally:
+        server.stop()
+
+
+def test_the_lock_is_released_when_the_server_stops(tmp_path):
+    (tmp_path / "q.yaml").write_text("queues:\n  TEST_PQ: {}\n")
+    first = QueueServer(tmp_path / "home", tmp_path / "q.yaml")
+    first.stop()
+    second = QueueServer(tmp_path / "home", tmp_path / "q.yaml")
+    try:
+        assert queue_states(second) == {"TEST_PQ": "online"}
+    finally:
+        second.stop()
