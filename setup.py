@@ -23,6 +23,7 @@ setup(
         "PyYAML>=6.0",
         "Jinja2>=3.1",
         "prometheus_client>=0.20",
+        "rich>=13",  # minipanda testbed: the progress bar
     ],
     extras_require={
         "postgres": ["psycopg2-binary>=2.9"],
