@@ -138,16 +138,17 @@ class Slurm:
     slurm.conf's AuthInfo, so a system munged (if any) is neither used nor disturbed.
     """
 
-    def __init__(self, base, partitions=(("debug", "INFINITE", True),), cpus=8, memory=16000):
+    def __init__(self, base, partitions=(("debug", "INFINITE", True),), cpus=8, memory=16000, quick=True):
         self.base = str(base)
         os.makedirs(self.base, exist_ok=True)
         self.conf = os.path.join(self.base, "slurm.conf")
         self.socket = os.path.join(self.base, "munge", "munge.socket")
-        self.hostname = socket.gethostname()
+        self.hostname = socket.gethostname().split(".")[0]  # slurmd's own idea of its name is the short one
         # the node offers what slurm.conf says (config_overrides), not what this machine has: tests and the bench
         # get the same slots on a 2-core CI runner as on a workstation (their payloads mostly sleep)
         self.cpus, self.memory = cpus, memory
         self.partitions = partitions
+        self.quick = quick  # schedule every second (tests); False: Slurm's default scheduler settings (bench)
         self.munged = self.slurmctld = self.slurmd = None
 
     @property
@@ -184,7 +185,7 @@ class Slurm:
             "ReturnToService=2",
             "SlurmdParameters=config_overrides",
             "SchedulerType=sched/backfill",
-            "SchedulerParameters=sched_interval=1",  # a fresh node gets its jobs at once
+            *(["SchedulerParameters=sched_interval=1"] if self.quick else []),  # tests: jobs start at once
             "MinJobAge=300",
             "KillWait=5",
             "InactiveLimit=0",
@@ -215,7 +216,7 @@ class Slurm:
                              os.path.join(self.base, "log", "munged.out")).start()
         wait_until(lambda: os.path.exists(self.socket), "munged's socket", [self.munged])
         self.start_controller()
-        self.slurmd = Daemon("slurmd", [program("slurmd"), "-D", "-f", self.conf],
+        self.slurmd = Daemon("slurmd", [program("slurmd"), "-D", "-f", self.conf, "-N", self.hostname],
                              os.path.join(self.base, "log", "slurmd.out"), self.env).start()
         wait_until(self.node_ready, "the Slurm node to be idle", [self.munged, self.slurmctld, self.slurmd])
         return self

@@ -207,3 +207,25 @@ def test_discover_writes_a_config_that_lints_clean(cluster, tmp_path):
     lint = subprocess.run([sys.executable, "-m", "queueconfig", "lint", str(path)], capture_output=True, text=True,
                           timeout=60)
     assert lint.returncode == 0 and "warning" not in lint.stdout + lint.stderr, lint.stdout + lint.stderr
+
+
+def test_find_reconciles_a_submission_a_crash_left_unrecorded(cluster, tmp_path):
+    """The submitter records 'submitting' before sbatch; if harvester dies before it records the job id, recovery
+    asks find(access point), which recognises the Slurm job by its comment (and working directory)."""
+    from harvester.batch import plugin_for
+    from harvester.batch.base import WorkerSpec
+    from harvester.transport import transport_for
+    from queueconfig import Queue
+
+    queue = Queue.model_validate({"name": QUEUE, "batch": {"system": "slurm"},
+                                  "transport": cluster.sshd.queue_transport(workdir=str(tmp_path))})
+    with transport_for(queue) as transport:
+        plugin = plugin_for(queue, transport, None)
+        workers = [WorkerSpec(n, queue, str(tmp_path / str(n)), ("sleep", "60"), {}, 1, 100, 600) for n in (1, 2)]
+        for worker in workers:
+            plugin.write_script(worker)
+        [first, second] = plugin.submit(workers)
+        assert plugin.find(workers[0].access_point) == first.batch_id
+        assert plugin.find(workers[1].access_point) == second.batch_id
+        assert plugin.find(str(tmp_path / "3")) is None  # never submitted: recovery gives it up, no resubmission
+        assert set(plugin.cancel([first.batch_id, second.batch_id]).results.values()) == {("ok", "scancel sent")}
