@@ -5,9 +5,9 @@
 from harvester.batch.base import FATAL, BatchError, BatchSystem
 from harvester.batch.htcondor import HTCondorBatch
 from harvester.batch.local import LocalBatch
-from harvester.batch.slurm import SlurmBatch
 from harvester.batch.lsf import LSFBatch
 from harvester.batch.pbs import PBSBatch
+from harvester.batch.slurm import SlurmBatch
 
 PLUGINS = {"local": LocalBatch, "pbs": PBSBatch, "lsf": LSFBatch, "htcondor": HTCondorBatch}
 PLUGINS["slurm"] = SlurmBatch
