@@ -10,7 +10,6 @@ import functools
 import datetime
 import getpass
 import hashlib
-import json
 import logging
 import os
 import signal

@@ -5,6 +5,7 @@ import os
 import threading
 
 from harvester import db, models
+from harvester.transport import LocalTransport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,6 @@ class Context:
 
     # ---- plugins ---------------------------------------------------------------------------------------------
     def transport(self, queue):
-        from harvester.transport import transport_for
-
         with self._lock:
             if queue.name not in self._transports:
                 self._transports[queue.name] = transport_for(queue)
@@ -109,3 +108,19 @@ class Context:
                 transport.close()
             except Exception:  # closing must not hide the reason we stop
                 log.exception("closing a transport failed")
+
+
+def transport_for(queue):
+    """The transport that reaches ``queue``'s submit host.
+
+    Raises:
+        TransportError: the queue's transport type is unknown.
+    """
+    kind = queue.transport.type
+    if kind == "local":
+        return LocalTransport()
+    if kind == "ssh":
+        from harvester.ssh import SshTransport  # the one module that imports paramiko
+
+        return SshTransport.for_queue(queue)
+    raise TransportError(f"queue {queue.name}: transport.type {kind} is unknown (local or ssh)")

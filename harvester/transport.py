@@ -209,22 +209,6 @@ class LocalTransport(Transport):
             raise TransportError(f"cannot remove {path}: {exc.strerror} ({exc.filename})") from None
 
 
-def transport_for(queue):
-    """The transport that reaches ``queue``'s submit host.
-
-    Raises:
-        TransportError: the queue's transport type is unknown.
-    """
-    kind = queue.transport.type
-    if kind == "local":
-        return LocalTransport()
-    if kind == "ssh":
-        from harvester.ssh import SshTransport  # the one module that imports paramiko
-
-        return SshTransport.for_queue(queue)
-    raise TransportError(f"queue {queue.name}: transport.type {kind} is unknown (local or ssh)")
-
-
 def _check_argv(argv):
     if isinstance(argv, (str, bytes)) or not argv or not all(isinstance(arg, str) for arg in argv):
         raise TypeError(f"argv must be a non-empty list of strings (never a shell line), got {argv!r}")

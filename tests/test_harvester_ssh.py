@@ -9,7 +9,8 @@ import pytest
 
 from harvester.ssh import (SSH_FAILED_RC, AuthenticationFailed, HostKeyChanged, HostUnreachable, SshSettings,
                            SshTransport, UnknownHostKey)
-from harvester.transport import TransportError, transport_for
+from harvester.context import transport_for
+from harvester.transport import TransportError
 from queueconfig import Queue
 from conftest import free_port
 from slurmhelp import Sshd, keygen

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from harvester.transport import LocalTransport, TransportError, transport_for
+from harvester.context import transport_for
+from harvester.transport import LocalTransport, TransportError
 from queueconfig import Queue
 
 
