@@ -244,7 +244,7 @@ def register(app):
     app.config["minipanda.metrics"] = registry
 
     def metrics_route(params, identity):
-        body, content_type = metrics.exposition(registry)
+        body, content_type = metrics.exposition(registry, bottle.request.headers.get("Accept"))
         bottle.response.content_type = content_type
         return body
 

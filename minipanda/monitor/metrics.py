@@ -27,7 +27,8 @@ minipanda_scrape_database_seconds               (none)                 time the 
 import time
 
 from peewee import fn
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -148,6 +149,7 @@ def make_registry():
     return registry
 
 
-def exposition(registry):
-    """(body, content type) of the text exposition format."""
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+def exposition(registry, accept=None):
+    """(body, content type): the text format, or OpenMetrics when the scraper's Accept header asks for it."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
