@@ -24,12 +24,12 @@ CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'
        "base-uri 'none'")
 STYLE = os.path.join(os.path.dirname(pages.__file__), "templates", "style.css")
 
+# ``json`` (any value, or none) asks for the page's data as JSON; undeclared, it passes through as sent.
 _FILTER_NAMES = ("status", "user", "taskname", "queue", "jobstatus", "produsername", "username", "computingsite")
 FILTERS = route_params.model("MonitorFilters", days=route_params.integer(1, 3650),
                              limit=route_params.integer(1, queries.MAX_LIMIT), jeditaskid=route_params.Int,
                              task=route_params.Int, taskid=route_params.Int,
                              **{name: route_params.Name for name in _FILTER_NAMES})
-# ``json`` (any value, or none) asks for the page's data as JSON; undeclared, it passes through as sent.
 LOGIN = route_params.model("MonitorLogin", token=route_params.text(8192), next=route_params.Name)
 
 

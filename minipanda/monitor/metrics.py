@@ -24,6 +24,7 @@ minipanda_dispatch_seconds                      outcome (jobs, none)   histogram
 minipanda_scrape_database_seconds               (none)                 time the scrape's queries took
 ==============================================  =====================  =============================================
 """
+import datetime
 import time
 
 from peewee import fn
@@ -128,8 +129,6 @@ def _datetime(value):
     """MIN() of a datetime column comes back as text on SQLite."""
     if value is None or hasattr(value, "year"):
         return value
-    import datetime
-
     return datetime.datetime.fromisoformat(str(value))
 
 

@@ -166,7 +166,8 @@ def job_list(f, now=None):
     return {"filters": f.as_dict(), "total": total, "limit": f.limit, "jobs": [job_row(j) for j in rows]}
 
 
-def _counts_by(query, key_columns):
+def _counts_by(query):
+    """{key1: {key2: n}} of a (key1, key2, count) query."""
     out = {}
     for *keys, n in query.tuples():
         node = out
@@ -185,7 +186,7 @@ def jobs_by_queue(f, now):
     Job = models.Job
     query = _job_filter(Job.select(Job.computing_site, Job.status, fn.COUNT(Job.panda_id)), f, now) \
         .group_by(Job.computing_site, Job.status)
-    counts = _counts_by(query, 2)
+    counts = _counts_by(query)
     present = {s for by_state in counts.values() for s in by_state}
     return dict(sorted(counts.items())), _ordered(present, JOB_STATES)
 
@@ -196,7 +197,7 @@ def workers_by_queue(queue=None):
     query = W.select(W.computing_site, W.status, fn.COUNT(W.id)).where(W.status.is_null(False))
     if queue:
         query = query.where(like(W.computing_site, queue))
-    counts = _counts_by(query.group_by(W.computing_site, W.status), 2)
+    counts = _counts_by(query.group_by(W.computing_site, W.status))
     present = {s for by_state in counts.values() for s in by_state}
     return dict(sorted(counts.items())), _ordered(present, WORKER_STATES)
 
