@@ -66,3 +66,19 @@ def test_help_explains():
     for option in ("--host", "--port", "--db", "--home", "--auth", "--max-body-mb"):
         assert option in out
     assert "MINIPANDA_HOME" in run("--help").stdout
+
+
+def test_every_option_and_positional_of_every_command_has_help_text():
+    import argparse
+
+    from minipanda.cli.commands import build_parser
+
+    def missing(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from missing(sub, path + [name])
+            elif not action.help and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                yield " ".join(path + ["/".join(action.option_strings or [action.dest])])
+
+    assert list(missing(build_parser(), ["minipanda"])) == []

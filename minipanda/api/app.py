@@ -82,6 +82,7 @@ class ApiPlugin:
             database.connect(reuse_if_open=True)
             try:
                 refuse_cross_site(request)
+                check_path_numbers(kwargs)
                 params = wire.read_params(request, context.max_body) if route.config.get("params", True) else {}
                 identity = self.identify(request, role)
                 if params_model is not None:
@@ -102,6 +103,13 @@ def checked(params_model, params):
         return route_params.check(params_model, params)
     except pydantic.ValidationError as exc:
         raise RequestError("; ".join(route_params.problems(exc)[:20])) from None
+
+
+def check_path_numbers(path_params):
+    """A number in the URL path (``<id:int>``) beyond the database's integers names no object: 404, not 500."""
+    for name, value in path_params.items():
+        if isinstance(value, int) and not route_params.INT64_MIN <= value <= route_params.INT64_MAX:
+            raise RequestError(f"{name}: nothing has the id {str(value)[:40]}", http=404)
 
 
 def refuse_cross_site(request):

@@ -20,6 +20,10 @@ EPILOG = """environment:
 """
 
 
+HOME_HELP = "home directory (default $MINIPANDA_HOME or ~/.minipanda)"
+DB_HELP = "database URL (default sqlite:///<home>/minipanda.db), as given to 'serve'"
+
+
 def main(argv=None):
     """Run the ``minipanda`` command; returns its exit status."""
     try:
@@ -82,37 +86,38 @@ def build_parser():
                         help="admin, production, pilot, harvester (runs pilots and relays for them) or user")
     create.add_argument("--name", required=True, help="user name carried by the token")
     create.add_argument("--days", type=float, default=30, help="validity in days (default 30)")
-    create.add_argument("--home")
-    create.add_argument("--db")
+    create.add_argument("--home", help=HOME_HELP)
+    create.add_argument("--db", help=DB_HELP)
     create.set_defaults(func=cmd_token_create)
     tlist = token.add_parser("list", help="list tokens and whether they are revoked")
-    tlist.add_argument("--home")
-    tlist.add_argument("--db")
+    tlist.add_argument("--home", help=HOME_HELP)
+    tlist.add_argument("--db", help=DB_HELP)
     tlist.set_defaults(func=cmd_token_list)
-    revoke = token.add_parser("revoke", help="revoke a token by its id (jti)")
-    revoke.add_argument("jti")
-    revoke.add_argument("--home")
-    revoke.add_argument("--db")
+    revoke = token.add_parser("revoke", help="revoke a token by its id (jti), or every token of a name")
+    revoke.add_argument("jti", nargs="?", help="the token id, as 'token create' and 'token list' show it")
+    revoke.add_argument("--name", help="revoke every valid token carrying this name instead")
+    revoke.add_argument("--home", help=HOME_HELP)
+    revoke.add_argument("--db", help=DB_HELP)
     revoke.set_defaults(func=cmd_token_revoke)
 
     job = sub.add_parser("job", help="submit, list, show and kill jobs").add_subparsers(title="job")
     jsubmit = job.add_parser("submit", help="submit jobs from a JSON file (a job object or a list of them)")
-    jsubmit.add_argument("file")
+    jsubmit.add_argument("file", help="a JSON file: one job object (PanDA JobSpec names) or a list of them")
     jlist = job.add_parser("list", help="list jobs, newest first")
-    jlist.add_argument("--status")
-    jlist.add_argument("--queue")
-    jlist.add_argument("--user")
+    jlist.add_argument("--status", help="only jobs in this state (activated, running, finished, ...)")
+    jlist.add_argument("--queue", help="only jobs of this queue (computingSite)")
+    jlist.add_argument("--user", help="only jobs of this user (prodUserName)")
     jlist.add_argument("--task", type=int, help="jobs of one task (jediTaskID)")
-    jlist.add_argument("--limit", type=int, default=50)
+    jlist.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")
     jshow = job.add_parser("show", help="show one job in full, with its state history")
-    jshow.add_argument("panda_id", type=int)
+    jshow.add_argument("panda_id", type=int, help="the job's PandaID")
     jkill = job.add_parser("kill", help="kill jobs: queued ones are cancelled, running ones told to stop")
-    jkill.add_argument("panda_ids", type=int, nargs="+")
+    jkill.add_argument("panda_ids", type=int, nargs="+", help="PandaIDs of the jobs to kill")
     for command, func in ((jsubmit, cmd_job_submit), (jlist, cmd_job_list), (jshow, cmd_job_show),
                           (jkill, cmd_job_kill)):
         command.add_argument("--url", help="server URL (default $MINIPANDA_URL or http://127.0.0.1:25080)")
         command.add_argument("--token-file", help="file holding a bearer token")
-        command.add_argument("--home")
+        command.add_argument("--home", help=HOME_HELP)
         command.add_argument("--json", action="store_true", help="machine-readable output")
         command.set_defaults(func=func)
     from minipanda.cli import harvester as cli_harvester, queues as cli_queues, tasks as cli_tasks
@@ -164,10 +169,18 @@ def cmd_token_list(args):
 def cmd_token_revoke(args):
     from minipanda.core import auth
 
+    if (args.jti is None) == (args.name is None):
+        raise ValueError("token revoke: give a token id or --name NAME, not both")
     _open_db(args)
-    if not auth.revoke_token(args.jti):
+    if args.name is not None:
+        count = auth.revoke_tokens_named(args.name)
+        if not count:
+            raise ValueError(f"no valid token named {args.name}")
+        print(f"revoked {count} token{'s' if count > 1 else ''} of {args.name}")
+    elif not auth.revoke_token(args.jti):
         raise ValueError(f"no token with id {args.jti}")
-    print(f"revoked {args.jti}")
+    else:
+        print(f"revoked {args.jti}")
 
 
 def _client(args):

@@ -13,6 +13,13 @@ from minipanda.tasks import datasets
 
 FLAT_INT_OPTIONS = ("nFilesPerJob", "nEventsPerJob", "nJobs", "coreCount", "ramCount", "walltime", "maxAttempt",
                     "taskPriority", "nScouts")
+FLAT_INT_HELP = {
+    "nFilesPerJob": "input files per job", "nEventsPerJob": "events per job (inputs with events)",
+    "nJobs": "number of jobs (without input: %RNDM and the serial number differ per job)",
+    "coreCount": "cores per job (default 1)", "ramCount": "memory per job in MB",
+    "walltime": "walltime per job in seconds", "maxAttempt": "attempts per input before it fails (default 3)",
+    "taskPriority": "the task's priority (admin/production)", "nScouts": "scout jobs before the rest (default 1)",
+}
 TASK_COLUMNS = ["jediTaskID", "status", "pctFinished", "nFiles", "nFilesFinished", "nFilesFailed", "userName",
                 "modificationTime", "taskName"]
 
@@ -25,7 +32,8 @@ def _common(parser, func):
     parser.add_argument("--url", help="server URL (default $MINIPANDA_URL or http://127.0.0.1:25080)")
     parser.add_argument("--token-file", help="file holding a bearer token (default $MINIPANDA_TOKEN, "
                                              "else <home>/admin.token)")
-    parser.add_argument("--home")
+    parser.add_argument("--home", help="minipanda home, for <home>/admin.token (default $MINIPANDA_HOME or "
+                                       "~/.minipanda)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=func)
     return parser
@@ -40,35 +48,35 @@ def add_parsers(sub):
     submit.add_argument("--taskName", help="task name (default: task.<user>.<time>)")
     submit.add_argument("--exec", dest="exec_", metavar="CMD", help="command template: %%IN, %%OUT, %%RNDM:base")
     submit.add_argument("--inDS", help="input dataset (minipanda dataset add)")
-    submit.add_argument("--nGBPerJob", type=float)
+    submit.add_argument("--nGBPerJob", type=float, help="split the input into jobs of about this many GB")
     for name in FLAT_INT_OPTIONS:
-        submit.add_argument(f"--{name}", type=int)
+        submit.add_argument(f"--{name}", type=int, help=FLAT_INT_HELP[name])
     submit.add_argument("--outputs", help="comma-separated output file names")
     submit.add_argument("--site", help="queue(s) to run on, comma-separated")
     submit.add_argument("--excludedSite", help="queues not to use, comma-separated")
-    submit.add_argument("--prodSourceLabel")
-    submit.add_argument("--vo")
-    submit.add_argument("--workingGroup")
+    submit.add_argument("--prodSourceLabel", help="job label: user (default), managed (production role), test")
+    submit.add_argument("--vo", help="virtual organisation, stored with the task")
+    submit.add_argument("--workingGroup", help="working group, stored with the task and its jobs")
     tlist = _common(task.add_parser("list", help="list tasks, newest first"), cmd_task_list)
-    tlist.add_argument("--status")
+    tlist.add_argument("--status", help="only tasks in this state (running, done, failed, ...)")
     tlist.add_argument("--user", help="another user's tasks (admin)")
     tlist.add_argument("--days", type=float, default=14, help="modified in the last N days (default 14)")
     tlist.add_argument("--name", help="task name pattern, * as wildcard")
-    tlist.add_argument("--limit", type=int, default=100)
+    tlist.add_argument("--limit", type=int, default=100, help="at most this many tasks (default 100)")
     show = _common(task.add_parser("show", help="one task: state, progress, jobs, history"), cmd_task_show)
-    show.add_argument("task_id", type=int)
+    show.add_argument("task_id", type=int, help="the jediTaskID 'task submit' printed")
     for action, text in (("kill", "kill: queued jobs cancelled, running ones stopped"),
                          ("finish", "finish: no new jobs (--soft lets running ones end; else they are killed)"),
                          ("retry", "retry the failed inputs of a finished task"),
                          ("pause", "pause: no new jobs until resume"), ("resume", "resume a paused task")):
         command = _common(task.add_parser(action, help=text), cmd_task_command)
-        command.add_argument("task_id", type=int)
+        command.add_argument("task_id", type=int, help="the jediTaskID")
         command.set_defaults(action=action)
         if action == "finish":
             command.add_argument("--soft", action="store_true", help="let running jobs end instead of killing them")
     _dataset_parsers(sub)
     why = _common(sub.add_parser("why", help="why is this job (not) running, in plain words"), cmd_why)
-    why.add_argument("panda_id", type=int)
+    why.add_argument("panda_id", type=int, help="the job's PandaID ('job list', 'task show')")
     _rule_parsers(sub)
 
 
@@ -76,14 +84,14 @@ def _dataset_parsers(sub):
     dataset = sub.add_parser("dataset", help="register and inspect input data").add_subparsers(title="dataset")
     add = _common(dataset.add_parser("add", help="register files (or a directory's files) in a dataset"),
                   cmd_dataset_add)
-    add.add_argument("name")
-    add.add_argument("paths", nargs="+")
+    add.add_argument("name", help="the dataset's name; files are added to it if it exists")
+    add.add_argument("paths", nargs="+", help="files, or directories whose files are added")
     add.add_argument("--events-per-file", type=int, help="events in each file (for nEventsPerJob splitting)")
     dlist = _common(dataset.add_parser("list", help="list datasets"), cmd_dataset_list)
-    dlist.add_argument("--user")
+    dlist.add_argument("--user", help="only datasets of this user")
     dlist.add_argument("--name", help="name pattern, * as wildcard")
     dshow = _common(dataset.add_parser("show", help="a dataset's files"), cmd_dataset_show)
-    dshow.add_argument("name")
+    dshow.add_argument("name", help="the dataset's name")
 
 
 def _rule_parsers(sub):
@@ -94,11 +102,12 @@ def _rule_parsers(sub):
     add.add_argument("--code", type=int, help="error code (default: any)")
     add.add_argument("--diag", default="", help="regular expression on the error message")
     add.add_argument("--action", required=True,
-                     choices=["no_retry", "limit_retry", "increase_memory", "increase_walltime"])
+                     choices=["no_retry", "limit_retry", "increase_memory", "increase_walltime"],
+                     help="what a matching failure gets")
     add.add_argument("--parameter", type=float, help="attempts for limit_retry, factor for increase_*")
-    add.add_argument("--description", default="")
+    add.add_argument("--description", default="", help="why the rule exists, in words")
     remove = _common(rules.add_parser("remove", help="remove a rule (admin)"), cmd_rule_remove)
-    remove.add_argument("rule_id", type=int)
+    remove.add_argument("rule_id", type=int, help="the rule's id, as 'retry-rule list' shows it")
 
 
 def flat_params(args):

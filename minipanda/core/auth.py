@@ -82,6 +82,12 @@ def revoke_token(jti):
     return models.Token.update(revoked=states.utcnow()).where(models.Token.jti == jti).execute() == 1
 
 
+def revoke_tokens_named(name):
+    """Revoke every valid token carrying ``name``; return how many."""
+    Token = models.Token
+    return Token.update(revoked=states.utcnow()).where(Token.name == name, Token.revoked.is_null()).execute()
+
+
 _decoded = {}  # (secret, token) -> claims of a token whose signature was checked; its expiry is re-checked
 
 
