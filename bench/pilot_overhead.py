@@ -8,7 +8,8 @@ For each run (a fresh job, a fresh pilot process) it measures:
   exit -> ack       from the payload's last instruction to the pilot having the server's reply to the final
                     update in hand (PILOT_POST_FINAL_UPDATE in the pilot's timing file)
   pilot total       from spawning the pilot to its exit (timefloor is 0: it stops after its one job)
-  peak RSS          the pilot process's own high-water mark (VmHWM), with psutil and with /proc only
+  peak RSS          the pilot process's own high-water mark (VmHWM), with psutil and with /proc only, beside
+                    the floor: a fresh interpreter importing only what a plain-HTTP run needs (FLOOR_MODULES)
 
 The goal in the issue: under 1 s each, RSS under 40 MB. Only 127.0.0.1 is contacted; the server this script
 starts is the only process it stops.
@@ -107,6 +108,20 @@ def one_run(server, pyz, base, token_file, qd_file, index, no_psutil):
             "peak RSS MB": timing["0"]["PILOT_PEAK_RSS_KB"] / 1024}
 
 
+# What any plain-HTTP pilot run needs loaded: the interpreter (with site, as the zipapp runs), JSON, HTTP (urllib
+# loads http.client, email and ssl with it), the payload's process, the log tarball and checksums.
+FLOOR_MODULES = ("json, logging, urllib.request, subprocess, tarfile, zlib, select, signal, socket, shlex, glob, "
+                 "tempfile, shutil, threading, collections, datetime, hashlib, fcntl")
+
+
+def floor_rss_mb():
+    """Peak RSS of a fresh interpreter that only imports FLOOR_MODULES: what no pilot can go below."""
+    code = (f"import {FLOOR_MODULES}\nimport re\n"
+            "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    return int(out.stdout) / 1024
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="pilot runs per kind (default 5)")
@@ -125,6 +140,8 @@ def main():
             open(token_file, "w").write(server.token("pilot", "bench"))
             print(f"pilot overhead: {args.runs} runs of a trivial job per kind, Python {sys.version.split()[0]}, "
                   f"server {server.url}")
+            floor = floor_rss_mb()
+            print(f"interpreter + the modules a plain-HTTP run needs (the floor): {floor:.3f} MB peak RSS")
             for label, no_psutil in (("psutil", False), ("/proc only", True)):
                 runs = [one_run(server, pyz, base, token_file, qd_file, f"{'p' if no_psutil else 's'}{i}", no_psutil)
                         for i in range(args.runs)]
@@ -134,6 +151,8 @@ def main():
                     values = [r[name] for r in runs]
                     unit = "" if "MB" in name else " s"
                     print(f"  {name:22} {statistics.median(values):>9.3f}{unit} {max(values):>9.3f}{unit}")
+                rss = statistics.median(r["peak RSS MB"] for r in runs)
+                print(f"  {'peak RSS - floor':22} {rss - floor:>9.3f} MB")
         finally:
             server.stop()
 

@@ -4,7 +4,7 @@ File names come from the network: every LFN and the log name must be a plain fil
 fileutil.safe_name) before it is ever joined to a path.
 """
 import logging
-import uuid
+import os
 
 from pilot import errors
 from pilot.errors import PilotError
@@ -12,6 +12,14 @@ from pilot.fileutil import parse_checksum, safe_name
 
 log = logging.getLogger(__name__)
 NULLS = (None, "", "NULL", "None")
+
+
+def new_guid():
+    """A random (version 4) UUID as text, from os.urandom: the uuid module loads platform and ctypes helpers."""
+    raw = bytearray(os.urandom(16))
+    raw[6], raw[8] = (raw[6] & 0x0F) | 0x40, (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 class FileSpec:
@@ -95,10 +103,10 @@ class Job:
         log_name = str(_value(data, "logFile"))
         out_lfns = [x for x in _list(data, "outFiles") if x and x != log_name]
         out_scopes, out_datasets = _list(data, "scopeOut"), _list(data, "realDatasets")
-        outputs = [FileSpec("output", lfn, _at(out_scopes, i), str(uuid.uuid4()), dataset=_at(out_datasets, i))
+        outputs = [FileSpec("output", lfn, _at(out_scopes, i), new_guid(), dataset=_at(out_datasets, i))
                    for i, lfn in enumerate(out_lfns)]
         log_file = FileSpec("log", log_name, str(_value(data, "scopeLog")),
-                            str(_value(data, "logGUID")) or str(uuid.uuid4())) if log_name else None
+                            str(_value(data, "logGUID")) or new_guid()) if log_name else None
         return inputs, outputs, log_file
 
     def validate(self):

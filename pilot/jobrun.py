@@ -5,13 +5,11 @@ payload and report ``running``, watch it (limits, heartbeats, server commands, s
 killed, check its outputs, stage out outputs and the log, send the final update (or spool it). The first error
 raised anywhere is the one reported (pilot3's rule); later steps still run so the log always goes out.
 """
-import dataclasses
 import logging
 import os
 import shutil
 import signal
 import time
-from typing import Any, Optional
 
 from pilot import copytools, errors, payload, report, wire
 from pilot.errors import ColdShutdown, PilotError
@@ -21,27 +19,23 @@ from pilot.monitor import Monitor
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
 class Context:
-    """What a job run needs from its pilot."""
+    """What a job run needs from its pilot.
 
-    queue: str
-    qd: Any
-    identity: dict
-    pilot_dir: str
-    input_dir: str
-    output_dir: str
-    stop: Any
-    waker: Any
-    timing: Any
-    client: Any = None  # comm.ServerClient; None in file mode
-    handoff: Any = None  # handoff.Handoff with --harvester-workdir
-    file_mode: bool = False  # no server updates: report through the handoff files
-    outbox: Any = None
-    pilot_deadline: Optional[float] = None  # monotonic
-    adopter_pid: Optional[int] = None
-    pilot_log: str = ""
-    cleanup: bool = True
+    A plain class, not a dataclass: importing dataclasses loads inspect, ast and dis, ~1.5 MB of a pilot's RSS.
+    ``client`` is the comm.ServerClient (None in file mode), ``handoff`` the handoff.Handoff with
+    --harvester-workdir, ``file_mode`` means no server updates (reports go through the handoff files), and
+    ``pilot_deadline`` is on the monotonic clock.
+    """
+
+    def __init__(self, queue, qd, identity, pilot_dir, input_dir, output_dir, stop, waker, timing, client=None,
+                 handoff=None, file_mode=False, outbox=None, pilot_deadline=None, adopter_pid=None, pilot_log="",
+                 cleanup=True):
+        self.queue, self.qd, self.identity, self.pilot_dir = queue, qd, identity, pilot_dir
+        self.input_dir, self.output_dir, self.stop, self.waker, self.timing = input_dir, output_dir, stop, waker, timing
+        self.client, self.handoff, self.file_mode, self.outbox = client, handoff, file_mode, outbox
+        self.pilot_deadline, self.adopter_pid, self.pilot_log, self.cleanup = (pilot_deadline, adopter_pid,
+                                                                               pilot_log, cleanup)
 
 
 class JobRun:

@@ -9,12 +9,23 @@ import os
 import signal
 import time
 
-try:
-    if os.environ.get("PILOT_NO_PSUTIL"):
-        raise ImportError("disabled by PILOT_NO_PSUTIL")
-    import psutil
-except ImportError:
-    psutil = None
+_psutil = False  # not looked for yet; then the module, or None (not installed, or PILOT_NO_PSUTIL set)
+
+
+def psutil_module():
+    """psutil, imported the first time a payload's processes are looked at (a pilot that runs no job never loads
+    its ~1 MB), or None."""
+    global _psutil
+    if _psutil is False:
+        _psutil = None
+        if not os.environ.get("PILOT_NO_PSUTIL"):
+            try:
+                import psutil
+
+                _psutil = psutil
+            except ImportError:
+                pass
+    return _psutil
 
 Usage = collections.namedtuple("Usage", "nprocs rss_kb pss_kb vmem_kb cpu_s")
 ProcInfo = collections.namedtuple("ProcInfo", "pid ppid pgid sid zombie")
@@ -43,6 +54,7 @@ def _table_proc():
 
 
 def _table_psutil():
+    psutil = psutil_module()
     table = {}
     for proc in psutil.process_iter(["pid", "ppid", "status"]):
         try:
@@ -56,7 +68,7 @@ def _table_psutil():
 
 def process_table():
     """{pid: ProcInfo} for every process visible to this user."""
-    return _table_psutil() if psutil else _table_proc()
+    return _table_psutil() if psutil_module() else _table_proc()
 
 
 def _usage_proc(pid):
@@ -76,6 +88,7 @@ def _usage_proc(pid):
 
 
 def _usage_psutil(pid):
+    psutil = psutil_module()
     proc = psutil.Process(pid)
     with proc.oneshot():
         times = proc.cpu_times()
@@ -129,6 +142,7 @@ class ProcessTree:
         cpu = 0.0
         table = process_table()
         pids = [p for p in self.members(table) if not table[p].zombie]
+        psutil = psutil_module()
         for pid in pids:
             try:
                 r, p, v, c = _usage_psutil(pid) if psutil else _usage_proc(pid)

@@ -1,5 +1,8 @@
 """Process-tree membership and usage, with /proc and (when importable) psutil."""
+import importlib.util
+import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -12,9 +15,9 @@ from test_pilot_harness import marked_sleep, processes_with
 def backend(request, monkeypatch):
     if request.param == "psutil":
         psutil = pytest.importorskip("psutil")
-        monkeypatch.setattr(proctree, "psutil", psutil)
+        monkeypatch.setattr(proctree, "_psutil", psutil)
     else:
-        monkeypatch.setattr(proctree, "psutil", None)
+        monkeypatch.setattr(proctree, "_psutil", None)
     return request.param
 
 
@@ -59,3 +62,19 @@ def test_cpu_time_is_counted(backend):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_psutil_is_loaded_only_when_a_payload_is_looked_at():
+    code = ("import sys\nimport pilot.cli, pilot.worker\nassert 'psutil' not in sys.modules\n"
+            "from pilot import proctree\nproctree.process_table()\nprint('psutil' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == str(importlib.util.find_spec("psutil") is not None)
+
+
+def test_a_pilot_loads_no_module_its_run_does_not_need():
+    code = ("import sys\nimport pilot.cli, pilot.worker\n"
+            "print(sorted({'dataclasses', 'inspect', 'uuid', 'psutil', 'ctypes'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == "[]"
