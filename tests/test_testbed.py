@@ -274,3 +274,20 @@ def test_ctrl_c_stops_everything(testbed):
     assert run.wait(120) == 130, run.output()[-3000:]
     assert "stopped; nothing left running" in run.output()
     run.assert_nothing_left()
+
+
+def test_keep_running_leaves_the_services_up_until_sigterm(testbed):
+    import requests
+
+    run = testbed("--jobs", "5", "--keep-running")
+    summary = wait_for(lambda: os.path.exists(os.path.join(run.home, "summary.json")) and run.summary(),
+                       "the demo task to end", run)
+    assert summary["complete"]
+    wait_for(lambda: "keeping the services up" in run.output(), "the keep-running notice", run)
+    reply = requests.post(f"{summary['url']}/api/v1/job/get_status", json={"job_ids": [1]}, timeout=30)
+    assert reply.status_code == 200 and reply.json()["data"][0]["status"] == "finished"
+    assert run.proc.poll() is None
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait(120) == 0, run.output()[-3000:]  # every job finished: stopping is the normal end
+    assert "stopped; nothing left running" in run.output()
+    run.assert_nothing_left()

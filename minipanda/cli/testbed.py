@@ -39,7 +39,7 @@ TASK_NAME = "testbed.demo"
 OUTPUT = "out.txt"
 OUT_SCOPE = "testbed.demo.out"  # file store directory of the outputs and logs
 PREFERRED_PORT = 25080
-PILOT_OVERHEAD_S = 0.06  # our pilot's own work per job (getJob, setup, log tarball, stage-out, final update)
+PILOTS_PER_CORE = 3  # the demo payload sleeps; see --pilots
 PR_SET_CHILD_SUBREAPER = 36
 
 DESCRIPTION = """Run a complete minipanda system on this machine: the server and harvester in this process, pilots
@@ -68,13 +68,16 @@ def add_parsers(sub):
     p.add_argument("--cores", type=_positive_int, default=None, metavar="C",
                    help="cores the queue may use (default: all of this machine's, %d here)" % (os.cpu_count() or 1))
     p.add_argument("--pilots", type=_positive_int, default=None, metavar="P",
-                   help="pilots at a time (default 2 x cores: the demo payload sleeps, and each job also costs our "
-                        "pilot ~60 ms of its own work, so more pilots than cores keep the cores busy)")
+                   help="pilots at a time (default 3 x cores: the demo payload only sleeps, and each job also "
+                        "costs our pilot ~60-80 ms of CPU and ~0.2 s of waiting on its own (getJob, stage-in, log "
+                        "tarball, uploads, final update), so more pilots than cores keep the cores busy; for "
+                        "payloads that use a core, give --pilots C)")
     p.add_argument("--job-seconds", type=float, default=0.1, metavar="S",
                    help="how long each demo payload runs (a sleep, then it reads and writes its files; default 0.1)")
     p.add_argument("--home", metavar="DIR",
                    help="where everything is kept: database, file store, logs, pilots' directories; it must be "
-                        "new or empty (default: a new directory under %s, printed at the start)" % tempfile.gettempdir())
+                        "new or empty (default: a new directory under %s, printed at the start)"
+                        % tempfile.gettempdir())
     p.add_argument("--port", type=int, default=None, metavar="P",
                    help=f"the server's port on 127.0.0.1 (default {PREFERRED_PORT} when free, else any free port)")
     p.add_argument("--keep-running", action="store_true",
@@ -209,7 +212,7 @@ class Testbed:
         self.args = args
         self.started = process_start_time()
         self.cores = args.cores or os.cpu_count() or 1
-        self.pilots = args.pilots or 2 * self.cores
+        self.pilots = args.pilots or PILOTS_PER_CORE * self.cores
         self.home = None
         self.server_thread = self.waitress = None
         self.server_error = []
@@ -228,7 +231,7 @@ class Testbed:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        code = 1
+        code, summary, stopped = 1, None, False
         try:
             self.subreaper = become_subreaper()
             self._make_home()
@@ -241,6 +244,7 @@ class Testbed:
                      f"{self.cores} cores, queue {QUEUE}")
             self._submit_demo()
             state = self._follow()
+            self._let_pilots_end()
             summary = self._summary(state)
             self._print_summary(summary)
             code = 0 if summary["complete"] else 1
@@ -252,7 +256,9 @@ class Testbed:
                     self._reap_orphans()
         except Interrupted:
             self.say("\nstopping (Ctrl-C/SIGTERM): harvester, pilots, server ...")
-            code = 130
+            # after --keep-running the stop is the normal end: the code still says whether every job finished
+            code = 130 if summary is None else (0 if summary["complete"] else 1)
+            stopped = True
         except Exception as exc:  # noqa: BLE001 - say what failed, stop everything, exit 1
             log.exception("testbed failed")
             print(f"minipanda testbed: error: {exc}", file=sys.stderr)
@@ -266,8 +272,10 @@ class Testbed:
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
-        if code == 130:
-            self.say("stopped; nothing left running")
+        if stopped or code == 0:
+            left = self.leftovers()
+            self.say("stopped; nothing left running" if not left else
+                     f"stopped, but these processes are still running: {', '.join(map(str, left))}")
         return code
 
     def _on_signal(self, signum, frame):
@@ -498,32 +506,52 @@ class Testbed:
             if stat and stat[0] == "Z" and stat[2] == start:
                 reap(pid)
 
+    def _let_pilots_end(self, timeout=15.0):
+        """No job is left: the pilots ask a few more times (getjob_tries), find none and exit, so their workers
+        end finished; the ones still there after ``timeout`` are stopped later with everything else."""
+        deadline = time.monotonic() + timeout
+        while self.live_pilots() and time.monotonic() < deadline:
+            self._reap_orphans()
+            time.sleep(0.2)
+        self._reap_orphans()
+
     def _stop_pilots(self, grace=10.0):
         """SIGTERM to every live pilot's process group (the pilot kills its payload and reports), SIGKILL to what
         is left after ``grace`` s."""
-        live = self.live_pilots()
+        live = set(self.live_pilots()) | (self.live_groups() & set(self.pilot_records()))
         if not live:
             return 0
-        for pid in live:
+        for pgid in live:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
+                os.killpg(pgid, signal.SIGTERM)
+        groups = set(live)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             self._reap_orphans()
-            live = {pid: start for pid, start in live.items() if self._alive(pid, start)}
-            if not live:
+            groups &= self.live_groups()
+            if not groups:
                 break
             time.sleep(0.1)
-        for pid, start in live.items():
-            if self._alive(pid, start):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
         self._reap_orphans()
         return len(live)
 
-    def _alive(self, pid, start):
-        stat = proc_stat(pid)
-        return bool(stat and stat[2] == start and stat[0] not in ("Z", "X"))
+    def live_groups(self):
+        """Process groups with a live process below this one (the job script, which leads its pilot's group, dies
+        at once on SIGTERM; its pilot goes on to stop its payload and report)."""
+        groups = set()
+        for pid in descendants(os.getpid()):
+            stat = proc_stat(pid)
+            if stat and stat[0] not in ("Z", "X"):
+                groups.add(stat[1])
+        if not self.subreaper:  # orphans are not below us: ask the kernel about each pilot's group
+            for pgid in self.pilot_records():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, 0)
+                    groups.add(pgid)
+        return groups
 
     def _stop_descendants(self):
         """Anything still below this process (orphaned payloads, a cancel helper): killed and collected."""
@@ -540,6 +568,11 @@ class Testbed:
             stat = proc_stat(pid)
             if stat and stat[0] == "Z":
                 reap(pid)
+
+    def leftovers(self):
+        """Pilots' process groups and processes below this one that still run (should be none after stop())."""
+        below = [pid for pid in descendants(os.getpid()) if (proc_stat(pid) or ("X",))[0] not in ("Z", "X")]
+        return sorted(set(below) | set(self.live_pilots()))
 
     def stop(self):
         """Harvester, pilots, server, then any process left below this one; each step survives the others."""
@@ -632,13 +665,15 @@ class Testbed:
         import peewee
         from minipanda.core import models
 
+        self._reap_orphans()
+        cpu = os.times()
         job = models.Job
         rows = list(job.select(job.panda_id, job.status, job.attempt_nr, job.start_time, job.end_time)
                     .where(job.task_id == self.task_id).tuples())
         finished = [r for r in rows if r[1] == "finished"]
         first_running = models.StatusLog.select(peewee.fn.MIN(models.StatusLog.time)).where(
             models.StatusLog.panda_id.in_([r[0] for r in rows]),
-            models.StatusLog.new_status.in_(["starting", "running"])).scalar() if rows else None
+            models.StatusLog.new_status == "running").scalar() if rows else None
         last_end = max((r[4] for r in rows if r[4] is not None), default=None)
         makespan = utc_epoch(last_end) - self.submitted_at if last_end else None
         ideal = self.args.jobs * self.args.job_seconds / self.cores
@@ -657,6 +692,10 @@ class Testbed:
             "first_job_running_s": (utc_epoch(first_running) - self.started) if first_running else None,
             "outputs_dir": out_dir, "outputs": _count(out_dir, "." + OUTPUT), "logs": _count(out_dir, ".log.tgz"),
             "pilots_started": len(self.pilot_records()),
+            # CPU seconds so far: this process (server + harvester threads), and the pilots with their payloads
+            # (job scripts re-parented here and collected: their children's time is counted in theirs)
+            "cpu_testbed_s": cpu.user + cpu.system, "cpu_pilots_s": cpu.children_user + cpu.children_system,
+            "load": [round(x, 2) for x in os.getloadavg()],
         }
 
     def _print_summary(self, s):
@@ -676,9 +715,13 @@ class Testbed:
                          if s["ideal_s"] else f"  makespan {s['makespan_s']:.1f} s, {s['jobs_per_s']:.1f} jobs/s")
         if s["first_job_running_s"] is not None:
             lines.append(f"  first job running {s['first_job_running_s']:.1f} s after the command started")
-        lines.append(f"  {s['pilots']} pilots at a time on {s['cores']} cores ({s['pilots_started']} started): the "
-                     f"payload sleeps, and each job also costs the pilot ~{PILOT_OVERHEAD_S * 1000:.0f} ms of its "
-                     "own work, so more pilots than cores keep the cores busy")
+        lines.append(f"  CPU: server + harvester {s['cpu_testbed_s']:.1f} s, pilots and payloads "
+                     f"{s['cpu_pilots_s']:.1f} s; "
+                     f"load average {'/'.join(str(x) for x in s['load'])}")
+        lines.append(f"  {s['pilots']} pilots at a time on {s['cores']} cores ({s['pilots_started']} started). "
+                     "More pilots than cores, on purpose: the demo payload only sleeps, and each job also costs "
+                     "the pilot its own work (getJob, stage-in, log tarball, uploads, final update: CPU above), "
+                     "during which a core would otherwise wait")
         lines.append(f"  outputs and logs: {s['outputs_dir']}/ ({s['outputs']} *.{OUTPUT}, {s['logs']} *.log.tgz)")
         lines.append(f"  inputs: {self.data_dir}/ (also in the file store under {DATASET}/)")
         lines.append(f"  everything else: {self.home} (summary.json, testbed.log, queues.yaml, server/, harvester/)")
