@@ -73,7 +73,8 @@ def fmt(value, spec=".1f"):
 def main(argv=None):
     args = parser().parse_args(argv)
     base = tempfile.mkdtemp(prefix="bench-testbed-")
-    print(f"bench/testbed.py: {args.jobs} jobs of {args.job_seconds:g} s, {args.cores} cores, pilots {args.pilots}; "
+    print(f"bench/testbed.py: {args.jobs} jobs of {args.job_seconds:g} s, {args.cores} cores, "
+          f"pilots {args.pilots or 'as the testbed chooses'}; "
           f"homes under {base}; load before {'/'.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     results = []
     try:
