@@ -231,7 +231,7 @@ class Testbed:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        code, summary, stopped = 1, None, False
+        code, summary = 1, None
         try:
             self.subreaper = become_subreaper()
             self._make_home()
@@ -258,7 +258,6 @@ class Testbed:
             self.say("\nstopping (Ctrl-C/SIGTERM): harvester, pilots, server ...")
             # after --keep-running the stop is the normal end: the code still says whether every job finished
             code = 130 if summary is None else (0 if summary["complete"] else 1)
-            stopped = True
         except Exception as exc:  # noqa: BLE001 - say what failed, stop everything, exit 1
             log.exception("testbed failed")
             print(f"minipanda testbed: error: {exc}", file=sys.stderr)
@@ -272,7 +271,7 @@ class Testbed:
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
-        if stopped or code == 0:
+        if self.home:
             left = self.leftovers()
             self.say("stopped; nothing left running" if not left else
                      f"stopped, but these processes are still running: {', '.join(map(str, left))}")
