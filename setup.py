@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["minipanda", "minipanda.*", "harvester", "harvester.*", "pilot", "pilot.*",
-                                    "queueconfig", "queueconfig.*"]),
+                                    "queueconfig", "queueconfig.*", "testbed", "testbed.*"]),
     package_data={"minipanda.monitor": ["templates/*.html", "templates/*.css"]},
     install_requires=[
         "peewee>=4.0",

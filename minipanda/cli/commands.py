@@ -125,7 +125,7 @@ def build_parser():
     cli_tasks.add_parsers(sub)
     cli_queues.add_parsers(sub)
     cli_harvester.add_parsers(sub)
-    from minipanda.cli import testbed as cli_testbed
+    from testbed import cli as cli_testbed  # the one package that runs the server and harvester together
 
     cli_testbed.add_parsers(sub)
     return parser

@@ -1,22 +1,5 @@
-"""``minipanda testbed``: a whole PanDA-style system on this machine, in one command, with a demo task.
-
-One process runs the server (waitress on a thread, embedded SQLite) and harvester (its agents on threads); pilots
-are local batch workers that harvester starts as detached processes. The home is fresh: a queue configuration
-written for this machine (cores, memory), a demo dataset whose files are put in the server's file store, and a
-demo task whose jobs read their input over HTTP and upload their output there. A progress bar (rich) runs until
-every job has ended, then a summary, the outputs' place and the monitor URL are printed.
-
-Stopping: Ctrl-C or SIGTERM stops harvester, then every pilot it started (SIGTERM to the process group named in the
-local batch plugin's spool records, SIGKILL after a grace), then the server, then any process still below this one:
-this process is a child subreaper (Linux), so pilots, payloads and helpers that lost their parent are re-parented
-here and cannot outlive it. Exit code 0 only when every job of the demo task finished; 1 otherwise; 130 after
-Ctrl-C/SIGTERM.
-
-``minipanda`` never imports ``harvester`` elsewhere; the testbed is the one place that runs both in one process.
-"""
-import argparse
+"""One testbed run: a fresh home, the server and harvester on threads, the demo task, the stop."""
 import contextlib
-import datetime
 import io
 import json
 import logging
@@ -29,7 +12,11 @@ import tempfile
 import threading
 import time
 import uuid
-import zlib
+
+from testbed.processes import (adler32, become_subreaper, children, count_files, descendants, free_port,
+                               proc_stat, process_start_time, reap, utc_epoch)
+from testbed.progress import Progress
+
 
 log = logging.getLogger("minipanda.testbed")
 
@@ -40,173 +27,13 @@ OUTPUT = "out.txt"
 OUT_SCOPE = "testbed.demo.out"  # file store directory of the outputs and logs
 PREFERRED_PORT = 25080
 PILOTS_PER_CORE = 3  # the demo payload sleeps; see --pilots
-PR_SET_CHILD_SUBREAPER = 36
-
-DESCRIPTION = """Run a complete minipanda system on this machine: the server and harvester in this process, pilots
-as local batch workers, SQLite in a fresh home, and a demo task of --jobs jobs; each job reads one input file from
-the server's file store and uploads its output there. A progress bar shows the jobs (plain lines when the output
-is not a terminal); a summary follows. Exit code 0 only when every job finished."""
-
-EPILOG = """examples:
-  minipanda testbed                          # 100 jobs on every core of this machine
-  minipanda testbed --jobs 1000 --cores 2    # the benchmark size (bench/testbed.py)
-  minipanda testbed --keep-running --port 25080   # keep the server and harvester up to look around; Ctrl-C stops
-  minipanda testbed --fail-some              # every 10th payload fails once: its retry finishes
-
-Ctrl-C (or SIGTERM) stops harvester, every pilot it started and the server; nothing is left running."""
 
 
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM."""
 
 
-def add_parsers(sub):
-    p = sub.add_parser("testbed", help="run server + harvester + pilots here with a demo task (one command)",
-                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--jobs", type=_positive_int, default=100, metavar="N",
-                   help="jobs in the demo task, one input file each (default 100)")
-    p.add_argument("--cores", type=_positive_int, default=None, metavar="C",
-                   help="cores the queue may use (default: all of this machine's, %d here)" % (os.cpu_count() or 1))
-    p.add_argument("--pilots", type=_positive_int, default=None, metavar="P",
-                   help="pilots at a time (default 3 x cores: the demo payload only sleeps, and each job also "
-                        "costs our pilot ~60-80 ms of CPU and ~0.2 s of waiting on its own (getJob, stage-in, log "
-                        "tarball, uploads, final update), so more pilots than cores keep the cores busy; for "
-                        "payloads that use a core, give --pilots C)")
-    p.add_argument("--job-seconds", type=float, default=0.1, metavar="S",
-                   help="how long each demo payload runs (a sleep, then it reads and writes its files; default 0.1)")
-    p.add_argument("--home", metavar="DIR",
-                   help="where everything is kept: database, file store, logs, pilots' directories; it must be "
-                        "new or empty (default: a new directory under %s, printed at the start)"
-                        % tempfile.gettempdir())
-    p.add_argument("--port", type=int, default=None, metavar="P",
-                   help=f"the server's port on 127.0.0.1 (default {PREFERRED_PORT} when free, else any free port)")
-    p.add_argument("--keep-running", action="store_true",
-                   help="when the task is over, keep the server and harvester up (monitor, CLI, more jobs) until "
-                        "Ctrl-C or SIGTERM")
-    p.add_argument("--fail-some", action="store_true",
-                   help="make every 10th payload fail once (exit code 3): the server retries it, and the retry "
-                        "finishes")
-    p.add_argument("--auth", choices=["none", "token"], default="none",
-                   help="'none' (default; loopback only): the monitor opens without a token; 'token': every "
-                        "request needs a bearer token (the admin one is <home>/server/admin.token)")
-    p.add_argument("--lost-heartbeat", type=int, default=600, metavar="S",
-                   help="a running job whose pilot sent no heartbeat for S seconds is failed as lost and retried; "
-                        "pilots send one every S/4 (default 600)")
-    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
-                   help="server setting, as 'minipanda serve --setting' (e.g. period.watchdog=1); repeatable")
-    p.add_argument("--harvester-setting", action="append", default=[], metavar="KEY=VALUE",
-                   help="harvester setting, as 'harvester run --setting' (e.g. monitor_period=2); repeatable")
-    p.add_argument("--debug", action="store_true", help="debug logging in <home>/testbed.log")
-    p.set_defaults(func=cmd_testbed)
 
-
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def cmd_testbed(args):
-    if args.job_seconds < 0:
-        raise ValueError(f"--job-seconds: must not be negative, got {args.job_seconds}")
-    if args.lost_heartbeat < 4:
-        raise ValueError(f"--lost-heartbeat: at least 4 s (pilots beat every quarter of it), got {args.lost_heartbeat}")
-    return Testbed(args).run()
-
-
-# ---- processes ------------------------------------------------------------------------------------------------
-def become_subreaper():
-    """Orphans below this process are re-parented here instead of to init (Linux); False elsewhere."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def proc_stat(pid):
-    """(state, process group, start ticks) of ``pid`` from /proc, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rpartition(")")[2].split()
-        return fields[0], int(fields[2]), int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def children(pid):
-    found = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as handle:
-                found += [int(x) for x in handle.read().split()]
-        except OSError:
-            pass
-    return found
-
-
-def descendants(pid):
-    found, todo = [], children(pid)
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo += children(child)
-    return found
-
-
-def reap(pid):
-    """Collect ``pid`` if it is an exited child of ours (a re-parented orphan); never blocks."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def free_port(preferred):
-    """``preferred`` when nothing listens there on 127.0.0.1, else 0 (the server picks a free port)."""
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            return 0
-
-
-def adler32(data):
-    return f"{zlib.adler32(data) & 0xffffffff:08x}"
-
-
-def process_start_time():
-    """When this process started (epoch seconds), so 'time to first job' counts the command's own start-up."""
-    try:
-        import psutil
-
-        return psutil.Process().create_time()
-    except Exception:  # psutil is a dependency; this is only a fallback
-        return time.time()
-
-
-def _count(directory, suffix):
-    try:
-        return sum(name.endswith(suffix) for name in os.listdir(directory))
-    except OSError:
-        return 0
-
-
-def utc_epoch(value):
-    if value is None:
-        return None
-    return value.replace(tzinfo=datetime.timezone.utc).timestamp()
-
-
-# ---- the testbed ----------------------------------------------------------------------------------------------
 class Testbed:
     def __init__(self, args):
         self.args = args
@@ -689,7 +516,7 @@ class Testbed:
             "makespan_s": makespan, "ideal_s": ideal, "ratio": (makespan / ideal) if makespan and ideal else None,
             "jobs_per_s": (len(finished) / makespan) if makespan else None,
             "first_job_running_s": (utc_epoch(first_running) - self.started) if first_running else None,
-            "outputs_dir": out_dir, "outputs": _count(out_dir, "." + OUTPUT), "logs": _count(out_dir, ".log.tgz"),
+            "outputs_dir": out_dir, "outputs": count_files(out_dir, "." + OUTPUT), "logs": count_files(out_dir, ".log.tgz"),
             "pilots_started": len(self.pilot_records()),
             # CPU seconds so far: this process (server + harvester threads), and the pilots with their payloads
             # (job scripts re-parented here and collected: their children's time is counted in theirs)
@@ -728,48 +555,3 @@ class Testbed:
         self.say("\n".join(lines))
 
 
-# ---- progress -----------------------------------------------------------------------------------------------------
-class Progress:
-    """A rich progress bar on a terminal; elsewhere one plain line every few seconds and when a tenth is done."""
-
-    ACTIVE = ("sent", "starting", "running", "holding", "transferring", "merging")
-
-    def __init__(self, total, out):
-        self.total, self.out = total, out
-        self.started = time.monotonic()
-        self.bar = None
-        self._last_line, self._last_done = 0.0, -1
-        if out.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
-                TimeElapsedColumn
-
-            self.bar = RichProgress(TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(),
-                                    TimeElapsedColumn(), TextColumn("{task.description}"),
-                                    console=Console(file=out), transient=False)
-            self.task = self.bar.add_task("", total=total)
-            self.bar.start()
-
-    def text(self, state, pilots):
-        jobs = state["jobs"]
-        active = sum(jobs.get(s, 0) for s in self.ACTIVE)
-        waiting = sum(jobs.get(s, 0) for s in ("defined", "activated", "pending", "assigned"))
-        failed = jobs.get("failed", 0)
-        return (f"{active} running, {waiting} waiting, {failed} failed (retried), {pilots} pilots; "
-                f"task {state['task']}")
-
-    def update(self, state, pilots):
-        done = state["jobs"].get("finished", 0)
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, description=self.text(state, pilots))
-            return
-        now = time.monotonic()
-        tenth = done * 10 // max(1, self.total)
-        if now - self._last_line >= 5 or tenth != self._last_done:
-            self._last_line, self._last_done = now, tenth
-            print(f"[{now - self.started:6.1f} s] {done}/{self.total} jobs finished; {self.text(state, pilots)}",
-                  file=self.out, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.stop()

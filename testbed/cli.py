@@ -1,0 +1,78 @@
+"""The options of ``minipanda testbed`` and its entry point; the run itself is :class:`testbed.bed.Testbed`."""
+import argparse
+import os
+import tempfile
+
+from testbed.bed import PREFERRED_PORT, Testbed
+
+DESCRIPTION = """Run a complete minipanda system on this machine: the server and harvester in this process, pilots
+as local batch workers, SQLite in a fresh home, and a demo task of --jobs jobs; each job reads one input file from
+the server's file store and uploads its output there. A progress bar shows the jobs (plain lines when the output
+is not a terminal); a summary follows. Exit code 0 only when every job finished."""
+
+EPILOG = """examples:
+  minipanda testbed                          # 100 jobs on every core of this machine
+  minipanda testbed --jobs 1000 --cores 2    # the benchmark size (bench/testbed.py)
+  minipanda testbed --keep-running --port 25080   # keep the server and harvester up to look around; Ctrl-C stops
+  minipanda testbed --fail-some              # every 10th payload fails once: its retry finishes
+
+Ctrl-C (or SIGTERM) stops harvester, every pilot it started and the server; nothing is left running."""
+
+
+
+
+def add_parsers(sub):
+    p = sub.add_parser("testbed", help="run server + harvester + pilots here with a demo task (one command)",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=_positive_int, default=100, metavar="N",
+                   help="jobs in the demo task, one input file each (default 100)")
+    p.add_argument("--cores", type=_positive_int, default=None, metavar="C",
+                   help="cores the queue may use (default: all of this machine's, %d here)" % (os.cpu_count() or 1))
+    p.add_argument("--pilots", type=_positive_int, default=None, metavar="P",
+                   help="pilots at a time (default 3 x cores: the demo payload only sleeps, and each job also "
+                        "costs our pilot ~60-80 ms of CPU and ~0.2 s of waiting on its own (getJob, stage-in, log "
+                        "tarball, uploads, final update), so more pilots than cores keep the cores busy; for "
+                        "payloads that use a core, give --pilots C)")
+    p.add_argument("--job-seconds", type=float, default=0.1, metavar="S",
+                   help="how long each demo payload runs (a sleep, then it reads and writes its files; default 0.1)")
+    p.add_argument("--home", metavar="DIR",
+                   help="where everything is kept: database, file store, logs, pilots' directories; it must be "
+                        "new or empty (default: a new directory under %s, printed at the start)"
+                        % tempfile.gettempdir())
+    p.add_argument("--port", type=int, default=None, metavar="P",
+                   help=f"the server's port on 127.0.0.1 (default {PREFERRED_PORT} when free, else any free port)")
+    p.add_argument("--keep-running", action="store_true",
+                   help="when the task is over, keep the server and harvester up (monitor, CLI, more jobs) until "
+                        "Ctrl-C or SIGTERM")
+    p.add_argument("--fail-some", action="store_true",
+                   help="make every 10th payload fail once (exit code 3): the server retries it, and the retry "
+                        "finishes")
+    p.add_argument("--auth", choices=["none", "token"], default="none",
+                   help="'none' (default; loopback only): the monitor opens without a token; 'token': every "
+                        "request needs a bearer token (the admin one is <home>/server/admin.token)")
+    p.add_argument("--lost-heartbeat", type=int, default=600, metavar="S",
+                   help="a running job whose pilot sent no heartbeat for S seconds is failed as lost and retried; "
+                        "pilots send one every S/4 (default 600)")
+    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="server setting, as 'minipanda serve --setting' (e.g. period.watchdog=1); repeatable")
+    p.add_argument("--harvester-setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="harvester setting, as 'harvester run --setting' (e.g. monitor_period=2); repeatable")
+    p.add_argument("--debug", action="store_true", help="debug logging in <home>/testbed.log")
+    p.set_defaults(func=cmd_testbed)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def cmd_testbed(args):
+    if args.job_seconds < 0:
+        raise ValueError(f"--job-seconds: must not be negative, got {args.job_seconds}")
+    if args.lost_heartbeat < 4:
+        raise ValueError(f"--lost-heartbeat: at least 4 s (pilots beat every quarter of it), got {args.lost_heartbeat}")
+    return Testbed(args).run()
+
+
