@@ -85,9 +85,14 @@ class ServerClient:
         self.session.close()
 
     # ---- harvester endpoints -----------------------------------------------------------------------------------
-    def heartbeat(self, start_time):
-        return self.call("harvester/heartbeat", {"harvester_id": self.harvester_id, "version": __version__,
-                                                 "start_time": start_time, "host": socket.gethostname()})
+    def heartbeat(self, start_time, agents=None):
+        """Alive, with each agent's cycle figures (runs, errors, last duration and error) for the server's
+        metrics."""
+        payload = {"harvester_id": self.harvester_id, "version": __version__, "start_time": start_time,
+                   "host": socket.gethostname()}
+        if agents is not None:
+            payload["agents"] = agents
+        return self.call("harvester/heartbeat", payload)
 
     def update_workers(self, workers):
         return self.call("harvester/update_workers", {"harvester_id": self.harvester_id, "workers": workers})

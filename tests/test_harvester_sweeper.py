@@ -28,8 +28,9 @@ class RecordingServer:
         self.calls.append(("revoke", sorted(jtis)))
         return {"revoked": len(jtis)}
 
-    def heartbeat(self, start_time):
+    def heartbeat(self, start_time, agents=None):
         self.calls.append(("heartbeat", start_time))
+        self.agents = agents
 
     def acquire_commands(self, n_commands=20):
         commands, self.commands = self.commands, []
@@ -147,3 +148,4 @@ def test_commands_executed_then_acknowledged(setup):
     assert state.n_workers_override == 3 and state.stats_requested
     assert server.calls[0][0] == "heartbeat" and server.calls[-1] == ("ack", [1, 2, 3, 4])
     assert "unknown command" in models.Command.get_by_id(4).result
+    assert server.agents == {}  # no agent has run in this database yet; the runner records each cycle

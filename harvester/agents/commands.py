@@ -31,7 +31,7 @@ class Commands(Agent):
         due = self.last_heartbeat is None or \
             (now - self.last_heartbeat).total_seconds() >= self.ctx.settings.heartbeat_period
         if due:
-            self.ctx.server.heartbeat(iso(self.started))
+            self.ctx.server.heartbeat(iso(self.started), agent_figures())
             self.last_heartbeat = now
         with models.database.atomic():
             for command in self.ctx.server.acquire_commands():
@@ -72,6 +72,13 @@ class Commands(Agent):
             return f"statistics requested for {len(queues)} queues"
         log.error("unknown command %s %s from the server: ignored", name, params)
         return f"unknown command {name}: ignored"
+
+
+def agent_figures():
+    """Each agent's cycles so far: runs, errors, last duration (s), last error and its time."""
+    return {run.agent: {"runs": run.runs, "errors": run.errors, "last_duration": round(run.last_duration, 6),
+                        "last_error": run.last_error or None, "last_error_time": iso(run.last_error_time)}
+            for run in models.AgentRun.select()}
 
 
 def kill_workers(queue, worker_ids, reason, context=None):
