@@ -5,7 +5,7 @@ import json
 import logging
 import time
 
-from minipanda.core import dispatch, jobs, jobspec, policy, queues
+from minipanda.core import dispatch, jobs, policy, queues
 from minipanda.core.auth import PILOT_ROLES, require_role
 from minipanda.errors import SC_MISSING_KEY, SC_ROLE, RequestError
 from minipanda.monitor import metrics
@@ -38,22 +38,18 @@ def from_v1(params):
     return {V1_ALIASES.get(k, k): v for k, v in params.items()}
 
 
-def _int_param(params, name, errors, minimum=None):
-    value = jobspec.to_int(params.get(name), name, errors)
-    if value is not None and minimum is not None and value < minimum:
-        errors.append(f"{name}: must be at least {minimum}, got {value}")
-    return value
-
-
 def acquire_jobs(params, identity):
-    """getJob / pilot/acquire_jobs: claim up to nJobs matching jobs; return (definitions, bulk?, why none)."""
+    """getJob / pilot/acquire_jobs: claim up to nJobs matching jobs; return (definitions, bulk?, why none).
+
+    ``params`` were checked against the route's declared offer (minipanda.api.params): numbers are integers in
+    range or None, texts are strings within their column or None.
+    """
     require_role(identity, PILOT_ROLES)
     queue = params.get("computingElement") or params.get("siteName")
     if not queue or not isinstance(queue, str):
         raise RequestError("computingElement or siteName: required (the queue the pilot serves)", SC_MISSING_KEY)
-    errors = []
-    cores = _int_param(params, "coreCount", errors, 1)
-    pilot_label = str(params.get("prodSourceLabel") or "managed")
+    cores = params.get("coreCount")
+    pilot_label = params.get("prodSourceLabel") or "managed"
     labels, why_none = policy.claimable_labels(pilot_label, *queues.served_labels(queue))
     if not labels:
         return [], params.get("nJobs") not in (None, ""), f"queue {queue} is {why_none}" if why_none == "offline" \
@@ -61,23 +57,14 @@ def acquire_jobs(params, identity):
     offer = dispatch.Offer(labels=tuple(labels),
         queue=queue, prod_source_label=pilot_label,
         cores=cores if cores is not None else queues.queue_corecount(queue),
-        memory_mb=_int_param(params, "mem", errors, 0), disk_mb=_int_param(params, "diskSpace", errors, 0),
-        walltime_s=_int_param(params, "remainingTime", errors, 0),
-        n_jobs=_int_param(params, "nJobs", errors, 1) or 1,
-        node=_text(params.get("node"), 256), pilot_id=_text(params.get("pilotID"), 256),
-        batch_id=_text(params.get("batchID"), 128), harvester_id=_text(params.get("harvester_id"), 128),
-        worker_id=_int_param(params, "worker_id", errors, 0))
-    if errors:
-        raise RequestError("; ".join(errors))
+        memory_mb=params.get("mem"), disk_mb=params.get("diskSpace"), walltime_s=params.get("remainingTime"),
+        n_jobs=params.get("nJobs") or 1, node=params.get("node"), pilot_id=params.get("pilotID"),
+        batch_id=params.get("batchID"), harvester_id=params.get("harvester_id"), worker_id=params.get("worker_id"))
     started = time.perf_counter()
     definitions = dispatch.claim_jobs(offer)
     metrics.observe_dispatch(time.perf_counter() - started, bool(definitions))
     why = "" if definitions else f"no jobs available for queue {queue} and this offer"
     return definitions, params.get("nJobs") not in (None, ""), why
-
-
-def _text(value, limit):
-    return None if jobspec.is_null(value) else str(value)[:limit]
 
 
 def update_job(params, identity):
@@ -110,9 +97,7 @@ def worker_pilot_status(params, identity):
     """updateWorkerPilotStatus: a pilot says it started or finished inside a harvester worker."""
     require_role(identity, PILOT_ROLES)
     errors = []
-    worker_id = _int_param(params, "workerID", errors, 0)
-    harvester_id = _text(params.get("harvesterID"), 128)
-    status = params.get("status")
+    worker_id, harvester_id, status = params.get("workerID"), params.get("harvesterID"), params.get("status")
     if worker_id is None:
         errors.append("workerID: required")
     if not harvester_id:
@@ -121,8 +106,7 @@ def worker_pilot_status(params, identity):
         errors.append(f"status: expected 'started' or 'finished', got {status!r}")
     if errors:
         raise RequestError("; ".join(errors), SC_MISSING_KEY)
-    pilot_status.record(harvester_id, worker_id, status, _text(params.get("site"), 128) or "",
-                        _text(params.get("node_id"), 256))
+    pilot_status.record(harvester_id, worker_id, status, params.get("site") or "", params.get("node_id"))
     return {"StatusCode": 0}
 
 
@@ -154,19 +138,10 @@ def job_ids(params, *names):
 
 def kill(params, identity):
     ids = job_ids(params, "job_ids", "ids")
-    errors = []
-    code = _int_param(params, "code", errors)
-    if errors:
-        raise RequestError("; ".join(errors))
-    return jobs.kill_jobs(ids, identity.name, policy.manages_all(identity), code)
+    return jobs.kill_jobs(ids, identity.name, policy.manages_all(identity), params.get("code"))
 
 
 def list_jobs(params):
     """Our own job listing (no PanDA equivalent): newest first, filtered by status, queue, user, task."""
-    errors = []
-    limit = _int_param(params, "limit", errors, 1) or 100
-    if errors:
-        raise RequestError("; ".join(errors))
-    task_id = jobs.parse_job_id(params["task_id"], "task_id") if params.get("task_id") else None
-    return jobs.list_jobs(limit, task_id, **{name: str(params[name]) for name in ("status", "queue", "user")
-                                             if params.get(name)})
+    return jobs.list_jobs(params.get("limit") or 100, params.get("task_id"),
+                          **{name: params[name] for name in ("status", "queue", "user") if params.get(name)})

@@ -154,12 +154,15 @@ def check(params_model, params):
 
 # ---- the routes' parameters -----------------------------------------------------------------------------------
 
-OFFER_LEGACY = model("GetJob", siteName=Name, computingElement=Name, prodSourceLabel=Name, coreCount=Count,
-                     mem=Int, diskSpace=Int, remainingTime=Int, nJobs=Count, node=Name, pilotID=Name,
-                     batchID=Name, harvester_id=Name, worker_id=Int)
-OFFER_V1 = model("AcquireJobs", site_name=Name, computing_element=Name, prod_source_label=Name,
-                 core_count=Count, memory=Int, disk_space=Int, remaining_time=Int, n_jobs=Count, node=Name,
-                 pilot_id=Name, batch_id=Name, harvester_id=Name, worker_id=Int)
+# A pilot's offer: what it runs on and the room it has (limits at least 0; cores and jobs at least 1).
+_OFFER = {"coreCount": integer(1, INT32_MAX), "mem": integer(0), "diskSpace": integer(0),
+          "remainingTime": integer(0), "nJobs": integer(1, INT32_MAX), "node": Name, "pilotID": Name,
+          "batchID": text(128), "harvester_id": text(128), "worker_id": integer(0)}
+OFFER_LEGACY = model("GetJob", siteName=Name, computingElement=Name, prodSourceLabel=text(32), **_OFFER)
+OFFER_V1 = model("AcquireJobs", site_name=Name, computing_element=Name, prod_source_label=text(32),
+                 core_count=_OFFER["coreCount"], memory=_OFFER["mem"], disk_space=_OFFER["diskSpace"],
+                 remaining_time=_OFFER["remainingTime"], n_jobs=_OFFER["nJobs"], node=Name, pilot_id=Name,
+                 batch_id=text(128), harvester_id=text(128), worker_id=integer(0))
 _UPDATE_INTS = ("transExitCode", "pilotErrorCode", "exeErrorCode", "cpuConsumptionTime", "nEvents", "maxRSS",
                 "maxPSS", "maxVMEM", "avgRSS", "avgPSS")
 UPDATE_LEGACY = model("UpdateJob", jobId=Int, state=Name, attemptNr=Int32, pilotID=Name, batchID=Name, node=Name,
@@ -171,8 +174,8 @@ UPDATE_V1 = model("UpdateJobV1", job_id=Int, job_status=Name, attempt_nr=Int32, 
                   pilot_timing=Diag, meta_data=Json, job_metrics=Json, xml=Json, core_count=Int32,
                   trans_exit_code=Int32, pilot_error_code=Int32, exe_error_code=Int32, cpu_consumption_time=Int,
                   n_events=Int, max_rss=Int, max_pss=Int, max_vmem=Int)
-WORKER_PILOT_STATUS = model("UpdateWorkerPilotStatus", workerID=Int, harvesterID=Name, status=Name, site=Name,
-                            node_id=Name)
+WORKER_PILOT_STATUS = model("UpdateWorkerPilotStatus", workerID=integer(0), harvesterID=text(128), status=Name,
+                            site=text(128), node_id=Name)
 NONE = model("NoParams")
 LEGACY = {"getJob": OFFER_LEGACY, "updateJob": UPDATE_LEGACY, "updateJobsInBulk": model("UpdateJobsInBulk",
           jobList=Json), "getStatus": model("GetStatus", ids=IdList, job_ids=IdList),
@@ -186,7 +189,8 @@ V1 = {
     "job/get_status": JOB_IDS, "job/submit": model("SubmitJobs", jobs=Json), "job/get_description": JOB_IDS,
     "job/get_description_incl_archive": JOB_IDS, "job/kill": model("KillJobs", job_ids=IdList, ids=IdList,
                                                                      code=Int32),
-    "job/list": model("ListJobs", limit=Count, status=Name, queue=Name, user=Name, task_id=Int),
+    "job/list": model("ListJobs", limit=integer(1, INT32_MAX), status=Name, queue=Name, user=Name,
+                      task_id=integer(0)),
     "job/get_status_log": model("JobStatusLog", job_id=Int), "queues": NONE,
 }
 TASK_ID = model("TaskId", task_id=NumberOrWord)
