@@ -184,3 +184,26 @@ def test_two_users_may_use_the_same_task_name_and_errors_name_no_other_users_tas
     with pytest.raises(TaskParamError) as clash:
         service.submit_task(dict(params), Identity("user3", "user"))
     assert "another user" in str(clash.value) and str(second) not in str(clash.value)
+
+
+def test_a_users_jedi_form_datasets_go_to_their_scope_and_a_managers_user_scope_is_kept(database):
+    from minipanda.core.auth import Identity
+    from minipanda.tasks import service
+    from taskhelp import set_queue
+
+    set_queue("Q1")
+
+    def jedi(name):
+        return {"taskName": name, "noInput": True, "nEvents": 2, "nEventsPerJob": 2, "skipScout": True,
+                "prodSourceLabel": "user", "site": "Q1", "transPath": "/usr/bin/env",
+                "log": {"type": "template", "param_type": "log", "dataset": f"{name}.log/",
+                        "value": "x.$JEDITASKID.${SN}.log.tgz"},
+                "jobParameters": [{"type": "constant", "value": "echo"},
+                                  {"type": "template", "param_type": "output", "hidden": True,
+                                   "dataset": f"{name}_out/", "value": "$JEDITASKID._${SN/P}.out.txt"}]}
+
+    mine = service.submit_task(jedi("same.name"), Identity("alice", "user"))
+    theirs = service.submit_task(jedi("user.bob.kept"), Identity("admin", "admin"))
+    names = {d.name: d.task_id for d in models.Dataset.select()}
+    assert names == {"user.alice.same.name.log/": mine, "user.alice.same.name_out/": mine,
+                     "user.bob.kept.log/": theirs, "user.bob.kept_out/": theirs}

@@ -18,7 +18,7 @@ FLAT_INT_HELP = {
     "nJobs": "number of jobs (without input: %RNDM and the serial number differ per job)",
     "coreCount": "cores per job (default 1)", "ramCount": "memory per job in MB",
     "walltime": "walltime per job in seconds", "maxAttempt": "attempts per input before it fails (default 3)",
-    "taskPriority": "the task's priority (admin/production)", "nScouts": "scout jobs before the rest (default 1)",
+    "taskPriority": "the task's priority (admin/production)", "nScouts": "scout jobs before the rest (default 3)",
 }
 TASK_COLUMNS = ["jediTaskID", "status", "pctFinished", "nFiles", "nFilesFinished", "nFilesFailed", "userName",
                 "modificationTime", "taskName"]

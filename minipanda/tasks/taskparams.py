@@ -130,9 +130,9 @@ def normalise(params, user, role="user"):
         spec, check = _jedi(params, user)
     elif "exec" in params:
         spec, check = _flat(params)
-        _in_user_scope(spec, user, role)
     else:
         raise TaskParamError(["exec: required (or jobParameters, for PanDA's taskParamMap form)"])
+    _in_user_scope(spec, user, role)
     _common(spec, check, role)
     if check.errors:
         raise TaskParamError(check.errors)
@@ -145,7 +145,7 @@ def _in_user_scope(spec, user, role):
     if spec["prodSourceLabel"] in policy.PRODUCTION_LABELS:
         return
     scope = f"user.{user}."
-    for entry in spec["outputs"] + [spec["log"]]:
+    for entry in (spec.get("outputs") or []) + [spec.get("log") or {}]:
         name = entry.get("dataset")
         if not isinstance(name, str) or name.startswith(scope):
             continue
