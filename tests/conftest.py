@@ -78,9 +78,9 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.read_log()}")
             try:
-                requests.get(self.url + "/api/v1/system/is_alive", timeout=1)
+                requests.get(self.url + "/api/v1/system/is_alive", timeout=5)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a busy machine
                 time.sleep(0.1)
         else:
             raise RuntimeError("server did not answer within 30 s: " + self.read_log())

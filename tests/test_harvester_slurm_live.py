@@ -214,7 +214,7 @@ def test_find_reconciles_a_submission_a_crash_left_unrecorded(cluster, tmp_path)
     asks find(access point), which recognises the Slurm job by its comment (and working directory)."""
     from harvester.batch import plugin_for
     from harvester.batch.base import WorkerSpec
-    from harvester.transport import transport_for
+    from harvester.context import transport_for
     from queueconfig import Queue
 
     queue = Queue.model_validate({"name": QUEUE, "batch": {"system": "slurm"},
