@@ -551,7 +551,11 @@ class Testbed:
         lines.append(f"  outputs and logs: {s['outputs_dir']}/ ({s['outputs']} *.{OUTPUT}, {s['logs']} *.log.tgz)")
         lines.append(f"  inputs: {self.data_dir}/ (also in the file store under {DATASET}/)")
         lines.append(f"  everything else: {self.home} (summary.json, testbed.log, queues.yaml, server/, harvester/)")
-        lines.append(f"monitor: {s['monitor']}")
+        if self.args.keep_running:
+            lines.append(f"monitor: {s['monitor']} (up until Ctrl-C)")
+        else:
+            lines.append(f"monitor: {s['monitor']} was up while the task ran; 'minipanda testbed --keep-running' "
+                         "keeps the server, harvester and monitor up afterwards")
         self.say("\n".join(lines))
 
 
