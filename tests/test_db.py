@@ -108,7 +108,7 @@ def test_v3_database_gets_the_harvester_tables_and_keeps_its_workers(tmp_path):
     make_v3_database(path)
     database = schema.open_database("sqlite:///" + path)
     database.connect(reuse_if_open=True)
-    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 5
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION
     tables = database.get_tables()
     assert {"harvester_instance", "harvester_command", "worker_statistics"} <= set(tables)
     old = models.Worker.get(models.Worker.worker_id == 9)
@@ -135,7 +135,24 @@ def test_v4_database_tells_retry_notes_apart_from_transitions(tmp_path):
     database.close()
     database = schema.open_database("sqlite:///" + path)
     database.connect(reuse_if_open=True)
-    assert schema.schema_version(database) == 5
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION
     kinds = [(r.old_status, r.new_status, r.kind) for r in models.StatusLog.select().order_by(models.StatusLog.id)]
     assert kinds == [("sent", "failed", "transition"), ("failed", "failed", "note")]
+    database.close()
+
+
+def test_v5_database_gets_the_harvester_agent_figures_column(tmp_path):
+    path = str(tmp_path / "v5.db")
+    database = schema.open_database("sqlite:///" + path)
+    database.connect(reuse_if_open=True)
+    database.execute_sql('ALTER TABLE "harvester_instance" DROP COLUMN "agents"')
+    database.execute_sql("UPDATE config SET value = '5' WHERE key = 'schema_version'")
+    database.execute_sql("INSERT INTO harvester_instance (harvester_id, host, version, last_heartbeat) VALUES "
+                         "('h1', 'host1', '0.1.0', '2026-01-01 00:00:00')")
+    database.close()
+    database = schema.open_database("sqlite:///" + path)
+    database.connect(reuse_if_open=True)
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 6
+    row = models.HarvesterInstance.get_by_id("h1")
+    assert (row.host, row.agents) == ("host1", None)
     database.close()

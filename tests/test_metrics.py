@@ -126,3 +126,27 @@ def test_each_app_has_its_own_registry_and_the_global_one_stays_clean(tmp_path):
     registries = [app.config["minipanda.metrics"] for app in apps]
     assert registries[0] is not registries[1]
     assert not [m.name for m in REGISTRY.collect() if m.name.startswith("minipanda")]
+
+
+def test_harvester_agent_figures_from_its_heartbeat(server):
+    """harvester's heartbeat carries each agent's cycles, errors and last duration; /metrics exports them, and a
+    malformed figure is refused naming it (nothing stored)."""
+    url, headers = server.url + "/api/v1/harvester/heartbeat", {"Authorization": f"Bearer {server.admin_token}"}
+    agents = {"monitor": {"runs": 12, "errors": 1, "last_duration": 0.25, "last_error": "boom",
+                          "last_error_time": "2026-11-30T11:00:00"},
+              "submitter": {"runs": 3, "errors": 0, "last_duration": 1.5, "last_error": None,
+                            "last_error_time": None}}
+    reply = requests.post(url, json={"harvester_id": "harv-9", "version": "0.1.0", "host": "h", "agents": agents},
+                          headers=headers, timeout=30)
+    assert reply.status_code == 200 and reply.json()["success"], reply.text
+    bad = requests.post(url, json={"harvester_id": "harv-9", "agents": {"monitor": {"runs": -1}}}, headers=headers,
+                        timeout=30)
+    assert bad.status_code == 400 and "agents.monitor.runs" in bad.json()["message"], bad.text
+    families = scrape(server)
+    key = lambda agent: (("agent", agent), ("harvester", "harv-9"))  # noqa: E731
+    assert samples(families, "minipanda_harvester_agent_cycles", "_total") == {key("monitor"): 12.0,
+                                                                                key("submitter"): 3.0}
+    assert samples(families, "minipanda_harvester_agent_errors", "_total") == {key("monitor"): 1.0,
+                                                                                key("submitter"): 0.0}
+    assert samples(families, "minipanda_harvester_agent_last_cycle_seconds") == {key("monitor"): 0.25,
+                                                                                 key("submitter"): 1.5}

@@ -22,7 +22,7 @@ def _harvester(params):
 
 def heartbeat(params, identity):
     return ok(harvesters.heartbeat(_harvester(params), params.get("version"), params.get("start_time"),
-                                   params.get("host")))
+                                   params.get("host"), agents=params.get("agents")))
 
 
 def update_workers(params, identity):

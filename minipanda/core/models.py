@@ -345,6 +345,7 @@ class HarvesterInstance(BaseModel):
     version = peewee.CharField(max_length=64, default="")
     start_time = peewee.DateTimeField(null=True)
     last_heartbeat = peewee.DateTimeField()
+    agents = peewee.TextField(null=True)  # JSON {agent: {runs, errors, last_duration, last_error_time}} (metrics)
 
     class Meta:
         table_name = "harvester_instance"

@@ -79,8 +79,15 @@ def _migration_5(db, migrator):
     db.execute_sql('UPDATE "status_log" SET "kind" = %s WHERE "old_status" = "new_status"' % db.param, ("note",))
 
 
-MIGRATIONS = {2: _migration_2, 3: _migration_3, 4: _migration_4, 5: _migration_5}
-SCHEMA_VERSION = 5
+def _migration_6(db, migrator):
+    """harvester_instance.agents: each harvester agent's cycle figures from its heartbeat, for /metrics."""
+    # step 4 creates the harvester tables from today's models, so an upgrade from before 4 already has the column
+    if "agents" not in {column.name for column in db.get_columns("harvester_instance")}:
+        migrate(migrator.add_column("harvester_instance", "agents", models.HarvesterInstance.agents))
+
+
+MIGRATIONS = {2: _migration_2, 3: _migration_3, 4: _migration_4, 5: _migration_5, 6: _migration_6}
+SCHEMA_VERSION = 6
 
 
 def schema_version(db):

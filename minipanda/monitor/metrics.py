@@ -20,17 +20,21 @@ minipanda_harvester_worker_statistics           harvester, queue,      harvester
 minipanda_harvester_heartbeat_age_seconds       harvester              seconds since the harvester's heartbeat
 minipanda_harvester_info                        harvester, host,       1 per harvester instance
                                                 version
+minipanda_harvester_agent_cycles_total          harvester, agent       cycles of each harvester agent (heartbeat)
+minipanda_harvester_agent_errors_total          harvester, agent       failed cycles of each agent (heartbeat)
+minipanda_harvester_agent_last_cycle_seconds    harvester, agent       duration of each agent's last cycle
 minipanda_dispatch_seconds                      outcome (jobs, none)   histogram: time to claim jobs for a request
 minipanda_scrape_database_seconds               (none)                 time the scrape's queries took
 ==============================================  =====================  =============================================
 """
 import datetime
+import json
 import time
 
 from peewee import fn
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from minipanda.core import models, states
@@ -118,11 +122,24 @@ class DatabaseCollector(Collector):
                                 "Seconds since the harvester's last heartbeat", labels=["harvester"])
         info = GaugeMetricFamily("minipanda_harvester_info", "Harvester instances (value 1)",
                                  labels=["harvester", "host", "version"])
+        cycles = CounterMetricFamily("minipanda_harvester_agent_cycles", "Cycles each harvester agent has run "
+                                     "(from its heartbeat)", labels=["harvester", "agent"])
+        errors = CounterMetricFamily("minipanda_harvester_agent_errors", "Cycles of each harvester agent that "
+                                     "failed (from its heartbeat)", labels=["harvester", "agent"])
+        last = GaugeMetricFamily("minipanda_harvester_agent_last_cycle_seconds", "Duration of each harvester "
+                                 "agent's last cycle (from its heartbeat)", labels=["harvester", "agent"])
         for h in models.HarvesterInstance.select():
             age.add_metric([h.harvester_id], max(0.0, (now - h.last_heartbeat).total_seconds()))
             info.add_metric([h.harvester_id, h.host or "", h.version or ""], 1)
+            for agent, figures in sorted(json.loads(h.agents or "{}").items()):
+                cycles.add_metric([h.harvester_id, agent], _number(figures.get("runs")))
+                errors.add_metric([h.harvester_id, agent], _number(figures.get("errors")))
+                last.add_metric([h.harvester_id, agent], _number(figures.get("last_duration")))
         yield age
         yield info
+        yield cycles
+        yield errors
+        yield last
 
 
 def _datetime(value):

@@ -10,6 +10,7 @@ new attempt exactly as for any other failed job.
 """
 import datetime
 import json
+import math
 import logging
 import re
 
@@ -106,17 +107,49 @@ def id_list(value, name, parse=None):
     return [(parse or (lambda v, n: integer(v, n)))(v, f"{name}[{i}]") for i, v in enumerate(value)]
 
 
+def figure(value, name):
+    """A finite, non-negative number (a count or seconds)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise RequestError(f"{name}: expected a non-negative number, got {str(value)[:40]!r}")
+    return value
+
+
 def iso(when):
     return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
 
 
 # ---- heartbeat, statistics ---------------------------------------------------------------------------------------
 
-def heartbeat(harvester_id, version, start_time, host, now=None):
-    """Record that a harvester is alive; returns {"server_time"}."""
+AGENT_FIGURES = ("runs", "errors", "last_duration")
+
+
+def agent_figures(agents):
+    """The agents' cycle figures of a heartbeat as stored: {agent: {runs, errors, last_duration, last_error_time}},
+    numbers checked; None when the harvester sent none."""
+    agents = json_value(agents, "agents")
+    if agents is None:
+        return None
+    if not isinstance(agents, dict) or len(agents) > 64:
+        raise RequestError("agents: expected {agent: {runs, errors, last_duration, ...}} (at most 64 agents)")
+    figures = {}
+    for name, values in agents.items():
+        text(name, "agents name", 32, required=True)
+        if not isinstance(values, dict):
+            raise RequestError(f"agents.{name}: expected an object")
+        row = {key: figure(values.get(key, 0), f"agents.{name}.{key}") for key in AGENT_FIGURES}
+        row["last_error_time"] = iso(utc_time(values.get("last_error_time"), f"agents.{name}.last_error_time"))
+        figures[name] = row
+    return json.dumps(figures, sort_keys=True)
+
+
+def heartbeat(harvester_id, version, start_time, host, now=None, agents=None):
+    """Record that a harvester is alive (with its agents' cycle figures when sent); returns {"server_time"}."""
     now = now or states.utcnow()
     row = {"host": text(host, "host", 256) or "", "version": text(version, "version", 64) or "",
            "start_time": utc_time(start_time, "start_time"), "last_heartbeat": now}
+    figures = agent_figures(agents)
+    if figures is not None:
+        row["agents"] = figures
     HI = models.HarvesterInstance
     with database.atomic():
         HI.insert(harvester_id=harvester_id, **row).on_conflict(
