@@ -74,6 +74,8 @@ class _EntryMapper:
             self._top(key, attributes[key], is_template)
         if is_template:
             self._put(("is_template",), True, ("isTemplateQueue",))
+        if "prodSourceLabel" not in attributes and (is_template or "templateQueueName" not in attributes):
+            self._put(("prodSourceLabels",), ["managed"], ("prodSourceLabel",))  # Harvester's default
         tidy = ordered(self.raw)
         self.raw.clear()
         self.raw.update(tidy)

@@ -314,8 +314,9 @@ class Queue(Section):
     """Site the queue belongs to; default the queue name."""
     status: Literal["online", "offline", "test", "brokeroff"] = "online"
     """online, offline (nothing dispatched or submitted), test (test jobs only), brokeroff (no new tasks)."""
-    prodSourceLabels: tuple[Label, ...] = Field(("managed",), min_length=1)
-    """Job labels served (managed, user, test, ptest, ...)."""
+    prodSourceLabels: tuple[Label, ...] = Field(("managed", "user"), min_length=1)
+    """Job labels served (managed, user, test, ptest, ...); default both production and user jobs (a Harvester
+    file's queue without prodSourceLabel serves managed, as in Harvester)."""
     mode: Literal["pull", "push"] = "pull"
     """pull: pilots fetch their jobs; push: harvester fetches jobs and hands them to workers."""
     mapType: Optional[Literal["NoJob", "OneToOne", "ManyToOne"]] = None

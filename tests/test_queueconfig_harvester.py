@@ -126,6 +126,16 @@ def test_template_suffix_and_flag_both_make_templates(tmp_path):
     assert config["Q1"].limits.maxWorkers == 3 and config["Q2"].limits.nQueueLimitWorker == 1
 
 
+def test_a_queue_without_prodsourcelabel_serves_managed_as_in_harvester(tmp_path):
+    config = queueconfig.load(write(tmp_path, {
+        "T_TEMPLATE": {"mapType": "NoJob"}, "U_TEMPLATE": {"mapType": "NoJob", "prodSourceLabel": "user"},
+        "PLAIN": {"mapType": "NoJob"}, "FROM_T": {"templateQueueName": "T_TEMPLATE"},
+        "FROM_U": {"templateQueueName": "U_TEMPLATE"}}))
+    labels = {name: queue.prodSourceLabels for name, queue in config.queues.items()}
+    assert labels == {"PLAIN": ("managed",), "FROM_T": ("managed",), "FROM_U": ("user",)}
+    assert queueconfig.loads("queues: {OURS: {}}").queues["OURS"].prodSourceLabels == ("managed", "user")
+
+
 @pytest.mark.parametrize("source", [HARVESTER_FILE, OURS_FILE])
 @pytest.mark.parametrize("syntax", ["yaml", "json"])
 def test_convert_round_trip_gives_equal_queues(tmp_path, source, syntax):

@@ -70,7 +70,8 @@ def test_server_output_storage_uploads_with_http():
 
 
 def test_labels_give_the_queue_type():
-    assert data_of()["type"] == "production"
+    assert data_of()["type"] == "unified"  # our default: managed and user
+    assert data_of(prodSourceLabels=["managed"])["type"] == "production"
     assert data_of(prodSourceLabels=["user"])["type"] == "analysis"
     assert data_of(prodSourceLabels=["managed", "user"])["type"] == "unified"
 

@@ -24,7 +24,7 @@ def test_an_empty_queue_is_valid_and_gets_every_default():
     queue = make()
     assert (queue.site, queue.status, queue.mode, queue.mapType, queue.wnconnectivity) == \
         ("Q", "online", "pull", "NoJob", "full")
-    assert queue.prodSourceLabels == ("managed",)
+    assert queue.prodSourceLabels == ("managed", "user")  # production and user jobs unless it says otherwise
     assert queue.resources.corecount == 1 and queue.resources.maxrss == 2000
     assert queue.batch.system == "local" and queue.transport.type == "local"
     assert queue.pilot.copytool == "mv" and queue.pilot.handoff.job == "pandaJobData.out"
@@ -61,7 +61,7 @@ def test_a_loaded_queue_cannot_be_changed():
 
 def test_dump_is_plain_json_data():
     dump = make(batch={"environment": {"A": "1"}}).model_dump(mode="json")
-    assert dump["batch"]["environment"] == {"A": "1"} and dump["prodSourceLabels"] == ["managed"]
+    assert dump["batch"]["environment"] == {"A": "1"} and dump["prodSourceLabels"] == ["managed", "user"]
 
 
 def test_unknown_keys_are_refused_in_every_section():
