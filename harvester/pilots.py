@@ -13,7 +13,7 @@ import sys
 import threading
 
 import pilot
-from pilot import zipapp
+from pilot import queuedata, zipapp
 
 log = logging.getLogger(__name__)
 _build_lock = threading.Lock()
@@ -50,13 +50,7 @@ def zipapp_path(home):
 
 def job_label(queue):
     """The prodSourceLabel our pilot asks for: what its queue serves (unified when both production and user)."""
-    labels = set(queue.prodSourceLabels)
-    if {"managed", "user"} <= labels:
-        return "unified"
-    for label in ("managed", "user"):
-        if label in labels:
-            return label
-    return queue.prodSourceLabels[0]
+    return queuedata.job_label(list(queue.prodSourceLabels))
 
 
 def file_mode(queue):

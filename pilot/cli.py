@@ -26,7 +26,8 @@ def run_parser():
     add("--url", default=os.environ.get("MINIPANDA_URL", "http://127.0.0.1"), help="server URL (default "
         "$MINIPANDA_URL or http://127.0.0.1)")
     add("-p", "--port", type=int, default=25080, help="server port when --url has none (default 25080)")
-    add("-j", "--job-label", default="managed", help="prodSourceLabel asked for (default managed)")
+    add("-j", "--job-label", help="prodSourceLabel asked for (default: what the queue serves, from queuedata "
+        "prodsourcelabels: unified when managed and user; else managed)")
     add("-a", "--workdir", default=os.getcwd(), help="work area: pilot directories, outbox (default: cwd)")
     add("-l", "--lifetime", type=int, help="seconds this pilot may live (default: queuedata pilot_lifetime, "
                                            "324000)")

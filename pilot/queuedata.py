@@ -37,8 +37,12 @@ KEYS = (
     Key("acopytools", dict, {"pr": ["mv"], "pw": ["mv"], "pl": ["mv"]},
         "copytools per activity: pr (stage-in), pw (outputs), pl (log); the first listed is used"),
     Key("catchall", str, "", "free text; kept for compatibility, not interpreted"),
+    Key("type", str, "", "production, analysis or unified: the job label asked for when prodsourcelabels is "
+                         "empty (managed, user, unified)"),
     # minipanda extras
     Key("copytool", str, "", "one copytool for every activity (overrides acopytools): copy, mv, symlink, http"),
+    Key("prodsourcelabels", list, [], "job labels the queue serves; the pilot asks for them (-j): unified when "
+                                      "managed and user, else the one served; empty: from type, else managed"),
     Key("wnconnectivity", str, "full", "'none...' means no outbound network: file mode, as --no-server-updates"),
     Key("input_dir", str, "", "where copy/mv/symlink find inputs (<dir>/<scope>/<lfn> or <dir>/<lfn>); "
                               "default: the harvester work dir, else the pilot work area (-a)"),
@@ -140,6 +144,15 @@ class QueueData:
         tools = list(self["copytools"])
         return str(tools[0]) if tools else "mv"
 
+    def job_label(self):
+        """The prodSourceLabel a pilot asks for: what the queue serves, unified when it serves both production
+        and user jobs (harvester passes the same as -j); the queue's type when it names no labels; else managed."""
+        labels = [str(label) for label in self["prodsourcelabels"]]
+        if labels:
+            return job_label(labels)
+        return {"unified": "unified", "analysis": "user", "production": "managed"}.get(self["type"].lower(),
+                                                                                       "managed")
+
     @property
     def offline_network(self):
         """True when the queue says its worker nodes have no outbound network."""
@@ -148,6 +161,14 @@ class QueueData:
     def memory_limit_mb(self, min_ram_count):
         """The job's memory limit in MB before grace: its minRamCount, else maxrss; 0 = no limit."""
         return min_ram_count if min_ram_count and min_ram_count > 0 else self["maxrss"]
+
+
+def job_label(labels):
+    """The pilot label for a queue serving ``labels``: unified for managed and user, else managed, user or the
+    first one listed."""
+    if {"managed", "user"} <= set(labels):
+        return "unified"
+    return next((label for label in ("managed", "user") if label in labels), labels[0] if labels else "managed")
 
 
 def parse(text, queue, source):

@@ -219,7 +219,7 @@ class Pilot:
         qd, ids = self.qd, self.ctx.identity
         disk = housekeeping.free_space_mb(self.opts.workdir)
         params = {"siteName": self.opts.queue, "computingElement": self.opts.queue,
-                  "prodSourceLabel": self.opts.job_label, "node": ids["node"], "pilotID": ids["pilotID"],
+                  "prodSourceLabel": self.opts.job_label or self.qd.job_label(), "node": ids["node"], "pilotID": ids["pilotID"],
                   "batchID": ids["batchID"], "coreCount": qd["corecount"] or node.cores(),
                   "mem": qd["maxrss"] or node.memory_mb(),
                   "diskSpace": int(min(disk, qd["maxwdir"]) if qd["maxwdir"] else disk),

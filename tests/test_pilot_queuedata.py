@@ -31,6 +31,18 @@ def test_copytool_choice():
     assert QueueData({"copytools": {"copy": {}}, "acopytools": {}}).copytool("pw") == "copy"
 
 
+def test_job_label_is_what_the_queue_serves():
+    def label(**raw):
+        return QueueData(raw).job_label()
+
+    assert label(prodsourcelabels=["managed", "user"]) == label(prodsourcelabels=["user", "managed", "test"]) \
+        == "unified"
+    assert label(prodsourcelabels=["user"]) == "user" and label(prodsourcelabels=["test", "managed"]) == "managed"
+    assert label(prodsourcelabels=["ptest"]) == "ptest"
+    assert label(type="unified") == "unified" and label(type="analysis") == "user" and label() == "managed"
+    assert label(prodsourcelabels=["user"], type="production") == "user"  # the labels win
+
+
 def test_memory_limit_and_network():
     qd = QueueData({"maxrss": 2000, "wnconnectivity": "none#ipv4"})
     assert qd.memory_limit_mb(500) == 500 and qd.memory_limit_mb(0) == 2000

@@ -180,6 +180,18 @@ def test_multi_job_loop_stops_at_timefloor(site):
     assert [site.status(i) for i in ids] == ["finished", "finished", "finished"]
 
 
+def test_without_j_the_pilot_asks_for_what_its_queue_serves(site):
+    user, managed = (site.submit(transformation="/bin/true", jobParameters="", prodSourceLabel=label)
+                     for label in ("user", "managed"))
+    code, log = site.run(qd=site.queuedata(prodsourcelabels=["user"]))
+    assert code == 0, log
+    assert (site.status(user), site.status(managed)) == ("finished", "activated")
+    user = site.submit(transformation="/bin/true", jobParameters="", prodSourceLabel="user")
+    code, log = site.run(qd=site.queuedata(prodsourcelabels=["managed", "user"], timefloor=10))  # unified
+    assert code == 0, log
+    assert (site.status(user), site.status(managed)) == ("finished", "finished")
+
+
 def test_job_that_does_not_fit_the_remaining_walltime_is_not_taken(site):
     big = site.submit(transformation="/bin/true", jobParameters="", maxWalltime=3600)
     small = site.submit(transformation="/bin/true", jobParameters="", maxWalltime=30)
