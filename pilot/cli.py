@@ -17,9 +17,18 @@ EPILOG = """exit codes (pilot3's): 0 ok, 64 queue offline, 65 general error, 66 
 128+N killed by signal N (143 SIGTERM, 130 SIGINT, ...). See docs/pilot.md."""
 
 
+def commands():
+    """The subcommands: name -> (function, arguments, what it does); ``pilot --help`` lists them."""
+    return {"build-zipapp": (build_zipapp, "OUT.pyz", "write the pilot as one .pyz file"),
+            "replay-outbox": (replay_outbox, "-a WORKDIR", "send the final updates spooled in the outbox"),
+            "queuedata-keys": (queuedata_keys, "", "list every queuedata key the pilot reads, with its default")}
+
+
 def run_parser():
-    parser = argparse.ArgumentParser(prog="pilot", description="minipanda pilot: run PanDA jobs on this node",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    listed = "\n".join(f"  {f'pilot {name} {args}':34} {what}" for name, (_, args, what) in commands().items())
+    parser = argparse.ArgumentParser(
+        prog="pilot", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description=f"minipanda pilot: run PanDA jobs on this node\n\ncommands (each has --help):\n{listed}")
     add = parser.add_argument
     add("--version", action="version", version=f"minipanda pilot {__version__}")
     add("-q", "--queue", required=True, help="the PanDA queue this pilot serves (computingElement)")
@@ -53,9 +62,8 @@ def run_parser():
 def main(argv=None):
     """Entry point of ``pilot``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = {"build-zipapp": build_zipapp, "replay-outbox": replay_outbox, "queuedata-keys": queuedata_keys}
-    if argv and argv[0] in commands:
-        return commands[argv[0]](argv[1:])
+    if argv and argv[0] in commands():
+        return commands()[argv[0]][0](argv[1:])
     options = run_parser().parse_args(argv)
     options.url = comm.base_url(options.url, options.port)
     options.workdir = os.path.abspath(options.workdir)
@@ -82,11 +90,14 @@ def build_zipapp(argv):
 
 
 def replay_outbox(argv):
-    parser = argparse.ArgumentParser(prog="pilot replay-outbox", description="send the spooled final updates")
+    parser = argparse.ArgumentParser(prog="pilot replay-outbox", description="send the final updates spooled in "
+                                                                            "the outbox")
     parser.add_argument("-a", "--workdir", default=os.getcwd(), help="the pilot work area holding outbox/")
-    parser.add_argument("--url", default=os.environ.get("MINIPANDA_URL", "http://127.0.0.1"))
-    parser.add_argument("-p", "--port", type=int, default=25080)
-    parser.add_argument("--token-file")
+    parser.add_argument("--url", default=os.environ.get("MINIPANDA_URL", "http://127.0.0.1"),
+                        help="server URL (default $MINIPANDA_URL or http://127.0.0.1)")
+    parser.add_argument("-p", "--port", type=int, default=25080, help="server port when --url has none (default "
+                                                                      "25080)")
+    parser.add_argument("--token-file", help="file holding the bearer token (role pilot)")
     args = parser.parse_args(argv)
     import logging
 
@@ -101,6 +112,8 @@ def replay_outbox(argv):
 
 
 def queuedata_keys(argv):
+    argparse.ArgumentParser(prog="pilot queuedata-keys", description="every queuedata key the pilot reads: name, "
+                                                                     "default, meaning").parse_args(argv)
     from pilot import queuedata
 
     for name, default, doc in queuedata.documented_keys():

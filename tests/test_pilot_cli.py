@@ -44,3 +44,14 @@ def test_missing_queue_is_a_usage_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pilot", "-a", str(tmp_path)], capture_output=True, text=True,
                          cwd=ROOT)
     assert out.returncode == 2 and "--queue" in out.stderr
+
+
+def test_help_lists_the_subcommands_and_every_option_has_help(zipapp_path):
+    out = subprocess.run([sys.executable, zipapp_path, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for name in cli.commands():
+        assert f"pilot {name}" in out.stdout
+        sub = subprocess.run([sys.executable, zipapp_path, name, "--help"], capture_output=True, text=True)
+        assert sub.returncode == 0 and f"usage: pilot {name}" in sub.stdout
+    for action in cli.run_parser()._actions:
+        assert action.help, action.option_strings
