@@ -12,7 +12,8 @@ http     download from queuedata input_url    PUT to queuedata output_url (the s
 ======== ==================================== ==========================================
 
 Stage-in checks the size (1099) and the checksum (adler32 or md5: 1145); a missing file is 1331, a transfer past
-its time limit 1151. Stage-out checks the copy's adler32 against the original (1172); over http the server checks
+its time limit 1151. copy, mv and symlink look in input_dir first, then at the input's registered path (surlIn).
+Stage-out checks the copy's adler32 against the original (1172); over http the server checks
 it (``X-Checksum``) and a refusal is 1172, any other failure after the retries 1137, its time limit 1152. An http
 output's surl is its URL.
 """
@@ -47,9 +48,11 @@ def _copy(src, dest, deadline, timeout_code):
 
 
 def find_input(spec, input_dir):
-    """The source path of an input in a shared directory: <dir>/<scope>/<lfn>, else <dir>/<lfn>; or None."""
+    """The source path of an input: <dir>/<scope>/<lfn>, else <dir>/<lfn>, else where the file is registered (the
+    job's surlIn, e.g. the directory ``minipanda dataset add`` scanned: on one machine no input_dir is needed);
+    or None."""
     for candidate in ([os.path.join(input_dir, spec.scope, spec.lfn)] if spec.scope else []) + \
-            [os.path.join(input_dir, spec.lfn)]:
+            [os.path.join(input_dir, spec.lfn)] + ([spec.registered] if spec.registered else []):
         if os.path.isfile(candidate):
             return candidate
     return None
@@ -90,7 +93,8 @@ def stage_in(job, job_dir, tool, input_dir, url_template, client, timeout, max_i
         else:
             source = find_input(spec, input_dir)
             if source is None:
-                raise PilotError(errors.MISSINGINPUTFILE, f"input {spec.lfn} not found in {input_dir}")
+                where = f" nor at {spec.registered}" if spec.registered else ""
+                raise PilotError(errors.MISSINGINPUTFILE, f"input {spec.lfn} not found in {input_dir}{where}")
             if tool == "symlink":
                 os.symlink(os.path.abspath(source), dest)
             else:

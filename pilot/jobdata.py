@@ -30,6 +30,7 @@ class FileSpec:
         self.guid = guid or ""
         self.fsize = fsize or 0
         self.checksum_type, self.checksum = parse_checksum(checksum)
+        self.registered = ""  # an input's registered path on a shared file system (surlIn), else ""
         self.path = None  # where the file is in the job directory
         self.surl = None  # where stage-out put it
         self.adler32 = None
@@ -94,12 +95,16 @@ class Job:
     def _files(self, data):
         lfns, guids, sizes = _list(data, "inFiles"), _list(data, "GUID"), _list(data, "fsize")
         sums, scopes, datasets = _list(data, "checksum"), _list(data, "scopeIn"), _list(data, "realDatasetsIn")
+        surls = _list(data, "surlIn")
         inputs = []
         for i, lfn in enumerate(lfns):
             if lfn:
                 size = _at(sizes, i, "0")
                 inputs.append(FileSpec("input", lfn, _at(scopes, i), _at(guids, i),
                                        int(size) if size.isdigit() else 0, _at(sums, i), _at(datasets, i)))
+                surl = _at(surls, i)
+                if surl.startswith("/") and os.path.basename(surl) == lfn:  # a path, not a URL
+                    inputs[-1].registered = surl
         log_name = str(_value(data, "logFile"))
         out_lfns = [x for x in _list(data, "outFiles") if x and x != log_name]
         out_scopes, out_datasets = _list(data, "scopeOut"), _list(data, "realDatasets")

@@ -64,6 +64,7 @@ def test_outputs_registered_when_jobs_finish(task_server):
                                "nScouts": 0})
     wait_jobs(task_server, tid, 2)
     job = acquire(task_server, "Q1")[0]
+    assert job["surlIn"] == ",".join(f"/data/in/{lfn}" for lfn in job["inFiles"].split(","))  # where registered
     run_job(task_server, job)
     out = wait_for(lambda: task_server.call("dataset/show", {"name": "user.admin.reg_o.txt"},  # the user's scope
                                             method="GET")["data"]["files"], "the output to be registered")

@@ -42,6 +42,20 @@ def test_stage_in_local_tools(dirs, tool):
     assert os.path.exists(os.path.join(source, "sc", "in.dat"))  # never moved away from the shared area
 
 
+@pytest.mark.parametrize("tool", ["copy", "mv", "symlink"])
+def test_stage_in_from_the_registered_location_when_input_dir_lacks_it(dirs, tmp_path, tool):
+    source, job_dir = dirs
+    registered = os.path.join(source, "sc", "in.dat")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    copytools.stage_in(make_job(surlIn=registered), job_dir, tool, str(empty), "", None, 10)
+    assert open(os.path.join(job_dir, "in.dat"), "rb").read() == DATA and os.path.exists(registered)
+    for surl in ("http://h/sc/in.dat", os.path.join(source, "sc", "other.dat"), "sc/in.dat"):  # not a path to it
+        with pytest.raises(PilotError) as missing:
+            copytools.stage_in(make_job(surlIn=surl), job_dir, tool, str(empty), "", None, 10)
+        assert missing.value.code == errors.MISSINGINPUTFILE
+
+
 @pytest.mark.parametrize("change,code", [
     ({"checksum": "ad:deadbeef"}, errors.GETMD5MISMATCH), ({"checksum": "md5:00"}, errors.GETMD5MISMATCH),
     ({"fsize": "3"}, errors.STAGEINFAILED), ({"inFiles": "other.dat"}, errors.MISSINGINPUTFILE)])

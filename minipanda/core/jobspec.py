@@ -227,6 +227,7 @@ def job_definition(job, files):
         "fsize": csv(f.fsize for f in inputs), "checksum": csv(f.checksum for f in inputs),
         "scopeIn": csv(f.scope for f in inputs), "realDatasetsIn": csv(f.dataset for f in inputs),
         "dispatchDblock": csv(f.dataset for f in inputs), "ddmEndPointIn": csv("" for _ in inputs),
+        "surlIn": csv(f.surl if f.surl and "," not in f.surl else "" for f in inputs),  # registered location
         "outFiles": csv(f.lfn for f in out_all), "scopeOut": csv(f.scope for f in outputs),
         "realDatasets": csv(f.dataset for f in out_all), "destinationDblock": csv(f.destination_dblock or f.dataset for f in out_all),
         "ddmEndPointOut": csv("" for _ in out_all), "fileDestinationSE": csv("" for _ in out_all),
