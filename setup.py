@@ -13,7 +13,7 @@ setup(
     install_requires=[
         "peewee>=4.0",
         "bottle>=0.13",
-        "waitress>=3.0",
+        "granian>=2.8,<2.9",  # minipanda/server/http.py runs its WSGI worker in-process (its internal API)
         "psutil>=5.9",
         "paramiko>=3.4",
         "htcondor>=24.0",

@@ -17,6 +17,7 @@ server this script started on 127.0.0.1, which it stops (only that process) befo
     python bench/dispatch.py --jobs 20000 --clients 32 --threads 8
     python bench/dispatch.py --db postgresql://user:pw@127.0.0.1:5432/bench
     python bench/dispatch.py --phases get --py-spy get.svg   # where the server's time goes (pip install py-spy)
+    python bench/dispatch.py --idle 1000           # the same with 1,000 idle TCP connections open to the server
 
 Exit status 1 when any job was dispatched twice or missed, or a client saw an error; the speed goals are only
 reported.
@@ -155,6 +156,23 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def open_idle(port, count):
+    """``count`` TCP connections to the server that send nothing (as a crowd of stalled clients would)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < count + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 256), hard))
+    idle = []
+    for _ in range(count):
+        try:
+            idle.append(socket.create_connection((HOST, port), timeout=5))
+        except OSError as exc:
+            print(f"  opened only {len(idle)} idle connections: {exc}")
+            break
+    return idle
 
 
 def run_clients(server, queue, n_clients, n_jobs, bulk=None, update=False, time_limit=600):
@@ -312,6 +330,8 @@ def main(argv=None):
     parser.add_argument("--time-limit", type=float, default=600, help="seconds per phase before giving up")
     parser.add_argument("--phases", default="get,cycle,bulk,inproc",
                         help="comma-separated subset of get,cycle,bulk,inproc (default all)")
+    parser.add_argument("--idle", type=int, default=0, metavar="N",
+                        help="keep N idle TCP connections open to the server during the HTTP phases (default 0)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary home (server log, database)")
     parser.add_argument("--py-spy", metavar="FILE",
                         help="record the server with py-spy --gil during the HTTP phases (pip install py-spy); "
@@ -328,10 +348,11 @@ def main(argv=None):
     db_url = args.db or "sqlite:///" + os.path.join(home, "minipanda.db")
     kind = db_url.split(":", 1)[0]
     print(f"minipanda dispatch bench: {args.jobs} jobs/phase, {args.clients} clients, {args.threads} server "
-          f"threads, {kind}, {os.cpu_count()} cpus, python {sys.version.split()[0]}, load average {load_average()}")
+          f"threads, {kind}, {os.cpu_count()} cpus, python {sys.version.split()[0]}, load average {load_average()}"
+          + (f", {args.idle} idle connections" if args.idle else ""))
     results = {}
     server = Server(home, db_url, args.threads)
-    spy = None
+    spy, idle = None, []
     try:
         run_tag = uuid.uuid4().hex[:8]
         plan = [("get", "getJob (single)", dict(update=False)),
@@ -346,6 +367,9 @@ def main(argv=None):
         if plan:
             print(f"  submitted {len(plan)} x {args.jobs} jobs in {time.perf_counter() - t0:.1f} s "
                   f"({len(plan) * args.jobs / (time.perf_counter() - t0):.0f} jobs/s)", flush=True)
+        if args.idle:
+            idle = open_idle(server.port, args.idle)
+            print(f"  {len(idle)} idle connections open", flush=True)
         if args.py_spy and plan:
             fmt = "flamegraph" if args.py_spy.endswith(".svg") else "raw"
             # --gil: only the thread holding the GIL is sampled, i.e. where the server's Python CPU time goes
@@ -358,11 +382,13 @@ def main(argv=None):
             server_cpu, client_cpu = process_cpu(server.proc.pid), time.process_time()
             result = check(run_clients(server, queue, args.clients, args.jobs, time_limit=args.time_limit,
                                        **options), submitted[queue])
-            calls = len(result["get_lat"]) + len(result["upd_lat"])
+            calls = max(1, len(result["get_lat"]) + len(result["upd_lat"]))
             result["cpu"] = ((process_cpu(server.proc.pid) - server_cpu) / calls,
                              (time.process_time() - client_cpu) / calls)
             results[label] = better(results.get(label), result)
     finally:
+        for sock in idle:
+            sock.close()
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             try:

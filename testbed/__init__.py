@@ -1,6 +1,6 @@
 """The one-VM testbed (``minipanda testbed``): a whole PanDA-style system on this machine, in one command, with a demo task.
 
-One process runs the server (waitress on a thread, embedded SQLite) and harvester (its agents on threads); pilots
+One process runs the server (granian in-process, on a thread; embedded SQLite) and harvester (its agents on threads); pilots
 are local batch workers that harvester starts as detached processes. The home is fresh: a queue configuration
 written for this machine (cores, memory), a demo dataset whose files are put in the server's file store, and a
 demo task whose jobs read their input over HTTP and upload their output there. A progress bar (rich) runs until

@@ -41,7 +41,7 @@ class Testbed:
         self.cores = args.cores or os.cpu_count() or 1
         self.pilots = args.pilots or PILOTS_PER_CORE * self.cores
         self.home = None
-        self.server_thread = self.waitress = None
+        self.server_thread = self.http_server = None
         self.server_error = []
         self.runner = self.harvester_context = self.harvester_client = None
         self.harvester_thread = None
@@ -190,7 +190,7 @@ class Testbed:
         settings = self.server_settings()
 
         def on_ready(server):
-            self.waitress = server
+            self.http_server = server
             ready.set()
 
         def serve():
@@ -208,7 +208,7 @@ class Testbed:
         ready.wait()
         if self.server_error:
             raise self.server_error[0]
-        self.url = f"http://127.0.0.1:{self.waitress.effective_port}"
+        self.url = f"http://127.0.0.1:{self.http_server.effective_port}"
         from minipanda.core import auth, db
 
         db.database.connect(reuse_if_open=True)
@@ -232,14 +232,8 @@ class Testbed:
         return body["data"]
 
     def _stop_server(self):
-        if self.waitress is not None and self.server_thread.is_alive():
-            server = self.waitress
-
-            def close_all():  # runs in the server's own loop: every channel closed, so run() returns
-                for channel in list(server._map.values()):
-                    channel.close()
-
-            server.trigger.pull_trigger(close_all)
+        if self.http_server is not None and self.server_thread.is_alive():
+            self.http_server.request_stop()  # serve() on its thread then stops granian, the duties, the lock
             self.server_thread.join(30)
             if self.server_thread.is_alive():
                 log.warning("the server thread did not stop within 30 s")

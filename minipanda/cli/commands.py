@@ -68,6 +68,9 @@ def build_parser():
     serve.add_argument("--threads", type=int, default=8,
                        help="request threads (default 8; more only adds GIL contention on a small machine)")
     serve.add_argument("--max-body-mb", type=float, default=64, help="largest request body accepted (default 64)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate chain (PEM); needs "
+                                                          "--tls-key")
+    serve.add_argument("--tls-key", metavar="FILE", help="the private key (PEM, unencrypted) of --tls-cert")
     serve.add_argument("--queues", default=os.environ.get("MINIPANDA_QUEUES"), metavar="FILE",
                        help="queue configuration (YAML/JSON, ours or Harvester's panda_queueconfig.json); default "
                             "$MINIPANDA_QUEUES. Re-read when it changes or on SIGHUP; without it, queues are "
@@ -137,7 +140,8 @@ def cmd_serve(args):
     home = process.home_dir(args.home)
     process.serve(home, host=args.host, port=args.port, db_url=args.db, auth_mode=args.auth, threads=args.threads,
                  max_body_mb=args.max_body_mb, queues_file=args.queues, reload_period=args.reload_period,
-                 settings=task_settings.Settings(task_settings.parse_overrides(args.setting)))
+                 settings=task_settings.Settings(task_settings.parse_overrides(args.setting)),
+                 tls_cert=args.tls_cert, tls_key=args.tls_key)
 
 
 def _open_db(args):

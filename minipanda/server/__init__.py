@@ -1,1 +1,1 @@
-"""The ``minipanda serve`` process: the WSGI app on waitress, and the periodic duties on their threads."""
+"""The ``minipanda serve`` process: the WSGI app on granian, and the periodic duties on their threads."""

@@ -1,7 +1,8 @@
-"""``minipanda serve``: the WSGI app on waitress (multi-threaded), one access-log line per request, clean stop."""
+"""``minipanda serve``: the WSGI app on granian (``server/http.py``), one access-log line per request, clean stop."""
 import fcntl
 import logging
 import os
+import resource
 import signal
 import threading
 import time
@@ -9,6 +10,7 @@ import time
 from minipanda.api.app import ServerContext, is_loopback, make_app
 from minipanda.core import auth, db, queues, schema
 from minipanda.errors import ConfigError, ServerLocked
+from minipanda.server import http
 from minipanda.server.daemon import DutyRunner
 
 log = logging.getLogger("minipanda.server")
@@ -42,16 +44,6 @@ class AccessLog:
             access_log.info("%s %s %s %.1fms %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
                             seen.get("status", "-"), (time.perf_counter() - started) * 1000,
                             environ.get("REMOTE_ADDR", "-"))
-
-
-class LateApp:
-    """The WSGI app, set once the database is open: the socket is bound first, and no request is read before
-    ``run()``, which starts after the app is in place."""
-
-    app = None
-
-    def __call__(self, environ, start_response):
-        return self.app(environ, start_response)
 
 
 def lock_database(db_url):
@@ -142,28 +134,54 @@ def watch_queue_config(runner, config, period):
     return reloader
 
 
-def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="token", threads=8, max_body_mb=64,
-          queues_file=None, reload_period=10.0, ready=None, settings=None):
-    """Run until SIGTERM/SIGINT (or ``ready``'s server is closed); returns when the server has stopped."""
-    import waitress.server
+def check_tls(tls_cert, tls_key):
+    """Both TLS files or neither, and both readable; raise ConfigError otherwise."""
+    if bool(tls_cert) != bool(tls_key):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    for option, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"{option} {path}: not a readable file")
 
+
+def raise_open_files_limit():
+    """Lift this process's soft RLIMIT_NOFILE to its hard limit: every open connection is a file descriptor."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > 1 << 20:
+            hard = 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-files limit: %s", exc)
+
+
+def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="token", threads=8, max_body_mb=64,
+          queues_file=None, reload_period=10.0, ready=None, settings=None, tls_cert=None, tls_key=None):
+    """Run until SIGTERM/SIGINT (or ``ready``'s server's ``request_stop()``); returns when the server has stopped.
+
+    ``ready(server)``, when given, is called once requests are answered: ``server.effective_port`` is the port,
+    ``server.request_stop()`` stops it from any thread (how the testbed, which runs this on a thread, stops it).
+    """
     check_options(auth_mode, host, max_body_mb)
+    check_tls(tls_cert, tls_key)
     queue_config = load_queue_config(queues_file) if queues_file else None
     db_url = db_url or db.default_url(home)
     # Nothing touches the database before this server holds the database's lock and its port: a second server
     # started by mistake must leave the running one's queues and tokens as they are.
     lock = lock_database(db_url)
-    late_app = LateApp()
     try:
-        server = waitress.server.create_server(late_app, host=host, port=port, threads=threads,
-                                               max_request_body_size=int(max_body_mb * 1024 * 1024) + 1024 * 1024,
-                                               connection_limit=1000, channel_timeout=120, ident="minipanda")
+        server = http.HttpServer.bind(host, port, tls_cert, tls_key)
     except OSError as exc:
         lock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; is another server running there?") \
             from None
-    app, context = build(home, db_url, auth_mode, host, max_body_mb)
-    late_app.app = app
+    raise_open_files_limit()
+    try:
+        app, context = build(home, db_url, auth_mode, host, max_body_mb)
+    except BaseException:
+        server.stop()
+        lock.close()
+        raise
     runner = DutyRunner()
     context.wake = runner.wake
     reloader = None
@@ -174,14 +192,10 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
     os.makedirs(os.path.join(home, "trf"), exist_ok=True)
     if auth_mode == "token":
         ensure_admin_token(home, context.secret)
-    stop = threading.Event()
 
     def on_signal(signum, frame):
         log.info("received %s; stopping", signal.Signals(signum).name)
-        stop.set()
-        # Closing only the listener would leave run() looping while keep-alive clients stay connected.
-        for channel in list(server._map.values()):
-            channel.close()
+        server.request_stop()
 
     def on_hangup(signum, frame):
         if reloader is not None:
@@ -195,21 +209,20 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, on_hangup)
-    log.info("minipanda serving on http://%s:%s (home %s, auth %s, %d threads)", host, server.effective_port, home,
-             auth_mode, threads)
-    if ready is not None:
-        ready(server)
     from minipanda.tasks import duties, settings as task_settings
 
     duties.attach(runner, settings or task_settings.Settings())
-    runner.start()
     try:
-        server.run()
-    except (OSError, ValueError):
-        if not stop.is_set():  # closing the socket from the signal handler ends run() with an error
-            raise
+        server.start(app, threads=threads)
+        log.info("minipanda serving on %s://%s:%s (home %s, auth %s, %d threads)", server.scheme, host,
+                 server.effective_port, home, auth_mode, threads)
+        runner.start()
+        if ready is not None:
+            ready(server)
+        while not server.stop_requested.wait(1.0):  # a timed wait: signal handlers run in between
+            pass
     finally:
+        server.stop()
         runner.stop()
-        server.task_dispatcher.shutdown(timeout=5)
         lock.close()
         log.info("minipanda stopped")

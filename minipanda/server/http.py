@@ -1,0 +1,150 @@
+"""The HTTP server of ``minipanda serve``: granian's WSGI worker, run inside this process.
+
+granian's network I/O (accept, HTTP parsing, keep-alive, TLS) runs on its Rust threads outside the GIL; only the
+WSGI app runs on Python threads (``threads`` of them). Its command-line server and its ``Granian`` class run the
+app in child processes and take over the process's signals, which fits neither the testbed (the server on a
+thread of a bigger process) nor the one-writer SQLite server; so this module starts granian's WSGI worker itself,
+the way granian's own thread workers do, on a socket this module binds. That worker class is granian's internal
+API: setup.py pins granian to the minor version this was written against (``tests/test_server_http.py`` covers
+start, answer, TLS and stop).
+
+    server = HttpServer.bind("127.0.0.1", 25080)     # OSError when the port is taken (no SO_REUSEPORT)
+    server.start(app, threads=8)                      # returns at once; requests are answered from now on
+    server.stop()                                     # refuses new connections, closes idle ones, waits for
+                                                      # requests in progress (at most ``drain`` seconds)
+"""
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+
+log = logging.getLogger("minipanda.server")
+
+BACKLOG = 1024
+
+
+class InFlight:
+    """WSGI middleware counting requests in progress, so stop() can wait for them."""
+
+    def __init__(self, app):
+        self.app, self.count, self.lock = app, 0, threading.Lock()
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def __call__(self, environ, start_response):
+        with self.lock:
+            self.count += 1
+            self.idle.clear()
+        try:
+            result = self.app(environ, start_response)
+        except BaseException:
+            self._done()
+            raise
+        if isinstance(result, list):  # bottle's usual reply: sent by granian after this returns
+            self._done()
+            return result
+        return _Closing(result, self._done)  # a streamed reply (a stored file) is in progress until closed
+
+    def _done(self):
+        with self.lock:
+            self.count -= 1
+            if not self.count:
+                self.idle.set()
+
+
+class _Closing:
+    """An app's reply iterable that calls ``done`` once, when the server closes it."""
+
+    def __init__(self, inner, done):
+        self.inner, self.done = inner, done
+
+    def __iter__(self):
+        return iter(self.inner)
+
+    def close(self):
+        try:
+            close = getattr(self.inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            done, self.done = self.done, None
+            if done is not None:
+                done()
+
+
+class HttpServer:
+    """A bound listening socket, then granian's WSGI worker serving it until stop()."""
+
+    def __init__(self, sock, tls_cert=None, tls_key=None):
+        self.sock = sock
+        self.host, self.effective_port = sock.getsockname()[:2]
+        self.tls = (tls_cert, tls_key) if tls_cert else None
+        self.scheme = "https" if self.tls else "http"
+        self._signal = self._loop = self._worker = self._inflight = None
+        self.stop_requested, self.stopped = threading.Event(), threading.Event()
+
+    def request_stop(self):
+        """Ask the thread running ``serve()`` to stop the server (safe from signal handlers and other threads)."""
+        self.stop_requested.set()
+
+    @classmethod
+    def bind(cls, host, port, tls_cert=None, tls_key=None):
+        """Bind and listen now (before the database is opened); OSError when the address is taken."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not SO_REUSEPORT: one server per port
+            sock.bind((host, port))
+            sock.listen(BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        return cls(sock, tls_cert, tls_key)
+
+    def start(self, app, threads=8):
+        """Serve ``app`` on ``threads`` Python threads; returns at once (granian runs on threads of its own)."""
+        from granian._futures import _new_cbscheduler
+        from granian._granian import MetricsAggregator, SocketHolder, WorkerSignal, WSGIWorker
+        from granian.http import HTTP1Settings
+        from granian.wsgi import _callback_wrapper
+
+        self._inflight = InFlight(app)
+        holder = SocketHolder(self.sock.detach(), False, BACKLOG)  # granian owns (and closes) the socket now
+        if self.tls:
+            tls = (True, os.path.abspath(self.tls[0]), os.path.abspath(self.tls[1]), None, "tls1.2", None, [],
+                   False)
+        else:
+            tls = (False, None, None, None, "tls1.2", None, [], False)
+        self._signal = WorkerSignal()
+        self._loop = asyncio.new_event_loop()  # granian's scheduler wants one; WSGI calls never run on it
+        self._worker = WSGIWorker(
+            1, (None, holder), None,
+            1,            # Rust I/O threads: one is plenty for a 2-core host, and they never hold the GIL
+            512,          # Rust blocking threads (file I/O)
+            max(1, threads),  # Python threads running the app
+            30,           # seconds an idle Python thread is kept
+            BACKLOG,      # requests in progress or waiting for a Python thread before new ones wait in the kernel
+            "1",          # HTTP/1.1 (pilots and harvester speak nothing else)
+            HTTP1Settings(), None, None, *tls, (None, MetricsAggregator(1)))
+        scheduler = _new_cbscheduler(self._loop, _callback_wrapper(self._inflight, {}, None), impl_asyncio=False)
+        self._worker.serve_mtr(scheduler, self._loop, self._signal)
+
+    def stop(self, drain=10.0):
+        """Stop accepting, close idle keep-alive connections, wait up to ``drain`` s for requests in progress."""
+        if self.stopped.is_set():
+            return
+        self.stop_requested.set()
+        if self._signal is None:
+            self.sock.close()
+        else:
+            self._signal.set()
+            deadline = time.monotonic() + drain
+            while not self._inflight.idle.wait(0.1) and time.monotonic() < deadline:
+                pass
+            if not self._inflight.idle.is_set():
+                log.warning("%d requests still in progress after %.0f s; stopping anyway", self._inflight.count,
+                            drain)
+            self._loop.close()
+        self.stopped.set()

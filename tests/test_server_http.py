@@ -1,0 +1,130 @@
+"""The HTTP server of ``minipanda serve`` (granian, run in-process): stop on SIGTERM and from another thread, TLS,
+the request body limit, one access-log line per request."""
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+import requests
+from conftest import LiveServer, free_port
+
+from minipanda.errors import ConfigError
+
+
+def test_sigterm_stops_the_server_with_an_idle_keep_alive_connection_open(tmp_path):
+    server = LiveServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"))
+    try:
+        idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        idle.request("GET", "/server/panda/isAlive")
+        assert idle.getresponse().read() == b"alive=yes"  # the connection stays open (keep-alive)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(20) == 0
+        log = server.read_log()
+        assert "received SIGTERM; stopping" in log and "minipanda stopped" in log
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+    finally:
+        server.stop()
+
+
+def test_one_access_log_line_per_request(tmp_path):
+    server = LiveServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"))
+    try:
+        with requests.Session() as session:
+            for _ in range(3):
+                assert session.get(server.url + "/server/panda/isAlive", timeout=10).status_code == 200
+            assert session.get(server.url + "/no/such/page", timeout=10).status_code == 404
+    finally:
+        server.stop()
+    lines = [line for line in server.read_log().splitlines() if "minipanda.access" in line]
+    alive = [line for line in lines if "GET /server/panda/isAlive 200 " in line]
+    assert len(alive) == 3
+    assert sum("GET /no/such/page 404 " in line for line in lines) == 1
+
+
+def test_a_body_over_the_limit_is_refused_with_413(tmp_path):
+    server = LiveServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"))
+    try:
+        reply = requests.post(server.url + "/server/panda/getJob", headers=server.headers(),
+                              data=b"x" * (65 * 1024 * 1024), timeout=60)
+        assert reply.status_code == 413
+        assert requests.get(server.url + "/server/panda/isAlive", timeout=10).text == "alive=yes"
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls(tmp_path):
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+
+    port, home = free_port(), tmp_path / "home"
+    proc = subprocess.Popen([sys.executable, "-m", "minipanda", "serve", "--home", str(home), "--port", str(port),
+                             "--tls-cert", cert, "--tls-key", key], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                reply = requests.get(f"https://127.0.0.1:{port}/server/panda/isAlive", verify=cert, timeout=5)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None:
+                    pytest.fail(f"server exited with {proc.returncode}")
+                threading.Event().wait(0.1)
+        else:
+            pytest.fail("no TLS answer within 30 s")
+        assert reply.text == "alive=yes"
+        with pytest.raises(requests.ConnectionError):  # plain HTTP gets no reply from the TLS port
+            requests.get(f"http://127.0.0.1:{port}/server/panda/isAlive", timeout=5)
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+def test_tls_needs_both_files(tmp_path):
+    from minipanda.server import process
+
+    with pytest.raises(ConfigError, match="both"):
+        process.serve(str(tmp_path), port=0, tls_cert=str(tmp_path / "cert.pem"))
+
+
+def test_serve_on_a_thread_stops_on_request_stop(tmp_path):
+    """As the testbed runs it: serve() on a thread, ``ready(server)``, then ``server.request_stop()``."""
+    from minipanda.server import process
+
+    ready, result = threading.Event(), {}
+
+    def on_ready(server):
+        result["server"] = server
+        ready.set()
+
+    def run():
+        try:
+            process.serve(str(tmp_path / "home"), port=0, auth_mode="none", ready=on_ready)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            result["error"] = exc
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(60)
+    assert "error" not in result, result.get("error")
+    server = result["server"]
+    url = f"http://127.0.0.1:{server.effective_port}"
+    with requests.Session() as session:  # a keep-alive connection stays open while the server stops
+        assert session.get(url + "/server/panda/isAlive", timeout=10).text == "alive=yes"
+        server.request_stop()
+        thread.join(30)
+        assert not thread.is_alive()
+    assert "error" not in result, result.get("error")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.effective_port), timeout=2).close()
+    assert os.path.exists(str(tmp_path / "home" / "minipanda.db"))
