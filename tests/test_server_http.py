@@ -128,3 +128,51 @@ def test_serve_on_a_thread_stops_on_request_stop(tmp_path):
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.effective_port), timeout=2).close()
     assert os.path.exists(str(tmp_path / "home" / "minipanda.db"))
+
+
+FLOOD = 2000  # idle TCP connections (waitress stopped answering at ~1,000 and exited past select()'s limit)
+
+
+def test_a_flood_of_idle_connections_does_not_stop_the_server(tmp_path):
+    """2,000 connections that send nothing are open; isAlive and getJob are still answered within 1 s each, and
+    the server is still running afterwards."""
+    import resource
+    import time
+
+    from conftest import make_job
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FLOOD + 512
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the open-files hard limit ({hard}) is below {wanted}")
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))  # the server inherits it and raises its own
+    server = LiveServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"))
+    idle = []
+    try:
+        reply = requests.post(server.url + "/api/v1/job/submit", json={"jobs": [make_job("FLOOD_Q")]},
+                              headers=server.headers(), timeout=60)
+        assert reply.status_code == 200, reply.text
+        panda_id = reply.json()["data"][0][0]
+        for _ in range(FLOOD):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        time.sleep(0.5)  # let the server accept the last of them
+        with requests.Session() as session:  # a new connection, as a pilot's
+            started = time.monotonic()
+            alive = session.get(server.url + "/server/panda/isAlive", timeout=1)
+            assert alive.text == "alive=yes"
+            assert time.monotonic() - started < 1
+            started = time.monotonic()
+            job = session.post(server.url + "/server/panda/getJob", headers=server.headers(), timeout=1,
+                               data={"computingElement": "FLOOD_Q", "prodSourceLabel": "managed", "node": "wn"})
+            assert job.json()["PandaID"] == panda_id
+            assert time.monotonic() - started < 1
+        for sock in idle[:10]:  # the idle connections are connections: a request on one is answered too
+            sock.sendall(b"GET /server/panda/isAlive HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        assert server.proc.poll() is None
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+    assert server.proc.returncode == 0

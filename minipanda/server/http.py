@@ -23,6 +23,15 @@ import time
 log = logging.getLogger("minipanda.server")
 
 BACKLOG = 1024
+CONNECTIONS = 1 << 20  # at most; open_files_limit() lowers it to what the process may open
+
+
+def open_files_limit():
+    """This process's soft RLIMIT_NOFILE (every connection is an open file)."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return CONNECTIONS if soft == resource.RLIM_INFINITY else max(BACKLOG, soft)
 
 
 class InFlight:
@@ -111,6 +120,7 @@ class HttpServer:
         from granian.wsgi import _callback_wrapper
 
         self._inflight = InFlight(app)
+        connections = min(CONNECTIONS, open_files_limit())
         holder = SocketHolder(self.sock.detach(), False, BACKLOG)  # granian owns (and closes) the socket now
         if self.tls:
             tls = (True, os.path.abspath(self.tls[0]), os.path.abspath(self.tls[1]), None, "tls1.2", None, [],
@@ -125,7 +135,8 @@ class HttpServer:
             512,          # Rust blocking threads (file I/O)
             max(1, threads),  # Python threads running the app
             30,           # seconds an idle Python thread is kept
-            BACKLOG,      # requests in progress or waiting for a Python thread before new ones wait in the kernel
+            connections,  # connections served at once (granian's "backpressure"): an idle keep-alive one holds
+                          # a slot too, so this is the open-files limit, not the 1,024 of granian's default
             "1",          # HTTP/1.1 (pilots and harvester speak nothing else)
             HTTP1Settings(), None, None, *tls, (None, MetricsAggregator(1)))
         scheduler = _new_cbscheduler(self._loop, _callback_wrapper(self._inflight, {}, None), impl_asyncio=False)
