@@ -9,7 +9,7 @@ For each run (a fresh job, a fresh pilot process) it measures:
                     update in hand (PILOT_POST_FINAL_UPDATE in the pilot's timing file)
   pilot total       from spawning the pilot to its exit (timefloor is 0: it stops after its one job)
   peak RSS          the pilot process's own high-water mark (VmHWM), with psutil and with /proc only, beside
-                    the floor: a fresh interpreter importing only what a plain-HTTP run needs (FLOOR_MODULES)
+                    the floor: a fresh interpreter importing only what a plain-HTTP run needs (FLOOR_MODULES; no ssl)
 
 The goal in the issue: under 1 s each, RSS under 40 MB. Only 127.0.0.1 is contacted; the server this script
 starts is the only process it stops.
@@ -108,15 +108,16 @@ def one_run(server, pyz, base, token_file, qd_file, index, no_psutil):
             "peak RSS MB": timing["0"]["PILOT_PEAK_RSS_KB"] / 1024}
 
 
-# What any plain-HTTP pilot run needs loaded: the interpreter (with site, as the zipapp runs), JSON, HTTP (urllib
-# loads http.client, email and ssl with it), the payload's process, the log tarball and checksums.
-FLOOR_MODULES = ("json, logging, urllib.request, subprocess, tarfile, zlib, select, signal, socket, shlex, glob, "
-                 "tempfile, shutil, threading, collections, datetime, hashlib, fcntl")
+# What any plain-HTTP pilot run needs loaded: the interpreter (with site, as the zipapp runs), JSON, HTTP
+# (http.client, with email's header parser; no ssl: the pilot loads it only for https), the payload's process, the
+# log tarball and adler32 checksums (zlib; hashlib only for md5 inputs).
+FLOOR_MODULES = ("json, logging, http.client, subprocess, tarfile, zlib, select, signal, socket, shlex, glob, "
+                 "tempfile, shutil, threading, collections, datetime, fcntl")
 
 
 def floor_rss_mb():
     """Peak RSS of a fresh interpreter that only imports FLOOR_MODULES: what no pilot can go below."""
-    code = (f"import {FLOOR_MODULES}\nimport re\n"
+    code = (f"import sys\nsys.modules['ssl'] = None\nimport {FLOOR_MODULES}\nimport re\n"
             "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     return int(out.stdout) / 1024

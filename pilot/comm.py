@@ -10,11 +10,10 @@ import logging
 import os
 import socket
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
-from pilot import __version__
+from pilot import __version__, httpclient
+from pilot.httpclient import HTTPError
 from pilot.wire import SC_FAILED, SC_NO_JOBS, SC_OK
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,6 @@ class ServerClient:
 
     def __init__(self, url, token_file=None, timeout=60.0):
         self.url, self.token_file, self.timeout = url.rstrip("/"), token_file, timeout
-        self.opener = urllib.request.build_opener()
 
     def _headers(self, json_body):
         headers = {"Accept": "application/json", "User-Agent": f"minipanda-pilot/{__version__}"}
@@ -71,9 +69,8 @@ class ServerClient:
         return headers
 
     def _open(self, url, body=None, timeout=None):
-        request = urllib.request.Request(url, data=body, headers=self._headers(body is not None),
-                                         method="POST" if body is not None else "GET")
-        return self.opener.open(request, timeout=timeout or self.timeout)
+        return httpclient.request("POST" if body is not None else "GET", url, body, self._headers(body is not None),
+                                  timeout or self.timeout)
 
     def call(self, path, params, timeout=None):
         """POST ``params`` as JSON to ``path``; return the reply dict (raise CommError when not accepted)."""
@@ -81,14 +78,14 @@ class ServerClient:
         try:
             with self._open(self.url + path, body, timeout) as response:
                 raw = response.read()
-        except urllib.error.HTTPError as exc:
+        except HTTPError as exc:
             raw = exc.read()
             reply = _json_or_empty(raw)
             diag = reply.get("ErrorDiag") or reply.get("message") or raw[:200].decode("utf-8", "replace")
             transient = exc.code >= 500 or exc.code in (401, 403, 408, 429) or (
                 exc.code == 409 and reply.get("StatusCode") == SC_FAILED)
             raise CommError(f"{path}: HTTP {exc.code}: {diag}", transient, exc.code, reply) from None
-        except (urllib.error.URLError, OSError, socket.timeout) as exc:
+        except OSError as exc:
             raise CommError(f"{path}: {getattr(exc, 'reason', exc)}") from None
         reply = _json_or_empty(raw)
         if not reply and raw.strip():
@@ -149,9 +146,9 @@ class ServerClient:
         try:
             with self._open(self.url + path) as response:
                 return response.read().decode("utf-8")
-        except urllib.error.HTTPError as exc:
+        except HTTPError as exc:
             raise CommError(f"GET {path}: HTTP {exc.code}", exc.code >= 500, exc.code) from None
-        except (urllib.error.URLError, OSError, socket.timeout) as exc:
+        except OSError as exc:
             raise CommError(f"GET {path}: {getattr(exc, 'reason', exc)}") from None
 
     def download(self, source, dest, deadline=None):
@@ -173,14 +170,14 @@ class ServerClient:
                         raise TimeoutError(f"download of {url} exceeded its time limit")
             os.replace(tmp, dest)
             return size
-        except urllib.error.HTTPError as exc:
+        except HTTPError as exc:
             if exc.code == 404:
                 raise FileNotFoundError(f"{url}: HTTP 404") from None
             raise OSError(f"{url}: HTTP {exc.code}") from None
-        except socket.timeout:
+        except (TimeoutError, socket.timeout):
             raise TimeoutError(f"download of {url} timed out") from None
-        except urllib.error.URLError as exc:
-            raise OSError(f"{url}: {exc.reason}") from None
+        except OSError as exc:
+            raise OSError(f"{url}: {getattr(exc, 'reason', exc)}") from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -199,11 +196,10 @@ class ServerClient:
         timeout = self.timeout if deadline is None else max(1.0, min(self.timeout, deadline - time.monotonic()))
         with open(path, "rb") as handle:
             body = _DeadlineReader(handle, deadline)
-            request = urllib.request.Request(url, data=body, headers=headers, method="PUT")
             try:
-                with self.opener.open(request, timeout=timeout) as response:
+                with httpclient.request("PUT", url, body, headers, timeout) as response:
                     raw = response.read()
-            except (urllib.error.URLError, OSError) as exc:
+            except (HTTPError, OSError) as exc:
                 if body.expired:
                     raise TimeoutError(f"upload to {url} exceeded its time limit") from None
                 _raise_upload_error(url, exc)
@@ -212,7 +208,7 @@ class ServerClient:
 
 
 def _raise_upload_error(url, exc):
-    if isinstance(exc, urllib.error.HTTPError):
+    if isinstance(exc, HTTPError):
         reply = _json_or_empty(exc.read())
         transient = exc.code >= 500 or exc.code in (401, 403, 408, 429)
         raise CommError(f"PUT {url}: HTTP {exc.code}: {reply.get('message', '')}", transient, exc.code,

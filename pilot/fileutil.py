@@ -1,5 +1,4 @@
 """Small file helpers: atomic writes, checksums, name validation, sizes and free space."""
-import hashlib
 import json
 import os
 import re
@@ -66,7 +65,9 @@ def adler32(path):
 
 
 def md5(path):
-    """The md5 hex digest of a file."""
+    """The md5 hex digest of a file (hashlib, with OpenSSL's libcrypto, is loaded only for an md5 input)."""
+    import hashlib
+
     digest = hashlib.md5()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(CHUNK), b""):

@@ -1,0 +1,156 @@
+"""One HTTP request for the pilot, with TLS (``ssl``) loaded only for an https URL. Standard library only.
+
+``urllib.request`` imports ``ssl`` and ``hashlib`` even for http:// (OpenSSL's libssl and libcrypto: about 5 MB of
+resident memory, a fifth of a pilot's), so requests go through ``http.client`` directly. The first request imports
+``http.client`` with ``ssl`` held back when nothing in the process has loaded either yet (as on a Python built
+without ssl: it then has no HTTPSConnection); an https URL imports ``ssl`` at that moment and wraps the connection
+itself, with certificates verified against the system's CAs (``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` honoured).
+When the environment names a proxy for the URL's scheme (``http_proxy``, ``HTTPS_PROXY``, ...), the request goes
+through ``urllib.request``, which reads those variables and ``no_proxy``, as before.
+
+Every request closes its connection (``Connection: close``); a GET follows up to 5 redirects. A status of 300 or
+more that is not followed raises HTTPError (``code``, ``read()``); anything else that keeps an answer from
+arriving raises OSError (a timeout is socket.timeout, an OSError too).
+"""
+import os
+import sys
+import threading
+import urllib.parse
+
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
+_lock = threading.Lock()
+_loaded = {}
+
+
+class HTTPError(Exception):
+    """The server answered with an error status; ``read()`` gives the reply's body."""
+
+    def __init__(self, url, code, body):
+        super().__init__(f"{url}: HTTP {code}")
+        self.url, self.code, self.body = url, code, body
+
+    def read(self):
+        return self.body
+
+
+def http_client():
+    """``http.client``, imported without ``ssl`` unless the process already has either of them."""
+    with _lock:
+        if "client" not in _loaded:
+            if "http.client" in sys.modules or "ssl" in sys.modules:
+                import http.client
+            else:
+                sys.modules["ssl"] = None  # makes http.client's `import ssl` fail: no HTTPSConnection, no OpenSSL
+                try:
+                    import http.client
+                finally:
+                    if sys.modules.get("ssl", 0) is None:
+                        del sys.modules["ssl"]
+            _loaded["client"] = http.client
+        return _loaded["client"]
+
+
+def tls_connection_class():
+    """An HTTPSConnection class: http.client's when it has one, else ours on the ssl module imported now."""
+    client = http_client()
+    if hasattr(client, "HTTPSConnection"):
+        return client.HTTPSConnection
+    with _lock:
+        if "tls" not in _loaded:
+            import ssl
+
+            class TLSConnection(client.HTTPConnection):
+                """http.client's HTTPConnection with the socket wrapped in TLS after connecting (and tunnelling)."""
+
+                default_port = client.HTTPS_PORT
+
+                def __init__(self, host, port=None, context=None, **kwargs):
+                    super().__init__(host, port, **kwargs)
+                    self._context = context or ssl.create_default_context()
+
+                def connect(self):
+                    super().connect()
+                    self.sock = self._context.wrap_socket(self.sock, server_hostname=self._tunnel_host or self.host)
+
+            _loaded["tls"] = TLSConnection
+        return _loaded["tls"]
+
+
+def request(method, url, body=None, headers=None, timeout=60.0):
+    """Send one request and return the response once its status is a success.
+
+    Args:
+        method: GET, POST, PUT, ...
+        url: an http:// or https:// URL.
+        body: bytes, a file object (read in blocks; give Content-Length in ``headers``) or None.
+        headers: request headers.
+        timeout: seconds for connecting and for each read.
+
+    Returns:
+        An ``http.client.HTTPResponse`` (``status``, ``read(n)``, ``getheader()``); use it in a ``with``.
+    """
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise OSError(f"{url}: not an http or https URL")
+        if _proxy_named(scheme):
+            return _through_urllib(method, url, body, headers, timeout)
+        response = _send(method, scheme, parts, body, headers, timeout)
+        location = response.getheader("Location")
+        if response.status in REDIRECTS and method == "GET" and location:
+            response.close()
+            url = urllib.parse.urljoin(url, location)
+            continue
+        if response.status >= 300:
+            with response:
+                raise HTTPError(url, response.status, response.read())
+        return response
+    raise OSError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+
+def _send(method, scheme, parts, body, headers, timeout):
+    client = http_client()
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise OSError(f"{parts.geturl()}: {exc}") from None
+    connection_class = tls_connection_class() if scheme == "https" else client.HTTPConnection
+    connection = connection_class(parts.hostname, port, timeout=timeout)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        connection.request(method, path, body=body, headers=dict(headers or {}, Connection="close"))
+        return connection.getresponse()  # it closes the connection once read (Connection: close)
+    except client.HTTPException as exc:
+        connection.close()
+        raise OSError(f"{parts.geturl()}: {exc!r}") from None
+    except BaseException:
+        connection.close()
+        raise
+
+
+def _proxy_named(scheme):
+    return any(os.environ.get(name) for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY"))
+
+
+def _through_urllib(method, url, body, headers, timeout):
+    """The request through urllib.request (proxies from the environment); errors as :func:`request` raises."""
+    import urllib.error
+    import urllib.request
+
+    handlers = []
+    if not hasattr(urllib.request, "HTTPSHandler"):  # http.client was loaded without ssl
+        class TLSHandler(urllib.request.AbstractHTTPHandler):
+            def https_open(self, req):
+                return self.do_open(tls_connection_class(), req)
+
+            https_request = urllib.request.AbstractHTTPHandler.do_request_
+
+        handlers.append(TLSHandler())
+    opener = urllib.request.build_opener(*handlers)
+    try:
+        return opener.open(urllib.request.Request(url, data=body, headers=dict(headers or {}), method=method),
+                           timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        raise HTTPError(url, exc.code, exc.read()) from None
