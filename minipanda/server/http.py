@@ -121,7 +121,8 @@ class HttpServer:
 
         self._inflight = InFlight(app)
         connections = min(CONNECTIONS, open_files_limit())
-        holder = SocketHolder(self.sock.detach(), False, BACKLOG)  # granian owns (and closes) the socket now
+        # granian gets its own descriptor of the socket; ours lets stop() close the listener at once
+        holder = SocketHolder(os.dup(self.sock.fileno()), False, BACKLOG)
         if self.tls:
             tls = (True, os.path.abspath(self.tls[0]), os.path.abspath(self.tls[1]), None, "tls1.2", None, [],
                    False)
@@ -147,10 +148,14 @@ class HttpServer:
         if self.stopped.is_set():
             return
         self.stop_requested.set()
-        if self._signal is None:
-            self.sock.close()
-        else:
+        if self._signal is not None:
             self._signal.set()
+        try:  # granian closes its descriptor in its own time; shutdown() stops the listening now
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        if self._signal is not None:
             deadline = time.monotonic() + drain
             while not self._inflight.idle.wait(0.1) and time.monotonic() < deadline:
                 pass
