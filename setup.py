@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["minipanda", "minipanda.*", "harvester", "harvester.*", "pilot", "pilot.*",
                                     "queueconfig", "queueconfig.*", "testbed", "testbed.*"]),
-    package_data={"minipanda.monitor": ["templates/*.html", "templates/*.css"]},
+    package_data={"minipanda.monitor": ["templates/*.html", "templates/*.css"], "minipanda": ["trf/runGen-*"]},
     install_requires=[
         "peewee>=4.0",
         "bottle>=0.13",

@@ -124,6 +124,9 @@ class JobRun:
                                             local_dirs, self.qd["trf_url_prefixes"])
         argv = payload.command(executable, self.job.job_pars)
         env = payload.environment(self.job, ctx.queue, self.job_dir, self.job.core_count)
+        if ctx.client and ctx.client.token_file and "PANDA_AUTH_TOKEN" not in env:
+            # prun's runGen fetches the user's sandbox from the server with the pilot's token (as under pilot3)
+            env["PANDA_AUTH_TOKEN"] = os.path.abspath(ctx.client.token_file)
         self.payload = payload.Payload(argv, self.job_dir, env, ctx.adopter_pid)
         ctx.timing.mark(self.job.panda_id, "PILOT_PRE_PAYLOAD")
         self.payload.start()

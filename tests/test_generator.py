@@ -107,12 +107,32 @@ def test_prun_parameters_map_or_are_refused(task_server):
     assert "buildSpec: build jobs are not supported" in body["message"] and "${LIB}" in body["message"]
     del prun["buildSpec"]
     prun["jobParameters"][3] = {"type": "constant", "value": "-a sources.x.tar.gz"}
+    body = task_server.call("task/submit", {"task_parameters": prun})
+    assert body["success"] is False and "-a sources.x.tar.gz: no sandbox of that name was uploaded" in body["message"]
+    upload_sandbox(task_server, "sources.x.tar.gz")
     tid = submit(task_server, prun)
     jobs = wait_jobs(task_server, tid, 2)
-    assert jobs[0]["jobParameters"] == ('-j "" --sourceURL http://127.0.0.1:28471 -r . -a sources.x.tar.gz '
-                                        '-p "sh%20run.sh"')
+    # ${SURL} becomes the server's URL as the pilot that gets the job reaches it (tests/test_prun_sandbox.py)
+    assert jobs[0]["jobParameters"] == ('-j "" --sourceURL ${SURL} -r . -a sources.x.tar.gz -p "sh%20run.sh"')
     assert jobs[0]["transformation"].endswith("/trf/user/runGen-00-00-02")
     assert jobs[0]["computingSite"] == "TEST_PQ"
+
+
+def upload_sandbox(server, name, token=None):
+    """A small gzipped tar uploaded as prun does (multipart field ``file``)."""
+    import io
+    import tarfile
+
+    import requests
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("run.sh")
+        info.size = 8
+        archive.addfile(info, io.BytesIO(b"echo hi\n"))
+    reply = requests.post(server.url + "/api/v1/file_server/upload_cache_file",
+                          files={"file": (name, buffer.getvalue())}, headers=server.headers(token), timeout=30)
+    assert reply.status_code == 200 and reply.json()["success"], reply.text
 
 
 def test_scouts_then_avalanche_with_measured_memory(task_server):

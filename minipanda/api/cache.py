@@ -1,7 +1,8 @@
 """Static-ish reads pilots make: queuedata, storage endpoints, and transformation scripts.
 
-``/trf/user/<name>`` serves files from ``<home>/trf/``. pilot3 downloads its payload script only from PanDA's
-own trf URL; with ``http_proxy`` pointing at minipanda that request arrives here, path intact. The name is checked
+``/trf/user/<name>`` serves files from ``<home>/trf/``, else the ones shipped in ``minipanda/trf/`` (its runGen).
+pilot3 downloads its payload script only from PanDA's own trf URL; with ``http_proxy`` pointing at minipanda that
+request arrives here, path intact. The name is checked
 against a strict pattern and resolved inside the trf directory: a network-supplied name is never used as a path.
 """
 import json
@@ -13,6 +14,7 @@ from minipanda import errors
 from minipanda.core import queues
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+SHIPPED_TRF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "trf")
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -45,11 +47,13 @@ def ddm_endpoints(params, identity):
 def transformation(params, identity, name):
     if not SAFE_NAME.match(name):
         raise errors.RequestError(f"transformation name {name[:60]!r} is not a plain file name", http=400)
-    root = os.path.realpath(os.path.join(bottle.request.app.config["minipanda.context"].home, "trf"))
-    path = os.path.realpath(os.path.join(root, name))
-    if os.path.dirname(path) != root or not os.path.isfile(path):
-        raise errors.RequestError(f"transformation {name!r} not found in the server's trf directory", http=404)
-    return bottle.static_file(name, root=root, mimetype="text/x-shellscript")
+    # <home>/trf first (an operator's own scripts), then the ones shipped with minipanda (its runGen)
+    for root in (os.path.join(bottle.request.app.config["minipanda.context"].home, "trf"), SHIPPED_TRF):
+        root = os.path.realpath(root)
+        path = os.path.realpath(os.path.join(root, name))
+        if os.path.dirname(path) == root and os.path.isfile(path):
+            return bottle.static_file(name, root=root, mimetype="text/x-shellscript")
+    raise errors.RequestError(f"transformation {name!r} not found in the server's trf directory", http=404)
 
 
 def register(app):

@@ -5,6 +5,7 @@ import json
 import logging
 import time
 
+from minipanda.api import file_server
 from minipanda.core import dispatch, jobs, policy, queues
 from minipanda.core.auth import PILOT_ROLES, require_role
 from minipanda.errors import SC_MISSING_KEY, SC_ROLE, RequestError
@@ -63,6 +64,7 @@ def acquire_jobs(params, identity):
     started = time.perf_counter()
     definitions = dispatch.claim_jobs(offer)
     metrics.observe_dispatch(time.perf_counter() - started, bool(definitions))
+    definitions = file_server.with_server_url(definitions)  # prun jobs' ${SURL}: this server, as the pilot sees it
     why = "" if definitions else f"no jobs available for queue {queue} and this offer"
     return definitions, params.get("nJobs") not in (None, ""), why
 

@@ -11,7 +11,7 @@ from minipanda.api import params as route_params, wire
 from minipanda.core import policy
 from minipanda.core.jobs import parse_job_id
 from minipanda.errors import RequestError, TaskParamError
-from minipanda.tasks import datasets, retry, service, why
+from minipanda.tasks import datasets, retry, sandbox, service, why
 
 BASE = "/api/v1"
 
@@ -44,7 +44,7 @@ def submit(params, identity):
     try:
         parent = params.get("parent_tid")
         parent = int(parent) if parent not in (None, "", "None") else None
-        task_id = service.submit_task(task_params, identity, parent)
+        task_id = service.submit_task(task_params, identity, parent, sandbox.Sandboxes(_context().home))
     except TaskParamError as exc:
         return reply(exc.code, f"task parameters refused: {exc}", success=False)
     except (TypeError, ValueError):

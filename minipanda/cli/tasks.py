@@ -4,9 +4,14 @@ Tables for people, ``--json`` for scripts. Exit status 0 on success, 1 when the 
 printed), 2 for a usage error.
 """
 import json
+import os
+import re
+import shutil
 import time
+import urllib.parse
 
 from minipanda.cli.client import Client
+from minipanda.errors import ClientError
 from minipanda.cli.tables import print_table
 from minipanda.server import process
 from minipanda.tasks import datasets
@@ -91,7 +96,13 @@ def _dataset_parsers(sub):
     dlist.add_argument("--user", help="only datasets of this user")
     dlist.add_argument("--name", help="name pattern, * as wildcard")
     dshow = _common(dataset.add_parser("show", help="a dataset's files"), cmd_dataset_show)
-    dshow.add_argument("name", help="the dataset's name")
+    dshow.add_argument("name", help="the dataset's name (a task's name, as prun's --outDS with '/', shows the "
+                                    "files of all its output and log datasets)")
+    dget = _common(dataset.add_parser("get", help="download a dataset's files (or a task's outputs and logs)"),
+                   cmd_dataset_get)
+    dget.add_argument("name", help="the dataset's name, or a task's name (prun's --outDS with '/')")
+    dget.add_argument("--dir", default=".", help="directory to write the files to (default: the current one)")
+    dget.add_argument("--no-logs", action="store_true", help="skip log tarballs (the task's .log dataset)")
 
 
 def _rule_parsers(sub):
@@ -202,7 +213,63 @@ def cmd_dataset_show(args):
         return
     print(f"{data['name']} ({data['type']}, {data['userName']}, {len(data['files'])} files)")
     cols = ["lfn", "fsize", "checksum", "nEvents", "status", "location"]
+    if data["type"] == "container":  # a task's outputs and logs: say which dataset each file is in
+        cols = ["dataset", "lfn", "fsize", "checksum", "status", "location"]
     print_table(cols, [[f.get(c) for c in cols] for f in data["files"]])
+
+
+def cmd_dataset_get(args):
+    client = _client(args)
+    data = client.show_dataset(args.name)
+    os.makedirs(args.dir, exist_ok=True)
+    got, problems = [], []
+    for entry in data["files"]:
+        if args.no_logs and entry.get("dataset", data["name"]).rstrip("/").endswith(".log"):
+            continue
+        try:
+            got.append(_download(client, entry, args.dir))
+        except (OSError, ClientError) as exc:
+            problems.append(f"{entry['lfn']}: {exc}")
+    if args.json:
+        print(json.dumps({"downloaded": got, "failed": problems}, indent=1))
+    else:
+        for path in got:
+            print(path)
+        for problem in problems:
+            print(f"not downloaded: {problem}")
+    return 1 if problems else 0
+
+
+def _download(client, entry, directory):
+    """Fetch one file of a dataset into ``directory``, checked against its adler32; returns its path.
+
+    A file in the server's file store (a location ending in /files/<scope>) is read from the server this command
+    talks to, with its token; a location on a shared file system is copied."""
+    lfn, location = entry["lfn"], entry.get("location") or ""
+    if os.path.basename(lfn) != lfn or lfn in (".", ".."):
+        raise ClientError(f"not a plain file name: {lfn!r}")
+    target = os.path.join(directory, lfn)
+    match = re.search(r"/files/([^/]+)$", location)
+    tmp = target + ".part"
+    if match:
+        url = f"{client.url}/files/{match.group(1)}/{urllib.parse.quote(lfn)}"
+        with client.session.get(url, stream=True, timeout=client.timeout) as reply:
+            if reply.status_code != 200:
+                raise ClientError(f"GET {url}: HTTP {reply.status_code}: {reply.text[:200]}")
+            with open(tmp, "wb") as out:
+                for block in reply.iter_content(1 << 20):
+                    out.write(block)
+    elif location.startswith("/") and os.path.isfile(os.path.join(location, lfn)):
+        shutil.copyfile(os.path.join(location, lfn), tmp)
+    else:
+        raise ClientError(f"no copy to download (status {entry.get('status')}, location {location!r})")
+    checksum = datasets.adler32_of(tmp)
+    registered = (entry.get("checksum") or "").removeprefix("ad:")
+    if registered and registered != checksum:
+        os.unlink(tmp)
+        raise ClientError(f"adler32 {checksum} of the download is not the registered {entry['checksum']}")
+    os.replace(tmp, target)
+    return target
 
 
 def cmd_why(args):

@@ -148,17 +148,30 @@ def list_datasets(user=None, pattern=None, limit=1000):
 
 
 def show_dataset(name):
-    """One dataset and its files, or RequestError(404)."""
+    """One dataset and its files, or RequestError(404). A task's name (prun's ``--outDS`` with its ``/``) is the
+    container of the task's output and log datasets: their files are listed together, each with its dataset."""
     dataset = models.Dataset.get_or_none(models.Dataset.name == name)
     if dataset is None:
-        raise RequestError(f"dataset {name!r} not found", http=404)
-    files = models.DatasetFile.select().where(models.DatasetFile.dataset == dataset.id).order_by(
-        models.DatasetFile.lfn)
+        task = models.Task.select().where(models.Task.task_name == name).order_by(
+            models.Task.jedi_task_id.desc()).first() if isinstance(name, str) else None
+        if task is None:
+            raise RequestError(f"dataset {name!r} not found", http=404)
+        members = list(models.Dataset.select().where(models.Dataset.task_id == task.jedi_task_id,
+                                                     models.Dataset.type != "input").order_by(models.Dataset.name))
+        return {"name": name, "type": "container", "userName": task.user_name, "jediTaskID": task.jedi_task_id,
+                "creationTime": task.creation_time, "datasets": [d.name for d in members],
+                "files": [f for d in members for f in _files_of(d)]}
     return {"name": dataset.name, "type": dataset.type, "userName": dataset.user_name, "jediTaskID": dataset.task_id,
             "creationTime": dataset.creation_time,
-            "files": [{"lfn": f.lfn, "guid": f.guid, "fsize": f.fsize, "checksum": f.checksum,
-                       "location": f.location, "nEvents": f.n_events, "status": f.status, "PandaID": f.panda_id}
-                      for f in files]}
+            "files": [{k: v for k, v in f.items() if k != "dataset"} for f in _files_of(dataset)]}
+
+
+def _files_of(dataset):
+    files = models.DatasetFile.select().where(models.DatasetFile.dataset == dataset.id).order_by(
+        models.DatasetFile.lfn)
+    return [{"lfn": f.lfn, "guid": f.guid, "fsize": f.fsize, "checksum": f.checksum, "location": f.location,
+             "nEvents": f.n_events, "status": f.status, "PandaID": f.panda_id, "dataset": dataset.name}
+            for f in files]
 
 
 def input_files(name):

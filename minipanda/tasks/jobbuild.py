@@ -87,14 +87,16 @@ def expand_flat(command, chunk, outputs, base_rndm_ok=True):
     return FLAT_PLACEHOLDER.sub(value, command)
 
 
-def expand_jedi(template, chunk, task_id, serial, source_url):
-    """PanDA's ``${...}`` job parameter placeholders for one chunk."""
+def expand_jedi(template, chunk, task_id, serial, seq_offset=0):
+    """PanDA's ``${...}`` job parameter placeholders for one chunk. ``${SURL}`` stays: it becomes the server's URL
+    as the pilot that gets the job reached it (minipanda.api.file_server.with_server_url)."""
     lfns = [s.lfn for s in chunk.files]
     first, n_events = event_values(chunk)
     values = names(task_id, serial)
-    values.update({"IN": ",".join(lfns), "IN/L": ",".join(lfns), "IN/T": str(lfns), "SURL": source_url or "",
+    values.update({"IN": ",".join(lfns), "IN/L": ",".join(lfns), "IN/T": str(lfns), "SURL": "${SURL}",
                    "SKIPEVENTS": str(first or 0), "FIRSTEVENT": str((first or 0) + 1),
-                   "MAXEVENTS": str(n_events if n_events is not None else -1), "RNDMSEED": str(chunk.index + 1)})
+                   "MAXEVENTS": str(n_events if n_events is not None else -1), "RNDMSEED": str(chunk.index + 1),
+                   "SEQNUMBER": str((seq_offset or 0) + chunk.index)})
     return JEDI_PLACEHOLDER.sub(lambda m: values.get(m.group(3) or m.group(1) + (m.group(2) or ""), m.group(0)),
                                 template)
 
@@ -120,7 +122,7 @@ def job_rows(task, spec, chunk, serial, panda_id, now, common):
         transformation, job_pars = spec["transformation"], "-c " + shlex.quote(command)
     else:
         transformation = spec["transformation"]
-        job_pars = expand_jedi(spec["jobPars"], chunk, task_id, serial, spec.get("sourceURL"))
+        job_pars = expand_jedi(spec["jobPars"], chunk, task_id, serial, spec.get("seqOffset"))
     attributes = {"processingType": "minipanda-task", "jediTaskID": task_id}
     if chunk.parent and chunk.attempt > 1:
         attributes["parentID"] = chunk.parent
@@ -133,11 +135,19 @@ def job_rows(task, spec, chunk, serial, panda_id, now, common):
            common["scout"], False, common["brokerage_id"])
     files = [(panda_id, "input", s.lfn, s.guid, None, s.dataset, None, s.fsize, s.checksum, "ready",
               f"{s.location.rstrip('/')}/{s.lfn}" if s.location else None) for s in chunk.files]
-    files += [(panda_id, "output", lfn, None, None, dataset, dataset, None, None, "defined", None)
+    files += [(panda_id, "output", lfn, None, dataset_scope(dataset), dataset, dataset, None, None, "defined", None)
               for _, lfn, dataset in outputs]
-    files.append((panda_id, "log", log_lfn, None, None, spec["log"]["dataset"], spec["log"]["dataset"], None, None,
+    log_dataset = spec["log"]["dataset"]
+    files.append((panda_id, "log", log_lfn, None, dataset_scope(log_dataset), log_dataset, log_dataset, None, None,
                   "defined", None))
     return job, files
+
+
+def dataset_scope(name):
+    """The scope of a user or group dataset (``user.alice.x`` -> ``user.alice``), as PanDA names them; None for
+    other names (their files keep the queue's default scope)."""
+    parts = (name or "").split(".")
+    return ".".join(parts[:2]) if parts[0] in ("user", "group") and len(parts) > 2 and parts[1] else None
 
 
 def new_panda_ids(n):

@@ -32,7 +32,7 @@ def _next_task_id():
     return max((highest or 0) + 1, models.FIRST_TASK_ID)
 
 
-def submit_task(params, identity, parent_tid=None):
+def submit_task(params, identity, parent_tid=None, sandboxes=None):
     """Validate and store a task (status registered) with its output datasets, all or nothing.
 
     Returns:
@@ -41,7 +41,7 @@ def submit_task(params, identity, parent_tid=None):
     Raises:
         TaskParamError: bad parameters (code 4) or output datasets that already exist (code 2).
     """
-    spec = taskparams.normalise(params, identity.name, identity.role)
+    spec = taskparams.normalise(params, identity.name, identity.role, sandboxes)
     now = states.utcnow()
     with database.atomic():
         duplicates = taskparams.duplicate_datasets(spec)

@@ -14,6 +14,7 @@ import re
 from minipanda.core import models, policy
 from minipanda.core.jobspec import is_null
 from minipanda.errors import TaskParamError
+from minipanda.tasks import sandbox
 from minipanda.tasks.datasets import DATASET_NAME
 
 FLAT_KEYS = ("taskName", "exec", "inDS", "nFilesPerJob", "nEventsPerJob", "nGBPerJob", "nJobs", "outputs", "site",
@@ -42,7 +43,9 @@ CONNECTIVITY = ("none", "http", "full")
 MAX_COMMAND = 4000  # characters of exec / assembled jobParameters
 MAX_JOBS = 1_000_000
 DEFAULT_SCOUTS = 3
-DEFAULT_TRANSFORMATION = "http://pandaserver.cern.ch:25080/trf/user/runGen-00-00-02"
+# PanDA's runGen at the one base URL pilot3's generic user downloads transformations from; minipanda serves its own
+# runGen at that path (minipanda/trf/), and both pilots fetch /trf/user/ from the server they talk to.
+DEFAULT_TRANSFORMATION = "http://pandaserver-doma.cern.ch:25080/trf/user/runGen-00-00-02"
 REGEX_ONLY = re.compile(r"[\\^$()+{}|]")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,199}$")
 PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}$")
@@ -50,7 +53,9 @@ FLAT_PLACEHOLDER = re.compile(r"%([A-Z][A-Z0-9]*)(?::([A-Za-z0-9_.+-]+))?")
 FLAT_NAMES = {"IN", "OUT", "RNDM", "FIRSTEVENT", "SKIPEVENTS", "MAXEVENTS"}
 JEDI_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)(/[A-Z]+)?\}|\$(JEDITASKID)\b")
 JEDI_NAMES = {"IN", "IN/T", "IN/L", "SN", "SN/P", "JEDITASKID", "SURL", "MAXEVENTS", "SKIPEVENTS", "FIRSTEVENT",
-              "RNDMSEED"}
+              "RNDMSEED", "SEQNUMBER"}
+# prun's default input filter (log tarballs of earlier tasks), a regular expression, as the shell wildcards it means
+PRUN_LOG_EXCLUDE = {r"\.log\.tgz(\.\d+)*$": ["*.log.tgz", "*.log.tgz.[0-9]*"]}
 
 
 class _Checker:
@@ -110,13 +115,15 @@ class _Checker:
         return value
 
 
-def normalise(params, user, role="user"):
+def normalise(params, user, role="user", sandboxes=None):
     """Validate task parameters in either form; return the normalised spec.
 
     Args:
         params: the ``task_parameters`` dict as received.
         user: the submitting user (from the token).
         role: the token's role; production labels need production or admin.
+        sandboxes: the server's :class:`minipanda.tasks.sandbox.Sandboxes`; when given, a runGen task's ``-a``
+            archive must be a sandbox the user uploaded.
 
     Raises:
         TaskParamError: listing every bad field.
@@ -134,9 +141,16 @@ def normalise(params, user, role="user"):
         raise TaskParamError(["exec: required (or jobParameters, for PanDA's taskParamMap form)"])
     _in_user_scope(spec, user, role)
     _common(spec, check, role)
+    if sandboxes is not None and spec["form"] == "jedi" and is_run_gen(spec["transformation"]):
+        check.errors += sandbox.check_task_sandbox(sandboxes, spec["jobPars"], user)
     if check.errors:
         raise TaskParamError(check.errors)
     return spec
+
+
+def is_run_gen(transformation):
+    """Whether a transformation (URL or path) is PanDA's runGen, which minipanda serves as its own."""
+    return re.sub(r"[?#].*$", "", transformation or "").rstrip("/").rsplit("/", 1)[-1].startswith("runGen-")
 
 
 def _in_user_scope(spec, user, role):
@@ -358,6 +372,7 @@ def _jedi_items(check, spec):
         check.errors.append("jobParameters: expected a list of {type, value} items")
         items = []
     words, outputs, spec["inDS"], spec["inputFilter"] = [], [], None, {}
+    spec["seqOffset"] = 0
     for index, item in enumerate(items):
         where = f"jobParameters[{index}]"
         if not isinstance(item, dict) or not isinstance(item.get("value"), str):
@@ -371,6 +386,10 @@ def _jedi_items(check, spec):
             _jedi_input(check, spec, item, where)
         elif kind == "template" and ptype == "output":
             outputs.append(_jedi_output(check, item, where))
+        elif kind == "template" and ptype == "pseudo_input" and item.get("dataset") == "seq_number":
+            _jedi_seq_number(check, spec, item, where)  # prun's %RNDM:N
+        elif kind == "template" and ptype == "number":
+            pass  # prun's %FIRSTEVENT, %SKIPEVENTS, %MAXEVENTS: the placeholder in the value is filled per job
         elif kind == "template":
             check.errors.append(f"{where}.param_type: {ptype!r} templates are not supported (input and output are)")
             continue
@@ -405,7 +424,9 @@ def _jedi_input(check, spec, item, where):
     filters = {}
     for key in ("include", "exclude"):
         if item.get(key):
-            patterns = [p for p in str(item[key]).split(",") if p]
+            patterns = []
+            for pattern in (p for p in str(item[key]).split(",") if p):
+                patterns += PRUN_LOG_EXCLUDE.get(pattern, [pattern]) if key == "exclude" else [pattern]
             for pattern in patterns:
                 if REGEX_ONLY.search(pattern) or len(pattern) > 255:
                     check.errors.append(f"{where}.{key}: {pattern!r}: minipanda takes shell-style wildcards "
@@ -420,6 +441,14 @@ def _jedi_input(check, spec, item, where):
             check.errors.append(f"{where}.files: expected a list of file names")
         filters["files"] = item["files"]
     spec["inputFilter"] = filters
+
+
+def _jedi_seq_number(check, spec, item, where):
+    offset = item.get("offset", 0)
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        check.errors.append(f"{where}.offset: expected a non-negative integer (the base of %RNDM)")
+        return
+    spec["seqOffset"] = offset
 
 
 def _jedi_output(check, item, where):
