@@ -45,3 +45,36 @@ def test_a_worker_is_not_reported_while_its_job_reports_wait(database):
     propagator.run_once(db.utcnow())
     assert server.calls == [("jobs", [1]), ("workers", [worker.worker_id])]
     assert not models.Outbox.select().where(models.Outbox.id == report.id).exists()
+
+
+@pytest.mark.parametrize("kind,relayed,killed", [("job_heartbeat", False, True), ("job_heartbeat", True, False),
+                                                 ("job_final", False, False)])
+def test_tobekilled_kills_the_worker_only_for_a_pilot_without_network(database, tmp_path, kind, relayed, killed):
+    """A file-mode pilot hears the server only through harvester: `tobekilled` to its heartbeat kills its worker.
+    A pull-mode pilot's own report relayed late (it may have reached the server itself since, and run another job)
+    or a final update never kills the worker: the pilot hears the command itself."""
+    from harvester.agents.propagator import Propagator
+    from harvester.context import Context, Settings
+
+    class Server:
+        url = "http://127.0.0.1:9"
+
+        def update_jobs(self, updates):
+            return [{"StatusCode": 0, "command": "tobekilled"} for _ in updates]
+
+        def update_workers(self, workers):
+            return [True for _ in workers]
+
+        def report_worker_statistics(self, queue, statistics):
+            pass
+
+    source = tmp_path / "final-1-0.json.h.claimed"
+    source.write_text("{}")
+    worker = models.Worker.create(queue="Q", status="running", submit_phase="done")
+    models.Outbox.create(kind=kind, key="job:1:heartbeat", payload='{"jobId": 1, "state": "running"}',
+                         worker_id=worker.worker_id, created=db.utcnow(),
+                         source_path=str(source) if relayed else None)
+    Propagator(Context("/tmp", Server(), Settings(), "h")).run_once(db.utcnow())
+    assert (models.Worker.get_by_id(worker.worker_id).kill_reason is not None) == killed
+    assert not models.Outbox.select().exists()  # delivered
+    assert source.exists() != relayed  # a relayed report's file is removed with it

@@ -3,7 +3,8 @@
 Each cycle::
 
     job reports     the outbox in id order, in bulk (pilot/update_jobs_bulk): acknowledged -> deleted (and the
-                    pilot's spooled file removed); `tobekilled` -> the worker is marked for the sweeper; refused for
+                    pilot's spooled file removed); `tobekilled` to a heartbeat harvester sent for a pilot with no
+                    network -> the worker is marked for the sweeper; refused for
                     good -> kept as rejected, never resent; server unreachable -> stop, everything stays for later
     workers         every worker whose status changed since the last report (harvester/update_workers)
     statistics      workers by state per queue, every stats_period or when the server asked
@@ -76,24 +77,34 @@ class Propagator(Agent):
 
     def settle(self, row, reply):
         code = reply.get("StatusCode")
+        if reply.get("command") == "tobekilled":
+            self.kill_for(row, reply, code)
         if str(code) == "0":
-            if reply.get("command") == "tobekilled" and row.worker_id:
-                models.Worker.update(kill_reason="the server answered tobekilled for job "
-                                                 f"{json.loads(row.payload).get('jobId')}") \
-                    .where(models.Worker.worker_id == row.worker_id, models.Worker.kill_reason.is_null()).execute()
-                self.ctx.wake("sweeper")
             self.remove_source(row)
             row.delete_instance()
             return 1
-        if reply.get("command") == "tobekilled" and row.worker_id:
-            models.Worker.update(kill_reason=f"the server refused the job's report: {reply.get('ErrorDiag', '')}") \
-                .where(models.Worker.worker_id == row.worker_id, models.Worker.kill_reason.is_null()).execute()
         if row.kind == "job_heartbeat":  # a refused heartbeat is stale news (the job ended or moved): drop it
             self.remove_source(row)
             row.delete_instance()
             return 0
         self.reject(row, f"StatusCode {code}: {reply.get('ErrorDiag', '')}")
         return 0
+
+    def kill_for(self, row, reply, code):
+        """`tobekilled` kills the worker only when harvester is the pilot's one voice: a heartbeat it sends for a
+        pilot with no network. A relayed pull-mode report (from the pilot's own outbox) may be stale — the pilot
+        may have reached the server itself since, and runs another job now — and a final update ends the job
+        anyway: the pilot hears `tobekilled` itself at its next heartbeat."""
+        panda_id = json.loads(row.payload).get("jobId")
+        if row.kind != "job_heartbeat" or row.source_path or not row.worker_id:
+            log.info("the server answered tobekilled to the relayed %s of job %s (StatusCode %s): the pilot "
+                     "hears it itself; its worker is left alone", row.kind, panda_id, code)
+            return
+        reason = (f"the server answered tobekilled for job {panda_id}" if str(code) == "0" else
+                  f"the server refused the job's report: {reply.get('ErrorDiag', '')}")
+        models.Worker.update(kill_reason=reason).where(models.Worker.worker_id == row.worker_id,
+                                                       models.Worker.kill_reason.is_null()).execute()
+        self.ctx.wake("sweeper")
 
     def reject(self, row, message):
         log.error("the server refused %s (%s) for good; kept in the outbox as rejected: %s", row.kind, row.key,
