@@ -8,6 +8,7 @@ import collections
 import threading
 import time
 
+import pytest
 import requests
 from conftest import make_job
 
@@ -165,17 +166,14 @@ def test_single_and_bulk_pilots_mixed_with_final_updates(live_server):
     assert {states[pid] for pid in by_bulk} == {"sent"}
 
 
-def test_claim_jobs_from_16_threads_in_process(database):
-    """dispatch.claim_jobs itself, each thread on its own connection: no job twice, each written by its claimer."""
-    from minipanda.core import dispatch, jobs, models, queues
+def claim_from_threads(database, queue, n_total, claim, n_threads=16):
+    """``n_threads`` threads, each on its own connection, call ``claim(offer)`` until ``queue`` stays empty; odd
+    threads claim one job per call (the group-committed claims), even ones five. Returns (got, claimer, errors)."""
+    from minipanda.core import dispatch
 
-    queue, n_total = "CONC_INPROC", 2000
-    # Mixed priorities, so the pick's ORDER BY has work to do while the threads race.
-    specs = [make_job(queue, jobName=f"inproc.{i}", currentPriority=1000 + (i % 7) * 10) for i in range(n_total)]
-    submitted = [row[0] for row in jobs.submit_jobs(specs, "tester", queue_ensurer=queues.ensure_queues)]
     lock = threading.Lock()
     got, claimer, errors = [], {}, []
-    gate = threading.Barrier(16)
+    gate = threading.Barrier(n_threads)
     deadline = time.monotonic() + DEADLINE_S
 
     def worker(index):
@@ -190,7 +188,7 @@ def test_claim_jobs_from_16_threads_in_process(database):
                 if time.monotonic() > deadline:
                     errors.append(f"thread {index}: deadline reached")
                     break
-                claimed = dispatch.claim_jobs(offer)
+                claimed = claim(offer)
                 if not claimed:
                     empty += 1
                     if empty >= EMPTY_REPLIES_TO_STOP:
@@ -211,14 +209,34 @@ def test_claim_jobs_from_16_threads_in_process(database):
                 got.extend(mine)
                 claimer.update({pid: f"thread-{index}" for pid in mine})
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(16)]
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n_threads)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(DEADLINE_S + 60)
     assert not any(thread.is_alive() for thread in threads), "claim threads did not stop"
+    return got, claimer, errors
+
+
+def submit_in_process(queue, n_total):
+    from minipanda.core import jobs, queues
+
+    # Mixed priorities, so the pick's ORDER BY has work to do while the threads race.
+    specs = [make_job(queue, jobName=f"inproc.{i}", currentPriority=1000 + (i % 7) * 10) for i in range(n_total)]
+    return [row[0] for row in jobs.submit_jobs(specs, "tester", queue_ensurer=queues.ensure_queues)]
+
+
+def test_claim_jobs_from_16_threads_in_process(database):
+    """dispatch.claim_jobs itself, each thread on its own connection: no job twice, each written by its claimer."""
+    from minipanda.core import dispatch, models
+
+    queue, n_total = "CONC_INPROC", 2000
+    submitted = submit_in_process(queue, n_total)
+    dispatch.group_commit.largest = 0
+    got, claimer, errors = claim_from_threads(database, queue, n_total, dispatch.claim_jobs)
     assert not errors, errors[:5]
     assert_each_once(got, submitted)
+    assert dispatch.group_commit.largest > 1, "no two single-job claims ever shared a transaction"
 
     database.connect(reuse_if_open=True)
     Job, StatusLog = models.Job, models.StatusLog
@@ -233,3 +251,29 @@ def test_claim_jobs_from_16_threads_in_process(database):
         row.panda_id for row in StatusLog.select(StatusLog.panda_id).where(
             StatusLog.panda_id.in_(submitted), StatusLog.new_status == "sent", StatusLog.old_status == "activated"))
     assert set(logged) == set(submitted) and set(logged.values()) == {1}
+
+
+def unsafe_claim(offer, now=None):
+    """A deliberately wrong claim: the pick is read outside the write transaction, and the UPDATE does not check
+    that the jobs are still activated (the race the real claim's single conditional UPDATE closes)."""
+    from minipanda.core import models
+    from minipanda.core.db import database
+
+    Job = models.Job
+    picked = list(Job.select(Job.panda_id, Job.current_priority)
+                  .where((Job.status == "activated") & (Job.computing_site == offer.queue))
+                  .order_by(Job.current_priority.desc(), Job.panda_id).limit(offer.n_jobs).tuples())
+    time.sleep(0.002)  # another pilot's pick reads the same rows meanwhile
+    with database.atomic():
+        Job.update(status="sent", node=offer.node).where(Job.panda_id.in_([pid for pid, _ in picked])).execute()
+    return [{"PandaID": pid, "currentPriority": priority} for pid, priority in picked]
+
+
+def test_the_in_process_check_fails_against_an_unsafe_claim(database):
+    """The check above is worth something only if it catches a claim that hands one job to two pilots."""
+    queue, n_total = "CONC_UNSAFE", 300
+    submitted = submit_in_process(queue, n_total)
+    got, claimer, errors = claim_from_threads(database, queue, n_total, unsafe_claim)
+    # (errors, such as PostgreSQL's deadlocks between its unordered UPDATEs, do not matter here)
+    with pytest.raises(AssertionError, match="dispatched more than once"):
+        assert_each_once(got, submitted)

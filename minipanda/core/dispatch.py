@@ -16,6 +16,7 @@ time stamps and status_log rows.
 import dataclasses
 import functools
 import logging
+import threading
 from typing import Optional
 
 import peewee
@@ -120,28 +121,133 @@ def _load_files(panda_ids):
     return by_job
 
 
-def claim_jobs(offer, now=None):
-    """Atomically move up to ``offer.n_jobs`` best-matching jobs activated -> sent; return their definitions."""
+def _claim_rows(offer, n_jobs, now):
+    """Inside the caller's write transaction: move up to ``n_jobs`` jobs of ``offer`` activated -> sent; return
+    them as Job models (not yet sorted)."""
     Job = models.Job
-    n_jobs = max(1, min(int(offer.n_jobs), MAX_JOBS_PER_REQUEST))
-    now = now or states.utcnow()
     source, target = JobStatus.ACTIVATED, JobStatus.SENT
     fields = {Job.heartbeat_time: now}
     fields.update({getattr(Job, column): getattr(offer, column) for column in _PILOT_COLUMNS
                    if getattr(offer, column) is not None})
-    labels = list(policy.job_labels(offer.prod_source_label) if offer.labels is None else offer.labels)
-    if not labels:
-        return []
+    labels = _labels(offer)
     limits = _limit_values(offer)
     pick = _pick_statement(database.param, db.is_postgres(), len(labels), tuple(c for c, _ in limits))
     pick_params = [source.value, offer.queue] + labels + [v for _, v in limits] + [n_jobs]
-    with database.atomic():
-        columns, rows = states.change_picked_jobs(pick, pick_params, source, target,
-                                                  f"dispatched to {offer.node or 'a pilot'} on {offer.queue}",
-                                                  fields=fields, now=now)
-        if not rows:
-            return []
-        jobs = _as_models(Job, columns, rows)
-        files = _load_files([job.panda_id for job in jobs])
+    columns, rows = states.change_picked_jobs(pick, pick_params, source, target,
+                                              f"dispatched to {offer.node or 'a pilot'} on {offer.queue}",
+                                              fields=fields, now=now)
+    return _as_models(Job, columns, rows) if rows else []
+
+
+def _labels(offer):
+    return list(policy.job_labels(offer.prod_source_label) if offer.labels is None else offer.labels)
+
+
+def _definitions(jobs, files):
     jobs.sort(key=lambda j: (-j.current_priority, j.panda_id))
     return [jobspec.job_definition(job, files[job.panda_id]) for job in jobs]
+
+
+def _claim_alone(offer, n_jobs, now):
+    with database.atomic():
+        jobs = _claim_rows(offer, n_jobs, now)
+        if not jobs:
+            return []
+        files = _load_files([job.panda_id for job in jobs])
+    return _definitions(jobs, files)
+
+
+class _Claim:
+    """One pilot's single-job claim waiting in the group commit."""
+
+    __slots__ = ("offer", "now", "done", "lead", "jobs", "files", "failed")
+
+    def __init__(self, offer, now):
+        self.offer, self.now = offer, now
+        self.done = threading.Event()
+        self.lead = False
+        self.jobs, self.files, self.failed = [], {}, False
+
+
+class GroupCommit:
+    """Concurrent single-job claims of this process, combined into one write transaction.
+
+    Every claim still runs its own pick and conditional UPDATE (``_claim_rows``), one after the other inside the
+    transaction, so each sees the jobs the claims before it took as ``sent`` already and picks others: each pilot
+    gets its own job, never another's. What is shared is the BEGIN and the COMMIT (on SQLite the write lock, on
+    both the commit's fsync) and the query of the jobs' files.
+
+    No claim waits for company: the first one to arrive leads at once with whatever is queued (often only itself).
+    Claims arriving while a transaction runs queue up; when it commits, the leader wakes them with their jobs and
+    hands the lead to the oldest claim still queued, which takes everything queued by then. Under load the batches
+    grow by themselves; alone, a claim costs what it did before. If a batch's transaction fails, each claim of it
+    is retried alone, so one bad claim fails only its own pilot.
+    """
+
+    MAX_BATCH = 64
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.queue = []
+        self.leading = False
+        self.transactions = self.claims = self.largest = 0  # what the batches were (tests, debugging)
+
+    def claim(self, offer, now):
+        me = _Claim(offer, now)
+        with self.lock:
+            self.queue.append(me)
+            if not self.leading:
+                self.leading = me.lead = True
+        if not me.lead:
+            me.done.wait()
+        if me.lead:
+            self._lead()
+        if me.failed:
+            return _claim_alone(offer, 1, now)
+        return _definitions(me.jobs, me.files)
+
+    def _lead(self):
+        with self.lock:
+            batch, self.queue = self.queue[:self.MAX_BATCH], self.queue[self.MAX_BATCH:]
+            self.transactions += 1
+            self.claims += len(batch)
+            self.largest = max(self.largest, len(batch))
+        try:
+            with database.atomic():
+                for claim in batch:
+                    claim.jobs = _claim_rows(claim.offer, 1, claim.now)
+                ids = [job.panda_id for claim in batch for job in claim.jobs]
+                files = _load_files(ids) if ids else {}
+            for claim in batch:
+                claim.files = files
+        except Exception:  # noqa: BLE001 - each claim retries alone and meets its own error, if any
+            log.warning("a group commit of %d claims failed; each is retried alone", len(batch), exc_info=True)
+            for claim in batch:
+                claim.jobs, claim.failed = [], True
+        finally:
+            with self.lock:
+                if self.queue:
+                    successor = self.queue[0]
+                    successor.lead = True
+                    successor.done.set()
+                else:
+                    self.leading = False
+            for claim in batch:
+                claim.lead = False
+                claim.done.set()
+
+
+group_commit = GroupCommit()
+
+
+def claim_jobs(offer, now=None):
+    """Atomically move up to ``offer.n_jobs`` best-matching jobs activated -> sent; return their definitions.
+
+    Single-job claims of concurrent pilots share one write transaction (:class:`GroupCommit`)."""
+    n_jobs = max(1, min(int(offer.n_jobs), MAX_JOBS_PER_REQUEST))
+    now = now or states.utcnow()
+    if not _labels(offer):
+        return []
+    if n_jobs == 1:
+        return group_commit.claim(offer, now)
+    return _claim_alone(offer, n_jobs, now)
