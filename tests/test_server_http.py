@@ -45,6 +45,29 @@ def test_one_access_log_line_per_request(tmp_path):
     alive = [line for line in lines if "GET /server/panda/isAlive 200 " in line]
     assert len(alive) == 3
     assert sum("GET /no/such/page 404 " in line for line in lines) == 1
+    warnings = [line for line in server.read_log().splitlines() if " WARNING " in line or " ERROR " in line]
+    assert not warnings  # normal operation: no per-request (or any) warning
+
+
+def test_the_access_log_goes_through_a_queue(caplog):
+    """A request thread only enqueues its access record (QueueHandler); the listener writes it."""
+    import logging
+    import logging.handlers
+
+    from minipanda.server import process
+
+    root = logging.getLogger()
+    queued = process.QueuedAccessLog()  # caplog's handler is on the root logger
+    try:
+        assert [type(h).__mro__[1] for h in process.access_log.handlers] == [logging.handlers.QueueHandler]
+        assert not process.access_log.propagate
+        with caplog.at_level(logging.INFO):
+            process.access_log.info("%s %s %s", "GET", "/x", 200)
+    finally:
+        queued.stop()  # writes what is queued
+    assert "GET /x 200" in caplog.text
+    assert process.access_log.propagate and not process.access_log.handlers
+    assert root.handlers
 
 
 def test_a_body_over_the_limit_is_refused_with_413(tmp_path):

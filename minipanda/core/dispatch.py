@@ -1,7 +1,8 @@
 """Dispatch: hand activated jobs to a pilot, each job to exactly one pilot.
 
 A request is one claim: a single ``UPDATE job SET status='sent' ... WHERE panda_id IN (best matching activated
-jobs) AND status='activated' RETURNING <the job row>`` in one write transaction. SQLite serialises writers, so two
+jobs) AND status='activated' RETURNING <the job row>`` in a write transaction; concurrent single-job claims of
+one process share that transaction, one UPDATE each after the other (:class:`GroupCommit`). SQLite serialises writers, so two
 claims can never see the same activated row; PostgreSQL adds ``FOR UPDATE SKIP LOCKED`` to the pick so concurrent
 claims take different rows instead of waiting on each other.
 

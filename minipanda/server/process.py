@@ -1,7 +1,9 @@
 """``minipanda serve``: the WSGI app on granian (``server/http.py``), one access-log line per request, clean stop."""
 import fcntl
 import logging
+import logging.handlers
 import os
+import queue
 import resource
 import signal
 import threading
@@ -22,6 +24,38 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 25080
 def home_dir(explicit=None):
     """--home, else $MINIPANDA_HOME, else ~/.minipanda."""
     return os.path.abspath(explicit or os.environ.get("MINIPANDA_HOME") or os.path.expanduser("~/.minipanda"))
+
+
+class _RecordQueueHandler(logging.handlers.QueueHandler):
+    """Puts the record on the queue as it is: the listener's handlers format it, off the request thread (the
+    access line's arguments are strings and numbers, safe to format later)."""
+
+    def prepare(self, record):
+        return record
+
+
+class QueuedAccessLog:
+    """The access log through a queue: a request thread only enqueues its record (stdlib QueueHandler); one
+    listener thread writes it with the root logger's handlers. ``stop()`` writes what is queued and undoes it."""
+
+    def __init__(self):
+        self.listener = self.handler = None
+        handlers = logging.getLogger().handlers
+        if not handlers or access_log.handlers:
+            return  # nothing to write to (logging not configured), or someone set this logger up on purpose
+        records = queue.SimpleQueue()
+        self.handler = _RecordQueueHandler(records)
+        self.listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
+        self.listener.start()
+        access_log.addHandler(self.handler)
+        access_log.propagate = False
+
+    def stop(self):
+        if self.listener is not None:
+            access_log.removeHandler(self.handler)
+            access_log.propagate = True
+            self.listener.stop()
+            self.listener = None
 
 
 class AccessLog:
@@ -212,6 +246,7 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
     from minipanda.tasks import duties, settings as task_settings
 
     duties.attach(runner, settings or task_settings.Settings())
+    queued_log = QueuedAccessLog()
     try:
         server.start(app, threads=threads)
         log.info("minipanda serving on %s://%s:%s (home %s, auth %s, %d threads)", server.scheme, host,
@@ -224,5 +259,6 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
     finally:
         server.stop()
         runner.stop()
+        queued_log.stop()
         lock.close()
         log.info("minipanda stopped")
