@@ -4,9 +4,10 @@ HOME and an empty working directory, as tests/test_readme.py does for the README
 How each guide runs, and the only changes made to its text (each one is listed with its reason where it is made):
 
 - testbed.md and pilot3-and-panda-client.md: in a network namespace of their own (loopback only), so the fixed port
-  25080 the guides use is free whatever else runs on this machine. The pilot3 guide's `pip download` of pilot3 is
-  replaced by a copy of the same sdist from the tests' cache (tests/pilot3/fetch.py: downloaded once, sha256
-  checked), and it runs only where pilot3 can (the skip/fail rule of the other pilot3 tests).
+  25080 the guides use is free whatever else runs on this machine. The pilot3 guide's `pip download` and unpacking
+  of pilot3 is replaced by a copy of the same release, already unpacked in the tests' cache (tests/pilot3/fetch.py:
+  downloaded once, sha256 checked), and it runs only where pilot3 can (the skip/fail rule of the other pilot3
+  tests).
 - slurm-over-ssh.md and no-network-nodes.md: against a real munged + slurmctld + slurmd and a real sshd on loopback
   (tests/slurmhelp.py, the fixtures of tests/test_harvester_slurm_live.py). Slurm jobs start where slurmd runs, in
   this machine's network, and must reach the server there: so no namespace; the guide's port 25080 becomes a free
