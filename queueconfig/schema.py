@@ -347,6 +347,9 @@ class Queue(Section):
         return self
 
 
+WALLTIME_MARGIN_S = 600  # batch.walltime's default: the pilot's lifetime plus time to stage out and report
+
+
 def derived_defaults(data):
     """Fill the defaults that depend on other keys into a raw queue dict (a new dict; the input is not changed)."""
     data = dict(data)
@@ -360,7 +363,11 @@ def derived_defaults(data):
         cap = limits.get("maxWorkers", Limits.model_fields["maxWorkers"].default)
         if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (cap, per_worker)):
             data["limits"] = {**limits, "nQueueLimitJob": cap * per_worker}
-    pilot, sweeper = data.get("pilot", {}), data.get("sweeper", {})
+    pilot, sweeper, batch = data.get("pilot", {}), data.get("sweeper", {}), data.get("batch", {})
+    if isinstance(pilot, dict) and isinstance(batch, dict) and batch.get("walltime") is None:
+        lifetime = pilot.get("lifetime", Pilot.model_fields["lifetime"].default)
+        if isinstance(lifetime, int) and not isinstance(lifetime, bool) and lifetime >= 1:
+            data["batch"] = {**batch, "walltime": lifetime + WALLTIME_MARGIN_S}
     if isinstance(pilot, dict) and isinstance(sweeper, dict) and "stale_time" not in sweeper:
         lost = pilot.get("lost_heartbeat", Pilot.model_fields["lost_heartbeat"].default)
         if isinstance(lost, int) and not isinstance(lost, bool) and lost >= 1:
