@@ -195,7 +195,7 @@ def test_batch_walltime_defaults_to_the_pilot_lifetime_plus_ten_minutes():
     """The effective walltime is in the loaded queue (so `queueconfig show` prints it), unless the queue sets it."""
     from queueconfig.loader import loads
 
-    queues = loads('{"queues": {"A": {"pilot": {"lifetime": 3600}}, "B": {"batch": {"walltime": 999}}}}',
+    queues = loads('{"queues": {"A": {"pilot": {"lifetime": 3600}}, "B": {"batch": {"walltime": 99999}}}}',
                    "q.json").queues
     assert queues["A"].batch.walltime == 3600 + 600
-    assert queues["B"].batch.walltime == 999
+    assert queues["B"].batch.walltime == 99999
