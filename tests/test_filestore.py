@@ -62,7 +62,7 @@ def test_checksum_or_length_mismatch_is_refused_and_nothing_kept(sqlite_server):
         conn.putheader(key, value)
     conn.endheaders(b"only ten b")
     conn.sock.shutdown(1)
-    try:  # waitress drops an incomplete request before the application sees it; either way nothing is stored
+    try:  # the HTTP server may drop an incomplete request before the application sees it; either way nothing is stored
         assert conn.getresponse().status == 400
     except http.client.RemoteDisconnected:
         pass
