@@ -73,19 +73,25 @@ class LiveServer:
         self.auth, self.threads = auth, threads
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv(), stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
+        try:
+            self.wait_until_answering()
+        except BaseException:  # a server that never came up is still stopped: the fixture's teardown never runs
+            self.stop()
+            raise
+        token_path = os.path.join(self.home, "admin.token")
+        self.admin_token = open(token_path).read().strip() if auth == "token" else None
+
+    def wait_until_answering(self, limit=30):
+        deadline = time.time() + limit
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.read_log()}")
             try:
                 requests.get(self.url + "/api/v1/system/is_alive", timeout=5)
-                break
+                return
             except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a busy machine
                 time.sleep(0.1)
-        else:
-            raise RuntimeError("server did not answer within 30 s: " + self.read_log())
-        token_path = os.path.join(self.home, "admin.token")
-        self.admin_token = open(token_path).read().strip() if auth == "token" else None
+        raise RuntimeError(f"server did not answer within {limit} s: " + self.read_log())
 
     def argv(self):
         """The serve command line; subclasses add options."""
