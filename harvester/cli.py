@@ -191,6 +191,7 @@ def run(args, home):
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings repeat what our own error says
     settings = parse_settings(args.setting)
     queue_file = QueueFile(args.queues)
     queue_file.load()  # a file that cannot be read at all stops us here, before anything changes
