@@ -67,6 +67,12 @@ def build_parser():
                        help="'token' (default): bearer tokens with roles; 'none': everyone is admin, loopback only")
     serve.add_argument("--threads", type=int, default=8,
                        help="request threads (default 8; more only adds GIL contention on a small machine)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes sharing the port (default 1); more than 1 needs PostgreSQL "
+                            "(--db postgresql://...), see docs/operations.md")
+    serve.add_argument("--leader-retry", type=float, default=10.0, metavar="S",
+                       help="PostgreSQL: how often a server not running the duties checks whether it can take "
+                            "them over (default 10 s)")
     serve.add_argument("--max-body-mb", type=float, default=64, help="largest request body accepted (default 64)")
     serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate chain (PEM); needs "
                                                           "--tls-key")
@@ -141,7 +147,8 @@ def cmd_serve(args):
     process.serve(home, host=args.host, port=args.port, db_url=args.db, auth_mode=args.auth, threads=args.threads,
                  max_body_mb=args.max_body_mb, queues_file=args.queues, reload_period=args.reload_period,
                  settings=task_settings.Settings(task_settings.parse_overrides(args.setting)),
-                 tls_cert=args.tls_cert, tls_key=args.tls_key)
+                 tls_cert=args.tls_cert, tls_key=args.tls_key, workers=args.workers,
+                 leader_retry=args.leader_retry)
 
 
 def _open_db(args):

@@ -13,7 +13,7 @@ from minipanda.api.app import ServerContext, is_loopback, make_app
 from minipanda.core import auth, db, queues, schema
 from minipanda.errors import ConfigError, ServerLocked
 from minipanda.server import http
-from minipanda.server.daemon import DutyRunner
+from minipanda.server.daemon import DutyRunner, LeaderLock
 
 log = logging.getLogger("minipanda.server")
 access_log = logging.getLogger("minipanda.access")
@@ -190,16 +190,23 @@ def raise_open_files_limit():
 
 
 def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="token", threads=8, max_body_mb=64,
-          queues_file=None, reload_period=10.0, ready=None, settings=None, tls_cert=None, tls_key=None):
+          queues_file=None, reload_period=10.0, ready=None, settings=None, tls_cert=None, tls_key=None, workers=1,
+          leader_retry=10.0):
     """Run until SIGTERM/SIGINT (or ``ready``'s server's ``request_stop()``); returns when the server has stopped.
 
     ``ready(server)``, when given, is called once requests are answered: ``server.effective_port`` is the port,
     ``server.request_stop()`` stops it from any thread (how the testbed, which runs this on a thread, stops it).
+
+    ``workers`` > 1 (PostgreSQL only): this process binds the socket, prepares the database, then forks that many
+    worker processes serving the inherited socket, and waits for them (SIGTERM/SIGINT are passed on). On
+    PostgreSQL the duties run only in the process holding their advisory lock (``daemon.LeaderLock``), whether
+    the other servers are this one's workers or ``serve`` processes on other hosts.
     """
     check_options(auth_mode, host, max_body_mb)
     check_tls(tls_cert, tls_key)
-    queue_config = load_queue_config(queues_file) if queues_file else None
     db_url = db_url or db.default_url(home)
+    check_workers(workers, db_url)
+    queue_config = load_queue_config(queues_file) if queues_file else None
     # Nothing touches the database before this server holds the database's lock and its port: a second server
     # started by mistake must leave the running one's queues and tokens as they are.
     lock = lock_database(db_url)
@@ -216,7 +223,8 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
         server.stop()
         lock.close()
         raise
-    runner = DutyRunner()
+    leader = LeaderLock(db_url, retry=leader_retry) if is_postgres(db_url) else None
+    runner = DutyRunner(gate=leader.held if leader is not None else None)
     context.wake = runner.wake
     reloader = None
     if queue_config is not None:
@@ -226,7 +234,16 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
     os.makedirs(os.path.join(home, "trf"), exist_ok=True)
     if auth_mode == "token":
         ensure_admin_token(home, context.secret)
+    if workers > 1:
+        db.database.close()  # each worker opens its own connections; none is shared across fork()
+        run_workers(server, workers, lambda: _run(server, app, runner, reloader, leader, lock, ready, settings,
+                                                  host, home, auth_mode, threads), lock)
+        return
+    _run(server, app, runner, reloader, leader, lock, ready, settings, host, home, auth_mode, threads)
 
+
+def _run(server, app, runner, reloader, leader, lock, ready, settings, host, home, auth_mode, threads):
+    """Serve requests and run the duties in this process until asked to stop."""
     def on_signal(signum, frame):
         log.info("received %s; stopping", signal.Signals(signum).name)
         server.request_stop()
@@ -249,8 +266,8 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
     queued_log = QueuedAccessLog()
     try:
         server.start(app, threads=threads)
-        log.info("minipanda serving on %s://%s:%s (home %s, auth %s, %d threads)", server.scheme, host,
-                 server.effective_port, home, auth_mode, threads)
+        log.info("minipanda serving on %s://%s:%s (home %s, auth %s, %d threads, pid %d)", server.scheme, host,
+                 server.effective_port, home, auth_mode, threads, os.getpid())
         runner.start()
         if ready is not None:
             ready(server)
@@ -259,6 +276,75 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
     finally:
         server.stop()
         runner.stop()
+        if leader is not None:
+            leader.close()
         queued_log.stop()
         lock.close()
         log.info("minipanda stopped")
+
+
+def is_postgres(db_url):
+    return db_url.startswith(("postgresql://", "postgres://"))
+
+
+def check_workers(workers, db_url):
+    """Raise ConfigError unless ``workers`` processes can share ``db_url``."""
+    if workers < 1:
+        raise ConfigError(f"--workers: must be at least 1, got {workers}")
+    if workers > 1 and not is_postgres(db_url):
+        raise ConfigError(f"--workers {workers} needs a PostgreSQL database (--db postgresql://...): one SQLite "
+                          "file takes one server process; use --threads for more concurrency on SQLite")
+
+
+def run_workers(server, workers, run, lock):
+    """Fork ``workers`` processes that each call ``run()`` (serving the inherited, already listening socket); wait
+    for them, passing SIGTERM/SIGINT/SIGHUP on. When one exits on its own, the others are stopped too, and this
+    raises SystemExit(1) so a supervisor (systemd) restarts the whole server."""
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: serve until told to stop, and never return into the parent's code
+            code = 0
+            try:
+                run()
+            except BaseException:
+                log.exception("worker process %d failed", os.getpid())
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+    server.sock.close()  # the workers hold the listening socket; this process only waits for them
+    lock.close()
+    log.info("minipanda started %d worker processes on %s:%s: pids %s", workers, server.host, server.effective_port,
+             " ".join(map(str, children)))
+    live, state = set(children), {"stopping": False}
+
+    def pass_on(signum, frame=None):
+        if signum != signal.SIGHUP:
+            state["stopping"] = True
+        for pid in live:
+            try:
+                os.kill(pid, signal.SIGTERM if signum != signal.SIGHUP else signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, pass_on)
+    failed = False
+    while live:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if pid not in live:
+            continue
+        live.discard(pid)
+        if not state["stopping"]:
+            log.error("worker process %d exited on its own (status %d); stopping the others", pid, status)
+            failed = True
+            pass_on(signal.SIGTERM)
+    log.info("minipanda stopped (all worker processes)")
+    if failed:
+        raise SystemExit(1)

@@ -1,0 +1,82 @@
+"""``minipanda serve --workers N`` (minipanda/server/process.py) and the duties' leader lock
+(minipanda/server/daemon.py LeaderLock): on PostgreSQL N processes serve one port and the duties run in one
+process only, across processes and hosts; on SQLite more than one worker is refused."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from conftest import IN_CI, PG_URL, LiveServer, free_port, reset_postgres
+
+LEADS = "this process leads the duties"
+
+
+@pytest.fixture
+def pg_url():
+    if not PG_URL:
+        if IN_CI:
+            pytest.fail("CI must set MINIPANDA_TEST_PG_URL (see .ci/run)")
+        pytest.skip("needs PostgreSQL: set MINIPANDA_TEST_PG_URL")
+    reset_postgres(PG_URL)
+    return PG_URL
+
+
+class WorkersServer(LiveServer):
+    def __init__(self, home, db_url, workers):
+        self.workers = workers
+        super().__init__(home, db_url, threads=4)
+
+    def argv(self):
+        return super().argv() + ["--workers", str(self.workers), "--leader-retry", "0.3"]
+
+
+def wait_for(predicate, limit=20):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_more_than_one_worker_on_sqlite_is_refused(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "minipanda", "serve", "--home", str(tmp_path / "home"), "--port",
+                           str(free_port()), "--workers", "2"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "needs a PostgreSQL database" in proc.stderr
+    assert not os.path.exists(tmp_path / "home" / "minipanda.db")
+
+
+def test_leader_lock_is_held_by_one_holder_and_taken_over(pg_url):
+    from minipanda.server.daemon import LeaderLock
+
+    first, second = LeaderLock(pg_url, retry=0), LeaderLock(pg_url, retry=0)
+    try:
+        assert first.held() and not second.held() and first.held()
+        first.close()
+        assert second.held() and not first.held()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_n_workers_serve_one_port_and_one_of_them_and_one_host_leads(tmp_path, pg_url):
+    server = WorkersServer(tmp_path / "a", pg_url, workers=3)
+    other = None
+    try:
+        assert wait_for(lambda: server.read_log().count("minipanda serving on") == 3), server.read_log()
+        for _ in range(20):
+            assert requests.get(server.url + "/api/v1/system/is_alive", timeout=10).status_code == 200
+        assert wait_for(lambda: LEADS in server.read_log())
+        other = WorkersServer(tmp_path / "b", pg_url, workers=2)  # a second host on the same database
+        time.sleep(2)
+        assert server.read_log().count(LEADS) == 1 and LEADS not in other.read_log()
+        server.stop()
+        assert "minipanda stopped (all worker processes)" in server.read_log()
+        assert wait_for(lambda: LEADS in other.read_log()), other.read_log()  # the duties move to the other host
+        assert other.read_log().count(LEADS) == 1
+    finally:
+        server.stop()
+        if other is not None:
+            other.stop()
