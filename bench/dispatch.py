@@ -103,11 +103,13 @@ class Connection:
 class Server:
     """``minipanda serve`` on a free loopback port, in a temporary home; stop() ends only this process."""
 
-    def __init__(self, home, db_url, threads):
+    def __init__(self, home, db_url, threads, workers=1):
         self.home, self.port = home, free_port()
         self.log = open(os.path.join(home, "server.log"), "ab")
         argv = [sys.executable, "-m", "minipanda", "serve", "--home", home, "--host", HOST, "--port",
                 str(self.port), "--db", db_url, "--threads", str(threads)]
+        if workers > 1:  # several server processes: PostgreSQL only
+            argv += ["--workers", str(workers)]
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.time() + 30
         while True:
@@ -321,6 +323,8 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=5000, help="jobs per phase (default 5000)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients (default 16)")
     parser.add_argument("--threads", type=int, default=8, help="server request threads (default 8, as minipanda serve)")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (minipanda serve --workers; "
+                                                               "PostgreSQL only; default 1)")
     parser.add_argument("--bulk", type=int, default=100, help="nJobs per bulk getJob (default 100)")
     parser.add_argument("--db", help="database URL (default: SQLite in a temporary home); the bench adds its own "
                                      "queues and leaves other rows alone")
@@ -351,7 +355,7 @@ def main(argv=None):
           f"threads, {kind}, {os.cpu_count()} cpus, python {sys.version.split()[0]}, load average {load_average()}"
           + (f", {args.idle} idle connections" if args.idle else ""))
     results = {}
-    server = Server(home, db_url, args.threads)
+    server = Server(home, db_url, args.threads, args.workers)
     spy, idle = None, []
     try:
         run_tag = uuid.uuid4().hex[:8]
