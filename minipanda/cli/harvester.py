@@ -6,27 +6,18 @@ Commands to harvester are queued on the server; a harvester picks them up on its
 """
 import json
 
-from minipanda.cli.client import Client
+from minipanda.cli import options
 from minipanda.cli.tables import print_table
-from minipanda.server import process
 
 WORKER_COLUMNS = ["workerID", "harvester", "queue", "status", "batchID", "nCore", "submitTime", "endTime",
                   "pandaid_list", "diag"]
 
 
-def _client(args):
-    return Client.from_settings(url=args.url, token_file=args.token_file, home=process.home_dir(args.home))
+_client = options.client
 
 
 def _common(parser, func):
-    parser.add_argument("--url", help="server URL (default $MINIPANDA_URL or http://127.0.0.1:25080)")
-    parser.add_argument("--token-file", help="file holding an admin token (default $MINIPANDA_TOKEN, "
-                                             "else <home>/admin.token)")
-    parser.add_argument("--home", help="minipanda home, for <home>/admin.token (default $MINIPANDA_HOME or "
-                                       "~/.minipanda)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(func=func)
-    return parser
+    return options.add_client_options(parser, func, "an admin token")
 
 
 def n_workers(value):

@@ -10,10 +10,9 @@ import shutil
 import time
 import urllib.parse
 
-from minipanda.cli.client import Client
+from minipanda.cli import options
 from minipanda.errors import ClientError
 from minipanda.cli.tables import print_table
-from minipanda.server import process
 from minipanda.tasks import datasets
 
 FLAT_INT_OPTIONS = ("nFilesPerJob", "nEventsPerJob", "nJobs", "coreCount", "ramCount", "walltime", "maxAttempt",
@@ -29,19 +28,11 @@ TASK_COLUMNS = ["jediTaskID", "status", "pctFinished", "nFiles", "nFilesFinished
                 "modificationTime", "taskName"]
 
 
-def _client(args):
-    return Client.from_settings(url=args.url, token_file=args.token_file, home=process.home_dir(args.home))
+_client = options.client
 
 
 def _common(parser, func):
-    parser.add_argument("--url", help="server URL (default $MINIPANDA_URL or http://127.0.0.1:25080)")
-    parser.add_argument("--token-file", help="file holding a bearer token (default $MINIPANDA_TOKEN, "
-                                             "else <home>/admin.token)")
-    parser.add_argument("--home", help="minipanda home, for <home>/admin.token (default $MINIPANDA_HOME or "
-                                       "~/.minipanda)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(func=func)
-    return parser
+    return options.add_client_options(parser, func)
 
 
 def add_parsers(sub):

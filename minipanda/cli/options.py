@@ -1,0 +1,21 @@
+"""Options every HTTP command of the ``minipanda`` CLI takes (server URL, token, home, --json), and the client
+they make."""
+from minipanda.cli.client import Client
+from minipanda.server import process
+
+
+def client(args):
+    """The /api/v1 client of the parsed ``--url``, ``--token-file`` and ``--home``."""
+    return Client.from_settings(url=args.url, token_file=args.token_file, home=process.home_dir(args.home))
+
+
+def add_client_options(parser, func, token="a bearer token"):
+    """Add --url, --token-file, --home and --json to ``parser`` and make ``func`` its command; returns the parser."""
+    parser.add_argument("--url", help="server URL (default $MINIPANDA_URL or http://127.0.0.1:25080)")
+    parser.add_argument("--token-file", help=f"file holding {token} (default $MINIPANDA_TOKEN, else "
+                                             "<home>/admin.token)")
+    parser.add_argument("--home", help="minipanda home, for <home>/admin.token (default $MINIPANDA_HOME or "
+                                       "~/.minipanda)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=func)
+    return parser
