@@ -52,8 +52,8 @@ class Testbed:
         os.makedirs(self.base, exist_ok=True)
         self.queues_path = os.path.join(self.base, "queues.yaml")
         self.write_queues(queues)
-        self.server = QueueServer(os.path.join(self.base, "server"), "sqlite:///" + os.path.join(
-            self.base, "server", "minipanda.db"), self.queues_path)
+        self.server = self.make_server(os.path.join(self.base, "server"),
+                                       "sqlite:///" + os.path.join(self.base, "server", "minipanda.db"))
         self.home = os.path.join(self.base, "harvester")
         os.makedirs(self.home, exist_ok=True)
         self.token_file = os.path.join(self.base, "harvester.token")
@@ -62,6 +62,10 @@ class Testbed:
         os.makedirs(os.path.join(self.server.home, "trf"), exist_ok=True)
         self.daemon = None
         self.daemon_log = os.path.join(self.base, "harvester.log")
+
+    def make_server(self, home, db_url):
+        """The server this testbed runs; subclasses start it with other options."""
+        return QueueServer(home, db_url, self.queues_path)
 
     def write_queues(self, queues):
         with open(self.queues_path, "w") as handle:

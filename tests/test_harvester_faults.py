@@ -20,6 +20,7 @@ import yaml
 
 from conftest import free_port
 from harvesterhelp import QUEUE, QueueServer, Testbed, queue_config
+from testbed.processes import children, descendants
 
 ECHO = '#!/bin/sh\necho "payload ran with: $*"\n'
 # waits (at most 2 min) until the file named by its first argument exists
@@ -59,26 +60,16 @@ class SettingsServer(QueueServer):
 class FaultBed(Testbed):
     """A :class:`Testbed` whose server runs duties fast, and whose harvester may read its own queue file."""
 
-    def __init__(self, base, queues, harvester_queues=None):  # noqa: super().__init__ would start another server
-        self.base = str(base)
-        os.makedirs(self.base, exist_ok=True)
-        self.queues_path = os.path.join(self.base, "queues.yaml")
-        self.write_queues(queues)
+    def __init__(self, base, queues, harvester_queues=None):
+        super().__init__(base, queues)
         self.harvester_queues_path = self.queues_path
         if harvester_queues is not None:
             self.harvester_queues_path = os.path.join(self.base, "harvester-queues.yaml")
             self.write_harvester_queues(harvester_queues)
-        self.server = SettingsServer(os.path.join(self.base, "server"), "sqlite:///" + os.path.join(
-            self.base, "server", "minipanda.db"), self.queues_path, SERVER_FAST)
-        self.home = os.path.join(self.base, "harvester")
-        os.makedirs(self.home, exist_ok=True)
-        self.token_file = os.path.join(self.base, "harvester.token")
-        with open(self.token_file, "w") as handle:
-            handle.write(self.server.token("harvester", "h1"))
-        os.makedirs(os.path.join(self.server.home, "trf"), exist_ok=True)
-        self.daemon = None
-        self.daemon_log = os.path.join(self.base, "harvester.log")
         self.strays = []  # (pid, start ticks) of processes a test orphaned on purpose
+
+    def make_server(self, home, db_url):
+        return SettingsServer(home, db_url, self.queues_path, SERVER_FAST)
 
     def write_harvester_queues(self, queues):
         with open(self.harvester_queues_path, "w") as handle:
@@ -146,21 +137,6 @@ def start_ticks(pid):
             return int(handle.read().rpartition(")")[2].split()[19])
     except (OSError, IndexError, ValueError):
         return None
-
-
-def children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(x) for x in handle.read().split()]
-    except OSError:
-        return []
-
-
-def descendants(pid):
-    found = []
-    for child in children(pid):
-        found += [child] + descendants(child)
-    return found
 
 
 def cmdline(pid):

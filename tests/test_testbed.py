@@ -17,6 +17,8 @@ import uuid
 
 import pytest
 
+from testbed.processes import children, descendants
+
 MARKER = "MINIPANDA_TESTBED_TEST_RUN"
 
 
@@ -127,21 +129,6 @@ def cmdline(pid):
             return handle.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(x) for x in handle.read().split()]
-    except OSError:
-        return []
-
-
-def descendants(pid):
-    found = []
-    for child in children(pid):
-        found += [child] + descendants(child)
-    return found
 
 
 def wait_for(condition, what, run, timeout=180):
