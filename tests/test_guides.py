@@ -198,22 +198,9 @@ PILOT3_DOWNLOAD = "pip download --no-deps --no-binary :all: panda-pilot==3.7.0.3
 
 
 def pilot3_or_skip():
-    """pilot3's unpacked sdist, with the skip/fail rule of tests/test_harvester_pilot3.py: skipped where it cannot
-    run (no PID namespace, no pilot3), a failure under CI=true."""
-    from pilot3.fetch import Pilot3FetchError, pilot3_dir
-    from pilot3.harness import unshare_available
+    from pilot3.harness import pilot3_or_skip as shared
 
-    def unavailable(reason):
-        if IN_CI:
-            pytest.fail(f"pilot3 guide cannot run in CI: {reason}", pytrace=False)
-        pytest.skip(reason)
-
-    if not unshare_available():
-        unavailable("unshare -pf --mount-proc is not available (needs root or user namespaces)")
-    try:
-        return pilot3_dir()
-    except Pilot3FetchError as exc:
-        unavailable(f"cannot fetch panda-pilot 3.7.0.36: {exc}")
+    return shared("pilot3 guide")
 
 
 def test_pilot3_and_panda_client_guide(tmp_path):

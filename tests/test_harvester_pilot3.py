@@ -15,29 +15,16 @@ import sys
 import pytest
 
 from harvesterhelp import QUEUE, Testbed, queue_config
-from pilot3.fetch import Pilot3FetchError, pilot3_dir
-from pilot3.harness import _FAST_FAIL_LAUNCHER, unshare_available, write_fast_config
+from pilot3.harness import _FAST_FAIL_LAUNCHER, pilot3_or_skip, write_fast_config
 
-IN_CI = os.environ.get("CI") == "true"
 RUNME = ("#!/bin/sh\necho \"payload args: $*\"\necho 'a line on stderr' >&2\necho result > out.txt\n"
          "exit \"$1\"\n")
 UNSHARE = ["unshare", "-pf", "--mount-proc", "--kill-child"]
 
 
-def unavailable(reason):
-    if IN_CI:
-        pytest.fail(f"pilot3 test cannot run in CI: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def pilot3():
-    if not unshare_available():
-        unavailable("unshare -pf --mount-proc is not available (needs root or user namespaces)")
-    try:
-        return pilot3_dir()
-    except Pilot3FetchError as exc:
-        unavailable(f"cannot fetch panda-pilot 3.7.0.36: {exc}")
+    return pilot3_or_skip()
 
 
 def pilot3_queue(pilot_dir, base, fast_fail=False, output_dir=None):

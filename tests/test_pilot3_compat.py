@@ -9,29 +9,16 @@ import time
 import pytest
 import requests
 
-from pilot3.fetch import Pilot3FetchError, pilot3_dir
-from pilot3.harness import start_pilot3, unshare_available
+from pilot3.harness import pilot3_or_skip, start_pilot3
 
-IN_CI = os.environ.get("CI") == "true"
 TRF_URL = "http://pandaserver-doma.cern.ch:25080/trf/user/runme.sh"
 RUNME = ("#!/bin/sh\necho \"payload args: $*\"\necho 'a line on stderr' >&2\necho result > out.txt\n"
          "exit \"$1\"\n")
 
 
-def unavailable(reason):
-    if IN_CI:
-        pytest.fail(f"pilot3 test cannot run in CI: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def pilot3():
-    if not unshare_available():
-        unavailable("unshare -pf --mount-proc is not available (needs root or user namespaces)")
-    try:
-        return pilot3_dir()
-    except Pilot3FetchError as exc:
-        unavailable(f"cannot fetch panda-pilot 3.7.0.36: {exc}")
+    return pilot3_or_skip()
 
 
 def prepare(server, job_pars, queue="TEST_PQ", files=()):
