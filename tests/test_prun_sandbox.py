@@ -249,16 +249,10 @@ def test_surl_becomes_the_server_url_the_pilot_used(task_server):
 # ---- one prun job on PanDA's pilot3 --------------------------------------------------------------------------------
 
 def test_a_prun_job_runs_on_pilot3_with_rungen_from_the_trf_url(tmp_path):
-    from pilot3.fetch import Pilot3FetchError, pilot3_dir
-    from pilot3.harness import start_pilot3, unshare_available
-    from test_pilot3_compat import pilot_env, unavailable, wait_final
+    from pilot3.harness import pilot3_or_skip, start_pilot3
+    from test_pilot3_compat import pilot_env, wait_final
 
-    if not unshare_available():
-        unavailable("unshare -pf --mount-proc is not available (needs root or user namespaces)")
-    try:
-        pilot3 = pilot3_dir()
-    except Pilot3FetchError as exc:
-        unavailable(f"cannot fetch panda-pilot 3.7.0.36: {exc}")
+    pilot3 = pilot3_or_skip("a prun job on pilot3")
     outdir = tmp_path / "storage"
     outdir.mkdir()
     queues = tmp_path / "queues.yaml"
