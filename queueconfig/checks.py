@@ -142,6 +142,14 @@ def _pilot(q):
         yield ERROR, ("pilot", "extra_args"), ("set with pilot.command, which replaces the whole pilot command "
                                                "line: put these arguments into pilot.command"), \
             (("pilot", "command"),)
+    if pilot.per_worker > 1 and q.mapType == "OneToOne":
+        yield ERROR, ("pilot", "per_worker"), (f"{pilot.per_worker} pilots per worker, but mapType OneToOne gives a "
+                                               "worker one job: use mapType ManyToOne (push) or mode pull"), \
+            (("mapType",),)
+    if pilot.per_worker > 1 and q.mapType == "ManyToOne" and q.jobsPerWorker < pilot.per_worker:
+        yield WARNING, ("pilot", "per_worker"), (f"{pilot.per_worker} pilots per worker share jobsPerWorker "
+                                                 f"{q.jobsPerWorker} jobs: some pilots start with no job and wait "
+                                                 "for one"), (("jobsPerWorker",),)
     if pilot.copytool == "http" and q.wnconnectivity == "none":
         yield ERROR, ("pilot", "copytool"), ("http needs network on the worker node, but wnconnectivity is none: "
                                              "use copy, symlink or mv with shared storage"), (("wnconnectivity",),)

@@ -216,6 +216,10 @@ class Pilot(Section):
     """Minutes during which a pilot keeps asking for new jobs; 0 = one job per pilot."""
     lifetime: Positive = 86400
     """Seconds a pilot may live."""
+    per_worker: Annotated[Positive, Field(le=256)] = 1
+    """Pilots one worker runs side by side in its batch allocation (ManyToOne or pull mode), each with
+    resources.corecount cores and maxrss memory and its own handoff directory pilot-N in the access point; the
+    worker asks the batch system for per_worker times the cores and memory. Slurm starts them as srun steps."""
     heartbeat: Positive = 300
     """Seconds between job heartbeats."""
     lost_heartbeat: Positive = 1800

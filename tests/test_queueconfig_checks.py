@@ -55,6 +55,9 @@ PUSH_NONET = {"mode": "push", "wnconnectivity": "none", "storage": SHARED}
     ({"pilot": {"heartbeat": 600, "lost_heartbeat": 900}}, (ERROR, "pilot.lost_heartbeat")),
     ({"pilot": {"command": ["p"], "extra_args": ["-x"]}}, (ERROR, "pilot.extra_args")),
     ({"sweeper": {"stale_time": 500}}, (ERROR, "sweeper.stale_time")),
+    ({"mode": "push", "pilot": {"per_worker": 2}}, (ERROR, "pilot.per_worker")),
+    ({"mode": "push", "mapType": "ManyToOne", "jobsPerWorker": 2, "pilot": {"per_worker": 4}},
+     (WARNING, "pilot.per_worker")),
 ])
 def test_conflicts(keys, expected):
     assert expected in found(**keys)
@@ -89,3 +92,18 @@ def test_each_problem_names_the_other_key_it_read():
                                  context={"checks": False})
     (problem,) = problems(queue)
     assert problem.related == (("limits", "maxWorkers"),) and "limits.maxWorkers (1)" in problem.text
+
+
+@pytest.mark.parametrize("keys", [{"pilot": {"per_worker": 8}},
+                                  {"mode": "push", "mapType": "ManyToOne", "jobsPerWorker": 8,
+                                   "pilot": {"per_worker": 4}}])
+def test_several_pilots_per_worker_are_fine_in_pull_mode_and_many_to_one(keys):
+    assert not {loc for _, loc in found(**keys) if loc == "pilot.per_worker"}
+
+
+@pytest.mark.parametrize("value", [0, 257, "4", 2.0])
+def test_pilots_per_worker_is_a_whole_number_from_1_to_256(value):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="pilot.per_worker"):
+        Queue.model_validate({"name": "Q", "pilot": {"per_worker": value}})
