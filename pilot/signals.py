@@ -3,6 +3,8 @@
 Warm (first TERM/INT/QUIT/USR1/XCPU/BUS/SEGV): the running payload is killed with code 1200+signal, the log is
 staged out and the final update sent (one try, then the outbox); no new job is taken. Cold (a second signal): a
 ColdShutdown exception unwinds at once; only the final update is spooled to the outbox (or the handoff files).
+The same signal again within ``REPEAT_WINDOW_S`` is one signal delivered twice (to the job's process group and
+forwarded by a launcher such as ``srun`` or a job script running several pilots), not a request for a cold stop.
 
 ``Waker.sleep`` returns early when a signal arrives (including SIGCHLD: the payload exited), through
 ``signal.set_wakeup_fd``, so the pilot reacts at once without polling fast.
@@ -18,6 +20,7 @@ from pilot.errors import SIGNAL_CODES, ColdShutdown
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = tuple(SIGNAL_CODES)
+REPEAT_WINDOW_S = 2.0
 
 
 class StopState:
@@ -26,6 +29,7 @@ class StopState:
     def __init__(self):
         self.signum = None
         self.cold = False
+        self.first_at = None
 
     @property
     def requested(self):
@@ -38,9 +42,11 @@ class StopState:
     def handle(self, signum, frame=None):
         """The signal handler: the first call requests a warm stop, the second raises ColdShutdown."""
         if self.signum is None:
-            self.signum = signum
+            self.signum, self.first_at = signum, time.monotonic()
             log.warning("got %s: stopping after killing the payload and reporting", signal.Signals(signum).name)
             return
+        if signum == self.signum and time.monotonic() - self.first_at < REPEAT_WINDOW_S:
+            return  # the same signal delivered twice at once
         if not self.cold:
             self.cold = True
             log.error("got %s again: cold shutdown", signal.Signals(signum).name)

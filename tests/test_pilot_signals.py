@@ -6,7 +6,7 @@ import time
 import pytest
 
 from pilot.errors import ColdShutdown
-from pilot.signals import StopState, Waker
+from pilot.signals import REPEAT_WINDOW_S, StopState, Waker
 
 
 def test_first_signal_warm_second_cold():
@@ -18,6 +18,22 @@ def test_first_signal_warm_second_cold():
         stop.handle(signal.SIGINT)
     assert exc.value.signum == signal.SIGTERM and stop.cold
     stop.handle(signal.SIGINT)  # a third signal changes nothing
+
+
+def test_the_same_signal_twice_at_once_is_one_signal():
+    """A launcher (srun, a job script of several pilots) forwards the signal its process group also got: one
+    stop, still warm; the same signal later, or another one, is the cold stop."""
+    stop = StopState()
+    stop.handle(signal.SIGTERM)
+    stop.handle(signal.SIGTERM)
+    assert stop.requested and not stop.cold
+    stop.first_at -= REPEAT_WINDOW_S
+    with pytest.raises(ColdShutdown):
+        stop.handle(signal.SIGTERM)
+    other = StopState()
+    other.handle(signal.SIGTERM)
+    with pytest.raises(ColdShutdown):
+        other.handle(signal.SIGINT)
 
 
 def test_waker_returns_early_on_a_signal():
