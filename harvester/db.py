@@ -22,7 +22,7 @@ from harvester.states import utcnow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: worker.n_pilots
 INSTANCE_LEASE_S = 120
 PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1, "busy_timeout": 30000}
 
@@ -70,7 +70,19 @@ def open_database(path):
         elif int(row.value) > SCHEMA_VERSION:
             raise RuntimeError(f"{path}: schema version {row.value} is newer than this harvester "
                                f"({SCHEMA_VERSION}); upgrade harvester")
+        elif int(row.value) < SCHEMA_VERSION:
+            _upgrade(database, int(row.value), path)
+            row.value = str(SCHEMA_VERSION)
+            row.save()
     return database
+
+
+def _upgrade(database, version, path):
+    """Bring a database written by an older harvester up to this schema (inside open_database's transaction)."""
+    columns = {column.name for column in database.get_columns("worker")}
+    if version < 2 and "n_pilots" not in columns:
+        database.execute_sql("ALTER TABLE worker ADD COLUMN n_pilots INTEGER NOT NULL DEFAULT 1")
+    log.info("%s: upgraded the schema from version %d to %d", path, version, SCHEMA_VERSION)
 
 
 def close_database():

@@ -15,7 +15,7 @@ class BaseModel(peewee.Model):
 
 
 class Worker(BaseModel):
-    """One batch job running one pilot."""
+    """One batch job running one pilot, or several side by side (pilot.per_worker)."""
 
     worker_id = peewee.AutoField()
     queue = peewee.CharField(max_length=128, index=True)
@@ -28,8 +28,9 @@ class Worker(BaseModel):
     submission_attempts = peewee.IntegerField(default=0)
     next_attempt = peewee.DateTimeField(null=True)
     access_point = peewee.CharField(max_length=1024, default="")
-    cores = peewee.IntegerField(default=1)
+    cores = peewee.IntegerField(default=1)  # the whole allocation: n_pilots x the queue's corecount
     memory_mb = peewee.IntegerField(default=0)
+    n_pilots = peewee.IntegerField(default=1)  # pilots side by side in the allocation, each in its own directory
     walltime_s = peewee.IntegerField(default=0)
     submit_time = peewee.DateTimeField(null=True)
     start_time = peewee.DateTimeField(null=True)

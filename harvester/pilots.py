@@ -58,28 +58,45 @@ def file_mode(queue):
     return queue.mode == "push" and queue.wnconnectivity == "none"
 
 
+def per_worker(queue):
+    """Pilots one new worker of ``queue`` runs side by side (pilot.per_worker; always 1 for OneToOne)."""
+    return 1 if queue.mapType == "OneToOne" else queue.pilot.per_worker
+
+
 def worker_walltime(queue):
     """Walltime asked of the batch system for one worker, s."""
     return queue.batch.walltime or queue.pilot.lifetime + 600
 
 
-def placeholders(queue, access_point, server_url, walltime):
-    return {"access_point": access_point, "queue": queue.name,
-            "queuedata": os.path.join(access_point, QUEUEDATA_FILE), "walltime": str(walltime),
+def handoff_dirs(access_point, n_pilots):
+    """The handoff directory of each pilot of a worker: the access point itself for one pilot, ``pilot-1`` ...
+    ``pilot-N`` inside it when several run side by side (each reads and writes its own job file, heartbeats and
+    outbox). The zipapp and the token stay in the access point, shared."""
+    if n_pilots <= 1:
+        return [access_point]
+    return [os.path.join(access_point, f"pilot-{index}") for index in range(1, n_pilots + 1)]
+
+
+def placeholders(queue, access_point, server_url, walltime, handoff_dir=None):
+    handoff_dir = handoff_dir or access_point
+    return {"access_point": handoff_dir, "queue": queue.name,
+            "queuedata": os.path.join(handoff_dir, QUEUEDATA_FILE), "walltime": str(walltime),
             "server": "" if file_mode(queue) else server_url,
             "token_file": "" if file_mode(queue) else os.path.join(access_point, TOKEN_FILE)}
 
 
-def command(queue, access_point, server_url, walltime, python=None):
-    """The argv the worker's job script runs."""
-    values = placeholders(queue, access_point, server_url, walltime)
+def command(queue, access_point, server_url, walltime, python=None, handoff_dir=None):
+    """The argv one pilot of the worker runs; ``handoff_dir`` is its own directory when the worker runs several
+    (the ``{access_point}`` placeholder names it), otherwise the access point."""
+    values = placeholders(queue, access_point, server_url, walltime, handoff_dir)
     if queue.pilot.command:
         from queueconfig.placeholders import expand
 
         return tuple(expand(part, values) for part in queue.pilot.command)
     lifetime = max(60, walltime - WALLTIME_MARGIN_S)
+    workdir = values["access_point"]
     argv = [python or sys.executable, os.path.join(access_point, ZIPAPP_FILE), "-q", queue.name,
-            "-a", access_point, "--harvester-workdir", access_point, "--queuedata", values["queuedata"],
+            "-a", workdir, "--harvester-workdir", workdir, "--queuedata", values["queuedata"],
             "-l", str(lifetime), "-j", job_label(queue), "--quiet"]
     if file_mode(queue):
         argv += ["-z", "--harvester-submit-mode", "PUSH"]

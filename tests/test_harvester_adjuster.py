@@ -52,6 +52,12 @@ TABLE = [
      "maxNewWorkersPerMinute"),
     ("queued cores", {"resources": {"corecount": 4}, "limits": {"nQueueLimitWorkerCores": 8}}, 1, 0, 100, 0, None,
      None, 1, "(nQueueLimitWorkerCores"),
+    ("several pilots per worker: ceil(pilots wanted / per_worker)", {"pilot": {"per_worker": 4},
+     "limits": {"maxNewWorkersPerCycle": 10}}, 0, 0, 10, 0, None, None, 3, "ceil(((1 + extraPilotFraction)"),
+    ("the pilots of a queued worker count as waiting", {"pilot": {"per_worker": 4}}, 1, 0, 4, 0, None, None, 0,
+     "ceil(((1 + extraPilotFraction)"),
+    ("queued cores of several-pilot workers", {"pilot": {"per_worker": 2}, "resources": {"corecount": 2},
+     "limits": {"nQueueLimitWorkerCores": 12}}, 1, 0, 100, 0, None, None, 2, "(nQueueLimitWorkerCores"),
 ]
 
 
@@ -61,8 +67,8 @@ def test_decide(title, over, queued, running, activated, unbound, override, bloc
     q = queue(**over)
     jobless = running if title.startswith("running pilots without a job") else 0
     recent = 4 if title == "per-minute cap" else 0
-    decision = decide(q, queued, running, queued * q.resources.corecount, 0, activated, unbound, override, blocked,
-                      jobless, recent)
+    decision = decide(q, queued, running, queued * q.resources.corecount * q.pilot.per_worker, 0, activated,
+                      unbound, override, blocked, jobless, recent)
     assert decision["n"] == expected
     assert decision["winner"].startswith(winner), decision
     assert dict((name, value) for name, value in decision["limits"])[decision["winner"]] == min(
@@ -148,3 +154,18 @@ def test_run_once_counts_workers_made_in_the_last_minute(home):
     ctx, _ = context(home, DemandOnly({"Q": {"activated": 50}}), {"Q": q})
     assert Adjuster(ctx).run_once(NOW) == 1
     assert json.loads(models.QueueState.get_by_id("Q").decision)["winner"].startswith("maxNewWorkersPerMinute")
+
+
+def test_run_once_counts_the_pilots_of_several_pilot_workers(home):
+    """A queued worker of 4 pilots waits for 4 jobs; a running one that has seen 1 job still has 3 pilots without
+    one: with 10 activated jobs, 10 - 4 - 3 = 3 pilots are missing, one more worker of 4."""
+    q = queue(pilot={"per_worker": 4}, limits={"maxNewWorkersPerCycle": 10})
+    models.Worker.create(queue="Q", status="submitted", submit_phase="done", n_pilots=4, modification_time=NOW)
+    running = models.Worker.create(queue="Q", status="running", submit_phase="done", n_pilots=4,
+                                   modification_time=NOW)
+    models.JobWorker.create(panda_id=1, worker_id=running.worker_id, time=NOW)
+    ctx, _ = context(home, DemandOnly({"Q": {"activated": 10}}), {"Q": q})
+    assert Adjuster(ctx).run_once(NOW) == 1
+    decision = json.loads(models.QueueState.get_by_id("Q").decision)
+    assert decision["inputs"]["jobless_pilots"] == 3 and decision["inputs"]["pilots_per_worker"] == 4
+    assert decision["winner"].startswith("ceil(((1 + extraPilotFraction)")

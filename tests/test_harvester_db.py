@@ -69,3 +69,25 @@ def test_expired_lease_is_taken_released_lease_is_free(database):
         worker.worker_id]
     db.release_workers("b")
     assert len(db.claim_workers("c", models.Worker.queue == "Q", 60)) == 1
+
+
+def test_a_version_1_database_is_upgraded_and_keeps_its_workers(tmp_path):
+    """A home written before worker.n_pilots existed opens with its workers intact, each running one pilot."""
+    import sqlite3
+
+    path = str(tmp_path / "old.db")
+    db.open_database(path)
+    models.Worker.create(queue="OLD", status="running", batch_id="17")
+    db.close_database()
+    with sqlite3.connect(path) as old:  # what a version-1 harvester left: no n_pilots column
+        old.execute("ALTER TABLE worker DROP COLUMN n_pilots")
+        old.execute("UPDATE setting SET value = '1' WHERE key = 'schema_version'")
+    db.open_database(path)
+    try:
+        worker = models.Worker.get()
+        assert (worker.queue, worker.batch_id, worker.n_pilots) == ("OLD", "17", 1)
+        assert models.Setting.get(models.Setting.key == "schema_version").value == str(db.SCHEMA_VERSION)
+        models.Worker.create(queue="NEW", n_pilots=4)
+        assert models.Worker.get(models.Worker.queue == "NEW").n_pilots == 4
+    finally:
+        db.close_database()

@@ -88,3 +88,56 @@ def test_many_to_one(testbed_factory):
         bound = {row[0] for row in conn.execute("SELECT panda_id FROM job_worker WHERE worker_id = ?",
                                                 (workers[0]["workerID"],))}
     assert bound == set(ids)
+
+
+def pilot_dirs_and_jobs(worker):
+    """{pilot directory name: PandaIDs its pilot ran} of a worker's access point."""
+    import json
+
+    found = {}
+    for name in sorted(os.listdir(worker["accessPoint"])):
+        path = os.path.join(worker["accessPoint"], name, "worker_pandaids.json")
+        if name.startswith("pilot-") and os.path.exists(path):
+            with open(path) as handle:
+                found[name] = json.load(handle)
+    return found
+
+
+def test_many_to_one_with_two_pilots_in_one_worker(testbed_factory):
+    """pilot.per_worker 2: one batch job, two pilots side by side, each with its own handoff directory and half
+    the worker's jobs (no network on the node: harvester relays both pilots' files)."""
+    bed = testbed_factory(mode="push", mapType="ManyToOne", jobsPerWorker=4, wnconnectivity="none",
+                          pilot={"timefloor": 10, "handoff_wait": 2, "per_worker": 2},
+                          limits={"maxWorkers": 1, "nQueueLimitWorker": 1, "maxNewWorkersPerCycle": 1})
+    trf = bed.script("echo.sh", ECHO)
+    ids = bed.submit(4, transformation=trf)
+    bed.start()
+    bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "4 jobs finished")
+    workers = bed.wait_for(lambda: (lambda ws: ws if ws and all(w["status"] == "finished" for w in ws) else None)(
+        bed.workers()), "the worker finished")
+    assert len(workers) == 1 and workers[0]["cores"] == 2
+    ran = pilot_dirs_and_jobs(workers[0])
+    assert sorted(ran) == ["pilot-1", "pilot-2"]
+    assert sorted(ran["pilot-1"] + ran["pilot-2"]) == sorted(ids)
+    assert len(ran["pilot-1"]) == len(ran["pilot-2"]) == 2  # dealt out in turn
+    with bed.db() as conn:
+        bound = {row[0] for row in conn.execute("SELECT panda_id FROM job_worker WHERE worker_id = ?",
+                                                (workers[0]["workerID"],))}
+    assert bound == set(ids)
+
+
+def test_pull_mode_with_three_pilots_in_one_worker(testbed_factory):
+    """pilot.per_worker 3 in pull mode: one worker whose three pilots each fetch jobs from the server."""
+    bed = testbed_factory(pilot={"timefloor": 10, "per_worker": 3},
+                          limits={"maxWorkers": 1, "nQueueLimitWorker": 1, "maxNewWorkersPerCycle": 1})
+    trf = bed.script("slow.sh", "#!/bin/sh\nsleep 2\n")
+    ids = bed.submit(6, transformation=trf)
+    bed.start()
+    bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "6 jobs finished")
+    workers = bed.wait_for(lambda: (lambda ws: ws if ws and all(w["status"] == "finished" for w in ws) else None)(
+        bed.workers()), "the worker finished")
+    assert len(workers) == 1
+    ran = pilot_dirs_and_jobs(workers[0])
+    assert sorted(ran) == ["pilot-1", "pilot-2", "pilot-3"]
+    assert sorted(sum(ran.values(), [])) == sorted(ids)  # every job run once, by one of the three pilots
+    assert sum(1 for jobs in ran.values() if jobs) >= 2  # side by side, not one pilot after another

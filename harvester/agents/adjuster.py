@@ -6,7 +6,8 @@ Per queue (Harvester's rules, DIRAC's cap in pull mode)::
               maxWorkers - (queued + running),       # room under the total
               maxNewWorkersPerCycle,
               pull: (1 + extraPilotFraction) x activated + extraPilots - waiting pilots
-                    (waiting pilots: queued workers, and running ones that have not taken a job yet)
+                    (waiting pilots: those of queued workers, and running ones that have not taken a job yet),
+                    divided by pilot.per_worker and rounded up
               push: ceil(jobs fetched and not yet bound / jobsPerWorker))
     never below 0; 0 for an offline queue, a paused (invalid) queue or one backing off after failures.
 
@@ -28,23 +29,26 @@ log = logging.getLogger(__name__)
 
 
 def counts(queue_name):
-    """(queued, running, queued cores, queued memory MB, running pilots with no job yet) of a queue's live
-    workers."""
-    queued = running = cores = memory = jobless = 0
-    has_job = models.JobWorker.select().where(models.JobWorker.worker_id == models.Worker.worker_id)
+    """(queued, running, queued cores, queued memory MB, running pilots with no job yet, pilots of the queued
+    workers) of a queue's live workers. A running worker of N pilots that has seen k jobs counts N - k pilots
+    without a job (a pilot that took one job after another makes this a lower bound)."""
+    queued = running = cores = memory = jobless = queued_pilots = 0
+    jobs_seen = (models.JobWorker.select(peewee.fn.COUNT(models.JobWorker.panda_id))
+                 .where(models.JobWorker.worker_id == models.Worker.worker_id))
     rows = (models.Worker.select(models.Worker.status, models.Worker.cores, models.Worker.memory_mb,
-                                 peewee.fn.EXISTS(has_job))
+                                 models.Worker.n_pilots, jobs_seen)
             .where(models.Worker.queue == queue_name, models.Worker.status.in_([s.value for s in QUEUED | ACTIVE]))
             .tuples())
-    for status, n_cores, mem, with_job in rows:
+    for status, n_cores, mem, n_pilots, seen in rows:
         if status in {s.value for s in QUEUED}:
             queued += 1
             cores += n_cores
             memory += mem
+            queued_pilots += n_pilots
         else:
             running += 1
-            jobless += not with_job
-    return queued, running, cores, memory, jobless
+            jobless += max(0, n_pilots - seen)
+    return queued, running, cores, memory, jobless, queued_pilots
 
 
 def made_since(queue_name, now, seconds=60):
@@ -62,7 +66,7 @@ def unbound_jobs(queue_name):
 
 
 def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=None, unbound=0, override=None,
-           blocked=None, jobless=0, recent=0):
+           blocked=None, jobless=0, recent=0, queued_pilots=None):
     """The number of new workers and the record of why: a pure function of the situation (tested on tables).
 
     Args:
@@ -71,6 +75,7 @@ def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=No
         activated: pull mode: jobs waiting for this queue on the server (None: unknown, then no pilots).
         jobless: pull mode: running pilots that have not taken a job yet (they will take waiting jobs too).
         recent: workers made in the last 60 s (for maxNewWorkersPerMinute).
+        queued_pilots: pilots of the queued workers (default: queued x pilot.per_worker).
         unbound: push mode: jobs fetched and not yet given to a worker.
         override: SET_N_WORKERS from the server: replaces maxWorkers.
         blocked: a reason that forces 0 (offline, paused, backing off, server unreachable), or None.
@@ -96,26 +101,34 @@ def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=No
     if lim.maxNewWorkersPerMinute is not None:
         limits.append(("maxNewWorkersPerMinute - workers made in the last minute",
                        lim.maxNewWorkersPerMinute - recent))
-    per_core, per_mem = max(1, queue.resources.corecount), max(1, queue.resources.maxrss)
+    n_pilots = queue.pilot.per_worker if queue.mapType != "OneToOne" else 1
+    per_worker = "" if n_pilots == 1 else " x pilot.per_worker"
+    per_core, per_mem = max(1, queue.resources.corecount) * n_pilots, max(1, queue.resources.maxrss) * n_pilots
     if lim.nQueueLimitWorkerCores is not None:
-        limits.append(("(nQueueLimitWorkerCores - queued cores) / corecount",
+        limits.append((f"(nQueueLimitWorkerCores - queued cores) / (corecount{per_worker})",
                        (lim.nQueueLimitWorkerCores - queued_cores) // per_core))
     if lim.nQueueLimitWorkerMemory is not None:
-        limits.append(("(nQueueLimitWorkerMemory - queued memory) / maxrss",
+        limits.append((f"(nQueueLimitWorkerMemory - queued memory) / (maxrss{per_worker})",
                        (lim.nQueueLimitWorkerMemory - queued_memory) // per_mem))
     if queue.mapType == "NoJob":
         if activated is None:
             limits.append(("activated jobs unknown (server unreachable)", 0))
         else:
-            cap = math.floor((1 + lim.extraPilotFraction) * activated) + lim.extraPilots - queued - jobless
-            limits.append(("(1 + extraPilotFraction) x activated + extraPilots - waiting pilots", cap))
+            waiting = (queued * n_pilots if queued_pilots is None else queued_pilots) + jobless
+            cap = math.floor((1 + lim.extraPilotFraction) * activated) + lim.extraPilots - waiting
+            if n_pilots == 1:
+                limits.append(("(1 + extraPilotFraction) x activated + extraPilots - waiting pilots", cap))
+            else:  # whole workers: a worker is started for the last few pilots wanted, too
+                limits.append(("ceil(((1 + extraPilotFraction) x activated + extraPilots - waiting pilots) / "
+                               "pilot.per_worker)", -(-cap // n_pilots)))
     else:
         limits.append(("ceil(fetched jobs not yet in a worker / jobsPerWorker)",
                        math.ceil(unbound / (queue.jobsPerWorker if queue.mapType == "ManyToOne" else 1))))
     winner, value = min(limits, key=lambda item: item[1])
     return {"n": max(0, value), "winner": winner, "limits": limits,
             "inputs": {"queued": queued, "running": running, "queued_cores": queued_cores,
-                       "queued_memory": queued_memory, "jobless_pilots": jobless, "made_last_minute": recent, "activated": activated, "unbound_jobs": unbound,
+                       "queued_memory": queued_memory, "jobless_pilots": jobless, "made_last_minute": recent,
+                       "activated": activated, "unbound_jobs": unbound, "pilots_per_worker": n_pilots,
                        "maxWorkers": max_workers, "mapType": queue.mapType, "status": queue.status}}
 
 
@@ -143,7 +156,7 @@ class Adjuster(Agent):
                 models.QueueState.update(to_submit=0, decision=json.dumps(decision), decision_time=now) \
                     .where(models.QueueState.queue == name).execute()
                 continue
-            queued, running, q_cores, q_mem, jobless = counts(name)
+            queued, running, q_cores, q_mem, jobless, q_pilots = counts(name)
             blocked = None
             if queue.status == "offline":
                 blocked = "queue offline"
@@ -155,7 +168,7 @@ class Adjuster(Agent):
             elif queue.mapType == "NoJob" and demand_error:
                 blocked = blocked or "server unreachable: demand unknown"
             decision = decide(queue, queued, running, q_cores, q_mem, activated, unbound_jobs(name),
-                              state.n_workers_override, blocked, jobless, made_since(name, now))
+                              state.n_workers_override, blocked, jobless, made_since(name, now), q_pilots)
             models.QueueState.update(to_submit=decision["n"], decision=json.dumps(decision),
                                      decision_time=now).where(models.QueueState.queue == name).execute()
             if decision["n"]:

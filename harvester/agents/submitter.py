@@ -20,7 +20,7 @@ import os
 
 from harvester import db, models, pilots
 from harvester.agents.base import Agent
-from harvester.batch.base import FATAL, OK, WorkerSpec
+from harvester.batch.base import FATAL, OK, PilotLaunch, WorkerSpec
 from harvester.errors import ServerError
 from harvester.messenger import Messenger
 from harvester.states import S, change_worker_status
@@ -56,12 +56,12 @@ class Submitter(Agent):
                                                           models.HeldJob.worker_id.is_null())
                             .order_by(models.HeldJob.panda_id).limit(wanted * per_worker))
                 chunks = [held[i:i + per_worker] for i in range(0, len(held), per_worker)][:wanted]
-            walltime = pilots.worker_walltime(queue)
+            walltime, n_pilots = pilots.worker_walltime(queue), pilots.per_worker(queue)
             for jobs in chunks:
                 worker = models.Worker.create(
                     queue=queue.name, status=S.SUBMITTED.value, map_type=queue.mapType, submit_phase="pending",
-                    cores=queue.resources.corecount, memory_mb=queue.resources.maxrss, walltime_s=walltime,
-                    modification_time=now, status_changed=now)
+                    cores=queue.resources.corecount * n_pilots, memory_mb=queue.resources.maxrss * n_pilots,
+                    n_pilots=n_pilots, walltime_s=walltime, modification_time=now, status_changed=now)
                 models.WorkerStatusLog.create(worker_id=worker.worker_id, old_status=None, new_status="submitted",
                                               time=now, reason=f"created: adjuster decided {wanted} new workers")
                 for job in jobs:
@@ -121,25 +121,29 @@ class Submitter(Agent):
         access_point = self.ctx.access_point(queue, worker.worker_id)
         try:
             transport.makedirs(access_point, 0o750)
-            messenger = Messenger(access_point, queue.pilot.handoff)
+            dirs = pilots.handoff_dirs(access_point, worker.n_pilots)
+            messengers = [Messenger(directory, queue.pilot.handoff) for directory in dirs]
             data = queuedata(queue)
             if pilots.file_mode(queue):  # harvester stages in and out: the pilot works in its access point only
                 data.update(input_dir="", output_dir="")
-            messenger.setup(data)
+            for messenger in messengers:
+                messenger.setup(data)
             if not queue.pilot.command:
                 transport.put_file(pilots.zipapp_path(self.ctx.home),
                                    os.path.join(access_point, pilots.ZIPAPP_FILE), 0o644)
             if not pilots.file_mode(queue):
                 self.mint_token(queue, worker, transport, access_point)
             if queue.mapType != "NoJob":
-                self.feed(queue, worker, messenger)
+                self.feed(queue, worker, messengers)
+            argvs = [pilots.command(queue, access_point, self.ctx.server.url, worker.walltime_s,
+                                    self.ctx.settings.pilot_python or None, handoff_dir=directory)
+                     for directory in dirs]
             spec = WorkerSpec(
-                worker_id=worker.worker_id, queue=queue, access_point=access_point,
-                argv=pilots.command(queue, access_point, self.ctx.server.url, worker.walltime_s,
-                                    self.ctx.settings.pilot_python or None),
+                worker_id=worker.worker_id, queue=queue, access_point=access_point, argv=argvs[0],
                 environment=pilots.environment(queue, access_point, self.ctx.server.url, worker.walltime_s,
                                                self.ctx.harvester_id, worker.worker_id),
-                cores=worker.cores, memory_mb=worker.memory_mb, walltime_s=worker.walltime_s)
+                cores=worker.cores, memory_mb=worker.memory_mb, walltime_s=worker.walltime_s,
+                pilots=tuple(PilotLaunch(d, a) for d, a in zip(dirs, argvs)) if len(dirs) > 1 else ())
             plugin.write_script(spec)
         except ServerError as exc:
             self.retry_later(queue, worker, f"preparing the worker: {exc}", now, fatal=not exc.transient)
@@ -160,12 +164,14 @@ class Submitter(Agent):
             models.Worker.worker_id == worker.worker_id).execute()
         worker.pilot_token_jti = reply["jti"]
 
-    def feed(self, queue, worker, messenger):
-        """Push mode: the worker's jobs, their transformations and inputs go into the access point."""
+    def feed(self, queue, worker, messengers):
+        """Push mode: the worker's jobs, their transformations and inputs go into the access point; a worker of
+        several pilots deals them out in turn, one job file per pilot directory."""
         held = list(models.HeldJob.select().where(models.HeldJob.worker_id == worker.worker_id,
                                                   models.HeldJob.status == "fetched")
                     .order_by(models.HeldJob.panda_id))
-        hand_over(queue, messenger, held, self.ctx.server.fetch)
+        for index, messenger in enumerate(messengers):
+            hand_over(queue, messenger, held[index::len(messengers)], self.ctx.server.fetch)
 
 
     # ---- record -------------------------------------------------------------------------------------------------

@@ -12,6 +12,14 @@ OK, RETRY, FATAL = "ok", "retry", "fatal"
 
 
 @dataclasses.dataclass(frozen=True)
+class PilotLaunch:
+    """One of several pilots of a worker: its own handoff directory and command line."""
+
+    directory: str
+    argv: tuple
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkerSpec:
     """What a plugin needs to know of one worker (a plain copy, so plugins never touch the database).
 
@@ -21,7 +29,9 @@ class WorkerSpec:
         access_point: the worker's directory on the batch system's file system.
         argv: the pilot's command line (argv list) the job script runs.
         environment: environment variables the job script sets (NAME -> value; values quoted, never expanded).
-        cores, memory_mb, walltime_s: what the worker asks the batch system for.
+        cores, memory_mb, walltime_s: what the worker asks the batch system for (for all its pilots together).
+        pilots: when the worker runs several pilots side by side (pilot.per_worker), one :class:`PilotLaunch`
+            each, and ``argv`` is unused; empty for one pilot.
     """
 
     worker_id: int
@@ -32,6 +42,7 @@ class WorkerSpec:
     cores: int
     memory_mb: int
     walltime_s: int
+    pilots: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,13 +12,13 @@ import re
 import shlex
 
 from harvester.batch.base import FATAL, RETRY, BatchError, BatchSystem, SubmitResult
+from harvester.batch.launch import pilot_lines
 
 _SAFE = re.compile(r"[A-Za-z0-9_.,+@/=-]+")  # no blank, quote, $, `, ;, %, : (LSF expands %J, PBS splits host:)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BODY = """{header}# harvester worker {worker_id} of queue {queue}
 {exports}cd {access_point} || exit 1
-{setup}exec {command}
-"""
+{setup}{pilots}"""
 
 
 class ScriptBatch(BatchSystem):
@@ -53,7 +53,7 @@ class ScriptBatch(BatchSystem):
         header = "".join(line + "\n" for line in ["#!/bin/sh", *self.header(worker)])
         return _BODY.format(header=header, worker_id=worker.worker_id, queue=worker.queue.name, exports=exports,
                             access_point=shlex.quote(worker.access_point), setup="".join(s + "\n" for s in setup),
-                            command=shlex.join(worker.argv))
+                            pilots=pilot_lines(worker))
 
     def job_name(self, worker):
         """The scheduler's job name of ``worker``: how find() looks a worker up after a crash."""

@@ -14,6 +14,7 @@ import time
 
 from harvester.batch.base import (FATAL, OK, RETRY, BatchError, BatchStatus, BatchSystem, CancelResult,
                                   QueryResult, SubmitResult)
+from harvester.batch.launch import pilot_lines
 from harvester.transport import TransportError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -29,8 +30,7 @@ _SCRIPT = """#!/bin/sh
 # a SIGKILL) and can record its exit status for the local batch plugin.
 (
 cd {access_point} || exit 1
-{exports}{setup}exec {command}
-)
+{exports}{setup}{pilots})
 rc=$?
 printf '%s\\n' "$rc" > {exit_temp} && mv -f {exit_temp} {exit_file}
 exit "$rc"
@@ -61,7 +61,7 @@ class LocalBatch(BatchSystem):
         exit_file = _join(worker.access_point, self.exit_name)
         return _SCRIPT.format(worker_id=worker.worker_id, queue=worker.queue.name,
                               access_point=shlex.quote(worker.access_point), exports=exports, setup=setup,
-                              command=shlex.join(worker.argv), exit_file=shlex.quote(exit_file),
+                              pilots=pilot_lines(worker), exit_file=shlex.quote(exit_file),
                               exit_temp=shlex.quote(exit_file + ".tmp"))
 
     def submit(self, workers):
