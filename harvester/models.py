@@ -31,6 +31,7 @@ class Worker(BaseModel):
     cores = peewee.IntegerField(default=1)  # the whole allocation: n_pilots x the queue's corecount
     memory_mb = peewee.IntegerField(default=0)
     n_pilots = peewee.IntegerField(default=1)  # pilots side by side in the allocation, each in its own directory
+    waiting_pilots = peewee.IntegerField(null=True)  # of those, how many neither took a job nor ended (monitor)
     walltime_s = peewee.IntegerField(default=0)
     submit_time = peewee.DateTimeField(null=True)
     start_time = peewee.DateTimeField(null=True)

@@ -106,11 +106,12 @@ def command(queue, access_point, server_url, walltime, python=None, handoff_dir=
     return tuple(argv) + tuple(queue.pilot.extra_args)
 
 
-def environment(queue, access_point, server_url, walltime, harvester_id, worker_id):
-    """Environment variables of the job script: harvester's ids for the pilot, then the queue's own."""
-    values = placeholders(queue, access_point, server_url, walltime)
+def environment(queue, access_point, server_url, walltime, harvester_id, worker_id, handoff_dir=None):
+    """Environment variables of the job script: harvester's ids for the pilot, then the queue's own; for one of
+    several pilots, ``handoff_dir`` is its directory (HARVESTER_WORKDIR and the placeholders name it)."""
+    values = placeholders(queue, access_point, server_url, walltime, handoff_dir)
     env = {"HARVESTER_ID": harvester_id, "HARVESTER_WORKER_ID": str(worker_id),
-           "HARVESTER_WORKDIR": access_point}
+           "HARVESTER_WORKDIR": values["access_point"]}
     if queue.pilot.environment:
         from queueconfig.placeholders import expand
 

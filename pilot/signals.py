@@ -3,8 +3,9 @@
 Warm (first TERM/INT/QUIT/USR1/XCPU/BUS/SEGV): the running payload is killed with code 1200+signal, the log is
 staged out and the final update sent (one try, then the outbox); no new job is taken. Cold (a second signal): a
 ColdShutdown exception unwinds at once; only the final update is spooled to the outbox (or the handoff files).
-The same signal again within ``REPEAT_WINDOW_S`` is one signal delivered twice (to the job's process group and
-forwarded by a launcher such as ``srun`` or a job script running several pilots), not a request for a cold stop.
+A stop signal within ``REPEAT_WINDOW_S`` of the first is the same stop delivered twice (to the job's process group
+and forwarded by a job script running several pilots; LSF's bkill sends SIGINT then SIGTERM), not a request for a
+cold stop.
 
 ``Waker.sleep`` returns early when a signal arrives (including SIGCHLD: the payload exited), through
 ``signal.set_wakeup_fd``, so the pilot reacts at once without polling fast.
@@ -45,8 +46,8 @@ class StopState:
             self.signum, self.first_at = signum, time.monotonic()
             log.warning("got %s: stopping after killing the payload and reporting", signal.Signals(signum).name)
             return
-        if signum == self.signum and time.monotonic() - self.first_at < REPEAT_WINDOW_S:
-            return  # the same signal delivered twice at once
+        if time.monotonic() - self.first_at < REPEAT_WINDOW_S:
+            return  # the same stop delivered twice at once
         if not self.cold:
             self.cold = True
             log.error("got %s again: cold shutdown", signal.Signals(signum).name)

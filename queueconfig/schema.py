@@ -219,7 +219,7 @@ class Pilot(Section):
     per_worker: Annotated[Positive, Field(le=256)] = 1
     """Pilots one worker runs side by side in its batch allocation (ManyToOne or pull mode), each with
     resources.corecount cores and maxrss memory and its own handoff directory pilot-N in the access point; the
-    worker asks the batch system for per_worker times the cores and memory. Slurm starts them as srun steps."""
+    worker asks the batch system for per_worker times the cores and memory."""
     heartbeat: Positive = 300
     """Seconds between job heartbeats."""
     lost_heartbeat: Positive = 1800

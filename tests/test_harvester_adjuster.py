@@ -169,3 +169,14 @@ def test_run_once_counts_the_pilots_of_several_pilot_workers(home):
     decision = json.loads(models.QueueState.get_by_id("Q").decision)
     assert decision["inputs"]["jobless_pilots"] == 3 and decision["inputs"]["pilots_per_worker"] == 4
     assert decision["winner"].startswith("ceil(((1 + extraPilotFraction)")
+
+
+def test_pilots_the_monitor_saw_end_without_a_job_are_not_waiting(home):
+    """A worker of 4 pilots of which the monitor saw 1 still waiting (the others ran jobs or ended): with 3
+    activated jobs, 2 pilots are missing, one more worker."""
+    q = queue(pilot={"per_worker": 4}, limits={"maxNewWorkersPerCycle": 10})
+    models.Worker.create(queue="Q", status="running", submit_phase="done", n_pilots=4, waiting_pilots=1,
+                         modification_time=NOW)
+    ctx, _ = context(home, DemandOnly({"Q": {"activated": 3}}), {"Q": q})
+    assert Adjuster(ctx).run_once(NOW) == 1
+    assert json.loads(models.QueueState.get_by_id("Q").decision)["inputs"]["jobless_pilots"] == 1

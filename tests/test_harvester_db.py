@@ -81,11 +81,12 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_workers(tmp_path):
     db.close_database()
     with sqlite3.connect(path) as old:  # what a version-1 harvester left: no n_pilots column
         old.execute("ALTER TABLE worker DROP COLUMN n_pilots")
+        old.execute("ALTER TABLE worker DROP COLUMN waiting_pilots")
         old.execute("UPDATE setting SET value = '1' WHERE key = 'schema_version'")
     db.open_database(path)
     try:
         worker = models.Worker.get()
-        assert (worker.queue, worker.batch_id, worker.n_pilots) == ("OLD", "17", 1)
+        assert (worker.queue, worker.batch_id, worker.n_pilots, worker.waiting_pilots) == ("OLD", "17", 1, None)
         assert models.Setting.get(models.Setting.key == "schema_version").value == str(db.SCHEMA_VERSION)
         models.Worker.create(queue="NEW", n_pilots=4)
         assert models.Worker.get(models.Worker.queue == "NEW").n_pilots == 4

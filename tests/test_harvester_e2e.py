@@ -126,18 +126,29 @@ def test_many_to_one_with_two_pilots_in_one_worker(testbed_factory):
     assert bound == set(ids)
 
 
-def test_pull_mode_with_three_pilots_in_one_worker(testbed_factory):
-    """pilot.per_worker 3 in pull mode: one worker whose three pilots each fetch jobs from the server."""
+def rendezvous(directory, n):
+    """A payload that returns only once ``n`` payloads are running at the same time (each leaves a file in
+    ``directory`` and waits for the others; it fails after 2 minutes alone): jobs that finish ran side by side."""
+    return (f"#!/bin/sh\ntouch {directory}/$$\ni=0\n"
+            f"while [ \"$(ls {directory} | wc -l)\" -lt {n} ]; do\n"
+            "  i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.1\ndone\n")
+
+
+def test_pull_mode_with_three_pilots_in_one_worker(testbed_factory, tmp_path):
+    """pilot.per_worker 3 in pull mode: one worker whose three pilots each fetch a job from the server and run it
+    at the same time (the payloads wait for each other)."""
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
     bed = testbed_factory(pilot={"timefloor": 10, "per_worker": 3},
                           limits={"maxWorkers": 1, "nQueueLimitWorker": 1, "maxNewWorkersPerCycle": 1})
-    trf = bed.script("slow.sh", "#!/bin/sh\nsleep 2\n")
-    ids = bed.submit(6, transformation=trf)
+    ids = bed.submit(3, transformation=bed.script("meet.sh", rendezvous(meeting, 3)))
     bed.start()
-    bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "6 jobs finished")
+    bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "3 jobs finished")
     workers = bed.wait_for(lambda: (lambda ws: ws if ws and all(w["status"] == "finished" for w in ws) else None)(
         bed.workers()), "the worker finished")
-    assert len(workers) == 1
+    assert len(workers) == 1 and workers[0]["pilots"] == 3 and workers[0]["cores"] == 3
     ran = pilot_dirs_and_jobs(workers[0])
     assert sorted(ran) == ["pilot-1", "pilot-2", "pilot-3"]
-    assert sorted(sum(ran.values(), [])) == sorted(ids)  # every job run once, by one of the three pilots
-    assert sum(1 for jobs in ran.values() if jobs) >= 2  # side by side, not one pilot after another
+    assert sorted(sum(ran.values(), [])) == sorted(ids) and all(len(jobs) == 1 for jobs in ran.values())
+    with bed.db() as conn:  # the monitor saw no pilot left waiting for a job
+        assert conn.execute("SELECT waiting_pilots FROM worker").fetchone()[0] == 0

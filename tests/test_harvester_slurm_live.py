@@ -118,32 +118,28 @@ def test_pilots_run_as_slurm_jobs_over_ssh(cluster, beds):
         assert any("COMPLETED" in r for r in reasons)  # the worker's end is Slurm's word
 
 
-def test_several_pilots_of_one_worker_run_as_srun_steps(cluster, beds):
-    """pilot.per_worker 2: one Slurm job of two tasks, each pilot an srun step of its own, both taking jobs."""
+def test_several_pilots_of_one_worker_run_side_by_side_in_one_slurm_job(cluster, beds, tmp_path):
+    """pilot.per_worker 2: one Slurm job with both pilots' cores, two pilots in it taking a job each and running
+    them at the same time (the payloads wait for each other)."""
+    from test_harvester_e2e import rendezvous
+
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
     bed = beds(cluster, pilot={"timefloor": 10, "per_worker": 2},
                limits={"maxWorkers": 1, "nQueueLimitWorker": 1, "maxNewWorkersPerCycle": 1})
-    ids = bed.submit(2, transformation=bed.script("sleep.sh", '#!/bin/sh\nsleep 6\necho "slept"\n'))
+    ids = bed.submit(2, transformation=bed.script("meet.sh", rendezvous(meeting, 2)))
     bed.start()
-    worker = bed.wait_for(lambda: next((w for w in workers_of(bed) if w["status"] == "running"), None),
-                          "the worker running")
-
-    def both_steps():
-        out = cluster.slurm.run("squeue", "--steps", "--noheader", f"--jobs={worker['batchID']}",
-                                "--format=%i|%j").stdout
-        steps = {tuple(line.strip().split("|")) for line in out.splitlines() if line.strip()}
-        steps = {(step, name) for step, name in steps if name.startswith("pilot-")}  # not .batch, .extern
-        return steps if {name for _, name in steps} == {"pilot-1", "pilot-2"} else None
-
-    steps = bed.wait_for(both_steps, "two pilot steps running at once in the worker's Slurm job")
-    assert {step for step, _ in steps} == {f"{worker['batchID']}.0", f"{worker['batchID']}.1"}
     bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "2 jobs finished")
     (ended,) = bed.wait_for(lambda: settled(bed), "the worker final")
     assert ended["status"] == "finished" and ended["cores"] == 2
+    assert cluster.jobs()[ended["batchID"]] == ("COMPLETED", ended["accessPoint"])
     with open(os.path.join(ended["accessPoint"], "job.sh")) as handle:
         script = handle.read()
-    assert "#SBATCH --ntasks=2" in script and "#SBATCH --cpus-per-task=1" in script
-    ran = [json.load(open(os.path.join(ended["accessPoint"], f"pilot-{i}", "worker_pandaids.json")))
-           for i in (1, 2)]
+    assert "#SBATCH --ntasks=1" in script and "#SBATCH --cpus-per-task=2" in script
+    ran = []
+    for index in (1, 2):
+        with open(os.path.join(ended["accessPoint"], f"pilot-{index}", "worker_pandaids.json")) as handle:
+            ran.append(json.load(handle))
     assert sorted(ran[0] + ran[1]) == sorted(ids) and all(ran)  # each pilot ran one of the two jobs
 
 

@@ -30,16 +30,16 @@ log = logging.getLogger(__name__)
 
 def counts(queue_name):
     """(queued, running, queued cores, queued memory MB, running pilots with no job yet, pilots of the queued
-    workers) of a queue's live workers. A running worker of N pilots that has seen k jobs counts N - k pilots
-    without a job (a pilot that took one job after another makes this a lower bound)."""
+    workers) of a queue's live workers. Of a running worker of several pilots, those the monitor last saw with
+    neither a job nor ended (their files); before it looked, N pilots minus the jobs the worker has seen."""
     queued = running = cores = memory = jobless = queued_pilots = 0
     jobs_seen = (models.JobWorker.select(peewee.fn.COUNT(models.JobWorker.panda_id))
                  .where(models.JobWorker.worker_id == models.Worker.worker_id))
     rows = (models.Worker.select(models.Worker.status, models.Worker.cores, models.Worker.memory_mb,
-                                 models.Worker.n_pilots, jobs_seen)
+                                 models.Worker.n_pilots, models.Worker.waiting_pilots, jobs_seen)
             .where(models.Worker.queue == queue_name, models.Worker.status.in_([s.value for s in QUEUED | ACTIVE]))
             .tuples())
-    for status, n_cores, mem, n_pilots, seen in rows:
+    for status, n_cores, mem, n_pilots, waiting, seen in rows:
         if status in {s.value for s in QUEUED}:
             queued += 1
             cores += n_cores
@@ -47,7 +47,7 @@ def counts(queue_name):
             queued_pilots += n_pilots
         else:
             running += 1
-            jobless += max(0, n_pilots - seen)
+            jobless += waiting if n_pilots > 1 and waiting is not None else max(0, n_pilots - seen)
     return queued, running, cores, memory, jobless, queued_pilots
 
 

@@ -22,8 +22,8 @@ from harvester.states import ACTIVE, FINAL, QUEUED, S, change_worker_status
 log = logging.getLogger(__name__)
 LIVE = [s.value for s in QUEUED | ACTIVE]
 W = models.Worker
-MONITOR_COLUMNS = (W.worker_id, W.queue, W.status, W.batch_id, W.access_point, W.n_pilots, W.start_time,
-                   W.last_seen, W.last_plugin_output, W.kill_reason, W.diag)  # what follow() and change_worker_status read
+MONITOR_COLUMNS = (W.worker_id, W.queue, W.status, W.batch_id, W.access_point, W.n_pilots, W.waiting_pilots,
+                   W.start_time, W.last_seen, W.last_plugin_output, W.kill_reason, W.diag)  # what follow() and change_worker_status read
 FAILED_IN_A_ROW = 3  # this many failed workers back the queue off (it doubles with each further failure)
 PILOT_NO_JOB = 82  # pilot3's and our pilot's exit code when the server had no job for it
 
@@ -71,13 +71,18 @@ class Monitor(Agent):
             db.release_workers(self.owner, [w.worker_id for w in workers])
 
     def follow(self, queue, worker, result, now, names):
+        waiting = 0
         for directory in pilots.handoff_dirs(worker.access_point, worker.n_pilots):  # each pilot's own files
+            messenger = Messenger(directory, names)
             try:
-                self.read_files(queue, worker, Messenger(directory, names), now)
+                self.read_files(queue, worker, messenger, now)
+                waiting += not messenger.panda_ids() and not os.path.exists(messenger.path("kill"))
             except MessengerError as exc:
                 log.error("queue %s worker %s: %s", queue.name, worker.worker_id, exc)
                 models.Worker.update(diag=str(exc)[:2000]).where(
                     models.Worker.worker_id == worker.worker_id).execute()
+        if worker.n_pilots > 1 and waiting != worker.waiting_pilots:  # what the adjuster counts as waiting
+            models.Worker.update(waiting_pilots=waiting).where(models.Worker.worker_id == worker.worker_id).execute()
         if result is None or not worker.batch_id:
             return
         native = result.states.get(worker.batch_id)

@@ -135,15 +135,20 @@ class Submitter(Agent):
                 self.mint_token(queue, worker, transport, access_point)
             if queue.mapType != "NoJob":
                 self.feed(queue, worker, messengers)
-            argvs = [pilots.command(queue, access_point, self.ctx.server.url, worker.walltime_s,
-                                    self.ctx.settings.pilot_python or None, handoff_dir=directory)
-                     for directory in dirs]
+            url, walltime, python = self.ctx.server.url, worker.walltime_s, self.ctx.settings.pilot_python or None
+            env = pilots.environment(queue, access_point, url, walltime, self.ctx.harvester_id, worker.worker_id)
+            launches = []
+            for directory in dirs if len(dirs) > 1 else ():  # several pilots: each its own directory
+                own = pilots.environment(queue, access_point, url, walltime, self.ctx.harvester_id,
+                                         worker.worker_id, handoff_dir=directory)
+                launches.append(PilotLaunch(directory, pilots.command(queue, access_point, url, walltime, python,
+                                                                      handoff_dir=directory),
+                                            {name: value for name, value in own.items() if env.get(name) != value}))
             spec = WorkerSpec(
-                worker_id=worker.worker_id, queue=queue, access_point=access_point, argv=argvs[0],
-                environment=pilots.environment(queue, access_point, self.ctx.server.url, worker.walltime_s,
-                                               self.ctx.harvester_id, worker.worker_id),
+                worker_id=worker.worker_id, queue=queue, access_point=access_point,
+                argv=pilots.command(queue, access_point, url, walltime, python), environment=env,
                 cores=worker.cores, memory_mb=worker.memory_mb, walltime_s=worker.walltime_s,
-                pilots=tuple(PilotLaunch(d, a) for d, a in zip(dirs, argvs)) if len(dirs) > 1 else ())
+                pilots=tuple(launches))
             plugin.write_script(spec)
         except ServerError as exc:
             self.retry_later(queue, worker, f"preparing the worker: {exc}", now, fatal=not exc.transient)

@@ -13,10 +13,12 @@ OK, RETRY, FATAL = "ok", "retry", "fatal"
 
 @dataclasses.dataclass(frozen=True)
 class PilotLaunch:
-    """One of several pilots of a worker: its own handoff directory and command line."""
+    """One of several pilots of a worker: its own handoff directory, command line, and the environment variables
+    whose values differ from the worker's (its HARVESTER_WORKDIR, placeholders naming its directory)."""
 
     directory: str
     argv: tuple
+    environment: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

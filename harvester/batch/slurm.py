@@ -4,8 +4,8 @@ The job script's ``#SBATCH`` header comes from the queue config and the worker; 
 shell), so a header value must be a plain word: the queue config's checks guarantee it, and :func:`_word` refuses
 anything else. The body sets the environment (values quoted), runs the queue's setup lines, then ``exec``s the
 pilot (argv quoted), so the pilot's exit code is the job's and Slurm's signals reach it. A worker of several
-pilots (``pilot.per_worker``) asks for one task per pilot and starts each pilot as its own ``srun`` step
-(``--exact``: each step gets only its task's cores and memory), see :mod:`harvester.batch.launch`.
+pilots (``pilot.per_worker``) is one task with all their cores, the pilots processes of the batch step
+(:mod:`harvester.batch.launch` says why not ``srun`` steps).
 
 Status: ``squeue --states=all`` lists live jobs and the ended ones slurmctld still holds (``MinJobAge``, default
 300 s; that is what ``scontrol show job`` would show, but in one call for many ids) with their exit codes. Ids it
@@ -17,7 +17,7 @@ import shlex
 
 from harvester.batch.base import (FATAL, OK, RETRY, BatchError, BatchStatus, BatchSystem, CancelResult,
                                   QueryResult, SubmitResult)
-from harvester.batch.launch import per_pilot, pilot_lines
+from harvester.batch.launch import pilot_lines
 
 _WORD = re.compile(r"[A-Za-z0-9_.,+:/=%@-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -70,11 +70,10 @@ class SlurmBatch(BatchSystem):
 
     def header_lines(self, worker):
         q, ap = worker.queue, worker.access_point
-        tasks = max(1, len(worker.pilots))
         options = [f"--job-name=harvester-{q.name}-{worker.worker_id}", f"--comment={ap}", f"--chdir={ap}",
-                   f"--output={ap}/slurm-%j.out", f"--error={ap}/slurm-%j.err", "--nodes=1", f"--ntasks={tasks}",
-                   f"--cpus-per-task={per_pilot(worker)[0] if worker.pilots else worker.cores}",
-                   f"--mem={worker.memory_mb}M", f"--time={_slurm_time(worker.walltime_s)}"]
+                   f"--output={ap}/slurm-%j.out", f"--error={ap}/slurm-%j.err", "--nodes=1", "--ntasks=1",
+                   f"--cpus-per-task={worker.cores}", f"--mem={worker.memory_mb}M",
+                   f"--time={_slurm_time(worker.walltime_s)}"]
         options += [f"--{key}={getattr(q.batch, key)}" for key in ("partition", "account", "qos")
                     if getattr(q.batch, key)]
         options = [o for o in options if not any(o.startswith(p) for p in q.batch.skip_directives)]
@@ -84,8 +83,9 @@ class SlurmBatch(BatchSystem):
     def render(self, worker):
         env = {**worker.queue.batch.environment, **worker.environment}
         bad = [n for n, v in env.items() if not _ENV_NAME.fullmatch(n) or _BREAKS.search(str(v))]
-        argvs = [worker.argv, *(pilot.argv for pilot in worker.pilots)]
-        if bad or any(_BREAKS.search(arg) for argv in argvs for arg in argv):
+        values = [*worker.argv, *(str(value) for pilot in worker.pilots
+                                  for value in (*pilot.argv, *pilot.environment.values()))]
+        if bad or any(_BREAKS.search(value) for value in values):
             raise BatchError(f"worker {worker.worker_id}: environment variables {bad} or the pilot's arguments "
                              "cannot be written into a job script (a name is letters, digits and _; no value may "
                              "hold a line break or NUL: it would start a new script line)", FATAL)
@@ -96,14 +96,7 @@ class SlurmBatch(BatchSystem):
                              "scheduler options in batch.extra_directives", FATAL)
         return _SCRIPT.format(header="\n".join(self.header_lines(worker)), worker_id=worker.worker_id,
                               queue=worker.queue.name, exports=exports, setup=setup,
-                              pilots=pilot_lines(worker, self.step))
-
-    def step(self, worker, index):
-        """The ``srun`` that starts pilot ``index`` of a several-pilot worker as a job step of one task."""
-        cores, memory = per_pilot(worker)
-        memory = [] if any(p.startswith("--mem") for p in worker.queue.batch.skip_directives) else [f"--mem={memory}M"]
-        return ["srun", "--nodes=1", "--ntasks=1", f"--cpus-per-task={cores}", *memory, "--exact",
-                f"--job-name=pilot-{index}"]
+                              pilots=pilot_lines(worker))
 
     def submit(self, workers):
         return [self._submit_one(worker) for worker in workers]
