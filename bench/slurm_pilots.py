@@ -9,6 +9,8 @@ On a real one-node Slurm (munged + slurmctld + slurmd, started here on loopback 
   (b) pilots    the same jobs submitted to a real ``minipanda serve``; ``harvester run`` (agent periods --period s)
                 submits pilots over SSH to that Slurm (maxWorkers = --slots, pilot timefloor --timefloor min, so each
                 pilot takes job after job). Makespan from starting harvester to the last job seen finished.
+                With --per-worker N the same slots are filled by workers of N pilots each (pilot.per_worker: one
+                Slurm job of N tasks, each pilot an srun step): one run per value of the comma list.
   (c) status    --tracked held Slurm jobs (``sbatch --hold``) and ONE ``SlurmBatch.status()`` call for all of them,
                 over SSH and locally: the cost of one monitor status query for that many workers.
 
@@ -17,6 +19,7 @@ is contacted, and every daemon, server, harvester and Slurm job the bench starts
 Needs root and the Debian packages slurm-wlm, munge and openssh-server (as the tests).
 
     python3 bench/slurm_pilots.py                      # 200 jobs of 1 s, 8 slots, 1,000 tracked workers
+    python3 bench/slurm_pilots.py --per-worker 1,8 --parts sbatch,pilots
     python3 bench/slurm_pilots.py --parts status --tracked 5000
 """
 import argparse
@@ -63,15 +66,18 @@ def part_sbatch(args, cluster):
     return makespan
 
 
-def part_pilots(args, cluster, base):
+def part_pilots(args, cluster, base, per_worker=1):
     from harvesterhelp import QUEUE, Testbed, queue_config
 
     slots = args.slots
+    workers = max(1, slots // per_worker)
     queue = queue_config(batch={"system": "slurm"}, resources={"corecount": 1, "maxrss": 1000},
-                         transport=cluster.sshd.queue_transport(workdir=os.path.join(base, "workers")),
-                         limits={"maxWorkers": slots, "nQueueLimitWorker": slots, "maxNewWorkersPerCycle": slots},
-                         pilot={"timefloor": args.timefloor, "lifetime": 86400, "heartbeat": 60})
-    bed = Testbed(os.path.join(base, "pilots"), {QUEUE: queue})
+                         transport=cluster.sshd.queue_transport(workdir=os.path.join(base, f"workers{per_worker}")),
+                         limits={"maxWorkers": workers, "nQueueLimitWorker": workers,
+                                 "maxNewWorkersPerCycle": workers},
+                         pilot={"timefloor": args.timefloor, "lifetime": 86400, "heartbeat": 60,
+                                "per_worker": per_worker})
+    bed = Testbed(os.path.join(base, f"pilots{per_worker}"), {QUEUE: queue})
     try:
         trf = bed.script("payload.sh", f"#!/bin/sh\nsleep {args.payload:g}\n")
         specs = [{"jobName": f"bench.slurm.{i}", "computingSite": QUEUE, "prodSourceLabel": "managed",
@@ -95,10 +101,11 @@ def part_pilots(args, cluster, base):
         bed.stop()
         workers = bed.workers()
         ideal = args.jobs * args.payload / slots
-        print(f"(b) harvester pilots over SSH: {finished} of {args.jobs} jobs finished ({done} ended) in "
-              f"{makespan:.1f} s{'' if done == len(ids) else ' (TIME LIMIT)'} with {len(workers)} Slurm jobs "
-              f"(pilots; maxWorkers {slots}, timefloor {args.timefloor} min, agent periods {args.period:g} s); "
-              f"ideal {ideal:.1f} s, ratio {makespan / ideal:.2f}; load {load()}")
+        print(f"(b) harvester pilots over SSH, {per_worker} per worker: {finished} of {args.jobs} jobs finished "
+              f"({done} ended) in {makespan:.1f} s{'' if done == len(ids) else ' (TIME LIMIT)'} with "
+              f"{len(workers)} Slurm jobs (maxWorkers {max(1, slots // per_worker)}, timefloor {args.timefloor} "
+              f"min, agent periods {args.period:g} s); ideal {ideal:.1f} s, ratio {makespan / ideal:.2f}; "
+              f"load {load()}")
         return makespan
     finally:
         bed.close()
@@ -157,6 +164,8 @@ def parser():
     p.add_argument("--payload", type=float, default=1.0, help="seconds each job sleeps")
     p.add_argument("--slots", type=int, default=8, help="job slots of the Slurm node (= maxWorkers of the queue)")
     p.add_argument("--timefloor", type=int, default=10, help="pilot timefloor, minutes")
+    p.add_argument("--per-worker", default=[1], type=lambda text: [int(v) for v in text.split(",")],
+                   help="pilots per worker (pilot.per_worker), a comma list: one pilots run per value (default 1)")
     p.add_argument("--period", type=float, default=0.5, help="harvester agent periods, s")
     p.add_argument("--tracked", type=int, default=1000, help="held Slurm jobs for the status part")
     p.add_argument("--repeat", type=int, default=5, help="status cycles measured")
@@ -186,10 +195,11 @@ def main(argv=None):
               f"{'sched_interval=1' if args.quick_scheduler else 'default scheduler settings'}; "
               f"{os.cpu_count()} CPUs, load {load()}")
         single = part_sbatch(args, cluster) if "sbatch" in parts else None
-        pilots = part_pilots(args, cluster, base) if "pilots" in parts else None
-        if single and pilots:
-            print(f"    pilots vs one sbatch per job: {single:.1f} s / {pilots:.1f} s = {single / pilots:.2f}x "
-                  f"(goal >= 3x)")
+        for per_worker in (args.per_worker if "pilots" in parts else ()):
+            pilots = part_pilots(args, cluster, base, per_worker)
+            if single and pilots:
+                print(f"    pilots ({per_worker} per worker) vs one sbatch per job: {single:.1f} s / {pilots:.1f} s "
+                      f"= {single / pilots:.2f}x (goal >= 3x)")
         if "status" in parts:
             part_status(args, cluster)
     finally:
