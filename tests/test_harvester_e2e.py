@@ -139,7 +139,7 @@ def test_pull_mode_with_three_pilots_in_one_worker(testbed_factory, tmp_path):
     at the same time (the payloads wait for each other)."""
     meeting = tmp_path / "meeting"
     meeting.mkdir()
-    bed = testbed_factory(pilot={"timefloor": 10, "per_worker": 3},
+    bed = testbed_factory(pilot={"timefloor": 10, "per_worker": 3, "environment": {"SCHEDCONF": "{queuedata}"}},
                           limits={"maxWorkers": 1, "nQueueLimitWorker": 1, "maxNewWorkersPerCycle": 1})
     ids = bed.submit(3, transformation=bed.script("meet.sh", rendezvous(meeting, 3)))
     bed.start()
@@ -152,3 +152,8 @@ def test_pull_mode_with_three_pilots_in_one_worker(testbed_factory, tmp_path):
     assert sorted(sum(ran.values(), [])) == sorted(ids) and all(len(jobs) == 1 for jobs in ran.values())
     with bed.db() as conn:  # the monitor saw no pilot left waiting for a job
         assert conn.execute("SELECT waiting_pilots FROM worker").fetchone()[0] == 0
+    with open(os.path.join(workers[0]["accessPoint"], "job.sh")) as handle:
+        script = handle.read()
+    for index in (1, 2, 3):  # each pilot's own directory in its environment, placeholders included
+        own = os.path.join(workers[0]["accessPoint"], f"pilot-{index}")
+        assert f"HARVESTER_WORKDIR={own} SCHEDCONF={own}/queuedata.json " in script
