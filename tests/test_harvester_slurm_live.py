@@ -143,6 +143,26 @@ def test_several_pilots_of_one_worker_run_side_by_side_in_one_slurm_job(cluster,
     assert sorted(ran[0] + ran[1]) == sorted(ids) and all(ran)  # each pilot ran one of the two jobs
 
 
+def test_scancel_of_a_several_pilot_worker_stops_each_pilot_warmly(cluster, beds):
+    """scancel sends SIGTERM to every process of the batch step: the job script forwards it too, and each pilot
+    counts the two as one warm stop and reports its job failed itself, at once: with the signal's code (1201), or
+    the payload's exit by that same SIGTERM (1305, exit code 143) when the payload ended first. Pilots killed
+    before reporting would leave the server to fail the jobs with 1008 when harvester reports the worker ended."""
+    bed = beds(cluster, pilot={"timefloor": 10, "per_worker": 2, "heartbeat": 60, "lost_heartbeat": 3600},
+               limits={"maxWorkers": 1, "nQueueLimitWorker": 1, "maxNewWorkersPerCycle": 1})
+    ids = bed.submit(2, transformation=bed.script("long.sh", LONG_SLEEP))
+    bed.start()
+    bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"running"}, "both jobs running")
+    (worker,) = workers_of(bed)
+    assert cluster.slurm.run("scancel", worker["batchID"]).returncode == 0
+    bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"failed"}, "both jobs reported failed")
+    for job in (bed.job(pid) for pid in ids):
+        code = (int(job["pilotErrorCode"]), int(job["transExitCode"] or 0))
+        assert code[0] == 1201 or code == (1305, 143), job
+    (ended,) = bed.wait_for(lambda: settled(bed), "the worker final")
+    assert ended["status"] == "cancelled" and "CANCELLED" in ended["diag"]
+
+
 def test_scancel_ends_cancelled_and_timeout_ends_failed(cluster, beds):
     bed = beds(cluster)
     trf = bed.script("long.sh", LONG_SLEEP)
