@@ -141,7 +141,8 @@ def explain_worker(args):
     print(f"worker {worker.worker_id} of queue {worker.queue}: {worker.status}"
           + (f" (final)" if worker.status in {s.value for s in FINAL} else ""))
     print(f"  batch id {worker.batch_id or '-'}, access point {worker.access_point or '-'}, "
-          f"{worker.n_pilots} pilot{'s' if worker.n_pilots != 1 else ''} ({worker.cores} cores), "
+          f"{worker.n_pilots} pilot{'s' if worker.n_pilots != 1 else ''} on {worker.cores} "
+          f"core{'s' if worker.cores != 1 else ''}, "
           f"{worker.submission_attempts} submission attempts, jobs {jobs or '-'}")
     if worker.diag:
         print(f"  diag: {worker.diag}")
