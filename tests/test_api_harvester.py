@@ -187,6 +187,29 @@ def test_queue_demand_follows_dispatch_labels(harvester):
                       "TEST_Q": dict(zero, activated=1), "NONE_Q": zero}
 
 
+def test_sent_jobs_lists_what_a_harvester_acquired_and_still_holds(harvester):
+    """get_sent_jobs: the jobs harvester h1 acquired itself (no worker id) for the queue that are still sent, as
+    the definitions acquire_jobs gave; not another harvester's, not a pilot's, not once they run."""
+    server, token = harvester
+    ids = [row[0] for row in ok(server, "job/submit", {"jobs": [make_job() for _ in range(4)]})]
+    mine = ok(server, "pilot/acquire_jobs", {"computing_element": "TEST_PQ", "harvester_id": "h1", "n_jobs": 2},
+              token)
+    other = ok(server, "pilot/acquire_jobs", {"computing_element": "TEST_PQ", "harvester_id": "h2", "n_jobs": 1},
+               token)
+    pilots = ok(server, "pilot/acquire_jobs", {"computing_element": "TEST_PQ", "harvester_id": "h1",
+                                               "worker_id": 7}, token)
+    assert len(mine) == 2 and len(other) == 1 and len(pilots) == 1
+    listed = ok(server, "harvester/get_sent_jobs", {"harvester_id": "h1", "queue": "TEST_PQ"}, token)
+    assert listed == sorted(mine, key=lambda job: job["PandaID"])  # the same definitions as acquire_jobs gave
+    assert ok(server, "harvester/get_sent_jobs", {"harvester_id": "h1", "queue": "OTHER_PQ"}, token) == []
+    ok(server, "pilot/update_jobs_bulk", {"job_list": [{"job_id": mine[0]["PandaID"], "job_status": "running"}]},
+       token)
+    assert [job["PandaID"] for job in ok(server, "harvester/get_sent_jobs",
+                                          {"harvester_id": "h1", "queue": "TEST_PQ"}, token)] == [mine[1]["PandaID"]]
+    assert set(ids) == {job["PandaID"] for job in mine + other + pilots}
+    assert call(server, "harvester/get_sent_jobs", {"harvester_id": "h1"}, token).status_code == 400
+
+
 def test_minted_pilot_token_works_until_revoked(harvester):
     server, token = harvester
     token2 = server.token("harvester", "h2")

@@ -3,7 +3,8 @@
 does the work. Refusals are HTTP 4xx with the field named in ``message``; see docs/harvester.md."""
 import bottle
 from minipanda import errors
-from minipanda.api import params as route_params, wire
+from minipanda.api import file_server, params as route_params, wire
+from minipanda.core import dispatch
 from minipanda.core.auth import HARVESTER_ROLES
 from minipanda.workers import harvesters
 
@@ -98,13 +99,20 @@ def list_commands(params, identity):
     return ok(harvesters.list_commands(limit))
 
 
+def get_sent_jobs(params, identity):
+    """The jobs this harvester acquired for a queue that are still ``sent`` (adopted after a crash)."""
+    harvester_id = _harvester(params)
+    queue = harvesters.text(params.get("queue"), "queue", 128, required=True)
+    return ok(file_server.with_server_url(dispatch.sent_to_harvester(harvester_id, queue)))
+
+
 def register(app):
     routes = [
         ("heartbeat", heartbeat, HARVESTER_ROLES), ("update_workers", update_workers, HARVESTER_ROLES),
         ("report_worker_statistics", report_worker_statistics, HARVESTER_ROLES),
         ("acquire_commands", acquire_commands, HARVESTER_ROLES),
         ("acknowledge_commands", acknowledge_commands, HARVESTER_ROLES),
-        ("get_queue_demand", get_queue_demand, HARVESTER_ROLES),
+        ("get_queue_demand", get_queue_demand, HARVESTER_ROLES), ("get_sent_jobs", get_sent_jobs, HARVESTER_ROLES),
         ("mint_pilot_token", mint_pilot_token, HARVESTER_ROLES),
         ("revoke_pilot_token", revoke_pilot_token, HARVESTER_ROLES),
         ("list_workers", list_workers, ADMIN), ("list_instances", list_instances, ADMIN),

@@ -252,3 +252,19 @@ def claim_jobs(offer, now=None):
     if n_jobs == 1:
         return group_commit.claim(offer, now)
     return _claim_alone(offer, n_jobs, now)
+
+
+MAX_SENT_LISTED = 10000
+
+
+def sent_to_harvester(harvester_id, queue):
+    """Definitions of the jobs harvester ``harvester_id`` acquired for ``queue`` itself (push mode: no worker id)
+    that are still ``sent``: what that harvester must hold. A harvester that stopped between the server's reply to
+    ``acquire_jobs`` and its own record of the jobs adopts them from this list when it starts again."""
+    Job = models.Job
+    jobs = list(Job.select().where(Job.status == JobStatus.SENT.value, Job.harvester_id == harvester_id,
+                                   Job.computing_site == queue, Job.worker_id.is_null())
+                .order_by(Job.panda_id).limit(MAX_SENT_LISTED))
+    if not jobs:
+        return []
+    return _definitions(jobs, _load_files([job.panda_id for job in jobs]))
