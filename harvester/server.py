@@ -130,6 +130,11 @@ class ServerClient:
         jobs = self.call("pilot/acquire_jobs", payload)
         return jobs if isinstance(jobs, list) else []
 
+    def sent_jobs(self, queue):
+        """The jobs of ``queue`` the server handed to this harvester that are still ``sent`` (their definitions)."""
+        jobs = self.call("harvester/get_sent_jobs", {"harvester_id": self.harvester_id, "queue": queue})
+        return jobs if isinstance(jobs, list) else []
+
     def update_jobs(self, updates):
         """updateJob parameter dicts in one call; one reply (``StatusCode``, ``command``) per update, in order."""
         replies = self.call("pilot/update_jobs_bulk", {"job_list": list(updates)})

@@ -19,7 +19,7 @@ import requests
 import yaml
 
 from conftest import free_port
-from harvesterhelp import QUEUE, QueueServer, Testbed, queue_config
+from harvesterhelp import FAST, QUEUE, QueueServer, Testbed, queue_config
 from testbed.processes import children, descendants
 
 ECHO = '#!/bin/sh\necho "payload ran with: $*"\n'
@@ -221,6 +221,29 @@ def test_kill_9_mid_run_then_restart_reconciles_every_worker(testbed_factory):
         assert bed.job(panda_id)["attemptNr"] in (0, 1)
     server_workers = {r["workerID"]: r["status"] for r in bed.v1("harvester/list_workers", queue=QUEUE)}
     assert server_workers == {w["workerID"]: w["status"] for w in workers}
+
+
+def test_jobs_the_server_sent_before_a_crash_are_adopted_not_lost(testbed_factory):
+    """The server handed jobs to this harvester (acquire_jobs) and harvester died before recording them: after the
+    restart it adopts them from the server's list of jobs sent to it, and they run, each dispatched once."""
+    bed = testbed_factory(mode="push")
+    ids = bed.submit(2, transformation=bed.script("echo.sh", "#!/bin/sh\necho adopted\n"))
+    with open(bed.token_file) as handle:
+        token = handle.read().strip()
+    # exactly what the killed harvester left: the jobs sent to its id, nothing in its database
+    reply = requests.post(f"{bed.server.url}/api/v1/pilot/acquire_jobs", timeout=30,
+                          headers={"Authorization": f"Bearer {token}"},
+                          json={"site_name": QUEUE, "computing_element": QUEUE, "prod_source_label": "managed",
+                                "n_jobs": 5, "harvester_id": "crashed-h1", "node": "harvester-host"})
+    assert sorted(int(job["PandaID"]) for job in reply.json()["data"]) == sorted(ids)
+    assert set(bed.statuses(ids).values()) == {"sent"}
+    settings = [arg for setting in FAST for arg in ("--setting", setting)]
+    bed.daemon = subprocess.Popen(bed.argv("--harvester-id", "crashed-h1", *settings), stdout=subprocess.DEVNULL,
+                                  stderr=open(bed.daemon_log, "ab"))
+    bed.wait_for(lambda: bed.all_finished(ids), "both jobs finished after the restart")
+    assert "adopted 2 jobs the server had sent to this harvester" in bed.log()
+    for panda_id in ids:
+        assert sent_count(bed, panda_id) == 1, bed.status_log(panda_id)
 
 
 def test_recover_interrupted_never_resubmits(tmp_path):

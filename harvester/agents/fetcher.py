@@ -2,6 +2,10 @@
 
 Jobs are acquired in bulk with this harvester's id, stored as held jobs, and bound to workers by the submitter.
 A queue that is offline, paused or backing off fetches nothing.
+
+A harvester stopped between the server's reply and the insert of the held jobs would leave them ``sent`` and held by
+no one. So the first cycle of each queue after a start adopts the jobs the server says it sent to this harvester
+and that it does not hold (``harvester/get_sent_jobs``), before fetching more.
 """
 import json
 import logging
@@ -15,6 +19,10 @@ log = logging.getLogger(__name__)
 class Fetcher(Agent):
     name = "fetcher"
 
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.adopted_queues = set()  # the queues whose sent jobs this process has already looked up
+
     def run_once(self, now):
         self.fetched = 0
         self.each_queue(now, lambda queue: self.fetch(queue, now))
@@ -25,6 +33,9 @@ class Fetcher(Agent):
     def fetch(self, queue, now):
         if queue.mapType == "NoJob" or queue.status == "offline":
             return
+        if queue.name not in self.adopted_queues:
+            self.adopt(queue, now)
+            self.adopted_queues.add(queue.name)
         limit = queue.limits.nQueueLimitJob or 0
         waiting = (models.HeldJob.select()
                    .where(models.HeldJob.queue == queue.name, models.HeldJob.status == "fetched").count())
@@ -34,13 +45,31 @@ class Fetcher(Agent):
         jobs = self.ctx.server.acquire_jobs(queue.name, wanted, pilots.job_label(queue),
                                             cores=queue.resources.corecount, memory=queue.resources.maxrss,
                                             walltime=pilots.worker_walltime(queue) - pilots.WALLTIME_MARGIN_S)
-        with models.database.atomic():
-            for job in jobs:
-                models.HeldJob.insert(panda_id=int(job["PandaID"]), queue=queue.name,
-                                      attempt_nr=int(job.get("attemptNr") or 0), definition=json.dumps(job),
-                                      status="fetched", fetched_time=now).on_conflict_ignore().execute()
+        hold(queue, jobs, now)
         if jobs:
             log.info("queue %s: fetched %d jobs (%s)", queue.name, len(jobs),
                      ", ".join(str(job["PandaID"]) for job in jobs[:10]) + (" ..." if len(jobs) > 10 else ""))
         self.fetched += len(jobs)
         self.queue_succeeded(queue.name)
+
+    def adopt(self, queue, now):
+        """Hold the jobs the server sent to this harvester for ``queue`` that it has no record of."""
+        jobs = self.ctx.server.sent_jobs(queue.name)
+        known = {panda_id for (panda_id,) in models.HeldJob.select(models.HeldJob.panda_id).where(
+            models.HeldJob.panda_id.in_([int(job["PandaID"]) for job in jobs])).tuples()} if jobs else set()
+        unknown = [job for job in jobs if int(job["PandaID"]) not in known]
+        if unknown:
+            hold(queue, unknown, now)
+            log.warning("queue %s: adopted %d jobs the server had sent to this harvester without a record here "
+                        "(a stop between the server's reply and the record): %s", queue.name, len(unknown),
+                        ", ".join(str(job["PandaID"]) for job in unknown[:10]) + (" ..." if len(unknown) > 10 else ""))
+        self.fetched += len(unknown)
+
+
+def hold(queue, jobs, now):
+    """Record fetched jobs as held by this harvester, in one transaction (a job already held is kept as it is)."""
+    with models.database.atomic():
+        for job in jobs:
+            models.HeldJob.insert(panda_id=int(job["PandaID"]), queue=queue.name,
+                                  attempt_nr=int(job.get("attemptNr") or 0), definition=json.dumps(job),
+                                  status="fetched", fetched_time=now).on_conflict_ignore().execute()
