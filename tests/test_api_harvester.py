@@ -210,6 +210,20 @@ def test_sent_jobs_lists_what_a_harvester_acquired_and_still_holds(harvester):
     assert call(server, "harvester/get_sent_jobs", {"harvester_id": "h1"}, token).status_code == 400
 
 
+def test_sent_jobs_come_in_pages_and_leave_out_jobs_being_killed(harvester):
+    server, token = harvester
+    ok(server, "job/submit", {"jobs": [make_job() for _ in range(3)]})
+    sent = ok(server, "pilot/acquire_jobs", {"computing_element": "TEST_PQ", "harvester_id": "h1", "n_jobs": 3},
+              token)
+    first, second, third = sorted(job["PandaID"] for job in sent)
+    page = {"harvester_id": "h1", "queue": "TEST_PQ", "limit": 2}
+    assert [j["PandaID"] for j in ok(server, "harvester/get_sent_jobs", page, token)] == [first, second]
+    assert [j["PandaID"] for j in ok(server, "harvester/get_sent_jobs", dict(page, after=second), token)] == [third]
+    ok(server, "job/kill", {"job_ids": [second]})  # a sent job is killed through its pilot: tobekilled
+    assert [j["PandaID"] for j in ok(server, "harvester/get_sent_jobs", dict(page, limit=10), token)] == [first, third]
+    assert call(server, "harvester/get_sent_jobs", dict(page, limit=0), token).status_code == 400
+
+
 def test_minted_pilot_token_works_until_revoked(harvester):
     server, token = harvester
     token2 = server.token("harvester", "h2")

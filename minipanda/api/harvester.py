@@ -103,7 +103,10 @@ def get_sent_jobs(params, identity):
     """The jobs this harvester acquired for a queue that are still ``sent`` (adopted after a crash)."""
     harvester_id = _harvester(params)
     queue = harvesters.text(params.get("queue"), "queue", 128, required=True)
-    return ok(file_server.with_server_url(dispatch.sent_to_harvester(harvester_id, queue)))
+    after = harvesters.integer(params.get("after", 0), "after")
+    limit = harvesters.integer(params.get("limit", dispatch.SENT_PAGE), "limit", minimum=1,
+                               maximum=dispatch.SENT_PAGE)
+    return ok(file_server.with_server_url(dispatch.sent_to_harvester(harvester_id, queue, after, limit)))
 
 
 def register(app):

@@ -219,7 +219,7 @@ HARVESTER = {name: model("Harvester_" + name, **{key: Json for key in keys}) for
     "report_worker_statistics": ("harvester_id", "panda_queue", "statistics"),
     "acquire_commands": ("harvester_id", "n_commands"),
     "acknowledge_commands": ("harvester_id", "command_ids"),
-    "get_queue_demand": ("harvester_id", "queues"), "get_sent_jobs": ("harvester_id", "queue"),
+    "get_queue_demand": ("harvester_id", "queues"), "get_sent_jobs": ("harvester_id", "queue", "after", "limit"),
     "mint_pilot_token": ("harvester_id", "worker_id", "queue", "lifetime"),
     "revoke_pilot_token": ("harvester_id", "jtis"),
     "list_workers": ("harvester_id", "queue", "status", "limit"),

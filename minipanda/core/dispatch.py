@@ -254,17 +254,21 @@ def claim_jobs(offer, now=None):
     return _claim_alone(offer, n_jobs, now)
 
 
-MAX_SENT_LISTED = 10000
+SENT_PAGE = 1000
 
 
-def sent_to_harvester(harvester_id, queue):
+def sent_to_harvester(harvester_id, queue, after=0, limit=SENT_PAGE):
     """Definitions of the jobs harvester ``harvester_id`` acquired for ``queue`` itself (push mode: no worker id)
-    that are still ``sent``: what that harvester must hold. A harvester that stopped between the server's reply to
-    ``acquire_jobs`` and its own record of the jobs adopts them from this list when it starts again."""
+    that are still ``sent`` and not being killed: what that harvester must hold. A harvester that stopped between
+    the server's reply to ``acquire_jobs`` and its own record of the jobs adopts them from this list when it starts
+    again. In PandaID order, ``limit`` from the first PandaID above ``after`` (a page; the caller asks again after
+    the last id until a page comes back short)."""
     Job = models.Job
     jobs = list(Job.select().where(Job.status == JobStatus.SENT.value, Job.harvester_id == harvester_id,
-                                   Job.computing_site == queue, Job.worker_id.is_null())
-                .order_by(Job.panda_id).limit(MAX_SENT_LISTED))
+                                   Job.computing_site == queue, Job.worker_id.is_null(), Job.panda_id > after,
+                                   Job.command_to_pilot.is_null() | (Job.command_to_pilot != "tobekilled"))
+                .order_by(Job.panda_id).limit(limit))
     if not jobs:
         return []
-    return _definitions(jobs, _load_files([job.panda_id for job in jobs]))
+    files = _load_files([job.panda_id for job in jobs])
+    return [jobspec.job_definition(job, files[job.panda_id]) for job in jobs]
