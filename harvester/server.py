@@ -130,9 +130,11 @@ class ServerClient:
         jobs = self.call("pilot/acquire_jobs", payload)
         return jobs if isinstance(jobs, list) else []
 
-    def sent_jobs(self, queue):
-        """The jobs of ``queue`` the server handed to this harvester that are still ``sent`` (their definitions)."""
-        jobs = self.call("harvester/get_sent_jobs", {"harvester_id": self.harvester_id, "queue": queue})
+    def sent_jobs(self, queue, after=0):
+        """One page (PandaID order, from the first above ``after``) of the jobs of ``queue`` the server handed to
+        this harvester that are still ``sent``: their definitions."""
+        jobs = self.call("harvester/get_sent_jobs", {"harvester_id": self.harvester_id, "queue": queue,
+                                                     "after": after})
         return jobs if isinstance(jobs, list) else []
 
     def update_jobs(self, updates):
