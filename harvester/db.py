@@ -22,7 +22,7 @@ from harvester.states import utcnow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: worker.n_pilots, worker.waiting_pilots
+SCHEMA_VERSION = 3  # 2: worker.n_pilots; 3: worker.waiting_pilots
 INSTANCE_LEASE_S = 120
 PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1, "busy_timeout": 30000}
 
@@ -82,7 +82,7 @@ def _upgrade(database, version, path):
     columns = {column.name for column in database.get_columns("worker")}
     if version < 2 and "n_pilots" not in columns:
         database.execute_sql("ALTER TABLE worker ADD COLUMN n_pilots INTEGER NOT NULL DEFAULT 1")
-    if version < 2 and "waiting_pilots" not in columns:
+    if version < 3 and "waiting_pilots" not in columns:
         database.execute_sql("ALTER TABLE worker ADD COLUMN waiting_pilots INTEGER")
     log.info("%s: upgraded the schema from version %d to %d", path, version, SCHEMA_VERSION)
 

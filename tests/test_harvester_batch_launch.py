@@ -75,7 +75,8 @@ def started(worker, name="up"):
         time.sleep(0.05)
 
 
-STOPPABLE = ('trap \'echo stopped > "$HARVESTER_WORKDIR/stopped"; exit "$2"\' TERM; touch "$HARVESTER_WORKDIR/up"; '
+STOPPABLE = ('for sig in TERM USR1; do trap "echo $sig > \\"\\$HARVESTER_WORKDIR/stopped\\"; exit $2" $sig; done; '
+             'touch "$HARVESTER_WORKDIR/up"; '
              'while :; do sleep 1 & wait $!; done')  # wait: the trap runs at once, the pilot ends at once
 
 
@@ -94,6 +95,56 @@ def test_a_stop_signal_to_the_job_script_reaches_every_pilot(tmp_path, shell, co
         proc.send_signal(signal.SIGTERM)  # the script only, not its process group
         assert proc.wait(30) == expected
         assert all(os.path.exists(os.path.join(p.directory, "stopped")) for p in worker.pilots)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=["sh", "bash"][:len(SHELLS)])
+def test_every_stop_signal_of_the_pilot_is_forwarded_as_itself(tmp_path, shell):
+    """Slurm's --signal=B:USR1@N signals the batch shell alone: the pilots get USR1 (a warm stop for them), not
+    a TERM, and none is left behind."""
+    worker = spec(tmp_path, (0, 0), script=STOPPABLE)
+    path = tmp_path / "block.sh"
+    path.write_text(pilot_lines(worker))
+    proc = subprocess.Popen([*shell, str(path)], cwd=tmp_path, start_new_session=True)
+    try:
+        started(worker)
+        proc.send_signal(signal.SIGUSR1)
+        assert proc.wait(30) == 0
+        for pilot in worker.pilots:
+            with open(os.path.join(pilot.directory, "stopped")) as handle:
+                assert handle.read().strip() == "USR1"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_each_pilot_s_end_is_written_in_its_directory_as_it_happens(tmp_path):
+    """pilot.exit appears in a pilot's directory when that pilot ends, while its siblings still run: how the
+    monitor tells an ended pilot (killed, out of memory: no kill_worker file) from one still waiting for a job."""
+    release = tmp_path / "release"
+    body = ('touch "$HARVESTER_WORKDIR/up"; [ "$2" = 3 ] && exit 3; '
+            f'while [ ! -e {release} ]; do sleep 0.1; done; exit "$2"')
+    worker = spec(tmp_path, (3, 0), script=body)
+    path = tmp_path / "block.sh"
+    path.write_text(pilot_lines(worker))
+    proc = subprocess.Popen(["sh", str(path)], cwd=tmp_path, start_new_session=True)
+    first, second = (os.path.join(p.directory, "pilot.exit") for p in worker.pilots)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(first):
+            assert time.monotonic() < deadline and proc.poll() is None, "pilot-1's end was not written"
+            time.sleep(0.05)
+        assert not os.path.exists(second) and proc.poll() is None
+        with open(first) as handle:
+            assert handle.read() == "3\n"
+        release.touch()
+        assert proc.wait(30) == 3
+        with open(second) as handle:
+            assert handle.read() == "0\n"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -71,18 +71,19 @@ def test_expired_lease_is_taken_released_lease_is_free(database):
     assert len(db.claim_workers("c", models.Worker.queue == "Q", 60)) == 1
 
 
-def test_a_version_1_database_is_upgraded_and_keeps_its_workers(tmp_path):
-    """A home written before worker.n_pilots existed opens with its workers intact, each running one pilot."""
+@pytest.mark.parametrize("version, dropped", [(1, ("n_pilots", "waiting_pilots")), (2, ("waiting_pilots",))])
+def test_an_older_database_is_upgraded_and_keeps_its_workers(tmp_path, version, dropped):
+    """A home written by an older harvester opens with its workers intact, each running one pilot."""
     import sqlite3
 
     path = str(tmp_path / "old.db")
     db.open_database(path)
     models.Worker.create(queue="OLD", status="running", batch_id="17")
     db.close_database()
-    with sqlite3.connect(path) as old:  # what a version-1 harvester left: no n_pilots column
-        old.execute("ALTER TABLE worker DROP COLUMN n_pilots")
-        old.execute("ALTER TABLE worker DROP COLUMN waiting_pilots")
-        old.execute("UPDATE setting SET value = '1' WHERE key = 'schema_version'")
+    with sqlite3.connect(path) as old:  # what an older harvester left: without the newer columns
+        for column in dropped:
+            old.execute(f"ALTER TABLE worker DROP COLUMN {column}")
+        old.execute("UPDATE setting SET value = ? WHERE key = 'schema_version'", (str(version),))
     db.open_database(path)
     try:
         worker = models.Worker.get()

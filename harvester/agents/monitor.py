@@ -15,6 +15,7 @@ from harvester import db, models, pilots
 from harvester.agents.base import Agent
 from harvester.agents.submitter import hand_over
 from harvester.batch.base import OK
+from harvester.batch.launch import PILOT_EXIT
 from harvester.errors import MessengerError
 from harvester.messenger import Messenger
 from harvester.states import ACTIVE, FINAL, QUEUED, S, change_worker_status
@@ -22,8 +23,9 @@ from harvester.states import ACTIVE, FINAL, QUEUED, S, change_worker_status
 log = logging.getLogger(__name__)
 LIVE = [s.value for s in QUEUED | ACTIVE]
 W = models.Worker
+# what follow() and change_worker_status read
 MONITOR_COLUMNS = (W.worker_id, W.queue, W.status, W.batch_id, W.access_point, W.n_pilots, W.waiting_pilots,
-                   W.start_time, W.last_seen, W.last_plugin_output, W.kill_reason, W.diag)  # what follow() and change_worker_status read
+                   W.start_time, W.last_seen, W.last_plugin_output, W.kill_reason, W.diag)
 FAILED_IN_A_ROW = 3  # this many failed workers back the queue off (it doubles with each further failure)
 PILOT_NO_JOB = 82  # pilot3's and our pilot's exit code when the server had no job for it
 
@@ -76,7 +78,8 @@ class Monitor(Agent):
             messenger = Messenger(directory, names)
             try:
                 self.read_files(queue, worker, messenger, now)
-                waiting += not messenger.panda_ids() and not os.path.exists(messenger.path("kill"))
+                ended = os.path.exists(messenger.path("kill")) or os.path.exists(os.path.join(directory, PILOT_EXIT))
+                waiting += not ended and not messenger.panda_ids()
             except MessengerError as exc:
                 log.error("queue %s worker %s: %s", queue.name, worker.worker_id, exc)
                 models.Worker.update(diag=str(exc)[:2000]).where(
