@@ -73,8 +73,10 @@ def populate(server):
            n_events=100)
     update(server, failed, "failed", pilot_error_code=1137, pilot_error_diag="stage-out failed: " + EVIL,
            trans_exit_code=0, exe_error_code=137)
-    waiting = [j for j in server.call("job/list", {"task_id": task_id}, method="GET")["data"]
-               if j["jobStatus"] == "activated"][0]["PandaID"]
+    # the server's settle duty retries the failed job as a new activated one: wait for it, so that what the
+    # tests read afterwards (pages, /metrics, the database) no longer changes under them
+    retried = wait_jobs(server, task_id, 2, "activated")
+    waiting = min(j["PandaID"] for j in retried)
     body = server.call("job/submit", {"jobs": [{
         "jobName": EVIL, "computingSite": OTHER, "prodSourceLabel": "managed", "transformation": "run.sh",
         "jobParameters": "--x 1", "Files": [{"type": "log", "lfn": "evil.log.tgz", "scope": "test"}]}]})
