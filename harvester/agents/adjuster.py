@@ -20,7 +20,7 @@ import math
 
 import peewee
 
-from harvester import db, models
+from harvester import db, models, pilots
 from harvester.agents.base import Agent
 from harvester.errors import ServerError
 from harvester.states import ACTIVE, QUEUED
@@ -101,7 +101,7 @@ def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=No
     if lim.maxNewWorkersPerMinute is not None:
         limits.append(("maxNewWorkersPerMinute - workers made in the last minute",
                        lim.maxNewWorkersPerMinute - recent))
-    n_pilots = queue.pilot.per_worker if queue.mapType != "OneToOne" else 1
+    n_pilots = pilots.per_worker(queue)
     per_worker = "" if n_pilots == 1 else " x pilot.per_worker"
     per_core, per_mem = max(1, queue.resources.corecount) * n_pilots, max(1, queue.resources.maxrss) * n_pilots
     if lim.nQueueLimitWorkerCores is not None:
