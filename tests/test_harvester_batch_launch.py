@@ -2,6 +2,7 @@
 directory with its own environment, forwards a stop signal, waits for all and exits with one code; rendered by
 every plugin. The block is run here by the real shells a batch node has (dash's sh and bash, which collect
 children differently); on a real Slurm in test_harvester_slurm_live.py."""
+import contextlib
 import os
 import shutil
 import signal
@@ -68,6 +69,13 @@ def test_every_pilot_runs_in_its_own_directory_and_the_job_exits_with_one_code(t
     assert not (tmp_path / "pwned").exists()
 
 
+@contextlib.contextmanager
+def running_block(tmp_path, worker, shell=("sh",)):
+    """The worker's block running in a session of its own; killed with its pilots if the test leaves it running."""
+    with running_block(tmp_path, worker, shell) as proc:
+        yield proc
+
+
 def started(worker, name="up"):
     deadline = time.monotonic() + 30
     while not all(os.path.exists(os.path.join(p.directory, name)) for p in worker.pilots):
@@ -87,18 +95,11 @@ def test_a_stop_signal_to_the_job_script_reaches_every_pilot(tmp_path, shell, co
     forwards it; each pilot stops warmly with its own exit code, and the job's code is built from those codes,
     not from the interrupted wait (bash collects a child inside the trap)."""
     worker = spec(tmp_path, codes, script=STOPPABLE)
-    path = tmp_path / "block.sh"
-    path.write_text(pilot_lines(worker))
-    proc = subprocess.Popen([*shell, str(path)], cwd=tmp_path, start_new_session=True)
-    try:
+    with running_block(tmp_path, worker, shell) as proc:
         started(worker)
         proc.send_signal(signal.SIGTERM)  # the script only, not its process group
         assert proc.wait(30) == expected
         assert all(os.path.exists(os.path.join(p.directory, "stopped")) for p in worker.pilots)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=["sh", "bash"][:len(SHELLS)])
@@ -106,20 +107,13 @@ def test_every_stop_signal_of_the_pilot_is_forwarded_as_itself(tmp_path, shell):
     """Slurm's --signal=B:USR1@N signals the batch shell alone: the pilots get USR1 (a warm stop for them), not
     a TERM, and none is left behind."""
     worker = spec(tmp_path, (0, 0), script=STOPPABLE)
-    path = tmp_path / "block.sh"
-    path.write_text(pilot_lines(worker))
-    proc = subprocess.Popen([*shell, str(path)], cwd=tmp_path, start_new_session=True)
-    try:
+    with running_block(tmp_path, worker, shell) as proc:
         started(worker)
         proc.send_signal(signal.SIGUSR1)
         assert proc.wait(30) == 0
         for pilot in worker.pilots:
             with open(os.path.join(pilot.directory, "stopped")) as handle:
                 assert handle.read().strip() == "USR1"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_each_pilot_s_end_is_written_in_its_directory_as_it_happens(tmp_path):
@@ -129,11 +123,8 @@ def test_each_pilot_s_end_is_written_in_its_directory_as_it_happens(tmp_path):
     body = ('touch "$HARVESTER_WORKDIR/up"; [ "$2" = 3 ] && exit 3; '
             f'while [ ! -e {release} ]; do sleep 0.1; done; exit "$2"')
     worker = spec(tmp_path, (3, 0), script=body)
-    path = tmp_path / "block.sh"
-    path.write_text(pilot_lines(worker))
-    proc = subprocess.Popen(["sh", str(path)], cwd=tmp_path, start_new_session=True)
-    first, second = (os.path.join(p.directory, "pilot.exit") for p in worker.pilots)
-    try:
+    with running_block(tmp_path, worker) as proc:
+        first, second = (os.path.join(p.directory, "pilot.exit") for p in worker.pilots)
         deadline = time.monotonic() + 30
         while not os.path.exists(first):
             assert time.monotonic() < deadline and proc.poll() is None, "pilot-1's end was not written"
@@ -145,10 +136,6 @@ def test_each_pilot_s_end_is_written_in_its_directory_as_it_happens(tmp_path):
         assert proc.wait(30) == 3
         with open(second) as handle:
             assert handle.read() == "0\n"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=["sh", "bash"][:len(SHELLS)])
@@ -156,17 +143,10 @@ def test_a_stop_to_the_process_group_is_one_stop_for_each_pilot(tmp_path, shell)
     """The usual case (local plugin, Slurm, PBS): the scheduler signals every process of the job, and the script
     forwards the signal too; the pilots are not left running, the job ends with their code."""
     worker = spec(tmp_path, (0, 0), script=STOPPABLE)
-    path = tmp_path / "block.sh"
-    path.write_text(pilot_lines(worker))
-    proc = subprocess.Popen([*shell, str(path)], cwd=tmp_path, start_new_session=True)
-    try:
+    with running_block(tmp_path, worker, shell) as proc:
         started(worker)
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_slurm_asks_one_task_with_every_pilot_s_cores(tmp_path):
