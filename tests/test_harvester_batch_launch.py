@@ -72,8 +72,15 @@ def test_every_pilot_runs_in_its_own_directory_and_the_job_exits_with_one_code(t
 @contextlib.contextmanager
 def running_block(tmp_path, worker, shell=("sh",)):
     """The worker's block running in a session of its own; killed with its pilots if the test leaves it running."""
-    with running_block(tmp_path, worker, shell) as proc:
+    path = tmp_path / "block.sh"
+    path.write_text(pilot_lines(worker))
+    proc = subprocess.Popen([*shell, str(path)], cwd=tmp_path, start_new_session=True)
+    try:
         yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def started(worker, name="up"):
