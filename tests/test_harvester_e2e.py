@@ -12,6 +12,12 @@ from harvesterhelp import QUEUE, Testbed, queue_config
 ECHO = '#!/bin/sh\necho "payload ran with: $*"\n'
 
 
+def all_finished(bed):
+    """The workers when there are some and every one is finished, else None."""
+    workers = bed.workers()
+    return workers if workers and all(w["status"] == "finished" for w in workers) else None
+
+
 @pytest.fixture
 def testbed_factory(tmp_path):
     beds = []
@@ -63,8 +69,7 @@ def test_push_mode_pilot_without_server_url(testbed_factory):
     ids = bed.submit(2, transformation=trf)
     bed.start()
     bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "2 jobs finished")
-    workers = bed.wait_for(lambda: (lambda ws: ws if ws and all(w["status"] == "finished" for w in ws) else None)(
-        bed.workers()), "workers finished")
+    workers = bed.wait_for(lambda: all_finished(bed), "workers finished")
     assert len(workers) == 2
     for worker in workers:  # the pilot had no URL and no token: it only ever wrote files
         with open(os.path.join(worker["accessPoint"], "job.sh")) as handle:
@@ -81,8 +86,7 @@ def test_many_to_one(testbed_factory):
     ids = bed.submit(3, transformation=trf)
     bed.start()
     bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "3 jobs finished")
-    workers = bed.wait_for(lambda: (lambda ws: ws if ws and all(w["status"] == "finished" for w in ws) else None)(
-        bed.workers()), "the worker finished")
+    workers = bed.wait_for(lambda: all_finished(bed), "the worker finished")
     assert len(workers) == 1
     with bed.db() as conn:
         bound = {row[0] for row in conn.execute("SELECT panda_id FROM job_worker WHERE worker_id = ?",
@@ -113,8 +117,7 @@ def test_many_to_one_with_two_pilots_in_one_worker(testbed_factory):
     ids = bed.submit(4, transformation=trf)
     bed.start()
     bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "4 jobs finished")
-    workers = bed.wait_for(lambda: (lambda ws: ws if ws and all(w["status"] == "finished" for w in ws) else None)(
-        bed.workers()), "the worker finished")
+    workers = bed.wait_for(lambda: all_finished(bed), "the worker finished")
     assert len(workers) == 1 and workers[0]["cores"] == 2
     ran = pilot_dirs_and_jobs(workers[0])
     assert sorted(ran) == ["pilot-1", "pilot-2"]
@@ -144,8 +147,7 @@ def test_pull_mode_with_three_pilots_in_one_worker(testbed_factory, tmp_path):
     ids = bed.submit(3, transformation=bed.script("meet.sh", rendezvous(meeting, 3)))
     bed.start()
     bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "3 jobs finished")
-    workers = bed.wait_for(lambda: (lambda ws: ws if ws and all(w["status"] == "finished" for w in ws) else None)(
-        bed.workers()), "the worker finished")
+    workers = bed.wait_for(lambda: all_finished(bed), "the worker finished")
     assert len(workers) == 1 and workers[0]["pilots"] == 3 and workers[0]["cores"] == 3
     ran = pilot_dirs_and_jobs(workers[0])
     assert sorted(ran) == ["pilot-1", "pilot-2", "pilot-3"]
