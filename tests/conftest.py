@@ -1,6 +1,7 @@
 """Shared fixtures: database backends (SQLite file always, PostgreSQL when MINIPANDA_TEST_PG_URL is set, which CI
 does), and a real ``minipanda serve`` subprocess on a free loopback port."""
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -54,6 +55,14 @@ def database(db_url):
     database.connect(reuse_if_open=True)
     yield database
     database.close()
+
+
+def own_network_namespace():
+    """argv prefix that runs a command in a new network namespace with loopback up, or None if not allowed."""
+    if not shutil.which("unshare") or not shutil.which("ip"):
+        return None
+    probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True)
+    return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "netns"] if probe.returncode == 0 else None
 
 
 def free_port():

@@ -22,14 +22,13 @@ jobs by pid, and any process left with the test's HOME in its environment is kil
 import os
 import pathlib
 import re
-import shutil
 import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import IN_CI, PG_URL, free_port
+from conftest import IN_CI, PG_URL, free_port, own_network_namespace
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUIDES = ROOT / "docs" / "guides"
@@ -61,14 +60,6 @@ def guide_script(name, replace=(), variables=None):
     if variables:
         body = set_variables(body, variables)
     return "set -ex\ntrap 'kill $(jobs -p) 2>/dev/null || true; wait' EXIT\n" + body
-
-
-def own_network_namespace():
-    """argv prefix that runs a command in a new network namespace with loopback up, or None if not allowed."""
-    if not shutil.which("unshare") or not shutil.which("ip"):
-        return None
-    probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True)
-    return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "netns"] if probe.returncode == 0 else None
 
 
 def with_home(home):

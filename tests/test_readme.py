@@ -9,10 +9,11 @@ fixed port 25080 is free whatever else runs on this machine, and its HOME is a f
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 
 import pytest
+
+from conftest import own_network_namespace
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"^```sh\n(.*?)^```", re.S | re.M)
@@ -25,14 +26,6 @@ def readme_script():
               if NETWORK_DOWNLOADS not in block]
     body = "\n".join(blocks).replace("pip install -e .\n", ":  # installed already\n")
     return "set -ex\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" + body
-
-
-def own_network_namespace():
-    """argv prefix that runs a command in a new network namespace with loopback up, or None if not allowed."""
-    if not shutil.which("unshare") or not shutil.which("ip"):
-        return None
-    probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True)
-    return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "netns"] if probe.returncode == 0 else None
 
 
 def test_every_readme_block_runs_as_written(tmp_path):
