@@ -65,6 +65,18 @@ def own_network_namespace():
     return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "netns"] if probe.returncode == 0 else None
 
 
+def eventually(predicate, timeout=20):
+    """The first true value of ``predicate()`` polled for up to ``timeout`` s, else its last (false) value: for
+    ``assert eventually(...)`` (never a timing assertion: the limit is only a safety net)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    return predicate()
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

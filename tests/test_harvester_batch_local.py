@@ -5,13 +5,14 @@ import json
 import os
 import signal
 import sys
-import time
 
 import pytest
 
 from harvester.batch import LocalBatch, plugin_for
 from harvester.batch.base import FATAL, OK, BatchError, WorkerSpec
 from harvester.transport import LocalTransport
+
+from conftest import eventually as wait_for
 from queueconfig import Queue
 
 QUEUE = Queue.model_validate({"name": "LOCAL_TEST",
@@ -51,16 +52,6 @@ def group_members(pgid):
         if fields and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
             members.append(int(entry))
     return members
-
-
-def wait_for(predicate, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture

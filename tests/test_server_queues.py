@@ -1,15 +1,13 @@
 """minipanda serve --queues FILE: the queue table mirrors the file, reloads on change or SIGHUP, and enforces it."""
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
-from conftest import LiveServer, make_job
+from conftest import LiveServer, make_job, eventually as wait_for
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "queueconfig")
 
@@ -52,15 +50,6 @@ def submit(server, jobs):
 def get_job(server, queue, label="managed"):
     return requests.post(server.url + "/server/panda/getJob", headers=server.headers(),
                          data={"computingElement": queue, "prodSourceLabel": label, "node": "wn"}).json()
-
-
-def wait_for(predicate, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_queue_table_and_queuedata_come_from_the_file(queue_server):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import requests
-from conftest import IN_CI, PG_URL, LiveServer, free_port, reset_postgres
+from conftest import IN_CI, PG_URL, LiveServer, free_port, reset_postgres, eventually as wait_for
 
 LEADS = "this process leads the duties"
 
@@ -30,15 +30,6 @@ class WorkersServer(LiveServer):
 
     def argv(self):
         return super().argv() + ["--workers", str(self.workers), "--leader-retry", "0.3"]
-
-
-def wait_for(predicate, limit=20):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_more_than_one_worker_on_sqlite_is_refused(tmp_path):
