@@ -123,18 +123,27 @@ def test_v3_database_gets_the_harvester_tables_and_keeps_its_workers(tmp_path):
     database.close()
 
 
-def test_v4_database_tells_retry_notes_apart_from_transitions(tmp_path):
-    path = str(tmp_path / "v4.db")
+def reopened_older(tmp_path, version, *statements):
+    """A database as version ``version`` left it (``statements`` take away what came later and add rows), opened
+    again by this version: the upgraded database, connected."""
+    path = str(tmp_path / f"v{version}.db")
     database = schema.open_database("sqlite:///" + path)
     database.connect(reuse_if_open=True)
-    database.execute_sql('ALTER TABLE "status_log" DROP COLUMN "kind"')
-    database.execute_sql("UPDATE config SET value = '4' WHERE key = 'schema_version'")
-    database.execute_sql("INSERT INTO status_log (panda_id, old_status, new_status, time, reason) VALUES "
-                         "(1, 'sent', 'failed', '2026-01-01 00:00:00', 'pilot reported failed'), "
-                         "(1, 'failed', 'failed', '2026-01-01 00:00:01', 'retry: new attempt')")
+    for statement in statements:
+        database.execute_sql(statement)
+    database.execute_sql(f"UPDATE config SET value = '{version}' WHERE key = 'schema_version'")
     database.close()
     database = schema.open_database("sqlite:///" + path)
     database.connect(reuse_if_open=True)
+    return database
+
+
+def test_v4_database_tells_retry_notes_apart_from_transitions(tmp_path):
+    database = reopened_older(
+        tmp_path, 4, 'ALTER TABLE "status_log" DROP COLUMN "kind"',
+        "INSERT INTO status_log (panda_id, old_status, new_status, time, reason) VALUES "
+        "(1, 'sent', 'failed', '2026-01-01 00:00:00', 'pilot reported failed'), "
+        "(1, 'failed', 'failed', '2026-01-01 00:00:01', 'retry: new attempt')")
     assert schema.schema_version(database) == schema.SCHEMA_VERSION
     kinds = [(r.old_status, r.new_status, r.kind) for r in models.StatusLog.select().order_by(models.StatusLog.id)]
     assert kinds == [("sent", "failed", "transition"), ("failed", "failed", "note")]
@@ -142,16 +151,10 @@ def test_v4_database_tells_retry_notes_apart_from_transitions(tmp_path):
 
 
 def test_v5_database_gets_the_harvester_agent_figures_column(tmp_path):
-    path = str(tmp_path / "v5.db")
-    database = schema.open_database("sqlite:///" + path)
-    database.connect(reuse_if_open=True)
-    database.execute_sql('ALTER TABLE "harvester_instance" DROP COLUMN "agents"')
-    database.execute_sql("UPDATE config SET value = '5' WHERE key = 'schema_version'")
-    database.execute_sql("INSERT INTO harvester_instance (harvester_id, host, version, last_heartbeat) VALUES "
-                         "('h1', 'host1', '0.1.0', '2026-01-01 00:00:00')")
-    database.close()
-    database = schema.open_database("sqlite:///" + path)
-    database.connect(reuse_if_open=True)
+    database = reopened_older(
+        tmp_path, 5, 'ALTER TABLE "harvester_instance" DROP COLUMN "agents"',
+        "INSERT INTO harvester_instance (harvester_id, host, version, last_heartbeat) VALUES "
+        "('h1', 'host1', '0.1.0', '2026-01-01 00:00:00')")
     assert schema.schema_version(database) == schema.SCHEMA_VERSION == 6
     row = models.HarvesterInstance.get_by_id("h1")
     assert (row.host, row.agents) == ("host1", None)
