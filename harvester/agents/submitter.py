@@ -253,14 +253,12 @@ def recover_interrupted(context, now):
         queue = context.queues.get(worker.queue)
         batch_id = None
         if queue is not None:
-            find = getattr(context.plugin(queue), "find", None)
-            if find is not None:
-                try:
-                    batch_id = find(worker.access_point or context.access_point(queue, worker.worker_id))
-                except Exception as exc:  # "cannot tell" is not "not there": giving up now could run it twice
-                    log.warning("worker %s: cannot look up its interrupted submission yet: %s", worker.worker_id,
-                                exc)
-                    continue
+            try:
+                batch_id = context.plugin(queue).find(worker.access_point or context.access_point(queue,
+                                                                                                 worker.worker_id))
+            except Exception as exc:  # "cannot tell" is not "not there": giving up now could run it twice
+                log.warning("worker %s: cannot look up its interrupted submission yet: %s", worker.worker_id, exc)
+                continue
         if batch_id:
             models.Worker.update(batch_id=batch_id, submit_phase="done", modification_time=now, reported=False) \
                 .where(models.Worker.worker_id == worker.worker_id).execute()

@@ -135,5 +135,14 @@ class BatchSystem:
         """Cancel batch jobs (one call where the scheduler allows it)."""
         raise NotImplementedError
 
+    def find(self, access_point):
+        """The batch id of the job submitted for ``access_point``, or None when the batch system has none: how a
+        submission that a killed harvester left unrecorded is recovered, never submitted twice.
+
+        Raises:
+            BatchError: the batch system cannot tell now (a lookup that fails is never "not there").
+        """
+        raise NotImplementedError
+
     def forget(self, batch_ids):
         """Drop what the plugin keeps of ended batch jobs (the sweeper calls it once a worker is cleaned up)."""
