@@ -14,6 +14,8 @@ Ctrl-C/SIGTERM.
 
 This package is the one place that runs the server and harvester in one process: ``minipanda`` and ``harvester``
 never import each other, and ``minipanda testbed`` hands its arguments over to :mod:`testbed.cli`.
-Modules: ``cli`` (options), ``bed`` (the run: home, server, harvester, demo task, stop), ``processes`` (process
-tree helpers), ``progress`` (the bar and the plain lines).
+Modules: ``cli`` (options), ``bed`` (the run: server and harvester on threads, following the task, the stop),
+``config`` (the home, the log file, the queue and the settings), ``demo`` (the demo task's inputs, payload and
+progress), ``processes`` (the pilots and every process below this one: found, collected, stopped), ``summary``
+(summary.json and the closing lines), ``progress`` (the bar and the plain lines).
 """

@@ -3,7 +3,8 @@ import argparse
 import os
 import tempfile
 
-from testbed.bed import PREFERRED_PORT, Testbed
+from testbed.bed import Testbed
+from testbed.config import PREFERRED_PORT
 
 DESCRIPTION = """Run a complete minipanda system on this machine: the server and harvester in this process, pilots
 as local batch workers, SQLite in a fresh home, and a demo task of --jobs jobs; each job reads one input file from

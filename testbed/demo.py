@@ -1,0 +1,76 @@
+"""The demo task: one small input file per job in the server's file store, a payload that reads it and writes
+an output, and the task's progress read from the server's database."""
+import io
+import os
+import shlex
+import uuid
+import zlib
+
+from testbed.config import QUEUE
+
+DATASET = "testbed.demo.in"
+TASK_NAME = "testbed.demo"
+OUTPUT = "out.txt"
+
+
+def adler32(data):
+    return f"{zlib.adler32(data) & 0xffffffff:08x}"
+
+
+def payload_command(job_seconds, fail_marks=None):
+    """(Fail once when this input's mark is in ``fail_marks``,) sleep, then the input upper-cased into out.txt."""
+    parts = []
+    if fail_marks:
+        marks = shlex.quote(fail_marks)
+        parts.append(f'if rm {marks}/%IN 2>/dev/null; then echo "testbed: failing once on purpose" >&2; '
+                     "exit 3; fi")
+    if job_seconds > 0:
+        parts.append(f"sleep {job_seconds:g}")
+    parts.append(f"tr a-z A-Z < %IN > {OUTPUT}")
+    return "; ".join(parts)
+
+
+def input_files(jobs):
+    """(lfn, content) of the demo dataset: one small text file per job."""
+    for i in range(jobs):
+        lfn = f"in.{i:06d}.txt"
+        yield lfn, (f"minipanda testbed input {i} of {jobs}\n"
+                    f"the payload upper-cases this file into its output\n").encode()
+
+
+def submit(v1, home, jobs, job_seconds, fail_some):
+    """Put the inputs in ``home.data`` and in the file store, register the dataset, submit the task: its id.
+
+    ``v1(path, **params)`` calls the server's API. With ``fail_some``, every 10th input gets a mark in
+    ``home.fail_marks``: its first payload removes the mark and fails.
+    """
+    from minipanda.core import filestore
+
+    store = filestore.FileStore(os.path.join(home.server, "files"))
+    if fail_some:
+        os.makedirs(home.fail_marks, exist_ok=True)
+    files = []
+    for i, (lfn, content) in enumerate(input_files(jobs)):
+        with open(os.path.join(home.data, lfn), "wb") as handle:
+            handle.write(content)
+        store.put(DATASET, lfn, io.BytesIO(content), len(content), len(content))
+        files.append({"lfn": lfn, "fsize": len(content), "checksum": "ad:" + adler32(content),
+                      "guid": str(uuid.uuid4()), "location": home.data})
+        if fail_some and i % 10 == 0:
+            open(os.path.join(home.fail_marks, lfn), "w").close()
+    v1("dataset/add", name=DATASET, files=files)
+    params = {"taskName": TASK_NAME, "exec": payload_command(job_seconds, home.fail_marks if fail_some else None),
+              "inDS": DATASET, "nFilesPerJob": 1, "outputs": [OUTPUT], "site": [QUEUE], "nScouts": 0,
+              "maxAttempt": 3, "prodSourceLabel": "managed", "coreCount": 1, "ramCount": 500, "walltime": 600}
+    return v1("task/submit", task_parameters=params, parent_tid=None)
+
+
+def task_state(task_id):
+    """The task's status and its jobs by status (in-process read of the server's database)."""
+    import peewee
+    from minipanda.core import models
+
+    task = models.Task.get_by_id(task_id)
+    counts = dict(models.Job.select(models.Job.status, peewee.fn.COUNT(models.Job.panda_id))
+                  .where(models.Job.task_id == task_id).group_by(models.Job.status).tuples())
+    return {"task": task.status, "jobs": counts}
