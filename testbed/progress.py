@@ -16,9 +16,15 @@ class Progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
                 TimeElapsedColumn
+            from rich.table import Column
 
-            self.bar = RichProgress(TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(),
-                                    TimeElapsedColumn(), TextColumn("{task.description}"),
+            # The counts first, never cut: on a narrow terminal only the description (the one column that may
+            # wrap) gives way, onto a second line; the bar keeps a small fixed width at the end.
+            fixed = Column(no_wrap=True)
+            self.bar = RichProgress(TextColumn("[bold]jobs", table_column=fixed),
+                                    MofNCompleteColumn(table_column=fixed), TimeElapsedColumn(table_column=fixed),
+                                    TextColumn("{task.description}", table_column=Column()),
+                                    BarColumn(bar_width=10, table_column=fixed),
                                     console=Console(file=out), transient=False)
             self.task = self.bar.add_task("", total=total)
             self.bar.start()
