@@ -18,6 +18,7 @@ import sys
 
 from harvester import __version__, db, models
 from harvester.errors import AlreadyRunning, HarvesterError
+from queueconfig.service import quiet_on_closed_pipe
 
 log = logging.getLogger("harvester")
 DEFAULT_SERVER = "http://127.0.0.1:25080"
@@ -87,6 +88,7 @@ def parser():
     return top
 
 
+@quiet_on_closed_pipe
 def main(argv=None):
     args = parser().parse_args(argv)
     home = os.path.abspath(os.path.expanduser(args.home))
@@ -109,9 +111,6 @@ def main(argv=None):
     except HarvesterError as exc:
         print(f"harvester: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        sys.stderr.close()  # `harvester workers | head`: the reader left; nothing to report
-        return 0
 
 
 def show_settings():

@@ -7,6 +7,7 @@
 """
 import argparse
 import os
+import select
 import sys
 
 from pilot import __version__, comm
@@ -60,7 +61,30 @@ def run_parser():
 
 
 def main(argv=None):
-    """Entry point of ``pilot``; returns the exit code."""
+    """Entry point of ``pilot``; returns the exit code (0 when the reader of stdout went away: ``| head -1``)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a buffered tail is written here, inside the try, not at exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nowhere left for the exit-time flush
+        return 0
+
+
+def _stdout_reader_gone():
+    """True when stdout is a pipe whose reading end is closed (the pilot imports nothing of queueconfig, where
+    the other commands' copy of this lives)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _main(argv):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in commands():
         return commands()[argv[0]][0](argv[1:])

@@ -5,7 +5,6 @@ command line.
 """
 import argparse
 import json
-import os
 import sys
 
 import yaml
@@ -14,6 +13,7 @@ from queueconfig.errors import ConfigError
 from queueconfig.loader import load
 from queueconfig.schedconfig import queuedata
 from queueconfig.schema import Queue
+from queueconfig.service import quiet_on_closed_pipe
 
 _EPILOG = """examples:
   queueconfig lint queues.yaml                 check a file; all errors at once
@@ -55,6 +55,7 @@ def build_parser():
     return parser
 
 
+@quiet_on_closed_pipe
 def main(argv=None):
     """Run the command; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -71,11 +72,7 @@ def main(argv=None):
     if not getattr(args, "quiet", False):
         for warning in config.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-    try:
-        return {"lint": _lint, "show": _show, "convert": _convert}[args.command](config, args)
-    except BrokenPipeError:  # e.g. "queueconfig show FILE | head": not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return {"lint": _lint, "show": _show, "convert": _convert}[args.command](config, args)
 
 
 def _lint(config, args):

@@ -11,6 +11,7 @@ from minipanda.cli.tables import print_table
 from minipanda.core import auth
 from minipanda.errors import ClientError
 from minipanda.server import process
+from queueconfig.service import quiet_on_closed_pipe
 
 EPILOG = """environment:
   MINIPANDA_HOME   home directory (database, signing secret, trf/); default ~/.minipanda
@@ -24,18 +25,9 @@ HOME_HELP = "home directory (default $MINIPANDA_HOME or ~/.minipanda)"
 DB_HELP = "database URL (default sqlite:///<home>/minipanda.db), as given to 'serve'"
 
 
+@quiet_on_closed_pipe
 def main(argv=None):
     """Run the ``minipanda`` command; returns its exit status."""
-    try:
-        return run(argv)
-    except BrokenPipeError:
-        # The reader went away (`minipanda job list | head`): stop quietly, and keep Python from complaining
-        # again when it flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-
-
-def run(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

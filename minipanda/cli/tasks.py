@@ -19,7 +19,7 @@ FLAT_INT_OPTIONS = ("nFilesPerJob", "nEventsPerJob", "nJobs", "coreCount", "ramC
                     "taskPriority", "nScouts")
 FLAT_INT_HELP = {
     "nFilesPerJob": "input files per job", "nEventsPerJob": "events per job (inputs with events)",
-    "nJobs": "number of jobs (without input: %RNDM and the serial number differ per job)",
+    "nJobs": "number of jobs (without input: %%RNDM and the serial number differ per job)",
     "coreCount": "cores per job (default 1)", "ramCount": "memory per job in MB",
     "walltime": "walltime per job in seconds", "maxAttempt": "attempts per input before it fails (default 3)",
     "taskPriority": "the task's priority (admin/production)", "nScouts": "scout jobs before the rest (default 3)",
