@@ -148,9 +148,22 @@ def _load(content, source, syntax):
     queues, more_issues, more_warnings = _build(entries, source, lines)
     ours = {"version": FORMAT_VERSION, "queues": {entry.name: entry.raw for entry in entries}}
     config = QueueConfig(queues=MappingProxyType(queues), version_id=version_id,
-                         warnings=tuple(dict.fromkeys(warnings + more_warnings)), source=source, format=fmt,
-                         _document=MappingProxyType(ours))
-    return config, issues + more_issues
+                         warnings=tuple(in_line_order(dict.fromkeys(warnings + more_warnings), source)),
+                         source=source, format=fmt, _document=MappingProxyType(ours))
+    return config, in_line_order(issues + more_issues, source, key=lambda issue: issue[1])
+
+
+def in_line_order(messages, source, key=lambda message: message):
+    """``messages`` sorted by the line they name (``file:LINE: ...``), as an editor walks the file; the file's own
+    messages (no line) first; equal lines keep their order (the schema's, then the cross-key rules')."""
+    prefix = f"{source}:"
+
+    def line(item):
+        text = key(item)
+        digits = text[len(prefix):].split(":", 1)[0] if text.startswith(prefix) else ""
+        return int(digits) if digits.isdigit() else 0
+
+    return sorted(messages, key=line)
 
 
 def _empty(source):

@@ -110,3 +110,13 @@ def test_help_and_usage_errors():
     assert done.returncode == 2 and "COMMAND" in done.stderr
     done = subprocess.run([sys.executable, "-m", "queueconfig", "lint", OURS], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("ok, 6 queues")
+
+
+def test_lint_lists_errors_in_line_order(capsys, tmp_path):
+    """The schema reports keys in its own field order (resources before batch); lint follows the file."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("queues:\n  A:\n    batch: {system: slurmm}\n    resources: {corecount: x}\n"
+                   "    limits: {maxWorkers: -1}\n    pilot: {lifetime: abc}\n  B:\n    status: onlin\n")
+    status, out, err = run(capsys, "lint", str(bad))
+    lines = [int(line.split(":")[1]) for line in err.splitlines() if line.startswith(str(bad))]
+    assert status == 1 and lines == [3, 4, 5, 6, 8], err
