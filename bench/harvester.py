@@ -246,7 +246,7 @@ def part_submit(args, base):
     from harvester import db, models
     from harvester.agents.submitter import Submitter
     from harvester.batch.base import OK, WorkerSpec
-    from harvester.server import ServerClient
+    from harvester.client import ServerClient
     from harvester.states import utcnow
     from harvesterhelp import QUEUE, Testbed, queue_config
 

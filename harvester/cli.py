@@ -105,9 +105,9 @@ def main(argv=None):
                   file=sys.stderr)
             return 2
         db.open_database(path)
-        from harvester import report
+        from harvester import cli_tables
 
-        return getattr(report, args.command)(args)
+        return getattr(cli_tables, args.command)(args)
     except HarvesterError as exc:
         print(f"harvester: {exc}", file=sys.stderr)
         return 2
@@ -186,7 +186,7 @@ def run(args, home):
     from harvester.context import Context
     from harvester.queues import QueueFile
     from harvester.runner import Runner
-    from harvester.server import ServerClient
+    from harvester.client import ServerClient
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")

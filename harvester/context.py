@@ -35,7 +35,7 @@ class Context:
 
     Args:
         home: harvester's home directory.
-        server: a :class:`harvester.server.ServerClient`.
+        server: a :class:`harvester.client.ServerClient`.
         settings: :class:`Settings`.
         harvester_id: this harvester's name on the server.
     """

@@ -178,7 +178,7 @@ class Testbed:
         from harvester.context import Context
         from harvester.queues import QueueFile
         from harvester.runner import Runner
-        from harvester.server import ServerClient
+        from harvester.client import ServerClient
 
         settings = config.harvester_settings(self.args.harvester_setting)
         queue_file = QueueFile(self.home.queues)

@@ -255,7 +255,7 @@ def test_recover_interrupted_never_resubmits(tmp_path):
     from harvester.agents.submitter import Submitter, recover_interrupted
     from harvester.batch.base import OK, WorkerSpec
     from harvester.context import Context, Settings
-    from harvester.server import ServerClient
+    from harvester.client import ServerClient
     from harvester.states import utcnow
     from queueconfig.loader import load_partial
 
