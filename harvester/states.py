@@ -32,19 +32,18 @@ class WorkerStatus(str, enum.Enum):
         return self.value
 
 
-S = WorkerStatus
-FINAL = frozenset({S.FINISHED, S.FAILED, S.CANCELLED, S.MISSED})
-QUEUED = frozenset({S.SUBMITTED, S.READY})  # asked for, not yet running a pilot
-ACTIVE = frozenset({S.RUNNING, S.IDLE})
+FINAL = frozenset({WorkerStatus.FINISHED, WorkerStatus.FAILED, WorkerStatus.CANCELLED, WorkerStatus.MISSED})
+QUEUED = frozenset({WorkerStatus.SUBMITTED, WorkerStatus.READY})  # asked for, not yet running a pilot
+ACTIVE = frozenset({WorkerStatus.RUNNING, WorkerStatus.IDLE})
 
 # The one table: status -> the statuses it may move to. A batch system may skip steps (a short pilot is seen
 # submitted, then finished), so every live state may end; nothing goes back to submitted.
 TRANSITIONS = {
-    S.SUBMITTED: {S.READY, S.RUNNING, S.IDLE, *FINAL},
-    S.READY: {S.RUNNING, S.IDLE, *FINAL - {S.MISSED}},
-    S.RUNNING: {S.IDLE, S.FINISHED, S.FAILED, S.CANCELLED},
-    S.IDLE: {S.RUNNING, S.FINISHED, S.FAILED, S.CANCELLED},
-    S.FINISHED: set(), S.FAILED: set(), S.CANCELLED: set(), S.MISSED: set(),
+    WorkerStatus.SUBMITTED: {WorkerStatus.READY, WorkerStatus.RUNNING, WorkerStatus.IDLE, *FINAL},
+    WorkerStatus.READY: {WorkerStatus.RUNNING, WorkerStatus.IDLE, *FINAL - {WorkerStatus.MISSED}},
+    WorkerStatus.RUNNING: {WorkerStatus.IDLE, WorkerStatus.FINISHED, WorkerStatus.FAILED, WorkerStatus.CANCELLED},
+    WorkerStatus.IDLE: {WorkerStatus.RUNNING, WorkerStatus.FINISHED, WorkerStatus.FAILED, WorkerStatus.CANCELLED},
+    WorkerStatus.FINISHED: set(), WorkerStatus.FAILED: set(), WorkerStatus.CANCELLED: set(), WorkerStatus.MISSED: set(),
 }
 
 

@@ -3,7 +3,7 @@ import pytest
 
 from harvester import db, models
 from harvester.errors import TransitionError
-from harvester.states import FINAL, TRANSITIONS, S, change_worker_status
+from harvester.states import FINAL, TRANSITIONS, WorkerStatus, change_worker_status
 
 
 @pytest.fixture
@@ -14,17 +14,17 @@ def database(tmp_path):
 
 
 def test_table_covers_every_state_and_final_states_are_final():
-    assert set(TRANSITIONS) == set(S)
+    assert set(TRANSITIONS) == set(WorkerStatus)
     for state in FINAL:
         assert TRANSITIONS[state] == set()
     for old, targets in TRANSITIONS.items():
-        assert S.SUBMITTED not in targets, f"{old} may not go back to submitted"
+        assert WorkerStatus.SUBMITTED not in targets, f"{old} may not go back to submitted"
 
 
 def test_change_writes_times_log_and_unreported(database):
     worker = models.Worker.create(queue="Q", status="submitted", reported=True)
-    assert change_worker_status(worker, S.RUNNING, "batch system: RUNNING")
-    assert change_worker_status(worker, S.FAILED, "batch system: exit 3", diag="pilot exit code 3")
+    assert change_worker_status(worker, WorkerStatus.RUNNING, "batch system: RUNNING")
+    assert change_worker_status(worker, WorkerStatus.FAILED, "batch system: exit 3", diag="pilot exit code 3")
     row = models.Worker.get_by_id(worker.worker_id)
     assert (row.status, row.diag, row.reported) == ("failed", "pilot exit code 3", False)
     assert row.start_time is not None and row.end_time is not None
@@ -36,7 +36,7 @@ def test_change_writes_times_log_and_unreported(database):
 @pytest.mark.parametrize("final", sorted(FINAL))
 def test_final_states_never_change(database, final):
     worker = models.Worker.create(queue="Q", status=final.value)
-    for target in S:
+    for target in WorkerStatus:
         if target != final:
             with pytest.raises(TransitionError):
                 change_worker_status(worker, target, "try")
@@ -46,8 +46,9 @@ def test_final_states_never_change(database, final):
 def test_a_stale_row_loses_the_conditional_update(database):
     worker = models.Worker.create(queue="Q", status="submitted")
     stale = models.Worker.get_by_id(worker.worker_id)
-    assert change_worker_status(worker, S.RUNNING, "first")
-    assert not change_worker_status(stale, S.CANCELLED, "second, from an old read")  # expected submitted: lost
+    assert change_worker_status(worker, WorkerStatus.RUNNING, "first")
+    # expected submitted: lost
+    assert not change_worker_status(stale, WorkerStatus.CANCELLED, "second, from an old read")
     assert models.Worker.get_by_id(worker.worker_id).status == "running"
     assert models.WorkerStatusLog.select().count() == 1
 

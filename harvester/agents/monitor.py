@@ -18,14 +18,14 @@ from harvester.batch.base import OK
 from harvester.batch.launch import PILOT_EXIT
 from harvester.errors import MessengerError
 from harvester.messenger import Messenger
-from harvester.states import ACTIVE, FINAL, QUEUED, S, change_worker_status
+from harvester.states import ACTIVE, FINAL, QUEUED, WorkerStatus, change_worker_status
 
 log = logging.getLogger(__name__)
 LIVE = [s.value for s in QUEUED | ACTIVE]
-W = models.Worker
 # what follow() and change_worker_status read
-MONITOR_COLUMNS = (W.worker_id, W.queue, W.status, W.batch_id, W.access_point, W.n_pilots, W.waiting_pilots,
-                   W.start_time, W.last_seen, W.last_plugin_output, W.kill_reason, W.diag)
+MONITOR_COLUMNS = tuple(getattr(models.Worker, name) for name in (
+    "worker_id", "queue", "status", "batch_id", "access_point", "n_pilots", "waiting_pilots", "start_time",
+    "last_seen", "last_plugin_output", "kill_reason", "diag"))
 FAILED_IN_A_ROW = 3  # this many failed workers back the queue off (it doubles with each further failure)
 PILOT_NO_JOB = 82  # pilot3's and our pilot's exit code when the server had no job for it
 
@@ -90,35 +90,36 @@ class Monitor(Agent):
             return
         native = result.states.get(worker.batch_id)
         if native is None:
-            change_worker_status(worker, S.FAILED, f"the batch system no longer knows batch job {worker.batch_id}",
+            change_worker_status(worker, WorkerStatus.FAILED,
+                                 f"the batch system no longer knows batch job {worker.batch_id}",
                                  now, diag=f"batch job {worker.batch_id} vanished")
             return
         if native.diag and native.diag != worker.last_plugin_output:
             models.Worker.update(last_plugin_output=native.diag[:4000]).where(
                 models.Worker.worker_id == worker.worker_id).execute()
-        target = S(native.state)
-        if target == worker.status or target in (S.SUBMITTED, S.READY) and worker.status != S.SUBMITTED.value:
+        target = WorkerStatus(native.state)
+        if target == worker.status or target in QUEUED and worker.status != WorkerStatus.SUBMITTED.value:
             return
         reason = f"batch system: {native.diag}" if native.diag else f"batch system says {target}"
-        if target == S.FAILED and native.exit_code == PILOT_NO_JOB:  # a pilot that found no job did no harm
-            target, reason = S.FINISHED, f"{reason} (the pilot found no job)"
-        if target in FINAL and worker.kill_reason and target != S.FINISHED:
-            target, reason = S.CANCELLED, f"killed: {worker.kill_reason} ({reason})"
+        if target == WorkerStatus.FAILED and native.exit_code == PILOT_NO_JOB:  # a pilot that found no job did no harm
+            target, reason = WorkerStatus.FINISHED, f"{reason} (the pilot found no job)"
+        if target in FINAL and worker.kill_reason and target != WorkerStatus.FINISHED:
+            target, reason = WorkerStatus.CANCELLED, f"killed: {worker.kill_reason} ({reason})"
         if change_worker_status(worker, target, reason, now, diag=native.diag if target in FINAL else None):
             self.note_end(queue, target, native.diag, now)
 
     def note_end(self, queue, target, diag, now):
         """Pilots that keep failing (a broken pilot, an unreachable server) back their queue off instead of being
         replaced every cycle; a worker that finishes clears it."""
-        if target == S.FINISHED:
+        if target == WorkerStatus.FINISHED:
             self.queue_succeeded(queue.name)
-        elif target == S.FAILED:
+        elif target == WorkerStatus.FAILED:
             last = [status for (status,) in models.Worker.select(models.Worker.status)
                     .where(models.Worker.queue == queue.name,
-                           models.Worker.status.in_([S.FINISHED.value, S.FAILED.value]))
+                           models.Worker.status.in_([WorkerStatus.FINISHED.value, WorkerStatus.FAILED.value]))
                     .order_by(models.Worker.end_time.desc(), models.Worker.worker_id.desc())
                     .limit(FAILED_IN_A_ROW).tuples()]
-            if len(last) == FAILED_IN_A_ROW and set(last) == {S.FAILED.value}:
+            if len(last) == FAILED_IN_A_ROW and set(last) == {WorkerStatus.FAILED.value}:
                 self.queue_failed(queue.name, f"{FAILED_IN_A_ROW} workers in a row failed (last: {diag})", now)
 
     # ---- the pilot's files --------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from harvester.agents.base import Agent
 from harvester.batch.base import FATAL, OK, PilotLaunch, WorkerSpec
 from harvester.errors import ServerError
 from harvester.messenger import Messenger
-from harvester.states import S, change_worker_status
+from harvester.states import WorkerStatus, change_worker_status
 from queueconfig.schedconfig import queuedata
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ class Submitter(Agent):
             walltime, n_pilots = pilots.worker_walltime(queue), pilots.per_worker(queue)
             for jobs in chunks:
                 worker = models.Worker.create(
-                    queue=queue.name, status=S.SUBMITTED.value, map_type=queue.mapType, submit_phase="pending",
+                    queue=queue.name, status=WorkerStatus.SUBMITTED.value, map_type=queue.mapType,
+                    submit_phase="pending",
                     cores=queue.resources.corecount * n_pilots, memory_mb=queue.resources.maxrss * n_pilots,
                     n_pilots=n_pilots, walltime_s=walltime, modification_time=now, status_changed=now)
                 models.WorkerStatusLog.create(worker_id=worker.worker_id, old_status=None, new_status="submitted",
@@ -75,7 +76,7 @@ class Submitter(Agent):
     def submit_queue(self, queue, now):
         self.create_workers(queue, now)
         due = ((models.Worker.queue == queue.name) & (models.Worker.submit_phase == "pending")
-               & (models.Worker.status == S.SUBMITTED.value)
+               & (models.Worker.status == WorkerStatus.SUBMITTED.value)
                & (models.Worker.next_attempt.is_null() | (models.Worker.next_attempt <= now)))
         workers = db.claim_workers(self.owner, due, self.ctx.settings.lease_s, now)
         if not workers:
@@ -205,8 +206,8 @@ class Submitter(Agent):
         limit = queue.limits.maxSubmissionAttempts
         if fatal or (counted and attempts >= limit):
             why = "fatal" if fatal else f"{attempts} of {limit} attempts used"
-            worker.status = S.SUBMITTED.value
-            change_worker_status(worker, S.MISSED, f"{message} ({why})", now, diag=message)
+            worker.status = WorkerStatus.SUBMITTED.value
+            change_worker_status(worker, WorkerStatus.MISSED, f"{message} ({why})", now, diag=message)
             models.Worker.update(submit_phase="done").where(models.Worker.worker_id == worker.worker_id).execute()
             release_jobs(worker.worker_id)
             return
@@ -268,7 +269,8 @@ def recover_interrupted(context, now):
                                                  f"{batch_id}")
             log.warning("worker %s: interrupted submission recovered as batch job %s", worker.worker_id, batch_id)
         else:
-            change_worker_status(worker, S.MISSED, "harvester stopped while submitting and the batch system has no "
+            change_worker_status(worker, WorkerStatus.MISSED,
+                                 "harvester stopped while submitting and the batch system has no "
                                                    "such job: given up, not resubmitted", now,
                                  diag="submission interrupted")
             models.Worker.update(submit_phase="done").where(models.Worker.worker_id == worker.worker_id).execute()

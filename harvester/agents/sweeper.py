@@ -16,7 +16,7 @@ from harvester.agents.base import Agent
 from harvester.agents.submitter import release_jobs
 from harvester.batch.base import OK
 from harvester.errors import ServerError
-from harvester.states import ACTIVE, FINAL, QUEUED, S, change_worker_status
+from harvester.states import ACTIVE, FINAL, QUEUED, WorkerStatus, change_worker_status
 
 log = logging.getLogger(__name__)
 LIVE = [s.value for s in QUEUED | ACTIVE]
@@ -58,7 +58,8 @@ class Sweeper(Agent):
         try:
             unsubmitted = [w for w in workers if not w.batch_id and w.submit_phase == "pending"]
             for worker in unsubmitted:
-                change_worker_status(worker, S.CANCELLED, f"killed before submission: {worker.kill_reason}", now,
+                change_worker_status(worker, WorkerStatus.CANCELLED,
+                                     f"killed before submission: {worker.kill_reason}", now,
                                      diag=worker.kill_reason)
                 models.Worker.update(submit_phase="done").where(models.Worker.worker_id == worker.worker_id).execute()
                 release_jobs(worker.worker_id)
@@ -71,7 +72,7 @@ class Sweeper(Agent):
                 models.Worker.update(last_plugin_output=f"cancel: {status}: {message}"[:4000]) \
                     .where(models.Worker.worker_id == worker.worker_id).execute()
                 if status == OK:
-                    change_worker_status(worker, S.CANCELLED, f"killed: {worker.kill_reason}", now,
+                    change_worker_status(worker, WorkerStatus.CANCELLED, f"killed: {worker.kill_reason}", now,
                                          diag=worker.kill_reason)
                     self.killed += 1
                 else:
@@ -81,8 +82,10 @@ class Sweeper(Agent):
             db.release_workers(self.owner, [w.worker_id for w in workers])
 
     def clean(self, queue, now):
-        keep = {S.FINISHED.value: queue.sweeper.keep_finished, S.CANCELLED.value: queue.sweeper.keep_finished,
-                S.FAILED.value: queue.sweeper.keep_failed, S.MISSED.value: queue.sweeper.keep_failed}
+        keep = {WorkerStatus.FINISHED.value: queue.sweeper.keep_finished,
+                WorkerStatus.CANCELLED.value: queue.sweeper.keep_finished,
+                WorkerStatus.FAILED.value: queue.sweeper.keep_failed,
+                WorkerStatus.MISSED.value: queue.sweeper.keep_failed}
         transport = None
         for status, seconds in keep.items():
             before = now - datetime.timedelta(seconds=seconds)

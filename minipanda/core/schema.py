@@ -62,14 +62,14 @@ def start_task_ids(db):
 
 def _migration_4(db, migrator):
     """Harvester: the worker as harvester reports it; harvester instances, commands and worker statistics."""
-    W = models.Worker
+    Worker = models.Worker
     db.create_tables(models.HARVESTER_MODELS, safe=True)
     if "worker" not in db.get_tables():  # a version 1 database never had one: it is made whole, as it is now
-        db.create_tables([W])
+        db.create_tables([Worker])
         return
     migrate(*[migrator.add_column("worker", field.column_name, field) for field in
-              (W.status, W.batch_id, W.n_core, W.n_memory, W.walltime, W.submit_time, W.diag, W.access_point,
-               W.pandaid_list)])
+              (Worker.status, Worker.batch_id, Worker.n_core, Worker.n_memory, Worker.walltime, Worker.submit_time,
+               Worker.diag, Worker.access_point, Worker.pandaid_list)])
     db.execute_sql('CREATE INDEX IF NOT EXISTS "worker_site_status" ON "worker" ("computing_site", "status")')
 
 

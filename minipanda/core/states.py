@@ -55,50 +55,63 @@ class TaskStatus(str, enum.Enum):
     BROKEN = "broken"
 
 
-J = JobStatus
-FINAL_JOB_STATES = frozenset({J.FINISHED, J.FAILED, J.CLOSED, J.CANCELLED})
-QUEUED_JOB_STATES = frozenset({J.PENDING, J.DEFINED, J.ASSIGNED, J.ACTIVATED})
-ACTIVE_JOB_STATES = frozenset({J.SENT, J.STARTING, J.RUNNING, J.HOLDING, J.MERGING, J.TRANSFERRING})
+FINAL_JOB_STATES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CLOSED, JobStatus.CANCELLED})
+QUEUED_JOB_STATES = frozenset({JobStatus.PENDING, JobStatus.DEFINED, JobStatus.ASSIGNED, JobStatus.ACTIVATED})
+ACTIVE_JOB_STATES = frozenset({JobStatus.SENT, JobStatus.STARTING, JobStatus.RUNNING, JobStatus.HOLDING,
+                               JobStatus.MERGING, JobStatus.TRANSFERRING})
 
 # Allowed job transitions. A pilot may skip intermediate states (a short job can go sent -> finished),
 # but never go back (transferring -> running was a real PanDA bug, panda-server#687), and final states never change.
 JOB_TRANSITIONS = {
-    J.PENDING: {J.DEFINED, J.ASSIGNED, J.ACTIVATED, J.CANCELLED, J.CLOSED, J.FAILED},
-    J.DEFINED: {J.ASSIGNED, J.ACTIVATED, J.CANCELLED, J.CLOSED, J.FAILED},
-    J.ASSIGNED: {J.ACTIVATED, J.CANCELLED, J.CLOSED, J.FAILED},
-    J.ACTIVATED: {J.SENT, J.CANCELLED, J.CLOSED, J.FAILED},
-    J.SENT: {J.STARTING, J.RUNNING, J.HOLDING, J.TRANSFERRING, J.FINISHED, J.FAILED, J.CANCELLED, J.CLOSED},
-    J.STARTING: {J.RUNNING, J.HOLDING, J.TRANSFERRING, J.FINISHED, J.FAILED, J.CANCELLED, J.CLOSED},
-    J.RUNNING: {J.HOLDING, J.TRANSFERRING, J.FINISHED, J.FAILED, J.CANCELLED, J.CLOSED},
-    J.HOLDING: {J.MERGING, J.TRANSFERRING, J.FINISHED, J.FAILED, J.CANCELLED, J.CLOSED},
-    J.MERGING: {J.TRANSFERRING, J.FINISHED, J.FAILED, J.CANCELLED, J.CLOSED},
-    J.TRANSFERRING: {J.FINISHED, J.FAILED, J.CANCELLED, J.CLOSED},
-    J.FINISHED: set(),
-    J.FAILED: set(),
-    J.CLOSED: set(),
-    J.CANCELLED: set(),
+    JobStatus.PENDING: {JobStatus.DEFINED, JobStatus.ASSIGNED, JobStatus.ACTIVATED, JobStatus.CANCELLED,
+                        JobStatus.CLOSED, JobStatus.FAILED},
+    JobStatus.DEFINED: {JobStatus.ASSIGNED, JobStatus.ACTIVATED, JobStatus.CANCELLED, JobStatus.CLOSED,
+                        JobStatus.FAILED},
+    JobStatus.ASSIGNED: {JobStatus.ACTIVATED, JobStatus.CANCELLED, JobStatus.CLOSED, JobStatus.FAILED},
+    JobStatus.ACTIVATED: {JobStatus.SENT, JobStatus.CANCELLED, JobStatus.CLOSED, JobStatus.FAILED},
+    JobStatus.SENT: {JobStatus.STARTING, JobStatus.RUNNING, JobStatus.HOLDING, JobStatus.TRANSFERRING,
+                     JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.CLOSED},
+    JobStatus.STARTING: {JobStatus.RUNNING, JobStatus.HOLDING, JobStatus.TRANSFERRING, JobStatus.FINISHED,
+                         JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.CLOSED},
+    JobStatus.RUNNING: {JobStatus.HOLDING, JobStatus.TRANSFERRING, JobStatus.FINISHED, JobStatus.FAILED,
+                        JobStatus.CANCELLED, JobStatus.CLOSED},
+    JobStatus.HOLDING: {JobStatus.MERGING, JobStatus.TRANSFERRING, JobStatus.FINISHED, JobStatus.FAILED,
+                        JobStatus.CANCELLED, JobStatus.CLOSED},
+    JobStatus.MERGING: {JobStatus.TRANSFERRING, JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED,
+                        JobStatus.CLOSED},
+    JobStatus.TRANSFERRING: {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.CLOSED},
+    JobStatus.FINISHED: set(),
+    JobStatus.FAILED: set(),
+    JobStatus.CLOSED: set(),
+    JobStatus.CANCELLED: set(),
 }
 
-T = TaskStatus
-FINAL_TASK_STATES = frozenset({T.DONE, T.FINISHED, T.FAILED, T.ABORTED, T.BROKEN})
+FINAL_TASK_STATES = frozenset({TaskStatus.DONE, TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.ABORTED,
+                               TaskStatus.BROKEN})
 TASK_TRANSITIONS = {
-    T.REGISTERED: {T.DEFINED, T.BROKEN, T.ABORTING},
-    T.DEFINED: {T.READY, T.BROKEN, T.ABORTING, T.PENDING},
-    T.READY: {T.SCOUTING, T.RUNNING, T.PAUSED, T.FINISHING, T.ABORTING, T.PENDING, T.BROKEN},
-    T.SCOUTING: {T.SCOUTED, T.RUNNING, T.PAUSED, T.FINISHING, T.ABORTING, T.BROKEN, T.FAILED},
-    T.SCOUTED: {T.RUNNING, T.PAUSED, T.FINISHING, T.ABORTING, T.BROKEN},
-    T.RUNNING: {T.PREPARED, T.PAUSED, T.FINISHING, T.ABORTING, T.PENDING, T.BROKEN},
-    T.PENDING: {T.READY, T.RUNNING, T.PAUSED, T.ABORTING, T.BROKEN},
-    T.PAUSED: {T.READY, T.SCOUTING, T.RUNNING, T.ABORTING, T.FINISHING},
-    T.FINISHING: {T.PREPARED, T.ABORTING},
-    T.PREPARED: {T.DONE, T.FINISHED, T.FAILED},
-    T.ABORTING: {T.ABORTED},
-    T.DONE: set(),
-    T.FINISHED: {T.TORETRY},
-    T.FAILED: set(),
-    T.TORETRY: {T.READY, T.RUNNING, T.BROKEN},
-    T.ABORTED: set(),
-    T.BROKEN: set(),
+    TaskStatus.REGISTERED: {TaskStatus.DEFINED, TaskStatus.BROKEN, TaskStatus.ABORTING},
+    TaskStatus.DEFINED: {TaskStatus.READY, TaskStatus.BROKEN, TaskStatus.ABORTING, TaskStatus.PENDING},
+    TaskStatus.READY: {TaskStatus.SCOUTING, TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.FINISHING,
+                       TaskStatus.ABORTING, TaskStatus.PENDING, TaskStatus.BROKEN},
+    TaskStatus.SCOUTING: {TaskStatus.SCOUTED, TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.FINISHING,
+                          TaskStatus.ABORTING, TaskStatus.BROKEN, TaskStatus.FAILED},
+    TaskStatus.SCOUTED: {TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.FINISHING, TaskStatus.ABORTING,
+                         TaskStatus.BROKEN},
+    TaskStatus.RUNNING: {TaskStatus.PREPARED, TaskStatus.PAUSED, TaskStatus.FINISHING, TaskStatus.ABORTING,
+                         TaskStatus.PENDING, TaskStatus.BROKEN},
+    TaskStatus.PENDING: {TaskStatus.READY, TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.ABORTING,
+                         TaskStatus.BROKEN},
+    TaskStatus.PAUSED: {TaskStatus.READY, TaskStatus.SCOUTING, TaskStatus.RUNNING, TaskStatus.ABORTING,
+                        TaskStatus.FINISHING},
+    TaskStatus.FINISHING: {TaskStatus.PREPARED, TaskStatus.ABORTING},
+    TaskStatus.PREPARED: {TaskStatus.DONE, TaskStatus.FINISHED, TaskStatus.FAILED},
+    TaskStatus.ABORTING: {TaskStatus.ABORTED},
+    TaskStatus.DONE: set(),
+    TaskStatus.FINISHED: {TaskStatus.TORETRY},
+    TaskStatus.FAILED: set(),
+    TaskStatus.TORETRY: {TaskStatus.READY, TaskStatus.RUNNING, TaskStatus.BROKEN},
+    TaskStatus.ABORTED: set(),
+    TaskStatus.BROKEN: set(),
 }
 
 
@@ -129,7 +142,7 @@ def check_task_transition(current, target):
 
 def _time_fields(target, now):
     fields = {models.Job.status: target.value, models.Job.state_changed_time: now, models.Job.modification_time: now}
-    if target == J.SENT:
+    if target == JobStatus.SENT:
         fields[models.Job.start_time] = now
     if target in FINAL_JOB_STATES:
         fields[models.Job.end_time] = now

@@ -94,18 +94,19 @@ class DatabaseCollector(Collector):
         yield silent
 
     def _tasks(self):
-        T = models.Task
+        Task = models.Task
         tasks = GaugeMetricFamily("minipanda_tasks", "Tasks by state", labels=["state"])
-        for state, n in T.select(T.status, fn.COUNT(T.jedi_task_id)).group_by(T.status).tuples():
+        for state, n in Task.select(Task.status, fn.COUNT(Task.jedi_task_id)).group_by(Task.status).tuples():
             tasks.add_metric([state], n)
         yield tasks
 
     def _workers(self):
-        W = models.Worker
+        Worker = models.Worker
         workers = GaugeMetricFamily("minipanda_workers", "Workers by queue and state, as harvester reported them",
                                     labels=["queue", "state"])
-        for queue, state, n in (W.select(W.computing_site, W.status, fn.COUNT(W.id)).where(W.status.is_null(False))
-                                .group_by(W.computing_site, W.status).tuples()):
+        for queue, state, n in (Worker.select(Worker.computing_site, Worker.status,
+                                              fn.COUNT(Worker.id)).where(Worker.status.is_null(False))
+                                .group_by(Worker.computing_site, Worker.status).tuples()):
             workers.add_metric([queue or "", state], n)
         yield workers
         stats = GaugeMetricFamily("minipanda_harvester_worker_statistics",

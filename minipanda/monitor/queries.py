@@ -129,21 +129,21 @@ def _job_filter(query, f, now, with_status=True):
     if f.jeditaskid is not None:
         query = query.where(Job.task_id == f.jeditaskid)
     if f.taskname:
-        T = models.Task
-        query = query.where(Job.task_id.in_(T.select(T.jedi_task_id).where(like(T.task_name, f.taskname))))
+        Task = models.Task
+        query = query.where(Job.task_id.in_(Task.select(Task.jedi_task_id).where(like(Task.task_name, f.taskname))))
     return query
 
 
 def _task_filter(query, f, now):
-    T = models.Task
+    Task = models.Task
     if f.days:
-        query = query.where(T.modification_time >= now - datetime.timedelta(days=f.days))
+        query = query.where(Task.modification_time >= now - datetime.timedelta(days=f.days))
     if f.user:
-        query = query.where(like(T.user_name, f.user))
+        query = query.where(like(Task.user_name, f.user))
     if f.taskname:
-        query = query.where(like(T.task_name, f.taskname))
+        query = query.where(like(Task.task_name, f.taskname))
     if f.jeditaskid is not None:
-        query = query.where(T.jedi_task_id == f.jeditaskid)
+        query = query.where(Task.jedi_task_id == f.jeditaskid)
     return query
 
 
@@ -193,18 +193,18 @@ def jobs_by_queue(f, now):
 
 def workers_by_queue(queue=None):
     """({queue: {worker status: n}}, statuses present), from harvester's worker reports."""
-    W = models.Worker
-    query = W.select(W.computing_site, W.status, fn.COUNT(W.id)).where(W.status.is_null(False))
+    Worker = models.Worker
+    query = Worker.select(Worker.computing_site, Worker.status, fn.COUNT(Worker.id)).where(Worker.status.is_null(False))
     if queue:
-        query = query.where(like(W.computing_site, queue))
-    counts = _counts_by(query.group_by(W.computing_site, W.status))
+        query = query.where(like(Worker.computing_site, queue))
+    counts = _counts_by(query.group_by(Worker.computing_site, Worker.status))
     present = {s for by_state in counts.values() for s in by_state}
     return dict(sorted(counts.items())), _ordered(present, WORKER_STATES)
 
 
 def task_rows(f, now, limit):
-    T = models.Task
-    query = _task_filter(T.select(), f, now).order_by(T.jedi_task_id.desc()).limit(limit)
+    Task = models.Task
+    query = _task_filter(Task.select(), f, now).order_by(Task.jedi_task_id.desc()).limit(limit)
     tasks = list(query)
     counts = task_service.input_counts([t.jedi_task_id for t in tasks])
     Job = models.Job
@@ -365,10 +365,9 @@ def queue_page(name, now=None):
     Job = models.Job
     by_state = {s: n for s, n in Job.select(Job.status, fn.COUNT(Job.panda_id)).where(Job.computing_site == name)
                 .group_by(Job.status).tuples()}
-    W = models.Worker
-    workers = {s: n for s, n in W.select(W.status, fn.COUNT(W.id)).where(W.computing_site == name,
-                                                                         W.status.is_null(False))
-               .group_by(W.status).tuples()}
+    Worker = models.Worker
+    workers = {s: n for s, n in Worker.select(Worker.status, fn.COUNT(Worker.id))
+               .where(Worker.computing_site == name, Worker.status.is_null(False)).group_by(Worker.status).tuples()}
     waiting = (Job.select().where(Job.computing_site == name, Job.status.in_(WAITING_STATES))
                .order_by(Job.current_priority.desc(), Job.panda_id).limit(20))
     waiting_rows = []
@@ -389,8 +388,8 @@ def queue_page(name, now=None):
 
 
 def worker_page(harvester_id, worker_id):
-    W = models.Worker
-    worker = W.get_or_none(W.harvester_id == harvester_id, W.worker_id == worker_id)
+    Worker = models.Worker
+    worker = Worker.get_or_none(Worker.harvester_id == harvester_id, Worker.worker_id == worker_id)
     if worker is None:
         raise RequestError(f"worker {worker_id} of harvester {harvester_id} not found", http=404)
     listed = json.loads(worker.pandaid_list or "[]")

@@ -19,14 +19,13 @@ from minipanda.errors import TaskChanged
 from minipanda.tasks import brokerage, datasets, jobbuild, priority, scouts, splitting
 
 log = logging.getLogger(__name__)
-T = TaskStatus
-WORK_STATES = (T.REGISTERED.value, T.READY.value, T.SCOUTING.value, T.SCOUTED.value, T.RUNNING.value,
-               T.TORETRY.value)
+WORK_STATES = (TaskStatus.REGISTERED.value, TaskStatus.READY.value, TaskStatus.SCOUTING.value,
+               TaskStatus.SCOUTED.value, TaskStatus.RUNNING.value, TaskStatus.TORETRY.value)
 INPUT_COLUMNS = ("task_id", "chunk", "file_id", "lfn", "dataset", "guid", "fsize", "checksum", "location",
                  "first_event", "n_events", "status", "attempt_nr")
 
 
-GENERATING_STATES = (T.SCOUTING.value, T.RUNNING.value)
+GENERATING_STATES = (TaskStatus.SCOUTING.value, TaskStatus.RUNNING.value)
 MAX_FAILED_CYCLES = 3
 _failed_cycles = {}  # jediTaskID -> consecutive cycles that raised
 
@@ -54,31 +53,31 @@ def run(settings, now=None):
 def step(task, settings, now):
     """Advance one task as far as it can go in this cycle."""
     spec = json.loads(task.spec)
-    if task.status == T.REGISTERED.value:
+    if task.status == TaskStatus.REGISTERED.value:
         if not define(task, spec, now):
             return 0
         task = models.Task.get_by_id(task.jedi_task_id)
-    if task.status == T.SCOUTING.value:
+    if task.status == TaskStatus.SCOUTING.value:
         scouts.evaluate(task, settings, now)
         task = models.Task.get_by_id(task.jedi_task_id)
-        if task.status == T.SCOUTING.value:  # scouts still to make (throttled before) or to retry
+        if task.status == TaskStatus.SCOUTING.value:  # scouts still to make (throttled before) or to retry
             return rebroker(task, settings, now) + generate(task, spec, settings, now, limit=task.n_scouts,
                                                             scout=True)
-    if task.status in (T.SCOUTED.value, T.TORETRY.value):
+    if task.status in (TaskStatus.SCOUTED.value, TaskStatus.TORETRY.value):
         with database.atomic():
-            states.change_task_status([task.jedi_task_id], T.RUNNING, "generating the remaining jobs",
+            states.change_task_status([task.jedi_task_id], TaskStatus.RUNNING, "generating the remaining jobs",
                                       from_states=[task.status])
         task = models.Task.get_by_id(task.jedi_task_id)
     made = rebroker(task, settings, now)
-    if task.status == T.READY.value:
+    if task.status == TaskStatus.READY.value:
         scouting = 0 < task.n_scouts < task.n_chunks
         with database.atomic():
-            target = T.SCOUTING if scouting else T.RUNNING
+            target = TaskStatus.SCOUTING if scouting else TaskStatus.RUNNING
             fields = {models.Task.start_time: now}
             states.change_task_status([task.jedi_task_id], target, f"{task.n_scouts} scout jobs first" if scouting
-                                      else "generating jobs", from_states=[T.READY], fields=fields, now=now)
+                                      else "generating jobs", from_states=[TaskStatus.READY], fields=fields, now=now)
         return made + generate(task, spec, settings, now, limit=task.n_scouts if scouting else None, scout=scouting)
-    if task.status == T.RUNNING.value:
+    if task.status == TaskStatus.RUNNING.value:
         made += generate(task, spec, settings, now)
     return made
 
@@ -107,15 +106,16 @@ def define(task, spec, now):
         for start in range(0, len(rows), 5000):
             jobbuild.insert_rows(models.TaskInput._meta.table_name, INPUT_COLUMNS, rows[start:start + 5000])
         models.Task.update(n_chunks=len(plan)).where(models.Task.jedi_task_id == task.jedi_task_id).execute()
-        states.change_task_status([task.jedi_task_id], T.DEFINED, f"input split into {len(plan)} jobs "
+        states.change_task_status([task.jedi_task_id], TaskStatus.DEFINED, f"input split into {len(plan)} jobs "
                                   f"({split['rule']}: {split['value']})", now=now)
-        states.change_task_status([task.jedi_task_id], T.READY, "ready for job generation", now=now)
+        states.change_task_status([task.jedi_task_id], TaskStatus.READY, "ready for job generation", now=now)
     return True
 
 
 def _broken(task, reason, now):
     with database.atomic():
-        states.change_task_status([task.jedi_task_id], T.BROKEN, reason, fields={models.Task.error_dialog: reason},
+        states.change_task_status([task.jedi_task_id], TaskStatus.BROKEN, reason,
+                                  fields={models.Task.error_dialog: reason},
                                   now=now)
     log.warning("jediTaskID=%s broken: %s", task.jedi_task_id, reason)
     return False
@@ -124,10 +124,11 @@ def _broken(task, reason, now):
 def ready_chunks(task_id, limit, below=None):
     """Up to ``limit`` chunks whose inputs are ready (with index < ``below`` if given), in chunk order, as
     jobbuild.Chunk objects."""
-    TI = models.TaskInput
-    query = TI.select().where(TI.task_id == task_id, TI.status == "ready").order_by(TI.chunk, TI.row_id)
+    TaskInput = models.TaskInput
+    query = TaskInput.select().where(TaskInput.task_id == task_id,
+                                     TaskInput.status == "ready").order_by(TaskInput.chunk, TaskInput.row_id)
     if below is not None:
-        query = query.where(TI.chunk < below)
+        query = query.where(TaskInput.chunk < below)
     chunks = []
     for index, rows in itertools.groupby(query.limit(limit * 50 + 1000), key=lambda r: r.chunk):
         chunks.append(jobbuild.Chunk(index, list(rows)))

@@ -55,13 +55,13 @@ def first_error(task_id):
 
 def evaluate(task, settings, now):
     """scouting -> scouted (with measured needs) or broken, once every scout chunk is final."""
-    TI = models.TaskInput
-    pending = TI.select().where(TI.task_id == task.jedi_task_id, TI.chunk < task.n_scouts,
-                                TI.status.not_in(FINAL_INPUT)).exists()
+    TaskInput = models.TaskInput
+    pending = TaskInput.select().where(TaskInput.task_id == task.jedi_task_id, TaskInput.chunk < task.n_scouts,
+                                       TaskInput.status.not_in(FINAL_INPUT)).exists()
     if pending:
         return
-    finished = TI.select().where(TI.task_id == task.jedi_task_id, TI.chunk < task.n_scouts,
-                                 TI.status == "finished").exists()
+    finished = TaskInput.select().where(TaskInput.task_id == task.jedi_task_id, TaskInput.chunk < task.n_scouts,
+                                        TaskInput.status == "finished").exists()
     with database.atomic():
         if not finished:
             reason = f"all {task.n_scouts} scout jobs failed: {first_error(task.jedi_task_id)}"

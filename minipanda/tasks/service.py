@@ -15,7 +15,6 @@ from minipanda.tasks import taskparams
 from peewee import fn
 
 log = logging.getLogger(__name__)
-T = TaskStatus
 
 # PanDA's task command return codes.
 OK, ERROR, NOT_FOUND, DENIED, BAD_STATUS, NEW_PARAMS, BAD_ID = 0, 1, 2, 3, 4, 3, 101
@@ -54,7 +53,7 @@ def submit_task(params, identity, parent_tid=None, sandboxes=None):
                                   for name in duplicates], code=2)
         row = {"task_name": spec["taskName"], "user_name": identity.name, "vo": spec["vo"],
                "working_group": spec["workingGroup"], "prod_source_label": spec["prodSourceLabel"],
-               "status": T.REGISTERED.value, "params": json.dumps(params), "spec": json.dumps(spec),
+               "status": TaskStatus.REGISTERED.value, "params": json.dumps(params), "spec": json.dumps(spec),
                "in_ds": spec.get("inDS"), "site": ",".join(spec["site"]),
                "excluded_site": ",".join(spec["excludedSite"]), "core_count": spec["coreCount"],
                "ram_count": spec["ramCount"], "walltime": spec["walltime"], "max_attempt": spec["maxAttempt"],
@@ -69,7 +68,7 @@ def submit_task(params, identity, parent_tid=None, sandboxes=None):
         models.Dataset.insert_many([{"name": name, "type": kind, "user_name": identity.name, "task_id": task_id,
                                      "creation_time": now, "modification_time": now}
                                     for name, kind in datasets]).execute()
-        models.TaskLog.create(task_id=task_id, old_status=None, new_status=T.REGISTERED.value, time=now,
+        models.TaskLog.create(task_id=task_id, old_status=None, new_status=TaskStatus.REGISTERED.value, time=now,
                               reason=f"submitted by {identity.name}")
     log.info("user %s submitted jediTaskID=%s (%s)", identity.name, task_id, spec["taskName"])
     return task_id
@@ -126,8 +125,8 @@ def command(task_id, identity, action, soft=False, new_params=None, wake=None):
 
 def _kill(task, identity, **_):
     reason = f"task killed by {identity.name}"
-    if not states.change_task_status([task.jedi_task_id], T.ABORTING, reason):
-        return _refuse(task, "kill", states.task_sources(T.ABORTING))
+    if not states.change_task_status([task.jedi_task_id], TaskStatus.ABORTING, reason):
+        return _refuse(task, "kill", states.task_sources(TaskStatus.ABORTING))
     cancelled, marked = kill_task_jobs(task.jedi_task_id, reason)
     return OK, (f"command=kill is registered for jediTaskID={task.jedi_task_id}: {cancelled} queued jobs "
                 f"cancelled, {marked} running jobs told to stop")
@@ -136,8 +135,8 @@ def _kill(task, identity, **_):
 def _finish(task, identity, soft=False, **_):
     mode = "soft" if soft else "hard"
     reason = f"{mode} finish by {identity.name}"
-    if not states.change_task_status([task.jedi_task_id], T.FINISHING, reason):
-        return _refuse(task, "finish", states.task_sources(T.FINISHING))
+    if not states.change_task_status([task.jedi_task_id], TaskStatus.FINISHING, reason):
+        return _refuse(task, "finish", states.task_sources(TaskStatus.FINISHING))
     if soft:
         return OK, (f"command=finish (soft) is registered for jediTaskID={task.jedi_task_id}: no new jobs, "
                     "existing ones run to their end")
@@ -147,24 +146,25 @@ def _finish(task, identity, soft=False, **_):
 
 
 def _retry(task, identity, new_params=None, **_):
-    if task.status in (T.BROKEN.value, T.FAILED.value):
+    if task.status in (TaskStatus.BROKEN.value, TaskStatus.FAILED.value):
         return BAD_STATUS, f"jediTaskID={task.jedi_task_id} is {task.status}: a {task.status} task cannot be retried"
-    if task.status != T.FINISHED.value:
-        return _refuse(task, "retry", [T.FINISHED.value])
+    if task.status != TaskStatus.FINISHED.value:
+        return _refuse(task, "retry", [TaskStatus.FINISHED.value])
     fields = {}
     if new_params:
         fields, error = _retry_fields(new_params)
         if error:
             return BAD_STATUS, error
-    TI = models.TaskInput
+    TaskInput = models.TaskInput
     # Each failed input gets a fresh round of maxAttempt attempts, numbered on from its last one.
     rounds = fields.get(models.Task.max_attempt, task.max_attempt)
-    n_failed = TI.update(status="ready", max_attempt=TI.attempt_nr + rounds).where(
-        TI.task_id == task.jedi_task_id, TI.status == "failed").execute()
-    states.change_task_status([task.jedi_task_id], T.TORETRY, f"retry by {identity.name}: {n_failed} failed "
+    n_failed = TaskInput.update(status="ready", max_attempt=TaskInput.attempt_nr + rounds).where(
+        TaskInput.task_id == task.jedi_task_id, TaskInput.status == "failed").execute()
+    states.change_task_status([task.jedi_task_id], TaskStatus.TORETRY, f"retry by {identity.name}: {n_failed} failed "
                               "inputs", fields=fields)
     if new_params:
-        return NEW_PARAMS, f"{T.TORETRY.value}. new tasks params have been set to jediTaskID={task.jedi_task_id}. "
+        return NEW_PARAMS, (f"{TaskStatus.TORETRY.value}. new tasks params have been set to "
+                            f"jediTaskID={task.jedi_task_id}. ")
     return OK, f"command=retry is registered for jediTaskID={task.jedi_task_id}: {n_failed} failed inputs"
 
 
@@ -186,16 +186,17 @@ def _retry_fields(new_params):
 
 
 def _pause(task, identity, **_):
-    if not states.change_task_status([task.jedi_task_id], T.PAUSED, f"paused by {identity.name}",
+    if not states.change_task_status([task.jedi_task_id], TaskStatus.PAUSED, f"paused by {identity.name}",
                                      fields={models.Task.old_status: task.status}):
-        return _refuse(task, "pause", states.task_sources(T.PAUSED))
+        return _refuse(task, "pause", states.task_sources(TaskStatus.PAUSED))
     return OK, f"command=pause is registered for jediTaskID={task.jedi_task_id}"
 
 
 def _resume(task, identity, **_):
-    if task.status != T.PAUSED.value:
-        return _refuse(task, "resume", [T.PAUSED.value])
-    back = {"scouted": T.RUNNING, "pending": T.READY}.get(task.old_status) or T(task.old_status or "ready")
+    if task.status != TaskStatus.PAUSED.value:
+        return _refuse(task, "resume", [TaskStatus.PAUSED.value])
+    back = {"scouted": TaskStatus.RUNNING,
+            "pending": TaskStatus.READY}.get(task.old_status) or TaskStatus(task.old_status or "ready")
     states.change_task_status([task.jedi_task_id], back, f"resumed by {identity.name}")
     return OK, f"command=resume is registered for jediTaskID={task.jedi_task_id}"
 
@@ -212,11 +213,12 @@ def get_task(task_id):
 
 def input_counts(task_ids):
     """{task_id: {input status: count}} in one query."""
-    TI = models.TaskInput
+    TaskInput = models.TaskInput
     out = {tid: {} for tid in task_ids}
     if task_ids:
-        for row in (TI.select(TI.task_id, TI.status, fn.COUNT(TI.row_id).alias("n"))
-                    .where(TI.task_id.in_(list(task_ids))).group_by(TI.task_id, TI.status).tuples()):
+        for row in (TaskInput.select(TaskInput.task_id, TaskInput.status, fn.COUNT(TaskInput.row_id).alias("n"))
+                    .where(TaskInput.task_id.in_(list(task_ids))).group_by(TaskInput.task_id,
+                                                                           TaskInput.status).tuples()):
             out[row[0]][row[1]] = row[2]
     return out
 
@@ -311,7 +313,7 @@ def find_tasks(identity, since=None, filters=None, limit=1000):
         if key == "superstatus":
             wanted = [s for s, sup in SUPER_STATUS.items() if sup == value]
             if value == "running":
-                wanted = [s.value for s in T if s.value not in SUPER_STATUS]
+                wanted = [s.value for s in TaskStatus if s.value not in SUPER_STATUS]
             query = query.where(Task.status.in_(wanted))
         elif key == "username":
             query = query.where(fn.LOWER(Task.user_name) == value.lower())

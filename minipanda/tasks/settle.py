@@ -16,11 +16,11 @@ from minipanda.tasks import retry
 from peewee import fn
 
 log = logging.getLogger(__name__)
-T = TaskStatus
 FINAL = [s.value for s in FINAL_JOB_STATES]
 BATCH = 2000
-RETRYABLE_TASK_STATES = {T.READY.value, T.SCOUTING.value, T.SCOUTED.value, T.RUNNING.value, T.PAUSED.value,
-                         T.PENDING.value, T.TORETRY.value}
+RETRYABLE_TASK_STATES = {TaskStatus.READY.value, TaskStatus.SCOUTING.value, TaskStatus.SCOUTED.value,
+                         TaskStatus.RUNNING.value, TaskStatus.PAUSED.value, TaskStatus.PENDING.value,
+                         TaskStatus.TORETRY.value}
 
 
 def run(settings, now=None, wake=None):
@@ -76,21 +76,21 @@ def settle_jobs(jobs, now):
 
 
 def _inputs(job, status, ram=None, walltime=None):
-    TI = models.TaskInput
-    values = {TI.status: status}
+    TaskInput = models.TaskInput
+    values = {TaskInput.status: status}
     if ram:
-        values[TI.ram_count] = ram
+        values[TaskInput.ram_count] = ram
     if walltime:
-        values[TI.walltime] = walltime
-    TI.update(values).where(TI.panda_id == job.panda_id).execute()
+        values[TaskInput.walltime] = walltime
+    TaskInput.update(values).where(TaskInput.panda_id == job.panda_id).execute()
 
 
 def register_outputs(job, now):
     """Add a finished job's outputs and log to the task's datasets."""
-    JF, D = models.JobFile, models.Dataset
-    files = list(JF.select().where(JF.job == job.panda_id, JF.type.in_(["output", "log"])))
+    JobFile, Dataset = models.JobFile, models.Dataset
+    files = list(JobFile.select().where(JobFile.job == job.panda_id, JobFile.type.in_(["output", "log"])))
     names = {f.dataset for f in files if f.dataset}
-    ids = {d.name: d.id for d in D.select().where(D.name.in_(list(names)))} if names else {}
+    ids = {d.name: d.id for d in Dataset.select().where(Dataset.name.in_(list(names)))} if names else {}
     rows = [{"dataset": ids[f.dataset], "lfn": f.lfn, "guid": f.guid or "", "fsize": f.fsize or 0,
              "checksum": f.checksum or "", "location": os.path.dirname(f.surl) if f.surl else "",
              "status": "ready" if f.surl else "unknown", "panda_id": job.panda_id, "creation_time": now}
@@ -101,17 +101,19 @@ def register_outputs(job, now):
 
 def mark_running():
     """Inputs whose job is running say so (PanDA's ``running`` input state)."""
-    Job, TI = models.Job, models.TaskInput
+    Job, TaskInput = models.Job, models.TaskInput
     running = Job.select(Job.panda_id).where(Job.settled == False,  # noqa: E712
                                              Job.status.in_([s.value for s in ACTIVE_JOB_STATES]))
     with database.atomic():
-        TI.update(status="running").where(TI.status == "picked", TI.panda_id.in_(running)).execute()
+        TaskInput.update(status="running").where(TaskInput.status == "picked",
+                                                 TaskInput.panda_id.in_(running)).execute()
 
 
 def complete_tasks(now):
     """Finish tasks whose work is over; returns how many changed."""
     Task = models.Task
-    candidates = Task.select().where(Task.status.in_([T.RUNNING.value, T.FINISHING.value, T.ABORTING.value]))
+    candidates = Task.select().where(Task.status.in_([TaskStatus.RUNNING.value, TaskStatus.FINISHING.value,
+                                                      TaskStatus.ABORTING.value]))
     changed = 0
     for task in list(candidates):
         with database.atomic():
@@ -128,19 +130,20 @@ def _open_jobs(task_id):
 def _complete(task, now):
     if _open_jobs(task.jedi_task_id):
         return 0
-    TI = models.TaskInput
-    counts = dict(TI.select(TI.status, fn.COUNT(TI.row_id)).where(TI.task_id == task.jedi_task_id)
-                  .group_by(TI.status).tuples())
-    if task.status == T.ABORTING.value:
-        return len(states.change_task_status([task.jedi_task_id], T.ABORTED, "all jobs ended after the kill",
-                                             from_states=[T.ABORTING], now=now))
-    if task.status == T.RUNNING.value and any(counts.get(s) for s in ("ready", "picked", "running")):
+    TaskInput = models.TaskInput
+    counts = dict(TaskInput.select(TaskInput.status, fn.COUNT(TaskInput.row_id))
+                  .where(TaskInput.task_id == task.jedi_task_id).group_by(TaskInput.status).tuples())
+    if task.status == TaskStatus.ABORTING.value:
+        return len(states.change_task_status([task.jedi_task_id], TaskStatus.ABORTED, "all jobs ended after the kill",
+                                             from_states=[TaskStatus.ABORTING], now=now))
+    if task.status == TaskStatus.RUNNING.value and any(counts.get(s) for s in ("ready", "picked", "running")):
         return 0  # inputs still to process (or waiting for the generator)
     done, total = counts.get("finished", 0), sum(counts.values())
-    final = T.DONE if done == total else T.FINISHED if done else T.FAILED
+    final = TaskStatus.DONE if done == total else TaskStatus.FINISHED if done else TaskStatus.FAILED
     words = f"{done} of {total} inputs finished"
-    states.change_task_status([task.jedi_task_id], T.PREPARED, words, from_states=[task.status], now=now)
-    fields = {models.Task.error_dialog: words} if final == T.FAILED else {}
-    states.change_task_status([task.jedi_task_id], final, words, from_states=[T.PREPARED], fields=fields, now=now)
+    states.change_task_status([task.jedi_task_id], TaskStatus.PREPARED, words, from_states=[task.status], now=now)
+    fields = {models.Task.error_dialog: words} if final == TaskStatus.FAILED else {}
+    states.change_task_status([task.jedi_task_id], final, words, from_states=[TaskStatus.PREPARED], fields=fields,
+                              now=now)
     log.info("jediTaskID=%s %s: %s", task.jedi_task_id, final.value, words)
     return 1

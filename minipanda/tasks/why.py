@@ -10,7 +10,6 @@ from minipanda.core.states import JobStatus
 from minipanda.errors import RequestError
 from peewee import fn
 
-J = JobStatus
 
 
 def explain(panda_id, now=None):
@@ -24,11 +23,11 @@ def explain(panda_id, now=None):
     if task is not None and task.status in ("paused", "finishing", "aborting"):
         lines.append(f"its task {task.jedi_task_id} is {task.status}: no new jobs or retries are made for it")
     status = JobStatus(job.status)
-    if status in (J.FINISHED, J.FAILED, J.CLOSED, J.CANCELLED):
+    if status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CLOSED, JobStatus.CANCELLED):
         lines += _final(job)
-    elif status in (J.PENDING, J.DEFINED, J.ASSIGNED) and not job.computing_site:
+    elif status in (JobStatus.PENDING, JobStatus.DEFINED, JobStatus.ASSIGNED) and not job.computing_site:
         lines += _unplaced(job)
-    elif status in (J.PENDING, J.DEFINED, J.ASSIGNED, J.ACTIVATED):
+    elif status in (JobStatus.PENDING, JobStatus.DEFINED, JobStatus.ASSIGNED, JobStatus.ACTIVATED):
         lines += _queued(job)
     else:
         lines += _running(job, now)
@@ -59,7 +58,7 @@ def _final(job):
                                ("server", job.sup_error_code, job.sup_error_diag)):
         if code or diag:
             lines.append(f"{source} error {code if code is not None else ''}: {diag or '(no message)'}")
-    if job.status == J.FAILED.value and job.trans_exit_code:
+    if job.status == JobStatus.FAILED.value and job.trans_exit_code:
         lines.append(f"the payload exited with code {job.trans_exit_code}")
     log = (models.StatusLog.select().where(models.StatusLog.panda_id == job.panda_id,
                                            models.StatusLog.old_status == models.StatusLog.new_status)
@@ -91,7 +90,7 @@ def _queued(job):
     elif queue.status != "online":
         lines.append(f"queue {job.computing_site} is {queue.status}: pilots get no jobs from it")
     ahead = (Job.select(fn.COUNT(Job.panda_id))
-             .where(Job.status == J.ACTIVATED.value, Job.computing_site == job.computing_site,
+             .where(Job.status == JobStatus.ACTIVATED.value, Job.computing_site == job.computing_site,
                     (Job.current_priority > job.current_priority) |
                     ((Job.current_priority == job.current_priority) & (Job.panda_id < job.panda_id))).scalar())
     if ahead:

@@ -238,8 +238,8 @@ def _store_worker(harvester_id, row, now):
     """Write the worker; returns (the status it has now, all PandaIDs it ever reported). A worker already final
     stays final (reports may arrive out of order: a late 'running' must not bring a finished worker back); its job
     list only grows (a multi-job pilot's worker reports each job, and a report may leave the list out)."""
-    W = models.Worker
-    current = W.get_or_none(W.harvester_id == harvester_id, W.worker_id == row["worker_id"])
+    Worker = models.Worker
+    current = Worker.get_or_none(Worker.harvester_id == harvester_id, Worker.worker_id == row["worker_id"])
     known = json.loads(current.pandaid_list or "[]") if current is not None else []
     pandaids = sorted(set(known) | set(row["pandaid_list"]))
     values = {k: v for k, v in row.items() if k != "worker_id"}
@@ -249,11 +249,11 @@ def _store_worker(harvester_id, row, now):
                  current.status, row["status"])
         return current.status, pandaids
     if current is None:
-        W.insert(harvester_id=harvester_id, worker_id=row["worker_id"], **values).on_conflict(
-            conflict_target=[W.harvester_id, W.worker_id], update=values).execute()
+        Worker.insert(harvester_id=harvester_id, worker_id=row["worker_id"], **values).on_conflict(
+            conflict_target=[Worker.harvester_id, Worker.worker_id], update=values).execute()
     else:
         # Fields harvester did not send keep what the pilot (updateWorkerPilotStatus) or an earlier report wrote.
-        W.update({k: v for k, v in values.items() if v is not None}).where(W.id == current.id).execute()
+        Worker.update({k: v for k, v in values.items() if v is not None}).where(Worker.id == current.id).execute()
     return row["status"], pandaids
 
 
@@ -282,9 +282,9 @@ def _fail_orphaned_jobs(harvester_id, worker, status, now):
 
 def list_workers(queue=None, status=None, harvester_id=None, limit=100):
     """Workers, most recently changed first, as ``minipanda worker list`` shows them."""
-    W = models.Worker
-    query = W.select().order_by(W.modification_time.desc(), W.id.desc()).limit(limit)
-    for value, column in ((queue, W.computing_site), (status, W.status), (harvester_id, W.harvester_id)):
+    Worker = models.Worker
+    query = Worker.select().order_by(Worker.modification_time.desc(), Worker.id.desc()).limit(limit)
+    for value, column in ((queue, Worker.computing_site), (status, Worker.status), (harvester_id, Worker.harvester_id)):
         if value:
             query = query.where(column == value)
     return [{"workerID": w.worker_id, "harvester": w.harvester_id, "batchID": w.batch_id, "queue": w.computing_site,
@@ -356,16 +356,17 @@ def add_command(command, params, harvester_id=None, now=None):
 
 def acquire_commands(harvester_id, n_commands, now=None):
     """Hand queued commands for this harvester (or for any) to it, each command to one harvester only."""
-    HC = models.HarvesterCommand
+    HarvesterCommand = models.HarvesterCommand
     now = now or states.utcnow()
     taken = []
     with database.atomic():
-        candidates = list(HC.select().where(HC.status == "queued", HC.harvester_id.is_null()
-                                            | (HC.harvester_id == harvester_id)).order_by(HC.id).limit(n_commands))
+        addressed = HarvesterCommand.harvester_id.is_null() | (HarvesterCommand.harvester_id == harvester_id)
+        candidates = list(HarvesterCommand.select().where(HarvesterCommand.status == "queued", addressed)
+                          .order_by(HarvesterCommand.id).limit(n_commands))
         for command in candidates:
             # Conditional on still being queued: another harvester's concurrent acquire takes it or we do, not both.
-            won = HC.update(status="sent", acquired_by=harvester_id, status_time=now).where(
-                HC.id == command.id, HC.status == "queued").execute()
+            won = HarvesterCommand.update(status="sent", acquired_by=harvester_id, status_time=now).where(
+                HarvesterCommand.id == command.id, HarvesterCommand.status == "queued").execute()
             if won:
                 taken.append({"command_id": command.id, "command": command.command,
                               "params": json.loads(command.params), "ack_requested": command.ack_requested})
@@ -374,19 +375,21 @@ def acquire_commands(harvester_id, n_commands, now=None):
 
 def acknowledge_commands(harvester_id, command_ids, now=None):
     """Mark the commands this harvester acquired as acknowledged; returns how many changed."""
-    HC = models.HarvesterCommand
+    HarvesterCommand = models.HarvesterCommand
     if not command_ids:
         return 0
     with database.atomic():
-        return HC.update(status="acknowledged", status_time=now or states.utcnow()).where(
-            HC.id.in_(command_ids), HC.acquired_by == harvester_id, HC.status == "sent").execute()
+        return HarvesterCommand.update(status="acknowledged", status_time=now or states.utcnow()).where(
+            HarvesterCommand.id.in_(command_ids), HarvesterCommand.acquired_by == harvester_id,
+            HarvesterCommand.status == "sent").execute()
 
 
 def list_commands(limit=100):
-    HC = models.HarvesterCommand
+    HarvesterCommand = models.HarvesterCommand
     return [{"command_id": c.id, "harvester_id": c.harvester_id, "command": c.command, "params": json.loads(c.params),
              "status": c.status, "acquired_by": c.acquired_by, "creation_time": iso(c.creation_time),
-             "status_time": iso(c.status_time)} for c in HC.select().order_by(HC.id.desc()).limit(limit)]
+             "status_time": iso(c.status_time)}
+            for c in HarvesterCommand.select().order_by(HarvesterCommand.id.desc()).limit(limit)]
 
 
 # ---- pilot tokens ------------------------------------------------------------------------------------------------

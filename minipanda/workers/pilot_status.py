@@ -15,9 +15,10 @@ def record(harvester_id, worker_id, status, site, node, now=None):
     times = {"start_time": now} if status == "started" else {"end_time": now}
     row = {"harvester_id": harvester_id, "worker_id": worker_id, "pilot_status": status, "computing_site": site,
            "node": node, "modification_time": now, **times}
-    W = models.Worker
+    Worker = models.Worker
     with database.atomic():
         changed = {k: v for k, v in row.items() if v is not None and k not in ("harvester_id", "worker_id")}
-        updated = W.update(changed).where(W.harvester_id == harvester_id, W.worker_id == worker_id).execute()
+        updated = Worker.update(changed).where(Worker.harvester_id == harvester_id,
+                                               Worker.worker_id == worker_id).execute()
         if not updated:
-            W.insert(row).on_conflict_ignore().execute()
+            Worker.insert(row).on_conflict_ignore().execute()
