@@ -18,7 +18,8 @@ import sys
 
 from harvester import __version__, db, models
 from harvester.errors import AlreadyRunning, HarvesterError
-from queueconfig.service import quiet_on_closed_pipe
+from queueconfig import ConfigError
+from queueconfig.service import Notifier, parse_with_settings_file, quiet_on_closed_pipe
 
 log = logging.getLogger("harvester")
 DEFAULT_SERVER = "http://127.0.0.1:25080"
@@ -39,10 +40,15 @@ def parser():
     add = functools.partial(sub.add_parser, parents=[common])
 
     run = add("run", help="run the agents (until SIGTERM/Ctrl-C, or one cycle with --once)",
-                         description="Keep every online queue supplied with pilots.")
-    run.add_argument("--queues", default=os.environ.get("HARVESTER_QUEUES"), required=not
-                     os.environ.get("HARVESTER_QUEUES"), help="queue file (YAML/JSON, ours or Harvester's "
-                     "panda_queueconfig.json); reloaded when it changes and on SIGHUP (default $HARVESTER_QUEUES)")
+              description="Keep every online queue supplied with pilots. Every option can also be a key of the "
+                          "--config file; the command line wins.")
+    run.add_argument("--config", metavar="FILE",
+                     help="settings file (YAML): each option of this command as a key without its dashes (queues: "
+                          "queues.yaml, token-file: ...), 'setting:' a mapping for --setting; relative paths are "
+                          "taken from the file's directory. See docs/operations.md")
+    run.add_argument("--queues", default=os.environ.get("HARVESTER_QUEUES"), metavar="FILE",
+                     help="queue file (YAML/JSON, ours or Harvester's panda_queueconfig.json); reloaded when it "
+                          "changes and on SIGHUP (default $HARVESTER_QUEUES); required, here or in --config")
     run.add_argument("--server", default=os.environ.get("MINIPANDA_URL", DEFAULT_SERVER),
                      help=f"the minipanda server (default $MINIPANDA_URL or {DEFAULT_SERVER})")
     run.add_argument("--token-file", default=os.environ.get("HARVESTER_TOKEN_FILE"),
@@ -90,7 +96,11 @@ def parser():
 
 @quiet_on_closed_pipe
 def main(argv=None):
-    args = parser().parse_args(argv)
+    try:
+        args = parse_with_settings_file(parser(), argv, ("run",), check_setting=_check_setting)
+    except ConfigError as exc:
+        print("\n".join(exc.errors + [f"{len(exc.errors)} error(s) in {exc.source}"]), file=sys.stderr)
+        return 2
     home = os.path.abspath(os.path.expanduser(args.home))
     try:
         if args.command == "run":
@@ -111,6 +121,20 @@ def main(argv=None):
     except HarvesterError as exc:
         print(f"harvester: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_setting(key, value):
+    """A ``setting:`` entry of the settings file: None, or why it cannot be used."""
+    from harvester.context import Settings
+
+    known = [f.name for f in dataclasses.fields(Settings)]
+    if key not in known:
+        return f"unknown setting; known settings: {', '.join(known)}"
+    try:
+        parse_settings([f"{key}={value}"])
+    except HarvesterError as exc:
+        return str(exc).replace(f"--setting {key}: ", "", 1)
+    return None
 
 
 def show_settings():
@@ -192,8 +216,11 @@ def run(args, home):
                         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings repeat what our own error says
     settings = parse_settings(args.setting)
+    if not args.queues:
+        raise HarvesterError("run: no queue file: give --queues FILE, 'queues: FILE' in the --config file, or "
+                             "$HARVESTER_QUEUES")
     queue_file = QueueFile(args.queues)
-    queue_file.load()  # a file that cannot be read at all stops us here, before anything changes
+    queue_file.load()  # no valid queue at all stops us here, before anything changes
     if args.token_file and not os.path.isfile(args.token_file):
         raise HarvesterError(f"--token-file {args.token_file}: no such file")
     os.makedirs(home, exist_ok=True)
@@ -220,13 +247,20 @@ def run(args, home):
             for name, error in failed.items():
                 print(f"harvester: agent {name} failed: {error}", file=sys.stderr)
             return 1 if failed else 0
-        signal.signal(signal.SIGTERM, lambda *_: runner.stop(0))
+        notifier = Notifier.from_environment(log)  # systemd (Type=notify)
+
+        def on_term(*_):
+            notifier.send("STOPPING=1")
+            runner.stop(0)
+
+        signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGHUP, lambda *_: queue_file.request())
         runner.start()
+        notifier.send("READY=1", f"STATUS={len(context.queues)} queues, server {args.server}")
         try:
             runner.serve_forever()
         except KeyboardInterrupt:
-            pass
+            notifier.send("STOPPING=1")
         stuck = runner.stop()
         if stuck:
             log.warning("agents still busy at exit: %s (their leases expire by themselves)", ", ".join(stuck))

@@ -85,13 +85,14 @@ class ServerClient:
         self.session.close()
 
     # ---- harvester endpoints -----------------------------------------------------------------------------------
-    def heartbeat(self, start_time, agents=None):
-        """Alive, with each agent's cycle figures (runs, errors, last duration and error) for the server's
-        metrics."""
+    def heartbeat(self, start_time, agents=None, queues=None, home=None):
+        """Alive, with each agent's cycle figures (runs, errors, last duration and error), each queue's pause and
+        backoff, and the home's disk, for the server's metrics."""
         payload = {"harvester_id": self.harvester_id, "version": __version__, "start_time": start_time,
                    "host": socket.gethostname()}
-        if agents is not None:
-            payload["agents"] = agents
+        for key, value in (("agents", agents), ("queues", queues), ("home", home)):
+            if value is not None:
+                payload[key] = value
         return self.call("harvester/heartbeat", payload)
 
     def update_workers(self, workers):

@@ -25,12 +25,15 @@ class QueueFile:
         self._requested = threading.Event()
 
     def load(self):
-        """Read the file; at start a file with no usable content at all is an error."""
+        """Read the file; at start a file without one valid queue is an error."""
         self._seen = self._stamp()
         config, errors, file_errors = load_partial(self.path)
-        if file_errors and not config.queues and self.config is None:
-            raise HarvesterError("cannot use the queue file:\n  " + "\n  ".join(file_errors + [
-                m for ms in errors.values() for m in ms]))
+        if self.config is None and not any(not q.is_template for q in config.queues.values()):
+            # At start, a file without one valid queue is a mistake to fix now, not a harvester with nothing to do.
+            problems = file_errors + [m for ms in errors.values() for m in ms] or [
+                f"{self.path}: no queues defined (only templates or nothing)"]
+            raise HarvesterError(f"cannot use the queue file: no valid queue in it ({len(problems)} errors):\n  "
+                                 + "\n  ".join(problems))
         if file_errors and self.config is not None:
             log.error("queue file %s: %s; the version in force stays", self.path, "; ".join(file_errors))
             self.file_errors = file_errors

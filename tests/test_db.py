@@ -155,7 +155,18 @@ def test_v5_database_gets_the_harvester_agent_figures_column(tmp_path):
         tmp_path, 5, 'ALTER TABLE "harvester_instance" DROP COLUMN "agents"',
         "INSERT INTO harvester_instance (harvester_id, host, version, last_heartbeat) VALUES "
         "('h1', 'host1', '0.1.0', '2026-01-01 00:00:00')")
-    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 6
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION
     row = models.HarvesterInstance.get_by_id("h1")
     assert (row.host, row.agents) == ("host1", None)
+    database.close()
+
+
+def test_v6_database_gets_the_harvester_report_column(tmp_path):
+    database = reopened_older(
+        tmp_path, 6, 'ALTER TABLE "harvester_instance" DROP COLUMN "report"',
+        "INSERT INTO harvester_instance (harvester_id, host, version, last_heartbeat, agents) VALUES "
+        "('h1', 'host1', '0.1.0', '2026-01-01 00:00:00', '{}')")
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 7
+    row = models.HarvesterInstance.get_by_id("h1")
+    assert (row.host, row.agents, row.report) == ("host1", "{}", None)
     database.close()

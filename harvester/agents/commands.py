@@ -8,6 +8,7 @@ rather than losing it.
 """
 import json
 import logging
+import os
 
 from harvester import db, models
 from harvester.agents.base import Agent
@@ -31,7 +32,8 @@ class Commands(Agent):
         due = self.last_heartbeat is None or \
             (now - self.last_heartbeat).total_seconds() >= self.ctx.settings.heartbeat_period
         if due:
-            self.ctx.server.heartbeat(iso(self.started), agent_figures())
+            self.ctx.server.heartbeat(iso(self.started), agent_figures(), queue_report(self.ctx, now),
+                                      home_disk(self.ctx.home))
             self.last_heartbeat = now
         with models.database.atomic():
             for command in self.ctx.server.acquire_commands():
@@ -79,6 +81,27 @@ def agent_figures():
     return {run.agent: {"runs": run.runs, "errors": run.errors, "last_duration": round(run.last_duration, 6),
                         "last_error": run.last_error or None, "last_error_time": iso(run.last_error_time)}
             for run in models.AgentRun.select()}
+
+
+def queue_report(context, now):
+    """Each queue harvester works for or has paused: paused (its configuration is invalid), seconds of backoff
+    left after failures, consecutive failures, and the error; the server's /metrics alerts on these."""
+    report = {}
+    for name in sorted(set(context.queues) | set(context.queue_errors)):
+        state = db.queue_state(name)
+        left = (state.backoff_until - now).total_seconds() if state.backoff_until else 0.0
+        report[name] = {"paused": bool(state.config_error), "backoff_s": round(max(0.0, left), 1),
+                        "failures": state.failures, "error": (state.config_error or state.last_error or "")[:512]}
+    return report
+
+
+def home_disk(home):
+    """{size_bytes, avail_bytes} of the file system holding harvester's home (None when it cannot be read)."""
+    try:
+        stat = os.statvfs(home)
+    except OSError:
+        return None
+    return {"size_bytes": stat.f_blocks * stat.f_frsize, "avail_bytes": stat.f_bavail * stat.f_frsize}
 
 
 def kill_workers(queue, worker_ids, reason, context=None):

@@ -23,7 +23,8 @@ def _harvester(params):
 
 def heartbeat(params, identity):
     return ok(harvesters.heartbeat(_harvester(params), params.get("version"), params.get("start_time"),
-                                   params.get("host"), agents=params.get("agents")))
+                                   params.get("host"), agents=params.get("agents"), queues=params.get("queues"),
+                                   home=params.get("home")))
 
 
 def update_workers(params, identity):

@@ -242,7 +242,7 @@ def redirect_root(params, identity):
 
 
 def register(app):
-    registry = metrics.make_registry()
+    registry = metrics.make_registry(app.config["minipanda.context"].home)
     app.config["minipanda.metrics"] = registry
 
     def metrics_route(params, identity):

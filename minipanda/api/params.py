@@ -214,7 +214,7 @@ TASKS = {
 }
 # harvester's routes check each field themselves (minipanda.workers.harvesters); declared here for the description.
 HARVESTER = {name: model("Harvester_" + name, **{key: Json for key in keys}) for name, keys in {
-    "heartbeat": ("harvester_id", "version", "start_time", "host"),
+    "heartbeat": ("harvester_id", "version", "start_time", "host", "agents", "queues", "home"),
     "update_workers": ("harvester_id", "workers"),
     "report_worker_statistics": ("harvester_id", "panda_queue", "statistics"),
     "acquire_commands": ("harvester_id", "n_commands"),

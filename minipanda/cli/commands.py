@@ -11,7 +11,8 @@ from minipanda.cli.tables import print_table
 from minipanda.core import auth
 from minipanda.errors import ClientError
 from minipanda.server import process
-from queueconfig.service import quiet_on_closed_pipe
+import queueconfig
+from queueconfig.service import parse_with_settings_file, quiet_on_closed_pipe
 
 EPILOG = """environment:
   MINIPANDA_HOME   home directory (database, signing secret, trf/); default ~/.minipanda
@@ -29,7 +30,11 @@ DB_HELP = "database URL (default sqlite:///<home>/minipanda.db), as given to 'se
 def main(argv=None):
     """Run the ``minipanda`` command; returns its exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse_with_settings_file(parser, argv, ("serve",), check_setting=_check_setting)
+    except queueconfig.ConfigError as exc:
+        print("\n".join(exc.errors + [f"{len(exc.errors)} error(s) in {exc.source}"]), file=sys.stderr)
+        return 1
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -44,13 +49,30 @@ def main(argv=None):
         return 1
 
 
+def _check_setting(key, value):
+    """A ``setting:`` entry of the settings file: None, or why it cannot be used."""
+    from minipanda.tasks import settings as task_settings
+
+    try:
+        task_settings.check(key, value)
+    except errors.SettingError as exc:  # the message names the setting; the file's message names it already
+        return str(exc).replace(f"setting {key!r} is unknown", "unknown setting").replace(f"setting {key}: ", "")
+    return None
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="minipanda", description="A small PanDA server: dispatch jobs to pilots.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"minipanda {__version__}")
     sub = parser.add_subparsers(title="commands")
 
-    serve = sub.add_parser("serve", help="run the server (PanDA protocol on /server/panda and /api/v1)")
+    serve = sub.add_parser("serve", help="run the server (PanDA protocol on /server/panda and /api/v1)",
+                           description="Run the server until SIGTERM or Ctrl-C. Every option can also be a key of "
+                                       "the --config file; the command line wins.")
+    serve.add_argument("--config", metavar="FILE",
+                       help="settings file (YAML): each option below as a key without its dashes (port: 25080, "
+                            "max-body-mb: 64), 'setting:' a mapping for --setting; relative paths are taken from "
+                            "the file's directory. See docs/operations.md")
     serve.add_argument("--host", default=process.DEFAULT_HOST, help="address to bind (default 127.0.0.1, loopback)")
     serve.add_argument("--port", type=int, default=process.DEFAULT_PORT, help="port (default 25080)")
     serve.add_argument("--db", help="database URL: sqlite:///PATH (default <home>/minipanda.db) or postgresql://...")
@@ -121,11 +143,13 @@ def build_parser():
         command.add_argument("--home", help=HOME_HELP)
         command.add_argument("--json", action="store_true", help="machine-readable output")
         command.set_defaults(func=func)
-    from minipanda.cli import harvester as cli_harvester, queues as cli_queues, tasks as cli_tasks
+    from minipanda.cli import harvester as cli_harvester, queues as cli_queues, service as cli_service, \
+        tasks as cli_tasks
 
     cli_tasks.add_parsers(sub)
     cli_queues.add_parsers(sub)
     cli_harvester.add_parsers(sub)
+    cli_service.add_parsers(sub)
     from testbed import cli as cli_testbed  # the one package that runs the server and harvester together
 
     cli_testbed.add_parsers(sub)

@@ -346,6 +346,9 @@ class HarvesterInstance(BaseModel):
     start_time = peewee.DateTimeField(null=True)
     last_heartbeat = peewee.DateTimeField()
     agents = peewee.TextField(null=True)  # JSON {agent: {runs, errors, last_duration, last_error_time}} (metrics)
+    # Schema 7: JSON {"queues": {queue: {paused, backoff_s, failures, error}}, "home": {size_bytes, avail_bytes}}
+    # from the heartbeat: what an admin is alerted on (/metrics), which only harvester knows.
+    report = peewee.TextField(null=True)
 
     class Meta:
         table_name = "harvester_instance"

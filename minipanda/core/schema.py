@@ -86,8 +86,14 @@ def _migration_6(db, migrator):
         migrate(migrator.add_column("harvester_instance", "agents", models.HarvesterInstance.agents))
 
 
-MIGRATIONS = {2: _migration_2, 3: _migration_3, 4: _migration_4, 5: _migration_5, 6: _migration_6}
-SCHEMA_VERSION = 6
+def _migration_7(db, migrator):
+    """harvester_instance.report: its queues' pauses and backoffs and its home's disk, for /metrics."""
+    if "report" not in {column.name for column in db.get_columns("harvester_instance")}:
+        migrate(migrator.add_column("harvester_instance", "report", models.HarvesterInstance.report))
+
+
+MIGRATIONS = {2: _migration_2, 3: _migration_3, 4: _migration_4, 5: _migration_5, 6: _migration_6, 7: _migration_7}
+SCHEMA_VERSION = 7
 
 
 def schema_version(db):

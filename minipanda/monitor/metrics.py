@@ -26,6 +26,9 @@ minipanda_harvester_agent_last_cycle_seconds    harvester, agent       duration 
 minipanda_dispatch_seconds                      outcome (jobs, none)   histogram: time to claim jobs for a request
 minipanda_scrape_database_seconds               (none)                 time the scrape's queries took
 ==============================================  =====================  =============================================
+
+The home's disk, the workers that ended in the last hour, and harvester's paused and backed-off queues and its
+home's disk: :mod:`minipanda.monitor.health`, for the shipped alerts (docs/monitoring/).
 """
 import datetime
 import json
@@ -40,6 +43,7 @@ from prometheus_client.registry import Collector
 from minipanda.core import models, states
 from minipanda.core.db import database
 from minipanda.monitor import queries
+from minipanda.monitor.health import HealthCollector
 
 # Observed in the dispatch path: registered in every app's registry, never in the global one.
 DISPATCH_SECONDS = Histogram(
@@ -157,10 +161,13 @@ def _number(value):
         return 0.0
 
 
-def make_registry():
-    """The server's registry: database counts, the dispatch histogram and this process's CPU and memory."""
+def make_registry(home=None):
+    """The server's registry: database counts, what the alerts need (:mod:`health`, when the ``home`` is given),
+    the dispatch histogram and this process's CPU and memory."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector())
+    if home is not None:
+        registry.register(HealthCollector(home))
     registry.register(DISPATCH_SECONDS)
     ProcessCollector(registry=registry)
     return registry

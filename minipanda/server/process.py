@@ -14,6 +14,7 @@ from minipanda.core import auth, db, queues, schema
 from minipanda.errors import ConfigError, ServerLocked
 from minipanda.server import http
 from minipanda.server.daemon import DutyRunner, LeaderLock
+from queueconfig.service import Notifier
 
 log = logging.getLogger("minipanda.server")
 access_log = logging.getLogger("minipanda.access")
@@ -204,6 +205,7 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
     """
     check_options(auth_mode, host, max_body_mb)
     check_tls(tls_cert, tls_key)
+    notifier = Notifier.from_environment(log)  # systemd (Type=notify): READY=1 once serving, STOPPING=1 on stop
     db_url = db_url or db.default_url(home)
     check_workers(workers, db_url)
     queue_config = load_queue_config(queues_file) if queues_file else None
@@ -237,15 +239,16 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
     if workers > 1:
         db.database.close()  # each worker opens its own connections; none is shared across fork()
         run_workers(server, workers, lambda: _run(server, app, runner, reloader, leader, lock, ready, settings,
-                                                  host, home, auth_mode, threads), lock)
+                                                  host, home, auth_mode, threads, Notifier()), lock, notifier)
         return
-    _run(server, app, runner, reloader, leader, lock, ready, settings, host, home, auth_mode, threads)
+    _run(server, app, runner, reloader, leader, lock, ready, settings, host, home, auth_mode, threads, notifier)
 
 
-def _run(server, app, runner, reloader, leader, lock, ready, settings, host, home, auth_mode, threads):
+def _run(server, app, runner, reloader, leader, lock, ready, settings, host, home, auth_mode, threads, notifier):
     """Serve requests and run the duties in this process until asked to stop."""
     def on_signal(signum, frame):
         log.info("received %s; stopping", signal.Signals(signum).name)
+        notifier.send("STOPPING=1")
         server.request_stop()
 
     def on_hangup(signum, frame):
@@ -269,6 +272,7 @@ def _run(server, app, runner, reloader, leader, lock, ready, settings, host, hom
         log.info("minipanda serving on %s://%s:%s (home %s, auth %s, %d threads, pid %d)", server.scheme, host,
                  server.effective_port, home, auth_mode, threads, os.getpid())
         runner.start()
+        notifier.send("READY=1", f"STATUS=serving on {server.scheme}://{host}:{server.effective_port}")
         if ready is not None:
             ready(server)
         while not server.stop_requested.wait(1.0):  # a timed wait: signal handlers run in between
@@ -296,7 +300,7 @@ def check_workers(workers, db_url):
                           "file takes one server process; use --threads for more concurrency on SQLite")
 
 
-def run_workers(server, workers, run, lock):
+def run_workers(server, workers, run, lock, notifier):
     """Fork ``workers`` processes that each call ``run()`` (serving the inherited, already listening socket); wait
     for them, passing SIGTERM/SIGINT/SIGHUP on. When one exits on its own, the others are stopped too, and this
     raises SystemExit(1) so a supervisor (systemd) restarts the whole server."""
@@ -318,10 +322,14 @@ def run_workers(server, workers, run, lock):
     lock.close()
     log.info("minipanda started %d worker processes on %s:%s: pids %s", workers, server.host, server.effective_port,
              " ".join(map(str, children)))
+    # The socket listens since bind(): connections wait in its backlog until a worker takes them.
+    notifier.send("READY=1", f"STATUS={workers} worker processes on {server.host}:{server.effective_port}")
     live, state = set(children), {"stopping": False}
 
     def pass_on(signum, frame=None):
         if signum != signal.SIGHUP:
+            if not state["stopping"]:
+                notifier.send("STOPPING=1")
             state["stopping"] = True
         for pid in live:
             try:

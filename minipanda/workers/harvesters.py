@@ -142,14 +142,46 @@ def agent_figures(agents):
     return json.dumps(figures, sort_keys=True)
 
 
-def heartbeat(harvester_id, version, start_time, host, now=None, agents=None):
-    """Record that a harvester is alive (with its agents' cycle figures when sent); returns {"server_time"}."""
+MAX_REPORTED_QUEUES = 1000
+
+
+def harvester_report(queues, home):
+    """The queue states and home disk of a heartbeat as stored (JSON), numbers and texts checked; None when the
+    harvester sent neither (an older harvester)."""
+    queues, home = json_value(queues, "queues"), json_value(home, "home")
+    if queues is None and home is None:
+        return None
+    if not isinstance(queues or {}, dict) or len(queues or {}) > MAX_REPORTED_QUEUES:
+        raise RequestError(f"queues: expected {{queue: {{paused, backoff_s, failures, error}}}} (at most "
+                           f"{MAX_REPORTED_QUEUES} queues)")
+    report = {"queues": {}, "home": {}}
+    for name, state in (queues or {}).items():
+        text(name, "queues name", 128, required=True)
+        if not isinstance(state, dict):
+            raise RequestError(f"queues.{name[:128]}: expected an object")
+        report["queues"][name] = {"paused": state.get("paused") is True,
+                                  "backoff_s": figure(state.get("backoff_s", 0), f"queues.{name}.backoff_s"),
+                                  "failures": figure(state.get("failures", 0), f"queues.{name}.failures"),
+                                  "error": text(state.get("error"), f"queues.{name}.error", 512) or ""}
+    if home is not None:
+        if not isinstance(home, dict):
+            raise RequestError("home: expected {size_bytes, avail_bytes}")
+        report["home"] = {key: figure(home.get(key, 0), f"home.{key}") for key in ("size_bytes", "avail_bytes")}
+    return json.dumps(report, sort_keys=True)
+
+
+def heartbeat(harvester_id, version, start_time, host, now=None, agents=None, queues=None, home=None):
+    """Record that a harvester is alive (with its agents' cycle figures, its queues' states and its home's disk
+    when sent); returns {"server_time"}."""
     now = now or states.utcnow()
     row = {"host": text(host, "host", 256) or "", "version": text(version, "version", 64) or "",
            "start_time": utc_time(start_time, "start_time"), "last_heartbeat": now}
     figures = agent_figures(agents)
     if figures is not None:
         row["agents"] = figures
+    report = harvester_report(queues, home)
+    if report is not None:
+        row["report"] = report
     HI = models.HarvesterInstance
     with database.atomic():
         HI.insert(harvester_id=harvester_id, **row).on_conflict(
