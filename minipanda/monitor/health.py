@@ -61,13 +61,13 @@ class HealthCollector(Collector):
 
     @staticmethod
     def _workers_ended(now):
-        W = models.Worker
+        Worker = models.Worker
         ended = GaugeMetricFamily("minipanda_workers_ended_last_hour", "Workers that ended in the last hour, by "
                                   "queue and final state (as harvester reported them)", labels=["queue", "state"])
-        when = fn.COALESCE(W.end_time, W.modification_time)
-        for queue, state, n in (W.select(W.computing_site, W.status, fn.COUNT(W.id))
-                                .where(W.status.in_(sorted(FINAL_WORKER_STATES)), when >= now - ENDED_WINDOW)
-                                .group_by(W.computing_site, W.status).tuples()):
+        when = fn.COALESCE(Worker.end_time, Worker.modification_time)
+        for queue, state, n in (Worker.select(Worker.computing_site, Worker.status, fn.COUNT(Worker.id))
+                                .where(Worker.status.in_(sorted(FINAL_WORKER_STATES)), when >= now - ENDED_WINDOW)
+                                .group_by(Worker.computing_site, Worker.status).tuples()):
             ended.add_metric([queue or "", state], n)
         return ended
 
@@ -85,8 +85,9 @@ class HealthCollector(Collector):
                                  "holding harvester's home (from the heartbeat)", labels=["harvester"])
         avail = GaugeMetricFamily("minipanda_harvester_home_filesystem_avail_bytes", "Bytes free on the file "
                                   "system holding harvester's home (from the heartbeat)", labels=["harvester"])
-        HI = models.HarvesterInstance
-        for harvester_id, text in HI.select(HI.harvester_id, HI.report).where(HI.report.is_null(False)).tuples():
+        Instance = models.HarvesterInstance
+        for harvester_id, text in (Instance.select(Instance.harvester_id, Instance.report)
+                                   .where(Instance.report.is_null(False)).tuples()):
             report = json.loads(text)
             for queue, state in sorted(report.get("queues", {}).items()):
                 paused.add_metric([harvester_id, queue], 1 if state.get("paused") else 0)
