@@ -156,7 +156,7 @@ def part_monitor(args, base):
             specs = []
             for _ in range(max(1, n_real)):
                 ap = ctx.access_point(queue, next_id)
-                specs.append(WorkerSpec(next_id, queue, ap, ("sleep", str(args.sleep)), {}, 1, 1000, 3600))
+                specs.append(WorkerSpec(next_id, ap, ("sleep", str(args.sleep)), {}, 1, 1000, 3600))
                 plugin.write_script(specs[-1])
                 next_id += 1
             results = plugin.submit(specs)
@@ -261,7 +261,7 @@ def part_submit(args, base):
         queue = ctx.queues[QUEUE]
         plugin = ctx.plugin(queue)
         # the plugin alone: scripts written first, then one submit() call
-        specs = [WorkerSpec(100000 + i, queue, os.path.join(home, "plain", str(i)), ("/bin/true",), {}, 1, 1000, 600)
+        specs = [WorkerSpec(100000 + i, os.path.join(home, "plain", str(i)), ("/bin/true",), {}, 1, 1000, 600)
                  for i in range(n)]
         t0 = time.perf_counter()
         for spec in specs:

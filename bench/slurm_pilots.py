@@ -115,8 +115,9 @@ def part_status(args, cluster):
     from harvester.batch.slurm import SlurmBatch
     from harvester.ssh import SshTransport, SshSettings
     from harvester.transport import LocalTransport
+    from queueconfig import Queue
 
-    slurm = cluster.slurm
+    slurm, queue = cluster.slurm, Queue.model_validate({"name": "BENCH_STATUS", "batch": {"system": "slurm"}})
 
     def submit(i):
         result = slurm.run("sbatch", "--parsable", "--hold", "--job-name", f"tracked-{i}", "--mem=10M",
@@ -140,7 +141,7 @@ def part_status(args, cluster):
                 calls.append(argv[0])
                 return run(argv, **kwargs)
             transport.run = counted
-            plugin = SlurmBatch(transport)
+            plugin = SlurmBatch(queue, transport)
             plugin.status(ids[:1])  # connect and warm up
             calls.clear()
             times = []

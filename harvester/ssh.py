@@ -273,8 +273,10 @@ class SshTransport(Transport):
                         return CommandResult(-9, _decode(b"".join(out)), stderr, True, argv)
                     select.select([channel], [], [], 0.05)
             _drain(channel, out, err)
-            lost = not channel.exit_status_ready()
-            code = SSH_FAILED_RC if lost else channel.recv_exit_status()
+            code = channel.recv_exit_status() if channel.exit_status_ready() else -1
+            # no exit status: the command was killed by a signal (paramiko drops exit-signal), or the link died
+            lost = code == -1 and _dropped(channel.get_transport())
+            code = SSH_FAILED_RC if lost else code
         except (paramiko.SSHException, OSError, EOFError) as exc:
             lost, code = True, SSH_FAILED_RC
             err.append(f"\n{_reason(exc)}".encode())
@@ -284,7 +286,7 @@ class SshTransport(Transport):
         if lost:
             self._conn.drop()
             stderr += f"\nssh {self.settings.where}: connection lost while the command ran"
-        return CommandResult(code, _decode(b"".join(out)), stderr, False, argv)
+        return CommandResult(code, _decode(b"".join(out)), stderr, False, argv, lost)
 
     def _kill(self, pid):
         """Kill the process group of a timed-out remote command (a closed channel alone does not stop it)."""
@@ -412,6 +414,16 @@ def command_line(argv, env=None, cwd=None):
 _PID_MARK = "harvester-pid "
 _WRAPPER = (f'printf "{_PID_MARK}%s\\n" "$$" >&2; if [ -n "$1" ]; then cd "$1" || exit 127; fi; shift; '
             'exec env -- "$@"')
+
+
+def _dropped(transport, wait=1.0):
+    """True when ``transport``'s connection has ended; a channel it closed can be seen before it is marked so."""
+    deadline = time.monotonic() + wait
+    while transport.is_active():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _split_pid(stderr):

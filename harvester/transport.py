@@ -42,6 +42,8 @@ class CommandResult:
         stdout, stderr: the output, decoded as UTF-8 with undecodable bytes replaced.
         timed_out: True when the command was killed because it outlived ``timeout``.
         argv: the command, for error messages.
+        lost: True when the connection to the submit host dropped while the command ran: it may have taken
+            effect, its answer is lost.
     """
 
     returncode: int
@@ -49,6 +51,7 @@ class CommandResult:
     stderr: str
     timed_out: bool = False
     argv: tuple = ()
+    lost: bool = False
 
     @property
     def ok(self):

@@ -22,17 +22,18 @@ class SchedulerTransport(Transport):
     def __init__(self):
         self.calls, self.files, self.answers = [], {}, {}
 
-    def answer(self, command, returncode=0, stdout="", stderr=""):
-        """Queue the next answer to ``command`` (argv[0]); the last one queued repeats."""
-        self.answers.setdefault(command, []).append((returncode, stdout, stderr))
+    def answer(self, command, returncode=0, stdout="", stderr="", lost=False):
+        """Queue the next answer to ``command`` (argv[0]); the last one queued repeats. ``lost``: the connection
+        dropped while it ran (as :class:`harvester.ssh.SshTransport` reports it)."""
+        self.answers.setdefault(command, []).append((returncode, stdout, stderr, lost))
         return self
 
     def run(self, argv, timeout=None, input=None, env=None, cwd=None):
         argv = _check_argv(argv)  # the same refusal of shell lines as the real transports
         self.calls.append((argv, input))
-        queued = self.answers.get(argv[0]) or [(127, "", f"{argv[0]}: command not found")]
-        returncode, stdout, stderr = queued.pop(0) if len(queued) > 1 else queued[0]
-        return CommandResult(returncode, stdout, stderr, argv=argv)
+        queued = self.answers.get(argv[0]) or [(127, "", f"{argv[0]}: command not found", False)]
+        returncode, stdout, stderr, lost = queued.pop(0) if len(queued) > 1 else queued[0]
+        return CommandResult(returncode, stdout, stderr, argv=argv, lost=lost)
 
     def commands(self, name):
         return [argv for argv, _ in self.calls if argv[0] == name]
@@ -51,7 +52,8 @@ class SchedulerTransport(Transport):
 
 
 def worker(queue, worker_id=11, environment=None, **changes):
-    fields = dict(worker_id=worker_id, queue=queue, access_point=f"/scratch/harvester/workers/{queue.name}/"
+    """A worker of ``queue`` (which names its access point and the pilot's arguments)."""
+    fields = dict(worker_id=worker_id, access_point=f"/scratch/harvester/workers/{queue.name}/"
                   f"{worker_id}", argv=("python3", "/opt/pilot.pyz", "--queue", queue.name),
                   environment=environment or {"PANDA_SERVER": "http://panda:25080"}, cores=8, memory_mb=16000,
                   walltime_s=4200)

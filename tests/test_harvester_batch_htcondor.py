@@ -68,8 +68,8 @@ def ads(name):
 
 
 def plugin_with(schedd, queue=QUEUE):
-    plugin = HTCondorBatch(SchedulerTransport())
-    plugin.queue, plugin.schedd_class, plugin.clock = queue, lambda location=None: schedd, lambda: NOW
+    plugin = HTCondorBatch(queue, SchedulerTransport())
+    plugin.schedd_class, plugin.clock = lambda location=None: schedd, lambda: NOW
     return plugin
 
 
@@ -103,7 +103,7 @@ def test_submit_description_as_the_bindings_render_it():
                  "MY.MinipandaAccessPoint = \"/scratch/harvester/workers/CONDOR_TEST/11\"", "MY.MaxRuntime = 4200",
                  "periodic_remove = JobStatus == 2 && time() - EnteredCurrentStatus > 4200",
                  "accounting_group = group_atlas.prod", 'requirements = (OpSys == "LINUX")',
-                 'MY.ProjectName = "ATLAS"', "batch_name = harvester-11"]:
+                 'MY.ProjectName = "ATLAS"', "batch_name = harvester-CONDOR_TEST-11"]:
         assert line in text.splitlines(), line
     assert "log = " not in text and "arguments" not in text  # skipped; the script takes no arguments
     again = htcondor2.Submit(text)  # what the schedd gets back is what was meant, once the macros are expanded
@@ -219,4 +219,12 @@ def test_a_remote_schedd_is_located_once_through_the_collector():
 def test_plugin_for_gives_the_queue_to_the_plugin():
     plugin = plugin_for(QUEUE, SchedulerTransport(), "/spool")
     assert isinstance(plugin, HTCondorBatch) and plugin.queue is QUEUE
-    assert "#!/bin/sh\n" in plugin.render(worker(QUEUE)) and "#PBS" not in plugin.render(worker(QUEUE))
+    assert plugin.transport is not None and plugin.queue.batch.held_timeout == 3600
+
+
+def test_the_job_script_holds_no_submit_commands():
+    """HTCondor reads its options from the submit description: none may end up as a line of the shell script."""
+    script = plugin_with(StandInSchedd()).render(worker(QUEUE))
+    lines = script.splitlines()
+    assert lines[:2] == ["#!/bin/sh", "# harvester worker 11 of queue CONDOR_TEST"]
+    assert not any("requirements" in line or "ProjectName" in line for line in lines)

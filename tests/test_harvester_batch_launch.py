@@ -25,10 +25,9 @@ def queue(system="local", **batch):
                                  "pilot": {"lifetime": 3000, "per_worker": 3}})
 
 
-def spec(tmp_path, codes, q=None, script=None):
+def spec(tmp_path, codes, script=None):
     """A worker of one pilot per exit code: each pilot is sh printing its HARVESTER_WORKDIR, touching its
     directory and exiting with its code (or running ``script``)."""
-    q = q or queue()
     base = tmp_path / "worker"
     pilots = []
     for index, code in enumerate(codes, 1):
@@ -37,7 +36,7 @@ def spec(tmp_path, codes, q=None, script=None):
         body = script or 'echo "$HARVESTER_PILOT $HARVESTER_WORKDIR $1"; touch "$HARVESTER_WORKDIR/ran"; exit "$2"'
         pilots.append(PilotLaunch(str(directory), ("sh", "-c", body, "pilot", f"arg '{index}' $(x)", str(code)),
                                   {"HARVESTER_WORKDIR": str(directory), "HARVESTER_PILOT": str(index)}))
-    return WorkerSpec(worker_id=5, queue=q, access_point=str(base), argv=(), environment={}, cores=6,
+    return WorkerSpec(worker_id=5, access_point=str(base), argv=(), environment={}, cores=6,
                       memory_mb=6000, walltime_s=3600, pilots=tuple(pilots))
 
 
@@ -158,7 +157,7 @@ def test_a_stop_to_the_process_group_is_one_stop_for_each_pilot(tmp_path, shell)
 
 def test_slurm_asks_one_task_with_every_pilot_s_cores(tmp_path):
     q = queue("slurm")
-    worker = spec(tmp_path, (0, 0, 0), q=q)
+    worker = spec(tmp_path, (0, 0, 0))
     script = plugin_for(q, SchedulerTransport(), None).render(worker)
     header = directives(script, "#SBATCH")
     assert {"#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=6", "#SBATCH --mem=6000M"} <= set(header)
@@ -169,7 +168,7 @@ def test_slurm_asks_one_task_with_every_pilot_s_cores(tmp_path):
 def test_every_plugin_starts_the_pilots_as_processes_of_the_job_script(tmp_path, system):
     extra = {"partition": "q"} if system in ("pbs", "lsf") else {}
     q = queue(system, **extra)
-    worker = spec(tmp_path, (0, 0, 0), q=q)
+    worker = spec(tmp_path, (0, 0, 0))
     script = plugin_for(q, SchedulerTransport(), str(tmp_path / "spool")).render(worker)
     assert pilot_lines(worker) in script and "srun" not in script
     assert "exec " not in script.replace("exec sh -c", "")
@@ -177,7 +176,7 @@ def test_every_plugin_starts_the_pilots_as_processes_of_the_job_script(tmp_path,
 
 def test_one_pilot_is_still_execed(tmp_path):
     q = Queue.model_validate({"name": "ONE", "batch": {"system": "slurm"}})
-    worker = WorkerSpec(worker_id=1, queue=q, access_point="/w/1", argv=("pilot", "-a", "/w/1"), environment={},
+    worker = WorkerSpec(worker_id=1, access_point="/w/1", argv=("pilot", "-a", "/w/1"), environment={},
                         cores=1, memory_mb=100, walltime_s=600)
     assert pilot_lines(worker) == "exec pilot -a /w/1\n"
     assert "srun" not in plugin_for(q, SchedulerTransport(), None).render(worker)

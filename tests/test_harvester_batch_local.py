@@ -16,7 +16,8 @@ from conftest import eventually as wait_for
 from queueconfig import Queue
 
 QUEUE = Queue.model_validate({"name": "LOCAL_TEST",
-                              "batch": {"setup": ["MINIPANDA_SETUP=ran; export MINIPANDA_SETUP"]}})
+                              "batch": {"setup": ["MINIPANDA_SETUP=ran; export MINIPANDA_SETUP"],
+                                        "environment": {"SITE_NOTE": "it's $(site)", "A": "the queue's"}}})
 PY = sys.executable
 
 
@@ -70,13 +71,13 @@ def spool(tmp_path):
 
 @pytest.fixture
 def batch(spool):
-    plugin = LocalBatch(CountingTransport(), spool)
+    plugin = LocalBatch(QUEUE, CountingTransport(), spool)
     plugin.cancel_grace = 1
     return plugin
 
 
 def make_worker(plugin, tmp_path, worker_id, argv, environment=None):
-    worker = WorkerSpec(worker_id=worker_id, queue=QUEUE, access_point=str(tmp_path / f"w{worker_id}"),
+    worker = WorkerSpec(worker_id=worker_id, access_point=str(tmp_path / f"w{worker_id}"),
                         argv=tuple(argv), environment=environment or {}, cores=1, memory_mb=100, walltime_s=600)
     plugin.write_script(worker)
     return worker
@@ -102,13 +103,16 @@ def python(code):
 
 
 def test_render_quotes_everything(batch, tmp_path):
-    worker = WorkerSpec(7, QUEUE, "/data/w 7", ("pilot", "-q", "a b", "$(x)"), {"A": "it's"}, 1, 100, 600)
+    worker = WorkerSpec(7, "/data/w 7", ("pilot", "-q", "a b", "$(x)"), {"A": "it's"}, 1, 100, 600)
     script = batch.render(worker)
     assert script.startswith("#!/bin/sh\n") and "cd '/data/w 7' || exit 1" in script
     assert "export A='it'\"'\"'s'" in script and "MINIPANDA_SETUP=ran" in script
+    assert "export SITE_NOTE='it'\"'\"'s $(site)'" in script  # batch.environment, as docs/queue-config.md says
+    assert script.index("export SITE_NOTE") < script.index("export A=")
+    assert "export A='the queue" not in script  # the worker's own value wins
     assert "exec pilot -q 'a b' '$(x)'" in script and "'/data/w 7/job.exit'" in script
     with pytest.raises(BatchError, match="'BAD-NAME'") as info:
-        batch.render(WorkerSpec(7, QUEUE, "/w", ("p",), {"BAD-NAME": "x"}, 1, 100, 600))
+        batch.render(WorkerSpec(7, "/w", ("p",), {"BAD-NAME": "x"}, 1, 100, 600))
     assert info.value.status == FATAL
 
 
@@ -116,7 +120,7 @@ def test_running_then_finished(batch, tmp_path):
     go = tmp_path / "go"
     worker, batch_id = submit_one(batch, tmp_path, python(
         f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.05)\n"
-        "print('pilot', os.environ['MINIPANDA_SETUP'], os.getcwd())"))
+        "print('pilot', os.environ['MINIPANDA_SETUP'], os.environ['SITE_NOTE'], os.getcwd())"))
     pid, start = (int(part) for part in batch_id.split("-"))
     assert until_state(batch, batch_id, "running").diag == f"pid {pid} running"
     assert int(stat_fields(pid)[19]) == start
@@ -124,7 +128,7 @@ def test_running_then_finished(batch, tmp_path):
     go.touch()
     final = until_state(batch, batch_id, "finished")
     assert (final.diag, final.exit_code) == ("pilot exit code 0", 0)
-    assert (tmp_path / "w1" / "job.out").read_text() == f"pilot ran {worker.access_point}\n"
+    assert (tmp_path / "w1" / "job.out").read_text() == f"pilot ran it's $(site) {worker.access_point}\n"
 
 
 def test_failed_with_exit_code(batch, tmp_path):
@@ -175,7 +179,7 @@ def test_a_restarted_harvester_sees_the_same_states(batch, spool, tmp_path):
         f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.05)"), worker_id=1)
     _, failed = submit_one(batch, tmp_path, python("raise SystemExit(5)"), worker_id=2)
     until_state(batch, failed, "failed")
-    restarted = LocalBatch(LocalTransport(), spool)
+    restarted = LocalBatch(QUEUE, LocalTransport(), spool)
     states = restarted.status([running, failed]).states
     assert states[running].state == "running" and states[failed].diag == "pilot exit code 5"
     go.touch()
@@ -217,7 +221,7 @@ def test_unknown_ids_are_left_out(batch):
 
 
 def test_a_missing_script_is_fatal(batch, tmp_path):
-    worker = WorkerSpec(3, QUEUE, str(tmp_path / "w3"), ("true",), {}, 1, 100, 600)
+    worker = WorkerSpec(3, str(tmp_path / "w3"), ("true",), {}, 1, 100, 600)
     (result,) = batch.submit([worker])
     assert result.status == FATAL and "no job script" in result.message
 
@@ -263,11 +267,11 @@ def test_find_recovers_the_batch_id_of_an_unrecorded_submission(tmp_path):
     from harvester.batch.local import LocalBatch
     from harvester.transport import LocalTransport
 
-    plugin = LocalBatch(LocalTransport(), str(tmp_path / "spool"))
+    plugin = LocalBatch(QUEUE, LocalTransport(), str(tmp_path / "spool"))
     spec = _find_spec(tmp_path, plugin)
     (result,) = plugin.submit([spec])
     try:
-        fresh = LocalBatch(LocalTransport(), str(tmp_path / "spool"))  # a restarted harvester
+        fresh = LocalBatch(QUEUE, LocalTransport(), str(tmp_path / "spool"))  # a restarted harvester
         assert fresh.find(spec.access_point) == result.batch_id
         assert fresh.find(str(tmp_path / "never-submitted")) is None
     finally:
@@ -282,7 +286,7 @@ def _find_spec(tmp_path, plugin):
     from queueconfig.loader import loads
 
     queue = loads(_json.dumps({"queues": {"Q": {}}}), "q.json").queues["Q"]
-    spec = WorkerSpec(worker_id=1, queue=queue, access_point=str(tmp_path / "ap1"),
+    spec = WorkerSpec(worker_id=1, access_point=str(tmp_path / "ap1"),
                       argv=(_sys.executable, "-c", "import time; time.sleep(30)"), environment={}, cores=1,
                       memory_mb=100, walltime_s=60)
     plugin.write_script(spec)

@@ -19,9 +19,9 @@ def transport():
 
 
 def test_header_from_the_queue_config(transport):
-    script = LSFBatch(transport).render(worker(QUEUE, environment=HOSTILE))
+    script = LSFBatch(QUEUE, transport).render(worker(QUEUE, environment=HOSTILE))
     assert directives(script, "#BSUB") == [
-        "#BSUB -J harvester-11", "#BSUB -q normal", "#BSUB -P atlas", "#BSUB -n 8", "#BSUB -R span[hosts=1]",
+        "#BSUB -J harvester-LSF_TEST-11", "#BSUB -q normal", "#BSUB -P atlas", "#BSUB -n 8", "#BSUB -R span[hosts=1]",
         "#BSUB -W 70", "#BSUB -cwd /scratch/harvester/workers/LSF_TEST/11",
         "#BSUB -o /scratch/harvester/workers/LSF_TEST/11/job.out",
         "#BSUB -e /scratch/harvester/workers/LSF_TEST/11/job.err", "#BSUB -x"]  # -M skipped
@@ -31,7 +31,7 @@ def test_header_from_the_queue_config(transport):
 
 
 def test_walltime_rounds_up_and_one_core_needs_no_span(transport):
-    header = directives(LSFBatch(transport).render(worker(QUEUE, cores=1, walltime_s=61)), "#BSUB")
+    header = directives(LSFBatch(QUEUE, transport).render(worker(QUEUE, cores=1, walltime_s=61)), "#BSUB")
     assert "#BSUB -W 2" in header and "#BSUB -n 1" in header and "#BSUB -R span[hosts=1]" not in header
 
 
@@ -39,15 +39,15 @@ def test_walltime_rounds_up_and_one_core_needs_no_span(transport):
     ({"X": "a\n#BSUB -q evil"}, (), "atlas"), ({}, ("  #BSUB -q evil",), "atlas"), ({}, (), "at las"),
     ({}, (), "`id`")])
 def test_values_that_would_become_directives_are_refused(transport, environment, setup, account):
-    batch = QUEUE.batch.model_copy(update={"setup": setup, "account": account})
+    queue = QUEUE.model_copy(update={"batch": QUEUE.batch.model_copy(update={"setup": setup, "account": account})})
     with pytest.raises(BatchError) as caught:
-        LSFBatch(transport).render(worker(QUEUE.model_copy(update={"batch": batch}), environment=environment))
+        LSFBatch(queue, transport).render(worker(queue, environment=environment))
     assert caught.value.status == FATAL
 
 
 def test_submit_sends_the_written_script_on_stdin(transport):
     transport.answer("bsub", stdout=recorded("lsf_bsub.out"))
-    plugin, spec = LSFBatch(transport), worker(QUEUE)
+    plugin, spec = LSFBatch(QUEUE, transport), worker(QUEUE)
     plugin.write_script(spec)
     [result] = plugin.submit([spec])
     assert (result.status, result.batch_id) == (OK, "81231")
@@ -56,7 +56,7 @@ def test_submit_sends_the_written_script_on_stdin(transport):
 
 
 def test_a_submission_error_reaches_the_worker(transport):
-    plugin, spec = LSFBatch(transport), worker(QUEUE)
+    plugin, spec = LSFBatch(QUEUE, transport), worker(QUEUE)
     [missing] = plugin.submit([spec])
     assert missing.status == FATAL and "no job script" in missing.message and not transport.calls
     plugin.write_script(spec)
@@ -79,7 +79,7 @@ EXPECTED = {  # batch id -> (worker state, exit code, words in the diag)
 def test_every_native_state_in_one_call(transport):
     transport.answer("bjobs", 255, stdout=recorded("lsf_bjobs.json"), stderr="Job <81299> is not found\n")
     ids = [*EXPECTED, "81299"]
-    result = LSFBatch(transport).status(ids)
+    result = LSFBatch(QUEUE, transport).status(ids)
     assert transport.commands("bjobs") == [
         ("bjobs", "-a", "-json", "-o", "jobid stat exit_code exit_reason pend_reason", *ids)]
     assert result.status == OK and set(result.states) == set(EXPECTED)  # the ERROR record is an unknown id
@@ -91,26 +91,26 @@ def test_every_native_state_in_one_call(transport):
 
 def test_lsf_down_is_not_all_jobs_gone(transport):
     transport.answer("bjobs", 255, stderr=recorded("lsf_bjobs_down.err"))
-    result = LSFBatch(transport).status(["81231", "81233"])
+    result = LSFBatch(QUEUE, transport).status(["81231", "81233"])
     assert result.status == RETRY and "LSF is down" in result.message and not result.states
 
 
 def test_cancel_in_one_call(transport):
     transport.answer("bkill", 255, stdout=recorded("lsf_bkill.out"), stderr=recorded("lsf_bkill.err"))
-    result = LSFBatch(transport).cancel(["81231", "81236", "81299", "81233"])
+    result = LSFBatch(QUEUE, transport).cancel(["81231", "81236", "81299", "81233"])
     assert transport.commands("bkill") == [("bkill", "81231", "81236", "81299", "81233")]
     assert {b: s for b, (s, _) in result.results.items()} == {"81231": OK, "81236": OK, "81299": OK,
                                                               "81233": RETRY}
-    assert result.results["81233"][1] == "Operation not permitted"
+    assert result.results["81233"][1] == "Job <81233>: Operation not permitted"
 
 
 def test_find_by_job_name_and_output_file(transport):
     transport.answer("bjobs", stdout=recorded("lsf_bjobs_find.json"))
     transport.answer("bjobs", 255, stderr=recorded("lsf_bjobs_find_none.err"))
     transport.answer("bjobs", 255, stderr=recorded("lsf_bjobs_down.err"))
-    plugin = LSFBatch(transport)
+    plugin = LSFBatch(QUEUE, transport)
     assert plugin.find("/scratch/harvester/workers/LSF_TEST/31") == "81242"  # not 80011: another output path
-    assert transport.calls[0][0] == ("bjobs", "-a", "-json", "-o", "jobid stat output_file", "-J", "harvester-31")
+    assert transport.calls[0][0] == (*LSFBatch.find_command, "harvester-LSF_TEST-31")
     assert plugin.find("/scratch/harvester/workers/LSF_TEST/32") is None
     with pytest.raises(BatchError):
         plugin.find("/scratch/harvester/workers/LSF_TEST/33")

@@ -23,9 +23,9 @@ def transport():
 
 
 def test_header_from_the_queue_config(transport):
-    script = PBSBatch(transport).render(worker(QUEUE))
+    script = PBSBatch(QUEUE, transport).render(worker(QUEUE))
     assert directives(script, "#PBS") == [
-        "#PBS -N harvester-11", "#PBS -q workq", "#PBS -A atlas", "#PBS -l select=1:ncpus=8:mem=16000mb",
+        "#PBS -N harvester-PBS_TEST-11", "#PBS -q workq", "#PBS -A atlas", "#PBS -l select=1:ncpus=8:mem=16000mb",
         "#PBS -l walltime=01:10:00", "#PBS -o /scratch/harvester/workers/PBS_TEST/11/job.out",
         "#PBS -e /scratch/harvester/workers/PBS_TEST/11/job.err", "#PBS -l place=scatter"]  # '-r n' skipped
     assert "module load python/3.11\nexec python3 /opt/pilot.pyz --queue PBS_TEST\n" in script
@@ -34,7 +34,7 @@ def test_header_from_the_queue_config(transport):
 def test_hostile_values_cannot_change_the_script(transport, tmp_path):
     spec = worker(QUEUE, environment=HOSTILE, access_point=str(tmp_path),
                   argv=("sh", "-c", 'for v in A B C D E SITE_NOTE; do eval "printf \'%s\\n\' \\"\\$$v\\""; done'))
-    script = PBSBatch(transport).render(spec)
+    script = PBSBatch(QUEUE, transport).render(spec)
     assert every_line_with(script, "#PBS") == directives(script, "#PBS")  # no directive below the header
     assert len(directives(script, "#PBS")) == 8
     spec_script = tmp_path / "job.sh"
@@ -52,16 +52,16 @@ def test_hostile_values_cannot_change_the_script(transport, tmp_path):
 ])
 def test_values_that_would_become_directives_are_refused(transport, environment, setup, partition):
     batch = QUEUE.batch.model_copy(update={"setup": setup, "partition": partition})
-    spec = worker(QUEUE.model_copy(update={"batch": batch}), environment=environment)
+    queue = QUEUE.model_copy(update={"batch": batch})
     with pytest.raises(BatchError) as caught:
-        PBSBatch(transport).render(spec)
+        PBSBatch(queue, transport).render(worker(queue, environment=environment))
     assert caught.value.status == FATAL
 
 
 def test_submit_parses_the_job_id(transport):
     transport.answer("qsub", stdout=recorded("pbs_qsub.out"))
     spec = worker(QUEUE)
-    [result] = PBSBatch(transport).submit([spec])
+    [result] = PBSBatch(QUEUE, transport).submit([spec])
     assert (result.status, result.batch_id) == (OK, "4211.pbs01")
     assert transport.calls == [(("qsub", "/scratch/harvester/workers/PBS_TEST/11/job.sh"), None)]
 
@@ -70,7 +70,7 @@ def test_a_submission_error_reaches_the_worker(transport):
     transport.answer("qsub", 170, stderr=recorded("pbs_qsub_unknown_queue.err"))
     transport.answer("qsub", 15, stderr="qsub: cannot connect to server pbs01 (errno=15010)")
     transport.answer("qsub", 0, stdout="garbage\n")
-    plugin = PBSBatch(transport)
+    plugin = PBSBatch(QUEUE, transport)
     unknown_queue, down, garbage = (plugin.submit([worker(QUEUE)])[0] for _ in range(3))
     assert unknown_queue.status == FATAL and "qsub: Unknown queue" in unknown_queue.message
     assert down.status == RETRY and "cannot connect to server" in down.message
@@ -90,7 +90,7 @@ EXPECTED = {  # batch id -> (worker state, exit code, words in the diag)
 def test_every_native_state_in_one_call(transport):
     transport.answer("qstat", 153, stdout=recorded("pbs_qstat.json"), stderr=recorded("pbs_qstat_unknown.err"))
     ids = [*EXPECTED, "4299.pbs01", "4300.pbs01"]
-    result = PBSBatch(transport).status(ids)
+    result = PBSBatch(QUEUE, transport).status(ids)
     assert transport.commands("qstat") == [("qstat", "-f", "-F", "json", "-x", *ids)]
     assert result.status == OK and set(result.states) == set(EXPECTED)  # unknown ids are simply absent
     for batch_id, (state, exit_code, words) in EXPECTED.items():
@@ -101,22 +101,22 @@ def test_every_native_state_in_one_call(transport):
 
 def test_a_short_id_matches_the_servers_longer_name(transport):
     transport.answer("qstat", stdout=recorded("pbs_qstat.json"))
-    assert PBSBatch(transport).status(["4216"]).states["4216"].state == "finished"
+    assert PBSBatch(QUEUE, transport).status(["4216"]).states["4216"].state == "finished"
 
 
 def test_an_unreachable_server_is_not_all_jobs_gone(transport):
     transport.answer("qstat", 255, stdout=recorded("pbs_qstat_down.json"), stderr=recorded("pbs_qstat_down.err"))
     transport.answer("qstat", 0, stdout="qstat: not json")
-    plugin = PBSBatch(transport)
+    plugin = PBSBatch(QUEUE, transport)
     down, garbage = plugin.status(["4211.pbs01"]), plugin.status(["4211.pbs01"])
     assert down.status == RETRY and "cannot connect to server" in down.message
     assert garbage.status == RETRY and not garbage.states
-    assert PBSBatch(transport).status([]).status == OK and len(transport.calls) == 2  # no ids, no command
+    assert PBSBatch(QUEUE, transport).status([]).status == OK and len(transport.calls) == 2  # no ids, no command
 
 
 def test_cancel_in_one_call(transport):
     transport.answer("qdel", 153, stderr=recorded("pbs_qdel.err"))
-    result = PBSBatch(transport).cancel(["4211.pbs01", "4216.pbs01", "4299.pbs01"])
+    result = PBSBatch(QUEUE, transport).cancel(["4211.pbs01", "4216.pbs01", "4299.pbs01"])
     assert transport.commands("qdel") == [("qdel", "4211.pbs01", "4216.pbs01", "4299.pbs01")]
     assert {b: s for b, (s, _) in result.results.items()} == {"4211.pbs01": OK, "4216.pbs01": OK,
                                                               "4299.pbs01": OK}
@@ -125,16 +125,16 @@ def test_cancel_in_one_call(transport):
 
 def test_cancel_retries_when_qdel_fails(transport):
     transport.answer("qdel", 255, stderr=recorded("pbs_qstat_down.err"))
-    result = PBSBatch(transport).cancel(["4211.pbs01"])
+    result = PBSBatch(QUEUE, transport).cancel(["4211.pbs01"])
     assert result.results["4211.pbs01"][0] == RETRY and "cannot connect" in result.results["4211.pbs01"][1]
 
 
 def test_find_by_job_name_and_output_path(transport):
     transport.answer("qselect", stdout="4211.pbs01\n4212.pbs01\n").answer("qselect", stdout="")
     transport.answer("qstat", stdout=recorded("pbs_qstat.json"))
-    plugin = PBSBatch(transport)
+    plugin = PBSBatch(QUEUE, transport)
     assert plugin.find("/scratch/harvester/workers/PBS_TEST/11") == "4211.pbs01"
-    assert transport.commands("qselect") == [("qselect", "-x", "-N", "harvester-11")]
+    assert transport.commands("qselect") == [("qselect", "-x", "-N", "harvester-PBS_TEST-11")]
     assert plugin.find("/scratch/harvester/workers/PBS_TEST/11") is None  # no job of that name
     transport.answer("qselect", 255, stderr="qselect: cannot connect to server pbs01")
     transport.answers["qselect"] = transport.answers["qselect"][-1:]

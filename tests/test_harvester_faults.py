@@ -285,7 +285,7 @@ def test_recover_interrupted_never_resubmits(tmp_path):
         specs = []
         for worker in rows:  # the submitter's steps up to the plugin call, for real: script, phase submitting
             ap = ctx.access_point(queue, worker.worker_id)
-            spec = WorkerSpec(worker_id=worker.worker_id, queue=queue, access_point=ap, argv=("sleep", "60"),
+            spec = WorkerSpec(worker_id=worker.worker_id, access_point=ap, argv=("sleep", "60"),
                               environment={}, cores=1, memory_mb=0, walltime_s=60)
             plugin.write_script(spec)
             models.Worker.update(submit_phase="submitting", submission_attempts=1, access_point=ap,

@@ -1,40 +1,20 @@
-"""harvester.batch.slurm on canned scheduler output (the formats of Slurm 22.05, recorded from a real slurmctld):
-the script from the queue config with every value quoted, sbatch answers and errors, the squeue/sacct parsers,
-ONE status command for many workers, bulk scancel, find() after a crash. Real daemons: test_harvester_slurm_live."""
+"""harvester.batch.slurm against Slurm 22.05 outputs recorded from a real slurmctld (tests/data/batch/README.md says
+how each was made): the #SBATCH header from the queue config with every value checked or quoted, sbatch answers and
+errors, every native state from ONE squeue call (TIMEOUT kept apart), sacct for the ids squeue forgot, bulk scancel,
+find() after a crash; and harvester discover. Real daemons: test_harvester_slurm_live."""
 import shlex
 import subprocess
 
 import pytest
 
-from harvester.batch import plugin_for
+from batchhelp import SchedulerTransport, directives, every_line_with, recorded, worker
+from harvester.batch import SlurmBatch, plugin_for
 from harvester.batch.base import FATAL, OK, RETRY, BatchError, WorkerSpec
-from harvester.batch.slurm import parse_sacct, parse_squeue
+from harvester.batch.slurm import STATES, native_state, parse_sacct
 from harvester.transport import CommandResult
 from queueconfig import Queue
 
-# squeue --noheader --states=all --Format=JobID:|,State:|,exit_code:|,NodeList:|,Reason:|
-SQUEUE = """\
-11|COMPLETED|0|node1|None|
-12|FAILED|768|node1|NonZeroExitCode|
-13|PENDING|0||Resources|
-14|RUNNING|0|node2|None|
-15|TIMEOUT|0|node1|TimeLimit|
-16|CANCELLED|15|node1|None|
-17|FAILED|20992|node1|NonZeroExitCode|
-18|OUT_OF_MEMORY|0|node1|OutOfMemory|
-19|NODE_FAIL|0|node3|NodeDown|
-20|PREEMPTED|0|node1|None|
-21|BOOT_FAIL|0|node1|None|
-22|DEADLINE|0||DeadLine|
-"""
-# sacct --noheader --parsable2 --allocations --format=JobID,State,ExitCode,NodeList,Reason
-SACCT = """\
-31|COMPLETED|0:0|node1|None
-31.batch|COMPLETED|0:0|node1|
-32|CANCELLED by 0|0:15|node1|None
-33|TIMEOUT|0:0|node2|TimeLimit
-34|FAILED|82:0|node1|NonZeroExitCode
-"""
+AP = "/scratch/harvester/workers/SLURM_TEST/11"
 
 
 class FakeTransport:
@@ -48,54 +28,44 @@ class FakeTransport:
         rc, out, err = self.answers.pop(0) if self.answers else (0, "", "")
         return CommandResult(rc, out, err, argv=tuple(argv))
 
-    def makedirs(self, path, mode=0o755):
-        pass
-
-    def write_file(self, path, data, mode=0o644):
-        self.files[path] = data
-
 
 def make_queue(**batch):
-    return Queue.model_validate({"name": "HPC_Q", "batch": {"system": "slurm", **batch},
+    return Queue.model_validate({"name": "SLURM_TEST", "batch": {"system": "slurm", **batch},
                                  "pilot": {"lifetime": 3000}})
 
 
-def make_worker(queue=None, worker_id=7, access_point="/scratch/panda/workers/7", env=None, argv=None):
-    return WorkerSpec(worker_id=worker_id, queue=queue or make_queue(), access_point=access_point,
-                      argv=tuple(argv or ("python3", f"{access_point}/pilot.pyz", "-q", "HPC_Q", "-l", "3540")),
-                      environment=env or {"HARVESTER_WORKER_ID": str(worker_id)}, cores=4, memory_mb=8000,
-                      walltime_s=3601)
+QUEUE = make_queue()
 
 
-def plugin(*answers, queue=None):
-    return plugin_for(queue or make_queue(), FakeTransport(*answers), None)
+@pytest.fixture
+def transport():
+    return SchedulerTransport()
 
 
-def test_script_from_the_queue_config():
+def test_header_from_the_queue_config(transport):
     queue = make_queue(partition="grid", account="atlas-prod", qos="normal", extra_directives=["--exclusive"],
                        skip_directives=["--mem"], setup=["module load python/3.11"], environment={"SITE": "X Y"})
-    script = plugin(queue=queue).render(make_worker(queue))
-    header = [line for line in script.splitlines() if line.startswith("#SBATCH")]
-    assert header == ["#SBATCH --job-name=harvester-HPC_Q-7", "#SBATCH --comment=/scratch/panda/workers/7",
-                      "#SBATCH --chdir=/scratch/panda/workers/7",
-                      "#SBATCH --output=/scratch/panda/workers/7/slurm-%j.out",
-                      "#SBATCH --error=/scratch/panda/workers/7/slurm-%j.err", "#SBATCH --nodes=1",
-                      "#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=4", "#SBATCH --time=0-01:01:00",
-                      "#SBATCH --partition=grid", "#SBATCH --account=atlas-prod", "#SBATCH --qos=normal",
-                      "#SBATCH --exclusive"]  # --mem skipped; walltime 3601 s rounded up to whole minutes
+    script = plugin_for(queue, transport, None).render(worker(queue, cores=4, walltime_s=3601,
+                                                              environment={"HARVESTER_WORKER_ID": "11"}))
+    assert directives(script, "#SBATCH") == [
+        "#SBATCH --job-name=harvester-SLURM_TEST-11", f"#SBATCH --comment={AP}", f"#SBATCH --chdir={AP}",
+        f"#SBATCH --output={AP}/slurm-%j.out", f"#SBATCH --error={AP}/slurm-%j.err", "#SBATCH --nodes=1",
+        "#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=4", "#SBATCH --time=0-01:01:00", "#SBATCH --partition=grid",
+        "#SBATCH --account=atlas-prod", "#SBATCH --qos=normal",
+        "#SBATCH --exclusive"]  # --mem skipped; walltime 3601 s rounded up to whole minutes
     assert script.startswith("#!/bin/sh\n#SBATCH")
-    assert "export SITE='X Y'\nexport HARVESTER_WORKER_ID=7\nmodule load python/3.11\n" in script
-    assert script.rstrip().endswith("exec python3 /scratch/panda/workers/7/pilot.pyz -q HPC_Q -l 3540")
+    assert f"export SITE='X Y'\nexport HARVESTER_WORKER_ID=11\ncd {AP} || exit 1\nmodule load python/3.11\n" in script
+    assert script.rstrip().endswith("exec python3 /opt/pilot.pyz --queue SLURM_TEST")
 
 
-def test_walltime_asked_is_what_the_pilot_is_told():
+def test_walltime_asked_is_what_the_pilot_is_told(transport):
     from harvester import pilots
 
     queue = make_queue(walltime=7200)
     walltime = pilots.worker_walltime(queue)
     argv = pilots.command(queue, "/w/1", "http://127.0.0.1:1", walltime)
-    script = plugin(queue=queue).render(WorkerSpec(1, queue, "/w/1", argv, {}, 1, 100, walltime))
-    assert "#SBATCH --time=0-02:00:00" in script
+    script = SlurmBatch(queue, transport).render(WorkerSpec(1, "/w/1", argv, {}, 1, 100, walltime))
+    assert "#SBATCH --time=0-02:00:00" in directives(script, "#SBATCH")
     assert argv[argv.index("-l") + 1] == str(walltime - pilots.WALLTIME_MARGIN_S)
 
 
@@ -105,151 +75,196 @@ BREAKS = ["a\n#SBATCH --partition=evil", "x\n\nexit 0", "a\rb", "nul\0"]
 
 
 @pytest.mark.parametrize("value", HOSTILE)
-def test_hostile_values_cannot_change_the_script(value, tmp_path):
-    worker = make_worker(env={"JOB_PARAM": value}, argv=("printf", "%s", value))
-    script = plugin().render(worker)
-    header = [line for line in script.splitlines() if line.startswith("#SBATCH")]
-    assert header == [line for line in plugin().render(make_worker()).splitlines() if line.startswith("#SBATCH")]
-    body = script.split("# harvester worker 7 of queue HPC_Q\n", 1)[1]
-    # run the body with sh: the value arrives literally, in the environment and as the argument
-    path = tmp_path / "body.sh"
-    path.write_text(body.replace("exec printf", 'printf "%s|" "$JOB_PARAM"; exec printf'))
+def test_hostile_values_cannot_change_the_script(value, transport, tmp_path):
+    plugin = SlurmBatch(QUEUE, transport)
+    spec = worker(QUEUE, access_point=str(tmp_path), environment={"JOB_PARAM": value}, argv=("printf", "%s", value))
+    script = plugin.render(spec)
+    assert directives(script, "#SBATCH") == directives(plugin.render(worker(QUEUE, access_point=str(tmp_path))),
+                                                       "#SBATCH")
+    assert every_line_with(script, "#SBATCH") == directives(script, "#SBATCH")
+    # run it with sh: the value arrives literally, in the environment and as the argument
+    path = tmp_path / "job.sh"
+    path.write_text(script.replace("exec printf", 'printf "%s|" "$JOB_PARAM"; exec printf'))
     result = subprocess.run(["sh", str(path)], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout == f"{value}|{value}"
     assert not (tmp_path / "pwned").exists()
 
 
 @pytest.mark.parametrize("value", BREAKS)
-def test_a_line_break_in_a_value_is_refused(value):
-    for worker in (make_worker(env={"JOB_PARAM": value}), make_worker(argv=("printf", "%s", value))):
+def test_a_line_break_in_a_value_is_refused(value, transport):
+    for spec in (worker(QUEUE, environment={"JOB_PARAM": value}), worker(QUEUE, argv=("printf", "%s", value))):
         with pytest.raises(BatchError, match="line break") as caught:
-            plugin().render(worker)
+            SlurmBatch(QUEUE, transport).render(spec)
         assert caught.value.status == FATAL
 
 
 @pytest.mark.parametrize("access_point", ["/w/a b", "/w/$(x)", "/w/a\n#SBATCH --qos=evil", "/w/`x`", "/w/'q'"])
-def test_an_unsafe_header_value_is_refused_not_pasted(access_point):
-    with pytest.raises(BatchError, match="cannot go into an #SBATCH line|line break") as caught:
-        plugin().render(make_worker(access_point=access_point))
+def test_an_unsafe_header_value_is_refused_not_pasted(access_point, transport):
+    with pytest.raises(BatchError, match="cannot go into a #SBATCH directive|line break") as caught:
+        SlurmBatch(QUEUE, transport).render(worker(QUEUE, access_point=access_point))
     assert caught.value.status == FATAL
 
 
-def test_a_setup_line_may_not_pose_as_a_directive():
-    queue = make_queue(setup=["#SBATCH --partition=evil"])
-    with pytest.raises(BatchError, match="extra_directives"):
-        plugin(queue=queue).render(make_worker(queue))
+@pytest.mark.parametrize("batch", [{"setup": ["#SBATCH --partition=evil"]}, {"setup": ["ok\n#SBATCH -p x"]},
+                                   {"extra_directives": ["--exclusive\n#SBATCH -p x"]}, {"qos": "a b"}])
+def test_queue_values_that_would_become_directives_are_refused(batch, transport):
+    queue = QUEUE.model_copy(update={"batch": QUEUE.batch.model_copy(update=batch)})  # past queueconfig's checks
+    with pytest.raises(BatchError, match="extra_directives|line break|cannot go into") as caught:
+        SlurmBatch(queue, transport).render(worker(queue))
+    assert caught.value.status == FATAL
 
 
-def test_submit_takes_the_id_from_parsable_output():
-    batch = plugin((0, "4242\n", ""), (0, "4243;cluster2\n", ""))
-    results = batch.submit([make_worker(worker_id=1, access_point="/w/1"), make_worker(worker_id=2,
-                                                                                        access_point="/w/2")])
-    assert [(r.status, r.batch_id) for r in results] == [(OK, "4242"), (OK, "4243")]
-    assert batch.transport.calls == [["sbatch", "--parsable", "/w/1/job.sh"], ["sbatch", "--parsable", "/w/2/job.sh"]]
+def test_submit_takes_the_id_from_parsable_output(transport):
+    transport.answer("sbatch", stdout=recorded("slurm_sbatch.out")).answer("sbatch", stdout="4243;cluster2\n")
+    results = SlurmBatch(QUEUE, transport).submit([worker(QUEUE, 1, access_point="/w/1"),
+                                                   worker(QUEUE, 2, access_point="/w/2")])
+    assert [(r.status, r.batch_id) for r in results] == [(OK, "1"), (OK, "4243")]
+    assert transport.commands("sbatch") == [("sbatch", "--parsable", "/w/1/job.sh"),
+                                            ("sbatch", "--parsable", "/w/2/job.sh")]
 
 
 @pytest.mark.parametrize("rc,err,status", [
-    (1, "sbatch: error: invalid partition specified: nope\nsbatch: error: Batch job submission failed: Invalid "
-        "partition name specified\n", FATAL),
+    (1, recorded("slurm_sbatch_invalid_partition.err"), FATAL),
     (1, "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified",
      FATAL),
     (1, "sbatch: error: Batch job submission failed: Requested time limit is invalid (missing or exceeds some "
         "limit)", FATAL),
-    (1, "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)", RETRY),
+    (1, recorded("slurm_sbatch_down.err"), RETRY),
     (1, "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's "
         "size and/or time limits)", RETRY),
-    (255, "ssh 127.0.0.1:22: connection lost while the command ran", RETRY),
+    (255, "ssh 127.0.0.1:22: cannot connect: Connection refused", RETRY),
     (127, "sh: 1: sbatch: not found", FATAL),
 ])
-def test_an_sbatch_error_reaches_the_diag(rc, err, status):
-    [result] = plugin((rc, "", err)).submit([make_worker()])
+def test_an_sbatch_error_reaches_the_diag(rc, err, status, transport):
+    transport.answer("sbatch", rc, stderr=err)
+    [result] = SlurmBatch(QUEUE, transport).submit([worker(QUEUE)])
     assert result.status == status and result.batch_id is None
-    assert err.splitlines()[-1][:60] in result.message and "sbatch failed" in result.message
+    assert err.strip().splitlines()[-1][:60] in result.message and "sbatch failed" in result.message
+    assert f"exit status {rc}" in result.message and "'sbatch --parsable" in result.message  # the evidence
+    assert not transport.commands("squeue")  # an answer that came is believed: no lookup
 
 
-def test_a_lost_sbatch_answer_is_looked_up_before_a_retry():
-    lost = (255, "", "ssh root@login:22: connection lost while the command ran")
-    [result] = plugin(lost, (0, "77|/w/7|/w/7|\n", "")).submit([make_worker(access_point="/w/7")])
-    assert (result.status, result.batch_id) == (OK, "77") and "found by its comment" in result.message
-    [result] = plugin(lost, (0, "", "")).submit([make_worker(access_point="/w/7")])
+def test_a_lost_sbatch_answer_is_looked_up_before_a_retry(transport):
+    transport.answer("sbatch", 255, stderr="ssh root@login:22: connection lost while the command ran", lost=True)
+    transport.answer("squeue", stdout=f"77|{AP}|{AP}|\n").answer("squeue", stdout="")
+    plugin = SlurmBatch(QUEUE, transport)
+    [found] = plugin.submit([worker(QUEUE)])
+    assert (found.status, found.batch_id) == (OK, "77") and "answer was lost" in found.message
+    [result] = plugin.submit([worker(QUEUE)])
     assert result.status == RETRY and "connection lost" in result.message
 
 
-def test_squeue_states_reasons_and_exit_codes():
-    states = parse_squeue(SQUEUE)
-    assert {k: v.state for k, v in states.items()} == {
-        "11": "finished", "12": "failed", "13": "submitted", "14": "running", "15": "failed", "16": "cancelled",
-        "17": "failed", "18": "failed", "19": "failed", "20": "failed", "21": "failed", "22": "failed"}
-    assert states["12"].exit_code == 3 and "NonZeroExitCode" in states["12"].diag
-    assert states["17"].exit_code == 82  # 82 << 8: the pilot found no job (the monitor counts it finished)
-    assert states["15"].diag == "Slurm job 15 TIMEOUT (TimeLimit), exit code 0 on node1"
-    assert states["16"].exit_code == 128 + 15
-    assert states["13"].diag == "Slurm job 13 PENDING (Resources)" and states["13"].exit_code is None
-    assert "NodeDown" in states["19"].diag
+def test_an_answer_without_a_job_id_quotes_the_regexp_and_the_output(transport):
+    transport.answer("sbatch", stdout="Submitted batch job 12\n").answer("squeue", stdout="")
+    [result] = SlurmBatch(QUEUE, transport).submit([worker(QUEUE)])
+    assert result.status == RETRY and SlurmBatch.job_id_regexp.pattern in result.message
+    assert "Submitted batch job 12" in result.message
+    assert transport.commands("squeue")  # looked up first: perhaps it was submitted
+
+
+EXPECTED = {  # the recorded squeue output: batch id -> (worker state, exit code, native, words in the diag)
+    "1": ("finished", 0, "COMPLETED", "Slurm job 1 COMPLETED, exit code 0 on node1"),
+    "2": ("failed", 3, "FAILED", "(NonZeroExitCode), exit code 3"),
+    "3": ("failed", 82, "FAILED", "exit code 82"),  # the pilot found no job: the monitor counts it finished
+    "4": ("failed", 143, "TIMEOUT", "Slurm job 4 TIMEOUT (TimeLimit), exit code 143 on node1"),
+    "5": ("cancelled", 143, "CANCELLED", "CANCELLED, exit code 143"),
+    "6": ("running", None, "RUNNING", "Slurm job 6 RUNNING on node1"),
+    "7": ("submitted", None, "PENDING", "Slurm job 7 PENDING (JobHeldUser)"),
+    "8": ("failed", 137, "FAILED", "(JobLaunchFailure), exit code 137"),
+}
+
+
+def test_every_recorded_state_from_one_squeue_call(transport):
+    transport.answer("squeue", stdout=recorded("slurm_squeue.out"))
+    result = SlurmBatch(QUEUE, transport).status([*EXPECTED, "7", "junk", "-1"])
+    assert transport.commands("squeue") == [(*SlurmBatch.status_command, "--jobs=1,2,3,4,5,6,7,8")]
+    assert result.status == OK and set(result.states) == set(EXPECTED) and not transport.commands("sacct")
+    for batch_id, (state, exit_code, native, words) in EXPECTED.items():
+        found = result.states[batch_id]
+        assert (found.state, found.exit_code, found.native) == (state, exit_code, native), batch_id
+        assert words in found.diag, (batch_id, found.diag)
+    assert [b for b, s in result.states.items() if s.walltime_exceeded] == ["4"]  # TIMEOUT, not a payload failure
+
+
+@pytest.mark.parametrize("native", sorted(STATES))
+def test_every_native_state_has_a_worker_state(native):
+    assert native_state("9", native, 1, "", "").state == STATES[native]
+    assert native_state("9", "SOMETHING_NEW", 1, "", "").state == "failed"  # an unknown state is no success
 
 
 def test_sacct_states_skip_steps():
-    states = parse_sacct(SACCT)
+    states = parse_sacct(recorded("slurm_sacct.out"))
     assert sorted(states) == ["31", "32", "33", "34"]
     assert (states["32"].state, states["32"].exit_code) == ("cancelled", 143)
-    assert states["33"].state == "failed" and "TimeLimit" in states["33"].diag
+    assert states["33"].walltime_exceeded and "TimeLimit" in states["33"].diag
     assert states["34"].exit_code == 82
 
 
-def test_one_status_command_for_a_thousand_workers():
+def test_one_status_command_for_a_thousand_workers(transport):
     ids = [str(1000 + i) for i in range(1000)]
-    out = "".join(f"{i}|RUNNING|0|node1|None|\n" for i in ids)
-    batch = plugin((0, out, ""))
-    result = batch.status(ids)
+    transport.answer("squeue", stdout="".join(f"{i}|RUNNING|0|node1|None|\n" for i in ids))
+    result = SlurmBatch(QUEUE, transport).status(ids)
     assert result.status == OK and len(result.states) == 1000
-    assert len(batch.transport.calls) == 1
-    call = batch.transport.calls[0]
-    assert call[:3] == ["squeue", "--noheader", "--states=all"] and call[-1] == "--jobs=" + ",".join(ids)
+    assert len(transport.calls) == 1 and transport.calls[0][0][-1] == "--jobs=" + ",".join(ids)
 
 
-def test_jobs_that_left_squeue_are_asked_of_sacct_once():
-    batch = plugin((0, "11|RUNNING|0|n|None|\n", ""), (0, SACCT, ""))
-    result = batch.status(["11", "31", "34", "99"])
+def test_jobs_that_left_squeue_are_asked_of_sacct_once(transport):
+    transport.answer("squeue", stdout="11|RUNNING|0|n|None|\n").answer("sacct", stdout=recorded("slurm_sacct.out"))
+    result = SlurmBatch(QUEUE, transport).status(["11", "31", "34", "99"])
     assert set(result.states) == {"11", "31", "34"}  # 99: unknown to both, so absent
-    assert [c[0] for c in batch.transport.calls] == ["squeue", "sacct"]
-    assert batch.transport.calls[1][-1] == "--jobs=31,34,99"
+    assert [argv[0] for argv, _ in transport.calls] == ["squeue", "sacct"]
+    assert transport.calls[1][0][-1] == "--jobs=31,34,99"
 
 
-def test_without_accounting_sacct_is_asked_once_only():
-    batch = plugin((1, "", "slurm_load_jobs error: Invalid job id specified\n"),
-                   (1, "", "Slurm accounting storage is disabled\n"), (0, "", ""), (0, "", ""))
-    assert batch.status(["5"]).states == {}
-    assert batch.accounting is False
-    assert batch.status(["6", "7"]).states == {}
-    assert [c[0] for c in batch.transport.calls] == ["squeue", "sacct", "squeue"]
+def test_without_accounting_sacct_is_asked_once_only(transport):
+    transport.answer("squeue", 1, stderr=recorded("slurm_squeue_unknown.err")).answer("squeue", stdout="")
+    transport.answer("sacct", 1, stderr=recorded("slurm_sacct_disabled.err"))
+    plugin = SlurmBatch(QUEUE, transport)
+    assert plugin.status(["5"]).states == {} and plugin.accounting is False
+    assert plugin.status(["6", "7"]).states == {}
+    assert [argv[0] for argv, _ in transport.calls] == ["squeue", "sacct", "squeue"]
 
 
-def test_a_failing_squeue_is_a_retry_with_the_evidence():
-    result = plugin((1, "", "squeue: error: Unable to contact slurm controller (connect failure)")).status(["5"])
+def test_a_failing_squeue_or_sacct_is_a_retry_never_all_gone(transport):
+    transport.answer("squeue", 1, stderr=recorded("slurm_squeue_down.err"))
+    result = SlurmBatch(QUEUE, transport).status(["5"])
     assert result.status == RETRY and "Unable to contact slurm controller" in result.message
+    transport.answer("squeue", stdout="").answer("sacct", 1, stderr="sacct: error: Problem talking to the database")
+    transport.answers["squeue"].pop(0)
+    result = SlurmBatch(QUEUE, transport).status(["5"])
+    assert result.status == RETRY and "Problem talking to the database" in result.message and not result.states
 
 
-def test_bulk_scancel():
-    batch = plugin((0, "", ""))
-    assert batch.cancel(["5", "6"]).results == {"5": (OK, "scancel sent"), "6": (OK, "scancel sent")}
-    assert batch.transport.calls == [["scancel", "5", "6"]]
-    batch = plugin((1, "", "scancel: error: Kill job error on job id 6: Invalid job id specified\n"
-                           "scancel: error: Kill job error on job id 7: Access/permission denied\n"))
-    results = batch.cancel(["5", "6", "7"]).results
-    assert results["5"] == (OK, "scancel sent") and results["6"] == (OK, "already ended")
+def test_bulk_scancel(transport):
+    transport.answer("scancel")  # recorded: unknown and ended ids get no line, exit status 0
+    results = SlurmBatch(QUEUE, transport).cancel(["5", "6", "5", "junk"]).results
+    assert transport.commands("scancel") == [("scancel", "5", "6")]  # one call; a malformed id never reaches it
+    assert {b: s for b, (s, _) in results.items()} == {"5": OK, "6": OK, "junk": OK}
+
+
+def test_scancel_errors_per_job(transport):
+    transport.answer("scancel", 1, stderr="scancel: error: Kill job error on job id 6: Invalid job id specified\n"
+                                          + recorded("slurm_scancel_denied.err"))
+    results = SlurmBatch(QUEUE, transport).cancel(["5", "6", "7", "17"]).results
+    assert results["5"][0] == OK and results["17"][0] == OK and results["6"][0] == OK
+    assert results["6"][1].startswith("already ended")
     assert results["7"][0] == RETRY and "permission denied" in results["7"][1]
-    assert plugin((255, "", "ssh: connection lost")).cancel(["5"]).results["5"][0] == RETRY
 
 
-def test_find_matches_comment_or_working_directory():
-    out = "40|/w/1|/w/1|\n41|/home/x|other|\n42|/w/2|/w/2|\n"
-    assert plugin((0, out, "")).find("/w/2") == "42"
-    assert plugin((0, out, "")).find("/w/3") is None
-    batch = plugin((0, out, ""))
-    batch.find("/w/1")
-    assert batch.transport.calls[0][:4] == ["squeue", "--noheader", "--states=all", "--me"]
-    with pytest.raises(BatchError):
-        plugin((1, "", "squeue: error: Unable to contact slurm controller")).find("/w/1")
+def test_a_lost_scancel_is_a_retry(transport):
+    transport.answer("scancel", 255, stderr="ssh 127.0.0.1:22: connection lost while the command ran", lost=True)
+    assert SlurmBatch(QUEUE, transport).cancel(["22"]).results["22"][0] == RETRY
+
+
+def test_find_matches_comment_or_working_directory(transport):
+    transport.answer("squeue", stdout=recorded("slurm_squeue_find.out"))
+    plugin = SlurmBatch(QUEUE, transport)
+    assert plugin.find("/scratch/harvester/workers/SLURM_TEST/2") == "42"
+    assert plugin.find("/scratch/harvester/workers/SLURM_TEST/3") is None
+    assert transport.calls[0][0] == SlurmBatch.find_command
+    transport.answers["squeue"] = [(1, "", recorded("slurm_squeue_down.err"), False)]
+    with pytest.raises(BatchError, match="Unable to contact"):
+        plugin.find("/scratch/harvester/workers/SLURM_TEST/2")
 
 
 def test_commands_are_argv_lists_quoted_once_for_ssh():
@@ -259,6 +274,11 @@ def test_commands_are_argv_lists_quoted_once_for_ssh():
     words = shlex.split(line)
     assert words[:3] == ["exec", "sh", "-c"] and words[4:] == ["sh", "/w/a b", "X=$(no)", "sbatch", "--parsable",
                                                                "/w/a b/job.sh"]
+
+
+def test_plugin_for_gives_the_queue_to_the_plugin(transport):
+    plugin = plugin_for(QUEUE, transport, None)
+    assert isinstance(plugin, SlurmBatch) and plugin.queue is QUEUE and plugin.transport is transport
 
 
 # scontrol show partition --oneliner / scontrol show node --oneliner (Slurm 22.05; a third partition set DOWN)

@@ -266,11 +266,11 @@ def test_find_reconciles_a_submission_a_crash_left_unrecorded(cluster, tmp_path)
                                   "transport": cluster.sshd.queue_transport(workdir=str(tmp_path))})
     with transport_for(queue) as transport:
         plugin = plugin_for(queue, transport, None)
-        workers = [WorkerSpec(n, queue, str(tmp_path / str(n)), ("sleep", "60"), {}, 1, 100, 600) for n in (1, 2)]
+        workers = [WorkerSpec(n, str(tmp_path / str(n)), ("sleep", "60"), {}, 1, 100, 600) for n in (1, 2)]
         for worker in workers:
             plugin.write_script(worker)
         [first, second] = plugin.submit(workers)
         assert plugin.find(workers[0].access_point) == first.batch_id
         assert plugin.find(workers[1].access_point) == second.batch_id
         assert plugin.find(str(tmp_path / "3")) is None  # never submitted: recovery gives it up, no resubmission
-        assert set(plugin.cancel([first.batch_id, second.batch_id]).results.values()) == {("ok", "scancel sent")}
+        assert set(plugin.cancel([first.batch_id, second.batch_id]).results.values()) == {("ok", "scancel accepted")}

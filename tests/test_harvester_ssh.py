@@ -1,7 +1,9 @@
 """harvester.ssh against a real sshd on loopback (throw-away host and user keys, started and stopped here): argv
 passed literally, exit codes, timeouts, SFTP files placed atomically, the three connection errors kept apart, the
 opt-in for unknown hosts, one shared connection per host, a jump host, and reconnection after sshd restarts."""
+import concurrent.futures
 import os
+import signal
 import stat
 import time
 
@@ -186,3 +188,27 @@ def test_reconnects_after_sshd_restarts(tmp_path):
             assert (tmp_path / "after").read_text() == "2"
     finally:
         daemon.stop()
+
+
+def test_a_connection_cut_while_a_command_runs_is_lost_not_failed(tmp_path):
+    """A command whose connection dropped may have run: the result says so (``lost``), so a plugin looks the job up
+    before it submits again; a command that never started is not lost."""
+    daemon, mark, started = Sshd(tmp_path / "sshd").start(), "28.321", tmp_path / "started"
+    try:
+        with SshTransport(settings(daemon)) as transport, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            killed = transport.run(["sh", "-c", "kill -s KILL $$"])  # no exit status either, but the link is up
+            assert not killed.ok and not killed.lost
+            running = pool.submit(transport.run, ["sh", "-c", f"touch {started}; sleep {mark}"])
+            deadline = time.time() + 30
+            while not started.exists() and time.time() < deadline:
+                time.sleep(0.05)
+            daemon.stop()
+            result = running.result(timeout=60)
+            assert result.lost and result.returncode == SSH_FAILED_RC and not result.ok
+            assert "connection lost while the command ran" in result.stderr
+            refused = transport.run(["true"])
+            assert refused.returncode == SSH_FAILED_RC and not refused.lost
+    finally:
+        daemon.stop()
+        for pid in sleeping(mark):  # the remote command this test started, if the cut left it running
+            os.kill(pid, signal.SIGKILL)

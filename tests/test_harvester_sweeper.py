@@ -15,6 +15,8 @@ from harvester.batch.base import WorkerSpec
 from harvester.context import Context, Settings
 from queueconfig.loader import loads
 
+from conftest import eventually as wait_for
+
 NOW = datetime.datetime(2026, 11, 30, 12, 0, 0)
 
 
@@ -57,11 +59,10 @@ def setup(tmp_path):
     db.close_database()
 
 
-def start_pilot(ctx, queue, worker):
-    """A real local batch job (a sleeping 'pilot') for a worker row."""
+def start_pilot(ctx, queue, worker, argv=(sys.executable, "-c", "import time; time.sleep(120)")):
+    """A real local batch job (by default a sleeping 'pilot') for a worker row."""
     access_point = ctx.access_point(queue, worker.worker_id)
-    spec = WorkerSpec(worker_id=worker.worker_id, queue=queue, access_point=access_point,
-                      argv=(sys.executable, "-c", "import time; time.sleep(120)"), environment={}, cores=1,
+    spec = WorkerSpec(worker_id=worker.worker_id, access_point=access_point, argv=argv, environment={}, cores=1,
                       memory_mb=100, walltime_s=600)
     plugin = ctx.plugin(queue)
     plugin.write_script(spec)
@@ -119,6 +120,25 @@ def test_access_points_cleaned_after_retention_failed_kept_longer(setup):
     assert models.Worker.get_by_id(rows["finished"][0]).cleaned
     Sweeper(ctx).run_once(NOW + datetime.timedelta(seconds=600))
     assert not os.path.exists(rows["failed"][1])
+
+
+def test_cleaning_a_worker_up_makes_the_plugin_forget_its_batch_job(setup):
+    """The local plugin's spool records and its cache of them go with the worker, not grow forever."""
+    ctx, queue, _, _ = setup
+    plugin, rows = ctx.plugin(queue), {}
+    for status in ("finished", "failed"):
+        worker = models.Worker.create(queue="Q", status="running", submit_phase="done")
+        batch_id = start_pilot(ctx, queue, worker, argv=("true",))
+        wait_for(lambda: plugin.status([batch_id]).states[batch_id].state == "finished")
+        models.Worker.update(status=status, reported=True, end_time=NOW - datetime.timedelta(seconds=300)).where(
+            models.Worker.worker_id == worker.worker_id).execute()
+        rows[status] = batch_id
+    spool = ctx.spool_dir(queue)
+    assert sorted(os.listdir(spool)) == sorted(f"{b}.json" for b in rows.values())
+    Sweeper(ctx).run_once(NOW)
+    assert os.listdir(spool) == [f"{rows['failed']}.json"]  # keep_failed 600 s: its worker is not cleaned yet
+    assert set(plugin.status(list(rows.values())).states) == {rows["failed"]}
+    assert rows["finished"] not in plugin._known
 
 
 def test_pilot_tokens_of_ended_workers_revoked_once(setup):

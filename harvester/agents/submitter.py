@@ -146,7 +146,7 @@ class Submitter(Agent):
                                                                       handoff_dir=directory),
                                             {name: value for name, value in own.items() if env.get(name) != value}))
             spec = WorkerSpec(
-                worker_id=worker.worker_id, queue=queue, access_point=access_point,
+                worker_id=worker.worker_id, access_point=access_point,
                 argv=pilots.command(queue, access_point, url, walltime, python), environment=env,
                 cores=worker.cores, memory_mb=worker.memory_mb, walltime_s=worker.walltime_s,
                 pilots=tuple(launches))

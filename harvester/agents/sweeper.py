@@ -86,7 +86,7 @@ class Sweeper(Agent):
                 WorkerStatus.CANCELLED.value: queue.sweeper.keep_finished,
                 WorkerStatus.FAILED.value: queue.sweeper.keep_failed,
                 WorkerStatus.MISSED.value: queue.sweeper.keep_failed}
-        transport = None
+        transport, forgotten = None, []
         for status, seconds in keep.items():
             before = now - datetime.timedelta(seconds=seconds)
             rows = (models.Worker.select().where(models.Worker.queue == queue.name, models.Worker.status == status,
@@ -102,8 +102,11 @@ class Sweeper(Agent):
                     models.HeldJob.delete().where(models.HeldJob.worker_id == worker.worker_id,
                                                   models.HeldJob.status == "done").execute()
                 self.cleaned += 1
+                forgotten += [worker.batch_id] if worker.batch_id else []
                 log.info("queue %s worker %s (%s): access point %s removed", queue.name, worker.worker_id, status,
                          worker.access_point)
+        if forgotten:  # what the plugin keeps of these jobs (the local plugin's spool records) goes with them
+            self.ctx.plugin(queue).forget(forgotten)
 
     def revoke_tokens(self):
         rows = list(models.Worker.select(models.Worker.worker_id, models.Worker.pilot_token_jti)

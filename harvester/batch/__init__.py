@@ -1,6 +1,6 @@
 """Batch plugins: one class per batch system (see :mod:`harvester.batch.base` for the contract).
 
-``plugin_for(queue, transport, spool)`` picks the class named by the queue's ``batch.system``.
+``plugin_for(queue, transport, spool)`` makes the plugin of the class named by the queue's ``batch.system``.
 """
 from harvester.batch.base import FATAL, BatchError, BatchSystem
 from harvester.batch.htcondor import HTCondorBatch
@@ -9,8 +9,7 @@ from harvester.batch.lsf import LSFBatch
 from harvester.batch.pbs import PBSBatch
 from harvester.batch.slurm import SlurmBatch
 
-PLUGINS = {"local": LocalBatch, "pbs": PBSBatch, "lsf": LSFBatch, "htcondor": HTCondorBatch}
-PLUGINS["slurm"] = SlurmBatch
+PLUGINS = {"local": LocalBatch, "slurm": SlurmBatch, "pbs": PBSBatch, "lsf": LSFBatch, "htcondor": HTCondorBatch}
 
 
 def plugin_for(queue, transport, spool) -> BatchSystem:
@@ -28,6 +27,4 @@ def plugin_for(queue, transport, spool) -> BatchSystem:
     if system not in PLUGINS:
         raise BatchError(f"queue {queue.name}: batch.system {system} is not built yet; available: "
                          f"{', '.join(sorted(PLUGINS))}", FATAL)
-    plugin = PLUGINS[system](transport, spool)
-    plugin.queue = queue  # status() and cancel() get no worker to read the queue's settings from
-    return plugin
+    return PLUGINS[system](queue, transport, spool)

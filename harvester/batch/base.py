@@ -1,14 +1,20 @@
-"""The batch plugin contract: render a worker's job script, submit workers, query many in ONE call, cancel.
+"""The batch plugin contract: render a worker's job script, submit workers, query many in ONE call, cancel, find.
 
-A plugin is one small class per batch system (dask-jobqueue style): its commands are class attributes, each
-command an argv list run through a :class:`harvester.transport.Transport`, never a shell line. Results are typed:
-every outcome is ``ok``, ``retry`` (try again later: the scheduler is busy, the connection dropped) or ``fatal``
-(this worker can never be submitted as it is: a bad script, a refused option).
+A plugin is one small class per batch system (dask-jobqueue style), made for ONE queue: the queue, the transport
+that reaches its submit host and a spool directory are given when it is made (:func:`harvester.batch.plugin_for`),
+and no plugin changes them. Commands are class attributes, each an argv list run through the transport with the
+queue's ``transport.command_timeout``, never a shell line. Results are typed: every outcome is ``ok``, ``retry``
+(try again later: the scheduler is busy, the connection dropped) or ``fatal`` (this worker can never be submitted
+as it is: a bad script, a refused option).
 """
 import dataclasses
+import re
+import shlex
 from typing import Optional
 
 OK, RETRY, FATAL = "ok", "retry", "fatal"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LINE_BREAK = re.compile(r"[\n\r]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,11 +29,11 @@ class PilotLaunch:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerSpec:
-    """What a plugin needs to know of one worker (a plain copy, so plugins never touch the database).
+    """What a plugin needs to know of one worker (a plain copy, so plugins never touch the database); the queue's
+    settings are the plugin's own.
 
     Attributes:
         worker_id: harvester's id of the worker.
-        queue: the :class:`queueconfig.schema.Queue` it serves.
         access_point: the worker's directory on the batch system's file system.
         argv: the pilot's command line (argv list) the job script runs.
         environment: environment variables the job script sets (NAME -> value; values quoted, never expanded).
@@ -37,7 +43,6 @@ class WorkerSpec:
     """
 
     worker_id: int
-    queue: object
     access_point: str
     argv: tuple
     environment: dict
@@ -59,12 +64,22 @@ class SubmitResult:
 
 @dataclasses.dataclass(frozen=True)
 class BatchStatus:
-    """What the batch system says of one batch job: a worker state (a ``harvester.states.WorkerStatus`` value)
-    and the scheduler's own words (native state, reason, exit code) kept as the worker's diag."""
+    """What the batch system says of one batch job.
+
+    Attributes:
+        state: a worker state (a ``harvester.states.WorkerStatus`` value).
+        diag: the scheduler's own words (native state, reason, exit code), kept as the worker's diag.
+        exit_code: the job's exit code once it ended (128+N after signal N), else None.
+        native: the scheduler's own state code (Slurm ``TIMEOUT``, PBS ``F``, LSF ``EXIT``, HTCondor ``4``).
+        walltime_exceeded: the scheduler ended the job at its time limit (Slurm TIMEOUT, PBS -29, LSF
+            TERM_RUNLIMIT), which is not a failure of the pilot's payload.
+    """
 
     state: str
     diag: str = ""
     exit_code: Optional[int] = None
+    native: str = ""
+    walltime_exceeded: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +111,7 @@ class BatchSystem:
     """Base of every batch plugin.
 
     Args:
+        queue: the :class:`queueconfig.schema.Queue` served; status() and cancel() read its settings here.
         transport: where commands run (:mod:`harvester.transport`).
         spool: a directory on the batch side the plugin may use for its own files (local plugin: pid and exit
             files), or None.
@@ -104,9 +120,16 @@ class BatchSystem:
     name = "base"
     script_name = "job.sh"
     """The job script's file name in the worker's access point."""
+    one_line_values = True
+    """Whether a value written into the job script must be one line (a scheduler that reads directives from the
+    script could take a line of a value for one)."""
 
-    def __init__(self, transport, spool=None):
-        self.transport, self.spool = transport, spool
+    def __init__(self, queue, transport, spool=None):
+        self.queue, self.transport, self.spool = queue, transport, spool
+
+    def run(self, argv, input=None, cwd=None):
+        """Run one scheduler command through the transport, bounded by the queue's ``transport.command_timeout``."""
+        return self.transport.run(list(argv), timeout=self.queue.transport.command_timeout, input=input, cwd=cwd)
 
     def script_path(self, worker: WorkerSpec) -> str:
         """Where the job script of ``worker`` lives (in its access point, on the batch side)."""
@@ -118,6 +141,35 @@ class BatchSystem:
         path = self.script_path(worker)
         self.transport.write_file(path, self.render(worker), 0o700)
         return path
+
+    def exports(self, worker):
+        """The ``export NAME=value`` lines of :meth:`environment`, each value quoted."""
+        return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in self.environment(worker))
+
+    def environment(self, worker):
+        """(name, value) pairs: the queue's ``batch.environment``, then the worker's own (harvester's ids,
+        pilot.environment).
+
+        Raises:
+            BatchError: (fatal) a name that is no variable name, a NUL, or (``one_line_values``) a line break in a
+                value, or in the pilots' arguments and environments, which this script cannot hold.
+        """
+        merged = {**self.queue.batch.environment, **worker.environment}
+        pairs = [(name, str(value)) for name, value in merged.items()]
+        values = [value for _, value in pairs] + [str(v) for v in worker.argv] + [
+            str(v) for pilot in worker.pilots for v in (*pilot.argv, *pilot.environment.values())]
+        names = [name for name, _ in pairs] + [name for pilot in worker.pilots for name in pilot.environment]
+        bad = [name for name in names if not _ENV_NAME.fullmatch(name)]
+        if bad:
+            raise BatchError(f"worker {worker.worker_id}: environment variables {bad} cannot be set (a name is "
+                             "letters, digits and _)", FATAL)
+        broken = [v for v in values if "\0" in v or self.one_line_values and _LINE_BREAK.search(v)]
+        if broken:
+            rule = "a line break or NUL" if self.one_line_values else "a NUL byte"
+            raise BatchError(f"worker {worker.worker_id}: {broken[0][:80]!r} cannot be written into its job script: "
+                             f"no environment value or pilot argument may hold {rule} (it would end its line)",
+                             FATAL)
+        return pairs
 
     def render(self, worker: WorkerSpec) -> str:
         """The job script text for one worker (every value quoted)."""
@@ -145,4 +197,4 @@ class BatchSystem:
         raise NotImplementedError
 
     def forget(self, batch_ids):
-        """Drop what the plugin keeps of ended batch jobs (the sweeper calls it once a worker is cleaned up)."""
+        """Drop what the plugin keeps of ended batch jobs; the sweeper calls it when it cleans their workers up."""

@@ -9,7 +9,7 @@ import classad2
 import htcondor2
 
 from harvester.batch.base import FATAL, OK, RETRY, BatchError, BatchStatus, CancelResult, QueryResult, SubmitResult
-from harvester.batch.jobscript import ScriptBatch, safe, worker_environment
+from harvester.batch.jobscript import ScriptBatch
 
 STATES = {1: ("submitted", "idle"), 2: ("running", "running"), 3: ("cancelled", "removed"),
           4: ("finished", "completed"), 5: ("submitted", "held"), 6: ("running", "transferring output"),
@@ -32,17 +32,18 @@ class HTCondorBatch(ScriptBatch):
 
     def description(self, worker):
         """The :class:`htcondor2.Submit` of one worker; every value checked or quoted for the submit language."""
-        batch, ap, walltime = worker.queue.batch, safe(worker.access_point, "access point"), int(worker.walltime_s)
+        batch, walltime = self.queue.batch, int(worker.walltime_s)
+        ap = self.checked(worker.access_point, "access point")
         commands = {"universe": "vanilla", "executable": self.script_path(worker), "initialdir": ap,
                     "output": self.output_path(worker), "error": self.error_path(worker),
                     "log": f"{ap.rstrip('/')}/{self.log_name}", "request_cpus": str(int(worker.cores)),
-                    "request_memory": str(int(worker.memory_mb)), "batch_name": self.job_name(worker),
+                    "request_memory": str(int(worker.memory_mb)), "batch_name": self.job_name(worker.worker_id),
                     "+MinipandaWorker": str(int(worker.worker_id)), "+MinipandaAccessPoint": classad2.quote(ap),
                     "+MaxRuntime": str(walltime),  # the walltime, enforced by the periodic_remove below
                     "periodic_remove": f"JobStatus == 2 && time() - EnteredCurrentStatus > {walltime}",
-                    "environment": environment(worker_environment(worker))}
+                    "environment": environment(self.environment(worker))}
         if batch.account:
-            commands["accounting_group"] = safe(batch.account, "batch.account")
+            commands["accounting_group"] = self.checked(batch.account, "batch.account")
         commands = {k: v for k, v in commands.items()
                     if not any(f"{k} = {v}".startswith(skip) for skip in batch.skip_directives)}
         for line in batch.extra_directives:  # 'key = value', checked by queueconfig; a site's value wins
@@ -53,7 +54,6 @@ class HTCondorBatch(ScriptBatch):
     def submit(self, workers):
         results = []
         for worker in workers:
-            self.queue = self.queue or worker.queue
             try:
                 cluster = self._schedd().submit(self.description(worker), count=1).cluster()
             except BatchError as exc:
@@ -79,7 +79,7 @@ class HTCondorBatch(ScriptBatch):
             self._location = None
             return QueryResult(RETRY, message=f"HTCondor query failed: {exc}")
         states = {b: native_state(ads[b]) for b in ids if b in ads}
-        limit, now = self.queue.batch.held_timeout if self.queue else 3600, self.clock()
+        limit, now = self.queue.batch.held_timeout, self.clock()
         overdue = [b for b in states if ads[b].get("JobStatus") == 5
                    and now - ads[b].get("EnteredCurrentStatus", now) > limit]
         if overdue:
@@ -120,8 +120,8 @@ class HTCondorBatch(ScriptBatch):
         return next(iter(_by_id(ads)), None)
 
     def _schedd(self):
-        batch = self.queue.batch if self.queue is not None else None
-        if batch is None or not (batch.schedd or batch.pool):
+        batch = self.queue.batch
+        if not (batch.schedd or batch.pool):
             return self.schedd_class()
         if self._location is None:
             collector = self.collector_class(batch.pool)
@@ -142,7 +142,7 @@ def native_state(ad):
         state = "failed"  # our walltime limit, like a batch system's TIMEOUT: the pilot did not end by itself
         words.append("walltime exceeded")
     words += [f"{key}: {ad[key]}" for key in ("HoldReason", "RemoveReason") if ad.get(key)]
-    return BatchStatus(state, "; ".join(words), exit_code)
+    return BatchStatus(state, "; ".join(words), exit_code, str(code), "walltime exceeded" in words)
 
 
 def environment(pairs):

@@ -17,7 +17,6 @@ from harvester.batch.base import (FATAL, OK, RETRY, BatchError, BatchStatus, Bat
 from harvester.batch.launch import pilot_lines
 from harvester.transport import TransportError
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BATCH_ID = re.compile(r"(\d+)-(\d+)")
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 # $1 stdout file, $2 stderr file, then the command; setsid does not fork (sh's background child is no group
@@ -44,23 +43,18 @@ class LocalBatch(BatchSystem):
     launch_command = ("sh", "-c", _LAUNCH, "launch")
     exit_name, stdout_name, stderr_name = "job.exit", "job.out", "job.err"
     cancel_grace = 10  # s between SIGTERM (the pilot's warm stop) and SIGKILL of a cancelled worker's group
-    timeout = 60  # s a launch or signal command may take
+    session_wait = 60  # s a launched job script may take to lead its own session
+    one_line_values = False  # no scheduler reads this script: a value may span lines (quoted)
 
-    def __init__(self, transport, spool=None):
-        super().__init__(transport, spool)
+    def __init__(self, queue, transport, spool=None):
+        super().__init__(queue, transport, spool)
         self._known = {}  # batch id -> its spool record, read once (a record never changes once written)
 
     def render(self, worker):
-        env = {name: str(value) for name, value in worker.environment.items()}
-        bad = [name for name, value in env.items() if not _ENV_NAME.fullmatch(name) or "\0" in value]
-        if bad:
-            raise BatchError(f"worker {worker.worker_id}: environment variables {bad} cannot be set (a name is "
-                             "letters, digits and _; no value may hold a NUL byte)", FATAL)
-        exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
-        setup = "".join(line + "\n" for line in worker.queue.batch.setup)
+        setup = "".join(line + "\n" for line in self.queue.batch.setup)
         exit_file = _join(worker.access_point, self.exit_name)
-        return _SCRIPT.format(worker_id=worker.worker_id, queue=worker.queue.name,
-                              access_point=shlex.quote(worker.access_point), exports=exports, setup=setup,
+        return _SCRIPT.format(worker_id=worker.worker_id, queue=self.queue.name,
+                              access_point=shlex.quote(worker.access_point), exports=self.exports(worker), setup=setup,
                               pilots=pilot_lines(worker), exit_file=shlex.quote(exit_file),
                               exit_temp=shlex.quote(exit_file + ".tmp"))
 
@@ -77,9 +71,8 @@ class LocalBatch(BatchSystem):
         if not self.transport.exists(self.script_path(worker)):
             return SubmitResult(worker.worker_id, FATAL, message=f"no job script {self.script_path(worker)} "
                                                                 "(write_script() first)")
-        result = self.transport.run([*self.launch_command, _join(ap, self.stdout_name),
-                                     _join(ap, self.stderr_name), "/bin/sh", self.script_path(worker)],
-                                    timeout=self.timeout, cwd=ap)
+        result = self.run([*self.launch_command, _join(ap, self.stdout_name), _join(ap, self.stderr_name), "/bin/sh",
+                           self.script_path(worker)], cwd=ap)
         if not result.ok or not result.stdout.strip().isdigit():
             status = FATAL if result.returncode in (126, 127) else RETRY  # no sh or no directory: never better
             return SubmitResult(worker.worker_id, status, message=f"launch failed: {result.describe()}")
@@ -91,14 +84,14 @@ class LocalBatch(BatchSystem):
         try:
             self.transport.write_file(self._spool_file(batch_id, ".json"), json.dumps(record), 0o600)
         except TransportError as exc:  # untracked, it would run beside its retry: stop it
-            self.transport.run(["sh", "-c", _TERM, "term", str(pid)], timeout=self.timeout)
+            self.run(["sh", "-c", _TERM, "term", str(pid)])
             return SubmitResult(worker.worker_id, RETRY, message=f"pid {pid} stopped: {exc}")
         return SubmitResult(worker.worker_id, OK, batch_id, f"pid {pid}")
 
     def _session_started(self, pid):
         """The start ticks of ``pid`` once it leads its own session (until then its group cannot be signalled);
         0 when it has already ended."""
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.session_wait
         while True:
             state, session, start = _proc_stat(self.transport.read_file(f"/proc/{pid}/stat"))
             if session == pid or start is None or state == "Z" or time.monotonic() > deadline:
@@ -146,7 +139,7 @@ class LocalBatch(BatchSystem):
 
     def _signal(self, live, results):
         """SIGTERM to each live group now; SIGKILL after the grace, by a detached helper so no caller waits."""
-        sent = self.transport.run(["sh", "-c", _TERM, "term", *live], timeout=self.timeout)
+        sent = self.run(["sh", "-c", _TERM, "term", *live])
         for line in sent.stdout.splitlines():
             group, _, outcome = line.partition(" ")
             if group in live:
@@ -155,8 +148,8 @@ class LocalBatch(BatchSystem):
             for batch_id in live.values():
                 results[batch_id] = (RETRY, f"signalling failed: {sent.describe()}")
             return
-        self.transport.run([*self.launch_command, "/dev/null", "/dev/null", "sh", "-c", _KILL_LATER, "kill",
-                            str(self.cancel_grace), *live], timeout=self.timeout)
+        self.run([*self.launch_command, "/dev/null", "/dev/null", "sh", "-c", _KILL_LATER, "kill",
+                  str(self.cancel_grace), *live])
 
     def forget(self, batch_ids):
         for batch_id in batch_ids:
