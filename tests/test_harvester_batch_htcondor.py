@@ -155,6 +155,7 @@ def test_every_job_status_from_one_query_and_one_history():
         assert (native.state, native.exit_code) == (state, exit_code), batch_id
         assert words in native.diag, (batch_id, native.diag)
     assert "Permission denied" in result.states["504.0"].diag  # the hold reason is the worker's diag
+    assert [b for b, s in result.states.items() if s.walltime_exceeded] == ["493.0"]  # our periodic_remove
 
 
 def test_a_held_job_whose_removal_fails_stays_followed():

@@ -87,6 +87,8 @@ def test_every_native_state_in_one_call(transport):
         native = result.states[batch_id]
         assert (native.state, native.exit_code) == (state, exit_code), batch_id
         assert words in native.diag, (batch_id, native.diag)
+    assert result.states["81237"].native == "EXIT" and result.states["81233"].native == "RUN"
+    assert [b for b, s in result.states.items() if s.walltime_exceeded] == ["81237"]  # TERM_RUNLIMIT
 
 
 def test_lsf_down_is_not_all_jobs_gone(transport):

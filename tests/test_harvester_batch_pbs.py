@@ -97,6 +97,8 @@ def test_every_native_state_in_one_call(transport):
         native = result.states[batch_id]
         assert (native.state, native.exit_code) == (state, exit_code), batch_id
         assert words in native.diag, (batch_id, native.diag)
+    assert result.states["4218.pbs01"].native == "F" and result.states["4214.pbs01"].native == "R"
+    assert [b for b, s in result.states.items() if s.walltime_exceeded] == ["4218.pbs01"]  # -29, not the payload
 
 
 def test_a_short_id_matches_the_servers_longer_name(transport):
@@ -112,6 +114,14 @@ def test_an_unreachable_server_is_not_all_jobs_gone(transport):
     assert down.status == RETRY and "cannot connect to server" in down.message
     assert garbage.status == RETRY and not garbage.states
     assert PBSBatch(QUEUE, transport).status([]).status == OK and len(transport.calls) == 2  # no ids, no command
+
+
+def test_an_unknown_id_beside_another_error_is_not_all_jobs_gone(transport):
+    """Only a failure whose every message says 'unknown job' is an answer; any other message makes it a retry."""
+    transport.answer("qstat", 153, stdout=recorded("pbs_qstat.json"),
+                     stderr=recorded("pbs_qstat_unknown.err") + "qstat: Server pbs01 is being shut down\n")
+    result = PBSBatch(QUEUE, transport).status(["4211.pbs01", "4299.pbs01"])
+    assert result.status == RETRY and "being shut down" in result.message and not result.states
 
 
 def test_cancel_in_one_call(transport):

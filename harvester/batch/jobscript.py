@@ -123,8 +123,7 @@ class ScriptBatch(BatchSystem):
             message = f"{argv[0]} printed no job id (none matches {self.job_id_regexp.pattern}): {result.describe()}"
         else:
             message = f"{argv[0]} failed: {result.describe()}"
-        hopeless = not (result.timed_out or result.lost) and (
-            result.returncode in (126, 127) or self.fatal_errors.search(f"{result.stdout}\n{result.stderr}"))
+        hopeless = result.returncode in (126, 127) or self.fatal_errors.search(f"{result.stdout}\n{result.stderr}")
         return SubmitResult(worker.worker_id, FATAL if hopeless else RETRY, message=message)
 
     def find_quietly(self, access_point):
