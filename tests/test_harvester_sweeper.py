@@ -30,9 +30,9 @@ class RecordingServer:
         self.calls.append(("revoke", sorted(jtis)))
         return {"revoked": len(jtis)}
 
-    def heartbeat(self, start_time, agents=None):
+    def heartbeat(self, start_time, agents=None, queues=None, home=None):
         self.calls.append(("heartbeat", start_time))
-        self.agents = agents
+        self.agents, self.queues = agents, queues
 
     def acquire_commands(self, n_commands=20):
         commands, self.commands = self.commands, []
