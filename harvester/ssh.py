@@ -377,6 +377,14 @@ class SshTransport(Transport):
                 return False
         return self._sftp("look up", path, exists)
 
+    def listdir(self, path):
+        def listdir(sftp):
+            try:
+                return sftp.listdir(path)
+            except FileNotFoundError:
+                return []
+        return self._sftp("list", path, listdir)
+
     def remove_tree(self, path):
         path = _absolute(path)
         if os.path.normpath(path) == "/":

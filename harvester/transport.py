@@ -110,6 +110,10 @@ class Transport:
         """True when ``path`` exists."""
         raise NotImplementedError
 
+    def listdir(self, path) -> list:
+        """The names in directory ``path``; empty when it does not exist."""
+        raise NotImplementedError
+
     def remove_tree(self, path):
         """Remove a directory tree (or a file); a missing one is fine."""
         raise NotImplementedError
@@ -196,6 +200,14 @@ class LocalTransport(Transport):
 
     def exists(self, path):
         return os.path.lexists(path)
+
+    def listdir(self, path):
+        try:
+            return os.listdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise TransportError(f"cannot list {path}: {exc.strerror}") from None
 
     def remove_tree(self, path):
         path = _absolute(path)

@@ -50,6 +50,10 @@ class SchedulerTransport(Transport):
     def exists(self, path):
         return path in self.files
 
+    def listdir(self, path):
+        prefix = path.rstrip("/") + "/"
+        return sorted({name[len(prefix):].split("/")[0] for name in self.files if name.startswith(prefix)})
+
 
 def worker(queue, worker_id=11, environment=None, **changes):
     """A worker of ``queue`` (which names its access point and the pilot's arguments)."""

@@ -96,6 +96,7 @@ def test_files_over_sftp(remote, tmp_path):
     assert (folder / "pilot.pyz").read_bytes() == source.read_bytes()
     assert stat.S_IMODE((folder / "pilot.pyz").stat().st_mode) == 0o755
     assert sorted(os.listdir(folder)) == ["f.txt", "pilot.pyz"]  # no temporary names left
+    assert sorted(remote.listdir(str(folder))) == ["f.txt", "pilot.pyz"] and remote.listdir(str(folder / "x")) == []
     assert remote.read_file("/proc/self/stat") is not None  # what the local batch plugin reads works too
     remote.remove_tree(str(tmp_path / "a"))
     assert not (tmp_path / "a").exists()

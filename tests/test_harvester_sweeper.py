@@ -138,7 +138,7 @@ def test_cleaning_a_worker_up_makes_the_plugin_forget_its_batch_job(setup):
     Sweeper(ctx).run_once(NOW)
     assert os.listdir(spool) == [f"{rows['failed']}.json"]  # keep_failed 600 s: its worker is not cleaned yet
     assert set(plugin.status(list(rows.values())).states) == {rows["failed"]}
-    assert rows["finished"] not in plugin._known
+    assert rows["finished"] not in plugin.records.known
 
 
 def test_pilot_tokens_of_ended_workers_revoked_once(setup):

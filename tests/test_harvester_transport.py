@@ -142,6 +142,7 @@ def test_read_exists_remove(transport, tmp_path):
     assert transport.read_file(str(tree / "deep" / "f" / "below")) is None
     assert transport.read_file(f"/proc/{os.getpid()}/stat").startswith(str(os.getpid()).encode())
     assert transport.exists(str(tree)) and not transport.exists(str(tree / "none"))
+    assert transport.listdir(str(tree)) == ["deep"] and transport.listdir(str(tree / "none")) == []
     transport.remove_tree(str(tree))
     transport.remove_tree(str(tree))  # missing is fine
     assert not tree.exists()

@@ -7,7 +7,6 @@ from a later process that got the same pid. The script runs the pilot in a child
 ``job.exit`` in the access point, 128+N when signal N ended it (a shell outlives a SIGKILL of its child).
 """
 import json
-import os
 import re
 import shlex
 import time
@@ -48,61 +47,48 @@ class LocalBatch(BatchSystem):
 
     def __init__(self, queue, transport, spool=None):
         super().__init__(queue, transport, spool)
-        self._known = {}  # batch id -> its spool record, read once (a record never changes once written)
+        self.records, self.processes = Spool(transport, spool, self.run), Processes(transport, self.run)
 
     def render(self, worker):
         setup = "".join(line + "\n" for line in self.queue.batch.setup)
         exit_file = _join(worker.access_point, self.exit_name)
         return _SCRIPT.format(worker_id=worker.worker_id, queue=self.queue.name,
-                              access_point=shlex.quote(worker.access_point), exports=self.exports(worker), setup=setup,
-                              pilots=pilot_lines(worker), exit_file=shlex.quote(exit_file),
+                              access_point=shlex.quote(worker.access_point), exports=self.exports(worker),
+                              setup=setup, pilots=pilot_lines(worker), exit_file=shlex.quote(exit_file),
                               exit_temp=shlex.quote(exit_file + ".tmp"))
 
     def submit(self, workers):
         try:
-            self.transport.makedirs(self.spool, 0o700)
-            boot_id = self._boot_id()
-        except TransportError as exc:
-            return [SubmitResult(worker.worker_id, RETRY, message=str(exc)) for worker in workers]
+            self.transport.makedirs(self.records.path(), 0o700)
+            boot_id = self.processes.boot_id()
+        except (TransportError, BatchError) as exc:
+            status = exc.status if isinstance(exc, BatchError) else RETRY
+            return [SubmitResult(worker.worker_id, status, message=str(exc)) for worker in workers]
         return [self._submit_one(worker, boot_id) for worker in workers]
 
     def _submit_one(self, worker, boot_id):
-        ap = worker.access_point
-        if not self.transport.exists(self.script_path(worker)):
-            return SubmitResult(worker.worker_id, FATAL, message=f"no job script {self.script_path(worker)} "
-                                                                "(write_script() first)")
+        ap, script = worker.access_point, self.script_path(worker)
+        if not self.transport.exists(script):
+            return SubmitResult(worker.worker_id, FATAL, message=f"no job script {script} (write_script() first)")
         result = self.run([*self.launch_command, _join(ap, self.stdout_name), _join(ap, self.stderr_name), "/bin/sh",
-                           self.script_path(worker)], cwd=ap)
+                           script], cwd=ap)
         if not result.ok or not result.stdout.strip().isdigit():
             status = FATAL if result.returncode in (126, 127) else RETRY  # no sh or no directory: never better
             return SubmitResult(worker.worker_id, status, message=f"launch failed: {result.describe()}")
         pid = int(result.stdout.strip())
-        start = self._session_started(pid)
-        batch_id = f"{pid}-{start}"
-        record = {"pid": pid, "start": start, "boot_id": boot_id, "worker_id": worker.worker_id,
-                  "access_point": ap, "submitted": time.time()}
+        start = self.processes.session_started(pid, self.session_wait)
         try:
-            self.transport.write_file(self._spool_file(batch_id, ".json"), json.dumps(record), 0o600)
+            batch_id = self.records.write(pid, start, boot_id, worker)
         except TransportError as exc:  # untracked, it would run beside its retry: stop it
-            self.run(["sh", "-c", _TERM, "term", str(pid)])
+            self.processes.terminate([str(pid)], self.cancel_grace)
             return SubmitResult(worker.worker_id, RETRY, message=f"pid {pid} stopped: {exc}")
         return SubmitResult(worker.worker_id, OK, batch_id, f"pid {pid}")
 
-    def _session_started(self, pid):
-        """The start ticks of ``pid`` once it leads its own session (until then its group cannot be signalled);
-        0 when it has already ended."""
-        deadline = time.monotonic() + self.session_wait
-        while True:
-            state, session, start = _proc_stat(self.transport.read_file(f"/proc/{pid}/stat"))
-            if session == pid or start is None or state == "Z" or time.monotonic() > deadline:
-                return start or 0
-            time.sleep(0.002)
-
     def status(self, batch_ids):
         try:
-            boot_id = self._boot_id()
+            boot_id = self.processes.boot_id()
             return QueryResult(OK, {batch_id: self._state(batch_id, record, boot_id)
-                                    for batch_id, record in self._records(batch_ids).items()})
+                                    for batch_id, record in self.records.read(batch_ids).items()})
         except TransportError as exc:
             return QueryResult(RETRY, message=str(exc))
 
@@ -111,90 +97,132 @@ class LocalBatch(BatchSystem):
         if exit_text is not None and exit_text.strip().isdigit():
             code = int(exit_text)
             if code == 0:
-                return BatchStatus("finished", "pilot exit code 0", 0)
+                return BatchStatus("finished", "pilot exit code 0", 0, "exited")
             signum = code - 128 if 128 < code <= 128 + 64 else None
             diag = f"pilot killed by signal {signum}" if signum else f"pilot exit code {code}"
-            cancelled = self.transport.exists(self._spool_file(batch_id, ".cancelled"))
-            return BatchStatus("cancelled" if cancelled else "failed", diag, code)
-        if self._alive(record, boot_id):
-            return BatchStatus("running", f"pid {record['pid']} running")
-        if self.transport.exists(self._spool_file(batch_id, ".cancelled")):
-            return BatchStatus("cancelled", "cancelled by harvester")
+            return BatchStatus("cancelled" if self.records.cancelled(batch_id) else "failed", diag, code, "exited")
+        if self.processes.alive(record, boot_id):
+            return BatchStatus("running", f"pid {record['pid']} running", native="running")
+        if self.records.cancelled(batch_id):
+            return BatchStatus("cancelled", "cancelled by harvester", native="gone")
         return BatchStatus("failed", f"process {record['pid']} is gone and left no exit code (killed with its job "
-                                     "script, or the host rebooted)")
+                                     "script, or the host rebooted)", native="gone")
 
     def cancel(self, batch_ids):
-        records, boot_id, live = self._records(batch_ids), self._boot_id(), {}
+        records, boot_id, live = self.records.read(batch_ids), self.processes.boot_id(), {}
         results = {b: (OK, "unknown to the local batch system (already gone)") for b in batch_ids if b not in records}
         for batch_id, record in records.items():
-            if self._alive(record, boot_id):
-                # marked before the signal, so status never sees the ended process without the mark
-                self.transport.write_file(self._spool_file(batch_id, ".cancelled"), str(time.time()), 0o600)
+            if self.processes.alive(record, boot_id):
+                self.records.mark_cancelled(batch_id)  # before the signal: status never sees the end unmarked
                 live[str(record["pid"])] = batch_id
             else:
                 results[batch_id] = (OK, "already ended")
-        if live:
-            self._signal(live, results)
+        if live:  # SIGTERM (the pilot's warm stop) now, SIGKILL after the grace
+            signalled, sent = self.processes.terminate(list(live), self.cancel_grace)
+            for group, batch_id in live.items():
+                results[batch_id] = (RETRY, f"signalling failed: {sent.describe()}") if signalled is None else (
+                    OK, "SIGTERM sent" if signalled[group] else "already ended")
         return CancelResult(results)
 
-    def _signal(self, live, results):
-        """SIGTERM to each live group now; SIGKILL after the grace, by a detached helper so no caller waits."""
-        sent = self.run(["sh", "-c", _TERM, "term", *live])
-        for line in sent.stdout.splitlines():
-            group, _, outcome = line.partition(" ")
-            if group in live:
-                results[live[group]] = (OK, "SIGTERM sent" if outcome == "sent" else "already ended")
-        if not sent.ok:
-            for batch_id in live.values():
-                results[batch_id] = (RETRY, f"signalling failed: {sent.describe()}")
-            return
-        self.run([*self.launch_command, "/dev/null", "/dev/null", "sh", "-c", _KILL_LATER, "kill",
-                  str(self.cancel_grace), *live])
-
     def forget(self, batch_ids):
-        for batch_id in batch_ids:
-            self._known.pop(batch_id, None)
-            if _BATCH_ID.fullmatch(str(batch_id)):
-                for suffix in (".json", ".cancelled"):
-                    self.transport.remove_tree(self._spool_file(batch_id, suffix))
+        self.records.forget(batch_ids)
 
     def find(self, access_point):
-        """The batch id of the pilot started for ``access_point`` (a submission a crash left unrecorded), or None.
-        Reads the local spool directly: this plugin's spool is on the harvester's own host."""
-        if not self.spool or not os.path.isdir(self.spool):
-            return None
-        for name in sorted(os.listdir(self.spool)):
-            batch_id = name[:-len(".json")]
-            if name.endswith(".json") and _BATCH_ID.fullmatch(batch_id):
-                record = self._records([batch_id]).get(batch_id)
-                if record and record.get("access_point") == access_point:
-                    return batch_id
-        return None
+        return self.records.find(access_point)
 
-    def _records(self, batch_ids):
-        """Spool records of the well-formed known ids (an unknown id is simply absent); each file is read once
-        per plugin instance, forget() drops it."""
-        known = self._known
-        missing = [b for b in dict.fromkeys(batch_ids) if b not in known and _BATCH_ID.fullmatch(str(b))]
-        for batch_id in missing:
-            data = self.transport.read_file(self._spool_file(batch_id, ".json"))
+
+class Spool:
+    """The local plugin's records, in its spool directory on the submit host: ``<batch id>.json`` (pid, start
+    ticks, boot id, worker, access point) and ``<batch id>.cancelled``. A record never changes once written, so
+    each is read once; :meth:`forget` removes both files and the cached copy."""
+
+    def __init__(self, transport, folder, run):
+        self.transport, self.folder, self.run = transport, folder, run
+        self.known = {}  # batch id -> its record, as read
+
+    def path(self, batch_id=None, suffix=".json"):
+        if not self.folder:
+            raise BatchError("the local batch plugin needs a spool directory for its pid records", FATAL)
+        return self.folder if batch_id is None else _join(self.folder, batch_id + suffix)
+
+    def write(self, pid, start, boot_id, worker):
+        """Record a launched job script; its batch id ``<pid>-<start>``."""
+        batch_id = f"{pid}-{start}"
+        record = {"pid": pid, "start": start, "boot_id": boot_id, "worker_id": worker.worker_id,
+                  "access_point": worker.access_point, "submitted": time.time()}
+        self.transport.write_file(self.path(batch_id), json.dumps(record), 0o600)
+        return batch_id
+
+    def read(self, batch_ids):
+        """Records of the well-formed known ids (an unknown id is simply absent)."""
+        wanted = [b for b in dict.fromkeys(str(b) for b in batch_ids) if _BATCH_ID.fullmatch(b)]
+        for batch_id in [b for b in wanted if b not in self.known]:
+            data = self.transport.read_file(self.path(batch_id))
             if data is not None:
-                known[batch_id] = json.loads(data)
-        return {b: known[b] for b in dict.fromkeys(batch_ids) if b in known}
+                self.known[batch_id] = json.loads(data)
+        return {b: self.known[b] for b in wanted if b in self.known}
 
-    def _alive(self, record, boot_id):
+    def mark_cancelled(self, batch_id):
+        self.transport.write_file(self.path(batch_id, ".cancelled"), str(time.time()), 0o600)
+
+    def cancelled(self, batch_id):
+        return self.transport.exists(self.path(batch_id, ".cancelled"))
+
+    def forget(self, batch_ids):
+        """Remove the records of ended jobs, in ONE command."""
+        ids = [b for b in dict.fromkeys(str(b) for b in batch_ids) if _BATCH_ID.fullmatch(b)]
+        for batch_id in ids:
+            self.known.pop(batch_id, None)
+        if ids and self.folder:
+            paths = [self.path(b, suffix) for b in ids for suffix in (".json", ".cancelled")]
+            result = self.run(["rm", "-f", "--", *paths])
+            if not result.ok:
+                raise BatchError(f"cannot remove spool records: {result.describe()}")
+
+    def find(self, access_point):
+        """The batch id whose record names ``access_point`` (a launch a crash left unrecorded), or None."""
+        names = self.transport.listdir(self.path()) if self.folder else []
+        ids = [name[:-len(".json")] for name in sorted(names) if name.endswith(".json")]
+        return next((b for b, record in self.read(ids).items() if record.get("access_point") == access_point), None)
+
+
+class Processes:
+    """Processes on the submit host, seen through the transport: their state in /proc, signals by ``sh``."""
+
+    def __init__(self, transport, run):
+        self.transport, self.run = transport, run
+
+    def boot_id(self):
+        return (self.transport.read_file(_BOOT_ID) or b"").decode().strip()
+
+    def session_started(self, pid, wait):
+        """The start ticks of ``pid`` once it leads its own session (until then its group cannot be signalled);
+        0 when it has already ended."""
+        deadline = time.monotonic() + wait
+        while True:
+            state, session, start = _proc_stat(self.transport.read_file(f"/proc/{pid}/stat"))
+            if session == pid or start is None or state == "Z" or time.monotonic() > deadline:
+                return start or 0
+            time.sleep(0.002)
+
+    def alive(self, record, boot_id):
+        """Whether the process a spool record names still runs (the same boot, pid and start ticks)."""
         if record["boot_id"] != boot_id or not record["start"]:
             return False
         state, _, start = _proc_stat(self.transport.read_file(f"/proc/{record['pid']}/stat"))
         return start == record["start"] and state not in ("Z", "X")
 
-    def _boot_id(self):
-        return (self.transport.read_file(_BOOT_ID) or b"").decode().strip()
-
-    def _spool_file(self, batch_id, suffix):
-        if not self.spool:
-            raise BatchError("the local batch plugin needs a spool directory for its pid records", FATAL)
-        return _join(self.spool, batch_id + suffix)
+    def terminate(self, groups, grace):
+        """SIGTERM to each process group now, SIGKILL after ``grace`` s by a detached helper (so no caller waits).
+        ({group: True if signalled, False if already gone}, the command's result); None for the first when the
+        signals could not be sent."""
+        sent = self.run(["sh", "-c", _TERM, "term", *groups])
+        if not sent.ok:
+            return None, sent
+        self.run([*LocalBatch.launch_command, "/dev/null", "/dev/null", "sh", "-c", _KILL_LATER, "kill", str(grace),
+                  *groups])
+        outcomes = dict(line.partition(" ")[::2] for line in sent.stdout.splitlines())
+        return {group: outcomes.get(group) == "sent" for group in groups}, sent
 
 
 def _proc_stat(text):
