@@ -52,7 +52,7 @@ class SettingsServer(QueueServer):
             try:
                 requests.get(self.url + "/api/v1/system/is_alive", timeout=1)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a loaded machine: not up yet
                 time.sleep(0.2)
         raise RuntimeError("restarted server did not answer within 60 s")
 
