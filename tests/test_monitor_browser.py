@@ -14,6 +14,7 @@ import pytest
 import monitorhelp
 from conftest import IN_CI
 from monitorhelp import EVIL, OTHER, STDOUT
+from taskhelp import open_db
 
 ARTIFACTS = pathlib.Path(os.environ.get("MINIPANDA_TEST_ARTIFACTS") or
                          pathlib.Path(__file__).resolve().parent.parent / "test-artifacts")
@@ -171,3 +172,78 @@ def test_a_browser_logs_in_with_a_token(browser, tmp_path):
         assert cookie["httpOnly"] and cookie["path"] == "/monitor" and cookie["sameSite"] == "Strict"
     finally:
         server.stop()
+
+
+def chart_counts(browser, chart_id):
+    """({series key: sum of its bars' counts}, the caption's figures by key, the bars) of a bar chart as drawn."""
+    from selenium.webdriver.common.by import By
+
+    figure = browser.find_element(By.ID, chart_id)
+    svg = figure.find_element(By.TAG_NAME, "svg")
+    assert svg.is_displayed() and svg.size["width"] > 300 and svg.size["height"] > 100
+    sums, bars = {}, figure.find_elements(By.TAG_NAME, "rect")
+    for bar in bars:
+        assert bar.size["height"] > 0, bar.get_attribute("outerHTML")
+        key = bar.get_attribute("data-key")
+        sums[key] = sums.get(key, 0) + int(bar.get_attribute("data-count"))
+    totals = {t.get_attribute("data-key"): int(t.text) for t in figure.find_elements(By.CSS_SELECTOR, ".total")}
+    return sums, totals, bars
+
+
+def test_charts_render_and_match_the_counts(browser, open_server):
+    """The dashboard's, a queue's and a task's charts are drawn (SVG, coloured by the stylesheet under the
+    Content-Security-Policy), and their bars add up to the page's ?json series and to the database's counts."""
+    import datetime
+
+    import requests
+    from selenium.webdriver.common.by import By
+
+    from minipanda.core import models
+
+    server, ids = open_server
+    open_db(server)  # another test of this module may have bound the models to its own server's database
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+    def iso(minutes):
+        return (now - datetime.timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    server.call("harvester/update_workers", {"harvester_id": "harv-chart", "workers": [
+        {"workerID": 1, "status": "running", "computingSite": "MON_PQ", "submitTime": iso(50), "startTime": iso(40)},
+        {"workerID": 2, "status": "submitted", "computingSite": "MON_PQ", "submitTime": iso(5)},
+        {"workerID": 3, "status": "running", "computingSite": OTHER, "submitTime": iso(20), "startTime": iso(19)}]})
+    Job = models.Job
+    since = now - datetime.timedelta(hours=6)
+    in_db = {status: Job.select().where(Job.status == status, Job.state_changed_time >= since).count()
+             for status in ("finished", "failed")}
+    assert in_db["finished"] >= 1 and in_db["failed"] >= 1
+
+    browser.get(server.url + "/monitor/")
+    charted = requests.get(server.url + "/monitor/?json", timeout=30).json()["charts"]
+    sums, totals, bars = chart_counts(browser, "chart-jobs")
+    assert sums == totals == {key: sum(charted["jobs"][key]) for key in ("finished", "failed")} == in_db
+    colours = {bar.get_attribute("data-key"): bar.value_of_css_property("fill") for bar in bars}
+    assert colours == {"finished": "rgb(76, 175, 80)", "failed": "rgb(229, 115, 115)"}
+    sums, now_drawn, _ = chart_counts(browser, "chart-workers")
+    assert (charted["workers"]["running"][-1], charted["workers"]["submitted"][-1]) == (2, 1)
+    assert now_drawn == {"running": 2, "submitted": 1}  # the caption says what runs and waits now
+    assert sums == {key: sum(charted["workers"][key]) for key in ("running", "submitted")}
+
+    browser.get(server.url + "/monitor/queues/" + OTHER)
+    sums, _, _ = chart_counts(browser, "chart-workers")
+    assert browser.find_element(By.ID, "chart-workers").find_elements(By.TAG_NAME, "rect")[-1].get_attribute(
+        "data-count") == "1" and set(sums) == {"running"}
+    queue_db = Job.select().where(Job.computing_site == OTHER, Job.status.in_(["finished", "failed"])).count()
+    assert sum(chart_counts(browser, "chart-jobs")[0].values()) == queue_db
+
+    browser.get(server.url + f"/monitor/tasks/{ids['task']}")
+    figure = browser.find_element(By.ID, "chart-progress")
+    assert figure.find_element(By.TAG_NAME, "svg").is_displayed()
+    drawn = {line.get_attribute("data-key"): int(line.get_attribute("data-last"))
+             for line in figure.find_elements(By.TAG_NAME, "polyline")}
+    task_jobs = {status: Job.select().where(Job.task_id == ids["task"], Job.status == status).count()
+                 for status in ("finished", "failed")}
+    assert drawn == task_jobs and drawn["finished"] >= 1
+    progress = requests.get(server.url + f"/monitor/tasks/{ids['task']}?json", timeout=30).json()["charts"]
+    assert progress["progress"]["finished"][-1] == drawn["finished"] and progress["progress"]["planned"] == 4
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "monitor-task-progress.png"))

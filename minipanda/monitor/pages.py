@@ -9,6 +9,8 @@ import urllib.parse
 
 import jinja2
 
+from minipanda.monitor import charts
+
 _ENV = None
 
 
@@ -22,6 +24,7 @@ def environment():
         env.filters["qs"] = query_string
         env.filters["mb"] = lambda value: "" if value is None else f"{value / 1e6:.1f}"
         env.globals["state_class"] = state_class
+        env.globals["bars"], env.globals["lines"] = charts.bars, charts.lines
         _ENV = env
     return _ENV
 

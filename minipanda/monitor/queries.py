@@ -16,7 +16,7 @@ from peewee import fn
 from minipanda.core import jobs as job_service, models, queues, states
 from minipanda.core.states import JobStatus, TaskStatus
 from minipanda.errors import RequestError
-from minipanda.monitor import errorcodes
+from minipanda.monitor import charts, errorcodes
 from minipanda.tasks import service as task_service, why
 from minipanda.workers import harvesters
 
@@ -275,7 +275,8 @@ def dashboard(f, now=None):
             "workers_by_queue": workers, "worker_states": worker_states,
             "worker_statistics": worker_statistics(f.queue if f.queue and "*" not in f.queue else None),
             "harvesters": harvester_rows(now), "recent_errors": recent_errors(f, now),
-            "jobs": listed["jobs"], "jobs_total": listed["total"]}
+            "jobs": listed["jobs"], "jobs_total": listed["total"],
+            "charts": charts.activity(now, f.queue if f.queue and "*" not in f.queue else None)}
 
 
 def jobs_page(f, now=None):
@@ -310,7 +311,8 @@ def task_page(task_id, f, now=None):
                 models.Dataset.task_id == task.jedi_task_id)],
             "history": task_service.task_log(task.jedi_task_id),
             "brokerage": [_decision(b) for b in decisions], "filters": jobs["filters"], "jobs": jobs["jobs"],
-            "jobs_total": jobs["total"]}
+            "jobs_total": jobs["total"],
+            "charts": {"progress": charts.task_progress(task, task.n_chunks or sum(counts.values()), now)}}
 
 
 METRIC_FIELDS = (("cpuConsumptionTime", "cpu_consumption_time"), ("cpuConsumptionUnit", "cpu_consumption_unit"),
@@ -384,6 +386,7 @@ def queue_page(name, now=None):
             "workers_by_state": {s: workers[s] for s in _ordered(set(workers), WORKER_STATES)},
             "workers": harvesters.list_workers(queue=name, limit=50),
             "worker_statistics": worker_statistics(name), "waiting_jobs": waiting_rows,
+            "charts": charts.activity(now, name),
             "brokerage": [d for d in (_decision(b, name) for b in decisions) if d["candidates"]]}
 
 
