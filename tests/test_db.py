@@ -166,7 +166,43 @@ def test_v6_database_gets_the_harvester_report_column(tmp_path):
         tmp_path, 6, 'ALTER TABLE "harvester_instance" DROP COLUMN "report"',
         "INSERT INTO harvester_instance (harvester_id, host, version, last_heartbeat, agents) VALUES "
         "('h1', 'host1', '0.1.0', '2026-01-01 00:00:00', '{}')")
-    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 7
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION
     row = models.HarvesterInstance.get_by_id("h1")
     assert (row.host, row.agents, row.report) == ("host1", "{}", None)
+    database.close()
+
+
+def test_v7_database_gets_the_retention_columns_and_table(tmp_path):
+    database = reopened_older(
+        tmp_path, 7, 'DROP INDEX "file_lfn"', 'ALTER TABLE "file" DROP COLUMN "fetched_time"', 'DROP TABLE "retention_stat"',
+        "INSERT INTO dataset (name, type, user_name, creation_time, modification_time) VALUES "
+        "('ds1', 'output', 'bob', '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+        "INSERT INTO file (dataset_id, lfn, guid, fsize, checksum, location, status, creation_time) VALUES "
+        "(1, 'a.root', 'g', 5, 'ad:1', '/data', 'ready', '2026-01-01 00:00:00')")
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 8
+    row = models.DatasetFile.get(models.DatasetFile.lfn == "a.root")
+    assert (row.fsize, row.location, row.fetched_time) == (5, "/data", None)
+    assert "file_lfn" in {index.name for index in database.get_indexes("file")}
+    assert "retention_stat" in database.get_tables()
+    database.close()
+
+
+def test_oldest_database_upgrades_and_its_jobs_can_be_archived(tmp_path):
+    """A version 1 database (the oldest) comes forward through every step, and its jobs move to the archive."""
+    import datetime
+
+    from minipanda.core import archive
+    from minipanda.tasks import retention, settings
+
+    path = str(tmp_path / "old.db")
+    make_v1_database(path)
+    database = schema.open_database("sqlite:///" + path)
+    database.connect(reuse_if_open=True)
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION
+    models.Job.update(status="finished").where(models.Job.panda_id == 41).execute()
+    done = retention.run(settings.Settings(), str(tmp_path), datetime.datetime(2026, 6, 1))
+    assert done["jobs_archived"] == (1, 0)
+    found = archive.find("job", 41)
+    assert (found.where, found.first("job").job_name, [f.lfn for f in found.rows["job_file"]]) == (
+        "2026-01", "old.job", ["old.log.tgz"])
     database.close()

@@ -3,16 +3,20 @@
 PUT (pilot, production, admin) streams the body into the store, checked against ``Content-Length`` and
 ``X-Checksum: ad:<adler32>``; GET (and HEAD) need a token too: a user reads their own ``user.<name>`` scope and
 shared scopes, pilots and managers every scope (minipanda.core.policy.may_read_scope). Replies are v1 envelopes with
-``data = {scope, lfn, fsize, adler32, url}``.
+``data = {scope, lfn, fsize, adler32, url}``. A whole-file GET by a user or admin token marks a task output as
+fetched (``file.fetched_time``), which the retention duty reads.
 """
 import os
 
 import bottle
 
 from minipanda.api import wire
-from minipanda.core import filestore, policy
+from minipanda.core import filestore, policy, states
 from minipanda.core.auth import PILOT_ROLES
 from minipanda.errors import AuthError, RequestError
+from minipanda.tasks import storeclean
+
+PEOPLE = ("user", "admin")  # a download by these marks an output fetched; pilots read inputs
 
 
 def _store():
@@ -50,6 +54,8 @@ def get_file(params, identity, scope, lfn):
         raise AuthError(f"scope: {scope} is another user's; a user reads their own and shared scopes", 403)
     if not os.path.isfile(path):
         raise RequestError(f"{scope}/{lfn} is not in the server's file store", http=404)
+    if bottle.request.method == "GET" and identity.role in PEOPLE and "Range" not in bottle.request.headers:
+        storeclean.mark_fetched(scope, lfn, states.utcnow())  # a fetched output goes sooner (retention)
     return bottle.static_file(relative, root=_store().root, mimetype="application/octet-stream")
 
 

@@ -267,10 +267,14 @@ class DatasetFile(BaseModel):
     status = peewee.CharField(max_length=32, default="ready")
     panda_id = peewee.BigIntegerField(null=True)  # the job that produced an output
     creation_time = peewee.DateTimeField()
+    # Schema 7: when a person (not a pilot) first downloaded the file from the server's file store; the retention
+    # duty deletes a fetched output of a finished task sooner (minipanda.tasks.storeclean).
+    fetched_time = peewee.DateTimeField(null=True)
 
     class Meta:
         table_name = "file"
-        indexes = ((("dataset", "lfn"), True),)
+        # (lfn) finds the row of a file the store serves (GET /files/<scope>/<lfn> marks it fetched).
+        indexes = ((("dataset", "lfn"), True), (("lfn",), False))
 
 
 class TaskInput(BaseModel):
@@ -386,6 +390,23 @@ class WorkerStatistics(BaseModel):
         indexes = ((("harvester_id", "queue"), True),)
 
 
+# ---- retention (schema 7) -----------------------------------------------------------------------------------------
+
+
+class RetentionStat(BaseModel):
+    """What the retention duty has done since the database was made, per kind (jobs and tasks archived, archives
+    expired, log tarballs, outputs and sandboxes deleted): read by /metrics, so every server process reports the
+    same totals and they outlive restarts."""
+
+    kind = peewee.CharField(max_length=32, primary_key=True)
+    count = peewee.BigIntegerField(default=0)
+    bytes = peewee.BigIntegerField(default=0)
+    last_time = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "retention_stat"
+
+
 TASK_MODELS = [Task, TaskLog, Dataset, DatasetFile, TaskInput, Brokerage, RetryRule]
 HARVESTER_MODELS = [HarvesterInstance, HarvesterCommand, WorkerStatistics]
-ALL_MODELS = [Job, JobFile, StatusLog, Queue, Worker, Token, Config] + TASK_MODELS + HARVESTER_MODELS
+ALL_MODELS = [Job, JobFile, StatusLog, Queue, Worker, Token, Config] + TASK_MODELS + HARVESTER_MODELS + [RetentionStat]

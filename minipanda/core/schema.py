@@ -92,8 +92,21 @@ def _migration_7(db, migrator):
         migrate(migrator.add_column("harvester_instance", "report", models.HarvesterInstance.report))
 
 
-MIGRATIONS = {2: _migration_2, 3: _migration_3, 4: _migration_4, 5: _migration_5, 6: _migration_6, 7: _migration_7}
-SCHEMA_VERSION = 7
+def _migration_8(db, migrator):
+    """Retention: file.fetched_time and an index on file.lfn, the retention_stat table, and on PostgreSQL the
+    archive tables (minipanda.core.archive; on SQLite the archive is a file per month, made when first used)."""
+    if "fetched_time" not in {column.name for column in db.get_columns("file")}:
+        migrate(migrator.add_column("file", "fetched_time", models.DatasetFile.fetched_time))
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "file_lfn" ON "file" ("lfn")')
+    db.create_tables([models.RetentionStat], safe=True)
+    from minipanda.core import archive
+
+    archive.prepare_tables(db)
+
+
+MIGRATIONS = {2: _migration_2, 3: _migration_3, 4: _migration_4, 5: _migration_5, 6: _migration_6, 7: _migration_7,
+              8: _migration_8}
+SCHEMA_VERSION = 8
 
 
 def schema_version(db):
@@ -111,6 +124,9 @@ def upgrade_schema(db):
         with db.atomic():
             db.create_tables(models.ALL_MODELS)
             start_task_ids(db)
+            from minipanda.core import archive
+
+            archive.prepare_tables(db)
             models.Config.insert(key="schema_version", value=str(SCHEMA_VERSION)).execute()
         log.info("created database schema version %d", SCHEMA_VERSION)
         return

@@ -23,6 +23,13 @@ minipanda_harvester_info                        harvester, host,       1 per har
 minipanda_harvester_agent_cycles_total          harvester, agent       cycles of each harvester agent (heartbeat)
 minipanda_harvester_agent_errors_total          harvester, agent       failed cycles of each agent (heartbeat)
 minipanda_harvester_agent_last_cycle_seconds    harvester, agent       duration of each agent's last cycle
+minipanda_retention_total                       kind                   what the retention duty did, since the database
+                                                                       was made: jobs_archived, tasks_archived,
+                                                                       archived_jobs_expired, archived_tasks_expired,
+                                                                       archive_files_expired, log, output, sandbox
+minipanda_retention_bytes_total                 kind                   bytes of the files it deleted (log, output,
+                                                                       sandbox)
+minipanda_retention_last_run_timestamp_seconds  (none)                 when the retention duty last ran
 minipanda_dispatch_seconds                      outcome (jobs, none)   histogram: time to claim jobs for a request
 minipanda_scrape_database_seconds               (none)                 time the scrape's queries took
 ==============================================  =====================  =============================================
@@ -69,7 +76,8 @@ class DatabaseCollector(Collector):
         started = time.perf_counter()
         database.connect(reuse_if_open=True)
         now = states.utcnow()
-        families = list(self._jobs(now)) + list(self._tasks()) + list(self._workers()) + list(self._harvesters(now))
+        families = list(self._jobs(now)) + list(self._tasks()) + list(self._workers()) + \
+            list(self._harvesters(now)) + list(self._retention())
         elapsed = GaugeMetricFamily("minipanda_scrape_database_seconds",
                                     "Time this scrape's database queries took", value=time.perf_counter() - started)
         return families + [elapsed]
@@ -145,6 +153,24 @@ class DatabaseCollector(Collector):
         yield cycles
         yield errors
         yield last
+
+
+    def _retention(self):
+        done = CounterMetricFamily("minipanda_retention", "What the retention duty archived, expired or deleted "
+                                   "(jobs, tasks, archive files, files of the file store)", labels=["kind"])
+        size = CounterMetricFamily("minipanda_retention_bytes", "Bytes of the files the retention duty deleted from "
+                                   "the file store", labels=["kind"])
+        last = None
+        for row in models.RetentionStat.select():
+            done.add_metric([row.kind], row.count)
+            if row.kind in ("log", "output", "sandbox"):
+                size.add_metric([row.kind], row.bytes)
+            last = max(last, row.last_time) if last and row.last_time else (row.last_time or last)
+        yield done
+        yield size
+        if last is not None:
+            yield GaugeMetricFamily("minipanda_retention_last_run_timestamp_seconds", "When the retention duty last "
+                                    "ran (Unix time)", value=last.replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
 def _datetime(value):

@@ -265,7 +265,7 @@ def _run(server, app, runner, reloader, leader, lock, ready, settings, host, hom
         signal.signal(signal.SIGHUP, on_hangup)
     from minipanda.tasks import duties, settings as task_settings
 
-    duties.attach(runner, settings or task_settings.Settings())
+    duties.attach(runner, settings or task_settings.Settings(), home)
     queued_log = QueuedAccessLog()
     try:
         server.start(app, threads=threads)

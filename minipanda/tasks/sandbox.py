@@ -126,6 +126,8 @@ class Sandboxes:
             entry = self._read(os.path.join(self.index, user, entry_name))
             if entry and entry.get("fsize") == size and entry.get("crc32") == crc32 and \
                     self.store.info(self.scope(user), entry["name"]) is not None:
+                # the entry's time is the sandbox's last use: the retention duty keeps it that long after
+                os.utime(os.path.join(self.index, user, entry_name))
                 return entry["name"]
         return None
 

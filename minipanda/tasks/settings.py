@@ -17,6 +17,7 @@ DEFAULTS = {
     "period.settle": 5.0,  # final task jobs -> input states, outputs, retries, task completion
     "period.watchdog": 60.0,
     "period.priority": 1200.0,  # PanDA recomputes waiting jobs' priorities every 20 minutes
+    "period.retention": 3600.0,  # archive old jobs and tasks, expire archives, clean the file store
     # watchdog timeouts (seconds)
     "watchdog.sent_timeout": 1800.0,  # sent and no word from the pilot -> failed "no reply"
     "watchdog.heartbeat_timeout": 7200.0,  # used when the queue's queuedata has no pilot_lost_heartbeat_timeout
@@ -32,6 +33,13 @@ DEFAULTS = {
     "scout.ram_margin": 0.10,
     "scout.walltime_margin": 0.50,
     "priority.scout_boost": 1000.0,
+    # retention (days; 0 keeps forever): see minipanda.tasks.retention and docs/operations.md
+    "retention.job_days": 30.0,  # jobs (and tasks) in a final state this long move to the archive
+    "retention.archive_days": 0.0,  # archived jobs and tasks that ended this long ago are deleted (0: keep)
+    "retention.log_days": 14.0,  # log tarballs in the file store
+    "retention.output_days": 30.0,  # outputs of a finished task in the file store, fetched or not
+    "retention.fetched_output_days": 1.0,  # outputs of a finished task once a person downloaded them
+    "retention.batch": 500.0,  # jobs (tasks) per move: the live write lock is held for one batch's delete
 }
 
 
