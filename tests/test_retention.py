@@ -322,3 +322,45 @@ def test_a_download_by_a_person_marks_an_output_fetched_and_metrics_count_deleti
     assert 'minipanda_retention_bytes_total{kind="output"} 10.0' in metrics
     assert "minipanda_retention_last_run_timestamp_seconds" in metrics
     db.close()
+
+
+def test_job_show_why_and_the_monitor_find_an_archived_job_and_say_so(live_server):
+    import subprocess
+    import sys
+
+    import requests
+    from minipanda.core import schema
+
+    server = live_server
+    db = schema.open_database(server.db_url)
+    db.connect(reuse_if_open=True)
+    (pid,) = make_jobs(1, "failed")
+    models.Job.update(pilot_error_code=1201, pilot_error_diag="killed by the batch system").where(
+        models.Job.panda_id == pid).execute()
+    retention.run(settings(), server.home, NOW)
+    assert models.Job.get_or_none(models.Job.panda_id == pid) is None
+    db.close()
+    cli = [sys.executable, "-m", "minipanda"]
+    where = ["--url", server.url, "--home", server.home]
+    shown = subprocess.run(cli + ["job", "show", str(pid)] + where, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert f"job {pid} is archived (" in shown.stdout and "read-only" in shown.stdout
+    assert "killed by the batch system" in shown.stdout and "running" in shown.stdout  # its fields and history
+    why = subprocess.run(cli + ["why", str(pid)] + where, capture_output=True, text=True, timeout=60)
+    assert why.returncode == 0, why.stderr
+    assert f"job {pid} " in why.stdout and "is archived (" in why.stdout
+    assert "pilot error 1201: killed by the batch system" in why.stdout
+    page = requests.get(f"{server.url}/monitor/jobs/{pid}?json", headers=server.headers(), timeout=30).json()
+    assert page["archived"] and page["job"]["jobStatus"] == "failed"
+    assert [h["to"] for h in page["history"]] == ["activated", "running", "failed"]
+    html = requests.get(f"{server.url}/monitor/jobs/{pid}", headers=server.headers(json_reply=False),
+                        timeout=30).text
+    assert 'id="archived"' in html and "read-only" in html
+    live = requests.post(f"{server.url}/api/v1/job/get_description", json={"job_ids": [pid]},
+                         headers=server.headers(), timeout=30).json()
+    assert live["data"] == [None]  # PanDA's get_description reads the live tables only
+    kill = requests.post(f"{server.url}/api/v1/job/kill", json={"job_ids": [pid]}, headers=server.headers(),
+                         timeout=30).json()
+    assert kill["data"] == [False]  # read-only
+    assert requests.get(f"{server.url}/monitor/jobs/{pid + 1000}?json", headers=server.headers(),
+                        timeout=30).status_code == 404

@@ -53,6 +53,10 @@ def get_description(params, identity):
     return ok(jobs.describe_jobs(handlers.job_ids(params, "job_ids", "ids")))
 
 
+def get_description_incl_archive(params, identity):
+    return ok(jobs.describe_jobs(handlers.job_ids(params, "job_ids", "ids"), include_archive=True))
+
+
 def kill(params, identity):
     return ok(handlers.kill(params, identity))
 
@@ -78,7 +82,8 @@ def register(app):
         ("pilot/update_worker_node", update_worker_node, PILOT_ROLES),
         ("pilot/update_worker_node_gpu", update_worker_node, PILOT_ROLES),
         ("job/get_status", get_status, None), ("job/submit", submit, "any"),
-        ("job/get_description", get_description, None), ("job/get_description_incl_archive", get_description, None),
+        ("job/get_description", get_description, None),
+        ("job/get_description_incl_archive", get_description_incl_archive, None),
         ("job/kill", kill, "any"), ("job/list", list_jobs, None), ("job/get_status_log", job_log, None),
         ("queues", list_queues, None),
     ]

@@ -46,7 +46,8 @@ class Client:
         return self.call("job/list", {k: v for k, v in filters.items() if v is not None}, method="GET")
 
     def describe_jobs(self, panda_ids):
-        return self.call("job/get_description", {"job_ids": list(panda_ids)})
+        """Live and archived jobs (an archived one has ``archived``: where it is kept)."""
+        return self.call("job/get_description_incl_archive", {"job_ids": list(panda_ids)})
 
     def status_log(self, panda_id):
         return self.call("job/get_status_log", {"job_id": panda_id}, method="GET")

@@ -249,7 +249,10 @@ def cmd_job_show(args):
     if args.json:
         print(json.dumps({"job": desc, "history": history}, indent=1))
         return
-    for key in sorted(k for k, v in desc.items() if v not in (None, "", "NULL") and k != "Files"):
+    if desc.get("archived"):
+        print(f"job {args.panda_id} is archived ({desc['archived']}): moved out of the live tables by the retention "
+              "duty; shown read-only\n")
+    for key in sorted(k for k, v in desc.items() if v not in (None, "", "NULL") and k not in ("Files", "archived")):
         print(f"{key:24} {desc[key]}")
     if desc["Files"]:
         print("\nfiles:")

@@ -6,7 +6,7 @@ legacy ``StatusCode`` reply or the v1 ``{success, message, data}`` envelope.
 import json
 import logging
 
-from minipanda.core import jobspec, models, policy, states
+from minipanda.core import archive, jobspec, models, policy, states
 from minipanda.core.db import database
 from minipanda.core.states import FINAL_JOB_STATES, QUEUED_JOB_STATES, JobStatus
 from minipanda.errors import (PILOT_STATES, SC_FAILED, SC_MISSING_KEY, SC_OK, SC_ROLE, TOBEKILLED, InvalidTransition,
@@ -273,11 +273,22 @@ def get_status(panda_ids):
     return out
 
 
-def describe_jobs(panda_ids):
-    """job/get_description: a JobSpec-shaped dict per id (None for an unknown id), in request order."""
+def describe_jobs(panda_ids, include_archive=False):
+    """job/get_description: a JobSpec-shaped dict per id (None for an unknown id), in request order.
+
+    ``include_archive`` (job/get_description_incl_archive): a job the retention duty archived is described too,
+    with ``archived`` naming its archive (live jobs have no such key)."""
     jobs = {j.panda_id: j for j in models.Job.select().where(models.Job.panda_id.in_(panda_ids))}
     files = jobspec.load_files(list(jobs))
-    return [jobspec.describe(jobs[pid], files[pid]) if pid in jobs else None for pid in panda_ids]
+    out = []
+    for pid in panda_ids:
+        if pid in jobs:
+            out.append(jobspec.describe(jobs[pid], files[pid]))
+            continue
+        found = archive.find("job", pid) if include_archive else None
+        out.append(dict(jobspec.describe(found.first("job"), found.rows["job_file"]), archived=found.where)
+                   if found else None)
+    return out
 
 
 def kill_jobs(panda_ids, user, manages_all, code=None):
@@ -322,7 +333,10 @@ def list_jobs(limit=100, task_id=None, status=None, queue=None, user=None):
 
 
 def status_log(panda_id):
-    """The transitions of one job and the notes about it, oldest first."""
-    rows = models.StatusLog.select().where(models.StatusLog.panda_id == panda_id).order_by(models.StatusLog.id)
+    """The transitions of one job and the notes about it, oldest first (from the archive for an archived job)."""
+    rows = list(models.StatusLog.select().where(models.StatusLog.panda_id == panda_id).order_by(models.StatusLog.id))
+    if not rows and not models.Job.select().where(models.Job.panda_id == panda_id).exists():
+        found = archive.find("job", panda_id)
+        rows = found.rows["status_log"] if found else []
     return [{"time": r.time, "from": r.old_status, "to": r.new_status, "reason": r.reason, "kind": r.kind}
             for r in rows]

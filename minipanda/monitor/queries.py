@@ -13,7 +13,7 @@ from typing import Optional
 import peewee
 from peewee import fn
 
-from minipanda.core import jobs as job_service, models, queues, states
+from minipanda.core import archive, jobs as job_service, models, queues, states
 from minipanda.core.states import JobStatus, TaskStatus
 from minipanda.errors import RequestError
 from minipanda.monitor import charts, errorcodes
@@ -337,9 +337,16 @@ def job_page(panda_id, log_info, now=None):
     ``log_info(job, log_file)`` gives the logs section (see :mod:`minipanda.monitor.logs`)."""
     now = now or states.utcnow()
     job = models.Job.get_or_none(models.Job.panda_id == panda_id)
+    found = None
     if job is None:
-        raise RequestError(f"job {panda_id} not found", http=404)
-    files = list(models.JobFile.select().where(models.JobFile.job == job.panda_id).order_by(models.JobFile.row_id))
+        found = archive.find("job", panda_id)  # read-only: the page shows it and says where it is kept
+        if found is None:
+            raise RequestError(f"job {panda_id} not found", http=404)
+        job = found.first("job")
+        files = found.rows["job_file"]
+    else:
+        files = list(models.JobFile.select().where(models.JobFile.job == job.panda_id)
+                     .order_by(models.JobFile.row_id))
     log_file = next((f for f in files if f.type == "log"), None)
     worker = None
     if job.harvester_id and job.worker_id is not None:
@@ -355,7 +362,8 @@ def job_page(panda_id, log_info, now=None):
                         if getattr(job, column) not in (None, "")},
             "files": [{"type": f.type, "lfn": f.lfn, "scope": f.scope, "dataset": f.dataset, "fsize": f.fsize,
                        "checksum": f.checksum, "status": f.status, "guid": f.guid, "surl": f.surl} for f in files],
-            "logs": log_info(job, log_file), "why": explained, "worker": worker}
+            "logs": log_info(job, log_file), "why": explained, "worker": worker,
+            "archived": found.where if found else None}
 
 
 def queue_page(name, now=None):

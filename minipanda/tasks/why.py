@@ -1,11 +1,12 @@
 """``minipanda why PANDAID``: why a job is where it is, in plain words.
 
 Reads what the server already knows: the job's state and errors, its task, the brokerage decision that placed it
-(every queue's verdict), its queue's status, the jobs ahead of it, and the retry verdict in its state history.
+(every queue's verdict), its queue's status, the jobs ahead of it, and the retry verdict in its state history. A
+job the retention duty archived is found in the archive and said to be so.
 """
 import json
 
-from minipanda.core import models, states
+from minipanda.core import archive, models, states
 from minipanda.core.states import JobStatus
 from minipanda.errors import RequestError
 from peewee import fn
@@ -15,11 +16,21 @@ from peewee import fn
 def explain(panda_id, now=None):
     """{"PandaID", "status", "lines": [sentences], "brokerage": [candidate verdicts] or None}."""
     job = models.Job.get_or_none(models.Job.panda_id == panda_id)
+    found = None
     if job is None:
-        raise RequestError(f"job {panda_id} not found", http=404)
+        found = archive.find("job", panda_id)
+        if found is None:
+            raise RequestError(f"job {panda_id} not found", http=404)
+        job = found.first("job")
     now = now or states.utcnow()
-    task = models.Task.get_or_none(models.Task.jedi_task_id == job.task_id) if job.task_id else None
+    task = _task(job.task_id) if job.task_id else None
     lines = [_headline(job, task)]
+    if found is not None:
+        lines.append(f"it is archived ({found.where}): it ended at {job.state_changed_time:%Y-%m-%d %H:%M:%S} and "
+                     "was moved out of the live tables by the retention duty; what is shown is read-only")
+        lines += _final(job, found.rows["status_log"])
+        return {"PandaID": job.panda_id, "status": job.status, "lines": lines, "brokerage": None,
+                "archived": found.where}
     if task is not None and task.status in ("paused", "finishing", "aborting"):
         lines.append(f"its task {task.jedi_task_id} is {task.status}: no new jobs or retries are made for it")
     status = JobStatus(job.status)
@@ -51,7 +62,17 @@ def _headline(job, task):
             f"{job.current_priority}")
 
 
-def _final(job):
+def _task(task_id):
+    """The job's task, live or archived."""
+    task = models.Task.get_or_none(models.Task.jedi_task_id == task_id)
+    if task is None:
+        found = archive.find("task", task_id)
+        task = found.first("task") if found else None
+    return task
+
+
+def _final(job, history=None):
+    """Errors, the retry verdict and the next attempt of a job that ended; ``history``: its archived state rows."""
     lines = []
     for source, code, diag in (("pilot", job.pilot_error_code, job.pilot_error_diag),
                                ("payload", job.exe_error_code, job.exe_error_diag),
@@ -60,9 +81,12 @@ def _final(job):
             lines.append(f"{source} error {code if code is not None else ''}: {diag or '(no message)'}")
     if job.status == JobStatus.FAILED.value and job.trans_exit_code:
         lines.append(f"the payload exited with code {job.trans_exit_code}")
-    log = (models.StatusLog.select().where(models.StatusLog.panda_id == job.panda_id,
-                                           models.StatusLog.old_status == models.StatusLog.new_status)
-           .order_by(models.StatusLog.id.desc()).first())
+    if history is None:
+        log = (models.StatusLog.select().where(models.StatusLog.panda_id == job.panda_id,
+                                               models.StatusLog.old_status == models.StatusLog.new_status)
+               .order_by(models.StatusLog.id.desc()).first())
+    else:
+        log = next((r for r in reversed(history) if r.old_status == r.new_status), None)
     if log is not None:
         lines.append(f"retry module: {log.reason}")
     child = models.Job.select(models.Job.panda_id).where(models.Job.task_id == job.task_id,
