@@ -88,6 +88,11 @@ def parser():
                           "known_hosts, record it there, and write transport.accept_unknown_host into the queues")
     discover.add_argument("--prefix", default="", help="prefix of the queue names (default: none)")
     discover.add_argument("--workdir", help="base directory of worker directories on that host")
+    database = sub.add_parser("db", help="the harvester database: consistent backups").add_subparsers(
+        dest="db_command", required=True, metavar="ACTION")
+    backup = database.add_parser("backup", parents=[common], help="copy harvester.db while harvester runs (SQLite's "
+                                 "online backup API); restore by putting the copy in place with harvester stopped")
+    backup.add_argument("file", help="where to write the copy (written as FILE.part, renamed when whole)")
     kill = add("kill", help="ask the running harvester to kill workers (the sweeper does it)")
     kill.add_argument("--queue", help="every live worker of this queue")
     kill.add_argument("--worker", type=int, action="append", help="this worker (repeatable)")
@@ -114,6 +119,9 @@ def main(argv=None):
             print(f"harvester: no harvester database at {path} (has 'harvester run --home {home}' run?)",
                   file=sys.stderr)
             return 2
+        if args.command == "db":
+            print(f"{path} -> {args.file} ({db.backup(path, args.file) / 1e6:.1f} MB)")
+            return 0
         db.open_database(path)
         from harvester import cli_tables
 

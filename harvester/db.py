@@ -17,7 +17,7 @@ import threading
 import peewee
 
 from harvester import models
-from harvester.errors import AlreadyRunning
+from harvester.errors import AlreadyRunning, HarvesterError
 from harvester.states import utcnow
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,38 @@ def _upgrade(database, version, path):
     if version < 3 and "waiting_pilots" not in columns:
         database.execute_sql("ALTER TABLE worker ADD COLUMN waiting_pilots INTEGER")
     log.info("%s: upgraded the schema from version %d to %d", path, version, SCHEMA_VERSION)
+
+
+def backup(path, target):
+    """Copy the harvester database ``path`` to ``target`` with SQLite's online backup API, while harvester runs:
+    one step, one read transaction, so the copy holds what was committed when it began. Written as
+    ``target.part``, checked with ``PRAGMA quick_check`` and synced before the rename. Returns its size."""
+    import sqlite3
+
+    if os.path.abspath(path) == os.path.abspath(target):
+        raise HarvesterError(f"{target}: the backup would overwrite the database itself")
+    partial = target + ".part"
+    if os.path.exists(partial):
+        os.unlink(partial)
+    source = sqlite3.connect(path, timeout=30)
+    try:
+        copy = sqlite3.connect(partial)
+        try:
+            source.backup(copy)
+            verdict = copy.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            copy.close()
+    except sqlite3.Error as exc:
+        raise HarvesterError(f"backup of {path} to {target} failed: {exc}") from None
+    finally:
+        source.close()
+    if verdict != "ok":
+        os.unlink(partial)
+        raise HarvesterError(f"backup of {path}: the copy fails SQLite's quick_check ({verdict}); nothing kept")
+    with open(partial, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(partial, target)
+    return os.path.getsize(target)
 
 
 def close_database():

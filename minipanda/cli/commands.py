@@ -123,6 +123,19 @@ def build_parser():
     revoke.add_argument("--db", help=DB_HELP)
     revoke.set_defaults(func=cmd_token_revoke)
 
+    dbs = sub.add_parser("db", help="the server's database: consistent backups").add_subparsers(title="db")
+    backup = dbs.add_parser("backup", help="copy a live SQLite database (and its archives) while the server runs",
+                            description="Copy the SQLite database with SQLite's online backup API: the copy holds "
+                                        "what was committed when it began, and the server keeps running. Archive "
+                                        "month files are copied beside it (FILE's name without .db, then "
+                                        "-archive-YYYY-MM.db). Restore by putting the copies in place of the "
+                                        "originals while the server is stopped.")
+    backup.add_argument("file", help="where to write the copy (written as FILE.part, renamed when whole)")
+    backup.add_argument("--home", help=HOME_HELP)
+    backup.add_argument("--db", help=DB_HELP)
+    backup.add_argument("--no-archives", action="store_true", help="copy the database only, not the month archives")
+    backup.set_defaults(func=cmd_db_backup)
+
     job = sub.add_parser("job", help="submit, list, show and kill jobs").add_subparsers(title="job")
     jsubmit = job.add_parser("submit", help="submit jobs from a JSON file (a job object or a list of them)")
     jsubmit.add_argument("file", help="a JSON file: one job object (PanDA JobSpec names) or a list of them")
@@ -173,6 +186,14 @@ def _open_db(args):
     home = process.home_dir(args.home)
     schema.open_database(args.db or db.default_url(home))
     return home
+
+
+def cmd_db_backup(args):
+    from minipanda.core import backup, db
+
+    home = process.home_dir(args.home)
+    for source, copy, size in backup.backup(args.db or db.default_url(home), args.file, not args.no_archives):
+        print(f"{source} -> {copy} ({size / 1e6:.1f} MB)")
 
 
 def cmd_token_create(args):

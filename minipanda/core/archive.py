@@ -118,6 +118,11 @@ class SqliteArchive:
         self.live_path = os.path.abspath(db.database)
         self.base = os.path.splitext(self.live_path)[0]
 
+    @classmethod
+    def at(cls, path):
+        """The archive of the SQLite file ``path``, to list and read its month files (not to move rows into)."""
+        return cls(peewee.SqliteDatabase(path))
+
     def path(self, month):
         return f"{self.base}-archive-{month}.db"
 
