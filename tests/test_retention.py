@@ -5,7 +5,6 @@ import json
 import os
 
 import peewee
-import pytest
 from conftest import make_job
 from minipanda.core import archive, jobs, models, states
 from minipanda.tasks import retention, settings as task_settings

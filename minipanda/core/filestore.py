@@ -9,11 +9,13 @@ changes: the same content again is an idempotent success, different content a co
 import os
 import re
 import tempfile
+import urllib.parse
 import zlib
 
 from minipanda.errors import SC_INVALID, RequestError
 
 NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$")
+SURL_IN_STORE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://[^/]*)?(?:/[^/]+)*?/files/([^/]+)/([^/]+)$")
 CHECKSUM = re.compile(r"^(?:ad|adler32):([0-9a-fA-F]{1,8})$")
 BLOCK = 1 << 20
 
@@ -34,6 +36,25 @@ def parse_checksum(header):
     if not match:
         raise RequestError(f"X-Checksum: expected 'ad:<8 hex digits>' (adler32), got {header[:60]!r}", SC_INVALID, 400)
     return match.group(1).lower().zfill(8)
+
+
+def find_file(store, scope, lfn, surl):
+    """(scope, lfn, path) of a job file (a row's scope, lfn and surl) stored in ``store``, or None.
+
+    The row's own scope and name come first; a pilot that uploaded under another scope reported where in the surl
+    (``.../files/<scope>/<lfn>``). Either way the names pass the store's checks before any use."""
+    candidates = [(scope, lfn)] if scope and lfn else []
+    match = SURL_IN_STORE.match(urllib.parse.unquote(surl or "").split("?")[0])
+    if match:
+        candidates.append(match.groups())
+    for scope, lfn in candidates:
+        try:
+            _, path = store.locate(scope, lfn)
+        except RequestError:
+            continue
+        if os.path.isfile(path):
+            return scope, lfn, path
+    return None
 
 
 def file_adler32(path):

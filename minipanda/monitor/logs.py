@@ -6,7 +6,6 @@ A member is found by its exact name in the tarball's own listing, never used as 
 offered; reads stop after a bounded number of members and bytes, so an odd tarball cannot hold the page up.
 """
 import os
-import re
 import tarfile
 import urllib.parse
 
@@ -25,30 +24,11 @@ def store(home):
     return filestore.FileStore(os.path.join(home, "files"))
 
 
-SURL_IN_STORE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://[^/]*)?(?:/[^/]+)*?/files/([^/]+)/([^/]+)$")
-
-
 def locate(home, log_file):
-    """(scope, lfn, path) of a job's log tarball in the file store, or None when it is not there.
-
-    The file row's own scope and name come first; a pilot that uploaded under another scope reported where in
-    the surl (``.../files/<scope>/<lfn>``). Either way the names pass the file store's checks before any use."""
+    """(scope, lfn, path) of a job's log tarball in the file store, or None (see filestore.find_file)."""
     if log_file is None:
         return None
-    candidates = []
-    if log_file.scope and log_file.lfn:
-        candidates.append((log_file.scope, log_file.lfn))
-    match = SURL_IN_STORE.match(urllib.parse.unquote(log_file.surl or "").split("?")[0])
-    if match:
-        candidates.append(match.groups())
-    for scope, lfn in candidates:
-        try:
-            _, path = store(home).locate(scope, lfn)
-        except RequestError:
-            continue
-        if os.path.isfile(path):
-            return scope, lfn, path
-    return None
+    return filestore.find_file(store(home), log_file.scope, log_file.lfn, log_file.surl)
 
 
 def tarball_path(home, log_file):

@@ -21,7 +21,6 @@ from minipanda.core import filestore, models
 from minipanda.core.db import database
 from minipanda.core.states import FINAL_JOB_STATES, FINAL_TASK_VALUES
 from minipanda.errors import RequestError
-from minipanda.monitor import logs
 from minipanda.tasks import sandbox
 
 log = logging.getLogger(__name__)
@@ -43,6 +42,7 @@ def _unlink(path):
 def delete_logs(home, days, now, batch=1000):
     """Log tarballs of jobs that ended more than ``days`` ago; returns (files, bytes)."""
     JF, Job, DF = models.JobFile, models.Job, models.DatasetFile
+    store = filestore.FileStore(os.path.join(home, "files"))
     cutoff = now - datetime.timedelta(days=days)
     files = size = 0
     last = 0
@@ -57,8 +57,8 @@ def delete_logs(home, days, now, batch=1000):
         last = rows[-1].row_id
         gone = []
         for row in rows:
-            found = logs.locate(home, row)
-            in_store = found is not None or bool(logs.SURL_IN_STORE.match(row.surl or ""))
+            found = filestore.find_file(store, row.scope, row.lfn, row.surl)
+            in_store = found is not None or bool(filestore.SURL_IN_STORE.match(row.surl or ""))
             if not in_store:
                 continue  # kept elsewhere (a queue whose logs do not go to this server): not ours to delete
             removed = _unlink(found[2]) if found else None
