@@ -87,6 +87,8 @@ Job.add_index(Job.index(Job.status, Job.computing_site, Job.current_priority.des
                         name="job_dispatch_order"))
 Job.add_index(Job.index(Job.settled, Job.status, name="job_settled_status"))
 Job.add_index(Job.index(Job.task_id, Job.status, name="job_task_status"))
+# Schema 7: the monitor lists jobs most recently changed first; without this a 100,000-row table is sorted per page.
+Job.add_index(Job.index(Job.modification_time, Job.panda_id, name="job_modification"))
 
 
 class JobFile(BaseModel):
