@@ -33,9 +33,9 @@ def settings(**values):
 
 
 def live_rows(ids):
-    J, F, L = models.Job, models.JobFile, models.StatusLog
-    return (J.select().where(J.panda_id.in_(ids)).count(), F.select().where(F.job.in_(ids)).count(),
-            L.select().where(L.panda_id.in_(ids)).count())
+    Job, JobFile, StatusLog = models.Job, models.JobFile, models.StatusLog
+    return (Job.select().where(Job.panda_id.in_(ids)).count(), JobFile.select().where(JobFile.job.in_(ids)).count(),
+            StatusLog.select().where(StatusLog.panda_id.in_(ids)).count())
 
 
 def test_old_final_jobs_move_to_the_archive_with_files_and_history(database, tmp_path):
@@ -171,8 +171,8 @@ def test_kill_at_random_moments_loses_and_duplicates_nothing(database, db_url, t
 
 def make_task(status="done", ended=OLD, name="t", in_ds=None, job_pars="echo"):
     """A task that reached ``status`` at ``ended``, with one history row, one input and one brokerage decision."""
-    T = models.Task
-    task = T.create(task_name=name, user_name="alice", status=status, params="{}", in_ds=in_ds,
+    Task = models.Task
+    task = Task.create(task_name=name, user_name="alice", status=status, params="{}", in_ds=in_ds,
                     spec=json.dumps({"jobPars": job_pars}), creation_time=ended, modification_time=ended,
                     state_changed_time=ended)
     models.TaskLog.create(task_id=task.jedi_task_id, old_status="running", new_status=status, time=ended)
@@ -252,8 +252,8 @@ def test_log_tarballs_go_after_their_days_and_are_counted(database, tmp_path):
 
 
 def output_file(task_id, lfn, home, fetched=None):
-    D = models.Dataset
-    dataset, _ = D.get_or_create(name=f"out.{task_id}", defaults=dict(type="output", user_name="alice",
+    Dataset = models.Dataset
+    dataset, _ = Dataset.get_or_create(name=f"out.{task_id}", defaults=dict(type="output", user_name="alice",
                                                                        task_id=task_id, creation_time=OLD,
                                                                        modification_time=OLD))
     models.DatasetFile.create(dataset=dataset, lfn=lfn, guid="g", location="http://server:25080/files/user.alice",

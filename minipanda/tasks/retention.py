@@ -110,8 +110,9 @@ def archive_tasks(store, days, now, batch):
 
 def record(done, now):
     """Add this run's counts to the retention_stat table."""
-    R = models.RetentionStat
+    RetentionStat = models.RetentionStat
     for kind, (count, size) in done.items():
-        R.insert(kind=kind, count=count, bytes=size, last_time=now).on_conflict(
-            conflict_target=[R.kind], update={R.count: R.count + count, R.bytes: R.bytes + size,
-                                              R.last_time: now}).execute()
+        RetentionStat.insert(kind=kind, count=count, bytes=size, last_time=now).on_conflict(
+            conflict_target=[RetentionStat.kind],
+            update={RetentionStat.count: RetentionStat.count + count, RetentionStat.bytes: RetentionStat.bytes + size,
+                    RetentionStat.last_time: now}).execute()

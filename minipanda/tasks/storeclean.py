@@ -41,17 +41,17 @@ def _unlink(path):
 
 def delete_logs(home, days, now, batch=1000):
     """Log tarballs of jobs that ended more than ``days`` ago; returns (files, bytes)."""
-    JF, Job, DF = models.JobFile, models.Job, models.DatasetFile
+    JobFile, Job, DatasetFile = models.JobFile, models.Job, models.DatasetFile
     store = filestore.FileStore(os.path.join(home, "files"))
     cutoff = now - datetime.timedelta(days=days)
     files = size = 0
     last = 0
     while True:
-        rows = list(JF.select(JF.row_id, JF.job, JF.lfn, JF.scope, JF.surl)
-                    .join(Job, on=(JF.job == Job.panda_id))
-                    .where(JF.row_id > last, JF.type == "log", JF.status != DELETED, Job.status.in_(FINAL_JOBS),
-                           Job.state_changed_time < cutoff)
-                    .order_by(JF.row_id).limit(batch))
+        rows = list(JobFile.select(JobFile.row_id, JobFile.job, JobFile.lfn, JobFile.scope, JobFile.surl)
+                    .join(Job, on=(JobFile.job == Job.panda_id))
+                    .where(JobFile.row_id > last, JobFile.type == "log", JobFile.status != DELETED,
+                           Job.status.in_(FINAL_JOBS), Job.state_changed_time < cutoff)
+                    .order_by(JobFile.row_id).limit(batch))
         if not rows:
             break
         last = rows[-1].row_id
@@ -69,9 +69,10 @@ def delete_logs(home, days, now, batch=1000):
             gone.append(row)
         if gone:
             with database.atomic():
-                JF.update(status=DELETED).where(JF.row_id.in_([r.row_id for r in gone])).execute()
+                JobFile.update(status=DELETED).where(JobFile.row_id.in_([r.row_id for r in gone])).execute()
                 for row in gone:
-                    DF.update(status=DELETED).where(DF.lfn == row.lfn, DF.panda_id == row.panda_id).execute()
+                    DatasetFile.update(status=DELETED).where(DatasetFile.lfn == row.lfn,
+                                                             DatasetFile.panda_id == row.panda_id).execute()
         if len(rows) < batch:
             break
     return files, size
@@ -81,24 +82,26 @@ def delete_outputs(home, days, fetched_days, now, batch=1000):
     """Outputs of tasks in a final state, fetched ``fetched_days`` ago or ended ``days`` ago; (files, bytes)."""
     if not days and not fetched_days:
         return 0, 0
-    D, DF, T = models.Dataset, models.DatasetFile, models.Task
+    Dataset, DatasetFile, Task = models.Dataset, models.DatasetFile, models.Task
     due = None
     if days:
-        due = T.modification_time < now - datetime.timedelta(days=days)
+        due = Task.modification_time < now - datetime.timedelta(days=days)
     if fetched_days:
-        fetched = DF.fetched_time < now - datetime.timedelta(days=fetched_days)
+        fetched = DatasetFile.fetched_time < now - datetime.timedelta(days=fetched_days)
         due = fetched if due is None else (due | fetched)
-    read = {name.rstrip("/") for (name,) in T.select(T.in_ds).where(T.status.not_in(list(FINAL_TASK_VALUES)),
-                                                                     T.in_ds.is_null(False)).tuples()}
+    unfinished = Task.select(Task.in_ds).where(Task.status.not_in(list(FINAL_TASK_VALUES)), Task.in_ds.is_null(False))
+    read = {name.rstrip("/") for (name,) in unfinished.tuples()}
     store = filestore.FileStore(os.path.join(home, "files"))
     files = size = 0
     last = 0
     while True:
-        rows = list(DF.select(DF.file_id, DF.lfn, DF.location, D.name.alias("dataset_name"), DF.fetched_time)
-                    .join(D).join(T, on=(D.task_id == T.jedi_task_id))
-                    .where(DF.file_id > last, D.type == "output", T.status.in_(list(FINAL_TASK_VALUES)),
-                           DF.status != DELETED, DF.location.contains("/files/"), due)
-                    .order_by(DF.file_id).limit(batch).objects())
+        rows = list(DatasetFile.select(DatasetFile.file_id, DatasetFile.lfn, DatasetFile.location,
+                                       Dataset.name.alias("dataset_name"), DatasetFile.fetched_time)
+                    .join(Dataset).join(Task, on=(Dataset.task_id == Task.jedi_task_id))
+                    .where(DatasetFile.file_id > last, Dataset.type == "output",
+                           Task.status.in_(list(FINAL_TASK_VALUES)), DatasetFile.status != DELETED,
+                           DatasetFile.location.contains("/files/"), due)
+                    .order_by(DatasetFile.file_id).limit(batch).objects())
         if not rows:
             break
         last = rows[-1].file_id
@@ -120,7 +123,7 @@ def delete_outputs(home, days, fetched_days, now, batch=1000):
             gone.append(row.file_id)
         if gone:
             with database.atomic():
-                DF.update(status=DELETED).where(DF.file_id.in_(gone)).execute()
+                DatasetFile.update(status=DELETED).where(DatasetFile.file_id.in_(gone)).execute()
         if len(rows) < batch:
             break
     return files, size
@@ -181,7 +184,7 @@ def tasks_sandboxes():
 
 def mark_fetched(scope, lfn, now):
     """Note that a person downloaded ``scope/lfn`` (the first time only): a fetched output goes sooner."""
-    DF = models.DatasetFile
+    DatasetFile = models.DatasetFile
     with database.atomic():
-        DF.update(fetched_time=now).where(DF.lfn == lfn, DF.fetched_time.is_null(),
-                                          DF.location.endswith(f"/files/{scope}")).execute()
+        DatasetFile.update(fetched_time=now).where(DatasetFile.lfn == lfn, DatasetFile.fetched_time.is_null(),
+                                          DatasetFile.location.endswith(f"/files/{scope}")).execute()
