@@ -202,6 +202,9 @@ def test_oldest_database_upgrades_and_its_jobs_can_be_archived(tmp_path):
     database.connect(reuse_if_open=True)
     assert schema.schema_version(database) == schema.SCHEMA_VERSION
     models.Job.update(status="finished").where(models.Job.panda_id == 41).execute()
+    newer = models.Job.create(job_name="newer", status="activated", computing_site="OLD_Q", creation_time="2026-05-01",
+                              modification_time="2026-05-01", state_changed_time="2026-05-01")
+    models.JobFile.create(job=newer.panda_id, type="log", lfn="newer.log.tgz")  # the newest rows stay live
     done = retention.run(settings.Settings(), str(tmp_path), datetime.datetime(2026, 6, 1))
     assert done["jobs_archived"] == (1, 0)
     found = archive.find("job", 41)

@@ -14,6 +14,11 @@ OLD = datetime.datetime(2026, 1, 10, 8, 0, 0)  # 64 days before NOW: in the Janu
 FEB = datetime.datetime(2026, 2, 3, 8, 0, 0)  # 40 days before NOW: in the February archive
 
 
+def newer_job():
+    """A job submitted now: the newest rows of the job tables stay live, so the jobs before it can all move."""
+    return jobs.submit_jobs([make_job()], "alice")[0][0]
+
+
 def make_jobs(n, status="finished", ended=OLD, settled=True, task_id=None, queue="TEST_PQ"):
     """``n`` jobs that reached ``status`` at ``ended``, each with a log file and three history rows."""
     ids = [row[0] for row in jobs.submit_jobs([make_job(queue, jobName=f"j{i}") for i in range(n)], "alice")]
@@ -136,6 +141,7 @@ def run_mover(db_url, tmp_path, stop_at=None, kill_after=None):
 
 def test_kill_between_archive_commit_and_live_delete_loses_and_duplicates_nothing(database, db_url, tmp_path):
     ids = make_jobs(60, "finished")
+    newer_job()
     database.close()
     run_mover(db_url, tmp_path, stop_at=2)
     database.connect(reuse_if_open=True)
@@ -156,6 +162,7 @@ def test_kill_at_random_moments_loses_and_duplicates_nothing(database, db_url, t
     import random
 
     ids = make_jobs(400, "failed")
+    newer_job()
     database.close()
     for delay in (random.uniform(0.3, 1.5), random.uniform(0.3, 1.5), random.uniform(0.3, 1.5)):
         run_mover(db_url, tmp_path, kill_after=delay)
@@ -199,6 +206,7 @@ def test_tasks_move_once_no_job_of_theirs_is_live(database, tmp_path):
 
 def test_archives_older_than_the_setting_are_deleted(database, tmp_path):
     january, february = make_jobs(3, ended=OLD), make_jobs(2, ended=FEB)
+    newer_job()
     retention.run(settings(), str(tmp_path), NOW)
     assert archived_counts(database, january + february)[0] == 5
     # SQLite deletes a whole month once it ended that long ago; PostgreSQL deletes rows by their own end
@@ -334,6 +342,7 @@ def test_job_show_why_and_the_monitor_find_an_archived_job_and_say_so(live_serve
     db = schema.open_database(server.db_url)
     db.connect(reuse_if_open=True)
     (pid,) = make_jobs(1, "failed")
+    newer_job()
     models.Job.update(pilot_error_code=1201, pilot_error_diag="killed by the batch system").where(
         models.Job.panda_id == pid).execute()
     retention.run(settings(), server.home, NOW)
@@ -363,3 +372,18 @@ def test_job_show_why_and_the_monitor_find_an_archived_job_and_say_so(live_serve
     assert kill["data"] == [False]  # read-only
     assert requests.get(f"{server.url}/monitor/jobs/{pid + 1000}?json", headers=server.headers(),
                         timeout=30).status_code == 404
+
+
+def test_the_newest_rows_stay_live_so_no_id_is_used_twice(database, tmp_path):
+    """SQLite gives a new row the largest id plus one: were the newest job moved away, its PandaID (and its
+    history rows' ids) would be given again."""
+    ids = make_jobs(4, "finished")
+    done = retention.run(settings(), str(tmp_path), NOW)
+    assert done["jobs_archived"] == (3, 0)
+    assert live_rows([ids[-1]]) == (1, 1, 3)  # the newest job, file and history row stay
+    fresh = newer_job()
+    assert fresh > max(ids)
+    assert archive.find("job", fresh) is None
+    tasks = [make_task("done", name=f"t{i}") for i in range(3)]
+    assert retention.run(settings(), str(tmp_path), NOW)["tasks_archived"] == (2, 0)
+    assert models.Task.get_or_none(models.Task.jedi_task_id == tasks[-1]) is not None

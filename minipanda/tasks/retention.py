@@ -6,7 +6,8 @@ Each run (``period.retention``, default hourly), in this order:
 2. jobs in a final state, settled by the task side, that ended more than ``retention.job_days`` ago (default 30)
    move with their files and state history to the archive (:mod:`minipanda.core.archive`), in batches of
    ``retention.batch`` (default 500): each batch holds the live write lock only for its delete. A job whose log
-   tarball is kept longer than that (``retention.log_days`` above ``retention.job_days``) waits for it;
+   tarball is kept longer than that (``retention.log_days`` above ``retention.job_days``) waits for it, and so do
+   the jobs owning the newest row of the job, job_file and status_log tables (see :func:`newest_owners`);
 3. tasks in a final state that ended as long ago and have no job left in the live tables move with their
    history, inputs and brokerage decisions;
 4. archived jobs and tasks that ended more than ``retention.archive_days`` ago are deleted (default 0: kept);
@@ -21,6 +22,7 @@ import time
 from peewee import fn
 
 from minipanda.core import archive, models, states
+from minipanda.core.db import database
 from minipanda.core.states import FINAL_JOB_STATES, FINAL_TASK_VALUES
 from minipanda.tasks import storeclean
 
@@ -71,15 +73,33 @@ def _move(store, group, rows, ends):
         return 0
 
 
+def newest_owners(group):
+    """The jobs (tasks) that own the newest row of each table of ``group``: they stay live.
+
+    SQLite gives a new row the largest id in its table plus one; were the row with the largest id moved away, the
+    next row would take its id again: a PandaID (or a history row's id) used twice, once live and once archived.
+    Keeping the newest row of each table live keeps every id unique for as long as the database lives."""
+    owners = set()
+    for table, key in archive.GROUPS[group]:
+        primary = archive.PRIMARY_KEYS[table]
+        row = database.execute_sql(f'SELECT "{key}" FROM "{table}" WHERE "{primary}" = '
+                                   f'(SELECT MAX("{primary}") FROM "{table}")').fetchone()
+        if row is not None and row[0] is not None:
+            owners.add(row[0])
+    return owners
+
+
 def archive_jobs(store, days, now, batch):
     """Move final, settled jobs that ended more than ``days`` ago; returns how many moved."""
     Job = models.Job
     cutoff = now - datetime.timedelta(days=days)
     settled = (Job.settled != False) | Job.settled.is_null()  # noqa: E712 (SQL)
+    keep = list(newest_owners("job")) or [0]
     moved, last = 0, 0
     while True:
         found = list(Job.select(Job.panda_id, Job.state_changed_time)
-                     .where(Job.panda_id > last, Job.status.in_(FINAL_JOBS), Job.state_changed_time < cutoff, settled)
+                     .where(Job.panda_id > last, Job.status.in_(FINAL_JOBS), Job.state_changed_time < cutoff, settled,
+                            Job.panda_id.not_in(keep))
                      .order_by(Job.panda_id).limit(batch).tuples())
         if not found:
             return moved
@@ -93,11 +113,12 @@ def archive_tasks(store, days, now, batch):
     """Move final tasks that ended more than ``days`` ago and have no job left in the live tables."""
     Task, Job = models.Task, models.Job
     cutoff = now - datetime.timedelta(days=days)
+    keep = list(newest_owners("task")) or [0]
     moved, last = 0, 0
     while True:
         found = list(Task.select(Task.jedi_task_id, Task.modification_time)
                      .where(Task.jedi_task_id > last, Task.status.in_(list(FINAL_TASK_VALUES)),
-                            Task.modification_time < cutoff,
+                            Task.modification_time < cutoff, Task.jedi_task_id.not_in(keep),
                             ~fn.EXISTS(Job.select(Job.panda_id).where(Job.task_id == Task.jedi_task_id)))
                      .order_by(Task.jedi_task_id).limit(batch).tuples())
         if not found:
