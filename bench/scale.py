@@ -251,6 +251,12 @@ def main():
             print(f"\n== retention: moved {args.move:,} jobs (with files and history) at {rate:,.0f} jobs/s in "
                   f"{len(holds)} batches; live write lock held per batch: median {statistics.median(holds):.1f} ms, "
                   f"max {max(holds):.1f} ms ({load()})")
+        for path in paths.values():  # a kept database's jobs claimed by an earlier run are offered again
+            database = open_db(path)
+            with database.atomic():
+                database.execute_sql("UPDATE job SET status = 'activated', pilot_id = NULL, node = NULL, "
+                                     "start_time = NULL WHERE status = 'sent' AND computing_site = ?", (QUEUE,))
+            database.close()
         print(f"\n== dispatch: {args.rounds} rounds x {args.claims} single-job claims, alternating databases")
         results = {"small": [], "large": []}
         for _ in range(args.rounds):
