@@ -15,9 +15,9 @@ Then, side by side in one run:
    moves them to the archive: jobs moved per second, and how long each batch held the live write lock.
 2. **Dispatch**: the single-job claim a pilot's getJob makes (dispatch.claim_jobs, in this process: the server's
    code without HTTP); rounds alternate between the databases; median round, ratio large / small (goal >= 0.8).
-3. **Monitor**: ``GET /monitor/?json`` (the dashboard's data) from a real ``minipanda serve --auth none`` on each
-   database, median of --requests (goal <= 200 ms on the large one); and ``job show``'s lookup of an archived job
-   (archive.find, newest month first).
+3. **Monitor**: the dashboard's queries in this process, and ``GET /monitor/?json`` (the dashboard's data) from a
+   real ``minipanda serve --auth none`` on each database, median of --requests (goal <= 200 ms on the large one);
+   and ``job show``'s lookup of an archived job (archive.find, newest month first).
 
     python bench/scale.py                                   # the sizes above; ~6 GB of disk, a few minutes to build
     python bench/scale.py --archived 1000000 --live 20000 --jobs 10000    # a quick run
@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import requests  # noqa: E402
 
 from minipanda.core import archive, auth, db, dispatch, models, queues, schema, states  # noqa: E402
+from minipanda.monitor import queries  # noqa: E402
 from minipanda.tasks import generator, retention, service, settings  # noqa: E402
 
 QUEUE = "BENCH"
@@ -278,6 +279,17 @@ def main():
         print(f"{'claims/s (median round)':28}{medians['small']:>14,.0f}{medians['large']:>14,.0f}")
         print(f"{'claim latency p50 ms':28}{p50['small']:>14.2f}{p50['large']:>14.2f}")
         print(f"{'claim latency p99 ms':28}{p99['small']:>14.2f}{p99['large']:>14.2f}")
+        inproc = {}
+        for label, path in paths.items():  # the page's queries alone, in this process: no HTTP, no server threads
+            database = open_db(path)
+            times = []
+            for _ in range(args.requests):
+                started = time.perf_counter()
+                queries.dashboard(queries.parse_filters({}))
+                times.append((time.perf_counter() - started) * 1000)
+            inproc[label] = statistics.median(times)
+            database.close()
+        print(f"{'dashboard queries median ms':28}{inproc['small']:>14.1f}{inproc['large']:>14.1f}")
         dashboards = {label: dashboard_times(path, args.requests) for label, path in paths.items()}
         print(f"{'dashboard ?json median ms':28}{statistics.median(dashboards['small'][0]):>14.1f}"
               f"{statistics.median(dashboards['large'][0]):>14.1f}")
