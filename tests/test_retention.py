@@ -387,3 +387,11 @@ def test_the_newest_rows_stay_live_so_no_id_is_used_twice(database, tmp_path):
     tasks = [make_task("done", name=f"t{i}") for i in range(3)]
     assert retention.run(settings(), str(tmp_path), NOW)["tasks_archived"] == (2, 0)
     assert models.Task.get_or_none(models.Task.jedi_task_id == tasks[-1]) is not None
+
+
+def test_retention_settings_are_checked_like_every_setting():
+    from minipanda.cli import commands
+
+    assert commands._check_setting("retention.job_days", 7) is None  # a key of serve's --config file's setting:
+    assert "must not be negative" in commands._check_setting("retention.archive_days", -1)
+    assert task_settings.parse_overrides(["retention.log_days=0.5"]) == {"retention.log_days": 0.5}

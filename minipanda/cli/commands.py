@@ -99,7 +99,8 @@ def build_parser():
                        help="how often to check the queue configuration file for changes (default 10 s)")
     serve.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                        help="task-side tuning, repeatable: duty periods, watchdog timeouts, brokerage and scout "
-                            "knobs (e.g. watchdog.sent_timeout=600); see docs/tasks.md")
+                            "knobs (e.g. watchdog.sent_timeout=600), retention (e.g. retention.job_days=30); see "
+                            "docs/tasks.md and docs/operations.md")
     serve.add_argument("--debug", action="store_true", help="debug logging")
     serve.set_defaults(func=cmd_serve)
 

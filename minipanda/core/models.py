@@ -87,7 +87,7 @@ Job.add_index(Job.index(Job.status, Job.computing_site, Job.current_priority.des
                         name="job_dispatch_order"))
 Job.add_index(Job.index(Job.settled, Job.status, name="job_settled_status"))
 Job.add_index(Job.index(Job.task_id, Job.status, name="job_task_status"))
-# Schema 7: the monitor lists jobs most recently changed first; without this a 100,000-row table is sorted per page.
+# Schema 8: the monitor lists jobs most recently changed first; without this a 100,000-row table is sorted per page.
 Job.add_index(Job.index(Job.modification_time, Job.panda_id, name="job_modification"))
 
 
@@ -269,7 +269,7 @@ class DatasetFile(BaseModel):
     status = peewee.CharField(max_length=32, default="ready")
     panda_id = peewee.BigIntegerField(null=True)  # the job that produced an output
     creation_time = peewee.DateTimeField()
-    # Schema 7: when a person (not a pilot) first downloaded the file from the server's file store; the retention
+    # Schema 8: when a person (not a pilot) first downloaded the file from the server's file store; the retention
     # duty deletes a fetched output of a finished task sooner (minipanda.tasks.storeclean).
     fetched_time = peewee.DateTimeField(null=True)
 
@@ -392,7 +392,7 @@ class WorkerStatistics(BaseModel):
         indexes = ((("harvester_id", "queue"), True),)
 
 
-# ---- retention (schema 7) -----------------------------------------------------------------------------------------
+# ---- retention (schema 8) -----------------------------------------------------------------------------------------
 
 
 class RetentionStat(BaseModel):
