@@ -180,3 +180,38 @@ def test_harvester_run_without_one_valid_queue_exits_with_the_errors(tmp_path):
     proc = subprocess.run(HARVESTER + ["run", "--home", str(tmp_path / "hv")], capture_output=True, text=True,
                           timeout=60, env={k: v for k, v in os.environ.items() if k != "HARVESTER_QUEUES"})
     assert proc.returncode == 2 and "no queue file: give --queues FILE" in proc.stderr
+
+
+def test_serve_with_worker_processes_is_ready_once_and_stops_once(tmp_path):
+    """--workers N (PostgreSQL): the parent, which systemd watches (NotifyAccess=main), says READY=1 when its
+    workers serve the port, and STOPPING=1 once on SIGTERM; the workers say nothing."""
+    from conftest import PG_URL, reset_postgres
+
+    if not PG_URL:
+        if IN_CI:
+            pytest.fail("CI must set MINIPANDA_TEST_PG_URL (see .ci/run)")
+        pytest.skip("needs PostgreSQL: MINIPANDA_TEST_PG_URL")
+    reset_postgres(PG_URL)
+    systemd = FakeSystemd(tmp_path)
+    port = free_port()
+    env = dict(os.environ, NOTIFY_SOCKET=systemd.address)
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(MINIPANDA + ["serve", "--home", str(tmp_path / "home"), "--db", PG_URL, "--port",
+                                         str(port), "--workers", "2", "--threads", "2"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        assert systemd.message() == {"READY": "1", "STATUS": f"2 worker processes on 127.0.0.1:{port}"}
+        reply = requests.get(f"http://127.0.0.1:{port}/api/v1/system/is_alive", timeout=30)
+        assert reply.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert systemd.message() == {"STOPPING": "1"}
+        assert proc.wait(60) == 0
+        systemd.sock.settimeout(1)
+        with pytest.raises(socket.timeout):  # nothing more: not a READY or STOPPING from each worker
+            systemd.sock.recv(4096)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        systemd.close()
