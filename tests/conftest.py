@@ -65,6 +65,16 @@ def own_network_namespace():
     return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "netns"] if probe.returncode == 0 else None
 
 
+def debian_tool(command, package):
+    """The path of ``command``; else the test is skipped, or under CI=true fails (.ci/run installs ``package``)."""
+    found = shutil.which(command)
+    if found is None:
+        if IN_CI:
+            pytest.fail(f"{command} is missing: .ci/run installs Debian's {package} package")
+        pytest.skip(f"needs {command} (Debian's {package} package)")
+    return found
+
+
 def eventually(predicate, timeout=20):
     """The first true value of ``predicate()`` polled for up to ``timeout`` s, else its last (false) value: for
     ``assert eventually(...)`` (never a timing assertion: the limit is only a safety net)."""

@@ -1,9 +1,9 @@
 """Running as a service: ``minipanda service-unit`` units pass ``systemd-analyze verify``; ``serve`` and
 ``harvester run`` read one --config file and tell a (fake) systemd notify socket READY=1 and STOPPING=1;
 ``harvester run`` with no valid queue at start exits non-zero with the errors."""
+import contextlib
 import getpass
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +13,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import IN_CI, LiveServer, free_port
+from conftest import IN_CI, LiveServer, debian_tool, free_port
 
 MINIPANDA = [sys.executable, "-m", "minipanda"]
 HARVESTER = [sys.executable, "-m", "harvester"]
@@ -23,18 +23,22 @@ def service_unit(*args):
     return subprocess.run(MINIPANDA + ["service-unit", *args], capture_output=True, text=True, timeout=60)
 
 
-def systemd_analyze():
-    found = shutil.which("systemd-analyze")
-    if found is None:
-        if IN_CI:
-            pytest.fail("systemd-analyze is missing: .ci/run installs Debian's systemd package")
-        pytest.skip("needs systemd-analyze (Debian's systemd package)")
-    return found
+@contextlib.contextmanager
+def running(argv, env, log_path):
+    """A command started with its output in ``log_path``; killed if the test leaves it running."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.mark.parametrize("service", ["serve", "harvester"])
 def test_the_units_pass_systemd_analyze_verify(tmp_path, service):
-    analyze = systemd_analyze()
+    analyze = debian_tool("systemd-analyze", "systemd")
     home = tmp_path / "home"
     home.mkdir()
     (home / f"{service}.yaml").write_text("{}\n")
@@ -98,12 +102,10 @@ def test_serve_reads_its_config_file_and_tells_systemd_ready_and_stopping(tmp_pa
     port = free_port()
     config = tmp_path / "etc" / "serve.yaml"
     config.parent.mkdir()
-    config.write_text(f"port: 1\nhome: ../home\nauth: none\nthreads: 2\nsetting: {{period.settle: 7}}\n")
+    config.write_text("port: 1\nhome: ../home\nauth: none\nthreads: 2\nsetting: {period.settle: 7}\n")
     env = dict(os.environ, NOTIFY_SOCKET=systemd.address)
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen(MINIPANDA + ["serve", "--config", str(config), "--port", str(port)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with running(MINIPANDA + ["serve", "--config", str(config), "--port", str(port)], env,
+                 tmp_path / "serve.log") as proc:
         ready = systemd.message()
         assert ready == {"READY": "1", "STATUS": f"serving on http://127.0.0.1:{port}"}
         # ready means answering: no retry loop needed; the port from the command line beat the file's port 1
@@ -113,12 +115,7 @@ def test_serve_reads_its_config_file_and_tells_systemd_ready_and_stopping(tmp_pa
         proc.send_signal(signal.SIGTERM)
         assert systemd.message() == {"STOPPING": "1"}
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-        systemd.close()
+    systemd.close()
     text = (tmp_path / "serve.log").read_text()
     assert "auth none" in text and "2 threads" in text, text
 
@@ -150,20 +147,13 @@ def test_harvester_run_reads_its_config_file_and_tells_systemd_ready_and_stoppin
     config.write_text(f"queues: queues.yaml\ntoken-file: h.token\nserver: {server.url}\nhome: hv\n"
                       "harvester-id: from-the-file\nsetting: {adjuster_period: 2}\n")
     env = dict(os.environ, NOTIFY_SOCKET=systemd.address)
-    log = open(tmp_path / "harvester.log", "wb")
-    proc = subprocess.Popen(HARVESTER + ["run", "--config", str(config), "--harvester-id", "from-the-command-line"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with running(HARVESTER + ["run", "--config", str(config), "--harvester-id", "from-the-command-line"], env,
+                 tmp_path / "harvester.log") as proc:
         assert systemd.message() == {"READY": "1", "STATUS": f"1 queues, server {server.url}"}
         proc.send_signal(signal.SIGTERM)
         assert systemd.message() == {"STOPPING": "1"}
         assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-        systemd.close()
+    systemd.close()
     text = (tmp_path / "harvester.log").read_text()
     assert "harvester from-the-command-line" in text and f"home {tmp_path}/hv" in text, text
 
@@ -195,11 +185,9 @@ def test_serve_with_worker_processes_is_ready_once_and_stops_once(tmp_path):
     systemd = FakeSystemd(tmp_path)
     port = free_port()
     env = dict(os.environ, NOTIFY_SOCKET=systemd.address)
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen(MINIPANDA + ["serve", "--home", str(tmp_path / "home"), "--db", PG_URL, "--port",
-                                         str(port), "--workers", "2", "--threads", "2"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
+    argv = MINIPANDA + ["serve", "--home", str(tmp_path / "home"), "--db", PG_URL, "--port", str(port),
+                        "--workers", "2", "--threads", "2"]
+    with running(argv, env, tmp_path / "serve.log") as proc:
         assert systemd.message() == {"READY": "1", "STATUS": f"2 worker processes on 127.0.0.1:{port}"}
         reply = requests.get(f"http://127.0.0.1:{port}/api/v1/system/is_alive", timeout=30)
         assert reply.status_code == 200
@@ -209,9 +197,4 @@ def test_serve_with_worker_processes_is_ready_once_and_stops_once(tmp_path):
         systemd.sock.settimeout(1)
         with pytest.raises(socket.timeout):  # nothing more: not a READY or STOPPING from each worker
             systemd.sock.recv(4096)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-        systemd.close()
+    systemd.close()

@@ -5,7 +5,6 @@ import datetime
 import json
 import pathlib
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -13,7 +12,7 @@ import requests
 import yaml
 
 import monitorhelp
-from conftest import IN_CI, make_job
+from conftest import debian_tool, make_job
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "monitoring"
 ALERTS, DASHBOARD = DOCS / "alerts.yml", DOCS / "grafana-dashboard.json"
@@ -22,12 +21,7 @@ METRIC = re.compile(r"\b((?:minipanda|process)_[a-z0-9_]+)\b")
 
 
 def promtool():
-    found = shutil.which("promtool")
-    if found is None:
-        if IN_CI:
-            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("needs promtool (Debian's prometheus package)")
-    return found
+    return debian_tool("promtool", "prometheus")
 
 
 def test_the_alert_rules_pass_promtool_check_rules():
