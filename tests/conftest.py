@@ -17,10 +17,10 @@ IN_CI = os.environ.get("CI") == "true"
 def backends():
     params = ["sqlite"]
     if PG_URL:
-        params.append("postgresql")
+        params.append(pytest.param("postgresql", marks=pytest.mark.postgres))
     elif IN_CI:
-        params.append(pytest.param("postgresql", marks=pytest.mark.xfail(
-            reason="CI must set MINIPANDA_TEST_PG_URL (see .ci/run)", strict=True, run=False)))
+        params.append(pytest.param("postgresql", marks=[pytest.mark.postgres, pytest.mark.xfail(
+            reason="CI must set MINIPANDA_TEST_PG_URL (see .ci/run)", strict=True, run=False)]))
     return params
 
 

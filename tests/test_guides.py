@@ -146,6 +146,8 @@ def site_values(sshd, tmp_path):
             "SSH_KEY": sshd.user_key, "SHARED": str(tmp_path / "shared"), "SERVER_HOST": "127.0.0.1"}
 
 
+@pytest.mark.slurm
+@pytest.mark.ssh
 def test_slurm_over_ssh_guide(cluster, tmp_path):
     slurm, sshd = cluster
     # 25080 -> a free port: the guide runs on this host's network (the Slurm job must reach the server there)
@@ -157,6 +159,8 @@ def test_slurm_over_ssh_guide(cluster, tmp_path):
     assert "accepted by slurm as batch job" in out and "COMPLETED" in out, log   # harvester explain --worker 1
 
 
+@pytest.mark.slurm
+@pytest.mark.ssh
 def test_no_network_nodes_guide(cluster, tmp_path):
     slurm, sshd = cluster
     values = site_values(sshd, tmp_path)
@@ -173,6 +177,7 @@ def test_no_network_nodes_guide(cluster, tmp_path):
 
 # ---- the testbed ------------------------------------------------------------------------------------------------------
 
+@pytest.mark.netns
 def test_testbed_guide(tmp_path):
     prefix = own_network_namespace()
     if prefix is None:
@@ -194,6 +199,8 @@ def pilot3_or_skip():
     return shared("pilot3 guide")
 
 
+@pytest.mark.netns
+@pytest.mark.pilot3
 def test_pilot3_and_panda_client_guide(tmp_path):
     pytest.importorskip("pandaclient", reason="panda-client is a test dependency: pip install -e '.[test]'")
     prefix = own_network_namespace()
@@ -212,6 +219,7 @@ def test_pilot3_and_panda_client_guide(tmp_path):
 
 # ---- PostgreSQL ---------------------------------------------------------------------------------------------------------
 
+@pytest.mark.postgres
 def test_postgresql_guide(tmp_path):
     if not PG_URL:
         if IN_CI:

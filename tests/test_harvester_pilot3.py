@@ -17,6 +17,8 @@ import pytest
 from harvesterhelp import QUEUE, Testbed, queue_config
 from pilot3.harness import _FAST_FAIL_LAUNCHER, pilot3_or_skip, write_fast_config
 
+pytestmark = pytest.mark.pilot3
+
 RUNME = ("#!/bin/sh\necho \"payload args: $*\"\necho 'a line on stderr' >&2\necho result > out.txt\n"
          "exit \"$1\"\n")
 UNSHARE = ["unshare", "-pf", "--mount-proc", "--kill-child"]

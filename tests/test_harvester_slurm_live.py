@@ -16,6 +16,8 @@ import yaml
 from harvesterhelp import QUEUE, Testbed, queue_config
 from slurmhelp import Slurm, Sshd
 
+pytestmark = [pytest.mark.slurm, pytest.mark.ssh]
+
 ECHO = '#!/bin/sh\necho "payload ran with: $*"\n'
 SHORT_SLEEP = '#!/bin/sh\nsleep 3\necho "slept"\n'
 LONG_SLEEP = '#!/bin/sh\nsleep 600\n'

@@ -17,6 +17,8 @@ from queueconfig import Queue
 from conftest import free_port
 from slurmhelp import Sshd, keygen
 
+pytestmark = pytest.mark.ssh
+
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):

@@ -16,6 +16,8 @@ from conftest import IN_CI
 from monitorhelp import EVIL, OTHER, STDOUT
 from taskhelp import open_db
 
+pytestmark = pytest.mark.browser
+
 ARTIFACTS = pathlib.Path(os.environ.get("MINIPANDA_TEST_ARTIFACTS") or
                          pathlib.Path(__file__).resolve().parent.parent / "test-artifacts")
 

@@ -11,6 +11,8 @@ import requests
 
 from pilot3.harness import pilot3_or_skip, start_pilot3
 
+pytestmark = pytest.mark.pilot3
+
 TRF_URL = "http://pandaserver-doma.cern.ch:25080/trf/user/runme.sh"
 RUNME = ("#!/bin/sh\necho \"payload args: $*\"\necho 'a line on stderr' >&2\necho result > out.txt\n"
          "exit \"$1\"\n")

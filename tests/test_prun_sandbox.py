@@ -248,6 +248,7 @@ def test_surl_becomes_the_server_url_the_pilot_used(task_server):
 
 # ---- one prun job on PanDA's pilot3 --------------------------------------------------------------------------------
 
+@pytest.mark.pilot3
 def test_a_prun_job_runs_on_pilot3_with_rungen_from_the_trf_url(tmp_path):
     from pilot3.harness import pilot3_or_skip, start_pilot3
     from test_pilot3_compat import pilot_env, wait_final

@@ -108,6 +108,8 @@ def pilot3_sdist_dir():
     return fetch.default_cache_dir()
 
 
+@pytest.mark.netns
+@pytest.mark.pilot3
 def test_every_readme_block_runs_as_written(tmp_path):
     prefix = own_network_namespace()
     if prefix is None:

@@ -39,6 +39,7 @@ def test_more_than_one_worker_on_sqlite_is_refused(tmp_path):
     assert not os.path.exists(tmp_path / "home" / "minipanda.db")
 
 
+@pytest.mark.postgres
 def test_leader_lock_is_held_by_one_holder_and_taken_over(pg_url):
     from minipanda.server.daemon import LeaderLock
 
@@ -52,6 +53,7 @@ def test_leader_lock_is_held_by_one_holder_and_taken_over(pg_url):
         second.close()
 
 
+@pytest.mark.postgres
 def test_n_workers_serve_one_port_and_one_of_them_and_one_host_leads(tmp_path, pg_url):
     server = WorkersServer(tmp_path / "a", pg_url, workers=3)
     other = None
