@@ -99,9 +99,15 @@ def _batch(q):
     batch, system = q.batch, q.batch.system
     related = (("batch", "system"),)
     if system != "htcondor":
-        for key in ("schedd", "pool"):
-            if getattr(batch, key) is not None:
+        for key in ("schedd", "pool", "token_file", "file_transfer"):
+            if getattr(batch, key) not in (None, False):
                 yield ERROR, ("batch", key), f"only meaningful with batch.system htcondor (system is {system})", related
+    if batch.file_transfer and q.mode == "push":
+        yield ERROR, ("batch", "file_transfer"), (
+            "mode push needs a file system the pilot shares with harvester: jobs (and, without network, every "
+            "report) go through files in the access point while the pilot runs, and HTCondor's file transfer moves "
+            "files only when the job starts and ends; use mode pull, or access points on a shared file system "
+            "without file_transfer"), (("mode",),)
     unsupported = {"local": ("partition", "account", "qos"), "htcondor": ("partition", "qos"),
                    "pbs": ("qos",), "lsf": ("qos",)}.get(system, ())
     for key in unsupported:

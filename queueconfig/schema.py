@@ -121,6 +121,13 @@ class Batch(Section):
     """HTCondor central manager host[:port]; default the local pool."""
     held_timeout: Positive = 3600
     """HTCondor: seconds a job may stay held before harvester removes it (the hold reason becomes the diag)."""
+    token_file: Optional[Path] = None
+    """HTCondor: an IDTOKEN file (mode 0600) for the schedd; harvester then authenticates with IDTOKENS only.
+    Default: FS authentication with a local schedd, the host's HTCondor configuration with a remote one."""
+    file_transfer: Flag = False
+    """HTCondor: the pilot zipapp, its token and queuedata travel with the job (HTCondor file transfer, spooled
+    through the schedd) and the pilot runs in HTCondor's scratch directory: no file system shared with the execute
+    nodes (nor the schedd) is needed. Pull mode only."""
     extra_directives: tuple[str, ...] = ()
     """Extra scheduler options, one per entry (Slurm/PBS/LSF: '--exclusive'; HTCondor: 'key = value')."""
     skip_directives: tuple[OneLine, ...] = ()

@@ -47,6 +47,10 @@ PUSH_NONET = {"mode": "push", "wnconnectivity": "none", "storage": SHARED}
     ({"transport": {"user": "panda"}}, (ERROR, "transport.user")),
     ({"transport": {"type": "ssh", "host": "h", "jump_user": "u"}}, (ERROR, "transport.jump_user")),
     ({"batch": {"system": "slurm", "schedd": "s"}}, (ERROR, "batch.schedd")),
+    ({"batch": {"system": "pbs", "token_file": "/t"}}, (ERROR, "batch.token_file")),
+    ({"batch": {"file_transfer": True}}, (ERROR, "batch.file_transfer")),
+    ({"mode": "push", "batch": {"system": "htcondor", "file_transfer": True}}, (ERROR, "batch.file_transfer")),
+    ({**PUSH_NONET, "batch": {"system": "htcondor", "file_transfer": True}}, (ERROR, "batch.file_transfer")),
     ({"batch": {"partition": "p"}}, (ERROR, "batch.partition")),
     ({"batch": {"system": "htcondor", "qos": "q"}}, (ERROR, "batch.qos")),
     ({"batch": {"extra_directives": ["--exclusive"]}}, (ERROR, "batch.extra_directives")),
@@ -74,6 +78,7 @@ def test_defaults_conflict_with_nothing():
     assert found(transport={"type": "ssh", "host": "h", "jump_host": "j", "jump_user": "u", "port": 2222}) == set()
     assert found(pilot={"command": ["p", "{queue}"], "environment": {"A": "{walltime}"}}) == set()
     assert found(sweeper={"stale_time": 600, "max_queued_time": 1, "keep_finished": 0, "keep_failed": 0}) == set()
+    assert found(batch={"system": "htcondor", "file_transfer": True, "pool": "cm:9618", "token_file": "/t"}) == set()
 
 
 def test_a_short_lost_heartbeat_is_reported_once_not_again_as_stale_time():

@@ -120,3 +120,16 @@ def test_lint_lists_errors_in_line_order(capsys, tmp_path):
     status, out, err = run(capsys, "lint", str(bad))
     lines = [int(line.split(":")[1]) for line in err.splitlines() if line.startswith(str(bad))]
     assert status == 1 and lines == [3, 4, 5, 6, 8], err
+
+
+def test_lint_says_a_push_queue_with_htcondor_file_transfer_needs_a_shared_file_system(capsys, tmp_path):
+    path = tmp_path / "condor.yaml"
+    path.write_text("queues:\n  CONDOR_PUSH: {mode: push, wnconnectivity: none, storage: {input: {type: shared, "
+                    "path: /in}, output: {type: shared, path: /out}}, batch: {system: htcondor, file_transfer: true}}\n"
+                    "  CONDOR_PULL: {batch: {system: htcondor, file_transfer: true, pool: '127.0.0.1:9618', "
+                    "token_file: /etc/minipanda/condor.token}}\n")
+    status, out, err = run(capsys, "lint", str(path))
+    lines = err.splitlines()
+    assert status == 1 and len(lines) == 2 and lines[-1] == f"1 error(s) in {path}"
+    assert "queue CONDOR_PUSH: batch.file_transfer: mode push needs a file system the pilot shares with " \
+           "harvester" in lines[0]
