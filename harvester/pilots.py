@@ -97,7 +97,9 @@ def command(queue, access_point, server_url, walltime, python=None, handoff_dir=
     workdir = values["access_point"]
     argv = [python or sys.executable, os.path.join(access_point, ZIPAPP_FILE), "-q", queue.name,
             "-a", workdir, "--harvester-workdir", workdir, "--queuedata", values["queuedata"],
-            "-l", str(lifetime), "-j", job_label(queue), "--quiet"]
+            "-l", str(lifetime), "-j", job_label(queue)]
+    if not queue.batch.file_transfer:  # with HTCondor's file transfer the log comes back as the job's stderr
+        argv.append("--quiet")
     if file_mode(queue):
         argv += ["-z", "--harvester-submit-mode", "PUSH"]
     else:

@@ -171,6 +171,24 @@ def sqlite_server(tmp_path):
     server.stop()
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "htcondor: needs a real HTCondor pool (tests/condorhelp.py)")
+
+
+@pytest.fixture(scope="session")
+def condor_pool():
+    """A one-host HTCondor pool for the session's tests (tests/condorhelp.py): skipped without root or its root
+    file system, a failure under CI=true."""
+    import condorhelp
+
+    condorhelp.require()
+    pool = condorhelp.Pool()
+    try:
+        yield pool.start()
+    finally:
+        pool.stop()
+
+
 def make_job(queue="TEST_PQ", **overrides):
     """A valid job spec in our JSON form."""
     job = {"jobName": "test.job", "computingSite": queue, "prodSourceLabel": "managed",

@@ -1,76 +1,264 @@
-"""harvester.batch.htcondor with the real htcondor2 bindings where no daemon is needed: the Submit description as
-the bindings render it, and the real ClassAd parser and evaluator for recorded job ads.
+"""harvester.batch.htcondor against a real schedd: the one-host pool of tests/condorhelp.py (Debian 13's HTCondor
+23.9) reached through the htcondor2 bindings of this host, as a harvester reaches a site's schedd.
 
-No schedd can run here, so the one stand-in is ``StandInSchedd``: an object with the bindings' ``Schedd`` method
-signatures (checked below against htcondor2.Schedd itself) that keeps job ads parsed from
-tests/data/batch/htcondor_*.ads and answers constraints by evaluating them with classad2, as a schedd does.
+What a one-host pool cannot show stays with ``StandInSchedd`` at the end: a schedd that answers with a malformed job
+ad. It has the bindings' ``Schedd`` method signatures (checked against htcondor2.Schedd itself) and answers
+constraints by evaluating them with classad2, as a schedd does.
 """
 import inspect
+import json
+import os
+import subprocess
+import sys
+import time
 
 import classad2
 import htcondor2
 import pytest
 
-from batchhelp import SchedulerTransport, recorded, worker
+from batchhelp import SchedulerTransport, worker
+from conftest import eventually
 from harvester.batch import HTCondorBatch, plugin_for
-from harvester.batch.base import FATAL, OK, RETRY, BatchError
+from harvester.batch.base import FATAL, OK, RETRY
+from harvester.transport import LocalTransport
 from queueconfig import Queue
 
-QUEUE = Queue.model_validate({"name": "CONDOR_TEST", "batch": {
-    "system": "htcondor", "account": "group_atlas.prod", "held_timeout": 3600,
-    "extra_directives": ['requirements = (OpSys == "LINUX")', "+ProjectName = \"ATLAS\""],
-    "skip_directives": ["log ="], "environment": {"SITE": "it's \"q\" $(id) `id` $ENV(HOME)"}}})
-NOW = 1717164517
 UNSET = object()
 
 
+def condor_queue(name, **batch):
+    return Queue.model_validate({"name": name, "batch": {"system": "htcondor", **batch}})
+
+
+class Counting:
+    """A real :class:`htcondor2.Schedd` whose calls are counted (the plugin's one-call-per-cycle contract)."""
+
+    def __init__(self, schedd, calls):
+        self.schedd, self.calls = schedd, calls
+
+    def __getattr__(self, name):
+        method = getattr(self.schedd, name)
+
+        def counted(*args, **kwargs):
+            self.calls.append(name)
+            return method(*args, **kwargs)
+        return counted
+
+
+@pytest.fixture
+def local_pool(condor_pool):
+    """The pool as this process's local one: its client configuration read by the bindings for the test."""
+    before = os.environ.get("CONDOR_CONFIG")
+    os.environ["CONDOR_CONFIG"] = condor_pool.client_config
+    htcondor2.reload_config()
+    yield condor_pool
+    if before is None:
+        del os.environ["CONDOR_CONFIG"]
+    else:
+        os.environ["CONDOR_CONFIG"] = before
+    htcondor2.reload_config()
+
+
+def plugin_of(queue, calls=None):
+    plugin = plugin_for(queue, LocalTransport(), None)
+    if calls is not None:
+        real = plugin.schedd_class
+        plugin.schedd_class = lambda *location: Counting(real(*location), calls)
+    return plugin
+
+
+def spec(queue, base, worker_id, command, environment=None, **changes):
+    """A worker whose job script runs ``command`` (a shell line) in its access point under ``base``."""
+    return worker(queue, worker_id, environment=environment or {"MP_TEST": "1"},
+                  access_point=os.path.join(str(base), queue.name, str(worker_id)),
+                  argv=("/bin/sh", "-c", command), cores=1, memory_mb=100, **changes)
+
+
+def submitted(plugin, specs):
+    for one in specs:
+        plugin.write_script(one)
+    results = plugin.submit(specs)
+    assert [r.status for r in results] == [OK] * len(specs), [r.message for r in results]
+    return [r.batch_id for r in results]
+
+
+def settled(plugin, ids, final=("finished", "failed", "cancelled")):
+    """The status of ``ids`` once every one is final (the pool runs them meanwhile)."""
+    def done():
+        result = plugin.status(ids)
+        return result if result.status == OK and all(
+            b in result.states and result.states[b].state in final for b in ids) else None
+    result = eventually(done, timeout=180)
+    assert result, plugin.status(ids)
+    return result.states
+
+
+@pytest.mark.htcondor
+def test_one_transaction_for_every_worker_one_query_one_history(local_pool, tmp_path):
+    queue = condor_queue("CONDOR_PLUGIN", account="group_atlas.prod", extra_directives=['+ProjectName = "ATLAS"'])
+    calls = []
+    plugin = plugin_of(queue, calls)
+    hostile = {"A": "x y", "B": "", "C": "'; +Owner = \"root\"", "D": '"$(HOME)" $x$', "E": "`id`"}
+    specs = [spec(queue, tmp_path, 41, "env", hostile), spec(queue, tmp_path, 42, "exit 3"),
+             spec(queue, tmp_path, 43, "kill -9 $$")]
+    ids = submitted(plugin, specs)
+    assert calls == ["submit"]  # one transaction: one cluster, a proc per worker, in the workers' order
+    cluster = ids[0].split(".")[0]
+    assert ids == [f"{cluster}.0", f"{cluster}.1", f"{cluster}.2"]
+    ad = htcondor2.Schedd().query(f"ClusterId == {cluster} && ProcId == 0", [
+        "MinipandaWorker", "MinipandaAccessPoint", "RequestCpus", "AcctGroup", "ProjectName", "Owner"])[0]
+    assert (ad["MinipandaWorker"], ad["MinipandaAccessPoint"]) == (41, specs[0].access_point)
+    assert (ad["RequestCpus"], ad["AcctGroup"], ad["ProjectName"], ad["Owner"]) == (1, "group_atlas.prod", "ATLAS", "pilot")
+    calls.clear()
+    states = settled(plugin, ids)
+    assert (states[ids[0]].state, states[ids[0]].exit_code) == ("finished", 0)
+    assert (states[ids[1]].state, states[ids[1]].exit_code) == ("failed", 3)
+    assert states[ids[2]].state == "failed" and "killed by signal 9" in states[ids[2]].diag
+    calls.clear()
+    plugin.status(ids)  # they left the queue: one query finds none, one history finds all three
+    assert calls == ["query", "history"]
+    assert "Job terminated of its own accord" in open(os.path.join(specs[0].access_point, "job.log")).read()
+    printed = open(os.path.join(specs[0].access_point, "job.out")).read().splitlines()
+    assert all(f"{name}={value}" in printed for name, value in hostile.items())  # as meant, none expanded
+
+
+@pytest.mark.htcondor
+def test_find_recovers_a_submission_live_and_after_it_left(local_pool, tmp_path):
+    queue = condor_queue("CONDOR_FIND")
+    plugin = plugin_of(queue)
+    one = spec(queue, tmp_path, 7, "sleep 3")
+    [batch_id] = submitted(plugin, [one])
+    assert plugin.find(one.access_point) == batch_id  # live
+    settled(plugin, [batch_id])
+    assert plugin.find(one.access_point) == batch_id  # from the history
+    assert plugin.find(one.access_point + "/other") is None
+    assert plugin.find('/x" || true || "') is None  # quoted: no constraint injection
+
+
+@pytest.mark.htcondor
+def test_cancel_is_one_remove_and_the_job_ends_cancelled(local_pool, tmp_path):
+    queue = condor_queue("CONDOR_CANCEL")
+    calls = []
+    plugin = plugin_of(queue, calls)
+    ids = submitted(plugin, [spec(queue, tmp_path, n, "sleep 300") for n in (1, 2)])
+    calls.clear()
+    result = plugin.cancel([*ids, "999999.0", "junk"])
+    assert calls == ["act"] and {b: s for b, (s, _) in result.results.items()} == dict.fromkeys(
+        [*ids, "999999.0", "junk"], OK)
+    states = settled(plugin, ids)
+    assert {states[b].state for b in ids} == {"cancelled"}
+    assert "JobStatus 3 (removed)" in states[ids[0]].diag
+
+
+@pytest.mark.htcondor
+def test_a_held_job_is_removed_after_held_timeout_with_its_hold_reason(local_pool):
+    """Its access point is where the pool cannot see it (no shared file system, no file transfer): HTCondor holds
+    the job; the plugin removes it once held longer than batch.held_timeout and fails it with the reason."""
+    queue = condor_queue("CONDOR_HELD", held_timeout=1)
+    plugin = plugin_of(queue)
+    [batch_id] = submitted(plugin, [spec(queue, local_pool.unseen, 3, "exit 0")])
+    held = eventually(lambda: local_pool.jobs(f"ClusterId == {batch_id.split('.')[0]}", ("ClusterId", "ProcId",
+                                                                                         "JobStatus"))
+                      .get(batch_id, {}).get("JobStatus") == "5", timeout=120)
+    assert held, local_pool.log("SchedLog")
+    time.sleep(1.5)  # held longer than the limit
+    states = settled(plugin, [batch_id])
+    assert states[batch_id].state == "failed"
+    assert "held for" in states[batch_id].diag and "(limit 1 s) and removed" in states[batch_id].diag
+    assert local_pool.unseen in states[batch_id].diag  # HTCondor's hold reason names the directory it cannot use
+
+
+@pytest.mark.htcondor
+def test_walltime_exceeded_is_reported_as_such(local_pool, tmp_path):
+    queue = condor_queue("CONDOR_WALLTIME")
+    plugin = plugin_of(queue)
+    [batch_id] = submitted(plugin, [spec(queue, tmp_path, 5, "sleep 300", walltime_s=2)])
+    states = settled(plugin, [batch_id])
+    assert states[batch_id].state == "failed" and "walltime exceeded" in states[batch_id].diag
+
+
+REMOTE = r"""
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+from batchhelp import worker
+from harvester.batch import plugin_for
+from harvester.transport import LocalTransport
+from queueconfig import Queue
+
+queue = Queue.model_validate(json.loads(sys.argv[2]))
+plugin = plugin_for(queue, LocalTransport(), None)
+located, real = [], plugin.collector_class
+plugin.collector_class = lambda pool: (located.append(pool), real(pool))[1]
+one = worker(queue, 2, access_point=sys.argv[3], argv=("/bin/sh", "-c", "exit 0"), cores=1, memory_mb=100)
+plugin.write_script(one)
+[result] = plugin.submit([one])
+state = None
+while result.status == "ok" and state not in ("finished", "failed", "cancelled"):
+    time.sleep(0.5)
+    answer = plugin.status([result.batch_id])
+    state = answer.states[result.batch_id].state if result.batch_id in answer.states else None
+print(json.dumps({"status": result.status, "message": result.message, "state": state, "located": located}))
+"""
+
+
+@pytest.mark.htcondor
+def test_a_remote_schedd_with_an_idtoken(condor_pool, tmp_path):
+    """A harvester host without any HTCondor configuration: the schedd is located once through the pool's
+    collector, IDTOKENS only with the queue's token file. A wrong, missing or loose token file is an error naming
+    queue, schedd and method, and nothing is submitted. Each case in a fresh process: the bindings keep one
+    security session per schedd and process, so a process that already authenticated would not ask again."""
+    (tmp_path / "empty_config").write_text("")
+    good, bad, loose = tmp_path / "good.token", tmp_path / "bad.token", tmp_path / "loose.token"
+    good.write_text(condor_pool.token() + "\n")
+    bad.write_text(condor_pool.token()[:-8] + "AAAAAAAA\n")
+    loose.write_text(condor_pool.token() + "\n")
+    for path, mode in ((good, 0o600), (bad, 0o600), (loose, 0o644)):
+        path.chmod(mode)
+    schedd = condor_pool.schedd_name()
+
+    def remote(name, token_file):
+        queue = {"name": name, "batch": {"system": "htcondor", "pool": condor_pool.collector, "schedd": schedd,
+                                         "token_file": str(token_file)}}
+        access_point = str(tmp_path / name)
+        done = subprocess.run([sys.executable, "-c", REMOTE, os.path.dirname(__file__), json.dumps(queue),
+                               access_point], capture_output=True, text=True, timeout=240,
+                              env={**os.environ, "CONDOR_CONFIG": str(tmp_path / "empty_config")})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout), condor_pool.jobs(f'MinipandaAccessPoint == "{access_point}"')
+
+    answer, jobs = remote("CONDOR_REMOTE", good)
+    assert (answer["status"], answer["state"]) == (OK, "finished") and len(jobs) == 1, answer
+    assert answer["located"] == [condor_pool.collector]  # located once, then reused
+    for name, token_file, words in (("CONDOR_BAD", bad, "IDTOKENS authentication with token file"),
+                                    ("CONDOR_NONE", tmp_path / "none.token", "No such file"),
+                                    ("CONDOR_LOOSE", loose, "readable by others")):
+        answer, jobs = remote(name, token_file)
+        assert answer["status"] == RETRY and words in answer["message"], answer
+        assert f"queue {name}" in answer["message"] and f"schedd {schedd}" in answer["message"]
+        assert str(token_file) in answer["message"]
+        assert not jobs  # nothing half-submitted
+
+
+# ---- what a one-host pool cannot show: a stand-in schedd -----------------------------------------------------------
 class StandInSchedd:
-    """The schedd's stand-in (see the module docstring); records each call."""
+    """A schedd's stand-in (see the module docstring) that answers every query with ``ads``."""
 
-    def __init__(self, live=(), history=(), fail=None):
-        self.live, self.past, self.fail, self.calls, self.next_cluster = list(live), list(history), fail, [], 601
-
-    def _call(self, *call):
-        self.calls.append(call)
-        if self.fail:
-            raise htcondor2.HTCondorException(self.fail)
+    def __init__(self, ads):
+        self.ads, self.calls = list(ads), []
 
     def submit(self, description, count=0, spool=False, itemdata=UNSET, queue=None):
-        self._call("submit", str(description), count)
-        cluster, self.next_cluster = self.next_cluster, self.next_cluster + 1
-        ad = classad2.ClassAd({"ClusterId": cluster, "ProcId": 0, "JobStatus": 1})
-        for key in description.keys():  # +Attr / MY.Attr become job attributes, as condor_submit makes them
-            if key.startswith("MY."):
-                ad[key[3:]] = classad2.ExprTree(description[key]).eval()
-        self.live.append(ad)
-        return type("Result", (), {"cluster": lambda self: cluster})()
+        raise AssertionError("not used")
 
     def query(self, constraint="True", projection=[], callback=None, limit=-1, opts=htcondor2.QueryOpt.Default):
-        self._call("query", str(constraint))
-        return [ad for ad in self.live if classad2.ExprTree(str(constraint)).eval(ad) is True]
+        self.calls.append("query")
+        return [ad for ad in self.ads if classad2.ExprTree(str(constraint)).eval(ad) is True]
 
     def history(self, constraint=None, projection=[], match=-1, since=None):
-        self._call("history", str(constraint), match)
-        found = [ad for ad in self.past if classad2.ExprTree(str(constraint)).eval(ad) is True]
-        return found[:match] if match >= 0 else found
+        self.calls.append("history")
+        return []
 
     def act(self, action, job_spec, reason=None):
-        self._call("act", action, list(job_spec), reason)
-        hit = [ad for ad in self.live if f"{ad['ClusterId']}.{ad['ProcId']}" in job_spec]
-        for ad in hit:
-            ad["JobStatus"] = 3
-        return classad2.ClassAd({"TotalSuccess": len(hit), "TotalNotFound": len(job_spec) - len(hit),
-                                 "TotalError": 0, "TotalPermissionDenied": 0})
-
-
-def ads(name):
-    return list(classad2.parseAds(recorded(name), classad2.ParserType.Old))
-
-
-def plugin_with(schedd, queue=QUEUE):
-    plugin = HTCondorBatch(queue, SchedulerTransport())
-    plugin.schedd_class, plugin.clock = lambda location=None: schedd, lambda: NOW
-    return plugin
+        raise AssertionError("not used")
 
 
 def test_the_stand_in_has_the_bindings_signatures():
@@ -79,153 +267,25 @@ def test_the_stand_in_has_the_bindings_signatures():
         assert list(inspect.signature(getattr(StandInSchedd, method)).parameters) == list(real), method
 
 
-def decode_environment(text):
-    """HTCondor's quoted environment syntax read back (the inverse of the rules the plugin writes by)."""
-    assert text[0] == text[-1] == '"'
-    body, pairs, i = text[1:-1].replace('""', '"'), {}, 0
-    while i < len(body):
-        name, _, rest = body[i:].partition("='")
-        value, j = "", 0
-        while not (rest[j] == "'" and rest[j + 1:j + 2] != "'"):
-            value, j = value + rest[j], j + (2 if rest[j:j + 2] == "''" else 1)
-        pairs[name.strip()] = value
-        i += len(name) + 2 + j + 1
-    return pairs
+@pytest.mark.parametrize("ad, why", [
+    ({"ClusterId": 501, "ProcId": "zero", "JobStatus": 2}, "ProcId"),
+    ({"ClusterId": 501, "JobStatus": 2}, "ProcId"),
+    ({"ClusterId": 501, "ProcId": 0, "JobStatus": "running"}, "JobStatus"),
+])
+def test_a_malformed_job_ad_is_no_answer_not_a_vanished_job(ad, why):
+    """A job ad without a usable id or status tells nothing about the job: the query is retried, so no worker is
+    failed as vanished."""
+    schedd = StandInSchedd([classad2.ClassAd(ad)])
+    plugin = HTCondorBatch(condor_queue("CONDOR_STANDIN"), SchedulerTransport())
+    plugin.schedd_class = lambda *location: schedd
+    result = plugin.status(["501.0"])
+    assert result.status == RETRY and why in result.message and not result.states
 
 
-def test_submit_description_as_the_bindings_render_it():
-    hostile = {"A": "x y", "B": "", "C": "'; +Owner = \"root\"", "D": '"$(HOME)" $x$', "E": "`id`"}
-    description = plugin_with(StandInSchedd()).description(worker(QUEUE, environment=hostile))
-    text = str(description)
-    assert text.splitlines()[-1] == "queue" and text.count("queue") == 1
-    for line in ["executable = /scratch/harvester/workers/CONDOR_TEST/11/job.sh", "request_cpus = 8",
-                 "request_memory = 16000", "initialdir = /scratch/harvester/workers/CONDOR_TEST/11",
-                 "MY.MinipandaAccessPoint = \"/scratch/harvester/workers/CONDOR_TEST/11\"", "MY.MaxRuntime = 4200",
-                 "periodic_remove = JobStatus == 2 && time() - EnteredCurrentStatus > 4200",
-                 "accounting_group = group_atlas.prod", 'requirements = (OpSys == "LINUX")',
-                 'MY.ProjectName = "ATLAS"', "batch_name = harvester-CONDOR_TEST-11"]:
-        assert line in text.splitlines(), line
-    assert "log = " not in text and "arguments" not in text  # skipped; the script takes no arguments
-    again = htcondor2.Submit(text)  # what the schedd gets back is what was meant, once the macros are expanded
-    assert decode_environment(again.expand("environment")) == {**QUEUE.batch.environment, **hostile}
-
-
-@pytest.mark.parametrize("environment", [{"X": "a\nqueue 100"}, {"X": "pa$$word"}, {"X": "$(dollar)"}])
-def test_values_the_submit_language_cannot_hold_are_refused(environment):
-    schedd = StandInSchedd()
-    [result] = plugin_with(schedd).submit([worker(QUEUE, environment=environment)])
-    assert result.status == FATAL and not schedd.calls
-
-
-def test_submit_gives_cluster_dot_proc():
-    schedd = StandInSchedd()
-    results = plugin_with(schedd).submit([worker(QUEUE, 41), worker(QUEUE, 42)])
-    assert [(r.status, r.batch_id) for r in results] == [(OK, "601.0"), (OK, "602.0")]
-    assert [call[2] for call in schedd.calls] == [1, 1]  # one job per description
-    assert schedd.live[1]["MinipandaAccessPoint"] == "/scratch/harvester/workers/CONDOR_TEST/42"
-
-
-def test_a_refused_submission_reaches_the_worker():
-    [result] = plugin_with(StandInSchedd(fail="Failed to connect to schedd")).submit([worker(QUEUE)])
-    assert result.status == RETRY and "Failed to connect to schedd" in result.message
-
-
-EXPECTED = {  # batch id -> (worker state, exit code, words in the diag)
-    "501.0": ("submitted", None, "JobStatus 1 (idle)"), "502.0": ("running", None, "JobStatus 2"),
-    "503.0": ("submitted", None, "over cgroup memory limit"), "505.0": ("running", None, "transferring output"),
-    "506.0": ("idle", None, "suspended"), "507.0": ("cancelled", None, "via condor_rm"),
-    "504.0": ("failed", None, "held for 14517 s (limit 3600 s) and removed"),
-    "490.0": ("finished", 0, "exit code 0"), "491.0": ("failed", 82, "exit code 82"),
-    "492.0": ("failed", None, "killed by signal 9"), "493.0": ("failed", None, "walltime exceeded"),
-    "494.0": ("failed", 1, "exit code 1")}
-
-
-def test_every_job_status_from_one_query_and_one_history():
-    schedd = StandInSchedd(ads("htcondor_queue.ads"), ads("htcondor_history.ads"))
-    ids = [*EXPECTED, "999.0"]
-    result = plugin_with(schedd).status(ids)
-    assert [call[0] for call in schedd.calls] == ["query", "history", "act"]
-    assert schedd.calls[0][1] == "member(ClusterId, {490, 491, 492, 493, 494, 501, 502, 503, 504, 505, 506, 507, " \
-                                 "999})"
-    assert schedd.calls[1][1:] == ("member(ClusterId, {490, 491, 492, 493, 494, 999})", 6)  # only those that left
-    assert schedd.calls[2] == ("act", htcondor2.JobAction.Remove, ["504.0"], "held longer than 3600 s")
-    assert result.status == OK and set(result.states) == set(EXPECTED)  # 999.0: unknown, absent
-    for batch_id, (state, exit_code, words) in EXPECTED.items():
-        native = result.states[batch_id]
-        assert (native.state, native.exit_code) == (state, exit_code), batch_id
-        assert words in native.diag, (batch_id, native.diag)
-    assert "Permission denied" in result.states["504.0"].diag  # the hold reason is the worker's diag
-    assert [b for b, s in result.states.items() if s.walltime_exceeded] == ["493.0"]  # our periodic_remove
-
-
-def test_a_held_job_whose_removal_fails_stays_followed():
-    class RefusingRemove(StandInSchedd):
-        def act(self, action, job_spec, reason=None):
-            self.calls.append(("act", action, list(job_spec), reason))
-            raise htcondor2.HTCondorException("Permission denied")
-
-    result = plugin_with(RefusingRemove(ads("htcondor_queue.ads"))).status(["504.0"])
-    assert result.states["504.0"].state == "submitted" and "removal failed: Permission denied" in \
-        result.states["504.0"].diag
-
-
-def test_a_failing_schedd_is_not_all_jobs_gone():
-    result = plugin_with(StandInSchedd(fail="SECMAN:2007:Failed to end classad message.")).status(["501.0"])
-    assert result.status == RETRY and "SECMAN" in result.message and not result.states
-
-
-def test_cancel_in_one_call():
-    schedd = StandInSchedd(ads("htcondor_queue.ads"))
-    result = plugin_with(schedd).cancel(["501.0", "502.0", "999.0", "junk"])
-    assert schedd.calls == [("act", htcondor2.JobAction.Remove, ["501.0", "502.0", "999.0"],
-                             "cancelled by harvester")]
-    assert {b: s for b, (s, _) in result.results.items()} == {"501.0": OK, "502.0": OK, "999.0": OK, "junk": OK}
-    failing = plugin_with(StandInSchedd(fail="Connection refused")).cancel(["501.0"])
-    assert failing.results["501.0"][0] == RETRY
-
-
-def test_find_by_access_point_live_then_in_history():
-    schedd = StandInSchedd(ads("htcondor_queue.ads"), ads("htcondor_history.ads"))
-    plugin = plugin_with(schedd)
-    assert plugin.find("/scratch/harvester/workers/CONDOR_TEST/42") == "502.0"
-    assert plugin.find("/scratch/harvester/workers/CONDOR_TEST/31") == "491.0"
-    assert plugin.find('/scratch/x" || true || "') is None  # quoted: no constraint injection
-    with pytest.raises(BatchError):
-        plugin_with(StandInSchedd(fail="Connection refused")).find("/scratch/harvester/workers/CONDOR_TEST/42")
-
-
-def test_a_remote_schedd_is_located_once_through_the_collector():
-    located, schedd = [], StandInSchedd(ads("htcondor_queue.ads"))
-    location = classad2.ClassAd({"Name": "schedd01.example.org", "MyAddress": "<10.0.0.5:9618>"})
-
-    class StandInCollector:
-        def __init__(self, pool=None, security=None):
-            self.pool = pool
-
-        def locate(self, daemon_type, name=None):
-            located.append((self.pool, daemon_type, name))
-            return location
-
-    queue = QUEUE.model_copy(update={"batch": QUEUE.batch.model_copy(
-        update={"schedd": "schedd01.example.org", "pool": "cm.example.org:9618"})})
-    plugin = plugin_with(schedd, queue)
-    plugin.collector_class = StandInCollector
-    plugin.schedd_class = lambda location=None: (located.append(location), schedd)[1]
-    plugin.status(["501.0"])
-    plugin.status(["502.0"])
-    assert located == [("cm.example.org:9618", htcondor2.DaemonType.Schedd, "schedd01.example.org"), location,
-                       location]
-
-
-def test_plugin_for_gives_the_queue_to_the_plugin():
-    plugin = plugin_for(QUEUE, SchedulerTransport(), "/spool")
-    assert isinstance(plugin, HTCondorBatch) and plugin.queue is QUEUE
-    assert plugin.transport is not None and plugin.queue.batch.held_timeout == 3600
-
-
-def test_the_job_script_holds_no_submit_commands():
-    """HTCondor reads its options from the submit description: none may end up as a line of the shell script."""
-    script = plugin_with(StandInSchedd()).render(worker(QUEUE))
-    lines = script.splitlines()
-    assert lines[:2] == ["#!/bin/sh", "# harvester worker 11 of queue CONDOR_TEST"]
-    assert not any("requirements" in line or "ProjectName" in line for line in lines)
+def test_an_access_point_the_submit_language_cannot_hold_is_refused_before_any_call():
+    queue = condor_queue("CONDOR_REFUSED")
+    plugin = plugin_for(queue, SchedulerTransport(), None)
+    plugin.schedd_class = lambda *location: pytest.fail("no schedd call for workers that cannot be described")
+    results = plugin.submit([worker(queue, n, access_point=path) for n, path in
+                             enumerate(['/w/x" y', "/w/$(HOME)", "/w/a b", "/w/x\nqueue 9"])])
+    assert [r.status for r in results] == [FATAL] * 4
