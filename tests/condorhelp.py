@@ -97,8 +97,10 @@ USE_CGROUPS = False
 # the slot offers what the tests ask for, not what this machine has (their payloads mostly sleep)
 NUM_CPUS = {cpus}
 MEMORY = {memory}
-# the schedd evaluates periodic expressions (the walltime's periodic_remove) every 5 s, not every minute
+# the schedd evaluates periodic expressions (the walltime's periodic_remove) every 5 s, not every minute, and
+# condor_master starts a daemon that died again after 2 s, not 9
 PERIODIC_EXPR_INTERVAL = 5
+MASTER_BACKOFF_CONSTANT = 2
 {extra}
 """
 
@@ -320,7 +322,7 @@ class Pool:
             os.path.join(self.local, "log", "condor", name)
         try:
             with open(path, encoding="utf-8", errors="replace") as handle:
-                return handle.read()[-tail:]
+                return handle.read()[-tail:] if tail else handle.read()
         except FileNotFoundError:
             return ""
 

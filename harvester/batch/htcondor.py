@@ -170,11 +170,12 @@ class HTCondorBatch(ScriptBatch):
         try:
             with self.security():
                 schedd = self._schedd()
-                live = _by_id(schedd.query(_member(ids), PROJECTION))
-                left = [b for b in ids if b not in live]
-                # only the jobs that left the queue are looked up in the (slower) history
-                ads = {**(_by_id(schedd.history(_member(left), PROJECTION, match=len(left))) if left else {}),
-                       **live}
+                live, ads = self._ads(schedd, ids)
+                if len(ads) < len(ids):  # a job leaving the queue can be in neither for a moment: ask once more
+                    unknown = [b for b in ids if b not in ads]
+                    again, more = self._ads(schedd, unknown)
+                    live.update(again)
+                    ads.update(more)
                 states = {b: native_state(ads[b]) for b in ids if b in ads}
                 states.update(self._remove_overdue(schedd, {b: live[b] for b in ids if b in live}, states))
                 states.update(self._retrieve(schedd, {b: live[b] for b in ids if b in live}, states))
@@ -184,6 +185,13 @@ class HTCondorBatch(ScriptBatch):
         except BatchError as exc:
             return QueryResult(exc.status, message=str(exc))
         return QueryResult(OK, states)
+
+    def _ads(self, schedd, ids):
+        """ONE query of the live jobs, then ONE history query for those that left: (live ads, all ads) by id."""
+        live = {b: ad for b, ad in _by_id(schedd.query(_member(ids), PROJECTION)).items() if b in ids}
+        left = [b for b in ids if b not in live]
+        past = _by_id(schedd.history(_exactly(left), PROJECTION, match=len(left))) if left else {}
+        return live, {**past, **live}
 
     def _remove_overdue(self, schedd, live, states):
         """Jobs held longer than batch.held_timeout: removed in one call, failed with the hold reason."""
@@ -361,7 +369,19 @@ def native_state(ad):
 
 
 def _member(ids):
+    """The jobs of the clusters of ``ids`` (every proc of each: the live query filters)."""
     return "member(ClusterId, {" + ", ".join(sorted({_JOB_ID.fullmatch(b)[1] for b in ids}, key=int)) + "})"
+
+
+def _exactly(ids):
+    """Exactly the jobs ``ids``: the history is read newest first and stops after as many matches as ids, so a
+    constraint matching other procs of their clusters could stop before it reached them."""
+    procs = {}
+    for batch_id in ids:
+        cluster, proc = _JOB_ID.fullmatch(batch_id).groups()
+        procs.setdefault(int(cluster), set()).add(int(proc))
+    return " || ".join(f"ClusterId == {cluster} && member(ProcId, {{{', '.join(map(str, sorted(found)))}}})"
+                       for cluster, found in sorted(procs.items()))
 
 
 def _by_id(ads):
