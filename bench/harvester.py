@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Harvester benchmark: the monitor cycle, the submission rate, and jobs through server + harvester + pilots.
 
-Three parts, figures side by side in one table at the end (with the load average, since the machine is shared):
+Three parts, and a fourth with --batch, figures side by side in one table at the end (with the load average, since
+the machine is shared):
 
   (a) monitor   one ``Monitor.run_once(now)`` over --workers live workers of the local batch plugin, in a
                 harvester database made here. --real of them are real detached processes submitted through the
@@ -21,6 +22,11 @@ Three parts, figures side by side in one table at the end (with the load average
                 pilot timefloor, so each pilot runs many jobs. Makespan from starting harvester to the last job
                 seen finished; ideal = jobs x payload / cores.
 
+  (d) batch     with --batch htcondor: the HTCondor plugin's submit() of --batch-workers workers (one transaction)
+                and ONE status() of them, against a real one-host pool (tests/condorhelp.py) with no execute node,
+                so every job stays idle; beside the local plugin's submit() and status() of as many /bin/true
+                workers, and a transaction per worker on a tenth of them (how the HTCondor plugin used to submit).
+
 Nothing is asserted: the goals are only reported. Only 127.0.0.1 is contacted; every process the bench starts
 (server, harvester, pilots and the sleep processes) is stopped by its pid (pilots by the process group in the
 plugin's spool record).
@@ -28,6 +34,7 @@ plugin's spool record).
     python3 bench/harvester.py                          # all three parts at the default sizes
     python3 bench/harvester.py --parts monitor --workers 20000
     python3 bench/harvester.py --parts e2e --jobs 200 --keep
+    python3 bench/harvester.py --parts submit --batch htcondor   # (d): HTCondor beside the local plugin (as root)
 """
 import argparse
 import datetime
@@ -316,6 +323,94 @@ def part_submit(args, base):
         bed.close()
 
 
+# ---- (d) a real batch system beside the local plugin -----------------------------------------------------------
+def part_batch(args, base):
+    """--batch htcondor: the plugin's submit() and ONE status() over --batch-workers workers, against a real
+    one-host pool without an execute node (every job stays idle), beside the local plugin on as many workers."""
+    import dataclasses
+
+    import htcondor2
+    from condorhelp import Pool, unavailable
+    from harvester.batch import plugin_for
+    from harvester.batch.base import OK, WorkerSpec
+    from harvester.transport import LocalTransport
+    from queueconfig import Queue
+
+    why = unavailable()
+    if why:
+        raise SystemExit(f"--batch htcondor: {why}")
+    n, home = args.batch_workers, os.path.join(base, "batch")
+    takes_queue = "queue" in {f.name for f in dataclasses.fields(WorkerSpec)}
+
+    def specs(queue, count, first=1):
+        made = []
+        for worker_id in range(first, first + count):
+            fields = dict(worker_id=worker_id, access_point=os.path.join(home, queue.name, str(worker_id)),
+                          argv=("/bin/true",), environment={"HARVESTER_WORKER_ID": str(worker_id)}, cores=1,
+                          memory_mb=1000, walltime_s=3600)
+            made.append(WorkerSpec(**fields, **({"queue": queue} if takes_queue else {})))
+        return made
+
+    def measure(queue, transport, count, spool=None):
+        plugin = plugin_for(queue, transport, spool)
+        workers = specs(queue, count)
+        for worker in workers:
+            plugin.write_script(worker)
+        t0 = time.perf_counter()
+        results = plugin.submit(workers)
+        submit_s = time.perf_counter() - t0
+        ids = [r.batch_id for r in results if r.status == OK]
+        if len(ids) != count:
+            raise RuntimeError(f"{queue.batch.system}: {count - len(ids)} submissions failed: "
+                               f"{next(r.message for r in results if r.status != OK)}")
+        time.sleep(1)  # the local pilots (/bin/true) have ended: their exit files are what the status reads
+        t0 = time.perf_counter()
+        answer = plugin.status(ids)
+        status_s = time.perf_counter() - t0
+        return plugin, ids, {"submit_s": submit_s, "rate": count / submit_s, "status_s": status_s,
+                             "states": len(answer.states)}
+
+    figures = {"n": n}
+    local = Queue.model_validate({"name": "BENCH_LOCAL", "batch": {"system": "local"}})
+    spool = os.path.join(home, ".spool")
+    os.makedirs(spool)
+    plugin, ids, figures["local"] = measure(local, LocalTransport(), n, spool)
+    print(f"(d) local plugin: submit() of {n} workers {figures['local']['submit_s']:.2f} s "
+          f"({figures['local']['rate']:,.0f} workers/s); one status() of them {figures['local']['status_s']:.3f} s "
+          f"({figures['local']['states']} answered); load {load()}")
+    pool = Pool(execute=False).start()
+    before = os.environ.get("CONDOR_CONFIG")
+    try:
+        os.environ["CONDOR_CONFIG"] = pool.client_config
+        htcondor2.reload_config()
+        condor = Queue.model_validate({"name": "BENCH_CONDOR", "batch": {"system": "htcondor"}})
+        plugin, ids, figures["htcondor"] = measure(condor, LocalTransport(), n)
+        print(f"    htcondor plugin (one transaction): submit() of {n} workers {figures['htcondor']['submit_s']:.2f} s "
+              f"({figures['htcondor']['rate']:,.0f} workers/s); one status() of {n} idle jobs "
+              f"{figures['htcondor']['status_s']:.3f} s ({figures['htcondor']['states']} answered); load {load()}")
+        # the same schedd, a transaction per worker (what the plugin did before): how much one transaction saves
+        one_by_one = max(1, n // 10)
+        plugin = plugin_for(condor, LocalTransport(), None)
+        workers = specs(condor, one_by_one, first=n + 1)
+        for worker in workers:
+            plugin.write_script(worker)
+        t0 = time.perf_counter()
+        for worker in workers:
+            assert plugin.submit([worker])[0].status == OK
+        figures["per_worker_rate"] = one_by_one / (time.perf_counter() - t0)
+        figures["per_worker_n"] = one_by_one
+        print(f"    htcondor plugin, a transaction per worker: {one_by_one} workers at "
+              f"{figures['per_worker_rate']:,.0f} workers/s; load {load()}")
+    finally:
+        if before is None:
+            os.environ.pop("CONDOR_CONFIG", None)
+        else:
+            os.environ["CONDOR_CONFIG"] = before
+        pool.stop()
+    figures["load"] = load()
+    return figures
+
+
 # ---- (c) end to end --------------------------------------------------------------------------------------------
 def part_e2e(args, base):
     from harvesterhelp import QUEUE, Testbed, queue_config
@@ -441,6 +536,11 @@ def parser():
                    help="(c) period of harvester's monitor, propagator, adjuster, submitter and fetcher, s (0.5)")
     p.add_argument("--poll", type=float, default=0.25, help="(c) how often the bench asks the server, s (0.25)")
     p.add_argument("--time-limit", type=float, default=600, help="(c) give up waiting after this many s (600)")
+    p.add_argument("--batch", choices=["htcondor"],
+                   help="(d) also measure this real batch system's plugin beside the local one: submit() and one "
+                        "status() of --batch-workers idle jobs (htcondor: a one-host pool from tests/condorhelp.py; "
+                        "needs root and the root file system .ci/htcondor-root builds)")
+    p.add_argument("--batch-workers", type=int, default=1000, help="(d) workers submitted to each plugin (1000)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
     return p
 
@@ -462,6 +562,8 @@ def main(argv=None):
             results["submit"] = part_submit(args, base)
         if "e2e" in parts:
             results["e2e"] = part_e2e(args, base)
+        if args.batch:
+            results["batch"] = part_batch(args, base)
     finally:
         if args.keep:
             print(f"kept {base}")
@@ -493,6 +595,18 @@ def report(results):
                      f"{e2e['workers']} workers (maxWorkers {e2e['slots']}); median pilot job cycle {e2e['cycle']['cycle'] * 1000:.0f} ms",
                      "≤ 1.5 " + ("met" if e2e["ratio"] <= 1.5 and e2e["complete"]
                                                              else "NOT met"), e2e["load"]))
+    bat = results.get("batch")
+    if bat:
+        loc, con = bat["local"], bat["htcondor"]
+        rows.append((f"(d) local plugin submit(), {bat['n']} workers", f"{loc['rate']:,.0f} workers/s",
+                     f"{loc['submit_s']:.2f} s", "", bat["load"]))
+        rows.append((f"(d) htcondor plugin submit(), {bat['n']} workers", f"{con['rate']:,.0f} workers/s",
+                     f"{con['submit_s']:.2f} s, one transaction; a transaction per worker: "
+                     f"{bat['per_worker_rate']:,.0f} workers/s ({bat['per_worker_n']} workers)",
+                     f"÷ local: {con['rate'] / loc['rate']:.2f}", bat["load"]))
+        rows.append((f"(d) one status(), {bat['n']} jobs: local / htcondor (idle)",
+                     f"{loc['status_s']:.3f} s / {con['status_s']:.3f} s", "htcondor: one query, no history",
+                     f"htcondor ÷ local: {con['status_s'] / loc['status_s']:.2f}", bat["load"]))
     if not rows:
         return
     header = ("measure", "figure", "detail", "goal", "load 1/5/15 min")

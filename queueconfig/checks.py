@@ -108,6 +108,10 @@ def _batch(q):
             "report) go through files in the access point while the pilot runs, and HTCondor's file transfer moves "
             "files only when the job starts and ends; use mode pull, or access points on a shared file system "
             "without file_transfer"), (("mode",),)
+    if batch.file_transfer and q.transport.type == "ssh":
+        yield ERROR, ("batch", "file_transfer"), (
+            "transport type ssh: harvester sends the job's input files to the schedd from its own host, but the "
+            "access points are on the ssh host; use transport type local with file_transfer"), (("transport", "type"),)
     unsupported = {"local": ("partition", "account", "qos"), "htcondor": ("partition", "qos"),
                    "pbs": ("qos",), "lsf": ("qos",)}.get(system, ())
     for key in unsupported:

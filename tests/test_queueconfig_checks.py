@@ -51,6 +51,8 @@ PUSH_NONET = {"mode": "push", "wnconnectivity": "none", "storage": SHARED}
     ({"batch": {"file_transfer": True}}, (ERROR, "batch.file_transfer")),
     ({"mode": "push", "batch": {"system": "htcondor", "file_transfer": True}}, (ERROR, "batch.file_transfer")),
     ({**PUSH_NONET, "batch": {"system": "htcondor", "file_transfer": True}}, (ERROR, "batch.file_transfer")),
+    ({"transport": {"type": "ssh", "host": "h"}, "batch": {"system": "htcondor", "file_transfer": True}},
+     (ERROR, "batch.file_transfer")),
     ({"batch": {"partition": "p"}}, (ERROR, "batch.partition")),
     ({"batch": {"system": "htcondor", "qos": "q"}}, (ERROR, "batch.qos")),
     ({"batch": {"extra_directives": ["--exclusive"]}}, (ERROR, "batch.extra_directives")),
