@@ -327,8 +327,6 @@ def part_submit(args, base):
 def part_batch(args, base):
     """--batch htcondor: the plugin's submit() and ONE status() over --batch-workers workers, against a real
     one-host pool without an execute node (every job stays idle), beside the local plugin on as many workers."""
-    import dataclasses
-
     import htcondor2
     from condorhelp import Pool, unavailable
     from harvester.batch import plugin_for
@@ -340,7 +338,6 @@ def part_batch(args, base):
     if why:
         raise SystemExit(f"--batch htcondor: {why}")
     n, home = args.batch_workers, os.path.join(base, "batch")
-    takes_queue = "queue" in {f.name for f in dataclasses.fields(WorkerSpec)}
 
     def specs(queue, count, first=1):
         made = []
@@ -348,7 +345,7 @@ def part_batch(args, base):
             fields = dict(worker_id=worker_id, access_point=os.path.join(home, queue.name, str(worker_id)),
                           argv=("/bin/true",), environment={"HARVESTER_WORKER_ID": str(worker_id)}, cores=1,
                           memory_mb=1000, walltime_s=3600)
-            made.append(WorkerSpec(**fields, **({"queue": queue} if takes_queue else {})))
+            made.append(WorkerSpec(**fields))
         return made
 
     def measure(queue, transport, count, spool=None):
