@@ -7,7 +7,6 @@
 import argparse
 import dataclasses
 import functools
-import datetime
 import getpass
 import hashlib
 import logging
@@ -67,8 +66,8 @@ def parser():
     status.add_argument("--json", action="store_true", help="print JSON instead of tables")
     workers = add("workers", help="list workers")
     workers.add_argument("--queue", help="only this queue")
-    workers.add_argument("--state", help="only this state (submitted, ready, running, idle, finished, failed, "
-                                         "cancelled, missed)")
+    workers.add_argument("--state", help="only this state (submitted, ready, running, idle, missing, finished, "
+                                         "failed, cancelled, missed)")
     workers.add_argument("--limit", type=int, default=100, help="at most this many, newest first (default 100)")
     workers.add_argument("--json", action="store_true", help="a JSON list of worker objects")
     explain = add("explain", help="why a queue got N workers this cycle, or why a worker is where it is")
@@ -279,10 +278,6 @@ def run(args, home):
         server.close()
         db.release_instance()
         db.close_database()
-
-
-def utc_text(value):
-    return value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime.datetime) else (value or "")
 
 
 if __name__ == "__main__":

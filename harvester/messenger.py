@@ -14,14 +14,13 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 import urllib.parse
 
 from harvester import staging
 from harvester.errors import MessengerError
 from pilot import outbox as pilot_outbox
-from pilot.fileutil import atomic_touch, atomic_write_bytes, atomic_write_json, safe_name
+from pilot.fileutil import atomic_write_bytes, atomic_write_json, safe_name
 from pilot.handoff import final_attributes_id
 from pilot.payload import TRF_PATH
 from pilot.queuedata import HANDOFF_FILES
@@ -71,10 +70,6 @@ class Messenger:
         path = os.path.join(self.access_point, QUEUEDATA_FILE)
         atomic_write_json(path, queuedata)
         return path
-
-    @property
-    def schedconfig_path(self):
-        return os.path.join(self.access_point, SCHEDCONFIG_FILE)
 
     def feed_jobs(self, jobs):
         """Write the job file ``{PandaID: job}`` and add the ids to ``worker_pandaids.json``.
@@ -155,10 +150,6 @@ class Messenger:
         """The job's input files from the queue's shared input directory into the access point; see
         :func:`harvester.staging.stage_in`."""
         return staging.stage_in(self.access_point, job, storage, copy_or_link)
-
-    def request_kill_payload(self):
-        """Ask the pilot to kill its payload (it fails the job with 1144 and reports it)."""
-        atomic_touch(self.path("kill_payload"))
 
     # ---- pilot -> harvester -------------------------------------------------------------------------------------
     def job_requested(self):
@@ -306,15 +297,6 @@ class Messenger:
         rejected = os.path.join(self.outbox_dir, "rejected")
         os.makedirs(rejected, exist_ok=True)
         os.replace(path, os.path.join(rejected, os.path.basename(path)))
-
-    def clean_up(self, force=False):
-        """Remove the access point. Refused while the outbox holds updates not yet forwarded, unless ``force``."""
-        if not os.path.isdir(self.access_point):
-            return
-        if not force and os.path.isdir(self.outbox_dir) and any(
-                pilot_outbox.ENTRY.match(n) or pilot_outbox.CLAIMED.match(n) for n in os.listdir(self.outbox_dir)):
-            raise MessengerError(f"{self.outbox_dir} still holds updates to forward; not removed")
-        shutil.rmtree(self.access_point)
 
 
 @functools.lru_cache(maxsize=64)

@@ -12,7 +12,6 @@ from pilot.fileutil import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 METADATA_LIMIT = 4000  # the server keeps 4000 characters of metaData: send a job report that fits, as JSON
-TIMING_STEPS = ("getjob", "stagein", "payload", "stageout", "initsetup", "setup")
 
 
 def utc(epoch):

@@ -6,7 +6,7 @@ without one), ``panda_resource`` (sent as siteName in getJob), ``maxwdir`` (sent
 the same PanDA keys plus the extras below (names as in ``pilot/queuedata.py``).
 """
 
-DEFAULT_FILE_URL = "/files/{scope}/{lfn}"  # the server's file store (minipanda/filestore.py)
+DEFAULT_FILE_URL = "/files/{scope}/{lfn}"  # the server's file store (minipanda/core/filestore.py)
 
 
 def state_of(status):

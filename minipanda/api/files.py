@@ -1,4 +1,4 @@
-"""``/files/<scope>/<lfn>``: the file store over HTTP (see minipanda/filestore.py).
+"""``/files/<scope>/<lfn>``: the file store over HTTP (see minipanda/core/filestore.py).
 
 PUT (pilot, production, admin) streams the body into the store, checked against ``Content-Length`` and
 ``X-Checksum: ad:<adler32>``; GET (and HEAD) need a token too: a user reads their own ``user.<name>`` scope and

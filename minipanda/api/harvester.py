@@ -1,5 +1,5 @@
 """The ``/api/v1/harvester/*`` routes: what harvester calls (role harvester or admin), and the admin routes behind
-``minipanda worker list`` and ``minipanda harvester ...``. Routes parse and authorise; minipanda/harvesters.py
+``minipanda worker list`` and ``minipanda harvester ...``. Routes parse and authorise; minipanda/workers/harvesters.py
 does the work. Refusals are HTTP 4xx with the field named in ``message``; see docs/harvester.md."""
 import bottle
 from minipanda import errors

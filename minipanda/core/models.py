@@ -1,6 +1,6 @@
-"""The server's tables (peewee models), bound at start to the database chosen by URL (see :mod:`minipanda.db`).
+"""The server's tables (peewee models), bound at start to the database chosen by URL (see :mod:`minipanda.core.db`).
 
-Column names are snake_case; :mod:`minipanda.jobspec` maps them to and from PanDA's wire names (PandaID,
+Column names are snake_case; :mod:`minipanda.core.jobspec` maps them to and from PanDA's wire names (PandaID,
 jobPars, minRamCount, ...). Job attributes that minipanda stores but never queries live in ``Job.attributes``
 (JSON) so that every PanDA JobSpec field a client sends comes back unchanged.
 """

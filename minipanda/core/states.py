@@ -133,13 +133,6 @@ def check_job_transition(current, target):
         raise InvalidTransition(f"job state change {current.value} -> {target.value} is not allowed")
 
 
-def check_task_transition(current, target):
-    """Raise :class:`InvalidTransition` unless task ``current`` -> ``target`` is in the table."""
-    current, target = TaskStatus(current), TaskStatus(target)
-    if target not in TASK_TRANSITIONS[current]:
-        raise InvalidTransition(f"task state change {current.value} -> {target.value} is not allowed")
-
-
 def _time_fields(target, now):
     fields = {models.Job.status: target.value, models.Job.state_changed_time: now, models.Job.modification_time: now}
     if target == JobStatus.SENT:

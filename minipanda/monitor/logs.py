@@ -31,12 +31,6 @@ def locate(home, log_file):
     return filestore.find_file(store(home), log_file.scope, log_file.lfn, log_file.surl)
 
 
-def tarball_path(home, log_file):
-    """The stored tarball of a job's log file row, or None."""
-    found = locate(home, log_file)
-    return found[2] if found else None
-
-
 def _member_name(name):
     """'PandaJob_1/payload.stdout' -> 'payload.stdout' (the part below the tarball's top directory)."""
     return name.split("/", 1)[1] if "/" in name else name

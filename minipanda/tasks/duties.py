@@ -11,7 +11,7 @@ retention  3600 s               archive old jobs and tasks, expire archives, cle
                                 (retention.py, storeclean.py)
 ========== ==================== ==========================================================================
 
-Periods are settings (``period.<duty>``, see :mod:`minipanda.settings`). A task submission or command wakes the
+Periods are settings (``period.<duty>``, see :mod:`minipanda.tasks.settings`). A task submission or command wakes the
 generator at once; the settle duty wakes it when retries or scout results are waiting.
 """
 import logging

@@ -2,7 +2,7 @@
 
 Per run, for each task that may have work: registered -> defined -> ready (the split is stored as task_input
 rows, chunk by chunk); ready -> scouting (the first ``nScouts`` chunks become scout jobs at boosted priority) or
--> running when there is nothing to scout; scouting -> scouted (see :mod:`minipanda.scouts`) -> running
+-> running when there is nothing to scout; scouting -> scouted (see :mod:`minipanda.tasks.scouts`) -> running
 (avalanche: the rest, sized by what the scouts measured); toretry -> running. Running tasks get jobs for their
 ready chunks (new ones, and chunks the retry module or a task retry sent back), a transaction per batch. Jobs are
 brokered as they are made; when no queue fits, the first jobs wait as ``defined`` with the reasons recorded, and

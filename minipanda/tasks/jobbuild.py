@@ -62,7 +62,7 @@ def event_values(chunk):
     return chunk.slices[0].first_event or 0, sum(s.n_events for s in ranged)
 
 
-def expand_flat(command, chunk, outputs, base_rndm_ok=True):
+def expand_flat(command, chunk, outputs):
     """The flat form's ``exec`` for one chunk; ``outputs`` is [(name, lfn)]."""
     inputs = ",".join(s.lfn for s in chunk.files)
     first, n_events = event_values(chunk)

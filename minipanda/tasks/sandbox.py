@@ -37,13 +37,6 @@ def check_name(name):
     return name
 
 
-def gzip_trailer(path):
-    """(CRC32, size mod 2**32) from a gzip file's last 8 bytes, as panda-client reads them."""
-    with open(path, "rb") as handle:
-        handle.seek(-8, os.SEEK_END)
-        return struct.unpack("<II", handle.read(8))
-
-
 def verify_archive(name, handle):
     """Check that ``handle`` (a seekable binary file) holds an intact gzipped tar whose members stay inside the
     directory it is unpacked in; RequestError naming the sandbox and what is wrong otherwise."""

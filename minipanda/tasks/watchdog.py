@@ -11,7 +11,7 @@ holding                     held ``watchdog.holding_timeout`` s (3 h)           
 
 Codes go to supErrorCode (error source ``sup`` for retry rules). Each change is conditional on the job still
 being stale in the same UPDATE, so a heartbeat arriving meanwhile wins. After the sweep, tasks whose jobs are all
-over are completed (see :mod:`minipanda.settle`).
+over are completed (see :mod:`minipanda.tasks.settle`).
 """
 import datetime
 import json
