@@ -20,6 +20,15 @@ class Problem(NamedTuple):
 _SSH_ONLY = ("host", "user", "key_file", "known_hosts", "jump_host", "jump_port", "jump_user", "port",
              "accept_unknown_host")
 _MIN_MAX = ("nQueueLimitWorker", "nQueueLimitJob")
+# a floor key -> the ratio keys it is the floor of (nQueueLimitWorkerMin also raises the core and memory floors)
+_FLOORS = {"nQueueLimitWorkerMin": ("nQueueLimitWorkerRatio", "nQueueLimitWorkerCoresRatio",
+                                    "nQueueLimitWorkerMemoryRatio"),
+           "nQueueLimitWorkerCoresMin": ("nQueueLimitWorkerCoresRatio",),
+           "nQueueLimitWorkerMemoryMin": ("nQueueLimitWorkerMemoryRatio",),
+           "nQueueLimitJobMin": ("nQueueLimitJobRatio", "nQueueLimitJobCoresRatio"),
+           "nQueueLimitJobCoresMin": ("nQueueLimitJobCoresRatio",)}
+_JOB_LIMITS = ("nQueueLimitJob", "nQueueLimitJobRatio", "nQueueLimitJobMin", "nQueueLimitJobMax",
+               "nQueueLimitJobCores", "nQueueLimitJobCoresRatio", "nQueueLimitJobCoresMin")
 
 
 def problems(queue):
@@ -69,8 +78,15 @@ def _limits(q):
         if low is not None and high is not None and low > high:
             yield ERROR, ("limits", base + "Min"), f"{low} is above limits.{base}Max ({high})", \
                 (("limits", base + "Max"),)
-    if q.mode == "pull" and "nQueueLimitJob" in lim.model_fields_set:
-        yield WARNING, ("limits", "nQueueLimitJob"), "ignored in mode pull: pilots fetch their own jobs", (("mode",),)
+    for key, ratios in _FLOORS.items():
+        if getattr(lim, key) is not None and all(getattr(lim, ratio) is None for ratio in ratios):
+            yield WARNING, ("limits", key), (f"does nothing without limits.{' or limits.'.join(ratios)}: it is the "
+                                             "floor of a limit given as a percentage of what runs"), \
+                tuple(("limits", ratio) for ratio in ratios)
+    if q.mode == "pull":
+        for key in _JOB_LIMITS:
+            if key in lim.model_fields_set:
+                yield WARNING, ("limits", key), "ignored in mode pull: pilots fetch their own jobs", (("mode",),)
     if q.mode == "push":
         for key in ("extraPilots", "extraPilotFraction"):
             if key in lim.model_fields_set and getattr(lim, key):

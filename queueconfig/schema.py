@@ -56,9 +56,9 @@ class Limits(Section):
     nQueueLimitWorkerRatio: Optional[Count] = None
     """Queued-worker limit as a percentage of running workers."""
     nQueueLimitWorkerMin: Optional[Count] = None
-    """Floor of the ratio-based queued-worker limit."""
+    """Floor of the ratio-based queued-worker limit (and 1 core, 1000 MB per worker of the core and memory ones)."""
     nQueueLimitWorkerMax: Optional[Count] = None
-    """Ceiling of the ratio-based queued-worker limit."""
+    """Ceiling of the queued-worker limit (Harvester: an alias of nQueueLimitWorker)."""
     nQueueLimitWorkerCores: Optional[Count] = None
     """Most cores held by queued workers."""
     nQueueLimitWorkerCoresRatio: Optional[Count] = None
@@ -76,7 +76,7 @@ class Limits(Section):
     nQueueLimitJobMin: Optional[Count] = None
     """Floor of the ratio-based prefetched-job limit."""
     nQueueLimitJobMax: Optional[Count] = None
-    """Ceiling of the ratio-based prefetched-job limit."""
+    """Ceiling of the prefetched-job limit (Harvester: an alias of nQueueLimitJob)."""
     nQueueLimitJobCores: Optional[Count] = None
     """Most cores requested by prefetched jobs."""
     nQueueLimitJobCoresRatio: Optional[Count] = None

@@ -1,9 +1,11 @@
 """The adjuster: how many new workers each queue gets this cycle, and why.
 
-Per queue (Harvester's rules, DIRAC's cap in pull mode)::
+Per queue (Harvester's rules, DIRAC's cap in pull mode; the queued-worker, -core and -memory limits are fixed or a
+percentage of what runs, see :mod:`harvester.limits`)::
 
-    new = min(nQueueLimitWorker - queued,            # room for more queued workers
+    new = min(queued-worker limit - queued,          # room for more queued workers
               maxWorkers - (queued + running),       # room under the total
+              (queued-core limit - queued cores) / cores of a worker, the same for memory (when set),
               maxNewWorkersPerCycle,
               pull: (1 + extraPilotFraction) x activated + extraPilots - waiting pilots
                     (waiting pilots: those of queued workers, and running ones that have not taken a job yet),
@@ -13,6 +15,7 @@ Per queue (Harvester's rules, DIRAC's cap in pull mode)::
 
 Every limit, its value and the winner are recorded on the queue, so ``harvester explain QUEUE`` prints them.
 """
+import dataclasses
 import datetime
 import json
 import logging
@@ -20,35 +23,53 @@ import math
 
 import peewee
 
-from harvester import db, models, pilots
+from harvester import db, limits as queue_limits, models, pilots
 from harvester.agents.base import Agent
 from harvester.errors import ServerError
-from harvester.states import ACTIVE, QUEUED
+from harvester.states import LIVE_VALUES, QUEUED
 
 log = logging.getLogger(__name__)
+QUEUED_VALUES = {status.value for status in QUEUED}
+
+
+@dataclasses.dataclass
+class Counts:
+    """A queue's live workers: queued (submitted, ready) and running (running, idle, and missing: a worker the
+    batch system lost for a moment may well run), their cores and memory (MB); running pilots with no job yet, and
+    the pilots of the queued workers."""
+
+    queued: int = 0
+    running: int = 0
+    queued_cores: int = 0
+    queued_memory: int = 0
+    running_cores: int = 0
+    running_memory: int = 0
+    jobless: int = 0
+    queued_pilots: int = 0
 
 
 def counts(queue_name):
-    """(queued, running, queued cores, queued memory MB, running pilots with no job yet, pilots of the queued
-    workers) of a queue's live workers. Of a running worker of several pilots, those the monitor last saw with
-    neither a job nor ended (their files); before it looked, N pilots minus the jobs the worker has seen."""
-    queued = running = cores = memory = jobless = queued_pilots = 0
+    """The :class:`Counts` of a queue. Of a running worker of several pilots, the jobless ones are those the
+    monitor last saw with neither a job nor ended (their files); before it looked, N pilots minus the jobs the
+    worker has seen."""
+    found = Counts()
     jobs_seen = (models.JobWorker.select(peewee.fn.COUNT(models.JobWorker.panda_id))
                  .where(models.JobWorker.worker_id == models.Worker.worker_id))
     rows = (models.Worker.select(models.Worker.status, models.Worker.cores, models.Worker.memory_mb,
                                  models.Worker.n_pilots, models.Worker.waiting_pilots, jobs_seen)
-            .where(models.Worker.queue == queue_name, models.Worker.status.in_([s.value for s in QUEUED | ACTIVE]))
-            .tuples())
+            .where(models.Worker.queue == queue_name, models.Worker.status.in_(LIVE_VALUES)).tuples())
     for status, n_cores, mem, n_pilots, waiting, seen in rows:
-        if status in {s.value for s in QUEUED}:
-            queued += 1
-            cores += n_cores
-            memory += mem
-            queued_pilots += n_pilots
+        if status in QUEUED_VALUES:
+            found.queued += 1
+            found.queued_cores += n_cores
+            found.queued_memory += mem
+            found.queued_pilots += n_pilots
         else:
-            running += 1
-            jobless += waiting if n_pilots > 1 and waiting is not None else max(0, n_pilots - seen)
-    return queued, running, cores, memory, jobless, queued_pilots
+            found.running += 1
+            found.running_cores += n_cores
+            found.running_memory += mem
+            found.jobless += waiting if n_pilots > 1 and waiting is not None else max(0, n_pilots - seen)
+    return found
 
 
 def made_since(queue_name, now, seconds=60):
@@ -66,16 +87,17 @@ def unbound_jobs(queue_name):
 
 
 def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=None, unbound=0, override=None,
-           blocked=None, jobless=0, recent=0, queued_pilots=None):
+           blocked=None, jobless=0, recent=0, queued_pilots=None, running_cores=0, running_memory=0):
     """The number of new workers and the record of why: a pure function of the situation (tested on tables).
 
     Args:
         queue: a queueconfig Queue.
-        queued, running: its workers now (queued = submitted + ready; running = running + idle).
+        queued, running: its workers now (queued = submitted + ready; running = running + idle + missing).
         activated: pull mode: jobs waiting for this queue on the server (None: unknown, then no pilots).
         jobless: pull mode: running pilots that have not taken a job yet (they will take waiting jobs too).
         recent: workers made in the last 60 s (for maxNewWorkersPerMinute).
         queued_pilots: pilots of the queued workers (default: queued x pilot.per_worker).
+        running_cores, running_memory: of the running workers (the ...Ratio limits are percentages of them).
         unbound: push mode: jobs fetched and not yet given to a worker.
         override: SET_N_WORKERS from the server: replaces maxWorkers.
         blocked: a reason that forces 0 (offline, paused, backing off, server unreachable), or None.
@@ -88,13 +110,8 @@ def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=No
     limits = []
     if blocked:
         limits.append((blocked, 0))
-    queue_limit = lim.nQueueLimitWorker
-    if lim.nQueueLimitWorkerRatio is not None:
-        queue_limit = running * lim.nQueueLimitWorkerRatio // 100
-        queue_limit = max(queue_limit, lim.nQueueLimitWorkerMin or 0)
-        if lim.nQueueLimitWorkerMax is not None:
-            queue_limit = min(queue_limit, lim.nQueueLimitWorkerMax)
-    limits.append(("nQueueLimitWorker - queued", queue_limit - queued))
+    queue_limit = queue_limits.queued_workers(lim, running)
+    limits.append((f"{queue_limit.words} - queued", queue_limit.value - queued))
     limits.append(("maxWorkers - (queued + running)" + (" [SET_N_WORKERS]" if override is not None else ""),
                    max_workers - (queued + running)))
     limits.append(("maxNewWorkersPerCycle", lim.maxNewWorkersPerCycle))
@@ -104,12 +121,14 @@ def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=No
     n_pilots = pilots.per_worker(queue)
     per_worker = "" if n_pilots == 1 else " x pilot.per_worker"
     per_core, per_mem = max(1, queue.resources.corecount) * n_pilots, max(1, queue.resources.maxrss) * n_pilots
-    if lim.nQueueLimitWorkerCores is not None:
-        limits.append((f"(nQueueLimitWorkerCores - queued cores) / (corecount{per_worker})",
-                       (lim.nQueueLimitWorkerCores - queued_cores) // per_core))
-    if lim.nQueueLimitWorkerMemory is not None:
-        limits.append((f"(nQueueLimitWorkerMemory - queued memory) / (maxrss{per_worker})",
-                       (lim.nQueueLimitWorkerMemory - queued_memory) // per_mem))
+    core_limit = queue_limits.queued_cores(lim, running_cores)
+    if core_limit.value is not None:
+        limits.append((f"({core_limit.words} - queued cores) / (corecount{per_worker})",
+                       (core_limit.value - queued_cores) // per_core))
+    memory_limit = queue_limits.queued_memory(lim, running_memory)
+    if memory_limit.value is not None:
+        limits.append((f"({memory_limit.words} - queued memory) / (maxrss{per_worker})",
+                       (memory_limit.value - queued_memory) // per_mem))
     if queue.mapType == "NoJob":
         if activated is None:
             limits.append(("activated jobs unknown (server unreachable)", 0))
@@ -127,7 +146,8 @@ def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=No
     winner, value = min(limits, key=lambda item: item[1])
     return {"n": max(0, value), "winner": winner, "limits": limits,
             "inputs": {"queued": queued, "running": running, "queued_cores": queued_cores,
-                       "queued_memory": queued_memory, "jobless_pilots": jobless, "made_last_minute": recent,
+                       "queued_memory": queued_memory, "running_cores": running_cores,
+                       "running_memory": running_memory, "jobless_pilots": jobless, "made_last_minute": recent,
                        "activated": activated, "unbound_jobs": unbound, "pilots_per_worker": n_pilots,
                        "maxWorkers": max_workers, "mapType": queue.mapType, "status": queue.status}}
 
@@ -156,7 +176,7 @@ class Adjuster(Agent):
                 models.QueueState.update(to_submit=0, decision=json.dumps(decision), decision_time=now) \
                     .where(models.QueueState.queue == name).execute()
                 continue
-            queued, running, q_cores, q_mem, jobless, q_pilots = counts(name)
+            now_live = counts(name)
             blocked = None
             if queue.status == "offline":
                 blocked = "queue offline"
@@ -167,14 +187,16 @@ class Adjuster(Agent):
                 activated = int((demand.get(name) or {}).get("activated", 0))
             elif queue.mapType == "NoJob" and demand_error:
                 blocked = blocked or "server unreachable: demand unknown"
-            decision = decide(queue, queued, running, q_cores, q_mem, activated, unbound_jobs(name),
-                              state.n_workers_override, blocked, jobless, made_since(name, now), q_pilots)
+            decision = decide(queue, now_live.queued, now_live.running, now_live.queued_cores,
+                              now_live.queued_memory, activated, unbound_jobs(name), state.n_workers_override, blocked,
+                              now_live.jobless, made_since(name, now), now_live.queued_pilots, now_live.running_cores,
+                              now_live.running_memory)
             models.QueueState.update(to_submit=decision["n"], decision=json.dumps(decision),
                                      decision_time=now).where(models.QueueState.queue == name).execute()
             if decision["n"]:
                 decided += decision["n"]
                 log.info("queue %s: %d new workers (limit %s; queued %d, running %d)", name, decision["n"],
-                         decision["winner"], queued, running)
+                         decision["winner"], now_live.queued, now_live.running)
         if decided:
             self.ctx.wake("submitter")
         return decided

@@ -1,4 +1,9 @@
-"""The job fetcher (push mode: OneToOne, ManyToOne): keep up to nQueueLimitJob jobs held for each queue.
+"""The job fetcher (push mode: OneToOne, ManyToOne): keep up to nQueueLimitJob jobs held for each queue, ahead of
+the workers that will run them (fetched, not yet in an access point).
+
+The limit may be a percentage of the jobs running (nQueueLimitJobRatio, floor nQueueLimitJobMin, ceiling
+nQueueLimitJobMax), and the cores of the held jobs may be capped too (nQueueLimitJobCores, or a percentage of the
+cores of the running jobs): see :mod:`harvester.limits`. Running jobs are the held jobs whose worker runs.
 
 Jobs are acquired in bulk with this harvester's id, stored as held jobs, and bound to workers by the submitter.
 A queue that is offline, paused or backing off fetches nothing.
@@ -12,9 +17,12 @@ more.
 import json
 import logging
 
-from harvester import models, pilots
+import peewee
+
+from harvester import db, limits, models, pilots
 from harvester.agents.base import Agent
 from harvester.errors import ServerError
+from harvester.states import ACTIVE, HeldJobStatus
 
 log = logging.getLogger(__name__)
 SENT_PAGE = 1000  # the server's page of get_sent_jobs: a shorter page is the last
@@ -40,11 +48,9 @@ class Fetcher(Agent):
         if queue.name not in self.adopted_queues:
             self.adopt(queue, now)
             self.adopted_queues.add(queue.name)
-        limit = queue.limits.nQueueLimitJob or 0
-        waiting = (models.HeldJob.select()
-                   .where(models.HeldJob.queue == queue.name, models.HeldJob.status == "fetched").count())
-        wanted = limit - waiting
+        wanted, why = wanted_jobs(queue)
         if wanted <= 0:
+            log.debug("queue %s: no jobs fetched: %s", queue.name, why)
             return
         try:
             jobs = self.ctx.server.acquire_jobs(queue.name, wanted, pilots.job_label(queue),
@@ -91,10 +97,37 @@ class Fetcher(Agent):
         self.fetched += len(unknown)
 
 
+def wanted_jobs(queue):
+    """How many jobs to fetch for ``queue`` now, and why in words: room under the held-job limit and, when set,
+    under the held-job cores limit (a job counted with the queue's corecount)."""
+    lim = queue.limits
+    held_now = _sums(queue.name, models.HeldJob.status == HeldJobStatus.FETCHED.value)
+    running = _sums(queue.name, models.HeldJob.status != HeldJobStatus.DONE.value,
+                    models.Worker.status.in_([status.value for status in ACTIVE]))
+    job_limit = limits.held_jobs(lim, running[0])
+    wanted, why = (job_limit.value or 0) - held_now[0], f"{job_limit.words} - {held_now[0]} held"
+    core_limit = limits.held_job_cores(lim, running[1])
+    if core_limit.value is not None:
+        by_cores = (core_limit.value - held_now[1]) // max(1, queue.resources.corecount)
+        if by_cores < wanted:
+            wanted, why = by_cores, f"({core_limit.words} - {held_now[1]} held cores) / corecount"
+    return wanted, why
+
+
+def _sums(queue_name, *condition):
+    """(jobs, cores) of the queue's held jobs matching ``condition`` (which may name their worker)."""
+    query = (models.HeldJob.select(peewee.fn.COUNT(models.HeldJob.panda_id), peewee.fn.SUM(models.HeldJob.cores))
+             .join(models.Worker, peewee.JOIN.LEFT_OUTER, on=(models.Worker.worker_id == models.HeldJob.worker_id))
+             .where(models.HeldJob.queue == queue_name, *condition))
+    jobs, cores = query.tuples().get()
+    return jobs, cores or 0
+
+
 def hold(queue, jobs, now):
-    """Record fetched jobs as held by this harvester, in one transaction (a job already held is kept as it is)."""
+    """Record fetched jobs as held by this harvester (status fetched, the table's default), in one transaction (a
+    job already held is kept as it is)."""
     with models.database.atomic():
         for job in jobs:
             models.HeldJob.insert(panda_id=int(job["PandaID"]), queue=queue.name,
                                   attempt_nr=int(job.get("attemptNr") or 0), definition=json.dumps(job),
-                                  status="fetched", fetched_time=now).on_conflict_ignore().execute()
+                                  cores=db.job_cores(job), fetched_time=now).on_conflict_ignore().execute()
