@@ -5,9 +5,9 @@ import json
 import peewee
 
 from harvester import models
-from harvester.agents.commands import kill_workers
 from harvester.errors import HarvesterError
-from harvester.states import FINAL, WorkerStatus
+from harvester.states import FINAL, HeldJobStatus, WorkerError, WorkerStatus
+from harvester.steps import kill_workers
 
 
 def text(value):
@@ -26,10 +26,18 @@ def table(rows, headers):
 def worker_object(w):
     return {"workerID": w.worker_id, "batchID": w.batch_id, "queue": w.queue, "status": w.status,
             "diag": w.diag, "mapType": w.map_type, "accessPoint": w.access_point, "cores": w.cores,
-            "memory": w.memory_mb, "pilots": w.n_pilots, "walltime": w.walltime_s, "submissionAttempts": w.submission_attempts,
-            "submitTime": text(w.submit_time) or None, "startTime": text(w.start_time) or None,
-            "endTime": text(w.end_time) or None, "lastSeen": text(w.last_seen) or None,
-            "killReason": w.kill_reason, "reported": w.reported}
+            "memory": w.memory_mb, "pilots": w.n_pilots, "walltime": w.walltime_s,
+            "submissionAttempts": w.submission_attempts, "submitTime": text(w.submit_time) or None,
+            "startTime": text(w.start_time) or None, "endTime": text(w.end_time) or None,
+            "lastSeen": text(w.last_seen) or None, "killReason": w.kill_reason, "reported": w.reported,
+            "errorCode": w.error_code, "error": error_name(w.error_code)}
+
+
+def error_name(code):
+    try:
+        return WorkerError(code).name if code else None
+    except ValueError:
+        return str(code)
 
 
 def status(args):
@@ -39,7 +47,7 @@ def status(args):
                                 .group_by(models.Worker.queue, models.Worker.status).tuples()):
         queues.setdefault(queue, {})[state] = count
     held = dict(models.HeldJob.select(models.HeldJob.queue, peewee.fn.COUNT(models.HeldJob.panda_id))
-                .where(models.HeldJob.status != "done").group_by(models.HeldJob.queue).tuples())
+                .where(models.HeldJob.status != HeldJobStatus.DONE.value).group_by(models.HeldJob.queue).tuples())
     states = {row.queue: row for row in models.QueueState.select()}
     data = {"queues": {}, "agents": {}, "outbox": {
         "pending": models.Outbox.select().where(models.Outbox.rejected == False).count(),  # noqa: E712
@@ -146,6 +154,8 @@ def explain_worker(args):
           f"{worker.submission_attempts} submission attempts, jobs {jobs or '-'}")
     if worker.diag:
         print(f"  diag: {worker.diag}")
+    if worker.error_code:
+        print(f"  error: {error_name(worker.error_code)} ({worker.error_code})")
     if worker.kill_reason:
         print(f"  kill requested: {worker.kill_reason}")
     print("  history:")

@@ -26,6 +26,7 @@ class Settings:
     lease_s: float = 300.0  # row leases; longer than any agent cycle
     backoff_base_s: float = 10.0  # first wait after a queue's failure; doubles per failure
     backoff_max_s: float = 600.0
+    missing_grace_s: float = 600.0  # a batch job the batch system does not list is looked up this long, then failed
     pilot_python: str = ""  # interpreter of the pilot zipapp; default this harvester's own
     server_timeout: float = 30.0
 

@@ -9,6 +9,7 @@ says who won, the way Harvester pairs a time column with an owner column, so two
 takeover) never work on one row at once.
 """
 import datetime
+import json
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ from harvester.states import utcnow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 2: worker.n_pilots; 3: worker.waiting_pilots
+SCHEMA_VERSION = 4  # 2: worker.n_pilots; 3: worker.waiting_pilots; 4: worker.error_code, held_job.cores
 INSTANCE_LEASE_S = 120
 PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1, "busy_timeout": 30000}
 
@@ -84,6 +85,14 @@ def _upgrade(database, version, path):
         database.execute_sql("ALTER TABLE worker ADD COLUMN n_pilots INTEGER NOT NULL DEFAULT 1")
     if version < 3 and "waiting_pilots" not in columns:
         database.execute_sql("ALTER TABLE worker ADD COLUMN waiting_pilots INTEGER")
+    if version < 4:
+        if "error_code" not in columns:
+            database.execute_sql("ALTER TABLE worker ADD COLUMN error_code INTEGER NOT NULL DEFAULT 0")
+        if "cores" not in {column.name for column in database.get_columns("held_job")}:
+            database.execute_sql("ALTER TABLE held_job ADD COLUMN cores INTEGER NOT NULL DEFAULT 1")
+            for panda_id, definition in database.execute_sql("SELECT panda_id, definition FROM held_job"):
+                database.execute_sql("UPDATE held_job SET cores = ? WHERE panda_id = ?",
+                                     (job_cores(definition), panda_id))
     log.info("%s: upgraded the schema from version %d to %d", path, version, SCHEMA_VERSION)
 
 
@@ -117,6 +126,15 @@ def backup(path, target):
         os.fsync(handle.fileno())
     os.replace(partial, target)
     return os.path.getsize(target)
+
+
+def job_cores(job):
+    """The cores a job asks for (its ``coreCount``; 1 when it names none), from its dict or its JSON."""
+    try:
+        job = json.loads(job) if isinstance(job, str) else job
+        return max(1, int(job.get("coreCount") or 1))
+    except (ValueError, TypeError, AttributeError):
+        return 1
 
 
 def close_database():

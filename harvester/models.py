@@ -19,12 +19,10 @@ class Worker(BaseModel):
 
     worker_id = peewee.AutoField()
     queue = peewee.CharField(max_length=128, index=True)
-    status = peewee.CharField(max_length=16, default="submitted")
+    status = peewee.CharField(max_length=16, default="submitted")  # harvester.states: WorkerStatus
     map_type = peewee.CharField(max_length=16, default="NoJob")
     batch_id = peewee.CharField(max_length=128, null=True)
-    # pending: not handed to the batch system yet (or to retry); submitting: the plugin was called and its answer
-    # not recorded yet (a crash here is resolved by asking the plugin, never by submitting again); done.
-    submit_phase = peewee.CharField(max_length=16, default="pending")
+    submit_phase = peewee.CharField(max_length=16, default="pending")  # harvester.states: SubmitPhase
     submission_attempts = peewee.IntegerField(default=0)
     next_attempt = peewee.DateTimeField(null=True)
     access_point = peewee.CharField(max_length=1024, default="")
@@ -41,6 +39,7 @@ class Worker(BaseModel):
     last_seen = peewee.DateTimeField(null=True)  # the pilot's last sign of life (heartbeat file, report)
     node = peewee.CharField(max_length=256, null=True)
     diag = peewee.TextField(default="")
+    error_code = peewee.IntegerField(default=0)  # why it failed: harvester.states.WorkerError
     last_plugin_output = peewee.TextField(default="")  # what the batch system said last, for `harvester explain`
     kill_reason = peewee.TextField(null=True)  # set when someone asked for the worker to be killed
     pilot_token_jti = peewee.CharField(max_length=64, null=True)
@@ -73,7 +72,8 @@ class HeldJob(BaseModel):
     queue = peewee.CharField(max_length=128, index=True)
     attempt_nr = peewee.IntegerField(default=0)
     definition = peewee.TextField()  # the getJob dict, JSON
-    status = peewee.CharField(max_length=16, default="fetched")  # fetched, fed, running, done
+    status = peewee.CharField(max_length=16, default="fetched")  # harvester.states: HeldJobStatus
+    cores = peewee.IntegerField(default=1)  # the job's coreCount (nQueueLimitJobCores counts them)
     worker_id = peewee.IntegerField(null=True, index=True)
     fetched_time = peewee.DateTimeField()
     last_report = peewee.TextField(default="")  # the last pilot attributes forwarded, JSON

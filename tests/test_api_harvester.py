@@ -87,6 +87,16 @@ def test_update_workers_upserts_and_refuses_bad_entries(harvester):
     assert "workers[7].pandaid_list[0]: expected an integer" in log
 
 
+def test_a_missing_worker_is_a_live_state_of_its_own(harvester):
+    """harvester reports a batch job its scheduler lost for a moment as 'missing': kept, not final."""
+    server, token = harvester
+    assert ok(server, "harvester/update_workers", {"harvester_id": "h1", "workers": [
+        worker(1, status="missing")]}, token) == [True]
+    assert ok(server, "harvester/update_workers", {"harvester_id": "h1", "workers": [worker(1)]}, token) == [True]
+    (row,) = ok(server, "harvester/list_workers", {"harvester_id": "h1"})
+    assert row["status"] == "running"
+
+
 def test_failed_worker_fails_its_running_plain_job(harvester):
     server, token = harvester
     pids = [row[0] for row in ok(server, "job/submit", {"jobs": [make_job(), make_job(), make_job()]})]

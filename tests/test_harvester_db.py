@@ -9,6 +9,8 @@ import pytest
 from harvester import db, models
 from harvester.errors import AlreadyRunning
 
+NOW = db.utcnow()
+
 
 @pytest.fixture
 def database(tmp_path):
@@ -71,23 +73,30 @@ def test_expired_lease_is_taken_released_lease_is_free(database):
     assert len(db.claim_workers("c", models.Worker.queue == "Q", 60)) == 1
 
 
-@pytest.mark.parametrize("version, dropped", [(1, ("n_pilots", "waiting_pilots")), (2, ("waiting_pilots",))])
+@pytest.mark.parametrize("version, dropped", [(1, ("n_pilots", "waiting_pilots", "error_code")),
+                                              (2, ("waiting_pilots", "error_code")), (3, ("error_code",))])
 def test_an_older_database_is_upgraded_and_keeps_its_workers(tmp_path, version, dropped):
-    """A home written by an older harvester opens with its workers intact, each running one pilot."""
+    """A home written by an older harvester opens with its workers intact, each running one pilot, and its held
+    jobs with the cores their definitions ask for."""
     import sqlite3
 
     path = str(tmp_path / "old.db")
     db.open_database(path)
     models.Worker.create(queue="OLD", status="running", batch_id="17")
+    models.HeldJob.create(panda_id=5, queue="OLD", definition='{"PandaID": 5, "coreCount": 8}', fetched_time=NOW)
+    models.HeldJob.create(panda_id=6, queue="OLD", definition='{"PandaID": 6}', fetched_time=NOW)
     db.close_database()
     with sqlite3.connect(path) as old:  # what an older harvester left: without the newer columns
         for column in dropped:
             old.execute(f"ALTER TABLE worker DROP COLUMN {column}")
+        old.execute("ALTER TABLE held_job DROP COLUMN cores")
         old.execute("UPDATE setting SET value = ? WHERE key = 'schema_version'", (str(version),))
     db.open_database(path)
     try:
         worker = models.Worker.get()
-        assert (worker.queue, worker.batch_id, worker.n_pilots, worker.waiting_pilots) == ("OLD", "17", 1, None)
+        assert (worker.queue, worker.batch_id, worker.n_pilots, worker.waiting_pilots, worker.error_code) == (
+            "OLD", "17", 1, None, 0)
+        assert {job.panda_id: job.cores for job in models.HeldJob.select()} == {5: 8, 6: 1}
         assert models.Setting.get(models.Setting.key == "schema_version").value == str(db.SCHEMA_VERSION)
         models.Worker.create(queue="NEW", n_pilots=4)
         assert models.Worker.get(models.Worker.queue == "NEW").n_pilots == 4

@@ -140,6 +140,22 @@ def test_cleaning_a_worker_up_makes_the_plugin_forget_its_batch_job(setup):
     assert set(plugin.status(list(rows.values())).states) == {rows["failed"]}
     assert rows["finished"] not in plugin.records.known
 
+def test_the_sweeper_cleans_only_reported_workers(setup):
+    """An ended worker the server has not heard of yet keeps its access point (its pilot's files may still hold a
+    report to forward) until the propagator reported it."""
+    ctx, queue, _, _ = setup
+    paths = {}
+    for reported in (True, False):
+        worker = models.Worker.create(queue="Q", status="finished", submit_phase="done", reported=reported,
+                                      end_time=NOW - datetime.timedelta(seconds=300))
+        paths[reported] = ctx.access_point(queue, worker.worker_id)
+        os.makedirs(paths[reported])
+        models.Worker.update(access_point=paths[reported]).where(
+            models.Worker.worker_id == worker.worker_id).execute()
+    Sweeper(ctx).run_once(NOW)
+    assert not os.path.exists(paths[True]) and os.path.exists(paths[False])
+    assert [w.reported for w in models.Worker.select().where(models.Worker.cleaned == True)] == [True]  # noqa: E712
+
 
 def test_pilot_tokens_of_ended_workers_revoked_once(setup):
     ctx, _, server, _ = setup

@@ -12,11 +12,9 @@ import os
 
 from harvester import db, models
 from harvester.agents.base import Agent
-from harvester.agents.propagator import iso
-from harvester.states import ACTIVE, QUEUED
+from harvester.steps import iso, kill_workers
 
 log = logging.getLogger(__name__)
-LIVE = [s.value for s in QUEUED | ACTIVE]
 
 
 class Commands(Agent):
@@ -103,19 +101,3 @@ def home_disk(home):
         return None
     return {"size_bytes": stat.f_blocks * stat.f_frsize, "avail_bytes": stat.f_bavail * stat.f_frsize}
 
-
-def kill_workers(queue, worker_ids, reason, context=None):
-    """Mark live workers (of a queue and/or by id) for the sweeper; returns what was done, in words."""
-    query = models.Worker.update(kill_reason=reason).where(models.Worker.status.in_(LIVE),
-                                                           models.Worker.kill_reason.is_null())
-    if queue:
-        query = query.where(models.Worker.queue == queue)
-    if worker_ids:
-        query = query.where(models.Worker.worker_id.in_([int(i) for i in worker_ids]))
-    if not queue and not worker_ids:
-        return "refused: neither queue nor worker_ids given"
-    marked = query.execute()
-    if context is not None and marked:
-        context.wake("sweeper")
-    log.info("%d workers marked to be killed (%s)", marked, reason)
-    return f"{marked} workers marked to be killed"

@@ -13,19 +13,19 @@ import re
 
 from harvester import db, models, pilots
 from harvester.agents.base import Agent
-from harvester.agents.submitter import hand_over
 from harvester.batch.base import OK
 from harvester.batch.launch import PILOT_EXIT
 from harvester.errors import MessengerError
 from harvester.messenger import Messenger
-from harvester.states import ACTIVE, FINAL, QUEUED, WorkerStatus, change_worker_status
+from harvester.states import (FINAL, LIVE_VALUES, QUEUED, HeldJobStatus, SubmitPhase, WorkerError, WorkerStatus,
+                              change_held_jobs, change_worker_status)
+from harvester.steps import end_jobs, hand_over
 
 log = logging.getLogger(__name__)
-LIVE = [s.value for s in QUEUED | ACTIVE]
 # what follow() and change_worker_status read
 MONITOR_COLUMNS = tuple(getattr(models.Worker, name) for name in (
-    "worker_id", "queue", "status", "batch_id", "access_point", "n_pilots", "waiting_pilots", "start_time",
-    "last_seen", "last_plugin_output", "kill_reason", "diag"))
+    "worker_id", "queue", "status", "status_changed", "batch_id", "access_point", "n_pilots", "waiting_pilots",
+    "start_time", "last_seen", "last_plugin_output", "kill_reason", "diag"))
 FAILED_IN_A_ROW = 3  # this many failed workers back the queue off (it doubles with each further failure)
 PILOT_NO_JOB = 82  # pilot3's and our pilot's exit code when the server had no job for it
 
@@ -44,8 +44,8 @@ class Monitor(Agent):
         return self.checked
 
     def check_queue(self, queue, now):
-        condition = ((models.Worker.queue == queue.name) & models.Worker.status.in_(LIVE)
-                     & (models.Worker.submit_phase == "done"))
+        condition = ((models.Worker.queue == queue.name) & models.Worker.status.in_(LIVE_VALUES)
+                     & (models.Worker.submit_phase == SubmitPhase.DONE.value))
         workers = db.claim_workers(self.owner, condition, self.ctx.settings.lease_s, now, columns=MONITOR_COLUMNS)
         if not workers:
             return
@@ -78,7 +78,7 @@ class Monitor(Agent):
             messenger = Messenger(directory, names)
             try:
                 self.read_files(queue, worker, messenger, now)
-                ended = os.path.exists(messenger.path("kill")) or os.path.exists(os.path.join(directory, PILOT_EXIT))
+                ended = messenger.kill_worker_requested() or os.path.exists(os.path.join(directory, PILOT_EXIT))
                 waiting += not ended and not messenger.panda_ids()
             except MessengerError as exc:
                 log.error("queue %s worker %s: %s", queue.name, worker.worker_id, exc)
@@ -90,23 +90,49 @@ class Monitor(Agent):
             return
         native = result.states.get(worker.batch_id)
         if native is None:
-            change_worker_status(worker, WorkerStatus.FAILED,
-                                 f"the batch system no longer knows batch job {worker.batch_id}",
-                                 now, diag=f"batch job {worker.batch_id} vanished")
+            self.lost(queue, worker, now)
             return
         if native.diag and native.diag != worker.last_plugin_output:
             models.Worker.update(last_plugin_output=native.diag[:4000]).where(
                 models.Worker.worker_id == worker.worker_id).execute()
         target = WorkerStatus(native.state)
-        if target == worker.status or target in QUEUED and worker.status != WorkerStatus.SUBMITTED.value:
+        if target == worker.status:
             return
+        if target in QUEUED and worker.status not in (WorkerStatus.SUBMITTED.value, WorkerStatus.MISSING.value):
+            return  # the pilot asked for a job (ready), or a running worker's job was requeued: kept as it is
         reason = f"batch system: {native.diag}" if native.diag else f"batch system says {target}"
+        if worker.status == WorkerStatus.MISSING.value:
+            reason = f"batch job {worker.batch_id} found again; {reason}"
+        error = None
         if target == WorkerStatus.FAILED and native.exit_code == PILOT_NO_JOB:  # a pilot that found no job did no harm
             target, reason = WorkerStatus.FINISHED, f"{reason} (the pilot found no job)"
+        elif target == WorkerStatus.FAILED:
+            error = WorkerError.WALLTIME if native.walltime_exceeded else WorkerError.BATCH_JOB_FAILED
         if target in FINAL and worker.kill_reason and target != WorkerStatus.FINISHED:
-            target, reason = WorkerStatus.CANCELLED, f"killed: {worker.kill_reason} ({reason})"
-        if change_worker_status(worker, target, reason, now, diag=native.diag if target in FINAL else None):
-            self.note_end(queue, target, native.diag, now)
+            target, reason, error = WorkerStatus.CANCELLED, f"killed: {worker.kill_reason} ({reason})", None
+        self.end_or_change(queue, worker, target, reason, now, native.diag if target in FINAL else None, error)
+
+    def lost(self, queue, worker, now):
+        """A batch job the batch system does not list (any more) is ``missing``: looked up again every cycle for
+        the grace period (a restarted scheduler, accounting that lags behind), and only then failed."""
+        grace = self.ctx.settings.missing_grace_s
+        if worker.status != WorkerStatus.MISSING.value:
+            change_worker_status(worker, WorkerStatus.MISSING, f"the batch system does not know batch job "
+                                 f"{worker.batch_id}: looked up again for {grace:.0f} s before it is given up", now)
+            return
+        if (now - (worker.status_changed or now)).total_seconds() >= grace:
+            self.end_or_change(queue, worker, WorkerStatus.FAILED, f"the batch system has not known batch job "
+                               f"{worker.batch_id} for {grace:.0f} s", now,
+                               f"batch job {worker.batch_id} vanished", WorkerError.VANISHED)
+
+    def end_or_change(self, queue, worker, target, reason, now, diag, error):
+        """One status change; a worker that ended no longer holds its jobs (in the same transaction)."""
+        with models.database.atomic():
+            changed = change_worker_status(worker, target, reason, now, diag=diag, error_code=error)
+            if changed and target in FINAL:
+                end_jobs(worker.worker_id)
+        if changed:
+            self.note_end(queue, target, diag, now)
 
     def note_end(self, queue, target, diag, now):
         """Pilots that keep failing (a broken pilot, an unreachable server) back their queue off instead of being
@@ -152,7 +178,7 @@ class Monitor(Agent):
             models.HeldJob.update(worker_id=worker.worker_id).where(
                 models.HeldJob.panda_id.in_(free), models.HeldJob.worker_id.is_null()).execute()
             held = list(models.HeldJob.select().where(models.HeldJob.worker_id == worker.worker_id,
-                                                      models.HeldJob.status == "fetched"))
+                                                      models.HeldJob.status == HeldJobStatus.FETCHED.value))
             for job in held:
                 models.JobWorker.insert(panda_id=job.panda_id, worker_id=worker.worker_id, time=now) \
                     .on_conflict_ignore().execute()
@@ -174,28 +200,29 @@ class Monitor(Agent):
         for report in messenger.final_reports(queue.storage):  # outputs staged out on the way
             panda_id = int(report["jobId"])
             held = models.HeldJob.get_or_none(models.HeldJob.panda_id == panda_id)
-            if held is None or held.status == "done":
+            if held is None or held.status == HeldJobStatus.DONE.value:
                 continue
             with models.database.atomic():
-                enqueue(report, "job_final", worker.worker_id, now)
-                models.HeldJob.update(status="done", last_report=json.dumps(report)[:100000]) \
-                    .where(models.HeldJob.panda_id == panda_id).execute()
+                if change_held_jobs(models.HeldJob.panda_id == panda_id, HeldJobStatus.DONE,
+                                    {"last_report": json.dumps(report)[:100000]}):
+                    enqueue(report, "job_final", worker.worker_id, now)
         attributes = messenger.read_attributes()
         if not attributes or "jobId" not in attributes:
             return
         panda_id = int(attributes["jobId"])
         held = models.HeldJob.get_or_none(models.HeldJob.panda_id == panda_id)
         state = attributes.get("state") or attributes.get("jobStatus")
-        if held is None or held.status == "done" or state not in ("starting", "running"):
+        if held is None or held.status == HeldJobStatus.DONE.value or state not in ("starting", "running"):
             return
         due = held.last_heartbeat is None or (now - held.last_heartbeat).total_seconds() >= queue.pilot.heartbeat
         changed = held.last_report != json.dumps({"state": state})
         if due or changed:
             params = {k: v for k, v in attributes.items() if k not in ("jobStatus", "xml")}
             params["state"] = state
-            enqueue(params, "job_heartbeat", worker.worker_id, now)
-            models.HeldJob.update(status="running", last_heartbeat=now, last_report=json.dumps({"state": state})) \
-                .where(models.HeldJob.panda_id == panda_id).execute()
+            with models.database.atomic():
+                if change_held_jobs(models.HeldJob.panda_id == panda_id, HeldJobStatus.RUNNING,
+                                    {"last_heartbeat": now, "last_report": json.dumps({"state": state})}):
+                    enqueue(params, "job_heartbeat", worker.worker_id, now)
 
 
 def enqueue(params, kind, worker_id, now, source_path=None):

@@ -23,14 +23,11 @@ import peewee
 from harvester import models
 from harvester.agents.base import Agent
 from harvester.errors import ServerError
-from harvester.states import FINAL
+from harvester.states import FINAL, SubmitPhase
+from harvester.steps import iso
 
 log = logging.getLogger(__name__)
 BATCH = 200
-
-
-def iso(value):
-    return value.strftime("%Y-%m-%dT%H:%M:%S") if value else None
 
 
 def worker_dict(worker, panda_ids):
@@ -38,7 +35,7 @@ def worker_dict(worker, panda_ids):
             "status": worker.status, "nCore": worker.cores, "nMemory": worker.memory_mb,
             "walltime": worker.walltime_s, "submitTime": iso(worker.submit_time), "startTime": iso(worker.start_time),
             "endTime": iso(worker.end_time), "diagMessage": (worker.diag or "")[:500], "pandaid_list": panda_ids,
-            "node": worker.node, "accessPoint": worker.access_point}
+            "node": worker.node, "accessPoint": worker.access_point, "errorCode": worker.error_code}
 
 
 class Propagator(Agent):
@@ -127,7 +124,7 @@ class Propagator(Agent):
             waiting = (models.Outbox.select(models.Outbox.worker_id)
                        .where(models.Outbox.rejected == False, models.Outbox.worker_id.is_null(False)))  # noqa: E712
             workers = list(models.Worker.select().where(models.Worker.reported == False,  # noqa: E712
-                                                        models.Worker.submit_phase == "done",
+                                                        models.Worker.submit_phase == SubmitPhase.DONE.value,
                                                         models.Worker.worker_id.not_in(waiting))
                            .order_by(models.Worker.worker_id).limit(BATCH))
             if not workers:

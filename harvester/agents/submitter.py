@@ -14,7 +14,6 @@ A worker left in phase ``submitting`` by a crash is never submitted again: :func
 plugin whether the batch system has it, and otherwise gives it up as missed.
 """
 import datetime
-import json
 import logging
 import os
 
@@ -23,7 +22,9 @@ from harvester.agents.base import Agent
 from harvester.batch.base import FATAL, OK, PilotLaunch, WorkerSpec
 from harvester.errors import ServerError
 from harvester.messenger import Messenger
-from harvester.states import WorkerStatus, change_worker_status
+from harvester.states import (HeldJobStatus, SubmitPhase, WorkerStatus, change_submit_phase, change_worker_status,
+                              create_worker)
+from harvester.steps import hand_over, release_jobs
 from queueconfig.schedconfig import queuedata
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,10 @@ class Submitter(Agent):
                 chunks = [held[i:i + per_worker] for i in range(0, len(held), per_worker)][:wanted]
             walltime, n_pilots = pilots.worker_walltime(queue), pilots.per_worker(queue)
             for jobs in chunks:
-                worker = models.Worker.create(
-                    queue=queue.name, status=WorkerStatus.SUBMITTED.value, map_type=queue.mapType,
-                    submit_phase="pending",
-                    cores=queue.resources.corecount * n_pilots, memory_mb=queue.resources.maxrss * n_pilots,
-                    n_pilots=n_pilots, walltime_s=walltime, modification_time=now, status_changed=now)
-                models.WorkerStatusLog.create(worker_id=worker.worker_id, old_status=None, new_status="submitted",
-                                              time=now, reason=f"created: adjuster decided {wanted} new workers")
+                worker = create_worker(now, f"created: adjuster decided {wanted} new workers", queue=queue.name,
+                                       map_type=queue.mapType, cores=queue.resources.corecount * n_pilots,
+                                       memory_mb=queue.resources.maxrss * n_pilots, n_pilots=n_pilots,
+                                       walltime_s=walltime)
                 for job in jobs:
                     models.HeldJob.update(worker_id=worker.worker_id).where(
                         models.HeldJob.panda_id == job.panda_id).execute()
@@ -75,7 +73,7 @@ class Submitter(Agent):
     # ---- prepare and submit -------------------------------------------------------------------------------------
     def submit_queue(self, queue, now):
         self.create_workers(queue, now)
-        due = ((models.Worker.queue == queue.name) & (models.Worker.submit_phase == "pending")
+        due = ((models.Worker.queue == queue.name) & (models.Worker.submit_phase == SubmitPhase.PENDING.value)
                & (models.Worker.status == WorkerStatus.SUBMITTED.value)
                & (models.Worker.next_attempt.is_null() | (models.Worker.next_attempt <= now)))
         workers = db.claim_workers(self.owner, due, self.ctx.settings.lease_s, now)
@@ -90,12 +88,11 @@ class Submitter(Agent):
                     ready.append((worker, spec))
             if not ready:
                 return
-            with models.database.atomic():
+            with models.database.atomic():  # committed before the batch system hears of them
                 for worker, _ in ready:
-                    models.Worker.update(submit_phase="submitting",
-                                         submission_attempts=models.Worker.submission_attempts + 1,
-                                         submit_time=now, modification_time=now) \
-                        .where(models.Worker.worker_id == worker.worker_id).execute()
+                    change_submit_phase(worker, SubmitPhase.SUBMITTING, f"handed to {queue.batch.system}", now,
+                                        {"submission_attempts": models.Worker.submission_attempts + 1,
+                                         "submit_time": now})
             try:
                 results = {r.worker_id: r for r in plugin.submit([spec for _, spec in ready])}
             except Exception as exc:  # a plugin fault is that queue's problem, recorded on each worker
@@ -174,7 +171,7 @@ class Submitter(Agent):
         """Push mode: the worker's jobs, their transformations and inputs go into the access point; a worker of
         several pilots deals them out in turn, one job file per pilot directory."""
         held = list(models.HeldJob.select().where(models.HeldJob.worker_id == worker.worker_id,
-                                                  models.HeldJob.status == "fetched")
+                                                  models.HeldJob.status == HeldJobStatus.FETCHED.value)
                     .order_by(models.HeldJob.panda_id))
         for index, messenger in enumerate(messengers):
             hand_over(queue, messenger, held[index::len(messengers)], self.ctx.server.fetch)
@@ -183,12 +180,10 @@ class Submitter(Agent):
     # ---- record -------------------------------------------------------------------------------------------------
     def record(self, queue, worker, result, failure, now):
         if result is not None and result.status == OK and result.batch_id:
-            models.Worker.update(batch_id=result.batch_id, submit_phase="done", next_attempt=None,
-                                 last_plugin_output=(result.message or "")[:4000], reported=False,
-                                 modification_time=now).where(models.Worker.worker_id == worker.worker_id).execute()
-            models.WorkerStatusLog.create(worker_id=worker.worker_id, old_status="submitted",
-                                          new_status="submitted", time=now, kind="note",
-                                          reason=f"accepted by {queue.batch.system} as batch job {result.batch_id}")
+            change_submit_phase(worker, SubmitPhase.DONE,
+                                f"accepted by {queue.batch.system} as batch job {result.batch_id}", now,
+                                {"batch_id": result.batch_id, "next_attempt": None,
+                                 "last_plugin_output": (result.message or "")[:4000]})
             log.info("queue %s: worker %s submitted as batch job %s", queue.name, worker.worker_id,
                      result.batch_id)
             self.submitted += 1
@@ -206,42 +201,16 @@ class Submitter(Agent):
         limit = queue.limits.maxSubmissionAttempts
         if fatal or (counted and attempts >= limit):
             why = "fatal" if fatal else f"{attempts} of {limit} attempts used"
-            worker.status = WorkerStatus.SUBMITTED.value
-            change_worker_status(worker, WorkerStatus.MISSED, f"{message} ({why})", now, diag=message)
-            models.Worker.update(submit_phase="done").where(models.Worker.worker_id == worker.worker_id).execute()
-            release_jobs(worker.worker_id)
+            with models.database.atomic():
+                change_worker_status(worker, WorkerStatus.MISSED, f"{message} ({why})", now, diag=message,
+                                     phase=SubmitPhase.DONE)
+                release_jobs(worker.worker_id)
             return
         wait = datetime.timedelta(seconds=RETRY_WAIT_S * max(1, attempts))
-        models.Worker.update(submit_phase="pending", next_attempt=now + wait, diag=message[:2000]) \
-            .where(models.Worker.worker_id == worker.worker_id).execute()
-        worker.diag = message
-        models.WorkerStatusLog.create(worker_id=worker.worker_id, old_status=worker.status, new_status=worker.status,
-                                      time=now, kind="note", reason=f"attempt {attempts} of {limit}: {message}; "
-                                                                    f"retrying after {wait.seconds} s"[:2000])
+        change_submit_phase(worker, SubmitPhase.PENDING, f"attempt {attempts} of {limit}: {message}; retrying "
+                                                          f"after {wait.seconds} s", now,
+                            {"next_attempt": now + wait, "diag": message[:2000]})
         log.warning("queue %s worker %s: %s; retrying after %s", queue.name, worker.worker_id, message, wait)
-
-
-def hand_over(queue, messenger, held, fetch):
-    """Put held jobs in a worker's access point (file mode: with their transformations and inputs, since the node
-    cannot download them); True when the pilot's job file was written (it is never overwritten unconsumed)."""
-    if not held:
-        return False
-    jobs = [json.loads(job.definition) for job in held]
-    if pilots.file_mode(queue):
-        for job in jobs:
-            messenger.put_transformation(job, fetch)
-            messenger.stage_in(job, queue.storage)
-    if not messenger.feed_jobs(jobs):
-        return False
-    models.HeldJob.update(status="fed").where(models.HeldJob.panda_id.in_([job.panda_id for job in held])).execute()
-    return True
-
-
-def release_jobs(worker_id):
-    """Jobs bound to a worker that never ran go back to the queue's unbound jobs, for the next worker."""
-    models.HeldJob.update(worker_id=None, status="fetched").where(
-        models.HeldJob.worker_id == worker_id, models.HeldJob.status.in_(["fetched", "fed"])).execute()
-    models.JobWorker.delete().where(models.JobWorker.worker_id == worker_id).execute()
 
 
 def recover_interrupted(context, now):
@@ -249,7 +218,7 @@ def recover_interrupted(context, now):
     holds: ask the plugin (never resubmit); what it cannot find is given up as missed, so a worker is never
     submitted twice. A plugin that cannot answer now (scheduler down) is asked again next cycle."""
     free = models.Worker.lease_owner.is_null() | (models.Worker.lease_expires < now)
-    rows = list(models.Worker.select().where(models.Worker.submit_phase == "submitting", free))
+    rows = list(models.Worker.select().where(models.Worker.submit_phase == SubmitPhase.SUBMITTING.value, free))
     for worker in rows:
         queue = context.queues.get(worker.queue)
         batch_id = None
@@ -261,18 +230,13 @@ def recover_interrupted(context, now):
                 log.warning("worker %s: cannot look up its interrupted submission yet: %s", worker.worker_id, exc)
                 continue
         if batch_id:
-            models.Worker.update(batch_id=batch_id, submit_phase="done", modification_time=now, reported=False) \
-                .where(models.Worker.worker_id == worker.worker_id).execute()
-            models.WorkerStatusLog.create(worker_id=worker.worker_id, old_status="submitted",
-                                          new_status="submitted", time=now, kind="note",
-                                          reason=f"submission interrupted by a harvester stop; found as batch job "
-                                                 f"{batch_id}")
+            change_submit_phase(worker, SubmitPhase.DONE, f"submission interrupted by a harvester stop; found as "
+                                                          f"batch job {batch_id}", now, {"batch_id": batch_id})
             log.warning("worker %s: interrupted submission recovered as batch job %s", worker.worker_id, batch_id)
         else:
-            change_worker_status(worker, WorkerStatus.MISSED,
-                                 "harvester stopped while submitting and the batch system has no "
-                                                   "such job: given up, not resubmitted", now,
-                                 diag="submission interrupted")
-            models.Worker.update(submit_phase="done").where(models.Worker.worker_id == worker.worker_id).execute()
-            release_jobs(worker.worker_id)
+            with models.database.atomic():
+                change_worker_status(worker, WorkerStatus.MISSED, "harvester stopped while submitting and the batch "
+                                     "system has no such job: given up, not resubmitted", now,
+                                     diag="submission interrupted", phase=SubmitPhase.DONE)
+                release_jobs(worker.worker_id)
     return len(rows)

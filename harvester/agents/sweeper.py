@@ -13,13 +13,13 @@ import peewee
 
 from harvester import db, models
 from harvester.agents.base import Agent
-from harvester.agents.submitter import release_jobs
 from harvester.batch.base import OK
 from harvester.errors import ServerError
-from harvester.states import ACTIVE, FINAL, QUEUED, WorkerStatus, change_worker_status
+from harvester.states import (ACTIVE, FINAL, LIVE_VALUES, QUEUED, HeldJobStatus, SubmitPhase, WorkerStatus,
+                              change_worker_status)
+from harvester.steps import end_jobs, release_jobs
 
 log = logging.getLogger(__name__)
-LIVE = [s.value for s in QUEUED | ACTIVE]
 
 
 class Sweeper(Agent):
@@ -50,19 +50,19 @@ class Sweeper(Agent):
                 last_sign < silent_before, models.Worker.kill_reason.is_null()).execute())
 
     def kill(self, queue, now):
-        condition = ((models.Worker.queue == queue.name) & models.Worker.status.in_(LIVE)
+        condition = ((models.Worker.queue == queue.name) & models.Worker.status.in_(LIVE_VALUES)
                      & models.Worker.kill_reason.is_null(False))
         workers = db.claim_workers(self.owner, condition, self.ctx.settings.lease_s, now)
         if not workers:
             return
         try:
-            unsubmitted = [w for w in workers if not w.batch_id and w.submit_phase == "pending"]
+            unsubmitted = [w for w in workers if not w.batch_id and w.submit_phase == SubmitPhase.PENDING.value]
             for worker in unsubmitted:
-                change_worker_status(worker, WorkerStatus.CANCELLED,
-                                     f"killed before submission: {worker.kill_reason}", now,
-                                     diag=worker.kill_reason)
-                models.Worker.update(submit_phase="done").where(models.Worker.worker_id == worker.worker_id).execute()
-                release_jobs(worker.worker_id)
+                with models.database.atomic():
+                    if change_worker_status(worker, WorkerStatus.CANCELLED,
+                                            f"killed before submission: {worker.kill_reason}", now,
+                                            diag=worker.kill_reason, phase=SubmitPhase.DONE):
+                        release_jobs(worker.worker_id)
             batch = [w for w in workers if w.batch_id]
             if not batch:
                 return
@@ -72,8 +72,10 @@ class Sweeper(Agent):
                 models.Worker.update(last_plugin_output=f"cancel: {status}: {message}"[:4000]) \
                     .where(models.Worker.worker_id == worker.worker_id).execute()
                 if status == OK:
-                    change_worker_status(worker, WorkerStatus.CANCELLED, f"killed: {worker.kill_reason}", now,
-                                         diag=worker.kill_reason)
+                    with models.database.atomic():
+                        if change_worker_status(worker, WorkerStatus.CANCELLED, f"killed: {worker.kill_reason}", now,
+                                                diag=worker.kill_reason):
+                            end_jobs(worker.worker_id)
                     self.killed += 1
                 else:
                     log.error("queue %s worker %s: cancel failed (%s): %s", queue.name, worker.worker_id, status,
@@ -100,7 +102,7 @@ class Sweeper(Agent):
                 with models.database.atomic():
                     models.Worker.update(cleaned=True).where(models.Worker.worker_id == worker.worker_id).execute()
                     models.HeldJob.delete().where(models.HeldJob.worker_id == worker.worker_id,
-                                                  models.HeldJob.status == "done").execute()
+                                                  models.HeldJob.status == HeldJobStatus.DONE.value).execute()
                 self.cleaned += 1
                 forgotten += [worker.batch_id] if worker.batch_id else []
                 log.info("queue %s worker %s (%s): access point %s removed", queue.name, worker.worker_id, status,

@@ -22,7 +22,7 @@ from peewee import fn
 
 log = logging.getLogger(__name__)
 
-WORKER_STATES = ("submitted", "ready", "running", "idle", "finished", "failed", "cancelled", "missed")
+WORKER_STATES = ("submitted", "ready", "running", "idle", "missing", "finished", "failed", "cancelled", "missed")
 FINAL_WORKER_STATES = frozenset({"finished", "failed", "cancelled", "missed"})
 # The jobs a dead worker can still hold: the pilot took them but never sent a final update.
 ORPHAN_JOB_STATES = (JobStatus.SENT.value, JobStatus.STARTING.value, JobStatus.RUNNING.value)
