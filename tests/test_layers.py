@@ -50,3 +50,18 @@ def test_imports_point_one_way():
             if other in MAY_IMPORT and other != own and other not in MAY_IMPORT[own]:
                 breaches.append(f"{path.relative_to(ROOT.parent)}: {own} imports {target}")
     assert breaches == []
+
+
+def test_no_harvester_agent_imports_another():
+    """An agent imports only the agents' base; what two agents (or an agent and the command line) share lives below
+    them (harvester/steps.py, states.py, ...), and nothing below the agents imports one."""
+    agents = ROOT.parent / "harvester" / "agents"
+    breaches = []
+    for path in sorted((ROOT.parent / "harvester").rglob("*.py")):
+        if path.parent == agents and path.stem in ("__init__", "base"):
+            continue
+        for target in imported_modules(path):
+            if target.startswith("harvester.agents.") and target.split(".")[2] != "base" and \
+                    path.name != "runner.py":  # the runner drives the agents: it is above them
+                breaches.append(f"{path.relative_to(ROOT.parent)} imports {target}")
+    assert breaches == []
