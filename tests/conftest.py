@@ -171,10 +171,6 @@ def sqlite_server(tmp_path):
     server.stop()
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "htcondor: needs a real HTCondor pool (tests/condorhelp.py)")
-
-
 @pytest.fixture(scope="session")
 def condor_pool():
     """A one-host HTCondor pool for the session's tests (tests/condorhelp.py): skipped without root or its root

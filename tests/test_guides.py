@@ -13,6 +13,11 @@ How each guide runs, and the only changes made to its text (each one is listed w
   this machine's network, and must reach the server there: so no namespace; the guide's port 25080 becomes a free
   port, and the site values at the top of the guide (login host, SSH port, user, key, shared directory, server
   host) become the fixture's.
+- htcondor.md: against the one-host HTCondor pool of tests/condorhelp.py (skipped without it, a failure under
+  CI=true): the guide's remote schedd is the pool's, its token one the pool signed (the admin's condor_token_create
+  is a block the guide shows, not one it runs), its worker directory one the pool cannot see; on the host network
+  (the pilot jobs reach the server there), port 25080 a free port, and an empty HTCondor configuration on the
+  harvester side.
 - postgresql.md: only with MINIPANDA_TEST_PG_URL (a failure under CI=true without it), on the host network (that is
   where PostgreSQL listens): the guide's database URL becomes the test database's, port 25080 a free port.
 
@@ -238,3 +243,26 @@ def test_postgresql_guide(tmp_path):
     assert re.search(r"running\s+\| finished\s+\| pilot reported finished", out), log
     assert re.search(r"jobStatus\s+finished", out), log
     assert (tmp_path / "work" / "minipanda-backup.sql").stat().st_size > 0
+
+
+# ---- HTCondor: the one-host pool of tests/condorhelp.py -------------------------------------------------------------
+
+@pytest.mark.htcondor
+def test_htcondor_guide(condor_pool, tmp_path):
+    """The guide's remote schedd is the pool's, located through its collector; the token is one the pool signed
+    (the guide's admin step, condor_token_create, is not a block the guide runs); the pilots' directories are where
+    the pool cannot see them, so only file transfer can bring the pilot to the execute side. The pilot jobs run in
+    this machine's network and reach the server there: no namespace, a free port instead of 25080."""
+    token = tmp_path / "condor.token"
+    token.write_text(condor_pool.token() + "\n")
+    config = tmp_path / "empty_condor_config"  # a harvester host without any HTCondor configuration
+    config.write_text("")
+    workdir = os.path.join(condor_pool.unseen, f"guide-{os.getpid()}-{time.time_ns()}")
+    values = {"POOL": condor_pool.collector, "SCHEDD": condor_pool.schedd_name(), "TOKEN_FILE": str(token),
+              "WORKDIR": workdir, "SERVER_HOST": "127.0.0.1"}
+    script = guide_script("htcondor.md", replace=[(PORT, str(free_port()))], variables=values)
+    out, log = run_guide(tmp_path, script, env={"CONDOR_CONFIG": str(config)})
+    assert "-rw-------" in out and "ok, 1 queues" in out, log
+    assert re.search(r"jobStatus\s+finished", out) and re.search(r"batchID\s+\d+\.\d+", out), log
+    assert "accepted by htcondor as batch job" in out and "JobStatus 4 (completed); exit code 0" in out, log
+    assert f"work area {condor_pool.base}/local/lib/condor/execute/dir_" in out, log  # ran in the scratch directory

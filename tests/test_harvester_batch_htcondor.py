@@ -122,6 +122,7 @@ def test_one_transaction_for_every_worker_one_query_one_history(local_pool, tmp_
     assert "Job terminated of its own accord" in open(os.path.join(specs[0].access_point, "job.log")).read()
     printed = open(os.path.join(specs[0].access_point, "job.out")).read().splitlines()
     assert all(f"{name}={value}" in printed for name, value in hostile.items())  # as meant, none expanded
+    assert f"CONDOR_JOB_ID={ids[0]}" in printed  # the batch id the pilot reports
 
 
 @pytest.mark.htcondor

@@ -59,7 +59,7 @@ class HTCondorBatch(ScriptBatch):
     _token_dir = None  # a private directory holding the copy of batch.token_file the bindings read
 
     # ---- the submit description ------------------------------------------------------------------------------
-    def description(self, workers=()):
+    def description(self):
         """The :class:`htcondor2.Submit` of this queue's workers: one template, each worker's values as item data
         (:meth:`item`); every value checked or quoted for the submit language."""
         batch, transfer = self.queue.batch, self.queue.batch.file_transfer
@@ -69,7 +69,9 @@ class HTCondorBatch(ScriptBatch):
                     "request_memory": "$(mp_memory)", "batch_name": f"harvester-{self.queue.name}-$(mp_worker)",
                     "+MinipandaWorker": "$(mp_worker)", "+MinipandaAccessPoint": '"$(mp_ap)"',
                     "+MaxRuntime": "$(mp_walltime)",  # the walltime, enforced by the periodic_remove below
-                    "periodic_remove": "JobStatus == 2 && time() - EnteredCurrentStatus > $(mp_walltime)"}
+                    "periodic_remove": "JobStatus == 2 && time() - EnteredCurrentStatus > $(mp_walltime)",
+                    # the batch job id the pilot reports (HTCondor itself sets no such variable)
+                    "environment": '"CONDOR_JOB_ID=$(Cluster).$(Process)"'}
         if transfer:  # the schedd cannot write harvester's disk: no user log; the rest comes back with retrieve
             del commands["log"]
             commands.update({"should_transfer_files": "YES", "when_to_transfer_output": "ON_EXIT",
@@ -364,7 +366,9 @@ def native_state(ad):
     elif code == 3 and "PeriodicRemove" in str(ad.get("RemoveReason", "")):
         state = "failed"  # our walltime limit, like a batch system's TIMEOUT: the pilot did not end by itself
         words.append("walltime exceeded")
-    words += [f"{key}: {ad[key]}" for key in ("HoldReason", "RemoveReason") if ad.get(key)]
+    reason = {5: "HoldReason", 3: "RemoveReason"}.get(code)  # a released or ended job keeps stale ones
+    if reason and ad.get(reason):
+        words.append(f"{reason}: {ad[reason]}")
     return BatchStatus(state, "; ".join(words), exit_code, str(code), "walltime exceeded" in words)
 
 
