@@ -126,7 +126,7 @@ def read_settings_file(path, parser, check_setting=None, setting_option="setting
     (``port: 25080``, ``max-body-mb: 64``, ``tls-cert: /etc/...``), with a value of the option's type; a flag
     takes ``true`` or ``false``; ``setting:`` is a mapping of ``--setting KEY=VALUE`` pairs, each checked by
     ``check_setting(key, value)`` (which returns an error text or None). A relative path in a path option
-    (``metavar`` FILE, or ``--home``/``--queues``) is taken from the file's directory.
+    (``metavar`` FILE, or ``--home``/``--queues``) is taken from the file's directory; ``~`` is the user's home.
 
     Returns:
         {argparse dest: value}, ready for ``parser.set_defaults`` (so that the command line still wins).
@@ -156,14 +156,14 @@ def read_settings_file(path, parser, check_setting=None, setting_option="setting
             continue
         if action.dest == setting_option:
             found, problems = _settings(value, check_setting)
-            errors.extend(f"{path}:{lines.get((key, name), lines[(key,)])}: {key}.{name}: {text}"
-                          for name, text in problems)
+            errors.extend(f"{path}:{lines.get((key, name), lines[(key,)])}: {key}{'.' if name else ''}{name}: "
+                          f"{text}" for name, text in problems)
         else:
             found, problem = _typed(action, value)
             if problem:
                 errors.append(f"{where}: {key}: {problem}")
-            elif isinstance(found, str) and _is_path(action) and not os.path.isabs(os.path.expanduser(found)):
-                found = os.path.join(base, found)
+            elif isinstance(found, str) and _is_path(action):
+                found = os.path.join(base, os.path.expanduser(found))  # an absolute path stays as it is
         if action.dest in values:
             errors.append(f"{where}: {key}: the same option as an earlier key; keep one")
         values[action.dest] = found

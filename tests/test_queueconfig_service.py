@@ -75,6 +75,8 @@ def test_not_a_mapping_a_duplicate_key_and_a_missing_file(tmp_path):
         read_settings_file(str(tmp_path / "nothere.yaml"), parser)
     with pytest.raises(ConfigError, match=r"config: unknown key"):  # a settings file names no other one
         read_settings_file(write(tmp_path, "config: other.yaml\n"), parser)
+    with pytest.raises(ConfigError, match=r"serve.yaml:1: setting: expected a mapping of setting names"):
+        read_settings_file(write(tmp_path, "setting: watchdog.sent_timeout=600\n"), parser)
     with pytest.raises(ConfigError, match=r"max-body-mb: the same option as an earlier key; keep one"):
         read_settings_file(write(tmp_path, "max_body_mb: 8\nmax-body-mb: 9\n"), parser)
 
@@ -83,12 +85,12 @@ def test_harvester_run_keys_and_its_settings_checked(tmp_path):
     from harvester.cli import _check_setting
 
     path = write(tmp_path, "queues: queues.yaml\nserver: http://127.0.0.1:26000\ntoken-file: h.token\n"
-                           "harvester-id: edge1\nlog-level: DEBUG\nhome: /srv/harvester\n"
+                           "harvester-id: edge1\nlog-level: DEBUG\nhome: ~/harvester\n"
                            "setting: {monitor_period: 5, backoff_max_s: 60}\n", "harvester.yaml")
     args = parse_with_settings_file(harvester_parser(), ["run", "--config", path], ("run",), _check_setting)
     assert args.queues == str(tmp_path / "queues.yaml") and args.token_file == str(tmp_path / "h.token")
     assert (args.server, args.harvester_id, args.log_level, args.home) == \
-        ("http://127.0.0.1:26000", "edge1", "DEBUG", "/srv/harvester")
+        ("http://127.0.0.1:26000", "edge1", "DEBUG", os.path.expanduser("~/harvester"))
     assert args.setting == ["monitor_period=5", "backoff_max_s=60"]
     bad = write(tmp_path, "setting: {monitor_periods: 5, lease_s: long}\n", "bad.yaml")
     with pytest.raises(ConfigError) as raised:
