@@ -172,6 +172,7 @@ def test_harvester_run_without_one_valid_queue_exits_with_the_errors(tmp_path):
     assert proc.returncode == 2 and "no queue file: give --queues FILE" in proc.stderr
 
 
+@pytest.mark.postgres
 def test_serve_with_worker_processes_is_ready_once_and_stops_once(tmp_path):
     """--workers N (PostgreSQL): the parent, which systemd watches (NotifyAccess=main), says READY=1 when its
     workers serve the port, and STOPPING=1 once on SIGTERM; the workers say nothing."""
