@@ -93,13 +93,15 @@ def _migration_7(db, migrator):
 
 
 def _migration_8(db, migrator):
-    """Retention: file.fetched_time and an index on file.lfn, an index on job.modification_time (the monitor's
-    lists), the retention_stat table, and on PostgreSQL the archive tables (minipanda.core.archive; on SQLite the
-    archive is a file per month, made when first used)."""
+    """Retention: file.fetched_time and an index on file.lfn, indexes on job.modification_time (the monitor's
+    lists) and on (job.status, job.state_changed_time) (its charts, old final jobs), the retention_stat table, and
+    on PostgreSQL the archive tables (minipanda.core.archive; on SQLite the archive is a file per month, made when
+    first used)."""
     if "fetched_time" not in {column.name for column in db.get_columns("file")}:
         migrate(migrator.add_column("file", "fetched_time", models.DatasetFile.fetched_time))
     db.execute_sql('CREATE INDEX IF NOT EXISTS "file_lfn" ON "file" ("lfn")')
     db.execute_sql('CREATE INDEX IF NOT EXISTS "job_modification" ON "job" ("modification_time", "panda_id")')
+    db.execute_sql('CREATE INDEX IF NOT EXISTS "job_status_changed" ON "job" ("status", "state_changed_time")')
     db.create_tables([models.RetentionStat], safe=True)
     from minipanda.core import archive
 
