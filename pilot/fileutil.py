@@ -17,15 +17,21 @@ def safe_name(name):
     return isinstance(name, str) and bool(SAFE_NAME.match(name)) and name not in (".", "..") and ".." not in name
 
 
-def atomic_write_bytes(path, data, mode=0o644):
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+def atomic_write_bytes(path, data, mode=0o644, durable=True):
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
+
+    A reader sees the old content or the new, never a part. ``durable`` also flushes the data to the disk before
+    the rename (an fsync), so the new content survives a crash of the node: for what must not be lost (a spooled
+    final update); a file rewritten as the job goes on (attributes, timing) does without that cost.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -36,9 +42,11 @@ def atomic_write_bytes(path, data, mode=0o644):
         raise
 
 
-def atomic_write_json(path, data):
-    """Write ``data`` as JSON to ``path`` atomically (temporary name + rename)."""
-    atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True, default=str).encode("utf-8"))
+def atomic_write_json(path, data, durable=True):
+    """Write ``data`` as JSON to ``path`` atomically (temporary name + rename); ``durable`` as for
+    :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True, default=str).encode("utf-8"),
+                       durable=durable)
 
 
 def atomic_touch(path):

@@ -88,11 +88,16 @@ class Handoff:
         """The job's latest state for harvester: the update without its file info, plus jobStatus."""
         data = {k: v for k, v in update.items() if k != "xml"}
         data["jobStatus"] = update.get("state")
-        atomic_write_json(self.path("attributes"), data)
+        atomic_write_json(self.path("attributes"), data, durable=False)  # rewritten at every report
 
     def touch_heartbeat(self):
-        """Harvester's liveness file: its modification time is the pilot's last sign of life."""
-        atomic_touch(self.path("heartbeat"))
+        """Harvester's liveness file: its modification time is the pilot's last sign of life (only the time
+        counts, so the file is touched in place, not rewritten)."""
+        path = self.path("heartbeat")
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            atomic_touch(path)
 
     def write_final(self, panda_id, update, report, outputs):
         """The end of a job: attributes, job report and the outputs' locations (event_status.dump.json).

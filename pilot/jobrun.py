@@ -101,7 +101,7 @@ class JobRun:
             os.makedirs(self.job_dir, mode=0o770)
         except OSError as exc:
             raise PilotError(errors.MKDIR, f"cannot create {self.job_dir}: {exc}") from None
-        atomic_write_json(os.path.join(self.job_dir, "job_definition.json"), self.job.raw)
+        atomic_write_json(os.path.join(self.job_dir, "job_definition.json"), self.job.raw, durable=False)
         self.job.validate()
 
     def stage_in(self):

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 
-from pilot.fileutil import atomic_write_json, read_json
+from pilot.fileutil import atomic_write_bytes, read_json
 
 log = logging.getLogger(__name__)
 METADATA_LIMIT = 4000  # the server keeps 4000 characters of metaData: send a job report that fits, as JSON
@@ -101,6 +101,9 @@ class Timing:
     """Epoch times of the pilot's steps per job, kept in ``pilot_timing.json`` (pilot3's timing file shape).
 
     ``{"0": {"PILOT_START_TIME": t, ...}, "<PandaID>": {"PILOT_PRE_GETJOB": t, ...}}``
+
+    Marks are kept in memory; the pilot saves the file once per job and when it ends (writing it at every mark
+    cost more CPU than the rest of a short job's bookkeeping).
     """
 
     def __init__(self, path):
@@ -109,14 +112,13 @@ class Timing:
 
     def mark(self, panda_id, name, when=None):
         self.data.setdefault(str(panda_id), {})[name] = time.time() if when is None else when
-        self.save()
 
     def get(self, panda_id, name):
         return self.data.get(str(panda_id), {}).get(name)
 
     def save(self):
         try:
-            atomic_write_json(self.path, self.data)
+            atomic_write_bytes(self.path, json.dumps(self.data, separators=(",", ":")).encode(), durable=False)
         except OSError as exc:
             log.warning("cannot write the timing file %s: %s", self.path, exc)
 

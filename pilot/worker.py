@@ -127,7 +127,10 @@ class Pilot:
         if self.handoff is not None:
             self.handoff.add_panda_id(job.panda_id)
         run = JobRun(job, self.ctx)
-        state = run.execute()
+        try:
+            state = run.execute()
+        finally:
+            self.timing.save()
         self.jobs_run += 1
         log.info("job %s done: %s", job.panda_id, state)
         if run.error and run.error.code == errors.REACHEDMAXTIME and self.remaining_time() <= 0:
@@ -149,6 +152,7 @@ class Pilot:
             self.handoff.touch_kill_worker()
         self.timing.mark(0, "PILOT_END_TIME")
         self.timing.mark(0, "PILOT_PEAK_RSS_KB", node.peak_rss_kb())
+        self.timing.save()
         log.info("pilot done after %d jobs, exit code %d, peak RSS %d kB", self.jobs_run, self.exit_code(),
                  node.peak_rss_kb())
 

@@ -39,4 +39,6 @@ def test_timing(tmp_path):
                     ("PILOT_POST_PAYLOAD", 110)):
         timing.mark(7, name, t)
     assert timing.pilot_timing(7) == "2|0|6|0|1|0"
+    assert not (tmp_path / "t.json").exists()  # marks stay in memory: the pilot saves once per job
+    timing.save()
     assert json.loads((tmp_path / "t.json").read_text())["7"]["PILOT_POST_PAYLOAD"] == 110
