@@ -66,6 +66,18 @@ def _table_psutil():
     return table
 
 
+def _children(pid):
+    """Pids of ``pid``'s children from /proc (every thread's ``children`` file), or None where it is missing."""
+    found = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
+                found += handle.read().split()
+    except OSError:
+        return None
+    return found
+
+
 def process_table():
     """{pid: ProcInfo} for every process visible to this user."""
     return _table_psutil() if psutil_module() else _table_proc()
@@ -153,8 +165,30 @@ class ProcessTree:
 
     def alive(self):
         """Pids of the tree that are still running (not zombies)."""
+        if self._surely_gone():
+            return []
         table = process_table()
         return [p for p in self.members(table) if not table[p].zombie]
+
+    def _surely_gone(self):
+        """True when, without walking every process on the node, nothing of the tree can be left: the payload's
+        process group is empty (the payload itself was reaped) and the pilot, a child subreaper, has no child.
+
+        Only processes below the payload can join its session or group, and one that loses its parent is
+        re-parented to the nearest subreaper above it, so some live one would be the pilot's child. Without a
+        subreaper (orphans go to init, out of sight) or when the kernel does not list children, the full walk
+        decides."""
+        if not self.adopter:
+            return False
+        try:
+            os.killpg(self.root, 0)
+            return False  # the group still has a process (or the payload is an unreaped zombie)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            return False
+        children = _children(self.adopter)
+        return children is not None and not children
 
     def signal(self, signum):
         """Send ``signum`` to the payload's process group and to every member found."""

@@ -78,3 +78,38 @@ def test_a_pilot_loads_no_module_its_run_does_not_need():
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == "[]"
+
+
+SUBREAPER_SCRIPT = r"""
+import os, subprocess, sys, time
+from pilot import node, proctree
+assert node.become_subreaper()
+walks = []
+real_table = proctree.process_table
+proctree.process_table = lambda: walks.append(1) or real_table()
+sleep = sys.argv[1]
+# the payload starts a process in a session and group of its own, then exits: only the subreaper still sees it
+payload = subprocess.Popen(["/bin/sh", "-c", f"setsid {sleep} 300 & exit 0"], start_new_session=True)
+payload.wait()
+deadline = time.monotonic() + 30
+while not proctree._children(os.getpid()) and time.monotonic() < deadline:
+    time.sleep(0.02)
+tree = proctree.ProcessTree(payload.pid, os.getpid())
+escaped = tree.alive()
+print("escaped", len(escaped), "walks", len(walks))
+tree.kill(5, reap=lambda: [os.waitpid(p, os.WNOHANG) for p in escaped])
+walks.clear()
+print("after", len(tree.alive()), "walks", len(walks))
+"""
+
+
+def test_a_subreaper_pilot_sees_an_escaped_process_and_skips_the_walk_once_nothing_is_left(tmp_path):
+    marker = f"pt-reaper-{time.time_ns()}"
+    sleep = marked_sleep(tmp_path, marker)
+    out = subprocess.run([sys.executable, "-c", SUBREAPER_SCRIPT, sleep], capture_output=True, text=True,
+                         timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    assert lines[0] == "escaped 1 walks 1", out.stdout  # found through the full walk, as the pilot's child
+    assert lines[1] == "after 0 walks 0", out.stdout  # nothing left: known without reading every process
+    assert processes_with(marker) == []
