@@ -1,7 +1,8 @@
 """HTTP to the minipanda (PanDA) server: getJob, updateJob, queuedata, downloads and uploads. Standard library only.
 
 Bodies are JSON, replies are asked for as JSON (``Accept: application/json``), the bearer token is re-read from
-``--token-file`` for every request (harvester may renew it). A failure is a CommError that says whether trying
+``--token-file`` for every request (harvester may renew it); requests share one kept-open connection
+(:mod:`pilot.httpclient`). A failure is a CommError that says whether trying
 again later can help (``transient``): network errors, 5xx, 401/403 and "changed concurrently" are transient; any
 other refusal is permanent and retrying it would only repeat the refusal.
 """
@@ -227,6 +228,10 @@ class _DeadlineReader:
             self.expired = True
             raise TimeoutError("time limit reached")
         return self.handle.read(size)
+
+    def seek(self, offset):
+        """Back to the start, for a request sent again on a new connection."""
+        return self.handle.seek(offset)
 
 
 def _json_or_empty(raw):

@@ -8,9 +8,12 @@ itself, with certificates verified against the system's CAs (``SSL_CERT_FILE`` a
 When the environment names a proxy for the URL's scheme (``http_proxy``, ``HTTPS_PROXY``, ...), the request goes
 through ``urllib.request``, which reads those variables and ``no_proxy``, as before.
 
-Every request closes its connection (``Connection: close``); a GET follows up to 5 redirects. A status of 300 or
-more that is not followed raises HTTPError (``code``, ``read()``); anything else that keeps an answer from
-arriving raises OSError (a timeout is socket.timeout, an OSError too).
+A connection is kept open for the next request to the same server (HTTP/1.1 keep-alive: a pilot talks to one
+server several times per job, and a new TCP connection each time cost it more CPU than the request), once its
+reply has been read to the end; one the server has closed in the meantime is noticed when the next request on it
+gets no answer at all, and that request is sent again once on a new connection (the server never saw it). A GET
+follows up to 5 redirects. A status of 300 or more that is not followed raises HTTPError (``code``, ``read()``);
+anything else that keeps an answer from arriving raises OSError (a timeout is socket.timeout, an OSError too).
 """
 import os
 import sys
@@ -21,6 +24,7 @@ REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 _lock = threading.Lock()
 _loaded = {}
+_idle = {}  # (scheme, host, port) -> an open connection whose last reply was read to its end
 
 
 class HTTPError(Exception):
@@ -88,7 +92,8 @@ def request(method, url, body=None, headers=None, timeout=60.0):
         timeout: seconds for connecting and for each read.
 
     Returns:
-        An ``http.client.HTTPResponse`` (``status``, ``read(n)``, ``getheader()``); use it in a ``with``.
+        A reply with ``status``, ``read(n)`` and ``getheader()``; use it in a ``with`` (its connection is kept for
+        the next request when the reply was read to its end, closed otherwise).
     """
     for _ in range(MAX_REDIRECTS + 1):
         parts = urllib.parse.urlsplit(url)
@@ -116,18 +121,77 @@ def _send(method, scheme, parts, body, headers, timeout):
         port = parts.port
     except ValueError as exc:
         raise OSError(f"{parts.geturl()}: {exc}") from None
+    key = (scheme, parts.hostname, port)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    with _lock:
+        connection = _idle.pop(key, None)
+    if connection is not None:
+        try:
+            connection.timeout = timeout
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+            return _Reply(_exchange(connection, method, path, body, headers), connection, key)
+        except (client.RemoteDisconnected, ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+            connection.close()  # closed by the server while idle: it never saw this request
+            if body is not None and not isinstance(body, bytes):
+                if not hasattr(body, "seek"):
+                    raise
+                body.seek(0)
+        except BaseException:
+            connection.close()
+            raise
     connection_class = tls_connection_class() if scheme == "https" else client.HTTPConnection
     connection = connection_class(parts.hostname, port, timeout=timeout)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        connection.request(method, path, body=body, headers=dict(headers or {}, Connection="close"))
-        return connection.getresponse()  # it closes the connection once read (Connection: close)
+        return _Reply(_exchange(connection, method, path, body, headers), connection, key)
     except client.HTTPException as exc:
         connection.close()
         raise OSError(f"{parts.geturl()}: {exc!r}") from None
     except BaseException:
         connection.close()
         raise
+
+
+def _exchange(connection, method, path, body, headers):
+    connection.request(method, path, body=body, headers=dict(headers or {}))
+    return connection.getresponse()
+
+
+class _Reply:
+    """An ``http.client.HTTPResponse`` that hands its connection back for the next request when it is closed."""
+
+    def __init__(self, response, connection, key):
+        self.response, self.connection, self.key = response, connection, key
+        self.status = response.status
+
+    def read(self, amt=None):
+        return self.response.read(amt)
+
+    def getheader(self, name, default=None):
+        return self.response.getheader(name, default)
+
+    def close(self):
+        if self.connection is None:
+            return
+        # http.client drops the response's file once the body is read to its end: only then may the
+        # connection carry another request
+        complete = self.response.isclosed() and not self.response.will_close
+        self.response.close()
+        if complete:
+            with _lock:
+                previous = _idle.pop(self.key, None)
+                _idle[self.key] = self.connection
+            if previous is not None:
+                previous.close()
+        else:
+            self.connection.close()
+        self.connection = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _proxy_named(scheme):
