@@ -40,6 +40,8 @@ class Monitor(Agent):
 
     def run_once(self, now):
         self.checked = 0
+        linked = getattr(self, "linked", {})
+        self.linked, self.linked_before = {}, linked  # PandaIDs recorded per pilot directory (kept while followed)
         self.each_queue(now, lambda queue: self.check_queue(queue, now), skip_backoff=False)
         return self.checked
 
@@ -156,9 +158,13 @@ class Monitor(Agent):
             if worker.last_seen is None or seen > worker.last_seen:
                 models.Worker.update(last_seen=seen).where(models.Worker.worker_id == worker.worker_id).execute()
                 worker.last_seen = seen
-        for panda_id in messenger.panda_ids():
-            models.JobWorker.insert(panda_id=panda_id, worker_id=worker.worker_id, time=now) \
-                .on_conflict_ignore().execute()
+        # a pilot's list only grows: only the PandaIDs not recorded at an earlier cycle are inserted
+        known = self.linked_before.get(messenger.access_point, set())
+        new = [panda_id for panda_id in messenger.panda_ids() if panda_id not in known]
+        if new:
+            models.JobWorker.insert_many([{"panda_id": panda_id, "worker_id": worker.worker_id, "time": now}
+                                          for panda_id in new]).on_conflict_ignore().execute()
+        self.linked[messenger.access_point] = known | set(new)
         if pilots.file_mode(queue):
             self.relay_file_mode(queue, worker, messenger, now)
         else:

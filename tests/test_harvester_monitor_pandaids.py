@@ -1,0 +1,48 @@
+"""The monitor links the PandaIDs a pilot lists in its access point to its worker: each one once, not again at
+every cycle (a pilot that ran hundreds of jobs would otherwise cost an insert per job per cycle)."""
+import datetime
+import json
+import os
+
+import pytest
+
+from harvester import db, models
+from harvester.agents.monitor import Monitor
+from harvester.batch.base import OK, BatchStatus, QueryResult
+from harvester.context import Context, Settings
+from queueconfig.loader import loads
+
+NOW = datetime.datetime(2026, 11, 30, 12, 0, 0)
+
+
+class Plugin:
+    def status(self, batch_ids):
+        return QueryResult(OK, {b: BatchStatus("running", "") for b in batch_ids})
+
+
+@pytest.fixture
+def monitor(tmp_path):
+    db.open_database(str(tmp_path / "harvester.db"))
+    queue = loads(json.dumps({"queues": {"Q": {"mode": "pull"}}}), "q.json").queues["Q"]
+    ctx = Context(str(tmp_path), None, Settings(), "h1")
+    ctx.set_queues({"Q": queue}, {})
+    ctx.plugin = lambda q: Plugin()
+    yield Monitor(ctx)
+    db.close_database()
+
+
+def test_each_pandaid_of_a_pilot_is_linked_to_its_worker_once(monitor, tmp_path, monkeypatch):
+    access_point = tmp_path / "workers" / "Q" / "1"
+    access_point.mkdir(parents=True)
+    models.Worker.create(queue="Q", status="running", batch_id="b1", submit_phase="done",
+                         access_point=str(access_point), submit_time=NOW, start_time=NOW)
+    inserted = []
+    real = models.JobWorker.insert_many
+    monkeypatch.setattr(models.JobWorker, "insert_many", lambda rows: inserted.extend(rows) or real(rows))
+    pandaids = os.path.join(access_point, "worker_pandaids.json")
+    for cycle, ids in enumerate(([11, 12], [11, 12], [11, 12, 13])):
+        with open(pandaids, "w") as handle:
+            json.dump(ids, handle)
+        monitor.run_once(NOW + datetime.timedelta(seconds=cycle * 60))
+    assert sorted(row["panda_id"] for row in inserted) == [11, 12, 13]
+    assert sorted(pid for (pid,) in models.JobWorker.select(models.JobWorker.panda_id).tuples()) == [11, 12, 13]
