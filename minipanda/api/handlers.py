@@ -75,7 +75,7 @@ def update_job(params, identity):
 
 
 def update_jobs_bulk(job_list, identity):
-    """Apply each update on its own; one bad entry does not stop the others."""
+    """All updates in one transaction; one bad entry is refused alone and does not stop the others."""
     require_role(identity, PILOT_ROLES)
     if isinstance(job_list, str):
         try:
@@ -84,15 +84,7 @@ def update_jobs_bulk(job_list, identity):
             raise RequestError("jobList: expected a JSON list of updateJob parameter objects") from None
     if not isinstance(job_list, list):
         raise RequestError("jobList: expected a list of updateJob parameter objects", SC_MISSING_KEY)
-    replies = []
-    for index, entry in enumerate(job_list):
-        try:
-            if not isinstance(entry, dict):
-                raise RequestError(f"jobList[{index}]: expected an object")
-            replies.append(jobs.update_job(from_v1(entry)))
-        except RequestError as exc:
-            replies.append({"StatusCode": exc.code, "ErrorDiag": f"jobList[{index}]: {exc}", "command": "NULL"})
-    return replies
+    return jobs.update_jobs([from_v1(entry) if isinstance(entry, dict) else entry for entry in job_list])
 
 
 def worker_pilot_status(params, identity):

@@ -6,7 +6,7 @@ legacy ``StatusCode`` reply or the v1 ``{success, message, data}`` envelope.
 import json
 import logging
 
-from minipanda.core import archive, jobspec, models, policy, states
+from minipanda.core import archive, bulk, jobspec, models, policy, states
 from minipanda.core.db import database
 from minipanda.core.states import FINAL_JOB_STATES, QUEUED_JOB_STATES, JobStatus
 from minipanda.errors import (PILOT_STATES, SC_FAILED, SC_MISSING_KEY, SC_OK, SC_ROLE, TOBEKILLED, InvalidTransition,
@@ -50,37 +50,38 @@ def submit_jobs(specs, user, queue_ensurer=None, role="admin"):
         if refusals:
             raise RequestError("; ".join(refusals[:20]), SC_ROLE, 403)
     now = states.utcnow()
-    results = []
     with database.atomic():
         if queue_ensurer:
             queue_ensurer({columns["computing_site"] for columns, _, _ in parsed})
-        for columns, attributes, files in parsed:
-            job = _insert_job(columns, attributes, files, user, now)
-            results.append([job.panda_id, job.job_definition_id, job.job_name])
+        results = _insert_jobs(parsed, user, now)
     log.info("user %s submitted %d jobs: PandaIDs %s..%s", user, len(results), results[0][0], results[-1][0])
     return results
 
 
-def _insert_job(columns, attributes, files, user, now):
-    row = dict(columns)
-    row.update(status=JobStatus.ACTIVATED.value, prod_user_name=user, creation_time=now, modification_time=now,
-               state_changed_time=now, attributes=json.dumps(attributes))
-    row.setdefault("assigned_priority", row.get("current_priority", 1000))
-    job = models.Job.create(**row)
-    if not job.job_name:
-        job.job_name = f"job.{job.panda_id}"
-        models.Job.update(job_name=job.job_name).where(models.Job.panda_id == job.panda_id).execute()
-    file_rows = []
-    for f in files:
-        f = dict(f, job=job.panda_id)
-        if f["type"] in ("output", "log") and not f["guid"]:
-            f["guid"] = jobspec.new_guid()
-        f["status"] = "ready" if f["type"] == "input" else "defined"
-        file_rows.append(f)
-    if file_rows:
-        models.JobFile.insert_many(file_rows).execute()
-    states.log_transitions([(job.panda_id, None)], JobStatus.ACTIVATED, f"submitted by {user}", now)
-    return job
+def _insert_jobs(parsed, user, now):
+    """The jobs, their files and their first status-log rows, each in multi-row statements (a job at a time cost
+    ~0.4 ms of peewee per job); [[PandaID, jobDefinitionID, jobName], ...] in order."""
+    ids = bulk.new_panda_ids(len(parsed))
+    job_rows, file_rows, results = [], [], []
+    for panda_id, (columns, attributes, files) in zip(ids, parsed):
+        row = dict(columns, panda_id=panda_id, status=JobStatus.ACTIVATED.value, prod_user_name=user,
+                   creation_time=now, modification_time=now, state_changed_time=now, attributes=json.dumps(attributes))
+        row.setdefault("assigned_priority", row.get("current_priority", 1000))
+        row["job_name"] = row.get("job_name") or f"job.{panda_id}"
+        job_rows.append(row)
+        results.append([panda_id, row.get("job_definition_id", 0), row["job_name"]])
+        for f in files:
+            f = dict(f, job=panda_id)
+            if f["type"] in ("output", "log") and not f["guid"]:
+                f["guid"] = jobspec.new_guid()
+            f["status"] = "ready" if f["type"] == "input" else "defined"
+            file_rows.append(f)
+    for start in range(0, len(job_rows), 1000):
+        bulk.insert_model_rows(models.Job, job_rows[start:start + 1000])
+    for start in range(0, len(file_rows), 2000):
+        bulk.insert_model_rows(models.JobFile, file_rows[start:start + 2000])
+    states.log_transitions([(panda_id, None) for panda_id in ids], JobStatus.ACTIVATED, f"submitted by {user}", now)
+    return results
 
 
 def parse_job_id(value, name="jobId"):
@@ -174,6 +175,23 @@ def update_job(params):
             _register_files(panda_id, fileinfo, state)
     command = job.command_to_pilot if job.command_to_pilot == TOBEKILLED else None
     return _reply(command)
+
+
+def update_jobs(entries):
+    """updateJobsInBulk: every entry applied in ONE transaction, each in a savepoint of its own, so an entry that
+    is refused (bad parameters, a refused state change) is rolled back and answered alone while the others
+    commit; the replies in order. ``entries`` are updateJob parameter dicts (anything else is refused)."""
+    replies = []
+    with database.atomic():
+        for index, entry in enumerate(entries):
+            try:
+                if not isinstance(entry, dict):
+                    raise RequestError(f"jobList[{index}]: expected an object")
+                replies.append(update_job(entry))  # its own atomic() nests as a savepoint
+            except RequestError as exc:
+                diag = str(exc) if str(exc).startswith("jobList[") else f"jobList[{index}]: {exc}"
+                replies.append({"StatusCode": exc.code, "ErrorDiag": diag, "command": "NULL"})
+    return replies
 
 
 _UPDATE_COLUMNS = ("panda_id", "status", "command_to_pilot", "attempt_nr", "pilot_id", "batch_id")

@@ -12,7 +12,7 @@ import itertools
 import json
 import logging
 
-from minipanda.core import models, states
+from minipanda.core import bulk, models, states
 from minipanda.core.db import database
 from minipanda.core.states import JobStatus, TaskStatus
 from minipanda.errors import TaskChanged
@@ -104,7 +104,7 @@ def define(task, spec, now):
                          f.checksum if f else None, f.location if f else None, first, n_events, "ready", 0))
     with database.atomic():
         for start in range(0, len(rows), 5000):
-            jobbuild.insert_rows(models.TaskInput._meta.table_name, INPUT_COLUMNS, rows[start:start + 5000])
+            bulk.insert_rows(models.TaskInput._meta.table_name, INPUT_COLUMNS, rows[start:start + 5000])
         models.Task.update(n_chunks=len(plan)).where(models.Task.jedi_task_id == task.jedi_task_id).execute()
         states.change_task_status([task.jedi_task_id], TaskStatus.DEFINED, f"input split into {len(plan)} jobs "
                                   f"({split['rule']}: {split['value']})", now=now)
@@ -209,7 +209,7 @@ def _insert(task, spec, placed, status, decision, settings, now, scout):
     active = priority.active_jobs(task.user_name)
     prios = priority.for_new_jobs(task.task_priority, active, len(placed), scout,
                                   settings.get("priority.scout_boost"))
-    ids = jobbuild.new_panda_ids(len(placed))
+    ids = bulk.new_panda_ids(len(placed))
     first_serial = models.Task.get_by_id(task.jedi_task_id).serial + 1
     jobs, files, picks = [], [], []
     for n, ((chunk, site), panda_id) in enumerate(zip(placed, ids)):
@@ -222,7 +222,7 @@ def _insert(task, spec, placed, status, decision, settings, now, scout):
     jobbuild.insert_jobs(jobs, files)
     states.log_transitions([(pid, None) for pid in ids], status, f"generated for jediTaskID={task.jedi_task_id}: "
                            f"{decision.summary}"[:500], now)
-    jobbuild.update_rows("task_input", ("status", "panda_id", "attempt_nr"), "row_id", picks)
+    bulk.update_rows("task_input", ("status", "panda_id", "attempt_nr"), "row_id", picks)
     models.Task.update(serial=first_serial + len(placed) - 1, modification_time=now,
                        error_dialog="" if status == JobStatus.ACTIVATED else decision.summary).where(
         models.Task.jedi_task_id == task.jedi_task_id).execute()

@@ -9,7 +9,7 @@ import math
 import shlex
 
 from minipanda.core import models
-from minipanda.core.db import database, is_postgres
+from minipanda.core.bulk import insert_rows
 from minipanda.tasks.taskparams import FLAT_PLACEHOLDER, JEDI_PLACEHOLDER
 
 JOB_COLUMNS = ("panda_id", "job_definition_id", "jobset_id", "task_id", "job_name", "status", "computing_site",
@@ -148,48 +148,6 @@ def dataset_scope(name):
     other names (their files keep the queue's default scope)."""
     parts = (name or "").split(".")
     return ".".join(parts[:2]) if parts[0] in ("user", "group") and len(parts) > 2 and parts[1] else None
-
-
-def new_panda_ids(n):
-    """``n`` fresh PandaIDs: from PostgreSQL's sequence, or after the highest id on SQLite (whose writers are
-    serialised, so no one else can take them before the caller's transaction ends)."""
-    if is_postgres():
-        cursor = database.execute_sql("SELECT nextval(pg_get_serial_sequence('job', 'panda_id')) FROM "
-                                      "generate_series(1, %s)", (n,))
-        return [row[0] for row in cursor.fetchall()]
-    highest = database.execute_sql('SELECT MAX("panda_id") FROM "job"').fetchone()[0] or 0
-    return list(range(highest + 1, highest + 1 + n))
-
-
-def insert_rows(table, columns, rows):
-    """Insert many rows at once: sqlite3 ``executemany``; psycopg2 ``execute_values`` (one round trip)."""
-    if not rows:
-        return
-    quoted = ", ".join('"%s"' % c for c in columns)
-    if is_postgres():
-        from psycopg2.extras import execute_values
-
-        execute_values(database.cursor(), f'INSERT INTO "{table}" ({quoted}) VALUES %s', rows, page_size=1000)
-        return
-    marks = ", ".join([database.param] * len(columns))
-    database.cursor().executemany(f'INSERT INTO "{table}" ({quoted}) VALUES ({marks})', rows)
-
-
-def update_rows(table, columns, key, rows):
-    """``UPDATE table SET columns... WHERE key = ...`` for many rows, each ``(*values, key value)``: sqlite3
-    ``executemany``; on PostgreSQL one ``UPDATE ... FROM (VALUES ...)`` per 1000 rows."""
-    if not rows:
-        return
-    if is_postgres():
-        from psycopg2.extras import execute_values
-
-        names = ", ".join(f'"{c}"' for c in columns + (key,))
-        assignments = ", ".join(f'"{c}" = v."{c}"' for c in columns)
-        execute_values(database.cursor(), f'UPDATE "{table}" AS t SET {assignments} FROM (VALUES %s) AS v({names}) '
-                                          f'WHERE t."{key}" = v."{key}"', rows, page_size=1000)
-        return
-    assignments = ", ".join(f'"{c}" = {database.param}' for c in columns)
-    database.cursor().executemany(f'UPDATE "{table}" SET {assignments} WHERE "{key}" = {database.param}', rows)
 
 
 def insert_jobs(jobs, files):

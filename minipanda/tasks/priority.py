@@ -8,10 +8,9 @@ jobs, with T = the user's running jobs, so waiting jobs rise as the user's earli
 """
 import logging
 
-from minipanda.core import models
+from minipanda.core import bulk, models
 from minipanda.core.db import database
 from minipanda.core.states import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobStatus
-from minipanda.tasks import jobbuild
 from peewee import fn
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ def recompute(settings, now=None):
             changes.append((wanted, panda_id))
     with database.atomic():
         for start in range(0, len(changes), 1000):
-            jobbuild.update_rows("job", ("current_priority",), "panda_id", changes[start:start + 1000])
+            bulk.update_rows("job", ("current_priority",), "panda_id", changes[start:start + 1000])
     if changes:
         log.info("priority recompute: %d waiting jobs of %d users changed", len(changes), len(position))
     return len(changes)

@@ -1,0 +1,54 @@
+"""Job services in-process on each backend: batched submission, and updateJobsInBulk in one transaction."""
+from conftest import make_job
+from minipanda.core import bulk, jobs, models, states
+
+
+def dispatched(n):
+    """``n`` submitted jobs moved to sent, as a getJob would."""
+    ids = [row[0] for row in jobs.submit_jobs([make_job() for _ in range(n)], "alice")]
+    with models.database.atomic():
+        states.change_job_status(ids, "sent", "test dispatch")
+    return ids
+
+
+def test_submission_writes_jobs_and_files_in_a_few_statements(database, monkeypatch):
+    calls = []
+    real = bulk.insert_rows
+    monkeypatch.setattr(bulk, "insert_rows", lambda table, columns, rows: calls.append((table, len(rows))) or
+                        real(table, columns, rows))
+    specs = [make_job(jobName="" if i % 2 else f"named.{i}", Files=[
+        {"type": "input", "lfn": f"in.{i}", "scope": "s", "dataset": "d"},
+        {"type": "log", "lfn": f"log.{i}.tgz", "scope": "s"}]) for i in range(50)]
+    results = jobs.submit_jobs(specs, "alice")
+    assert calls == [("job", 50), ("job_file", 100)]  # not a statement per job
+    ids = [r[0] for r in results]
+    assert ids == list(range(ids[0], ids[0] + 50))
+    assert [r[2] for r in results[:2]] == ["named.0", f"job.{ids[1]}"]
+    stored = {j.panda_id: j for j in models.Job.select()}
+    assert stored[ids[1]].job_name == f"job.{ids[1]}" and stored[ids[0]].status == "activated"
+    assert stored[ids[0]].assigned_priority == stored[ids[0]].current_priority and stored[ids[0]].prod_user_name == "alice"
+    files = list(models.JobFile.select().where(models.JobFile.job == ids[3]).order_by(models.JobFile.type))
+    assert [(f.type, f.lfn, f.status) for f in files] == [("input", "in.3", "ready"), ("log", "log.3.tgz", "defined")]
+    assert files[1].guid  # made for a log that had none
+    assert models.StatusLog.select().where(models.StatusLog.new_status == "activated").count() == 50
+
+
+def test_bulk_update_is_one_transaction_and_a_bad_entry_is_refused_alone(database, monkeypatch):
+    first, second, third = dispatched(3)
+    (never_sent,) = [row[0] for row in jobs.submit_jobs([make_job()], "alice")]
+    begins = []
+    real = database.begin
+    monkeypatch.setattr(database, "begin", lambda *a, **k: begins.append(1) or real(*a, **k))
+    replies = jobs.update_jobs([
+        {"jobId": first, "state": "running", "pilotID": "p"},
+        {"jobId": never_sent, "state": "finished", "pilotID": "p"},  # refused inside the transaction: 409
+        {"jobId": second, "state": "bogus"},
+        "not an object",
+        {"jobId": third, "state": "finished", "pilotID": "p", "transExitCode": 0},
+    ])
+    assert len(begins) == 1  # one transaction for the whole list
+    assert [r["StatusCode"] for r in replies][0] == 0 and replies[4]["StatusCode"] == 0
+    assert all(r["StatusCode"] != 0 for r in replies[1:4]) and "jobList[3]" in replies[3]["ErrorDiag"]
+    status = {j.panda_id: j.status for j in models.Job.select(models.Job.panda_id, models.Job.status)}
+    assert (status[first], status[second], status[third], status[never_sent]) == \
+        ("running", "sent", "finished", "activated")
