@@ -1,0 +1,30 @@
+"""An earlier commit of this repository as a tree to run beside the current one, for before/after figures from
+one run: ``python -m minipanda ...`` started in that tree imports that tree's packages (``-m`` puts the working
+directory first on the module path), pilots included (harvester builds the zipapp from the pilot package it
+imported)."""
+import os
+import shutil
+import subprocess
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def checkout(rev):
+    """A temporary directory holding ``rev``'s files (git archive); remove it with :func:`remove`."""
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--verify", rev + "^{commit}"], capture_output=True,
+                            text=True)
+    if commit.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: not a commit of {ROOT}: {commit.stderr.strip()}")
+    directory = tempfile.mkdtemp(prefix=f"bench-baseline-{rev[:12]}-")
+    archive = subprocess.Popen(["git", "-C", ROOT, "archive", commit.stdout.strip()], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", directory], stdin=archive.stdout, check=True)
+    archive.stdout.close()
+    if archive.wait() != 0:
+        raise SystemExit(f"--baseline {rev}: git archive failed")
+    return directory
+
+
+def remove(directory):
+    if directory and os.path.basename(directory).startswith("bench-baseline-"):
+        shutil.rmtree(directory, ignore_errors=True)

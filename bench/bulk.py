@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""The server's bulk paths at scale: many jobs submitted over HTTP, then taken and finished in batches.
+
+  submit          --jobs jobs through job/submit, --chunk (5,000, the server's limit) per call, one client
+  dispatch+finish --clients clients, each taking --bulk jobs per getJob (nJobs) and reporting the whole batch
+                  finished with ONE updateJobsInBulk, until the queue is empty
+
+Both rates are printed overall and per tenth of the run (flat means the cost per job does not grow with the
+table), with the server's CPU per job and the load average, once per database URL given (--db, repeatable; the
+default is SQLite in a temporary home) and, with --baseline REV, for that commit's server beside this one's in
+the same run (the order alternates per database). Correctness: every job dispatched exactly once and finished.
+
+Only 127.0.0.1 is contacted; the servers this script starts are the only processes it stops.
+
+    python3 bench/bulk.py                                   # 200,000 jobs on SQLite (the issue's scenario)
+    python3 bench/bulk.py --jobs 20000 --baseline HEAD~5    # before/after, side by side
+    python3 bench/bulk.py --db sqlite --db postgresql://user:pw@127.0.0.1:5432/bench
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import baseline  # noqa: E402
+from dispatch import NO_JOBS, Connection, Server, job_spec, load_average, process_cpu  # noqa: E402
+
+
+def submit(server, queue, n_jobs, chunk, marks):
+    """Submit in chunks; return (ids, [(jobs so far, seconds so far)])."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+    headers = {"Accept": "application/json", "Authorization": f"Bearer {server.token}",
+               "Content-Type": "application/json"}
+    ids, progress, t0 = [], [], time.perf_counter()
+    try:
+        for start in range(0, n_jobs, chunk):
+            specs = [job_spec(queue, i) for i in range(start, min(n_jobs, start + chunk))]
+            body = json.dumps({"jobs": specs})
+            conn.request("POST", "/api/v1/job/submit", body=body, headers=headers)
+            response = conn.getresponse()
+            reply = json.loads(response.read())
+            if response.status != 200 or not reply.get("success"):
+                raise RuntimeError(f"submit failed: HTTP {response.status}: {reply.get('message')}")
+            ids.extend(row[0] for row in reply["data"])
+            if len(ids) >= marks[len(progress)] if len(progress) < len(marks) else False:
+                progress.append((len(ids), time.perf_counter() - t0))
+    finally:
+        conn.close()
+    return ids, progress
+
+
+def drain(server, queue, n_clients, bulk, n_jobs, marks, time_limit):
+    """Clients take ``bulk`` jobs per getJob and finish each batch with one updateJobsInBulk."""
+    lock, got, errors, progress = threading.Lock(), [], [], []
+    deadline = time.monotonic() + time_limit
+    gate = threading.Barrier(n_clients + 1)
+    t0 = [0.0]
+
+    def client(index):
+        conn = Connection(server.port, server.token, timeout=600)
+        fields = {"computingElement": queue, "prodSourceLabel": "managed", "mem": "2000", "nJobs": str(bulk),
+                  "node": f"bench-node-{index}"}
+        try:
+            gate.wait()
+            for call in range(n_jobs // bulk + 50):
+                if time.monotonic() > deadline:
+                    errors.append(f"client {index}: time limit reached")
+                    break
+                fields["pilotID"] = f"pilot-{index}-{call}"
+                reply = conn.post("/server/panda/getJob", fields)
+                if reply.get("StatusCode") == NO_JOBS:
+                    break
+                if reply.get("StatusCode") != 0:
+                    errors.append(f"client {index}: getJob {reply.get('StatusCode')}: {reply.get('errorDialog')}")
+                    break
+                ids = [j["PandaID"] for j in reply["jobs"]]
+                entries = [{"jobId": pid, "state": "finished", "pilotID": fields["pilotID"], "transExitCode": 0,
+                            "pilotErrorCode": 0, "node": fields["node"]} for pid in ids]
+                answer = conn.post("/server/panda/updateJobsInBulk", {"jobList": json.dumps(entries)})
+                bad = [r for r in answer.get("results", []) if r.get("StatusCode") != 0]
+                if answer.get("StatusCode") != 0 or len(answer.get("results", [])) != len(ids) or bad:
+                    errors.append(f"client {index}: updateJobsInBulk: {str(bad or answer)[:300]}")
+                with lock:
+                    got.extend(ids)
+                    while len(progress) < len(marks) and len(got) >= marks[len(progress)]:
+                        progress.append((len(got), time.perf_counter() - t0[0]))
+        except Exception as exc:  # noqa: BLE001 - report, never hang the barrier
+            errors.append(f"client {index}: {type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n_clients)]
+    for thread in threads:
+        thread.start()
+    gate.wait()
+    t0[0] = time.perf_counter()
+    for thread in threads:
+        thread.join(max(1.0, deadline - time.monotonic() + 60))
+    return got, time.perf_counter() - t0[0], progress, errors
+
+
+def windows(progress):
+    """Rates of each tenth: jobs/s between consecutive marks."""
+    rates, last = [], (0, 0.0)
+    for jobs, seconds in progress:
+        rates.append((jobs - last[0]) / max(1e-9, seconds - last[1]))
+        last = (jobs, seconds)
+    return rates
+
+
+def one_run(label, tree, db, args):
+    home = tempfile.mkdtemp(prefix="bench-bulk-")
+    db_url = "sqlite:///" + os.path.join(home, "minipanda.db") if db == "sqlite" else db
+    queue = f"BULK_{int(time.time() * 1000) % 10 ** 9}"
+    marks = [args.jobs * k // 10 for k in range(1, 11)]
+    server = Server(home, db_url, args.threads, cwd=tree)
+    try:
+        cpu0 = process_cpu(server.proc.pid)
+        t0 = time.perf_counter()
+        ids, sub_progress = submit(server, queue, args.jobs, args.chunk, marks)
+        sub_wall, cpu1 = time.perf_counter() - t0, process_cpu(server.proc.pid)
+        load_sub = load_average()
+        got, wall, progress, errors = drain(server, queue, args.clients, args.bulk, args.jobs, marks, args.time_limit)
+        cpu2 = process_cpu(server.proc.pid)
+        load_drain = load_average()
+    finally:
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    duplicates, missed = len(got) - len(set(got)), len(set(ids) - set(got))
+    result = {"label": label, "db": "sqlite" if db == "sqlite" else "postgresql", "jobs": len(ids),
+              "submit_rate": len(ids) / sub_wall, "submit_windows": windows(sub_progress),
+              "submit_cpu_ms": 1000 * (cpu1 - cpu0) / max(1, len(ids)), "load_submit": load_sub,
+              "drain_rate": len(set(got)) / wall, "drain_windows": windows(progress),
+              "drain_cpu_ms": 1000 * (cpu2 - cpu1) / max(1, len(set(got))), "load_drain": load_drain,
+              "duplicates": duplicates, "missed": missed, "errors": errors}
+    print(f"  {label} on {result['db']}: submit {result['submit_rate']:.0f} jobs/s "
+          f"({result['submit_cpu_ms']:.3f} ms server CPU per job), dispatch+finish {result['drain_rate']:.0f} jobs/s "
+          f"({result['drain_cpu_ms']:.3f} ms per job); duplicates {duplicates}, missed {missed}, "
+          f"errors {len(errors)}; load {load_drain}", flush=True)
+    for error in errors[:5]:
+        print(f"    {error}")
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--jobs", type=int, default=200000, help="jobs per run (default 200,000)")
+    p.add_argument("--chunk", type=int, default=5000, help="jobs per job/submit call (default 5,000)")
+    p.add_argument("--clients", type=int, default=8, help="concurrent dispatch clients (default 8)")
+    p.add_argument("--bulk", type=int, default=100, help="jobs per getJob and per updateJobsInBulk (default 100)")
+    p.add_argument("--threads", type=int, default=8, help="server request threads (default 8)")
+    p.add_argument("--db", action="append", default=[], help="'sqlite' (a fresh file, the default) or a "
+                   "postgresql:// URL; repeatable: one run each")
+    p.add_argument("--baseline", metavar="REV", help="also run this commit's server (e.g. main~3), side by side")
+    p.add_argument("--time-limit", type=float, default=3600, help="s per dispatch phase before it gives up (3600)")
+    p.add_argument("--keep", action="store_true", help="keep the SQLite homes")
+    args = p.parse_args(argv)
+    print(f"bench/bulk.py: {args.jobs} jobs, {args.chunk} per submit, {args.clients} clients x {args.bulk} per "
+          f"getJob + one updateJobsInBulk; {os.cpu_count()} CPUs, load {load_average()}", flush=True)
+    tree = baseline.checkout(args.baseline) if args.baseline else None
+    results = []
+    try:
+        for n, db in enumerate(args.db or ["sqlite"]):
+            order = [("this tree", None)] + ([(f"baseline {args.baseline}", tree)] if tree else [])
+            for label, where in (order if n % 2 == 0 else order[::-1]):
+                results.append(one_run(label, where, db, args))
+    finally:
+        baseline.remove(tree)
+    print("\n| server | database | submit jobs/s | submit CPU ms/job | dispatch+finish jobs/s | CPU ms/job | "
+          "per tenth (dispatch+finish, jobs/s) | duplicates/missed | load 1/5/15 |")
+    print("|---|---|---:|---:|---:|---:|---|---:|---|")
+    for r in results:
+        tenths = " ".join(f"{x:.0f}" for x in r["drain_windows"])
+        print(f"| {r['label']} | {r['db']} | {r['submit_rate']:.0f} | {r['submit_cpu_ms']:.3f} | "
+              f"{r['drain_rate']:.0f} | {r['drain_cpu_ms']:.3f} | {tenths} | {r['duplicates']}/{r['missed']} | "
+              f"{r['load_drain']} |")
+    for db in sorted({r["db"] for r in results}):
+        pair = [r for r in results if r["db"] == db]
+        if len(pair) == 2:
+            new, old = pair if pair[0]["label"] == "this tree" else pair[::-1]
+            print(f"{db}: this tree / baseline: submit {new['submit_rate'] / old['submit_rate']:.2f}x, "
+                  f"dispatch+finish {new['drain_rate'] / old['drain_rate']:.2f}x; server CPU per job "
+                  f"{new['submit_cpu_ms'] / old['submit_cpu_ms']:.2f}x and {new['drain_cpu_ms'] / old['drain_cpu_ms']:.2f}x")
+    print("goal: submit and dispatch+finish >= 10,000 jobs/s each on SQLite")
+    bad = [r for r in results if r["duplicates"] or r["missed"] or r["errors"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
