@@ -22,6 +22,7 @@ import os
 import shutil
 import tarfile
 import time
+import zlib
 
 from pilot import comm, errors
 from pilot.errors import PilotError
@@ -135,7 +136,7 @@ def destination(spec, output_dir):
 
 
 def stage_out(spec, tool, output_dir, timeout, url_template="", client=None, tries=1, backoff=1.0,
-              sleep=time.sleep):
+              sleep=time.sleep, measured=False):
     """Copy, move or upload one produced file (``spec.path``); fill surl, fsize, adler32.
 
     Args:
@@ -146,12 +147,15 @@ def stage_out(spec, tool, output_dir, timeout, url_template="", client=None, tri
         url_template: queuedata output_url for http.
         client: a comm.ServerClient for http (None without network).
         tries, backoff, sleep: http retries of transient failures, waiting backoff, 2x backoff, ... (at most 60 s).
+        measured: ``spec.fsize`` and ``spec.adler32`` were taken as the file was written (the log tarball): the
+            file is not read once more for them.
     """
     if tool not in WRITE_TOOLS:
         raise PilotError(errors.UNKNOWNCOPYTOOL, f"copytool {tool!r} cannot stage out; use one of {WRITE_TOOLS}")
     if tool == "http" and (client is None or not url_template):
         raise PilotError(errors.UNKNOWNCOPYTOOL, "copytool http needs network and queuedata output_url")
-    spec.fsize, spec.adler32 = os.path.getsize(spec.path), adler32(spec.path)
+    if not measured:
+        spec.fsize, spec.adler32 = os.path.getsize(spec.path), adler32(spec.path)
     if tool == "http":
         _upload(spec, url_template, client, time.monotonic() + timeout + spec.fsize / 1e7, tries, backoff, sleep)
         return
@@ -205,11 +209,17 @@ def _upload(spec, template, client, deadline, tries, backoff, sleep):
 def log_tarball(job, job_dir, dest, extra_files=()):
     """Write the log tarball: the job directory without its inputs, plus ``extra_files`` (the pilot log).
 
+    The tarball's size and adler32 are taken as it is written, so stage-out need not read it again.
+
     Args:
         job: the Job (its inputs are left out).
         job_dir: the job directory.
         dest: path of the tarball (outside the job directory).
-        extra_files: paths added next to the job directory's files.
+        extra_files: paths added next to the job directory's files, or (path, offset) pairs: only the bytes from
+            ``offset`` on (the pilot log since the previous job's tarball).
+
+    Returns:
+        (dest, size in bytes, adler32).
     """
     top = f"PandaJob_{job.panda_id}"
     skip = {spec.lfn for spec in job.inputs}
@@ -219,12 +229,41 @@ def log_tarball(job, job_dir, dest, extra_files=()):
         return None if first in skip or info.name.endswith(".part") else info
 
     try:
-        with tarfile.open(dest + ".part", "w:gz") as tar:
-            tar.add(job_dir, arcname=top, filter=keep)
-            for path in extra_files:
-                if os.path.isfile(path):
-                    tar.add(path, arcname=f"{top}/{os.path.basename(path)}")
+        with open(dest + ".part", "wb") as raw:
+            out = _Adler32Writer(raw)
+            with tarfile.open(fileobj=out, mode="w:gz") as tar:
+                tar.add(job_dir, arcname=top, filter=keep)
+                for entry in extra_files:
+                    path, offset = entry if isinstance(entry, tuple) else (entry, 0)
+                    if os.path.isfile(path):
+                        _add_tail(tar, path, offset, f"{top}/{os.path.basename(path)}")
         os.replace(dest + ".part", dest)
     except (OSError, tarfile.TarError) as exc:
         raise PilotError(errors.LOGFILECREATIONFAILURE, f"log tarball {os.path.basename(dest)}: {exc}") from None
-    return dest
+    return dest, out.size, f"{out.value & 0xFFFFFFFF:08x}"
+
+
+def _add_tail(tar, path, offset, name):
+    """``path`` from byte ``offset`` on, as ``name``: what it holds now (a log still being written may grow)."""
+    with open(path, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        offset = offset if 0 <= offset <= st.st_size else 0
+        handle.seek(offset)
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = st.st_size - offset, st.st_mtime, 0o644
+        tar.addfile(info, handle)
+
+
+class _Adler32Writer:
+    """A binary file wrapper that keeps the adler32 and the size of what goes through it."""
+
+    def __init__(self, raw):
+        self.raw, self.value, self.size = raw, 1, 0
+
+    def write(self, data):
+        self.value = zlib.adler32(data, self.value)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self):
+        self.raw.flush()

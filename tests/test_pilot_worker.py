@@ -237,3 +237,19 @@ def test_queuedata_from_the_server_and_old_pilot_dirs_cleaned(site):
     pilot_dirs = [d for d in os.listdir(site.workdir) if d.startswith("PanDA_Pilot-")]
     qd = json.load(open(os.path.join(site.workdir, pilot_dirs[0], "queuedata.json")))
     assert qd["raw"]["maxrss"] == 2000 and qd["effective"]["pilot_looping_limit"] == 7200
+
+
+def test_each_log_tarball_holds_the_pilot_log_of_its_own_job(site):
+    import tarfile
+
+    ids = [site.submit(transformation="/bin/true", Files=[{"type": "log", "lfn": f"job{n}.log.tgz", "scope": "user"}])
+           for n in (1, 2)]
+    code, log = site.run(qd=site.queuedata(timefloor=10))
+    assert code == 0, log
+    texts = []
+    for n in (1, 2):
+        with tarfile.open(os.path.join(site.outputs(), "user", f"job{n}.log.tgz")) as tar:
+            [member] = [m for m in tar.getnames() if m.endswith("pilotlog.txt")]
+            texts.append(tar.extractfile(member).read().decode())
+    assert f"PandaID {ids[0]} " in texts[0] and f"PandaID {ids[1]} " not in texts[0]
+    assert f"PandaID {ids[1]} " in texts[1] and f"PandaID {ids[0]} " not in texts[1]
