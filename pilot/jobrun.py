@@ -1,8 +1,8 @@
 """One job on the worker node, from its definition to the acknowledged final update.
 
 ``JobRun.execute()`` reads like the protocol: prepare the job directory, report ``starting``, stage in, start the
-payload and report ``running``, watch it (limits, heartbeats, server commands, signals) until it exits or is
-killed, check its outputs, stage out outputs and the log, send the final update (or spool it). The first error
+payload, watch it (limits, the ``running`` report once it has run ``pilot_running_delay`` s, heartbeats, server
+commands, signals) until it exits or is killed, check its outputs, stage out outputs and the log, send the final update (or spool it). The first error
 raised anywhere is the one reported (pilot3's rule); later steps still run so the log always goes out.
 """
 import logging
@@ -25,7 +25,8 @@ class Context:
     A plain class, not a dataclass: importing dataclasses loads inspect, ast and dis, ~1.5 MB of a pilot's RSS.
     ``client`` is the comm.ServerClient (None in file mode), ``handoff`` the handoff.Handoff with
     --harvester-workdir, ``file_mode`` means no server updates (reports go through the handoff files), and
-    ``pilot_deadline`` is on the monotonic clock.
+    ``pilot_deadline`` is on the monotonic clock; ``log_offset`` is where the pilot log lines not yet sent in a
+    log tarball begin.
     """
 
     def __init__(self, queue, qd, identity, pilot_dir, input_dir, output_dir, stop, waker, timing, client=None,
@@ -36,6 +37,7 @@ class Context:
         self.client, self.handoff, self.file_mode, self.outbox = client, handoff, file_mode, outbox
         self.pilot_deadline, self.adopter_pid, self.pilot_log, self.cleanup = (pilot_deadline, adopter_pid,
                                                                                pilot_log, cleanup)
+        self.log_offset = 0  # where in the pilot log the next job's log tarball starts
 
 
 class JobRun:
@@ -131,9 +133,10 @@ class JobRun:
         ctx.timing.mark(self.job.panda_id, "PILOT_PRE_PAYLOAD")
         self.payload.start()
         self.monitor = Monitor(self.job, self.qd, self.job_dir, self.payload, ctx.pilot_deadline, ctx.handoff)
-        breach = self.command_breach(self.send_update("running"))
+        delay = self.qd["pilot_running_delay"]
+        breach = self.command_breach(self.send_update("running")) if delay <= 0 else None
         if breach is None:
-            breach = self.watch()
+            breach = self.watch(first_report=delay)
         if breach is not None:
             self.fail(breach)
             self.payload.kill(self.qd["pilot_kill_grace"])
@@ -151,11 +154,15 @@ class JobRun:
             log.warning("payload of job %s still running after an error; killing it", self.job.panda_id)
             self.payload.kill(self.qd["pilot_kill_grace"])
 
-    def watch(self):
-        """Wait for the payload to exit, checking limits and sending heartbeats; the breach to kill it for."""
+    def watch(self, first_report=0.0):
+        """Wait for the payload to exit, checking limits and sending heartbeats; the breach to kill it for.
+
+        The first "running" report goes out ``first_report`` s after the start (none when it is 0: it was sent
+        already), the next ones every heartbeat interval: a payload that ends sooner is never reported running,
+        which spares a short job one of its four reports."""
         interval, beat = self.qd["pilot_monitor_interval"], self.qd["pilot_heartbeat_interval"]
         now = time.monotonic()
-        next_check, next_beat = now + min(interval, 1.0), now + beat
+        next_check, next_beat = now + min(interval, 1.0), now + (min(first_report, beat) if first_report > 0 else beat)
         while self.payload.poll() is None:
             now = time.monotonic()
             if self.ctx.stop.requested:
@@ -233,9 +240,12 @@ class JobRun:
             log.error("log file name %r / scope %r is not a plain name: no log tarball", spec.lfn, spec.scope)
         elif spec and os.path.isdir(self.job_dir):
             try:
-                spec.path = copytools.log_tarball(self.job, self.job_dir, os.path.join(ctx.pilot_dir, spec.lfn),
-                                                  [ctx.pilot_log])
-                copytools.stage_out(spec, self.qd.copytool("pl"), ctx.output_dir, timeout, **http)
+                # the pilot log since the previous job's tarball: each line goes out once, with its job
+                spec.path, spec.fsize, spec.adler32 = copytools.log_tarball(
+                    self.job, self.job_dir, os.path.join(ctx.pilot_dir, spec.lfn), [(ctx.pilot_log, ctx.log_offset)])
+                ctx.log_offset = os.path.getsize(ctx.pilot_log) if ctx.pilot_log and os.path.isfile(ctx.pilot_log) \
+                    else 0
+                copytools.stage_out(spec, self.qd.copytool("pl"), ctx.output_dir, timeout, measured=True, **http)
             except PilotError as exc:
                 self.fail(exc)
         ctx.timing.mark(self.job.panda_id, "PILOT_POST_STAGEOUT")

@@ -50,7 +50,18 @@ def test_success_with_outputs_and_checksums(site):
     assert stdout == "args: --n 3 two words ; $(touch pwned)\n"
     assert not [p for p in os.listdir(site.base) if p == "pwned"]
     states = [h["to"] for h in site.history(pid)]
-    assert states == ["activated", "sent", "starting", "running", "finished"]
+    assert states == ["activated", "sent", "starting", "finished"]  # ended within pilot_running_delay
+
+
+def test_running_is_reported_once_the_payload_outlives_the_delay_and_at_once_with_0(site):
+    slow = site.submit(transformation="/bin/sleep", jobParameters="1.5")
+    code, log = site.run(qd=site.queuedata(pilot_running_delay=0.5))
+    assert code == 0, log
+    assert [h["to"] for h in site.history(slow)] == ["activated", "sent", "starting", "running", "finished"]
+    quick = site.submit(transformation="/bin/true")
+    code, log = site.run(qd=site.queuedata(pilot_running_delay=0))
+    assert code == 0, log
+    assert [h["to"] for h in site.history(quick)] == ["activated", "sent", "starting", "running", "finished"]
 
 
 def test_nonzero_exit_fails_with_1305(site):
