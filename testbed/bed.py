@@ -216,10 +216,16 @@ class Testbed:
     # -- the demo task --------------------------------------------------------------------------------------------
     def _submit_demo(self):
         self.submitted_at = time.time()
-        self.task_id = demo.submit(self.v1, self.home, self.args.jobs, self.args.job_seconds, self.args.fail_some)
-        command = demo.payload_command(self.args.job_seconds, self.home.fail_marks if self.args.fail_some else None)
-        self.say(f"demo task {self.task_id}: {self.args.jobs} jobs, each reads {demo.DATASET}/<file> from the file "
-                 f"store, runs `{command}` and uploads {demo.OUTPUT}")
+        args = self.args
+        self.task_id = demo.submit(self.v1, self.home, args.jobs, args.job_seconds, args.fail_some, args.files)
+        command = demo.payload_command(args.job_seconds, self.home.fail_marks if args.fail_some else None, args.files)
+        if args.files == "none":
+            self.say(f"demo task {self.task_id}: {args.jobs} jobs without files, each runs `{command}` and "
+                     "uploads its log")
+        else:
+            self.say(f"demo task {self.task_id}: {args.jobs} jobs, each reads {demo.DATASET}/<file> "
+                     f"({'1 MB' if args.files == '1mb' else 'small'}) from the file store, runs `{command}` and "
+                     f"uploads {demo.OUTPUT}")
 
     def _follow(self):
         from minipanda.core import states

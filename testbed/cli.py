@@ -3,6 +3,7 @@ import argparse
 import os
 import tempfile
 
+from testbed import demo
 from testbed.bed import Testbed
 from testbed.config import PREFERRED_PORT
 
@@ -36,6 +37,11 @@ def add_parsers(sub):
                         "payloads that use a core, give --pilots C)")
     p.add_argument("--job-seconds", type=float, default=0.1, metavar="S",
                    help="how long each demo payload runs (a sleep, then it reads and writes its files; default 0.1)")
+    p.add_argument("--files", choices=demo.FILES, default="small",
+                   help="what each job reads and writes: 'small' (default): one small text input from the file "
+                        "store, upper-cased into its output; '1mb': the same with a 1 MB input and output; "
+                        "'none': no input and no output, the payload only sleeps (or runs `true` with "
+                        "--job-seconds 0); every job uploads its log tarball")
     p.add_argument("--home", metavar="DIR",
                    help="where everything is kept: database, file store, logs, pilots' directories; it must be "
                         "new or empty (default: a new directory under %s, printed at the start)"
@@ -72,6 +78,9 @@ def _positive_int(text):
 def cmd_testbed(args):
     if args.job_seconds < 0:
         raise ValueError(f"--job-seconds: must not be negative, got {args.job_seconds}")
+    if args.fail_some and args.files == "none":
+        raise ValueError("--fail-some: needs input files (each 10th input is marked to fail once); not with "
+                         "--files none")
     if args.lost_heartbeat < 4:
         raise ValueError(f"--lost-heartbeat: at least 4 s (pilots beat every quarter of it), got {args.lost_heartbeat}")
     return Testbed(args).run()

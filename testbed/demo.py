@@ -17,8 +17,15 @@ def adler32(data):
     return f"{zlib.adler32(data) & 0xffffffff:08x}"
 
 
-def payload_command(job_seconds, fail_marks=None):
-    """(Fail once when this input's mark is in ``fail_marks``,) sleep, then the input upper-cased into out.txt."""
+FILES = ("small", "none", "1mb")  # --files: a small text input, no file at all, a 1 MB input
+MB = 1 << 20
+
+
+def payload_command(job_seconds, fail_marks=None, files="small"):
+    """(Fail once when this input's mark is in ``fail_marks``,) sleep, then the input upper-cased into out.txt;
+    without files, only the sleep (``true`` when it is 0)."""
+    if files == "none":
+        return f"sleep {job_seconds:g}" if job_seconds > 0 else "true"
     parts = []
     if fail_marks:
         marks = shlex.quote(fail_marks)
@@ -30,27 +37,35 @@ def payload_command(job_seconds, fail_marks=None):
     return "; ".join(parts)
 
 
-def input_files(jobs):
-    """(lfn, content) of the demo dataset: one small text file per job."""
+def input_files(jobs, files="small"):
+    """(lfn, content) of the demo dataset: one text file per job, small or of 1 MB."""
     for i in range(jobs):
         lfn = f"in.{i:06d}.txt"
-        yield lfn, (f"minipanda testbed input {i} of {jobs}\n"
-                    f"the payload upper-cases this file into its output\n").encode()
+        text = (f"minipanda testbed input {i} of {jobs}\n"
+                f"the payload upper-cases this file into its output\n").encode()
+        yield lfn, (text * (MB // len(text) + 1))[:MB] if files == "1mb" else text
 
 
-def submit(v1, home, jobs, job_seconds, fail_some):
+def submit(v1, home, jobs, job_seconds, fail_some, files="small"):
     """Put the inputs in ``home.data`` and in the file store, register the dataset, submit the task: its id.
 
     ``v1(path, **params)`` calls the server's API. With ``fail_some``, every 10th input gets a mark in
-    ``home.fail_marks``: its first payload removes the mark and fails.
+    ``home.fail_marks``: its first payload removes the mark and fails. With ``files`` "none", the task is
+    ``jobs`` jobs without input or output (each still uploads its log).
     """
     from minipanda.core import filestore
+
+    common = {"taskName": TASK_NAME, "site": [QUEUE], "nScouts": 0, "maxAttempt": 3, "prodSourceLabel": "managed",
+              "coreCount": 1, "ramCount": 500, "walltime": 600}
+    if files == "none":
+        return v1("task/submit", task_parameters=dict(common, exec=payload_command(job_seconds, files=files),
+                                                      nJobs=jobs), parent_tid=None)
 
     store = filestore.FileStore(os.path.join(home.server, "files"))
     if fail_some:
         os.makedirs(home.fail_marks, exist_ok=True)
     files = []
-    for i, (lfn, content) in enumerate(input_files(jobs)):
+    for i, (lfn, content) in enumerate(input_files(jobs, files)):
         with open(os.path.join(home.data, lfn), "wb") as handle:
             handle.write(content)
         store.put(DATASET, lfn, io.BytesIO(content), len(content), len(content))
@@ -59,9 +74,8 @@ def submit(v1, home, jobs, job_seconds, fail_some):
         if fail_some and i % 10 == 0:
             open(os.path.join(home.fail_marks, lfn), "w").close()
     v1("dataset/add", name=DATASET, files=files)
-    params = {"taskName": TASK_NAME, "exec": payload_command(job_seconds, home.fail_marks if fail_some else None),
-              "inDS": DATASET, "nFilesPerJob": 1, "outputs": [OUTPUT], "site": [QUEUE], "nScouts": 0,
-              "maxAttempt": 3, "prodSourceLabel": "managed", "coreCount": 1, "ramCount": 500, "walltime": 600}
+    params = dict(common, exec=payload_command(job_seconds, home.fail_marks if fail_some else None),
+                  inDS=DATASET, nFilesPerJob=1, outputs=[OUTPUT])
     return v1("task/submit", task_parameters=params, parent_tid=None)
 
 

@@ -1,5 +1,11 @@
-"""What a testbed run did: figures from the server's database and this process's CPU times, written to
-summary.json and printed."""
+"""What a testbed run did: figures from the server's database, this process's CPU times and the pilots' own
+timing files, written to summary.json and printed.
+
+The ideal makespan is what the pilots could do if a job cost nothing but its payload: jobs x job seconds / pilots
+running at once. The CPU-bound floor beside it is the CPU every process used (server, harvester, pilots, payloads)
+spread over the cores: no schedule ends sooner than that either.
+"""
+import glob
 import json
 import os
 
@@ -19,25 +25,26 @@ def summarize(run, state):
     rows = list(job.select(job.panda_id, job.status, job.attempt_nr, job.start_time, job.end_time)
                 .where(job.task_id == run.task_id).tuples())
     finished = [r for r in rows if r[1] == "finished"]
-    first_running = models.StatusLog.select(peewee.fn.MIN(models.StatusLog.time)).where(
+    # a pilot reports "starting" when it has the job; a payload that ends within seconds is never reported running
+    first_started = models.StatusLog.select(peewee.fn.MIN(models.StatusLog.time)).where(
         models.StatusLog.panda_id.in_([r[0] for r in rows]),
-        models.StatusLog.new_status == "running").scalar() if rows else None
+        models.StatusLog.new_status.in_(["starting", "running"])).scalar() if rows else None
     last_end = max((r[4] for r in rows if r[4] is not None), default=None)
     makespan = utc_epoch(last_end) - run.submitted_at if last_end else None
-    ideal = args.jobs * args.job_seconds / run.cores
+    ideal = args.jobs * args.job_seconds / run.pilots
     out_dir = os.path.join(run.home.server, "files", OUT_SCOPE)
     by_state = {}
     for row in rows:
         by_state[row[1]] = by_state.get(row[1], 0) + 1
-    return {
+    result = {
         "home": run.home.path, "url": run.url, "monitor": run.monitor_url(), "task_id": run.task_id,
         "task_status": state["task"], "jobs": args.jobs, "jobs_by_state": by_state,
         "attempts": len(rows), "retries": max(0, len(rows) - args.jobs),
         "finished_inputs": len(finished), "complete": state["task"] == "done" and len(finished) == args.jobs,
-        "cores": run.cores, "pilots": run.pilots, "job_seconds": args.job_seconds,
+        "cores": run.cores, "pilots": run.pilots, "job_seconds": args.job_seconds, "files": args.files,
         "makespan_s": makespan, "ideal_s": ideal, "ratio": (makespan / ideal) if makespan and ideal else None,
         "jobs_per_s": (len(finished) / makespan) if makespan else None,
-        "first_job_running_s": (utc_epoch(first_running) - run.started) if first_running else None,
+        "first_job_started_s": (utc_epoch(first_started) - run.started) if first_started else None,
         "outputs_dir": out_dir, "outputs": count_files(out_dir, "." + OUTPUT), "logs": count_files(out_dir, ".log.tgz"),
         "pilots_started": len(run.processes.records()),
         # CPU seconds so far: this process (server + harvester threads), and the pilots with their payloads
@@ -45,6 +52,32 @@ def summarize(run, state):
         "cpu_testbed_s": cpu.user + cpu.system, "cpu_pilots_s": cpu.children_user + cpu.children_system,
         "load": [round(x, 2) for x in os.getloadavg()],
     }
+    result.update(pilot_cpu(run.home.harvester))
+    total = result["cpu_testbed_s"] + result["cpu_pilots_s"]
+    result["cpu_floor_s"] = total / run.cores
+    result["cpu_per_job_ms"] = 1000 * total / len(rows) if rows else None
+    if result["pilots_reporting_cpu"] == result["pilots_started"] and rows:
+        # minipanda's own processes: the payloads' CPU is the job's, not the system's
+        result["cpu_minipanda_per_job_ms"] = 1000 * (result["cpu_testbed_s"] + result["cpu_pilots_own_s"]) / len(rows)
+    else:
+        result["cpu_minipanda_per_job_ms"] = None
+    return result
+
+
+def pilot_cpu(harvester_home):
+    """The pilots' own CPU seconds and their payloads', from the figures each writes into its pilot_timing.json
+    when it ends; ``pilots_reporting_cpu`` says how many did (a pilot still running has not)."""
+    own = payloads = 0.0
+    reporting = 0
+    for path in glob.glob(os.path.join(harvester_home, "workers", "*", "*", "PanDA_Pilot-*", "pilot_timing.json")):
+        try:
+            with open(path) as handle:
+                figures = json.load(handle).get("0", {})
+            own, payloads = own + float(figures["PILOT_CPU_S"]), payloads + float(figures["PILOT_PAYLOADS_CPU_S"])
+            reporting += 1
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return {"cpu_pilots_own_s": own, "cpu_payloads_s": payloads, "pilots_reporting_cpu": reporting}
 
 
 def write(path, s):
@@ -61,22 +94,29 @@ def text(s, data_dir, keep_running):
         f" ({'all' if s['complete'] else 'NOT all'})",
         f"  job attempts by final state: {states_text}; retries {s['retries']}",
     ]
+    floor = (f"CPU-bound floor {s['cpu_floor_s']:.1f} s = {s['cpu_testbed_s'] + s['cpu_pilots_s']:.1f} CPU-s / "
+             f"{s['cores']} cores")
     if s["makespan_s"]:
         lines.append(f"  makespan {s['makespan_s']:.1f} s (task submitted -> last job ended), "
-                     f"{s['jobs_per_s']:.1f} jobs/s; ideal {s['ideal_s']:.1f} s = {s['jobs']} x "
-                     f"{s['job_seconds']:g} s / {s['cores']} cores, ratio {s['ratio']:.2f}"
-                     if s["ideal_s"] else f"  makespan {s['makespan_s']:.1f} s, {s['jobs_per_s']:.1f} jobs/s")
-    if s["first_job_running_s"] is not None:
-        lines.append(f"  first job running {s['first_job_running_s']:.1f} s after the command started")
-    lines.append(f"  CPU: server + harvester {s['cpu_testbed_s']:.1f} s, pilots and payloads "
-                 f"{s['cpu_pilots_s']:.1f} s; "
+                     f"{s['jobs_per_s']:.1f} jobs/s")
+        lines.append(f"  ideal {s['ideal_s']:.1f} s = {s['jobs']} x {s['job_seconds']:g} s / {s['pilots']} pilots, "
+                     f"ratio {s['ratio']:.2f}; {floor}" if s["ideal_s"] else f"  {floor}")
+    if s["first_job_started_s"] is not None:
+        lines.append(f"  first job started {s['first_job_started_s']:.1f} s after the command started")
+    if s["cpu_minipanda_per_job_ms"] is not None:
+        pilots = (f"pilots {s['cpu_pilots_own_s']:.1f} s, their payloads {s['cpu_payloads_s']:.1f} s; "
+                  f"{s['cpu_minipanda_per_job_ms']:.1f} ms per job attempt without the payloads")
+    else:
+        pilots = f"pilots and payloads {s['cpu_pilots_s']:.1f} s; {s['cpu_per_job_ms'] or 0:.1f} ms per job attempt"
+    lines.append(f"  CPU: server + harvester {s['cpu_testbed_s']:.1f} s, {pilots}; "
                  f"load average {'/'.join(str(x) for x in s['load'])}")
     lines.append(f"  {s['pilots']} pilots at a time on {s['cores']} cores ({s['pilots_started']} started). "
                  "More pilots than cores, on purpose: the demo payload only sleeps, and each job also costs "
                  "the pilot its own work (getJob, stage-in, log tarball, uploads, final update: CPU above), "
                  "during which a core would otherwise wait")
     lines.append(f"  outputs and logs: {s['outputs_dir']}/ ({s['outputs']} *.{OUTPUT}, {s['logs']} *.log.tgz)")
-    lines.append(f"  inputs: {data_dir}/ (also in the file store under {DATASET}/)")
+    if s["files"] != "none":
+        lines.append(f"  inputs: {data_dir}/ (also in the file store under {DATASET}/)")
     lines.append(f"  everything else: {s['home']} (summary.json, testbed.log, queues.yaml, server/, harvester/)")
     if keep_running:
         lines.append(f"monitor: {s['monitor']} (up until Ctrl-C)")
