@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import urllib.parse
@@ -48,13 +49,34 @@ def die_with_pilot():
     return in_child
 
 
+SHELLS = ("/bin/sh", "sh", "/usr/bin/sh", "/bin/bash", "bash", "/usr/bin/bash")
+PLAIN_WORD = re.compile(r"^[A-Za-z0-9_./:,+@%=-]+$")  # nothing a shell would expand, quote, redirect or split on
+
+
 def command(executable, job_pars):
-    """The payload's argv: the executable, then jobPars split like a POSIX shell would split words."""
+    """The payload's argv: the executable, then jobPars split like a POSIX shell would split words; a shell asked
+    only to start one program with plain words (``sh -c 'sleep 10'``, as minipanda's flat tasks run every
+    command) is left out and the program started directly: one process and one exec fewer per job."""
     try:
         args = shlex.split(job_pars or "")
     except ValueError as exc:
         raise PilotError(errors.UNRECOGNIZEDTRFARGUMENTS, f"jobPars cannot be split into arguments: {exc}") from None
-    return [executable] + args
+    return without_shell([executable] + args)
+
+
+def without_shell(argv):
+    """``[sh, -c, 'prog word ...']`` as ``[prog, word, ...]`` when the shell would do nothing but start ``prog``:
+    every word plain (no quote, ``$``, glob, redirection, ``;``, ``&``, ``|``, ``~``), no variable assignment in
+    front, and ``prog`` a program on PATH (a shell builtin without one, like ``exit`` or ``cd``, keeps the shell).
+    Anything else is returned as it is."""
+    if len(argv) != 3 or argv[0] not in SHELLS or argv[1] != "-c":
+        return argv
+    words = argv[2].split()
+    if not words or "=" in words[0] or not all(PLAIN_WORD.match(word) for word in words):
+        return argv
+    if shutil.which(words[0]) is None:
+        return argv
+    return words
 
 
 def environment(job, queue, job_dir, cores, base=None):

@@ -113,3 +113,12 @@ def test_transformation_sources(tmp_path):
     for bad in ("http://h/trf/user/", "http://h/trf/user/..", "http://h/x/-rf"):
         with pytest.raises(PilotError):
             payload.transformation(Job({"PandaID": 1, "transformation": bad}), str(jd), download, [], [])
+
+
+def test_a_shell_that_would_only_start_one_program_is_left_out():
+    assert payload.command("/bin/sh", "-c 'sleep 0.1'") == ["sleep", "0.1"]
+    assert payload.command("/bin/sh", "-c true") == ["true"]
+    for kept in ("-c 'tr a-z A-Z < in > out'", "-c 'exit 3'", "-c 'FOO=1 env'", "-c 'sleep $T'", "-c 'ls *.txt'",
+                 "-c 'a; b'", "-c 'no-such-program-here 1'", "-x -c 'sleep 1'"):
+        assert payload.command("/bin/sh", kept)[0] == "/bin/sh", kept
+    assert payload.command("/usr/bin/python3", "-c 'sleep 1'")[0] == "/usr/bin/python3"  # not a shell
