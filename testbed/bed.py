@@ -223,9 +223,9 @@ class Testbed:
             self.say(f"demo task {self.task_id}: {args.jobs} jobs without files, each runs `{command}` and "
                      "uploads its log")
         else:
-            self.say(f"demo task {self.task_id}: {args.jobs} jobs, each reads {demo.DATASET}/<file> "
-                     f"({'1 MB' if args.files == '1mb' else 'small'}) from the file store, runs `{command}` and "
-                     f"uploads {demo.OUTPUT}")
+            size = " (1 MB)" if args.files == "1mb" else ""
+            self.say(f"demo task {self.task_id}: {args.jobs} jobs, each reads {demo.DATASET}/<file>{size} from the "
+                     f"file store, runs `{command}` and uploads {demo.OUTPUT}")
 
     def _follow(self):
         from minipanda.core import states
