@@ -101,6 +101,8 @@ def upper_file(src, dest):
 
 
 def sleep_task(seconds):
+    import time  # the task runs in a worker that has only what the function brings along
+
     time.sleep(seconds)
 
 
