@@ -32,8 +32,8 @@ def add_parsers(sub):
                    help="cores the queue may use (default: all of this machine's, %d here)" % (os.cpu_count() or 1))
     p.add_argument("--pilots", type=_positive_int, default=None, metavar="P",
                    help="pilots at a time (default 3 x cores: the demo payload only sleeps, and each job also "
-                        "costs our pilot ~60-80 ms of CPU and ~0.2 s of waiting on its own (getJob, stage-in, log "
-                        "tarball, uploads, final update), so more pilots than cores keep the cores busy; for "
+                        "costs our pilot, the server and harvester together ~40-60 ms of CPU and some waiting of its own "
+                        "(getJob, stage-in, log tarball, uploads, reports; bench/README.md), so more pilots than cores keep the cores busy; for "
                         "payloads that use a core, give --pilots C)")
     p.add_argument("--job-seconds", type=float, default=0.1, metavar="S",
                    help="how long each demo payload runs (a sleep, then it reads and writes its files; default 0.1)")
