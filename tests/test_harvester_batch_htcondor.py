@@ -156,6 +156,25 @@ def test_cancel_is_one_remove_and_the_job_ends_cancelled(local_pool, tmp_path):
     assert "JobStatus 3 (removed)" in states[ids[0]].diag
 
 
+@pytest.mark.htcondor
+def test_file_transfer_that_cannot_spool_leaves_no_job_behind(local_pool, tmp_path):
+    """The inputs go to the schedd after the transaction: when one cannot be read (here the pilot's token is
+    missing), the jobs just queued are removed, and every worker of the transaction is retried."""
+    queue = condor_queue("CONDOR_SPOOL", file_transfer=True)
+    plugin = plugin_of(queue)
+    workers = [spec(queue, tmp_path, n, "exit 0") for n in (1, 2)]
+    for one in workers:
+        plugin.write_script(one)
+        for name in ("pilot.pyz", "queuedata.json") + (("pilot.token",) if one.worker_id == 1 else ()):
+            (tmp_path / queue.name / str(one.worker_id) / name).write_text("x")
+    results = plugin.submit(workers)
+    assert [r.status for r in results] == [RETRY, RETRY] and "pilot.token" in results[1].message
+    jobs = local_pool.jobs(f'regexp("^{tmp_path}/", MinipandaAccessPoint)', ("ClusterId", "ProcId", "JobStatus"))
+    assert eventually(lambda: all(job["JobStatus"] == "3" for job in local_pool.jobs(
+        f'regexp("^{tmp_path}/", MinipandaAccessPoint)', ("ClusterId", "ProcId", "JobStatus")).values()))
+    assert len(jobs) == 2  # queued, then removed: none waits for input that will not come
+
+
 REMOTE = r"""
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
