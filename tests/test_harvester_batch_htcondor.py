@@ -159,7 +159,7 @@ def test_cancel_is_one_remove_and_the_job_ends_cancelled(local_pool, tmp_path):
 @pytest.mark.htcondor
 def test_file_transfer_that_cannot_spool_leaves_no_job_behind(local_pool, tmp_path):
     """The inputs go to the schedd after the transaction: when one cannot be read (here the pilot's token is
-    missing), the jobs just queued are removed, and every worker of the transaction is retried."""
+    missing), the schedd removes the jobs just queued, and every worker of the transaction is retried."""
     queue = condor_queue("CONDOR_SPOOL", file_transfer=True)
     plugin = plugin_of(queue)
     workers = [spec(queue, tmp_path, n, "exit 0") for n in (1, 2)]

@@ -147,13 +147,8 @@ class HTCondorBatch(ScriptBatch):
             with self.security():
                 schedd = self._schedd()
                 done = schedd.submit(self.description(), spool=spool, itemdata=iter([i for _, i in items]))
-                if spool:
-                    try:
-                        schedd.spool(done)
-                    except _ERRORS:  # never leave jobs waiting for input that will not come
-                        self._quietly_remove(schedd, [f"{done.cluster()}.{done.first_proc() + n}"
-                                                      for n in range(len(items))], "their input could not be spooled")
-                        raise
+                if spool:  # a spool that fails leaves no job waiting for its input: the schedd removes them
+                    schedd.spool(done)
         except BatchError as exc:
             return {w.worker_id: SubmitResult(w.worker_id, exc.status, message=str(exc)) for w, _ in items}
         except _ERRORS as exc:
@@ -346,12 +341,6 @@ class HTCondorBatch(ScriptBatch):
             return (f"queue {self.queue.name}: {self.where()} refused {what}: {method} authentication{token} "
                     f"failed: {text}")
         return f"queue {self.queue.name}: HTCondor {what} at {self.where()} failed: {text}"
-
-    def _quietly_remove(self, schedd, ids, why):
-        try:
-            schedd.act(htcondor2.JobAction.Remove, ids, reason=why)
-        except _ERRORS:
-            pass
 
 
 def native_state(ad):
