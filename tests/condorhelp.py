@@ -1,6 +1,7 @@
 """A real one-host HTCondor pool for the tests and the bench (no tests here): Debian 13's minicondor (HTCondor 23.9)
-in the root file system that .ci/htcondor-root builds once per machine, condor_master started here as our child
-and stopped by its pid.
+in the root file system that .ci/htcondor-root builds once per machine. condor_master runs under a small
+supervisor of ours (the process that made the namespaces), stopped by its pid; the supervisor also stops the pool
+when the process that started it dies, killed or not.
 
 How the pool shares this machine, and why:
 
