@@ -287,3 +287,41 @@ def test_an_access_point_the_submit_language_cannot_hold_is_refused_before_any_c
     results = plugin.submit([worker(queue, n, access_point=path) for n, path in
                              enumerate(['/w/x" y', "/w/$(HOME)", "/w/a b", "/w/x\nqueue 9"])])
     assert [r.status for r in results] == [FATAL] * 4
+
+
+def test_each_call_sets_the_queues_methods_and_token_and_puts_the_configuration_back(tmp_path):
+    """The bindings' configuration is one per process: a call sees its queue's methods and a private copy of its
+    token (mode 0600, following the file when it changes), and the process's values are back after it."""
+    token = tmp_path / "condor.token"
+    token.write_text("first-token\n")
+    token.chmod(0o600)
+    seen = []
+
+    class Observing(StandInSchedd):
+        def query(self, constraint="True", projection=[], callback=None, limit=-1, opts=htcondor2.QueryOpt.Default):
+            directory = htcondor2.param["SEC_TOKEN_DIRECTORY"]
+            [name] = os.listdir(directory)
+            path = os.path.join(directory, name)
+            seen.append((htcondor2.param["SEC_CLIENT_AUTHENTICATION_METHODS"], open(path).read(),
+                         oct(os.stat(path).st_mode & 0o777), oct(os.stat(directory).st_mode & 0o777)))
+            return []
+
+    queue = condor_queue("CONDOR_PARAM", pool="cm.example.org:9618", schedd="s", token_file=str(token))
+    plugin = HTCondorBatch(queue, SchedulerTransport())
+    plugin.collector_class = lambda pool: type("C", (), {"locate": lambda self, kind, name: {"Name": name}})()
+    plugin.schedd_class = lambda *location: Observing([])
+    before = {name: htcondor2.param.get(name) for name in ("SEC_TOKEN_DIRECTORY", "SEC_CLIENT_AUTHENTICATION_METHODS")}
+    htcondor2.param["SEC_CLIENT_AUTHENTICATION_METHODS"] = "FS,SSL"  # the host's own choice
+    try:
+        plugin.status(["1.0"])
+        token.write_text("second-token\n")
+        plugin.status(["1.0"])
+        assert list(dict.fromkeys(seen)) == [("IDTOKENS", "first-token", "0o600", "0o700"),
+                                             ("IDTOKENS", "second-token", "0o600", "0o700")]
+        assert htcondor2.param["SEC_CLIENT_AUTHENTICATION_METHODS"] == "FS,SSL"
+        assert htcondor2.param.get("SEC_TOKEN_DIRECTORY") == before["SEC_TOKEN_DIRECTORY"]
+    finally:
+        if before["SEC_CLIENT_AUTHENTICATION_METHODS"] is None:
+            del htcondor2.param["SEC_CLIENT_AUTHENTICATION_METHODS"]
+        else:
+            htcondor2.param["SEC_CLIENT_AUTHENTICATION_METHODS"] = before["SEC_CLIENT_AUTHENTICATION_METHODS"]
