@@ -20,6 +20,7 @@ How the pool shares this machine, and why:
 Without root, or without the root file system, the tests that need a pool skip with the reason; under CI=true
 that is a failure (.ci/run builds the root file system and runs as root).
 """
+import fcntl
 import os
 import shutil
 import signal
@@ -113,12 +114,36 @@ def unavailable():
     if os.geteuid() != 0:
         return "the HTCondor tests start a pool in a chroot with its own user namespace, which needs root"
     ready = os.path.join(ROOT, READY)
-    if not os.path.exists(ready):
+    if not os.path.exists(ready) and not (wait_for_build() and os.path.exists(ready)):
+        log = os.environ.get("MINIPANDA_CONDOR_BUILD_LOG")
+        tail = ""
+        if log and os.path.exists(log):
+            with open(log, encoding="utf-8", errors="replace") as handle:
+                tail = f"; the build's log ({log}) ends:\n{handle.read()[-3000:]}"
         return (f"no HTCondor root file system at {ROOT} (missing or incomplete): build it once with "
-                f"`sudo {BUILD}` (debootstrap, about 4 minutes), as .ci/run does")
+                f"`sudo {BUILD}` (debootstrap, about 4 minutes), as .ci/run does{tail}")
     if shutil.which("nsenter") is None:
         return "the HTCondor tests need nsenter (util-linux)"
     return None
+
+
+def wait_for_build(limit=1800):
+    """Wait while a build of the root file system holds its lock (.ci/run starts one in the background); True once
+    no build runs."""
+    try:
+        handle = open(ROOT + ".lock")
+    except OSError:
+        return True  # never built here: nothing to wait for
+    with handle:
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(2)
 
 
 def require():
