@@ -10,7 +10,7 @@ import time
 
 import pytest
 import requests
-from conftest import make_job
+from conftest import eventually, make_job
 
 DEADLINE_S = 240  # per test, generous: a correct run on 2 cores takes a fraction of it
 EMPTY_REPLIES_TO_STOP = 3  # a thread stops after this many "no jobs" replies in a row
@@ -277,3 +277,77 @@ def test_the_in_process_check_fails_against_an_unsafe_claim(database):
     # (errors, such as PostgreSQL's deadlocks between its unordered UPDATEs, do not matter here)
     with pytest.raises(AssertionError, match="dispatched more than once"):
         assert_each_once(got, submitted)
+
+
+# ---- harvester commands ----------------------------------------------------------------------------------------
+
+def test_an_unaddressed_harvester_command_is_taken_by_one_harvester_only(database, db_url):
+    """Harvesters acquiring commands at the same moment: each command addressed to none of them goes to exactly
+    one. On PostgreSQL the callers are made to interleave for certain: a row lock held here lets every caller
+    read the commands as queued before any of them updates one, so only the update's own ``status = 'queued'``
+    condition keeps a later caller from taking a command again. (On SQLite a write transaction takes the
+    database's write lock at BEGIN, so callers cannot interleave; there the test checks the outcome only.)"""
+    from minipanda.core import models
+    from minipanda.workers import harvesters
+
+    n_commands, callers = 5, [f"harvester-{i}" for i in range(4)]
+    commands = [harvesters.add_command("KILL_WORKERS", {"queue": f"Q{i}"}) for i in range(n_commands)]
+    blocker = hold_row_locks(db_url, commands)
+    taken, errors, start = {}, [], threading.Barrier(len(callers))
+
+    def acquire(harvester_id):
+        try:
+            start.wait(30)
+            taken[harvester_id] = [c["command_id"] for c in harvesters.acquire_commands(harvester_id, n_commands)]
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(f"{harvester_id}: {exc!r}")
+        finally:
+            database.close()
+
+    threads = [threading.Thread(target=acquire, args=(h,)) for h in callers]
+    for thread in threads:
+        thread.start()
+    if blocker is not None:
+        waiting = lambda: blocker.waiting() == len(callers)  # noqa: E731
+        assert eventually(waiting, timeout=60), f"{blocker.waiting()} of {len(callers)} callers wait on the lock"
+        blocker.release()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    by_command = collections.Counter(cid for got in taken.values() for cid in got)
+    assert by_command == collections.Counter(commands), f"commands taken more or less than once: {taken}"
+    HC = models.HarvesterCommand
+    rows = {row.id: row for row in HC.select().where(HC.id.in_(commands))}
+    assert {cid: rows[cid].acquired_by for cid in commands} == {cid: h for h, got in taken.items() for cid in got}
+    assert {row.status for row in rows.values()} == {"sent"}
+
+
+class RowLocks:
+    """A PostgreSQL transaction of its own holding row locks on some commands (callers' updates of them wait)."""
+
+    def __init__(self, url, command_ids):
+        import psycopg2
+
+        self.conn = psycopg2.connect(url)
+        with self.conn.cursor() as cur:
+            cur.execute("UPDATE harvester_command SET status_time = status_time WHERE id = ANY(%s)",
+                        (list(command_ids),))
+        self.monitor = psycopg2.connect(url)
+        self.monitor.autocommit = True
+
+    def waiting(self):
+        """How many other sessions of this database wait for a lock now."""
+        with self.monitor.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+            return cur.fetchone()[0]
+
+    def release(self):
+        self.conn.commit()
+        self.conn.close()
+        self.monitor.close()
+
+
+def hold_row_locks(db_url, command_ids):
+    """On PostgreSQL, RowLocks on ``command_ids``; on SQLite None (a transaction there locks the whole file)."""
+    return RowLocks(db_url, command_ids) if db_url.startswith("postgresql") else None
