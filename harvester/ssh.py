@@ -12,9 +12,11 @@ Connection failures raise one of three distinct errors: :class:`HostUnreachable`
 :class:`UnknownHostKey` (and :class:`HostKeyChanged`); in :meth:`SshTransport.run` they become exit status 255
 with the message on stderr, as the ssh command does.
 """
+import base64
 import dataclasses
 import errno
 import getpass
+import json
 import logging
 import os
 import re
@@ -25,10 +27,13 @@ import stat
 import threading
 import time
 import uuid
+import zlib
 
 import paramiko
 
-from harvester.transport import CommandResult, Transport, TransportError, _check_argv, _decode
+from harvester import safefiles
+from harvester.transport import (CommandResult, Landing, Transport, TransportError, _check_argv, _checked,
+                                 _decode)
 
 log = logging.getLogger(__name__)
 SSH_FAILED_RC = 255  # ssh's own exit status when the connection, not the command, failed
@@ -71,6 +76,7 @@ class SshSettings:
     connect_timeout: float = 30
     command_timeout: float = 300
     accept_unknown_host: bool = False
+    python: str = "python3"
 
     @classmethod
     def from_queue(cls, section):
@@ -81,7 +87,8 @@ class SshSettings:
                    jump_host=section.jump_host or "", jump_port=section.jump_port,
                    jump_user=section.jump_user or user, connect_timeout=section.connect_timeout,
                    command_timeout=section.command_timeout,
-                   accept_unknown_host=getattr(section, "accept_unknown_host", False))
+                   accept_unknown_host=getattr(section, "accept_unknown_host", False),
+                   python=getattr(section, "python", None) or "python3")
 
     @property
     def where(self):
@@ -256,23 +263,28 @@ class SshTransport(Transport):
                 continue
             return self._exec(channel, line, data, timeout, argv)
 
-    def _exec(self, channel, line, data, timeout, argv):
+    def _exec(self, channel, line, data, timeout, argv, sink=None):
+        """Run ``line`` in ``channel``: ``data`` (bytes, or a binary file streamed in blocks) on stdin; stdout
+        collected, or written to the binary file ``sink`` as it comes."""
         deadline = time.monotonic() + timeout
         out, err = [], []
         try:
             channel.exec_command(line)
-            if data:
+            if hasattr(data, "read"):
+                for block in iter(lambda: data.read(safefiles.BLOCK), b""):
+                    channel.sendall(block)
+            elif data:
                 channel.sendall(data)
             channel.shutdown_write()
             while not (channel.exit_status_ready() and channel.eof_received) and not channel.closed:
-                if not _drain(channel, out, err):
+                if not _drain(channel, out, err, sink):
                     if time.monotonic() > deadline:
                         channel.close()
                         pid, stderr = _split_pid(_decode(b"".join(err)))
                         self._kill(pid)
                         return CommandResult(-9, _decode(b"".join(out)), stderr, True, argv)
                     select.select([channel], [], [], 0.05)
-            _drain(channel, out, err)
+            _drain(channel, out, err, sink)
             code = channel.recv_exit_status() if channel.exit_status_ready() else -1
             # no exit status: the command was killed by a signal (paramiko drops exit-signal), or the link died
             lost = code == -1 and _dropped(channel.get_transport())
@@ -393,6 +405,60 @@ class SshTransport(Transport):
         if not result.ok:
             raise TransportError(f"cannot remove {path} on {self.settings.host}: {result.describe()}")
 
+    # ---- safe file operations: harvester/safefiles.py run there, one exec per batch ----------------------------
+    def _helper(self, *args):
+        return [self.settings.python, "-c", _HELPER_SOURCE, *args]
+
+    def files(self, ops):
+        ops = [dict(op, data=base64.b64encode(op["data"]).decode("ascii")) if "data" in op else op for op in ops]
+        result = self.run(self._helper("ops"), input=json.dumps(ops))
+        if not result.ok:
+            raise TransportError(f"ssh {self.settings.where}: file operations failed: {result.describe()}")
+        try:
+            replies = json.loads(result.stdout)
+        except ValueError:
+            raise TransportError(f"ssh {self.settings.where}: file operations answered no JSON: "
+                                 f"{result.describe()}") from None
+        if not isinstance(replies, list) or len(replies) != len(ops):
+            raise TransportError(f"ssh {self.settings.where}: {len(ops)} file operations, "
+                                 f"{len(replies) if isinstance(replies, list) else 'no'} results")
+        for reply in replies:
+            for entry in (reply.get("files") or {}).values():
+                if "data" in entry:
+                    entry["data"] = base64.b64decode(entry["data"])
+        return replies
+
+    def fetch(self, root, path, local, limit=None):
+        landing = Landing(local)
+        try:
+            result = self._exec(self._channel(), command_line(self._helper("cat", root, path, str(limit or ""))),
+                                None, self.settings.command_timeout, ("fetch", root, path), landing)
+            sent = _checked(_trailer(result, self.settings.where), f"fetch {root}/{path} from {self.settings.host}")
+            return landing.land(sent)
+        finally:
+            landing.discard()
+
+    def send(self, local, root, path, mode=0o644):
+        value, size = 1, 0
+        with open(local, "rb") as handle:
+            for block in iter(lambda: handle.read(safefiles.BLOCK), b""):
+                value, size = zlib.adler32(block, value), size + len(block)
+        argv = self._helper("receive", root, path, str(size), f"{value & 0xffffffff:08x}", f"{mode:o}")
+        with open(local, "rb") as handle:
+            result = self._exec(self._channel(), command_line(argv), handle, self.settings.command_timeout,
+                                ("send", root, path))
+        return _checked(_trailer(result, self.settings.where), f"send {local} to {root}/{path} on "
+                                                                f"{self.settings.host}")
+
+    def _channel(self):
+        try:
+            return self._conn.transport().open_session(timeout=self.settings.connect_timeout)
+        except SshError:
+            raise
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._conn.drop()
+            raise TransportError(f"ssh {self.settings.where}: {_reason(exc)}") from None
+
     def close(self):
         if self._closed:
             return
@@ -419,9 +485,23 @@ def command_line(argv, env=None, cwd=None):
     return shlex.join(["exec", "sh", "-c", _WRAPPER, "sh", _absolute(cwd) if cwd else "", *pairs, *argv])
 
 
+_HELPER_SOURCE = open(safefiles.__file__, encoding="utf-8").read()
 _PID_MARK = "harvester-pid "
 _WRAPPER = (f'printf "{_PID_MARK}%s\\n" "$$" >&2; if [ -n "$1" ]; then cd "$1" || exit 127; fi; shift; '
             'exec env -- "$@"')
+
+
+def _trailer(result, where):
+    """The helper's last stderr line (its JSON verdict on a cat or receive), or a failure saying what happened."""
+    lines = result.stderr.strip().splitlines()
+    try:
+        verdict = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        verdict = None
+    if isinstance(verdict, dict) and "ok" in verdict and not result.lost and not result.timed_out:
+        return verdict
+    return {"ok": False, "code": "lost" if result.lost else None,
+            "error": f"ssh {where}: {result.describe()}"}
 
 
 def _dropped(transport, wait=1.0):
@@ -443,11 +523,13 @@ def _split_pid(stderr):
     return None, stderr
 
 
-def _drain(channel, out, err):
-    """Read what is ready on stdout and stderr; True when anything was read."""
+def _drain(channel, out, err, sink=None):
+    """Read what is ready on stdout (into ``out``, or written to ``sink``) and stderr; True when anything was
+    read."""
     got = False
     while channel.recv_ready():
-        out.append(channel.recv(65536))
+        block = channel.recv(65536)
+        sink.write(block) if sink is not None else out.append(block)
         got = True
     while channel.recv_stderr_ready():
         err.append(channel.recv_stderr(65536))

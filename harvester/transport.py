@@ -7,7 +7,11 @@ injected and never know whether it is local or remote; the SSH implementation (:
 - ``run`` maps to an exec channel: argv is quoted into one command line there, ``env`` becomes ``NAME=value``
   prefixes (additions to the login environment, never a replacement), ``cwd`` a quoted ``cd``;
 - file methods map to SFTP calls (``write_file``/``put_file`` write a temporary name and rename, as here);
-- ``read_file`` of ``/proc/...`` works over SFTP too, which is what the local batch plugin needs.
+- ``read_file`` of ``/proc/...`` works over SFTP too, which is what the local batch plugin needs;
+- ``files`` runs a batch of :mod:`harvester.safefiles` operations (never through a symlink, regular files only,
+  verified copies) in ONE round trip: in this process locally, as one ``python3`` exec over SSH. Everything that
+  touches an access point or a storage path (where pilots write) goes through it, ``fetch`` and ``send`` (whole
+  files between this host and the submit host, checked by size and adler32) or a plugin's own commands.
 
 Every file method takes absolute paths on the submit host. Failures of file methods raise :class:`TransportError`
 naming the path; ``run`` never raises for a failing command: its :class:`CommandResult` carries the evidence.
@@ -20,8 +24,10 @@ import signal
 import stat
 import subprocess
 import uuid
+import zlib
 from typing import Optional
 
+from harvester import safefiles
 from harvester.errors import HarvesterError
 
 NOT_FOUND_RC, NOT_EXECUTABLE_RC = 127, 126  # the shell's codes, so callers need to know only one convention
@@ -29,7 +35,12 @@ _REAP_TIMEOUT = 5  # s to collect output after a timed-out command's group was k
 
 
 class TransportError(HarvesterError):
-    """A file operation on the submit host failed, or no transport can be made for a queue."""
+    """A file operation on the submit host failed, or no transport can be made for a queue. ``code``: why a path
+    was refused (:mod:`harvester.safefiles` codes), None for other failures."""
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +129,30 @@ class Transport:
         """Remove a directory tree (or a file); a missing one is fine."""
         raise NotImplementedError
 
+    def files(self, ops) -> list:
+        """Run :mod:`harvester.safefiles` operations on the submit host, all in one round trip; one result dict per
+        operation, in order (``ok`` false with ``code`` and ``error`` for a refused path: never an exception).
+
+        Raises:
+            TransportError: the batch could not be run at all (the host is unreachable, no python3 there).
+        """
+        raise NotImplementedError
+
+    def fetch(self, root, path, local, limit=None) -> dict:
+        """Copy the regular file ``root/path`` on the submit host (walked as :mod:`harvester.safefiles` does) to
+        the local file ``local``: written under a temporary name, checked against the size and adler32 the submit
+        host computed while it read, then renamed; ``{"size", "adler32"}``. A partial transfer leaves nothing.
+
+        Raises:
+            TransportError: refused (``code`` attribute: symlink, not_regular, missing, too_large...) or cut.
+        """
+        raise NotImplementedError
+
+    def send(self, local, root, path, mode=0o644) -> dict:
+        """Place the local file ``local`` at ``root/path`` on the submit host (temporary name, checked by size and
+        adler32 there, then renamed); ``{"size", "adler32"}``."""
+        raise NotImplementedError
+
     def close(self):
         """Release connections (nothing to release for a local transport)."""
 
@@ -132,6 +167,33 @@ class LocalTransport(Transport):
     """Commands as local subprocesses and files on the local file system."""
 
     name = "local"
+
+    def files(self, ops):
+        return safefiles.run_ops(ops)
+
+    def fetch(self, root, path, local, limit=None):
+        try:
+            root_fd = safefiles.open_root(root)
+            try:
+                fd, _ = safefiles.open_file(root_fd, root, path, limit)
+            finally:
+                os.close(root_fd)
+        except safefiles.Refused as exc:
+            raise TransportError(str(exc), exc.code) from None
+        landing = Landing(local)
+        try:
+            for block in iter(lambda: os.read(fd, safefiles.BLOCK), b""):
+                landing.write(block)
+            return landing.land()
+        finally:
+            os.close(fd)
+            landing.discard()
+
+    def send(self, local, root, path, mode=0o644):
+        folder, name = os.path.split(os.path.abspath(local))
+        [result] = safefiles.run_ops([{"op": "copy", "src_root": folder, "src": name, "dst_root": root,
+                                       "dst": path, "mode": mode}])
+        return _checked(result, f"send {local} to {root}/{path}")
 
     def run(self, argv, timeout=None, input=None, env=None, cwd=None) -> CommandResult:
         argv = _check_argv(argv)
@@ -222,6 +284,51 @@ class LocalTransport(Transport):
             pass
         except OSError as exc:
             raise TransportError(f"cannot remove {path}: {exc.strerror} ({exc.filename})") from None
+
+
+class Landing:
+    """A local file being received: written under a temporary name while its size and adler32 are counted, and
+    renamed into place by :meth:`land` only when they match what the sender read; :meth:`discard` otherwise (a
+    partial transfer never takes the file's name)."""
+
+    def __init__(self, local):
+        self.local, self.temp = local, _temp_name(_absolute(local))
+        self.handle = open(self.temp, "xb")
+        self.value, self.size = 1, 0
+
+    def write(self, block):
+        self.value = zlib.adler32(block, self.value)
+        self.size += len(block)
+        self.handle.write(block)
+
+    def land(self, sent=None):
+        """Keep the file when it matches ``sent`` (``{"size", "adler32"}`` from the sender); its own otherwise."""
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        have = {"size": self.size, "adler32": f"{self.value & 0xffffffff:08x}"}
+        sent = sent or have
+        if (sent.get("size"), sent.get("adler32")) != (have["size"], have["adler32"]):
+            raise TransportError(f"{self.local}: received {self.size} bytes adler32 {have['adler32']}, the sender "
+                                 f"read {sent.get('size')} bytes adler32 {sent.get('adler32')}: discarded",
+                                 "mismatch")
+        os.replace(self.temp, self.local)
+        self.temp = None
+        return have
+
+    def discard(self):
+        if not self.handle.closed:
+            self.handle.close()
+        if self.temp is not None:
+            _discard(self.temp)
+            self.temp = None
+
+
+def _checked(result, what):
+    """The result of one safefiles operation, or TransportError with its refusal."""
+    if not result.get("ok"):
+        raise TransportError(f"{what}: {result.get('error')}", result.get("code"))
+    return result
 
 
 def _check_argv(argv):

@@ -51,6 +51,10 @@ file_name = _matching(
     r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
     "must be a plain file name (letters, digits, _ . -; no '/' and not starting with '.' or '-'): handoff files "
     "live directly in the worker's directory", "Check a plain file name (no directory part).")
+program = _matching(
+    r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]{0,255}",
+    "must be a program name or path (letters, digits, _ . / + -; not starting with '-'; no spaces, quotes or shell "
+    "characters): it is run over ssh as one word", "Check a program name or path.")
 env_name = _matching(
     r"[A-Za-z_][A-Za-z0-9_]{0,127}",
     "must be an environment variable name (a letter or _, then letters, digits or _)",
@@ -130,6 +134,7 @@ Host = Annotated[str, AfterValidator(host)]
 HostPort = Annotated[str, AfterValidator(host_port)]
 User = Annotated[str, AfterValidator(user)]
 Path = Annotated[str, AfterValidator(path)]
+Program = Annotated[str, AfterValidator(program)]
 Url = Annotated[str, AfterValidator(url)]
 FileName = Annotated[str, AfterValidator(file_name)]
 OneLine = Annotated[str, AfterValidator(one_line)]

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from queueconfig import fields, placeholders
 from queueconfig.checks import problems
 from queueconfig.fields import (Count, Environment, FileName, Flag, Fraction, Host, HostPort, Name, OneLine, Path,
-                                Port, Positive, Token, Url, User)
+                                Port, Positive, Program, Token, Url, User)
 
 Label = Literal["managed", "user", "test", "ptest", "rc_test", "rc_test2", "rc_alrb", "prod_test", "install", "panda"]
 
@@ -182,6 +182,9 @@ class Transport(Section):
     """SSH: seconds to wait for a connection."""
     command_timeout: Positive = 300
     """Seconds a batch command (submit, status, cancel) may take."""
+    python: Program = "python3"
+    """SSH: the Python 3 (3.6 or later) on the submit host that harvester's file operations in access points and
+    storage paths run with (one exec per batch of operations; SFTP cannot refuse symlinks safely)."""
 
 
 class Handoff(Section):
@@ -243,6 +246,9 @@ class Pilot(Section):
     """Stage-in tool: copy, symlink, mv (copy in, move out) or http (storage.input type server)."""
     handoff: Handoff = Field(default_factory=Handoff)
     """Names of the handoff files."""
+    handoff_max_bytes: Positive = 1048576
+    """Most bytes harvester reads of one handoff file from a pilot (reports, job requests, PandaID lists, outbox
+    entries); a larger one fails that worker's job with a diag saying so, and is never read."""
     extra_args: tuple[OneLine, ...] = ()
     """Extra pilot arguments, one argv element per entry."""
     command: Optional[Annotated[tuple[OneLine, ...], Field(min_length=1)]] = None

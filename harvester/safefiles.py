@@ -1,0 +1,624 @@
+"""File operations below a trusted directory that never follow a symlink and never read what is not a regular file.
+
+Access points are written by pilots and whatever their payloads run: every name in them is hostile. So each path
+is given relative to a *root* the queue's configuration names (a workers directory, a storage path), and walked
+one component at a time from the root's descriptor (``openat`` with ``O_NOFOLLOW``): a symlink anywhere below the
+root, a FIFO, a device or a directory where a file should be is refused with a reason, and a file is opened once
+and then checked on its descriptor (``fstat``), so nothing can be swapped in between a check and a use. Writes go
+to a fresh temporary name in the target directory and are renamed into place (readers see the old file or the
+whole new one); copies and moves are verified by size and adler32 before they are renamed into place.
+
+The same code runs on both sides: harvester's local transport calls :func:`run_ops` in its own process; the SSH
+transport runs this file on the submit host as ``python3 -c <this file>`` with the operations as JSON on stdin,
+ONE exec for a whole batch of operations (a cycle's listing of every access point of a queue is one call). That is
+why it imports nothing but the standard library and keeps to Python 3.6. SFTP (version 3, what OpenSSH speaks)
+cannot do this: it has no ``O_NOFOLLOW`` and its stat carries no inode, so an ``lstat`` then ``open`` over SFTP
+can be raced.
+
+An operation is a dict with ``op`` and its fields; :func:`run_ops` returns one result dict per operation, in
+order, each ``{"ok": true, ...}`` or ``{"ok": false, "code": <why>, "error": <text naming the path>}``: one bad
+path never fails the others. Codes: ``missing``, ``symlink``, ``not_regular``, ``not_dir``, ``too_large``,
+``exists``, ``mismatch``, ``invalid``, ``os``.
+"""
+import base64
+import errno
+import fnmatch
+import json
+import os
+import stat
+import sys
+import zlib
+
+BLOCK = 1 << 20
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO must not block the open
+KINDS = ((stat.S_ISREG, "f"), (stat.S_ISDIR, "d"), (stat.S_ISLNK, "l"))
+
+
+class Refused(Exception):
+    """A path that is not what the operation needs; ``code`` says why (see the module docstring)."""
+
+    def __init__(self, code, message):
+        Exception.__init__(self, message)
+        self.code = code
+
+
+def kind_of(mode):
+    """'f' regular file, 'd' directory, 'l' symlink, 'o' anything else."""
+    for test, letter in KINDS:
+        if test(mode):
+            return letter
+    return "o"
+
+
+def split(rel):
+    """The components of a relative path; Refused for an absolute path, '.', '..', an empty part or a NUL."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\0" in rel:
+        raise Refused("invalid", "%r is not a relative path" % (rel,))
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise Refused("invalid", "%r has an empty, '.' or '..' component" % (rel,))
+    return parts
+
+
+def open_root(root, create=False):
+    """The root's descriptor: the root itself is configuration (its own components may be symlinks); ``create``
+    makes it first when it is missing."""
+    if not isinstance(root, str) or not root.startswith("/"):
+        raise Refused("invalid", "root %r is not an absolute path" % (root,))
+    try:
+        if create:
+            os.makedirs(root, 0o755, exist_ok=True)
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _refusal(exc, root)
+
+
+def _refusal(exc, path, fd=None, name=None):
+    """A Refused for an OSError on ``path``, telling a symlink from other failures."""
+    if exc.errno == errno.ENOENT:
+        return Refused("missing", "%s: no such file or directory" % path)
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK) and fd is not None and name is not None:
+        try:
+            mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+        except OSError:
+            mode = 0
+        if stat.S_ISLNK(mode):
+            return Refused("symlink", "%s is a symlink: never followed" % path)
+        if exc.errno == errno.ENOTDIR:
+            return Refused("not_dir", "%s is not a directory" % path)
+    if exc.errno == errno.ELOOP:
+        return Refused("symlink", "%s is a symlink: never followed" % path)
+    if exc.errno == errno.EEXIST:
+        return Refused("exists", "%s exists" % path)
+    return Refused("os", "%s: %s" % (path, exc.strerror or exc))
+
+
+def open_dir(root_fd, root, parts, create=False, mode=0o755):
+    """The descriptor of directory ``root/parts...``, each component opened without following a symlink (and
+    made, with ``create``)."""
+    fd, path = os.dup(root_fd), root
+    try:
+        for part in parts:
+            path = path.rstrip("/") + "/" + part
+            try:
+                child = os.open(part, _DIR, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT or not create:
+                    raise _refusal(exc, path, fd, part)
+                try:
+                    os.mkdir(part, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                try:
+                    child = os.open(part, _DIR, dir_fd=fd)
+                except OSError as again:
+                    raise _refusal(again, path, fd, part)
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_file(root_fd, root, rel, limit=None):
+    """(descriptor, fstat) of the regular file ``root/rel``; Refused when a component is a symlink, the file is
+    not regular, or it is larger than ``limit`` bytes."""
+    parts = split(rel)
+    path = root.rstrip("/") + "/" + rel
+    try:
+        folder = open_dir(root_fd, root, parts[:-1])
+    except Refused as exc:
+        raise Refused(exc.code, "%s: %s" % (path, exc))
+    try:
+        try:
+            fd = os.open(parts[-1], _FILE, dir_fd=folder)
+        except OSError as exc:
+            raise _refusal(exc, path, folder, parts[-1])
+    finally:
+        os.close(folder)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise Refused("not_regular", "%s is not a regular file" % path)
+    if limit is not None and info.st_size > limit:
+        os.close(fd)
+        raise Refused("too_large", "%s is %d bytes, over the limit of %d bytes" % (path, info.st_size, limit))
+    return fd, info
+
+
+def read_fd(fd, limit=None):
+    """The content of an open file (at most ``limit`` + 1 bytes, so a file that grew is seen as too large)."""
+    chunks, total = [], 0
+    while True:
+        chunk = os.read(fd, BLOCK)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if limit is not None and total > limit:
+            raise Refused("too_large", "grew past the limit of %d bytes while read" % limit)
+
+
+def adler32_fd(fd):
+    """(size, adler32 as 8 hex digits) of an open file, read from its start."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    value, size = 1, 0
+    while True:
+        chunk = os.read(fd, BLOCK)
+        if not chunk:
+            return size, "%08x" % (value & 0xffffffff)
+        value = zlib.adler32(chunk, value)
+        size += len(chunk)
+
+
+def _temp(folder, name):
+    """A new temporary file (O_EXCL, never through a symlink) next to ``name`` in directory ``folder``."""
+    for attempt in range(100):
+        temp = ".%s.%s.tmp" % (name[:200], base64.b16encode(os.urandom(6)).decode().lower())
+        try:
+            return temp, os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                                 dir_fd=folder)
+        except FileExistsError:
+            continue
+    raise Refused("os", "no free temporary name for %s" % name)
+
+
+def _unlink(name, folder):
+    try:
+        os.unlink(name, dir_fd=folder)
+    except OSError:
+        pass
+
+
+def _place(folder, temp, name, exclusive, path):
+    """Rename ``temp`` to ``name`` in ``folder``; with ``exclusive``, only when ``name`` does not exist yet (a hard
+    link, atomic; where hard links are not supported, a check then a rename)."""
+    if not exclusive:
+        os.rename(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+        return
+    try:
+        os.link(temp, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+    except FileExistsError:
+        raise Refused("exists", "%s exists: not replaced" % path)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        try:
+            os.stat(name, dir_fd=folder, follow_symlinks=False)
+            raise Refused("exists", "%s exists: not replaced" % path)
+        except FileNotFoundError:
+            os.rename(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+            return
+    _unlink(temp, folder)
+
+
+def write(root, path, data, mode=0o644, exclusive=False, makedirs=False, dir_mode=0o755):
+    """Write ``data`` to ``root/path`` atomically with ``mode``; ``exclusive``: never replace an existing file."""
+    parts = split(path)
+    root_fd = open_root(root)
+    try:
+        folder = open_dir(root_fd, root, parts[:-1], create=makedirs, mode=dir_mode)
+    finally:
+        os.close(root_fd)
+    temp = None
+    try:
+        temp, fd = _temp(folder, parts[-1])
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)  # explicit: the umask does not decide who may read a token
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _place(folder, temp, parts[-1], exclusive, root.rstrip("/") + "/" + path)
+        temp = None
+        return {"size": len(data)}
+    finally:
+        if temp is not None:
+            _unlink(temp, folder)
+        os.close(folder)
+
+
+def mkdir(root, path, mode=0o755):
+    """Make directory ``root/path`` and its parents below the root (an existing real directory is fine)."""
+    root_fd = open_root(root)
+    try:
+        os.close(open_dir(root_fd, root, split(path), create=True, mode=mode))
+    finally:
+        os.close(root_fd)
+    return {}
+
+
+def read(root, paths, limit=None):
+    """The content of each regular file in ``paths`` (a dict path -> {"data"} or {"code", "error", "size"})."""
+    root_fd = open_root(root)
+    found = {}
+    try:
+        for rel in paths:
+            try:
+                fd, info = open_file(root_fd, root, rel, limit)
+                try:
+                    found[rel] = {"data": read_fd(fd, limit), "size": info.st_size, "mtime": info.st_mtime}
+                finally:
+                    os.close(fd)
+            except Refused as exc:
+                found[rel] = {"code": exc.code, "error": str(exc)}
+    finally:
+        os.close(root_fd)
+    return {"files": found}
+
+
+def scan(root, only=None, depth=4, descend=(), skip=()):
+    """Every entry below ``root`` down to ``depth`` levels, without following symlinks: ``[rel, kind, size, mtime,
+    ctime]`` each. The directories of the first level (``only`` of them, when given, minus ``skip``) are all
+    listed; deeper directories only when their name matches a ``descend`` pattern. A missing root lists nothing."""
+    try:
+        root_fd = open_root(root)
+    except Refused as exc:
+        if exc.code == "missing":
+            return {"entries": []}
+        raise
+    entries = []
+    wanted = set(only) if only is not None else None
+    try:
+        _scan(root_fd, "", 1, depth, wanted, tuple(descend), set(skip), entries)
+    finally:
+        os.close(root_fd)
+    return {"entries": entries}
+
+
+def _scan(fd, prefix, level, depth, wanted, descend, skip, entries):
+    try:
+        names = os.listdir(fd)
+    except OSError:
+        return
+    for name in sorted(names):
+        if level == 1 and (name in skip or (wanted is not None and name not in wanted)):
+            continue
+        try:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            continue  # removed meanwhile
+        kind = kind_of(info.st_mode)
+        rel = prefix + name
+        entries.append([rel, kind, info.st_size, info.st_mtime, info.st_ctime])
+        if kind != "d" or level >= depth or (level > 1 and not any(fnmatch.fnmatchcase(name, p) for p in descend)):
+            continue
+        try:
+            child = os.open(name, _DIR, dir_fd=fd)
+        except OSError:
+            continue  # swapped for a symlink, or removed, since the stat
+        try:
+            _scan(child, rel + "/", level + 1, depth, wanted, descend, skip, entries)
+        finally:
+            os.close(child)
+
+
+def rename(root, src, dst):
+    """Rename ``root/src`` to ``root/dst`` (both directories walked without following symlinks); a missing source
+    is ``missing``: someone else renamed it first."""
+    src_parts, dst_parts = split(src), split(dst)
+    root_fd = open_root(root)
+    try:
+        a = open_dir(root_fd, root, src_parts[:-1])
+        try:
+            b = open_dir(root_fd, root, dst_parts[:-1], create=True, mode=0o755)
+            try:
+                os.rename(src_parts[-1], dst_parts[-1], src_dir_fd=a, dst_dir_fd=b)
+            except OSError as exc:
+                raise _refusal(exc, root.rstrip("/") + "/" + src)
+            finally:
+                os.close(b)
+        finally:
+            os.close(a)
+    finally:
+        os.close(root_fd)
+    return {}
+
+
+def remove(root, paths):
+    """Unlink each of ``paths`` (a missing one is fine; a directory is refused)."""
+    root_fd = open_root(root)
+    gone = {}
+    try:
+        for rel in paths:
+            parts = split(rel)
+            try:
+                folder = open_dir(root_fd, root, parts[:-1])
+            except Refused as exc:
+                gone[rel] = exc.code if exc.code != "missing" else "ok"
+                continue
+            try:
+                os.unlink(parts[-1], dir_fd=folder)
+                gone[rel] = "ok"
+            except FileNotFoundError:
+                gone[rel] = "ok"
+            except OSError as exc:
+                gone[rel] = _refusal(exc, root + "/" + rel).code
+            finally:
+                os.close(folder)
+    finally:
+        os.close(root_fd)
+    return {"removed": gone}
+
+
+def checksum(root, path, limit=None):
+    """(size, adler32) of the regular file ``root/path``."""
+    root_fd = open_root(root)
+    try:
+        fd, _ = open_file(root_fd, root, path, limit)
+    finally:
+        os.close(root_fd)
+    try:
+        size, adler = adler32_fd(fd)
+    finally:
+        os.close(fd)
+    return {"size": size, "adler32": adler}
+
+
+def copy(src_root, src, dst_root, dst, mode=0o644, size=None, adler32=None, move=False):
+    """Copy (``move``: rename, or copy then unlink) the regular file ``src_root/src`` to ``dst_root/dst``, verified:
+    the source's adler32 is computed first and must equal ``adler32`` (and its size ``size``) when given; the copy
+    is written under a temporary name, checked against the source's size and adler32, then renamed into place.
+    A destination that already holds the same content counts as done (a repeat after a crash)."""
+    src_parts, dst_parts = split(src), split(dst)
+    roots = [open_root(src_root)]
+    try:
+        roots.append(open_root(dst_root, create=True))
+        src_path, dst_path = src_root.rstrip("/") + "/" + src, dst_root.rstrip("/") + "/" + dst
+        target = open_dir(roots[1], dst_root, dst_parts[:-1], create=True, mode=0o755)
+        try:
+            try:
+                fd, _ = open_file(roots[0], src_root, src)
+            except Refused as exc:
+                if exc.code != "missing" or not move:
+                    raise
+                return _already_there(roots[1], dst_root, dst, size, adler32, exc)
+            try:
+                have = adler32_fd(fd)
+                _expect(src_path, have, size, adler32)
+                if move and _same_content(target, dst_parts[-1], have):
+                    _unlink_at(roots[0], src_root, src_parts)
+                    return {"size": have[0], "adler32": have[1], "how": "already there"}
+                if move:
+                    source_dir = open_dir(roots[0], src_root, src_parts[:-1])
+                    try:
+                        os.rename(src_parts[-1], dst_parts[-1], src_dir_fd=source_dir, dst_dir_fd=target)
+                        _check_same_file(fd, target, dst_parts[-1], src_path)
+                        return {"size": have[0], "adler32": have[1], "how": "renamed"}
+                    except OSError as exc:
+                        if exc.errno != errno.EXDEV:
+                            raise _refusal(exc, dst_path)
+                    finally:
+                        os.close(source_dir)
+                temp, out = _temp(target, dst_parts[-1])
+                try:
+                    try:
+                        os.lseek(fd, 0, os.SEEK_SET)
+                        _pump(fd, out)
+                        os.fchmod(out, mode)
+                        os.fsync(out)
+                        copied = adler32_fd(out)
+                    finally:
+                        os.close(out)
+                    if copied != have:
+                        raise Refused("mismatch", "the copy of %s to %s has size %d adler32 %s, the source %d %s" % (
+                            src_path, dst_path, copied[0], copied[1], have[0], have[1]))
+                    os.rename(temp, dst_parts[-1], src_dir_fd=target, dst_dir_fd=target)
+                    temp = None
+                finally:
+                    if temp is not None:
+                        _unlink(temp, target)
+                if move:
+                    _unlink_at(roots[0], src_root, src_parts)
+                return {"size": have[0], "adler32": have[1], "how": "copied"}
+            finally:
+                os.close(fd)
+        finally:
+            os.close(target)
+    finally:
+        for fd in roots:
+            os.close(fd)
+
+
+def _expect(path, have, size, adler32):
+    if size is not None and int(size) != have[0]:
+        raise Refused("mismatch", "%s is %d bytes, %s expected" % (path, have[0], size))
+    if adler32 and str(adler32).split(":")[-1].lower().zfill(8) != have[1]:
+        raise Refused("mismatch", "%s has adler32 %s, %s expected" % (path, have[1], adler32))
+
+
+def _check_same_file(fd, folder, name, path):
+    """A rename moves a name, not the file that was checked: when the name was swapped for something else since
+    the check (a symlink, another file), what arrived is removed and the move refused."""
+    info, now = os.fstat(fd), os.stat(name, dir_fd=folder, follow_symlinks=False)
+    if (info.st_dev, info.st_ino) != (now.st_dev, now.st_ino):
+        _unlink(name, folder)
+        raise Refused("mismatch", "%s was replaced while it was moved; what arrived was removed" % path)
+
+
+def _same_content(folder, name, have):
+    try:
+        fd = os.open(name, _FILE, dir_fd=folder)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and adler32_fd(fd) == have
+    finally:
+        os.close(fd)
+
+
+def _already_there(dst_root_fd, dst_root, dst, size, adler32, missing):
+    """A move whose source is gone: done by an earlier call when the destination holds the expected content."""
+    try:
+        fd, _ = open_file(dst_root_fd, dst_root, dst)
+    except Refused:
+        raise missing
+    try:
+        have = adler32_fd(fd)
+    finally:
+        os.close(fd)
+    _expect(dst_root.rstrip("/") + "/" + dst, have, size, adler32)
+    return {"size": have[0], "adler32": have[1], "how": "already there"}
+
+
+def _unlink_at(root_fd, root, parts):
+    folder = open_dir(root_fd, root, parts[:-1])
+    try:
+        os.unlink(parts[-1], dir_fd=folder)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(folder)
+
+
+def _pump(source, target):
+    while True:
+        chunk = os.read(source, BLOCK)
+        if not chunk:
+            return
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target, view):]
+
+
+OPERATIONS = {"write": write, "mkdir": mkdir, "read": read, "scan": scan, "rename": rename, "remove": remove,
+              "checksum": checksum, "copy": copy}
+
+
+def run_ops(ops):
+    """Run each operation; one result per operation, in order (see the module docstring)."""
+    results = []
+    for op in ops:
+        fields = dict(op)
+        name = fields.pop("op", None)
+        try:
+            if name not in OPERATIONS:
+                raise Refused("invalid", "unknown operation %r" % (name,))
+            result = OPERATIONS[name](**fields)
+            result["ok"] = True
+        except Refused as exc:
+            result = {"ok": False, "code": exc.code, "error": str(exc)}
+        except OSError as exc:
+            result = {"ok": False, "code": "os", "error": "%s: %s" % (exc.filename or name, exc.strerror or exc)}
+        except TypeError as exc:  # a malformed operation: harvester's bug, said plainly
+            result = {"ok": False, "code": "invalid", "error": "%s: %s" % (name, exc)}
+        results.append(result)
+    return results
+
+
+# ---- the remote side: JSON in, JSON out; bytes as base64 ------------------------------------------------------------
+def _decode(ops):
+    for op in ops:
+        if "data" in op:
+            op["data"] = base64.b64decode(op["data"])
+    return ops
+
+
+def _encode(results):
+    for result in results:
+        for entry in (result.get("files") or {}).values():
+            if "data" in entry:
+                entry["data"] = base64.b64encode(entry["data"]).decode("ascii")
+    return results
+
+
+def cat(root, path, limit=None):
+    """Stream a regular file to stdout; its size and adler32 (or the refusal) as JSON on stderr's last line."""
+    root_fd = open_root(root)
+    try:
+        fd, _ = open_file(root_fd, root, path, limit)
+    finally:
+        os.close(root_fd)
+    value, size, out = 1, 0, sys.stdout.buffer
+    try:
+        while True:
+            chunk = os.read(fd, BLOCK)
+            if not chunk:
+                break
+            value = zlib.adler32(chunk, value)
+            size += len(chunk)
+            out.write(chunk)
+    finally:
+        os.close(fd)
+    out.flush()
+    return {"size": size, "adler32": "%08x" % (value & 0xffffffff)}
+
+
+def receive(root, path, size, adler32, mode=0o644):
+    """Write stdin to ``root/path`` (temporary name, verified against ``size`` and ``adler32``, then renamed)."""
+    parts = split(path)
+    root_fd = open_root(root, create=True)
+    try:
+        folder = open_dir(root_fd, root, parts[:-1], create=True)
+    finally:
+        os.close(root_fd)
+    temp = None
+    try:
+        temp, fd = _temp(folder, parts[-1])
+        try:
+            _pump(sys.stdin.buffer.fileno(), fd)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+            have = adler32_fd(fd)
+        finally:
+            os.close(fd)
+        _expect(root.rstrip("/") + "/" + path + " (as received)", have, size, adler32)
+        os.rename(temp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
+        temp = None
+        return {"size": have[0], "adler32": have[1]}
+    finally:
+        if temp is not None:
+            _unlink(temp, folder)
+        os.close(folder)
+
+
+def main(argv):
+    """``ops`` (JSON ops on stdin, JSON results on stdout), ``cat ROOT PATH [LIMIT]``, ``receive ROOT PATH SIZE
+    ADLER32 MODE``; the last two report on stderr's last line and exit 1 on a refusal."""
+    if not argv or argv[0] == "ops":
+        ops = _decode(json.loads(sys.stdin.read() or "[]"))
+        sys.stdout.write(json.dumps(_encode(run_ops(ops))))
+        return 0
+    try:
+        if argv[0] == "cat":
+            result = cat(argv[1], argv[2], int(argv[3]) if len(argv) > 3 and argv[3] else None)
+        elif argv[0] == "receive":
+            result = receive(argv[1], argv[2], int(argv[3]), argv[4], int(argv[5], 8))
+            sys.stdout.write(json.dumps(result))
+        else:
+            raise Refused("invalid", "unknown command %r" % argv[0])
+        result["ok"] = True
+    except Refused as exc:
+        result = {"ok": False, "code": exc.code, "error": str(exc)}
+    except OSError as exc:
+        result = {"ok": False, "code": "os", "error": "%s: %s" % (exc.filename, exc.strerror or exc)}
+    sys.stderr.write("\n" + json.dumps(result) + "\n")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
