@@ -15,12 +15,13 @@ def recorded(name):
 
 class SchedulerTransport(Transport):
     """The scheduler's stand-in: records every argv (and stdin) it is given and answers with canned
-    :class:`CommandResult`s queued per command name; files live in a dict."""
+    :class:`CommandResult`s queued per command name; files live in a dict (``stored``), read by ``read_file`` and
+    by the ``read`` operation of ``files``."""
 
     name = "recording"
 
     def __init__(self):
-        self.calls, self.files, self.answers = [], {}, {}
+        self.calls, self.stored, self.answers = [], {}, {}
 
     def answer(self, command, returncode=0, stdout="", stderr="", lost=False):
         """Queue the next answer to ``command`` (argv[0]); the last one queued repeats. ``lost``: the connection
@@ -42,17 +43,28 @@ class SchedulerTransport(Transport):
         pass
 
     def write_file(self, path, data, mode=0o644):
-        self.files[path] = data.encode() if isinstance(data, str) else data
+        self.stored[path] = data.encode() if isinstance(data, str) else data
 
     def read_file(self, path):
-        return self.files.get(path)
+        return self.stored.get(path)
 
     def exists(self, path):
-        return path in self.files
+        return path in self.stored
+
+    def files(self, ops):
+        results = []
+        for op in ops:
+            assert op["op"] == "read", op
+            found = {}
+            for path in op["paths"]:
+                data = self.stored.get(f"{op['root'].rstrip('/')}/{path}")
+                found[path] = {"data": data} if data is not None else {"code": "missing", "error": "missing"}
+            results.append({"ok": True, "files": found})
+        return results
 
     def listdir(self, path):
         prefix = path.rstrip("/") + "/"
-        return sorted({name[len(prefix):].split("/")[0] for name in self.files if name.startswith(prefix)})
+        return sorted({name[len(prefix):].split("/")[0] for name in self.stored if name.startswith(prefix)})
 
 
 def worker(queue, worker_id=11, environment=None, **changes):

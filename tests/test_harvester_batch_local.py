@@ -286,9 +286,9 @@ def test_find_reads_the_spool_where_the_transport_reaches_it():
     transport = SchedulerTransport()
     spool = "/on/the/submit/host/.batch"
     for batch_id, access_point in (("101-5", "/w/1"), ("102-6", "/w/2")):
-        transport.files[f"{spool}/{batch_id}.json"] = json.dumps({"pid": 1, "start": 1, "boot_id": "b",
+        transport.stored[f"{spool}/{batch_id}.json"] = json.dumps({"pid": 1, "start": 1, "boot_id": "b",
                                                                   "access_point": access_point}).encode()
-    transport.files[f"{spool}/102-6.cancelled"] = b"1"
+    transport.stored[f"{spool}/102-6.cancelled"] = b"1"
     plugin = LocalBatch(QUEUE, transport, spool)
     assert plugin.find("/w/2") == "102-6" and plugin.find("/w/3") is None
     assert LocalBatch(QUEUE, transport, None).find("/w/2") is None  # no spool, no record

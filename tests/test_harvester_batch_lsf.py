@@ -52,7 +52,7 @@ def test_submit_sends_the_written_script_on_stdin(transport):
     [result] = plugin.submit([spec])
     assert (result.status, result.batch_id) == (OK, "81231")
     [(argv, stdin)] = transport.calls
-    assert argv == ("bsub",) and stdin == transport.files[plugin.script_path(spec)]
+    assert argv == ("bsub",) and stdin == transport.stored[plugin.script_path(spec)]
 
 
 def test_a_submission_error_reaches_the_worker(transport):

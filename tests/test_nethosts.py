@@ -9,7 +9,7 @@ import pytest
 
 from nethosts import EDGE_ADDRESS, LOGIN_EDGE_ADDRESS, LoginSshd, Site, TwoNodeSlurm, wait_for
 
-pytestmark = [pytest.mark.netns, pytest.mark.slurm, pytest.mark.ssh]
+pytestmark = [pytest.mark.multinode, pytest.mark.slurm, pytest.mark.ssh]
 
 LISTEN = ("import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
           "s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(); print('listening', flush=True); "

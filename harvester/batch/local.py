@@ -85,25 +85,52 @@ class LocalBatch(BatchSystem):
         return SubmitResult(worker.worker_id, OK, batch_id, f"pid {pid}")
 
     def status(self, batch_ids):
+        """Every job's state from ONE batch of file reads through the transport (one round trip over SSH, two the
+        first time the spool records are read): the boot id, each job's ``job.exit``, ``.cancelled`` mark and
+        ``/proc/<pid>/stat``. ``job.exit`` is in the access point, where the pilot writes: it is read like any
+        file from a pilot (never through a symlink, at most a few bytes)."""
         try:
-            boot_id = self.processes.boot_id()
-            return QueryResult(OK, {batch_id: self._state(batch_id, record, boot_id)
-                                    for batch_id, record in self.records.read(batch_ids).items()})
-        except TransportError as exc:
+            records = self.records.read(batch_ids)
+            seen = self._look(records)
+            return QueryResult(OK, {batch_id: self._state(batch_id, record, seen)
+                                    for batch_id, record in records.items()})
+        except (TransportError, BatchError) as exc:
             return QueryResult(RETRY, message=str(exc))
 
-    def _state(self, batch_id, record, boot_id):
-        exit_text = self.transport.read_file(_join(record["access_point"], self.exit_name))
+    def _look(self, records):
+        """{(root, path): bytes or None} of the files status needs, read in one call."""
+        wanted = {("/proc/sys/kernel/random", "boot_id")}
+        for batch_id, record in records.items():
+            parent, name = record["access_point"].rstrip("/").rsplit("/", 1)
+            wanted |= {(parent or "/", f"{name}/{self.exit_name}"), ("/proc", f"{record['pid']}/stat"),
+                       (self.records.path(), f"{batch_id}.cancelled")}
+        by_root = {}
+        for root, path in sorted(wanted):
+            by_root.setdefault(root, []).append(path)
+        roots = sorted(by_root)
+        results = self.transport.files([{"op": "read", "root": root, "paths": by_root[root], "limit": 4096}
+                                        for root in roots])
+        seen = {}
+        for root, result in zip(roots, results):
+            for path, got in (result.get("files") or {}).items():
+                seen[(root, path)] = got.get("data")
+        return seen
+
+    def _state(self, batch_id, record, seen):
+        parent, name = record["access_point"].rstrip("/").rsplit("/", 1)
+        exit_text = seen.get((parent or "/", f"{name}/{self.exit_name}"))
+        cancelled = seen.get((self.records.path(), f"{batch_id}.cancelled")) is not None
         if exit_text is not None and exit_text.strip().isdigit():
             code = int(exit_text)
             if code == 0:
                 return BatchStatus("finished", "pilot exit code 0", 0, "exited")
             signum = code - 128 if 128 < code <= 128 + 64 else None
             diag = f"pilot killed by signal {signum}" if signum else f"pilot exit code {code}"
-            return BatchStatus("cancelled" if self.records.cancelled(batch_id) else "failed", diag, code, "exited")
-        if self.processes.alive(record, boot_id):
+            return BatchStatus("cancelled" if cancelled else "failed", diag, code, "exited")
+        boot_id = (seen.get(("/proc/sys/kernel/random", "boot_id")) or b"").decode().strip()
+        if Processes.matches(record, boot_id, seen.get(("/proc", f"{record['pid']}/stat"))):
             return BatchStatus("running", f"pid {record['pid']} running", native="running")
-        if self.records.cancelled(batch_id):
+        if cancelled:
             return BatchStatus("cancelled", "cancelled by harvester", native="gone")
         return BatchStatus("failed", f"process {record['pid']} is gone and left no exit code (killed with its job "
                                      "script, or the host rebooted)", native="gone")
@@ -154,12 +181,18 @@ class Spool:
         return batch_id
 
     def read(self, batch_ids):
-        """Records of the well-formed known ids (an unknown id is simply absent)."""
+        """Records of the well-formed known ids (an unknown id is simply absent); those not read before in one
+        call."""
         wanted = [b for b in dict.fromkeys(str(b) for b in batch_ids) if _BATCH_ID.fullmatch(b)]
-        for batch_id in [b for b in wanted if b not in self.known]:
-            data = self.transport.read_file(self.path(batch_id))
-            if data is not None:
-                self.known[batch_id] = json.loads(data)
+        new = [b for b in wanted if b not in self.known]
+        if new:
+            [result] = self.transport.files([{"op": "read", "root": self.path(), "paths": [f"{b}.json" for b in new],
+                                              "limit": 65536}])
+            if not result.get("ok") and result.get("code") != "missing":
+                raise BatchError(f"cannot read the spool records: {result.get('error')}")
+            for name, got in (result.get("files") or {}).items():
+                if "data" in got:
+                    self.known[name[:-len(".json")]] = json.loads(got["data"])
         return {b: self.known[b] for b in wanted if b in self.known}
 
     def mark_cancelled(self, batch_id):
@@ -207,9 +240,14 @@ class Processes:
 
     def alive(self, record, boot_id):
         """Whether the process a spool record names still runs (the same boot, pid and start ticks)."""
+        return self.matches(record, boot_id, self.transport.read_file(f"/proc/{record['pid']}/stat"))
+
+    @staticmethod
+    def matches(record, boot_id, stat_text):
+        """Whether ``stat_text`` (/proc/<pid>/stat now) is the live process the record names."""
         if record["boot_id"] != boot_id or not record["start"]:
             return False
-        state, _, start = _proc_stat(self.transport.read_file(f"/proc/{record['pid']}/stat"))
+        state, _, start = _proc_stat(stat_text)
         return start == record["start"] and state not in ("Z", "X")
 
     def terminate(self, groups, grace):
