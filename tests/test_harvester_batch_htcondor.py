@@ -325,3 +325,28 @@ def test_each_call_sets_the_queues_methods_and_token_and_puts_the_configuration_
             del htcondor2.param["SEC_CLIENT_AUTHENTICATION_METHODS"]
         else:
             htcondor2.param["SEC_CLIENT_AUTHENTICATION_METHODS"] = before["SEC_CLIENT_AUTHENTICATION_METHODS"]
+
+
+def test_a_remote_schedd_is_located_once_and_again_after_a_failed_call():
+    """The collector is asked where the schedd is once, not at every call; a call that fails may mean the schedd
+    moved, so the next call locates it again (and the failure names the queue and the schedd)."""
+    located, failing = [], []
+
+    class Failing(StandInSchedd):
+        def query(self, constraint="True", projection=[], callback=None, limit=-1, opts=htcondor2.QueryOpt.Default):
+            if failing:
+                raise htcondor2.HTCondorException(failing.pop())
+            return []
+
+    queue = condor_queue("CONDOR_MOVED", pool="cm.example.org:9618", schedd="s1")
+    plugin = HTCondorBatch(queue, SchedulerTransport())
+    plugin.collector_class = lambda pool: type("C", (), {"locate": lambda self, kind, name: (
+        located.append(name), {"Name": name})[1]})()
+    plugin.schedd_class = lambda *location: Failing([])
+    assert [plugin.status(["7.0"]).status for _ in range(2)] == [OK, OK]
+    assert located == ["s1"]
+    failing.append("connection refused")
+    failed = plugin.status(["7.0"])
+    assert failed.status == RETRY
+    assert "CONDOR_MOVED" in failed.message and "s1" in failed.message and "connection refused" in failed.message
+    assert plugin.status(["7.0"]).status == OK and located == ["s1", "s1"]  # located again, once
