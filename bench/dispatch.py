@@ -7,7 +7,7 @@ Phases (each on its own, freshly submitted queue, so leftovers of an earlier run
   getJob+update   C clients each do getJob, then a final updateJob(state=finished), per job (the pilot cycle)
   bulk getJob     C clients call getJob with nJobs=--bulk until the queue is empty
   in-process      dispatch.claim_jobs in a loop in this process, same database type (the ceiling), alone and
-                  followed by jobs.update_job(finished) like the HTTP cycle
+                  followed by updates.update_job(finished) like the HTTP cycle
 
 and one table of figures at the end. Every request loop is bounded in count and in time, and only talks to the
 server this script started on 127.0.0.1, which it stops (only that process) before exiting.
@@ -256,7 +256,7 @@ def check(result, expected_ids):
 
 def in_process(db_url, n_jobs, with_update):
     """claim_jobs (and, optionally, update_job) in a loop in this process: no HTTP, no auth, no JSON."""
-    from minipanda.core import dispatch, jobs, schema
+    from minipanda.core import dispatch, jobs, schema, updates
 
     database = schema.open_database(db_url)
     database.connect(reuse_if_open=True)
@@ -279,7 +279,7 @@ def in_process(db_url, n_jobs, with_update):
             pid = claimed[0]["PandaID"]
             got.append(pid)
             if with_update:
-                jobs.update_job({"jobId": pid, "state": "finished", "pilotID": "inproc", "transExitCode": "0"})
+                updates.update_job({"jobId": pid, "state": "finished", "pilotID": "inproc", "transExitCode": "0"})
         wall = time.perf_counter() - t0
     finally:
         database.close()

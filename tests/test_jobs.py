@@ -1,14 +1,6 @@
-"""Job services in-process on each backend: batched submission, and updateJobsInBulk in one transaction."""
+"""Job services in-process on each backend: batched submission (pilot updates: test_updates.py)."""
 from conftest import make_job
-from minipanda.core import bulk, jobs, models, states
-
-
-def dispatched(n):
-    """``n`` submitted jobs moved to sent, as a getJob would."""
-    ids = [row[0] for row in jobs.submit_jobs([make_job() for _ in range(n)], "alice")]
-    with models.database.atomic():
-        states.change_job_status(ids, "sent", "test dispatch")
-    return ids
+from minipanda.core import bulk, jobs, models
 
 
 def test_submission_writes_jobs_and_files_in_a_few_statements(database, monkeypatch):
@@ -31,24 +23,3 @@ def test_submission_writes_jobs_and_files_in_a_few_statements(database, monkeypa
     assert [(f.type, f.lfn, f.status) for f in files] == [("input", "in.3", "ready"), ("log", "log.3.tgz", "defined")]
     assert files[1].guid  # made for a log that had none
     assert models.StatusLog.select().where(models.StatusLog.new_status == "activated").count() == 50
-
-
-def test_bulk_update_is_one_transaction_and_a_bad_entry_is_refused_alone(database, monkeypatch):
-    first, second, third = dispatched(3)
-    (never_sent,) = [row[0] for row in jobs.submit_jobs([make_job()], "alice")]
-    begins = []
-    real = database.begin
-    monkeypatch.setattr(database, "begin", lambda *a, **k: begins.append(1) or real(*a, **k))
-    replies = jobs.update_jobs([
-        {"jobId": first, "state": "running", "pilotID": "p"},
-        {"jobId": never_sent, "state": "finished", "pilotID": "p"},  # refused inside the transaction: 409
-        {"jobId": second, "state": "bogus"},
-        "not an object",
-        {"jobId": third, "state": "finished", "pilotID": "p", "transExitCode": 0},
-    ])
-    assert len(begins) == 1  # one transaction for the whole list
-    assert [r["StatusCode"] for r in replies][0] == 0 and replies[4]["StatusCode"] == 0
-    assert all(r["StatusCode"] != 0 for r in replies[1:4]) and "jobList[3]" in replies[3]["ErrorDiag"]
-    status = {j.panda_id: j.status for j in models.Job.select(models.Job.panda_id, models.Job.status)}
-    assert (status[first], status[second], status[third], status[never_sent]) == \
-        ("running", "sent", "finished", "activated")

@@ -1,7 +1,7 @@
 """The transition table and the one function that changes job states."""
 import pytest
 from conftest import make_job
-from minipanda.core import jobs, models, states
+from minipanda.core import jobs, models, states, updates
 from minipanda.core.states import FINAL_JOB_STATES, JOB_TRANSITIONS, JobStatus
 from minipanda.errors import InvalidTransition
 
@@ -85,13 +85,13 @@ def test_every_status_log_transition_of_a_full_task_run_is_in_the_table(database
     for _ in range(20):
         generator.run(config)
         for job in dispatch.claim_jobs(dispatch.Offer(queue="Q1", prod_source_label="user", n_jobs=10)):
-            jobs.update_job({"jobId": job["PandaID"], "state": "running"})
+            updates.update_job({"jobId": job["PandaID"], "state": "running"})
             if not failed_once:
                 failed_once = True
-                jobs.update_job({"jobId": job["PandaID"], "state": "failed", "pilotErrorCode": 1099,
-                                 "pilotErrorDiag": "stage-in failed"})
+                updates.update_job({"jobId": job["PandaID"], "state": "failed", "pilotErrorCode": 1099,
+                                    "pilotErrorDiag": "stage-in failed"})
             else:
-                jobs.update_job({"jobId": job["PandaID"], "state": "finished"})
+                updates.update_job({"jobId": job["PandaID"], "state": "finished"})
         settle.run(config)
         if models.Task.get_by_id(task_id).status in ("done", "finished", "failed"):
             break

@@ -6,7 +6,7 @@ import logging
 import time
 
 from minipanda.api import file_server
-from minipanda.core import dispatch, jobs, policy, queues
+from minipanda.core import dispatch, jobs, policy, queues, updates
 from minipanda.core.auth import PILOT_ROLES, require_role
 from minipanda.errors import SC_MISSING_KEY, SC_ROLE, RequestError
 from minipanda.monitor import metrics
@@ -36,6 +36,8 @@ RESOURCE_TYPES = [
 
 def from_v1(params):
     """Rename v1 parameters to their legacy names; legacy names pass through."""
+    if V1_ALIASES.keys().isdisjoint(params):  # legacy already (every entry of a legacy updateJobsInBulk)
+        return params
     return {V1_ALIASES.get(k, k): v for k, v in params.items()}
 
 
@@ -71,7 +73,7 @@ def acquire_jobs(params, identity):
 
 def update_job(params, identity):
     require_role(identity, PILOT_ROLES)
-    return jobs.update_job(params)
+    return updates.update_job(params)
 
 
 def update_jobs_bulk(job_list, identity):
@@ -84,7 +86,7 @@ def update_jobs_bulk(job_list, identity):
             raise RequestError("jobList: expected a JSON list of updateJob parameter objects") from None
     if not isinstance(job_list, list):
         raise RequestError("jobList: expected a list of updateJob parameter objects", SC_MISSING_KEY)
-    return jobs.update_jobs([from_v1(entry) if isinstance(entry, dict) else entry for entry in job_list])
+    return updates.update_jobs([from_v1(entry) if isinstance(entry, dict) else entry for entry in job_list])
 
 
 def worker_pilot_status(params, identity):

@@ -4,9 +4,11 @@ Nothing here knows about jobs; it only turns bytes into a params dict and a resu
 malformed or oversized input with a message that names what is wrong.
 """
 import json
+import re
 import urllib.parse
 import zlib
 
+import orjson
 from minipanda.errors import BodyTooLarge, RequestError
 
 SIMPLE_TYPES = ("text/plain", "multipart/form-data")
@@ -56,14 +58,75 @@ def parse_body(raw, content_type):
             raise RequestError(f"body: not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise RequestError("body: expected a JSON object of named parameters")
-        return clean_text(data)
+        if SURROGATE_ESCAPE.search(text):
+            return clean_text(data)
+        check_depth(data)  # no lone surrogate can be in it: only the depth is left to check
+        return data
     params = {}
-    for key, value in urllib.parse.parse_qsl(text, keep_blank_values=True):
+    for key, value in form_pairs(text):
         if key in params:
             params[key] = (params[key] if isinstance(params[key], list) else [params[key]]) + [value]
         else:
             params[key] = value
     return params
+
+
+def form_pairs(text):
+    """``urllib.parse.parse_qsl(text, keep_blank_values=True)``, with the percent-decoding done in C: Python's own
+    unquote loops in Python over every escape, and a 100-job updateJobsInBulk form carries ~3,200 of them (4 ms)."""
+    pairs = []
+    for field in text.split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            pairs.append((unquote_plus(name), unquote_plus(value)))
+    return pairs
+
+
+def unquote_plus(text):
+    """``urllib.parse.unquote_plus(text)``: every %XX becomes \\xXX for the C ``unicode_escape`` decoder (the text's
+    own backslashes doubled first); text that is not valid percent-encoding goes to urllib's own decoder."""
+    text = text.replace("+", " ")
+    if "%" not in text:
+        return text
+    try:
+        escaped = text.encode("utf-8").replace(b"\\", b"\\\\").replace(b"%", b"\\x")
+        return escaped.decode("unicode_escape").encode("latin-1").decode("utf-8", "replace")
+    except UnicodeError:  # a '%' without two hex digits after it: urllib keeps it as it is
+        return urllib.parse.unquote(text)
+
+
+_AS_STR = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def dumps(data):
+    """JSON text of a reply: orjson (~10x faster than json for a bulk getJob's 100 job definitions); times as
+    ``str(datetime)`` and anything else it does not know as ``str()``, as json.dumps(default=str) gave them.
+    json.dumps still writes what orjson refuses (dict keys that are not strings, integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(data, default=str, option=_AS_STR).decode()
+    except TypeError:
+        return json.dumps(data, default=str)
+
+
+# A lone surrogate can come only from a \\uD800-\\uDFFF escape: the body itself was decoded as strict UTF-8.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def check_depth(value):
+    """Refuse what clean_text refuses, JSON with a value other than a text deeper than MAX_DEPTH, without a
+    call per value (json.loads makes only dicts, lists, strs, numbers, booleans and None)."""
+    level, containers = 0, [value] if type(value) in _CONTAINERS else []
+    while containers:
+        inner = []
+        for container in containers:
+            items = container.values() if type(container) is dict else container
+            if level >= MAX_DEPTH and not all(type(item) is str for item in items):
+                raise RequestError(f"body: JSON nested deeper than {MAX_DEPTH} levels")
+            inner += [item for item in items if type(item) in _CONTAINERS]
+        containers, level = inner, level + 1
+
+
+_CONTAINERS = frozenset((dict, list))
 
 
 def clean_text(value, depth=0):
@@ -102,12 +165,12 @@ def wants_json(request):
 def legacy_body(data, as_json):
     """(content type, body) of a legacy reply: JSON, or PanDA's URL-encoded form with nested values as JSON."""
     if as_json:
-        return "application/json", json.dumps(data, default=str)
-    flat = {k: (v if isinstance(v, (str, int, float)) or v is None else json.dumps(v, default=str))
+        return "application/json", dumps(data)
+    flat = {k: (v if isinstance(v, (str, int, float)) or v is None else dumps(v))
             for k, v in data.items()}
     return "text/plain; charset=utf-8", urllib.parse.urlencode({k: "NULL" if v is None else v for k, v in flat.items()})
 
 
 def envelope(data=None, message="", success=True):
     """The v1 reply body."""
-    return json.dumps({"success": success, "message": message, "data": data}, default=str)
+    return dumps({"success": success, "message": message, "data": data})

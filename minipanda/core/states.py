@@ -10,7 +10,7 @@ import enum
 import functools
 
 import peewee
-from minipanda.core import models
+from minipanda.core import bulk, models
 from minipanda.errors import InvalidTransition
 
 
@@ -207,15 +207,16 @@ def _update_listed(values, ids, status, model=None):
     return changed
 
 
-def change_picked_jobs(pick, pick_params, source, target, reason, fields=None, now=None):
-    """Move the jobs a sub-select picks from ``source`` to ``target`` in one statement; return their full rows.
+def change_picked_jobs(pick, pick_params, source, target, reason, fields=None, now=None, returning=("panda_id",)):
+    """Move the jobs a sub-select picks from ``source`` to ``target`` in one statement; return their rows.
 
     The bulk twin of :func:`change_job_status`, for dispatch: ``pick`` is the caller's SELECT of panda_ids (with
     its ``pick_params``), best first and limited; the UPDATE re-checks ``source`` on each picked row, so a job
     another writer changed first is skipped. Same table check, time stamps and status_log rows.
 
     Returns:
-        (column names, row tuples) of the changed jobs, as RETURNING gives them. Must run inside a transaction.
+        The changed jobs' ``returning`` columns (panda_id first) as tuples, as RETURNING gives them. Must run
+        inside a transaction.
     """
     source, target = JobStatus(source), JobStatus(target)
     check_job_transition(source, target)
@@ -224,19 +225,17 @@ def change_picked_jobs(pick, pick_params, source, target, reason, fields=None, n
     values.update(fields or {})
     database = models.Job._meta.database
     columns = tuple(field.column_name for field in values)
-    sql = _picked_update_sql(database.param, isinstance(database.obj, peewee.PostgresqlDatabase), pick, columns)
+    sql = _picked_update_sql(database.param, isinstance(database.obj, peewee.PostgresqlDatabase), pick, columns,
+                             tuple(returning))
     cursor = database.execute_sql(sql, [field.db_value(value) for field, value in values.items()] + list(pick_params)
                                   + [source.value])
-    names = [description[0] for description in cursor.description]
     rows = cursor.fetchall()
     log_transitions([(row[0], source.value) for row in rows], target, reason, now)
-    return names, rows
+    return rows
 
 
 @functools.lru_cache(maxsize=256)
-def _picked_update_sql(param, postgres, pick, columns):
-    Job = models.Job
-    returning = ", ".join('"%s"' % field.column_name for field in Job._meta.sorted_fields)  # panda_id first
+def _picked_update_sql(param, postgres, pick, columns, returning):
     assignments = ", ".join(f'"{column}" = {param}' for column in columns)
     # The re-check of the status must not drive the UPDATE: SQLite and PostgreSQL both chose to walk the
     # (status, ...) index, i.e. every activated job of every queue, per claim, filtering it against the picked ids
@@ -245,8 +244,41 @@ def _picked_update_sql(param, postgres, pick, columns):
     # PostgreSQL would plan "IN (pick)" as a semi-join and re-run a locking pick per row, claiming more than
     # LIMIT rows; "= ANY(ARRAY(pick))" evaluates the pick exactly once.
     chosen = f"= ANY(ARRAY({pick}))" if postgres else f"IN ({pick})"
-    return (f'UPDATE "{Job._meta.table_name}" SET {assignments} WHERE "panda_id" {chosen} '
-            f"AND (\"status\" || '') = {param} RETURNING {returning}")
+    listed = ", ".join('"%s"' % column for column in returning)
+    return (f'UPDATE "{models.Job._meta.table_name}" SET {assignments} WHERE "panda_id" {chosen} '
+            f"AND (\"status\" || '') = {param} RETURNING {listed}")
+
+
+def change_each_job(groups, fields=None, now=None):
+    """Several conditional changes at once, each job with values of its own: the set-operation twin of
+    :func:`change_job_status`, for the pilots' bulk updates.
+
+    Args:
+        groups: [(source, target, columns, rows, reason)]: the jobs of ``rows`` [(panda_id, *values of
+            columns)] that are still in ``source`` move to ``target`` and get their own values of ``columns``
+            (column names; the values are plain ints and strings), one UPDATE per group. A job appears once.
+        fields: column values {Job.field: value} written on every job changed.
+        now: the time to stamp.
+
+    Returns:
+        The set of panda_ids changed: what the conditional UPDATEs returned, so a job that another writer moved
+        first is not in it. The same table check, time stamps, and one status_log insert for all the groups.
+        Must run inside a transaction.
+    """
+    now = now or utcnow()
+    changed, logged = set(), []
+    for source, target, columns, rows, reason in groups:
+        source, target = JobStatus(source), JobStatus(target)
+        check_job_transition(source, target)
+        values = _time_fields(target, now)
+        values.update(fields or {})
+        constant = {field.column_name: field.db_value(value) for field, value in values.items()}
+        won = bulk.update_each(models.Job._meta.table_name, "panda_id", constant, columns, rows,
+                               "(\"status\" || '') = %s" % models.Job._meta.database.param, [source.value])
+        changed.update(won)
+        logged.extend((pid, source.value, target.value, reason) for pid in won)
+    _log_rows(logged, now)
+    return changed
 
 
 def note_jobs(jobs, reason, now=None):
@@ -259,25 +291,36 @@ def note_jobs(jobs, reason, now=None):
 
 
 def log_transitions(changed, target, reason, now):
-    """Write one status_log row per (panda_id, previous status) pair.
+    """Write one status_log row per (panda_id, previous status) pair."""
+    new_status = JobStatus(target).value
+    _log_rows([(pid, old, new_status, reason) for pid, old in changed], now)
+
+
+def _log_rows(rows, now):
+    """Write the (panda_id, previous status, new status, reason) transitions, all at ``now``.
 
     One multi-row INSERT written out directly: every dispatch and every submitted job comes through here, and
     peewee's insert_many spent ~0.2 ms per call plus ~20 us per row building it.
     """
-    if not changed:
+    if not rows:
         return
     log, database = models.StatusLog, models.StatusLog._meta.database
-    new_status, when, reason = JobStatus(target).value, log.time.db_value(now), reason[:500]
+    when = bulk.time_param(log.time.db_value(now))
+    for start in range(0, len(rows), 500):  # 3,000 parameters per statement at most
+        chunk = rows[start:start + 500]
+        params = []
+        for pid, old, new, reason in chunk:
+            params += (pid, old, new, when, reason[:500], "transition")
+        database.execute_sql(_log_sql(database.param, len(chunk)), params)
+
+
+@functools.lru_cache(maxsize=512)
+def _log_sql(param, n_rows):
+    log = models.StatusLog
     columns = ", ".join('"%s"' % f.column_name for f in (log.panda_id, log.old_status, log.new_status, log.time,
                                                            log.reason, log.kind))
-    row = "(%s)" % ", ".join([database.param] * 6)
-    for start in range(0, len(changed), 500):  # 3,000 parameters per statement at most
-        chunk = changed[start:start + 500]
-        params = []
-        for pid, old in chunk:
-            params += (pid, old, new_status, when, reason, "transition")
-        database.execute_sql(f'INSERT INTO "{log._meta.table_name}" ({columns}) VALUES '
-                             + ", ".join([row] * len(chunk)), params)
+    row = "(%s)" % ", ".join([param] * 6)
+    return f'INSERT INTO "{log._meta.table_name}" ({columns}) VALUES ' + ", ".join([row] * n_rows)
 
 
 FINAL_TASK_VALUES = frozenset(s.value for s in FINAL_TASK_STATES)
