@@ -20,6 +20,8 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -116,31 +118,56 @@ def windows(progress):
     return rates
 
 
+def py_spy():
+    """py-spy from PATH, else beside this interpreter (a venv's bin)."""
+    beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return shutil.which("py-spy") or beside
+
+
+def result_db_name(db):
+    return "sqlite" if db == "sqlite" else "postgresql"
+
+
 def one_run(label, tree, db, args):
     home = tempfile.mkdtemp(prefix="bench-bulk-")
     db_url = "sqlite:///" + os.path.join(home, "minipanda.db") if db == "sqlite" else db
     queue = f"BULK_{int(time.time() * 1000) % 10 ** 9}"
     marks = [args.jobs * k // 10 for k in range(1, 11)]
     server = Server(home, db_url, args.threads, cwd=tree)
+    spy = None
+    if args.py_spy and tree is None:
+        # CPU samples only (no --idle): where this tree's server spends its CPU, submit and dispatch+finish
+        spy = subprocess.Popen([py_spy(), "record", "--pid", str(server.proc.pid), "--rate", "250", "--format", "raw",
+                                "--output", f"{args.py_spy}-{result_db_name(db)}.txt", "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        time.sleep(1)
     try:
         cpu0 = process_cpu(server.proc.pid)
         t0 = time.perf_counter()
         ids, sub_progress = submit(server, queue, args.jobs, args.chunk, marks)
         sub_wall, cpu1 = time.perf_counter() - t0, process_cpu(server.proc.pid)
         load_sub = load_average()
+        client0 = time.process_time()
         got, wall, progress, errors = drain(server, queue, args.clients, args.bulk, args.jobs, marks, args.time_limit)
-        cpu2 = process_cpu(server.proc.pid)
+        cpu2, client_cpu = process_cpu(server.proc.pid), time.process_time() - client0
         load_drain = load_average()
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            try:
+                spy.wait(60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
         server.stop()
         if not args.keep:
             shutil.rmtree(home, ignore_errors=True)
     duplicates, missed = len(got) - len(set(got)), len(set(ids) - set(got))
-    result = {"label": label, "db": "sqlite" if db == "sqlite" else "postgresql", "jobs": len(ids),
+    result = {"label": label, "db": result_db_name(db), "jobs": len(ids),
               "submit_rate": len(ids) / sub_wall, "submit_windows": windows(sub_progress),
               "submit_cpu_ms": 1000 * (cpu1 - cpu0) / max(1, len(ids)), "load_submit": load_sub,
               "drain_rate": len(set(got)) / wall, "drain_windows": windows(progress),
               "drain_cpu_ms": 1000 * (cpu2 - cpu1) / max(1, len(set(got))), "load_drain": load_drain,
+              "client_cpu_ms": 1000 * client_cpu / max(1, len(set(got))),
               "duplicates": duplicates, "missed": missed, "errors": errors}
     print(f"  {label} on {result['db']}: submit {result['submit_rate']:.0f} jobs/s "
           f"({result['submit_cpu_ms']:.3f} ms server CPU per job), dispatch+finish {result['drain_rate']:.0f} jobs/s "
@@ -163,6 +190,8 @@ def main(argv=None):
     p.add_argument("--baseline", metavar="REV", help="also run this commit's server (e.g. main~3), side by side")
     p.add_argument("--time-limit", type=float, default=3600, help="s per dispatch phase before it gives up (3600)")
     p.add_argument("--keep", action="store_true", help="keep the SQLite homes")
+    p.add_argument("--py-spy", metavar="PREFIX", help="record this tree's server with py-spy (CPU samples, "
+                   "collapsed stacks) into PREFIX-sqlite.txt / PREFIX-postgresql.txt (pip install py-spy)")
     args = p.parse_args(argv)
     print(f"bench/bulk.py: {args.jobs} jobs, {args.chunk} per submit, {args.clients} clients x {args.bulk} per "
           f"getJob + one updateJobsInBulk; {os.cpu_count()} CPUs, load {load_average()}", flush=True)
@@ -176,13 +205,13 @@ def main(argv=None):
     finally:
         baseline.remove(tree)
     print("\n| server | database | submit jobs/s | submit CPU ms/job | dispatch+finish jobs/s | CPU ms/job | "
-          "per tenth (dispatch+finish, jobs/s) | duplicates/missed | load 1/5/15 |")
-    print("|---|---|---:|---:|---:|---:|---|---:|---|")
+          "clients' CPU ms/job | per tenth (dispatch+finish, jobs/s) | duplicates/missed | load 1/5/15 |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|---|")
     for r in results:
         tenths = " ".join(f"{x:.0f}" for x in r["drain_windows"])
         print(f"| {r['label']} | {r['db']} | {r['submit_rate']:.0f} | {r['submit_cpu_ms']:.3f} | "
-              f"{r['drain_rate']:.0f} | {r['drain_cpu_ms']:.3f} | {tenths} | {r['duplicates']}/{r['missed']} | "
-              f"{r['load_drain']} |")
+              f"{r['drain_rate']:.0f} | {r['drain_cpu_ms']:.3f} | {r['client_cpu_ms']:.3f} | {tenths} | "
+              f"{r['duplicates']}/{r['missed']} | {r['load_drain']} |")
     for db in sorted({r["db"] for r in results}):
         pair = [r for r in results if r["db"] == db]
         if len(pair) == 2:
