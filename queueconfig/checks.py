@@ -6,7 +6,10 @@ keys the rule read (so that the loader can leave out a conflict whose other side
 """
 from typing import NamedTuple
 
+from queueconfig import allocation
+
 ERROR, WARNING = "error", "warning"
+PILOT_STOP_MARGIN_S = 60  # a pilot's lifetime is its worker's walltime minus this (harvester.pilots)
 
 
 class Problem(NamedTuple):
@@ -41,7 +44,7 @@ def problems(queue):
         A list of :class:`Problem`, errors and warnings mixed, in a stable order.
     """
     found = []
-    for rule in (_mode, _limits, _resources, _batch, _transport, _pilot, _storage, _sweeper):
+    for rule in (_mode, _limits, _resources, _nodes, _batch, _transport, _pilot, _storage, _sweeper):
         found.extend(Problem(*problem) for problem in rule(queue))
     return found
 
@@ -111,6 +114,58 @@ def _resources(q):
             (("pilot", "lifetime"),)
 
 
+def _nodes(q):
+    """Workers of several nodes, pilots per node, and jobs larger than a node."""
+    res, pilot, system = q.resources, q.pilot, q.batch.system
+    nodes, per_node = res.nodes_per_worker, allocation.pilots_per_node(q)
+    for key, value in (("nodes_per_worker", nodes), ("max_job_nodes", res.max_job_nodes)):
+        if value > 1 and system != "slurm":
+            yield ERROR, ("resources", key), (f"{value} nodes need batch.system slurm (the pilots and payloads on "
+                                              f"the other nodes are started with srun); {system} cannot spread a "
+                                              "worker over several nodes"), (("batch", "system"),)
+    if nodes > 1 and q.mapType == "OneToOne":
+        yield ERROR, ("resources", "nodes_per_worker"), (
+            f"{nodes} nodes per worker, but mapType OneToOne gives a worker one job: use mode pull or mapType "
+            "ManyToOne for pilots on several nodes, or resources.max_job_nodes for jobs that need several nodes"), \
+            (("mapType",),)
+    if pilot.per_node is not None and "per_worker" in pilot.model_fields_set and \
+            pilot.per_worker != nodes * pilot.per_node:
+        yield ERROR, ("pilot", "per_worker"), (f"{pilot.per_worker} pilots per worker, but resources.nodes_per_worker "
+                                               f"{nodes} x pilot.per_node {pilot.per_node} makes "
+                                               f"{nodes * pilot.per_node}: set one of them"), \
+            (("pilot", "per_node"), ("resources", "nodes_per_worker"))
+    elif pilot.per_node is None and nodes > 1 and "per_worker" in pilot.model_fields_set and \
+            pilot.per_worker % nodes:
+        yield ERROR, ("pilot", "per_worker"), (f"{pilot.per_worker} pilots cannot be spread evenly over "
+                                               f"resources.nodes_per_worker {nodes} nodes: set pilot.per_node"), \
+            (("resources", "nodes_per_worker"),)
+    if pilot.per_node is not None and q.mapType == "OneToOne" and pilot.per_node > 1:
+        yield ERROR, ("pilot", "per_node"), (f"{pilot.per_node} pilots per node, but mapType OneToOne gives a worker "
+                                             "one job: use mapType ManyToOne (push) or mode pull"), (("mapType",),)
+    if res.cores_per_node is not None:
+        if res.corecount > res.cores_per_node:
+            yield ERROR, ("resources", "corecount"), (f"{res.corecount} cores per pilot are more than "
+                                                      f"resources.cores_per_node ({res.cores_per_node})"), \
+                (("resources", "cores_per_node"),)
+        elif per_node * res.corecount > res.cores_per_node:
+            key = "per_node" if pilot.per_node is not None or nodes > 1 else "per_worker"
+            yield ERROR, ("pilot", key), (f"{per_node} pilots x resources.corecount {res.corecount} = "
+                                          f"{per_node * res.corecount} cores on one node, above "
+                                          f"resources.cores_per_node ({res.cores_per_node}): the pilots of a node "
+                                          "would not fit on it"), \
+                (("resources", "cores_per_node"), ("resources", "corecount"))
+    if res.max_job_nodes > 1:
+        if q.mode != "push" or q.mapType != "OneToOne":
+            yield ERROR, ("resources", "max_job_nodes"), (
+                f"jobs of up to {res.max_job_nodes} nodes need mode push with mapType OneToOne: harvester must hold "
+                f"the job to give it a worker of its size (mode is {q.mode}, mapType {q.mapType})"), \
+                (("mode",), ("mapType",))
+        if res.cores_per_node is None:
+            yield ERROR, ("resources", "cores_per_node"), (
+                f"missing: resources.max_job_nodes {res.max_job_nodes} counts a job's cores in nodes, which needs "
+                "the cores of one node"), (("resources", "max_job_nodes"),)
+
+
 def _batch(q):
     batch, system = q.batch, q.batch.system
     related = (("batch", "system"),)
@@ -135,6 +190,15 @@ def _batch(q):
             yield ERROR, ("batch", key), f"batch.system {system} has no {key}", related
     if system == "local" and batch.extra_directives:
         yield ERROR, ("batch", "extra_directives"), "batch.system local has no scheduler to pass directives to", related
+    if batch.shape == "backfill" and system != "slurm":
+        yield ERROR, ("batch", "shape"), (f"backfill asks the scheduler when a job would start (sbatch --test-only), "
+                                          f"which only batch.system slurm offers (system is {system})"), related
+    if batch.min_walltime is not None and batch.shape != "backfill":
+        yield WARNING, ("batch", "min_walltime"), "does nothing without batch.shape backfill", (("batch", "shape"),)
+    if batch.min_walltime is not None and batch.walltime is not None and batch.min_walltime > batch.walltime:
+        yield ERROR, ("batch", "min_walltime"), (f"{batch.min_walltime} s is longer than batch.walltime "
+                                                 f"({batch.walltime} s), the longest a worker may ask"), \
+            (("batch", "walltime"),)
     if batch.walltime is not None and batch.walltime < q.pilot.lifetime:
         yield ERROR, ("batch", "walltime"), (f"{batch.walltime} s is shorter than pilot.lifetime "
                                              f"({q.pilot.lifetime} s): the batch system would kill pilots early"), \
@@ -176,6 +240,13 @@ def _pilot(q):
         yield WARNING, ("pilot", "per_worker"), (f"{pilot.per_worker} pilots per worker share jobsPerWorker "
                                                  f"{q.jobsPerWorker} jobs: some pilots start with no job and wait "
                                                  "for one"), (("jobsPerWorker",),)
+    shortest = q.batch.min_walltime if q.batch.shape == "backfill" and q.batch.min_walltime else q.batch.walltime
+    if shortest is not None and pilot.stageout_reserve + PILOT_STOP_MARGIN_S >= shortest:
+        yield ERROR, ("pilot", "stageout_reserve"), (
+            f"{pilot.stageout_reserve} s leaves no time for a job in a worker of {shortest} s (batch."
+            f"{'min_walltime' if shortest != q.batch.walltime else 'walltime'}): the pilot ends "
+            f"{PILOT_STOP_MARGIN_S} s before the walltime and starts no job later than this reserve before its end"), \
+            (("batch", "walltime"), ("batch", "min_walltime"))
     if pilot.copytool == "http" and q.wnconnectivity == "none":
         yield ERROR, ("pilot", "copytool"), ("http needs network on the worker node, but wnconnectivity is none: "
                                              "use copy, symlink or mv with shared storage"), (("wnconnectivity",),)

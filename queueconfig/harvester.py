@@ -119,16 +119,31 @@ class _EntryMapper:
         for key, value in plugin.items():
             if key in ("module", "name", "middleware"):
                 continue
+            if section in ("submitter", "common") and key == "nCore" and "nCorePerNode" in plugin:
+                continue  # with nCorePerNode: nodes per worker (_per_node)
             if section in ("submitter", "common") and key in _SUBMITTER_KEYS:
                 self._put(_SUBMITTER_KEYS[key], value, (section, key))
-            elif section in ("submitter", "common") and key == "nCorePerNode" and "nCore" not in plugin:
-                self._put(("resources", "corecount"), value, (section, key))
+            elif section in ("submitter", "common") and key == "nCorePerNode":
+                self._per_node(section, plugin)
             elif section == "messenger" and key == "accessPoint" and isinstance(value, str):
                 self._put(("transport", "workdir"), value.split("${")[0].rstrip("/") or "/", (section, key))
             elif section == "workerMaker" and key == "nJobsPerWorker":
                 self._put(("jobsPerWorker",), value, (section, key))
             else:
                 self.ignored.append(f"{section}.{key}")
+
+    def _per_node(self, section, plugin):
+        """nCorePerNode: the cores of a node; with nCore (the cores of a worker) above it, a worker of
+        ceil(nCore / nCorePerNode) whole nodes, one pilot on each (as Harvester's Slurm submitter sizes it)."""
+        per_node, total = plugin["nCorePerNode"], plugin.get("nCore")
+        self._put(("resources", "cores_per_node"), per_node, (section, "nCorePerNode"))
+        whole = all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (per_node, total))
+        if whole and total > per_node:
+            self._put(("resources", "corecount"), per_node, (section, "nCorePerNode"))
+            self._put(("resources", "nodes_per_worker"), -(-total // per_node), (section, "nCore"))
+        else:
+            self._put(("resources", "corecount"), per_node if total is None else total,
+                      (section, "nCorePerNode" if total is None else "nCore"))
 
     def _system(self, section, plugin):
         system = system_of(plugin)

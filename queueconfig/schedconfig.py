@@ -5,6 +5,7 @@ without one), ``panda_resource`` (sent as siteName in getJob), ``maxwdir`` (sent
 ``copytools``/``acopytools``/``astorages``; of our copytools pilot3 knows only ``mv``. The minipanda pilot reads
 the same PanDA keys plus the extras below (names as in ``pilot/queuedata.py``).
 """
+from queueconfig import allocation
 
 DEFAULT_FILE_URL = "/files/{scope}/{lfn}"  # the server's file store (minipanda/core/filestore.py)
 
@@ -79,7 +80,8 @@ def _minipanda_keys(queue):
         "pilot_heartbeat_interval": pilot.heartbeat, "pilot_lost_heartbeat_timeout": pilot.lost_heartbeat,
         "pilot_looping_limit": pilot.looping_limit, "pilot_extra_args": list(pilot.extra_args),
         "pilot_getjob_tries": pilot.getjob_tries, "pilot_getjob_interval": pilot.getjob_interval,
-        "pilot_handoff_wait": pilot.handoff_wait,
+        "pilot_handoff_wait": pilot.handoff_wait, "pilot_stageout_reserve": pilot.stageout_reserve,
+        "corepernode": allocation.node_cores(queue), "maxjobnodes": queue.resources.max_job_nodes,
     }
 
 

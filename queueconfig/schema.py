@@ -40,6 +40,16 @@ class Resources(Section):
     """Scratch space of a job's working directory, MB."""
     maxinputsize: Count = 10000
     """Largest total size of a job's input files, MB."""
+    nodes_per_worker: Annotated[Positive, Field(le=1024)] = 1
+    """Nodes in one worker's batch allocation (Slurm); pilot.per_node pilots run on each node (Harvester: nCore /
+    nCorePerNode)."""
+    cores_per_node: Optional[Positive] = None
+    """Cores of one node (Harvester's nCorePerNode); default corecount x pilots per node. Jobs that need several
+    nodes are counted in nodes of this size."""
+    max_job_nodes: Annotated[Positive, Field(le=1024)] = 1
+    """Most nodes one job may use. Above 1 the queue takes jobs larger than a node (mode push, OneToOne, Slurm):
+    each gets one worker of ceil(coreCount / cores_per_node) nodes (maxrss MB on each) and runs with the
+    allocation's node list."""
 
 
 class Limits(Section):
@@ -115,6 +125,12 @@ class Batch(Section):
     """Slurm quality of service."""
     walltime: Optional[Positive] = None
     """Walltime requested for a worker, s; default pilot.lifetime plus 10 minutes."""
+    shape: Literal["fixed", "backfill"] = "fixed"
+    """fixed: every worker asks for resources.nodes_per_worker nodes and batch.walltime. backfill (Slurm): harvester
+    asks the scheduler (sbatch --test-only) when each of a few shapes within those limits would start, and submits
+    the one that starts soonest and still fits the waiting work."""
+    min_walltime: Optional[Positive] = None
+    """backfill: the shortest walltime a worker may be given, s; default batch.walltime (only the nodes vary)."""
     schedd: Optional[Host] = None
     """HTCondor schedd name; default the local schedd."""
     pool: Optional[HostPort] = None
@@ -230,6 +246,11 @@ class Pilot(Section):
     """Pilots one worker runs side by side in its batch allocation (ManyToOne or pull mode), each with
     resources.corecount cores and maxrss memory and its own handoff directory pilot-N in the access point; the
     worker asks the batch system for per_worker times the cores and memory."""
+    per_node: Optional[Annotated[Positive, Field(le=256)]] = None
+    """Pilots on each node of a worker (resources.nodes_per_worker x per_node in all); default 1 on a worker of
+    several nodes, else pilot.per_worker."""
+    stageout_reserve: Count = 300
+    """Seconds of a pilot's lifetime kept for stage-out and its final report: no job starts later than that."""
     heartbeat: Positive = 300
     """Seconds between job heartbeats."""
     lost_heartbeat: Positive = 1800

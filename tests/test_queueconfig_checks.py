@@ -68,6 +68,32 @@ PUSH_NONET = {"mode": "push", "wnconnectivity": "none", "storage": SHARED}
     ({"mode": "push", "pilot": {"per_worker": 2}}, (ERROR, "pilot.per_worker")),
     ({"mode": "push", "mapType": "ManyToOne", "jobsPerWorker": 2, "pilot": {"per_worker": 4}},
      (WARNING, "pilot.per_worker")),
+    # several nodes per worker, pilots per node, jobs larger than a node, backfill
+    ({"resources": {"nodes_per_worker": 2}}, (ERROR, "resources.nodes_per_worker")),
+    ({"mode": "push", "resources": {"nodes_per_worker": 2}, "batch": {"system": "slurm"}},
+     (ERROR, "resources.nodes_per_worker")),
+    ({"resources": {"nodes_per_worker": 2}, "pilot": {"per_node": 2, "per_worker": 3}, "batch": {"system": "slurm"}},
+     (ERROR, "pilot.per_worker")),
+    ({"resources": {"nodes_per_worker": 2}, "pilot": {"per_worker": 3}, "batch": {"system": "slurm"}},
+     (ERROR, "pilot.per_worker")),
+    ({"resources": {"nodes_per_worker": 2, "corecount": 2, "cores_per_node": 4}, "pilot": {"per_node": 3},
+      "batch": {"system": "slurm"}}, (ERROR, "pilot.per_node")),
+    ({"resources": {"corecount": 2, "cores_per_node": 4}, "pilot": {"per_worker": 3}}, (ERROR, "pilot.per_worker")),
+    ({"resources": {"corecount": 8, "cores_per_node": 4}}, (ERROR, "resources.corecount")),
+    ({"mode": "push", "pilot": {"per_node": 2}}, (ERROR, "pilot.per_node")),
+    ({"mode": "push", "resources": {"max_job_nodes": 2, "cores_per_node": 4}}, (ERROR, "resources.max_job_nodes")),
+    ({"resources": {"max_job_nodes": 2, "cores_per_node": 4}, "batch": {"system": "slurm"}},
+     (ERROR, "resources.max_job_nodes")),
+    ({"mode": "push", "resources": {"max_job_nodes": 2}, "batch": {"system": "slurm"}},
+     (ERROR, "resources.cores_per_node")),
+    ({"batch": {"shape": "backfill"}}, (ERROR, "batch.shape")),
+    ({"batch": {"system": "slurm", "min_walltime": 600}}, (WARNING, "batch.min_walltime")),
+    ({"batch": {"system": "slurm", "shape": "backfill", "walltime": 3600, "min_walltime": 7200},
+      "pilot": {"lifetime": 3000}}, (ERROR, "batch.min_walltime")),
+    ({"batch": {"system": "slurm", "shape": "backfill", "walltime": 3600, "min_walltime": 300},
+      "pilot": {"lifetime": 3000}}, (ERROR, "pilot.stageout_reserve")),
+    ({"batch": {"walltime": 400}, "pilot": {"lifetime": 300, "stageout_reserve": 340}},
+     (ERROR, "pilot.stageout_reserve")),
 ])
 def test_conflicts(keys, expected):
     assert expected in found(**keys)
@@ -85,6 +111,49 @@ def test_defaults_conflict_with_nothing():
     assert found(pilot={"command": ["p", "{queue}"], "environment": {"A": "{walltime}"}}) == set()
     assert found(sweeper={"stale_time": 600, "max_queued_time": 1, "keep_finished": 0, "keep_failed": 0}) == set()
     assert found(batch={"system": "htcondor", "file_transfer": True, "pool": "cm:9618", "token_file": "/t"}) == set()
+
+
+@pytest.mark.parametrize("keys", [
+    {"resources": {"nodes_per_worker": 2, "corecount": 2, "cores_per_node": 4}, "pilot": {"per_node": 2},
+     "batch": {"system": "slurm"}},
+    {"resources": {"nodes_per_worker": 2}, "pilot": {"per_worker": 4}, "batch": {"system": "slurm"}},
+    {"resources": {"nodes_per_worker": 2}, "pilot": {"per_node": 2, "per_worker": 4}, "batch": {"system": "slurm"}},
+    {"mode": "push", "mapType": "ManyToOne", "jobsPerWorker": 4, "resources": {"nodes_per_worker": 4},
+     "batch": {"system": "slurm"}},
+    {"mode": "push", "resources": {"max_job_nodes": 4, "cores_per_node": 64}, "batch": {"system": "slurm"}},
+    {"batch": {"system": "slurm", "shape": "backfill", "walltime": 3600, "min_walltime": 1200},
+     "pilot": {"lifetime": 3000}, "resources": {"maxtime": 1000}},
+])
+def test_hpc_shapes_that_fit_together_are_fine(keys):
+    assert found(**keys) == set()
+
+
+@pytest.mark.parametrize("keys, per_node, per_worker, node_cores", [
+    ({}, 1, 1, 1),
+    ({"pilot": {"per_worker": 4}, "resources": {"corecount": 2}}, 4, 4, 8),
+    ({"resources": {"nodes_per_worker": 2}}, 1, 2, 1),
+    ({"resources": {"nodes_per_worker": 2}, "pilot": {"per_worker": 6}}, 3, 6, 3),
+    ({"resources": {"nodes_per_worker": 2}, "pilot": {"per_worker": 3}}, 1, 2, 1),  # an error too (above)
+    ({"resources": {"nodes_per_worker": 3, "cores_per_node": 64}, "pilot": {"per_node": 2}}, 2, 6, 64),
+    ({"mode": "push", "resources": {"max_job_nodes": 2, "cores_per_node": 4}}, 1, 1, 4),
+])
+def test_the_effective_shape_of_a_worker(keys, per_node, per_worker, node_cores):
+    from queueconfig import allocation
+
+    queue = Queue.model_validate({"name": "Q", **keys}, context={"checks": False})
+    assert (allocation.pilots_per_node(queue), allocation.pilots_per_worker(queue),
+            allocation.node_cores(queue)) == (per_node, per_worker, node_cores)
+
+
+def test_a_job_larger_than_a_node_counts_in_whole_nodes():
+    from queueconfig import allocation
+
+    queue = Queue.model_validate({"name": "Q", "mode": "push", "batch": {"system": "slurm"},
+                                  "resources": {"corecount": 1, "cores_per_node": 4, "max_job_nodes": 2}})
+    assert [allocation.job_nodes(queue, cores) for cores in (None, 1, 4, 5, 8, 9)] == [1, 1, 1, 2, 2, 3]
+    assert allocation.max_job_cores(queue) == 8
+    single = Queue.model_validate({"name": "S", "resources": {"corecount": 2}})
+    assert allocation.max_job_cores(single) == 2
 
 
 def test_a_short_lost_heartbeat_is_reported_once_not_again_as_stale_time():

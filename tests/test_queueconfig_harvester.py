@@ -150,3 +150,24 @@ def test_convert_round_trip_gives_equal_queues(tmp_path, source, syntax):
     assert again.format == "minipanda"
     assert dict(again.queues) == dict(original.queues)
     assert queueconfig.load(converted).document() == document  # converting our format changes nothing
+
+
+def test_ncore_above_ncorepernode_makes_a_worker_of_whole_nodes(tmp_path):
+    """Harvester's Slurm submitter sizes a worker as ceil(nCore / nCorePerNode) nodes: the same here, one pilot per
+    node; nCore within one node stays the cores of one pilot."""
+    path = write(tmp_path, {
+        "HPC": {"mapType": "NoJob", "submitter": {**SLURM, "nCorePerNode": 64, "nCore": 130}},
+        "SMALL": {"mapType": "NoJob", "submitter": {**SLURM, "nCorePerNode": 64, "nCore": 8}},
+        "NODE": {"mapType": "NoJob", "submitter": {**SLURM, "nCorePerNode": 64}}})
+    config = queueconfig.load(path)
+    shape = {name: (q.resources.corecount, q.resources.cores_per_node, q.resources.nodes_per_worker)
+             for name, q in config.queues.items()}
+    assert shape == {"HPC": (64, 64, 3), "SMALL": (8, 64, 1), "NODE": (64, 64, 1)}
+
+
+def test_a_bad_ncorepernode_is_an_error_naming_the_harvester_key(tmp_path):
+    path = write(tmp_path, {"Q": {"mapType": "NoJob", "submitter": {**SLURM, "nCorePerNode": "wide", "nCore": 8}}})
+    with pytest.raises(ConfigError) as info:
+        queueconfig.load(path)
+    assert any("submitter.nCorePerNode (minipanda key resources.cores_per_node)" in e for e in info.value.errors), \
+        info.value.errors
