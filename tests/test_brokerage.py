@@ -37,6 +37,38 @@ def test_choice_and_recorded_reasons(task_server):
     assert any("E_FITS: kept" in line and "<- this job" in line for line in lines)
 
 
+def test_a_job_larger_than_a_node_goes_only_where_multi_node_jobs_are_allowed(task_server):
+    """coreCount 8 on nodes of 4 cores is a 2-node job: the single-node queue is skipped (``why`` says so), the
+    queue whose harvester gives each job a worker of its size takes it, and one allowing fewer nodes does not."""
+    set_queue("M_SINGLE", corecount=4, corepernode=4, maxrss=8000)
+    set_queue("M_ONE_NODE", corecount=1, corepernode=4, maxjobnodes=1, maxrss=8000)
+    set_queue("M_TWO_NODES", corecount=1, corepernode=4, maxjobnodes=2, maxrss=4000)
+    set_queue("M_TOO_FEW", corecount=1, corepernode=2, maxjobnodes=2, maxrss=8000)
+    tid = submit(task_server, {"taskName": "mpi", "exec": "srun -N 2 hostname", "nJobs": 2, "nScouts": 0,
+                               "coreCount": 8, "ramCount": 6000, "site": ["M_SINGLE", "M_ONE_NODE", "M_TWO_NODES",
+                                                                         "M_TOO_FEW"]})
+    jobs = wait_jobs(task_server, tid, 2)
+    assert {job["computingSite"] for job in jobs} == {"M_TWO_NODES"}
+    answer = why(task_server, jobs[0]["PandaID"])
+    verdicts = {c["queue"]: c for c in answer["brokerage"]}
+    assert verdicts["M_TWO_NODES"]["kept"]  # 6000 MB over 2 nodes of 4000 MB fits
+    assert verdicts["M_SINGLE"]["reasons"] == ["job needs 8 cores, 2 nodes of 4; queue takes single-node jobs of "
+                                               "at most 4 cores (no resources.max_job_nodes)"]
+    assert verdicts["M_ONE_NODE"]["kinds"] == ["nodes"]
+    assert verdicts["M_TOO_FEW"]["reasons"] == ["job needs 4 nodes of 2 cores (8 cores), queue allows 2 nodes per job"]
+    text = "\n".join(answer["lines"])
+    assert "M_SINGLE: skipped: job needs 8 cores, 2 nodes of 4" in text
+    assert "it needs 2 nodes of 4 cores: harvester gives it one worker of 2 nodes" in text
+
+
+def test_no_queue_takes_a_multi_node_job(task_server):
+    set_queue("N_SINGLE", corecount=4, corepernode=8, maxrss=8000)
+    tid = submit(task_server, {"taskName": "wide", "exec": "true", "nJobs": 1, "nScouts": 0, "coreCount": 16,
+                               "site": ["N_SINGLE"]})
+    (job,) = wait_jobs(task_server, tid, 1, status="defined")
+    assert "no queue fits 16 cores on several nodes" in "\n".join(why(task_server, job["PandaID"])["lines"])
+
+
 def test_no_queue_fits_memory_then_rebrokered(task_server):
     set_queue("Q1", maxrss=2000)
     set_queue("Q2", maxrss=4000)

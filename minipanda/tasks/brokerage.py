@@ -1,7 +1,9 @@
 """Brokerage: which queue each new job goes to, and why every other queue was not chosen.
 
 The seeds' simplified JEDI job brokerage. A queue is a candidate when it is online and fits the jobs (cores,
-memory, walltime, disk, worker-node connectivity, job label, the task's site choices). Among candidates, each job
+memory, walltime, disk, worker-node connectivity, job label, the task's site choices). A job larger than one pilot
+of a queue fits only a queue that takes multi-node jobs (queuedata ``maxjobnodes`` above 1, whose harvester gives
+each job a worker of ceil(cores / ``corepernode``) nodes), and only up to that many nodes. Among candidates, each job
 goes to the queue of highest weight ``(running + 1) / (queued + 10)``, counting the jobs already placed; a queue
 whose queued jobs exceed ``max(2 x running, brokerage.bootstrap_queued)`` takes no more (the bootstrap floor lets
 an idle queue fill up before it has running jobs). Every decision is stored with every queue's verdict, so
@@ -79,12 +81,11 @@ def verdict(queue, data, req):
     labels = data.get("prodsourcelabels") or []
     if not policy.queue_takes(labels, req.label):
         reasons.append(("label", f"runs {'/'.join(labels)} jobs, not {req.label}"))
-    cores = _int(data, "corecount", 1) or 1
-    if req.cores > cores:
-        reasons.append(("cores", f"job needs {req.cores} cores, queue has {cores}"))
+    reasons += size_reasons(data, req.cores)
+    nodes = job_nodes(data, req.cores) if _int(data, "maxjobnodes", 1) > 1 else 1
     for key, need, unit, what in (("maxrss", req.ram_mb, "MB", "memory"), ("maxtime", req.walltime_s, "s", "walltime"),
                                   ("maxwdir", req.disk_mb, "MB", "disk")):
-        limit = _int(data, key, 0)
+        limit = _int(data, key, 0) * (nodes if key == "maxrss" else 1)  # a multi-node job has maxrss on each node
         if limit and need > limit:
             reasons.append((what, f"job needs {what} {need} {unit}, queue allows {limit} {unit}"))
     offered = str(data.get("wnconnectivity") or "full").split("#")[0].lower()
@@ -92,6 +93,35 @@ def verdict(queue, data, req):
         reasons.append(("connectivity", f"worker nodes have {offered} connectivity, the job needs "
                                         f"{req.connectivity}"))
     return reasons
+
+
+def node_cores(data):
+    """Cores of one node of a queue (its queuedata ``corepernode``; else the cores of one pilot)."""
+    return _int(data, "corepernode", 0) or _int(data, "corecount", 1) or 1
+
+
+def job_nodes(data, cores):
+    """Nodes a job of ``cores`` cores needs on a queue."""
+    return max(1, -(-max(1, cores) // node_cores(data)))
+
+
+def size_reasons(data, cores):
+    """[(kind, reason)] when a job of ``cores`` cores is too large for a queue: a queue of single-node jobs takes up
+    to its ``corecount``; one whose ``maxjobnodes`` is above 1 (harvester gives each job a worker of its size) up to
+    that many nodes of ``corepernode`` cores."""
+    per_pilot, per_node, most = _int(data, "corecount", 1) or 1, node_cores(data), _int(data, "maxjobnodes", 1) or 1
+    nodes = job_nodes(data, cores)
+    if most > 1:
+        if nodes > most:
+            return [("nodes", f"job needs {nodes} nodes of {per_node} cores ({cores} cores), queue allows {most} "
+                              "nodes per job")]
+        return []
+    if cores <= per_pilot:
+        return []
+    if nodes > 1 and _int(data, "corepernode", 0):  # a queue that says its node size (queueconfig does)
+        return [("nodes", f"job needs {cores} cores, {nodes} nodes of {per_node}; queue takes single-node jobs of "
+                          f"at most {per_pilot} cores (no resources.max_job_nodes)")]
+    return [("cores", f"job needs {cores} cores, queue has {per_pilot}")]
 
 
 def limit_of(running, bootstrap):
@@ -158,7 +188,7 @@ def record(decision, req, task_id, now):
     return decision.brokerage_id
 
 
-NEEDS = {"memory": "memory {ram_mb} MB", "cores": "{cores} cores", "walltime": "walltime {walltime_s} s",
+NEEDS = {"memory": "memory {ram_mb} MB", "cores": "{cores} cores", "nodes": "{cores} cores on several nodes", "walltime": "walltime {walltime_s} s",
          "disk": "disk {disk_mb} MB", "connectivity": "{connectivity} connectivity", "label": "{label} jobs",
          "status": "an online status", "site": "the task's site choices"}
 

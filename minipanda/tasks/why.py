@@ -9,6 +9,7 @@ import json
 from minipanda.core import archive, models, states
 from minipanda.core.states import JobStatus
 from minipanda.errors import RequestError
+from minipanda.tasks import brokerage
 from peewee import fn
 
 
@@ -127,6 +128,15 @@ def _queued(job):
     lines.append(f"a pilot must offer at least {job.core_count} cores, {job.min_ram_count} MB memory, "
                  f"{job.max_walltime} s walltime and {job.max_disk_count} MB disk, and run "
                  f"{job.prod_source_label} jobs")
+    if queue is not None:
+        data = json.loads(queue.queuedata or "{}")
+        too_large = brokerage.size_reasons(data, job.core_count or 1)
+        nodes = brokerage.job_nodes(data, job.core_count or 1)
+        if too_large:
+            lines.append(f"queue {job.computing_site} can never run it: {too_large[0][1]}")
+        elif nodes > 1:
+            lines.append(f"it needs {nodes} nodes of {brokerage.node_cores(data)} cores: harvester gives it one "
+                         f"worker of {nodes} nodes, whose node list its payload gets")
     return lines
 
 
