@@ -26,7 +26,7 @@ def table(rows, headers):
 def worker_object(w):
     return {"workerID": w.worker_id, "batchID": w.batch_id, "queue": w.queue, "status": w.status,
             "diag": w.diag, "mapType": w.map_type, "accessPoint": w.access_point, "cores": w.cores,
-            "memory": w.memory_mb, "pilots": w.n_pilots, "walltime": w.walltime_s,
+            "memory": w.memory_mb, "pilots": w.n_pilots, "nodes": w.nodes, "walltime": w.walltime_s,
             "submissionAttempts": w.submission_attempts, "submitTime": text(w.submit_time) or None,
             "startTime": text(w.start_time) or None, "endTime": text(w.end_time) or None,
             "lastSeen": text(w.last_seen) or None, "killReason": w.kill_reason, "reported": w.reported,
@@ -150,7 +150,8 @@ def explain_worker(args):
           + (f" (final)" if worker.status in {s.value for s in FINAL} else ""))
     print(f"  batch id {worker.batch_id or '-'}, access point {worker.access_point or '-'}, "
           f"{worker.n_pilots} pilot{'s' if worker.n_pilots != 1 else ''} on {worker.cores} "
-          f"core{'s' if worker.cores != 1 else ''}, "
+          f"core{'s' if worker.cores != 1 else ''}" + (f" of {worker.nodes} nodes" if worker.nodes > 1 else "")
+          + f", walltime {worker.walltime_s} s, "
           f"{worker.submission_attempts} submission attempts, jobs {jobs or '-'}")
     if worker.diag:
         print(f"  diag: {worker.diag}")

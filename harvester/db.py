@@ -23,7 +23,11 @@ from harvester.states import utcnow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4  # 2: worker.n_pilots; 3: worker.waiting_pilots; 4: worker.error_code, held_job.cores
+SCHEMA_VERSION = 5  # 2: worker.n_pilots; 3: worker.waiting_pilots; 4: worker.error_code, held_job.cores;
+# 5: worker.nodes and the allocation's figures (elapsed_s ... jobs_run)
+ALLOCATION_COLUMNS = (("nodes", "INTEGER NOT NULL DEFAULT 1"), ("elapsed_s", "REAL"), ("charge_source", "VARCHAR(64)"),
+                      ("payload_wall_s", "REAL"), ("payload_cpu_s", "REAL"), ("pilot_wait_s", "REAL"),
+                      ("pilot_drain_s", "REAL"), ("jobs_run", "INTEGER"))
 INSTANCE_LEASE_S = 120
 PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "foreign_keys": 1, "busy_timeout": 30000}
 
@@ -93,6 +97,10 @@ def _upgrade(database, version, path):
             for panda_id, definition in database.execute_sql("SELECT panda_id, definition FROM held_job"):
                 database.execute_sql("UPDATE held_job SET cores = ? WHERE panda_id = ?",
                                      (job_cores(definition), panda_id))
+    if version < 5:
+        for name, kind in ALLOCATION_COLUMNS:
+            if name not in columns:
+                database.execute_sql(f"ALTER TABLE worker ADD COLUMN {name} {kind}")
     log.info("%s: upgraded the schema from version %d to %d", path, version, SCHEMA_VERSION)
 
 

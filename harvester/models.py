@@ -31,6 +31,7 @@ class Worker(BaseModel):
     n_pilots = peewee.IntegerField(default=1)  # pilots side by side in the allocation, each in its own directory
     waiting_pilots = peewee.IntegerField(null=True)  # of those, how many neither took a job nor ended (monitor)
     walltime_s = peewee.IntegerField(default=0)
+    nodes = peewee.IntegerField(default=1)  # nodes of the allocation (its n_pilots spread evenly over them)
     submit_time = peewee.DateTimeField(null=True)
     start_time = peewee.DateTimeField(null=True)
     end_time = peewee.DateTimeField(null=True)
@@ -48,6 +49,15 @@ class Worker(BaseModel):
     cleaned = peewee.BooleanField(default=False)  # access point removed
     lease_owner = peewee.CharField(max_length=128, null=True)
     lease_expires = peewee.DateTimeField(null=True)
+    # What the allocation delivered, once it ended (harvester.agents.accounting): the scheduler's elapsed time and
+    # where it came from, and the pilots' own figures (NULL when no pilot left its usage file)
+    elapsed_s = peewee.FloatField(null=True)
+    charge_source = peewee.CharField(max_length=64, null=True)
+    payload_wall_s = peewee.FloatField(null=True)
+    payload_cpu_s = peewee.FloatField(null=True)
+    pilot_wait_s = peewee.FloatField(null=True)  # pilots up without a payload (asking for a job, staging, reporting)
+    pilot_drain_s = peewee.FloatField(null=True)  # pilot slots of the allocation without a pilot (ended early)
+    jobs_run = peewee.IntegerField(null=True)
 
     class Meta:
         indexes = ((("queue", "status"), False), (("status", "cleaned"), False))

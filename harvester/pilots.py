@@ -14,6 +14,7 @@ import threading
 
 import pilot
 from pilot import queuedata, zipapp
+from queueconfig import allocation
 
 log = logging.getLogger(__name__)
 _build_lock = threading.Lock()
@@ -59,8 +60,8 @@ def file_mode(queue):
 
 
 def per_worker(queue):
-    """Pilots one new worker of ``queue`` runs side by side (pilot.per_worker; always 1 for OneToOne)."""
-    return 1 if queue.mapType == "OneToOne" else queue.pilot.per_worker
+    """Pilots one new worker of ``queue`` runs (on all its nodes; always 1 for OneToOne)."""
+    return allocation.pilots_per_worker(queue)
 
 
 def worker_walltime(queue):

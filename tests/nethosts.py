@@ -237,8 +237,8 @@ class TwoNodeSlurm:
 
     name = "slurm"
 
-    def __init__(self, site, cpus=4, memory=8000, partitions=(("debug", "INFINITE", True),)):
-        self.site = site
+    def __init__(self, site, cpus=4, memory=8000, partitions=(("debug", "INFINITE", True),), settings=None):
+        self.site, self.settings = site, dict(settings or {})  # slurm.conf keys that replace (or add to) ours
         self.base = os.path.join(site.site_dir, "slurm")
         self.conf = os.path.join(self.base, "slurm.conf")
         self.socket = os.path.join(self.base, "munge", "munge.socket")
@@ -271,6 +271,8 @@ class TwoNodeSlurm:
             "MinJobAge=300", "KillWait=5", "InactiveLimit=0", "SlurmctldTimeout=30", "SlurmdTimeout=30",
             "SlurmctldDebug=info", "SlurmdDebug=info",
         ]
+        lines = [line for line in lines if line.split("=")[0] not in self.settings]
+        lines += [f"{key}={value}" for key, value in self.settings.items()]
         for node in self.site.nodes:
             lines.append(f"NodeName={node.name} NodeAddr={node.address} CPUs={self.cpus} "
                          f"RealMemory={self.memory} State=UNKNOWN")

@@ -180,3 +180,16 @@ def test_pilots_the_monitor_saw_end_without_a_job_are_not_waiting(home):
     ctx, _ = context(home, DemandOnly({"Q": {"activated": 3}}), {"Q": q})
     assert Adjuster(ctx).run_once(NOW) == 1
     assert json.loads(models.QueueState.get_by_id("Q").decision)["inputs"]["jobless_pilots"] == 1
+
+
+def test_a_worker_of_several_nodes_counts_as_nodes_x_per_node_pilot_slots():
+    """2 nodes x 2 pilots per node: 9 activated jobs need ceil(9 / 4) = 3 workers; a queued one holds 4 of the
+    slots; the decision names the shape, as harvester explain prints it."""
+    q = queue(resources={"nodes_per_worker": 2}, pilot={"per_node": 2}, batch={"system": "slurm"},
+              limits={"maxNewWorkersPerCycle": 10})
+    decision = decide(q, 0, 0, activated=9)
+    assert decision["n"] == 3 and decision["inputs"]["pilots_per_worker"] == 4
+    assert decision["inputs"]["nodes_per_worker"] == 2
+    assert decision["winner"] == ("ceil(((1 + extraPilotFraction) x activated + extraPilots - waiting pilots) / "
+                                  "pilots per worker (2 nodes x 2 per node))")
+    assert decide(q, 1, 0, activated=9, queued_pilots=4)["n"] == 2

@@ -50,7 +50,8 @@ def test_header_from_the_queue_config(transport):
     assert directives(script, "#SBATCH") == [
         "#SBATCH --job-name=harvester-SLURM_TEST-11", f"#SBATCH --comment={AP}", f"#SBATCH --chdir={AP}",
         f"#SBATCH --output={AP}/slurm-%j.out", f"#SBATCH --error={AP}/slurm-%j.err", "#SBATCH --nodes=1",
-        "#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=4", "#SBATCH --time=0-01:01:00", "#SBATCH --partition=grid",
+        "#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=4", "#SBATCH --time=0-01:01:00",
+        "#SBATCH --signal=B:USR1@60", "#SBATCH --partition=grid",
         "#SBATCH --account=atlas-prod", "#SBATCH --qos=normal",
         "#SBATCH --exclusive"]  # --mem skipped; walltime 3601 s rounded up to whole minutes
     assert script.startswith("#!/bin/sh\n#SBATCH")

@@ -27,6 +27,7 @@ from harvester import db, limits as queue_limits, models, pilots
 from harvester.agents.base import Agent
 from harvester.errors import ServerError
 from harvester.states import LIVE_VALUES, QUEUED
+from queueconfig import allocation
 
 log = logging.getLogger(__name__)
 QUEUED_VALUES = {status.value for status in QUEUED}
@@ -118,8 +119,10 @@ def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=No
     if lim.maxNewWorkersPerMinute is not None:
         limits.append(("maxNewWorkersPerMinute - workers made in the last minute",
                        lim.maxNewWorkersPerMinute - recent))
-    n_pilots = pilots.per_worker(queue)
-    per_worker = "" if n_pilots == 1 else " x pilot.per_worker"
+    n_pilots, nodes = pilots.per_worker(queue), allocation.nodes_per_worker(queue)
+    slots = "pilot.per_worker" if nodes == 1 else \
+        f"pilots per worker ({nodes} nodes x {allocation.pilots_per_node(queue)} per node)"
+    per_worker = "" if n_pilots == 1 else f" x {slots}"
     per_core, per_mem = max(1, queue.resources.corecount) * n_pilots, max(1, queue.resources.maxrss) * n_pilots
     core_limit = queue_limits.queued_cores(lim, running_cores)
     if core_limit.value is not None:
@@ -139,7 +142,7 @@ def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=No
                 limits.append(("(1 + extraPilotFraction) x activated + extraPilots - waiting pilots", cap))
             else:  # whole workers: a worker is started for the last few pilots wanted, too
                 limits.append(("ceil(((1 + extraPilotFraction) x activated + extraPilots - waiting pilots) / "
-                               "pilot.per_worker)", -(-cap // n_pilots)))
+                               f"{slots})", -(-cap // n_pilots)))
     else:
         limits.append(("ceil(fetched jobs not yet in a worker / jobsPerWorker)",
                        math.ceil(unbound / (queue.jobsPerWorker if queue.mapType == "ManyToOne" else 1))))
@@ -149,6 +152,7 @@ def decide(queue, queued, running, queued_cores=0, queued_memory=0, activated=No
                        "queued_memory": queued_memory, "running_cores": running_cores,
                        "running_memory": running_memory, "jobless_pilots": jobless, "made_last_minute": recent,
                        "activated": activated, "unbound_jobs": unbound, "pilots_per_worker": n_pilots,
+                       "nodes_per_worker": nodes,
                        "maxWorkers": max_workers, "mapType": queue.mapType, "status": queue.status}}
 
 

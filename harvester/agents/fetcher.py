@@ -23,6 +23,7 @@ from harvester import db, limits, models, pilots
 from harvester.agents.base import Agent
 from harvester.errors import ServerError
 from harvester.states import ACTIVE, HeldJobStatus
+from queueconfig import allocation
 
 log = logging.getLogger(__name__)
 SENT_PAGE = 1000  # the server's page of get_sent_jobs: a shorter page is the last
@@ -54,7 +55,8 @@ class Fetcher(Agent):
             return
         try:
             jobs = self.ctx.server.acquire_jobs(queue.name, wanted, pilots.job_label(queue),
-                                                cores=queue.resources.corecount, memory=queue.resources.maxrss,
+                                                cores=allocation.max_job_cores(queue),
+                                                memory=queue.resources.maxrss * queue.resources.max_job_nodes,
                                                 walltime=pilots.worker_walltime(queue) - pilots.WALLTIME_MARGIN_S)
         except ServerError as exc:
             if exc.transient:  # the server may have claimed jobs whose answer never came: look them up next cycle

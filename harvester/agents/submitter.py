@@ -25,6 +25,7 @@ from harvester.messenger import Messenger
 from harvester.states import (HeldJobStatus, SubmitPhase, WorkerStatus, change_submit_phase, change_worker_status,
                               create_worker)
 from harvester.steps import hand_over, release_jobs
+from queueconfig import allocation
 from queueconfig.schedconfig import queuedata
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,10 @@ class Submitter(Agent):
                                                           models.HeldJob.worker_id.is_null())
                             .order_by(models.HeldJob.panda_id).limit(wanted * per_worker))
                 chunks = [held[i:i + per_worker] for i in range(0, len(held), per_worker)][:wanted]
-            walltime, n_pilots = pilots.worker_walltime(queue), pilots.per_worker(queue)
+            walltime = pilots.worker_walltime(queue)
             for jobs in chunks:
                 worker = create_worker(now, f"created: adjuster decided {wanted} new workers", queue=queue.name,
-                                       map_type=queue.mapType, cores=queue.resources.corecount * n_pilots,
-                                       memory_mb=queue.resources.maxrss * n_pilots, n_pilots=n_pilots,
-                                       walltime_s=walltime)
+                                       map_type=queue.mapType, walltime_s=walltime, **worker_size(queue, jobs))
                 for job in jobs:
                     models.HeldJob.update(worker_id=worker.worker_id).where(
                         models.HeldJob.panda_id == job.panda_id).execute()
@@ -146,7 +145,7 @@ class Submitter(Agent):
                 worker_id=worker.worker_id, access_point=access_point,
                 argv=pilots.command(queue, access_point, url, walltime, python), environment=env,
                 cores=worker.cores, memory_mb=worker.memory_mb, walltime_s=worker.walltime_s,
-                pilots=tuple(launches))
+                pilots=tuple(launches), nodes=worker.nodes)
             plugin.write_script(spec)
         except ServerError as exc:
             self.retry_later(queue, worker, f"preparing the worker: {exc}", now, fatal=not exc.transient)
@@ -211,6 +210,21 @@ class Submitter(Agent):
                                                           f"after {wait.seconds} s", now,
                             {"next_attempt": now + wait, "diag": message[:2000]})
         log.warning("queue %s worker %s: %s; retrying after %s", queue.name, worker.worker_id, message, wait)
+
+
+def worker_size(queue, jobs=()):
+    """nodes, pilots, cores and memory of a new worker of ``queue``: the queue's shape (nodes_per_worker x pilots
+    per node, each pilot corecount cores and maxrss MB), or on a queue of multi-node jobs (max_job_nodes) the size
+    its one job asks: ceil(coreCount / cores_per_node) nodes, maxrss MB on each."""
+    res = queue.resources
+    if res.max_job_nodes > 1 and jobs:
+        cores = max(job.cores for job in jobs)
+        nodes = min(allocation.job_nodes(queue, cores), res.max_job_nodes)
+        cores = nodes * allocation.node_cores(queue) if nodes > 1 else max(cores, res.corecount)
+        return {"nodes": nodes, "n_pilots": 1, "cores": cores, "memory_mb": res.maxrss * nodes}
+    n_pilots = pilots.per_worker(queue)
+    return {"nodes": allocation.nodes_per_worker(queue), "n_pilots": n_pilots, "cores": res.corecount * n_pilots,
+            "memory_mb": res.maxrss * n_pilots}
 
 
 def recover_interrupted(context, now):

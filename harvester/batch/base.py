@@ -40,6 +40,9 @@ class WorkerSpec:
         cores, memory_mb, walltime_s: what the worker asks the batch system for (for all its pilots together).
         pilots: when the worker runs several pilots side by side (pilot.per_worker), one :class:`PilotLaunch`
             each, and ``argv`` is unused; empty for one pilot.
+        nodes: nodes of the allocation (cores and memory are spread evenly over them); with several pilots, the
+            first len(pilots) / nodes run on the first node, and so on. One pilot on several nodes runs on the first
+            and its payload gets the allocation (a job that needs several nodes).
     """
 
     worker_id: int
@@ -50,6 +53,7 @@ class WorkerSpec:
     memory_mb: int
     walltime_s: int
     pilots: tuple = ()
+    nodes: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +124,8 @@ class BatchSystem:
     name = "base"
     script_name = "job.sh"
     """The job script's file name in the worker's access point."""
+    several_nodes = False
+    """Whether the plugin can run a worker on several nodes (WorkerSpec.nodes above 1)."""
     one_line_values = True
     """Whether a value written into the job script must be one line (a scheduler that reads directives from the
     script could take a line of a value for one)."""
@@ -137,6 +143,9 @@ class BatchSystem:
 
     def write_script(self, worker: WorkerSpec) -> str:
         """Render the job script and write it into the worker's access point (created if needed); its path."""
+        if worker.nodes > 1 and not self.several_nodes:
+            raise BatchError(f"queue {self.queue.name}: worker {worker.worker_id} asks {worker.nodes} nodes, but "
+                             f"batch system {self.name} runs a worker on one node only", FATAL)
         self.transport.makedirs(worker.access_point, 0o755)
         path = self.script_path(worker)
         self.transport.write_file(path, self.render(worker), 0o700)

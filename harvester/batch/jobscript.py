@@ -70,7 +70,8 @@ class ScriptBatch(BatchSystem):
         header = "".join(line + "\n" for line in ["#!/bin/sh", *self.header(worker)])
         return _BODY.format(header=header, worker_id=worker.worker_id, queue=self.queue.name,
                             exports=self.exports(worker), access_point=shlex.quote(worker.access_point),
-                            setup="".join(s + "\n" for s in setup), pilots=pilot_lines(worker))
+                            setup="".join(s + "\n" for s in setup),
+                            pilots=pilot_lines(worker, self.script_path(worker)))
 
     def checked(self, value, what):
         """``value`` as text when it may stand in a directive unquoted; a fatal :class:`BatchError` otherwise."""

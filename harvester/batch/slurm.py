@@ -2,8 +2,10 @@
 
 sbatch reads the ``#SBATCH`` lines itself (no shell), so a value there must be a plain word. The job's comment and
 working directory are the worker's access point: how :meth:`SlurmBatch.find` recognises a job a killed harvester
-did not record. A worker of several pilots (``pilot.per_worker``) is one task with all their cores, the pilots
-processes of the batch step (:mod:`harvester.batch.launch` says why not ``srun`` steps).
+did not record. A worker of several pilots on one node (``pilot.per_worker``) is one task with all their cores, the
+pilots processes of the batch step; on several nodes (``resources.nodes_per_worker``) one task per node, each
+node's pilots started by a launcher in one ``srun`` step (:mod:`harvester.batch.launch` says how they still stop
+warmly). A job that needs several nodes runs its one pilot in the batch step; its payload gets the allocation.
 
 Status: ``squeue --states=all`` lists live jobs and the ended ones slurmctld still holds (``MinJobAge``, default
 300 s; what ``scontrol show job`` would show, but in one call for many ids) with their exit codes. Ids it no longer
@@ -23,12 +25,14 @@ STATES = {  # Slurm job state -> worker state (harvester.states); any other ende
     "DEADLINE": "failed", "SPECIAL_EXIT": "failed", "REVOKED": "failed",
 }
 ENDED = ("failed", "cancelled", "finished")
+STOP_WARNING_S = 60  # Slurm signals the batch shell (USR1: a warm stop for pilots) this long before the time limit
 
 
 class SlurmBatch(ScriptBatch):
     """Workers as Slurm batch jobs."""
 
     name, prefix = "slurm", "#SBATCH"
+    several_nodes = True
     submit_command = ("sbatch", "--parsable")
     status_command = ("squeue", "--noheader", "--states=all", "--Format=JobID:|,State:|,exit_code:|,NodeList:|,"
                                                               "Reason:|")
@@ -52,10 +56,14 @@ class SlurmBatch(ScriptBatch):
     def header_lines(self, worker):
         batch, ap = self.queue.batch, self.checked(worker.access_point, "access point")
         chosen = {key: getattr(batch, key) for key in ("partition", "account", "qos") if getattr(batch, key)}
+        nodes = max(1, int(worker.nodes))
+        # one task per node with that node's cores (--mem is per node): the batch step, and on several nodes the
+        # step of one launcher per node (launch.py), or the payload's own srun
+        tasks = ["--nodes=1", "--ntasks=1"] if nodes == 1 else [f"--nodes={nodes}", "--ntasks-per-node=1"]
         return [f"--job-name={self.job_name(worker.worker_id)}", f"--comment={ap}", f"--chdir={ap}",
-                f"--output={ap}/slurm-%j.out", f"--error={ap}/slurm-%j.err", "--nodes=1", "--ntasks=1",
-                f"--cpus-per-task={int(worker.cores)}", f"--mem={int(worker.memory_mb)}M",
-                f"--time={days_hms(int(worker.walltime_s))}",
+                f"--output={ap}/slurm-%j.out", f"--error={ap}/slurm-%j.err", *tasks,
+                f"--cpus-per-task={int(worker.cores) // nodes}", f"--mem={int(worker.memory_mb) // nodes}M",
+                f"--time={days_hms(int(worker.walltime_s))}", f"--signal=B:USR1@{STOP_WARNING_S}",
                 *(f"--{key}={self.checked(value, 'batch.' + key)}" for key, value in chosen.items())]
 
     def status_argv(self, ids):
