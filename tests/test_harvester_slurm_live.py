@@ -191,7 +191,8 @@ def test_sshd_restarted_mid_cycle_loses_nothing(own_cluster, beds):
     bed.start()
     bed.wait_for(lambda: any(w["batchID"] for w in workers_of(bed)), "a worker submitted")
     own_cluster.sshd.restart()  # every kept connection is cut while harvester works
-    bed.wait_for(lambda: any(w["status"] == "running" for w in workers_of(bed)), "a worker running")
+    # a worker seen running (its start time), which it may have left again before a loaded machine polls
+    bed.wait_for(lambda: any(w["startTime"] for w in workers_of(bed)), "a worker running")
     own_cluster.sshd.restart()
     bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "4 jobs finished")
     workers = bed.wait_for(lambda: settled(bed), "every worker final")
