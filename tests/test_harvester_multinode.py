@@ -1,0 +1,162 @@
+"""HPC allocations on a real two-node Slurm (tests/nethosts.py, tests/hpchelp.py): workers of several nodes with
+pilots on each, their warm stop on scancel and at the walltime, jobs that need several nodes, backfill-shaped
+submissions, and what an allocation delivered against Slurm's own accounting.
+
+One site, one server and one harvester for the whole module (each scenario has its own queue), so the cluster
+starts once. Nothing here asserts on timing: every wait is a safety net with a generous limit.
+"""
+import json
+import os
+
+import pytest
+
+from harvesterhelp import queue_config
+from hpchelp import HpcSite, LoginBed
+
+pytestmark = [pytest.mark.multinode, pytest.mark.netns, pytest.mark.slurm]
+
+FINAL = {"finished", "failed", "cancelled", "missed"}
+LONG_SLEEP = "#!/bin/sh\nsleep 600\n"
+
+
+def hpc_queue(**over):
+    """A pull queue of 2-node workers with 2 one-core pilots per node, one worker at a time."""
+    queue = queue_config(batch={"system": "slurm"}, resources={"corecount": 1, "maxrss": 1000, "cores_per_node": 4,
+                                                                "nodes_per_worker": 2},
+                         limits={"maxWorkers": 1, "nQueueLimitWorker": 1, "maxNewWorkersPerCycle": 1},
+                         pilot={"per_node": 2, "timefloor": 10, "lifetime": 600, "heartbeat": 30,
+                                "lost_heartbeat": 3600, "getjob_tries": 1, "getjob_interval": 1})
+    for key, value in over.items():
+        queue[key] = {**queue.get(key, {}), **value} if isinstance(value, dict) else value
+    return queue
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    hpc = HpcSite(tmp_path_factory.mktemp("hpc"))
+    try:
+        workdir = os.path.join(hpc.shared, "workers")
+        queues = {"MN_PULL": hpc_queue(transport={"workdir": workdir}),
+                  "MN_STOP": hpc_queue(transport={"workdir": workdir}),
+                  "MN_WARN": hpc_queue(transport={"workdir": workdir}),
+                  "MN_WALL": hpc_queue(transport={"workdir": workdir}, batch={"walltime": 120},
+                                       pilot={"lifetime": 60, "stageout_reserve": 10, "timefloor": 0})}
+        testbed = LoginBed(hpc, os.path.join(hpc.shared, "bed"), queues)
+        try:
+            testbed.start()
+            yield testbed
+        finally:
+            testbed.close()
+    finally:
+        hpc.close()
+
+
+def workers_of(bed, queue):
+    if not os.path.exists(os.path.join(bed.home, "harvester.db")):
+        return []
+    return [w for w in bed.workers() if w["queue"] == queue]
+
+
+def ended(bed, queue, n=1):
+    """The queue's workers once at least ``n`` exist and all are final, else None."""
+    now = workers_of(bed, queue)
+    return now if len(now) >= n and all(w["status"] in FINAL for w in now) else None
+
+
+def pilots_and_jobs(worker):
+    """{pilot directory: PandaIDs its pilot ran}."""
+    found = {}
+    for index in range(1, worker["pilots"] + 1):
+        path = os.path.join(worker["accessPoint"], f"pilot-{index}", "worker_pandaids.json")
+        if os.path.exists(path):
+            with open(path) as handle:
+                found[f"pilot-{index}"] = json.load(handle)
+    return found
+
+
+def rendezvous(directory, n):
+    """A payload that goes on only once ``n`` payloads run at the same time (a file each, on the shared
+    directory; it fails after 2 minutes alone), then names its node."""
+    return (f"#!/bin/sh\ntouch {directory}/$(hostname)-$$\ni=0\n"
+            f"while [ \"$(ls {directory} | wc -l)\" -lt {n} ]; do\n"
+            "  i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.1\ndone\nhostname\n")
+
+
+def test_a_two_node_worker_runs_two_pilots_on_each_node(bed):
+    """8 short jobs, ONE worker of 2 nodes x 2 pilots: the first four payloads wait for each other (4 pilots at
+    once), each pilot in its own directory, pilot-1 and -2 on the first node, -3 and -4 on the second."""
+    meeting = os.path.join(bed.hpc.shared, "meeting")
+    os.makedirs(meeting)
+    ids = bed.submit(8, queue="MN_PULL", transformation=bed.script("meet.sh", rendezvous(meeting, 4)))
+    bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "8 jobs finished", timeout=300)
+    (worker,) = bed.wait_for(lambda: ended(bed, "MN_PULL"), "the worker ended")
+    assert (worker["status"], worker["nodes"], worker["pilots"], worker["cores"]) == ("finished", 2, 4, 4)
+    with open(os.path.join(worker["accessPoint"], "job.sh")) as handle:
+        script = handle.read()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=1" in script
+    assert "#SBATCH --cpus-per-task=2" in script and "srun --nodes=2" in script
+    ran = pilots_and_jobs(worker)
+    assert sorted(ran) == ["pilot-1", "pilot-2", "pilot-3", "pilot-4"] and all(ran.values())
+    assert sorted(sum(ran.values(), [])) == sorted(ids)
+    node_of = {pid: bed.job(pid)["modificationHost"] for pid in ids}
+    for name, jobs in ran.items():
+        expected = "node1" if name in ("pilot-1", "pilot-2") else "node2"
+        assert {node_of[pid] for pid in jobs} == {expected}, (name, node_of)
+    assert len(os.listdir(meeting)) == 8
+
+
+def warm_codes(bed, ids, signal_code, signal_exit):
+    """Each job's (pilotErrorCode, transExitCode) is the pilot's own report of the stop: the signal's code, or its
+    payload's end by that signal (1305) when the payload went first; and the jobs ran on both nodes."""
+    nodes = set()
+    for job in (bed.job(pid) for pid in ids):
+        code = (int(job["pilotErrorCode"]), int(job["transExitCode"] or 0))
+        assert code[0] == signal_code or code == (1305, 128 + signal_exit), job
+        nodes.add(job["modificationHost"])
+    assert nodes == {"node1", "node2"}
+
+
+def test_every_pilot_of_a_two_node_worker_stops_warmly_on_scancel_and_on_slurm_s_warning(bed):
+    """Two 2-node workers side by side, 4 long jobs each. scancel of one: Slurm signals every process of every
+    step, and each of its 4 pilots kills its payload and reports its job failed itself (1201 for SIGTERM, or the
+    payload's end by it, 1305 with exit 143), never the server's 1008 for jobs a dead worker left behind. The
+    other gets what Slurm's --signal=B:USR1@60 sends before the time limit, USR1 to the batch shell alone: the
+    script passes it to srun as USR1 (a TERM would make srun SIGKILL the step), srun to each node's launcher,
+    each launcher to its pilots (1207)."""
+    trf = bed.script("long.sh", LONG_SLEEP)
+    cancelled, warned = (bed.submit(4, queue=queue, transformation=trf) for queue in ("MN_STOP", "MN_WARN"))
+    bed.wait_for(lambda: set(bed.statuses(cancelled + warned).values()) == {"running"}, "8 jobs running",
+                 timeout=300)
+    (stop,), (warn,) = workers_of(bed, "MN_STOP"), workers_of(bed, "MN_WARN")
+    assert bed.hpc.run("scancel", stop["batchID"]).returncode == 0
+    assert bed.hpc.run("scancel", "--batch", "--signal=USR1", warn["batchID"]).returncode == 0
+    bed.wait_for(lambda: set(bed.statuses(cancelled + warned).values()) == {"failed"}, "8 jobs reported failed")
+    warm_codes(bed, cancelled, 1201, 15)
+    warm_codes(bed, warned, 1207, 10)
+    (stopped,), (ended_warned,) = (bed.wait_for(lambda: ended(bed, q), f"{q}'s worker ended")
+                                   for q in ("MN_STOP", "MN_WARN"))
+    assert stopped["status"] == "cancelled" and "CANCELLED" in stopped["diag"]
+    assert "COMPLETED" in ended_warned["diag"] or "FAILED" in ended_warned["diag"]  # it ended, not Slurm's kill
+
+
+def test_every_pilot_of_a_two_node_worker_reports_before_its_walltime_ends(bed):
+    """A worker of 120 s: its pilots know it (-l 60, no job starts in the last 10 s of that), Slurm warns the batch
+    shell 60 s before the limit (--signal=B:USR1@60); whichever comes first, each of the 4 pilots stops its long
+    job and reports it failed itself (the end of its lifetime or of the job's 40 s x 1.5, 1213, or the warning's
+    USR1, 1207), before Slurm's own TERM at the limit. The jobs say 40 s: with 600, no pilot of this worker would
+    take them (the pilots offer the time they have left)."""
+    ids = bed.submit(4, queue="MN_WALL", transformation=bed.script("long.sh", LONG_SLEEP), maxWalltime=40)
+    bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"running"}, "4 jobs running", timeout=300)
+    (worker,) = workers_of(bed, "MN_WALL")
+    with open(os.path.join(worker["accessPoint"], "job.sh")) as handle:
+        script = handle.read()
+    assert "#SBATCH --time=0-00:02:00" in script and "#SBATCH --signal=B:USR1@60" in script
+    bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"failed"}, "4 jobs reported failed", timeout=300)
+    nodes = set()
+    for job in (bed.job(pid) for pid in ids):
+        code = (int(job["pilotErrorCode"]), int(job["transExitCode"] or 0))
+        assert code[0] in (1213, 1207) or code in ((1305, 138), (1305, 143)), job
+        nodes.add(job["modificationHost"])
+    assert nodes == {"node1", "node2"}
+    (done,) = bed.wait_for(lambda: ended(bed, "MN_WALL"), "the worker ended", timeout=300)
+    assert "TIMEOUT" not in done["diag"], done  # the pilots were done before the limit
