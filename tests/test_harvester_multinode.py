@@ -7,6 +7,7 @@ starts once. Nothing here asserts on timing: every wait is a safety net with a g
 """
 import json
 import os
+import sys
 
 import pytest
 
@@ -31,6 +32,15 @@ def hpc_queue(**over):
     return queue
 
 
+def jobs_queue(**over):
+    """A push queue of jobs up to 2 whole nodes of 4 cores: each job gets one worker of its size."""
+    return queue_config(mode="push", mapType="OneToOne", batch={"system": "slurm"},
+                        resources={"corecount": 1, "maxrss": 1000, "cores_per_node": 4, "max_job_nodes": 2},
+                        limits={"maxWorkers": 2, "nQueueLimitWorker": 2, "maxNewWorkersPerCycle": 2},
+                        pilot={"lifetime": 600, "heartbeat": 30, "lost_heartbeat": 3600, "getjob_tries": 1,
+                               "getjob_interval": 1}, **over)
+
+
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     hpc = HpcSite(tmp_path_factory.mktemp("hpc"))
@@ -40,7 +50,8 @@ def bed(tmp_path_factory):
                   "MN_STOP": hpc_queue(transport={"workdir": workdir}),
                   "MN_WARN": hpc_queue(transport={"workdir": workdir}),
                   "MN_WALL": hpc_queue(transport={"workdir": workdir}, batch={"walltime": 120},
-                                       pilot={"lifetime": 60, "stageout_reserve": 10, "timefloor": 0})}
+                                       pilot={"lifetime": 60, "stageout_reserve": 10, "timefloor": 0}),
+                  "MN_JOBS": jobs_queue(transport={"workdir": workdir})}
         testbed = LoginBed(hpc, os.path.join(hpc.shared, "bed"), queues)
         try:
             testbed.start()
@@ -160,3 +171,41 @@ def test_every_pilot_of_a_two_node_worker_reports_before_its_walltime_ends(bed):
     assert nodes == {"node1", "node2"}
     (done,) = bed.wait_for(lambda: ended(bed, "MN_WALL"), "the worker ended", timeout=300)
     assert "TIMEOUT" not in done["diag"], done  # the pilots were done before the limit
+
+
+def login_cli(bed, *argv):
+    """``minipanda ARGV`` on login, against the bed's server (its admin token)."""
+    proc = bed.hpc.site.login.run([sys.executable, "-m", "minipanda", *argv, "--url", bed.server.url, "--home",
+                                   bed.server.home], timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_a_job_that_needs_two_nodes_gets_one_worker_of_two_nodes_and_srun_reaches_both(bed):
+    """A task of one job of 8 cores (2 nodes of 4) offered MN_PULL, whose jobs fit one node, and MN_JOBS, which
+    takes jobs of up to 2 nodes: brokerage picks MN_JOBS (``minipanda why`` says why not MN_PULL), harvester gives
+    the job ONE worker of 2 nodes, and its payload's ``srun -N 2 hostname`` prints both nodes' names."""
+    out = os.path.join(bed.hpc.shared, "mpi-hosts")
+    command = (f'echo "nodelist=$SLURM_JOB_NODELIST"; srun -N 2 hostname | sort > {out}.part; rc=$?; cat {out}.part; '
+               f'mv {out}.part {out}; exit $rc')
+    submitted = login_cli(bed, "task", "submit", "--exec", command, "--nJobs", "1", "--nScouts", "0",
+                          "--coreCount", "8", "--ramCount", "1000", "--walltime", "600", "--site", "MN_PULL,MN_JOBS",
+                          "--prodSourceLabel", "managed", "--taskName", "mpi.hostname")
+    task_id = int(submitted.split("jediTaskID=")[1].split()[0])
+
+    def the_job():
+        rows = bed.v1("job/list", task_id=task_id)
+        return rows[0]["PandaID"] if rows else None
+    panda_id = bed.wait_for(the_job, "the task's job")
+    bed.wait_for(lambda: bed.statuses([panda_id])[panda_id] in ("finished", "failed"), "the job ended",
+                 timeout=300)
+    job = bed.job(panda_id)
+    assert job["jobStatus"] == "finished" and job["computingSite"] == "MN_JOBS", job
+    with open(out) as handle:
+        assert handle.read().split() == ["node1", "node2"]
+    (worker,) = bed.wait_for(lambda: ended(bed, "MN_JOBS"), "the job's worker ended")
+    assert (worker["nodes"], worker["pilots"], worker["cores"], worker["status"]) == (2, 1, 8, "finished"), worker
+    assert worker["diag"].endswith("COMPLETED, exit code 0 on node[1-2]"), worker
+    why = login_cli(bed, "why", str(panda_id))
+    assert "MN_PULL: skipped: job needs 8 cores, 2 nodes of 4; queue takes single-node jobs" in why, why
+    assert "MN_JOBS: kept" in why, why
