@@ -7,9 +7,7 @@ the file is the only source of queues: the table mirrors it, and jobs naming any
 import json
 import logging
 
-from peewee import fn
-
-from minipanda.core import models, policy, states
+from minipanda.core import counts as live_counts, models, policy, states
 from minipanda.core.db import database
 from minipanda.errors import UnknownQueue
 
@@ -133,13 +131,11 @@ def apply_config(config, queuedata_of, now=None):
 
 def queue_list():
     """Every known queue with its status, queuedata, waiting and running jobs and, when it is not online, why."""
-    Job = models.Job
     counts = {}
-    for site, status, n in (Job.select(Job.computing_site, Job.status, fn.COUNT(Job.panda_id))
-                            .where(Job.status.in_(["activated", "defined", "sent", "starting", "running"]))
-                            .group_by(Job.computing_site, Job.status).tuples()):
-        kind = "waiting" if status in ("activated", "defined") else "running"
-        counts.setdefault(site, {"waiting": 0, "running": 0})[kind] += n
+    for site, by_state in live_counts.jobs_by_queue(statuses=["activated", "defined", "sent", "starting",
+                                                              "running"]).items():
+        counts[site] = {"waiting": sum(n for s, n in by_state.items() if s in ("activated", "defined")),
+                        "running": sum(n for s, n in by_state.items() if s not in ("activated", "defined"))}
     configured = config_in_force()
     out = []
     for q in models.Queue.select().order_by(models.Queue.name):

@@ -6,7 +6,7 @@ forward one step at a time, each step in its own transaction, and never loses da
 import logging
 
 import peewee
-from minipanda.core import models
+from minipanda.core import counts, models
 from minipanda.core.db import database, make_database
 from minipanda.errors import DatabaseConfigError
 from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
@@ -108,9 +108,15 @@ def _migration_8(db, migrator):
     archive.prepare_tables(db)
 
 
+def _migration_9(db, migrator):
+    """Live counts of jobs by (task, queue, state) and of inputs by (task, state), kept by triggers
+    (minipanda.core.counts): the monitor's pages read them instead of counting every live row."""
+    counts.install(db)
+
+
 MIGRATIONS = {2: _migration_2, 3: _migration_3, 4: _migration_4, 5: _migration_5, 6: _migration_6, 7: _migration_7,
-              8: _migration_8}
-SCHEMA_VERSION = 8
+              8: _migration_8, 9: _migration_9}
+SCHEMA_VERSION = 9
 
 
 def schema_version(db):
@@ -131,6 +137,7 @@ def upgrade_schema(db):
             from minipanda.core import archive
 
             archive.prepare_tables(db)
+            counts.install(db)
             models.Config.insert(key="schema_version", value=str(SCHEMA_VERSION)).execute()
         log.info("created database schema version %d", SCHEMA_VERSION)
         return

@@ -13,7 +13,7 @@ from typing import Optional
 import peewee
 from peewee import fn
 
-from minipanda.core import archive, jobs as job_service, models, queues, states
+from minipanda.core import archive, counts as live_counts, jobs as job_service, models, queues, states
 from minipanda.core.states import JobStatus, TaskStatus
 from minipanda.errors import RequestError
 from minipanda.monitor import charts, errorcodes
@@ -156,13 +156,34 @@ def job_row(j):
             "errors": errorcodes.job_errors(j)}
 
 
-def job_list(f, now=None):
-    """{filters, total, jobs}: jobs matching ``f``, most recently changed first."""
+def _kept_counts(f):
+    """Whether the counts the database keeps (minipanda.core.counts) answer for ``f``: they are by task, queue and
+    state; a time, user or task-name filter, or a queue pattern, needs the rows themselves."""
+    return (not f.days and not f.user and not f.taskname and not (f.queue and "*" in f.queue)
+            and (f.jeditaskid is None or f.jeditaskid > 0))
+
+
+def _job_counts(f, now):
+    """{queue: {state: n}} of the jobs matching ``f``."""
+    if _kept_counts(f):
+        return live_counts.jobs_by_queue(queue=f.queue, task_id=f.jeditaskid, statuses=f.status)
+    Job = models.Job
+    query = _job_filter(Job.select(Job.computing_site, Job.status, fn.COUNT(Job.panda_id)), f, now) \
+        .group_by(Job.computing_site, Job.status)
+    return _counts_by(query)
+
+
+def job_list(f, now=None, total=None):
+    """{filters, total, jobs}: jobs matching ``f``, most recently changed first (``total``: when already known)."""
     now = now or states.utcnow()
     Job = models.Job
-    query = _job_filter(Job.select(), f, now)
-    total = _job_filter(Job.select(fn.COUNT(Job.panda_id)), f, now).scalar()
-    rows = query.order_by(Job.modification_time.desc(), Job.panda_id.desc()).limit(f.limit)
+    if total is None:
+        total = sum(n for by_state in _job_counts(f, now).values() for n in by_state.values())
+    order = (Job.modification_time.desc(), Job.panda_id.desc())
+    # The ids first, then their rows: sorting a task's jobs (no index has both task and time) then sorts pairs of
+    # (time, id), not whole rows: 8x less work for a task of 50,000 jobs.
+    picked = _job_filter(Job.select(Job.panda_id), f, now).order_by(*order).limit(f.limit)
+    rows = Job.select().where(Job.panda_id.in_(picked)).order_by(*order)
     return {"filters": f.as_dict(), "total": total, "limit": f.limit, "jobs": [job_row(j) for j in rows]}
 
 
@@ -183,10 +204,7 @@ def _ordered(names, order):
 
 def jobs_by_queue(f, now):
     """({queue: {state: n}}, states present in the usual order)."""
-    Job = models.Job
-    query = _job_filter(Job.select(Job.computing_site, Job.status, fn.COUNT(Job.panda_id)), f, now) \
-        .group_by(Job.computing_site, Job.status)
-    counts = _counts_by(query)
+    counts = _job_counts(f, now)
     present = {s for by_state in counts.values() for s in by_state}
     return dict(sorted(counts.items())), _ordered(present, JOB_STATES)
 
@@ -207,13 +225,7 @@ def task_rows(f, now, limit):
     query = _task_filter(Task.select(), f, now).order_by(Task.jedi_task_id.desc()).limit(limit)
     tasks = list(query)
     counts = task_service.input_counts([t.jedi_task_id for t in tasks])
-    Job = models.Job
-    by_task = {}
-    if tasks:
-        for task_id, status, n in (Job.select(Job.task_id, Job.status, fn.COUNT(Job.panda_id))
-                                   .where(Job.task_id.in_([t.jedi_task_id for t in tasks]))
-                                   .group_by(Job.task_id, Job.status).tuples()):
-            by_task.setdefault(task_id, {})[status] = n
+    by_task = live_counts.jobs_by_task([t.jedi_task_id for t in tasks])
     out = []
     for t in tasks:
         row = task_service.task_dict(t, counts[t.jedi_task_id])
@@ -225,10 +237,12 @@ def task_rows(f, now, limit):
 
 
 def recent_errors(f, now, limit=20):
-    """The most recently failed jobs matching ``f``, with what their error codes mean."""
+    """The most recently failed jobs matching ``f`` (latest failure first), with what their error codes mean."""
     Job = models.Job
     query = _job_filter(Job.select(), f, now, with_status=False).where(Job.status == JobStatus.FAILED.value)
-    return [job_row(j) for j in query.order_by(Job.modification_time.desc(), Job.panda_id.desc()).limit(limit)]
+    # A failed job's state_changed_time is when it failed: the (status, state_changed_time) index gives the newest
+    # failures in order, where sorting by modification_time read every failed job.
+    return [job_row(j) for j in query.order_by(Job.state_changed_time.desc(), Job.panda_id.desc()).limit(limit)]
 
 
 def harvester_rows(now):
@@ -268,7 +282,7 @@ def dashboard(f, now=None):
     by_queue, job_states = jobs_by_queue(f, now)
     workers, worker_states = workers_by_queue(f.queue)
     totals = {s: sum(c.get(s, 0) for c in by_queue.values()) for s in job_states}
-    listed = job_list(dataclasses.replace(f, limit=min(f.limit, 50)), now)
+    listed = job_list(dataclasses.replace(f, limit=min(f.limit, 50)), now, total=sum(totals.values()))
     return {"page": "dashboard", "time": stamp(now), "filters": f.as_dict(),
             "tasks": task_rows(f, now, min(f.limit, 100)),
             "jobs_by_queue": by_queue, "job_states": job_states, "job_totals": totals,
@@ -373,17 +387,25 @@ def queue_page(name, now=None):
         raise RequestError(f"queue {name} is not known to the server", http=404)
     queue = found[0]
     Job = models.Job
-    by_state = {s: n for s, n in Job.select(Job.status, fn.COUNT(Job.panda_id)).where(Job.computing_site == name)
-                .group_by(Job.status).tuples()}
+    by_state = live_counts.jobs_by_queue(queue=name).get(name, {})
     Worker = models.Worker
     workers = {s: n for s, n in Worker.select(Worker.status, fn.COUNT(Worker.id))
                .where(Worker.computing_site == name, Worker.status.is_null(False)).group_by(Worker.status).tuples()}
-    waiting = (Job.select().where(Job.computing_site == name, Job.status.in_(WAITING_STATES))
-               .order_by(Job.current_priority.desc(), Job.panda_id).limit(20))
+    # The first 20 of each waiting state, each read in order from the dispatch index, then merged: one query over
+    # all four states sorted every waiting job of the queue.
+    waiting = sorted((job for status in WAITING_STATES for job in (
+        Job.select().where(Job.computing_site == name, Job.status == status)
+        .order_by(Job.current_priority.desc(), Job.panda_id).limit(20))),
+        key=lambda job: (-job.current_priority, job.panda_id))[:20]
+    seen = {("job", job.panda_id): job for job in waiting}
+    # The activated jobs ahead of a listed one in dispatch order are the activated ones listed before it: any job
+    # ahead of a job of the first 20 is among the first 20 itself.
+    activated = [job for job in waiting if job.status == JobStatus.ACTIVATED.value]
+    seen.update({("ahead", job.panda_id): index for index, job in enumerate(activated)})
     waiting_rows = []
     for job in waiting:
         row = job_row(job)
-        row["why"] = why.explain(job.panda_id, now)["lines"][1:]
+        row["why"] = why.explain(job.panda_id, now, seen)["lines"][1:]
         waiting_rows.append(row)
     B = models.Brokerage
     decisions = (B.select().where(B.candidates.contains(json.dumps(name))).order_by(B.id.desc()).limit(5))

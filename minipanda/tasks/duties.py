@@ -9,6 +9,8 @@ watchdog   60 s                 no reply, lost heartbeat, holding too long (watc
 priority   1200 s               recompute waiting jobs' priorities (priority.py)
 retention  3600 s               archive old jobs and tasks, expire archives, clean the file store
                                 (retention.py, storeclean.py)
+counts     5 s (PostgreSQL)     fold the changes of the kept job and input counts into them
+                                (minipanda.core.counts; SQLite's triggers change the counts in place)
 ========== ==================== ==========================================================================
 
 Periods are settings (``period.<duty>``, see :mod:`minipanda.tasks.settings`). A task submission or command wakes the
@@ -16,6 +18,7 @@ generator at once; the settle duty wakes it when retries or scout results are wa
 """
 import logging
 
+from minipanda.core import counts, db
 from minipanda.core.db import database
 from minipanda.tasks import generator, priority, retention, retry, settle, watchdog
 
@@ -31,6 +34,8 @@ def register_duties(runner, settings, home=None):
     runner.add("priority", settings.get("period.priority"), lambda now: priority.recompute(settings, now))
     if home is not None:
         runner.add("retention", settings.get("period.retention"), lambda now: retention.run(settings, home, now))
+    if db.is_postgres():
+        runner.add("counts", settings.get("period.counts"), lambda now: counts.fold())
 
 
 def attach(runner, settings, home=None):

@@ -9,7 +9,8 @@ Each run (``period.retention``, default hourly), in this order:
    tarball is kept longer than that (``retention.log_days`` above ``retention.job_days``) waits for it, and so do
    the jobs owning the newest row of the job, job_file and status_log tables (see :func:`newest_owners`);
 3. tasks in a final state that ended as long ago and have no job left in the live tables move with their
-   history, inputs and brokerage decisions;
+   history, inputs and brokerage decisions, and the kept counts (:mod:`minipanda.core.counts`) drop their rows
+   of 0 for tasks that left;
 4. archived jobs and tasks that ended more than ``retention.archive_days`` ago are deleted (default 0: kept);
    on SQLite a month's file goes once the whole month is that old.
 
@@ -21,7 +22,7 @@ import time
 
 from peewee import fn
 
-from minipanda.core import archive, models, states
+from minipanda.core import archive, counts, models, states
 from minipanda.core.db import database
 from minipanda.core.states import FINAL_JOB_STATES, FINAL_TASK_VALUES
 from minipanda.tasks import storeclean
@@ -48,6 +49,8 @@ def run(settings, home, now=None):
         batch = max(1, settings.get_int("retention.batch"))
         done["jobs_archived"] = (archive_jobs(store, max(job_days, log_days), now, batch), 0)
         done["tasks_archived"] = (archive_tasks(store, job_days, now, batch), 0)
+        with database.atomic():
+            counts.tidy()
     archive_days = settings.get("retention.archive_days")
     if archive_days:
         expired = archive.for_database().expire(now - datetime.timedelta(days=archive_days))

@@ -8,6 +8,7 @@ import json
 import logging
 
 from minipanda.core import db, models, policy, states
+from minipanda.core.counts import inputs_by_task, jobs_by_task
 from minipanda.core.db import database
 from minipanda.core.states import ACTIVE_JOB_STATES, QUEUED_JOB_STATES, TaskStatus
 from minipanda.errors import TaskParamError
@@ -212,22 +213,13 @@ def get_task(task_id):
 
 
 def input_counts(task_ids):
-    """{task_id: {input status: count}} in one query."""
-    TaskInput = models.TaskInput
-    out = {tid: {} for tid in task_ids}
-    if task_ids:
-        for row in (TaskInput.select(TaskInput.task_id, TaskInput.status, fn.COUNT(TaskInput.row_id).alias("n"))
-                    .where(TaskInput.task_id.in_(list(task_ids))).group_by(TaskInput.task_id,
-                                                                           TaskInput.status).tuples()):
-            out[row[0]][row[1]] = row[2]
-    return out
+    """{task_id: {input status: count}}, from the counts the database keeps (minipanda.core.counts)."""
+    return inputs_by_task(list(task_ids))
 
 
 def job_counts(task_id):
-    """{job status: count} of the task's jobs (every attempt)."""
-    Job = models.Job
-    return {s: n for s, n in Job.select(Job.status, fn.COUNT(Job.panda_id)).where(Job.task_id == task_id)
-            .group_by(Job.status).tuples()}
+    """{job status: count} of the task's jobs (every attempt), from the counts the database keeps."""
+    return jobs_by_task([task_id])[task_id]
 
 
 def task_dict(task, counts=None):

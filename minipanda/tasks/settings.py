@@ -18,6 +18,7 @@ DEFAULTS = {
     "period.watchdog": 60.0,
     "period.priority": 1200.0,  # PanDA recomputes waiting jobs' priorities every 20 minutes
     "period.retention": 3600.0,  # archive old jobs and tasks, expire archives, clean the file store
+    "period.counts": 5.0,  # PostgreSQL: fold the job and input count changes into the counts (minipanda.core.counts)
     # watchdog timeouts (seconds)
     "watchdog.sent_timeout": 1800.0,  # sent and no word from the pilot -> failed "no reply"
     "watchdog.heartbeat_timeout": 7200.0,  # used when the queue's queuedata has no pilot_lost_heartbeat_timeout

@@ -6,7 +6,7 @@ job the retention duty archived is found in the archive and said to be so.
 """
 import json
 
-from minipanda.core import archive, models, states
+from minipanda.core import archive, counts, models, states
 from minipanda.core.states import JobStatus
 from minipanda.errors import RequestError
 from minipanda.tasks import brokerage
@@ -14,9 +14,14 @@ from peewee import fn
 
 
 
-def explain(panda_id, now=None):
-    """{"PandaID", "status", "lines": [sentences], "brokerage": [candidate verdicts] or None}."""
-    job = models.Job.get_or_none(models.Job.panda_id == panda_id)
+def explain(panda_id, now=None, seen=None):
+    """{"PandaID", "status", "lines": [sentences], "brokerage": [candidate verdicts] or None}.
+
+    ``seen``: a dict the caller passes to every call when it explains many jobs at once (the monitor's queue page:
+    20 waiting jobs of one queue, mostly of one task); the task, queue and brokerage rows are then read once, and
+    a job row the caller has just read can be put there as ``seen[("job", panda_id)]``, and the activated jobs
+    ahead of it in dispatch order as ``seen[("ahead", panda_id)]``."""
+    job = _cached(seen, ("job", panda_id), lambda: models.Job.get_or_none(models.Job.panda_id == panda_id))
     found = None
     if job is None:
         found = archive.find("job", panda_id)
@@ -24,7 +29,7 @@ def explain(panda_id, now=None):
             raise RequestError(f"job {panda_id} not found", http=404)
         job = found.first("job")
     now = now or states.utcnow()
-    task = _task(job.task_id) if job.task_id else None
+    task = _cached(seen, ("task", job.task_id), lambda: _task(job.task_id)) if job.task_id else None
     lines = [_headline(job, task)]
     if found is not None:
         lines.append(f"it is archived ({found.where}): it ended at {job.state_changed_time:%Y-%m-%d %H:%M:%S} and "
@@ -40,10 +45,11 @@ def explain(panda_id, now=None):
     elif status in (JobStatus.PENDING, JobStatus.DEFINED, JobStatus.ASSIGNED) and not job.computing_site:
         lines += _unplaced(job)
     elif status in (JobStatus.PENDING, JobStatus.DEFINED, JobStatus.ASSIGNED, JobStatus.ACTIVATED):
-        lines += _queued(job)
+        lines += _queued(job, seen)
     else:
         lines += _running(job, now)
-    decision = models.Brokerage.get_or_none(models.Brokerage.id == job.brokerage_id) if job.brokerage_id else None
+    decision = _cached(seen, ("brokerage", job.brokerage_id), lambda: models.Brokerage.get_or_none(
+        models.Brokerage.id == job.brokerage_id)) if job.brokerage_id else None
     candidates = json.loads(decision.candidates) if decision else None
     if candidates:
         lines.append(f"brokerage at {decision.time:%Y-%m-%d %H:%M:%S} ({decision.outcome}):")
@@ -53,6 +59,15 @@ def explain(panda_id, now=None):
             lines.append(f"  {c['queue']}: {verdict} (running {c['running']}, queued {c['queued']}, "
                          f"weight {c['weight']}){chosen}")
     return {"PandaID": job.panda_id, "status": job.status, "lines": lines, "brokerage": candidates}
+
+
+def _cached(seen, key, fetch):
+    """``fetch()``, or what it gave for ``key`` earlier in this ``seen`` (None: no memory)."""
+    if seen is None:
+        return fetch()
+    if key not in seen:
+        seen[key] = fetch()
+    return seen[key]
 
 
 def _headline(job, task):
@@ -106,23 +121,28 @@ def _unplaced(job):
     return [f"it is not running because {decision.outcome}; the generator tries again every cycle"]
 
 
-def _queued(job):
+def _queued(job, seen=None):
     Job = models.Job
     lines = []
-    queue = models.Queue.get_or_none(models.Queue.name == job.computing_site)
+    queue = _cached(seen, ("queue", job.computing_site),
+                    lambda: models.Queue.get_or_none(models.Queue.name == job.computing_site))
     if queue is None:
         lines.append(f"queue {job.computing_site} is not known to the server")
     elif queue.status != "online":
         lines.append(f"queue {job.computing_site} is {queue.status}: pilots get no jobs from it")
-    ahead = (Job.select(fn.COUNT(Job.panda_id))
-             .where(Job.status == JobStatus.ACTIVATED.value, Job.computing_site == job.computing_site,
-                    (Job.current_priority > job.current_priority) |
-                    ((Job.current_priority == job.current_priority) & (Job.panda_id < job.panda_id))).scalar())
+    # Two ranges of the dispatch index (status, queue, priority desc, id), counted apart: as one OR, SQLite read
+    # every activated job of the queue.
+    queued = (Job.status == JobStatus.ACTIVATED.value) & (Job.computing_site == job.computing_site)
+    ahead = _cached(seen, ("ahead", job.panda_id), lambda: (
+        Job.select(fn.COUNT(Job.panda_id)).where(queued, Job.current_priority > job.current_priority).scalar()
+        + Job.select(fn.COUNT(Job.panda_id)).where(queued, Job.current_priority == job.current_priority,
+                                                  Job.panda_id < job.panda_id).scalar()))
     if ahead:
         lines.append(f"waiting behind {ahead} higher-priority jobs on queue {job.computing_site}")
     else:
         lines.append(f"first in line on queue {job.computing_site}: waiting for a pilot to ask for a job")
-    last = Job.select(fn.MAX(Job.start_time)).where(Job.computing_site == job.computing_site).scalar()
+    last = _cached(seen, ("last sent", job.computing_site),  # kept by the database: no scan of the jobs
+                   lambda: counts.last_entered(job.computing_site, JobStatus.SENT.value))
     lines.append(f"the last job a pilot took from {job.computing_site} was sent at {last:%Y-%m-%d %H:%M:%S}"
                  if last else f"no pilot has taken a job from {job.computing_site} yet")
     lines.append(f"a pilot must offer at least {job.core_count} cores, {job.min_ram_count} MB memory, "
