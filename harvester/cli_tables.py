@@ -4,7 +4,7 @@ import json
 
 import peewee
 
-from harvester import models
+from harvester import models, shapes
 from harvester.errors import HarvesterError
 from harvester.states import FINAL, HeldJobStatus, WorkerError, WorkerStatus
 from harvester.steps import kill_workers
@@ -114,8 +114,10 @@ def explain(args):
         raise HarvesterError(f"queue {args.queue!r}: harvester has no record of it (known: " + ", ".join(
             q.queue for q in models.QueueState.select()) + ")")
     decision = json.loads(state.decision) if state.decision else None
+    shape = json.loads(state.shape) if state.shape else None
     if args.json:
         print(json.dumps({"queue": args.queue, "decision": decision, "decision_time": text(state.decision_time),
+                          "shape": shape,
                           "config_error": state.config_error, "last_error": state.last_error}, indent=2))
         return 0
     if state.config_error:
@@ -129,6 +131,9 @@ def explain(args):
         mark = "  <- winner" if name == decision["winner"] else ""
         print(f"    {name:70} {value}{mark}")
     print("  inputs: " + ", ".join(f"{k}={v}" for k, v in decision["inputs"].items()))
+    if shape:
+        print(f"  last backfill shape at {shape['time']} UTC:")
+        print("\n".join(shapes.describe(shape)))
     if state.last_error:
         print(f"  last error: {state.last_error}")
     return 0

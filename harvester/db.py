@@ -23,8 +23,8 @@ from harvester.states import utcnow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5  # 2: worker.n_pilots; 3: worker.waiting_pilots; 4: worker.error_code, held_job.cores;
-# 5: worker.nodes and the allocation's figures (elapsed_s ... jobs_run)
+SCHEMA_VERSION = 6  # 2: worker.n_pilots; 3: worker.waiting_pilots; 4: worker.error_code, held_job.cores;
+# 5: worker.nodes and the allocation's figures (elapsed_s ... jobs_run); 6: queue_state.shape
 ALLOCATION_COLUMNS = (("nodes", "INTEGER NOT NULL DEFAULT 1"), ("elapsed_s", "REAL"), ("charge_source", "VARCHAR(64)"),
                       ("payload_wall_s", "REAL"), ("payload_cpu_s", "REAL"), ("pilot_wait_s", "REAL"),
                       ("pilot_drain_s", "REAL"), ("jobs_run", "INTEGER"))
@@ -101,6 +101,8 @@ def _upgrade(database, version, path):
         for name, kind in ALLOCATION_COLUMNS:
             if name not in columns:
                 database.execute_sql(f"ALTER TABLE worker ADD COLUMN {name} {kind}")
+    if version < 6 and "shape" not in {column.name for column in database.get_columns("queue_state")}:
+        database.execute_sql("ALTER TABLE queue_state ADD COLUMN shape TEXT NOT NULL DEFAULT ''")
     log.info("%s: upgraded the schema from version %d to %d", path, version, SCHEMA_VERSION)
 
 

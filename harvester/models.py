@@ -135,6 +135,7 @@ class QueueState(BaseModel):
     to_submit = peewee.IntegerField(default=0)  # decided by the adjuster, taken by the submitter
     decision = peewee.TextField(default="")  # JSON: each limit, its value, the winner
     decision_time = peewee.DateTimeField(null=True)
+    shape = peewee.TextField(default="")  # JSON: the submitter's last backfill shape and its candidates
     failures = peewee.IntegerField(default=0)  # consecutive submission/plugin failures
     backoff_until = peewee.DateTimeField(null=True)
     last_error = peewee.TextField(default="")

@@ -78,7 +78,7 @@ ALLOCATION = tuple(name for name, _ in db.ALLOCATION_COLUMNS)
 
 @pytest.mark.parametrize("version, dropped", [(1, ("n_pilots", "waiting_pilots", "error_code") + ALLOCATION),
                                               (2, ("waiting_pilots", "error_code") + ALLOCATION),
-                                              (3, ("error_code",) + ALLOCATION), (4, ALLOCATION)])
+                                              (3, ("error_code",) + ALLOCATION), (4, ALLOCATION), (5, ())])
 def test_an_older_database_is_upgraded_and_keeps_its_workers(tmp_path, version, dropped):
     """A home written by an older harvester opens with its workers intact, each running one pilot, and its held
     jobs with the cores their definitions ask for."""
@@ -95,6 +95,7 @@ def test_an_older_database_is_upgraded_and_keeps_its_workers(tmp_path, version, 
             old.execute(f"ALTER TABLE worker DROP COLUMN {column}")
         if version < 4:
             old.execute("ALTER TABLE held_job DROP COLUMN cores")
+        old.execute("ALTER TABLE queue_state DROP COLUMN shape")
         old.execute("UPDATE setting SET value = ? WHERE key = 'schema_version'", (str(version),))
     db.open_database(path)
     try:
@@ -104,6 +105,8 @@ def test_an_older_database_is_upgraded_and_keeps_its_workers(tmp_path, version, 
         if version < 4:  # counted from the definitions by the upgrade to 4
             assert {job.panda_id: job.cores for job in models.HeldJob.select()} == {5: 8, 6: 1}
         assert models.Setting.get(models.Setting.key == "schema_version").value == str(db.SCHEMA_VERSION)
+        models.QueueState.create(queue="OLD", shape='{"chosen": "1 node x 600 s"}')
+        assert models.QueueState.get().shape == '{"chosen": "1 node x 600 s"}'
         models.Worker.create(queue="NEW", n_pilots=4)
         assert models.Worker.get(models.Worker.queue == "NEW").n_pilots == 4
     finally:

@@ -51,7 +51,11 @@ def bed(tmp_path_factory):
                   "MN_WARN": hpc_queue(transport={"workdir": workdir}),
                   "MN_WALL": hpc_queue(transport={"workdir": workdir}, batch={"walltime": 120},
                                        pilot={"lifetime": 60, "stageout_reserve": 10, "timefloor": 0}),
-                  "MN_JOBS": jobs_queue(transport={"workdir": workdir})}
+                  "MN_JOBS": jobs_queue(transport={"workdir": workdir}),
+                  "MN_FILL": hpc_queue(transport={"workdir": workdir}, batch={"shape": "backfill", "walltime": 900,
+                                                                              "min_walltime": 400},
+                                       limits={"maxWorkers": 2, "nQueueLimitWorker": 2},
+                                       pilot={"stageout_reserve": 60, "timefloor": 0})}
         testbed = LoginBed(hpc, os.path.join(hpc.shared, "bed"), queues)
         try:
             testbed.start()
@@ -209,3 +213,39 @@ def test_a_job_that_needs_two_nodes_gets_one_worker_of_two_nodes_and_srun_reache
     why = login_cli(bed, "why", str(panda_id))
     assert "MN_PULL: skipped: job needs 8 cores, 2 nodes of 4; queue takes single-node jobs" in why, why
     assert "MN_JOBS: kept" in why, why
+
+
+def test_a_backfill_queue_takes_the_free_node_now_over_two_nodes_later(bed):
+    """node1 is busy for 30 minutes; 4 jobs wait on MN_FILL (2 nodes x 2 pilots, batch.shape backfill, walltime
+    900 s or down to 400 s). sbatch --test-only says 2 nodes start when node1 frees and 1 node now: harvester makes
+    1-node workers (of 900 s: at the same start the longer walltime wins), on node2, and explain shows the
+    candidates and the choice."""
+    blocker = bed.hpc.run("sbatch", "--parsable", "--nodelist=node1", "--nodes=1", "--exclusive", "--time=30",
+                          "--output=/dev/null", "--wrap=sleep 1800")
+    assert blocker.returncode == 0, blocker.stderr
+    blocker_id = blocker.stdout.strip().split(";")[0]
+    try:
+        bed.wait_for(lambda: "RUNNING" in bed.hpc.run("squeue", "-h", "-j", blocker_id, "-o", "%T").stdout,
+                     "the blocker running on node1")
+        ids = bed.submit(4, queue="MN_FILL", transformation=bed.script("short.sh", "#!/bin/sh\nsleep 1\nhostname\n"))
+        bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "4 jobs finished", timeout=300)
+        workers = workers_of(bed, "MN_FILL")
+        assert workers and {(w["nodes"], w["pilots"], w["cores"], w["walltime"]) for w in workers} == {
+            (1, 2, 2, 900)}, workers
+        assert {bed.job(pid)["modificationHost"] for pid in ids} == {"node2"}
+        with open(os.path.join(workers[-1]["accessPoint"], "job.sh")) as handle:
+            script = handle.read()
+        assert "#SBATCH --nodes=1" in script and "#SBATCH --time=0-00:15:00" in script
+        explain = bed.cli("explain", "MN_FILL")
+        assert explain.returncode == 0, explain.stderr
+        text = explain.stdout
+        assert "chosen: 1 node x 900 s: the soonest start among the shapes that fit the waiting work, the largest " \
+               "of those starting within 60 s of it" in text, text
+        lines = {line.split("starts")[0].strip(): line for line in text.splitlines() if " starts " in line}
+        assert set(lines) == {"2 nodes x 900 s", "2 nodes x 400 s", "1 node x 900 s", "1 node x 400 s"}, text
+        assert lines["1 node x 900 s"].endswith("<- chosen") and "<- chosen" not in lines["2 nodes x 900 s"]
+        start = {label: line.split("starts")[1].split()[0] for label, line in lines.items()}
+        assert max(start["1 node x 900 s"], start["1 node x 400 s"]) < start["2 nodes x 400 s"] <= start[
+            "2 nodes x 900 s"], text
+    finally:
+        bed.hpc.run("scancel", blocker_id)

@@ -14,10 +14,11 @@ A worker left in phase ``submitting`` by a crash is never submitted again: :func
 plugin whether the batch system has it, and otherwise gives it up as missed.
 """
 import datetime
+import json
 import logging
 import os
 
-from harvester import db, models, pilots
+from harvester import db, models, pilots, shapes
 from harvester.agents.base import Agent
 from harvester.batch.base import FATAL, OK, PilotLaunch, WorkerSpec
 from harvester.errors import ServerError
@@ -45,6 +46,7 @@ class Submitter(Agent):
     # ---- create -------------------------------------------------------------------------------------------------
     def create_workers(self, queue, now):
         """Turn the adjuster's number into worker rows (push: bound to fetched jobs), in one transaction."""
+        shape = self.backfill_shape(queue, now)  # asks the scheduler: before the transaction
         with models.database.atomic():
             state = db.queue_state(queue.name)
             wanted = state.to_submit
@@ -58,16 +60,39 @@ class Submitter(Agent):
                                                           models.HeldJob.worker_id.is_null())
                             .order_by(models.HeldJob.panda_id).limit(wanted * per_worker))
                 chunks = [held[i:i + per_worker] for i in range(0, len(held), per_worker)][:wanted]
-            walltime = pilots.worker_walltime(queue)
+            walltime = shape.walltime_s if shape else pilots.worker_walltime(queue)
             for jobs in chunks:
-                worker = create_worker(now, f"created: adjuster decided {wanted} new workers", queue=queue.name,
-                                       map_type=queue.mapType, walltime_s=walltime, **worker_size(queue, jobs))
+                worker = create_worker(now, f"created: adjuster decided {wanted} new workers"
+                                       + (f", backfill shape {shape.label()}" if shape else ""), queue=queue.name,
+                                       map_type=queue.mapType, walltime_s=walltime,
+                                       **worker_size(queue, jobs, shape.nodes if shape else None))
                 for job in jobs:
                     models.HeldJob.update(worker_id=worker.worker_id).where(
                         models.HeldJob.panda_id == job.panda_id).execute()
                     models.JobWorker.insert(panda_id=job.panda_id, worker_id=worker.worker_id, time=now) \
                         .on_conflict_ignore().execute()
         return len(chunks)
+
+    def backfill_shape(self, queue, now):
+        """With batch.shape backfill and workers to make: the shape the scheduler would start soonest among those
+        that fit the waiting work (:mod:`harvester.shapes`), recorded for ``harvester explain``; else None."""
+        state = db.queue_state(queue.name)
+        if queue.batch.shape != "backfill" or state.to_submit <= 0 or queue.status == "offline":
+            return None
+        inputs = (json.loads(state.decision) if state.decision else {}).get("inputs", {})
+        if queue.mode == "pull":
+            wanted = (inputs.get("activated") or 0) - (inputs.get("jobless_pilots") or 0)
+        else:
+            wanted = inputs.get("unbound_jobs") or 0
+        per_node = allocation.pilots_per_node(queue)
+        cores, memory = queue.resources.corecount * per_node, queue.resources.maxrss * per_node
+        plugin = self.ctx.plugin(queue)
+        chosen, decision = shapes.choose(queue, lambda nodes, walltime: plugin.start_estimate(
+            nodes, cores, memory, walltime), pilots.worker_walltime(queue), wanted)
+        decision["time"] = now.isoformat(sep=" ", timespec="seconds")
+        models.QueueState.update(shape=json.dumps(decision)).where(models.QueueState.queue == queue.name).execute()
+        log.info("queue %s: backfill shape %s (%s)", queue.name, decision["chosen"] or "fixed", decision["reason"])
+        return chosen
 
     # ---- prepare and submit -------------------------------------------------------------------------------------
     def submit_queue(self, queue, now):
@@ -212,18 +237,22 @@ class Submitter(Agent):
         log.warning("queue %s worker %s: %s; retrying after %s", queue.name, worker.worker_id, message, wait)
 
 
-def worker_size(queue, jobs=()):
-    """nodes, pilots, cores and memory of a new worker of ``queue``: the queue's shape (nodes_per_worker x pilots
-    per node, each pilot corecount cores and maxrss MB), or on a queue of multi-node jobs (max_job_nodes) the size
-    its one job asks: ceil(coreCount / cores_per_node) nodes, maxrss MB on each."""
+def worker_size(queue, jobs=(), nodes=None):
+    """nodes, pilots, cores and memory of a new worker of ``queue``: the queue's shape (nodes_per_worker, or the
+    backfill shape's ``nodes``, x pilots per node, each pilot corecount cores and maxrss MB), or on a queue of
+    multi-node jobs (max_job_nodes) the size its one job asks: ceil(coreCount / cores_per_node) nodes, maxrss MB on
+    each."""
     res = queue.resources
     if res.max_job_nodes > 1 and jobs:
         cores = max(job.cores for job in jobs)
         nodes = min(allocation.job_nodes(queue, cores), res.max_job_nodes)
         cores = nodes * allocation.node_cores(queue) if nodes > 1 else max(cores, res.corecount)
         return {"nodes": nodes, "n_pilots": 1, "cores": cores, "memory_mb": res.maxrss * nodes}
-    n_pilots = pilots.per_worker(queue)
-    return {"nodes": allocation.nodes_per_worker(queue), "n_pilots": n_pilots, "cores": res.corecount * n_pilots,
+    if nodes is None:
+        nodes, n_pilots = allocation.nodes_per_worker(queue), pilots.per_worker(queue)
+    else:
+        n_pilots = 1 if queue.mapType == "OneToOne" else nodes * allocation.pilots_per_node(queue)
+    return {"nodes": nodes, "n_pilots": n_pilots, "cores": res.corecount * n_pilots,
             "memory_mb": res.maxrss * n_pilots}
 
 

@@ -137,6 +137,11 @@ class BatchSystem:
         """Run one scheduler command through the transport, bounded by the queue's ``transport.command_timeout``."""
         return self.transport.run(list(argv), timeout=self.queue.transport.command_timeout, input=input, cwd=cwd)
 
+    def start_estimate(self, nodes, cores_per_node, memory_per_node_mb, walltime_s):
+        """When the scheduler would start a job of this shape (a datetime on its clock); a :class:`BatchError` when
+        it cannot tell (batch.shape backfill, :mod:`harvester.shapes`)."""
+        raise BatchError(f"batch system {self.name} cannot estimate start times", FATAL)
+
     def script_path(self, worker: WorkerSpec) -> str:
         """Where the job script of ``worker`` lives (in its access point, on the batch side)."""
         return f"{worker.access_point.rstrip('/')}/{self.script_name}"

@@ -11,6 +11,7 @@ Status: ``squeue --states=all`` lists live jobs and the ended ones slurmctld sti
 300 s; what ``scontrol show job`` would show, but in one call for many ids) with their exit codes. Ids it no longer
 knows are looked up with ONE ``sacct`` call when accounting is on; without accounting they are unknown.
 """
+import datetime
 import re
 
 from harvester.batch.base import OK, RETRY, BatchError, BatchStatus, QueryResult
@@ -40,6 +41,8 @@ class SlurmBatch(ScriptBatch):
                           "--format=JobID,State,ExitCode,NodeList,Reason")
     find_command = ("squeue", "--noheader", "--states=all", "--me", "--Format=JobID:|,WorkDir:|,Comment:|")
     cancel_command = ("scancel",)
+    test_only_command = ("sbatch", "--test-only")
+    test_only_start = re.compile(r"to start at (?P<start>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)")
     job_id_regexp = re.compile(r"^(?P<job_id>\d+)(;\S+)?$", re.MULTILINE)  # "id" or "id;cluster"
     job_line = re.compile(r"job id (?P<job_id>\d+)")
     word_punctuation = "_.,+:/=%@-"
@@ -65,6 +68,21 @@ class SlurmBatch(ScriptBatch):
                 f"--cpus-per-task={int(worker.cores) // nodes}", f"--mem={int(worker.memory_mb) // nodes}M",
                 f"--time={days_hms(int(worker.walltime_s))}", f"--signal=B:USR1@{STOP_WARNING_S}",
                 *(f"--{key}={self.checked(value, 'batch.' + key)}" for key, value in chosen.items())]
+
+    def start_estimate(self, nodes, cores_per_node, memory_per_node_mb, walltime_s):
+        """``sbatch --test-only`` of a job of this shape (the worker's partition, account and qos): the start it
+        prints, "Job N to start at 2026-12-07T03:20:11 using ..." (Slurm's clock)."""
+        batch = self.queue.batch
+        chosen = [f"--{key}={self.checked(getattr(batch, key), 'batch.' + key)}"
+                  for key in ("partition", "account", "qos") if getattr(batch, key)]
+        argv = [*self.test_only_command, f"--nodes={int(nodes)}", "--ntasks-per-node=1",
+                f"--cpus-per-task={int(cores_per_node)}", f"--mem={int(memory_per_node_mb)}M",
+                f"--time={days_hms(int(walltime_s))}", *chosen, "--wrap=true"]
+        result = self.run(argv)
+        match = self.test_only_start.search(f"{result.stdout}\n{result.stderr}") if result.ok else None
+        if match is None:
+            raise BatchError(f"sbatch --test-only: no start time: {result.describe()}")
+        return datetime.datetime.fromisoformat(match["start"])
 
     def status_argv(self, ids):
         return [*self.status_command, f"--jobs={','.join(sorted(ids, key=int))}"]
