@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import requests
@@ -199,3 +200,43 @@ def test_a_flood_of_idle_connections_does_not_stop_the_server(tmp_path):
             sock.close()
         server.stop()
     assert server.proc.returncode == 0
+
+
+def stalled_body(port, path="/server/panda/updateJob"):
+    """A connection that sends a request's headers and half its body, then nothing."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: 1000\r\n\r\n{{\"jobId\": ".encode())
+    return sock
+
+
+def test_stalled_request_bodies_do_not_stop_the_server(tmp_path):
+    """3 x --threads connections send headers and never finish their bodies; a getJob on a new connection is
+    still answered within 2 s, and each stalled one gets 408 once the body deadline passes."""
+    from conftest import make_job
+
+    class Server(LiveServer):
+        def argv(self):
+            return super().argv() + ["--body-timeout", "3"]
+
+    server = Server(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"), threads=2)
+    stalled = []
+    try:
+        reply = requests.post(server.url + "/api/v1/job/submit", json={"jobs": [make_job("STALL_Q")]},
+                              headers=server.headers(), timeout=60)
+        panda_id = reply.json()["data"][0][0]
+        stalled = [stalled_body(server.port) for _ in range(3 * server.threads)]
+        time.sleep(1)  # the stalled requests reach the server first (not a timing check)
+        with requests.Session() as session:
+            job = session.post(server.url + "/server/panda/getJob", headers=server.headers(), timeout=2,
+                               data={"computingElement": "STALL_Q", "prodSourceLabel": "managed", "node": "wn"})
+            assert job.json()["PandaID"] == panda_id
+        for sock in stalled:  # the deadline (3 s here) refuses each stalled body with 408 and closes
+            reply = sock.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+            assert b"--body-timeout" in reply or b"body" in reply
+        assert server.proc.poll() is None
+    finally:
+        for sock in stalled:
+            sock.close()
+        server.stop()

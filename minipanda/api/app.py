@@ -30,6 +30,9 @@ class ServerContext:
     home: str
     secret: bytes
     auth_mode: str = "token"  # or "none" (loopback only)
+    # The names clients use to reach this server besides loopback addresses and "localhost" (the bound host,
+    # --server-name): with auth "none" a Host header naming anything else is refused (DNS rebinding).
+    server_names: tuple = ()
     max_body: int = 64 * 1024 * 1024
     # wake(duty name): run a duty soon (the server's DutyRunner.wake); a no-op when no duties run
     wake: Callable[[str], None] = lambda name: None

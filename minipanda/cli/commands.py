@@ -88,6 +88,12 @@ def build_parser():
                        help="PostgreSQL: how often a server not running the duties checks whether it can take "
                             "them over (default 10 s)")
     serve.add_argument("--max-body-mb", type=float, default=64, help="largest request body accepted (default 64)")
+    serve.add_argument("--server-name", action="append", default=[], metavar="NAME",
+                       help="a host name clients use to reach this server (repeatable); with --auth none, requests "
+                            "whose Host header names anything but loopback, localhost, --host or these are refused")
+    serve.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                       help="a request body that brings nothing new for S seconds is refused with 408 (default 30); "
+                            "bodies are read before a request thread is taken")
     serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate chain (PEM); needs "
                                                           "--tls-key")
     serve.add_argument("--tls-key", metavar="FILE", help="the private key (PEM, unencrypted) of --tls-cert")
@@ -178,7 +184,8 @@ def cmd_serve(args):
                  max_body_mb=args.max_body_mb, queues_file=args.queues, reload_period=args.reload_period,
                  settings=task_settings.Settings(task_settings.parse_overrides(args.setting)),
                  tls_cert=args.tls_cert, tls_key=args.tls_key, workers=args.workers,
-                 leader_retry=args.leader_retry)
+                 leader_retry=args.leader_retry, body_timeout=args.body_timeout,
+                 server_names=args.server_name)
 
 
 def _open_db(args):

@@ -1,12 +1,16 @@
-"""The HTTP server of ``minipanda serve``: granian's WSGI worker, run inside this process.
+"""The HTTP server of ``minipanda serve``: granian's RSGI worker, run inside this process, in front of the WSGI app.
 
-granian's network I/O (accept, HTTP parsing, keep-alive, TLS) runs on its Rust threads outside the GIL; only the
-WSGI app runs on Python threads (``threads`` of them). Its command-line server and its ``Granian`` class run the
-app in child processes and take over the process's signals, which fits neither the testbed (the server on a
-thread of a bigger process) nor the one-writer SQLite server; so this module starts granian's WSGI worker itself,
-the way granian's own thread workers do, on a socket this module binds. That worker class is granian's internal
-API: setup.py pins granian to the minor version this was written against (``tests/test_server_http.py`` covers
-start, answer, TLS and stop).
+granian's network I/O (accept, HTTP parsing, keep-alive, TLS) runs on its Rust threads outside the GIL. A request's
+body is read on one asyncio loop (this module's thread ``minipanda-http``), not on a request thread: a client that
+sends its headers and then stalls holds a coroutine and a socket, never one of the ``threads`` that run the app.
+A body that brings nothing new for ``body_timeout`` seconds is answered 408 and its connection closed; one over
+``body_limit`` bytes 413. Only a complete body goes to the WSGI app (bottle), on one of ``threads`` Python threads.
+
+Its command-line server and its ``Granian`` class run the app in child processes and take over the process's
+signals, which fits neither the testbed (the server on a thread of a bigger process) nor the one-writer SQLite
+server; so this module starts granian's RSGI worker itself, the way granian's own thread workers do, on a socket
+this module binds. That worker class is granian's internal API: setup.py pins granian to the minor version this
+was written against (``tests/test_server_http.py`` covers start, answer, TLS, stalled bodies and stop).
 
     server = HttpServer.bind("127.0.0.1", 25080)     # OSError when the port is taken (no SO_REUSEPORT)
     server.start(app, threads=8)                      # returns at once; requests are answered from now on
@@ -14,9 +18,14 @@ start, answer, TLS and stop).
                                                       # requests in progress (at most ``drain`` seconds)
 """
 import asyncio
+import concurrent.futures
+import json
 import logging
 import os
+import queue
 import socket
+import sys
+import tempfile
 import threading
 import time
 
@@ -24,6 +33,11 @@ log = logging.getLogger("minipanda.server")
 
 BACKLOG = 1024
 CONNECTIONS = 1 << 20  # at most; open_files_limit() lowers it to what the process may open
+BODY_TIMEOUT = 30.0  # seconds a request body may go without bringing a byte (minipanda serve --body-timeout)
+BODY_IN_MEMORY = 1 << 20  # a body beyond this many bytes waits in a temporary file, not in memory
+BODY_SLACK = 1 << 20  # on top of the app's own limit: the app refuses in its reply's family (and allows a
+                      # multipart upload's own lines on top)
+_END = object()
 
 
 def open_files_limit():
@@ -83,16 +97,232 @@ class _Closing:
                 done()
 
 
+class RequestThreads(concurrent.futures.Executor):
+    """``threads`` daemon threads running the WSGI app (an Executor for ``loop.run_in_executor``). Daemon threads:
+    a request stuck past stop()'s drain must not keep the process from exiting, as ThreadPoolExecutor's would."""
+
+    def __init__(self, threads):
+        self.queue = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._work, name=f"minipanda-request-{n}", daemon=True)
+                        for n in range(max(1, threads))]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = concurrent.futures.Future()
+        self.queue.put((future, fn, args, kwargs))
+        return future
+
+    def _work(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            future, fn, args, kwargs = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits the future
+                future.set_exception(exc)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        for _ in self.threads:
+            self.queue.put(None)
+
+
+class BodyRefused(Exception):
+    """A request body that never reaches the app: (HTTP status, message)."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+def _refusal(status, message):
+    return status, [("content-type", "application/json"), ("connection", "close")], json.dumps(
+        {"success": False, "message": message}).encode()
+
+
+class RsgiBridge:
+    """granian's RSGI callback: read the request body here, on the loop, then run the WSGI ``app`` on a request
+    thread with that body as ``wsgi.input``, and send its reply (a list at once, any other iterable chunk by
+    chunk, each chunk taken on a request thread)."""
+
+    def __init__(self, app, threads, body_timeout=BODY_TIMEOUT, body_limit=None):
+        self.app, self.body_timeout, self.body_limit = app, body_timeout, body_limit
+        self.pool = RequestThreads(threads)
+
+    async def __call__(self, scope, proto):
+        headers = scope.headers
+        try:
+            body, size = await self.read_body(headers, proto)
+        except BodyRefused as exc:
+            log.info("refused %s %s from %s: %s", scope.method, scope.path, scope.client, exc)
+            proto.response_bytes(*_refusal(exc.status, str(exc)))
+            return
+        loop = asyncio.get_running_loop()
+        environ = self.environ(scope, headers, body, size)
+        try:
+            status, reply_headers, whole, rest = await loop.run_in_executor(self.pool, self.run_app, environ)
+        except Exception:  # noqa: BLE001 - the app's own error handling failed; the client still gets an answer
+            log.exception("internal error on %s %s", scope.method, scope.path)
+            proto.response_bytes(*_refusal(500, "internal server error; the server log has details"))
+            return
+        if rest is None:
+            proto.response_bytes(status, reply_headers, whole)
+            return
+        try:
+            transport = proto.response_stream(status, reply_headers)
+            if whole:
+                await transport.send_bytes(whole)
+            while True:
+                chunk = await loop.run_in_executor(self.pool, next, rest, _END)
+                if chunk is _END:
+                    break
+                if chunk:
+                    await transport.send_bytes(chunk)
+        except Exception as exc:  # noqa: BLE001 - a client gone mid-reply; nothing left to answer
+            log.info("reply to %s %s cut short: %s", scope.method, scope.path, exc)
+        finally:
+            close = getattr(rest, "close", None)
+            if close is not None:
+                await loop.run_in_executor(self.pool, close)
+
+    async def read_body(self, headers, proto):
+        """(readable body, its size): refused with 413 over ``body_limit``, with 408 when ``body_timeout`` seconds
+        pass without a byte."""
+        declared = headers.get("content-length")
+        chunked = "chunked" in (headers.get("transfer-encoding") or "").lower()
+        if not chunked and declared in (None, "", "0"):
+            return None, 0
+        limit = self.body_limit
+        if declared and declared.strip().isdigit() and limit is not None and int(declared) > limit:
+            raise BodyRefused(413, f"request body of {declared} bytes is larger than the server's limit of "
+                                   f"{limit} bytes")
+        body, size = tempfile.SpooledTemporaryFile(BODY_IN_MEMORY), 0
+        chunks = proto.__aiter__()
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), self.body_timeout)
+                except StopAsyncIteration:
+                    break
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise BodyRefused(413, f"request body larger than the server's limit of {limit} bytes")
+                body.write(chunk)
+        except asyncio.TimeoutError:
+            body.close()
+            raise BodyRefused(408, f"request body: nothing received for {self.body_timeout:g} s after {size} "
+                                   "bytes; send the whole body at once (minipanda serve --body-timeout)") from None
+        except BaseException:
+            body.close()
+            raise
+        body.seek(0)
+        return body, size
+
+    @staticmethod
+    def environ(scope, headers, body, size):
+        """The WSGI environ of an RSGI scope; the body is complete, so CONTENT_LENGTH is its size."""
+        server_host, _, server_port = scope.server.rpartition(":")
+        environ = {
+            "REQUEST_METHOD": scope.method, "SCRIPT_NAME": "",
+            # as a WSGI server hands it over: the unquoted path's bytes as latin-1 (PEP 3333)
+            "PATH_INFO": scope.path.encode("utf-8", "surrogateescape").decode("latin-1"),
+            "QUERY_STRING": scope.query_string, "SERVER_NAME": server_host.strip("[]"), "SERVER_PORT": server_port,
+            "REMOTE_ADDR": scope.client.rpartition(":")[0].strip("[]"),
+            "SERVER_PROTOCOL": f"HTTP/{scope.http_version}", "wsgi.version": (1, 0),
+            "wsgi.url_scheme": scope.scheme, "wsgi.input": body if body is not None else _EMPTY,
+            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+            "wsgi.run_once": False, "CONTENT_LENGTH": str(size) if body is not None else "",
+        }
+        for key, value in headers.items():
+            key = key.lower()
+            if key in ("content-length", "transfer-encoding"):
+                continue
+            name = "CONTENT_TYPE" if key == "content-type" else "HTTP_" + key.upper().replace("-", "_")
+            if name in environ:
+                environ[name] += (";" if key == "cookie" else ",") + value
+            else:
+                environ[name] = value
+        if "HTTP_HOST" not in environ and scope.authority:
+            environ["HTTP_HOST"] = scope.authority
+        return environ
+
+    def run_app(self, environ):
+        """On a request thread: (status, headers, bytes sent first, the iterable of the rest or None)."""
+        started = {}
+
+        def start_response(status, headers, exc_info=None):
+            started["status"], started["headers"] = status, headers
+            return _no_write
+
+        try:
+            result = self.app(environ, start_response)
+            if isinstance(result, list):
+                whole, rest = b"".join(result), None
+            else:
+                rest = _Rest(iter(result), result)
+                try:
+                    whole = next(rest, b"")  # a generator may call start_response only now
+                except BaseException:
+                    rest.close()  # the app's in-progress count (InFlight) ends with close()
+                    raise
+        finally:
+            body = environ["wsgi.input"]
+            if body is not _EMPTY:
+                body.close()
+        status = int(started["status"].split(" ", 1)[0])
+        return status, [(str(k), str(v)) for k, v in started["headers"]], whole, rest
+
+
+class _Empty:
+    """wsgi.input of a request without a body."""
+
+    def read(self, size=-1):
+        return b""
+
+    def readline(self, size=-1):
+        return b""
+
+    def close(self):
+        pass
+
+
+_EMPTY = _Empty()
+
+
+def _no_write(data):
+    raise RuntimeError("the WSGI write() callable is not supported; return the body instead")
+
+
+class _Rest:
+    """The rest of a streamed reply: its iterator, and the WSGI result to close when done."""
+
+    def __init__(self, iterator, result):
+        self.iterator, self.result = iterator, result
+
+    def __next__(self):
+        return next(self.iterator)
+
+    def close(self):
+        close = getattr(self.result, "close", None)
+        if close is not None:
+            close()
+
+
 class HttpServer:
-    """A bound listening socket, then granian's WSGI worker serving it until stop()."""
+    """A bound listening socket, then granian's RSGI worker serving it until stop()."""
 
     def __init__(self, sock, tls_cert=None, tls_key=None):
         self.sock = sock
         self.host, self.effective_port = sock.getsockname()[:2]
         self.tls = (tls_cert, tls_key) if tls_cert else None
         self.scheme = "https" if self.tls else "http"
-        self._signal = self._loop = self._worker = self._inflight = None
+        self._signal = self._loop = self._worker = self._inflight = self._bridge = self._loop_thread = None
         self.stop_requested, self.stopped = threading.Event(), threading.Event()
+        self.body_timeout, self.body_limit = BODY_TIMEOUT, None  # see the module docstring
 
     def request_stop(self):
         """Ask the thread running ``serve()`` to stop the server (safe from signal handlers and other threads)."""
@@ -113,13 +343,14 @@ class HttpServer:
         return cls(sock, tls_cert, tls_key)
 
     def start(self, app, threads=8):
-        """Serve ``app`` on ``threads`` Python threads; returns at once (granian runs on threads of its own)."""
-        from granian._futures import _new_cbscheduler
-        from granian._granian import MetricsAggregator, SocketHolder, WorkerSignal, WSGIWorker
+        """Serve ``app`` on ``threads`` Python threads; returns at once (granian runs on threads of its own, the
+        bodies are read on this server's loop thread, within ``self.body_timeout`` and ``self.body_limit``)."""
+        from granian._futures import _future_watcher_wrapper, _new_cbscheduler
+        from granian._granian import MetricsAggregator, RSGIWorker, SocketHolder, WorkerSignal
         from granian.http import HTTP1Settings
-        from granian.wsgi import _callback_wrapper
 
         self._inflight = InFlight(app)
+        self._bridge = RsgiBridge(self._inflight, threads, self.body_timeout, self.body_limit)
         connections = min(CONNECTIONS, open_files_limit())
         # granian gets its own descriptor of the socket; ours lets stop() close the listener at once
         holder = SocketHolder(os.dup(self.sock.fileno()), False, BACKLOG)
@@ -129,19 +360,21 @@ class HttpServer:
         else:
             tls = (False, None, None, None, "tls1.2", None, [], False)
         self._signal = WorkerSignal()
-        self._loop = asyncio.new_event_loop()  # granian's scheduler wants one; WSGI calls never run on it
-        self._worker = WSGIWorker(
+        self._loop = asyncio.new_event_loop()
+        self._worker = RSGIWorker(
             1, (None, holder), None,
             1,            # Rust I/O threads: one is plenty for a 2-core host, and they never hold the GIL
             512,          # Rust blocking threads (file I/O)
-            max(1, threads),  # Python threads running the app
+            1,            # granian's own Python threads: the app runs on the bridge's request threads instead
             30,           # seconds an idle Python thread is kept
             connections,  # connections served at once (granian's "backpressure"): an idle keep-alive one holds
                           # a slot too, so this is the open-files limit, not the 1,024 of granian's default
             "1",          # HTTP/1.1 (pilots and harvester speak nothing else)
-            HTTP1Settings(), None, None, *tls, (None, MetricsAggregator(1)))
-        scheduler = _new_cbscheduler(self._loop, _callback_wrapper(self._inflight, {}, None), impl_asyncio=False)
+            HTTP1Settings(), None, False, None, *tls, (None, MetricsAggregator(1)))
+        scheduler = _new_cbscheduler(self._loop, _future_watcher_wrapper(self._bridge), impl_asyncio=True)
         self._worker.serve_mtr(scheduler, self._loop, self._signal)
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="minipanda-http", daemon=True)
+        self._loop_thread.start()
 
     def stop(self, drain=10.0):
         """Stop accepting, close idle keep-alive connections, wait up to ``drain`` s for requests in progress."""
@@ -162,5 +395,9 @@ class HttpServer:
             if not self._inflight.idle.is_set():
                 log.warning("%d requests still in progress after %.0f s; stopping anyway", self._inflight.count,
                             drain)
-            self._loop.close()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(drain)
+            self._bridge.pool.shutdown()
+            if not self._loop.is_running():
+                self._loop.close()
         self.stopped.set()

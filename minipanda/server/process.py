@@ -103,12 +103,13 @@ def lock_database(db_url):
     return handle
 
 
-def build(home, db_url=None, auth_mode="token", host=DEFAULT_HOST, max_body_mb=64):
+def build(home, db_url=None, auth_mode="token", host=DEFAULT_HOST, max_body_mb=64, server_names=()):
     """Open the database and return (wsgi app, context). Refuses auth 'none' off loopback."""
     check_options(auth_mode, host, max_body_mb)
     schema.open_database(db_url or db.default_url(home))
     context = ServerContext(home=home, secret=auth.load_secret(home), auth_mode=auth_mode,
-                            max_body=int(max_body_mb * 1024 * 1024))
+                            max_body=int(max_body_mb * 1024 * 1024),
+                            server_names=tuple(name.lower() for name in (host, *server_names)))
     return AccessLog(make_app(context)), context
 
 
@@ -192,7 +193,7 @@ def raise_open_files_limit():
 
 def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="token", threads=8, max_body_mb=64,
           queues_file=None, reload_period=10.0, ready=None, settings=None, tls_cert=None, tls_key=None, workers=1,
-          leader_retry=10.0):
+          leader_retry=10.0, body_timeout=http.BODY_TIMEOUT, server_names=()):
     """Run until SIGTERM/SIGINT (or ``ready``'s server's ``request_stop()``); returns when the server has stopped.
 
     ``ready(server)``, when given, is called once requests are answered: ``server.effective_port`` is the port,
@@ -204,6 +205,8 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
     the other servers are this one's workers or ``serve`` processes on other hosts.
     """
     check_options(auth_mode, host, max_body_mb)
+    if body_timeout <= 0:
+        raise ConfigError(f"--body-timeout: must be positive, got {body_timeout}")
     check_tls(tls_cert, tls_key)
     notifier = Notifier.from_environment(log)  # systemd (Type=notify): READY=1 once serving, STOPPING=1 on stop
     db_url = db_url or db.default_url(home)
@@ -220,11 +223,12 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
             from None
     raise_open_files_limit()
     try:
-        app, context = build(home, db_url, auth_mode, host, max_body_mb)
+        app, context = build(home, db_url, auth_mode, host, max_body_mb, server_names)
     except BaseException:
         server.stop()
         lock.close()
         raise
+    server.body_timeout, server.body_limit = body_timeout, context.max_body + http.BODY_SLACK
     leader = LeaderLock(db_url, retry=leader_retry) if is_postgres(db_url) else None
     runner = DutyRunner(gate=leader.held if leader is not None else None)
     context.wake = runner.wake
