@@ -1,8 +1,11 @@
 """The bottle application: one plugin for connection, auth and error replies; routes live in sibling modules.
 
 A route declares ``family`` ("legacy" or "v1": how errors are written) and ``role`` (None = open read,
-"any" = any valid token, or a set of roles). The plugin parses the body, authenticates, calls the route with
-``(params, identity)`` and turns RequestError/AuthError into a 4xx reply in the route's family shape.
+"any" = any valid token, or a set of roles). The plugin refuses what a browser was made to send (another site's
+requests; with ``--auth none``, a Host header that names no address of this server), parses the body,
+authenticates, calls the route with ``(params, identity)`` and turns RequestError/AuthError into a 4xx reply in the
+route's family shape. A route may also declare ``navigable=True`` (a monitor page another site may link to) and
+``any_host=True`` (a read pilot3 sends through an HTTP proxy, under PanDA's own host name).
 """
 import dataclasses
 import ipaddress
@@ -84,7 +87,10 @@ class ApiPlugin:
             request, response = bottle.request, bottle.response
             database.connect(reuse_if_open=True)
             try:
-                refuse_cross_site(request)
+                if context.auth_mode == "none" and not route.config.get("any_host"):
+                    refuse_foreign_host(request, context.server_names)
+                if not (route.config.get("navigable") and request.method in ("GET", "HEAD")):
+                    refuse_cross_site(request)
                 check_path_numbers(kwargs)
                 params = wire.read_params(request, context.max_body) if route.config.get("params", True) else {}
                 identity = self.identify(request, role)
@@ -116,21 +122,44 @@ def check_path_numbers(path_params):
 
 
 def refuse_cross_site(request):
-    """Refuse a state-changing request that a web page on another site made a browser send.
+    """Refuse, whatever its method, a request that a web page on another site made a browser send.
 
-    Browsers add ``Origin`` (and ``Sec-Fetch-Site``) to such requests, and may send them without any token
-    (``--auth none``) or with a form or text/plain body: a page must never submit jobs through a local browser.
-    Pilots, harvester and the CLI send no Origin. Reads (GET, HEAD) change nothing and stay open.
+    Browsers add ``Origin`` and ``Sec-Fetch-Site`` to such requests, and may send them without any token
+    (``--auth none``) or with a form or text/plain body: a page must never submit or kill jobs through a local
+    browser. The Origin must be this server's own, scheme included (``https://host`` is another origin than
+    ``http://host``). Pilots, harvester and the CLI send neither header; panda-client sends its VO name as
+    Origin, which no browser does. A monitor page (``navigable``) may be opened from a link on another site: it
+    changes nothing, and its login cookie is SameSite=Strict.
     """
-    if request.method in ("GET", "HEAD", "OPTIONS"):
-        return
     origin = request.headers.get("Origin") or ""
+    parts = urllib.parse.urlsplit(origin)
     # panda-client sends its VO name as Origin (PanDA's token auth reads it); a browser sends a URL or "null".
-    from_browser = origin == "null" or urllib.parse.urlsplit(origin).scheme in ("http", "https")
-    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site" or (
-            from_browser and urllib.parse.urlsplit(origin).netloc != request.headers.get("Host")):
-        raise RequestError(f"Origin: requests from {str(origin)[:80]!r} may not change this server; use the "
-                           "API from its own host or a client without a browser", SC_PERMISSION, 403)
+    from_browser = origin == "null" or parts.scheme in ("http", "https")
+    same_origin = parts.netloc.lower() == (request.headers.get("Host") or "").lower() and \
+        parts.scheme == request.urlparts.scheme
+    if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site") or (
+            from_browser and not same_origin):
+        raise RequestError(f"Origin: requests from {str(origin or 'another site')[:80]!r} may not use this "
+                           "server; use the API from its own origin or a client without a browser",
+                           SC_PERMISSION, 403)
+
+
+def refuse_foreign_host(request, server_names):
+    """Without tokens (``--auth none``), refuse a request whose Host names none of this server's addresses: a
+    page of evil.example whose name now resolves to 127.0.0.1 (DNS rebinding) is same-origin to the browser, so
+    only the Host header it sends (``evil.example:PORT``) tells it apart."""
+    host = request.headers.get("Host")
+    if host is None:  # HTTP/1.0 without Host: no browser sends that
+        return
+    try:
+        name = urllib.parse.urlsplit("//" + host).hostname or ""
+    except ValueError:
+        name = ""
+    if name == "localhost" or name in server_names or is_loopback(name):
+        return
+    raise RequestError(f"Host: {host[:80]!r} is not a name of this server (it answers to localhost, loopback "
+                       "addresses and 'minipanda serve --server-name'); refused without tokens", SC_PERMISSION,
+                       403)
 
 
 def error_reply(family, http, message, code, request, response):

@@ -60,4 +60,5 @@ def register(app):
     app.route("/cache/schedconfig/<queue>.all.json", "GET", schedconfig_queue, family="v1", role=None)
     app.route("/cache/schedconfig.json", "GET", schedconfig_all, family="v1", role=None)
     app.route("/cache/ddmendpoints.json", "GET", ddm_endpoints, family="v1", role=None)
-    app.route("/trf/user/<name>", "GET", transformation, family="v1", role=None)
+    # pilot3 fetches transformations through an HTTP proxy, naming PanDA's host: any Host header is served
+    app.route("/trf/user/<name>", "GET", transformation, family="v1", role=None, any_host=True)

@@ -110,6 +110,9 @@ def get_sent_jobs(params, identity):
     return ok(file_server.with_server_url(dispatch.sent_to_harvester(harvester_id, queue, after, limit)))
 
 
+READS = {"get_queue_demand", "get_sent_jobs", "list_workers", "list_instances", "list_commands"}
+
+
 def register(app):
     routes = [
         ("heartbeat", heartbeat, HARVESTER_ROLES), ("update_workers", update_workers, HARVESTER_ROLES),
@@ -123,5 +126,5 @@ def register(app):
         ("add_command", add_command, ADMIN), ("list_commands", list_commands, ADMIN),
     ]
     for path, callback, role in routes:
-        app.route(f"{BASE}/{path}", ["GET", "POST"], callback, family="v1", role=role,
+        app.route(f"{BASE}/{path}", route_params.methods(path not in READS), callback, family="v1", role=role,
                   params_model=route_params.HARVESTER[path])

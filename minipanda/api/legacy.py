@@ -53,6 +53,9 @@ def is_alive(params, identity):
     return reply({"alive": "yes"})
 
 
+READS = {"getStatus", "getResourceTypes", "isAlive"}
+
+
 def register(app):
     pilot = handlers.PILOT_ROLES
     routes = [
@@ -62,5 +65,5 @@ def register(app):
         ("getResourceTypes", get_resource_types, None), ("isAlive", is_alive, None),
     ]
     for name, callback, role in routes:
-        app.route(f"{BASE}/{name}", ["GET", "POST"], callback, family="legacy", role=role,
+        app.route(f"{BASE}/{name}", route_params.methods(name not in READS), callback, family="legacy", role=role,
                   params_model=route_params.LEGACY[name])

@@ -256,13 +256,14 @@ def register(app):
               ("/queues/<name:path>", queue, "queue.html"), ("/workers", worker_list, "workers.html"),
               ("/workers/<harvester_id>/<worker_id:int>", worker, "worker.html")]
     for path, handler, template in pages_:
-        app.route(BASE + path, "GET", page(handler, template), family="v1", role=None, params_model=FILTERS)
-    app.route(BASE, "GET", redirect_root, family="v1", role=None, params=False)
+        app.route(BASE + path, "GET", page(handler, template), family="v1", role=None, params_model=FILTERS,
+                  navigable=True)
+    app.route(BASE, "GET", redirect_root, family="v1", role=None, params=False, navigable=True)
     app.route(BASE + "/jobs/<panda_id:int>/log/<name:path>", "GET", _raw(log_member), family="v1", role=None,
-              params=False)
+              params=False, navigable=True)
     app.route(BASE + "/jobs/<panda_id:int>/logtarball", "GET", _raw(log_tarball), family="v1", role=None,
-              params=False)
+              params=False, navigable=True)
     app.route(BASE + "/style.css", "GET", style, family="v1", role=None, params=False)
-    app.route(BASE + "/login", ["GET", "POST"], login, family="v1", role=None, params_model=LOGIN)
-    app.route(BASE + "/logout", "GET", logout, family="v1", role=None, params=False)
+    app.route(BASE + "/login", ["GET", "POST"], login, family="v1", role=None, params_model=LOGIN, navigable=True)
+    app.route(BASE + "/logout", "POST", logout, family="v1", role=None, params=False)
     app.route("/metrics", "GET", metrics_route, family="v1", role="any", params=False)

@@ -152,6 +152,15 @@ def check(params_model, params):
     return {**params, **declared}
 
 
+# A route that changes nothing answers GET and POST; one that changes something (dispatch, an update, a submission,
+# a kill, a command) answers POST only, so no link, image or redirect of a web page can make a browser call it.
+READ_METHODS, CHANGE_METHODS = ["GET", "POST"], ["POST"]
+
+
+def methods(changes):
+    return CHANGE_METHODS if changes else READ_METHODS
+
+
 # ---- the routes' parameters -----------------------------------------------------------------------------------
 
 # A pilot's offer: what it runs on and the room it has (limits at least 0; cores and jobs at least 1).

@@ -166,6 +166,11 @@ def job_why(params, identity):
     return reply(why.explain(parse_job_id(params.get("job_id"), "job_id")))
 
 
+READS = {"task/get_status", "task/get_details", "task/get_job_ids", "task/get_task_parameters",
+         "task/get_status_log", "task/get_tasks_modified_since", "task/get_tasks_detailed_info_since",
+         "dataset/list", "dataset/show", "retry_rule/list", "job/why"}
+
+
 def register(app):
     routes = [
         ("task/submit", submit, "any"), ("task/kill", _command("kill"), "any"),
@@ -182,5 +187,5 @@ def register(app):
         ("retry_rule/remove", rule_remove, {"admin"}), ("job/why", job_why, "any"),
     ]
     for path, callback, role in routes:
-        app.route(f"{BASE}/{path}", ["GET", "POST"], callback, family="v1", role=role,
+        app.route(f"{BASE}/{path}", route_params.methods(path not in READS), callback, family="v1", role=role,
                   params_model=route_params.TASKS[path])

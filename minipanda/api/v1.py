@@ -74,6 +74,10 @@ def job_log(params, identity):
     return ok(jobs.status_log(panda_id))
 
 
+READS = {"system/is_alive", "job/get_status", "job/get_description", "job/get_description_incl_archive",
+         "job/list", "job/get_status_log", "queues"}
+
+
 def register(app):
     routes = [
         ("system/is_alive", is_alive, None),
@@ -88,7 +92,7 @@ def register(app):
         ("queues", list_queues, None),
     ]
     for path, callback, role in routes:
-        app.route(f"{BASE}/{path}", ["GET", "POST"], callback, family="v1", role=role,
+        app.route(f"{BASE}/{path}", route_params.methods(path not in READS), callback, family="v1", role=role,
                   params_model=route_params.V1[path])
     from minipanda.api import harvester as harvester_routes, tasks as task_routes
 
