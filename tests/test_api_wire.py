@@ -8,7 +8,7 @@ import urllib.parse
 
 from hypothesis import given, settings, strategies as st
 
-from minipanda.api import wire
+from minipanda.api import params as route_params, wire
 
 # Form bodies as clients write them and as they should not: escapes valid and broken, '+', '=', '&', backslashes
 # (the decoder's own escape character), non-ASCII text, lone '%' at the end.
@@ -64,14 +64,14 @@ def nested(depth, leaf):
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(60, 70), st.sampled_from([0, "text", None, [], {}, ["a", "b"]]))
-def test_the_depth_check_refuses_what_clean_text_refuses(depth, leaf):
+def test_the_depth_check_refuses_what_clean_json_refuses(depth, leaf):
     value = {"wrapped": nested(depth, leaf)}
     outcomes = []
-    for check in (wire.check_depth, wire.clean_text):
+    for check in (route_params.check_depth, route_params.clean_json):
         try:
             check(value)
             outcomes.append("kept")
-        except wire.RequestError as exc:
+        except ValueError as exc:
             outcomes.append(str(exc))
     assert outcomes[0] == outcomes[1], (depth, leaf, outcomes)
 

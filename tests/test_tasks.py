@@ -133,7 +133,7 @@ def test_pause_resume_and_retry_rules_of_status(task_server):
     assert task_server.call("task/pause", {"task_id": task_id})["data"] == 0
     assert task_status(task_server, task_id) == "paused"
     refused = task_server.call("task/retry", {"task_id": task_id})
-    assert refused["success"] is True and refused["data"] == 4  # retry answers success with the code in data
+    assert refused["success"] is False and refused["data"] == 4  # a refusal is never a success
     assert task_server.call("task/resume", {"task_id": task_id})["data"] == 0
     assert task_status(task_server, task_id) == "running"
     assert task_server.call("task/resume", {"task_id": task_id})["data"] == 4
@@ -149,6 +149,14 @@ def test_pause_resume_and_retry_rules_of_status(task_server):
     run_job(task_server, acquire(task_server, "Q1")[0])
     wait_status(task_server, task_id, "done")
     assert task_server.call("task/retry", {"task_id": task_id})["data"] == 4  # nothing failed any more
+
+
+def test_a_retry_of_another_users_task_is_refused_not_a_success(task_server):
+    set_queue("Q1")
+    add_dataset(task_server, "ds.in", 1)
+    task_id = submit(task_server, flat())
+    body = task_server.call("task/retry", {"task_id": task_id}, token=task_server.token("user", "eve"))
+    assert (body["success"], body["data"]) == (False, 3) and "permission denied" in body["message"].lower()
 
 
 def test_completion_failed_refuses_retry(task_server):

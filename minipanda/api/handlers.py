@@ -1,11 +1,12 @@
 """Family-agnostic handlers: a params dict and the caller in, plain data out. Both URL families call these.
 
 Handlers parse and authorise, then call a service; they never write to the database themselves."""
-import json
 import logging
 import time
 
-from minipanda.api import file_server
+import pydantic
+
+from minipanda.api import file_server, params as route_params
 from minipanda.core import dispatch, jobs, policy, queues, updates
 from minipanda.core.auth import PILOT_ROLES, require_role
 from minipanda.errors import SC_MISSING_KEY, SC_ROLE, RequestError
@@ -77,16 +78,25 @@ def update_job(params, identity):
 
 
 def update_jobs_bulk(job_list, identity):
-    """All updates in one transaction; one bad entry is refused alone and does not stop the others."""
+    """All updates in one transaction; one bad entry is refused alone and does not stop the others. Each entry's
+    parameters are checked as updateJob's are (minipanda.api.params.UPDATE_V1: legacy and v1 names)."""
     require_role(identity, PILOT_ROLES)
     if isinstance(job_list, str):
         try:
-            job_list = json.loads(job_list)
-        except ValueError:
-            raise RequestError("jobList: expected a JSON list of updateJob parameter objects") from None
+            job_list = route_params.parse_json(job_list)
+        except ValueError as exc:
+            raise RequestError(f"jobList: expected a JSON list of updateJob parameter objects ({exc})") from None
     if not isinstance(job_list, list):
         raise RequestError("jobList: expected a list of updateJob parameter objects", SC_MISSING_KEY)
-    return updates.update_jobs([from_v1(entry) if isinstance(entry, dict) else entry for entry in job_list])
+    return updates.update_jobs(job_list, check=lambda entry: from_v1(checked_entry(entry)))
+
+
+def checked_entry(entry):
+    """One bulk entry's parameters, checked as a single update's are; a RequestError names each bad field."""
+    try:
+        return route_params.check(route_params.UPDATE_V1, entry)
+    except pydantic.ValidationError as exc:
+        raise RequestError("; ".join(route_params.problems(exc)[:20])) from None
 
 
 def worker_pilot_status(params, identity):
@@ -112,9 +122,9 @@ def submit(jobs_param, identity):
         raise RequestError("role 'harvester' may not submit jobs", SC_ROLE, 403)
     if isinstance(jobs_param, str):
         try:
-            jobs_param = json.loads(jobs_param)
+            jobs_param = route_params.parse_json(jobs_param)
         except ValueError as exc:
-            raise RequestError(f"jobs: not valid JSON ({exc})") from None
+            raise RequestError(f"jobs: {exc}") from None
     return jobs.submit_jobs(jobs_param, identity.name, queue_ensurer=queues.ensure_queues, role=identity.role)
 
 
@@ -125,9 +135,9 @@ def job_ids(params, *names):
             value = params[name]
             if isinstance(value, str) and value.lstrip().startswith("["):
                 try:
-                    value = json.loads(value)
-                except ValueError:
-                    raise RequestError(f"{name}: not a valid JSON list") from None
+                    value = route_params.parse_json(value)
+                except ValueError as exc:
+                    raise RequestError(f"{name}: {exc}") from None
             return jobs.parse_job_ids(value, name)
     raise RequestError(f"{names[0]}: required (a list of PandaIDs)", SC_MISSING_KEY)
 

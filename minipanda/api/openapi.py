@@ -1,10 +1,15 @@
 """``/api/v1/openapi.json``: the OpenAPI description of every route, made from the routes' declared parameters
 (:mod:`minipanda.api.params`), for clients and for schema-driven test tools."""
 import json
+import re
 
 import bottle
 
 from minipanda import __version__
+
+
+# A bottle wildcard, ``<name>`` or ``<name:filter>``; OpenAPI's path template is ``{name}``.
+WILDCARD = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?>")
 
 
 def _operation(route, schema):
@@ -14,10 +19,11 @@ def _operation(route, schema):
                                "4XX": {"description": "refused: the message names the field"}}}
     if route.config.get("role") is not None:
         operation["security"] = [{"bearer": []}]
-    if "<" in route.rule:
-        operation["parameters"] = [{"name": piece.strip("<>").split(":")[0], "in": "path", "required": True,
-                                    "schema": {"type": "string"}}
-                                   for piece in route.rule.replace(".", "/").split("/") if piece.startswith("<")]
+    wildcards = WILDCARD.findall(route.rule)
+    if wildcards:
+        operation["parameters"] = [{"name": name, "in": "path", "required": True,
+                                    "schema": {"type": "integer" if kind == "int" else "string"}}
+                                   for name, kind in wildcards]
     if schema is not None:
         operation["requestBody"] = {"content": {
             "application/json": {"schema": schema}, "application/x-www-form-urlencoded": {"schema": schema}}}
@@ -30,7 +36,7 @@ def describe(app):
     for route in app.routes:
         model = route.config.get("params_model")
         schema = model.model_json_schema() if model is not None else None
-        path = route.rule.replace("<lfn:path>", "{lfn}").replace("<", "{").replace(">", "}")
+        path = WILDCARD.sub(lambda match: "{" + match.group(1) + "}", route.rule)
         methods = route.method if isinstance(route.method, list) else [route.method]
         for method in methods:
             paths.setdefault(path, {})[method.lower()] = _operation(route, schema)

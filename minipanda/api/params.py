@@ -9,6 +9,7 @@ at ``/api/v1/openapi.json``.
 """
 import json
 import math
+import re
 from typing import Annotated, Any, Optional
 
 import pydantic
@@ -16,7 +17,74 @@ import pydantic
 INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
 INT32_MAX = 2 ** 31 - 1
 MAX_IDS = 10000
+MAX_DEPTH = 64  # no route reads parameters nested deeper; deeper JSON is refused before anything uses it
 NULLS = (None, "", "NULL", "None")
+
+
+def clean_json(value, depth=0):
+    """A parsed JSON ``value`` with every lone surrogate (``"\\ud800"``: valid JSON, not UTF-8) replaced by U+FFFD,
+    so its text can be stored; ValueError when it is nested deeper than MAX_DEPTH. The request body and every
+    JSON text inside a parameter (:data:`Json`) pass through here: one depth limit everywhere."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in value)
+    if depth > MAX_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, list):
+        return [clean_json(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {clean_json(key, depth + 1): clean_json(item, depth + 1) for key, item in value.items()}
+    return value
+
+
+# A lone surrogate can come only from a \\uD800-\\uDFFF escape: the text itself was decoded as strict UTF-8.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_CONTAINERS = frozenset((dict, list))
+
+
+def check_depth(value):
+    """Refuse (ValueError) what clean_json refuses, JSON with a value other than a text deeper than MAX_DEPTH,
+    without a call per value (json.loads makes only dicts, lists, strs, numbers, booleans and None)."""
+    level, containers = 0, [value] if type(value) in _CONTAINERS else []
+    while containers:
+        inner = []
+        for container in containers:
+            items = container.values() if type(container) is dict else container
+            if level >= MAX_DEPTH and not all(type(item) is str for item in items):
+                raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+            inner += [item for item in items if type(item) in _CONTAINERS]
+        containers, level = inner, level + 1
+
+
+def cleaned(value, text):
+    """``value``, parsed from the JSON ``text``, cleaned (:func:`clean_json`) when the text has a surrogate escape,
+    else only its depth checked (the common case, without a call per value); ValueError when too deep."""
+    if SURROGATE_ESCAPE.search(text):
+        return clean_json(value)
+    check_depth(value)
+    return value
+
+
+def parse_json(text):
+    """The value of a JSON text, cleaned (:func:`cleaned`); ValueError saying what is wrong."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    return cleaned(value, text)
+
+
+def _json_value(value):
+    # A list or object may come as such (a JSON body, already cleaned) or as its JSON text (a form field, or a
+    # client that encodes it twice, as panda-client and PanDA's harvester do): the text is parsed here.
+    if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
+        return parse_json(value)
+    return value
 
 
 def _integer(value, minimum, maximum):
@@ -81,10 +149,7 @@ def _id_list(value):
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except (ValueError, RecursionError):
-                raise ValueError("not a valid JSON list") from None
+            value = parse_json(text)
         else:
             value = [part for part in text.split(",") if part.strip()]
     if not isinstance(value, list):
@@ -118,7 +183,10 @@ Diag = text(1024 * 1024)  # long texts are cut (or refused) by the service, whic
 NumberOrWord = Annotated[Any, pydantic.BeforeValidator(_number_or_word),
                    pydantic.WithJsonSchema({"type": ["integer", "string", "null"]})]
 Flag = Annotated[Any, pydantic.WithJsonSchema({"type": ["boolean", "string"]})]
-Json = Annotated[Any, pydantic.WithJsonSchema({"description": "a JSON value, or its JSON text"})]
+Json = Annotated[Any, pydantic.BeforeValidator(_json_value),
+                 pydantic.WithJsonSchema({"description": "a JSON value, or its JSON text"})]
+Document = Annotated[Any, pydantic.WithJsonSchema({"description": "a JSON value or any text, stored as sent"})]
+Raw = Annotated[Any, pydantic.WithJsonSchema({"description": "checked by the route itself"})]
 IdList = Annotated[Optional[list], pydantic.BeforeValidator(_id_list),
                    pydantic.WithJsonSchema({"description": "a list of integers, its JSON text, or comma-separated "
                                                            "integers"})]
@@ -164,25 +232,33 @@ def methods(changes):
 # ---- the routes' parameters -----------------------------------------------------------------------------------
 
 # A pilot's offer: what it runs on and the room it has (limits at least 0; cores and jobs at least 1).
-_OFFER = {"coreCount": integer(1, INT32_MAX), "mem": integer(0), "diskSpace": integer(0),
+_OFFER = {"siteName": Name, "computingElement": Name, "prodSourceLabel": text(32),
+          "coreCount": integer(1, INT32_MAX), "mem": integer(0), "diskSpace": integer(0),
           "remainingTime": integer(0), "nJobs": integer(1, INT32_MAX), "node": Name, "pilotID": Name,
           "batchID": text(128), "harvester_id": text(128), "worker_id": integer(0)}
-OFFER_LEGACY = model("GetJob", siteName=Name, computingElement=Name, prodSourceLabel=text(32), **_OFFER)
-OFFER_V1 = model("AcquireJobs", site_name=Name, computing_element=Name, prod_source_label=text(32),
-                 core_count=_OFFER["coreCount"], memory=_OFFER["mem"], disk_space=_OFFER["diskSpace"],
-                 remaining_time=_OFFER["remainingTime"], n_jobs=_OFFER["nJobs"], node=Name, pilot_id=Name,
-                 batch_id=text(128), harvester_id=text(128), worker_id=integer(0))
 _UPDATE_INTS = ("transExitCode", "pilotErrorCode", "exeErrorCode", "cpuConsumptionTime", "nEvents", "maxRSS",
                 "maxPSS", "maxVMEM", "avgRSS", "avgPSS")
-UPDATE_LEGACY = model("UpdateJob", jobId=Int, state=Name, attemptNr=Int32, pilotID=Name, batchID=Name, node=Name,
-                      pilotErrorDiag=Diag, exeErrorDiag=Diag, cpuConsumptionUnit=Name, pilotTiming=Diag,
-                      metaData=Json, jobMetrics=Json, xml=Json, coreCount=Int32,
-                      **{name: (Int32 if name.endswith("Code") else Int) for name in _UPDATE_INTS})
-UPDATE_V1 = model("UpdateJobV1", job_id=Int, job_status=Name, attempt_nr=Int32, pilot_id=Name, batch_id=Name,
-                  node=Name, pilot_error_diag=Diag, exe_error_diag=Diag, cpu_consumption_unit=Name,
-                  pilot_timing=Diag, meta_data=Json, job_metrics=Json, xml=Json, core_count=Int32,
-                  trans_exit_code=Int32, pilot_error_code=Int32, exe_error_code=Int32, cpu_consumption_time=Int,
-                  n_events=Int, max_rss=Int, max_pss=Int, max_vmem=Int)
+_UPDATE = dict(jobId=Int, state=Name, attemptNr=Int32, pilotID=Name, batchID=Name, node=Name, pilotErrorDiag=Diag,
+               exeErrorDiag=Diag, cpuConsumptionUnit=Name, pilotTiming=Diag, metaData=Document,
+               jobMetrics=Document, xml=Json, coreCount=Int32,
+               **{name: (Int32 if name.endswith("Code") else Int) for name in _UPDATE_INTS})
+# The v1 names (minipanda.api.handlers.V1_ALIASES), each of the kind of the legacy name it stands for.
+_V1_OFFER_NAMES = {"site_name": "siteName", "computing_element": "computingElement",
+                   "prod_source_label": "prodSourceLabel", "core_count": "coreCount", "memory": "mem",
+                   "disk_space": "diskSpace", "remaining_time": "remainingTime", "n_jobs": "nJobs",
+                   "pilot_id": "pilotID", "batch_id": "batchID"}
+_V1_UPDATE_NAMES = {"job_id": "jobId", "job_status": "state", "attempt_nr": "attemptNr", "pilot_id": "pilotID",
+                    "batch_id": "batchID", "pilot_error_diag": "pilotErrorDiag", "exe_error_diag": "exeErrorDiag",
+                    "cpu_consumption_unit": "cpuConsumptionUnit", "pilot_timing": "pilotTiming",
+                    "meta_data": "metaData", "job_metrics": "jobMetrics", "core_count": "coreCount",
+                    "trans_exit_code": "transExitCode", "pilot_error_code": "pilotErrorCode",
+                    "exe_error_code": "exeErrorCode", "cpu_consumption_time": "cpuConsumptionTime",
+                    "n_events": "nEvents", "max_rss": "maxRSS", "max_pss": "maxPSS", "max_vmem": "maxVMEM"}
+OFFER_LEGACY = model("GetJob", **_OFFER)
+UPDATE_LEGACY = model("UpdateJob", **_UPDATE)
+# A v1 route accepts the legacy names too (panda-client and pilots send either): both are declared and checked.
+OFFER_V1 = model("AcquireJobs", **_OFFER, **{v1: _OFFER[legacy] for v1, legacy in _V1_OFFER_NAMES.items()})
+UPDATE_V1 = model("UpdateJobV1", **_UPDATE, **{v1: _UPDATE[legacy] for v1, legacy in _V1_UPDATE_NAMES.items()})
 WORKER_PILOT_STATUS = model("UpdateWorkerPilotStatus", workerID=integer(0), harvesterID=text(128), status=Name,
                             site=text(128), node_id=Name)
 NONE = model("NoParams")
@@ -221,15 +297,18 @@ TASKS = {
                             description=Name),
     "retry_rule/remove": model("RemoveRetryRule", id=Int), "job/why": model("JobWhy", job_id=Int),
 }
-# harvester's routes check each field themselves (minipanda.workers.harvesters); declared here for the description.
-HARVESTER = {name: model("Harvester_" + name, **{key: Json for key in keys}) for name, keys in {
+# harvester's routes check each field themselves (minipanda.workers.harvesters); the lists and objects among them
+# are parsed here, with the one depth limit.
+_HARVESTER_JSON = {"workers", "statistics", "command_ids", "queues", "jtis", "params", "agents", "home", "panda_ids"}
+HARVESTER = {name: model("Harvester_" + name, **{key: Json if key in _HARVESTER_JSON else Raw for key in keys})
+             for name, keys in {
     "heartbeat": ("harvester_id", "version", "start_time", "host", "agents", "queues", "home"),
     "update_workers": ("harvester_id", "workers"),
     "report_worker_statistics": ("harvester_id", "panda_queue", "statistics"),
     "acquire_commands": ("harvester_id", "n_commands"),
     "acknowledge_commands": ("harvester_id", "command_ids"),
     "get_queue_demand": ("harvester_id", "queues"), "get_sent_jobs": ("harvester_id", "queue", "after", "limit"),
-    "mint_pilot_token": ("harvester_id", "worker_id", "queue", "lifetime"),
+    "mint_pilot_token": ("harvester_id", "worker_id", "queue", "lifetime", "panda_ids"),
     "revoke_pilot_token": ("harvester_id", "jtis"),
     "list_workers": ("harvester_id", "queue", "status", "limit"),
     "list_instances": (), "add_command": ("harvester_id", "command", "params"), "list_commands": ("limit",),

@@ -33,9 +33,9 @@ def _json_param(params, name, default=None):
     value = params.get(name, default)
     if isinstance(value, str) and value[:1] in ("{", "["):
         try:
-            return json.loads(value)
-        except ValueError:
-            raise RequestError(f"{name}: not valid JSON") from None
+            return route_params.parse_json(value)
+        except ValueError as exc:
+            raise RequestError(f"{name}: {exc}") from None
     return value
 
 
@@ -57,8 +57,8 @@ def _command(action):
     def route(params, identity):
         code, message = service.command(params.get("task_id"), identity, action, soft=_flag(params.get("soft")),
                                         new_params=_json_param(params, "new_parameters"), wake=_context().wake)
-        if action == "retry":  # the real server answers retries with success and the code in data
-            return reply(code, message)
+        # A refusal is never a success (PanDA answers a refused retry with success true); panda-client's retryTask
+        # reads only data and message, so it sees the same code either way.
         return reply(code, message, success=code == service.OK)
     return route
 

@@ -4,15 +4,14 @@ Nothing here knows about jobs; it only turns bytes into a params dict and a resu
 malformed or oversized input with a message that names what is wrong.
 """
 import json
-import re
 import urllib.parse
 import zlib
 
 import orjson
+from minipanda.api import params as route_params
 from minipanda.errors import BodyTooLarge, RequestError
 
 SIMPLE_TYPES = ("text/plain", "multipart/form-data")
-MAX_DEPTH = 64  # no route reads parameters nested deeper; deeper JSON is refused before anything uses it
 
 
 def read_body(request, limit):
@@ -58,10 +57,10 @@ def parse_body(raw, content_type):
             raise RequestError(f"body: not valid JSON ({exc})") from None
         if not isinstance(data, dict):
             raise RequestError("body: expected a JSON object of named parameters")
-        if SURROGATE_ESCAPE.search(text):
-            return clean_text(data)
-        check_depth(data)  # no lone surrogate can be in it: only the depth is left to check
-        return data
+        try:
+            return route_params.cleaned(data, text)
+        except ValueError as exc:
+            raise RequestError(f"body: {exc}") from None
     params = {}
     for key, value in form_pairs(text):
         if key in params:
@@ -106,45 +105,6 @@ def dumps(data):
         return orjson.dumps(data, default=str, option=_AS_STR).decode()
     except TypeError:
         return json.dumps(data, default=str)
-
-
-# A lone surrogate can come only from a \\uD800-\\uDFFF escape: the body itself was decoded as strict UTF-8.
-SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def check_depth(value):
-    """Refuse what clean_text refuses, JSON with a value other than a text deeper than MAX_DEPTH, without a
-    call per value (json.loads makes only dicts, lists, strs, numbers, booleans and None)."""
-    level, containers = 0, [value] if type(value) in _CONTAINERS else []
-    while containers:
-        inner = []
-        for container in containers:
-            items = container.values() if type(container) is dict else container
-            if level >= MAX_DEPTH and not all(type(item) is str for item in items):
-                raise RequestError(f"body: JSON nested deeper than {MAX_DEPTH} levels")
-            inner += [item for item in items if type(item) in _CONTAINERS]
-        containers, level = inner, level + 1
-
-
-_CONTAINERS = frozenset((dict, list))
-
-
-def clean_text(value, depth=0):
-    """``value`` with every lone surrogate (``"\\ud800"``, valid JSON but not UTF-8) replaced by U+FFFD, so the
-    text can be stored; a pilot's report must not be lost over one bad character in a diagnostic."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-            return value
-        except UnicodeEncodeError:
-            return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in value)
-    if depth > MAX_DEPTH:
-        raise RequestError(f"body: JSON nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, list):
-        return [clean_text(item, depth + 1) for item in value]
-    if isinstance(value, dict):
-        return {clean_text(key, depth + 1): clean_text(item, depth + 1) for key, item in value.items()}
-    return value
 
 
 def read_params(request, limit):

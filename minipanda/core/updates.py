@@ -80,12 +80,13 @@ def update_job(params):
     return outcome
 
 
-def update_jobs(entries):
+def update_jobs(entries, check=None):
     """updateJobsInBulk: every entry applied in ONE transaction as set operations; the replies in order, a
     refused entry's with its StatusCode and reason (``jobList[i]: ...``). ``entries`` are updateJob parameter
-    dicts (anything else is refused alone)."""
+    dicts (anything else is refused alone); ``check(entry)``, when given, returns the entry's checked parameters
+    or raises RequestError (that entry alone is refused)."""
     replies = []
-    for index, outcome in enumerate(_apply(entries)):
+    for index, outcome in enumerate(_apply(entries, check)):
         if isinstance(outcome, RequestError):
             diag = str(outcome) if str(outcome).startswith("jobList[") else f"jobList[{index}]: {outcome}"
             outcome = {"StatusCode": outcome.code, "ErrorDiag": diag, "command": "NULL"}
@@ -93,7 +94,7 @@ def update_jobs(entries):
     return replies
 
 
-def _apply(entries):
+def _apply(entries, check=None):
     """A reply dict or a RequestError for each entry, in order; all the writes in one transaction.
 
     An entry for a job that an earlier entry of the same batch also reports is applied after it, in a later
@@ -103,7 +104,7 @@ def _apply(entries):
         try:
             if not isinstance(params, dict):
                 raise RequestError(f"jobList[{index}]: expected an object")
-            parsed.append(_Update(index, params))
+            parsed.append(_Update(index, check(params) if check else params))
         except RequestError as exc:
             outcomes[index] = exc
     if not parsed:
