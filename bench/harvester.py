@@ -263,7 +263,7 @@ def part_submit(args, base):
     home = os.path.join(bed.base, "harvester-inproc")
     spawned = []
     try:
-        server = ServerClient(bed.server.url, bed.token_file, "bench-harvester", 30)
+        server = ServerClient(bed.server.url, bed.token_file, "h1", 30)  # its token's name: the server holds it to it
         ctx = harvester_context(home, bed.queues_path, server, pilot_python="/bin/true")
         queue = ctx.queues[QUEUE]
         plugin = ctx.plugin(queue)

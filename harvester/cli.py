@@ -5,10 +5,12 @@
     harvester discover --ssh USER@HOST [--port P --key F --known-hosts F] | --local
 """
 import argparse
+import base64
 import dataclasses
 import functools
 import getpass
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -53,8 +55,9 @@ def parser():
     run.add_argument("--token-file", default=os.environ.get("HARVESTER_TOKEN_FILE"),
                      help="file with a token of role harvester ('minipanda token create --role harvester --name "
                           "NAME'); default $HARVESTER_TOKEN_FILE; none for a server run with --auth none")
-    run.add_argument("--harvester-id", help="this harvester's name on the server (default: host name plus a "
-                                            "digest of --home, kept in the database)")
+    run.add_argument("--harvester-id", help="this harvester's name on the server (default: the name of its "
+                                            "harvester token, which the server holds it to; without one, host "
+                                            "name plus a digest of --home, kept in the database)")
     run.add_argument("--once", action="store_true", help="run every agent exactly once, in cycle order, and exit "
                                                          "(cron, tests); exit code 1 when an agent failed")
     run.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
@@ -200,9 +203,36 @@ def parse_settings(pairs):
     return settings
 
 
-def harvester_id(option, home):
+def token_harvester_id(token_file):
+    """The harvester id a harvester-role token speaks for (the server refuses any other), or None: no token, a
+    token of another role (admin acts for any harvester), or a file that is not a token (the server says why)."""
+    if not token_file:
+        return None
+    try:
+        with open(token_file, encoding="utf-8") as handle:
+            payload = handle.read().strip().split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (OSError, IndexError, ValueError):
+        return None
+    if not isinstance(claims, dict) or claims.get("role") != "harvester":
+        return None
+    return claims.get("harvester_id") or claims.get("sub")
+
+
+def harvester_id(option, home, token_file=None):
+    """This harvester's name on the server: --harvester-id, else the one its harvester token is bound to, else the
+    one kept in the database, else host name plus a digest of the home."""
+    bound = token_harvester_id(token_file)
+    if bound and option and option != bound:
+        raise HarvesterError(f"--harvester-id {option}: the token in {token_file} speaks for harvester {bound} "
+                             "only; leave --harvester-id out, or give this harvester a token made with "
+                             f"'minipanda token create --role harvester --name {option}'")
+    option = option or bound
     row = models.Setting.get_or_none(models.Setting.key == "harvester_id")
     if option:
+        if row is not None and row.value != option:
+            log.warning("harvester id %s replaces %s: the server knows this harvester's earlier workers under the "
+                        "old id", option, row.value)
         if row is None or row.value != option:
             models.Setting.insert(key="harvester_id", value=option).on_conflict_replace().execute()
         return option
@@ -236,7 +266,7 @@ def run(args, home):
         previous = db.acquire_instance()
     except AlreadyRunning as exc:
         raise HarvesterError(str(exc)) from None
-    ident = harvester_id(args.harvester_id, home)
+    ident = harvester_id(args.harvester_id, home, args.token_file)
     server = ServerClient(args.server, args.token_file and os.path.abspath(args.token_file), ident,
                           settings.server_timeout)
     context = Context(home, server, settings, ident)

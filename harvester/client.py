@@ -114,9 +114,14 @@ class ServerClient:
         return self.call("harvester/get_queue_demand",
                          {"harvester_id": self.harvester_id, "queues": list(queues)}) or {}
 
-    def mint_pilot_token(self, worker_id, queue, lifetime):
-        return self.call("harvester/mint_pilot_token", {"harvester_id": self.harvester_id, "worker_id": worker_id,
-                                                        "queue": queue, "lifetime": int(lifetime)})
+    def mint_pilot_token(self, worker_id, queue, lifetime, panda_ids=()):
+        """A pilot token for one worker, bound by the server to it, its queue, and the jobs ``panda_ids`` it holds
+        (push mode): no other worker's pilot may update them."""
+        payload = {"harvester_id": self.harvester_id, "worker_id": worker_id, "queue": queue,
+                   "lifetime": int(lifetime)}
+        if panda_ids:
+            payload["panda_ids"] = list(panda_ids)
+        return self.call("harvester/mint_pilot_token", payload)
 
     def revoke_pilot_tokens(self, jtis):
         return self.call("harvester/revoke_pilot_token", {"harvester_id": self.harvester_id, "jtis": list(jtis)})

@@ -185,7 +185,7 @@ class Testbed:
         queue_file.load()
         hdb.open_database(os.path.join(self.home.harvester, "harvester.db"))
         hdb.acquire_instance()
-        ident = harvester_id(None, self.home.harvester)
+        ident = harvester_id(None, self.home.harvester, self.home.harvester_token)
         self.harvester_client = ServerClient(self.url, self.home.harvester_token, ident, settings.server_timeout)
         self.harvester_context = Context(self.home.harvester, self.harvester_client, settings, ident)
         queue_file.context = self.harvester_context

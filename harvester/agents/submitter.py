@@ -185,7 +185,10 @@ class Submitter(Agent):
     def mint_token(self, queue, worker, transport, access_point):
         if worker.pilot_token_jti:  # a retry keeps the token already minted
             return
-        reply = self.ctx.server.mint_pilot_token(worker.worker_id, queue.name, worker.walltime_s + TOKEN_MARGIN_S)
+        held = [panda_id for (panda_id,) in models.HeldJob.select(models.HeldJob.panda_id)
+                .where(models.HeldJob.worker_id == worker.worker_id).tuples()]
+        reply = self.ctx.server.mint_pilot_token(worker.worker_id, queue.name, worker.walltime_s + TOKEN_MARGIN_S,
+                                                 held)
         transport.write_file(os.path.join(access_point, pilots.TOKEN_FILE), reply["token"], 0o600)
         models.Worker.update(pilot_token_jti=reply["jti"]).where(
             models.Worker.worker_id == worker.worker_id).execute()
