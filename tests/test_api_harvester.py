@@ -103,7 +103,7 @@ def test_failed_worker_fails_its_running_plain_job(harvester):
     mine = ok(server, "pilot/acquire_jobs", {"computing_element": "TEST_PQ", "harvester_id": "h1", "worker_id": 7,
                                              "n_jobs": 2}, token)
     other = ok(server, "pilot/acquire_jobs", {"computing_element": "TEST_PQ", "harvester_id": "h2", "worker_id": 7},
-               token)
+               server.token("harvester", "h2"))
     running, done = mine[0]["PandaID"], mine[1]["PandaID"]
     ok(server, "pilot/update_job", {"job_id": running, "job_status": "running"}, token)
     ok(server, "pilot/update_job", {"job_id": done, "job_status": "finished"}, token)
@@ -205,7 +205,7 @@ def test_sent_jobs_lists_what_a_harvester_acquired_and_still_holds(harvester):
     mine = ok(server, "pilot/acquire_jobs", {"computing_element": "TEST_PQ", "harvester_id": "h1", "n_jobs": 2},
               token)
     other = ok(server, "pilot/acquire_jobs", {"computing_element": "TEST_PQ", "harvester_id": "h2", "n_jobs": 1},
-               token)
+               server.token("harvester", "h2"))
     pilots = ok(server, "pilot/acquire_jobs", {"computing_element": "TEST_PQ", "harvester_id": "h1",
                                                "worker_id": 7}, token)
     assert len(mine) == 2 and len(other) == 1 and len(pilots) == 1

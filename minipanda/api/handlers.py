@@ -9,7 +9,7 @@ import pydantic
 from minipanda.api import file_server, params as route_params
 from minipanda.core import dispatch, jobs, policy, queues, updates
 from minipanda.core.auth import PILOT_ROLES, require_role
-from minipanda.errors import SC_MISSING_KEY, SC_ROLE, RequestError
+from minipanda.errors import SC_MISSING_KEY, SC_ROLE, AuthError, RequestError
 from minipanda.monitor import metrics
 from minipanda.workers import pilot_status
 
@@ -52,6 +52,10 @@ def acquire_jobs(params, identity):
     queue = params.get("computingElement") or params.get("siteName")
     if not queue or not isinstance(queue, str):
         raise RequestError("computingElement or siteName: required (the queue the pilot serves)", SC_MISSING_KEY)
+    harvester_id, worker_id = bound_ids(identity, params.get("harvester_id"), params.get("worker_id"))
+    refusal = policy.queue_refusal(identity, queue)
+    if refusal:
+        raise AuthError(refusal, 403)
     cores = params.get("coreCount")
     pilot_label = params.get("prodSourceLabel") or "managed"
     labels, why_none = policy.claimable_labels(pilot_label, *queues.served_labels(queue))
@@ -63,7 +67,7 @@ def acquire_jobs(params, identity):
         cores=cores if cores is not None else queues.queue_corecount(queue),
         memory_mb=params.get("mem"), disk_mb=params.get("diskSpace"), walltime_s=params.get("remainingTime"),
         n_jobs=params.get("nJobs") or 1, node=params.get("node"), pilot_id=params.get("pilotID"),
-        batch_id=params.get("batchID"), harvester_id=params.get("harvester_id"), worker_id=params.get("worker_id"))
+        batch_id=params.get("batchID"), harvester_id=harvester_id, worker_id=worker_id)
     started = time.perf_counter()
     definitions = dispatch.claim_jobs(offer)
     metrics.observe_dispatch(time.perf_counter() - started, bool(definitions))
@@ -72,9 +76,20 @@ def acquire_jobs(params, identity):
     return definitions, params.get("nJobs") not in (None, ""), why
 
 
+def bound_ids(identity, harvester_id, worker_id):
+    """(harvester id, worker id) a request acts for: refused (403) when the token is bound to others; filled in
+    from the token when it is bound and the request leaves them out."""
+    refusal = policy.harvester_refusal(identity, harvester_id, worker_id)
+    if refusal:
+        raise AuthError(refusal, 403)
+    if identity.role == "admin" or identity.harvester_id is None:
+        return harvester_id, worker_id
+    return identity.harvester_id, worker_id if identity.worker_id is None else identity.worker_id
+
+
 def update_job(params, identity):
     require_role(identity, PILOT_ROLES)
-    return updates.update_job(params)
+    return updates.update_job(params, policy.update_binding(identity))
 
 
 def update_jobs_bulk(job_list, identity):
@@ -88,7 +103,8 @@ def update_jobs_bulk(job_list, identity):
             raise RequestError(f"jobList: expected a JSON list of updateJob parameter objects ({exc})") from None
     if not isinstance(job_list, list):
         raise RequestError("jobList: expected a list of updateJob parameter objects", SC_MISSING_KEY)
-    return updates.update_jobs(job_list, check=lambda entry: from_v1(checked_entry(entry)))
+    return updates.update_jobs(job_list, check=lambda entry: from_v1(checked_entry(entry)),
+                               binding=policy.update_binding(identity))
 
 
 def checked_entry(entry):
@@ -112,6 +128,7 @@ def worker_pilot_status(params, identity):
         errors.append(f"status: expected 'started' or 'finished', got {status!r}")
     if errors:
         raise RequestError("; ".join(errors), SC_MISSING_KEY)
+    bound_ids(identity, harvester_id, worker_id)
     pilot_status.record(harvester_id, worker_id, status, params.get("site") or "", params.get("node_id"))
     return {"StatusCode": 0}
 

@@ -4,7 +4,7 @@ does the work. Refusals are HTTP 4xx with the field named in ``message``; see do
 import bottle
 from minipanda import errors
 from minipanda.api import file_server, params as route_params, wire
-from minipanda.core import dispatch
+from minipanda.core import dispatch, policy
 from minipanda.core.auth import HARVESTER_ROLES
 from minipanda.workers import harvesters
 
@@ -17,18 +17,23 @@ def ok(data=None, message=""):
     return wire.envelope(data, message)
 
 
-def _harvester(params):
-    return harvesters.harvester_id_of(params.get("harvester_id"))
+def _harvester(params, identity):
+    """The request's harvester_id, refused (403, both names) when the token is another harvester's."""
+    harvester_id = harvesters.harvester_id_of(params.get("harvester_id"))
+    refusal = policy.harvester_refusal(identity, harvester_id)
+    if refusal:
+        raise errors.AuthError(refusal, 403)
+    return harvester_id
 
 
 def heartbeat(params, identity):
-    return ok(harvesters.heartbeat(_harvester(params), params.get("version"), params.get("start_time"),
+    return ok(harvesters.heartbeat(_harvester(params, identity), params.get("version"), params.get("start_time"),
                                    params.get("host"), agents=params.get("agents"), queues=params.get("queues"),
                                    home=params.get("home")))
 
 
 def update_workers(params, identity):
-    harvester_id = _harvester(params)
+    harvester_id = _harvester(params, identity)
     results = harvesters.update_workers(harvester_id, params.get("workers"),
                                         wake=bottle.request.app.config["minipanda.context"].wake)
     refused = results.count(False)
@@ -37,24 +42,25 @@ def update_workers(params, identity):
 
 
 def report_worker_statistics(params, identity):
-    harvesters.report_worker_statistics(_harvester(params), params.get("panda_queue"), params.get("statistics"))
+    harvesters.report_worker_statistics(_harvester(params, identity), params.get("panda_queue"),
+                                        params.get("statistics"))
     return ok(None, "statistics stored")
 
 
 def acquire_commands(params, identity):
-    harvester_id = _harvester(params)
+    harvester_id = _harvester(params, identity)
     n_commands = harvesters.integer(params.get("n_commands", 1), "n_commands", minimum=1, maximum=1000)
     return ok(harvesters.acquire_commands(harvester_id, n_commands))
 
 
 def acknowledge_commands(params, identity):
-    harvester_id = _harvester(params)
+    harvester_id = _harvester(params, identity)
     ids = harvesters.id_list(params.get("command_ids"), "command_ids")
     return ok(None, f"{harvesters.acknowledge_commands(harvester_id, ids)} commands acknowledged")
 
 
 def get_queue_demand(params, identity):
-    _harvester(params)
+    _harvester(params, identity)
     names = harvesters.json_value(params.get("queues"), "queues")
     if not isinstance(names, list):
         raise errors.RequestError("queues: expected a list of queue names")
@@ -63,12 +69,13 @@ def get_queue_demand(params, identity):
 
 def mint_pilot_token(params, identity):
     secret = bottle.request.app.config["minipanda.context"].secret
-    return ok(harvesters.mint_pilot_token(secret, _harvester(params), params.get("worker_id"), params.get("queue"),
-                                          params.get("lifetime")))
+    return ok(harvesters.mint_pilot_token(secret, _harvester(params, identity), params.get("worker_id"),
+                                          params.get("queue"), params.get("lifetime"),
+                                          panda_ids=params.get("panda_ids")))
 
 
 def revoke_pilot_token(params, identity):
-    return ok({"revoked": harvesters.revoke_pilot_tokens(_harvester(params), params.get("jtis"))})
+    return ok({"revoked": harvesters.revoke_pilot_tokens(_harvester(params, identity), params.get("jtis"))})
 
 
 # ---- admin: the CLI's view and control -------------------------------------------------------------------------
@@ -102,7 +109,7 @@ def list_commands(params, identity):
 
 def get_sent_jobs(params, identity):
     """The jobs this harvester acquired for a queue that are still ``sent`` (adopted after a crash)."""
-    harvester_id = _harvester(params)
+    harvester_id = _harvester(params, identity)
     queue = harvesters.text(params.get("queue"), "queue", 128, required=True)
     after = harvesters.integer(params.get("after", 0), "after")
     limit = harvesters.integer(params.get("limit", dispatch.SENT_PAGE), "limit", minimum=1,

@@ -3,13 +3,20 @@
 The claims carry what panda-client reads from a token (``name``, ``preferred_username``, ``groups``) plus
 minipanda's ``role`` and a ``jti`` that the token table records, so a token can be revoked before it expires.
 The signing key is a random secret in ``<home>/secret.key`` (mode 0600), made on first use.
+
+A token may be bound to what it was made for (signed claims, so no caller can change them): a ``harvester`` token
+to the harvester id of its name; a ``pilot`` token that a harvester minted for one worker to that harvester, that
+worker and that queue (claims ``harvester_id``, ``worker_id``, ``queue``). minipanda.core.policy says what a bound
+token may do.
 """
 import dataclasses
 import datetime
 import os
+import re
 import secrets
 import time
 import uuid
+from typing import Optional
 
 import jwt
 from minipanda.core import models, states
@@ -23,12 +30,20 @@ PILOT_ROLES = frozenset({"admin", "production", "pilot", "harvester"})
 HARVESTER_ROLES = frozenset({"admin", "harvester"})
 
 
+# Roles whose token names are users: they own jobs, tasks and the file-store scope ``user.<name>``.
+OWNER_ROLES = ("admin", "production", "user")
+MINTED_NAME = re.compile(r"pilot\.(?P<harvester>.+)\.(?P<worker>[0-9]+)\Z")
+
+
 @dataclasses.dataclass(frozen=True)
 class Identity:
-    """Who is calling: a user name and a role."""
+    """Who is calling: a user name and a role, and what the token is bound to (None: not bound)."""
 
     name: str
     role: str
+    harvester_id: Optional[str] = None  # a harvester token's harvester, or the harvester that minted a pilot token
+    worker_id: Optional[int] = None  # the worker a minted pilot token was made for
+    queue: Optional[str] = None  # the queue a minted pilot token was made for
 
 
 ANONYMOUS_ADMIN = Identity("anonymous", "admin")  # used only with auth: none on a loopback bind
@@ -56,14 +71,17 @@ def load_secret(home):
     return key
 
 
-def create_token(secret, name, role, days=30, groups=None, now=None):
-    """Record and sign a new token; return (token string, jti)."""
+def create_token(secret, name, role, days=30, groups=None, now=None, binding=None):
+    """Record and sign a new token; return (token string, jti). ``binding``: the minted pilot token's
+    {harvester_id, worker_id, queue} claims."""
     if role not in ROLES:
         raise ValueError(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
     if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
         raise ValueError(f"name: expected letters, digits, '.', '_' or '-', got {name!r}")
     if days <= 0:
         raise ValueError(f"days: must be positive, got {days}")
+    if role in OWNER_ROLES:
+        check_scope_overlap(name)
     now = now or states.utcnow()
     expires = now + datetime.timedelta(days=days)
     jti = uuid.uuid4().hex
@@ -74,7 +92,19 @@ def create_token(secret, name, role, days=30, groups=None, now=None):
         "iat": int(now.replace(tzinfo=datetime.timezone.utc).timestamp()),
         "exp": int(expires.replace(tzinfo=datetime.timezone.utc).timestamp()),
     }
+    claims.update(binding or {})
     return jwt.encode(claims, secret, algorithm=ALGORITHM), jti
+
+
+def check_scope_overlap(name):
+    """Refuse (ValueError) a user name whose scope ``user.<name>`` would overlap another user's: ``bob`` and
+    ``bob.jr`` would both claim the datasets named ``user.bob.jr.*``. The same name again is the same user."""
+    Token = models.Token
+    for (other,) in Token.select(Token.name).where(Token.role.in_(OWNER_ROLES)).distinct().tuples():
+        if other != name and (other.startswith(name + ".") or name.startswith(other + ".")):
+            raise ValueError(f"name: {name!r} and the existing user {other!r} would share the scope "
+                             f"user.{min(name, other, key=len)}.*; choose a name that is not one of theirs plus "
+                             "a dotted suffix, or the other way round")
 
 
 def revoke_token(jti):
@@ -116,7 +146,20 @@ def verify_token(secret, token):
         raise AuthError("token unknown to this server (issued by another minipanda home?)")
     if row[0] is not None:
         raise AuthError(f"token {claims['jti']} was revoked")
-    return Identity(claims["sub"], claims["role"])
+    return identity_of(claims)
+
+
+def identity_of(claims):
+    """The Identity a verified token's claims make, with what the token is bound to."""
+    name, role = claims["sub"], claims["role"]
+    if role == "harvester":
+        return Identity(name, role, harvester_id=claims.get("harvester_id") or name)
+    if role == "pilot" and claims.get("worker_id") is not None:
+        return Identity(name, role, claims.get("harvester_id"), int(claims["worker_id"]), claims.get("queue"))
+    minted = MINTED_NAME.match(name) if role == "pilot" else None
+    if minted:  # minted before tokens carried their binding: the name still says whose it is (not the queue)
+        return Identity(name, role, minted["harvester"], int(minted["worker"]))
+    return Identity(name, role)
 
 
 def require_role(identity, allowed):

@@ -9,6 +9,9 @@ so a rule changes in one line and every path follows it.
   ``test`` only test jobs, whatever it normally takes.
 - The ``admin`` and ``production`` roles manage every user's jobs and tasks and may submit production labels;
   a ``user`` submits user jobs, without task ids, at priorities up to :data:`MAX_USER_PRIORITY`.
+- A bound token acts only for what it was made for (minipanda.core.auth): a ``harvester`` token for its own
+  harvester id; a pilot token a harvester minted for one worker for that worker's queue and the jobs dispatched to
+  that worker. ``admin`` acts for every harvester. The table is in docs/protocol.md ("Who may act for what").
 """
 PRODUCTION_LABELS = frozenset({"managed", "prod_test", "rc_test"})
 TEST_LABELS = ("test", "ptest", "prod_test", "rc_test")
@@ -66,11 +69,56 @@ def manages_all(identity):
 
 def may_read_scope(identity, scope):
     """Whether ``identity`` may read files of ``scope`` from the file store: a user reads shared and production
-    scopes and their own ``user.<name>`` scope; pilots (for their jobs' inputs), harvester and managers read all."""
+    scopes and their own ``user.<name>`` scope, the whole name compared (``bob`` does not read ``user.bob.jr``);
+    pilots (for their jobs' inputs), harvester and managers read all."""
     if identity.role != "user":
         return True
-    parts = scope.split(".")
-    return parts[0] != "user" or parts[1:2] == [identity.name]
+    return not scope.startswith("user.") or scope == f"user.{identity.name}"
+
+
+def _bound_to(identity):
+    return f"harvester {identity.harvester_id}" + (
+        f" worker {identity.worker_id}" if identity.worker_id is not None else "")
+
+
+def harvester_refusal(identity, harvester_id, worker_id=None):
+    """Why ``identity`` may not act for harvester ``harvester_id`` (and its worker ``worker_id``), or None.
+    Tokens not bound to a harvester (admin, production, a site's pilot token) are not refused here."""
+    if identity.role == "admin" or identity.harvester_id is None:
+        return None
+    if harvester_id not in (None, "") and harvester_id != identity.harvester_id:
+        return f"this token is {_bound_to(identity)}'s; it may not act for harvester {harvester_id}"
+    if identity.worker_id is not None and worker_id not in (None, "") and worker_id != identity.worker_id:
+        return f"this token is {_bound_to(identity)}'s; it may not act for worker {worker_id}"
+    return None
+
+
+def queue_refusal(identity, queue):
+    """Why ``identity`` may not take jobs of ``queue``, or None: a minted pilot token serves its own queue."""
+    if identity.role == "admin" or identity.queue is None or queue == identity.queue:
+        return None
+    return f"this token was minted for queue {identity.queue} ({_bound_to(identity)}); it may not take jobs of " \
+           f"queue {queue}"
+
+
+def update_binding(identity):
+    """(harvester id, worker id or None) whose jobs alone ``identity`` may update, or None for any job."""
+    if identity.role == "admin" or identity.harvester_id is None:
+        return None
+    return identity.harvester_id, identity.worker_id
+
+
+def job_update_refusal(binding, panda_id, job_harvester_id, job_worker_id):
+    """Why a caller bound to ``binding`` (update_binding) may not update this job, or None. A minted token may
+    update a job its harvester acquired that no worker holds yet (push mode, before harvester reported the
+    worker): the update binds the job to its worker."""
+    harvester_id, worker_id = binding
+    if job_harvester_id != harvester_id:
+        return f"job {panda_id} was not dispatched to harvester {harvester_id}; this token may not update it"
+    if worker_id is not None and job_worker_id is not None and job_worker_id != worker_id:
+        return f"job {panda_id} was dispatched to worker {job_worker_id}, not {worker_id}; this token may not " \
+               "update it"
+    return None
 
 
 def may_submit_label(role, label):

@@ -17,11 +17,11 @@ import functools
 import json
 import logging
 
-from minipanda.core import bulk, jobspec, models, states
+from minipanda.core import bulk, jobspec, models, policy, states
 from minipanda.core.jobs import parse_job_id
 from minipanda.core.db import database
 from minipanda.core.states import FINAL_JOB_STATES, QUEUED_JOB_STATES
-from minipanda.errors import PILOT_STATES, SC_FAILED, SC_OK, TOBEKILLED, RequestError
+from minipanda.errors import PILOT_STATES, SC_FAILED, SC_OK, SC_ROLE, TOBEKILLED, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ _FINAL = frozenset(s.value for s in FINAL_JOB_STATES)
 _QUEUED = frozenset(s.value for s in QUEUED_JOB_STATES)
 _ALLOWED = frozenset((source.value, target.value) for source, targets in states.JOB_TRANSITIONS.items()
                      for target in targets)
-_READ = ("panda_id", "status", "command_to_pilot", "attempt_nr", "pilot_id", "batch_id")
+_READ = ("panda_id", "status", "command_to_pilot", "attempt_nr", "pilot_id", "batch_id", "harvester_id",
+         "worker_id")
 _FILE_CODE_LIMIT = 64  # guid and checksum columns
 
 
@@ -71,22 +72,23 @@ class _Update:
         self.columns, self.fileinfo = _reported(params)
 
 
-def update_job(params):
+def update_job(params, binding=None):
     """Apply one pilot update (legacy updateJob / v1 pilot/update_job) and return the reply dict; a refused
-    update raises its RequestError (the route answers it with its HTTP status)."""
-    outcome = _apply([params])[0]
+    update raises its RequestError (the route answers it with its HTTP status). ``binding``: (harvester id,
+    worker id or None) of a bound token (policy.update_binding), whose jobs alone it may update."""
+    outcome = _apply([params], binding=binding)[0]
     if isinstance(outcome, RequestError):
         raise outcome
     return outcome
 
 
-def update_jobs(entries, check=None):
+def update_jobs(entries, check=None, binding=None):
     """updateJobsInBulk: every entry applied in ONE transaction as set operations; the replies in order, a
     refused entry's with its StatusCode and reason (``jobList[i]: ...``). ``entries`` are updateJob parameter
     dicts (anything else is refused alone); ``check(entry)``, when given, returns the entry's checked parameters
-    or raises RequestError (that entry alone is refused)."""
+    or raises RequestError (that entry alone is refused); ``binding`` as for update_job."""
     replies = []
-    for index, outcome in enumerate(_apply(entries, check)):
+    for index, outcome in enumerate(_apply(entries, check, binding)):
         if isinstance(outcome, RequestError):
             diag = str(outcome) if str(outcome).startswith("jobList[") else f"jobList[{index}]: {outcome}"
             outcome = {"StatusCode": outcome.code, "ErrorDiag": diag, "command": "NULL"}
@@ -94,7 +96,7 @@ def update_jobs(entries, check=None):
     return replies
 
 
-def _apply(entries, check=None):
+def _apply(entries, check=None, binding=None):
     """A reply dict or a RequestError for each entry, in order; all the writes in one transaction.
 
     An entry for a job that an earlier entry of the same batch also reports is applied after it, in a later
@@ -115,18 +117,20 @@ def _apply(entries, check=None):
             for update in parsed:
                 (later if update.panda_id in seen else this_round).append(update)
                 seen.add(update.panda_id)
-            _apply_round(this_round, now, outcomes)
+            _apply_round(this_round, now, outcomes, binding)
             parsed = later
     return outcomes
 
 
-def _apply_round(updates, now, outcomes):
+def _apply_round(updates, now, outcomes, binding=None):
     """Judge each update (one per job) against its job, then write the accepted ones in one statement per group."""
     jobs = _read_jobs([update.panda_id for update in updates])
     transitions, same_state = collections.defaultdict(list), collections.defaultdict(list)
     for update in updates:
         job = jobs.get(update.panda_id)
         try:
+            if binding is not None and job is not None:
+                _check_binding(job, binding)
             verdict = _judge(job, update)
         except RequestError as exc:
             outcomes[update.index] = exc
@@ -164,6 +168,20 @@ def _apply_round(updates, now, outcomes):
                 if update.fileinfo:
                     files.append(update)
     _register_files(files)
+
+
+def _check_binding(job, binding):
+    """Refuse (403) an update from a bound token for a job not dispatched to it; a job its harvester acquired that
+    no worker holds yet becomes the updating worker's (one conditional UPDATE: two workers cannot both take it)."""
+    refusal = policy.job_update_refusal(binding, job.panda_id, job.harvester_id, job.worker_id)
+    if refusal is None and binding[1] is not None and job.worker_id is None:
+        Job = models.Job
+        taken = Job.update(worker_id=binding[1]).where(Job.panda_id == job.panda_id, Job.worker_id.is_null())
+        if not taken.execute():
+            refusal = f"job {job.panda_id} was bound to another worker meanwhile; this token may not update it"
+        job.worker_id = binding[1]
+    if refusal:
+        raise RequestError(refusal, SC_ROLE, 403)
 
 
 def _judge(job, update):

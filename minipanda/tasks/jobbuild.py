@@ -135,17 +135,21 @@ def job_rows(task, spec, chunk, serial, panda_id, now, common):
            common["scout"], False, common["brokerage_id"])
     files = [(panda_id, "input", s.lfn, s.guid, None, s.dataset, None, s.fsize, s.checksum, "ready",
               f"{s.location.rstrip('/')}/{s.lfn}" if s.location else None) for s in chunk.files]
-    files += [(panda_id, "output", lfn, None, dataset_scope(dataset), dataset, dataset, None, None, "defined", None)
-              for _, lfn, dataset in outputs]
+    files += [(panda_id, "output", lfn, None, dataset_scope(dataset, task.user_name), dataset, dataset, None, None,
+               "defined", None) for _, lfn, dataset in outputs]
     log_dataset = spec["log"]["dataset"]
-    files.append((panda_id, "log", log_lfn, None, dataset_scope(log_dataset), log_dataset, log_dataset, None, None,
-                  "defined", None))
+    files.append((panda_id, "log", log_lfn, None, dataset_scope(log_dataset, task.user_name), log_dataset,
+                  log_dataset, None, None, "defined", None))
     return job, files
 
 
-def dataset_scope(name):
+def dataset_scope(name, owner=None):
     """The scope of a user or group dataset (``user.alice.x`` -> ``user.alice``), as PanDA names them; None for
-    other names (their files keep the queue's default scope)."""
+    other names (their files keep the queue's default scope). The task owner's own datasets are in the owner's
+    whole scope: ``user.bob.jr.x`` of user ``bob.jr`` -> ``user.bob.jr`` (no two users' scopes overlap:
+    minipanda.core.auth.check_scope_overlap)."""
+    if owner and (name or "").startswith(f"user.{owner}."):
+        return f"user.{owner}"
     parts = (name or "").split(".")
     return ".".join(parts[:2]) if parts[0] in ("user", "group") and len(parts) > 2 and parts[1] else None
 

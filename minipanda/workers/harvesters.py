@@ -280,6 +280,7 @@ def _store_worker(harvester_id, row, now):
         log.info("harvester %s: worker %s is already %s; %s report ignored", harvester_id, row["worker_id"],
                  current.status, row["status"])
         return current.status, pandaids
+    bind_jobs(harvester_id, row["worker_id"], row["pandaid_list"])
     if current is None:
         Worker.insert(harvester_id=harvester_id, worker_id=row["worker_id"], **values).on_conflict(
             conflict_target=[Worker.harvester_id, Worker.worker_id], update=values).execute()
@@ -289,15 +290,24 @@ def _store_worker(harvester_id, row, now):
     return row["status"], pandaids
 
 
+def bind_jobs(harvester_id, worker_id, panda_ids):
+    """Record on the server that these jobs, which this harvester acquired (push mode) and no worker holds yet,
+    are in worker ``worker_id``: from now on only that worker's pilot token may update them."""
+    if panda_ids:
+        Job = models.Job
+        Job.update(worker_id=worker_id).where(Job.panda_id.in_(panda_ids), Job.harvester_id == harvester_id,
+                                              Job.worker_id.is_null()).execute()
+
+
 def _fail_orphaned_jobs(harvester_id, worker, status, now):
     """Fail the jobs of a final worker that never got their final update, so they can be retried."""
     Job = models.Job
     worker_id = worker["worker_id"]
     listed = worker["pandaid_list"]
     mine = (Job.harvester_id == harvester_id) & (Job.worker_id == worker_id)
-    # A listed job that was dispatched to another harvester or worker is not this worker's to fail.
-    listed_free = (Job.panda_id.in_(listed) & (Job.harvester_id.is_null() | (Job.harvester_id == harvester_id))
-                   & (Job.worker_id.is_null() | (Job.worker_id == worker_id)))
+    # A listed job is this worker's only when this harvester acquired it and no other worker holds it: a job
+    # dispatched to a plain pilot, another harvester or another worker is not this worker's to fail.
+    listed_free = Job.panda_id.in_(listed) & (Job.harvester_id == harvester_id) & Job.worker_id.is_null()
     query = Job.select(Job.panda_id).where(Job.status.in_(ORPHAN_JOB_STATES), mine | listed_free if listed else mine)
     ids = [row.panda_id for row in query]
     if not ids:
@@ -437,15 +447,20 @@ def minted_by(token_name, harvester_id):
     return token_name.startswith(prefix) and token_name[len(prefix):].isdigit()
 
 
-def mint_pilot_token(secret, harvester_id, worker_id, queue, lifetime, now=None):
-    """A pilot-role token for one worker, recorded (revocable); returns {"token", "jti", "expires"}."""
+def mint_pilot_token(secret, harvester_id, worker_id, queue, lifetime, now=None, panda_ids=None):
+    """A pilot-role token for one worker, recorded (revocable) and bound to that harvester, worker and queue
+    (minipanda.core.policy); the jobs ``panda_ids`` this harvester acquired for the worker are bound to it now.
+    Returns {"token", "jti", "expires"}."""
     worker_id = integer(worker_id, "worker_id")
-    text(queue, "queue", 128, required=True)
+    queue = text(queue, "queue", 128, required=True)
     lifetime = integer(lifetime, "lifetime", minimum=60, maximum=MAX_PILOT_TOKEN_LIFETIME)
+    panda_ids = [] if panda_ids in (None, "") else id_list(panda_ids, "panda_ids")
     now = now or states.utcnow()
+    binding = {"harvester_id": harvester_id, "worker_id": worker_id, "queue": queue}
     with database.atomic():
+        bind_jobs(harvester_id, worker_id, panda_ids)
         token, jti = auth.create_token(secret, f"{_pilot_token_prefix(harvester_id)}{worker_id}", "pilot",
-                                       days=lifetime / 86400, now=now)
+                                       days=lifetime / 86400, now=now, binding=binding)
     return {"token": token, "jti": jti, "expires": iso(now + datetime.timedelta(seconds=lifetime))}
 
 
