@@ -189,8 +189,16 @@ def _settings(value, check_setting):
     return pairs, problems
 
 
-def _typed(action, value):
+def _typed(action, value, single=False):
     """(value for the option, or an error text) of one key."""
+    if isinstance(action, argparse._AppendAction) and not single:  # a repeatable option: a list, or one value
+        found = []
+        for index, item in enumerate(value if isinstance(value, list) else [value]):
+            one, problem = _typed(action, item, single=True)
+            if problem:
+                return None, f"[{index}]: {problem}" if isinstance(value, list) else problem
+            found.append(one)
+        return found, None
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
             return None, f"expected true or false, got {_kind(value)} {value!r}"

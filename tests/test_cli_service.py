@@ -132,6 +132,19 @@ def test_serve_with_a_bad_config_file_says_every_problem_and_starts_nothing(tmp_
     assert not (tmp_path / "home").exists()
 
 
+def test_a_repeatable_option_takes_a_list_in_the_config_file(tmp_path):
+    from minipanda.cli import commands
+    from queueconfig.service import parse_with_settings_file
+
+    config = tmp_path / "serve.yaml"
+    config.write_text("server-name: [panda.example.org, panda2.example.org]\nbody-timeout: 5\n")
+    args = parse_with_settings_file(commands.build_parser(), ["serve", "--config", str(config)], ("serve",))
+    assert (args.server_name, args.body_timeout) == (["panda.example.org", "panda2.example.org"], 5.0)
+    config.write_text("server-name: panda.example.org\n")  # one name alone is a list of one
+    args = parse_with_settings_file(commands.build_parser(), ["serve", "--config", str(config)], ("serve",))
+    assert args.server_name == ["panda.example.org"]
+
+
 @pytest.fixture
 def server(tmp_path):
     live = LiveServer(tmp_path / "server", "sqlite:///" + str(tmp_path / "server" / "minipanda.db"))
