@@ -154,7 +154,8 @@ def server(tmp_path):
 
 def test_harvester_run_reads_its_config_file_and_tells_systemd_ready_and_stopping(tmp_path, server):
     systemd = FakeSystemd(tmp_path, abstract=True)
-    (tmp_path / "h.token").write_text(server.token("harvester", "h1"))
+    # a harvester token speaks for the harvester of its name: the one the command line (not the file) names
+    (tmp_path / "h.token").write_text(server.token("harvester", "from-the-command-line"))
     (tmp_path / "queues.yaml").write_text("queues:\n  LOCAL_PQ:\n    limits: {maxWorkers: 1}\n")
     config = tmp_path / "harvester.yaml"
     config.write_text(f"queues: queues.yaml\ntoken-file: h.token\nserver: {server.url}\nhome: hv\n"
