@@ -216,9 +216,20 @@ class RsgiBridge:
             body.close()
             raise BodyRefused(408, f"request body: nothing received for {self.body_timeout:g} s after {size} "
                                    "bytes; send the whole body at once (minipanda serve --body-timeout)") from None
+        except BodyRefused:
+            body.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - the connection broke mid-body: whatever came is not the body
+            body.close()
+            raise BodyRefused(400, f"request body: the connection ended after {size} bytes, before the body "
+                                   f"did ({type(exc).__name__})") from None
         except BaseException:
             body.close()
             raise
+        if declared and declared.strip().isdigit() and size != int(declared):
+            body.close()  # a client that stopped sending: a truncated body must never pass for a whole one
+            raise BodyRefused(400, f"request body: {size} bytes received of the {declared} its Content-Length "
+                                   "declares; the connection ended before the body did")
         body.seek(0)
         return body, size
 
