@@ -234,11 +234,11 @@ def test_jobs_the_server_sent_before_a_crash_are_adopted_not_lost(testbed_factor
     reply = requests.post(f"{bed.server.url}/api/v1/pilot/acquire_jobs", timeout=30,
                           headers={"Authorization": f"Bearer {token}"},
                           json={"site_name": QUEUE, "computing_element": QUEUE, "prod_source_label": "managed",
-                                "n_jobs": 5, "harvester_id": "crashed-h1", "node": "harvester-host"})
+                                "n_jobs": 5, "harvester_id": "h1", "node": "harvester-host"})  # the token's
     assert sorted(int(job["PandaID"]) for job in reply.json()["data"]) == sorted(ids)
     assert set(bed.statuses(ids).values()) == {"sent"}
     settings = [arg for setting in FAST for arg in ("--setting", setting)]
-    bed.daemon = subprocess.Popen(bed.argv("--harvester-id", "crashed-h1", *settings), stdout=subprocess.DEVNULL,
+    bed.daemon = subprocess.Popen(bed.argv("--harvester-id", "h1", *settings), stdout=subprocess.DEVNULL,
                                   stderr=open(bed.daemon_log, "ab"))
     bed.wait_for(lambda: bed.all_finished(ids), "both jobs finished after the restart")
     assert "adopted 2 jobs the server had sent to this harvester" in bed.log()
