@@ -212,12 +212,14 @@ def stalled_body(port, path="/server/panda/updateJob"):
 
 def test_stalled_request_bodies_do_not_stop_the_server(tmp_path):
     """3 x --threads connections send headers and never finish their bodies; a getJob on a new connection is
-    still answered within 2 s, and each stalled one gets 408 once the body deadline passes."""
+    still answered, and each stalled one gets 408 once the body deadline passes. The getJob may take 4 s (the issue
+    asked for 2; this leaves room for a loaded machine), less than the 6 s deadline: a server whose request threads
+    the stalled bodies held could answer only after that deadline freed one (without a deadline, never)."""
     from conftest import make_job
 
     class Server(LiveServer):
         def argv(self):
-            return super().argv() + ["--body-timeout", "3"]
+            return super().argv() + ["--body-timeout", "6"]
 
     server = Server(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"), threads=2)
     stalled = []
@@ -228,10 +230,10 @@ def test_stalled_request_bodies_do_not_stop_the_server(tmp_path):
         stalled = [stalled_body(server.port) for _ in range(3 * server.threads)]
         time.sleep(1)  # the stalled requests reach the server first (not a timing check)
         with requests.Session() as session:
-            job = session.post(server.url + "/server/panda/getJob", headers=server.headers(), timeout=2,
+            job = session.post(server.url + "/server/panda/getJob", headers=server.headers(), timeout=4,
                                data={"computingElement": "STALL_Q", "prodSourceLabel": "managed", "node": "wn"})
             assert job.json()["PandaID"] == panda_id
-        for sock in stalled:  # the deadline (3 s here) refuses each stalled body with 408 and closes
+        for sock in stalled:  # the deadline (6 s here) refuses each stalled body with 408 and closes
             reply = sock.recv(4096)
             assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
             assert b"--body-timeout" in reply or b"body" in reply
