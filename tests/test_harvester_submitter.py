@@ -44,7 +44,7 @@ class Server:
     def __init__(self):
         self.minted = []
 
-    def mint_pilot_token(self, worker_id, queue, lifetime):
+    def mint_pilot_token(self, worker_id, queue, lifetime, panda_ids=()):
         self.minted.append((worker_id, queue, lifetime))
         return {"token": f"token-of-{worker_id}", "jti": f"jti-{worker_id}"}
 
