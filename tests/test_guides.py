@@ -162,6 +162,7 @@ def test_slurm_over_ssh_guide(cluster, tmp_path):
     assert "system: slurm" in out and "partition: debug" in out, log          # discover found the partition
     assert re.search(r"jobStatus\s+finished", out), log
     assert "accepted by slurm as batch job" in out and "COMPLETED" in out, log   # harvester explain --worker 1
+    assert re.search(r"ok, 2 queues.*\n(.*\n)*\s+pilot\.per_node\s+4", out), log   # the multi-node queues lint clean
 
 
 @pytest.mark.slurm
