@@ -80,6 +80,28 @@ def test_every_state_changing_route_refuses_get(open_app, path):
     assert call(open_app, "GET", path)[0] == 405
 
 
+# The API routes that change nothing: the only ones that may answer GET (besides the monitor's pages, the caches,
+# the file store and transformations, which only read). A route added with GET must be added here, knowingly.
+API_READS = {
+    "/api/v1/dataset/list", "/api/v1/dataset/show", "/api/v1/file_server/validate_cache_file",
+    "/api/v1/harvester/get_queue_demand", "/api/v1/harvester/get_sent_jobs", "/api/v1/harvester/list_commands",
+    "/api/v1/harvester/list_instances", "/api/v1/harvester/list_workers", "/api/v1/job/get_description",
+    "/api/v1/job/get_description_incl_archive", "/api/v1/job/get_status", "/api/v1/job/get_status_log",
+    "/api/v1/job/list", "/api/v1/job/why", "/api/v1/openapi.json", "/api/v1/queues", "/api/v1/retry_rule/list",
+    "/api/v1/system/is_alive", "/api/v1/task/get_details", "/api/v1/task/get_job_ids", "/api/v1/task/get_status",
+    "/api/v1/task/get_status_log", "/api/v1/task/get_task_parameters",
+    "/api/v1/task/get_tasks_detailed_info_since", "/api/v1/task/get_tasks_modified_since", "/metrics",
+    "/server/panda/getResourceTypes", "/server/panda/getStatus", "/server/panda/isAlive"}
+READ_PREFIXES = ("/monitor", "/cache/", "/files/", "/trf/")
+
+
+def test_only_routes_that_change_nothing_answer_get(open_app):
+    answering_get = {route.rule for route in open_app.routes if route.method == "GET"}
+    api = {rule for rule in answering_get if not rule.startswith(READ_PREFIXES)}
+    assert api <= API_READS, f"routes answering GET that are not known reads: {sorted(api - API_READS)}"
+    assert not set(CHANGES) & answering_get
+
+
 @pytest.mark.parametrize("method, path", [("GET", "/api/v1/queues"), ("GET", "/api/v1/job/list"),
                                           ("POST", "/api/v1/job/get_status"), ("GET", "/server/panda/isAlive")])
 @pytest.mark.parametrize("headers", [{"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
