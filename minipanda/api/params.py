@@ -7,6 +7,7 @@ request's parameters against its route's model, so a wrong type, a number out of
 ``3.0`` and ``"2500.004"`` are integers; booleans are not. The same models make the OpenAPI description served
 at ``/api/v1/openapi.json``.
 """
+import functools
 import json
 import math
 import re
@@ -106,11 +107,30 @@ def _integer(value, minimum, maximum):
     return number
 
 
+class AsSent:
+    """Marks a kind whose validator would give back the value itself for the commonest values, so :func:`check`
+    need not run pydantic over parameters that are all such: None, an int (not a bool) in [minimum, maximum]
+    (``kind`` int), a str of at most ``limit`` characters (``kind`` str), anything that is no text of a JSON list or
+    object (``kind`` json), anything at all (``kind`` any). Anything else goes through the kind's validator."""
+
+    def __init__(self, kind, minimum=None, maximum=None, limit=None):
+        self.kind, self.minimum, self.maximum, self.limit = kind, minimum, maximum, limit
+
+    def __call__(self, value):
+        if value is None or self.kind == "any":
+            return True
+        if self.kind == "int":
+            return type(value) is int and self.minimum <= value <= self.maximum
+        if self.kind == "str":
+            return type(value) is str and len(value) <= self.limit
+        return not (isinstance(value, str) and value.lstrip()[:1] in ("[", "{"))  # json
+
+
 def integer(minimum=INT64_MIN, maximum=INT64_MAX):
     """An optional integer within [minimum, maximum] (the column's range by default), leniently parsed."""
     return Annotated[Optional[int], pydantic.BeforeValidator(lambda v: _integer(v, minimum, maximum)),
                      pydantic.WithJsonSchema({"type": ["integer", "string", "null"], "minimum": minimum,
-                                              "maximum": maximum})]
+                                              "maximum": maximum}), AsSent("int", minimum, maximum)]
 
 
 def _number(value):
@@ -140,7 +160,7 @@ def _text(value, limit):
 
 def text(limit=256):
     """An optional string of at most ``limit`` characters; numbers are taken as their text, lists and objects not."""
-    return Annotated[Optional[str], pydantic.BeforeValidator(lambda v: _text(v, limit))]
+    return Annotated[Optional[str], pydantic.BeforeValidator(lambda v: _text(v, limit)), AsSent("str", limit=limit)]
 
 
 def _id_list(value):
@@ -182,11 +202,12 @@ Name = text(256)
 Diag = text(1024 * 1024)  # long texts are cut (or refused) by the service, which knows each column's size
 NumberOrWord = Annotated[Any, pydantic.BeforeValidator(_number_or_word),
                    pydantic.WithJsonSchema({"type": ["integer", "string", "null"]})]
-Flag = Annotated[Any, pydantic.WithJsonSchema({"type": ["boolean", "string"]})]
+Flag = Annotated[Any, pydantic.WithJsonSchema({"type": ["boolean", "string"]}), AsSent("any")]
 Json = Annotated[Any, pydantic.BeforeValidator(_json_value),
-                 pydantic.WithJsonSchema({"description": "a JSON value, or its JSON text"})]
-Document = Annotated[Any, pydantic.WithJsonSchema({"description": "a JSON value or any text, stored as sent"})]
-Raw = Annotated[Any, pydantic.WithJsonSchema({"description": "checked by the route itself"})]
+                 pydantic.WithJsonSchema({"description": "a JSON value, or its JSON text"}), AsSent("json")]
+Document = Annotated[Any, pydantic.WithJsonSchema({"description": "a JSON value or any text, stored as sent"}),
+                     AsSent("any")]
+Raw = Annotated[Any, pydantic.WithJsonSchema({"description": "checked by the route itself"}), AsSent("any")]
 IdList = Annotated[Optional[list], pydantic.BeforeValidator(_id_list),
                    pydantic.WithJsonSchema({"description": "a list of integers, its JSON text, or comma-separated "
                                                            "integers"})]
@@ -214,10 +235,32 @@ def problems(error):
 
 
 def check(params_model, params):
-    """``params`` with the declared ones parsed; raises pydantic.ValidationError naming each bad field."""
+    """``params`` with the declared ones parsed; raises pydantic.ValidationError naming each bad field. When every
+    declared one is a value its kind keeps as sent (:class:`AsSent`), ``params`` itself: most requests (and each
+    entry of a bulk update) are such, and pydantic's Python validators cost more than the update they guard."""
+    as_sent, fields = _as_sent(params_model), params_model.model_fields
+    if all(as_sent[key](value) if key in as_sent else key not in fields for key, value in params.items()):
+        return params
+    return validated(params_model, params)
+
+
+def validated(params_model, params):
+    """``params`` with the declared ones parsed by pydantic; raises pydantic.ValidationError naming each bad
+    field."""
     parsed = params_model.model_validate(params)
     declared = {key: getattr(parsed, key) for key in params_model.model_fields if key in params}
     return {**params, **declared}
+
+
+@functools.lru_cache(maxsize=None)
+def _as_sent(params_model):
+    """{declared name: its AsSent test} of the fields whose kind has one."""
+    out = {}
+    for name, field in params_model.model_fields.items():
+        marks = [mark for mark in field.metadata if isinstance(mark, AsSent)]
+        if marks:
+            out[name] = marks[0]
+    return out
 
 
 # A route that changes nothing answers GET and POST; one that changes something (dispatch, an update, a submission,
