@@ -42,10 +42,11 @@ class Server:
     url = "http://127.0.0.1:9"
 
     def __init__(self):
-        self.minted = []
+        self.minted, self.minted_for_jobs = [], []
 
     def mint_pilot_token(self, worker_id, queue, lifetime, panda_ids=()):
         self.minted.append((worker_id, queue, lifetime))
+        self.minted_for_jobs.append(list(panda_ids))
         return {"token": f"token-of-{worker_id}", "jti": f"jti-{worker_id}"}
 
 
@@ -70,8 +71,10 @@ def home(tmp_path):
     db.close_database()
 
 
-def submitter(home, answer, **limits):
+def submitter(home, answer, mode=None, **limits):
     raw = {"limits": {"maxWorkers": 4, **limits}, "pilot": {"command": ["sleep", "1"], "lifetime": 3000}}
+    if mode:
+        raw["mode"] = mode
     queue = loads(json.dumps({"queues": {"Q": raw}}), "q.json").queues["Q"]
     ctx = FakeContext(home, Plugin(answer))
     ctx.set_queues({"Q": queue}, {})
@@ -161,6 +164,16 @@ def test_a_minted_pilot_token_lives_walltime_plus_an_hour_and_is_written_0600(ho
     with open(path) as handle:
         assert handle.read() == f"token-of-{worker.worker_id}"
     assert worker.pilot_token_jti == f"jti-{worker.worker_id}"
+
+
+def test_a_push_workers_token_is_minted_for_the_jobs_it_holds(home):
+    """The server binds a minted pilot token to its worker's jobs at once (no other worker's pilot may update them),
+    so harvester asks for the token with the PandaIDs the worker was given."""
+    agent, ctx = submitter(home, all_ok, mode="push")
+    models.HeldJob.create(panda_id=7, queue="Q", definition="{}", status="fed", fetched_time=NOW)
+    decide(1)
+    agent.run_once(NOW)
+    assert ctx.server.minted_for_jobs == [[7]] and models.HeldJob.get_by_id(7).worker_id == only_worker().worker_id
 
 
 def test_every_worker_starts_with_one_status_log_row_and_a_note_per_submission_step(home):
