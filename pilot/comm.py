@@ -48,12 +48,13 @@ class ServerClient:
 
     Args:
         url: base URL, e.g. ``http://127.0.0.1:25080``.
-        token_file: file holding the bearer token (re-read at each request); None sends no token.
+        token_file: file holding the bearer token (read again whenever it changed); None sends no token.
         timeout: seconds for one request.
     """
 
     def __init__(self, url, token_file=None, timeout=60.0):
         self.url, self.token_file, self.timeout = url.rstrip("/"), token_file, timeout
+        self._token = (None, None)  # (the file's identity when read, its token)
 
     def _headers(self, json_body):
         headers = {"Accept": "application/json", "User-Agent": f"minipanda-pilot/{__version__}"}
@@ -61,13 +62,21 @@ class ServerClient:
             headers["Content-Type"] = "application/json"
         if self.token_file:
             try:
-                with open(self.token_file, encoding="utf-8") as handle:
-                    token = handle.read().strip()
+                token = self._read_token()
                 if token:
                     headers["Authorization"] = f"Bearer {token}"
             except OSError as exc:
                 log.warning("cannot read the token file %s: %s", self.token_file, exc)
         return headers
+
+    def _read_token(self):
+        """The token file's content, read again whenever the file changed (harvester renews it by a rename)."""
+        st = os.stat(self.token_file)
+        identity = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._token[0] != identity:
+            with open(self.token_file, encoding="utf-8") as handle:
+                self._token = (identity, handle.read().strip())
+        return self._token[1]
 
     def _open(self, url, body=None, timeout=None):
         return httpclient.request("POST" if body is not None else "GET", url, body, self._headers(body is not None),

@@ -231,7 +231,8 @@ def log_tarball(job, job_dir, dest, extra_files=()):
     try:
         with open(dest + ".part", "wb") as raw:
             out = _Adler32Writer(raw)
-            with tarfile.open(fileobj=out, mode="w:gz") as tar:
+            # GNU format: PAX (the default) writes an extra header per file for its sub-second mtime
+            with tarfile.open(fileobj=out, mode="w:gz", format=tarfile.GNU_FORMAT, compresslevel=6) as tar:
                 tar.add(job_dir, arcname=top, filter=keep)
                 for entry in extra_files:
                     path, offset = entry if isinstance(entry, tuple) else (entry, 0)

@@ -7,6 +7,7 @@ needs a shell says so itself (transformation ``/bin/sh``, jobPars ``-c '...'``) 
 without a ``#!`` line is run by /bin/sh, as a shell would do.
 """
 import errno
+import functools
 import logging
 import os
 import re
@@ -33,11 +34,8 @@ def die_with_pilot():
     It covers the payload's leader only: processes the payload starts are in its process group (and session),
     whose id is the payload's pid in the pilot's log; harvester's sweeper kills that group (docs/pilot.md).
     """
-    try:
-        import ctypes  # only when a payload starts: a pilot that gets no job never loads it
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
+    prctl = _prctl()
+    if prctl is None:
         return None
     pilot_pid = os.getpid()
 
@@ -47,6 +45,17 @@ def die_with_pilot():
             os._exit(128 + signal.SIGKILL)
 
     return in_child
+
+
+@functools.lru_cache(maxsize=1)
+def _prctl():
+    """libc's prctl, loaded once (loading it cost more than the rest of starting a short payload), or None."""
+    try:
+        import ctypes  # only when a payload starts: a pilot that gets no job never loads it
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
 
 
 SHELLS = ("/bin/sh", "sh", "/usr/bin/sh", "/bin/bash", "bash", "/usr/bin/bash")

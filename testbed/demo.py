@@ -81,10 +81,8 @@ def submit(v1, home, jobs, job_seconds, fail_some, files="small"):
 
 def task_state(task_id):
     """The task's status and its jobs by status (in-process read of the server's database)."""
-    import peewee
-    from minipanda.core import models
+    from minipanda.core import counts, models
 
     task = models.Task.get_by_id(task_id)
-    counts = dict(models.Job.select(models.Job.status, peewee.fn.COUNT(models.Job.panda_id))
-                  .where(models.Job.task_id == task_id).group_by(models.Job.status).tuples())
-    return {"task": task.status, "jobs": counts}
+    # the counts the database keeps: read 4 times a second, a GROUP BY over the task's jobs cost more than a job
+    return {"task": task.status, "jobs": counts.jobs_by_task([task_id])[task_id]}

@@ -55,11 +55,16 @@ def settle_jobs(jobs, now):
     tasks = {t.jedi_task_id: t for t in models.Task.select().where(
         models.Task.jedi_task_id.in_(list({j.task_id for j in jobs})))}
     retries = 0
+    finished = [job.panda_id for job in jobs if job.status == JobStatus.FINISHED.value]
+    if finished:  # the common case, for the whole batch at once: one UPDATE of the inputs, one outputs' insert
+        for start in range(0, len(finished), 500):
+            models.TaskInput.update(status="finished").where(
+                models.TaskInput.panda_id.in_(finished[start:start + 500])).execute()
+        register_outputs(finished, now)
     for job in jobs:
         task = tasks.get(job.task_id)
         if job.status == JobStatus.FINISHED.value:
-            _inputs(job, "finished")
-            register_outputs(job, now)
+            continue
         elif (job.status == JobStatus.CANCELLED.value or job.command_to_pilot == "tobekilled" or task is None
               or task.status not in RETRYABLE_TASK_STATES):  # a job someone killed is not retried
             _inputs(job, "failed")
@@ -85,18 +90,24 @@ def _inputs(job, status, ram=None, walltime=None):
     TaskInput.update(values).where(TaskInput.panda_id == job.panda_id).execute()
 
 
-def register_outputs(job, now):
-    """Add a finished job's outputs and log to the task's datasets."""
+def register_outputs(panda_ids, now):
+    """Add the finished jobs' outputs and logs to their tasks' datasets (a few statements per 500 jobs, not per job:
+    this duty runs every few seconds over every job that ended)."""
     JobFile, Dataset = models.JobFile, models.Dataset
-    files = list(JobFile.select().where(JobFile.job == job.panda_id, JobFile.type.in_(["output", "log"])))
-    names = {f.dataset for f in files if f.dataset}
-    ids = {d.name: d.id for d in Dataset.select().where(Dataset.name.in_(list(names)))} if names else {}
-    rows = [{"dataset": ids[f.dataset], "lfn": f.lfn, "guid": f.guid or "", "fsize": f.fsize or 0,
-             "checksum": f.checksum or "", "location": os.path.dirname(f.surl) if f.surl else "",
-             "status": "ready" if f.surl else "unknown", "panda_id": job.panda_id, "creation_time": now}
-            for f in files if f.dataset in ids]
-    if rows:
-        models.DatasetFile.insert_many(rows).on_conflict_ignore().execute()
+    for start in range(0, len(panda_ids), 500):
+        files = list(JobFile.select(JobFile.job, JobFile.dataset, JobFile.lfn, JobFile.guid, JobFile.fsize,
+                                    JobFile.checksum, JobFile.surl)
+                     .where(JobFile.job.in_(panda_ids[start:start + 500]), JobFile.type.in_(["output", "log"]))
+                     .tuples())
+        names = {f[1] for f in files if f[1]}
+        ids = {d.name: d.id for d in Dataset.select(Dataset.id, Dataset.name).where(Dataset.name.in_(list(names)))} \
+            if names else {}
+        rows = [{"dataset": ids[dataset], "lfn": lfn, "guid": guid or "", "fsize": fsize or 0,
+                 "checksum": checksum or "", "location": os.path.dirname(surl) if surl else "",
+                 "status": "ready" if surl else "unknown", "panda_id": panda_id, "creation_time": now}
+                for panda_id, dataset, lfn, guid, fsize, checksum, surl in files if dataset in ids]
+        if rows:
+            models.DatasetFile.insert_many(rows).on_conflict_ignore().execute()
 
 
 def mark_running():
