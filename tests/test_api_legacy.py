@@ -269,23 +269,13 @@ def test_malformed_bodies(sqlite_server):
 
 def test_oversized_body_refused(tmp_path):
     from conftest import LiveServer
-    import subprocess
-    import sys
 
-    server = LiveServer(tmp_path / "h", "sqlite:///" + str(tmp_path / "h" / "m.db"))
-    server.stop()
-    argv = [sys.executable, "-m", "minipanda", "serve", "--home", server.home, "--port", str(server.port),
-            "--db", server.db_url, "--max-body-mb", "0.01"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    class SmallBodies(LiveServer):
+        def argv(self):
+            return super().argv() + ["--max-body-mb", "0.01"]
+
+    server = SmallBodies(tmp_path / "h", "sqlite:///" + str(tmp_path / "h" / "m.db"))
     try:
-        import time
-
-        for _ in range(100):
-            try:
-                requests.get(server.url + "/api/v1/system/is_alive", timeout=1)
-                break
-            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a busy machine
-                time.sleep(0.1)
         big = {"jobId": "1", "state": "running", "pilotErrorDiag": "x" * 20000}
         reply = requests.post(server.url + "/server/panda/updateJob", data=big, headers=server.headers())
         assert reply.status_code == 413 and "larger than" in reply.json()["ErrorDiag"]
@@ -294,8 +284,7 @@ def test_oversized_body_refused(tmp_path):
                               headers=dict(server.headers(), **{"Content-Encoding": "gzip"}))
         assert reply.status_code == 413
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
 def test_get_status_bulk_worker_resource_types_alive(sqlite_server):
