@@ -27,6 +27,7 @@ def worker_object(w):
     return {"workerID": w.worker_id, "batchID": w.batch_id, "queue": w.queue, "status": w.status,
             "diag": w.diag, "mapType": w.map_type, "accessPoint": w.access_point, "cores": w.cores,
             "memory": w.memory_mb, "pilots": w.n_pilots, "nodes": w.nodes, "walltime": w.walltime_s,
+            "elapsed": w.elapsed_s, "chargeSource": w.charge_source,
             "submissionAttempts": w.submission_attempts, "submitTime": text(w.submit_time) or None,
             "startTime": text(w.start_time) or None, "endTime": text(w.end_time) or None,
             "lastSeen": text(w.last_seen) or None, "killReason": w.kill_reason, "reported": w.reported,
@@ -158,6 +159,9 @@ def explain_worker(args):
           f"core{'s' if worker.cores != 1 else ''}" + (f" of {worker.nodes} nodes" if worker.nodes > 1 else "")
           + f", walltime {worker.walltime_s} s, "
           f"{worker.submission_attempts} submission attempts, jobs {jobs or '-'}")
+    if worker.elapsed_s is not None:
+        print(f"  charged: {worker.nodes} node{'s' if worker.nodes != 1 else ''} x {worker.elapsed_s:.0f} s = "
+              f"{worker.nodes * worker.elapsed_s / 3600:.3f} node-hours ({worker.charge_source})")
     if worker.diag:
         print(f"  diag: {worker.diag}")
     if worker.error_code:

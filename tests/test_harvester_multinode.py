@@ -118,6 +118,15 @@ def test_a_two_node_worker_runs_two_pilots_on_each_node(bed):
         expected = "node1" if name in ("pilot-1", "pilot-2") else "node2"
         assert {node_of[pid] for pid in jobs} == {expected}, (name, node_of)
     assert len(os.listdir(meeting)) == 8
+    # the time charged: Slurm's own record of the job (its completion log: no accounting database here)
+    record = bed.hpc.run("sacct", "--completion", "--noheader", "--parsable2", "--format=JobID,ElapsedRaw,NNodes",
+                         f"--jobs={worker['batchID']}")
+    rows = [line.split("|") for line in record.stdout.split() if line.startswith(worker["batchID"] + "|")]
+    assert record.returncode == 0 and len(rows) == 1, record
+    assert worker["chargeSource"] == "squeue TimeUsed" and worker["elapsed"] > 0, worker
+    assert abs(worker["elapsed"] * worker["nodes"] - int(rows[0][1]) * int(rows[0][2])) <= 2 * 3, (worker, rows)
+    explained = bed.cli("explain", "--worker", str(worker["workerID"])).stdout
+    assert f"charged: 2 nodes x {worker['elapsed']:.0f} s = " in explained, explained
 
 
 def warm_codes(bed, ids, signal_code, signal_exit):

@@ -176,10 +176,17 @@ EXPECTED = {  # the recorded squeue output: batch id -> (worker state, exit code
 
 
 def test_every_recorded_state_from_one_squeue_call(transport):
+    """One squeue for the states, and one more for the time used by the jobs it lists as ended (a value that is no
+    duration stays unknown)."""
     transport.answer("squeue", stdout=recorded("slurm_squeue.out"))
+    transport.answer("squeue", stdout="1|1:02|\n4|1-00:00:05|\n5|00:10:00|\n8|INVALID|\n6|5:00|\n")
     result = SlurmBatch(QUEUE, transport).status([*EXPECTED, "7", "junk", "-1"])
-    assert transport.commands("squeue") == [(*SlurmBatch.status_command, "--jobs=1,2,3,4,5,6,7,8")]
+    assert transport.commands("squeue") == [(*SlurmBatch.status_command, "--jobs=1,2,3,4,5,6,7,8"),
+                                            (*SlurmBatch.usage_command, "--jobs=1,2,3,4,5,8")]
     assert result.status == OK and set(result.states) == set(EXPECTED) and not transport.commands("sacct")
+    assert {b: s.elapsed_s for b, s in result.states.items() if s.elapsed_s is not None} == {
+        "1": 62.0, "4": 86405.0, "5": 600.0}
+    assert result.states["1"].charge_source == "squeue TimeUsed"
     for batch_id, (state, exit_code, native, words) in EXPECTED.items():
         found = result.states[batch_id]
         assert (found.state, found.exit_code, found.native) == (state, exit_code, native), batch_id
@@ -191,6 +198,18 @@ def test_every_recorded_state_from_one_squeue_call(transport):
 def test_every_native_state_has_a_worker_state(native):
     assert native_state("9", native, 1, "", "").state == STATES[native]
     assert native_state("9", "SOMETHING_NEW", 1, "", "").state == "failed"  # an unknown state is no success
+
+
+def test_sacct_gives_the_elapsed_time_of_ended_jobs():
+    states = parse_sacct("40|COMPLETED|0:0|node[1-2]|None|125\n41|RUNNING|0:0|node1|None|30\n")
+    assert (states["40"].elapsed_s, states["40"].charge_source) == (125.0, "sacct ElapsedRaw")
+    assert states["41"].elapsed_s is None  # still running: nothing charged yet
+
+
+def test_a_failing_time_used_query_keeps_the_states(transport):
+    transport.answer("squeue", stdout="1|COMPLETED|0|node1|None|\n").answer("squeue", 1, stderr="timeout")
+    result = SlurmBatch(QUEUE, transport).status(["1"])
+    assert result.status == OK and result.states["1"].state == "finished" and result.states["1"].elapsed_s is None
 
 
 def test_sacct_states_skip_steps():

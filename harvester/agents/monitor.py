@@ -112,7 +112,10 @@ class Monitor(Agent):
             error = WorkerError.WALLTIME if native.walltime_exceeded else WorkerError.BATCH_JOB_FAILED
         if target in FINAL and worker.kill_reason and target != WorkerStatus.FINISHED:
             target, reason, error = WorkerStatus.CANCELLED, f"killed: {worker.kill_reason} ({reason})", None
-        self.end_or_change(queue, worker, target, reason, now, native.diag if target in FINAL else None, error)
+        charged = {"elapsed_s": native.elapsed_s, "charge_source": native.charge_source} \
+            if target in FINAL and native.elapsed_s is not None else None
+        self.end_or_change(queue, worker, target, reason, now, native.diag if target in FINAL else None, error,
+                           charged)
 
     def lost(self, queue, worker, now):
         """A batch job the batch system does not list (any more) is ``missing``: looked up again every cycle for
@@ -127,10 +130,11 @@ class Monitor(Agent):
                                f"{worker.batch_id} for {grace:.0f} s", now,
                                f"batch job {worker.batch_id} vanished", WorkerError.VANISHED)
 
-    def end_or_change(self, queue, worker, target, reason, now, diag, error):
-        """One status change; a worker that ended no longer holds its jobs (in the same transaction)."""
+    def end_or_change(self, queue, worker, target, reason, now, diag, error, values=None):
+        """One status change; a worker that ended no longer holds its jobs (in the same transaction). ``values``:
+        columns that go with it (the time the scheduler charged for an ended job)."""
         with models.database.atomic():
-            changed = change_worker_status(worker, target, reason, now, diag=diag, error_code=error)
+            changed = change_worker_status(worker, target, reason, now, diag=diag, error_code=error, values=values)
             if changed and target in FINAL:
                 end_jobs(worker.worker_id)
         if changed:

@@ -84,6 +84,10 @@ class BatchStatus:
     exit_code: Optional[int] = None
     native: str = ""
     walltime_exceeded: bool = False
+    elapsed_s: Optional[float] = None
+    """Once it ended: the time the scheduler charges for it (on each of its nodes), s, when it says."""
+    charge_source: str = ""
+    """Where ``elapsed_s`` comes from (``sacct ElapsedRaw``, ``squeue TimeUsed``)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,9 @@ Status: ``squeue --states=all`` lists live jobs and the ended ones slurmctld sti
 300 s; what ``scontrol show job`` would show, but in one call for many ids) with their exit codes. Ids it no longer
 knows are looked up with ONE ``sacct`` call when accounting is on; without accounting they are unknown.
 """
+import dataclasses
 import datetime
+import logging
 import re
 
 from harvester.batch.base import OK, RETRY, BatchError, BatchStatus, QueryResult
@@ -26,6 +28,7 @@ STATES = {  # Slurm job state -> worker state (harvester.states); any other ende
     "DEADLINE": "failed", "SPECIAL_EXIT": "failed", "REVOKED": "failed",
 }
 ENDED = ("failed", "cancelled", "finished")
+log = logging.getLogger(__name__)
 STOP_WARNING_S = 60  # Slurm signals the batch shell (USR1: a warm stop for pilots) this long before the time limit
 
 
@@ -38,7 +41,8 @@ class SlurmBatch(ScriptBatch):
     status_command = ("squeue", "--noheader", "--states=all", "--Format=JobID:|,State:|,exit_code:|,NodeList:|,"
                                                               "Reason:|")
     accounting_command = ("sacct", "--noheader", "--parsable2", "--allocations",
-                          "--format=JobID,State,ExitCode,NodeList,Reason")
+                          "--format=JobID,State,ExitCode,NodeList,Reason,ElapsedRaw")
+    usage_command = ("squeue", "--noheader", "--states=all", "--Format=JobID:|,TimeUsed:|")
     find_command = ("squeue", "--noheader", "--states=all", "--me", "--Format=JobID:|,WorkDir:|,Comment:|")
     cancel_command = ("scancel",)
     test_only_command = ("sbatch", "--test-only")
@@ -91,8 +95,9 @@ class SlurmBatch(ScriptBatch):
         return parse_squeue(stdout)
 
     def status(self, batch_ids):
-        """squeue, then ONE sacct for the ids squeue no longer lists (a failing sacct is a retry, never "gone")."""
-        result = super().status(batch_ids)
+        """squeue (and the time charged for the jobs it lists as ended, :meth:`with_usage`), then ONE sacct for the
+        ids squeue no longer lists (a failing sacct is a retry, never "gone"; its ElapsedRaw is their time)."""
+        result = self.with_usage(super().status(batch_ids))
         left = [i for i in self.valid_ids(batch_ids) if i not in result.states]
         if result.status != OK or not left or self.accounting is False:
             return result
@@ -104,6 +109,24 @@ class SlurmBatch(ScriptBatch):
         else:
             self.accounting = True
             result.states.update({i: s for i, s in parse_sacct(found.stdout).items() if i in left})
+        return result
+
+    def with_usage(self, result):
+        """ONE ``squeue --Format=JobID,TimeUsed`` for the ended jobs squeue listed: their elapsed time. A failed
+        query leaves it unknown; it never holds the states back."""
+        ended = sorted((i for i, s in result.states.items() if s.state in ENDED and s.elapsed_s is None), key=int)
+        if result.status != OK or not ended:
+            return result
+        found = self.run([*self.usage_command, f"--jobs={','.join(ended)}"])
+        if not found.ok:
+            log.warning("queue %s: the elapsed time of ended jobs is unknown: %s", self.queue.name,
+                        found.describe())
+            return result
+        for fields in (line.split("|") for line in found.stdout.splitlines()):
+            seconds = duration_s(fields[1]) if len(fields) >= 2 and fields[0] in ended else None
+            if seconds is not None:
+                result.states[fields[0]] = dataclasses.replace(result.states[fields[0]], elapsed_s=seconds,
+                                                               charge_source="squeue TimeUsed")
         return result
 
     def find(self, access_point):
@@ -137,8 +160,23 @@ def parse_sacct(text):
         if len(fields) >= 5 and fields[0].isdigit():
             code, _, signum = fields[2].partition(":")
             exit_code = 128 + int(signum) if signum.isdigit() and int(signum) else int(code) if code.isdigit() else None
-            states[fields[0]] = native_state(fields[0], fields[1].split()[0], exit_code, fields[3], fields[4])
+            state = native_state(fields[0], fields[1].split()[0], exit_code, fields[3], fields[4])
+            if len(fields) >= 6 and fields[5].isdigit() and state.state in ENDED:
+                state = dataclasses.replace(state, elapsed_s=float(fields[5]), charge_source="sacct ElapsedRaw")
+            states[fields[0]] = state
     return states
+
+
+def duration_s(text):
+    """Seconds of a Slurm duration (``[D-][HH:]MM:SS``), None when it is not one."""
+    days, _, clock = text.strip().rpartition("-")
+    parts = clock.split(":")
+    if not (days.isdigit() or not days) or not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        return None
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    return float(seconds + int(days or 0) * 86400)
 
 
 def native_state(job_id, native, exit_code, nodes, reason):
