@@ -9,6 +9,7 @@ second time from here, because acquire_jobs would then hand out jobs nobody rece
 import logging
 import os
 import socket
+import zlib
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -163,3 +164,50 @@ class ServerClient:
         if reply.status_code != 200:
             raise ServerError(f"GET {url}: HTTP {reply.status_code}", transient=reply.status_code >= 500)
         return reply.content
+
+    # ---- the file store, for queues whose storage is the server (nodes without network) -------------------------
+    def download(self, url, local):
+        """GET a file under this server (``/files/<scope>/<lfn>``, with the token) into ``local``, streamed;
+        ``{"size", "adler32"}`` of what arrived."""
+        if url.startswith("/"):
+            url = self.url + url
+        if not url.startswith(self.url + "/"):
+            raise ServerError(f"refusing to download {url}: not under the server {self.url}", transient=False)
+        headers = {"Authorization": f"Bearer {self.token()}"} if self.token() else {}
+        value, size = 1, 0
+        try:
+            with self.session.get(url, headers=headers, timeout=self.timeout, stream=True) as reply:
+                if reply.status_code != 200:
+                    raise ServerError(f"GET {url}: HTTP {reply.status_code}", transient=reply.status_code >= 500)
+                with open(local, "wb") as handle:
+                    for block in reply.iter_content(1 << 20):
+                        value, size = zlib.adler32(block, value), size + len(block)
+                        handle.write(block)
+        except requests.RequestException as exc:
+            raise ServerError(f"GET {url}: {exc}") from None
+        return {"size": size, "adler32": f"{value & 0xffffffff:08x}"}
+
+    def upload(self, scope, lfn, local, adler32):
+        """PUT ``local`` to the file store as ``<scope>/<lfn>`` (the server checks the adler32 again); the store's
+        ``{scope, lfn, fsize, adler32, url}``."""
+        url = f"{self.url}/files/{scope}/{lfn}"
+        headers = {"X-Checksum": f"ad:{adler32}", "Accept": "application/json",
+                   "Content-Length": str(os.path.getsize(local))}
+        if self.token():
+            headers["Authorization"] = f"Bearer {self.token()}"
+        try:
+            with open(local, "rb") as handle:
+                reply = self.session.put(url, data=handle, headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise ServerError(f"PUT {url}: server unreachable: {exc}") from None
+        try:
+            body = reply.json()
+        except ValueError:
+            body = {}
+        message = body.get("message") if isinstance(body, dict) else ""
+        if reply.status_code >= 500 or reply.status_code in (408, 429):
+            raise ServerError(f"PUT {url}: HTTP {reply.status_code}: {message}", status=reply.status_code)
+        if reply.status_code not in (200, 201) or not body.get("success"):
+            raise ServerError(f"PUT {url}: refused (HTTP {reply.status_code}): {message}", transient=False,
+                              status=reply.status_code)
+        return body.get("data") or {}

@@ -43,6 +43,7 @@ class Context:
 
     def __init__(self, home, server, settings, harvester_id, owner=None):
         self.home, self.server, self.settings, self.harvester_id = home, server, settings, harvester_id
+        self.scratch_dir = os.path.join(home, "staging")  # files between the server and an access point, in transit
         self.owner = owner or db.owner_id()
         self.queues = {}  # name -> queueconfig Queue (valid ones)
         self.queue_errors = {}  # name -> [messages] (paused queues)

@@ -28,3 +28,18 @@ class ServerError(HarvesterError):
 
 class MessengerError(HarvesterError):
     """A handoff file in a worker's access point is missing what it must hold, or is not valid."""
+
+
+class HandoffRefused(MessengerError):
+    """A file from a pilot that harvester will not take: a symlink (at any component of its path), not a regular
+    file, over the queue's size cap, outside the access point, or not what its name promises. The job it speaks
+    for is failed with this message; the other workers go on.
+
+    Attributes:
+        path: the file (on the submit host).
+        code: why (:mod:`harvester.safefiles` codes: symlink, not_regular, too_large, ...; or invalid).
+    """
+
+    def __init__(self, message, path=None, code="invalid"):
+        super().__init__(message)
+        self.path, self.code = path, code

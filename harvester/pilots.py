@@ -21,6 +21,8 @@ _build_lock = threading.Lock()
 TOKEN_FILE = "pilot.token"
 QUEUEDATA_FILE = "queuedata.json"
 ZIPAPP_FILE = "pilot.pyz"
+STORAGEDATA_FILE = "ddmendpoints.json"  # pilot3's --storagedata-url (harvester.messenger writes it)
+REMOTE_ZIPAPP_DIR = ".pilot"  # in the workers directory on the submit host: the zipapp each access point copies
 WALLTIME_MARGIN_S = 60  # the pilot stops asking for jobs this long before the batch system would kill it
 
 
@@ -81,7 +83,8 @@ def handoff_dirs(access_point, n_pilots):
 def placeholders(queue, access_point, server_url, walltime, handoff_dir=None):
     handoff_dir = handoff_dir or access_point
     return {"access_point": handoff_dir, "queue": queue.name,
-            "queuedata": os.path.join(handoff_dir, QUEUEDATA_FILE), "walltime": str(walltime),
+            "queuedata": os.path.join(handoff_dir, QUEUEDATA_FILE),
+            "storagedata": os.path.join(handoff_dir, STORAGEDATA_FILE), "walltime": str(walltime),
             "server": "" if file_mode(queue) else server_url,
             "token_file": "" if file_mode(queue) else os.path.join(access_point, TOKEN_FILE)}
 

@@ -243,8 +243,8 @@ def write(root, path, data, mode=0o644, exclusive=False, makedirs=False, dir_mod
 
 
 def mkdir(root, path, mode=0o755):
-    """Make directory ``root/path`` and its parents below the root (an existing real directory is fine)."""
-    root_fd = open_root(root)
+    """Make directory ``root/path`` and its parents (the root's too; an existing real directory is fine)."""
+    root_fd = open_root(root, create=True)
     try:
         os.close(open_dir(root_fd, root, split(path), create=True, mode=mode))
     finally:
@@ -383,65 +383,75 @@ def copy(src_root, src, dst_root, dst, mode=0o644, size=None, adler32=None, move
     """Copy (``move``: rename, or copy then unlink) the regular file ``src_root/src`` to ``dst_root/dst``, verified:
     the source's adler32 is computed first and must equal ``adler32`` (and its size ``size``) when given; the copy
     is written under a temporary name, checked against the source's size and adler32, then renamed into place.
-    A destination that already holds the same content counts as done (a repeat after a crash)."""
+    Nothing is made at the destination before the source passed. A destination that already holds the same
+    content counts as done (a repeat after a crash)."""
     src_parts, dst_parts = split(src), split(dst)
-    roots = [open_root(src_root)]
+    src_path, dst_path = src_root.rstrip("/") + "/" + src, dst_root.rstrip("/") + "/" + dst
+    src_root_fd = open_root(src_root)
     try:
-        roots.append(open_root(dst_root, create=True))
-        src_path, dst_path = src_root.rstrip("/") + "/" + src, dst_root.rstrip("/") + "/" + dst
-        target = open_dir(roots[1], dst_root, dst_parts[:-1], create=True, mode=0o755)
         try:
+            fd, _ = open_file(src_root_fd, src_root, src)
+        except Refused as exc:
+            if exc.code != "missing" or not move:
+                raise
+            return _already_there(dst_root, dst, size, adler32, exc)
+        try:
+            have = adler32_fd(fd)
+            _expect(src_path, have, size, adler32)
+            dst_root_fd = open_root(dst_root, create=True)
             try:
-                fd, _ = open_file(roots[0], src_root, src)
-            except Refused as exc:
-                if exc.code != "missing" or not move:
-                    raise
-                return _already_there(roots[1], dst_root, dst, size, adler32, exc)
-            try:
-                have = adler32_fd(fd)
-                _expect(src_path, have, size, adler32)
-                if move and _same_content(target, dst_parts[-1], have):
-                    _unlink_at(roots[0], src_root, src_parts)
-                    return {"size": have[0], "adler32": have[1], "how": "already there"}
-                if move:
-                    source_dir = open_dir(roots[0], src_root, src_parts[:-1])
-                    try:
-                        os.rename(src_parts[-1], dst_parts[-1], src_dir_fd=source_dir, dst_dir_fd=target)
-                        _check_same_file(fd, target, dst_parts[-1], src_path)
-                        return {"size": have[0], "adler32": have[1], "how": "renamed"}
-                    except OSError as exc:
-                        if exc.errno != errno.EXDEV:
-                            raise _refusal(exc, dst_path)
-                    finally:
-                        os.close(source_dir)
-                temp, out = _temp(target, dst_parts[-1])
-                try:
-                    try:
-                        os.lseek(fd, 0, os.SEEK_SET)
-                        _pump(fd, out)
-                        os.fchmod(out, mode)
-                        os.fsync(out)
-                        copied = adler32_fd(out)
-                    finally:
-                        os.close(out)
-                    if copied != have:
-                        raise Refused("mismatch", "the copy of %s to %s has size %d adler32 %s, the source %d %s" % (
-                            src_path, dst_path, copied[0], copied[1], have[0], have[1]))
-                    os.rename(temp, dst_parts[-1], src_dir_fd=target, dst_dir_fd=target)
-                    temp = None
-                finally:
-                    if temp is not None:
-                        _unlink(temp, target)
-                if move:
-                    _unlink_at(roots[0], src_root, src_parts)
-                return {"size": have[0], "adler32": have[1], "how": "copied"}
+                target = open_dir(dst_root_fd, dst_root, dst_parts[:-1], create=True, mode=0o755)
             finally:
-                os.close(fd)
+                os.close(dst_root_fd)
+            try:
+                how = _put(fd, have, src_root_fd, src_root, src_parts, src_path, target, dst_parts[-1], dst_path,
+                           mode, move)
+            finally:
+                os.close(target)
+            return {"size": have[0], "adler32": have[1], "how": how}
         finally:
-            os.close(target)
-    finally:
-        for fd in roots:
             os.close(fd)
+    finally:
+        os.close(src_root_fd)
+
+
+def _put(fd, have, src_root_fd, src_root, src_parts, src_path, target, name, dst_path, mode, move):
+    """Place the checked open source ``fd`` as ``name`` in directory ``target``; how it was done."""
+    if move and _same_content(target, name, have):
+        _unlink_at(src_root_fd, src_root, src_parts)
+        return "already there"
+    if move:
+        source_dir = open_dir(src_root_fd, src_root, src_parts[:-1])
+        try:
+            os.rename(src_parts[-1], name, src_dir_fd=source_dir, dst_dir_fd=target)
+            _check_same_file(fd, target, name, src_path)
+            return "renamed"
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise _refusal(exc, dst_path)
+        finally:
+            os.close(source_dir)
+    temp, out = _temp(target, name)
+    try:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            _pump(fd, out)
+            os.fchmod(out, mode)
+            os.fsync(out)
+            copied = adler32_fd(out)
+        finally:
+            os.close(out)
+        if copied != have:
+            raise Refused("mismatch", "the copy of %s to %s has size %d adler32 %s, the source %d %s" % (
+                src_path, dst_path, copied[0], copied[1], have[0], have[1]))
+        os.rename(temp, name, src_dir_fd=target, dst_dir_fd=target)
+        temp = None
+    finally:
+        if temp is not None:
+            _unlink(temp, target)
+    if move:
+        _unlink_at(src_root_fd, src_root, src_parts)
+    return "copied"
 
 
 def _expect(path, have, size, adler32):
@@ -471,10 +481,14 @@ def _same_content(folder, name, have):
         os.close(fd)
 
 
-def _already_there(dst_root_fd, dst_root, dst, size, adler32, missing):
+def _already_there(dst_root, dst, size, adler32, missing):
     """A move whose source is gone: done by an earlier call when the destination holds the expected content."""
     try:
-        fd, _ = open_file(dst_root_fd, dst_root, dst)
+        dst_root_fd = open_root(dst_root)
+        try:
+            fd, _ = open_file(dst_root_fd, dst_root, dst)
+        finally:
+            os.close(dst_root_fd)
     except Refused:
         raise missing
     try:
@@ -596,13 +610,25 @@ def receive(root, path, size, adler32, mode=0o644):
         os.close(folder)
 
 
+def serve(lines, out):
+    """Answer batches until ``lines`` ends: one JSON batch of operations per line in, one JSON line of results out
+    (flushed), so a kept-open helper costs no process start per batch."""
+    for line in iter(lines.readline, ""):
+        out.write(json.dumps(_encode(run_ops(_decode(json.loads(line))))) + "\n")
+        out.flush()
+    return 0
+
+
 def main(argv):
-    """``ops`` (JSON ops on stdin, JSON results on stdout), ``cat ROOT PATH [LIMIT]``, ``receive ROOT PATH SIZE
-    ADLER32 MODE``; the last two report on stderr's last line and exit 1 on a refusal."""
+    """``ops`` (JSON ops on stdin, JSON results on stdout), ``serve`` (the same, one batch per line, until stdin
+    ends), ``cat ROOT PATH [LIMIT]``, ``receive ROOT PATH SIZE ADLER32 MODE``; the last two report on stderr's last
+    line and exit 1 on a refusal."""
     if not argv or argv[0] == "ops":
         ops = _decode(json.loads(sys.stdin.read() or "[]"))
         sys.stdout.write(json.dumps(_encode(run_ops(ops))))
         return 0
+    if argv[0] == "serve":
+        return serve(sys.stdin, sys.stdout)
     try:
         if argv[0] == "cat":
             result = cat(argv[1], argv[2], int(argv[3]) if len(argv) > 3 and argv[3] else None)

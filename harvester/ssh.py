@@ -136,6 +136,8 @@ class _Connection:
         self.client = self.jump = self.sftp = None
         self.lock = threading.RLock()  # connect/reconnect
         self.sftp_lock = threading.Lock()  # one SFTP request at a time
+        self.helper = None  # the kept-open file helper (:class:`_Helper`) on this connection
+        self.helper_lock = threading.Lock()  # one batch of file operations at a time
 
     def active(self):
         transport = self.client.get_transport() if self.client else None
@@ -211,13 +213,63 @@ class _Connection:
 
     def drop(self):
         """Forget the connection (closing what is left of it); the next call connects again."""
-        for thing in (self.sftp, self.client, self.jump):
+        for thing in (self.helper, self.sftp, self.client, self.jump):
             if thing is not None:
                 try:
                     thing.close()
                 except Exception:  # closing a dead connection must not hide anything
                     pass
-        self.client = self.jump = self.sftp = None
+        self.client = self.jump = self.sftp = self.helper = None
+
+
+class _Helper:
+    """harvester/safefiles.py's ``serve`` loop running on the host in one exec channel, kept open: a batch of file
+    operations is one line each way, not a channel, a shell and a Python start per batch."""
+
+    def __init__(self, channel):
+        self.channel, self.pending, self.err = channel, b"", []
+
+    def usable(self):
+        """Alive as far as can be told without asking: its channel open, its command not ended, its link up."""
+        channel = self.channel
+        return not (channel.closed or channel.eof_received or channel.exit_status_ready()) and \
+            channel.get_transport() is not None and channel.get_transport().is_active()
+
+    def pid(self):
+        return _split_pid(_decode(b"".join(self.err)))[0]
+
+    def stderr(self):
+        return _split_pid(_decode(b"".join(self.err)))[1]
+
+    def ask(self, request, timeout):
+        """Send one request line; its one answer line. Raises socket.timeout past ``timeout`` s, EOFError when the
+        helper ended (its stderr in the message), paramiko/OS errors when the link broke."""
+        self.channel.sendall(request)
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.pending:
+            if _drain(self.channel, [], self.err, _Appender(self)):
+                self.err = self.err[-64:]  # a chatty helper's stderr: its end is what says why
+                continue
+            if self.channel.closed or self.channel.eof_received or self.channel.exit_status_ready():
+                raise EOFError(f"the file helper ended: {self.stderr()[-1000:]!r}")
+            if time.monotonic() > deadline:
+                raise socket.timeout(f"no answer from the file helper within {timeout:g} s")
+            select.select([self.channel], [], [], 0.05)
+        line, _, self.pending = self.pending.partition(b"\n")
+        return line
+
+    def close(self):
+        self.channel.close()
+
+
+class _Appender:
+    """A sink for :func:`_drain` that keeps stdout in the helper's pending bytes."""
+
+    def __init__(self, helper):
+        self.helper = helper
+
+    def write(self, block):
+        self.helper.pending += block
 
 
 _POOL, _POOL_LOCK = {}, threading.Lock()
@@ -405,20 +457,21 @@ class SshTransport(Transport):
         if not result.ok:
             raise TransportError(f"cannot remove {path} on {self.settings.host}: {result.describe()}")
 
-    # ---- safe file operations: harvester/safefiles.py run there, one exec per batch ----------------------------
+    # ---- safe file operations: harvester/safefiles.py run there, kept open; whole files one exec each ----------
     def _helper(self, *args):
-        return [self.settings.python, "-c", _HELPER_SOURCE, *args]
+        # -I -S: no user site, no environment, no site module: the helper needs the standard library only, and
+        # starts in half the time
+        return [self.settings.python, "-I", "-S", "-c", _HELPER_SOURCE, *args]
 
     def files(self, ops):
         ops = [dict(op, data=base64.b64encode(op["data"]).decode("ascii")) if "data" in op else op for op in ops]
-        result = self.run(self._helper("ops"), input=json.dumps(ops))
-        if not result.ok:
-            raise TransportError(f"ssh {self.settings.where}: file operations failed: {result.describe()}")
+        with self._conn.helper_lock:
+            answer = self._ask_helper((json.dumps(ops) + "\n").encode("utf-8"))
         try:
-            replies = json.loads(result.stdout)
+            replies = json.loads(answer)
         except ValueError:
             raise TransportError(f"ssh {self.settings.where}: file operations answered no JSON: "
-                                 f"{result.describe()}") from None
+                                 f"{_decode(answer[:500])!r}") from None
         if not isinstance(replies, list) or len(replies) != len(ops):
             raise TransportError(f"ssh {self.settings.where}: {len(ops)} file operations, "
                                  f"{len(replies) if isinstance(replies, list) else 'no'} results")
@@ -427,6 +480,39 @@ class SshTransport(Transport):
                 if "data" in entry:
                     entry["data"] = base64.b64decode(entry["data"])
         return replies
+
+    def _ask_helper(self, request):
+        """One batch to the connection's kept helper (started on first use); its answer line. A helper found dead
+        before the batch is sent is replaced (nothing of the batch ran); one that ends, breaks or times out after
+        is dropped and the batch fails: it may have run, so it is never repeated here."""
+        helper = self._conn.helper
+        if helper is not None and not helper.usable():
+            helper.close()
+            helper = self._conn.helper = None
+        if helper is None:
+            helper = self._conn.helper = _Helper(self._channel())
+            try:
+                helper.channel.exec_command(command_line(self._helper("serve")))
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                self._drop_helper(helper)
+                raise TransportError(f"ssh {self.settings.where}: cannot start the file helper: {_reason(exc)}") \
+                    from None
+        try:
+            return helper.ask(request, self.settings.command_timeout)
+        except socket.timeout as exc:
+            self._drop_helper(helper)
+            self._kill(helper.pid())
+            raise TransportError(f"ssh {self.settings.where}: file operations: {exc}") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._drop_helper(helper)
+            if not self._conn.active():
+                self._conn.drop()
+            raise TransportError(f"ssh {self.settings.where}: file operations failed: {_reason(exc)}") from None
+
+    def _drop_helper(self, helper):
+        helper.close()
+        if self._conn.helper is helper:
+            self._conn.helper = None
 
     def fetch(self, root, path, local, limit=None):
         landing = Landing(local)

@@ -209,6 +209,11 @@ def change_submit_phase(worker, new, reason, now, values=None):
     return _write(worker, changes, [expected], now, worker.status, worker.status, reason, "note")
 
 
+def note_worker(worker, reason, now):
+    """An event in a worker's status log without a status change (harvester ignored what its pilot claimed)."""
+    _log(worker.worker_id, worker.status, worker.status, now, reason, "note")
+
+
 def _phase_change(worker, new, reason, changes):
     """Check a submit-phase move and add it to ``changes``; the condition that the phase is still the old one."""
     old, new = SubmitPhase(worker.submit_phase), SubmitPhase(new)

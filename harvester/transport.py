@@ -9,9 +9,10 @@ injected and never know whether it is local or remote; the SSH implementation (:
 - file methods map to SFTP calls (``write_file``/``put_file`` write a temporary name and rename, as here);
 - ``read_file`` of ``/proc/...`` works over SFTP too, which is what the local batch plugin needs;
 - ``files`` runs a batch of :mod:`harvester.safefiles` operations (never through a symlink, regular files only,
-  verified copies) in ONE round trip: in this process locally, as one ``python3`` exec over SSH. Everything that
-  touches an access point or a storage path (where pilots write) goes through it, ``fetch`` and ``send`` (whole
-  files between this host and the submit host, checked by size and adler32) or a plugin's own commands.
+  verified copies) in ONE round trip: in this process locally, by a ``python3`` helper kept open over SSH.
+  Everything that touches an access point or a storage path (where pilots write) goes through it, ``fetch`` and
+  ``send`` (whole files between this host and the submit host, checked by size and adler32) or a plugin's own
+  commands.
 
 Every file method takes absolute paths on the submit host. Failures of file methods raise :class:`TransportError`
 naming the path; ``run`` never raises for a failing command: its :class:`CommandResult` carries the evidence.
@@ -72,8 +73,8 @@ class CommandResult:
     def describe(self):
         """The evidence in one line: command, outcome, and the ends of stdout and stderr."""
         outcome = "timed out" if self.timed_out else f"exit status {self.returncode}"
-        return (f"{' '.join(self.argv)!r}: {outcome}; stdout: {_tail(self.stdout)!r}; "
-                f"stderr: {_tail(self.stderr)!r}")
+        command = " ".join(arg if len(arg) <= 200 else f"<{len(arg)} characters>" for arg in self.argv)
+        return f"{command!r}: {outcome}; stdout: {_tail(self.stdout)!r}; stderr: {_tail(self.stderr)!r}"
 
 
 def _tail(text, limit=500):

@@ -262,16 +262,22 @@ def _storage(q):
             yield ERROR, ("storage", side, "path"), f"only meaningful with type shared (type is {end.type})", related
         if end.type != "server" and end.url is not None:
             yield ERROR, ("storage", side, "url"), f"only meaningful with type server (type is {end.type})", related
-        if end.type == "server" and q.wnconnectivity == "none":
+        if end.type == "server" and q.wnconnectivity == "none" and q.mode != "push":
             yield ERROR, ("storage", side, "type"), ("server means the pilot moves files over HTTP, but "
-                                                     "wnconnectivity is none: use type shared or local"), \
-                (("wnconnectivity",),)
+                                                     "wnconnectivity is none and no harvester relays them (pull "
+                                                     "mode): use type shared or local, or mode push"), \
+                (("wnconnectivity",), ("mode",))
     tool, source = q.pilot.copytool, q.storage.input.type
-    if tool == "http" and source != "server":
+    relayed = q.mode == "push" and q.wnconnectivity == "none"  # harvester stages: the pilot sees its directory only
+    if tool == "http" and relayed:
+        yield ERROR, ("pilot", "copytool"), ("http needs network, but wnconnectivity is none: harvester puts the "
+                                             "inputs in the pilot's directory; use copy, symlink or mv"), \
+            (("wnconnectivity",),)
+    elif tool == "http" and source != "server":
         yield ERROR, ("pilot", "copytool"), (f"http downloads inputs from the server's file store, but "
                                              f"storage.input is type {source}: use copy, symlink or mv, or "
                                              "storage.input type server"), (("storage", "input", "type"),)
-    if source == "server" and tool != "http":
+    if source == "server" and tool != "http" and not relayed:
         yield ERROR, ("pilot", "copytool"), (f"{tool} works on files the worker node can see, but storage.input "
                                              "is type server: use copytool http"), (("storage", "input", "type"),)
 

@@ -6,9 +6,10 @@ brace is an error, so a typo is caught when the file is loaded and not when a pi
 """
 import re
 
-NAMES = ("access_point", "queue", "queuedata", "walltime", "server", "token_file")
+NAMES = ("access_point", "queue", "queuedata", "storagedata", "walltime", "server", "token_file")
 """access_point: the worker's directory; queue: the queue name; queuedata: the queuedata file in the access point;
-walltime: the worker's walltime in s; server: the server URL; token_file: the pilot token's file."""
+storagedata: the storage endpoints file beside it (pilot3's --storagedata-url); walltime: the worker's walltime in
+s; server: the server URL; token_file: the pilot token's file."""
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 

@@ -36,7 +36,7 @@ def queuedata(queue):
         A JSON-ready dict: PanDA keys first (as ``/cache/schedconfig/<queue>.all.json`` serves them), then the
         minipanda pilot's keys.
     """
-    res, pilot, storage = queue.resources, queue.pilot, queue.storage
+    res, pilot, storage = queue.resources, queue.pilot, pilot_storage(queue)
     tools = copytools(pilot.copytool, storage.output.type)
     data = {
         "name": queue.name, "nickname": queue.name, "siteid": queue.name, "panda_resource": queue.name,
@@ -68,8 +68,19 @@ def copytools(copytool, output_type="local"):
     return {"pr": copytool, "pw": out, "pl": out}
 
 
+def pilot_storage(queue):
+    """The queue's storage as its pilot sees it: on a push queue whose nodes have no network (harvester relays),
+    an end of type server is harvester's to reach; for the pilot, its files stay in its directory (local)."""
+    storage = queue.storage
+    if queue.mode != "push" or queue.wnconnectivity != "none":
+        return storage
+    local = type(storage.input)()
+    return storage.model_copy(update={side: local for side in ("input", "output")
+                                      if getattr(storage, side).type == "server"})
+
+
 def _minipanda_keys(queue):
-    pilot, storage = queue.pilot, queue.storage
+    pilot, storage = queue.pilot, pilot_storage(queue)
     return {
         "prodsourcelabels": list(queue.prodSourceLabels), "mode": queue.mode, "maptype": queue.mapType,
         "jobs_per_worker": queue.jobsPerWorker,

@@ -200,7 +200,7 @@ class Transport(Section):
     """Seconds a batch command (submit, status, cancel) may take."""
     python: Program = "python3"
     """SSH: the Python 3 (3.6 or later) on the submit host that harvester's file operations in access points and
-    storage paths run with (one exec per batch of operations; SFTP cannot refuse symlinks safely)."""
+    storage paths run with (a helper kept open per connection; SFTP cannot refuse symlinks safely)."""
 
 
 class Handoff(Section):
@@ -274,7 +274,7 @@ class Pilot(Section):
     """Extra pilot arguments, one argv element per entry."""
     command: Optional[Annotated[tuple[OneLine, ...], Field(min_length=1)]] = None
     """The pilot's whole command line, one argv element per entry, instead of minipanda's pilot zipapp; may use
-    the placeholders {access_point} {queue} {queuedata} {walltime} {server} {token_file}."""
+    the placeholders {access_point} {queue} {queuedata} {storagedata} {walltime} {server} {token_file}."""
     environment: Environment = Field(default_factory=dict, validate_default=True)
     """Environment variables of the pilot, NAME: value; values may use the placeholders of command."""
 

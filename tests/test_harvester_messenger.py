@@ -1,13 +1,19 @@
-"""The harvester side of the shared-file handoff, against the real pilot zipapp (file mode and pull mode)."""
+"""The harvester side of the handoff, through a transport, against the real pilot zipapp (file mode and pull mode):
+files written atomically with their modes, one listing per cycle and only changed files read, outputs staged out
+verified, the pilot's outbox claimed so that only one side sends an entry."""
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
 
 import pytest
 
-from harvester.messenger import PILOT3_TRF_BASE, SCHEDCONFIG_FILE, Messenger, MessengerError
+from harvester import staging
+from harvester.errors import HandoffRefused, MessengerError
+from harvester.messenger import PILOT3_TRF_BASE, Messenger, Snapshot, forget
+from harvester.transport import LocalTransport
 from pilot.comm import ServerClient
 from pilot.fileutil import adler32
 from pilot.outbox import Outbox
@@ -16,6 +22,17 @@ from test_pilot_harness import FAST_QUEUEDATA, QUEUE
 pytest_plugins = ["test_pilot_harness"]  # the site and zipapp_path fixtures
 
 SCRIPT = b"#!/bin/sh\ncat in.dat > out.dat\necho \"$PandaID\" >> out.dat\n"
+
+
+class Counting(LocalTransport):
+    """The local transport, counting its round trips (calls of files())."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def files(self, ops):
+        self.calls += 1
+        return super().files(ops)
 
 
 def queuedata(**overrides):
@@ -36,6 +53,17 @@ def file_job(panda_id=4242, **overrides):
     return job
 
 
+def messenger(ap, transport=None, snapshot=None, **kwargs):
+    return Messenger(str(ap), kwargs.pop("names", None), transport or LocalTransport(), snapshot, **kwargs)
+
+
+def look(ap, transport=None, previous=None, names=None, limit=1 << 20):
+    """A messenger reading this cycle's snapshot of ``ap``."""
+    transport = transport or LocalTransport()
+    snapshot = Snapshot.take(transport, [str(ap)], names, limit, previous)
+    return messenger(ap, transport, snapshot, names=names, limit=limit), snapshot
+
+
 def run_pilot(zipapp, ap, qd_path, *extra, timeout=120):
     # No reachable server: port 9 has no listener, and -z makes no HTTP call anyway.
     argv = [sys.executable, zipapp, "-q", QUEUE, "-z", "--harvester-workdir", str(ap), "--harvester-submit-mode",
@@ -45,127 +73,199 @@ def run_pilot(zipapp, ap, qd_path, *extra, timeout=120):
 
 
 def test_file_mode_round_trip_with_the_real_pilot(zipapp_path, tmp_path):
-    ap, store = tmp_path / "ap", storage(tmp_path)
+    ap, store = tmp_path / "workers" / "1", storage(tmp_path)
     (tmp_path / "in" / "data").mkdir(parents=True)
     (tmp_path / "in" / "data" / "in.dat").write_text("input\n")
-    m = Messenger(str(ap), {"job": "pandaJobData.out"})
+    m = messenger(ap, names={"job": "pandaJobData.out"})
     qd_path = m.setup(queuedata())
     assert json.load(open(qd_path))["nickname"] == QUEUE
-    assert json.load(open(ap / SCHEDCONFIG_FILE))[QUEUE]["atlas_site"] == "SITE"
-    job = file_job()
+    assert json.load(open(ap / "schedconfig.json"))[QUEUE]["atlas_site"] == "SITE"
+    assert json.load(open(ap / "ddmendpoints.json")) == {}  # pilot3's storage data: no lookup of CRIC
+    job = file_job(fsize="6", checksum="ad:" + adler32(str(tmp_path / "in" / "data" / "in.dat")))
     fetched = []
     trf = m.put_transformation(job, lambda path: fetched.append(path) or SCRIPT)
     assert fetched == ["/trf/user/make.sh"] and trf == str(ap / "make.sh") and os.access(trf, os.X_OK)
-    assert m.stage_in(job, store, "symlink") == [str(ap / "in.dat")]
-    assert os.readlink(ap / "in.dat") == str(tmp_path / "in" / "data" / "in.dat")
+    assert m.stage_in(job, store) == [str(ap / "in.dat")]
+    assert (ap / "in.dat").read_text() == "input\n" and not os.path.islink(ap / "in.dat")
     assert m.feed_jobs([job]) is True
     fed = json.loads((ap / "pandaJobData.out").read_text())
     assert fed["4242"]["transformation"] == PILOT3_TRF_BASE + "make.sh"  # pilot3's whitelist; ours ignores hosts
     assert job["transformation"].startswith("https://panda.example.org")  # the caller's dict is untouched
     assert m.feed_jobs([file_job(4243)]) is False  # the pilot has not taken the first one
     assert json.loads((ap / "pandaJobData.out").read_text()) == fed
-    assert m.panda_ids() == [4242]
+    assert json.loads((ap / "worker_pandaids.json").read_text()) == [4242]
 
     code, log = run_pilot(zipapp_path, ap, qd_path)
     assert code == 0, log
-    assert not (ap / "pandaJobData.out").exists() and m.job_requested() == 0
+    m, _ = look(ap, names={"job": "pandaJobData.out"})
+    assert not m.exists("job") and m.job_requested() == 0
     assert m.kill_worker_requested() and m.last_heartbeat() is not None
     attributes = m.read_attributes()
     assert attributes["jobStatus"] == "finished" and attributes["jobId"] == 4242
-    assert m.read_job_report()["exitCode"] == 0
-    assert {e["type"] for e in m.read_event_status()["4242"]} == {"output", "log"}
 
-    reports = m.final_reports(store)
-    assert len(reports) == 1
-    report = reports[0]
-    assert (report["jobId"], report["state"], report["attemptNr"], report["pilotErrorCode"]) == (
-        4242, "finished", 1, 0)
-    assert "jobStatus" not in report and report["transExitCode"] == 0 and "pilotTiming" in report
-    files = json.loads(report["xml"])
+    [final] = m.final_reports()
+    assert (final.panda_id, final.refusal, final.params["state"], final.params["attemptNr"]) == (
+        4242, None, "finished", 1)
+    assert "jobStatus" not in final.params and final.params["transExitCode"] == 0 and "pilotTiming" in final.params
+    assert {e["type"] for e in final.outputs} == {"output", "log"}
+    outputs = {os.path.basename(e["path"]): e for e in staging.stage_out(m, final, store)}
     out = tmp_path / "out" / "user" / "out.dat"
-    assert files["out.dat"]["surl"] == str(out) and out.read_text() == "input\n4242\n"
-    assert files["out.dat"]["adler32"] == adler32(str(out)) and files["out.dat"]["fsize"] == out.stat().st_size
-    assert files["log.tgz"]["surl"] == str(tmp_path / "out" / "user" / "log.tgz")
+    assert outputs["out.dat"]["path"] == str(out) and out.read_text() == "input\n4242\n"
+    assert outputs["out.dat"]["chksum"] == adler32(str(out)) and outputs["out.dat"]["fsize"] == out.stat().st_size
+    assert outputs["log.tgz"]["path"] == str(tmp_path / "out" / "user" / "log.tgz")
     assert not (ap / "user" / "out.dat").exists()  # moved, not copied
-    assert m.final_reports(store) == reports  # a repeat (harvester restarted) finds them where they went
+    again = {os.path.basename(e["path"]): e for e in staging.stage_out(m, final, store)}
+    assert again == outputs  # a repeat (harvester restarted) finds them where they went
+
+
+def test_one_listing_per_cycle_and_only_changed_files_are_read(tmp_path):
+    transport = Counting()
+    aps = [tmp_path / "workers" / str(n) for n in range(1, 4)]
+    for ap in aps:
+        ap.mkdir(parents=True)
+        (ap / "worker_attributes.json").write_text(json.dumps({"jobId": 1, "state": "running"}))
+        (ap / "worker_pandaids.json").write_text("[1]")
+        (ap / "worker_heartbeat.json").write_text("")
+    first = Snapshot.take(transport, [str(ap) for ap in aps])
+    assert transport.calls == 2 and first.reads == 6  # one listing, one read of the 6 reports
+    second = Snapshot.take(transport, [str(ap) for ap in aps], previous=first)
+    assert transport.calls == 3 and second.reads == 0  # nothing changed: the listing alone
+    time.sleep(0.01)
+    (aps[1] / "worker_attributes.json").write_text(json.dumps({"jobId": 1, "state": "finished", "x": 1}))
+    third = Snapshot.take(transport, [str(ap) for ap in aps], previous=second)
+    assert transport.calls == 5 and third.reads == 1
+    assert messenger(aps[1], transport, third).read_attributes()["state"] == "finished"
+    assert messenger(aps[0], transport, third).read_attributes()["state"] == "running"
 
 
 def test_multi_job_pilot_keeps_each_jobs_final_attributes(zipapp_path, tmp_path):
-    ap = tmp_path / "ap"
-    m = Messenger(str(ap))
+    ap = tmp_path / "workers" / "1"
+    m = messenger(ap)
     qd_path = m.setup(queuedata(timefloor=10, pilot_handoff_wait=0.5))
     jobs = [{"PandaID": i, "transformation": "/bin/sh", "jobPars": f"-c 'exit {i - 1}'"} for i in (1, 2)]
     assert m.feed_jobs(jobs)
     code, log = run_pilot(zipapp_path, ap, qd_path)
     assert code == 0, log
-    reports = {r["jobId"]: r for r in m.final_reports()}
-    assert (reports[1]["state"], reports[2]["state"]) == ("finished", "failed")
-    assert reports[2]["transExitCode"] == 1 and reports[2]["pilotErrorCode"] == 1305
-    assert "xml" not in reports[1]  # no outputs, no log declared
+    m, _ = look(ap)
+    finals = {f.panda_id: f for f in m.final_reports()}
+    assert (finals[1].params["state"], finals[2].params["state"]) == ("finished", "failed")
+    assert finals[2].params["transExitCode"] == 1 and finals[2].params["pilotErrorCode"] == 1305
+    assert finals[1].outputs == []  # no outputs, no log declared
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/b", "a\0b", "..", "-rf"])
 def test_unsafe_input_names_are_refused(tmp_path, name):
-    m = Messenger(str(tmp_path / "ap"))
+    ap = tmp_path / "workers" / "1"
+    m = messenger(ap)
     m.setup(queuedata())
     (tmp_path / "in").mkdir()
     with pytest.raises(MessengerError, match="not a plain file name"):
-        m.stage_in(file_job(inFiles=name, scopeIn=""), storage(tmp_path), "copy")
+        m.stage_in(file_job(inFiles=name, scopeIn=""), storage(tmp_path))
     with pytest.raises(MessengerError, match="scopeIn"):
-        m.stage_in(file_job(scopeIn=name), storage(tmp_path), "copy")
-    assert sorted(os.listdir(tmp_path / "ap")) == ["queuedata.json", "schedconfig.json"]
+        m.stage_in(file_job(scopeIn=name), storage(tmp_path))
+    assert sorted(os.listdir(ap)) == ["ddmendpoints.json", "queuedata.json", "schedconfig.json"]
+
+
+def test_inputs_are_verified_and_never_taken_through_a_symlink(tmp_path):
+    ap = tmp_path / "workers" / "1"
+    m = messenger(ap)
+    m.setup(queuedata())
+    (tmp_path / "in" / "data").mkdir(parents=True)
+    (tmp_path / "in" / "data" / "in.dat").write_text("input\n")
+    with pytest.raises(HandoffRefused, match="adler32"):
+        m.stage_in(file_job(checksum="ad:00000001"), storage(tmp_path))
+    with pytest.raises(HandoffRefused, match="bytes"):
+        m.stage_in(file_job(fsize="5"), storage(tmp_path))
+    assert not (ap / "in.dat").exists() and not [n for n in os.listdir(ap) if n.endswith(".tmp")]
+    (tmp_path / "secret").write_text("secret")
+    os.symlink(tmp_path / "secret", tmp_path / "in" / "data" / "evil.dat")
+    with pytest.raises(HandoffRefused, match="symlink"):
+        m.stage_in(file_job(inFiles="evil.dat", fsize=""), storage(tmp_path))
+    with pytest.raises(MessengerError, match="not found"):
+        m.stage_in(file_job(inFiles="none.dat", fsize=""), storage(tmp_path))
 
 
 def test_unsafe_output_paths_and_transformations_are_refused(tmp_path):
-    ap = tmp_path / "ap"
-    m = Messenger(str(ap))
+    from harvester.messenger import Final
+
+    ap = tmp_path / "workers" / "1"
+    m = messenger(ap)
     m.setup(queuedata())
     (tmp_path / "secret").write_text("x")
     os.symlink(tmp_path / "secret", ap / "link.dat")
+    os.symlink(tmp_path, ap / "evil")
     (ap / "a" / "b").mkdir(parents=True)
     (ap / "a" / "b" / "c.dat").write_text("x")
+    os.mkfifo(ap / "fifo.dat")
     for path in ["/etc/passwd", f"{ap}/../secret", f"{ap}/a/b/c.dat", f"{ap}/x\0y", "rel.dat", f"{ap}/-x",
-                 f"{ap}/link.dat", f"{ap}/missing.dat", None]:
-        with pytest.raises(MessengerError):
-            m.stage_out([{"type": "output", "path": path}], storage(tmp_path))
+                 f"{ap}/link.dat", f"{ap}/evil/secret", f"{ap}/fifo.dat", None]:
+        with pytest.raises(HandoffRefused):
+            staging.stage_out(m, Final(1, {}, outputs=[{"type": "output", "path": path}]), storage(tmp_path))
+    with pytest.raises(MessengerError, match="missing|no such"):
+        staging.stage_out(m, Final(1, {}, outputs=[{"type": "output", "path": f"{ap}/missing.dat"}]),
+                          storage(tmp_path))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
+    assert (tmp_path / "secret").read_text() == "x"
     with pytest.raises(MessengerError, match="not a plain file name"):
         m.put_transformation({"transformation": "http://h/trf/user/.."}, lambda p: b"")
     assert m.put_transformation({"transformation": "/bin/sh"}, None) is None
     assert m.put_transformation({"transformation": "https://elsewhere/x.sh"}, None) is None
     with pytest.raises(MessengerError, match="plain"):
-        Messenger(str(ap), {"job": "../job"})
+        messenger(ap, names={"job": "../job"})
 
 
-def test_malformed_files_raise_naming_the_path(tmp_path):
-    ap = tmp_path / "ap"
-    m = Messenger(str(ap))
+def test_malformed_and_hostile_files_raise_naming_the_path(tmp_path):
+    ap = tmp_path / "workers" / "1"
+    m = messenger(ap)
     m.setup(queuedata())
+    m, _ = look(ap)
     assert (m.read_attributes(), m.job_requested(), m.panda_ids(), m.last_heartbeat()) == (None, 0, [], None)
-    for name, text, call in [("worker_attributes.json", "{broken", m.read_attributes),
-                             ("worker_requestjob.json", "[1]", m.job_requested),
-                             ("worker_requestjob.json", '{"nJobs": "many"}', m.job_requested),
-                             ("worker_pandaids.json", '{"a": 1}', m.panda_ids),
-                             ("event_status.dump.json", "", m.read_event_status),
-                             ("jobReport.json", "nul", m.read_job_report)]:
+    for name, text, call in [("worker_attributes.json", "{broken", "read_attributes"),
+                             ("worker_requestjob.json", "[1]", "job_requested"),
+                             ("worker_requestjob.json", '{"nJobs": "many"}', "job_requested"),
+                             ("worker_pandaids.json", '{"a": 1}', "panda_ids")]:
         (ap / name).write_text(text)
+        m, _ = look(ap)
         with pytest.raises(MessengerError, match=str(ap / name)):
-            call()
+            getattr(m, call)()
     (ap / "worker_requestjob.json").write_text('{"nJobs": 2}')
-    assert m.job_requested() == 2
-    assert not m.kill_worker_requested()
+    (ap / "worker_pandaids.json").write_text("[1]" + " " * 100)
+    os.unlink(ap / "worker_attributes.json")
+    os.symlink(tmp_path / "secret", ap / "worker_attributes.json")
+    m, _ = look(ap, limit=50)
+    assert m.job_requested() == 2 and not m.kill_worker_requested()
+    with pytest.raises(HandoffRefused, match="symlink: never followed"):
+        m.read_attributes()
+    with pytest.raises(HandoffRefused, match="over the queue's limit of 50 bytes"):
+        m.panda_ids()
+    [refused] = m.final_reports()
+    assert refused.panda_id is None and "symlink" in refused.refusal  # no job named: the monitor fails the worker's
 
 
-def test_outbox_claim_done_release_and_crash_recovery(tmp_path):
-    ap = tmp_path / "ap"
-    m = Messenger(str(ap))
+def test_a_final_report_must_be_for_the_job_its_name_says(tmp_path):
+    ap = tmp_path / "workers" / "1"
+    ap.mkdir(parents=True)
+    (ap / "worker_attributes-5.json").write_text(json.dumps({"jobId": 6, "state": "failed"}))
+    (ap / "worker_attributes-7.json").write_text("{not json")
+    m, _ = look(ap)
+    finals = {f.panda_id: f for f in m.final_reports()}
+    assert "speaks for job '6', not 5" in finals[5].refusal and "not valid JSON" in finals[7].refusal
+    assert 6 not in finals
+
+
+def test_outbox_claim_forget_and_crash_recovery(tmp_path):
+    ap = tmp_path / "workers" / "1"
+    m = messenger(ap)
     m.setup(queuedata())
     pilot_box = Outbox(str(ap / "outbox"))
     pilot_box.put({"jobId": 1, "state": "finished", "attemptNr": 0})
     pilot_box.put_heartbeat({"jobId": 2, "state": "running"})
     pilot_box.put_heartbeat({"jobId": 1, "state": "running"})  # superseded by job 1's final update
     (ap / "outbox" / ".final-3-0.json.abc.tmp").write_text('{"par')  # the pilot is still writing this one
+    transport = Counting()
+    m, _ = look(ap, transport)
     claimed = m.claim_outbox("h1")
+    assert transport.calls == 3  # listing, reads (none changed here), then the claims and their reads in one
     kinds = {e["params"]["jobId"]: e["kind"] for _, e in claimed}
     assert kinds == {1: "final", 2: "heartbeat"}
     assert pilot_box.entries() == []  # the pilot's replay no longer sees them
@@ -174,27 +274,24 @@ def test_outbox_claim_done_release_and_crash_recovery(tmp_path):
     paths = {e["params"]["jobId"]: p for p, e in claimed}
 
     # harvester crashed: the next run (same owner) gets the same entries again; another owner does not
-    assert m.claim_outbox("h2") == []
-    again = Messenger(str(ap)).claim_outbox("h1")
+    assert look(ap)[0].claim_outbox("h2") == []
+    again = look(ap)[0].claim_outbox("h1")
     assert sorted(p for p, _ in again) == sorted(paths.values())
 
-    m.done(paths[1])
+    forget(LocalTransport(), str(tmp_path / "workers"), [paths[1]])
     assert not os.path.exists(paths[1])
-    m.release(paths[2])
-    assert json.load(open(ap / "outbox" / "heartbeat-2.json"))["tries"] == 1
     with pytest.raises(MessengerError):
-        m.done(str(ap / "outbox" / "heartbeat-2.json"))  # not claimed: refused
+        forget(LocalTransport(), str(tmp_path / "workers"), [str(ap / "outbox" / "heartbeat-2.json")])  # unclaimed
 
     # a claim whose sender died long ago is taken over (the pilot does the same after STALE_CLAIM)
-    [(path, _)] = m.claim_outbox("h3")
-    assert m.claim_outbox("h4", stale_after=3600) == []
-    [(taken, entry)] = m.claim_outbox("h4", stale_after=-1)
-    assert taken.endswith(".h4.claimed") and entry["kind"] == "heartbeat" and not os.path.exists(path)
+    assert look(ap)[0].claim_outbox("h4", stale_after=3600) == []
+    [(taken, entry)] = look(ap)[0].claim_outbox("h4", stale_after=-1)
+    assert taken.endswith(".h4.claimed") and entry["kind"] == "heartbeat" and not os.path.exists(paths[2])
     (ap / "outbox" / "final-9-0.json").write_text("not json")
-    assert m.claim_outbox("h4", stale_after=3600) == [(taken, entry)]
-    assert os.listdir(ap / "outbox" / "rejected") == ["final-9-0.json.h4.claimed"]
-    m.done(taken)
-    assert pilot_box.entries() == [] and not [n for n in os.listdir(ap / "outbox") if n.endswith(".claimed")]
+    os.symlink(tmp_path / "secret", ap / "outbox" / "final-8-0.json")
+    assert look(ap)[0].claim_outbox("h4", stale_after=3600) == [(taken, entry)]
+    assert sorted(os.listdir(ap / "outbox" / "rejected")) == ["final-8-0.json.h4.claimed",
+                                                              "final-9-0.json.h4.claimed"]
 
 
 WAIT_FOR_GO = "-c 'while [ ! -e \"$1\" ]; do sleep 0.05; done; echo done > out.dat' sh {go}"
@@ -203,34 +300,34 @@ WAIT_FOR_GO = "-c 'while [ ! -e \"$1\" ]; do sleep 0.05; done; echo done > out.d
 def test_pull_mode_pilot_spools_heartbeats_and_harvester_forwards_its_final_update(site, tmp_path):
     from conftest import LiveServer
 
-    ap, go = tmp_path / "ap", tmp_path / "GO"
-    m = Messenger(str(ap))
+    ap, go = tmp_path / "workers" / "1", tmp_path / "GO"
+    m = messenger(ap)
     qd_path = m.setup(queuedata(pilot_heartbeat_interval=0.3))
     pid = site.submit(transformation="/bin/sh", jobParameters=WAIT_FOR_GO.format(go=go),
                       Files=[{"type": "output", "lfn": "out.dat"}, {"type": "log", "lfn": "l.tgz"}])
     site.workdir = str(ap)  # as harvester starts it: -a <access point> --harvester-workdir <access point>
     proc = site.start("--harvester-workdir", str(ap), qd=qd_path)
     site.wait_for(lambda: site.status(pid) == "running", "job running")
-    site.wait_for(lambda: (m.read_attributes() or {}).get("jobStatus") == "running", "attributes written")
-    assert m.last_heartbeat() > time.time() - 60
+    site.wait_for(lambda: (look(ap)[0].read_attributes() or {}).get("jobStatus") == "running", "attributes written")
+    assert look(ap)[0].last_heartbeat() > time.time() - 60
     site.server.stop()
     heartbeat = ap / "outbox" / f"heartbeat-{pid}.json"
     site.wait_for(heartbeat.exists, "heartbeat spooled")
-    [(path, entry)] = m.claim_outbox("harvester-1")
+    [(path, entry)] = look(ap)[0].claim_outbox("harvester-1")
     assert entry["kind"] == "heartbeat" and entry["params"]["state"] == "running"
-    m.release(path)  # the server is down for harvester too
     go.write_text("go")
     assert proc.wait(60) == 79, site.log()  # its final update is safe in the outbox
-    assert m.read_attributes()["jobStatus"] == "finished"
-    [(path, entry)] = m.claim_outbox("harvester-1")
-    assert entry["kind"] == "final" and entry["params"]["state"] == "finished"
-    assert not heartbeat.exists()  # the job ended: its heartbeat is obsolete
+    assert look(ap)[0].read_attributes()["jobStatus"] == "finished"
+    claimed = dict((e["kind"], (p, e)) for p, e in look(ap)[0].claim_outbox("harvester-1"))
+    path, entry = claimed["final"]
+    assert entry["params"]["state"] == "finished" and "heartbeat" not in claimed  # the final one says more
+    assert not heartbeat.exists()
 
     again = LiveServer(site.server.home, site.server.db_url)
     try:
         site.server = again
         ServerClient(again.url, site.token_file, 10).update_job(entry["params"])
-        m.done(path)
+        forget(LocalTransport(), str(tmp_path / "workers"), [path])
         assert site.status(pid) == "finished"
         assert os.listdir(ap / "outbox") == []
     finally:

@@ -73,13 +73,19 @@ def test_tobekilled_kills_the_worker_only_for_a_pilot_without_network(database, 
         def report_worker_statistics(self, queue, statistics):
             pass
 
-    source = tmp_path / "final-1-0.json.h.claimed"
+    from queueconfig.loader import loads
+
+    (tmp_path / "1" / "outbox").mkdir(parents=True)
+    source = tmp_path / "1" / "outbox" / "final-1-0.json.h.claimed"  # where the pilot spooled it, claimed
     source.write_text("{}")
-    worker = models.Worker.create(queue="Q", status="running", submit_phase="done")
+    worker = models.Worker.create(queue="Q", status="running", submit_phase="done",
+                                  access_point=str(tmp_path / "1"))
     models.Outbox.create(kind=kind, key="job:1:heartbeat", payload='{"jobId": 1, "state": "running"}',
                          worker_id=worker.worker_id, created=db.utcnow(),
                          source_path=str(source) if relayed else None)
-    Propagator(Context("/tmp", Server(), Settings(), "h")).run_once(db.utcnow())
+    context = Context("/tmp", Server(), Settings(), "h")
+    context.set_queues({"Q": loads('{"queues": {"Q": {}}}', "q.json").queues["Q"]}, {})
+    Propagator(context).run_once(db.utcnow())
     assert (models.Worker.get_by_id(worker.worker_id).kill_reason is not None) == killed
     assert not models.Outbox.select().exists()  # delivered
     assert source.exists() != relayed  # a relayed report's file is removed with it

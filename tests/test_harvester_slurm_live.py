@@ -19,7 +19,7 @@ from slurmhelp import Slurm, Sshd
 pytestmark = [pytest.mark.slurm, pytest.mark.ssh]
 
 ECHO = '#!/bin/sh\necho "payload ran with: $*"\n'
-SHORT_SLEEP = '#!/bin/sh\nsleep 3\necho "slept"\n'
+WAIT_FOR_FILE = '#!/bin/sh\ni=0\nwhile [ ! -e "$1" ] && [ $i -lt 1500 ]; do sleep 0.2; i=$((i+1)); done\necho "go"\n'
 LONG_SLEEP = '#!/bin/sh\nsleep 600\n'
 FINAL = {"finished", "failed", "cancelled", "missed"}
 
@@ -187,13 +187,15 @@ def test_scancel_ends_cancelled_and_timeout_ends_failed(cluster, beds):
 
 def test_sshd_restarted_mid_cycle_loses_nothing(own_cluster, beds):
     bed = beds(own_cluster)
-    ids = bed.submit(4, transformation=bed.script("sleep.sh", SHORT_SLEEP))
+    go = os.path.join(bed.base, "go")  # the payloads run until the test says so: no race with their end
+    ids = bed.submit(4, transformation=bed.script("wait.sh", WAIT_FOR_FILE), jobParameters=go)
     bed.start()
     bed.wait_for(lambda: any(w["batchID"] for w in workers_of(bed)), "a worker submitted")
     own_cluster.sshd.restart()  # every kept connection is cut while harvester works
     # a worker seen running (its start time), which it may have left again before a loaded machine polls
     bed.wait_for(lambda: any(w["startTime"] for w in workers_of(bed)), "a worker running")
     own_cluster.sshd.restart()
+    open(go, "w").close()
     bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"finished"}, "4 jobs finished")
     workers = bed.wait_for(lambda: settled(bed), "every worker final")
     assert {w["status"] for w in workers} == {"finished"}, workers

@@ -40,8 +40,7 @@ PUSH_NONET = {"mode": "push", "wnconnectivity": "none", "storage": SHARED}
     ({"mode": "push", "mapType": "ManyToOne"}, (WARNING, "jobsPerWorker")),
     ({"wnconnectivity": "none", "storage": SHARED}, (ERROR, "wnconnectivity")),
     ({**PUSH_NONET, "pilot": {"copytool": "http"}}, (ERROR, "pilot.copytool")),
-    ({"mode": "push", "wnconnectivity": "none", "storage": {"input": {"type": "server"}}},
-     (ERROR, "storage.input.type")),
+    ({"wnconnectivity": "none", "storage": {"input": {"type": "server"}}}, (ERROR, "storage.input.type")),
     ({"storage": {"input": {"type": "server"}}}, (ERROR, "pilot.copytool")),
     ({"pilot": {"copytool": "http"}}, (ERROR, "pilot.copytool")),
     ({"storage": {"input": {"type": "shared"}}}, (ERROR, "storage.input.path")),
@@ -105,6 +104,9 @@ def test_defaults_conflict_with_nothing():
     assert found(mode="push", wnconnectivity="none") == set()
     assert found(mode="push", mapType="ManyToOne", jobsPerWorker=4) == set()
     assert found(**PUSH_NONET, pilot={"copytool": "symlink"}) == set()
+    # no network: harvester moves inputs and outputs from and to the server's file store for the pilot
+    assert found(mode="push", wnconnectivity="none", storage={"input": {"type": "server"},
+                                                              "output": {"type": "server"}}) == set()
     assert found(storage={"input": {"type": "server", "url": "/f/{lfn}"}}, pilot={"copytool": "http"}) == set()
     assert found(storage={"output": {"type": "server"}}) == set()  # the pilot uploads with http
     assert found(transport={"type": "ssh", "host": "h", "jump_host": "j", "jump_user": "u", "port": 2222}) == set()

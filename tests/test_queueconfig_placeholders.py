@@ -3,13 +3,15 @@ import pytest
 
 from queueconfig.placeholders import NAMES, check, expand, expand_all
 
-VALUES = {"access_point": "/w/1", "queue": "Q", "queuedata": "/w/1/queuedata.json", "walltime": 600,
-          "server": "http://127.0.0.1:25080", "token_file": "/w/1/token"}
+VALUES = {"access_point": "/w/1", "queue": "Q", "queuedata": "/w/1/queuedata.json",
+          "storagedata": "/w/1/ddmendpoints.json", "walltime": 600, "server": "http://127.0.0.1:25080",
+          "token_file": "/w/1/token"}
 
 
 def test_every_name_is_replaced():
     template = " ".join(f"{{{name}}}" for name in NAMES)
-    assert expand(template, VALUES) == "/w/1 Q /w/1/queuedata.json 600 http://127.0.0.1:25080 /w/1/token"
+    assert expand(template, VALUES) == ("/w/1 Q /w/1/queuedata.json /w/1/ddmendpoints.json 600 "
+                                        "http://127.0.0.1:25080 /w/1/token")
     assert check(template) == set(NAMES)
 
 

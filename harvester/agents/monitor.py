@@ -3,23 +3,30 @@ access points, turned into worker state changes and reports for the server.
 
 Per worker, the pilot's files are read BEFORE its state changes, so a final report a pilot left (its outbox, or
 the handoff files of a file-mode pilot) is queued for the server ahead of the worker's end: the server never
-fails a job whose pilot did report.
+fails a job whose pilot did report. The files come from ONE listing of the queue's access points per cycle, and
+only those that changed since the last cycle are read (harvester.messenger.Snapshot); when the listing fails (the
+login node is unreachable), no worker of the queue changes state that cycle.
+
+What a pilot wrote is hostile: harvester relays reports only for the jobs it bound to that worker, whatever the
+pilot lists; a report it refuses (a symlink, over the size cap, not its job's) fails that job with the reason,
+and a refused output (not a regular file inside the pilot's directory) fails it with a stage-out error.
 """
 import datetime
 import json
 import logging
-import os
+import posixpath
 import re
 
-from harvester import db, models, pilots
+from harvester import db, models, pilots, staging
 from harvester.agents.base import Agent
 from harvester.batch.base import OK
-from harvester.batch.launch import PILOT_EXIT
-from harvester.errors import MessengerError
-from harvester.messenger import Messenger
+from harvester.errors import HandoffRefused, MessengerError
+from harvester.messenger import Messenger, Snapshot, forget
 from harvester.states import (FINAL, LIVE_VALUES, QUEUED, HeldJobStatus, SubmitPhase, WorkerError, WorkerStatus,
-                              change_held_jobs, change_worker_status)
-from harvester.steps import end_jobs, hand_over
+                              change_held_jobs, change_worker_status, note_worker)
+from harvester.steps import end_jobs, hand_over, kill_workers
+from pilot import errors as pilot_errors
+from pilot.jobdata import Job
 
 log = logging.getLogger(__name__)
 # what follow() and change_worker_status read
@@ -32,6 +39,11 @@ PILOT_NO_JOB = 82  # pilot3's and our pilot's exit code when the server had no j
 
 class Monitor(Agent):
     name = "monitor"
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.snapshots = {}  # queue -> its last Snapshot: files unchanged since are not read again
+        self.noted = set()  # (worker, PandaID) a pilot claimed without harvester binding it: said once
 
     @property
     def outbox_owner(self):
@@ -63,9 +75,17 @@ class Monitor(Agent):
                 self.queue_failed(queue.name, f"status query: {result.status}: {result.message}", now)
                 result = None
             names = queue.pilot.handoff.model_dump()  # once per queue, not per worker
+            try:
+                snapshot = Snapshot.take(self.ctx.transport(queue), [w.access_point for w in workers], names,
+                                         queue.pilot.handoff_max_bytes, self.snapshots.get(queue.name))
+            except MessengerError as exc:  # no pilot's files: no worker may end before they are read
+                log.error("queue %s: %s; no worker changes state this cycle", queue.name, exc)
+                self.queue_failed(queue.name, str(exc), now)
+                return
+            self.snapshots[queue.name] = snapshot
             for worker in workers:
                 try:
-                    self.follow(queue, worker, result, now, names)
+                    self.follow(queue, worker, result, now, names, snapshot)
                 except Exception as exc:  # one worker's fault never stops the others
                     log.exception("queue %s worker %s: monitoring failed", queue.name, worker.worker_id)
                     models.Worker.update(diag=f"monitor: {type(exc).__name__}: {exc}"[:2000]) \
@@ -74,13 +94,15 @@ class Monitor(Agent):
         finally:
             db.release_workers(self.owner, [w.worker_id for w in workers])
 
-    def follow(self, queue, worker, result, now, names):
+    def follow(self, queue, worker, result, now, names, snapshot):
         waiting = 0
         for directory in pilots.handoff_dirs(worker.access_point, worker.n_pilots):  # each pilot's own files
-            messenger = Messenger(directory, names)
+            messenger = Messenger(directory, names, self.ctx.transport(queue), snapshot,
+                                  root=posixpath.dirname(worker.access_point), limit=queue.pilot.handoff_max_bytes,
+                                  server=self.ctx.server, scratch=self.ctx.scratch_dir)
             try:
                 self.read_files(queue, worker, messenger, now)
-                ended = messenger.kill_worker_requested() or os.path.exists(os.path.join(directory, PILOT_EXIT))
+                ended = messenger.kill_worker_requested() or messenger.pilot_exited()
                 waiting += not ended and not messenger.panda_ids()
             except MessengerError as exc:
                 log.error("queue %s worker %s: %s", queue.name, worker.worker_id, exc)
@@ -162,13 +184,7 @@ class Monitor(Agent):
             if worker.last_seen is None or seen > worker.last_seen:
                 models.Worker.update(last_seen=seen).where(models.Worker.worker_id == worker.worker_id).execute()
                 worker.last_seen = seen
-        # a pilot's list only grows: only the PandaIDs not recorded at an earlier cycle are inserted
-        known = self.linked_before.get(messenger.access_point, set())
-        new = [panda_id for panda_id in messenger.panda_ids() if panda_id not in known]
-        if new:
-            models.JobWorker.insert_many([{"panda_id": panda_id, "worker_id": worker.worker_id, "time": now}
-                                          for panda_id in new]).on_conflict_ignore().execute()
-        self.linked[messenger.access_point] = known | set(new)
+        self.take_listed_ids(queue, worker, messenger, now)
         if pilots.file_mode(queue):
             self.relay_file_mode(queue, worker, messenger, now)
         else:
@@ -176,10 +192,42 @@ class Monitor(Agent):
         if queue.mapType != "NoJob" and worker.status not in {s.value for s in FINAL}:
             self.answer_request(queue, worker, messenger, now)
 
+    def take_listed_ids(self, queue, worker, messenger, now):
+        """The PandaIDs the pilot lists. Pull mode: the pilot's word is all harvester has (kept to count the pilots
+        that took a job and for `harvester explain`; never reported as the worker's: the server knows what it
+        dispatched to whom). Push mode: harvester bound the jobs itself; any other id is ignored, said once."""
+        listed = messenger.panda_ids()
+        if queue.mapType == "NoJob":
+            # a pilot's list only grows: only the PandaIDs not recorded at an earlier cycle are inserted
+            known = self.linked_before.get(messenger.directory, set())
+            new = [panda_id for panda_id in listed if panda_id not in known]
+            if new:
+                models.JobWorker.insert_many([{"panda_id": panda_id, "worker_id": worker.worker_id, "time": now}
+                                              for panda_id in new]).on_conflict_ignore().execute()
+            self.linked[messenger.directory] = known | set(new)
+            return
+        if not listed:
+            return
+        bound = {pid for (pid,) in models.JobWorker.select(models.JobWorker.panda_id)
+                 .where(models.JobWorker.worker_id == worker.worker_id).tuples()}
+        for panda_id in listed:
+            if panda_id not in bound:
+                self.note_foreign(worker, panda_id, f"{messenger.path('pandaids')} lists it", now)
+
+    def note_foreign(self, worker, panda_id, how, now):
+        """A pilot that speaks for a job harvester did not bind to its worker: ignored, and said once."""
+        if (worker.worker_id, panda_id) in self.noted:
+            return
+        self.noted.add((worker.worker_id, panda_id))
+        reason = (f"the pilot speaks for job {panda_id}, which harvester did not bind to this worker ({how}): "
+                  "ignored, never reported")
+        log.warning("queue %s worker %s: %s", worker.queue, worker.worker_id, reason)
+        note_worker(worker, reason, now)
+
     def answer_request(self, queue, worker, messenger, now):
         """Late binding: a pilot that asks for another job (worker_requestjob.json) gets the queue's next held job."""
         wanted = messenger.job_requested()
-        if wanted <= 0 or os.path.exists(messenger.path("job")):
+        if wanted <= 0 or messenger.exists("job"):
             return
         with models.database.atomic():
             free = (models.HeldJob.select(models.HeldJob.panda_id)
@@ -198,29 +246,45 @@ class Monitor(Agent):
 
     def take_outbox(self, worker, messenger, now):
         """A pilot that could not reach the server spooled its reports in the access point: forward them."""
+        repeated = []
         for path, entry in messenger.claim_outbox(self.outbox_owner):
             params = entry.get("params") or {}
             heartbeat = entry.get("kind") == "heartbeat"
             if not enqueue(params, "job_heartbeat" if heartbeat else "job_final", worker.worker_id, now,
                            source_path=path):
-                messenger.done(path)  # the same report is already queued (a claim repeated after a crash)
+                repeated.append(path)  # the same report is already queued (a claim repeated after a crash)
+        if repeated:
+            forget(messenger.transport, messenger.root, repeated)
 
     def relay_file_mode(self, queue, worker, messenger, now):
-        """A pilot with no network: heartbeats on its behalf while its job runs, its final report when it ends."""
-        for report in messenger.final_reports(queue.storage):  # outputs staged out on the way
-            panda_id = int(report["jobId"])
-            held = models.HeldJob.get_or_none(models.HeldJob.panda_id == panda_id)
-            if held is None or held.status == HeldJobStatus.DONE.value:
+        """A pilot with no network: heartbeats on its behalf while its job runs, its final report when it ends;
+        only for the jobs harvester bound to this worker."""
+        bound = {job.panda_id: job for job in models.HeldJob.select().where(
+            models.HeldJob.worker_id == worker.worker_id)}
+        for final in messenger.final_reports():
+            if final.panda_id is None:  # worker_attributes.json refused: whichever job it spoke for fails
+                self.refuse_pilot(queue, worker, bound, final.refusal, now)
                 continue
-            with models.database.atomic():
-                if change_held_jobs(models.HeldJob.panda_id == panda_id, HeldJobStatus.DONE,
-                                    {"last_report": json.dumps(report)[:100000]}):
-                    enqueue(report, "job_final", worker.worker_id, now)
-        attributes = messenger.read_attributes()
+            held = bound.get(final.panda_id)
+            if held is None:
+                self.note_foreign(worker, final.panda_id, f"{final.path} reports it", now)
+                continue
+            if held.status == HeldJobStatus.DONE.value:
+                continue
+            report = self.final_report(queue, messenger, final, held)
+            self.end_held_job(held, report, worker, now)
+        try:
+            attributes = messenger.read_attributes()  # garbage raises: the worker's diag says so
+        except HandoffRefused:
+            return  # refused above: the jobs it spoke for failed
         if not attributes or "jobId" not in attributes:
             return
-        panda_id = int(attributes["jobId"])
-        held = models.HeldJob.get_or_none(models.HeldJob.panda_id == panda_id)
+        try:
+            panda_id = int(attributes["jobId"])
+        except (TypeError, ValueError):
+            return
+        held = models.HeldJob.get_or_none(models.HeldJob.panda_id == panda_id,
+                                          models.HeldJob.worker_id == worker.worker_id)
         state = attributes.get("state") or attributes.get("jobStatus")
         if held is None or held.status == HeldJobStatus.DONE.value or state not in ("starting", "running"):
             return
@@ -233,6 +297,59 @@ class Monitor(Agent):
                 if change_held_jobs(models.HeldJob.panda_id == panda_id, HeldJobStatus.RUNNING,
                                     {"last_heartbeat": now, "last_report": json.dumps({"state": state})}):
                     enqueue(params, "job_heartbeat", worker.worker_id, now)
+
+    def final_report(self, queue, messenger, final, held):
+        """The final update harvester sends for a job: the pilot's, with its outputs staged out and verified; or a
+        failure saying why harvester refused the pilot's report (1008) or one of its outputs (1137)."""
+        if final.refusal:
+            return failure(held, pilot_errors.GENERALERROR, f"harvester refused the pilot's report: {final.refusal}")
+        if final.output_error:
+            return failure(held, pilot_errors.STAGEOUTFAILED, f"harvester refused the outputs: {final.output_error}")
+        try:
+            outputs = staging.stage_out(messenger, final, queue.storage, self.ctx.server, self.ctx.scratch_dir,
+                                        output_scopes(held))
+        except HandoffRefused as exc:
+            return failure(held, pilot_errors.STAGEOUTFAILED, f"harvester refused an output: {exc}")
+        params = dict(final.params)
+        if outputs:
+            params["xml"] = json.dumps({posixpath.basename(e["path"]): {
+                "guid": e.get("guid") or "", "fsize": e.get("fsize"), "adler32": e.get("chksum"),
+                "surl": e["path"]} for e in outputs})
+        return params
+
+    def refuse_pilot(self, queue, worker, bound, refusal, now):
+        """The pilot's current report cannot be read (a symlink, over the cap): the jobs it may speak for fail with
+        the reason, and the worker is killed (its pilot is not to be trusted with another job)."""
+        for held in bound.values():
+            if held.status in (HeldJobStatus.FED.value, HeldJobStatus.RUNNING.value):
+                report = failure(held, pilot_errors.GENERALERROR, f"harvester refused the pilot's report: {refusal}")
+                self.end_held_job(held, report, worker, now)
+        log.error("queue %s worker %s: %s; the worker is killed", queue.name, worker.worker_id, refusal)
+        kill_workers(None, [worker.worker_id], f"harvester refused the pilot's files: {refusal}"[:2000], self.ctx)
+
+    @staticmethod
+    def end_held_job(held, report, worker, now):
+        """A held job's final report queued and the job harvester's no more, together (once: the conditional
+        update says who won)."""
+        with models.database.atomic():
+            if change_held_jobs(models.HeldJob.panda_id == held.panda_id, HeldJobStatus.DONE,
+                                {"last_report": json.dumps(report)[:100000]}):
+                enqueue(report, "job_final", worker.worker_id, now)
+
+
+def failure(held, code, diag):
+    """A final update failing a held job, harvester's word instead of the pilot's."""
+    return {"jobId": held.panda_id, "attemptNr": held.attempt_nr, "state": "failed", "pilotErrorCode": code,
+            "pilotErrorDiag": diag[:500], "transExitCode": 0}
+
+
+def output_scopes(held):
+    """lfn -> scope of a held job's outputs and log, from its definition."""
+    try:
+        job = Job(json.loads(held.definition))
+    except (ValueError, TypeError):
+        return {}
+    return {spec.lfn: spec.scope for spec in job.outputs + ([job.log] if job.log else [])}
 
 
 def enqueue(params, kind, worker_id, now, source_path=None):

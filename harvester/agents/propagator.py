@@ -4,8 +4,10 @@ Each cycle::
 
     job reports     the outbox in id order, in bulk (pilot/update_jobs_bulk): acknowledged -> deleted (and the
                     pilot's spooled file removed); `tobekilled` to a heartbeat harvester sent for a pilot with no
-                    network -> the worker is marked for the sweeper; refused for
-                    good -> kept as rejected, never resent; server unreachable -> stop, everything stays for later
+                    network -> the worker is marked for the sweeper; an entry refused for good -> kept as
+                    rejected, never resent, its reason in the log and the worker's status log; a whole bulk
+                    refused (HTTP 413, or a 4xx for one bad entry) -> split in halves and sent again, so only the
+                    bad entry is rejected; server unreachable -> stop, everything stays for later
     workers         every worker whose status changed since the last report (harvester/update_workers)
     statistics      workers by state per queue, every stats_period or when the server asked
 
@@ -16,14 +18,15 @@ moment).
 import collections
 import json
 import logging
-import os
+import posixpath
 
 import peewee
 
 from harvester import models
 from harvester.agents.base import Agent
-from harvester.errors import ServerError
-from harvester.states import FINAL, SubmitPhase
+from harvester.errors import MessengerError, ServerError
+from harvester.messenger import forget
+from harvester.states import FINAL, SubmitPhase, note_worker
 from harvester.steps import iso
 
 log = logging.getLogger(__name__)
@@ -59,32 +62,45 @@ class Propagator(Agent):
                         .order_by(models.Outbox.id).limit(BATCH))
             if not rows:
                 return delivered
-            try:
-                replies = self.ctx.server.update_jobs([json.loads(row.payload) for row in rows])
-            except ServerError as exc:
-                models.Outbox.update(tries=models.Outbox.tries + 1, last_error=str(exc)[:2000]) \
-                    .where(models.Outbox.id.in_([row.id for row in rows])).execute()
-                if exc.transient:
-                    raise  # the runner logs it; everything stays queued, in order, for the next cycle
-                for row in rows:  # the whole call was refused: keep each entry for inspection
-                    self.reject(row, str(exc))
-                return delivered
-            for row, reply in zip(rows, replies):
-                delivered += self.settle(row, reply or {})
+            settled = []
+            delivered += self.send_bulk(rows, settled, now)
+            self.remove_sources(settled)
 
-    def settle(self, row, reply):
+    def send_bulk(self, rows, settled, now):
+        """Send ``rows`` in one call; a refusal of the whole call is split until it names one entry: one bad entry
+        (too large for the server, malformed) never takes the others down. A transient failure raises: everything
+        stays queued, in order, for the next cycle."""
+        try:
+            replies = self.ctx.server.update_jobs([json.loads(row.payload) for row in rows])
+        except ServerError as exc:
+            models.Outbox.update(tries=models.Outbox.tries + 1, last_error=str(exc)[:2000]) \
+                .where(models.Outbox.id.in_([row.id for row in rows])).execute()
+            if exc.transient:
+                raise  # the runner logs it
+            if len(rows) > 1:
+                half = len(rows) // 2
+                log.warning("the server refused a bulk of %d job reports (%s); sent again in halves", len(rows), exc)
+                return self.send_bulk(rows[:half], settled, now) + self.send_bulk(rows[half:], settled, now)
+            self.reject(rows[0], str(exc), now)
+            return 0
+        delivered = 0
+        for row, reply in zip(rows, replies):
+            delivered += self.settle(row, reply or {}, settled, now)
+        return delivered
+
+    def settle(self, row, reply, settled, now):
         code = reply.get("StatusCode")
         if reply.get("command") == "tobekilled":
             self.kill_for(row, reply, code)
         if str(code) == "0":
-            self.remove_source(row)
+            settled.append(row)
             row.delete_instance()
             return 1
         if row.kind == "job_heartbeat":  # a refused heartbeat is stale news (the job ended or moved): drop it
-            self.remove_source(row)
+            settled.append(row)
             row.delete_instance()
             return 0
-        self.reject(row, f"StatusCode {code}: {reply.get('ErrorDiag', '')}")
+        self.reject(row, f"StatusCode {code}: {reply.get('ErrorDiag', '')}", now)
         return 0
 
     def kill_for(self, row, reply, code):
@@ -103,17 +119,36 @@ class Propagator(Agent):
                                                        models.Worker.kill_reason.is_null()).execute()
         self.ctx.wake("sweeper")
 
-    def reject(self, row, message):
+    def reject(self, row, message, now):
         log.error("the server refused %s (%s) for good; kept in the outbox as rejected: %s", row.kind, row.key,
                   message)
         models.Outbox.update(rejected=True, last_error=message[:2000]).where(models.Outbox.id == row.id).execute()
+        worker = models.Worker.get_or_none(models.Worker.worker_id == row.worker_id) if row.worker_id else None
+        if worker is not None:  # `harvester explain --worker` says it too
+            note_worker(worker, f"the server refused the {row.kind} ({row.key}) for good; rejected, not resent: "
+                        f"{message}", now)
 
-    def remove_source(self, row):
-        if row.source_path:
+    def remove_sources(self, rows):
+        """The pilots' spooled files of delivered reports, removed where they are (one call per queue)."""
+        by_worker = collections.defaultdict(list)
+        for row in rows:
+            if row.source_path and row.worker_id:
+                by_worker[row.worker_id].append(row.source_path)
+        if not by_worker:
+            return
+        by_root = collections.defaultdict(list)  # (queue, the workers' directory) -> paths
+        for worker in (models.Worker.select(models.Worker.worker_id, models.Worker.queue, models.Worker.access_point)
+                       .where(models.Worker.worker_id.in_(list(by_worker)))):
+            if worker.access_point:
+                by_root[worker.queue, posixpath.dirname(worker.access_point)] += by_worker[worker.worker_id]
+        for (name, root), paths in sorted(by_root.items()):
+            queue = self.ctx.queues.get(name)
+            if queue is None:
+                continue
             try:
-                os.unlink(row.source_path)
-            except FileNotFoundError:
-                pass
+                forget(self.ctx.transport(queue), root, paths)
+            except MessengerError as exc:  # left there: a claimed name, which neither side sends again
+                log.warning("queue %s: delivered outbox entries not removed: %s", name, exc)
 
     # ---- workers ---------------------------------------------------------------------------------------------
     def send_workers(self, now):
@@ -134,7 +169,9 @@ class Propagator(Agent):
             for panda_id, worker_id in (models.JobWorker.select(models.JobWorker.panda_id, models.JobWorker.worker_id)
                                         .where(models.JobWorker.worker_id.in_(ids)).tuples()):
                 jobs[worker_id].append(panda_id)
-            replies = self.ctx.server.update_workers([worker_dict(w, jobs[w.worker_id]) for w in workers])
+            # only the jobs harvester bound to a worker (push mode); a pull-mode pilot's own list is its word only
+            replies = self.ctx.server.update_workers([worker_dict(w, jobs[w.worker_id] if w.map_type != "NoJob"
+                                                                  else []) for w in workers])
             for worker, accepted in zip(workers, replies or []):
                 if not accepted:
                     log.error("the server refused the update of worker %s", worker.worker_id)

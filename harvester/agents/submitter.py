@@ -17,6 +17,7 @@ import datetime
 import json
 import logging
 import os
+import posixpath
 
 from harvester import db, models, pilots, shapes
 from harvester.agents.base import Agent
@@ -26,6 +27,7 @@ from harvester.messenger import Messenger
 from harvester.states import (HeldJobStatus, SubmitPhase, WorkerStatus, change_submit_phase, change_worker_status,
                               create_worker)
 from harvester.steps import hand_over, release_jobs
+from harvester.transport import TransportError
 from queueconfig import allocation
 from queueconfig.schedconfig import queuedata
 
@@ -36,6 +38,10 @@ TOKEN_MARGIN_S = 3600  # a pilot token outlives its worker's walltime by this mu
 
 class Submitter(Agent):
     name = "submitter"
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.zipapps = set()  # (transport, workers directory, zipapp) already sent to the submit host
 
     def run_once(self, now):
         self.submitted = 0
@@ -141,20 +147,17 @@ class Submitter(Agent):
         """Everything the worker needs before the batch system sees it; None when it must wait or was given up."""
         transport = self.ctx.transport(queue)
         access_point = self.ctx.access_point(queue, worker.worker_id)
+        root = os.path.dirname(access_point)
         try:
-            transport.makedirs(access_point, 0o750)
             dirs = pilots.handoff_dirs(access_point, worker.n_pilots)
-            messengers = [Messenger(directory, queue.pilot.handoff) for directory in dirs]
+            messengers = [Messenger(directory, queue.pilot.handoff, transport, root=root,
+                                    limit=queue.pilot.handoff_max_bytes, server=self.ctx.server,
+                                    scratch=self.ctx.scratch_dir) for directory in dirs]
             data = queuedata(queue)
             if pilots.file_mode(queue):  # harvester stages in and out: the pilot works in its access point only
                 data.update(input_dir="", output_dir="")
-            for messenger in messengers:
-                messenger.setup(data)
-            if not queue.pilot.command:
-                transport.put_file(pilots.zipapp_path(self.ctx.home),
-                                   os.path.join(access_point, pilots.ZIPAPP_FILE), 0o644)
-            if not pilots.file_mode(queue):
-                self.mint_token(queue, worker, transport, access_point)
+            self.place_pilot(queue, worker, transport, root, access_point,
+                             [op for messenger in messengers for op in messenger.setup_ops(data)])
             if queue.mapType != "NoJob":
                 self.feed(queue, worker, messengers)
             url, walltime, python = self.ctx.server.url, worker.walltime_s, self.ctx.settings.pilot_python or None
@@ -182,17 +185,46 @@ class Submitter(Agent):
         models.Worker.update(access_point=access_point).where(models.Worker.worker_id == worker.worker_id).execute()
         return spec
 
-    def mint_token(self, queue, worker, transport, access_point):
-        if worker.pilot_token_jti:  # a retry keeps the token already minted
-            return
+    def place_pilot(self, queue, worker, transport, root, access_point, setup):
+        """The access point (made without following a symlink below the workers directory), the pilot zipapp (sent
+        once per version to ``<workers>/.pilot/`` and copied from there, verified), a pilot token minted for this
+        worker alone (0600) and the pilots' queuedata (``setup``): one call to the submit host."""
+        name = posixpath.basename(access_point)
+        ops = [{"op": "mkdir", "root": root, "path": name, "mode": 0o750}]
+        if not queue.pilot.command:
+            ops.append({"op": "copy", "src_root": root, "src": self.remote_zipapp(transport, root),
+                        "dst_root": root, "dst": f"{name}/{pilots.ZIPAPP_FILE}", "mode": 0o644})
+        minted = None
+        if not pilots.file_mode(queue) and not worker.pilot_token_jti:  # a retry keeps the token already placed
+            minted = self.mint_token(queue, worker)
+            ops.append({"op": "write", "root": root, "path": f"{name}/{pilots.TOKEN_FILE}",
+                        "data": minted["token"].encode(), "mode": 0o600})
+        ops += setup
+        for op, result in zip(ops, transport.files(ops)):
+            if not result.get("ok"):
+                raise TransportError(f"preparing {access_point} ({op['op']}): {result.get('error')}")
+        if minted is not None:  # recorded once it is in place: a failed write mints a new one next time
+            models.Worker.update(pilot_token_jti=minted["jti"]).where(
+                models.Worker.worker_id == worker.worker_id).execute()
+            worker.pilot_token_jti = minted["jti"]
+
+    def mint_token(self, queue, worker):
+        """A pilot token for this worker alone and the jobs it holds (the server binds it to them): the server's
+        ``{"token", "jti", "expires"}``."""
         held = [panda_id for (panda_id,) in models.HeldJob.select(models.HeldJob.panda_id)
                 .where(models.HeldJob.worker_id == worker.worker_id).tuples()]
-        reply = self.ctx.server.mint_pilot_token(worker.worker_id, queue.name, worker.walltime_s + TOKEN_MARGIN_S,
-                                                 held)
-        transport.write_file(os.path.join(access_point, pilots.TOKEN_FILE), reply["token"], 0o600)
-        models.Worker.update(pilot_token_jti=reply["jti"]).where(
-            models.Worker.worker_id == worker.worker_id).execute()
-        worker.pilot_token_jti = reply["jti"]
+        return self.ctx.server.mint_pilot_token(worker.worker_id, queue.name, worker.walltime_s + TOKEN_MARGIN_S,
+                                                held)
+
+    def remote_zipapp(self, transport, root):
+        """The pilot zipapp's path below ``root`` on the submit host, sent there (verified) on first use."""
+        local = pilots.zipapp_path(self.ctx.home)
+        rel = f"{pilots.REMOTE_ZIPAPP_DIR}/{os.path.basename(local)}"
+        key = (id(transport), root, rel)
+        if key not in self.zipapps:  # (the send makes the workers directory when it is not there yet)
+            transport.send(local, root, rel, 0o644)
+            self.zipapps.add(key)
+        return rel
 
     def feed(self, queue, worker, messengers):
         """Push mode: the worker's jobs, their transformations and inputs go into the access point; a worker of
@@ -202,7 +234,6 @@ class Submitter(Agent):
                     .order_by(models.HeldJob.panda_id))
         for index, messenger in enumerate(messengers):
             hand_over(queue, messenger, held[index::len(messengers)], self.ctx.server.fetch)
-
 
     # ---- record -------------------------------------------------------------------------------------------------
     def record(self, queue, worker, result, failure, now):
