@@ -322,6 +322,38 @@ def test_a_fifo_listed_as_a_report_is_refused_without_a_read(site):
     assert "not a regular file" in report["pilotErrorDiag"], report
 
 
+class Counting(LocalTransport):
+    """The local transport, counting each batch's operations."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def files(self, ops):
+        self.batches.append(sorted({op["op"] for op in ops}))
+        return super().files(ops)
+
+
+def test_one_listing_per_queue_per_cycle_and_only_changed_reports_read(site):
+    ctx = context(site)
+    transport = Counting()
+    ctx.transport = lambda queue: transport
+    aps = [worker_with_job(ctx, panda_id)[1] for panda_id in (1, 2, 3)]
+    for panda_id, ap in enumerate(aps, 1):
+        with open(os.path.join(ap, "worker_attributes.json"), "w") as handle:
+            json.dump({"jobId": panda_id, "state": "running"}, handle)
+    monitor = Monitor(ctx)
+    monitor.run_once(NOW)
+    assert transport.batches == [["scan"], ["read"]]  # three workers: one listing, one read of what they wrote
+    transport.batches.clear()
+    monitor.run_once(NOW)
+    assert transport.batches == [["scan"]]  # nothing changed: the listing alone
+    pilot_ends(aps[1], 2)
+    transport.batches.clear()
+    monitor.run_once(NOW)
+    assert transport.batches[:2] == [["scan"], ["read"]] and list(finals()) == [2]
+
+
 def too_large(limit):
     def refuse(updates):
         if len(json.dumps(updates)) > limit:

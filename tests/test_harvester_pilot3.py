@@ -39,9 +39,6 @@ def pilot3_queue(pilot_dir, base, fast_fail=False, output_dir=None):
     """
     os.makedirs(base, exist_ok=True)
     config = write_fast_config(pilot_dir, os.path.join(base, "pilot3.cfg"))
-    storagedata = os.path.join(base, "ddmendpoints.json")
-    with open(storagedata, "w") as handle:
-        handle.write("{}")
     interp = [sys.executable, os.path.join(pilot_dir, "pilot.py")]
     if fast_fail:
         launcher = os.path.join(base, "fast_fail_launcher.py")
@@ -52,7 +49,8 @@ def pilot3_queue(pilot_dir, base, fast_fail=False, output_dir=None):
                "-q", "{queue}", "-w", "generic", "--pilot-user", "generic", "-j", "managed",
                "-z", "--harvester-submit-mode", "PUSH",
                "--harvester-workdir", "{access_point}", "--harvester-datadir", "{access_point}",
-               "--queuedata-url", "{queuedata}", "--storagedata-url", storagedata,
+               "--queuedata-url", "{queuedata}",
+               "--storagedata-url", "{storagedata}",  # written by harvester: pilot3 never asks CERN's CRIC
                "-t", "-d", "-l", "600", "--use-rucio-traces", "False"]
     if output_dir:
         command += ["--output-dir", str(output_dir)]
