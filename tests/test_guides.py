@@ -13,6 +13,9 @@ How each guide runs, and the only changes made to its text (each one is listed w
   this machine's network, and must reach the server there: so no namespace; the guide's port 25080 becomes a free
   port, and the site values at the top of the guide (login host, SSH port, user, key, shared directory, server
   host) become the fixture's.
+- edge-harvester.md: on the hosts of tests/nethosts.py (edge, login, two Slurm nodes without a route to
+  edge): the guide runs on edge (its own network: port 25080 stays), its site values become login's sshd and the
+  site directory.
 - htcondor.md: against the one-host HTCondor pool of tests/condorhelp.py (skipped without it, a failure under
   CI=true): the guide's remote schedd is the pool's, its token one the pool signed (the admin's condor_token_create
   is a block the guide shows, not one it runs), its worker directory one the pool cannot see; on the host network
@@ -267,3 +270,33 @@ def test_htcondor_guide(condor_pool, tmp_path):
     assert re.search(r"jobStatus\s+finished", out) and re.search(r"batchID\s+\d+\.\d+", out), log
     assert "accepted by htcondor as batch job" in out and "JobStatus 4 (completed); exit code 0" in out, log
     assert f"work area {condor_pool.base}/local/lib/condor/execute/dir_" in out, log  # ran in the scratch directory
+
+
+# ---- the edge deployment: hosts made of namespaces (tests/nethosts.py) -----------------------------------------------
+
+@pytest.mark.multinode
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_edge_harvester_guide(tmp_path, tmp_path_factory):
+    """The guide runs on edge (its own network, which has 127.0.0.1:25080 free, and a view without the site's
+    directory); its login node is login's sshd, whose sessions find the two-node Slurm, and the pilots run on the
+    nodes, which have no route to edge. The site values at the top become the topology's; nothing else changes."""
+    from edgehelp import EdgeSite
+    from nethosts import LOGIN_EDGE_ADDRESS
+
+    edge = EdgeSite(tmp_path_factory.mktemp("hosts"))  # short: slurmstepd's socket paths must fit in 108 bytes
+    try:
+        values = {"LOGIN_HOST": LOGIN_EDGE_ADDRESS, "LOGIN_PORT": "22", "LOGIN_USER": "root",
+                  "SSH_KEY": edge.sshd.user_key, "SITE": os.path.join(edge.site.site_dir, "minipanda"),
+                  "PARTITION": "debug"}
+        script = guide_script("edge-harvester.md", variables=values)
+        out, log = run_guide(tmp_path, script, prefix=edge.site.edge.argv([]), timeout=600)
+        assert re.search(r"\bdone\b", out), log
+        assert "in1.txt" in out and "line 1\nline 2" in out, log
+        assert "pilot.token" not in out, log
+        # the pilots' directories were on the site only; the edge host never saw them
+        assert os.path.isdir(os.path.join(values["SITE"], "workers", "1")), log
+        assert edge.site.edge.run(["ls", "-A", edge.site.site_dir]).stdout == ""
+    finally:
+        edge.slurm.run("scancel", "--user=root")
+        edge.close()
