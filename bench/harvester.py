@@ -12,7 +12,12 @@ the machine is shared):
                 "ending" ones have no process and an exit file, so the cycle also makes status changes. The
                 plugin's status() calls are counted (the contract: one per queue per cycle). Cycle 1 sees the
                 ending workers (and the plugin reads each spool record for the first time); cycles 2 and on are
-                the steady state (nothing changes).
+                the steady state (nothing changes). Every access point holds a running pilot's files (attributes,
+                PandaIDs, heartbeat): cycle 1 reads them all, later cycles only what changed (nothing).
+                With --transport ssh the same part runs twice, side by side: the queues' submit host reached
+                directly, then over SSH (an sshd on 127.0.0.1 started here, tests/slurmhelp.py): every status
+                query, listing and file read goes through the transport; the transport's calls are counted (the
+                contract: one status batch and one listing per queue per cycle, plus one read of changed files).
   (b) submit    the local plugin's submit() alone on --submit workers (scripts written beforehand), then the
                 whole Submitter (access point, queuedata, a pilot token minted per worker by a real server,
                 script, one submit call, recording) on --submit other workers. The pilot interpreter is
@@ -33,6 +38,7 @@ plugin's spool record).
 
     python3 bench/harvester.py                          # all three parts at the default sizes
     python3 bench/harvester.py --parts monitor --workers 20000
+    python3 bench/harvester.py --parts monitor --workers 1000 --transport ssh   # the same over SSH, side by side
     python3 bench/harvester.py --parts e2e --jobs 200 --keep
     python3 bench/harvester.py --parts submit --batch htcondor   # (d): HTCondor beside the local plugin (as root)
 """
@@ -129,21 +135,45 @@ class CountingPlugin:
 
 
 # ---- (a) the monitor ---------------------------------------------------------------------------------------------
-def part_monitor(args, base):
+def part_monitor(args, base, transport="local"):
+    from harvesterhelp import queue_config
+
+    home = os.path.join(base, f"monitor-{transport}")
+    os.makedirs(home)
+    names = [f"BENCH_MON{i}" for i in range(args.monitor_queues)]
+    queue_file = os.path.join(home, "queues.yaml")
+    sshd = None
+    if transport == "ssh":
+        from slurmhelp import Sshd
+
+        sshd = Sshd(os.path.join(base, "sshd")).start()
+    try:
+        write_queue_file(queue_file, {name: queue_config(pilot={"lifetime": 86400}, transport=(
+            sshd.queue_transport(workdir=os.path.join(home, "workers", name)) if sshd else {}))
+            for name in names})
+        return monitor_cycles(args, home, queue_file, names, transport)
+    finally:
+        if sshd is not None:
+            sshd.stop()
+
+
+def _pilot_files(ap, worker_id):
+    """What a running pilot keeps in its access point (pull mode): its attributes, PandaIDs and heartbeat."""
+    for name, data in (("worker_attributes.json", {"jobId": worker_id, "state": "running"}),
+                       ("worker_pandaids.json", [worker_id]), ("worker_heartbeat.json", {})):
+        with open(os.path.join(ap, name), "w") as handle:
+            json.dump(data, handle)
+
+
+def monitor_cycles(args, home, queue_file, names, transport):
     from harvester import db, models
     from harvester.agents import monitor as monitor_module
     from harvester.agents.monitor import Monitor
     from harvester.batch.base import OK, WorkerSpec
     from harvester.states import utcnow
-    from harvesterhelp import queue_config
 
-    home = os.path.join(base, "monitor")
-    os.makedirs(home)
-    names = [f"BENCH_MON{i}" for i in range(args.monitor_queues)]
-    queue_file = os.path.join(home, "queues.yaml")
-    write_queue_file(queue_file, {name: queue_config(pilot={"lifetime": 86400}) for name in names})
     ctx = harvester_context(home, queue_file)
-    counters, procs = {}, []
+    counters, procs, files_calls, run_calls = {}, [], [], []
     boot_id = open("/proc/sys/kernel/random/boot_id").read().strip()
     now = utcnow()
     next_id = 1
@@ -157,6 +187,8 @@ def part_monitor(args, base):
             queue = ctx.queues[name]
             plugin = ctx.plugin(queue)
             counters[name] = CountingPlugin(plugin)
+            files_calls.append(Timed(ctx.transport(queue), "files"))  # every listing, read and status batch
+            run_calls.append(Timed(ctx.transport(queue), "run"))  # every command
             os.makedirs(ctx.spool_dir(queue), exist_ok=True)
             rows = []
             # real detached processes, submitted through the plugin itself
@@ -182,6 +214,7 @@ def part_monitor(args, base):
                 worker_id, ap = next_id, ctx.access_point(queue, next_id)
                 next_id += 1
                 os.makedirs(ap)
+                _pilot_files(ap, worker_id)
                 if index < n_end:
                     record = {"pid": NOT_A_PID + worker_id, "start": worker_id}
                     with open(os.path.join(ap, "job.exit"), "w") as handle:
@@ -205,9 +238,10 @@ def part_monitor(args, base):
                         for row in rows[chunk:chunk + 500]]).execute()
         setup_s = time.perf_counter() - started
         live_rows = models.Worker.select().where(models.Worker.status == "running").count()
-        print(f"(a) monitor: {live_rows} live workers in {len(names)} queue(s) ({sum(real_per_queue)} real sleep "
-              f"processes submitted through the local plugin; the other spool records and exit files written "
-              f"directly in its format, {ending} of them with an exit file); setup {setup_s:.1f} s")
+        print(f"(a) monitor, transport {transport}: {live_rows} live workers in {len(names)} queue(s) "
+              f"({sum(real_per_queue)} real sleep processes submitted through the local plugin; the other spool "
+              f"records and exit files written directly in its format, {ending} of them with an exit file); setup "
+              f"{setup_s:.1f} s")
         monitor = Monitor(ctx)
         cycles = []
         claim = Timed(db, "claim_workers")  # the monitor calls db.claim_workers through the module
@@ -216,6 +250,8 @@ def part_monitor(args, base):
             claim.reset()
             changes.reset()
             for counter in counters.values():
+                counter.reset()
+            for counter in files_calls + run_calls:
                 counter.reset()
             live_before = models.Worker.select().where(models.Worker.status == "running").count()
             changes_before = models.WorkerStatusLog.select().count()
@@ -227,17 +263,24 @@ def part_monitor(args, base):
             status_s = sum(c.seconds for c in counters.values())
             cycles.append({"cycle": cycle, "live": live_before, "checked": checked, "seconds": seconds,
                            "status_calls": calls, "status_s": status_s, "changed": changed, "claim_s": claim.seconds,
-                           "change_s": changes.seconds})
+                           "change_s": changes.seconds, "files_calls": sum(c.calls for c in files_calls),
+                           "files_s": sum(c.seconds for c in files_calls),
+                           "run_calls": sum(c.calls for c in run_calls), "reads": monitor_reads(monitor)})
             rest = seconds - status_s - claim.seconds - changes.seconds
             print(f"    cycle {cycle}: {checked} workers checked in {seconds:.3f} s "
                   f"({checked / seconds:,.0f} workers/s); {calls} status() call(s) for {len(names)} queue(s): "
                   f"{status_s:.3f} s; db.claim_workers (lease + read the rows): {claim.seconds:.3f} s; "
                   f"{changed} status changes (change_worker_status): {changes.seconds:.3f} s; the rest (pilot files, "
-                  f"per-worker follow): {rest:.3f} s; load {load()}")
+                  f"per-worker follow): {rest:.3f} s; transport: {cycles[-1]['files_calls']} file-operation "
+                  f"batches ({cycles[-1]['files_s']:.3f} s; {cycles[-1]['reads']} pilot files read), "
+                  f"{cycles[-1]['run_calls']} commands; load {load()}")
         claim.undo()
         changes.undo()
+        for counter in files_calls + run_calls:
+            counter.undo()
+        batch = batch_round_trips(ctx.transport(ctx.queues[names[0]]), ctx.workers_dir(ctx.queues[names[0]]))
         return {"cycles": cycles, "queues": len(names), "real": sum(real_per_queue), "ending": ending,
-                "load": load()}
+                "load": load(), "transport": transport, "batch": batch}
     finally:
         for pid in procs:
             try:
@@ -246,6 +289,31 @@ def part_monitor(args, base):
                 pass
         ctx.close()
         db.close_database()
+
+
+def batch_round_trips(transport, root, n=10):
+    """Median seconds of one batch of file operations (a listing of ``root``) through ``transport.files``, and
+    over SSH beside it the same batch as one exec of the helper per batch (how it ran before the helper was kept
+    open)."""
+    ops = [{"op": "scan", "root": root, "only": ["1"], "depth": 1}]
+
+    def median(call):
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+        return sorted(times)[n // 2]
+    kept = median(lambda: transport.files(ops))
+    if transport.name != "ssh":
+        return {"files": kept}
+    once = median(lambda: transport.run(transport._helper("ops"), input=json.dumps(ops)))
+    return {"files": kept, "exec": once}
+
+
+def monitor_reads(monitor):
+    """Pilot files read from the submit host in the monitor's last cycle (the rest came from the previous one)."""
+    return sum(snapshot.reads for snapshot in monitor.snapshots.values())
 
 
 # ---- (b) submission --------------------------------------------------------------------------------------------
@@ -515,6 +583,9 @@ def parser():
                    help="(a) fraction of workers whose pilot left an exit file: ended in cycle 1 (0.05)")
     p.add_argument("--monitor-queues", type=int, default=2,
                    help="(a) queues the workers are spread over; one status() call each per cycle (2)")
+    p.add_argument("--transport", choices=["local", "ssh"], default="local",
+                   help="(a) ssh: run the monitor part twice, side by side: the submit host reached directly, then "
+                        "over SSH (an sshd on 127.0.0.1 started here; needs root and openssh-server)")
     p.add_argument("--cycles", type=int, default=3, help="(a) monitor cycles to time (3)")
     p.add_argument("--sleep", type=int, default=600, help="(a) seconds the real sleep processes would live (600)")
     p.add_argument("--submit", type=int, default=200,
@@ -554,7 +625,9 @@ def main(argv=None):
     results = {}
     try:
         if "monitor" in parts:
-            results["monitor"] = part_monitor(args, base)
+            results["monitor"] = [part_monitor(args, base, "local")]
+            if args.transport == "ssh":
+                results["monitor"].append(part_monitor(args, base, "ssh"))
         if "submit" in parts:
             results["submit"] = part_submit(args, base)
         if "e2e" in parts:
@@ -571,13 +644,23 @@ def main(argv=None):
 
 def report(results):
     rows = []
-    mon = results.get("monitor")
-    if mon:
-        for c in mon["cycles"]:
-            what = f"(a) monitor cycle {c['cycle']}: {c['live']:,} live, {c['changed']} changes"
+    monitors = results.get("monitor") or []
+    for mon in monitors:
+        goal = 2 if mon["transport"] == "ssh" else 1
+        for index, c in enumerate(mon["cycles"]):
+            what = f"(a) monitor {mon['transport']} cycle {c['cycle']}: {c['live']:,} live, {c['changed']} changes"
+            if mon is not monitors[0]:
+                direct = monitors[0]["cycles"][index]["seconds"]
+                what += f"; ÷ local {c['seconds'] / direct:.1f}"
             rows.append((what, f"{c['seconds']:.3f} s", f"{c['status_calls']} status() for {mon['queues']} queues, "
-                         f"{c['status_s']:.3f} s in them", "≤ 1 s " + ("met" if c["seconds"] <= 1 else "NOT met"),
-                         mon["load"]))
+                         f"{c['status_s']:.3f} s in them; {c['files_calls']} file batches, {c['reads']} files read, "
+                         f"{c['run_calls']} commands", f"≤ {goal} s " + ("met" if c["seconds"] <= goal
+                                                                         else "NOT met"), mon["load"]))
+        batch = mon["batch"]
+        if "exec" in batch:
+            rows.append(("(a) one batch of file operations over SSH: kept helper / an exec each",
+                         f"{batch['files'] * 1000:.1f} ms / {batch['exec'] * 1000:.0f} ms", "median of 10 listings",
+                         f"÷ {batch['exec'] / batch['files']:.0f}", mon["load"]))
     sub = results.get("submit")
     if sub:
         rows.append((f"(b) local plugin submit(), {sub['n']} workers", f"{sub['plugin_rate']:,.0f} workers/s",
