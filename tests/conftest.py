@@ -1,5 +1,5 @@
 """Shared fixtures: database backends (SQLite file always, PostgreSQL when MINIPANDA_TEST_PG_URL is set, which CI
-does), and a real ``minipanda serve`` subprocess on a free loopback port."""
+does), and a real ``minipanda serve`` process on a free loopback port."""
 import os
 import shutil
 import socket
@@ -94,7 +94,14 @@ def free_port():
 
 
 class LiveServer:
-    """A ``minipanda serve`` subprocess; stopped (only this one) when the test ends."""
+    """A ``minipanda serve`` process; stopped (only this one) when the test ends.
+
+    It is forked from a process that has imported minipanda already (tests/forkserve.py): the same command in a
+    process of its own, without a Python start per test. A subclass with ``forked = False`` runs
+    ``python -m minipanda serve`` itself, for the tests of the command's start, signals and exit; so does one whose
+    ``argv()`` runs the command on another host (tests/nethosts.py)."""
+
+    forked = True
 
     def __init__(self, home, db_url, auth="token", threads=16):
         self.home, self.db_url, self.port = str(home), db_url, free_port()
@@ -103,7 +110,13 @@ class LiveServer:
         os.makedirs(self.home, exist_ok=True)
         self.auth, self.threads = auth, threads
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv(), stdout=self.log, stderr=subprocess.STDOUT)
+        argv = self.argv()
+        if self.forked and argv[:3] == [sys.executable, "-m", "minipanda"]:  # not when run on another host
+            from forkserve import ForkedServe
+
+            self.proc = ForkedServe(argv[3:], self.log_path)
+        else:
+            self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         try:
             self.wait_until_answering()
         except BaseException:  # a server that never came up is still stopped: the fixture's teardown never runs
@@ -134,10 +147,14 @@ class LiveServer:
             return handle.read()
 
     def token(self, role, name):
-        """A new token from the CLI against this server's home and database."""
-        out = subprocess.run([sys.executable, "-m", "minipanda", "token", "create", "--role", role, "--name", name,
-                              "--home", self.home, "--db", self.db_url], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
+        """A new token in this server's home and database, made as ``minipanda token create`` makes it
+        (tests/test_cli.py runs that command) but in this process: a Python start per token costs seconds on a busy
+        machine. Only the token model is bound to the server's database, and only for the call."""
+        from minipanda.core import auth, db, models
+
+        database = db.make_database(self.db_url)
+        with database.bind_ctx([models.Token]), database.connection_context():
+            return auth.create_token(auth.load_secret(self.home), name, role)[0]
 
     def headers(self, token=None, json_reply=True):
         headers = {"Accept": "application/json"} if json_reply else {}
@@ -154,6 +171,12 @@ class LiveServer:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+class ProcessServer(LiveServer):
+    """``python -m minipanda serve`` started as a subprocess of the test."""
+
+    forked = False
 
 
 @pytest.fixture

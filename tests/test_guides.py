@@ -199,7 +199,7 @@ def test_testbed_guide(tmp_path):
 
 # ---- pilot3 and panda-client ------------------------------------------------------------------------------------------
 
-PILOT3_DOWNLOAD = "pip download --no-deps --no-binary :all: panda-pilot==3.7.0.36 && tar xzf panda-pilot-3.7.0.36.tar.gz"
+PILOT3_DOWNLOAD = "pip download --no-deps --no-binary panda-pilot panda-pilot==3.7.0.36 && tar xzf panda-pilot-3.7.0.36.tar.gz"
 
 
 def pilot3_or_skip():

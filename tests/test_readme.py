@@ -78,13 +78,11 @@ def new_virtual_environment(path, wheels):
     """A new venv (pip and setuptools, no minipanda) that finds the test environment's libraries, and in ``wheels``
     the build tools pip's isolated build of minipanda asks for (the README's shell has no network)."""
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, capture_output=True, timeout=300)
-    # as wheels for 'pip install -e .', and as sources for 'pip download --no-binary :all:', which builds the
-    # sdist's metadata with build tools made from their sources too
-    for only_sources in ([], ["--no-binary", ":all:"]):
-        fetched = subprocess.run([str(path / "bin" / "pip"), "download", "--dest", str(wheels), *only_sources,
-                                  "setuptools", "wheel", "flit_core"], capture_output=True, text=True, timeout=900)
-        if fetched.returncode:
-            pytest.fail(f"cannot fetch pip's build tools for the README's pip lines: {fetched.stderr[-2000:]}")
+    # for 'pip install -e .', and for 'pip download --no-binary panda-pilot', which builds the sdist's metadata
+    fetched = subprocess.run([str(path / "bin" / "pip"), "download", "--dest", str(wheels), "setuptools", "wheel"],
+                             capture_output=True, text=True, timeout=900)
+    if fetched.returncode:
+        pytest.fail(f"cannot fetch pip's build tools for the README's pip lines: {fetched.stderr[-2000:]}")
     purelib = subprocess.run([str(path / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
                               "['purelib'])"], check=True, capture_output=True, text=True).stdout.strip()
     # Plain path lines: the test environment's own .pth files (its editable minipanda) are not processed.

@@ -12,13 +12,13 @@ import time
 
 import pytest
 import requests
-from conftest import LiveServer, free_port
+from conftest import ProcessServer, free_port
 
 from minipanda.errors import ConfigError
 
 
 def test_sigterm_stops_the_server_with_an_idle_keep_alive_connection_open(tmp_path):
-    server = LiveServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"))
+    server = ProcessServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"))
     try:
         idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         idle.request("GET", "/server/panda/isAlive")
@@ -34,7 +34,7 @@ def test_sigterm_stops_the_server_with_an_idle_keep_alive_connection_open(tmp_pa
 
 
 def test_one_access_log_line_per_request(tmp_path):
-    server = LiveServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"))
+    server = ProcessServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"))
     try:
         with requests.Session() as session:
             for _ in range(3):
@@ -72,7 +72,7 @@ def test_the_access_log_goes_through_a_queue(caplog):
 
 
 def test_a_body_over_the_limit_is_refused_with_413(tmp_path):
-    server = LiveServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"))
+    server = ProcessServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"))
     try:
         reply = requests.post(server.url + "/server/panda/getJob", headers=server.headers(),
                               data=b"x" * (65 * 1024 * 1024), timeout=60)
@@ -171,7 +171,7 @@ def test_a_flood_of_idle_connections_does_not_stop_the_server(tmp_path):
         pytest.skip(f"the open-files hard limit ({hard}) is below {wanted}")
     if soft != resource.RLIM_INFINITY and soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))  # the server inherits it and raises its own
-    server = LiveServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"))
+    server = ProcessServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"))
     idle = []
     try:
         reply = requests.post(server.url + "/api/v1/job/submit", json={"jobs": [make_job("FLOOD_Q")]},

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import requests
-from conftest import LiveServer
+from conftest import ProcessServer
 
 
-class QueueServer(LiveServer):
+class QueueServer(ProcessServer):
     def __init__(self, home, queues_file):
         self.queues_file = str(queues_file)
         super().__init__(home, "sqlite:///" + os.path.join(str(home), "minipanda.db"))

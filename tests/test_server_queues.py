@@ -7,7 +7,7 @@ import sys
 import pytest
 import requests
 
-from conftest import LiveServer, make_job, eventually as wait_for
+from conftest import ProcessServer, make_job, eventually as wait_for
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "queueconfig")
 
@@ -25,7 +25,7 @@ queues:
 """
 
 
-class QueueServer(LiveServer):
+class QueueServer(ProcessServer):
     def __init__(self, home, queues_file, extra=()):
         self.queues_file, self.extra = str(queues_file), list(extra)
         super().__init__(home, "sqlite:///" + os.path.join(str(home), "minipanda.db"))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import requests
-from conftest import IN_CI, PG_URL, LiveServer, free_port, reset_postgres, eventually as wait_for
+from conftest import IN_CI, PG_URL, ProcessServer, free_port, reset_postgres, eventually as wait_for
 
 LEADS = "this process leads the duties"
 
@@ -23,7 +23,7 @@ def pg_url():
     return PG_URL
 
 
-class WorkersServer(LiveServer):
+class WorkersServer(ProcessServer):
     def __init__(self, home, db_url, workers):
         self.workers = workers
         super().__init__(home, db_url, threads=4)

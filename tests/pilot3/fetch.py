@@ -74,7 +74,7 @@ def _lock(cache: Path):
 
 
 def _pip_download(dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "panda-pilot",
            "--disable-pip-version-check", PILOT3_REQUIREMENT, "-d", str(dest)]
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
