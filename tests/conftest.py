@@ -125,7 +125,7 @@ class LiveServer:
         token_path = os.path.join(self.home, "admin.token")
         self.admin_token = open(token_path).read().strip() if auth == "token" else None
 
-    def wait_until_answering(self, limit=30):
+    def wait_until_answering(self, limit=60):
         deadline = time.time() + limit
         while time.time() < deadline:
             if self.proc.poll() is not None:

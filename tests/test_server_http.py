@@ -217,7 +217,7 @@ def test_stalled_request_bodies_do_not_stop_the_server(tmp_path):
     the stalled bodies held could answer only after that deadline freed one (without a deadline, never)."""
     from conftest import make_job
 
-    class Server(LiveServer):
+    class Server(ProcessServer):
         def argv(self):
             return super().argv() + ["--body-timeout", "6"]
 
