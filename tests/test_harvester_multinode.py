@@ -166,10 +166,10 @@ def test_every_pilot_of_a_two_node_worker_stops_warmly_on_scancel_and_on_slurm_s
 def test_every_pilot_of_a_two_node_worker_reports_before_its_walltime_ends(bed):
     """A worker of 120 s: its pilots know it (-l 60, no job starts in the last 10 s of that), Slurm warns the batch
     shell 60 s before the limit (--signal=B:USR1@60); whichever comes first, each of the 4 pilots stops its long
-    job and reports it failed itself (the end of its lifetime or of the job's 40 s x 1.5, 1213, or the warning's
-    USR1, 1207), before Slurm's own TERM at the limit. The jobs say 40 s: with 600, no pilot of this worker would
-    take them (the pilots offer the time they have left)."""
-    ids = bed.submit(4, queue="MN_WALL", transformation=bed.script("long.sh", LONG_SLEEP), maxWalltime=40)
+    job and reports it failed itself (the end of its lifetime, 1213, or the warning's USR1, 1207), before Slurm's
+    own TERM at the limit. The jobs set no maxWalltime (0): no limit of their own ends them first, and any pilot
+    takes them (a pilot offers the time it has left; a job of 600 s would fit none of this worker)."""
+    ids = bed.submit(4, queue="MN_WALL", transformation=bed.script("long.sh", LONG_SLEEP), maxWalltime=0)
     bed.wait_for(lambda: set(bed.statuses(ids).values()) == {"running"}, "4 jobs running", timeout=300)
     (worker,) = workers_of(bed, "MN_WALL")
     with open(os.path.join(worker["accessPoint"], "job.sh")) as handle:
