@@ -365,7 +365,7 @@ def part_submit(args, base):
         submitter = Submitter(ctx)
         prepare, submit = Timed(submitter, "prepare"), Timed(plugin, "submit")
         ctx.plugin(queue)  # built already; the zipapp too, below, so neither is in the timing
-        from harvester import pilots
+        from harvester.handoff import pilots
         pilots.zipapp_path(home)
         models.QueueState.update(to_submit=n).where(models.QueueState.queue == QUEUE).execute()
         t0 = time.perf_counter()

@@ -113,7 +113,7 @@ def part_pilots(args, cluster, base, per_worker=1):
 
 def part_status(args, cluster):
     from harvester.batch.slurm import SlurmBatch
-    from harvester.ssh import SshTransport, SshSettings
+    from harvester.transport.ssh import SshTransport, SshSettings
     from harvester.transport import LocalTransport
     from queueconfig import Queue
 

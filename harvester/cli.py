@@ -163,7 +163,7 @@ def discover(args):
     if args.local:
         section, transport = {"type": "local"}, LocalTransport()
     else:
-        from harvester.ssh import SshSettings, SshTransport
+        from harvester.transport.ssh import SshSettings, SshTransport
 
         user, _, host = args.ssh.rpartition("@")
         section = {"type": "ssh", "host": host, **({"port": args.port} if args.port != 22 else {}),

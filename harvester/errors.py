@@ -37,7 +37,7 @@ class HandoffRefused(MessengerError):
 
     Attributes:
         path: the file (on the submit host).
-        code: why (:mod:`harvester.safefiles` codes: symlink, not_regular, too_large, ...; or invalid).
+        code: why (:mod:`harvester.transport.safefiles` codes: symlink, not_regular, too_large, ...; or invalid).
     """
 
     def __init__(self, message, path=None, code="invalid"):

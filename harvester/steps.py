@@ -10,7 +10,8 @@ iso            a time as the server's text
 import json
 import logging
 
-from harvester import models, pilots
+from harvester import models
+from harvester.handoff import pilots
 from harvester.states import LIVE_VALUES, HeldJobStatus, change_held_jobs
 
 log = logging.getLogger(__name__)

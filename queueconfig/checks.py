@@ -9,7 +9,7 @@ from typing import NamedTuple
 from queueconfig import allocation
 
 ERROR, WARNING = "error", "warning"
-PILOT_STOP_MARGIN_S = 60  # a pilot's lifetime is its worker's walltime minus this (harvester.pilots)
+PILOT_STOP_MARGIN_S = 60  # a pilot's lifetime is its worker's walltime minus this (harvester.handoff.pilots)
 
 
 class Problem(NamedTuple):

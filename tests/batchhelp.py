@@ -3,7 +3,7 @@ outputs of tests/data/batch/ (see its README for where each format comes from)."
 import os
 
 from harvester.batch.base import WorkerSpec
-from harvester.transport import CommandResult, Transport, _check_argv
+from harvester.transport.base import CommandResult, Transport, _check_argv
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "batch")
 
@@ -25,7 +25,7 @@ class SchedulerTransport(Transport):
 
     def answer(self, command, returncode=0, stdout="", stderr="", lost=False):
         """Queue the next answer to ``command`` (argv[0]); the last one queued repeats. ``lost``: the connection
-        dropped while it ran (as :class:`harvester.ssh.SshTransport` reports it)."""
+        dropped while it ran (as :class:`harvester.transport.ssh.SshTransport` reports it)."""
         self.answers.setdefault(command, []).append((returncode, stdout, stderr, lost))
         return self
 

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from harvester import staging
+from harvester.handoff import staging
 from harvester.errors import HandoffRefused, MessengerError
-from harvester.messenger import PILOT3_TRF_BASE, Messenger, Snapshot, forget
+from harvester.handoff.messenger import PILOT3_TRF_BASE, Messenger, Snapshot, forget
 from harvester.transport import LocalTransport
 from pilot.comm import ServerClient
 from pilot.fileutil import adler32
@@ -186,7 +186,7 @@ def test_inputs_are_verified_and_never_taken_through_a_symlink(tmp_path):
 
 
 def test_unsafe_output_paths_and_transformations_are_refused(tmp_path):
-    from harvester.messenger import Final
+    from harvester.handoff.messenger import Final
 
     ap = tmp_path / "workers" / "1"
     m = messenger(ap)

@@ -1,4 +1,4 @@
-"""harvester/safefiles.py through both transports (in this process, and run on the far side of a real sshd on
+"""harvester/transport/safefiles.py through both transports (in this process, and run on the far side of a real sshd on
 loopback): below a root, nothing is followed through a symlink at any component, only regular files are read,
 copies and moves are verified before they take a file's name, and a batch of operations is one round trip."""
 import json
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harvester.ssh import SshSettings, SshTransport
+from harvester.transport.ssh import SshSettings, SshTransport
 from harvester.transport import LocalTransport, TransportError
 from pilot.fileutil import adler32
 from slurmhelp import Sshd

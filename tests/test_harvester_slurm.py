@@ -60,7 +60,7 @@ def test_header_from_the_queue_config(transport):
 
 
 def test_walltime_asked_is_what_the_pilot_is_told(transport):
-    from harvester import pilots
+    from harvester.handoff import pilots
 
     queue = make_queue(walltime=7200)
     walltime = pilots.worker_walltime(queue)
@@ -288,7 +288,7 @@ def test_find_matches_comment_or_working_directory(transport):
 
 
 def test_commands_are_argv_lists_quoted_once_for_ssh():
-    from harvester.ssh import command_line
+    from harvester.transport.ssh import command_line
 
     line = command_line(["sbatch", "--parsable", "/w/a b/job.sh"], env={"X": "$(no)"}, cwd="/w/a b")
     words = shlex.split(line)

@@ -1,4 +1,4 @@
-"""harvester.ssh against a real sshd on loopback (throw-away host and user keys, started and stopped here): argv
+"""harvester.transport.ssh against a real sshd on loopback (throw-away host and user keys, started and stopped here): argv
 passed literally, exit codes, timeouts, SFTP files placed atomically, the three connection errors kept apart, the
 opt-in for unknown hosts, one shared connection per host, a jump host, and reconnection after sshd restarts."""
 import concurrent.futures
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harvester.ssh import (SSH_FAILED_RC, AuthenticationFailed, HostKeyChanged, HostUnreachable, SshSettings,
+from harvester.transport.ssh import (SSH_FAILED_RC, AuthenticationFailed, HostKeyChanged, HostUnreachable, SshSettings,
                            SshTransport, UnknownHostKey)
 from harvester.context import transport_for
 from harvester.transport import TransportError

@@ -9,7 +9,8 @@ import stat
 
 import pytest
 
-from harvester import db, models, pilots
+from harvester import db, models
+from harvester.handoff import pilots
 from harvester.agents.submitter import TOKEN_MARGIN_S, Submitter
 from harvester.batch.base import FATAL, OK, RETRY, SubmitResult
 from harvester.context import Context, Settings

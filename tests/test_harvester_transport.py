@@ -154,7 +154,7 @@ def test_transport_for_a_queue():
     local = Queue.model_validate({"name": "LOCALQ"})
     assert isinstance(transport_for(local), LocalTransport)
     ssh = Queue.model_validate({"name": "SSHQ", "transport": {"type": "ssh", "host": "login.example.org"}})
-    from harvester.ssh import SshTransport
+    from harvester.transport.ssh import SshTransport
 
     with transport_for(ssh) as remote:  # nothing connects before the first command
         assert isinstance(remote, SshTransport) and remote.settings.host == "login.example.org"

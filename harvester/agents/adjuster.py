@@ -23,7 +23,8 @@ import math
 
 import peewee
 
-from harvester import db, limits as queue_limits, models, pilots
+from harvester import db, limits as queue_limits, models
+from harvester.handoff import pilots
 from harvester.agents.base import Agent
 from harvester.errors import ServerError
 from harvester.states import LIVE_VALUES, QUEUED

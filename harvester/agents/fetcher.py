@@ -19,7 +19,8 @@ import logging
 
 import peewee
 
-from harvester import db, limits, models, pilots
+from harvester import db, limits, models
+from harvester.handoff import pilots
 from harvester.agents.base import Agent
 from harvester.errors import ServerError
 from harvester.states import ACTIVE, HeldJobStatus

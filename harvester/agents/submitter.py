@@ -19,11 +19,12 @@ import logging
 import os
 import posixpath
 
-from harvester import db, models, pilots, shapes
+from harvester import db, models, shapes
+from harvester.handoff import pilots
 from harvester.agents.base import Agent
 from harvester.batch.base import FATAL, OK, PilotLaunch, WorkerSpec
 from harvester.errors import ServerError
-from harvester.messenger import Messenger
+from harvester.handoff.messenger import Messenger
 from harvester.states import (HeldJobStatus, SubmitPhase, WorkerStatus, change_submit_phase, change_worker_status,
                               create_worker)
 from harvester.steps import hand_over, release_jobs

@@ -11,7 +11,7 @@ import os
 
 import htcondor2
 
-from harvester import pilots
+from harvester.handoff import pilots
 from harvester.batch.base import PilotLaunch
 
 LOG_NAME = "job.log"

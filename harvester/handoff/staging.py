@@ -13,7 +13,7 @@ Storage ends (a queue's ``storage.input`` and ``storage.output``):
 
 No name from a job or a pilot is used as a path: input names must be plain names, an output path must be
 ``<pilot directory>/[<scope>/]<lfn>`` with plain names, and every file is reached through
-:mod:`harvester.safefiles`, which never follows a symlink at any component and takes regular files only. A
+:mod:`harvester.transport.safefiles`, which never follows a symlink at any component and takes regular files only. A
 refused or mismatching file raises :class:`HandoffRefused` naming it; a partial transfer is never kept.
 """
 import os
@@ -31,7 +31,7 @@ def stage_in(messenger, job, storage, server=None, scratch=None):
     """Place the job's input files in the pilot's directory, verified against the job's sizes and checksums.
 
     Args:
-        messenger: the pilot's :class:`harvester.messenger.Messenger` (its transport, root and directory).
+        messenger: the pilot's :class:`harvester.handoff.messenger.Messenger` (its transport, root and directory).
         job: the job dict (inFiles, scopeIn, fsize, checksum, ... as the pilot reads them: pilot.jobdata).
         storage: the queue's ``storage`` section (or its dict); ``input`` of type shared or server is staged.
         server: harvester's :class:`harvester.client.ServerClient` (type server).
@@ -110,7 +110,7 @@ def stage_out(messenger, final, storage, server=None, scratch=None, scopes=None)
     """Move the outputs a pilot listed for a job to the queue's output storage, verified.
 
     Args:
-        messenger: the pilot's Messenger; final: its :class:`harvester.messenger.Final` (``outputs`` are
+        messenger: the pilot's Messenger; final: its :class:`harvester.handoff.messenger.Final` (``outputs`` are
             event_status entries ``{"type", "path", "guid", "fsize", "chksum"}``; ``path`` must be
             ``<pilot directory>/<lfn>`` or ``<pilot directory>/<scope>/<lfn>`` with plain names).
         storage: the queue's ``storage`` section (or its dict).

@@ -4,7 +4,7 @@ Harvester writes the queuedata, the storage data, the job file, the job's inputs
 pilot (ours, or PanDA pilot3 in harvester mode) writes its attributes, reports, outputs and, when its HTTP failed,
 its outbox there. File names are the queue's ``pilot.handoff`` section; their meaning is pilot.handoff's (one
 definition for both sides). Nothing here assumes the access point is on harvester's own disk: every read and write
-is a :mod:`harvester.safefiles` operation run by the queue's transport (locally, or on the login node over SSH).
+is a :mod:`harvester.transport.safefiles` operation run by the queue's transport (locally, or on the login node over SSH).
 
 Reading is per cycle and per queue: :meth:`Snapshot.take` lists every access point of the claimed workers in ONE
 call (names, kinds, sizes, times), then reads in ONE more call only the handoff files that changed since the
@@ -25,8 +25,8 @@ import re
 import time
 import urllib.parse
 
-from harvester import staging
 from harvester.errors import HandoffRefused, MessengerError
+from harvester.handoff import staging
 from harvester.transport import TransportError
 from pilot import outbox as pilot_outbox
 from pilot.fileutil import safe_name
@@ -285,7 +285,7 @@ class Messenger:
         return f"{self.directory}/{name}"
 
     def stage_in(self, job, storage):
-        """The job's input files into this directory, verified; see :func:`harvester.staging.stage_in`."""
+        """The job's input files into this directory, verified; see :func:`harvester.handoff.staging.stage_in`."""
         return staging.stage_in(self, job, storage, self.server, self.scratch)
 
     # ---- pilot -> harvester (from the snapshot) ------------------------------------------------------------------

@@ -1,14 +1,14 @@
 """Where batch commands run and worker files are written: the submit host, reached locally or over SSH.
 
 A :class:`Transport` runs commands given as argv lists (never a shell line) and moves files. Batch plugins get one
-injected and never know whether it is local or remote; the SSH implementation (:mod:`harvester.ssh`: exec channel
+injected and never know whether it is local or remote; the SSH implementation (:mod:`harvester.transport.ssh`: exec channel
 + SFTP, one kept connection per host) maps the same methods:
 
 - ``run`` maps to an exec channel: argv is quoted into one command line there, ``env`` becomes ``NAME=value``
   prefixes (additions to the login environment, never a replacement), ``cwd`` a quoted ``cd``;
 - file methods map to SFTP calls (``write_file``/``put_file`` write a temporary name and rename, as here);
 - ``read_file`` of ``/proc/...`` works over SFTP too, which is what the local batch plugin needs;
-- ``files`` runs a batch of :mod:`harvester.safefiles` operations (never through a symlink, regular files only,
+- ``files`` runs a batch of :mod:`harvester.transport.safefiles` operations (never through a symlink, regular files only,
   verified copies) in ONE round trip: in this process locally, by a ``python3`` helper kept open over SSH.
   Everything that touches an access point or a storage path (where pilots write) goes through it, ``fetch`` and
   ``send`` (whole files between this host and the submit host, checked by size and adler32) or a plugin's own
@@ -28,8 +28,8 @@ import uuid
 import zlib
 from typing import Optional
 
-from harvester import safefiles
 from harvester.errors import HarvesterError
+from harvester.transport import safefiles
 
 NOT_FOUND_RC, NOT_EXECUTABLE_RC = 127, 126  # the shell's codes, so callers need to know only one convention
 _REAP_TIMEOUT = 5  # s to collect output after a timed-out command's group was killed
@@ -37,7 +37,7 @@ _REAP_TIMEOUT = 5  # s to collect output after a timed-out command's group was k
 
 class TransportError(HarvesterError):
     """A file operation on the submit host failed, or no transport can be made for a queue. ``code``: why a path
-    was refused (:mod:`harvester.safefiles` codes), None for other failures."""
+    was refused (:mod:`harvester.transport.safefiles` codes), None for other failures."""
 
     def __init__(self, message, code=None):
         super().__init__(message)
@@ -131,7 +131,7 @@ class Transport:
         raise NotImplementedError
 
     def files(self, ops) -> list:
-        """Run :mod:`harvester.safefiles` operations on the submit host, all in one round trip; one result dict per
+        """Run :mod:`harvester.transport.safefiles` operations on the submit host, all in one round trip; one result dict per
         operation, in order (``ok`` false with ``code`` and ``error`` for a refused path: never an exception).
 
         Raises:
@@ -140,7 +140,7 @@ class Transport:
         raise NotImplementedError
 
     def fetch(self, root, path, local, limit=None) -> dict:
-        """Copy the regular file ``root/path`` on the submit host (walked as :mod:`harvester.safefiles` does) to
+        """Copy the regular file ``root/path`` on the submit host (walked as :mod:`harvester.transport.safefiles` does) to
         the local file ``local``: written under a temporary name, checked against the size and adler32 the submit
         host computed while it read, then renamed; ``{"size", "adler32"}``. A partial transfer leaves nothing.
 

@@ -31,8 +31,8 @@ import zlib
 
 import paramiko
 
-from harvester import safefiles
-from harvester.transport import (CommandResult, Landing, Transport, TransportError, _check_argv, _checked,
+from harvester.transport import safefiles
+from harvester.transport.base import (CommandResult, Landing, Transport, TransportError, _check_argv, _checked,
                                  _decode)
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ class _Connection:
 
 
 class _Helper:
-    """harvester/safefiles.py's ``serve`` loop running on the host in one exec channel, kept open: a batch of file
+    """harvester/transport/safefiles.py's ``serve`` loop running on the host in one exec channel, kept open: a batch of file
     operations is one line each way, not a channel, a shell and a Python start per batch."""
 
     def __init__(self, channel):
@@ -457,7 +457,7 @@ class SshTransport(Transport):
         if not result.ok:
             raise TransportError(f"cannot remove {path} on {self.settings.host}: {result.describe()}")
 
-    # ---- safe file operations: harvester/safefiles.py run there, kept open; whole files one exec each ----------
+    # ---- safe file operations: harvester/transport/safefiles.py run there, kept open; whole files one exec each ----------
     def _helper(self, *args):
         # -I -S: no user site, no environment, no site module: the helper needs the standard library only, and
         # starts in half the time
