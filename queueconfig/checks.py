@@ -241,7 +241,8 @@ def _pilot(q):
                                                  f"{q.jobsPerWorker} jobs: some pilots start with no job and wait "
                                                  "for one"), (("jobsPerWorker",),)
     shortest = q.batch.min_walltime if q.batch.shape == "backfill" and q.batch.min_walltime else q.batch.walltime
-    if shortest is not None and pilot.stageout_reserve + PILOT_STOP_MARGIN_S >= shortest:
+    # the reserve is our pilot's rule: a queue's own pilot.command (pilot3, a site's wrapper) keeps its own
+    if pilot.command is None and shortest is not None and pilot.stageout_reserve + PILOT_STOP_MARGIN_S >= shortest:
         yield ERROR, ("pilot", "stageout_reserve"), (
             f"{pilot.stageout_reserve} s leaves no time for a job in a worker of {shortest} s (batch."
             f"{'min_walltime' if shortest != q.batch.walltime else 'walltime'}): the pilot ends "

@@ -113,6 +113,10 @@ def test_defaults_conflict_with_nothing():
     assert found(pilot={"command": ["p", "{queue}"], "environment": {"A": "{walltime}"}}) == set()
     assert found(sweeper={"stale_time": 600, "max_queued_time": 1, "keep_finished": 0, "keep_failed": 0}) == set()
     assert found(batch={"system": "htcondor", "file_transfer": True, "pool": "cm:9618", "token_file": "/t"}) == set()
+    # a queue's own pilot command does not read pilot.stageout_reserve: a short walltime is its business
+    short = {"batch": {"walltime": 30}, "pilot": {"lifetime": 30}}
+    assert (ERROR, "pilot.stageout_reserve") in found(**short)
+    assert (ERROR, "pilot.stageout_reserve") not in found(**short | {"pilot": {"lifetime": 30, "command": ["p"]}})
 
 
 @pytest.mark.parametrize("keys", [
