@@ -10,8 +10,53 @@ import time
 import pytest
 import requests
 
-PG_URL = os.environ.get("MINIPANDA_TEST_PG_URL")
 IN_CI = os.environ.get("CI") == "true"
+
+
+def worker_database(url, worker):
+    """Under pytest-xdist (``-n 2``, README.md), each worker process empties and fills a PostgreSQL database of its
+    own: ``url``'s database name with the worker's name appended, created on first use (the role needs CREATEDB,
+    as .ci/run gives it)."""
+    import urllib.parse
+
+    import psycopg2
+    from psycopg2 import errors
+
+    parsed = urllib.parse.urlparse(url)
+    name = f"{parsed.path.lstrip('/')}_{worker}"
+    conn = psycopg2.connect(dbname=parsed.path.lstrip("/"), user=urllib.parse.unquote(parsed.username or ""),
+                            password=urllib.parse.unquote(parsed.password or ""), host=parsed.hostname,
+                            port=parsed.port)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                try:
+                    cur.execute(f'CREATE DATABASE "{name}"')
+                except errors.DuplicateDatabase:  # the other worker made it first
+                    pass
+    finally:
+        conn.close()
+    return parsed._replace(path="/" + name).geturl()
+
+
+PG_URL = os.environ.get("MINIPANDA_TEST_PG_URL")
+if PG_URL and os.environ.get("PYTEST_XDIST_WORKER"):
+    PG_URL = os.environ["MINIPANDA_TEST_PG_URL"] = worker_database(PG_URL, os.environ["PYTEST_XDIST_WORKER"])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist's ``--dist loadgroup`` (README.md's test command) a test file runs whole on one worker,
+    in order, as it would alone (module-scoped daemons start once; no other file's test empties its database
+    between two of its tests), and the HTCondor tests share one worker and so one pool (a session fixture)."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            group = "htcondor" if item.get_closest_marker("htcondor") else item.path.name
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def backends():
