@@ -5,6 +5,7 @@ its own pid and nothing else; system-wide files (/etc/munge, /etc/slurm, /etc/ss
 Without root or without the Debian packages (slurm-wlm, munge, openssh-server) the tests that need these daemons
 are skipped, except under CI=true, where that is a failure (.ci/run installs the packages and runs as root).
 """
+import hashlib
 import os
 import shutil
 import signal
@@ -142,7 +143,10 @@ class Slurm:
         self.base = str(base)
         os.makedirs(self.base, exist_ok=True)
         self.conf = os.path.join(self.base, "slurm.conf")
-        self.socket = os.path.join(self.base, "munge", "munge.socket")
+        # a unix socket's path holds at most 107 bytes, and pytest's directories (per test, per xdist process) can
+        # be longer: the socket lives in a short directory named after this Slurm's own (the same after a restart)
+        self.socket_dir = "/tmp/mp-munge-" + hashlib.sha1(self.base.encode()).hexdigest()[:12]
+        self.socket = os.path.join(self.socket_dir, "munge.socket")
         self.hostname = socket.gethostname().split(".")[0]  # slurmd's own idea of its name is the short one
         # the node offers what slurm.conf says (config_overrides), not what this machine has: tests and the bench
         # get the same slots on a 2-core CI runner as on a workstation (their payloads mostly sleep)
@@ -204,6 +208,7 @@ class Slurm:
     def start(self):
         require("Slurm", SLURM_PROGRAMS)
         self.write_config()
+        os.makedirs(self.socket_dir, mode=0o700, exist_ok=True)
         key = os.path.join(self.base, "munge", "munge.key")
         if not os.path.exists(key):
             with open(key, "wb") as handle:
@@ -255,6 +260,7 @@ class Slurm:
         for daemon in (self.slurmd, self.slurmctld, self.munged):
             if daemon is not None:
                 daemon.stop()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
         for pid in self.step_daemons():
             for victim in [*descendants(pid), pid]:
                 try:
