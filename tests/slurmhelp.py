@@ -144,9 +144,10 @@ class Slurm:
         os.makedirs(self.base, exist_ok=True)
         self.conf = os.path.join(self.base, "slurm.conf")
         # a unix socket's path holds at most 107 bytes, and pytest's directories (per test, per xdist process) can
-        # be longer: the socket lives in a short directory named after this Slurm's own (the same after a restart)
-        self.socket_dir = "/tmp/mp-munge-" + hashlib.sha1(self.base.encode()).hexdigest()[:12]
-        self.socket = os.path.join(self.socket_dir, "munge.socket")
+        # be longer: munged's socket and slurmd's spool (where each job step's slurmstepd makes its socket) live in
+        # a short directory named after this Slurm's own (the same after a restart)
+        self.run_dir = "/tmp/mp-slurm-" + hashlib.sha1(self.base.encode()).hexdigest()[:12]
+        self.socket = os.path.join(self.run_dir, "munge.socket")
         self.hostname = socket.gethostname().split(".")[0]  # slurmd's own idea of its name is the short one
         # the node offers what slurm.conf says (config_overrides), not what this machine has: tests and the bench
         # get the same slots on a 2-core CI runner as on a workstation (their payloads mostly sleep)
@@ -174,7 +175,7 @@ class Slurm:
             "CredType=cred/munge",
             f"AuthInfo=socket={self.socket}",
             f"StateSaveLocation={self.base}/state",
-            f"SlurmdSpoolDir={self.base}/spool",
+            f"SlurmdSpoolDir={self.run_dir}/spool",
             f"SlurmctldPidFile={self.base}/slurmctld.pid",
             f"SlurmdPidFile={self.base}/slurmd.pid",
             f"SlurmctldLogFile={self.base}/log/slurmctld.log",
@@ -208,7 +209,7 @@ class Slurm:
     def start(self):
         require("Slurm", SLURM_PROGRAMS)
         self.write_config()
-        os.makedirs(self.socket_dir, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.join(self.run_dir, "spool"), mode=0o700, exist_ok=True)
         key = os.path.join(self.base, "munge", "munge.key")
         if not os.path.exists(key):
             with open(key, "wb") as handle:
@@ -260,20 +261,20 @@ class Slurm:
         for daemon in (self.slurmd, self.slurmctld, self.munged):
             if daemon is not None:
                 daemon.stop()
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
         for pid in self.step_daemons():
             for victim in [*descendants(pid), pid]:
                 try:
                     os.kill(victim, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def step_daemons(self):
         found = []
         for name in os.listdir("/proc"):
             try:
                 if name.isdigit() and open(f"/proc/{name}/comm").read().strip() == "slurmstepd" and any(
-                        os.readlink(f"/proc/{name}/fd/{fd}").startswith(self.base + "/")
+                        os.readlink(f"/proc/{name}/fd/{fd}").startswith((self.base + "/", self.run_dir + "/"))
                         for fd in os.listdir(f"/proc/{name}/fd")):
                     found.append(int(name))
             except OSError:
