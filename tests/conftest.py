@@ -14,7 +14,7 @@ IN_CI = os.environ.get("CI") == "true"
 
 
 def worker_database(url, worker):
-    """Under pytest-xdist (``-n 2``, README.md), each worker process empties and fills a PostgreSQL database of its
+    """Under pytest-xdist (``-n 3``, README.md), each worker process empties and fills a PostgreSQL database of its
     own: ``url``'s database name with the worker's name appended, created on first use (the role needs CREATEDB,
     as .ci/run gives it)."""
     import urllib.parse
