@@ -176,11 +176,15 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.read_log()}")
             try:
-                requests.get(self.url + "/api/v1/system/is_alive", timeout=5)
+                self.ping()
                 return
             except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a busy machine
                 time.sleep(0.1)
         raise RuntimeError(f"server did not answer within {limit} s: " + self.read_log())
+
+    def ping(self):
+        """One is_alive request; raises while the server does not answer (a subclass sends it from another host)."""
+        requests.get(self.url + "/api/v1/system/is_alive", timeout=5)
 
     def argv(self):
         """The serve command line; subclasses add options."""
