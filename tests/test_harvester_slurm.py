@@ -240,7 +240,7 @@ def test_without_accounting_sacct_is_asked_once_only(transport):
     transport.answer("squeue", 1, stderr=recorded("slurm_squeue_unknown.err")).answer("squeue", stdout="")
     transport.answer("sacct", 1, stderr=recorded("slurm_sacct_disabled.err"))
     plugin = SlurmBatch(QUEUE, transport)
-    assert plugin.status(["5"]).states == {} and plugin.accounting is False
+    assert plugin.status(["5"]).states == {} and plugin.history_kept is False
     assert plugin.status(["6", "7"]).states == {}
     assert [argv[0] for argv, _ in transport.calls] == ["squeue", "sacct", "squeue"]
 

@@ -9,7 +9,9 @@ start with the directive prefix, so nothing after the header can be read as a di
 
 A subclass sets its commands, ``prefix``, ``job_id_regexp`` (a ``job_id`` group found in the submit command's
 output), the patterns that sort the scheduler's messages, and writes :meth:`ScriptBatch.header_lines`,
-:meth:`ScriptBatch.parse_status` and ``find``.
+:meth:`ScriptBatch.parse_status` and ``find``. A scheduler whose status command forgets ended jobs names a
+``history_command`` (Slurm's sacct) and writes :meth:`ScriptBatch.parse_history`: the ids the status command no
+longer lists are asked of it in ONE more call.
 """
 import math
 import re
@@ -30,6 +32,11 @@ class ScriptBatch(BatchSystem):
     prefix = ""
     """The directive marker (``#SBATCH``); empty when the scheduler reads no directives from the script."""
     submit_command = status_command = cancel_command = ()
+    history_command = ()
+    """The command that still knows the ended jobs the status command forgot; empty when the status command keeps
+    them (PBS ``-x``, LSF ``-a``)."""
+    history_disabled = NEVER
+    """What the history command says on stderr when the site keeps no history: it is not asked again."""
     job_id_regexp = re.compile(r"^(?P<job_id>\d+)$", re.MULTILINE)
     """Finds the new job's id (group ``job_id``) in the submit command's stdout."""
     batch_id = re.compile(r"\d+")
@@ -45,6 +52,10 @@ class ScriptBatch(BatchSystem):
     word_punctuation = "_.,+@/=-"  # no blank, quote, $, `, ;, %, : (LSF expands %J, PBS splits host:path)
     """What a directive value may hold besides letters and digits."""
     stdout_name, stderr_name = "job.out", "job.err"
+
+    def __init__(self, queue, transport, spool=None):
+        super().__init__(queue, transport, spool)
+        self.history_kept = None  # None: not known yet; False once the history command said the site keeps none
 
     # ---- the job script -----------------------------------------------------------------------------------------
     def header_lines(self, worker):
@@ -138,11 +149,16 @@ class ScriptBatch(BatchSystem):
         """The distinct ids of ``batch_ids`` that have the form of this scheduler's ids, in order."""
         return [b for b in dict.fromkeys(str(b) for b in batch_ids) if self.batch_id.fullmatch(b)]
 
-    def status_argv(self, ids):
-        return [*self.status_command, *ids]
+    def id_args(self, ids):
+        """How the status and history commands are given the ids: one argument each."""
+        return list(ids)
 
     def parse_status(self, stdout):
         """``{job id: BatchStatus}`` from the status command's output; ValueError when it cannot be read."""
+        raise NotImplementedError
+
+    def parse_history(self, stdout):
+        """``{job id: BatchStatus}`` from the history command's output."""
         raise NotImplementedError
 
     def pick(self, states, ids):
@@ -150,10 +166,20 @@ class ScriptBatch(BatchSystem):
         return {batch_id: states[batch_id] for batch_id in ids if batch_id in states}
 
     def status(self, batch_ids):
+        """ONE status command for all ``batch_ids`` (:meth:`listed`), then ONE history command for the ids it no
+        longer lists (:meth:`from_history`)."""
         ids = self.valid_ids(batch_ids)
         if not ids:
             return QueryResult(OK)
-        argv = self.status_argv(ids)
+        result = self.listed(ids)
+        left = [i for i in ids if i not in result.states]
+        if result.status != OK or not left or not self.history_command or self.history_kept is False:
+            return result
+        return self.from_history(result, left)
+
+    def listed(self, ids):
+        """The states of the jobs the status command lists (a failing command is a retry, never "all gone")."""
+        argv = [*self.status_command, *self.id_args(ids)]
         result = self.run(argv)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         unexplained = [line for line in lines if not self.gone_errors.search(line)]
@@ -165,6 +191,19 @@ class ScriptBatch(BatchSystem):
         except ValueError as exc:
             return QueryResult(RETRY, message=f"{argv[0]} output cannot be read ({exc}): {result.describe()}")
         return QueryResult(OK, self.pick(states, ids))
+
+    def from_history(self, result, left):
+        """``result`` with the states the history command knows of the ids ``left``; a failing history command is
+        a retry (never "gone"), one saying the site keeps no history leaves them unknown, now and from then on."""
+        found = self.run([*self.history_command, *self.id_args(left)])
+        if self.history_disabled.search(found.stderr):
+            self.history_kept = False
+        elif not found.ok:
+            return QueryResult(RETRY, message=f"{self.history_command[0]} failed: {found.describe()}")
+        else:
+            self.history_kept = True
+            result.states.update({i: s for i, s in self.parse_history(found.stdout).items() if i in left})
+        return result
 
     # ---- cancel ---------------------------------------------------------------------------------------------------
     def cancel(self, batch_ids):

@@ -16,7 +16,7 @@ import datetime
 import logging
 import re
 
-from harvester.batch.base import OK, RETRY, BatchError, BatchStatus, QueryResult
+from harvester.batch.base import OK, BatchError, BatchStatus
 from harvester.batch.jobscript import ScriptBatch, days_hms
 
 STATES = {  # Slurm job state -> worker state (harvester.states); any other ended state is failed
@@ -40,8 +40,9 @@ class SlurmBatch(ScriptBatch):
     submit_command = ("sbatch", "--parsable")
     status_command = ("squeue", "--noheader", "--states=all", "--Format=JobID:|,State:|,exit_code:|,NodeList:|,"
                                                               "Reason:|")
-    accounting_command = ("sacct", "--noheader", "--parsable2", "--allocations",
-                          "--format=JobID,State,ExitCode,NodeList,Reason,ElapsedRaw")
+    history_command = ("sacct", "--noheader", "--parsable2", "--allocations",
+                       "--format=JobID,State,ExitCode,NodeList,Reason,ElapsedRaw")
+    history_disabled = re.compile("accounting storage is disabled")
     usage_command = ("squeue", "--noheader", "--states=all", "--Format=JobID:|,TimeUsed:|")
     find_command = ("squeue", "--noheader", "--states=all", "--me", "--Format=JobID:|,WorkDir:|,Comment:|")
     cancel_command = ("scancel",)
@@ -56,13 +57,8 @@ class SlurmBatch(ScriptBatch):
                               r"Memory specification can not be satisfied", re.IGNORECASE)
     gone_errors = re.compile(r"Invalid job id specified|already completing or completed|Job has already finished")
 
-    def __init__(self, queue, transport, spool=None):
-        super().__init__(queue, transport, spool)
-        self.accounting = None  # None: not known yet; False after sacct said accounting is disabled
-
     def header_lines(self, worker):
-        batch, ap = self.queue.batch, self.checked(worker.access_point, "access point")
-        chosen = {key: getattr(batch, key) for key in ("partition", "account", "qos") if getattr(batch, key)}
+        ap = self.checked(worker.access_point, "access point")
         nodes = max(1, int(worker.nodes))
         # one task per node with that node's cores (--mem is per node): the batch step, and on several nodes the
         # step of one launcher per node (launch.py), or the payload's own srun
@@ -71,45 +67,38 @@ class SlurmBatch(ScriptBatch):
                 f"--output={ap}/slurm-%j.out", f"--error={ap}/slurm-%j.err", *tasks,
                 f"--cpus-per-task={int(worker.cores) // nodes}", f"--mem={int(worker.memory_mb) // nodes}M",
                 f"--time={days_hms(int(worker.walltime_s))}", f"--signal=B:USR1@{STOP_WARNING_S}",
-                *(f"--{key}={self.checked(value, 'batch.' + key)}" for key, value in chosen.items())]
+                *self.placement()]
+
+    def placement(self):
+        """The queue's ``--partition``, ``--account`` and ``--qos`` (those it sets)."""
+        batch = self.queue.batch
+        return [f"--{key}={self.checked(getattr(batch, key), 'batch.' + key)}"
+                for key in ("partition", "account", "qos") if getattr(batch, key)]
 
     def start_estimate(self, nodes, cores_per_node, memory_per_node_mb, walltime_s):
         """``sbatch --test-only`` of a job of this shape (the worker's partition, account and qos): the start it
         prints, "Job N to start at 2026-12-07T03:20:11 using ..." (Slurm's clock)."""
-        batch = self.queue.batch
-        chosen = [f"--{key}={self.checked(getattr(batch, key), 'batch.' + key)}"
-                  for key in ("partition", "account", "qos") if getattr(batch, key)]
         argv = [*self.test_only_command, f"--nodes={int(nodes)}", "--ntasks-per-node=1",
                 f"--cpus-per-task={int(cores_per_node)}", f"--mem={int(memory_per_node_mb)}M",
-                f"--time={days_hms(int(walltime_s))}", *chosen, "--wrap=true"]
+                f"--time={days_hms(int(walltime_s))}", *self.placement(), "--wrap=true"]
         result = self.run(argv)
         match = self.test_only_start.search(f"{result.stdout}\n{result.stderr}") if result.ok else None
         if match is None:
             raise BatchError(f"sbatch --test-only: no start time: {result.describe()}")
         return datetime.datetime.fromisoformat(match["start"])
 
-    def status_argv(self, ids):
-        return [*self.status_command, f"--jobs={','.join(sorted(ids, key=int))}"]
+    def id_args(self, ids):
+        return [f"--jobs={','.join(sorted(ids, key=int))}"]
 
     def parse_status(self, stdout):
         return parse_squeue(stdout)
 
-    def status(self, batch_ids):
-        """squeue (and the time charged for the jobs it lists as ended, :meth:`with_usage`), then ONE sacct for the
-        ids squeue no longer lists (a failing sacct is a retry, never "gone"; its ElapsedRaw is their time)."""
-        result = self.with_usage(super().status(batch_ids))
-        left = [i for i in self.valid_ids(batch_ids) if i not in result.states]
-        if result.status != OK or not left or self.accounting is False:
-            return result
-        found = self.run([*self.accounting_command, f"--jobs={','.join(sorted(left, key=int))}"])
-        if "accounting storage is disabled" in found.stderr:
-            self.accounting = False
-        elif not found.ok:
-            return QueryResult(RETRY, message=f"sacct failed: {found.describe()}")
-        else:
-            self.accounting = True
-            result.states.update({i: s for i, s in parse_sacct(found.stdout).items() if i in left})
-        return result
+    def parse_history(self, stdout):
+        return parse_sacct(stdout)  # its ElapsedRaw is the time charged for the jobs squeue no longer lists
+
+    def listed(self, ids):
+        """squeue, and the time charged for the jobs it lists as ended (:meth:`with_usage`)."""
+        return self.with_usage(super().listed(ids))
 
     def with_usage(self, result):
         """ONE ``squeue --Format=JobID,TimeUsed`` for the ended jobs squeue listed: their elapsed time. A failed
@@ -117,7 +106,7 @@ class SlurmBatch(ScriptBatch):
         ended = sorted((i for i, s in result.states.items() if s.state in ENDED and s.elapsed_s is None), key=int)
         if result.status != OK or not ended:
             return result
-        found = self.run([*self.usage_command, f"--jobs={','.join(ended)}"])
+        found = self.run([*self.usage_command, *self.id_args(ended)])
         if not found.ok:
             log.warning("queue %s: the elapsed time of ended jobs is unknown: %s", self.queue.name,
                         found.describe())
