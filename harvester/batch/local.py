@@ -18,6 +18,7 @@ from harvester.transport import TransportError
 
 _BATCH_ID = re.compile(r"(\d+)-(\d+)")
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
+_BOOT_FILE = tuple(_BOOT_ID.rsplit("/", 1))  # as (root, path), for a batch of reads
 # $1 stdout file, $2 stderr file, then the command; setsid does not fork (sh's background child is no group
 # leader), so $! is the pid of the job script itself
 _LAUNCH = 'out=$1 err=$2; shift 2; setsid "$@" </dev/null >>"$out" 2>>"$err" & echo $!'
@@ -91,49 +92,19 @@ class LocalBatch(BatchSystem):
         file from a pilot (never through a symlink, at most a few bytes)."""
         try:
             records = self.records.read(batch_ids)
-            seen = self._look(records)
-            return QueryResult(OK, {batch_id: self._state(batch_id, record, seen)
-                                    for batch_id, record in records.items()})
+            files = {batch_id: self._files(batch_id, record) for batch_id, record in records.items()}
+            seen = _read_all(self.transport, [_BOOT_FILE, *(f for three in files.values() for f in three)])
         except (TransportError, BatchError) as exc:
             return QueryResult(RETRY, message=str(exc))
+        boot_id = (seen.get(_BOOT_FILE) or b"").decode().strip()
+        return QueryResult(OK, {batch_id: native_state(record, boot_id, *(seen.get(f) for f in files[batch_id]))
+                                for batch_id, record in records.items()})
 
-    def _look(self, records):
-        """{(root, path): bytes or None} of the files status needs, read in one call."""
-        wanted = {("/proc/sys/kernel/random", "boot_id")}
-        for batch_id, record in records.items():
-            parent, name = record["access_point"].rstrip("/").rsplit("/", 1)
-            wanted |= {(parent or "/", f"{name}/{self.exit_name}"), ("/proc", f"{record['pid']}/stat"),
-                       (self.records.path(), f"{batch_id}.cancelled")}
-        by_root = {}
-        for root, path in sorted(wanted):
-            by_root.setdefault(root, []).append(path)
-        roots = sorted(by_root)
-        results = self.transport.files([{"op": "read", "root": root, "paths": by_root[root], "limit": 4096}
-                                        for root in roots])
-        seen = {}
-        for root, result in zip(roots, results):
-            for path, got in (result.get("files") or {}).items():
-                seen[(root, path)] = got.get("data")
-        return seen
-
-    def _state(self, batch_id, record, seen):
+    def _files(self, batch_id, record):
+        """(root, path) of the files that tell a job's state: its exit file, its cancel mark, its /proc entry."""
         parent, name = record["access_point"].rstrip("/").rsplit("/", 1)
-        exit_text = seen.get((parent or "/", f"{name}/{self.exit_name}"))
-        cancelled = seen.get((self.records.path(), f"{batch_id}.cancelled")) is not None
-        if exit_text is not None and exit_text.strip().isdigit():
-            code = int(exit_text)
-            if code == 0:
-                return BatchStatus("finished", "pilot exit code 0", 0, "exited")
-            signum = code - 128 if 128 < code <= 128 + 64 else None
-            diag = f"pilot killed by signal {signum}" if signum else f"pilot exit code {code}"
-            return BatchStatus("cancelled" if cancelled else "failed", diag, code, "exited")
-        boot_id = (seen.get(("/proc/sys/kernel/random", "boot_id")) or b"").decode().strip()
-        if Processes.matches(record, boot_id, seen.get(("/proc", f"{record['pid']}/stat"))):
-            return BatchStatus("running", f"pid {record['pid']} running", native="running")
-        if cancelled:
-            return BatchStatus("cancelled", "cancelled by harvester", native="gone")
-        return BatchStatus("failed", f"process {record['pid']} is gone and left no exit code (killed with its job "
-                                     "script, or the host rebooted)", native="gone")
+        return ((parent or "/", f"{name}/{self.exit_name}"), (self.records.path(), f"{batch_id}.cancelled"),
+                ("/proc", f"{record['pid']}/stat"))
 
     def cancel(self, batch_ids):
         records, boot_id, live = self.records.read(batch_ids), self.processes.boot_id(), {}
@@ -261,6 +232,40 @@ class Processes:
                   *groups])
         outcomes = dict(line.partition(" ")[::2] for line in sent.stdout.splitlines())
         return {group: outcomes.get(group) == "sent" for group in groups}, sent
+
+
+def native_state(record, boot_id, exit_text, cancel_mark, stat_text):
+    """One job's :class:`BatchStatus` from what status read (None: missing): its exit file, its cancel mark and its
+    /proc entry, and the host's boot id."""
+    cancelled = cancel_mark is not None
+    if exit_text is not None and exit_text.strip().isdigit():
+        code = int(exit_text)
+        if code == 0:
+            return BatchStatus("finished", "pilot exit code 0", 0, "exited")
+        signum = code - 128 if 128 < code <= 128 + 64 else None
+        diag = f"pilot killed by signal {signum}" if signum else f"pilot exit code {code}"
+        return BatchStatus("cancelled" if cancelled else "failed", diag, code, "exited")
+    if Processes.matches(record, boot_id, stat_text):
+        return BatchStatus("running", f"pid {record['pid']} running", native="running")
+    if cancelled:
+        return BatchStatus("cancelled", "cancelled by harvester", native="gone")
+    return BatchStatus("failed", f"process {record['pid']} is gone and left no exit code (killed with its job "
+                                 "script, or the host rebooted)", native="gone")
+
+
+def _read_all(transport, wanted):
+    """{(root, path): bytes, or None when missing} of the small files ``wanted`` ((root, path) pairs), read in ONE
+    call of the transport: one read operation per root, each path safe under its root."""
+    by_root = {}
+    for root, path in sorted(set(wanted)):
+        by_root.setdefault(root, []).append(path)
+    roots = sorted(by_root)
+    results = transport.files([{"op": "read", "root": root, "paths": by_root[root], "limit": 4096} for root in roots])
+    seen = {}
+    for root, result in zip(roots, results):
+        for path, got in (result.get("files") or {}).items():
+            seen[(root, path)] = got.get("data")
+    return seen
 
 
 def _proc_stat(text):
