@@ -65,3 +65,17 @@ def test_no_harvester_agent_imports_another():
                     path.name != "runner.py":  # the runner drives the agents: it is above them
                 breaches.append(f"{path.relative_to(ROOT.parent)} imports {target}")
     assert breaches == []
+
+
+def test_each_batch_system_is_one_short_class():
+    """One short class per batch system (dask-jobqueue's shape): its commands as class attributes, its header lines,
+    native states and status parser; what several share is in the bases (batch/base.py, batch/jobscript.py) or in a
+    helper module beside the class (condor_jobs.py, ...). Read from the source: importing the HTCondor bindings is
+    slow."""
+    sizes = {}
+    for path in sorted((ROOT.parent / "harvester" / "batch").glob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            bases = {getattr(base, "id", None) for base in getattr(node, "bases", ())}
+            if isinstance(node, ast.ClassDef) and bases & {"BatchSystem", "ScriptBatch"} and node.name != "ScriptBatch":
+                sizes[node.name] = node.end_lineno - node.lineno + 1
+    assert len(sizes) >= 5 and {name: lines for name, lines in sizes.items() if lines > 100} == {}, sizes
