@@ -6,6 +6,7 @@ import peewee
 
 from harvester import models, shapes
 from harvester.errors import HarvesterError
+from harvester.handoff import usage
 from harvester.states import FINAL, HeldJobStatus, WorkerError, WorkerStatus
 from harvester.steps import kill_workers
 
@@ -27,11 +28,32 @@ def worker_object(w):
     return {"workerID": w.worker_id, "batchID": w.batch_id, "queue": w.queue, "status": w.status,
             "diag": w.diag, "mapType": w.map_type, "accessPoint": w.access_point, "cores": w.cores,
             "memory": w.memory_mb, "pilots": w.n_pilots, "nodes": w.nodes, "walltime": w.walltime_s,
-            "elapsed": w.elapsed_s, "chargeSource": w.charge_source,
+            "elapsed": w.elapsed_s, "chargeSource": w.charge_source, "payloadWall": w.payload_wall_s,
+            "payloadCpu": w.payload_cpu_s, "pilotWait": w.pilot_wait_s, "pilotDrain": w.pilot_drain_s,
+            "jobsRun": w.jobs_run, "usefulPercent": usage.useful_percent(w.payload_wall_s, w.n_pilots, w.elapsed_s),
             "submissionAttempts": w.submission_attempts, "submitTime": text(w.submit_time) or None,
             "startTime": text(w.start_time) or None, "endTime": text(w.end_time) or None,
             "lastSeen": text(w.last_seen) or None, "killReason": w.kill_reason, "reported": w.reported,
             "errorCode": w.error_code, "error": error_name(w.error_code)}
+
+
+def delivered_lines(worker):
+    """What the pilots did with the time charged (harvester.handoff.usage), in words; [] before the worker ended
+    or when no pilot left a usage record."""
+    if worker.payload_wall_s is None:
+        return ["delivered: no pilot usage record (a pilot other than ours, or none ended yet)"] \
+            if worker.elapsed_s is not None else []
+    slots = f"{worker.n_pilots} pilot slot{'s' if worker.n_pilots != 1 else ''}"
+    lines = [f"delivered: payloads ran {worker.payload_wall_s:.0f} s wall, {worker.payload_cpu_s:.0f} s CPU, "
+             f"{worker.jobs_run} job{'s' if worker.jobs_run != 1 else ''}"]
+    idle = f"idle: pilots waiting {worker.pilot_wait_s:.0f} s (asking for jobs, staging, reporting)"
+    if worker.pilot_drain_s is not None:
+        idle += f", slots without a pilot {worker.pilot_drain_s:.0f} s (starting, drained before the end)"
+    lines.append(idle)
+    useful = usage.useful_percent(worker.payload_wall_s, worker.n_pilots, worker.elapsed_s)
+    if useful is not None:
+        lines.append(f"useful: {useful:.1f}% of {slots} x {worker.elapsed_s:.0f} s ran payloads")
+    return lines
 
 
 def error_name(code):
@@ -162,6 +184,8 @@ def explain_worker(args):
     if worker.elapsed_s is not None:
         print(f"  charged: {worker.nodes} node{'s' if worker.nodes != 1 else ''} x {worker.elapsed_s:.0f} s = "
               f"{worker.nodes * worker.elapsed_s / 3600:.3f} node-hours ({worker.charge_source})")
+    for line in delivered_lines(worker):
+        print(f"  {line}")
     if worker.diag:
         print(f"  diag: {worker.diag}")
     if worker.error_code:

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 
-from pilot import comm, errors, housekeeping, node, queuedata
+from pilot import comm, errors, housekeeping, node, queuedata, usage
 from pilot.errors import ColdShutdown, PilotError
 from pilot.handoff import Handoff
 from pilot.jobdata import Job
@@ -42,6 +42,7 @@ class Pilot:
         self.file_mode = self.push_mode = self.subreaper = False
         self.harvester_ids = None
         self.pilot_log = ""
+        self.usage = None  # usage.Usage: what the pilot did with its slot, for harvester
 
     # ---- the protocol -------------------------------------------------------------------------------------------
     def work(self):
@@ -127,11 +128,16 @@ class Pilot:
         if self.handoff is not None:
             self.handoff.add_panda_id(job.panda_id)
         run = JobRun(job, self.ctx)
+        cpu = usage.children_cpu()
         try:
             state = run.execute()
         finally:
             self.timing.save()
         self.jobs_run += 1
+        if self.usage is not None:
+            marks = self.timing.data.get(str(job.panda_id), {})
+            self.usage.add_job(job.panda_id, marks.get("PILOT_POST_PAYLOAD", 0) - marks.get("PILOT_PRE_PAYLOAD", 0),
+                               usage.children_cpu() - cpu)
         log.info("job %s done: %s", job.panda_id, state)
         if run.error and run.error.code == errors.REACHEDMAXTIME and self.remaining_time() <= 0:
             self.exit_error = errors.REACHEDMAXTIME
@@ -148,6 +154,8 @@ class Pilot:
                 log.warning("%d final updates are still in the outbox %s", left, self.outbox.directory)
         if self.client is not None and self.harvester_ids and not self.file_mode:
             self.client.worker_status(*self.harvester_ids, "finished", self.opts.queue, node.hostname())
+        if self.usage is not None:
+            self.usage.write(ended=True)
         if self.handoff is not None:
             self.handoff.touch_kill_worker()
         self.timing.mark(0, "PILOT_END_TIME")
@@ -192,6 +200,7 @@ class Pilot:
         self.push_mode = self.file_mode or opts.harvester_submit_mode == "PUSH"
         if opts.harvester_workdir:
             self.handoff = Handoff(opts.harvester_workdir, qd["handoff_files"])
+            self.usage = usage.Usage(opts.harvester_workdir, self.started)
         elif self.file_mode:
             raise PilotError(errors.GENERALERROR, "file mode (--no-server-updates) needs --harvester-workdir")
         self.outbox = Outbox(os.path.join(opts.workdir, "outbox"))

@@ -18,7 +18,7 @@ import posixpath
 import re
 
 from harvester import db, models
-from harvester.handoff import pilots, staging
+from harvester.handoff import pilots, staging, usage
 from harvester.agents.base import Agent
 from harvester.batch.base import OK
 from harvester.errors import HandoffRefused, MessengerError
@@ -76,9 +76,11 @@ class Monitor(Agent):
                 self.queue_failed(queue.name, f"status query: {result.status}: {result.message}", now)
                 result = None
             names = queue.pilot.handoff.model_dump()  # once per queue, not per worker
+            ending = [w.access_point for w in workers if result is not None and w.batch_id in result.states
+                      and result.states[w.batch_id].state in FINAL]  # their pilots' usage is read
             try:
                 snapshot = Snapshot.take(self.ctx.transport(queue), [w.access_point for w in workers], names,
-                                         queue.pilot.handoff_max_bytes, self.snapshots.get(queue.name))
+                                         queue.pilot.handoff_max_bytes, self.snapshots.get(queue.name), ending)
             except MessengerError as exc:  # no pilot's files: no worker may end before they are read
                 log.error("queue %s: %s; no worker changes state this cycle", queue.name, exc)
                 self.queue_failed(queue.name, str(exc), now)
@@ -96,11 +98,12 @@ class Monitor(Agent):
             db.release_workers(self.owner, [w.worker_id for w in workers])
 
     def follow(self, queue, worker, result, now, names, snapshot):
-        waiting = 0
+        waiting, messengers = 0, []
         for directory in pilots.handoff_dirs(worker.access_point, worker.n_pilots):  # each pilot's own files
             messenger = Messenger(directory, names, self.ctx.transport(queue), snapshot,
                                   root=posixpath.dirname(worker.access_point), limit=queue.pilot.handoff_max_bytes,
                                   server=self.ctx.server, scratch=self.ctx.scratch_dir)
+            messengers.append(messenger)
             try:
                 self.read_files(queue, worker, messenger, now)
                 ended = messenger.kill_worker_requested() or messenger.pilot_exited()
@@ -135,10 +138,22 @@ class Monitor(Agent):
             error = WorkerError.WALLTIME if native.walltime_exceeded else WorkerError.BATCH_JOB_FAILED
         if target in FINAL and worker.kill_reason and target != WorkerStatus.FINISHED:
             target, reason, error = WorkerStatus.CANCELLED, f"killed: {worker.kill_reason} ({reason})", None
-        charged = {"elapsed_s": native.elapsed_s, "charge_source": native.charge_source} \
-            if target in FINAL and native.elapsed_s is not None else None
+        delivered = self.delivered(worker, native, messengers, now) if target in FINAL else None
         self.end_or_change(queue, worker, target, reason, now, native.diag if target in FINAL else None, error,
-                           charged)
+                           delivered)
+
+    @staticmethod
+    def delivered(worker, native, messengers, now):
+        """What the ended allocation delivered: the time the scheduler charged (its own figure, else harvester's
+        start and end times), and the sum of its pilots' usage records (harvester.handoff.usage)."""
+        elapsed, source = native.elapsed_s, native.charge_source
+        if elapsed is None and worker.start_time is not None:
+            elapsed, source = max(0.0, (now - worker.start_time).total_seconds()), "harvester start/end"
+        values = {} if elapsed is None else {"elapsed_s": elapsed, "charge_source": source}
+        figures = usage.summed([usage.read(m) for m in messengers], worker.n_pilots, elapsed)
+        if figures is not None:
+            values.update(figures.columns())
+        return values or None
 
     def lost(self, queue, worker, now):
         """A batch job the batch system does not list (any more) is ``missing``: looked up again every cycle for

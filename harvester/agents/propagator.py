@@ -33,12 +33,23 @@ log = logging.getLogger(__name__)
 BATCH = 200
 
 
+# what the allocation delivered (harvester.handoff.usage), sent once known: wire name -> worker column
+ALLOCATION = (("nNodes", "nodes"), ("elapsedTime", "elapsed_s"), ("chargeSource", "charge_source"),
+              ("payloadWallTime", "payload_wall_s"), ("payloadCpuTime", "payload_cpu_s"),
+              ("pilotWaitTime", "pilot_wait_s"), ("pilotDrainTime", "pilot_drain_s"), ("nJobsRun", "jobs_run"))
+
+
 def worker_dict(worker, panda_ids):
-    return {"workerID": worker.worker_id, "batchID": worker.batch_id, "computingSite": worker.queue,
-            "status": worker.status, "nCore": worker.cores, "nMemory": worker.memory_mb,
-            "walltime": worker.walltime_s, "submitTime": iso(worker.submit_time), "startTime": iso(worker.start_time),
-            "endTime": iso(worker.end_time), "diagMessage": (worker.diag or "")[:500], "pandaid_list": panda_ids,
-            "node": worker.node, "accessPoint": worker.access_point, "errorCode": worker.error_code}
+    report = {"workerID": worker.worker_id, "batchID": worker.batch_id, "computingSite": worker.queue,
+              "status": worker.status, "nCore": worker.cores, "nMemory": worker.memory_mb,
+              "walltime": worker.walltime_s, "submitTime": iso(worker.submit_time),
+              "startTime": iso(worker.start_time), "endTime": iso(worker.end_time),
+              "diagMessage": (worker.diag or "")[:500], "pandaid_list": panda_ids, "node": worker.node,
+              "accessPoint": worker.access_point, "errorCode": worker.error_code}
+    if worker.elapsed_s is not None or worker.payload_wall_s is not None:
+        report.update({name: getattr(worker, column) for name, column in ALLOCATION
+                       if getattr(worker, column) is not None})
+    return report
 
 
 class Propagator(Agent):

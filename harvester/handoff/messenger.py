@@ -33,6 +33,7 @@ from pilot.fileutil import safe_name
 from pilot.handoff import final_attributes_id
 from pilot.payload import TRF_PATH
 from pilot.queuedata import HANDOFF_FILES
+from pilot.usage import USAGE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,10 @@ class Snapshot:
             self.children[parent].append(name)
 
     @classmethod
-    def take(cls, transport, access_points, names=None, limit=DEFAULT_LIMIT, previous=None):
+    def take(cls, transport, access_points, names=None, limit=DEFAULT_LIMIT, previous=None, usage_of=()):
         """List ``access_points`` (grouped by parent directory, one call in all) and read the handoff files that
-        changed since ``previous`` (one more call, only when some did).
+        changed since ``previous`` (one more call, only when some did); the pilots' usage records
+        (pilot.usage) only in the access points ``usage_of`` (the workers that ended: read once, not per job).
 
         Raises:
             MessengerError: the listing failed (the host is unreachable, a workers directory is unreadable).
@@ -106,8 +108,9 @@ class Snapshot:
         contents, wanted = {}, collections.defaultdict(list)
         old_entries = previous.entries if previous is not None else {}
         old_contents = previous.contents if previous is not None else {}
+        usage_of = {posixpath.normpath(a) for a in usage_of if a}
         for path, entry in entries.items():
-            if not _is_report(path, names):
+            if not _is_report(path, names) and not _is_usage(path, usage_of):
                 continue
             if entry.kind != "f":
                 what = "a symlink: never followed" if entry.kind == "l" else "not a regular file"
@@ -527,6 +530,15 @@ def _is_report(path, names):
         return False
     return name in (names["attributes"], names["pandaids"], names["request"], names["event_status"]) or \
         final_attributes_id(names, name) is not None
+
+
+def _is_usage(path, access_points):
+    """True for a pilot's usage record in one of ``access_points`` (its own, or a ``pilot-N`` directory's)."""
+    if not access_points or posixpath.basename(path) != USAGE_FILE:
+        return False
+    parent = posixpath.dirname(path)
+    return parent in access_points or (re.fullmatch(r"pilot-[0-9]+", posixpath.basename(parent)) is not None
+                                       and posixpath.dirname(parent) in access_points)
 
 
 def _too_large(path, size, limit):

@@ -161,6 +161,15 @@ class Worker(BaseModel):
     diag = peewee.TextField(null=True)
     access_point = peewee.TextField(null=True)
     pandaid_list = peewee.TextField(null=True)  # JSON list of PandaIDs
+    # Schema 10: what the ended allocation delivered, as harvester summed it (docs/harvester.md); NULL when unknown
+    n_nodes = peewee.IntegerField(null=True)
+    elapsed_s = peewee.FloatField(null=True)  # charged per node by the scheduler
+    charge_source = peewee.CharField(max_length=64, null=True)
+    payload_wall_s = peewee.FloatField(null=True)
+    payload_cpu_s = peewee.FloatField(null=True)
+    pilot_wait_s = peewee.FloatField(null=True)
+    pilot_drain_s = peewee.FloatField(null=True)
+    jobs_run = peewee.IntegerField(null=True)
 
     class Meta:
         table_name = "worker"

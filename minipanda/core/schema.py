@@ -114,9 +114,18 @@ def _migration_9(db, migrator):
     counts.install(db)
 
 
+def _migration_10(db, migrator):
+    """worker: what an ended allocation delivered (nodes, the time charged, the pilots' payload and idle time)."""
+    have = {column.name for column in db.get_columns("worker")}  # step 4 may have made the table as it is now
+    W = models.Worker
+    migrate(*[migrator.add_column("worker", field.column_name, field) for field in (
+        W.n_nodes, W.elapsed_s, W.charge_source, W.payload_wall_s, W.payload_cpu_s, W.pilot_wait_s, W.pilot_drain_s,
+        W.jobs_run) if field.column_name not in have])
+
+
 MIGRATIONS = {2: _migration_2, 3: _migration_3, 4: _migration_4, 5: _migration_5, 6: _migration_6, 7: _migration_7,
-              8: _migration_8, 9: _migration_9}
-SCHEMA_VERSION = 9
+              8: _migration_8, 9: _migration_9, 10: _migration_10}
+SCHEMA_VERSION = 10
 
 
 def schema_version(db):

@@ -14,6 +14,12 @@ minipanda_job_heartbeat_age_seconds             queue                  oldest pi
                                                                        jobs (sent ... transferring)
 minipanda_active_jobs_without_heartbeat         queue                  active jobs that never had a heartbeat
 minipanda_workers                               queue, state           workers as harvester reported them
+minipanda_allocation_charged_node_seconds_total queue                  node-seconds the scheduler charged for the
+                                                                       queue's ended workers (nodes x elapsed)
+minipanda_allocation_payload_wall_seconds_total queue                  wall seconds their pilots' payloads ran
+minipanda_allocation_payload_cpu_seconds_total  queue                  CPU seconds of those payloads
+minipanda_allocation_pilot_idle_seconds_total   queue, kind (wait,     pilot-slot seconds without a payload: a pilot
+                                                drain)                 up and waiting, or no pilot (drain)
 minipanda_harvester_worker_statistics           harvester, queue,      harvester's latest worker counts
                                                 job_type,
                                                 resource_type, state
@@ -121,6 +127,7 @@ class DatabaseCollector(Collector):
                                 .group_by(Worker.computing_site, Worker.status).tuples()):
             workers.add_metric([queue or "", state], n)
         yield workers
+        yield from self._allocations()
         stats = GaugeMetricFamily("minipanda_harvester_worker_statistics",
                                   "Worker counts in harvester's latest statistics report",
                                   labels=["harvester", "queue", "job_type", "resource_type", "state"])
@@ -129,6 +136,32 @@ class DatabaseCollector(Collector):
                 stats.add_metric([row["harvester"], row["queue"], str(count["jobType"]), str(count["resourceType"]),
                                   str(count["status"])], _number(count["n"]))
         yield stats
+
+    def _allocations(self):
+        """What the queues' ended allocations delivered, summed over the workers harvester reported figures for
+        (harvester.handoff.usage; docs/harvester.md)."""
+        Worker = models.Worker
+        families = [CounterMetricFamily(f"minipanda_allocation_{name}", text, labels=labels) for name, text, labels in (
+            ("charged_node_seconds", "Node-seconds the scheduler charged for the queue's ended workers", ["queue"]),
+            ("payload_wall_seconds", "Wall seconds the pilots' payloads ran in those workers", ["queue"]),
+            ("payload_cpu_seconds", "CPU seconds of those payloads", ["queue"]),
+            ("pilot_idle_seconds", "Pilot-slot seconds without a payload: wait (a pilot up, asking for a job, "
+                                   "staging, reporting), drain (no pilot: starting, or ended before the allocation)",
+             ["queue", "kind"]))]
+        charged, wall, cpu, idle = families
+        rows = (Worker.select(Worker.computing_site, fn.SUM(fn.COALESCE(Worker.n_nodes, 1) * Worker.elapsed_s),
+                              fn.SUM(Worker.payload_wall_s), fn.SUM(Worker.payload_cpu_s),
+                              fn.SUM(Worker.pilot_wait_s), fn.SUM(Worker.pilot_drain_s))
+                .where(Worker.elapsed_s.is_null(False) | Worker.payload_wall_s.is_null(False))
+                .group_by(Worker.computing_site).tuples())
+        for queue, node_s, wall_s, cpu_s, wait_s, drain_s in rows:
+            queue = queue or ""
+            charged.add_metric([queue], float(node_s or 0))
+            wall.add_metric([queue], float(wall_s or 0))
+            cpu.add_metric([queue], float(cpu_s or 0))
+            idle.add_metric([queue, "wait"], float(wait_s or 0))
+            idle.add_metric([queue, "drain"], float(drain_s or 0))
+        return families
 
     def _harvesters(self, now):
         age = GaugeMetricFamily("minipanda_harvester_heartbeat_age_seconds",

@@ -437,7 +437,24 @@ def worker_page(harvester_id, worker_id):
                        "startTime": stamp(worker.start_time), "endTime": stamp(worker.end_time),
                        "node": worker.node, "diag": worker.diag, "accessPoint": worker.access_point,
                        "modificationTime": stamp(worker.modification_time)},
-            "pandaid_list": listed, "jobs": [job_row(j) for j in jobs]}
+            "delivered": delivered(worker), "pandaid_list": listed, "jobs": [job_row(j) for j in jobs]}
+
+
+def delivered(worker):
+    """What the worker's ended allocation delivered, as harvester summed it (docs/harvester.md), or None before
+    it reported figures. ``usefulPercent``: payload wall time over the pilot-slot time charged (payload + wait +
+    drain)."""
+    if worker.elapsed_s is None and worker.payload_wall_s is None:
+        return None
+    nodes = worker.n_nodes or 1
+    slots = None if None in (worker.payload_wall_s, worker.pilot_wait_s, worker.pilot_drain_s) else \
+        worker.payload_wall_s + worker.pilot_wait_s + worker.pilot_drain_s
+    return {"nodes": nodes, "elapsedSeconds": worker.elapsed_s, "chargeSource": worker.charge_source,
+            "chargedNodeHours": None if worker.elapsed_s is None else round(nodes * worker.elapsed_s / 3600, 4),
+            "payloadWallSeconds": worker.payload_wall_s, "payloadCpuSeconds": worker.payload_cpu_s,
+            "pilotWaitSeconds": worker.pilot_wait_s, "pilotDrainSeconds": worker.pilot_drain_s,
+            "jobsRun": worker.jobs_run,
+            "usefulPercent": round(100.0 * worker.payload_wall_s / slots, 1) if slots else None}
 
 
 def tasks_page(f, now=None):

@@ -236,7 +236,35 @@ def parse_worker(entry, where):
         "node": text(entry.get("node"), f"{where}.node", 256),
         "access_point": text(entry.get("accessPoint"), f"{where}.accessPoint", 1024),
         "pandaid_list": pandaids,
+        **allocation(entry, where),
     }
+
+
+# what an ended allocation delivered (harvester.handoff.usage): wire name -> column; seconds unless a count
+ALLOCATION_FIELDS = {"nNodes": "n_nodes", "elapsedTime": "elapsed_s", "payloadWallTime": "payload_wall_s",
+                     "payloadCpuTime": "payload_cpu_s", "pilotWaitTime": "pilot_wait_s",
+                     "pilotDrainTime": "pilot_drain_s", "nJobsRun": "jobs_run"}
+COUNTS = ("nNodes", "nJobsRun")
+MAX_SECONDS = 1e12  # far above any allocation (30,000 years of node time): a figure beyond it is garbage
+
+
+def allocation(entry, where):
+    """The allocation figures a worker report may carry (all optional; a report without them changes none)."""
+    row = {}
+    for name, column in ALLOCATION_FIELDS.items():
+        value = entry.get(name)
+        if value is None:
+            continue
+        if name in COUNTS:
+            row[column] = integer(value, f"{where}.{name}", maximum=INT_MAX)
+        elif figure(value, f"{where}.{name}") > MAX_SECONDS:
+            raise RequestError(f"{where}.{name}: at most {MAX_SECONDS:.0f} s, got {value}")
+        else:
+            row[column] = float(value)
+    source = text(entry.get("chargeSource"), f"{where}.chargeSource", 64)
+    if source is not None:
+        row["charge_source"] = source
+    return row
 
 
 def update_workers(harvester_id, workers, now=None, wake=None):

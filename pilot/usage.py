@@ -1,0 +1,60 @@
+"""What this pilot did with its slot of the allocation, for harvester: ``worker_usage.json`` in its harvester
+directory, rewritten (temporary file renamed into place) after each job and when the pilot ends.
+
+``{"version": 1, "up_s": s the pilot has lived, "payload_wall_s": s its payloads ran, "payload_cpu_s": CPU s of
+its payloads and their children, "wait_s": up_s - payload_wall_s (asking for a job, staging, reporting),
+"jobs_run": n, "ended": true once the pilot shut down, "jobs": [{"PandaID", "wall_s", "cpu_s"}, ...]}``
+
+``jobs`` keeps the last :data:`MAX_JOBS` jobs; the totals count every job. Harvester sums the files of a worker's
+pilots (harvester.handoff.usage); the time of the allocation no pilot covered is its drain.
+"""
+import logging
+import os
+import time
+
+from pilot.fileutil import atomic_write_json
+
+log = logging.getLogger(__name__)
+USAGE_FILE = "worker_usage.json"
+VERSION = 1
+MAX_JOBS = 200  # a long-lived pilot's file stays small; totals are kept apart
+
+
+class Usage:
+    """The figures of one pilot, written to ``<directory>/worker_usage.json``.
+
+    Args:
+        directory: the pilot's harvester directory (``--harvester-workdir``).
+        started: ``time.monotonic()`` when the pilot started.
+    """
+
+    def __init__(self, directory, started):
+        self.path = os.path.join(directory, USAGE_FILE)
+        self.started = started
+        self.wall = self.cpu = 0.0
+        self.jobs = []
+        self.jobs_run = 0
+
+    def add_job(self, panda_id, wall_s, cpu_s):
+        """Account for one job's payload and write the file."""
+        wall_s, cpu_s = max(0.0, float(wall_s or 0)), max(0.0, float(cpu_s or 0))
+        self.wall, self.cpu, self.jobs_run = self.wall + wall_s, self.cpu + cpu_s, self.jobs_run + 1
+        self.jobs = (self.jobs + [{"PandaID": panda_id, "wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3)}])[
+            -MAX_JOBS:]
+        self.write()
+
+    def write(self, ended=False):
+        up = max(self.wall, time.monotonic() - self.started)
+        record = {"version": VERSION, "up_s": round(up, 3), "payload_wall_s": round(self.wall, 3),
+                  "payload_cpu_s": round(self.cpu, 3), "wait_s": round(up - self.wall, 3),
+                  "jobs_run": self.jobs_run, "ended": ended, "jobs": self.jobs}
+        try:
+            atomic_write_json(self.path, record, durable=ended)
+        except OSError as exc:  # harvester then counts this pilot's slot as drained: said, never fatal
+            log.warning("cannot write the usage file %s: %s", self.path, exc)
+
+
+def children_cpu():
+    """CPU seconds of the processes this pilot reaped so far (its payloads and the orphans it adopted)."""
+    times = os.times()
+    return times.children_user + times.children_system
