@@ -72,16 +72,16 @@ def parse(data, path):
     if not isinstance(record, dict):
         raise UsageRefused(f"{path} holds a JSON {type(record).__name__}, expected an object")
     if record.get("version") != VERSION:
-        raise UsageRefused(f"{path}: version {str(record.get('version'))[:20]!r}, expected {VERSION}")
+        raise UsageRefused(f"{path}: version {repr(record.get('version'))[:20]}, expected {VERSION}")
     values = {}
     for name in NUMBERS:
         value = record.get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise UsageRefused(f"{path}: {name} is {str(value)[:40]!r}, not a finite number >= 0")
+            raise UsageRefused(f"{path}: {name} is {repr(value)[:40]}, not a finite number >= 0")
         values[name] = float(value)
     jobs = record.get("jobs_run")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
-        raise UsageRefused(f"{path}: jobs_run is {str(jobs)[:40]!r}, not a count")
+        raise UsageRefused(f"{path}: jobs_run is {repr(jobs)[:40]}, not a count")
     if values["payload_wall_s"] > values["up_s"] + SLACK_S:
         raise UsageRefused(f"{path}: payload_wall_s {values['payload_wall_s']:.0f} is above the pilot's up_s "
                            f"{values['up_s']:.0f}")
