@@ -127,6 +127,40 @@ def test_a_two_node_worker_runs_two_pilots_on_each_node(bed):
     assert abs(worker["elapsed"] * worker["nodes"] - int(rows[0][1]) * int(rows[0][2])) <= 2 * 3, (worker, rows)
     explained = bed.cli("explain", "--worker", str(worker["workerID"])).stdout
     assert f"charged: 2 nodes x {worker['elapsed']:.0f} s = " in explained, explained
+    delivered(bed, worker, int(rows[0][1]) * int(rows[0][2]))
+
+
+def delivered(bed, worker, node_seconds):
+    """What the allocation delivered against Slurm's record: the four pilot slots (payload + waiting + no pilot)
+    add up to sacct's elapsed x nodes x 2 pilots per node, within a few seconds; every pilot's own time up fits in
+    Slurm's elapsed time; the payload figures are the sum of the pilots' records; the server has the same figures
+    (monitor worker page, /metrics)."""
+    records = []
+    for index in range(1, 5):
+        with open(os.path.join(worker["accessPoint"], f"pilot-{index}", "worker_usage.json")) as handle:
+            records.append(json.load(handle))
+    assert [r["ended"] for r in records] == [True] * 4 and sum(r["jobs_run"] for r in records) == 8 == \
+        worker["jobsRun"], (records, worker)
+    assert abs(worker["payloadWall"] - sum(r["payload_wall_s"] for r in records)) <= 0.01, (records, worker)
+    assert abs(worker["payloadCpu"] - sum(r["payload_cpu_s"] for r in records)) <= 0.01, (records, worker)
+    assert worker["payloadWall"] > 0 and worker["pilotWait"] > 0 and worker["pilotDrain"] > 0, worker
+    assert max(r["up_s"] for r in records) <= node_seconds / 2 + 2, (records, node_seconds)
+    slots = worker["payloadWall"] + worker["pilotWait"] + worker["pilotDrain"]
+    assert abs(slots - 2 * node_seconds) <= 4 * 3, (worker, node_seconds)
+    assert f"useful: {worker['usefulPercent']:.1f}% of 4 pilot slots x {worker['elapsed']:.0f} s" in bed.cli(
+        "explain", "--worker", str(worker["workerID"])).stdout
+
+    def on_server():
+        delivered = json.loads(bed.get(f"/monitor/workers/h1/{worker['workerID']}?json=1"))["delivered"]
+        return delivered if delivered and delivered["jobsRun"] else None
+
+    shown = bed.wait_for(on_server, "the worker's figures on the server")
+    assert (shown["nodes"], shown["elapsedSeconds"], shown["payloadWallSeconds"], shown["pilotDrainSeconds"],
+            shown["jobsRun"]) == (2, worker["elapsed"], worker["payloadWall"], worker["pilotDrain"], 8), shown
+    metrics = bed.get("/metrics")
+    charged = [line for line in metrics.splitlines()
+               if line.startswith('minipanda_allocation_charged_node_seconds_total{queue="MN_PULL"}')]
+    assert len(charged) == 1 and abs(float(charged[0].split()[-1]) - 2 * worker["elapsed"]) < 0.01, charged
 
 
 def warm_codes(bed, ids, signal_code, signal_exit):
