@@ -37,6 +37,7 @@ def record(up=100.0, wall=60.0, cpu=50.0, jobs=3, **over):
     (b'{"version": 1, "up_s": NaN, "payload_wall_s": 0, "payload_cpu_s": 0, "wait_s": 0, "jobs_run": 0}',
      "up_s is nan, not a finite number >= 0"),
     (record(payload_cpu_s="5"), "payload_cpu_s is '5', not a finite number >= 0"),
+    (record(payload_cpu_s=1e300), "payload_cpu_s is 1e+300 s, above 1e+09 s"),
     (record(wait_s=True), "wait_s is True, not a finite number >= 0"),
     (record(jobs_run=2.5), "jobs_run is 2.5, not a count"),
     (record(jobs_run=-1), "jobs_run is -1, not a count"),

@@ -13,9 +13,9 @@ make it larger than the wall time).
 
 A record is a pilot's word, hostile like every file it writes: the snapshot refuses symlinks, files that are not
 regular and files over ``pilot.handoff_max_bytes``; here a record that is not the expected JSON (a field missing,
-not a finite number, negative, a payload wall time above the pilot's own) is refused with a log line naming the
-file and the field, and that pilot's slot counts as drained. A pilot never covers more than the allocation's
-elapsed time: larger figures are cut to it.
+not a finite number, negative, above 10^9 s, a payload wall time above the pilot's own) is refused with a log line
+naming the file and the field, and that pilot's slot counts as drained. A pilot never covers more than the
+allocation's elapsed time: larger figures are cut to it.
 """
 import dataclasses
 import json
@@ -28,6 +28,7 @@ from pilot.usage import USAGE_FILE, VERSION
 log = logging.getLogger(__name__)
 NUMBERS = ("up_s", "payload_wall_s", "payload_cpu_s", "wait_s")
 SLACK_S = 1.0  # rounding in the pilot's record: payload wall may pass up_s by this much
+MAX_S = 1e9  # 31 years: no pilot's figure comes near; the server refuses a worker whose sums pass 1e12 s
 
 
 class UsageRefused(ValueError):
@@ -78,6 +79,8 @@ def parse(data, path):
         value = record.get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise UsageRefused(f"{path}: {name} is {repr(value)[:40]}, not a finite number >= 0")
+        if value > MAX_S:
+            raise UsageRefused(f"{path}: {name} is {value:.3g} s, above {MAX_S:.0e} s")
         values[name] = float(value)
     jobs = record.get("jobs_run")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
