@@ -17,9 +17,9 @@ import signal
 import socket
 import sys
 
-from harvester import __version__, db, models
+from harvester import __version__
 from harvester.errors import AlreadyRunning, HarvesterError
-from queueconfig import ConfigError
+from queueconfig.errors import ConfigError
 from queueconfig.service import Notifier, parse_with_settings_file, quiet_on_closed_pipe
 
 log = logging.getLogger("harvester")
@@ -109,6 +109,8 @@ def main(argv=None):
         print("\n".join(exc.errors + [f"{len(exc.errors)} error(s) in {exc.source}"]), file=sys.stderr)
         return 2
     home = os.path.abspath(os.path.expanduser(args.home))
+    from harvester import db  # peewee: imported once the command is known, not for --help (tests/test_cli_startup.py)
+
     try:
         if args.command == "run":
             return run(args, home)
@@ -222,6 +224,8 @@ def token_harvester_id(token_file):
 def harvester_id(option, home, token_file=None):
     """This harvester's name on the server: --harvester-id, else the one its harvester token is bound to, else the
     one kept in the database, else host name plus a digest of the home."""
+    from harvester import models
+
     bound = token_harvester_id(token_file)
     if bound and option and option != bound:
         raise HarvesterError(f"--harvester-id {option}: the token in {token_file} speaks for harvester {bound} "
@@ -248,6 +252,7 @@ def run(args, home):
     from harvester.queues import QueueFile
     from harvester.runner import Runner
     from harvester.client import ServerClient
+    from harvester import db
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")

@@ -13,13 +13,26 @@ Use::
     reloader = queueconfig.ConfigReloader("queues.yaml", on_change, initial=config)
     reloader.check()                               # from a periodic thread; reloader.request() on SIGHUP
 """
-from queueconfig.errors import ConfigError
-from queueconfig.loader import QueueConfig, load, load_partial, loads, loads_partial
-from queueconfig.reload import ConfigReloader
-from queueconfig.schedconfig import queuedata, schedconfig
-from queueconfig.schema import (Batch, Endpoint, Handoff, Limits, Pilot, Queue, Resources, Storage, Sweeper,
-                                Transport)
+import importlib
 
-__all__ = ["ConfigError", "QueueConfig", "load", "loads", "load_partial", "loads_partial", "ConfigReloader",
-           "queuedata", "schedconfig", "Queue", "Resources", "Limits", "Batch", "Transport", "Pilot", "Handoff",
-           "Storage", "Endpoint", "Sweeper"]
+from queueconfig.schedconfig import queuedata, schedconfig  # light (no schema); also keeps the name the function's
+
+# name -> the module that defines it, imported on first use (PEP 562): a command that only needs ConfigError or the
+# settings-file reader (``minipanda --help``, ``harvester status``) does not pay for the schema's pydantic models.
+_EXPORTS = {"ConfigError": "errors", "QueueConfig": "loader", "load": "loader", "loads": "loader",
+            "load_partial": "loader", "loads_partial": "loader", "ConfigReloader": "reload",
+            **{name: "schema" for name in ("Queue", "Resources", "Limits", "Batch", "Transport", "Pilot", "Handoff",
+                                           "Storage", "Endpoint", "Sweeper")}}
+__all__ = ["queuedata", "schedconfig", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'queueconfig' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"queueconfig.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -7,12 +7,7 @@ import argparse
 import json
 import sys
 
-import yaml
-
 from queueconfig.errors import ConfigError
-from queueconfig.loader import load
-from queueconfig.schedconfig import queuedata
-from queueconfig.schema import Queue
 from queueconfig.service import quiet_on_closed_pipe
 
 _EPILOG = """examples:
@@ -59,6 +54,9 @@ def build_parser():
 def main(argv=None):
     """Run the command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    from queueconfig.loader import load  # the schema (pydantic): once a command needs it, not for --help
+    from queueconfig.schema import Queue
+
     if args.command == "schema":
         print(json.dumps(Queue.model_json_schema(), indent=2))
         return 0
@@ -87,6 +85,8 @@ def _show(config, args):
               file=sys.stderr)
         return 1
     if args.queuedata or args.json:
+        from queueconfig.schedconfig import queuedata
+
         dump = queuedata if args.queuedata else (lambda q: q.model_dump(mode="json"))
         data = {name: dump(config[name]) for name in names}
         print(json.dumps(data[args.queue] if args.queue else data, indent=2))
@@ -100,6 +100,8 @@ def _show(config, args):
 
 
 def _convert(config, args):
+    import yaml
+
     document = config.document()
     if args.json:
         print(json.dumps(document, indent=2))

@@ -8,10 +8,6 @@ import difflib
 import re
 import typing
 
-from pydantic import BaseModel
-
-from queueconfig.schema import Queue
-
 # Names used by Harvester, PanDA or other batch tools for which our key is not a close spelling.
 HINTS = {
     "queueStatus": "status", "prodSourceLabel": "prodSourceLabels", "templateQueueName": "template",
@@ -39,8 +35,10 @@ class ConfigError(Exception):
                          + "\n  ".join(self.errors))
 
 
-def model_at(loc, model=Queue):
-    """The section model that holds the last key of ``loc`` (a tuple of keys from the queue), or None."""
+def model_at(loc, model=None):
+    """The section model (of ``model``, default the queue) that holds the last key of ``loc`` (a tuple of keys from
+    the queue), or None."""
+    model = model or _queue_model()
     for key in loc[:-1]:
         if isinstance(key, int):
             continue
@@ -49,15 +47,26 @@ def model_at(loc, model=Queue):
     return model
 
 
+def _queue_model():
+    """The schema's Queue, imported when a message needs it: ConfigError is raised and caught by commands (the
+    ``minipanda`` and ``harvester`` CLIs) that must start without pydantic's cost."""
+    from queueconfig.schema import Queue
+
+    return Queue
+
+
 def _model_of(annotation):
+    from pydantic import BaseModel
+
     for candidate in (annotation, *typing.get_args(annotation)):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
     return None
 
 
-def all_keys(model=Queue, prefix=""):
-    """Every key of the schema as a dotted path from the queue (sections included)."""
+def all_keys(model=None, prefix=""):
+    """Every key of the schema (of ``model``, default the queue) as a dotted path from it (sections included)."""
+    model = model or _queue_model()
     paths = []
     for key, field in model.model_fields.items():
         paths.append(prefix + key)

@@ -13,7 +13,6 @@ import socket
 import sys
 
 from queueconfig.errors import ConfigError, suggest_value
-from queueconfig.parsing import parse
 
 
 # ---- a closed pipe -----------------------------------------------------------------------------------------------
@@ -134,6 +133,8 @@ def read_settings_file(path, parser, check_setting=None, setting_option="setting
     Raises:
         ConfigError: every problem at once, each as ``FILE:LINE: key: what is wrong; did you mean ...``.
     """
+    from queueconfig.parsing import parse  # PyYAML: only a command given --config pays for it
+
     path = os.fspath(path)
     try:
         with open(path, "rb") as handle:

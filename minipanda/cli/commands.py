@@ -1,4 +1,9 @@
-"""The ``minipanda`` command: run the server, manage tokens, submit and inspect jobs."""
+"""The ``minipanda`` command: run the server, manage tokens, submit and inspect jobs.
+
+Building the parser imports nothing heavy: each command imports what it needs when it runs (the server, the token
+table, the HTTP client), so ``minipanda --help`` or a ``job list`` does not pay for the whole server's start-up
+(tests/test_cli_startup.py holds it to that).
+"""
 import argparse
 import json
 import logging
@@ -6,11 +11,11 @@ import os
 import sys
 
 from minipanda import __version__, errors
-from minipanda.cli.client import Client
+from minipanda.cli import options
 from minipanda.cli.tables import print_table
-from minipanda.core import auth
+from minipanda.core.roles import ROLES
 from minipanda.errors import ClientError
-from minipanda.server import process
+from minipanda.server.home import DEFAULT_HOST, DEFAULT_PORT, home_dir
 import queueconfig
 from queueconfig.service import parse_with_settings_file, quiet_on_closed_pipe
 
@@ -73,8 +78,8 @@ def build_parser():
                        help="settings file (YAML): each option below as a key without its dashes (port: 25080, "
                             "max-body-mb: 64), 'setting:' a mapping for --setting; relative paths are taken from "
                             "the file's directory. See docs/operations.md")
-    serve.add_argument("--host", default=process.DEFAULT_HOST, help="address to bind (default 127.0.0.1, loopback)")
-    serve.add_argument("--port", type=int, default=process.DEFAULT_PORT, help="port (default 25080)")
+    serve.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1, loopback)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 25080)")
     serve.add_argument("--db", help="database URL: sqlite:///PATH (default <home>/minipanda.db) or postgresql://...")
     serve.add_argument("--home", help="home directory (default $MINIPANDA_HOME or ~/.minipanda)")
     serve.add_argument("--auth", choices=["token", "none"], default="token",
@@ -112,7 +117,7 @@ def build_parser():
 
     token = sub.add_parser("token", help="create, list and revoke bearer tokens").add_subparsers(title="token")
     create = token.add_parser("create", help="print a new signed token")
-    create.add_argument("--role", required=True, choices=list(auth.ROLES),
+    create.add_argument("--role", required=True, choices=list(ROLES),
                         help="admin, production, pilot, harvester (runs pilots and relays for them) or user")
     create.add_argument("--name", required=True, help="user name carried by the token")
     create.add_argument("--days", type=float, default=30, help="validity in days (default 30)")
@@ -177,9 +182,10 @@ def build_parser():
 
 
 def cmd_serve(args):
+    from minipanda.server import process
     from minipanda.tasks import settings as task_settings
 
-    home = process.home_dir(args.home)
+    home = home_dir(args.home)
     process.serve(home, host=args.host, port=args.port, db_url=args.db, auth_mode=args.auth, threads=args.threads,
                  max_body_mb=args.max_body_mb, queues_file=args.queues, reload_period=args.reload_period,
                  settings=task_settings.Settings(task_settings.parse_overrides(args.setting)),
@@ -191,7 +197,7 @@ def cmd_serve(args):
 def _open_db(args):
     from minipanda.core import db, schema
 
-    home = process.home_dir(args.home)
+    home = home_dir(args.home)
     schema.open_database(args.db or db.default_url(home))
     return home
 
@@ -199,7 +205,7 @@ def _open_db(args):
 def cmd_db_backup(args):
     from minipanda.core import backup, db
 
-    home = process.home_dir(args.home)
+    home = home_dir(args.home)
     for source, copy, size in backup.backup(args.db or db.default_url(home), args.file, not args.no_archives):
         print(f"{source} -> {copy} ({size / 1e6:.1f} MB)")
 
@@ -239,8 +245,7 @@ def cmd_token_revoke(args):
         print(f"revoked {args.jti}")
 
 
-def _client(args):
-    return Client.from_settings(url=args.url, token_file=args.token_file, home=process.home_dir(args.home))
+_client = options.client
 
 
 def cmd_job_submit(args):

@@ -1,12 +1,13 @@
 """Options every HTTP command of the ``minipanda`` CLI takes (server URL, token, home, --json), and the client
 they make."""
-from minipanda.cli.client import Client
-from minipanda.server import process
+from minipanda.server.home import home_dir
 
 
 def client(args):
     """The /api/v1 client of the parsed ``--url``, ``--token-file`` and ``--home``."""
-    return Client.from_settings(url=args.url, token_file=args.token_file, home=process.home_dir(args.home))
+    from minipanda.cli.client import Client  # requests: imported by the commands that call the server, when they run
+
+    return Client.from_settings(url=args.url, token_file=args.token_file, home=home_dir(args.home))
 
 
 def add_client_options(parser, func, token="a bearer token"):

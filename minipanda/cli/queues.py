@@ -1,15 +1,13 @@
 """``minipanda queue list|show``: the server's queues as dispatch sees them, over the HTTP API (open reads)."""
 import json
 
-from minipanda.cli.client import Client
+from minipanda.cli import options
 from minipanda.cli.tables import print_table
-from minipanda.server import process
 
 COLUMNS = ["name", "status", "labels", "cores", "maxrss", "maxtime", "waiting", "running", "why"]
 
 
-def _client(args):
-    return Client.from_settings(url=args.url, token_file=args.token_file, home=process.home_dir(args.home))
+_client = options.client
 
 
 def add_parsers(sub):

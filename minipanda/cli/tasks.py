@@ -13,7 +13,6 @@ import urllib.parse
 from minipanda.cli import options
 from minipanda.errors import ClientError
 from minipanda.cli.tables import print_table
-from minipanda.tasks import datasets
 
 FLAT_INT_OPTIONS = ("nFilesPerJob", "nEventsPerJob", "nJobs", "coreCount", "ramCount", "walltime", "maxAttempt",
                     "taskPriority", "nScouts")
@@ -181,6 +180,8 @@ def cmd_task_command(args):
 
 
 def cmd_dataset_add(args):
+    from minipanda.tasks import datasets
+
     files = datasets.scan_paths(args.paths, args.events_per_file)
     result = _client(args).add_dataset_files(args.name, files)
     print(json.dumps(result) if args.json else
@@ -254,6 +255,8 @@ def _download(client, entry, directory):
         shutil.copyfile(os.path.join(location, lfn), tmp)
     else:
         raise ClientError(f"no copy to download (status {entry.get('status')}, location {location!r})")
+    from minipanda.tasks import datasets
+
     checksum = datasets.adler32_of(tmp)
     registered = (entry.get("checksum") or "").removeprefix("ad:")
     if registered and registered != checksum:

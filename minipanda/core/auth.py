@@ -20,18 +20,11 @@ from typing import Optional
 
 import jwt
 from minipanda.core import models, states
+from minipanda.core.roles import HARVESTER_ROLES, OWNER_ROLES, PILOT_ROLES, ROLES  # noqa: F401 (api imports them from here)
 from minipanda.errors import AuthError
 
-ROLES = ("admin", "production", "pilot", "harvester", "user")
 ISSUER = "minipanda"
 ALGORITHM = "HS256"
-# harvester fetches jobs for pilots it starts in push mode and relays reports of pilots with no network.
-PILOT_ROLES = frozenset({"admin", "production", "pilot", "harvester"})
-HARVESTER_ROLES = frozenset({"admin", "harvester"})
-
-
-# Roles whose token names are users: they own jobs, tasks and the file-store scope ``user.<name>``.
-OWNER_ROLES = ("admin", "production", "user")
 MINTED_NAME = re.compile(r"pilot\.(?P<harvester>.+)\.(?P<worker>[0-9]+)\Z")
 
 

@@ -14,17 +14,11 @@ from minipanda.core import auth, db, queues, schema
 from minipanda.errors import ConfigError, ServerLocked
 from minipanda.server import http
 from minipanda.server.daemon import DutyRunner, LeaderLock
+from minipanda.server.home import DEFAULT_HOST, DEFAULT_PORT
 from queueconfig.service import Notifier
 
 log = logging.getLogger("minipanda.server")
 access_log = logging.getLogger("minipanda.access")
-
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 25080
-
-
-def home_dir(explicit=None):
-    """--home, else $MINIPANDA_HOME, else ~/.minipanda."""
-    return os.path.abspath(explicit or os.environ.get("MINIPANDA_HOME") or os.path.expanduser("~/.minipanda"))
 
 
 class _RecordQueueHandler(logging.handlers.QueueHandler):
