@@ -30,8 +30,11 @@ setup(
         "postgres": ["psycopg2-binary>=2.9"],
         # bench/peers.py's peers, measured beside minipanda; never needed by the product
         "bench": ["parsl>=2026.1", "dask>=2026.1", "distributed>=2026.1", "hyperqueue>=0.27", "py-spy>=0.4"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "psycopg2-binary>=2.9", "panda-client==2.2.0",
-                 "hypothesis>=6.100", "selenium>=4.15"],
+        # pytest below 9.2: pytest-xdist 3.8's --dist loadgroup (README's test command) names a test's group by
+        # appending it to the node id, which pytest 9.2 ignores: every file's tests would be spread over the
+        # processes, module-scoped daemons and all (tests/test_xdist_groups.py fails then).
+        "test": ["pytest>=8,<9.2", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "psycopg2-binary>=2.9",
+                 "panda-client==2.2.0", "hypothesis>=6.100", "selenium>=4.15"],
     },
     entry_points={
         "console_scripts": [

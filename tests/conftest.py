@@ -11,6 +11,14 @@ import pytest
 import requests
 
 IN_CI = os.environ.get("CI") == "true"
+# Property-based tests run the example counts they name under CI=true, or with MINIPANDA_TEST_EXAMPLES=full; a
+# developer's run of one file runs a fifth of them: seconds, not minutes.
+FULL_EXAMPLES = IN_CI or os.environ.get("MINIPANDA_TEST_EXAMPLES") == "full"
+
+
+def examples(count):
+    """The ``max_examples`` of a hypothesis test that names ``count`` (see FULL_EXAMPLES)."""
+    return count if FULL_EXAMPLES else max(50, count // 5)
 
 
 def worker_database(url, worker):
@@ -46,17 +54,46 @@ if PG_URL and os.environ.get("PYTEST_XDIST_WORKER"):
     PG_URL = os.environ["MINIPANDA_TEST_PG_URL"] = worker_database(PG_URL, os.environ["PYTEST_XDIST_WORKER"])
 
 
+# The groups that take longest under the README's test command, longest first: from two runs of the whole suite on
+# a busy 2-core machine (bench/README.md, "Test suite") (seconds of each group, summed over its tests: test_harvester_faults 590-650, test_tasks
+# 330-760, test_guides 380-670, test_harvester_multinode 100-660, test_readme 130-590, htcondor 400-460, ...). They
+# are handed out first: a long group that started last would keep one process busy long after the others ran out
+# of work. Every other group follows, in collection order.
+LONGEST_FIRST = ("test_harvester_faults.py", "test_tasks.py", "test_guides.py", "test_harvester_multinode.py",
+                 "test_readme.py", "htcondor", "test_api_params.py", "test_testbed.py", "test_concurrency.py",
+                 "test_harvester_slurm_live.py", "test_retry.py", "test_edge_deployment.py", "test_prun_sandbox.py",
+                 "test_server_queues.py", "test_cli_tasks.py", "test_pilot_jobrun.py", "test_retention.py",
+                 "test_api_harvester.py", "test_monitor_pages.py", "test_prun.py", "test_pilot_worker.py",
+                 "test_api_v1.py", "test_api_legacy.py", "test_filestore.py", "test_brokerage.py",
+                 "test_generator.py", "test_harvester_e2e.py")
+
+
+def pytest_configure(config):
+    """Under ``--dist loadgroup``, pytest-xdist hands the groups out in the order of the collection that
+    pytest_collection_modifyitems below makes (LONGEST_FIRST), not sorted by their number of tests."""
+    if getattr(config.option, "dist", None) == "loadgroup":
+        config.option.loadscopereorder = False
+
+
+def xdist_group_of(item):
+    """The pytest-xdist group of a test: its file, or "htcondor" for every test that needs the one HTCondor pool."""
+    return "htcondor" if item.get_closest_marker("htcondor") else item.path.name
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist's ``--dist loadgroup`` (README.md's test command) a test file runs whole on one worker,
     in order, as it would alone (module-scoped daemons start once; no other file's test empties its database
-    between two of its tests), and the HTCondor tests share one worker and so one pool (a session fixture)."""
+    between two of its tests), and the HTCondor tests share one worker and so one pool (a session fixture).
+    tests/test_xdist_groups.py checks that the groups reach the scheduler. The longest groups come first."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
-            group = "htcondor" if item.get_closest_marker("htcondor") else item.path.name
-            item.add_marker(pytest.mark.xdist_group(group))
+            item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
+    if getattr(config.option, "loadgroup", False):  # an xdist worker of --dist loadgroup (set by pytest-xdist)
+        rank = {group: index for index, group in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(xdist_group_of(item), len(rank)))  # stable: file order kept
 
 
 def backends():

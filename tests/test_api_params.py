@@ -19,7 +19,9 @@ from minipanda.api.app import ServerContext, make_app
 from minipanda.api.handlers import V1_ALIASES
 from minipanda.core import models, schema
 
-N_REQUESTS = 2100  # at least 2,000 generated requests per run
+from conftest import examples
+
+N_REQUESTS = examples(2100)  # at least 2,000 generated requests per run under CI (a fifth on a developer's run)
 
 
 def call(app, method, path, body=b"", content_type="application/json", query="", headers=None):
@@ -330,7 +332,7 @@ def test_no_generated_request_to_any_route_gets_a_5xx(app):
     total = sum(counts.values())
     print(f"\nproperty-based route test: {total} generated requests over {len(route_list)} routes: "
           + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    assert total >= 2000 and counts["5xx"] == 0
+    assert total >= min(2000, N_REQUESTS) and counts["5xx"] == 0
 
 
 def outcome(check, model, params):
@@ -350,7 +352,7 @@ def test_parameters_kept_as_sent_are_exactly_what_the_validators_give(app):
                       st.sampled_from(["x" * n for n in (32, 33, 128, 129, 256, 257, 1025)]))  # around the limits
     kept = collections.Counter()
 
-    @settings(max_examples=800, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=examples(800), deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(model=st.sampled_from(models_), data=st.data())
     def one(model, data):
         keys = st.one_of(st.sampled_from(sorted(model.model_fields) or ["x"]), st.text(max_size=6))

@@ -10,6 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from minipanda.api import params as route_params, wire
 
+from conftest import examples
+
 # Form bodies as clients write them and as they should not: escapes valid and broken, '+', '=', '&', backslashes
 # (the decoder's own escape character), non-ASCII text, lone '%' at the end.
 PIECES = st.sampled_from(["%", "%2", "%2g", "%25", "%5C", "%5c", "\\", "\\x41", "\\u0041", "+", "=", "&", "%C3%A9",
@@ -17,7 +19,7 @@ PIECES = st.sampled_from(["%", "%2", "%2g", "%25", "%5C", "%5c", "\\", "\\x41", 
 BODIES = st.lists(st.one_of(PIECES, st.text(max_size=4)), max_size=30).map("".join)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(BODIES)
 def test_form_bodies_decode_as_parse_qsl_does(text):
     assert wire.form_pairs(text) == urllib.parse.parse_qsl(text, keep_blank_values=True)
@@ -39,7 +41,7 @@ class Offer:
     queue: str
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.text(),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
                     max_leaves=20))
@@ -62,7 +64,7 @@ def nested(depth, leaf):
     return value
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(60, 70), st.sampled_from([0, "text", None, [], {}, ["a", "b"]]))
 def test_the_depth_check_refuses_what_clean_json_refuses(depth, leaf):
     value = {"wrapped": nested(depth, leaf)}
