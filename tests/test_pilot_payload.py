@@ -58,14 +58,20 @@ def test_own_process_group_and_kill_of_the_whole_tree(tmp_path):
     assert p.returncode is not None and processes_with(marker) == []
 
 
-def test_the_payload_dies_with_a_pilot_killed_by_sigkill(tmp_path):
+@pytest.mark.parametrize("setpriv", [True, False], ids=["through setpriv", "fork and prctl"])
+def test_the_payload_dies_with_a_pilot_killed_by_sigkill(tmp_path, setpriv):
+    if setpriv and payload._setpriv() is None:
+        pytest.skip("no setpriv with --pdeathsig (util-linux 2.33) here")
     marker = f"orphan-{os.getpid()}-{time.time_ns()}"
     sleep = marked_sleep(tmp_path, marker)
+    env = {k: v for k, v in os.environ.items() if k != "PILOT_NO_SETPRIV"}
+    if not setpriv:
+        env["PILOT_NO_SETPRIV"] = "1"
     # A stand-in pilot: a process that starts the payload through pilot.payload and then waits.
     pilot = subprocess.Popen([sys.executable, "-c", (
         "import os, sys, time; from pilot import payload\n"
         f"p = payload.Payload([{sleep!r}, '600'], {str(tmp_path)!r}, dict(os.environ)); p.start()\n"
-        "print(p.pid, flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True,
+        "print(p.pid, flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True, env=env,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         payload_pid = int(pilot.stdout.readline())
@@ -77,6 +83,21 @@ def test_the_payload_dies_with_a_pilot_killed_by_sigkill(tmp_path):
     while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert processes_with(marker) == []
+
+
+def test_a_program_exec_runs_as_it_is_goes_through_setpriv_and_anything_else_through_the_fork(tmp_path):
+    if payload._setpriv() is None:
+        pytest.skip("no setpriv with --pdeathsig (util-linux 2.33) here")
+    env = dict(os.environ)
+    script, plain = tmp_path / "script", tmp_path / "plain"
+    script.write_text("#!/bin/sh\necho hi\n")
+    plain.write_text("echo hi\n")
+    for path in (script, plain):
+        path.chmod(0o755)
+    assert payload.guard_argv(["true", "x"], str(tmp_path), env)[-5:] == ["--pdeathsig", "KILL", "--", "true", "x"]
+    assert payload.guard_argv(["./script"], str(tmp_path), env)[-1] == "./script"
+    for argv in (["./plain"], ["/no/such/program"], [str(tmp_path)], ["no-such-program-on-path"]):
+        assert payload.guard_argv(argv, str(tmp_path), env) is None, argv
 
 
 def test_environment():
