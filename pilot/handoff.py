@@ -118,7 +118,9 @@ class Handoff:
         ids = read_json(self.path("pandaids"))
         ids = ids if isinstance(ids, list) else []
         if panda_id not in ids:
-            atomic_write_json(self.path("pandaids"), ids + [panda_id])
+            # no fsync: harvester's own record of a pilot's jobs is the server's (getJob names the worker) or,
+            # in push mode, its own job file; this list is a hint it reads
+            atomic_write_json(self.path("pandaids"), ids + [panda_id], durable=False)
 
     def kill_requested(self):
         """True when harvester asks the running job to be killed."""

@@ -103,12 +103,14 @@ class Timing:
     ``{"0": {"PILOT_START_TIME": t, ...}, "<PandaID>": {"PILOT_PRE_GETJOB": t, ...}}``
 
     Marks are kept in memory; the pilot saves the file once per job and when it ends (writing it at every mark
-    cost more CPU than the rest of a short job's bookkeeping).
+    cost more CPU than the rest of a short job's bookkeeping). A job's marks are encoded once, when the save after
+    its end says it is done: the file grows with the pilot's jobs, its writing need not.
     """
 
     def __init__(self, path):
         self.path = path
         self.data = {}
+        self.encoded = {}  # key -> the JSON text of a finished job's marks
 
     def mark(self, panda_id, name, when=None):
         self.data.setdefault(str(panda_id), {})[name] = time.time() if when is None else when
@@ -116,11 +118,18 @@ class Timing:
     def get(self, panda_id, name):
         return self.data.get(str(panda_id), {}).get(name)
 
-    def save(self):
+    def save(self, done=None):
+        """Write the file; ``done``: the PandaID of a job whose marks will not change any more."""
+        if done is not None and str(done) in self.data:
+            self.encoded[str(done)] = self._entry(str(done))
+        text = "{" + ",".join(self.encoded.get(key) or self._entry(key) for key in self.data) + "}"
         try:
-            atomic_write_bytes(self.path, json.dumps(self.data, separators=(",", ":")).encode(), durable=False)
+            atomic_write_bytes(self.path, text.encode(), durable=False)
         except OSError as exc:
             log.warning("cannot write the timing file %s: %s", self.path, exc)
+
+    def _entry(self, key):
+        return json.dumps(key) + ":" + json.dumps(self.data[key], separators=(",", ":"))
 
     def pilot_timing(self, panda_id):
         """updateJob's pilotTiming: seconds of getjob|stagein|payload|stageout|initsetup|setup."""
