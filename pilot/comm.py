@@ -85,8 +85,12 @@ class ServerClient:
     def call(self, path, params, timeout=None):
         """POST ``params`` as JSON to ``path``; return the reply dict (raise CommError when not accepted)."""
         body = json.dumps(params, default=str).encode("utf-8")
+        return self._reply(path, lambda: self._open(self.url + path, body, timeout))
+
+    def _reply(self, path, send):
+        """The JSON reply of the response ``send()`` returns, as a dict; CommError when it is not an accepted one."""
         try:
-            with self._open(self.url + path, body, timeout) as response:
+            with send() as response:
                 raw = response.read()
         except HTTPError as exc:
             raw = exc.read()
@@ -104,14 +108,21 @@ class ServerClient:
 
     def get_job(self, params):
         """getJob: the job definition dict, or None when the server has no job for this offer."""
-        reply = self.call("/server/panda/getJob", params)
-        code = _status_code(reply)
-        if code == SC_OK and reply.get("PandaID") not in (None, "", "NULL"):
-            return reply
-        if code in (SC_OK, SC_NO_JOBS):
-            return None
-        raise CommError(f"getJob: StatusCode {code}: {reply.get('errorDialog') or reply.get('ErrorDiag')}",
-                        transient=True, status=200, reply=reply)
+        return _job_or_none(self.call("/server/panda/getJob", params))
+
+    def begin_get_job(self, params):
+        """getJob sent now, its answer read later (on a connection of its own): the server dispatches while the
+        pilot goes on. Returns ``result(timeout=None)``, which returns what :meth:`get_job` would or raises
+        CommError; ``result.cancel()`` drops the request unread."""
+        path = "/server/panda/getJob"
+        body = json.dumps(params, default=str).encode("utf-8")
+        pending = httpclient.begin("POST", self.url + path, body, self._headers(True), self.timeout)
+
+        def result(timeout=None):
+            return _job_or_none(self._reply(path, lambda: pending.result(timeout)))
+
+        result.cancel = pending.cancel
+        return result
 
     def update_job(self, params, timeout=None):
         """updateJob; the reply dict (StatusCode 0, command). A refusal raises CommError."""
@@ -241,6 +252,16 @@ class _DeadlineReader:
     def seek(self, offset):
         """Back to the start, for a request sent again on a new connection."""
         return self.handle.seek(offset)
+
+
+def _job_or_none(reply):
+    code = _status_code(reply)
+    if code == SC_OK and reply.get("PandaID") not in (None, "", "NULL"):
+        return reply
+    if code in (SC_OK, SC_NO_JOBS):
+        return None
+    raise CommError(f"getJob: StatusCode {code}: {reply.get('errorDialog') or reply.get('ErrorDiag')}",
+                    transient=True, status=200, reply=reply)
 
 
 def _json_or_empty(raw):

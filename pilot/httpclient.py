@@ -14,6 +14,9 @@ reply has been read to the end; one the server has closed in the meantime is not
 gets no answer at all, and that request is sent again once on a new connection (the server never saw it). A GET
 follows up to 5 redirects. A status of 300 or more that is not followed raises HTTPError (``code``, ``read()``);
 anything else that keeps an answer from arriving raises OSError (a timeout is socket.timeout, an OSError too).
+
+:func:`begin` sends a request and leaves its answer to be read later (:class:`Pending`), so the server works on it
+while the pilot does something else over another connection: up to ``KEEP`` connections per server are kept.
 """
 import os
 import sys
@@ -24,7 +27,8 @@ REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 _lock = threading.Lock()
 _loaded = {}
-_idle = {}  # (scheme, host, port) -> an open connection whose last reply was read to its end
+_idle = {}  # (scheme, host, port) -> open connections whose last reply was read to its end, newest last
+KEEP = 2  # kept per server: one for the request being answered in the background (begin), one for the rest
 
 
 class HTTPError(Exception):
@@ -117,19 +121,9 @@ def request(method, url, body=None, headers=None, timeout=60.0):
 
 def _send(method, scheme, parts, body, headers, timeout):
     client = http_client()
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise OSError(f"{parts.geturl()}: {exc}") from None
-    key = (scheme, parts.hostname, port)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    with _lock:
-        connection = _idle.pop(key, None)
-    if connection is not None:
+    key, path, connection, reused = _connection(scheme, parts, timeout)
+    if reused:
         try:
-            connection.timeout = timeout
-            if connection.sock is not None:
-                connection.sock.settimeout(timeout)
             return _Reply(_exchange(connection, method, path, body, headers), connection, key)
         except (client.RemoteDisconnected, ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
             connection.close()  # closed by the server while idle: it never saw this request
@@ -140,8 +134,7 @@ def _send(method, scheme, parts, body, headers, timeout):
         except BaseException:
             connection.close()
             raise
-    connection_class = tls_connection_class() if scheme == "https" else client.HTTPConnection
-    connection = connection_class(parts.hostname, port, timeout=timeout)
+        key, path, connection, reused = _connection(scheme, parts, timeout, fresh=True)
     try:
         return _Reply(_exchange(connection, method, path, body, headers), connection, key)
     except client.HTTPException as exc:
@@ -150,6 +143,97 @@ def _send(method, scheme, parts, body, headers, timeout):
     except BaseException:
         connection.close()
         raise
+
+
+def _connection(scheme, parts, timeout, fresh=False):
+    """(key, path, connection, reused): an idle kept connection to the server when there is one, else a new one."""
+    client = http_client()
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise OSError(f"{parts.geturl()}: {exc}") from None
+    key = (scheme, parts.hostname, port)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    connection = None
+    if not fresh:
+        with _lock:
+            kept = _idle.get(key)
+            connection = kept.pop() if kept else None
+    if connection is not None:
+        connection.timeout = timeout
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        return key, path, connection, True
+    connection_class = tls_connection_class() if scheme == "https" else client.HTTPConnection
+    return key, path, connection_class(parts.hostname, port, timeout=timeout), False
+
+
+def begin(method, url, body=None, headers=None, timeout=60.0):
+    """Send a request now and return a :class:`Pending` whose ``result()`` reads the answer later.
+
+    ``body`` is bytes or None. A request that cannot be sent now (a proxy is named, the connection fails) is sent
+    by ``result()`` instead, as :func:`request` sends it.
+    """
+    return Pending(method, url, body, headers, timeout)
+
+
+class Pending:
+    """A request sent on a connection of its own whose reply has not been read yet (see :func:`begin`)."""
+
+    def __init__(self, method, url, body, headers, timeout):
+        self.args = (method, url, body, headers, timeout)
+        self.connection = None
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname or _proxy_named(scheme) or \
+                not isinstance(body, (bytes, type(None))):
+            return
+        client = http_client()
+        try:
+            self.key, path, connection, self.reused = _connection(scheme, parts, timeout)
+        except OSError:
+            return
+        try:
+            connection.request(method, path, body=body, headers=dict(headers or {}))
+        except (OSError, client.HTTPException):
+            connection.close()  # not sent whole: the server cannot have acted on it; result() sends it again
+            return
+        self.connection = connection
+
+    def result(self, timeout=None):
+        """The reply, as :func:`request` returns it (use it in a ``with``); ``timeout`` caps the wait from now."""
+        method, url, body, headers, request_timeout = self.args
+        connection, self.connection = self.connection, None
+        if connection is None:
+            return request(method, url, body, headers, timeout or request_timeout)
+        client = http_client()
+        try:
+            if timeout is not None and connection.sock is not None:
+                connection.sock.settimeout(timeout)
+            response = connection.getresponse()
+        except (client.RemoteDisconnected, ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+            connection.close()
+            if not self.reused:
+                raise OSError(f"{url}: {exc!r}") from None
+            # a kept connection the server had closed while idle: it never saw the request
+            return request(method, url, body, headers, timeout or request_timeout)
+        except client.HTTPException as exc:
+            connection.close()
+            raise OSError(f"{url}: {exc!r}") from None
+        except BaseException:
+            connection.close()
+            raise
+        reply = _Reply(response, connection, self.key)
+        if reply.status >= 300:
+            with reply:
+                raise HTTPError(url, reply.status, reply.read())
+        return reply
+
+    def cancel(self):
+        """Drop the request's connection without reading its answer."""
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
 
 
 def _exchange(connection, method, path, body, headers):
@@ -179,10 +263,11 @@ class _Reply:
         self.response.close()
         if complete:
             with _lock:
-                previous = _idle.pop(self.key, None)
-                _idle[self.key] = self.connection
-            if previous is not None:
-                previous.close()
+                kept = _idle.setdefault(self.key, [])
+                kept.append(self.connection)
+                surplus = kept.pop(0) if len(kept) > KEEP else None
+            if surplus is not None:
+                surplus.close()
         else:
             self.connection.close()
         self.connection = None

@@ -1,9 +1,11 @@
 """One job on the worker node, from its definition to the acknowledged final update.
 
-``JobRun.execute()`` reads like the protocol: prepare the job directory, report ``starting``, stage in, start the
-payload, watch it (limits, the ``running`` report once it has run ``pilot_running_delay`` s, heartbeats, server
-commands, signals) until it exits or is killed, check its outputs, stage out outputs and the log, send the final update (or spool it). The first error
-raised anywhere is the one reported (pilot3's rule); later steps still run so the log always goes out.
+``JobRun.execute()`` reads like the protocol: prepare the job directory, report ``starting`` (before the stage-in
+when the job has inputs, else as soon as the payload has started, so the report's round trip overlaps the
+payload's run instead of delaying it), stage in, start the payload, watch it (limits, the ``running`` report once
+it has run ``pilot_running_delay`` s, heartbeats, server commands, signals) until it exits or is killed, check its
+outputs, stage out outputs and the log, send the final update (or spool it). The first error raised anywhere is
+the one reported (pilot3's rule); later steps still run so the log always goes out.
 """
 import logging
 import os
@@ -26,18 +28,20 @@ class Context:
     ``client`` is the comm.ServerClient (None in file mode), ``handoff`` the handoff.Handoff with
     --harvester-workdir, ``file_mode`` means no server updates (reports go through the handoff files), and
     ``pilot_deadline`` is on the monotonic clock; ``log_offset`` is where the pilot log lines not yet sent in a
-    log tarball begin.
+    log tarball begin; ``payload_ended`` is called once a job's payload is gone, before its stage-out (the pilot
+    sends its next getJob then).
     """
 
     def __init__(self, queue, qd, identity, pilot_dir, input_dir, output_dir, stop, waker, timing, client=None,
                  handoff=None, file_mode=False, outbox=None, pilot_deadline=None, adopter_pid=None, pilot_log="",
-                 cleanup=True):
+                 cleanup=True, payload_ended=None):
         self.queue, self.qd, self.identity, self.pilot_dir = queue, qd, identity, pilot_dir
         self.input_dir, self.output_dir, self.stop, self.waker, self.timing = input_dir, output_dir, stop, waker, timing
         self.client, self.handoff, self.file_mode, self.outbox = client, handoff, file_mode, outbox
         self.pilot_deadline, self.adopter_pid, self.pilot_log, self.cleanup = (pilot_deadline, adopter_pid,
                                                                                pilot_log, cleanup)
         self.log_offset = 0  # where in the pilot log the next job's log tarball starts
+        self.payload_ended = payload_ended
 
 
 class JobRun:
@@ -54,6 +58,7 @@ class JobRun:
         self.start_time = time.time()
         self.last_heartbeat = time.monotonic()
         self.delivered = False
+        self.starting_due = self.started_reported = False
 
     # ---- the protocol -------------------------------------------------------------------------------------------
     def execute(self):
@@ -61,7 +66,11 @@ class JobRun:
         log.info("job %s", self.job.summary())
         try:
             self.prepare()
-            self.send_update("starting")
+            self.starting_due = True
+            if self.job.inputs:
+                breach = self.report_starting()
+                if breach is not None:
+                    self.fail(breach)
             for step in (self.stage_in, self.run_payload, self.check_outputs):
                 if self.error is None and self.ctx.stop.requested:
                     self.fail(PilotError(errors.signal_code(self.ctx.stop.signum), f"pilot got {self.ctx.stop.name}"))
@@ -76,7 +85,10 @@ class JobRun:
             log.exception("unexpected error in job %s", self.job.panda_id)
             self.fail(PilotError(errors.UNKNOWNEXCEPTION, f"{type(exc).__name__}: {exc}"))
         try:
+            if self.starting_due:
+                self.report_starting()  # a job that failed before its payload started still went through starting
             self.ensure_payload_gone()
+            self.tell_payload_ended()
             self.stage_out()
             self.final_update()
         except ColdShutdown:
@@ -84,6 +96,23 @@ class JobRun:
             raise
         self.remove_job_dir()
         return self.state
+
+    def give_back(self, why):
+        """A job fetched but never to be run: its final update says why at once (the server may retry it); no
+        directory, no payload, no log."""
+        self.fail(why)
+        if self.ctx.stop.cold and not self.ctx.file_mode:
+            self.ctx.outbox.put(self.final_params())
+        else:
+            self.final_update()
+        return self.state
+
+    def tell_payload_ended(self):
+        if self.ctx.payload_ended is not None:
+            try:
+                self.ctx.payload_ended()
+            except Exception:  # the next job's early getJob must never cost this job its report
+                log.exception("fetching the next job early failed")
 
     @property
     def state(self):
@@ -119,6 +148,13 @@ class JobRun:
         finally:
             self.ctx.timing.mark(self.job.panda_id, "PILOT_POST_STAGEIN")
 
+    def report_starting(self):
+        """The ``starting`` update, once per job; the breach when its answer says kill."""
+        if not self.started_reported:
+            self.started_reported = True
+            return self.command_breach(self.send_update("starting"))
+        return None
+
     def run_payload(self):
         ctx = self.ctx
         local_dirs = ([ctx.handoff.directory] if ctx.handoff else []) + ([ctx.input_dir] if not ctx.client else [])
@@ -133,8 +169,10 @@ class JobRun:
         ctx.timing.mark(self.job.panda_id, "PILOT_PRE_PAYLOAD")
         self.payload.start()
         self.monitor = Monitor(self.job, self.qd, self.job_dir, self.payload, ctx.pilot_deadline, ctx.handoff)
+        breach = self.report_starting()
         delay = self.qd["pilot_running_delay"]
-        breach = self.command_breach(self.send_update("running")) if delay <= 0 else None
+        if breach is None and delay <= 0:
+            breach = self.command_breach(self.send_update("running"))
         if breach is None:
             breach = self.watch(first_report=delay)
         if breach is not None:

@@ -6,6 +6,12 @@
     loop             while another job may start (timefloor, lifetime, remaining walltime, disk, signals):
                          get a job (getJob over HTTP, or the harvester job file), run it (jobrun.JobRun)
     shutdown         outbox replay, harvester files, the exit code (pilot3's shell exit codes)
+
+Over HTTP the next getJob goes out as soon as a job's payload has ended (when another job may start then), and
+its answer is read once that job's stage-out and final update are done: the server dispatches while the pilot
+stages out. A job so fetched that the pilot may not run after all (a stop signal came meanwhile) is reported
+failed at once with the reason, as a job that got the signal right after its getJob would be: the server retries
+it, and nothing stays dispatched to a pilot that has gone.
 """
 import logging
 import os
@@ -43,6 +49,9 @@ class Pilot:
         self.harvester_ids = None
         self.pilot_log = ""
         self.usage = None  # usage.Usage: what the pilot did with its slot, for harvester
+        self.next_job = None  # the answer to a getJob sent early (comm.ServerClient.begin_get_job), not read yet
+        self.next_job_sent = None  # when it was sent (the job's PILOT_PRE_GETJOB)
+        self.no_next_job = False  # decided when the last payload ended: no other job may start
 
     # ---- the protocol -------------------------------------------------------------------------------------------
     def work(self):
@@ -87,12 +96,18 @@ class Pilot:
 
     def may_take_job(self):
         """Whether another job may start now; also sets the exit code when the reason is an error."""
+        if self.stop.requested or self.no_next_job:
+            return False
+        if self.next_job is not None:
+            return True  # checked when its getJob went out
+        return self.room_for_job(self.jobs_run)
+
+    def room_for_job(self, jobs_run):
+        """Whether time, timefloor and disk allow one more job after ``jobs_run`` jobs (logged when not)."""
         now = time.monotonic()
         qd = self.ctx.qd
-        if self.stop.requested:
-            return False
-        if self.jobs_run and now - self.started >= qd["timefloor"] * 60:
-            log.info("timefloor of %s min used up after %d jobs", qd["timefloor"], self.jobs_run)
+        if jobs_run and now - self.started >= qd["timefloor"] * 60:
+            log.info("timefloor of %s min used up after %d jobs", qd["timefloor"], jobs_run)
             return False
         if self.remaining_time() <= 0:
             log.info("no time left for another job")
@@ -101,13 +116,24 @@ class Pilot:
         if free < qd["pilot_min_disk_getjob_mb"]:
             log.error("only %.0f MB free in %s, %s MB needed for a job", free, self.opts.workdir,
                       qd["pilot_min_disk_getjob_mb"])
-            self.exit_error = self.exit_error or (errors.NOLOCALSPACE if not self.jobs_run else None)
+            self.exit_error = self.exit_error or (errors.NOLOCALSPACE if not jobs_run else None)
             return False
         return True
 
+    def fetch_next_job(self):
+        """Called when a job's payload has ended: send the next getJob now if another job may start after this
+        one (its answer is read by get_job, after this job's stage-out and final update)."""
+        if self.client is None or self.push_mode or self.next_job is not None or self.stop.requested:
+            return
+        if not self.room_for_job(self.jobs_run + 1):
+            self.no_next_job = True
+            return
+        self.next_job_sent = time.time()
+        self.next_job = self.client.begin_get_job(self.offer())
+
     def get_job(self):
         """The next job (a Job), or None when there is none; the getJob time is recorded."""
-        self.timing.mark("next", "PILOT_PRE_GETJOB")
+        asked = self.next_job_sent if self.next_job is not None else time.time()
         data = self.job_from_file() if self.handoff is not None and self.push_mode else self.job_from_server()
         if data is None:
             if not self.jobs_run:
@@ -118,8 +144,7 @@ class Pilot:
         except ValueError as exc:
             log.error("unusable job definition: %s", exc)
             return None
-        pre = self.timing.data.pop("next", {}).get("PILOT_PRE_GETJOB")
-        self.timing.mark(job.panda_id, "PILOT_PRE_GETJOB", pre)
+        self.timing.mark(job.panda_id, "PILOT_PRE_GETJOB", asked)
         self.timing.mark(job.panda_id, "PILOT_POST_GETJOB")
         return job
 
@@ -132,7 +157,7 @@ class Pilot:
         try:
             state = run.execute()
         finally:
-            self.timing.save()
+            self.timing.save(done=job.panda_id)
         self.jobs_run += 1
         if self.usage is not None:
             marks = self.timing.data.get(str(job.panda_id), {})
@@ -148,6 +173,10 @@ class Pilot:
         """Replay what is left in the outbox, tell harvester the pilot is done, record the pilot's figures."""
         if self.timing is None:
             return
+        try:
+            self.give_back_next_job()
+        except Exception:  # the rest of the shutdown must still run
+            log.exception("the job fetched early could not be given back")
         if self.client is not None and not self.file_mode and not self.stop.cold and self.outbox is not None:
             delivered, left = self.outbox.replay(self.client)
             if left:
@@ -166,6 +195,29 @@ class Pilot:
         self.timing.save()
         log.info("pilot done after %d jobs, exit code %d, peak RSS %d kB", self.jobs_run, self.exit_code(),
                  node.peak_rss_kb())
+
+    def give_back_next_job(self):
+        """A job fetched early that will not run: reported failed with why (the server retries it), not left
+        dispatched. On a cold stop its answer is waited for only briefly and the report goes to the outbox."""
+        result, self.next_job = self.next_job, None
+        if result is None:
+            return
+        try:
+            data = result(timeout=2.0 if self.stop.cold else None)
+            job = Job(data) if data is not None else None
+        except (comm.CommError, ValueError) as exc:
+            log.warning("the getJob sent early got no usable answer: %s", exc)
+            return
+        if job is None:
+            return
+        if self.stop.requested:
+            why = PilotError(errors.signal_code(self.stop.signum), f"pilot got {self.stop.name} before the job started")
+        else:
+            why = PilotError(self.exit_error or errors.GENERALERROR, "the pilot stopped before the job started")
+        log.warning("job %s was fetched but will not run: %s", job.panda_id, why)
+        if self.handoff is not None:
+            self.handoff.add_panda_id(job.panda_id)
+        JobRun(job, self.ctx).give_back(why)
 
     # ---- helpers ------------------------------------------------------------------------------------------------
     def load_queuedata(self):
@@ -224,7 +276,7 @@ class Pilot:
                        file_mode=self.file_mode, outbox=self.outbox,
                        pilot_deadline=self.deadline - qd["pilot_stageout_reserve"],
                        adopter_pid=os.getpid() if self.subreaper else None, pilot_log=self.pilot_log,
-                       cleanup=not opts.no_cleanup)
+                       cleanup=not opts.no_cleanup, payload_ended=self.fetch_next_job)
 
     def remaining_time(self):
         """Seconds a new job may run: the pilot's end minus the stage-out reserve."""
@@ -250,7 +302,8 @@ class Pilot:
             if self.stop.requested:
                 return None
             try:
-                job = self.client.get_job(self.offer())
+                early, self.next_job = self.next_job, None
+                job = early() if early is not None else self.client.get_job(self.offer())
                 if job is not None:
                     return job
                 log.info("no job for this pilot (getJob %d of %d)", attempt + 1, tries)

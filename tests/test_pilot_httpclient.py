@@ -1,7 +1,9 @@
 """The pilot's HTTP client on loopback: one kept-open connection per server, and what happens when it goes stale."""
 import http.server
 import io
+import socket
 import threading
+import time
 
 import pytest
 
@@ -70,3 +72,70 @@ def test_a_connection_the_server_closed_is_replaced_and_the_request_sent_once(se
     assert [(method, body) for _, method, body in Recorder.seen] == [
         ("GET", b""), ("POST", b'{"n": 1}'), ("PUT", b"file body")]
     assert len({port for port, _, _ in Recorder.seen}) == 3
+
+
+def test_a_request_begun_is_sent_at_once_and_its_connection_kept_beside_the_other(server):
+    for n in range(3):  # a pilot's cycle: getJob begun, the log uploaded meanwhile, then getJob's answer read
+        body = f'{{"n": {n}}}'.encode()
+        pending = httpclient.begin("POST", server + "/getjob", body, {}, 10)
+        deadline = time.monotonic() + 30
+        while len(Recorder.seen) < 2 * n + 1 and time.monotonic() < deadline:  # sent before result() is called
+            time.sleep(0.01)
+        assert Recorder.seen[-1][1:] == ("POST", body)
+        assert get(server + "/upload", "PUT", b"log") == b"x" * 100  # meanwhile, on the other connection
+        with pending.result() as reply:
+            assert reply.read() == b"x" * 100
+    assert len(Recorder.seen) == 6
+    assert len({port for port, _, _ in Recorder.seen}) == 2, Recorder.seen  # both kept: no new one per cycle
+
+
+def test_a_request_begun_on_a_connection_the_server_closed_is_sent_once_on_a_new_one(server):
+    Recorder.drop_after_reply = True
+    get(server + "/a")
+    pending = httpclient.begin("POST", server + "/getjob", b'{"n": 2}', {}, 10)
+    with pending.result() as reply:
+        assert reply.read() == b"x" * 100
+    assert [(method, body) for _, method, body in Recorder.seen] == [("GET", b""), ("POST", b'{"n": 2}')]
+
+
+def test_a_begun_request_without_any_answer_on_a_kept_connection_is_sent_again_on_a_new_one():
+    """The server closes a kept connection as the request arrives (its idle timeout): no answer at all came back,
+    so the request is sent once more, on a new connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen = []  # (connection number, request line)
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    def read_request(conn):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(4096)
+        head, _, body = data.partition(b"\r\n\r\n")
+        lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+        length = int(lengths[0]) if lengths else 0
+        while len(body) < length:
+            body += conn.recv(4096)
+        return head.split(b"\r\n")[0].decode()
+
+    def serve():
+        first, _ = listener.accept()
+        seen.append((1, read_request(first)))
+        first.sendall(reply)
+        seen.append((1, read_request(first)))
+        first.close()  # no answer to the second request
+        second, _ = listener.accept()
+        seen.append((2, read_request(second)))
+        second.sendall(reply)
+        second.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        assert get(url + "/a") == b"ok"
+        with httpclient.begin("POST", url + "/getjob", b"{}", {}, 10).result() as answer:
+            assert answer.read() == b"ok"
+        thread.join(10)
+    finally:
+        listener.close()
+        httpclient._idle.clear()
+    assert seen == [(1, "GET /a HTTP/1.1"), (1, "POST /getjob HTTP/1.1"), (2, "POST /getjob HTTP/1.1")]

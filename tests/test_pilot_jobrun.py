@@ -1,9 +1,11 @@
 """One job through the zipapp pilot against a live server: each outcome and its error code."""
 import glob
+import http.server
 import json
 import os
 import shutil
 import tarfile
+import threading
 import zlib
 
 import pytest
@@ -62,6 +64,60 @@ def test_running_is_reported_once_the_payload_outlives_the_delay_and_at_once_wit
     code, log = site.run(qd=site.queuedata(pilot_running_delay=0))
     assert code == 0, log
     assert [h["to"] for h in site.history(quick)] == ["activated", "sent", "starting", "running", "finished"]
+
+
+class StubServer(http.server.BaseHTTPRequestHandler):
+    """getJob hands out ``jobs`` one by one; updateJob records (PandaID, state, ``look()`` at that moment)."""
+
+    protocol_version = "HTTP/1.1"
+    jobs, updates, look = [], [], None
+
+    def do_POST(self):
+        params = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if self.path.endswith("/getJob"):
+            reply = dict(self.jobs.pop(0), StatusCode=0) if self.jobs else {"StatusCode": 20}
+        else:
+            self.updates.append((int(params["jobId"]), params["state"], type(self).look()))
+            reply = {"StatusCode": 0, "command": "NULL"}
+        body = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_starting_goes_out_once_the_payload_runs_unless_there_is_a_stage_in(site):
+    """Without inputs the starting report's round trip overlaps the payload's run: it leaves once the payload
+    runs. With inputs it goes before the stage-in, as pilot3 sends it."""
+    marker = f"starting-{os.getpid()}-{id(site)}"
+    sleep = marked_sleep(site.base, marker)
+    inputs = os.path.join(site.base, "inputs")
+    os.makedirs(inputs)
+    with open(os.path.join(inputs, "in.dat"), "wb") as handle:
+        handle.write(b"input\n")
+    job = {"transformation": sleep, "jobPars": "1", "prodSourceLabel": "managed", "logFile": "l.tgz"}
+    StubServer.jobs = [dict(job, PandaID=1), dict(job, PandaID=2, inFiles="in.dat", fsize="6",
+                                                   checksum=f"ad:{zlib.adler32(b'input' + bytes([10])):08x}")]
+    StubServer.updates = []
+    StubServer.look = staticmethod(lambda: (bool(processes_with(marker)),
+                                            bool(glob.glob(os.path.join(site.workdir, "*", "PandaJob_*", "in.dat")))))
+    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StubServer)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        code, log = site.run("--input-dir", inputs, url=f"http://127.0.0.1:{stub.server_address[1]}",
+                             qd=site.queuedata(timefloor=10))
+    finally:
+        stub.shutdown()
+        stub.server_close()
+    assert code == 0, log
+    # (PandaID, state, (payload running, input staged in)) as the server saw each update arrive
+    assert [u for u in StubServer.updates if u[1] == "starting"] == [
+        (1, "starting", (True, False)), (2, "starting", (False, False))], log
+    assert [(u[0], u[1]) for u in StubServer.updates if u[1] != "starting"] == [(1, "finished"), (2, "finished")]
 
 
 def test_nonzero_exit_fails_with_1305(site):

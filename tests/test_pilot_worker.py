@@ -1,4 +1,5 @@
 """The pilot's life through the zipapp: signals, the outbox, file mode, the multi-job loop and exit codes."""
+import http.server
 import json
 import os
 import shutil
@@ -253,3 +254,56 @@ def test_each_log_tarball_holds_the_pilot_log_of_its_own_job(site):
             texts.append(tar.extractfile(member).read().decode())
     assert f"PandaID {ids[0]} " in texts[0] and f"PandaID {ids[1]} " not in texts[0]
     assert f"PandaID {ids[1]} " in texts[1] and f"PandaID {ids[0]} " not in texts[1]
+
+
+class LogSink(http.server.BaseHTTPRequestHandler):
+    """Takes the log tarball's PUT (queuedata output_url) and runs ``on_put`` first: a hook into the middle of a
+    job's stage-out."""
+
+    protocol_version = "HTTP/1.1"
+    on_put = None
+
+    def do_PUT(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).on_put()
+        body = b'{"data": {}}'
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_next_job_is_fetched_during_stage_out_and_given_back_on_a_stop(site):
+    """The next getJob goes out when a payload ends, before its stage-out; a job so fetched that the pilot may not
+    run (SIGTERM meanwhile) is reported failed at once (the server retries it), never left dispatched."""
+    ids = [site.submit(transformation="/bin/true", jobParameters="",
+                       Files=[{"type": "log", "lfn": f"job{n}.log.tgz", "scope": "user"}]) for n in (1, 2)]
+    seen = {}
+
+    def on_put():  # the first job's log is on its way out: the second job must be dispatched already
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "activated" in [site.status(i) for i in ids]:
+            time.sleep(0.05)
+        seen["states"] = [site.status(i) for i in ids]
+        proc.send_signal(signal.SIGTERM)
+
+    LogSink.on_put = staticmethod(on_put)
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LogSink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{sink.server_address[1]}/logs/{{lfn}}"
+        proc = site.start(qd=site.queuedata(timefloor=10, copytool="http", output_url=url))
+        assert proc.wait(60) == 143, site.log()  # SIGTERM's exit code
+    finally:
+        sink.shutdown()
+        sink.server_close()
+    assert sorted(seen["states"]) == ["sent", "starting"], (seen, site.log())
+    ran, fetched = ids if seen["states"][0] == "starting" else ids[::-1]
+    assert site.status(ran) == "finished", site.log()
+    job = site.job(fetched)
+    assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1201), site.log()
+    assert "before the job started" in job["pilotErrorDiag"]
+    assert [h["to"] for h in site.history(fetched)] == ["activated", "sent", "failed"]
