@@ -11,6 +11,8 @@ summary.json (times from the server's database, CPU from the processes and the p
   CPU floor       CPU of every process (server, harvester, pilots, payloads) / cores: no schedule ends sooner
   CPU per job     server + harvester + pilots, payloads left out, per job attempt
   first job       the command's process start -> the first job reported starting
+  pilot steps     from the pilots' own pilot_timing.json: the median ms of each step between one payload's end and
+                  the next payload's start in the same pilot (where a job's wall time goes besides its payload)
 
 Nothing is asserted: the goals are only reported, with the load average (the machine may be shared). With
 ``--baseline REV`` the same runs are made with that commit's testbed (its server, harvester and pilot) in
@@ -22,8 +24,10 @@ stops everything it started, and the bench kills nothing but its own subprocess.
     python3 bench/testbed.py --pilots 2,4,6          # one run per pilot count, side by side
 """
 import argparse
+import glob
 import json
 import os
+import statistics
 import shutil
 import subprocess
 import sys
@@ -72,7 +76,46 @@ def run_once(args, pilots, base, tree=None, label="this tree"):
             summary = json.load(handle)
     except OSError:
         summary = {}
-    return dict(summary, exit_code=code, wall_s=wall, pilots=summary.get("pilots", pilots), home=home, label=label)
+    return dict(summary, exit_code=code, wall_s=wall, pilots=summary.get("pilots", pilots), home=home, label=label,
+                steps=pilot_steps(home))
+
+
+# (name, from mark, to mark, of the next job?): consecutive spans from one payload's end to the next one's start
+STEPS = (
+    ("payload", "PILOT_PRE_PAYLOAD", "PILOT_POST_PAYLOAD", False),
+    ("end -> stage-out", "PILOT_POST_PAYLOAD", "PILOT_PRE_STAGEOUT", False),
+    ("stage-out + log", "PILOT_PRE_STAGEOUT", "PILOT_POST_STAGEOUT", False),
+    ("-> final update", "PILOT_POST_STAGEOUT", "PILOT_PRE_FINAL_UPDATE", False),
+    ("final update", "PILOT_PRE_FINAL_UPDATE", "PILOT_POST_FINAL_UPDATE", False),
+    ("-> next job in hand", "PILOT_POST_FINAL_UPDATE", "PILOT_POST_GETJOB", True),
+    ("-> next payload start", "PILOT_POST_GETJOB", "PILOT_PRE_PAYLOAD", True),
+)
+
+
+def pilot_steps(home):
+    """{step: median ms} over every pair of consecutive jobs of each pilot, from the pilots' timing files, plus
+    "payload end -> next start" (their sum without the payload); {} when there are none."""
+    spans = {name: [] for name, *_ in STEPS}
+    gaps = []
+    for path in glob.glob(os.path.join(home, "harvester", "**", "pilot_timing.json"), recursive=True):
+        try:
+            with open(path) as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        jobs = sorted((marks for key, marks in data.items() if key.isdigit() and key != "0"
+                       and "PILOT_PRE_PAYLOAD" in marks), key=lambda marks: marks["PILOT_PRE_PAYLOAD"])
+        for job, following in zip(jobs, jobs[1:]):
+            for name, start, end, of_next in STEPS:
+                later = following if of_next else job
+                if start in job and end in later:
+                    spans[name].append(later[end] - job[start])
+            if "PILOT_POST_PAYLOAD" in job:
+                gaps.append(following["PILOT_PRE_PAYLOAD"] - job["PILOT_POST_PAYLOAD"])
+    steps = {name: 1000 * statistics.median(values) for name, values in spans.items() if values}
+    if gaps:
+        steps["payload end -> next start"] = 1000 * statistics.median(gaps)
+    return steps
 
 
 def fmt(value, spec=".1f"):
@@ -117,6 +160,13 @@ def main(argv=None):
                                  fmt(r.get("cpu_payloads_s")), fmt(r.get("first_job_started_s",
                                                                          r.get("first_job_running_s"))),
                                  "/".join(str(x) for x in r.get("load", []))]) + " |")
+    names = [name for name, *_ in STEPS] + ["payload end -> next start"]
+    if any(r["steps"] for r in results):
+        print("\npilot steps, median ms over consecutive jobs of one pilot (pilot_timing.json):")
+        print("| testbed | pilots | " + " | ".join(names) + " |")
+        print("|---|---:|" + "|".join(" ---: " for _ in names) + "|")
+        for r in results:
+            print(f"| {r['label']} | {r['pilots']} | " + " | ".join(fmt(r["steps"].get(name)) for name in names) + " |")
     if tree:
         for pilots in sorted({r["pilots"] for r in results}, key=str):
             new = [cpu_per_job(r) for r in results if r["pilots"] == pilots and r["label"] == "this tree"]
