@@ -11,7 +11,7 @@ summary.json (times from the server's database, CPU from the processes and the p
   CPU floor       CPU of every process (server, harvester, pilots, payloads) / cores: no schedule ends sooner
   CPU per job     server + harvester + pilots, payloads left out, per job attempt
   first job       the command's process start -> the first job reported starting
-  pilot steps     from the pilots' own pilot_timing.json: the median ms of each step between one payload's end and
+  pilot steps     from the pilots' own pilot_timing.json: the mean ms of each step between one payload's end and
                   the next payload's start in the same pilot (where a job's wall time goes besides its payload)
 
 Nothing is asserted: the goals are only reported, with the load average (the machine may be shared). With
@@ -80,21 +80,22 @@ def run_once(args, pilots, base, tree=None, label="this tree"):
                 steps=pilot_steps(home))
 
 
-# (name, from mark, to mark, of the next job?): consecutive spans from one payload's end to the next one's start
+# (name, from mark, to mark, whose marks: 0 = this job's, 1 = the next job's): consecutive spans from one payload's
+# end to the next one's start
 STEPS = (
-    ("payload", "PILOT_PRE_PAYLOAD", "PILOT_POST_PAYLOAD", False),
-    ("end -> stage-out", "PILOT_POST_PAYLOAD", "PILOT_PRE_STAGEOUT", False),
-    ("stage-out + log", "PILOT_PRE_STAGEOUT", "PILOT_POST_STAGEOUT", False),
-    ("-> final update", "PILOT_POST_STAGEOUT", "PILOT_PRE_FINAL_UPDATE", False),
-    ("final update", "PILOT_PRE_FINAL_UPDATE", "PILOT_POST_FINAL_UPDATE", False),
-    ("-> next job in hand", "PILOT_POST_FINAL_UPDATE", "PILOT_POST_GETJOB", True),
-    ("-> next payload start", "PILOT_POST_GETJOB", "PILOT_PRE_PAYLOAD", True),
+    ("payload", "PILOT_PRE_PAYLOAD", "PILOT_POST_PAYLOAD", 0, 0),
+    ("end -> stage-out", "PILOT_POST_PAYLOAD", "PILOT_PRE_STAGEOUT", 0, 0),
+    ("stage-out + log", "PILOT_PRE_STAGEOUT", "PILOT_POST_STAGEOUT", 0, 0),
+    ("-> final update", "PILOT_POST_STAGEOUT", "PILOT_PRE_FINAL_UPDATE", 0, 0),
+    ("final update", "PILOT_PRE_FINAL_UPDATE", "PILOT_POST_FINAL_UPDATE", 0, 0),
+    ("-> next job in hand", "PILOT_POST_FINAL_UPDATE", "PILOT_POST_GETJOB", 0, 1),
+    ("-> its payload start", "PILOT_POST_GETJOB", "PILOT_PRE_PAYLOAD", 1, 1),
 )
 
 
 def pilot_steps(home):
-    """{step: median ms} over every pair of consecutive jobs of each pilot, from the pilots' timing files, plus
-    "payload end -> next start" (their sum without the payload); {} when there are none."""
+    """{step: mean ms} over every pair of consecutive jobs of each pilot, from the pilots' timing files, plus
+    "payload end -> next start" (the sum of the steps after the payload); {} when there are none."""
     spans = {name: [] for name, *_ in STEPS}
     gaps = []
     for path in glob.glob(os.path.join(home, "harvester", "**", "pilot_timing.json"), recursive=True):
@@ -106,15 +107,15 @@ def pilot_steps(home):
         jobs = sorted((marks for key, marks in data.items() if key.isdigit() and key != "0"
                        and "PILOT_PRE_PAYLOAD" in marks), key=lambda marks: marks["PILOT_PRE_PAYLOAD"])
         for job, following in zip(jobs, jobs[1:]):
-            for name, start, end, of_next in STEPS:
-                later = following if of_next else job
-                if start in job and end in later:
-                    spans[name].append(later[end] - job[start])
+            for name, start, end, start_of, end_of in STEPS:
+                first, second = (job, following)[start_of], (job, following)[end_of]
+                if start in first and end in second:
+                    spans[name].append(second[end] - first[start])
             if "PILOT_POST_PAYLOAD" in job:
                 gaps.append(following["PILOT_PRE_PAYLOAD"] - job["PILOT_POST_PAYLOAD"])
-    steps = {name: 1000 * statistics.median(values) for name, values in spans.items() if values}
+    steps = {name: 1000 * statistics.fmean(values) for name, values in spans.items() if values}
     if gaps:
-        steps["payload end -> next start"] = 1000 * statistics.median(gaps)
+        steps["payload end -> next start"] = 1000 * statistics.fmean(gaps)
     return steps
 
 
@@ -162,7 +163,7 @@ def main(argv=None):
                                  "/".join(str(x) for x in r.get("load", []))]) + " |")
     names = [name for name, *_ in STEPS] + ["payload end -> next start"]
     if any(r["steps"] for r in results):
-        print("\npilot steps, median ms over consecutive jobs of one pilot (pilot_timing.json):")
+        print("\npilot steps, mean ms over consecutive jobs of one pilot (they add up) (pilot_timing.json):")
         print("| testbed | pilots | " + " | ".join(names) + " |")
         print("|---|---:|" + "|".join(" ---: " for _ in names) + "|")
         for r in results:

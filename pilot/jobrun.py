@@ -7,6 +7,7 @@ it has run ``pilot_running_delay`` s, heartbeats, server commands, signals) unti
 outputs, stage out outputs and the log, send the final update (or spool it). The first error raised anywhere is
 the one reported (pilot3's rule); later steps still run so the log always goes out.
 """
+import json
 import logging
 import os
 import shutil
@@ -15,7 +16,7 @@ import time
 
 from pilot import copytools, errors, payload, report, wire
 from pilot.errors import ColdShutdown, PilotError
-from pilot.fileutil import atomic_write_json, safe_name
+from pilot.fileutil import safe_name
 from pilot.monitor import Monitor
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,9 @@ class JobRun:
             os.makedirs(self.job_dir, mode=0o770)
         except OSError as exc:
             raise PilotError(errors.MKDIR, f"cannot create {self.job_dir}: {exc}") from None
-        atomic_write_json(os.path.join(self.job_dir, "job_definition.json"), self.job.raw, durable=False)
+        # a plain write: the directory is new and the pilot's own, so no reader can see the file half-written
+        with open(os.path.join(self.job_dir, "job_definition.json"), "w", encoding="utf-8") as handle:
+            json.dump(self.job.raw, handle, indent=1, sort_keys=True, default=str)
         self.job.validate()
 
     def stage_in(self):

@@ -103,14 +103,18 @@ class Timing:
     ``{"0": {"PILOT_START_TIME": t, ...}, "<PandaID>": {"PILOT_PRE_GETJOB": t, ...}}``
 
     Marks are kept in memory; the pilot saves the file once per job and when it ends (writing it at every mark
-    cost more CPU than the rest of a short job's bookkeeping). A job's marks are encoded once, when the save after
-    its end says it is done: the file grows with the pilot's jobs, its writing need not.
+    cost more CPU than the rest of a short job's bookkeeping), at most once a ``SAVE_EVERY_S`` after a job (a
+    rename costs a short job more than its marks are worth meanwhile). A job's marks are encoded once, when the
+    save after its end says it is done: the file grows with the pilot's jobs, its writing need not.
     """
+
+    SAVE_EVERY_S = 1.0
 
     def __init__(self, path):
         self.path = path
         self.data = {}
         self.encoded = {}  # key -> the JSON text of a finished job's marks
+        self.saved_at = None  # monotonic time of the last write
 
     def mark(self, panda_id, name, when=None):
         self.data.setdefault(str(panda_id), {})[name] = time.time() if when is None else when
@@ -118,10 +122,14 @@ class Timing:
     def get(self, panda_id, name):
         return self.data.get(str(panda_id), {}).get(name)
 
-    def save(self, done=None):
-        """Write the file; ``done``: the PandaID of a job whose marks will not change any more."""
+    def save(self, done=None, now=False):
+        """Write the file (``now``, or when the last write is ``SAVE_EVERY_S`` old); ``done``: the PandaID of a
+        job whose marks will not change any more."""
         if done is not None and str(done) in self.data:
             self.encoded[str(done)] = self._entry(str(done))
+        if not now and self.saved_at is not None and time.monotonic() - self.saved_at < self.SAVE_EVERY_S:
+            return
+        self.saved_at = time.monotonic()
         text = "{" + ",".join(self.encoded.get(key) or self._entry(key) for key in self.data) + "}"
         try:
             atomic_write_bytes(self.path, text.encode(), durable=False)

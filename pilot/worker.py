@@ -192,7 +192,7 @@ class Pilot:
         cpu = os.times()  # the pilot's own CPU seconds, and its payloads' (children it reaped)
         self.timing.mark(0, "PILOT_CPU_S", round(cpu.user + cpu.system, 3))
         self.timing.mark(0, "PILOT_PAYLOADS_CPU_S", round(cpu.children_user + cpu.children_system, 3))
-        self.timing.save()
+        self.timing.save(now=True)
         log.info("pilot done after %d jobs, exit code %d, peak RSS %d kB", self.jobs_run, self.exit_code(),
                  node.peak_rss_kb())
 

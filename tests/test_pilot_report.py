@@ -40,5 +40,13 @@ def test_timing(tmp_path):
         timing.mark(7, name, t)
     assert timing.pilot_timing(7) == "2|0|6|0|1|0"
     assert not (tmp_path / "t.json").exists()  # marks stay in memory: the pilot saves once per job
-    timing.save()
+    timing.save(done=7)
     assert json.loads((tmp_path / "t.json").read_text())["7"]["PILOT_POST_PAYLOAD"] == 110
+    timing.mark(8, "PILOT_PRE_GETJOB", 120)
+    timing.save(done=8)  # within SAVE_EVERY_S of the last write: kept for later
+    assert "8" not in json.loads((tmp_path / "t.json").read_text())
+    timing.mark(0, "PILOT_END_TIME", 130.0)
+    timing.save(now=True)  # the finished jobs' encoded marks and the pilot's, all in one JSON object
+    assert json.loads((tmp_path / "t.json").read_text()) == {
+        "0": {"PILOT_START_TIME": 100.0, "PILOT_END_TIME": 130.0}, "8": {"PILOT_PRE_GETJOB": 120},
+        "7": {"PILOT_PRE_GETJOB": 101, "PILOT_POST_GETJOB": 103, "PILOT_PRE_PAYLOAD": 104, "PILOT_POST_PAYLOAD": 110}}
