@@ -195,6 +195,19 @@ def test_every_pilot_of_a_two_node_worker_stops_warmly_on_scancel_and_on_slurm_s
                                    for q in ("MN_STOP", "MN_WARN"))
     assert stopped["status"] == "cancelled" and "CANCELLED" in stopped["diag"]
     assert "COMPLETED" in ended_warned["diag"] or "FAILED" in ended_warned["diag"]  # it ended, not Slurm's kill
+    for worker in (stopped, ended_warned):
+        accounted(worker, 4)
+
+
+def accounted(worker, jobs):
+    """A stopped worker's figures: every pilot wrote its final usage record on its way out, and the four pilot
+    slots are each second payload, waiting or drain."""
+    for index in range(1, 5):
+        with open(os.path.join(worker["accessPoint"], f"pilot-{index}", "worker_usage.json")) as handle:
+            assert json.load(handle)["ended"] is True, (index, worker)
+    assert worker["jobsRun"] == jobs and worker["payloadWall"] > 0, worker
+    slots = worker["payloadWall"] + worker["pilotWait"] + worker["pilotDrain"]
+    assert abs(slots - 4 * worker["elapsed"]) <= 0.05, worker
 
 
 def test_every_pilot_of_a_two_node_worker_reports_before_its_walltime_ends(bed):
@@ -218,6 +231,7 @@ def test_every_pilot_of_a_two_node_worker_reports_before_its_walltime_ends(bed):
     assert nodes == {"node1", "node2"}
     (done,) = bed.wait_for(lambda: ended(bed, "MN_WALL"), "the worker ended", timeout=300)
     assert "TIMEOUT" not in done["diag"], done  # the pilots were done before the limit
+    accounted(done, 4)
 
 
 def login_cli(bed, *argv):
