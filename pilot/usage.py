@@ -1,5 +1,6 @@
 """What this pilot did with its slot of the allocation, for harvester: ``worker_usage.json`` in its harvester
-directory, rewritten (temporary file renamed into place) after each job and when the pilot ends.
+directory, rewritten (temporary file renamed into place) after a job (at most once a :data:`WRITE_EVERY_S`: a
+rename per short job costs more than a record harvester reads once) and always when the pilot ends.
 
 ``{"version": 1, "up_s": s the pilot has lived, "payload_wall_s": s its payloads ran, "payload_cpu_s": CPU s of
 its payloads and their children, "wait_s": up_s - payload_wall_s (asking for a job, staging, reporting),
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 USAGE_FILE = "worker_usage.json"
 VERSION = 1
 MAX_JOBS = 200  # a long-lived pilot's file stays small; totals are kept apart
+WRITE_EVERY_S = 1.0
 
 
 class Usage:
@@ -34,17 +36,20 @@ class Usage:
         self.wall = self.cpu = 0.0
         self.jobs = []
         self.jobs_run = 0
+        self.written_at = None  # monotonic time of the last write
 
     def add_job(self, panda_id, wall_s, cpu_s):
-        """Account for one job's payload and write the file."""
+        """Account for one job's payload; write the file unless it was written less than WRITE_EVERY_S ago."""
         wall_s, cpu_s = max(0.0, float(wall_s or 0)), max(0.0, float(cpu_s or 0))
         self.wall, self.cpu, self.jobs_run = self.wall + wall_s, self.cpu + cpu_s, self.jobs_run + 1
         self.jobs = (self.jobs + [{"PandaID": panda_id, "wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3)}])[
             -MAX_JOBS:]
-        self.write()
+        if self.written_at is None or time.monotonic() - self.written_at >= WRITE_EVERY_S:
+            self.write()
 
     def write(self, ended=False):
-        up = max(self.wall, time.monotonic() - self.started)
+        self.written_at = time.monotonic()
+        up = max(self.wall, self.written_at - self.started)
         record = {"version": VERSION, "up_s": round(up, 3), "payload_wall_s": round(self.wall, 3),
                   "payload_cpu_s": round(self.cpu, 3), "wait_s": round(up - self.wall, 3),
                   "jobs_run": self.jobs_run, "ended": ended, "jobs": self.jobs}

@@ -9,14 +9,22 @@ pytest_plugins = ["test_pilot_harness"]
 BURN = "-c 'i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done'"  # a payload that spends CPU, not wall sleeping
 
 
-def test_each_job_rewrites_the_record_atomically_with_totals_over_every_job(tmp_path, monkeypatch):
+def test_a_job_rewrites_the_record_atomically_with_totals_over_every_job(tmp_path, monkeypatch):
+    """Written after a job at most once a second (jobs in between are in the next write), always at the end."""
     monkeypatch.setattr(usage, "MAX_JOBS", 2)
+    clock = [100.0]
+    monkeypatch.setattr(usage.time, "monotonic", lambda: clock[0])
     record = usage.Usage(str(tmp_path), started=0.0)
-    monkeypatch.setattr(usage.time, "monotonic", lambda: 100.0)
-    for panda_id, wall, cpu in ((1, 10.0, 4.0), (2, 20.0, 30.0), (3, -5.0, None)):
-        record.add_job(panda_id, wall, cpu)
-    data = json.loads((tmp_path / usage.USAGE_FILE).read_text())
-    assert data == {"version": 1, "up_s": 100.0, "payload_wall_s": 30.0, "payload_cpu_s": 34.0, "wait_s": 70.0,
+    read = lambda: json.loads((tmp_path / usage.USAGE_FILE).read_text())  # noqa: E731
+    record.add_job(1, 10.0, 4.0)
+    assert (read()["jobs_run"], read()["payload_wall_s"]) == (1, 10.0)
+    clock[0] += usage.WRITE_EVERY_S / 2
+    record.add_job(2, 20.0, 30.0)
+    assert read()["jobs_run"] == 1  # half a second later: not written again yet
+    clock[0] += usage.WRITE_EVERY_S / 2
+    record.add_job(3, -5.0, None)  # a second after the last write: written, with the job before it
+    data = read()
+    assert data == {"version": 1, "up_s": 101.0, "payload_wall_s": 30.0, "payload_cpu_s": 34.0, "wait_s": 71.0,
                     "jobs_run": 3, "ended": False, "jobs": [{"PandaID": 2, "wall_s": 20.0, "cpu_s": 30.0},
                                                              {"PandaID": 3, "wall_s": 0.0, "cpu_s": 0.0}]}
     record.write(ended=True)
