@@ -109,8 +109,6 @@ def main(argv=None):
         print("\n".join(exc.errors + [f"{len(exc.errors)} error(s) in {exc.source}"]), file=sys.stderr)
         return 2
     home = os.path.abspath(os.path.expanduser(args.home))
-    from harvester import db  # peewee: imported once the command is known, not for --help (tests/test_cli_startup.py)
-
     try:
         if args.command == "run":
             return run(args, home)
@@ -118,6 +116,8 @@ def main(argv=None):
             return show_settings()
         if args.command == "discover":
             return discover(args)
+        from harvester import db  # peewee: for the commands that read the database (tests/test_cli_startup.py)
+
         path = os.path.join(home, "harvester.db")
         if not os.path.exists(path):
             print(f"harvester: no harvester database at {path} (has 'harvester run --home {home}' run?)",
