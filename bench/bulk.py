@@ -136,9 +136,11 @@ def one_run(label, tree, db, args):
     server = Server(home, db_url, args.threads, cwd=tree)
     spy = None
     if args.py_spy and tree is None:
-        # CPU samples only (no --idle): where this tree's server spends its CPU, submit and dispatch+finish
-        spy = subprocess.Popen([py_spy(), "record", "--pid", str(server.proc.pid), "--rate", "250", "--format", "raw",
-                                "--output", f"{args.py_spy}-{result_db_name(db)}.txt", "--nonblocking"],
+        # CPU samples of the thread holding the GIL (--gil; no --idle): where this tree's server spends its
+        # Python CPU, submit and dispatch+finish (SQLite releases the GIL while it works: that is not counted)
+        spy = subprocess.Popen([py_spy(), "record", "--pid", str(server.proc.pid), "--rate", "250", "--gil",
+                                "--format", "raw", "--output", f"{args.py_spy}-{result_db_name(db)}.txt",
+                                "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         time.sleep(1)
     try:

@@ -19,6 +19,7 @@ was written against (``tests/test_server_http.py`` covers start, answer, TLS, st
 """
 import asyncio
 import concurrent.futures
+import io
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ BODY_IN_MEMORY = 1 << 20  # a body beyond this many bytes waits in a temporary f
 BODY_SLACK = 1 << 20  # on top of the app's own limit: the app refuses in its reply's family (and allows a
                       # multipart upload's own lines on top)
 _END = object()
+_CALL = object()  # marks a RequestThreads.call() item in the queue
 
 
 def open_files_limit():
@@ -99,7 +101,11 @@ class _Closing:
 
 class RequestThreads(concurrent.futures.Executor):
     """``threads`` daemon threads running the WSGI app (an Executor for ``loop.run_in_executor``). Daemon threads:
-    a request stuck past stop()'s drain must not keep the process from exiting, as ThreadPoolExecutor's would."""
+    a request stuck past stop()'s drain must not keep the process from exiting, as ThreadPoolExecutor's would.
+
+    ``call(loop, fn, arg)`` is the bridge's own path: an asyncio future of ``loop`` resolved by one
+    ``call_soon_threadsafe`` from the request thread, without the concurrent.futures.Future that run_in_executor
+    chains to it (its lock, condition and two callbacks cost the loop thread more than the app's own routing)."""
 
     def __init__(self, threads):
         self.queue = queue.SimpleQueue()
@@ -113,11 +119,28 @@ class RequestThreads(concurrent.futures.Executor):
         self.queue.put((future, fn, args, kwargs))
         return future
 
+    def call(self, loop, fn, arg):
+        """An asyncio future of ``loop`` for ``fn(arg)`` run on a request thread."""
+        future = loop.create_future()
+        self.queue.put((_CALL, loop, future, fn, arg))
+        return future
+
     def _work(self):
         while True:
             item = self.queue.get()
             if item is None:
                 return
+            if item[0] is _CALL:
+                _, loop, future, fn, arg = item
+                try:
+                    outcome, failed = fn(arg), False
+                except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits the future
+                    outcome, failed = exc, True
+                try:
+                    loop.call_soon_threadsafe(_settle, future, outcome, failed)
+                except RuntimeError:  # the loop was closed by stop(): nobody awaits this reply any more
+                    pass
+                continue
             future, fn, args, kwargs = item
             if not future.set_running_or_notify_cancel():
                 continue
@@ -129,6 +152,40 @@ class RequestThreads(concurrent.futures.Executor):
     def shutdown(self, wait=True, *, cancel_futures=False):
         for _ in self.threads:
             self.queue.put(None)
+
+
+def _settle(future, outcome, failed):
+    """On the loop: hand a request thread's outcome to the future awaiting it (unless it was cancelled)."""
+    if future.cancelled():
+        return
+    if failed:
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class _StallWatch:
+    """Cancels ``task`` once ``timeout`` seconds pass without ``progress()``: ONE timer per request body, re-armed
+    only when it fires early, instead of a task and a timer per chunk as ``asyncio.wait_for`` makes."""
+
+    def __init__(self, loop, task, timeout):
+        self.loop, self.task, self.timeout = loop, task, timeout
+        self.last, self.fired = loop.time(), False
+        self.handle = loop.call_at(self.last + timeout, self._check)
+
+    def progress(self):
+        self.last = self.loop.time()
+
+    def _check(self):
+        due = self.last + self.timeout
+        if self.loop.time() < due:
+            self.handle = self.loop.call_at(due, self._check)
+            return
+        self.fired = True
+        self.task.cancel()
+
+    def cancel(self):
+        self.handle.cancel()
 
 
 class BodyRefused(Exception):
@@ -164,7 +221,7 @@ class RsgiBridge:
         loop = asyncio.get_running_loop()
         environ = self.environ(scope, headers, body, size)
         try:
-            status, reply_headers, whole, rest = await loop.run_in_executor(self.pool, self.run_app, environ)
+            status, reply_headers, whole, rest = await self.pool.call(loop, self.run_app, environ)
         except Exception:  # noqa: BLE001 - the app's own error handling failed; the client still gets an answer
             log.exception("internal error on %s %s", scope.method, scope.path)
             proto.response_bytes(*_refusal(500, "internal server error; the server log has details"))
@@ -200,19 +257,27 @@ class RsgiBridge:
         if declared and declared.strip().isdigit() and limit is not None and int(declared) > limit:
             raise BodyRefused(413, f"request body of {declared} bytes is larger than the server's limit of "
                                    f"{limit} bytes")
-        body, size = tempfile.SpooledTemporaryFile(BODY_IN_MEMORY), 0
-        chunks = proto.__aiter__()
+        small = declared and declared.strip().isdigit() and int(declared) <= BODY_IN_MEMORY
+        body, size = io.BytesIO() if small else tempfile.SpooledTemporaryFile(BODY_IN_MEMORY), 0
+        loop = asyncio.get_running_loop()
+        watch = _StallWatch(loop, asyncio.current_task(), self.body_timeout)
         try:
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(chunks.__anext__(), self.body_timeout)
-                except StopAsyncIteration:
-                    break
-                size += len(chunk)
-                if limit is not None and size > limit:
-                    raise BodyRefused(413, f"request body larger than the server's limit of {limit} bytes")
-                body.write(chunk)
-        except asyncio.TimeoutError:
+            try:
+                async for chunk in proto:
+                    watch.progress()
+                    size += len(chunk)
+                    if limit is not None and size > limit:
+                        raise BodyRefused(413, f"request body larger than the server's limit of {limit} bytes")
+                    body.write(chunk)
+            finally:
+                watch.cancel()
+            if watch.fired:  # the timer fired as the last chunk came: take the cancellation it asked for here
+                await _absorb_cancel()
+        except asyncio.CancelledError:
+            if not watch.fired:
+                body.close()
+                raise  # the server is stopping
+            _uncancel(asyncio.current_task())
             body.close()
             raise BodyRefused(408, f"request body: nothing received for {self.body_timeout:g} s after {size} "
                                    "bytes; send the whole body at once (minipanda serve --body-timeout)") from None
@@ -286,6 +351,21 @@ class RsgiBridge:
                 body.close()
         status = int(started["status"].split(" ", 1)[0])
         return status, [(str(k), str(v)) for k, v in started["headers"]], whole, rest
+
+
+async def _absorb_cancel():
+    """Let a cancellation already requested of this task happen now, and undo it: the body was complete."""
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        _uncancel(asyncio.current_task())
+
+
+def _uncancel(task):
+    """Python 3.11+ counts a task's cancellations; one that was turned into a 408 is no longer pending."""
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()
 
 
 class _Empty:
