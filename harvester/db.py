@@ -231,6 +231,8 @@ def claim_workers(owner, condition, seconds, now=None, limit=None, columns=None)
     ids = models.Worker.select(models.Worker.worker_id).where(condition, free).order_by(models.Worker.worker_id)
     if limit:
         ids = ids.limit(limit)
+    if not ids.exists():  # most cycles find nothing due: no write transaction for them (the UPDATE still decides)
+        return []
     with models.database.atomic():
         (models.Worker.update(lease_owner=owner, lease_expires=expires)
          .where(models.Worker.worker_id.in_(ids), free).execute())

@@ -111,3 +111,37 @@ def test_an_older_database_is_upgraded_and_keeps_its_workers(tmp_path, version, 
         assert models.Worker.get(models.Worker.queue == "NEW").n_pilots == 4
     finally:
         db.close_database()
+
+
+def test_a_claim_with_nothing_due_writes_nothing(database):
+    models.Worker.create(queue="Q", status="running")
+    writes = []
+    database_obj = models.database.obj
+    original = database_obj.begin
+
+    def counting_begin(*args, **kwargs):
+        writes.append(args)
+        return original(*args, **kwargs)
+
+    database_obj.begin = counting_begin
+    try:
+        assert db.claim_workers("a", models.Worker.queue == "OTHER", 60) == []
+        assert writes == []  # an idle cycle takes no write lock
+        assert len(db.claim_workers("a", models.Worker.queue == "Q", 60)) == 1
+        assert len(writes) == 1
+    finally:
+        database_obj.begin = original
+
+
+def test_each_agent_cycle_is_counted_and_its_error_kept(database):
+    from harvester.runner import record_run
+
+    record_run("monitor", NOW, 0.25)
+    record_run("monitor", NOW, 0.5, "OSError: gone")
+    later = NOW.replace(year=NOW.year + 1)
+    record_run("monitor", later, 0.125)
+    row = models.AgentRun.get(models.AgentRun.agent == "monitor")
+    assert (row.runs, row.errors, row.last_duration, row.last_error) == (3, 1, 0.125, "OSError: gone")
+    assert row.last_start == later and row.last_error_time == NOW
+    record_run("sweeper", NOW, 0.0)
+    assert models.AgentRun.get(models.AgentRun.agent == "sweeper").runs == 1

@@ -53,6 +53,8 @@ class Submitter(Agent):
     # ---- create -------------------------------------------------------------------------------------------------
     def create_workers(self, queue, now):
         """Turn the adjuster's number into worker rows (push: bound to fetched jobs), in one transaction."""
+        if db.queue_state(queue.name).to_submit <= 0:  # most cycles: nothing decided, no transaction
+            return 0
         shape = self.backfill_shape(queue, now)  # asks the scheduler: before the transaction
         with models.database.atomic():
             state = db.queue_state(queue.name)
