@@ -46,3 +46,35 @@ def test_each_pandaid_of_a_pilot_is_linked_to_its_worker_once(monitor, tmp_path,
         monitor.run_once(NOW + datetime.timedelta(seconds=cycle * 60))
     assert sorted(row["panda_id"] for row in inserted) == [11, 12, 13]
     assert sorted(pid for (pid,) in models.JobWorker.select(models.JobWorker.panda_id).tuples()) == [11, 12, 13]
+
+
+def test_a_cycle_records_every_pilots_heartbeat_and_pandaids_and_retries_them_when_the_write_fails(
+        monitor, tmp_path, monkeypatch):
+    """The heartbeats and new PandaIDs of a queue's pilots are written together once per cycle: all of them land,
+    and when that write fails the PandaIDs are taken again at the next cycle, not forgotten."""
+    beat = datetime.datetime(2026, 11, 30, 11, 59, 0)
+    for n in (1, 2):
+        access_point = tmp_path / "workers" / "Q" / str(n)
+        access_point.mkdir(parents=True)
+        models.Worker.create(queue="Q", status="running", batch_id=f"b{n}", submit_phase="done",
+                             access_point=str(access_point), submit_time=NOW, start_time=NOW)
+        with open(access_point / "worker_pandaids.json", "w") as handle:
+            json.dump([100 * n, 100 * n + 1], handle)
+        (access_point / "worker_heartbeat.json").write_text("{}")
+        stamp = beat.replace(tzinfo=datetime.timezone.utc).timestamp() + n
+        os.utime(access_point / "worker_heartbeat.json", (stamp, stamp))
+    real = models.JobWorker.insert_many
+
+    def broken(rows):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(models.JobWorker, "insert_many", broken)
+    monitor.run_once(NOW)  # the queue's write fails: logged, the queue backs off
+    assert models.JobWorker.select().count() == 0
+    monkeypatch.setattr(models.JobWorker, "insert_many", real)
+    models.QueueState.update(backoff_until=None, failures=0).execute()
+    monitor.run_once(NOW + datetime.timedelta(seconds=60))
+    assert sorted(pid for (pid,) in models.JobWorker.select(models.JobWorker.panda_id).tuples()) == [100, 101, 200,
+                                                                                                      201]
+    seen = {w.worker_id: w.last_seen for w in models.Worker.select()}
+    assert sorted(seen.values()) == [beat + datetime.timedelta(seconds=1), beat + datetime.timedelta(seconds=2)]

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 MONITOR_COLUMNS = tuple(getattr(models.Worker, name) for name in (
     "worker_id", "queue", "status", "status_changed", "batch_id", "access_point", "n_pilots", "waiting_pilots",
     "start_time", "last_seen", "last_plugin_output", "kill_reason", "diag"))
+_SET_LAST_SEEN = f'UPDATE "{models.Worker._meta.table_name}" SET "last_seen" = ? WHERE "worker_id" = ?'
 FAILED_IN_A_ROW = 3  # this many failed workers back the queue off (it doubles with each further failure)
 PILOT_NO_JOB = 82  # pilot3's and our pilot's exit code when the server had no job for it
 
@@ -45,6 +46,7 @@ class Monitor(Agent):
         super().__init__(context)
         self.snapshots = {}  # queue -> its last Snapshot: files unchanged since are not read again
         self.noted = set()  # (worker, PandaID) a pilot claimed without harvester binding it: said once
+        self.seen, self.new_links = {}, []  # a queue's heartbeats and new PandaIDs, written once per cycle
 
     @property
     def outbox_owner(self):
@@ -86,6 +88,7 @@ class Monitor(Agent):
                 self.queue_failed(queue.name, str(exc), now)
                 return
             self.snapshots[queue.name] = snapshot
+            self.seen, self.new_links = {}, []
             for worker in workers:
                 try:
                     self.follow(queue, worker, result, now, names, snapshot)
@@ -94,6 +97,7 @@ class Monitor(Agent):
                     models.Worker.update(diag=f"monitor: {type(exc).__name__}: {exc}"[:2000]) \
                         .where(models.Worker.worker_id == worker.worker_id).execute()
                 self.checked += 1
+            self.record_seen(now)
         finally:
             db.release_workers(self.owner, [w.worker_id for w in workers])
 
@@ -198,7 +202,7 @@ class Monitor(Agent):
         if seen is not None:
             seen = datetime.datetime.fromtimestamp(seen, datetime.timezone.utc).replace(tzinfo=None)
             if worker.last_seen is None or seen > worker.last_seen:
-                models.Worker.update(last_seen=seen).where(models.Worker.worker_id == worker.worker_id).execute()
+                self.seen[worker.worker_id] = seen  # written with the queue's others (record_seen)
                 worker.last_seen = seen
         self.take_listed_ids(queue, worker, messenger, now)
         if pilots.file_mode(queue):
@@ -217,9 +221,7 @@ class Monitor(Agent):
             # a pilot's list only grows: only the PandaIDs not recorded at an earlier cycle are inserted
             known = self.linked_before.get(messenger.directory, set())
             new = [panda_id for panda_id in listed if panda_id not in known]
-            if new:
-                models.JobWorker.insert_many([{"panda_id": panda_id, "worker_id": worker.worker_id, "time": now}
-                                              for panda_id in new]).on_conflict_ignore().execute()
+            self.new_links += [(messenger.directory, panda_id, worker.worker_id) for panda_id in new]
             self.linked[messenger.directory] = known | set(new)
             return
         if not listed:
@@ -229,6 +231,28 @@ class Monitor(Agent):
         for panda_id in listed:
             if panda_id not in bound:
                 self.note_foreign(worker, panda_id, f"{messenger.path('pandaids')} lists it", now)
+
+    def record_seen(self, now):
+        """What a cycle learnt of a queue's pilots, in one transaction of two statements (not two per worker): the
+        heartbeats seen (``last_seen``) and the new PandaIDs pull-mode pilots list (one multi-row insert for all the
+        queue's pilots). If it fails, the PandaIDs are taken again next cycle."""
+        seen, links = self.seen, self.new_links
+        self.seen, self.new_links = {}, []
+        if not seen and not links:
+            return
+        column = models.Worker.last_seen
+        try:
+            with models.database.atomic():
+                if seen:
+                    rows = [(column.db_value(when), worker_id) for worker_id, when in seen.items()]
+                    models.database.connection().executemany(_SET_LAST_SEEN, rows)
+                if links:
+                    models.JobWorker.insert_many([{"panda_id": panda_id, "worker_id": worker_id, "time": now}
+                                                  for _, panda_id, worker_id in links]).on_conflict_ignore().execute()
+        except Exception:
+            for directory, panda_id, _ in links:
+                self.linked.get(directory, set()).discard(panda_id)
+            raise
 
     def note_foreign(self, worker, panda_id, how, now):
         """A pilot that speaks for a job harvester did not bind to its worker: ignored, and said once."""
