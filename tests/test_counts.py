@@ -318,3 +318,31 @@ def test_the_counts_duty_folds_on_postgresql_only(database):
         assert runner.duties["counts"].failures == 0
         assert database.execute_sql("SELECT COUNT(*) FROM job_count_delta").fetchone()[0] == 0
         assert counts.jobs_by_queue(queue="D1") == {"D1": {"activated": 2, "sent": 1}}
+
+
+def test_harvester_queue_demand_from_the_counts_equals_the_jobs_by_label(database):
+    """get_queue_demand reads the kept counts for a queue that takes any label (PostgreSQL: deltas not yet folded)
+    and counts a labelled queue's jobs by label; both equal what the job rows say."""
+    from minipanda.workers import harvesters
+    from taskhelp import set_queue
+
+    set_queue("ANY_Q")
+    set_queue("PROD_Q", prodsourcelabels=["managed"])
+    set_queue("DOWN_Q", status="offline")
+    submit("ANY_Q", 5)
+    submit("ANY_Q", 2, prodSourceLabel="user")
+    submit("PROD_Q", 3)
+    submit("PROD_Q", 2, prodSourceLabel="user")
+    submit("DOWN_Q", 2)
+    taken = claim("ANY_Q", 3)
+    update(taken[0], "starting")
+    update(taken[1], "running")
+    update(taken[2], "finished")
+    update(claim("PROD_Q")[0], "running")
+    demand = harvesters.queue_demand(["ANY_Q", "PROD_Q", "DOWN_Q", "NONE_Q"])
+    zero = {"activated": 0, "sent": 0, "starting": 0, "running": 0}
+    assert demand == {"ANY_Q": dict(zero, activated=4, starting=1, running=1),
+                      "PROD_Q": dict(zero, activated=2, running=1), "DOWN_Q": zero, "NONE_Q": zero}
+    if is_postgres(database):
+        counts.fold()
+        assert harvesters.queue_demand(["ANY_Q", "PROD_Q", "DOWN_Q", "NONE_Q"]) == demand

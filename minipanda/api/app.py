@@ -132,6 +132,8 @@ def refuse_cross_site(request):
     changes nothing, and its login cookie is SameSite=Strict.
     """
     origin = request.headers.get("Origin") or ""
+    if not origin and "HTTP_SEC_FETCH_SITE" not in request.environ:
+        return  # pilots, harvester and the CLI: no browser sent this
     parts = urllib.parse.urlsplit(origin)
     # panda-client sends its VO name as Origin (PanDA's token auth reads it); a browser sends a URL or "null".
     from_browser = origin == "null" or parts.scheme in ("http", "https")

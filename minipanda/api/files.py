@@ -6,6 +6,7 @@ shared scopes, pilots and managers every scope (minipanda.core.policy.may_read_s
 ``data = {scope, lfn, fsize, adler32, url}``. A whole-file GET by a user or admin token marks a task output as
 fetched (``file.fetched_time``), which the retention duty reads.
 """
+import functools
 import os
 
 import bottle
@@ -20,7 +21,13 @@ PEOPLE = ("user", "admin")  # a download by these marks an output fetched; pilot
 
 
 def _store():
-    return filestore.FileStore(os.path.join(bottle.request.app.config["minipanda.context"].home, "files"))
+    return _store_of(bottle.request.app.config["minipanda.context"].home)
+
+
+@functools.lru_cache(maxsize=8)
+def _store_of(home):
+    """The store of a server home, its root resolved once per process (not a realpath per request)."""
+    return filestore.FileStore(os.path.join(home, "files"))
 
 
 def _url(scope, lfn):

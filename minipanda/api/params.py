@@ -111,10 +111,13 @@ class AsSent:
     """Marks a kind whose validator would give back the value itself for the commonest values, so :func:`check`
     need not run pydantic over parameters that are all such: None, an int (not a bool) in [minimum, maximum]
     (``kind`` int), a str of at most ``limit`` characters (``kind`` str), anything that is no text of a JSON list or
-    object (``kind`` json), anything at all (``kind`` any). Anything else goes through the kind's validator."""
+    object (``kind`` json), anything at all (``kind`` any). Anything else goes through the kind's validator:
+    ``convert``, the kind's own before-validator, when pydantic's type check after it keeps what it returns (an int
+    or None for int, a str or None for str: a form's "2000"), else pydantic."""
 
-    def __init__(self, kind, minimum=None, maximum=None, limit=None):
+    def __init__(self, kind, minimum=None, maximum=None, limit=None, convert=None):
         self.kind, self.minimum, self.maximum, self.limit = kind, minimum, maximum, limit
+        self.convert = convert
 
     def __call__(self, value):
         if value is None or self.kind == "any":
@@ -130,7 +133,8 @@ def integer(minimum=INT64_MIN, maximum=INT64_MAX):
     """An optional integer within [minimum, maximum] (the column's range by default), leniently parsed."""
     return Annotated[Optional[int], pydantic.BeforeValidator(lambda v: _integer(v, minimum, maximum)),
                      pydantic.WithJsonSchema({"type": ["integer", "string", "null"], "minimum": minimum,
-                                              "maximum": maximum}), AsSent("int", minimum, maximum)]
+                                              "maximum": maximum}),
+                     AsSent("int", minimum, maximum, convert=lambda v: _integer(v, minimum, maximum))]
 
 
 def _number(value):
@@ -160,7 +164,8 @@ def _text(value, limit):
 
 def text(limit=256):
     """An optional string of at most ``limit`` characters; numbers are taken as their text, lists and objects not."""
-    return Annotated[Optional[str], pydantic.BeforeValidator(lambda v: _text(v, limit)), AsSent("str", limit=limit)]
+    return Annotated[Optional[str], pydantic.BeforeValidator(lambda v: _text(v, limit)),
+                     AsSent("str", limit=limit, convert=lambda v: _text(v, limit))]
 
 
 def _id_list(value):
@@ -237,11 +242,30 @@ def problems(error):
 def check(params_model, params):
     """``params`` with the declared ones parsed; raises pydantic.ValidationError naming each bad field. When every
     declared one is a value its kind keeps as sent (:class:`AsSent`), ``params`` itself: most requests (and each
-    entry of a bulk update) are such, and pydantic's Python validators cost more than the update they guard."""
+    entry of a bulk update) are such, and pydantic's Python validators cost more than the update they guard. A
+    value its kind converts (a form field's text of a number) is converted by the kind's own before-validator, as
+    pydantic would; pydantic itself runs only for other kinds and for a value that one refuses (the error names
+    the field)."""
     as_sent, fields = _as_sent(params_model), params_model.model_fields
-    if all(as_sent[key](value) if key in as_sent else key not in fields for key, value in params.items()):
-        return params
-    return validated(params_model, params)
+    converted = None
+    for key, value in params.items():
+        test = as_sent.get(key)
+        if test is None:
+            if key in fields:
+                return validated(params_model, params)
+            continue
+        if test(value):
+            continue
+        if test.convert is None:
+            return validated(params_model, params)
+        try:
+            value = test.convert(value)
+        except Exception:  # noqa: BLE001 - pydantic says what is wrong, in its own words
+            return validated(params_model, params)
+        if converted is None:
+            converted = dict(params)
+        converted[key] = value
+    return params if converted is None else converted
 
 
 def validated(params_model, params):

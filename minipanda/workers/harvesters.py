@@ -15,6 +15,7 @@ import logging
 import re
 
 from minipanda.core import auth, models, queues, states
+from minipanda.core import counts as job_counts
 from minipanda.core.db import database
 from minipanda.core.states import JobStatus
 from minipanda.errors import RequestError
@@ -382,9 +383,20 @@ def queue_demand(queue_names):
     if not names:
         return counts
     rules = {name: queues.served_labels(name) for name in counts}
-    rows = (Job.select(Job.computing_site, Job.status, Job.prod_source_label, fn.COUNT(Job.panda_id))
-            .where(Job.computing_site.in_(list(counts)), Job.status.in_(DEMAND_STATES))
-            .group_by(Job.computing_site, Job.status, Job.prod_source_label).tuples())
+    # A queue that takes any label reads the live counts (kept per queue and state: a few rows, whatever the number
+    # of jobs; harvester asks every adjuster cycle); one with label rules counts its jobs by label.
+    any_label = {name for name, (_, labels) in rules.items() if labels is None}
+    if any_label:
+        for site, by_state in job_counts.jobs_by_queue(statuses=DEMAND_STATES).items():
+            if site in any_label:
+                for status, n in by_state.items():
+                    if rules[site][0] != "offline" or status != JobStatus.ACTIVATED.value:
+                        counts[site][status] += n
+    labelled = [name for name in counts if name not in any_label]
+    rows = () if not labelled else (
+        Job.select(Job.computing_site, Job.status, Job.prod_source_label, fn.COUNT(Job.panda_id))
+        .where(Job.computing_site.in_(labelled), Job.status.in_(DEMAND_STATES))
+        .group_by(Job.computing_site, Job.status, Job.prod_source_label).tuples())
     for site, status, label, n in rows:
         queue_status, labels = rules[site]
         if labels is not None and label not in labels:
