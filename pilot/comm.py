@@ -114,23 +114,26 @@ class ServerClient:
         """getJob sent now, its answer read later (on a connection of its own): the server dispatches while the
         pilot goes on. Returns ``result(timeout=None)``, which returns what :meth:`get_job` would or raises
         CommError; ``result.cancel()`` drops the request unread."""
-        path = "/server/panda/getJob"
+        return self._begin("/server/panda/getJob", params, _job_or_none)
+
+    def _begin(self, path, params, answer):
         body = json.dumps(params, default=str).encode("utf-8")
         pending = httpclient.begin("POST", self.url + path, body, self._headers(True), self.timeout)
 
         def result(timeout=None):
-            return _job_or_none(self._reply(path, lambda: pending.result(timeout)))
+            return answer(self._reply(path, lambda: pending.result(timeout)))
 
         result.cancel = pending.cancel
         return result
 
     def update_job(self, params, timeout=None):
         """updateJob; the reply dict (StatusCode 0, command). A refusal raises CommError."""
-        reply = self.call("/server/panda/updateJob", params, timeout)
-        if _status_code(reply) != SC_OK:
-            raise CommError(f"updateJob: StatusCode {reply.get('StatusCode')}: {reply.get('ErrorDiag')}",
-                            transient=False, status=200, reply=reply)
-        return reply
+        return _accepted_update(self.call("/server/panda/updateJob", params, timeout))
+
+    def begin_update_job(self, params):
+        """updateJob sent now, its answer read later: returns ``result(timeout=None)``, which returns what
+        :meth:`update_job` would or raises CommError."""
+        return self._begin("/server/panda/updateJob", params, _accepted_update)
 
     def update_job_reliably(self, params, tries, backoff, sleep=time.sleep, give_up=lambda: False):
         """updateJob with up to ``tries`` attempts, waiting backoff, 2x backoff, ... (at most 60 s) between.
@@ -252,6 +255,13 @@ class _DeadlineReader:
     def seek(self, offset):
         """Back to the start, for a request sent again on a new connection."""
         return self.handle.seek(offset)
+
+
+def _accepted_update(reply):
+    if _status_code(reply) != SC_OK:
+        raise CommError(f"updateJob: StatusCode {reply.get('StatusCode')}: {reply.get('ErrorDiag')}",
+                        transient=False, status=200, reply=reply)
+    return reply
 
 
 def _job_or_none(reply):

@@ -15,6 +15,7 @@ import signal
 import time
 
 from pilot import copytools, errors, payload, report, wire
+from pilot.comm import CommError
 from pilot.errors import ColdShutdown, PilotError
 from pilot.fileutil import safe_name
 from pilot.monitor import Monitor
@@ -30,19 +31,20 @@ class Context:
     --harvester-workdir, ``file_mode`` means no server updates (reports go through the handoff files), and
     ``pilot_deadline`` is on the monotonic clock; ``log_offset`` is where the pilot log lines not yet sent in a
     log tarball begin; ``payload_ended`` is called once a job's payload is gone, before its stage-out (the pilot
-    sends its next getJob then).
+    sends its next getJob then); with ``settle_previous`` a job's final update is only sent (JobRun.final_update
+    with later), and the callable, called once the next job's payload has started, reads its answer.
     """
 
     def __init__(self, queue, qd, identity, pilot_dir, input_dir, output_dir, stop, waker, timing, client=None,
                  handoff=None, file_mode=False, outbox=None, pilot_deadline=None, adopter_pid=None, pilot_log="",
-                 cleanup=True, payload_ended=None):
+                 cleanup=True, payload_ended=None, settle_previous=None):
         self.queue, self.qd, self.identity, self.pilot_dir = queue, qd, identity, pilot_dir
         self.input_dir, self.output_dir, self.stop, self.waker, self.timing = input_dir, output_dir, stop, waker, timing
         self.client, self.handoff, self.file_mode, self.outbox = client, handoff, file_mode, outbox
         self.pilot_deadline, self.adopter_pid, self.pilot_log, self.cleanup = (pilot_deadline, adopter_pid,
                                                                                pilot_log, cleanup)
         self.log_offset = 0  # where in the pilot log the next job's log tarball starts
-        self.payload_ended = payload_ended
+        self.payload_ended, self.settle_previous = payload_ended, settle_previous
 
 
 class JobRun:
@@ -60,6 +62,7 @@ class JobRun:
         self.last_heartbeat = time.monotonic()
         self.delivered = False
         self.starting_due = self.started_reported = False
+        self.final = self.final_sent = None  # the final update's parameters; the answer of its first try, unread
 
     # ---- the protocol -------------------------------------------------------------------------------------------
     def execute(self):
@@ -88,10 +91,11 @@ class JobRun:
         try:
             if self.starting_due:
                 self.report_starting()  # a job that failed before its payload started still went through starting
+            self.settle_previous()
             self.ensure_payload_gone()
             self.tell_payload_ended()
             self.stage_out()
-            self.final_update()
+            self.final_update(later=self.ctx.settle_previous is not None)
         except ColdShutdown:
             self.cold_stop()
             raise
@@ -107,6 +111,15 @@ class JobRun:
         else:
             self.final_update()
         return self.state
+
+    def settle_previous(self):
+        """The previous job's final update, sent ahead, answered now (see final_update); while its retries run
+        (a server that does not answer), this job's payload runs unwatched."""
+        if self.ctx.settle_previous is not None:
+            try:
+                self.ctx.settle_previous()
+            except Exception:  # the previous job's report must not fail this one
+                log.exception("the previous job's final update could not be settled")
 
     def tell_payload_ended(self):
         if self.ctx.payload_ended is not None:
@@ -173,6 +186,7 @@ class JobRun:
         self.payload.start()
         self.monitor = Monitor(self.job, self.qd, self.job_dir, self.payload, ctx.pilot_deadline, ctx.handoff)
         breach = self.report_starting()
+        self.settle_previous()
         delay = self.qd["pilot_running_delay"]
         if breach is None and delay <= 0:
             breach = self.command_breach(self.send_update("running"))
@@ -338,28 +352,64 @@ class JobRun:
             params["metaData"] = report.metadata(self.job_report)
         return params
 
-    def final_update(self):
-        """The final update: over HTTP with retries and backoff, else into the outbox; or the handoff files."""
+    def final_update(self, later=False):
+        """The final update: over HTTP with retries and backoff, else into the outbox; or the handoff files.
+
+        ``later``: over HTTP, only the first try is sent now; :meth:`settle` reads its answer (and goes on with the
+        retries) when the pilot's next job has started its payload, so the round trip overlaps that job's start.
+        """
         ctx, params = self.ctx, self.final_params()
         ctx.timing.mark(self.job.panda_id, "PILOT_PRE_FINAL_UPDATE")
         if ctx.file_mode:
             self.write_handoff_final(params)
             self.delivered = True
+            ctx.timing.mark(self.job.panda_id, "PILOT_POST_FINAL_UPDATE")
+            return
+        if ctx.handoff is not None:
+            ctx.handoff.write_attributes(params)
+            ctx.outbox.drop_heartbeat(self.job.panda_id)  # the final update (or its entry) supersedes it
+        self.final = params
+        if later and not ctx.stop.requested:
+            self.final_sent = ctx.client.begin_update_job(params)
         else:
-            if ctx.handoff is not None:
-                ctx.handoff.write_attributes(params)
-                ctx.outbox.drop_heartbeat(self.job.panda_id)  # the final update (or its entry) supersedes it
-            tries = 1 if ctx.stop.requested else self.qd["pilot_update_tries"]
-            reply, error = ctx.client.update_job_reliably(params, tries, self.qd["pilot_update_backoff"],
-                                                          ctx.waker.sleep, lambda: ctx.stop.requested)
-            if reply is not None:
-                self.delivered = True
-                log.info("final update of job %s (%s) acknowledged%s", self.job.panda_id, self.state,
-                         " (already done)" if reply.get("alreadyDone") else "")
-            elif error is not None and not error.transient:
-                log.error("server refused the final update of job %s: %s", self.job.panda_id, error)
+            self.settle()
+
+    @property
+    def unsettled(self):
+        """The final update's first try was sent and its answer not read yet."""
+        return self.final_sent is not None
+
+    def settle(self):
+        """The final update's answer (of the try sent ahead, then of further tries with backoff): delivered, else
+        spooled to the outbox (a refusal is logged). After a cold stop only the answer already there is read."""
+        ctx, params, backoff = self.ctx, self.final, self.qd["pilot_update_backoff"]
+        tries = 1 if ctx.stop.requested else self.qd["pilot_update_tries"]
+        sent, self.final_sent = self.final_sent, None
+        reply = error = None
+        if sent is not None:
+            try:
+                reply = sent(timeout=2.0 if ctx.stop.cold else None)
+            except CommError as exc:
+                error = exc
+                log.warning("update of job %s (%s) failed, try 1 of %d: %s", self.job.panda_id, self.state, tries,
+                            exc)
+            tries -= 1
+            if reply is None and error.transient and tries > 0 and not ctx.stop.requested:
+                ctx.waker.sleep(backoff)
+                backoff *= 2
             else:
-                ctx.outbox.put(params)
+                tries = 0
+        if reply is None and tries > 0:
+            reply, error = ctx.client.update_job_reliably(params, tries, backoff, ctx.waker.sleep,
+                                                          lambda: ctx.stop.requested)
+        if reply is not None:
+            self.delivered = True
+            log.info("final update of job %s (%s) acknowledged%s", self.job.panda_id, self.state,
+                     " (already done)" if reply.get("alreadyDone") else "")
+        elif error is not None and not error.transient:
+            log.error("server refused the final update of job %s: %s", self.job.panda_id, error)
+        else:
+            ctx.outbox.put(params)
         ctx.timing.mark(self.job.panda_id, "PILOT_POST_FINAL_UPDATE")
 
     def write_handoff_final(self, params):

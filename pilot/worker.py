@@ -9,9 +9,11 @@
 
 Over HTTP the next getJob goes out as soon as a job's payload has ended (when another job may start then), and
 its answer is read once that job's stage-out and final update are done: the server dispatches while the pilot
-stages out. A job so fetched that the pilot may not run after all (a stop signal came meanwhile) is reported
-failed at once with the reason, as a job that got the signal right after its getJob would be: the server retries
-it, and nothing stays dispatched to a pilot that has gone.
+stages out. When it brought a job, the final update's answer is read once that next job's payload runs (its
+retries and the outbox follow from there), so that round trip overlaps the next job's start too. A job so
+fetched that the pilot may not run after all (a stop signal came meanwhile) is reported failed at once with the
+reason, as a job that got the signal right after its getJob would be: the server retries it, and nothing stays
+dispatched to a pilot that has gone.
 """
 import logging
 import os
@@ -52,6 +54,7 @@ class Pilot:
         self.next_job = None  # the answer to a getJob sent early (comm.ServerClient.begin_get_job), not read yet
         self.next_job_sent = None  # when it was sent (the job's PILOT_PRE_GETJOB)
         self.no_next_job = False  # decided when the last payload ended: no other job may start
+        self.unsettled = None  # the JobRun whose final update was sent and not answered yet
 
     # ---- the protocol -------------------------------------------------------------------------------------------
     def work(self):
@@ -133,6 +136,8 @@ class Pilot:
 
     def get_job(self):
         """The next job (a Job), or None when there is none; the getJob time is recorded."""
+        if self.next_job is None:
+            self.settle_final_update()  # nothing to overlap its answer with: the pilot now waits for a job
         asked = self.next_job_sent if self.next_job is not None else time.time()
         data = self.job_from_file() if self.handoff is not None and self.push_mode else self.job_from_server()
         if data is None:
@@ -157,7 +162,10 @@ class Pilot:
         try:
             state = run.execute()
         finally:
-            self.timing.save(done=job.panda_id)
+            if run.unsettled:
+                self.unsettled = run
+            else:
+                self.timing.save(done=job.panda_id)
         self.jobs_run += 1
         if self.usage is not None:
             marks = self.timing.data.get(str(job.panda_id), {})
@@ -173,10 +181,11 @@ class Pilot:
         """Replay what is left in the outbox, tell harvester the pilot is done, record the pilot's figures."""
         if self.timing is None:
             return
-        try:
-            self.give_back_next_job()
-        except Exception:  # the rest of the shutdown must still run
-            log.exception("the job fetched early could not be given back")
+        for step in (self.settle_final_update, self.give_back_next_job):
+            try:
+                step()
+            except Exception:  # the rest of the shutdown must still run
+                log.exception("shutdown step %s failed", step.__name__)
         if self.client is not None and not self.file_mode and not self.stop.cold and self.outbox is not None:
             delivered, left = self.outbox.replay(self.client)
             if left:
@@ -195,6 +204,18 @@ class Pilot:
         self.timing.save(now=True)
         log.info("pilot done after %d jobs, exit code %d, peak RSS %d kB", self.jobs_run, self.exit_code(),
                  node.peak_rss_kb())
+
+    def settle_final_update(self):
+        """Read the answer to the last job's final update (sent ahead; see jobrun.JobRun.final_update)."""
+        run, self.unsettled = self.unsettled, None
+        if run is not None:
+            try:
+                run.settle()
+            except ColdShutdown:  # a second signal meanwhile: the update is spooled, as the job's own would be
+                if not run.delivered:
+                    self.outbox.put(run.final)
+                raise
+            self.timing.save(done=run.job.panda_id)
 
     def give_back_next_job(self):
         """A job fetched early that will not run: reported failed with why (the server retries it), not left
@@ -276,7 +297,8 @@ class Pilot:
                        file_mode=self.file_mode, outbox=self.outbox,
                        pilot_deadline=self.deadline - qd["pilot_stageout_reserve"],
                        adopter_pid=os.getpid() if self.subreaper else None, pilot_log=self.pilot_log,
-                       cleanup=not opts.no_cleanup, payload_ended=self.fetch_next_job)
+                       cleanup=not opts.no_cleanup, payload_ended=self.fetch_next_job,
+                       settle_previous=None if self.file_mode else self.settle_final_update)
 
     def remaining_time(self):
         """Seconds a new job may run: the pilot's end minus the stage-out reserve."""
@@ -313,6 +335,7 @@ class Pilot:
                     raise PilotError(errors.NOPROXY, f"the server refused the token: {exc}") from None
                 failures.append(exc)
             if attempt + 1 < tries:
+                self.settle_final_update()
                 self.waker.sleep(self.qd["pilot_getjob_interval"])
         if len(failures) == max(1, tries) and not self.jobs_run:
             self.exit_error = errors.COMMUNICATIONFAILURE

@@ -6,6 +6,7 @@ import os
 import shutil
 import tarfile
 import threading
+import time
 import zlib
 
 import pytest
@@ -67,7 +68,8 @@ def test_running_is_reported_once_the_payload_outlives_the_delay_and_at_once_wit
 
 
 class StubServer(http.server.BaseHTTPRequestHandler):
-    """getJob hands out ``jobs`` one by one; updateJob records (PandaID, state, ``look()`` at that moment)."""
+    """getJob hands out ``jobs`` one by one; updateJob records (PandaID, state, ``look(PandaID, state)``) before
+    it answers."""
 
     protocol_version = "HTTP/1.1"
     jobs, updates, look = [], [], None
@@ -77,7 +79,8 @@ class StubServer(http.server.BaseHTTPRequestHandler):
         if self.path.endswith("/getJob"):
             reply = dict(self.jobs.pop(0), StatusCode=0) if self.jobs else {"StatusCode": 20}
         else:
-            self.updates.append((int(params["jobId"]), params["state"], type(self).look()))
+            panda_id, state = int(params["jobId"]), params["state"]
+            self.updates.append((panda_id, state, type(self).look(panda_id, state)))
             reply = {"StatusCode": 0, "command": "NULL"}
         body = json.dumps(reply).encode()
         self.send_response(200)
@@ -88,6 +91,18 @@ class StubServer(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+def started(marker):
+    """Whether a process of the payload runs: its program, or setpriv about to exec it (its argv names it)."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if marker.encode() in handle.read():
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def test_starting_goes_out_once_the_payload_runs_unless_there_is_a_stage_in(site):
@@ -103,7 +118,7 @@ def test_starting_goes_out_once_the_payload_runs_unless_there_is_a_stage_in(site
     StubServer.jobs = [dict(job, PandaID=1), dict(job, PandaID=2, inFiles="in.dat", fsize="6",
                                                    checksum=f"ad:{zlib.adler32(b'input' + bytes([10])):08x}")]
     StubServer.updates = []
-    StubServer.look = staticmethod(lambda: (bool(processes_with(marker)),
+    StubServer.look = staticmethod(lambda *update: (started(marker),
                                             bool(glob.glob(os.path.join(site.workdir, "*", "PandaJob_*", "in.dat")))))
     stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StubServer)
     threading.Thread(target=stub.serve_forever, daemon=True).start()
@@ -118,6 +133,37 @@ def test_starting_goes_out_once_the_payload_runs_unless_there_is_a_stage_in(site
     assert [u for u in StubServer.updates if u[1] == "starting"] == [
         (1, "starting", (True, False)), (2, "starting", (False, False))], log
     assert [(u[0], u[1]) for u in StubServer.updates if u[1] != "starting"] == [(1, "finished"), (2, "finished")]
+
+
+def test_a_final_update_is_answered_while_the_next_job_already_runs(site):
+    """With the next job fetched early, a job's final update is only sent when it ends: its answer is read once
+    the next job's payload runs. The stub holds job 1's answer until job 2's payload is up."""
+    marker = f"overlap-{os.getpid()}-{id(site)}"
+    sleep = marked_sleep(site.base, marker)
+    StubServer.jobs = [{"PandaID": 1, "transformation": "/bin/true", "jobPars": "", "prodSourceLabel": "managed"},
+                       {"PandaID": 2, "transformation": sleep, "jobPars": "1", "prodSourceLabel": "managed"}]
+    StubServer.updates = []
+
+    def look(panda_id, state):
+        if (panda_id, state) == (1, "finished"):  # held until job 2's payload runs (or 30 s)
+            deadline = time.monotonic() + 30
+            while not processes_with(marker) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return bool(processes_with(marker))
+
+    StubServer.look = staticmethod(look)
+    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StubServer)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        code, log = site.run(url=f"http://127.0.0.1:{stub.server_address[1]}", qd=site.queuedata(timefloor=10))
+    finally:
+        stub.shutdown()
+        stub.server_close()
+    assert code == 0, log
+    finals = [(panda_id, running) for panda_id, state, running in StubServer.updates if state == "finished"]
+    assert finals == [(1, True), (2, False)], (StubServer.updates, log)
+    outbox = os.path.join(site.workdir, "outbox")
+    assert not os.path.isdir(outbox) or not os.listdir(outbox)
 
 
 def test_nonzero_exit_fails_with_1305(site):
