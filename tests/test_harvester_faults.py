@@ -330,13 +330,17 @@ def test_server_stopped_mid_run_and_restarted(testbed_factory):
     bed.server.stop()
     # down: harvester keeps running, says so, and keeps the pilots' reports (their heartbeats, then final updates)
     bed.wait_for(lambda: bed.status()["outbox"]["pending"] > 0, "reports held in harvester's outbox")
-    open(go, "w").close()  # the payloads end while the server is down
     status = bed.wait_for(lambda: (lambda s: s if any("unreachable" in a["last_error"] for a in s["agents"].values())
                                    else None)(bed.status()), "an agent error naming the unreachable server")
     assert status["outbox"]["pending"] > 0
     text = bed.cli("status").stdout
     assert "unreachable" in text and "reports waiting for the server" in text, text
     assert bed.daemon.poll() is None
+    # the payloads end while the server is down, and it comes back at once after that: each pilot retries its
+    # final update for ~30 s (then spools it and exits 79, failing its worker), which the checks above can take
+    # on a loaded machine
+    open(go, "w").close()
+    bed.wait_for(lambda: pilots_reported(bed, "finished") == len(ids), "both payloads ended, the server still down")
     bed.server.restart()
     bed.wait_for(lambda: bed.all_finished(ids), "every job finished after the server came back")
     workers = bed.wait_for(bed.settled, "every worker final and reported")
@@ -345,6 +349,18 @@ def test_server_stopped_mid_run_and_restarted(testbed_factory):
         assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
     for panda_id in ids:
         assert sent_count(bed, panda_id) == 1
+
+
+def pilots_reported(bed, job_status):
+    """How many pilots of the bed told harvester (worker_attributes.json) that their job reached ``job_status``."""
+    count = 0
+    for path in glob.glob(os.path.join(bed.home, "workers", QUEUE, "*", "worker_attributes.json")):
+        try:
+            with open(path) as handle:
+                count += json.load(handle).get("jobStatus") == job_status
+        except (OSError, ValueError):
+            continue  # being replaced: read next time
+    return count
 
 
 # ---- 3. a pilot killed while its payload runs -----------------------------------------------------------------

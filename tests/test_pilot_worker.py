@@ -152,7 +152,7 @@ def test_file_mode_round_trip_without_any_http(site, tmp_path):
     helper.start()
     try:
         code, log = site.run("-z", "--harvester-workdir", str(hwd), "--harvester-submit-mode", "PUSH",
-                             url=counter.url, qd=site.queuedata(timefloor=10, pilot_handoff_wait=1))
+                             url=counter.url, qd=site.queuedata(timefloor=10, pilot_handoff_wait=5))  # ends the pilot's last wait; not the first
     finally:
         helper.join(30)
         counter.close()
