@@ -15,9 +15,7 @@ from harvester.handoff import usage
 from harvester.handoff.messenger import Snapshot
 from harvester.transport import LocalTransport
 from pilot.usage import USAGE_FILE
-from test_harvester_monitor import NOW, all_say, monitor, reload, worker
-
-pytest_plugins = ["test_harvester_monitor"]  # the home fixture
+from test_harvester_monitor import NOW, all_say, home, monitor, reload, worker  # noqa: F401 (home: the fixture)
 
 
 def record(up=100.0, wall=60.0, cpu=50.0, jobs=3, **over):
