@@ -91,6 +91,14 @@ def choose(queue, estimate, walltime_s, pilots_wanted):
                                     "note": s.note, "chosen": s is chosen} for s in shapes]}
 
 
+def one_line(decision):
+    """The decision and every candidate's start on one line, for the log (explain keeps only the last decision)."""
+    candidates = "; ".join(f"{Candidate(c['nodes'], c['walltime_s']).label()} "
+                           f"{'starts ' + c['start'] if c['start'] else c['note'] or '-'}" for c in decision["candidates"])
+    return (f"{decision['chosen'] or 'fixed'} ({decision['reason']}; the waiting work needs {decision['need_nodes']} "
+            f"node(s)): {candidates}")
+
+
 def describe(decision):
     """Lines for ``harvester explain QUEUE``."""
     lines = [f"    chosen: {decision['chosen'] or 'the fixed shape'}: {decision['reason']}; the waiting work needs "

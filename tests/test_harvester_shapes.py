@@ -61,6 +61,14 @@ def test_shapes_larger_than_the_waiting_work_are_not_asked_about():
     assert shapes.choose(queue(), estimate, 3600, pilots_wanted=0)[0].nodes == 1  # one node always fits
 
 
+def test_the_log_line_of_a_decision_names_every_candidate_with_its_start_or_why_it_was_not_asked():
+    table = {(4, 3600): 120, (2, 3600): 0, (1, 3600): 0}
+    line = shapes.one_line(shapes.choose(queue(), starts(table), 3600, pilots_wanted=4)[1])
+    assert line.startswith("2 nodes x 3600 s (the soonest start among the shapes that fit the waiting work")
+    assert "the waiting work needs 2 node(s)): 4 nodes x 3600 s larger than the waiting work (2 nodes); " \
+           "2 nodes x 3600 s starts 2026-12-07T03:00:00; 1 node x 3600 s starts 2026-12-07T03:00:00" in line, line
+
+
 def test_a_shape_without_an_estimate_is_left_out_and_none_at_all_keeps_the_fixed_shape():
     table = {(4, 3600): "sbatch: error: invalid partition", (2, 3600): 50, (1, 3600): 60}
     chosen, decision = shapes.choose(queue(), starts(table), 3600, pilots_wanted=8)

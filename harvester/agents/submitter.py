@@ -100,7 +100,7 @@ class Submitter(Agent):
             nodes, cores, memory, walltime), pilots.worker_walltime(queue), wanted)
         decision["time"] = now.isoformat(sep=" ", timespec="seconds")
         models.QueueState.update(shape=json.dumps(decision)).where(models.QueueState.queue == queue.name).execute()
-        log.info("queue %s: backfill shape %s (%s)", queue.name, decision["chosen"] or "fixed", decision["reason"])
+        log.info("queue %s: backfill shape %s", queue.name, shapes.one_line(decision))
         return chosen
 
     # ---- prepare and submit -------------------------------------------------------------------------------------
