@@ -122,10 +122,16 @@ def reset_postgres(url):
 @pytest.fixture(params=backends())
 def db_url(request, tmp_path):
     """A fresh database URL for each backend under test."""
-    if request.param == "postgresql":
+    return fresh_url(request.param, tmp_path)
+
+
+def fresh_url(backend, directory):
+    """An empty database of ``backend`` ("sqlite": a new file in ``directory``; "postgresql": the test database,
+    emptied)."""
+    if backend == "postgresql":
         reset_postgres(PG_URL)
         return PG_URL
-    return "sqlite:///" + str(tmp_path / "minipanda.db")
+    return "sqlite:///" + str(directory / "minipanda.db")
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 import monitorhelp
-from conftest import PG_URL, backends, reset_postgres
+from conftest import backends, fresh_url
 from monitorhelp import EVIL, OTHER, PILOT_LOG, QUEUE, STDOUT
 
 PAGES = ["/monitor/", "/monitor/jobs", "/monitor/tasks", "/monitor/queues", "/monitor/workers",
@@ -19,12 +19,7 @@ PAGES = ["/monitor/", "/monitor/jobs", "/monitor/tasks", "/monitor/queues", "/mo
 def shown(request, tmp_path_factory):
     """(server, ids): one populated token-auth server for the read-only tests of this module."""
     tmp = tmp_path_factory.mktemp("monitor")
-    if request.param == "postgresql":
-        reset_postgres(PG_URL)
-        url = PG_URL
-    else:
-        url = "sqlite:///" + str(tmp / "minipanda.db")
-    server = monitorhelp.start(tmp, url)
+    server = monitorhelp.start(tmp, fresh_url(request.param, tmp))
     try:
         yield server, monitorhelp.populate(server)
     finally:

@@ -8,7 +8,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 import monitorhelp
-from conftest import PG_URL, backends, reset_postgres
+from conftest import backends, fresh_url
 
 QUEUE, OTHER = "ALLOC_PQ", "ALLOC_OTHER"
 FIGURES = {"nNodes": 2, "elapsedTime": 100.0, "chargeSource": "sacct ElapsedRaw", "payloadWallTime": 300.0,
@@ -18,12 +18,7 @@ FIGURES = {"nNodes": 2, "elapsedTime": 100.0, "chargeSource": "sacct ElapsedRaw"
 @pytest.fixture(scope="module", params=backends())
 def server(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("alloc")
-    if request.param == "postgresql":
-        reset_postgres(PG_URL)
-        url = PG_URL
-    else:
-        url = "sqlite:///" + str(tmp / "minipanda.db")
-    server = monitorhelp.start(tmp, url)
+    server = monitorhelp.start(tmp, fresh_url(request.param, tmp))
     try:
         report(server, [worker(1, "running"), worker(2, "finished", **FIGURES),
                         worker(3, "failed", nNodes=1, elapsedTime=50.0, chargeSource="squeue TimeUsed",
