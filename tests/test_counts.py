@@ -1,8 +1,11 @@
 """The counts the database keeps (minipanda.core.counts) equal a GROUP BY over the live rows after every kind of
 write: through the server's code, by hand-written SQL, from concurrent threads and another process, after a
 rollback, after a writer killed mid-transaction, and after a schema upgrade. Both backends."""
+import contextlib
+import dataclasses
 import datetime
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -256,6 +259,70 @@ def test_a_writer_killed_mid_transaction_changes_no_count(database, db_url):
     assert_exact(database)
 
 
+def test_counts_stay_exact_through_any_mix_of_the_paths(database):
+    """Random sequences of every path that writes job states, each bulk path (submission, a claim of several jobs,
+    a bulk update) among the single-row ones it must not double count with (a claim of one in the group commit,
+    a single update, a kill, hand-written SQL): the counts equal the rows after every step."""
+    rng = random.Random(23)
+    queues.ensure_queues(["R1", "R2"])
+    sent = []
+    for step in range(60):
+        action = rng.choice(["submit", "claim", "claim_one", "bulk", "single", "kill", "sql"])
+        queue = rng.choice(["R1", "R2"])
+        if action == "submit" or not sent and action != "claim":
+            submit(queue, rng.randint(1, 30), **({"taskID": rng.choice([10000101, 10000102])} if rng.random() < 0.5
+                                                 else {}))
+        elif action in ("claim", "claim_one"):
+            sent += claim(queue, n_jobs=1 if action == "claim_one" else rng.randint(2, 20))
+        elif action == "bulk":
+            picked = rng.sample(sent, min(len(sent), rng.randint(1, 25)))
+            entries = [(pid, rng.choice(["starting", "running", "finished", "failed", "holding"])) for pid in picked]
+            entries += [(pid, "finished") for pid in picked[:3]]  # a job reported twice: a later round
+            update_in_bulk(entries)
+        elif action == "single":
+            panda_id = rng.choice(sent)
+            updates.update_jobs([{"jobId": str(panda_id), "state": rng.choice(["running", "finished"]),
+                                  "node": "wn1"}])
+        elif action == "kill":
+            jobs.kill_jobs(rng.sample(sent, min(len(sent), 3)), "alice", manages_all=True)
+        else:
+            with database.atomic():
+                database.execute_sql(f"UPDATE job SET status = 'activated', computing_site = '{queue}' WHERE "
+                                     "panda_id IN (SELECT panda_id FROM job WHERE status = 'failed' LIMIT 2)")
+        assert_exact(database)
+    assert len(sent) > 50
+
+
+# A bulk writer (a claim of several jobs) killed inside its transaction, while the job triggers are paused for it.
+KILLED_BULK_WRITER = """
+import os, signal, sys
+from minipanda.core import counts, dispatch, schema
+db = schema.open_database(sys.argv[1])
+db.connect()
+db.begin()
+with counts.bulk_jobs():
+    taken = dispatch._claim_rows(dispatch.Offer(queue="K3", n_jobs=3), 3, None)
+    print("claimed", len(taken), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_bulk_writer_killed_mid_transaction_leaves_the_triggers_counting(database, db_url):
+    submit("K3", 6)
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_BULK_WRITER, db_url], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    out, _ = writer.communicate(timeout=120)
+    assert writer.returncode == -signal.SIGKILL and "claimed 3" in out
+    if not is_postgres(database):
+        database.close()
+        database.connect()
+    assert_exact(database)
+    with database.atomic():  # written by hand, after the killed writer: still counted
+        database.execute_sql("UPDATE job SET status = 'cancelled' WHERE computing_site = 'K3'")
+    assert_exact(database)
+    assert counts.jobs_by_queue(queue="K3") == {"K3": {"cancelled": 6}}
+
+
 def test_postgresql_truncate_empties_the_counts(database):
     if not is_postgres(database):
         pytest.skip("TRUNCATE is PostgreSQL's (SQLite's DELETE without WHERE fires the row triggers)")
@@ -277,22 +344,30 @@ def drop_counts(database):
             for event in ("insert", "update", "delete"):
                 database.execute_sql(f"DROP TRIGGER {counter.name}_{event}")
             database.execute_sql(f"DROP TABLE {counter.name}")
+        database.execute_sql(f"DROP TABLE IF EXISTS {counts.JOBS.name}_paused")
 
 
-def test_version_8_database_gets_the_counts_of_its_rows(db_url):
+def uncounted_bulk_jobs(n_rows=None):
+    """What the bulk writers of versions 8 to 10 counted themselves: nothing."""
+    yield counts.JobMoves()
+
+
+def test_version_8_database_gets_the_counts_of_its_rows(db_url, monkeypatch):
     database = schema.open_database(db_url)
     database.connect(reuse_if_open=True)
     drop_counts(database)
     database.execute_sql("UPDATE config SET value = '8' WHERE key = 'schema_version'")
-    submit("U1", 5)  # written by version 8: nothing counts them
-    claim("U1", n_jobs=2)
+    with monkeypatch.context() as patched:
+        patched.setattr(counts, "bulk_jobs", contextlib.contextmanager(uncounted_bulk_jobs))
+        submit("U1", 5)  # written by version 8: nothing counts them
+        claim("U1", n_jobs=2)
     database.execute_sql("INSERT INTO task_input (task_id, chunk, status, fsize, attempt_nr) VALUES "
                          "(10000001, 0, 'ready', 0, 0), (10000001, 1, 'finished', 0, 0)")
     database.close()
 
     database = schema.open_database(db_url)
     database.connect(reuse_if_open=True)
-    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 10
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 11
     assert counts.jobs_by_queue(queue="U1") == {"U1": {"activated": 3, "sent": 2}}
     assert counts.inputs_by_task([10000001]) == {10000001: {"ready": 1, "finished": 1}}
     sent = models.Job.select(peewee.fn.MAX(models.Job.start_time)).where(models.Job.computing_site == "U1").scalar()
@@ -300,6 +375,72 @@ def test_version_8_database_gets_the_counts_of_its_rows(db_url):
     claim("U1")  # and the triggers count from now on
     assert counts.jobs_by_queue(queue="U1") == {"U1": {"activated": 2, "sent": 3}}
     assert_exact(database)
+    database.close()
+
+
+def make_version_10(database):
+    """Turn a fresh database into what version 10 made: full dispatch, settled and task indexes, and (SQLite) job
+    triggers that count every row, with no pause."""
+    for name, _, _ in schema.JOB_INDEXES:
+        database.execute_sql(f'DROP INDEX "{name}"')
+    database.execute_sql('CREATE INDEX "job_dispatch_order" ON "job" ("status", "computing_site", '
+                         '"current_priority" DESC, "panda_id")')
+    database.execute_sql('CREATE INDEX "job_settled_status" ON "job" ("settled", "status")')
+    database.execute_sql('CREATE INDEX "job_task_status" ON "job" ("task_id", "status")')
+    if not is_postgres(database):
+        for event in ("insert", "update", "delete"):
+            database.execute_sql(f"DROP TRIGGER {counts.JOBS.name}_{event}")
+        for statement in counts._sqlite_triggers(dataclasses.replace(counts.JOBS, pausable=False)):
+            database.execute_sql(statement)
+        database.execute_sql(f"DROP TABLE {counts.JOBS.name}_paused")
+    database.execute_sql("UPDATE config SET value = '10' WHERE key = 'schema_version'")
+
+
+def index_definitions(database):
+    if is_postgres(database):
+        rows = database.execute_sql("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'job'").fetchall()
+    else:
+        rows = database.execute_sql("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'job' "
+                                    "AND sql IS NOT NULL").fetchall()
+    return dict(rows)
+
+
+def test_version_10_database_upgrades_with_its_jobs_and_counts(db_url, monkeypatch):
+    """Step 11 makes three job indexes partial and lets the bulk paths count their own jobs: the rows and their
+    counts come through whole, and from then on every path counts once."""
+    database = schema.open_database(db_url)
+    database.connect(reuse_if_open=True)
+    make_version_10(database)
+    with monkeypatch.context() as patched:  # version 10's bulk writers left the counting to the triggers
+        patched.setattr(counts, "bulk_jobs", contextlib.contextmanager(uncounted_bulk_jobs))
+        submit("V1", 8)
+        submit("V2", 3, taskID=10000201)
+        taken = claim("V1", n_jobs=4)
+        update_in_bulk([(taken[0], "running"), (taken[1], "finished")])
+    assert_exact(database)
+    rows_before = database.execute_sql("SELECT * FROM job ORDER BY panda_id").fetchall()
+    log_before = database.execute_sql("SELECT * FROM status_log ORDER BY id").fetchall()
+    counts_before = kept()
+    assert "WHERE" not in index_definitions(database)["job_dispatch_order"].upper()
+    database.close()
+
+    database = schema.open_database(db_url)
+    database.connect(reuse_if_open=True)
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 11
+    assert database.execute_sql("SELECT * FROM job ORDER BY panda_id").fetchall() == rows_before
+    assert database.execute_sql("SELECT * FROM status_log ORDER BY id").fetchall() == log_before
+    assert kept() == counts_before
+    assert_exact(database)
+    indexes = index_definitions(database)
+    for name in ("job_dispatch_order", "job_settled_status", "job_task_status"):
+        assert " WHERE " in indexes[name].upper(), indexes[name]
+    # every path counts once from now on: the bulk ones themselves, the others by the triggers
+    more = claim("V1", n_jobs=3)
+    update_in_bulk([(pid, "finished") for pid in more] + [(taken[2], "failed")])
+    submit("V2", 2)
+    update(taken[3], "running")
+    assert_exact(database)
+    assert counts.jobs_by_queue(queue="V1") == {"V1": {"activated": 1, "running": 2, "finished": 4, "failed": 1}}
     database.close()
 
 

@@ -3,6 +3,7 @@ one transaction, a bad entry refused alone, conditional transitions whose RETURN
 that never change, repeated entries applied in order, files registered in bulk."""
 import threading
 
+import peewee
 from conftest import make_job
 from minipanda.core import jobs, models, states, updates
 from minipanda.errors import TOBEKILLED
@@ -66,7 +67,11 @@ def test_a_batch_is_one_statement_per_group_whatever_its_size(database, monkeypa
     assert sum(sql.startswith("SELECT") for sql in statements) == 1
     assert sum(' UPDATE "job" ' in sql for sql in statements) == 2
     assert sum(sql.startswith('INSERT INTO "status_log"') for sql in statements) == 1
-    assert len(statements) == 4
+    # the live counts: on SQLite the job triggers pause for the batch, whose moves are one upsert (pause, upsert,
+    # resume); PostgreSQL's statement triggers count each UPDATE themselves
+    counted = [sql for sql in statements if "job_count" in sql]
+    assert len(counted) == (0 if isinstance(database, peewee.PostgresqlDatabase) else 3)
+    assert len(statements) - len(counted) == 4
     stored = {j.panda_id: j for j in models.Job.select().where(models.Job.panda_id.in_(ids))}
     assert {j.status for j in stored.values()} == {"finished"}
     assert [stored[pid].trans_exit_code for pid in ids[:4]] == [0, 1, 2, 0]

@@ -53,9 +53,10 @@ def update_rows(table, columns, key, rows):
     database.cursor().executemany(f'UPDATE "{table}" SET {assignments} WHERE "{key}" = {database.param}', rows)
 
 
-def update_each(table, key, constant, columns, rows, condition, condition_params=()):
+def update_each(table, key, constant, columns, rows, condition, condition_params=(), returning=()):
     """UPDATE many rows of ``table``, each with its own values, in one statement per 500 rows; return the keys of
-    the rows changed (RETURNING), in no particular order.
+    the rows changed (RETURNING), in no particular order; with ``returning`` (more column names), a tuple
+    (key, *those columns) per row changed.
 
     ``rows`` are ``(key value, *values of columns)``; ``constant`` {column: database value} is set on every row;
     ``condition`` (SQL on the table's own columns, with placeholders for ``condition_params``) must hold too, so a
@@ -66,14 +67,16 @@ def update_each(table, key, constant, columns, rows, condition, condition_params
     rows = sorted(rows, key=lambda row: row[0])  # concurrent writers on PostgreSQL lock rows in the same order
     for start in range(0, len(rows), 500):
         chunk = rows[start:start + 500]
-        sql = _update_each_sql(database.param, table, key, constant_columns, tuple(columns), len(chunk), condition)
+        sql = _update_each_sql(database.param, table, key, constant_columns, tuple(columns), len(chunk), condition,
+                               tuple(returning))
         params = [value for row in chunk for value in row] + constant_values + list(condition_params)
-        changed.extend(row[0] for row in database.execute_sql(sql, params).fetchall())
+        found = database.execute_sql(sql, params).fetchall()
+        changed.extend(found if returning else (row[0] for row in found))
     return changed
 
 
 @functools.lru_cache(maxsize=512)
-def _update_each_sql(param, table, key, constant_columns, columns, n_rows, condition):
+def _update_each_sql(param, table, key, constant_columns, columns, n_rows, condition, returning=()):
     # The rows' values as a common table expression joined to the table by key (UPDATE ... FROM: SQLite 3.33+ and
     # PostgreSQL alike); its columns are named _k, _0, _1... so that they never shadow the table's own.
     row = "(%s)" % ", ".join([param] * (1 + len(columns)))
@@ -82,7 +85,7 @@ def _update_each_sql(param, table, key, constant_columns, columns, n_rows, condi
     assignments += [f'"{column}" = "v"."_{i}"' for i, column in enumerate(columns)]
     return (f'WITH "v"({names}) AS (VALUES {", ".join([row] * n_rows)}) '
             f'UPDATE "{table}" SET {", ".join(assignments)} FROM "v" WHERE "{table}"."{key}" = "v"."_k" '
-            f'AND {condition} RETURNING "{table}"."{key}"')
+            f'AND {condition} RETURNING ' + ", ".join(f'"{table}"."{name}"' for name in (key,) + returning))
 
 
 def time_param(value):

@@ -18,9 +18,21 @@ when a pilot last took a job of the task from the queue (:func:`last_entered`, w
 
 Rows whose count is 0 stay (they hold ``last_in``) until their task has left the live tables: :func:`tidy`, run
 by the retention duty. Job rows without a task are counted under task 0.
+
+The bulk paths (a submission, a claim, a bulk update) count their own rows on SQLite: a row trigger ran two
+statements per job (a tenth of a bulk dispatch + finish). Inside their transaction they pause the job triggers
+(:func:`bulk_jobs`: a row in ``job_count_paused``, which the triggers' WHEN reads) and add each statement's
+moves, summed per (task, queue, state), in one upsert before they resume them. Everything else (a batch of one
+or two jobs, the task generator, the CLI, hand-written SQL, a delete) is still counted by the triggers. No other
+writer can see the pause: SQLite has one writer at a time and the row is gone before the commit (a rollback
+takes it with the rest). PostgreSQL's statement triggers already count a statement at a time: there the bulk
+paths leave it to them.
 """
+import collections
+import contextlib
 import dataclasses
 import datetime
+import functools
 
 import peewee
 from minipanda.core.db import database
@@ -37,11 +49,12 @@ class Counter:
     keys: tuple  # (column, SQL type) of the counted rows that make a count's key
     last: str = ""  # a column of the counted table whose value when a row enters a key is kept in ``last_in``
     by: tuple = ()  # key columns of a second index (a count's n changes in place: this index is not written then)
+    pausable: bool = False  # SQLite: bulk writers may pause the insert and update triggers (bulk_jobs)
 
 
 JOBS = Counter("job", "job_count", "panda_id", (("task_id", "BIGINT"), ("computing_site", "VARCHAR(128)"),
                                                 ("status", "VARCHAR(32)")), last="state_changed_time",
-               by=("computing_site", "status"))
+               by=("computing_site", "status"), pausable=True)
 INPUTS = Counter("task_input", "input_count", "row_id", (("task_id", "BIGINT"), ("status", "VARCHAR(32)")))
 COUNTERS = (JOBS, INPUTS)
 
@@ -91,10 +104,13 @@ def _sqlite_triggers(counter):
         return f"UPDATE {name} SET n = n - 1 WHERE {match};"
 
     changed = " OR ".join(f"OLD.{column} IS NOT NEW.{column}" for column in columns)
+    # a paused counter's statement is counted by its writer (bulk_jobs); an empty table reads as NULL: not paused
+    counting = f"(SELECT 1 FROM {name}_paused) IS NULL" if counter.pausable else ""
     return [
-        f"CREATE TRIGGER {name}_insert AFTER INSERT ON {table} BEGIN {add('NEW')} END",
-        f"CREATE TRIGGER {name}_update AFTER UPDATE OF {', '.join(columns)} ON {table} WHEN {changed} "
-        f"BEGIN {remove('OLD')} {add('NEW')} END",
+        f"CREATE TRIGGER {name}_insert AFTER INSERT ON {table}{' WHEN ' + counting if counting else ''} "
+        f"BEGIN {add('NEW')} END",
+        f"CREATE TRIGGER {name}_update AFTER UPDATE OF {', '.join(columns)} ON {table} WHEN ({changed})"
+        f"{' AND ' + counting if counting else ''} BEGIN {remove('OLD')} {add('NEW')} END",
         f"CREATE TRIGGER {name}_delete AFTER DELETE ON {table} BEGIN {remove('OLD')} END",
     ]
 
@@ -159,6 +175,9 @@ def install(db):
             for statement in _postgres_triggers(counter):
                 db.execute_sql(statement)
         else:
+            if counter.pausable:
+                db.execute_sql(f"CREATE TABLE IF NOT EXISTS {counter.name}_paused (paused INTEGER NOT NULL)")
+                db.execute_sql(f"DELETE FROM {counter.name}_paused")
             for event in ("insert", "update", "delete"):
                 db.execute_sql(f"DROP TRIGGER IF EXISTS {counter.name}_{event}")
             for statement in _sqlite_triggers(counter):
@@ -184,6 +203,77 @@ def recount(db):
         "r.computing_site, 'sent', 0, MAX(r.start_time) FROM job r WHERE r.start_time IS NOT NULL GROUP BY 1, 2 "
         "ON CONFLICT (task_id, computing_site, status) DO UPDATE SET last_in = CASE WHEN job_count.last_in IS NULL "
         "OR excluded.last_in > job_count.last_in THEN excluded.last_in ELSE job_count.last_in END")
+
+
+# ---- bulk writers (SQLite) ----------------------------------------------------------------------------------------
+
+class JobMoves:
+    """What one bulk writer's statements did to the job counts: {(task, queue, state): [n, last_in]}."""
+
+    __slots__ = ("sums",)
+
+    def __init__(self):
+        self.sums = {}
+
+    def add(self, task_id, queue, source, target, n, when):
+        """``n`` jobs of (task, queue) moved from ``source`` (None: inserted) to ``target`` at ``when`` (the
+        database value of their state_changed_time)."""
+        if n:
+            task_id = task_id or 0
+            if source is not None:
+                self.sums.setdefault((task_id, queue, source), [0, None])[0] -= n
+            entry = self.sums.setdefault((task_id, queue, target), [0, None])
+            entry[0] += n
+            entry[1] = when if entry[1] is None or when > entry[1] else entry[1]
+
+    def add_rows(self, rows, source, target, when):
+        """Jobs by the (task_id, computing_site) pairs of the rows a statement changed."""
+        for (task_id, queue), n in collections.Counter(rows).items():
+            self.add(task_id, queue, source, target, n, when)
+
+
+# Pausing costs three statements (pause, upsert, resume); the triggers cost two per job: fewer jobs are left to them.
+PAUSE_FROM = 3
+
+
+@contextlib.contextmanager
+def bulk_jobs(n_rows=None):
+    """Inside the caller's write transaction: yield a :class:`JobMoves` to which the caller adds what each of its
+    statements inserted or moved, and write the sums in one statement at the end (whatever happened: the
+    statements that ran before an error changed their rows too). On SQLite the job triggers are paused
+    meanwhile; on PostgreSQL (its statement triggers count), or for fewer than PAUSE_FROM rows (``n_rows``: at
+    most that many; None: unknown), nothing is paused and what the caller adds is dropped: the triggers count."""
+    db = database.obj
+    if _is_postgres(db) or n_rows is not None and n_rows < PAUSE_FROM:
+        yield JobMoves()
+        return
+    name = JOBS.name
+    db.execute_sql(f"INSERT INTO {name}_paused (paused) VALUES (1)")
+    moves = JobMoves()
+    try:
+        yield moves
+    finally:
+        db.execute_sql(f"DELETE FROM {name}_paused")
+        _add_jobs(db, moves.sums)
+
+
+def _add_jobs(db, sums):
+    if not sums:
+        return
+    rows = [(task_id, queue, status, n, last) for (task_id, queue, status), (n, last) in sorted(sums.items())
+            if n or last is not None]
+    for start in range(0, len(rows), 500):
+        chunk = rows[start:start + 500]
+        db.execute_sql(_add_jobs_sql(len(chunk)), [value for row in chunk for value in row])
+
+
+@functools.lru_cache(maxsize=64)
+def _add_jobs_sql(n_rows):
+    # the same upsert as the row trigger's, for n jobs at once: the newer time wins, a NULL never replaces one
+    return (f"INSERT INTO {JOBS.name} (task_id, computing_site, status, n, last_in) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?)"] * n_rows)
+            + " ON CONFLICT (task_id, computing_site, status) DO UPDATE SET n = n + excluded.n, last_in = CASE "
+            "WHEN last_in IS NULL OR excluded.last_in > last_in THEN excluded.last_in ELSE last_in END")
 
 
 # ---- reading ----------------------------------------------------------------------------------------------------

@@ -64,12 +64,14 @@ def _limit_values(offer):
 
 @functools.lru_cache(maxsize=256)
 def _pick_statement(param, postgres, n_labels, limit_columns):
-    """The SELECT of the jobs one offer shape claims, best first. Parameters, in order: status, queue, the labels,
-    the limits (``limit_columns``), the row limit."""
+    """The SELECT of the activated jobs one offer shape claims, best first. Parameters, in order: queue, the
+    labels, the limits (``limit_columns``), the row limit. The state is written out, not a parameter: the dispatch
+    index covers activated jobs only (minipanda.core.schema.JOB_INDEXES), and a planner uses a partial index only
+    for a condition it can see implies the index's own."""
     def q(name):
         return '"%s"' % name
 
-    conditions = [f"{q('status')} = {param}", f"{q('computing_site')} = {param}",
+    conditions = [f"{q('status')} = '{JobStatus.ACTIVATED.value}'", f"{q('computing_site')} = {param}",
                   f"{q('prod_source_label')} IN ({', '.join([param] * n_labels)})"]
     conditions += [f"{q(column)} <= {param}" for column in limit_columns]
     pick = (f"SELECT {q('panda_id')} FROM {q(models.Job._meta.table_name)} WHERE {' AND '.join(conditions)} "
@@ -111,10 +113,10 @@ def _claim_rows(offer, n_jobs, now):
     labels = _labels(offer)
     limits = _limit_values(offer)
     pick = _pick_statement(database.param, db.is_postgres(), len(labels), tuple(c for c, _ in limits))
-    pick_params = [source.value, offer.queue] + labels + [v for _, v in limits] + [n_jobs]
+    pick_params = [offer.queue] + labels + [v for _, v in limits] + [n_jobs]
     rows = states.change_picked_jobs(pick, pick_params, source, target,
                                      f"dispatched to {offer.node or 'a pilot'} on {offer.queue}",
-                                     fields=fields, now=now, returning=jobspec.DEFINITION_COLUMNS)
+                                     fields=fields, now=now, returning=jobspec.DEFINITION_COLUMNS, at_most=n_jobs)
     return [JobRow._make(row) for row in rows]
 
 

@@ -82,11 +82,8 @@ class Job(BaseModel):
         table_name = "job"
 
 
-# Dispatch reads activated jobs of one queue in (priority desc, id) order: this index serves that ORDER BY directly.
-Job.add_index(Job.index(Job.status, Job.computing_site, Job.current_priority.desc(), Job.panda_id,
-                        name="job_dispatch_order"))
-Job.add_index(Job.index(Job.settled, Job.status, name="job_settled_status"))
-Job.add_index(Job.index(Job.task_id, Job.status, name="job_task_status"))
+# Schema 11: three more indexes are partial, so a job changing state rewrites only the entries it needs (dispatch
+# order only while activated, the unsettled jobs' states, the states of task jobs): minipanda.core.schema.JOB_INDEXES.
 # Schema 8: the monitor lists jobs most recently changed first; without this a 100,000-row table is sorted per page.
 Job.add_index(Job.index(Job.modification_time, Job.panda_id, name="job_modification"))
 # Schema 8: jobs that reached a state in a time range (the monitor's charts; the retention duty's old final jobs):

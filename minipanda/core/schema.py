@@ -48,8 +48,7 @@ def _migration_3(db, migrator):
     )
     # Jobs that existed before tasks belong to no task: nothing to settle.
     db.execute_sql('UPDATE "job" SET "scout" = %s, "settled" = %s' % ((db.param,) * 2), (False, True))
-    db.execute_sql('CREATE INDEX IF NOT EXISTS "job_settled_status" ON "job" ("settled", "status")')
-    db.execute_sql('CREATE INDEX IF NOT EXISTS "job_task_status" ON "job" ("task_id", "status")')
+    # the job_settled_status and job_task_status indexes of this step are made as they are now by step 11
     start_task_ids(db)
 
 
@@ -123,9 +122,40 @@ def _migration_10(db, migrator):
         W.jobs_run) if field.column_name not in have])
 
 
+# Partial indexes of the job table (schema 11): each covers only the rows its queries read, so a state change
+# rewrites fewer index entries (a bulk dispatch + finish rewrote five per change). (name, columns, condition); a
+# false is written per database (SQLite stores 0; PostgreSQL has booleans), and each condition is one the queries
+# imply: dispatch's pick says status = 'activated', the settle duty settled = false, a task's jobs task_id = ?.
+JOB_INDEXES = (
+    # dispatch reads activated jobs of one queue in (priority desc, id) order: the index serves that ORDER BY
+    ("job_dispatch_order", '"computing_site", "current_priority" DESC, "panda_id"', "\"status\" = 'activated'"),
+    # the settle duty: jobs that reached a final state and that the task side has not taken note of yet
+    ("job_settled_status", '"status"', '"settled" = {false}'),
+    # a task's jobs by state (kill, settle, retry, scouts); jobs of no task are not in it
+    ("job_task_status", '"task_id", "status"', '"task_id" IS NOT NULL'),
+)
+
+
+def create_job_indexes(db):
+    false = "false" if isinstance(db, peewee.PostgresqlDatabase) else "0"
+    for name, columns, condition in JOB_INDEXES:
+        db.execute_sql(f'CREATE INDEX IF NOT EXISTS "{name}" ON "job" ({columns}) WHERE '
+                       + condition.format(false=false))
+
+
+def _migration_11(db, migrator):
+    """The job table's dispatch, settled and task indexes made partial (JOB_INDEXES); on SQLite the bulk paths
+    count their own jobs (the triggers pause for them, minipanda.core.counts.bulk_jobs), so the counts are
+    installed again and recounted."""
+    for name, _, _ in JOB_INDEXES:
+        db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
+    create_job_indexes(db)
+    counts.install(db)
+
+
 MIGRATIONS = {2: _migration_2, 3: _migration_3, 4: _migration_4, 5: _migration_5, 6: _migration_6, 7: _migration_7,
-              8: _migration_8, 9: _migration_9, 10: _migration_10}
-SCHEMA_VERSION = 10
+              8: _migration_8, 9: _migration_9, 10: _migration_10, 11: _migration_11}
+SCHEMA_VERSION = 11
 
 
 def schema_version(db):
@@ -142,6 +172,7 @@ def upgrade_schema(db):
     if version is None:
         with db.atomic():
             db.create_tables(models.ALL_MODELS)
+            create_job_indexes(db)
             start_task_ids(db)
             from minipanda.core import archive
 

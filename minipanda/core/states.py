@@ -10,7 +10,7 @@ import enum
 import functools
 
 import peewee
-from minipanda.core import bulk, models
+from minipanda.core import bulk, counts, models
 from minipanda.errors import InvalidTransition
 
 
@@ -207,12 +207,16 @@ def _update_listed(values, ids, status, model=None):
     return changed
 
 
-def change_picked_jobs(pick, pick_params, source, target, reason, fields=None, now=None, returning=("panda_id",)):
+def change_picked_jobs(pick, pick_params, source, target, reason, fields=None, now=None, returning=("panda_id",),
+                       at_most=None):
     """Move the jobs a sub-select picks from ``source`` to ``target`` in one statement; return their rows.
 
     The bulk twin of :func:`change_job_status`, for dispatch: ``pick`` is the caller's SELECT of panda_ids (with
     its ``pick_params``), best first and limited; the UPDATE re-checks ``source`` on each picked row, so a job
     another writer changed first is skipped. Same table check, time stamps and status_log rows.
+
+    ``at_most``: the pick's LIMIT, when the caller knows it (the live counts of a small claim are left to the
+    triggers, :func:`minipanda.core.counts.bulk_jobs`).
 
     Returns:
         The changed jobs' ``returning`` columns (panda_id first) as tuples, as RETURNING gives them. Must run
@@ -226,12 +230,17 @@ def change_picked_jobs(pick, pick_params, source, target, reason, fields=None, n
     database = models.Job._meta.database
     columns = tuple(field.column_name for field in values)
     sql = _picked_update_sql(database.param, isinstance(database.obj, peewee.PostgresqlDatabase), pick, columns,
-                             tuple(returning))
-    cursor = database.execute_sql(sql, [field.db_value(value) for field, value in values.items()] + list(pick_params)
-                                  + [source.value])
-    rows = cursor.fetchall()
+                             tuple(returning) + _COUNTED)
+    with counts.bulk_jobs(at_most) as moves:
+        cursor = database.execute_sql(sql, [field.db_value(value) for field, value in values.items()]
+                                      + list(pick_params) + [source.value])
+        rows = cursor.fetchall()
+        moves.add_rows([row[-2:] for row in rows], source.value, target.value, bulk.time_param(now))
     log_transitions([(row[0], source.value) for row in rows], target, reason, now)
-    return rows
+    return [row[:-2] for row in rows]
+
+
+_COUNTED = ("task_id", "computing_site")  # what a bulk writer tells the live counts of each job it changed
 
 
 @functools.lru_cache(maxsize=256)
@@ -267,16 +276,19 @@ def change_each_job(groups, fields=None, now=None):
     """
     now = now or utcnow()
     changed, logged = set(), []
-    for source, target, columns, rows, reason in groups:
-        source, target = JobStatus(source), JobStatus(target)
-        check_job_transition(source, target)
-        values = _time_fields(target, now)
-        values.update(fields or {})
-        constant = {field.column_name: field.db_value(value) for field, value in values.items()}
-        won = bulk.update_each(models.Job._meta.table_name, "panda_id", constant, columns, rows,
-                               "(\"status\" || '') = %s" % models.Job._meta.database.param, [source.value])
-        changed.update(won)
-        logged.extend((pid, source.value, target.value, reason) for pid in won)
+    with counts.bulk_jobs(sum(len(group[3]) for group in groups)) as moves:
+        for source, target, columns, rows, reason in groups:
+            source, target = JobStatus(source), JobStatus(target)
+            check_job_transition(source, target)
+            values = _time_fields(target, now)
+            values.update(fields or {})
+            constant = {field.column_name: field.db_value(value) for field, value in values.items()}
+            won = bulk.update_each(models.Job._meta.table_name, "panda_id", constant, columns, rows,
+                                   "(\"status\" || '') = %s" % models.Job._meta.database.param, [source.value],
+                                   returning=_COUNTED)
+            moves.add_rows([row[1:] for row in won], source.value, target.value, bulk.time_param(now))
+            changed.update(row[0] for row in won)
+            logged.extend((row[0], source.value, target.value, reason) for row in won)
     _log_rows(logged, now)
     return changed
 

@@ -1,0 +1,59 @@
+"""The job table's partial indexes (schema 11, minipanda.core.schema.JOB_INDEXES) serve the queries they were
+made for, on both backends: the planner may use a partial index only where it sees that the query's conditions
+imply the index's own, so a query written a little differently silently falls back to reading every row.
+
+PostgreSQL's planner picks by cost, and a test table is small: sequential scans are switched off here, so what is
+checked is that the index CAN serve the query (its condition implied), not that it is cheaper."""
+import peewee
+from minipanda.core import dispatch, models, states
+from minipanda.core.states import JobStatus
+from minipanda.tasks import settle
+
+
+def plan(database, sql, params):
+    """The query plan's text."""
+    if isinstance(database, peewee.PostgresqlDatabase):
+        with database.atomic():
+            database.execute_sql("SET LOCAL enable_seqscan = off")
+            rows = database.execute_sql("EXPLAIN " + sql, params).fetchall()
+        return "\n".join(row[0] for row in rows)
+    return "\n".join(str(row[-1]) for row in database.execute_sql("EXPLAIN QUERY PLAN " + sql, params).fetchall())
+
+
+def claim_statement(database, n_labels=1):
+    """The claim's UPDATE exactly as dispatch runs it (an offer with a memory limit), and its parameters."""
+    pick = dispatch._pick_statement(database.param, isinstance(database, peewee.PostgresqlDatabase), n_labels,
+                                    ("min_ram_count",))
+    sql = states._picked_update_sql(database.param, isinstance(database, peewee.PostgresqlDatabase), pick,
+                                    ("status", "heartbeat_time"), ("panda_id",) + states._COUNTED)
+    return sql, ["sent", states.utcnow(), "Q1"] + ["managed"] * n_labels + [4000, 10, "activated"]
+
+
+def test_the_claim_picks_through_the_dispatch_index(database):
+    sql, params = claim_statement(database)
+    assert "job_dispatch_order" in plan(database, sql, params)
+    sql, params = claim_statement(database, n_labels=3)
+    assert "job_dispatch_order" in plan(database, sql, params)
+
+
+def test_the_dispatch_index_holds_activated_jobs_only(database):
+    """What makes it cheap: a job leaving ``activated`` leaves the index, and no later change touches it."""
+    from conftest import make_job
+    from minipanda.core import jobs
+
+    ids = [row[0] for row in jobs.submit_jobs([make_job("Q1", jobName=f"j{i}") for i in range(4)], "alice")]
+    with database.atomic():
+        states.change_job_status(ids[:2], JobStatus.SENT, "test")
+    sql = ('SELECT COUNT(*) FROM "job" WHERE "status" = \'activated\' AND "computing_site" = %s'
+           % database.param)
+    assert "job_dispatch_order" in plan(database, sql, ["Q1"])
+    assert database.execute_sql(sql, ["Q1"]).fetchone()[0] == 2
+
+
+def test_the_settle_duty_and_a_tasks_jobs_read_through_their_partial_indexes(database):
+    Job = models.Job
+    unsettled = Job.select(Job.panda_id).where(Job.settled == False,  # noqa: E712 (SQL)
+                                               Job.status.in_(list(settle.FINAL)))
+    assert "job_settled_status" in plan(database, *unsettled.sql())
+    of_task = Job.select(Job.panda_id).where(Job.task_id == 10000001, Job.status.in_(["activated", "running"]))
+    assert "job_task_status" in plan(database, *of_task.sql())
