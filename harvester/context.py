@@ -21,6 +21,9 @@ class Settings:
     propagator_period: float = 10.0
     sweeper_period: float = 60.0
     commands_period: float = 30.0
+    # an agent whose cycles find nothing sleeps twice as long each time, up to this many periods (1: never longer);
+    # work made inside harvester wakes its agent at once (harvester.runner)
+    idle_factor: float = 4.0
     heartbeat_period: float = 300.0  # harvester -> server heartbeat
     stats_period: float = 300.0  # worker statistics -> server
     lease_s: float = 300.0  # row leases; longer than any agent cycle

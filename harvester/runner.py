@@ -1,10 +1,16 @@
-"""The one runner: every agent's ``run_once(now)`` on its period, early wake-ups, no overlapping runs, every
-error caught and recorded, the instance lease kept, and the queue file reloaded when it changes.
+"""The one runner: every agent's ``run_once(now)`` on its period, early wake-ups, idle agents backed off, no
+overlapping runs, every error caught and recorded, the instance lease kept, and the queue file reloaded when it
+changes.
 
 ``run_cycle()`` runs each agent once in cycle order (``harvester run --once``). ``start()``/``stop()`` run each
-agent on its own thread: an agent sleeps on its wake event for its period, so ``wake(name)`` (the adjuster
-waking the submitter, a kill waking the sweeper) starts its next cycle at once, and one agent's slow batch
-command never delays another agent.
+agent on its own thread: an agent sleeps on its wake event, so ``wake(name)`` (the adjuster waking the submitter,
+the submitter the monitor, the monitor the propagator and the adjuster, a kill the sweeper) starts its next cycle
+at once, and one agent's slow batch command never delays another agent. How long it sleeps: its period after a
+cycle that found work (``run_once`` returned a count above 0) or failed; after cycles in a row that found nothing,
+twice as long each time, up to ``idle_factor`` times its period (:func:`next_wait`). Work that shows up inside
+harvester wakes the agent that does it, so an idle agent costs a cycle every few periods instead of every period,
+and what comes from outside (the server's demand, the batch system, the pilots' files) is still seen within
+``idle_factor`` periods.
 """
 import logging
 import threading
@@ -34,9 +40,9 @@ class Runner:
             None.
     """
 
-    def __init__(self, context, reload_queues=None):
+    def __init__(self, context, reload_queues=None, agent_classes=AGENT_CLASSES):
         self.ctx = context
-        self.agents = {cls.name: cls(context) for cls in AGENT_CLASSES}
+        self.agents = {cls.name: cls(context) for cls in agent_classes}
         self.reload_queues = reload_queues
         self._wake = {name: threading.Event() for name in self.agents}
         self._busy = {name: threading.Lock() for name in self.agents}
@@ -56,18 +62,22 @@ class Runner:
 
     def run_agent(self, name, now=None):
         """One cycle of one agent, never two at once; errors logged and recorded, never raised."""
+        return self._cycle(name, now)[1]
+
+    def _cycle(self, name, now=None):
+        """One cycle of agent ``name``: (the work it found, as ``run_once`` counted it; the error or None)."""
         agent = self.agents[name]
         with self._busy[name]:
             now = now or utcnow()
             started = time.monotonic()
-            error = None
+            found, error = 0, None
             try:
-                agent.run_once(now)
+                found = agent.run_once(now)
             except Exception as exc:  # the runner keeps every agent alive; the error is logged and kept
                 error = f"{type(exc).__name__}: {exc}"
                 log.error("agent %s: cycle failed: %s", name, error, exc_info=not _expected(exc))
             record_run(name, now, time.monotonic() - started, error)
-            return error
+            return found, error
 
     def run_cycle(self, now=None):
         """Each agent once, in cycle order; returns {agent: error or None}."""
@@ -83,11 +93,12 @@ class Runner:
             self._threads.append(thread)
 
     def _loop(self, name):
-        period = self.agents[name].period
+        period, idle_cycles = self.agents[name].period, 0
         while not self._stop.is_set():
-            self._wake[name].clear()
-            self.run_agent(name)
-            self._wake[name].wait(period)
+            self._wake[name].clear()  # a wake-up from now on, during the cycle too, starts the next cycle at once
+            found, error = self._cycle(name)
+            idle_cycles = 0 if found or error else idle_cycles + 1
+            self._wake[name].wait(next_wait(period, idle_cycles, self.ctx.settings.idle_factor))
 
     def serve_forever(self):
         """Keep the instance lease and the queue file fresh until :meth:`stop`."""
@@ -115,6 +126,15 @@ class Runner:
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
         return [t.name for t in self._threads if t.is_alive()]
+
+
+def next_wait(period, idle_cycles, idle_factor):
+    """Seconds an agent sleeps (unless woken) after ``idle_cycles`` cycles in a row that found nothing: its period
+    after a cycle with work, then twice as long per idle cycle, never more than ``idle_factor`` periods (a factor
+    of 1 or less: always the period)."""
+    if idle_cycles <= 0 or idle_factor <= 1:
+        return period
+    return period * min(float(idle_factor), 2.0 ** min(idle_cycles, 32))
 
 
 # One statement per cycle, written once: every agent records every cycle (twice a second each in the testbed),

@@ -8,7 +8,8 @@ log = logging.getLogger(__name__)
 
 
 class Agent:
-    """Base of the agents. Subclasses implement ``run_once(now)``: one cycle, no sleeping, no loop."""
+    """Base of the agents. Subclasses implement ``run_once(now)``: one cycle, no sleeping, no loop; it returns how
+    much work the cycle found (0: none, and the runner lets an idle agent sleep longer, see harvester.runner)."""
 
     name = "agent"
 

@@ -69,6 +69,7 @@ class Commands(Agent):
             for queue in queues:
                 db.queue_state(queue)
             models.QueueState.update(stats_requested=True).where(models.QueueState.queue.in_(queues)).execute()
+            self.ctx.wake("propagator")
             return f"statistics requested for {len(queues)} queues"
         log.error("unknown command %s %s from the server: ignored", name, params)
         return f"unknown command {name}: ignored"

@@ -54,11 +54,18 @@ class Monitor(Agent):
         return re.sub(r"[^A-Za-z0-9_.-]", "_", self.ctx.harvester_id)[:64]
 
     def run_once(self, now):
-        self.checked = 0
+        """One cycle over every queue; returns the news it found for the other agents: workers whose state changed
+        and reports queued for the server (heartbeats and PandaIDs recorded are not news: an idle monitor backs
+        off while its pilots run, see harvester.runner)."""
+        self.checked = self.changed = self.queued = 0
         linked = getattr(self, "linked", {})
         self.linked, self.linked_before = {}, linked  # PandaIDs recorded per pilot directory (kept while followed)
         self.each_queue(now, lambda queue: self.check_queue(queue, now), skip_backoff=False)
-        return self.checked
+        if self.changed:  # workers queued, running or ended: the adjuster's counts moved
+            self.ctx.wake("adjuster")
+        if self.changed or self.queued:
+            self.ctx.wake("propagator")
+        return self.changed + self.queued
 
     def check_queue(self, queue, now):
         condition = ((models.Worker.queue == queue.name) & models.Worker.status.in_(LIVE_VALUES)
@@ -164,8 +171,9 @@ class Monitor(Agent):
         the grace period (a restarted scheduler, accounting that lags behind), and only then failed."""
         grace = self.ctx.settings.missing_grace_s
         if worker.status != WorkerStatus.MISSING.value:
-            change_worker_status(worker, WorkerStatus.MISSING, f"the batch system does not know batch job "
-                                 f"{worker.batch_id}: looked up again for {grace:.0f} s before it is given up", now)
+            self.changed += bool(change_worker_status(
+                worker, WorkerStatus.MISSING, f"the batch system does not know batch job {worker.batch_id}: looked "
+                f"up again for {grace:.0f} s before it is given up", now))
             return
         if (now - (worker.status_changed or now)).total_seconds() >= grace:
             self.end_or_change(queue, worker, WorkerStatus.FAILED, f"the batch system has not known batch job "
@@ -180,6 +188,7 @@ class Monitor(Agent):
             if changed and target in FINAL:
                 end_jobs(worker.worker_id)
         if changed:
+            self.changed += 1
             self.note_end(queue, target, diag, now)
 
     def note_end(self, queue, target, diag, now):
@@ -281,6 +290,7 @@ class Monitor(Agent):
                 models.JobWorker.insert(panda_id=job.panda_id, worker_id=worker.worker_id, time=now) \
                     .on_conflict_ignore().execute()
         if hand_over(queue, messenger, held, self.ctx.server.fetch):
+            self.queued += 1
             log.info("queue %s worker %s asked for a job: given %s", queue.name, worker.worker_id,
                      ", ".join(str(job.panda_id) for job in held))
 
@@ -293,6 +303,8 @@ class Monitor(Agent):
             if not enqueue(params, "job_heartbeat" if heartbeat else "job_final", worker.worker_id, now,
                            source_path=path):
                 repeated.append(path)  # the same report is already queued (a claim repeated after a crash)
+            else:
+                self.queued += 1
         if repeated:
             forget(messenger.transport, messenger.root, repeated)
 
@@ -337,6 +349,7 @@ class Monitor(Agent):
                 if change_held_jobs(models.HeldJob.panda_id == panda_id, HeldJobStatus.RUNNING,
                                     {"last_heartbeat": now, "last_report": json.dumps({"state": state})}):
                     enqueue(params, "job_heartbeat", worker.worker_id, now)
+                    self.queued += 1
 
     def final_report(self, queue, messenger, final, held):
         """The final update harvester sends for a job: the pilot's, with its outputs staged out and verified; or a
@@ -367,14 +380,14 @@ class Monitor(Agent):
         log.error("queue %s worker %s: %s; the worker is killed", queue.name, worker.worker_id, refusal)
         kill_workers(None, [worker.worker_id], f"harvester refused the pilot's files: {refusal}"[:2000], self.ctx)
 
-    @staticmethod
-    def end_held_job(held, report, worker, now):
+    def end_held_job(self, held, report, worker, now):
         """A held job's final report queued and the job harvester's no more, together (once: the conditional
         update says who won)."""
         with models.database.atomic():
             if change_held_jobs(models.HeldJob.panda_id == held.panda_id, HeldJobStatus.DONE,
                                 {"last_report": json.dumps(report)[:100000]}):
                 enqueue(report, "job_final", worker.worker_id, now)
+                self.queued += 1
 
 
 def failure(held, code, diag):

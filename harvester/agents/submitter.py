@@ -48,6 +48,9 @@ class Submitter(Agent):
         self.submitted = 0
         recover_interrupted(self.ctx, now)
         self.each_queue(now, lambda queue: self.submit_queue(queue, now))
+        if self.submitted:  # new workers to follow, and to report to the server
+            self.ctx.wake("monitor")
+            self.ctx.wake("propagator")
         return self.submitted
 
     # ---- create -------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ class Sweeper(Agent):
         self.killed = self.cleaned = 0
         self.each_queue(now, lambda queue: self.sweep(queue, now), skip_backoff=False)
         self.revoke_tokens()
-        return self.killed
+        return self.killed + self.cleaned
 
     def sweep(self, queue, now):
         self.mark_overdue(queue, now)
