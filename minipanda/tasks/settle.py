@@ -17,7 +17,9 @@ from peewee import fn
 
 log = logging.getLogger(__name__)
 FINAL = [s.value for s in FINAL_JOB_STATES]
+NOT_FINAL = [s.value for s in JobStatus if s not in FINAL_JOB_STATES]
 BATCH = 2000
+ENDED_COLUMNS = (models.Job.panda_id, models.Job.task_id, models.Job.status, models.Job.command_to_pilot)
 RETRYABLE_TASK_STATES = {TaskStatus.READY.value, TaskStatus.SCOUTING.value, TaskStatus.SCOUTED.value,
                          TaskStatus.RUNNING.value, TaskStatus.PAUSED.value, TaskStatus.PENDING.value,
                          TaskStatus.TORETRY.value}
@@ -30,9 +32,11 @@ def run(settings, now=None, wake=None):
     """
     now = now or states.utcnow()
     out = {"settled": 0, "retries": 0, "completed": 0}
+    Job = models.Job
     while True:
-        Job = models.Job
-        jobs = list(Job.select().where(Job.settled == False, Job.status.in_(FINAL))  # noqa: E712
+        # only what settling reads (every column of a job row cost more to render and read than the settling):
+        # the rows of jobs that did not finish are read whole, for the retry rules
+        jobs = list(Job.select(*ENDED_COLUMNS).where(Job.settled == False, Job.status.in_(FINAL))  # noqa: E712
                     .order_by(Job.panda_id).limit(BATCH))
         if not jobs:
             break
@@ -51,11 +55,15 @@ def run(settings, now=None, wake=None):
 
 def settle_jobs(jobs, now):
     """Apply the outcome of each final job to its task's inputs; returns how many inputs go back for retry."""
-    rules = retry.active_rules()
-    tasks = {t.jedi_task_id: t for t in models.Task.select().where(
+    tasks = {t.jedi_task_id: t for t in models.Task.select(models.Task.jedi_task_id, models.Task.status).where(
         models.Task.jedi_task_id.in_(list({j.task_id for j in jobs})))}
     retries = 0
     finished = [job.panda_id for job in jobs if job.status == JobStatus.FINISHED.value]
+    others = [job.panda_id for job in jobs if job.status != JobStatus.FINISHED.value]
+    if others:  # failed, cancelled, closed: the whole rows, which the retry rules read
+        rules = retry.active_rules()
+        whole = {job.panda_id: job for job in models.Job.select().where(models.Job.panda_id.in_(others))}
+        jobs = [whole.get(job.panda_id, job) for job in jobs]
     if finished:  # the common case, for the whole batch at once: one UPDATE of the inputs, one outputs' insert
         for start in range(0, len(finished), 500):
             models.TaskInput.update(status="finished").where(
@@ -115,6 +123,8 @@ def mark_running():
     Job, TaskInput = models.Job, models.TaskInput
     running = Job.select(Job.panda_id).where(Job.settled == False,  # noqa: E712
                                              Job.status.in_([s.value for s in ACTIVE_JOB_STATES]))
+    if not TaskInput.select().where(TaskInput.status == "picked", TaskInput.panda_id.in_(running)).exists():
+        return  # most cycles: nothing to mark, and no write transaction taken for it
     with database.atomic():
         TaskInput.update(status="running").where(TaskInput.status == "picked",
                                                  TaskInput.panda_id.in_(running)).execute()
@@ -123,8 +133,8 @@ def mark_running():
 def complete_tasks(now):
     """Finish tasks whose work is over; returns how many changed."""
     Task = models.Task
-    candidates = Task.select().where(Task.status.in_([TaskStatus.RUNNING.value, TaskStatus.FINISHING.value,
-                                                      TaskStatus.ABORTING.value]))
+    candidates = Task.select(Task.jedi_task_id, Task.status).where(
+        Task.status.in_([TaskStatus.RUNNING.value, TaskStatus.FINISHING.value, TaskStatus.ABORTING.value]))
     changed = 0
     for task in list(candidates):
         with database.atomic():
@@ -133,9 +143,13 @@ def complete_tasks(now):
 
 
 def _open_jobs(task_id):
+    """Whether a job of the task is still active or not settled yet. Two lookups the indexes answer at once (by
+    task and status, and by settled and status): one condition with an OR read every ended job of the task, each
+    cycle, once its last jobs ran."""
     Job = models.Job
-    unsettled = Job.settled == False  # noqa: E712 (an SQL comparison)
-    return Job.select().where(Job.task_id == task_id, Job.status.not_in(FINAL) | unsettled).exists()
+    return (Job.select().where(Job.task_id == task_id, Job.status.in_(NOT_FINAL)).exists()
+            or Job.select().where(Job.settled == False, Job.status.in_(FINAL),  # noqa: E712 (an SQL comparison)
+                                  Job.task_id == task_id).exists())
 
 
 def _complete(task, now):
