@@ -14,6 +14,7 @@ from testbed.progress import Progress
 
 
 log = logging.getLogger("minipanda.testbed")
+FOLLOW_PERIOD_S = 0.5  # the progress shown; the figures come from the database's times, not from this loop
 
 
 class Interrupted(Exception):
@@ -232,15 +233,20 @@ class Testbed:
 
         final = set(states.FINAL_TASK_VALUES)
         bar = Progress(self.args.jobs, self.out)
+        waiting_seen = False
         try:
             while True:
                 self._check_threads()
                 state = demo.task_state(self.task_id)
+                if not waiting_seen and state["jobs"].get("activated"):
+                    # the first jobs are there: harvester's adjuster, backed off while it found no demand, looks now
+                    waiting_seen = True
+                    self.runner.wake("adjuster")
                 self.processes.reap_orphans()
                 bar.update(state, len(self.processes.live()))
                 if state["task"] in final:
                     return state
-                time.sleep(0.25)
+                time.sleep(FOLLOW_PERIOD_S)
         finally:
             bar.close()
 

@@ -106,6 +106,7 @@ class PilotProcesses:
     def __init__(self, harvester_home, subreaper):
         self.harvester_home, self.subreaper = harvester_home, subreaper
         self._records = {}
+        self._ended = set()  # pilots seen gone (or collected): never looked at again, so a look costs the live ones
 
     def records(self):
         """{pid: start ticks} of every pilot harvester started (the local batch plugin's spool records)."""
@@ -127,23 +128,30 @@ class PilotProcesses:
                     continue  # being written: read at the next look
         return dict(self._records.values())
 
+    def watched(self):
+        """{pid: start ticks} of the pilots not known to have ended."""
+        return {pid: start for pid, start in self.records().items() if pid not in self._ended}
+
     def live(self):
         """The pilots' process groups still running: {pid: start ticks}."""
         live = {}
-        for pid, start in self.records().items():
+        for pid, start in self.watched().items():
             stat = proc_stat(pid)
             if stat and stat[2] == start and stat[0] not in ("Z", "X"):
                 live[pid] = start
+            elif not stat or stat[2] != start:  # gone, or its pid taken by another process: ended for good
+                self._ended.add(pid)
         return live
 
     def reap_orphans(self):
         """Pilots' job scripts are re-parented here (subreaper): collect the ended ones."""
         if not self.subreaper:
             return
-        for pid, start in self.records().items():
+        for pid, start in self.watched().items():
             stat = proc_stat(pid)
             if stat and stat[0] == "Z" and stat[2] == start:
                 reap(pid)
+                self._ended.add(pid)
 
     def let_end(self, timeout=15.0):
         """No job is left: the pilots ask a few more times (getjob_tries), find none and exit, so their workers
