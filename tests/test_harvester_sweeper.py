@@ -80,7 +80,11 @@ def test_overdue_workers_are_killed_for_real(setup):
                                  start_time=old, last_seen=NOW - datetime.timedelta(seconds=900))
     alive = models.Worker.create(queue="Q", status="running", submit_phase="done", submit_time=old,
                                  start_time=old, last_seen=NOW - datetime.timedelta(seconds=30))
-    for worker in (queued, stale, alive):
+    # seen 620 s ago: over the 600 s, but an idle monitor reads heartbeats only every 4 x 10 s (idle_factor x
+    # monitor_period), so its pilot may well have beaten since
+    unread = models.Worker.create(queue="Q", status="running", submit_phase="done", submit_time=old,
+                                  start_time=old, last_seen=NOW - datetime.timedelta(seconds=620))
+    for worker in (queued, stale, alive, unread):
         started.append(start_pilot(ctx, queue, worker))
     assert Sweeper(ctx).run_once(NOW) == 2
     rows = {w.worker_id: w for w in models.Worker.select()}
@@ -89,6 +93,7 @@ def test_overdue_workers_are_killed_for_real(setup):
     assert rows[stale.worker_id].status == "cancelled"
     assert "no sign of life from the pilot for more than 600 s" in rows[stale.worker_id].diag
     assert rows[alive.worker_id].status == "running" and rows[alive.worker_id].kill_reason is None
+    assert rows[unread.worker_id].status == "running" and rows[unread.worker_id].kill_reason is None
     states = ctx.plugin(queue).status([rows[queued.worker_id].batch_id, rows[alive.worker_id].batch_id]).states
     assert states[rows[alive.worker_id].batch_id].state == "running"
 

@@ -43,7 +43,11 @@ class Sweeper(Agent):
          .where(models.Worker.queue == queue.name, models.Worker.status.in_([s.value for s in QUEUED]),
                 models.Worker.submit_time < queued_before, models.Worker.kill_reason.is_null()).execute())
         stale = limits.stale_time or queue.pilot.lost_heartbeat
-        silent_before = now - datetime.timedelta(seconds=stale)
+        # the pilots' signs of life are what the monitor last read: an idle monitor reads them every idle_factor
+        # monitor periods at the latest, so a worker is silent only once that much longer has passed
+        settings = self.ctx.settings
+        unread = settings.monitor_period * max(1.0, settings.idle_factor)
+        silent_before = now - datetime.timedelta(seconds=stale + unread)
         last_sign = peewee.fn.COALESCE(models.Worker.last_seen, models.Worker.start_time)
         (models.Worker.update(kill_reason=f"no sign of life from the pilot for more than {stale} s")
          .where(models.Worker.queue == queue.name, models.Worker.status.in_([s.value for s in ACTIVE]),

@@ -31,6 +31,8 @@ HEARTBEAT_STATES = (JobStatus.STARTING.value, JobStatus.RUNNING.value, JobStatus
 def _fail(ids, status, code, diag, now):
     """Fail jobs still in ``status`` and still matching ``ids`` (a sub-select with the staleness condition)."""
     Job = models.Job
+    if not ids.exists():  # most sweeps: nothing stale, and no write transaction taken to find that out
+        return 0
     with database.atomic():
         changed = states.change_job_status(ids, JobStatus.FAILED, diag, from_states=[status], now=now,
                                            fields={Job.sup_error_code: code, Job.sup_error_diag: diag})
