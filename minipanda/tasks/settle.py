@@ -143,13 +143,16 @@ def complete_tasks(now):
 
 
 def _open_jobs(task_id):
-    """Whether a job of the task is still active or not settled yet. Two lookups the indexes answer at once (by
-    task and status, and by settled and status): one condition with an OR read every ended job of the task, each
-    cycle, once its last jobs ran."""
+    """Whether a job of the task is still active or not settled yet. Each look goes through an index that holds
+    few entries (the task's active jobs; the jobs ended and not settled, all tasks together: what ended since this
+    cycle settled the rest), never through the task's ended jobs: one condition with an OR read every one of them,
+    each cycle, once the task's last jobs ran."""
     Job = models.Job
-    return (Job.select().where(Job.task_id == task_id, Job.status.in_(NOT_FINAL)).exists()
-            or Job.select().where(Job.settled == False, Job.status.in_(FINAL),  # noqa: E712 (an SQL comparison)
-                                  Job.task_id == task_id).exists())
+    if Job.select().where(Job.task_id == task_id, Job.status.in_(NOT_FINAL)).exists():
+        return True
+    # asked after the look above: a job that ended in between is among these
+    unsettled = Job.select(Job.task_id).where(Job.settled == False, Job.status.in_(FINAL))  # noqa: E712
+    return any(owner == task_id for (owner,) in unsettled.tuples())
 
 
 def _complete(task, now):
