@@ -1,7 +1,7 @@
 """Submitted job specs (minipanda/core/jobspec.py through jobs.submit_jobs): what is kept, what is refused."""
 import pytest
 from conftest import make_job
-from minipanda.core import jobs, models
+from minipanda.core import jobs, jobspec, models
 from minipanda.errors import RequestError
 
 
@@ -29,3 +29,15 @@ def test_unsafe_file_names_are_refused_at_submit_and_nothing_is_written(database
 def test_numbers_beyond_their_column_are_refused_by_name(database, name, value):
     with pytest.raises(RequestError, match=rf"jobs\[0\]\.{name}: must be between"):
         jobs.submit_jobs([make_job(**{name: value})], "alice")
+
+
+def test_new_guids_are_the_uuids_of_their_random_bytes(monkeypatch):
+    """Written from hex digits without a UUID object, each GUID is still exactly uuid.UUID(bytes, version=4) of
+    its 16 random bytes: every variant digit and every version digit come out as the uuid module makes them."""
+    import os
+    import uuid
+
+    raw = b"".join(bytes([value]) * 16 for value in range(256)) + os.urandom(16 * 64)  # every byte, every place
+    monkeypatch.setattr(jobspec.os, "urandom", lambda n: raw[:n])
+    n = len(raw) // 16
+    assert jobspec.new_guids(n) == [str(uuid.UUID(bytes=raw[16 * i:16 * i + 16], version=4)) for i in range(n)]

@@ -311,19 +311,23 @@ def log_transitions(changed, target, reason, now):
 def _log_rows(rows, now):
     """Write the (panda_id, previous status, new status, reason) transitions, all at ``now``.
 
-    One multi-row INSERT written out directly: every dispatch and every submitted job comes through here, and
-    peewee's insert_many spent ~0.2 ms per call plus ~20 us per row building it.
+    One INSERT per (previous status, new status, reason) written out directly, whose rows give only their
+    PandaIDs; the time, states, reason and kind are bound once for all of them: every dispatch and every submitted
+    job comes through here (peewee's insert_many spent ~0.2 ms per call plus ~20 us per row building it, and six
+    values bound per row were a third of what is left).
     """
     if not rows:
         return
     log, database = models.StatusLog, models.StatusLog._meta.database
     when = bulk.time_param(log.time.db_value(now))
-    for start in range(0, len(rows), 500):  # 3,000 parameters per statement at most
-        chunk = rows[start:start + 500]
-        params = []
-        for pid, old, new, reason in chunk:
-            params += (pid, old, new, when, reason[:500], "transition")
-        database.execute_sql(_log_sql(database.param, len(chunk)), params)
+    groups = {}
+    for pid, old, new, reason in rows:
+        groups.setdefault((old, new, reason[:500]), []).append(pid)
+    for (old, new, reason), ids in groups.items():
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+            database.execute_sql(_log_sql(database.param, len(chunk)),
+                                 chunk + [old, new, when, reason, "transition"])
 
 
 @functools.lru_cache(maxsize=512)
@@ -331,8 +335,10 @@ def _log_sql(param, n_rows):
     log = models.StatusLog
     columns = ", ".join('"%s"' % f.column_name for f in (log.panda_id, log.old_status, log.new_status, log.time,
                                                            log.reason, log.kind))
-    row = "(%s)" % ", ".join([param] * 6)
-    return f'INSERT INTO "{log._meta.table_name}" ({columns}) VALUES ' + ", ".join([row] * n_rows)
+    values = ", ".join([f"({param})"] * n_rows)
+    shared = ", ".join([param] * 5)
+    return (f'WITH "v"("_k") AS (VALUES {values}) INSERT INTO "{log._meta.table_name}" ({columns}) '
+            f'SELECT "_k", {shared} FROM "v"')
 
 
 FINAL_TASK_VALUES = frozenset(s.value for s in FINAL_TASK_STATES)
