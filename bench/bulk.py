@@ -15,12 +15,15 @@ Only 127.0.0.1 is contacted; the servers this script starts are the only process
     python3 bench/bulk.py                                   # 200,000 jobs on SQLite (the issue's scenario)
     python3 bench/bulk.py --jobs 20000 --baseline HEAD~5    # before/after, side by side
     python3 bench/bulk.py --db sqlite --db postgresql://user:pw@127.0.0.1:5432/bench
+
+A PostgreSQL database given with --db is EMPTIED (its public schema dropped) before each run: give one of its own.
 """
 import argparse
 import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -128,9 +131,26 @@ def result_db_name(db):
     return "sqlite" if db == "sqlite" else "postgresql"
 
 
+def empty_postgres(url):
+    """Drop everything in the PostgreSQL database ``url``, so each server (this tree's or an older one, whose
+    schema version differs) starts from an empty database."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute("DROP SCHEMA public CASCADE")
+            cursor.execute("CREATE SCHEMA public")
+    finally:
+        conn.close()
+
+
 def one_run(label, tree, db, args):
     home = tempfile.mkdtemp(prefix="bench-bulk-")
     db_url = "sqlite:///" + os.path.join(home, "minipanda.db") if db == "sqlite" else db
+    if db != "sqlite":
+        empty_postgres(db_url)
     queue = f"BULK_{int(time.time() * 1000) % 10 ** 9}"
     marks = [args.jobs * k // 10 for k in range(1, 11)]
     server = Server(home, db_url, args.threads, cwd=tree)
@@ -188,7 +208,8 @@ def main(argv=None):
     p.add_argument("--bulk", type=int, default=100, help="jobs per getJob and per updateJobsInBulk (default 100)")
     p.add_argument("--threads", type=int, default=8, help="server request threads (default 8)")
     p.add_argument("--db", action="append", default=[], help="'sqlite' (a fresh file, the default) or a "
-                   "postgresql:// URL; repeatable: one run each")
+                   "postgresql:// URL (emptied before each run); repeatable: one run each (the same one twice: "
+                   "two pairs, in the other order)")
     p.add_argument("--baseline", metavar="REV", help="also run this commit's server (e.g. main~3), side by side")
     p.add_argument("--time-limit", type=float, default=3600, help="s per dispatch phase before it gives up (3600)")
     p.add_argument("--keep", action="store_true", help="keep the SQLite homes")
@@ -215,12 +236,19 @@ def main(argv=None):
               f"{r['drain_rate']:.0f} | {r['drain_cpu_ms']:.3f} | {r['client_cpu_ms']:.3f} | {tenths} | "
               f"{r['duplicates']}/{r['missed']} | {r['load_drain']} |")
     for db in sorted({r["db"] for r in results}):
-        pair = [r for r in results if r["db"] == db]
-        if len(pair) == 2:
-            new, old = pair if pair[0]["label"] == "this tree" else pair[::-1]
-            print(f"{db}: this tree / baseline: submit {new['submit_rate'] / old['submit_rate']:.2f}x, "
-                  f"dispatch+finish {new['drain_rate'] / old['drain_rate']:.2f}x; server CPU per job "
-                  f"{new['submit_cpu_ms'] / old['submit_cpu_ms']:.2f}x and {new['drain_cpu_ms'] / old['drain_cpu_ms']:.2f}x")
+        new = [r for r in results if r["db"] == db and r["label"] == "this tree"]
+        old = [r for r in results if r["db"] == db and r["label"] != "this tree"]
+        if new and old:  # medians when a database was given more than once
+            def med(runs, key):
+                return statistics.median(r[key] for r in runs)
+
+            print(f"{db} ({len(new)} run(s) each, medians): this tree / baseline: submit "
+                  f"{med(new, 'submit_rate') / med(old, 'submit_rate'):.2f}x, dispatch+finish "
+                  f"{med(new, 'drain_rate') / med(old, 'drain_rate'):.2f}x; server CPU per job submitted "
+                  f"{med(new, 'submit_cpu_ms'):.3f} against {med(old, 'submit_cpu_ms'):.3f} ms "
+                  f"({med(new, 'submit_cpu_ms') / med(old, 'submit_cpu_ms'):.2f}x), dispatched and finished "
+                  f"{med(new, 'drain_cpu_ms'):.3f} against {med(old, 'drain_cpu_ms'):.3f} ms "
+                  f"({med(new, 'drain_cpu_ms') / med(old, 'drain_cpu_ms'):.2f}x)")
     print("goal: submit and dispatch+finish >= 10,000 jobs/s each on SQLite")
     bad = [r for r in results if r["duplicates"] or r["missed"] or r["errors"]]
     return 1 if bad else 0

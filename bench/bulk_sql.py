@@ -9,14 +9,21 @@ started.
 
     python3 bench/bulk_sql.py                        # 10,000 jobs, 100 per batch, SQLite
     python3 bench/bulk_sql.py --db postgresql://user:pw@127.0.0.1:5432/bench
+    python3 bench/bulk_sql.py --baseline 3a2fc5d --rounds 3   # this tree and that commit's, alternating (SQLite)
 """
 import argparse
 import collections
+import json
 import os
 import re
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main(argv=None):
@@ -24,12 +31,28 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=10000, help="jobs (default 10,000)")
     p.add_argument("--bulk", type=int, default=100, help="jobs per getJob and per bulk update (default 100)")
     p.add_argument("--db", help="database URL (default: SQLite in a temporary file); PostgreSQL: emptied first")
+    p.add_argument("--baseline", metavar="REV", help="also run with that commit's minipanda, alternating with this "
+                   "tree's, --rounds times each, and print the medians side by side")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per side with --baseline (default 3)")
+    p.add_argument("--tree", help=argparse.SUPPRESS)  # the minipanda to import (a --baseline checkout)
     args = p.parse_args(argv)
+    if args.baseline:
+        return compare(args)
+    if args.tree:
+        sys.path.insert(0, args.tree)
+    home = None if args.db else tempfile.mkdtemp(prefix="bench-bulk-sql-")
+    try:
+        return run(args, args.db or "sqlite:///" + os.path.join(home, "bench.db"))
+    finally:
+        if home:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def run(args, url):
     from minipanda.api import handlers
     from minipanda.core import jobs, schema
     from minipanda.core.auth import Identity
 
-    url = args.db or "sqlite:///" + os.path.join(tempfile.mkdtemp(prefix="bench-bulk-sql-"), "bench.db")
     database = schema.open_database(url)
     database.connect(reuse_if_open=True)
     if url.startswith("postgres"):
@@ -56,6 +79,15 @@ def main(argv=None):
         return cursor
 
     database.execute_sql = timed
+    commit = database.commit
+
+    def timed_commit():  # the commit writes the transaction's pages to the WAL (and now and then checkpoints)
+        started = time.thread_time()
+        commit()
+        spent["COMMIT"][0] += 1
+        spent["COMMIT"][1] += time.thread_time() - started
+
+    database.commit = timed_commit
     done, cpu0 = 0, time.process_time()
     while True:
         definitions, _, _ = handlers.acquire_jobs({"computingElement": queue, "nJobs": args.bulk, "node": "wn",
@@ -70,10 +102,48 @@ def main(argv=None):
     inside = sum(seconds for _, seconds in spent.values())
     print(f"bench/bulk_sql.py: {done} jobs dispatched and finished in batches of {args.bulk} on "
           f"{url.split(':', 1)[0]}; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"  process CPU {1000 * cpu / max(1, done):.3f} ms per job, of which inside execute() "
+    print(f"  process CPU {1000 * cpu / max(1, done):.3f} ms per job, of which inside execute() and commit() "
           f"{1000 * inside / max(1, done):.3f} ms (SQLite's work and the binding of parameters)")
-    for key, (calls, seconds) in sorted(spent.items(), key=lambda item: -item[1][1])[:8]:
+    top = sorted(spent.items(), key=lambda item: -item[1][1])[:9]
+    for key, (calls, seconds) in top:
         print(f"  {1000 * seconds / max(1, done):.4f} ms/job  {calls:6d} calls  {key}")
+    print("RESULT " + json.dumps({"cpu": 1000 * cpu / max(1, done), "inside": 1000 * inside / max(1, done),
+                                  "statements": {key: 1000 * seconds / max(1, done) for key, (_, seconds) in top}}),
+          flush=True)
+    return 0
+
+
+def compare(args):
+    """This tree and --baseline's minipanda, alternating, each in a process of its own; medians side by side."""
+    sys.path.insert(0, HERE)
+    import baseline
+
+    tree = baseline.checkout(args.baseline)
+    results = {"this tree": [], f"baseline {args.baseline}": []}
+    try:
+        for _ in range(args.rounds):
+            for label, where in (("this tree", None), (f"baseline {args.baseline}", tree)):
+                argv = [sys.executable, os.path.abspath(__file__), "--jobs", str(args.jobs), "--bulk", str(args.bulk)]
+                argv += ["--db", args.db] if args.db else []
+                argv += ["--tree", where] if where else []
+                out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=where or None).stdout
+                line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
+                results[label].append(json.loads(line[len("RESULT "):]))
+                print(f"  {label}: {results[label][-1]['cpu']:.3f} ms per job, {results[label][-1]['inside']:.3f} "
+                      f"inside the database's calls; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+                      flush=True)
+    finally:
+        baseline.remove(tree)
+    print(f"\nmedians of {args.rounds} rounds, ms of CPU per job dispatched and finished:")
+    print("| | this tree | baseline |\n|---|---:|---:|")
+    new, old = results["this tree"], results[f"baseline {args.baseline}"]
+    for name, key in (("process", "cpu"), ("inside execute() and commit()", "inside")):
+        print(f"| {name} | {statistics.median(r[key] for r in new):.3f} | {statistics.median(r[key] for r in old):.3f} |")
+    keys = sorted({k for r in new + old for k in r["statements"]},
+                  key=lambda k: -statistics.median(r["statements"].get(k, 0) for r in new + old))
+    for key in keys[:8]:
+        print(f"| {key[:70]} | {statistics.median(r['statements'].get(key, 0) for r in new):.4f} | "
+              f"{statistics.median(r['statements'].get(key, 0) for r in old):.4f} |")
     return 0
 
 
