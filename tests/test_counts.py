@@ -7,6 +7,7 @@ import datetime
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -487,3 +488,31 @@ def test_harvester_queue_demand_from_the_counts_equals_the_jobs_by_label(databas
     if is_postgres(database):
         counts.fold()
         assert harvesters.queue_demand(["ANY_Q", "PROD_Q", "DOWN_Q", "NONE_Q"]) == demand
+
+
+def test_a_bulk_writer_outside_a_transaction_pauses_nothing(database, db_url, monkeypatch):
+    """A pause written outside a transaction would be committed at once, for every other writer to see (and not be
+    counted by the triggers) until the bulk writer resumes them: the triggers count such a writer instead. Another
+    connection looks at the pause while a bulk update is between its statements, in and out of a transaction."""
+    from minipanda.core import states
+
+    seen = []
+    add_rows = counts.JobMoves.add_rows
+
+    def looking(self, *args):
+        if not is_postgres(database):
+            other = sqlite3.connect(db_url[len("sqlite:///"):])
+            seen.append(other.execute(f"SELECT COUNT(*) FROM {counts.JOBS.name}_paused").fetchone()[0])
+            other.close()
+        return add_rows(self, *args)
+
+    monkeypatch.setattr(counts.JobMoves, "add_rows", looking)
+    ids = submit("O1", 5)
+    with database.atomic():
+        assert sorted(claim("O1", n_jobs=5)) == sorted(ids)
+    states.change_each_job([("sent", "running", (), [(pid,) for pid in ids], "test")])  # no transaction
+    with database.atomic():
+        states.change_each_job([("running", "finished", (), [(pid,) for pid in ids], "test")])
+    assert_exact(database)
+    assert counts.jobs_by_queue(queue="O1") == {"O1": {"finished": 5}}
+    assert seen == ([] if is_postgres(database) else [0, 0, 0, 0])

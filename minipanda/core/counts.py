@@ -244,7 +244,8 @@ def bulk_jobs(n_rows=None):
     meanwhile; on PostgreSQL (its statement triggers count), or for fewer than PAUSE_FROM rows (``n_rows``: at
     most that many; None: unknown), nothing is paused and what the caller adds is dropped: the triggers count."""
     db = database.obj
-    if _is_postgres(db) or n_rows is not None and n_rows < PAUSE_FROM:
+    # outside a transaction the pause would be committed at once, for every writer to see: the triggers count then
+    if _is_postgres(db) or n_rows is not None and n_rows < PAUSE_FROM or not db.in_transaction():
         yield JobMoves()
         return
     name = JOBS.name
