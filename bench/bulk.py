@@ -155,15 +155,15 @@ def one_run(label, tree, db, args):
     marks = [args.jobs * k // 10 for k in range(1, 11)]
     server = Server(home, db_url, args.threads, cwd=tree)
     spy = None
-    if args.py_spy and tree is None:
-        # CPU samples of the thread holding the GIL (--gil; no --idle): where this tree's server spends its
-        # Python CPU, submit and dispatch+finish (SQLite releases the GIL while it works: that is not counted)
-        spy = subprocess.Popen([py_spy(), "record", "--pid", str(server.proc.pid), "--rate", "250", "--gil",
-                                "--format", "raw", "--output", f"{args.py_spy}-{result_db_name(db)}.txt",
-                                "--nonblocking"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        time.sleep(1)
-    try:
+    try:  # the server is stopped whatever fails from here on (py-spy missing included)
+        if args.py_spy and tree is None:
+            # CPU samples of the thread holding the GIL (--gil; no --idle): where this tree's server spends its
+            # Python CPU, submit and dispatch+finish (SQLite releases the GIL while it works: that is not counted)
+            spy = subprocess.Popen([py_spy(), "record", "--pid", str(server.proc.pid), "--rate", "250", "--gil",
+                                    "--format", "raw", "--output", f"{args.py_spy}-{result_db_name(db)}.txt",
+                                    "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            time.sleep(1)
         cpu0 = process_cpu(server.proc.pid)
         t0 = time.perf_counter()
         ids, sub_progress = submit(server, queue, args.jobs, args.chunk, marks)
