@@ -6,7 +6,9 @@ While a run goes, the CPU time of every thread of the testbed process is read fr
 second (the last reading counts), and ``py-spy dump`` names the threads every few seconds (Python threads carry
 their names only inside the interpreter: the request threads, the loop thread ``minipanda-http``, each harvester
 agent and each server duty); granian's Rust threads keep their own names. Prints ms of CPU per job per group of
-threads, side by side, with the testbed's own summary line and the load average. Needs py-spy (the bench extra).
+threads, side by side, with the testbed's own summary line and the load average; then harvester's agent cycles in
+the run and the seconds from the first job waiting on the server to the first worker handed to the batch system
+(both from the run's databases). Needs py-spy (the bench extra).
 Only 127.0.0.1 is contacted; the testbed stops what it started.
 
     python3 bench/testbed_threads.py --baseline main~5             # 1,000 no-op jobs per run, 4 runs
@@ -80,7 +82,30 @@ def one_run(tree, jobs, base):
         group = next(label for label, test in GROUPS if test(name))
         ticks[group] += used
     per_job = {group: 1000 * value / os.sysconf("SC_CLK_TCK") / jobs for group, value in ticks.items()}
-    return per_job, (summary.groups() if summary else ("?", "?", "?")), proc.returncode
+    return per_job, (summary.groups() if summary else ("?", "?", "?")) + harvester_figures(home), proc.returncode
+
+
+def harvester_figures(home):
+    """(harvester's agent cycles in the run, s from the first job waiting on the server to the first worker handed to
+    the batch system), read from the run's two databases; "?" where they cannot be read."""
+    import datetime
+    import sqlite3
+
+    def one(path, sql):
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+                return conn.execute(sql).fetchone()[0]
+        except (sqlite3.Error, TypeError):
+            return None
+
+    cycles = one(os.path.join(home, "harvester", "harvester.db"), "SELECT SUM(runs) FROM agent_run")
+    waiting = one(os.path.join(home, "server", "minipanda.db"), "SELECT MIN(creation_time) FROM job")
+    submitted = one(os.path.join(home, "harvester", "harvester.db"), "SELECT MIN(submit_time) FROM worker")
+    latency = "?"
+    if waiting and submitted:
+        seconds = (datetime.datetime.fromisoformat(submitted) - datetime.datetime.fromisoformat(waiting))
+        latency = f"{seconds.total_seconds():.2f}"
+    return (str(cycles) if cycles is not None else "?", latency)
 
 
 def main(argv=None):
@@ -110,6 +135,8 @@ def main(argv=None):
     print("| all threads | " + " | ".join(f"{sum(per_job.values()):.2f}" for _, per_job, _ in runs) + " |")
     print("| testbed summary: server + harvester s | " + " | ".join(s[0] for _, _, s in runs) + " |")
     print("| load average at the end | " + " | ".join(s[2] for _, _, s in runs) + " |")
+    print("| harvester agent cycles in the run | " + " | ".join(s[3] for _, _, s in runs) + " |")
+    print("| first job waiting -> first worker submitted, s | " + " | ".join(s[4] for _, _, s in runs) + " |")
     return 0
 
 
