@@ -242,3 +242,29 @@ def test_stalled_request_bodies_do_not_stop_the_server(tmp_path):
         for sock in stalled:
             sock.close()
         server.stop()
+
+
+@pytest.mark.parametrize("with_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_bodies_are_read_on_uvloops_loop_or_without_it_on_asyncios(monkeypatch, with_uvloop):
+    """uvloop is a dependency where it builds; without it (blocked here) the server runs on asyncio's own loop."""
+    from minipanda.server.http import HttpServer
+
+    if not with_uvloop:
+        monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` raises ImportError
+
+    def echo(environ, start_response):
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [body[::-1]]
+
+    server = HttpServer.bind("127.0.0.1", 0)
+    server.start(echo, threads=2)
+    try:
+        body = os.urandom(300000)  # past the first chunk: read over several wake-ups of the loop
+        with requests.Session() as session:
+            for _ in range(3):
+                reply = session.post(f"http://127.0.0.1:{server.effective_port}/", data=body, timeout=30)
+                assert reply.status_code == 200 and reply.content == body[::-1]
+        assert type(server._loop).__module__.split(".")[0] == ("uvloop" if with_uvloop else "asyncio")
+    finally:
+        server.stop()
