@@ -26,26 +26,32 @@ import zlib
 
 from pilot import comm, errors
 from pilot.errors import PilotError
-from pilot.fileutil import adler32, checksum
+from pilot.fileutil import Digest, blocks, checksum, create_exclusive, file_digest, safe_name
 
 log = logging.getLogger(__name__)
 READ_TOOLS = ("copy", "mv", "symlink", "http")
 WRITE_TOOLS = ("copy", "mv", "http")
 
 
-def _copy(src, dest, deadline, timeout_code):
+def _copy(src, dest, deadline, timeout_code, kind="adler32"):
+    """Copy ``src`` to ``dest`` (through ``dest``.part, renamed when whole) in one pass that also takes the
+    checksum of ``kind`` of the bytes copied (None: none): the :class:`~pilot.fileutil.Digest`, its size included.
+    """
     tmp = dest + ".part"
+    digest = Digest(kind)
     try:
-        with open(src, "rb") as inp, open(tmp, "wb") as out:
-            for block in iter(lambda: inp.read(1 << 20), b""):
+        with open(src, "rb", buffering=0) as inp, create_exclusive(tmp) as out:
+            for block in blocks(inp):
                 out.write(block)
+                digest.update(block)
                 if time.monotonic() > deadline:
                     raise PilotError(timeout_code, f"copy of {os.path.basename(src)} exceeded its time limit")
         shutil.copystat(src, tmp)
         os.replace(tmp, dest)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
+    return digest
 
 
 def find_input(spec, input_dir):
@@ -87,10 +93,13 @@ def stage_in(job, job_dir, tool, input_dir, url_template, client, timeout, max_i
         raise PilotError(errors.SIZETOOLARGE, f"inputs hold {total / 1e6:.0f} MB, queue maxinputsize is "
                                               f"{max_input_mb} MB")
     for spec in job.inputs:
+        if not safe_name(spec.lfn):  # Job.validate refuses it first; never joined to a path as it is
+            raise PilotError(errors.STAGEINFAILED, f"input {spec.lfn[:80]!r} is not a plain file name")
         dest = os.path.join(job_dir, spec.lfn)
         deadline = time.monotonic() + timeout + spec.fsize / 1e7
+        kind = spec.checksum_type
         if tool == "http":
-            _download(spec, dest, url_template, client, deadline)
+            digest = _download(spec, dest, url_template, client, deadline)
         else:
             source = find_input(spec, input_dir)
             if source is None:
@@ -98,33 +107,43 @@ def stage_in(job, job_dir, tool, input_dir, url_template, client, timeout, max_i
                 raise PilotError(errors.MISSINGINPUTFILE, f"input {spec.lfn} not found in {input_dir}{where}")
             if tool == "symlink":
                 os.symlink(os.path.abspath(source), dest)
+                digest = None  # what the link points to is read for its checks
             else:
-                _copy(source, dest, deadline, errors.STAGEINTIMEOUT)
+                digest = _copy(source, dest, deadline, errors.STAGEINTIMEOUT, kind)
         spec.path = dest
-        _verify_input(spec)
-        log.info("staged in %s with %s (%d bytes)", spec.lfn, tool, os.path.getsize(dest))
+        try:
+            _verify_input(spec, digest)
+        except PilotError:
+            os.unlink(dest)  # a file that failed its checks is not kept
+            raise
+        log.info("staged in %s with %s (%d bytes)", spec.lfn, tool, digest.size if digest else spec.fsize)
 
 
 def _download(spec, dest, template, client, deadline):
+    """The input downloaded to ``dest`` with its checksum taken on the way: the Digest."""
     if client is None or not template:
         raise PilotError(errors.UNKNOWNCOPYTOOL, "copytool http needs network and queuedata input_url")
     url = input_url(template, spec)
+    digest = Digest(spec.checksum_type)
     try:
-        client.download(url, dest, deadline)
+        client.download(url, dest, deadline, digest=digest, max_size=spec.fsize or None)
     except FileNotFoundError:
         raise PilotError(errors.MISSINGINPUTFILE, f"input {spec.lfn} not found at {url}") from None
     except TimeoutError as exc:
         raise PilotError(errors.STAGEINTIMEOUT, str(exc)) from None
     except OSError as exc:
         raise PilotError(errors.STAGEINFAILED, f"download of {spec.lfn} failed: {exc}") from None
+    return digest
 
 
-def _verify_input(spec):
-    size = os.path.getsize(spec.path)
+def _verify_input(spec, digest=None):
+    """The staged file's size and checksum against the job's; ``digest`` (taken as the file was written, of the
+    job's checksum kind) spares reading it again."""
+    size = digest.size if digest is not None else os.path.getsize(spec.path)
     if spec.fsize and size != spec.fsize:
         raise PilotError(errors.STAGEINFAILED, f"input {spec.lfn}: {size} bytes staged, {spec.fsize} expected")
     if spec.checksum_type:
-        found = checksum(spec.path, spec.checksum_type)
+        found = digest.hexdigest() if digest is not None else checksum(spec.path, spec.checksum_type)
         if found != spec.checksum:
             raise PilotError(errors.GETMD5MISMATCH, f"input {spec.lfn}: {spec.checksum_type} {found}, "
                                                     f"{spec.checksum} expected")
@@ -154,26 +173,33 @@ def stage_out(spec, tool, output_dir, timeout, url_template="", client=None, tri
         raise PilotError(errors.UNKNOWNCOPYTOOL, f"copytool {tool!r} cannot stage out; use one of {WRITE_TOOLS}")
     if tool == "http" and (client is None or not url_template):
         raise PilotError(errors.UNKNOWNCOPYTOOL, "copytool http needs network and queuedata output_url")
-    if not measured:
-        spec.fsize, spec.adler32 = os.path.getsize(spec.path), adler32(spec.path)
     if tool == "http":
+        if not measured:
+            digest = file_digest(spec.path)
+            spec.fsize, spec.adler32 = digest.size, digest.hexdigest()
         _upload(spec, url_template, client, time.monotonic() + timeout + spec.fsize / 1e7, tries, backoff, sleep)
         return
     dest = destination(spec, output_dir)
+    copied = None  # the Digest of the bytes copied, taken in the same pass
     try:
         os.makedirs(os.path.dirname(dest), exist_ok=True)
+        deadline = time.monotonic() + timeout + os.path.getsize(spec.path) / 1e7
         if tool == "mv":
             try:
                 os.replace(spec.path, dest)
             except OSError:
-                _copy(spec.path, dest, time.monotonic() + timeout, errors.STAGEOUTTIMEOUT)
+                copied = _copy(spec.path, dest, deadline, errors.STAGEOUTTIMEOUT)
                 os.unlink(spec.path)
         else:
-            _copy(spec.path, dest, time.monotonic() + timeout + spec.fsize / 1e7, errors.STAGEOUTTIMEOUT)
+            copied = _copy(spec.path, dest, deadline, errors.STAGEOUTTIMEOUT)
     except OSError as exc:
         raise PilotError(errors.STAGEOUTFAILED, f"stage-out of {spec.lfn} to {dest} failed: {exc}") from None
-    if adler32(dest) != spec.adler32:
-        raise PilotError(errors.PUTADMISMATCH, f"{spec.lfn}: adler32 of the copy differs from the original")
+    if measured and copied is not None and (copied.size, copied.hexdigest()) != (spec.fsize, spec.adler32):
+        raise PilotError(errors.PUTADMISMATCH, f"{spec.lfn}: the copy ({copied.size} bytes, adler32 "
+                                               f"{copied.hexdigest()}) differs from what was written")
+    if not measured:
+        copied = copied or file_digest(dest)  # a rename moved the file itself: read once for its checksum
+        spec.fsize, spec.adler32 = copied.size, copied.hexdigest()
     spec.surl = os.path.abspath(dest)
     log.info("staged out %s with %s to %s (%d bytes, adler32 %s)", spec.lfn, tool, dest, spec.fsize, spec.adler32)
 

@@ -42,6 +42,19 @@ def atomic_write_bytes(path, data, mode=0o644, durable=True):
         raise
 
 
+def create_exclusive(path, mode=0o644):
+    """``path`` opened for writing as a new regular file (a buffered binary file object), never through a symlink
+    nor into a file that exists: a leftover of an earlier try (a file, or a link itself, not what it points to) is
+    removed first."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError:
+        os.unlink(path)
+        fd = os.open(path, flags, mode)
+    return os.fdopen(fd, "wb")
+
+
 def atomic_write_json(path, data, durable=True):
     """Write ``data`` as JSON to ``path`` atomically (temporary name + rename); ``durable`` as for
     :func:`atomic_write_bytes`."""
@@ -63,24 +76,64 @@ def read_json(path):
         return None
 
 
+class Digest:
+    """A file's checksum taken as its bytes go by (a download, a copy), so the file is not read again for it.
+
+    ``kind`` is 'adler32' (zlib's, in C), 'md5' (hashlib is imported only then) or None (the size only);
+    :meth:`hexdigest` gives the form :func:`checksum` gives.
+    """
+
+    def __init__(self, kind="adler32"):
+        if kind not in ("adler32", "md5", None):
+            raise ValueError(f"checksum kind {kind!r}: adler32, md5 or None")
+        self.kind, self.value, self.size = kind, 1, 0
+        self._md5 = None
+        if kind == "md5":
+            import hashlib
+
+            self._md5 = hashlib.md5()
+
+    def update(self, block):
+        self.size += len(block)
+        if self.kind == "adler32":
+            self.value = zlib.adler32(block, self.value)
+        elif self._md5 is not None:
+            self._md5.update(block)
+
+    def hexdigest(self):
+        if self.kind is None:
+            raise ValueError("this Digest counts the size only")
+        return self._md5.hexdigest() if self._md5 is not None else f"{self.value & 0xFFFFFFFF:08x}"
+
+
+def blocks(handle, size=CHUNK):
+    """The content of the binary file ``handle`` (unbuffered or buffered), block by block, read into ONE buffer:
+    each yielded memoryview is valid until the next one is asked for."""
+    buffer = memoryview(bytearray(size))
+    while True:
+        count = handle.readinto(buffer)
+        if not count:
+            return
+        yield buffer[:count]
+
+
+def file_digest(path, kind="adler32"):
+    """The :class:`Digest` of a whole file."""
+    digest = Digest(kind)
+    with open(path, "rb", buffering=0) as handle:
+        for block in blocks(handle):
+            digest.update(block)
+    return digest
+
+
 def adler32(path):
     """The adler32 checksum of a file as PanDA writes it: 8 lowercase hex digits."""
-    value = 1
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            value = zlib.adler32(block, value)
-    return f"{value & 0xFFFFFFFF:08x}"
+    return file_digest(path).hexdigest()
 
 
 def md5(path):
     """The md5 hex digest of a file (hashlib, with OpenSSL's libcrypto, is loaded only for an md5 input)."""
-    import hashlib
-
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5").hexdigest()
 
 
 def parse_checksum(value):

@@ -237,7 +237,10 @@ class Pending:
 
 
 def _exchange(connection, method, path, body, headers):
-    connection.request(method, path, body=body, headers=dict(headers or {}))
+    send_to = getattr(body, "send_to", None)  # a file body that sends itself (sendfile): headers first, then it
+    connection.request(method, path, body=None if send_to else body, headers=dict(headers or {}))
+    if send_to:
+        send_to(connection.sock)
     return connection.getresponse()
 
 
@@ -250,6 +253,9 @@ class _Reply:
 
     def read(self, amt=None):
         return self.response.read(amt)
+
+    def readinto(self, buffer):
+        return self.response.readinto(buffer)
 
     def getheader(self, name, default=None):
         return self.response.getheader(name, default)
