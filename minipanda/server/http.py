@@ -30,6 +30,8 @@ import tempfile
 import threading
 import time
 
+from minipanda.server import filereply
+
 log = logging.getLogger("minipanda.server")
 
 BACKLOG = 1024
@@ -229,6 +231,9 @@ class RsgiBridge:
         if rest is None:
             proto.response_bytes(status, reply_headers, whole)
             return
+        if isinstance(rest, str):  # a whole file on disk (filereply): granian reads and sends it
+            proto.response_file(status, reply_headers, rest)
+            return
         try:
             transport = proto.response_stream(status, reply_headers)
             if whole:
@@ -312,6 +317,7 @@ class RsgiBridge:
             "wsgi.url_scheme": scope.scheme, "wsgi.input": body if body is not None else _EMPTY,
             "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
             "wsgi.run_once": False, "CONTENT_LENGTH": str(size) if body is not None else "",
+            "wsgi.file_wrapper": filereply.FileReply,
         }
         for key, value in headers.items():
             key = key.lower()
@@ -327,7 +333,8 @@ class RsgiBridge:
         return environ
 
     def run_app(self, environ):
-        """On a request thread: (status, headers, bytes sent first, the iterable of the rest or None)."""
+        """On a request thread: (status, headers, bytes sent first, the iterable of the rest, or None, or the path of
+        a file granian sends)."""
         started = {}
 
         def start_response(status, headers, exc_info=None):
@@ -338,6 +345,9 @@ class RsgiBridge:
             result = self.app(environ, start_response)
             if isinstance(result, list):
                 whole, rest = b"".join(result), None
+            elif (path := filereply.sendable_path(result)) is not None:
+                result.close()  # the file is sent from its path; the app's in-progress count (InFlight) ends
+                whole, rest = b"", path
             else:
                 rest = _Rest(iter(result), result)
                 try:
