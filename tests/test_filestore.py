@@ -164,3 +164,147 @@ def test_a_symlink_inside_the_store_pointing_outside_is_refused_for_get_and_put(
     stored = put(server, "/files/escape/new.dat", token=token)
     assert stored.status_code == 400 and "outside the file store" in stored.json()["message"]
     assert sorted(os.listdir(outside)) == ["secret.dat"]
+
+
+def raw_put(server, path, declared, sent, token=None):
+    """A PUT whose headers declare ``declared`` bytes, of which ``sent`` are sent: the open connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.putrequest("PUT", path)
+    for key, value in dict(server.headers(token), **{"Content-Length": str(declared)}).items():
+        conn.putheader(key, value)
+    conn.endheaders()
+    conn.sock.sendall(b"x" * sent)
+    return conn
+
+
+def test_a_large_body_cut_short_is_refused_and_nothing_kept(sqlite_server):
+    """A body read whole (from 64 KB up to 1 MB, minipanda.server.http) that ends before its Content-Length: 400,
+    never stored as if it were the whole file."""
+    server = sqlite_server
+    conn = raw_put(server, "/files/sc/cut.dat", 300_000, 150_000, server.token("pilot", "p1"))
+    conn.sock.shutdown(1)
+    try:
+        assert conn.getresponse().status == 400
+    except (http.client.RemoteDisconnected, ConnectionResetError):
+        pass
+    conn.close()
+    assert leftovers(server) == []
+
+
+def test_a_large_body_that_stalls_is_answered_408_and_nothing_kept(tmp_path):
+    from conftest import LiveServer
+
+    class Server(LiveServer):
+        def argv(self):
+            return super().argv() + ["--body-timeout", "1"]
+
+    server = Server(tmp_path / "home", "sqlite:///" + str(tmp_path / "home" / "db.sqlite"))
+    try:
+        # 100 KB: within 1 s + 100 KB / 32 KB/s, i.e. ~4 s, or 408
+        conn = raw_put(server, "/files/sc/stalled.dat", 100_000, 50_000, server.token("pilot", "p1"))
+        reply = conn.sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        conn.close()
+        assert leftovers(server) == []
+    finally:
+        server.stop()
+
+
+def test_chunked_upload_over_the_limit_is_refused_and_nothing_kept(tmp_path):
+    """No Content-Length (chunked): refused once the bytes received pass the limit, nothing stored."""
+    from conftest import LiveServer
+
+    class SmallServer(LiveServer):
+        def argv(self):
+            return super().argv() + ["--max-body-mb", "0.001"]
+
+    server = SmallServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "home" / "db.sqlite"))
+    try:
+        reply = requests.put(server.url + "/files/sc/big.dat", data=iter([b"x" * 4000] * 3),
+                             headers=server.headers(server.token("pilot", "p1")), timeout=30)
+        assert reply.status_code == 413, reply.text
+        assert leftovers(server) == []
+    finally:
+        server.stop()
+
+
+def test_large_files_round_trip_and_ranges_are_served(sqlite_server):
+    """A file sent by granian from its path (whole GET) and by blocks (a Range): the stored bytes exactly."""
+    server = sqlite_server
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    auth = server.headers(server.token("pilot", "p1"))
+    reply = put(server, "/files/sc/big.dat", data=data, checksum=f"{zlib.adler32(data):08x}",
+                token=server.token("pilot", "p1"))
+    assert reply.status_code == 201, reply.text
+    got = requests.get(server.url + "/files/sc/big.dat", headers=auth, timeout=30)
+    assert got.status_code == 200 and got.content == data
+    assert int(got.headers["Content-Length"]) == len(data)
+    part = requests.get(server.url + "/files/sc/big.dat", headers=dict(auth, Range="bytes=1000-1999"), timeout=30)
+    assert part.status_code == 206 and part.content == data[1000:2000]
+
+
+class CountingStream:
+    """A body of ``size`` zero bytes made up as it is read (nothing held in memory), counting what was read; each
+    read checks that nothing under ``scope_dir`` but hidden temporaries exists yet."""
+
+    def __init__(self, size, scope_dir=None):
+        self.size, self.given, self.scope_dir = size, 0, scope_dir
+
+    def read(self, amount=-1):
+        if self.scope_dir and os.path.isdir(self.scope_dir):
+            assert [name for name in os.listdir(self.scope_dir) if not name.startswith(".")] == []
+        amount = self.size - self.given if amount is None or amount < 0 else min(amount, self.size - self.given)
+        self.given += amount
+        return bytes(amount)
+
+
+def test_the_store_stops_reading_at_its_limit(tmp_path):
+    """A body without a declared length is read only up to the limit (plus one block) before the refusal: a hostile
+    upload cannot fill the disk."""
+    from minipanda.core import filestore
+    from minipanda.errors import RequestError
+
+    store = filestore.FileStore(str(tmp_path / "files"))
+    large = CountingStream(32 * filestore.BLOCK)  # bounded: a store that ignored its limit would still not fill a disk
+    with pytest.raises(RequestError) as refused:
+        store.put("sc", "huge.dat", large, None, 2 * filestore.BLOCK)
+    assert refused.value.http == 413
+    assert large.given <= 3 * filestore.BLOCK
+    assert os.listdir(tmp_path / "files" / "sc") == []
+
+
+def test_an_upload_is_visible_only_once_whole_and_checked(tmp_path):
+    """While the body is read, the file's name does not exist (the bytes go to a hidden temporary); a body whose
+    checksum is wrong never appears; a right one appears whole."""
+    from minipanda.core import filestore
+    from minipanda.errors import RequestError
+
+    store = filestore.FileStore(str(tmp_path / "files"))
+    scope_dir = str(tmp_path / "files" / "sc")
+    size = 3 * filestore.BLOCK + 5
+    zeros = f"{zlib.adler32(bytes(size)):08x}"
+    with pytest.raises(RequestError):
+        store.put("sc", "f.dat", CountingStream(size, scope_dir), size, 1 << 30, "00000001")
+    assert os.listdir(scope_dir) == []
+    created, info = store.put("sc", "f.dat", CountingStream(size, scope_dir), size, 1 << 30, zeros)
+    assert created and info["fsize"] == size and info["adler32"] == zeros
+    assert os.listdir(scope_dir) == ["f.dat"] and os.path.getsize(os.path.join(scope_dir, "f.dat")) == size
+
+
+def test_a_file_reply_is_sent_from_its_path_only_while_the_path_names_the_open_file(tmp_path):
+    from minipanda.server.filereply import FileReply, sendable_path
+
+    path = tmp_path / "stored.dat"
+    path.write_bytes(b"stored")
+    reply = FileReply(open(path, "rb"))
+    assert sendable_path(reply) == str(path)
+    os.replace(path, tmp_path / "moved.dat")
+    path.write_bytes(b"another file under the same name")
+    assert sendable_path(reply) is None  # sent by blocks from the file the app opened
+    assert b"".join(reply) == b"stored"
+    reply.close()
+    os.unlink(path)
+    os.symlink(tmp_path / "moved.dat", path)
+    linked = FileReply(open(path, "rb"))
+    assert sendable_path(linked) is None
+    linked.close()

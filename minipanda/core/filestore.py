@@ -6,9 +6,10 @@ temporary file next to its target (a leading dot: no valid name can address it),
 linked into place, which fails rather than overwrites when another upload won the race. A stored file never
 changes: the same content again is an idempotent success, different content a conflict.
 """
+import io
+import itertools
 import os
 import re
-import tempfile
 import urllib.parse
 import zlib
 
@@ -59,17 +60,44 @@ def find_file(store, scope, lfn, surl):
 
 def file_adler32(path):
     value = 1
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(BLOCK), b""):
+    with open(path, "rb", buffering=0) as handle:
+        for block in _blocks(handle, None):
             value = zlib.adler32(block, value)
     return f"{value & 0xffffffff:08x}"
 
 
-class FileStore:
-    """The store under ``root`` (``<home>/files``)."""
+def _blocks(stream, length):
+    """The bytes of ``stream`` (at most ``length``, all when None) in blocks of at most BLOCK bytes, each valid until
+    the next is asked for: a BytesIO's own (its ``read`` of the whole is its buffer, not a copy), else read into one
+    buffer (``readinto``), else what ``read`` returns."""
+    readinto = None if isinstance(stream, io.BytesIO) else getattr(stream, "readinto", None)
+    buffer = memoryview(bytearray(BLOCK if length is None else max(1, min(BLOCK, length)))) if readinto else None
+    done = 0
+    while length is None or done < length:
+        want = BLOCK if length is None else min(BLOCK, length - done)
+        if readinto is not None:
+            count = readinto(buffer[:want])
+            block = buffer[:count]
+        else:
+            block = stream.read(want)
+            count = len(block)
+        if not count:
+            return
+        done += count
+        yield block
 
-    def __init__(self, root):
+
+class FileStore:
+    """The store under ``root`` (``<home>/files``).
+
+    ``durable``: an upload's data reaches the disk (fdatasync) before its name is linked, so a name that survives a
+    crash of the machine holds its whole content; a crash may still lose an upload's name, as it may the database's
+    last commits (SQLite's synchronous=NORMAL), and the pilot's retry stores it again.
+    """
+
+    def __init__(self, root, durable=True):
         self.root = os.path.realpath(root)
+        self.durable = durable
 
     def locate(self, scope, lfn):
         """(relative path for static_file, absolute path) of a valid name; 400 for anything else."""
@@ -107,25 +135,25 @@ class FileStore:
                                SC_INVALID, 413)
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".part", dir=directory)
+        fd, tmp = _temporary(directory)
         try:
             size, value = 0, 1
             with os.fdopen(fd, "wb") as out:
-                while length is None or size < length:
-                    block = stream.read(BLOCK if length is None else min(BLOCK, length - size))
-                    if not block:
-                        break
+                for block in _blocks(stream, length):
                     size += len(block)
                     if size > limit:
                         raise RequestError(f"body: larger than the server's limit of {limit} bytes", SC_INVALID, 413)
                     value = zlib.adler32(block, value)
                     out.write(block)
-            found = f"{value & 0xffffffff:08x}"
-            if length is not None and size != length:
-                raise RequestError(f"Content-Length: {length} declared, {size} bytes received; nothing stored")
-            if adler is not None and adler != found:
-                raise RequestError(f"X-Checksum: adler32 of the received data is {found}, ad:{adler} was declared; "
-                                   "nothing stored")
+                found = f"{value & 0xffffffff:08x}"
+                if length is not None and size != length:
+                    raise RequestError(f"Content-Length: {length} declared, {size} bytes received; nothing stored")
+                if adler is not None and adler != found:
+                    raise RequestError(f"X-Checksum: adler32 of the received data is {found}, ad:{adler} was "
+                                       "declared; nothing stored")
+                if self.durable:
+                    out.flush()
+                    os.fdatasync(out.fileno())
             info = {"scope": scope, "lfn": lfn, "fsize": size, "adler32": found}
             try:
                 os.link(tmp, path)  # never replaces: a concurrent upload that got there first wins
@@ -139,3 +167,17 @@ class FileStore:
             return True, info
         finally:
             os.unlink(tmp)
+
+
+_uploads = itertools.count()
+
+
+def _temporary(directory):
+    """(fd, path) of a new hidden file in ``directory`` (a leading dot: no valid name can address it), created
+    exclusively and never through a symlink; named by process and counter, not by random letters as mkstemp."""
+    while True:
+        path = os.path.join(directory, f".upload-{os.getpid()}-{next(_uploads)}.part")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), path
+        except FileExistsError:  # a leftover of an earlier process with this pid: take the next number
+            continue
