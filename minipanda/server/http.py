@@ -38,9 +38,12 @@ BACKLOG = 1024
 CONNECTIONS = 1 << 20  # at most; open_files_limit() lowers it to what the process may open
 BODY_TIMEOUT = 30.0  # seconds a request body may go without bringing a byte (minipanda serve --body-timeout)
 BODY_IN_MEMORY = 1 << 20  # a body beyond this many bytes waits in a temporary file, not in memory
+BODY_WHOLE = 64 << 10  # a body from this size up to BODY_IN_MEMORY is read whole, at BODY_RATE bytes/s at least
+BODY_RATE = 32 << 10
 BODY_SLACK = 1 << 20  # on top of the app's own limit: the app refuses in its reply's family (and allows a
                       # multipart upload's own lines on top)
 _END = object()
+
 _CALL = object()  # marks a RequestThreads.call() item in the queue
 
 
@@ -263,17 +266,25 @@ class RsgiBridge:
             raise BodyRefused(413, f"request body of {declared} bytes is larger than the server's limit of "
                                    f"{limit} bytes")
         small = declared and declared.strip().isdigit() and int(declared) <= BODY_IN_MEMORY
+        # a file's body (up to 1 MB) is taken whole from granian in ONE await, not chunk by chunk through the loop,
+        # within body_timeout plus a second per BODY_RATE bytes
+        whole = small and int(declared) >= BODY_WHOLE
         body, size = io.BytesIO() if small else tempfile.SpooledTemporaryFile(BODY_IN_MEMORY), 0
         loop = asyncio.get_running_loop()
-        watch = _StallWatch(loop, asyncio.current_task(), self.body_timeout)
+        watch = _StallWatch(loop, asyncio.current_task(),
+                            self.body_timeout + (int(declared) / BODY_RATE if whole else 0))
         try:
             try:
-                async for chunk in proto:
-                    watch.progress()
-                    size += len(chunk)
-                    if limit is not None and size > limit:
-                        raise BodyRefused(413, f"request body larger than the server's limit of {limit} bytes")
-                    body.write(chunk)
+                if whole:
+                    data = await proto()
+                    size, body = len(data), io.BytesIO(data)
+                else:
+                    async for chunk in proto:
+                        watch.progress()
+                        size += len(chunk)
+                        if limit is not None and size > limit:
+                            raise BodyRefused(413, f"request body larger than the server's limit of {limit} bytes")
+                        body.write(chunk)
             finally:
                 watch.cancel()
             if watch.fired:  # the timer fired as the last chunk came: take the cancellation it asked for here
