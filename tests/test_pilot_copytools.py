@@ -168,3 +168,171 @@ def test_stage_out_over_http_to_the_server_file_store(site, tmp_path):
     with pytest.raises(PilotError) as refused:
         copytools.stage_out(spec, "http", "", 10, "/files/{scope}/{lfn}", unauthorized, tries=2, backoff=0.01)
     assert refused.value.code == errors.STAGEOUTFAILED and "401" in str(refused.value)
+
+
+class HostileFiles:
+    """An HTTP server on loopback (a thread) that answers every GET with ``declared`` as Content-Length and then
+    ``body``, or (``stream``) zero bytes up to the declared length for as long as the client reads; ``sent`` counts
+    what it managed to send."""
+
+    def __init__(self, body=b"", declared=None, stream=False):
+        import http.server
+        import threading
+
+        outer = self
+        self.sent = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                length = len(body) if declared is None else declared
+                self.send_response(200)
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                try:
+                    if stream:
+                        block = bytes(1 << 16)
+                        while outer.sent < length:
+                            self.wfile.write(block)
+                            outer.sent += len(block)
+                    else:
+                        self.wfile.write(body)
+                        outer.sent += len(body)
+                    self.wfile.flush()
+                except OSError:
+                    pass
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def hostile():
+    servers = []
+
+    def start(**kwargs):
+        servers.append(HostileFiles(**kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_a_download_that_fails_its_checksum_is_refused_and_not_kept(site, tmp_path):
+    with open(os.path.join(site.server.home, "trf", "in.dat"), "wb") as handle:
+        handle.write(DATA)
+    client = ServerClient(site.server.url, site.token_file, 10)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    for change in ({"checksum": "ad:00000000"}, {"checksum": "md5:00"}):
+        with pytest.raises(PilotError) as bad:
+            copytools.stage_in(make_job(**change), str(job_dir), "http", "", "/trf/user/{lfn}", client, 10)
+        assert bad.value.code == errors.GETMD5MISMATCH
+        assert os.listdir(job_dir) == []
+    import hashlib
+
+    good = make_job(checksum=f"md5:{hashlib.md5(DATA).hexdigest()}")
+    copytools.stage_in(good, str(job_dir), "http", "", "/trf/user/{lfn}", client, 10)
+    assert os.listdir(job_dir) == ["in.dat"]
+
+
+def test_a_download_cut_short_is_refused_and_not_kept(hostile, tmp_path):
+    """A reply that ends before its Content-Length: refused even when the job names no size or checksum to check."""
+    server = hostile(body=b"x" * 500, declared=1000)
+    client = ServerClient(server.url, None, 10)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    with pytest.raises(PilotError) as cut:
+        copytools.stage_in(make_job(fsize="0", checksum=""), str(job_dir), "http", "", "/files/{lfn}", client, 10)
+    assert cut.value.code == errors.STAGEINFAILED and "1000" in str(cut.value)
+    assert os.listdir(job_dir) == []
+
+
+def test_a_download_longer_than_the_input_is_stopped_early(hostile, tmp_path):
+    """A server that sends more than the job's fsize is cut off at once, not read to its end onto the disk."""
+    server = hostile(declared=256 << 20, stream=True)
+    client = ServerClient(server.url, None, 10)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    with pytest.raises(PilotError) as long:
+        copytools.stage_in(make_job(checksum=""), str(job_dir), "http", "", "/files/{lfn}", client, 10)
+    assert long.value.code == errors.STAGEINFAILED
+    assert os.listdir(job_dir) == []
+    server.close()  # its handler has given up once the pilot closed the connection
+    assert server.sent < 64 << 20
+
+
+def test_a_download_never_writes_through_a_link_planted_in_the_job_directory(site, tmp_path):
+    with open(os.path.join(site.server.home, "trf", "in.dat"), "wb") as handle:
+        handle.write(DATA)
+    client = ServerClient(site.server.url, site.token_file, 10)
+    job_dir, victim = tmp_path / "job", tmp_path / "victim.txt"
+    job_dir.mkdir()
+    victim.write_bytes(b"not the pilot's to overwrite")
+    os.symlink(victim, job_dir / "in.dat.part")
+    copytools.stage_in(make_job(), str(job_dir), "http", "", "/trf/user/{lfn}", client, 10)
+    assert (job_dir / "in.dat").read_bytes() == DATA and not os.path.islink(job_dir / "in.dat")
+    assert victim.read_bytes() == b"not the pilot's to overwrite"
+    assert sorted(os.listdir(job_dir)) == ["in.dat"]
+
+
+@pytest.mark.parametrize("lfn", ["../escaped.dat", "sub/in.dat", ".."])
+def test_an_input_name_that_is_not_a_plain_name_is_refused(site, tmp_path, lfn):
+    client = ServerClient(site.server.url, site.token_file, 10)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    for tool, source in (("http", ""), ("copy", str(tmp_path))):
+        with pytest.raises(PilotError) as refused:
+            copytools.stage_in(make_job(inFiles=lfn), str(job_dir), tool, source, "/trf/user/{lfn}", client, 10)
+        assert refused.value.code == errors.STAGEINFAILED and "plain file name" in str(refused.value)
+    assert not os.path.exists(tmp_path / "escaped.dat") and os.listdir(job_dir) == []
+
+
+def test_an_upload_the_server_finds_corrupt_is_refused_and_not_stored(site, tmp_path):
+    """The adler32 sent with the file is what the server checks the bytes against: a mismatch (the file changed
+    after it was measured, or bytes lost on the way) is 1172 and nothing is stored."""
+    client = ServerClient(site.server.url, site.token_file, 10)
+    job = Job({"PandaID": 1, "transformation": "x", "outFiles": "out.dat", "scopeOut": "o"})
+    spec = job.outputs[0]
+    spec.path = str(tmp_path / "out.dat")
+    (tmp_path / "out.dat").write_bytes(DATA)
+    spec.fsize, spec.adler32 = len(DATA), "00000001"
+    with pytest.raises(PilotError) as corrupt:
+        copytools.stage_out(spec, "http", "", 10, "/files/{scope}/{lfn}", client, measured=True)
+    assert corrupt.value.code == errors.PUTADMISMATCH
+    assert not os.path.exists(os.path.join(site.server.home, "files", "o", "out.dat"))
+
+
+def test_large_outputs_go_by_sendfile_and_come_back_whole(site, tmp_path):
+    """An output of several sendfile calls (4 MB each) uploaded, then downloaded as an input and verified; an
+    upload past its time limit is 1152."""
+    client = ServerClient(site.server.url, site.token_file, 30)
+    data = os.urandom(9 * 1024 * 1024 + 3)
+    job = Job({"PandaID": 1, "transformation": "x", "outFiles": "big.dat", "scopeOut": "o"})
+    spec = job.outputs[0]
+    spec.path = str(tmp_path / "big.dat")
+    (tmp_path / "big.dat").write_bytes(data)
+    copytools.stage_out(spec, "http", "", 30, "/files/{scope}/{lfn}", client)
+    assert (spec.fsize, spec.adler32) == (len(data), f"{zlib.adler32(data):08x}")
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    back = make_job(inFiles="big.dat", scopeIn="o", fsize=str(len(data)), checksum=f"ad:{spec.adler32}")
+    copytools.stage_in(back, str(job_dir), "http", "", "/files/{scope}/{lfn}", client, 30)
+    assert (job_dir / "big.dat").read_bytes() == data
+    spec.lfn = "late.dat"
+    with pytest.raises(PilotError) as late:
+        copytools.stage_out(spec, "http", "", -10, "/files/{scope}/{lfn}", client)
+    assert late.value.code == errors.STAGEOUTTIMEOUT
+    assert not os.path.exists(os.path.join(site.server.home, "files", "o", "late.dat"))

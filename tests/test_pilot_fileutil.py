@@ -32,6 +32,35 @@ def test_checksums(tmp_path):
     assert fileutil.parse_checksum("sha9:x") == (None, None)
 
 
+def test_a_digest_taken_block_by_block_is_the_files_checksum(tmp_path):
+    import hashlib
+
+    data = os.urandom(3 * fileutil.CHUNK + 11)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    assert fileutil.adler32(str(path)) == f"{zlib.adler32(data):08x}"
+    assert fileutil.md5(str(path)) == hashlib.md5(data).hexdigest()
+    for kind, expected in (("adler32", f"{zlib.adler32(data):08x}"), ("md5", hashlib.md5(data).hexdigest())):
+        digest = fileutil.Digest(kind)
+        with open(path, "rb") as handle:
+            for block in fileutil.blocks(handle, 4096):
+                digest.update(block)
+        assert (digest.size, digest.hexdigest()) == (len(data), expected)
+    sized = fileutil.Digest(None)
+    sized.update(data)
+    assert sized.size == len(data)
+
+
+def test_create_exclusive_never_writes_through_a_link(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"kept")
+    os.symlink(victim, tmp_path / "new.part")
+    with fileutil.create_exclusive(str(tmp_path / "new.part")) as handle:
+        handle.write(b"new")
+    assert victim.read_bytes() == b"kept" and not os.path.islink(tmp_path / "new.part")
+    assert (tmp_path / "new.part").read_bytes() == b"new"
+
+
 def test_sizes_and_mtimes(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_bytes(b"x" * 1000)
