@@ -1,5 +1,8 @@
 """Stage-in and stage-out with each copytool, with their checks and error codes."""
+import json
 import os
+import subprocess
+import sys
 import tarfile
 import zlib
 
@@ -336,3 +339,45 @@ def test_large_outputs_go_by_sendfile_and_come_back_whole(site, tmp_path):
         copytools.stage_out(spec, "http", "", -10, "/files/{scope}/{lfn}", client)
     assert late.value.code == errors.STAGEOUTTIMEOUT
     assert not os.path.exists(os.path.join(site.server.home, "files", "o", "late.dat"))
+
+
+def test_an_upload_over_tls_arrives_whole(tmp_path):
+    """Through TLS (no sendfile there) the file goes in blocks; the server gets every byte."""
+    import http.server
+    import ssl
+    import threading
+
+    from test_pilot_comm import self_signed_certificate, without_proxies
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):
+            data = self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"data": {"fsize": len(data), "adler32": f"{zlib.adler32(data):08x}"}}).encode()
+            self.send_response(201)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    cert_file, key_file = self_signed_certificate(str(tmp_path))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    (tmp_path / "out.dat").write_bytes(data)
+    code = ("import sys, json\nfrom pilot import comm\n"
+            f"client = comm.ServerClient('https://localhost:{server.server_address[1]}')\n"
+            f"print(json.dumps(client.upload({str(tmp_path / 'out.dat')!r}, '/files/o/out.dat', 'x')))\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             env=dict(without_proxies(), SSL_CERT_FILE=cert_file),
+                             cwd=os.path.dirname(os.path.dirname(copytools.__file__)))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"fsize": len(data), "adler32": f"{zlib.adler32(data):08x}"}
