@@ -3,8 +3,10 @@
 granian's network I/O (accept, HTTP parsing, keep-alive, TLS) runs on its Rust threads outside the GIL. A request's
 body is read on one asyncio loop (this module's thread ``minipanda-http``), not on a request thread: a client that
 sends its headers and then stalls holds a coroutine and a socket, never one of the ``threads`` that run the app.
-A body that brings nothing new for ``body_timeout`` seconds is answered 408 and its connection closed; one over
-``body_limit`` bytes 413. Only a complete body goes to the WSGI app (bottle), on one of ``threads`` Python threads.
+A body that brings nothing new for ``body_timeout`` seconds is answered 408 and its connection closed (one of
+BODY_WHOLE bytes up to BODY_IN_MEMORY, read whole, must arrive within that plus a second per BODY_RATE bytes); one
+over ``body_limit`` bytes 413. A reply that is a whole file (minipanda.server.filereply) is sent by granian from its
+path. Only a complete body goes to the WSGI app (bottle), on one of ``threads`` Python threads.
 
 Its command-line server and its ``Granian`` class run the app in child processes and take over the process's
 signals, which fits neither the testbed (the server on a thread of a bigger process) nor the one-writer SQLite
