@@ -90,14 +90,13 @@ def _blocks(stream, length):
 class FileStore:
     """The store under ``root`` (``<home>/files``).
 
-    ``durable``: an upload's data reaches the disk (fdatasync) before its name is linked, so a name that survives a
-    crash of the machine holds its whole content; a crash may still lose an upload's name, as it may the database's
-    last commits (SQLite's synchronous=NORMAL), and the pilot's retry stores it again.
+    An upload is as durable as the database's commits (SQLite's synchronous=NORMAL): once linked it survives a
+    crash of the server process (the kernel holds it), not necessarily one of the machine. No fsync: one per upload
+    cost more server CPU than the rest of the store's work (docs/operations.md, bench/README.md).
     """
 
-    def __init__(self, root, durable=True):
+    def __init__(self, root):
         self.root = os.path.realpath(root)
-        self.durable = durable
 
     def locate(self, scope, lfn):
         """(relative path for static_file, absolute path) of a valid name; 400 for anything else."""
@@ -151,9 +150,6 @@ class FileStore:
                 if adler is not None and adler != found:
                     raise RequestError(f"X-Checksum: adler32 of the received data is {found}, ad:{adler} was "
                                        "declared; nothing stored")
-                if self.durable:
-                    out.flush()
-                    os.fdatasync(out.fileno())
             info = {"scope": scope, "lfn": lfn, "fsize": size, "adler32": found}
             try:
                 os.link(tmp, path)  # never replaces: a concurrent upload that got there first wins
