@@ -273,7 +273,7 @@ class _DeadlineReader:
 
     def send_to(self, sock):
         """Send the whole file on ``sock`` (the request's headers are sent): by sendfile (no copy through the
-        pilot's memory) on a plain socket, in 1 MB blocks through TLS (``ssl`` has no sendfile of its own)."""
+        pilot's memory) on a plain socket, in 256 KB blocks through TLS (``ssl`` has no sendfile of its own)."""
         size = os.fstat(self.handle.fileno()).st_size
         offset = 0
         if getattr(sock, "_sslobj", None) is not None:

@@ -6,7 +6,7 @@ import tempfile
 import zlib
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=:,@-]{0,254}$")
-CHUNK = 1 << 20
+CHUNK = 256 << 10  # bytes per read of a file or a download: one buffer of it per transfer (the pilot stays small)
 
 
 def safe_name(name):
