@@ -96,7 +96,8 @@ def server_settings(jobs, overrides):
 
 
 def harvester_settings(overrides):
-    """Agents every 0.5 s (a service's are slower); ``overrides`` are the ``--harvester-setting`` values."""
+    """Agents every 0.5 s while they find work, up to 2 s apart when idle (idle_factor 4; a service's are slower);
+    ``overrides`` are the ``--harvester-setting`` values."""
     from harvester.cli import parse_settings
 
     defaults = [f"{name}_period=0.5" for name in ("adjuster", "submitter", "fetcher", "monitor", "propagator")]
