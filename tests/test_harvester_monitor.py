@@ -81,6 +81,21 @@ def test_the_monitor_makes_one_status_call_per_queue_with_all_its_workers(home):
     assert ctx.fake_plugin.calls == [sorted(w.batch_id for w in workers)]
 
 
+def test_a_cycle_with_news_wakes_the_agents_that_act_on_it_and_one_without_counts_none(home):
+    """What the runner backs off on: a cycle that saw nothing change returns 0 and wakes nobody; a worker that
+    ended is news for the adjuster (room for a new one), the propagator (the server must hear) and the sweeper
+    (its pilot token is revoked)."""
+    agent, ctx = monitor(home, all_say("running"))
+    woken = []
+    ctx.wake = woken.append
+    row = worker(ctx)
+    assert agent.run_once(NOW) == 0 and woken == []
+    ctx.fake_plugin.answer = all_say("finished")
+    assert agent.run_once(NOW) == 1
+    assert reload(row).status == "finished"
+    assert sorted(woken) == ["adjuster", "propagator", "sweeper"]
+
+
 @pytest.mark.parametrize("answer", [lambda ids: QueryResult(RETRY, {}, "slurmctld not responding"),
                                     RuntimeError("ssh connection dropped")], ids=["retry", "raises"])
 def test_a_failing_status_query_is_a_retry_that_changes_no_worker(home, answer):

@@ -57,12 +57,14 @@ class Monitor(Agent):
         """One cycle over every queue; returns the news it found for the other agents: workers whose state changed
         and reports queued for the server (heartbeats and PandaIDs recorded are not news: an idle monitor backs
         off while its pilots run, see harvester.runner)."""
-        self.checked = self.changed = self.queued = 0
+        self.checked = self.changed = self.queued = self.ended = 0
         linked = getattr(self, "linked", {})
         self.linked, self.linked_before = {}, linked  # PandaIDs recorded per pilot directory (kept while followed)
         self.each_queue(now, lambda queue: self.check_queue(queue, now), skip_backoff=False)
         if self.changed:  # workers queued, running or ended: the adjuster's counts moved
             self.ctx.wake("adjuster")
+        if self.ended:  # their pilot tokens are revoked by the sweeper, now rather than at its next idle look
+            self.ctx.wake("sweeper")
         if self.changed or self.queued:
             self.ctx.wake("propagator")
         return self.changed + self.queued
@@ -189,6 +191,7 @@ class Monitor(Agent):
                 end_jobs(worker.worker_id)
         if changed:
             self.changed += 1
+            self.ended += target in FINAL
             self.note_end(queue, target, diag, now)
 
     def note_end(self, queue, target, diag, now):

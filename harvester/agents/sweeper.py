@@ -28,8 +28,7 @@ class Sweeper(Agent):
     def run_once(self, now):
         self.killed = self.cleaned = 0
         self.each_queue(now, lambda queue: self.sweep(queue, now), skip_backoff=False)
-        self.revoke_tokens()
-        return self.killed + self.cleaned
+        return self.killed + self.cleaned + self.revoke_tokens()
 
     def sweep(self, queue, now):
         self.mark_overdue(queue, now)
@@ -120,11 +119,12 @@ class Sweeper(Agent):
                            models.Worker.pilot_token_jti.is_null(False), models.Worker.token_revoked == False)  # noqa
                     .limit(500))
         if not rows:
-            return
+            return 0
         try:
             self.ctx.server.revoke_pilot_tokens([row.pilot_token_jti for row in rows])
         except ServerError as exc:
             log.warning("could not revoke %d pilot tokens yet: %s", len(rows), exc)
-            return
+            return 0
         models.Worker.update(token_revoked=True).where(
             models.Worker.worker_id.in_([row.worker_id for row in rows])).execute()
+        return len(rows)
