@@ -156,20 +156,21 @@ def one_run(label, tree, db, args):
     server = Server(home, db_url, args.threads, cwd=tree)
     spy = None
     try:  # the server is stopped whatever fails from here on (py-spy missing included)
-        if args.py_spy and tree is None:
-            # CPU samples of the thread holding the GIL (--gil; no --idle): where this tree's server spends its
-            # Python CPU, submit and dispatch+finish (SQLite releases the GIL while it works: that is not counted)
-            spy = subprocess.Popen([py_spy(), "record", "--pid", str(server.proc.pid), "--rate", "250", "--gil",
-                                    "--format", "raw", "--output", f"{args.py_spy}-{result_db_name(db)}.txt",
-                                    "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-            time.sleep(1)
         cpu0 = process_cpu(server.proc.pid)
         t0 = time.perf_counter()
         ids, sub_progress = submit(server, queue, args.jobs, args.chunk, marks)
         sub_wall, cpu1 = time.perf_counter() - t0, process_cpu(server.proc.pid)
         load_sub = load_average()
-        client0 = time.process_time()
+        if args.py_spy and tree is None:
+            # CPU samples of the thread holding the GIL (--gil; no --idle): where this tree's server spends its
+            # Python CPU in dispatch+finish (started after the submission; SQLite releases the GIL while it works:
+            # that is not counted)
+            spy = subprocess.Popen([py_spy(), "record", "--pid", str(server.proc.pid), "--rate", "250", "--gil",
+                                    "--format", "raw", "--output", f"{args.py_spy}-{result_db_name(db)}.txt",
+                                    "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            time.sleep(1)  # py-spy attached before the first getJob
+        drain0, client0 = process_cpu(server.proc.pid), time.process_time()
         got, wall, progress, errors = drain(server, queue, args.clients, args.bulk, args.jobs, marks, args.time_limit)
         cpu2, client_cpu = process_cpu(server.proc.pid), time.process_time() - client0
         load_drain = load_average()
@@ -188,7 +189,7 @@ def one_run(label, tree, db, args):
               "submit_rate": len(ids) / sub_wall, "submit_windows": windows(sub_progress),
               "submit_cpu_ms": 1000 * (cpu1 - cpu0) / max(1, len(ids)), "load_submit": load_sub,
               "drain_rate": len(set(got)) / wall, "drain_windows": windows(progress),
-              "drain_cpu_ms": 1000 * (cpu2 - cpu1) / max(1, len(set(got))), "load_drain": load_drain,
+              "drain_cpu_ms": 1000 * (cpu2 - drain0) / max(1, len(set(got))), "load_drain": load_drain,
               "client_cpu_ms": 1000 * client_cpu / max(1, len(set(got))),
               "duplicates": duplicates, "missed": missed, "errors": errors}
     print(f"  {label} on {result['db']}: submit {result['submit_rate']:.0f} jobs/s "
@@ -213,8 +214,8 @@ def main(argv=None):
     p.add_argument("--baseline", metavar="REV", help="also run this commit's server (e.g. main~3), side by side")
     p.add_argument("--time-limit", type=float, default=3600, help="s per dispatch phase before it gives up (3600)")
     p.add_argument("--keep", action="store_true", help="keep the SQLite homes")
-    p.add_argument("--py-spy", metavar="PREFIX", help="record this tree's server with py-spy (CPU samples, "
-                   "collapsed stacks) into PREFIX-sqlite.txt / PREFIX-postgresql.txt (pip install py-spy)")
+    p.add_argument("--py-spy", metavar="PREFIX", help="record this tree's server's dispatch+finish with py-spy "
+                   "(CPU samples, collapsed stacks) into PREFIX-sqlite.txt / PREFIX-postgresql.txt (pip install py-spy)")
     args = p.parse_args(argv)
     print(f"bench/bulk.py: {args.jobs} jobs, {args.chunk} per submit, {args.clients} clients x {args.bulk} per "
           f"getJob + one updateJobsInBulk; {os.cpu_count()} CPUs, load {load_average()}", flush=True)
