@@ -10,6 +10,7 @@ started.
     python3 bench/bulk_sql.py                        # 10,000 jobs, 100 per batch, SQLite
     python3 bench/bulk_sql.py --db postgresql://user:pw@127.0.0.1:5432/bench
     python3 bench/bulk_sql.py --baseline 3a2fc5d --rounds 3   # this tree and that commit's, alternating (SQLite)
+    python3 bench/bulk_sql.py --baseline HEAD --schema-sql 'DROP INDEX job_modification'   # what one index costs
 """
 import argparse
 import collections
@@ -34,6 +35,10 @@ def main(argv=None):
     p.add_argument("--baseline", metavar="REV", help="also run with that commit's minipanda, alternating with this "
                    "tree's, --rounds times each, and print the medians side by side")
     p.add_argument("--rounds", type=int, default=3, help="rounds per side with --baseline (default 3)")
+    p.add_argument("--schema-sql", action="append", default=[], metavar="SQL", help="a statement run on the "
+                   "database once its schema is made, before the jobs (repeatable; an experiment, e.g. "
+                   "'DROP INDEX job_modification' to see what one index costs; with --baseline, on this tree's side only: "
+                   "--baseline HEAD compares the same code with and without)")
     p.add_argument("--tree", help=argparse.SUPPRESS)  # the minipanda to import (a --baseline checkout)
     args = p.parse_args(argv)
     if args.baseline:
@@ -57,6 +62,8 @@ def run(args, url):
     database.connect(reuse_if_open=True)
     if url.startswith("postgres"):
         database.execute_sql("TRUNCATE job, file, status_log CASCADE")
+    for sql in args.schema_sql:
+        database.execute_sql(sql)
     queue = f"BULKSQL_{int(time.time()) % 100000}"
     spec = {"jobName": "bench", "computingSite": queue, "prodSourceLabel": "managed", "transformation": "run.sh",
             "jobParameters": "", "coreCount": 1, "minRamCount": 1000, "maxWalltime": 600,
@@ -125,6 +132,7 @@ def compare(args):
             for label, where in (("this tree", None), (f"baseline {args.baseline}", tree)):
                 argv = [sys.executable, os.path.abspath(__file__), "--jobs", str(args.jobs), "--bulk", str(args.bulk)]
                 argv += ["--db", args.db] if args.db else []
+                argv += [x for sql in args.schema_sql for x in ("--schema-sql", sql)] if where is None else []
                 argv += ["--tree", where] if where else []
                 out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=where or None).stdout
                 line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
