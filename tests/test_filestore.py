@@ -308,3 +308,22 @@ def test_a_file_reply_is_sent_from_its_path_only_while_the_path_names_the_open_f
     linked = FileReply(open(path, "rb"))
     assert sendable_path(linked) is None
     linked.close()
+
+
+def test_the_server_sends_without_waiting_for_acknowledgements():
+    """TCP_NODELAY on the listening socket (Linux hands it to each accepted connection): a reply's last partial
+    segment (a file's tail after full segments) goes at once, not after the client's delayed ACK (up to 40 ms)."""
+    import socket
+
+    from minipanda.server.http import HttpServer
+
+    server = HttpServer.bind("127.0.0.1", 0)
+    try:
+        assert server.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        client = socket.create_connection(("127.0.0.1", server.effective_port))
+        accepted, _ = server.sock.accept()
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        accepted.close()
+        client.close()
+    finally:
+        server.sock.close()
