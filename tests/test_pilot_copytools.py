@@ -82,12 +82,18 @@ def test_stage_in_limits_and_unknown_tool(dirs):
     assert timeout.value.code == errors.STAGEINTIMEOUT
 
 
-def test_stage_in_over_http_from_the_server(site, tmp_path):
+@pytest.fixture
+def served(site, tmp_path):
+    """(client of the site's server, an empty job directory): DATA is served as /trf/user/in.dat."""
     with open(os.path.join(site.server.home, "trf", "in.dat"), "wb") as handle:
         handle.write(DATA)
-    client = ServerClient(site.server.url, site.token_file, 10)
     job_dir = tmp_path / "job"
     job_dir.mkdir()
+    return ServerClient(site.server.url, site.token_file, 10), job_dir
+
+
+def test_stage_in_over_http_from_the_server(served):
+    client, job_dir = served
     copytools.stage_in(make_job(), str(job_dir), "http", "", "/trf/user/{lfn}", client, 10)
     assert (job_dir / "in.dat").read_bytes() == DATA
     with pytest.raises(PilotError) as missing:
@@ -233,12 +239,8 @@ def hostile():
         server.close()
 
 
-def test_a_download_that_fails_its_checksum_is_refused_and_not_kept(site, tmp_path):
-    with open(os.path.join(site.server.home, "trf", "in.dat"), "wb") as handle:
-        handle.write(DATA)
-    client = ServerClient(site.server.url, site.token_file, 10)
-    job_dir = tmp_path / "job"
-    job_dir.mkdir()
+def test_a_download_that_fails_its_checksum_is_refused_and_not_kept(served):
+    client, job_dir = served
     for change in ({"checksum": "ad:00000000"}, {"checksum": "md5:00"}):
         with pytest.raises(PilotError) as bad:
             copytools.stage_in(make_job(**change), str(job_dir), "http", "", "/trf/user/{lfn}", client, 10)
@@ -277,12 +279,9 @@ def test_a_download_longer_than_the_input_is_stopped_early(hostile, tmp_path):
     assert server.sent < 64 << 20
 
 
-def test_a_download_never_writes_through_a_link_planted_in_the_job_directory(site, tmp_path):
-    with open(os.path.join(site.server.home, "trf", "in.dat"), "wb") as handle:
-        handle.write(DATA)
-    client = ServerClient(site.server.url, site.token_file, 10)
-    job_dir, victim = tmp_path / "job", tmp_path / "victim.txt"
-    job_dir.mkdir()
+def test_a_download_never_writes_through_a_link_planted_in_the_job_directory(served, tmp_path):
+    client, job_dir = served
+    victim = tmp_path / "victim.txt"
     victim.write_bytes(b"not the pilot's to overwrite")
     os.symlink(victim, job_dir / "in.dat.part")
     copytools.stage_in(make_job(), str(job_dir), "http", "", "/trf/user/{lfn}", client, 10)
