@@ -224,11 +224,12 @@ class ServerClient:
         """
         url = self.url + target if target.startswith("/") else target
         headers = self._headers(False)
-        headers.update({"Content-Type": "application/octet-stream", "Content-Length": str(os.path.getsize(path)),
-                        "X-Checksum": f"ad:{adler32}"})
         timeout = self.timeout if deadline is None else max(1.0, min(self.timeout, deadline - time.monotonic()))
         with open(path, "rb") as handle:
-            body = _DeadlineReader(handle, deadline)
+            length = os.fstat(handle.fileno()).st_size
+            headers.update({"Content-Type": "application/octet-stream", "Content-Length": str(length),
+                            "X-Checksum": f"ad:{adler32}"})
+            body = _DeadlineReader(handle, deadline, length)
             try:
                 with httpclient.request("PUT", url, body, headers, timeout) as response:
                     raw = response.read()
@@ -250,13 +251,15 @@ def _raise_upload_error(url, exc):
 
 
 class _DeadlineReader:
-    """A file object for a request body that stops the transfer past ``deadline``; :meth:`send_to` sends it whole
-    by the kernel's sendfile where the socket allows."""
+    """A file object for a request body of ``length`` bytes (its Content-Length: never a byte more, even if the file
+    grew) that stops the transfer past ``deadline``; :meth:`send_to` sends it by the kernel's sendfile where the
+    socket allows."""
 
     BLOCK = 4 << 20  # bytes per sendfile call: the deadline is checked between two
 
-    def __init__(self, handle, deadline):
-        self.handle, self.deadline, self.expired = handle, deadline, False
+    def __init__(self, handle, deadline, length):
+        self.handle, self.deadline, self.length, self.expired = handle, deadline, length, False
+        self.position = 0
 
     def _check(self):
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -265,26 +268,40 @@ class _DeadlineReader:
 
     def read(self, size=-1):
         self._check()
-        return self.handle.read(size)
+        left = self.length - self.position
+        data = self.handle.read(left if size is None or size < 0 else min(size, left))
+        self.position += len(data)
+        return data
 
     def seek(self, offset):
         """Back to the start, for a request sent again on a new connection."""
+        self.position = offset
         return self.handle.seek(offset)
 
     def send_to(self, sock):
-        """Send the whole file on ``sock`` (the request's headers are sent): by sendfile (no copy through the
-        pilot's memory) on a plain socket, in 256 KB blocks through TLS (``ssl`` has no sendfile of its own)."""
-        size = os.fstat(self.handle.fileno()).st_size
+        """Send the body on ``sock`` (the request's headers are sent): by sendfile (no copy through the pilot's
+        memory) on a plain socket, in 256 KB blocks through TLS (``ssl`` has no sendfile of its own). OSError when
+        the file ends before ``length`` bytes (it shrank since it was measured)."""
         offset = 0
         if getattr(sock, "_sslobj", None) is not None:
             self.handle.seek(0)
             for block in fileutil.blocks(self.handle):
+                if offset >= self.length:
+                    break
                 self._check()
+                block = block[:self.length - offset]
                 sock.sendall(block)
-            return
-        while offset < size:
-            self._check()
-            offset += sock.sendfile(self.handle, offset, min(self.BLOCK, size - offset))
+                offset += len(block)
+        else:
+            while offset < self.length:
+                self._check()
+                sent = sock.sendfile(self.handle, offset, min(self.BLOCK, self.length - offset))
+                if not sent:
+                    break
+                offset += sent
+        if offset < self.length:
+            raise OSError(f"the file ended after {offset} of the {self.length} bytes declared (it changed while "
+                          "it was sent)")
 
 
 def _accepted_update(reply):

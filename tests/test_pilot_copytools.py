@@ -380,3 +380,36 @@ def test_an_upload_over_tls_arrives_whole(tmp_path):
         server.server_close()
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"fsize": len(data), "adler32": f"{zlib.adler32(data):08x}"}
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_an_upload_sends_its_declared_length_and_no_more(tmp_path, tls):
+    """The body is the Content-Length measured when the file was opened: a file that grew since sends no extra
+    byte (the server would read it as the next request), one that shrank fails instead of waiting forever."""
+    import socket
+
+    from pilot.comm import _DeadlineReader
+
+    path = tmp_path / "out.dat"
+    path.write_bytes(b"x" * 5000)
+
+    class Wrapped:  # a socket that takes the TLS path (sendall of blocks), as an SSLSocket would
+        def __init__(self, sock):
+            self.sock, self._sslobj = sock, object()
+
+        def sendall(self, data):
+            self.sock.sendall(data)
+
+    for length, whole in ((3000, True), (8000, False)):
+        left, right = socket.socketpair()
+        with left, right, open(path, "rb") as handle:
+            body = _DeadlineReader(handle, None, length)
+            if whole:
+                body.send_to(Wrapped(left) if tls else left)
+                left.shutdown(socket.SHUT_WR)
+                received = b"".join(iter(lambda: right.recv(65536), b""))
+                assert received == b"x" * 3000
+            else:
+                with pytest.raises(OSError) as short:
+                    body.send_to(Wrapped(left) if tls else left)
+                assert "5000 of the 8000" in str(short.value)
