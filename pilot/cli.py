@@ -55,6 +55,15 @@ def run_parser():
     add("--batch-id", help="batch job id reported to the server (default: from SLURM_JOB_ID, PBS_JOBID, ...)")
     add("--no-cleanup", action="store_true", help="keep job directories after the job")
     add("--no-subreaper", action="store_true", help="do not adopt the payload's orphans (PR_SET_CHILD_SUBREAPER)")
+    add("--getjob-lookahead", type=float, default=1.0, metavar="SECONDS",
+        help="over HTTP, ask one getJob for as many jobs (nJobs) as fill about this many seconds at the pace "
+             "seen so far (one until a job's pace is known; never more than the remaining time or timefloor "
+             "allow); 0 turns it off: one job per getJob (default 1.0)")
+    add("--getjob-max-jobs", type=int, default=50, metavar="N",
+        help="the most jobs one getJob asks for (default 50)")
+    add("--final-batch-wait", type=float, default=1.0, metavar="SECONDS",
+        help="over HTTP, how long a job's final update may wait for others' to go to the server in one "
+             "updateJobsInBulk (sent at once when the pilot has no job in hand or stops; default 1.0)")
     add("-w", "--workflow", default="generic", help="accepted for pilot3 compatibility; only generic exists")
     add("--pilot-user", default="generic", help="accepted for pilot3 compatibility; ignored")
     return parser
@@ -88,7 +97,10 @@ def _main(argv):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in commands():
         return commands()[argv[0]][0](argv[1:])
-    options = run_parser().parse_args(argv)
+    parser = run_parser()
+    options = parser.parse_args(argv)
+    if options.getjob_lookahead < 0 or options.final_batch_wait < 0 or options.getjob_max_jobs < 1:
+        parser.error("--getjob-lookahead and --final-batch-wait take seconds >= 0, --getjob-max-jobs a count >= 1")
     options.url = comm.base_url(options.url, options.port)
     options.workdir = os.path.abspath(options.workdir)
     for name in ("harvester_workdir", "queuedata", "input_dir", "output_dir", "token_file"):

@@ -15,7 +15,7 @@ import urllib.parse
 
 from pilot import __version__, fileutil, httpclient
 from pilot.httpclient import HTTPError
-from pilot.wire import SC_FAILED, SC_NO_JOBS, SC_OK
+from pilot.wire import SC_FAILED, SC_NO_JOBS, SC_OK, SC_ROLE, TOBEKILLED
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,26 @@ class ServerClient:
         pilot goes on. Returns ``result(timeout=None)``, which returns what :meth:`get_job` would or raises
         CommError; ``result.cancel()`` drops the request unread."""
         return self._begin("/server/panda/getJob", params, _job_or_none)
+
+    def get_jobs(self, params, n_jobs):
+        """getJob for up to ``n_jobs`` jobs (``nJobs``): the list of job definition dicts (empty: none)."""
+        return _jobs(self.call("/server/panda/getJob", dict(params, nJobs=int(n_jobs))))
+
+    def begin_get_jobs(self, params, n_jobs):
+        """:meth:`get_jobs` sent now, its answer read later (see :meth:`begin_get_job`)."""
+        return self._begin("/server/panda/getJob", dict(params, nJobs=int(n_jobs)), _jobs)
+
+    def update_jobs_bulk(self, entries, timeout=None):
+        """updateJobsInBulk: one request for several jobs' updates; the list of per-entry replies, in order (each
+        ``{"StatusCode": ..., "command": ..., "ErrorDiag"?}``: the server judges every entry alone). A failure of
+        the whole request raises CommError."""
+        reply = self.call("/server/panda/updateJobsInBulk", {"jobList": entries}, timeout)
+        results = reply.get("results")
+        if _status_code(reply) != SC_OK or not isinstance(results, list) or len(results) != len(entries):
+            raise CommError(f"updateJobsInBulk: StatusCode {reply.get('StatusCode')}: {reply.get('ErrorDiag')}"
+                            f" ({len(results) if isinstance(results, list) else 'no'} results for "
+                            f"{len(entries)} entries)", transient=False, status=200, reply=reply)
+        return [result if isinstance(result, dict) else {"StatusCode": -1} for result in results]
 
     def _begin(self, path, params, answer):
         body = json.dumps(params, default=str).encode("utf-8")
@@ -319,6 +339,27 @@ def _job_or_none(reply):
         return None
     raise CommError(f"getJob: StatusCode {code}: {reply.get('errorDialog') or reply.get('ErrorDiag')}",
                     transient=True, status=200, reply=reply)
+
+
+def _jobs(reply):
+    code = _status_code(reply)
+    if code == SC_OK and isinstance(reply.get("jobs"), list):
+        return [job for job in reply["jobs"] if isinstance(job, dict)]
+    if code in (SC_OK, SC_NO_JOBS):
+        return []
+    raise CommError(f"getJob: StatusCode {code}: {reply.get('errorDialog') or reply.get('ErrorDiag')}",
+                    transient=True, status=200, reply=reply)
+
+
+def entry_outcome(result):
+    """What one entry of an updateJobsInBulk answer means: 'ok', 'retry' (a refusal a single updateJob gets as a
+    transient error: the job changed concurrently, the token's binding) or 'refused' (for good)."""
+    code = _status_code(result)
+    if code == SC_OK:
+        return "ok"
+    if code in (SC_FAILED, SC_ROLE) and result.get("command") != TOBEKILLED:
+        return "retry"
+    return "refused"
 
 
 def _json_or_empty(raw):

@@ -242,7 +242,7 @@ def log_tarball(job, job_dir, dest, extra_files=()):
         job_dir: the job directory.
         dest: path of the tarball (outside the job directory).
         extra_files: paths added next to the job directory's files, or (path, offset) pairs: only the bytes from
-            ``offset`` on (the pilot log since the previous job's tarball).
+            ``offset`` on (the pilot log since the previous job's tarball), or (path, offset, end): up to ``end``.
 
     Returns:
         (dest, size in bytes, adler32).
@@ -261,23 +261,25 @@ def log_tarball(job, job_dir, dest, extra_files=()):
             with tarfile.open(fileobj=out, mode="w:gz", format=tarfile.GNU_FORMAT, compresslevel=6) as tar:
                 tar.add(job_dir, arcname=top, filter=keep)
                 for entry in extra_files:
-                    path, offset = entry if isinstance(entry, tuple) else (entry, 0)
+                    path, offset, end = (tuple(entry) + (None,))[:3] if isinstance(entry, tuple) else (entry, 0, None)
                     if os.path.isfile(path):
-                        _add_tail(tar, path, offset, f"{top}/{os.path.basename(path)}")
+                        _add_tail(tar, path, offset, f"{top}/{os.path.basename(path)}", end)
         os.replace(dest + ".part", dest)
     except (OSError, tarfile.TarError) as exc:
         raise PilotError(errors.LOGFILECREATIONFAILURE, f"log tarball {os.path.basename(dest)}: {exc}") from None
     return dest, out.size, f"{out.value & 0xFFFFFFFF:08x}"
 
 
-def _add_tail(tar, path, offset, name):
-    """``path`` from byte ``offset`` on, as ``name``: what it holds now (a log still being written may grow)."""
+def _add_tail(tar, path, offset, name, end=None):
+    """``path`` from byte ``offset`` on (up to ``end``), as ``name``: what it holds now (a log still being written
+    may grow)."""
     with open(path, "rb") as handle:
         st = os.fstat(handle.fileno())
         offset = offset if 0 <= offset <= st.st_size else 0
+        end = st.st_size if end is None else max(offset, min(end, st.st_size))
         handle.seek(offset)
         info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = st.st_size - offset, st.st_mtime, 0o644
+        info.size, info.mtime, info.mode = end - offset, st.st_mtime, 0o644
         tar.addfile(info, handle)
 
 

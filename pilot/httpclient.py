@@ -28,7 +28,7 @@ MAX_REDIRECTS = 5
 _lock = threading.Lock()
 _loaded = {}
 _idle = {}  # (scheme, host, port) -> open connections whose last reply was read to its end, newest last
-KEEP = 2  # kept per server: one for the request being answered in the background (begin), one for the rest
+KEEP = 3  # kept per server: the request answered in the background (begin), the wrap-up thread's, the rest
 
 
 class HTTPError(Exception):

@@ -15,7 +15,6 @@ import signal
 import time
 
 from pilot import copytools, errors, payload, report, wire
-from pilot.comm import CommError
 from pilot.errors import ColdShutdown, PilotError
 from pilot.fileutil import safe_name
 from pilot.monitor import Monitor
@@ -31,20 +30,22 @@ class Context:
     --harvester-workdir, ``file_mode`` means no server updates (reports go through the handoff files), and
     ``pilot_deadline`` is on the monotonic clock; ``log_offset`` is where the pilot log lines not yet sent in a
     log tarball begin; ``payload_ended`` is called once a job's payload is gone, before its stage-out (the pilot
-    sends its next getJob then); with ``settle_previous`` a job's final update is only sent (JobRun.final_update
-    with later), and the callable, called once the next job's payload has started, reads its answer.
+    may send its next getJob then); ``log_end`` maps a PandaID to where the next job's lines in the pilot log
+    begin (set by the job loop when that job starts, so a tarball made on the wrap-up thread holds only its own
+    job's lines, not the next one's start).
     """
 
     def __init__(self, queue, qd, identity, pilot_dir, input_dir, output_dir, stop, waker, timing, client=None,
                  handoff=None, file_mode=False, outbox=None, pilot_deadline=None, adopter_pid=None, pilot_log="",
-                 cleanup=True, payload_ended=None, settle_previous=None):
+                 cleanup=True, payload_ended=None):
         self.queue, self.qd, self.identity, self.pilot_dir = queue, qd, identity, pilot_dir
         self.input_dir, self.output_dir, self.stop, self.waker, self.timing = input_dir, output_dir, stop, waker, timing
         self.client, self.handoff, self.file_mode, self.outbox = client, handoff, file_mode, outbox
         self.pilot_deadline, self.adopter_pid, self.pilot_log, self.cleanup = (pilot_deadline, adopter_pid,
                                                                                pilot_log, cleanup)
         self.log_offset = 0  # where in the pilot log the next job's log tarball starts
-        self.payload_ended, self.settle_previous = payload_ended, settle_previous
+        self.payload_ended = payload_ended
+        self.log_end = {}
 
 
 class JobRun:
@@ -61,17 +62,35 @@ class JobRun:
         self.start_time = time.time()
         self.last_heartbeat = time.monotonic()
         self.delivered = False
-        self.starting_due = self.started_reported = False
-        self.final = self.final_sent = None  # the final update's parameters; the answer of its first try, unread
+        self.started_reported = False
+        self.final = None  # the final update's parameters
 
     # ---- the protocol -------------------------------------------------------------------------------------------
-    def execute(self):
-        """Run the job through every step; return its final state."""
+    def execute(self, wrap_up=None):
+        """Run the job through every step; return its final state.
+
+        With ``wrap_up`` (a pilot.wrapup.WrapUp), the job is handed to it once its payload has ended: its stage-out
+        and final update happen on the wrap-up thread while the pilot starts its next payload, and the state
+        returned is the one known then (the stage-out may still fail the job).
+        """
+        self.run_to_payload_end()
+        if wrap_up is not None:
+            wrap_up.put(self)
+            return self.state
+        try:
+            self.wrap_up()
+            self.final_update()
+        except ColdShutdown:
+            self.cold_stop()
+            raise
+        return self.state
+
+    def run_to_payload_end(self):
+        """Everything up to the payload's end: prepare, stage in, run and watch the payload, check its outputs."""
         log.info("job %s", self.job.summary())
         try:
             self.prepare()
-            self.starting_due = True
-            if self.job.inputs:
+            if self.job.inputs:  # pilot3 reports starting before the stage-in; without one, see run_payload
                 breach = self.report_starting()
                 if breach is not None:
                     self.fail(breach)
@@ -87,39 +106,38 @@ class JobRun:
             raise
         except Exception as exc:  # a pilot bug must still end in a report
             log.exception("unexpected error in job %s", self.job.panda_id)
-            self.fail(PilotError(errors.UNKNOWNEXCEPTION, f"{type(exc).__name__}: {exc}"))
+            self.fail_unexpected(exc)
         try:
-            if self.starting_due:
-                self.report_starting()  # a job that failed before its payload started still went through starting
-            self.settle_previous()
             self.ensure_payload_gone()
             self.tell_payload_ended()
-            self.stage_out()
-            self.final_update(later=self.ctx.settle_previous is not None)
         except ColdShutdown:
             self.cold_stop()
             raise
-        self.remove_job_dir()
-        return self.state
 
-    def give_back(self, why):
+    def wrap_up(self):
+        """After the payload: stage-out of outputs and log, the final update's parameters (``self.final``), the job
+        directory removed. Runs on the wrap-up thread over HTTP, in the job loop otherwise."""
+        self.stage_out()
+        self.final = self.final_params()
+        if self.ctx.handoff is not None and not self.ctx.file_mode:
+            self.ctx.handoff.write_attributes(self.final)
+            self.ctx.outbox.drop_heartbeat(self.job.panda_id)  # the final update (or its entry) supersedes it
+        self.remove_job_dir()
+
+    def give_back(self, why, wrap_up=None):
         """A job fetched but never to be run: its final update says why at once (the server may retry it); no
         directory, no payload, no log."""
         self.fail(why)
         if self.ctx.stop.cold and not self.ctx.file_mode:
-            self.ctx.outbox.put(self.final_params())
+            self.spool_final()
+        elif wrap_up is not None:
+            wrap_up.put(self)
         else:
             self.final_update()
         return self.state
 
-    def settle_previous(self):
-        """The previous job's final update, sent ahead, answered now (see final_update); while its retries run
-        (a server that does not answer), this job's payload runs unwatched."""
-        if self.ctx.settle_previous is not None:
-            try:
-                self.ctx.settle_previous()
-            except Exception:  # the previous job's report must not fail this one
-                log.exception("the previous job's final update could not be settled")
+    def fail_unexpected(self, exc):
+        self.fail(PilotError(errors.UNKNOWNEXCEPTION, f"{type(exc).__name__}: {exc}"))
 
     def tell_payload_ended(self):
         if self.ctx.payload_ended is not None:
@@ -185,9 +203,14 @@ class JobRun:
         ctx.timing.mark(self.job.panda_id, "PILOT_PRE_PAYLOAD")
         self.payload.start()
         self.monitor = Monitor(self.job, self.qd, self.job_dir, self.payload, ctx.pilot_deadline, ctx.handoff)
-        breach = self.report_starting()
-        self.settle_previous()
-        delay = self.qd["pilot_running_delay"]
+        # over HTTP no starting report: a job that ends within pilot_running_delay goes sent -> finished in one
+        # report, a longer one is reported running then (a kill command reaches it in that answer and the
+        # heartbeats'); in file mode the report is the handoff files harvester follows, and costs no round trip
+        breach, delay = None, self.qd["pilot_running_delay"]
+        if ctx.file_mode:
+            breach = self.report_starting()
+        elif ctx.handoff is not None:
+            ctx.handoff.touch_heartbeat()
         if breach is None and delay <= 0:
             breach = self.command_breach(self.send_update("running"))
         if breach is None:
@@ -295,11 +318,14 @@ class JobRun:
             log.error("log file name %r / scope %r is not a plain name: no log tarball", spec.lfn, spec.scope)
         elif spec and os.path.isdir(self.job_dir):
             try:
-                # the pilot log since the previous job's tarball: each line goes out once, with its job
+                # the pilot log since the previous job's tarball, up to the next job's start when that has begun
+                # meanwhile: each line goes out once, with its job
+                end = ctx.log_end.pop(self.job.panda_id, None)
+                if end is None:
+                    end = os.path.getsize(ctx.pilot_log) if ctx.pilot_log and os.path.isfile(ctx.pilot_log) else 0
                 spec.path, spec.fsize, spec.adler32 = copytools.log_tarball(
-                    self.job, self.job_dir, os.path.join(ctx.pilot_dir, spec.lfn), [(ctx.pilot_log, ctx.log_offset)])
-                ctx.log_offset = os.path.getsize(ctx.pilot_log) if ctx.pilot_log and os.path.isfile(ctx.pilot_log) \
-                    else 0
+                    self.job, self.job_dir, os.path.join(ctx.pilot_dir, spec.lfn), [(ctx.pilot_log, ctx.log_offset, end)])
+                ctx.log_offset = max(ctx.log_offset, end)
                 copytools.stage_out(spec, self.qd.copytool("pl"), ctx.output_dir, timeout, measured=True, **http)
             except PilotError as exc:
                 self.fail(exc)
@@ -352,13 +378,11 @@ class JobRun:
             params["metaData"] = report.metadata(self.job_report)
         return params
 
-    def final_update(self, later=False):
-        """The final update: over HTTP with retries and backoff, else into the outbox; or the handoff files.
-
-        ``later``: over HTTP, only the first try is sent now; :meth:`settle` reads its answer (and goes on with the
-        retries) when the pilot's next job has started its payload, so the round trip overlaps that job's start.
-        """
-        ctx, params = self.ctx, self.final_params()
+    def final_update(self):
+        """The final update sent here (file and push modes, and give-backs without a wrap-up thread): over HTTP
+        with retries and backoff, else into the outbox; or the handoff files."""
+        ctx = self.ctx
+        params = self.final = self.final or self.final_params()
         ctx.timing.mark(self.job.panda_id, "PILOT_PRE_FINAL_UPDATE")
         if ctx.file_mode:
             self.write_handoff_final(params)
@@ -367,41 +391,14 @@ class JobRun:
             return
         if ctx.handoff is not None:
             ctx.handoff.write_attributes(params)
-            ctx.outbox.drop_heartbeat(self.job.panda_id)  # the final update (or its entry) supersedes it
-        self.final = params
-        if later and not ctx.stop.requested:
-            self.final_sent = ctx.client.begin_update_job(params)
-        else:
-            self.settle()
-
-    @property
-    def unsettled(self):
-        """The final update's first try was sent and its answer not read yet."""
-        return self.final_sent is not None
-
-    def settle(self):
-        """The final update's answer (of the try sent ahead, then of further tries with backoff): delivered, else
-        spooled to the outbox (a refusal is logged). After a cold stop only the answer already there is read."""
-        ctx, params, backoff = self.ctx, self.final, self.qd["pilot_update_backoff"]
+            ctx.outbox.drop_heartbeat(self.job.panda_id)
         tries = 1 if ctx.stop.requested else self.qd["pilot_update_tries"]
-        sent, self.final_sent = self.final_sent, None
-        reply = error = None
-        if sent is not None:
-            try:
-                reply = sent(timeout=2.0 if ctx.stop.cold else None)
-            except CommError as exc:
-                error = exc
-                log.warning("update of job %s (%s) failed, try 1 of %d: %s", self.job.panda_id, self.state, tries,
-                            exc)
-            tries -= 1
-            if reply is None and error.transient and tries > 0 and not ctx.stop.requested:
-                ctx.waker.sleep(backoff)
-                backoff *= 2
-            else:
-                tries = 0
-        if reply is None and tries > 0:
-            reply, error = ctx.client.update_job_reliably(params, tries, backoff, ctx.waker.sleep,
-                                                          lambda: ctx.stop.requested)
+        self.settled(*ctx.client.update_job_reliably(params, tries, self.qd["pilot_update_backoff"], ctx.waker.sleep,
+                                                     lambda: ctx.stop.requested))
+
+    def settled(self, reply, error):
+        """What became of the final update: delivered (``reply``), refused for good (logged), or not delivered
+        (spooled to the outbox for a later replay)."""
         if reply is not None:
             self.delivered = True
             log.info("final update of job %s (%s) acknowledged%s", self.job.panda_id, self.state,
@@ -409,8 +406,16 @@ class JobRun:
         elif error is not None and not error.transient:
             log.error("server refused the final update of job %s: %s", self.job.panda_id, error)
         else:
-            ctx.outbox.put(params)
-        ctx.timing.mark(self.job.panda_id, "PILOT_POST_FINAL_UPDATE")
+            self.ctx.outbox.put(self.final)
+        self.ctx.timing.mark(self.job.panda_id, "PILOT_POST_FINAL_UPDATE")
+
+    def spool_final(self):
+        """Cold stop: the final update (as it stands) into the outbox, no network."""
+        if self.final is None:  # not wrapped up yet: no stage-out now
+            self.fail(PilotError(errors.signal_code(self.ctx.stop.signum), f"pilot got {self.ctx.stop.name} twice"))
+            self.final = self.final_params()
+        if not self.delivered:
+            self.ctx.outbox.put(self.final)
 
     def write_handoff_final(self, params):
         files = self.job.outputs + ([self.job.log] if self.job.log else [])

@@ -58,8 +58,9 @@ KEYS = (
     Key("pilot_lifetime", float, 324000.0, "s a pilot lives when -l is not given"),
     Key("pilot_heartbeat_interval", float, 1800.0, "s between running heartbeats (updateJob or attributes file)"),
     Key("pilot_running_delay", float, 2.0, "s the payload runs before the job is reported running (then every "
-                                           "pilot_heartbeat_interval); a payload that ends sooner goes from "
-                                           "starting to its final state in two reports; 0 = report running at once"),
+                                           "pilot_heartbeat_interval); a payload that ends sooner goes straight "
+                                           "to its final state (without inputs: one report, the final); 0 = "
+                                           "report running at once"),
     Key("pilot_monitor_interval", float, 60.0, "s between checks of memory, time, looping, disk, stdout"),
     Key("pilot_lost_heartbeat_timeout", float, 10800.0, "s without a successful heartbeat before the job is "
                                                         "killed (1318)"),

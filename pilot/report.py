@@ -6,6 +6,7 @@ import datetime
 import json
 import logging
 import os
+import threading
 import time
 
 from pilot.fileutil import atomic_write_bytes, read_json
@@ -105,7 +106,9 @@ class Timing:
     Marks are kept in memory; the pilot saves the file once per job and when it ends (writing it at every mark
     cost more CPU than the rest of a short job's bookkeeping), at most once a ``SAVE_EVERY_S`` after a job (a
     rename costs a short job more than its marks are worth meanwhile). A job's marks are encoded once, when the
-    save after its end says it is done: the file grows with the pilot's jobs, its writing need not.
+    save after its end says it is done: the file grows with the pilot's jobs, its writing need not. Marks come from
+    the job loop and from the wrap-up thread (pilot.finals): a lock keeps a save from reading a job's marks while
+    they change.
     """
 
     SAVE_EVERY_S = 1.0
@@ -115,9 +118,11 @@ class Timing:
         self.data = {}
         self.encoded = {}  # key -> the JSON text of a finished job's marks
         self.saved_at = None  # monotonic time of the last write
+        self.lock = threading.Lock()
 
     def mark(self, panda_id, name, when=None):
-        self.data.setdefault(str(panda_id), {})[name] = time.time() if when is None else when
+        with self.lock:
+            self.data.setdefault(str(panda_id), {})[name] = time.time() if when is None else when
 
     def get(self, panda_id, name):
         return self.data.get(str(panda_id), {}).get(name)
@@ -125,12 +130,13 @@ class Timing:
     def save(self, done=None, now=False):
         """Write the file (``now``, or when the last write is ``SAVE_EVERY_S`` old); ``done``: the PandaID of a
         job whose marks will not change any more."""
-        if done is not None and str(done) in self.data:
-            self.encoded[str(done)] = self._entry(str(done))
-        if not now and self.saved_at is not None and time.monotonic() - self.saved_at < self.SAVE_EVERY_S:
-            return
-        self.saved_at = time.monotonic()
-        text = "{" + ",".join(self.encoded.get(key) or self._entry(key) for key in self.data) + "}"
+        with self.lock:
+            if done is not None and str(done) in self.data:
+                self.encoded[str(done)] = self._entry(str(done))
+            if not now and self.saved_at is not None and time.monotonic() - self.saved_at < self.SAVE_EVERY_S:
+                return
+            self.saved_at = time.monotonic()
+            text = "{" + ",".join(self.encoded.get(key) or self._entry(key) for key in self.data) + "}"
         try:
             atomic_write_bytes(self.path, text.encode(), durable=False)
         except OSError as exc:
@@ -141,7 +147,8 @@ class Timing:
 
     def pilot_timing(self, panda_id):
         """updateJob's pilotTiming: seconds of getjob|stagein|payload|stageout|initsetup|setup."""
-        t = self.data.get(str(panda_id), {})
+        with self.lock:
+            t = dict(self.data.get(str(panda_id), {}))
         start = self.data.get("0", {}).get("PILOT_START_TIME")
 
         def span(a, b):

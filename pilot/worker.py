@@ -4,18 +4,26 @@
 
     startup          work area, pilot log, signals, old-directory cleanup, queuedata, outbox replay
     loop             while another job may start (timefloor, lifetime, remaining walltime, disk, signals):
-                         get a job (getJob over HTTP, or the harvester job file), run it (jobrun.JobRun)
-    shutdown         outbox replay, harvester files, the exit code (pilot3's shell exit codes)
+                         take the next job in hand (getJob over HTTP, or the harvester job file), run it to its
+                         payload's end (jobrun.JobRun); its wrap-up follows on a thread (pilot.wrapup)
+    shutdown         jobs in hand given back, the wrap-up finished, outbox replay, harvester files, the exit code
+                     (pilot3's shell exit codes)
 
-Over HTTP the next getJob goes out as soon as a job's payload has ended (when another job may start then), and
-its answer is read once that job's stage-out and final update are done: the server dispatches while the pilot
-stages out. When it brought a job, the final update's answer is read once that next job's payload runs (its
-retries and the outbox follow from there), so that round trip overlaps the next job's start too. A job so
-fetched that the pilot may not run after all (a stop signal came meanwhile) is reported failed at once with the
-reason, as a job that got the signal right after its getJob would be: the server retries it, and nothing stays
-dispatched to a pilot that has gone.
+Over HTTP (pull mode) a getJob asks for several jobs when they are short (``nJobs``): as many as fill about
+``--getjob-lookahead`` seconds at the pace the pilot has seen (each job's run to its payload's end, the wait for
+the wrap-up included), at most ``--getjob-max-jobs``, and no more than the remaining time and the timefloor
+leave room for; one until a job's pace is known. The next getJob goes out before the jobs in hand run out: when
+the last of them starts if jobs are that short, else when its payload has ended; its answer is read when that
+job is done. Payloads run back to back, one at a time: when one ends, the next job in hand starts at once while
+the ended one's stage-out, log and final update are done on the wrap-up thread, whose finals go to the server
+several in one updateJobsInBulk. A job in hand that the pilot may not run after all (a stop signal, no time or
+disk left) is reported failed at once with the reason, as a job that got the signal right after its getJob
+would be: the server retries it, and nothing stays dispatched to a pilot that has gone. In push and file modes
+jobs come one at a time and are run to their final update in the loop, as before.
 """
+import collections
 import logging
+import math
 import os
 import time
 
@@ -27,6 +35,7 @@ from pilot.jobrun import Context, JobRun
 from pilot.outbox import Outbox
 from pilot.report import Timing
 from pilot.signals import StopState, Waker
+from pilot.wrapup import WrapUp
 
 log = logging.getLogger("pilot")
 
@@ -51,10 +60,14 @@ class Pilot:
         self.harvester_ids = None
         self.pilot_log = ""
         self.usage = None  # usage.Usage: what the pilot did with its slot, for harvester
-        self.next_job = None  # the answer to a getJob sent early (comm.ServerClient.begin_get_job), not read yet
-        self.next_job_sent = None  # when it was sent (the job's PILOT_PRE_GETJOB)
-        self.no_next_job = False  # decided when the last payload ended: no other job may start
-        self.unsettled = None  # the JobRun whose final update was sent and not answered yet
+        self.in_hand = collections.deque()  # (job definition, when its getJob was sent): fetched, not started
+        self.next_jobs = None  # the answer to a getJob sent ahead (comm.ServerClient.begin_get_jobs), not read yet
+        self.next_jobs_sent = None  # when it was sent (its jobs' PILOT_PRE_GETJOB)
+        self.no_next_job = False  # decided when a getJob was due: no other job may start
+        self.no_room = ""  # why room_for_job said no, for the jobs given back
+        self.pace = None  # seconds per job seen so far (moving average of each job's run to its payload's end)
+        self.wrapup = None  # the wrap-up thread (pull mode)
+        self.last_run = None
 
     # ---- the protocol -------------------------------------------------------------------------------------------
     def work(self):
@@ -96,12 +109,14 @@ class Pilot:
         housekeeping.clean_old_pilot_dirs(opts.workdir, self.pilot_dir, self.qd["pilot_cleanup_age"])
         self.connect()
         self.ctx = self.make_context()
+        if self.client is not None and not self.push_mode:
+            self.wrapup = WrapUp(self.ctx, flush_after=self.opts.final_batch_wait)
 
     def may_take_job(self):
         """Whether another job may start now; also sets the exit code when the reason is an error."""
         if self.stop.requested or self.no_next_job:
             return False
-        if self.next_job is not None:
+        if self.next_jobs is not None and not self.in_hand:
             return True  # checked when its getJob went out
         return self.room_for_job(self.jobs_run)
 
@@ -110,40 +125,69 @@ class Pilot:
         now = time.monotonic()
         qd = self.ctx.qd
         if jobs_run and now - self.started >= qd["timefloor"] * 60:
+            self.no_room = f"the timefloor of {qd['timefloor']} min was used up"
             log.info("timefloor of %s min used up after %d jobs", qd["timefloor"], jobs_run)
             return False
         if self.remaining_time() <= 0:
+            self.no_room = "no time was left for the job"
             log.info("no time left for another job")
             return False
         free = housekeeping.free_space_mb(self.opts.workdir)
         if free < qd["pilot_min_disk_getjob_mb"]:
+            self.no_room = f"only {free:.0f} MB were free for the job"
             log.error("only %.0f MB free in %s, %s MB needed for a job", free, self.opts.workdir,
                       qd["pilot_min_disk_getjob_mb"])
             self.exit_error = self.exit_error or (errors.NOLOCALSPACE if not jobs_run else None)
             return False
         return True
 
-    def fetch_next_job(self):
-        """Called when a job's payload has ended: send the next getJob now if another job may start after this
-        one (its answer is read by get_job, after this job's stage-out and final update)."""
-        if self.client is None or self.push_mode or self.next_job is not None or self.stop.requested:
+    def jobs_to_ask(self, jobs_before):
+        """How many jobs one getJob asks for when ``jobs_before`` jobs will have started before them (0: none
+        may start): those that fill the look-ahead at the pace seen, within the cap, the remaining time and the
+        timefloor; 1 while the pace is unknown or the look-ahead is off."""
+        if not self.room_for_job(jobs_before):
+            return 0
+        lookahead, cap = self.opts.getjob_lookahead, max(1, self.opts.getjob_max_jobs)
+        if lookahead <= 0 or not self.pace:
+            return 1
+        pace = max(self.pace, 1e-3)
+        jobs = min(int(lookahead / pace), cap, int(self.remaining_time() / pace))
+        if jobs_before and self.ctx.qd["timefloor"]:  # jobs may start until the timefloor ends
+            left = self.started + self.ctx.qd["timefloor"] * 60 - time.monotonic()
+            jobs = min(jobs, math.ceil(left / pace))
+        return max(1, jobs)
+
+    def fetch_ahead(self, payload_ended=True):
+        """Send the next getJob now when the jobs in hand are running out: at the start of the last one when
+        jobs are shorter than the look-ahead, else when its payload has ended (``payload_ended``); the answer is
+        read when that job is done."""
+        if self.client is None or self.push_mode or self.next_jobs is not None or self.in_hand or \
+                self.stop.requested or self.no_next_job:
             return
-        if not self.room_for_job(self.jobs_run + 1):
+        if not payload_ended and not (self.pace and self.pace <= self.opts.getjob_lookahead):
+            return
+        n_jobs = self.jobs_to_ask(self.jobs_run + 1)
+        if not n_jobs:
             self.no_next_job = True
             return
-        self.next_job_sent = time.time()
-        self.next_job = self.client.begin_get_job(self.offer())
+        self.next_jobs_sent = time.time()
+        self.next_jobs = self.client.begin_get_jobs(self.offer(), n_jobs)
 
     def get_job(self):
         """The next job (a Job), or None when there is none; the getJob time is recorded."""
-        if self.next_job is None:
-            self.settle_final_update()  # nothing to overlap its answer with: the pilot now waits for a job
-        asked = self.next_job_sent if self.next_job is not None else time.time()
-        data = self.job_from_file() if self.handoff is not None and self.push_mode else self.job_from_server()
-        if data is None:
-            if not self.jobs_run:
-                self.exit_error = self.exit_error or errors.NOJOBSINPANDA
-            return None
+        if not self.in_hand:
+            if self.wrapup is not None:
+                self.wrapup.flush()  # the finals made so far go now, while the pilot waits for jobs
+            if self.handoff is not None and self.push_mode:
+                data = self.job_from_file()
+                self.in_hand.extend([(data, time.time())] if data is not None else [])
+            else:
+                self.in_hand.extend(self.jobs_from_server())
+            if not self.in_hand:
+                if not self.jobs_run:
+                    self.exit_error = self.exit_error or errors.NOJOBSINPANDA
+                return None
+        data, asked = self.in_hand.popleft()
         try:
             job = Job(data)
         except ValueError as exc:
@@ -154,36 +198,44 @@ class Pilot:
         return job
 
     def run(self, job):
-        """Run one job to its final report, then account for it."""
+        """Run one job to its payload's end (to its final report in push and file modes), then account for it."""
         if self.handoff is not None:
             self.handoff.add_panda_id(job.panda_id)
-        run = JobRun(job, self.ctx)
-        cpu = usage.children_cpu()
+        if self.wrapup is not None and self.last_run is not None and self.pilot_log:
+            # the previous job's log tarball, made on the wrap-up thread, ends where this job's lines begin
+            self.ctx.log_end[self.last_run.job.panda_id] = _size(self.pilot_log)
+        run = self.last_run = JobRun(job, self.ctx)
+        cpu, began = usage.children_cpu(), time.monotonic()
+        self.fetch_ahead(payload_ended=False)
         try:
-            state = run.execute()
+            state = run.execute(self.wrapup)
         finally:
-            if run.unsettled:
-                self.unsettled = run
-            else:
+            if self.wrapup is None:
                 self.timing.save(done=job.panda_id)
+        took = time.monotonic() - began
+        self.pace = took if self.pace is None else 0.7 * self.pace + 0.3 * took
         self.jobs_run += 1
         if self.usage is not None:
             marks = self.timing.data.get(str(job.panda_id), {})
             self.usage.add_job(job.panda_id, marks.get("PILOT_POST_PAYLOAD", 0) - marks.get("PILOT_PRE_PAYLOAD", 0),
                                usage.children_cpu() - cpu)
-        log.info("job %s done: %s", job.panda_id, state)
+        log.info("job %s %s: %s", job.panda_id, "done" if self.wrapup is None else "payload ended", state)
         if run.error and run.error.code == errors.REACHEDMAXTIME and self.remaining_time() <= 0:
             self.exit_error = errors.REACHEDMAXTIME
-        if self.client is not None and not self.file_mode:
+        if self.client is not None and not self.file_mode and self.wrapup is None:
             self.outbox.replay(self.client)
 
     def shutdown(self):
-        """Replay what is left in the outbox, tell harvester the pilot is done, record the pilot's figures."""
+        """Give back the jobs in hand, finish the wrap-up, replay what is left in the outbox, tell harvester the
+        pilot is done, record the pilot's figures."""
         if self.timing is None:
             return
-        for step in (self.settle_final_update, self.give_back_next_job):
+        for step in (self.give_back_in_hand, self.finish_wrapup):
             try:
                 step()
+            except ColdShutdown:
+                if self.wrapup is not None:
+                    self.wrapup.abandon()
             except Exception:  # the rest of the shutdown must still run
                 log.exception("shutdown step %s failed", step.__name__)
         if self.client is not None and not self.file_mode and not self.stop.cold and self.outbox is not None:
@@ -205,40 +257,46 @@ class Pilot:
         log.info("pilot done after %d jobs, exit code %d, peak RSS %d kB", self.jobs_run, self.exit_code(),
                  node.peak_rss_kb())
 
-    def settle_final_update(self):
-        """Read the answer to the last job's final update (sent ahead; see jobrun.JobRun.final_update)."""
-        run, self.unsettled = self.unsettled, None
-        if run is not None:
-            try:
-                run.settle()
-            except ColdShutdown:  # a second signal meanwhile: the update is spooled, as the job's own would be
-                if not run.delivered:
-                    self.outbox.put(run.final)
-                raise
-            self.timing.save(done=run.job.panda_id)
+    def finish_wrapup(self):
+        """The wrap-up thread's jobs wrapped up and their finals sent (on a cold stop: spooled at once)."""
+        if self.wrapup is None:
+            return
+        if self.stop.cold:
+            self.wrapup.abandon()
+        elif not self.wrapup.close():
+            log.error("the wrap-up thread did not end")
+        else:
+            log.info("final updates of %d jobs sent, %d of them in %d updateJobsInBulk", self.wrapup.sent_finals,
+                     self.wrapup.sent_finals_in_bulk, self.wrapup.sent_bulks)
 
-    def give_back_next_job(self):
-        """A job fetched early that will not run: reported failed with why (the server retries it), not left
-        dispatched. On a cold stop its answer is waited for only briefly and the report goes to the outbox."""
-        result, self.next_job = self.next_job, None
-        if result is None:
-            return
-        try:
-            data = result(timeout=2.0 if self.stop.cold else None)
-            job = Job(data) if data is not None else None
-        except (comm.CommError, ValueError) as exc:
-            log.warning("the getJob sent early got no usable answer: %s", exc)
-            return
-        if job is None:
+    def give_back_in_hand(self):
+        """Jobs fetched that will not run: each reported failed with why (the server retries it), not left
+        dispatched. On a cold stop the getJob sent ahead is waited for only briefly and the reports go to the
+        outbox."""
+        fetched, self.in_hand = [data for data, _ in self.in_hand], collections.deque()
+        result, self.next_jobs = self.next_jobs, None
+        if result is not None:
+            try:
+                fetched.extend(result(timeout=2.0 if self.stop.cold else None))
+            except comm.CommError as exc:
+                log.warning("the getJob sent ahead got no usable answer: %s", exc)
+        if not fetched:
             return
         if self.stop.requested:
             why = PilotError(errors.signal_code(self.stop.signum), f"pilot got {self.stop.name} before the job started")
         else:
-            why = PilotError(self.exit_error or errors.GENERALERROR, "the pilot stopped before the job started")
-        log.warning("job %s was fetched but will not run: %s", job.panda_id, why)
-        if self.handoff is not None:
-            self.handoff.add_panda_id(job.panda_id)
-        JobRun(job, self.ctx).give_back(why)
+            reason = f" ({self.no_room})" if self.no_room else ""
+            why = PilotError(self.exit_error or errors.GENERALERROR, f"the pilot stopped before the job started{reason}")
+        for data in fetched:
+            try:
+                job = Job(data)
+            except ValueError as exc:
+                log.error("unusable job definition fetched: %s", exc)
+                continue
+            log.warning("job %s was fetched but will not run: %s", job.panda_id, why)
+            if self.handoff is not None:
+                self.handoff.add_panda_id(job.panda_id)
+            JobRun(job, self.ctx).give_back(why, self.wrapup)
 
     # ---- helpers ------------------------------------------------------------------------------------------------
     def load_queuedata(self):
@@ -297,8 +355,7 @@ class Pilot:
                        file_mode=self.file_mode, outbox=self.outbox,
                        pilot_deadline=self.deadline - qd["pilot_stageout_reserve"],
                        adopter_pid=os.getpid() if self.subreaper else None, pilot_log=self.pilot_log,
-                       cleanup=not opts.no_cleanup, payload_ended=self.fetch_next_job,
-                       settle_previous=None if self.file_mode else self.settle_final_update)
+                       cleanup=not opts.no_cleanup, payload_ended=self.fetch_ahead)
 
     def remaining_time(self):
         """Seconds a new job may run: the pilot's end minus the stage-out reserve."""
@@ -318,16 +375,24 @@ class Pilot:
             params.update(harvester_id=self.harvester_ids[0], worker_id=self.harvester_ids[1])
         return params
 
-    def job_from_server(self):
+    def jobs_from_server(self):
+        """The jobs of the getJob sent ahead, else of a getJob sent now (tried again ``pilot_getjob_tries`` times
+        when the server has none): a list of (definition, when asked)."""
         tries, failures = self.qd["pilot_getjob_tries"], []
         for attempt in range(max(1, tries)):
             if self.stop.requested:
-                return None
+                return []
             try:
-                early, self.next_job = self.next_job, None
-                job = early() if early is not None else self.client.get_job(self.offer())
-                if job is not None:
-                    return job
+                early, self.next_jobs = self.next_jobs, None
+                if early is not None:
+                    asked, jobs = self.next_jobs_sent, early()
+                else:
+                    n_jobs = self.jobs_to_ask(self.jobs_run)
+                    if not n_jobs:
+                        return []
+                    asked, jobs = time.time(), self.client.get_jobs(self.offer(), n_jobs)
+                if jobs:
+                    return [(data, asked) for data in jobs]
                 log.info("no job for this pilot (getJob %d of %d)", attempt + 1, tries)
             except comm.CommError as exc:
                 log.warning("getJob failed (%d of %d): %s", attempt + 1, tries, exc)
@@ -335,11 +400,10 @@ class Pilot:
                     raise PilotError(errors.NOPROXY, f"the server refused the token: {exc}") from None
                 failures.append(exc)
             if attempt + 1 < tries:
-                self.settle_final_update()
                 self.waker.sleep(self.qd["pilot_getjob_interval"])
         if len(failures) == max(1, tries) and not self.jobs_run:
             self.exit_error = errors.COMMUNICATIONFAILURE
-        return None
+        return []
 
     def job_from_file(self):
         job = self.handoff.take_job()
@@ -356,4 +420,11 @@ class Pilot:
             return errors.shell_exit_code(self.exit_error)
         if self.outbox is not None and not self.file_mode and self.outbox.entries():
             return errors.shell_exit_code(errors.COMMUNICATIONFAILURE)
+        return 0
+
+
+def _size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
         return 0

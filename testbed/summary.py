@@ -25,10 +25,12 @@ def summarize(run, state):
     rows = list(job.select(job.panda_id, job.status, job.attempt_nr, job.start_time, job.end_time)
                 .where(job.task_id == run.task_id).tuples())
     finished = [r for r in rows if r[1] == "finished"]
-    # a pilot reports "starting" when it has the job; a payload that ends within seconds is never reported running
+    # a job is reported starting before a stage-in, running once its payload outlives a delay; a short job without
+    # inputs is only reported when it ends, with the start time of its payload
     first_started = models.StatusLog.select(peewee.fn.MIN(models.StatusLog.time)).where(
         models.StatusLog.panda_id.in_([r[0] for r in rows]),
         models.StatusLog.new_status.in_(["starting", "running"])).scalar() if rows else None
+    first_started = min([t for t in [first_started] + [r[3] for r in rows] if t is not None], default=None)
     last_end = max((r[4] for r in rows if r[4] is not None), default=None)
     makespan = utc_epoch(last_end) - run.submitted_at if last_end else None
     ideal = args.jobs * args.job_seconds / run.pilots

@@ -53,35 +53,46 @@ def test_success_with_outputs_and_checksums(site):
     assert stdout == "args: --n 3 two words ; $(touch pwned)\n"
     assert not [p for p in os.listdir(site.base) if p == "pwned"]
     states = [h["to"] for h in site.history(pid)]
-    assert states == ["activated", "sent", "starting", "finished"]  # ended within pilot_running_delay
+    assert states == ["activated", "sent", "finished"]  # ended within pilot_running_delay: no starting, no running
 
 
 def test_running_is_reported_once_the_payload_outlives_the_delay_and_at_once_with_0(site):
     slow = site.submit(transformation="/bin/sleep", jobParameters="1.5")
     code, log = site.run(qd=site.queuedata(pilot_running_delay=0.5))
     assert code == 0, log
-    assert [h["to"] for h in site.history(slow)] == ["activated", "sent", "starting", "running", "finished"]
+    assert [h["to"] for h in site.history(slow)] == ["activated", "sent", "running", "finished"]
     quick = site.submit(transformation="/bin/true")
     code, log = site.run(qd=site.queuedata(pilot_running_delay=0))
     assert code == 0, log
-    assert [h["to"] for h in site.history(quick)] == ["activated", "sent", "starting", "running", "finished"]
+    assert [h["to"] for h in site.history(quick)] == ["activated", "sent", "running", "finished"]
 
 
 class StubServer(http.server.BaseHTTPRequestHandler):
-    """getJob hands out ``jobs`` one by one; updateJob records (PandaID, state, ``look(PandaID, state)``) before
-    it answers."""
+    """getJob hands out up to nJobs of ``jobs``; updateJob and each entry of updateJobsInBulk record (PandaID,
+    state, ``look(PandaID, state)``) before the answer, which is ``answer(PandaID, state, bulk)`` (accepted when
+    it returns None). ``requests`` lists (route, nJobs or number of entries)."""
 
     protocol_version = "HTTP/1.1"
-    jobs, updates, look = [], [], None
+    jobs, updates, look, answer, requests = [], [], None, None, []
 
     def do_POST(self):
         params = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-        if self.path.endswith("/getJob"):
-            reply = dict(self.jobs.pop(0), StatusCode=0) if self.jobs else {"StatusCode": 20}
+        route = self.path.rsplit("/", 1)[-1]
+        stub = type(self)
+        if route == "getJob":
+            n_jobs = int(params.get("nJobs") or 0)
+            stub.requests.append((route, n_jobs))
+            if n_jobs:
+                taken, stub.jobs[:n_jobs] = stub.jobs[:n_jobs], []
+                reply = {"StatusCode": 0 if taken else 20, "jobs": taken, "nSent": len(taken)}
+            else:
+                reply = dict(stub.jobs.pop(0), StatusCode=0) if stub.jobs else {"StatusCode": 20}
+        elif route == "updateJobsInBulk":
+            stub.requests.append((route, len(params["jobList"])))
+            reply = {"StatusCode": 0, "results": [self.record(entry, True) for entry in params["jobList"]]}
         else:
-            panda_id, state = int(params["jobId"]), params["state"]
-            self.updates.append((panda_id, state, type(self).look(panda_id, state)))
-            reply = {"StatusCode": 0, "command": "NULL"}
+            stub.requests.append((route, 1))
+            reply = self.record(params, False)
         body = json.dumps(reply).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -89,8 +100,28 @@ class StubServer(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def record(self, params, bulk):
+        stub = type(self)
+        panda_id, state = int(params["jobId"]), params["state"]
+        stub.updates.append((panda_id, state, stub.look(panda_id, state) if stub.look else None))
+        return (stub.answer and stub.answer(panda_id, state, bulk)) or {"StatusCode": 0, "command": "NULL"}
+
     def log_message(self, *args):
         pass
+
+
+def stub_server(jobs, look=None, answer=None):
+    """A StubServer on a free port, serving ``jobs``; returns the server (its URL: ``stub_url(server)``)."""
+    StubServer.jobs, StubServer.updates, StubServer.requests = list(jobs), [], []
+    StubServer.look = staticmethod(look) if look else None
+    StubServer.answer = staticmethod(answer) if answer else None
+    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StubServer)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    return stub
+
+
+def stub_url(stub):
+    return f"http://127.0.0.1:{stub.server_address[1]}"
 
 
 def started(marker):
@@ -105,63 +136,81 @@ def started(marker):
     return False
 
 
-def test_starting_goes_out_once_the_payload_runs_unless_there_is_a_stage_in(site):
-    """Without inputs the starting report's round trip overlaps the payload's run: it leaves once the payload
-    runs. With inputs it goes before the stage-in, as pilot3 sends it."""
+def test_starting_only_before_a_stage_in_and_running_only_after_the_delay(site):
+    """A short job without inputs sends no starting and no running: sent -> finished in one report. With inputs,
+    starting goes before the stage-in, as pilot3 sends it; a payload that outlives pilot_running_delay is
+    reported running while it runs."""
     marker = f"starting-{os.getpid()}-{id(site)}"
     sleep = marked_sleep(site.base, marker)
     inputs = os.path.join(site.base, "inputs")
     os.makedirs(inputs)
     with open(os.path.join(inputs, "in.dat"), "wb") as handle:
         handle.write(b"input\n")
-    job = {"transformation": sleep, "jobPars": "1", "prodSourceLabel": "managed", "logFile": "l.tgz"}
-    StubServer.jobs = [dict(job, PandaID=1), dict(job, PandaID=2, inFiles="in.dat", fsize="6",
-                                                   checksum=f"ad:{zlib.adler32(b'input' + bytes([10])):08x}")]
-    StubServer.updates = []
-    StubServer.look = staticmethod(lambda *update: (started(marker),
-                                            bool(glob.glob(os.path.join(site.workdir, "*", "PandaJob_*", "in.dat")))))
-    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StubServer)
-    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    job = {"transformation": sleep, "jobPars": "0.1", "prodSourceLabel": "managed", "logFile": "l.tgz"}
+    stub = stub_server([dict(job, PandaID=1), dict(job, PandaID=2, inFiles="in.dat", fsize="6",
+                                                    checksum=f"ad:{zlib.adler32(b'input' + bytes([10])):08x}"),
+                        dict(job, PandaID=3, jobPars="3")],
+                       look=lambda *update: (started(marker),
+                                             bool(glob.glob(os.path.join(site.workdir, "*", "PandaJob_*", "in.dat")))))
     try:
-        code, log = site.run("--input-dir", inputs, url=f"http://127.0.0.1:{stub.server_address[1]}",
-                             qd=site.queuedata(timefloor=10))
+        code, log = site.run("--input-dir", inputs, url=stub_url(stub),
+                             qd=site.queuedata(timefloor=10, pilot_running_delay=1))
     finally:
         stub.shutdown()
         stub.server_close()
     assert code == 0, log
-    # (PandaID, state, (payload running, input staged in)) as the server saw each update arrive
-    assert [u for u in StubServer.updates if u[1] == "starting"] == [
-        (1, "starting", (True, False)), (2, "starting", (False, False))], log
-    assert [(u[0], u[1]) for u in StubServer.updates if u[1] != "starting"] == [(1, "finished"), (2, "finished")]
+    # (state, (a payload running, input staged in)) as the server saw each update arrive (a final may arrive
+    # while the next job's payload runs)
+    reports = {panda_id: [u[1:] for u in StubServer.updates if u[0] == panda_id] for panda_id in (1, 2, 3)}
+    assert [state for state, _ in reports[1]] == ["finished"], log
+    assert reports[2][0] == ("starting", (False, False)) and reports[2][1][0] == "finished", log
+    assert reports[3][0] == ("running", (True, False)) and [s for s, _ in reports[3]] == ["running", "finished"], log
 
 
-def test_a_final_update_is_answered_while_the_next_job_already_runs(site):
-    """With the next job fetched early, a job's final update is only sent when it ends: its answer is read once
-    the next job's payload runs. The stub holds job 1's answer until job 2's payload is up."""
+class HeldPut(http.server.BaseHTTPRequestHandler):
+    """Takes a log tarball's PUT (queuedata output_url) and holds its answer until ``release()`` is true (or
+    30 s), recording whether it was."""
+
+    protocol_version = "HTTP/1.1"
+    release, seen = None, []
+
+    def do_PUT(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        deadline = time.monotonic() + 30
+        while not type(self).release() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        type(self).seen.append((self.path, type(self).release()))
+        body = b'{"data": {}}'
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_next_payload_starts_while_the_previous_job_is_wrapped_up(site):
+    """Payloads back to back: job 1's log upload is held until job 2's payload runs, which it only can if job
+    1's stage-out is off the job loop; job 1's state still follows its upload and both finals are delivered."""
     marker = f"overlap-{os.getpid()}-{id(site)}"
     sleep = marked_sleep(site.base, marker)
-    StubServer.jobs = [{"PandaID": 1, "transformation": "/bin/true", "jobPars": "", "prodSourceLabel": "managed"},
-                       {"PandaID": 2, "transformation": sleep, "jobPars": "1", "prodSourceLabel": "managed"}]
-    StubServer.updates = []
-
-    def look(panda_id, state):
-        if (panda_id, state) == (1, "finished"):  # held until job 2's payload runs (or 30 s)
-            deadline = time.monotonic() + 30
-            while not processes_with(marker) and time.monotonic() < deadline:
-                time.sleep(0.02)
-        return bool(processes_with(marker))
-
-    StubServer.look = staticmethod(look)
-    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StubServer)
-    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    stub = stub_server([{"PandaID": 1, "transformation": "/bin/true", "jobPars": "", "prodSourceLabel": "managed",
+                         "logFile": "one.log.tgz"},
+                        {"PandaID": 2, "transformation": sleep, "jobPars": "1", "prodSourceLabel": "managed"}])
+    HeldPut.release, HeldPut.seen = staticmethod(lambda: bool(processes_with(marker))), []
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HeldPut)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
     try:
-        code, log = site.run(url=f"http://127.0.0.1:{stub.server_address[1]}", qd=site.queuedata(timefloor=10))
+        url = f"http://127.0.0.1:{sink.server_address[1]}/logs/{{lfn}}"
+        code, log = site.run(url=stub_url(stub), qd=site.queuedata(timefloor=10, copytool="http", output_url=url))
     finally:
-        stub.shutdown()
-        stub.server_close()
+        for server in (stub, sink):
+            server.shutdown()
+            server.server_close()
     assert code == 0, log
-    finals = [(panda_id, running) for panda_id, state, running in StubServer.updates if state == "finished"]
-    assert finals == [(1, True), (2, False)], (StubServer.updates, log)
+    assert HeldPut.seen == [("/logs/one.log.tgz", True)], log
+    assert sorted((u[0], u[1]) for u in StubServer.updates) == [(1, "finished"), (2, "finished")], log
     outbox = os.path.join(site.workdir, "outbox")
     assert not os.path.isdir(outbox) or not os.listdir(outbox)
 

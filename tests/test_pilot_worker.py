@@ -1,5 +1,4 @@
 """The pilot's life through the zipapp: signals, the outbox, file mode, the multi-job loop and exit codes."""
-import http.server
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ import time
 import requests
 
 from pilot.signals import REPEAT_WINDOW_S
-from test_pilot_harness import QUEUE, marked_sleep, processes_with
+from test_pilot_harness import QUEUE, PilotSite, marked_sleep, processes_with
 
 pytest_plugins = ["test_pilot_harness"]  # the site and zipapp_path fixtures
 
@@ -256,54 +255,54 @@ def test_each_log_tarball_holds_the_pilot_log_of_its_own_job(site):
     assert f"PandaID {ids[1]} " in texts[1] and f"PandaID {ids[0]} " not in texts[1]
 
 
-class LogSink(http.server.BaseHTTPRequestHandler):
-    """Takes the log tarball's PUT (queuedata output_url) and runs ``on_put`` first: a hook into the middle of a
-    job's stage-out."""
+def test_jobs_in_hand_are_given_back_on_a_stop(site):
+    """Short jobs seen, the pilot takes the following ones in one getJob when the next starts; on SIGTERM the
+    running payload is killed and every job in hand not started is reported failed at once with why (the server
+    retries it), never left dispatched."""
+    marker = f"inhand-{os.getpid()}-{id(site)}"
+    sleep = marked_sleep(site.base, marker)
+    ids = [site.submit(transformation="/bin/true")] + [site.submit(transformation=sleep, jobParameters="30")
+                                                       for _ in range(4)]
+    proc = site.start("--getjob-lookahead", "30", qd=site.queuedata(timefloor=10))
+    site.wait_for(lambda: processes_with(marker) and all(site.status(i) == "sent" for i in ids[1:]),
+                  "the second job running, the others in hand")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143, site.log()  # SIGTERM's exit code
+    assert site.status(ids[0]) == "finished", site.log()
+    killed = site.job(ids[1])
+    assert (killed["jobStatus"], killed["pilotErrorCode"]) == ("failed", 1201), site.log()
+    for panda_id in ids[2:]:
+        job = site.job(panda_id)
+        assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1201), site.log()
+        assert "before the job started" in job["pilotErrorDiag"]
+        assert [h["to"] for h in site.history(panda_id)] == ["activated", "sent", "failed"]
+    assert processes_with(marker) == []
 
-    protocol_version = "HTTP/1.1"
-    on_put = None
 
-    def do_PUT(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        type(self).on_put()
-        body = b'{"data": {}}'
-        self.send_response(201)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def test_a_pilot_killed_with_jobs_in_hand_leaves_none_dispatched_for_ever(zipapp_path, tmp_path):
+    """kill -9: the pilot reports nothing, so its jobs in hand stay sent until the server's watchdog fails them
+    after watchdog.sent_timeout (supErrorCode 102, retried as its rules say): none stays dispatched for ever."""
+    from taskhelp import TaskServer
 
-    def log_message(self, *args):
-        pass
-
-
-def test_next_job_is_fetched_during_stage_out_and_given_back_on_a_stop(site):
-    """The next getJob goes out when a payload ends, before its stage-out; a job so fetched that the pilot may not
-    run (SIGTERM meanwhile) is reported failed at once (the server retries it), never left dispatched."""
-    ids = [site.submit(transformation="/bin/true", jobParameters="",
-                       Files=[{"type": "log", "lfn": f"job{n}.log.tgz", "scope": "user"}]) for n in (1, 2)]
-    seen = {}
-
-    def on_put():  # the first job's log is on its way out: the second job must be dispatched already
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "activated" in [site.status(i) for i in ids]:
-            time.sleep(0.05)
-        seen["states"] = [site.status(i) for i in ids]
-        proc.send_signal(signal.SIGTERM)
-
-    LogSink.on_put = staticmethod(on_put)
-    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LogSink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    server = TaskServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "home" / "minipanda.db"),
+                        {"watchdog.sent_timeout": 2})
+    (tmp_path / "site").mkdir()
+    site = PilotSite(server, zipapp_path, tmp_path / "site")
     try:
-        url = f"http://127.0.0.1:{sink.server_address[1]}/logs/{{lfn}}"
-        proc = site.start(qd=site.queuedata(timefloor=10, copytool="http", output_url=url))
-        assert proc.wait(60) == 143, site.log()  # SIGTERM's exit code
+        marker = f"killed-{os.getpid()}-{id(site)}"
+        sleep = marked_sleep(site.base, marker)
+        ids = [site.submit(transformation="/bin/true")] + [site.submit(transformation=sleep, jobParameters="30")
+                                                           for _ in range(3)]
+        proc = site.start("--getjob-lookahead", "30", qd=site.queuedata(timefloor=10, pilot_running_delay=600))
+        site.wait_for(lambda: processes_with(marker) and all(site.status(i) == "sent" for i in ids[1:]),
+                      "the second job running, the others in hand")
+        proc.kill()
+        proc.wait(60)
+        site.wait_for(lambda: "sent" not in [site.status(i) for i in ids[1:]], "the watchdog's verdict")
+        for panda_id in ids[1:]:
+            job = site.job(panda_id)
+            assert (job["jobStatus"], job["supErrorCode"]) == ("failed", 102), job
+        site.wait_for(lambda: processes_with(marker) == [], "the payload gone with its pilot")
     finally:
-        sink.shutdown()
-        sink.server_close()
-    assert sorted(seen["states"]) == ["sent", "starting"], (seen, site.log())
-    ran, fetched = ids if seen["states"][0] == "starting" else ids[::-1]
-    assert site.status(ran) == "finished", site.log()
-    job = site.job(fetched)
-    assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1201), site.log()
-    assert "before the job started" in job["pilotErrorDiag"]
-    assert [h["to"] for h in site.history(fetched)] == ["activated", "sent", "failed"]
+        site.stop_pilots()
+        server.stop()

@@ -1,0 +1,190 @@
+"""The wrap-up of ended jobs on a thread of its own, and their final updates, several jobs in one request.
+
+Over HTTP, once a payload has ended the job loop (pilot.worker) starts the next job in hand at once and hands
+the ended job (jobrun.JobRun) to :class:`WrapUp`, whose thread does the rest of it, job after job in the order
+they ended, as the job loop did before: the stage-out of outputs and of the log tarball (whose outcome still
+decides the job's state), the final update's parameters, the job directory's removal. The finals made meanwhile
+go to the server together in ONE ``updateJobsInBulk``:
+
+* a final waits at most ``flush_after`` s for others (sent at once when the job loop has no next job in hand,
+  on a stop, or when ``BATCH_MAX`` are waiting); a single final goes as an ``updateJob``, as before;
+* each entry of the answer is judged alone: accepted; refused as a single updateJob would be told to try again
+  (the job changed concurrently): that final alone, again, with the job's tries and backoff, then the outbox;
+  refused for good: logged, as a single refusal. A request that fails as a whole is tried again as a whole
+  (``pilot_update_tries`` with backoff), then every final of it goes to the outbox; a server that refuses the
+  bulk request for good (one without the route) gets each final alone.
+
+Bounds: at most ``QUEUE_BOUND`` ended jobs wait for their wrap-up; the job loop waits before it starts another
+payload while the queue is full, so the wrap-up cannot fall behind by more than that. Stops: on a warm stop a
+final gets one try, then the outbox (as before); on a cold one the job loop spools every final not delivered yet
+(:meth:`WrapUp.abandon`) and the thread sends nothing more.
+"""
+import logging
+import queue
+import threading
+import time
+
+from pilot.comm import CommError, entry_outcome
+
+log = logging.getLogger(__name__)
+QUEUE_BOUND = 4  # ended jobs waiting for their stage-out and log
+BATCH_MAX = 100  # finals in one updateJobsInBulk
+_FLUSH, _STOP = object(), object()
+
+
+class WrapUp:
+    """The wrap-up thread of one pilot.
+
+    Args:
+        ctx: the jobrun.Context (client, outbox, timing, stop state, queuedata).
+        flush_after: seconds a final may wait for others before it is sent.
+    """
+
+    def __init__(self, ctx, flush_after=1.0):
+        self.ctx, self.flush_after = ctx, flush_after
+        self.queue = queue.Queue(maxsize=QUEUE_BOUND)
+        self.pending = []  # (monotonic time its final was made, JobRun)
+        self.unreported = []  # runs handed over whose final is not delivered, spooled or refused yet
+        self.lock = threading.Lock()
+        self.cold = False
+        self.woken = threading.Event()
+        self.sent_finals = self.sent_bulks = self.sent_finals_in_bulk = 0  # finals sent; bulk requests, finals in them
+        self.thread = threading.Thread(target=self._loop, name="wrap-up", daemon=True)
+        self.thread.start()
+
+    # ---- the job loop's side ------------------------------------------------------------------------------------
+    def put(self, run):
+        """Hand over an ended job (or one given back unstarted); waits while QUEUE_BOUND jobs are waiting."""
+        with self.lock:
+            self.unreported.append(run)
+        self.queue.put(run)
+
+    def flush(self):
+        """Send the finals made so far as soon as the jobs before this call are wrapped up."""
+        self.queue.put(_FLUSH)
+
+    def close(self, timeout=None):
+        """Wrap up every job handed over, send their finals, and end the thread; False if it did not end in
+        ``timeout`` s."""
+        try:
+            self.queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            return False
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def abandon(self):
+        """Cold stop: spool the final of every job not reported yet to the outbox (no network); the thread sends
+        nothing more. A final the thread was sending meanwhile may also arrive: a replay is answered alreadyDone."""
+        with self.lock:
+            self.cold = True
+            runs, self.unreported = self.unreported, []
+        self.woken.set()
+        for run in runs:
+            run.spool_final()
+
+    # ---- the thread ---------------------------------------------------------------------------------------------
+    def _loop(self):
+        while True:
+            due = self.pending[0][0] + self.flush_after if self.pending else None
+            try:
+                item = self.queue.get(timeout=None if due is None else max(0.0, due - time.monotonic()))
+            except queue.Empty:
+                item = _FLUSH
+            if self.cold:
+                if item is _STOP:
+                    return
+                continue
+            try:
+                if item is _STOP or item is _FLUSH:
+                    self._send()
+                    if item is _STOP:
+                        return
+                    continue
+                self._wrap_up(item)
+                if len(self.pending) >= BATCH_MAX or self.ctx.stop.requested:
+                    self._send()
+            except Exception:  # the thread must go on: the job loop waits on it
+                log.exception("wrap-up failed")
+
+    def _wrap_up(self, run):
+        try:
+            run.wrap_up()
+        except Exception as exc:  # a pilot bug must still end in a report
+            log.exception("unexpected error in the wrap-up of job %s", run.job.panda_id)
+            run.fail_unexpected(exc)
+            run.final = run.final_params()
+        self.pending.append((time.monotonic(), run))
+
+    def _send(self):
+        batch, self.pending = [run for _, run in self.pending], []
+        if not batch:
+            return
+        ctx = self.ctx
+        for run in batch:
+            ctx.timing.mark(run.job.panda_id, "PILOT_PRE_FINAL_UPDATE")
+        self.sent_finals += len(batch)
+        if len(batch) == 1:
+            self._deliver_alone(batch[0], self._tries())
+        else:
+            self._send_bulk(batch)
+        if ctx.outbox is not None and ctx.client is not None and not self.cold:
+            ctx.outbox.replay(ctx.client)
+
+    def _send_bulk(self, batch):
+        ctx, backoff, tries = self.ctx, self.ctx.qd["pilot_update_backoff"], self._tries()
+        results = None
+        for attempt in range(tries):
+            try:
+                results = ctx.client.update_jobs_bulk([run.final for run in batch])
+                break
+            except CommError as exc:
+                log.warning("final updates of %d jobs in one request failed, try %d of %d: %s", len(batch),
+                            attempt + 1, tries, exc)
+                if not exc.transient:  # a server without updateJobsInBulk: each alone
+                    for run in batch:
+                        self._deliver_alone(run, tries)
+                    return
+                if attempt + 1 < tries and not ctx.stop.requested and not self.cold:
+                    self._sleep(backoff)
+                    backoff = min(backoff * 2, 60.0)
+                else:
+                    break
+        self.sent_bulks += 1
+        self.sent_finals_in_bulk += len(batch)
+        if results is None:
+            for run in batch:
+                self._done(run, None, CommError("updateJobsInBulk failed"))
+            return
+        for run, result in zip(batch, results):
+            outcome = entry_outcome(result)
+            if outcome == "ok":
+                self._done(run, result, None)
+            elif outcome == "retry":
+                log.warning("final update of job %s refused for now (%s); sent again alone", run.job.panda_id,
+                            result.get("ErrorDiag"))
+                self._deliver_alone(run, tries)
+            else:
+                self._done(run, None, CommError(str(result.get("ErrorDiag") or result), transient=False,
+                                                reply=result))
+
+    def _deliver_alone(self, run, tries):
+        ctx = self.ctx
+        reply, error = ctx.client.update_job_reliably(run.final, tries, ctx.qd["pilot_update_backoff"], self._sleep,
+                                                      lambda: ctx.stop.requested or self.cold)
+        self._done(run, reply, error)
+
+    def _done(self, run, reply, error):
+        with self.lock:
+            if self.cold:  # the job loop spooled it already
+                return
+            self.unreported = [r for r in self.unreported if r is not run]
+        run.settled(reply, error)
+        self.ctx.timing.save(done=run.job.panda_id)
+
+    def _tries(self):
+        return 1 if self.ctx.stop.requested else max(1, self.ctx.qd["pilot_update_tries"])
+
+    def _sleep(self, seconds):
+        """A backoff that a cold stop cuts short (the job loop's Waker is for the main thread's signals only)."""
+        self.woken.wait(max(0.0, seconds))

@@ -1,0 +1,175 @@
+"""The wrap-up thread and the job loop's batches: finals several in one updateJobsInBulk (each entry judged alone),
+the wrap-up queue bounded, and how many jobs one getJob asks for."""
+import argparse
+import os
+import threading
+import time
+
+from pilot import wrapup
+from pilot.report import Timing
+from pilot.signals import StopState
+from pilot.worker import Pilot
+from test_pilot_jobrun import StubServer, stub_server, stub_url
+
+pytest_plugins = ["test_pilot_harness"]  # the site and zipapp_path fixtures
+QD = {"pilot_update_tries": 3, "pilot_update_backoff": 0.01}
+
+
+class FakeJob:
+    def __init__(self, panda_id):
+        self.panda_id = panda_id
+
+
+class FakeRun:
+    """What the wrap-up thread needs of a jobrun.JobRun; ``wrap_up`` waits for ``gate`` when one is given."""
+
+    def __init__(self, panda_id, gate=None):
+        self.job, self.gate = FakeJob(panda_id), gate
+        self.final = None
+        self.outcome = None
+
+    def wrap_up(self):
+        if self.gate is not None:
+            self.gate.wait(30)
+        self.final = {"jobId": self.job.panda_id, "state": "finished"}
+
+    def settled(self, reply, error):
+        self.outcome = ("delivered", None) if reply is not None else (
+            "refused" if error is not None and not error.transient else "spooled", str(error))
+
+    def spool_final(self):
+        self.outcome = ("spooled", "cold")
+
+
+class FakeClient:
+    """Records each request; a bulk's entries are answered by ``entry(panda_id)``, a single update is accepted."""
+
+    def __init__(self, entry):
+        self.entry, self.requests = entry, []
+
+    def update_jobs_bulk(self, entries):
+        self.requests.append(("bulk", [e["jobId"] for e in entries]))
+        return [self.entry(e["jobId"]) for e in entries]
+
+    def update_job_reliably(self, params, tries, backoff, sleep, give_up):
+        self.requests.append(("alone", params["jobId"]))
+        return {"StatusCode": 0, "command": "NULL"}, None
+
+
+class FakeContext:
+    def __init__(self, client, tmp_path):
+        self.client, self.qd, self.stop, self.outbox = client, QD, StopState(), None
+        self.timing = Timing(os.path.join(tmp_path, "timing.json"))
+
+
+def test_a_bulk_entry_refused_for_now_is_sent_again_alone_and_one_refused_for_good_is_not(tmp_path):
+    answers = {1: {"StatusCode": 0, "command": "NULL"},
+               2: {"StatusCode": 30, "command": "NULL", "ErrorDiag": "job 2 changed state concurrently; retry"},
+               3: {"StatusCode": 50, "command": "NULL", "ErrorDiag": "state: not allowed"},
+               4: {"StatusCode": 30, "command": "tobekilled", "ErrorDiag": "job 4 is unknown"}}
+    client = FakeClient(lambda panda_id: answers[panda_id])
+    wrap = wrapup.WrapUp(FakeContext(client, tmp_path), flush_after=60)
+    runs = [FakeRun(panda_id) for panda_id in (1, 2, 3, 4)]
+    for run in runs:
+        wrap.put(run)
+    assert wrap.close(30)
+    assert client.requests == [("bulk", [1, 2, 3, 4]), ("alone", 2)]
+    assert [run.outcome[0] for run in runs] == ["delivered", "delivered", "refused", "refused"]
+    assert wrap.unreported == [] and (wrap.sent_finals, wrap.sent_bulks) == (4, 1)
+
+
+def test_the_wrap_up_queue_is_bounded(tmp_path):
+    """While the wrap-up is stuck, the job loop's hand-over waits once QUEUE_BOUND jobs are waiting: it cannot
+    start payload after payload while the wrap-up falls behind without bound."""
+    gate = threading.Event()
+    client = FakeClient(lambda panda_id: {"StatusCode": 0, "command": "NULL"})
+    wrap = wrapup.WrapUp(FakeContext(client, tmp_path), flush_after=60)
+    runs = [FakeRun(panda_id, gate) for panda_id in range(1, wrapup.QUEUE_BOUND + 3)]
+    handed = []
+
+    def job_loop():
+        for run in runs:
+            wrap.put(run)
+            handed.append(run.job.panda_id)
+
+    loop = threading.Thread(target=job_loop, daemon=True)
+    loop.start()
+    deadline = time.monotonic() + 30
+    while len(handed) < wrapup.QUEUE_BOUND + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    loop.join(0.5)
+    # one job in the thread's hands (stuck), QUEUE_BOUND waiting: the last one cannot be handed over yet
+    assert loop.is_alive() and len(handed) == wrapup.QUEUE_BOUND + 1
+    assert wrap.queue.qsize() == wrapup.QUEUE_BOUND
+    gate.set()
+    loop.join(30)
+    assert not loop.is_alive() and wrap.close(30)
+    assert sorted(run.job.panda_id for run in runs if run.outcome == ("delivered", None)) == \
+        [run.job.panda_id for run in runs]
+
+
+def pilot_for(tmp_path, lookahead=1.0, cap=50, lifetime=3600.0, timefloor=60):
+    options = argparse.Namespace(getjob_lookahead=lookahead, getjob_max_jobs=cap, workdir=str(tmp_path))
+    pilot = Pilot(options)
+    qd = {"timefloor": timefloor, "pilot_stageout_reserve": 0, "pilot_min_disk_getjob_mb": 0}
+    pilot.qd = qd
+    pilot.ctx = argparse.Namespace(qd=qd)
+    pilot.deadline = time.monotonic() + lifetime
+    return pilot
+
+
+def test_jobs_asked_for_fill_the_look_ahead_within_the_cap_the_remaining_time_and_the_timefloor(tmp_path):
+    pilot = pilot_for(tmp_path)
+    assert pilot.jobs_to_ask(0) == 1  # no pace known yet
+    pilot.pace = 0.1
+    assert pilot.jobs_to_ask(3) == 10  # 1 s of look-ahead
+    capped = pilot_for(tmp_path, cap=4)
+    capped.pace = 0.01
+    assert capped.jobs_to_ask(3) == 4
+    short = pilot_for(tmp_path, lookahead=100, lifetime=35)
+    short.pace = 10
+    assert short.jobs_to_ask(0) == 3  # 35 s left: no more than fit
+    off = pilot_for(tmp_path, lookahead=0)
+    off.pace = 0.001
+    assert off.jobs_to_ask(3) == 1
+    floor = pilot_for(tmp_path, timefloor=0)  # one job per pilot: none after the first
+    floor.pace = 0.01
+    assert floor.jobs_to_ask(0) >= 1 and floor.jobs_to_ask(1) == 0
+
+
+def test_short_jobs_come_several_per_getjob_and_their_finals_several_per_request(site):
+    """Against a stub server: getJob's nJobs grows once the pace is known and never passes --getjob-max-jobs;
+    every job is reported once, the finals of jobs wrapped up together in one updateJobsInBulk."""
+    jobs = [{"PandaID": n, "transformation": "/bin/true", "jobPars": "", "prodSourceLabel": "managed"}
+            for n in range(1, 11)]
+    stub = stub_server(jobs)
+    try:
+        code, log = site.run("--getjob-max-jobs", "3", "--getjob-lookahead", "60", "--final-batch-wait", "60",
+                             url=stub_url(stub), qd=site.queuedata(timefloor=10))
+    finally:
+        stub.shutdown()
+        stub.server_close()
+    assert code == 0, log
+    asked = [n for route, n in StubServer.requests if route == "getJob"]
+    assert asked[0] == 1 and max(asked) == 3 and all(1 <= n <= 3 for n in asked), (asked, log)
+    assert sorted((u[0], u[1]) for u in StubServer.updates) == [(n, "finished") for n in range(1, 11)], log
+    bulks = [n for route, n in StubServer.requests if route == "updateJobsInBulk"]
+    assert bulks and max(bulks) > 1, (StubServer.requests, log)
+    assert sum(bulks) + len([r for r, _ in StubServer.requests if r == "updateJob"]) == 10
+
+
+def test_one_payload_at_a_time(site, tmp_path):
+    """Back to back, never side by side: each payload starts after the one before it has ended, while the
+    previous jobs' logs are still being wrapped up."""
+    trace = os.path.join(str(tmp_path), "trace")
+    step = f"-c 'echo start $PandaID >> {trace}; sleep 0.05; echo end $PandaID >> {trace}'"
+    ids = [site.submit(transformation="/bin/sh", jobParameters=step,
+                       Files=[{"type": "log", "lfn": f"job{n}.log.tgz", "scope": "user"}]) for n in range(6)]
+    code, log = site.run(qd=site.queuedata(timefloor=10))
+    assert code == 0, log
+    assert all(site.status(panda_id) == "finished" for panda_id in ids), log
+    with open(trace) as handle:
+        lines = handle.read().split()
+    starts, ends = lines[0::4], lines[2::4]
+    assert starts == ["start"] * 6 and ends == ["end"] * 6 and lines[1::4] == lines[3::4], lines
+    assert sorted(int(panda_id) for panda_id in lines[1::4]) == sorted(ids)
