@@ -118,6 +118,7 @@ class JobRun:
         """After the payload: stage-out of outputs and log, the final update's parameters (``self.final``), the job
         directory removed. Runs on the wrap-up thread over HTTP, in the job loop otherwise."""
         self.stage_out()
+        self.ctx.log_end.pop(self.job.panda_id, None)  # used by the log tarball, if the job has one
         self.final = self.final_params()
         if self.ctx.handoff is not None and not self.ctx.file_mode:
             self.ctx.handoff.write_attributes(self.final)

@@ -124,10 +124,16 @@ class WrapUp:
         for run in batch:
             ctx.timing.mark(run.job.panda_id, "PILOT_PRE_FINAL_UPDATE")
         self.sent_finals += len(batch)
-        if len(batch) == 1:
-            self._deliver_alone(batch[0], self._tries())
-        else:
-            self._send_bulk(batch)
+        try:
+            if len(batch) == 1:
+                self._deliver_alone(batch[0], self._tries())
+            else:
+                self._send_bulk(batch)
+        except Exception:  # a pilot bug: what was not settled goes to the outbox, never lost
+            log.exception("sending the final updates of %d jobs failed", len(batch))
+            for run in batch:
+                if any(r is run for r in self.unreported):
+                    self._done(run, None, CommError("the final update could not be sent"))
         if ctx.outbox is not None and ctx.client is not None and not self.cold:
             ctx.outbox.replay(ctx.client)
 
