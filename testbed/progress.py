@@ -5,7 +5,9 @@ import time
 class Progress:
     """A rich progress bar on a terminal; elsewhere one plain line every few seconds and when a tenth is done."""
 
-    ACTIVE = ("sent", "starting", "running", "holding", "transferring", "merging")
+    # A pilot takes several short jobs per getJob: those it holds but has not started yet are "sent", told apart
+    # from the running ones so "running" never reads more than the pilots can run at once.
+    RUNNING = ("starting", "running", "holding", "transferring", "merging")
 
     def __init__(self, total, out):
         self.total, self.out = total, out
@@ -31,11 +33,11 @@ class Progress:
 
     def text(self, state, pilots):
         jobs = state["jobs"]
-        active = sum(jobs.get(s, 0) for s in self.ACTIVE)
+        running = sum(jobs.get(s, 0) for s in self.RUNNING)
         waiting = sum(jobs.get(s, 0) for s in ("defined", "activated", "pending", "assigned"))
         failed = jobs.get("failed", 0)
-        return (f"{active} running, {waiting} waiting, {failed} failed (retried), {pilots} pilots; "
-                f"task {state['task']}")
+        return (f"{running} running, {jobs.get('sent', 0)} taken by pilots, {waiting} waiting, "
+                f"{failed} failed (retried), {pilots} pilots; task {state['task']}")
 
     def update(self, state, pilots):
         done = state["jobs"].get("finished", 0)

@@ -26,7 +26,8 @@ def test_the_counts_come_first_and_whole_at_any_width(monkeypatch, columns):
     monkeypatch.setenv("COLUMNS", str(columns))
     out = Terminal()
     progress = Progress(1000, out)
-    progress.update({"jobs": {"finished": 20, "running": 5, "activated": 975, "failed": 3}, "task": "running"}, 6)
+    progress.update({"jobs": {"finished": 20, "running": 5, "sent": 12, "activated": 963, "failed": 3},
+                     "task": "running"}, 6)
     progress.close()
     frame = last_frame(out)
     first_line = frame.splitlines()[0]
@@ -34,4 +35,4 @@ def test_the_counts_come_first_and_whole_at_any_width(monkeypatch, columns):
     assert re.match(r"jobs +20/1000 ", first_line), frame
     # The description may wrap onto further lines, but nothing of it is cut.
     words = " ".join(word for word in frame.split() if not set(word) <= set("━╺╸"))
-    assert "5 running, 975 waiting, 3 failed (retried), 6 pilots; task running" in words, frame
+    assert "5 running, 12 taken by pilots, 963 waiting, 3 failed (retried), 6 pilots; task running" in words, frame
