@@ -149,8 +149,12 @@ def cmdline(pid):
 
 def spool_records(bed, queue=QUEUE):
     """Every pilot the local batch system started for ``queue``: its spool records, {batch id: record}."""
+    return spool_records_in(os.path.join(bed.home, "workers", queue, ".batch"))
+
+
+def spool_records_in(spool):
     records = {}
-    for path in glob.glob(os.path.join(bed.home, "workers", queue, ".batch", "*.json")):
+    for path in glob.glob(os.path.join(spool, "*.json")):
         with open(path) as handle:
             records[os.path.basename(path)[:-len(".json")]] = json.load(handle)
     return records
@@ -195,7 +199,8 @@ def test_kill_9_mid_run_then_restart_reconciles_every_worker(testbed_factory):
     workers = bed.wait_for(bed.settled, "every worker final and reported")
     bed.stop()
     assert "took over from" in bed.log(), bed.log()[-3000:]
-    # every worker reconciled: final; a worker the kill caught while submitting is missed, never resubmitted
+    # every worker reconciled: final; a worker the kill caught while submitting is adopted if it was launched, else
+    # missed; never resubmitted
     by_id = {w["workerID"]: w for w in workers}
     for row in at_kill:
         assert by_id[row["worker_id"]]["status"] in FINAL, (row, by_id[row["worker_id"]])
@@ -207,8 +212,10 @@ def test_kill_9_mid_run_then_restart_reconciles_every_worker(testbed_factory):
         if worker["batchID"]:
             assert records[worker["batchID"]]["worker_id"] == worker["workerID"]
             assert worker["submissionAttempts"] == 1
-        else:  # only a worker the kill caught between the launch and its record may have no batch id
+        else:  # only a worker the kill caught before its launch may have no batch id: a launched one is adopted
             assert worker["status"] == "missed", (worker, at_kill)
+            assert not (worker["accessPoint"] and os.path.exists(os.path.join(worker["accessPoint"], "job.out"))), \
+                ("a launched worker was given up as missed", worker, at_kill)
     assert {w["batchID"] for w in workers if w["batchID"]} <= set(records)
     # each pilot ran once in its access point (one exit status written by its job script)
     for worker in workers:
@@ -246,17 +253,13 @@ def test_jobs_the_server_sent_before_a_crash_are_adopted_not_lost(testbed_factor
         assert sent_count(bed, panda_id) == 1, bed.status_log(panda_id)
 
 
-def test_recover_interrupted_never_resubmits(tmp_path):
-    """Two workers a killed harvester left in submit_phase 'submitting': one whose batch job really runs (the plugin
-    launched it, the kill came before its answer was recorded) and one the plugin never launched. The local plugin's
-    find() gives the first back (adopted with its batch id); the second is given up as missed, its job released.
-    Neither is ever launched again."""
-    from harvester import db, models
-    from harvester.agents.submitter import Submitter, recover_interrupted
-    from harvester.batch.base import OK, WorkerSpec
+@pytest.fixture
+def push_context(tmp_path):
+    """A harvester's context over its own database with one push queue (QUEUE, OneToOne) and the local batch system,
+    its server never reached: the submitter's recovery as a restarted harvester runs it."""
+    from harvester import db
     from harvester.context import Context, Settings
     from harvester.client import ServerClient
-    from harvester.states import utcnow
     from queueconfig.loader import load_partial
 
     queues_path = tmp_path / "queues.yaml"
@@ -267,9 +270,28 @@ def test_recover_interrupted_never_resubmits(tmp_path):
     db.open_database(os.path.join(home, "harvester.db"))
     server = ServerClient(f"http://127.0.0.1:{free_port()}", None, "faults-test", timeout=2)
     ctx = Context(home, server, Settings(), "faults-test")
-    launched = None
     try:
         ctx.set_queues(dict(config.queues), {})
+        yield ctx
+    finally:
+        ctx.close()
+        server.close()
+        db.close_database()
+
+
+def test_recover_interrupted_never_resubmits(push_context):
+    """Two workers a killed harvester left in submit_phase 'submitting': one whose batch job really runs (the plugin
+    launched it, the kill came before its answer was recorded) and one the plugin never launched. The local plugin's
+    find() gives the first back (adopted with its batch id); the second is given up as missed, its job released.
+    Neither is ever launched again."""
+    from harvester import models
+    from harvester.agents.submitter import Submitter, recover_interrupted
+    from harvester.batch.base import OK, WorkerSpec
+    from harvester.states import utcnow
+
+    launched = None
+    ctx = push_context
+    try:
         queue = ctx.queues[QUEUE]
         plugin = ctx.plugin(queue)
         assert getattr(plugin, "find", None) is not None, "the local plugin is expected to have find()"
@@ -315,9 +337,85 @@ def test_recover_interrupted_never_resubmits(tmp_path):
     finally:
         if launched and start_ticks(launched["pid"]) == launched["start"]:
             os.killpg(launched["pid"], signal.SIGKILL)
-        ctx.close()
-        server.close()
-        db.close_database()
+
+# a submitting harvester, killed (SIGKILL, for real) after the local plugin launched the job script and before it
+# wrote the spool record: argv[1] is {"spool", "spec"}
+KILLED_AFTER_LAUNCH = """
+import json, os, signal, sys
+from harvester.batch import local
+from harvester.batch.base import WorkerSpec
+from harvester.transport import LocalTransport
+from queueconfig import Queue
+
+args = json.loads(sys.argv[1])
+local.Spool.write = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+local.LocalBatch(Queue.model_validate({"name": "Q"}), LocalTransport(), args["spool"]).submit(
+    [WorkerSpec(**args["spec"])])
+"""
+
+
+def test_kill_9_between_launch_and_record_adopts_the_launched_job(push_context):
+    """The race of the kill test above, made every time: harvester dies by SIGKILL right after the local plugin
+    launched a worker's job script, before its spool record (and so its batch id) exists. The restarted harvester
+    must adopt that job, never call it missed (its pilot runs on and takes a job) nor launch it again: one worker
+    whose pilot still runs, one whose pilot already ended before the restart (its exit status decides its end)."""
+    from harvester import models
+    from harvester.agents.submitter import Submitter, recover_interrupted
+    from harvester.batch.base import WorkerSpec
+    from harvester.states import utcnow
+
+    running = None
+    ctx = push_context
+    try:
+        queue = ctx.queues[QUEUE]
+        plugin, spool = ctx.plugin(queue), ctx.spool_dir(queue)
+        now = utcnow()
+        rows = []
+        for panda_id, argv in ((4251, ("sleep", "60")), (4252, ("true",))):
+            worker = models.Worker.create(queue=QUEUE, status="submitted", submit_phase="submitting",
+                                          submission_attempts=1, map_type="OneToOne", modification_time=now,
+                                          status_changed=now, submit_time=now)
+            models.HeldJob.create(panda_id=panda_id, queue=QUEUE, definition="{}", status="fed",
+                                  worker_id=worker.worker_id, fetched_time=now)
+            models.JobWorker.create(panda_id=panda_id, worker_id=worker.worker_id, time=now)
+            ap = ctx.access_point(queue, worker.worker_id)
+            models.Worker.update(access_point=ap).where(models.Worker.worker_id == worker.worker_id).execute()
+            spec = WorkerSpec(worker_id=worker.worker_id, access_point=ap, argv=argv, environment={}, cores=1,
+                              memory_mb=0, walltime_s=60)
+            plugin.write_script(spec)
+            killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_LAUNCH, json.dumps(
+                {"spool": spool, "spec": {**vars(spec), "argv": list(argv)}})], capture_output=True, text=True,
+                timeout=120)
+            assert killed.returncode == -signal.SIGKILL, killed.stderr
+            rows.append(worker)
+        assert spool_records_in(spool) == {}  # the kill came before any record
+        ended_ap = rows[1].access_point or ctx.access_point(queue, rows[1].worker_id)
+        deadline = time.time() + 60
+        while not os.path.exists(os.path.join(ended_ap, "job.exit")) and time.time() < deadline:
+            time.sleep(0.05)
+        # the restarted harvester
+        assert recover_interrupted(ctx, utcnow()) == 2
+        live, ended = (models.Worker.get_by_id(w.worker_id) for w in rows)
+        records = spool_records_in(spool)
+        running = records.get(live.batch_id)
+        assert live.status == "submitted" and live.submit_phase == "done", (live.status, live.diag)
+        assert running and running["worker_id"] == live.worker_id and start_ticks(running["pid"]) == running["start"]
+        assert cmdline(running["pid"]).split() == ["/bin/sh", os.path.join(live.access_point, "job.sh")]
+        assert ended.status == "submitted" and ended.submit_phase == "done", (ended.status, ended.diag)
+        assert ended.batch_id == f"0-{ended.worker_id}" and records[ended.batch_id]["worker_id"] == ended.worker_id
+        assert [models.HeldJob.get_by_id(p).worker_id for p in (4251, 4252)] == [w.worker_id for w in rows]
+        states = ctx.plugin(queue).status([live.batch_id, ended.batch_id])
+        assert states.states[live.batch_id].state == "running", states
+        assert states.states[ended.batch_id].state == "finished", states
+        # never launched again: later cycles add no record and no attempt
+        Submitter(ctx).run_once(utcnow())
+        assert recover_interrupted(ctx, utcnow()) == 0
+        assert sorted(spool_records_in(spool)) == sorted([live.batch_id, ended.batch_id])
+        assert [models.Worker.get_by_id(w.worker_id).submission_attempts for w in rows] == [1, 1]
+    finally:
+        if running and start_ticks(running["pid"]) == running["start"]:
+            os.killpg(running["pid"], signal.SIGKILL)
+
 
 # ---- 2. the server stops mid-run ------------------------------------------------------------------------------
 def test_server_stopped_mid_run_and_restarted(testbed_factory):

@@ -5,8 +5,15 @@ batch id ``<pid>-<start>`` (start = the process start time in clock ticks since 
 names a spool record ``<spool>/<batch id>.json`` with the access point and the boot id, which tells a live pilot
 from a later process that got the same pid. The script runs the pilot in a child and writes its exit status to
 ``job.exit`` in the access point, 128+N when signal N ended it (a shell outlives a SIGKILL of its child).
+
+A harvester killed between the launch and the spool record leaves a job nobody recorded. :meth:`LocalBatch.find`
+finds it again by its job script, whose path (in the access point) ends the argv of every process of the launch:
+running, it is recorded then under its real ``<pid>-<start>``; ended (its ``job.out``, made by the launch, or its
+``job.exit`` is there), it is recorded as ``0-<workerID>`` (pid unknown), so its exit status still decides how its
+worker ends. Only a worker with no such process and no such file was never launched.
 """
 import json
+import logging
 import re
 import shlex
 import time
@@ -16,6 +23,7 @@ from harvester.batch.base import (FATAL, OK, RETRY, BatchError, BatchStatus, Bat
 from harvester.batch.launch import pilot_lines
 from harvester.transport import TransportError
 
+log = logging.getLogger(__name__)
 _BATCH_ID = re.compile(r"(\d+)-(\d+)")
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 _BOOT_FILE = tuple(_BOOT_ID.rsplit("/", 1))  # as (root, path), for a batch of reads
@@ -45,6 +53,7 @@ class LocalBatch(BatchSystem):
     cancel_grace = 10  # s between SIGTERM (the pilot's warm stop) and SIGKILL of a cancelled worker's group
     session_wait = 60  # s a launched job script may take to lead its own session
     one_line_values = False  # no scheduler reads this script: a value may span lines (quoted)
+    shell = "/bin/sh"  # runs the job script: the argv of a launched job is exactly (shell, script)
 
     def __init__(self, queue, transport, spool=None):
         super().__init__(queue, transport, spool)
@@ -71,7 +80,7 @@ class LocalBatch(BatchSystem):
         ap, script = worker.access_point, self.script_path(worker)
         if not self.transport.exists(script):
             return SubmitResult(worker.worker_id, FATAL, message=f"no job script {script} (write_script() first)")
-        result = self.run([*self.launch_command, _join(ap, self.stdout_name), _join(ap, self.stderr_name), "/bin/sh",
+        result = self.run([*self.launch_command, _join(ap, self.stdout_name), _join(ap, self.stderr_name), self.shell,
                            script], cwd=ap)
         if not result.ok or not result.stdout.strip().isdigit():
             status = FATAL if result.returncode in (126, 127) else RETRY  # no sh or no directory: never better
@@ -79,7 +88,7 @@ class LocalBatch(BatchSystem):
         pid = int(result.stdout.strip())
         start = self.processes.session_started(pid, self.session_wait)
         try:
-            batch_id = self.records.write(pid, start, boot_id, worker)
+            batch_id = self.records.write(pid, start, boot_id, worker.worker_id, worker.access_point)
         except TransportError as exc:  # untracked, it would run beside its retry: stop it
             self.processes.terminate([str(pid)], self.cancel_grace)
             return SubmitResult(worker.worker_id, RETRY, message=f"pid {pid} stopped: {exc}")
@@ -126,7 +135,39 @@ class LocalBatch(BatchSystem):
         self.records.forget(batch_ids)
 
     def find(self, access_point):
-        return self.records.find(access_point)
+        """The batch id of the job launched for ``access_point``: its spool record; else (a harvester killed between
+        the launch and the record) the job found in /proc or by the files its launch made, recorded now; None when
+        it was never launched. A launch still under way is waited for (``session_wait``), then a BatchError."""
+        found = self.records.find(access_point)
+        if found or not self.records.folder:
+            return found
+        script = f"{access_point.rstrip('/')}/{self.script_name}"
+        deadline = time.monotonic() + self.session_wait
+        while True:
+            chain = self.processes.launching(self.shell, script)
+            leader = next(((pid, start) for pid, (argv, state, session, start) in chain.items()
+                           if argv == [self.shell, script] and session == pid and state not in ("Z", "X")), None)
+            if leader or not chain:
+                break
+            if time.monotonic() > deadline:
+                raise BatchError(f"the launch of {script} (pids {sorted(chain)}) has not settled after "
+                                 f"{self.session_wait} s")
+            time.sleep(0.05)
+        name = access_point.rstrip("/").rsplit("/", 1)[-1]
+        worker_id = int(name) if name.isdigit() else None
+        if leader:
+            pid, start = leader
+            batch_id = self.records.write(pid, start, self.processes.boot_id(), worker_id, access_point)
+            log.warning("%s: job script found running as pid %d with no spool record (harvester stopped between "
+                        "the launch and the record): recorded as batch job %s", access_point, pid, batch_id)
+            return batch_id
+        traces = _read_all(self.transport, [(access_point, n) for n in (self.exit_name, self.stdout_name)])
+        if worker_id is None or not any(data is not None for data in traces.values()):
+            return None  # never launched (a launch always makes job.out before the script runs)
+        batch_id = self.records.write(0, 0, self.processes.boot_id(), worker_id, access_point, f"0-{worker_id}")
+        log.warning("%s: job script ended with no spool record (harvester stopped between the launch and the "
+                    "record): recorded as batch job %s, its exit file tells how it ended", access_point, batch_id)
+        return batch_id
 
 
 class Spool:
@@ -143,11 +184,11 @@ class Spool:
             raise BatchError("the local batch plugin needs a spool directory for its pid records", FATAL)
         return self.folder if batch_id is None else _join(self.folder, batch_id + suffix)
 
-    def write(self, pid, start, boot_id, worker):
-        """Record a launched job script; its batch id ``<pid>-<start>``."""
-        batch_id = f"{pid}-{start}"
-        record = {"pid": pid, "start": start, "boot_id": boot_id, "worker_id": worker.worker_id,
-                  "access_point": worker.access_point, "submitted": time.time()}
+    def write(self, pid, start, boot_id, worker_id, access_point, batch_id=None):
+        """Record a launched job script; its batch id, by default ``<pid>-<start>``."""
+        batch_id = batch_id or f"{pid}-{start}"
+        record = {"pid": pid, "start": start, "boot_id": boot_id, "worker_id": worker_id,
+                  "access_point": access_point, "submitted": time.time()}
         self.transport.write_file(self.path(batch_id), json.dumps(record), 0o600)
         return batch_id
 
@@ -208,6 +249,25 @@ class Processes:
             if session == pid or start is None or state == "Z" or time.monotonic() > deadline:
                 return start or 0
             time.sleep(0.002)
+
+    def launching(self, shell, script):
+        """``{pid: (argv, state, session, start ticks)}`` of the processes whose argv ends with ``shell script``:
+        the launch command, ``setsid`` and the job script itself (its subshell too), read through the transport in
+        one batch."""
+        pids = [name for name in self.transport.listdir("/proc") if name.isdigit()]
+        if not pids:
+            return {}
+        [result] = self.transport.files([{"op": "read", "root": "/proc", "limit": 65536,
+                                          "paths": [f"{pid}/{f}" for pid in pids for f in ("cmdline", "stat")]}])
+        got = {path: entry.get("data") for path, entry in (result.get("files") or {}).items()}
+        found = {}
+        for pid in pids:
+            argv = (got.get(f"{pid}/cmdline") or b"").split(b"\0")[:-1]
+            if [a.decode(errors="replace") for a in argv[-2:]] == [shell, script]:
+                state, session, start = _proc_stat(got.get(f"{pid}/stat"))
+                if start is not None:
+                    found[int(pid)] = ([a.decode(errors="replace") for a in argv], state, session, start)
+        return found
 
     def alive(self, record, boot_id):
         """Whether the process a spool record names still runs (the same boot, pid and start ticks)."""
