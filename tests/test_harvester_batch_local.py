@@ -294,6 +294,36 @@ def test_find_reads_the_spool_where_the_transport_reaches_it():
     assert LocalBatch(QUEUE, transport, None).find("/w/2") is None  # no spool, no record
 
 
+def test_find_adopts_a_launch_left_unrecorded_through_the_transport():
+    """A harvester killed between the launch and the spool record: find looks for the job script in /proc on the
+    submit host (through the transport) and records the process that runs it and leads its session (not its
+    subshell, not another worker's); with no such process, the files the launch made tell an ended job (``0-<id>``)
+    from one never launched (None)."""
+    from batchhelp import SchedulerTransport
+
+    def proc(pid, argv, session, start):
+        fields = ["S", "1", str(session), str(session)] + ["0"] * 15 + [str(start)]
+        transport.stored[f"/proc/{pid}/cmdline"] = b"\0".join(a.encode() for a in argv) + b"\0"
+        transport.stored[f"/proc/{pid}/stat"] = f"{pid} (sh) {' '.join(fields)}\n".encode()
+
+    transport = SchedulerTransport()
+    transport.stored["/proc/sys/kernel/random/boot_id"] = b"boot-1\n"
+    proc(301, ["/bin/sh", "/w/7/job.sh"], 301, 99)  # the job script, its session's leader
+    proc(302, ["/bin/sh", "/w/7/job.sh"], 301, 100)  # its subshell that runs the pilot
+    proc(303, ["/bin/sh", "/w/17/job.sh"], 303, 101)  # another worker's
+    spool = "/on/the/submit/host/.batch"
+    plugin = LocalBatch(QUEUE, transport, spool)
+    assert plugin.find("/w/7") == "301-99"
+    record = json.loads(transport.stored[f"{spool}/301-99.json"])
+    assert (record["pid"], record["start"], record["boot_id"], record["worker_id"]) == (301, 99, "boot-1", 7)
+    assert record["access_point"] == "/w/7"
+    assert plugin.find("/w/9") is None and not any(name.startswith(f"{spool}/0-") for name in transport.stored)
+    transport.stored["/w/9/job.out"] = b""  # launched, ended before the restart: its exit file decides
+    assert plugin.find("/w/9") == "0-9" and json.loads(transport.stored[f"{spool}/0-9.json"])["pid"] == 0
+    transport.stored["/w/9/job.exit"] = b"0\n"
+    assert plugin.status(["0-9"]).states["0-9"].state == "finished"
+
+
 def _find_spec(tmp_path, plugin):
     import json as _json
     import sys as _sys
