@@ -287,6 +287,17 @@ def test_find_matches_comment_or_working_directory(transport):
         plugin.find("/scratch/harvester/workers/SLURM_TEST/2")
 
 
+def test_find_falls_back_on_the_output_file_of_a_job_squeue_forgot(transport):
+    """A crash between sbatch and the record, restarted after the job ended and left squeue (MinJobAge): the
+    ``slurm-<id>.out`` that its --output made in the access point names it, so it is adopted, not missed."""
+    transport.answer("squeue", stdout=recorded("slurm_squeue_find.out"))
+    transport.stored["/scratch/harvester/workers/SLURM_TEST/3/slurm-51.out"] = b"pilot output"
+    transport.stored["/scratch/harvester/workers/SLURM_TEST/3/job.sh"] = b"#!/bin/sh"
+    plugin = SlurmBatch(QUEUE, transport)
+    assert plugin.find("/scratch/harvester/workers/SLURM_TEST/3") == "51"
+    assert plugin.find("/scratch/harvester/workers/SLURM_TEST/4") is None
+
+
 def test_commands_are_argv_lists_quoted_once_for_ssh():
     from harvester.transport.ssh import command_line
 

@@ -50,6 +50,7 @@ class SlurmBatch(ScriptBatch):
     test_only_start = re.compile(r"to start at (?P<start>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)")
     job_id_regexp = re.compile(r"^(?P<job_id>\d+)(;\S+)?$", re.MULTILINE)  # "id" or "id;cluster"
     job_line = re.compile(r"job id (?P<job_id>\d+)")
+    output_file = re.compile(r"slurm-(?P<job_id>\d+)\.out")  # --output of header_lines, in the access point
     word_punctuation = "_.,+:/=%@-"
     fatal_errors = re.compile(r"invalid (partition|account|qos)|Requested time limit is invalid|"
                               r"node configuration is not available|Unable to open file|unrecognized option|"
@@ -119,13 +120,16 @@ class SlurmBatch(ScriptBatch):
         return result
 
     def find(self, access_point):
-        """The id of the job whose comment or working directory is ``access_point``, or None; the newest if
-        several."""
+        """The id of the job whose comment or working directory is ``access_point`` (squeue), else of the
+        ``slurm-<id>.out`` Slurm wrote there (a job squeue forgot); None when neither; the newest if several."""
         result = self.run(self.find_command)
         if not result.ok:
             raise BatchError(f"cannot look for the job of {access_point}: {result.describe()}")
         found = [int(f[0]) for f in (line.split("|") for line in result.stdout.splitlines())
                  if len(f) >= 3 and f[0].isdigit() and access_point in (f[1], "|".join(f[2:-1]))]
+        if not found:  # ended longer ago than squeue remembers (MinJobAge): the output file Slurm made names it
+            found = [int(m["job_id"]) for m in map(self.output_file.fullmatch, self.transport.listdir(access_point))
+                     if m]
         return str(max(found)) if found else None
 
 
