@@ -6,16 +6,23 @@ Pilot -> harvester: ``worker_requestjob.json`` (``{"nJobs": 1}``), ``worker_attr
 ``worker_heartbeat.json`` (touched at each update: its mtime says the pilot is alive), ``kill_worker`` (the
 pilot is done), ``worker_attributes-<PandaID>.json`` (a job's final attributes, kept per job). Every write is a
 temporary file renamed into place. Names can be changed with queuedata ``handoff_files``.
+
+Two threads write here (the job loop, and the wrap-up of ended jobs, pilot.wrapup): every write is made under one
+lock, and ``worker_attributes.json`` keeps pilot3's shape (one job's dict) holding the NEWEST job's latest
+attributes; a report of an older job (its final made by the wrap-up thread while the next job runs) never
+overwrites it, and goes to that job's own ``worker_attributes-<PandaID>.json``, as every final does.
 """
 import json
 import logging
 import os
+import threading
 import time
 import urllib.parse
 
 from pilot.fileutil import atomic_touch, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
+FINAL_STATES = ("finished", "failed")
 
 
 class Handoff:
@@ -28,6 +35,9 @@ class Handoff:
 
     def __init__(self, directory, names):
         self.directory, self.names = directory, names
+        self.lock = threading.RLock()  # the job loop and the wrap-up thread both write
+        self.order = {}  # PandaID -> its rank among the jobs this pilot began (begun later ranks higher)
+        self.shown = -1  # the rank of the job worker_attributes.json speaks for
 
     def path(self, key):
         return os.path.join(self.directory, self.names[key])
@@ -84,11 +94,37 @@ class Handoff:
         self.cancel_request()
         return None
 
-    def write_attributes(self, update):
-        """The job's latest state for harvester: the update without its file info, plus jobStatus."""
+    def write_attributes(self, update, final=False):
+        """A job's latest state for harvester: the update without its file info, plus jobStatus.
+
+        Into ``worker_attributes.json`` unless that speaks for a job begun later (then the update, from the wrap-up
+        of an older job, would hide the running job from harvester); a final state, or an update kept out of that
+        file, goes to the job's own ``worker_attributes-<PandaID>.json``, so no report is lost (``final``: the
+        update is the job's last, whatever its state).
+        """
         data = {k: v for k, v in update.items() if k != "xml"}
         data["jobStatus"] = update.get("state")
-        atomic_write_json(self.path("attributes"), data, durable=False)  # rewritten at every report
+        panda_id = _panda_id(update.get("jobId"))
+        with self.lock:
+            rank = self._rank(panda_id)
+            shown = rank >= self.shown
+            if shown:
+                self.shown = rank
+                atomic_write_json(self.path("attributes"), data, durable=False)  # rewritten at every report
+            else:
+                log.debug("attributes of job %s kept in its own file: %s speaks for a job begun later", panda_id,
+                          self.names["attributes"])
+            if panda_id is not None and (not shown or final or data["jobStatus"] in FINAL_STATES):
+                atomic_write_json(os.path.join(self.directory, final_attributes_name(self.names, panda_id)), data)
+
+    def begin_job(self, panda_id):
+        """Note a job the pilot begins (its rank for :meth:`write_attributes`) and list it for harvester."""
+        with self.lock:
+            self._rank(_panda_id(panda_id))
+            self.add_panda_id(panda_id)
+
+    def _rank(self, panda_id):
+        return self.order.setdefault(panda_id, len(self.order))
 
     def touch_heartbeat(self):
         """Harvester's liveness file: its modification time is the pilot's last sign of life (only the time
@@ -100,27 +136,24 @@ class Handoff:
             atomic_touch(path)
 
     def write_final(self, panda_id, update, report, outputs):
-        """The end of a job: attributes, job report and the outputs' locations (event_status.dump.json).
-
-        The final attributes are also kept per job (``final_attributes_name``): the next job of a multi-job pilot
-        overwrites ``worker_attributes.json`` before harvester may have read it.
-        """
-        self.write_attributes(update)
-        data = {k: v for k, v in update.items() if k != "xml"}
-        data["jobStatus"] = update.get("state")
-        atomic_write_json(os.path.join(self.directory, final_attributes_name(self.names, panda_id)), data)
-        atomic_write_json(self.path("report"), report)
-        status = read_json(self.path("event_status")) or {}
-        status[str(panda_id)] = outputs
-        atomic_write_json(self.path("event_status"), status)
+        """The end of a job: attributes (also kept per job: the next job of a multi-job pilot overwrites
+        ``worker_attributes.json`` before harvester may have read it), job report and the outputs' locations
+        (event_status.dump.json)."""
+        with self.lock:
+            self.write_attributes(dict(update, jobId=update.get("jobId", panda_id)), final=True)
+            atomic_write_json(self.path("report"), report)
+            status = read_json(self.path("event_status")) or {}
+            status[str(panda_id)] = outputs
+            atomic_write_json(self.path("event_status"), status)
 
     def add_panda_id(self, panda_id):
-        ids = read_json(self.path("pandaids"))
-        ids = ids if isinstance(ids, list) else []
-        if panda_id not in ids:
-            # no fsync: harvester's own record of a pilot's jobs is the server's (getJob names the worker) or,
-            # in push mode, its own job file; this list is a hint it reads
-            atomic_write_json(self.path("pandaids"), ids + [panda_id], durable=False)
+        with self.lock:
+            ids = read_json(self.path("pandaids"))
+            ids = ids if isinstance(ids, list) else []
+            if panda_id not in ids:
+                # no fsync: harvester's own record of a pilot's jobs is the server's (getJob names the worker) or,
+                # in push mode, its own job file; this list is a hint it reads
+                atomic_write_json(self.path("pandaids"), ids + [panda_id], durable=False)
 
     def kill_requested(self):
         """True when harvester asks the running job to be killed."""
@@ -144,6 +177,14 @@ def final_attributes_id(names, filename):
     if filename.startswith(head) and filename.endswith(ext) and tail.isdigit() and tail.isascii():
         return int(tail)
     return None
+
+
+def _panda_id(value):
+    """A PandaID as an int (the job definition may give it as a string), else the value as it is."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def _parse_jobs(text):

@@ -200,7 +200,7 @@ class Pilot:
     def run(self, job):
         """Run one job to its payload's end (to its final report in push and file modes), then account for it."""
         if self.handoff is not None:
-            self.handoff.add_panda_id(job.panda_id)
+            self.handoff.begin_job(job.panda_id)
         if self.wrapup is not None and self.last_run is not None and self.pilot_log:
             # the previous job's log tarball, made on the wrap-up thread, ends where this job's lines begin
             self.ctx.log_end[self.last_run.job.panda_id] = _size(self.pilot_log)

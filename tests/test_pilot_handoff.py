@@ -63,3 +63,63 @@ def test_reports(tmp_path):
     h.touch_kill_worker()
     assert (tmp_path / "kill_worker").exists()
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_an_older_jobs_final_never_hides_the_running_job_and_is_kept_in_its_own_file(tmp_path):
+    # pull mode: job 1's final comes from the wrap-up thread after job 2 began and reported running
+    h = Handoff(str(tmp_path), HANDOFF_FILES)
+    attributes = tmp_path / "worker_attributes.json"
+    h.begin_job(1)
+    h.write_attributes({"jobId": 1, "state": "running"})
+    h.begin_job("2")  # a job definition may give the PandaID as a string
+    h.write_attributes({"jobId": 2, "state": "running"})
+    h.write_attributes({"jobId": 1, "state": "finished", "xml": "{}"})
+    assert json.loads(attributes.read_text()) == {"jobId": 2, "state": "running", "jobStatus": "running"}
+    assert json.loads((tmp_path / "worker_attributes-1.json").read_text()) == {
+        "jobId": 1, "state": "finished", "jobStatus": "finished"}
+    assert not (tmp_path / "worker_attributes-2.json").exists()  # a running job has no final yet
+    h.write_attributes({"jobId": 2, "state": "failed"})
+    assert json.loads(attributes.read_text())["jobStatus"] == "failed"
+    assert json.loads((tmp_path / "worker_attributes-2.json").read_text())["jobStatus"] == "failed"
+    assert json.loads((tmp_path / "worker_pandaids.json").read_text()) == [1, "2"]
+
+
+def test_the_attributes_file_goes_only_forward_while_both_threads_write(tmp_path):
+    """The job loop reports jobs 1..N running one after the other while the wrap-up thread writes each ended
+    job's final: a reader never sees the file speak for an older job than it saw before, and every final stays."""
+    h = Handoff(str(tmp_path), HANDOFF_FILES)
+    attributes = tmp_path / "worker_attributes.json"
+    ended, jobs, backwards, done = [], 40, [], threading.Event()
+
+    def wrap_up():
+        for panda_id in range(1, jobs + 1):
+            while len(ended) < panda_id and not done.is_set():
+                threading.Event().wait(0.0005)
+            h.write_attributes({"jobId": panda_id, "state": "finished"})
+
+    def harvester():
+        last = 0
+        while not done.is_set():
+            try:
+                panda_id = json.loads(attributes.read_text())["jobId"]
+            except FileNotFoundError:
+                continue
+            if panda_id < last:
+                backwards.append((last, panda_id))
+            last = max(last, panda_id)
+
+    threads = [threading.Thread(target=wrap_up), threading.Thread(target=harvester)]
+    for thread in threads:
+        thread.start()
+    for panda_id in range(1, jobs + 1):
+        h.begin_job(panda_id)
+        for _ in range(3):
+            h.write_attributes({"jobId": panda_id, "state": "running"})
+        ended.append(panda_id)
+    threads[0].join()
+    done.set()
+    threads[1].join()
+    assert not backwards, f"worker_attributes.json went back to an older job: {backwards[:5]}"
+    assert json.loads(attributes.read_text()) == {"jobId": jobs, "state": "finished", "jobStatus": "finished"}
+    for panda_id in range(1, jobs + 1):
+        assert json.loads((tmp_path / f"worker_attributes-{panda_id}.json").read_text())["jobStatus"] == "finished"
