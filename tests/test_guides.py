@@ -244,7 +244,7 @@ def test_postgresql_guide(tmp_path):
     script = guide_script("postgresql.md", replace=[(PORT, port)], variables={"DB": PG_URL})
     out, log = run_guide(tmp_path, script, env={"MINIPANDA_URL": f"http://127.0.0.1:{port}"})
     assert re.search(r"1 \| hello-pg\s+\| finished", out), log
-    assert re.search(r"starting\s+\| finished\s+\| pilot reported finished", out), log  # shorter than the delay
+    assert re.search(r"sent\s+\| finished\s+\| pilot reported finished", out), log  # no input, shorter than the delay
     assert re.search(r"jobStatus\s+finished", out), log
     assert (tmp_path / "work" / "minipanda-backup.sql").stat().st_size > 0
 

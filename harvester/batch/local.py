@@ -141,33 +141,7 @@ class LocalBatch(BatchSystem):
         found = self.records.find(access_point)
         if found or not self.records.folder:
             return found
-        script = f"{access_point.rstrip('/')}/{self.script_name}"
-        deadline = time.monotonic() + self.session_wait
-        while True:
-            chain = self.processes.launching(self.shell, script)
-            leader = next(((pid, start) for pid, (argv, state, session, start) in chain.items()
-                           if argv == [self.shell, script] and session == pid and state not in ("Z", "X")), None)
-            if leader or not chain:
-                break
-            if time.monotonic() > deadline:
-                raise BatchError(f"the launch of {script} (pids {sorted(chain)}) has not settled after "
-                                 f"{self.session_wait} s")
-            time.sleep(0.05)
-        name = access_point.rstrip("/").rsplit("/", 1)[-1]
-        worker_id = int(name) if name.isdigit() else None
-        if leader:
-            pid, start = leader
-            batch_id = self.records.write(pid, start, self.processes.boot_id(), worker_id, access_point)
-            log.warning("%s: job script found running as pid %d with no spool record (harvester stopped between "
-                        "the launch and the record): recorded as batch job %s", access_point, pid, batch_id)
-            return batch_id
-        traces = _read_all(self.transport, [(access_point, n) for n in (self.exit_name, self.stdout_name)])
-        if worker_id is None or not any(data is not None for data in traces.values()):
-            return None  # never launched (a launch always makes job.out before the script runs)
-        batch_id = self.records.write(0, 0, self.processes.boot_id(), worker_id, access_point, f"0-{worker_id}")
-        log.warning("%s: job script ended with no spool record (harvester stopped between the launch and the "
-                    "record): recorded as batch job %s, its exit file tells how it ended", access_point, batch_id)
-        return batch_id
+        return adopt_unrecorded(self, access_point)
 
 
 class Spool:
@@ -292,6 +266,38 @@ class Processes:
                   *groups])
         outcomes = dict(line.partition(" ")[::2] for line in sent.stdout.splitlines())
         return {group: outcomes.get(group) == "sent" for group in groups}, sent
+
+
+def adopt_unrecorded(batch, access_point):
+    """The batch id of a launch of ``access_point`` that has no spool record (see the module's docstring), now
+    recorded; None when nothing was launched."""
+    script = f"{access_point.rstrip('/')}/{batch.script_name}"
+    deadline = time.monotonic() + batch.session_wait
+    while True:
+        chain = batch.processes.launching(batch.shell, script)
+        leader = next(((pid, start) for pid, (argv, state, session, start) in chain.items()
+                       if argv == [batch.shell, script] and session == pid and state not in ("Z", "X")), None)
+        if leader or not chain:
+            break
+        if time.monotonic() > deadline:
+            raise BatchError(f"the launch of {script} (pids {sorted(chain)}) has not settled after "
+                             f"{batch.session_wait} s")
+        time.sleep(0.05)
+    name = access_point.rstrip("/").rsplit("/", 1)[-1]
+    worker_id = int(name) if name.isdigit() else None
+    if leader:
+        pid, start = leader
+        batch_id = batch.records.write(pid, start, batch.processes.boot_id(), worker_id, access_point)
+        log.warning("%s: job script found running as pid %d with no spool record (harvester stopped between "
+                    "the launch and the record): recorded as batch job %s", access_point, pid, batch_id)
+        return batch_id
+    traces = _read_all(batch.transport, [(access_point, n) for n in (batch.exit_name, batch.stdout_name)])
+    if worker_id is None or not any(data is not None for data in traces.values()):
+        return None  # never launched (a launch always makes job.out before the script runs)
+    batch_id = batch.records.write(0, 0, batch.processes.boot_id(), worker_id, access_point, f"0-{worker_id}")
+    log.warning("%s: job script ended with no spool record (harvester stopped between the launch and the "
+                "record): recorded as batch job %s, its exit file tells how it ended", access_point, batch_id)
+    return batch_id
 
 
 def native_state(record, boot_id, exit_text, cancel_mark, stat_text):
