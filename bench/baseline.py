@@ -28,3 +28,10 @@ def checkout(rev):
 def remove(directory):
     if directory and os.path.basename(directory).startswith("bench-baseline-"):
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def alternating(sides, rounds):
+    """``(label, where)`` of each side for each of ``rounds`` rounds, the order turned every other round: on a shared
+    machine the load drifts, and neither side should always run first."""
+    for n in range(rounds):
+        yield from (sides if n % 2 == 0 else sides[::-1])

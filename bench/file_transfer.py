@@ -151,22 +151,21 @@ def main(argv=None):
           f"side; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     results = {label: [] for label, _ in sides}
     try:
-        for n in range(args.rounds):
-            for label, where in (sides if n % 2 == 0 else sides[::-1]):
-                argv_child = [sys.executable, os.path.join(HERE, "file_transfer.py"), "--child", "--files",
-                              str(args.files), "--mb", str(args.mb)]
-                env = dict(os.environ, PYTHONPATH=where)
-                started = time.perf_counter()
-                out = subprocess.run(argv_child, cwd=where, env=env, capture_output=True, text=True, timeout=3600)
-                if out.returncode != 0:
-                    raise SystemExit(f"{label}: the child failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
-                figures = json.loads(out.stdout.strip().splitlines()[-1])
-                results[label].append(figures)
-                print(f"  {label}: " + "; ".join(
-                    f"{phase} pilot {figures[phase]['pilot']:.2f} server {figures[phase]['server']:.2f} wall "
-                    f"{figures[phase]['wall']:.2f}"
-                    for phase in PHASES) + f" ms per file ({time.perf_counter() - started:.0f} s, load "
-                    f"{os.getloadavg()[0]:.2f})", flush=True)
+        for label, where in baseline.alternating(sides, args.rounds):
+            argv_child = [sys.executable, os.path.join(HERE, "file_transfer.py"), "--child", "--files",
+                          str(args.files), "--mb", str(args.mb)]
+            env = dict(os.environ, PYTHONPATH=where)
+            started = time.perf_counter()
+            out = subprocess.run(argv_child, cwd=where, env=env, capture_output=True, text=True, timeout=3600)
+            if out.returncode != 0:
+                raise SystemExit(f"{label}: the child failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+            figures = json.loads(out.stdout.strip().splitlines()[-1])
+            results[label].append(figures)
+            print(f"  {label}: " + "; ".join(
+                f"{phase} pilot {figures[phase]['pilot']:.2f} server {figures[phase]['server']:.2f} wall "
+                f"{figures[phase]['wall']:.2f}"
+                for phase in PHASES) + f" ms per file ({time.perf_counter() - started:.0f} s, load "
+                f"{os.getloadavg()[0]:.2f})", flush=True)
     finally:
         baseline.remove(tree)
     print(f"\nmedian of the rounds, ms per {args.mb:g} MiB file: CPU (process CPU time) and wall-clock, real HTTP on "

@@ -121,15 +121,16 @@ def main(argv=None):
         sides.append((f"baseline {args.baseline}", handle.name))
     print(f"bench/http_layer.py: {args.requests} POSTs per round, {args.clients} clients, {args.rounds} rounds per "
           f"side; {os.cpu_count()} CPUs, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    import baseline
+
     results = {label: [] for label, _ in sides}
-    for n in range(args.rounds):
-        for label, path in (sides if n % 2 == 0 else sides[::-1]):
-            child = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", path, "--requests",
-                                    str(args.requests), "--clients", str(args.clients)], capture_output=True,
-                                   text=True, timeout=900, check=True)
-            rate, micro = json.loads(child.stdout.strip().splitlines()[-1])
-            results[label].append((rate, micro))
-            print(f"  {label}: {rate:.0f} requests/s, server {micro['server, all']:.0f} us CPU per request", flush=True)
+    for label, path in baseline.alternating(sides, args.rounds):
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", path, "--requests",
+                                str(args.requests), "--clients", str(args.clients)], capture_output=True,
+                               text=True, timeout=900, check=True)
+        rate, micro = json.loads(child.stdout.strip().splitlines()[-1])
+        results[label].append((rate, micro))
+        print(f"  {label}: {rate:.0f} requests/s, server {micro['server, all']:.0f} us CPU per request", flush=True)
     groups = ["loop (minipanda-http)", "request threads", "granian (Rust I/O)", "granian (scheduling)",
               "server, all"]
     print("\nmedian of the rounds, CPU microseconds per request (requests/s is wall-clock, load-dependent)")

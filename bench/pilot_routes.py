@@ -140,20 +140,19 @@ def main(argv=None):
           f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     results = {label: [] for label, _ in sides}
     try:
-        for n in range(args.rounds):
-            for label, where in (sides if n % 2 == 0 else sides[::-1]):
-                argv_child = [sys.executable, os.path.join(HERE, "pilot_routes.py"), "--child", "--jobs",
-                              str(args.jobs)]
-                if args.profile and where == ROOT:
-                    argv_child += ["--profile", args.profile]
-                env = dict(os.environ, PYTHONPATH=where)
-                out = subprocess.run(argv_child, cwd=where, env=env, capture_output=True, text=True, timeout=1800)
-                if out.returncode != 0:
-                    raise SystemExit(f"{label}: the child failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
-                figures = json.loads(out.stdout.strip().splitlines()[-1])
-                results[label].append(figures)
-                print(f"  {label}: " + ", ".join(f"{r} {figures[r]:.3f}" for r in ROUTES)
-                      + f" ms; all {sum(figures.values()):.3f} ms per job", flush=True)
+        for label, where in baseline.alternating(sides, args.rounds):
+            argv_child = [sys.executable, os.path.join(HERE, "pilot_routes.py"), "--child", "--jobs",
+                          str(args.jobs)]
+            if args.profile and where == ROOT:
+                argv_child += ["--profile", args.profile]
+            env = dict(os.environ, PYTHONPATH=where)
+            out = subprocess.run(argv_child, cwd=where, env=env, capture_output=True, text=True, timeout=1800)
+            if out.returncode != 0:
+                raise SystemExit(f"{label}: the child failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+            figures = json.loads(out.stdout.strip().splitlines()[-1])
+            results[label].append(figures)
+            print(f"  {label}: " + ", ".join(f"{r} {figures[r]:.3f}" for r in ROUTES)
+                  + f" ms; all {sum(figures.values()):.3f} ms per job", flush=True)
     finally:
         baseline.remove(tree)
     print("\nmedian of the rounds, server CPU ms per job (process CPU time, in process, no HTTP)")

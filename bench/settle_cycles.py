@@ -88,12 +88,11 @@ def main(argv=None):
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     results = {label: [] for label, _ in sides}
     try:
-        for n in range(args.rounds):
-            for label, where in (sides if n % 2 == 0 else sides[::-1]):
-                result = run_side(where, args)
-                results[label].append(result)
-                print(f"  {label}: {result['per_job_ms']:.3f} ms per job settled, idle cycle "
-                      f"{result['idle_cycle_ms']:.3f} ms", flush=True)
+        for label, where in baseline.alternating(sides, args.rounds):
+            result = run_side(where, args)
+            results[label].append(result)
+            print(f"  {label}: {result['per_job_ms']:.3f} ms per job settled, idle cycle "
+                  f"{result['idle_cycle_ms']:.3f} ms", flush=True)
     finally:
         if tree:
             baseline.remove(tree)

@@ -134,14 +134,13 @@ def main(argv=None):
     results = []
     try:
         for pilots in [int(x) for x in args.pilots.split(",") if x.strip()] or [None]:
-            for n in range(args.repeat):
-                for label, where in (sides if n % 2 == 0 else sides[::-1]):
-                    result = run_once(args, pilots, base, where, label)
-                    results.append(result)
-                    print(f"  {label}, pilots {result['pilots']}: exit {result['exit_code']}, "
-                          f"{result.get('finished_inputs', '?')} of {args.jobs} finished, "
-                          f"makespan {fmt(result.get('makespan_s'))} s, ratio {fmt(result.get('ratio'), '.2f')}, "
-                          f"CPU per job {fmt(cpu_per_job(result))} ms, load {result.get('load')}", flush=True)
+            for label, where in baseline.alternating(sides, args.repeat):
+                result = run_once(args, pilots, base, where, label)
+                results.append(result)
+                print(f"  {label}, pilots {result['pilots']}: exit {result['exit_code']}, "
+                      f"{result.get('finished_inputs', '?')} of {args.jobs} finished, "
+                      f"makespan {fmt(result.get('makespan_s'))} s, ratio {fmt(result.get('ratio'), '.2f')}, "
+                      f"CPU per job {fmt(cpu_per_job(result))} ms, load {result.get('load')}", flush=True)
     finally:
         baseline.remove(tree)
         if not args.keep:
