@@ -14,7 +14,7 @@ import shutil
 import signal
 import time
 
-from pilot import copytools, errors, payload, report, wire
+from pilot import bulklogs, copytools, errors, payload, report, wire
 from pilot.errors import ColdShutdown, PilotError
 from pilot.fileutil import safe_name
 from pilot.monitor import Monitor
@@ -64,6 +64,7 @@ class JobRun:
         self.delivered = False
         self.started_reported = False
         self.final = None  # the final update's parameters
+        self.log_store = None  # (scope, lfn) in the server's store of a log whose upload was left to the caller
 
     # ---- the protocol -------------------------------------------------------------------------------------------
     def execute(self, wrap_up=None):
@@ -114,10 +115,18 @@ class JobRun:
             self.cold_stop()
             raise
 
-    def wrap_up(self):
+    def wrap_up(self, defer_log=False):
         """After the payload: stage-out of outputs and log, the final update's parameters (``self.final``), the job
-        directory removed. Runs on the wrap-up thread over HTTP, in the job loop otherwise."""
-        self.stage_out()
+        directory removed. Runs on the wrap-up thread over HTTP, in the job loop otherwise. With ``defer_log`` a
+        log bound for the server's store is left to the caller (pilot.wrapup: several jobs' logs in one request):
+        True then (``self.log_store`` says where it goes), and its upload and :meth:`conclude` follow."""
+        if self.stage_out(defer_log):
+            return True
+        self.conclude()
+        return False
+
+    def conclude(self):
+        """The final update's parameters once every file is out (the log's outcome decided the state)."""
         self.ctx.log_end.pop(self.job.panda_id, None)  # used by the log tarball, if the job has one
         self.final = self.final_params()
         if self.ctx.handoff is not None and not self.ctx.file_mode:
@@ -301,7 +310,8 @@ class JobRun:
                 spec.path = path
                 spec.guid = guids.get(spec.lfn, spec.guid)
 
-    def stage_out(self):
+    def stage_out(self, defer_log=False):
+        """Outputs and log out; True when the log's upload is left to the caller (``defer_log``, see wrap_up)."""
         ctx = self.ctx
         ctx.timing.mark(self.job.panda_id, "PILOT_PRE_STAGEOUT")
         timeout = self.qd["pilot_stagein_timeout"]
@@ -327,10 +337,15 @@ class JobRun:
                 spec.path, spec.fsize, spec.adler32 = copytools.log_tarball(
                     self.job, self.job_dir, os.path.join(ctx.pilot_dir, spec.lfn), [(ctx.pilot_log, ctx.log_offset, end)])
                 ctx.log_offset = max(ctx.log_offset, end)
+                if defer_log and self.qd.copytool("pl") == "http":
+                    self.log_store = bulklogs.bulk_log_path(spec, http["url_template"], ctx.client)
+                    if self.log_store is not None:
+                        return True
                 copytools.stage_out(spec, self.qd.copytool("pl"), ctx.output_dir, timeout, measured=True, **http)
             except PilotError as exc:
                 self.fail(exc)
         ctx.timing.mark(self.job.panda_id, "PILOT_POST_STAGEOUT")
+        return False
 
     # ---- reporting ----------------------------------------------------------------------------------------------
     def send_update(self, state):

@@ -24,12 +24,17 @@ import queue
 import threading
 import time
 
+from pilot import bulklogs, copytools
 from pilot.comm import CommError, entry_outcome
+from pilot.errors import PilotError
 
 log = logging.getLogger(__name__)
 QUEUE_BOUND = 4  # ended jobs waiting for their stage-out and log
 BATCH_MAX = 100  # finals in one updateJobsInBulk
 _FLUSH, _STOP = object(), object()
+BULK_LOG_MAX = 1 << 20  # bytes of a log sent with others in one request; a larger one goes alone
+BULK_BYTES = 8 << 20  # bytes of logs in one request (the server's body limit is 64 MB by default)
+NO_ROUTE = (404, 405, 501)  # what a server without the bulk log route answers it
 
 
 class WrapUp:
@@ -38,9 +43,11 @@ class WrapUp:
     Args:
         ctx: the jobrun.Context (client, outbox, timing, stop state, queuedata).
         flush_after: seconds a final may wait for others before it is sent.
+        logs_in_bulk: the logs of the jobs whose finals go together go in one request too (when the server has
+            the route).
     """
 
-    def __init__(self, ctx, flush_after=1.0):
+    def __init__(self, ctx, flush_after=1.0, logs_in_bulk=True):
         self.ctx, self.flush_after = ctx, flush_after
         self.queue = queue.Queue(maxsize=QUEUE_BOUND)
         self.pending = []  # (monotonic time its final was made, JobRun)
@@ -49,6 +56,10 @@ class WrapUp:
         self.cold = False
         self.woken = threading.Event()
         self.sent_finals = self.sent_bulks = self.sent_finals_in_bulk = 0  # finals sent; bulk requests, finals in them
+        self.logs_due = []  # runs wrapped up whose log waits to go with the others' (stage-out done otherwise)
+        # several logs in one request while the server has the route (pilot3's and old servers' single PUT else)
+        self.logs_in_bulk = logs_in_bulk and ctx.client is not None
+        self.sent_log_bulks = self.sent_logs_in_bulk = 0  # requests of several logs, logs in them
         self.thread = threading.Thread(target=self._loop, name="wrap-up", daemon=True)
         self.thread.start()
 
@@ -71,6 +82,8 @@ class WrapUp:
         except queue.Full:
             return False
         self.thread.join(timeout)
+        if self.sent_log_bulks:
+            log.info("logs of %d jobs sent in %d requests", self.sent_logs_in_bulk, self.sent_log_bulks)
         return not self.thread.is_alive()
 
     def abandon(self):
@@ -109,14 +122,53 @@ class WrapUp:
 
     def _wrap_up(self, run):
         try:
-            run.wrap_up()
+            if run.wrap_up(defer_log=self.logs_in_bulk):
+                self.logs_due.append(run)  # its log goes with the others' when the finals are sent (_send)
         except Exception as exc:  # a pilot bug must still end in a report
-            log.exception("unexpected error in the wrap-up of job %s", run.job.panda_id)
-            run.fail_unexpected(exc)
-            run.final = run.final_params()
+            self._unexpected(run, exc)
         self.pending.append((time.monotonic(), run))
 
+    def _unexpected(self, run, exc):
+        log.exception("unexpected error in the wrap-up of job %s", run.job.panda_id)
+        run.fail_unexpected(exc)
+        run.final = run.final_params()
+
+    def _stage_out_logs(self):
+        """The logs left for now (several jobs' in ONE request, each judged alone by the server; one alone by the
+        single PUT; a server without the route gets one PUT per log, now and from then on), then those jobs'
+        finals: the log's outcome decides each job's state, as when it went alone."""
+        runs, self.logs_due = self.logs_due, []
+        outcomes = {}  # run index -> outcome (bulklogs.stage_out_logs); a run without one goes alone
+        for group in _groups(runs):
+            if len(group) < 2 or not self.logs_in_bulk:
+                continue
+            try:
+                found = bulklogs.stage_out_logs([(runs[i].job.panda_id, runs[i].job.log, runs[i].log_store)
+                                                  for i in group], self.ctx.client, self.ctx.qd["pilot_stagein_timeout"])
+                outcomes.update(zip(group, found))
+                self.sent_log_bulks += 1
+                self.sent_logs_in_bulk += len(group)
+            except CommError as exc:
+                if exc.status in NO_ROUTE:
+                    log.warning("the server has no route for several logs in one request (%s); one PUT per log "
+                                "from now on", exc)
+                    self.logs_in_bulk = False
+                else:
+                    log.warning("%d logs in one request failed (%s); each sent alone", len(group), exc)
+            except (OSError, TimeoutError) as exc:
+                log.warning("%d logs in one request failed (%s); each sent alone", len(group), exc)
+            except Exception:  # a pilot bug: each log still goes, alone
+                log.exception("%d logs in one request failed unexpectedly; each sent alone", len(group))
+        for index, run in enumerate(runs):
+            try:
+                _log_staged(run, outcomes.get(index, bulklogs.ALONE))
+                run.conclude()
+            except Exception as exc:  # a pilot bug must still end in a report
+                self._unexpected(run, exc)
+
     def _send(self):
+        if self.logs_due:
+            self._stage_out_logs()
         batch, self.pending = [run for _, run in self.pending], []
         if not batch:
             return
@@ -194,3 +246,36 @@ class WrapUp:
     def _sleep(self, seconds):
         """A backoff that a cold stop cuts short (the job loop's Waker is for the main thread's signals only)."""
         self.woken.wait(max(0.0, seconds))
+
+
+def _groups(runs):
+    """The indexes of ``runs`` in groups whose logs go in one request: none over BULK_LOG_MAX (a large log goes
+    alone, by sendfile, where a request's own cost matters little), at most BULK_BYTES and BATCH_MAX each."""
+    groups, group, size = [], [], 0
+    for index, run in enumerate(runs):
+        fsize = run.job.log.fsize
+        if fsize > BULK_LOG_MAX:
+            groups.append([index])
+            continue
+        if group and (size + fsize > BULK_BYTES or len(group) >= BATCH_MAX):
+            groups.append(group)
+            group, size = [], 0
+        group.append(index)
+        size += fsize
+    return groups + ([group] if group else [])
+
+
+def _log_staged(run, outcome):
+    """What a log's upload meant for its job (``run``, a jobrun.JobRun): None stored; a PilotError fails the job as
+    its single upload's would have; ``bulklogs.ALONE``: sent by itself now, by the single PUT with its tries."""
+    if outcome == bulklogs.ALONE:
+        qd, ctx = run.qd, run.ctx
+        try:
+            copytools.stage_out(run.job.log, "http", ctx.output_dir, qd["pilot_stagein_timeout"],
+                                url_template=qd["output_url"], client=ctx.client, tries=qd["pilot_update_tries"],
+                                backoff=qd["pilot_update_backoff"], sleep=ctx.waker.sleep, measured=True)
+        except PilotError as exc:
+            run.fail(exc)
+    elif outcome is not None:
+        run.fail(outcome)
+    run.ctx.timing.mark(run.job.panda_id, "PILOT_POST_STAGEOUT")

@@ -28,7 +28,7 @@ class FakeRun:
         self.final = None
         self.outcome = None
 
-    def wrap_up(self):
+    def wrap_up(self, defer_log=False):
         if self.gate is not None:
             self.gate.wait(30)
         self.final = {"jobId": self.job.panda_id, "state": "finished"}

@@ -177,7 +177,7 @@ def error_reply(family, http, message, code, request, response):
 
 def make_app(context):
     """Build the WSGI application with every route registered."""
-    from minipanda.api import cache, file_server, files, legacy, monitor, openapi, v1
+    from minipanda.api import cache, file_server, files, legacy, logs_bulk, monitor, openapi, v1
 
     app = bottle.Bottle(catchall=True)
     app.config["minipanda.context"] = context
@@ -186,6 +186,7 @@ def make_app(context):
     v1.register(app)
     cache.register(app)
     files.register(app)
+    logs_bulk.register(app)
     file_server.register(app)
     openapi.register(app)
     monitor.register(app)
