@@ -20,11 +20,9 @@ output's surl is its URL.
 import logging
 import os
 import shutil
-import tarfile
 import time
-import zlib
 
-from pilot import comm, errors
+from pilot import comm, errors, tarball
 from pilot.errors import PilotError
 from pilot.fileutil import Digest, blocks, checksum, create_exclusive, file_digest, safe_name
 
@@ -235,7 +233,8 @@ def _upload(spec, template, client, deadline, tries, backoff, sleep):
 def log_tarball(job, job_dir, dest, extra_files=()):
     """Write the log tarball: the job directory without its inputs, plus ``extra_files`` (the pilot log).
 
-    The tarball's size and adler32 are taken as it is written, so stage-out need not read it again.
+    Written once by :class:`pilot.tarball.Writer`, its size and adler32 taken as it is written, so stage-out need
+    not read it again.
 
     Args:
         job: the Job (its inputs are left out).
@@ -250,49 +249,21 @@ def log_tarball(job, job_dir, dest, extra_files=()):
     top = f"PandaJob_{job.panda_id}"
     skip = {spec.lfn for spec in job.inputs}
 
-    def keep(info):
-        first = info.name.split("/")[1] if info.name.count("/") >= 1 else ""
-        return None if first in skip or info.name.endswith(".part") else info
+    def keep(name):
+        first = name.split("/")[1] if name.count("/") >= 1 else ""
+        return first not in skip and not name.endswith(".part")
 
-    try:
-        with open(dest + ".part", "wb") as raw:
-            out = _Adler32Writer(raw)
-            # GNU format: PAX (the default) writes an extra header per file for its sub-second mtime
-            with tarfile.open(fileobj=out, mode="w:gz", format=tarfile.GNU_FORMAT, compresslevel=6) as tar:
-                tar.add(job_dir, arcname=top, filter=keep)
-                for entry in extra_files:
-                    path, offset, end = (tuple(entry) + (None,))[:3] if isinstance(entry, tuple) else (entry, 0, None)
-                    if os.path.isfile(path):
-                        _add_tail(tar, path, offset, f"{top}/{os.path.basename(path)}", end)
-        os.replace(dest + ".part", dest)
-    except (OSError, tarfile.TarError) as exc:
+    try:  # written in place (no rename: only this job writes it, and it is read once whole, by its stage-out)
+        with create_exclusive(dest) as raw:
+            out = tarball.Writer(raw)
+            out.add_tree(job_dir, top, keep)
+            for entry in extra_files:
+                path, offset, end = (tuple(entry) + (None,))[:3] if isinstance(entry, tuple) else (entry, 0, None)
+                if os.path.isfile(path):
+                    out.add_file(path, f"{top}/{os.path.basename(path)}", offset, end, mode=0o644)
+            out.close()
+    except OSError as exc:
+        if os.path.lexists(dest):
+            os.unlink(dest)  # never a part of a tarball left to pass for a whole one
         raise PilotError(errors.LOGFILECREATIONFAILURE, f"log tarball {os.path.basename(dest)}: {exc}") from None
-    return dest, out.size, f"{out.value & 0xFFFFFFFF:08x}"
-
-
-def _add_tail(tar, path, offset, name, end=None):
-    """``path`` from byte ``offset`` on (up to ``end``), as ``name``: what it holds now (a log still being written
-    may grow)."""
-    with open(path, "rb") as handle:
-        st = os.fstat(handle.fileno())
-        offset = offset if 0 <= offset <= st.st_size else 0
-        end = st.st_size if end is None else max(offset, min(end, st.st_size))
-        handle.seek(offset)
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = end - offset, st.st_mtime, 0o644
-        tar.addfile(info, handle)
-
-
-class _Adler32Writer:
-    """A binary file wrapper that keeps the adler32 and the size of what goes through it."""
-
-    def __init__(self, raw):
-        self.raw, self.value, self.size = raw, 1, 0
-
-    def write(self, data):
-        self.value = zlib.adler32(data, self.value)
-        self.size += len(data)
-        return self.raw.write(data)
-
-    def flush(self):
-        self.raw.flush()
+    return dest, out.size, out.adler32

@@ -129,8 +129,8 @@ class JobRun:
         """The final update's parameters once every file is out (the log's outcome decided the state)."""
         self.ctx.log_end.pop(self.job.panda_id, None)  # used by the log tarball, if the job has one
         self.final = self.final_params()
-        if self.ctx.handoff is not None and not self.ctx.file_mode:
-            self.ctx.handoff.write_attributes(self.final)
+        if self.ctx.handoff is not None and not self.ctx.file_mode:  # no fsync: the final is the server's or spooled
+            self.ctx.handoff.write_attributes(self.final, durable=False)
             self.ctx.outbox.drop_heartbeat(self.job.panda_id)  # the final update (or its entry) supersedes it
         self.remove_job_dir()
 

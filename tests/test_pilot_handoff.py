@@ -123,3 +123,19 @@ def test_the_attributes_file_goes_only_forward_while_both_threads_write(tmp_path
     assert json.loads(attributes.read_text()) == {"jobId": jobs, "state": "finished", "jobStatus": "finished"}
     for panda_id in range(1, jobs + 1):
         assert json.loads((tmp_path / f"worker_attributes-{panda_id}.json").read_text())["jobStatus"] == "finished"
+
+
+def test_a_final_is_fsynced_in_file_mode_and_not_when_it_goes_to_the_server(tmp_path, monkeypatch):
+    """File mode: harvester relays the per-job final attributes, so they reach the disk before the rename. Over HTTP
+    (``durable=False``) the server has the final, or the fsync'd outbox: no fsync per job."""
+    from pilot import handoff as module
+    writes = {}
+    real = module.atomic_write_json
+    monkeypatch.setattr(module, "atomic_write_json", lambda path, data, durable=True: writes.__setitem__(
+        os.path.basename(path), durable) or real(path, data, durable=durable))
+    handoff = Handoff(str(tmp_path), HANDOFF_FILES)
+    handoff.begin_job(7)
+    handoff.write_attributes({"jobId": 7, "state": "finished"}, durable=False)
+    assert writes["worker_attributes-7.json"] is False
+    handoff.write_final(8, {"jobId": 8, "state": "finished"}, {"exitCode": 0}, {})
+    assert writes["worker_attributes-8.json"] is True
