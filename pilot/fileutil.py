@@ -1,8 +1,8 @@
 """Small file helpers: atomic writes, checksums, name validation, sizes and free space."""
 import json
 import os
+import itertools
 import re
-import tempfile
 import zlib
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=:,@-]{0,254}$")
@@ -24,15 +24,17 @@ def atomic_write_bytes(path, data, mode=0o644, durable=True):
     the rename (an fsync), so the new content survives a crash of the node: for what must not be lost (a spooled
     final update); a file rewritten as the job goes on (attributes, timing) does without that cost.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = _temporary(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -40,6 +42,22 @@ def atomic_write_bytes(path, data, mode=0o644, durable=True):
         except OSError:
             pass
         raise
+
+
+_temporaries = itertools.count()
+
+
+def _temporary(path):
+    """(fd, path) of a new hidden file beside ``path``, created exclusively and never through a link; named by
+    process and counter (mkstemp's random names cost a short job more than its writes), the next number taken when
+    a leftover holds one."""
+    directory, name = os.path.split(os.path.abspath(path))
+    while True:
+        tmp = os.path.join(directory, f".{name}.{os.getpid()}-{next(_temporaries)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), tmp
+        except FileExistsError:
+            continue
 
 
 def create_exclusive(path, mode=0o644):

@@ -2,7 +2,6 @@
 
 The same dicts go over HTTP, into the outbox, and (without ``xml``) into ``worker_attributes.json``.
 """
-import datetime
 import json
 import logging
 import os
@@ -16,8 +15,9 @@ METADATA_LIMIT = 4000  # the server keeps 4000 characters of metaData: send a jo
 
 
 def utc(epoch):
-    """PanDA's timestamp form."""
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    """PanDA's timestamp form (``time.strftime``: half the CPU of a datetime made for it, and the pilot need not
+    load ``datetime``)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
 
 
 def update(job, state, identity):

@@ -21,6 +21,25 @@ def test_atomic_write_leaves_no_temporary(tmp_path):
     assert fileutil.read_json(str(tmp_path / "missing")) is None
 
 
+def test_an_atomic_write_never_goes_through_a_link_planted_at_its_temporary_name(tmp_path):
+    """The temporary's name is predictable (process and counter): whatever is planted there is never written
+    through nor replaced; the next number is taken, and the file gets its whole content and mode."""
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    target = tmp_path / "worker_attributes.json"
+    counter = next(fileutil._temporaries) + 1
+    for n in range(counter, counter + 5):
+        os.symlink(victim, tmp_path / f".worker_attributes.json.{os.getpid()}-{n}.tmp")
+    os.umask(0o077)
+    try:
+        fileutil.atomic_write_json(str(target), {"jobId": 1}, durable=False)
+    finally:
+        os.umask(0o022)
+    assert victim.read_text() == "untouched" and fileutil.read_json(str(target)) == {"jobId": 1}
+    assert oct(os.stat(target).st_mode & 0o777) == oct(0o644)
+    assert sum(name.endswith(".tmp") for name in os.listdir(tmp_path)) == 5  # the planted links, nothing of ours
+
+
 def test_checksums(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"hello world\n" * 100000)
