@@ -102,6 +102,9 @@ def test_one_bad_entry_is_refused_alone_and_the_others_are_stored(api, tmp_path)
     ({"lfn": "log.tgz\x00x"}, 400, "lfn"),
     ({"pandaID": "1 OR 1=1"}, 400, "pandaID"),
     ({"pandaID": 99999999}, 404, "unknown"),
+    ({"pandaID": 2 ** 64}, 400, "pandaID"),
+    ({"pandaID": -1}, 400, "pandaID"),
+    ({"pandaID": True}, 400, "pandaID"),
     ({"adler32": None}, 400, "X-Checksum"),
     ({"adler32": "zz"}, 400, "X-Checksum"),
 ])

@@ -24,7 +24,7 @@ import json
 
 import bottle
 
-from minipanda.api import files, wire
+from minipanda.api import files, params as route_params, wire
 from minipanda.core import filestore, models, policy
 from minipanda.core.auth import PILOT_ROLES
 from minipanda.core.states import QUEUED_JOB_STATES
@@ -122,14 +122,14 @@ def manifest(raw, expected):
 def judge(entries, identity, store):
     """One RequestError (the entry refused) or None (to be stored) per entry: its names and checksum, and
     whether ``identity`` may write that job's log; the jobs read in one query."""
-    ids = {entry["pandaID"] for entry in entries if type(entry["pandaID"]) is int}  # noqa: E721
+    ids = {entry["pandaID"] for entry in entries if _panda_id(entry["pandaID"])}
     jobs = _jobs_and_logs(ids)
     binding = policy.update_binding(identity)
     refusals = []
     for index, entry in enumerate(entries):
         try:
             panda_id = entry["pandaID"]
-            if type(panda_id) is not int:  # noqa: E721
+            if not _panda_id(panda_id):
                 raise RequestError(f"manifest.files[{index}].pandaID: expected a PandaID, got {str(panda_id)[:30]!r}")
             store.locate(entry["scope"], entry["lfn"])  # plain names that stay inside the store, else 400
             adler = entry["adler32"]
@@ -139,6 +139,11 @@ def judge(entries, identity, store):
         except RequestError as exc:
             refusals.append(exc)
     return refusals
+
+
+def _panda_id(value):
+    """Whether ``value`` can be a PandaID: a positive integer the database's columns hold (not a bool)."""
+    return type(value) is int and 0 < value <= route_params.INT64_MAX  # noqa: E721
 
 
 def _jobs_and_logs(ids):
