@@ -8,9 +8,9 @@ Workloads (each N tasks):
   files    N x read a 1 MB input, write a 1 MB output            (default 200)
 
 Runners, each with C concurrent slots (default 6):
-  minipanda    ``minipanda testbed`` as a user runs it: server, harvester and C pilots; a PanDA job each (getJob,
-               stage-in over HTTP, payload, log tarball, stage-out, reports); ``--files none`` for sleep and noop,
-               ``--files 1mb`` for files (inputs from the file store, outputs uploaded to it)
+  minipanda    ``minipanda testbed --warm-up`` as a user runs it: server, harvester and C pilots; a PanDA job each
+               (getJob, stage-in over HTTP, payload, log tarball, stage-out, reports); ``--files none`` for sleep
+               and noop, ``--files 1mb`` for files (inputs from the file store, outputs uploaded to it)
   hyperqueue   HyperQueue's server and one worker with C cores (its Python API runs both in-process), a process
                per task, as ours: `sleep S`, `true`, `tr a-z A-Z < in > out`
   parsl        Parsl's HighThroughputExecutor with C workers on this host, one python_app call per task
@@ -18,11 +18,20 @@ Runners, each with C concurrent slots (default 6):
 Parsl and dask run Python functions in long-lived workers (their usual way): time.sleep, nothing, and reading and
 writing the files in Python; no process is started per task there.
 
-Per runner and workload: jobs/s, makespan / ideal (ideal = N x S / C; none for noop and files), and CPU per task:
-every process the runner used (schedulers, workers, task processes; minipanda: server, harvester, pilots and
-payloads), measured as each run's own process tree: each runner runs in a child of this script that is a child
-subreaper (Linux), so every process below it is collected by it and its CPU counted. The load average is printed
-with every row: the machine may be shared, so compare within a row's run, not across days.
+What each runner's makespan covers (tasks/s and makespan / ideal come from it):
+  minipanda    warm: from the demo task's submission (task/submit; its inputs already in the file store and
+               registered) to its last job's end in the server's database, with every pilot up: the testbed's
+               --warm-up ran one `true` job per pilot first, and waited until every pilot had told the server it
+               started and those jobs were done; the pilots poll for work every 0.5 s meanwhile. In it: the task
+               split into jobs, getJob polls, every job's stage-in, payload, log, stage-out and reports.
+               Cold, printed beside it (``cold`` column): from the warm-up task's submission, when no pilot was up
+               (harvester launching the pilots, their start-up and the warm-up's jobs in it), to the same end;
+               ``cold start`` is that submission -> the first job started.
+  hyperqueue   from client.submit(job) (the job's tasks built before; LocalCluster has started the server and the
+               worker) to wait_for_jobs returning
+  parsl        from the first app call to the last result, after one warm-up task's result (the workers up)
+  dask         from client.map to client.gather returning, after client.wait_for_workers(C)
+Inputs of the files workload are written before every runner's timer starts (minipanda: into its file store).
 
 The peers are optional: ``pip install -e '.[bench]'`` (parsl, dask/distributed, hyperqueue); a runner whose package
 is missing is skipped with a note. Only 127.0.0.1 and this host are used; each runner stops what it started.
@@ -184,7 +193,7 @@ def run_dask(work, n, seconds, slots, workload):
 def run_minipanda(work, n, seconds, slots, workload):
     home = os.path.join(work, "testbed")
     argv = [sys.executable, "-m", "minipanda", "testbed", "--home", home, "--port", "0", "--jobs", str(n),
-            "--pilots", str(slots), "--job-seconds", f"{seconds if workload == 'sleep' else 0:g}",
+            "--pilots", str(slots), "--warm-up", "--job-seconds", f"{seconds if workload == 'sleep' else 0:g}",
             "--files", "1mb" if workload == "files" else "none"]
     with open(os.path.join(work, "testbed.out"), "wb") as out:
         code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT).returncode
@@ -192,7 +201,7 @@ def run_minipanda(work, n, seconds, slots, workload):
         summary = json.load(handle)
     if code != 0 or not summary.get("complete"):
         raise RuntimeError(f"minipanda testbed exited {code}; see {work}/testbed.out")
-    return summary["makespan_s"], summary
+    return summary["makespan_warm_s"], summary
 
 
 def measure(runner, workload, n, seconds, slots, work):
@@ -206,7 +215,9 @@ def measure(runner, workload, n, seconds, slots, work):
     extra = {}
     if runner == "minipanda":
         makespan, summary = run_minipanda(work, n, seconds, slots, workload)
-        extra = {"minipanda_cpu_ms": summary.get("cpu_minipanda_per_job_ms")}
+        extra = {"minipanda_cpu_ms": summary.get("cpu_minipanda_per_job_ms"), "cold": summary.get("makespan_s"),
+                 "cold_start": summary.get("cold_start_s"), "warm_up": summary.get("warm_up_s"),
+                 "pilots_up": summary.get("pilots_up_at_submission")}
     else:
         makespan = {"hyperqueue": run_hyperqueue, "parsl": run_parsl, "dask": run_dask}[runner](
             work, n, seconds, slots, workload)
@@ -283,11 +294,12 @@ def main(argv=None):
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    print(f"\n| workload | runner | tasks/s | makespan s | makespan / ideal | CPU ms per task | load 1/5/15 |")
-    print("|---|---|---:|---:|---:|---:|---|")
+    print(f"\n| workload | runner | tasks/s | makespan s | makespan / ideal | minipanda cold: makespan s "
+          f"(/ ideal), cold start s | CPU ms per task | load 1/5/15 |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
     for workload, runner, n, seconds, r in rows:
         if "error" in r:
-            print(f"| {workload} | {runner} | - | - | - | - | {r['error']} |")
+            print(f"| {workload} | {runner} | - | - | - | - | - | {r['error']} |")
             continue
         ideal = n * seconds / args.slots
         ratio = f"{r['makespan'] / ideal:.2f}" if ideal else "-"
@@ -295,16 +307,27 @@ def main(argv=None):
                                                if r.get("minipanda_cpu_ms") else "")
         what = f"{workload} {n}" + (f" x {seconds:g} s" if seconds else "")
         load = "/".join(f"{x:.1f}" for x in r["load"])
-        print(f"| {what} | {runner} | {n / r['makespan']:.1f} | {r['makespan']:.1f} | {ratio} | {cpu} | {load} |")
+        print(f"| {what} | {runner} | {n / r['makespan']:.1f} | {r['makespan']:.1f} | {ratio} | {cold(r, ideal)} | "
+              f"{cpu} | {load} |")
     for workload in workloads:
         done = {runner: r for w, runner, n, _, r in rows if w == workload and "error" not in r}
         if "minipanda" in done:
             n = sizes[workload][0]
-            ratios = ", ".join(f"{(n / done['minipanda']['makespan']) / (n / r['makespan']):.2f} x {runner}'s"
+            mine = done["minipanda"]
+            ratios = ", ".join(f"{r['makespan'] / mine['makespan']:.2f} x {runner}'s"
+                               + (f" (cold {r['makespan'] / mine['cold']:.2f})" if mine.get("cold") else "")
                                for runner, r in done.items() if runner != "minipanda")
             if ratios:
-                print(f"{workload}: minipanda's tasks/s = {ratios}")
+                print(f"{workload}: minipanda's tasks/s, warm (cold) = {ratios}")
     return 0
+
+
+def cold(r, ideal):
+    """minipanda's cold figures: makespan from the first submission (no pilot up) (/ ideal), the cold start."""
+    if r.get("cold") is None:
+        return "-"
+    return (f"{r['cold']:.1f}" + (f" ({r['cold'] / ideal:.2f})" if ideal else "")
+            + (f", {r['cold_start']:.2f}" if r.get("cold_start") is not None else ""))
 
 
 def fmt_row(n, seconds, slots, r):
@@ -313,6 +336,7 @@ def fmt_row(n, seconds, slots, r):
     ideal = n * seconds / slots
     return (f"{n / r['makespan']:.1f} tasks/s, makespan {r['makespan']:.1f} s"
             + (f" ({r['makespan'] / ideal:.2f} x ideal)" if ideal else "")
+            + (f"; cold {cold(r, ideal)} (makespan, cold start)" if r.get("cold") is not None else "")
             + f", CPU {1000 * r['cpu'] / n:.1f} ms per task, load {os.getloadavg()[0]:.1f}")
 
 

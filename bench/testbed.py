@@ -6,11 +6,15 @@ pilots as local batch workers, each job reading its input from the server's file
 and log there (``--files none``: no input or output, only the log). The figures come from the run's own
 summary.json (times from the server's database, CPU from the processes and the pilots' own accounts):
 
-  makespan        task submitted -> last job ended
+  makespan        task submitted -> last job ended (cold: no pilot was up at the submission); with --warm-up,
+                  from the warm-up task's submission, the warm-up included
+  warm makespan   --warm-up only: the demo task's submission (pilots up and asking for work, inputs already in the
+                  file store) -> its last job ended; the way bench/peers.py times the task runners
+  cold start      the first task's submission -> its first job started (harvester's launch, the pilots' start)
   ideal           jobs x job-seconds / pilots (what the pilots could do if a job cost nothing but its payload)
   CPU floor       CPU of every process (server, harvester, pilots, payloads) / cores: no schedule ends sooner
   CPU per job     server + harvester + pilots, payloads left out, per job attempt
-  first job       the command's process start -> the first job reported starting
+  first job       the command's process start -> the first job reported starting (server and harvester start too)
   pilot steps     from the pilots' own pilot_timing.json: the mean ms of each step between one payload's end and
                   the next payload's start in the same pilot (where a job's wall time goes besides its payload)
 
@@ -22,6 +26,7 @@ stops everything it started, and the bench kills nothing but its own subprocess.
     python3 bench/testbed.py                         # 1000 jobs of 0.1 s on 2 cores, the testbed's 6 pilots
     python3 bench/testbed.py --jobs 2000 --job-seconds 0 --files none --baseline main~8   # no-op, before/after
     python3 bench/testbed.py --pilots 2,4,6          # one run per pilot count, side by side
+    python3 bench/testbed.py --jobs 1000 --files none --pilots 6 --warm-up   # warm and cold makespans, one run
 """
 import argparse
 import glob
@@ -50,6 +55,9 @@ def parser():
                                                 "testbed's own choice, 3 per core, since the payload sleeps)")
     p.add_argument("--files", choices=("small", "none", "1mb"), default="small",
                    help="what each job reads and writes (minipanda testbed --files; default small)")
+    p.add_argument("--warm-up", action="store_true",
+                   help="minipanda testbed --warm-up: pilots up before the demo task; the warm makespan beside the "
+                        "cold one (a baseline must know the option)")
     p.add_argument("--baseline", metavar="REV", help="also run that commit's testbed, alternating with this one")
     p.add_argument("--repeat", type=int, default=1, help="runs per pilot count (default 1)")
     p.add_argument("--time-limit", type=float, default=900, help="seconds before a run is interrupted (900)")
@@ -61,7 +69,8 @@ def run_once(args, pilots, base, tree=None, label="this tree"):
     home = os.path.join(base, f"pilots{pilots}-{time.time_ns()}")
     argv = [sys.executable, "-m", "minipanda", "testbed", "--home", home, "--port", "0", "--jobs", str(args.jobs),
             "--job-seconds", f"{args.job_seconds:g}", "--cores", str(args.cores)] + \
-        (["--pilots", str(pilots)] if pilots else []) + (["--files", args.files] if args.files != "small" else [])
+        (["--pilots", str(pilots)] if pilots else []) + (["--files", args.files] if args.files != "small" else []) + \
+        (["--warm-up"] if args.warm_up else [])
     started = time.time()
     with open(os.path.join(base, f"pilots{pilots}.out"), "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tree or ROOT)
@@ -77,7 +86,7 @@ def run_once(args, pilots, base, tree=None, label="this tree"):
     except OSError:
         summary = {}
     return dict(summary, exit_code=code, wall_s=wall, pilots=summary.get("pilots", pilots), home=home, label=label,
-                steps=pilot_steps(home))
+                steps=pilot_steps(home, summary.get("warm_up_panda_ids", [])))
 
 
 # (name, from mark, to mark, whose marks: 0 = this job's, 1 = the next job's): consecutive spans from one payload's
@@ -93,9 +102,11 @@ STEPS = (
 )
 
 
-def pilot_steps(home):
+def pilot_steps(home, leave_out=()):
     """{step: mean ms} over every pair of consecutive jobs of each pilot, from the pilots' timing files, plus
-    "payload end -> next start" (the sum of the steps after the payload); {} when there are none."""
+    "payload end -> next start" (the sum of the steps after the payload); {} when there are none. The jobs
+    ``leave_out`` (the warm-up's) are not counted."""
+    leave_out = {str(panda_id) for panda_id in leave_out}
     spans = {name: [] for name, *_ in STEPS}
     gaps = []
     for path in glob.glob(os.path.join(home, "harvester", "**", "pilot_timing.json"), recursive=True):
@@ -104,7 +115,7 @@ def pilot_steps(home):
                 data = json.load(handle)
         except (OSError, ValueError):
             continue
-        jobs = sorted((marks for key, marks in data.items() if key.isdigit() and key != "0"
+        jobs = sorted((marks for key, marks in data.items() if key.isdigit() and key != "0" and key not in leave_out
                        and "PILOT_PRE_PAYLOAD" in marks), key=lambda marks: marks["PILOT_PRE_PAYLOAD"])
         for job, following in zip(jobs, jobs[1:]):
             for name, start, end, start_of, end_of in STEPS:
@@ -130,6 +141,9 @@ def main(argv=None):
           f"pilots {args.pilots or 'as the testbed chooses'}; homes under {base}; "
           f"load before {'/'.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     tree = baseline.checkout(args.baseline) if args.baseline else None
+    if tree and args.warm_up and "--warm-up" not in open(os.path.join(tree, "testbed", "cli.py")).read():
+        baseline.remove(tree)
+        raise SystemExit(f"--warm-up: the baseline {args.baseline}'s testbed has no --warm-up; compare cold runs")
     sides = [("this tree", None)] + ([(f"baseline {args.baseline}", tree)] if tree else [])
     results = []
     try:
@@ -140,6 +154,9 @@ def main(argv=None):
                 print(f"  {label}, pilots {result['pilots']}: exit {result['exit_code']}, "
                       f"{result.get('finished_inputs', '?')} of {args.jobs} finished, "
                       f"makespan {fmt(result.get('makespan_s'))} s, ratio {fmt(result.get('ratio'), '.2f')}, "
+                      + (f"warm {fmt(result.get('makespan_warm_s'))} s, ratio {fmt(result.get('ratio_warm'), '.2f')}, "
+                         if args.warm_up else "")
+                      + f"cold start {fmt(result.get('cold_start_s'), '.2f')} s, "
                       f"CPU per job {fmt(cpu_per_job(result))} ms, load {result.get('load')}", flush=True)
     finally:
         baseline.remove(tree)
@@ -148,16 +165,18 @@ def main(argv=None):
     print(f"\nideal = {args.jobs} x {args.job_seconds:g} s / pilots; CPU floor = CPU of every process / "
           f"{args.cores} cores")
     header = ("testbed", "pilots", "exit", "finished", "makespan s", "jobs/s", "ideal s", "makespan/ideal",
-              "CPU floor s", "CPU ms/job (no payload)", "server+harvester s", "pilots s", "payloads s",
-              "first job s", "load 1/5/15")
+              "warm makespan s", "warm/ideal", "CPU floor s", "CPU ms/job (no payload)", "server+harvester s",
+              "pilots s", "payloads s", "cold start s", "first job s", "load 1/5/15")
     print("| " + " | ".join(header) + " |")
     print("|---|" + "|".join(" ---: " for _ in header[1:]) + "|")
     for r in results:
         print("| " + " | ".join([r["label"], str(r["pilots"]), str(r["exit_code"]), str(r.get("finished_inputs", "-")),
                                  fmt(r.get("makespan_s")), fmt(r.get("jobs_per_s")), fmt(r.get("ideal_s")),
-                                 fmt(r.get("ratio"), ".2f"), fmt(r.get("cpu_floor_s")), fmt(cpu_per_job(r)),
+                                 fmt(r.get("ratio"), ".2f"), fmt(r.get("makespan_warm_s")),
+                                 fmt(r.get("ratio_warm"), ".2f"), fmt(r.get("cpu_floor_s")), fmt(cpu_per_job(r)),
                                  fmt(r.get("cpu_testbed_s")), fmt(r.get("cpu_pilots_own_s", r.get("cpu_pilots_s"))),
-                                 fmt(r.get("cpu_payloads_s")), fmt(r.get("first_job_started_s",
+                                 fmt(r.get("cpu_payloads_s")), fmt(r.get("cold_start_s"), ".2f"),
+                                 fmt(r.get("first_job_started_s",
                                                                          r.get("first_job_running_s"))),
                                  "/".join(str(x) for x in r.get("load", []))]) + " |")
     names = [name for name, *_ in STEPS] + ["payload end -> next start"]
@@ -174,7 +193,8 @@ def main(argv=None):
             if all(new + old) and new and old:
                 print(f"pilots {pilots}: CPU per job, this tree / baseline = "
                       f"{(sum(new) / len(new)) / (sum(old) / len(old)):.2f}")
-    print("goals: makespan / ideal <= 1.1 (1000 x 0.1 s, 6 pilots); CPU per job <= 15 ms without files, "
+    print("goals: makespan / ideal <= 1.1 (1000 x 0.1 s, 6 pilots; bench/peers.py compares the warm one); CPU per "
+          "job <= 15 ms without files, "
           "<= 25 ms with one input and one output")
     if args.keep:
         print(f"homes kept under {base}")

@@ -12,9 +12,10 @@
 Over HTTP (pull mode) a getJob asks for several jobs when they are short (``nJobs``): as many as fill about
 ``--getjob-lookahead`` seconds at the pace the pilot has seen (each job's run to its payload's end, the wait for
 the wrap-up included), at most ``--getjob-max-jobs``, and no more than the remaining time and the timefloor
-leave room for; one until a job's pace is known. The next getJob goes out before the jobs in hand run out: when
-the last of them starts if jobs are that short, else when its payload has ended; its answer is read when that
-job is done. Payloads run back to back, one at a time: when one ends, the next job in hand starts at once while
+leave room for; one until a job's pace is known, and again after a getJob found no job (the work that comes next
+may be of another kind: a pace learned on no-op jobs would take dozens of long ones at once). The next getJob
+goes out before the jobs in hand run out: when the last of them starts if jobs are that short, else when its
+payload has ended; its answer is read when that job is done. Payloads run back to back, one at a time: when one ends, the next job in hand starts at once while
 the ended one's stage-out, log and final update are done on the wrap-up thread, whose finals go to the server
 several in one updateJobsInBulk. A job in hand that the pilot may not run after all (a stop signal, no time or
 disk left) is reported failed at once with the reason, as a job that got the signal right after its getJob
@@ -394,6 +395,7 @@ class Pilot:
                 if jobs:
                     return [(data, asked) for data in jobs]
                 log.info("no job for this pilot (getJob %d of %d)", attempt + 1, tries)
+                self.pace = None  # the queue ran dry: what comes next may be other work, one job first
             except comm.CommError as exc:
                 log.warning("getJob failed (%d of %d): %s", attempt + 1, tries, exc)
                 if exc.auth:

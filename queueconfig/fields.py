@@ -127,6 +127,7 @@ def freeze_mapping(value):
 Count = Annotated[StrictInt, Field(ge=0)]
 Positive = Annotated[StrictInt, Field(ge=1)]
 Fraction = Annotated[StrictFloat, Field(ge=0.0)]
+Seconds = Annotated[StrictFloat, Field(gt=0.0)]  # a whole number or a fraction
 Flag = StrictBool
 Name = Annotated[str, AfterValidator(name)]
 Token = Annotated[str, AfterValidator(token)]

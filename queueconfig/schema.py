@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from queueconfig import fields, placeholders
 from queueconfig.checks import problems
 from queueconfig.fields import (Count, Environment, FileName, Flag, Fraction, Host, HostPort, Name, OneLine, Path,
-                                Port, Positive, Program, Token, Url, User)
+                                Port, Positive, Program, Seconds, Token, Url, User)
 
 Label = Literal["managed", "user", "test", "ptest", "rc_test", "rc_test2", "rc_alrb", "prod_test", "install", "panda"]
 
@@ -259,7 +259,7 @@ class Pilot(Section):
     """Seconds without any file in the job directory changing before the job counts as looping."""
     getjob_tries: Positive = 2
     """Job requests a pilot makes before it gives up when the server has no job for it."""
-    getjob_interval: Positive = 60
+    getjob_interval: Seconds = 60
     """Seconds between a pilot's job requests that found no job."""
     handoff_wait: Positive = 300
     """File mode: seconds a pilot waits for harvester to answer its request for another job."""

@@ -15,6 +15,12 @@ from testbed.progress import Progress
 
 log = logging.getLogger("minipanda.testbed")
 FOLLOW_PERIOD_S = 0.5  # the progress shown; the figures come from the database's times, not from this loop
+# after a submission, how often the testbed looks for the task's first waiting jobs to wake harvester's adjuster
+# (the generator makes them moments after; at FOLLOW_PERIOD_S the first pilots would be launched ~0.25 s later)
+FIRST_JOBS_POLL_S = 0.02
+FIRST_JOBS_WAIT_S = 10
+WARM_UP_POLL_S = 0.05
+WARM_UP_LIMIT_S = 120  # --warm-up: the demo task goes after this long even when not every pilot is up (said so)
 
 
 class Interrupted(Exception):
@@ -34,8 +40,10 @@ class Testbed:
         self.runner = self.harvester_context = self.harvester_client = None
         self.harvester_thread = None
         self.url = None
-        self.task_id = None
-        self.submitted_at = None
+        self.task_id = self.warm_up_task_id = None
+        self.first_submitted_at = None  # the first task's submission: no pilot was up then (cold)
+        self.submitted_at = None  # the demo task's submission (with --warm-up: pilots up, warm)
+        self.pilots_at_submission = None  # --warm-up: pilots up when the demo task was submitted
         self.out = sys.stdout
 
     # -- run --------------------------------------------------------------------------------------------------
@@ -51,7 +59,8 @@ class Testbed:
             config.log_to_file(self.home.log, self.args.debug)
             self.say(f"minipanda testbed: home {self.home.path} (log: {self.home.log})")
             config.write_queues(self.home.queues,
-                                config.queue_config(self.cores, self.pilots, self.args.lost_heartbeat))
+                                config.queue_config(self.cores, self.pilots, self.args.lost_heartbeat,
+                                                self.args.warm_up))
             self._start_server()
             self._start_harvester()
             self.say(f"server {self.url} (auth {self.args.auth}), harvester with up to {self.pilots} pilots on "
@@ -216,9 +225,19 @@ class Testbed:
 
     # -- the demo task --------------------------------------------------------------------------------------------
     def _submit_demo(self):
-        self.submitted_at = time.time()
+        """The demo task, after the warm-up with --warm-up; the times of both submissions are kept (summary)."""
         args = self.args
-        self.task_id = demo.submit(self.v1, self.home, args.jobs, args.job_seconds, args.fail_some, args.files)
+        self.first_submitted_at = time.time()
+        if args.warm_up:
+            self.warm_up_task_id = demo.submit_warm_up(self.v1, self.pilots)
+            self.say(f"warm-up task {self.warm_up_task_id}: {self.pilots} jobs running `true`; the demo task follows "
+                     "once every pilot is up")
+            self._wake_harvester(self.warm_up_task_id)
+        params = demo.prepare(self.v1, self.home, args.jobs, args.job_seconds, args.fail_some, args.files)
+        if args.warm_up:
+            self.pilots_at_submission = self._wait_for_pilots()
+        self.submitted_at = time.time() if args.warm_up else self.first_submitted_at
+        self.task_id = demo.submit_prepared(self.v1, params)
         command = demo.payload_command(args.job_seconds, self.home.fail_marks if args.fail_some else None, args.files)
         if args.files == "none":
             self.say(f"demo task {self.task_id}: {args.jobs} jobs without files, each runs `{command}` and "
@@ -227,6 +246,40 @@ class Testbed:
             size = " (1 MB)" if args.files == "1mb" else ""
             self.say(f"demo task {self.task_id}: {args.jobs} jobs, each reads {demo.DATASET}/<file>{size} from the "
                      f"file store, runs `{command}` and uploads {demo.OUTPUT}")
+        if not args.warm_up:
+            self._wake_harvester(self.task_id)
+
+    def _wake_harvester(self, task_id):
+        """Wake harvester's adjuster as soon as the task's first jobs wait (the generator, woken by the submission,
+        makes them moments later): backed off while it found no demand, it would look only at its next cycle.
+        True when it was woken."""
+        deadline = time.monotonic() + FIRST_JOBS_WAIT_S
+        while time.monotonic() < deadline:
+            self._check_threads()
+            if demo.task_state(task_id)["jobs"].get("activated"):
+                self.runner.wake("adjuster")
+                return True
+            time.sleep(FIRST_JOBS_POLL_S)
+        return False
+
+    def _wait_for_pilots(self):
+        """--warm-up: wait until every pilot has told the server it started and the warm-up's jobs are done, or
+        WARM_UP_LIMIT_S; the number of pilots up then."""
+        deadline = time.monotonic() + WARM_UP_LIMIT_S
+        while True:
+            self._check_threads()
+            self.processes.reap_orphans()
+            up = demo.pilots_up()
+            finished = demo.task_state(self.warm_up_task_id)["jobs"].get("finished", 0)
+            if up >= self.pilots and finished >= self.pilots:
+                self.say(f"warm-up done after {time.time() - self.first_submitted_at:.1f} s: {up} pilots up")
+                return up
+            if time.monotonic() > deadline:
+                self.say(f"warm-up: after {WARM_UP_LIMIT_S} s only {up} of {self.pilots} pilots are up and "
+                         f"{finished} of its {self.pilots} jobs finished; the demo task goes now")
+                log.warning("warm-up incomplete: %d of %d pilots up, %d jobs finished", up, self.pilots, finished)
+                return up
+            time.sleep(WARM_UP_POLL_S)
 
     def _follow(self):
         from minipanda.core import states

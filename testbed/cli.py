@@ -5,7 +5,7 @@ import tempfile
 
 from testbed import demo
 from testbed.bed import Testbed
-from testbed.config import PREFERRED_PORT
+from testbed.config import PREFERRED_PORT, WARM_GETJOB_INTERVAL_S, WARM_WAIT_S
 
 DESCRIPTION = """Run a complete minipanda system on this machine: the server and harvester in this process, pilots
 as local batch workers, SQLite in a fresh home, and a demo task of --jobs jobs; each job reads one input file from
@@ -17,6 +17,7 @@ EPILOG = """examples:
   minipanda testbed --jobs 1000 --cores 2    # the benchmark size (bench/testbed.py)
   minipanda testbed --keep-running --port 25080   # keep the server and harvester up to look around; Ctrl-C stops
   minipanda testbed --fail-some              # every 10th payload fails once: its retry finishes
+  minipanda testbed --warm-up --files none   # pilots up first; the makespan also from the task's submission
 
 Ctrl-C (or SIGTERM) stops harvester, every pilot it started and the server; nothing is left running."""
 
@@ -51,6 +52,15 @@ def add_parsers(sub):
     p.add_argument("--keep-running", action="store_true",
                    help="when the task is over, keep the server and harvester up (monitor, CLI, more jobs) until "
                         "Ctrl-C or SIGTERM")
+    p.add_argument("--warm-up", action="store_true",
+                   help="have the pilots up before the demo task, as the task runners' benchmarks do (dask waits "
+                        "for its workers, Parsl runs a task first): a warm-up task of one `true` job per pilot goes "
+                        "first, harvester launches the pilots for it, and the demo task (its inputs already in the "
+                        "file store) is submitted once every pilot has told the server it started and the warm-up's "
+                        "jobs are done; pilots with no job ask again every %g s for %g s (queuedata "
+                        "pilot_getjob_tries/interval). The summary gives both makespans: from the warm-up's "
+                        "submission (cold: pilots launched and started, warm-up included) and from the demo task's "
+                        "(warm)" % (WARM_GETJOB_INTERVAL_S, WARM_WAIT_S))
     p.add_argument("--fail-some", action="store_true",
                    help="make every 10th payload fail once (exit code 3): the server retries it, and the retry "
                         "finishes")

@@ -9,6 +9,11 @@ QUEUE = "TESTBED"
 OUT_SCOPE = "testbed.demo.out"  # file store directory of the outputs and logs
 PREFERRED_PORT = 25080
 PILOTS_PER_CORE = 3  # the demo payload sleeps; see --pilots
+# --warm-up: a pilot with no job asks again every WARM_GETJOB_INTERVAL_S for WARM_WAIT_S (queuedata
+# pilot_getjob_tries and pilot_getjob_interval, as a site sets them), so the pilots that took the warm-up's jobs are
+# still there, asking, when the demo task's jobs come; without it a pilot asks 3 times, 1 s apart, and leaves
+WARM_WAIT_S = 5
+WARM_GETJOB_INTERVAL_S = 0.5
 
 
 class Home:
@@ -54,20 +59,23 @@ def log_to_file(path, debug):
     logging.getLogger("minipanda.access").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
-def queue_config(cores, pilots, lost_heartbeat):
-    """The one queue, sized for this machine: ``pilots`` single-core pilots, memory shared among them."""
+def queue_config(cores, pilots, lost_heartbeat, warm_up=False):
+    """The one queue, sized for this machine: ``pilots`` single-core pilots, memory shared among them; with
+    ``warm_up``, pilots that wait WARM_WAIT_S for work when there is none."""
     import psutil
 
     memory_mb = psutil.virtual_memory().total // (1024 * 1024)
     per_pilot = max(500, min(4000, int(memory_mb * 0.8 / pilots)))
     heartbeat = max(1, lost_heartbeat // 4)
+    getjob = ({"getjob_tries": 1 + int(WARM_WAIT_S / WARM_GETJOB_INTERVAL_S), "getjob_interval": WARM_GETJOB_INTERVAL_S}
+              if warm_up else {"getjob_tries": 3, "getjob_interval": 1})
     return {
         "description": f"minipanda testbed on {socket.gethostname()}: {cores} cores, {memory_mb} MB",
         "mode": "pull",
         "prodSourceLabels": ["managed"],
         "resources": {"corecount": 1, "maxrss": per_pilot, "maxtime": 3600},
         "limits": {"maxWorkers": pilots, "nQueueLimitWorker": pilots, "maxNewWorkersPerCycle": pilots},
-        "pilot": {"lifetime": 7200, "timefloor": 60, "getjob_tries": 3, "getjob_interval": 1,
+        "pilot": {"lifetime": 7200, "timefloor": 60, **getjob,
                   "heartbeat": heartbeat, "lost_heartbeat": lost_heartbeat, "copytool": "http"},
         "storage": {"input": {"type": "server", "url": "/files/{dataset}/{lfn}"},
                     # one directory for outputs and logs: our pilot knows no dataset for a job's log file

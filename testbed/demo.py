@@ -10,6 +10,7 @@ from testbed.config import QUEUE
 
 DATASET = "testbed.demo.in"
 TASK_NAME = "testbed.demo"
+WARM_UP_TASK_NAME = "testbed.warm-up"
 OUTPUT = "out.txt"
 
 
@@ -46,8 +47,9 @@ def input_files(jobs, files="small"):
         yield lfn, (text * (MB // len(text) + 1))[:MB] if files == "1mb" else text
 
 
-def submit(v1, home, jobs, job_seconds, fail_some, files="small"):
-    """Put the inputs in ``home.data`` and in the file store, register the dataset, submit the task: its id.
+def prepare(v1, home, jobs, job_seconds, fail_some, files="small"):
+    """The demo task's inputs written to ``home.data``, put in the file store and registered as a dataset; returns
+    the task's parameters for :func:`submit_prepared`.
 
     ``v1(path, **params)`` calls the server's API. With ``fail_some``, every 10th input gets a mark in
     ``home.fail_marks``: its first payload removes the mark and fails. With ``files`` "none", the task is
@@ -58,8 +60,7 @@ def submit(v1, home, jobs, job_seconds, fail_some, files="small"):
     common = {"taskName": TASK_NAME, "site": [QUEUE], "nScouts": 0, "maxAttempt": 3, "prodSourceLabel": "managed",
               "coreCount": 1, "ramCount": 500, "walltime": 600}
     if files == "none":
-        return v1("task/submit", task_parameters=dict(common, exec=payload_command(job_seconds, files=files),
-                                                      nJobs=jobs), parent_tid=None)
+        return dict(common, exec=payload_command(job_seconds, files=files), nJobs=jobs)
 
     store = filestore.FileStore(os.path.join(home.server, "files"))
     if fail_some:
@@ -74,9 +75,19 @@ def submit(v1, home, jobs, job_seconds, fail_some, files="small"):
         if fail_some and i % 10 == 0:
             open(os.path.join(home.fail_marks, lfn), "w").close()
     v1("dataset/add", name=DATASET, files=files)
-    params = dict(common, exec=payload_command(job_seconds, home.fail_marks if fail_some else None),
-                  inDS=DATASET, nFilesPerJob=1, outputs=[OUTPUT])
-    return v1("task/submit", task_parameters=params, parent_tid=None)
+    return dict(common, exec=payload_command(job_seconds, home.fail_marks if fail_some else None),
+                inDS=DATASET, nFilesPerJob=1, outputs=[OUTPUT])
+
+
+def submit_prepared(v1, task_parameters):
+    return v1("task/submit", task_parameters=task_parameters, parent_tid=None)
+
+
+def submit_warm_up(v1, jobs):
+    """The warm-up task (``minipanda testbed --warm-up``): ``jobs`` jobs that run ``true``, without files; its id."""
+    return v1("task/submit", task_parameters={
+        "taskName": WARM_UP_TASK_NAME, "site": [QUEUE], "nScouts": 0, "maxAttempt": 3, "prodSourceLabel": "managed",
+        "coreCount": 1, "ramCount": 500, "walltime": 600, "exec": "true", "nJobs": jobs}, parent_tid=None)
 
 
 def task_state(task_id):
@@ -86,3 +97,10 @@ def task_state(task_id):
     status = models.Task.select(models.Task.status).where(models.Task.jedi_task_id == task_id).scalar()
     # the counts the database keeps: read twice a second, a GROUP BY over the task's jobs cost more than a job
     return {"task": status, "jobs": counts.jobs_by_task([task_id])[task_id]}
+
+
+def pilots_up():
+    """Pilots that told the server they started (updateWorkerPilotStatus) and not yet that they ended."""
+    from minipanda.core import models
+
+    return models.Worker.select().where(models.Worker.pilot_status == "started").count()

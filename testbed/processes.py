@@ -84,9 +84,9 @@ def process_start_time():
         return time.time()
 
 
-def count_files(directory, suffix):
+def count_files(directory, suffix, prefix=""):
     try:
-        return sum(name.endswith(suffix) for name in os.listdir(directory))
+        return sum(name.endswith(suffix) and name.startswith(prefix) for name in os.listdir(directory))
     except OSError:
         return 0
 

@@ -306,3 +306,24 @@ def test_a_pilot_killed_with_jobs_in_hand_leaves_none_dispatched_for_ever(zipapp
     finally:
         site.stop_pilots()
         server.stop()
+
+
+def test_a_getjob_that_found_no_job_forgets_the_pace(site):
+    """A pilot that ran short jobs and then found the queue empty asks for ONE job when work comes again: the
+    pace it learned need not hold for the next jobs (here 30 s ones after a no-op), and a look-ahead on the old
+    pace would take them all at once and leave the other pilots idle."""
+    marker = f"pace-{os.getpid()}-{id(site)}"
+    sleep = marked_sleep(site.base, marker)
+    first = site.submit(transformation="/bin/true")
+    proc = site.start("--getjob-lookahead", "30", qd=site.queuedata(timefloor=10, pilot_getjob_tries=200,
+                                                                     pilot_getjob_interval=0.2))
+    try:
+        site.wait_for(lambda: site.status(first) == "finished" and "no job for this pilot" in site.log(),
+                      "the no-op job done and the queue found empty")
+        ids = [site.submit(transformation=sleep, jobParameters="30") for _ in range(3)]
+        site.wait_for(lambda: processes_with(marker), "the next job running")
+        assert [site.status(i) for i in ids].count("activated") == 2, site.log()  # one taken, not three
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert processes_with(marker) == []

@@ -128,6 +128,8 @@ def test_wrong_types_and_values_say_what_was_expected(keys, fragment):
     ({"sweeper": {"max_queued_time": 0}}, "must be at least 1"),
     ({"sweeper": {"keep_failed": -1}}, "must be at least 0"),
     ({"sweeper": {"stale_time": "1h"}}, "expected a whole number"),
+    ({"pilot": {"getjob_interval": 0}}, "greater than 0"),
+    ({"pilot": {"getjob_interval": "1s"}}, "expected a number"),
 ])
 def test_values_that_reach_a_shell_are_checked_and_the_reason_given(keys, fragment):
     assert any(fragment in text for text in errors_of(**keys)), errors_of(**keys)
@@ -143,6 +145,7 @@ def test_values_that_reach_a_shell_are_checked_and_the_reason_given(keys, fragme
                "pool": "cm.example.org:9618"}},
     {"batch": {"setup": ["source /opt/env.sh && export X=$HOME"]}},
     {"storage": {"input": {"type": "server", "url": "/files/{scope}/{lfn}"}}},
+    {"pilot": {"getjob_interval": 0.5}}, {"pilot": {"getjob_interval": 60}},
 ])
 def test_legitimate_values_are_accepted(keys):
     make(**keys)

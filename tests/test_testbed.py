@@ -5,6 +5,7 @@ job scripts, the pilots, their payloads); after the testbed exits, no process on
 pilot's process group (from harvester's spool records) may still exist. Nothing here asserts on timing: waits
 have generous limits only as a safety net.
 """
+import datetime
 import glob
 import json
 import os
@@ -16,6 +17,7 @@ import time
 import uuid
 
 import pytest
+import yaml
 
 from testbed.processes import children, descendants
 
@@ -199,6 +201,53 @@ def test_200_jobs_finish_with_correct_outputs_and_nothing_left(testbed):
     assert f"monitor: {summary['url']}/monitor/" in out and summary["outputs_dir"] in out and run.home in out
     assert "jobs finished;" in out  # the progress, as plain lines: the output is not a terminal
     assert run.spool()  # pilots did run, as local batch workers
+    # no warm-up: one makespan, from the demo task's submission, when no pilot was up
+    assert summary["warm_up"] is False and summary["makespan_warm_s"] is None and summary["makespan_s"] > 0
+    run.assert_nothing_left()
+
+
+def test_warm_up_pilots_up_before_the_demo_task_and_both_makespans(testbed):
+    """--warm-up: a task of one no-op job per pilot goes first; the demo task is submitted once every pilot is up
+    and those jobs are done; its jobs are all counted, once; the warm makespan starts at the demo's submission (not
+    at the warm-up's), the cold one at the warm-up's; the pilots that waited for work leave when the wait ends."""
+    run = testbed("--jobs", "30", "--files", "none", "--job-seconds", "0", "--pilots", "3", "--warm-up")
+    assert run.wait() == 0, run.output()[-3000:] + run.log()[-3000:]
+    summary = run.summary()
+    assert summary["complete"] and summary["warm_up"] and summary["pilots_up_at_submission"] == 3
+    assert summary["attempts"] == 30 and summary["jobs_by_state"] == {"finished": 30} and summary["logs"] == 30
+    with run.db() as conn:
+        tasks = {row["task_name"]: row for row in conn.execute("SELECT jedi_task_id, task_name, creation_time "
+                                                                "FROM task")}
+        warm, demo = tasks["testbed.warm-up"], tasks["testbed.demo"]
+        assert summary["warm_up_task_id"] == warm["jedi_task_id"] and summary["task_id"] == demo["jedi_task_id"]
+        jobs = conn.execute("SELECT task_id, status, end_time FROM job").fetchall()
+    warm_jobs = [j for j in jobs if j["task_id"] == warm["jedi_task_id"]]
+    demo_jobs = [j for j in jobs if j["task_id"] == demo["jedi_task_id"]]
+    assert [j["status"] for j in warm_jobs] == ["finished"] * 3 and len(demo_jobs) == 30
+
+    def epoch(text):
+        return datetime.datetime.fromisoformat(text).replace(tzinfo=datetime.timezone.utc).timestamp()
+
+    last_end = max(epoch(j["end_time"]) for j in demo_jobs)
+    warm_started = last_end - summary["makespan_warm_s"]  # when the warm makespan's clock started
+    cold_started = last_end - summary["makespan_s"]
+    # the warm clock starts after the warm-up's jobs ended and no later than the demo task's submission...
+    assert max(epoch(j["end_time"]) for j in warm_jobs) <= warm_started <= epoch(demo["creation_time"])
+    # ...the cold one no later than the warm-up's submission, which it includes
+    assert cold_started <= epoch(warm["creation_time"])
+    assert abs(summary["makespan_s"] - summary["makespan_warm_s"] - summary["warm_up_s"]) < 1e-6
+    assert "warm (demo task submitted, 3 pilots up" in run.output() and "cold (warm-up task submitted" in run.output()
+    # the pilots asked for work until the wait ended, found none and left on their own, none was stopped: exit 0,
+    # or 82 (pilot3's "no job") for a pilot whose getJobs all came too late (the others took every job)
+    with open(os.path.join(run.home, "queues.yaml")) as handle:
+        tries = yaml.safe_load(handle)["queues"]["TESTBED"]["pilot"]["getjob_tries"]
+    logs = glob.glob(os.path.join(run.home, "harvester", "workers", "*", "*", "PanDA_Pilot-*", "pilotlog.txt"))
+    assert len(logs) == summary["pilots_started"] == 3
+    for path in logs:
+        with open(path) as handle:
+            assert f"no job for this pilot (getJob {tries} of {tries})" in handle.read(), path
+    exits = glob.glob(os.path.join(run.home, "harvester", "workers", "*", "*", "job.exit"))
+    assert len(exits) == 3 and all(open(path).read().strip() in ("0", "82") for path in exits)
     run.assert_nothing_left()
 
 
