@@ -18,6 +18,7 @@ summary.json (times from the server's database, CPU from the processes and the p
   pilot steps     from the pilots' own pilot_timing.json: the mean ms of each step between one payload's end and
                   the next payload's start in the same pilot (where a job's wall time goes besides its payload)
 
+Both trees are byte-compiled first, as an installed package is (the start-up of every process is measured).
 Nothing is asserted: the goals are only reported, with the load average (the machine may be shared). With
 ``--baseline REV`` the same runs are made with that commit's testbed (its server, harvester and pilot) in
 alternation with this tree's, for figures side by side from one run. Only 127.0.0.1 is contacted; the testbed
@@ -145,6 +146,8 @@ def main(argv=None):
         baseline.remove(tree)
         raise SystemExit(f"--warm-up: the baseline {args.baseline}'s testbed has no --warm-up; compare cold runs")
     sides = [("this tree", None)] + ([(f"baseline {args.baseline}", tree)] if tree else [])
+    for _, where in sides:
+        baseline.compile_tree(where or ROOT)
     results = []
     try:
         for pilots in [int(x) for x in args.pilots.split(",") if x.strip()] or [None]:

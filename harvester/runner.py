@@ -24,6 +24,7 @@ from harvester.agents.monitor import Monitor
 from harvester.agents.propagator import Propagator
 from harvester.agents.submitter import Submitter, recover_interrupted
 from harvester.agents.sweeper import Sweeper
+from harvester.handoff import pilots
 from harvester.states import utcnow
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class Runner:
 
     # ---- threads ---------------------------------------------------------------------------------------------
     def start(self):
+        threading.Thread(target=pilots.build_ahead, args=(self.ctx.home,), name="pilot-zipapp", daemon=True).start()
         for name in self.agents:
             thread = threading.Thread(target=self._loop, args=(name,), name=f"agent-{name}", daemon=True)
             thread.start()

@@ -85,3 +85,14 @@ def test_every_name_the_queueconfig_package_exports_is_there():
     assert queueconfig.Queue is importlib.import_module("queueconfig.schema").Queue
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         queueconfig.nothing  # noqa: B018
+
+
+def test_the_server_starts_without_the_monitor_pages_template_engine(tmp_path):
+    """jinja2 and the monitor's page module are loaded by the first monitor page served, not by every server start
+    (the testbed's, each test's)."""
+    proc = subprocess.run([sys.executable, "-c", "import sys, minipanda.server.process, minipanda.api.monitor; "
+                           "print('MODULES ' + ' '.join(sorted(sys.modules)))"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    modules = set(proc.stdout.split("MODULES ", 1)[1].split()) if "MODULES " in proc.stdout else set()
+    assert "minipanda.api.monitor" in modules, proc.stderr[-2000:]  # the routes are there, their pages are not
+    assert loaded(modules, ["jinja2", "minipanda.monitor.pages"]) == []

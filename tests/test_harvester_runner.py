@@ -8,9 +8,11 @@ waits compared are far apart (a tenth of a second against several seconds, secon
 the machine does not decide a result.
 """
 import datetime
+import glob
 import sqlite3
 import threading
 import time
+import zipfile
 
 import pytest
 
@@ -70,6 +72,18 @@ def runner_for(tmp_path):
 def runs(name):
     row = models.AgentRun.get_or_none(models.AgentRun.agent == name)
     return row.runs if row else 0
+
+
+def test_the_pilot_zipapp_is_built_at_start_before_any_submission(runner_for, tmp_path):
+    """The first worker's submission need not wait for the zipapp to be compiled: the runner's start builds it."""
+    runner = runner_for((Idle,), idle_factor=4)
+    assert glob.glob(str(tmp_path / "pilot" / "*.pyz")) == []
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not glob.glob(str(tmp_path / "pilot" / "*.pyz")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [built] = glob.glob(str(tmp_path / "pilot" / "*.pyz"))
+    assert zipfile.is_zipfile(built) and "pilot/worker.py" in zipfile.ZipFile(built).namelist()
 
 
 def test_next_wait_doubles_per_idle_cycle_up_to_the_idle_factor():

@@ -51,6 +51,15 @@ def zipapp_path(home):
     return path
 
 
+def build_ahead(home):
+    """Build the zipapp now (harvester's start, on a thread of its own) rather than in the first submission, which
+    would wait the ~0.15 s compiling the pilot takes; a failure is logged here and met again by the submission."""
+    try:
+        zipapp_path(home)
+    except Exception as exc:  # noqa: BLE001 - the submitter builds it (and reports the error) when it needs it
+        log.warning("building the pilot zipapp ahead failed: %s", exc)
+
+
 def job_label(queue):
     """The prodSourceLabel our pilot asks for: what its queue serves (unified when both production and user)."""
     return queuedata.job_label(list(queue.prodSourceLabels))

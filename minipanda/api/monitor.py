@@ -16,13 +16,13 @@ import bottle
 from minipanda.api import params as route_params, wire
 from minipanda.core import auth, policy
 from minipanda.errors import AuthError, RequestError
-from minipanda.monitor import logs, metrics, pages, queries
+from minipanda.monitor import logs, metrics, queries
 
 BASE = "/monitor"
 COOKIE = "minipanda_monitor"
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
        "base-uri 'none'")
-STYLE = os.path.join(os.path.dirname(pages.__file__), "templates", "style.css")
+STYLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "monitor", "templates", "style.css")
 
 # ``json`` (any value, or none) asks for the page's data as JSON; undeclared, it passes through as sent.
 _FILTER_NAMES = ("status", "user", "taskname", "queue", "jobstatus", "produsername", "username", "computingsite")
@@ -73,6 +73,8 @@ def _reply(params, template, data, status=200):
         response.content_type = "application/json"
         return json.dumps(data, default=str)
     response.content_type = "text/html; charset=utf-8"
+    from minipanda.monitor import pages  # jinja2: loaded by the first page shown, not by every server start
+
     return pages.render(template, data, root())
 
 
