@@ -10,7 +10,8 @@ summary.json (times from the server's database, CPU from the processes and the p
                   from the warm-up task's submission, the warm-up included
   warm makespan   --warm-up only: the demo task's submission (pilots up and asking for work, inputs already in the
                   file store) -> its last job ended; the way bench/peers.py times the task runners
-  cold start      the first task's submission -> its first job started (harvester's launch, the pilots' start)
+  cold start      the first task's submission -> its first job started (harvester's launch, the pilots' start), from
+                  the server's database (task creation time, the first job's start), the same for both sides
   ideal           jobs x job-seconds / pilots (what the pilots could do if a job cost nothing but its payload)
   CPU floor       CPU of every process (server, harvester, pilots, payloads) / cores: no schedule ends sooner
   CPU per job     server + harvester + pilots, payloads left out, per job attempt
@@ -86,8 +87,28 @@ def run_once(args, pilots, base, tree=None, label="this tree"):
             summary = json.load(handle)
     except OSError:
         summary = {}
+    summary["cold_start_db_s"] = cold_start(home)  # both sides alike, an older testbed's summary has no such figure
     return dict(summary, exit_code=code, wall_s=wall, pilots=summary.get("pilots", pilots), home=home, label=label,
                 steps=pilot_steps(home, summary.get("warm_up_panda_ids", [])))
+
+
+def cold_start(home):
+    """The first task's submission (as the server recorded it) -> the first job started, s, from the run's database;
+    None when it cannot be read."""
+    import datetime
+    import sqlite3
+
+    try:
+        with sqlite3.connect(os.path.join(home, "server", "minipanda.db")) as conn:
+            created = conn.execute("SELECT MIN(creation_time) FROM task").fetchone()[0]
+            times = [conn.execute("SELECT MIN(time) FROM status_log WHERE new_status IN ('starting', 'running')")
+                     .fetchone()[0], conn.execute("SELECT MIN(start_time) FROM job").fetchone()[0]]
+    except sqlite3.Error:
+        return None
+    started = min((t for t in times if t), default=None)
+    if not created or not started:
+        return None
+    return (datetime.datetime.fromisoformat(started) - datetime.datetime.fromisoformat(created)).total_seconds()
 
 
 # (name, from mark, to mark, whose marks: 0 = this job's, 1 = the next job's): consecutive spans from one payload's
@@ -159,7 +180,7 @@ def main(argv=None):
                       f"makespan {fmt(result.get('makespan_s'))} s, ratio {fmt(result.get('ratio'), '.2f')}, "
                       + (f"warm {fmt(result.get('makespan_warm_s'))} s, ratio {fmt(result.get('ratio_warm'), '.2f')}, "
                          if args.warm_up else "")
-                      + f"cold start {fmt(result.get('cold_start_s'), '.2f')} s, "
+                      + f"cold start {fmt(result.get('cold_start_db_s'), '.2f')} s, "
                       f"CPU per job {fmt(cpu_per_job(result))} ms, load {result.get('load')}", flush=True)
     finally:
         baseline.remove(tree)
@@ -178,7 +199,7 @@ def main(argv=None):
                                  fmt(r.get("ratio"), ".2f"), fmt(r.get("makespan_warm_s")),
                                  fmt(r.get("ratio_warm"), ".2f"), fmt(r.get("cpu_floor_s")), fmt(cpu_per_job(r)),
                                  fmt(r.get("cpu_testbed_s")), fmt(r.get("cpu_pilots_own_s", r.get("cpu_pilots_s"))),
-                                 fmt(r.get("cpu_payloads_s")), fmt(r.get("cold_start_s"), ".2f"),
+                                 fmt(r.get("cpu_payloads_s")), fmt(r.get("cold_start_db_s"), ".2f"),
                                  fmt(r.get("first_job_started_s",
                                                                          r.get("first_job_running_s"))),
                                  "/".join(str(x) for x in r.get("load", []))]) + " |")
