@@ -65,16 +65,16 @@ def prepare(v1, home, jobs, job_seconds, fail_some, files="small"):
     store = filestore.FileStore(os.path.join(home.server, "files"))
     if fail_some:
         os.makedirs(home.fail_marks, exist_ok=True)
-    files = []
+    registered = []
     for i, (lfn, content) in enumerate(input_files(jobs, files)):
         with open(os.path.join(home.data, lfn), "wb") as handle:
             handle.write(content)
         store.put(DATASET, lfn, io.BytesIO(content), len(content), len(content))
-        files.append({"lfn": lfn, "fsize": len(content), "checksum": "ad:" + adler32(content),
-                      "guid": str(uuid.uuid4()), "location": home.data})
+        registered.append({"lfn": lfn, "fsize": len(content), "checksum": "ad:" + adler32(content),
+                           "guid": str(uuid.uuid4()), "location": home.data})
         if fail_some and i % 10 == 0:
             open(os.path.join(home.fail_marks, lfn), "w").close()
-    v1("dataset/add", name=DATASET, files=files)
+    v1("dataset/add", name=DATASET, files=registered)
     return dict(common, exec=payload_command(job_seconds, home.fail_marks if fail_some else None),
                 inDS=DATASET, nFilesPerJob=1, outputs=[OUTPUT])
 

@@ -193,6 +193,8 @@ def test_testbed_guide(tmp_path):
         pytest.skip("needs a network namespace of its own (unshare -n), so that port 25080 is free")
     out, log = run_guide(tmp_path, guide_script("testbed.md"), prefix=prefix)
     assert "20 of 20 jobs finished" in out, log
+    assert "s warm (demo task submitted, " in out and "s cold (warm-up task submitted, no pilot up" in out, log
+    assert "\nTrue\n" in out, log  # the warm makespan is the shorter one
     assert "<title>" in out and 'minipanda_jobs{queue="TESTBED",state="finished"} 20.0' in out, log
     assert "nothing left running" in out, log
 

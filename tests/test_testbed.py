@@ -251,6 +251,22 @@ def test_warm_up_pilots_up_before_the_demo_task_and_both_makespans(testbed):
     run.assert_nothing_left()
 
 
+def test_files_1mb_jobs_read_and_write_a_megabyte_each(testbed):
+    """--files 1mb: every input in the file store (and data/) is 1 MiB, and so is every output (the demo's figures
+    for a files job are about that size)."""
+    run = testbed("--jobs", "4", "--files", "1mb", "--job-seconds", "0", "--pilots", "2")
+    assert run.wait() == 0, run.output()[-3000:] + run.log()[-3000:]
+    inputs = glob.glob(os.path.join(run.home, "data", "in.*.txt"))
+    stored = glob.glob(os.path.join(run.home, "server", "files", "testbed.demo.in", "in.*.txt"))
+    outputs = glob.glob(os.path.join(run.summary()["outputs_dir"], "*.out.txt"))
+    assert len(inputs) == len(stored) == len(outputs) == 4
+    assert {os.path.getsize(path) for path in inputs + stored + outputs} == {1 << 20}
+    with run.db() as conn:
+        assert {row[0] for row in conn.execute("SELECT fsize FROM file WHERE lfn LIKE 'in.%'")} == {1 << 20}
+    check_outputs(run, 4)
+    run.assert_nothing_left()
+
+
 def test_fail_some_payloads_fail_once_and_their_retries_finish(testbed):
     run = testbed("--jobs", "20", "--fail-some")
     assert run.wait() == 0, run.output()[-3000:] + run.log()[-3000:]
