@@ -231,7 +231,7 @@ def _upload(spec, template, client, deadline, tries, backoff, sleep):
 
 
 def log_tarball(job, job_dir, dest, extra_files=()):
-    """Write the log tarball: the job directory without its inputs, plus ``extra_files`` (the pilot log).
+    """Write the log tarball: the job directory without its inputs and outputs, plus ``extra_files`` (the pilot log).
 
     Written once by :class:`pilot.tarball.Writer`, its size and adler32 taken as it is written, so stage-out need
     not read it again.
@@ -247,7 +247,7 @@ def log_tarball(job, job_dir, dest, extra_files=()):
         (dest, size in bytes, adler32).
     """
     top = f"PandaJob_{job.panda_id}"
-    skip = {spec.lfn for spec in job.inputs}
+    skip = {spec.lfn for spec in job.inputs + job.outputs}  # as pilot3: staged apart, never in the log
 
     def keep(name):
         first = name.split("/")[1] if name.count("/") >= 1 else ""

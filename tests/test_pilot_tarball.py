@@ -72,6 +72,18 @@ def test_the_tarball_reads_as_tarfile_would_have_written_it(job_dir, tmp_path):
     assert os.readlink(out / "PandaJob_1" / "sub" / "secret") == "/etc/passwd"
 
 
+def test_the_job_outputs_stay_out_of_the_log_tarball_as_its_inputs_do(tmp_path):
+    """As pilot3's create_log: inputs and outputs are staged on their own; a 1 MB output deflated into every log
+    tarball would cost the pilot more CPU than the output's own upload."""
+    top = tmp_path / "PandaJob_1"
+    top.mkdir()
+    for name in ("in.dat", "out.root", "payload.stdout"):
+        (top / name).write_text(name)
+    job = make_job(outFiles="out.root", scopeOut="sc", destinationDblock="ds")
+    path, _, _ = copytools.log_tarball(job, str(top), str(tmp_path / "log.tgz"))
+    assert sorted(members(path)) == ["PandaJob_1", "PandaJob_1/payload.stdout"]
+
+
 def test_a_link_planted_for_a_member_is_never_followed(tmp_path):
     """A payload that swaps a file for a link (to a file of the pilot's user) gets nothing read through it."""
     secret = tmp_path / "secret"
