@@ -44,6 +44,7 @@ class Testbed:
         self.first_submitted_at = None  # the first task's submission: no pilot was up then (cold)
         self.submitted_at = None  # the demo task's submission (with --warm-up: pilots up, warm)
         self.pilots_at_submission = None  # --warm-up: pilots up when the demo task was submitted
+        self.cpu_inputs_s = 0.0  # this thread's CPU writing the demo's inputs (summary: not a job's cost)
         self.out = sys.stdout
 
     # -- run --------------------------------------------------------------------------------------------------
@@ -233,7 +234,9 @@ class Testbed:
             self.say(f"warm-up task {self.warm_up_task_id}: {self.pilots} jobs running `true`; the demo task follows "
                      "once every pilot is up")
             self._wake_harvester(self.warm_up_task_id)
+        cpu = time.thread_time()
         params = demo.prepare(self.v1, self.home, args.jobs, args.job_seconds, args.fail_some, args.files)
+        self.cpu_inputs_s = time.thread_time() - cpu
         if args.warm_up:
             self.pilots_at_submission = self._wait_for_pilots()
         self.submitted_at = time.time() if args.warm_up else self.first_submitted_at
