@@ -23,6 +23,7 @@ from pilot.fileutil import atomic_touch, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 FINAL_STATES = ("finished", "failed")
+LIST_EVERY_S = 1.0  # worker_pandaids.json rewritten at most this often while jobs begin (always at the pilot's end)
 
 
 class Handoff:
@@ -38,6 +39,8 @@ class Handoff:
         self.lock = threading.RLock()  # the job loop and the wrap-up thread both write
         self.order = {}  # PandaID -> its rank among the jobs this pilot began (begun later ranks higher)
         self.shown = -1  # the rank of the job worker_attributes.json speaks for
+        self.unlisted = []  # PandaIDs begun and not in worker_pandaids.json yet
+        self.listed_at = None  # monotonic time of its last write
 
     def path(self, key):
         return os.path.join(self.directory, self.names[key])
@@ -116,15 +119,19 @@ class Handoff:
             else:
                 log.debug("attributes of job %s kept in its own file: %s speaks for a job begun later", panda_id,
                           self.names["attributes"])
-            if panda_id is not None and (not shown or final or data["jobStatus"] in FINAL_STATES):
-                atomic_write_json(os.path.join(self.directory, final_attributes_name(self.names, panda_id)), data,
-                                  durable=durable)
+            own_file = panda_id is not None and (not shown or final or data["jobStatus"] in FINAL_STATES)
+        if own_file:  # a file of this job alone: written (maybe with its fsync) without holding up the job loop's
+            atomic_write_json(os.path.join(self.directory, final_attributes_name(self.names, panda_id)), data,
+                              durable=durable)
 
     def begin_job(self, panda_id):
-        """Note a job the pilot begins (its rank for :meth:`write_attributes`) and list it for harvester."""
+        """Note a job the pilot begins (its rank for :meth:`write_attributes`) and list it for harvester: at once
+        for the pilot's first job, else within ``LIST_EVERY_S`` (harvester reads the list as a hint; a rewrite of
+        the whole list per short job cost the job loop more than the rest of its bookkeeping); see
+        :meth:`list_panda_ids`."""
         with self.lock:
             self._rank(_panda_id(panda_id))
-            self.add_panda_id(panda_id)
+            self.add_panda_id(panda_id, soon=True)
 
     def _rank(self, panda_id):
         return self.order.setdefault(panda_id, len(self.order))
@@ -149,14 +156,26 @@ class Handoff:
             status[str(panda_id)] = outputs
             atomic_write_json(self.path("event_status"), status)
 
-    def add_panda_id(self, panda_id):
+    def add_panda_id(self, panda_id, soon=False):
+        """List ``panda_id`` in worker_pandaids.json now, or (``soon``) with the next write due."""
         with self.lock:
+            self.unlisted.append(panda_id)
+            if not soon or self.listed_at is None or time.monotonic() - self.listed_at >= LIST_EVERY_S:
+                self.list_panda_ids()
+
+    def list_panda_ids(self):
+        """Write the PandaIDs not listed yet into worker_pandaids.json (the pilot calls it when it ends)."""
+        with self.lock:
+            if not self.unlisted:
+                return
             ids = read_json(self.path("pandaids"))
             ids = ids if isinstance(ids, list) else []
-            if panda_id not in ids:
+            new = [panda_id for panda_id in dict.fromkeys(self.unlisted) if panda_id not in ids]
+            self.unlisted, self.listed_at = [], time.monotonic()
+            if new:
                 # no fsync: harvester's own record of a pilot's jobs is the server's (getJob names the worker) or,
                 # in push mode, its own job file; this list is a hint it reads
-                atomic_write_json(self.path("pandaids"), ids + [panda_id], durable=False)
+                atomic_write_json(self.path("pandaids"), ids + new, durable=False)
 
     def kill_requested(self):
         """True when harvester asks the running job to be killed."""

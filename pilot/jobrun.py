@@ -32,12 +32,14 @@ class Context:
     log tarball begin; ``payload_ended`` is called once a job's payload is gone, before its stage-out (the pilot
     may send its next getJob then); ``log_end`` maps a PandaID to where the next job's lines in the pilot log
     begin (set by the job loop when that job starts, so a tarball made on the wrap-up thread holds only its own
-    job's lines, not the next one's start).
+    job's lines, not the next one's start). ``guard`` is the pilot's guard.Guard (None: payloads get a
+    parent-death signal); ``job_started`` is called once a job's own work begins (its stage-in, or its payload
+    started), so the job loop can hand the previous job to the wrap-up thread then, not while it starts this one.
     """
 
     def __init__(self, queue, qd, identity, pilot_dir, input_dir, output_dir, stop, waker, timing, client=None,
                  handoff=None, file_mode=False, outbox=None, pilot_deadline=None, adopter_pid=None, pilot_log="",
-                 cleanup=True, payload_ended=None):
+                 cleanup=True, payload_ended=None, guard=None, job_started=None):
         self.queue, self.qd, self.identity, self.pilot_dir = queue, qd, identity, pilot_dir
         self.input_dir, self.output_dir, self.stop, self.waker, self.timing = input_dir, output_dir, stop, waker, timing
         self.client, self.handoff, self.file_mode, self.outbox = client, handoff, file_mode, outbox
@@ -46,6 +48,7 @@ class Context:
         self.log_offset = 0  # where in the pilot log the next job's log tarball starts
         self.payload_ended = payload_ended
         self.log_end = {}
+        self.guard, self.job_started = guard, job_started
 
 
 class JobRun:
@@ -92,6 +95,7 @@ class JobRun:
         try:
             self.prepare()
             if self.job.inputs:  # pilot3 reports starting before the stage-in; without one, see run_payload
+                self.tell_job_started()
                 breach = self.report_starting()
                 if breach is not None:
                     self.fail(breach)
@@ -111,6 +115,7 @@ class JobRun:
         try:
             self.ensure_payload_gone()
             self.tell_payload_ended()
+            self.tell_job_started()  # a job that never started its payload: the previous one is not held longer
         except ColdShutdown:
             self.cold_stop()
             raise
@@ -148,6 +153,11 @@ class JobRun:
 
     def fail_unexpected(self, exc):
         self.fail(PilotError(errors.UNKNOWNEXCEPTION, f"{type(exc).__name__}: {exc}"))
+
+    def tell_job_started(self):
+        callback, self.ctx.job_started = self.ctx.job_started, None  # once
+        if callback is not None:
+            callback()
 
     def tell_payload_ended(self):
         if self.ctx.payload_ended is not None:
@@ -209,9 +219,10 @@ class JobRun:
         if ctx.client and ctx.client.token_file and "PANDA_AUTH_TOKEN" not in env:
             # prun's runGen fetches the user's sandbox from the server with the pilot's token (as under pilot3)
             env["PANDA_AUTH_TOKEN"] = os.path.abspath(ctx.client.token_file)
-        self.payload = payload.Payload(argv, self.job_dir, env, ctx.adopter_pid)
+        self.payload = payload.Payload(argv, self.job_dir, env, ctx.adopter_pid, ctx.guard)
         ctx.timing.mark(self.job.panda_id, "PILOT_PRE_PAYLOAD")
         self.payload.start()
+        self.tell_job_started()
         self.monitor = Monitor(self.job, self.qd, self.job_dir, self.payload, ctx.pilot_deadline, ctx.handoff)
         # over HTTP no starting report: a job that ends within pilot_running_delay goes sent -> finished in one
         # report, a longer one is reported running then (a kill command reaches it in that answer and the
@@ -229,18 +240,19 @@ class JobRun:
             self.fail(breach)
             self.payload.kill(self.qd["pilot_kill_grace"])
         ctx.timing.mark(self.job.panda_id, "PILOT_POST_PAYLOAD")
-        self.payload.poll()
-        if self.payload.tree.alive():
+        if self.payload.poll() is None or self.payload.tree.alive():
             log.warning("payload left processes behind: %s; killing them", self.payload.tree.alive())
             self.payload.kill(self.qd["pilot_kill_grace"])
         self.after_payload()
 
     def ensure_payload_gone(self):
-        """Whatever happened above, no process of the payload outlives this point."""
-        if self.payload is not None and self.payload.tree is not None and (
-                self.payload.poll() is None or self.payload.tree.alive()):
-            log.warning("payload of job %s still running after an error; killing it", self.job.panda_id)
-            self.payload.kill(self.qd["pilot_kill_grace"])
+        """Whatever happened above, no process of the payload outlives this point; then the guard lets it go."""
+        if self.payload is not None and self.payload.tree is not None:
+            if self.payload.poll() is None or self.payload.tree.alive():
+                log.warning("payload of job %s still running after an error; killing it", self.job.panda_id)
+                self.payload.kill(self.qd["pilot_kill_grace"])
+            if self.payload.poll() is not None and not self.payload.tree.alive():
+                self.payload.release()
 
     def watch(self, first_report=0.0):
         """Wait for the payload to exit, checking limits and sending heartbeats; the breach to kill it for.
@@ -251,7 +263,7 @@ class JobRun:
         interval, beat = self.qd["pilot_monitor_interval"], self.qd["pilot_heartbeat_interval"]
         now = time.monotonic()
         next_check, next_beat = now + min(interval, 1.0), now + (min(first_report, beat) if first_report > 0 else beat)
-        while self.payload.poll() is None:
+        while self.payload.poll() is None:  # woken at the payload's exit (its pidfd; SIGCHLD without one)
             now = time.monotonic()
             if self.ctx.stop.requested:
                 return PilotError(errors.signal_code(self.ctx.stop.signum), f"pilot got {self.ctx.stop.name}")
@@ -265,8 +277,7 @@ class JobRun:
                 breach = self.heartbeat()
                 if breach:
                     return breach
-            wait = min(next_check, next_beat) - time.monotonic()
-            self.ctx.waker.sleep(wait if self.ctx.waker.installed else min(wait, 0.1))
+            self.payload.wait(min(next_check, next_beat) - time.monotonic(), self.ctx.waker)
         return None
 
     def heartbeat(self):
@@ -289,7 +300,7 @@ class JobRun:
         code = self.payload.returncode
         self.exit_code = 128 - code if code is not None and code < 0 else code
         self.job_report = report.read_job_report(self.job_dir)
-        log.info("payload exited with %s", self.exit_code)
+        log.info("payload of job %s exited with %s", self.job.panda_id, self.exit_code)
         if self.error is None and code != 0:
             what = f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else \
                 f"exited with {code}"

@@ -11,10 +11,12 @@ import functools
 import logging
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
 import subprocess
+import time
 import urllib.parse
 
 from pilot import errors
@@ -29,12 +31,11 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def die_with_pilot():
     """A function for the payload to run between fork and exec: the kernel sends it SIGKILL when the pilot dies,
-    even by ``kill -9``, so no payload runs on unseen. None where prctl is missing (not Linux).
+    even by ``kill -9``. None where prctl is missing (not Linux).
 
-    It covers the payload's leader only: processes the payload starts are in its process group (and session),
-    whose id is the payload's pid in the pilot's log; harvester's sweeper kills that group (docs/pilot.md).
-    Running Python in the child means a full fork of the pilot: where util-linux's ``setpriv --pdeathsig`` is
-    there, the payload is started through it instead (:func:`guard_argv`).
+    Only where the pilot has no guard (pilot.guard, which kills the payload's whole group and costs no fork): it
+    covers the payload's leader only, and running Python in the child means a full fork of the pilot (~7 ms of CPU
+    per payload), where the guard's way lets Popen start the child by vfork.
     """
     prctl = _prctl()
     if prctl is None:
@@ -51,54 +52,13 @@ def die_with_pilot():
 
 @functools.lru_cache(maxsize=1)
 def _prctl():
-    """libc's prctl, loaded once (loading it cost more than the rest of starting a short payload), or None."""
+    """libc's prctl, loaded once, or None."""
     try:
-        import ctypes  # only when a payload starts: a pilot that gets no job never loads it
+        import ctypes  # only for a payload started without a guard: a pilot with one never loads it
 
         return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-
-
-@functools.lru_cache(maxsize=1)
-def _setpriv():
-    """util-linux's setpriv when it can set the parent-death signal (2.33 and later), else None; asked once."""
-    path = None if os.environ.get("PILOT_NO_SETPRIV") else shutil.which("setpriv")
-    if path is None:
-        return None
-    try:
-        usage = subprocess.run([path, "--help"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return path if b"--pdeathsig" in usage else None
-
-
-def guard_argv(argv, cwd, env):
-    """``argv`` behind ``setpriv --pdeathsig KILL --``, or None where that cannot stand in for die_with_pilot.
-
-    Without Python to run between fork and exec, Popen starts the child with vfork: a full fork of the pilot and
-    the interpreter in the child cost ~30 ms of wall time and ~5 ms of CPU per job on a loaded node, setpriv's
-    extra exec ~1-2 ms. Only for a program exec runs as it is (a ``#!`` script or an ELF binary found and
-    executable): anything else (missing, not executable, a script without ``#!``) is left to the fork path, whose
-    exec reports it as before. setpriv sets the signal a moment after the vfork, not before exec as the fork path
-    does; a pilot killed within that moment leaves its payload to harvester's sweeper, as for the payload's
-    children.
-    """
-    setpriv = _setpriv()
-    if setpriv is None:
-        return None
-    program = argv[0]
-    path = os.path.join(cwd, program) if "/" in program else shutil.which(program, path=env.get("PATH", os.defpath))
-    try:
-        if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
-            return None
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-    except OSError:
-        return None
-    if not (head.startswith(b"#!") or head == b"\x7fELF"):
-        return None
-    return [setpriv, "--pdeathsig", "KILL", "--"] + list(argv)
 
 
 SHELLS = ("/bin/sh", "sh", "/usr/bin/sh", "/bin/bash", "bash", "/usr/bin/bash")
@@ -193,16 +153,19 @@ class Payload:
         cwd: the job directory; stdout and stderr go to ``payload.stdout`` / ``payload.stderr`` in it.
         env: the environment.
         adopter_pid: the pilot's pid when it is a child subreaper (see proctree.ProcessTree).
+        guard: the pilot's guard.Guard, which kills the payload's group if the pilot dies; without one (or once
+            it is gone) the payload's leader gets a parent-death signal instead (:func:`die_with_pilot`).
     """
 
-    def __init__(self, argv, cwd, env, adopter_pid=None):
-        self.argv, self.cwd, self.env, self.adopter = argv, cwd, env, adopter_pid
+    def __init__(self, argv, cwd, env, adopter_pid=None, guard=None):
+        self.argv, self.cwd, self.env, self.adopter, self.guard = argv, cwd, env, adopter_pid, guard
         self.stdout = os.path.join(cwd, "payload.stdout")
         self.stderr = os.path.join(cwd, "payload.stderr")
         self.proc = None
         self.tree = None
         self.returncode = None
         self.rusage = None
+        self.pidfd = None  # readable once the payload has exited (Linux 5.3+), else None
 
     @property
     def pid(self):
@@ -210,23 +173,30 @@ class Payload:
 
     def start(self):
         """Start the payload; raise PilotError when it cannot be executed."""
+        guarded = self.guard is not None and self.guard.alive
         with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
             try:
-                self.proc = self._spawn(self.argv, out, err)
+                self.proc = self._spawn(self.argv, out, err, guarded)
             except OSError as exc:
                 if exc.errno != errno.ENOEXEC:
                     code = errors.TRANSFORMNOTFOUND if isinstance(exc, FileNotFoundError) else \
                         errors.PAYLOADEXECUTIONFAILURE
                     raise PilotError(code, f"cannot execute {self.argv[0]}: {exc.strerror or exc}") from None
-                self.proc = self._spawn(["/bin/sh"] + self.argv, out, err)  # a script without '#!'
-        self.tree = ProcessTree(self.proc.pid, self.adopter)
+                self.proc = self._spawn(["/bin/sh"] + self.argv, out, err, guarded)  # a script without '#!'
+        if guarded and not self.guard.hold(self.proc.pid):
+            log.warning("payload pid %d is not guarded: the pilot's death would leave it running", self.proc.pid)
+        self.tree = ProcessTree(self.proc.pid, self.adopter, ignore=(self.guard.pid,) if self.guard else ())
+        try:
+            self.pidfd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):  # older kernel or Python: the caller's wake-up on SIGCHLD will do
+            self.pidfd = None
         log.info("payload started: pid %d, argv %s", self.proc.pid, self.argv)
         return self.proc.pid
 
-    def _spawn(self, argv, out, err):
-        guarded = guard_argv(argv, self.cwd, self.env)
-        return subprocess.Popen(guarded or argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=err, start_new_session=True, close_fds=True,
+    def _spawn(self, argv, out, err, guarded):
+        # no Python between fork and exec when guarded, so Popen starts the child by vfork
+        return subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                start_new_session=True, close_fds=True,
                                 preexec_fn=None if guarded else die_with_pilot())
 
     def poll(self):
@@ -240,8 +210,29 @@ class Payload:
                 self.returncode = os.waitstatus_to_exitcode(status)
                 self.rusage = rusage
                 self.proc.returncode = self.returncode  # reaped here, so Popen must not wait again
+                self._close_pidfd()
         self.reap_orphans()
         return self.returncode
+
+    def wait(self, seconds, waker=None):
+        """Wait up to ``seconds`` for the payload to exit, returning as soon as it does (its pidfd becomes
+        readable) or a signal wakes ``waker`` (signals.Waker); then :meth:`poll`."""
+        if self.poll() is None:
+            fds = [self.pidfd] if self.pidfd is not None else []
+            if not fds and not (waker is not None and waker.installed):
+                seconds = min(seconds, 0.1)  # nothing would end the sleep at the payload's exit: poll
+            if waker is not None:
+                waker.sleep(seconds, fds)
+            elif fds:
+                select.select(fds, [], [], max(0.0, seconds))
+            else:
+                time.sleep(max(0.0, seconds))
+        return self.poll()
+
+    def _close_pidfd(self):
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
     def reap_orphans(self):
         """Collect orphans re-parented to the pilot (subreaper mode) once they exit."""
@@ -259,6 +250,11 @@ class Payload:
         if self.tree:
             self.tree.kill(grace, reap=self.poll)
         self.poll()
+
+    def release(self):
+        """The payload and its group are gone: the guard holds nothing any more (a pid reused later is safe)."""
+        if self.guard is not None and self.guard.group == self.pid:
+            self.guard.release()
 
     def cpu_time(self):
         """CPU seconds of the payload and the descendants it reaped (from wait4), 0 before it exits."""

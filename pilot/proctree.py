@@ -121,12 +121,15 @@ class ProcessTree:
         root_pid: the payload's pid; it leads its own session and process group.
         adopter_pid: the pilot's pid when the pilot is a child subreaper: its other children are orphans of the
             payload. None in any process that has unrelated children (a test runner).
+        ignore: pids of the pilot's own children that are not the payload's (its guard, pilot.guard).
     """
 
-    def __init__(self, root_pid, adopter_pid=None):
+    def __init__(self, root_pid, adopter_pid=None, ignore=()):
         self.root = root_pid
         self.adopter = adopter_pid
+        self.ignore = frozenset(ignore)
         self.seen = set()
+        self.gone = False  # known to have no live process left (see _surely_gone): it cannot come back
 
     def members(self, table=None):
         """Pids of the job's processes (zombies included), the payload first."""
@@ -137,7 +140,7 @@ class ProcessTree:
         found = [self.root] if self.root in table else []
         found += [p for p, i in table.items() if p != self.root and (i.pgid == self.root or i.sid == self.root)]
         if self.adopter:
-            found += [p for p in children[self.adopter] if p != self.root]
+            found += [p for p in children[self.adopter] if p != self.root and p not in self.ignore]
         queue, members = list(found), set(found)
         while queue:
             for child in children[queue.pop()]:
@@ -165,7 +168,8 @@ class ProcessTree:
 
     def alive(self):
         """Pids of the tree that are still running (not zombies)."""
-        if self._surely_gone():
+        if self.gone or self._surely_gone():
+            self.gone = True
             return []
         table = process_table()
         return [p for p in self.members(table) if not table[p].zombie]
@@ -175,7 +179,9 @@ class ProcessTree:
         process group is empty (the payload itself was reaped) and the pilot, a child subreaper, has no child.
 
         Only processes below the payload can join its session or group, and one that loses its parent is
-        re-parented to the nearest subreaper above it, so some live one would be the pilot's child. Without a
+        re-parented to the nearest subreaper above it, so some live one would be the pilot's child (the pilot's
+        guard, its one child of its own, does not count). Once true it stays true: no process is left to start
+        another, so :meth:`alive` asks again no more (one look per payload, not one per call). Without a
         subreaper (orphans go to init, out of sight) or when the kernel does not list children, the full walk
         decides."""
         if not self.adopter:
@@ -188,7 +194,7 @@ class ProcessTree:
         except OSError:
             return False
         children = _children(self.adopter)
-        return children is not None and not children
+        return children is not None and not {int(pid) for pid in children} - self.ignore
 
     def signal(self, signum):
         """Send ``signum`` to the payload's process group and to every member found."""

@@ -78,17 +78,21 @@ class Waker:
     def installed(self):
         return self.read_fd is not None
 
-    def sleep(self, seconds):
-        """Sleep up to ``seconds``; return early when a signal arrives."""
+    def sleep(self, seconds, fds=()):
+        """Sleep up to ``seconds``; return early when a signal arrives or one of ``fds`` becomes readable (a
+        payload's pidfd: its exit)."""
         seconds = max(0.0, seconds)
         if self.read_fd is None:
-            time.sleep(seconds)
+            if fds:
+                select.select(list(fds), [], [], seconds)
+            else:
+                time.sleep(seconds)
             return
         try:
-            ready, _, _ = select.select([self.read_fd], [], [], seconds)
+            ready, _, _ = select.select([self.read_fd, *fds], [], [], seconds)
         except InterruptedError:
             ready = [self.read_fd]
-        if ready:
+        if self.read_fd in ready:
             try:
                 while os.read(self.read_fd, 512):
                     pass

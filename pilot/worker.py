@@ -30,6 +30,7 @@ import time
 
 from pilot import comm, errors, housekeeping, node, queuedata, usage
 from pilot.errors import ColdShutdown, PilotError
+from pilot.guard import Guard
 from pilot.handoff import Handoff
 from pilot.jobdata import Job
 from pilot.jobrun import Context, JobRun
@@ -69,6 +70,8 @@ class Pilot:
         self.pace = None  # seconds per job seen so far (moving average of each job's run to its payload's end)
         self.wrapup = None  # the wrap-up thread (pull mode)
         self.last_run = None
+        self.held = None  # a job whose payload ended, handed to the wrap-up once the next job's own work began
+        self.guard = None  # the payload guard (pilot.guard)
 
     # ---- the protocol -------------------------------------------------------------------------------------------
     def work(self):
@@ -106,6 +109,7 @@ class Pilot:
         self.timing.mark(0, "PILOT_START_TIME", self.started_wall)
         if self.waker.install(self.stop) and not opts.no_subreaper:
             self.subreaper = node.become_subreaper()
+        self.guard = Guard.start()
         self.load_queuedata()
         housekeeping.clean_old_pilot_dirs(opts.workdir, self.pilot_dir, self.qd["pilot_cleanup_age"])
         self.connect()
@@ -178,6 +182,7 @@ class Pilot:
         """The next job (a Job), or None when there is none; the getJob time is recorded."""
         if not self.in_hand:
             if self.wrapup is not None:
+                self.hand_over_held()
                 self.wrapup.flush()  # the finals made so far go now, while the pilot waits for jobs
             if self.handoff is not None and self.push_mode:
                 data = self.job_from_file()
@@ -208,10 +213,17 @@ class Pilot:
         run = self.last_run = JobRun(job, self.ctx)
         cpu, began = usage.children_cpu(), time.monotonic()
         self.fetch_ahead(payload_ended=False)
-        try:
-            state = run.execute(self.wrapup)
-        finally:
-            if self.wrapup is None:
+        if self.wrapup is not None:
+            # the previous job goes to the wrap-up thread once this one's payload has started: its tarball and
+            # upload then run under this payload instead of holding the GIL while the pilot starts it
+            self.ctx.job_started = self.hand_over_held if self.held is not None else None
+            run.run_to_payload_end()
+            self.hand_over_held()
+            self.held, state = run, run.state
+        else:
+            try:
+                state = run.execute()
+            finally:
                 self.timing.save(done=job.panda_id)
         took = time.monotonic() - began
         self.pace = took if self.pace is None else 0.7 * self.pace + 0.3 * took
@@ -220,18 +232,29 @@ class Pilot:
             marks = self.timing.data.get(str(job.panda_id), {})
             self.usage.add_job(job.panda_id, marks.get("PILOT_POST_PAYLOAD", 0) - marks.get("PILOT_PRE_PAYLOAD", 0),
                                usage.children_cpu() - cpu)
-        log.info("job %s %s: %s", job.panda_id, "done" if self.wrapup is None else "payload ended", state)
+        if self.wrapup is None:
+            log.info("job %s done: %s", job.panda_id, state)
         if run.error and run.error.code == errors.REACHEDMAXTIME and self.remaining_time() <= 0:
             self.exit_error = errors.REACHEDMAXTIME
         if self.client is not None and not self.file_mode and self.wrapup is None:
             self.outbox.replay(self.client)
+
+    def hand_over_held(self):
+        """The job whose payload ended last to the wrap-up thread (on a cold stop: its final to the outbox)."""
+        run, self.held = self.held, None
+        if run is None:
+            return
+        if self.stop.cold:
+            run.spool_final()
+        else:
+            self.wrapup.put(run)
 
     def shutdown(self):
         """Give back the jobs in hand, finish the wrap-up, replay what is left in the outbox, tell harvester the
         pilot is done, record the pilot's figures."""
         if self.timing is None:
             return
-        for step in (self.give_back_in_hand, self.finish_wrapup):
+        for step in (self.hand_over_held, self.give_back_in_hand, self.finish_wrapup):
             try:
                 step()
             except ColdShutdown:
@@ -248,7 +271,10 @@ class Pilot:
         if self.usage is not None:
             self.usage.write(ended=True)
         if self.handoff is not None:
+            self.handoff.list_panda_ids()
             self.handoff.touch_kill_worker()
+        if self.guard is not None:
+            self.guard.close()
         self.timing.mark(0, "PILOT_END_TIME")
         self.timing.mark(0, "PILOT_PEAK_RSS_KB", node.peak_rss_kb())
         cpu = os.times()  # the pilot's own CPU seconds, and its payloads' (children it reaped)
@@ -356,7 +382,7 @@ class Pilot:
                        file_mode=self.file_mode, outbox=self.outbox,
                        pilot_deadline=self.deadline - qd["pilot_stageout_reserve"],
                        adopter_pid=os.getpid() if self.subreaper else None, pilot_log=self.pilot_log,
-                       cleanup=not opts.no_cleanup, payload_ended=self.fetch_ahead)
+                       cleanup=not opts.no_cleanup, payload_ended=self.fetch_ahead, guard=self.guard)
 
     def remaining_time(self):
         """Seconds a new job may run: the pilot's end minus the stage-out reserve."""

@@ -81,6 +81,9 @@ def test_an_older_jobs_final_never_hides_the_running_job_and_is_kept_in_its_own_
     h.write_attributes({"jobId": 2, "state": "failed"})
     assert json.loads(attributes.read_text())["jobStatus"] == "failed"
     assert json.loads((tmp_path / "worker_attributes-2.json").read_text())["jobStatus"] == "failed"
+    # the first job is listed at once, the next within LIST_EVERY_S, and every one when the pilot ends
+    assert json.loads((tmp_path / "worker_pandaids.json").read_text()) == [1]
+    h.list_panda_ids()
     assert json.loads((tmp_path / "worker_pandaids.json").read_text()) == [1, "2"]
 
 

@@ -1,15 +1,20 @@
 """The payload process: argv without a shell, its environment, its process group, the transformation."""
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from unittest import mock
 
 import pytest
 
-from pilot import errors, payload
+from pilot import errors, guard, payload
 from pilot.errors import PilotError
 from pilot.jobdata import Job
-from test_pilot_harness import marked_sleep, processes_with
+from test_pilot_harness import ROOT, marked_sleep, processes_with
 
 
 def run(argv, cwd, timeout=30):
@@ -58,46 +63,151 @@ def test_own_process_group_and_kill_of_the_whole_tree(tmp_path):
     assert p.returncode is not None and processes_with(marker) == []
 
 
-@pytest.mark.parametrize("setpriv", [True, False], ids=["through setpriv", "fork and prctl"])
-def test_the_payload_dies_with_a_pilot_killed_by_sigkill(tmp_path, setpriv):
-    if setpriv and payload._setpriv() is None:
-        pytest.skip("no setpriv with --pdeathsig (util-linux 2.33) here")
+# Runs as PID 1 of a PID namespace of its own (unshare -pf --mount-proc): a stand-in pilot starts a payload of
+# three processes (a shell and two sleeps in its group) through pilot.payload, with or without a guard, and is then
+# killed by SIGKILL. Whatever a broken guard would kill, it can only reach processes of this namespace.
+PILOT_KILLED = r"""
+import json, os, signal, subprocess, sys, time
+marker, sleep, guarded, root = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
+
+def marked():
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmd = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")[0]
+            state = open(f"/proc/{entry}/stat", "rb").read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker.encode() in cmd and state != b"Z":
+            found.append(int(entry))
+    return sorted(found)
+
+pilot = subprocess.Popen([sys.executable, "-c", (
+    "import os, sys, time\n"
+    "from pilot import guard, payload\n"
+    f"g = guard.Guard.start() if {guarded} else None\n"
+    f"p = payload.Payload(['/bin/sh', '-c', '{sleep} 600 & {sleep} 601 & wait'], os.getcwd(), dict(os.environ), None, g)\n"
+    "p.start()\n"
+    "print(p.pid, g.pid if g else 0, flush=True)\n"
+    "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True, cwd=root)
+payload_pid, guard_pid = map(int, pilot.stdout.readline().split())
+deadline = time.monotonic() + 60  # bounds only keep a failure from hanging
+while len(marked()) < 2 and time.monotonic() < deadline:
+    time.sleep(0.02)
+before = marked()
+leader = os.path.exists(f"/proc/{payload_pid}")
+os.kill(pilot.pid, signal.SIGKILL)
+pilot.wait()
+def leader_left():
+    try:
+        return open(f"/proc/{payload_pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+deadline = time.monotonic() + 30
+while (leader_left() or guarded and marked()) and time.monotonic() < deadline:
+    time.sleep(0.05)
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:  # PID 1 reaps the orphans
+            pass
+    except ChildProcessError:
+        pass
+print(json.dumps({"before": before, "leader": leader, "after": marked(), "leader_left": leader_left()}), flush=True)
+"""
+
+
+def in_own_pid_namespace(argv, timeout=120):
+    """Run ``argv`` as PID 1 of a new PID namespace (everything in it dies with it); its stdout."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-pf", "--mount-proc", "true"], capture_output=True).returncode:
+        if os.environ.get("CI") == "true":
+            pytest.fail("this test needs unshare -pf --mount-proc (util-linux, root)")
+        pytest.skip("needs unshare -pf --mount-proc (util-linux, root) for a PID namespace of its own")
+    out = subprocess.run([unshare, "-pf", "--mount-proc", "--kill-child"] + argv, capture_output=True, text=True,
+                         timeout=timeout, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["guard", "fork and prctl"])
+def test_a_pilot_killed_by_sigkill_leaves_no_payload_running(tmp_path, guarded):
+    """The guard kills the payload's whole group when the pilot dies; without one the kernel's parent-death
+    signal kills the payload's leader (its children in the group are then left to the sweeper)."""
     marker = f"orphan-{os.getpid()}-{time.time_ns()}"
     sleep = marked_sleep(tmp_path, marker)
-    env = {k: v for k, v in os.environ.items() if k != "PILOT_NO_SETPRIV"}
-    if not setpriv:
-        env["PILOT_NO_SETPRIV"] = "1"
-    # A stand-in pilot: a process that starts the payload through pilot.payload and then waits.
-    pilot = subprocess.Popen([sys.executable, "-c", (
-        "import os, sys, time; from pilot import payload\n"
-        f"p = payload.Payload([{sleep!r}, '600'], {str(tmp_path)!r}, dict(os.environ)); p.start()\n"
-        "print(p.pid, flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True, env=env,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = json.loads(in_own_pid_namespace([sys.executable, "-c", PILOT_KILLED, marker, sleep,
+                                              "1" if guarded else "0", ROOT]))
+    assert len(result["before"]) == 2 and result["leader"], result  # the payload ran, all three processes
+    assert not result["leader_left"], result
+    if guarded:
+        assert result["after"] == [], result
+
+
+def test_the_guard_kills_only_a_group_it_holds_and_nothing_once_released(tmp_path):
+    """Released (the payload gone), the guard kills nothing when the pilot ends; ``-1`` or garbage are never
+    taken for a group."""
+    marker = f"guard-{os.getpid()}-{time.time_ns()}"
+    sleep = marked_sleep(tmp_path, marker)
+    kept = subprocess.Popen([sleep, "600"], start_new_session=True)
     try:
-        payload_pid = int(pilot.stdout.readline())
-        assert processes_with(marker) == [payload_pid]
+        g = guard.Guard.start()
+        assert g.hold(kept.pid)
+        g.release()
+        g.close()
+        assert g.proc.returncode == 0 and kept.poll() is None and processes_with(marker) == [kept.pid]
+        g = guard.Guard.start()
+        assert g.hold(kept.pid)
+        g.close()  # the pilot's end with the group held: the guard kills it
+        assert kept.wait(30) == -signal.SIGKILL
     finally:
-        pilot.kill()
-        pilot.wait()
-    deadline = time.monotonic() + 30  # the kernel's signal is prompt; the bound only keeps a failure from hanging
-    while processes_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert processes_with(marker) == []
+        if kept.poll() is None:
+            kept.kill()
+        kept.wait()
 
 
-def test_a_program_exec_runs_as_it_is_goes_through_setpriv_and_anything_else_through_the_fork(tmp_path):
-    if payload._setpriv() is None:
-        pytest.skip("no setpriv with --pdeathsig (util-linux 2.33) here")
-    env = dict(os.environ)
-    script, plain = tmp_path / "script", tmp_path / "plain"
-    script.write_text("#!/bin/sh\necho hi\n")
-    plain.write_text("echo hi\n")
-    for path in (script, plain):
-        path.chmod(0o755)
-    assert payload.guard_argv(["true", "x"], str(tmp_path), env)[-5:] == ["--pdeathsig", "KILL", "--", "true", "x"]
-    assert payload.guard_argv(["./script"], str(tmp_path), env)[-1] == "./script"
-    for argv in (["./plain"], ["/no/such/program"], [str(tmp_path)], ["no-such-program-on-path"]):
-        assert payload.guard_argv(argv, str(tmp_path), env) is None, argv
+# PID 1 of a namespace of its own: a guard handed what is not a payload's group (1 and -1 would be every process
+# it may signal, here only this namespace's) kills nothing when the pilot ends.
+GARBAGE = r"""
+import os, subprocess, sys
+from pilot import guard
+sleeper = subprocess.Popen(["sleep", "600"], start_new_session=True)
+g = guard.Guard.start()
+os.write(g.fd, b"-1\nnot-a-number\n0x10\n\n1\n")
+g.close()
+print(g.proc.returncode, sleeper.poll(), flush=True)
+sleeper.kill()
+"""
+
+
+def test_the_guard_takes_no_garbage_nor_every_process_for_a_group():
+    assert in_own_pid_namespace([sys.executable, "-c", GARBAGE]).split() == ["0", "None"]
+
+
+def test_a_payload_started_with_a_guard_is_held_then_released_and_not_forked_through_python(tmp_path):
+    g = guard.Guard.start()
+    try:
+        p = payload.Payload(["/bin/sh", "-c", "exit 3"], str(tmp_path), dict(os.environ), None, g)
+        with mock.patch.object(payload, "die_with_pilot", side_effect=AssertionError("fork + prctl used")):
+            p.start()
+        assert g.group == p.pid
+        assert p.wait(600) == 3  # back at the exit (its pidfd), not after the 600 s
+        p.release()
+        assert g.group == 0
+    finally:
+        g.close()
+
+
+def test_the_wait_ends_at_the_payload_exit(tmp_path):
+    """Payload.wait returns when the payload exits, without a signal handler (its pidfd), and reports a payload
+    killed by a signal as minus that signal."""
+    p = payload.Payload(["/bin/sh", "-c", "sleep 0.5; kill -TERM $$"], str(tmp_path), dict(os.environ))
+    p.start()
+    done = []
+    waiter = threading.Thread(target=lambda: done.append(p.wait(600)))
+    waiter.start()
+    waiter.join(60)  # the bound only keeps a failure from hanging: a missed exit waits the whole 600 s
+    assert done == [-signal.SIGTERM]
+    assert p.pidfd is None  # closed once reaped
 
 
 def test_environment():

@@ -1,6 +1,7 @@
 """The wrap-up thread and the job loop's batches: finals several in one updateJobsInBulk (each entry judged alone),
 the wrap-up queue bounded, and how many jobs one getJob asks for."""
 import argparse
+import json
 import os
 import threading
 import time
@@ -137,15 +138,18 @@ def test_jobs_asked_for_fill_the_look_ahead_within_the_cap_the_remaining_time_an
     assert floor.jobs_to_ask(0) >= 1 and floor.jobs_to_ask(1) == 0
 
 
-def test_short_jobs_come_several_per_getjob_and_their_finals_several_per_request(site):
+def test_short_jobs_come_several_per_getjob_and_their_finals_several_per_request(site, tmp_path):
     """Against a stub server: getJob's nJobs grows once the pace is known and never passes --getjob-max-jobs;
-    every job is reported once, the finals of jobs wrapped up together in one updateJobsInBulk."""
+    every job is reported once, the finals of jobs wrapped up together in one updateJobsInBulk; every job is in
+    worker_pandaids.json when the pilot has ended (written at most once a second while jobs begin)."""
     jobs = [{"PandaID": n, "transformation": "/bin/true", "jobPars": "", "prodSourceLabel": "managed"}
             for n in range(1, 11)]
     stub = stub_server(jobs)
+    hwd = tmp_path / "access-point"
+    hwd.mkdir()
     try:
         code, log = site.run("--getjob-max-jobs", "3", "--getjob-lookahead", "60", "--final-batch-wait", "60",
-                             url=stub_url(stub), qd=site.queuedata(timefloor=10))
+                             "--harvester-workdir", str(hwd), url=stub_url(stub), qd=site.queuedata(timefloor=10))
     finally:
         stub.shutdown()
         stub.server_close()
@@ -156,6 +160,7 @@ def test_short_jobs_come_several_per_getjob_and_their_finals_several_per_request
     bulks = [n for route, n in StubServer.requests if route == "updateJobsInBulk"]
     assert bulks and max(bulks) > 1, (StubServer.requests, log)
     assert sum(bulks) + len([r for r, _ in StubServer.requests if r == "updateJob"]) == 10
+    assert sorted(json.loads((hwd / "worker_pandaids.json").read_text())) == list(range(1, 11))
 
 
 def test_one_payload_at_a_time(site, tmp_path):
