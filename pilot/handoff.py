@@ -97,7 +97,7 @@ class Handoff:
         self.cancel_request()
         return None
 
-    def write_attributes(self, update, final=False, durable=True):
+    def write_attributes(self, update, final=False, durable=True, own_file=True):
         """A job's latest state for harvester: the update without its file info, plus jobStatus.
 
         Into ``worker_attributes.json`` unless that speaks for a job begun later (then the update, from the wrap-up
@@ -105,7 +105,7 @@ class Handoff:
         file, goes to the job's own ``worker_attributes-<PandaID>.json``, so no report is lost (``final``: the
         update is the job's last, whatever its state). That file is fsync'd unless ``durable`` is False: over HTTP
         the final goes to the server, or to the fsync'd outbox when it cannot, and harvester relays the per-job
-        files of a pilot in file mode only.
+        files of a pilot in file mode only. Not written at all with ``own_file`` False (over HTTP: no one reads it).
         """
         data = {k: v for k, v in update.items() if k != "xml"}
         data["jobStatus"] = update.get("state")
@@ -119,8 +119,8 @@ class Handoff:
             else:
                 log.debug("attributes of job %s kept in its own file: %s speaks for a job begun later", panda_id,
                           self.names["attributes"])
-            own_file = panda_id is not None and (not shown or final or data["jobStatus"] in FINAL_STATES)
-        if own_file:  # a file of this job alone: written (maybe with its fsync) without holding up the job loop's
+            own_file = own_file and panda_id is not None and (not shown or final or data["jobStatus"] in FINAL_STATES)
+        if own_file:  # a file of this job alone: written (maybe with an fsync) outside the lock the job loop takes
             atomic_write_json(os.path.join(self.directory, final_attributes_name(self.names, panda_id)), data,
                               durable=durable)
 

@@ -134,8 +134,10 @@ class JobRun:
         """The final update's parameters once every file is out (the log's outcome decided the state)."""
         self.ctx.log_end.pop(self.job.panda_id, None)  # used by the log tarball, if the job has one
         self.final = self.final_params()
-        if self.ctx.handoff is not None and not self.ctx.file_mode:  # no fsync: the final is the server's or spooled
-            self.ctx.handoff.write_attributes(self.final, durable=False)
+        if self.ctx.handoff is not None and not self.ctx.file_mode:
+            # over HTTP harvester follows the newest job in worker_attributes.json; the final itself goes to the
+            # server or the outbox, so no per-job file (nor its fsync) for each short job
+            self.ctx.handoff.write_attributes(self.final, own_file=False)
             self.ctx.outbox.drop_heartbeat(self.job.panda_id)  # the final update (or its entry) supersedes it
         self.remove_job_dir()
 
