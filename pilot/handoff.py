@@ -7,10 +7,11 @@ Pilot -> harvester: ``worker_requestjob.json`` (``{"nJobs": 1}``), ``worker_attr
 pilot is done), ``worker_attributes-<PandaID>.json`` (a job's final attributes, kept per job). Every write is a
 temporary file renamed into place. Names can be changed with queuedata ``handoff_files``.
 
-Two threads write here (the job loop, and the wrap-up of ended jobs, pilot.wrapup): every write is made under one
-lock, and ``worker_attributes.json`` keeps pilot3's shape (one job's dict) holding the NEWEST job's latest
+Two threads write here (the job loop, and the wrap-up of ended jobs, pilot.wrapup): every shared file is written
+under one lock, and ``worker_attributes.json`` keeps pilot3's shape (one job's dict) holding the NEWEST job's latest
 attributes; a report of an older job (its final made by the wrap-up thread while the next job runs) never
-overwrites it, and goes to that job's own ``worker_attributes-<PandaID>.json``, as every final does.
+overwrites it, and goes (in file mode) to that job's own ``worker_attributes-<PandaID>.json``, as every final does
+there; a file of one job alone is written outside the lock.
 """
 import json
 import logging

@@ -217,7 +217,7 @@ class Payload:
     def wait(self, seconds, waker=None):
         """Wait up to ``seconds`` for the payload to exit, returning as soon as it does (its pidfd becomes
         readable) or a signal wakes ``waker`` (signals.Waker); then :meth:`poll`."""
-        if self.poll() is None:
+        if self.returncode is None:
             fds = [self.pidfd] if self.pidfd is not None else []
             if not fds and not (waker is not None and waker.installed):
                 seconds = min(seconds, 0.1)  # nothing would end the sleep at the payload's exit: poll
