@@ -68,7 +68,7 @@ def test_own_process_group_and_kill_of_the_whole_tree(tmp_path):
 # killed by SIGKILL. Whatever a broken guard would kill, it can only reach processes of this namespace.
 PILOT_KILLED = r"""
 import json, os, signal, subprocess, sys, time
-marker, sleep, guarded, root = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
+marker, sleep, guarded, root, job_dir = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5]
 
 def marked():
     found = []
@@ -86,7 +86,8 @@ pilot = subprocess.Popen([sys.executable, "-c", (
     "import os, sys, time\n"
     "from pilot import guard, payload\n"
     f"g = guard.Guard.start() if {guarded} else None\n"
-    f"p = payload.Payload(['/bin/sh', '-c', '{sleep} 600 & {sleep} 601 & wait'], os.getcwd(), dict(os.environ), None, g)\n"
+    f"p = payload.Payload(['/bin/sh', '-c', '{sleep} 600 & {sleep} 601 & wait'], {job_dir!r}, dict(os.environ),"
+    " None, g)\n"
     "p.start()\n"
     "print(p.pid, g.pid if g else 0, flush=True)\n"
     "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True, cwd=root)
@@ -136,7 +137,7 @@ def test_a_pilot_killed_by_sigkill_leaves_no_payload_running(tmp_path, guarded):
     marker = f"orphan-{os.getpid()}-{time.time_ns()}"
     sleep = marked_sleep(tmp_path, marker)
     result = json.loads(in_own_pid_namespace([sys.executable, "-c", PILOT_KILLED, marker, sleep,
-                                              "1" if guarded else "0", ROOT]))
+                                              "1" if guarded else "0", ROOT, str(tmp_path)]))
     assert len(result["before"]) == 2 and result["leader"], result  # the payload ran, all three processes
     assert not result["leader_left"], result
     if guarded:
