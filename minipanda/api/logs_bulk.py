@@ -50,7 +50,7 @@ def upload_logs(params, identity):
         raise RequestError(f"Content-Length: {length} declared, but the manifest and the {len(entries)} files it "
                            f"names make {named} bytes; nothing stored")
     store = files._store_of(context.home)
-    refusals = judge(entries, identity, store)
+    refusals = judge(entries, identity)
     results = []
     for entry, refusal in zip(entries, refusals):
         body = _Counted(stream, entry["fsize"])
@@ -119,7 +119,7 @@ def manifest(raw, expected):
     return checked
 
 
-def judge(entries, identity, store):
+def judge(entries, identity):
     """One RequestError (the entry refused) or None (to be stored) per entry: its names and checksum, and
     whether ``identity`` may write that job's log; the jobs read in one query."""
     ids = {entry["pandaID"] for entry in entries if _panda_id(entry["pandaID"])}
@@ -131,7 +131,8 @@ def judge(entries, identity, store):
             panda_id = entry["pandaID"]
             if not _panda_id(panda_id):
                 raise RequestError(f"manifest.files[{index}].pandaID: expected a PandaID, got {str(panda_id)[:30]!r}")
-            store.locate(entry["scope"], entry["lfn"])  # plain names that stay inside the store, else 400
+            filestore.check_name("scope", entry["scope"])  # plain names (where they resolve: FileStore.put)
+            filestore.check_name("lfn", entry["lfn"])
             adler = entry["adler32"]
             entry["adler32"] = filestore.parse_checksum(f"ad:{adler}" if isinstance(adler, str) else "x")
             _may_write(identity, binding, panda_id, jobs.get(panda_id), entry)
