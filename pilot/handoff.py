@@ -98,15 +98,15 @@ class Handoff:
         self.cancel_request()
         return None
 
-    def write_attributes(self, update, final=False, durable=True, own_file=True):
+    def write_attributes(self, update, final=False, own_file=True):
         """A job's latest state for harvester: the update without its file info, plus jobStatus.
 
         Into ``worker_attributes.json`` unless that speaks for a job begun later (then the update, from the wrap-up
         of an older job, would hide the running job from harvester); a final state, or an update kept out of that
         file, goes to the job's own ``worker_attributes-<PandaID>.json``, so no report is lost (``final``: the
-        update is the job's last, whatever its state). That file is fsync'd unless ``durable`` is False: over HTTP
-        the final goes to the server, or to the fsync'd outbox when it cannot, and harvester relays the per-job
-        files of a pilot in file mode only. Not written at all with ``own_file`` False (over HTTP: no one reads it).
+        update is the job's last, whatever its state), fsync'd: harvester relays it for a pilot without network.
+        Not written at all with ``own_file`` False (over HTTP: the final goes to the server, or to the fsync'd
+        outbox when it cannot, and no one reads that file).
         """
         data = {k: v for k, v in update.items() if k != "xml"}
         data["jobStatus"] = update.get("state")
@@ -122,8 +122,7 @@ class Handoff:
                           self.names["attributes"])
             own_file = own_file and panda_id is not None and (not shown or final or data["jobStatus"] in FINAL_STATES)
         if own_file:  # a file of this job alone: written (maybe with an fsync) outside the lock the job loop takes
-            atomic_write_json(os.path.join(self.directory, final_attributes_name(self.names, panda_id)), data,
-                              durable=durable)
+            atomic_write_json(os.path.join(self.directory, final_attributes_name(self.names, panda_id)), data)
 
     def begin_job(self, panda_id):
         """Note a job the pilot begins (its rank for :meth:`write_attributes`) and list it for harvester: at once

@@ -128,9 +128,9 @@ def test_the_attributes_file_goes_only_forward_while_both_threads_write(tmp_path
         assert json.loads((tmp_path / f"worker_attributes-{panda_id}.json").read_text())["jobStatus"] == "finished"
 
 
-def test_a_final_is_fsynced_in_file_mode_and_not_when_it_goes_to_the_server(tmp_path, monkeypatch):
+def test_a_final_is_fsynced_in_file_mode_and_not_written_when_it_goes_to_the_server(tmp_path, monkeypatch):
     """File mode: harvester relays the per-job final attributes, so they reach the disk before the rename. Over HTTP
-    (``durable=False``) the server has the final, or the fsync'd outbox: no fsync per job."""
+    (``own_file=False``) the server has the final, or the fsync'd outbox: no file of its own at all."""
     from pilot import handoff as module
     writes = {}
     real = module.atomic_write_json
@@ -138,7 +138,8 @@ def test_a_final_is_fsynced_in_file_mode_and_not_when_it_goes_to_the_server(tmp_
         os.path.basename(path), durable) or real(path, data, durable=durable))
     handoff = Handoff(str(tmp_path), HANDOFF_FILES)
     handoff.begin_job(7)
-    handoff.write_attributes({"jobId": 7, "state": "finished"}, durable=False)
-    assert writes["worker_attributes-7.json"] is False
+    handoff.begin_job(9)  # a later job begun: job 7's final would go to its own file only
+    handoff.write_attributes({"jobId": 7, "state": "finished"}, own_file=False)
+    assert "worker_attributes-7.json" not in writes and not (tmp_path / "worker_attributes-7.json").exists()
     handoff.write_final(8, {"jobId": 8, "state": "finished"}, {"exitCode": 0}, {})
     assert writes["worker_attributes-8.json"] is True
