@@ -114,8 +114,8 @@ def upload_logs(client, entries, deadline=None):
 
 class _Concatenated:
     """A request body of ``head`` (bytes) then each (path, length) file's first ``length`` bytes, each by
-    :class:`pilot.comm._DeadlineReader` (sendfile where the socket allows, never a byte more than declared); ``read`` serves
-    the same bytes to a proxy's urllib."""
+    :class:`pilot.comm._DeadlineReader` (sendfile where the socket allows, never a byte more than declared);
+    ``read`` serves the same bytes to a proxy's urllib."""
 
     def __init__(self, head, files, deadline):
         self.head, self.files, self.deadline = head, files, deadline

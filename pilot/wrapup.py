@@ -3,7 +3,9 @@
 Over HTTP, once a payload has ended the job loop (pilot.worker) starts the next job in hand at once and hands
 the ended job (jobrun.JobRun) to :class:`WrapUp`, whose thread does the rest of it, job after job in the order
 they ended, as the job loop did before: the stage-out of outputs and of the log tarball (whose outcome still
-decides the job's state), the final update's parameters, the job directory's removal. The finals made meanwhile
+decides the job's state), the final update's parameters, the job directory's removal. A log bound for the
+server's store waits with its job's final, and the logs of the jobs whose finals go together go first, in ONE
+request (pilot.bulklogs), each entry's answer deciding its job as a single PUT's would. The finals made meanwhile
 go to the server together in ONE ``updateJobsInBulk``:
 
 * a final waits at most ``flush_after`` s for others (sent at once when the job loop has no next job in hand,
@@ -143,8 +145,8 @@ class WrapUp:
             if len(group) < 2 or not self.logs_in_bulk:
                 continue
             try:
-                found = bulklogs.stage_out_logs([(runs[i].job.panda_id, runs[i].job.log, runs[i].log_store)
-                                                  for i in group], self.ctx.client, self.ctx.qd["pilot_stagein_timeout"])
+                items = [(runs[i].job.panda_id, runs[i].job.log, runs[i].log_store) for i in group]
+                found = bulklogs.stage_out_logs(items, self.ctx.client, self.ctx.qd["pilot_stagein_timeout"])
                 outcomes.update(zip(group, found))
                 self.sent_log_bulks += 1
                 self.sent_logs_in_bulk += len(group)
