@@ -21,6 +21,41 @@ def test_sqlite_pragmas(tmp_path):
     database.close()
 
 
+def test_the_wal_is_checkpointed_after_the_writer_lock_is_released(tmp_path, monkeypatch):
+    """Every CHECKPOINT_COMMITS write transactions the committing thread copies the WAL into the database file, and
+    only once it has released the writer lock: another writer never waits for the copy and its fsyncs."""
+    database = schema.open_database("sqlite:///" + str(tmp_path / "x.db"))
+    database.connect(reuse_if_open=True)
+    assert database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 10000  # SQLite's own: the backstop
+    connection = database.connection()
+    seen = []
+
+    class Watched:  # the connection, noting whether the writer lock is free when a checkpoint starts
+        def execute(self, sql, *args):
+            if "wal_checkpoint" in sql:
+                free = database._writer.acquire(blocking=False)
+                if free:
+                    database._writer.release()
+                seen.append(free)
+            return connection.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(connection, name)
+
+    monkeypatch.setattr(database, "connection", lambda: Watched())
+    database.commits = 0
+    for n in range(2 * db.CHECKPOINT_COMMITS + 1):
+        with database.atomic():
+            models.Config.insert(key=f"k{n}", value="x" * 3000).execute()
+    assert seen == [True, True]
+    # what the two checkpoints copied is in the database file itself (read without the WAL); the last row is not yet
+    plain = sqlite3.connect(f"file:{tmp_path / 'x.db'}?immutable=1", uri=True)
+    assert plain.execute("SELECT COUNT(*) FROM config WHERE key LIKE 'k%'").fetchone()[0] == \
+        2 * db.CHECKPOINT_COMMITS
+    plain.close()
+    database.close()
+
+
 @pytest.mark.parametrize("url, message", [
     ("mysql://x/y", "unknown scheme 'mysql'"),
     ("sqlite://relative.db", "expected sqlite:///PATH"),
