@@ -368,7 +368,7 @@ def test_version_8_database_gets_the_counts_of_its_rows(db_url, monkeypatch):
 
     database = schema.open_database(db_url)
     database.connect(reuse_if_open=True)
-    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 11
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 12
     assert counts.jobs_by_queue(queue="U1") == {"U1": {"activated": 3, "sent": 2}}
     assert counts.inputs_by_task([10000001]) == {10000001: {"ready": 1, "finished": 1}}
     sent = models.Job.select(peewee.fn.MAX(models.Job.start_time)).where(models.Job.computing_site == "U1").scalar()
@@ -427,7 +427,7 @@ def test_version_10_database_upgrades_with_its_jobs_and_counts(db_url, monkeypat
 
     database = schema.open_database(db_url)
     database.connect(reuse_if_open=True)
-    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 11
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 12
     assert database.execute_sql("SELECT * FROM job ORDER BY panda_id").fetchall() == rows_before
     assert database.execute_sql("SELECT * FROM status_log ORDER BY id").fetchall() == log_before
     assert kept() == counts_before

@@ -4,6 +4,8 @@ imply the index's own, so a query written a little differently silently falls ba
 
 PostgreSQL's planner picks by cost, and a test table is small: sequential scans are switched off here, so what is
 checked is that the index CAN serve the query (its condition implied), not that it is cheaper."""
+import re
+
 import peewee
 from minipanda.core import dispatch, models, states
 from minipanda.core.states import JobStatus
@@ -57,3 +59,52 @@ def test_the_settle_duty_and_a_tasks_jobs_read_through_their_partial_indexes(dat
     assert "job_settled_status" in plan(database, *unsettled.sql())
     of_task = Job.select(Job.panda_id).where(Job.task_id == 10000001, Job.status.in_(["activated", "running"]))
     assert "job_task_status" in plan(database, *of_task.sql())
+
+
+def test_the_monitors_newest_jobs_read_through_the_status_index(database):
+    """Schema 12 has no index on modification_time: the monitor's list, most recently changed first, reads the newest
+    of each state from job_status_changed, whatever the filters, and never the whole table."""
+    from minipanda.monitor import queries
+
+    now = states.utcnow()
+    for params in ({}, {"status": "running|failed"}, {"days": "2"}, {"queue": "Q1", "limit": "20"}):
+        sql, values = queries.newest_ids(queries.parse_filters(params), now).sql()
+        text = plan(database, sql, values)
+        assert "job_status_changed" in text, (params, text)
+        # SQLite: "SCAN t1" reads the whole job table (or a whole index); the branches' subqueries are "SCAN s1"
+        assert not re.search(r"SCAN t\d", text) and "Seq Scan" not in text, text
+
+
+def test_no_job_index_on_modification_time(database):
+    """What schema 12 saves: a state change rewrites the entries of the indexes on the state and its time only."""
+    assert "job_modification" not in {index.name for index in database.get_indexes("job")}
+
+
+def test_version_11_database_upgrades_without_the_modification_index(db_url):
+    """Step 12 drops job_modification and nothing else: the jobs and their history come through whole, and the
+    monitor lists them most recently changed first."""
+    from conftest import make_job
+    from minipanda.core import jobs, schema
+    from minipanda.monitor import queries
+
+    database = schema.open_database(db_url)
+    database.connect(reuse_if_open=True)
+    database.execute_sql('CREATE INDEX "job_modification" ON "job" ("modification_time", "panda_id")')
+    database.execute_sql("UPDATE config SET value = '11' WHERE key = 'schema_version'")
+    ids = [row[0] for row in jobs.submit_jobs([make_job("Q1", jobName=f"j{i}") for i in range(5)], "alice")]
+    with database.atomic():
+        states.change_job_status(ids[1:3], JobStatus.SENT, "test")
+    rows_before = database.execute_sql("SELECT * FROM job ORDER BY panda_id").fetchall()
+    log_before = database.execute_sql("SELECT * FROM status_log ORDER BY id").fetchall()
+    database.close()
+
+    database = schema.open_database(db_url)
+    database.connect(reuse_if_open=True)
+    assert schema.schema_version(database) == schema.SCHEMA_VERSION == 12
+    assert "job_modification" not in {index.name for index in database.get_indexes("job")}
+    assert "job_status_changed" in {index.name for index in database.get_indexes("job")}
+    assert database.execute_sql("SELECT * FROM job ORDER BY panda_id").fetchall() == rows_before
+    assert database.execute_sql("SELECT * FROM status_log ORDER BY id").fetchall() == log_before
+    listed = queries.job_list(queries.parse_filters({}), states.utcnow())["jobs"]
+    assert [j["PandaID"] for j in listed] == [ids[2], ids[1], ids[4], ids[3], ids[0]]
+    database.close()

@@ -93,6 +93,8 @@ def _insert_jobs(parsed, user, now):
 
 def parse_job_id(value, name="jobId"):
     """An integer job id from the wire, or a RequestError naming the field."""
+    if type(value) is int and 0 <= value <= jobspec.INT64_MAX:  # a JSON report's id: nothing to parse
+        return value
     if value is None or value == "":
         raise RequestError(f"{name}: required", code=SC_MISSING_KEY)
     try:

@@ -88,6 +88,8 @@ def is_null(value):
 def to_int(value, name, errors, maximum=INT64_MAX):
     """Parse an integer leniently (pilots send "2500.004" and "3"), recording an error naming ``name``; a number
     beyond ``maximum`` either way (the column's range) is an error too, never a database failure."""
+    if type(value) is int and -maximum <= value <= maximum:  # what a pilot's JSON report holds: kept as it is
+        return value
     if is_null(value):
         return None
     if isinstance(value, bool):

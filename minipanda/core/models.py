@@ -84,10 +84,10 @@ class Job(BaseModel):
 
 # Schema 11: three more indexes are partial, so a job changing state rewrites only the entries it needs (dispatch
 # order only while activated, the unsettled jobs' states, the states of task jobs): minipanda.core.schema.JOB_INDEXES.
-# Schema 8: the monitor lists jobs most recently changed first; without this a 100,000-row table is sorted per page.
-Job.add_index(Job.index(Job.modification_time, Job.panda_id, name="job_modification"))
 # Schema 8: jobs that reached a state in a time range (the monitor's charts; the retention duty's old final jobs):
-# without it, every finished job of the live table is read through the status index.
+# without it, every finished job of the live table is read through the status index. Since schema 12 it also
+# gives the monitor's lists, most recently changed first (minipanda.monitor.queries.newest_ids), which had an
+# index of their own on (modification_time, panda_id) from schema 8 to 11.
 Job.add_index(Job.index(Job.status, Job.state_changed_time, name="job_status_changed"))
 
 
