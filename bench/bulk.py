@@ -15,6 +15,7 @@ Only 127.0.0.1 is contacted; the servers this script starts are the only process
     python3 bench/bulk.py                                   # 200,000 jobs on SQLite (the issue's scenario)
     python3 bench/bulk.py --jobs 20000 --baseline HEAD~5    # before/after, side by side
     python3 bench/bulk.py --db sqlite --db postgresql://user:pw@127.0.0.1:5432/bench
+    python3 bench/bulk.py --jobs 20000 --writer-lock        # SQLite: the writer lock's share of the wall time
 
 A PostgreSQL database given with --db is EMPTIED (its public schema dropped) before each run: give one of its own.
 """
@@ -172,6 +173,17 @@ def windows(progress):
     return rates
 
 
+def writer_lock(path):
+    """(write transactions, seconds the writer lock was held) so far in the server writing ``path``; None: not
+    measured. Read after the server's next report (every 0.2 s)."""
+    if path is None:
+        return None
+    time.sleep(0.5)
+    with open(path) as handle:
+        count, seconds = handle.read().split()
+    return int(count), float(seconds)
+
+
 def py_spy():
     """py-spy from PATH, else beside this interpreter (a venv's bin)."""
     beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
@@ -204,7 +216,20 @@ def one_run(label, tree, db, args):
         empty_postgres(db_url)
     queue = f"BULK_{int(time.time() * 1000) % 10 ** 9}"
     marks = [args.jobs * k // 10 for k in range(1, 11)]
-    server = Server(home, db_url, args.threads, cwd=tree)
+    lock_file = os.path.join(home, "writer-lock") if args.writer_lock and db == "sqlite" else None
+    saved = {key: os.environ.get(key) for key in ("MINIPANDA_BENCH_WRITER_LOCK", "PYTHONPATH")}
+    if lock_file:  # the server (this tree's or the baseline's) sums its writer lock's holds: bench/writer_lock
+        os.environ["MINIPANDA_BENCH_WRITER_LOCK"] = lock_file
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(HERE, "writer_lock"),
+                                                                 saved["PYTHONPATH"]]))
+    try:
+        server = Server(home, db_url, args.threads, cwd=tree)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     spy = None
     try:  # the server is stopped whatever fails from here on (py-spy missing included)
         cpu0 = process_cpu(server.proc.pid)
@@ -221,9 +246,11 @@ def one_run(label, tree, db, args):
                                     "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             time.sleep(1)  # py-spy attached before the first getJob
+        held0 = writer_lock(lock_file)
         drain0, client0 = process_cpu(server.proc.pid), time.process_time()
         got, wall, progress, errors = drain(server, queue, args.clients, args.bulk, args.jobs, marks, args.time_limit)
         cpu2, client_cpu = process_cpu(server.proc.pid), time.process_time() - client0
+        held1 = writer_lock(lock_file)
         load_drain = load_average()
     finally:
         if spy is not None:
@@ -242,10 +269,13 @@ def one_run(label, tree, db, args):
               "drain_rate": len(set(got)) / wall, "drain_windows": windows(progress),
               "drain_cpu_ms": 1000 * (cpu2 - drain0) / max(1, len(set(got))), "load_drain": load_drain,
               "client_cpu_ms": 1000 * client_cpu / max(1, len(set(got))),
+              "lock_ms": 1000 * (held1[1] - held0[1]) / max(1, len(set(got))) if lock_file else None,
               "duplicates": duplicates, "missed": missed, "errors": errors}
     print(f"  {label} on {result['db']}: submit {result['submit_rate']:.0f} jobs/s "
           f"({result['submit_cpu_ms']:.3f} ms server CPU per job), dispatch+finish {result['drain_rate']:.0f} jobs/s "
-          f"({result['drain_cpu_ms']:.3f} ms per job); duplicates {duplicates}, missed {missed}, "
+          f"({result['drain_cpu_ms']:.3f} ms per job" + ("" if result["lock_ms"] is None else
+                                                         f", writer lock held {result['lock_ms']:.3f} ms per job")
+          + f"); duplicates {duplicates}, missed {missed}, "
           f"errors {len(errors)}; load {load_drain}", flush=True)
     for error in errors[:5]:
         print(f"    {error}")
@@ -265,6 +295,9 @@ def main(argv=None):
     p.add_argument("--baseline", metavar="REV", help="also run this commit's server (e.g. main~3), side by side")
     p.add_argument("--time-limit", type=float, default=3600, help="s per dispatch phase before it gives up (3600)")
     p.add_argument("--keep", action="store_true", help="keep the SQLite homes")
+    p.add_argument("--writer-lock", action="store_true", help="SQLite: also measure how long each server holds "
+                   "its writer lock per job dispatched and finished (bench/writer_lock on the server's PYTHONPATH): "
+                   "one writer at a time, so 1 / that is the most jobs/s its database work allows")
     p.add_argument("--py-spy", metavar="PREFIX", help="record this tree's server's dispatch+finish with py-spy "
                    "(CPU samples, collapsed stacks) into PREFIX-sqlite.txt / PREFIX-postgresql.txt (pip install py-spy)")
     args = p.parse_args(argv)
@@ -280,12 +313,14 @@ def main(argv=None):
     finally:
         baseline.remove(tree)
     print("\n| server | database | submit jobs/s | submit CPU ms/job | dispatch+finish jobs/s | CPU ms/job | "
-          "clients' CPU ms/job | per tenth (dispatch+finish, jobs/s) | duplicates/missed | load 1/5/15 |")
-    print("|---|---|---:|---:|---:|---:|---:|---|---:|---|")
+          "clients' CPU ms/job | writer lock ms/job | per tenth (dispatch+finish, jobs/s) | duplicates/missed | "
+          "load 1/5/15 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|")
     for r in results:
         tenths = " ".join(f"{x:.0f}" for x in r["drain_windows"])
+        held = "" if r["lock_ms"] is None else f"{r['lock_ms']:.3f}"
         print(f"| {r['label']} | {r['db']} | {r['submit_rate']:.0f} | {r['submit_cpu_ms']:.3f} | "
-              f"{r['drain_rate']:.0f} | {r['drain_cpu_ms']:.3f} | {r['client_cpu_ms']:.3f} | {tenths} | "
+              f"{r['drain_rate']:.0f} | {r['drain_cpu_ms']:.3f} | {r['client_cpu_ms']:.3f} | {held} | {tenths} | "
               f"{r['duplicates']}/{r['missed']} | {r['load_drain']} |")
     for db in sorted({r["db"] for r in results}):
         new = [r for r in results if r["db"] == db and r["label"] == "this tree"]

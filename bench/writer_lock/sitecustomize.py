@@ -1,0 +1,68 @@
+"""bench/bulk.py --writer-lock: how long a server (this tree's or a baseline's) holds its SQLite writer lock.
+
+On PYTHONPATH of a server that bench/bulk.py starts (never installed, never imported by minipanda itself): once
+minipanda.core.db is imported, SqliteDatabase.begin and _release_writer are wrapped to sum the seconds between
+taking the process's writer lock and releasing it, and the totals are written to $MINIPANDA_BENCH_WRITER_LOCK
+(write transactions, seconds held) every 0.2 s. One writer at a time: the sum over a phase is the part of its
+wall time that no second writer could share.
+"""
+import importlib.abc
+import os
+import sys
+import threading
+import time
+
+OUT = os.environ.get("MINIPANDA_BENCH_WRITER_LOCK")
+
+
+def _wrap(module):
+    cls = module.SqliteDatabase
+    begin, release = cls.begin, cls._release_writer
+    totals, local = [0, 0.0], threading.local()
+
+    def timed_begin(self, lock_type=None):
+        begin(self, lock_type)
+        local.started = time.perf_counter()
+
+    def timed_release(self):
+        if getattr(self._holds, "writer", False):
+            totals[0] += 1
+            totals[1] += time.perf_counter() - local.started
+        release(self)
+
+    cls.begin, cls._release_writer = timed_begin, timed_release
+
+    def report():
+        while True:
+            time.sleep(0.2)
+            with open(OUT + ".part", "w") as handle:
+                handle.write(f"{totals[0]} {totals[1]:.6f}\n")
+            os.replace(OUT + ".part", OUT)
+
+    threading.Thread(target=report, name="bench-writer-lock", daemon=True).start()
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Wraps minipanda.core.db's loader so the class is patched right after the module runs."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "minipanda.core.db":
+            return None
+        for finder in sys.meta_path:
+            if finder is self:
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                execute = spec.loader.exec_module
+
+                def exec_module(module):
+                    execute(module)
+                    _wrap(module)
+
+                spec.loader.exec_module = exec_module
+                return spec
+        return None
+
+
+if OUT:
+    sys.meta_path.insert(0, _Finder())
