@@ -17,7 +17,7 @@ EPILOG = """examples:
   minipanda testbed --jobs 1000 --cores 2    # the benchmark size (bench/testbed.py)
   minipanda testbed --keep-running --port 25080   # keep the server and harvester up to look around; Ctrl-C stops
   minipanda testbed --fail-some              # every 10th payload fails once: its retry finishes
-  minipanda testbed --warm-up --files none   # pilots up first; the makespan also from the task's submission
+  minipanda testbed --warm-up --files none   # pilots up first: a warm makespan beside the cold one
 
 Ctrl-C (or SIGTERM) stops harvester, every pilot it started and the server; nothing is left running."""
 
