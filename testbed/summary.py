@@ -152,7 +152,8 @@ def text(s, data_dir, keep_running):
                   f"{s['cpu_minipanda_per_job_ms']:.1f} ms per job attempt without the payloads")
     else:
         pilots = f"pilots and payloads {s['cpu_pilots_s']:.1f} s; {s['cpu_per_job_ms'] or 0:.1f} ms per job attempt"
-    inputs = f" (writing the inputs {s['cpu_inputs_s']:.1f} s of it, not counted per job)" if s["cpu_inputs_s"] else ""
+    inputs = (f" (writing the inputs {s['cpu_inputs_s']:.1f} s of it, not counted per job)"
+              if s["cpu_inputs_s"] >= 0.05 else "")
     lines.append(f"  CPU: server + harvester {s['cpu_testbed_s']:.1f} s{inputs}, {pilots}; "
                  f"load average {'/'.join(str(x) for x in s['load'])}")
     lines.append(f"  {s['pilots']} pilots at a time on {s['cores']} cores ({s['pilots_started']} started). "
