@@ -165,6 +165,7 @@ def main(argv=None):
     tree = baseline.checkout(args.baseline) if args.baseline else None
     if tree and args.warm_up and "--warm-up" not in open(os.path.join(tree, "testbed", "cli.py")).read():
         baseline.remove(tree)
+        shutil.rmtree(base, ignore_errors=True)
         raise SystemExit(f"--warm-up: the baseline {args.baseline}'s testbed has no --warm-up; compare cold runs")
     sides = [("this tree", None)] + ([(f"baseline {args.baseline}", tree)] if tree else [])
     for _, where in sides:
