@@ -82,8 +82,9 @@ def test_a_pilot_loads_no_module_its_run_does_not_need():
 
 SUBREAPER_SCRIPT = r"""
 import os, subprocess, sys, time
-from pilot import node, proctree
+from pilot import guard, node, proctree
 assert node.become_subreaper()
+pilot_guard = guard.Guard.start()  # the pilot's own child: never one of the payload's, never killed with it
 walks = []
 real_table = proctree.process_table
 proctree.process_table = lambda: walks.append(1) or real_table()
@@ -94,22 +95,25 @@ payload.wait()
 deadline = time.monotonic() + 30
 while not proctree._children(os.getpid()) and time.monotonic() < deadline:
     time.sleep(0.02)
-tree = proctree.ProcessTree(payload.pid, os.getpid())
+tree = proctree.ProcessTree(payload.pid, os.getpid(), ignore=(pilot_guard.pid,))
 escaped = tree.alive()
-print("escaped", len(escaped), "walks", len(walks))
+print("escaped", len(escaped), "walks", len(walks), "guard", pilot_guard.pid in tree.members())
 tree.kill(5, reap=lambda: [os.waitpid(p, os.WNOHANG) for p in escaped])
 walks.clear()
-print("after", len(tree.alive()), "walks", len(walks))
+print("after", len(tree.alive()), "walks", len(walks), "guard", pilot_guard.proc.poll())
 """
 
 
 def test_a_subreaper_pilot_sees_an_escaped_process_and_skips_the_walk_once_nothing_is_left(tmp_path):
+    """An escaped process is found (a full walk) and killed; once nothing is left the pilot knows it without a
+    walk; its guard, also its child, is never a member, never killed, and does not keep the walk going."""
     marker = f"pt-reaper-{time.time_ns()}"
     sleep = marked_sleep(tmp_path, marker)
     out = subprocess.run([sys.executable, "-c", SUBREAPER_SCRIPT, sleep], capture_output=True, text=True,
                          timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split("\n")
-    assert lines[0] == "escaped 1 walks 1", out.stdout  # found through the full walk, as the pilot's child
-    assert lines[1] == "after 0 walks 0", out.stdout  # nothing left: known without reading every process
+    # found through the full walk, as the pilot's child; the pilot's guard, its other child, is not the payload's
+    assert lines[0] == "escaped 1 walks 1 guard False", out.stdout
+    assert lines[1] == "after 0 walks 0 guard None", out.stdout  # nothing left: known without reading every process
     assert processes_with(marker) == []
