@@ -178,3 +178,36 @@ def test_one_payload_at_a_time(site, tmp_path):
     starts, ends = lines[0::4], lines[2::4]
     assert starts == ["start"] * 6 and ends == ["end"] * 6 and lines[1::4] == lines[3::4], lines
     assert sorted(int(panda_id) for panda_id in lines[1::4]) == sorted(ids)
+
+
+class HeldRun:
+    """A job whose payload ended and that the job loop still holds."""
+
+    def __init__(self, panda_id):
+        self.job = argparse.Namespace(panda_id=panda_id)
+        self.spooled = False
+
+    def spool_final(self):
+        self.spooled = True
+
+
+def test_a_held_job_goes_to_the_wrap_up_before_anything_after_it_and_to_the_outbox_on_a_cold_stop(tmp_path):
+    """The job whose payload ended last is handed over once the next job's work began, and in any case before
+    anything the pilot hands the wrap-up after it (a job given back, a flush, the shutdown), so the wrap-up keeps
+    the order jobs ended in; on a cold stop it goes straight to the outbox, as the wrap-up's own jobs do."""
+    handed = []
+    pilot = pilot_for(tmp_path)
+    pilot.wrapup = argparse.Namespace(put=lambda run: handed.append(run.job.panda_id),
+                                      flush=lambda: handed.append("flush"))
+    pilot.held = HeldRun(1)
+    pilot.in_hand.clear()
+    pilot.client, pilot.push_mode = None, False
+    pilot.jobs_from_server = lambda: []
+    pilot.get_job()  # no job in hand: the held one goes first, then the flush
+    assert handed[:2] == [1, "flush"] and pilot.held is None
+    cold = pilot_for(tmp_path)
+    cold.wrapup = argparse.Namespace(put=lambda run: handed.append(run.job.panda_id))
+    cold.held = run = HeldRun(2)
+    cold.stop.cold = True
+    cold.hand_over_held()
+    assert run.spooled and 2 not in handed and cold.held is None
