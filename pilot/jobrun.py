@@ -470,5 +470,17 @@ class JobRun:
                 self.ctx.outbox.drop_heartbeat(self.job.panda_id)
 
     def remove_job_dir(self):
-        if self.ctx.cleanup and os.path.isdir(self.job_dir):
+        """The job's directory, and its log tarball once the server holds it (a pilot running thousands of short
+        jobs would otherwise keep them all); a tarball kept on the node (copied, or for harvester) stays."""
+        if not self.ctx.cleanup:
+            return
+        if os.path.isdir(self.job_dir):
             shutil.rmtree(self.job_dir, ignore_errors=True)
+        spec = self.job.log
+        if spec and spec.path and (spec.surl or "").startswith(("http://", "https://")):
+            try:
+                os.unlink(spec.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove the uploaded log tarball %s: %s", spec.path, exc)

@@ -101,22 +101,30 @@ def report_outputs(report):
 class Timing:
     """Epoch times of the pilot's steps per job, kept in ``pilot_timing.json`` (pilot3's timing file shape).
 
-    ``{"0": {"PILOT_START_TIME": t, ...}, "<PandaID>": {"PILOT_PRE_GETJOB": t, ...}}``
+    ``{"<PandaID>": {"PILOT_PRE_GETJOB": t, ...}, ..., "0": {"PILOT_START_TIME": t, ...}}``
 
     Marks are kept in memory; the pilot saves the file once per job and when it ends (writing it at every mark
     cost more CPU than the rest of a short job's bookkeeping), at most once a ``SAVE_EVERY_S`` after a job (a
-    rename costs a short job more than its marks are worth meanwhile). A job's marks are encoded once, when the
-    save after its end says it is done: the file grows with the pilot's jobs, its writing need not. Marks come from
-    the job loop and from the wrap-up thread (pilot.finals): a lock keeps a save from reading a job's marks while
-    they change.
+    rename costs a short job more than its marks are worth meanwhile). Marks come from the job loop and from the
+    wrap-up thread (pilot.finals): a lock keeps a save from reading a job's marks while they change.
+
+    A pilot may run tens of thousands of short jobs, so neither its memory nor a save grows with them: a job done
+    (``save(done=...)``) is encoded once, appended to the file's head at the next save, and forgotten but for the
+    last :data:`KEEP_DONE` (read back by :meth:`get` and :meth:`marks`). Only the tail - the jobs still in hand and
+    the pilot's own entry ``"0"``, whose marks still change - is rewritten in place at each save. The first save
+    creates the file whole (through a temporary and a rename); later ones write one short piece at its end.
     """
 
     SAVE_EVERY_S = 1.0
+    KEEP_DONE = 16  # done jobs whose marks stay readable (the job loop reads the last one's payload span)
 
     def __init__(self, path):
         self.path = path
-        self.data = {}
-        self.encoded = {}  # key -> the JSON text of a finished job's marks
+        self.data = {}  # key -> marks of the pilot ("0") and of the jobs not yet done
+        self.done = {}  # key -> marks of the last KEEP_DONE jobs done (insertion order: oldest first)
+        self.pending = []  # JSON text of jobs done since the last save
+        self.head_end = 0  # the file's size up to its tail (0: no file written yet)
+        self.head_count = 0  # jobs in the file's head
         self.saved_at = None  # monotonic time of the last write
         self.lock = threading.Lock()
 
@@ -124,32 +132,78 @@ class Timing:
         with self.lock:
             self.data.setdefault(str(panda_id), {})[name] = time.time() if when is None else when
 
+    def marks(self, panda_id):
+        """A copy of the marks of ``panda_id`` (a job in hand or among the last done), {} if none."""
+        key = str(panda_id)
+        with self.lock:
+            return dict(self.data.get(key) or self.done.get(key) or {})
+
     def get(self, panda_id, name):
-        return self.data.get(str(panda_id), {}).get(name)
+        return self.marks(panda_id).get(name)
 
     def save(self, done=None, now=False):
         """Write the file (``now``, or when the last write is ``SAVE_EVERY_S`` old); ``done``: the PandaID of a
         job whose marks will not change any more."""
         with self.lock:
-            if done is not None and str(done) in self.data:
-                self.encoded[str(done)] = self._entry(str(done))
+            key = str(done) if done is not None else None
+            if key is not None and key != "0" and key in self.data:
+                self.pending.append(self._entry(key, self.data[key]))
+                self.done[key] = self.data.pop(key)
+                while len(self.done) > self.KEEP_DONE:
+                    del self.done[next(iter(self.done))]
             if not now and self.saved_at is not None and time.monotonic() - self.saved_at < self.SAVE_EVERY_S:
                 return
             self.saved_at = time.monotonic()
-            text = "{" + ",".join(self.encoded.get(key) or self._entry(key) for key in self.data) + "}"
-        try:
-            atomic_write_bytes(self.path, text.encode(), durable=False)
-        except OSError as exc:
-            log.warning("cannot write the timing file %s: %s", self.path, exc)
+            try:
+                self._write()
+            except OSError as exc:
+                log.warning("cannot write the timing file %s: %s", self.path, exc)
 
-    def _entry(self, key):
-        return json.dumps(key) + ":" + json.dumps(self.data[key], separators=(",", ":"))
+    def _write(self):
+        """Append the jobs done since the last save to the head and rewrite the tail after them."""
+        tail = [self._entry(key, marks) for key, marks in self.data.items() if key != "0"]
+        if "0" in self.data:
+            tail.append(self._entry("0", self.data["0"]))
+        pending = len(self.pending)
+        if self.head_end:
+            head = self._joined(self.pending, self.head_count).encode()
+            if self._append(head + (self._joined(tail, self.head_count + pending) + "}").encode()):
+                self.head_end, self.head_count, self.pending = self.head_end + len(head), self.head_count + pending, []
+                return
+            log.warning("the timing file %s is gone or was cut by someone else: the marks of the jobs this pilot "
+                        "wrote before are lost from it; written whole again", self.path)
+        head = ("{" + self._joined(self.pending, 0)).encode()  # the first write, or again after the file was lost
+        atomic_write_bytes(self.path, head + (self._joined(tail, pending) + "}").encode(), durable=False)
+        self.head_end, self.head_count, self.pending = len(head), pending, []
+
+    def _append(self, data):
+        """Write ``data`` where the file's head ends (and end the file there); False if it is gone or cut."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            if os.fstat(fd).st_size < self.head_end:
+                return False
+            os.pwrite(fd, data, self.head_end)
+            os.ftruncate(fd, self.head_end + len(data))
+            return True
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _joined(entries, before):
+        """``entries`` as members of a JSON object, after ``before`` members."""
+        return "".join(("," if before or i else "") + entry for i, entry in enumerate(entries))
+
+    @staticmethod
+    def _entry(key, marks):
+        return json.dumps(key) + ":" + json.dumps(marks, separators=(",", ":"))
 
     def pilot_timing(self, panda_id):
         """updateJob's pilotTiming: seconds of getjob|stagein|payload|stageout|initsetup|setup."""
-        with self.lock:
-            t = dict(self.data.get(str(panda_id), {}))
-        start = self.data.get("0", {}).get("PILOT_START_TIME")
+        t = self.marks(panda_id)
+        start = self.get(0, "PILOT_START_TIME")
 
         def span(a, b):
             return int(round(t[b] - t[a])) if a in t and b in t else 0

@@ -229,7 +229,7 @@ class Pilot:
         self.pace = took if self.pace is None else 0.7 * self.pace + 0.3 * took
         self.jobs_run += 1
         if self.usage is not None:
-            marks = self.timing.data.get(str(job.panda_id), {})
+            marks = self.timing.marks(job.panda_id)
             self.usage.add_job(job.panda_id, marks.get("PILOT_POST_PAYLOAD", 0) - marks.get("PILOT_PRE_PAYLOAD", 0),
                                usage.children_cpu() - cpu)
         if self.wrapup is None:

@@ -50,6 +50,12 @@ def test_logs_go_several_in_one_request_and_each_log_decides_its_job(site):
             assert tar.extractfile(f"PandaJob_{pid}/payload.stdout").read() == f"job {n}\n".encode()
     with open(os.path.join(site.server.home, "files", "logs", "job3.log.tgz"), "rb") as handle:
         assert handle.read() == b"someone else's"
+    # a tarball the server holds is removed from the pilot's directory; the refused one stays there
+    assert left_tarballs(site) == ["job3.log.tgz"]
+
+
+def left_tarballs(site):
+    return sorted(name for _, _, names in os.walk(site.workdir) for name in names if name.endswith(".tgz"))
 
 
 class OldServer(StubServer):
@@ -96,6 +102,7 @@ def test_a_pilot_falls_back_to_one_put_per_log_on_a_server_without_the_route(sit
     assert sorted((u[0], u[1]) for u in StubServer.updates) == [(n, "finished") for n in range(1, 9)], log
     tries = [route for route, _ in StubServer.requests if route == "upload_logs"]
     assert len(tries) <= 1 and "one PUT per log from now on" in log, (StubServer.requests, log)
+    assert left_tarballs(site) == []  # each held by the server after its own PUT
 
 
 class FakeLog:

@@ -1,5 +1,6 @@
 """Update parameters, the job report, and timing."""
 import json
+import os
 
 from pilot import report
 from pilot.jobdata import Job
@@ -50,3 +51,50 @@ def test_timing(tmp_path):
     assert json.loads((tmp_path / "t.json").read_text()) == {
         "0": {"PILOT_START_TIME": 100.0, "PILOT_END_TIME": 130.0}, "8": {"PILOT_PRE_GETJOB": 120},
         "7": {"PILOT_PRE_GETJOB": 101, "PILOT_POST_GETJOB": 103, "PILOT_PRE_PAYLOAD": 104, "PILOT_POST_PAYLOAD": 110}}
+
+
+def test_timing_of_a_pilot_with_many_jobs_keeps_every_job_in_the_file_and_little_in_memory(tmp_path, monkeypatch):
+    """Neither the pilot's memory nor a save grows with its jobs: a done job's marks are appended to the file once
+    and forgotten (but for the last few); each save writes only the new jobs and the tail after them."""
+    path = tmp_path / "pilot_timing.json"
+    timing = report.Timing(str(path))
+    monkeypatch.setattr(timing, "SAVE_EVERY_S", 0.0)
+    written = []
+    pwrite = os.pwrite
+    monkeypatch.setattr(report.os, "pwrite", lambda fd, data, offset: written.append(len(data)) or
+                        pwrite(fd, data, offset))
+    timing.mark(0, "PILOT_START_TIME", 1.0)
+    jobs = 3000
+    for panda_id in range(1, jobs + 1):
+        timing.mark(panda_id, "PILOT_PRE_GETJOB", float(panda_id))
+        timing.mark(panda_id + 1, "PILOT_PRE_GETJOB", panda_id + 1.0)  # the next job, already in hand
+        timing.mark(panda_id, "PILOT_POST_PAYLOAD", panda_id + 0.5)
+        timing.save(done=panda_id)
+        assert timing.get(panda_id, "PILOT_POST_PAYLOAD") == panda_id + 0.5  # the job loop reads it after
+    timing.mark(0, "PILOT_END_TIME", 9.0)
+    timing.save(now=True)
+    on_disk = json.loads(path.read_text())
+    assert len(on_disk) == jobs + 2  # every job done, the one in hand, the pilot's own entry
+    assert on_disk["0"] == {"PILOT_START_TIME": 1.0, "PILOT_END_TIME": 9.0}
+    assert on_disk[str(jobs)] == {"PILOT_PRE_GETJOB": float(jobs), "PILOT_POST_PAYLOAD": jobs + 0.5}
+    assert on_disk[str(jobs + 1)] == {"PILOT_PRE_GETJOB": jobs + 1.0}
+    assert len(timing.done) == timing.KEEP_DONE and set(timing.data) == {"0", str(jobs + 1)}
+    assert len(written) == jobs and max(written) < 200  # one short piece per save, whatever came before
+
+
+def test_a_timing_file_cut_or_removed_is_written_whole_again(tmp_path, monkeypatch):
+    path = tmp_path / "pilot_timing.json"
+    timing = report.Timing(str(path))
+    monkeypatch.setattr(timing, "SAVE_EVERY_S", 0.0)
+    timing.mark(0, "PILOT_START_TIME", 1.0)
+    for panda_id in (1, 2):
+        timing.mark(panda_id, "PILOT_PRE_GETJOB", float(panda_id))
+        timing.save(done=panda_id)
+    os.truncate(path, 5)
+    timing.mark(3, "PILOT_PRE_GETJOB", 3.0)
+    timing.save(done=3)
+    assert json.loads(path.read_text()) == {"3": {"PILOT_PRE_GETJOB": 3.0}, "0": {"PILOT_START_TIME": 1.0}}
+    path.unlink()
+    timing.mark(4, "PILOT_PRE_GETJOB", 4.0)
+    timing.save(done=4)
+    assert json.loads(path.read_text()) == {"4": {"PILOT_PRE_GETJOB": 4.0}, "0": {"PILOT_START_TIME": 1.0}}
