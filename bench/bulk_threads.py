@@ -1,0 +1,140 @@
+"""Bulk dispatch + finish from several threads in one process, no HTTP: how long the SQLite writer lock is held.
+
+--jobs jobs are submitted, then --threads threads, each on its own connection, take --bulk jobs at a time
+(handlers.acquire_jobs) and finish each batch with one bulk update (handlers.update_jobs_bulk), as bench/bulk.py's
+clients do over HTTP, until the queue is empty. Prints, per job, the seconds the process held its writer lock
+(bench/writer_lock), the process's CPU and the wall-clock rate, with the number of write transactions and the load.
+Without the HTTP server's threads and parsing, what changes in the transactions (which statements, how they are
+grouped) shows with less noise than in bench/bulk.py. With --baseline, that commit's minipanda runs too, the two
+alternating, --rounds times each, and the medians are printed side by side.
+
+    python3 bench/bulk_threads.py --jobs 20000 --baseline main --rounds 3
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import baseline  # noqa: E402
+
+
+def run(args):
+    """One run in this process (started by main with cwd and PYTHONPATH set to the tree it measures)."""
+    from minipanda.api import handlers
+    from minipanda.core import jobs, schema
+    from minipanda.core.auth import Identity
+
+    home = tempfile.mkdtemp(prefix="bench-bulk-threads-")
+    database = schema.open_database("sqlite:///" + os.path.join(home, "minipanda.db"))
+    database.connect(reuse_if_open=True)
+    queue, admin = "BULK_THREADS", Identity("admin", "admin")
+    spec = {"jobName": "bench", "computingSite": queue, "prodSourceLabel": "managed", "transformation": "run.sh",
+            "jobParameters": "", "coreCount": 1, "minRamCount": 1000, "maxWalltime": 600,
+            "Files": [{"type": "log", "lfn": "log.tgz", "scope": "bench"}]}
+    for start in range(0, args.jobs, 5000):
+        jobs.submit_jobs([dict(spec, jobName=f"bench.{start + i}") for i in range(min(5000, args.jobs - start))],
+                         "admin")
+    database.close()
+    lock_file = os.environ["MINIPANDA_BENCH_WRITER_LOCK"]
+
+    def held():  # bench/writer_lock rewrites the file every 0.2 s
+        time.sleep(0.5)
+        with open(lock_file) as handle:
+            transactions, seconds = handle.read().split()
+        return int(transactions), float(seconds)
+
+    done, errors = [], []
+
+    def worker(index):
+        database.connect(reuse_if_open=True)
+        try:
+            while True:
+                definitions, _, _ = handlers.acquire_jobs({"computingElement": queue, "nJobs": args.bulk,
+                                                           "node": f"wn{index}", "prodSourceLabel": "managed"}, admin)
+                if not definitions:
+                    break
+                handlers.update_jobs_bulk([{"jobId": job["PandaID"], "state": "finished", "pilotID": f"p{index}",
+                                            "transExitCode": 0, "pilotErrorCode": 0, "node": f"wn{index}"}
+                                           for job in definitions], admin)
+                done.append(len(definitions))
+        except Exception as exc:  # noqa: BLE001 - reported, and the run counts as failed
+            errors.append(f"thread {index}: {type(exc).__name__}: {exc}")
+        finally:
+            database.close()
+
+    n0, s0 = held()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    n1, s1 = held()
+    total = sum(done)
+    print("RESULT " + json.dumps({"jobs": total, "rate": total / wall, "cpu_ms": 1000 * cpu / max(1, total),
+                                  "lock_ms": 1000 * (s1 - s0) / max(1, total), "transactions": n1 - n0,
+                                  "load": os.getloadavg()[0], "errors": errors}), flush=True)
+    return 1 if errors or total != args.jobs else 0
+
+
+def one_side(label, tree, args):
+    env = dict(os.environ, MINIPANDA_BENCH_WRITER_LOCK=os.path.join(tempfile.mkdtemp(prefix="bench-lock-"), "held"),
+               PYTHONPATH=os.pathsep.join([tree, os.path.join(HERE, "writer_lock")]))
+    argv = [sys.executable, os.path.abspath(__file__), "--run", "--jobs", str(args.jobs), "--threads",
+            str(args.threads), "--bulk", str(args.bulk)]
+    out = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f"{label}: run failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
+    result = dict(json.loads(lines[-1][len("RESULT "):]), label=label)
+    print(f"  {label}: {result['rate']:.0f} jobs/s, writer lock {result['lock_ms']:.4f} ms/job, CPU "
+          f"{result['cpu_ms']:.4f} ms/job, {result['transactions']} write transactions; load {result['load']:.2f}",
+          flush=True)
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--jobs", type=int, default=20000, help="jobs (default 20,000)")
+    p.add_argument("--threads", type=int, default=8, help="claiming threads (default 8)")
+    p.add_argument("--bulk", type=int, default=100, help="jobs per claim and per bulk update (default 100)")
+    p.add_argument("--baseline", metavar="REV", help="also run that commit's minipanda, alternating with this tree's")
+    p.add_argument("--rounds", type=int, default=3, help="runs per side (default 3)")
+    p.add_argument("--run", action="store_true", help=argparse.SUPPRESS)  # one run, in the tree of the cwd
+    args = p.parse_args(argv)
+    if args.run:
+        return run(args)
+    print(f"bench/bulk_threads.py: {args.jobs} jobs, {args.threads} threads x {args.bulk} per claim + one bulk "
+          f"update, SQLite; {os.cpu_count()} CPUs, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    tree = baseline.checkout(args.baseline) if args.baseline else None
+    sides = [("this tree", baseline.ROOT)] + ([(f"baseline {args.baseline}", tree)] if tree else [])
+    results = []
+    try:
+        for n in range(args.rounds):
+            for label, where in (sides if n % 2 == 0 else sides[::-1]):
+                results.append(one_side(label, where, args))
+    finally:
+        baseline.remove(tree)
+    by_side = {label: [r for r in results if r["label"] == label] for label, _ in sides}
+    for label, runs in by_side.items():
+        print(f"{label} (median of {len(runs)}): {statistics.median(r['rate'] for r in runs):.0f} jobs/s, writer "
+              f"lock {statistics.median(r['lock_ms'] for r in runs):.4f} ms/job, CPU "
+              f"{statistics.median(r['cpu_ms'] for r in runs):.4f} ms/job")
+    if tree:
+        new, old = by_side["this tree"], by_side[f"baseline {args.baseline}"]
+        for key, name in (("rate", "jobs/s"), ("lock_ms", "writer lock per job"), ("cpu_ms", "CPU per job")):
+            ratio = statistics.median(r[key] for r in new) / statistics.median(r[key] for r in old)
+            print(f"  this tree / baseline, {name}: {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
