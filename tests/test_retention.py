@@ -331,6 +331,35 @@ def test_a_download_by_a_person_marks_an_output_fetched_and_metrics_count_deleti
     db.close()
 
 
+def test_without_tokens_a_download_bearing_a_pilot_token_is_a_pilots_and_marks_nothing(tmp_path):
+    import requests
+    from conftest import LiveServer
+    from minipanda.core import schema
+
+    server = LiveServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "home" / "minipanda.db"), auth="none")
+    try:
+        db = schema.open_database(server.db_url)
+        db.connect(reuse_if_open=True)
+        output_file(make_task("done", ended=NOW - datetime.timedelta(days=3)), "mine.root", server.home)
+        url = server.url + "/files/user.alice/mine.root"
+
+        def fetched():
+            return models.DatasetFile.get(models.DatasetFile.lfn == "mine.root").fetched_time
+
+        pilot = server.token("pilot", "p1")
+        assert requests.get(url, headers=server.headers(pilot), timeout=30).content == b"x" * 10
+        assert fetched() is None  # the testbed's pilots: the anonymous admin by the mode, a pilot by its token
+        forged = {"Authorization": "Bearer " + pilot[:-4] + "AAAA"}
+        assert requests.get(url, headers=forged, timeout=30).status_code == 200  # no tokens: still answered
+        assert fetched() is not None  # a token that does not verify is no pilot's: a person's download
+        models.DatasetFile.update(fetched_time=None).execute()
+        assert requests.get(url, timeout=30).status_code == 200
+        assert fetched() is not None  # no token at all: a person, as before
+        db.close()
+    finally:
+        server.stop()
+
+
 def test_job_show_why_and_the_monitor_find_an_archived_job_and_say_so(live_server):
     import subprocess
     import sys
