@@ -331,12 +331,12 @@ def test_a_download_by_a_person_marks_an_output_fetched_and_metrics_count_deleti
     db.close()
 
 
-def test_without_tokens_a_download_bearing_a_pilot_token_is_a_pilots_and_marks_nothing(tmp_path):
+def test_without_tokens_a_download_bearing_a_pilot_token_is_a_pilots_and_marks_nothing(tmp_path, db_url):
     import requests
     from conftest import LiveServer
     from minipanda.core import schema
 
-    server = LiveServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "home" / "minipanda.db"), auth="none")
+    server = LiveServer(tmp_path / "home", db_url, auth="none")
     try:
         db = schema.open_database(server.db_url)
         db.connect(reuse_if_open=True)
