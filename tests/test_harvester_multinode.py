@@ -164,13 +164,14 @@ def delivered(bed, worker, node_seconds):
     assert len(charged) == 1 and abs(float(charged[0].split()[-1]) - 2 * worker["elapsed"]) < 0.01, charged
 
 
-def warm_codes(bed, ids, signal_code, signal_exit):
-    """Each job's (pilotErrorCode, transExitCode) is the pilot's own report of the stop: the signal's code, or its
-    payload's end by that signal (1305) when the payload went first; and the jobs ran on both nodes."""
+def warm_codes(bed, ids, *signals):
+    """Each job's (pilotErrorCode, transExitCode) is the pilot's own report of the stop by one of ``signals``
+    ((pilot code, signal number) pairs): that signal's code, or its payload's end by that signal (1305) when the
+    payload went first; and the jobs ran on both nodes."""
     nodes = set()
     for job in (bed.job(pid) for pid in ids):
         code = (int(job["pilotErrorCode"]), int(job["transExitCode"] or 0))
-        assert code[0] == signal_code or code == (1305, 128 + signal_exit), job
+        assert any(code[0] == signal_code or code == (1305, 128 + number) for signal_code, number in signals), job
         nodes.add(job["modificationHost"])
     assert nodes == {"node1", "node2"}
 
@@ -178,7 +179,7 @@ def warm_codes(bed, ids, signal_code, signal_exit):
 def test_every_pilot_of_a_two_node_worker_stops_warmly_on_scancel_and_on_slurm_s_warning(bed):
     """Two 2-node workers side by side, 4 long jobs each. scancel of one: Slurm signals every process of every
     step, and each of its 4 pilots kills its payload and reports its job failed itself (1201 for SIGTERM, or the
-    payload's end by it, 1305 with exit 143), never the server's 1008 for jobs a dead worker left behind. The
+    payload's end by it, 1305 with exit 143; or the same for the USR1 its batch shell passes on: 1207, 138), never the server's 1008 for jobs a dead worker left behind. The
     other gets what Slurm's --signal=B:USR1@60 sends before the time limit, USR1 to the batch shell alone: the
     script passes it to srun as USR1 (a TERM would make srun SIGKILL the step), srun to each node's launcher,
     each launcher to its pilots (1207)."""
@@ -190,8 +191,10 @@ def test_every_pilot_of_a_two_node_worker_stops_warmly_on_scancel_and_on_slurm_s
     assert bed.hpc.run("scancel", stop["batchID"]).returncode == 0
     assert bed.hpc.run("scancel", "--batch", "--signal=USR1", warn["batchID"]).returncode == 0
     bed.wait_for(lambda: set(bed.statuses(cancelled + warned).values()) == {"failed"}, "8 jobs reported failed")
-    warm_codes(bed, cancelled, 1201, 15)
-    warm_codes(bed, warned, 1207, 10)
+    # scancel signals every process of the steps (TERM) and the batch shell, which passes a USR1 to srun and so
+    # to every process of the steps too: whichever reaches a pilot or its payload first stops it
+    warm_codes(bed, cancelled, (1201, 15), (1207, 10))
+    warm_codes(bed, warned, (1207, 10))
     (stopped,), (ended_warned,) = (bed.wait_for(lambda: ended(bed, q), f"{q}'s worker ended")
                                    for q in ("MN_STOP", "MN_WARN"))
     assert stopped["status"] == "cancelled" and "CANCELLED" in stopped["diag"]
