@@ -150,11 +150,13 @@ class Handoff:
         ``worker_attributes.json`` before harvester may have read it), job report and the outputs' locations
         (event_status.dump.json)."""
         with self.lock:
-            self.write_attributes(dict(update, jobId=update.get("jobId", panda_id)), final=True)
+            # the outputs and the report before the final: harvester, which reads the outputs file again whenever
+            # it reads a new final, then never sees a job's final without its outputs
             atomic_write_json(self.path("report"), report)
             status = read_json(self.path("event_status")) or {}
             status[str(panda_id)] = outputs
             atomic_write_json(self.path("event_status"), status)
+            self.write_attributes(dict(update, jobId=update.get("jobId", panda_id)), final=True)
 
     def add_panda_id(self, panda_id, soon=False):
         """List ``panda_id`` in worker_pandaids.json now, or (``soon``) with the next write due."""

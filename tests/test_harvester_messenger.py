@@ -332,3 +332,44 @@ def test_pull_mode_pilot_spools_heartbeats_and_harvester_forwards_its_final_upda
         assert os.listdir(ap / "outbox") == []
     finally:
         again.stop()
+
+
+class PilotWritesDuringTheListing(LocalTransport):
+    """The local transport whose listing stats the outputs file, then lets the pilot end its job (the outputs,
+    then the final, as pilot.handoff writes them), then stats the rest: a listing is not one instant."""
+
+    def __init__(self, pilot_ends):
+        self.pilot_ends = pilot_ends
+
+    def files(self, ops):
+        if ops and ops[0]["op"] == "scan":
+            stale = {e[0]: e for result in super().files(ops) for e in result["entries"]
+                     if e[0].endswith("event_status.dump.json")}
+            self.pilot_ends()
+            results = super().files(ops)
+            for result in results:  # the outputs file as the listing saw it before the pilot rewrote it (or none)
+                result["entries"] = [e for e in result["entries"] if not e[0].endswith("event_status.dump.json")]
+                result["entries"] += list(stale.values())
+            return results
+        return super().files(ops)
+
+
+@pytest.mark.parametrize("outputs_before", [True, False], ids=["outputs-file-rewritten", "outputs-file-new"])
+def test_a_final_read_while_the_pilot_writes_it_comes_with_its_outputs(tmp_path, outputs_before):
+    """The listing saw the old outputs file (or none) and the new final of job 2: the outputs file is read again,
+    so the final is never taken without its outputs (harvester would report the job finished, its output unstaged)."""
+    from pilot.handoff import Handoff
+    from pilot.queuedata import HANDOFF_FILES
+
+    ap = tmp_path / "workers" / "1"
+    ap.mkdir(parents=True)
+    handoff = Handoff(str(ap), dict(HANDOFF_FILES))
+    out = {"type": "output", "path": str(ap / "out.2"), "guid": "g", "fsize": 1, "chksum": "00000001"}
+    if outputs_before:
+        handoff.write_final(1, {"jobId": 1, "state": "finished"}, {}, [])
+    first = Snapshot.take(LocalTransport(), [str(ap)])
+    transport = PilotWritesDuringTheListing(lambda: handoff.write_final(2, {"jobId": 2, "state": "finished"}, {},
+                                                                        [out]))
+    snapshot = Snapshot.take(transport, [str(ap)], previous=first)
+    finals = {f.panda_id: f for f in messenger(ap, transport, snapshot).final_reports()}
+    assert finals[2].params["state"] == "finished" and finals[2].outputs == [out], finals[2].__dict__

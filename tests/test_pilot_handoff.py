@@ -143,3 +143,20 @@ def test_a_final_is_fsynced_in_file_mode_and_not_written_when_it_goes_to_the_ser
     assert "worker_attributes-7.json" not in writes and not (tmp_path / "worker_attributes-7.json").exists()
     handoff.write_final(8, {"jobId": 8, "state": "finished"}, {"exitCode": 0}, {})
     assert writes["worker_attributes-8.json"] is True
+
+
+def test_a_jobs_outputs_are_written_before_its_final(tmp_path, monkeypatch):
+    """harvester reads the outputs file again whenever it reads a new final (harvester.handoff.messenger): that is
+    enough only if the pilot writes the outputs (and the report) first."""
+    from pilot import handoff as handoff_module
+
+    written = []
+    write = handoff_module.atomic_write_json
+    monkeypatch.setattr(handoff_module, "atomic_write_json",
+                        lambda path, *args, **kwargs: written.append(os.path.basename(path)) or
+                        write(path, *args, **kwargs))
+    handoff = Handoff(str(tmp_path), dict(HANDOFF_FILES))
+    handoff.write_final(7, {"jobId": 7, "state": "finished"}, {"exitCode": 0}, [{"type": "output"}])
+    assert written.index("event_status.dump.json") < written.index("worker_attributes-7.json"), written
+    assert written.index("jobReport.json") < written.index("worker_attributes-7.json"), written
+    assert json.loads((tmp_path / "event_status.dump.json").read_text()) == {"7": [{"type": "output"}]}

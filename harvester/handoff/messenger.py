@@ -123,6 +123,7 @@ class Snapshot:
             else:
                 root = next(r for r in roots if path.startswith(r + "/"))
                 wanted[root].append(path[len(root) + 1:])
+        _with_outputs_of_new_finals(wanted, entries, contents, names, limit)
         reads = sum(len(paths) for paths in wanted.values())
         if wanted:
             read_roots = sorted(wanted)
@@ -136,6 +137,10 @@ class Snapshot:
                     raise MessengerError(f"cannot read the pilots' files in {root}: {result.get('error')}")
                 for rel, got in result["files"].items():
                     path = f"{root}/{rel}"
+                    if path not in entries:  # an outputs file the listing had not seen yet (written meanwhile)
+                        if "data" not in got:
+                            continue
+                        entries[path] = Entry("f", len(got["data"]), 0.0, 0.0)
                     contents[path] = got["data"] if "data" in got else HandoffRefused(
                         _refusal_text(got), path, got.get("code") or "invalid")
         return cls(entries, contents, reads)
@@ -530,6 +535,26 @@ def _is_report(path, names):
         return False
     return name in (names["attributes"], names["pandaids"], names["request"], names["event_status"]) or \
         final_attributes_id(names, name) is not None
+
+
+def _with_outputs_of_new_finals(wanted, entries, contents, names, limit):
+    """Read ``event_status.dump.json`` again wherever a per-job final is read, whatever the listing said of it.
+
+    The pilot writes a job's outputs before its final, but a listing is not one instant: it may stat the outputs
+    file before the pilot rewrote it and the final after the pilot wrote it, and so keep the old outputs (from the
+    previous snapshot, or none) for a job whose final it reads - and harvester would report the job finished
+    without staging its outputs. Read after the listing, the outputs file is at least as new as any final listed.
+    """
+    for root, rels in list(wanted.items()):
+        directories = {posixpath.dirname(rel) for rel in rels
+                       if final_attributes_id(names, posixpath.basename(rel)) is not None}
+        for directory in directories:
+            rel = posixpath.join(directory, names["event_status"])
+            entry = entries.get(f"{root}/{rel}")
+            if rel in rels or (entry is not None and (entry.kind != "f" or entry.size > limit)):
+                continue  # read already, or refused by the listing
+            rels.append(rel)
+            contents.pop(f"{root}/{rel}", None)
 
 
 def _is_usage(path, access_points):
