@@ -81,9 +81,8 @@ def main(argv=None):
     sides = [("this tree", baseline.ROOT)] + ([(f"baseline {args.baseline}", tree)] if tree else [])
     results = []
     try:
-        for n in range(args.rounds):
-            for label, where in (sides if n % 2 == 0 else sides[::-1]):
-                results.append(one_side(label, where, args.requests))
+        for label, where in baseline.alternating(sides, args.rounds):
+            results.append(one_side(label, where, args.requests))
     finally:
         baseline.remove(tree)
     for label, _ in sides:

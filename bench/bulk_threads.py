@@ -118,9 +118,8 @@ def main(argv=None):
     sides = [("this tree", baseline.ROOT)] + ([(f"baseline {args.baseline}", tree)] if tree else [])
     results = []
     try:
-        for n in range(args.rounds):
-            for label, where in (sides if n % 2 == 0 else sides[::-1]):
-                results.append(one_side(label, where, args))
+        for label, where in baseline.alternating(sides, args.rounds):
+            results.append(one_side(label, where, args))
     finally:
         baseline.remove(tree)
     by_side = {label: [r for r in results if r["label"] == label] for label, _ in sides}
