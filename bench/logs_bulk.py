@@ -17,7 +17,6 @@ stored, nothing refused. Only the processes this script starts are stopped; noth
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -25,20 +24,11 @@ import sys
 import tempfile
 import time
 
+from file_transfer import own_cpu, process_cpu  # the same counters, beside this script
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WAYS = ("one PUT per log", "logs in one request")
-
-
-def process_cpu(pid):
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def client(args):
