@@ -8,7 +8,8 @@ itself, with certificates verified against the system's CAs (``SSL_CERT_FILE`` a
 When the environment names a proxy for the URL's scheme (``http_proxy``, ``HTTPS_PROXY``, ...), the request goes
 through ``urllib.request``, which reads those variables and ``no_proxy``, as before.
 
-A connection is kept open for the next request to the same server (HTTP/1.1 keep-alive: a pilot talks to one
+Replies' heads are read by :mod:`pilot.httpreply` (not the email package), and a small body goes out with its
+request's head in one send. A connection is kept open for the next request to the same server (HTTP/1.1 keep-alive: a pilot talks to one
 server several times per job, and a new TCP connection each time cost it more CPU than the request), once its
 reply has been read to the end; one the server has closed in the meantime is noticed when the next request on it
 gets no answer at all, and that request is sent again once on a new connection (the server never saw it). A GET
@@ -22,6 +23,8 @@ import os
 import sys
 import threading
 import urllib.parse
+
+from pilot import httpreply
 
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
@@ -164,8 +167,17 @@ def _connection(scheme, parts, timeout, fresh=False):
         if connection.sock is not None:
             connection.sock.settimeout(timeout)
         return key, path, connection, True
-    connection_class = tls_connection_class() if scheme == "https" else client.HTTPConnection
-    return key, path, connection_class(parts.hostname, port, timeout=timeout), False
+    return key, path, lean_connection_class(scheme)(parts.hostname, port, timeout=timeout), False
+
+
+def lean_connection_class(scheme):
+    """The connection class for ``scheme``: http.client's (or the TLS one) with :mod:`pilot.httpreply`'s head."""
+    if scheme not in _loaded:
+        client = http_client()
+        base = tls_connection_class() if scheme == "https" else client.HTTPConnection
+        with _lock:
+            _loaded.setdefault(scheme, httpreply.lean_classes(client, base)[0])
+    return _loaded[scheme]
 
 
 def begin(method, url, body=None, headers=None, timeout=60.0):
