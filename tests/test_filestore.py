@@ -166,6 +166,39 @@ def test_a_symlink_inside_the_store_pointing_outside_is_refused_for_get_and_put(
     assert sorted(os.listdir(outside)) == ["secret.dat"]
 
 
+def test_any_symlink_in_the_store_is_refused_even_one_pointing_inside_it(sqlite_server, tmp_path):
+    """A name is never followed through a link: not at the file, not at its scope, wherever the link points."""
+    server = sqlite_server
+    token = server.token("pilot", "p1")
+    assert put(server, "/files/sc/real.dat", token=token).status_code == 201
+    os.symlink("real.dat", os.path.join(server.home, "files", "sc", "alias.dat"))
+    os.symlink("sc", os.path.join(server.home, "files", "alias"))
+    for path in ("/files/sc/alias.dat", "/files/alias/real.dat"):
+        got = requests.get(server.url + path, headers=server.headers(token), timeout=30)
+        assert got.status_code == 400 and "symbolic link" in got.json()["message"], path
+    stored_put = put(server, "/files/alias/other.dat", token=token)
+    assert stored_put.status_code == 400 and "symbolic link" in stored_put.json()["message"]
+    assert "other.dat" not in os.listdir(os.path.join(server.home, "files", "sc"))
+
+
+@pytest.mark.parametrize("environ", [
+    {"HTTP_HOST": "panda.example.org:8443", "wsgi.url_scheme": "https"},
+    {"SERVER_NAME": "10.0.0.1", "SERVER_PORT": "25080"},
+    {"SERVER_NAME": "10.0.0.1", "SERVER_PORT": "80", "SCRIPT_NAME": "/panda/"},
+    {"HTTP_HOST": "a:1", "HTTP_X_FORWARDED_HOST": "b:2", "HTTP_X_FORWARDED_PROTO": "https", "SCRIPT_NAME": "/x"},
+])
+def test_a_stored_files_url_is_the_one_bottle_gives(environ):
+    import bottle
+
+    from minipanda.api import files
+
+    environ = dict({"REQUEST_METHOD": "PUT", "PATH_INFO": "/files/sc/a.dat", "wsgi.url_scheme": "http"}, **environ)
+    bottle.request.bind(environ)
+    parts = bottle.request.urlparts
+    assert files._url("sc", "a.dat") == \
+        f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}/files/sc/a.dat"
+
+
 def raw_put(server, path, declared, sent, token=None):
     """A PUT whose headers declare ``declared`` bytes, of which ``sent`` are sent: the open connection."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)

@@ -32,8 +32,17 @@ def _store_of(home):
 
 
 def _url(scope, lfn):
-    parts = bottle.request.urlparts
-    return f"{parts.scheme}://{parts.netloc}{bottle.request.script_name.rstrip('/')}/files/{scope}/{lfn}"
+    """The stored file's URL: scheme and host as bottle's ``request.urlparts`` takes them, without its parse of the
+    request's own whole URL (a urljoin and two urlparse per upload)."""
+    environ = bottle.request.environ
+    scheme = environ.get("HTTP_X_FORWARDED_PROTO") or environ.get("wsgi.url_scheme", "http")
+    host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST")
+    if not host:
+        host = environ.get("SERVER_NAME", "127.0.0.1")
+        port = environ.get("SERVER_PORT")
+        if port and port != ("80" if scheme == "http" else "443"):
+            host += ":" + port
+    return f"{scheme}://{host}{bottle.request.script_name.rstrip('/')}/files/{scope}/{lfn}"
 
 
 def put_file(params, identity, scope, lfn):
