@@ -7,8 +7,9 @@ beside a baseline commit's (each side a child process started in its own tree, a
 Each round: a child process builds the app of ``minipanda serve`` on a fresh home (SQLite), serves it with
 ``minipanda.server.http`` on a free 127.0.0.1 port, puts the inputs into its file store and starts the client, a
 process of its own that imports the tree's pilot; the client runs every stage-in, then every stage-out, and reads
-its own CPU time and the server process's (``/proc/<pid>/stat``) around each phase. Only processes this script
-started are stopped; nothing but loopback is contacted.
+its own CPU time and the server process's (``/proc/<pid>/stat``) around each phase; then --calls small
+exchanges (a getJob that finds no job, on the kept connection): the CPU of one request and its reply on each
+side. Only processes this script started are stopped; nothing but loopback is contacted.
 
     python3 bench/file_transfer.py --baseline 3a2fc5d              # 300 files, 3 rounds per side
     python3 bench/file_transfer.py --files 100 --rounds 1 --mb 8
@@ -75,8 +76,14 @@ def client(args):
             copytools.stage_out(spec, "http", "", 60, url_template=template, client=server)
         after = own_cpu(), process_cpu(args.server_pid), time.perf_counter()
         spent["stage-out"] = [a - b for a, b in zip(after, before)]
-        print(json.dumps({phase: dict(zip(FIGURES, [1000 * s / args.files for s in values]))
-                          for phase, values in spent.items()}))
+        figures = {phase: dict(zip(FIGURES, [1000 * s / args.files for s in values])) for phase, values in spent.items()}
+        before = after
+        for _ in range(args.calls):  # a small exchange on the kept connection: getJob for a site with no job
+            server.call("/server/panda/getJob", {"siteName": "BENCH_NO_SUCH_SITE", "node": "bench"})
+        after = own_cpu(), process_cpu(args.server_pid), time.perf_counter()
+        if args.calls:
+            figures["exchange"] = dict(zip(FIGURES, [1000 * (a - b) / args.calls for a, b in zip(after, before)]))
+        print(json.dumps(figures))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -110,6 +117,7 @@ def child(args):
         server.body_limit = context.max_body + http.BODY_SLACK
         server.start(app, threads=8)
         argv = [sys.executable, os.path.join(HERE, "file_transfer.py"), "--client", "--files", str(args.files),
+                "--calls", str(args.calls),
                 "--mb", str(args.mb), "--url", f"http://127.0.0.1:{server.effective_port}",
                 "--token-file", token_file, "--server-pid", str(os.getpid()), "--checksums", ",".join(checksums)]
         out = subprocess.run(argv, cwd=os.getcwd(), env=os.environ, capture_output=True, text=True, timeout=1800)
@@ -127,6 +135,9 @@ def main(argv=None):
     p.add_argument("--files", type=int, default=300, help="inputs downloaded and outputs uploaded per round (300)")
     p.add_argument("--mb", type=float, default=1.0, help="size of each file in MiB (default 1)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per side, alternating (default 3)")
+    p.add_argument("--calls", type=int, default=1000,
+                   help="small exchanges per round after the files (a getJob that finds no job on the kept "
+                        "connection): the CPU of one request and its reply, pilot and server (default 1000; 0: none)")
     p.add_argument("--baseline", metavar="REV", help="also measure that commit's pilot and server, alternating")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
@@ -153,7 +164,7 @@ def main(argv=None):
     try:
         for label, where in baseline.alternating(sides, args.rounds):
             argv_child = [sys.executable, os.path.join(HERE, "file_transfer.py"), "--child", "--files",
-                          str(args.files), "--mb", str(args.mb)]
+                          str(args.files), "--mb", str(args.mb), "--calls", str(args.calls)]
             env = dict(os.environ, PYTHONPATH=where)
             started = time.perf_counter()
             out = subprocess.run(argv_child, cwd=where, env=env, capture_output=True, text=True, timeout=3600)
@@ -183,6 +194,13 @@ def main(argv=None):
         medians[label] = cells
         print(f"| {label} | " + " | ".join(f"{cells[(phase, who)]:.2f}" for phase in PHASES for who in SIDES)
               + f" | {cells['all']:.2f} | " + " | ".join(f"{cells[(phase, 'wall')]:.2f}" for phase in PHASES) + " |")
+    if args.calls:
+        print(f"\none small exchange (getJob, no job; {args.calls} per round), median of the rounds, ms per request:")
+        print("| side | pilot CPU | server CPU | wall |")
+        print("|---|---:|---:|---:|")
+        for label, rows in results.items():
+            print(f"| {label} | " + " | ".join(f"{statistics.median(row['exchange'][who] for row in rows):.3f}"
+                                           for who in FIGURES) + " |")
     if tree:
         new, old = medians["this tree"], medians[f"baseline {args.baseline}"]
         print("this tree / baseline: " + ", ".join(f"{phase} {who} {new[(phase, who)] / old[(phase, who)]:.2f}"
