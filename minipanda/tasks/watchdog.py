@@ -3,15 +3,31 @@
 ==========================  ===========================================================  ====  =================
 job state                   failed when                                                  code  diag starts with
 ==========================  ===========================================================  ====  =================
+sent, to a known pilot      its pilot (the pilotID its getJob sent) has not been heard   100   lost heartbeat
+                            from, on any of its jobs, for the queue's lost-heartbeat
+                            timeout (below)
 sent                        no update ``watchdog.sent_timeout`` s after dispatch (30 m)  102   no reply
+                            and, when its pilot is known, that pilot silent as long
 starting, running, ...      no heartbeat for the queue's ``pilot_lost_heartbeat_timeout``  100   lost heartbeat
                             (queuedata), else ``watchdog.heartbeat_timeout`` (2 h)
 holding                     held ``watchdog.holding_timeout`` s (3 h)                   103   holding too long
 ==========================  ===========================================================  ====  =================
 
+A job sent to a pilot may stay ``sent`` while that pilot lives: a job without inputs (or with a quick stage-in)
+reports nothing until its payload has run ``pilot_running_delay`` s, and a pilot that took several jobs in one
+getJob holds the later ones while it runs the first. So a ``sent`` job is judged by its pilot, not by itself: a
+pilot is heard from when any of its jobs is dispatched, changes state or gets a heartbeat (``heartbeat_time``,
+``state_changed_time``). A pilot silent for the lost-heartbeat timeout is gone (killed, its node lost, its batch
+job ended), as a ``starting`` job's pilot is; one still talking about another job keeps the job, however long it
+holds it. The pilot keeps its side (pilot.jobrun): a job whose first report would come later than that timeout
+after its getJob reports ``starting`` before its payload, and a job not reported within it is not run. A job whose
+pilot is unknown (acquired by a harvester in push mode, or by a pilot3 getJob, which sends no pilotID) keeps the
+plain ``no reply`` rule; a harvester reporting the job's worker ended fails it at once
+(minipanda.workers.harvesters, pilot error 1008).
+
 Codes go to supErrorCode (error source ``sup`` for retry rules). Each change is conditional on the job still
-being stale in the same UPDATE, so a heartbeat arriving meanwhile wins. After the sweep, tasks whose jobs are all
-over are completed (see :mod:`minipanda.tasks.settle`).
+being stale in the same UPDATE (for a ``sent`` job: its pilot still silent), so a report arriving meanwhile wins.
+After the sweep, tasks whose jobs are all over are completed (see :mod:`minipanda.tasks.settle`).
 """
 import datetime
 import json
@@ -19,13 +35,17 @@ import logging
 
 from minipanda.core import models, states
 from minipanda.core.db import database
-from minipanda.core.states import JobStatus
+from minipanda.core.states import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobStatus
 from minipanda.tasks import settle
+from peewee import SQL, fn
 
 log = logging.getLogger(__name__)
 LOST_HEARTBEAT, NO_REPLY, HOLDING_TOO_LONG = 100, 102, 103
 HEARTBEAT_STATES = (JobStatus.STARTING.value, JobStatus.RUNNING.value, JobStatus.MERGING.value,
                     JobStatus.TRANSFERRING.value)
+# where a job stands once a pilot has reported on it (or taken it): its heartbeats are in these states
+_ACTIVE = sorted(s.value for s in ACTIVE_JOB_STATES)
+_DISPATCHED = sorted(s.value for s in ACTIVE_JOB_STATES | FINAL_JOB_STATES)
 
 
 def _fail(ids, status, code, diag, now):
@@ -39,6 +59,20 @@ def _fail(ids, status, code, diag, now):
     if changed:
         log.warning("watchdog: %d %s jobs failed: %s", len(changed), status, diag)
     return len(changed)
+
+
+def pilot_silent_since(cutoff):
+    """The condition "the pilot of this job (Job.pilot_id) has not been heard from since ``cutoff``": none of its
+    jobs was dispatched, changed state or got a heartbeat since then. Two sub-selects, each on the (status,
+    state_changed_time) index: the jobs in flight by their heartbeat (a same-state heartbeat changes no state),
+    and every dispatched job by when its state last changed (a dispatch, a report, a final)."""
+    Job = models.Job
+    Heard = Job.alias("heard")
+    beat = Heard.select(SQL("1")).where(Heard.status.in_(_ACTIVE), Heard.heartbeat_time >= cutoff,
+                                        Heard.pilot_id == Job.pilot_id)
+    changed = Heard.select(SQL("1")).where(Heard.status.in_(_DISPATCHED), Heard.state_changed_time >= cutoff,
+                                           Heard.pilot_id == Job.pilot_id)
+    return ~fn.EXISTS(beat) & ~fn.EXISTS(changed)
 
 
 def queue_heartbeat_timeouts(default):
@@ -60,8 +94,10 @@ def run(settings, now=None, wake=None):
     seconds = datetime.timedelta(seconds=1)
     out = {}
     sent_cutoff = now - settings.get("watchdog.sent_timeout") * seconds
+    # a job its pilot may still hold is no "no reply" while that pilot talks about its other jobs (module doc)
     stale = Job.select(Job.panda_id).where(Job.status == JobStatus.SENT.value, Job.state_changed_time < sent_cutoff,
-                                           (Job.heartbeat_time.is_null()) | (Job.heartbeat_time < sent_cutoff))
+                                           (Job.heartbeat_time.is_null()) | (Job.heartbeat_time < sent_cutoff),
+                                           Job.pilot_id.is_null() | pilot_silent_since(sent_cutoff))
     out["no_reply"] = _fail(stale, JobStatus.SENT.value, NO_REPLY,
                             f"no reply: sent to a pilot more than {settings.get('watchdog.sent_timeout'):g} s ago "
                             "and never heard from", now)
@@ -78,16 +114,17 @@ def run(settings, now=None, wake=None):
 
 
 def lost_heartbeats(settings, now):
-    """Fail running-type jobs whose last heartbeat is older than their queue's timeout."""
+    """Fail running-type jobs whose last heartbeat is older than their queue's timeout, and sent jobs whose pilot
+    has been silent that long."""
     Job = models.Job
     default = settings.get("watchdog.heartbeat_timeout")
     timeouts = queue_heartbeat_timeouts(default)
     shortest = min([default] + list(timeouts.values()))
     earliest = now - datetime.timedelta(seconds=shortest)
+    failed = lost_pilots(timeouts, default, earliest, now)
     suspects = (Job.select(Job.computing_site, Job.status).where(Job.status.in_(HEARTBEAT_STATES),
                                                                  Job.heartbeat_time < earliest)
                 .distinct().tuples())
-    failed = 0
     for site, status in list(suspects):
         limit = timeouts.get(site, default)
         cutoff = now - datetime.timedelta(seconds=limit)
@@ -95,4 +132,23 @@ def lost_heartbeats(settings, now):
                                              Job.heartbeat_time < cutoff)
         failed += _fail(ids, status, LOST_HEARTBEAT, f"lost heartbeat: no update from the pilot for more than "
                                                      f"{limit:g} s (queue {site})", now)
+    return failed
+
+
+def lost_pilots(timeouts, default, earliest, now):
+    """Fail sent jobs of a known pilot that has been silent, on all of its jobs, for the queue's lost-heartbeat
+    timeout: the pilot is gone as a lost ``starting`` job's is (module doc)."""
+    Job = models.Job
+    sent = JobStatus.SENT.value
+    sites = (Job.select(Job.computing_site).where(Job.status == sent, Job.pilot_id.is_null(False),
+                                                  Job.heartbeat_time < earliest).distinct().tuples())
+    failed = 0
+    for (site,) in list(sites):
+        limit = timeouts.get(site, default)
+        cutoff = now - datetime.timedelta(seconds=limit)
+        ids = Job.select(Job.panda_id).where(Job.status == sent, Job.computing_site == site,
+                                             Job.pilot_id.is_null(False), Job.heartbeat_time < cutoff,
+                                             pilot_silent_since(cutoff))
+        failed += _fail(ids, sent, LOST_HEARTBEAT, f"lost heartbeat: sent to a pilot that has not been heard from, "
+                                                   f"on any of its jobs, for more than {limit:g} s (queue {site})", now)
     return failed
