@@ -1,8 +1,10 @@
 """One job on the worker node, from its definition to the acknowledged final update.
 
-``JobRun.execute()`` reads like the protocol: prepare the job directory, report ``starting`` (before the stage-in
-when the job has inputs, else as soon as the payload has started, so the report's round trip overlaps the
-payload's run instead of delaying it), stage in, start the payload, watch it (limits, the ``running`` report once
+``JobRun.execute()`` reads like the protocol: prepare the job directory, report ``starting`` before a stage-in that
+may take a while (in file mode always, as pilot3; over HTTP a job without inputs, or whose inputs arrive within
+``pilot_running_delay``, sends none: its first report is ``running`` after that delay, or its final; unless that
+report would come later than the lost-heartbeat timeout after its getJob, see ``report_if_late``), stage in,
+start the payload, watch it (limits, the ``running`` report once
 it has run ``pilot_running_delay`` s, heartbeats, server commands, signals) until it exits or is killed, check its
 outputs, stage out outputs and the log, send the final update (or spool it). The first error raised anywhere is
 the one reported (pilot3's rule); later steps still run so the log always goes out.
@@ -20,6 +22,7 @@ from pilot.fileutil import safe_name
 from pilot.monitor import Monitor
 
 log = logging.getLogger(__name__)
+STAGE_IN_RATE = 1e7  # bytes/s: a transfer's timeout grows 1 s per 10 MB (pilot.copytools; pilot3's 1151)
 
 
 class Context:
@@ -63,7 +66,10 @@ class JobRun:
         self.exit_code = None
         self.job_report = None
         self.start_time = time.time()
-        self.last_heartbeat = time.monotonic()
+        # the server last heard of this job when its getJob reached it: the lost-heartbeat clock starts there, not
+        # here (a job may wait in the pilot's hands behind another one)
+        asked = ctx.timing.get(job.panda_id, "PILOT_PRE_GETJOB")
+        self.last_heartbeat = time.monotonic() - (min(max(0.0, self.start_time - asked), 1e9) if asked else 0.0)
         self.delivered = False
         self.started_reported = False
         self.final = None  # the final update's parameters
@@ -96,9 +102,10 @@ class JobRun:
             self.prepare()
             if self.job.inputs:  # pilot3 reports starting before the stage-in; without one, see run_payload
                 self.tell_job_started()
-                breach = self.report_starting()
-                if breach is not None:
-                    self.fail(breach)
+                if self.ctx.file_mode or not self.quick_stage_in():  # else reported as a job without inputs
+                    breach = self.report_starting()
+                    if breach is not None:
+                        self.fail(breach)
             for step in (self.stage_in, self.run_payload, self.check_outputs):
                 if self.error is None and self.ctx.stop.requested:
                     self.fail(PilotError(errors.signal_code(self.ctx.stop.signum), f"pilot got {self.ctx.stop.name}"))
@@ -205,12 +212,38 @@ class JobRun:
         finally:
             self.ctx.timing.mark(self.job.panda_id, "PILOT_POST_STAGEIN")
 
+    def quick_stage_in(self):
+        """Whether the inputs arrive within pilot_running_delay at the rate the stage-in's timeout allows (10 MB/s,
+        pilot.copytools): each declares its size and they total at most that many bytes. Such a job sends no
+        ``starting`` before its stage-in (one update and one state change less per job); it is reported as a job
+        without inputs is, and :meth:`report_if_late` still sends ``starting`` if the stage-in was slow after all."""
+        budget = self.qd["pilot_running_delay"] * STAGE_IN_RATE
+        return all(spec.fsize for spec in self.job.inputs) and sum(spec.fsize for spec in self.job.inputs) <= budget
+
     def report_starting(self):
         """The ``starting`` update, once per job; the breach when its answer says kill."""
         if not self.started_reported:
             self.started_reported = True
             return self.command_breach(self.send_update("starting"))
         return None
+
+    def report_if_late(self):
+        """Before the payload of a job not reported yet: ``starting`` when its first report (``running`` after
+        pilot_running_delay) would reach the server later than pilot_lost_heartbeat_timeout after its getJob (it
+        waited in hand behind a long job, its stage-in or getJob answer was slow). By then the server may have
+        failed it and given a new attempt to another pilot (its watchdog fails a sent job once the pilot that took
+        it has been silent that long), so the answer says whether it is still this pilot's to run; with none, a job
+        past the timeout is not run. The breach, or None to go on."""
+        lost_after = self.qd["pilot_lost_heartbeat_timeout"]
+        if self.started_reported or self.ctx.file_mode or not lost_after:
+            return None
+        if time.monotonic() - self.last_heartbeat + max(0.0, self.qd["pilot_running_delay"]) < lost_after:
+            return None
+        breach = self.report_starting()
+        if breach is None and time.monotonic() - self.last_heartbeat > lost_after:
+            breach = PilotError(errors.COMMUNICATIONFAILURE, f"no report on the job reached the server within "
+                                                             f"{lost_after:.0f} s of its getJob: not started")
+        return breach
 
     def run_payload(self):
         ctx = self.ctx
@@ -222,6 +255,9 @@ class JobRun:
         if ctx.client and ctx.client.token_file and "PANDA_AUTH_TOKEN" not in env:
             # prun's runGen fetches the user's sandbox from the server with the pilot's token (as under pilot3)
             env["PANDA_AUTH_TOKEN"] = os.path.abspath(ctx.client.token_file)
+        late = self.report_if_late()
+        if late is not None:
+            raise late
         self.payload = payload.Payload(argv, self.job_dir, env, ctx.adopter_pid, ctx.guard)
         ctx.timing.mark(self.job.panda_id, "PILOT_PRE_PAYLOAD")
         self.payload.start()

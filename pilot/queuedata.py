@@ -59,11 +59,13 @@ KEYS = (
     Key("pilot_heartbeat_interval", float, 1800.0, "s between running heartbeats (updateJob or attributes file)"),
     Key("pilot_running_delay", float, 2.0, "s the payload runs before the job is reported running (then every "
                                            "pilot_heartbeat_interval); a payload that ends sooner goes straight "
-                                           "to its final state (without inputs: one report, the final); 0 = "
-                                           "report running at once"),
+                                           "to its final state (without inputs, or with inputs that arrive "
+                                           "within this delay at 10 MB/s: one report, the final); 0 = report "
+                                           "running at once"),
     Key("pilot_monitor_interval", float, 60.0, "s between checks of memory, time, looping, disk, stdout"),
-    Key("pilot_lost_heartbeat_timeout", float, 10800.0, "s without a successful heartbeat before the job is "
-                                                        "killed (1318)"),
+    Key("pilot_lost_heartbeat_timeout", float, 10800.0, "s without a successful heartbeat (counted from the "
+                                                        "job's getJob) before the job is killed, or not started "
+                                                        "(1318)"),
     Key("pilot_looping_limit", float, 7200.0, "s without any file change in the job directory (1150)"),
     Key("pilot_memory_grace", float, 1.5, "the job is killed (1235) above grace x its memory limit"),
     Key("pilot_walltime_grace", float, 1.5, "the job is killed (1213) after grace x its maxWalltime"),

@@ -136,22 +136,29 @@ def started(marker):
     return False
 
 
-def test_starting_only_before_a_stage_in_and_running_only_after_the_delay(site):
-    """A short job without inputs sends no starting and no running: sent -> finished in one report. With inputs,
-    starting goes before the stage-in, as pilot3 sends it; a payload that outlives pilot_running_delay is
-    reported running while it runs."""
+def test_starting_only_before_a_slow_stage_in_and_running_only_after_the_delay(site):
+    """A short job without inputs sends no starting and no running: sent -> finished in one report; so does one
+    whose inputs arrive within pilot_running_delay at the stage-in's 10 MB/s (JobRun.quick_stage_in). With
+    more, or with an input of no declared size, starting goes before the stage-in, as pilot3 sends it; a payload
+    that outlives pilot_running_delay is reported running while it runs."""
     marker = f"starting-{os.getpid()}-{id(site)}"
     sleep = marked_sleep(site.base, marker)
     inputs = os.path.join(site.base, "inputs")
     os.makedirs(inputs)
     with open(os.path.join(inputs, "in.dat"), "wb") as handle:
         handle.write(b"input\n")
+    big = b"\0" * 10_000_001  # one byte over 1 s (the delay below) at 10 MB/s
+    with open(os.path.join(inputs, "big.dat"), "wb") as handle:
+        handle.write(big)
     job = {"transformation": sleep, "jobPars": "0.1", "prodSourceLabel": "managed", "logFile": "l.tgz"}
-    stub = stub_server([dict(job, PandaID=1), dict(job, PandaID=2, inFiles="in.dat", fsize="6",
-                                                    checksum=f"ad:{zlib.adler32(b'input' + bytes([10])):08x}"),
+    small = dict(job, inFiles="in.dat", checksum=f"ad:{zlib.adler32(b'input' + bytes([10])):08x}")
+    stub = stub_server([dict(job, PandaID=1), dict(small, PandaID=2, fsize="6"),
+                        dict(job, PandaID=4, inFiles="big.dat", fsize=str(len(big)),
+                             checksum=f"ad:{zlib.adler32(big):08x}"),
+                        dict(small, PandaID=5, fsize=""),
                         dict(job, PandaID=3, jobPars="3")],
-                       look=lambda *update: (started(marker),
-                                             bool(glob.glob(os.path.join(site.workdir, "*", "PandaJob_*", "in.dat")))))
+                       look=lambda panda_id, state: (started(marker), bool(glob.glob(os.path.join(
+                           site.workdir, "*", f"PandaJob_{panda_id}", "*.dat")))))
     try:
         code, log = site.run("--input-dir", inputs, url=stub_url(stub),
                              qd=site.queuedata(timefloor=10, pilot_running_delay=1))
@@ -161,10 +168,42 @@ def test_starting_only_before_a_stage_in_and_running_only_after_the_delay(site):
     assert code == 0, log
     # (state, (a payload running, input staged in)) as the server saw each update arrive (a final may arrive
     # while the next job's payload runs)
-    reports = {panda_id: [u[1:] for u in StubServer.updates if u[0] == panda_id] for panda_id in (1, 2, 3)}
+    reports = {panda_id: [u[1:] for u in StubServer.updates if u[0] == panda_id] for panda_id in (1, 2, 3, 4, 5)}
     assert [state for state, _ in reports[1]] == ["finished"], log
-    assert reports[2][0] == ("starting", (False, False)) and reports[2][1][0] == "finished", log
+    assert [state for state, _ in reports[2]] == ["finished"], log  # 6 bytes: no starting
+    for slow in (4, 5):  # 10 MB + 1 byte; a size not declared
+        assert reports[slow][0] == ("starting", (False, False)) and reports[slow][1][0] == "finished", (slow, log)
     assert reports[3][0] == ("running", (True, False)) and [s for s, _ in reports[3]] == ["running", "finished"], log
+
+
+def test_a_job_held_past_the_lost_heartbeat_timeout_asks_before_its_payload_runs(site):
+    """A job that waited in the pilot's hands (two jobs from one getJob, the first one long) would send its first
+    report later than pilot_lost_heartbeat_timeout after its getJob, when the server may have failed it and given a
+    new attempt to another pilot (its watchdog judges a sent job by its pilot's silence): it reports starting before
+    its payload, and a tobekilled answer stops it before anything runs. A job started at once sends no starting."""
+    touch = shutil.which("touch")  # a local program: the stub serves no transformation
+    ran = {n: os.path.join(site.base, f"ran-{n}") for n in (1, 3, 4)}
+    job = {"transformation": touch, "prodSourceLabel": "managed", "logFile": "l.tgz"}
+    # job 1 runs alone (its pace makes the next getJob ask for several); 2 is long, 3 waits behind it and is
+    # killed when it asks, 4 waits too and is told to go on
+    stub = stub_server([dict(job, PandaID=1, jobPars=ran[1]), dict(job, PandaID=2, transformation="/bin/sleep",
+                                                                    jobPars="4"),
+                        dict(job, PandaID=3, jobPars=ran[3]), dict(job, PandaID=4, jobPars=ran[4])],
+                       answer=lambda panda_id, state, bulk: {"StatusCode": 0, "command": "tobekilled"}
+                       if (panda_id, state) == (3, "starting") else None)
+    try:
+        code, log = site.run(url=stub_url(stub), qd=site.queuedata(
+            timefloor=10, pilot_running_delay=0.5, pilot_heartbeat_interval=0.5, pilot_lost_heartbeat_timeout=3))
+    finally:
+        stub.shutdown()
+    assert code == 0, log
+    assert ("getJob", 1) in StubServer.requests and any(r == "getJob" and n >= 3 for r, n in StubServer.requests), \
+        (StubServer.requests, log)
+    reports = {panda_id: [u[1] for u in StubServer.updates if u[0] == panda_id] for panda_id in (1, 2, 3, 4)}
+    assert reports[1] == ["finished"] and os.path.exists(ran[1]), (reports, log)
+    assert reports[2][0] == "running" and reports[2][-1] == "finished", (reports, log)
+    assert reports[3] == ["starting", "failed"] and not os.path.exists(ran[3]), (reports, log)
+    assert reports[4] == ["starting", "finished"] and os.path.exists(ran[4]), (reports, log)
 
 
 class HeldPut(http.server.BaseHTTPRequestHandler):

@@ -286,7 +286,8 @@ def test_fail_some_payloads_fail_once_and_their_retries_finish(testbed):
 
 def test_pilot_killed_with_sigkill_is_found_by_lost_heartbeat_and_its_job_retried(testbed):
     # harvester's monitor is slowed right down, so only the server's watchdog (no heartbeat for 8 s; pilots beat
-    # every 2 s) can notice the killed pilot; the other pilot is still busy with its jobs and takes the retry
+    # every 2 s) can notice the killed pilot; the other pilot is still busy with its jobs and takes the retry. The
+    # pilot is killed as soon as its payload runs: its job (a small input, so no starting) is most often still sent
     run = testbed("--jobs", "6", "--job-seconds", "4", "--pilots", "2", "--lost-heartbeat", "8",
                   "--setting", "period.watchdog=0.5", "--harvester-setting", "monitor_period=3600")
 
@@ -306,6 +307,12 @@ def test_pilot_killed_with_sigkill_is_found_by_lost_heartbeat_and_its_job_retrie
         assert lost and all(row["sup_error_code"] == 100 for row in lost), [dict(r) for r in lost]
         assert all(row["pilot_error_code"] != 1008 for row in lost)  # not harvester: its monitor never looked
         for row in lost:
+            # a job the pilot had not reported yet (no starting before a quick stage-in, no running before 2 s)
+            # is lost with its pilot's silence; one it had reported running, with its own heartbeat's
+            reported = conn.execute("SELECT COUNT(*) FROM status_log WHERE panda_id = ? AND new_status IN "
+                                    "('starting', 'running')", (row["panda_id"],)).fetchone()[0]
+            assert row["sup_error_diag"].startswith("lost heartbeat: no update" if reported else
+                                                    "lost heartbeat: sent to a pilot"), dict(row)
             [retry] = conn.execute("SELECT status, attempt_nr FROM job WHERE json_extract(attributes, '$.parentID') "
                                    "= ?", (row["panda_id"],)).fetchall()
             assert retry["status"] == "finished" and retry["attempt_nr"] > row["attempt_nr"]
