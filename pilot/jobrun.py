@@ -38,11 +38,13 @@ class Context:
     job's lines, not the next one's start). ``guard`` is the pilot's guard.Guard (None: payloads get a
     parent-death signal); ``job_started`` is called once a job's own work begins (its stage-in, or its payload
     started), so the job loop can hand the previous job to the wrap-up thread then, not while it starts this one.
+    ``pull``: the jobs come from the pilot's own getJob over HTTP, so the server knows the pilot (its pilotID),
+    not from harvester's job file.
     """
 
     def __init__(self, queue, qd, identity, pilot_dir, input_dir, output_dir, stop, waker, timing, client=None,
                  handoff=None, file_mode=False, outbox=None, pilot_deadline=None, adopter_pid=None, pilot_log="",
-                 cleanup=True, payload_ended=None, guard=None, job_started=None):
+                 cleanup=True, payload_ended=None, guard=None, job_started=None, pull=False):
         self.queue, self.qd, self.identity, self.pilot_dir = queue, qd, identity, pilot_dir
         self.input_dir, self.output_dir, self.stop, self.waker, self.timing = input_dir, output_dir, stop, waker, timing
         self.client, self.handoff, self.file_mode, self.outbox = client, handoff, file_mode, outbox
@@ -52,6 +54,7 @@ class Context:
         self.payload_ended = payload_ended
         self.log_end = {}
         self.guard, self.job_started = guard, job_started
+        self.pull = pull
 
 
 class JobRun:
@@ -102,7 +105,7 @@ class JobRun:
             self.prepare()
             if self.job.inputs:  # pilot3 reports starting before the stage-in; without one, see run_payload
                 self.tell_job_started()
-                if self.ctx.file_mode or not self.quick_stage_in():  # else reported as a job without inputs
+                if not self.ctx.pull or not self.quick_stage_in():  # else reported as a job without inputs
                     breach = self.report_starting()
                     if breach is not None:
                         self.fail(breach)
@@ -214,9 +217,11 @@ class JobRun:
 
     def quick_stage_in(self):
         """Whether the inputs arrive within pilot_running_delay at the rate the stage-in's timeout allows (10 MB/s,
-        pilot.copytools): each declares its size and they total at most that many bytes. Such a job sends no
-        ``starting`` before its stage-in (one update and one state change less per job); it is reported as a job
-        without inputs is, and :meth:`report_if_late` still sends ``starting`` if the stage-in was slow after all."""
+        pilot.copytools): each declares its size and they total at most that many bytes. Such a job from the
+        pilot's own getJob sends no ``starting`` before its stage-in (one update and one state change less per
+        job); it is reported as a job without inputs is, and :meth:`report_if_late` still sends ``starting`` if
+        the stage-in was slow after all. A job harvester acquired (push mode) still sends it: the server knows no
+        pilot of it, so only this report tells it the job is alive."""
         budget = self.qd["pilot_running_delay"] * STAGE_IN_RATE
         return all(spec.fsize for spec in self.job.inputs) and sum(spec.fsize for spec in self.job.inputs) <= budget
 

@@ -382,7 +382,8 @@ class Pilot:
                        file_mode=self.file_mode, outbox=self.outbox,
                        pilot_deadline=self.deadline - qd["pilot_stageout_reserve"],
                        adopter_pid=os.getpid() if self.subreaper else None, pilot_log=self.pilot_log,
-                       cleanup=not opts.no_cleanup, payload_ended=self.fetch_ahead, guard=self.guard)
+                       cleanup=not opts.no_cleanup, payload_ended=self.fetch_ahead, guard=self.guard,
+                       pull=not self.push_mode)
 
     def remaining_time(self):
         """Seconds a new job may run: the pilot's end minus the stage-out reserve."""

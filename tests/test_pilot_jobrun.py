@@ -206,6 +206,28 @@ def test_a_job_held_past_the_lost_heartbeat_timeout_asks_before_its_payload_runs
     assert reports[4] == ["starting", "finished"] and os.path.exists(ran[4]), (reports, log)
 
 
+def test_a_job_from_harvester_reports_starting_before_even_a_quick_stage_in(site, tmp_path):
+    """Push mode over HTTP: harvester acquired the job, the server knows no pilot of it, so only the pilot's own
+    reports show it alive: starting still goes before the stage-in, however small the inputs."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "in.dat").write_bytes(b"input\n")
+    hwd = tmp_path / "harvester"
+    hwd.mkdir()
+    job = {"PandaID": 7, "transformation": "/bin/true", "jobPars": "", "prodSourceLabel": "managed",
+           "logFile": "l.tgz", "inFiles": "in.dat", "fsize": "6",
+           "checksum": f"ad:{zlib.adler32(b'input' + bytes([10])):08x}"}
+    (hwd / "pandaJobData.out").write_text(json.dumps({"7": job}))
+    stub = stub_server([])
+    try:
+        code, log = site.run("--harvester-workdir", str(hwd), "--harvester-submit-mode", "PUSH", "--input-dir",
+                             str(inputs), url=stub_url(stub), qd=site.queuedata(pilot_handoff_wait=1))
+    finally:
+        stub.shutdown()
+    assert code == 0, log
+    assert [u[1] for u in StubServer.updates if u[0] == 7] == ["starting", "finished"], (StubServer.updates, log)
+
+
 class HeldPut(http.server.BaseHTTPRequestHandler):
     """Takes a log tarball's PUT (queuedata output_url) and holds its answer until ``release()`` is true (or
     30 s), recording whether it was."""
