@@ -99,12 +99,12 @@ def test_a_missing_worker_is_a_live_state_of_its_own(harvester):
 
 def test_failed_worker_fails_its_running_plain_job(harvester):
     server, token = harvester
-    pids = [row[0] for row in ok(server, "job/submit", {"jobs": [make_job(), make_job(), make_job()]})]
+    pids = [row[0] for row in ok(server, "job/submit", {"jobs": [make_job() for _ in range(4)]})]
     mine = ok(server, "pilot/acquire_jobs", {"computing_element": "TEST_PQ", "harvester_id": "h1", "worker_id": 7,
-                                             "n_jobs": 2}, token)
+                                             "n_jobs": 3}, token)
     other = ok(server, "pilot/acquire_jobs", {"computing_element": "TEST_PQ", "harvester_id": "h2", "worker_id": 7},
                server.token("harvester", "h2"))
-    running, done = mine[0]["PandaID"], mine[1]["PandaID"]
+    running, done, never_reported = (job["PandaID"] for job in mine)
     ok(server, "pilot/update_job", {"job_id": running, "job_status": "running"}, token)
     ok(server, "pilot/update_job", {"job_id": done, "job_status": "finished"}, token)
     # the listed job of harvester h2 is not h1's to fail
@@ -115,6 +115,9 @@ def test_failed_worker_fails_its_running_plain_job(harvester):
     assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1008)
     assert "worker 7 of harvester h1" in job["pilotErrorDiag"] and "failed" in job["pilotErrorDiag"]
     assert "pilot killed by signal 9" in job["pilotErrorDiag"]
+    # a job the pilot took and had not reported yet (sent: no starting before a quick stage-in) goes the same way
+    (held,) = ok(server, "job/get_description", {"job_ids": [never_reported]})
+    assert (held["jobStatus"], held["pilotErrorCode"]) == ("failed", 1008) and "worker 7" in held["pilotErrorDiag"]
     statuses = {s["job_id"]: s["status"] for s in ok(server, "job/get_status", {"job_ids": pids})}
     assert statuses[done] == "finished" and statuses[other[0]["PandaID"]] == "sent"
     history = ok(server, "job/get_status_log", {"job_id": running})
