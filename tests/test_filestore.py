@@ -343,6 +343,36 @@ def test_a_file_reply_is_sent_from_its_path_only_while_the_path_names_the_open_f
     linked.close()
 
 
+def test_a_small_file_reply_is_read_whole_from_the_handle_the_app_opened(tmp_path):
+    from minipanda.server import filereply
+    from minipanda.server.filereply import FileReply, sendable_path, whole_content
+
+    path = tmp_path / "stored.dat"
+    path.write_bytes(b"stored")
+    reply = FileReply(open(path, "rb"))
+    os.replace(path, tmp_path / "moved.dat")
+    path.write_bytes(b"another file under the same name")
+    assert whole_content(reply) == b"stored"  # the file the app opened and checked, whatever the path names now
+    reply.close()
+    big = tmp_path / "big.dat"
+    big.write_bytes(b"b" * (filereply.WHOLE + 1))
+    large = FileReply(open(big, "rb"))
+    assert whole_content(large) is None and large.handle.tell() == 0  # too large: left for granian, by its path
+    assert sendable_path(large) == str(big)
+    large.close()
+    started = FileReply(open(tmp_path / "moved.dat", "rb"))
+    started.handle.read(2)
+    assert whole_content(started) is None and sendable_path(started) is None  # not from its start: by blocks
+    assert b"".join(started) == b"ored"
+    started.close()
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"not a regular file")
+    os.close(write_end)
+    piped = FileReply(os.fdopen(read_end, "rb"))
+    assert whole_content(piped) is None
+    piped.close()
+
+
 def test_the_server_sends_without_waiting_for_acknowledgements():
     """TCP_NODELAY on the listening socket (Linux hands it to each accepted connection): a reply's last partial
     segment (a file's tail after full segments) goes at once, not after the client's delayed ACK (up to 40 ms)."""

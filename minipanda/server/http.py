@@ -5,8 +5,9 @@ body is read on one asyncio loop (this module's thread ``minipanda-http``), not 
 sends its headers and then stalls holds a coroutine and a socket, never one of the ``threads`` that run the app.
 A body that brings nothing new for ``body_timeout`` seconds is answered 408 and its connection closed (one of
 BODY_WHOLE bytes up to BODY_IN_MEMORY, read whole, must arrive within that plus a second per BODY_RATE bytes); one
-over ``body_limit`` bytes 413. A reply that is a whole file (minipanda.server.filereply) is sent by granian from its
-path. Only a complete body goes to the WSGI app (bottle), on one of ``threads`` Python threads.
+over ``body_limit`` bytes 413. A reply that is a whole file (minipanda.server.filereply) is handed to granian
+whole: read into memory up to 1 MB, else by its path. Only a complete body goes to the WSGI app (bottle), on one of
+``threads`` Python threads.
 
 Its command-line server and its ``Granian`` class run the app in child processes and take over the process's
 signals, which fits neither the testbed (the server on a thread of a bigger process) nor the one-writer SQLite
@@ -358,6 +359,9 @@ class RsgiBridge:
             result = self.app(environ, start_response)
             if isinstance(result, list):
                 whole, rest = b"".join(result), None
+            elif (content := filereply.whole_content(result)) is not None:
+                result.close()  # a small file, read whole; the app's in-progress count (InFlight) ends
+                whole, rest = content, None
             elif (path := filereply.sendable_path(result)) is not None:
                 result.close()  # the file is sent from its path; the app's in-progress count (InFlight) ends
                 whole, rest = b"", path
