@@ -47,7 +47,7 @@ def run(args):
     def held():  # bench/writer_lock rewrites the file every 0.2 s
         time.sleep(0.5)
         with open(lock_file) as handle:
-            transactions, seconds = handle.read().split()
+            transactions, seconds = handle.read().split()[:2]
         return int(transactions), float(seconds)
 
     done, errors = [], []

@@ -3,8 +3,9 @@
 On PYTHONPATH of a server that bench/bulk.py starts (never installed, never imported by minipanda itself): once
 minipanda.core.db is imported, SqliteDatabase.begin and _release_writer are wrapped to sum the seconds between
 taking the process's writer lock and releasing it, and the totals are written to $MINIPANDA_BENCH_WRITER_LOCK
-(write transactions, seconds held) every 0.2 s. One writer at a time: the sum over a phase is the part of its
-wall time that no second writer could share.
+(write transactions, seconds held, CPU seconds the holding thread spent meanwhile) every 0.2 s. One writer at a
+time: the sum over a phase is the part of its wall time that no second writer could share; held minus CPU is the
+time the holder waited (for the GIL, a core, the disk) with the lock in hand.
 """
 import importlib.abc
 import os
@@ -18,16 +19,17 @@ OUT = os.environ.get("MINIPANDA_BENCH_WRITER_LOCK")
 def _wrap(module):
     cls = module.SqliteDatabase
     begin, release = cls.begin, cls._release_writer
-    totals, local = [0, 0.0], threading.local()
+    totals, local = [0, 0.0, 0.0], threading.local()
 
     def timed_begin(self, lock_type=None):
         begin(self, lock_type)
-        local.started = time.perf_counter()
+        local.started, local.cpu = time.perf_counter(), time.thread_time()
 
     def timed_release(self):
         if getattr(self._holds, "writer", False):
             totals[0] += 1
             totals[1] += time.perf_counter() - local.started
+            totals[2] += time.thread_time() - local.cpu
         release(self)
 
     cls.begin, cls._release_writer = timed_begin, timed_release
@@ -36,7 +38,7 @@ def _wrap(module):
         while True:
             time.sleep(0.2)
             with open(OUT + ".part", "w") as handle:
-                handle.write(f"{totals[0]} {totals[1]:.6f}\n")
+                handle.write(f"{totals[0]} {totals[1]:.6f} {totals[2]:.6f}\n")
             os.replace(OUT + ".part", OUT)
 
     threading.Thread(target=report, name="bench-writer-lock", daemon=True).start()
