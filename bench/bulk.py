@@ -20,6 +20,7 @@ Only 127.0.0.1 is contacted; the servers this script starts are the only process
 A PostgreSQL database given with --db is EMPTIED (its public schema dropped) before each run: give one of its own.
 """
 import argparse
+import glob
 import http.client
 import json
 import os
@@ -164,6 +165,17 @@ def drain(server, queue, n_clients, bulk, n_jobs, marks, time_limit):
     return got, time.perf_counter() - t0[0], progress, errors
 
 
+def tree_cpu(pid):
+    """User + system CPU seconds so far of process ``pid`` and its live children (serve --workers' processes)."""
+    total = process_cpu(pid)
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            children = [int(child) for child in handle.read().split()]
+    except OSError:
+        return total
+    return total + sum(tree_cpu(child) for child in children)
+
+
 def windows(progress):
     """Rates of each tenth: jobs/s between consecutive marks."""
     rates, last = [], (0, 0.0)
@@ -179,10 +191,12 @@ def writer_lock(path):
     if path is None:
         return None
     time.sleep(0.5)
-    with open(path) as handle:
-        fields = handle.read().split()
-    # an older bench/writer_lock (none here: the baseline's server gets this tree's) wrote no CPU
-    return int(fields[0]), float(fields[1]), float(fields[2]) if len(fields) > 2 else float("nan")
+    totals = [0, 0.0, 0.0]
+    for name in glob.glob(glob.escape(path) + ".*[0-9]"):  # one file per server process (<path>.<pid>)
+        with open(name) as handle:
+            for index, value in enumerate(handle.read().split()):
+                totals[index] += float(value)
+    return int(totals[0]), totals[1], totals[2]
 
 
 def py_spy():
@@ -224,7 +238,7 @@ def one_run(label, tree, db, args):
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(HERE, "writer_lock"),
                                                                  saved["PYTHONPATH"]]))
     try:
-        server = Server(home, db_url, args.threads, cwd=tree)
+        server = Server(home, db_url, args.threads, workers=args.workers, cwd=tree)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -233,10 +247,10 @@ def one_run(label, tree, db, args):
                 os.environ[key] = value
     spy = None
     try:  # the server is stopped whatever fails from here on (py-spy missing included)
-        cpu0 = process_cpu(server.proc.pid)
+        cpu0 = tree_cpu(server.proc.pid)
         t0 = time.perf_counter()
         ids, sub_progress = submit(server, queue, args.jobs, args.chunk, marks)
-        sub_wall, cpu1 = time.perf_counter() - t0, process_cpu(server.proc.pid)
+        sub_wall, cpu1 = time.perf_counter() - t0, tree_cpu(server.proc.pid)
         load_sub = load_average()
         if args.py_spy and tree is None:
             # CPU samples of the thread holding the GIL (--gil; no --idle): where this tree's server spends its
@@ -248,9 +262,9 @@ def one_run(label, tree, db, args):
                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             time.sleep(1)  # py-spy attached before the first getJob
         held0 = writer_lock(lock_file)
-        drain0, client0 = process_cpu(server.proc.pid), time.process_time()
+        drain0, client0 = tree_cpu(server.proc.pid), time.process_time()
         got, wall, progress, errors = drain(server, queue, args.clients, args.bulk, args.jobs, marks, args.time_limit)
-        cpu2, client_cpu = process_cpu(server.proc.pid), time.process_time() - client0
+        cpu2, client_cpu = tree_cpu(server.proc.pid), time.process_time() - client0
         held1 = writer_lock(lock_file)
         load_drain = load_average()
     finally:
@@ -291,7 +305,9 @@ def main(argv=None):
     p.add_argument("--chunk", type=int, default=5000, help="jobs per job/submit call (default 5,000)")
     p.add_argument("--clients", type=int, default=8, help="concurrent dispatch clients (default 8)")
     p.add_argument("--bulk", type=int, default=100, help="jobs per getJob and per updateJobsInBulk (default 100)")
-    p.add_argument("--threads", type=int, default=8, help="server request threads (default 8)")
+    p.add_argument("--threads", type=int, default=8, help="server request threads (default 8; per process)")
+    p.add_argument("--workers", type=int, default=1, help="server processes (serve --workers; default 1): the server "
+                   "CPU is then summed over them, and --writer-lock over their locks")
     p.add_argument("--db", action="append", default=[], help="'sqlite' (a fresh file, the default) or a "
                    "postgresql:// URL (emptied before each run); repeatable: one run each (the same one twice: "
                    "two pairs, in the other order)")

@@ -46,7 +46,7 @@ def run(args):
 
     def held():  # bench/writer_lock rewrites the file every 0.2 s
         time.sleep(0.5)
-        with open(lock_file) as handle:
+        with open(f"{lock_file}.{os.getpid()}") as handle:  # bench/writer_lock: one file per process
             transactions, seconds = handle.read().split()[:2]
         return int(transactions), float(seconds)
 

@@ -2,7 +2,7 @@
 
 On PYTHONPATH of a server that bench/bulk.py starts (never installed, never imported by minipanda itself): once
 minipanda.core.db is imported, SqliteDatabase.begin and _release_writer are wrapped to sum the seconds between
-taking the process's writer lock and releasing it, and the totals are written to $MINIPANDA_BENCH_WRITER_LOCK
+taking the process's writer lock and releasing it, and the totals are written to $MINIPANDA_BENCH_WRITER_LOCK.<pid>
 (write transactions, seconds held, CPU seconds the holding thread spent meanwhile) every 0.2 s. One writer at a
 time: the sum over a phase is the part of its wall time that no second writer could share; held minus CPU is the
 time the holder waited (for the GIL, a core, the disk) with the lock in hand.
@@ -35,13 +35,22 @@ def _wrap(module):
     cls.begin, cls._release_writer = timed_begin, timed_release
 
     def report():
+        pid = os.getpid()
         while True:
             time.sleep(0.2)
-            with open(OUT + ".part", "w") as handle:
+            with open(f"{OUT}.{pid}.part", "w") as handle:
                 handle.write(f"{totals[0]} {totals[1]:.6f} {totals[2]:.6f}\n")
-            os.replace(OUT + ".part", OUT)
+            os.replace(f"{OUT}.{pid}.part", f"{OUT}.{pid}")
 
-    threading.Thread(target=report, name="bench-writer-lock", daemon=True).start()
+    def start():
+        threading.Thread(target=report, name="bench-writer-lock", daemon=True).start()
+
+    def in_child():  # serve --workers: each forked process counts its own holds, in its own file
+        totals[:] = [0, 0.0, 0.0]
+        start()
+
+    os.register_at_fork(after_in_child=in_child)
+    start()
 
 
 class _Finder(importlib.abc.MetaPathFinder):
