@@ -92,3 +92,38 @@ def test_concurrent_bulk_claims_each_get_what_they_asked_for_and_never_the_same_
     owner = {pid: index for pid, index in got}
     assert {pid: row for pid, row in rows.items()} == {pid: ("sent", f"node-{owner[pid]}") for pid in submitted}
     assert set(sent_logged) == set(submitted) and set(sent_logged.values()) == {1}
+
+
+def test_a_claims_files_are_read_after_its_commit_and_its_definitions_carry_them(database, monkeypatch):
+    """The claim's transaction holds the one writer (SQLite: of every process): the jobs' files are read and the
+    definitions built after its COMMIT, for a bulk claim and for single claims joined in a group commit alike,
+    and each definition still carries its own job's files."""
+    from minipanda.core import dispatch
+
+    queue = "CLAIM_FILES"
+    specs = [make_job(queue, jobName=f"files.{i}", Files=[
+        {"type": "input", "lfn": f"in.{i}.root", "scope": "test", "dataset": "ds.in"},
+        {"type": "output", "lfn": f"out.{i}.root", "scope": "test", "dataset": "ds.out"},
+        {"type": "log", "lfn": f"log.{i}.tgz", "scope": "test", "dataset": "ds.log"}]) for i in range(6)]
+    from minipanda.core import jobs, queues
+
+    submitted = jobs.submit_jobs(specs, "tester", queue_ensurer=queues.ensure_queues)
+    names = {row[0]: i for i, row in enumerate(submitted)}
+    statements, execute = [], database.execute_sql
+
+    def recording(sql, params=None, *rest, **named):
+        statements.append((sql, database.in_transaction()))
+        return execute(sql, params, *rest, **named)
+
+    monkeypatch.setattr(database, "execute_sql", recording)
+    claimed = dispatch.claim_jobs(offer(queue, 0, 4)) + dispatch.claim_jobs(offer(queue, 1, 1))
+    monkeypatch.undo()
+
+    files_reads = [in_transaction for sql, in_transaction in statements if 'FROM "job_file"' in sql]
+    assert len(files_reads) == 2 and not any(files_reads), statements
+    assert any(in_transaction for sql, in_transaction in statements if sql.startswith('UPDATE "job"'))
+    assert len(claimed) == 5
+    for definition in claimed:
+        i = names[definition["PandaID"]]
+        assert (definition["inFiles"], definition["outFiles"], definition["logFile"]) == \
+            (f"in.{i}.root", f"out.{i}.root,log.{i}.tgz", f"log.{i}.tgz")

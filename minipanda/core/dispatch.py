@@ -104,7 +104,8 @@ def _load_files(panda_ids):
 
 def _claim_rows(offer, n_jobs, now):
     """Inside the caller's write transaction: move up to ``n_jobs`` jobs of ``offer`` activated -> sent; return
-    them as JobRows (not yet sorted)."""
+    their rows as RETURNING gave them (tuples of DEFINITION_COLUMNS, not yet sorted): the caller makes JobRows of
+    them after its COMMIT, outside the writer's lock."""
     Job = models.Job
     source, target = JobStatus.ACTIVATED, JobStatus.SENT
     fields = {Job.heartbeat_time: now}
@@ -114,40 +115,42 @@ def _claim_rows(offer, n_jobs, now):
     limits = _limit_values(offer)
     pick = _pick_statement(database.param, db.is_postgres(), len(labels), tuple(c for c, _ in limits))
     pick_params = [offer.queue] + labels + [v for _, v in limits] + [n_jobs]
-    rows = states.change_picked_jobs(pick, pick_params, source, target,
+    return states.change_picked_jobs(pick, pick_params, source, target,
                                      f"dispatched to {offer.node or 'a pilot'} on {offer.queue}",
                                      fields=fields, now=now, returning=jobspec.DEFINITION_COLUMNS, at_most=n_jobs)
-    return [JobRow._make(row) for row in rows]
 
 
 def _labels(offer):
     return list(policy.job_labels(offer.prod_source_label) if offer.labels is None else offer.labels)
 
 
-def _definitions(jobs, files):
+def _definitions(rows):
+    """The definitions of claimed jobs (their RETURNING rows), best first, with their files. Run after the claim's
+    COMMIT: the writer's lock (on SQLite, the one writer of every process) is not held while the files are read
+    and the definitions built. A claimed job's files are those its submission wrote in the same transaction as the
+    job; nothing changes them until its pilot, which has not yet been answered, reports its outputs."""
+    jobs = [JobRow._make(row) for row in rows]
     jobs.sort(key=lambda j: (-j.current_priority, j.panda_id))
+    files = _load_files([job.panda_id for job in jobs])
     return [jobspec.job_definition(job, files[job.panda_id]) for job in jobs]
 
 
 def _claim_alone(offer, n_jobs, now):
     with database.atomic():
-        jobs = _claim_rows(offer, n_jobs, now)
-        if not jobs:
-            return []
-        files = _load_files([job.panda_id for job in jobs])
-    return _definitions(jobs, files)
+        rows = _claim_rows(offer, n_jobs, now)
+    return _definitions(rows) if rows else []
 
 
 class _Claim:
     """One pilot's single-job claim waiting in the group commit."""
 
-    __slots__ = ("offer", "now", "done", "lead", "jobs", "files", "failed")
+    __slots__ = ("offer", "now", "done", "lead", "rows", "failed")
 
     def __init__(self, offer, now):
         self.offer, self.now = offer, now
         self.done = threading.Event()
         self.lead = False
-        self.jobs, self.files, self.failed = [], {}, False
+        self.rows, self.failed = [], False
 
 
 class GroupCommit:
@@ -156,7 +159,7 @@ class GroupCommit:
     Every claim still runs its own pick and conditional UPDATE (``_claim_rows``), one after the other inside the
     transaction, so each sees the jobs the claims before it took as ``sent`` already and picks others: each pilot
     gets its own job, never another's. What is shared is the BEGIN and the COMMIT (on SQLite the write lock, on
-    both the commit's fsync) and the query of the jobs' files.
+    both the commit's fsync); each claim reads its job's files after the COMMIT, in its own thread.
 
     No claim waits for company: the first one to arrive leads at once with whatever is queued (often only itself).
     Claims arriving while a transaction runs queue up; when it commits, the leader wakes them with their jobs and
@@ -185,7 +188,7 @@ class GroupCommit:
             self._lead()
         if me.failed:
             return _claim_alone(offer, 1, now)
-        return _definitions(me.jobs, me.files)
+        return _definitions(me.rows) if me.rows else []
 
     def _lead(self):
         with self.lock:
@@ -196,15 +199,11 @@ class GroupCommit:
         try:
             with database.atomic():
                 for claim in batch:
-                    claim.jobs = _claim_rows(claim.offer, 1, claim.now)
-                ids = [job.panda_id for claim in batch for job in claim.jobs]
-                files = _load_files(ids) if ids else {}
-            for claim in batch:
-                claim.files = files
+                    claim.rows = _claim_rows(claim.offer, 1, claim.now)
         except Exception:  # noqa: BLE001 - each claim retries alone and meets its own error, if any
             log.warning("a group commit of %d claims failed; each is retried alone", len(batch), exc_info=True)
             for claim in batch:
-                claim.jobs, claim.failed = [], True
+                claim.rows, claim.failed = [], True
         finally:
             with self.lock:
                 if self.queue:
