@@ -193,3 +193,14 @@ def test_concurrent_batches_for_the_same_jobs_each_job_changes_once(database):
         applied = [r for r in replies[pid] if r["StatusCode"] == 0 and r["command"] == "NULL"
                    and not r.get("alreadyDone")]
         assert len(applied) == 1, (pid, replies[pid])
+
+
+def test_the_judged_job_has_each_column_under_its_own_name(database):
+    """An update is judged on the columns read for its job (updates._read_jobs): each under its own name, every one
+    of them set to a value the others do not have."""
+    pid = dispatched(1)[0]
+    models.Job.update(command_to_pilot="tobekilled", attempt_nr=7, pilot_id="pilot-x", batch_id="batch-y",
+                      harvester_id="harvester-z", worker_id=42).where(models.Job.panda_id == pid).execute()
+    job, row = updates._read_jobs([pid])[pid], models.Job.get_by_id(pid)
+    assert {name: getattr(job, name) for name in updates._READ} == {name: getattr(row, name) for name in updates._READ}
+    assert (job.status, job.attempt_nr, job.worker_id) == ("sent", 7, 42)
