@@ -3,6 +3,7 @@
 --jobs jobs are submitted, then --threads threads, each on its own connection, take --bulk jobs at a time
 (handlers.acquire_jobs) and finish each batch with one bulk update (handlers.update_jobs_bulk), as bench/bulk.py's
 clients do over HTTP, until the queue is empty. Prints, per job, the seconds the process held its writer lock
+(and the CPU its holding threads spent meanwhile: the part of the lock that does not depend on the load)
 (bench/writer_lock), the process's CPU and the wall-clock rate, with the number of write transactions and the load.
 Without the HTTP server's threads and parsing, what changes in the transactions (which statements, how they are
 grouped) shows with less noise than in bench/bulk.py. With --baseline, that commit's minipanda runs too, the two
@@ -47,8 +48,8 @@ def run(args):
     def held():  # bench/writer_lock rewrites the file every 0.2 s
         time.sleep(0.5)
         with open(f"{lock_file}.{os.getpid()}") as handle:  # bench/writer_lock: one file per process
-            transactions, seconds = handle.read().split()[:2]
-        return int(transactions), float(seconds)
+            transactions, seconds, cpu = handle.read().split()
+        return int(transactions), float(seconds), float(cpu)
 
     done, errors = [], []
 
@@ -69,7 +70,7 @@ def run(args):
         finally:
             database.close()
 
-    n0, s0 = held()
+    n0, s0, c0 = held()
     cpu0, t0 = time.process_time(), time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.threads)]
     for thread in threads:
@@ -77,10 +78,11 @@ def run(args):
     for thread in threads:
         thread.join()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    n1, s1 = held()
+    n1, s1, c1 = held()
     total = sum(done)
     print("RESULT " + json.dumps({"jobs": total, "rate": total / wall, "cpu_ms": 1000 * cpu / max(1, total),
                                   "lock_ms": 1000 * (s1 - s0) / max(1, total), "transactions": n1 - n0,
+                                  "lock_cpu_ms": 1000 * (c1 - c0) / max(1, total),
                                   "load": os.getloadavg()[0], "errors": errors}), flush=True)
     return 1 if errors or total != args.jobs else 0
 
@@ -95,7 +97,8 @@ def one_side(label, tree, args):
     if out.returncode != 0 or not lines:
         raise SystemExit(f"{label}: run failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
     result = dict(json.loads(lines[-1][len("RESULT "):]), label=label)
-    print(f"  {label}: {result['rate']:.0f} jobs/s, writer lock {result['lock_ms']:.4f} ms/job, CPU "
+    print(f"  {label}: {result['rate']:.0f} jobs/s, writer lock {result['lock_ms']:.4f} ms/job (the holder's CPU "
+          f"{result['lock_cpu_ms']:.4f}), CPU "
           f"{result['cpu_ms']:.4f} ms/job, {result['transactions']} write transactions; load {result['load']:.2f}",
           flush=True)
     return result
@@ -125,11 +128,13 @@ def main(argv=None):
     by_side = {label: [r for r in results if r["label"] == label] for label, _ in sides}
     for label, runs in by_side.items():
         print(f"{label} (median of {len(runs)}): {statistics.median(r['rate'] for r in runs):.0f} jobs/s, writer "
-              f"lock {statistics.median(r['lock_ms'] for r in runs):.4f} ms/job, CPU "
+              f"lock {statistics.median(r['lock_ms'] for r in runs):.4f} ms/job (the holder's CPU "
+              f"{statistics.median(r['lock_cpu_ms'] for r in runs):.4f}), CPU "
               f"{statistics.median(r['cpu_ms'] for r in runs):.4f} ms/job")
     if tree:
         new, old = by_side["this tree"], by_side[f"baseline {args.baseline}"]
-        for key, name in (("rate", "jobs/s"), ("lock_ms", "writer lock per job"), ("cpu_ms", "CPU per job")):
+        for key, name in (("rate", "jobs/s"), ("lock_ms", "writer lock per job"),
+                          ("lock_cpu_ms", "the lock holder's CPU per job"), ("cpu_ms", "CPU per job")):
             ratio = statistics.median(r[key] for r in new) / statistics.median(r[key] for r in old)
             print(f"  this tree / baseline, {name}: {ratio:.2f}x")
     return 0
