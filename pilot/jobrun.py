@@ -1,10 +1,10 @@
 """One job on the worker node, from its definition to the acknowledged final update.
 
 ``JobRun.execute()`` reads like the protocol: prepare the job directory, report ``starting`` before a stage-in that
-may take a while (in file mode always, as pilot3; over HTTP a job without inputs, or whose inputs arrive within
-``pilot_running_delay``, sends none: its first report is ``running`` after that delay, or its final; unless that
-report would come later than the lost-heartbeat timeout after its getJob, see ``report_if_late``), stage in,
-start the payload, watch it (limits, the ``running`` report once
+may take a while (in file and push modes always, as pilot3; a job from the pilot's own getJob without inputs, or
+whose inputs arrive within ``pilot_running_delay``, sends none: its first report is ``running`` after that delay,
+or its final; unless that report would come later than the lost-heartbeat timeout, see ``report_if_late``), stage
+in, start the payload, watch it (limits, the ``running`` report once
 it has run ``pilot_running_delay`` s, heartbeats, server commands, signals) until it exits or is killed, check its
 outputs, stage out outputs and the log, send the final update (or spool it). The first error raised anywhere is
 the one reported (pilot3's rule); later steps still run so the log always goes out.
@@ -233,18 +233,20 @@ class JobRun:
         return None
 
     def report_if_late(self):
-        """Before the payload of a job not reported yet: ``starting`` when its first report (``running`` after
-        pilot_running_delay) would reach the server later than pilot_lost_heartbeat_timeout after its getJob (it
-        waited in hand behind a long job, its stage-in or getJob answer was slow). By then the server may have
-        failed it and given a new attempt to another pilot (its watchdog fails a sent job once the pilot that took
-        it has been silent that long), so the answer says whether it is still this pilot's to run; with none, a job
-        past the timeout is not run. The breach, or None to go on."""
+        """Before the payload: ``starting`` (again, if it was sent before the stage-in) when the next report
+        (``running`` after pilot_running_delay) would reach the server later than pilot_lost_heartbeat_timeout
+        after the last one it acknowledged, or after the job's getJob if none (it waited in hand behind a long job,
+        its stage-in or getJob answer was slow). By then the server may have failed it and given a new attempt to
+        another pilot (its watchdog fails a sent job once the pilot that took it has been silent that long, a
+        starting one once the job has), so the answer says whether it is still this pilot's to run; with none, a
+        job past the timeout is not run. The breach, or None to go on."""
         lost_after = self.qd["pilot_lost_heartbeat_timeout"]
-        if self.started_reported or self.ctx.file_mode or not lost_after:
+        if self.ctx.file_mode or not lost_after:
             return None
         if time.monotonic() - self.last_heartbeat + max(0.0, self.qd["pilot_running_delay"]) < lost_after:
             return None
-        breach = self.report_starting()
+        self.started_reported = True
+        breach = self.command_breach(self.send_update("starting"))
         if breach is None and time.monotonic() - self.last_heartbeat > lost_after:
             breach = PilotError(errors.COMMUNICATIONFAILURE, f"no report on the job reached the server within "
                                                              f"{lost_after:.0f} s of its getJob: not started")

@@ -74,6 +74,16 @@ class StubServer(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     jobs, updates, look, answer, requests = [], [], None, None, []
+    files, file_delay = {}, 0.0  # GET /files/<name>: the bytes, sent after file_delay s
+
+    def do_GET(self):
+        stub = type(self)
+        body = stub.files.get(self.path.rsplit("/", 1)[-1])
+        time.sleep(stub.file_delay)
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
 
     def do_POST(self):
         params = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
@@ -113,6 +123,7 @@ class StubServer(http.server.BaseHTTPRequestHandler):
 def stub_server(jobs, look=None, answer=None):
     """A StubServer on a free port, serving ``jobs``; returns the server (its URL: ``stub_url(server)``)."""
     StubServer.jobs, StubServer.updates, StubServer.requests = list(jobs), [], []
+    StubServer.files, StubServer.file_delay = {}, 0.0
     StubServer.look = staticmethod(look) if look else None
     StubServer.answer = staticmethod(answer) if answer else None
     stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StubServer)
@@ -204,6 +215,28 @@ def test_a_job_held_past_the_lost_heartbeat_timeout_asks_before_its_payload_runs
     assert reports[2][0] == "running" and reports[2][-1] == "finished", (reports, log)
     assert reports[3] == ["starting", "failed"] and not os.path.exists(ran[3]), (reports, log)
     assert reports[4] == ["starting", "finished"] and os.path.exists(ran[4]), (reports, log)
+
+
+def test_a_stage_in_longer_than_the_lost_heartbeat_timeout_asks_again_before_the_payload(site):
+    """starting went before the stage-in (an input of no declared size), and the stage-in outlasted
+    pilot_lost_heartbeat_timeout: the server may have failed the job meanwhile, so starting goes again before the
+    payload, and a tobekilled answer stops it before it runs."""
+    ran = os.path.join(site.base, "ran")
+    stub = stub_server([{"PandaID": 1, "transformation": shutil.which("touch"), "jobPars": ran,
+                         "prodSourceLabel": "managed", "logFile": "l.tgz", "inFiles": "in.dat", "fsize": "",
+                         "checksum": f"ad:{zlib.adler32(b'input' + bytes([10])):08x}"}],
+                       answer=lambda panda_id, state, bulk: {"StatusCode": 0, "command": "tobekilled"}
+                       if len([u for u in StubServer.updates if u[1] == "starting"]) > 1 else None)
+    StubServer.files, StubServer.file_delay = {"in.dat": b"input\n"}, 3.5
+    try:
+        code, log = site.run(url=stub_url(stub), qd=site.queuedata(
+            acopytools={"pr": "http"}, input_url=stub_url(stub) + "/files/{lfn}", pilot_running_delay=0.5,
+            pilot_heartbeat_interval=0.5, pilot_lost_heartbeat_timeout=3))
+    finally:
+        stub.shutdown()
+    assert code == 0, log
+    assert [u[1] for u in StubServer.updates] == ["starting", "starting", "failed"], (StubServer.updates, log)
+    assert "staged in in.dat" in log and not os.path.exists(ran), log
 
 
 def test_a_job_from_harvester_reports_starting_before_even_a_quick_stage_in(site, tmp_path):
