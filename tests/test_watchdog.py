@@ -90,7 +90,8 @@ def test_fresh_jobs_are_left_alone(database):
 def test_a_sent_job_fails_when_its_pilot_is_silent_on_all_its_jobs(database):
     """In-process with a fixed clock. A sent job is judged by its pilot: kept while that pilot reports on any job
     (a heartbeat, a state change, a final), failed with lost heartbeat (100) once the pilot has been silent for the
-    queue's timeout, as a starting job is; a sent job whose pilot is unknown keeps the plain no-reply rule."""
+    queue's timeout, as a starting job is (a change the server made to another of its jobs is no word from it); a
+    sent job whose pilot is unknown keeps the plain no-reply rule."""
     Job = models.Job
     set_queue("Q1", pilot_lost_heartbeat_timeout=600)
     set_queue("Q2")  # no timeout in queuedata: watchdog.heartbeat_timeout (2 h), above the sent timeout (30 min)
@@ -99,7 +100,8 @@ def test_a_sent_job_fails_when_its_pilot_is_silent_on_all_its_jobs(database):
     ids = {}
     for name, queue, pilot in (("held", "Q1", "p1"), ("held2", "Q1", "p1"), ("busy", "Q1", "p1"),
                                ("dead", "Q1", "p2"), ("after_final", "Q1", "p3"), ("final", "Q1", "p3"),
-                               ("no_pilot", "Q1", None), ("long_held", "Q2", "p4"), ("long_busy", "Q2", "p4")):
+                               ("no_pilot", "Q1", None), ("long_held", "Q2", "p4"), ("long_busy", "Q2", "p4"),
+                               ("killed_held", "Q1", "p5"), ("killed", "Q1", "p5")):
         (ids[name],) = [row[0] for row in jobs.submit_jobs([make_job(queue)], "alice")]
         with database.atomic():
             states.change_job_status([ids[name]], "sent", "test", now=t0,
@@ -118,9 +120,12 @@ def test_a_sent_job_fails_when_its_pilot_is_silent_on_all_its_jobs(database):
     config = settings.Settings()
     report("busy", "running", t0 + 300 * seconds)
     report("final", "finished", t0 + 500 * seconds)
+    with database.atomic():  # the server's own change (a kill): no word from p5
+        states.change_job_status([ids["killed"]], "failed", "killed", now=t0 + 400 * seconds)
     assert watchdog.run(config, t0 + 599 * seconds)["lost_heartbeat"] == 0
-    assert watchdog.run(config, t0 + 601 * seconds)["lost_heartbeat"] == 1
+    assert watchdog.run(config, t0 + 601 * seconds)["lost_heartbeat"] == 2
     assert status("dead") == "failed"  # p2 took it and was never heard from again
+    assert status("killed_held") == "failed"  # p5's other job changed, but by the server, not by p5
     dead = Job.get_by_id(ids["dead"])
     assert dead.sup_error_code == 100 and dead.sup_error_diag.startswith("lost heartbeat: sent to a pilot")
     assert "600 s (queue Q1)" in dead.sup_error_diag

@@ -16,14 +16,15 @@ holding                     held ``watchdog.holding_timeout`` s (3 h)           
 A job sent to a pilot may stay ``sent`` while that pilot lives: a job without inputs (or with a quick stage-in)
 reports nothing until its payload has run ``pilot_running_delay`` s, and a pilot that took several jobs in one
 getJob holds the later ones while it runs the first. So a ``sent`` job is judged by its pilot, not by itself: a
-pilot is heard from when any of its jobs is dispatched, changes state or gets a heartbeat (``heartbeat_time``,
-``state_changed_time``). A pilot silent for the lost-heartbeat timeout is gone (killed, its node lost, its batch
-job ended), as a ``starting`` job's pilot is; one still talking about another job keeps the job, however long it
-holds it. The pilot keeps its side (pilot.jobrun): a job whose first report would come later than that timeout
-after its getJob reports ``starting`` before its payload, and a job not reported within it is not run. A job whose
-pilot is unknown (acquired by a harvester in push mode, or by a pilot3 getJob, which sends no pilotID) keeps the
-plain ``no reply`` rule; a harvester reporting the job's worker ended fails it at once
-(minipanda.workers.harvesters, pilot error 1008).
+pilot is heard from when a job is dispatched to it or one of its jobs gets an update from it (``heartbeat_time``;
+the server's own changes, a kill, this watchdog, a worker reported ended, do not count). A pilot silent for the
+lost-heartbeat timeout is gone (killed, its node lost, its batch job ended), as a ``starting`` job's pilot is; one
+still talking about another job keeps the job, however long it holds it. The pilot keeps its side (pilot.jobrun):
+a job whose next report would come later than that timeout after the last one (or its getJob) reports
+``starting`` before its payload, and a job not reported within it is not run. A job whose pilot is unknown
+(acquired by a harvester in push mode, or by a pilot3 getJob, which sends no pilotID) keeps the plain ``no
+reply`` rule; a harvester reporting the job's worker ended fails it at once (minipanda.workers.harvesters, pilot
+error 1008).
 
 Codes go to supErrorCode (error source ``sup`` for retry rules). Each change is conditional on the job still
 being stale in the same UPDATE (for a ``sent`` job: its pilot still silent), so a report arriving meanwhile wins.
@@ -45,7 +46,7 @@ HEARTBEAT_STATES = (JobStatus.STARTING.value, JobStatus.RUNNING.value, JobStatus
                     JobStatus.TRANSFERRING.value)
 # where a job stands once a pilot has reported on it (or taken it): its heartbeats are in these states
 _ACTIVE = sorted(s.value for s in ACTIVE_JOB_STATES)
-_DISPATCHED = sorted(s.value for s in ACTIVE_JOB_STATES | FINAL_JOB_STATES)
+_FINAL = sorted(s.value for s in FINAL_JOB_STATES)
 
 
 def _fail(ids, status, code, diag, now):
@@ -63,16 +64,17 @@ def _fail(ids, status, code, diag, now):
 
 def pilot_silent_since(cutoff):
     """The condition "the pilot of this job (Job.pilot_id) has not been heard from since ``cutoff``": none of its
-    jobs was dispatched, changed state or got a heartbeat since then. Two sub-selects, each on the (status,
-    state_changed_time) index: the jobs in flight by their heartbeat (a same-state heartbeat changes no state),
-    and every dispatched job by when its state last changed (a dispatch, a report, a final)."""
+    jobs has a heartbeat_time since then, which its getJob (the dispatch) and each of its updates set, and no change
+    made by the server itself does (a kill, this watchdog, a worker reported ended). Two sub-selects on the (status,
+    state_changed_time) index: the jobs in flight, and the jobs that ended since ``cutoff`` (a job's last report
+    never comes after its last state change, so a final job heard from since then also changed state since)."""
     Job = models.Job
     Heard = Job.alias("heard")
-    beat = Heard.select(SQL("1")).where(Heard.status.in_(_ACTIVE), Heard.heartbeat_time >= cutoff,
-                                        Heard.pilot_id == Job.pilot_id)
-    changed = Heard.select(SQL("1")).where(Heard.status.in_(_DISPATCHED), Heard.state_changed_time >= cutoff,
-                                           Heard.pilot_id == Job.pilot_id)
-    return ~fn.EXISTS(beat) & ~fn.EXISTS(changed)
+    in_flight = Heard.select(SQL("1")).where(Heard.status.in_(_ACTIVE), Heard.heartbeat_time >= cutoff,
+                                             Heard.pilot_id == Job.pilot_id)
+    ended = Heard.select(SQL("1")).where(Heard.status.in_(_FINAL), Heard.state_changed_time >= cutoff,
+                                         Heard.heartbeat_time >= cutoff, Heard.pilot_id == Job.pilot_id)
+    return ~fn.EXISTS(in_flight) & ~fn.EXISTS(ended)
 
 
 def queue_heartbeat_timeouts(default):
@@ -94,10 +96,11 @@ def run(settings, now=None, wake=None):
     seconds = datetime.timedelta(seconds=1)
     out = {}
     sent_cutoff = now - settings.get("watchdog.sent_timeout") * seconds
-    # a job its pilot may still hold is no "no reply" while that pilot talks about its other jobs (module doc)
     stale = Job.select(Job.panda_id).where(Job.status == JobStatus.SENT.value, Job.state_changed_time < sent_cutoff,
-                                           (Job.heartbeat_time.is_null()) | (Job.heartbeat_time < sent_cutoff),
-                                           Job.pilot_id.is_null() | pilot_silent_since(sent_cutoff))
+                                           (Job.heartbeat_time.is_null()) | (Job.heartbeat_time < sent_cutoff))
+    if stale.exists():  # most sweeps: none, and the pilots' silence is not looked up (peewee renders it slowly)
+        # a job its pilot may still hold is no "no reply" while that pilot talks about its other jobs (module doc)
+        stale = stale.where(Job.pilot_id.is_null() | pilot_silent_since(sent_cutoff))
     out["no_reply"] = _fail(stale, JobStatus.SENT.value, NO_REPLY,
                             f"no reply: sent to a pilot more than {settings.get('watchdog.sent_timeout'):g} s ago "
                             "and never heard from", now)
@@ -121,34 +124,25 @@ def lost_heartbeats(settings, now):
     timeouts = queue_heartbeat_timeouts(default)
     shortest = min([default] + list(timeouts.values()))
     earliest = now - datetime.timedelta(seconds=shortest)
-    failed = lost_pilots(timeouts, default, earliest, now)
-    suspects = (Job.select(Job.computing_site, Job.status).where(Job.status.in_(HEARTBEAT_STATES),
-                                                                 Job.heartbeat_time < earliest)
+    sent = JobStatus.SENT.value
+    # one query finds both kinds: a sent job is a suspect only when a pilot took it (its heartbeat_time is then
+    # its dispatch's) and it has heard nothing from it since
+    suspects = (Job.select(Job.computing_site, Job.status)
+                .where(Job.status.in_(HEARTBEAT_STATES + (sent,)), Job.heartbeat_time < earliest,
+                       (Job.status != sent) | Job.pilot_id.is_null(False))
                 .distinct().tuples())
+    failed = 0
     for site, status in list(suspects):
         limit = timeouts.get(site, default)
         cutoff = now - datetime.timedelta(seconds=limit)
         ids = Job.select(Job.panda_id).where(Job.status == status, Job.computing_site == site,
                                              Job.heartbeat_time < cutoff)
-        failed += _fail(ids, status, LOST_HEARTBEAT, f"lost heartbeat: no update from the pilot for more than "
-                                                     f"{limit:g} s (queue {site})", now)
-    return failed
-
-
-def lost_pilots(timeouts, default, earliest, now):
-    """Fail sent jobs of a known pilot that has been silent, on all of its jobs, for the queue's lost-heartbeat
-    timeout: the pilot is gone as a lost ``starting`` job's is (module doc)."""
-    Job = models.Job
-    sent = JobStatus.SENT.value
-    sites = (Job.select(Job.computing_site).where(Job.status == sent, Job.pilot_id.is_null(False),
-                                                  Job.heartbeat_time < earliest).distinct().tuples())
-    failed = 0
-    for (site,) in list(sites):
-        limit = timeouts.get(site, default)
-        cutoff = now - datetime.timedelta(seconds=limit)
-        ids = Job.select(Job.panda_id).where(Job.status == sent, Job.computing_site == site,
-                                             Job.pilot_id.is_null(False), Job.heartbeat_time < cutoff,
-                                             pilot_silent_since(cutoff))
+        if status != sent:
+            failed += _fail(ids, status, LOST_HEARTBEAT, f"lost heartbeat: no update from the pilot for more than "
+                                                         f"{limit:g} s (queue {site})", now)
+            continue
+        # the pilot is gone as a lost starting job's is: silent on all of its jobs (module doc)
+        ids = ids.where(Job.pilot_id.is_null(False), pilot_silent_since(cutoff))
         failed += _fail(ids, sent, LOST_HEARTBEAT, f"lost heartbeat: sent to a pilot that has not been heard from, "
                                                    f"on any of its jobs, for more than {limit:g} s (queue {site})", now)
     return failed
