@@ -306,8 +306,8 @@ def main(argv=None):
     p.add_argument("--clients", type=int, default=8, help="concurrent dispatch clients (default 8)")
     p.add_argument("--bulk", type=int, default=100, help="jobs per getJob and per updateJobsInBulk (default 100)")
     p.add_argument("--threads", type=int, default=8, help="server request threads (default 8; per process)")
-    p.add_argument("--workers", type=int, default=1, help="server processes (serve --workers; default 1): the server "
-                   "CPU is then summed over them, and --writer-lock over their locks")
+    p.add_argument("--workers", type=int, default=1, help="server processes (serve --workers; default 1; more than "
+                   "one needs a postgresql:// --db, as serve does): the server CPU is then summed over them")
     p.add_argument("--db", action="append", default=[], help="'sqlite' (a fresh file, the default) or a "
                    "postgresql:// URL (emptied before each run); repeatable: one run each (the same one twice: "
                    "two pairs, in the other order)")
