@@ -187,12 +187,13 @@ class ServerClient:
             raise ServerError(f"GET {url}: {exc}") from None
         return {"size": size, "adler32": f"{value & 0xffffffff:08x}"}
 
-    def upload(self, scope, lfn, local, adler32):
-        """PUT ``local`` to the file store as ``<scope>/<lfn>`` (the server checks the adler32 again); the store's
+    def upload(self, scope, lfn, local, adler32, panda_id):
+        """PUT ``local`` to the file store as ``<scope>/<lfn>``, an output or the log of job ``panda_id`` (the server
+        stores only files of jobs dispatched to this harvester, and checks the adler32 again); the store's
         ``{scope, lfn, fsize, adler32, url}``."""
         url = f"{self.url}/files/{scope}/{lfn}"
         headers = {"X-Checksum": f"ad:{adler32}", "Accept": "application/json",
-                   "Content-Length": str(os.path.getsize(local))}
+                   "Content-Length": str(os.path.getsize(local)), "X-PandaID": str(panda_id)}
         if self.token():
             headers["Authorization"] = f"Bearer {self.token()}"
         try:

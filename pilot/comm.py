@@ -235,10 +235,11 @@ class ServerClient:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
 
-    def upload(self, path, target, adler32, deadline=None):
+    def upload(self, path, target, adler32, deadline=None, panda_id=None):
         """PUT the file ``path`` to ``target`` (a server path starting with '/' or a full URL), streamed.
 
-        Sends ``Content-Length`` and ``X-Checksum: ad:<adler32>`` so the server verifies what it received. Returns
+        Sends ``Content-Length`` and ``X-Checksum: ad:<adler32>`` so the server verifies what it received, and
+        ``X-PandaID: <panda_id>``, the job whose output or log it is (a pilot token stores only those). Returns
         the reply's data dict ({scope, lfn, fsize, adler32, url}; an identical file already stored is a success).
         Raises CommError (``transient`` as for :meth:`call`), or TimeoutError past ``deadline`` (monotonic).
         """
@@ -249,6 +250,8 @@ class ServerClient:
             length = os.fstat(handle.fileno()).st_size
             headers.update({"Content-Type": "application/octet-stream", "Content-Length": str(length),
                             "X-Checksum": f"ad:{adler32}"})
+            if panda_id is not None:
+                headers["X-PandaID"] = str(panda_id)
             body = _DeadlineReader(handle, deadline, length)
             try:
                 with httpclient.request("PUT", url, body, headers, timeout) as response:

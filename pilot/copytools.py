@@ -153,7 +153,7 @@ def destination(spec, output_dir):
 
 
 def stage_out(spec, tool, output_dir, timeout, url_template="", client=None, tries=1, backoff=1.0,
-              sleep=time.sleep, measured=False):
+              sleep=time.sleep, measured=False, panda_id=None):
     """Copy, move or upload one produced file (``spec.path``); fill surl, fsize, adler32.
 
     Args:
@@ -166,6 +166,8 @@ def stage_out(spec, tool, output_dir, timeout, url_template="", client=None, tri
         tries, backoff, sleep: http retries of transient failures, waiting backoff, 2x backoff, ... (at most 60 s).
         measured: ``spec.fsize`` and ``spec.adler32`` were taken as the file was written (the log tarball): the
             file is not read once more for them.
+        panda_id: the job whose file this is, named to the server with http (a pilot token stores only its
+            jobs' outputs and logs).
     """
     if tool not in WRITE_TOOLS:
         raise PilotError(errors.UNKNOWNCOPYTOOL, f"copytool {tool!r} cannot stage out; use one of {WRITE_TOOLS}")
@@ -175,7 +177,8 @@ def stage_out(spec, tool, output_dir, timeout, url_template="", client=None, tri
         if not measured:
             digest = file_digest(spec.path)
             spec.fsize, spec.adler32 = digest.size, digest.hexdigest()
-        _upload(spec, url_template, client, time.monotonic() + timeout + spec.fsize / 1e7, tries, backoff, sleep)
+        _upload(spec, url_template, client, time.monotonic() + timeout + spec.fsize / 1e7, tries, backoff, sleep,
+                panda_id)
         return
     dest = destination(spec, output_dir)
     copied = None  # the Digest of the bytes copied, taken in the same pass
@@ -202,7 +205,7 @@ def stage_out(spec, tool, output_dir, timeout, url_template="", client=None, tri
     log.info("staged out %s with %s to %s (%d bytes, adler32 %s)", spec.lfn, tool, dest, spec.fsize, spec.adler32)
 
 
-def _upload(spec, template, client, deadline, tries, backoff, sleep):
+def _upload(spec, template, client, deadline, tries, backoff, sleep, panda_id=None):
     if "{scope}" in template and not spec.scope:
         raise PilotError(errors.STAGEOUTFAILED, f"{spec.lfn} has no scope for output_url {template}")
     target = input_url(template, spec)
@@ -210,7 +213,7 @@ def _upload(spec, template, client, deadline, tries, backoff, sleep):
     wait = backoff
     for attempt in range(max(1, tries)):
         try:
-            reply = client.upload(spec.path, url, spec.adler32, deadline)
+            reply = client.upload(spec.path, url, spec.adler32, deadline, panda_id)
             break
         except TimeoutError as exc:
             raise PilotError(errors.STAGEOUTTIMEOUT, f"stage-out of {spec.lfn}: {exc}") from None

@@ -373,7 +373,7 @@ class JobRun:
         ctx.timing.mark(self.job.panda_id, "PILOT_PRE_STAGEOUT")
         timeout = self.qd["pilot_stagein_timeout"]
         http = {"url_template": self.qd["output_url"], "client": ctx.client, "tries": self.qd["pilot_update_tries"],
-                "backoff": self.qd["pilot_update_backoff"], "sleep": ctx.waker.sleep}
+                "backoff": self.qd["pilot_update_backoff"], "sleep": ctx.waker.sleep, "panda_id": self.job.panda_id}
         if self.error is None:
             for spec in self.job.outputs:
                 if spec.path:

@@ -275,7 +275,8 @@ def _log_staged(run, outcome):
         try:
             copytools.stage_out(run.job.log, "http", ctx.output_dir, qd["pilot_stagein_timeout"],
                                 url_template=qd["output_url"], client=ctx.client, tries=qd["pilot_update_tries"],
-                                backoff=qd["pilot_update_backoff"], sleep=ctx.waker.sleep, measured=True)
+                                backoff=qd["pilot_update_backoff"], sleep=ctx.waker.sleep, measured=True,
+                                panda_id=run.job.panda_id)
         except PilotError as exc:
             run.fail(exc)
     elif outcome is not None:

@@ -46,11 +46,12 @@ def upload(api, entries, bodies, token=None, manifest_length=None, length=None, 
 
 
 def dispatched(api, *queues, token=None):
-    """Jobs submitted (each with its log ``log.<PandaID>.tgz``) and taken by ``token`` (the admin's by default)."""
+    """Jobs submitted (each with its log ``logs/log.<PandaID>.tgz``) and taken by ``token`` (the admin's by
+    default)."""
     ids = []
     for queue in queues:
         (panda_id,) = api.submit(queue)
-        models.JobFile.update(lfn=f"log.{panda_id}.tgz").where(models.JobFile.job == panda_id,
+        models.JobFile.update(lfn=f"log.{panda_id}.tgz", scope="logs").where(models.JobFile.job == panda_id,
                                                                models.JobFile.type == "log").execute()
         ids.append(panda_id)
     for queue in sorted(set(queues)):
@@ -210,7 +211,7 @@ def test_a_token_writes_only_logs_of_jobs_dispatched_to_it(api, tmp_path):
     results = reply["data"]["results"]
     assert status == 200 and [r["status"] for r in results] == [201, 403, 403, 409, 403], reply
     assert "worker 6" in results[1]["message"] and "OTHER_PQ" in results[2]["message"]
-    assert "not dispatched" in results[3]["message"] and "not the log file" in results[4]["message"]
+    assert "not dispatched" in results[3]["message"] and "not a log file" in results[4]["message"]
     assert sorted(os.listdir(tmp_path / "files" / "logs")) == [f"log.{mine}.tgz"]
     # a user token may not use the route at all
     status, reply = upload(api, entries[:1], bodies[:1], token=api.token("user", "bob"))

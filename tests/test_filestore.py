@@ -1,4 +1,6 @@
-"""The server's file store over real HTTP: PUT /files/<scope>/<lfn> and GET/HEAD of the stored file."""
+"""The server's file store over real HTTP: PUT /files/<scope>/<lfn> and GET/HEAD of the stored file. Files are PUT
+with the admin's token (a manager stores any name): which job's files a pilot's token may PUT is
+tests/test_api_stageout.py."""
 import http.client
 import os
 import zlib
@@ -30,7 +32,7 @@ def leftovers(server):
 def test_upload_then_download(sqlite_server):
     server = sqlite_server
     token = server.token("pilot", "p1")
-    reply = put(server, "/files/user.me/out-1.dat", token=token)
+    reply = put(server, "/files/user.me/out-1.dat")
     assert reply.status_code == 201, reply.text
     body = reply.json()
     assert body["success"] is True
@@ -137,7 +139,7 @@ def test_reads_need_a_token_and_users_read_only_their_own_and_shared_scopes(sqli
     server = sqlite_server
     pilot = server.token("pilot", "p1")
     for path in ("/files/user.user2/secret.dat", "/files/user.me/mine.dat", "/files/mc23/shared.dat"):
-        assert put(server, path, token=pilot).status_code == 201
+        assert put(server, path).status_code == 201
     assert requests.get(server.url + "/files/user.user2/secret.dat", timeout=30).status_code == 401
     me = server.headers(server.token("user", "me"))
     refused = requests.get(server.url + "/files/user.user2/secret.dat", headers=me, timeout=30)
@@ -151,7 +153,7 @@ def test_reads_need_a_token_and_users_read_only_their_own_and_shared_scopes(sqli
 def test_a_symlink_inside_the_store_pointing_outside_is_refused_for_get_and_put(sqlite_server, tmp_path):
     server = sqlite_server
     token = server.token("pilot", "p1")
-    assert put(server, "/files/sc/real.dat", token=token).status_code == 201
+    assert put(server, "/files/sc/real.dat").status_code == 201
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.dat").write_bytes(b"not for pilots")
@@ -161,7 +163,7 @@ def test_a_symlink_inside_the_store_pointing_outside_is_refused_for_get_and_put(
     got = requests.get(server.url + "/files/sc/link.dat", headers=server.headers(token), timeout=30)
     assert got.status_code == 400 and "outside the file store" in got.json()["message"]
     assert b"not for pilots" not in got.content
-    stored = put(server, "/files/escape/new.dat", token=token)
+    stored = put(server, "/files/escape/new.dat")
     assert stored.status_code == 400 and "outside the file store" in stored.json()["message"]
     assert sorted(os.listdir(outside)) == ["secret.dat"]
 
@@ -214,7 +216,7 @@ def test_a_large_body_cut_short_is_refused_and_nothing_kept(sqlite_server):
     """A body read whole (from 64 KB up to 1 MB, minipanda.server.http) that ends before its Content-Length: 400,
     never stored as if it were the whole file."""
     server = sqlite_server
-    conn = raw_put(server, "/files/sc/cut.dat", 300_000, 150_000, server.token("pilot", "p1"))
+    conn = raw_put(server, "/files/sc/cut.dat", 300_000, 150_000)
     conn.sock.shutdown(1)
     try:
         assert conn.getresponse().status == 400
@@ -234,7 +236,7 @@ def test_a_large_body_that_stalls_is_answered_408_and_nothing_kept(tmp_path):
     server = Server(tmp_path / "home", "sqlite:///" + str(tmp_path / "home" / "db.sqlite"))
     try:
         # 100 KB: within 1 s + 100 KB / 32 KB/s, i.e. ~4 s, or 408
-        conn = raw_put(server, "/files/sc/stalled.dat", 100_000, 50_000, server.token("pilot", "p1"))
+        conn = raw_put(server, "/files/sc/stalled.dat", 100_000, 50_000)
         reply = conn.sock.recv(4096)
         assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
         conn.close()
@@ -254,7 +256,7 @@ def test_chunked_upload_over_the_limit_is_refused_and_nothing_kept(tmp_path):
     server = SmallServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "home" / "db.sqlite"))
     try:
         reply = requests.put(server.url + "/files/sc/big.dat", data=iter([b"x" * 4000] * 3),
-                             headers=server.headers(server.token("pilot", "p1")), timeout=30)
+                             headers=server.headers(), timeout=30)
         assert reply.status_code == 413, reply.text
         assert leftovers(server) == []
     finally:
@@ -266,8 +268,7 @@ def test_large_files_round_trip_and_ranges_are_served(sqlite_server):
     server = sqlite_server
     data = os.urandom(3 * 1024 * 1024 + 17)
     auth = server.headers(server.token("pilot", "p1"))
-    reply = put(server, "/files/sc/big.dat", data=data, checksum=f"{zlib.adler32(data):08x}",
-                token=server.token("pilot", "p1"))
+    reply = put(server, "/files/sc/big.dat", data=data, checksum=f"{zlib.adler32(data):08x}")
     assert reply.status_code == 201, reply.text
     got = requests.get(server.url + "/files/sc/big.dat", headers=auth, timeout=30)
     assert got.status_code == 200 and got.content == data

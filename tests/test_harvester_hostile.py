@@ -51,7 +51,7 @@ class Server:
     def __init__(self, refuse=None):
         self.refuse, self.job_calls, self.workers, self.stored = refuse, [], [], {}
 
-    def upload(self, scope, lfn, local, checksum):
+    def upload(self, scope, lfn, local, checksum, panda_id):
         """The file store: keeps what it was sent (its own adler32 check as the real one does)."""
         assert checksum == adler32(local)
         with open(local, "rb") as handle:

@@ -16,6 +16,7 @@ from pilot.jobdata import Job
 pytest_plugins = ["test_pilot_harness"]  # the site and zipapp_path fixtures
 
 DATA = b"some input data\n"
+ADMIN = lambda site: os.path.join(site.server.home, "admin.token")  # noqa: E731 - the store's checks, not who may write
 ADLER = f"ad:{zlib.adler32(DATA):08x}"
 
 
@@ -157,26 +158,37 @@ def test_log_tarball_holds_the_pilot_log_from_the_offset_given(dirs, tmp_path):
 
 
 def test_stage_out_over_http_to_the_server_file_store(site, tmp_path):
+    site.submit(Files=[{"type": "output", "lfn": "out.dat", "scope": "o"},
+                       {"type": "log", "lfn": "log.tgz", "scope": "test"}])
     client = ServerClient(site.server.url, site.token_file, 10)
-    job = Job({"PandaID": 1, "transformation": "x", "outFiles": "out.dat", "scopeOut": "o"})
+    job = Job(client.get_job({"computingElement": "TEST_PQ"}))  # a pilot token stores only its jobs' outputs
     spec = job.outputs[0]
     spec.path = str(tmp_path / "out.dat")
     (tmp_path / "out.dat").write_bytes(DATA)
-    copytools.stage_out(spec, "http", "", 10, "/files/{scope}/{lfn}", client)
+    http = {"url_template": "/files/{scope}/{lfn}", "client": client, "panda_id": job.panda_id}
+    copytools.stage_out(spec, "http", "", 10, **http)
     assert spec.surl == site.server.url + "/files/o/out.dat"
     assert (spec.fsize, spec.adler32) == (len(DATA), ADLER[3:])
     with open(os.path.join(site.server.home, "files", "o", "out.dat"), "rb") as handle:
         assert handle.read() == DATA
-    copytools.stage_out(spec, "http", "", 10, "/files/{scope}/{lfn}", client)  # same content again: fine
+    copytools.stage_out(spec, "http", "", 10, **http)  # same content again: fine
     (tmp_path / "out.dat").write_bytes(b"changed\n")
     with pytest.raises(PilotError) as conflict:
-        copytools.stage_out(spec, "http", "", 10, "/files/{scope}/{lfn}", client)
+        copytools.stage_out(spec, "http", "", 10, **http)
     assert conflict.value.code == errors.STAGEOUTFAILED and "409" in str(conflict.value)
+    spec.lfn = "other.dat"  # a name the job did not declare
+    with pytest.raises(PilotError) as undeclared:
+        copytools.stage_out(spec, "http", "", 10, **http)
+    assert undeclared.value.code == errors.STAGEOUTFAILED and "not an output or a log file" in str(undeclared.value)
+    spec.lfn = "log.tgz"
+    with pytest.raises(PilotError) as unnamed:  # the job not named: refused, not stored
+        copytools.stage_out(spec, "http", "", 10, "/files/{scope}/{lfn}", client)
+    assert "X-PandaID: required" in str(unnamed.value)
     unauthorized = ServerClient(site.server.url, None, 10)
-    spec.lfn = "other.dat"
     with pytest.raises(PilotError) as refused:
-        copytools.stage_out(spec, "http", "", 10, "/files/{scope}/{lfn}", unauthorized, tries=2, backoff=0.01)
+        copytools.stage_out(spec, "http", "", 10, tries=2, backoff=0.01, **dict(http, client=unauthorized))
     assert refused.value.code == errors.STAGEOUTFAILED and "401" in str(refused.value)
+    assert os.listdir(os.path.join(site.server.home, "files", "o")) == ["out.dat"]
 
 
 class HostileFiles:
@@ -305,7 +317,7 @@ def test_an_input_name_that_is_not_a_plain_name_is_refused(site, tmp_path, lfn):
 def test_an_upload_the_server_finds_corrupt_is_refused_and_not_stored(site, tmp_path):
     """The adler32 sent with the file is what the server checks the bytes against: a mismatch (the file changed
     after it was measured, or bytes lost on the way) is 1172 and nothing is stored."""
-    client = ServerClient(site.server.url, site.token_file, 10)
+    client = ServerClient(site.server.url, ADMIN(site), 10)
     job = Job({"PandaID": 1, "transformation": "x", "outFiles": "out.dat", "scopeOut": "o"})
     spec = job.outputs[0]
     spec.path = str(tmp_path / "out.dat")
@@ -320,7 +332,7 @@ def test_an_upload_the_server_finds_corrupt_is_refused_and_not_stored(site, tmp_
 def test_large_outputs_go_by_sendfile_and_come_back_whole(site, tmp_path):
     """An output of several sendfile calls (4 MB each) uploaded, then downloaded as an input and verified; an
     upload past its time limit is 1152."""
-    client = ServerClient(site.server.url, site.token_file, 30)
+    client = ServerClient(site.server.url, ADMIN(site), 30)
     data = os.urandom(9 * 1024 * 1024 + 3)
     job = Job({"PandaID": 1, "transformation": "x", "outFiles": "big.dat", "scopeOut": "o"})
     spec = job.outputs[0]

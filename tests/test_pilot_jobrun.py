@@ -464,10 +464,8 @@ def test_lost_heartbeat_kills_the_job_with_1318(site):
 def test_http_stage_in_and_stage_out_through_the_server_file_store(site):
     server = site.server
     data = b"input from the file store\n"
-    with open(site.token_file) as handle:
-        token = handle.read().strip()
-    put = requests.put(server.url + "/files/data/in.dat", data=data, timeout=30,
-                       headers={"Authorization": f"Bearer {token}", "X-Checksum": f"ad:{zlib.adler32(data):08x}"})
+    put = requests.put(server.url + "/files/data/in.dat", data=data, timeout=30,  # the input placed by the admin
+                       headers=dict(server.headers(json_reply=False), **{"X-Checksum": f"ad:{zlib.adler32(data):08x}"}))
     assert put.status_code == 201, put.text
     pid = site.submit(transformation="/bin/sh", jobParameters="-c 'cat in.dat in.dat > out.dat'",
                       Files=[{"type": "input", "lfn": "in.dat", "scope": "data", "fsize": len(data),
@@ -488,6 +486,8 @@ def test_http_stage_in_and_stage_out_through_the_server_file_store(site):
     assert files["job.log.tgz"]["surl"] == server.url + "/files/user/job.log.tgz"
     tarball = os.path.join(server.home, "files", "user", "job.log.tgz")
     assert files["job.log.tgz"]["checksum"] == "ad:" + adler(tarball)
+    with open(site.token_file) as handle:
+        token = handle.read().strip()
     assert requests.get(files["out.dat"]["surl"], headers={"Authorization": f"Bearer {token}"},
                         timeout=30).content == data * 2
     assert not os.path.exists(os.path.join(site.outputs(), "user", "out.dat"))  # nothing went to a directory

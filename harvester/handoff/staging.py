@@ -7,8 +7,8 @@ Storage ends (a queue's ``storage.input`` and ``storage.output``):
   harvester on an edge host): inputs are copied from ``<path>/<scope>/<lfn>`` (else ``<path>/<lfn>``) into the
   access point, outputs moved (renamed, or copied and removed) to ``<path>/<scope>/<lfn>``, both on that host;
 - ``server``: the minipanda server's file store: inputs are downloaded by harvester and sent into the access
-  point, outputs fetched from the access point and uploaded (``PUT /files/<scope>/<lfn>``, the server checks the
-  adler32 again);
+  point, outputs fetched from the access point and uploaded (``PUT /files/<scope>/<lfn>`` naming the job in
+  ``X-PandaID``: the server stores only that job's outputs and log, and checks the adler32 again);
 - ``local``: nothing moves; outputs stay in the access point (checked where they are).
 
 No name from a job or a pilot is used as a path: input names must be plain names, an output path must be
@@ -138,7 +138,8 @@ def stage_out(messenger, final, storage, server=None, scratch=None, scopes=None)
                                                      "adler32": want, "move": True}], f"staging out {parts[-1]}")
             where = posixpath.join(directory, *parts)
         elif kind == "server":
-            result, where = _fetch_and_upload(messenger, source, parts[-1], scope, want, server, scratch)
+            result, where = _fetch_and_upload(messenger, source, parts[-1], scope, want, server, scratch,
+                                              final.panda_id)
         else:
             [result] = _files(messenger.transport, [{"op": "checksum", "root": messenger.root, "path": source}],
                               f"checking {parts[-1]}")
@@ -153,7 +154,7 @@ def stage_out(messenger, final, storage, server=None, scratch=None, scopes=None)
     return done
 
 
-def _fetch_and_upload(messenger, source, lfn, scope, want, server, scratch):
+def _fetch_and_upload(messenger, source, lfn, scope, want, server, scratch, panda_id):
     if server is None or not scratch:
         raise MessengerError("storage.output is the server's file store, but no server client was given")
     if not scope:
@@ -170,7 +171,7 @@ def _fetch_and_upload(messenger, source, lfn, scope, want, server, scratch):
             return {"ok": False, "code": "mismatch", "error": f"adler32 {got['adler32']}, the pilot reported "
                                                               f"{want}"}, None
         try:
-            stored = server.upload(scope, lfn, local, got["adler32"])
+            stored = server.upload(scope, lfn, local, got["adler32"], panda_id)
         except ServerError as exc:
             if exc.transient:
                 raise  # tried again next cycle: nothing is decided

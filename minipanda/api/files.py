@@ -1,7 +1,8 @@
 """``/files/<scope>/<lfn>``: the file store over HTTP (see minipanda/core/filestore.py).
 
-PUT (pilot, production, admin) streams the body into the store, checked against ``Content-Length`` and
-``X-Checksum: ad:<adler32>``; GET (and HEAD) need a token too: a user reads their own ``user.<name>`` scope and
+PUT (pilot, harvester, production, admin) streams the body into the store, checked against ``Content-Length`` and
+``X-Checksum: ad:<adler32>``; a pilot's or harvester's token names the job in ``X-PandaID`` and stores only that
+job's outputs and log while it runs (minipanda.core.stageout); GET (and HEAD) need a token too: a user reads their own ``user.<name>`` scope and
 shared scopes, pilots and managers every scope (minipanda.core.policy.may_read_scope). Replies are v1 envelopes with
 ``data = {scope, lfn, fsize, adler32, url}``. A whole-file GET by a user or admin token marks a task output as
 fetched (``file.fetched_time``), which the retention duty reads; under ``--auth none`` (every request the anonymous
@@ -12,10 +13,10 @@ import os
 
 import bottle
 
-from minipanda.api import wire
-from minipanda.core import auth, filestore, policy, states
+from minipanda.api import params as route_params, wire
+from minipanda.core import auth, filestore, policy, stageout, states
 from minipanda.core.auth import PILOT_ROLES
-from minipanda.errors import AuthError, RequestError
+from minipanda.errors import SC_INVALID, AuthError, RequestError
 from minipanda.tasks import storeclean
 
 PEOPLE = ("user", "admin")  # a download by these marks an output fetched; pilots read inputs
@@ -58,11 +59,33 @@ def put_file(params, identity, scope, lfn):
     if request.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
         raise RequestError("Content-Encoding: files are stored as sent; send them unencoded")
     adler = filestore.parse_checksum(request.headers.get("X-Checksum", ""))
+    if stageout.judged(identity):
+        _check_stage_out(identity, scope, lfn, length, adler)
     created, info = _store().put(scope, lfn, request.environ["wsgi.input"], length, context.max_body, adler)
     info["url"] = _url(scope, lfn)
     bottle.response.status = 201 if created else 200
     bottle.response.content_type = "application/json"
     return wire.envelope(info, "stored" if created else "already stored with the same content")
+
+
+def _check_stage_out(identity, scope, lfn, length, adler):
+    """Refuse (RequestError) a PUT by a pilot's or harvester's token that is not its job's output or log: the job
+    named by ``X-PandaID`` (minipanda.core.stageout), with the size and adler32 the final report will give."""
+    header = bottle.request.headers.get("X-PandaID", "").strip()
+    if not header:
+        raise RequestError(f"X-PandaID: required with a {identity.role} token: the PandaID of the job whose output or "
+                           "log file this is (a pilot or harvester stores only its jobs' files)", SC_INVALID, 400)
+    if not (header.isascii() and header.isdigit() and len(header) <= 19) or not 0 < int(header) <= \
+            route_params.INT64_MAX:
+        raise RequestError(f"X-PandaID: expected a PandaID, got {header[:30]!r}")
+    if length is None or adler is None:
+        raise RequestError(f"{'Content-Length' if length is None else 'X-Checksum'}: required with a {identity.role} "
+                           "token: the store checks the file against the size and adler32 its job reports")
+    filestore.check_name("scope", scope)
+    filestore.check_name("lfn", lfn)
+    panda_id = int(header)
+    stageout.refusal(identity, panda_id, stageout.staged_jobs([panda_id]).get(panda_id), scope, lfn,
+                     fsize=length, adler32=adler)
 
 
 def get_file(params, identity, scope, lfn):

@@ -10,10 +10,10 @@ trusted: no ``Content-Length`` (411), a manifest that is not JSON, longer than :
 than :data:`MAX_LOGS` entries or an entry without a size, or a ``Content-Length`` other than the manifest plus
 the sizes it names; over the server's body limit it is 413. Each entry is then judged alone, and a bad one is
 refused alone (its bytes skipped) while the others are stored: its names must be plain (the store's own checks),
-its adler32 given, and its job must be one the token may write a log for: a job dispatched (not still queued),
-whose log file has that name (the scope is the site's layout, queuedata ``output_url``, as for a single PUT), and,
-for a token bound to a harvester, its worker or a queue, a job dispatched to them (minipanda.core.policy, as for
-updateJob). Each file goes through ``FileStore.put``: checked
+its adler32 given, and its job must be one the token may write a log for (minipanda.core.stageout, as for a
+single PUT): a job dispatched and not ended, whose log file has that name and scope (or the scope the site's layout
+fixes, queuedata ``output_url``), and, for a token bound to a harvester, its worker or a queue, a job dispatched to
+them (minipanda.core.policy, as for updateJob). Each file goes through ``FileStore.put``: checked
 against its size and adler32 and linked into place only whole, so a body that breaks stores nothing half-written.
 
 The reply is a v1 envelope whose ``data.results`` has one entry per manifest entry, in order: ``{pandaID, scope,
@@ -25,15 +25,13 @@ import json
 import bottle
 
 from minipanda.api import files, params as route_params, wire
-from minipanda.core import filestore, models, policy
+from minipanda.core import filestore, stageout
 from minipanda.core.auth import PILOT_ROLES
-from minipanda.core.states import QUEUED_JOB_STATES
 from minipanda.errors import SC_INVALID, RequestError
 
 ROUTE = "/api/v1/pilot/upload_logs"
 MAX_LOGS = 100  # entries in one request: a pilot sends at most as many finals in one updateJobsInBulk
 MANIFEST_MAX = 64 * 1024  # bytes of the manifest: 100 entries of the longest names fit
-_QUEUED = frozenset(state.value for state in QUEUED_JOB_STATES)
 _SKIP_BLOCK = 1 << 20
 
 
@@ -121,10 +119,8 @@ def manifest(raw, expected):
 
 def judge(entries, identity):
     """One RequestError (the entry refused) or None (to be stored) per entry: its names and checksum, and
-    whether ``identity`` may write that job's log; the jobs read in one query."""
-    ids = {entry["pandaID"] for entry in entries if _panda_id(entry["pandaID"])}
-    jobs = _jobs_and_logs(ids)
-    binding = policy.update_binding(identity)
+    whether ``identity`` may write that job's log (minipanda.core.stageout); the jobs read in one query."""
+    jobs = stageout.staged_jobs(entry["pandaID"] for entry in entries if _panda_id(entry["pandaID"]))
     refusals = []
     for index, entry in enumerate(entries):
         try:
@@ -135,7 +131,8 @@ def judge(entries, identity):
             filestore.check_name("lfn", entry["lfn"])
             adler = entry["adler32"]
             entry["adler32"] = filestore.parse_checksum(f"ad:{adler}" if isinstance(adler, str) else "x")
-            _may_write(identity, binding, panda_id, jobs.get(panda_id), entry)
+            stageout.refusal(identity, panda_id, jobs.get(panda_id), entry["scope"], entry["lfn"], ("log",),
+                             entry["fsize"], entry["adler32"])
             refusals.append(None)
         except RequestError as exc:
             refusals.append(exc)
@@ -145,37 +142,6 @@ def judge(entries, identity):
 def _panda_id(value):
     """Whether ``value`` can be a PandaID: a positive integer the database's columns hold (not a bool)."""
     return type(value) is int and 0 < value <= route_params.INT64_MAX  # noqa: E721
-
-
-def _jobs_and_logs(ids):
-    """{PandaID: (status, queue, harvester id, worker id, {names of its log files})} of ``ids``."""
-    if not ids:
-        return {}
-    Job, JobFile = models.Job, models.JobFile
-    jobs = {pid: (status, site, harvester, worker, set()) for pid, status, site, harvester, worker in
-            Job.select(Job.panda_id, Job.status, Job.computing_site, Job.harvester_id, Job.worker_id)
-            .where(Job.panda_id.in_(sorted(ids))).tuples()}
-    for pid, lfn in (JobFile.select(JobFile.job, JobFile.lfn)
-                     .where(JobFile.job.in_(sorted(jobs)), JobFile.type == "log").tuples()):
-        jobs[pid][4].add(lfn)
-    return jobs
-
-
-def _may_write(identity, binding, panda_id, job, entry):
-    """Refuse (RequestError) a log the caller may not write for this job."""
-    if job is None:
-        raise RequestError(f"job {panda_id} is unknown", SC_INVALID, 404)
-    status, queue, harvester_id, worker_id, logs = job
-    if status in _QUEUED:
-        raise RequestError(f"job {panda_id} is {status}: it was not dispatched, no pilot writes its log", SC_INVALID,
-                           409)
-    if entry["lfn"] not in logs:
-        raise RequestError(f"lfn: {entry['lfn']} is not the log file of job {panda_id}", SC_INVALID, 403)
-    refusal = policy.queue_refusal(identity, queue)
-    if refusal is None and binding is not None:
-        refusal = policy.job_update_refusal(binding, panda_id, harvester_id, worker_id)
-    if refusal is not None:
-        raise RequestError(refusal, SC_INVALID, 403)
 
 
 class _Counted:

@@ -1,0 +1,113 @@
+"""Who may store which file in the file store: a job's stage-out, judged for the token that sends it.
+
+A pilot's or harvester's token writes only what its job produces: both stores (``PUT /files/<scope>/<lfn>``,
+minipanda/api/files.py, and the bulk log route, minipanda/api/logs_bulk.py) name the job (the ``X-PandaID`` header,
+the manifest's ``pandaID``) and :func:`refusal` says whether that file may be written for it:
+
+- the job is known (404) and in a state where stage-out happens: dispatched and not ended (409 while queued or once
+  it has ended: nothing of it may be written then);
+- ``lfn`` is one of the job's files of the kinds the route stores (outputs and the log; the bulk route the log
+  only) (403): never an input, never a name the job did not declare;
+- ``scope`` is the scope the job gives that file, or a scope of the site's layout (queuedata ``output_url`` may fix
+  one, ``/files/logs/{lfn}``; the pilot may have it from a local file the server never saw), never a user's scope
+  ``user.<name>`` the job does not give it (403): a pilot does not write into another user's scope;
+- the size and adler32 sent match the ones the job declares for that file, when it declares them (400);
+- the job is the token's: a minted pilot token's queue, harvester and worker, a harvester token's harvester
+  (minipanda.core.policy, as for updateJob) (403).
+
+Tokens of the manager roles (admin, production) store any name in any scope by a single PUT (:func:`judged`); the
+bulk log route, whose entries always name their job, holds them to every rule above but the scope.
+"""
+import functools
+import re
+
+from minipanda.core import models, policy
+from minipanda.core.states import ACTIVE_JOB_STATES, QUEUED_JOB_STATES
+from minipanda.errors import SC_INVALID, RequestError
+
+STAGE_OUT_STATES = frozenset(state.value for state in ACTIVE_JOB_STATES)
+_QUEUED = frozenset(state.value for state in QUEUED_JOB_STATES)
+USER_SCOPE = "user."  # a user's own scope, user.<name> (minipanda.core.policy.may_read_scope)
+WRITTEN_KINDS = ("output", "log")  # the job's files a stage-out writes; inputs are read, never written
+
+
+def judged(identity):
+    """Whether stores by ``identity`` are judged here (every role but the managers')."""
+    return not policy.manages_all(identity)
+
+
+class StagedJob:
+    """What the checks read of one job: its state, where it was dispatched, and its output and log files."""
+
+    __slots__ = ("status", "queue", "harvester_id", "worker_id", "files")
+
+    def __init__(self, status, queue, harvester_id, worker_id):
+        self.status, self.queue, self.harvester_id, self.worker_id = status, queue, harvester_id, worker_id
+        self.files = {}  # lfn -> (type, scope, fsize, checksum)
+
+
+@functools.lru_cache(maxsize=64)
+def _jobs_sql(param, n_ids):
+    return ('SELECT j."panda_id", j."status", j."computing_site", j."harvester_id", j."worker_id", f."type", '
+            'f."lfn", f."scope", f."fsize", f."checksum" FROM "job" j LEFT JOIN "job_file" f ON f."panda_id" = '
+            f"j.\"panda_id\" AND f.\"type\" IN ('output', 'log') WHERE j.\"panda_id\" IN ({', '.join([param] * n_ids)})")
+
+
+def staged_jobs(ids):
+    """{PandaID: StagedJob} of those of ``ids`` the server knows, in one query (the job_file rows by their
+    (panda_id, type) index: no index on lfn is needed)."""
+    ids = sorted(set(ids))
+    if not ids:
+        return {}
+    database = models.Job._meta.database
+    jobs = {}
+    for panda_id, status, queue, harvester_id, worker_id, kind, lfn, scope, fsize, checksum in database.execute_sql(
+            _jobs_sql(database.param, len(ids)), ids).fetchall():
+        job = jobs.get(panda_id)
+        if job is None:
+            job = jobs[panda_id] = StagedJob(status, queue, harvester_id, worker_id)
+        if lfn is not None:
+            job.files[lfn] = (kind, scope, fsize, checksum)
+    return jobs
+
+
+def refusal(identity, panda_id, job, scope, lfn, kinds=WRITTEN_KINDS, fsize=None, adler32=None):
+    """Raise RequestError when ``identity`` may not store ``scope``/``lfn`` for job ``panda_id`` (``job``: its
+    StagedJob, None when unknown); ``kinds``: the job's file types this route writes; ``fsize`` and ``adler32``
+    (8 hex digits): what the request says it stores, checked against what the job declares."""
+    if job is None:
+        raise RequestError(f"job {panda_id} is unknown", SC_INVALID, 404)
+    if job.status not in STAGE_OUT_STATES:
+        why = "it was not dispatched, no pilot writes its files" if job.status in _QUEUED else \
+            "it has ended: its files were staged out before its final report"
+        raise RequestError(f"job {panda_id} is {job.status}: {why}", SC_INVALID, 409)
+    declared = job.files.get(lfn)
+    if declared is None or declared[0] not in kinds:
+        what = " or ".join(f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}" for kind in kinds)
+        raise RequestError(f"lfn: {lfn} is not {what} file of job {panda_id}", SC_INVALID, 403)
+    kind, declared_scope, declared_size, declared_checksum = declared
+    if judged(identity) and scope != declared_scope and scope.startswith(USER_SCOPE):
+        raise RequestError(f"scope: {scope} is a user's scope, not the one job {panda_id} gives its {kind} {lfn} "
+                           f"({declared_scope or 'none'})", SC_INVALID, 403)
+    if declared_size not in (None, 0) and fsize is not None and fsize != declared_size:
+        raise RequestError(f"Content-Length: {fsize} bytes, job {panda_id} declares {declared_size} for {lfn}")
+    want = _declared_adler32(declared_checksum)
+    if want is not None and adler32 is not None and adler32 != want:
+        raise RequestError(f"X-Checksum: adler32 {adler32}, job {panda_id} declares {want} for {lfn}")
+    refused = policy.queue_refusal(identity, job.queue)
+    binding = policy.update_binding(identity)
+    if refused is None and binding is not None:
+        refused = policy.job_update_refusal(binding, panda_id, job.harvester_id, job.worker_id)
+    if refused is not None:
+        raise RequestError(refused, SC_INVALID, 403)
+
+
+def _declared_adler32(checksum):
+    """The adler32 (8 lower-case hex digits) a job file's ``checksum`` declares (``ad:…`` or bare), else None."""
+    if not checksum:
+        return None
+    kind, _, value = str(checksum).rpartition(":")
+    if kind not in ("", "ad", "adler32") or not re.fullmatch(r"[0-9a-fA-F]{1,8}", value):
+        return None
+    return value.lower().zfill(8)
+
