@@ -49,13 +49,14 @@ class Server:
     url = "http://127.0.0.1:9"
 
     def __init__(self, refuse=None):
-        self.refuse, self.job_calls, self.workers, self.stored = refuse, [], [], {}
+        self.refuse, self.job_calls, self.workers, self.stored, self.jobs = refuse, [], [], {}, {}
 
     def upload(self, scope, lfn, local, checksum, panda_id):
-        """The file store: keeps what it was sent (its own adler32 check as the real one does)."""
+        """The file store: keeps what it was sent (its own adler32 check as the real one does) and the job named."""
         assert checksum == adler32(local)
         with open(local, "rb") as handle:
             self.stored[f"{scope}/{lfn}"] = handle.read()
+        self.jobs[f"{scope}/{lfn}"] = panda_id
         return {"url": f"/files/{scope}/{lfn}"}
 
     def update_jobs(self, updates):
@@ -185,6 +186,7 @@ def test_outputs_to_the_server_are_fetched_verified_and_a_mismatch_is_refused(si
     assert reports[1]["state"] == "finished", reports[1]
     assert json.loads(reports[1]["xml"])["out.dat"]["surl"] == "/files/user.test/out.dat"
     assert server.stored == {"user.test/out.dat": b"result\n"}  # the honest one only
+    assert server.jobs == {"user.test/out.dat": 1}  # named to the server, which stores only that job's files
     assert reports[2]["state"] == "failed" and reports[2]["pilotErrorCode"] == 1137, reports[2]
     assert "adler32" in reports[2]["pilotErrorDiag"] and "00000001" in reports[2]["pilotErrorDiag"], reports[2]
     assert not os.listdir(ctx.scratch_dir)  # nothing left half-way

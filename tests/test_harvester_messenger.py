@@ -3,6 +3,7 @@ files written atomically with their modes, one listing per cycle and only change
 verified, the pilot's outbox claimed so that only one side sends an entry."""
 import json
 import os
+import pathlib
 import stat
 import subprocess
 import sys
@@ -373,3 +374,76 @@ def test_a_final_read_while_the_pilot_writes_it_comes_with_its_outputs(tmp_path,
     snapshot = Snapshot.take(transport, [str(ap)], previous=first)
     finals = {f.panda_id: f for f in messenger(ap, transport, snapshot).final_reports()}
     assert finals[2].params["state"] == "finished" and finals[2].outputs == [out], finals[2].__dict__
+
+
+# ---- a finished final without its outputs (file mode) ------------------------------------------------------------
+
+@pytest.fixture
+def harvester_home(tmp_path):
+    from harvester import db
+
+    db.open_database(str(tmp_path / "harvester.db"))
+    yield tmp_path
+    db.close_database()
+
+
+def held_job(ctx, panda_id, **definition):
+    """A running worker holding job ``panda_id`` whose definition declares ``definition`` (outFiles, ...)."""
+    from harvester import models
+    from test_harvester_hostile import worker_with_job
+
+    worker, ap = worker_with_job(ctx, panda_id)
+    models.HeldJob.update(definition=json.dumps(dict(file_job(panda_id), **definition))).where(
+        models.HeldJob.panda_id == panda_id).execute()
+    return pathlib.Path(ap)
+
+
+@pytest.mark.parametrize("case", ["no outputs entry", "an empty entry", "one output of two", "no outputs file"])
+def test_a_finished_final_without_its_declared_outputs_fails_the_job(harvester_home, case):
+    """PanDA's server fails a job whose pilot reports it finished without an output it declared (its Adder:
+    "expected output ... is missing in pilot XML"); harvester, which holds the job's definition, does the same
+    (1165) instead of reporting the job finished with its output lost."""
+    from harvester.agents.monitor import Monitor
+    from test_harvester_hostile import NOW, an_output, context, finals, pilot_ends
+
+    ctx = context(harvester_home)
+    ap = held_job(ctx, 7, outFiles="out.dat,second.dat,log.tgz")
+    (ap / "user").mkdir()
+    (ap / "user" / "out.dat").write_text("result\n")
+    listed = {"no outputs entry": None, "an empty entry": [], "one output of two": [an_output(ap / "user" / "out.dat")],
+              "no outputs file": None}[case]
+    pilot_ends(str(ap), 7, outputs=listed or [])
+    if listed is None:  # the pilot's outputs file names other jobs only, or is not there at all
+        (ap / "event_status.dump.json").write_text(json.dumps({"8": []}))
+        if case == "no outputs file":
+            os.unlink(ap / "event_status.dump.json")
+    Monitor(ctx).run_once(NOW)
+    report = finals()[7]
+    assert (report["state"], report["pilotErrorCode"]) == ("failed", 1165), report
+    missing = "second.dat" if case == "one output of two" else "out.dat, second.dat"
+    assert f"event_status.dump.json lists no {missing}" in report["pilotErrorDiag"], report
+    assert "xml" not in report and not (harvester_home / "out").exists()  # nothing staged for a failed job
+
+
+@pytest.mark.parametrize("case", ["outputs listed", "log only", "allowed missing", "failed", "pilot3's final"])
+def test_a_final_needs_only_the_outputs_it_must_have(harvester_home, case):
+    """Listed outputs, a job with only a log (pilot3 3.7.0.36 lists no file, not even its log), an output the job
+    allows to be missing (allowNoOutput) and a failed job's final: reported as the pilot said."""
+    from harvester.agents.monitor import Monitor
+    from test_harvester_hostile import NOW, an_output, context, finals, pilot_ends
+
+    ctx = context(harvester_home)
+    declared = {"log only": {"outFiles": "log.tgz"}, "pilot3's final": {"outFiles": "log.tgz"},
+                "allowed missing": {"allowNoOutput": "out.dat"}}.get(case, {})
+    ap = held_job(ctx, 7, **declared)
+    (ap / "user").mkdir()
+    (ap / "user" / "out.dat").write_text("result\n")
+    state = "failed" if case == "failed" else "finished"
+    pilot_ends(str(ap), 7, state=state, outputs=[an_output(ap / "user" / "out.dat")] if case == "outputs listed" else [])
+    if case == "pilot3's final":  # worker_attributes.json only, no per-job copy, no outputs file
+        os.rename(ap / "worker_attributes-7.json", ap / "worker_attributes.json")
+        os.unlink(ap / "event_status.dump.json")
+    Monitor(ctx).run_once(NOW)
+    report = finals()[7]
+    assert (report["state"], report["pilotErrorCode"]) == (state, 0), report
+    assert ("xml" in report) == (case == "outputs listed"), report

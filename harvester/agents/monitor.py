@@ -361,6 +361,10 @@ class Monitor(Agent):
             return failure(held, pilot_errors.GENERALERROR, f"harvester refused the pilot's report: {final.refusal}")
         if final.output_error:
             return failure(held, pilot_errors.STAGEOUTFAILED, f"harvester refused the outputs: {final.output_error}")
+        missing = staging.missing_outputs(held.definition, final)
+        if missing:
+            return failure(held, pilot_errors.MISSINGOUTPUTFILE, f"the pilot reported the job finished, but "
+                           f"{messenger.names['event_status']} lists no {', '.join(missing)}: expected output missing")
         try:
             outputs = staging.stage_out(messenger, final, queue.storage, self.ctx.server, self.ctx.scratch_dir,
                                         output_scopes(held))
