@@ -15,6 +15,7 @@ side. Only processes this script started are stopped; nothing but loopback is co
     python3 bench/file_transfer.py --files 100 --rounds 1 --mb 8
 """
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -70,10 +71,14 @@ def client(args):
         after = own_cpu(), process_cpu(args.server_pid), time.perf_counter()
         spent["stage-in"] = [a - b for a, b in zip(after, before)]
         before = after
+        # each output named with its job (a pilot token stores only its jobs' outputs); a tree from before that
+        # rule has no such argument
+        named = "panda_id" in inspect.signature(copytools.stage_out).parameters
         for n in range(args.files):
             spec = FileSpec("output", f"out.{n:06d}.dat", "bench.out")
             spec.path = output
-            copytools.stage_out(spec, "http", "", 60, url_template=template, client=server)
+            copytools.stage_out(spec, "http", "", 60, url_template=template, client=server,
+                                **({"panda_id": args.panda_ids[n]} if named else {}))
         after = own_cpu(), process_cpu(args.server_pid), time.perf_counter()
         spent["stage-out"] = [a - b for a, b in zip(after, before)]
         figures = {phase: dict(zip(FIGURES, [1000 * s / args.files for s in values])) for phase, values in spent.items()}
@@ -86,6 +91,33 @@ def client(args):
         print(json.dumps(figures))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def dispatched(url, count, home, token_file):
+    """PandaIDs of ``count`` jobs, job n declaring the output ``bench.out/out.<n>.dat``, dispatched to the pilot token
+    of ``token_file`` (its uploads are then its jobs' outputs), in the order of n."""
+    import urllib.request
+
+    from minipanda.core import auth
+
+    def post(path, params, token):
+        request = urllib.request.Request(url + path, json.dumps(params).encode(), {
+            "Content-Type": "application/json", "Accept": "application/json", "Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=300) as reply:
+            return json.loads(reply.read())
+
+    admin = auth.create_token(auth.load_secret(home), "bench-admin", "admin")[0]
+    post("/api/v1/job/submit", {"jobs": [{
+        "jobName": f"bench.{n}", "computingSite": "BENCH", "prodSourceLabel": "managed", "transformation": "/bin/true",
+        "jobParameters": "", "Files": [{"type": "output", "lfn": f"out.{n:06d}.dat", "scope": "bench.out"}]}
+        for n in range(count)]}, admin)
+    with open(token_file) as handle:
+        taken = post("/server/panda/getJob", {"siteName": "BENCH", "computingElement": "BENCH", "nJobs": count},
+                     handle.read().strip())
+    ids = {job["outFiles"].split(",")[0]: job["PandaID"] for job in taken.get("jobs") or []}
+    if len(ids) != count:
+        raise SystemExit(f"{len(ids)} of {count} jobs dispatched: {str(taken)[:300]}")
+    return [ids[f"out.{n:06d}.dat"] for n in range(count)]
 
 
 def child(args):
@@ -116,9 +148,11 @@ def child(args):
         server = http.HttpServer.bind("127.0.0.1", 0)
         server.body_limit = context.max_body + http.BODY_SLACK
         server.start(app, threads=8)
+        url = f"http://127.0.0.1:{server.effective_port}"
+        panda_ids = dispatched(url, args.files, home, token_file)
         argv = [sys.executable, os.path.join(HERE, "file_transfer.py"), "--client", "--files", str(args.files),
                 "--calls", str(args.calls),
-                "--mb", str(args.mb), "--url", f"http://127.0.0.1:{server.effective_port}",
+                "--mb", str(args.mb), "--url", url, "--panda-ids", ",".join(map(str, panda_ids)),
                 "--token-file", token_file, "--server-pid", str(os.getpid()), "--checksums", ",".join(checksums)]
         out = subprocess.run(argv, cwd=os.getcwd(), env=os.environ, capture_output=True, text=True, timeout=1800)
         if out.returncode != 0:
@@ -145,6 +179,7 @@ def main(argv=None):
     p.add_argument("--token-file", help=argparse.SUPPRESS)
     p.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     p.add_argument("--checksums", type=lambda text: text.split(","), help=argparse.SUPPRESS)
+    p.add_argument("--panda-ids", type=lambda text: [int(x) for x in text.split(",")], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.client:
         client(args)

@@ -59,8 +59,9 @@ def client(args):
             items = specs(WAYS.index(way))
             before = own_cpu(), process_cpu(args.server_pid), time.perf_counter()
             if way == WAYS[0]:
-                for _, spec, (scope, _) in items:
-                    copytools.stage_out(spec, "http", "", 60, url_template=f"/files/{scope}/{{lfn}}", client=server)
+                for panda_id, spec, (scope, _) in items:
+                    copytools.stage_out(spec, "http", "", 60, url_template=f"/files/{scope}/{{lfn}}", client=server,
+                                        panda_id=panda_id)
             else:
                 for start in range(0, len(items), args.per_request):
                     outcomes = bulklogs.stage_out_logs(items[start:start + args.per_request], server, 60)

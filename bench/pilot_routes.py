@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -64,10 +65,12 @@ def child(args):
                 "jobParameters": "", "coreCount": 1, "minRamCount": 1000, "maxWalltime": 600,
                 "Files": [{"type": "log", "lfn": "log.tgz", "scope": "bench"}]}
         for start in range(0, args.jobs, 1000):
-            jobs.submit_jobs([dict(spec, jobName=f"bench.{start + i}")
-                              for i in range(min(1000, args.jobs - start))], "admin")
+            jobs.submit_jobs([dict(spec, jobName=f"bench.{start + i}", Files=[
+                {"type": "log", "lfn": f"log.{start + i}.tgz", "scope": "bench"}])
+                for i in range(min(1000, args.jobs - start))], "admin")
         models.database.close()
         log_body = os.urandom(2000)
+        log_checksum = f"ad:{zlib.adler32(log_body) & 0xffffffff:08x}"
         spent = dict.fromkeys(ROUTES, 0.0)
         profiler = None
         if args.profile:
@@ -96,8 +99,9 @@ def child(args):
             if status != 200 or json.loads(data).get("StatusCode") != 0:
                 raise SystemExit(f"updateJob starting: {status} {data[:300]!r}")
             t4 = time.process_time()
-            status, data = call(app, "PUT", f"/files/bench/log.{panda_id}.tgz", token, log_body,
-                                "application/octet-stream")
+            status, data = call(app, "PUT", f"/files/bench/{job['logFile']}", token, log_body,
+                                "application/octet-stream",  # as the pilot sends it: its job and checksum named
+                                {"HTTP_X_PANDAID": str(panda_id), "HTTP_X_CHECKSUM": log_checksum})
             t5 = time.process_time()
             if status not in (200, 201):
                 raise SystemExit(f"PUT: {status} {data[:300]!r}")
