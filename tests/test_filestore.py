@@ -172,13 +172,13 @@ def test_any_symlink_in_the_store_is_refused_even_one_pointing_inside_it(sqlite_
     """A name is never followed through a link: not at the file, not at its scope, wherever the link points."""
     server = sqlite_server
     token = server.token("pilot", "p1")
-    assert put(server, "/files/sc/real.dat", token=token).status_code == 201
+    assert put(server, "/files/sc/real.dat").status_code == 201
     os.symlink("real.dat", os.path.join(server.home, "files", "sc", "alias.dat"))
     os.symlink("sc", os.path.join(server.home, "files", "alias"))
     for path in ("/files/sc/alias.dat", "/files/alias/real.dat"):
         got = requests.get(server.url + path, headers=server.headers(token), timeout=30)
         assert got.status_code == 400 and "symbolic link" in got.json()["message"], path
-    stored_put = put(server, "/files/alias/other.dat", token=token)
+    stored_put = put(server, "/files/alias/other.dat")
     assert stored_put.status_code == 400 and "symbolic link" in stored_put.json()["message"]
     assert "other.dat" not in os.listdir(os.path.join(server.home, "files", "sc"))
 
