@@ -1,6 +1,6 @@
 """Who may PUT which file (minipanda/api/files.py, minipanda/core/stageout.py): a pilot's or harvester's token stores
 only an output or the log of a job dispatched to it, named in ``X-PandaID``, while the job runs; managers store any
-name. Token auth on, through the WSGI app in-process on a real SQLite file and a real file store."""
+name. Token auth on, through the WSGI app in-process on SQLite and PostgreSQL and a real file store."""
 import json
 import os
 import zlib
@@ -17,8 +17,8 @@ FILES = [{"type": "input", "lfn": "in.dat", "scope": "data"}, {"type": "output",
 
 
 @pytest.fixture
-def api(tmp_path):
-    database = schema.open_database("sqlite:///" + str(tmp_path / "minipanda.db"))
+def api(tmp_path, db_url):
+    database = schema.open_database(db_url)
     database.connect(reuse_if_open=True)
     yield Api(make_app(ServerContext(home=str(tmp_path), secret=SECRET)))
     database.close()

@@ -49,8 +49,9 @@ class StagedJob:
 @functools.lru_cache(maxsize=64)
 def _jobs_sql(param, n_ids):
     return ('SELECT j."panda_id", j."status", j."computing_site", j."harvester_id", j."worker_id", f."type", '
-            'f."lfn", f."scope", f."fsize", f."checksum" FROM "job" j LEFT JOIN "job_file" f ON f."panda_id" = '
-            f"j.\"panda_id\" AND f.\"type\" IN ('output', 'log') WHERE j.\"panda_id\" IN ({', '.join([param] * n_ids)})")
+            f'f."lfn", f."scope", f."fsize", f."checksum" FROM "{models.Job._meta.table_name}" j LEFT JOIN '
+            f'"{models.JobFile._meta.table_name}" f ON f."panda_id" = j."panda_id" AND f."type" IN (\'output\', '
+            f"'log') WHERE j.\"panda_id\" IN ({', '.join([param] * n_ids)})")
 
 
 def staged_jobs(ids):
