@@ -64,13 +64,15 @@ def job_owners(queue):
 
 
 def test_concurrent_bulk_claims_each_get_what_they_asked_for_and_never_the_same_job(database):
-    """8 threads claim 3..10 jobs per call; as many jobs are submitted as are asked for in all, so a claim that got
-    fewer or more than it asked for, or a job twice, shows at once."""
+    """8 threads claim 3..10 jobs per call; as many jobs are submitted as are asked for in all, and as many more
+    as keep the fair share of what is left (minipanda.core.fairshare: 10 x 8 pilots) above every ask, so a claim
+    that got fewer or more than it asked for, or a job twice, shows at once."""
     from minipanda.core import dispatch
 
     queue, n_threads, calls = "BULK_CLAIMS", 8, 12
     asks = {index: 3 + index for index in range(n_threads)}
-    submitted = submit(queue, sum(asks.values()) * calls)
+    spare = max(asks.values()) * n_threads
+    submitted = submit(queue, sum(asks.values()) * calls + spare)
 
     def work(index):
         return [dispatch.claim_jobs(offer(queue, index, asks[index])) for _ in range(calls)]
@@ -86,12 +88,14 @@ def test_concurrent_bulk_claims_each_get_what_they_asked_for_and_never_the_same_
             assert priorities == sorted(priorities, reverse=True)
             got.update((d["PandaID"], index) for d in claimed)
     by_job = collections.Counter(pid for pid, _ in got.elements())
-    assert sorted(by_job) == sorted(submitted) and set(by_job.values()) == {1}, "a job dispatched twice or lost"
+    assert len(by_job) == len(submitted) - spare and set(by_job) <= set(submitted), "a job lost"
+    assert set(by_job.values()) == {1}, "a job dispatched twice"
 
     rows, sent_logged = job_owners(queue)
     owner = {pid: index for pid, index in got}
-    assert {pid: row for pid, row in rows.items()} == {pid: ("sent", f"node-{owner[pid]}") for pid in submitted}
-    assert set(sent_logged) == set(submitted) and set(sent_logged.values()) == {1}
+    assert {pid: row for pid, row in rows.items()} == {
+        pid: ("sent", f"node-{owner[pid]}") if pid in owner else ("activated", None) for pid in submitted}
+    assert set(sent_logged) == set(by_job) and set(sent_logged.values()) == {1}
 
 
 def test_a_claims_files_are_read_after_its_commit_and_its_definitions_carry_them(database, monkeypatch):

@@ -21,7 +21,7 @@ import logging
 import threading
 from typing import Optional
 
-from minipanda.core import db, jobspec, models, policy, states
+from minipanda.core import db, fairshare, jobspec, models, policy, states
 from minipanda.core.db import database
 from minipanda.core.states import JobStatus
 
@@ -223,14 +223,32 @@ group_commit = GroupCommit()
 def claim_jobs(offer, now=None):
     """Atomically move up to ``offer.n_jobs`` best-matching jobs activated -> sent; return their definitions.
 
-    Single-job claims of concurrent pilots share one write transaction (:class:`GroupCommit`)."""
+    Single-job claims of concurrent pilots share one write transaction (:class:`GroupCommit`). A bulk claim takes
+    no more than its fair share of the matching jobs left when other pilots asked the queue recently
+    (minipanda.core.fairshare)."""
     n_jobs = max(1, min(int(offer.n_jobs), MAX_JOBS_PER_REQUEST))
     now = now or states.utcnow()
     if not _labels(offer):
         return []
+    n_askers = fairshare.askers.asked(offer.queue, fairshare.pilot_key(offer))
     if n_jobs == 1:
         return group_commit.claim(offer, now)
+    if n_askers > 1:
+        n_jobs = fairshare.share(n_jobs, n_askers, _waiting(offer, n_jobs * n_askers))
     return _claim_alone(offer, n_jobs, now)
+
+
+def _waiting(offer, at_most):
+    """How many activated jobs ``offer`` matches, counted up to ``at_most`` (a read, outside the claim's write
+    transaction: the share is an estimate, and the claim itself stays exact)."""
+    labels, limits = _labels(offer), _limit_values(offer)
+    statement = _waiting_statement(database.param, len(labels), tuple(c for c, _ in limits))
+    return database.execute_sql(statement, [offer.queue] + labels + [v for _, v in limits] + [at_most]).fetchone()[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _waiting_statement(param, n_labels, limit_columns):
+    return f"SELECT COUNT(*) FROM ({_pick_statement(param, False, n_labels, limit_columns)}) AS waiting"
 
 
 SENT_PAGE = 1000
