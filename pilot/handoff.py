@@ -124,14 +124,24 @@ class Handoff:
         if own_file:  # a file of this job alone: written (maybe with an fsync) outside the lock the job loop takes
             atomic_write_json(os.path.join(self.directory, final_attributes_name(self.names, panda_id)), data)
 
-    def begin_job(self, panda_id):
+    def begin_job(self, panda_id, list_later=False):
         """Note a job the pilot begins (its rank for :meth:`write_attributes`) and list it for harvester: at once
         for the pilot's first job, else within ``LIST_EVERY_S`` (harvester reads the list as a hint; a rewrite of
         the whole list per short job cost the job loop more than the rest of its bookkeeping); see
-        :meth:`list_panda_ids`."""
+        :meth:`list_panda_ids`. With ``list_later`` a write that is due waits for :meth:`list_if_due` (the job
+        loop calls it once the job's payload runs, not between two payloads)."""
         with self.lock:
             self._rank(_panda_id(panda_id))
-            self.add_panda_id(panda_id, soon=True)
+            if list_later and self.listed_at is not None:
+                self.unlisted.append(panda_id)
+            else:
+                self.add_panda_id(panda_id, soon=True)
+
+    def list_if_due(self):
+        """Write the PandaIDs waiting to be listed when the last write is ``LIST_EVERY_S`` old."""
+        with self.lock:
+            if self.unlisted and (self.listed_at is None or time.monotonic() - self.listed_at >= LIST_EVERY_S):
+                self.list_panda_ids()
 
     def _rank(self, panda_id):
         return self.order.setdefault(panda_id, len(self.order))

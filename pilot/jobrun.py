@@ -39,12 +39,14 @@ class Context:
     parent-death signal); ``job_started`` is called once a job's own work begins (its stage-in, or its payload
     started), so the job loop can hand the previous job to the wrap-up thread then, not while it starts this one.
     ``pull``: the jobs come from the pilot's own getJob over HTTP, so the server knows the pilot (its pilotID),
-    not from harvester's job file.
+    not from harvester's job file. ``payload_running`` is called once a job's payload runs, before the pilot waits
+    for its end: the job loop does then what need not come between two payloads (the next job made ready, files
+    due for harvester).
     """
 
     def __init__(self, queue, qd, identity, pilot_dir, input_dir, output_dir, stop, waker, timing, client=None,
                  handoff=None, file_mode=False, outbox=None, pilot_deadline=None, adopter_pid=None, pilot_log="",
-                 cleanup=True, payload_ended=None, guard=None, job_started=None, pull=False):
+                 cleanup=True, payload_ended=None, guard=None, job_started=None, pull=False, payload_running=None):
         self.queue, self.qd, self.identity, self.pilot_dir = queue, qd, identity, pilot_dir
         self.input_dir, self.output_dir, self.stop, self.waker, self.timing = input_dir, output_dir, stop, waker, timing
         self.client, self.handoff, self.file_mode, self.outbox = client, handoff, file_mode, outbox
@@ -53,7 +55,7 @@ class Context:
         self.log_offset = 0  # where in the pilot log the next job's log tarball starts
         self.payload_ended = payload_ended
         self.log_end = {}
-        self.guard, self.job_started = guard, job_started
+        self.guard, self.job_started, self.payload_running = guard, job_started, payload_running
         self.pull = pull
 
 
@@ -68,15 +70,20 @@ class JobRun:
         self.monitor = None
         self.exit_code = None
         self.job_report = None
-        self.start_time = time.time()
-        # the server last heard of this job when its getJob reached it: the lost-heartbeat clock starts there, not
-        # here (a job may wait in the pilot's hands behind another one)
-        asked = ctx.timing.get(job.panda_id, "PILOT_PRE_GETJOB")
-        self.last_heartbeat = time.monotonic() - (min(max(0.0, self.start_time - asked), 1e9) if asked else 0.0)
+        self.start_clocks()
         self.delivered = False
         self.started_reported = False
         self.final = None  # the final update's parameters
         self.log_store = None  # (scope, lfn) in the server's store of a log whose upload was left to the caller
+        self.prepared = False  # its directory and definition made ahead (prepare_ahead), while another job ran
+        self.prepare_error = None  # what went wrong then, raised when the job's turn comes
+
+    def start_clocks(self):
+        """The job's start time, and its lost-heartbeat clock: the server last heard of this job when its getJob
+        reached it, so the clock starts there, not here (a job may wait in the pilot's hands behind another one)."""
+        self.start_time = time.time()
+        asked = self.ctx.timing.get(self.job.panda_id, "PILOT_PRE_GETJOB")
+        self.last_heartbeat = time.monotonic() - (min(max(0.0, self.start_time - asked), 1e9) if asked else 0.0)
 
     # ---- the protocol -------------------------------------------------------------------------------------------
     def execute(self, wrap_up=None):
@@ -101,8 +108,13 @@ class JobRun:
     def run_to_payload_end(self):
         """Everything up to the payload's end: prepare, stage in, run and watch the payload, check its outputs."""
         log.info("job %s", self.job.summary())
+        if self.prepared:
+            self.start_clocks()  # made ready while another job ran, before its getJob was marked
         try:
-            self.prepare()
+            if not self.prepared:
+                self.prepare()
+            elif self.prepare_error is not None:
+                raise self.prepare_error
             if self.job.inputs:  # pilot3 reports starting before the stage-in; without one, see run_payload
                 self.tell_job_started()
                 if not self.ctx.pull or not self.quick_stage_in():  # else reported as a job without inputs
@@ -153,8 +165,10 @@ class JobRun:
 
     def give_back(self, why, wrap_up=None):
         """A job fetched but never to be run: its final update says why at once (the server may retry it); no
-        directory, no payload, no log."""
+        directory (one made ahead is removed), no payload, no log."""
         self.fail(why)
+        if self.prepared:
+            self.remove_job_dir()
         if self.ctx.stop.cold and not self.ctx.file_mode:
             self.spool_final()
         elif wrap_up is not None:
@@ -170,6 +184,13 @@ class JobRun:
         callback, self.ctx.job_started = self.ctx.job_started, None  # once
         if callback is not None:
             callback()
+
+    def tell_payload_running(self):
+        if self.ctx.payload_running is not None:
+            try:
+                self.ctx.payload_running()
+            except Exception:  # the job loop's work ahead must never cost this job its watch
+                log.exception("the work done while the payload runs failed")
 
     def tell_payload_ended(self):
         if self.ctx.payload_ended is not None:
@@ -191,6 +212,15 @@ class JobRun:
             log.warning("job %s: further error (not reported): %s", self.job.panda_id, exc)
 
     # ---- steps --------------------------------------------------------------------------------------------------
+    def prepare_ahead(self):
+        """The job's directory and definition made now, while the previous job's payload runs, so that only the
+        payload's start comes between that payload's end and this one's; an error is kept for the job's turn."""
+        self.prepared = True
+        try:
+            self.prepare()
+        except PilotError as exc:
+            self.prepare_error = exc
+
     def prepare(self):
         try:
             os.makedirs(self.job_dir, mode=0o770)
@@ -280,6 +310,7 @@ class JobRun:
             ctx.handoff.touch_heartbeat()
         if breach is None and delay <= 0:
             breach = self.command_breach(self.send_update("running"))
+        self.tell_payload_running()
         if breach is None:
             breach = self.watch(first_report=delay)
         if breach is not None:

@@ -38,18 +38,26 @@ class Usage:
         self.jobs = []
         self.jobs_run = 0
         self.written_at = None  # monotonic time of the last write
+        self.written_jobs = 0  # jobs_run when it was written
 
-    def add_job(self, panda_id, wall_s, cpu_s):
-        """Account for one job's payload; write the file unless it was written less than WRITE_EVERY_S ago."""
+    def add_job(self, panda_id, wall_s, cpu_s, write=True):
+        """Account for one job's payload; write the file unless it was written less than WRITE_EVERY_S ago (or,
+        ``write`` False, leave that to :meth:`write_if_due`: the job loop calls it once the next payload runs)."""
         wall_s, cpu_s = max(0.0, float(wall_s or 0)), max(0.0, float(cpu_s or 0))
         self.wall, self.cpu, self.jobs_run = self.wall + wall_s, self.cpu + cpu_s, self.jobs_run + 1
         self.jobs = (self.jobs + [{"PandaID": panda_id, "wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3)}])[
             -MAX_JOBS:]
-        if self.written_at is None or time.monotonic() - self.written_at >= WRITE_EVERY_S:
+        if write:
+            self.write_if_due()
+
+    def write_if_due(self):
+        """Write the file when jobs were added since the last write and that is WRITE_EVERY_S old."""
+        if self.jobs_run != self.written_jobs and (
+                self.written_at is None or time.monotonic() - self.written_at >= WRITE_EVERY_S):
             self.write()
 
     def write(self, ended=False):
-        self.written_at = time.monotonic()
+        self.written_at, self.written_jobs = time.monotonic(), self.jobs_run
         up = max(self.wall, self.written_at - self.started)
         record = {"version": VERSION, "up_s": round(up, 3), "payload_wall_s": round(self.wall, 3),
                   "payload_cpu_s": round(self.cpu, 3), "wait_s": round(up - self.wall, 3),

@@ -17,7 +17,9 @@ may be of another kind: a pace learned on no-op jobs would take dozens of long o
 goes out before the jobs in hand run out: when the last of them starts if jobs are that short, else when its
 payload has ended; its answer is read when that job is done. Payloads run back to back, one at a time: when one ends, the next job in hand starts at once while
 the ended one's stage-out, log and final update are done on the wrap-up thread, whose finals go to the server
-several in one updateJobsInBulk. A job in hand that the pilot may not run after all (a stop signal, no time or
+several in one updateJobsInBulk. Between two payloads comes only what must: the ended one reaped and the next one
+started. What can wait is done while a payload runs: the next job in hand made ready (its directory and
+definition), the getJob sent ahead, harvester's files that are due (worker_pandaids.json, worker_usage.json). A job in hand that the pilot may not run after all (a stop signal, no time or
 disk left) is reported failed at once with the reason, as a job that got the signal right after its getJob
 would be: the server retries it, and nothing stays dispatched to a pilot that has gone. In push and file modes
 jobs come one at a time and are run to their final update in the loop, as before.
@@ -72,6 +74,7 @@ class Pilot:
         self.last_run = None
         self.held = None  # a job whose payload ended, handed to the wrap-up once the next job's own work began
         self.guard = None  # the payload guard (pilot.guard)
+        self.prepared = None  # (definition, JobRun) of the next job in hand, made ready while a payload ran
 
     # ---- the protocol -------------------------------------------------------------------------------------------
     def work(self):
@@ -195,7 +198,7 @@ class Pilot:
                 return None
         data, asked = self.in_hand.popleft()
         try:
-            job = Job(data)
+            job = self.prepared[1].job if self.prepared is not None and self.prepared[0] is data else Job(data)
         except ValueError as exc:
             log.error("unusable job definition: %s", exc)
             return None
@@ -206,13 +209,13 @@ class Pilot:
     def run(self, job):
         """Run one job to its payload's end (to its final report in push and file modes), then account for it."""
         if self.handoff is not None:
-            self.handoff.begin_job(job.panda_id)
+            self.handoff.begin_job(job.panda_id, list_later=True)
         if self.wrapup is not None and self.last_run is not None and self.pilot_log:
             # the previous job's log tarball, made on the wrap-up thread, ends where this job's lines begin
             self.ctx.log_end[self.last_run.job.panda_id] = _size(self.pilot_log)
-        run = self.last_run = JobRun(job, self.ctx)
+        prepared, self.prepared = self.prepared, None
+        run = self.last_run = prepared[1] if prepared is not None and prepared[1].job is job else JobRun(job, self.ctx)
         cpu, began = usage.children_cpu(), time.monotonic()
-        self.fetch_ahead(payload_ended=False)
         if self.wrapup is not None:
             # the previous job goes to the wrap-up thread once this one's payload has started: its tarball and
             # upload then run under this payload instead of holding the GIL while the pilot starts it
@@ -231,13 +234,38 @@ class Pilot:
         if self.usage is not None:
             marks = self.timing.marks(job.panda_id)
             self.usage.add_job(job.panda_id, marks.get("PILOT_POST_PAYLOAD", 0) - marks.get("PILOT_PRE_PAYLOAD", 0),
-                               usage.children_cpu() - cpu)
+                               usage.children_cpu() - cpu, write=False)  # written while the next payload runs
         if self.wrapup is None:
             log.info("job %s done: %s", job.panda_id, state)
         if run.error and run.error.code == errors.REACHEDMAXTIME and self.remaining_time() <= 0:
             self.exit_error = errors.REACHEDMAXTIME
         if self.client is not None and not self.file_mode and self.wrapup is None:
             self.outbox.replay(self.client)
+
+    def while_payload_runs(self):
+        """What can wait until a payload runs, done then instead of between two payloads: the getJob sent ahead
+        when the jobs in hand run out, harvester's files that are due, the next job in hand made ready."""
+        self.fetch_ahead(payload_ended=False)
+        if self.handoff is not None:
+            self.handoff.list_if_due()
+        if self.usage is not None:
+            self.usage.write_if_due()
+        self.prepare_next()
+
+    def prepare_next(self):
+        """The next job in hand (over HTTP, several per getJob) made ready to start: its directory and definition
+        (jobrun.JobRun.prepare_ahead); its own turn then starts with its payload. A definition that cannot be read
+        is left for get_job to report."""
+        if self.prepared is not None or not self.in_hand or self.wrapup is None or self.stop.requested:
+            return
+        data = self.in_hand[0][0]
+        try:
+            job = Job(data)
+        except ValueError:
+            return
+        run = JobRun(job, self.ctx)
+        run.prepare_ahead()
+        self.prepared = (data, run)
 
     def hand_over_held(self):
         """The job whose payload ended last to the wrap-up thread (on a cold stop: its final to the outbox)."""
@@ -301,6 +329,7 @@ class Pilot:
         dispatched. On a cold stop the getJob sent ahead is waited for only briefly and the reports go to the
         outbox."""
         fetched, self.in_hand = [data for data, _ in self.in_hand], collections.deque()
+        prepared, self.prepared = self.prepared, None
         result, self.next_jobs = self.next_jobs, None
         if result is not None:
             try:
@@ -315,15 +344,18 @@ class Pilot:
             reason = f" ({self.no_room})" if self.no_room else ""
             why = PilotError(self.exit_error or errors.GENERALERROR, f"the pilot stopped before the job started{reason}")
         for data in fetched:
-            try:
-                job = Job(data)
-            except ValueError as exc:
-                log.error("unusable job definition fetched: %s", exc)
-                continue
-            log.warning("job %s was fetched but will not run: %s", job.panda_id, why)
+            if prepared is not None and prepared[0] is data:
+                run = prepared[1]  # made ready ahead: its directory goes
+            else:
+                try:
+                    run = JobRun(Job(data), self.ctx)
+                except ValueError as exc:
+                    log.error("unusable job definition fetched: %s", exc)
+                    continue
+            log.warning("job %s was fetched but will not run: %s", run.job.panda_id, why)
             if self.handoff is not None:
-                self.handoff.add_panda_id(job.panda_id)
-            JobRun(job, self.ctx).give_back(why, self.wrapup)
+                self.handoff.add_panda_id(run.job.panda_id)
+            run.give_back(why, self.wrapup)
 
     # ---- helpers ------------------------------------------------------------------------------------------------
     def load_queuedata(self):
@@ -383,7 +415,7 @@ class Pilot:
                        pilot_deadline=self.deadline - qd["pilot_stageout_reserve"],
                        adopter_pid=os.getpid() if self.subreaper else None, pilot_log=self.pilot_log,
                        cleanup=not opts.no_cleanup, payload_ended=self.fetch_ahead, guard=self.guard,
-                       pull=not self.push_mode)
+                       pull=not self.push_mode, payload_running=self.while_payload_runs)
 
     def remaining_time(self):
         """Seconds a new job may run: the pilot's end minus the stage-out reserve."""

@@ -160,3 +160,28 @@ def test_a_jobs_outputs_are_written_before_its_final(tmp_path, monkeypatch):
     assert written.index("event_status.dump.json") < written.index("worker_attributes-7.json"), written
     assert written.index("jobReport.json") < written.index("worker_attributes-7.json"), written
     assert json.loads((tmp_path / "event_status.dump.json").read_text()) == {"7": [{"type": "output"}]}
+
+
+def test_a_job_begun_is_listed_at_once_first_then_by_list_if_due_while_its_payload_runs(tmp_path, monkeypatch):
+    """The pilot's first job is listed in worker_pandaids.json at once; later ones begun with ``list_later`` are
+    not written between two payloads but by list_if_due (the job loop calls it once the payload runs), at most
+    once a LIST_EVERY_S, and every one is listed by then."""
+    from pilot import handoff
+
+    clock = [100.0]
+    monkeypatch.setattr(handoff.time, "monotonic", lambda: clock[0])
+    h = Handoff(str(tmp_path), HANDOFF_FILES)
+    listed = lambda: json.loads((tmp_path / "worker_pandaids.json").read_text())  # noqa: E731
+    h.begin_job(1, list_later=True)
+    assert listed() == [1]
+    clock[0] += handoff.LIST_EVERY_S * 2
+    h.begin_job(2, list_later=True)
+    assert listed() == [1]  # due, but not written between two payloads
+    h.list_if_due()
+    assert listed() == [1, 2]
+    h.begin_job(3, list_later=True)
+    h.list_if_due()
+    assert listed() == [1, 2]  # not due yet
+    clock[0] += handoff.LIST_EVERY_S
+    h.list_if_due()
+    assert listed() == [1, 2, 3]

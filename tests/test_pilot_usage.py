@@ -32,6 +32,32 @@ def test_a_job_rewrites_the_record_atomically_with_totals_over_every_job(tmp_pat
     assert sorted(os.listdir(tmp_path)) == [usage.USAGE_FILE]  # no temporary file left behind
 
 
+def test_the_job_loop_leaves_a_due_write_for_while_the_next_payload_runs(tmp_path, monkeypatch):
+    """add_job(write=False) never writes (the job loop accounts for a job between two payloads); write_if_due
+    (called once the next payload runs) writes what is due, and nothing when no job came since."""
+    clock = [100.0]
+    monkeypatch.setattr(usage.time, "monotonic", lambda: clock[0])
+    path = tmp_path / usage.USAGE_FILE
+    record = usage.Usage(str(tmp_path), started=0.0)
+    record.add_job(1, 1.0, 0.5, write=False)
+    assert not path.exists()
+    record.write_if_due()
+    assert json.loads(path.read_text())["jobs_run"] == 1
+    clock[0] += usage.WRITE_EVERY_S / 2
+    record.add_job(2, 1.0, 0.5, write=False)
+    record.write_if_due()
+    assert json.loads(path.read_text())["jobs_run"] == 1  # not due yet
+    clock[0] += usage.WRITE_EVERY_S
+    record.add_job(3, 1.0, 0.5, write=False)
+    assert json.loads(path.read_text())["jobs_run"] == 1  # due, but left to write_if_due
+    record.write_if_due()
+    assert json.loads(path.read_text())["jobs_run"] == 3
+    path.unlink()
+    clock[0] += 10 * usage.WRITE_EVERY_S
+    record.write_if_due()
+    assert not path.exists()  # no job since: nothing to write
+
+
 def test_a_record_that_cannot_be_written_is_said_and_never_stops_the_pilot(tmp_path, caplog):
     record = usage.Usage(str(tmp_path / "gone"), started=0.0)
     record.add_job(1, 1.0, 1.0)

@@ -1,4 +1,5 @@
 """The pilot's life through the zipapp: signals, the outbox, file mode, the multi-job loop and exit codes."""
+import glob
 import json
 import os
 import shutil
@@ -276,6 +277,37 @@ def test_jobs_in_hand_are_given_back_on_a_stop(site):
         assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1201), site.log()
         assert "before the job started" in job["pilotErrorDiag"]
         assert [h["to"] for h in site.history(panda_id)] == ["activated", "sent", "failed"]
+    assert processes_with(marker) == []
+
+
+def job_dirs(site, panda_id):
+    return glob.glob(os.path.join(site.workdir, "PanDA_Pilot-*", f"PandaJob_{panda_id}"))
+
+
+def test_the_next_job_in_hand_is_made_ready_while_a_payload_runs_and_removed_when_given_back(site):
+    """Two short jobs teach the pilot the pace, so the second one's getJob (sent while it runs) brings the three
+    long ones; while the first of them runs, the next in hand already has its directory and definition (only the
+    payload's start then comes between two payloads), the one after it not yet. On SIGTERM the job made ready is
+    given back like any other in hand (failed 1201, never left sent), with no log, and its directory removed."""
+    marker = f"ready-{os.getpid()}-{id(site)}"
+    sleep = marked_sleep(site.base, marker)
+    ids = [site.submit(transformation="/bin/true") for _ in range(2)] + [
+        site.submit(transformation=sleep, jobParameters="30") for _ in range(3)]
+    proc = site.start("--getjob-lookahead", "30", qd=site.queuedata(timefloor=10))
+    site.wait_for(lambda: processes_with(marker) and site.status(ids[1]) == "finished", "the third job running")
+    site.wait_for(lambda: any(os.path.isfile(os.path.join(d, "job_definition.json")) for d in job_dirs(site, ids[3])),
+                  "the next job in hand made ready while the payload runs")
+    assert job_dirs(site, ids[4]) == [] and len(processes_with(marker)) == 1, site.log()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143, site.log()
+    for panda_id in ids[2:]:
+        job = site.job(panda_id)
+        assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1201), site.log()
+    for panda_id in ids[3:]:
+        assert "before the job started" in site.job(panda_id)["pilotErrorDiag"]
+        assert [h["to"] for h in site.history(panda_id)] == ["activated", "sent", "failed"]
+        assert job_dirs(site, panda_id) == [], site.log()
+    assert site.log().count("staged out log.tgz") == 3, site.log()  # no log for a job given back
     assert processes_with(marker) == []
 
 
