@@ -12,6 +12,7 @@ the one reported (pilot3's rule); later steps still run so the log always goes o
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -168,6 +169,7 @@ class JobRun:
         directory (one made ahead is removed), no payload, no log."""
         self.fail(why)
         if self.prepared:
+            self.forget_payload()
             self.remove_job_dir()
         if self.ctx.stop.cold and not self.ctx.file_mode:
             self.spool_final()
@@ -214,12 +216,27 @@ class JobRun:
     # ---- steps --------------------------------------------------------------------------------------------------
     def prepare_ahead(self):
         """The job's directory and definition made now, while the previous job's payload runs, so that only the
-        payload's start comes between that payload's end and this one's; an error is kept for the job's turn."""
+        payload's start comes between that payload's end and this one's; an error is kept for the job's turn. For a
+        job without inputs whose program is not downloaded, its payload too (command, environment, output files):
+        anything wrong with it is left for its turn, which makes it again and reports the error in its place."""
         self.prepared = True
         try:
             self.prepare()
         except PilotError as exc:
             self.prepare_error = exc
+            return
+        if not self.job.inputs and not re.match(r"^https?://", self.job.transformation):
+            try:
+                self.payload = self.new_payload()
+                self.payload.open_outputs()
+            except (PilotError, OSError):
+                self.forget_payload()
+
+    def forget_payload(self):
+        """A payload made ahead that will not start: its output files closed."""
+        if self.payload is not None and self.payload.proc is None:
+            self.payload.close_outputs()
+            self.payload = None
 
     def prepare(self):
         try:
@@ -282,7 +299,8 @@ class JobRun:
                                                              f"{lost_after:.0f} s of its getJob: not started")
         return breach
 
-    def run_payload(self):
+    def new_payload(self):
+        """The payload (not started): its program (downloaded when it is a URL), command line and environment."""
         ctx = self.ctx
         local_dirs = ([ctx.handoff.directory] if ctx.handoff else []) + ([ctx.input_dir] if not ctx.client else [])
         executable = payload.transformation(self.job, self.job_dir, ctx.client.download if ctx.client else None,
@@ -292,10 +310,15 @@ class JobRun:
         if ctx.client and ctx.client.token_file and "PANDA_AUTH_TOKEN" not in env:
             # prun's runGen fetches the user's sandbox from the server with the pilot's token (as under pilot3)
             env["PANDA_AUTH_TOKEN"] = os.path.abspath(ctx.client.token_file)
+        return payload.Payload(argv, self.job_dir, env, ctx.adopter_pid, ctx.guard)
+
+    def run_payload(self):
+        ctx = self.ctx
+        if self.payload is None:  # else made ahead (prepare_ahead)
+            self.payload = self.new_payload()
         late = self.report_if_late()
         if late is not None:
             raise late
-        self.payload = payload.Payload(argv, self.job_dir, env, ctx.adopter_pid, ctx.guard)
         ctx.timing.mark(self.job.panda_id, "PILOT_PRE_PAYLOAD")
         self.payload.start()
         self.tell_job_started()
@@ -324,6 +347,7 @@ class JobRun:
 
     def ensure_payload_gone(self):
         """Whatever happened above, no process of the payload outlives this point; then the guard lets it go."""
+        self.forget_payload()  # made ahead, never started (a step before it failed)
         if self.payload is not None and self.payload.tree is not None:
             if self.payload.poll() is None or self.payload.tree.alive():
                 log.warning("payload of job %s still running after an error; killing it", self.job.panda_id)

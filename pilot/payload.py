@@ -166,15 +166,35 @@ class Payload:
         self.returncode = None
         self.rusage = None
         self.pidfd = None  # readable once the payload has exited (Linux 5.3+), else None
+        self.outputs = None  # (stdout, stderr) opened ahead of the start (open_outputs)
 
     @property
     def pid(self):
         return self.proc.pid if self.proc else None
 
+    def open_outputs(self):
+        """Create payload.stdout and payload.stderr now, ahead of :meth:`start` (which then only starts the
+        process); :meth:`close_outputs` if it never comes."""
+        if self.outputs is None:
+            out = open(self.stdout, "wb")
+            try:
+                self.outputs = (out, open(self.stderr, "wb"))
+            except OSError:
+                out.close()
+                raise
+
+    def close_outputs(self):
+        outputs, self.outputs = self.outputs, None
+        for handle in outputs or ():
+            handle.close()
+
     def start(self):
         """Start the payload; raise PilotError when it cannot be executed."""
         guarded = self.guard is not None and self.guard.alive
-        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+        self.open_outputs()
+        out, err = self.outputs
+        self.outputs = None
+        with out, err:
             try:
                 self.proc = self._spawn(self.argv, out, err, guarded)
             except OSError as exc:

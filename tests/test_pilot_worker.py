@@ -286,8 +286,8 @@ def job_dirs(site, panda_id):
 
 def test_the_next_job_in_hand_is_made_ready_while_a_payload_runs_and_removed_when_given_back(site):
     """Two short jobs teach the pilot the pace, so the second one's getJob (sent while it runs) brings the three
-    long ones; while the first of them runs, the next in hand already has its directory and definition (only the
-    payload's start then comes between two payloads), the one after it not yet. On SIGTERM the job made ready is
+    long ones; while the first of them runs, the next in hand already has its directory, definition and payload
+    output files (only the payload's start then comes between two payloads), the one after it not yet. On SIGTERM the job made ready is
     given back like any other in hand (failed 1201, never left sent), with no log, and its directory removed."""
     marker = f"ready-{os.getpid()}-{id(site)}"
     sleep = marked_sleep(site.base, marker)
@@ -295,8 +295,9 @@ def test_the_next_job_in_hand_is_made_ready_while_a_payload_runs_and_removed_whe
         site.submit(transformation=sleep, jobParameters="30") for _ in range(3)]
     proc = site.start("--getjob-lookahead", "30", qd=site.queuedata(timefloor=10))
     site.wait_for(lambda: processes_with(marker) and site.status(ids[1]) == "finished", "the third job running")
-    site.wait_for(lambda: any(os.path.isfile(os.path.join(d, "job_definition.json")) for d in job_dirs(site, ids[3])),
-                  "the next job in hand made ready while the payload runs")
+    site.wait_for(lambda: any(os.path.isfile(os.path.join(d, "job_definition.json")) and
+                              os.path.isfile(os.path.join(d, "payload.stdout")) for d in job_dirs(site, ids[3])),
+                  "the next job in hand made ready while the payload runs (its payload's output files too)")
     assert job_dirs(site, ids[4]) == [] and len(processes_with(marker)) == 1, site.log()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 143, site.log()
