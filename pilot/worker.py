@@ -14,8 +14,9 @@ Over HTTP (pull mode) a getJob asks for several jobs when they are short (``nJob
 the wrap-up included), at most ``--getjob-max-jobs``, and no more than the remaining time and the timefloor
 leave room for; one until a job's pace is known, and again after a getJob found no job (the work that comes next
 may be of another kind: a pace learned on no-op jobs would take dozens of long ones at once). The next getJob
-goes out before the jobs in hand run out: when the last of them starts if jobs are that short, else when its
-payload has ended; its answer is read when that job is done. Payloads run back to back, one at a time: when one ends, the next job in hand starts at once while
+goes out before the jobs in hand run out: when the one before the last starts if two jobs fill the look-ahead
+(so a server slow to answer does not leave the pilot waiting), when the last of them starts if jobs are shorter
+than the look-ahead, else when its payload has ended; its answer is read when the last job is done. Payloads run back to back, one at a time: when one ends, the next job in hand starts at once while
 the ended one's stage-out, log and final update are done on the wrap-up thread, whose finals go to the server
 several in one updateJobsInBulk. Between two payloads comes only what must: the ended one reaped and the next one
 started. What can wait is done while a payload runs: the next job in hand made ready (its directory and
@@ -166,17 +167,21 @@ class Pilot:
         return max(1, jobs)
 
     def fetch_ahead(self, payload_ended=True):
-        """Send the next getJob now when the jobs in hand are running out: at the start of the last one when
-        jobs are shorter than the look-ahead, else when its payload has ended (``payload_ended``); the answer is
-        read when that job is done."""
-        if self.client is None or self.push_mode or self.next_jobs is not None or self.in_hand or \
+        """Send the next getJob now when the jobs in hand are running out: while the job before the last one
+        runs when at least two jobs fill the look-ahead (the server's answer then has a whole job's time to come,
+        however long a loaded server takes), while the last one runs when jobs are shorter than the look-ahead,
+        else when its payload has ended (``payload_ended``); the answer is read when the last job is done."""
+        if self.client is None or self.push_mode or self.next_jobs is not None or len(self.in_hand) > 1 or \
                 self.stop.requested or self.no_next_job:
             return
-        if not payload_ended and not (self.pace and self.pace <= self.opts.getjob_lookahead):
+        lookahead = self.opts.getjob_lookahead
+        if self.in_hand and not (not payload_ended and self.pace and 2 * self.pace <= lookahead):
             return
-        n_jobs = self.jobs_to_ask(self.jobs_run + 1)
+        if not payload_ended and not (self.pace and self.pace <= lookahead):
+            return
+        n_jobs = self.jobs_to_ask(self.jobs_run + 1 + len(self.in_hand))
         if not n_jobs:
-            self.no_next_job = True
+            self.no_next_job = not self.in_hand  # else the job still in hand runs, and asks again when it starts
             return
         self.next_jobs_sent = time.time()
         self.next_jobs = self.client.begin_get_jobs(self.offer(), n_jobs)

@@ -211,3 +211,48 @@ def test_a_held_job_goes_to_the_wrap_up_before_anything_after_it_and_to_the_outb
     cold.stop.cold = True
     cold.hand_over_held()
     assert run.spooled and 2 not in handed and cold.held is None
+
+
+class AskingClient:
+    """Records the getJobs a pilot sends ahead."""
+
+    def __init__(self):
+        self.asked = []
+
+    def begin_get_jobs(self, offer, n_jobs):
+        self.asked.append(n_jobs)
+        return lambda timeout=None: []
+
+
+def test_the_next_getjob_goes_out_while_the_job_before_the_last_runs_when_jobs_are_short(tmp_path):
+    """With two or more jobs to the look-ahead the getJob for the next ones is sent when the job before the last
+    one in hand starts (its answer then has a whole job's time to come back from a loaded server), never while
+    more are in hand; with longer jobs when the last one starts, or when its payload has ended."""
+    def pilot(pace, in_hand):
+        p = pilot_for(tmp_path, lookahead=1.0)
+        p.client, p.pace, p.offer = AskingClient(), pace, lambda: {}
+        p.in_hand.extend([({"PandaID": n}, 0.0) for n in range(in_hand)])
+        return p
+
+    for pace, in_hand, payload_ended, sent in [
+            (0.1, 2, False, False),  # two more in hand: not yet
+            (0.1, 1, False, True),  # the job before the last one started: now
+            (0.1, 0, False, True),
+            (0.6, 1, False, False),  # one job fills most of the look-ahead: when the last one starts
+            (0.6, 0, False, True),
+            (2.0, 0, False, False),  # longer than the look-ahead: when its payload has ended
+            (2.0, 0, True, True),
+            (0.1, 1, True, False)]:  # a payload's end with one more in hand: that one's start asks
+        p = pilot(pace, in_hand)
+        p.fetch_ahead(payload_ended=payload_ended)
+        assert bool(p.client.asked) == sent, (pace, in_hand, payload_ended)
+        assert (p.next_jobs is not None) == sent and not p.no_next_job
+    p = pilot(0.1, 1)
+    p.fetch_ahead(payload_ended=False)
+    p.fetch_ahead(payload_ended=False)
+    assert p.client.asked == [10]  # one getJob ahead at a time
+    for in_hand, none_after in [(1, False), (0, True)]:  # the timefloor used up: the job in hand still runs
+        p = pilot(0.1, in_hand)
+        p.started -= 3600
+        p.fetch_ahead(payload_ended=False)
+        assert p.client.asked == [] and p.no_next_job == none_after and p.may_take_job() == (not none_after)
