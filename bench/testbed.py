@@ -17,7 +17,9 @@ summary.json (times from the server's database, CPU from the processes and the p
   CPU per job     server + harvester + pilots, payloads left out, per job attempt
   first job       the command's process start -> the first job reported starting (server and harvester start too)
   pilot steps     from the pilots' own pilot_timing.json: the mean ms of each step between one payload's end and
-                  the next payload's start in the same pilot (where a job's wall time goes besides its payload)
+                  the next payload's start in the same pilot (where a job's wall time goes besides its payload),
+                  the median of that gap (the mean holds the rare stalls of a loaded machine), and the end tail:
+                  the last pilot's last payload end - the first pilot's (how long pilots sat idle at the end)
 
 Both trees are byte-compiled first, as an installed package is (the start-up of every process is measured).
 Nothing is asserted: the goals are only reported, with the load average (the machine may be shared). With
@@ -130,7 +132,7 @@ def pilot_steps(home, leave_out=()):
     ``leave_out`` (the warm-up's) are not counted."""
     leave_out = {str(panda_id) for panda_id in leave_out}
     spans = {name: [] for name, *_ in STEPS}
-    gaps = []
+    gaps, last_ends = [], []
     for path in glob.glob(os.path.join(home, "harvester", "**", "pilot_timing.json"), recursive=True):
         try:
             with open(path) as handle:
@@ -139,6 +141,8 @@ def pilot_steps(home, leave_out=()):
             continue
         jobs = sorted((marks for key, marks in data.items() if key.isdigit() and key != "0" and key not in leave_out
                        and "PILOT_PRE_PAYLOAD" in marks), key=lambda marks: marks["PILOT_PRE_PAYLOAD"])
+        if jobs and "PILOT_POST_PAYLOAD" in jobs[-1]:
+            last_ends.append(jobs[-1]["PILOT_POST_PAYLOAD"])
         for job, following in zip(jobs, jobs[1:]):
             for name, start, end, start_of, end_of in STEPS:
                 first, second = (job, following)[start_of], (job, following)[end_of]
@@ -149,6 +153,9 @@ def pilot_steps(home, leave_out=()):
     steps = {name: 1000 * statistics.fmean(values) for name, values in spans.items() if values}
     if gaps:
         steps["payload end -> next start"] = 1000 * statistics.fmean(gaps)
+        steps["gap median"] = 1000 * statistics.median(gaps)
+    if len(last_ends) > 1:
+        steps["end tail"] = 1000 * (max(last_ends) - min(last_ends))
     return steps
 
 
@@ -204,7 +211,7 @@ def main(argv=None):
                                  fmt(r.get("first_job_started_s",
                                                                          r.get("first_job_running_s"))),
                                  "/".join(str(x) for x in r.get("load", []))]) + " |")
-    names = [name for name, *_ in STEPS] + ["payload end -> next start"]
+    names = [name for name, *_ in STEPS] + ["payload end -> next start", "gap median", "end tail"]
     if any(r["steps"] for r in results):
         print("\npilot steps, mean ms over consecutive jobs of one pilot (they add up) (pilot_timing.json):")
         print("| testbed | pilots | " + " | ".join(names) + " |")
