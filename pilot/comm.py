@@ -144,6 +144,7 @@ class ServerClient:
             return answer(self._reply(path, lambda: pending.result(timeout)))
 
         result.cancel = pending.cancel
+        result.fileno = pending.fileno  # readable once the answer arrives (None: it is sent by result())
         return result
 
     def update_job(self, params, timeout=None):

@@ -241,6 +241,12 @@ class Pending:
                 raise HTTPError(url, reply.status, reply.read())
         return reply
 
+    def fileno(self):
+        """The connection's socket, readable once the answer begins to arrive; None when the request goes out only
+        in :meth:`result` (it could not be sent ahead)."""
+        sock = self.connection.sock if self.connection is not None else None
+        return sock.fileno() if sock is not None else None
+
     def cancel(self):
         """Drop the request's connection without reading its answer."""
         if self.connection is not None:

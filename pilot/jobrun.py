@@ -42,12 +42,14 @@ class Context:
     ``pull``: the jobs come from the pilot's own getJob over HTTP, so the server knows the pilot (its pilotID),
     not from harvester's job file. ``payload_running`` is called once a job's payload runs, before the pilot waits
     for its end: the job loop does then what need not come between two payloads (the next job made ready, files
-    due for harvester).
+    due for harvester). While the pilot waits for a payload's end it also wakes when the descriptor
+    ``answer_due()`` names becomes readable (a getJob sent ahead is answered) and calls ``answer_came()``.
     """
 
     def __init__(self, queue, qd, identity, pilot_dir, input_dir, output_dir, stop, waker, timing, client=None,
                  handoff=None, file_mode=False, outbox=None, pilot_deadline=None, adopter_pid=None, pilot_log="",
-                 cleanup=True, payload_ended=None, guard=None, job_started=None, pull=False, payload_running=None):
+                 cleanup=True, payload_ended=None, guard=None, job_started=None, pull=False, payload_running=None,
+                 answer_due=None, answer_came=None):
         self.queue, self.qd, self.identity, self.pilot_dir = queue, qd, identity, pilot_dir
         self.input_dir, self.output_dir, self.stop, self.waker, self.timing = input_dir, output_dir, stop, waker, timing
         self.client, self.handoff, self.file_mode, self.outbox = client, handoff, file_mode, outbox
@@ -57,6 +59,7 @@ class Context:
         self.payload_ended = payload_ended
         self.log_end = {}
         self.guard, self.job_started, self.payload_running = guard, job_started, payload_running
+        self.answer_due, self.answer_came = answer_due, answer_came
         self.pull = pull
 
 
@@ -378,7 +381,13 @@ class JobRun:
                 breach = self.heartbeat()
                 if breach:
                     return breach
-            self.payload.wait(min(next_check, next_beat) - time.monotonic(), self.ctx.waker)
+            answer = self.ctx.answer_due() if self.ctx.answer_due is not None else None
+            self.payload.wait(min(next_check, next_beat) - time.monotonic(), self.ctx.waker, answer)
+            if answer is not None:
+                try:
+                    self.ctx.answer_came()
+                except Exception:  # the next jobs' early read must never cost this job its watch
+                    log.exception("reading the getJob sent ahead failed")
         return None
 
     def heartbeat(self):

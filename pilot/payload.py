@@ -234,11 +234,12 @@ class Payload:
         self.reap_orphans()
         return self.returncode
 
-    def wait(self, seconds, waker=None):
+    def wait(self, seconds, waker=None, also=None):
         """Wait up to ``seconds`` for the payload to exit, returning as soon as it does (its pidfd becomes
-        readable) or a signal wakes ``waker`` (signals.Waker); then :meth:`poll`."""
+        readable), a signal wakes ``waker`` (signals.Waker) or the descriptor ``also`` becomes readable; then
+        :meth:`poll`."""
         if self.returncode is None:
-            fds = [self.pidfd] if self.pidfd is not None else []
+            fds = ([self.pidfd] if self.pidfd is not None else []) + ([also] if also is not None else [])
             if not fds and not (waker is not None and waker.installed):
                 seconds = min(seconds, 0.1)  # nothing would end the sleep at the payload's exit: poll
             if waker is not None:

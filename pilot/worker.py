@@ -29,6 +29,7 @@ import collections
 import logging
 import math
 import os
+import select
 import time
 
 from pilot import comm, errors, housekeeping, node, queuedata, usage
@@ -257,6 +258,30 @@ class Pilot:
             self.usage.write_if_due()
         self.prepare_next()
 
+    def answer_due(self):
+        """The socket of the getJob sent ahead while its answer is awaited (the payload's watch wakes on it), else
+        None."""
+        fileno = getattr(self.next_jobs, "fileno", None)
+        return fileno() if fileno is not None else None
+
+    def answer_came(self):
+        """The getJob sent ahead read as soon as its answer is there, while a payload runs: its jobs join those in
+        hand and the first of them is made ready before that payload ends (else it would be made in the gap). An
+        empty answer or a failure is kept for get_job, which handles it as before."""
+        early = self.next_jobs
+        if getattr(early, "fileno", None) is None or not select.select([early.fileno()], [], [], 0)[0]:
+            return
+        try:
+            jobs, failure = early(), None
+        except Exception as exc:  # raised again where get_job reads the answer, and handled there as before
+            jobs, failure = [], exc
+        if jobs:
+            self.next_jobs = None
+            self.in_hand.extend((data, self.next_jobs_sent) for data in jobs)
+            self.prepare_next()
+        else:
+            self.next_jobs = _answered(jobs, failure)
+
     def prepare_next(self):
         """The next job in hand (over HTTP, several per getJob) made ready to start: its directory and definition
         (jobrun.JobRun.prepare_ahead); its own turn then starts with its payload. A definition that cannot be read
@@ -420,7 +445,8 @@ class Pilot:
                        pilot_deadline=self.deadline - qd["pilot_stageout_reserve"],
                        adopter_pid=os.getpid() if self.subreaper else None, pilot_log=self.pilot_log,
                        cleanup=not opts.no_cleanup, payload_ended=self.fetch_ahead, guard=self.guard,
-                       pull=not self.push_mode, payload_running=self.while_payload_runs)
+                       pull=not self.push_mode, payload_running=self.while_payload_runs,
+                       answer_due=self.answer_due, answer_came=self.answer_came)
 
     def remaining_time(self):
         """Seconds a new job may run: the pilot's end minus the stage-out reserve."""
@@ -487,6 +513,16 @@ class Pilot:
         if self.outbox is not None and not self.file_mode and self.outbox.entries():
             return errors.shell_exit_code(errors.COMMUNICATIONFAILURE)
         return 0
+
+
+def _answered(jobs, failure):
+    """A getJob answer read already, as the job loop reads one sent ahead (comm.ServerClient.begin_get_jobs)."""
+    def result(timeout=None):
+        if failure is not None:
+            raise failure
+        return jobs
+
+    return result
 
 
 def _size(path):

@@ -312,6 +312,29 @@ def test_the_next_job_in_hand_is_made_ready_while_a_payload_runs_and_removed_whe
     assert processes_with(marker) == []
 
 
+def test_a_getjob_answer_is_read_when_it_comes_and_its_first_job_made_ready_while_a_payload_runs(site):
+    """The getJob sent ahead while the last job in hand runs is read as soon as its answer is there (the payload's
+    watch wakes on its socket), not when that payload has ended: the first job of the new batch is made ready
+    while the payload still runs. On SIGTERM those jobs are given back as any in hand."""
+    running, waiting = f"running-{os.getpid()}-{id(site)}", f"waiting-{os.getpid()}-{id(site)}"
+    ids = [site.submit(transformation="/bin/true"), site.submit(transformation=marked_sleep(site.base, running),
+                                                                jobParameters="30")]
+    later = marked_sleep(site.base, waiting)
+    ids += [site.submit(transformation=later, jobParameters="30") for _ in range(2)]
+    proc = site.start("--getjob-lookahead", "30", qd=site.queuedata(timefloor=10))
+    site.wait_for(lambda: processes_with(running) and all(site.status(i) == "sent" for i in ids[2:]),
+                  "the second job running, the getJob for the others answered")
+    site.wait_for(lambda: any(os.path.isfile(os.path.join(d, "job_definition.json")) for d in job_dirs(site, ids[2])),
+                  "the new batch's first job made ready while the payload runs")
+    assert processes_with(running) and not processes_with(waiting), site.log()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 143, site.log()
+    for panda_id in ids[2:]:
+        job = site.job(panda_id)
+        assert (job["jobStatus"], job["pilotErrorCode"]) == ("failed", 1201), site.log()
+        assert "before the job started" in job["pilotErrorDiag"] and job_dirs(site, panda_id) == []
+
+
 def test_a_pilot_killed_with_jobs_in_hand_leaves_none_dispatched_for_ever(zipapp_path, tmp_path):
     """kill -9: the pilot reports nothing, so its jobs in hand stay sent until the server's watchdog fails them
     after watchdog.sent_timeout (supErrorCode 102, retried as its rules say): none stays dispatched for ever."""

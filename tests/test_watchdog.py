@@ -158,8 +158,10 @@ def test_sent_jobs_fail_when_their_pilot_goes_silent_never_while_it_talks(pilot_
     late word from a lost pilot is answered tobekilled."""
     server = pilot_dog_server
     set_queue("HB", pilot_lost_heartbeat_timeout=4)
-    tid = submit(server, {"taskName": "held", "exec": "true", "nJobs": 4, "nScouts": 0, "maxAttempt": 3})
-    wait_jobs(server, tid, 4)
+    # 8 jobs for the 4 taken: a bulk getJob takes at most its fair share of what is left (minipanda.core.fairshare),
+    # and each pilot here must get the 2 it asks for
+    tid = submit(server, {"taskName": "held", "exec": "true", "nJobs": 8, "nScouts": 0, "maxAttempt": 3})
+    wait_jobs(server, tid, 8)
     busy, held = acquire(server, "HB", n=2, pilot_id="talking-pilot")
     gone = acquire(server, "HB", n=2, pilot_id="killed-pilot")
     update(server, busy["PandaID"], "running", pilot_id="talking-pilot")
