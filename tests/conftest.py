@@ -136,11 +136,9 @@ def fresh_url(backend, directory):
 
 @pytest.fixture
 def database(db_url):
-    """The server's models bound in-process to a fresh database (and no pilot remembered asking for work: the
-    fair share's askers live in the process, not in the database)."""
-    from minipanda.core import fairshare, schema
+    """The server's models bound in-process to a fresh database."""
+    from minipanda.core import schema
 
-    fairshare.askers.clear()
     database = schema.open_database(db_url)
     database.connect(reuse_if_open=True)
     yield database

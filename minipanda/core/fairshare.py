@@ -12,6 +12,7 @@ asks again sooner, and the pilots run dry within about one job of each other.
 The pilots asking are counted in this server process's memory (a getJob costs no write for it): a server running
 several worker processes (PostgreSQL) sees in each one the pilots that asked that process, so the share there is
 larger than it could be - never smaller. A single-job getJob (pilot3) is never cut, but its pilot is counted.
+The memory belongs to the database the models are bound to: binding another one (schema.open_database) forgets it.
 """
 import math
 import threading
@@ -49,11 +50,11 @@ askers = Askers()
 
 
 def pilot_key(offer):
-    """Who is asking (a dispatch.Offer): its harvester worker when it says, else its pilot id, node and batch id
-    (a pilot that sends none of them is counted as one anonymous pilot)."""
+    """Who is asking (a dispatch.Offer): its harvester worker when it says, else its harvester, pilot id, node and
+    batch id (a pilot that sends none of them is counted as one anonymous pilot)."""
     if offer.worker_id is not None:
         return ("worker", offer.harvester_id, offer.worker_id)
-    return ("pilot", offer.pilot_id, offer.node, offer.batch_id)
+    return ("pilot", offer.harvester_id, offer.pilot_id, offer.node, offer.batch_id)
 
 
 def share(n_jobs, n_askers, waiting):

@@ -6,7 +6,7 @@ forward one step at a time, each step in its own transaction, and never loses da
 import logging
 
 import peewee
-from minipanda.core import counts, models
+from minipanda.core import counts, fairshare, models
 from minipanda.core.db import database, make_database
 from minipanda.errors import DatabaseConfigError
 from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
@@ -18,6 +18,7 @@ def open_database(url):
     """Bind the models to ``url``, create or upgrade the schema, and return the database."""
     db = make_database(url)
     database.initialize(db)
+    fairshare.askers.clear()  # the pilots remembered asking for work asked the database bound before
     db.connect(reuse_if_open=True)
     try:
         upgrade_schema(db)
