@@ -54,6 +54,26 @@ def test_leader_lock_is_held_by_one_holder_and_taken_over(pg_url):
 
 
 @pytest.mark.postgres
+def test_leader_lock_is_released_before_its_connection_is_gone(pg_url):
+    """A closed connection's backend releases the lock only once it has exited: close() unlocks first, so another
+    process takes the lead at once (here the connection is kept open, as a backend still exiting would be)."""
+    from minipanda.server.daemon import LeaderLock
+
+    first, second = LeaderLock(pg_url, retry=0), LeaderLock(pg_url, retry=0)
+    kept = []
+    try:
+        assert first.held()
+        kept.append(first._conn)
+        first._drop = lambda: setattr(first, "_conn", None)  # the connection stays open, out of first's hands
+        first.close()
+        assert second.held()
+    finally:
+        for conn in kept:
+            conn.close()
+        second.close()
+
+
+@pytest.mark.postgres
 def test_n_workers_serve_one_port_and_one_of_them_and_one_host_leads(tmp_path, pg_url):
     server = WorkersServer(tmp_path / "a", pg_url, workers=3)
     other = None

@@ -154,9 +154,18 @@ class LeaderLock:
             self._conn = None
 
     def close(self):
-        """Release the lock (closing its connection) and stop leading."""
+        """Release the lock and stop leading. The lock is unlocked on its connection before that connection closes:
+        a closed connection's backend releases it only when it has exited, which another process's
+        ``pg_try_advisory_lock`` may come before."""
+        import psycopg2
+
         with self._lock:
             if self._held:
                 log.info("releasing the duties' advisory lock")
+                try:
+                    with self._conn.cursor() as cur:
+                        cur.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+                except psycopg2.Error as exc:  # the connection is gone, and the lock with its backend
+                    log.warning("releasing the duties' advisory lock: %s", exc)
             self._held = False
             self._drop()
