@@ -124,15 +124,16 @@ def drain(server, queue, n_clients, bulk, n_jobs, marks, time_limit):
 
     def client(index):
         conn = LeanConnection(server.port, server.token, timeout=600)
+        # each client is one pilot asking again and again, as a pilot does (the server's fair share of a queue's
+        # last jobs counts the pilots that asked recently: a new pilotID per call would be a new pilot each time)
         fields = {"computingElement": queue, "prodSourceLabel": "managed", "mem": "2000", "nJobs": str(bulk),
-                  "node": f"bench-node-{index}"}
+                  "node": f"bench-node-{index}", "pilotID": f"pilot-{index}"}
         try:
             gate.wait()
             for call in range(n_jobs // bulk + 50):
                 if time.monotonic() > deadline:
                     errors.append(f"client {index}: time limit reached")
                     break
-                fields["pilotID"] = f"pilot-{index}-{call}"
                 reply = conn.post("/server/panda/getJob", fields)
                 if reply.get("StatusCode") == NO_JOBS:
                     break
