@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 STAGE_IN_RATE = 1e7  # bytes/s: a transfer's timeout grows 1 s per 10 MB (pilot.copytools; pilot3's 1151)
 
 
+def _aside(callback, failure):
+    """Run the job loop's ``callback`` (None: nothing to do) for it: its work ahead (the next job made ready, its
+    early getJob) must never cost this job its watch or its report, so a failure is logged as ``failure``."""
+    if callback is not None:
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - see above
+            log.exception(failure)
+
 class Context:
     """What a job run needs from its pilot.
 
@@ -191,18 +200,10 @@ class JobRun:
             callback()
 
     def tell_payload_running(self):
-        if self.ctx.payload_running is not None:
-            try:
-                self.ctx.payload_running()
-            except Exception:  # the job loop's work ahead must never cost this job its watch
-                log.exception("the work done while the payload runs failed")
+        _aside(self.ctx.payload_running, "the work done while the payload runs failed")
 
     def tell_payload_ended(self):
-        if self.ctx.payload_ended is not None:
-            try:
-                self.ctx.payload_ended()
-            except Exception:  # the next job's early getJob must never cost this job its report
-                log.exception("fetching the next job early failed")
+        _aside(self.ctx.payload_ended, "fetching the next job early failed")
 
     @property
     def state(self):

@@ -491,3 +491,18 @@ def test_http_stage_in_and_stage_out_through_the_server_file_store(site):
     assert requests.get(files["out.dat"]["surl"], headers={"Authorization": f"Bearer {token}"},
                         timeout=30).content == data * 2
     assert not os.path.exists(os.path.join(site.outputs(), "user", "out.dat"))  # nothing went to a directory
+
+
+def test_the_job_loops_work_aside_never_raises_into_the_job_and_is_logged(caplog):
+    """The work done while a payload runs (the next job made ready, the early getJob) must never cost the running
+    job its watch or its report: a failure of it is logged, not raised."""
+    from pilot import jobrun
+
+    def fails():
+        raise RuntimeError("disk full while making the next job ready")
+
+    with caplog.at_level("ERROR", logger="pilot.jobrun"):
+        jobrun._aside(fails, "the work done while the payload runs failed")
+        jobrun._aside(None, "nothing to do")
+    assert [r.getMessage() for r in caplog.records] == ["the work done while the payload runs failed"]
+    assert "disk full" in caplog.text
