@@ -4,6 +4,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import tarfile
 import threading
 import time
@@ -506,3 +507,119 @@ def test_the_job_loops_work_aside_never_raises_into_the_job_and_is_logged(caplog
         jobrun._aside(None, "nothing to do")
     assert [r.getMessage() for r in caplog.records] == ["the work done while the payload runs failed"]
     assert "disk full" in caplog.text
+
+
+# ---- a cold stop (a second signal) at each step of a job ----------------------------------------------------------
+# Push mode over HTTP: the job comes from harvester's job file and its wrap-up runs in the job loop, so a pilot that
+# went on after a cold stop would send the job's final to the server (the stub records every update). A cold stop
+# kills the payload at once and leaves that final in the outbox only, for a later replay.
+STUBBORN = "-c 'trap \"\" TERM; {sleep} 300 & while true; do sleep 0.1; done'"
+
+
+def push_job(tmp_path, **job):
+    """A harvester work directory holding one job for the pilot (PandaID 7); returns it."""
+    hwd = tmp_path / "harvester"
+    hwd.mkdir()
+    (hwd / "pandaJobData.out").write_text(json.dumps({"7": dict({"PandaID": 7, "prodSourceLabel": "managed"},
+                                                                **job)}))
+    return hwd
+
+
+def cold_stop(site, proc):
+    """A stop signal, then another one once it no longer counts as the same stop delivered twice."""
+    from pilot.signals import REPEAT_WINDOW_S
+
+    proc.send_signal(signal.SIGTERM)
+    site.wait_for(lambda: "got SIGTERM" in site.log(), "warm stop")
+    time.sleep(REPEAT_WINDOW_S + 0.2)
+    proc.send_signal(signal.SIGTERM)
+
+
+def assert_stopped_cold(site, proc, marker=None, code=1201):
+    """The pilot ended at once on the cold stop, nothing of the payload left, no final sent: it waits in the
+    outbox, failed with ``code`` (the first error: the signal's, unless the job had failed already)."""
+    assert proc.wait(60) == 143, site.log()
+    assert "cold shutdown" in site.log(), site.log()
+    if marker:
+        assert processes_with(marker) == []
+    assert [u for u in StubServer.updates if u[1] in ("finished", "failed")] == [], (StubServer.updates, site.log())
+    entry = json.load(open(os.path.join(site.workdir, "outbox", "final-7-0.json")))
+    assert (entry["params"]["state"], entry["params"]["pilotErrorCode"]) == ("failed", code), entry
+
+
+def test_a_cold_stop_while_the_payload_is_killed_stops_the_pilot_at_once(site, tmp_path):
+    """The first signal kills the payload (which ignores SIGTERM, so the pilot waits out the grace); the second
+    one ends the pilot then (JobRun.run_to_payload_end, its steps): the payload SIGKILLed, no wrap-up."""
+    marker = f"coldwatch-{os.getpid()}-{id(site)}"
+    hwd = push_job(tmp_path, transformation="/bin/sh", jobPars=STUBBORN.format(sleep=marked_sleep(site.base, marker)))
+    stub = stub_server([])
+    try:
+        proc = site.start("--harvester-workdir", str(hwd), "--harvester-submit-mode", "PUSH", url=stub_url(stub),
+                          qd=site.queuedata(pilot_kill_grace=60, pilot_running_delay=600))
+        site.wait_for(lambda: processes_with(marker), "payload running")
+        cold_stop(site, proc)
+        assert_stopped_cold(site, proc, marker)
+    finally:
+        stub.shutdown()
+        stub.server_close()
+
+
+def test_a_cold_stop_while_a_payload_is_killed_after_an_error_stops_the_pilot_at_once(site, tmp_path):
+    """A step failed while the payload ran (here harvester's attributes file cannot be written at its running
+    report), so the pilot kills the payload after the step (JobRun.ensure_payload_gone); a cold stop then ends the
+    pilot at once too."""
+    marker = f"coldgone-{os.getpid()}-{id(site)}"
+    hwd = push_job(tmp_path, transformation="/bin/sh", jobPars=STUBBORN.format(sleep=marked_sleep(site.base, marker)))
+    blocker = hwd / "worker_attributes.json"
+    blocker.mkdir()  # the running report's attributes cannot replace a directory: an unexpected error
+    stub = stub_server([])
+    try:
+        proc = site.start("--harvester-workdir", str(hwd), "--harvester-submit-mode", "PUSH", url=stub_url(stub),
+                          qd=site.queuedata(pilot_kill_grace=60, pilot_running_delay=0))
+        site.wait_for(lambda: "still running after an error; killing it" in site.log(), "payload killed after error")
+        assert processes_with(marker)
+        blocker.rmdir()  # a pilot that went on could report the job now
+        cold_stop(site, proc)
+        assert_stopped_cold(site, proc, marker, code=1301)  # the unexpected error came first
+    finally:
+        stub.shutdown()
+        stub.server_close()
+
+
+class HungPut(http.server.BaseHTTPRequestHandler):
+    """Takes a PUT and answers only once ``release`` is set (or after 60 s); ``arrived`` is set when one came."""
+
+    protocol_version = "HTTP/1.1"
+    arrived, release = threading.Event(), threading.Event()
+
+    def do_PUT(self):
+        type(self).arrived.set()
+        type(self).release.wait(60)
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_cold_stop_during_the_stage_out_stops_the_pilot_at_once(site, tmp_path):
+    """The payload ended and the log's upload hangs (JobRun.execute, its wrap-up): a cold stop ends the pilot
+    there; the final stays in the outbox (a pilot that went on would replay it to the server)."""
+    hwd = push_job(tmp_path, transformation="/bin/true", jobPars="", logFile="l.tgz")
+    HungPut.arrived, HungPut.release = threading.Event(), threading.Event()
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HungPut)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    stub = stub_server([])
+    try:
+        url = f"http://127.0.0.1:{sink.server_address[1]}/logs/{{lfn}}"
+        proc = site.start("--harvester-workdir", str(hwd), "--harvester-submit-mode", "PUSH", url=stub_url(stub),
+                          qd=site.queuedata(copytool="http", output_url=url, pilot_http_timeout=120))
+        site.wait_for(HungPut.arrived.is_set, "log upload")
+        cold_stop(site, proc)
+        assert_stopped_cold(site, proc)
+    finally:
+        HungPut.release.set()
+        for server in (stub, sink):
+            server.shutdown()
+            server.server_close()
