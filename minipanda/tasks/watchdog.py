@@ -19,7 +19,7 @@ getJob holds the later ones while it runs the first. So a ``sent`` job is judged
 pilot is heard from when a job is dispatched to it or one of its jobs gets an update from it (``heartbeat_time``;
 the server's own changes, a kill, this watchdog, a worker reported ended, do not count). A pilot silent for the
 lost-heartbeat timeout is gone (killed, its node lost, its batch job ended), as a ``starting`` job's pilot is; one
-still talking about another job keeps the job, however long it holds it. The pilot keeps its side (pilot.jobrun):
+still talking about another job keeps the job, however long it holds it. The pilot keeps its side (pilot.jobreports):
 a job whose next report would come later than that timeout after the last one (or its getJob) reports
 ``starting`` before its payload, and a job not reported within it is not run. A job whose pilot is unknown
 (acquired by a harvester in push mode, or by a pilot3 getJob, which sends no pilotID) keeps the plain ``no

@@ -1,0 +1,96 @@
+"""A job's files in and out: its inputs staged in before the payload, its outputs and log tarball staged out after
+it, its directory removed at the end.
+
+Part of jobrun.JobRun (its steps in the order a job takes them: pilot.jobrun, then this stage-in, pilot.payloadrun,
+this stage-out, pilot.jobreports); the copy itself is pilot.copytools'.
+"""
+import logging
+import os
+import shutil
+
+from pilot import bulklogs, copytools, errors
+from pilot.errors import PilotError
+from pilot.fileutil import safe_name
+
+log = logging.getLogger(__name__)
+STAGE_IN_RATE = 1e7  # bytes/s: a transfer's timeout grows 1 s per 10 MB (pilot.copytools; pilot3's 1151)
+
+
+class Staging:
+    """The stage-in and stage-out steps of jobrun.JobRun (``self`` is the JobRun)."""
+
+    def stage_in(self):
+        if not self.job.inputs:
+            return
+        self.ctx.timing.mark(self.job.panda_id, "PILOT_PRE_STAGEIN")
+        tool = self.qd.copytool("pr")
+        try:
+            copytools.stage_in(self.job, self.job_dir, tool, self.ctx.input_dir, self.qd["input_url"],
+                               self.ctx.client, self.qd["pilot_stagein_timeout"], self.qd["maxinputsize"])
+        except OSError as exc:
+            raise PilotError(errors.STAGEINFAILED, f"stage-in with {tool}: {exc}") from None
+        finally:
+            self.ctx.timing.mark(self.job.panda_id, "PILOT_POST_STAGEIN")
+
+    def quick_stage_in(self):
+        """Whether the inputs arrive within pilot_running_delay at the rate the stage-in's timeout allows (10 MB/s,
+        pilot.copytools): each declares its size and they total at most that many bytes. Such a job from the
+        pilot's own getJob sends no ``starting`` before its stage-in (one update and one state change less per
+        job); it is reported as a job without inputs is, and :meth:`report_if_late` still sends ``starting`` if
+        the stage-in was slow after all. A job harvester acquired (push mode) still sends it: the server knows no
+        pilot of it, so only this report tells it the job is alive."""
+        budget = self.qd["pilot_running_delay"] * STAGE_IN_RATE
+        return all(spec.fsize for spec in self.job.inputs) and sum(spec.fsize for spec in self.job.inputs) <= budget
+
+    def stage_out(self, defer_log=False):
+        """Outputs and log out; True when the log's upload is left to the caller (``defer_log``, see wrap_up)."""
+        ctx = self.ctx
+        ctx.timing.mark(self.job.panda_id, "PILOT_PRE_STAGEOUT")
+        timeout = self.qd["pilot_stagein_timeout"]
+        http = {"url_template": self.qd["output_url"], "client": ctx.client, "tries": self.qd["pilot_update_tries"],
+                "backoff": self.qd["pilot_update_backoff"], "sleep": ctx.waker.sleep, "panda_id": self.job.panda_id}
+        if self.error is None:
+            for spec in self.job.outputs:
+                if spec.path:
+                    try:
+                        copytools.stage_out(spec, self.qd.copytool("pw"), ctx.output_dir, timeout, **http)
+                    except PilotError as exc:
+                        self.fail(exc)
+        spec = self.job.log
+        if spec and not (safe_name(spec.lfn) and (not spec.scope or safe_name(spec.scope))):
+            log.error("log file name %r / scope %r is not a plain name: no log tarball", spec.lfn, spec.scope)
+        elif spec and os.path.isdir(self.job_dir):
+            try:
+                # the pilot log since the previous job's tarball, up to the next job's start when that has begun
+                # meanwhile: each line goes out once, with its job
+                end = ctx.log_end.pop(self.job.panda_id, None)
+                if end is None:
+                    end = os.path.getsize(ctx.pilot_log) if ctx.pilot_log and os.path.isfile(ctx.pilot_log) else 0
+                spec.path, spec.fsize, spec.adler32 = copytools.log_tarball(
+                    self.job, self.job_dir, os.path.join(ctx.pilot_dir, spec.lfn), [(ctx.pilot_log, ctx.log_offset, end)])
+                ctx.log_offset = max(ctx.log_offset, end)
+                if defer_log and self.qd.copytool("pl") == "http":
+                    self.log_store = bulklogs.bulk_log_path(spec, http["url_template"], ctx.client)
+                    if self.log_store is not None:
+                        return True
+                copytools.stage_out(spec, self.qd.copytool("pl"), ctx.output_dir, timeout, measured=True, **http)
+            except PilotError as exc:
+                self.fail(exc)
+        ctx.timing.mark(self.job.panda_id, "PILOT_POST_STAGEOUT")
+        return False
+
+    def remove_job_dir(self):
+        """The job's directory, and its log tarball once the server holds it (a pilot running thousands of short
+        jobs would otherwise keep them all); a tarball kept on the node (copied, or for harvester) stays."""
+        if not self.ctx.cleanup:
+            return
+        if os.path.isdir(self.job_dir):
+            shutil.rmtree(self.job_dir, ignore_errors=True)
+        spec = self.job.log
+        if spec and spec.path and (spec.surl or "").startswith(("http://", "https://")):
+            try:
+                os.unlink(spec.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove the uploaded log tarball %s: %s", spec.path, exc)
