@@ -17,6 +17,11 @@ log = logging.getLogger(__name__)
 
 Key = collections.namedtuple("Key", "name kind default doc")
 
+# A job silent this long is lost: PanDA's watcher fails it after 2 h without a heartbeat (HEARTBEAT_TIMEOUT's
+# default). The server's watchdog takes the same value when a queue sets none (minipanda.tasks.settings,
+# watchdog.heartbeat_timeout; tests/test_watchdog.py keeps the two equal), so the pilot gives a job up when the
+# server fails it: with pilot3's own 3 h it would run an hour on a job the server had already failed and retried.
+LOST_HEARTBEAT_TIMEOUT = 7200.0
 HANDOFF_FILES = {
     "job": "pandaJobData.out", "request": "worker_requestjob.json", "attributes": "worker_attributes.json",
     "report": "jobReport.json", "event_status": "event_status.dump.json", "kill": "kill_worker",
@@ -63,9 +68,9 @@ KEYS = (
                                            "within this delay at 10 MB/s: one report, the final); 0 = report "
                                            "running at once"),
     Key("pilot_monitor_interval", float, 60.0, "s between checks of memory, time, looping, disk, stdout"),
-    Key("pilot_lost_heartbeat_timeout", float, 10800.0, "s without a successful heartbeat (counted from the "
-                                                        "job's getJob) before the job is killed, or not started "
-                                                        "(1318)"),
+    Key("pilot_lost_heartbeat_timeout", float, LOST_HEARTBEAT_TIMEOUT,
+        "s without a successful heartbeat (counted from the job's getJob) before the job is killed, or not started "
+        "(1318); the server's watchdog fails the job after as long"),
     Key("pilot_looping_limit", float, 7200.0, "s without any file change in the job directory (1150)"),
     Key("pilot_memory_grace", float, 1.5, "the job is killed (1235) above grace x its memory limit"),
     Key("pilot_walltime_grace", float, 1.5, "the job is killed (1213) after grace x its maxWalltime"),

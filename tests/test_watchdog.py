@@ -1,5 +1,6 @@
 """The watchdog over real HTTP: no reply, lost heartbeat (per queue), holding too long; then retries/completion."""
 import datetime
+import json
 
 import pytest
 from conftest import make_job
@@ -85,6 +86,27 @@ def test_fresh_jobs_are_left_alone(database):
     assert watchdog.run(config, now + datetime.timedelta(seconds=599))["lost_heartbeat"] == 0
     assert watchdog.run(config, now + datetime.timedelta(seconds=601))["lost_heartbeat"] == 1
     assert models.Job.get_by_id(pid).status == "failed"
+
+
+def test_without_a_queue_timeout_the_server_loses_a_job_when_its_pilot_gives_it_up(database):
+    """A queue without a queue file (its default queuedata sets no pilot_lost_heartbeat_timeout): the pilot reading
+    that queuedata and the watchdog fall back to one value (PanDA's 2 h), so the server fails a silent job when its
+    pilot would kill it (1318), not an hour before or after."""
+    from pilot.queuedata import QueueData
+
+    set_queue("Q0")
+    raw = json.loads(models.Queue.get_by_id("Q0").queuedata)  # what /cache/schedconfig serves the pilot
+    assert "pilot_lost_heartbeat_timeout" not in raw
+    pilot_gives_up = QueueData(raw, "Q0")["pilot_lost_heartbeat_timeout"]
+    assert pilot_gives_up == 7200
+    (pid,) = [row[0] for row in jobs.submit_jobs([make_job("Q0")], "alice")]
+    now = states.utcnow()
+    with database.atomic():
+        states.change_job_status([pid], "sent", "test", now=now)
+        states.change_job_status([pid], "running", "test", now=now, fields={models.Job.heartbeat_time: now})
+    config = settings.Settings()
+    assert watchdog.run(config, now + datetime.timedelta(seconds=pilot_gives_up - 1))["lost_heartbeat"] == 0
+    assert watchdog.run(config, now + datetime.timedelta(seconds=pilot_gives_up + 1))["lost_heartbeat"] == 1
 
 
 def test_a_sent_job_fails_when_its_pilot_is_silent_on_all_its_jobs(database):

@@ -21,7 +21,9 @@ DEFAULTS = {
     "period.counts": 5.0,  # PostgreSQL: fold the job and input count changes into the counts (minipanda.core.counts)
     # watchdog timeouts (seconds)
     "watchdog.sent_timeout": 1800.0,  # sent and no word from the pilot -> failed "no reply"
-    "watchdog.heartbeat_timeout": 7200.0,  # used when the queue's queuedata has no pilot_lost_heartbeat_timeout
+    # used when the queue's queuedata has no pilot_lost_heartbeat_timeout; the pilot's own default then
+    # (pilot.queuedata.LOST_HEARTBEAT_TIMEOUT, PanDA's 2 h) is the same: tests/test_watchdog.py keeps them equal
+    "watchdog.heartbeat_timeout": 7200.0,
     "watchdog.holding_timeout": 10800.0,
     # generator
     "generator.batch": 1000.0,  # jobs per transaction
