@@ -14,8 +14,9 @@ http     download from queuedata input_url    PUT to queuedata output_url (the s
 Stage-in checks the size (1099) and the checksum (adler32 or md5: 1145); a missing file is 1331, a transfer past
 its time limit 1151. copy, mv and symlink look in input_dir first, then at the input's registered path (surlIn).
 Stage-out checks the copy's adler32 against the original (1172); over http the server checks
-it (``X-Checksum``) and a refusal is 1172, any other failure after the retries 1137, its time limit 1152. An http
-output's surl is its URL.
+it (``X-Checksum``) and a refusal is 1172, a 403 (the server refusing the file) 1137 at once, any other failure
+after the retries of transient ones (5xx, 401, 408, 429, no connection) 1137, its time limit 1152. An http output's
+surl is its URL.
 """
 import logging
 import os
@@ -220,6 +221,10 @@ def _upload(spec, template, client, deadline, tries, backoff, sleep, panda_id=No
         except OSError as exc:
             raise PilotError(errors.STAGEOUTFAILED, f"stage-out of {spec.lfn}: {exc}") from None
         except comm.CommError as exc:
+            if exc.status == 403:  # a refusal, not a glitch: the same request would be refused again
+                log.error("upload of %s refused by the server (HTTP 403), not tried again: %s", spec.lfn,
+                          exc.reply.get("message") or exc)
+                raise PilotError(errors.STAGEOUTFAILED, f"stage-out of {spec.lfn} refused: {exc}") from None
             log.warning("upload of %s failed, try %d of %d: %s", spec.lfn, attempt + 1, tries, exc)
             if exc.status == 400 and "X-Checksum" in str(exc):
                 raise PilotError(errors.PUTADMISMATCH, f"{spec.lfn}: the server refused its adler32: {exc}") from None
