@@ -24,13 +24,14 @@ from conftest import examples
 N_REQUESTS = examples(2100)  # at least 2,000 generated requests per run under CI (a fifth on a developer's run)
 
 
-def call(app, method, path, body=b"", content_type="application/json", query="", headers=None):
-    """(HTTP status, reply body) of one request to the WSGI app."""
+def call(app, method, path, body=b"", content_type="application/json", query="", headers=None, stream=None):
+    """(HTTP status, reply body) of one request to the WSGI app; ``stream``: the body's file object (else one of
+    ``body``)."""
     # As a WSGI server hands it over: the path unquoted, its bytes as latin-1.
     environ = {"REQUEST_METHOD": method, "PATH_INFO": urllib.parse.unquote_to_bytes(path).decode("latin-1"),
                "QUERY_STRING": query, "SERVER_NAME": "127.0.0.1",
                "SERVER_PORT": "25080", "HTTP_HOST": "127.0.0.1:25080", "SERVER_PROTOCOL": "HTTP/1.1",
-               "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
+               "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body) if stream is None else stream, "wsgi.errors": sys.stderr,
                "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": content_type, "REMOTE_ADDR": "127.0.0.1"}
     environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in (headers or {}).items()})
     if "HTTP_CONTENT_LENGTH" in environ:  # a length other than the body's: a client that stopped sending

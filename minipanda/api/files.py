@@ -2,7 +2,9 @@
 
 PUT (pilot, harvester, production, admin) streams the body into the store, checked against ``Content-Length`` and
 ``X-Checksum: ad:<adler32>``; a pilot's or harvester's token names the job in ``X-PandaID`` and stores only that
-job's outputs and log while it runs (minipanda.core.stageout); GET (and HEAD) need a token too: a user reads their own ``user.<name>`` scope and
+job's outputs and log while it runs, a production token too when it names a job, else only in shared scopes and its
+own (minipanda.core.stageout); a name already stored is answered before the body is read (the same size and
+adler32: 200, else 409: stored files never change); GET (and HEAD) need a token too: a user reads their own ``user.<name>`` scope and
 shared scopes, pilots and managers every scope (minipanda.core.policy.may_read_scope). Replies are v1 envelopes with
 ``data = {scope, lfn, fsize, adler32, url}``. A whole-file GET by a user or admin token marks a task output as
 fetched (``file.fetched_time``), which the retention duty reads; under ``--auth none`` (every request the anonymous
@@ -59,9 +61,16 @@ def put_file(params, identity, scope, lfn):
     if request.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
         raise RequestError("Content-Encoding: files are stored as sent; send them unencoded")
     adler = filestore.parse_checksum(request.headers.get("X-Checksum", ""))
-    if stageout.judged(identity):
+    if stageout.judged(identity) or (identity.role != "admin" and request.headers.get("X-PandaID", "").strip()):
         _check_stage_out(identity, scope, lfn, length, adler)
-    created, info = _store().put(scope, lfn, request.environ["wsgi.input"], length, context.max_body, adler)
+    elif identity.role != "admin":
+        filestore.check_name("scope", scope)
+        stageout.placement_refusal(identity, scope)
+    store = _store()
+    info = _stored_already(store, scope, lfn, length, adler)
+    created = info is None
+    if created:
+        created, info = store.put(scope, lfn, request.environ["wsgi.input"], length, context.max_body, adler)
     info["url"] = _url(scope, lfn)
     bottle.response.status = 201 if created else 200
     bottle.response.content_type = "application/json"
@@ -86,6 +95,24 @@ def _check_stage_out(identity, scope, lfn, length, adler):
     panda_id = int(header)
     stageout.refusal(identity, panda_id, stageout.staged_jobs([panda_id]).get(panda_id), scope, lfn,
                      fsize=length, adler32=adler)
+
+
+def _stored_already(store, scope, lfn, length, adler):
+    """Before a byte of the body is read: None when nothing is stored as ``scope``/``lfn``; the stored file's info
+    when it has the size and adler32 this upload declares (the same content again: a success, nothing read);
+    else 409, since stored files never change (an upload without ``X-Checksum`` cannot show it is the same)."""
+    _, path = store.locate(scope, lfn)
+    try:
+        size = os.stat(path).st_size
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    stored = filestore.stored_adler32(path)
+    if length == size and adler == stored:
+        return {"scope": scope, "lfn": lfn, "fsize": size, "adler32": stored}
+    declared = f"{'no size' if length is None else f'{length} bytes'}, " \
+               f"{'no X-Checksum' if adler is None else f'adler32 {adler}'}"
+    raise RequestError(f"{scope}/{lfn} is already stored ({size} bytes, adler32 {stored}) and this upload declares "
+                       f"{declared}; stored files never change: nothing was read or stored", SC_INVALID, 409)
 
 
 def get_file(params, identity, scope, lfn):

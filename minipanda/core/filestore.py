@@ -4,7 +4,9 @@ Names come from the network, so each is checked against a strict pattern and nei
 file may be a symbolic link: a name never leads out of the store. An upload is streamed into a hidden
 temporary file next to its target (a leading dot: no valid name can address it), verified (size, adler32), then
 linked into place, which fails rather than overwrites when another upload won the race. A stored file never
-changes: the same content again is an idempotent success, different content a conflict.
+changes: the same content again is an idempotent success, different content a conflict. The adler32 measured as
+a file was stored is kept with it (the extended attribute :data:`RECORD`), so checks of a stored file (a job's
+final report, an upload of a name already stored) need not read its bytes again.
 """
 import io
 import itertools
@@ -20,6 +22,7 @@ NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$")
 SURL_IN_STORE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://[^/]*)?(?:/[^/]+)*?/files/([^/]+)/([^/]+)$")
 CHECKSUM = re.compile(r"^(?:ad|adler32):([0-9a-fA-F]{1,8})$")
 BLOCK = 1 << 20
+RECORD = "user.minipanda.adler32"  # the adler32 measured at PUT time, kept on the stored file's inode
 
 
 def check_name(field, value):
@@ -65,6 +68,25 @@ def file_adler32(path):
         for block in _blocks(handle, None):
             value = zlib.adler32(block, value)
     return f"{value & 0xffffffff:08x}"
+
+
+def stored_adler32(path):
+    """The adler32 (8 hex digits) of the stored file ``path``: the one recorded when it was stored, else (a file
+    copied into the store by hand, a file system without user extended attributes) read from its bytes."""
+    try:
+        recorded = os.getxattr(path, RECORD, follow_symlinks=False).decode("ascii", "replace")
+    except OSError:
+        recorded = ""
+    return recorded if len(recorded) == 8 and CHECKSUM.match("ad:" + recorded) else file_adler32(path)
+
+
+def _record(fd, adler32):
+    """Keep the measured adler32 with the file being stored (its descriptor ``fd``); where the file system keeps no
+    user extended attributes, nothing is kept and stored_adler32 reads the file instead."""
+    try:
+        os.setxattr(fd, RECORD, adler32.encode("ascii"))
+    except OSError:
+        pass
 
 
 def _blocks(stream, length):
@@ -162,6 +184,7 @@ class FileStore:
                 if adler is not None and adler != found:
                     raise RequestError(f"X-Checksum: adler32 of the received data is {found}, ad:{adler} was "
                                        "declared; nothing stored")
+                _record(out.fileno(), found)
             info = {"scope": scope, "lfn": lfn, "fsize": size, "adler32": found}
             try:
                 os.link(tmp, path)  # never replaces: a concurrent upload that got there first wins

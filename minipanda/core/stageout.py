@@ -15,8 +15,11 @@ the manifest's ``pandaID``) and :func:`refusal` says whether that file may be wr
 - the job is the token's: a minted pilot token's queue, harvester and worker, a harvester token's harvester
   (minipanda.core.policy, as for updateJob) (403).
 
-Tokens of the manager roles (admin, production) store any name in any scope by a single PUT (:func:`judged`); the
-bulk log route, whose entries always name their job, holds them to every rule above but the scope.
+A ``production`` token (a robot of the managers' role) is held to the same rules when it names a job, as a pilot
+run with it does; without one it places files (a task's inputs) by :func:`placement_refusal`: a shared scope or its
+own ``user.<name>``, never another user's (403). An ``admin`` token stores any name in any scope, and is held to
+every rule above but the scope on the bulk log route, whose entries always name their job. Whatever the token, a
+name already stored is never replaced (minipanda/api/files.py answers before the body is read).
 """
 import functools
 import re
@@ -32,8 +35,18 @@ WRITTEN_KINDS = ("output", "log")  # the job's files a stage-out writes; inputs 
 
 
 def judged(identity):
-    """Whether stores by ``identity`` are judged here (every role but the managers')."""
+    """Whether a single PUT by ``identity`` must name its job (every role but the managers')."""
     return not policy.manages_all(identity)
+
+
+def placement_refusal(identity, scope):
+    """Raise RequestError (403) when a manager's token may not place a file in ``scope`` without naming a job: a
+    production token writes shared scopes and its own ``user.<name>`` (the whole name compared, as users read
+    theirs: policy.may_read_scope), never another user's; an admin token writes any scope."""
+    if identity.role != "admin" and scope.startswith(USER_SCOPE) and scope != USER_SCOPE + identity.name:
+        raise RequestError(f"scope: {scope} is another user's scope; a {identity.role} token places files in shared "
+                           f"scopes and its own {USER_SCOPE}{identity.name}, or stores a job's output or log naming "
+                           "the job in X-PandaID", SC_INVALID, 403)
 
 
 class StagedJob:
@@ -87,7 +100,7 @@ def refusal(identity, panda_id, job, scope, lfn, kinds=WRITTEN_KINDS, fsize=None
         what = " or ".join(f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}" for kind in kinds)
         raise RequestError(f"lfn: {lfn} is not {what} file of job {panda_id}", SC_INVALID, 403)
     kind, declared_scope, declared_size, declared_checksum = declared
-    if judged(identity) and scope != declared_scope and scope.startswith(USER_SCOPE):
+    if identity.role != "admin" and scope != declared_scope and scope.startswith(USER_SCOPE):
         raise RequestError(f"scope: {scope} is a user's scope, not the one job {panda_id} gives its {kind} {lfn} "
                            f"({declared_scope or 'none'})", SC_INVALID, 403)
     if declared_size not in (None, 0) and fsize is not None and fsize != declared_size:
