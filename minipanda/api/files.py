@@ -28,6 +28,11 @@ def _store():
     return _store_of(bottle.request.app.config["minipanda.context"].home)
 
 
+def request_store():
+    """The file store of the server answering this request (a finished job's report is checked against it)."""
+    return _store()
+
+
 @functools.lru_cache(maxsize=8)
 def _store_of(home):
     """The store of a server home, its root resolved once per process (not a realpath per request)."""

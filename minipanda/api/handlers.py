@@ -6,7 +6,7 @@ import time
 
 import pydantic
 
-from minipanda.api import file_server, params as route_params
+from minipanda.api import file_server, files, params as route_params
 from minipanda.core import dispatch, jobs, policy, queues, updates
 from minipanda.core.auth import PILOT_ROLES, require_role
 from minipanda.errors import SC_MISSING_KEY, SC_ROLE, AuthError, RequestError
@@ -89,7 +89,7 @@ def bound_ids(identity, harvester_id, worker_id):
 
 def update_job(params, identity):
     require_role(identity, PILOT_ROLES)
-    return updates.update_job(params, policy.update_binding(identity))
+    return updates.update_job(params, policy.update_binding(identity), files.request_store())
 
 
 def update_jobs_bulk(job_list, identity):
@@ -104,7 +104,7 @@ def update_jobs_bulk(job_list, identity):
     if not isinstance(job_list, list):
         raise RequestError("jobList: expected a list of updateJob parameter objects", SC_MISSING_KEY)
     return updates.update_jobs(job_list, check=lambda entry: from_v1(checked_entry(entry)),
-                               binding=policy.update_binding(identity))
+                               binding=policy.update_binding(identity), store=files.request_store())
 
 
 def checked_entry(entry):

@@ -15,6 +15,10 @@ the manifest's ``pandaID``) and :func:`refusal` says whether that file may be wr
 - the job is the token's: a minted pilot token's queue, harvester and worker, a harvester token's harvester
   (minipanda.core.policy, as for updateJob) (403).
 
+A final report is held to what was stored: :func:`fail_mismatched_finals` fails (1172) a ``finished`` report whose
+output or log is in the store with another size or adler32 than the report gives (the adler32 recorded when the
+store wrote the file: no byte is read again).
+
 A ``production`` token (a robot of the managers' role) is held to the same rules when it names a job, as a pilot
 run with it does; without one it places files (a task's inputs) by :func:`placement_refusal`: a shared scope or its
 own ``user.<name>``, never another user's (403). An ``admin`` token stores any name in any scope, and is held to
@@ -22,9 +26,11 @@ every rule above but the scope on the bulk log route, whose entries always name 
 name already stored is never replaced (minipanda/api/files.py answers before the body is read).
 """
 import functools
+import logging
+import os
 import re
 
-from minipanda.core import models, policy
+from minipanda.core import filestore, models, policy
 from minipanda.core.states import ACTIVE_JOB_STATES, QUEUED_JOB_STATES
 from minipanda.errors import SC_INVALID, RequestError
 
@@ -32,6 +38,8 @@ STAGE_OUT_STATES = frozenset(state.value for state in ACTIVE_JOB_STATES)
 _QUEUED = frozenset(state.value for state in QUEUED_JOB_STATES)
 USER_SCOPE = "user."  # a user's own scope, user.<name> (minipanda.core.policy.may_read_scope)
 WRITTEN_KINDS = ("output", "log")  # the job's files a stage-out writes; inputs are read, never written
+PUTADMISMATCH = 1172  # pilot3's "adler32 mismatch on output file": what the job reports is not what was stored
+log = logging.getLogger(__name__)
 
 
 def judged(identity):
@@ -125,3 +133,72 @@ def _declared_adler32(checksum):
         return None
     return value.lower().zfill(8)
 
+
+@functools.lru_cache(maxsize=64)
+def _scopes_sql(param, n_ids):
+    return (f'SELECT "panda_id", "lfn", "scope" FROM "{models.JobFile._meta.table_name}" WHERE "panda_id" IN '
+            f"({', '.join([param] * n_ids)}) AND \"type\" IN ('output', 'log')")
+
+
+def fail_mismatched_finals(store, updates):
+    """Turn each ``finished`` update (minipanda.core.updates) whose reported output or log file (its ``xml``) is in
+    ``store`` with another size or adler32 into a failure with :data:`PUTADMISMATCH`, logged. A file is looked for
+    where the job's scope puts it and where the reported surl says it went; one in neither place is not checked
+    (stored elsewhere), nor is an md5 the store cannot compare. Only updates with files cost anything: one query of
+    their jobs' declared scopes, and a stat and an extended-attribute read per stored file."""
+    finals = [update for update in updates if update.state == "finished" and update.fileinfo]
+    if not finals:
+        return
+    database = models.Job._meta.database
+    ids = sorted({update.panda_id for update in finals})
+    scopes = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        scopes.update(((panda_id, lfn), scope) for panda_id, lfn, scope in database.execute_sql(
+            _scopes_sql(database.param, len(chunk)), chunk).fetchall())
+    for update in finals:
+        for lfn, info in update.fileinfo.items():
+            if (update.panda_id, lfn) not in scopes or not isinstance(info, dict):
+                continue  # not a declared output or log: never registered (minipanda.core.updates)
+            diag = _stored_mismatch(store, scopes[(update.panda_id, lfn)], lfn, info)
+            if diag is not None:
+                log.warning("job %s reported finished, but %s: the job fails with %d", update.panda_id, diag,
+                            PUTADMISMATCH)
+                update.state = "failed"
+                update.columns.update(pilot_error_code=PUTADMISMATCH, pilot_error_diag=f"server: {diag}"[:500])
+                break
+
+
+def _stored_mismatch(store, scope, lfn, info):
+    """Why the report ``info`` ({fsize, adler32 or checksum, surl}) of file ``lfn`` disagrees with its copy in
+    ``store``, or None (it agrees, or no copy is there)."""
+    candidates = [(scope, lfn)] if scope else []
+    match = filestore.SURL_IN_STORE.match(str(info.get("surl") or "").split("?")[0])
+    if match and match.groups() not in candidates:
+        candidates.append(match.groups())
+    for where in candidates:
+        try:
+            _, path = store.locate(*where)
+            size = os.stat(path).st_size
+        except (RequestError, OSError):
+            continue  # not a name of the store, or nothing stored there
+        name = "/".join(where)
+        reported = info.get("fsize")
+        if reported not in (None, "") and _number(reported) != size:
+            return f"{lfn} is reported with fsize {str(reported)[:40]!r}, its copy {name} in the server's store " \
+                   f"has {size} bytes"
+        checksum = info.get("adler32") or info.get("checksum")
+        if checksum in (None, "") or str(checksum).lower().startswith("md5:"):
+            continue
+        want, stored = _declared_adler32(checksum), filestore.stored_adler32(path)
+        if want != stored:
+            return f"{lfn} is reported with adler32 {str(checksum)[:40]!r}, its copy {name} in the server's store " \
+                   f"has {stored}"
+    return None
+
+
+def _number(value):
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None

@@ -17,7 +17,7 @@ import functools
 import json
 import logging
 
-from minipanda.core import bulk, jobspec, models, policy, states
+from minipanda.core import bulk, jobspec, models, policy, stageout, states
 from minipanda.core.jobs import parse_job_id
 from minipanda.core.db import database
 from minipanda.core.states import FINAL_JOB_STATES, QUEUED_JOB_STATES
@@ -73,23 +73,24 @@ class _Update:
         self.columns, self.fileinfo = _reported(params)
 
 
-def update_job(params, binding=None):
+def update_job(params, binding=None, store=None):
     """Apply one pilot update (legacy updateJob / v1 pilot/update_job) and return the reply dict; a refused
     update raises its RequestError (the route answers it with its HTTP status). ``binding``: (harvester id,
-    worker id or None) of a bound token (policy.update_binding), whose jobs alone it may update."""
-    outcome = _apply([params], binding=binding)[0]
+    worker id or None) of a bound token (policy.update_binding), whose jobs alone it may update; ``store``: the
+    server's FileStore, whose copies of a finished job's files the report must match (stageout)."""
+    outcome = _apply([params], binding=binding, store=store)[0]
     if isinstance(outcome, RequestError):
         raise outcome
     return outcome
 
 
-def update_jobs(entries, check=None, binding=None):
+def update_jobs(entries, check=None, binding=None, store=None):
     """updateJobsInBulk: every entry applied in ONE transaction as set operations; the replies in order, a
     refused entry's with its StatusCode and reason (``jobList[i]: ...``). ``entries`` are updateJob parameter
     dicts (anything else is refused alone); ``check(entry)``, when given, returns the entry's checked parameters
-    or raises RequestError (that entry alone is refused); ``binding`` as for update_job."""
+    or raises RequestError (that entry alone is refused); ``binding`` and ``store`` as for update_job."""
     replies = []
-    for index, outcome in enumerate(_apply(entries, check, binding)):
+    for index, outcome in enumerate(_apply(entries, check, binding, store)):
         if isinstance(outcome, RequestError):
             diag = str(outcome) if str(outcome).startswith("jobList[") else f"jobList[{index}]: {outcome}"
             outcome = {"StatusCode": outcome.code, "ErrorDiag": diag, "command": "NULL"}
@@ -97,7 +98,7 @@ def update_jobs(entries, check=None, binding=None):
     return replies
 
 
-def _apply(entries, check=None, binding=None):
+def _apply(entries, check=None, binding=None, store=None):
     """A reply dict or a RequestError for each entry, in order; all the writes in one transaction.
 
     An entry for a job that an earlier entry of the same batch also reports is applied after it, in a later
@@ -112,6 +113,8 @@ def _apply(entries, check=None, binding=None):
             outcomes[index] = exc
     if not parsed:
         return outcomes
+    if store is not None:  # before the transaction: the store's files are read outside the writer's lock
+        stageout.fail_mismatched_finals(store, parsed)
     with database.atomic():
         while parsed:
             now, seen, this_round, later = states.utcnow(), set(), [], []
