@@ -4,7 +4,13 @@ PYTHONPATH; they act only when FILES_CPU_DIR names where to write (never part of
 - every thread's CPU by thread name (``time.thread_time`` at the end of its ``run``; the threads alive at exit from
   /proc/self/task), as JSON at exit, in the testbed's process (server + harvester) and in each pilot;
 - in the testbed's process, the CPU of each request thread's WSGI call by method and route (numbers and file names
-  folded), counted around ``minipanda.server.process.AccessLog``.
+  folded), counted around ``minipanda.server.process.AccessLog``;
+- the process's CPU (``os.times``, as the testbed's summary takes it) at the edges of the jobs' window, so that
+  costs paid once per run are told apart from those paid per job: in the testbed's process at the demo task's
+  submission (start-up: imports, database, server, harvester, the inputs) and when the task is seen done and
+  when the summary is taken (the tail: the pilots' last idle getJob tries served, harvester waiting for them to
+  end); in each pilot at its first getJob (start-up: the interpreter, its imports, its set-up) and after each
+  job update (the last one is its last job's final: what follows is its tail, the idle tries and its exit).
 """
 import atexit
 import importlib.abc
@@ -19,6 +25,8 @@ import time
 OUT = os.environ.get("FILES_CPU_DIR")
 ended = {}
 routes = {}
+marks = {}  # name -> the process's CPU seconds at that moment (see the module docstring)
+at_submission = {}  # thread name -> its CPU seconds when the demo task was submitted (testbed process)
 lock = threading.Lock()
 
 
@@ -42,7 +50,31 @@ def threads_alive():
 
 def dump(kind):
     with open(os.path.join(OUT, f"{kind}-{os.getpid()}.json"), "w") as handle:
-        json.dump({"routes": routes, "alive": threads_alive(), "ended": ended, "times": list(os.times())}, handle)
+        json.dump({"routes": routes, "alive": threads_alive(), "ended": ended, "times": list(os.times()),
+                   "marks": dict(marks, exit=process_cpu()), "threads_at_submission": at_submission}, handle)
+
+
+def process_cpu():
+    times = os.times()
+    return times.user + times.system
+
+
+def mark(name, first_only=False):
+    if not (first_only and name in marks):
+        marks[name] = process_cpu()
+
+
+def marked(function, name, before=True, first_only=False):
+    """``function`` that marks ``name`` before (or after) each call."""
+    def call(*args, **kwargs):
+        if before:
+            mark(name, first_only)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if not before:
+                mark(name, first_only)
+    return call
 
 
 def count_threads():
@@ -81,28 +113,62 @@ def count_routes(process):
     process.AccessLog.__call__ = call
 
 
+def mark_testbed(bed):
+    submit = marked(bed.demo.submit_prepared, "submitted")
+
+    def submitted(*args, **kwargs):
+        # the threads' CPU so far: harvester's pilot-zipapp thread (built once per run) may still be at work
+        at_submission.update(threads_alive())
+        return submit(*args, **kwargs)
+
+    bed.demo.submit_prepared = submitted
+    bed.Testbed._follow = marked(bed.Testbed._follow, "task_done", before=False)
+    bed.summary.summarize = marked(bed.summary.summarize, "summary")
+
+
+def mark_pilot(comm):
+    client = comm.ServerClient
+    for name in ("get_job", "begin_get_job", "get_jobs", "begin_get_jobs"):
+        setattr(client, name, marked(getattr(client, name), "first_getjob", first_only=True))
+    for name in ("update_job", "update_jobs_bulk"):
+        setattr(client, name, marked(getattr(client, name), "last_update", before=False))
+
+
 class AfterImport(importlib.abc.MetaPathFinder):
-    """Patches minipanda.server.process once it is imported."""
+    """Patches the modules of ``patches`` ({name: function(module)}) once each is imported."""
+
+    def __init__(self, patches):
+        self.patches = dict(patches)
 
     def find_spec(self, name, path, target=None):
-        if name != "minipanda.server.process":
+        if name not in self.patches:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        load = spec.loader.exec_module
+        patch = self.patches.pop(name)
+        sys.meta_path.remove(self)  # find_spec below must not come back here
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            if self.patches:
+                sys.meta_path.insert(0, self)
+        loader = spec.loader
+        load = loader.exec_module
 
         def exec_module(module):
+            if module.__name__ != name:  # a loader shared by a whole archive (zipimport): not ours
+                return load(module)
+            del loader.exec_module  # back to the class's own
             load(module)
-            count_routes(module)
+            patch(module)
 
-        spec.loader.exec_module = exec_module
+        loader.exec_module = exec_module
         return spec
 
 
 if OUT and "testbed" in sys.argv and "--jobs" in sys.argv:
     count_threads()
-    sys.meta_path.insert(0, AfterImport())
+    sys.meta_path.insert(0, AfterImport({"minipanda.server.process": count_routes, "testbed.bed": mark_testbed}))
     atexit.register(dump, "testbed")
 elif OUT and sys.argv and sys.argv[0].endswith("pilot.pyz"):
     count_threads()
+    sys.meta_path.insert(0, AfterImport({"pilot.comm": mark_pilot}))
     atexit.register(dump, "pilot")
