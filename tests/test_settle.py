@@ -74,3 +74,38 @@ def test_a_task_completes_once_its_last_job_is_settled_not_before(database):
     task = models.Task.get_by_id(task_id)
     assert task.status == TaskStatus.DONE.value, (task.status, task.error_dialog)  # 2 of 2 inputs finished
     assert settle.run(CONFIG) == {"settled": 0, "retries": 0, "completed": 0}
+
+
+def test_a_finished_jobs_log_is_registered_as_reported_once_and_a_file_already_held_is_left_alone(database):
+    """register_outputs writes its rows as plain parameters (round 8): every column as the job reported it, the
+    time as a time, and a file its dataset already holds stays as it was, with no error."""
+    import datetime
+
+    task_id = make_task(3)
+    first, second, third = claim("QS", n_jobs=3, label="user")
+    JobFile = models.JobFile
+    logs = {f.panda_id: f for f in JobFile.select().where(JobFile.job.in_([first, second, third]), JobFile.type == "log")}
+    assert set(logs) == {first, second, third}
+    JobFile.update(fsize=1234, checksum="ad:0badf00d", surl="http://server:25080/files/user.alice/x.log.tgz") \
+        .where(JobFile.row_id == logs[first].row_id).execute()  # reported by the pilot; `second`'s log never was
+    # `third`'s log is in its dataset already (a file registered before, by hand)
+    held = models.DatasetFile.create(dataset=models.Dataset.get(models.Dataset.name == logs[third].dataset),
+                                     lfn=logs[third].lfn, guid="kept", fsize=7, location="somewhere",
+                                     creation_time=datetime.datetime(2020, 1, 1))
+    for panda_id in (first, second, third):
+        update(panda_id, "running")
+        update(panda_id, "finished")
+    now = datetime.datetime(2026, 12, 7, 17, 0, 0, 123456)
+    assert settle.run(CONFIG, now=now)["settled"] == 3
+    rows = {f.panda_id: f for f in models.DatasetFile.select().where(models.DatasetFile.panda_id.in_([first, second]))}
+    assert (rows[first].lfn, rows[first].guid, rows[first].fsize, rows[first].checksum, rows[first].location,
+            rows[first].status, rows[first].creation_time, rows[first].dataset.name) == (
+        logs[first].lfn, logs[first].guid or "", 1234, "ad:0badf00d", "http://server:25080/files/user.alice", "ready",
+        now, logs[first].dataset)
+    assert (rows[second].status, rows[second].location, rows[second].fsize) == ("unknown", "", 0)
+    kept = models.DatasetFile.get_by_id(held.file_id)
+    assert (kept.guid, kept.fsize, kept.location, kept.panda_id) == ("kept", 7, "somewhere", None)
+    assert registered([third]) == 0
+    settle.register_outputs([first, second, third], now)  # again: nothing added, nothing changed, no error
+    assert registered([first, second]) == 2
+    assert models.DatasetFile.select().where(models.DatasetFile.lfn == logs[third].lfn).count() == 1

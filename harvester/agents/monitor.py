@@ -35,6 +35,9 @@ MONITOR_COLUMNS = tuple(getattr(models.Worker, name) for name in (
     "worker_id", "queue", "status", "status_changed", "batch_id", "access_point", "n_pilots", "waiting_pilots",
     "start_time", "last_seen", "last_plugin_output", "kill_reason", "diag"))
 _SET_LAST_SEEN = f'UPDATE "{models.Worker._meta.table_name}" SET "last_seen" = ? WHERE "worker_id" = ?'
+# a (job, worker) pair known already is left as it is
+_LINK_JOB = (f'INSERT INTO "{models.JobWorker._meta.table_name}" ("panda_id", "worker_id", "time") VALUES (?, ?, ?) '
+             'ON CONFLICT DO NOTHING')
 FAILED_IN_A_ROW = 3  # this many failed workers back the queue off (it doubles with each further failure)
 PILOT_NO_JOB = 82  # pilot3's and our pilot's exit code when the server had no job for it
 
@@ -259,8 +262,7 @@ class Monitor(Agent):
                     rows = [(column.db_value(when), worker_id) for worker_id, when in seen.items()]
                     models.database.connection().executemany(_SET_LAST_SEEN, rows)
                 if links:
-                    models.JobWorker.insert_many([{"panda_id": panda_id, "worker_id": worker_id, "time": now}
-                                                  for _, panda_id, worker_id in links]).on_conflict_ignore().execute()
+                    link_jobs([(panda_id, worker_id) for _, panda_id, worker_id in links], now)
         except Exception:
             for directory, panda_id, _ in links:
                 self.linked.get(directory, set()).discard(panda_id)
@@ -426,3 +428,11 @@ def enqueue(params, kind, worker_id, now, source_path=None):
     models.Outbox.create(kind=kind, key=key, payload=json.dumps(params), worker_id=worker_id,
                          source_path=source_path, created=now)
     return True
+
+
+def link_jobs(pairs, now):
+    """JobWorker rows for (PandaID, worker id) pairs, one statement for all; a pair linked already stays as it is.
+    Plain parameters: peewee's multi-row insert rendered each value through the model layer, which cost more CPU
+    than the statement while short jobs flowed (bench/README.md, round 8)."""
+    when = models.JobWorker.time.db_value(now)
+    models.database.connection().executemany(_LINK_JOB, [(panda_id, worker_id, when) for panda_id, worker_id in pairs])

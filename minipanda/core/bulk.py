@@ -22,18 +22,20 @@ def new_panda_ids(n):
     return list(range(highest + 1, highest + 1 + n))
 
 
-def insert_rows(table, columns, rows):
-    """Insert many rows at once: sqlite3 ``executemany``; psycopg2 ``execute_values`` (one round trip)."""
+def insert_rows(table, columns, rows, skip_existing=False):
+    """Insert many rows at once: sqlite3 ``executemany``; psycopg2 ``execute_values`` (one round trip). With
+    ``skip_existing`` a row that would break a unique index is left out (``ON CONFLICT DO NOTHING``)."""
     if not rows:
         return
     quoted = ", ".join('"%s"' % c for c in columns)
+    tail = " ON CONFLICT DO NOTHING" if skip_existing else ""
     if is_postgres():
         from psycopg2.extras import execute_values
 
-        execute_values(database.cursor(), f'INSERT INTO "{table}" ({quoted}) VALUES %s', rows, page_size=1000)
+        execute_values(database.cursor(), f'INSERT INTO "{table}" ({quoted}) VALUES %s{tail}', rows, page_size=1000)
         return
     marks = ", ".join([database.param] * len(columns))
-    database.cursor().executemany(f'INSERT INTO "{table}" ({quoted}) VALUES ({marks})', rows)
+    database.cursor().executemany(f'INSERT INTO "{table}" ({quoted}) VALUES ({marks}){tail}', rows)
 
 
 def update_rows(table, columns, key, rows):
