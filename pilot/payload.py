@@ -86,9 +86,29 @@ def without_shell(argv):
     words = argv[2].split()
     if not words or "=" in words[0] or not all(PLAIN_WORD.match(word) for word in words):
         return argv
-    if shutil.which(words[0]) is None:
+    if on_path(words[0]) is None:
         return argv
     return words
+
+
+_FOUND = {}  # (name, PATH) -> the program shutil.which found
+
+
+def on_path(name):
+    """``shutil.which(name)``, remembered for the pilot's life per name and PATH: a pilot running thousands of short
+    jobs of one program walked every PATH directory for it before each (~10 stats, the most of any step of the
+    payload's start). A program found before is checked again with one ``access`` and looked up afresh once it
+    no longer runs (removed, no longer executable), so the answer is still what ``which`` would say."""
+    key = (name, os.environ.get("PATH"))
+    found = _FOUND.get(key)
+    if found is not None and os.access(found, os.X_OK):
+        return found
+    found = shutil.which(name)
+    if found is None:
+        _FOUND.pop(key, None)
+    else:
+        _FOUND[key] = found
+    return found
 
 
 def environment(job, queue, job_dir, cores, base=None):

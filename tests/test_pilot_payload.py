@@ -254,3 +254,29 @@ def test_a_shell_that_would_only_start_one_program_is_left_out():
                  "-c 'a; b'", "-c 'no-such-program-here 1'", "-x -c 'sleep 1'"):
         assert payload.command("/bin/sh", kept)[0] == "/bin/sh", kept
     assert payload.command("/usr/bin/python3", "-c 'sleep 1'")[0] == "/usr/bin/python3"  # not a shell
+
+
+def test_a_program_found_on_path_is_not_looked_up_again_until_it_no_longer_runs(tmp_path, monkeypatch):
+    """without_shell's lookup (payload.on_path) walks PATH once per program, not before every job; a program that
+    was removed or lost its execute bit since is looked up again, and the shell is kept as before."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    program = bin_dir / "myprog"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    walks = []
+    real = shutil.which
+    monkeypatch.setattr(payload.shutil, "which", lambda name: walks.append(name) or real(name))
+    for _ in range(3):
+        assert payload.command("/bin/sh", "-c 'myprog 1'") == ["myprog", "1"]
+    assert walks == ["myprog"]
+    program.chmod(0o644)  # no longer executable: looked up again, not found, the shell kept
+    assert payload.command("/bin/sh", "-c 'myprog 1'")[0] == "/bin/sh"
+    program.chmod(0o755)
+    assert payload.command("/bin/sh", "-c 'myprog 1'") == ["myprog", "1"]
+    program.unlink()  # removed
+    assert payload.command("/bin/sh", "-c 'myprog 1'")[0] == "/bin/sh"
+    assert walks == ["myprog"] * 4
+    monkeypatch.setenv("PATH", "/nonexistent-dir")  # another PATH: its own lookup
+    assert payload.command("/bin/sh", "-c 'true'")[0] == "/bin/sh"
