@@ -139,3 +139,67 @@ def test_a_begun_request_without_any_answer_on_a_kept_connection_is_sent_again_o
         listener.close()
         httpclient._idle.clear()
     assert seen == [(1, "GET /a HTTP/1.1"), (1, "POST /getjob HTTP/1.1"), (2, "POST /getjob HTTP/1.1")]
+
+
+class Files(http.server.BaseHTTPRequestHandler):
+    """A file server in the small: GET answers BODY, PUT reads its body, POST answers a small JSON reply."""
+
+    protocol_version = "HTTP/1.1"
+    BODY = bytes(range(256)) * 3000  # 768,000 bytes: three of the pilot's 256 KiB reads and a part
+    seen = []  # (client port, method, bytes received)
+
+    def do_GET(self):
+        self.seen.append((self.client_address[1], "GET", 0))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.BODY)))
+        self.end_headers()
+        self.wfile.write(self.BODY)
+
+    def do_PUT(self):
+        received = len(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append((self.client_address[1], "PUT", received))
+        self.answer(b'{"success": true, "data": {}}')
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.seen.append((self.client_address[1], "POST", 0))
+        self.answer(b'{"StatusCode": 0}')
+
+    def answer(self, body):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_stage_in_download_and_a_stage_out_upload_go_over_the_kept_connection(tmp_path):
+    """A files job's GET of its input (read by blocks into the pilot's buffer) and PUT of its output (sent by
+    sendfile) leave their connection kept for the next exchange, as a small request does: the job's reports, its
+    input and its output go over ONE connection, not a new one per file."""
+    from pilot import comm
+    from pilot.fileutil import Digest
+
+    Files.seen = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = comm.ServerClient(f"http://127.0.0.1:{httpd.server_address[1]}", timeout=10)
+        client.call("/server/panda/getJob", {"siteName": "X"})
+        digest = Digest("adler32")
+        assert client.download("/files/in/input.dat", str(tmp_path / "input.dat"), digest=digest) == len(Files.BODY)
+        output = tmp_path / "output.dat"
+        output.write_bytes(Files.BODY[::-1])
+        client.upload(str(output), "/files/out/output.dat", "00000001", panda_id=7)
+        client.call("/server/panda/updateJob", {"jobId": 7, "state": "finished"})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        httpclient._idle.clear()
+    assert [(method, size) for _, method, size in Files.seen] == [
+        ("POST", 0), ("GET", 0), ("PUT", len(Files.BODY)), ("POST", 0)]
+    assert len({port for port, _, _ in Files.seen}) == 1, Files.seen
+    assert (tmp_path / "input.dat").read_bytes() == Files.BODY
