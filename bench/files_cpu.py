@@ -136,7 +136,8 @@ def report(label, results, kinds):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--jobs", type=int, default=300, help="jobs per run (default 300)")
+    p.add_argument("--jobs", type=int, default=300,
+                   help="jobs per run (default 300; what a run pays once, ~2.5-3.5 s here, is shown apart)")
     p.add_argument("--files", default="none,1mb", help="comma-separated --files values, first is the reference")
     p.add_argument("--repeat", type=int, default=2, help="runs per --files value and tree (default 2)")
     p.add_argument("--baseline", metavar="REV", help="also split that commit's testbed (alternating)")
