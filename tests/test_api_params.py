@@ -402,3 +402,20 @@ def test_a_stalled_body_on_any_route_is_answered_408_and_the_server_goes_on(tmp_
         for _, sock in sockets:
             sock.close()
         server.stop()
+
+
+def test_a_routes_parameter_model_is_built_at_its_first_use_and_then_checks_as_before():
+    """Params' defer_build: importing the module builds none of the ~25 route models (start-up CPU), the first
+    check builds that one model, and a bad value is still refused naming its field."""
+    import subprocess
+
+    code = ("from minipanda.api import params as p\n"
+            "models = [m for m in p.Params.__subclasses__()]\n"
+            "print(len(models), sum(bool(m.__pydantic_complete__) for m in models))\n"
+            "p.UPDATE_V1.model_validate({'jobId': '5', 'state': 'running'})\n"
+            "print(sum(bool(m.__pydantic_complete__) for m in models), bool(p.UPDATE_V1.__pydantic_complete__))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) >= 20 and out[1:] == ["0", "1", "True"], out
+    with pytest.raises(pydantic.ValidationError) as caught:
+        route_params.check(route_params.UPDATE_V1, {"jobId": "not a number", "state": "running"})
+    assert any(problem.startswith("jobId:") for problem in route_params.problems(caught.value))

@@ -221,7 +221,8 @@ IdList = Annotated[Optional[list], pydantic.BeforeValidator(_id_list),
 class Params(pydantic.BaseModel):
     """Base of every route's parameters: undeclared parameters are kept as sent."""
 
-    model_config = pydantic.ConfigDict(extra="allow")
+    # built at its first use: a server (or a testbed) starting pays only for the routes it serves (~55 ms less)
+    model_config = pydantic.ConfigDict(extra="allow", defer_build=True)
 
 
 def model(model_name, **fields):
