@@ -69,7 +69,8 @@ def test_a_report_that_matches_the_stored_files_finishes_the_job(api, running, r
     ("the log's adler32", "log.tgz is reported with adler32 '00000003', its copy logs/log.tgz"),
     ("another adler32 in bulk", "out.dat is reported with adler32 '00000001'"),
 ])
-def test_a_report_that_differs_from_the_stored_file_fails_the_job_with_1172(api, running, caplog, case, words):  # noqa: F811,E501
+def test_a_report_that_differs_from_the_stored_file_fails_the_job_with_1172(
+        api, running, caplog, case, words):  # noqa: F811
     token, job = running
     xml = {**report(OUT), **report(LOG, "log.tgz", "logs")}
     route = "/server/panda/updateJobsInBulk" if "bulk" in case else "/server/panda/updateJob"

@@ -4,8 +4,8 @@ PUT (pilot, harvester, production, admin) streams the body into the store, check
 ``X-Checksum: ad:<adler32>``; a pilot's or harvester's token names the job in ``X-PandaID`` and stores only that
 job's outputs and log while it runs, a production token too when it names a job, else only in shared scopes and its
 own (minipanda.core.stageout); a name already stored is answered before the body is read (the same size and
-adler32: 200, else 409: stored files never change); GET (and HEAD) need a token too: a user reads their own ``user.<name>`` scope and
-shared scopes, pilots and managers every scope (minipanda.core.policy.may_read_scope). Replies are v1 envelopes with
+adler32: 200, else 409: stored files never change); GET (and HEAD) need a token too: a user reads their own
+``user.<name>`` scope and shared scopes, pilots and managers every scope (minipanda.core.policy.may_read_scope). Replies are v1 envelopes with
 ``data = {scope, lfn, fsize, adler32, url}``. A whole-file GET by a user or admin token marks a task output as
 fetched (``file.fetched_time``), which the retention duty reads; under ``--auth none`` (every request the anonymous
 admin) a GET bearing a valid pilot token is a pilot's stage-in and marks nothing.

@@ -7,7 +7,8 @@ A body that brings nothing new for ``body_timeout`` seconds is answered 408 and 
 BODY_WHOLE bytes up to BODY_IN_MEMORY, read whole, must arrive within that plus a second per BODY_RATE bytes); one
 over ``body_limit`` bytes 413. A reply that is a whole file (minipanda.server.filereply) is handed to granian
 whole: read into memory up to 1 MB, else by its path. Only a complete body goes to the WSGI app (bottle), on one of
-``threads`` Python threads.
+``threads`` Python threads; one declared over BODY_IN_MEMORY is received only once the app, run first without it,
+has judged the request and read it (minipanda.server.unreceived), so a refused upload is never received.
 
 Its command-line server and its ``Granian`` class run the app in child processes and take over the process's
 signals, which fits neither the testbed (the server on a thread of a bigger process) nor the one-writer SQLite
@@ -33,7 +34,7 @@ import tempfile
 import threading
 import time
 
-from minipanda.server import filereply
+from minipanda.server import filereply, unreceived
 
 log = logging.getLogger("minipanda.server")
 
@@ -220,20 +221,32 @@ class RsgiBridge:
 
     async def __call__(self, scope, proto):
         headers = scope.headers
+        loop = asyncio.get_running_loop()
         try:
+            if unreceived.deferred(headers, BODY_IN_MEMORY):  # the app first judges the headers alone
+                self.check_limit(headers.get("content-length"))
+                first = self.environ(scope, headers, unreceived.Unreceived(), int(headers["content-length"]))
+                if await self.answer(scope, proto, loop, first) is not unreceived.WANTED:
+                    return  # answered: the body was never received (granian closes the connection)
             body, size = await self.read_body(headers, proto)
         except BodyRefused as exc:
             log.info("refused %s %s from %s: %s", scope.method, scope.path, scope.client, exc)
             proto.response_bytes(*_refusal(exc.status, str(exc)))
             return
-        loop = asyncio.get_running_loop()
-        environ = self.environ(scope, headers, body, size)
+        await self.answer(scope, proto, loop, self.environ(scope, headers, body, size))
+
+    async def answer(self, scope, proto, loop, environ):
+        """Run the app on a request thread and send its reply; unreceived.WANTED (nothing sent) when it read an
+        unreceived.Unreceived body."""
         try:
-            status, reply_headers, whole, rest = await self.pool.call(loop, self.run_app, environ)
+            outcome = await self.pool.call(loop, self.run_app, environ)
         except Exception:  # noqa: BLE001 - the app's own error handling failed; the client still gets an answer
             log.exception("internal error on %s %s", scope.method, scope.path)
             proto.response_bytes(*_refusal(500, "internal server error; the server log has details"))
-            return
+            return None
+        if outcome is unreceived.WANTED:
+            return unreceived.WANTED
+        status, reply_headers, whole, rest = outcome
         if rest is None:
             proto.response_bytes(status, reply_headers, whole)
             return
@@ -265,9 +278,7 @@ class RsgiBridge:
         if not chunked and declared in (None, "", "0"):
             return None, 0
         limit = self.body_limit
-        if declared and declared.strip().isdigit() and limit is not None and int(declared) > limit:
-            raise BodyRefused(413, f"request body of {declared} bytes is larger than the server's limit of "
-                                   f"{limit} bytes")
+        self.check_limit(declared)
         small = declared and declared.strip().isdigit() and int(declared) <= BODY_IN_MEMORY
         # a file's body (up to 1 MB) is taken whole from granian in ONE await, not chunk by chunk through the loop,
         # within body_timeout plus a second per BODY_RATE bytes
@@ -317,6 +328,13 @@ class RsgiBridge:
         body.seek(0)
         return body, size
 
+    def check_limit(self, declared):
+        """413 for a declared Content-Length over ``body_limit``, before any of the body is read."""
+        if declared and declared.strip().isdigit() and self.body_limit is not None and \
+                int(declared) > self.body_limit:
+            raise BodyRefused(413, f"request body of {declared} bytes is larger than the server's limit of "
+                                   f"{self.body_limit} bytes")
+
     @staticmethod
     def environ(scope, headers, body, size):
         """The WSGI environ of an RSGI scope; the body is complete, so CONTENT_LENGTH is its size."""
@@ -356,7 +374,10 @@ class RsgiBridge:
             return _no_write
 
         try:
-            result = self.app(environ, start_response)
+            try:
+                result = self.app(environ, start_response)
+            except unreceived.BodyWanted:  # the app admitted the request: run again once the body is received
+                return unreceived.WANTED
             if isinstance(result, list):
                 whole, rest = b"".join(result), None
             elif (content := filereply.whole_content(result)) is not None:

@@ -110,10 +110,12 @@ class AccessLog:
         try:
             return self.app(environ, recording_start_response)
         finally:
-            args = (environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), seen.get("status", "-"),
-                    (time.perf_counter() - started) * 1000, environ.get("REMOTE_ADDR", "-"))
-            if not _access_line(args):
-                access_log.info(ACCESS_FORMAT, *args)
+            # a first run without its body (minipanda.server.http) that read it: the run with the body logs
+            if not getattr(environ.get("wsgi.input"), "wanted", False):
+                args = (environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), seen.get("status", "-"),
+                        (time.perf_counter() - started) * 1000, environ.get("REMOTE_ADDR", "-"))
+                if not _access_line(args):
+                    access_log.info(ACCESS_FORMAT, *args)
 
 
 def lock_database(db_url):
