@@ -256,9 +256,16 @@ class Pending:
 
 def _exchange(connection, method, path, body, headers):
     send_to = getattr(body, "send_to", None)  # a file body that sends itself (sendfile): headers first, then it
-    connection.request(method, path, body=None if send_to else body, headers=dict(headers or {}))
-    if send_to:
-        send_to(connection.sock)
+    try:
+        connection.request(method, path, body=None if send_to else body, headers=dict(headers or {}))
+        if send_to:
+            send_to(connection.sock)
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        # the server may have answered before taking the body (a refused upload) and closed: read that answer
+        try:
+            return connection.getresponse()
+        except (OSError, http_client().HTTPException):
+            raise exc from None
     return connection.getresponse()
 
 

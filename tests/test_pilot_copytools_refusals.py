@@ -27,13 +27,16 @@ def output(tmp_path, panda_id=1, scope="o"):
     return spec
 
 
-def test_a_403_from_the_real_server_fails_the_stage_out_at_once_with_its_reason(site, tmp_path, caplog):
+@pytest.mark.parametrize("size", [len(DATA), 3 << 20, 40 << 20], ids=["small", "3MiB", "40MiB"])
+def test_a_403_from_the_real_server_fails_the_stage_out_at_once_with_its_reason(site, tmp_path, caplog, size):
     """A pilot token naming its job but another user's scope: the server refuses (403); the pilot does not send
-    the file again, fails with 1137 and logs the server's reason."""
+    the file again, fails with 1137 and logs the server's reason. A file over 1 MiB is refused before the server
+    receives it (minipanda.server.unreceived): the pilot still reads the refusal, not a broken connection."""
     site.submit(Files=[{"type": "output", "lfn": "out.dat", "scope": "o"}])
     client = ServerClient(site.server.url, site.token_file, 10)
     job = Job(client.get_job({"computingElement": "TEST_PQ"}))
     spec = output(tmp_path, job.panda_id)
+    (tmp_path / "out.dat").write_bytes(DATA * (size // len(DATA)))
     sleeps = []
     with caplog.at_level(logging.WARNING, logger="pilot.copytools"), pytest.raises(PilotError) as refused:
         copytools.stage_out(spec, "http", "", 10, "/files/user.bob/{lfn}", client, tries=5, backoff=0.01,
