@@ -13,9 +13,9 @@ from conftest import make_job
 def fresh_askers():
     from minipanda.core import fairshare
 
-    fairshare.askers.clear()
+    fairshare.forget()
     yield
-    fairshare.askers.clear()
+    fairshare.forget()
 
 
 def test_the_share_is_ceil_of_what_is_left_over_the_pilots_asking():
@@ -108,3 +108,60 @@ def test_at_the_end_of_a_task_the_pilots_run_dry_within_a_job_or_two_of_each_oth
     assert sum(1 for _ in last_step) == pilots
     spread = max(last_step.values()) - min(last_step.values())
     assert spread <= 2, f"the pilots ran dry {spread} steps apart: {last_step}"
+
+
+def test_a_deep_queue_is_counted_once_for_many_claims_and_each_claim_still_gets_the_exact_share(database):
+    """The waiting jobs are counted only when what this process claimed since the last count could have brought
+    them below nJobs x askers: each claim gets what an exact count before it would give, from far fewer reads."""
+    from minipanda.core import dispatch, fairshare
+
+    queue = "SHARE_DEEP"
+    left = 400 - 6
+    submit(queue, 400)
+    for index in range(6):
+        assert len(dispatch.claim_jobs(offer(queue, index, 1))) == 1
+    reads, claims = fairshare.waiting.reads, 0
+    while left:
+        got = len(dispatch.claim_jobs(offer(queue, claims % 6, 9)))
+        assert got == fairshare.share(9, 6, left), f"claim {claims}: {got} with {left} left"
+        left, claims = left - got, claims + 1
+    counted = fairshare.waiting.reads - reads
+    # 394 left: one count (up to 8 x 54) lasts until fewer than 54 may be left; then a count per claim, as before
+    assert claims > 40 and counted <= claims - 30, f"{counted} counts for {claims} claims"
+
+
+def test_jobs_that_single_job_pilots_take_lower_the_bound_so_the_share_stays_exact(database):
+    from minipanda.core import dispatch, fairshare
+
+    queue = "SHARE_MIXED"
+    submit(queue, 100)
+    for index in range(6):
+        assert len(dispatch.claim_jobs(offer(queue, index, 1))) == 1
+    assert len(dispatch.claim_jobs(offer(queue, 0, 9))) == 9  # counted: 94 >= 54; 85 left
+    reads = fairshare.waiting.reads
+    for i in range(60):  # pilot3-like pilots, one job at a time: 25 left
+        assert len(dispatch.claim_jobs(offer(queue, 1 + i % 5, 1))) == 1
+    assert len(dispatch.claim_jobs(offer(queue, 0, 9))) == 5  # ceil(25 / 6), not the 9 of the old count
+    assert fairshare.waiting.reads == reads + 1
+
+
+def test_the_bound_is_forgotten_after_a_while_and_never_above_what_a_racing_claim_left():
+    """An old count is taken again (another process, a kill or the watchdog may have taken jobs); a claim that
+    commits while the count reads is subtracted from it."""
+    from minipanda.core.fairshare import Waiting
+
+    waiting = Waiting(refresh_s=1.0)
+    assert waiting.at_least("Q", "shape", now=10.0) is None
+    assert waiting.count("Q", "shape", lambda: 100, now=10.0) == 100
+    waiting.took("Q", 9)
+    waiting.took("OTHER", 50)
+    assert waiting.at_least("Q", "shape", now=10.5) == 91
+    assert waiting.at_least("Q", "other shape", now=10.5) is None
+    assert waiting.at_least("Q", "shape", now=11.5) is None  # older than refresh_s
+
+    def read_then_a_claim_commits():  # the read saw 100 jobs; 5 of them are claimed before the count is stored
+        waiting.took("Q", 5)
+        return 100
+
+    waiting.count("Q", "shape", read_then_a_claim_commits, now=20.0)
+    assert waiting.at_least("Q", "shape", now=20.0) == 95

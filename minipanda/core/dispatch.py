@@ -232,18 +232,27 @@ def claim_jobs(offer, now=None):
         return []
     n_askers = fairshare.askers.asked(offer.queue, fairshare.pilot_key(offer))
     if n_jobs == 1:
-        return group_commit.claim(offer, now)
-    if n_askers > 1:
-        n_jobs = fairshare.share(n_jobs, n_askers, _waiting(offer, n_jobs * n_askers))
-    return _claim_alone(offer, n_jobs, now)
+        definitions = group_commit.claim(offer, now)
+    else:
+        if n_askers > 1:
+            n_jobs = fairshare.share(n_jobs, n_askers, _waiting(offer, n_jobs * n_askers))
+        definitions = _claim_alone(offer, n_jobs, now)
+    fairshare.waiting.took(offer.queue, len(definitions))
+    return definitions
 
 
-def _waiting(offer, at_most):
-    """How many activated jobs ``offer`` matches, counted up to ``at_most`` (a read, outside the claim's write
-    transaction: the share is an estimate, and the claim itself stays exact)."""
+def _waiting(offer, needed):
+    """How many activated jobs ``offer`` matches, or a lower bound of it that is ``needed`` or more
+    (fairshare.Waiting: while the queue is deep, no read at all). A count is a read outside the claim's write
+    transaction, up to fairshare.DEPTH x ``needed``: the share is an estimate, and the claim itself stays exact."""
     labels, limits = _labels(offer), _limit_values(offer)
+    shape = (tuple(labels), tuple(limits))
+    known = fairshare.waiting.at_least(offer.queue, shape)
+    if known is not None and known >= needed:
+        return known
     statement = _waiting_statement(database.param, len(labels), tuple(c for c, _ in limits))
-    return database.execute_sql(statement, [offer.queue] + labels + [v for _, v in limits] + [at_most]).fetchone()[0]
+    params = [offer.queue] + labels + [v for _, v in limits] + [needed * fairshare.DEPTH]
+    return fairshare.waiting.count(offer.queue, shape, lambda: database.execute_sql(statement, params).fetchone()[0])
 
 
 @functools.lru_cache(maxsize=64)

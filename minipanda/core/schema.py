@@ -18,7 +18,7 @@ def open_database(url):
     """Bind the models to ``url``, create or upgrade the schema, and return the database."""
     db = make_database(url)
     database.initialize(db)
-    fairshare.askers.clear()  # the pilots remembered asking for work asked the database bound before
+    fairshare.forget()  # the pilots remembered asking for work, and the counts, are the database bound before's
     db.connect(reuse_if_open=True)
     try:
         upgrade_schema(db)
