@@ -204,3 +204,38 @@ def test_the_judged_job_has_each_column_under_its_own_name(database):
     job, row = updates._read_jobs([pid])[pid], models.Job.get_by_id(pid)
     assert {name: getattr(job, name) for name in updates._READ} == {name: getattr(row, name) for name in updates._READ}
     assert (job.status, job.attempt_nr, job.worker_id) == ("sent", 7, 42)
+
+
+def test_each_reported_value_lands_in_its_own_column_and_a_pilot_id_is_given_once(database):
+    """The UPDATE's columns and each entry's values are worked out before the writer's lock (in name order): every
+    value still lands in its own column, and a job without a pilot id gets the reporting pilot's, with the rest."""
+    with_pilot, without = dispatched(2)
+    models.Job.update(pilot_id="p0").where(models.Job.panda_id == with_pilot).execute()
+    replies = updates.update_jobs([
+        {"jobId": with_pilot, "state": "running", "pilotID": "p0", "transExitCode": 3, "pilotErrorCode": 1305,
+         "cpuConsumptionTime": 17, "node": "wn-1", "pilotErrorDiag": "diag one"},
+        {"jobId": without, "state": "running", "pilotID": "p9", "batchID": "b9", "exeErrorCode": 8, "node": "wn-2"}])
+    assert [r["StatusCode"] for r in replies] == [0, 0]
+    one, two = (models.Job.get_by_id(pid) for pid in (with_pilot, without))
+    assert (one.trans_exit_code, one.pilot_error_code, one.cpu_consumption_time, one.node, one.pilot_error_diag,
+            one.pilot_id) == (3, 1305, 17, "wn-1", "diag one", "p0")
+    assert (two.exe_error_code, two.node, two.pilot_id, two.batch_id, two.status) == (8, "wn-2", "p9", "b9",
+                                                                                      "running")
+
+
+def test_an_accepted_entrys_reply_is_built_after_the_commit(database, monkeypatch):
+    """Nothing but the judging and the writes happens while the writer's lock is held: the replies of accepted
+    entries are made after the COMMIT, each its own dict, a killed job's with tobekilled."""
+    ids = dispatched(3)
+    models.Job.update(command_to_pilot=TOBEKILLED).where(models.Job.panda_id == ids[1]).execute()
+    made_in_transaction = []
+    real = updates._reply
+    monkeypatch.setattr(updates, "_reply", lambda *a, **k: made_in_transaction.append(
+        database.in_transaction()) or real(*a, **k))
+    replies = updates.update_jobs([{"jobId": ids[0], "state": "running", "pilotID": "p"},
+                                   {"jobId": ids[1], "state": "failed", "pilotID": "p"},
+                                   {"jobId": ids[2], "state": "running", "pilotID": "p"}])
+    assert made_in_transaction == [False, False, False]
+    assert [(r["StatusCode"], r["command"]) for r in replies] == [(0, "NULL"), (0, TOBEKILLED), (0, "NULL")]
+    assert replies[0] is not replies[2]
+    assert status_of(ids) == {ids[0]: "running", ids[1]: "failed", ids[2]: "running"}

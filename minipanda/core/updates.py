@@ -62,7 +62,7 @@ class _Job:
 class _Update:
     """One parsed entry: where it stands in the batch, and what it asks."""
 
-    __slots__ = ("index", "panda_id", "state", "columns", "fileinfo", "params")
+    __slots__ = ("index", "panda_id", "state", "columns", "fileinfo", "params", "names", "values")
 
     def __init__(self, index, params):
         self.index, self.params = index, params
@@ -71,6 +71,13 @@ class _Update:
         if self.state not in PILOT_STATES:
             raise RequestError(f"state: expected one of {sorted(PILOT_STATES)}, got {self.state!r}")
         self.columns, self.fileinfo = _reported(params)
+        # the UPDATE's column names and this entry's values, worked out here, before the writer's lock is taken
+        self.names = tuple(sorted(self.columns))
+        self.values = tuple(self.columns[name] for name in self.names)
+
+
+# An accepted entry's reply, as the transaction leaves it: built after the COMMIT, outside the writer's lock.
+_ACCEPTED, _ACCEPTED_KILL = object(), object()
 
 
 def update_job(params, binding=None, store=None):
@@ -123,7 +130,8 @@ def _apply(entries, check=None, binding=None, store=None):
                 seen.add(update.panda_id)
             _apply_round(this_round, now, outcomes, binding)
             parsed = later
-    return outcomes
+    return [_reply() if outcome is _ACCEPTED else _reply(TOBEKILLED) if outcome is _ACCEPTED_KILL else outcome
+            for outcome in outcomes]
 
 
 def _apply_round(updates, now, outcomes, binding=None):
@@ -142,14 +150,17 @@ def _apply_round(updates, now, outcomes, binding=None):
         if verdict is not None:
             outcomes[update.index] = verdict
             continue
-        columns = dict(update.columns)
-        if not job.pilot_id and update.params.get("pilotID"):
-            columns["pilot_id"] = str(update.params["pilotID"])[:256]
-        if not job.batch_id and update.params.get("batchID"):
-            columns["batch_id"] = str(update.params["batchID"])[:128]
-        names = tuple(sorted(columns))
+        names, values = update.names, update.values
+        if (not job.pilot_id and update.params.get("pilotID")) or (not job.batch_id and update.params.get("batchID")):
+            columns = dict(update.columns)
+            if not job.pilot_id and update.params.get("pilotID"):
+                columns["pilot_id"] = str(update.params["pilotID"])[:256]
+            if not job.batch_id and update.params.get("batchID"):
+                columns["batch_id"] = str(update.params["batchID"])[:128]
+            names = tuple(sorted(columns))
+            values = tuple(columns[name] for name in names)
         groups = same_state if update.state == job.status else transitions
-        groups[(job.status, update.state, names)].append((update, tuple(columns[name] for name in names)))
+        groups[(job.status, update.state, names)].append((update, values))
     won = states.change_each_job([(source, target, names, [(u.panda_id, *values) for u, values in members],
                                    f"pilot reported {target}")
                                   for (source, target, names), members in transitions.items()],
@@ -168,7 +179,7 @@ def _apply_round(updates, now, outcomes, binding=None):
                                                           "the update", SC_FAILED, 409)
                     continue
                 command = jobs[update.panda_id].command_to_pilot
-                outcomes[update.index] = _reply(TOBEKILLED if command == TOBEKILLED else None)
+                outcomes[update.index] = _ACCEPTED_KILL if command == TOBEKILLED else _ACCEPTED
                 if update.fileinfo:
                     files.append(update)
     _register_files(files)
