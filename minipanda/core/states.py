@@ -9,6 +9,7 @@ import datetime
 import enum
 import functools
 
+import orjson
 import peewee
 from minipanda.core import bulk, counts, models
 from minipanda.errors import InvalidTransition
@@ -229,18 +230,52 @@ def change_picked_jobs(pick, pick_params, source, target, reason, fields=None, n
     values.update(fields or {})
     database = models.Job._meta.database
     columns = tuple(field.column_name for field in values)
-    sql = _picked_update_sql(database.param, isinstance(database.obj, peewee.PostgresqlDatabase), pick, columns,
-                             tuple(returning) + _COUNTED)
+    listed = tuple(returning) + _COUNTED
+    assigned = [field.db_value(value) for field, value in values.items()]
     with counts.bulk_jobs(at_most) as moves:
-        cursor = database.execute_sql(sql, [field.db_value(value) for field, value in values.items()]
-                                      + list(pick_params) + [source.value])
-        rows = cursor.fetchall()
+        if isinstance(database.obj, peewee.PostgresqlDatabase):
+            sql = _picked_update_sql(database.param, True, pick, columns, listed)
+            rows = database.execute_sql(sql, assigned + list(pick_params) + [source.value]).fetchall()
+        else:
+            rows = _change_picked_sqlite(database, pick, pick_params, columns, assigned, listed, source)
         moves.add_rows([row[-2:] for row in rows], source.value, target.value, bulk.time_param(now))
     log_transitions([(row[0], source.value) for row in rows], target, reason, now)
     return [row[:-2] for row in rows]
 
 
 _COUNTED = ("task_id", "computing_site")  # what a bulk writer tells the live counts of each job it changed
+
+
+def _change_picked_sqlite(database, pick, pick_params, columns, assigned, listed, source):
+    """SQLite: the picked jobs' ``listed`` columns read as ONE row (a JSON array of arrays), then one UPDATE of
+    those jobs by id that returns nothing. An UPDATE ... RETURNING of 100 jobs hands back 100 rows, and the sqlite3
+    module lets go of the GIL at every row: with the writer's lock in hand, the thread waited for the GIL again up to
+    100 times while other request threads ran (over HTTP the lock was held twice its holder's CPU). The read and the
+    UPDATE run in the same IMMEDIATE transaction, in which no other writer can change a job (SQLite has one writer
+    at a time), so every job read as ``source`` is changed: the UPDATE's row count says so, or the claim fails."""
+    text = database.execute_sql(_picked_rows_sql(database.param, pick, listed), list(pick_params) + [source.value])
+    rows = list(map(tuple, orjson.loads(text.fetchone()[0] or "[]")))
+    if rows:
+        changed = database.execute_sql(_picked_ids_update_sql(database.param, columns),
+                                       assigned + [orjson.dumps([row[0] for row in rows]).decode(), source.value])
+        if changed.rowcount != len(rows):
+            raise RuntimeError(f"a claim read {len(rows)} {source.value} jobs and changed {changed.rowcount} of them "
+                               "in the same transaction")
+    return rows
+
+
+@functools.lru_cache(maxsize=256)
+def _picked_rows_sql(param, pick, listed):
+    table = models.Job._meta.table_name
+    return (f"SELECT json_group_array(json_array({', '.join(chr(34) + c + chr(34) for c in listed)})) FROM "
+            f"\"{table}\" WHERE \"panda_id\" IN ({pick}) AND (\"status\" || '') = {param}")
+
+
+@functools.lru_cache(maxsize=64)
+def _picked_ids_update_sql(param, columns):
+    assignments = ", ".join(f'"{column}" = {param}' for column in columns)
+    return (f'UPDATE "{models.Job._meta.table_name}" SET {assignments} WHERE "panda_id" IN '
+            f"(SELECT value FROM json_each({param})) AND (\"status\" || '') = {param}")
 
 
 @functools.lru_cache(maxsize=256)
