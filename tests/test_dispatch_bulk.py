@@ -6,6 +6,7 @@ In process, against SQLite and PostgreSQL, each thread on its own connection. No
 import collections
 import threading
 
+import pytest
 from conftest import make_job
 
 THREAD_TIMEOUT_S = 120
@@ -131,3 +132,71 @@ def test_a_claims_files_are_read_after_its_commit_and_its_definitions_carry_them
         i = names[definition["PandaID"]]
         assert (definition["inFiles"], definition["outFiles"], definition["logFile"]) == \
             (f"in.{i}.root", f"out.{i}.root,log.{i}.tgz", f"log.{i}.tgz")
+
+
+def test_a_claim_on_sqlite_reads_its_jobs_as_one_row_and_its_update_returns_none(database, monkeypatch):
+    """SQLite: the picked jobs come back as one row and the UPDATE that claims them returns no rows (every row an
+    UPDATE ... RETURNING hands back lets go of the GIL, the writer's lock in hand); PostgreSQL keeps its one
+    UPDATE ... RETURNING. Either way each definition carries its own job's values, odd text and large ids too."""
+    from minipanda.core import db, dispatch, jobs, queues
+
+    queue = "CLAIM_ONE_ROW"
+    odd = 'a "quoted" \\ back\\slash, ünïcødé ✓, tab\t and\nnewline'
+    specs = [make_job(queue, jobName=f"one.row.{i}", jobParameters=f"{odd} {i}", taskID=2 ** 40 + i,
+                      currentPriority=100 - i) for i in range(12)]
+    submitted = [row[0] for row in jobs.submit_jobs(specs, "tester", queue_ensurer=queues.ensure_queues)]
+    statements, execute = [], database.execute_sql
+
+    def recording(sql, params=None, *rest, **named):
+        statements.append(sql)
+        return execute(sql, params, *rest, **named)
+
+    monkeypatch.setattr(database, "execute_sql", recording)
+    claimed = dispatch.claim_jobs(offer(queue, 0, 10))
+    monkeypatch.undo()
+
+    claims = [sql for sql in statements if sql.startswith('UPDATE "job"')]
+    assert len(claims) == 1
+    assert ("RETURNING" in claims[0]) == db.is_postgres(), claims[0]
+    assert [d["PandaID"] for d in claimed] == submitted[:10]  # best first
+    for i, definition in enumerate(claimed):
+        assert (definition["jobPars"], definition["jobName"], int(definition["taskID"]),
+                int(definition["currentPriority"])) == (f"{odd} {i}", f"one.row.{i}", 2 ** 40 + i, 100 - i)
+    assert {status for status, _ in job_owners(queue)[0].values()} == {"sent", "activated"}
+
+
+@pytest.fixture
+def sqlite_database(tmp_path):
+    """SQLite alone: the claim's read-then-UPDATE is SQLite's (PostgreSQL's claim is one UPDATE ... RETURNING,
+    whose rows are what it changed)."""
+    from minipanda.core import schema
+
+    database = schema.open_database("sqlite:///" + str(tmp_path / "minipanda.db"))
+    database.connect(reuse_if_open=True)
+    yield database
+    database.close()
+
+
+def test_a_sqlite_claim_whose_jobs_changed_under_it_fails_whole(sqlite_database, monkeypatch):
+    """The read and the UPDATE of a SQLite claim are one transaction of the one writer, so the UPDATE changes every
+    job read; were one changed in between, the row counts differ and the claim fails and rolls back rather than
+    hand out a job it did not change."""
+    from minipanda.core import dispatch
+
+    database = sqlite_database
+    queue = "CLAIM_CHANGED"
+    ids = submit(queue, 5)
+    execute = database.execute_sql
+
+    def cancel_one_before_the_claims_update(sql, params=None, *rest, **named):
+        if sql.startswith('UPDATE "job" SET') and "json_each" in sql:
+            execute('UPDATE "job" SET "status" = \'cancelled\' WHERE "panda_id" = ?', [ids[0]])
+        return execute(sql, params, *rest, **named)
+
+    monkeypatch.setattr(database, "execute_sql", cancel_one_before_the_claims_update)
+    with pytest.raises(RuntimeError, match="changed 4 of them"):
+        dispatch.claim_jobs(offer(queue, 0, 5))
+    monkeypatch.undo()
+    assert {status for status, _ in job_owners(queue)[0].values()} == {"activated"}
+    assert len(dispatch.claim_jobs(offer(queue, 0, 5))) == 5
+    assert sorted(job_owners(queue)[0]) == sorted(ids)

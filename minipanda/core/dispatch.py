@@ -1,7 +1,8 @@
 """Dispatch: hand activated jobs to a pilot, each job to exactly one pilot.
 
-A request is one claim: a single ``UPDATE job SET status='sent' ... WHERE panda_id IN (best matching activated
-jobs) AND status='activated' RETURNING <the job row>`` in a write transaction; concurrent single-job claims of
+A request is one claim: ``UPDATE job SET status='sent' ... WHERE panda_id IN (best matching activated jobs) AND
+status='activated' RETURNING <the job row>`` in a write transaction (on SQLite, the picked rows read as one JSON
+row, then the UPDATE by id: :func:`minipanda.core.states.change_picked_jobs`); concurrent single-job claims of
 one process share that transaction, one UPDATE each after the other (:class:`GroupCommit`). SQLite serialises writers, so two
 claims can never see the same activated row; PostgreSQL adds ``FOR UPDATE SKIP LOCKED`` to the pick so concurrent
 claims take different rows instead of waiting on each other.
@@ -9,8 +10,8 @@ claims take different rows instead of waiting on each other.
 The claim statement is the hottest query of the server, so it is written out once per offer shape (which optional
 limits the pilot sent, how many labels, which pilot columns are set) and cached, instead of being rebuilt by the
 ORM on every request: peewee spent ~1.5 ms per claim rendering the UPDATE, its sub-select (twice) and a second
-SELECT of the full job rows, against ~0.1 ms that SQLite needed to run them. RETURNING hands back the claimed rows,
-so no second query reads them. Dispatch writes only the pick (which jobs, best first); the UPDATE itself is
+SELECT of the full job rows, against ~0.1 ms that SQLite needed to run them. The claimed rows come back with the
+claim, so no second query reads them. Dispatch writes only the pick (which jobs, best first); the UPDATE itself is
 :func:`minipanda.core.states.change_picked_jobs`, the bulk twin of ``change_job_status``: the same table check,
 time stamps and status_log rows.
 """

@@ -210,17 +210,18 @@ def _update_listed(values, ids, status, model=None):
 
 def change_picked_jobs(pick, pick_params, source, target, reason, fields=None, now=None, returning=("panda_id",),
                        at_most=None):
-    """Move the jobs a sub-select picks from ``source`` to ``target`` in one statement; return their rows.
+    """Move the jobs a sub-select picks from ``source`` to ``target``; return their rows.
 
     The bulk twin of :func:`change_job_status`, for dispatch: ``pick`` is the caller's SELECT of panda_ids (with
-    its ``pick_params``), best first and limited; the UPDATE re-checks ``source`` on each picked row, so a job
-    another writer changed first is skipped. Same table check, time stamps and status_log rows.
+    its ``pick_params``), best first and limited; the change re-checks ``source`` on each picked row, so a job
+    another writer changed first is skipped. Same table check, time stamps and status_log rows. PostgreSQL: one
+    UPDATE ... RETURNING; SQLite: the picked rows read as one, then one UPDATE (:func:`_change_picked_sqlite`).
 
     ``at_most``: the pick's LIMIT, when the caller knows it (the live counts of a small claim are left to the
     triggers, :func:`minipanda.core.counts.bulk_jobs`).
 
     Returns:
-        The changed jobs' ``returning`` columns (panda_id first) as tuples, as RETURNING gives them. Must run
+        The changed jobs' ``returning`` columns (panda_id first) as tuples, in no particular order. Must run
         inside a transaction.
     """
     source, target = JobStatus(source), JobStatus(target)
@@ -248,11 +249,11 @@ _COUNTED = ("task_id", "computing_site")  # what a bulk writer tells the live co
 
 def _change_picked_sqlite(database, pick, pick_params, columns, assigned, listed, source):
     """SQLite: the picked jobs' ``listed`` columns read as ONE row (a JSON array of arrays), then one UPDATE of
-    those jobs by id that returns nothing. An UPDATE ... RETURNING of 100 jobs hands back 100 rows, and the sqlite3
-    module lets go of the GIL at every row: with the writer's lock in hand, the thread waited for the GIL again up to
-    100 times while other request threads ran (over HTTP the lock was held twice its holder's CPU). The read and the
-    UPDATE run in the same IMMEDIATE transaction, in which no other writer can change a job (SQLite has one writer
-    at a time), so every job read as ``source`` is changed: the UPDATE's row count says so, or the claim fails."""
+    those jobs by id that returns nothing. An UPDATE ... RETURNING of 100 jobs hands back 100 rows, each a step of
+    the statement that lets go of the GIL and comes back for it, with the writer's lock in hand; one row of JSON
+    costs the lock's holder less (bench/README.md, round 8). The read and the UPDATE run in the same IMMEDIATE
+    transaction, in which no other writer can change a job (SQLite has one writer at a time), so every job read as
+    ``source`` is changed: the UPDATE's row count says so, or the claim fails and rolls back."""
     text = database.execute_sql(_picked_rows_sql(database.param, pick, listed), list(pick_params) + [source.value])
     rows = list(map(tuple, orjson.loads(text.fetchone()[0] or "[]")))
     if rows:
