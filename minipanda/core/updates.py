@@ -71,7 +71,11 @@ class _Update:
         if self.state not in PILOT_STATES:
             raise RequestError(f"state: expected one of {sorted(PILOT_STATES)}, got {self.state!r}")
         self.columns, self.fileinfo = _reported(params)
-        # the UPDATE's column names and this entry's values, worked out here, before the writer's lock is taken
+        self.names = self.values = None
+
+    def ready(self):
+        """Work out the UPDATE's column names and this entry's values (in name order) before the writer's lock is
+        taken, once nothing changes the entry any more (stageout may turn a finished report into a failed one)."""
         self.names = tuple(sorted(self.columns))
         self.values = tuple(self.columns[name] for name in self.names)
 
@@ -122,6 +126,8 @@ def _apply(entries, check=None, binding=None, store=None):
         return outcomes
     if store is not None:  # before the transaction: the store's files are read outside the writer's lock
         stageout.fail_mismatched_finals(store, parsed)
+    for update in parsed:
+        update.ready()
     with database.atomic():
         while parsed:
             now, seen, this_round, later = states.utcnow(), set(), [], []
