@@ -54,7 +54,10 @@ def main(argv=None):
 
 
 def run(args, url):
-    from minipanda.api import handlers
+    from minipanda.api import files, handlers
+
+    if hasattr(files, "request_store"):  # no request here, no file store: the bench's reports carry no files
+        files.request_store = lambda: None
     from minipanda.core import jobs, schema
     from minipanda.core.auth import Identity
 

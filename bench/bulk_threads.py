@@ -28,7 +28,10 @@ import baseline  # noqa: E402
 
 def run(args):
     """One run in this process (started by main with cwd and PYTHONPATH set to the tree it measures)."""
-    from minipanda.api import handlers
+    from minipanda.api import files, handlers
+
+    if hasattr(files, "request_store"):  # no request here, no file store: the bench's reports carry no files
+        files.request_store = lambda: None
     from minipanda.core import jobs, schema
     from minipanda.core.auth import Identity
 
