@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from minipanda.api import handlers, params as route_params
+from minipanda.api import files, handlers, params as route_params
 from minipanda.core import jobs, schema, updates
 from minipanda.core.auth import Identity
 
@@ -32,6 +32,7 @@ def main(argv=None):
     parser.add_argument("--entries", type=int, default=100, help="entries per bulk update (default 100)")
     parser.add_argument("--repeat", type=int, default=40, help="bulk updates per variant (default 40)")
     args = parser.parse_args(argv)
+    files.request_store = lambda: None  # no request here, no file store: these heartbeats carry no files
     db = schema.open_database("sqlite:///" + os.path.join(tempfile.mkdtemp(prefix="params-check-"), "bench.db"))
     db.connect(reuse_if_open=True)
     admin = Identity("admin", "admin")
