@@ -235,7 +235,7 @@ def change_picked_jobs(pick, pick_params, source, target, reason, fields=None, n
     assigned = [field.db_value(value) for field, value in values.items()]
     with counts.bulk_jobs(at_most) as moves:
         if isinstance(database.obj, peewee.PostgresqlDatabase):
-            sql = _picked_update_sql(database.param, True, pick, columns, listed)
+            sql = _picked_update_sql(database.param, pick, columns, listed)
             rows = database.execute_sql(sql, assigned + list(pick_params) + [source.value]).fetchall()
         else:
             rows = _change_picked_sqlite(database, pick, pick_params, columns, assigned, listed, source)
@@ -280,7 +280,8 @@ def _picked_ids_update_sql(param, columns):
 
 
 @functools.lru_cache(maxsize=256)
-def _picked_update_sql(param, postgres, pick, columns, returning):
+def _picked_update_sql(param, pick, columns, returning):
+    """PostgreSQL's claim: SQLite's reads its picked jobs first (see above) and never comes here."""
     assignments = ", ".join(f'"{column}" = {param}' for column in columns)
     # The re-check of the status must not drive the UPDATE: SQLite and PostgreSQL both chose to walk the
     # (status, ...) index, i.e. every activated job of every queue, per claim, filtering it against the picked ids
@@ -288,9 +289,8 @@ def _picked_update_sql(param, postgres, pick, columns, returning):
     # picked ids drive the UPDATE through the primary key and the status is checked on those rows only.
     # PostgreSQL would plan "IN (pick)" as a semi-join and re-run a locking pick per row, claiming more than
     # LIMIT rows; "= ANY(ARRAY(pick))" evaluates the pick exactly once.
-    chosen = f"= ANY(ARRAY({pick}))" if postgres else f"IN ({pick})"
     listed = ", ".join('"%s"' % column for column in returning)
-    return (f'UPDATE "{models.Job._meta.table_name}" SET {assignments} WHERE "panda_id" {chosen} '
+    return (f'UPDATE "{models.Job._meta.table_name}" SET {assignments} WHERE "panda_id" = ANY(ARRAY({pick})) '
             f"AND (\"status\" || '') = {param} RETURNING {listed}")
 
 
