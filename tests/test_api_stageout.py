@@ -184,6 +184,7 @@ def test_managers_place_files_without_naming_a_job_production_in_shared_scopes_a
     ("an existing file, no X-Checksum", 409, "declares 13 bytes, no X-Checksum"),
     ("an existing file, its adler32 but another size", 409, "declares 13 bytes, adler32"),
     ("an existing file, the admin", 409, "stored files never change"),
+    ("a directory where the name is", 409, "something other than a file"),
     ("a leading dot", 400, "lfn: '.hidden'"),
     ("a scope outside the rules", 400, "scope: 'a b'"),
     ("a user's scope outside the rules", 400, "scope: 'user.carol x'"),
@@ -211,6 +212,8 @@ def test_a_production_token_may_not_write_another_users_scope_replace_a_file_or_
             headers["X-Checksum"] = f"ad:{zlib.adler32(b'the first bytes'):08x}"
         if "admin" in case:
             prod = None
+    elif case == "a directory where the name is":
+        os.makedirs(tmp_path / "files" / "data" / "x.dat")
     elif case == "a leading dot":
         path = "/files/data/.hidden"
     elif case == "a scope outside the rules":

@@ -12,6 +12,7 @@ admin) a GET bearing a valid pilot token is a pilot's stage-in and marks nothing
 """
 import functools
 import os
+import stat
 
 import bottle
 
@@ -108,10 +109,13 @@ def _stored_already(store, scope, lfn, length, adler):
     else 409, since stored files never change (an upload without ``X-Checksum`` cannot show it is the same)."""
     _, path = store.locate(scope, lfn)
     try:
-        size = os.stat(path).st_size
+        found = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    stored = filestore.stored_adler32(path)
+    if not stat.S_ISREG(found.st_mode):
+        raise RequestError(f"{scope}/{lfn} is taken in the server's file store by something other than a file; "
+                           "nothing was read or stored", SC_INVALID, 409)
+    size, stored = found.st_size, filestore.stored_adler32(path)
     if length == size and adler == stored:
         return {"scope": scope, "lfn": lfn, "fsize": size, "adler32": stored}
     declared = f"{'no size' if length is None else f'{length} bytes'}, " \
