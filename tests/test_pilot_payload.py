@@ -280,3 +280,33 @@ def test_a_program_found_on_path_is_not_looked_up_again_until_it_no_longer_runs(
     assert walks == ["myprog"] * 4
     monkeypatch.setenv("PATH", "/nonexistent-dir")  # another PATH: its own lookup
     assert payload.command("/bin/sh", "-c 'true'")[0] == "/bin/sh"
+
+
+def test_a_program_looked_up_before_is_execd_where_it_was_found_and_searched_again_once_it_is_gone(tmp_path,
+                                                                                                   monkeypatch):
+    """Payload._spawn passes on_path's answer as Popen's executable (no exec tried in each PATH directory); a program
+    removed since is searched on PATH as before (a copy further on PATH runs)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir()
+        program = directory / "myprog"
+        program.write_text(f"#!/bin/sh\necho from {directory.name}\n")
+        program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{first}:{second}:{os.environ['PATH']}")
+    argv = payload.command("/bin/sh", "-c myprog")
+    assert argv == ["myprog"] and payload.found_before("myprog", dict(os.environ)) == str(first / "myprog")
+    spawned = []
+    real = subprocess.Popen
+    monkeypatch.setattr(payload.subprocess, "Popen",
+                        lambda *a, **kw: spawned.append(kw.get("executable")) or real(*a, **kw))
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    p = run(argv, job_dir)
+    assert p.returncode == 0 and (job_dir / "payload.stdout").read_text() == "from first\n"
+    assert spawned == [str(first / "myprog")]
+    (first / "myprog").unlink()  # gone between the lookup and the start
+    spawned.clear()
+    p = run(argv, job_dir)
+    assert p.returncode == 0 and (job_dir / "payload.stdout").read_text() == "from second\n"
+    assert spawned == [str(first / "myprog"), None]
+    assert payload.found_before("/bin/true", None) is None and payload.found_before("myprog", {"PATH": "/x"}) is None
