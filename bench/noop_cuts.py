@@ -7,7 +7,9 @@
   ``insert_many`` (before) against ``monitor.link_jobs`` (now);
 - ``Settings.get``: one setting read from the ``config`` table: ``Config.get_or_none`` (before) against the plain
   SELECT (now);
-- ``the payload's program on PATH``: ``shutil.which`` (before) against ``payload.on_path`` (now).
+- ``the payload's program on PATH``: ``shutil.which`` (before) against ``payload.on_path`` (now);
+- ``the payload's start``: ``Popen(["true"])`` and its reaping, this process's CPU and the child's (before:
+  Popen tries an exec in each PATH directory before ``true``'s; now: ``executable=`` what on_path found).
 
     python bench/noop_cuts.py [--repeat 30]
 
@@ -18,7 +20,9 @@ import argparse
 import datetime
 import os
 import shutil
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,16 +41,21 @@ NOW = datetime.datetime(2026, 12, 7, 17, 0, 0)
 
 
 def cpu_per_call(fn, calls, repeat, reset=None):
-    """Median CPU seconds of one call over ``repeat`` rounds of ``calls`` calls (``reset`` run between rounds)."""
+    """Median CPU seconds of one call over ``repeat`` rounds of ``calls`` calls (``reset`` run between rounds): this
+    process's and its reaped children's."""
+    def spent():
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
     rounds = []
     for _ in range(repeat):
         if reset:
             reset()
-        began = time.process_time()
+        began = spent()
         for _ in range(calls):
             fn()
-        rounds.append((time.process_time() - began) / calls)
-    return statistics.median(rounds)
+        rounds.append(spent() - began)
+    return statistics.median(rounds) / calls
 
 
 def main(argv=None):
@@ -98,6 +107,14 @@ def main(argv=None):
         return settings.check("generator.batch", row.value)
 
     path_program = "true"
+    env = dict(os.environ)
+    payload.on_path(path_program)
+
+    def start(executable):
+        proc = subprocess.Popen([path_program], executable=executable, cwd=home, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                close_fds=True)
+        proc.wait()
     figures = [
         ("settle: the finished jobs' files (500 rows)", 500,
          cpu_per_call(files_before, 1, args.repeat, clear_files), cpu_per_call(files_now, 1, args.repeat, clear_files)),
@@ -107,6 +124,8 @@ def main(argv=None):
          cpu_per_call(lambda: read.get("generator.batch"), 200, args.repeat)),
         ("the payload's program on PATH", 1, cpu_per_call(lambda: shutil.which(path_program), 200, args.repeat),
          cpu_per_call(lambda: payload.on_path(path_program), 200, args.repeat)),
+        ("the payload's start (`true`, pilot + child)", 1, cpu_per_call(lambda: start(None), 50, args.repeat),
+         cpu_per_call(lambda: start(payload.found_before(path_program, env)), 50, args.repeat)),
     ]
     print(f"bench/noop_cuts.py: median CPU of this process, {args.repeat} rounds each; load before "
           f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
