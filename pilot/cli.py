@@ -94,6 +94,7 @@ def _stdout_reader_gone():
 
 
 def _main(argv):
+    import_shutil_without_compressors()  # before argparse's help formatter imports shutil
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in commands():
         return commands()[argv[0]][0](argv[1:])
@@ -110,6 +111,29 @@ def _main(argv):
     from pilot.worker import Pilot
 
     return Pilot(options).work()
+
+
+ARCHIVE_COMPRESSORS = ("bz2", "lzma")
+
+
+def import_shutil_without_compressors():
+    """``shutil``, imported with bz2 and lzma held back when nothing in the process has loaded it yet.
+
+    shutil imports both only to list its archive formats (make_archive, unpack_archive: the pilot uses neither; its
+    log tarball is gzip's, written by pilot.tarball): ~0.3 MB of a pilot's resident memory, liblzma's and libbz2's
+    code included. Held back as pilot.httpclient holds ``ssl`` back; ``import bz2`` works normally afterwards.
+    """
+    if "shutil" in sys.modules:
+        return
+    held = [name for name in ARCHIVE_COMPRESSORS if name not in sys.modules]
+    for name in held:
+        sys.modules[name] = None  # makes shutil's `import bz2` fail: it leaves the bztar format out
+    try:
+        import shutil  # noqa: F401
+    finally:
+        for name in held:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 def build_zipapp(argv):

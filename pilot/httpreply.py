@@ -9,9 +9,15 @@ http.client's own. A reply's server is as untrusted as any peer: its head is ref
 which the client turns into OSError) past MAX_LINE bytes per line, MAX_HEADERS lines or MAX_HEAD bytes in all, and
 when it declares two different Content-Lengths (which of them frames the body would be a guess).
 
+A connection resolves its host as bytes when the name is ASCII: ``socket.getaddrinfo`` encodes a str host with
+the idna codec, whose first use imports ``encodings.idna``, ``stringprep`` and ``unicodedata`` (~0.3 MB resident) to
+pass an ASCII name such as 127.0.0.1 through unchanged; a non-ASCII name still goes through it.
+
 http.client also sends a request's head and its body in two ``send`` calls (two TCP segments on a TCP_NODELAY
 socket: the server wakes up twice); a body of bytes up to ONE_SEND bytes goes out with its head in one.
 """
+import socket
+
 MAX_LINE = 65536  # bytes per header line, as http.client's _MAXLINE
 MAX_HEADERS = 100  # header lines, as http.client's _MAXHEADERS
 MAX_HEAD = 256 << 10  # bytes of all header lines together
@@ -96,6 +102,14 @@ def read_headers(fp, client):
     return Headers(fields)
 
 
+def create_connection(address, *args, **kwargs):
+    """``socket.create_connection`` with an ASCII host name given as bytes (no idna codec: see the module's text)."""
+    host, port = address
+    if isinstance(host, str) and host.isascii():
+        host = host.encode("ascii")
+    return socket.create_connection((host, port), *args, **kwargs)
+
+
 def lean_classes(client, connection_class):
     """(connection class, response class): ``connection_class`` (http.client's HTTPConnection or a TLS one) with
     :func:`read_headers` for its replies' heads and a small body sent with its head."""
@@ -139,6 +153,10 @@ def lean_classes(client, connection_class):
 
     class LeanConnection(connection_class):
         response_class = LeanResponse
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._create_connection = create_connection  # http.client's connect() calls it
 
         def _send_output(self, message_body=None, encode_chunked=False):
             if isinstance(message_body, bytes) and not encode_chunked and len(message_body) <= ONE_SEND:

@@ -79,16 +79,19 @@ def test_download_from_the_trf_directory(site, tmp_path):
 
 
 LOADED_FOR_TLS = ("ssl", "_ssl", "hashlib", "_hashlib", "urllib.request")
+# what a pilot never needs and used to load: the idna codec's (an ASCII host resolved as a str) and shutil's
+# archive compressors (pilot.cli.import_shutil_without_compressors)
+LOADED_FOR_NOTHING = ("encodings.idna", "stringprep", "unicodedata", "bz2", "_bz2", "lzma", "_lzma")
 
 
 def without_proxies():
     return {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
 
 
-def test_a_plain_http_pilot_run_never_loads_tls(site):
+def test_a_plain_http_pilot_run_never_loads_tls_idna_nor_compressors(site):
     pid = site.submit(transformation="/bin/true", jobParameters="")
     code = ("import sys\nsys.path.insert(0, sys.argv[1])\nfrom pilot.cli import main\nrc = main(sys.argv[2:])\n"
-            f"print(rc, sorted(m for m in {LOADED_FOR_TLS!r} if m in sys.modules))")
+            f"print(rc, sorted(m for m in {LOADED_FOR_TLS + LOADED_FOR_NOTHING!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, site.zipapp, *site.argv("--quiet")[2:]], capture_output=True,
                          text=True, timeout=120, cwd=site.base, env=without_proxies())
     assert out.stdout.splitlines()[-1:] == ["0 []"], out.stdout + out.stderr
