@@ -11,11 +11,18 @@ For each run (a fresh job, a fresh pilot process) it measures:
   peak RSS          the pilot process's own high-water mark (VmHWM), with psutil and with /proc only, beside
                     the floor: a fresh interpreter importing only what a plain-HTTP run needs (FLOOR_MODULES; no ssl)
 
-The goal in the issue: under 1 s each, RSS under 40 MB. Only 127.0.0.1 is contacted; the server this script
-starts is the only process it stops.
+The goal in the issue: under 1 s each, RSS under 40 MB (issue 23: peak RSS <= 20 MB). Only 127.0.0.1 is
+contacted; the server this script starts is the only process it stops.
+
+With ``--testbed-jobs N`` it also runs ``minipanda testbed --jobs N --job-seconds 0 --files F --pilots P`` for each
+F of ``--files`` (default none,1mb: no file, and one 1 MiB input + one 1 MiB output per job, the files job) and
+prints every pilot's peak RSS (PILOT_PEAK_RSS_KB of its pilot_timing.json; the testbed's pilots run with psutil
+when the interpreter has it, and zlib-ng's adler32 when it has ``zlib_ng``), this tree beside ``--baseline REV``
+in the same run, the sides' order alternating over ``--rounds``.
 
     python bench/pilot_overhead.py            # 5 runs of each kind
     python bench/pilot_overhead.py --runs 20
+    python bench/pilot_overhead.py --runs 0 --testbed-jobs 30 --baseline main --rounds 2   # files job's RSS
 """
 import argparse
 import glob
@@ -31,6 +38,10 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import baseline  # noqa: E402
+
 HOST = "127.0.0.1"
 QUEUE = "BENCH_PQ"
 
@@ -123,10 +134,72 @@ def floor_rss_mb():
     return int(out.stdout) / 1024
 
 
+def testbed_peaks(tree, files, jobs, pilots, base):
+    """Peak RSS in MB of each pilot of one ``minipanda testbed`` run in ``tree`` that ran at least one job."""
+    home = tempfile.mkdtemp(prefix=f"testbed-{files}-", dir=base)
+    os.rmdir(home)
+    argv = [sys.executable, "-m", "minipanda", "testbed", "--home", home, "--port", "0", "--jobs", str(jobs),
+            "--job-seconds", "0", "--files", files, "--pilots", str(pilots)]
+    with open(home + ".out", "wb") as log:
+        code = subprocess.run(argv, cwd=tree, stdout=log, stderr=subprocess.STDOUT, timeout=900).returncode
+    if code:
+        raise SystemExit(f"testbed --files {files} in {tree}: exit {code}, see {home}.out")
+    peaks = []
+    for path in glob.glob(os.path.join(home, "harvester", "workers", "*", "*", "PanDA_Pilot-*", "pilot_timing.json")):
+        timing = json.load(open(path))
+        if len(timing) > 1:  # "0" is the pilot's own entry, one more per job it ran
+            peaks.append(timing["0"]["PILOT_PEAK_RSS_KB"] / 1024)
+    return peaks
+
+
+def testbed_rss(args, base):
+    """The testbed's pilots' peak RSS per --files kind, this tree beside --baseline, printed."""
+    sides = [("this tree", ROOT)]
+    checkout = None
+    if args.baseline:
+        checkout = baseline.checkout(args.baseline)
+        baseline.compile_tree(checkout)
+        sides.append((args.baseline, checkout))
+    baseline.compile_tree(ROOT)
+    try:
+        peaks = {}
+        for files in args.files.split(","):
+            for label, tree in baseline.alternating(sides, args.rounds):
+                peaks.setdefault((label, files), []).append(testbed_peaks(tree, files, args.testbed_jobs,
+                                                                          args.testbed_pilots, base))
+    finally:
+        baseline.remove(checkout)
+    print(f"\ntestbed pilots' peak RSS, MB (--jobs {args.testbed_jobs} --job-seconds 0 --pilots "
+          f"{args.testbed_pilots}, {args.rounds} round(s); load {os.getloadavg()[0]:.1f}):")
+    print(f"  {'files':6} {'side':14} {'median':>8} {'max':>8}  each round's pilots (min-max)")
+    for files in args.files.split(","):
+        for label, _ in sides:
+            rounds = peaks[(label, files)]
+            every = [p for r in rounds for p in r]
+            spans = ", ".join(f"{min(r):.2f}-{max(r):.2f}" for r in rounds if r)
+            print(f"  {files:6} {label:14} {statistics.median(every):>8.2f} {max(every):>8.2f}  {spans}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5, help="pilot runs per kind (default 5)")
+    parser.add_argument("--runs", type=int, default=5, help="pilot runs per kind (default 5; 0: none, e.g. with "
+                        "--testbed-jobs only)")
+    parser.add_argument("--testbed-jobs", type=int, default=0, metavar="N",
+                        help="also run `minipanda testbed` with N jobs per --files kind and print its pilots' peak "
+                             "RSS (default 0: not run)")
+    parser.add_argument("--testbed-pilots", type=int, default=6, metavar="P", help="the testbed's --pilots "
+                        "(default 6)")
+    parser.add_argument("--files", default="none,1mb", help="the testbed's --files kinds, comma-separated "
+                        "(default none,1mb)")
+    parser.add_argument("--baseline", metavar="REV", help="run the testbed for this commit too, in the same run")
+    parser.add_argument("--rounds", type=int, default=2, help="testbed runs per side and --files kind (default 2)")
     args = parser.parse_args()
+    if args.runs <= 0:
+        if args.testbed_jobs <= 0:
+            parser.error("nothing to run: give --runs or --testbed-jobs")
+        with tempfile.TemporaryDirectory(prefix="pilot-bench-") as base:
+            testbed_rss(args, base)
+        return
     with tempfile.TemporaryDirectory(prefix="pilot-bench-") as base:
         home = os.path.join(base, "home")
         os.makedirs(home)
@@ -156,6 +229,8 @@ def main():
                 print(f"  {'peak RSS - floor':22} {rss - floor:>9.3f} MB")
         finally:
             server.stop()
+        if args.testbed_jobs > 0:
+            testbed_rss(args, base)
 
 
 if __name__ == "__main__":
