@@ -211,7 +211,7 @@ class ServerClient:
             timeout = self.timeout if deadline is None else max(1.0, min(self.timeout, deadline - time.monotonic()))
             with self._open(url, timeout=timeout) as response, fileutil.create_exclusive(tmp) as out:
                 declared = response.getheader("Content-Length")
-                for block in fileutil.blocks(response):
+                for block in fileutil.blocks(response, fileutil.DOWNLOAD_CHUNK):
                     size += len(block)
                     if max_size is not None and size > max_size:
                         raise OSError(f"more than the {max_size} bytes expected; download stopped")
