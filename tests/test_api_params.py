@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from minipanda.api import params as route_params
 from minipanda.api.app import ServerContext, make_app
 from minipanda.api.handlers import V1_ALIASES
-from minipanda.core import models, schema
+from minipanda.core import auth, models, schema
 
 from conftest import examples
 
@@ -81,13 +81,21 @@ def test_the_inputs_that_gave_500_get_a_4xx_naming_the_field(app, path, body, fi
         assert models.RetryRule.select().count() == before
 
 
-def test_deeply_nested_json_is_a_400_on_every_post_route_even_without_a_token(tmp_path):
+def test_deeply_nested_json_is_a_400_on_every_post_route_and_unread_without_a_token(tmp_path):
+    """A body nested past any sane depth is a 400 naming the body, never a 500; a route that needs a token refuses
+    a caller without one first (401), its body not even parsed."""
     database = schema.open_database("sqlite:///" + str(tmp_path / "minipanda.db"))
     database.connect(reuse_if_open=True)
-    app = make_app(ServerContext(home=str(tmp_path), secret=b"s" * 32))
-    for path in ("/api/v1/job/submit", "/server/panda/updateJob", "/api/v1/system/is_alive"):
+    secret = b"s" * 32
+    app = make_app(ServerContext(home=str(tmp_path), secret=secret))
+    admin = {"Authorization": "Bearer " + auth.create_token(secret, "admin", "admin")[0]}
+    for path, without_token in (("/api/v1/job/submit", 401), ("/server/panda/updateJob", 401),
+                                ("/api/v1/system/is_alive", 400)):
+        status, reply = call(app, "POST", path, b"[" * 50000, headers=admin)
+        assert status == 400 and b"body" in reply, (path, status, reply[:200])
         status, reply = call(app, "POST", path, b"[" * 50000)
-        assert 400 <= status < 500 and b"body" in reply, (path, status, reply[:200])
+        assert status == without_token, (path, status, reply[:200])
+        assert (b"body" in reply) == (without_token == 400), (path, status, reply[:200])
     database.close()
 
 

@@ -200,3 +200,28 @@ def test_a_sqlite_claim_whose_jobs_changed_under_it_fails_whole(sqlite_database,
     assert {status for status, _ in job_owners(queue)[0].values()} == {"activated"}
     assert len(dispatch.claim_jobs(offer(queue, 0, 5))) == 5
     assert sorted(job_owners(queue)[0]) == sorted(ids)
+
+
+def test_a_sqlite_claim_of_jobs_too_large_for_one_json_row_still_claims_them_each_with_its_own_text(
+        sqlite_database):
+    """Jobs whose JSON together passes SQLite's string limit (JSON writes a control character as six bytes) cannot be
+    read as one row: the claim takes their rows one by one instead of failing, again and again, every claim that
+    picks them (the queue would starve). The limit is lowered on the connection to stand in for SQLite's 10**9."""
+    import sqlite3
+
+    from minipanda.core import dispatch, jobs, queues
+
+    database = sqlite_database
+    queue = "CLAIM_TOO_LARGE"
+    specs = [make_job(queue, jobName=f"large.{i}", jobParameters=f"{i}" + "\x01" * 30_000) for i in range(10)]
+    submitted = [row[0] for row in jobs.submit_jobs(specs, "tester", queue_ensurer=queues.ensure_queues)]
+    connection = database.connection()
+    before = connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 200_000)  # one job's row fits, ten in JSON do not
+    try:
+        claimed = dispatch.claim_jobs(offer(queue, 0, 10))
+    finally:
+        connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, before)
+    assert sorted(d["PandaID"] for d in claimed) == sorted(submitted)
+    assert {d["jobName"]: d["jobPars"] for d in claimed} == {f"large.{i}": f"{i}" + "\x01" * 30_000
+                                                             for i in range(10)}
+    assert {status for status, _ in job_owners(queue)[0].values()} == {"sent"}

@@ -22,20 +22,23 @@ def plan(database, sql, params):
     return "\n".join(str(row[-1]) for row in database.execute_sql("EXPLAIN QUERY PLAN " + sql, params).fetchall())
 
 
-def claim_statement(database, n_labels=1):
-    """The claim's UPDATE exactly as dispatch runs it (an offer with a memory limit), and its parameters."""
-    pick = dispatch._pick_statement(database.param, isinstance(database, peewee.PostgresqlDatabase), n_labels,
-                                    ("min_ram_count",))
-    sql = states._picked_update_sql(database.param, isinstance(database, peewee.PostgresqlDatabase), pick,
-                                    ("status", "heartbeat_time"), ("panda_id",) + states._COUNTED)
-    return sql, ["sent", states.utcnow(), "Q1"] + ["managed"] * n_labels + [4000, 10, "activated"]
+def claim_statements(database, n_labels=1):
+    """The claim's statements that pick, exactly as dispatch runs them (an offer with a memory limit), each with its
+    parameters: PostgreSQL's UPDATE ... RETURNING; SQLite's read of the picked jobs as one row and the UPDATE ...
+    RETURNING it falls back to when they are too large for one."""
+    postgres = isinstance(database, peewee.PostgresqlDatabase)
+    pick = dispatch._pick_statement(database.param, postgres, n_labels, ("min_ram_count",))
+    picked = ["Q1"] + ["managed"] * n_labels + [4000, 10, "activated"]
+    columns, listed = ("status", "heartbeat_time"), ("panda_id",) + states._COUNTED
+    update = (states._picked_update_sql(database.param, pick, columns, listed, postgres=postgres),
+              ["sent", states.utcnow()] + picked)
+    return [update] if postgres else [(states._picked_rows_sql(database.param, pick, listed), picked), update]
 
 
 def test_the_claim_picks_through_the_dispatch_index(database):
-    sql, params = claim_statement(database)
-    assert "job_dispatch_order" in plan(database, sql, params)
-    sql, params = claim_statement(database, n_labels=3)
-    assert "job_dispatch_order" in plan(database, sql, params)
+    for n_labels in (1, 3):
+        for sql, params in claim_statements(database, n_labels):
+            assert "job_dispatch_order" in plan(database, sql, params), sql
 
 
 def test_the_dispatch_index_holds_activated_jobs_only(database):

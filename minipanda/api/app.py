@@ -92,8 +92,10 @@ class ApiPlugin:
                 if not (route.config.get("navigable") and request.method in ("GET", "HEAD")):
                     refuse_cross_site(request)
                 check_path_numbers(kwargs)
-                params = wire.read_params(request, context.max_body) if route.config.get("params", True) else {}
+                # Who asks before what they send: a caller without a valid token gets its 401/403 before its body
+                # is received (a body over the bridge's in-memory size is not, until the app reads it).
                 identity = self.identify(request, role)
+                params = wire.read_params(request, context.max_body) if route.config.get("params", True) else {}
                 if params_model is not None:
                     params = checked(params_model, params)
                 return callback(params, identity, *args, **kwargs)

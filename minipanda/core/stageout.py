@@ -162,8 +162,8 @@ def fail_mismatched_finals(store, updates):
                 continue  # not a declared output or log: never registered (minipanda.core.updates)
             diag = _stored_mismatch(store, scopes[(update.panda_id, lfn)], lfn, info)
             if diag is not None:
-                log.warning("job %s reported finished, but %s: the job fails with %d", update.panda_id, diag,
-                            PUTADMISMATCH)
+                log.warning("job %s reported finished, but %s: taken as failed with %d (if the report is accepted)",
+                            update.panda_id, diag, PUTADMISMATCH)
                 update.state = "failed"
                 update.columns.update(pilot_error_code=PUTADMISMATCH, pilot_error_diag=f"server: {diag}"[:500])
                 break

@@ -254,8 +254,15 @@ def _change_picked_sqlite(database, pick, pick_params, columns, assigned, listed
     costs the lock's holder less (bench/README.md, round 8). The read and the UPDATE run in the same IMMEDIATE
     transaction, in which no other writer can change a job (SQLite has one writer at a time), so every job read as
     ``source`` is changed: the UPDATE's row count says so, or the claim fails and rolls back."""
-    text = database.execute_sql(_picked_rows_sql(database.param, pick, listed), list(pick_params) + [source.value])
-    rows = list(map(tuple, orjson.loads(text.fetchone()[0] or "[]")))
+    try:
+        text = database.execute_sql(_picked_rows_sql(database.param, pick, listed),
+                                    list(pick_params) + [source.value]).fetchone()[0]
+    except peewee.DataError:
+        # The picked jobs' JSON is over SQLite's string limit (SQLITE_LIMIT_LENGTH; JSON writes a control character
+        # as six): they would stay activated and fail every claim that picks them. Their rows come one by one.
+        sql = _picked_update_sql(database.param, pick, columns, listed, postgres=False)
+        return [tuple(row) for row in database.execute_sql(sql, assigned + list(pick_params) + [source.value])]
+    rows = list(map(tuple, orjson.loads(text or "[]")))
     if rows:
         changed = database.execute_sql(_picked_ids_update_sql(database.param, columns),
                                        assigned + [orjson.dumps([row[0] for row in rows]).decode(), source.value])
@@ -280,8 +287,9 @@ def _picked_ids_update_sql(param, columns):
 
 
 @functools.lru_cache(maxsize=256)
-def _picked_update_sql(param, pick, columns, returning):
-    """PostgreSQL's claim: SQLite's reads its picked jobs first (see above) and never comes here."""
+def _picked_update_sql(param, pick, columns, returning, postgres=True):
+    """The claim's UPDATE ... RETURNING: PostgreSQL's, and SQLite's only when its picked jobs are too large to be
+    read as one JSON row (see _change_picked_sqlite)."""
     assignments = ", ".join(f'"{column}" = {param}' for column in columns)
     # The re-check of the status must not drive the UPDATE: SQLite and PostgreSQL both chose to walk the
     # (status, ...) index, i.e. every activated job of every queue, per claim, filtering it against the picked ids
@@ -289,8 +297,9 @@ def _picked_update_sql(param, pick, columns, returning):
     # picked ids drive the UPDATE through the primary key and the status is checked on those rows only.
     # PostgreSQL would plan "IN (pick)" as a semi-join and re-run a locking pick per row, claiming more than
     # LIMIT rows; "= ANY(ARRAY(pick))" evaluates the pick exactly once.
+    chosen = f"= ANY(ARRAY({pick}))" if postgres else f"IN ({pick})"
     listed = ", ".join('"%s"' % column for column in returning)
-    return (f'UPDATE "{models.Job._meta.table_name}" SET {assignments} WHERE "panda_id" = ANY(ARRAY({pick})) '
+    return (f'UPDATE "{models.Job._meta.table_name}" SET {assignments} WHERE "panda_id" {chosen} '
             f"AND (\"status\" || '') = {param} RETURNING {listed}")
 
 

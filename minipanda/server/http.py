@@ -225,7 +225,9 @@ class RsgiBridge:
         try:
             if unreceived.deferred(headers, BODY_IN_MEMORY):  # the app first judges the headers alone
                 self.check_limit(headers.get("content-length"))
-                first = self.environ(scope, headers, unreceived.Unreceived(), int(headers["content-length"]))
+                declared = headers.get("content-length")
+                first = self.environ(scope, headers, unreceived.Unreceived(),
+                                     int(declared) if declared and declared.strip().isdigit() else "")
                 if await self.answer(scope, proto, loop, first) is not unreceived.WANTED:
                     return  # answered: the body was never received (granian closes the connection)
             body, size = await self.read_body(headers, proto)

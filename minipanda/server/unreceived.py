@@ -9,11 +9,13 @@ it: a second token check and judgement per large upload, and no request thread h
 
 
 def deferred(headers, in_memory):
-    """Whether the app first runs without the request's body: one declared over ``in_memory`` bytes. Smaller bodies
-    (every API call) are received first; a chunked one has no size to judge it by."""
+    """Whether the app first runs without the request's body: a chunked one (no size to judge it by: it may be as
+    large as any, and a client must not get a refusal's body received by chunking it) or one declared over
+    ``in_memory`` bytes. Smaller declared bodies (every API call) are received first."""
+    if "chunked" in (headers.get("transfer-encoding") or "").lower():
+        return True
     declared = headers.get("content-length")
-    return bool(declared) and declared.strip().isdigit() and int(declared) > in_memory and \
-        "chunked" not in (headers.get("transfer-encoding") or "").lower()
+    return bool(declared) and declared.strip().isdigit() and int(declared) > in_memory
 
 
 class BodyWanted(BaseException):
