@@ -24,13 +24,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import baseline  # noqa: E402
+import bulk_jobs  # noqa: E402
 
 PIECES = (("dispatch", "_claim_rows", "claim, inside the lock"),
           ("updates", "_apply_round", "update's round, inside the lock"),
@@ -41,23 +41,12 @@ PIECES = (("dispatch", "_claim_rows", "claim, inside the lock"),
 
 def run(args):
     """One run in this process (started by main with cwd and PYTHONPATH set to the tree it measures)."""
-    from minipanda.api import files, handlers
-
-    if hasattr(files, "request_store"):  # no request here, no file store: the bench's reports carry no files
-        files.request_store = lambda: None
-    from minipanda.core import dispatch, jobs, schema, updates
+    from minipanda.api import handlers
+    from minipanda.core import dispatch, updates
     from minipanda.core.auth import Identity
 
-    home = tempfile.mkdtemp(prefix="bench-bulk-pieces-")
-    database = schema.open_database("sqlite:///" + os.path.join(home, "minipanda.db"))
-    database.connect(reuse_if_open=True)
     queue, admin = "BULK_PIECES", Identity("admin", "admin")
-    spec = {"jobName": "bench", "computingSite": queue, "prodSourceLabel": "managed", "transformation": "run.sh",
-            "jobParameters": "", "coreCount": 1, "minRamCount": 1000, "maxWalltime": 600,
-            "Files": [{"type": "log", "lfn": "log.tgz", "scope": "bench"}]}
-    for start in range(0, args.jobs, 5000):
-        jobs.submit_jobs([dict(spec, jobName=f"bench.{start + i}") for i in range(min(5000, args.jobs - start))],
-                         "admin")
+    _, database = bulk_jobs.sqlite_with_jobs(args.jobs, queue, "bench-bulk-pieces-")
     totals, lock = collections.defaultdict(lambda: [0.0, 0.0]), threading.Lock()
 
     def add(name, wall, cpu):

@@ -24,27 +24,16 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import baseline  # noqa: E402
+import bulk_jobs  # noqa: E402
 
 
 def run(args):
     """One run in this process (started by main with cwd and PYTHONPATH set to the tree it measures)."""
-    from minipanda.api import files, handlers
-
-    if hasattr(files, "request_store"):  # no request here, no file store: the bench's reports carry no files
-        files.request_store = lambda: None
-    from minipanda.core import jobs, schema
+    from minipanda.api import handlers
     from minipanda.core.auth import Identity
 
-    home = tempfile.mkdtemp(prefix="bench-bulk-threads-")
-    database = schema.open_database("sqlite:///" + os.path.join(home, "minipanda.db"))
-    database.connect(reuse_if_open=True)
     queue, admin = "BULK_THREADS", Identity("admin", "admin")
-    spec = {"jobName": "bench", "computingSite": queue, "prodSourceLabel": "managed", "transformation": "run.sh",
-            "jobParameters": "", "coreCount": 1, "minRamCount": 1000, "maxWalltime": 600,
-            "Files": [{"type": "log", "lfn": "log.tgz", "scope": "bench"}]}
-    for start in range(0, args.jobs, 5000):
-        jobs.submit_jobs([dict(spec, jobName=f"bench.{start + i}") for i in range(min(5000, args.jobs - start))],
-                         "admin")
+    _, database = bulk_jobs.sqlite_with_jobs(args.jobs, queue, "bench-bulk-threads-")
     database.close()
     lock_file = os.environ["MINIPANDA_BENCH_WRITER_LOCK"]
 
