@@ -100,7 +100,7 @@ class ServerClient:
                 exc.code == 409 and reply.get("StatusCode") == SC_FAILED)
             raise CommError(f"{path}: HTTP {exc.code}: {diag}", transient, exc.code, reply) from None
         except OSError as exc:
-            raise CommError(f"{path}: {getattr(exc, 'reason', exc)}") from None
+            raise CommError(f"{path}: {_reason(exc)}") from None
         reply = _json_or_empty(raw)
         if not reply and raw.strip():
             raise CommError(f"{path}: reply is not JSON: {raw[:120]!r}", transient=True, status=200)
@@ -194,7 +194,7 @@ class ServerClient:
         except HTTPError as exc:
             raise CommError(f"GET {path}: HTTP {exc.code}", exc.code >= 500, exc.code) from None
         except OSError as exc:
-            raise CommError(f"GET {path}: {getattr(exc, 'reason', exc)}") from None
+            raise CommError(f"GET {path}: {_reason(exc)}") from None
 
     def download(self, source, dest, deadline=None, digest=None, max_size=None):
         """Fetch ``source`` (a server path starting with '/' or a full URL) into ``dest``; return its size.
@@ -231,7 +231,7 @@ class ServerClient:
         except (TimeoutError, socket.timeout):
             raise TimeoutError(f"download of {url} timed out") from None
         except OSError as exc:
-            raise OSError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+            raise OSError(f"{url}: {_reason(exc)}") from None
         finally:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
@@ -265,13 +265,19 @@ class ServerClient:
         return data if isinstance(data, dict) else {}
 
 
+def _reason(exc):
+    """What went wrong, for a message: a URLError's reason, else the error itself (an ssl.SSLError has a ``reason``
+    too, often None: "PUT ...: None" said nothing)."""
+    return getattr(exc, "reason", None) or exc
+
+
 def _raise_upload_error(url, exc):
     if isinstance(exc, HTTPError):
         reply = _json_or_empty(exc.read())
         transient = exc.code >= 500 or exc.code in (401, 403, 408, 429)
         raise CommError(f"PUT {url}: HTTP {exc.code}: {reply.get('message', '')}", transient, exc.code,
                         reply) from None
-    raise CommError(f"PUT {url}: {getattr(exc, 'reason', exc)}") from None
+    raise CommError(f"PUT {url}: {_reason(exc)}") from None
 
 
 class _DeadlineReader:

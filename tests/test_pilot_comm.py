@@ -6,6 +6,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import urllib.error
 
 import pytest
 
@@ -192,3 +193,15 @@ def test_a_proxy_from_the_environment_is_used(servers):
     env = dict(without_proxies(), http_proxy=f"http://127.0.0.1:{plain}")
     lines = run_client("print(comm.ServerClient('http://server.invalid:25080').get_text('/hello'))", env)
     assert lines == ["via proxy http://server.invalid:25080/hello"]
+
+
+def test_a_transport_error_without_a_reason_is_named_in_the_message():
+    """An ssl.SSLError carries a ``reason`` attribute that is often None (an SSLEOFError while a refused upload is
+    sent over TLS): the message names the error itself, not "None"."""
+    eof = ssl.SSLEOFError(8, "EOF occurred in violation")
+    eof.reason = None  # as the ssl module leaves it for this error
+    with pytest.raises(CommError) as caught:
+        comm._raise_upload_error("https://localhost/files/s/f", eof)
+    assert "EOF occurred in violation" in str(caught.value) and "None" not in str(caught.value)
+    error = urllib.error.URLError("no route to host")
+    assert comm._reason(error) == "no route to host"
