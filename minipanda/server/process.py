@@ -1,5 +1,6 @@
 """``minipanda serve``: the WSGI app on granian (``server/http.py``), one access-log line per request, clean stop."""
 import fcntl
+import gc
 import logging
 import logging.handlers
 import os
@@ -308,6 +309,8 @@ def _run(server, app, runner, reloader, leader, lock, ready, settings, host, hom
 
     duties.attach(runner, settings or task_settings.Settings(), home)
     queued_log = QueuedAccessLog()
+    if threading.current_thread() is threading.main_thread():
+        freeze_start_up_objects()
     try:
         server.start(app, threads=threads)
         log.info("minipanda serving on %s://%s:%s (home %s, auth %s, %d threads, pid %d)", server.scheme, host,
@@ -326,6 +329,14 @@ def _run(server, app, runner, reloader, leader, lock, ready, settings, host, hom
         queued_log.stop()
         lock.close()
         log.info("minipanda stopped")
+
+
+def freeze_start_up_objects():
+    """Leave what the server holds once started (its modules, classes, the app, the models) out of every later
+    garbage collection: a full collection walked all of it, ~35 ms each, about one per 5,000-job submission (a
+    sixth of the request's CPU; bench/README.md, round 9). Only in a process that is the server (``serve`` on the
+    main thread): the testbed runs serve on a thread of its own process, whose objects are its own business."""
+    gc.freeze()
 
 
 def is_postgres(db_url):
