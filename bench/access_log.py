@@ -59,8 +59,8 @@ def one_side(label, tree, n):
                          env=dict(os.environ, PYTHONPATH=tree), capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
-        raise SystemExit(f"{label}: run failed ({out.returncode}): {out.stderr[-2000:]}")
-    result = dict(json.loads(lines[-1][len("RESULT "):]), label=label)
+        raise SystemExit(f"run failed ({out.returncode}): {out.stderr[-2000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
     print(f"  {label}: request thread {result['thread_us']:.1f} us per request, process {result['process_us']:.1f} "
           f"us; load {os.getloadavg()[0]:.2f}", flush=True)
     return result
@@ -77,16 +77,10 @@ def main(argv=None):
         return run(args.requests)
     print(f"bench/access_log.py: {args.requests} requests per run; load "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    tree = baseline.checkout(args.baseline) if args.baseline else None
-    sides = [("this tree", baseline.ROOT)] + ([(f"baseline {args.baseline}", tree)] if tree else [])
-    results = []
-    try:
-        for label, where in baseline.alternating(sides, args.rounds):
-            results.append(one_side(label, where, args.requests))
-    finally:
-        baseline.remove(tree)
-    for label, _ in sides:
-        runs = [r for r in results if r["label"] == label]
+    results = baseline.run_sides(args.baseline, lambda label, tree, _: one_side(label, tree, args.requests),
+                                 args.rounds)
+    for label in results.labels:
+        runs = results.of(label)
         print(f"{label} (median of {len(runs)}): request thread {statistics.median(r['thread_us'] for r in runs):.1f}"
               f" us per request, process {statistics.median(r['process_us'] for r in runs):.1f} us")
     return 0

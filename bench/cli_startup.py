@@ -22,7 +22,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import baseline  # noqa: E402
@@ -63,30 +62,25 @@ def main():
     p.add_argument("--baseline", metavar="REV", help="also run that commit's commands, alternating with these")
     p.add_argument("--repeat", type=int, default=5, help="runs of each command on each side (default 5)")
     args = p.parse_args()
-    tree = baseline.checkout(args.baseline) if args.baseline else None
-    sides = [("this tree", ROOT)] + ([(f"baseline {args.baseline}", tree)] if tree else [])
+    labels = ["this tree"] + ([f"baseline {args.baseline}"] if args.baseline else [])
     scratch = tempfile.mkdtemp(prefix="bench-cli-")
     try:
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cores; "
               f"{args.repeat} runs each, medians")
-        header = f"{'command':30} " + " ".join(f"{label + ' CPU ms':>22} {'wall ms':>8}" for label, _ in sides)
-        print(header + ("   CPU this/baseline" if tree else ""))
-        for label, tail in commands(scratch):
-            cpu, wall = {side: [] for side, _ in sides}, {side: [] for side, _ in sides}
-            for _ in range(args.repeat):
-                for side, cwd in sides:
-                    seconds, elapsed = measure([sys.executable, *tail], cwd)
-                    cpu[side].append(seconds)
-                    wall[side].append(elapsed)
-            medians = [(statistics.median(cpu[side]) * 1e3, statistics.median(wall[side]) * 1e3) for side, _ in sides]
-            line = f"{label:30} " + " ".join(f"{c:22.0f} {w:8.0f}" for c, w in medians)
-            if tree:
+        header = f"{'command':30} " + " ".join(f"{label + ' CPU ms':>22} {'wall ms':>8}" for label in labels)
+        print(header + ("   CPU this/baseline" if args.baseline else ""), flush=True)
+        runs = baseline.run_sides(args.baseline, lambda _, tree, command: measure([sys.executable, *command[1]], tree),
+                                  args.repeat, cases=commands(scratch))
+        for command in commands(scratch):
+            medians = [(statistics.median(cpu for cpu, _ in runs.of(side, command)) * 1e3,
+                        statistics.median(wall for _, wall in runs.of(side, command)) * 1e3) for side in runs.labels]
+            line = f"{command[0]:30} " + " ".join(f"{c:22.0f} {w:8.0f}" for c, w in medians)
+            if args.baseline:
                 line += f"   {medians[0][0] / medians[1][0]:.2f}"
             print(line, flush=True)
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        baseline.remove(tree)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 PHASES = ("stage-in", "stage-out")
 SIDES = ("pilot", "server")
 FIGURES = SIDES + ("wall",)  # CPU of each side; the wall-clock time of one transfer
@@ -189,31 +188,27 @@ def main(argv=None):
         return 0
     import baseline
 
-    sides = [("this tree", ROOT)]
-    tree = baseline.checkout(args.baseline) if args.baseline else None
-    if tree:
-        sides.append((f"baseline {args.baseline}", tree))
     print(f"bench/file_transfer.py: {args.files} x {args.mb:g} MiB in and out per round, {args.rounds} rounds per "
           f"side; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    results = {label: [] for label, _ in sides}
-    try:
-        for label, where in baseline.alternating(sides, args.rounds):
-            argv_child = [sys.executable, os.path.join(HERE, "file_transfer.py"), "--child", "--files",
-                          str(args.files), "--mb", str(args.mb), "--calls", str(args.calls)]
-            env = dict(os.environ, PYTHONPATH=where)
-            started = time.perf_counter()
-            out = subprocess.run(argv_child, cwd=where, env=env, capture_output=True, text=True, timeout=3600)
-            if out.returncode != 0:
-                raise SystemExit(f"{label}: the child failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
-            figures = json.loads(out.stdout.strip().splitlines()[-1])
-            results[label].append(figures)
-            print(f"  {label}: " + "; ".join(
-                f"{phase} pilot {figures[phase]['pilot']:.2f} server {figures[phase]['server']:.2f} wall "
-                f"{figures[phase]['wall']:.2f}"
-                for phase in PHASES) + f" ms per file ({time.perf_counter() - started:.0f} s, load "
-                f"{os.getloadavg()[0]:.2f})", flush=True)
-    finally:
-        baseline.remove(tree)
+
+    def one_round(label, where, _):
+        argv_child = [sys.executable, os.path.join(HERE, "file_transfer.py"), "--child", "--files",
+                      str(args.files), "--mb", str(args.mb), "--calls", str(args.calls)]
+        env = dict(os.environ, PYTHONPATH=where)
+        started = time.perf_counter()
+        out = subprocess.run(argv_child, cwd=where, env=env, capture_output=True, text=True, timeout=3600)
+        if out.returncode != 0:
+            raise SystemExit(f"the child failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+        figures = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"  {label}: " + "; ".join(
+            f"{phase} pilot {figures[phase]['pilot']:.2f} server {figures[phase]['server']:.2f} wall "
+            f"{figures[phase]['wall']:.2f}"
+            for phase in PHASES) + f" ms per file ({time.perf_counter() - started:.0f} s, load "
+            f"{os.getloadavg()[0]:.2f})", flush=True)
+        return figures
+
+    runs = baseline.run_sides(args.baseline, one_round, args.rounds)
+    results = {label: runs.of(label) for label in runs.labels}
     print(f"\nmedian of the rounds, ms per {args.mb:g} MiB file: CPU (process CPU time) and wall-clock, real HTTP on "
           "loopback, one transfer at a time")
     print("| side | stage-in: pilot | stage-in: server | stage-out: pilot | stage-out: server | CPU, all four | "
@@ -236,7 +231,7 @@ def main(argv=None):
         for label, rows in results.items():
             print(f"| {label} | " + " | ".join(f"{statistics.median(row['exchange'][who] for row in rows):.3f}"
                                            for who in FIGURES) + " |")
-    if tree:
+    if args.baseline:
         new, old = medians["this tree"], medians[f"baseline {args.baseline}"]
         print("this tree / baseline: " + ", ".join(f"{phase} {who} {new[(phase, who)] / old[(phase, who)]:.2f}"
                                                    for phase in PHASES for who in SIDES)

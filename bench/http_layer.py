@@ -17,15 +17,12 @@ import http.client
 import importlib.util
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BODY = "state=finished&jobId=4000123&pilotID=pilot-1&transExitCode=0&pilotErrorCode=0&node=wn-1&" \
        "cpuConsumptionTime=12&coreCount=1&timestamp=2026-12-07T05%3A30%3A00"
 
@@ -111,26 +108,21 @@ def main(argv=None):
     if args.one:
         print(json.dumps(one_round(load(args.one, "http_under_test"), args.requests, args.clients)))
         return 0
-    sides = [("this tree", os.path.join(ROOT, "minipanda", "server", "http.py"))]
-    workdir = tempfile.mkdtemp(prefix="bench-http-layer-")
-    if args.baseline:
-        text = subprocess.run(["git", "-C", ROOT, "show", f"{args.baseline}:minipanda/server/http.py"], check=True,
-                              capture_output=True).stdout
-        with open(os.path.join(workdir, "http_baseline.py"), "wb") as handle:
-            handle.write(text)
-        sides.append((f"baseline {args.baseline}", handle.name))
     print(f"bench/http_layer.py: {args.requests} POSTs per round, {args.clients} clients, {args.rounds} rounds per "
           f"side; {os.cpu_count()} CPUs, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     import baseline
 
-    results = {label: [] for label, _ in sides}
-    for label, path in baseline.alternating(sides, args.rounds):
-        child = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", path, "--requests",
+    def one_side(label, tree, _):
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), "--one",
+                                os.path.join(tree, "minipanda", "server", "http.py"), "--requests",
                                 str(args.requests), "--clients", str(args.clients)], capture_output=True,
                                text=True, timeout=900, check=True)
         rate, micro = json.loads(child.stdout.strip().splitlines()[-1])
-        results[label].append((rate, micro))
         print(f"  {label}: {rate:.0f} requests/s, server {micro['server, all']:.0f} us CPU per request", flush=True)
+        return rate, micro
+
+    runs = baseline.run_sides(args.baseline, one_side, args.rounds)
+    results = {label: runs.of(label) for label in runs.labels}
     groups = ["loop (minipanda-http)", "request threads", "granian (Rust I/O)", "granian (scheduling)",
               "server, all"]
     print("\nmedian of the rounds, CPU microseconds per request (requests/s is wall-clock, load-dependent)")
@@ -146,7 +138,6 @@ def main(argv=None):
         print(f"this tree / baseline, server CPU per request: {new['server, all'] / old['server, all']:.2f}; "
               f"loop thread: {new['loop (minipanda-http)'] / old['loop (minipanda-http)']:.2f}")
     print(f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

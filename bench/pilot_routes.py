@@ -136,29 +136,24 @@ def main(argv=None):
         return 0
     import baseline
 
-    sides = [("this tree", ROOT)]
-    tree = baseline.checkout(args.baseline) if args.baseline else None
-    if tree:
-        sides.append((f"baseline {args.baseline}", tree))
     print(f"bench/pilot_routes.py: {args.jobs} jobs per round, {args.rounds} rounds per side, in process, SQLite; "
           f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    results = {label: [] for label, _ in sides}
-    try:
-        for label, where in baseline.alternating(sides, args.rounds):
-            argv_child = [sys.executable, os.path.join(HERE, "pilot_routes.py"), "--child", "--jobs",
-                          str(args.jobs)]
-            if args.profile and where == ROOT:
-                argv_child += ["--profile", args.profile]
-            env = dict(os.environ, PYTHONPATH=where)
-            out = subprocess.run(argv_child, cwd=where, env=env, capture_output=True, text=True, timeout=1800)
-            if out.returncode != 0:
-                raise SystemExit(f"{label}: the child failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
-            figures = json.loads(out.stdout.strip().splitlines()[-1])
-            results[label].append(figures)
-            print(f"  {label}: " + ", ".join(f"{r} {figures[r]:.3f}" for r in ROUTES)
-                  + f" ms; all {sum(figures.values()):.3f} ms per job", flush=True)
-    finally:
-        baseline.remove(tree)
+
+    def one_round(label, where, _):
+        argv_child = [sys.executable, os.path.join(HERE, "pilot_routes.py"), "--child", "--jobs", str(args.jobs)]
+        if args.profile and where == ROOT:
+            argv_child += ["--profile", args.profile]
+        env = dict(os.environ, PYTHONPATH=where)
+        out = subprocess.run(argv_child, cwd=where, env=env, capture_output=True, text=True, timeout=1800)
+        if out.returncode != 0:
+            raise SystemExit(f"the child failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+        figures = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"  {label}: " + ", ".join(f"{r} {figures[r]:.3f}" for r in ROUTES)
+              + f" ms; all {sum(figures.values()):.3f} ms per job", flush=True)
+        return figures
+
+    runs = baseline.run_sides(args.baseline, one_round, args.rounds)
+    results = {label: runs.of(label) for label in runs.labels}
     print("\nmedian of the rounds, server CPU ms per job (process CPU time, in process, no HTTP)")
     print("| side | " + " | ".join(ROUTES) + " | all four |")
     print("|---|" + "---:|" * (len(ROUTES) + 1))
@@ -168,7 +163,7 @@ def main(argv=None):
         medians[label]["all"] = statistics.median(sum(row.values()) for row in rows)
         print(f"| {label} | " + " | ".join(f"{medians[label][r]:.3f}" for r in ROUTES)
               + f" | {medians[label]['all']:.3f} |")
-    if tree:
+    if args.baseline:
         new, old = medians["this tree"], medians[f"baseline {args.baseline}"]
         print("this tree / baseline: " + ", ".join(f"{r} {new[r] / old[r]:.2f}" for r in ROUTES)
               + f"; all four {new['all'] / old['all']:.2f}")

@@ -20,7 +20,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 
@@ -66,7 +65,7 @@ def run_side(tree, args):
                            "--per-cycle", str(args.per_cycle)], cwd=tree, env=env, capture_output=True, text=True,
                           timeout=1800)
     if proc.returncode != 0:
-        raise SystemExit(f"{tree}: {proc.stderr[-3000:]}")
+        raise SystemExit(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -82,20 +81,17 @@ def main(argv=None):
         return child(args.jobs, args.per_cycle, 50)
     import baseline
 
-    tree = baseline.checkout(args.baseline) if args.baseline else None
-    sides = [("this tree", ROOT)] + ([(args.baseline, tree)] if tree else [])
     print(f"bench/settle_cycles.py: {args.jobs} jobs, {args.per_cycle} ended per cycle; load "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    results = {label: [] for label, _ in sides}
-    try:
-        for label, where in baseline.alternating(sides, args.rounds):
-            result = run_side(where, args)
-            results[label].append(result)
-            print(f"  {label}: {result['per_job_ms']:.3f} ms per job settled, idle cycle "
-                  f"{result['idle_cycle_ms']:.3f} ms", flush=True)
-    finally:
-        if tree:
-            baseline.remove(tree)
+
+    def one_run(label, where, _):
+        result = run_side(where, args)
+        print(f"  {label}: {result['per_job_ms']:.3f} ms per job settled, idle cycle "
+              f"{result['idle_cycle_ms']:.3f} ms", flush=True)
+        return result
+
+    runs = baseline.run_sides(args.baseline, one_run, args.rounds, baseline_label=args.baseline)
+    results = {label: runs.of(label) for label in runs.labels}
     print("\n| side | CPU ms per job settled | CPU ms per idle cycle |\n|---|---:|---:|")
     for label, rows in results.items():
         print(f"| {label} | {statistics.median(r['per_job_ms'] for r in rows):.3f} | "
