@@ -154,27 +154,15 @@ def testbed_peaks(tree, files, jobs, pilots, base):
 
 def testbed_rss(args, base):
     """The testbed's pilots' peak RSS per --files kind, this tree beside --baseline, printed."""
-    sides = [("this tree", ROOT)]
-    checkout = None
-    if args.baseline:
-        checkout = baseline.checkout(args.baseline)
-        baseline.compile_tree(checkout)
-        sides.append((args.baseline, checkout))
-    baseline.compile_tree(ROOT)
-    try:
-        peaks = {}
-        for files in args.files.split(","):
-            for label, tree in baseline.alternating(sides, args.rounds):
-                peaks.setdefault((label, files), []).append(testbed_peaks(tree, files, args.testbed_jobs,
-                                                                          args.testbed_pilots, base))
-    finally:
-        baseline.remove(checkout)
+    runs = baseline.run_sides(
+        args.baseline, lambda _, tree, files: testbed_peaks(tree, files, args.testbed_jobs, args.testbed_pilots, base),
+        args.rounds, cases=args.files.split(","), prepare=baseline.compile_tree, baseline_label=args.baseline)
     print(f"\ntestbed pilots' peak RSS, MB (--jobs {args.testbed_jobs} --job-seconds 0 --pilots "
           f"{args.testbed_pilots}, {args.rounds} round(s); load {os.getloadavg()[0]:.1f}):")
     print(f"  {'files':6} {'side':14} {'median':>8} {'max':>8}  each round's pilots (min-max)")
     for files in args.files.split(","):
-        for label, _ in sides:
-            rounds = peaks[(label, files)]
+        for label in runs.labels:
+            rounds = runs.of(label, files)
             every = [p for r in rounds for p in r]
             spans = ", ".join(f"{min(r):.2f}-{max(r):.2f}" for r in rounds if r)
             print(f"  {files:6} {label:14} {statistics.median(every):>8.2f} {max(every):>8.2f}  {spans}")

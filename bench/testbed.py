@@ -69,7 +69,7 @@ def parser():
     return p
 
 
-def run_once(args, pilots, base, tree=None, label="this tree"):
+def run_once(args, pilots, base, tree=ROOT, label="this tree"):
     home = os.path.join(base, f"pilots{pilots}-{time.time_ns()}")
     argv = [sys.executable, "-m", "minipanda", "testbed", "--home", home, "--port", "0", "--jobs", str(args.jobs),
             "--job-seconds", f"{args.job_seconds:g}", "--cores", str(args.cores)] + \
@@ -77,7 +77,7 @@ def run_once(args, pilots, base, tree=None, label="this tree"):
         (["--warm-up"] if args.warm_up else [])
     started = time.time()
     with open(os.path.join(base, f"pilots{pilots}.out"), "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tree or ROOT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tree)
         try:
             code = proc.wait(args.time_limit)
         except subprocess.TimeoutExpired:
@@ -169,29 +169,29 @@ def main(argv=None):
     print(f"bench/testbed.py: {args.jobs} jobs of {args.job_seconds:g} s, files {args.files}, {args.cores} cores, "
           f"pilots {args.pilots or 'as the testbed chooses'}; homes under {base}; "
           f"load before {'/'.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    tree = baseline.checkout(args.baseline) if args.baseline else None
-    if tree and args.warm_up and "--warm-up" not in open(os.path.join(tree, "testbed", "cli.py")).read():
-        baseline.remove(tree)
-        shutil.rmtree(base, ignore_errors=True)
-        raise SystemExit(f"--warm-up: the baseline {args.baseline}'s testbed has no --warm-up; compare cold runs")
-    sides = [("this tree", None)] + ([(f"baseline {args.baseline}", tree)] if tree else [])
-    for _, where in sides:
-        baseline.compile_tree(where or ROOT)
-    results = []
+
+    def prepare(tree):
+        if tree != ROOT and args.warm_up and "--warm-up" not in open(os.path.join(tree, "testbed", "cli.py")).read():
+            shutil.rmtree(base, ignore_errors=True)
+            raise SystemExit(f"--warm-up: the baseline {args.baseline}'s testbed has no --warm-up; compare cold runs")
+        baseline.compile_tree(tree)
+
+    def one_run(label, where, pilots):
+        result = run_once(args, pilots, base, where, label)
+        print(f"  {label}, pilots {result['pilots']}: exit {result['exit_code']}, "
+              f"{result.get('finished_inputs', '?')} of {args.jobs} finished, "
+              f"makespan {fmt(result.get('makespan_s'))} s, ratio {fmt(result.get('ratio'), '.2f')}, "
+              + (f"warm {fmt(result.get('makespan_warm_s'))} s, ratio {fmt(result.get('ratio_warm'), '.2f')}, "
+                 if args.warm_up else "")
+              + f"cold start {fmt(result.get('cold_start_db_s'), '.2f')} s, "
+              f"CPU per job {fmt(cpu_per_job(result))} ms, load {result.get('load')}", flush=True)
+        return result
+
     try:
-        for pilots in [int(x) for x in args.pilots.split(",") if x.strip()] or [None]:
-            for label, where in baseline.alternating(sides, args.repeat):
-                result = run_once(args, pilots, base, where, label)
-                results.append(result)
-                print(f"  {label}, pilots {result['pilots']}: exit {result['exit_code']}, "
-                      f"{result.get('finished_inputs', '?')} of {args.jobs} finished, "
-                      f"makespan {fmt(result.get('makespan_s'))} s, ratio {fmt(result.get('ratio'), '.2f')}, "
-                      + (f"warm {fmt(result.get('makespan_warm_s'))} s, ratio {fmt(result.get('ratio_warm'), '.2f')}, "
-                         if args.warm_up else "")
-                      + f"cold start {fmt(result.get('cold_start_db_s'), '.2f')} s, "
-                      f"CPU per job {fmt(cpu_per_job(result))} ms, load {result.get('load')}", flush=True)
+        results = [run.result for run in baseline.run_sides(
+            args.baseline, one_run, args.repeat, prepare=prepare,
+            cases=[int(x) for x in args.pilots.split(",") if x.strip()] or [None])]
     finally:
-        baseline.remove(tree)
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     print(f"\nideal = {args.jobs} x {args.job_seconds:g} s / pilots; CPU floor = CPU of every process / "
@@ -218,7 +218,7 @@ def main(argv=None):
         print("|---|---:|" + "|".join(" ---: " for _ in names) + "|")
         for r in results:
             print(f"| {r['label']} | {r['pilots']} | " + " | ".join(fmt(r["steps"].get(name)) for name in names) + " |")
-    if tree:
+    if args.baseline:
         for pilots in sorted({r["pilots"] for r in results}, key=str):
             mean = [[statistics.fmean(figures) if all(figures) and figures else None
                      for figures in ([how(r) for r in results if r["pilots"] == pilots and (r["label"] == "this tree")

@@ -24,7 +24,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import baseline  # noqa: E402
@@ -114,18 +113,19 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=1000, help="no-op jobs per run (default 1,000)")
     args = p.parse_args(argv)
     base = tempfile.mkdtemp(prefix="bench-testbed-threads-")
-    tree = baseline.checkout(args.baseline)
     print(f"bench/testbed_threads.py: {args.jobs} no-op jobs per run; load "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    runs = []
-    try:
-        for label, where in (("this tree", ROOT), (args.baseline, tree), (args.baseline, tree), ("this tree", ROOT)):
-            per_job, summary, code = one_run(where, args.jobs, base)
-            runs.append((label, per_job, summary))
-            print(f"  {label}: exit {code}, server + harvester {summary[0]} s, pilots {summary[1]} s, load "
-                  f"{summary[2]}", flush=True)
+
+    def one_side(label, where, _):
+        per_job, summary, code = one_run(where, args.jobs, base)
+        print(f"  {label}: exit {code}, server + harvester {summary[0]} s, pilots {summary[1]} s, load "
+              f"{summary[2]}", flush=True)
+        return per_job, summary
+
+    try:  # two pairs: this, baseline, baseline, this
+        runs = [(run.label, *run.result) for run in baseline.run_sides(args.baseline, one_side, 2,
+                                                                       baseline_label=args.baseline)]
     finally:
-        baseline.remove(tree)
         shutil.rmtree(base, ignore_errors=True)
     print("\nms of CPU per job, by thread of the testbed process (server + harvester)")
     print("| thread(s) | " + " | ".join(label for label, _, _ in runs) + " |")
