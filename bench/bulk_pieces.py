@@ -130,7 +130,7 @@ def one_side(label, tree, args):
     out = subprocess.run(argv, cwd=tree, env=dict(os.environ, PYTHONPATH=tree), capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
-        raise SystemExit(f"{label}: run failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
+        raise SystemExit(f"run failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
     result = dict(json.loads(lines[-1][len("RESULT "):]), label=label)
     print(f"  {label}: process CPU {result['cpu_ms']:.4f} ms/job, {result['rate']:.0f} jobs/s; load "
           f"{result['load']:.2f}", flush=True)
@@ -153,17 +153,11 @@ def main(argv=None):
     print(f"bench/bulk_pieces.py: {args.jobs} jobs, {args.bulk} per claim + one bulk update, SQLite, "
           f"{'every statement, %d threads' % args.threads if args.statements else 'pieces, one thread'}; "
           f"{os.cpu_count()} CPUs, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    tree = baseline.checkout(args.baseline) if args.baseline else None
-    sides = [("this tree", baseline.ROOT)] + ([(f"baseline {args.baseline}", tree)] if tree else [])
-    results = []
-    try:
-        for label, where in baseline.alternating(sides, args.rounds):
-            results.append(one_side(label, where, args))
-    finally:
-        baseline.remove(tree)
+    runs = baseline.run_sides(args.baseline, lambda label, tree, _: one_side(label, tree, args), args.rounds)
+    results = [run.result for run in runs]
     names = sorted({name for r in results for name in r["pieces"]},
                    key=lambda name: -max(r["pieces"].get(name, (0, 0))[0] for r in results))
-    labels = [label for label, _ in sides]
+    labels = runs.labels
     print("\n| piece (ms per job, medians) | " + " | ".join(f"{label}: wall / CPU" for label in labels) + " |")
     print("|---|" + "---:|" * len(labels))
     for name in names:
