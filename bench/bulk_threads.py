@@ -87,7 +87,7 @@ def one_side(label, tree, args):
     out = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
-        raise SystemExit(f"{label}: run failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
+        raise SystemExit(f"run failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
     result = dict(json.loads(lines[-1][len("RESULT "):]), label=label)
     print(f"  {label}: {result['rate']:.0f} jobs/s, writer lock {result['lock_ms']:.4f} ms/job (the holder's CPU "
           f"{result['lock_cpu_ms']:.4f}), CPU "
@@ -109,21 +109,14 @@ def main(argv=None):
         return run(args)
     print(f"bench/bulk_threads.py: {args.jobs} jobs, {args.threads} threads x {args.bulk} per claim + one bulk "
           f"update, SQLite; {os.cpu_count()} CPUs, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    tree = baseline.checkout(args.baseline) if args.baseline else None
-    sides = [("this tree", baseline.ROOT)] + ([(f"baseline {args.baseline}", tree)] if tree else [])
-    results = []
-    try:
-        for label, where in baseline.alternating(sides, args.rounds):
-            results.append(one_side(label, where, args))
-    finally:
-        baseline.remove(tree)
-    by_side = {label: [r for r in results if r["label"] == label] for label, _ in sides}
+    runs = baseline.run_sides(args.baseline, lambda label, tree, _: one_side(label, tree, args), args.rounds)
+    by_side = {label: runs.of(label) for label in runs.labels}
     for label, runs in by_side.items():
         print(f"{label} (median of {len(runs)}): {statistics.median(r['rate'] for r in runs):.0f} jobs/s, writer "
               f"lock {statistics.median(r['lock_ms'] for r in runs):.4f} ms/job (the holder's CPU "
               f"{statistics.median(r['lock_cpu_ms'] for r in runs):.4f}), CPU "
               f"{statistics.median(r['cpu_ms'] for r in runs):.4f} ms/job")
-    if tree:
+    if args.baseline:
         new, old = by_side["this tree"], by_side[f"baseline {args.baseline}"]
         for key, name in (("rate", "jobs/s"), ("lock_ms", "writer lock per job"),
                           ("lock_cpu_ms", "the lock holder's CPU per job"), ("cpu_ms", "CPU per job")):
