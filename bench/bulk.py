@@ -253,7 +253,7 @@ def one_run(label, tree, db, args):
         ids, sub_progress = submit(server, queue, args.jobs, args.chunk, marks)
         sub_wall, cpu1 = time.perf_counter() - t0, tree_cpu(server.proc.pid)
         load_sub = load_average()
-        if args.py_spy and tree is None:
+        if args.py_spy and tree == baseline.ROOT:
             # CPU samples of the thread holding the GIL (--gil; no --idle): where this tree's server spends its
             # Python CPU in dispatch+finish (started after the submission; SQLite releases the GIL while it works:
             # that is not counted)
@@ -323,15 +323,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     print(f"bench/bulk.py: {args.jobs} jobs, {args.chunk} per submit, {args.clients} clients x {args.bulk} per "
           f"getJob + one updateJobsInBulk; {os.cpu_count()} CPUs, load {load_average()}", flush=True)
-    tree = baseline.checkout(args.baseline) if args.baseline else None
-    results = []
-    try:
-        for n, db in enumerate(args.db or ["sqlite"]):
-            order = [("this tree", None)] + ([(f"baseline {args.baseline}", tree)] if tree else [])
-            for label, where in (order if n % 2 == 0 else order[::-1]):
-                results.append(one_run(label, where, db, args))
-    finally:
-        baseline.remove(tree)
+    results = [run.result for run in baseline.run_sides(  # one pair per database, the order turned each time
+        args.baseline, lambda label, tree, db: one_run(label, tree, db, args), 1, cases=args.db or ["sqlite"])]
     print("\n| server | database | submit jobs/s | submit CPU ms/job | dispatch+finish jobs/s | CPU ms/job | "
           "clients' CPU ms/job | writer lock ms/job (holder's CPU) | per tenth (dispatch+finish, jobs/s) | duplicates/missed | "
           "load 1/5/15 |")
