@@ -128,23 +128,21 @@ def compare(args):
     sys.path.insert(0, HERE)
     import baseline
 
-    tree = baseline.checkout(args.baseline)
-    results = {"this tree": [], f"baseline {args.baseline}": []}
-    try:
-        for _ in range(args.rounds):
-            for label, where in (("this tree", None), (f"baseline {args.baseline}", tree)):
-                argv = [sys.executable, os.path.abspath(__file__), "--jobs", str(args.jobs), "--bulk", str(args.bulk)]
-                argv += ["--db", args.db] if args.db else []
-                argv += [x for sql in args.schema_sql for x in ("--schema-sql", sql)] if where is None else []
-                argv += ["--tree", where] if where else []
-                out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=where or None).stdout
-                line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
-                results[label].append(json.loads(line[len("RESULT "):]))
-                print(f"  {label}: {results[label][-1]['cpu']:.3f} ms per job, {results[label][-1]['inside']:.3f} "
-                      f"inside the database's calls; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-                      flush=True)
-    finally:
-        baseline.remove(tree)
+    def one_side(label, tree, _):
+        mine = tree == baseline.ROOT
+        argv = [sys.executable, os.path.abspath(__file__), "--jobs", str(args.jobs), "--bulk", str(args.bulk)]
+        argv += ["--db", args.db] if args.db else []
+        argv += [x for sql in args.schema_sql for x in ("--schema-sql", sql)] if mine else []
+        argv += [] if mine else ["--tree", tree]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=None if mine else tree).stdout
+        line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
+        result = json.loads(line[len("RESULT "):])
+        print(f"  {label}: {result['cpu']:.3f} ms per job, {result['inside']:.3f} inside the database's calls; "
+              f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        return result
+
+    runs = baseline.run_sides(args.baseline, one_side, args.rounds)
+    results = {label: runs.of(label) for label in runs.labels}
     print(f"\nmedians of {args.rounds} rounds, ms of CPU per job dispatched and finished:")
     print("| | this tree | baseline |\n|---|---:|---:|")
     new, old = results["this tree"], results[f"baseline {args.baseline}"]
