@@ -37,7 +37,6 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 HOOKS = os.path.join(HERE, "files_cpu_hooks")
 sys.path.insert(0, HERE)
 
@@ -143,39 +142,32 @@ def main(argv=None):
     p.add_argument("--baseline", metavar="REV", help="also split that commit's testbed (alternating)")
     args = p.parse_args(argv)
     kinds = args.files.split(",")
-    trees = [("this tree", ROOT)]
-    other = baseline.checkout(args.baseline) if args.baseline else None
-    if other:
-        trees.append((f"baseline {args.baseline}", other))
     base = tempfile.mkdtemp(prefix="bench-files-cpu-")
     try:
-        for _, tree in trees:
-            baseline.compile_tree(tree)
         print(f"bench/files_cpu.py: {args.jobs} no-op jobs per run, --files {args.files}, {args.repeat} runs each; "
               f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-        results = {label: {k: [] for k in kinds} for label, _ in trees}
-        for _ in range(args.repeat):
-            for label, tree in trees:
-                for kind in kinds:
-                    results[label][kind].append(run_once(tree, kind, args.jobs, base))
-        for label, _ in trees:
+
+        def every_kind(label, tree, case):  # one run of each --files kind, in the order given
+            return {kind: run_once(tree, kind, args.jobs, base) for kind in kinds}
+
+        runs = baseline.run_sides(args.baseline, every_kind, args.repeat, prepare=baseline.compile_tree)
+        results = {label: {k: [run[k] for run in runs.of(label)] for k in kinds} for label in runs.labels}
+        for label in runs.labels:
             report(label, results[label], kinds)
         print("\nper job, each run (whole run / steady, ms; pilots started):")
-        for label, _ in trees:
+        for label in runs.labels:
             for kind in kinds:
                 print(f"  {label:24s} {kind:6s} " + "  ".join(
                     f"{r['per_job']:.2f} / {r['steady']:.2f} ({r['pilots']})" for r in results[label][kind]))
-        if len(trees) == 2:
+        if len(runs.labels) == 2:
             for kind in kinds:
-                ours, theirs = (mean(results[label][kind], lambda r: r["steady"]) for label, _ in trees)
-                old_ours, old_theirs = (mean(results[label][kind], lambda r: r["per_job"]) for label, _ in trees)
+                ours, theirs = (mean(results[label][kind], lambda r: r["steady"]) for label in runs.labels)
+                old_ours, old_theirs = (mean(results[label][kind], lambda r: r["per_job"]) for label in runs.labels)
                 print(f"--files {kind}: steady {ours:.2f} ms against {theirs:.2f} ({ours / theirs:.2f} x); "
                       f"whole run {old_ours:.2f} against {old_theirs:.2f} ({old_ours / old_theirs:.2f} x)")
         print(f"\nload at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
-        if other:
-            baseline.remove(other)
     return 0
 
 
