@@ -1,7 +1,8 @@
 """An earlier commit of this repository as a tree to run beside the current one, for before/after figures from
 one run: ``python -m minipanda ...`` started in that tree imports that tree's packages (``-m`` puts the working
 directory first on the module path), pilots included (harvester builds the zipapp from the pilot package it
-imported)."""
+imported). :func:`run_sides` runs a bench's side for this tree and for that commit's, alternating, and collects
+both sides' results."""
 import collections
 import os
 import shutil
@@ -44,13 +45,6 @@ def compile_tree(directory):
 def remove(directory):
     if directory and os.path.basename(directory).startswith("bench-baseline-"):
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def alternating(sides, rounds):
-    """``(label, where)`` of each side for each of ``rounds`` rounds, the order turned every other round: on a shared
-    machine the load drifts, and neither side should always run first."""
-    for n in range(rounds):
-        yield from (sides if n % 2 == 0 else sides[::-1])
 
 
 THIS_TREE = "this tree"
