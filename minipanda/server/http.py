@@ -8,7 +8,9 @@ BODY_WHOLE bytes up to BODY_IN_MEMORY, read whole, must arrive within that plus 
 over ``body_limit`` bytes 413. A reply that is a whole file (minipanda.server.filereply) is handed to granian
 whole: read into memory up to 1 MB, else by its path. Only a complete body goes to the WSGI app (bottle), on one of
 ``threads`` Python threads; one declared over BODY_IN_MEMORY is received only once the app, run first without it,
-has judged the request and read it (minipanda.server.unreceived), so a refused upload is never received.
+has judged the request and read it (minipanda.server.unreceived), so a refused upload is never received: after the
+answer its body is read and thrown away within bounds (a lingering close, RsgiBridge.linger), for the client to
+finish sending it and read the answer instead of having its connection reset.
 
 Its command-line server and its ``Granian`` class run the app in child processes and take over the process's
 signals, which fits neither the testbed (the server on a thread of a bigger process) nor the one-writer SQLite
@@ -46,6 +48,12 @@ BODY_WHOLE = 64 << 10  # a body from this size up to BODY_IN_MEMORY is read whol
 BODY_RATE = 32 << 10
 BODY_SLACK = 1 << 20  # on top of the app's own limit: the app refuses in its reply's family (and allows a
                       # multipart upload's own lines on top)
+# After an answer sent while the request's body is still unread (a refused upload), the body is read and thrown
+# away (a lingering close, as nginx's lingering_close and Apache's do) for at most LINGER_SECONDS, until nothing
+# arrives for LINGER_IDLE seconds, and at most LINGER_BYTES (nor the body limit): see RsgiBridge.linger
+LINGER_SECONDS = 10.0
+LINGER_IDLE = 2.0
+LINGER_BYTES = 64 << 20
 _END = object()
 
 _CALL = object()  # marks a RequestThreads.call() item in the queue
@@ -174,19 +182,21 @@ def _settle(future, outcome, failed):
 
 
 class _StallWatch:
-    """Cancels ``task`` once ``timeout`` seconds pass without ``progress()``: ONE timer per request body, re-armed
-    only when it fires early, instead of a task and a timer per chunk as ``asyncio.wait_for`` makes."""
+    """Cancels ``task`` once ``timeout`` seconds pass without ``progress()`` (or ``limit`` seconds from now, when
+    given): ONE timer per request body, re-armed only when it fires early, instead of a task and a timer per chunk
+    as ``asyncio.wait_for`` makes."""
 
-    def __init__(self, loop, task, timeout):
+    def __init__(self, loop, task, timeout, limit=None):
         self.loop, self.task, self.timeout = loop, task, timeout
         self.last, self.fired = loop.time(), False
-        self.handle = loop.call_at(self.last + timeout, self._check)
+        self.until = self.last + limit if limit is not None else float("inf")
+        self.handle = loop.call_at(min(self.last + timeout, self.until), self._check)
 
     def progress(self):
         self.last = self.loop.time()
 
     def _check(self):
-        due = self.last + self.timeout
+        due = min(self.last + self.timeout, self.until)
         if self.loop.time() < due:
             self.handle = self.loop.call_at(due, self._check)
             return
@@ -198,11 +208,12 @@ class _StallWatch:
 
 
 class BodyRefused(Exception):
-    """A request body that never reaches the app: (HTTP status, message)."""
+    """A request body that never reaches the app: (HTTP status, message, whether the rest of it is unread: "whole"
+    when none of it was read, "rest" when its reading was begun, None when there is nothing left to read)."""
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, unread="rest"):
         super().__init__(message)
-        self.status = status
+        self.status, self.unread = status, unread
 
 
 def _refusal(status, message):
@@ -217,6 +228,7 @@ class RsgiBridge:
 
     def __init__(self, app, threads, body_timeout=BODY_TIMEOUT, body_limit=None):
         self.app, self.body_timeout, self.body_limit = app, body_timeout, body_limit
+        self.linger_seconds, self.linger_idle, self.linger_bytes = LINGER_SECONDS, LINGER_IDLE, LINGER_BYTES
         self.pool = RequestThreads(threads)
 
     async def __call__(self, scope, proto):
@@ -229,11 +241,14 @@ class RsgiBridge:
                 first = self.environ(scope, headers, unreceived.Unreceived(),
                                      int(declared) if declared and declared.strip().isdigit() else "")
                 if await self.answer(scope, proto, loop, first) is not unreceived.WANTED:
-                    return  # answered: the body was never received (granian closes the connection)
+                    await self.linger(scope, proto)  # answered: the body is thrown away, never received
+                    return
             body, size = await self.read_body(headers, proto)
         except BodyRefused as exc:
             log.info("refused %s %s from %s: %s", scope.method, scope.path, scope.client, exc)
             proto.response_bytes(*_refusal(exc.status, str(exc)))
+            if exc.unread is not None:
+                await self.linger(scope, proto, begun=exc.unread == "rest")
             return
         await self.answer(scope, proto, loop, self.environ(scope, headers, body, size))
 
@@ -272,6 +287,45 @@ class RsgiBridge:
             if close is not None:
                 await loop.run_in_executor(self.pool, close)
 
+    async def linger(self, scope, proto, begun=False):
+        """After an answer sent while the request's body is unread: read the body and throw it away, for at most
+        ``linger_seconds``, until nothing arrives for ``linger_idle`` seconds, and at most ``linger_bytes`` (nor more
+        than ``body_limit``: no more than any request may make it receive); then granian closes the connection, or
+        keeps it for the next request when the whole body was read.
+
+        Closed at once, a connection with unread bytes is reset (a TCP RST), not closed: a client still sending its
+        body gets its send failed by the reset, and over TLS that failure (SSLEOFError) is all it sees, never the
+        answer waiting for it. Read away, the body's send completes and the client reads the answer. Never stored,
+        never on a request thread, and bounded: a client that goes on sending, slowly or fast, is cut off."""
+        loop = asyncio.get_running_loop()
+        watch = _StallWatch(loop, asyncio.current_task(), self.linger_idle, self.linger_seconds)
+        discarded, started = 0, loop.time()
+        most = self.linger_bytes if self.body_limit is None else min(self.linger_bytes, self.body_limit)
+        try:
+            try:
+                # granian's protocol object is its body's iterator, made so by one __aiter__() only: a body whose
+                # reading was begun (by ``async for``) goes on with __anext__()
+                chunks = proto if begun else proto.__aiter__()
+                while discarded < most:
+                    try:
+                        chunk = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    watch.progress()
+                    discarded += len(chunk)
+            finally:
+                watch.cancel()
+            if watch.fired:
+                await _absorb_cancel()
+        except asyncio.CancelledError:
+            if not watch.fired:
+                raise  # the server is stopping
+            _uncancel(asyncio.current_task())
+        except Exception:  # noqa: BLE001 - the client closed or broke the connection: nothing left to read
+            pass
+        log.info("threw away %d bytes of the unread body of %s %s from %s in %.1f s", discarded, scope.method,
+                 scope.path, scope.client, loop.time() - started)
+
     async def read_body(self, headers, proto):
         """(readable body, its size): refused with 413 over ``body_limit``, with 408 when ``body_timeout`` seconds
         pass without a byte."""
@@ -299,7 +353,8 @@ class RsgiBridge:
                         watch.progress()
                         size += len(chunk)
                         if limit is not None and size > limit:
-                            raise BodyRefused(413, f"request body larger than the server's limit of {limit} bytes")
+                            raise BodyRefused(413, f"request body larger than the server's limit of {limit} bytes",
+                                              unread="rest")
                         body.write(chunk)
             finally:
                 watch.cancel()
@@ -335,7 +390,7 @@ class RsgiBridge:
         if declared and declared.strip().isdigit() and self.body_limit is not None and \
                 int(declared) > self.body_limit:
             raise BodyRefused(413, f"request body of {declared} bytes is larger than the server's limit of "
-                                   f"{self.body_limit} bytes")
+                                   f"{self.body_limit} bytes", unread="whole")
 
     @staticmethod
     def environ(scope, headers, body, size):

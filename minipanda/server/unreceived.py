@@ -2,7 +2,8 @@
 
 A body declared over the bridge's in-memory size (a file upload) waits while the app judges the request on its
 headers: a request it refuses (no or a bad token, a file the token may not write, a name already stored) is
-answered before any of the body is received, let alone spooled to disk. An app that reads the body stops there
+answered before any of the body is received, let alone spooled to disk (then the body is read and thrown away,
+within bounds, for the client to finish its send and read the answer: RsgiBridge.linger). An app that reads the body stops there
 (:class:`BodyWanted`: up to its first read it only judges), the loop receives the body and the app runs again with
 it: a second token check and judgement per large upload, and no request thread held while a body arrives.
 """
