@@ -6,13 +6,13 @@ which substitutes the known names and nothing else. The values harvester fills i
 queue's validated name, numbers), never text from a job.
 """
 import functools
-import hashlib
 import logging
 import os
 import sys
 import threading
 
 import pilot
+from harvester.handoff import zipcache
 from pilot import queuedata, zipapp
 from queueconfig import allocation
 
@@ -28,32 +28,35 @@ WALLTIME_MARGIN_S = 60  # the pilot stops asking for jobs this long before the b
 
 @functools.lru_cache(maxsize=1)
 def _source_digest():
-    """A short digest of the pilot's sources: an edited checkout gets a new zipapp without a version bump."""
-    digest = hashlib.sha256()
-    root = zipapp.package_dir()
-    if not os.path.isdir(root):  # running from a zipapp: the version says it all
-        return "z"
-    for name in sorted(os.listdir(root)):
-        if name.endswith(".py"):
-            with open(os.path.join(root, name), "rb") as handle:
-                digest.update(name.encode() + b"\0" + handle.read())
-    return digest.hexdigest()[:10]
+    """The digest of the pilot's sources (pilot.zipapp.digest): an edited checkout gets a new zipapp without a
+    version bump."""
+    if not os.path.isdir(zipapp.package_dir()):  # running from a zipapp: the version says it all
+        return None
+    return zipapp.digest()
 
 
 def zipapp_path(home):
-    """The pilot zipapp of this version under ``home``, built on first use (once per version, not per worker)."""
-    path = os.path.join(home, "pilot", f"pilot-{pilot.__version__}-{_source_digest()}.pyz")
+    """The pilot zipapp of this version under ``home``: on first use copied from the builds this user keeps
+    (harvester.handoff.zipcache), else built and kept there; once per version and sources, not per worker."""
+    digest = _source_digest()
+    path = os.path.join(home, "pilot", f"pilot-{pilot.__version__}-{digest[:16] if digest else 'z'}.pyz")
     with _build_lock:
         if not os.path.exists(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            zipapp.build(path)
-            log.info("built the pilot zipapp %s", path)
+            if digest and zipcache.take(digest, path):
+                log.info("copied the pilot zipapp %s from the cache %s", path, zipcache.directory())
+            else:
+                zipapp.build(path)
+                log.info("built the pilot zipapp %s", path)
+                if digest:
+                    zipcache.keep(digest, path)
     return path
 
 
 def build_ahead(home):
-    """Build the zipapp now (harvester's start, on a thread of its own) rather than in the first submission, which
-    would wait the ~0.15 s compiling the pilot takes; a failure is logged here and met again by the submission."""
+    """Build (or copy from the cache) the zipapp now (harvester's start, on a thread of its own) rather than in the
+    first submission, which would wait the ~0.1 s compiling the pilot takes; a failure is logged here and met again
+    by the submission."""
     try:
         zipapp_path(home)
     except Exception as exc:  # noqa: BLE001 - the submitter builds it (and reports the error) when it needs it
