@@ -13,6 +13,7 @@ still runs. Prints the median CPU ms per job settled and per idle cycle, side by
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,11 +26,19 @@ sys.path.insert(0, HERE)
 
 def child(jobs, per_cycle, idle_cycles):
     """Runs in the tree being measured; prints one JSON line."""
+    directory = tempfile.mkdtemp(prefix="bench-settle-")
+    try:
+        measure(directory, jobs, per_cycle, idle_cycles)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def measure(directory, jobs, per_cycle, idle_cycles):
+    """The settle cycles' CPU on a task of ``jobs`` jobs in a SQLite database in ``directory``."""
     from minipanda.core import dispatch, queues, schema, updates
     from minipanda.tasks import generator, service, settings, settle
     from minipanda.core.auth import Identity
 
-    directory = tempfile.mkdtemp(prefix="bench-settle-")
     schema.open_database(f"sqlite:///{directory}/minipanda.db")
     queues.ensure_queues(["BENCH"])
     config = settings.Settings({"brokerage.bootstrap_queued": 2 * jobs, "generator.max_jobs_per_cycle": 2 * jobs})
