@@ -1,5 +1,7 @@
 """Bearer tokens with roles over real HTTP: refusals, revocation, expiry, and auth none only on loopback."""
 import datetime
+import subprocess
+import sys
 import time
 
 import jwt
@@ -146,3 +148,35 @@ def test_a_token_remembered_as_valid_is_refused_once_it_expires(database, tmp_pa
         time.sleep(0.2)
     with pytest.raises(errors.AuthError, match="expired"):
         auth.verify_token(secret, token)
+
+
+HELD_BACK = """
+import sys, time
+import minipanda.server.process  # the server's imports, this module's among them
+from minipanda.core import auth, schema
+loaded = sorted(m for m in sys.modules if m == "cryptography" or m.startswith("cryptography."))
+assert not loaded, loaded
+schema.open_database("sqlite:///" + sys.argv[1])
+token, _ = auth.create_token("secret", "dave", "user")
+assert auth.verify_token("secret", token).name == "dave"
+for forged in (auth.jwt.encode({"iss": "minipanda", "sub": "eve", "role": "admin", "jti": "x", "exp": 9999999999},
+                               "other", algorithm="HS256"),
+               token.split(".")[0] + "." + token.split(".")[1] + ".AAAA"):
+    try:
+        auth.verify_token("secret", forged)
+    except Exception as exc:
+        assert "invalid token" in str(exc), exc
+    else:
+        raise AssertionError("a forged token was taken")
+import cryptography.hazmat.primitives.hashes  # noqa: E402,F401 (paramiko's SSH transport imports it later)
+print("ok")
+"""
+
+
+def test_the_server_imports_no_cryptography_for_its_hmac_tokens(tmp_path):
+    """PyJWT imports cryptography only for RSA and EC (~40 ms of CPU at every server start): held back, tokens are
+    still made and checked, a forged one refused, and cryptography imports normally afterwards. In a fresh
+    interpreter: this test process has loaded cryptography already."""
+    out = subprocess.run([sys.executable, "-c", HELD_BACK, str(tmp_path / "db.sqlite")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -14,14 +14,38 @@ import datetime
 import os
 import re
 import secrets
+import sys
 import time
 import uuid
 from typing import Optional
 
-import jwt
 from minipanda.core import models, states
 from minipanda.core.roles import HARVESTER_ROLES, OWNER_ROLES, PILOT_ROLES, ROLES  # noqa: F401 (api imports them from here)
 from minipanda.errors import AuthError
+
+
+def _import_jwt():
+    """PyJWT, imported with ``cryptography`` held back when nothing in the process has loaded it yet.
+
+    Tokens are HS256 (an HMAC: the standard library's); PyJWT imports cryptography only for its RSA and EC
+    algorithms, which minipanda never uses, and that import was ~40 ms of CPU at every server start (and every
+    ``minipanda token`` command). PyJWT works without it (it is PyJWT's optional extra): a token of another
+    algorithm is refused as before. ``import cryptography`` works normally afterwards (paramiko's SSH transport);
+    the pilot holds ``ssl`` back the same way (pilot/httpclient.py).
+    """
+    if "jwt" in sys.modules or "cryptography" in sys.modules:
+        import jwt
+        return jwt
+    sys.modules["cryptography"] = None  # makes PyJWT's `from cryptography ...` fail: has_crypto False
+    try:
+        import jwt
+    finally:
+        if sys.modules.get("cryptography", 0) is None:
+            del sys.modules["cryptography"]
+    return jwt
+
+
+jwt = _import_jwt()
 
 ISSUER = "minipanda"
 ALGORITHM = "HS256"
