@@ -14,6 +14,7 @@ alternating, --rounds times each, and the medians are printed side by side.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,11 +81,15 @@ def run(args):
 
 
 def one_side(label, tree, args):
-    env = dict(os.environ, MINIPANDA_BENCH_WRITER_LOCK=os.path.join(tempfile.mkdtemp(prefix="bench-lock-"), "held"),
+    lock_dir = tempfile.mkdtemp(prefix="bench-lock-")
+    env = dict(os.environ, MINIPANDA_BENCH_WRITER_LOCK=os.path.join(lock_dir, "held"),
                PYTHONPATH=os.pathsep.join([tree, os.path.join(HERE, "writer_lock")]))
     argv = [sys.executable, os.path.abspath(__file__), "--run", "--jobs", str(args.jobs), "--threads",
             str(args.threads), "--bulk", str(args.bulk)]
-    out = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True)
+    try:
+        out = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True)
+    finally:
+        shutil.rmtree(lock_dir, ignore_errors=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         raise SystemExit(f"run failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
