@@ -14,12 +14,15 @@ server several times per job, and a new TCP connection each time cost it more CP
 reply has been read to the end; one the server has closed in the meantime is noticed when the next request on it
 gets no answer at all, and that request is sent again once on a new connection (the server never saw it). A GET
 follows up to 5 redirects. A status of 300 or more that is not followed raises HTTPError (``code``, ``read()``);
-anything else that keeps an answer from arriving raises OSError (a timeout is socket.timeout, an OSError too).
+anything else that keeps an answer from arriving raises OSError (a timeout is socket.timeout, an OSError too). An
+answer sent before the server took the whole body (a refused upload) is read even when the body's send failed (a
+reset; over TLS an SSLError), and is never taken as a success (:func:`_early_answer`).
 
 :func:`begin` sends a request and leaves its answer to be read later (:class:`Pending`), so the server works on it
 while the pilot does something else over another connection: up to ``KEEP`` connections per server are kept.
 """
 import os
+import socket
 import sys
 import threading
 import urllib.parse
@@ -260,13 +263,34 @@ def _exchange(connection, method, path, body, headers):
         connection.request(method, path, body=None if send_to else body, headers=dict(headers or {}))
         if send_to:
             send_to(connection.sock)
-    except (BrokenPipeError, ConnectionResetError) as exc:
-        # the server may have answered before taking the body (a refused upload) and closed: read that answer
-        try:
-            return connection.getresponse()
-        except (OSError, http_client().HTTPException):
-            raise exc from None
+    except (TimeoutError, socket.timeout):  # one class from Python 3.10 on
+        raise  # a server that stopped reading without answering (or the upload's own deadline)
+    except OSError as exc:
+        return _early_answer(connection, exc)
     return connection.getresponse()
+
+
+def _early_answer(connection, exc):
+    """The answer a server sent before taking the whole body (a refused upload), after the body's send failed with
+    ``exc``; ``exc`` itself when there is none.
+
+    The server may answer, stop reading and close, and the send then fails for any transport reason: a broken pipe
+    or a reset on a plain socket, an SSLError or SSLEOFError through TLS, while the answer waits on the wire. Here the
+    connection is only read, never written again (a TLS write that failed part-way must not be retried with other
+    bytes: OpenSSL refuses it, BAD_LENGTH), and closed after the answer: the rest of the body was never sent. Only
+    an error status is taken: a body not sent whole is never taken as stored."""
+    client = http_client()
+    if connection.sock is None:  # never connected: nothing to read
+        raise exc
+    try:
+        response = connection.getresponse()
+    except (OSError, client.HTTPException):
+        raise exc from None
+    response.will_close = True  # the body was cut short: this connection carries no other request
+    if response.status < 300:
+        response.close()
+        raise exc
+    return response
 
 
 class _Reply:

@@ -1,7 +1,11 @@
 """The pilot's HTTP client on loopback: one kept-open connection per server, and what happens when it goes stale."""
+import fcntl
 import http.server
 import io
 import socket
+import ssl
+import struct
+import termios
 import threading
 import time
 
@@ -203,3 +207,101 @@ def test_a_stage_in_download_and_a_stage_out_upload_go_over_the_kept_connection(
         ("POST", 0), ("GET", 0), ("PUT", len(Files.BODY)), ("POST", 0)]
     assert len({port for port, _, _ in Files.seen}) == 1, Files.seen
     assert (tmp_path / "input.dat").read_bytes() == Files.BODY
+
+
+class EarlyAnswer:
+    """A server on loopback (plain, or TLS with ``cert``) that answers each request ``status`` as soon as its head
+    has come, without reading its body, then closes once the client has taken the answer (acknowledged every byte):
+    the connection is reset under the client still sending, as a server that answers an upload early and does not
+    read its body away resets it. (Closed sooner, the reset may drop the answer itself before it leaves: the
+    server's side of the race, which only its reading the body away settles.) Its answer says nothing of closing
+    (keep-alive framing): only the client can know its body was cut short."""
+
+    def __init__(self, status, cert=None):
+        self.status, self.answered = status, 0
+        self.context = None
+        if cert:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(*cert)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.key = ("https" if cert else "http", "127.0.0.1", self.listener.getsockname()[1])
+        self.url = "%s://%s:%d" % self.key
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                if self.context is not None:
+                    conn = self.context.wrap_socket(conn, server_side=True)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(65536)
+                body = b'{"message": "refused early"}'
+                conn.sendall(b"HTTP/1.1 %d Early\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                             % (self.status, len(body)) + body)
+                self.answered += 1
+                for _ in range(1000):  # at most 10 s: the client is sending, so it acknowledges at once
+                    if not unacknowledged(conn):
+                        break
+                    time.sleep(0.01)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def close(self):
+        self.listener.close()
+
+
+def unacknowledged(sock):
+    """Bytes sent on ``sock`` that its peer has not acknowledged yet (Linux's SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+@pytest.fixture(params=["plain", "tls"])
+def early(request, tmp_path, monkeypatch):
+    """early(status): an EarlyAnswer server over the parameter's transport, trusted by the pilot's client."""
+    from test_server_http_linger import certificate
+
+    cert = None
+    if request.param == "tls":
+        cert = certificate(tmp_path)
+        monkeypatch.setenv("SSL_CERT_FILE", cert[0])  # the pilot verifies against the system's CAs: this one
+    servers = []
+
+    def start(status):
+        servers.append(EarlyAnswer(status, cert))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+    httpclient._idle.clear()
+
+
+BIG = bytes(32 << 20)  # far more than the kernel's buffers hold: the send fails once the server has closed
+
+
+def test_an_answer_sent_before_the_body_was_taken_is_read_after_the_send_failed(early):
+    """Over TLS the failed send is an SSLEOFError (or another SSLError), not a broken pipe: the answer waiting on the
+    wire is read all the same, every time, and the connection is not kept (its body was cut short)."""
+    server = early(403)
+    for _ in range(4):
+        with pytest.raises(httpclient.HTTPError) as refused:
+            get(server.url + "/files/user.carol/big.dat", "PUT", BIG, {"Content-Length": str(len(BIG))})
+        assert refused.value.code == 403 and refused.value.read() == b'{"message": "refused early"}'
+        assert not httpclient._idle.get(server.key), httpclient._idle
+    assert server.answered == 4
+
+
+def test_a_success_answered_before_the_body_was_sent_whole_is_not_taken(early):
+    """A body not sent whole is never taken as stored, whatever the server says."""
+    server = early(201)
+    with pytest.raises(OSError) as failed:
+        get(server.url + "/files/data/big.dat", "PUT", BIG, {"Content-Length": str(len(BIG))})
+    assert not isinstance(failed.value, httpclient.HTTPError), failed.value
+    assert server.answered == 1 and not httpclient._idle.get(server.key)
