@@ -4,6 +4,7 @@ that never change, repeated entries applied in order, files registered in bulk."
 import threading
 
 import peewee
+import pytest
 from conftest import make_job
 from minipanda.core import jobs, models, states, updates
 from minipanda.errors import TOBEKILLED
@@ -65,7 +66,7 @@ def test_a_batch_is_one_statement_per_group_whatever_its_size(database, monkeypa
     # one read, one UPDATE per (current state, reported state, columns): sent -> finished and running -> finished,
     # one status_log insert per transition (the rows give their PandaIDs, the states and reason are bound once)
     assert sum(sql.startswith("SELECT") for sql in statements) == 1
-    assert sum(' UPDATE "job" ' in sql for sql in statements) == 2
+    assert sum('UPDATE "job" ' in sql for sql in statements) == 2
     assert sum(' INSERT INTO "status_log"' in sql for sql in statements) == 2
     # the live counts: on SQLite the job triggers pause for the batch, whose moves are one upsert (pause, upsert,
     # resume); PostgreSQL's statement triggers count each UPDATE themselves
@@ -82,8 +83,11 @@ def test_a_batch_is_one_statement_per_group_whatever_its_size(database, monkeypa
 
 
 def test_a_job_changed_between_the_read_and_the_write_is_left_alone(database, monkeypatch):
-    """The conditional UPDATE, not the read, decides: a job another writer moved after the batch read it (here:
-    cancelled in between) is answered 'retry' and keeps the other writer's state; the rest of the batch applies."""
+    """PostgreSQL: the conditional UPDATE, not the read, decides: a job another writer moved after the batch read it
+    (here: cancelled in between) is answered 'retry' and keeps the other writer's state; the rest of the batch
+    applies. SQLite: the read and the UPDATEs are one transaction of the one writer, so the UPDATEs change every
+    job read and return none of them; were one changed in between, the row counts differ and the whole batch fails
+    and rolls back rather than answer a change it did not make; sent again, it applies."""
     ids = dispatched(5)
     victim = ids[2]
     real = updates._read_jobs
@@ -95,11 +99,74 @@ def test_a_job_changed_between_the_read_and_the_write_is_left_alone(database, mo
         return found
 
     monkeypatch.setattr(updates, "_read_jobs", read_then_someone_cancels)
+    if not isinstance(database, peewee.PostgresqlDatabase):
+        with pytest.raises(RuntimeError, match="read 5 sent jobs and changed 4 of them"):
+            updates.update_jobs([{"jobId": pid, "state": "finished", "pilotID": "p"} for pid in ids])
+        assert status_of(ids) == {pid: "sent" for pid in ids}
+        monkeypatch.undo()
+        replies = updates.update_jobs([{"jobId": pid, "state": "finished", "pilotID": "p"} for pid in ids])
+        assert [r["StatusCode"] for r in replies] == [0] * 5 and status_of(ids) == {pid: "finished" for pid in ids}
+        return
     replies = updates.update_jobs([{"jobId": pid, "state": "finished", "pilotID": "p"} for pid in ids])
     assert [r["StatusCode"] for r in replies] == [0, 0, replies[2]["StatusCode"], 0, 0]
     assert replies[2]["StatusCode"] != 0 and "changed state concurrently" in replies[2]["ErrorDiag"]
     assert status_of(ids) == {**{pid: "finished" for pid in ids}, victim: "cancelled"}
     assert ("sent", "finished") not in transitions(victim)
+
+
+def test_a_sqlite_batch_reads_its_jobs_as_one_row_and_its_updates_return_no_rows(database, monkeypatch):
+    """SQLite: the batch's jobs come back as one row of JSON and neither the transitions' UPDATE nor the heartbeats'
+    returns rows (every row a statement hands back lets go of the GIL, the writer's lock in hand); what changed is
+    what was read, and the live counts still see every move. PostgreSQL keeps its rows and RETURNING (concurrent
+    writers: what an UPDATE changed is what it returned)."""
+    from minipanda.core import counts
+
+    ids = dispatched(6)
+    updates.update_jobs([{"jobId": pid, "state": "running", "pilotID": "p"} for pid in ids[:2]])
+    statements = []
+    real = database.execute_sql
+    monkeypatch.setattr(database, "execute_sql", lambda sql, params=None, *a, **k: statements.append(sql)
+                        or real(sql, params, *a, **k))
+    replies = updates.update_jobs([{"jobId": ids[0], "state": "running", "pilotID": "p", "node": "wn-a"},
+                                   {"jobId": ids[1], "state": "running", "pilotID": "p", "node": "wn-b"}]
+                                  + [{"jobId": pid, "state": "finished", "pilotID": "p", "transExitCode": 0}
+                                     for pid in ids[2:]])
+    monkeypatch.undo()
+    assert [r["StatusCode"] for r in replies] == [0] * 6
+    postgres = isinstance(database, peewee.PostgresqlDatabase)
+    reads = [sql for sql in statements if sql.startswith("SELECT") and '"job"' in sql]
+    assert len(reads) == 1 and ("json_group_array" in reads[0]) != postgres, reads
+    changes = [sql for sql in statements if 'UPDATE "job" ' in sql]
+    assert len(changes) == 2 and all(("RETURNING" in sql) == postgres for sql in changes), changes
+    assert status_of(ids) == {**{pid: "running" for pid in ids[:2]}, **{pid: "finished" for pid in ids[2:]}}
+    stored = {j.panda_id: j.node for j in models.Job.select().where(models.Job.panda_id.in_(ids[:2]))}
+    assert stored == {ids[0]: "wn-a", ids[1]: "wn-b"}
+    assert all(transitions(pid)[-1] == ("sent", "finished") for pid in ids[2:])
+    queue = models.Job.get_by_id(ids[0]).computing_site
+    live = counts.jobs_by_queue(queue)[queue]
+    assert (live.get("finished"), live.get("running"), live.get("sent")) == (4, 2, None), live
+
+
+def test_a_sqlite_heartbeat_of_a_job_changed_under_it_fails_the_batch_whole(database, monkeypatch):
+    """SQLite: a heartbeat (a report of the job's own state) changes every job the batch read in that state; were
+    one changed in between, the row counts differ and the batch fails and rolls back (PostgreSQL: answered 'retry',
+    test_a_job_changed_between_the_read_and_the_write_is_left_alone)."""
+    if isinstance(database, peewee.PostgresqlDatabase):
+        return
+    ids = dispatched(3)
+    updates.update_jobs([{"jobId": pid, "state": "running", "pilotID": "p"} for pid in ids])
+    real = updates._read_jobs
+
+    def read_then_someone_cancels(panda_ids):
+        found = real(panda_ids)
+        database.execute_sql('UPDATE "job" SET "status" = \'cancelled\' WHERE "panda_id" = ?', [ids[1]])
+        return found
+
+    monkeypatch.setattr(updates, "_read_jobs", read_then_someone_cancels)
+    with pytest.raises(RuntimeError, match="read 3 running jobs and changed 2 of them"):
+        updates.update_jobs([{"jobId": pid, "state": "running", "pilotID": "p", "node": "wn-late"} for pid in ids])
+    assert status_of(ids) == {pid: "running" for pid in ids}
+    assert {j.node for j in models.Job.select().where(models.Job.panda_id.in_(ids))} != {"wn-late"}
 
 
 def test_final_states_never_change_and_a_repeat_is_already_done(database):

@@ -58,23 +58,28 @@ def update_rows(table, columns, key, rows):
 def update_each(table, key, constant, columns, rows, condition, condition_params=(), returning=()):
     """UPDATE many rows of ``table``, each with its own values, in one statement per 500 rows; return the keys of
     the rows changed (RETURNING), in no particular order; with ``returning`` (more column names), a tuple
-    (key, *those columns) per row changed.
+    (key, *those columns) per row changed; with ``returning`` None (SQLite only), no RETURNING: the number of rows
+    changed, for a caller that knows which rows those are (every row of a RETURNING is a step of the statement
+    that lets go of the GIL and must win it back, with the writer's lock in hand).
 
     ``rows`` are ``(key value, *values of columns)``; ``constant`` {column: database value} is set on every row;
     ``condition`` (SQL on the table's own columns, with placeholders for ``condition_params``) must hold too, so a
     row that another writer changed first is left alone and missing from the answer. A key must not repeat.
     """
-    changed = []
+    changed, count = [], 0
     constant_columns, constant_values = tuple(constant), list(constant.values())
     rows = sorted(rows, key=lambda row: row[0])  # concurrent writers on PostgreSQL lock rows in the same order
     for start in range(0, len(rows), 500):
         chunk = rows[start:start + 500]
         sql = _update_each_sql(database.param, table, key, constant_columns, tuple(columns), len(chunk), condition,
-                               tuple(returning))
-        params = [value for row in chunk for value in row] + constant_values + list(condition_params)
-        found = database.execute_sql(sql, params).fetchall()
+                               None if returning is None else tuple(returning))
+        values = [value for row in chunk for value in row]
+        if returning is None:  # the statement's placeholders in their order: SET, then FROM (the rows), then WHERE
+            count += database.execute_sql(sql, constant_values + values + list(condition_params)).rowcount
+            continue
+        found = database.execute_sql(sql, values + constant_values + list(condition_params)).fetchall()
         changed.extend(found if returning else (row[0] for row in found))
-    return changed
+    return count if returning is None else changed
 
 
 @functools.lru_cache(maxsize=512)
@@ -85,6 +90,14 @@ def _update_each_sql(param, table, key, constant_columns, columns, n_rows, condi
     names = ", ".join(["_k"] + [f"_{i}" for i in range(len(columns))])
     assignments = [f'"{column}" = {param}' for column in constant_columns]
     assignments += [f'"{column}" = "v"."_{i}"' for i, column in enumerate(columns)]
+    if returning is None:
+        # No RETURNING: the caller reads the row count, which Python's sqlite3 gives only for a statement that
+        # starts with UPDATE (a WITH ... UPDATE reads -1). The VALUES are a sub-select of the FROM instead, whose
+        # columns SQLite names column1, column2...
+        assignments[len(constant_columns):] = [f'"{column}" = "v"."column{i + 2}"'
+                                               for i, column in enumerate(columns)]
+        return (f'UPDATE "{table}" SET {", ".join(assignments)} FROM (VALUES {", ".join([row] * n_rows)}) AS "v" '
+                f'WHERE "{table}"."{key}" = "v"."column1" AND {condition}')
     return (f'WITH "v"({names}) AS (VALUES {", ".join([row] * n_rows)}) '
             f'UPDATE "{table}" SET {", ".join(assignments)} FROM "v" WHERE "{table}"."{key}" = "v"."_k" '
             f'AND {condition} RETURNING ' + ", ".join(f'"{table}"."{name}"' for name in (key,) + returning))

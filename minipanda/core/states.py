@@ -303,7 +303,7 @@ def _picked_update_sql(param, pick, columns, returning, postgres=True):
             f"AND (\"status\" || '') = {param} RETURNING {listed}")
 
 
-def change_each_job(groups, fields=None, now=None):
+def change_each_job(groups, fields=None, now=None, read=None):
     """Several conditional changes at once, each job with values of its own: the set-operation twin of
     :func:`change_job_status`, for the pilots' bulk updates.
 
@@ -313,6 +313,11 @@ def change_each_job(groups, fields=None, now=None):
             (column names; the values are plain ints and strings), one UPDATE per group. A job appears once.
         fields: column values {Job.field: value} written on every job changed.
         now: the time to stamp.
+        read: {panda_id: (task_id, computing_site)} of every job of ``groups``, read in ``source`` by the caller in
+            this same transaction. On SQLite (one writer at a time: no one else can have moved them since) the
+            UPDATEs then return no rows, each a step that lets go of the GIL with the writer's lock in hand: each
+            must change every job of its group, or RuntimeError (the transaction rolls back). PostgreSQL, or
+            without ``read``: what each UPDATE ... RETURNING gave.
 
     Returns:
         The set of panda_ids changed: what the conditional UPDATEs returned, so a job that another writer moved
@@ -321,6 +326,8 @@ def change_each_job(groups, fields=None, now=None):
     """
     now = now or utcnow()
     changed, logged = set(), []
+    database = models.Job._meta.database
+    counted = read is not None and not isinstance(database.obj, peewee.PostgresqlDatabase)
     with counts.bulk_jobs(sum(len(group[3]) for group in groups)) as moves:
         for source, target, columns, rows, reason in groups:
             source, target = JobStatus(source), JobStatus(target)
@@ -329,8 +336,13 @@ def change_each_job(groups, fields=None, now=None):
             values.update(fields or {})
             constant = {field.column_name: field.db_value(value) for field, value in values.items()}
             won = bulk.update_each(models.Job._meta.table_name, "panda_id", constant, columns, rows,
-                                   "(\"status\" || '') = %s" % models.Job._meta.database.param, [source.value],
-                                   returning=_COUNTED)
+                                   "(\"status\" || '') = %s" % database.param, [source.value],
+                                   returning=None if counted else _COUNTED)
+            if counted:
+                if won != len(rows):
+                    raise RuntimeError(f"a bulk update read {len(rows)} {source.value} jobs and changed {won} of "
+                                       "them in the same transaction")
+                won = [(row[0], *read[row[0]]) for row in rows]
             moves.add_rows([row[1:] for row in won], source.value, target.value, bulk.time_param(now))
             changed.update(row[0] for row in won)
             logged.extend((row[0], source.value, target.value, reason) for row in won)
