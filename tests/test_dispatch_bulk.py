@@ -202,6 +202,97 @@ def test_a_sqlite_claim_whose_jobs_changed_under_it_fails_whole(sqlite_database,
     assert sorted(job_owners(queue)[0]) == sorted(ids)
 
 
+def _files_as_stored(ids):
+    from minipanda.core import dispatch, jobspec, models
+
+    JobFile = models.JobFile
+    columns = [getattr(JobFile, "job" if c == "panda_id" else c) for c in jobspec.DEFINITION_FILE_COLUMNS]
+    out = {pid: [] for pid in ids}
+    for row in JobFile.select(*columns).where(JobFile.job.in_(ids)).order_by(JobFile.row_id).tuples():
+        out[row[1]].append(dispatch.FileRow._make(row))
+    return out
+
+
+def test_a_claims_files_on_sqlite_come_as_one_row_each_file_as_stored_in_its_order(database, monkeypatch):
+    """SQLite: a claim's files are read (after its COMMIT) as ONE row of JSON, not a row each (each row a step that
+    lets go of the GIL); PostgreSQL reads them as rows. Either way every job gets its own files, in the order they
+    were submitted, each value as stored: odd text, a 64-bit size, a NULL."""
+    from minipanda.core import db, dispatch, jobs, queues
+
+    queue = "CLAIM_FILES_ONE_ROW"
+    odd = 'a "quoted" \\ back\\slash, ünïcødé ✓, tab\t and\nnewline'
+    specs = [make_job(queue, jobName=f"files.{i}", Files=[
+        {"type": "input", "lfn": f"in.{i}.{k}.root", "scope": "s", "dataset": f"{odd} {i}", "fsize": 2 ** 62 + k,
+         "checksum": f"ad:{k:08x}", "guid": None if k == 1 else f"g-{i}-{k}"} for k in (3, 1, 2)]
+        + [{"type": "output", "lfn": f"out.{i}.root", "scope": "s", "destinationDBlock": odd},
+           {"type": "log", "lfn": f"log.{i}.tgz", "scope": "s"}]) for i in range(6)]
+    submitted = [row[0] for row in jobs.submit_jobs(specs, "tester", queue_ensurer=queues.ensure_queues)]
+    statements, execute = [], database.execute_sql
+
+    def recording(sql, params=None, *rest, **named):
+        statements.append(sql)
+        return execute(sql, params, *rest, **named)
+
+    monkeypatch.setattr(database, "execute_sql", recording)
+    claimed = dispatch.claim_jobs(offer(queue, 0, 6))
+    read = dispatch._load_files(submitted)
+    monkeypatch.undo()
+
+    reads = [sql for sql in statements if 'FROM "job_file"' in sql]
+    assert len(reads) == 2 and all(("json_group_array" in sql) != db.is_postgres() for sql in reads), reads
+    assert read == _files_as_stored(submitted)
+    assert [f.lfn for f in read[submitted[0]]] == ["in.0.3.root", "in.0.1.root", "in.0.2.root", "out.0.root",
+                                                   "log.0.tgz"]
+    assert read[submitted[0]][0].fsize == 2 ** 62 + 3 and read[submitted[0]][1].guid is None
+    by_id = {d["PandaID"]: d for d in claimed}
+    assert sorted(by_id) == sorted(submitted)
+    for i, pid in enumerate(submitted):
+        assert by_id[pid]["inFiles"] == f"in.{i}.3.root,in.{i}.1.root,in.{i}.2.root"
+        assert by_id[pid]["realDatasetsIn"].startswith(f"{odd} {i},")
+
+
+def test_a_claims_files_on_sqlite_keep_their_order_whatever_index_reads_them(sqlite_database):
+    """The files' JSON comes in the order SQLite reads them: through the (panda_id, type) index a job's log would
+    come before its outputs. The rows are put back in the order they were submitted (by row id) before the
+    definitions are built. (The index the reads usually take is dropped here to make SQLite use the other.)"""
+    from minipanda.core import dispatch, jobs, queues
+
+    queue = "CLAIM_FILES_ORDER"
+    specs = [make_job(queue, jobName=f"files.order.{i}", Files=[
+        {"type": "output", "lfn": f"out.{i}.root", "scope": "s"}, {"type": "log", "lfn": f"log.{i}.tgz", "scope": "s"},
+        {"type": "input", "lfn": f"in.{i}.root", "scope": "s"}]) for i in range(3)]
+    submitted = [row[0] for row in jobs.submit_jobs(specs, "tester", queue_ensurer=queues.ensure_queues)]
+    sqlite_database.execute_sql('DROP INDEX "job_file_panda_id"')
+    read = dispatch._load_files(submitted)
+    assert [f.lfn for f in read[submitted[0]]] == ["out.0.root", "log.0.tgz", "in.0.root"]
+    assert read == _files_as_stored(submitted)
+
+
+def test_a_claims_files_too_large_for_one_json_row_on_sqlite_come_row_by_row(sqlite_database):
+    """Files whose JSON together passes SQLite's string limit are read row by row instead: the claim still hands
+    out every job with its files. The limit is lowered on the connection to stand in for SQLite's 10**9."""
+    import sqlite3
+
+    from minipanda.core import dispatch, jobs, queues
+
+    database = sqlite_database
+    queue = "CLAIM_FILES_TOO_LARGE"
+    specs = [make_job(queue, jobName=f"files.large.{i}", Files=[
+        {"type": "input", "lfn": f"in.{i}.{k}.root", "scope": "s", "dataset": "\x01" * 5_000} for k in range(4)]
+        + [{"type": "log", "lfn": f"log.{i}.tgz", "scope": "s"}]) for i in range(10)]
+    submitted = [row[0] for row in jobs.submit_jobs(specs, "tester", queue_ensurer=queues.ensure_queues)]
+    connection = database.connection()
+    before = connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 200_000)  # the rows fit, their JSON (6 x) does not
+    try:
+        claimed = dispatch.claim_jobs(offer(queue, 0, 10))
+        read = dispatch._load_files(submitted)
+    finally:
+        connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, before)
+    assert read == _files_as_stored(submitted)
+    assert sorted(d["PandaID"] for d in claimed) == sorted(submitted)
+    assert all(d["inFiles"].count(".root") == 4 for d in claimed)
+
+
 def test_a_sqlite_claim_of_jobs_too_large_for_one_json_row_still_claims_them_each_with_its_own_text(
         sqlite_database):
     """Jobs whose JSON together passes SQLite's string limit (JSON writes a control character as six bytes) cannot be
@@ -225,3 +316,32 @@ def test_a_sqlite_claim_of_jobs_too_large_for_one_json_row_still_claims_them_eac
     assert {d["jobName"]: d["jobPars"] for d in claimed} == {f"large.{i}": f"{i}" + "\x01" * 30_000
                                                              for i in range(10)}
     assert {status for status, _ in job_owners(queue)[0].values()} == {"sent"}
+
+
+def test_a_getjob_reads_its_queue_once_for_its_labels_and_its_cores(database, monkeypatch):
+    """A getJob reads the queue's row once (each read a statement that lets go of the GIL) for both what it takes
+    from it: the labels the queue serves and the cores its pilots offer when they do not say."""
+    import json
+
+    from minipanda.api import handlers
+    from minipanda.core import jobs, models, queues
+    from minipanda.core.auth import Identity
+
+    queue = "GETJOB_QUEUE_ONCE"
+    small, user, wide = [row[0] for row in jobs.submit_jobs(
+        [make_job(queue, coreCount=4), make_job(queue, coreCount=1, prodSourceLabel="user"),
+         make_job(queue, coreCount=8)], "tester", queue_ensurer=queues.ensure_queues)]
+    models.Queue.update(queuedata=json.dumps({"corecount": 4, "prodsourcelabels": ["managed"]})).where(
+        models.Queue.name == queue).execute()
+    statements, execute = [], database.execute_sql
+
+    def recording(sql, params=None, *rest, **named):
+        statements.append(sql)
+        return execute(sql, params, *rest, **named)
+
+    monkeypatch.setattr(database, "execute_sql", recording)
+    definitions, _, _ = handlers.acquire_jobs({"computingElement": queue, "nJobs": 10, "prodSourceLabel": "managed",
+                                               "node": "n", "pilotID": "p"}, Identity("admin", "admin"))
+    monkeypatch.undo()
+    assert [d["PandaID"] for d in definitions] == [small]  # 4 cores from the queue; the user job is not served
+    assert len([sql for sql in statements if 'FROM "queue"' in sql]) == 1, statements

@@ -58,13 +58,14 @@ def acquire_jobs(params, identity):
         raise AuthError(refusal, 403)
     cores = params.get("coreCount")
     pilot_label = params.get("prodSourceLabel") or "managed"
-    labels, why_none = policy.claimable_labels(pilot_label, *queues.served_labels(queue))
+    served, queue_cores = queues.offer_rules(queue)
+    labels, why_none = policy.claimable_labels(pilot_label, *served)
     if not labels:
         return [], params.get("nJobs") not in (None, ""), f"queue {queue} is {why_none}" if why_none == "offline" \
             else f"no jobs for this pilot on queue {queue}: {why_none}"
     offer = dispatch.Offer(labels=tuple(labels),
         queue=queue, prod_source_label=pilot_label,
-        cores=cores if cores is not None else queues.queue_corecount(queue),
+        cores=cores if cores is not None else queue_cores,
         memory_mb=params.get("mem"), disk_mb=params.get("diskSpace"), walltime_s=params.get("remainingTime"),
         n_jobs=params.get("nJobs") or 1, node=params.get("node"), pilot_id=params.get("pilotID"),
         batch_id=params.get("batchID"), harvester_id=harvester_id, worker_id=worker_id)

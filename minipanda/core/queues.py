@@ -86,10 +86,8 @@ def all_queuedata():
     return {row.name: json.loads(row.queuedata) for row in models.Queue.select().order_by(models.Queue.name)}
 
 
-def queue_corecount(name):
-    """The cores a pilot of this queue offers, used when the pilot does not say."""
-    row = _queue_row(name)
-    data = row[1] if row else None
+def _corecount(data):
+    """The cores a pilot of a queue (its queuedata) offers, used when the pilot does not say."""
     try:
         return int(data.get("corecount") or 1) if data else None
     except (TypeError, ValueError):
@@ -172,3 +170,11 @@ def served_labels(name):
     """
     rules = dispatch_rules(name)
     return policy.served_labels(*(rules if rules else ("online", None)))
+
+
+def offer_rules(name):
+    """(:func:`served_labels`, the cores its pilots offer when they do not say) of a queue from ONE read of its
+    row: a getJob needs both (each read a statement that lets go of the GIL and waits to win it back)."""
+    row = _queue_row(name)
+    rules = (row[0], policy.queue_job_labels(row[1].get("prodsourcelabels"))) if row else ("online", None)
+    return policy.served_labels(*rules), _corecount(row[1] if row else None)
