@@ -55,10 +55,11 @@ def main(argv=None):
     """Run the command; returns the exit status."""
     args = build_parser().parse_args(argv)
     from queueconfig.loader import load  # the schema (pydantic): once a command needs it, not for --help
-    from queueconfig.schema import Queue
 
     if args.command == "schema":
-        print(json.dumps(Queue.model_json_schema(), indent=2))
+        from queueconfig.jsonschema import json_schema
+
+        print(json.dumps(json_schema(), indent=2))
         return 0
     try:
         config = load(args.file)

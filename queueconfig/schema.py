@@ -19,10 +19,10 @@ Label = Literal["managed", "user", "test", "ptest", "rc_test", "rc_test2", "rc_a
 
 
 class Section(BaseModel):
-    """Base of every section: immutable, unknown keys refused, attribute docstrings become descriptions."""
+    """Base of every section: immutable, unknown keys refused. The docstring under each attribute describes its key
+    in the JSON Schema (queueconfig.jsonschema reads them when the schema is asked for, not at every import)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True,
-                              use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
 
 
 class Resources(Section):
