@@ -5,9 +5,9 @@ from minipanda.core import bulk, jobs, models
 
 def test_submission_writes_jobs_and_files_in_a_few_statements(database, monkeypatch):
     calls = []
-    real = bulk.insert_rows
-    monkeypatch.setattr(bulk, "insert_rows", lambda table, columns, rows: calls.append((table, len(rows))) or
-                        real(table, columns, rows))
+    real = bulk.insert_columns
+    monkeypatch.setattr(bulk, "insert_columns", lambda table, n, varying, shared: calls.append((table, n)) or
+                        real(table, n, varying, shared))
     specs = [make_job(jobName="" if i % 2 else f"named.{i}", Files=[
         {"type": "input", "lfn": f"in.{i}", "scope": "s", "dataset": "d"},
         {"type": "log", "lfn": f"log.{i}.tgz", "scope": "s"}]) for i in range(50)]

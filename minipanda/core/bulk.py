@@ -5,7 +5,7 @@ model layer cost more than the rest of the request.
 """
 import datetime
 import functools
-import operator
+import itertools
 
 import peewee
 from minipanda.core.db import database, is_postgres
@@ -111,36 +111,85 @@ def time_param(value):
     return value.isoformat(" ")
 
 
-def insert_model_rows(model, rows):
-    """Insert dicts keyed by ``model``'s field names in one multi-row statement: a field a row does not give gets
-    the field's default (None when it has none), every value goes through the field's ``db_value``.
+def insert_model_columns(model, n, columns):
+    """Insert ``n`` rows of ``model`` given column by column: {field name: the list of its ``n`` values}. A field
+    with a default that is not given gets it in every row (peewee's defaults live in Python, not in the table).
 
-    Column by column: a column whose values are all of the type its field stores as it is (ints for an integer
-    field, strs for a text field, ...) is passed unchanged, the others through ``db_value``; a db_value call per
-    value cost more than the INSERT for the ~40 columns of a job."""
-    if not rows:
+    Every value is the field's ``db_value``: a column whose values are all of the type its field stores as it is
+    (ints for an integer field, strs for a text field, ...) is passed unchanged, the others through ``db_value``
+    (a db_value call per value cost more than the INSERT for the ~40 columns of a job). A column whose values are
+    all the same is bound once per statement (:func:`insert_columns`)."""
+    if not n:
         return
     fields = model._meta.fields
-    given = set().union(*rows)
-    unknown = sorted(given - set(fields))
+    unknown = sorted(set(columns) - set(fields))
     if unknown:
         raise KeyError(f"{model.__name__}: no field {', '.join(unknown)}")
-    # peewee's defaults live in Python, not in the table: every field with one is written
-    names = sorted(given | {name for name, field in fields.items() if field.default is not None})
-    defaults = {}
-    for name in names:
-        default = fields[name].default
-        defaults[name] = default() if callable(default) else default
-    getter = operator.itemgetter(*names) if len(names) > 1 else (lambda row: (row[names[0]],))
-    columns = list(zip(*[getter({**defaults, **row}) for row in rows]))
-    for index, name in enumerate(names):
-        kept = _stored_as_is(fields[name])
-        if kept is None or not set(map(type, columns[index])) <= {kept, type(None)}:
-            columns[index] = list(map(fields[name].db_value, columns[index]))
-        if kept is datetime.datetime and not is_postgres():  # sqlite3 adapts each datetime in Python
-            formatted = {value: time_param(value) for value in set(columns[index]) if value is not None}
-            columns[index] = list(map(formatted.get, columns[index]))
-    insert_rows(model._meta.table_name, [fields[name].column_name for name in names], list(zip(*columns)))
+    varying, shared = {}, {}
+    for name, field in fields.items():
+        if name in columns:
+            values = _db_values(field, columns[name])
+            if len(values) != n:
+                raise ValueError(f"{model.__name__}.{name}: {len(values)} values for {n} rows")
+        elif field.default is not None:
+            default = field.default
+            values = _db_values(field, [default() if callable(default) else default])
+        else:
+            continue
+        if values.count(values[0]) == len(values):
+            shared[field.column_name] = values[0]
+        else:
+            varying[field.column_name] = values
+    insert_columns(model._meta.table_name, n, varying, shared)
+
+
+def _db_values(field, values):
+    kept = _stored_as_is(field)
+    if kept is None or not set(map(type, values)) <= {kept, type(None)}:
+        values = list(map(field.db_value, values))
+    if kept is datetime.datetime and not is_postgres():  # sqlite3 adapts each datetime in Python
+        formatted = {value: time_param(value) for value in set(values) if value is not None}
+        values = list(map(formatted.get, values))
+    return values
+
+
+# Bound values per statement at most: SQLite's own limit is 32,766 unless a build lowers or raises it.
+MAX_PARAMS = 30000
+
+
+def insert_columns(table, n, varying, shared):
+    """Insert ``n`` rows into ``table``: ``varying`` {column: its n values} and ``shared`` {column: the one value
+    of every row}. On SQLite the shared values are bound once per statement, the rows being a VALUES list of the
+    varying ones (``WITH v AS (VALUES ...) INSERT ... SELECT``, in their order): bound once per row, a job's ~25
+    values cost more than SQLite's own work for it. PostgreSQL gets whole rows (:func:`insert_rows`)."""
+    if not n:
+        return
+    varying, shared = dict(varying), dict(shared)
+    if not varying:  # every column the same in every row (a single row)
+        name = next(iter(shared))
+        varying[name] = [shared.pop(name)] * n
+    if is_postgres():
+        rows = list(zip(*varying.values(), *(itertools.repeat(value, n) for value in shared.values())))
+        insert_rows(table, list(varying) + list(shared), rows)
+        return
+    width = len(varying)
+    flat = list(itertools.chain.from_iterable(zip(*varying.values())))
+    tail = list(shared.values())
+    per = max(1, min(1000, (MAX_PARAMS - len(tail)) // width))
+    for start in range(0, n, per):
+        rows = min(per, n - start)
+        database.execute_sql(_insert_columns_sql(database.param, table, tuple(varying), tuple(shared), rows),
+                             flat[start * width:(start + rows) * width] + tail)
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_columns_sql(param, table, varying, shared, n_rows):
+    # the VALUES list's columns are named _0, _1, ... so that they never shadow the table's own
+    names = [f'"_{i}"' for i in range(len(varying))]
+    row = "(%s)" % ", ".join([param] * len(varying))
+    columns = ", ".join('"%s"' % column for column in varying + shared)
+    return (f'WITH "v"({", ".join(names)}) AS (VALUES {", ".join([row] * n_rows)}) '
+            f'INSERT INTO "{table}" ({columns}) SELECT {", ".join(names + [param] * len(shared))} FROM "v"')
 
 
 def _stored_as_is(field):

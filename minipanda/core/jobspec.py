@@ -78,6 +78,7 @@ COLUMNS = {
 SERVER_OWNED = {"PandaID", "jobStatus", "creationTime", "modificationTime", "stateChangeTime", "startTime", "endTime",
                 "pilotID", "batchID", "modificationHost", "commandToPilot", "prodUserName"}
 FILE_TYPES = {"input", "output", "log", "pseudo_input"}
+NOT_NEGATIVE = ("coreCount", "minRamCount", "maxWalltime", "maxDiskCount", "maxCpuCount", "maxAttempt", "attemptNr")
 
 
 def is_null(value):
@@ -113,8 +114,8 @@ def column_maximum(column):
     return INT64_MAX if field is None or isinstance(field, peewee.BigIntegerField) else INT32_MAX
 
 
-_INT_COLUMN_MAXIMUM = {column: column_maximum(column) for column, kind in COLUMNS.values() if kind is int}
-_STR_COLUMN_LIMIT = {column: models.Job._meta.columns[column].max_length for column, kind in COLUMNS.values()
+INT_COLUMN_MAXIMUM = {column: column_maximum(column) for column, kind in COLUMNS.values() if kind is int}
+STR_COLUMN_LIMIT = {column: models.Job._meta.columns[column].max_length for column, kind in COLUMNS.values()
                      if kind is str and getattr(models.Job._meta.columns[column], "max_length", None)}
 
 
@@ -184,11 +185,11 @@ def parse_submitted(spec, where):
         if kind is int:
             number = value if type(value) is int and -INT32_MAX <= value <= INT32_MAX else None  # most of them
             columns[column] = number if number is not None else to_int(value, f"{where}.{name}", errors,
-                                                                        _INT_COLUMN_MAXIMUM[column])
+                                                                        INT_COLUMN_MAXIMUM[column])
         elif kind is str:
             value = str(value)
-            if len(value) > _STR_COLUMN_LIMIT.get(column, len(value)):  # PostgreSQL refuses it, failing every job
-                errors.append(f"{where}.{name}: at most {_STR_COLUMN_LIMIT[column]} characters, got {len(value)}")
+            if len(value) > STR_COLUMN_LIMIT.get(column, len(value)):  # PostgreSQL refuses it, failing every job
+                errors.append(f"{where}.{name}: at most {STR_COLUMN_LIMIT[column]} characters, got {len(value)}")
             columns[column] = value
     if "jobPars" in spec and "job_pars" not in columns and not is_null(spec["jobPars"]):
         columns["job_pars"] = str(spec["jobPars"])
@@ -198,7 +199,7 @@ def parse_submitted(spec, where):
     if not columns.get("transformation"):
         errors.append(f"{where}.transformation: required; the program or script URL the pilot runs")
     # attemptNr is kept as submitted: a client that resubmits a job echoes it in its updates.
-    for name in ("coreCount", "minRamCount", "maxWalltime", "maxDiskCount", "maxCpuCount", "maxAttempt", "attemptNr"):
+    for name in NOT_NEGATIVE:
         col = COLUMNS[name][0]
         if columns.get(col) is not None and columns[col] < 0:
             errors.append(f"{where}.{name}: must not be negative, got {columns[col]}")
