@@ -127,7 +127,7 @@ def child(args):
 
     logging.disable(logging.CRITICAL)
     from minipanda.core import auth, filestore
-    from minipanda.server import http, process
+    from minipanda.server import bridge, http, process
 
     home = tempfile.mkdtemp(prefix="bench-file-transfer-")
     server = None
@@ -145,7 +145,7 @@ def child(args):
             store.put("bench.in", f"in.{n:06d}.dat", io.BytesIO(content), size, size)
             checksums.append(f"ad:{zlib.adler32(content) & 0xffffffff:08x}")
         server = http.HttpServer.bind("127.0.0.1", 0)
-        server.body_limit = context.max_body + http.BODY_SLACK
+        server.body_limit = context.max_body + bridge.BODY_SLACK
         server.start(app, threads=8)
         url = f"http://127.0.0.1:{server.effective_port}"
         panda_ids = dispatched(url, args.files, home, token_file)

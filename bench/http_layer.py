@@ -99,7 +99,8 @@ def one_round(module, requests, clients):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--baseline", metavar="REV", help="also measure that commit's minipanda/server/http.py")
+    p.add_argument("--baseline", metavar="REV", help="also measure that commit's minipanda/server/http.py (and the "
+                   "modules it imports from its tree: bridge.py, requestthreads.py)")
     p.add_argument("--requests", type=int, default=6000, help="requests per round (default 6,000)")
     p.add_argument("--clients", type=int, default=6, help="keep-alive client connections (default 6)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per side, alternating (default 3)")
@@ -116,7 +117,9 @@ def main(argv=None):
         child = subprocess.run([sys.executable, os.path.abspath(__file__), "--one",
                                 os.path.join(tree, "minipanda", "server", "http.py"), "--requests",
                                 str(args.requests), "--clients", str(args.clients)], capture_output=True,
-                               text=True, timeout=900, check=True)
+                               text=True, timeout=900, check=True, env=dict(
+                                   os.environ, PYTHONPATH=os.pathsep.join(
+                                       [tree] + [path for path in [os.environ.get("PYTHONPATH")] if path])))
         rate, micro = json.loads(child.stdout.strip().splitlines()[-1])
         print(f"  {label}: {rate:.0f} requests/s, server {micro['server, all']:.0f} us CPU per request", flush=True)
         return rate, micro

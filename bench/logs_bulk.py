@@ -90,7 +90,7 @@ def round_(args, number):
     logging.disable(logging.CRITICAL)
     sys.path.insert(0, ROOT)
     from minipanda.core import auth, models
-    from minipanda.server import http, process
+    from minipanda.server import bridge, http, process
 
     home = tempfile.mkdtemp(prefix="bench-logs-bulk-home-")
     server = None
@@ -101,7 +101,7 @@ def round_(args, number):
         with open(token_file, "w") as handle:
             handle.write(token)
         server = http.HttpServer.bind("127.0.0.1", 0)
-        server.body_limit = context.max_body + http.BODY_SLACK
+        server.body_limit = context.max_body + bridge.BODY_SLACK
         server.start(app, threads=8)
         url = f"http://127.0.0.1:{server.effective_port}"
         admin = auth.create_token(auth.load_secret(home), "bench-admin", "admin")[0]

@@ -213,7 +213,7 @@ def raw_put(server, path, declared, sent, token=None):
 
 
 def test_a_large_body_cut_short_is_refused_and_nothing_kept(sqlite_server):
-    """A body read whole (from 64 KB up to 1 MB, minipanda.server.http) that ends before its Content-Length: 400,
+    """A body read whole (from 64 KB up to 1 MB, minipanda.server.bridge) that ends before its Content-Length: 400,
     never stored as if it were the whole file."""
     server = sqlite_server
     conn = raw_put(server, "/files/sc/cut.dat", 300_000, 150_000)

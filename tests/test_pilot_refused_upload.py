@@ -1,7 +1,7 @@
 """A large upload refused before its body is received (minipanda.server.unreceived) reaches the pilot as that
 refusal, over TLS as over plain HTTP, every time: real ``minipanda serve`` processes on loopback, the pilot's own
 client (pilot.comm.ServerClient.upload). The server reads the unread body away after its answer (a lingering close,
-minipanda.server.http RsgiBridge.linger), and the pilot reads the answer after its send failed
+minipanda.server.bridge RsgiBridge.linger), and the pilot reads the answer after its send failed
 (pilot.httpclient._early_answer) when the server cut the body off."""
 import zlib
 

@@ -1,5 +1,5 @@
 """A large request body (over BODY_IN_MEMORY: a file upload) is received only once the app reads it
-(minipanda/server/http.py, _DeferredBody): a request refused on its headers is answered while its body has not been
+(minipanda/server/bridge.py, RsgiBridge): a request refused on its headers is answered while its body has not been
 sent, and nothing of it is spooled or stored; an admitted one is received with the same limit and deadline as any
 body, and the app runs again with it (one access-log line). Real ``minipanda serve`` processes and raw sockets on
 loopback."""
@@ -13,7 +13,7 @@ import requests
 from conftest import ProcessServer
 
 from minipanda.core import schema
-from minipanda.server.http import BODY_IN_MEMORY
+from minipanda.server.bridge import BODY_IN_MEMORY
 
 DECLARED = 50 << 20  # declared, never sent whole: the server must answer without it
 

@@ -1,6 +1,6 @@
 """An answer sent before a request's body is received (a refused upload) reaches a client that sends its whole body
 before it reads, over TLS as over plain HTTP: the server reads the unread body away after answering (a lingering
-close, minipanda.server.http RsgiBridge.linger) instead of resetting the connection with it unread. Bounded: a client
+close, minipanda.server.bridge RsgiBridge.linger) instead of resetting the connection with it unread. Bounded: a client
 that goes on sending, fast or slowly, or stops, is cut off, and no request thread waits on it. granian in this
 process on loopback (its bounds set small per test), raw sockets as clients."""
 import json
@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from minipanda.server.http import BODY_IN_MEMORY, HttpServer
+from minipanda.server.bridge import BODY_IN_MEMORY
+from minipanda.server.http import HttpServer
 
 BODY = 8 << 20  # over BODY_IN_MEMORY: judged on its headers before it is received
 

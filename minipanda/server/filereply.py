@@ -3,7 +3,7 @@ and a request thread: a small one as bytes read from the handle the app opened, 
 ``response_file``: read and written by granian's Rust threads).
 
 The WSGI app hands such a file over the standard way: bottle's ``static_file`` opens it and, seeing
-``wsgi.file_wrapper`` in the environ, returns ``FileReply(handle)``. The bridge (minipanda.server.http) takes a file
+``wsgi.file_wrapper`` in the environ, returns ``FileReply(handle)``. The bridge (minipanda.server.bridge) takes a file
 of at most WHOLE bytes from that handle (:func:`whole_content`); for a larger one it asks
 :meth:`FileReply.sendable_path` for the path to give granian; the answer is None, and the reply is sent by blocks as
 any other iterable, unless the handle is a regular file read from its start whose path still names that same file

@@ -13,7 +13,7 @@ import time
 from minipanda.api.app import ServerContext, is_loopback, make_app
 from minipanda.core import auth, db, queues, schema
 from minipanda.errors import ConfigError, ServerLocked
-from minipanda.server import http
+from minipanda.server import bridge, http
 from minipanda.server.daemon import DutyRunner, LeaderLock
 from minipanda.server.home import DEFAULT_HOST, DEFAULT_PORT
 from queueconfig.service import Notifier
@@ -111,7 +111,7 @@ class AccessLog:
         try:
             return self.app(environ, recording_start_response)
         finally:
-            # a first run without its body (minipanda.server.http) that read it: the run with the body logs
+            # a first run without its body (minipanda.server.bridge) that read it: the run with the body logs
             if not getattr(environ.get("wsgi.input"), "wanted", False):
                 args = (environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), seen.get("status", "-"),
                         (time.perf_counter() - started) * 1000, environ.get("REMOTE_ADDR", "-"))
@@ -231,7 +231,7 @@ def raise_open_files_limit():
 
 def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="token", threads=8, max_body_mb=64,
           queues_file=None, reload_period=10.0, ready=None, settings=None, tls_cert=None, tls_key=None, workers=1,
-          leader_retry=10.0, body_timeout=http.BODY_TIMEOUT, server_names=()):
+          leader_retry=10.0, body_timeout=bridge.BODY_TIMEOUT, server_names=()):
     """Run until SIGTERM/SIGINT (or ``ready``'s server's ``request_stop()``); returns when the server has stopped.
 
     ``ready(server)``, when given, is called once requests are answered: ``server.effective_port`` is the port,
@@ -266,7 +266,7 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
         server.stop()
         lock.close()
         raise
-    server.body_timeout, server.body_limit = body_timeout, context.max_body + http.BODY_SLACK
+    server.body_timeout, server.body_limit = body_timeout, context.max_body + bridge.BODY_SLACK
     leader = LeaderLock(db_url, retry=leader_retry) if is_postgres(db_url) else None
     runner = DutyRunner(gate=leader.held if leader is not None else None)
     context.wake = runner.wake

@@ -1,4 +1,4 @@
-"""A large request body not received yet: the app runs first without it (minipanda.server.http).
+"""A large request body not received yet: the app runs first without it (minipanda.server.bridge).
 
 A body declared over the bridge's in-memory size (a file upload) waits while the app judges the request on its
 headers: a request it refuses (no or a bad token, a file the token may not write, a name already stored) is
