@@ -96,3 +96,37 @@ def test_the_server_starts_without_the_monitor_pages_template_engine(tmp_path):
     modules = set(proc.stdout.split("MODULES ", 1)[1].split()) if "MODULES " in proc.stdout else set()
     assert "minipanda.api.monitor" in modules, proc.stderr[-2000:]  # the routes are there, their pages are not
     assert loaded(modules, ["jinja2", "minipanda.monitor.pages"]) == []
+
+
+OTHER_COMMANDS = ["minipanda.cli.tasks", "minipanda.cli.queues", "minipanda.cli.harvester", "minipanda.cli.service"]
+
+
+@pytest.mark.parametrize("argv, unwanted", [
+    (["minipanda", "testbed", "--help"], OTHER_COMMANDS),
+    (["minipanda", "serve", "--help"], OTHER_COMMANDS + ["testbed"]),
+    (["minipanda", "job", "list", "--url", "http://127.0.0.1:1"], OTHER_COMMANDS + ["testbed"]),
+])
+def test_a_command_builds_only_its_own_parser(tmp_path, argv, unwanted):
+    """The other commands' parsers (and the modules adding them) were ~10-20 ms of CPU at every command's start."""
+    modules = imported_by(tmp_path, *argv)
+    assert "argparse" in modules
+    assert loaded(modules, unwanted) == []
+
+
+def test_the_command_table_names_every_command():
+    """minipanda.cli.commands.COMMANDS says which function adds which command: a name missing there would still run
+    (the whole parser is built for a name it does not know), but at the whole parser's cost."""
+    import argparse
+
+    from minipanda.cli import commands
+
+    def names(parser):
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return list(action.choices)
+
+    assert names(commands.build_parser()) == [name for names_, _ in commands.COMMANDS for name in names_]
+    for names_, _ in commands.COMMANDS:
+        for name in names_:
+            assert commands.command_named([name, "--help"]) == name
+            assert set(names(commands.build_parser(only=name))) == set(names_)
+    assert commands.command_named(["--help"]) is None and commands.command_named(["tesbed"]) is None
