@@ -5,7 +5,7 @@ import random
 import pytest
 from conftest import make_job
 from minipanda.core import jobcolumns, jobs, jobspec, models
-from minipanda.errors import SpecError
+from minipanda.errors import RequestError, SpecError
 
 
 def one_by_one(specs):
@@ -49,10 +49,10 @@ KEYS = {
 }
 LFNS = ["log.tgz", "in.1", "-x", "..", ".hidden", "a/b", "a,b", "x" * 256, "", 5, None, "a b"]
 FILE_KEYS = {
-    "lfn": LFNS, "type": ["input", "output", "log", "pseudo_input", "weird", "", None, 3],
-    "scope": ["s", "user.alice", "..", "a/b", "", "NULL", None, 5], "GUID": ["G-1", "", "NULL", None, 7],
-    "guid": ["g-2", None], "dataset": ["ds", "", None, 3], "destinationDBlock": ["db", None, ""],
-    "checksum": ["ad:00000001", None, "NULL"], "fsize": [0, 10, -1, "10", 2 ** 63, 1.5, None, True],
+    "lfn": LFNS, "type": ["input", "output", "log", "pseudo_input", "weird", "", None, 3, ["log"], {"a": 1}],
+    "scope": ["s", "user.alice", "..", "a/b", "", "NULL", None, 5], "GUID": ["G-1", "", "NULL", None, 7, "g" * 64, "g" * 65],
+    "guid": ["g-2", None, "g" * 65], "dataset": ["ds", "", None, 3, "d" * 256, "d" * 257],
+    "destinationDBlock": ["db", None, "", "b" * 257], "checksum": ["ad:00000001", None, "NULL", "c" * 65], "fsize": [0, 10, -1, "10", 2 ** 63, 1.5, None, True],
     "md5sum": ["x", None],
 }
 
@@ -115,6 +115,8 @@ def test_checked_column_by_column_the_specs_give_what_parse_submitted_gives_each
     ({"Files": [{"type": "weird", "lfn": "a"}]}, "jobs[1].Files[0].type"),
     ({"Files": [{"type": "log", "lfn": "a", "fsize": "many"}]}, "jobs[1].Files[0].fsize: expected an integer"),
     ({"cloud": ["WORLD"]}, "jobs[1].cloud: expected a plain value"),
+    ({"Files": [{"type": ["log"], "lfn": "a"}]}, "jobs[1].Files[0].type: expected one of"),
+    ({"Files": [{"type": "log", "lfn": "a", "checksum": "c" * 65}]}, "jobs[1].Files[0].checksum: at most 64"),
 ])
 def test_a_bad_value_in_a_regular_batch_is_refused_naming_its_job_and_field(bad, message):
     """The batch's other jobs share the bad one's keys: the group is checked column by column, finds a value it
@@ -172,3 +174,16 @@ def test_jobs_that_leave_out_a_column_get_its_default_and_each_files_order_is_ke
                                                              ("log.699", "defined")]
     assert files[ids[1398]][0].guid == "G699" and len({f.guid for f in files[ids[1398]]}) == 3
     assert [f.lfn for f in files[ids[1399]]] == ["x.699"] and files[ids[1399]][0].guid
+
+
+@pytest.mark.parametrize("key, limit", [("GUID", 64), ("guid", 64), ("dataset", 256), ("destinationDBlock", 256),
+                                        ("checksum", 64)])
+def test_a_file_text_longer_than_its_column_is_refused_by_name_and_nothing_is_written(database, key, limit):
+    """PostgreSQL refused such a value with a database error that failed the whole submission as a 500."""
+    specs = [make_job(Files=[{"type": "log", "lfn": f"log.{i}", key: "x" * limit}]) for i in range(3)]
+    specs[1]["Files"][0][key] = "x" * (limit + 1)
+    with pytest.raises(RequestError, match=rf"jobs\[1\]\.Files\[0\]\.{key}: at most {limit} characters"):
+        jobs.submit_jobs(specs, "alice")
+    assert models.Job.select().count() == 0 and models.JobFile.select().count() == 0
+    jobs.submit_jobs(specs[:1], "alice")  # the longest a column holds is stored
+    assert models.JobFile.select().count() == 1

@@ -169,11 +169,13 @@ def _file_columns(keys, entries):
     def values_of(key):
         return list(map(operator.itemgetter(key), entries))
 
-    def text_or_none(key):  # an optional text: absent, or a non-empty str in every entry
+    def text_or_none(key, limit=None):  # an optional text: absent, or a non-empty str in every entry
         if key not in keys:
             return absent
         values = values_of(key)
-        return values if set(map(type, values)) == {str} and not _has_null_text(values) else None
+        if set(map(type, values)) != {str} or _has_null_text(values):
+            return None
+        return None if limit is not None and max(map(len, values)) > limit else values
 
     if "lfn" not in keys or "type" not in keys:
         return None
@@ -183,13 +185,13 @@ def _file_columns(keys, entries):
     if set(map(type, lfns)) != {str} or not all(map(jobspec.LFN.match, lfns)) or \
             set(map(type, types)) != {str} or not set(types) <= jobspec.FILE_TYPES:
         return None
-    columns = {"type": types, "lfn": lfns,
-               "guid": text_or_none("GUID" if "GUID" in keys else "guid"), "scope": text_or_none("scope")}
+    columns = {"type": types, "lfn": lfns, "scope": text_or_none("scope"),
+               "guid": text_or_none("GUID" if "GUID" in keys else "guid", jobspec.FILE_TEXT_LIMIT["guid"])}
     if columns["scope"] is None or columns["scope"] is not absent and not all(map(jobspec.SAFE_SCOPE.match,
                                                                                    columns["scope"])):
         return None
     for column, key in _FILE_TEXTS:
-        columns[column] = text_or_none(key)
+        columns[column] = text_or_none(key, jobspec.FILE_TEXT_LIMIT[column])
     fsizes = absent
     if "fsize" in keys:
         fsizes = values_of("fsize")

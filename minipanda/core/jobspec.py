@@ -138,6 +138,12 @@ def positional_to_dict(values, where):
     return spec
 
 
+# A file's optional texts: JobFile column -> the spec's key, and the column's length (scope's pattern has its own)
+FILE_TEXT_KEYS = {"guid": "GUID", "dataset": "dataset", "destination_dblock": "destinationDBlock",
+                  "checksum": "checksum"}
+FILE_TEXT_LIMIT = {column: models.JobFile._meta.columns[column].max_length for column in FILE_TEXT_KEYS}
+
+
 def parse_file(entry, where, errors):
     """Validate one file of a submitted spec; return JobFile column values."""
     if not isinstance(entry, dict):
@@ -147,14 +153,14 @@ def parse_file(entry, where, errors):
     if not isinstance(lfn, str) or not LFN.match(lfn) or lfn.strip(".") == "":
         errors.append(f"{where}.lfn: expected a plain file name (letters, digits, '._-', no leading dot, at "
                       f"most 255 characters), got {str(lfn)[:80]!r}")
-    if ftype not in FILE_TYPES:
+    if not isinstance(ftype, str) or ftype not in FILE_TYPES:  # a list or an object is no type (nor hashable)
         errors.append(f"{where}.type: expected one of {sorted(FILE_TYPES)}, got {ftype!r}")
     scope = entry.get("scope")
     if not is_null(scope) and not (isinstance(scope, str) and SAFE_SCOPE.match(scope)):
         errors.append(f"{where}.scope: expected letters, digits, '.', '_' or '-' (it becomes a directory name), "
                       f"got {scope!r}")
     guid = entry.get("GUID", entry.get("guid"))
-    return {
+    row = {
         "type": ftype, "lfn": lfn, "guid": None if is_null(guid) else str(guid),
         "scope": None if is_null(entry.get("scope")) else str(entry["scope"]),
         "dataset": None if is_null(entry.get("dataset")) else str(entry["dataset"]),
@@ -162,6 +168,11 @@ def parse_file(entry, where, errors):
         "fsize": to_int(entry.get("fsize"), f"{where}.fsize", errors),
         "checksum": None if is_null(entry.get("checksum")) else str(entry["checksum"]),
     }
+    for column, limit in FILE_TEXT_LIMIT.items():  # PostgreSQL refuses a longer one, failing every job
+        if row[column] is not None and len(row[column]) > limit:
+            key = ("GUID" if "GUID" in entry else "guid") if column == "guid" else FILE_TEXT_KEYS[column]
+            errors.append(f"{where}.{key}: at most {limit} characters, got {len(row[column])}")
+    return row
 
 
 def parse_submitted(spec, where):
