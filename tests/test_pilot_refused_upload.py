@@ -61,7 +61,16 @@ def big_file(tmp_path, size=SIZE):
     return str(path), f"{zlib.adler32(bytes(size)):08x}"
 
 
-def refusal(server, token, path, adler, target):
+def token_file(server, tmp_path, role, name):
+    """The path of a file holding a new ``role`` token of ``server``, as harvester hands a pilot its token."""
+    path = tmp_path / f"{role}.{name}.token"
+    path.write_text(server.token(role, name))
+    return str(path)
+
+
+def refusal(server, token, target, tmp_path):
+    """The CommError of the pilot's upload of a 40 MiB file to ``target`` with ``token`` (a token file or None)."""
+    path, adler = big_file(tmp_path)
     with pytest.raises(CommError) as refused:
         ServerClient(server.url, token, 30).upload(path, target, adler)
     return refused.value
@@ -69,32 +78,27 @@ def refusal(server, token, path, adler, target):
 
 def test_a_refused_large_upload_reaches_the_pilot_as_its_refusal_every_time(start, tmp_path):
     server = start()
-    path, adler = big_file(tmp_path)
-    token = tmp_path / "user.token"
-    token.write_text(server.token("user", "dave"))
+    user = token_file(server, tmp_path, "user", "dave")
     for _ in range(TRIES):
-        refused = refusal(server, str(token), path, adler, "/files/user.carol/big.dat")
-        assert refused.status == 403 and "user.carol" in str(refused), refused
-        refused = refusal(server, None, path, adler, "/files/user.carol/big.dat")
-        assert refused.status == 401 and "Authorization" in str(refused), refused
+        refused = refusal(server, user, "/files/user.carol/big.dat", tmp_path)
+        assert refused.status == 403 and "may not do this" in refused.reply["message"], refused
+        refused = refusal(server, None, "/files/user.carol/big.dat", tmp_path)
+        assert refused.status == 401 and "Authorization" in refused.reply["message"], refused
 
 
 def test_an_upload_over_the_limit_reaches_the_pilot_as_413_every_time(start, tmp_path):
     """Declared over the server's limit (--max-body-mb 8): refused on its Content-Length; the server throws away at
     most the limit's worth of it and resets the connection, while the pilot still sends: the pilot reads the 413."""
     server = start("--max-body-mb", "8")
-    path, adler = big_file(tmp_path)
-    token = tmp_path / "user.token"
-    token.write_text(server.token("user", "dave"))
+    production = token_file(server, tmp_path, "production", "prod")
     for _ in range(TRIES):
-        refused = refusal(server, str(token), path, adler, "/files/user.dave/big.dat")
-        assert refused.status == 413 and "limit" in str(refused), refused
+        refused = refusal(server, production, "/files/data/big.dat", tmp_path)
+        assert refused.status == 413 and "limit" in refused.reply["message"], refused
 
 
 def test_an_admitted_large_upload_is_stored(start, tmp_path):
     server = start()
     path, adler = big_file(tmp_path)
-    token = tmp_path / "production.token"
-    token.write_text(server.token("production", "prod"))
-    stored = ServerClient(server.url, str(token), 60).upload(path, "/files/data/big.dat", adler)
+    production = token_file(server, tmp_path, "production", "prod")
+    stored = ServerClient(server.url, production, 60).upload(path, "/files/data/big.dat", adler)
     assert stored["fsize"] == SIZE and stored["adler32"] == adler, stored
