@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
+import zlib
 
 MAIN = "import sys\nfrom pilot.cli import main\nsys.exit(main())\n"
 DEFAULT_INTERPRETER = "/usr/bin/env python3"
@@ -57,13 +58,13 @@ def digest(root=None, interpreter=DEFAULT_INTERPRETER):
 
 def archive_digest(path):
     """The digest an archive built by :func:`build` says it was built from (its comment), or None when ``path`` is
-    not such an archive or a member's bytes do not match their CRC (a damaged copy)."""
+    not such an archive or a member's bytes do not match their CRC or do not inflate (a damaged copy)."""
     try:
         with zipfile.ZipFile(path) as archive:
             if archive.testzip() is not None:
                 return None
             comment = archive.comment.decode("ascii")
-    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, RuntimeError, ValueError, EOFError):
+    except (OSError, zipfile.BadZipFile, zlib.error, UnicodeDecodeError, RuntimeError, ValueError, EOFError):
         return None
     return comment if len(comment) == 64 and all(c in "0123456789abcdef" for c in comment) else None
 

@@ -6,6 +6,7 @@ sources as a developer would."""
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import zipfile
@@ -114,6 +115,20 @@ def flip_a_byte_of_a_member(tmp_path, sources, digest):
     path.write_bytes(bytes(data))
 
 
+def damage_a_compressed_member(tmp_path, sources, digest):
+    """The deflated cli.py's first block marked of the reserved type: reading it fails in zlib, not on its CRC."""
+    path = kept(tmp_path, digest)
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("pilot/cli.py")
+        archive.fp.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", archive.fp.read(4))
+        start = archive.fp.tell() + name_length + extra_length  # the member's data (the archive knows its prefix)
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+    data = bytearray(path.read_bytes())
+    data[start] |= 0b110  # BTYPE 11: "invalid block type"
+    path.write_bytes(bytes(data))
+
+
 def writable_by_the_group(tmp_path, sources, digest):
     os.chmod(kept(tmp_path, digest), 0o664)
 
@@ -128,8 +143,9 @@ def directory_writable_by_others(tmp_path, sources, digest):
     os.chmod(tmp_path / "cache", 0o777)
 
 
-@pytest.mark.parametrize("spoil", [spoil_with_other_sources, truncate, flip_a_byte_of_a_member, writable_by_the_group,
-                                   a_link, directory_writable_by_others])
+@pytest.mark.parametrize("spoil", [spoil_with_other_sources, truncate, flip_a_byte_of_a_member,
+                                   damage_a_compressed_member, writable_by_the_group, a_link,
+                                   directory_writable_by_others])
 def test_a_kept_build_that_is_not_sound_and_private_is_not_used(sources, tmp_path, spoil, caplog):
     pilots.zipapp_path(str(tmp_path / "home1"))
     digest = zipapp.digest()
@@ -139,6 +155,25 @@ def test_a_kept_build_that_is_not_sound_and_private_is_not_used(sources, tmp_pat
     assert "built the pilot zipapp" in caplog.text and "from the cache" not in caplog.text
     assert zipapp.archive_digest(path) == digest and runs(path, tmp_path)
     assert member(path, "pilot/cli.py") == (sources / "cli.py").read_bytes()
+
+
+def test_a_kept_build_removed_while_it_is_taken_is_built_instead(sources, tmp_path, monkeypatch, caplog):
+    """Another harvester's prune (or anyone) removes the entry between its checks and its copy: the zipapp is
+    built, the harvester does not fail."""
+    pilots.zipapp_path(str(tmp_path / "home1"))
+    real = zipapp.archive_digest
+
+    def checked_then_removed(path):
+        digest = real(path)
+        if os.path.dirname(str(path)) == str(tmp_path / "cache"):
+            os.unlink(path)
+        return digest
+
+    monkeypatch.setattr(zipapp, "archive_digest", checked_then_removed)
+    with caplog.at_level(logging.INFO, logger="harvester.handoff"):
+        path = pilots.zipapp_path(str(tmp_path / "home2"))
+    assert "built the pilot zipapp" in caplog.text and runs(path, tmp_path)
+    assert not os.path.exists(path + ".tmp")
 
 
 def test_an_empty_setting_turns_the_cache_off(sources, tmp_path, monkeypatch, caplog):

@@ -52,7 +52,12 @@ def take(digest, dest):
         log.warning("ignoring %s: not a sound pilot zipapp of these sources; building the pilot anew", kept)
         return False
     tmp = dest + ".tmp"
-    shutil.copyfile(kept, tmp)
+    try:
+        shutil.copyfile(kept, tmp)
+    except OSError as exc:  # removed meanwhile (another harvester's prune): the cache only saves time
+        log.warning("could not copy %s: %s; building the pilot anew", kept, exc)
+        _remove(tmp)
+        return False
     os.chmod(tmp, 0o755)
     os.replace(tmp, dest)
     _touch(kept)
@@ -92,6 +97,13 @@ def _private(path, directory):
         return False
     kind = stat.S_ISDIR(info.st_mode) if directory else stat.S_ISREG(info.st_mode)
     return kind and info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _touch(path):
