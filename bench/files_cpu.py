@@ -57,6 +57,7 @@ def run_once(tree, files, jobs, base):
     n = summary["attempts"]
     routes, threads = {}, {}
     fixed = {"testbed start-up": 0.0, "testbed tail": 0.0, "pilots' start-up": 0.0, "pilots' tail": 0.0}
+    pilots = 0  # the pilots whose hooks wrote their figures (each one started)
     for path in glob.glob(os.path.join(out, "*.json")):
         data = json.load(open(path))
         side = "testbed" if os.path.basename(path).startswith("testbed-") else "pilots"
@@ -70,6 +71,7 @@ def run_once(tree, files, jobs, base):
         else:
             start = marks.get("first_getjob", marks["exit"])
             fixed["pilots' start-up"] += start
+            pilots += 1
             fixed["pilots' tail"] += marks["exit"] - marks.get("last_update", start)
         for key, (count, seconds) in data["routes"].items():
             entry = routes.setdefault(key, [0, 0.0])
@@ -80,6 +82,7 @@ def run_once(tree, files, jobs, base):
     shutil.rmtree(os.path.join(out, "home"), ignore_errors=True)
     return {"per_job": summary["cpu_minipanda_per_job_ms"], "inputs_ms": 1000 * summary.get("cpu_inputs_s", 0) / n,
             "fixed_s": fixed, "jobs": n, "pilots": summary["pilots_started"],
+            "pilot_start_ms": 1000 * fixed["pilots' start-up"] / max(1, pilots),
             "steady": summary["cpu_minipanda_per_job_ms"] - 1000 * sum(fixed.values()) / n,
             "routes": {k: (c / n, 1000 * s / n, 1000 * s / c) for k, (c, s) in routes.items()},
             "threads": {k: 1000 * s / n for k, s in threads.items()}}
@@ -101,6 +104,9 @@ def report(label, results, kinds):
     for name in results[kinds[0]][0]["fixed_s"]:
         print(f"    {name + ' (s)':54s}" + "".join(
             f"{mean(results[k], lambda r: r['fixed_s'][name]):>9.2f}s" for k in kinds))
+    label = "(one pilot's start-up, ms)"
+    print(f"    {label:54s}" + "".join(
+        f"{mean(results[k], lambda r: r['pilot_start_ms']):>10.1f}" for k in kinds))
     print(f"{'per job, start-up and tail apart (steady)':58s}" + "".join(
         f"{mean(results[k], lambda r: r['steady']):>10.2f}" for k in kinds) +
         f"{mean(results[kinds[-1]], lambda r: r['steady']) - mean(results[kinds[0]], lambda r: r['steady']):>+10.2f}")
@@ -165,6 +171,10 @@ def main(argv=None):
                 old_ours, old_theirs = (mean(results[label][kind], lambda r: r["per_job"]) for label in runs.labels)
                 print(f"--files {kind}: steady {ours:.2f} ms against {theirs:.2f} ({ours / theirs:.2f} x); "
                       f"whole run {old_ours:.2f} against {old_theirs:.2f} ({old_ours / old_theirs:.2f} x)")
+                for name, pick in (("testbed start-up, s", lambda r: r["fixed_s"]["testbed start-up"]),
+                                   ("one pilot's start-up, ms", lambda r: r["pilot_start_ms"])):
+                    ours, theirs = (mean(results[label][kind], pick) for label in runs.labels)
+                    print(f"    {name} {ours:.3g} against {theirs:.3g} ({ours / theirs:.2f} x)")
         print(f"\nload at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -84,8 +84,8 @@ def keep(digest, built):
             os.unlink(tmp)
             raise
         _prune(root)
-    except OSError as exc:
-        log.warning("could not keep the pilot zipapp in %s: %s", root, exc)
+    except OSError as exc:  # e.g. a service user whose home is read-only: harmless, the next start builds again
+        log.info("could not keep the pilot zipapp in %s: %s", root, exc)
 
 
 def _private(path, directory):
