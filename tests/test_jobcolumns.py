@@ -1,6 +1,7 @@
 """Submitted specs checked column by column (minipanda/core/jobcolumns.py): the same values and the same errors as
 jobspec.parse_submitted spec by spec, for regular and odd specs alike; regular groups never go one by one."""
 import random
+import re
 
 import pytest
 from conftest import make_job
@@ -187,3 +188,28 @@ def test_a_file_text_longer_than_its_column_is_refused_by_name_and_nothing_is_wr
     assert models.Job.select().count() == 0 and models.JobFile.select().count() == 0
     jobs.submit_jobs(specs[:1], "alice")  # the longest a column holds is stored
     assert models.JobFile.select().count() == 1
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"jobName": "a\x00b"}, "jobs[1].jobName: a NUL character cannot be stored"),
+    ({"jobParameters": "--x\x00"}, "jobs[1].jobParameters: a NUL character cannot be stored"),
+    ({"jobParameters": "", "jobPars": "--x\x00"}, "jobs[1].jobPars: a NUL character cannot be stored"),
+    ({"Files": [{"type": "log", "lfn": "a", "dataset": "d\x00"}]}, "jobs[1].Files[0].dataset: a NUL character"),
+    ({"Files": [{"type": "log", "lfn": "a", "GUID": "\x00"}]}, "jobs[1].Files[0].GUID: a NUL character"),
+    ({"Files": [{"type": "log", "lfn": "a", "checksum": "ad:\x00"}]}, "jobs[1].Files[0].checksum: a NUL character"),
+    ({"Files": [{"type": "log", "lfn": "a", "destinationDBlock": "\x00x"}]},
+     "jobs[1].Files[0].destinationDBlock: a NUL character"),
+])
+def test_a_nul_character_in_a_text_is_refused_naming_its_job_and_field(database, bad, message):
+    """PostgreSQL cannot store a NUL in a text (the whole submission failed with a database error, a 500; SQLite
+    stored it): refused as the pilot's updates refuse it, by both paths, nothing stored. A NUL in an attribute is
+    kept: attributes are stored as JSON, where it is an escape."""
+    for regular in (True, False):
+        specs = [make_job(), make_job(**bad), make_job()]
+        if not regular:  # another key order: the bad spec in a group of its own
+            specs[1] = dict(reversed(specs[1].items()))
+        with pytest.raises(RequestError, match=re.escape(message)):
+            jobs.submit_jobs(specs, "alice")
+        assert models.Job.select().count() == 0 and models.JobFile.select().count() == 0
+    jobs.submit_jobs([make_job(cloud="a\x00b")], "alice")
+    assert '"cloud": "a\\u0000b"' in models.Job.get().attributes

@@ -87,6 +87,10 @@ def _has_null_text(values):
     return "" in values or "NULL" in values
 
 
+def _has_nul(texts):
+    return "\x00" in "".join(texts)  # one scan in C (parse_submitted refuses a NUL by name)
+
+
 def _take_group(batch, keys, indices, group):
     """Check the specs of ``group`` (all with ``keys``) column by column and add them to ``batch``; False (nothing
     added) when any value is one that only parse_submitted may judge."""
@@ -113,7 +117,8 @@ def _take_group(batch, keys, indices, group):
                 return False
         elif kind is str:
             limit = jobspec.STR_COLUMN_LIMIT.get(column)
-            if kinds != {str} or _has_null_text(values) or limit is not None and max(map(len, values)) > limit:
+            if kinds != {str} or _has_null_text(values) or limit is not None and max(map(len, values)) > limit \
+                    or _has_nul(values):
                 return False
         else:
             return False
@@ -173,7 +178,7 @@ def _file_columns(keys, entries):
         if key not in keys:
             return absent
         values = values_of(key)
-        if set(map(type, values)) != {str} or _has_null_text(values):
+        if set(map(type, values)) != {str} or _has_null_text(values) or _has_nul(values):
             return None
         return None if limit is not None and max(map(len, values)) > limit else values
 

@@ -78,6 +78,7 @@ COLUMNS = {
 SERVER_OWNED = {"PandaID", "jobStatus", "creationTime", "modificationTime", "stateChangeTime", "startTime", "endTime",
                 "pilotID", "batchID", "modificationHost", "commandToPilot", "prodUserName"}
 FILE_TYPES = {"input", "output", "log", "pseudo_input"}
+NUL_REFUSED = "a NUL character cannot be stored"  # PostgreSQL's texts cannot hold one
 NOT_NEGATIVE = ("coreCount", "minRamCount", "maxWalltime", "maxDiskCount", "maxCpuCount", "maxAttempt", "attemptNr")
 
 
@@ -169,9 +170,10 @@ def parse_file(entry, where, errors):
         "checksum": None if is_null(entry.get("checksum")) else str(entry["checksum"]),
     }
     for column, limit in FILE_TEXT_LIMIT.items():  # PostgreSQL refuses a longer one, failing every job
-        if row[column] is not None and len(row[column]) > limit:
+        if row[column] is not None and (len(row[column]) > limit or "\x00" in row[column]):
             key = ("GUID" if "GUID" in entry else "guid") if column == "guid" else FILE_TEXT_KEYS[column]
-            errors.append(f"{where}.{key}: at most {limit} characters, got {len(row[column])}")
+            errors.append(f"{where}.{key}: at most {limit} characters, got {len(row[column])}"
+                          if len(row[column]) > limit else f"{where}.{key}: {NUL_REFUSED}")
     return row
 
 
@@ -201,9 +203,13 @@ def parse_submitted(spec, where):
             value = str(value)
             if len(value) > STR_COLUMN_LIMIT.get(column, len(value)):  # PostgreSQL refuses it, failing every job
                 errors.append(f"{where}.{name}: at most {STR_COLUMN_LIMIT[column]} characters, got {len(value)}")
+            elif "\x00" in value:  # PostgreSQL cannot store it (as the pilot's updates, core/updates.py)
+                errors.append(f"{where}.{name}: {NUL_REFUSED}")
             columns[column] = value
     if "jobPars" in spec and "job_pars" not in columns and not is_null(spec["jobPars"]):
         columns["job_pars"] = str(spec["jobPars"])
+        if "\x00" in columns["job_pars"]:
+            errors.append(f"{where}.jobPars: {NUL_REFUSED}")
     attributes.pop("jobPars", None)
     if not columns.get("computing_site"):
         errors.append(f"{where}.computingSite: required; name the queue the job must run on")
