@@ -427,3 +427,32 @@ def test_a_routes_parameter_model_is_built_at_its_first_use_and_then_checks_as_b
     with pytest.raises(pydantic.ValidationError) as caught:
         route_params.check(route_params.UPDATE_V1, {"jobId": "not a number", "state": "running"})
     assert any(problem.startswith("jobId:") for problem in route_params.problems(caught.value))
+
+
+NUL_REQUESTS = [  # (path, form or JSON parameters, the field the refusal names)
+    ("/server/panda/getJob", {"siteName": "Q", "node": "n\x00"}, "node"),
+    ("/server/panda/getJob", {"siteName": "Q", "pilotID": "\x00p"}, "pilotID"),
+    ("/server/panda/getJob", {"siteName": "Q\x00"}, "siteName"),
+    ("/server/panda/updateWorkerPilotStatus", {"workerID": 1, "harvesterID": "h", "status": "started",
+                                               "site": "s\x00"}, "site"),
+    ("/api/v1/job/list", {"user": "a\x00"}, "user"),
+    ("/api/v1/retry_rule/add", {"source": "pilot", "code": 1, "diag": "d\x00", "action": "no_retry"}, "diag"),
+]
+
+
+@pytest.mark.parametrize("path, sent, field", NUL_REQUESTS)
+def test_a_nul_character_in_a_text_parameter_is_refused_by_name(live_server, path, sent, field):
+    """PostgreSQL's texts cannot hold a NUL: it reached the database and failed the request with a 500 there
+    (a getJob's node or pilotID on the claim, a list's filter); it is refused naming the field, on either
+    database, and nothing is dispatched. Both the kinds' validator and the fast path that takes a text as sent."""
+    headers = live_server.headers()
+    requests.post(live_server.url + "/api/v1/job/submit", json={"jobs": [
+        {"computingSite": "Q", "transformation": "t", "prodSourceLabel": "managed"}]}, headers=headers, timeout=60)
+    if path.startswith("/server/panda/"):
+        reply = requests.post(live_server.url + path, data=sent, headers=headers, timeout=60)
+    else:
+        reply = requests.post(live_server.url + path, json=sent, headers=headers, timeout=60)
+    assert reply.status_code == 400, reply.text
+    assert f"{field}: a NUL character cannot be stored" in reply.text
+    listed = requests.post(live_server.url + "/api/v1/job/list", json={}, headers=headers, timeout=60).json()
+    assert [job["jobStatus"] for job in listed["data"]] == ["activated"], listed

@@ -112,7 +112,7 @@ def _integer(value, minimum, maximum):
 class AsSent:
     """Marks a kind whose validator would give back the value itself for the commonest values, so :func:`check`
     need not run pydantic over parameters that are all such: None, an int (not a bool) in [minimum, maximum]
-    (``kind`` int), a str of at most ``limit`` characters (``kind`` str), anything that is no text of a JSON list or
+    (``kind`` int), a str of at most ``limit`` characters and no NUL (``kind`` str), anything that is no text of a JSON list or
     object (``kind`` json), anything at all (``kind`` any). Anything else goes through the kind's validator:
     ``convert``, the kind's own before-validator, when pydantic's type check after it keeps what it returns (an int
     or None for int, a str or None for str: a form's "2000"), else pydantic."""
@@ -127,7 +127,7 @@ class AsSent:
         if self.kind == "int":
             return type(value) is int and self.minimum <= value <= self.maximum
         if self.kind == "str":
-            return type(value) is str and len(value) <= self.limit
+            return type(value) is str and len(value) <= self.limit and "\x00" not in value
         return not (isinstance(value, str) and value.lstrip()[:1] in ("[", "{"))  # json
 
 
@@ -161,6 +161,8 @@ def _text(value, limit):
     value = str(value)
     if len(value) > limit:
         raise ValueError(f"at most {limit} characters, got {len(value)}")
+    if "\x00" in value:  # PostgreSQL's texts cannot hold one: a database error (500) wherever it went
+        raise ValueError("a NUL character cannot be stored")
     return value
 
 
