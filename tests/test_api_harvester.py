@@ -87,6 +87,21 @@ def test_update_workers_upserts_and_refuses_bad_entries(harvester):
     assert "workers[7].pandaid_list[0]: expected an integer" in log
 
 
+def test_a_worker_with_a_nul_character_is_refused_alone(live_server):
+    """PostgreSQL's texts cannot hold a NUL (a batch system's message may carry one): the call failed with a 500 at
+    that worker, leaving the workers after it unstored at every retry; now that worker alone is refused, naming
+    its field, on either database."""
+    token = live_server.token("harvester", "h1")
+    reply = ok(live_server, "harvester/update_workers", {"harvester_id": "h1", "workers": [
+        worker(1), worker(2, diagMessage="killed\x00"), worker(3, batchID="\x00"), worker(4, node="wn\x00"),
+        worker(5)]}, token)
+    assert reply == [True, False, False, False, True]
+    assert sorted(row["workerID"] for row in ok(live_server, "harvester/list_workers", {"harvester_id": "h1"})) == [1, 5]
+    log = live_server.read_log()
+    assert "workers[1].diagMessage: a NUL character cannot be stored" in log
+    assert "workers[2].batchID: a NUL character" in log and "workers[3].node: a NUL character" in log
+
+
 def test_a_missing_worker_is_a_live_state_of_its_own(harvester):
     """harvester reports a batch job its scheduler lost for a moment as 'missing': kept, not final."""
     server, token = harvester

@@ -71,7 +71,10 @@ def text(value, name, limit, required=False):
         return None
     if isinstance(value, (dict, list, bool)):
         raise RequestError(f"{name}: expected a string, got {type(value).__name__}")
-    return str(value)[:limit]
+    value = str(value)[:limit]
+    if "\x00" in value:  # PostgreSQL's texts cannot hold one: a database error (500) for the whole call
+        raise RequestError(f"{name}: a NUL character cannot be stored")
+    return value
 
 
 def utc_time(value, name):
