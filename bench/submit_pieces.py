@@ -9,10 +9,17 @@ wherever an allocation sets them off). CPU by time.thread_time, wall by time.per
 exist before the first call are frozen (gc.freeze) on both sides, as a server process does since round 9, so that
 the collections reflect each tree's own allocations; what the freeze buys the server is bench/bulk.py's to show.
 
+--http: the same calls over HTTP to a ``minipanda serve`` of each tree (SQLite, 127.0.0.1 only): the client's
+phases (its specs built, encoded, the call until the reply's headers, the reply read and decoded: wall and the
+client's CPU) and the server's (bench/submit_hooks on its PYTHONPATH: the body received on the loop thread, the app's
+runs on a request thread, the body parsed, submit_jobs, the reply's JSON, the collections), per call. The app's wall
+beyond its CPU is its request thread waiting: for a core, the GIL, the disk.
+
 With --baseline REV the same runs for that commit's minipanda too, alternating, --rounds times each. Pieces a tree
-does not have are left out. No network; nothing is started but this script's own runs.
+does not have are left out. Nothing is started but this script's own runs (and, with --http, the servers it stops).
 
     python3 bench/submit_pieces.py --baseline 6e7d087 --rounds 3
+    python3 bench/submit_pieces.py --http --baseline 6e7d087 --rounds 3
 """
 import argparse
 import gc
@@ -107,6 +114,80 @@ def run(args):
     return 0
 
 
+def over_http(label, tree, args):
+    """One run against a server of ``tree``: {phase: (calls, wall ms, CPU ms) per call}."""
+    import http.client
+    import shutil
+    import dispatch  # puts this tree first on the module path: only its Server class is used here
+
+    home = tempfile.mkdtemp(prefix="bench-submit-http-")
+    totals = os.path.join(home, "hooks")
+    saved = {key: os.environ.get(key) for key in ("MINIPANDA_BENCH_SUBMIT_HOOKS", "PYTHONPATH")}
+    os.environ.update(MINIPANDA_BENCH_SUBMIT_HOOKS=totals, PYTHONPATH=os.path.join(HERE, "submit_hooks"))
+    try:
+        server = dispatch.Server(home, "sqlite:///" + os.path.join(home, "minipanda.db"), 8, cwd=tree)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def server_totals():
+        time.sleep(0.5)  # the hooks write every 0.2 s
+        out = {}
+        for name in os.listdir(home):
+            if name.startswith("hooks.") and not name.endswith(".part"):
+                with open(os.path.join(home, name)) as handle:
+                    for line in handle:
+                        phase, count, wall, cpu = line.rstrip("\n").split("\t")
+                        out[phase] = (int(count), float(wall), float(cpu))
+        return out
+
+    client = {}
+
+    def phase(name, started):
+        wall, cpu = time.perf_counter() - started[0], time.thread_time() - started[1]
+        total = client.setdefault(name, [0, 0.0, 0.0])
+        total[0] += 1
+        total[1] += wall
+        total[2] += cpu
+        return time.perf_counter(), time.thread_time()
+
+    calls = range(0, args.jobs, args.chunk)
+    try:
+        conn = http.client.HTTPConnection(dispatch.HOST, server.port, timeout=600)
+        headers = {"Accept": "application/json", "Authorization": f"Bearer {server.token}",
+                   "Content-Type": "application/json"}
+        before = server_totals()
+        for start in calls:
+            now = time.perf_counter(), time.thread_time()
+            specs = [job_spec("Q", i) for i in range(start, min(args.jobs, start + args.chunk))]
+            now = phase("client: specs built", now)
+            body = json.dumps({"jobs": specs})
+            now = phase("client: specs encoded (json.dumps)", now)
+            conn.request("POST", "/api/v1/job/submit", body=body, headers=headers)
+            response = conn.getresponse()
+            now = phase("client: the call, until the reply's headers", now)
+            data = response.read()
+            reply = json.loads(data)
+            phase("client: the reply read and decoded", now)
+            if response.status != 200 or not reply.get("success"):
+                raise SystemExit(f"submit failed: HTTP {response.status}: {reply.get('message')}")
+        conn.close()
+        after = server_totals()
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    n = len(calls)
+    pieces = {name: (count / n, 1000 * wall / n, 1000 * cpu / n) for name, (count, wall, cpu) in client.items()}
+    for name, (count, wall, cpu) in after.items():
+        old = before.get(name, (0, 0.0, 0.0))
+        pieces["server: " + name] = ((count - old[0]) / n, 1000 * (wall - old[1]) / n, 1000 * (cpu - old[2]) / n)
+    return {"pieces": pieces, "rate": args.jobs / sum(client[name][1] for name in client),
+            "load": os.getloadavg()[0], "label": label}
+
+
 def one_side(label, tree, args):
     argv = [sys.executable, os.path.abspath(__file__), "--run", "--jobs", str(args.jobs), "--chunk", str(args.chunk)]
     out = subprocess.run(argv, cwd=tree, env=dict(os.environ, PYTHONPATH=tree), capture_output=True, text=True)
@@ -125,12 +206,15 @@ def main(argv=None):
     p.add_argument("--chunk", type=int, default=5000, help="jobs per submission (default 5,000, the server's limit)")
     p.add_argument("--baseline", metavar="REV", help="also run that commit's minipanda, alternating with this tree's")
     p.add_argument("--rounds", type=int, default=1, help="runs per side (default 1)")
+    p.add_argument("--http", action="store_true", help="over HTTP to a server of each tree (see above)")
     p.add_argument("--run", action="store_true", help=argparse.SUPPRESS)  # one run, in the tree of the cwd
     args = p.parse_args(argv)
     if args.run:
         return run(args)
     print(f"bench/submit_pieces.py: {args.jobs} jobs, {args.chunk} per submission, SQLite, one thread; "
           f"{os.cpu_count()} CPUs, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    if args.http:
+        return http_table(args)
     runs = baseline.run_sides(args.baseline, lambda label, tree, _: one_side(label, tree, args), args.rounds)
     results, labels = [run.result for run in runs], runs.labels
     print("\n| piece (ms per job, medians) | " + " | ".join(f"{label}: wall / CPU" for label in labels) + " |")
@@ -147,6 +231,32 @@ def main(argv=None):
         loads = ", ".join("%.1f" % r["load"] for r in mine)
         print(f"{label}: the whole, thread CPU {statistics.median(r['cpu_ms'] for r in mine):.4f} ms/job, "
               f"{statistics.median(r['rate'] for r in mine):.0f} jobs/s (medians; loads {loads})")
+    return 0
+
+
+def http_table(args):
+    def side(label, tree, _):
+        result = over_http(label, tree, args)
+        print(f"  {label}: {result['rate']:.0f} jobs/s; load {result['load']:.2f}", flush=True)
+        return result
+
+    runs = baseline.run_sides(args.baseline, side, args.rounds)
+    results, labels = [run.result for run in runs], runs.labels
+    names = list(dict.fromkeys(name for r in results for name in r["pieces"]))
+    print("\n| per call of %d jobs (medians), ms | " % args.chunk
+          + " | ".join(f"{label}: wall / CPU" for label in labels) + " |")
+    print("|---|" + "---:|" * len(labels))
+    for name in names:
+        cells = []
+        for label in labels:
+            pieces = [r["pieces"][name] for r in results if r["label"] == label and name in r["pieces"]]
+            cells.append(f"{statistics.median(w for _, w, _ in pieces):.1f} / "
+                         f"{statistics.median(c for _, _, c in pieces):.1f}" if pieces else "")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    for label in labels:
+        mine = [r for r in results if r["label"] == label]
+        loads = ", ".join("%.1f" % r["load"] for r in mine)
+        print(f"{label}: {statistics.median(r['rate'] for r in mine):.0f} jobs/s (median; loads {loads})")
     return 0
 
 
