@@ -5,7 +5,7 @@ import itertools
 import re
 import zlib
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=:,@-]{0,254}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=:,@-]{0,254}\Z")
 CHUNK = 64 << 10  # bytes per read of a file: one buffer of it per transfer (the pilot stays small: bench/README.md)
 DOWNLOAD_CHUNK = 256 << 10  # bytes per read of a download: fewer socket reads (64 KiB cost ~0.3 ms more per MiB)
 

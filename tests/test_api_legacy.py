@@ -323,6 +323,7 @@ def test_queuedata_and_trf(sqlite_server):
     fresh = requests.get(sqlite_server.url + "/cache/schedconfig/NEW_Q.all.json")  # no queue file: defaults
     assert fresh.status_code == 200 and fresh.json()["nickname"] == "NEW_Q"
     assert requests.get(sqlite_server.url + "/cache/schedconfig/bad%20name.all.json").status_code == 400
+    assert requests.get(sqlite_server.url + "/cache/schedconfig/TEST_PQ%0A.all.json").status_code == 400
     import os
 
     with open(os.path.join(sqlite_server.home, "trf", "runme.sh"), "w") as handle:

@@ -38,6 +38,10 @@ def entry(lfn="a.dat", **overrides):
     ("ds", [entry(fsize=-1)], "files[0].fsize: expected a non-negative integer"),
     ("ds", [entry(checksum="md5:zz")], "files[0].checksum: expected an adler32"),
     ("ds", [entry(), entry()], "the same lfn is given twice"),
+    # a pattern's '$' matches before a trailing newline; these are whole names
+    ("ds\n", [entry()], "name: expected a dataset name"),
+    ("ds", [entry(lfn="a.dat\n")], "files[0].lfn: expected a plain file name"),
+    ("ds", [entry(checksum="ad:0000abcd\n")], "files[0].checksum: expected an adler32"),
 ])
 def test_bad_registrations(database, name, files, message):
     with pytest.raises(RequestError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -25,6 +25,16 @@ def test_unsafe_file_names_are_refused_at_submit_and_nothing_is_written(database
     assert models.Job.select().count() == 0 and models.JobFile.select().count() == 0
 
 
+def test_a_scope_with_a_trailing_newline_is_refused_by_both_paths(database):
+    """SAFE_SCOPE's '$' matched before a trailing newline: "user.alice\n" was taken, a directory name with a
+    newline. Refused whole, whether the spec is checked column by column (a regular batch) or alone."""
+    spec = make_job(Files=[{"lfn": "a.dat", "type": "input", "scope": "user.alice\n"}])
+    for specs in ([spec], [make_job(), dict(reversed(spec.items()))]):
+        with pytest.raises(RequestError, match=r"jobs\[\d\]\.Files\[0\]\.scope"):
+            jobs.submit_jobs(specs, "alice")
+    assert models.Job.select().count() == 0 and models.JobFile.select().count() == 0
+
+
 @pytest.mark.parametrize("name, value", [("coreCount", 2 ** 31), ("maxWalltime", "1e30"), ("jobsetID", 2 ** 63)])
 def test_numbers_beyond_their_column_are_refused_by_name(database, name, value):
     with pytest.raises(RequestError, match=rf"jobs\[0\]\.{name}: must be between"):

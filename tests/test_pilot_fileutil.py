@@ -10,7 +10,7 @@ from pilot import fileutil
 def test_safe_names():
     for good in ("out.dat", "EVNT.01._000001.pool.root.1", "log.tgz", "a-b_c+d=e", "user:file"):
         assert fileutil.safe_name(good), good
-    for bad in ("", ".", "..", "../x", "a/b", "/etc/passwd", "-rf", "x..y", "a\nb", "a b", "x" * 256, None, 3):
+    for bad in ("", ".", "..", "../x", "a/b", "/etc/passwd", "-rf", "x..y", "a\nb", "out.dat\n", "a b", "x" * 256, None, 3):
         assert not fileutil.safe_name(bad), bad
 
 

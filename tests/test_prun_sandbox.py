@@ -83,6 +83,16 @@ def test_upload_validate_and_fetch_as_panda_client_does(task_server):
     assert requests.get(url, headers=task_server.headers(alice), timeout=10).content == content
 
 
+def test_a_sandbox_name_with_a_trailing_newline_is_refused():
+    """SANDBOX_NAME's '$' matched before a trailing newline: the name is whole or refused."""
+    from minipanda.errors import RequestError
+    from minipanda.tasks import sandbox
+
+    assert sandbox.check_name("jobO.1234.tar.gz") == "jobO.1234.tar.gz"
+    with pytest.raises(RequestError, match="expected a gzipped tar"):
+        sandbox.check_name("jobO.1234.tar.gz\n")
+
+
 @pytest.mark.parametrize("name, content, status, words", [
     ("../evil.tar.gz", None, 400, "sandbox name '../evil.tar.gz': a plain file name is required"),
     ("a/b.tar.gz", None, 400, "sandbox name 'a/b.tar.gz': a plain file name is required"),

@@ -41,6 +41,7 @@ def test_submit_reply_and_ids(task_server):
     (flat(exec="echo %RNDM"), "exec: %RNDM needs a numeric base"),
     (flat(colour="blue"), "colour: unknown parameter"),
     (flat(taskName=None), "taskName: required"),
+    (flat(taskName="t2\n"), "taskName: "),  # a pattern's '$' matches before a trailing newline
     (flat(prodSourceLabel="managed"), "prodSourceLabel: 'managed' tasks need the production or admin role"),
     ({"jobParameters": [{"type": "constant", "value": "x"}], "taskName": "j", "noInput": True, "nEvents": 4,
       "buildSpec": {}}, "buildSpec: build jobs are not supported"),

@@ -13,9 +13,9 @@ import bottle
 from minipanda import errors
 from minipanda.core import queues
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\Z")
 SHIPPED_TRF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "trf")
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 def _json(data):

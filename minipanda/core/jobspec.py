@@ -45,7 +45,7 @@ FILESPEC_ATTRIBUTES = (
 )
 MAX_JOBS_PER_SUBMIT = 5000
 INT64_MAX, INT32_MAX = 2 ** 63 - 1, 2 ** 31 - 1
-SAFE_SCOPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+SAFE_SCOPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 # A file name pilots use as a path and find in comma-joined lists (inFiles, outFiles): no separators (',', '/'),
 # no control characters, no '%' (a URL-quoted '..' is '..' to the file store), no leading dot.
 LFN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}\Z")  # the file store's names too

@@ -14,9 +14,9 @@ from minipanda.core.db import database
 from minipanda.errors import RequestError
 from peewee import JOIN, fn
 
-DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}$")
-PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.+-][A-Za-z0-9_.+:-]{0,254}$")
-CHECKSUM = re.compile(r"^(ad:)?[0-9a-f]{8}$")
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,254}\Z")
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.+-][A-Za-z0-9_.+:-]{0,254}\Z")
+CHECKSUM = re.compile(r"^(ad:)?[0-9a-f]{8}\Z")
 MAX_FILES_PER_CALL = 100000
 
 

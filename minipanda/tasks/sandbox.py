@@ -21,7 +21,7 @@ import zlib
 from minipanda.core import filestore, states
 from minipanda.errors import SC_INVALID, RequestError
 
-SANDBOX_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}\.(?:tar\.gz|tgz)$")
+SANDBOX_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,200}\.(?:tar\.gz|tgz)\Z")
 BLOCK = 1 << 20
 
 

@@ -47,8 +47,8 @@ DEFAULT_SCOUTS = 3
 # runGen at that path (minipanda/trf/), and both pilots fetch /trf/user/ from the server they talk to.
 DEFAULT_TRANSFORMATION = "http://pandaserver-doma.cern.ch:25080/trf/user/runGen-00-00-02"
 REGEX_ONLY = re.compile(r"[\\^$()+{}|]")
-TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,199}$")
-PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}$")
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,199}\Z")
+PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}\Z")
 FLAT_PLACEHOLDER = re.compile(r"%([A-Z][A-Z0-9]*)(?::([A-Za-z0-9_.+-]+))?")
 FLAT_NAMES = {"IN", "OUT", "RNDM", "FIRSTEVENT", "SKIPEVENTS", "MAXEVENTS"}
 JEDI_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)(/[A-Z]+)?\}|\$(JEDITASKID)\b")
