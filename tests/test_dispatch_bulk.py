@@ -277,12 +277,14 @@ def test_a_claims_files_too_large_for_one_json_row_on_sqlite_come_row_by_row(sql
 
     database = sqlite_database
     queue = "CLAIM_FILES_TOO_LARGE"
+    # a dataset and a destination block as long as their columns hold (256), each character 6 in JSON (\u0001)
     specs = [make_job(queue, jobName=f"files.large.{i}", Files=[
-        {"type": "input", "lfn": f"in.{i}.{k}.root", "scope": "s", "dataset": "\x01" * 5_000} for k in range(4)]
+        {"type": "input", "lfn": f"in.{i}.{k}.root", "scope": "s", "dataset": "\x01" * 256,
+         "destinationDBlock": "\x01" * 256} for k in range(4)]
         + [{"type": "log", "lfn": f"log.{i}.tgz", "scope": "s"}]) for i in range(10)]
     submitted = [row[0] for row in jobs.submit_jobs(specs, "tester", queue_ensurer=queues.ensure_queues)]
     connection = database.connection()
-    before = connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 200_000)  # the rows fit, their JSON (6 x) does not
+    before = connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 20_000)  # the rows fit, their JSON (~125 kB) does not
     try:
         claimed = dispatch.claim_jobs(offer(queue, 0, 10))
         read = dispatch._load_files(submitted)
