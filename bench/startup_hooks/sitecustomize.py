@@ -6,7 +6,6 @@ They mark the process's CPU (``time.process_time``: every thread's) at the edges
 (``harvester.handoff.pilots.build_ahead``, its own thread CPU); JSON at exit.
 """
 import atexit
-import importlib.abc
 import importlib.util
 import json
 import os
@@ -58,30 +57,15 @@ def patch_pilots(pilots):
     pilots.build_ahead = timed
 
 
-class AfterImport(importlib.abc.MetaPathFinder):
-    """Calls ``patches[name](module)`` once the module ``name`` is imported."""
-
-    def __init__(self, patches):
-        self.patches = dict(patches)
-
-    def find_spec(self, name, path, target=None):
-        if name not in self.patches:
-            return None
-        patch = self.patches.pop(name)
-        sys.meta_path.remove(self)
-        try:
-            spec = importlib.util.find_spec(name)
-        finally:
-            if self.patches:
-                sys.meta_path.insert(0, self)
-        load = spec.loader.exec_module
-
-        def exec_module(module):
-            load(module)
-            patch(module)
-
-        spec.loader.exec_module = exec_module
-        return spec
+def after_import(patches):
+    """files_cpu's hook that patches each module of ``patches`` ({name: function(module)}) once it is imported (one
+    copy of it: that file does nothing else unless FILES_CPU_DIR is set)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "files_cpu_hooks",
+                        "sitecustomize.py")
+    spec = importlib.util.spec_from_file_location("files_cpu_hooks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.AfterImport(patches)
 
 
 def dump():
@@ -91,6 +75,6 @@ def dump():
 
 if OUT and "testbed" in sys.argv:
     mark("site")
-    sys.meta_path.insert(0, AfterImport({"testbed.bed": patch_bed, "minipanda.server.process": patch_process,
-                                         "harvester.handoff.pilots": patch_pilots}))
+    sys.meta_path.insert(0, after_import({"testbed.bed": patch_bed, "minipanda.server.process": patch_process,
+                                          "harvester.handoff.pilots": patch_pilots}))
     atexit.register(dump)
