@@ -27,6 +27,19 @@ def offer(queue, index, n_jobs):
                           node=f"node-{index}", pilot_id=f"pilot-{index}")
 
 
+def record_statements(database, monkeypatch):
+    """The SQL text of every statement run through ``database.execute_sql`` from now on, in order (until the test
+    calls ``monkeypatch.undo()``)."""
+    statements, execute = [], database.execute_sql
+
+    def recording(sql, params=None, *rest, **named):
+        statements.append(sql)
+        return execute(sql, params, *rest, **named)
+
+    monkeypatch.setattr(database, "execute_sql", recording)
+    return statements
+
+
 def in_threads(database, n_threads, work):
     """Run ``work(index)`` in ``n_threads`` threads started together, each on its own connection; return
     {index: result or the exception it raised}."""
@@ -145,13 +158,7 @@ def test_a_claim_on_sqlite_reads_its_jobs_as_one_row_and_its_update_returns_none
     specs = [make_job(queue, jobName=f"one.row.{i}", jobParameters=f"{odd} {i}", taskID=2 ** 40 + i,
                       currentPriority=100 - i) for i in range(12)]
     submitted = [row[0] for row in jobs.submit_jobs(specs, "tester", queue_ensurer=queues.ensure_queues)]
-    statements, execute = [], database.execute_sql
-
-    def recording(sql, params=None, *rest, **named):
-        statements.append(sql)
-        return execute(sql, params, *rest, **named)
-
-    monkeypatch.setattr(database, "execute_sql", recording)
+    statements = record_statements(database, monkeypatch)
     claimed = dispatch.claim_jobs(offer(queue, 0, 10))
     monkeypatch.undo()
 
@@ -227,13 +234,7 @@ def test_a_claims_files_on_sqlite_come_as_one_row_each_file_as_stored_in_its_ord
         + [{"type": "output", "lfn": f"out.{i}.root", "scope": "s", "destinationDBlock": odd},
            {"type": "log", "lfn": f"log.{i}.tgz", "scope": "s"}]) for i in range(6)]
     submitted = [row[0] for row in jobs.submit_jobs(specs, "tester", queue_ensurer=queues.ensure_queues)]
-    statements, execute = [], database.execute_sql
-
-    def recording(sql, params=None, *rest, **named):
-        statements.append(sql)
-        return execute(sql, params, *rest, **named)
-
-    monkeypatch.setattr(database, "execute_sql", recording)
+    statements = record_statements(database, monkeypatch)
     claimed = dispatch.claim_jobs(offer(queue, 0, 6))
     read = dispatch._load_files(submitted)
     monkeypatch.undo()
@@ -335,13 +336,7 @@ def test_a_getjob_reads_its_queue_once_for_its_labels_and_its_cores(database, mo
          make_job(queue, coreCount=8)], "tester", queue_ensurer=queues.ensure_queues)]
     models.Queue.update(queuedata=json.dumps({"corecount": 4, "prodsourcelabels": ["managed"]})).where(
         models.Queue.name == queue).execute()
-    statements, execute = [], database.execute_sql
-
-    def recording(sql, params=None, *rest, **named):
-        statements.append(sql)
-        return execute(sql, params, *rest, **named)
-
-    monkeypatch.setattr(database, "execute_sql", recording)
+    statements = record_statements(database, monkeypatch)
     definitions, _, _ = handlers.acquire_jobs({"computingElement": queue, "nJobs": 10, "prodSourceLabel": "managed",
                                                "node": "n", "pilotID": "p"}, Identity("admin", "admin"))
     monkeypatch.undo()

@@ -9,8 +9,10 @@ dispatched, or when the transition is not in the table (409).
 A batch is applied as set operations in ONE transaction, whatever its size: one read of all its jobs, one
 conditional UPDATE per (current state, reported state, columns reported) with each job's own values, one
 multi-row status_log insert, one statement for the files. Each entry is judged alone, so a bad one is answered
-with its reason while the others apply; whether an entry's change won is what its conditional UPDATE returned
-for that job (a kill or the watchdog may have changed the job first). A single update is a batch of one.
+with its reason while the others apply. On PostgreSQL whether an entry's change won is what its conditional UPDATE
+returned for that job (a kill or the watchdog may have changed the job first); on SQLite, whose one writer nothing
+can overtake inside the transaction, the jobs come as one row and the UPDATEs return none: each changes every job
+it was given, or the batch fails and rolls back (states.change_each_job). A single update is a batch of one.
 """
 import collections
 import functools
