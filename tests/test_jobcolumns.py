@@ -87,9 +87,22 @@ def random_batch(rng):
             elif files_key:
                 spec[files_key] = files
             specs.append(spec)
+    if rng.random() < 0.2:  # panda-client's form of some of them
+        specs = [positional(spec) if isinstance(spec.get("Files", []), list) and rng.random() < 0.7 else spec
+                 for spec in specs]
     if rng.random() < 0.1:
         specs.insert(rng.randrange(len(specs) + 1), rng.choice([["too", "short", []], "text", 5, None]))
     return specs
+
+
+def positional(spec):
+    """panda-client 2.2's list of JobSpec values, then the files' FileSpec values (a key it has no place for is
+    lost, as it would be)."""
+    def file_values(entry):
+        return [entry.get(name, "NULL") for name in jobspec.FILESPEC_ATTRIBUTES] + [None] if isinstance(entry, dict) \
+            else entry
+    return [spec.get(name, "NULL") for name in jobspec.JOBSPEC_ATTRIBUTES] + [
+        [file_values(entry) for entry in spec.get("Files", [])]]
 
 
 def test_checked_column_by_column_the_specs_give_what_parse_submitted_gives_each():
@@ -145,6 +158,11 @@ def test_a_regular_batch_is_never_checked_one_by_one(monkeypatch):
     assert batch.attributes[7] == {"cloud": "WORLD"} and batch.file_jobs.count(7) == 2
     jobspec_view, _ = one_by_one(specs)
     assert by_columns(specs)[0] == jobspec_view
+    calls.clear()
+    lists = [positional(spec) for spec in specs[:50]]  # panda-client's form: made dicts, then checked as a group
+    batch, errors = jobcolumns.parse(lists)
+    assert errors == [] and calls == [] and batch.columns["job_name"] == [f"j.{i}" for i in range(50)]
+    assert by_columns(lists)[0] == one_by_one(lists)[0]
 
 
 def test_jobs_that_leave_out_a_column_get_its_default_and_each_files_order_is_kept(database):

@@ -6,9 +6,11 @@ is checked over its whole group at once: the types of its values, their range or
 loop in C (``map``, ``min``, ``max``, ``set``) instead of Python code per value (5,000 specs took a quarter of a
 submission's CPU). Such a check only vouches for values that parse_submitted keeps exactly as sent: an int within
 its column's range, a non-empty text within its column's length, a plain attribute, a file name its pattern takes.
-Anything else (a null, a number as text, panda-client's datetimes or positional lists, a negative count, a bad
-name, a missing field) sends the group through parse_submitted spec by spec, which gives its values or the errors
-naming the job and the field, as before. tests/test_jobcolumns.py holds both paths to the same answers.
+Anything else (a null, a number as text, panda-client's datetimes, a negative count, a bad name, a missing
+field) sends the group through parse_submitted spec by spec, which gives its values or the errors
+naming the job and the field, as before. panda-client's positional lists are made dicts first
+(jobspec.positional_to_dict) and grouped with the others. tests/test_jobcolumns.py holds both paths to the same
+answers.
 """
 import itertools
 import operator
@@ -60,9 +62,17 @@ class Batch:
 def parse(specs):
     """(:class:`Batch`, errors) of the submitted ``specs`` (dicts keyed by JobSpec names, or panda-client's
     positional lists); the errors name the job and field, in the order of the specs, as parse_submitted gives them."""
-    batch, one_by_one, groups = Batch(len(specs)), [], {}
+    batch, one_by_one, groups, unreadable = Batch(len(specs)), [], {}, {}
+    if any(isinstance(spec, list) for spec in specs):  # panda-client's positional lists, grouped as dicts too
+        specs = list(specs)
+        for index, spec in enumerate(specs):
+            if isinstance(spec, list):
+                try:
+                    specs[index] = jobspec.positional_to_dict(spec, f"jobs[{index}]")
+                except SpecError as exc:
+                    unreadable[index] = exc.errors
     for index, spec in enumerate(specs):
-        if type(spec) is dict:
+        if type(spec) is dict and index not in unreadable:
             groups.setdefault(tuple(spec), []).append(index)
         else:
             one_by_one.append(index)
@@ -72,12 +82,11 @@ def parse(specs):
             one_by_one += indices
     errors = []
     for index in sorted(one_by_one):
-        where = f"jobs[{index}]"
+        if index in unreadable:
+            errors.extend(unreadable[index])
+            continue
         try:
-            spec = specs[index]
-            if isinstance(spec, list):
-                spec = jobspec.positional_to_dict(spec, where)
-            batch._add_one(index, *jobspec.parse_submitted(spec, where))
+            batch._add_one(index, *jobspec.parse_submitted(specs[index], f"jobs[{index}]"))
         except SpecError as exc:
             errors.extend(exc.errors)
     return batch, errors

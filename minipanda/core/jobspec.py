@@ -126,13 +126,15 @@ def positional_to_dict(values, where):
     if len(values) != len(JOBSPEC_ATTRIBUTES) + 1 or not isinstance(values[-1], list):
         raise SpecError([f"{where}: a positional job must hold {len(JOBSPEC_ATTRIBUTES)} JobSpec values and a "
                          f"list of files (panda-client 2.2 layout); got {len(values)} items"])
-    spec = {name: value for name, value in zip(JOBSPEC_ATTRIBUTES, values) if not is_null(value)}
+    # is_null written out: a call per value was most of a panda-client submission's checks (126 values a job)
+    spec = {name: value for name, value in zip(JOBSPEC_ATTRIBUTES, values)
+            if not (value is None or value == "" or value == "NULL")}
     files = []
     for index, fvalues in enumerate(values[-1]):
         if not isinstance(fvalues, list) or len(fvalues) < len(FILESPEC_ATTRIBUTES):
             errors.append(f"{where}.Files[{index}]: expected {len(FILESPEC_ATTRIBUTES)} FileSpec values")
             continue
-        files.append({n: v for n, v in zip(FILESPEC_ATTRIBUTES, fvalues) if not is_null(v)})
+        files.append({n: v for n, v in zip(FILESPEC_ATTRIBUTES, fvalues) if not (v is None or v == "" or v == "NULL")})
     if errors:
         raise SpecError(errors)
     spec["Files"] = files
