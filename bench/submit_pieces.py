@@ -20,6 +20,7 @@ does not have are left out. Nothing is started but this script's own runs (and, 
 
     python3 bench/submit_pieces.py --baseline 6e7d087 --rounds 3
     python3 bench/submit_pieces.py --http --baseline 6e7d087 --rounds 3
+    python3 bench/submit_pieces.py --positional --baseline 6e7d087 --rounds 3   # as panda-client sends them
 """
 import argparse
 import gc
@@ -46,6 +47,16 @@ def job_spec(queue, index):  # bench/dispatch.py's, not imported from there: it 
             "transformation": "http://127.0.0.1/trf/runme.sh", "jobParameters": "--x 1", "coreCount": 1,
             "minRamCount": 1000, "maxWalltime": 600,
             "Files": [{"type": "log", "lfn": f"log.{index}.tgz", "scope": "bench"}]}
+
+
+def positional(spec):
+    """panda-client 2.2's form of a spec: its JobSpec values in order ("NULL" where unset), then its files'."""
+    from minipanda.core import jobspec
+
+    def file_values(entry):
+        return [entry.get(name, "NULL") for name in jobspec.FILESPEC_ATTRIBUTES] + [None]
+
+    return [spec.get(name, "NULL") for name in jobspec.JOBSPEC_ATTRIBUTES] + [list(map(file_values, spec["Files"]))]
 
 
 def run(args):
@@ -84,7 +95,8 @@ def run(args):
     jobs._insert_jobs = timed("_insert_jobs", jobs._insert_jobs)
     states.log_transitions = timed(LOG, states.log_transitions)
     type(database).commit = timed(COMMIT, type(database).commit)
-    bodies = [json.dumps({"jobs": [job_spec("Q", i) for i in range(start, min(args.jobs, start + args.chunk))]})
+    form = positional if args.positional else (lambda spec: spec)
+    bodies = [json.dumps({"jobs": [form(job_spec("Q", i)) for i in range(start, min(args.jobs, start + args.chunk))]})
               .encode() for start in range(0, args.jobs, args.chunk)]
     started = {}
 
@@ -189,7 +201,8 @@ def over_http(label, tree, args):
 
 
 def one_side(label, tree, args):
-    argv = [sys.executable, os.path.abspath(__file__), "--run", "--jobs", str(args.jobs), "--chunk", str(args.chunk)]
+    argv = [sys.executable, os.path.abspath(__file__), "--run", "--jobs", str(args.jobs), "--chunk", str(args.chunk)] \
+        + (["--positional"] if args.positional else [])
     out = subprocess.run(argv, cwd=tree, env=dict(os.environ, PYTHONPATH=tree), capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
@@ -207,6 +220,8 @@ def main(argv=None):
     p.add_argument("--baseline", metavar="REV", help="also run that commit's minipanda, alternating with this tree's")
     p.add_argument("--rounds", type=int, default=1, help="runs per side (default 1)")
     p.add_argument("--http", action="store_true", help="over HTTP to a server of each tree (see above)")
+    p.add_argument("--positional", action="store_true", help="in process: the specs in panda-client's positional "
+                   "form (its JobSpec values in order, then its files'), as panda-client's submitJobs sends them")
     p.add_argument("--run", action="store_true", help=argparse.SUPPRESS)  # one run, in the tree of the cwd
     args = p.parse_args(argv)
     if args.run:
