@@ -52,6 +52,31 @@ def test_one_access_log_line_per_request(tmp_path):
     assert not warnings  # normal operation: no per-request (or any) warning
 
 
+FORGED = "2026-01-01 00:00:00,000 INFO minipanda.access: POST /api/v1/job/kill 200 1.0ms 10.0.0.66"
+
+
+def test_a_path_cannot_write_a_line_of_its_own_into_the_server_log(sqlite_server):
+    """A %0A in a request's path is a newline once unquoted: the access line and the refusals' lines of any client,
+    no token needed, ended there and the rest of the path became a line of the attacker's choosing (a request that
+    was never made). Control characters are written as escapes; the line stays one line."""
+    quoted = "/x%0A" + FORGED.replace(" ", "%20") + "%0D%0A"
+    conn = http.client.HTTPConnection("127.0.0.1", sqlite_server.port, timeout=30)
+    for method, headers in (("GET", {}), ("PUT", {}), ("PUT", {"Content-Length": str(1 << 40)})):
+        conn.request(method, quoted.replace("/x", "/files/s") if method == "PUT" else quoted, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        assert response.status in (401, 404, 413), (method, response.status)
+        if response.will_close:
+            conn.close()
+    conn.close()
+    sqlite_server.stop()
+    lines = sqlite_server.read_log().splitlines()
+    assert not [line for line in lines if line.startswith(FORGED[:30])], lines[-8:]
+    escaped = [line for line in lines if "\\n" + FORGED[:30] in line]
+    assert {line.split(" ", 4)[3] for line in escaped} == {"minipanda.access:", "minipanda.api.app:",
+                                                          "minipanda.server:"}, escaped
+
+
 def test_the_access_log_goes_through_a_queue(caplog):
     """A request thread only enqueues its access record (QueueHandler); the listener writes it."""
     import logging

@@ -14,6 +14,11 @@ from minipanda.errors import BodyTooLarge, RequestError
 SIMPLE_TYPES = ("text/plain", "multipart/form-data")
 
 
+def loggable(text):
+    """``text`` from a request (its path) fit for one line of a log: control characters written as escapes. A %0A
+    in a URL is a newline once unquoted, and the rest of the path became a log line of the client's choosing."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
 def read_body(request, limit):
     """The raw request body, gunzipped when needed, never more than ``limit`` bytes."""
     declared = request.content_length

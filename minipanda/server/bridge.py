@@ -19,6 +19,7 @@ import logging
 import sys
 import tempfile
 
+from minipanda.api.wire import loggable
 from minipanda.server import filereply, requestthreads, unreceived
 
 log = logging.getLogger("minipanda.server")
@@ -100,7 +101,7 @@ class RsgiBridge:
                     return
             body, size = await self.read_body(headers, proto)
         except BodyRefused as exc:
-            log.info("refused %s %s from %s: %s", scope.method, scope.path, scope.client, exc)
+            log.info("refused %s %s from %s: %s", scope.method, loggable(scope.path), scope.client, exc)
             proto.response_bytes(*_refusal(exc.status, str(exc)))
             if exc.unread is not None:
                 await self.linger(scope, proto, begun=exc.unread == "rest")
@@ -113,7 +114,7 @@ class RsgiBridge:
         try:
             outcome = await self.pool.call(loop, self.run_app, environ)
         except Exception:  # noqa: BLE001 - the app's own error handling failed; the client still gets an answer
-            log.exception("internal error on %s %s", scope.method, scope.path)
+            log.exception("internal error on %s %s", scope.method, loggable(scope.path))
             proto.response_bytes(*_refusal(500, "internal server error; the server log has details"))
             return None
         if outcome is unreceived.WANTED:
@@ -136,7 +137,7 @@ class RsgiBridge:
                 if chunk:
                     await transport.send_bytes(chunk)
         except Exception as exc:  # noqa: BLE001 - a client gone mid-reply; nothing left to answer
-            log.info("reply to %s %s cut short: %s", scope.method, scope.path, exc)
+            log.info("reply to %s %s cut short: %s", scope.method, loggable(scope.path), exc)
         finally:
             close = getattr(rest, "close", None)
             if close is not None:
@@ -179,7 +180,7 @@ class RsgiBridge:
         except Exception:  # noqa: BLE001 - the client closed or broke the connection: nothing left to read
             pass
         log.info("threw away %d bytes of the unread body of %s %s from %s in %.1f s", discarded, scope.method,
-                 scope.path, scope.client, loop.time() - started)
+                 loggable(scope.path), scope.client, loop.time() - started)
 
     async def read_body(self, headers, proto):
         """(readable body, its size): refused with 413 over ``body_limit``, with 408 when ``body_timeout`` seconds

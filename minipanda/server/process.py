@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 
+from minipanda.api import wire
 from minipanda.api.app import ServerContext, is_loopback, make_app
 from minipanda.core import auth, db, queues, schema
 from minipanda.errors import ConfigError, ServerLocked
@@ -113,7 +114,8 @@ class AccessLog:
         finally:
             # a first run without its body (minipanda.server.bridge) that read it: the run with the body logs
             if not getattr(environ.get("wsgi.input"), "wanted", False):
-                args = (environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), seen.get("status", "-"),
+                args = (environ.get("REQUEST_METHOD"), wire.loggable(environ.get("PATH_INFO", "")),
+                        seen.get("status", "-"),
                         (time.perf_counter() - started) * 1000, environ.get("REMOTE_ADDR", "-"))
                 if not _access_line(args):
                     access_log.info(ACCESS_FORMAT, *args)
