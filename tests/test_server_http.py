@@ -58,7 +58,8 @@ FORGED = "2026-01-01 00:00:00,000 INFO minipanda.access: POST /api/v1/job/kill 2
 def test_a_path_cannot_write_a_line_of_its_own_into_the_server_log(sqlite_server):
     """A %0A in a request's path is a newline once unquoted: the access line and the refusals' lines of any client,
     no token needed, ended there and the rest of the path became a line of the attacker's choosing (a request that
-    was never made). Control characters are written as escapes; the line stays one line."""
+    was never made); so did a job spec's key named in its refusal. Control characters are written as escapes; the
+    line stays one line."""
     quoted = "/x%0A" + FORGED.replace(" ", "%20") + "%0D%0A"
     conn = http.client.HTTPConnection("127.0.0.1", sqlite_server.port, timeout=30)
     for method, headers in (("GET", {}), ("PUT", {}), ("PUT", {"Content-Length": str(1 << 40)})):
@@ -69,6 +70,9 @@ def test_a_path_cannot_write_a_line_of_its_own_into_the_server_log(sqlite_server
         if response.will_close:
             conn.close()
     conn.close()
+    reply = requests.post(sqlite_server.url + "/api/v1/job/submit", headers=sqlite_server.headers(), timeout=30,
+                          json={"jobs": [{"computingSite": "Q", "transformation": "t", "k\n" + FORGED: [1]}]})
+    assert reply.status_code == 400 and FORGED in reply.json()["message"]  # the reply names the key as sent
     sqlite_server.stop()
     lines = sqlite_server.read_log().splitlines()
     assert not [line for line in lines if line.startswith(FORGED[:30])], lines[-8:]

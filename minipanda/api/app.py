@@ -173,7 +173,7 @@ def error_reply(family, http, message, code, request, response):
     else:
         ctype, body = "application/json", wire.envelope(None, message, success=False)
     response.content_type = ctype
-    log.info("refused %s %s: %s", request.method, wire.loggable(request.path), message)
+    log.info("refused %s %s: %s", request.method, wire.loggable(request.path), wire.loggable(message))
     return body
 
 

@@ -15,8 +15,9 @@ SIMPLE_TYPES = ("text/plain", "multipart/form-data")
 
 
 def loggable(text):
-    """``text`` from a request (its path) fit for one line of a log: control characters written as escapes. A %0A
-    in a URL is a newline once unquoted, and the rest of the path became a log line of the client's choosing."""
+    """``text`` from a request (its path, a refusal naming what it sent) fit for one line of a log: control
+    characters written as escapes. A %0A in a URL is a newline once unquoted, and the rest of the path became a
+    log line of the client's choosing; so did a job spec's key, named in its refusal."""
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 def read_body(request, limit):
