@@ -7,7 +7,7 @@ checked is that the index CAN serve the query (its condition implied), not that 
 import re
 
 import peewee
-from minipanda.core import dispatch, models, states
+from minipanda.core import dispatch, models, states, statesql
 from minipanda.core.states import JobStatus
 from minipanda.tasks import settle
 
@@ -30,9 +30,9 @@ def claim_statements(database, n_labels=1):
     pick = dispatch._pick_statement(database.param, postgres, n_labels, ("min_ram_count",))
     picked = ["Q1"] + ["managed"] * n_labels + [4000, 10, "activated"]
     columns, listed = ("status", "heartbeat_time"), ("panda_id",) + states._COUNTED
-    update = (states._picked_update_sql(database.param, pick, columns, listed, postgres=postgres),
+    update = (statesql.picked_update_sql(database.param, pick, columns, listed, postgres=postgres),
               ["sent", states.utcnow()] + picked)
-    return [update] if postgres else [(states._picked_rows_sql(database.param, pick, listed), picked), update]
+    return [update] if postgres else [(statesql.picked_rows_sql(database.param, pick, listed), picked), update]
 
 
 def test_the_claim_picks_through_the_dispatch_index(database):

@@ -7,11 +7,10 @@ changes of the same job can never both succeed: the row count says who won.
 """
 import datetime
 import enum
-import functools
 
 import orjson
 import peewee
-from minipanda.core import bulk, counts, models
+from minipanda.core import bulk, counts, models, statesql
 from minipanda.errors import InvalidTransition
 
 
@@ -183,15 +182,6 @@ def change_job_status(panda_ids, target, reason, from_states=None, fields=None, 
     return changed
 
 
-@functools.lru_cache(maxsize=256)
-def _update_listed_sql(param, table, key, columns, n_ids):
-    # ``status || ''`` keeps the status test off the (status, ...) index: with more than one id SQLite otherwise
-    # walked every row in that status instead of looking the ids up by primary key.
-    assignments = ", ".join(f'"{column}" = {param}' for column in columns)
-    return (f'UPDATE "{table}" SET {assignments} WHERE "{key}" IN ({", ".join([param] * n_ids)}) '
-            f'AND ("status" || \'\') = {param} RETURNING "{key}"')
-
-
 def _update_listed(values, ids, status, model=None):
     """UPDATE the listed rows (jobs, or tasks) that are in ``status`` with plain ``values``; return the ids
     changed. A cached statement: peewee's rendering cost more than the UPDATE on every pilot update."""
@@ -202,7 +192,7 @@ def _update_listed(values, ids, status, model=None):
     changed = []
     for start in range(0, len(ids), 500):  # bounded statement size, however many ids a kill names
         chunk = ids[start:start + 500]
-        sql = _update_listed_sql(database.param, model._meta.table_name, key, columns, len(chunk))
+        sql = statesql.update_listed_sql(database.param, model._meta.table_name, key, columns, len(chunk))
         cursor = database.execute_sql(sql, assigned + chunk + [status])
         changed.extend(row[0] for row in cursor.fetchall())
     return changed
@@ -235,7 +225,7 @@ def change_picked_jobs(pick, pick_params, source, target, reason, fields=None, n
     assigned = [field.db_value(value) for field, value in values.items()]
     with counts.bulk_jobs(at_most) as moves:
         if isinstance(database.obj, peewee.PostgresqlDatabase):
-            sql = _picked_update_sql(database.param, pick, columns, listed)
+            sql = statesql.picked_update_sql(database.param, pick, columns, listed)
             rows = database.execute_sql(sql, assigned + list(pick_params) + [source.value]).fetchall()
         else:
             rows = _change_picked_sqlite(database, pick, pick_params, columns, assigned, listed, source)
@@ -255,52 +245,21 @@ def _change_picked_sqlite(database, pick, pick_params, columns, assigned, listed
     transaction, in which no other writer can change a job (SQLite has one writer at a time), so every job read as
     ``source`` is changed: the UPDATE's row count says so, or the claim fails and rolls back."""
     try:
-        text = database.execute_sql(_picked_rows_sql(database.param, pick, listed),
+        text = database.execute_sql(statesql.picked_rows_sql(database.param, pick, listed),
                                     list(pick_params) + [source.value]).fetchone()[0]
     except peewee.DataError:
         # The picked jobs' JSON is over SQLite's string limit (SQLITE_LIMIT_LENGTH; JSON writes a control character
         # as six): they would stay activated and fail every claim that picks them. Their rows come one by one.
-        sql = _picked_update_sql(database.param, pick, columns, listed, postgres=False)
+        sql = statesql.picked_update_sql(database.param, pick, columns, listed, postgres=False)
         return [tuple(row) for row in database.execute_sql(sql, assigned + list(pick_params) + [source.value])]
     rows = list(map(tuple, orjson.loads(text or "[]")))
     if rows:
-        changed = database.execute_sql(_picked_ids_update_sql(database.param, columns),
+        changed = database.execute_sql(statesql.picked_ids_update_sql(database.param, columns),
                                        assigned + [orjson.dumps([row[0] for row in rows]).decode(), source.value])
         if changed.rowcount != len(rows):
             raise RuntimeError(f"a claim read {len(rows)} {source.value} jobs and changed {changed.rowcount} of them "
                                "in the same transaction")
     return rows
-
-
-@functools.lru_cache(maxsize=256)
-def _picked_rows_sql(param, pick, listed):
-    table = models.Job._meta.table_name
-    return (f"SELECT json_group_array(json_array({', '.join(chr(34) + c + chr(34) for c in listed)})) FROM "
-            f"\"{table}\" WHERE \"panda_id\" IN ({pick}) AND (\"status\" || '') = {param}")
-
-
-@functools.lru_cache(maxsize=64)
-def _picked_ids_update_sql(param, columns):
-    assignments = ", ".join(f'"{column}" = {param}' for column in columns)
-    return (f'UPDATE "{models.Job._meta.table_name}" SET {assignments} WHERE "panda_id" IN '
-            f"(SELECT value FROM json_each({param})) AND (\"status\" || '') = {param}")
-
-
-@functools.lru_cache(maxsize=256)
-def _picked_update_sql(param, pick, columns, returning, postgres=True):
-    """The claim's UPDATE ... RETURNING: PostgreSQL's, and SQLite's only when its picked jobs are too large to be
-    read as one JSON row (see _change_picked_sqlite)."""
-    assignments = ", ".join(f'"{column}" = {param}' for column in columns)
-    # The re-check of the status must not drive the UPDATE: SQLite and PostgreSQL both chose to walk the
-    # (status, ...) index, i.e. every activated job of every queue, per claim, filtering it against the picked ids
-    # (claims got slower the fuller the queues). As an expression, ``status || ''`` cannot use an index, so the
-    # picked ids drive the UPDATE through the primary key and the status is checked on those rows only.
-    # PostgreSQL would plan "IN (pick)" as a semi-join and re-run a locking pick per row, claiming more than
-    # LIMIT rows; "= ANY(ARRAY(pick))" evaluates the pick exactly once.
-    chosen = f"= ANY(ARRAY({pick}))" if postgres else f"IN ({pick})"
-    listed = ", ".join('"%s"' % column for column in returning)
-    return (f'UPDATE "{models.Job._meta.table_name}" SET {assignments} WHERE "panda_id" {chosen} '
-            f"AND (\"status\" || '') = {param} RETURNING {listed}")
 
 
 def change_each_job(groups, fields=None, now=None, read=None):
@@ -383,19 +342,8 @@ def _log_rows(rows, now):
     for (old, new, reason), ids in groups.items():
         for start in range(0, len(ids), 1000):
             chunk = ids[start:start + 1000]
-            database.execute_sql(_log_sql(database.param, len(chunk)),
+            database.execute_sql(statesql.log_sql(database.param, len(chunk)),
                                  chunk + [old, new, when, reason, "transition"])
-
-
-@functools.lru_cache(maxsize=512)
-def _log_sql(param, n_rows):
-    log = models.StatusLog
-    columns = ", ".join('"%s"' % f.column_name for f in (log.panda_id, log.old_status, log.new_status, log.time,
-                                                           log.reason, log.kind))
-    values = ", ".join([f"({param})"] * n_rows)
-    shared = ", ".join([param] * 5)
-    return (f'WITH "v"("_k") AS (VALUES {values}) INSERT INTO "{log._meta.table_name}" ({columns}) '
-            f'SELECT "_k", {shared} FROM "v"')
 
 
 FINAL_TASK_VALUES = frozenset(s.value for s in FINAL_TASK_STATES)
