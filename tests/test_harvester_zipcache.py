@@ -195,6 +195,9 @@ def test_the_default_place_is_the_users_cache_directory(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
     assert zipcache.directory() == str(tmp_path / "user" / ".cache" / "minipanda")
+    # a setting no shell expanded (a systemd unit's Environment=, a YAML file): '~' is the home, not a folder '~'
+    monkeypatch.setenv(zipcache.ENV, "~/pilots")
+    assert zipcache.directory() == str(tmp_path / "user" / "pilots")
 
 
 def test_only_the_newest_builds_are_kept(sources, tmp_path):

@@ -29,8 +29,8 @@ PREFIX, SUFFIX = "pilot-", ".pyz"
 
 def directory():
     """The cache directory (not made here), or None when the cache is turned off."""
-    if ENV in os.environ:
-        return os.environ[ENV] or None
+    if ENV in os.environ:  # '~' expanded: a systemd unit's Environment= or a YAML file leaves it to us
+        return os.path.expanduser(os.environ[ENV]) or None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "minipanda")
 
