@@ -2,11 +2,14 @@
 harvester database with a fixed now."""
 import datetime
 import json
+import threading
 
 import pytest
 
 from harvester import db, models
+from harvester.agents import adjuster as adjuster_module
 from harvester.agents.adjuster import Adjuster, decide
+from harvester.agents.submitter import Submitter
 from harvester.context import Context, Settings
 from queueconfig.loader import loads
 
@@ -193,3 +196,59 @@ def test_a_worker_of_several_nodes_counts_as_nodes_x_per_node_pilot_slots():
     assert decision["winner"] == ("ceil(((1 + extraPilotFraction) x activated + extraPilots - waiting pilots) / "
                                   "pilots per worker (2 nodes x 2 per node))")
     assert decide(q, 1, 0, activated=9, queued_pilots=4)["n"] == 2
+
+
+class ContendedLock:
+    """The harvester database's writer lock, telling ``on_wait`` when a thread has to wait for it."""
+
+    def __init__(self, on_wait):
+        self.lock, self.on_wait = threading.RLock(), on_wait
+
+    def acquire(self):
+        if not self.lock.acquire(blocking=False):
+            self.on_wait()
+            self.lock.acquire()
+        return True
+
+    def release(self):
+        self.lock.release()
+
+
+def test_a_second_cycle_never_decides_again_the_workers_the_submitter_is_making(home, monkeypatch):
+    """Two adjuster cycles close together (a wake-up right after a cycle) and the submitter between them: the
+    second one's count and its number are one transaction, so the workers made from the first number are either
+    counted by it or made from its number instead, never made twice (a testbed run of 6 pilots started 12)."""
+    q = queue()  # an empty queue with work: 3 new workers a cycle (maxNewWorkersPerCycle)
+    ctx, _ = context(home, DemandOnly({"Q": {"activated": 100}}), {"Q": q})
+    assert Adjuster(ctx).run_once(NOW) == 3  # the first cycle; the submitter has not yet taken its number
+    counted, go, submitter_settled = threading.Event(), threading.Event(), threading.Event()
+    real_counts = adjuster_module.counts
+
+    def counts_then_wait(name):
+        found = real_counts(name)
+        counted.set()
+        assert go.wait(60), "the test never let the adjuster go on"
+        return found
+
+    monkeypatch.setattr(adjuster_module, "counts", counts_then_wait)
+    models.database.obj._writer = ContendedLock(submitter_settled.set)
+    second = threading.Thread(target=Adjuster(ctx).run_once, args=(NOW,))
+    second.start()
+    assert counted.wait(60), "the second cycle never counted"
+    made = []
+
+    def submit():
+        made.append(Submitter(ctx).create_workers(q, NOW))
+        submitter_settled.set()
+
+    making = threading.Thread(target=submit)
+    making.start()  # makes the first cycle's workers, or waits for the second cycle's transaction to end
+    assert submitter_settled.wait(60), "the submitter neither made the workers nor waited for the adjuster"
+    go.set()
+    second.join(60)
+    making.join(60)
+    assert not second.is_alive() and not making.is_alive()
+    made.append(Submitter(ctx).create_workers(q, NOW))  # whatever number is left
+    assert sum(made) == 3 and models.Worker.select().count() == 3
+    state = models.QueueState.get_by_id("Q")
+    assert state.to_submit == 0

@@ -172,32 +172,13 @@ class Adjuster(Agent):
                 log.warning("adjuster: no demand from the server this cycle: %s", exc)
         decided = 0
         for name in sorted(set(queues) | set(self.ctx.queue_errors)):
-            queue = queues.get(name)
-            state = db.queue_state(name)
-            if queue is None:  # paused: its configuration is invalid
-                errors = self.ctx.queue_errors.get(name, [])
-                decision = {"n": 0, "winner": "queue paused: configuration invalid",
-                            "limits": [["queue paused: configuration invalid", 0]], "inputs": {"errors": errors}}
-                models.QueueState.update(to_submit=0, decision=json.dumps(decision), decision_time=now) \
-                    .where(models.QueueState.queue == name).execute()
-                continue
-            now_live = counts(name)
-            blocked = None
-            if queue.status == "offline":
-                blocked = "queue offline"
-            elif state.backoff_until is not None and state.backoff_until > now:
-                blocked = f"backing off after failures until {state.backoff_until:%H:%M:%S} UTC ({state.last_error})"
-            activated = None
-            if queue.mapType == "NoJob" and name in demand:
-                activated = int((demand.get(name) or {}).get("activated", 0))
-            elif queue.mapType == "NoJob" and demand_error:
-                blocked = blocked or "server unreachable: demand unknown"
-            decision = decide(queue, now_live.queued, now_live.running, now_live.queued_cores,
-                              now_live.queued_memory, activated, unbound_jobs(name), state.n_workers_override, blocked,
-                              now_live.jobless, made_since(name, now), now_live.queued_pilots, now_live.running_cores,
-                              now_live.running_memory)
-            models.QueueState.update(to_submit=decision["n"], decision=json.dumps(decision),
-                                     decision_time=now).where(models.QueueState.queue == name).execute()
+            # the count and the number it decides in one write transaction: the submitter turns to_submit into
+            # workers in one too, so a decision sees either those workers or its own number replacing the one not
+            # yet taken. Counted outside it, a second cycle (a wake-up right after the first) read "queued 0",
+            # the submitter made the first cycle's workers meanwhile, and its number then made as many again
+            # (a testbed run of 6 pilots started 12)
+            with models.database.atomic():
+                decision, now_live = self.decide_queue(name, queues.get(name), demand, demand_error, now)
             if decision["n"]:
                 decided += decision["n"]
                 log.info("queue %s: %d new workers (limit %s; queued %d, running %d)", name, decision["n"],
@@ -205,3 +186,33 @@ class Adjuster(Agent):
         if decided:
             self.ctx.wake("submitter")
         return decided
+
+    def decide_queue(self, name, queue, demand, demand_error, now):
+        """Count ``name``'s workers, decide and record its new workers (the caller's transaction); return the
+        decision and the counts (None for a paused queue)."""
+        state = db.queue_state(name)
+        if queue is None:  # paused: its configuration is invalid
+            errors = self.ctx.queue_errors.get(name, [])
+            decision = {"n": 0, "winner": "queue paused: configuration invalid",
+                        "limits": [["queue paused: configuration invalid", 0]], "inputs": {"errors": errors}}
+            models.QueueState.update(to_submit=0, decision=json.dumps(decision), decision_time=now) \
+                .where(models.QueueState.queue == name).execute()
+            return decision, None
+        now_live = counts(name)
+        blocked = None
+        if queue.status == "offline":
+            blocked = "queue offline"
+        elif state.backoff_until is not None and state.backoff_until > now:
+            blocked = f"backing off after failures until {state.backoff_until:%H:%M:%S} UTC ({state.last_error})"
+        activated = None
+        if queue.mapType == "NoJob" and name in demand:
+            activated = int((demand.get(name) or {}).get("activated", 0))
+        elif queue.mapType == "NoJob" and demand_error:
+            blocked = blocked or "server unreachable: demand unknown"
+        decision = decide(queue, now_live.queued, now_live.running, now_live.queued_cores,
+                          now_live.queued_memory, activated, unbound_jobs(name), state.n_workers_override, blocked,
+                          now_live.jobless, made_since(name, now), now_live.queued_pilots, now_live.running_cores,
+                          now_live.running_memory)
+        models.QueueState.update(to_submit=decision["n"], decision=json.dumps(decision),
+                                 decision_time=now).where(models.QueueState.queue == name).execute()
+        return decision, now_live
