@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -55,12 +54,7 @@ def run(n):
 
 
 def one_side(label, tree, n):
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--run", "--requests", str(n)], cwd=tree,
-                         env=dict(os.environ, PYTHONPATH=tree), capture_output=True, text=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode != 0 or not lines:
-        raise SystemExit(f"run failed ({out.returncode}): {out.stderr[-2000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = baseline.child_result([sys.executable, os.path.abspath(__file__), "--run", "--requests", str(n)], tree)
     print(f"  {label}: request thread {result['thread_us']:.1f} us per request, process {result['process_us']:.1f} "
           f"us; load {os.getloadavg()[0]:.2f}", flush=True)
     return result

@@ -4,6 +4,7 @@ directory first on the module path), pilots included (harvester builds the zipap
 imported). :func:`run_sides` runs a bench's side for this tree and for that commit's, alternating, and collects
 both sides' results."""
 import collections
+import json
 import os
 import shutil
 import signal
@@ -98,6 +99,17 @@ def run_sides(rev, run_side, rounds, cases=(None,), prepare=None, baseline_label
             stop_left_running(tree)
         remove(tree)
     return runs
+
+
+def child_result(argv, tree, env=None):
+    """Run a bench's own child (``argv``, e.g. the script with its ``--run`` flag) in ``tree`` with that tree first
+    on PYTHONPATH (or ``env``), and return the JSON of the last ``RESULT {...}`` line it printed; SystemExit with
+    the end of its output when it failed or printed none."""
+    out = subprocess.run(argv, cwd=tree, env=env or dict(os.environ, PYTHONPATH=tree), capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f"run failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 def _failure(exc):

@@ -22,7 +22,6 @@ import collections
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -127,11 +126,7 @@ def run(args):
 def one_side(label, tree, args):
     argv = [sys.executable, os.path.abspath(__file__), "--run", "--jobs", str(args.jobs), "--bulk", str(args.bulk),
             "--threads", str(args.threads)] + (["--statements"] if args.statements else [])
-    out = subprocess.run(argv, cwd=tree, env=dict(os.environ, PYTHONPATH=tree), capture_output=True, text=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode != 0 or not lines:
-        raise SystemExit(f"run failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
-    result = dict(json.loads(lines[-1][len("RESULT "):]), label=label)
+    result = dict(baseline.child_result(argv, tree), label=label)
     print(f"  {label}: process CPU {result['cpu_ms']:.4f} ms/job, {result['rate']:.0f} jobs/s; load "
           f"{result['load']:.2f}", flush=True)
     return result

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -87,13 +86,9 @@ def one_side(label, tree, args):
     argv = [sys.executable, os.path.abspath(__file__), "--run", "--jobs", str(args.jobs), "--threads",
             str(args.threads), "--bulk", str(args.bulk)]
     try:
-        out = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True)
+        result = dict(baseline.child_result(argv, tree, env), label=label)
     finally:
         shutil.rmtree(lock_dir, ignore_errors=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode != 0 or not lines:
-        raise SystemExit(f"run failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
-    result = dict(json.loads(lines[-1][len("RESULT "):]), label=label)
     print(f"  {label}: {result['rate']:.0f} jobs/s, writer lock {result['lock_ms']:.4f} ms/job (the holder's CPU "
           f"{result['lock_cpu_ms']:.4f}), CPU "
           f"{result['cpu_ms']:.4f} ms/job, {result['transactions']} write transactions; load {result['load']:.2f}",

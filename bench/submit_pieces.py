@@ -27,7 +27,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -203,11 +202,7 @@ def over_http(label, tree, args):
 def one_side(label, tree, args):
     argv = [sys.executable, os.path.abspath(__file__), "--run", "--jobs", str(args.jobs), "--chunk", str(args.chunk)] \
         + (["--positional"] if args.positional else [])
-    out = subprocess.run(argv, cwd=tree, env=dict(os.environ, PYTHONPATH=tree), capture_output=True, text=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode != 0 or not lines:
-        raise SystemExit(f"run failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
-    result = dict(json.loads(lines[-1][len("RESULT "):]), label=label)
+    result = dict(baseline.child_result(argv, tree), label=label)
     print(f"  {label}: thread CPU {result['cpu_ms']:.4f} ms/job, {result['rate']:.0f} jobs/s; load "
           f"{result['load']:.2f}", flush=True)
     return result

@@ -129,3 +129,20 @@ def test_a_baseline_that_is_no_commit_is_refused_before_any_run():
     with pytest.raises(SystemExit, match=r"^--baseline no-such-rev: not a commit of "):
         baseline.run_sides("no-such-rev", lambda *side: ran.append(side), rounds=1)
     assert ran == []
+
+
+def test_a_child_result_is_its_last_result_line_read_in_its_own_tree(tmp_path):
+    script = ("import json, minipanda, os; print('RESULT {\"n\": 1}'); print('noise'); "
+              "print('RESULT ' + json.dumps({'n': 2, 'from': minipanda.__file__, 'cwd': os.getcwd()}))")
+    result = baseline.child_result([sys.executable, "-c", script], baseline.ROOT)
+    assert result == {"n": 2, "from": imported_from(baseline.ROOT), "cwd": baseline.ROOT}
+
+
+@pytest.mark.parametrize("script", ["print('no result')", "import sys; print('RESULT {}'); "
+                                    "print('went wrong', file=sys.stderr); sys.exit(3)"])
+def test_a_child_that_fails_or_prints_no_result_is_refused_with_the_end_of_its_output(script):
+    with pytest.raises(SystemExit) as failed:
+        baseline.child_result([sys.executable, "-c", script], baseline.ROOT)
+    assert str(failed.value.code).startswith("run failed (")
+    assert ("no result" in failed.value.code) if "no result" in script else ("went wrong" in failed.value.code
+                                                                             and "(3)" in failed.value.code)
