@@ -233,19 +233,12 @@ def one_run(label, tree, db, args):
     queue = f"BULK_{int(time.time() * 1000) % 10 ** 9}"
     marks = [args.jobs * k // 10 for k in range(1, 11)]
     lock_file = os.path.join(home, "writer-lock") if args.writer_lock and db == "sqlite" else None
-    saved = {key: os.environ.get(key) for key in ("MINIPANDA_BENCH_WRITER_LOCK", "PYTHONPATH")}
+    env = dict(os.environ)
     if lock_file:  # the server (this tree's or the baseline's) sums its writer lock's holds: bench/writer_lock
-        os.environ["MINIPANDA_BENCH_WRITER_LOCK"] = lock_file
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(HERE, "writer_lock"),
-                                                                 saved["PYTHONPATH"]]))
-    try:
-        server = Server(home, db_url, args.threads, workers=args.workers, cwd=tree)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        env["MINIPANDA_BENCH_WRITER_LOCK"] = lock_file
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(HERE, "writer_lock"),
+                                                          os.environ.get("PYTHONPATH")]))
+    server = Server(home, db_url, args.threads, workers=args.workers, cwd=tree, env=env)
     spy = None
     try:  # the server is stopped whatever fails from here on (py-spy missing included)
         cpu0 = tree_cpu(server.proc.pid)

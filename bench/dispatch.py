@@ -101,16 +101,18 @@ class Connection:
 
 
 class Server:
-    """``minipanda serve`` on a free loopback port, in a temporary home; stop() ends only this process."""
+    """``minipanda serve`` on a free loopback port, in a temporary home; stop() ends only this process. ``env``: the
+    server's environment (default: this process's), e.g. with a bench's hooks on its PYTHONPATH."""
 
-    def __init__(self, home, db_url, threads, workers=1, cwd=None):
+    def __init__(self, home, db_url, threads, workers=1, cwd=None, env=None):
         self.home, self.port = home, free_port()
         self.log = open(os.path.join(home, "server.log"), "ab")
         argv = [sys.executable, "-m", "minipanda", "serve", "--home", home, "--host", HOST, "--port",
                 str(self.port), "--db", db_url, "--threads", str(threads)]
         if workers > 1:  # several server processes: PostgreSQL only
             argv += ["--workers", str(workers)]
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd or ROOT)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd or ROOT,
+                                     env=env)
         deadline = time.time() + 30
         while True:
             if self.proc.poll() is not None:

@@ -133,16 +133,8 @@ def over_http(label, tree, args):
 
     home = tempfile.mkdtemp(prefix="bench-submit-http-")
     totals = os.path.join(home, "hooks")
-    saved = {key: os.environ.get(key) for key in ("MINIPANDA_BENCH_SUBMIT_HOOKS", "PYTHONPATH")}
-    os.environ.update(MINIPANDA_BENCH_SUBMIT_HOOKS=totals, PYTHONPATH=os.path.join(HERE, "submit_hooks"))
-    try:
-        server = dispatch.Server(home, "sqlite:///" + os.path.join(home, "minipanda.db"), 8, cwd=tree)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    env = dict(os.environ, MINIPANDA_BENCH_SUBMIT_HOOKS=totals, PYTHONPATH=os.path.join(HERE, "submit_hooks"))
+    server = dispatch.Server(home, "sqlite:///" + os.path.join(home, "minipanda.db"), 8, cwd=tree, env=env)
 
     def server_totals():
         time.sleep(0.5)  # the hooks write every 0.2 s
