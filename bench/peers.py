@@ -48,6 +48,8 @@ import sys
 import tempfile
 import time
 
+import fsprobe
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RUNNERS = ("minipanda", "hyperqueue", "parsl", "dask")
@@ -280,6 +282,7 @@ def main(argv=None):
     base = tempfile.mkdtemp(prefix="bench-peers-")
     print(f"bench/peers.py: {args.slots} slots; {os.cpu_count()} CPUs; load {os.getloadavg()}; work under {base}",
           flush=True)
+    print(f"  before: {fsprobe.describe(base)}", flush=True)
     sizes = {"sleep": (args.sleep_jobs, args.sleep_seconds), "noop": (args.noop_jobs, 0.0),
              "files": (args.files_jobs, 0.0)}
     rows = []
@@ -293,6 +296,7 @@ def main(argv=None):
                 result = one(runner, workload, n, seconds, args.slots, base, args.time_limit)
                 rows.append((workload, runner, n, seconds, result))
                 print(f"  {workload} {runner}: {fmt_row(n, seconds, args.slots, result)}", flush=True)
+        print(f"  after: {fsprobe.describe(base)}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

@@ -48,6 +48,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import baseline  # noqa: E402
+import fsprobe  # noqa: E402
 
 
 def parser():
@@ -169,6 +170,7 @@ def main(argv=None):
     print(f"bench/testbed.py: {args.jobs} jobs of {args.job_seconds:g} s, files {args.files}, {args.cores} cores, "
           f"pilots {args.pilots or 'as the testbed chooses'}; homes under {base}; "
           f"load before {'/'.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(f"  before: {fsprobe.describe(base)}", flush=True)
 
     def prepare(tree):
         if tree != ROOT and args.warm_up and "--warm-up" not in open(os.path.join(tree, "testbed", "cli.py")).read():
@@ -191,6 +193,7 @@ def main(argv=None):
         results = [run.result for run in baseline.run_sides(
             args.baseline, one_run, args.repeat, prepare=prepare,
             cases=[int(x) for x in args.pilots.split(",") if x.strip()] or [None])]
+        print(f"  after: {fsprobe.describe(base)}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
