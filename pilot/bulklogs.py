@@ -3,9 +3,10 @@ minipanda.api.logs_bulk), for the wrap-up thread (pilot.wrapup): a short job's l
 its own cost the pilot and the server more than the log itself. Standard library only.
 
 The body is a JSON manifest (its size in ``X-Manifest-Length``), then each log's bytes in the manifest's order, sent
-from the files by sendfile; the server judges every entry alone, and :func:`stage_out_logs` turns each entry's
+from memory (a log held there: pilot.tarball.Spool) or from its file by sendfile; the server judges every entry alone, and :func:`stage_out_logs` turns each entry's
 answer into what a single ``PUT /files/<scope>/<lfn>`` of that log would have meant for its job.
 """
+import io
 import json
 import logging
 import time
@@ -41,8 +42,8 @@ def stage_out_logs(items, client, timeout):
     """Upload several jobs' log tarballs in one request (:func:`upload_logs`); one outcome per item, in order.
 
     Args:
-        items: (PandaID, log FileSpec, its bulk_log_path) triples, each spec's path, fsize and adler32 taken as it
-            was written.
+        items: (PandaID, log FileSpec, its bulk_log_path) triples, each spec's fsize and adler32 taken as it was
+            written, its bytes in memory (``memory``) or at ``path``.
         client: the comm.ServerClient.
         timeout: seconds allowed (plus 1 s per 10 MB of all the logs).
 
@@ -52,7 +53,8 @@ def stage_out_logs(items, client, timeout):
         A failure of the whole request raises comm.CommError or TimeoutError: the caller sends each log alone.
     """
     deadline = time.monotonic() + timeout + sum(spec.fsize for _, spec, _ in items) / 1e7
-    results = upload_logs(client, [{"pandaID": panda_id, "scope": scope, "lfn": spec.lfn, "path": spec.path,
+    results = upload_logs(client, [{"pandaID": panda_id, "scope": scope, "lfn": spec.lfn,
+                                    "path": spec.path if spec.memory is None else spec.memory.data,
                                     "fsize": spec.fsize, "adler32": spec.adler32}
                                    for panda_id, spec, (scope, _) in items], deadline)
     outcomes = []
@@ -81,8 +83,8 @@ def upload_logs(client, entries, deadline=None):
     """Several jobs' log tarballs in ONE request (``POST /api/v1/pilot/upload_logs``), streamed.
 
     ``entries``: dicts ``{pandaID, scope, lfn, path, fsize, adler32}`` (fsize and adler32 as the file was
-    written). The body is a JSON manifest (its size in ``X-Manifest-Length``) then each file's ``fsize`` bytes
-    in order (sendfile on a plain socket). Returns the server's per-entry results, in order (each ``{status,
+    written; ``path`` its file, or its bytes). The body is a JSON manifest (its size in ``X-Manifest-Length``) then
+    each file's ``fsize`` bytes in order (sendfile on a plain socket, bytes at once). Returns the server's per-entry results, in order (each ``{status,
     message, adler32?, url?}``: the server judges every entry alone). A failure of the whole request raises
     CommError (``status`` 404 or 405: a server without the route), or TimeoutError past ``deadline``.
     """
@@ -113,7 +115,7 @@ def upload_logs(client, entries, deadline=None):
 
 
 class _Concatenated:
-    """A request body of ``head`` (bytes) then each (path, length) file's first ``length`` bytes, each by
+    """A request body of ``head`` (bytes) then each (path or bytes, length) file's first ``length`` bytes, each by
     :class:`pilot.comm._DeadlineReader` (sendfile where the socket allows, never a byte more than declared);
     ``read`` serves the same bytes to a proxy's urllib."""
 
@@ -124,8 +126,9 @@ class _Concatenated:
 
     def _open(self):
         self.close()
-        for path, length in self.files:
-            self.readers.append(comm._DeadlineReader(open(path, "rb"), self.deadline, length))
+        for source, length in self.files:
+            handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+            self.readers.append(comm._DeadlineReader(handle, self.deadline, length))
 
     def seek(self, offset):
         """Back to the start (``offset`` 0), for a request sent again on a new connection."""

@@ -6,6 +6,7 @@ Bodies are JSON, replies are asked for as JSON (``Accept: application/json``), t
 again later can help (``transient``): network errors, 5xx, 401/403 and "changed concurrently" are transient; any
 other refusal is permanent and retrying it would only repeat the refusal.
 """
+import io
 import json
 import logging
 import os
@@ -236,8 +237,9 @@ class ServerClient:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
 
-    def upload(self, path, target, adler32, deadline=None, panda_id=None):
-        """PUT the file ``path`` to ``target`` (a server path starting with '/' or a full URL), streamed.
+    def upload(self, source, target, adler32, deadline=None, panda_id=None):
+        """PUT the file ``source`` (its path, or its bytes: a log tarball held in memory) to ``target`` (a server
+        path starting with '/' or a full URL), streamed.
 
         Sends ``Content-Length`` and ``X-Checksum: ad:<adler32>`` so the server verifies what it received, and
         ``X-PandaID: <panda_id>``, the job whose output or log it is (a pilot token stores only those). Returns
@@ -247,8 +249,9 @@ class ServerClient:
         url = self.url + target if target.startswith("/") else target
         headers = self._headers(False)
         timeout = self.timeout if deadline is None else max(1.0, min(self.timeout, deadline - time.monotonic()))
-        with open(path, "rb") as handle:
-            length = os.fstat(handle.fileno()).st_size
+        in_memory = isinstance(source, (bytes, bytearray))
+        with io.BytesIO(source) if in_memory else open(source, "rb") as handle:
+            length = len(source) if in_memory else os.fstat(handle.fileno()).st_size
             headers.update({"Content-Type": "application/octet-stream", "Content-Length": str(length),
                             "X-Checksum": f"ad:{adler32}"})
             if panda_id is not None:
@@ -310,10 +313,16 @@ class _DeadlineReader:
 
     def send_to(self, sock):
         """Send the body on ``sock`` (the request's headers are sent): by sendfile (no copy through the pilot's
-        memory) on a plain socket, in 256 KB blocks through TLS (``ssl`` has no sendfile of its own). OSError when
+        memory) on a plain socket, in 256 KB blocks through TLS (``ssl`` has no sendfile of its own), at once from
+        an ``io.BytesIO``. OSError when
         the file ends before ``length`` bytes (it shrank since it was measured)."""
         offset = 0
-        if getattr(sock, "_sslobj", None) is not None:
+        if isinstance(self.handle, io.BytesIO):  # bytes held in memory: no file to send from
+            self._check()
+            data = memoryview(self.handle.getvalue())[:self.length]  # getvalue: no copy of an unchanged buffer
+            sock.sendall(data)
+            offset = len(data)
+        elif getattr(sock, "_sslobj", None) is not None:
             self.handle.seek(0)
             for block in fileutil.blocks(self.handle):
                 if offset >= self.length:

@@ -166,7 +166,7 @@ def stage_out(spec, tool, output_dir, timeout, url_template="", client=None, tri
         client: a comm.ServerClient for http (None without network).
         tries, backoff, sleep: http retries of transient failures, waiting backoff, 2x backoff, ... (at most 60 s).
         measured: ``spec.fsize`` and ``spec.adler32`` were taken as the file was written (the log tarball): the
-            file is not read once more for them.
+            file is not read once more for them; a log tarball held in memory (``spec.memory``) goes from there.
         panda_id: the job whose file this is, named to the server with http (a pilot token stores only its
             jobs' outputs and logs).
     """
@@ -181,6 +181,8 @@ def stage_out(spec, tool, output_dir, timeout, url_template="", client=None, tri
         _upload(spec, url_template, client, time.monotonic() + timeout + spec.fsize / 1e7, tries, backoff, sleep,
                 panda_id)
         return
+    if spec.memory is not None:  # a log tarball held in memory: copy and mv need its file
+        spec.path, spec.memory = spec.memory.keep(), None
     dest = destination(spec, output_dir)
     copied = None  # the Digest of the bytes copied, taken in the same pass
     try:
@@ -214,7 +216,8 @@ def _upload(spec, template, client, deadline, tries, backoff, sleep, panda_id=No
     wait = backoff
     for attempt in range(max(1, tries)):
         try:
-            reply = client.upload(spec.path, url, spec.adler32, deadline, panda_id)
+            reply = client.upload(spec.path if spec.memory is None else spec.memory.data, url, spec.adler32, deadline,
+                                  panda_id)
             break
         except TimeoutError as exc:
             raise PilotError(errors.STAGEOUTTIMEOUT, f"stage-out of {spec.lfn}: {exc}") from None
@@ -238,21 +241,23 @@ def _upload(spec, template, client, deadline, tries, backoff, sleep, panda_id=No
     log.info("staged out %s with http to %s (%d bytes, adler32 %s)", spec.lfn, url, spec.fsize, spec.adler32)
 
 
-def log_tarball(job, job_dir, dest, extra_files=()):
-    """Write the log tarball: the job directory without its inputs and outputs, plus ``extra_files`` (the pilot log).
+def log_tarball(job, job_dir, dest, extra_files=(), memory_limit=0):
+    """Build the log tarball: the job directory without its inputs and outputs, plus ``extra_files`` (the pilot log).
 
     Written once by :class:`pilot.tarball.Writer`, its size and adler32 taken as it is written, so stage-out need
-    not read it again.
+    not read it again; held in memory while it is at most ``memory_limit`` bytes (0: always a file), else written
+    to ``dest`` (:class:`pilot.tarball.Spool`).
 
     Args:
         job: the Job (its inputs are left out).
         job_dir: the job directory.
-        dest: path of the tarball (outside the job directory).
+        dest: path of the tarball's file (outside the job directory), when it is one.
         extra_files: paths added next to the job directory's files, or (path, offset) pairs: only the bytes from
             ``offset`` on (the pilot log since the previous job's tarball), or (path, offset, end): up to ``end``.
+        memory_limit: bytes of a tarball held in memory.
 
     Returns:
-        (dest, size in bytes, adler32).
+        the closed Spool: ``data`` (in memory) or ``path`` (``on_disk``), ``size`` and ``adler32``.
     """
     top = f"PandaJob_{job.panda_id}"
     skip = {spec.lfn for spec in job.inputs + job.outputs}  # as pilot3: staged apart, never in the log
@@ -261,17 +266,18 @@ def log_tarball(job, job_dir, dest, extra_files=()):
         first = name.split("/")[1] if name.count("/") >= 1 else ""
         return first not in skip and not name.endswith(".part")
 
-    try:  # written in place (no rename: only this job writes it, and it is read once whole, by its stage-out)
-        with create_exclusive(dest) as raw:
-            out = tarball.Writer(raw)
-            out.add_tree(job_dir, top, keep)
-            for entry in extra_files:
-                path, offset, end = (tuple(entry) + (None,))[:3] if isinstance(entry, tuple) else (entry, 0, None)
-                if os.path.isfile(path):
-                    out.add_file(path, f"{top}/{os.path.basename(path)}", offset, end, mode=0o644)
-            out.close()
+    # a file is written in place (no rename: only this job writes it, and it is read once whole, by its stage-out)
+    spool = tarball.Spool(dest, memory_limit)
+    try:
+        out = tarball.Writer(spool)
+        out.add_tree(job_dir, top, keep)
+        for entry in extra_files:
+            path, offset, end = (tuple(entry) + (None,))[:3] if isinstance(entry, tuple) else (entry, 0, None)
+            if os.path.isfile(path):
+                out.add_file(path, f"{top}/{os.path.basename(path)}", offset, end, mode=0o644)
+        out.close()
+        spool.close(out.size, out.adler32)
     except OSError as exc:
-        if os.path.lexists(dest):
-            os.unlink(dest)  # never a part of a tarball left to pass for a whole one
+        spool.discard()  # never a part of a tarball left to pass for a whole one
         raise PilotError(errors.LOGFILECREATIONFAILURE, f"log tarball {os.path.basename(dest)}: {exc}") from None
-    return dest, out.size, out.adler32
+    return spool

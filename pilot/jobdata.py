@@ -32,6 +32,7 @@ class FileSpec:
         self.checksum_type, self.checksum = parse_checksum(checksum)
         self.registered = ""  # an input's registered path on a shared file system (surlIn), else ""
         self.path = None  # where the file is in the job directory
+        self.memory = None  # the log tarball while it is in memory only (a pilot.tarball.Spool; path is None then)
         self.surl = None  # where stage-out put it
         self.adler32 = None
 

@@ -8,7 +8,7 @@ import logging
 import os
 import shutil
 
-from pilot import bulklogs, copytools, errors
+from pilot import bulklogs, copytools, errors, tarball
 from pilot.errors import PilotError
 from pilot.fileutil import safe_name
 
@@ -66,18 +66,44 @@ class Staging:
                 end = ctx.log_end.pop(self.job.panda_id, None)
                 if end is None:
                     end = os.path.getsize(ctx.pilot_log) if ctx.pilot_log and os.path.isfile(ctx.pilot_log) else 0
-                spec.path, spec.fsize, spec.adler32 = copytools.log_tarball(
-                    self.job, self.job_dir, os.path.join(ctx.pilot_dir, spec.lfn), [(ctx.pilot_log, ctx.log_offset, end)])
+                tool = self.qd.copytool("pl")
+                # uploaded from memory, never a file, unless it has to stay on the node (no cleanup: kept for a
+                # look; copy and mv need a file) or is large (tarball.Spool)
+                memory_limit = tarball.MEMORY_MAX if tool == "http" and ctx.cleanup else 0
+                spool = copytools.log_tarball(self.job, self.job_dir, os.path.join(ctx.pilot_dir, spec.lfn),
+                                              [(ctx.pilot_log, ctx.log_offset, end)], memory_limit)
+                spec.fsize, spec.adler32 = spool.size, spool.adler32
+                spec.path, spec.memory = (spool.path, None) if spool.on_disk else (None, spool)
                 ctx.log_offset = max(ctx.log_offset, end)
-                if defer_log and self.qd.copytool("pl") == "http":
+                if defer_log and tool == "http":
                     self.log_store = bulklogs.bulk_log_path(spec, http["url_template"], ctx.client)
                     if self.log_store is not None:
                         return True
-                copytools.stage_out(spec, self.qd.copytool("pl"), ctx.output_dir, timeout, measured=True, **http)
+                copytools.stage_out(spec, tool, ctx.output_dir, timeout, measured=True, **http)
             except PilotError as exc:
                 self.fail(exc)
+            self.settle_log()
         ctx.timing.mark(self.job.panda_id, "PILOT_POST_STAGEOUT")
         return False
+
+    def settle_log(self):
+        """The log tarball held in memory, once its stage-out is over: let go when the server holds it, else written
+        to its file in the pilot directory, kept on the node as a tarball whose upload failed always was (the
+        job's final says it failed; the final itself goes to the outbox when it cannot be sent)."""
+        spec = self.job.log
+        memory = spec.memory if spec else None
+        if memory is None:
+            return
+        spec.memory = None
+        if (spec.surl or "").startswith(("http://", "https://")):
+            memory.drop()
+            return
+        try:
+            spec.path = memory.keep()
+            log.info("log tarball %s not uploaded: kept at %s (%d bytes, adler32 %s)", spec.lfn, spec.path,
+                     memory.size, memory.adler32)
+        except OSError as exc:
+            log.warning("log tarball %s not uploaded, and it cannot be kept on the node: %s", memory.path, exc)
 
     def remove_job_dir(self):
         """The job's directory, and its log tarball once the server holds it (a pilot running thousands of short

@@ -97,6 +97,7 @@ class WrapUp:
         self.woken.set()
         for run in runs:
             run.spool_final()
+            run.settle_log()  # a log held in memory, not uploaded: kept on the node, as its file was
 
     # ---- the thread ---------------------------------------------------------------------------------------------
     def _loop(self):
@@ -281,4 +282,5 @@ def _log_staged(run, outcome):
             run.fail(exc)
     elif outcome is not None:
         run.fail(outcome)
+    run.settle_log()
     run.ctx.timing.mark(run.job.panda_id, "PILOT_POST_STAGEOUT")

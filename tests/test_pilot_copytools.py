@@ -139,7 +139,9 @@ def test_log_tarball_leaves_inputs_out(dirs, tmp_path):
     open(os.path.join(job_dir, "sub", "in.dat"), "w").write("not an input: a file the payload made\n")
     pilot_log = tmp_path / "pilotlog.txt"
     pilot_log.write_text("log\n")
-    path, size, adler = copytools.log_tarball(job, job_dir, str(tmp_path / "log.tgz"), [str(pilot_log)])
+    spool = copytools.log_tarball(job, job_dir, str(tmp_path / "log.tgz"), [str(pilot_log)])
+    path, size, adler = spool.path, spool.size, spool.adler32
+    assert spool.on_disk and spool.data is None  # no memory allowed: a file
     with tarfile.open(path) as tar:
         names = sorted(tar.getnames())
     assert names == ["PandaJob_1", "PandaJob_1/payload.stdout", "PandaJob_1/pilotlog.txt", "PandaJob_1/sub",
@@ -151,8 +153,8 @@ def test_log_tarball_holds_the_pilot_log_from_the_offset_given(dirs, tmp_path):
     _, job_dir = dirs
     pilot_log = tmp_path / "pilotlog.txt"
     pilot_log.write_text("previous job's lines\nthis job's lines\n")
-    path, _, _ = copytools.log_tarball(make_job(), job_dir, str(tmp_path / "log.tgz"),
-                                       [(str(pilot_log), len("previous job's lines\n"))])
+    path = copytools.log_tarball(make_job(), job_dir, str(tmp_path / "log.tgz"),
+                                 [(str(pilot_log), len("previous job's lines\n"))]).path
     with tarfile.open(path) as tar:
         assert tar.extractfile("PandaJob_1/pilotlog.txt").read() == b"this job's lines\n"
 

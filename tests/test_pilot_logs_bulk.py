@@ -109,7 +109,7 @@ class FakeLog:
     def __init__(self, panda_id, fsize):
         self.lfn, self.scope, self.fsize, self.adler32, self.path = f"log{panda_id}.tgz", "user", fsize, "00000001", \
             os.devnull
-        self.surl = None
+        self.surl = self.memory = None
 
 
 class LogRun:
@@ -129,6 +129,9 @@ class LogRun:
 
     def log_staged(self, outcome=None):
         self.log_outcome = outcome
+
+    def settle_log(self):
+        pass
 
     def conclude(self):
         failed = self.log_outcome not in (None, bulklogs.ALONE, "PUT in its own stage-out")

@@ -46,8 +46,8 @@ def test_the_tarball_reads_as_tarfile_would_have_written_it(job_dir, tmp_path):
     job = make_job()  # its input in.dat stays out
     pilot_log = tmp_path / "pilotlog.txt"
     pilot_log.write_bytes(b"0123456789" * 10)
-    path, size, adler = copytools.log_tarball(job, str(job_dir), str(tmp_path / "log.tgz"),
-                                              [(str(pilot_log), 20, 50)])
+    spool = copytools.log_tarball(job, str(job_dir), str(tmp_path / "log.tgz"), [(str(pilot_log), 20, 50)])
+    path, size, adler = spool.path, spool.size, spool.adler32
     data = open(path, "rb").read()
     assert (size, adler) == (len(data), f"{zlib.adler32(data) & 0xffffffff:08x}")  # taken as written
     assert gzip.decompress(data)  # a whole gzip stream, CRC and length checked
@@ -80,7 +80,7 @@ def test_the_job_outputs_stay_out_of_the_log_tarball_as_its_inputs_do(tmp_path):
     for name in ("in.dat", "out.root", "payload.stdout"):
         (top / name).write_text(name)
     job = make_job(outFiles="out.root", scopeOut="sc", destinationDblock="ds")
-    path, _, _ = copytools.log_tarball(job, str(top), str(tmp_path / "log.tgz"))
+    path = copytools.log_tarball(job, str(top), str(tmp_path / "log.tgz")).path
     assert sorted(members(path)) == ["PandaJob_1", "PandaJob_1/payload.stdout"]
 
 
@@ -160,3 +160,45 @@ def test_a_tarball_that_cannot_be_written_leaves_nothing(tmp_path, monkeypatch):
         copytools.log_tarball(make_job(), str(top), str(tmp_path / "log.tgz"))
     assert caught.value.code == 1320 and "Permission denied" in caught.value.diag
     assert not (tmp_path / "log.tgz").exists()  # no part of it passes for a whole one
+
+
+def incompressible_job_dir(tmp_path, size):
+    top = tmp_path / "PandaJob_1"
+    top.mkdir(parents=True)
+    (top / "payload.stdout").write_bytes(os.urandom(size))
+    return top
+
+
+def test_a_small_tarball_stays_in_memory_and_a_large_one_spills_to_its_file_whole(tmp_path):
+    small = copytools.log_tarball(make_job(), str(incompressible_job_dir(tmp_path / "a", 10_000)),
+                                  str(tmp_path / "small.tgz"), memory_limit=64 << 10)
+    assert not small.on_disk and not (tmp_path / "small.tgz").exists()
+    assert (small.size, small.adler32) == (len(small.data), f"{zlib.adler32(small.data) & 0xffffffff:08x}")
+    assert gzip.decompress(small.data)
+    large = copytools.log_tarball(make_job(), str(incompressible_job_dir(tmp_path / "b", 200_000)),
+                                  str(tmp_path / "large.tgz"), memory_limit=64 << 10)
+    assert large.on_disk and large.data is None and large.path == str(tmp_path / "large.tgz")
+    data = (tmp_path / "large.tgz").read_bytes()  # what memory held first, then the rest
+    assert (large.size, large.adler32) == (len(data), f"{zlib.adler32(data) & 0xffffffff:08x}")
+    assert len(members(large.path)["PandaJob_1/payload.stdout"][4]) == 200_000
+
+
+def test_tarballs_in_memory_together_stay_under_the_process_bound(tmp_path, monkeypatch):
+    """The wrap-up holds up to a hundred jobs' logs before they go: past MEMORY_HELD_MAX in all, a tarball is a
+    file; a tarball let go (the server holds it), or written to its file, or gone, gives its bytes back."""
+    monkeypatch.setattr(tarball, "MEMORY_HELD_MAX", tarball.Spool.held() + 50_000)
+    top = str(incompressible_job_dir(tmp_path, 20_000))
+    first, second = (copytools.log_tarball(make_job(), top, str(tmp_path / f"{n}.tgz"), memory_limit=1 << 20)
+                     for n in (1, 2))
+    assert not first.on_disk and not second.on_disk
+    third = copytools.log_tarball(make_job(), top, str(tmp_path / "3.tgz"), memory_limit=1 << 20)
+    assert third.on_disk  # 3 x ~20 kB over the 50 kB left
+    first.drop()
+    assert not copytools.log_tarball(make_job(), top, str(tmp_path / "4.tgz"), memory_limit=1 << 20).on_disk
+    data = second.data
+    assert second.keep() == str(tmp_path / "2.tgz") and (tmp_path / "2.tgz").read_bytes() == data
+    assert second.data is None
+    held = tarball.Spool.held()
+    del third, second
+    assert tarball.Spool.held() == held  # neither held memory any more
+    assert not copytools.log_tarball(make_job(), top, str(tmp_path / "5.tgz"), memory_limit=1 << 20).on_disk

@@ -41,6 +41,9 @@ class FakeRun:
     def spool_final(self):
         self.outcome = ("spooled", "cold")
 
+    def settle_log(self):
+        pass
+
 
 class FakeClient:
     """Records each request; a bulk's entries are answered by ``entry(panda_id)``, a single update is accepted."""
