@@ -21,6 +21,7 @@ import time
 
 from pilot import errors
 from pilot.errors import ColdShutdown, PilotError
+from pilot.jobdirs import JobDirs, open_job_file
 from pilot.jobreports import JobReports
 from pilot.payloadrun import PayloadRun
 from pilot.staging import Staging
@@ -55,6 +56,8 @@ class Context:
     for its end: the job loop does then what need not come between two payloads (the next job made ready, files
     due for harvester). While the pilot waits for a payload's end it also wakes when the descriptor
     ``answer_due()`` names becomes readable (a getJob sent ahead is answered) and calls ``answer_came()``.
+    ``job_dirs`` makes and removes the job directories (pilot.jobdirs): reused from job to job only with
+    ``cleanup`` and a subreaper pilot (``adopter_pid``), which alone can know a payload's processes all gone.
     """
 
     def __init__(self, queue, qd, identity, pilot_dir, input_dir, output_dir, stop, waker, timing, client=None,
@@ -72,6 +75,7 @@ class Context:
         self.guard, self.job_started, self.payload_running = guard, job_started, payload_running
         self.answer_due, self.answer_came = answer_due, answer_came
         self.pull = pull
+        self.job_dirs = JobDirs(pilot_dir, reuse=cleanup and adopter_pid is not None)
 
 
 class JobRun(Staging, PayloadRun, JobReports):
@@ -240,11 +244,12 @@ class JobRun(Staging, PayloadRun, JobReports):
 
     def prepare(self):
         try:
-            os.makedirs(self.job_dir, mode=0o770)
+            self.ctx.job_dirs.make(self.job_dir)
         except OSError as exc:
             raise PilotError(errors.MKDIR, f"cannot create {self.job_dir}: {exc}") from None
-        # a plain write: the directory is new and the pilot's own, so no reader can see the file half-written;
-        # compact JSON in one write (indented and sorted it cost a short job's loop 2-3 times as much)
-        with open(os.path.join(self.job_dir, "job_definition.json"), "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(self.job.raw, separators=(",", ":"), default=str))
+        # a plain write: the directory is the pilot's own and no payload runs in it yet, so no reader can see the
+        # file half-written; compact JSON in one write (indented and sorted it cost a short job's loop 2-3 times
+        # as much); the file of a reused directory is checked and truncated, not made again (pilot.jobdirs)
+        with open(open_job_file(os.path.join(self.job_dir, "job_definition.json")), "wb") as handle:
+            handle.write(json.dumps(self.job.raw, separators=(",", ":"), default=str).encode())
         self.job.validate()

@@ -22,6 +22,7 @@ import urllib.parse
 from pilot import errors
 from pilot.errors import PilotError
 from pilot.fileutil import safe_name
+from pilot.jobdirs import open_job_file
 from pilot.proctree import ProcessTree
 
 log = logging.getLogger(__name__)
@@ -204,10 +205,10 @@ class Payload:
     def open_outputs(self):
         """Create payload.stdout and payload.stderr now, ahead of :meth:`start` (which then only starts the
         process); :meth:`close_outputs` if it never comes."""
-        if self.outputs is None:
-            out = open(self.stdout, "wb")
+        if self.outputs is None:  # those of a reused job directory checked and truncated (pilot.jobdirs)
+            out = open(open_job_file(self.stdout), "wb")
             try:
-                self.outputs = (out, open(self.stderr, "wb"))
+                self.outputs = (out, open(open_job_file(self.stderr), "wb"))
             except OSError:
                 out.close()
                 raise

@@ -23,7 +23,7 @@ class Shutdown:
         pilot is done, record the pilot's figures."""
         if self.timing is None:
             return
-        for step in (self.hand_over_held, self.give_back_in_hand, self.finish_wrapup):
+        for step in (self.hand_over_held, self.give_back_in_hand, self.finish_wrapup, self.remove_spare_dirs):
             try:
                 step()
             except ColdShutdown:
@@ -64,6 +64,11 @@ class Shutdown:
         else:
             log.info("final updates of %d jobs sent, %d of them in %d updateJobsInBulk", self.wrapup.sent_finals,
                      self.wrapup.sent_finals_in_bulk, self.wrapup.sent_bulks)
+
+    def remove_spare_dirs(self):
+        """The job directories kept for later jobs (pilot.jobdirs) removed: no job will take them now."""
+        if self.ctx is not None:
+            self.ctx.job_dirs.close()
 
     def give_back_in_hand(self):
         """Jobs fetched that will not run: each reported failed with why (the server retries it), not left

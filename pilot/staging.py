@@ -6,7 +6,6 @@ this stage-out, pilot.jobreports); the copy itself is pilot.copytools'.
 """
 import logging
 import os
-import shutil
 
 from pilot import bulklogs, copytools, errors, tarball
 from pilot.errors import PilotError
@@ -105,13 +104,21 @@ class Staging:
         except OSError as exc:
             log.warning("log tarball %s not uploaded, and it cannot be kept on the node: %s", memory.path, exc)
 
+    def payload_gone(self):
+        """Whether none of the job's processes can be left: its payload never started, or it was reaped and its
+        tree found gone by a subreaper pilot (proctree.ProcessTree.gone; never without a subreaper)."""
+        run = self.payload
+        if run is None or run.proc is None:
+            return True
+        return run.returncode is not None and run.tree is not None and run.tree.gone
+
     def remove_job_dir(self):
-        """The job's directory, and its log tarball once the server holds it (a pilot running thousands of short
-        jobs would otherwise keep them all); a tarball kept on the node (copied, or for harvester) stays."""
+        """The job's directory (kept, emptied, for a later job when it may be: pilot.jobdirs), and its log tarball
+        once the server holds it (a pilot running thousands of short jobs would otherwise keep them all); a tarball
+        kept on the node (copied, or for harvester) stays."""
         if not self.ctx.cleanup:
             return
-        if os.path.isdir(self.job_dir):
-            shutil.rmtree(self.job_dir, ignore_errors=True)
+        self.ctx.job_dirs.release(self.job_dir, self.payload_gone())
         spec = self.job.log
         if spec and spec.path and (spec.surl or "").startswith(("http://", "https://")):
             try:
