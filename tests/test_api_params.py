@@ -358,7 +358,8 @@ def test_parameters_kept_as_sent_are_exactly_what_the_validators_give(app):
                      | {route_params.UPDATE_V1}, key=lambda model: model.__name__)
     plain = st.one_of(st.none(), st.integers(-2 ** 64, 2 ** 64), st.text(max_size=20), st.sampled_from(SPECIALS),
                       st.booleans(), st.floats(allow_nan=True),
-                      st.sampled_from(["x" * n for n in (32, 33, 128, 129, 256, 257, 1025)]))  # around the limits
+                      st.sampled_from(["x" * n for n in (32, 33, 128, 129, 256, 257, 1025)]),  # around the limits
+                      st.sampled_from(NESTED + [' {"a": [1, "x"]}', "[1, 2]", '{"a": 1} x']))  # JSON texts (Json)
     kept = collections.Counter()
 
     @settings(max_examples=examples(800), deadline=None, database=None, suppress_health_check=list(HealthCheck))
