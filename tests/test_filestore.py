@@ -2,6 +2,7 @@
 with the admin's token (a manager stores any name): which job's files a pilot's token may PUT is
 tests/test_api_stageout.py."""
 import http.client
+import io
 import os
 import zlib
 
@@ -413,3 +414,94 @@ def test_the_stores_adler32_is_zlibs_for_a_body_of_several_blocks(sqlite_server)
     except ImportError:
         fast = False
     assert filestore.adler32.__module__.startswith("zlib_ng" if fast else "zlib")  # the fast one when installed
+
+
+CRASH_IN_UPLOAD = """
+import os, sys
+from minipanda.core import filestore
+
+class Crashing:
+    def __init__(self):
+        self.reads = 0
+    def read(self, amount=-1):
+        self.reads += 1
+        if self.reads == 2:  # the first block is written: the server dies in the middle of the upload
+            os._exit(17)
+        return bytes(amount)
+
+filestore.FileStore(sys.argv[1]).put("sc", "cut.dat", Crashing(), 3 * filestore.BLOCK, 1 << 30)
+"""
+
+
+def test_an_upload_cut_short_by_a_crash_of_the_server_leaves_nothing_in_the_store(tmp_path):
+    """While its body is read an upload has no name in the store at all (an unnamed file, linked into place only
+    whole and checked): a server killed in the middle of an upload leaves no file behind, not even a hidden
+    temporary that nothing would ever remove."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "files"
+    (root / "sc").mkdir(parents=True)
+    crashed = subprocess.run([sys.executable, "-c", CRASH_IN_UPLOAD, str(root)], capture_output=True, text=True,
+                             timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert crashed.returncode == 17, crashed.stderr
+    assert os.listdir(root / "sc") == []
+
+
+class NamelessWhileRead(CountingStream):
+    """A body whose every read checks that nothing at all (hidden names included) is under ``scope_dir`` yet."""
+
+    def read(self, amount=-1):
+        assert os.listdir(self.scope_dir) == []
+        return super().read(amount)
+
+
+def test_an_upload_has_no_name_until_it_is_whole_and_checked(tmp_path):
+    from minipanda.core import filestore
+    from minipanda.errors import RequestError
+
+    store = filestore.FileStore(str(tmp_path / "files"))
+    scope_dir = str(tmp_path / "files" / "sc")
+    os.makedirs(scope_dir)
+    size = 2 * filestore.BLOCK + 3
+    with pytest.raises(RequestError):
+        store.put("sc", "f.dat", NamelessWhileRead(size, scope_dir), size, 1 << 30, "00000001")
+    assert os.listdir(scope_dir) == []
+    created, _ = store.put("sc", "f.dat", NamelessWhileRead(size, scope_dir), size, 1 << 30)
+    assert created and os.listdir(scope_dir) == ["f.dat"] and os.path.getsize(os.path.join(scope_dir, "f.dat")) == size
+    again, _ = store.put("sc", "f.dat", CountingStream(size), size, 1 << 30)  # the same content: stored already
+    assert not again
+    with pytest.raises(RequestError) as conflict:
+        store.put("sc", "f.dat", io.BytesIO(b"other"), 5, 1 << 30)
+    assert conflict.value.http == 409 and os.listdir(scope_dir) == ["f.dat"]
+    assert filestore.stored_adler32(os.path.join(scope_dir, "f.dat")) == f"{zlib.adler32(bytes(size)):08x}"
+
+
+def test_where_unnamed_files_are_refused_an_upload_is_written_under_a_hidden_name_and_nothing_is_left(
+        tmp_path, monkeypatch):
+    """A kernel or file system without O_TMPFILE (the open refused with EOPNOTSUPP): the store writes to a hidden
+    temporary as it did before, links it into place whole and removes it, refused or stored."""
+    import errno
+
+    from minipanda.core import filestore
+    from minipanda.errors import RequestError
+
+    real_open, refused = os.open, []
+
+    def no_unnamed_files(path, flags, *args, **kwargs):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            refused.append(path)
+            raise OSError(errno.EOPNOTSUPP, "not supported here")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_unnamed_files)
+    monkeypatch.setattr(filestore, "_UNNAMED", [True])
+    store = filestore.FileStore(str(tmp_path / "files"))
+    scope_dir = str(tmp_path / "files" / "sc")
+    size = filestore.BLOCK + 1
+    with pytest.raises(RequestError):
+        store.put("sc", "f.dat", CountingStream(size, scope_dir), size, 1 << 30, "00000001")
+    assert os.listdir(scope_dir) == []
+    created, info = store.put("sc", "f.dat", CountingStream(size, scope_dir), size, 1 << 30)
+    assert created and info["fsize"] == size and os.listdir(scope_dir) == ["f.dat"]
+    assert len(refused) == 1 and filestore._UNNAMED == [False]  # asked once, then named temporaries only

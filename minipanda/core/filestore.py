@@ -1,13 +1,15 @@
 """The server's file store: ``<home>/files/<scope>/<lfn>``, written by pilots (http stage-out), read by anyone.
 
 Names come from the network, so each is checked against a strict pattern and neither the scope's directory nor the
-file may be a symbolic link: a name never leads out of the store. An upload is streamed into a hidden
-temporary file next to its target (a leading dot: no valid name can address it), verified (size, adler32), then
-linked into place, which fails rather than overwrites when another upload won the race. A stored file never
+file may be a symbolic link: a name never leads out of the store. An upload is streamed into an unnamed file in
+its target's directory (O_TMPFILE; where that is not supported, a hidden temporary whose leading dot no valid name
+can address), verified (size, adler32), then linked into place, which fails rather than overwrites when another
+upload won the race. A stored file never
 changes: the same content again is an idempotent success, different content a conflict. The adler32 measured as
 a file was stored is kept with it (the extended attribute :data:`RECORD`), so checks of a stored file (a job's
 final report, an upload of a name already stored) need not read its bytes again.
 """
+import errno
 import io
 import itertools
 import os
@@ -171,8 +173,8 @@ class FileStore:
             raise RequestError(f"body: {length} bytes is larger than the server's limit of {limit} bytes",
                                SC_INVALID, 413)
         directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = _temporary(directory)
+        dir_fd = _open_directory(directory)
+        fd, tmp = _temporary(dir_fd)
         try:
             size, value = 0, 1
             with os.fdopen(fd, "wb") as out:
@@ -189,30 +191,67 @@ class FileStore:
                     raise RequestError(f"X-Checksum: adler32 of the received data is {found}, ad:{adler} was "
                                        "declared; nothing stored")
                 _record(out.fileno(), found)
-            info = {"scope": scope, "lfn": lfn, "fsize": size, "adler32": found}
-            try:
-                os.link(tmp, path)  # never replaces: a concurrent upload that got there first wins
-            except FileExistsError:
-                stored = self.info(scope, lfn)
-                if stored and stored["adler32"] == found and stored["fsize"] == size:
-                    return False, info
-                raise RequestError(f"{scope}/{lfn} is already stored with different content (adler32 "
-                                   f"{stored and stored['adler32']}, this upload {found}); stored files never "
-                                   "change", SC_INVALID, 409) from None
+                out.flush()
+                info = {"scope": scope, "lfn": lfn, "fsize": size, "adler32": found}
+                try:  # never replaces: a concurrent upload that got there first wins
+                    _link(out.fileno(), tmp, dir_fd, os.path.basename(path))
+                except FileExistsError:
+                    stored = self.info(scope, lfn)
+                    if stored and stored["adler32"] == found and stored["fsize"] == size:
+                        return False, info
+                    raise RequestError(f"{scope}/{lfn} is already stored with different content (adler32 "
+                                       f"{stored and stored['adler32']}, this upload {found}); stored files never "
+                                       "change", SC_INVALID, 409) from None
             return True, info
         finally:
-            os.unlink(tmp)
-
+            if tmp is not None:
+                os.unlink(tmp, dir_fd=dir_fd)
+            os.close(dir_fd)
 
 _uploads = itertools.count()
+# An upload is written to an unnamed file (O_TMPFILE) and linked into place by its descriptor (linkat through
+# /proc/self/fd): no hidden name is made and removed per upload (two directory changes of three; on a file system
+# where a new inode is dear, every saved directory operation counts), and an upload cut short by a crash of the
+# server leaves nothing behind, where a named temporary stayed forever. A kernel, file system or /proc without it:
+# a hidden named temporary, as before.
+_UNNAMED = [hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")]
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _temporary(directory):
-    """(fd, path) of a new hidden file in ``directory`` (a leading dot: no valid name can address it), created
-    exclusively and never through a symlink; named by process and counter, not by random letters as mkstemp."""
-    while True:
-        path = os.path.join(directory, f".upload-{os.getpid()}-{next(_uploads)}.part")
+def _open_directory(directory):
+    """A descriptor of the scope's ``directory`` (made when missing), never opened through a symlink: the file is
+    made and linked relative to it, so the directory checked is the one written to."""
+    try:
+        return os.open(directory, _DIRECTORY_FLAGS)
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+        return os.open(directory, _DIRECTORY_FLAGS)
+
+
+def _temporary(dir_fd):
+    """(fd, None) of a new unnamed file in the directory ``dir_fd``, or where that is not supported (fd, name) of
+    a new hidden file there (a leading dot: no valid name can address it), created exclusively and never through a
+    symlink; named by process and counter, not by random letters as mkstemp."""
+    if _UNNAMED[0]:
         try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), path
+            return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=dir_fd), None
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            _UNNAMED[0] = False  # this kernel or file system cannot: named temporaries from now on
+    while True:
+        name = f".upload-{os.getpid()}-{next(_uploads)}.part"
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                           dir_fd=dir_fd), name
         except FileExistsError:  # a leftover of an earlier process with this pid: take the next number
             continue
+
+
+def _link(fd, tmp, dir_fd, name):
+    """Give the written file (``fd``; named ``tmp`` in ``dir_fd``, or unnamed when ``tmp`` is None) the ``name``
+    in ``dir_fd``; FileExistsError when the name is taken (never replaced)."""
+    if tmp is None:  # the descriptor's /proc link, followed (linkat AT_SYMLINK_FOLLOW: dst_dir_fd makes os.link use it)
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd)
+    else:
+        os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
