@@ -29,7 +29,8 @@ import threading
 
 log = logging.getLogger(__name__)
 KEPT = ("payload.stdout", "payload.stderr", "job_definition.json")  # truncated and reused; anything else goes
-SPARES = 4  # directories kept for later jobs: the next job is made ready while one or two others are wrapped up
+SPARES = 8  # directories kept for later jobs: the next one is made ready while up to wrapup.QUEUE_BOUND + 1 ended
+# jobs wait for their stage-out, so a pilot ahead of its wrap-up still finds one when the wrap-up catches up
 _OPEN_EXISTING = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO must not hang us
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _ACLS = ("system.posix_acl_access", "system.posix_acl_default")

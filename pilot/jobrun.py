@@ -96,6 +96,7 @@ class JobRun(Staging, PayloadRun, JobReports):
         self.log_store = None  # (scope, lfn) in the server's store of a log whose upload was left to the caller
         self.prepared = False  # its directory and definition made ahead (prepare_ahead), while another job ran
         self.prepare_error = None  # what went wrong then, raised when the job's turn comes
+        self.dir_released = False  # its directory removed or kept for another job (release_job_dir)
 
     def start_clocks(self):
         """The job's start time, and its lost-heartbeat clock: the server last heard of this job when its getJob
@@ -167,6 +168,7 @@ class JobRun(Staging, PayloadRun, JobReports):
         log bound for the server's store is left to the caller (pilot.wrapup: several jobs' logs in one request):
         True then (``self.log_store`` says where it goes), and its upload and :meth:`conclude` follow."""
         if self.stage_out(defer_log):
+            self.release_job_dir()  # the log tarball is made: the directory can serve another job while it goes
             return True
         self.conclude()
         return False

@@ -112,13 +112,21 @@ class Staging:
             return True
         return run.returncode is not None and run.tree is not None and run.tree.gone
 
+    def release_job_dir(self):
+        """The job's directory removed, or kept for a later job (pilot.jobdirs), once: as soon as nothing of the
+        job needs it (its outputs out and its log tarball made), so that a pilot whose finals and logs wait to go
+        several in one request has a spare ready for its next job."""
+        if self.ctx.cleanup and not self.dir_released:
+            self.dir_released = True
+            self.ctx.job_dirs.release(self.job_dir, self.payload_gone())
+
     def remove_job_dir(self):
         """The job's directory (kept, emptied, for a later job when it may be: pilot.jobdirs), and its log tarball
         once the server holds it (a pilot running thousands of short jobs would otherwise keep them all); a tarball
         kept on the node (copied, or for harvester) stays."""
         if not self.ctx.cleanup:
             return
-        self.ctx.job_dirs.release(self.job_dir, self.payload_gone())
+        self.release_job_dir()
         spec = self.job.log
         if spec and spec.path and (spec.surl or "").startswith(("http://", "https://")):
             try:
