@@ -5,7 +5,9 @@ Pilot -> harvester: ``worker_requestjob.json`` (``{"nJobs": 1}``), ``worker_attr
 ``jobReport.json`` and ``event_status.dump.json`` (the end of a job), ``worker_pandaids.json`` (the PandaIDs run),
 ``worker_heartbeat.json`` (touched at each update: its mtime says the pilot is alive), ``kill_worker`` (the
 pilot is done), ``worker_attributes-<PandaID>.json`` (a job's final attributes, kept per job). Every write is a
-temporary file renamed into place. Names can be changed with queuedata ``handoff_files``.
+temporary file renamed into place, or (``worker_attributes.json`` and ``worker_pandaids.json``, rewritten job after
+job) a kept one exchanged with it (pilot.fileutil.Rewriter): no new inode per report. Names can be changed with
+queuedata ``handoff_files``.
 
 Two threads write here (the job loop, and the wrap-up of ended jobs, pilot.wrapup): every shared file is written
 under one lock, and ``worker_attributes.json`` keeps pilot3's shape (one job's dict) holding the NEWEST job's latest
@@ -20,7 +22,7 @@ import threading
 import time
 import urllib.parse
 
-from pilot.fileutil import atomic_touch, atomic_write_json, read_json
+from pilot.fileutil import Rewriter, atomic_touch, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 FINAL_STATES = ("finished", "failed")
@@ -42,6 +44,7 @@ class Handoff:
         self.shown = -1  # the rank of the job worker_attributes.json speaks for
         self.unlisted = []  # PandaIDs begun and not in worker_pandaids.json yet
         self.listed_at = None  # monotonic time of its last write
+        self.rewriters = {}  # key -> the Rewriter of a file rewritten at every report
 
     def path(self, key):
         return os.path.join(self.directory, self.names[key])
@@ -116,7 +119,7 @@ class Handoff:
             shown = rank >= self.shown
             if shown:
                 self.shown = rank
-                atomic_write_json(self.path("attributes"), data, durable=False)  # rewritten at every report
+                self._rewrite("attributes", data)
             else:
                 log.debug("attributes of job %s kept in its own file: %s speaks for a job begun later", panda_id,
                           self.names["attributes"])
@@ -187,7 +190,20 @@ class Handoff:
             if new:
                 # no fsync: harvester's own record of a pilot's jobs is the server's (getJob names the worker) or,
                 # in push mode, its own job file; this list is a hint it reads
-                atomic_write_json(self.path("pandaids"), ids + new, durable=False)
+                self._rewrite("pandaids", ids + new)
+
+    def _rewrite(self, key, data):
+        """A file rewritten at every report, without an fsync (harvester reads the newest; a crash loses nothing
+        the server does not hold), nor a new inode (pilot.fileutil.Rewriter)."""
+        if key not in self.rewriters:
+            self.rewriters[key] = Rewriter(self.path(key))
+        self.rewriters[key].write(json.dumps(data, indent=1, sort_keys=True, default=str).encode("utf-8"))
+
+    def close(self):
+        """The pilot's end: the kept spare files removed."""
+        with self.lock:
+            for rewriter in self.rewriters.values():
+                rewriter.close()
 
     def kill_requested(self):
         """True when harvester asks the running job to be killed."""

@@ -41,6 +41,7 @@ class Shutdown:
             self.usage.write(ended=True)
         if self.handoff is not None:
             self.handoff.list_panda_ids()
+            self.handoff.close()
             self.handoff.touch_kill_worker()
         if self.guard is not None:
             self.guard.close()

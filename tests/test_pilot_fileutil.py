@@ -111,3 +111,117 @@ def test_a_files_adler32_is_zlibs_whichever_implementation_takes_it(tmp_path, mo
             assert (digest.size, digest.hexdigest()) == (len(data), expected), (chosen, size)
         empty = fileutil.Digest("adler32")
         assert empty.hexdigest() == "00000001"
+
+
+def inodes_of(path, writes, rewriter):
+    seen = set()
+    for n in range(writes):
+        rewriter.write(b'{"n": %d}' % n)
+        seen.add(os.stat(path).st_ino)
+        assert open(path, "rb").read() == b'{"n": %d}' % n
+    return seen
+
+
+def test_a_rewritten_file_keeps_its_inodes_and_one_spare(tmp_path):
+    """Rewrites trade places with a kept spare (renameat2 RENAME_EXCHANGE): two inodes for twenty rewrites, where
+    a temporary file renamed into place takes a new one each time; the spare goes with close()."""
+    path = str(tmp_path / "worker_attributes.json")
+    rewriter = fileutil.Rewriter(path)
+    assert len(inodes_of(path, 20, rewriter)) <= 2 and rewriter.exchanging and rewriter.created == 2
+    assert sorted(os.listdir(tmp_path)) == sorted(["worker_attributes.json", os.path.basename(rewriter.spare)])
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)
+    rewriter.close()
+    assert os.listdir(tmp_path) == ["worker_attributes.json"]
+
+
+READER = r'''
+import json, os, sys, time
+path, stop = sys.argv[1], sys.argv[2]
+good = bad = 0
+while not os.path.exists(stop):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        continue
+    chunks = []
+    while True:  # slowly, a few bytes at a time: the writer rewrites meanwhile
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        time.sleep(0.0002)
+    os.close(fd)
+    try:
+        data = json.loads(b"".join(chunks))
+        good += len(data["pad"]) == data["n"] % 500
+    except ValueError:
+        bad += 1
+print(good, bad)
+'''
+
+
+def test_a_concurrent_reader_never_sees_a_rewrite_half_written(tmp_path):
+    """A reader in another process, reading slowly while the file is rewritten as fast as it goes: every read is
+    one whole version. The file it holds is never written over (no write lease while it is open): the rewrite
+    takes a new spare instead."""
+    import json
+    import subprocess
+    import sys
+
+    path, stop = str(tmp_path / "worker_attributes.json"), str(tmp_path / "stop")
+    rewriter = fileutil.Rewriter(path)
+    rewriter.write(json.dumps({"n": 0, "pad": ""}).encode())
+    reader = subprocess.Popen([sys.executable, "-c", READER, path, stop], stdout=subprocess.PIPE, text=True)
+    try:
+        for n in range(1, 3000):
+            rewriter.write(json.dumps({"n": n, "pad": "x" * (n % 500)}).encode())
+    finally:
+        open(stop, "w").close()
+        good, bad = map(int, reader.communicate(timeout=60)[0].split())
+    assert bad == 0 and good > 0, (good, bad)
+    assert rewriter.exchanging and rewriter.created < 2999  # spares were written over while no one held them
+
+
+@pytest.mark.parametrize("refusal", ["no renameat2", "ENOSYS", "EINVAL from the lease"])
+def test_where_exchange_is_not_supported_each_rewrite_is_a_new_file_renamed_into_place(tmp_path, monkeypatch,
+                                                                                        refusal):
+    import errno
+
+    if refusal == "no renameat2":
+        monkeypatch.setattr(fileutil, "_exchanges", [None])
+    elif refusal == "ENOSYS":
+        def refused(old, new):
+            raise OSError(errno.ENOSYS, "Function not implemented")
+        monkeypatch.setattr(fileutil, "_exchanges", [refused])
+    else:
+        def no_lease(fd):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        monkeypatch.setattr(fileutil, "_alone", no_lease)
+    path = str(tmp_path / "worker_attributes.json")
+    rewriter = fileutil.Rewriter(path)
+    written = []
+    real = fileutil.atomic_write_bytes
+    monkeypatch.setattr(fileutil, "atomic_write_bytes", lambda *args, **kwargs: written.append(args[0]) or
+                        real(*args, **kwargs))
+    inodes_of(path, 6, rewriter)  # each read back whole
+    # a new file each time (and the spare of the one try of the exchange, removed)
+    assert not rewriter.exchanging and written == [path] * 6 and rewriter.created == 6 + (refusal != "no renameat2")
+    assert os.listdir(tmp_path) == ["worker_attributes.json"]  # no spare, no temporary left
+
+
+def test_a_rewrite_never_goes_through_a_link_nor_moves_a_directory_away(tmp_path):
+    """A link planted at the spare's name is replaced, never written through; a directory where the file goes
+    makes the rewrite fail as a rename onto it did, and stays where it is."""
+    path = str(tmp_path / "worker_attributes.json")
+    rewriter = fileutil.Rewriter(path)
+    target = tmp_path / "target"
+    target.write_bytes(b"untouched")
+    os.symlink(target, rewriter.spare)
+    rewriter.write(b"one")
+    rewriter.write(b"two")
+    assert target.read_bytes() == b"untouched" and open(path, "rb").read() == b"two"
+    os.unlink(path)
+    os.mkdir(path)
+    with pytest.raises(IsADirectoryError):
+        rewriter.write(b"three")
+    assert os.path.isdir(path) and rewriter.exchanging

@@ -185,3 +185,23 @@ def test_a_job_begun_is_listed_at_once_first_then_by_list_if_due_while_its_paylo
     clock[0] += handoff.LIST_EVERY_S
     h.list_if_due()
     assert listed() == [1, 2, 3]
+
+
+def test_the_attributes_keep_their_inodes_job_after_job_and_the_spare_goes_at_the_end(tmp_path):
+    """worker_attributes.json is rewritten at every report of every job: by exchange with a kept spare
+    (pilot.fileutil.Rewriter), not a new file each time; harvester still reads the newest job's whole dict."""
+    h = Handoff(str(tmp_path), HANDOFF_FILES)
+    attributes = tmp_path / "worker_attributes.json"
+    inodes = set()
+    for panda_id in range(1, 11):
+        h.begin_job(panda_id)
+        for state in ("starting", "running"):
+            h.write_attributes({"jobId": panda_id, "state": state})
+            inodes.add(os.stat(attributes).st_ino)
+            assert json.loads(attributes.read_text()) == {"jobId": panda_id, "state": state, "jobStatus": state}
+        h.write_attributes({"jobId": panda_id, "state": "finished"}, own_file=False)
+    assert len(inodes) <= 2 and h.rewriters["attributes"].created == 2
+    h.list_panda_ids()
+    assert json.loads((tmp_path / "worker_pandaids.json").read_text()) == list(range(1, 11))
+    h.close()
+    assert sorted(os.listdir(tmp_path)) == ["worker_attributes.json", "worker_pandaids.json"]
