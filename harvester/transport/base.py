@@ -29,7 +29,7 @@ import zlib
 from typing import Optional
 
 from harvester.errors import HarvesterError
-from harvester.transport import safefiles
+from harvester.transport import safefiles, safepaths
 
 NOT_FOUND_RC, NOT_EXECUTABLE_RC = 127, 126  # the shell's codes, so callers need to know only one convention
 _REAP_TIMEOUT = 5  # s to collect output after a timed-out command's group was killed
@@ -174,16 +174,16 @@ class LocalTransport(Transport):
 
     def fetch(self, root, path, local, limit=None):
         try:
-            root_fd = safefiles.open_root(root)
+            root_fd = safepaths.open_root(root)
             try:
-                fd, _ = safefiles.open_file(root_fd, root, path, limit)
+                fd, _ = safepaths.open_file(root_fd, root, path, limit)
             finally:
                 os.close(root_fd)
-        except safefiles.Refused as exc:
+        except safepaths.Refused as exc:
             raise TransportError(str(exc), exc.code) from None
         landing = Landing(local)
         try:
-            for block in iter(lambda: os.read(fd, safefiles.BLOCK), b""):
+            for block in iter(lambda: os.read(fd, safepaths.BLOCK), b""):
                 landing.write(block)
             return landing.land()
         finally:

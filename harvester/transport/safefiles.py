@@ -9,187 +9,26 @@ to a fresh temporary name in the target directory and are renamed into place (re
 whole new one); copies and moves are verified by size and adler32 before they are renamed into place.
 
 The same code runs on both sides: harvester's local transport calls :func:`run_ops` in its own process; the SSH
-transport runs this file on the submit host as ``python3 -c <this file>`` with the operations as JSON on stdin,
-ONE exec for a whole batch of operations (a cycle's listing of every access point of a queue is one call). That is
-why it imports nothing but the standard library and keeps to Python 3.6. SFTP (version 3, what OpenSSH speaks)
-cannot do this: it has no ``O_NOFOLLOW`` and its stat carries no inode, so an ``lstat`` then ``open`` over SFTP
-can be raced.
+transport runs it on the submit host as ``python3 -c <program>`` with the operations as JSON on stdin, ONE exec for
+a whole batch of operations (a cycle's listing of every access point of a queue is one call): the program is this
+module with :mod:`harvester.transport.safepaths` (the walk) and :mod:`harvester.transport.safehelper` (JSON in and
+out, whole files streamed). That is why they import nothing but the standard library and keep to Python 3.6. SFTP
+(version 3, what OpenSSH speaks) cannot do this: it has no ``O_NOFOLLOW`` and its stat carries no inode, so an
+``lstat`` then ``open`` over SFTP can be raced.
 
 An operation is a dict with ``op`` and its fields; :func:`run_ops` returns one result dict per operation, in
 order, each ``{"ok": true, ...}`` or ``{"ok": false, "code": <why>, "error": <text naming the path>}``: one bad
 path never fails the others. Codes: ``missing``, ``symlink``, ``not_regular``, ``not_dir``, ``too_large``,
 ``exists``, ``mismatch``, ``invalid``, ``os``.
 """
-import base64
 import errno
 import fnmatch
-import json
 import os
 import stat
-import sys
-import zlib
 
-BLOCK = 1 << 20
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO must not block the open
-KINDS = ((stat.S_ISREG, "f"), (stat.S_ISDIR, "d"), (stat.S_ISLNK, "l"))
-
-
-class Refused(Exception):
-    """A path that is not what the operation needs; ``code`` says why (see the module docstring)."""
-
-    def __init__(self, code, message):
-        Exception.__init__(self, message)
-        self.code = code
-
-
-def kind_of(mode):
-    """'f' regular file, 'd' directory, 'l' symlink, 'o' anything else."""
-    for test, letter in KINDS:
-        if test(mode):
-            return letter
-    return "o"
-
-
-def split(rel):
-    """The components of a relative path; Refused for an absolute path, '.', '..', an empty part or a NUL."""
-    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\0" in rel:
-        raise Refused("invalid", "%r is not a relative path" % (rel,))
-    parts = rel.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise Refused("invalid", "%r has an empty, '.' or '..' component" % (rel,))
-    return parts
-
-
-def open_root(root, create=False):
-    """The root's descriptor: the root itself is configuration (its own components may be symlinks); ``create``
-    makes it first when it is missing."""
-    if not isinstance(root, str) or not root.startswith("/"):
-        raise Refused("invalid", "root %r is not an absolute path" % (root,))
-    try:
-        if create:
-            os.makedirs(root, 0o755, exist_ok=True)
-        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise _refusal(exc, root)
-
-
-def _refusal(exc, path, fd=None, name=None):
-    """A Refused for an OSError on ``path``, telling a symlink from other failures."""
-    if exc.errno == errno.ENOENT:
-        return Refused("missing", "%s: no such file or directory" % path)
-    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK) and fd is not None and name is not None:
-        try:
-            mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
-        except OSError:
-            mode = 0
-        if stat.S_ISLNK(mode):
-            return Refused("symlink", "%s is a symlink: never followed" % path)
-        if exc.errno == errno.ENOTDIR:
-            return Refused("not_dir", "%s is not a directory" % path)
-    if exc.errno == errno.ELOOP:
-        return Refused("symlink", "%s is a symlink: never followed" % path)
-    if exc.errno == errno.EEXIST:
-        return Refused("exists", "%s exists" % path)
-    return Refused("os", "%s: %s" % (path, exc.strerror or exc))
-
-
-def open_dir(root_fd, root, parts, create=False, mode=0o755):
-    """The descriptor of directory ``root/parts...``, each component opened without following a symlink (and
-    made, with ``create``)."""
-    fd, path = os.dup(root_fd), root
-    try:
-        for part in parts:
-            path = path.rstrip("/") + "/" + part
-            try:
-                child = os.open(part, _DIR, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT or not create:
-                    raise _refusal(exc, path, fd, part)
-                try:
-                    os.mkdir(part, mode, dir_fd=fd)
-                except FileExistsError:
-                    pass
-                try:
-                    child = os.open(part, _DIR, dir_fd=fd)
-                except OSError as again:
-                    raise _refusal(again, path, fd, part)
-            os.close(fd)
-            fd = child
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def open_file(root_fd, root, rel, limit=None):
-    """(descriptor, fstat) of the regular file ``root/rel``; Refused when a component is a symlink, the file is
-    not regular, or it is larger than ``limit`` bytes."""
-    parts = split(rel)
-    path = root.rstrip("/") + "/" + rel
-    try:
-        folder = open_dir(root_fd, root, parts[:-1])
-    except Refused as exc:
-        raise Refused(exc.code, "%s: %s" % (path, exc))
-    try:
-        try:
-            fd = os.open(parts[-1], _FILE, dir_fd=folder)
-        except OSError as exc:
-            raise _refusal(exc, path, folder, parts[-1])
-    finally:
-        os.close(folder)
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise Refused("not_regular", "%s is not a regular file" % path)
-    if limit is not None and info.st_size > limit:
-        os.close(fd)
-        raise Refused("too_large", "%s is %d bytes, over the limit of %d bytes" % (path, info.st_size, limit))
-    return fd, info
-
-
-def read_fd(fd, limit=None):
-    """The content of an open file (at most ``limit`` + 1 bytes, so a file that grew is seen as too large)."""
-    chunks, total = [], 0
-    while True:
-        chunk = os.read(fd, BLOCK)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        total += len(chunk)
-        if limit is not None and total > limit:
-            raise Refused("too_large", "grew past the limit of %d bytes while read" % limit)
-
-
-def adler32_fd(fd):
-    """(size, adler32 as 8 hex digits) of an open file, read from its start."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    value, size = 1, 0
-    while True:
-        chunk = os.read(fd, BLOCK)
-        if not chunk:
-            return size, "%08x" % (value & 0xffffffff)
-        value = zlib.adler32(chunk, value)
-        size += len(chunk)
-
-
-def _temp(folder, name):
-    """A new temporary file (O_EXCL, never through a symlink) next to ``name`` in directory ``folder``."""
-    for attempt in range(100):
-        temp = ".%s.%s.tmp" % (name[:200], base64.b16encode(os.urandom(6)).decode().lower())
-        try:
-            return temp, os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                                 dir_fd=folder)
-        except FileExistsError:
-            continue
-    raise Refused("os", "no free temporary name for %s" % name)
-
-
-def _unlink(name, folder):
-    try:
-        os.unlink(name, dir_fd=folder)
-    except OSError:
-        pass
+from harvester.transport.safepaths import (DIR_FLAGS, FILE_FLAGS, Refused, adler32_fd, expect, kind_of, open_dir,
+                                           open_file, open_root, pump, read_fd, refusal, split, temp_file,
+                                           unlink_quietly)
 
 
 def _place(folder, temp, name, exclusive, path):
@@ -211,7 +50,7 @@ def _place(folder, temp, name, exclusive, path):
         except FileNotFoundError:
             os.rename(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
             return
-    _unlink(temp, folder)
+    unlink_quietly(temp, folder)
 
 
 def write(root, path, data, mode=0o644, exclusive=False, makedirs=False, dir_mode=0o755):
@@ -224,7 +63,7 @@ def write(root, path, data, mode=0o644, exclusive=False, makedirs=False, dir_mod
         os.close(root_fd)
     temp = None
     try:
-        temp, fd = _temp(folder, parts[-1])
+        temp, fd = temp_file(folder, parts[-1])
         try:
             view = memoryview(data)
             while view:
@@ -238,7 +77,7 @@ def write(root, path, data, mode=0o644, exclusive=False, makedirs=False, dir_mod
         return {"size": len(data)}
     finally:
         if temp is not None:
-            _unlink(temp, folder)
+            unlink_quietly(temp, folder)
         os.close(folder)
 
 
@@ -308,7 +147,7 @@ def _scan(fd, prefix, level, depth, wanted, descend, skip, entries):
         if kind != "d" or level >= depth or (level > 1 and not any(fnmatch.fnmatchcase(name, p) for p in descend)):
             continue
         try:
-            child = os.open(name, _DIR, dir_fd=fd)
+            child = os.open(name, DIR_FLAGS, dir_fd=fd)
         except OSError:
             continue  # swapped for a symlink, or removed, since the stat
         try:
@@ -329,7 +168,7 @@ def rename(root, src, dst):
             try:
                 os.rename(src_parts[-1], dst_parts[-1], src_dir_fd=a, dst_dir_fd=b)
             except OSError as exc:
-                raise _refusal(exc, root.rstrip("/") + "/" + src)
+                raise refusal(exc, root.rstrip("/") + "/" + src)
             finally:
                 os.close(b)
         finally:
@@ -357,7 +196,7 @@ def remove(root, paths):
             except FileNotFoundError:
                 gone[rel] = "ok"
             except OSError as exc:
-                gone[rel] = _refusal(exc, root + "/" + rel).code
+                gone[rel] = refusal(exc, root + "/" + rel).code
             finally:
                 os.close(folder)
     finally:
@@ -397,7 +236,7 @@ def copy(src_root, src, dst_root, dst, mode=0o644, size=None, adler32=None, move
             return _already_there(dst_root, dst, size, adler32, exc)
         try:
             have = adler32_fd(fd)
-            _expect(src_path, have, size, adler32)
+            expect(src_path, have, size, adler32)
             dst_root_fd = open_root(dst_root, create=True)
             try:
                 target = open_dir(dst_root_fd, dst_root, dst_parts[:-1], create=True, mode=0o755)
@@ -428,14 +267,14 @@ def _put(fd, have, src_root_fd, src_root, src_parts, src_path, target, name, dst
             return "renamed"
         except OSError as exc:
             if exc.errno != errno.EXDEV:
-                raise _refusal(exc, dst_path)
+                raise refusal(exc, dst_path)
         finally:
             os.close(source_dir)
-    temp, out = _temp(target, name)
+    temp, out = temp_file(target, name)
     try:
         try:
             os.lseek(fd, 0, os.SEEK_SET)
-            _pump(fd, out)
+            pump(fd, out)
             os.fchmod(out, mode)
             os.fsync(out)
             copied = adler32_fd(out)
@@ -448,17 +287,10 @@ def _put(fd, have, src_root_fd, src_root, src_parts, src_path, target, name, dst
         temp = None
     finally:
         if temp is not None:
-            _unlink(temp, target)
+            unlink_quietly(temp, target)
     if move:
         _unlink_at(src_root_fd, src_root, src_parts)
     return "copied"
-
-
-def _expect(path, have, size, adler32):
-    if size is not None and int(size) != have[0]:
-        raise Refused("mismatch", "%s is %d bytes, %s expected" % (path, have[0], size))
-    if adler32 and str(adler32).split(":")[-1].lower().zfill(8) != have[1]:
-        raise Refused("mismatch", "%s has adler32 %s, %s expected" % (path, have[1], adler32))
 
 
 def _check_same_file(fd, folder, name, path):
@@ -466,13 +298,13 @@ def _check_same_file(fd, folder, name, path):
     the check (a symlink, another file), what arrived is removed and the move refused."""
     info, now = os.fstat(fd), os.stat(name, dir_fd=folder, follow_symlinks=False)
     if (info.st_dev, info.st_ino) != (now.st_dev, now.st_ino):
-        _unlink(name, folder)
+        unlink_quietly(name, folder)
         raise Refused("mismatch", "%s was replaced while it was moved; what arrived was removed" % path)
 
 
 def _same_content(folder, name, have):
     try:
-        fd = os.open(name, _FILE, dir_fd=folder)
+        fd = os.open(name, FILE_FLAGS, dir_fd=folder)
     except OSError:
         return False
     try:
@@ -495,7 +327,7 @@ def _already_there(dst_root, dst, size, adler32, missing):
         have = adler32_fd(fd)
     finally:
         os.close(fd)
-    _expect(dst_root.rstrip("/") + "/" + dst, have, size, adler32)
+    expect(dst_root.rstrip("/") + "/" + dst, have, size, adler32)
     return {"size": have[0], "adler32": have[1], "how": "already there"}
 
 
@@ -507,16 +339,6 @@ def _unlink_at(root_fd, root, parts):
         pass
     finally:
         os.close(folder)
-
-
-def _pump(source, target):
-    while True:
-        chunk = os.read(source, BLOCK)
-        if not chunk:
-            return
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(target, view):]
 
 
 OPERATIONS = {"write": write, "mkdir": mkdir, "read": read, "scan": scan, "rename": rename, "remove": remove,
@@ -542,109 +364,3 @@ def run_ops(ops):
             result = {"ok": False, "code": "invalid", "error": "%s: %s" % (name, exc)}
         results.append(result)
     return results
-
-
-# ---- the remote side: JSON in, JSON out; bytes as base64 ------------------------------------------------------------
-def _decode(ops):
-    for op in ops:
-        if "data" in op:
-            op["data"] = base64.b64decode(op["data"])
-    return ops
-
-
-def _encode(results):
-    for result in results:
-        for entry in (result.get("files") or {}).values():
-            if "data" in entry:
-                entry["data"] = base64.b64encode(entry["data"]).decode("ascii")
-    return results
-
-
-def cat(root, path, limit=None):
-    """Stream a regular file to stdout; its size and adler32 (or the refusal) as JSON on stderr's last line."""
-    root_fd = open_root(root)
-    try:
-        fd, _ = open_file(root_fd, root, path, limit)
-    finally:
-        os.close(root_fd)
-    value, size, out = 1, 0, sys.stdout.buffer
-    try:
-        while True:
-            chunk = os.read(fd, BLOCK)
-            if not chunk:
-                break
-            value = zlib.adler32(chunk, value)
-            size += len(chunk)
-            out.write(chunk)
-    finally:
-        os.close(fd)
-    out.flush()
-    return {"size": size, "adler32": "%08x" % (value & 0xffffffff)}
-
-
-def receive(root, path, size, adler32, mode=0o644):
-    """Write stdin to ``root/path`` (temporary name, verified against ``size`` and ``adler32``, then renamed)."""
-    parts = split(path)
-    root_fd = open_root(root, create=True)
-    try:
-        folder = open_dir(root_fd, root, parts[:-1], create=True)
-    finally:
-        os.close(root_fd)
-    temp = None
-    try:
-        temp, fd = _temp(folder, parts[-1])
-        try:
-            _pump(sys.stdin.buffer.fileno(), fd)
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-            have = adler32_fd(fd)
-        finally:
-            os.close(fd)
-        _expect(root.rstrip("/") + "/" + path + " (as received)", have, size, adler32)
-        os.rename(temp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
-        temp = None
-        return {"size": have[0], "adler32": have[1]}
-    finally:
-        if temp is not None:
-            _unlink(temp, folder)
-        os.close(folder)
-
-
-def serve(lines, out):
-    """Answer batches until ``lines`` ends: one JSON batch of operations per line in, one JSON line of results out
-    (flushed), so a kept-open helper costs no process start per batch."""
-    for line in iter(lines.readline, ""):
-        out.write(json.dumps(_encode(run_ops(_decode(json.loads(line))))) + "\n")
-        out.flush()
-    return 0
-
-
-def main(argv):
-    """``ops`` (JSON ops on stdin, JSON results on stdout), ``serve`` (the same, one batch per line, until stdin
-    ends), ``cat ROOT PATH [LIMIT]``, ``receive ROOT PATH SIZE ADLER32 MODE``; the last two report on stderr's last
-    line and exit 1 on a refusal."""
-    if not argv or argv[0] == "ops":
-        ops = _decode(json.loads(sys.stdin.read() or "[]"))
-        sys.stdout.write(json.dumps(_encode(run_ops(ops))))
-        return 0
-    if argv[0] == "serve":
-        return serve(sys.stdin, sys.stdout)
-    try:
-        if argv[0] == "cat":
-            result = cat(argv[1], argv[2], int(argv[3]) if len(argv) > 3 and argv[3] else None)
-        elif argv[0] == "receive":
-            result = receive(argv[1], argv[2], int(argv[3]), argv[4], int(argv[5], 8))
-            sys.stdout.write(json.dumps(result))
-        else:
-            raise Refused("invalid", "unknown command %r" % argv[0])
-        result["ok"] = True
-    except Refused as exc:
-        result = {"ok": False, "code": exc.code, "error": str(exc)}
-    except OSError as exc:
-        result = {"ok": False, "code": "os", "error": "%s: %s" % (exc.filename, exc.strerror or exc)}
-    sys.stderr.write("\n" + json.dumps(result) + "\n")
-    return 0 if result["ok"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -31,7 +31,7 @@ import zlib
 
 import paramiko
 
-from harvester.transport import safefiles
+from harvester.transport import safehelper, safepaths
 from harvester.transport.base import (CommandResult, Landing, Transport, TransportError, _check_argv, _checked,
                                  _decode)
 
@@ -223,8 +223,8 @@ class _Connection:
 
 
 class _Helper:
-    """harvester/transport/safefiles.py's ``serve`` loop running on the host in one exec channel, kept open: a batch of file
-    operations is one line each way, not a channel, a shell and a Python start per batch."""
+    """harvester/transport/safehelper.py's ``serve`` loop running on the host in one exec channel, kept open: a batch
+    of file operations is one line each way, not a channel, a shell and a Python start per batch."""
 
     def __init__(self, channel):
         self.channel, self.pending, self.err = channel, b"", []
@@ -323,7 +323,7 @@ class SshTransport(Transport):
         try:
             channel.exec_command(line)
             if hasattr(data, "read"):
-                for block in iter(lambda: data.read(safefiles.BLOCK), b""):
+                for block in iter(lambda: data.read(safepaths.BLOCK), b""):
                     channel.sendall(block)
             elif data:
                 channel.sendall(data)
@@ -457,7 +457,7 @@ class SshTransport(Transport):
         if not result.ok:
             raise TransportError(f"cannot remove {path} on {self.settings.host}: {result.describe()}")
 
-    # ---- safe file operations: harvester/transport/safefiles.py run there, kept open; whole files one exec each ----------
+    # ---- safe file operations: harvester/transport/safehelper.py run there, kept open; whole files one exec each ---
     def _helper(self, *args):
         # -I -S: no user site, no environment, no site module: the helper needs the standard library only, and
         # starts in half the time
@@ -527,7 +527,7 @@ class SshTransport(Transport):
     def send(self, local, root, path, mode=0o644):
         value, size = 1, 0
         with open(local, "rb") as handle:
-            for block in iter(lambda: handle.read(safefiles.BLOCK), b""):
+            for block in iter(lambda: handle.read(safepaths.BLOCK), b""):
                 value, size = zlib.adler32(block, value), size + len(block)
         argv = self._helper("receive", root, path, str(size), f"{value & 0xffffffff:08x}", f"{mode:o}")
         with open(local, "rb") as handle:
@@ -571,7 +571,7 @@ def command_line(argv, env=None, cwd=None):
     return shlex.join(["exec", "sh", "-c", _WRAPPER, "sh", _absolute(cwd) if cwd else "", *pairs, *argv])
 
 
-_HELPER_SOURCE = open(safefiles.__file__, encoding="utf-8").read()
+_HELPER_SOURCE = safehelper.program()
 _PID_MARK = "harvester-pid "
 _WRAPPER = (f'printf "{_PID_MARK}%s\\n" "$$" >&2; if [ -n "$1" ]; then cd "$1" || exit 127; fi; shift; '
             'exec env -- "$@"')
