@@ -13,11 +13,12 @@ import pytest
 
 from harvester.handoff import staging
 from harvester.errors import HandoffRefused, MessengerError
-from harvester.handoff.messenger import PILOT3_TRF_BASE, Messenger, Snapshot, forget
+from harvester.handoff.messenger import PILOT3_TRF_BASE, Messenger
+from harvester.handoff.outbox import forget
+from harvester.handoff.snapshot import Snapshot
 from harvester.transport import LocalTransport
 from pilot.comm import ServerClient
 from pilot.fileutil import adler32
-from pilot.outbox import Outbox
 from test_pilot_harness import FAST_QUEUEDATA, QUEUE
 
 pytest_plugins = ["test_pilot_harness"]  # the site and zipapp_path fixtures
@@ -117,26 +118,6 @@ def test_file_mode_round_trip_with_the_real_pilot(zipapp_path, tmp_path):
     assert not (ap / "user" / "out.dat").exists()  # moved, not copied
     again = {os.path.basename(e["path"]): e for e in staging.stage_out(m, final, store)}
     assert again == outputs  # a repeat (harvester restarted) finds them where they went
-
-
-def test_one_listing_per_cycle_and_only_changed_files_are_read(tmp_path):
-    transport = Counting()
-    aps = [tmp_path / "workers" / str(n) for n in range(1, 4)]
-    for ap in aps:
-        ap.mkdir(parents=True)
-        (ap / "worker_attributes.json").write_text(json.dumps({"jobId": 1, "state": "running"}))
-        (ap / "worker_pandaids.json").write_text("[1]")
-        (ap / "worker_heartbeat.json").write_text("")
-    first = Snapshot.take(transport, [str(ap) for ap in aps])
-    assert transport.calls == 2 and first.reads == 6  # one listing, one read of the 6 reports
-    second = Snapshot.take(transport, [str(ap) for ap in aps], previous=first)
-    assert transport.calls == 3 and second.reads == 0  # nothing changed: the listing alone
-    time.sleep(0.01)
-    (aps[1] / "worker_attributes.json").write_text(json.dumps({"jobId": 1, "state": "finished", "x": 1}))
-    third = Snapshot.take(transport, [str(ap) for ap in aps], previous=second)
-    assert transport.calls == 5 and third.reads == 1
-    assert messenger(aps[1], transport, third).read_attributes()["state"] == "finished"
-    assert messenger(aps[0], transport, third).read_attributes()["state"] == "running"
 
 
 def test_multi_job_pilot_keeps_each_jobs_final_attributes(zipapp_path, tmp_path):
@@ -254,47 +235,6 @@ def test_a_final_report_must_be_for_the_job_its_name_says(tmp_path):
     assert 6 not in finals
 
 
-def test_outbox_claim_forget_and_crash_recovery(tmp_path):
-    ap = tmp_path / "workers" / "1"
-    m = messenger(ap)
-    m.setup(queuedata())
-    pilot_box = Outbox(str(ap / "outbox"))
-    pilot_box.put({"jobId": 1, "state": "finished", "attemptNr": 0})
-    pilot_box.put_heartbeat({"jobId": 2, "state": "running"})
-    pilot_box.put_heartbeat({"jobId": 1, "state": "running"})  # superseded by job 1's final update
-    (ap / "outbox" / ".final-3-0.json.abc.tmp").write_text('{"par')  # the pilot is still writing this one
-    transport = Counting()
-    m, _ = look(ap, transport)
-    claimed = m.claim_outbox("h1")
-    assert transport.calls == 3  # listing, reads (none changed here), then the claims and their reads in one
-    kinds = {e["params"]["jobId"]: e["kind"] for _, e in claimed}
-    assert kinds == {1: "final", 2: "heartbeat"}
-    assert pilot_box.entries() == []  # the pilot's replay no longer sees them
-    assert not (ap / "outbox" / "heartbeat-1.json").exists() and not any(
-        n.startswith("heartbeat-1.") for n in os.listdir(ap / "outbox"))
-    paths = {e["params"]["jobId"]: p for p, e in claimed}
-
-    # harvester crashed: the next run (same owner) gets the same entries again; another owner does not
-    assert look(ap)[0].claim_outbox("h2") == []
-    again = look(ap)[0].claim_outbox("h1")
-    assert sorted(p for p, _ in again) == sorted(paths.values())
-
-    forget(LocalTransport(), str(tmp_path / "workers"), [paths[1]])
-    assert not os.path.exists(paths[1])
-    with pytest.raises(MessengerError):
-        forget(LocalTransport(), str(tmp_path / "workers"), [str(ap / "outbox" / "heartbeat-2.json")])  # unclaimed
-
-    # a claim whose sender died long ago is taken over (the pilot does the same after STALE_CLAIM)
-    assert look(ap)[0].claim_outbox("h4", stale_after=3600) == []
-    [(taken, entry)] = look(ap)[0].claim_outbox("h4", stale_after=-1)
-    assert taken.endswith(".h4.claimed") and entry["kind"] == "heartbeat" and not os.path.exists(paths[2])
-    (ap / "outbox" / "final-9-0.json").write_text("not json")
-    os.symlink(tmp_path / "secret", ap / "outbox" / "final-8-0.json")
-    assert look(ap)[0].claim_outbox("h4", stale_after=3600) == [(taken, entry)]
-    assert sorted(os.listdir(ap / "outbox" / "rejected")) == ["final-8-0.json.h4.claimed",
-                                                              "final-9-0.json.h4.claimed"]
-
-
 WAIT_FOR_GO = "-c 'while [ ! -e \"$1\" ]; do sleep 0.05; done; echo done > out.dat' sh {go}"
 
 
@@ -333,47 +273,6 @@ def test_pull_mode_pilot_spools_heartbeats_and_harvester_forwards_its_final_upda
         assert os.listdir(ap / "outbox") == []
     finally:
         again.stop()
-
-
-class PilotWritesDuringTheListing(LocalTransport):
-    """The local transport whose listing stats the outputs file, then lets the pilot end its job (the outputs,
-    then the final, as pilot.handoff writes them), then stats the rest: a listing is not one instant."""
-
-    def __init__(self, pilot_ends):
-        self.pilot_ends = pilot_ends
-
-    def files(self, ops):
-        if ops and ops[0]["op"] == "scan":
-            stale = {e[0]: e for result in super().files(ops) for e in result["entries"]
-                     if e[0].endswith("event_status.dump.json")}
-            self.pilot_ends()
-            results = super().files(ops)
-            for result in results:  # the outputs file as the listing saw it before the pilot rewrote it (or none)
-                result["entries"] = [e for e in result["entries"] if not e[0].endswith("event_status.dump.json")]
-                result["entries"] += list(stale.values())
-            return results
-        return super().files(ops)
-
-
-@pytest.mark.parametrize("outputs_before", [True, False], ids=["outputs-file-rewritten", "outputs-file-new"])
-def test_a_final_read_while_the_pilot_writes_it_comes_with_its_outputs(tmp_path, outputs_before):
-    """The listing saw the old outputs file (or none) and the new final of job 2: the outputs file is read again,
-    so the final is never taken without its outputs (harvester would report the job finished, its output unstaged)."""
-    from pilot.handoff import Handoff
-    from pilot.queuedata import HANDOFF_FILES
-
-    ap = tmp_path / "workers" / "1"
-    ap.mkdir(parents=True)
-    handoff = Handoff(str(ap), dict(HANDOFF_FILES))
-    out = {"type": "output", "path": str(ap / "out.2"), "guid": "g", "fsize": 1, "chksum": "00000001"}
-    if outputs_before:
-        handoff.write_final(1, {"jobId": 1, "state": "finished"}, {}, [])
-    first = Snapshot.take(LocalTransport(), [str(ap)])
-    transport = PilotWritesDuringTheListing(lambda: handoff.write_final(2, {"jobId": 2, "state": "finished"}, {},
-                                                                        [out]))
-    snapshot = Snapshot.take(transport, [str(ap)], previous=first)
-    finals = {f.panda_id: f for f in messenger(ap, transport, snapshot).final_reports()}
-    assert finals[2].params["state"] == "finished" and finals[2].outputs == [out], finals[2].__dict__
 
 
 # ---- a finished final without its outputs (file mode) ------------------------------------------------------------

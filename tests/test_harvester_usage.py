@@ -12,7 +12,7 @@ import pytest
 from harvester import cli_tables
 from harvester.agents.propagator import worker_dict
 from harvester.handoff import usage
-from harvester.handoff.messenger import Snapshot
+from harvester.handoff.snapshot import Snapshot
 from harvester.transport import LocalTransport
 from pilot.usage import USAGE_FILE
 from test_harvester_monitor import NOW, all_say, home, monitor, reload, worker  # noqa: F401 (home: the fixture)

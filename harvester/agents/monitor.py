@@ -4,7 +4,7 @@ access points, turned into worker state changes and reports for the server.
 Per worker, the pilot's files are read BEFORE its state changes, so a final report a pilot left (its outbox, or
 the handoff files of a file-mode pilot) is queued for the server ahead of the worker's end: the server never
 fails a job whose pilot did report. The files come from ONE listing of the queue's access points per cycle, and
-only those that changed since the last cycle are read (harvester.handoff.messenger.Snapshot); when the listing fails (the
+only those that changed since the last cycle are read (harvester.handoff.snapshot.Snapshot); when the listing fails (the
 login node is unreachable), no worker of the queue changes state that cycle.
 
 What a pilot wrote is hostile: harvester relays reports only for the jobs it bound to that worker, whatever the
@@ -22,7 +22,9 @@ from harvester.handoff import pilots, staging, usage
 from harvester.agents.base import Agent
 from harvester.batch.base import OK
 from harvester.errors import HandoffRefused, MessengerError
-from harvester.handoff.messenger import Messenger, Snapshot, forget
+from harvester.handoff.messenger import Messenger
+from harvester.handoff.outbox import forget
+from harvester.handoff.snapshot import Snapshot
 from harvester.states import (FINAL, LIVE_VALUES, QUEUED, HeldJobStatus, SubmitPhase, WorkerError, WorkerStatus,
                               change_held_jobs, change_worker_status, note_worker)
 from harvester.steps import end_jobs, hand_over, kill_workers

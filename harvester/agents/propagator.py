@@ -25,7 +25,7 @@ import peewee
 from harvester import models
 from harvester.agents.base import Agent
 from harvester.errors import MessengerError, ServerError
-from harvester.handoff.messenger import forget
+from harvester.handoff.outbox import forget
 from harvester.states import FINAL, SubmitPhase, note_worker
 from harvester.steps import iso
 

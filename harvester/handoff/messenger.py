@@ -6,34 +6,28 @@ its outbox there. File names are the queue's ``pilot.handoff`` section; their me
 definition for both sides). Nothing here assumes the access point is on harvester's own disk: every read and write
 is a :mod:`harvester.transport.safefiles` operation run by the queue's transport (locally, or on the login node over SSH).
 
-Reading is per cycle and per queue: :meth:`Snapshot.take` lists every access point of the claimed workers in ONE
-call (names, kinds, sizes, times), then reads in ONE more call only the handoff files that changed since the
-previous snapshot (and none when nothing did). A :class:`Messenger` answers from that snapshot.
+Reading is per cycle and per queue: a :class:`harvester.handoff.snapshot.Snapshot` lists every access point of the
+claimed workers in one call and reads only the handoff files that changed; a :class:`Messenger` answers from it.
+The pilot's outbox (pull mode, HTTP failed) is claimed and forgotten by :mod:`harvester.handoff.outbox`.
 
-Every file a pilot wrote is hostile: nothing is followed through a symlink at any component, only regular files
-under ``pilot.handoff_max_bytes`` are read, and a file that fails that is a :class:`HandoffRefused` naming the
-file and why (the monitor fails the job it speaks for). Nothing a job or a pilot names is used as a path: file names
-must be plain names (pilot.fileutil.safe_name) and are joined to a directory harvester chose.
+Every file a pilot wrote is hostile (see :mod:`harvester.handoff.snapshot`). Nothing a job or a pilot names is used
+as a path: file names must be plain names (pilot.fileutil.safe_name) and are joined to a directory harvester chose.
 """
-import collections
 import dataclasses
-import functools
 import json
 import logging
 import posixpath
 import re
-import time
 import urllib.parse
 
 from harvester.errors import HandoffRefused, MessengerError
-from harvester.handoff import staging
+from harvester.handoff import outbox, staging
+from harvester.handoff.snapshot import DEFAULT_LIMIT, OUTBOX, handoff_names
 from harvester.transport import TransportError
 from pilot import outbox as pilot_outbox
 from pilot.fileutil import safe_name
 from pilot.handoff import final_attributes_id
 from pilot.payload import TRF_PATH
-from pilot.queuedata import HANDOFF_FILES
-from pilot.usage import USAGE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -44,109 +38,7 @@ STORAGEDATA_FILE = "ddmendpoints.json"  # the storage endpoints (none): pilot3 -
 # <workdir>/<name> instead, but the base is checked first. Our pilot accepts any host for /trf/user/.
 PILOT3_TRF_BASE = "http://pandaserver-doma.cern.ch:25080/trf/user/"
 FINAL_STATES = ("finished", "failed")
-OUTBOX = "outbox"
 PILOT_EXIT = "pilot.exit"  # written by the job script when one of several pilots ended (harvester.batch.launch)
-DEFAULT_LIMIT = 1 << 20
-# what a listing covers: <access point>/x, <access point>/{outbox,pilot-N}/x, <access point>/pilot-N/outbox/x
-SCAN_DEPTH, SCAN_DESCEND = 4, (OUTBOX, "pilot-[0-9]*")
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """A listed file: kind ('f' regular, 'd' directory, 'l' symlink, 'o' other), size, mtime, ctime (epoch s)."""
-
-    kind: str
-    size: int
-    mtime: float
-    ctime: float
-
-
-class Snapshot:
-    """What one listing showed of some access points, and the handoff files read with it.
-
-    Attributes:
-        entries: absolute path -> :class:`Entry` for everything listed.
-        contents: absolute path -> bytes, or the :class:`HandoffRefused` that says why it was not read.
-        reads: how many files were read from the submit host for this snapshot (the rest came from the previous).
-    """
-
-    def __init__(self, entries, contents, reads=0):
-        self.entries, self.contents, self.reads = entries, contents, reads
-        self.children = collections.defaultdict(list)
-        for path in entries:
-            parent, name = posixpath.split(path)
-            self.children[parent].append(name)
-
-    @classmethod
-    def take(cls, transport, access_points, names=None, limit=DEFAULT_LIMIT, previous=None, usage_of=()):
-        """List ``access_points`` (grouped by parent directory, one call in all) and read the handoff files that
-        changed since ``previous`` (one more call, only when some did); the pilots' usage records
-        (pilot.usage) only in the access points ``usage_of`` (the workers that ended: read once, not per job).
-
-        Raises:
-            MessengerError: the listing failed (the host is unreachable, a workers directory is unreadable).
-        """
-        names = _checked_names(_given(names))
-        groups = collections.defaultdict(list)
-        for access_point in access_points:
-            if access_point:
-                parent, base = posixpath.split(posixpath.normpath(access_point))
-                groups[parent].append(base)
-        roots = sorted(groups)
-        ops = [{"op": "scan", "root": root, "only": sorted(set(groups[root])), "depth": SCAN_DEPTH,
-                "descend": list(SCAN_DESCEND)} for root in roots]
-        try:
-            results = transport.files(ops) if ops else []
-        except TransportError as exc:
-            raise MessengerError(f"cannot list the access points: {exc}") from None
-        entries = {}
-        for root, result in zip(roots, results):
-            if not result.get("ok"):
-                raise MessengerError(f"cannot list the access points in {root}: {result.get('error')}")
-            for rel, kind, size, mtime, ctime in result["entries"]:
-                entries[f"{root}/{rel}"] = Entry(kind, size, mtime, ctime)
-        contents, wanted = {}, collections.defaultdict(list)
-        old_entries = previous.entries if previous is not None else {}
-        old_contents = previous.contents if previous is not None else {}
-        usage_of = {posixpath.normpath(a) for a in usage_of if a}
-        for path, entry in entries.items():
-            if not _is_report(path, names) and not _is_usage(path, usage_of):
-                continue
-            if entry.kind != "f":
-                what = "a symlink: never followed" if entry.kind == "l" else "not a regular file"
-                contents[path] = HandoffRefused(f"{path} is {what}", path, "symlink" if entry.kind == "l"
-                                                else "not_regular")
-            elif entry.size > limit:
-                contents[path] = _too_large(path, entry.size, limit)
-            elif old_entries.get(path) == entry and path in old_contents:
-                contents[path] = old_contents[path]
-            else:
-                root = next(r for r in roots if path.startswith(r + "/"))
-                wanted[root].append(path[len(root) + 1:])
-        _with_outputs_of_new_finals(wanted, entries, contents, names, limit)
-        reads = sum(len(paths) for paths in wanted.values())
-        if wanted:
-            read_roots = sorted(wanted)
-            try:
-                results = transport.files([{"op": "read", "root": root, "paths": wanted[root], "limit": limit}
-                                           for root in read_roots])
-            except TransportError as exc:
-                raise MessengerError(f"cannot read the pilots' files: {exc}") from None
-            for root, result in zip(read_roots, results):
-                if not result.get("ok"):
-                    raise MessengerError(f"cannot read the pilots' files in {root}: {result.get('error')}")
-                for rel, got in result["files"].items():
-                    path = f"{root}/{rel}"
-                    if path not in entries:  # an outputs file the listing had not seen yet (written meanwhile)
-                        if "data" not in got:
-                            continue
-                        entries[path] = Entry("f", len(got["data"]), 0.0, 0.0)
-                    contents[path] = got["data"] if "data" in got else HandoffRefused(
-                        _refusal_text(got), path, got.get("code") or "invalid")
-        return cls(entries, contents, reads)
-
-    def names_in(self, directory):
-        return sorted(self.children.get(directory.rstrip("/"), ()))
 
 
 class Messenger:
@@ -170,7 +62,7 @@ class Messenger:
         self.root = posixpath.normpath(root or posixpath.dirname(self.directory))
         if not self.directory.startswith(self.root + "/"):
             raise MessengerError(f"{directory} is not inside {self.root}")
-        self.names = _checked_names(_given(names))
+        self.names = handoff_names(names)
         self.transport, self.snapshot, self.limit = transport, snapshot, limit
         self.server, self.scratch = server, scratch  # for inputs from the server's file store
         self.outbox_dir = f"{self.directory}/{OUTBOX}"
@@ -183,7 +75,8 @@ class Messenger:
         """``path`` relative to the root (what the transport's file operations take)."""
         return path[len(self.root) + 1:]
 
-    def _files(self, ops, what):
+    def files(self, ops, what):
+        """Run the transport's file operations ``ops``; a failure of the transport is a MessengerError on ``what``."""
         try:
             results = self.transport.files(ops)
         except TransportError as exc:
@@ -198,7 +91,7 @@ class Messenger:
     def setup(self, queuedata):
         """Create the pilot's directory and write the queue's queuedata and storage data (one call); return the
         path of ``queuedata.json``. See :meth:`setup_ops`."""
-        for result in self._files(self.setup_ops(queuedata), f"setting up {self.directory}"):
+        for result in self.files(self.setup_ops(queuedata), f"setting up {self.directory}"):
             if not result.get("ok"):
                 raise MessengerError(f"setting up {self.directory}: {result.get('error')}")
         return f"{self.directory}/{QUEUEDATA_FILE}"
@@ -239,14 +132,14 @@ class Messenger:
             data[str(panda_id)] = self._for_pilot3(dict(job))
         if not data:
             raise MessengerError("feed_jobs needs at least one job")
-        [result] = self._files([self._write_ops(self.names["job"], _json(data), exclusive=True)],
+        [result] = self.files([self._write_ops(self.names["job"], _json(data), exclusive=True)],
                                f"writing {self.path('job')}")
         if not result.get("ok"):
             if result.get("code") == "exists":
                 return False
             raise MessengerError(f"writing {self.path('job')}: {result.get('error')}")
         ids = sorted({int(k) for k in data} | set(self._listed_ids()))
-        [result] = self._files([self._write_ops(self.names["pandaids"], _json(ids))], "writing the PandaIDs")
+        [result] = self.files([self._write_ops(self.names["pandaids"], _json(ids))], "writing the PandaIDs")
         if not result.get("ok"):
             log.warning("%s: %s", self.path("pandaids"), result.get("error"))
         return True
@@ -286,7 +179,7 @@ class Messenger:
         data = fetch(f"/trf/user/{name}")
         if not isinstance(data, (bytes, bytearray)):
             raise MessengerError(f"fetch of /trf/user/{name} returned {type(data).__name__}, not bytes")
-        [result] = self._files([self._write_ops(name, bytes(data), 0o755)], f"writing {self.directory}/{name}")
+        [result] = self.files([self._write_ops(name, bytes(data), 0o755)], f"writing {self.directory}/{name}")
         if not result.get("ok"):
             raise MessengerError(f"writing {self.directory}/{name}: {result.get('error')}")
         self.scripts.add(name)
@@ -429,63 +322,10 @@ class Messenger:
     def claim_outbox(self, owner, stale_after=pilot_outbox.STALE_CLAIM, now=None):
         """Take the pilot's spooled updates to forward them: ``[(path, entry)]``.
 
-        Each entry is renamed to ``<name>.<owner>.claimed`` (the pilot's replay no longer sees it, and a pilot
-        replaying it at the same moment loses the rename: only one sends it); the renames and the reads of what was
-        claimed are one call. Entries this owner claimed before (a crashed run) are returned again; another
-        sender's claim older than ``stale_after`` s is taken over. ``entry`` is ``{"path", "params", "spooled",
-        "tries", "kind"}``, kind 'final' or 'heartbeat'; a heartbeat of a job whose final update is here too is
-        dropped. Then :func:`forget` the paths once the server acknowledged them. Unreadable or refused entries
-        (symlinks, over the size cap, not JSON) go to ``rejected/``.
+        See :func:`harvester.handoff.outbox.claim`; then :func:`harvester.handoff.outbox.forget` the paths once
+        the server acknowledged them.
         """
-        if not safe_name(owner) or not pilot_outbox.CLAIMED.match(f"final-0-0.json.{owner}.claimed"):
-            raise MessengerError(f"outbox owner {owner!r} is not a plain name")
-        now = time.time() if now is None else now
-        renames, claimed = [], []
-        for name in self.snapshot.names_in(self.outbox_dir) if self.snapshot else []:
-            path, entry = f"{self.outbox_dir}/{name}", self.snapshot.entries[f"{self.outbox_dir}/{name}"]
-            match = pilot_outbox.CLAIMED.match(name)
-            if match and match.group("owner") == owner:
-                claimed.append(path)
-            elif match and now - entry.ctime > stale_after:
-                log.warning("outbox entry %s claimed by %s long ago; taken over", path, match.group("owner"))
-                renames.append((path, f"{self.outbox_dir}/{match.group('name')}.{owner}.claimed"))
-            elif pilot_outbox.ENTRY.match(name):
-                renames.append((path, f"{path}.{owner}.claimed"))
-        if not renames and not claimed:
-            return []
-        targets = claimed + [new for _, new in renames]
-        ops = [{"op": "rename", "root": self.root, "src": self.rel(old), "dst": self.rel(new)} for old, new in renames]
-        ops.append({"op": "read", "root": self.root, "paths": [self.rel(p) for p in targets], "limit": self.limit})
-        results = self._files(ops, f"claiming {self.outbox_dir}")
-        lost = {new for (old, new), result in zip(renames, results) if not result.get("ok")}
-        files = results[-1].get("files", {}) if results[-1].get("ok") else {}
-        taken, rejects = [], []
-        for path in targets:
-            if path in lost:
-                continue  # the pilot (or another sender) took it first
-            got = files.get(self.rel(path), {})
-            entry = _outbox_entry(got.get("data"))
-            if entry is None:
-                log.error("outbox entry %s is unreadable (%s); moved to rejected/", path,
-                          got.get("error") or "not an outbox entry")
-                rejects.append(path)
-                continue
-            entry["kind"] = pilot_outbox.kind_of(posixpath.basename(path))
-            taken.append((path, entry))
-        if rejects:
-            self._files([{"op": "rename", "root": self.root, "src": self.rel(p),
-                          "dst": self.rel(f"{self.outbox_dir}/rejected/{posixpath.basename(p)}")} for p in rejects],
-                        "moving refused outbox entries aside")
-        finals = {str(e["params"].get("jobId")) for _, e in taken if e["kind"] == "final"}
-        kept, obsolete = [], []
-        for path, entry in taken:
-            if entry["kind"] == "heartbeat" and str(entry["params"].get("jobId")) in finals:
-                obsolete.append(path)  # the job's final update says more
-            else:
-                kept.append((path, entry))
-        if obsolete:
-            forget(self.transport, self.root, obsolete)
-        return kept
+        return outbox.claim(self, owner, stale_after, now)
 
 
 @dataclasses.dataclass
@@ -499,96 +339,6 @@ class Final:
     path: str = ""
     outputs: list = dataclasses.field(default_factory=list)
     output_error: str = None
-
-
-def forget(transport, root, paths):
-    """Remove claimed outbox entries (delivered, or superseded) below ``root``; only claimed names."""
-    rels = []
-    for path in paths:
-        path = posixpath.normpath(path)
-        if not path.startswith(root.rstrip("/") + "/") or not pilot_outbox.CLAIMED.match(posixpath.basename(path)):
-            raise MessengerError(f"{path} is not a claimed outbox entry below {root}")
-        rels.append(path[len(root.rstrip("/")) + 1:])
-    try:
-        [result] = transport.files([{"op": "remove", "root": root, "paths": rels}])
-    except TransportError as exc:
-        raise MessengerError(f"removing delivered outbox entries: {exc}") from None
-    if not result.get("ok"):
-        raise MessengerError(f"removing delivered outbox entries: {result.get('error')}")
-
-
-def _outbox_entry(data):
-    if data is None:
-        return None
-    try:
-        entry = json.loads(data)
-    except ValueError:
-        return None
-    return entry if isinstance(entry, dict) and isinstance(entry.get("params"), dict) else None
-
-
-def _is_report(path, names):
-    """True for the handoff files a snapshot reads: attributes, PandaIDs, job request, outputs, per-job finals."""
-    name = posixpath.basename(path)
-    parent = posixpath.basename(posixpath.dirname(path))
-    if parent == OUTBOX:
-        return False
-    return name in (names["attributes"], names["pandaids"], names["request"], names["event_status"]) or \
-        final_attributes_id(names, name) is not None
-
-
-def _with_outputs_of_new_finals(wanted, entries, contents, names, limit):
-    """Read ``event_status.dump.json`` again wherever a per-job final is read, whatever the listing said of it.
-
-    The pilot writes a job's outputs before its final, but a listing is not one instant: it may stat the outputs
-    file before the pilot rewrote it and the final after the pilot wrote it, and so keep the old outputs (from the
-    previous snapshot, or none) for a job whose final it reads - and harvester would report the job finished
-    without staging its outputs. Read after the listing, the outputs file is at least as new as any final listed.
-    """
-    for root, rels in list(wanted.items()):
-        directories = {posixpath.dirname(rel) for rel in rels
-                       if final_attributes_id(names, posixpath.basename(rel)) is not None}
-        for directory in directories:
-            rel = posixpath.join(directory, names["event_status"])
-            entry = entries.get(f"{root}/{rel}")
-            if rel in rels or (entry is not None and (entry.kind != "f" or entry.size > limit)):
-                continue  # read already, or refused by the listing
-            rels.append(rel)
-            contents.pop(f"{root}/{rel}", None)
-
-
-def _is_usage(path, access_points):
-    """True for a pilot's usage record in one of ``access_points`` (its own, or a ``pilot-N`` directory's)."""
-    if not access_points or posixpath.basename(path) != USAGE_FILE:
-        return False
-    parent = posixpath.dirname(path)
-    return parent in access_points or (re.fullmatch(r"pilot-[0-9]+", posixpath.basename(parent)) is not None
-                                       and posixpath.dirname(parent) in access_points)
-
-
-def _too_large(path, size, limit):
-    return HandoffRefused(f"{path} is {size} bytes, over the queue's limit of {limit} bytes "
-                          "(pilot.handoff_max_bytes): not read", path, "too_large")
-
-
-def _refusal_text(got):
-    return got.get("error") or "refused"
-
-
-def _given(names):
-    given = names.model_dump() if hasattr(names, "model_dump") else dict(names or {})
-    return tuple(sorted((k, v) for k, v in given.items() if isinstance(v, str)))
-
-
-@functools.lru_cache(maxsize=64)
-def _checked_names(given):
-    """The handoff names (defaults filled in), each checked once per distinct set: the monitor makes a Messenger
-    for every worker of every cycle. The dict returned is shared: never change it."""
-    names = dict(HANDOFF_FILES, **{k: v for k, v in given if k in HANDOFF_FILES and v})
-    for key, name in names.items():
-        if not safe_name(name):
-            raise MessengerError(f"handoff file name {key}={name!r} is not a plain file name")
-    return names
 
 
 def _json(data):
