@@ -156,6 +156,8 @@ class JobDirs:
         self.made = None  # (mode, uid, gid) of a directory the pilot made new: what a spare must still have
         self.lock = threading.Lock()
         self.serial = 0
+        self.given = {}  # job directory -> (st_dev, st_ino) it had when made: only those may become spares
+        self.closed = False  # the pilot's end: no more spares
         self.reused = self.fresh = self.refused = 0  # counts, for the pilot's log and the tests
 
     def make(self, job_dir):
@@ -178,18 +180,23 @@ class JobDirs:
                     self._discard(spare[0])
                     continue
                 self.reused += 1
+                self.given[job_dir] = spare[1:]
                 return
             self._discard(spare[0])
         os.makedirs(job_dir, mode=0o770)
         self.fresh += 1
+        st = os.lstat(job_dir)
+        self.given[job_dir] = (st.st_dev, st.st_ino)
         if self.made is None:
-            st = os.lstat(job_dir)
             self.made = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
 
     def release(self, job_dir, payload_gone):
         """The job is over: its directory kept as a spare when ``payload_gone`` (its payload's whole process tree
-        is known to be gone), it can be emptied, and fewer than SPARES are kept; else removed as before."""
-        if not (self.reuse and payload_gone and self.made is not None and len(self.spares) < SPARES):
+        is known to be gone), it is still the directory :meth:`make` gave (not one put in its place, nor one that
+        was there already), it can be emptied, and fewer than SPARES are kept; else removed as before."""
+        given = self.given.pop(job_dir, None)
+        if not (self.reuse and payload_gone and given is not None and len(self.spares) < SPARES and
+                not self.closed):
             self._discard(job_dir)
             return
         with self.lock:
@@ -197,9 +204,11 @@ class JobDirs:
             spare = os.path.join(self.pilot_dir, f"spare_jobdir_{self.serial}")
         try:
             st = os.lstat(job_dir)
-            if not stat.S_ISDIR(st.st_mode):
-                raise Unfit("not a directory")
+            if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != given:
+                raise Unfit("not the directory made for the job")
             os.rename(job_dir, spare)
+        except FileNotFoundError:
+            return
         except (OSError, Unfit) as exc:
             log.warning("job directory %s not kept for reuse: %s", job_dir, exc)
             self.refused += 1
@@ -215,6 +224,7 @@ class JobDirs:
     def close(self):
         """The pilot's end: the spares removed."""
         with self.lock:
+            self.closed = True
             spares, self.spares = list(self.spares), collections.deque()
         for path, _, _ in spares:
             self._discard(path)

@@ -313,3 +313,21 @@ def test_a_pilot_with_no_cleanup_keeps_every_job_directory_and_reuses_none(site)
         sorted(f"PandaJob_{pid}" for pid in ids)
     assert "extra.txt" in os.listdir(os.path.join(pilot_dir, f"PandaJob_{ids[0]}"))
     assert len({ino[pid][0] for pid in ids}) == 3
+
+
+def test_only_a_directory_made_for_a_job_becomes_a_spare(tmp_path):
+    dirs, a, before = first_job(tmp_path)
+    os.rename(a, str(tmp_path / "moved"))
+    os.makedirs(a, mode=0o770)  # another directory in its place, as the pilot would make it
+    dirs.release(a, payload_gone=True)
+    foreign = os.path.join(str(tmp_path), "PandaJob_7")
+    os.makedirs(foreign, mode=0o770)  # one the pilot never made (a payload's guess at the next job's name)
+    dirs.release(foreign, payload_gone=True)
+    assert not dirs.spares and sorted(os.listdir(str(tmp_path))) == ["moved"]
+
+
+def test_a_job_ending_after_the_pilots_end_leaves_no_spare(tmp_path):
+    dirs, a, before = first_job(tmp_path)
+    dirs.close()
+    dirs.release(a, payload_gone=True)
+    assert os.listdir(str(tmp_path)) == []
