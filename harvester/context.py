@@ -125,7 +125,7 @@ def transport_for(queue):
     if kind == "local":
         return LocalTransport()
     if kind == "ssh":
-        from harvester.transport.ssh import SshTransport  # the one module that imports paramiko
+        from harvester.transport.ssh import SshTransport  # imports paramiko (with ssh_connection): only when needed
 
         return SshTransport.for_queue(queue)
     raise TransportError(f"queue {queue.name}: transport.type {kind} is unknown (local or ssh)")

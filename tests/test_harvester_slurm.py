@@ -2,7 +2,6 @@
 how each was made): the #SBATCH header from the queue config with every value checked or quoted, sbatch answers and
 errors, every native state from ONE squeue call (TIMEOUT kept apart), sacct for the ids squeue forgot, bulk scancel,
 find() after a crash; and harvester discover. Real daemons: test_harvester_slurm_live."""
-import shlex
 import subprocess
 
 import pytest
@@ -296,15 +295,6 @@ def test_find_falls_back_on_the_output_file_of_a_job_squeue_forgot(transport):
     plugin = SlurmBatch(QUEUE, transport)
     assert plugin.find("/scratch/harvester/workers/SLURM_TEST/3") == "51"
     assert plugin.find("/scratch/harvester/workers/SLURM_TEST/4") is None
-
-
-def test_commands_are_argv_lists_quoted_once_for_ssh():
-    from harvester.transport.ssh import command_line
-
-    line = command_line(["sbatch", "--parsable", "/w/a b/job.sh"], env={"X": "$(no)"}, cwd="/w/a b")
-    words = shlex.split(line)
-    assert words[:3] == ["exec", "sh", "-c"] and words[4:] == ["sh", "/w/a b", "X=$(no)", "sbatch", "--parsable",
-                                                               "/w/a b/job.sh"]
 
 
 def test_plugin_for_gives_the_queue_to_the_plugin(transport):

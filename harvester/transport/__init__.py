@@ -1,6 +1,7 @@
 """How harvester reaches a submit host: commands as argv lists and batches of safe file operations, run locally
-(:mod:`harvester.transport.base`) or on a login node over SSH (:mod:`harvester.transport.ssh`, the one module that
-imports paramiko: import it only for a queue that needs it). :mod:`harvester.transport.safefiles` is the file side
+(:mod:`harvester.transport.base`) or on a login node over SSH (:mod:`harvester.transport.ssh`, which with
+:mod:`harvester.transport.ssh_connection` alone imports paramiko: import it only for a queue that needs it;
+:mod:`harvester.transport.ssh_channels`, what runs in its exec channels). :mod:`harvester.transport.safefiles` is the file side
 (on :mod:`harvester.transport.safepaths`, the walk below a root; :mod:`harvester.transport.safehelper` runs both on
 the far host): standard library only.
 
