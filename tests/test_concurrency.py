@@ -288,17 +288,17 @@ def test_an_unaddressed_harvester_command_is_taken_by_one_harvester_only(databas
     condition keeps a later caller from taking a command again. (On SQLite a write transaction takes the
     database's write lock at BEGIN, so callers cannot interleave; there the test checks the outcome only.)"""
     from minipanda.core import models
-    from minipanda.workers import harvesters
+    from minipanda.workers import commands as harvester_commands
 
     n_commands, callers = 5, [f"harvester-{i}" for i in range(4)]
-    commands = [harvesters.add_command("KILL_WORKERS", {"queue": f"Q{i}"}) for i in range(n_commands)]
+    commands = [harvester_commands.add_command("KILL_WORKERS", {"queue": f"Q{i}"}) for i in range(n_commands)]
     blocker = hold_row_locks(db_url, commands)
     taken, errors, start = {}, [], threading.Barrier(len(callers))
 
     def acquire(harvester_id):
         try:
             start.wait(30)
-            taken[harvester_id] = [c["command_id"] for c in harvesters.acquire_commands(harvester_id, n_commands)]
+            taken[harvester_id] = [c["command_id"] for c in harvester_commands.acquire_commands(harvester_id, n_commands)]
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(f"{harvester_id}: {exc!r}")
         finally:

@@ -1,12 +1,13 @@
 """The ``/api/v1/harvester/*`` routes: what harvester calls (role harvester or admin), and the admin routes behind
-``minipanda worker list`` and ``minipanda harvester ...``. Routes parse and authorise; minipanda/workers/harvesters.py
-does the work. Refusals are HTTP 4xx with the field named in ``message``; see docs/harvester.md."""
+``minipanda worker list`` and ``minipanda harvester ...``. Routes parse and authorise; minipanda/workers/harvesters.py,
+commands.py and pilot_tokens.py do the work. Refusals are HTTP 4xx with the field named in ``message``; see
+docs/harvester.md."""
 import bottle
 from minipanda import errors
 from minipanda.api import file_server, params as route_params, wire
 from minipanda.core import dispatch, policy
 from minipanda.core.auth import HARVESTER_ROLES
-from minipanda.workers import harvesters
+from minipanda.workers import commands, fields, harvesters, pilot_tokens
 
 BASE = "/api/v1/harvester"
 ADMIN = frozenset({"admin"})
@@ -19,7 +20,7 @@ def ok(data=None, message=""):
 
 def _harvester(params, identity):
     """The request's harvester_id, refused (403, both names) when the token is another harvester's."""
-    harvester_id = harvesters.harvester_id_of(params.get("harvester_id"))
+    harvester_id = fields.harvester_id_of(params.get("harvester_id"))
     refusal = policy.harvester_refusal(identity, harvester_id)
     if refusal:
         raise errors.AuthError(refusal, 403)
@@ -49,19 +50,19 @@ def report_worker_statistics(params, identity):
 
 def acquire_commands(params, identity):
     harvester_id = _harvester(params, identity)
-    n_commands = harvesters.integer(params.get("n_commands", 1), "n_commands", minimum=1, maximum=1000)
-    return ok(harvesters.acquire_commands(harvester_id, n_commands))
+    n_commands = fields.integer(params.get("n_commands", 1), "n_commands", minimum=1, maximum=1000)
+    return ok(commands.acquire_commands(harvester_id, n_commands))
 
 
 def acknowledge_commands(params, identity):
     harvester_id = _harvester(params, identity)
-    ids = harvesters.id_list(params.get("command_ids"), "command_ids")
-    return ok(None, f"{harvesters.acknowledge_commands(harvester_id, ids)} commands acknowledged")
+    ids = fields.id_list(params.get("command_ids"), "command_ids")
+    return ok(None, f"{commands.acknowledge_commands(harvester_id, ids)} commands acknowledged")
 
 
 def get_queue_demand(params, identity):
     _harvester(params, identity)
-    names = harvesters.json_value(params.get("queues"), "queues")
+    names = fields.json_value(params.get("queues"), "queues")
     if not isinstance(names, list):
         raise errors.RequestError("queues: expected a list of queue names")
     return ok(harvesters.queue_demand(names))
@@ -69,26 +70,26 @@ def get_queue_demand(params, identity):
 
 def mint_pilot_token(params, identity):
     secret = bottle.request.app.config["minipanda.context"].secret
-    return ok(harvesters.mint_pilot_token(secret, _harvester(params, identity), params.get("worker_id"),
+    return ok(pilot_tokens.mint_pilot_token(secret, _harvester(params, identity), params.get("worker_id"),
                                           params.get("queue"), params.get("lifetime"),
                                           panda_ids=params.get("panda_ids")))
 
 
 def revoke_pilot_token(params, identity):
-    return ok({"revoked": harvesters.revoke_pilot_tokens(_harvester(params, identity), params.get("jtis"))})
+    return ok({"revoked": pilot_tokens.revoke_pilot_tokens(_harvester(params, identity), params.get("jtis"))})
 
 
 # ---- admin: the CLI's view and control -------------------------------------------------------------------------
 
 def _optional_harvester(params):
     value = params.get("harvester_id")
-    return None if value in (None, "") else harvesters.harvester_id_of(value)
+    return None if value in (None, "") else fields.harvester_id_of(value)
 
 
 def list_workers(params, identity):
-    limit = harvesters.integer(params.get("limit", 100), "limit", minimum=1, maximum=10000)
+    limit = fields.integer(params.get("limit", 100), "limit", minimum=1, maximum=10000)
     return ok(harvesters.list_workers(
-        queue=harvesters.text(params.get("queue"), "queue", 128), status=harvesters.text(params.get("status"),
+        queue=fields.text(params.get("queue"), "queue", 128), status=fields.text(params.get("status"),
                                                                                           "status", 32),
         harvester_id=_optional_harvester(params), limit=limit))
 
@@ -98,21 +99,21 @@ def list_instances(params, identity):
 
 
 def add_command(params, identity):
-    command_id = harvesters.add_command(params.get("command"), params.get("params"), _optional_harvester(params))
+    command_id = commands.add_command(params.get("command"), params.get("params"), _optional_harvester(params))
     return ok({"command_id": command_id}, f"command {command_id} queued")
 
 
 def list_commands(params, identity):
-    limit = harvesters.integer(params.get("limit", 100), "limit", minimum=1, maximum=10000)
-    return ok(harvesters.list_commands(limit))
+    limit = fields.integer(params.get("limit", 100), "limit", minimum=1, maximum=10000)
+    return ok(commands.list_commands(limit))
 
 
 def get_sent_jobs(params, identity):
     """The jobs this harvester acquired for a queue that are still ``sent`` (adopted after a crash)."""
     harvester_id = _harvester(params, identity)
-    queue = harvesters.text(params.get("queue"), "queue", 128, required=True)
-    after = harvesters.integer(params.get("after", 0), "after")
-    limit = harvesters.integer(params.get("limit", dispatch.SENT_PAGE), "limit", minimum=1,
+    queue = fields.text(params.get("queue"), "queue", 128, required=True)
+    after = fields.integer(params.get("after", 0), "after")
+    limit = fields.integer(params.get("limit", dispatch.SENT_PAGE), "limit", minimum=1,
                                maximum=dispatch.SENT_PAGE)
     return ok(file_server.with_server_url(dispatch.sent_to_harvester(harvester_id, queue, after, limit)))
 

@@ -1,24 +1,24 @@
-"""Harvester services: heartbeats, workers, worker statistics, commands, queue demand, pilot tokens.
+"""Harvester services: heartbeats, workers, worker statistics, queue demand.
 
-Every database write made for harvester happens here; ``minipanda/api/harvester.py`` only parses, authorises and
-encodes. Input is checked field by field before anything is written: a refusal raises RequestError naming the
-field, except in :func:`update_workers`, where one bad worker gets ``False`` and the others are still stored.
+Every database write made for harvester happens here, in :mod:`minipanda.workers.commands` (commands for
+harvesters) and in :mod:`minipanda.workers.pilot_tokens` (the tokens harvester mints for its pilots);
+``minipanda/api/harvester.py`` only parses, authorises and encodes. Input is checked field by field
+(:mod:`minipanda.workers.fields`) before anything is written: a refusal raises RequestError naming the field, except
+in :func:`update_workers`, where one bad worker gets ``False`` and the others are still stored.
 
 A worker reported in a final state takes its unfinished jobs with it: they fail with pilot error 1008 (pilot3's
 GENERALERROR, "consult the batch log") and a diag naming the worker, so the settle duty's retry rules decide on a
 new attempt exactly as for any other failed job.
 """
-import datetime
 import json
-import math
 import logging
-import re
 
-from minipanda.core import auth, models, queues, states
+from minipanda.core import models, queues, states
 from minipanda.core import counts as job_counts
 from minipanda.core.db import database
 from minipanda.core.states import JobStatus
 from minipanda.errors import RequestError
+from minipanda.workers.fields import INT_MAX, figure, id_list, integer, iso, json_value, text, utc_time
 from peewee import fn
 
 log = logging.getLogger(__name__)
@@ -29,97 +29,7 @@ FINAL_WORKER_STATES = frozenset({"finished", "failed", "cancelled", "missed"})
 ORPHAN_JOB_STATES = (JobStatus.SENT.value, JobStatus.STARTING.value, JobStatus.RUNNING.value)
 DEMAND_STATES = (JobStatus.ACTIVATED.value,) + ORPHAN_JOB_STATES
 WORKER_DIED_CODE = 1008
-COMMANDS = ("KILL_WORKERS", "SET_N_WORKERS", "REPORT_WORKER_STATS")
 MAX_WORKERS_PER_CALL = 2000
-MAX_IDS = 10000
-MAX_PILOT_TOKEN_LIFETIME = 7 * 24 * 3600
-BIGINT_MAX, INT_MAX = 2 ** 63 - 1, 2 ** 31 - 1  # the column limits: PostgreSQL refuses larger numbers with an error
-HARVESTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
-
-
-# ---- field parsing -----------------------------------------------------------------------------------------------
-
-def harvester_id_of(value, name="harvester_id"):
-    if not isinstance(value, str) or not HARVESTER_ID.match(value):
-        raise RequestError(f"{name}: expected 1-100 letters, digits, '.', '_' or '-' starting with a letter or "
-                           f"digit, got {str(value)[:40]!r}")
-    return value
-
-
-def integer(value, name, minimum=0, maximum=BIGINT_MAX, required=True):
-    if value is None or value == "":
-        if required:
-            raise RequestError(f"{name}: required")
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise RequestError(f"{name}: expected an integer, got {str(value)[:40]!r}")
-    try:
-        number = int(value)
-    except ValueError:
-        raise RequestError(f"{name}: expected an integer, got {value[:40]!r}") from None
-    if number < minimum:
-        raise RequestError(f"{name}: must be at least {minimum}, got {number}")
-    if number > maximum:
-        raise RequestError(f"{name}: must be at most {maximum}, got {number}")
-    return number
-
-
-def text(value, name, limit, required=False):
-    if value is None or value == "":
-        if required:
-            raise RequestError(f"{name}: required")
-        return None
-    if isinstance(value, (dict, list, bool)):
-        raise RequestError(f"{name}: expected a string, got {type(value).__name__}")
-    value = str(value)[:limit]
-    if "\x00" in value:  # PostgreSQL's texts cannot hold one: a database error (500) for the whole call
-        raise RequestError(f"{name}: a NUL character cannot be stored")
-    return value
-
-
-def utc_time(value, name):
-    """Naive UTC from an ISO 8601 string (``Z``, an offset, or none = UTC), or None."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise RequestError(f"{name}: expected an ISO 8601 UTC time, got {str(value)[:40]!r}")
-    try:
-        when = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise RequestError(f"{name}: expected an ISO 8601 UTC time, got {value[:40]!r}") from None
-    if when.tzinfo is not None:
-        when = when.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-    return when
-
-
-def json_value(value, name):
-    """A list or object sent as such or as a JSON string (PanDA's harvester sends both)."""
-    if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
-        try:
-            return json.loads(value)
-        except ValueError:
-            raise RequestError(f"{name}: not valid JSON") from None
-    return value
-
-
-def id_list(value, name, parse=None):
-    value = json_value(value, name)
-    if not isinstance(value, list):
-        raise RequestError(f"{name}: expected a list")
-    if len(value) > MAX_IDS:
-        raise RequestError(f"{name}: at most {MAX_IDS} entries per call, got {len(value)}")
-    return [(parse or (lambda v, n: integer(v, n)))(v, f"{name}[{i}]") for i, v in enumerate(value)]
-
-
-def figure(value, name):
-    """A finite, non-negative number (a count or seconds)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise RequestError(f"{name}: expected a non-negative number, got {str(value)[:40]!r}")
-    return value
-
-
-def iso(when):
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
 
 
 # ---- heartbeat, statistics ---------------------------------------------------------------------------------------
@@ -408,123 +318,3 @@ def queue_demand(queue_names):
             continue
         counts[site][status] += n
     return counts
-
-
-# ---- commands ----------------------------------------------------------------------------------------------------
-
-def add_command(command, params, harvester_id=None, now=None):
-    """Queue a command for one harvester (or any, when ``harvester_id`` is None); returns its id."""
-    if command not in COMMANDS:
-        raise RequestError(f"command: expected one of {', '.join(COMMANDS)}, got {str(command)[:40]!r}")
-    params = json_value(params if params is not None else {}, "params")
-    if not isinstance(params, dict):
-        raise RequestError("params: expected an object")
-    queue = text(params.get("queue"), "params.queue", 128)
-    clean = {"queue": queue} if queue else {}
-    if command == "KILL_WORKERS":
-        if params.get("worker_ids") not in (None, []):
-            clean["worker_ids"] = id_list(params["worker_ids"], "params.worker_ids")
-        if not clean:
-            raise RequestError("params: KILL_WORKERS needs queue and/or worker_ids")
-    elif command == "SET_N_WORKERS":
-        if not queue:
-            raise RequestError("params.queue: required for SET_N_WORKERS")
-        if "n_workers" not in params:
-            raise RequestError("params.n_workers: required (a number, or null to lift the cap)")
-        clean["n_workers"] = integer(params["n_workers"], "params.n_workers", maximum=INT_MAX, required=False)
-    now = now or states.utcnow()
-    with database.atomic():
-        row = models.HarvesterCommand.create(harvester_id=harvester_id, command=command, params=json.dumps(clean),
-                                             status="queued", creation_time=now, status_time=now)
-    return row.id
-
-
-def acquire_commands(harvester_id, n_commands, now=None):
-    """Hand queued commands for this harvester (or for any) to it, each command to one harvester only."""
-    HarvesterCommand = models.HarvesterCommand
-    now = now or states.utcnow()
-    taken = []
-    with database.atomic():
-        addressed = HarvesterCommand.harvester_id.is_null() | (HarvesterCommand.harvester_id == harvester_id)
-        candidates = list(HarvesterCommand.select().where(HarvesterCommand.status == "queued", addressed)
-                          .order_by(HarvesterCommand.id).limit(n_commands))
-        for command in candidates:
-            # Conditional on still being queued: another harvester's concurrent acquire takes it or we do, not both.
-            won = HarvesterCommand.update(status="sent", acquired_by=harvester_id, status_time=now).where(
-                HarvesterCommand.id == command.id, HarvesterCommand.status == "queued").execute()
-            if won:
-                taken.append({"command_id": command.id, "command": command.command,
-                              "params": json.loads(command.params), "ack_requested": command.ack_requested})
-    return taken
-
-
-def acknowledge_commands(harvester_id, command_ids, now=None):
-    """Mark the commands this harvester acquired as acknowledged; returns how many changed."""
-    HarvesterCommand = models.HarvesterCommand
-    if not command_ids:
-        return 0
-    with database.atomic():
-        return HarvesterCommand.update(status="acknowledged", status_time=now or states.utcnow()).where(
-            HarvesterCommand.id.in_(command_ids), HarvesterCommand.acquired_by == harvester_id,
-            HarvesterCommand.status == "sent").execute()
-
-
-def list_commands(limit=100):
-    HarvesterCommand = models.HarvesterCommand
-    return [{"command_id": c.id, "harvester_id": c.harvester_id, "command": c.command, "params": json.loads(c.params),
-             "status": c.status, "acquired_by": c.acquired_by, "creation_time": iso(c.creation_time),
-             "status_time": iso(c.status_time)}
-            for c in HarvesterCommand.select().order_by(HarvesterCommand.id.desc()).limit(limit)]
-
-
-# ---- pilot tokens ------------------------------------------------------------------------------------------------
-
-def _pilot_token_prefix(harvester_id):
-    return f"pilot.{harvester_id}."
-
-
-def minted_by(token_name, harvester_id):
-    """True when ``token_name`` is ``pilot.<harvester_id>.<workerID>`` exactly (so harvester "h1" cannot match
-    the tokens of harvester "h1.x": what follows the prefix must be the worker id alone)."""
-    prefix = _pilot_token_prefix(harvester_id)
-    return token_name.startswith(prefix) and token_name[len(prefix):].isdigit()
-
-
-def mint_pilot_token(secret, harvester_id, worker_id, queue, lifetime, now=None, panda_ids=None):
-    """A pilot-role token for one worker, recorded (revocable) and bound to that harvester, worker and queue
-    (minipanda.core.policy); the jobs ``panda_ids`` this harvester acquired for the worker are bound to it now.
-    Returns {"token", "jti", "expires"}."""
-    worker_id = integer(worker_id, "worker_id")
-    queue = text(queue, "queue", 128, required=True)
-    lifetime = integer(lifetime, "lifetime", minimum=60, maximum=MAX_PILOT_TOKEN_LIFETIME)
-    panda_ids = [] if panda_ids in (None, "") else id_list(panda_ids, "panda_ids")
-    now = now or states.utcnow()
-    binding = {"harvester_id": harvester_id, "worker_id": worker_id, "queue": queue}
-    with database.atomic():
-        bind_jobs(harvester_id, worker_id, panda_ids)
-        token, jti = auth.create_token(secret, f"{_pilot_token_prefix(harvester_id)}{worker_id}", "pilot",
-                                       days=lifetime / 86400, now=now, binding=binding)
-    return {"token": token, "jti": jti, "expires": iso(now + datetime.timedelta(seconds=lifetime))}
-
-
-def revoke_pilot_tokens(harvester_id, jtis, now=None):
-    """Revoke pilot tokens this harvester minted; returns how many were newly revoked.
-
-    A token of anyone else refuses the whole call (403), nothing revoked. An unknown jti is skipped: it can do no
-    harm, and refusing it would leave a harvester whose server lost its tokens retrying the same call forever."""
-    jtis = id_list(jtis, "jtis", parse=lambda v, n: text(v, n, 64, required=True))
-    Token = models.Token
-    with database.atomic():
-        tokens = {t.jti: t for t in Token.select().where(Token.jti.in_(jtis))} if jtis else {}
-        for index, jti in enumerate(jtis):
-            token = tokens.get(jti)
-            if token is not None and (token.role != "pilot" or not minted_by(token.name, harvester_id)):
-                raise RequestError(f"jtis[{index}]: {jti} is not a pilot token minted by harvester {harvester_id}",
-                                   http=403)
-        unknown = sorted(set(jtis) - set(tokens))
-        if unknown:
-            log.info("harvester %s asked to revoke unknown tokens %s", harvester_id, unknown[:10])
-        if not tokens:
-            return 0
-        return Token.update(revoked=now or states.utcnow()).where(Token.jti.in_(list(tokens)),
-                                                                   Token.revoked.is_null()).execute()
