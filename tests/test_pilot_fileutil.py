@@ -225,3 +225,31 @@ def test_a_rewrite_never_goes_through_a_link_nor_moves_a_directory_away(tmp_path
     with pytest.raises(IsADirectoryError):
         rewriter.write(b"three")
     assert os.path.isdir(path) and rewriter.exchanging
+
+
+LEASE_HOLDER = r'''
+import os, subprocess, sys, time
+from pilot import fileutil
+path = sys.argv[1]
+fd = os.open(path, os.O_WRONLY)
+assert fileutil._alone(fd)  # the lease a rewrite holds while it writes the spare
+reader = subprocess.Popen([sys.executable, "-c", "import sys; open(sys.argv[1]).read()", path])
+time.sleep(0.5)  # the reader's open breaks the lease: the kernel signals this process
+import fcntl
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+os.close(fd)
+sys.exit(reader.wait(30))
+'''
+
+
+def test_someone_opening_the_spare_during_a_rewrite_does_not_end_the_pilot(tmp_path):
+    """A lease's break is signalled to its holder, by default with SIGIO, whose default action ends the process:
+    the pilot asks for SIGURG (ignored by default) instead; the reader's open waits for the rewrite to end."""
+    import subprocess
+    import sys
+
+    path = tmp_path / ".worker_attributes.json.1.spare"
+    path.write_bytes(b"{}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fileutil.__file__)))
+    holder = subprocess.run([sys.executable, "-c", LEASE_HOLDER, str(path)], cwd=root, timeout=60)
+    assert holder.returncode == 0
