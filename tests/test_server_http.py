@@ -3,7 +3,6 @@ the request body limit, one access-log line per request."""
 import http.client
 import importlib.util
 import os
-import re
 import shutil
 import signal
 import socket
@@ -79,76 +78,6 @@ def test_a_path_cannot_write_a_line_of_its_own_into_the_server_log(sqlite_server
     escaped = [line for line in lines if "\\n" + FORGED[:30] in line]
     assert {line.split(" ", 4)[3] for line in escaped} == {"minipanda.access:", "minipanda.api.app:",
                                                           "minipanda.server:"}, escaped
-
-
-def test_the_access_log_goes_through_a_queue(caplog):
-    """A request thread only enqueues its access record (QueueHandler); the listener writes it."""
-    import logging
-    import logging.handlers
-
-    from minipanda.server import process
-
-    root = logging.getLogger()
-    queued = process.QueuedAccessLog()  # caplog's handler is on the root logger
-    try:
-        assert [type(h).__mro__[1] for h in process.access_log.handlers] == [logging.handlers.QueueHandler]
-        assert not process.access_log.propagate
-        with caplog.at_level(logging.INFO):
-            process.access_log.info("%s %s %s", "GET", "/x", 200)
-    finally:
-        queued.stop()  # writes what is queued
-    assert "GET /x 200" in caplog.text
-    assert process.access_log.propagate and not process.access_log.handlers
-    assert root.handlers
-
-
-def test_a_request_threads_access_line_is_written_as_the_logger_would_have_written_it(caplog):
-    """The middleware queues only the raw line (time, thread, arguments); the listener makes the record: the
-    same logger, level, message, time, thread and source as ``access_log.info`` in the request thread."""
-    import logging
-    import threading
-    import time
-
-    from minipanda.server import process
-
-    def app(environ, start_response):
-        start_response("404 Not Found", [])
-        return [b"none"]
-
-    middleware = process.AccessLog(app)
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x/y", "REMOTE_ADDR": "192.0.2.7"}
-    factory, made_in = logging.getLogRecordFactory(), []
-
-    def recording_factory(name, *args, **kwargs):
-        if name == "minipanda.access":  # which thread builds the access record (not the request thread)
-            made_in.append(threading.current_thread().name)
-        return factory(name, *args, **kwargs)
-
-    logging.setLogRecordFactory(recording_factory)
-    queued = process.QueuedAccessLog()
-    times = []
-    try:
-        with caplog.at_level(logging.INFO):
-            def request():
-                times.append(time.time())
-                middleware(environ, lambda status, headers, exc_info=None: None)
-                times.append(time.time())
-
-            thread = threading.Thread(target=request, name="request-thread-7")
-            thread.start()
-            thread.join(30)
-    finally:
-        queued.stop()  # writes what is queued
-        logging.setLogRecordFactory(factory)
-    assert len(made_in) == 1 and made_in != ["request-thread-7"], made_in
-    [record] = [record for record in caplog.records if record.name == "minipanda.access"]
-    assert record.levelname == "INFO" and record.msg == "%s %s %s %.1fms %s"
-    assert re.fullmatch(r"GET /x/y 404 \d+\.\dms 192\.0\.2\.7", record.getMessage())
-    assert (record.threadName, record.thread) == ("request-thread-7", thread.ident)
-    assert times[0] <= record.created <= times[1]
-    assert record.msecs == int((record.created - int(record.created)) * 1000)
-    assert record.pathname == process.__file__ and record.funcName == "__call__"
-    assert process._access_lines is None  # stopped: the middleware logs through the logger again
 
 
 def test_a_body_over_the_limit_is_refused_with_413(tmp_path):

@@ -1,4 +1,4 @@
-"""``minipanda serve --workers N`` (minipanda/server/process.py) and the duties' leader lock
+"""``minipanda serve --workers N`` (minipanda/server/prefork.py) and the duties' leader lock
 (minipanda/server/daemon.py LeaderLock): on PostgreSQL N processes serve one port and the duties run in one
 process only, across processes and hosts; on SQLite more than one worker is refused."""
 import os

@@ -1,124 +1,24 @@
-"""``minipanda serve``: the WSGI app on granian (``server/http.py``), one access-log line per request, clean stop."""
+"""``minipanda serve``: the WSGI app on granian (``server/http.py``), one access-log line per request
+(``server/accesslog.py``), worker processes on PostgreSQL (``server/prefork.py``), clean stop."""
 import fcntl
 import gc
 import logging
-import logging.handlers
 import os
-import queue
 import resource
 import signal
 import threading
-import time
 
-from minipanda.api import wire
 from minipanda.api.app import ServerContext, is_loopback, make_app
 from minipanda.core import auth, db, queues, schema
 from minipanda.errors import ConfigError, ServerLocked
 from minipanda.server import bridge, http
+from minipanda.server.accesslog import AccessLog, QueuedAccessLog
 from minipanda.server.daemon import DutyRunner, LeaderLock
 from minipanda.server.home import DEFAULT_HOST, DEFAULT_PORT
+from minipanda.server.prefork import check_workers, is_postgres, run_workers
 from queueconfig.service import Notifier
 
 log = logging.getLogger("minipanda.server")
-access_log = logging.getLogger("minipanda.access")
-
-
-class _RecordQueueHandler(logging.handlers.QueueHandler):
-    """Puts the record on the queue as it is: the listener's handlers format it, off the request thread (the
-    access line's arguments are strings and numbers, safe to format later)."""
-
-    def prepare(self, record):
-        return record
-
-
-ACCESS_FORMAT = "%s %s %s %.1fms %s"  # method, path, status, duration, client
-_access_lines = None  # the queue of QueuedAccessLog's listener while it runs: AccessLog puts raw lines on it
-
-
-def _access_line(args):
-    """Put one access line on the listener's queue as (time, thread id, thread name, args): what the request
-    thread must know itself. Building the LogRecord (the caller's frame, the process, the time's fields: ~20 us
-    of the request thread per line) is left to the listener. Returns False (nothing queued) where the logger
-    would not pass the line to the listener as it is: no listener, INFO disabled, or filters on the logger."""
-    lines = _access_lines
-    if lines is None or access_log.filters or not access_log.isEnabledFor(logging.INFO):
-        return False
-    current = threading.current_thread()
-    lines.put((time.time(), current.ident, current.name, args))
-    return True
-
-
-class _AccessListener(logging.handlers.QueueListener):
-    """Writes queued records as they are, and turns the request threads' raw access lines into the LogRecord
-    ``access_log.info(ACCESS_FORMAT, *args)`` would have made there: same logger, level, message, time and
-    thread, the middleware as its source."""
-
-    def prepare(self, item):
-        if not isinstance(item, tuple):
-            return item
-        created, thread, thread_name, args = item
-        code = AccessLog.__call__.__code__
-        record = access_log.makeRecord(access_log.name, logging.INFO, code.co_filename, code.co_firstlineno,
-                                       ACCESS_FORMAT, args, None, code.co_name)
-        record.relativeCreated -= (record.created - created) * 1000
-        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
-        record.thread, record.threadName = thread, thread_name
-        return record
-
-
-class QueuedAccessLog:
-    """The access log through a queue: a request thread only enqueues its line (or record: stdlib QueueHandler);
-    one listener thread makes the record and writes it with the root logger's handlers. ``stop()`` writes what is
-    queued and undoes it."""
-
-    def __init__(self):
-        global _access_lines
-        self.listener = self.handler = None
-        handlers = logging.getLogger().handlers
-        if not handlers or access_log.handlers:
-            return  # nothing to write to (logging not configured), or someone set this logger up on purpose
-        records = queue.SimpleQueue()
-        self.handler = _RecordQueueHandler(records)
-        self.listener = _AccessListener(records, *handlers, respect_handler_level=True)
-        self.listener.start()
-        access_log.addHandler(self.handler)
-        access_log.propagate = False
-        _access_lines = records
-
-    def stop(self):
-        global _access_lines
-        if self.listener is not None:
-            _access_lines = None
-            access_log.removeHandler(self.handler)
-            access_log.propagate = True
-            self.listener.stop()
-            self.listener = None
-
-
-class AccessLog:
-    """WSGI middleware: method, path, status and duration of every request, after it is answered."""
-
-    def __init__(self, app):
-        self.app = app
-
-    def __call__(self, environ, start_response):
-        started = time.perf_counter()
-        seen = {}
-
-        def recording_start_response(status, headers, exc_info=None):
-            seen["status"] = status.split(" ", 1)[0]
-            return start_response(status, headers, exc_info)
-
-        try:
-            return self.app(environ, recording_start_response)
-        finally:
-            # a first run without its body (minipanda.server.bridge) that read it: the run with the body logs
-            if not getattr(environ.get("wsgi.input"), "wanted", False):
-                args = (environ.get("REQUEST_METHOD"), wire.loggable(environ.get("PATH_INFO", "")),
-                        seen.get("status", "-"),
-                        (time.perf_counter() - started) * 1000, environ.get("REMOTE_ADDR", "-"))
-                if not _access_line(args):
-                    access_log.info(ACCESS_FORMAT, *args)
 
 
 def lock_database(db_url):
@@ -339,74 +239,3 @@ def freeze_start_up_objects():
     sixth of the request's CPU; bench/README.md, round 9). Only in a process that is the server (``serve`` on the
     main thread): the testbed runs serve on a thread of its own process, whose objects are its own business."""
     gc.freeze()
-
-
-def is_postgres(db_url):
-    return db_url.startswith(("postgresql://", "postgres://"))
-
-
-def check_workers(workers, db_url):
-    """Raise ConfigError unless ``workers`` processes can share ``db_url``."""
-    if workers < 1:
-        raise ConfigError(f"--workers: must be at least 1, got {workers}")
-    if workers > 1 and not is_postgres(db_url):
-        raise ConfigError(f"--workers {workers} needs a PostgreSQL database (--db postgresql://...): one SQLite "
-                          "file takes one server process; use --threads for more concurrency on SQLite")
-
-
-def run_workers(server, workers, run, lock, notifier):
-    """Fork ``workers`` processes that each call ``run()`` (serving the inherited, already listening socket); wait
-    for them, passing SIGTERM/SIGINT/SIGHUP on. When one exits on its own, the others are stopped too, and this
-    raises SystemExit(1) so a supervisor (systemd) restarts the whole server."""
-    children = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:  # a worker: serve until told to stop, and never return into the parent's code
-            code = 0
-            try:
-                run()
-            except BaseException:
-                log.exception("worker process %d failed", os.getpid())
-                code = 1
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children.append(pid)
-    server.sock.close()  # the workers hold the listening socket; this process only waits for them
-    lock.close()
-    log.info("minipanda started %d worker processes on %s:%s: pids %s", workers, server.host, server.effective_port,
-             " ".join(map(str, children)))
-    # The socket listens since bind(): connections wait in its backlog until a worker takes them.
-    notifier.send("READY=1", f"STATUS={workers} worker processes on {server.host}:{server.effective_port}")
-    live, state = set(children), {"stopping": False}
-
-    def pass_on(signum, frame=None):
-        if signum != signal.SIGHUP:
-            if not state["stopping"]:
-                notifier.send("STOPPING=1")
-            state["stopping"] = True
-        for pid in live:
-            try:
-                os.kill(pid, signal.SIGTERM if signum != signal.SIGHUP else signal.SIGHUP)
-            except ProcessLookupError:
-                pass
-
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, pass_on)
-    failed = False
-    while live:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        if pid not in live:
-            continue
-        live.discard(pid)
-        if not state["stopping"]:
-            log.error("worker process %d exited on its own (status %d); stopping the others", pid, status)
-            failed = True
-            pass_on(signal.SIGTERM)
-    log.info("minipanda stopped (all worker processes)")
-    if failed:
-        raise SystemExit(1)
