@@ -76,7 +76,7 @@ def _has_acl(target):
 def check_file(fd, gid=None):
     """Raise Unfit unless the open file ``fd`` is one the pilot made and nobody else can reach: a regular file with
     one link (a second one, made elsewhere by a payload, would read the next job's data), the pilot's uid (and
-    ``gid``, the directory's group, when given), the mode a new file gets and no ACL."""
+    ``gid``, the directory's group, when given), the mode a new file gets and no ACL. Its fstat when it is."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise Unfit("not a regular file")
@@ -88,6 +88,7 @@ def check_file(fd, gid=None):
         raise Unfit(f"mode {stat.S_IMODE(st.st_mode):o}")
     if _has_acl(fd):
         raise Unfit("an ACL")
+    return st
 
 
 def _open_kept(name, dir_fd=None, gid=None):
@@ -99,8 +100,8 @@ def _open_kept(name, dir_fd=None, gid=None):
     except FileNotFoundError:
         return None
     try:
-        check_file(fd, gid)
-        os.ftruncate(fd, 0)
+        if check_file(fd, gid).st_size:  # an empty file is left alone: ext4 truncates even one without data
+            os.ftruncate(fd, 0)
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
