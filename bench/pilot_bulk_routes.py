@@ -16,12 +16,9 @@ counted). Nothing is started but the child processes; no network at all.
     python3 bench/pilot_bulk_routes.py --jobs 500 --profile /tmp/bulk     # cProfile of this tree: /tmp/bulk.prof
 """
 import argparse
-import io
 import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,26 +27,19 @@ import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-QUEUE = "BENCH_PQ"
+sys.path.insert(0, HERE)
+
+import pilot_routes  # noqa: E402 - its WSGI call and its side-by-side rounds
+
+QUEUE = pilot_routes.QUEUE
 SCOPE = "bench.out"
 ROUTES = ("getJob", "upload_logs", "updateJobsInBulk")
 
 
-def call(app, method, path, token, body=b"", content_type="application/json", extra=None):
-    """One request through the WSGI app: (status, body bytes)."""
-    environ = {"REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
-               "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "25080", "REMOTE_ADDR": "127.0.0.1",
-               "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
-               "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr, "wsgi.multithread": True,
-               "wsgi.multiprocess": False, "wsgi.run_once": False, "CONTENT_LENGTH": str(len(body)),
-               "CONTENT_TYPE": content_type, "HTTP_HOST": "127.0.0.1:25080", "HTTP_ACCEPT": "application/json",
-               "HTTP_AUTHORIZATION": f"Bearer {token}", "HTTP_USER_AGENT": "minipanda-pilot/0.1.0"}
-    environ.update(extra or {})
-    status = []
-    result = app(environ, lambda s, h, exc_info=None: status.append(s))
-    data = b"".join(result)
-    getattr(result, "close", lambda: None)()
-    return int(status[0].split()[0]), data
+def call(app, method, path, token, body, content_type, extra=None):
+    """One request through the WSGI app as a testbed pilot sends it (its User-Agent): (status, body bytes)."""
+    return pilot_routes.call(app, method, path, token, body, content_type,
+                             dict(extra or {}, HTTP_USER_AGENT="minipanda-pilot/0.1.0"))
 
 
 def final_report(panda_id, lfn, fsize, adler32):
@@ -70,7 +60,7 @@ def child(args):
     import logging
 
     logging.disable(logging.CRITICAL)  # the access log's formatting is measured; its output is not wanted
-    from minipanda.core import auth, jobs, models
+    from minipanda.core import auth
     from minipanda.server import process
 
     home = tempfile.mkdtemp(prefix="bench-pilot-bulk-routes-", dir=args.dir)
@@ -78,13 +68,7 @@ def child(args):
         os.makedirs(os.path.join(home, "files"), exist_ok=True)
         app, _ = process.build(home)
         token = auth.create_token(auth.load_secret(home), "bench-pilot", "pilot")[0]
-        spec = {"jobName": "bench", "computingSite": QUEUE, "prodSourceLabel": "managed", "transformation": "run.sh",
-                "jobParameters": "", "coreCount": 1, "minRamCount": 1000, "maxWalltime": 600}
-        for start in range(0, args.jobs, 1000):
-            jobs.submit_jobs([dict(spec, jobName=f"bench.{start + i}", Files=[
-                {"type": "log", "lfn": f"log.{start + i}.tgz", "scope": SCOPE}])
-                for i in range(min(1000, args.jobs - start))], "admin")
-        models.database.close()
+        pilot_routes.submit_log_jobs(args.jobs, SCOPE)
         spent = dict.fromkeys(ROUTES, 0.0)
         profiler = None
         if args.profile:
@@ -99,7 +83,7 @@ def child(args):
         taken = 0
         while taken < args.jobs:
             t0 = time.process_time()
-            status, data = call(app, "POST", "/server/panda/getJob", token, get_body)
+            status, data = call(app, "POST", "/server/panda/getJob", token, get_body, "application/json")
             t1 = time.process_time()
             batch = json.loads(data).get("jobs") or []
             if status != 200 or not batch:
@@ -121,7 +105,7 @@ def child(args):
                       for entry in entries]
             body = json.dumps({"jobList": finals}).encode()
             t4 = time.process_time()
-            status, data = call(app, "POST", "/server/panda/updateJobsInBulk", token, body)
+            status, data = call(app, "POST", "/server/panda/updateJobsInBulk", token, body, "application/json")
             t5 = time.process_time()
             replies = json.loads(data).get("results") or []
             if status != 200 or [r.get("StatusCode") for r in replies] != [0] * len(finals):
@@ -150,42 +134,11 @@ def main(argv=None):
     if args.child:
         child(args)
         return 0
-    import baseline
-
     print(f"bench/pilot_bulk_routes.py: {args.jobs} jobs per round in batches of {args.batch}, {args.rounds} rounds "
           f"per side, in process, SQLite, homes under {args.dir or tempfile.gettempdir()}; "
           f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-
-    def one_round(label, where, _):
-        argv_child = [sys.executable, os.path.join(HERE, "pilot_bulk_routes.py"), "--child", "--jobs", str(args.jobs),
-                      "--batch", str(args.batch)] + (["--dir", args.dir] if args.dir else [])
-        if args.profile and where == ROOT:
-            argv_child += ["--profile", args.profile]
-        env = dict(os.environ, PYTHONPATH=where)
-        out = subprocess.run(argv_child, cwd=where, env=env, capture_output=True, text=True, timeout=1800)
-        if out.returncode != 0:
-            raise SystemExit(f"the child failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
-        figures = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {label}: " + ", ".join(f"{r} {figures[r]:.3f}" for r in ROUTES)
-              + f" ms; all {sum(figures.values()):.3f} ms per job", flush=True)
-        return figures
-
-    runs = baseline.run_sides(args.baseline, one_round, args.rounds)
-    results = {label: runs.of(label) for label in runs.labels}
-    print("\nmedian of the rounds, server CPU ms per job (process CPU time, in process, no HTTP)")
-    print("| side | " + " | ".join(ROUTES) + " | all three |")
-    print("|---|" + "---:|" * (len(ROUTES) + 1))
-    medians = {}
-    for label, rows in results.items():
-        medians[label] = {r: statistics.median(row[r] for row in rows) for r in ROUTES}
-        medians[label]["all"] = statistics.median(sum(row.values()) for row in rows)
-        print(f"| {label} | " + " | ".join(f"{medians[label][r]:.3f}" for r in ROUTES)
-              + f" | {medians[label]['all']:.3f} |")
-    if args.baseline:
-        new, old = medians["this tree"], medians[f"baseline {args.baseline}"]
-        print("this tree / baseline: " + ", ".join(f"{r} {new[r] / old[r]:.2f}" for r in ROUTES)
-              + f"; all three {new['all'] / old['all']:.2f}")
-    print(f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    pilot_routes.compare(args, "pilot_bulk_routes.py", ROUTES, ["--jobs", str(args.jobs), "--batch", str(args.batch)]
+                         + (["--dir", args.dir] if args.dir else []), "all three")
     return 0
 
 

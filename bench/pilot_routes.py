@@ -48,12 +48,25 @@ def call(app, method, path, token, body=b"", content_type="application/x-www-for
     return int(status[0].split()[0]), data
 
 
+def submit_log_jobs(n, scope):
+    """Submit ``n`` jobs to QUEUE, each with only a log file (``log.<i>.tgz`` in ``scope``), 1,000 at a time."""
+    from minipanda.core import jobs, models
+
+    spec = {"jobName": "bench", "computingSite": QUEUE, "prodSourceLabel": "managed", "transformation": "run.sh",
+            "jobParameters": "", "coreCount": 1, "minRamCount": 1000, "maxWalltime": 600}
+    for start in range(0, n, 1000):
+        jobs.submit_jobs([dict(spec, jobName=f"bench.{start + i}", Files=[
+            {"type": "log", "lfn": f"log.{start + i}.tgz", "scope": scope}])
+            for i in range(min(1000, n - start))], "admin")
+    models.database.close()
+
+
 def child(args):
     """One side, in the tree it was started in: the CPU seconds per route, as JSON on stdout."""
     import logging
 
     logging.disable(logging.CRITICAL)  # the access log's formatting is measured; its output is not wanted
-    from minipanda.core import auth, jobs, models
+    from minipanda.core import auth
     from minipanda.server import process
 
     home = tempfile.mkdtemp(prefix="bench-pilot-routes-")
@@ -61,14 +74,7 @@ def child(args):
         os.makedirs(os.path.join(home, "files"), exist_ok=True)
         app, _ = process.build(home)
         token = auth.create_token(auth.load_secret(home), "bench-pilot", "pilot")[0]
-        spec = {"jobName": "bench", "computingSite": QUEUE, "prodSourceLabel": "managed", "transformation": "run.sh",
-                "jobParameters": "", "coreCount": 1, "minRamCount": 1000, "maxWalltime": 600,
-                "Files": [{"type": "log", "lfn": "log.tgz", "scope": "bench"}]}
-        for start in range(0, args.jobs, 1000):
-            jobs.submit_jobs([dict(spec, jobName=f"bench.{start + i}", Files=[
-                {"type": "log", "lfn": f"log.{start + i}.tgz", "scope": "bench"}])
-                for i in range(min(1000, args.jobs - start))], "admin")
-        models.database.close()
+        submit_log_jobs(args.jobs, "bench")
         log_body = os.urandom(2000)
         log_checksum = f"ad:{zlib.adler32(log_body) & 0xffffffff:08x}"
         spent = dict.fromkeys(ROUTES, 0.0)
@@ -134,13 +140,20 @@ def main(argv=None):
     if args.child:
         child(args)
         return 0
-    import baseline
-
     print(f"bench/pilot_routes.py: {args.jobs} jobs per round, {args.rounds} rounds per side, in process, SQLite; "
           f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    compare(args, "pilot_routes.py", ROUTES, ["--jobs", str(args.jobs)], "all four")
+    return 0
+
+
+def compare(args, script, routes, child_args, all_label):
+    """Run ``script``'s child (``--child`` and ``child_args``, in this bench directory) for this tree and for
+    ``args.baseline``'s, ``args.rounds`` rounds per side, alternating (``--profile`` for this tree's only); print
+    each round's and then the median CPU ms per job of each of ``routes`` side by side, and the load."""
+    import baseline
 
     def one_round(label, where, _):
-        argv_child = [sys.executable, os.path.join(HERE, "pilot_routes.py"), "--child", "--jobs", str(args.jobs)]
+        argv_child = [sys.executable, os.path.join(HERE, script), "--child"] + child_args
         if args.profile and where == ROOT:
             argv_child += ["--profile", args.profile]
         env = dict(os.environ, PYTHONPATH=where)
@@ -148,27 +161,26 @@ def main(argv=None):
         if out.returncode != 0:
             raise SystemExit(f"the child failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
         figures = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {label}: " + ", ".join(f"{r} {figures[r]:.3f}" for r in ROUTES)
+        print(f"  {label}: " + ", ".join(f"{r} {figures[r]:.3f}" for r in routes)
               + f" ms; all {sum(figures.values()):.3f} ms per job", flush=True)
         return figures
 
     runs = baseline.run_sides(args.baseline, one_round, args.rounds)
     results = {label: runs.of(label) for label in runs.labels}
     print("\nmedian of the rounds, server CPU ms per job (process CPU time, in process, no HTTP)")
-    print("| side | " + " | ".join(ROUTES) + " | all four |")
-    print("|---|" + "---:|" * (len(ROUTES) + 1))
+    print("| side | " + " | ".join(routes) + f" | {all_label} |")
+    print("|---|" + "---:|" * (len(routes) + 1))
     medians = {}
     for label, rows in results.items():
-        medians[label] = {r: statistics.median(row[r] for row in rows) for r in ROUTES}
+        medians[label] = {r: statistics.median(row[r] for row in rows) for r in routes}
         medians[label]["all"] = statistics.median(sum(row.values()) for row in rows)
-        print(f"| {label} | " + " | ".join(f"{medians[label][r]:.3f}" for r in ROUTES)
+        print(f"| {label} | " + " | ".join(f"{medians[label][r]:.3f}" for r in routes)
               + f" | {medians[label]['all']:.3f} |")
     if args.baseline:
         new, old = medians["this tree"], medians[f"baseline {args.baseline}"]
-        print("this tree / baseline: " + ", ".join(f"{r} {new[r] / old[r]:.2f}" for r in ROUTES)
-              + f"; all four {new['all'] / old['all']:.2f}")
+        print("this tree / baseline: " + ", ".join(f"{r} {new[r] / old[r]:.2f}" for r in routes)
+              + f"; {all_label} {new['all'] / old['all']:.2f}")
     print(f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    return 0
 
 
 if __name__ == "__main__":
