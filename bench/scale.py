@@ -53,7 +53,7 @@ from dispatch import process_cpu  # noqa: E402
 
 from minipanda.core import archive, auth, counts, db, dispatch, models, queues, schema, states  # noqa: E402
 from minipanda.core.db import make_database  # noqa: E402
-from minipanda.monitor import queries  # noqa: E402
+from minipanda.monitor import filters, pagedata  # noqa: E402
 from minipanda.tasks import generator, retention, service, settings  # noqa: E402
 
 QUEUE = "BENCH"
@@ -284,13 +284,13 @@ def claim_rate(n_claims):
 def pages(task_id):
     """{page: (path of its ?json, function making its data in this process)} of the monitor's main pages."""
     return {
-        "dashboard": ("/monitor/?json", lambda: queries.dashboard(queries.parse_filters({}))),
-        "job list": ("/monitor/jobs?json", lambda: queries.jobs_page(queries.parse_filters({}))),
-        "task list": ("/monitor/tasks?json", lambda: queries.tasks_page(queries.parse_filters({}, 100))),
-        "queue list": ("/monitor/queues?json", queries.queues_page),
-        "queue page": (f"/monitor/queues/{QUEUE}?json", lambda: queries.queue_page(QUEUE)),
+        "dashboard": ("/monitor/?json", lambda: pagedata.dashboard(filters.parse_filters({}))),
+        "job list": ("/monitor/jobs?json", lambda: pagedata.jobs_page(filters.parse_filters({}))),
+        "task list": ("/monitor/tasks?json", lambda: pagedata.tasks_page(filters.parse_filters({}, 100))),
+        "queue list": ("/monitor/queues?json", pagedata.queues_page),
+        "queue page": (f"/monitor/queues/{QUEUE}?json", lambda: pagedata.queue_page(QUEUE)),
         "task page": (f"/monitor/tasks/{task_id}?json",
-                      lambda: queries.task_page(task_id, queries.parse_filters({}))),
+                      lambda: pagedata.task_page(task_id, filters.parse_filters({}))),
     }
 
 

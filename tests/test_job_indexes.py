@@ -67,11 +67,11 @@ def test_the_settle_duty_and_a_tasks_jobs_read_through_their_partial_indexes(dat
 def test_the_monitors_newest_jobs_read_through_the_status_index(database):
     """Schema 12 has no index on modification_time: the monitor's list, most recently changed first, reads the newest
     of each state from job_status_changed, whatever the filters, and never the whole table."""
-    from minipanda.monitor import queries
+    from minipanda.monitor import filters, queries
 
     now = states.utcnow()
     for params in ({}, {"status": "running|failed"}, {"days": "2"}, {"queue": "Q1", "limit": "20"}):
-        sql, values = queries.newest_ids(queries.parse_filters(params), now).sql()
+        sql, values = queries.newest_ids(filters.parse_filters(params), now).sql()
         text = plan(database, sql, values)
         assert "job_status_changed" in text, (params, text)
         # SQLite: "SCAN t1" reads the whole job table (or a whole index); the branches' subqueries are "SCAN s1"
@@ -88,7 +88,7 @@ def test_version_11_database_upgrades_without_the_modification_index(db_url):
     monitor lists them most recently changed first."""
     from conftest import make_job
     from minipanda.core import jobs, schema
-    from minipanda.monitor import queries
+    from minipanda.monitor import filters, queries
 
     database = schema.open_database(db_url)
     database.connect(reuse_if_open=True)
@@ -108,6 +108,6 @@ def test_version_11_database_upgrades_without_the_modification_index(db_url):
     assert "job_status_changed" in {index.name for index in database.get_indexes("job")}
     assert database.execute_sql("SELECT * FROM job ORDER BY panda_id").fetchall() == rows_before
     assert database.execute_sql("SELECT * FROM status_log ORDER BY id").fetchall() == log_before
-    listed = queries.job_list(queries.parse_filters({}), states.utcnow())["jobs"]
+    listed = queries.job_list(filters.parse_filters({}), states.utcnow())["jobs"]
     assert [j["PandaID"] for j in listed] == [ids[2], ids[1], ids[4], ids[3], ids[0]]
     database.close()

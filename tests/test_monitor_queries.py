@@ -1,11 +1,10 @@
-"""The monitor's page data made in-process (minipanda.monitor.queries), where it is read in a faster way than the
+"""The monitor's page data made in-process (minipanda.monitor.queries, pagedata), where it is read in a faster way than the
 obvious query: each figure equals what the obvious query over the rows gives. Both backends."""
 import datetime
 
 from conftest import make_job
 from minipanda.core import jobs, models, queues, states
-from minipanda.monitor import queries
-from minipanda.tasks import why
+from minipanda.monitor import filters, pagedata, queries
 from peewee import fn
 
 NOW = datetime.datetime(2026, 3, 1, 12, 0, 0)
@@ -23,32 +22,10 @@ def set_status(ids, status, **fields):
         models.Job.panda_id.in_(ids)).execute()
 
 
-def test_queue_page_lists_the_first_20_waiting_jobs_and_explains_each_as_why_does(database):
-    # 30 waiting jobs in four states with tied and distinct priorities, so the first 20 mix the states
-    ids = []
-    for status, priority in (("activated", 900), ("defined", 950), ("activated", 950), ("assigned", 900),
-                             ("pending", 800), ("activated", 1000)):
-        made = submit("QP", 5, currentPriority=priority)
-        set_status(made, status, current_priority=priority)
-        ids += made
-    Job = models.Job
-    expected = [j.panda_id for j in Job.select(Job.panda_id).where(
-        Job.computing_site == "QP", Job.status.in_(list(queries.WAITING_STATES)))
-        .order_by(Job.current_priority.desc(), Job.panda_id).limit(20)]
-
-    page = queries.queue_page("QP", NOW)
-
-    assert [j["PandaID"] for j in page["waiting_jobs"]] == expected
-    for row in page["waiting_jobs"]:
-        assert row["why"] == why.explain(row["PandaID"], NOW)["lines"][1:], row["PandaID"]
-    behind = [line for row in page["waiting_jobs"] for line in row["why"] if "waiting behind" in line]
-    assert "waiting behind 9 higher-priority jobs on queue QP" in behind  # the 5 at 1000, 4 of the 5 at 950
-
-
 def counted(f):
     """{queue: {state: n}} of the jobs matching ``f``, by a plain GROUP BY over the rows."""
     Job = models.Job
-    query = queries._job_filter(Job.select(Job.computing_site, Job.status, fn.COUNT(Job.panda_id)), f, NOW)
+    query = filters.job_filter(Job.select(Job.computing_site, Job.status, fn.COUNT(Job.panda_id)), f, NOW)
     out = {}
     for queue, status, n in query.group_by(Job.computing_site, Job.status).tuples():
         out.setdefault(queue, {})[status] = n
@@ -67,16 +44,16 @@ def test_job_counts_and_totals_equal_a_count_of_the_rows_under_every_filter(data
                    {"jeditaskid": str(task.jedi_task_id)}, {"jeditaskid": "0"}, {"user": "bob"},
                    {"taskname": "user.bob.*"}, {"days": "2"}, {"queue": "F1", "status": "activated"},
                    {"jeditaskid": str(task.jedi_task_id), "status": "failed"}):
-        f = queries.parse_filters(params)
+        f = filters.parse_filters(params)
         by_queue, _ = queries.jobs_by_queue(f, NOW)
         assert by_queue == counted(f), params
         listed = queries.job_list(f, NOW)
         assert listed["total"] == sum(n for states_ in counted(f).values() for n in states_.values()), params
         Job = models.Job
-        newest = [j.panda_id for j in queries._job_filter(Job.select(Job.panda_id), f, NOW).order_by(
+        newest = [j.panda_id for j in filters.job_filter(Job.select(Job.panda_id), f, NOW).order_by(
             Job.modification_time.desc(), Job.panda_id.desc()).limit(f.limit)]
         assert [j["PandaID"] for j in listed["jobs"]] == newest, params
-    dashboard = queries.dashboard(queries.parse_filters({}), NOW)
+    dashboard = pagedata.dashboard(filters.parse_filters({}), NOW)
     assert dashboard["jobs_total"] == 7 == sum(dashboard["job_totals"].values())
     assert dashboard["tasks"][0]["jobs"] == {"activated": 2, "failed": 1}
 
@@ -88,7 +65,7 @@ def test_recent_errors_are_the_latest_failures_first(database):
         set_status([pid], states.JobStatus.FAILED.value, state_changed_time=when, modification_time=when)
     # touched after it failed (a late pilot message): still listed by when it failed
     models.Job.update(modification_time=NOW).where(models.Job.panda_id == ids[0]).execute()
-    assert [j["PandaID"] for j in queries.recent_errors(queries.parse_filters({}), NOW)] == [ids[1], ids[2], ids[0]]
+    assert [j["PandaID"] for j in queries.recent_errors(filters.parse_filters({}), NOW)] == [ids[1], ids[2], ids[0]]
 
 
 def test_jobs_are_listed_most_recently_changed_first_whatever_path_changed_them(database, monkeypatch):
@@ -141,7 +118,7 @@ def test_jobs_are_listed_most_recently_changed_first_whatever_path_changed_them(
     now = clock[0]
     for params in ({}, {"limit": "7"}, {"status": "sent|running"}, {"status": "finished", "limit": "3"},
                    {"queue": "O2"}, {"queue": "O*", "limit": "5"}, {"days": "1"}, {"user": "alice", "limit": "9"}):
-        f = queries.parse_filters(params)
-        expected = [j.panda_id for j in queries._job_filter(Job.select(Job.panda_id), f, now).order_by(
+        f = filters.parse_filters(params)
+        expected = [j.panda_id for j in filters.job_filter(Job.select(Job.panda_id), f, now).order_by(
             Job.modification_time.desc(), Job.panda_id.desc()).limit(f.limit)]
         assert [j["PandaID"] for j in queries.job_list(f, now)["jobs"]] == expected, params

@@ -16,7 +16,7 @@ import bottle
 from minipanda.api import params as route_params, wire
 from minipanda.core import auth, policy
 from minipanda.errors import AuthError, RequestError
-from minipanda.monitor import logs, metrics, queries
+from minipanda.monitor import filters, logs, metrics, pagedata, queries
 
 BASE = "/monitor"
 COOKIE = "minipanda_monitor"
@@ -27,7 +27,7 @@ STYLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ``json`` (any value, or none) asks for the page's data as JSON; undeclared, it passes through as sent.
 _FILTER_NAMES = ("status", "user", "taskname", "queue", "jobstatus", "produsername", "username", "computingsite")
 FILTERS = route_params.model("MonitorFilters", days=route_params.integer(1, 3650),
-                             limit=route_params.integer(1, queries.MAX_LIMIT), jeditaskid=route_params.Int,
+                             limit=route_params.integer(1, filters.MAX_LIMIT), jeditaskid=route_params.Int,
                              task=route_params.Int, taskid=route_params.Int,
                              **{name: route_params.Name for name in _FILTER_NAMES})
 LOGIN = route_params.model("MonitorLogin", token=route_params.text(8192), next=route_params.Name)
@@ -111,42 +111,42 @@ def page(handler, template):
 # ---- pages --------------------------------------------------------------------------------------------------------
 
 def dashboard(params, identity):
-    return queries.dashboard(queries.parse_filters(params))
+    return pagedata.dashboard(filters.parse_filters(params))
 
 
 def job_list(params, identity):
-    return queries.jobs_page(queries.parse_filters(params))
+    return pagedata.jobs_page(filters.parse_filters(params))
 
 
 def task_list(params, identity):
-    return queries.tasks_page(queries.parse_filters(params, default_limit=100))
+    return pagedata.tasks_page(filters.parse_filters(params, default_limit=100))
 
 
 def queue_list(params, identity):
-    return queries.queues_page()
+    return pagedata.queues_page()
 
 
 def worker_list(params, identity):
-    return queries.workers_page(params)
+    return pagedata.workers_page(params)
 
 
 def job(params, identity, panda_id):
     home = _context().home
     base = f"{root()}/jobs/{panda_id}"
-    return queries.job_page(panda_id, lambda j, log_file: logs.describe(
+    return pagedata.job_page(panda_id, lambda j, log_file: logs.describe(
         home, j, log_file, base, may_read=lambda scope: policy.may_read_scope(identity, scope)))
 
 
 def task(params, identity, task_id):
-    return queries.task_page(task_id, queries.parse_filters(params))
+    return pagedata.task_page(task_id, filters.parse_filters(params))
 
 
 def queue(params, identity, name):
-    return queries.queue_page(name)
+    return pagedata.queue_page(name)
 
 
 def worker(params, identity, harvester_id, worker_id):
-    return queries.worker_page(harvester_id, worker_id)
+    return pagedata.worker_page(harvester_id, worker_id)
 
 
 # ---- logs, style, login -----------------------------------------------------------------------------------------
