@@ -10,7 +10,8 @@ import shlex
 
 from minipanda.core import models
 from minipanda.core.bulk import insert_rows
-from minipanda.tasks.taskparams import FLAT_PLACEHOLDER, JEDI_PLACEHOLDER
+from minipanda.tasks.jediparams import JEDI_PLACEHOLDER
+from minipanda.tasks.taskparams import FLAT_PLACEHOLDER
 
 JOB_COLUMNS = ("panda_id", "job_definition_id", "jobset_id", "task_id", "job_name", "status", "computing_site",
                "prod_source_label", "prod_user_name", "working_group", "vo", "transformation", "job_pars",
