@@ -256,9 +256,10 @@ def test_a_payload_process_still_running_keeps_its_directory_out_of_reuse(tmp_pa
 # ---- the pilot (zipapp) running several jobs ------------------------------------------------------------------
 def snoop(base, plant=""):
     """A payload that records its directory's inodes and listing, writes a secret to stdout and stderr, and runs
-    ``plant`` (what a job may leave for the next one)."""
+    ``plant`` (what a job may leave for the next one); it lasts long enough for the previous job's wrap-up (on its
+    thread) to give back its directory before the next job's is made, however loaded the machine."""
     return (f"-c 'stat -c %i . payload.stdout job_definition.json > {base}/ino-$PandaID; ls -A > {base}/ls-$PandaID; "
-            f"echo secret-$PandaID; echo secret-$PandaID >&2; {plant}'")
+            f"echo secret-$PandaID; echo secret-$PandaID >&2; {plant + '; ' if plant else ''}sleep 0.2'")
 
 
 def run_jobs(site, plant, *extra, jobs=5):
