@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 
@@ -21,6 +20,7 @@ from harvester import __version__
 from harvester.errors import AlreadyRunning, HarvesterError
 from queueconfig.errors import ConfigError
 from queueconfig.service import Notifier, parse_with_settings_file, quiet_on_closed_pipe
+from queueconfig.signals import SignalInbox
 
 log = logging.getLogger("harvester")
 DEFAULT_SERVER = "http://127.0.0.1:25080"
@@ -290,19 +290,19 @@ def run(args, home):
                 print(f"harvester: agent {name} failed: {error}", file=sys.stderr)
             return 1 if failed else 0
         notifier = Notifier.from_environment(log)  # systemd (Type=notify)
-
-        def on_term(*_):
-            notifier.send("STOPPING=1")
-            runner.stop(0)
-
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGHUP, lambda *_: queue_file.request())
+        # The handlers only record (queueconfig/signals.py says why); this thread acts on them in serve_forever.
+        signals = SignalInbox()
+        signals.install()
         runner.start()
         notifier.send("READY=1", f"STATUS={len(context.queues)} queues, server {args.server}")
         try:
-            runner.serve_forever()
-        except KeyboardInterrupt:
-            notifier.send("STOPPING=1")
+            runner.serve_forever(signals, on_hangup=queue_file.request)
+        except KeyboardInterrupt:  # only before the inbox took SIGINT, or when it could not (not the main thread)
+            pass
+        signals.ignore_further()  # stopping now: a repeated stop is the same stop
+        if signals.stop_signum is not None:
+            log.info("received %s; stopping", signals.stop_name)
+        notifier.send("STOPPING=1")
         stuck = runner.stop()
         if stuck:
             log.warning("agents still busy at exit: %s (their leases expire by themselves)", ", ".join(stuck))

@@ -102,10 +102,20 @@ class Runner:
             idle_cycles = 0 if found or error else idle_cycles + 1
             self._wake[name].wait(next_wait(period, idle_cycles, self.ctx.settings.idle_factor))
 
-    def serve_forever(self):
-        """Keep the instance lease and the queue file fresh until :meth:`stop`."""
+    def serve_forever(self, signals=None, on_hangup=None):
+        """Keep the instance lease and the queue file fresh until :meth:`stop` or a stop signal.
+
+        ``signals``: a :class:`queueconfig.signals.SignalInbox` this thread sleeps on; its handlers only record,
+        and this loop acts: a stop signal ends it (the caller then stops the agents), a hang-up calls
+        ``on_hangup`` and reloads the queue file at once."""
         next_reload = 0.0
         while not self._stop.is_set():
+            if signals is not None and signals.stop_signum is not None:
+                break
+            if signals is not None and signals.take_hangup():
+                if on_hangup is not None:
+                    on_hangup()
+                next_reload = 0.0
             if not db.refresh_instance(owner=self.ctx.owner):
                 log.error("another harvester took over this home's lease: stopping")
                 self._stop.set()
@@ -118,7 +128,10 @@ class Runner:
                 except Exception:  # a reload problem must not stop harvester; the old queues stay in force
                     log.exception("reloading the queue file failed")
                 next_reload = time.monotonic() + RELOAD_PERIOD_S
-            self._stop.wait(5.0)
+            if signals is not None and signals.installed:
+                signals.wait(5.0)
+            else:
+                self._stop.wait(5.0)
 
     def stop(self, timeout=30.0):
         self._stop.set()
