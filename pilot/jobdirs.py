@@ -190,6 +190,9 @@ class JobDirs:
         self.given[job_dir] = (st.st_dev, st.st_ino)
         if self.made is None:
             self.made = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+            if self.reuse and _has_acl(job_dir):  # inherited from the pilot directory: every spare would fail
+                log.info("job directories in %s get an ACL from it: each is made new", self.pilot_dir)
+                self.reuse = False
 
     def release(self, job_dir, payload_gone):
         """The job is over: its directory kept as a spare when ``payload_gone`` (its payload's whole process tree

@@ -5,6 +5,7 @@ test_pilot_jobdirs_run."""
 import json
 import os
 import stat
+import struct
 import subprocess
 import sys
 
@@ -162,6 +163,43 @@ def test_a_directory_whose_mode_was_changed_is_not_reused(tmp_path):
     assert stat.S_IMODE(os.lstat(b).st_mode) == made
     assert (dirs.reused, dirs.fresh, dirs.refused) == (0, 2, 1)
     assert sorted(os.listdir(str(tmp_path))) == ["PandaJob_2"]
+
+
+def posix_acl(entries):
+    """A POSIX ACL as the kernel stores it in system.posix_acl_* (version 2; tag, permissions, id per entry)."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, uid) for tag, perm, uid in entries)
+
+
+ANY = 0xFFFFFFFF
+# owner rwx, user 4321 rwx, group r-x, mask rwx, others nothing
+GRANT_4321 = posix_acl([(1, 7, ANY), (2, 7, 4321), (4, 5, ANY), (0x10, 7, ANY), (0x20, 0, ANY)])
+
+
+def test_an_acl_the_job_set_on_its_directory_or_a_kept_file_never_reaches_the_next_job(tmp_path):
+    dirs, a, before = first_job(tmp_path)
+    mode = jobdirs.file_mode()  # an ACL that leaves the mode bits as they were: only the ACL check sees it
+    same_mode = posix_acl([(1, mode >> 6 & 7, ANY), (2, mode >> 3 & 7, 4321), (4, mode >> 3 & 7, ANY),
+                           (0x10, mode >> 3 & 7, ANY), (0x20, mode & 7, ANY)])
+    os.setxattr(os.path.join(a, "payload.stdout"), "system.posix_acl_access", same_mode)
+    assert stat.S_IMODE(os.lstat(os.path.join(a, "payload.stdout")).st_mode) == mode
+    dirs.release(a, payload_gone=True)
+    b = second_job(dirs, tmp_path)
+    assert os.listxattr(os.path.join(b, "payload.stdout")) == [] and os.lstat(b).st_ino == before[0]
+    os.setxattr(b, "system.posix_acl_default", GRANT_4321)  # files made in it later would grant user 4321
+    dirs.release(b, payload_gone=True)
+    c = os.path.join(str(tmp_path), "PandaJob_3")
+    dirs.make(c)
+    assert os.listxattr(c) == [] and (dirs.reused, dirs.refused) == (1, 1)
+
+
+def test_job_directories_that_inherit_an_acl_are_never_reused(tmp_path):
+    pilot_dir = tmp_path / "pilot"
+    pilot_dir.mkdir()
+    os.setxattr(str(pilot_dir), "system.posix_acl_default", GRANT_4321)
+    dirs, a, before = first_job(pilot_dir)
+    dirs.release(a, payload_gone=True)
+    second_job(dirs, pilot_dir)
+    assert (dirs.reused, dirs.fresh, dirs.refused) == (0, 2, 0)  # made new each time, quietly
 
 
 def test_a_spare_changed_while_it_waits_is_not_reused(tmp_path):
