@@ -36,8 +36,9 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _ACLS = ("system.posix_acl_access", "system.posix_acl_default")
 
 
-class Unfit(Exception):
-    """A spare directory or a kept file that is not what the pilot made: it is removed, not reused."""
+class _Unfit(Exception):
+    """A spare directory or a kept file that is not what the pilot made: it is removed, not reused. Never leaves
+    this module (not a pilot error: the job goes on in a directory or file made new)."""
 
 
 def _umask():
@@ -74,26 +75,26 @@ def _has_acl(target):
 
 
 def check_file(fd, gid=None):
-    """Raise Unfit unless the open file ``fd`` is one the pilot made and nobody else can reach: a regular file with
+    """Raise _Unfit unless the open file ``fd`` is one the pilot made and nobody else can reach: a regular file with
     one link (a second one, made elsewhere by a payload, would read the next job's data), the pilot's uid (and
     ``gid``, the directory's group, when given), the mode a new file gets and no ACL. Its fstat when it is."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        raise Unfit("not a regular file")
+        raise _Unfit("not a regular file")
     if st.st_nlink != 1:
-        raise Unfit(f"{st.st_nlink} links")
+        raise _Unfit(f"{st.st_nlink} links")
     if st.st_uid != os.geteuid() or (gid is not None and st.st_gid != gid):
-        raise Unfit(f"owned by {st.st_uid}:{st.st_gid}")
+        raise _Unfit(f"owned by {st.st_uid}:{st.st_gid}")
     if stat.S_IMODE(st.st_mode) != file_mode():
-        raise Unfit(f"mode {stat.S_IMODE(st.st_mode):o}")
+        raise _Unfit(f"mode {stat.S_IMODE(st.st_mode):o}")
     if _has_acl(fd):
-        raise Unfit("an ACL")
+        raise _Unfit("an ACL")
     return st
 
 
 def _open_kept(name, dir_fd=None, gid=None):
     """``name`` (in ``dir_fd``) opened for writing, checked and truncated: its descriptor, None if it does not
-    exist. Raise Unfit (descriptor closed) when it is not fit; OSError when it cannot be opened (ELOOP for a
+    exist. Raise _Unfit (descriptor closed) when it is not fit; OSError when it cannot be opened (ELOOP for a
     symlink, ENXIO for a FIFO without reader, EISDIR...)."""
     try:
         fd = os.open(name, _OPEN_EXISTING, dir_fd=dir_fd)
@@ -129,8 +130,8 @@ def open_job_file(path):
         fd = _open_kept(path)
         if fd is not None:
             return fd
-    except (Unfit, OSError) as exc:
-        why = exc if isinstance(exc, Unfit) else (exc.strerror or exc)
+    except (_Unfit, OSError) as exc:
+        why = exc if isinstance(exc, _Unfit) else (exc.strerror or exc)
         log.warning("%s is not the file the pilot left (%s): removed and made new", path, why)
         dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -209,11 +210,11 @@ class JobDirs:
         try:
             st = os.lstat(job_dir)
             if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != given:
-                raise Unfit("not the directory made for the job")
+                raise _Unfit("not the directory made for the job")
             os.rename(job_dir, spare)
         except FileNotFoundError:
             return
-        except (OSError, Unfit) as exc:
+        except (OSError, _Unfit) as exc:
             log.warning("job directory %s not kept for reuse: %s", job_dir, exc)
             self.refused += 1
             self._discard(job_dir)
@@ -244,7 +245,7 @@ class JobDirs:
         try:
             self._check_dir(spare, os.lstat(path))
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except (OSError, Unfit) as exc:
+        except (OSError, _Unfit) as exc:
             return self._unfit(path, exc)
         try:
             self._check_dir(spare, os.fstat(fd))  # the one just checked, not one swapped in since
@@ -255,9 +256,9 @@ class JobDirs:
                     continue
                 _remove(path, name, fd)
             if os.fstat(fd).st_nlink != 2:
-                raise Unfit("a directory is left in it")
+                raise _Unfit("a directory is left in it")
             return True
-        except (OSError, Unfit) as exc:
+        except (OSError, _Unfit) as exc:
             return self._unfit(path, exc)
         finally:
             os.close(fd)
@@ -266,7 +267,7 @@ class JobDirs:
         """Whether the kept file ``name`` passed its check and was truncated (else the caller removes it)."""
         try:
             fd = _open_kept(name, dir_fd, self.made[2])
-        except (OSError, Unfit) as exc:
+        except (OSError, _Unfit) as exc:
             log.warning("%s/%s not reused (%s): removed", path, name, exc)
             return False
         if fd is not None:
@@ -274,14 +275,14 @@ class JobDirs:
         return True
 
     def _check_dir(self, spare, st):
-        """Raise Unfit unless ``st`` is the spare directory as the pilot made it: the same inode, a directory, the
+        """Raise _Unfit unless ``st`` is the spare directory as the pilot made it: the same inode, a directory, the
         owner, group and mode of a new job directory, no ACL."""
         if (st.st_dev, st.st_ino) != spare[1:] or not stat.S_ISDIR(st.st_mode):
-            raise Unfit("replaced")
+            raise _Unfit("replaced")
         if self.made is None or (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != self.made:
-            raise Unfit(f"mode {stat.S_IMODE(st.st_mode):o}, owner {st.st_uid}:{st.st_gid}")
+            raise _Unfit(f"mode {stat.S_IMODE(st.st_mode):o}, owner {st.st_uid}:{st.st_gid}")
         if _has_acl(spare[0]):
-            raise Unfit("an ACL")
+            raise _Unfit("an ACL")
 
     def _unfit(self, path, exc):
         log.warning("job directory %s not reused (%s): removed", path, exc)
