@@ -1,10 +1,15 @@
 """``minipanda serve`` (minipanda/server/process.py): a server that cannot start changes nothing. It holds its
 SQLite database's lock and its port before it touches the database, so a second server started by mistake, on
-the same database or the same port, exits with a clear message and the running one's queues stay as they are."""
+the same database or the same port, exits with a clear message and the running one's queues stay as they are.
+Stop signals in bursts at any moment stop it every time."""
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 
+import pytest
 import requests
 from conftest import ProcessServer
 
@@ -98,3 +103,59 @@ def test_a_server_process_leaves_its_start_up_objects_out_of_later_collections(t
 
     assert frozen("main") > 20000  # the server's modules' objects: ~53,000 when this was written
     assert frozen("thread") == 0
+
+
+# ---- signals: the handlers only record; the serving thread acts (queueconfig/signals.py) ------------------------
+
+def test_bursts_of_stop_signals_at_random_moments_stop_the_server_every_time(tmp_path):
+    """Two to four SIGTERMs (or SIGINTs), or SIGHUPs then SIGTERMs, milliseconds apart at a random moment of a
+    serving server: each run exits 0 with its 'minipanda stopped' line, never hangs."""
+    (tmp_path / "q.yaml").write_text("queues:\n  TEST_PQ: {}\n")
+    chooser = random.Random()
+    for run in range(6):
+        server = QueueServer(tmp_path / f"home{run}", tmp_path / "q.yaml")
+        try:
+            time.sleep(chooser.uniform(0.0, 1.0))
+            burst = [signal.SIGHUP] * chooser.randint(1, 3) if run % 2 else []
+            burst += [chooser.choice((signal.SIGTERM, signal.SIGTERM, signal.SIGINT))
+                      for _ in range(chooser.randint(2, 4))]
+            for signum in burst:
+                server.proc.send_signal(signum)
+                time.sleep(chooser.uniform(0.0, 0.02))
+            assert server.proc.wait(60) == 0, (burst, server.read_log()[-3000:])
+        finally:
+            server.stop()
+        text = server.read_log()
+        assert "received SIG" in text and "minipanda stopped" in text and "Traceback" not in text, text[-3000:]
+
+
+IN_THE_LOCK = """
+import logging, signal, sys
+from minipanda.server import process
+
+logging.basicConfig(level=logging.INFO)
+
+
+def ready(server):
+    # The moment the old handler deadlocked on: this thread (the serving loop's) inside the stop Event's lock, as
+    # in Event.wait's re-acquire, when the signals arrive; raise_signal runs the Python handler before returning.
+    with server.stop_requested._cond:
+        for signum in sys.argv[2].split(","):
+            signal.raise_signal(getattr(signal, signum))
+
+
+process.serve(sys.argv[1], host="127.0.0.1", port=0, ready=ready, queues_file=sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize("burst", ["SIGTERM", "SIGINT,SIGTERM,SIGTERM", "SIGHUP,SIGHUP,SIGTERM"])
+def test_a_stop_signal_while_the_serving_thread_holds_the_stop_lock_stops_the_server(tmp_path, burst):
+    """In a subprocess with a time limit, so a deadlock fails instead of hanging."""
+    (tmp_path / "q.yaml").write_text("queues:\n  TEST_PQ: {}\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", IN_THE_LOCK, str(tmp_path / "home"), burst,
+                               str(tmp_path / "q.yaml")], capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the server deadlocked on {burst} inside the stop Event's lock: {str(exc.stderr)[-2000:]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "received SIG" in proc.stderr and "minipanda stopped" in proc.stderr, proc.stderr[-3000:]

@@ -2,6 +2,8 @@
 (minipanda/server/daemon.py LeaderLock): on PostgreSQL N processes serve one port and the duties run in one
 process only, across processes and hosts; on SQLite more than one worker is refused."""
 import os
+import random
+import signal
 import subprocess
 import sys
 import time
@@ -93,3 +95,41 @@ def test_n_workers_serve_one_port_and_one_of_them_and_one_host_leads(tmp_path, p
         server.stop()
         if other is not None:
             other.stop()
+
+
+def test_bursts_of_stop_signals_stop_the_parent_and_every_worker(tmp_path, pg_url):
+    """The parent's handlers only record (queueconfig/signals.py): SIGHUPs then SIGTERM/SIGINT bursts at a random
+    moment stop every worker and the parent with 0, every time."""
+    chooser = random.Random()
+    for run in range(3):
+        server = WorkersServer(tmp_path / f"h{run}", pg_url, workers=2)
+        try:
+            assert wait_for(lambda: server.read_log().count("minipanda serving on") == 2), server.read_log()
+            time.sleep(chooser.uniform(0.0, 1.0))
+            burst = [signal.SIGHUP] * chooser.randint(0, 2) + [
+                chooser.choice((signal.SIGTERM, signal.SIGINT)) for _ in range(chooser.randint(2, 4))]
+            for signum in burst:
+                server.proc.send_signal(signum)
+                time.sleep(chooser.uniform(0.0, 0.02))
+            assert server.proc.wait(60) == 0, (burst, server.read_log()[-3000:])
+        finally:
+            server.stop()
+        text = server.read_log()
+        assert text.count("minipanda stopped\n") == 2 and "minipanda stopped (all worker processes)" in text, text
+        assert "Traceback" not in text, text[-3000:]
+
+
+def test_a_worker_that_dies_stops_the_others_and_the_parent_exits_1(tmp_path, pg_url):
+    server = WorkersServer(tmp_path / "a", pg_url, workers=2)
+    try:
+        assert wait_for(lambda: server.read_log().count("minipanda serving on") == 2), server.read_log()
+        pids = [int(pid) for pid in server.read_log().split("worker processes on ")[1].split("pids ")[1].split()[:2]]
+        os.kill(pids[0], signal.SIGKILL)
+        assert server.proc.wait(60) == 1, server.read_log()[-3000:]
+    finally:
+        server.stop()
+    text = server.read_log()
+    assert f"worker process {pids[0]} exited on its own" in text and "minipanda stopped (all worker processes)" in \
+        text, text[-3000:]
+    with pytest.raises(ProcessLookupError):  # the other worker was stopped and reaped, not left running
+        os.kill(pids[1], 0)

@@ -3,9 +3,9 @@ parent passing signals on and stopping them all when one exits on its own."""
 import logging
 import os
 import signal
-import threading
 
 from minipanda.errors import ConfigError
+from queueconfig.signals import SignalInbox
 
 log = logging.getLogger("minipanda.server")
 
@@ -21,6 +21,19 @@ def check_workers(workers, db_url):
     if workers > 1 and not is_postgres(db_url):
         raise ConfigError(f"--workers {workers} needs a PostgreSQL database (--db postgresql://...): one SQLite "
                           "file takes one server process; use --threads for more concurrency on SQLite")
+
+
+def reaped():
+    """(pid, status) of every child that has exited, without waiting; None when no child is left at all."""
+    found = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return found or None
+        if pid == 0:
+            return found
+        found.append((pid, status))
 
 
 def run_workers(server, workers, run, lock, notifier):
@@ -47,35 +60,40 @@ def run_workers(server, workers, run, lock, notifier):
              " ".join(map(str, children)))
     # The socket listens since bind(): connections wait in its backlog until a worker takes them.
     notifier.send("READY=1", f"STATUS={workers} worker processes on {server.host}:{server.effective_port}")
-    live, state = set(children), {"stopping": False}
+    # The handlers only record (queueconfig/signals.py says why); SIGCHLD only wakes this loop, which reaps the
+    # workers, passes stops and hang-ups on, and tells systemd.
+    signals = SignalInbox(extra=(signal.SIGCHLD,))
+    signals.install()
+    live, stopping, failed = set(children), False, False
 
-    def pass_on(signum, frame=None):
-        if signum != signal.SIGHUP:
-            if not state["stopping"]:
-                notifier.send("STOPPING=1")
-            state["stopping"] = True
+    def pass_on(signum):
         for pid in live:
             try:
-                os.kill(pid, signal.SIGTERM if signum != signal.SIGHUP else signal.SIGHUP)
+                os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, pass_on)
-    failed = False
     while live:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
+        exited = reaped()
+        if exited is None:
             break
-        if pid not in live:
-            continue
-        live.discard(pid)
-        if not state["stopping"]:
-            log.error("worker process %d exited on its own (status %d); stopping the others", pid, status)
-            failed = True
+        for pid, status in exited:
+            if pid not in live:
+                continue
+            live.discard(pid)
+            if not stopping:
+                log.error("worker process %d exited on its own (status %d); stopping the others", pid, status)
+                failed = True
+                signals.record_stop(signal.SIGTERM)  # from here on as if told to stop
+        if signals.stop_signum is not None and not stopping:
+            stopping = True
+            signals.ignore_further()  # stopping now: a repeated stop is the same stop
+            notifier.send("STOPPING=1")
             pass_on(signal.SIGTERM)
+        elif signals.take_hangup() and not stopping:
+            pass_on(signal.SIGHUP)
+        if live:
+            signals.wait(1.0)
     log.info("minipanda stopped (all worker processes)")
     if failed:
         raise SystemExit(1)

@@ -5,7 +5,6 @@ import gc
 import logging
 import os
 import resource
-import signal
 import threading
 
 from minipanda.api.app import ServerContext, is_loopback, make_app
@@ -17,6 +16,7 @@ from minipanda.server.daemon import DutyRunner, LeaderLock
 from minipanda.server.home import DEFAULT_HOST, DEFAULT_PORT
 from minipanda.server.prefork import check_workers, is_postgres, run_workers
 from queueconfig.service import Notifier
+from queueconfig.signals import SignalInbox
 
 log = logging.getLogger("minipanda.server")
 
@@ -190,23 +190,9 @@ def serve(home, host=DEFAULT_HOST, port=DEFAULT_PORT, db_url=None, auth_mode="to
 
 def _run(server, app, runner, reloader, leader, lock, ready, settings, host, home, auth_mode, threads, notifier):
     """Serve requests and run the duties in this process until asked to stop."""
-    def on_signal(signum, frame):
-        log.info("received %s; stopping", signal.Signals(signum).name)
-        notifier.send("STOPPING=1")
-        server.request_stop()
-
-    def on_hangup(signum, frame):
-        if reloader is not None:
-            log.info("received SIGHUP; re-reading the queue configuration")
-            reloader.request()
-            runner.wake("queue-config")
-        else:
-            log.info("received SIGHUP; no queue configuration file to re-read (start with --queues FILE)")
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGHUP, on_hangup)
+    # The handlers only record (queueconfig/signals.py says why): this thread logs, tells systemd and stops.
+    signals = SignalInbox()
+    signals.install()  # only on the main thread: the testbed runs serve on a thread of its own process
     from minipanda.tasks import duties, settings as task_settings
 
     duties.attach(runner, settings or task_settings.Settings(), home)
@@ -221,8 +207,12 @@ def _run(server, app, runner, reloader, leader, lock, ready, settings, host, hom
         notifier.send("READY=1", f"STATUS=serving on {server.scheme}://{host}:{server.effective_port}")
         if ready is not None:
             ready(server)
-        while not server.stop_requested.wait(1.0):  # a timed wait: signal handlers run in between
-            pass
+        while not server.stop_requested.is_set():
+            if signals.installed:
+                signals.wait(1.0)
+            else:
+                server.stop_requested.wait(1.0)
+            act_on_signals(signals, server, runner, reloader, notifier)
     finally:
         server.stop()
         runner.stop()
@@ -231,6 +221,24 @@ def _run(server, app, runner, reloader, leader, lock, ready, settings, host, hom
         queued_log.stop()
         lock.close()
         log.info("minipanda stopped")
+
+
+def act_on_signals(signals, server, runner, reloader, notifier):
+    """What the signals recorded since the last call ask for, done by the serving loop's own thread."""
+    if signals.stop_signum is not None and not server.stop_requested.is_set():
+        signals.ignore_further()  # stopping now: a repeated stop is the same stop
+        log.info("received %s; stopping", signals.stop_name)
+        notifier.send("STOPPING=1")
+        server.request_stop()
+        return
+    if not signals.take_hangup():
+        return
+    if reloader is not None:
+        log.info("received SIGHUP; re-reading the queue configuration")
+        reloader.request()
+        runner.wake("queue-config")
+    else:
+        log.info("received SIGHUP; no queue configuration file to re-read (start with --queues FILE)")
 
 
 def freeze_start_up_objects():
