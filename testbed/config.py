@@ -13,7 +13,7 @@ PILOTS_PER_CORE = 3  # the demo payload sleeps; see --pilots
 # pilot_getjob_tries and pilot_getjob_interval, as a site sets them), so the pilots that took the warm-up's jobs are
 # still there, asking, when the demo task's jobs come; without it a pilot asks 3 times, 1 s apart, and leaves
 WARM_WAIT_S = 5
-WARM_GETJOB_INTERVAL_S = 0.5
+WARM_GETJOB_INTERVAL_S = 0.1
 
 
 class Home:
