@@ -25,54 +25,92 @@ REPEAT_WINDOW_S = 2.0
 
 
 class StopState:
-    """Which stop signal arrived first (None: keep working)."""
+    """Which stop signal arrived first (None: keep working).
+
+    :meth:`handle` is the signal handler, and a Python handler runs in the main thread between any two bytecodes:
+    inside a logging call holding its handler's lock, half-way through a write on the log's buffered stream,
+    inside ``Event.wait``. So it only stores the signal (and raises ColdShutdown for a cold stop, which takes no
+    lock); the stop's log line is written outside the handler, by :class:`Waker`'s relay thread as the signal
+    arrives, or by whichever code first asks :attr:`requested`."""
 
     def __init__(self):
         self.signum = None
         self.cold = False
         self.first_at = None
+        self._announced = False
 
     @property
     def requested(self):
+        self.announce()  # the first look after the signal says so in the log (never the handler)
         return self.signum is not None
+
+    def announce(self, signum=None):
+        """Log the stop once, from the thread that noticed it: ``signum`` from the wakeup pipe (its handler may not
+        have run yet), or the one recorded."""
+        signum = self.signum or signum
+        if signum is not None and not self._announced:
+            self._announced = True
+            log.warning("got %s: stopping after killing the payload and reporting", signal.Signals(signum).name)
 
     @property
     def name(self):
         return signal.Signals(self.signum).name if self.signum else ""
 
     def handle(self, signum, frame=None):
-        """The signal handler: the first call requests a warm stop, the second raises ColdShutdown."""
+        """The signal handler: the first call requests a warm stop, the second raises ColdShutdown. Attribute
+        stores only (no logging: see the class's docstring)."""
         if self.signum is None:
-            self.signum, self.first_at = signum, time.monotonic()
-            log.warning("got %s: stopping after killing the payload and reporting", signal.Signals(signum).name)
+            self.first_at = time.monotonic()
+            self.signum = signum
             return
         if time.monotonic() - self.first_at < REPEAT_WINDOW_S:
             return  # the same stop delivered twice at once
         if not self.cold:
             self.cold = True
-            log.error("got %s again: cold shutdown", signal.Signals(signum).name)
             raise ColdShutdown(self.signum)
 
 
 class Waker:
-    """Sleeps that end early when a signal arrives (only in the main thread; elsewhere plain sleeps)."""
+    """Sleeps that end early when a signal arrives (only in the main thread; elsewhere plain sleeps).
+
+    ``signal.set_wakeup_fd`` writes each signal's number, from C, to a pipe that a relay thread reads: it logs a
+    stop at once (a thread of its own, never interrupted by a handler, so logging there is safe, and it says so
+    even while the main thread is blocked in an upload), then wakes :meth:`sleep` through a second pipe."""
 
     def __init__(self):
         self.read_fd = None
+        self.stop = None
 
     def install(self, stop):
         """Route the stop signals to ``stop`` and wake sleepers on them and on SIGCHLD."""
         if threading.current_thread() is not threading.main_thread():
             return False
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        os.set_blocking(write_fd, False)
-        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        self.read_fd = read_fd
+        signals_read, signals_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(signals_write, warn_on_full_buffer=False)
+        threading.Thread(target=self._relay, args=(signals_read, wake_write, stop), name="pilot-signals",
+                         daemon=True).start()
+        self.read_fd, self.stop = wake_read, stop
         for signum in STOP_SIGNALS:
             signal.signal(signum, stop.handle)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         return True
+
+    @staticmethod
+    def _relay(signals_read, wake_write, stop):
+        while True:
+            select.select([signals_read], [], [])
+            try:
+                numbers = os.read(signals_read, 512)
+            except (BlockingIOError, InterruptedError):
+                continue
+            for signum in numbers:
+                if signum in STOP_SIGNALS:
+                    stop.announce(signum)
+            try:
+                os.write(wake_write, b"\0")
+            except (BlockingIOError, InterruptedError):
+                pass  # the pipe is full of wake-ups already
 
     @property
     def installed(self):

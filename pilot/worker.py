@@ -89,8 +89,8 @@ class Pilot(Startup, JobSupply, Shutdown):
         except PilotError as exc:
             log.error("pilot stops: %s", exc)
             self.exit_error = self.exit_error or exc.code
-        except ColdShutdown:
-            log.error("cold shutdown")
+        except ColdShutdown:  # logged here: the signal handler that raised it writes nothing
+            log.error("got %s again: cold shutdown", self.stop.name)
         except Exception:
             log.exception("unexpected pilot error")
             self.exit_error = errors.UNKNOWNEXCEPTION
