@@ -51,7 +51,8 @@ class QueueFile:
                  f", {len(self.errors)} paused for errors" if self.errors else "")
 
     def request(self):
-        """SIGHUP: reload at the next check even if the file looks unchanged (no file I/O in a signal handler)."""
+        """SIGHUP (seen by the main loop, never called from the handler: this sets an Event): reload at the next
+        check even if the file looks unchanged."""
         self._requested.set()
 
     def check(self):

@@ -46,6 +46,7 @@ class Testbed:
         self.pilots_at_submission = None  # --warm-up: pilots up when the demo task was submitted
         self.cpu_inputs_s = 0.0  # this thread's CPU writing the demo's inputs (summary: not a job's cost)
         self.out = sys.stdout
+        self.signalled_while_stopping = None
 
     # -- run --------------------------------------------------------------------------------------------------
     def run(self):
@@ -90,13 +91,15 @@ class Testbed:
             code = 1
         finally:
             # a second Ctrl-C must not cut the clean-up short: it is noted, not raised
-            signal.signal(signal.SIGINT, lambda *_: log.warning("stopping already"))
-            signal.signal(signal.SIGTERM, lambda *_: log.warning("stopping already"))
+            signal.signal(signal.SIGINT, self._on_signal_while_stopping)
+            signal.signal(signal.SIGTERM, self._on_signal_while_stopping)
             try:
                 self.stop()
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+                if self.signalled_while_stopping:
+                    log.warning("%s while stopping: the clean-up went on", self.signalled_while_stopping)
         if self.processes is not None:
             left = self.processes.leftovers()
             self.say("stopped; nothing left running" if not left else
@@ -105,6 +108,11 @@ class Testbed:
 
     def _on_signal(self, signum, frame):
         raise Interrupted(signal.Signals(signum).name)
+
+    def _on_signal_while_stopping(self, signum, frame=None):
+        # An attribute store only: a handler runs between any two bytecodes of the main thread, maybe inside a
+        # logging call holding its lock or a write on the log file's buffered stream (queueconfig/signals.py).
+        self.signalled_while_stopping = signal.Signals(signum).name
 
     def say(self, text):
         print(text, file=self.out, flush=True)

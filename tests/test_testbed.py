@@ -343,6 +343,8 @@ def test_pilot_killed_with_sigkill_is_found_by_lost_heartbeat_and_its_job_retrie
 
 
 def test_ctrl_c_stops_everything(testbed):
+    """Ctrl-C, then more stop signals during the clean-up: they are noted (the handler only records), not raised,
+    and everything stops."""
     run = testbed("--jobs", "200", "--job-seconds", "5")
 
     def payloads_running():
@@ -351,9 +353,14 @@ def test_ctrl_c_stops_everything(testbed):
     wait_for(payloads_running, "payloads running", run)
     assert run.marked_processes()
     run.proc.send_signal(signal.SIGINT)
+    wait_for(lambda: "stopping (Ctrl-C/SIGTERM)" in run.output(), "the stop", run)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):  # impatient: the clean-up still goes on
+        run.proc.send_signal(signum)
     assert run.wait(120) == 130, run.output()[-3000:]
     assert "stopped; nothing left running" in run.output()
     run.assert_nothing_left()
+    with open(os.path.join(run.home, "testbed.log")) as log:  # noted by the main thread, not by the handler
+        assert "while stopping: the clean-up went on" in log.read()
 
 
 def test_keep_running_leaves_the_services_up_until_sigterm(testbed):

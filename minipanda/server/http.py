@@ -110,7 +110,8 @@ class HttpServer:
         self.body_timeout, self.body_limit = bridge.BODY_TIMEOUT, None  # see bridge's docstring
 
     def request_stop(self):
-        """Ask the thread running ``serve()`` to stop the server (safe from signal handlers and other threads)."""
+        """Ask the thread running ``serve()`` to stop the server, from any thread; never from a signal handler (it
+        sets an Event, whose lock the interrupted thread may hold: queueconfig/signals.py)."""
         self.stop_requested.set()
 
     @classmethod
