@@ -1,7 +1,9 @@
 """Shared fixtures: database backends (SQLite file always, PostgreSQL when MINIPANDA_TEST_PG_URL is set, which CI
 does), and a real ``minipanda serve`` process on a free loopback port."""
 import os
+import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -323,3 +325,16 @@ def run_panda_client(server, token, tmp_path, script, timeout=180):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, f"panda-client printed no result: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def signal_burst(proc, hangups):
+    """After a random wait (up to 1.5 s), ``hangups`` SIGHUPs then two to four SIGTERM/SIGINT, 0-20 ms apart, to
+    ``proc`` (the signal tests' bursts at random moments); returns the signals sent, for the failure message."""
+    chooser = random.Random()
+    time.sleep(chooser.uniform(0.0, 1.5))
+    burst = [signal.SIGHUP] * hangups + [chooser.choice((signal.SIGTERM, signal.SIGTERM, signal.SIGINT))
+                                         for _ in range(chooser.randint(2, 4))]
+    for signum in burst:
+        proc.send_signal(signum)
+        time.sleep(chooser.uniform(0.0, 0.02))
+    return burst

@@ -1,7 +1,6 @@
 """``harvester run`` (harvester/cli.py) against a live server: the harvester id it takes from its token; stop and
 hang-up signals in bursts at any moment, stopping it every time."""
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import LiveServer
+from conftest import LiveServer, signal_burst
 from harvesterhelp import QUEUE, Testbed, queue_config
 from test_cli_service import HARVESTER, FakeSystemd
 
@@ -63,19 +62,12 @@ def test_bursts_of_stop_signals_at_random_moments_stop_harvester_every_time(tmp_
     """Two to four SIGTERMs (or SIGINTs), or SIGHUPs then SIGTERMs, milliseconds apart at a random moment of a
     running harvester: each run exits 0 with its 'stopped' line and tells systemd STOPPING=1, never hangs (a
     handler that set the runner's Events could deadlock on the lock its own thread held)."""
-    chooser = random.Random()
     systemd = FakeSystemd(tmp_path, abstract=True)
     try:
         for run in range(8):
             proc, log_path = started_harvester(tmp_path, server, systemd, f"h{run}")
             try:
-                time.sleep(chooser.uniform(0.0, 1.5))
-                burst = [signal.SIGHUP] * chooser.randint(1, 3) if run % 2 else []
-                burst += [chooser.choice((signal.SIGTERM, signal.SIGTERM, signal.SIGINT))
-                          for _ in range(chooser.randint(2, 4))]
-                for signum in burst:
-                    proc.send_signal(signum)
-                    time.sleep(chooser.uniform(0.0, 0.02))
+                burst = signal_burst(proc, hangups=run % 3)
                 assert proc.wait(90) == 0, (burst, log_path.read_text()[-3000:])
             finally:
                 if proc.poll() is None:

@@ -3,15 +3,12 @@ SQLite database's lock and its port before it touches the database, so a second 
 the same database or the same port, exits with a clear message and the running one's queues stay as they are.
 Stop signals in bursts at any moment stop it every time."""
 import os
-import random
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
-from conftest import ProcessServer
+from conftest import ProcessServer, signal_burst
 
 
 class QueueServer(ProcessServer):
@@ -111,17 +108,10 @@ def test_bursts_of_stop_signals_at_random_moments_stop_the_server_every_time(tmp
     """Two to four SIGTERMs (or SIGINTs), or SIGHUPs then SIGTERMs, milliseconds apart at a random moment of a
     serving server: each run exits 0 with its 'minipanda stopped' line, never hangs."""
     (tmp_path / "q.yaml").write_text("queues:\n  TEST_PQ: {}\n")
-    chooser = random.Random()
     for run in range(6):
         server = QueueServer(tmp_path / f"home{run}", tmp_path / "q.yaml")
         try:
-            time.sleep(chooser.uniform(0.0, 1.0))
-            burst = [signal.SIGHUP] * chooser.randint(1, 3) if run % 2 else []
-            burst += [chooser.choice((signal.SIGTERM, signal.SIGTERM, signal.SIGINT))
-                      for _ in range(chooser.randint(2, 4))]
-            for signum in burst:
-                server.proc.send_signal(signum)
-                time.sleep(chooser.uniform(0.0, 0.02))
+            burst = signal_burst(server.proc, hangups=run % 3)
             assert server.proc.wait(60) == 0, (burst, server.read_log()[-3000:])
         finally:
             server.stop()

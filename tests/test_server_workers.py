@@ -2,7 +2,6 @@
 (minipanda/server/daemon.py LeaderLock): on PostgreSQL N processes serve one port and the duties run in one
 process only, across processes and hosts; on SQLite more than one worker is refused."""
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import time
 
 import pytest
 import requests
-from conftest import IN_CI, PG_URL, ProcessServer, free_port, reset_postgres, eventually as wait_for
+from conftest import IN_CI, PG_URL, ProcessServer, free_port, reset_postgres, signal_burst, eventually as wait_for
 
 LEADS = "this process leads the duties"
 
@@ -100,17 +99,11 @@ def test_n_workers_serve_one_port_and_one_of_them_and_one_host_leads(tmp_path, p
 def test_bursts_of_stop_signals_stop_the_parent_and_every_worker(tmp_path, pg_url):
     """The parent's handlers only record (queueconfig/signals.py): SIGHUPs then SIGTERM/SIGINT bursts at a random
     moment stop every worker and the parent with 0, every time."""
-    chooser = random.Random()
     for run in range(3):
         server = WorkersServer(tmp_path / f"h{run}", pg_url, workers=2)
         try:
             assert wait_for(lambda: server.read_log().count("minipanda serving on") == 2), server.read_log()
-            time.sleep(chooser.uniform(0.0, 1.0))
-            burst = [signal.SIGHUP] * chooser.randint(0, 2) + [
-                chooser.choice((signal.SIGTERM, signal.SIGINT)) for _ in range(chooser.randint(2, 4))]
-            for signum in burst:
-                server.proc.send_signal(signum)
-                time.sleep(chooser.uniform(0.0, 0.02))
+            burst = signal_burst(server.proc, hangups=run % 3)
             assert server.proc.wait(60) == 0, (burst, server.read_log()[-3000:])
         finally:
             server.stop()
