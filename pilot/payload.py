@@ -238,7 +238,7 @@ class Payload:
         self.tree = ProcessTree(self.proc.pid, self.adopter, ignore=(self.guard.pid,) if self.guard else ())
         try:
             self.pidfd = os.pidfd_open(self.proc.pid)
-        except (AttributeError, OSError):  # older kernel or Python: the caller's wake-up on SIGCHLD will do
+        except (AttributeError, OSError):  # older kernel or Python: the waker's SIGCHLD (signals.Waker), else polls
             self.pidfd = None
         log.info("payload started: pid %d, argv %s", self.proc.pid, self.argv)
         return self.proc.pid
@@ -279,7 +279,7 @@ class Payload:
         :meth:`poll`."""
         if self.returncode is None:
             fds = ([self.pidfd] if self.pidfd is not None else []) + ([also] if also is not None else [])
-            if not fds and not (waker is not None and waker.installed):
+            if self.pidfd is None and not (waker is not None and waker.wakes_on_child):
                 seconds = min(seconds, 0.1)  # nothing would end the sleep at the payload's exit: poll
             if waker is not None:
                 waker.sleep(seconds, fds)

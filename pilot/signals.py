@@ -7,8 +7,10 @@ A stop signal within ``REPEAT_WINDOW_S`` of the first is the same stop delivered
 and forwarded by a job script running several pilots; LSF's bkill sends SIGINT then SIGTERM), not a request for a
 cold stop.
 
-``Waker.sleep`` returns early when a signal arrives (including SIGCHLD: the payload exited), through
-``signal.set_wakeup_fd``, so the pilot reacts at once without polling fast.
+``Waker.sleep`` returns early when a signal arrives, through ``signal.set_wakeup_fd``, so the pilot reacts at once
+without polling fast. A payload's exit wakes it through the payload's pidfd (pilot.payload); only where there are
+no pidfds (Linux before 5.3) does SIGCHLD get a handler to wake it: a handled SIGCHLD per job costs the pilot a
+wake-up of the relay thread, a GIL hand-off to it and back, and an interrupted system call in the job loop.
 """
 import logging
 import os
@@ -80,24 +82,31 @@ class Waker:
     def __init__(self):
         self.read_fd = None
         self.stop = None
+        self.wakes_on_child = False  # SIGCHLD ends sleep() (installed where there are no pidfds)
+        self.relayed = {}  # signal number -> how many times the relay thread read it from the wakeup pipe
 
-    def install(self, stop):
-        """Route the stop signals to ``stop`` and wake sleepers on them and on SIGCHLD."""
+    def install(self, stop, wake_on_child=None):
+        """Route the stop signals to ``stop`` and wake sleepers on them; on SIGCHLD too when ``wake_on_child``
+        (default: only where there are no pidfds to wake the job loop at a payload's exit)."""
         if threading.current_thread() is not threading.main_thread():
             return False
+        if wake_on_child is None:
+            wake_on_child = not pidfds_work()
         signals_read, signals_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(signals_write, warn_on_full_buffer=False)
-        threading.Thread(target=self._relay, args=(signals_read, wake_write, stop), name="pilot-signals",
+        threading.Thread(target=self._relay, args=(signals_read, wake_write, stop, self.relayed), name="pilot-signals",
                          daemon=True).start()
         self.read_fd, self.stop = wake_read, stop
         for signum in STOP_SIGNALS:
             signal.signal(signum, stop.handle)
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        if wake_on_child:
+            signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+            self.wakes_on_child = True
         return True
 
     @staticmethod
-    def _relay(signals_read, wake_write, stop):
+    def _relay(signals_read, wake_write, stop, relayed):
         while True:
             select.select([signals_read], [], [])
             try:
@@ -105,6 +114,7 @@ class Waker:
             except (BlockingIOError, InterruptedError):
                 continue
             for signum in numbers:
+                relayed[signum] = relayed.get(signum, 0) + 1
                 if signum in STOP_SIGNALS:
                     stop.announce(signum)
             try:
@@ -136,3 +146,12 @@ class Waker:
                     pass
             except (BlockingIOError, InterruptedError):
                 pass
+
+
+def pidfds_work():
+    """Whether this kernel and Python give pidfds (Linux 5.3+, Python 3.9+), asked once per pilot."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True

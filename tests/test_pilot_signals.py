@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pilot.errors import ColdShutdown
-from pilot.signals import REPEAT_WINDOW_S, StopState, Waker
+from pilot.signals import REPEAT_WINDOW_S, StopState, Waker, pidfds_work
 
 
 def test_first_signal_warm_second_cold():
@@ -83,3 +83,59 @@ def test_a_stop_signal_while_the_thread_holds_the_log_lock_is_recorded_and_logge
         pytest.fail(f"the pilot's stop handler deadlocked inside the log queue's lock: {str(exc.stderr)[-2000:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.endswith("got SIGTERM: stopping after killing the payload and reporting\n"), proc.stdout
+
+
+def _installed(wake_on_child):
+    """A Waker installed in this process (the signals restored by the caller's ``finally``)."""
+    stop, waker = StopState(), Waker()
+    assert waker.install(stop, wake_on_child=wake_on_child)
+    return stop, waker
+
+
+def _restore(saved):
+    signal.set_wakeup_fd(-1)
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def _saved():
+    return {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1,
+                                              signal.SIGQUIT, signal.SIGXCPU, signal.SIGBUS, signal.SIGSEGV)}
+
+
+@pytest.mark.skipif(not pidfds_work(), reason="no pidfds on this kernel")
+def test_a_payloads_exit_does_not_wake_the_relay_thread_where_pidfds_wake_the_job_loop():
+    """Each payload's SIGCHLD cost the pilot a wake-up of the relay thread and two GIL hand-offs; its pidfd wakes
+    the job loop already. A stop signal sent after the child was reaped reaches the relay after any SIGCHLD
+    would have (the wakeup pipe keeps their order), so the relay's count is complete when the sleep ends."""
+    saved = _saved()
+    try:
+        stop, waker = _installed(wake_on_child=None)
+        assert not waker.wakes_on_child
+        child = subprocess.Popen(["true"])
+        pidfd = os.pidfd_open(child.pid)
+        try:
+            waker.sleep(30, [pidfd])  # ends at the child's exit, by its pidfd
+        finally:
+            os.close(pidfd)
+        assert child.wait() == 0
+        os.kill(os.getpid(), signal.SIGUSR1)
+        waker.sleep(30)
+        assert stop.signum == signal.SIGUSR1 and waker.relayed.get(signal.SIGUSR1) == 1
+        assert signal.SIGCHLD not in waker.relayed
+    finally:
+        _restore(saved)
+
+
+def test_without_pidfds_a_childs_exit_ends_the_sleep():
+    """The fallback: SIGCHLD handled, so the job loop still wakes at the payload's exit."""
+    saved = _saved()
+    try:
+        stop, waker = _installed(wake_on_child=True)
+        assert waker.wakes_on_child
+        child = subprocess.Popen(["sleep", "0.1"])
+        waker.sleep(10)  # the relay wakes it after reading the SIGCHLD (without the handler: 10 s, then no count)
+        assert child.wait() == 0 and stop.signum is None
+        assert waker.relayed.get(signal.SIGCHLD, 0) >= 1
+    finally:
+        _restore(saved)
