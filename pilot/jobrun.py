@@ -252,6 +252,9 @@ class JobRun(Staging, PayloadRun, JobReports):
         # a plain write: the directory is the pilot's own and no payload runs in it yet, so no reader can see the
         # file half-written; compact JSON in one write (indented and sorted it cost a short job's loop 2-3 times
         # as much); the file of a reused directory is checked and truncated, not made again (pilot.jobdirs)
-        with open(open_job_file(os.path.join(self.job_dir, "job_definition.json")), "wb") as handle:
-            handle.write(json.dumps(self.job.raw, separators=(",", ":"), default=str).encode())
+        # unbuffered (a buffered open cost an isatty ioctl and an lseek), written to the end as a buffer would
+        with open(open_job_file(os.path.join(self.job_dir, "job_definition.json")), "wb", buffering=0) as handle:
+            left = memoryview(json.dumps(self.job.raw, separators=(",", ":"), default=str).encode())
+            while left:
+                left = left[handle.write(left):]
         self.job.validate()

@@ -206,9 +206,10 @@ class Payload:
         """Create payload.stdout and payload.stderr now, ahead of :meth:`start` (which then only starts the
         process); :meth:`close_outputs` if it never comes."""
         if self.outputs is None:  # those of a reused job directory checked and truncated (pilot.jobdirs)
-            out = open(open_job_file(self.stdout), "wb")
+            # unbuffered: only the payload writes them (a buffered open cost an isatty ioctl and an lseek each)
+            out = open(open_job_file(self.stdout), "wb", buffering=0)
             try:
-                self.outputs = (out, open(open_job_file(self.stderr), "wb"))
+                self.outputs = (out, open(open_job_file(self.stderr), "wb", buffering=0))
             except OSError:
                 out.close()
                 raise

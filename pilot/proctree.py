@@ -33,10 +33,24 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PAGE_KB = (os.sysconf("SC_PAGE_SIZE") // 1024) if hasattr(os, "sysconf") else 4
 
 
+def _read_proc(path):
+    """The whole of a /proc file, read from a bare descriptor: open(path, 'rb') also pays an fstat, an isatty
+    ioctl and an lseek for its buffer, on files read several times per job (OSError as open's)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
 def _stat_fields(pid):
     """Fields 3.. of /proc/<pid>/stat (index 0 = state), parsed after the command name."""
-    with open(f"/proc/{pid}/stat", "rb") as handle:
-        data = handle.read()
+    data = _read_proc(f"/proc/{pid}/stat")
     return data[data.rindex(b")") + 2:].split()
 
 
@@ -71,8 +85,7 @@ def _children(pid):
     found = []
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
-                found += handle.read().split()
+            found += _read_proc(f"/proc/{pid}/task/{tid}/children").split()
     except OSError:
         return None
     return found
