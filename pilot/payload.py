@@ -62,6 +62,13 @@ def _prctl():
         return None
 
 
+@functools.lru_cache(maxsize=None)
+def _devnull():
+    """/dev/null opened once per pilot for the payloads' stdin (subprocess.DEVNULL opens and closes it per
+    payload); read-write as DEVNULL's, close-on-exec (each payload gets it as its fd 0 only)."""
+    return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+
+
 SHELLS = ("/bin/sh", "sh", "/usr/bin/sh", "/bin/bash", "bash", "/usr/bin/bash")
 PLAIN_WORD = re.compile(r"^[A-Za-z0-9_./:,+@%=-]+$")  # nothing a shell would expand, quote, redirect or split on
 
@@ -247,7 +254,7 @@ class Payload:
     def _spawn(self, argv, out, err, guarded):
         # no Python between fork and exec when guarded, so Popen starts the child by vfork
         def spawn(executable):
-            return subprocess.Popen(argv, executable=executable, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
+            return subprocess.Popen(argv, executable=executable, cwd=self.cwd, env=self.env, stdin=_devnull(),
                                     stdout=out, stderr=err, start_new_session=True, close_fds=True,
                                     preexec_fn=None if guarded else die_with_pilot())
 

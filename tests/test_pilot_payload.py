@@ -36,6 +36,31 @@ def test_command_is_split_never_interpreted(tmp_path):
     assert exc.value.code == errors.UNRECOGNIZEDTRFARGUMENTS
 
 
+STDIN_OF_PAYLOADS = r"""
+import os, sys, time
+from pilot import payload
+for job in sys.argv[1:]:
+    p = payload.Payload(["/bin/sh", "-c", "readlink /proc/self/fd/0; cat"], job, dict(os.environ))
+    p.start()
+    while p.poll() is None:
+        time.sleep(0.01)
+    assert p.returncode == 0, p.returncode
+"""
+
+
+def test_each_payloads_stdin_is_dev_null_though_the_pilots_is_not(tmp_path):
+    """/dev/null is opened once per pilot for every payload's stdin: each payload (the second too, after the
+    first ended) reads /dev/null, never the pilot's own stdin (here a pipe with data in it)."""
+    jobs = [tmp_path / "1", tmp_path / "2"]
+    for job in jobs:
+        job.mkdir()
+    proc = subprocess.run([sys.executable, "-c", STDIN_OF_PAYLOADS, *map(str, jobs)], input=b"the pilot's stdin\n",
+                          capture_output=True, cwd=str(ROOT), timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for job in jobs:
+        assert (job / "payload.stdout").read_text() == "/dev/null\n"
+
+
 def test_exit_codes_script_without_shebang_and_missing_program(tmp_path):
     assert run(["/bin/sh", "-c", "exit 7"], tmp_path).returncode == 7
     assert run(["/bin/sh", "-c", "kill -9 $$"], tmp_path).returncode == -9
