@@ -36,7 +36,8 @@ import time
 import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+if HERE not in sys.path:  # run as a script it is first already; imported (by tests) it must not hide harvester/
+    sys.path.insert(0, HERE)
 
 import baseline  # noqa: E402
 import dispatch  # noqa: E402

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # run as a script it is first already; imported
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # (by tests) it must not hide the packages
 
 import baseline  # noqa: E402
 

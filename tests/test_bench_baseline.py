@@ -8,7 +8,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
+# appended, not first: bench/harvester.py and bench/testbed.py must not hide the packages of those names
+sys.path.append(os.path.join(ROOT, "bench"))
 import baseline  # noqa: E402
 
 BASE = "baseline HEAD"

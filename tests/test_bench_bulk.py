@@ -7,7 +7,8 @@ import urllib.parse
 from conftest import examples
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+# appended, not first: bench/harvester.py and bench/testbed.py must not hide the packages of those names
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import bulk  # noqa: E402
 
 
