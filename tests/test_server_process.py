@@ -4,6 +4,7 @@ the same database or the same port, exits with a clear message and the running o
 Stop signals in bursts at any moment stop it every time."""
 import os
 import subprocess
+import signal
 import sys
 
 import pytest
@@ -149,3 +150,17 @@ def test_a_stop_signal_while_the_serving_thread_holds_the_stop_lock_stops_the_se
         pytest.fail(f"the server deadlocked on {burst} inside the stop Event's lock: {str(exc.stderr)[-2000:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "received SIG" in proc.stderr and "minipanda stopped" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_a_crash_in_native_code_leaves_every_threads_python_stack_in_the_log(tmp_path):
+    """faulthandler is on in ``minipanda serve``: a SIGSEGV (what a crash in the HTTP server's or a driver's native
+    code raises) writes the Python stack of each thread to the server's log before the process dies of it."""
+    server = ProcessServer(tmp_path / "home", "sqlite:///" + str(tmp_path / "db.sqlite"))
+    try:
+        os.kill(server.proc.pid, signal.SIGSEGV)
+        assert server.proc.wait(30) == -signal.SIGSEGV
+    finally:
+        server.stop()
+    log = server.read_log()
+    assert "Fatal Python error: Segmentation fault" in log
+    assert "Current thread" in log and 'File "' in log and "serve" in log

@@ -217,9 +217,13 @@ COMMANDS = (
 
 
 def cmd_serve(args):
+    import faulthandler
+
     from minipanda.server import process
     from minipanda.tasks import settings as task_settings
 
+    # a crash in native code (the HTTP server, sqlite3, a driver) leaves each thread's Python stack in the log
+    faulthandler.enable()
     home = home_dir(args.home)
     process.serve(home, host=args.host, port=args.port, db_url=args.db, auth_mode=args.auth, threads=args.threads,
                  max_body_mb=args.max_body_mb, queues_file=args.queues, reload_period=args.reload_period,
