@@ -47,6 +47,7 @@ class Testbed:
         self.cpu_inputs_s = 0.0  # this thread's CPU writing the demo's inputs (summary: not a job's cost)
         self.out = sys.stdout
         self.signalled_while_stopping = None
+        self.signalled = False  # a stop signal came: the run ends by it
 
     # -- run --------------------------------------------------------------------------------------------------
     def run(self):
@@ -97,7 +98,10 @@ class Testbed:
                 self.stop()
             finally:
                 for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+                    # after a stop by signal the process only ends: a late Ctrl-C or SIGTERM (an impatient user
+                    # presses again) is ignored, or Python's default action would kill it with -2/-15 instead of
+                    # its exit code (the default handlers are also put back while the interpreter exits)
+                    signal.signal(sig, signal.SIG_IGN if self.signalled else handler)
                 if self.signalled_while_stopping:
                     log.warning("%s while stopping: the clean-up went on", self.signalled_while_stopping)
         if self.processes is not None:
@@ -107,6 +111,7 @@ class Testbed:
         return code
 
     def _on_signal(self, signum, frame):
+        self.signalled = True
         raise Interrupted(signal.Signals(signum).name)
 
     def _on_signal_while_stopping(self, signum, frame=None):

@@ -343,8 +343,8 @@ def test_pilot_killed_with_sigkill_is_found_by_lost_heartbeat_and_its_job_retrie
 
 
 def test_ctrl_c_stops_everything(testbed):
-    """Ctrl-C, then more stop signals during the clean-up: they are noted (the handler only records), not raised,
-    and everything stops."""
+    """Ctrl-C, then more stop signals during the clean-up and up to the exit: they are noted (the handler only
+    records) or ignored once the clean-up is over, never raised, and everything stops with 130."""
     run = testbed("--jobs", "200", "--job-seconds", "5")
 
     def payloads_running():
@@ -356,6 +356,10 @@ def test_ctrl_c_stops_everything(testbed):
     wait_for(lambda: "stopping (Ctrl-C/SIGTERM)" in run.output(), "the stop", run)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):  # impatient: the clean-up still goes on
         run.proc.send_signal(signum)
+    deadline = time.monotonic() + 120
+    while run.proc.poll() is None and time.monotonic() < deadline:  # and on, up to the exit itself
+        run.proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
     assert run.wait(120) == 130, run.output()[-3000:]
     assert "stopped; nothing left running" in run.output()
     run.assert_nothing_left()
