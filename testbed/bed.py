@@ -57,7 +57,11 @@ class Testbed:
         code, result = 1, None
         try:
             subreaper = become_subreaper()
-            self.home = config.Home.make(self.args.home)
+            try:
+                self.home = config.Home.make(self.args.home)
+            except ValueError as exc:  # the user's --home: said in one line, no traceback (no log file yet)
+                print(f"minipanda testbed: error: {exc}", file=sys.stderr)
+                return 2
             self.processes = PilotProcesses(self.home.harvester, subreaper)
             config.log_to_file(self.home.log, self.args.debug)
             self.say(f"minipanda testbed: home {self.home.path} (log: {self.home.log})")

@@ -33,7 +33,8 @@ def add_parsers(sub):
                    help="cores the queue may use (default: all of this machine's, %d here)" % (os.cpu_count() or 1))
     p.add_argument("--pilots", type=_positive_int, default=None, metavar="P",
                    help="pilots at a time (default 3 x cores: the demo payload only sleeps, and each job also "
-                        "costs our pilot, the server and harvester together ~40-60 ms of CPU and some waiting of its own "
+                        "costs our pilot, the server and harvester together some CPU (3-20 ms per job on a 2-core VM, more in a "
+                        "short run, where start-up counts) and some waiting of its own "
                         "(getJob, stage-in, log tarball, uploads, reports; bench/README.md), so more pilots than cores keep the cores busy; for "
                         "payloads that use a core, give --pilots C)")
     p.add_argument("--job-seconds", type=float, default=0.1, metavar="S",

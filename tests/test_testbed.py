@@ -382,3 +382,18 @@ def test_keep_running_leaves_the_services_up_until_sigterm(testbed):
     assert run.wait(120) == 0, run.output()[-3000:]  # every job finished: stopping is the normal end
     assert "stopped; nothing left running" in run.output()
     run.assert_nothing_left()
+
+
+def test_a_home_that_is_not_empty_is_one_line_of_error_and_exit_2(tmp_path):
+    """A usage mistake (--home names a directory with files in it) is said in one line, without a traceback, and
+    nothing is made in it."""
+    (tmp_path / "mine.txt").write_text("a user's file")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "minipanda", "testbed", "--home", str(tmp_path)], cwd=repo,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"minipanda testbed: error: --home {tmp_path}: not empty; the testbed starts from a fresh home (give a new "
+        "directory, or leave --home out for a new temporary one)"]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["mine.txt"]
