@@ -247,3 +247,40 @@ def test_oldest_database_upgrades_and_its_jobs_can_be_archived(tmp_path):
     assert (found.where, found.first("job").job_name, [f.lfn for f in found.rows["job_file"]]) == (
         "2026-01", "old.job", ["old.log.tgz"])
     database.close()
+
+
+STARTERS = """
+import sys, time
+from minipanda.core import schema
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+schema.open_database(sys.argv[1])
+"""
+
+
+@pytest.mark.postgres
+def test_servers_started_at_once_on_an_empty_postgresql_database_all_come_up():
+    """Four processes create the schema of one empty PostgreSQL database at the same moment, five times: each
+    comes up (they take turns; without that, two CREATE TABLEs of one name at once made PostgreSQL refuse one of
+    them with a unique violation on its catalog, and that server died at start)."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import PG_URL, reset_postgres
+
+    if not PG_URL:
+        pytest.skip("needs MINIPANDA_TEST_PG_URL (PostgreSQL)")
+    for _ in range(5):
+        reset_postgres(PG_URL)
+        start = time.time() + 3.0  # every process imported by then
+        procs = [subprocess.Popen([sys.executable, "-c", STARTERS, PG_URL, repr(start)], stderr=subprocess.PIPE,
+                                  text=True) for _ in range(4)]
+        failures = [err[-2000:] for proc in procs for err in [proc.communicate(timeout=120)[1]] if proc.returncode]
+        assert not failures, failures[0]
+        database = schema.open_database(PG_URL)
+        database.connect(reuse_if_open=True)
+        try:
+            assert schema.schema_version(database) == schema.SCHEMA_VERSION
+        finally:
+            database.close()

@@ -174,8 +174,27 @@ def schema_version(db):
     return int(row[0]) if row else None
 
 
+# pg_advisory_lock's key for creating or upgrading the schema (any constant; "mpschema" in ASCII)
+SCHEMA_LOCK_KEY = 0x6D70736368656D61
+
+
 def upgrade_schema(db):
-    """Create a fresh schema or upgrade an older one to :data:`SCHEMA_VERSION`, one transaction per step."""
+    """Create a fresh schema or upgrade an older one to :data:`SCHEMA_VERSION`, one transaction per step.
+
+    On PostgreSQL the whole of it holds an advisory lock: servers (or tools) started at once on one database take
+    turns, and the second finds the schema made (two CREATE TABLEs of one name at once make PostgreSQL refuse the
+    second with a unique violation on its catalog, which stopped a server at start)."""
+    if not isinstance(db, peewee.PostgresqlDatabase):
+        _upgrade_schema(db)
+        return
+    db.execute_sql("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+    try:
+        _upgrade_schema(db)
+    finally:
+        db.execute_sql("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+
+
+def _upgrade_schema(db):
     version = schema_version(db)
     if version is None:
         with db.atomic():
